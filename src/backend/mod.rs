@@ -1,0 +1,1 @@
+//! Server side of the proxy: raw server connections and their pools.

@@ -1,0 +1,1 @@
+//! The catalog database: shard map loading and reload, the list of live proxies.

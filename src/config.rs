@@ -1,0 +1,467 @@
+//! The proxy's TOML configuration: parsed with serde, unknown keys rejected, then validated so that
+//! every mistake names the key and the file before anything starts.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used; every variant names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration of one proxy process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    pub catalog: CatalogConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    pub server_auth: ServerAuthConfig,
+    pub shards: Vec<ShardConfig>,
+    #[serde(default)]
+    pub sharded_tables: Vec<ShardedTableConfig>,
+    #[serde(default)]
+    pub router: RouterConfig,
+}
+
+/// Where the proxy listens and which logical database it serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// `host:port` the client listener binds to.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The database name clients put in their connection string.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// A name for this proxy in the catalog's list of live proxies.
+    #[serde(default = "default_node_name")]
+    pub node_name: String,
+    /// Largest message a client may send, in bytes.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+}
+
+/// A client login: name, secret and how it is checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plain text, a `SCRAM-SHA-256$…` verifier (scram only) or an `md5…` hash (md5 only).
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub auth: AuthMethod,
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// The catalog database holding the shard map and the list of proxies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// A libpq-style URL, `postgres://user:password@host:port/db`.
+    pub url: String,
+    /// How often the map version is re-read even without a NOTIFY.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+/// How server connections are pooled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default)]
+    pub mode: PoolMode,
+    /// Server connections per shard, per proxy.
+    #[serde(default = "default_pool_size")]
+    pub size: usize,
+    /// How many proxies share the shards: `size * proxies` must fit `max_connections`.
+    #[serde(default = "default_proxies")]
+    pub proxies: usize,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How long a client waits for a free server connection before an error.
+    #[serde(default = "default_checkout_timeout_ms")]
+    pub checkout_timeout_ms: u64,
+}
+
+/// Transaction pooling returns a server connection at the end of each transaction; session pooling
+/// keeps it for the client's whole session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+}
+
+/// The credential pgshard uses to log into every shard (per-shard overrides in `[[shards]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerAuthConfig {
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// One shard's primary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    pub id: u32,
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A table split across shards by one key column.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedTableConfig {
+    pub name: String,
+    pub key: String,
+}
+
+/// Router tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Entries in the route cache (statement shapes).
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_database() -> String {
+    "app".into()
+}
+fn default_node_name() -> String {
+    "pgshard".into()
+}
+fn default_max_message_size() -> usize {
+    64 * 1024 * 1024
+}
+fn default_poll_interval_ms() -> u64 {
+    5_000
+}
+fn default_pool_size() -> usize {
+    20
+}
+fn default_proxies() -> usize {
+    1
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_checkout_timeout_ms() -> u64 {
+    10_000
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_cache_size() -> usize {
+    10_000
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: PoolMode::default(),
+            size: default_pool_size(),
+            proxies: default_proxies(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            checkout_timeout_ms: default_checkout_timeout_ms(),
+        }
+    }
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            cache_size: default_cache_size(),
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn checkout_timeout(&self) -> Duration {
+        Duration::from_millis(self.checkout_timeout_ms)
+    }
+}
+
+impl ShardConfig {
+    /// The user pgshard logs into this shard as.
+    pub fn login_user<'a>(&'a self, auth: &'a ServerAuthConfig) -> &'a str {
+        self.user.as_deref().unwrap_or(&auth.user)
+    }
+    /// The password pgshard logs into this shard with, if any.
+    pub fn login_password<'a>(&'a self, auth: &'a ServerAuthConfig) -> Option<&'a str> {
+        self.password.as_deref().or(auth.password.as_deref())
+    }
+    /// `host:port` of the shard's primary.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Serialises the config back to TOML (the demo writes its generated config this way).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if self.proxy.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "proxy.listen",
+                format!("`{}` is not an address like 127.0.0.1:6432", self.proxy.listen),
+            ));
+        }
+        if self.proxy.database.is_empty() {
+            return Err(invalid("proxy.database", "must not be empty".into()));
+        }
+        if self.proxy.database == crate::ADMIN_DATABASE {
+            return Err(invalid(
+                "proxy.database",
+                format!("`{}` is reserved for the admin console", crate::ADMIN_DATABASE),
+            ));
+        }
+        if self.proxy.max_message_size < 1024 {
+            return Err(invalid(
+                "proxy.max_message_size",
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.users.is_empty() {
+            return Err(invalid(
+                "users",
+                "at least one [[users]] entry is needed".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if user.name.is_empty() {
+                return Err(invalid(&format!("{key}.name"), "must not be empty".into()));
+            }
+            if !names.insert(user.name.as_str()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("user `{}` is listed twice", user.name),
+                ));
+            }
+            match (user.auth, user.password.as_deref()) {
+                (AuthMethod::Trust, _) => {}
+                (_, None) => {
+                    return Err(invalid(
+                        &format!("{key}.password"),
+                        format!("user `{}` needs a password for {:?} auth", user.name, user.auth),
+                    ))
+                }
+                (AuthMethod::Md5, Some(p)) if p.starts_with("SCRAM-SHA-256$") => {
+                    return Err(invalid(
+                        &format!("{key}.password"),
+                        "a SCRAM verifier cannot check md5 logins; give the plain password or an md5 hash".into(),
+                    ))
+                }
+                (AuthMethod::ScramSha256, Some(p)) if is_md5_hash(p) => {
+                    return Err(invalid(
+                        &format!("{key}.password"),
+                        "an md5 hash cannot check SCRAM logins; give the plain password or a SCRAM-SHA-256 verifier".into(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if !self.catalog.url.starts_with("postgres://") && !self.catalog.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "catalog.url",
+                "must be a URL like postgres://user:password@127.0.0.1:5432/catalog".into(),
+            ));
+        }
+        if self.catalog.poll_interval_ms == 0 {
+            return Err(invalid("catalog.poll_interval_ms", "must be positive".into()));
+        }
+        if self.pool.size == 0 {
+            return Err(invalid("pool.size", "must be at least 1".into()));
+        }
+        if self.pool.proxies == 0 {
+            return Err(invalid("pool.proxies", "must be at least 1".into()));
+        }
+        if self.shards.is_empty() {
+            return Err(invalid("shards", "at least one [[shards]] entry is needed".into()));
+        }
+        let mut ids = HashSet::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            if !ids.insert(shard.id) {
+                return Err(invalid(
+                    &format!("shards[{i}].id"),
+                    format!("shard id {} is listed twice", shard.id),
+                ));
+            }
+        }
+        let mut tables = HashSet::new();
+        for (i, table) in self.sharded_tables.iter().enumerate() {
+            if table.name.is_empty() || table.key.is_empty() {
+                return Err(invalid(
+                    &format!("sharded_tables[{i}]"),
+                    "name and key must not be empty".into(),
+                ));
+            }
+            if !tables.insert(table.name.to_ascii_lowercase()) {
+                return Err(invalid(
+                    &format!("sharded_tables[{i}].name"),
+                    format!("table `{}` is listed twice", table.name),
+                ));
+            }
+        }
+        if self.router.cache_size == 0 {
+            return Err(invalid("router.cache_size", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The shard config with this id.
+    pub fn shard(&self, id: u32) -> Option<&ShardConfig> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// The user entry for a login name.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+fn is_md5_hash(p: &str) -> bool {
+    p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+
+[[users]]
+name = "app"
+password = "app"
+
+[catalog]
+url = "postgres://pgshard:pgshard@127.0.0.1:5500/catalog"
+
+[server_auth]
+user = "pgshard"
+password = "pgshard"
+
+[[shards]]
+id = 0
+port = 5501
+database = "app"
+
+[[sharded_tables]]
+name = "users"
+key = "user_id"
+"#;
+
+    #[test]
+    fn parses_a_minimal_config_with_defaults() {
+        let c = Config::from_toml(GOOD, Path::new("t.toml")).unwrap();
+        assert_eq!(c.pool.mode, PoolMode::Transaction);
+        assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+        assert_eq!(c.shards[0].address(), "127.0.0.1:5501");
+        assert_eq!(c.proxy.database, "app");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let text = GOOD.replace("[proxy]", "[proxy]\nlisen = \"x\"");
+        let err = Config::from_toml(&text, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let text = GOOD.replace("listen = \"127.0.0.1:6432\"", "listen = \"nowhere\"");
+        let err = Config::from_toml(&text, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("proxy.listen"), "{err}");
+        let text = GOOD.replace("password = \"app\"\n", "");
+        let err = Config::from_toml(&text, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("users[0].password"), "{err}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = Config::from_toml(GOOD, Path::new("t.toml")).unwrap();
+        let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();
+        assert_eq!(again.shards.len(), 1);
+        assert_eq!(again.sharded_tables[0].key, "user_id");
+    }
+}

@@ -1,0 +1,1 @@
+//! Client side of the proxy: listener, startup, authentication and the client session.

@@ -1,0 +1,1 @@
+//! Collision-free 64-bit ids for new shard keys.

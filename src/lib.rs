@@ -1,0 +1,14 @@
+//! pgshard: a sharding proxy for PostgreSQL. Clients speak the ordinary wire protocol to it; it routes
+//! every statement by its shard key to the shards that own it.
+
+pub mod backend;
+pub mod catalog;
+pub mod cluster;
+pub mod config;
+pub mod frontend;
+pub mod ids;
+pub mod router;
+pub mod wire;
+
+/// The database name that reaches the admin console instead of the shards.
+pub const ADMIN_DATABASE: &str = "pgshard";
