@@ -6,8 +6,11 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod frontend;
+pub mod gather;
 pub mod ids;
+pub mod proxy;
 pub mod router;
+pub mod server;
 pub mod wire;
 
 /// The database name that reaches the admin console instead of the shards.

@@ -1,1 +1,10 @@
 //! Client side of the proxy: listener, startup, authentication and the client session.
+
+pub mod auth;
+pub mod cancel;
+pub mod client_io;
+pub mod exchange;
+pub mod extended;
+pub mod listener;
+pub mod session;
+pub mod startup;

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what pgshard's demo and tests need and are missing, through the system package manager,
+# saying what it installs. Safe to run again: it only installs what is absent.
+set -euo pipefail
+
+need=()
+pg_bin=""
+for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/initdb" ] && pg_bin="$dir"
+done
+if [ -z "$pg_bin" ] && ! command -v initdb >/dev/null 2>&1; then
+    need+=(postgresql postgresql-contrib)
+fi
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+    need+=(libclang-dev)
+fi
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+    need+=(libclang-dev)
+fi
+if [ "${PGSHARD_BENCH:-0}" = 1 ] && ! command -v pgbouncer >/dev/null 2>&1; then
+    need+=(pgbouncer)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+    echo "pgshard: installing missing system packages: ${need[*]}"
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        $sudo_cmd apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "pgshard: no apt-get here; install these yourself: ${need[*]}" >&2
+        exit 1
+    fi
+    # Debian's package starts a default cluster; pgshard runs its own, so leave that one alone.
+fi
+
+if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
+    echo "pgshard: installing the Python driver psycopg (for the cross-language driver test)"
+    python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]'
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+    echo "pgshard: installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi

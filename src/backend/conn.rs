@@ -1,0 +1,328 @@
+//! One raw connection to a Postgres server. Frames are read and written as bytes; only the
+//! messages that change the connection's state (ReadyForQuery, ParameterStatus, errors) are decoded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{ServerAuthConfig, ShardConfig};
+use crate::wire::backend::{self as be, ErrorFields, TxStatus};
+use crate::wire::frame::{split_frame, Frame, PROTOCOL_V3};
+use crate::wire::frontend;
+
+/// Largest message accepted from a server (DataRows can be large, up to Postgres's 1 GB limit).
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+/// Why a server connection failed; every variant means the connection must not be reused, except
+/// `Server`, which is an ordinary SQL error the server reported on a healthy connection.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to shard {shard} at {addr}: {source}")]
+    Connect {
+        shard: u32,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to shard {shard} at {addr}")]
+    ConnectTimeout { shard: u32, addr: String },
+    #[error("shard {shard} refused login: {message}")]
+    Login { shard: u32, message: String },
+    #[error("lost connection to shard {shard}: {source}")]
+    Io { shard: u32, source: std::io::Error },
+    #[error("shard {shard} closed the connection")]
+    Closed { shard: u32 },
+    #[error("shard {shard} sent a malformed message: {detail}")]
+    Protocol { shard: u32, detail: String },
+    #[error("shard {shard}: {}", .fields.message)]
+    Server { shard: u32, fields: ErrorFields },
+}
+
+/// Where to send a CancelRequest for the query a server connection is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub addr: String,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// A logged-in server connection and what the proxy knows about its state.
+pub struct ServerConn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    pub shard: u32,
+    pub addr: String,
+    pub pid: i32,
+    pub secret: i32,
+    /// Parameters the server reported (ParameterStatus), kept current.
+    pub params: HashMap<String, String>,
+    /// Server-side prepared statement names that exist on this connection.
+    pub prepared: HashSet<String>,
+    /// Session settings applied on this connection on top of its login defaults (name → SQL value).
+    pub applied: BTreeMap<String, String>,
+    /// True when `applied` cannot be trusted (a rolled-back SET): the next user resets everything.
+    pub settings_unknown: bool,
+    /// Transaction status of the last ReadyForQuery.
+    pub status: TxStatus,
+    /// False while a request is in flight; a connection is only reusable when this is true.
+    pub synced: bool,
+}
+
+impl ServerConn {
+    /// Connects, logs in and reads the server's start-up messages up to the first ReadyForQuery.
+    pub async fn connect(
+        shard: &ShardConfig,
+        auth: &ServerAuthConfig,
+        timeout: Duration,
+    ) -> Result<ServerConn, BackendError> {
+        let addr = shard.address();
+        let connect = TcpStream::connect(addr.as_str());
+        let stream = match tokio::time::timeout(timeout, connect).await {
+            Err(_) => {
+                return Err(BackendError::ConnectTimeout {
+                    shard: shard.id,
+                    addr,
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(BackendError::Connect {
+                    shard: shard.id,
+                    addr,
+                    source,
+                })
+            }
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            wbuf: BytesMut::with_capacity(4 * 1024),
+            shard: shard.id,
+            addr,
+            pid: 0,
+            secret: 0,
+            params: HashMap::new(),
+            prepared: HashSet::new(),
+            applied: BTreeMap::new(),
+            settings_unknown: false,
+            status: TxStatus::Idle,
+            synced: false,
+        };
+        let user = shard.login_user(auth).to_string();
+        let password = shard.login_password(auth).map(str::to_string);
+        let login = conn.login(&user, &shard.database, password.as_deref());
+        match tokio::time::timeout(timeout, login).await {
+            Err(_) => Err(BackendError::ConnectTimeout {
+                shard: shard.id,
+                addr: conn.addr.clone(),
+            }),
+            Ok(r) => r.map(|_| conn),
+        }
+    }
+
+    async fn login(
+        &mut self,
+        user: &str,
+        database: &str,
+        password: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let mut body = BytesMut::new();
+        body.put_u32(PROTOCOL_V3);
+        for (k, v) in [("user", user), ("database", database), ("client_encoding", "UTF8")] {
+            body.put_slice(k.as_bytes());
+            body.put_u8(0);
+            body.put_slice(v.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut packet = BytesMut::with_capacity(body.len() + 4);
+        packet.put_i32(body.len() as i32 + 4);
+        packet.put_slice(&body);
+        let shard = self.shard;
+        self.stream
+            .write_all(&packet)
+            .await
+            .map_err(|source| BackendError::Io { shard, source })?;
+        super::auth::login(&mut self.stream, &mut self.rbuf, user, password)
+            .await
+            .map_err(|e| BackendError::Login {
+                shard,
+                message: e.to_string(),
+            })?;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                be::READY_FOR_QUERY => {
+                    self.synced = true;
+                    return Ok(());
+                }
+                be::ERROR_RESPONSE => {
+                    let fields = ErrorFields::decode(&frame.body).map_err(|e| {
+                        BackendError::Protocol {
+                            shard,
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    return Err(BackendError::Login {
+                        shard,
+                        message: fields.message,
+                    });
+                }
+                be::BACKEND_KEY_DATA => {
+                    let (pid, secret) =
+                        be::decode_backend_key_data(&frame.body).map_err(|e| {
+                            BackendError::Protocol {
+                                shard,
+                                detail: e.to_string(),
+                            }
+                        })?;
+                    self.pid = pid;
+                    self.secret = secret;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads the next frame, keeping `params` and `status` current.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        let shard = self.shard;
+        loop {
+            match split_frame(&mut self.rbuf, MAX_SERVER_MESSAGE) {
+                Ok(Some(frame)) => {
+                    self.observe(&frame)?;
+                    return Ok(frame);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(BackendError::Protocol {
+                        shard,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|source| BackendError::Io { shard, source })?;
+            if n == 0 {
+                return Err(BackendError::Closed { shard });
+            }
+        }
+    }
+
+    fn observe(&mut self, frame: &Frame) -> Result<(), BackendError> {
+        let shard = self.shard;
+        let protocol = |e: crate::wire::read::DecodeError| BackendError::Protocol {
+            shard,
+            detail: e.to_string(),
+        };
+        match frame.tag {
+            be::READY_FOR_QUERY => {
+                self.status = be::decode_ready_for_query(&frame.body).map_err(protocol)?;
+                self.synced = true;
+            }
+            be::PARAMETER_STATUS => {
+                let (k, v) = be::decode_parameter_status(&frame.body).map_err(protocol)?;
+                self.params.insert(k, v);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Queues a frame to send; nothing is written until `flush`.
+    pub fn queue(&mut self, frame: &Frame) {
+        self.synced = false;
+        frame.encode(&mut self.wbuf);
+    }
+
+    /// Queues already-framed bytes.
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.synced = false;
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued but not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), BackendError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let shard = self.shard;
+        let out = self.wbuf.split();
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|source| BackendError::Io { shard, source })
+    }
+
+    /// Runs `sql` (simple protocol) and discards its results; an SQL error becomes `Server`.
+    pub async fn run_silently(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.queue(&frontend::query(sql));
+        self.flush().await?;
+        let mut error = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                be::ERROR_RESPONSE if error.is_none() => {
+                    error = ErrorFields::decode(&frame.body).ok();
+                }
+                be::READY_FOR_QUERY => break,
+                be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE => {
+                    return Err(BackendError::Protocol {
+                        shard: self.shard,
+                        detail: "unexpected COPY in an internal statement".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(fields) => Err(BackendError::Server {
+                shard: self.shard,
+                fields,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Where a cancel request for this connection's query goes.
+    pub fn cancel_target(&self) -> CancelTarget {
+        CancelTarget {
+            addr: self.addr.clone(),
+            pid: self.pid,
+            secret: self.secret,
+        }
+    }
+
+    /// True when the connection may be handed to another client as it is.
+    pub fn reusable(&self) -> bool {
+        self.synced && self.status == TxStatus::Idle
+    }
+}
+
+impl CancelTarget {
+    /// Sends a CancelRequest for this target on a new connection.
+    pub async fn cancel(&self) -> std::io::Result<()> {
+        let mut stream = TcpStream::connect(self.addr.as_str()).await?;
+        let mut packet = BytesMut::with_capacity(16);
+        packet.put_i32(16);
+        packet.put_u32(crate::wire::frame::CANCEL_REQUEST);
+        packet.put_i32(self.pid);
+        packet.put_i32(self.secret);
+        stream.write_all(&packet).await?;
+        let mut sink = [0u8; 1];
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! The client's socket: framed reads with a size limit, and buffered writes flushed at the points
+//! where the client waits for an answer.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::exchange::{FrameSink, SinkError};
+use crate::backend::ServerConn;
+use crate::wire::backend::ErrorFields;
+use crate::wire::frame::{split_frame, Frame, FrameError};
+use crate::wire::frontend as fe;
+
+/// Write buffer size at which output is flushed even mid-result.
+const FLUSH_AT: usize = 32 * 1024;
+
+/// Why reading from the client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A connected client after startup.
+pub struct ClientIo {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    pub out: BytesMut,
+    pub max_message: usize,
+}
+
+impl ClientIo {
+    pub fn new(stream: TcpStream, rbuf: BytesMut, max_message: usize) -> ClientIo {
+        ClientIo {
+            stream,
+            rbuf,
+            out: BytesMut::with_capacity(16 * 1024),
+            max_message,
+        }
+    }
+
+    /// The next message, or `None` when the client closed the connection.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ClientReadError> {
+        loop {
+            if let Some(frame) = split_frame(&mut self.rbuf, self.max_message)? {
+                return Ok(Some(frame));
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// True when a complete message is already buffered (so the client is not waiting on us).
+    pub fn has_buffered_frame(&self) -> bool {
+        self.rbuf.len() >= 5 && {
+            let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+            len >= 4 && self.rbuf.len() > len as usize
+        }
+    }
+
+    /// Queues a frame for the client.
+    pub fn push(&mut self, frame: &Frame) {
+        frame.encode(&mut self.out);
+    }
+
+    /// Queues an ErrorResponse.
+    pub fn push_error(&mut self, fields: &ErrorFields) {
+        self.push(&fields.to_frame());
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = self.out.split();
+        self.stream.write_all(&out).await
+    }
+}
+
+impl FrameSink for ClientIo {
+    async fn send(&mut self, frame: Frame) -> Result<(), SinkError> {
+        frame.encode(&mut self.out);
+        if self.out.len() >= FLUSH_AT {
+            self.flush().await.map_err(|_| SinkError::ClientGone)?;
+        }
+        Ok(())
+    }
+
+    async fn copy_in(&mut self, conn: &mut ServerConn) -> Result<(), SinkError> {
+        self.flush().await.map_err(|_| SinkError::ClientGone)?;
+        loop {
+            let frame = match self.read_frame().await {
+                Ok(Some(f)) => f,
+                Ok(None) | Err(_) => {
+                    // The client vanished mid-COPY: abort the COPY so the server rolls it back.
+                    conn.queue(&copy_fail("client disconnected during COPY"));
+                    let _ = conn.flush().await;
+                    return Err(SinkError::ClientGone);
+                }
+            };
+            match frame.tag {
+                fe::COPY_DATA => {
+                    conn.queue(&frame);
+                    if conn.queued_bytes() >= FLUSH_AT {
+                        conn.flush().await?;
+                    }
+                }
+                fe::COPY_DONE | fe::COPY_FAIL => {
+                    conn.queue(&frame);
+                    conn.flush().await?;
+                    return Ok(());
+                }
+                fe::FLUSH | fe::SYNC => {}
+                other => {
+                    let msg = format!(
+                        "unexpected message type 0x{other:02X} during COPY from stdin"
+                    );
+                    conn.queue(&copy_fail(&msg));
+                    conn.flush().await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn copy_fail(message: &str) -> Frame {
+    let mut b = BytesMut::with_capacity(message.len() + 1);
+    b.extend_from_slice(message.as_bytes());
+    b.extend_from_slice(&[0]);
+    Frame::new(fe::COPY_FAIL, b.freeze())
+}

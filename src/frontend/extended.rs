@@ -1,0 +1,579 @@
+//! The extended query protocol: messages buffered until Sync (or Flush) form one batch; the batch is
+//! routed by its Bind parameters, and client statement names are mapped to server-side names so
+//! prepared statements keep working whichever pooled connection runs them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use sha2::{Digest, Sha256};
+
+use super::exchange::{Expect, Step};
+use super::session::{aborted, refusal, Prepared, Session, Target, Txn, End};
+use crate::backend::ServerConn;
+use crate::router::params::BindParams;
+use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
+use crate::wire::backend::{self as be, ErrorFields};
+use crate::wire::frame::Frame;
+use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
+
+/// One decoded message of a batch, with what the proxy resolved for it.
+enum Msg {
+    Parse(Parse, Arc<Prepared>),
+    Bind {
+        bind: Bind,
+        statement: Arc<Prepared>,
+        /// The INSERT text with generated keys, when the statement omits the shard key.
+        rewritten: Option<String>,
+    },
+    DescribeStatement(Arc<Prepared>),
+    DescribePortal(NamedTarget),
+    Execute(Execute),
+    CloseStatement,
+    ClosePortal(NamedTarget),
+}
+
+/// The server-side name of a named client statement: a digest of its text and parameter types, so
+/// every client preparing the same statement shares one server-side statement per connection.
+pub fn server_statement_name(sql: &str, param_types: &[u32]) -> String {
+    let mut h = Sha256::new();
+    h.update(sql.as_bytes());
+    for t in param_types {
+        h.update(t.to_be_bytes());
+    }
+    let digest = h.finalize();
+    let mut name = String::with_capacity(40);
+    name.push_str("pgshard_");
+    for b in &digest[..16] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+fn is_local(facts: &[StatementFacts]) -> bool {
+    facts.first().is_some_and(|f| f.local.is_some())
+}
+
+fn statement_missing(name: &str) -> ErrorFields {
+    if name.is_empty() {
+        ErrorFields::error("26000", "unnamed prepared statement does not exist")
+    } else {
+        ErrorFields::error("26000", format!("prepared statement \"{name}\" does not exist"))
+    }
+}
+
+impl Session {
+    /// Handles a batch ended by Sync (`sync`) or Flush.
+    pub async fn extended_batch(&mut self, sync: bool) -> Result<(), End> {
+        let frames = std::mem::take(&mut self.batch);
+        let proxy = self.proxy.clone();
+        let map = proxy.map.current();
+        let mut msgs = Vec::with_capacity(frames.len());
+        let mut routes = Vec::new();
+        let mut executed: Vec<Arc<Prepared>> = Vec::new();
+        let mut portal_statements: HashMap<String, Arc<Prepared>> = HashMap::new();
+        let mut local = false;
+        let mut error: Option<ErrorFields> = None;
+        let mut executes = 0usize;
+        let mut partial_fetch = false;
+        for frame in frames {
+            match self.resolve(&frame, &map, &mut portal_statements) {
+                Ok(Some((msg, route, is_local_stmt))) => {
+                    local |= is_local_stmt;
+                    if let Some(r) = route {
+                        routes.push(r);
+                    }
+                    if let Msg::Execute(e) = &msg {
+                        executes += 1;
+                        partial_fetch |= e.max_rows > 0;
+                        if let Some(st) = portal_statements.get(&e.portal) {
+                            executed.push(st.clone());
+                        }
+                    }
+                    msgs.push(msg);
+                }
+                Ok(None) => {}
+                Err(fields) => {
+                    error = Some(fields);
+                    break;
+                }
+            }
+        }
+        if self.txn.as_ref().is_some_and(|t| t.refused)
+            && !executed.iter().all(|st| {
+                st.facts.first().is_some_and(|f| {
+                    matches!(f.kind, StatementKind::Commit | StatementKind::Rollback)
+                })
+            })
+        {
+            msgs.clear();
+            error = Some(aborted());
+        }
+        if local || self.deferred_transaction_control(&executed) {
+            if routes.iter().any(|r| *r != Route::Any) {
+                msgs.clear();
+                error = Some(refusal(
+                    "pgshard's own commands and transaction control must not share a Sync with statements that need a shard",
+                ));
+            } else {
+                self.answer_locally(&msgs, &portal_statements, error, sync).await;
+                return Ok(());
+            }
+        }
+        if msgs.is_empty() {
+            if let Some(fields) = error {
+                self.push_error_in_batch(fields);
+                self.skip_until_sync = !sync;
+            }
+            if sync {
+                return self.finish_open_batch().await;
+            }
+            return Ok(());
+        }
+        let all_facts: Vec<StatementFacts> = executed
+            .iter()
+            .filter_map(|st| st.facts.first().cloned())
+            .collect();
+        let target = match self.combine(&routes, &all_facts) {
+            Ok(t) => t,
+            Err(fields) => {
+                self.push_error_in_batch(fields);
+                self.skip_until_sync = !sync;
+                if sync {
+                    return self.finish_open_batch().await;
+                }
+                return Ok(());
+            }
+        };
+        let tail_error = error.clone();
+        let build = |conn: &ServerConn| build_steps(&msgs, conn, tail_error.as_ref(), sync);
+        match target {
+            Target::Single(shard) => {
+                for msg in &msgs {
+                    if let Msg::Bind { bind, .. } = msg {
+                        self.portals.insert(bind.portal.clone(), shard);
+                    }
+                }
+                let outcome = self.run_single(shard, build).await?;
+                if let Some(outcome) = outcome {
+                    self.after_statements(&all_facts, &outcome);
+                }
+            }
+            Target::Scatter(shards) => {
+                if executes != 1 || partial_fetch || error.is_some() || !sync {
+                    self.push_error_in_batch(refusal(
+                        "a statement without a shard key runs on every shard; send it with one Execute (no row limit) followed by Sync",
+                    ));
+                    self.skip_until_sync = !sync;
+                    if sync {
+                        return self.finish_open_batch().await;
+                    }
+                    return Ok(());
+                }
+                self.run_scatter(shards, build).await?;
+            }
+        }
+        if error.is_some() && !sync {
+            self.skip_until_sync = true;
+        }
+        Ok(())
+    }
+
+    /// Answers the Sync of a batch that had nothing left to run.
+    pub async fn finish_open_batch(&mut self) -> Result<(), End> {
+        if let Some(shard) = self.open_batch_shard {
+            let steps = vec![Step::Send {
+                frame: fe::sync(),
+                expect: Expect::Sync,
+                forward: true,
+            }];
+            self.run_single(shard, |_| steps).await?;
+            return Ok(());
+        }
+        let status = self.status();
+        self.io.push(&be::ready_for_query(status));
+        Ok(())
+    }
+
+    /// True when the batch only opens or closes a transaction block that has no shard yet.
+    fn deferred_transaction_control(&self, executed: &[Arc<Prepared>]) -> bool {
+        if executed.len() != 1 {
+            return false;
+        }
+        let unbound = self.txn.as_ref().is_none_or(|t| t.shard.is_none());
+        match executed[0].facts.first().map(|f| &f.kind) {
+            Some(StatementKind::Begin) => self.txn.is_none(),
+            Some(StatementKind::Commit | StatementKind::Rollback) => self.txn.is_some() && unbound,
+            _ => false,
+        }
+    }
+
+    /// Decodes one message and works out its route. `Ok(None)` for messages with nothing to do.
+    fn resolve(
+        &mut self,
+        frame: &Frame,
+        map: &crate::router::ShardMap,
+        portal_statements: &mut HashMap<String, Arc<Prepared>>,
+    ) -> Result<Option<(Msg, Option<Route>, bool)>, ErrorFields> {
+        let malformed = |e: crate::wire::read::DecodeError| ErrorFields::error("08P01", e.to_string());
+        match frame.tag {
+            fe::PARSE => {
+                let parse = Parse::decode(&frame.body).map_err(malformed)?;
+                if !parse.name.is_empty() && self.statements.contains_key(&parse.name) {
+                    return Err(ErrorFields::error(
+                        "42P05",
+                        format!("prepared statement \"{}\" already exists", parse.name),
+                    ));
+                }
+                let facts = self.proxy.router.analyze_prepared(&parse.query);
+                if facts.len() > 1 {
+                    return Err(ErrorFields::error(
+                        "42601",
+                        "cannot insert multiple commands into a prepared statement",
+                    ));
+                }
+                let server_name = if parse.name.is_empty() {
+                    String::new()
+                } else {
+                    server_statement_name(&parse.query, &parse.param_types)
+                };
+                let local = is_local(&facts);
+                let prepared = Arc::new(Prepared {
+                    sql: parse.query.clone(),
+                    param_types: parse.param_types.clone(),
+                    facts,
+                    server_name,
+                });
+                self.statements.insert(parse.name.clone(), prepared.clone());
+                Ok(Some((Msg::Parse(parse, prepared), Some(Route::Any), local)))
+            }
+            fe::BIND => {
+                let bind = Bind::decode(&frame.body).map_err(malformed)?;
+                let statement = self
+                    .statements
+                    .get(&bind.statement)
+                    .cloned()
+                    .ok_or_else(|| statement_missing(&bind.statement))?;
+                portal_statements.insert(bind.portal.clone(), statement.clone());
+                let Some(facts) = statement.facts.first() else {
+                    return Ok(Some((
+                        Msg::Bind {
+                            bind,
+                            statement,
+                            rewritten: None,
+                        },
+                        Some(Route::Any),
+                        false,
+                    )));
+                };
+                if facts.local.is_some() {
+                    return Ok(Some((
+                        Msg::Bind {
+                            bind,
+                            statement,
+                            rewritten: None,
+                        },
+                        None,
+                        true,
+                    )));
+                }
+                if self.proxy.config.pool.mode == crate::config::PoolMode::Transaction {
+                    if let Some(feature) = &facts.session_bound {
+                        return Err(refusal(format!(
+                            "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
+                        )));
+                    }
+                }
+                let mut rewritten = None;
+                let route = if let Some(rows) = facts.missing_key_rows {
+                    let (sql, route) = self.insert_with_new_keys(&statement.sql, rows, map)?;
+                    rewritten = Some(sql);
+                    route
+                } else {
+                    let params = BindParams {
+                        values: &bind.params,
+                        formats: &bind.param_formats,
+                        types: &statement.param_types,
+                    };
+                    self.proxy
+                        .router
+                        .route(facts, &params, map, self.proxy.first_shard)
+                };
+                Ok(Some((
+                    Msg::Bind {
+                        bind,
+                        statement,
+                        rewritten,
+                    },
+                    Some(route),
+                    false,
+                )))
+            }
+            fe::DESCRIBE => {
+                let target = NamedTarget::decode(&frame.body, "Describe").map_err(malformed)?;
+                if target.kind == b'S' {
+                    let statement = self
+                        .statements
+                        .get(&target.name)
+                        .cloned()
+                        .ok_or_else(|| statement_missing(&target.name))?;
+                    let local = is_local(&statement.facts);
+                    Ok(Some((Msg::DescribeStatement(statement), Some(Route::Any), local)))
+                } else {
+                    let route = self.portal_route(&target.name, portal_statements);
+                    Ok(Some((Msg::DescribePortal(target), route, false)))
+                }
+            }
+            fe::EXECUTE => {
+                let execute = Execute::decode(&frame.body).map_err(malformed)?;
+                let route = self.portal_route(&execute.portal, portal_statements);
+                Ok(Some((Msg::Execute(execute), route, false)))
+            }
+            fe::CLOSE => {
+                let target = NamedTarget::decode(&frame.body, "Close").map_err(malformed)?;
+                if target.kind == b'S' {
+                    self.statements.remove(&target.name);
+                    Ok(Some((Msg::CloseStatement, Some(Route::Any), false)))
+                } else {
+                    let route = self.portal_route(&target.name, portal_statements);
+                    Ok(Some((Msg::ClosePortal(target), route, false)))
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A portal bound in this batch routes with its Bind; one from an earlier batch lives where it
+    /// was bound.
+    fn portal_route(
+        &self,
+        portal: &str,
+        portal_statements: &HashMap<String, Arc<Prepared>>,
+    ) -> Option<Route> {
+        if portal_statements.contains_key(portal) {
+            return None;
+        }
+        Some(match self.portals.get(portal) {
+            Some(shard) => Route::Single(*shard),
+            None => Route::Any,
+        })
+    }
+
+    /// Answers a batch of pgshard's own commands or deferred transaction control without a server.
+    async fn answer_locally(
+        &mut self,
+        msgs: &[Msg],
+        portal_statements: &HashMap<String, Arc<Prepared>>,
+        error: Option<ErrorFields>,
+        sync: bool,
+    ) {
+        for msg in msgs {
+            match msg {
+                Msg::Parse(..) => self.io.push(&be::parse_complete()),
+                Msg::Bind { .. } => self.io.push(&be::bind_complete()),
+                Msg::DescribeStatement(st) => {
+                    self.io.push(&parameter_description(&st.param_types));
+                    self.io.push(&local_row_description(&st.facts));
+                }
+                Msg::DescribePortal(t) => {
+                    let facts = portal_statements
+                        .get(&t.name)
+                        .map(|st| st.facts.clone())
+                        .unwrap_or_else(|| Arc::from(Vec::new()));
+                    self.io.push(&local_row_description(&facts));
+                }
+                Msg::Execute(e) => {
+                    let Some(st) = portal_statements.get(&e.portal).cloned() else {
+                        self.push_error_in_batch(ErrorFields::error(
+                            "34000",
+                            format!("portal \"{}\" does not exist", e.portal),
+                        ));
+                        break;
+                    };
+                    let Some(facts) = st.facts.first() else {
+                        self.io.push(&be::empty_query_response());
+                        continue;
+                    };
+                    if let Some(local) = &facts.local {
+                        self.local_command(local, false);
+                    } else {
+                        match facts.kind {
+                            StatementKind::Begin => {
+                                self.txn = Some(Txn {
+                                    pending_begin: Some(st.sql.clone()),
+                                    shard: None,
+                                    refused: false,
+                                });
+                                self.settings_at_begin = Some(self.settings.clone());
+                                self.io.push(&be::command_complete("BEGIN"));
+                            }
+                            _ => {
+                                let refused = self.txn.as_ref().is_some_and(|t| t.refused);
+                                let tag = if refused || facts.kind == StatementKind::Rollback {
+                                    "ROLLBACK"
+                                } else {
+                                    "COMMIT"
+                                };
+                                if let Some(shard) = self.txn.as_ref().and_then(|t| t.shard) {
+                                    if let Some(conn) = self.held.get_mut(&shard) {
+                                        let _ = conn.run_silently("ROLLBACK").await;
+                                    }
+                                }
+                                self.end_transaction(tag == "ROLLBACK");
+                                self.io.push(&be::command_complete(tag));
+                                self.release_idle();
+                            }
+                        }
+                    }
+                }
+                Msg::CloseStatement | Msg::ClosePortal(_) => self.io.push(&be::close_complete()),
+            }
+        }
+        if let Some(fields) = error {
+            self.push_error_in_batch(fields);
+            self.skip_until_sync = !sync;
+        }
+        if sync {
+            let status = self.status();
+            self.io.push(&be::ready_for_query(status));
+        }
+    }
+}
+
+/// The server-bound steps of a batch for one connection, given what it has prepared already.
+fn build_steps(
+    msgs: &[Msg],
+    conn: &ServerConn,
+    tail_error: Option<&ErrorFields>,
+    sync: bool,
+) -> Vec<Step> {
+    let mut steps = Vec::with_capacity(msgs.len() + 2);
+    let mut unnamed_ready = false;
+    let send = |frame: Frame, expect: Expect, forward: bool| Step::Send {
+        frame,
+        expect,
+        forward,
+    };
+    let mut parsed: HashSet<String> = HashSet::new();
+    for msg in msgs {
+        match msg {
+            Msg::Parse(p, st) => {
+                if st.server_name.is_empty() {
+                    steps.push(send(p.encode(), Expect::Parse { register: None }, true));
+                    unnamed_ready = true;
+                } else if conn.prepared.contains(&st.server_name) || parsed.contains(&st.server_name) {
+                    steps.push(Step::Synthetic(be::parse_complete()));
+                } else {
+                    let renamed = Parse {
+                        name: st.server_name.clone(),
+                        query: p.query.clone(),
+                        param_types: p.param_types.clone(),
+                    };
+                    steps.push(send(
+                        renamed.encode(),
+                        Expect::Parse {
+                            register: Some(st.server_name.clone()),
+                        },
+                        true,
+                    ));
+                    parsed.insert(st.server_name.clone());
+                }
+            }
+            Msg::Bind {
+                bind,
+                statement,
+                rewritten,
+            } => {
+                let mut bind = bind.clone();
+                if let Some(sql) = rewritten {
+                    steps.push(send(
+                        Parse {
+                            name: String::new(),
+                            query: sql.clone(),
+                            param_types: statement.param_types.clone(),
+                        }
+                        .encode(),
+                        Expect::Parse { register: None },
+                        false,
+                    ));
+                    unnamed_ready = false;
+                    bind.statement = String::new();
+                } else {
+                    ensure_prepared(conn, statement, &mut steps, &mut parsed, &mut unnamed_ready);
+                    bind.statement = statement.server_name.clone();
+                }
+                steps.push(send(bind.encode(), Expect::Bind, true));
+            }
+            Msg::DescribeStatement(st) => {
+                ensure_prepared(conn, st, &mut steps, &mut parsed, &mut unnamed_ready);
+                let t = NamedTarget {
+                    kind: b'S',
+                    name: st.server_name.clone(),
+                };
+                steps.push(send(t.encode(fe::DESCRIBE), Expect::DescribeStatement, true));
+            }
+            Msg::DescribePortal(t) => {
+                steps.push(send(t.encode(fe::DESCRIBE), Expect::DescribePortal, true));
+            }
+            Msg::Execute(e) => steps.push(send(e.encode(), Expect::Execute, true)),
+            Msg::CloseStatement => steps.push(Step::Synthetic(be::close_complete())),
+            Msg::ClosePortal(t) => steps.push(send(t.encode(fe::CLOSE), Expect::Close, true)),
+        }
+    }
+    if let Some(fields) = tail_error {
+        steps.push(Step::Synthetic(fields.to_frame()));
+    }
+    if sync {
+        steps.push(send(fe::sync(), Expect::Sync, true));
+    } else {
+        steps.push(send(Frame::new(fe::FLUSH, bytes::Bytes::new()), Expect::Flush, true));
+    }
+    steps
+}
+
+/// Injects a Parse (answer swallowed) when the connection lacks the statement a Bind or Describe
+/// names.
+fn ensure_prepared(
+    conn: &ServerConn,
+    st: &Prepared,
+    steps: &mut Vec<Step>,
+    parsed: &mut HashSet<String>,
+    unnamed_ready: &mut bool,
+) {
+    let inject = |name: &str, register: Option<String>| Step::Send {
+        frame: Parse {
+            name: name.to_string(),
+            query: st.sql.clone(),
+            param_types: st.param_types.clone(),
+        }
+        .encode(),
+        expect: Expect::Parse { register },
+        forward: false,
+    };
+    if st.server_name.is_empty() {
+        if !*unnamed_ready {
+            steps.push(inject("", None));
+            *unnamed_ready = true;
+        }
+    } else if !conn.prepared.contains(&st.server_name) && !parsed.contains(&st.server_name) {
+        steps.push(inject(&st.server_name, Some(st.server_name.clone())));
+        parsed.insert(st.server_name.clone());
+    }
+}
+
+fn parameter_description(types: &[u32]) -> Frame {
+    let mut b = BytesMut::with_capacity(2 + 4 * types.len());
+    b.put_i16(types.len() as i16);
+    for t in types {
+        b.put_u32(*t);
+    }
+    Frame::new(be::PARAMETER_DESCRIPTION, b.freeze())
+}
+
+fn local_row_description(facts: &[StatementFacts]) -> Frame {
+    match facts.first().and_then(|f| f.local.as_ref()) {
+        Some(LocalCommand::NextId) => be::row_description(&[("next_id", be::INT8_OID)]),
+        Some(LocalCommand::ShowProxy { name }) => be::row_description(&[(name.as_str(), be::TEXT_OID)]),
+        _ => be::no_data(),
+    }
+}

@@ -1,0 +1,168 @@
+//! Accepting clients: the handshake, authentication, and the session's first server contact
+//! (startup settings are checked on a real shard, whose ParameterStatus values the client gets).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::client_io::ClientIo;
+use super::session::Session;
+use super::startup::{read_opening, Opening};
+use crate::backend::session_state::startup_settings;
+use crate::proxy::Proxy;
+use crate::wire::backend::{self as be, ErrorFields, TxStatus};
+
+/// How long a client may take from connecting to being logged in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accepts clients until `shutdown` turns true.
+pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let proxy = proxy.clone();
+                    tokio::spawn(async move { handle_client(proxy, stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn fatal(stream: &mut TcpStream, fields: ErrorFields) {
+    let _ = stream.write_all(&fields.to_frame().to_bytes()).await;
+    let _ = stream.flush().await;
+}
+
+async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&proxy, &mut stream, &mut buf)).await;
+    let (params, user) = match login {
+        Ok(Some(v)) => v,
+        Ok(None) => return,
+        Err(_) => {
+            fatal(&mut stream, ErrorFields::fatal("08P01", "timed out waiting for the client to log in")).await;
+            return;
+        }
+    };
+    let settings = startup_settings(&params);
+    let (pid, secret, active) = proxy.cancels.register();
+    let mut session = Session {
+        proxy: proxy.clone(),
+        io: ClientIo::new(stream, buf, proxy.config.proxy.max_message_size),
+        user: user.clone(),
+        startup_settings: settings.clone(),
+        settings,
+        settings_at_begin: None,
+        proxy_settings: BTreeMap::new(),
+        held: BTreeMap::new(),
+        txn: None,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        batch: Vec::new(),
+        skip_until_sync: false,
+        open_batch_shard: None,
+        cancel: active,
+    };
+    let first = proxy.first_shard;
+    if let Err(fields) = session.ensure_conn(first).await {
+        let fields = ErrorFields {
+            severity: "FATAL".into(),
+            ..fields
+        };
+        session.io.push_error(&fields);
+        let _ = session.io.flush().await;
+        proxy.cancels.unregister(pid, secret);
+        return;
+    }
+    let mut server_params = session
+        .held
+        .get(&first)
+        .map(|c| c.params.clone())
+        .unwrap_or_default();
+    if let Ok(mut shared) = proxy.server_params.write() {
+        if shared.is_empty() {
+            *shared = server_params.clone();
+        }
+    }
+    server_params.insert("session_authorization".into(), user);
+    server_params.insert("is_superuser".into(), "off".into());
+    let mut names: Vec<_> = server_params.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        if let Some(value) = server_params.get(&name) {
+            session.io.push(&be::parameter_status(&name, value));
+        }
+    }
+    session.io.push(&be::backend_key_data(pid, secret));
+    session.io.push(&be::ready_for_query(TxStatus::Idle));
+    session.release_idle();
+    if session.io.flush().await.is_ok() {
+        session.run().await;
+    }
+    proxy.cancels.unregister(pid, secret);
+}
+
+/// The handshake and authentication; `None` when the connection ended (already answered).
+async fn login(
+    proxy: &Proxy,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Option<(Vec<(String, String)>, String)> {
+    let opening = read_opening(stream, buf).await.ok()?;
+    let (params, user, database) = match opening {
+        Opening::Cancel { pid, secret } => {
+            proxy.cancels.cancel(pid, secret).await;
+            return None;
+        }
+        Opening::Closed => return None,
+        Opening::Session {
+            params,
+            user,
+            database,
+        } => (params, user, database),
+    };
+    let user_config = proxy.config.user(&user);
+    if let Err(e) = super::auth::authenticate(stream, buf, &user, user_config).await {
+        tracing::info!(user = %user, sqlstate = e.sqlstate(), "client login failed");
+        fatal(stream, ErrorFields::fatal(e.sqlstate(), e.message())).await;
+        return None;
+    }
+    if database == crate::ADMIN_DATABASE {
+        fatal(
+            stream,
+            ErrorFields::fatal(
+                "0A000",
+                "the admin console (database \"pgshard\") is not available in this version of pgshard",
+            ),
+        )
+        .await;
+        return None;
+    }
+    if database != proxy.config.proxy.database {
+        fatal(
+            stream,
+            ErrorFields::fatal("3D000", format!("database \"{database}\" does not exist"))
+                .with_hint(format!("this pgshard serves database \"{}\"", proxy.config.proxy.database)),
+        )
+        .await;
+        return None;
+    }
+    stream.write_all(&be::authentication_ok().to_bytes()).await.ok()?;
+    Some((params, user))
+}

@@ -1,0 +1,758 @@
+//! One client session after startup: reads messages, routes each statement, runs it on the shard
+//! connections it needs, and keeps the session's settings, transaction and prepared statements
+//! consistent under transaction pooling.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::cancel::{set_active, ActiveTargets};
+use super::client_io::ClientIo;
+use super::exchange::{self, Expect, Outcome, SinkError, Step};
+use crate::backend::pool::CheckoutError;
+use crate::backend::session_state::sync_sql;
+use crate::backend::{PooledConn, ShardPools};
+use crate::config::PoolMode;
+use crate::proxy::Proxy;
+use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
+use crate::wire::backend::{self as be, ErrorFields, TxStatus};
+use crate::wire::frame::Frame;
+use crate::wire::frontend as fe;
+
+/// A client statement prepared with Parse, kept per client by name.
+pub struct Prepared {
+    pub sql: String,
+    pub param_types: Vec<u32>,
+    pub facts: Arc<[StatementFacts]>,
+    /// The name it has on server connections ("" for the unnamed statement).
+    pub server_name: String,
+}
+
+/// An explicit transaction block the client opened.
+pub struct Txn {
+    /// A BEGIN not yet sent: it goes to the first shard the transaction touches.
+    pub pending_begin: Option<String>,
+    /// The shard the transaction runs on, once known.
+    pub shard: Option<u32>,
+    /// The proxy refused a statement inside the block: like Postgres, everything but the end of
+    /// the block is refused until then, and the block ends in ROLLBACK.
+    pub refused: bool,
+}
+
+/// Where a request runs.
+pub enum Target {
+    Single(u32),
+    Scatter(Vec<u32>),
+}
+
+/// Why the session loop must stop.
+pub enum End {
+    ClientGone,
+}
+
+pub struct Session {
+    pub proxy: Arc<Proxy>,
+    pub io: ClientIo,
+    pub user: String,
+    pub startup_settings: BTreeMap<String, String>,
+    pub settings: BTreeMap<String, String>,
+    pub settings_at_begin: Option<BTreeMap<String, String>>,
+    pub proxy_settings: BTreeMap<String, String>,
+    pub held: BTreeMap<u32, PooledConn>,
+    pub txn: Option<Txn>,
+    pub statements: HashMap<String, Arc<Prepared>>,
+    /// Portals bound in the current transaction and the shard they live on.
+    pub portals: HashMap<String, u32>,
+    /// Extended-protocol messages buffered until Sync or Flush.
+    pub batch: Vec<Frame>,
+    /// After an error in an extended-protocol batch, messages are dropped until Sync.
+    pub skip_until_sync: bool,
+    /// A Flush-ended batch ran on this shard: the implicit transaction lasts until Sync.
+    pub open_batch_shard: Option<u32>,
+    pub cancel: ActiveTargets,
+}
+
+/// An error to report to the client, as an ErrorResponse.
+pub fn refusal(message: impl Into<String>) -> ErrorFields {
+    ErrorFields::error("0A000", message)
+}
+
+impl Session {
+    /// Serves the client until it leaves.
+    pub async fn run(mut self) {
+        loop {
+            if self.io.out.len() > 0 && !self.io.has_buffered_frame() && self.io.flush().await.is_err()
+            {
+                break;
+            }
+            let frame = match self.io.read_frame().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let fields = ErrorFields::fatal("08P01", format!("invalid message from client: {e}"));
+                    self.io.push_error(&fields);
+                    let _ = self.io.flush().await;
+                    break;
+                }
+            };
+            let result = match frame.tag {
+                fe::QUERY => {
+                    self.skip_until_sync = false;
+                    self.simple_query(frame.body).await
+                }
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE => {
+                    if !self.skip_until_sync {
+                        self.batch.push(frame);
+                    }
+                    Ok(())
+                }
+                fe::FLUSH => {
+                    if self.skip_until_sync {
+                        Ok(())
+                    } else {
+                        self.extended_batch(false).await
+                    }
+                }
+                fe::SYNC => {
+                    let r = if self.skip_until_sync {
+                        self.skip_until_sync = false;
+                        self.batch.clear();
+                        self.finish_open_batch().await
+                    } else {
+                        self.extended_batch(true).await
+                    };
+                    r
+                }
+                fe::TERMINATE => break,
+                fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => Ok(()),
+                fe::FUNCTION_CALL => {
+                    self.reply_error(refusal(
+                        "the fast-path function call protocol is not supported by pgshard; call the function in a SELECT",
+                    ));
+                    Ok(())
+                }
+                other => {
+                    let fields = ErrorFields::fatal(
+                        "08P01",
+                        format!("invalid frontend message type {}", other),
+                    );
+                    self.io.push_error(&fields);
+                    let _ = self.io.flush().await;
+                    break;
+                }
+            };
+            if let Err(End::ClientGone) = result {
+                break;
+            }
+        }
+        self.close().await;
+    }
+
+    /// Returns or discards server connections when the client leaves.
+    async fn close(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for (_, mut conn) in held {
+            if conn.synced && conn.status != TxStatus::Idle {
+                if conn.run_silently("ROLLBACK").await.is_ok() && conn.reusable() {
+                    continue;
+                }
+                ShardPools::discard(conn);
+            } else if !conn.reusable() {
+                ShardPools::discard(conn);
+            }
+        }
+    }
+
+    /// Transaction status to report in a ReadyForQuery the proxy writes itself.
+    pub fn status(&self) -> TxStatus {
+        match &self.txn {
+            None => TxStatus::Idle,
+            Some(t) if t.refused => TxStatus::Failed,
+            Some(t) => match t.shard.and_then(|s| self.held.get(&s)) {
+                Some(conn) => conn.status,
+                None => TxStatus::InTransaction,
+            },
+        }
+    }
+
+    /// Sends an error and ReadyForQuery; inside a transaction block the block is now failed.
+    pub fn reply_error(&mut self, fields: ErrorFields) {
+        self.io.push_error(&fields);
+        if let Some(txn) = &mut self.txn {
+            txn.refused = true;
+        }
+        let status = self.status();
+        self.io.push(&be::ready_for_query(status));
+    }
+
+    /// An error without ReadyForQuery (extended protocol: the Sync answers later).
+    pub fn push_error_in_batch(&mut self, fields: ErrorFields) {
+        self.io.push_error(&fields);
+        if let Some(txn) = &mut self.txn {
+            txn.refused = true;
+        }
+    }
+
+    async fn simple_query(&mut self, body: Bytes) -> Result<(), End> {
+        let sql = match fe::decode_query(&body) {
+            Ok(s) => s.to_string(),
+            Err(_) => {
+                self.reply_error(ErrorFields::error(
+                    "22021",
+                    "invalid byte sequence for encoding \"UTF8\" in query text",
+                ));
+                return Ok(());
+            }
+        };
+        let proxy = self.proxy.clone();
+        let (facts, literals) = proxy.router.analyze_simple(&sql);
+        if facts.is_empty() {
+            self.io.push(&be::empty_query_response());
+            let status = self.status();
+            self.io.push(&be::ready_for_query(status));
+            return Ok(());
+        }
+        if let Some(local) = facts.iter().find_map(|f| f.local.clone()) {
+            if facts.len() > 1 {
+                self.reply_error(refusal(
+                    "pgshard's own commands (SET/SHOW pgshard.*, pgshard.next_id()) must be sent on their own",
+                ));
+            } else if self.txn.as_ref().is_some_and(|t| t.refused) {
+                self.reply_error(aborted());
+            } else {
+                self.local_command(&local, true);
+                let status = self.status();
+                self.io.push(&be::ready_for_query(status));
+            }
+            return Ok(());
+        }
+        if let Some(done) = self.transaction_shortcut(&sql, &facts).await? {
+            return Ok(done);
+        }
+        if let Some(fields) = self.session_bound_refusal(&facts) {
+            self.reply_error(fields);
+            return Ok(());
+        }
+        let map = proxy.map.current();
+        let params = crate::router::literals::LiteralParams(&literals);
+        let mut sql = sql;
+        let mut routes: Vec<Route> = facts
+            .iter()
+            .map(|f| proxy.router.route(f, &params, &map, proxy.first_shard))
+            .collect();
+        if let (1, Some(rows)) = (facts.len(), facts[0].missing_key_rows) {
+            match self.insert_with_new_keys(&sql, rows, &map) {
+                Ok((rewritten, route)) => {
+                    sql = rewritten;
+                    routes = vec![route];
+                }
+                Err(fields) => {
+                    self.reply_error(fields);
+                    return Ok(());
+                }
+            }
+        }
+        let target = match self.combine(&routes, &facts) {
+            Ok(t) => t,
+            Err(fields) => {
+                self.reply_error(fields);
+                return Ok(());
+            }
+        };
+        let steps = |_: &crate::backend::ServerConn| {
+            vec![Step::Send {
+                frame: fe::query(&sql),
+                expect: Expect::Query,
+                forward: true,
+            }]
+        };
+        match target {
+            Target::Single(shard) => {
+                let outcome = self.run_single(shard, steps).await?;
+                if let Some(outcome) = outcome {
+                    self.after_statements(&facts, &outcome);
+                }
+            }
+            Target::Scatter(shards) => {
+                if facts.iter().any(|f| matches!(f.kind, StatementKind::Copy { .. })) {
+                    self.reply_error(refusal(
+                        "COPY of a sharded table without a shard key would span several shards, which is not supported yet",
+                    ));
+                    return Ok(());
+                }
+                self.run_scatter(shards, steps).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// BEGIN/COMMIT/ROLLBACK the proxy answers without a server: a BEGIN waits for the first
+    /// statement to know its shard.
+    async fn transaction_shortcut(
+        &mut self,
+        sql: &str,
+        facts: &[StatementFacts],
+    ) -> Result<Option<()>, End> {
+        let [only] = facts else {
+            if self.txn.as_ref().is_some_and(|t| t.refused) {
+                self.reply_error(aborted());
+                return Ok(Some(()));
+            }
+            return Ok(None);
+        };
+        let unbound = self.txn.as_ref().is_none_or(|t| t.shard.is_none());
+        match &only.kind {
+            StatementKind::Begin if self.txn.is_none() => {
+                self.txn = Some(Txn {
+                    pending_begin: Some(sql.to_string()),
+                    shard: None,
+                    refused: false,
+                });
+                self.settings_at_begin = Some(self.settings.clone());
+                self.io.push(&be::command_complete("BEGIN"));
+                self.io.push(&be::ready_for_query(TxStatus::InTransaction));
+                Ok(Some(()))
+            }
+            StatementKind::Begin if unbound => {
+                self.io.push(
+                    &ErrorFields {
+                        severity: "WARNING".into(),
+                        ..ErrorFields::error("25001", "there is already a transaction in progress")
+                    }
+                    .to_notice(),
+                );
+                self.io.push(&be::command_complete("BEGIN"));
+                let status = self.status();
+                self.io.push(&be::ready_for_query(status));
+                Ok(Some(()))
+            }
+            StatementKind::Commit | StatementKind::Rollback if unbound || self.txn.as_ref().is_some_and(|t| t.refused) => {
+                let tag = match (&only.kind, &self.txn) {
+                    (StatementKind::Commit, Some(t)) if !t.refused => "COMMIT",
+                    (StatementKind::Commit, None) => "COMMIT",
+                    _ => "ROLLBACK",
+                };
+                if self.txn.is_none() {
+                    self.io.push(
+                        &ErrorFields {
+                            severity: "WARNING".into(),
+                            ..ErrorFields::error("25P01", "there is no transaction in progress")
+                        }
+                        .to_notice(),
+                    );
+                }
+                if let Some(shard) = self.txn.as_ref().and_then(|t| t.shard) {
+                    if let Some(conn) = self.held.get_mut(&shard) {
+                        if conn.run_silently("ROLLBACK").await.is_err() {
+                            if let Some(conn) = self.held.remove(&shard) {
+                                ShardPools::discard(conn);
+                            }
+                        }
+                    }
+                }
+                self.end_transaction(tag == "ROLLBACK");
+                self.io.push(&be::command_complete(tag));
+                self.io.push(&be::ready_for_query(TxStatus::Idle));
+                self.release_idle();
+                Ok(Some(()))
+            }
+            _ if self.txn.as_ref().is_some_and(|t| t.refused) => {
+                if only.kind == StatementKind::Savepoint {
+                    // ROLLBACK TO SAVEPOINT may rescue the block; the server decides.
+                    return Ok(None);
+                }
+                self.reply_error(aborted());
+                Ok(Some(()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Closes the transaction block; a rollback also rolls back the settings changed inside it.
+    pub fn end_transaction(&mut self, rolled_back: bool) {
+        if rolled_back {
+            if let Some(before) = self.settings_at_begin.take() {
+                if before != self.settings {
+                    self.settings = before;
+                    for conn in self.held.values_mut() {
+                        conn.settings_unknown = true;
+                    }
+                }
+            }
+        }
+        self.settings_at_begin = None;
+        self.txn = None;
+        self.portals.clear();
+    }
+
+    fn session_bound_refusal(&self, facts: &[StatementFacts]) -> Option<ErrorFields> {
+        if self.proxy.config.pool.mode == PoolMode::Session {
+            return None;
+        }
+        facts.iter().find_map(|f| f.session_bound.as_ref()).map(|feature| {
+            refusal(format!(
+                "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
+            ))
+            .with_hint("set pool.mode = \"session\" in the pgshard config, or avoid session-level state")
+        })
+    }
+
+    /// Answers a statement the proxy handles itself (no ReadyForQuery); `describe` adds the
+    /// RowDescription (simple protocol).
+    pub fn local_command(&mut self, local: &LocalCommand, describe: bool) {
+        match local {
+            LocalCommand::SetProxy { name, value } => {
+                match value {
+                    Some(v) => {
+                        self.proxy_settings.insert(name.clone(), v.clone());
+                    }
+                    None => {
+                        self.proxy_settings.remove(name);
+                    }
+                }
+                self.io.push(&be::command_complete(if value.is_some() { "SET" } else { "RESET" }));
+            }
+            LocalCommand::ShowProxy { name } => match self.proxy_settings.get(name).cloned() {
+                Some(v) => {
+                    if describe {
+                        self.io.push(&be::row_description(&[(name.as_str(), be::TEXT_OID)]));
+                    }
+                    self.io.push(&be::data_row(&[Some(v.as_str())]));
+                    self.io.push(&be::command_complete("SHOW"));
+                }
+                None => self.io.push_error(&ErrorFields::error(
+                    "42704",
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )),
+            },
+            LocalCommand::NextId => {
+                let id = self.proxy.ids.next_id().to_string();
+                if describe {
+                    self.io.push(&be::row_description(&[("next_id", be::INT8_OID)]));
+                }
+                self.io.push(&be::data_row(&[Some(id.as_str())]));
+                self.io.push(&be::command_complete("SELECT 1"));
+            }
+        }
+    }
+
+    /// Gives an INSERT that omits the shard key generated keys; all rows must land on one shard.
+    pub fn insert_with_new_keys(
+        &self,
+        sql: &str,
+        rows: usize,
+        map: &crate::router::ShardMap,
+    ) -> Result<(String, Route), ErrorFields> {
+        let ids: Vec<i64> = (0..rows).map(|_| self.proxy.ids.next_id()).collect();
+        let mut shards: Vec<u32> = ids.iter().map(|id| map.shard_for(*id)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        if shards.len() > 1 {
+            return Err(refusal(format!(
+                "a multi-row INSERT without the shard key gets new keys on {} shards; writes to several shards need two-phase commit, which is not supported yet: insert the rows one per statement",
+                shards.len()
+            )));
+        }
+        let rewritten = crate::router::rewrite::insert_with_keys(sql, &self.proxy.config.sharded_tables, &ids)
+            .map_err(|e| refusal(e.to_string()))?;
+        Ok((rewritten, Route::Single(shards[0])))
+    }
+
+    /// Combines the routes of the statements of one request into where it runs.
+    pub fn combine(&self, routes: &[Route], facts: &[StatementFacts]) -> Result<Target, ErrorFields> {
+        let mut single: Option<u32> = None;
+        let mut scatter: Option<Vec<u32>> = None;
+        for route in routes {
+            match route {
+                Route::Refuse(message) => return Err(refusal(message.clone())),
+                Route::Single(s) => {
+                    if let Some(prev) = single.filter(|p| p != s) {
+                        return Err(refusal(format!(
+                            "statements sent together need shards {prev} and {s}; a request spanning several shards needs two-phase commit, which is not supported yet: send them separately"
+                        )));
+                    }
+                    single = Some(*s);
+                }
+                Route::Any => {}
+                Route::Scatter(v) => {
+                    if routes.len() > 1 {
+                        return Err(refusal(
+                            "a statement that reads every shard must be sent on its own, not together with other statements",
+                        ));
+                    }
+                    scatter = Some(v.clone());
+                }
+            }
+        }
+        let bound = self
+            .txn
+            .as_ref()
+            .and_then(|t| t.shard)
+            .or(self.open_batch_shard);
+        if let Some(shards) = scatter {
+            if self.txn.is_some() || self.open_batch_shard.is_some() {
+                let table = if facts.iter().any(|f| f.is_write) { "write" } else { "read" };
+                return Err(refusal(format!(
+                    "a {table} without a shard key inside a transaction would span several shards; transactions across shards need two-phase commit, which is not supported yet"
+                )));
+            }
+            return Ok(Target::Scatter(shards));
+        }
+        let shard = single
+            .or(bound)
+            .or_else(|| self.held.keys().next().copied())
+            .unwrap_or(self.proxy.first_shard);
+        if let Some(b) = bound.filter(|b| *b != shard) {
+            return Err(refusal(format!(
+                "this transaction runs on shard {b} and the statement needs shard {shard}; transactions across shards need two-phase commit, which is not supported yet"
+            )));
+        }
+        Ok(Target::Single(shard))
+    }
+
+    /// Makes sure a connection to `shard` is held, in sync with the session's settings, and inside
+    /// the client's transaction block if one is open.
+    pub async fn ensure_conn(&mut self, shard: u32) -> Result<(), ErrorFields> {
+        if !self.held.contains_key(&shard) {
+            let conn = self.proxy.pools.get(shard).await.map_err(checkout_error)?;
+            self.held.insert(shard, conn);
+        }
+        let Some(conn) = self.held.get_mut(&shard) else {
+            return Err(ErrorFields::error("XX000", "server connection vanished"));
+        };
+        if let Some(sql) = sync_sql(&conn.applied, &self.settings, conn.settings_unknown) {
+            if let Err(e) = conn.run_silently(&sql).await {
+                let fields = backend_error_fields(&e);
+                if let Some(conn) = self.held.remove(&shard) {
+                    ShardPools::discard(conn);
+                }
+                return Err(fields);
+            }
+            conn.applied = self.settings.clone();
+            conn.settings_unknown = false;
+        }
+        if let Some(txn) = &mut self.txn {
+            if txn.shard.is_none() {
+                let begin = txn.pending_begin.take().unwrap_or_else(|| "BEGIN".into());
+                if let Err(e) = conn.run_silently(&begin).await {
+                    return Err(backend_error_fields(&e));
+                }
+                txn.shard = Some(shard);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs steps on one shard, the answers going straight to the client. `None` when the request
+    /// could not run (the client already has the error).
+    pub async fn run_single(
+        &mut self,
+        shard: u32,
+        steps: impl FnOnce(&crate::backend::ServerConn) -> Vec<Step>,
+    ) -> Result<Option<Outcome>, End> {
+        if let Err(fields) = self.ensure_conn(shard).await {
+            self.reply_error(fields);
+            return Ok(None);
+        }
+        let Some(conn) = self.held.get_mut(&shard) else {
+            return Ok(None);
+        };
+        let steps = steps(conn);
+        let ends_with_status = steps.iter().any(|s| {
+            matches!(s, Step::Send { expect: Expect::Sync | Expect::Query, .. })
+        });
+        set_active(&self.cancel, vec![conn.cancel_target()]);
+        let result = exchange::run(conn, steps, &mut self.io).await;
+        set_active(&self.cancel, Vec::new());
+        match result {
+            Ok(outcome) => {
+                if ends_with_status {
+                    self.open_batch_shard = None;
+                    self.track_transaction(shard, &outcome);
+                } else {
+                    self.open_batch_shard = Some(shard);
+                }
+                self.release_idle();
+                Ok(Some(outcome))
+            }
+            Err(SinkError::ClientGone) => Err(End::ClientGone),
+            Err(SinkError::Refused(message)) => {
+                self.reply_error(refusal(message));
+                Ok(None)
+            }
+            Err(SinkError::Backend(e)) => {
+                if let Some(conn) = self.held.remove(&shard) {
+                    ShardPools::discard(conn);
+                }
+                tracing::warn!(shard, error = %e, "server connection failed");
+                self.txn = None;
+                self.open_batch_shard = None;
+                self.skip_until_sync = false;
+                self.reply_error(backend_error_fields(&e));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Updates the transaction block from the status the server reported.
+    fn track_transaction(&mut self, shard: u32, outcome: &Outcome) {
+        match outcome.status {
+            Some(TxStatus::Idle) => {
+                if self.txn.is_some() {
+                    let rolled_back = outcome.error.is_some()
+                        || outcome.tags.last().is_some_and(|t| t == "ROLLBACK");
+                    self.end_transaction(rolled_back);
+                }
+                self.portals.clear();
+            }
+            Some(TxStatus::InTransaction) | Some(TxStatus::Failed) => {
+                if self.txn.is_none() {
+                    self.settings_at_begin = Some(self.settings.clone());
+                    self.txn = Some(Txn {
+                        pending_begin: None,
+                        shard: Some(shard),
+                        refused: false,
+                    });
+                }
+                if let Some(txn) = &mut self.txn {
+                    txn.shard = Some(shard);
+                    txn.refused = false;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// In transaction pooling, gives back connections once no transaction needs them.
+    pub fn release_idle(&mut self) {
+        if self.proxy.config.pool.mode == PoolMode::Session
+            || self.txn.is_some()
+            || self.open_batch_shard.is_some()
+        {
+            return;
+        }
+        for (_, conn) in std::mem::take(&mut self.held) {
+            if !conn.reusable() {
+                ShardPools::discard(conn);
+            }
+        }
+    }
+
+    /// Records the effect of successful SET/RESET/DISCARD statements on the session's settings.
+    pub fn after_statements(&mut self, facts: &[StatementFacts], outcome: &Outcome) {
+        if outcome.error.is_some() {
+            return;
+        }
+        for f in facts {
+            match &f.kind {
+                StatementKind::Set { name, value } => {
+                    match value {
+                        Some(v) => {
+                            self.settings.insert(name.clone(), v.clone());
+                        }
+                        None => match self.startup_settings.get(name) {
+                            Some(v) => {
+                                self.settings.insert(name.clone(), v.clone());
+                            }
+                            None => {
+                                self.settings.remove(name);
+                            }
+                        },
+                    }
+                    // The server now holds exactly what it was told (RESET → its default).
+                    for conn in self.held.values_mut() {
+                        match value {
+                            Some(v) => {
+                                conn.applied.insert(name.clone(), v.clone());
+                            }
+                            None => {
+                                conn.applied.remove(name);
+                            }
+                        }
+                    }
+                }
+                StatementKind::ResetAll | StatementKind::Discard => {
+                    self.settings = self.startup_settings.clone();
+                    for conn in self.held.values_mut() {
+                        conn.settings_unknown = true;
+                        if f.kind == StatementKind::Discard {
+                            conn.prepared.clear();
+                        }
+                    }
+                    if f.kind == StatementKind::Discard {
+                        self.statements.clear();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs steps on several shards in parallel and merges the answers for the client.
+    pub async fn run_scatter(
+        &mut self,
+        shards: Vec<u32>,
+        steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
+    ) -> Result<(), End> {
+        for shard in &shards {
+            if let Err(fields) = self.ensure_conn(*shard).await {
+                self.reply_error(fields);
+                self.release_idle();
+                return Ok(());
+            }
+        }
+        let mut work = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            if let Some(conn) = self.held.remove(shard) {
+                let s = steps(&conn);
+                work.push((conn, s));
+            }
+        }
+        set_active(&self.cancel, work.iter().map(|(c, _)| c.cancel_target()).collect());
+        let result = crate::gather::scatter::run(work, &mut self.io).await;
+        set_active(&self.cancel, Vec::new());
+        for conn in result.conns {
+            self.held.insert(conn.shard, conn);
+        }
+        if let Some(fields) = result.failure {
+            self.reply_error(fields);
+        }
+        self.release_idle();
+        if result.client_gone {
+            return Err(End::ClientGone);
+        }
+        Ok(())
+    }
+}
+
+/// 25P02, as Postgres says it.
+pub fn aborted() -> ErrorFields {
+    ErrorFields::error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+fn checkout_error(e: CheckoutError) -> ErrorFields {
+    match e {
+        CheckoutError::Timeout(shard) => ErrorFields::error(
+            "53300",
+            format!("timed out waiting for a free server connection to shard {shard}"),
+        ),
+        CheckoutError::Backend(b) => backend_error_fields(&b),
+        other => ErrorFields::error("08001", other.to_string()),
+    }
+}
+
+/// How a server-side failure is reported to the client.
+pub fn backend_error_fields(e: &crate::backend::BackendError) -> ErrorFields {
+    use crate::backend::BackendError as B;
+    match e {
+        B::Server { fields, .. } => fields.clone(),
+        B::Connect { .. } | B::ConnectTimeout { .. } | B::Login { .. } => {
+            ErrorFields::error("08001", e.to_string())
+        }
+        _ => ErrorFields::error("08006", e.to_string()),
+    }
+}

@@ -1,0 +1,4 @@
+//! Scatter-gather: running one request on several shards in parallel and merging their answers
+//! into the one answer a single Postgres would give.
+
+pub mod scatter;

@@ -1,0 +1,222 @@
+//! Parallel execution with a concatenating merge: the first shard's descriptions, every shard's
+//! rows as they arrive, one CommandComplete with the summed row count, one ReadyForQuery.
+
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::backend::{PooledConn, ServerConn, ShardPools};
+use crate::frontend::client_io::ClientIo;
+use crate::frontend::exchange::{self, FrameSink, SinkError, Step};
+use crate::frontend::session::backend_error_fields;
+use crate::wire::backend::{self as be, ErrorFields};
+use crate::wire::frame::Frame;
+
+/// Frames buffered per shard before its reader waits for the merge (bounds memory).
+const CHANNEL_DEPTH: usize = 64;
+
+/// Passes a shard's answers to the merge.
+struct ChannelSink(mpsc::Sender<Frame>);
+
+impl FrameSink for ChannelSink {
+    async fn send(&mut self, frame: Frame) -> Result<(), SinkError> {
+        self.0.send(frame).await.map_err(|_| SinkError::ClientGone)
+    }
+
+    async fn copy_in(&mut self, _conn: &mut ServerConn) -> Result<(), SinkError> {
+        Err(SinkError::Refused(
+            "COPY FROM STDIN cannot run on several shards at once".into(),
+        ))
+    }
+}
+
+/// What a scatter left behind.
+pub struct ScatterResult {
+    /// Connections still usable, to keep or return to the pool.
+    pub conns: Vec<PooledConn>,
+    /// A failure the client has not been told about yet (it gets an error and ReadyForQuery).
+    pub failure: Option<ErrorFields>,
+    pub client_gone: bool,
+}
+
+/// Runs each connection's steps in parallel and merges the answers into `client`.
+pub async fn run(work: Vec<(PooledConn, Vec<Step>)>, client: &mut ClientIo) -> ScatterResult {
+    let shard_count = work.len();
+    let mut receivers = Vec::with_capacity(shard_count);
+    let mut tasks = Vec::with_capacity(shard_count);
+    for (mut conn, steps) in work {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        tasks.push(tokio::spawn(async move {
+            let mut sink = ChannelSink(tx);
+            let result = exchange::run(&mut conn, steps, &mut sink).await;
+            (conn, result)
+        }));
+        receivers.push(rx);
+    }
+    let mut merge = Merge::default();
+    let mut client_gone = false;
+    // The first shard's descriptions (ParseComplete, RowDescription, …) go out before any row.
+    let mut stash = None;
+    if let Some(lead) = receivers.first_mut() {
+        while let Some(frame) = lead.recv().await {
+            if is_description(frame.tag) {
+                if client.send(frame).await.is_err() {
+                    client_gone = true;
+                    break;
+                }
+            } else {
+                stash = Some(frame);
+                break;
+            }
+        }
+    }
+    let streams = receivers.into_iter().enumerate().map(|(i, rx)| {
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) })
+            .map(move |f| (i, f))
+            .boxed()
+    });
+    let mut merged = stream::select_all(streams);
+    if let Some(frame) = stash {
+        if merge.take(0, frame, client).await.is_err() {
+            client_gone = true;
+        }
+    }
+    while let Some((i, frame)) = merged.next().await {
+        if !client_gone && merge.take(i, frame, client).await.is_err() {
+            client_gone = true;
+        }
+    }
+    let mut conns = Vec::with_capacity(shard_count);
+    let mut failure = None;
+    for task in tasks {
+        match task.await {
+            Ok((conn, Ok(_))) => conns.push(conn),
+            Ok((conn, Err(e))) => {
+                ShardPools::discard(conn);
+                match e {
+                    SinkError::ClientGone => client_gone = true,
+                    SinkError::Refused(message) => {
+                        failure.get_or_insert(ErrorFields::error("0A000", message));
+                    }
+                    SinkError::Backend(b) => {
+                        failure.get_or_insert(backend_error_fields(&b));
+                    }
+                }
+            }
+            Err(join) => {
+                failure.get_or_insert(ErrorFields::error(
+                    "XX000",
+                    format!("a shard reader failed: {join}"),
+                ));
+            }
+        }
+    }
+    if failure.is_none() && !client_gone {
+        let done = merge.finish(shard_count, client).await;
+        if done.is_err() || client.flush().await.is_err() {
+            client_gone = true;
+        }
+    }
+    ScatterResult {
+        conns,
+        failure,
+        client_gone,
+    }
+}
+
+/// Messages that describe rather than answer: taken from the first shard only.
+fn is_description(tag: u8) -> bool {
+    matches!(
+        tag,
+        be::PARSE_COMPLETE
+            | be::BIND_COMPLETE
+            | be::PARAMETER_DESCRIPTION
+            | be::ROW_DESCRIPTION
+            | be::NO_DATA
+            | be::CLOSE_COMPLETE
+            | be::PARAMETER_STATUS
+    )
+}
+
+#[derive(Default)]
+struct Merge {
+    rows: u64,
+    completes: usize,
+    tag_word: Option<String>,
+    error_sent: bool,
+    ready: Option<Frame>,
+    empty: Option<Frame>,
+}
+
+impl Merge {
+    async fn take(&mut self, shard: usize, frame: Frame, client: &mut ClientIo) -> Result<(), SinkError> {
+        match frame.tag {
+            be::DATA_ROW | be::NOTICE_RESPONSE | be::NOTIFICATION => client.send(frame).await,
+            be::COMMAND_COMPLETE => {
+                self.completes += 1;
+                if let Ok(tag) = be::decode_command_complete(&frame.body) {
+                    let (word, count) = split_tag(tag);
+                    self.rows += count;
+                    self.tag_word.get_or_insert(word);
+                }
+                Ok(())
+            }
+            be::ERROR_RESPONSE => {
+                if !self.error_sent {
+                    self.error_sent = true;
+                    client.send(frame).await?;
+                }
+                Ok(())
+            }
+            be::READY_FOR_QUERY => {
+                if shard == 0 {
+                    self.ready = Some(frame);
+                }
+                Ok(())
+            }
+            be::EMPTY_QUERY => {
+                if shard == 0 {
+                    self.empty = Some(frame);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn finish(self, shards: usize, client: &mut ClientIo) -> Result<(), SinkError> {
+        if !self.error_sent {
+            if let Some(empty) = self.empty {
+                client.send(empty).await?;
+            } else if self.completes == shards {
+                let word = self.tag_word.unwrap_or_else(|| "SELECT".into());
+                client.send(be::command_complete(&format!("{word} {}", self.rows))).await?;
+            }
+        }
+        if let Some(ready) = self.ready {
+            client.send(ready).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `SELECT 12` → ("SELECT", 12).
+fn split_tag(tag: &str) -> (String, u64) {
+    match tag.rsplit_once(' ') {
+        Some((word, n)) => match n.parse() {
+            Ok(count) => (word.to_string(), count),
+            Err(_) => (tag.to_string(), 0),
+        },
+        None => (tag.to_string(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_tag;
+
+    #[test]
+    fn command_tags_split_into_word_and_count() {
+        assert_eq!(split_tag("SELECT 12"), ("SELECT".to_string(), 12));
+        assert_eq!(split_tag("SHOW"), ("SHOW".to_string(), 0));
+    }
+}

@@ -1,0 +1,26 @@
+//! The state every client session shares: configuration, router, shard map, pools, id generator
+//! and cancel keys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::backend::ShardPools;
+use crate::catalog::MapHandle;
+use crate::config::Config;
+use crate::frontend::cancel::CancelRegistry;
+use crate::ids::IdGenerator;
+use crate::router::Router;
+
+/// Shared by all sessions of one proxy process.
+pub struct Proxy {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub map: MapHandle,
+    pub pools: Arc<ShardPools>,
+    pub ids: IdGenerator,
+    pub cancels: CancelRegistry,
+    /// Where tables that are not sharded live (the first shard of the config).
+    pub first_shard: u32,
+    /// ParameterStatus values of a real shard, reported to clients at startup.
+    pub server_params: std::sync::RwLock<HashMap<String, String>>,
+}

@@ -1,0 +1,147 @@
+//! Starting and stopping a proxy: catalog, id generator, shard checks, pools, listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::backend::ShardPools;
+use crate::catalog::{self, CatalogHandle};
+use crate::config::{Config, ShardConfig};
+use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::listener::accept_loop;
+use crate::ids::IdGenerator;
+use crate::proxy::Proxy;
+use crate::router::Router;
+
+/// Connections pgshard itself needs on each shard beyond its pools (checks, monitors).
+const CONTROL_CONNECTIONS: usize = 2;
+
+/// A proxy running in this process.
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    shutdown: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+    catalog: CatalogHandle,
+}
+
+impl RunningProxy {
+    /// Stops accepting clients and stops the catalog task. Sessions in progress end with their
+    /// clients.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        self.catalog.shutdown();
+    }
+}
+
+/// Starts a proxy: loads the shard map, checks every shard, binds the listener.
+pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
+    let config = Arc::new(config);
+    let catalog = catalog::start(&config.catalog, &config.proxy.node_name)
+        .await
+        .context("cannot start the catalog client")?;
+    let ids = IdGenerator::new(catalog.node_id).context("bad proxy node id")?;
+    for shard in &config.shards {
+        check_shard(&config, shard).await?;
+    }
+    let pools = ShardPools::new(&config).map_err(anyhow::Error::msg)?;
+    let router = Router::new(&config.sharded_tables, config.router.cache_size);
+    let first_shard = config.shards[0].id;
+    let listener = TcpListener::bind(&config.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
+    let addr = listener.local_addr()?;
+    let proxy = Arc::new(Proxy {
+        config: config.clone(),
+        router,
+        map: catalog.map.clone(),
+        pools,
+        ids,
+        cancels: CancelRegistry::default(),
+        first_shard,
+        server_params: Default::default(),
+    });
+    let (shutdown, rx) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(listener, proxy.clone(), rx));
+    tracing::info!(%addr, shards = config.shards.len(), map_version = proxy.map.current().version, "pgshard listening");
+    Ok(RunningProxy {
+        addr,
+        proxy,
+        shutdown,
+        accept,
+        catalog,
+    })
+}
+
+/// Checks that a shard is the shard the config says it is and that the pools fit its
+/// `max_connections`. An unreachable shard is only a warning: it may come back.
+async fn check_shard(config: &Config, shard: &ShardConfig) -> anyhow::Result<()> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&shard.host)
+        .port(shard.port)
+        .dbname(&shard.database)
+        .user(shard.login_user(&config.server_auth))
+        .connect_timeout(config.pool.connect_timeout());
+    if let Some(p) = shard.login_password(&config.server_auth) {
+        pg.password(p);
+    }
+    let (client, connection) = match pg.connect(tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(shard = shard.id, addr = %shard.address(), error = %e, "shard unreachable at start-up; it will be used once it answers");
+            return Ok(());
+        }
+    };
+    let conn_task = tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT (SELECT shard_id FROM pgshard.identity), current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int",
+            &[],
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "shard {} at {} has no pgshard.identity table: apply sql/shard.sql and insert its identity row",
+                shard.id,
+                shard.address()
+            )
+        })?;
+    drop(client);
+    let _ = conn_task.await;
+    let identity: Option<i32> = row.get(0);
+    let max_connections: i32 = row.get(1);
+    let reserved: i32 = row.get(2);
+    match identity {
+        Some(id) if id as i64 == shard.id as i64 => {}
+        Some(id) => bail!(
+            "the server at {} identifies as shard {id}, but the config names it shard {}",
+            shard.address(),
+            shard.id
+        ),
+        None => bail!(
+            "shard {} at {} has an empty pgshard.identity table: insert its identity row",
+            shard.id,
+            shard.address()
+        ),
+    }
+    let needed = config.pool.size * config.pool.proxies + CONTROL_CONNECTIONS;
+    let available = (max_connections - reserved).max(0) as usize;
+    if needed > available {
+        bail!(
+            "pool.size ({}) x pool.proxies ({}) + {} control connections = {} exceeds what shard {} allows: max_connections ({}) - superuser_reserved_connections ({}) = {}",
+            config.pool.size,
+            config.pool.proxies,
+            CONTROL_CONNECTIONS,
+            needed,
+            shard.id,
+            max_connections,
+            reserved,
+            available
+        );
+    }
+    Ok(())
+}

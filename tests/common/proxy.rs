@@ -1,0 +1,89 @@
+//! Starting pgshard in the test process on top of a test cluster, and connecting to it.
+
+use pgshard::cluster::ClusterInfo;
+use pgshard::config::{AuthMethod, Config, UserConfig};
+use pgshard::server::RunningProxy;
+
+/// The password of the demo user `app`.
+pub const APP_PASSWORD: &str = "app";
+
+/// Starts a proxy for the cluster on a free loopback port. Besides `app` (SCRAM), it knows
+/// `trusted` (trust) and `md5user` (md5, password `md5pass`).
+pub async fn start_proxy(info: &ClusterInfo) -> RunningProxy {
+    start_proxy_with(info, |_| {}).await
+}
+
+/// Like `start_proxy`, with a chance to change the config first.
+pub async fn start_proxy_with(info: &ClusterInfo, change: impl FnOnce(&mut Config)) -> RunningProxy {
+    let mut config = Config::load(&info.config_path).expect("the cluster wrote a valid config");
+    config.proxy.listen = "127.0.0.1:0".into();
+    config.catalog.poll_interval_ms = 500;
+    config.users.push(UserConfig {
+        name: "trusted".into(),
+        password: None,
+        auth: AuthMethod::Trust,
+    });
+    config.users.push(UserConfig {
+        name: "md5user".into(),
+        password: Some("md5pass".into()),
+        auth: AuthMethod::Md5,
+    });
+    change(&mut config);
+    pgshard::server::start(config).await.expect("pgshard starts")
+}
+
+/// A libpq URL for the proxy.
+pub fn url(proxy: &RunningProxy, user: &str, password: &str) -> String {
+    format!(
+        "postgres://{user}:{password}@127.0.0.1:{}/app?sslmode=disable",
+        proxy.addr.port()
+    )
+}
+
+/// The demo user's URL.
+pub fn app_url(proxy: &RunningProxy) -> String {
+    url(proxy, "app", APP_PASSWORD)
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn connect_url(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The demo user through the proxy.
+pub async fn connect(proxy: &RunningProxy) -> tokio_postgres::Client {
+    connect_url(&app_url(proxy))
+        .await
+        .expect("connect to pgshard as app")
+}
+
+/// A direct connection to one shard, bypassing the proxy.
+pub async fn shard(info: &ClusterInfo, id: u32) -> tokio_postgres::Client {
+    let url = info.shard_url(id).expect("shard exists");
+    connect_url(&url).await.expect("connect to shard directly")
+}
+
+/// A direct connection to the catalog.
+pub async fn catalog(info: &ClusterInfo) -> tokio_postgres::Client {
+    connect_url(&info.catalog_url())
+        .await
+        .expect("connect to the catalog")
+}
+
+/// Total `users` rows over all shards, counted directly.
+pub async fn count_users_directly(info: &ClusterInfo) -> i64 {
+    let mut total = 0;
+    for id in info.shard_ids() {
+        let c = shard(info, id).await;
+        let row = c
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .expect("count on shard");
+        total += row.get::<_, i64>(0);
+    }
+    total
+}

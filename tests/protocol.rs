@@ -1,0 +1,538 @@
+//! The wire protocol through pgshard with tokio-postgres and raw sockets: simple and extended
+//! queries, transactions, generated keys, refusals, authentication, malformed input, disconnects,
+//! session settings under transaction pooling, cancel requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::proxy::{self, connect, connect_url, start_proxy, start_proxy_with, url};
+use common::TestCluster;
+use pgshard::router::Strategy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Keys that the map sends to two different shards.
+fn keys_on_two_shards(map: &pgshard::router::ShardMap) -> (i64, i64) {
+    let a = 1;
+    let first = map.shard_for(a);
+    let b = (2..10_000).find(|k| map.shard_for(*k) != first).expect("a key on another shard");
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_route_by_key_in_both_protocols() {
+    let cluster = TestCluster::start(4, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let c = connect(&proxy).await;
+    for id in 1..=40i64 {
+        c.batch_execute(&format!(
+            "INSERT INTO users (user_id, name, email) VALUES ({id}, 'user {id}', 'u{id}@example.com')"
+        ))
+        .await
+        .expect("simple insert");
+    }
+    let insert = c
+        .prepare("INSERT INTO users (user_id, name) VALUES ($1, $2)")
+        .await
+        .expect("prepare insert");
+    for id in 41..=80i64 {
+        c.execute(&insert, &[&id, &format!("user {id}")]).await.expect("prepared insert");
+    }
+    // Every row sits on the shard the map names, and only there.
+    let map = proxy.proxy.map.current();
+    for id in [1i64, 17, 41, 80] {
+        let owner = map.shard_for(id);
+        for shard in cluster.info.shard_ids() {
+            let direct = proxy::shard(&cluster.info, shard).await;
+            let n: i64 = direct
+                .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[&id])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, i64::from(shard == owner), "user {id} on shard {shard}");
+        }
+    }
+    let row = c
+        .query_one("SELECT name FROM users WHERE user_id = $1", &[&41i64])
+        .await
+        .expect("select by $1");
+    assert_eq!(row.get::<_, String>(0), "user 41");
+    let rows = c
+        .simple_query("SELECT name FROM users WHERE user_id = 7")
+        .await
+        .expect("select by literal");
+    let names: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, vec!["user 7".to_string()]);
+    // IN lists and keyless reads gather rows from several shards.
+    let rows = c
+        .query("SELECT user_id FROM users WHERE user_id IN (1, 2, 3, 50)", &[])
+        .await
+        .expect("IN list");
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3, 50]);
+    let all = c.query("SELECT user_id FROM users", &[]).await.expect("keyless read");
+    assert_eq!(all.len(), 80);
+    let any = c
+        .query("SELECT user_id FROM users WHERE user_id = ANY($1)", &[&vec![5i64, 60, 61]])
+        .await
+        .expect("= ANY($1)");
+    assert_eq!(any.len(), 3);
+    // What needs a real merge is refused clearly, never answered wrongly.
+    let err = c.query_one("SELECT count(*) FROM users", &[]).await.unwrap_err();
+    assert_eq!(code(&err), "0A000", "{err}");
+    let err = c
+        .simple_query("SELECT * FROM users ORDER BY created_at DESC LIMIT 20")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "0A000", "{err}");
+    // The session survives a refusal and a server error.
+    let err = c.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(code(&err), "42601");
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_stay_on_one_shard_or_are_refused() {
+    let cluster = TestCluster::start(4, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let map = proxy.proxy.map.current();
+    let (a, b) = keys_on_two_shards(&map);
+    let mut c = connect(&proxy).await;
+
+    let tx = c.transaction().await.expect("begin");
+    tx.execute("INSERT INTO users (user_id, name) VALUES ($1, 'a')", &[&a])
+        .await
+        .expect("insert a");
+    tx.execute("UPDATE users SET name = 'a2' WHERE user_id = $1", &[&a])
+        .await
+        .expect("update a");
+    tx.commit().await.expect("commit");
+    let name: String = c
+        .query_one("SELECT name FROM users WHERE user_id = $1", &[&a])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "a2");
+
+    let tx = c.transaction().await.expect("begin");
+    tx.execute("UPDATE users SET name = 'rolled back' WHERE user_id = $1", &[&a])
+        .await
+        .expect("update");
+    tx.rollback().await.expect("rollback");
+    let name: String = c
+        .query_one("SELECT name FROM users WHERE user_id = $1", &[&a])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "a2", "rollback must undo the update");
+
+    // A second shard inside one transaction: refused, the block fails, nothing is half-committed.
+    c.batch_execute("BEGIN").await.expect("begin");
+    c.batch_execute(&format!("UPDATE users SET name = 'x' WHERE user_id = {a}"))
+        .await
+        .expect("first shard");
+    let err = c
+        .batch_execute(&format!("INSERT INTO users (user_id, name) VALUES ({b}, 'b')"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "0A000", "{err}");
+    let err = c.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&err), "25P02", "{err}");
+    let msgs = c.simple_query("COMMIT").await.expect("commit of a failed block");
+    assert!(matches!(
+        msgs.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(_))
+    ));
+    let name: String = c
+        .query_one("SELECT name FROM users WHERE user_id = $1", &[&a])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "a2", "the failed block must have rolled back");
+    let n: i64 = c
+        .query("SELECT user_id FROM users WHERE user_id = $1", &[&b])
+        .await
+        .unwrap()
+        .len() as i64;
+    assert_eq!(n, 0);
+
+    // Multi-row INSERT spanning shards and keyless writes are refused.
+    let err = c
+        .batch_execute(&format!(
+            "INSERT INTO users (user_id, name) VALUES ({a}0000, 'p'), ({b}, 'q')"
+        ))
+        .await;
+    if map.shard_for(a * 10000) != map.shard_for(b) {
+        assert_eq!(code(&err.unwrap_err()), "0A000");
+    }
+    let err = c.batch_execute("UPDATE users SET name = 'all'").await.unwrap_err();
+    assert_eq!(code(&err), "0A000", "{err}");
+    let err = c
+        .batch_execute(&format!("UPDATE users SET user_id = 5 WHERE user_id = {a}"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "0A000", "{err}");
+    // Duplicate keys are caught by the owning shard.
+    let err = c
+        .batch_execute(&format!("INSERT INTO users (user_id, name) VALUES ({a}, 'dup')"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "23505", "{err}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_without_a_key_get_generated_ids() {
+    let cluster = TestCluster::start(4, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let c = connect(&proxy).await;
+    let rows = c
+        .simple_query("INSERT INTO users (name, email) VALUES ('Ada', 'ada@example.com') RETURNING user_id")
+        .await
+        .expect("insert without key");
+    let id: i64 = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .expect("RETURNING shows the key");
+    assert!(id > 0);
+    let row = c
+        .query_one("SELECT name FROM users WHERE user_id = $1", &[&id])
+        .await
+        .expect("row found by its generated key");
+    assert_eq!(row.get::<_, String>(0), "Ada");
+    let id2: i64 = c
+        .query_one(
+            "INSERT INTO users (name) VALUES ($1) RETURNING user_id",
+            &[&"Grace"],
+        )
+        .await
+        .expect("prepared insert without key")
+        .get(0);
+    assert!(id2 > id, "ids grow: {id2} > {id}");
+    let map = proxy.proxy.map.current();
+    let owner = proxy::shard(&cluster.info, map.shard_for(id2)).await;
+    let n: i64 = owner
+        .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[&id2])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let next: i64 = c
+        .query_one("SELECT pgshard.next_id()", &[])
+        .await
+        .expect("next_id through the extended protocol")
+        .get(0);
+    assert!(next > id2);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_ids_never_collide_across_sessions() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let sessions = 8;
+    let per_session = 12_500;
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let url = proxy::app_url(&proxy);
+        tasks.push(tokio::spawn(async move {
+            let c = connect_url(&url).await.expect("connect");
+            let st = c.prepare("SELECT pgshard.next_id()").await.expect("prepare");
+            let mut ids = Vec::with_capacity(per_session);
+            for _ in 0..per_session {
+                ids.push(c.query_one(&st, &[]).await.expect("next_id").get::<_, i64>(0));
+            }
+            ids
+        }));
+    }
+    let mut all = std::collections::HashSet::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(id > 0);
+            assert!(all.insert(id), "duplicate id {id}");
+        }
+    }
+    assert_eq!(all.len(), sessions * per_session);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_fail_cleanly_and_methods_work() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let err = connect_url(&url(&proxy, "app", "wrong")).await.unwrap_err();
+    assert_eq!(code(&err), "28P01", "{err}");
+    let err = connect_url(&url(&proxy, "nobody", "x")).await.unwrap_err();
+    assert_eq!(code(&err), "28P01", "unknown users look like wrong passwords: {err}");
+    let err = connect_url(&format!(
+        "postgres://app:app@127.0.0.1:{}/nodb",
+        proxy.addr.port()
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), "3D000", "{err}");
+    let c = connect_url(&url(&proxy, "md5user", "md5pass")).await.expect("md5 login");
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let err = connect_url(&url(&proxy, "md5user", "nope")).await.unwrap_err();
+    assert_eq!(code(&err), "28P01");
+    let c = connect_url(&url(&proxy, "trusted", "")).await.expect("trust login");
+    let two: i32 = c.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+    proxy.stop().await;
+}
+
+/// Reads what the proxy sends until it closes the connection (bounded by a timeout).
+async fn read_until_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the proxy did not close the connection; got {out:?}"),
+        }
+    }
+}
+
+fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608u32.to_be_bytes());
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn sqlstates(bytes: &[u8]) -> Vec<String> {
+    let mut codes = Vec::new();
+    let mut i = 0;
+    while i + 5 <= bytes.len() {
+        let tag = bytes[i];
+        let len = u32::from_be_bytes([bytes[i + 1], bytes[i + 2], bytes[i + 3], bytes[i + 4]]) as usize;
+        let end = (i + 1 + len).min(bytes.len());
+        if tag == b'E' {
+            let body = &bytes[i + 5..end];
+            let mut j = 0;
+            while j < body.len() && body[j] != 0 {
+                let field = body[j];
+                let nul = body[j + 1..].iter().position(|b| *b == 0).map(|p| j + 1 + p).unwrap_or(body.len());
+                if field == b'C' {
+                    codes.push(String::from_utf8_lossy(&body[j + 1..nul]).into_owned());
+                }
+                j = nul + 1;
+            }
+        }
+        i = end;
+    }
+    codes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let addr = proxy.addr;
+
+    // A startup packet with an absurd length.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    assert_eq!(sqlstates(&reply), vec!["08P01".to_string()]);
+
+    // An unsupported protocol version.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0, 9, 0, 0]).await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    assert_eq!(sqlstates(&reply), vec!["08P01".to_string()]);
+
+    // SSL is refused with 'N', then a normal startup works on the same socket.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).await.unwrap();
+    assert_eq!(&n, b"N");
+
+    // Random bytes during the password exchange.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "app"), ("database", "app")])).await.unwrap();
+    let mut first = [0u8; 64];
+    let _ = s.read(&mut first).await.unwrap();
+    s.write_all(b"\x01\x02garbage\xff\xff\xff\xff").await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    assert!(!sqlstates(&reply).is_empty(), "an error before closing: {reply:?}");
+
+    // Random bytes after a complete login (trust user).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "trusted"), ("database", "app")])).await.unwrap();
+    let mut greeting = vec![0u8; 0];
+    let mut buf = [0u8; 4096];
+    while !greeting.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("login answers")
+            .unwrap();
+        assert!(n > 0, "closed during login");
+        greeting.extend_from_slice(&buf[..n]);
+    }
+    s.write_all(&[b'Q', 0xff, 0xff, 0xff, 0xf0, 1, 2, 3]).await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    assert_eq!(sqlstates(&reply), vec!["08P01".to_string()]);
+
+    // A Bind naming a statement that does not exist: ERROR, and the session goes on.
+    let c = connect(&proxy).await;
+    let one: i32 = c.query_one("SELECT 1", &[]).await.expect("still serving").get(0);
+    assert_eq!(one, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_transaction_leaves_nothing_behind() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let proxy = start_proxy_with(&cluster.info, |c| c.pool.size = 2).await;
+    let key = 424_242i64;
+    let shard_id = proxy.proxy.map.current().shard_for(key);
+    {
+        let c = connect(&proxy).await;
+        c.batch_execute("BEGIN").await.unwrap();
+        c.batch_execute(&format!("INSERT INTO users (user_id, name) VALUES ({key}, 'ghost')"))
+            .await
+            .unwrap();
+        // The client vanishes without COMMIT.
+    }
+    let direct = proxy::shard(&cluster.info, shard_id).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a server connection stayed in the client's transaction");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[&key])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the abandoned transaction must not commit");
+    // Both pooled connections are usable by others.
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    a.batch_execute("BEGIN").await.unwrap();
+    a.execute("INSERT INTO users (user_id, name) VALUES ($1, 'a')", &[&key]).await.unwrap();
+    let n = b.query("SELECT 1 FROM users WHERE user_id = $1", &[&key]).await.unwrap().len();
+    assert_eq!(n, 0, "uncommitted rows stay invisible");
+    a.batch_execute("COMMIT").await.unwrap();
+    let n = b.query("SELECT 1 FROM users WHERE user_id = $1", &[&key]).await.unwrap().len();
+    assert_eq!(n, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_prepared_statements_survive_transaction_pooling() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    // One server connection per shard: every client shares it.
+    let proxy = start_proxy_with(&cluster.info, |c| c.pool.size = 1).await;
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    a.batch_execute("SET statement_timeout = '1234ms'").await.unwrap();
+    let show = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(show(a.simple_query("SHOW statement_timeout").await.unwrap()), "1234ms");
+    assert_eq!(show(b.simple_query("SHOW statement_timeout").await.unwrap()), "0");
+    assert_eq!(show(a.simple_query("SHOW statement_timeout").await.unwrap()), "1234ms");
+    a.batch_execute("RESET statement_timeout").await.unwrap();
+    assert_eq!(show(a.simple_query("SHOW statement_timeout").await.unwrap()), "0");
+    // A SET rolled back with its transaction is undone.
+    a.batch_execute("BEGIN; SET work_mem = '8MB'; ROLLBACK").await.unwrap();
+    assert_eq!(show(a.simple_query("SHOW work_mem").await.unwrap()), "4MB");
+
+    let clients: Vec<_> = futures_util::future::join_all((0..5).map(|_| async { connect(&proxy).await })).await;
+    let mut statements = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let sql = format!("SELECT $1::int8 + {i}");
+        statements.push(c.prepare(&sql).await.expect("prepare"));
+    }
+    for round in 0..20i64 {
+        for (i, c) in clients.iter().enumerate() {
+            let v: i64 = c.query_one(&statements[i], &[&round]).await.expect("execute").get(0);
+            assert_eq!(v, round + i as i64);
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_server_running_the_query() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let c = connect(&proxy).await;
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let query = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    // Wait until the shard is really running it.
+    let direct = proxy::shard(&cluster.info, proxy.proxy.first_shard).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let running: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(30)%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the query never started on the shard");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel request sent");
+    let err = query.await.unwrap().unwrap_err();
+    assert_eq!(code(&err), "57014", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    proxy.stop().await;
+}
