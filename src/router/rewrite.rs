@@ -1,1 +1,1 @@
-//! (filled in by the router work)
+//! Statement rewrites for scatter-gather (reserved for the gather work; nothing here yet).
