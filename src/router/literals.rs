@@ -61,13 +61,14 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
     // Start of the not-yet-copied part of the input.
     let mut copied = 0;
     let mut i = 0;
-    let mut replace = |out: &mut String, copied: &mut usize, from: usize, to: usize, lit: Literal| {
-        out.push_str(&sql[*copied..from]);
-        literals.push(lit);
-        out.push('$');
-        out.push_str(&literals.len().to_string());
-        *copied = to;
-    };
+    let mut replace =
+        |out: &mut String, copied: &mut usize, from: usize, to: usize, lit: Literal| {
+            out.push_str(&sql[*copied..from]);
+            literals.push(lit);
+            out.push('$');
+            out.push_str(&literals.len().to_string());
+            *copied = to;
+        };
     while i < s.len() {
         let b = s[i];
         match b {
@@ -137,7 +138,10 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
                 if next == Some(b'\'') && word.len() == 1 {
                     // E'…', B'…', X'…', N'…': left unchanged.
                     let backslash = matches!(word[0], b'e' | b'E');
-                    if !matches!(word[0], b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N') {
+                    if !matches!(
+                        word[0],
+                        b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N'
+                    ) {
                         // Some other one-letter word followed by a string: an ordinary literal.
                         continue;
                     }
@@ -151,7 +155,9 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
                     i = skip_quoted(s, i + 1, q, false)?;
                 }
             }
-            _ if b.is_ascii_digit() || (b == b'.' && s.get(i + 1).is_some_and(|c| c.is_ascii_digit())) => {
+            _ if b.is_ascii_digit()
+                || (b == b'.' && s.get(i + 1).is_some_and(|c| c.is_ascii_digit())) =>
+            {
                 let start = i;
                 while i < s.len() && s[i].is_ascii_digit() {
                     i += 1;
@@ -236,7 +242,10 @@ mod tests {
     fn pgbench_select() {
         let a = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;");
         let b = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
-        assert_eq!(a.text, "SELECT abalance FROM pgbench_accounts WHERE aid = $1;");
+        assert_eq!(
+            a.text,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+        );
         assert_eq!(a.text, b.text);
         assert_eq!(a.literals, vec![n("4242")]);
         assert_eq!(LiteralParams(&a.literals).int(1), Some(4242));
@@ -246,7 +255,8 @@ mod tests {
 
     #[test]
     fn numbers_and_strings() {
-        let r = normalize("select 1.5, .5, 2e10, 3E-2, 'it''s', t1.x2y, \"a 1\" from t where x='7'");
+        let r =
+            normalize("select 1.5, .5, 2e10, 3E-2, 'it''s', t1.x2y, \"a 1\" from t where x='7'");
         assert_eq!(
             r.text,
             "select $1, $2, $3, $4, $5, t1.x2y, \"a 1\" from t where x=$6"
@@ -288,8 +298,26 @@ mod tests {
     #[test]
     fn odd_input_never_panics() {
         for sql in [
-            "", "'", "$", "$$", "$a", "1e", "1.", "0x1F", "1_000", "é = 'ü' 3", "😀 1 '😀'", "a$1", "-", "/", "/*",
-            "U&", "E", "x'", "1..2", "\u{0}",
+            "",
+            "'",
+            "$",
+            "$$",
+            "$a",
+            "1e",
+            "1.",
+            "0x1F",
+            "1_000",
+            "é = 'ü' 3",
+            "😀 1 '😀'",
+            "a$1",
+            "-",
+            "/",
+            "/*",
+            "U&",
+            "E",
+            "x'",
+            "1..2",
+            "\u{0}",
         ] {
             let _ = normalize(sql);
         }

@@ -241,7 +241,13 @@ mod tests {
 
     #[test]
     fn binary_arrays() {
-        let a8 = bin_array(20, &[Some(1i64.to_be_bytes().to_vec()), Some((-2i64).to_be_bytes().to_vec())]);
+        let a8 = bin_array(
+            20,
+            &[
+                Some(1i64.to_be_bytes().to_vec()),
+                Some((-2i64).to_be_bytes().to_vec()),
+            ],
+        );
         let a4 = bin_array(23, &[Some(9i32.to_be_bytes().to_vec())]);
         let with_null = bin_array(20, &[Some(1i64.to_be_bytes().to_vec()), None]);
         let text_elems = bin_array(25, &[Some(b"1".to_vec())]);
@@ -249,7 +255,14 @@ mod tests {
         empty.extend_from_slice(&0i32.to_be_bytes());
         empty.extend_from_slice(&0i32.to_be_bytes());
         empty.extend_from_slice(&20u32.to_be_bytes());
-        let values = [b(&a8), b(&a4), b(&with_null), b(&text_elems), b(&empty), b(&a8[..10])];
+        let values = [
+            b(&a8),
+            b(&a4),
+            b(&with_null),
+            b(&text_elems),
+            b(&empty),
+            b(&a8[..10]),
+        ];
         let p = BindParams {
             values: &values,
             formats: &[1],

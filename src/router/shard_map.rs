@@ -45,9 +45,7 @@ pub struct ShardMap {
 
 /// Postgres's `hash_bytes_uint32_extended(k, 0)`: Bob Jenkins' lookup3 final mix of one 32-bit word.
 fn hash_uint32_extended_seed0(k: u32) -> u64 {
-    let init = 0x9e37_79b9u32
-        .wrapping_add(4)
-        .wrapping_add(3_923_095);
+    let init = 0x9e37_79b9u32.wrapping_add(4).wrapping_add(3_923_095);
     let mut a = init.wrapping_add(k);
     let mut b = init;
     let mut c = init;
@@ -79,12 +77,62 @@ pub fn hashint8extended(key: i64) -> i64 {
 /// Quote an SQL identifier unless it is a plain lowercase name that needs no quotes.
 fn quote_ident(name: &str) -> String {
     const RESERVED: &[&str] = &[
-        "all", "and", "any", "array", "as", "asc", "both", "case", "cast", "check", "collate",
-        "column", "constraint", "create", "default", "desc", "distinct", "do", "else", "end",
-        "except", "false", "fetch", "for", "foreign", "from", "grant", "group", "having", "in",
-        "intersect", "into", "leading", "limit", "not", "null", "offset", "on", "only", "or",
-        "order", "primary", "references", "select", "table", "then", "to", "true", "union",
-        "unique", "user", "using", "when", "where", "window", "with",
+        "all",
+        "and",
+        "any",
+        "array",
+        "as",
+        "asc",
+        "both",
+        "case",
+        "cast",
+        "check",
+        "collate",
+        "column",
+        "constraint",
+        "create",
+        "default",
+        "desc",
+        "distinct",
+        "do",
+        "else",
+        "end",
+        "except",
+        "false",
+        "fetch",
+        "for",
+        "foreign",
+        "from",
+        "grant",
+        "group",
+        "having",
+        "in",
+        "intersect",
+        "into",
+        "leading",
+        "limit",
+        "not",
+        "null",
+        "offset",
+        "on",
+        "only",
+        "or",
+        "order",
+        "primary",
+        "references",
+        "select",
+        "table",
+        "then",
+        "to",
+        "true",
+        "union",
+        "unique",
+        "user",
+        "using",
+        "when",
+        "where",
+        "window",
+        "with",
     ];
     let plain = !name.is_empty()
         && name
@@ -184,7 +232,10 @@ impl ShardMap {
 
     /// An even split of the key space over `shards` (in that order).
     pub fn uniform(version: i64, strategy: Strategy, shards: &[u32]) -> ShardMap {
-        assert!(!shards.is_empty(), "a uniform shard map needs at least one shard");
+        assert!(
+            !shards.is_empty(),
+            "a uniform shard map needs at least one shard"
+        );
         let n = shards.len();
         let bounds: Vec<i64> = match strategy {
             Strategy::Range => {
@@ -209,9 +260,7 @@ impl ShardMap {
                     .collect();
                 return ShardMap {
                     version,
-                    strategy: Strategy::Modulo {
-                        modulus: n as i64,
-                    },
+                    strategy: Strategy::Modulo { modulus: n as i64 },
                     ranges,
                 };
             }
@@ -273,7 +322,9 @@ impl ShardMap {
         match self.strategy {
             Strategy::Range => col,
             Strategy::Hash => format!("hashint8extended({col}, 0)"),
-            Strategy::Modulo { modulus } => format!("mod(mod({col}, {modulus}) + {modulus}, {modulus})"),
+            Strategy::Modulo { modulus } => {
+                format!("mod(mod({col}, {modulus}) + {modulus}, {modulus})")
+            }
         }
     }
 
@@ -393,7 +444,11 @@ mod tests {
             ShardMap::new(
                 1,
                 Strategy::Range,
-                vec![r(None, Some(5), 1), r(Some(5), Some(5), 2), r(Some(5), None, 3)]
+                vec![
+                    r(None, Some(5), 1),
+                    r(Some(5), Some(5), 2),
+                    r(Some(5), None, 3)
+                ]
             ),
             Err(ShardMapError::Coverage(_))
         ));
@@ -414,7 +469,11 @@ mod tests {
     fn uniform_maps_validate_and_cover() {
         for n in 1..=11u32 {
             let shards: Vec<u32> = (0..n).map(|i| i + 1).collect();
-            for strategy in [Strategy::Range, Strategy::Hash, Strategy::Modulo { modulus: 0 }] {
+            for strategy in [
+                Strategy::Range,
+                Strategy::Hash,
+                Strategy::Modulo { modulus: 0 },
+            ] {
                 let m = ShardMap::uniform(1, strategy, &shards);
                 let checked = ShardMap::new(1, m.strategy, m.ranges.clone()).unwrap();
                 assert_eq!(checked, m);
@@ -443,7 +502,11 @@ mod tests {
         let m = ShardMap::new(
             1,
             Strategy::Range,
-            vec![r(None, Some(100), 1), r(Some(100), Some(200), 2), r(Some(200), None, 3)],
+            vec![
+                r(None, Some(100), 1),
+                r(Some(100), Some(200), 2),
+                r(Some(200), None, 3),
+            ],
         )
         .unwrap();
         assert_eq!(m.shard_for(i64::MIN), 1);
@@ -484,23 +547,30 @@ mod tests {
         );
         assert_eq!(h.sql_owned_by("user_id", 9), "false");
         assert_eq!(
-            h.sql_range_predicate(
-                "UserId",
-                &r(Some(-123), Some(456), 1)
-            ),
+            h.sql_range_predicate("UserId", &r(Some(-123), Some(456), 1)),
             "(hashint8extended(\"UserId\", 0) >= -123 AND hashint8extended(\"UserId\", 0) < 456)"
         );
         let one = ShardMap::uniform(1, Strategy::Range, &[1]);
         assert_eq!(one.sql_owned_by("k", 1), "true");
         let m = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[1, 2]);
         assert_eq!(m.sql_point_expr("k"), "mod(mod(k, 2) + 2, 2)");
-        assert_eq!(m.sql_owned_by("k", 2), "(mod(mod(k, 2) + 2, 2) >= 1 AND mod(mod(k, 2) + 2, 2) < 2)");
+        assert_eq!(
+            m.sql_owned_by("k", 2),
+            "(mod(mod(k, 2) + 2, 2) >= 1 AND mod(mod(k, 2) + 2, 2) < 2)"
+        );
         let two = ShardMap::new(
             1,
             Strategy::Range,
-            vec![r(None, Some(10), 1), r(Some(10), Some(20), 2), r(Some(20), None, 1)],
+            vec![
+                r(None, Some(10), 1),
+                r(Some(10), Some(20), 2),
+                r(Some(20), None, 1),
+            ],
         )
         .unwrap();
-        assert_eq!(two.sql_owned_by("user", 1), "((\"user\" < 10) OR (\"user\" >= 20))");
+        assert_eq!(
+            two.sql_owned_by("user", 1),
+            "((\"user\" < 10) OR (\"user\" >= 20))"
+        );
     }
 }
