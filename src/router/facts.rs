@@ -10,7 +10,9 @@ pub enum StatementKind {
     Update,
     Delete,
     /// COPY; `from_stdin` is true for COPY … FROM STDIN.
-    Copy { from_stdin: bool },
+    Copy {
+        from_stdin: bool,
+    },
     /// BEGIN / START TRANSACTION (the original text is replayed on each shard it reaches).
     Begin,
     /// COMMIT / END (also COMMIT AND CHAIN).
@@ -20,13 +22,18 @@ pub enum StatementKind {
     /// SAVEPOINT, RELEASE, ROLLBACK TO SAVEPOINT.
     Savepoint,
     /// A session-level `SET name = …` (value as SQL text to replay) or `RESET name` (value `None`).
-    Set { name: String, value: Option<String> },
+    Set {
+        name: String,
+        value: Option<String>,
+    },
     /// `SET LOCAL …`, `SET TRANSACTION …`: transaction-scoped, nothing to remember.
     SetLocal,
     /// `RESET ALL`.
     ResetAll,
     /// `SHOW name`.
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// `DISCARD …`.
     Discard,
     /// CREATE/ALTER/DROP and other DDL.
@@ -113,4 +120,1184 @@ impl StatementFacts {
             local: None,
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Analysis
+// ---------------------------------------------------------------------------------------------
+
+use std::collections::{HashMap, HashSet};
+
+use pg_query::protobuf as pb;
+use pg_query::protobuf::a_const::Val;
+use pg_query::NodeEnum;
+use serde_json::Value;
+
+use crate::config::ShardedTableConfig;
+
+/// The sharded tables of the configuration: lowercased table name → lowercased key column.
+#[derive(Debug, Clone, Default)]
+pub struct ShardedTables {
+    keys: HashMap<String, String>,
+}
+
+impl ShardedTables {
+    pub fn new(tables: &[ShardedTableConfig]) -> ShardedTables {
+        let keys = tables
+            .iter()
+            .map(|t| {
+                let name = t.name.to_lowercase();
+                let name = name.strip_prefix("public.").unwrap_or(&name).to_string();
+                (name, t.key.to_lowercase())
+            })
+            .collect();
+        ShardedTables { keys }
+    }
+
+    /// The key column of the table `schema.name` when it is sharded (schema empty or `public`).
+    pub fn key_of(&self, schema: &str, name: &str) -> Option<&str> {
+        if !(schema.is_empty() || schema.eq_ignore_ascii_case("public")) {
+            return None;
+        }
+        self.keys.get(&name.to_lowercase()).map(String::as_str)
+    }
+}
+
+/// Aggregate functions recognised by name (user-defined aggregates are not).
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "json_agg_strict",
+    "jsonb_agg_strict",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "xmlagg",
+    "any_value",
+    "range_agg",
+    "range_intersect_agg",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "grouping",
+];
+
+const SESSION_LOCKS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+];
+
+/// Everything found by walking a whole statement tree (as JSON, so no node type is missed).
+#[derive(Default)]
+struct Scan {
+    /// (schema, name) of every RangeVar, lowercased.
+    relations: Vec<(String, String)>,
+    temp: bool,
+    /// Function names, lowercased parts.
+    funcs: Vec<FuncInfo>,
+    ctes: HashSet<String>,
+    nested_dml: bool,
+}
+
+struct FuncInfo {
+    name: Vec<String>,
+    /// agg_star, DISTINCT, FILTER, WITHIN GROUP or a known aggregate name.
+    aggregate: bool,
+    window: bool,
+}
+
+impl FuncInfo {
+    fn last(&self) -> &str {
+        self.name.last().map(String::as_str).unwrap_or("")
+    }
+    fn is_next_id(&self) -> bool {
+        self.name.len() == 2 && self.name[0] == "pgshard" && self.name[1] == "next_id"
+    }
+}
+
+fn json_str<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn json_true(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn json_present(v: &Value, key: &str) -> bool {
+    v.get(key).is_some_and(|x| !x.is_null())
+}
+
+fn scan_value(v: &Value, scan: &mut Scan) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                match k.as_str() {
+                    "RangeVar" => {
+                        scan.relations.push((
+                            json_str(child, "schemaname").to_lowercase(),
+                            json_str(child, "relname").to_lowercase(),
+                        ));
+                        if json_str(child, "relpersistence") == "t" {
+                            scan.temp = true;
+                        }
+                    }
+                    "FuncCall" => {
+                        let name: Vec<String> = child
+                            .get("funcname")
+                            .and_then(Value::as_array)
+                            .map(|parts| {
+                                parts
+                                    .iter()
+                                    .map(|p| {
+                                        p.pointer("/node/String/sval")
+                                            .and_then(Value::as_str)
+                                            .unwrap_or("")
+                                            .to_lowercase()
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let last = name.last().cloned().unwrap_or_default();
+                        let builtin =
+                            name.len() == 1 || (name.len() == 2 && name[0] == "pg_catalog");
+                        let aggregate = json_true(child, "agg_star")
+                            || json_true(child, "agg_distinct")
+                            || json_true(child, "agg_within_group")
+                            || json_present(child, "agg_filter")
+                            || (builtin && AGGREGATES.contains(&last.as_str()));
+                        scan.funcs.push(FuncInfo {
+                            name,
+                            aggregate,
+                            window: json_present(child, "over"),
+                        });
+                    }
+                    "CommonTableExpr" => {
+                        scan.ctes.insert(json_str(child, "ctename").to_lowercase());
+                    }
+                    "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                        scan.nested_dml = true;
+                    }
+                    _ => {}
+                }
+                scan_value(child, scan);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| scan_value(i, scan)),
+        _ => {}
+    }
+}
+
+fn scan_node<T: serde::Serialize>(node: &T) -> Scan {
+    let mut scan = Scan::default();
+    if let Ok(v) = serde_json::to_value(node) {
+        scan_value(&v, &mut scan);
+    }
+    scan
+}
+
+fn is_catalog(schema: &str, name: &str) -> bool {
+    matches!(schema, "pg_catalog" | "information_schema")
+        || (schema.is_empty() && name.starts_with("pg_"))
+}
+
+fn node(n: &Option<Box<pb::Node>>) -> Option<&NodeEnum> {
+    n.as_deref().and_then(|n| n.node.as_ref())
+}
+
+fn str_of(n: &pb::Node) -> Option<&str> {
+    match n.node.as_ref()? {
+        NodeEnum::String(s) => Some(&s.sval),
+        _ => None,
+    }
+}
+
+/// A table named in the top level of a statement (FROM, JOIN, target of a write).
+#[derive(Debug, Clone)]
+struct TableRef {
+    name: String,
+    /// The alias, or the table name when there is none (how columns are qualified).
+    refname: String,
+    key: Option<String>,
+}
+
+/// The state of analysing one statement.
+struct Ctx<'a> {
+    tables: &'a ShardedTables,
+    refs: Vec<TableRef>,
+    /// Equality conditions from JOIN … ON / WHERE / USING, as pairs of (qualifier, column).
+    quals: Vec<&'a pb::Node>,
+    using: Vec<(usize, Vec<usize>, Vec<String>)>,
+    refuse: Option<String>,
+}
+
+impl<'a> Ctx<'a> {
+    fn refuse(&mut self, msg: String) {
+        if self.refuse.is_none() {
+            self.refuse = Some(msg);
+        }
+    }
+
+    fn add_range_var(&mut self, rv: &pb::RangeVar) -> usize {
+        let name = rv.relname.to_lowercase();
+        let schema = rv.schemaname.to_lowercase();
+        let key = self.tables.key_of(&schema, &name).map(str::to_string);
+        let refname = rv
+            .alias
+            .as_ref()
+            .map(|a| a.aliasname.to_lowercase())
+            .unwrap_or_else(|| name.clone());
+        self.refs.push(TableRef { name, refname, key });
+        self.refs.len() - 1
+    }
+
+    /// Walks one FROM item; returns the indexes of the table refs it contains.
+    fn add_from_item(&mut self, item: &'a pb::Node) -> Vec<usize> {
+        match item.node.as_ref() {
+            Some(NodeEnum::RangeVar(rv)) => vec![self.add_range_var(rv)],
+            Some(NodeEnum::JoinExpr(j)) => {
+                let left = j
+                    .larg
+                    .as_deref()
+                    .map(|n| self.add_from_item(n))
+                    .unwrap_or_default();
+                let right = j
+                    .rarg
+                    .as_deref()
+                    .map(|n| self.add_from_item(n))
+                    .unwrap_or_default();
+                if let Some(q) = j.quals.as_deref() {
+                    self.quals.push(q);
+                }
+                let cols: Vec<String> = j
+                    .using_clause
+                    .iter()
+                    .filter_map(str_of)
+                    .map(str::to_lowercase)
+                    .collect();
+                if !cols.is_empty() {
+                    for &r in &right {
+                        self.using.push((r, left.clone(), cols.clone()));
+                    }
+                }
+                left.into_iter().chain(right).collect()
+            }
+            // Subqueries and functions: their tables are found by the whole-tree scan.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Which table ref a column reference names, if it is `[qualifier.]column` of a known ref.
+    fn column_ref(&self, n: &pb::Node) -> Option<(usize, String)> {
+        let cr = match n.node.as_ref()? {
+            NodeEnum::ColumnRef(c) => c,
+            _ => return None,
+        };
+        let parts: Vec<&str> = cr.fields.iter().map(str_of).collect::<Option<_>>()?;
+        match parts.as_slice() {
+            [col] => {
+                // Unqualified: only unambiguous with exactly one table at the top level.
+                if self.refs.len() == 1 {
+                    Some((0, col.to_lowercase()))
+                } else {
+                    None
+                }
+            }
+            [qual, col] | [_, qual, col] => {
+                let qual = qual.to_lowercase();
+                let mut found = self
+                    .refs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.refname == qual);
+                let (i, _) = found.next()?;
+                if found.next().is_some() {
+                    return None;
+                }
+                Some((i, col.to_lowercase()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The ref whose shard key `n` is.
+    fn key_column(&self, n: &pb::Node) -> Option<usize> {
+        let (i, col) = self.column_ref(strip_casts(n))?;
+        (self.refs[i].key.as_deref() == Some(col.as_str())).then_some(i)
+    }
+}
+
+fn strip_casts(mut n: &pb::Node) -> &pb::Node {
+    while let Some(NodeEnum::TypeCast(tc)) = n.node.as_ref() {
+        match tc.arg.as_deref() {
+            Some(a) => n = a,
+            None => break,
+        }
+    }
+    n
+}
+
+fn op_name(e: &pb::AExpr) -> Option<&str> {
+    match e.name.as_slice() {
+        [n] => str_of(n),
+        [schema, n] if str_of(schema) == Some("pg_catalog") => str_of(n),
+        _ => None,
+    }
+}
+
+/// A constant or `$n` usable as a key value.
+fn key_value(n: &pb::Node) -> Option<KeyValue> {
+    let n = strip_casts(n);
+    match n.node.as_ref()? {
+        NodeEnum::ParamRef(p) => usize::try_from(p.number)
+            .ok()
+            .filter(|&n| n > 0)
+            .map(KeyValue::Param),
+        NodeEnum::AConst(c) => const_int(c, false).map(KeyValue::Const),
+        NodeEnum::AExpr(e)
+            if e.kind == pb::AExprKind::AexprOp as i32
+                && op_name(e) == Some("-")
+                && e.lexpr.is_none() =>
+        {
+            match node(&e.rexpr) {
+                Some(NodeEnum::AConst(c)) => const_int(c, true).map(KeyValue::Const),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn const_int(c: &pb::AConst, negate: bool) -> Option<i64> {
+    if c.isnull {
+        return None;
+    }
+    let v: i128 = match c.val.as_ref()? {
+        Val::Ival(i) => i.ival as i128,
+        Val::Fval(f) => f.fval.trim().parse().ok()?,
+        Val::Sval(s) => s.sval.trim().parse().ok()?,
+        _ => return None,
+    };
+    let v = if negate { -v } else { v };
+    i64::try_from(v).ok()
+}
+
+/// The top-level AND conjuncts of a condition.
+fn conjuncts<'n>(n: &'n pb::Node, out: &mut Vec<&'n pb::Node>) {
+    match n.node.as_ref() {
+        Some(NodeEnum::BoolExpr(b)) if b.boolop == pb::BoolExprType::AndExpr as i32 => {
+            for a in &b.args {
+                conjuncts(a, out);
+            }
+        }
+        Some(_) => out.push(n),
+        None => {}
+    }
+}
+
+/// What one conjunct says about a key: (ref index, key facts).
+fn conjunct_key(ctx: &Ctx, c: &pb::Node) -> Option<(usize, KeyFacts)> {
+    let e = match c.node.as_ref()? {
+        NodeEnum::AExpr(e) => e,
+        _ => return None,
+    };
+    if op_name(e) != Some("=") {
+        return None;
+    }
+    let l = e.lexpr.as_deref()?;
+    let r = e.rexpr.as_deref()?;
+    let kind = e.kind;
+    if kind == pb::AExprKind::AexprOp as i32 {
+        if let Some(i) = ctx.key_column(l) {
+            return key_value(r).map(|v| (i, KeyFacts::Values(vec![v])));
+        }
+        if let Some(i) = ctx.key_column(r) {
+            return key_value(l).map(|v| (i, KeyFacts::Values(vec![v])));
+        }
+        None
+    } else if kind == pb::AExprKind::AexprIn as i32 {
+        let i = ctx.key_column(l)?;
+        let items = match r.node.as_ref()? {
+            NodeEnum::List(list) => &list.items,
+            _ => return None,
+        };
+        let vals: Option<Vec<KeyValue>> = items.iter().map(key_value).collect();
+        vals.map(|v| (i, KeyFacts::Values(v)))
+    } else if kind == pb::AExprKind::AexprOpAny as i32 {
+        let i = ctx.key_column(l)?;
+        let r = strip_casts(r);
+        match r.node.as_ref()? {
+            NodeEnum::ParamRef(p) => usize::try_from(p.number)
+                .ok()
+                .filter(|&n| n > 0)
+                .map(|n| (i, KeyFacts::ArrayParam(n))),
+            NodeEnum::AArrayExpr(a) => {
+                let vals: Option<Vec<KeyValue>> = a.elements.iter().map(key_value).collect();
+                vals.map(|v| (i, KeyFacts::Values(v)))
+            }
+            NodeEnum::AConst(c) => match c.val.as_ref()? {
+                Val::Sval(s) => crate::router::params::parse_int_array_text(&s.sval).map(|v| {
+                    (
+                        i,
+                        KeyFacts::Values(v.into_iter().map(KeyValue::Const).collect()),
+                    )
+                }),
+                _ => None,
+            },
+            _ => None,
+        }
+    } else {
+        None
+    }
+}
+
+/// Pairs of refs whose keys a conjunct equates (`a.key = b.key`).
+fn key_equality(ctx: &Ctx, c: &pb::Node) -> Option<(usize, usize)> {
+    let e = match c.node.as_ref()? {
+        NodeEnum::AExpr(e) if e.kind == pb::AExprKind::AexprOp as i32 => e,
+        _ => return None,
+    };
+    if op_name(e) != Some("=") {
+        return None;
+    }
+    let a = ctx.key_column(e.lexpr.as_deref()?)?;
+    let b = ctx.key_column(e.rexpr.as_deref()?)?;
+    Some((a, b))
+}
+
+fn find(parent: &mut [usize], mut i: usize) -> usize {
+    while parent[i] != i {
+        parent[i] = parent[parent[i]];
+        i = parent[i];
+    }
+    i
+}
+
+/// Checks the top-level tables (co-location, mixing) and finds the key from `where_clause`.
+/// `scan` is the scan of the whole statement, for tables outside the top level.
+fn tables_and_key(
+    ctx: &mut Ctx,
+    scan: &Scan,
+    where_clause: Option<&pb::Node>,
+    facts: &mut StatementFacts,
+) {
+    // Tables anywhere in the statement.
+    let mut all_sharded: Vec<String> = Vec::new();
+    let mut user_unsharded: Option<String> = None;
+    for (schema, name) in &scan.relations {
+        if schema.is_empty() && scan.ctes.contains(name) {
+            continue;
+        }
+        if ctx.tables.key_of(schema, name).is_some() {
+            facts.sharded = true;
+            all_sharded.push(name.clone());
+        } else {
+            facts.unsharded = true;
+            if !is_catalog(schema, name) && user_unsharded.is_none() {
+                user_unsharded = Some(name.clone());
+            }
+        }
+    }
+    if !facts.sharded {
+        return;
+    }
+    if let Some(u) = user_unsharded {
+        let t = all_sharded[0].clone();
+        ctx.refuse(format!(
+            "join of sharded table {t} with unsharded table {u} (unsharded tables live only on the first shard)"
+        ));
+        return;
+    }
+    // Sharded tables outside the top level (subqueries, CTEs, set-operation arms handled by caller).
+    let mut top: Vec<String> = ctx
+        .refs
+        .iter()
+        .filter(|r| r.key.is_some())
+        .map(|r| r.name.clone())
+        .collect();
+    for t in &all_sharded {
+        match top.iter().position(|x| x == t) {
+            Some(p) => {
+                top.swap_remove(p);
+            }
+            None => {
+                ctx.refuse(format!("subquery over sharded table {t} is not supported"));
+                return;
+            }
+        }
+    }
+    // Co-location of the sharded tables at the top level.
+    let sharded_refs: Vec<usize> = (0..ctx.refs.len())
+        .filter(|&i| ctx.refs[i].key.is_some())
+        .collect();
+    let mut conds: Vec<&pb::Node> = Vec::new();
+    for q in ctx.quals.clone() {
+        conjuncts(q, &mut conds);
+    }
+    if let Some(w) = where_clause {
+        conjuncts(w, &mut conds);
+    }
+    let mut parent: Vec<usize> = (0..ctx.refs.len()).collect();
+    if sharded_refs.len() > 1 {
+        for c in &conds {
+            if let Some((a, b)) = key_equality(ctx, c) {
+                let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+                parent[ra] = rb;
+            }
+        }
+        for (r, left, cols) in ctx.using.clone() {
+            let Some(rkey) = ctx.refs[r].key.clone() else {
+                continue;
+            };
+            if !cols.contains(&rkey) {
+                continue;
+            }
+            for l in left {
+                if ctx.refs[l].key.as_deref() == Some(rkey.as_str()) {
+                    let (ra, rb) = (find(&mut parent, l), find(&mut parent, r));
+                    parent[ra] = rb;
+                }
+            }
+        }
+        let root = find(&mut parent, sharded_refs[0]);
+        for &i in &sharded_refs[1..] {
+            if find(&mut parent, i) != root {
+                let (a, b) = (
+                    ctx.refs[sharded_refs[0]].name.clone(),
+                    ctx.refs[i].name.clone(),
+                );
+                ctx.refuse(format!(
+                    "join of sharded tables {a} and {b} that is not on their shard keys (not co-located)"
+                ));
+                return;
+            }
+        }
+    }
+    // The key: the first WHERE conjunct that pins a sharded ref's key (all refs are co-located).
+    if let Some(w) = where_clause {
+        let mut cs = Vec::new();
+        conjuncts(w, &mut cs);
+        for c in cs {
+            if let Some((_, k)) = conjunct_key(ctx, c) {
+                facts.key = k;
+                break;
+            }
+        }
+    }
+}
+
+fn merge_construct(s: &pb::SelectStmt) -> Option<String> {
+    if !s.sort_clause.is_empty() {
+        return Some("ORDER BY".into());
+    }
+    if s.limit_count.is_some() {
+        return Some("LIMIT".into());
+    }
+    if s.limit_offset.is_some() {
+        return Some("OFFSET".into());
+    }
+    let mut scan = scan_node(&s.target_list);
+    if let Some(h) = &s.having_clause {
+        let hs = scan_node(h);
+        scan.funcs.extend(hs.funcs);
+    }
+    if let Some(f) = scan.funcs.iter().find(|f| f.aggregate && !f.window) {
+        return Some(format!("aggregate {}()", f.last()));
+    }
+    if !s.group_clause.is_empty() {
+        return Some("GROUP BY".into());
+    }
+    if s.having_clause.is_some() {
+        return Some("HAVING".into());
+    }
+    if !s.distinct_clause.is_empty() {
+        return Some("DISTINCT".into());
+    }
+    if scan.funcs.iter().any(|f| f.window) || !s.window_clause.is_empty() {
+        return Some("window function".into());
+    }
+    None
+}
+
+fn set_op_name(op: i32) -> Option<&'static str> {
+    match op {
+        x if x == pb::SetOperation::SetopUnion as i32 => Some("UNION"),
+        x if x == pb::SetOperation::SetopIntersect as i32 => Some("INTERSECT"),
+        x if x == pb::SetOperation::SetopExcept as i32 => Some("EXCEPT"),
+        _ => None,
+    }
+}
+
+fn analyze_select(
+    s: &pb::SelectStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) {
+    facts.kind = StatementKind::Select;
+    if s.into_clause.is_some() {
+        facts.is_write = true;
+    }
+    if let Some(op) = set_op_name(s.op) {
+        // Tables of the arms are not at the top level: any sharded one is refused below unless
+        // the whole statement only reads unsharded tables.
+        let mut ctx = Ctx {
+            tables,
+            refs: Vec::new(),
+            quals: Vec::new(),
+            using: Vec::new(),
+            refuse: None,
+        };
+        tables_and_key(&mut ctx, scan, None, facts);
+        if facts.sharded {
+            facts.refuse = Some(format!("{op} over sharded tables is not supported yet"));
+            facts.needs_merge = Some(op.to_string());
+        } else {
+            facts.refuse = ctx.refuse;
+        }
+        return;
+    }
+    let mut ctx = Ctx {
+        tables,
+        refs: Vec::new(),
+        quals: Vec::new(),
+        using: Vec::new(),
+        refuse: None,
+    };
+    for item in &s.from_clause {
+        ctx.add_from_item(item);
+    }
+    tables_and_key(&mut ctx, scan, s.where_clause.as_deref(), facts);
+    facts.refuse = facts.refuse.take().or(ctx.refuse);
+    if facts.sharded {
+        facts.needs_merge = merge_construct(s);
+    }
+}
+
+fn analyze_insert(
+    i: &pb::InsertStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) {
+    facts.kind = StatementKind::Insert;
+    facts.is_write = true;
+    let Some(rel) = &i.relation else { return };
+    let mut ctx = Ctx {
+        tables,
+        refs: Vec::new(),
+        quals: Vec::new(),
+        using: Vec::new(),
+        refuse: None,
+    };
+    let target = ctx.add_range_var(rel);
+    // Source tables (INSERT … SELECT) are not at the top level.
+    tables_and_key(&mut ctx, scan, None, facts);
+    facts.refuse = ctx.refuse;
+    let Some(key) = ctx.refs[target].key.clone() else {
+        return;
+    };
+    let t = ctx.refs[target].name.clone();
+    if let Some(oc) = &i.on_conflict_clause {
+        let sets_key = oc.target_list.iter().any(|n| match n.node.as_ref() {
+            Some(NodeEnum::ResTarget(rt)) => rt.name.eq_ignore_ascii_case(&key),
+            _ => false,
+        });
+        if sets_key {
+            facts.refuse = Some(format!(
+                "ON CONFLICT DO UPDATE of shard key {t}.{key} is not supported; delete and insert the row instead"
+            ));
+            return;
+        }
+    }
+    if i.cols.is_empty() {
+        facts.refuse = Some(format!(
+            "INSERT into sharded table {t} needs an explicit column list naming {key}"
+        ));
+        return;
+    }
+    let pos = i.cols.iter().position(|n| match n.node.as_ref() {
+        Some(NodeEnum::ResTarget(rt)) => rt.name.eq_ignore_ascii_case(&key),
+        _ => false,
+    });
+    let rows: Option<&Vec<pb::Node>> = match node(&i.select_stmt) {
+        Some(NodeEnum::SelectStmt(s))
+            if !s.values_lists.is_empty() && s.op == pb::SetOperation::SetopNone as i32 =>
+        {
+            Some(&s.values_lists)
+        }
+        _ => None,
+    };
+    let Some(rows) = rows else { return };
+    let Some(pos) = pos else {
+        facts.missing_key_rows = Some(rows.len());
+        return;
+    };
+    let mut vals = Vec::with_capacity(rows.len());
+    for row in rows {
+        let item = match row.node.as_ref() {
+            Some(NodeEnum::List(l)) => l.items.get(pos),
+            _ => None,
+        };
+        match item.and_then(key_value) {
+            Some(v) => vals.push(v),
+            None => return,
+        }
+    }
+    facts.key = KeyFacts::Values(vals);
+}
+
+fn analyze_update(
+    u: &pb::UpdateStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) {
+    facts.kind = StatementKind::Update;
+    facts.is_write = true;
+    let Some(rel) = &u.relation else { return };
+    let mut ctx = Ctx {
+        tables,
+        refs: Vec::new(),
+        quals: Vec::new(),
+        using: Vec::new(),
+        refuse: None,
+    };
+    let target = ctx.add_range_var(rel);
+    for item in &u.from_clause {
+        ctx.add_from_item(item);
+    }
+    if let Some(key) = ctx.refs[target].key.clone() {
+        let sets_key = u.target_list.iter().any(|n| match n.node.as_ref() {
+            Some(NodeEnum::ResTarget(rt)) => rt.name.eq_ignore_ascii_case(&key),
+            _ => false,
+        });
+        if sets_key {
+            let t = &ctx.refs[target].name;
+            ctx.refuse(format!(
+                "UPDATE of shard key {t}.{key} is not supported; delete and insert the row instead"
+            ));
+        }
+    }
+    tables_and_key(&mut ctx, scan, u.where_clause.as_deref(), facts);
+    facts.refuse = ctx.refuse;
+}
+
+fn analyze_delete(
+    d: &pb::DeleteStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) {
+    facts.kind = StatementKind::Delete;
+    facts.is_write = true;
+    let Some(rel) = &d.relation else { return };
+    let mut ctx = Ctx {
+        tables,
+        refs: Vec::new(),
+        quals: Vec::new(),
+        using: Vec::new(),
+        refuse: None,
+    };
+    ctx.add_range_var(rel);
+    for item in &d.using_clause {
+        ctx.add_from_item(item);
+    }
+    tables_and_key(&mut ctx, scan, d.where_clause.as_deref(), facts);
+    facts.refuse = ctx.refuse;
+}
+
+/// Marks the tables of a statement without top-level analysis (DDL, COPY, utility commands).
+fn mark_tables(scan: &Scan, tables: &ShardedTables, facts: &mut StatementFacts) {
+    for (schema, name) in &scan.relations {
+        if schema.is_empty() && scan.ctes.contains(name) {
+            continue;
+        }
+        if tables.key_of(schema, name).is_some() {
+            facts.sharded = true;
+        } else {
+            facts.unsharded = true;
+        }
+    }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The value of `SET name = …` as SQL text (`None` when an argument is not a plain constant) and
+/// as unquoted text.
+fn set_value(args: &[pb::Node]) -> Option<(String, String)> {
+    let mut sql = Vec::new();
+    let mut plain = Vec::new();
+    for a in args {
+        let c = match a.node.as_ref()? {
+            NodeEnum::AConst(c) => c,
+            _ => return None,
+        };
+        let (s, p) = match c.val.as_ref()? {
+            Val::Ival(i) => (i.ival.to_string(), i.ival.to_string()),
+            Val::Fval(f) => (f.fval.clone(), f.fval.clone()),
+            Val::Sval(s) => (quote_literal(&s.sval), s.sval.clone()),
+            Val::Boolval(b) => (b.boolval.to_string(), b.boolval.to_string()),
+            _ => return None,
+        };
+        sql.push(s);
+        plain.push(p);
+    }
+    Some((sql.join(", "), plain.join(", ")))
+}
+
+fn proxy_name(name: &str) -> Option<String> {
+    let lower = name.to_lowercase();
+    lower.strip_prefix("pgshard.").map(str::to_string)
+}
+
+fn analyze_variable_set(v: &pb::VariableSetStmt, facts: &mut StatementFacts) {
+    let kind = v.kind;
+    let name = v.name.to_lowercase();
+    if kind == pb::VariableSetKind::VarResetAll as i32 {
+        facts.kind = StatementKind::ResetAll;
+        return;
+    }
+    if let Some(p) = proxy_name(&name) {
+        facts.kind = StatementKind::Other;
+        let value = if kind == pb::VariableSetKind::VarReset as i32 {
+            None
+        } else {
+            set_value(&v.args).map(|(_, plain)| plain)
+        };
+        facts.local = Some(LocalCommand::SetProxy { name: p, value });
+        return;
+    }
+    if v.is_local || name == "transaction" {
+        facts.kind = StatementKind::SetLocal;
+        return;
+    }
+    if kind == pb::VariableSetKind::VarReset as i32 {
+        facts.kind = StatementKind::Set { name, value: None };
+    } else if kind == pb::VariableSetKind::VarSetDefault as i32 {
+        facts.kind = StatementKind::Set {
+            name,
+            value: Some("DEFAULT".into()),
+        };
+    } else if kind == pb::VariableSetKind::VarSetValue as i32 {
+        match set_value(&v.args) {
+            Some((sql, _)) => {
+                facts.kind = StatementKind::Set {
+                    name,
+                    value: Some(sql),
+                }
+            }
+            None => {
+                facts.kind = StatementKind::Other;
+                facts.session_bound = Some(format!("SET {name} with a non-constant value"));
+            }
+        }
+    } else {
+        // SET … FROM CURRENT, SET SESSION CHARACTERISTICS …: not replayable by value.
+        facts.kind = StatementKind::Other;
+        facts.session_bound = Some(format!("SET {name}"));
+    }
+}
+
+/// True for `SELECT pgshard.next_id()` and nothing more.
+fn is_next_id_select(s: &pb::SelectStmt) -> bool {
+    if s.target_list.len() != 1
+        || !s.from_clause.is_empty()
+        || s.where_clause.is_some()
+        || !s.group_clause.is_empty()
+        || s.having_clause.is_some()
+        || !s.sort_clause.is_empty()
+        || s.limit_count.is_some()
+        || s.limit_offset.is_some()
+        || !s.distinct_clause.is_empty()
+        || s.with_clause.is_some()
+        || s.into_clause.is_some()
+        || !s.locking_clause.is_empty()
+        || !s.values_lists.is_empty()
+        || s.op != pb::SetOperation::SetopNone as i32
+    {
+        return false;
+    }
+    let Some(NodeEnum::ResTarget(rt)) = s.target_list[0].node.as_ref() else {
+        return false;
+    };
+    let Some(NodeEnum::FuncCall(f)) = node(&rt.val) else {
+        return false;
+    };
+    let name: Vec<String> = f
+        .funcname
+        .iter()
+        .filter_map(str_of)
+        .map(str::to_lowercase)
+        .collect();
+    name == ["pgshard", "next_id"]
+        && f.args.is_empty()
+        && !f.agg_star
+        && !f.agg_distinct
+        && f.over.is_none()
+        && f.agg_filter.is_none()
+        && rt.indirection.is_empty()
+}
+
+/// The JSON key of a statement node: its type name, e.g. `CreateStmt`.
+fn node_type_name(n: &NodeEnum) -> String {
+    match serde_json::to_value(n) {
+        Ok(Value::Object(m)) => m.keys().next().cloned().unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn is_ddl(type_name: &str) -> bool {
+    type_name.starts_with("Create")
+        || type_name.starts_with("Alter")
+        || type_name.starts_with("Drop")
+        || matches!(
+            type_name,
+            "TruncateStmt"
+                | "CommentStmt"
+                | "GrantStmt"
+                | "GrantRoleStmt"
+                | "IndexStmt"
+                | "ViewStmt"
+                | "RenameStmt"
+                | "RuleStmt"
+                | "CompositeTypeStmt"
+                | "DefineStmt"
+                | "SecLabelStmt"
+                | "ReindexStmt"
+                | "RefreshMatViewStmt"
+                | "ClusterStmt"
+                | "ImportForeignSchemaStmt"
+                | "ReassignOwnedStmt"
+        )
+}
+
+fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
+    let mut facts = StatementFacts::plain(StatementKind::Other);
+    let scan = scan_node(stmt);
+    match stmt {
+        NodeEnum::SelectStmt(s) => {
+            if is_next_id_select(s) {
+                facts.kind = StatementKind::Select;
+                facts.local = Some(LocalCommand::NextId);
+                return facts;
+            }
+            analyze_select(s, tables, &scan, &mut facts);
+        }
+        NodeEnum::InsertStmt(i) => analyze_insert(i, tables, &scan, &mut facts),
+        NodeEnum::UpdateStmt(u) => analyze_update(u, tables, &scan, &mut facts),
+        NodeEnum::DeleteStmt(d) => analyze_delete(d, tables, &scan, &mut facts),
+        NodeEnum::MergeStmt(_) => {
+            facts.is_write = true;
+            mark_tables(&scan, tables, &mut facts);
+            if facts.sharded {
+                facts.refuse = Some("MERGE on a sharded table is not supported".into());
+            }
+        }
+        NodeEnum::CopyStmt(c) => {
+            facts.kind = StatementKind::Copy {
+                from_stdin: c.is_from && !c.is_program && c.filename.is_empty(),
+            };
+            facts.is_write = c.is_from;
+            mark_tables(&scan, tables, &mut facts);
+            if let Some(q) = node(&c.query) {
+                let inner = analyze_stmt(q, tables);
+                facts.key = inner.key;
+                facts.refuse = inner.refuse;
+                facts.needs_merge = inner.needs_merge;
+                facts.is_write |= inner.is_write;
+            }
+        }
+        NodeEnum::ExplainStmt(e) => {
+            let analyze = e.options.iter().any(|o| match o.node.as_ref() {
+                Some(NodeEnum::DefElem(d)) => {
+                    d.defname.eq_ignore_ascii_case("analyze")
+                        && !matches!(
+                            node(&d.arg),
+                            Some(NodeEnum::String(s)) if matches!(s.sval.to_lowercase().as_str(), "false" | "off" | "0")
+                        )
+                        && !matches!(node(&d.arg), Some(NodeEnum::Boolean(b)) if !b.boolval)
+                }
+                _ => false,
+            });
+            if let Some(q) = node(&e.query) {
+                let mut inner = analyze_stmt(q, tables);
+                if !analyze {
+                    inner.is_write = false;
+                }
+                if inner.local.is_some() {
+                    inner.local = None;
+                    inner.refuse = Some(
+                        "pgshard.next_id() is only supported as SELECT pgshard.next_id()".into(),
+                    );
+                }
+                return inner;
+            }
+        }
+        NodeEnum::TransactionStmt(t) => {
+            use pb::TransactionStmtKind as K;
+            facts.kind = match t.kind {
+                k if k == K::TransStmtBegin as i32 || k == K::TransStmtStart as i32 => {
+                    StatementKind::Begin
+                }
+                k if k == K::TransStmtCommit as i32 => StatementKind::Commit,
+                k if k == K::TransStmtRollback as i32 => StatementKind::Rollback,
+                k if k == K::TransStmtSavepoint as i32
+                    || k == K::TransStmtRelease as i32
+                    || k == K::TransStmtRollbackTo as i32 =>
+                {
+                    StatementKind::Savepoint
+                }
+                _ => StatementKind::Other,
+            };
+            return facts;
+        }
+        NodeEnum::VariableSetStmt(v) => {
+            analyze_variable_set(v, &mut facts);
+            return facts;
+        }
+        NodeEnum::VariableShowStmt(v) => {
+            let name = v.name.to_lowercase();
+            match proxy_name(&name) {
+                Some(p) => facts.local = Some(LocalCommand::ShowProxy { name: p }),
+                None => facts.kind = StatementKind::Show { name },
+            }
+            return facts;
+        }
+        NodeEnum::DiscardStmt(_) => {
+            facts.kind = StatementKind::Discard;
+            return facts;
+        }
+        NodeEnum::ListenStmt(_) => {
+            facts.session_bound = Some("LISTEN".into());
+            return facts;
+        }
+        NodeEnum::PrepareStmt(_) | NodeEnum::ExecuteStmt(_) | NodeEnum::DeallocateStmt(_) => {
+            facts.session_bound = Some("SQL-level PREPARE".into());
+            if let NodeEnum::PrepareStmt(p) = stmt {
+                if let Some(q) = node(&p.query) {
+                    let inner = analyze_stmt(q, tables);
+                    facts.sharded = inner.sharded;
+                    facts.unsharded = inner.unsharded;
+                    facts.refuse = inner.refuse;
+                    facts.is_write = inner.is_write;
+                }
+            }
+        }
+        NodeEnum::DeclareCursorStmt(d) => {
+            if let Some(q) = node(&d.query) {
+                let inner = analyze_stmt(q, tables);
+                facts.sharded = inner.sharded;
+                facts.unsharded = inner.unsharded;
+                facts.key = inner.key;
+                facts.refuse = inner.refuse;
+                if facts.sharded {
+                    facts.needs_merge = Some("DECLARE CURSOR".into());
+                }
+            }
+            // CURSOR_OPT_HOLD
+            if d.options & 0x0020 != 0 {
+                facts.session_bound = Some("WITH HOLD cursor".into());
+            }
+        }
+        NodeEnum::CreateTableAsStmt(c) => {
+            facts.kind = StatementKind::Ddl;
+            facts.is_write = true;
+            mark_tables(&scan, tables, &mut facts);
+            if let Some(q) = node(&c.query) {
+                let inner = analyze_stmt(q, tables);
+                facts.refuse = inner.refuse;
+            }
+        }
+        NodeEnum::DoStmt(_) | NodeEnum::CallStmt(_) => {
+            // Unknown effects: run where unsharded tables live.
+            facts.is_write = true;
+            facts.unsharded = true;
+            mark_tables(&scan, tables, &mut facts);
+        }
+        other => {
+            let ty = node_type_name(other);
+            mark_tables(&scan, tables, &mut facts);
+            if is_ddl(&ty) {
+                facts.kind = StatementKind::Ddl;
+                facts.is_write = true;
+            }
+        }
+    }
+    if scan.nested_dml {
+        facts.is_write = true;
+    }
+    if scan.temp {
+        facts.session_bound = Some("temporary table".into());
+    }
+    if facts.session_bound.is_none()
+        && scan.funcs.iter().any(|f| {
+            f.name.len() <= 2
+                && SESSION_LOCKS.contains(&f.last())
+                && (f.name.len() == 1 || f.name[0] == "pg_catalog")
+        })
+    {
+        facts.session_bound = Some("session advisory lock".into());
+    }
+    if scan.funcs.iter().any(FuncInfo::is_next_id) {
+        facts.refuse =
+            Some("pgshard.next_id() is only supported as SELECT pgshard.next_id()".into());
+    }
+    facts
+}
+
+/// The facts of every statement in `sql` (one per statement); `Unparsed` when it does not parse.
+pub fn analyze(sql: &str, tables: &ShardedTables) -> Vec<StatementFacts> {
+    let parsed = match pg_query::parse(sql, 0) {
+        Ok(p) => p,
+        Err(_) => return vec![StatementFacts::plain(StatementKind::Unparsed)],
+    };
+    let out: Vec<StatementFacts> = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|raw| node(&raw.stmt))
+        .map(|stmt| analyze_stmt(stmt, tables))
+        .collect();
+    if out.is_empty() {
+        // Only comments or semicolons: nothing to route.
+        return vec![StatementFacts::plain(StatementKind::Other)];
+    }
+    out
 }

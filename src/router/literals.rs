@@ -1,1 +1,337 @@
-//! (filled in by the router work)
+//! Literal extraction for the simple protocol: numbers and plain string literals become `$1`, `$2`, …
+//! so statements that differ only in their constants share one cache entry (pgbench -S sends a new
+//! `aid` every time). A small hand-written lexer; it never panics and, when in doubt, leaves the text
+//! unchanged.
+
+use crate::router::params::{parse_int_array_text, ParamSource};
+
+/// One literal taken out of a statement, in order of appearance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Literal {
+    /// A numeric literal, as written (`42`, `1.5`, `2e10`).
+    Number(String),
+    /// A standard single-quoted string, unescaped (`'it''s'` gives `it's`).
+    Str(String),
+}
+
+/// A statement with its literals replaced by `$n` placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalized {
+    pub text: String,
+    pub literals: Vec<Literal>,
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn is_ident_cont(b: u8) -> bool {
+    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+}
+
+/// Why lexing gave up: the text is returned unchanged.
+struct GiveUp;
+
+/// Index just past a single-quoted string starting at `start` (which holds `'`). `backslash` makes
+/// `\x` an escape too (E-strings). Returns the end index.
+fn skip_quoted(s: &[u8], start: usize, quote: u8, backslash: bool) -> Result<usize, GiveUp> {
+    let mut i = start + 1;
+    while i < s.len() {
+        let b = s[i];
+        if backslash && b == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b == quote {
+            if s.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return Ok(i + 1);
+        }
+        i += 1;
+    }
+    Err(GiveUp)
+}
+
+fn lex(sql: &str) -> Result<Normalized, GiveUp> {
+    let s = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut literals = Vec::new();
+    // Start of the not-yet-copied part of the input.
+    let mut copied = 0;
+    let mut i = 0;
+    let mut replace =
+        |out: &mut String, copied: &mut usize, from: usize, to: usize, lit: Literal| {
+            out.push_str(&sql[*copied..from]);
+            literals.push(lit);
+            out.push('$');
+            out.push_str(&literals.len().to_string());
+            *copied = to;
+        };
+    while i < s.len() {
+        let b = s[i];
+        match b {
+            b'-' if s.get(i + 1) == Some(&b'-') => {
+                while i < s.len() && s[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if s.get(i + 1) == Some(&b'*') => {
+                let mut depth = 1;
+                i += 2;
+                while depth > 0 {
+                    match (s.get(i), s.get(i + 1)) {
+                        (None, _) => return Err(GiveUp),
+                        (Some(b'*'), Some(b'/')) => {
+                            depth -= 1;
+                            i += 2;
+                        }
+                        (Some(b'/'), Some(b'*')) => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'"' => i = skip_quoted(s, i, b'"', false)?,
+            b'\'' => {
+                let end = skip_quoted(s, i, b'\'', false)?;
+                let value = sql[i + 1..end - 1].replace("''", "'");
+                replace(&mut out, &mut copied, i, end, Literal::Str(value));
+                i = end;
+            }
+            b'$' => {
+                let next = s.get(i + 1).copied();
+                match next {
+                    Some(d) if d.is_ascii_digit() => return Err(GiveUp),
+                    Some(c) if c == b'$' || is_ident_start(c) => {
+                        // Dollar-quoted string: $tag$ … $tag$, left as it is.
+                        let mut j = i + 1;
+                        while j < s.len() && s[j] != b'$' {
+                            if !(is_ident_start(s[j]) || s[j].is_ascii_digit()) {
+                                // Not a dollar quote after all; `$` alone is not valid SQL here.
+                                return Err(GiveUp);
+                            }
+                            j += 1;
+                        }
+                        if j >= s.len() {
+                            return Err(GiveUp);
+                        }
+                        let tag = &sql[i..=j];
+                        match sql[j + 1..].find(tag) {
+                            Some(pos) => i = j + 1 + pos + tag.len(),
+                            None => return Err(GiveUp),
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            _ if is_ident_start(b) => {
+                let start = i;
+                while i < s.len() && is_ident_cont(s[i]) {
+                    i += 1;
+                }
+                let word = &s[start..i];
+                let next = s.get(i).copied();
+                if next == Some(b'\'') && word.len() == 1 {
+                    // E'…', B'…', X'…', N'…': left unchanged.
+                    let backslash = matches!(word[0], b'e' | b'E');
+                    if !matches!(
+                        word[0],
+                        b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N'
+                    ) {
+                        // Some other one-letter word followed by a string: an ordinary literal.
+                        continue;
+                    }
+                    i = skip_quoted(s, i, b'\'', backslash)?;
+                } else if word.len() == 1
+                    && matches!(word[0], b'u' | b'U')
+                    && next == Some(b'&')
+                    && matches!(s.get(i + 1), Some(b'\'') | Some(b'"'))
+                {
+                    let q = s[i + 1];
+                    i = skip_quoted(s, i + 1, q, false)?;
+                }
+            }
+            _ if b.is_ascii_digit()
+                || (b == b'.' && s.get(i + 1).is_some_and(|c| c.is_ascii_digit())) =>
+            {
+                let start = i;
+                while i < s.len() && s[i].is_ascii_digit() {
+                    i += 1;
+                }
+                if i < s.len() && s[i] == b'.' && s.get(i + 1) != Some(&b'.') {
+                    i += 1;
+                    while i < s.len() && s[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+                if i < s.len() && matches!(s[i], b'e' | b'E') {
+                    let mut j = i + 1;
+                    if j < s.len() && matches!(s[j], b'+' | b'-') {
+                        j += 1;
+                    }
+                    if j < s.len() && s[j].is_ascii_digit() {
+                        while j < s.len() && s[j].is_ascii_digit() {
+                            j += 1;
+                        }
+                        i = j;
+                    }
+                }
+                if i < s.len() && (is_ident_cont(s[i]) || s[i] == b'.') {
+                    // 0x1F, 1_000, 12abc …: not a plain number; leave the whole run alone.
+                    while i < s.len() && (is_ident_cont(s[i]) || s[i] == b'.') {
+                        i += 1;
+                    }
+                    continue;
+                }
+                let text = sql[start..i].to_string();
+                replace(&mut out, &mut copied, start, i, Literal::Number(text));
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[copied..]);
+    Ok(Normalized {
+        text: out,
+        literals,
+    })
+}
+
+/// Replace the literals of `sql` by `$1`, `$2`, …; the text unchanged (and no literals) when it
+/// already has placeholders or cannot be lexed.
+pub fn normalize(sql: &str) -> Normalized {
+    lex(sql).unwrap_or_else(|GiveUp| Normalized {
+        text: sql.to_string(),
+        literals: Vec::new(),
+    })
+}
+
+/// Extracted literals as the values of `$n`.
+pub struct LiteralParams<'a>(pub &'a [Literal]);
+
+impl ParamSource for LiteralParams<'_> {
+    fn int(&self, n: usize) -> Option<i64> {
+        let lit = self.0.get(n.checked_sub(1)?)?;
+        match lit {
+            Literal::Number(t) | Literal::Str(t) => t.trim().parse().ok(),
+        }
+    }
+    fn int_array(&self, n: usize) -> Option<Vec<i64>> {
+        match self.0.get(n.checked_sub(1)?)? {
+            Literal::Str(t) => parse_int_array_text(t),
+            Literal::Number(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Literal {
+        Literal::Number(s.into())
+    }
+    fn st(s: &str) -> Literal {
+        Literal::Str(s.into())
+    }
+
+    #[test]
+    fn pgbench_select() {
+        let a = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;");
+        let b = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
+        assert_eq!(
+            a.text,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+        );
+        assert_eq!(a.text, b.text);
+        assert_eq!(a.literals, vec![n("4242")]);
+        assert_eq!(LiteralParams(&a.literals).int(1), Some(4242));
+        assert_eq!(LiteralParams(&a.literals).int(2), None);
+        assert_eq!(LiteralParams(&a.literals).int(0), None);
+    }
+
+    #[test]
+    fn numbers_and_strings() {
+        let r =
+            normalize("select 1.5, .5, 2e10, 3E-2, 'it''s', t1.x2y, \"a 1\" from t where x='7'");
+        assert_eq!(
+            r.text,
+            "select $1, $2, $3, $4, $5, t1.x2y, \"a 1\" from t where x=$6"
+        );
+        assert_eq!(
+            r.literals,
+            vec![n("1.5"), n(".5"), n("2e10"), n("3E-2"), st("it's"), st("7")]
+        );
+        assert_eq!(LiteralParams(&r.literals).int(6), Some(7));
+        assert_eq!(LiteralParams(&r.literals).int(1), None);
+    }
+
+    #[test]
+    fn comments_and_special_strings_are_left() {
+        let r = normalize("select 1 -- 2\n /* 3 /* 4 */ 5 */ , E'\\'6', B'101', X'1F', U&'d\\0061', $$7$$, $q$ 8 $q$, 9");
+        assert_eq!(
+            r.text,
+            "select $1 -- 2\n /* 3 /* 4 */ 5 */ , E'\\'6', B'101', X'1F', U&'d\\0061', $$7$$, $q$ 8 $q$, $2"
+        );
+        assert_eq!(r.literals, vec![n("1"), n("9")]);
+    }
+
+    #[test]
+    fn placeholders_and_broken_text_unchanged() {
+        for sql in [
+            "select * from t where id = $1 and x = 5",
+            "select 'unterminated",
+            "select /* open",
+            "select \"open",
+            "select $$ open",
+            "select E'\\'",
+        ] {
+            let r = normalize(sql);
+            assert_eq!(r.text, sql);
+            assert!(r.literals.is_empty(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn odd_input_never_panics() {
+        for sql in [
+            "",
+            "'",
+            "$",
+            "$$",
+            "$a",
+            "1e",
+            "1.",
+            "0x1F",
+            "1_000",
+            "é = 'ü' 3",
+            "😀 1 '😀'",
+            "a$1",
+            "-",
+            "/",
+            "/*",
+            "U&",
+            "E",
+            "x'",
+            "1..2",
+            "\u{0}",
+        ] {
+            let _ = normalize(sql);
+        }
+        assert_eq!(normalize("é = 'ü' 3").literals, vec![st("ü"), n("3")]);
+        assert_eq!(normalize("a$1 = 2").text, "a$1 = $1");
+        assert_eq!(normalize("x = 0x1F").text, "x = 0x1F");
+    }
+
+    #[test]
+    fn literal_arrays() {
+        let r = normalize("select * from t where id = any('{1, 2,3}')");
+        assert_eq!(r.text, "select * from t where id = any($1)");
+        assert_eq!(LiteralParams(&r.literals).int_array(1), Some(vec![1, 2, 3]));
+        assert_eq!(LiteralParams(&[st(" 5 ")]).int(1), Some(5));
+        assert_eq!(LiteralParams(&[n("5")]).int_array(1), None);
+    }
+}
