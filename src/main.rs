@@ -1,5 +1,6 @@
 //! The `pgshard` command line.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -84,6 +85,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -102,6 +104,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `pgshard cluster status | head` closing the pipe early is not a failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -113,6 +122,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cluster { action } => cluster_command(action).await,
     }
+}
+
+/// Prints a line to stdout, returning write errors (a closed pipe) instead of panicking like println!.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
 }
 
 async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
@@ -132,31 +148,36 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
                 listen,
             };
             let info = cluster::up(&spec).await?;
-            println!("cluster up in {}", info.dir.display());
-            println!("  catalog: {}", info.catalog_url());
+            out!("cluster up in {}", info.dir.display());
+            out!("  catalog: {}", info.catalog_url());
             for id in info.shard_ids() {
                 if let Some(url) = info.shard_url(id) {
-                    println!("  shard {id}: {url}");
+                    out!("  shard {id}: {url}");
                 }
             }
-            println!("  proxy config: {}", info.config_path.display());
+            out!("  proxy config: {}", info.config_path.display());
             Ok(())
         }
         ClusterCommand::Down { dir } => Ok(cluster::down(&dir).await?),
         ClusterCommand::Status { dir, json } => {
             let statuses = cluster::status(&dir).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
+                out!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
-                println!(
+                out!(
                     "{:<10} {:>5} {:<8} {:<15} {:>5} {:>8} healthy",
-                    "name", "shard", "role", "host", "port", "pid"
+                    "name",
+                    "shard",
+                    "role",
+                    "host",
+                    "port",
+                    "pid"
                 );
                 for s in &statuses {
                     let shard = s.shard.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                     let pid = s.pid.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                     let role = serde_json::to_value(s.role)?;
-                    println!(
+                    out!(
                         "{:<10} {:>5} {:<8} {:<15} {:>5} {:>8} {}",
                         s.name,
                         shard,

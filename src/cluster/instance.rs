@@ -105,6 +105,8 @@ pub async fn init_template(
             "UTF8",
             "--locale=C",
             "--no-sync",
+            // 1 MiB WAL segments instead of 16: every instance is a copy, and bytes copied are time.
+            "--wal-segsize=1",
         ])
         .env("LC_ALL", "C");
     if let Some(parent) = template.parent() {

@@ -218,47 +218,28 @@ pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
         }
     };
 
+    let template = dir.join(layout::TEMPLATE_DIR);
     if state
         .instances
         .iter()
         .any(|i| !i.data_dir.join("PG_VERSION").is_file())
     {
-        let template = dir.join(layout::TEMPLATE_DIR);
         instance::init_template(&bins, run_as, &template).await?;
-        try_join_all(
-            state
-                .instances
-                .iter()
-                .map(|inst| instance::create_from_template(run_as, &template, inst)),
-        )
-        .await?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "data directories ready"
+            "template ready"
         );
     }
 
-    try_join_all(
-        state
-            .instances
-            .iter()
-            .map(|inst| instance::start(&bins, run_as, inst)),
-    )
-    .await?;
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        instances = state.instances.len(),
-        "instances running"
-    );
-
     let mut shard_ids: Vec<u32> = state.instances.iter().filter_map(|i| i.shard).collect();
     shard_ids.sort_unstable();
-    try_join_all(
-        state
-            .instances
-            .iter()
-            .map(|inst| bootstrap::bootstrap(inst, &state.cluster_id, state.strategy, &shard_ids)),
-    )
+    // Each instance goes copy → start → bootstrap on its own, so one instance's disk work overlaps
+    // another's SQL instead of waiting at a barrier between phases.
+    try_join_all(state.instances.iter().map(|inst| async {
+        instance::create_from_template(run_as, &template, inst).await?;
+        instance::start(&bins, run_as, inst).await?;
+        bootstrap::bootstrap(inst, &state.cluster_id, state.strategy, &shard_ids).await
+    }))
     .await?;
 
     let info = ClusterInfo::from_state(dir, state);
