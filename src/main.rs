@@ -1,1 +1,195 @@
-fn main() {}
+//! The `pgshard` command line.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use pgshard::cluster::{self, ClusterSpec};
+use pgshard::router::Strategy;
+
+/// A sharding proxy for PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "pgshard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage a local cluster of Postgres instances (catalog + shards) for tests and the demo.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Create (first time) and start the cluster, then write DIR/pgshard.toml.
+    Up {
+        #[arg(long, default_value = cluster::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Number of shards (only for a new cluster).
+        #[arg(long, default_value_t = 10)]
+        shards: u32,
+        /// First port (catalog); shard i gets base+1+i. 0 picks free ports.
+        #[arg(long, default_value_t = 0)]
+        base_port: u16,
+        /// Strategy of shard map version 1 (only for a new cluster).
+        #[arg(long, value_enum, default_value_t = StrategyArg::Hash)]
+        strategy: StrategyArg,
+        /// Proxy listen address written into pgshard.toml.
+        #[arg(long, default_value = cluster::DEFAULT_LISTEN)]
+        listen: String,
+    },
+    /// Stop every instance of the cluster.
+    Down {
+        #[arg(long, default_value = cluster::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Show every instance: port, pid, health.
+    Status {
+        #[arg(long, default_value = cluster::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Print a JSON array (keys: name, shard, role, host, port, pid, healthy).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    Range,
+    Hash,
+    Modulo,
+}
+
+impl StrategyArg {
+    fn strategy(self, shards: u32) -> Strategy {
+        match self {
+            StrategyArg::Range => Strategy::Range,
+            StrategyArg::Hash => Strategy::Hash,
+            StrategyArg::Modulo => Strategy::Modulo {
+                modulus: i64::from(shards),
+            },
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `pgshard cluster status | head` closing the pipe early is not a failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Cluster { action } => cluster_command(action).await,
+    }
+}
+
+/// Prints a line to stdout, returning write errors (a closed pipe) instead of panicking like println!.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
+async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
+    match action {
+        ClusterCommand::Up {
+            dir,
+            shards,
+            base_port,
+            strategy,
+            listen,
+        } => {
+            let spec = ClusterSpec {
+                dir,
+                shards,
+                base_port,
+                strategy: strategy.strategy(shards),
+                listen,
+            };
+            let info = cluster::up(&spec).await?;
+            out!("cluster up in {}", info.dir.display());
+            out!("  catalog: {}", info.catalog_url());
+            for id in info.shard_ids() {
+                if let Some(url) = info.shard_url(id) {
+                    out!("  shard {id}: {url}");
+                }
+            }
+            out!("  proxy config: {}", info.config_path.display());
+            Ok(())
+        }
+        ClusterCommand::Down { dir } => Ok(cluster::down(&dir).await?),
+        ClusterCommand::Status { dir, json } => {
+            let statuses = cluster::status(&dir).await?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                out!(
+                    "{:<10} {:>5} {:<8} {:<15} {:>5} {:>8} healthy",
+                    "name",
+                    "shard",
+                    "role",
+                    "host",
+                    "port",
+                    "pid"
+                );
+                for s in &statuses {
+                    let shard = s.shard.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                    let pid = s.pid.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                    let role = serde_json::to_value(s.role)?;
+                    out!(
+                        "{:<10} {:>5} {:<8} {:<15} {:>5} {:>8} {}",
+                        s.name,
+                        shard,
+                        role.as_str().unwrap_or_default(),
+                        s.host,
+                        s.port,
+                        pid,
+                        if s.healthy { "yes" } else { "NO" }
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,336 @@
-//! A local development cluster of real Postgres instances (initdb/pg_ctl) for the demo and tests.
+//! A local development cluster of real Postgres instances (initdb/pg_ctl) for the demo and tests:
+//! one catalog instance plus one primary per shard, each on its own loopback port, all copied from
+//! a single initdb so that bringing up ten shards takes seconds.
+//!
+//! As root, every Postgres program runs as the `postgres` OS user (Postgres refuses root); the
+//! cluster directory is handed to that user. Instances run with `fsync = off`: fast, and not crash
+//! safe — this is for tests and demos only.
+
+mod binaries;
+mod bootstrap;
+mod error;
+mod initial_map;
+mod instance;
+mod layout;
+mod os_user;
+mod proxy_config;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures_util::future::{join_all, try_join_all};
+use serde::Serialize;
+
+pub use binaries::PgBinaries;
+pub use error::ClusterError;
+pub use initial_map::uniform_ranges;
+pub use instance::{StopMode, ADMIN_PASSWORD, ADMIN_USER};
+pub use layout::{ClusterState, InstanceInfo, Role, CATALOG_INSTANCE, CONFIG_FILE, STATE_FILE};
+pub use os_user::RunAs;
+pub use proxy_config::proxy_config;
+
+use crate::router::Strategy;
+
+/// The directory `pgshard cluster` uses when none is given.
+pub const DEFAULT_DIR: &str = "pgshard-cluster";
+/// Where the generated proxy config makes the proxy listen unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+
+/// What to bring up. Only used for a new directory (besides `listen`): an existing cluster keeps
+/// the shards, ports and strategy recorded in its `cluster.json`.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// The cluster directory (created if missing).
+    pub dir: PathBuf,
+    /// Number of shard primaries.
+    pub shards: u32,
+    /// 0 picks free loopback ports; otherwise the catalog gets this port and shard `i` the port
+    /// `base_port + 1 + i`.
+    pub base_port: u16,
+    /// Strategy of shard map version 1. For modulo the modulus is always the number of shards, so
+    /// that every remainder has an owner.
+    pub strategy: Strategy,
+    /// The proxy listen address written into `pgshard.toml`.
+    pub listen: String,
+}
+
+impl ClusterSpec {
+    /// Ten shards, free ports, hash strategy, in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> ClusterSpec {
+        ClusterSpec {
+            dir: dir.into(),
+            shards: 10,
+            base_port: 0,
+            strategy: Strategy::Hash,
+            listen: DEFAULT_LISTEN.into(),
+        }
+    }
+}
+
+/// A running cluster: where it lives, its instances, and the proxy config generated for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    pub dir: PathBuf,
+    pub cluster_id: String,
+    pub instances: Vec<InstanceInfo>,
+    pub config_path: PathBuf,
+}
+
+impl ClusterInfo {
+    /// Reads the description of an existing cluster directory without touching its instances.
+    pub fn load(dir: &Path) -> Result<ClusterInfo, ClusterError> {
+        let dir = absolute(dir)?;
+        let state = ClusterState::load_existing(&dir)?;
+        Ok(ClusterInfo::from_state(dir, state))
+    }
+
+    fn from_state(dir: PathBuf, state: ClusterState) -> ClusterInfo {
+        ClusterInfo {
+            config_path: dir.join(CONFIG_FILE),
+            dir,
+            cluster_id: state.cluster_id,
+            instances: state.instances,
+        }
+    }
+
+    /// The catalog instance.
+    pub fn catalog(&self) -> Option<&InstanceInfo> {
+        self.instances.iter().find(|i| i.role == Role::Catalog)
+    }
+
+    /// The shard primaries, in shard id order.
+    pub fn shards(&self) -> Vec<&InstanceInfo> {
+        let mut shards: Vec<_> = self
+            .instances
+            .iter()
+            .filter(|i| i.shard.is_some())
+            .collect();
+        shards.sort_by_key(|i| i.shard);
+        shards
+    }
+
+    /// `postgres://pgshard:pgshard@127.0.0.1:PORT/catalog`.
+    pub fn catalog_url(&self) -> String {
+        let port = self.catalog().map(|i| i.port).unwrap_or_default();
+        format!("postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{port}/catalog")
+    }
+
+    /// `postgres://pgshard:pgshard@127.0.0.1:PORT/app` of shard `id`'s primary.
+    pub fn shard_url(&self, id: u32) -> Option<String> {
+        self.instances
+            .iter()
+            .find(|i| i.shard == Some(id))
+            .map(|i| {
+                format!(
+                    "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{}/app",
+                    i.port
+                )
+            })
+    }
+
+    /// The shard primaries' ports, in shard id order.
+    pub fn shard_ports(&self) -> Vec<u16> {
+        self.shards().iter().map(|i| i.port).collect()
+    }
+
+    /// The shard ids, ascending.
+    pub fn shard_ids(&self) -> Vec<u32> {
+        self.shards().iter().filter_map(|i| i.shard).collect()
+    }
+}
+
+/// One instance's state as `pgshard cluster status --json` reports it (scripts rely on these keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub shard: Option<u32>,
+    pub role: Role,
+    pub host: String,
+    pub port: u16,
+    /// The postmaster's pid, if `postmaster.pid` names a live process.
+    pub pid: Option<u32>,
+    /// Answers `SELECT 1` over TCP as the admin user within 2 s.
+    pub healthy: bool,
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, ClusterError> {
+    std::path::absolute(dir)
+        .map_err(|e| ClusterError::io(format!("cannot resolve {}", dir.display()), e))
+}
+
+fn random_cluster_id() -> Result<String, ClusterError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| ClusterError::io("cannot read /dev/urandom for a cluster id", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Brings the cluster up: initdb once, copy per instance, start all in parallel, bootstrap roles,
+/// databases and schemas, write `cluster.json` and `pgshard.toml`. On an existing directory it
+/// starts what is stopped and re-applies the (idempotent) bootstrap.
+pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
+    let started = Instant::now();
+    if spec.shards == 0 {
+        return Err(ClusterError::Layout {
+            path: spec.dir.clone(),
+            message: "a cluster needs at least one shard".into(),
+        });
+    }
+    let dir = absolute(&spec.dir)?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ClusterError::io(format!("cannot create {}", dir.display()), e))?;
+    let bins = PgBinaries::find()?;
+    let run_as = RunAs::detect()?;
+    if let Some(user) = run_as {
+        user.check_reachable(&dir)?;
+        user.chown(&dir)?;
+    }
+
+    let state = match ClusterState::load(&dir)? {
+        Some(state) => {
+            let shards = state.instances.iter().filter(|i| i.shard.is_some()).count();
+            if shards != spec.shards as usize {
+                tracing::warn!(
+                    existing = shards,
+                    requested = spec.shards,
+                    "cluster already exists; keeping its shard count"
+                );
+            }
+            state
+        }
+        None => {
+            let strategy = match spec.strategy {
+                Strategy::Modulo { .. } => Strategy::Modulo {
+                    modulus: i64::from(spec.shards),
+                },
+                s => s,
+            };
+            let state = ClusterState {
+                cluster_id: random_cluster_id()?,
+                strategy,
+                instances: layout::plan_instances(&dir, spec.shards, spec.base_port)?,
+            };
+            // Recorded before anything starts, so `down` can stop a half-started cluster.
+            state.save(&dir)?;
+            state
+        }
+    };
+
+    let template = dir.join(layout::TEMPLATE_DIR);
+    if state
+        .instances
+        .iter()
+        .any(|i| !i.data_dir.join("PG_VERSION").is_file())
+    {
+        instance::init_template(&bins, run_as, &template).await?;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "template ready"
+        );
+    }
+
+    let mut shard_ids: Vec<u32> = state.instances.iter().filter_map(|i| i.shard).collect();
+    shard_ids.sort_unstable();
+    // Each instance goes copy → start → bootstrap on its own, so one instance's disk work overlaps
+    // another's SQL instead of waiting at a barrier between phases.
+    try_join_all(state.instances.iter().map(|inst| async {
+        instance::create_from_template(run_as, &template, inst).await?;
+        instance::start(&bins, run_as, inst).await?;
+        bootstrap::bootstrap(inst, &state.cluster_id, state.strategy, &shard_ids).await
+    }))
+    .await?;
+
+    let info = ClusterInfo::from_state(dir, state);
+    let config = proxy_config(&info.instances, &spec.listen);
+    layout::write_atomic(&info.config_path, &config.to_toml())?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        config = %info.config_path.display(),
+        catalog = %info.catalog_url(),
+        "cluster up"
+    );
+    Ok(info)
+}
+
+/// Stops every instance of the cluster in `dir` (fast shutdown, in parallel). Instances that are
+/// not running are skipped.
+pub async fn down(dir: &Path) -> Result<(), ClusterError> {
+    let info = ClusterInfo::load(dir)?;
+    let bins = PgBinaries::find()?;
+    let run_as = RunAs::detect()?;
+    try_join_all(
+        info.instances
+            .iter()
+            .map(|inst| instance::stop(&bins, run_as, inst, StopMode::Fast)),
+    )
+    .await?;
+    tracing::info!(dir = %info.dir.display(), "cluster down");
+    Ok(())
+}
+
+/// The state of every instance: pid and whether it answers queries.
+pub async fn status(dir: &Path) -> Result<Vec<InstanceStatus>, ClusterError> {
+    let info = ClusterInfo::load(dir)?;
+    let probes = join_all(info.instances.iter().map(instance::probe)).await;
+    Ok(info
+        .instances
+        .iter()
+        .zip(probes)
+        .map(|(inst, healthy)| InstanceStatus {
+            name: inst.name.clone(),
+            shard: inst.shard,
+            role: inst.role,
+            host: inst.host.clone(),
+            port: inst.port,
+            pid: instance::read_pid(inst).filter(|&pid| process_exists(pid)),
+            healthy,
+        })
+        .collect())
+}
+
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Stops one instance (fault tests: a shard going away). `mode` chooses a clean or a crash-like stop.
+pub async fn stop_instance(dir: &Path, name: &str, mode: StopMode) -> Result<(), ClusterError> {
+    let info = ClusterInfo::load(dir)?;
+    let inst = find(&info, name)?;
+    instance::stop(&PgBinaries::find()?, RunAs::detect()?, inst, mode).await
+}
+
+/// Starts one stopped instance again and waits until it accepts connections.
+pub async fn start_instance(dir: &Path, name: &str) -> Result<(), ClusterError> {
+    let info = ClusterInfo::load(dir)?;
+    let inst = find(&info, name)?;
+    instance::start(&PgBinaries::find()?, RunAs::detect()?, inst).await
+}
+
+fn find<'a>(info: &'a ClusterInfo, name: &str) -> Result<&'a InstanceInfo, ClusterError> {
+    info.instances
+        .iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| ClusterError::NoInstance(name.to_string()))
+}
+
+/// Stops every instance immediately and synchronously, ignoring errors: for `Drop` of test
+/// harnesses, which may run outside (or while tearing down) an async runtime.
+pub fn stop_now(info: &ClusterInfo) {
+    let Ok(bins) = PgBinaries::find() else {
+        return;
+    };
+    let run_as = RunAs::detect().ok().flatten();
+    std::thread::scope(|s| {
+        for inst in &info.instances {
+            let bins = &bins;
+            s.spawn(move || instance::stop_now(bins, run_as, inst));
+        }
+    });
+}

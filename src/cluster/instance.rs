@@ -1,0 +1,323 @@
+//! One Postgres instance's life cycle: initdb of the template, copying it, configuring, starting and
+//! stopping with pg_ctl, and checking its health. Every program runs as [`RunAs`] when we are root.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::binaries::PgBinaries;
+use super::layout::InstanceInfo;
+use super::os_user::RunAs;
+use super::ClusterError;
+
+/// How long a health probe may take before the instance counts as unhealthy.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The credential the bootstrap creates on every instance (the proxy's server and admin login).
+pub const ADMIN_USER: &str = "pgshard";
+/// Password of [`ADMIN_USER`]; a local dev cluster, so a well-known one.
+pub const ADMIN_PASSWORD: &str = "pgshard";
+
+/// The settings shared by every instance, appended to the template's postgresql.conf.
+///
+/// `fsync = off` trades crash safety for speed: this cluster is for tests and demos, and a power
+/// loss may corrupt it. Never copy this setting to a real deployment.
+const COMMON_CONF: &str = "
+# --- pgshard local cluster (tests and demo; NOT for production: fsync is off) ---
+listen_addresses = '127.0.0.1'
+shared_buffers = 32MB
+max_connections = 100
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+wal_level = logical
+max_prepared_transactions = 100
+max_replication_slots = 20
+max_wal_senders = 20
+max_logical_replication_workers = 8
+max_worker_processes = 16
+logging_collector = off
+log_line_prefix = '%m [%p] %q%u@%d '
+include_if_exists = 'instance.conf'
+";
+
+const HBA_CONF: &str = "\
+# pgshard local cluster: trust on the unix socket (inside the data directory), passwords over TCP.
+local all all trust
+host all all 127.0.0.1/32 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+";
+
+/// Runs a program (as `run_as` if given) and turns a failure into an error carrying its output.
+async fn run(
+    what: &str,
+    mut cmd: tokio::process::Command,
+    run_as: Option<RunAs>,
+) -> Result<std::process::Output, ClusterError> {
+    if let Some(user) = run_as {
+        user.apply(&mut cmd);
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| ClusterError::io(format!("cannot run {what}"), e))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        let mut output = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if output.is_empty() {
+            output = stdout.trim().to_string();
+        }
+        Err(ClusterError::Command {
+            what: what.to_string(),
+            status: out.status.to_string(),
+            output,
+        })
+    }
+}
+
+/// Creates the template data directory with initdb (C collation, trust locally, SCRAM over TCP) and
+/// writes the shared configuration. Does nothing if it already exists.
+pub async fn init_template(
+    bins: &PgBinaries,
+    run_as: Option<RunAs>,
+    template: &Path,
+) -> Result<(), ClusterError> {
+    if template.join("PG_VERSION").is_file() && template.join("pg_hba.conf").is_file() {
+        return Ok(());
+    }
+    if template.exists() {
+        // A half-finished initdb from an interrupted run: start over.
+        std::fs::remove_dir_all(template).map_err(|e| {
+            ClusterError::io(format!("cannot remove stale {}", template.display()), e)
+        })?;
+    }
+    let mut cmd = tokio::process::Command::new(bins.program("initdb"));
+    cmd.arg("-D")
+        .arg(template)
+        .args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            // 1 MiB WAL segments instead of 16: every instance is a copy, and bytes copied are time.
+            "--wal-segsize=1",
+        ])
+        .env("LC_ALL", "C");
+    if let Some(parent) = template.parent() {
+        cmd.current_dir(parent);
+    }
+    run("initdb", cmd, run_as).await?;
+    append_file(&template.join("postgresql.conf"), COMMON_CONF)?;
+    std::fs::write(template.join("pg_hba.conf"), HBA_CONF)
+        .map_err(|e| ClusterError::io("cannot write pg_hba.conf", e))?;
+    Ok(())
+}
+
+fn append_file(path: &Path, text: &str) -> Result<(), ClusterError> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| ClusterError::io(format!("cannot open {}", path.display()), e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| ClusterError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// Copies the template into the instance's data directory (via a temp name, so an interrupted copy
+/// is never mistaken for an instance) and writes its own port and socket directory. Does nothing
+/// if the data directory already exists.
+pub async fn create_from_template(
+    run_as: Option<RunAs>,
+    template: &Path,
+    inst: &InstanceInfo,
+) -> Result<(), ClusterError> {
+    if inst.data_dir.join("PG_VERSION").is_file() {
+        return Ok(());
+    }
+    let tmp = inst.data_dir.with_extension("copying");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .map_err(|e| ClusterError::io(format!("cannot remove {}", tmp.display()), e))?;
+    }
+    let mut cmd = tokio::process::Command::new("cp");
+    cmd.arg("-a").arg(template).arg(&tmp);
+    run(
+        &format!("copying the template for {}", inst.name),
+        cmd,
+        run_as,
+    )
+    .await?;
+    let conf = format!(
+        "port = {}\nunix_socket_directories = '{}'\n",
+        inst.port,
+        inst.data_dir.display()
+    );
+    let conf_path = tmp.join("instance.conf");
+    std::fs::write(&conf_path, conf)
+        .map_err(|e| ClusterError::io(format!("cannot write {}", conf_path.display()), e))?;
+    if let Some(user) = run_as {
+        user.chown(&conf_path)?;
+    }
+    std::fs::rename(&tmp, &inst.data_dir)
+        .map_err(|e| ClusterError::io(format!("cannot rename to {}", inst.data_dir.display()), e))
+}
+
+/// Whether a postmaster is running on this data directory (`pg_ctl status`).
+pub async fn is_running(
+    bins: &PgBinaries,
+    run_as: Option<RunAs>,
+    inst: &InstanceInfo,
+) -> Result<bool, ClusterError> {
+    let mut cmd = tokio::process::Command::new(bins.program("pg_ctl"));
+    cmd.arg("status").arg("-D").arg(&inst.data_dir);
+    if let Some(user) = run_as {
+        user.apply(&mut cmd);
+    }
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map_err(|e| ClusterError::io("cannot run pg_ctl status", e))?;
+    Ok(status.success())
+}
+
+/// Starts the instance and waits until it accepts connections; a no-op if it is already running.
+/// On failure the error carries the end of the server log, where Postgres says why.
+pub async fn start(
+    bins: &PgBinaries,
+    run_as: Option<RunAs>,
+    inst: &InstanceInfo,
+) -> Result<(), ClusterError> {
+    if is_running(bins, run_as, inst).await? {
+        return Ok(());
+    }
+    let mut cmd = tokio::process::Command::new(bins.program("pg_ctl"));
+    cmd.arg("start")
+        .arg("-w")
+        .args(["-t", "60"])
+        .arg("-D")
+        .arg(&inst.data_dir)
+        .arg("-l")
+        .arg(inst.log_file())
+        .current_dir(&inst.data_dir);
+    match run(&format!("starting {}", inst.name), cmd, run_as).await {
+        Ok(_) => Ok(()),
+        Err(ClusterError::Command {
+            what,
+            status,
+            output,
+        }) => Err(ClusterError::Command {
+            what,
+            status,
+            output: format!(
+                "{output}\n--- last lines of {} ---\n{}",
+                inst.log_file().display(),
+                log_tail(&inst.log_file(), 10)
+            ),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// How `pg_ctl stop` shuts an instance down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Disconnect clients, checkpoint, exit cleanly.
+    Fast,
+    /// Exit at once, like a crash; recovery runs at the next start.
+    Immediate,
+}
+
+impl StopMode {
+    fn arg(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// Stops the instance; a no-op if it is not running.
+pub async fn stop(
+    bins: &PgBinaries,
+    run_as: Option<RunAs>,
+    inst: &InstanceInfo,
+    mode: StopMode,
+) -> Result<(), ClusterError> {
+    if !is_running(bins, run_as, inst).await? {
+        return Ok(());
+    }
+    let mut cmd = tokio::process::Command::new(bins.program("pg_ctl"));
+    cmd.arg("stop")
+        .arg("-w")
+        .args(["-m", mode.arg()])
+        .arg("-D")
+        .arg(&inst.data_dir);
+    run(&format!("stopping {}", inst.name), cmd, run_as)
+        .await
+        .map(|_| ())
+}
+
+/// Stops the instance synchronously and immediately, ignoring errors: for `Drop` impls, where no
+/// runtime may be available and nothing can be reported anyway.
+pub fn stop_now(bins: &PgBinaries, run_as: Option<RunAs>, inst: &InstanceInfo) {
+    if !inst.data_dir.join("postmaster.pid").exists() {
+        return;
+    }
+    let mut cmd = std::process::Command::new(bins.program("pg_ctl"));
+    cmd.arg("stop")
+        .args(["-m", "immediate", "-w", "-D"])
+        .arg(&inst.data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(user) = run_as {
+        user.apply_std(&mut cmd);
+    }
+    let _ = cmd.status();
+}
+
+/// The postmaster's pid from `postmaster.pid`, if the file exists (it can be stale after a crash).
+pub fn read_pid(inst: &InstanceInfo) -> Option<u32> {
+    let text = std::fs::read_to_string(inst.data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Whether the instance answers `SELECT 1` over TCP as the admin user within two seconds: the same
+/// path the proxy takes, so "healthy" means "the proxy can use it".
+pub async fn probe(inst: &InstanceInfo) -> bool {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&inst.host)
+        .port(inst.port)
+        .user(ADMIN_USER)
+        .password(ADMIN_PASSWORD)
+        .dbname(inst.database())
+        .connect_timeout(HEALTH_TIMEOUT);
+    let check = async {
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.ok()?;
+        let task = tokio::spawn(conn);
+        let ok = client.simple_query("SELECT 1").await.is_ok();
+        drop(client);
+        let _ = task.await;
+        Some(ok)
+    };
+    matches!(
+        tokio::time::timeout(HEALTH_TIMEOUT, check).await,
+        Ok(Some(true))
+    )
+}

@@ -1,0 +1,264 @@
+//! The on-disk layout of a cluster directory and its `cluster.json` state file:
+//!
+//! ```text
+//! DIR/template/      initdb output, never started; copied for every instance
+//! DIR/catalog/       the catalog instance's data directory (also its unix socket directory)
+//! DIR/shard0/ …      one data directory per shard primary
+//! DIR/cluster.json   which instances exist and on which ports (written before they start)
+//! DIR/pgshard.toml   a proxy config pointing at them
+//! ```
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ClusterError;
+use crate::router::Strategy;
+
+/// The instance that holds the catalog database.
+pub const CATALOG_INSTANCE: &str = "catalog";
+/// The file recording the cluster's instances.
+pub const STATE_FILE: &str = "cluster.json";
+/// The generated proxy configuration.
+pub const CONFIG_FILE: &str = "pgshard.toml";
+/// The initdb output all instances are copied from.
+pub const TEMPLATE_DIR: &str = "template";
+/// Unix socket paths are limited to 107 bytes by the kernel (`sun_path`).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What an instance is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A shard's primary, holding database `app`.
+    Primary,
+    /// The catalog instance, holding database `catalog`.
+    Catalog,
+}
+
+/// One Postgres instance of the cluster, as recorded in `cluster.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub name: String,
+    /// The shard id, `None` for the catalog.
+    pub shard: Option<u32>,
+    pub role: Role,
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl InstanceInfo {
+    /// The database the bootstrap creates on this instance.
+    pub fn database(&self) -> &'static str {
+        match self.role {
+            Role::Primary => "app",
+            Role::Catalog => "catalog",
+        }
+    }
+
+    /// The server log written by `pg_ctl -l`.
+    pub fn log_file(&self) -> PathBuf {
+        self.data_dir.join("server.log")
+    }
+}
+
+/// The contents of `cluster.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Random, written into every shard's identity row so a server of another cluster is recognised.
+    pub cluster_id: String,
+    /// The strategy of shard map version 1.
+    #[serde(flatten)]
+    pub strategy: Strategy,
+    pub instances: Vec<InstanceInfo>,
+}
+
+impl ClusterState {
+    /// Reads `DIR/cluster.json`; `Ok(None)` when the directory holds no cluster yet.
+    pub fn load(dir: &Path) -> Result<Option<ClusterState>, ClusterError> {
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ClusterError::io(
+                    format!("cannot read {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| ClusterError::State {
+                path,
+                message: e.to_string(),
+            })
+    }
+
+    /// Like [`ClusterState::load`], but a missing cluster is an error (for down/status).
+    pub fn load_existing(dir: &Path) -> Result<ClusterState, ClusterError> {
+        ClusterState::load(dir)?.ok_or_else(|| ClusterError::State {
+            path: dir.join(STATE_FILE),
+            message: "not found; run `pgshard cluster up` first".into(),
+        })
+    }
+
+    /// Writes `DIR/cluster.json` atomically (temp file + rename).
+    pub fn save(&self, dir: &Path) -> Result<(), ClusterError> {
+        let path = dir.join(STATE_FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|e| ClusterError::State {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, &text)
+    }
+
+    /// The instance with this name.
+    pub fn instance(&self, name: &str) -> Result<&InstanceInfo, ClusterError> {
+        self.instances
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| ClusterError::NoInstance(name.to_string()))
+    }
+}
+
+/// Writes a file by renaming a sibling temp file over it, so readers never see half a file.
+pub fn write_atomic(path: &Path, text: &str) -> Result<(), ClusterError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .map_err(|e| ClusterError::io(format!("cannot write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| ClusterError::io(format!("cannot rename to {}", path.display()), e))
+}
+
+/// The instances of a fresh cluster: the catalog, then `shard0..shard{n-1}`. With `base_port` 0 the
+/// ports are free loopback ports picked now; otherwise the catalog gets `base_port` and shard `i`
+/// gets `base_port + 1 + i`.
+pub fn plan_instances(
+    dir: &Path,
+    shards: u32,
+    base_port: u16,
+) -> Result<Vec<InstanceInfo>, ClusterError> {
+    let count = shards as usize + 1;
+    let ports = if base_port == 0 {
+        free_ports(count)?
+    } else {
+        (0..count)
+            .map(|i| {
+                u16::try_from(base_port as usize + i).map_err(|_| ClusterError::Layout {
+                    path: dir.to_path_buf(),
+                    message: format!("base port {base_port} + {shards} shards exceeds 65535"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let mut instances = Vec::with_capacity(count);
+    for (i, port) in ports.into_iter().enumerate() {
+        let (name, shard, role) = if i == 0 {
+            (CATALOG_INSTANCE.to_string(), None, Role::Catalog)
+        } else {
+            let id = (i - 1) as u32;
+            (format!("shard{id}"), Some(id), Role::Primary)
+        };
+        let data_dir = dir.join(&name);
+        check_socket_path(&data_dir, port)?;
+        instances.push(InstanceInfo {
+            name,
+            shard,
+            role,
+            host: "127.0.0.1".into(),
+            port,
+            data_dir,
+        });
+    }
+    Ok(instances)
+}
+
+/// Postgres puts its unix socket in the data directory; a too-long path fails at start with a cryptic
+/// error, so refuse it up front.
+fn check_socket_path(data_dir: &Path, port: u16) -> Result<(), ClusterError> {
+    let socket = data_dir.join(format!(".s.PGSQL.{port}"));
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(ClusterError::Layout {
+            path: data_dir.to_path_buf(),
+            message: format!(
+                "socket path {} is {len} bytes, the limit is {MAX_SOCKET_PATH}; use a shorter --dir",
+                socket.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Distinct free loopback ports: all listeners are held until every port is chosen, so the same port
+/// is never returned twice.
+fn free_ports(count: usize) -> Result<Vec<u16>, ClusterError> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut ports = Vec::with_capacity(count);
+    for _ in 0..count {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| ClusterError::io("cannot find a free loopback port", e))?;
+        let port = l
+            .local_addr()
+            .map_err(|e| ClusterError::io("cannot read a listener's port", e))?
+            .port();
+        ports.push(port);
+        listeners.push(l);
+    }
+    Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_ports_start_with_the_catalog() {
+        let plan = plan_instances(Path::new("/tmp/x"), 3, 7000).unwrap();
+        let names: Vec<_> = plan
+            .iter()
+            .map(|i| (i.name.as_str(), i.shard, i.port))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("catalog", None, 7000),
+                ("shard0", Some(0), 7001),
+                ("shard1", Some(1), 7002),
+                ("shard2", Some(2), 7003)
+            ]
+        );
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let plan = plan_instances(Path::new("/tmp/x"), 5, 0).unwrap();
+        let mut ports: Vec<_> = plan.iter().map(|i| i.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 6);
+    }
+
+    #[test]
+    fn long_directories_are_refused() {
+        let long = format!("/tmp/{}", "d".repeat(100));
+        let err = plan_instances(Path::new(&long), 1, 7000).unwrap_err();
+        assert!(err.to_string().contains("shorter --dir"), "{err}");
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let state = ClusterState {
+            cluster_id: "abc".into(),
+            strategy: Strategy::Modulo { modulus: 3 },
+            instances: plan_instances(Path::new("/tmp/x"), 1, 7000).unwrap(),
+        };
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(text.contains("\"role\":\"catalog\""), "{text}");
+        let back: ClusterState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, state);
+    }
+}

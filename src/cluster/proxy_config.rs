@@ -1,0 +1,87 @@
+//! The proxy configuration a local cluster hands to `pgshard serve`: built as a [`Config`] value and
+//! serialised with [`Config::to_toml`], so it always matches what the proxy parses.
+
+use crate::config::{
+    AuthMethod, CatalogConfig, Config, PoolConfig, ProxyConfig, RouterConfig, ServerAuthConfig,
+    ShardConfig, ShardedTableConfig, UserConfig,
+};
+
+use super::instance::{ADMIN_PASSWORD, ADMIN_USER};
+use super::layout::{InstanceInfo, Role};
+
+/// Builds the proxy config for these instances, with the client listener on `listen`.
+pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
+    let catalog_port = instances
+        .iter()
+        .find(|i| i.role == Role::Catalog)
+        .map(|i| i.port)
+        .unwrap_or_default();
+    let shards = instances
+        .iter()
+        .filter_map(|i| {
+            i.shard.map(|id| ShardConfig {
+                id,
+                host: i.host.clone(),
+                port: i.port,
+                database: "app".into(),
+                user: None,
+                password: None,
+            })
+        })
+        .collect();
+    let defaults = ProxyConfig {
+        listen: listen.to_string(),
+        database: "app".into(),
+        node_name: "pgshard".into(),
+        max_message_size: 64 * 1024 * 1024,
+    };
+    Config {
+        proxy: defaults,
+        users: vec![UserConfig {
+            name: "app".into(),
+            password: Some("app".into()),
+            auth: AuthMethod::ScramSha256,
+        }],
+        catalog: CatalogConfig {
+            url: format!(
+                "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{catalog_port}/catalog"
+            ),
+            poll_interval_ms: 5_000,
+        },
+        pool: PoolConfig {
+            size: 10,
+            ..PoolConfig::default()
+        },
+        server_auth: ServerAuthConfig {
+            user: ADMIN_USER.into(),
+            password: Some(ADMIN_PASSWORD.into()),
+        },
+        shards,
+        sharded_tables: vec![ShardedTableConfig {
+            name: "users".into(),
+            key: "user_id".into(),
+        }],
+        router: RouterConfig::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::layout::plan_instances;
+    use std::path::Path;
+
+    #[test]
+    fn generated_config_parses_and_validates() {
+        let instances = plan_instances(Path::new("/tmp/c"), 3, 7000).unwrap();
+        let text = proxy_config(&instances, "127.0.0.1:6432").to_toml();
+        let config = Config::from_toml(&text, Path::new("pgshard.toml")).unwrap();
+        assert_eq!(config.shards.len(), 3);
+        assert_eq!(config.shard(2).unwrap().port, 7003);
+        assert_eq!(
+            config.catalog.url,
+            "postgres://pgshard:pgshard@127.0.0.1:7000/catalog"
+        );
+        assert_eq!(config.pool.size, 10);
+    }
+}

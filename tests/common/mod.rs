@@ -1,0 +1,50 @@
+//! Test harness: a throw-away local cluster in a temp dir, stopped when dropped.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+
+use pgshard::cluster::{self, ClusterInfo, ClusterSpec};
+use pgshard::router::Strategy;
+
+/// A running cluster that lives as long as this value: dropping it stops every instance at once
+/// (immediate shutdown) and then deletes its directory.
+pub struct TestCluster {
+    pub info: ClusterInfo,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Brings up `shards` shards plus a catalog on free loopback ports, in a new dir under /tmp
+    /// (short enough for unix socket paths, reachable by the `postgres` OS user when run as root).
+    pub async fn start(shards: u32, strategy: Strategy) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("pgshard-test-")
+            .tempdir_in("/tmp")
+            .expect("create a temp dir under /tmp");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the temp dir");
+        let spec = ClusterSpec {
+            dir: dir.path().to_path_buf(),
+            shards,
+            base_port: 0,
+            strategy,
+            listen: "127.0.0.1:0".into(),
+        };
+        let info = match cluster::up(&spec).await {
+            Ok(info) => info,
+            Err(e) => {
+                if let Ok(info) = ClusterInfo::load(dir.path()) {
+                    cluster::stop_now(&info);
+                }
+                panic!("cluster up failed: {e}");
+            }
+        };
+        TestCluster { info, _dir: dir }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        cluster::stop_now(&self.info);
+    }
+}
