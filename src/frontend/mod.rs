@@ -1,1 +1,3 @@
 //! Client side of the proxy: listener, startup, authentication and the client session.
+
+pub mod auth;
