@@ -1,0 +1,234 @@
+//! Client-side authentication to a Postgres server: after the caller has sent the StartupMessage,
+//! answer the server's Authentication requests (cleartext, md5, SCRAM-SHA-256) until
+//! AuthenticationOk. The SCRAM and md5 computations come from `postgres-protocol`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::backend::{
+    ErrorFields, AUTHENTICATION, ERROR_RESPONSE, NEGOTIATE_PROTOCOL_VERSION, NOTICE_RESPONSE,
+};
+use crate::wire::frame::{split_frame, Frame};
+use crate::wire::frontend::PASSWORD;
+
+const AUTH_OK: i32 = 0;
+const AUTH_CLEARTEXT: i32 = 3;
+const AUTH_MD5: i32 = 5;
+const AUTH_SASL: i32 = 10;
+const AUTH_SASL_CONTINUE: i32 = 11;
+const AUTH_SASL_FINAL: i32 = 12;
+
+/// Largest message accepted before login completes (errors and SASL messages are small).
+const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
+
+/// Why the proxy could not log into a server.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendAuthError {
+    /// The server sent an ErrorResponse (wrong password, unknown role or database, too many
+    /// connections, …); its SQLSTATE and text are kept so they can be reported as they are.
+    #[error("server refused login for user \"{user}\": {message} (SQLSTATE {code})")]
+    Server {
+        user: String,
+        code: String,
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
+    #[error("server asks for a password for user \"{user}\", but none is configured")]
+    PasswordRequired { user: String },
+    #[error("server requested an authentication method pgshard does not support: {0}")]
+    Unsupported(String),
+    /// SCRAM failed on our side, e.g. the server's signature was wrong (it does not know the
+    /// password, so it is not the server we meant to reach).
+    #[error("SCRAM authentication with the server failed: {0}")]
+    Scram(String),
+    #[error("protocol error while logging into the server: {0}")]
+    Protocol(String),
+    #[error("connection to the server failed during login: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BackendAuthError {
+    /// The SQLSTATE to report to a client: the server's own for `Server`, else a connection one.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            BackendAuthError::Server { code, .. } => code,
+            BackendAuthError::PasswordRequired { .. } => "28P01",
+            BackendAuthError::Unsupported(_) => "28000",
+            BackendAuthError::Scram(_) => "28000",
+            BackendAuthError::Protocol(_) => "08P01",
+            BackendAuthError::Io(_) => "08006",
+        }
+    }
+}
+
+/// Answers the server's authentication requests on `stream` as `user` until AuthenticationOk.
+/// `buf` holds bytes already read from the server; everything after AuthenticationOk
+/// (ParameterStatus, BackendKeyData, ReadyForQuery) is left in it unread.
+pub async fn login<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    user: &str,
+    password: Option<&str>,
+) -> Result<(), BackendAuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let need_password = || match password {
+        Some(p) => Ok(p),
+        None => Err(BackendAuthError::PasswordRequired {
+            user: user.to_string(),
+        }),
+    };
+    let mut scram: Option<ScramSha256> = None;
+    // Set once the server proved it knows the password (SASLFinal verified).
+    let mut scram_done = false;
+    loop {
+        let frame = read_frame(stream, buf).await?;
+        match frame.tag {
+            AUTHENTICATION => {}
+            ERROR_RESPONSE => {
+                let fields = ErrorFields::decode(&frame.body)
+                    .map_err(|e| BackendAuthError::Protocol(e.to_string()))?;
+                return Err(BackendAuthError::Server {
+                    user: user.to_string(),
+                    code: fields.code,
+                    message: fields.message,
+                    detail: fields.detail,
+                    hint: fields.hint,
+                });
+            }
+            // Harmless before AuthenticationOk: a notice, or the server saying it speaks an
+            // older minor version / ignores unknown `_pq_` options.
+            NOTICE_RESPONSE | NEGOTIATE_PROTOCOL_VERSION => continue,
+            other => {
+                return Err(BackendAuthError::Protocol(format!(
+                    "unexpected message type 0x{other:02x} during authentication"
+                )))
+            }
+        }
+        let body = &frame.body;
+        if body.len() < 4 {
+            return Err(BackendAuthError::Protocol(
+                "authentication message without a code".into(),
+            ));
+        }
+        let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        let payload = &body[4..];
+        match code {
+            AUTH_OK => {
+                if scram.is_some() && !scram_done {
+                    return Err(BackendAuthError::Scram(
+                        "server ended SCRAM authentication without proving it knows the password"
+                            .into(),
+                    ));
+                }
+                return Ok(());
+            }
+            AUTH_CLEARTEXT => {
+                let p = need_password()?;
+                let mut b = BytesMut::with_capacity(p.len() + 1);
+                b.put_slice(p.as_bytes());
+                b.put_u8(0);
+                send(stream, PASSWORD, b.freeze()).await?;
+            }
+            AUTH_MD5 => {
+                let p = need_password()?;
+                let salt: [u8; 4] = payload.try_into().map_err(|_| {
+                    BackendAuthError::Protocol("md5 request must carry a 4-byte salt".into())
+                })?;
+                let hash = md5_hash(user.as_bytes(), p.as_bytes(), salt);
+                let mut b = BytesMut::with_capacity(hash.len() + 1);
+                b.put_slice(hash.as_bytes());
+                b.put_u8(0);
+                send(stream, PASSWORD, b.freeze()).await?;
+            }
+            AUTH_SASL => {
+                if scram.is_some() {
+                    return Err(BackendAuthError::Protocol(
+                        "server restarted SASL authentication".into(),
+                    ));
+                }
+                let offers_scram = payload
+                    .split(|&b| b == 0)
+                    .any(|m| m == SCRAM_SHA_256.as_bytes());
+                if !offers_scram {
+                    let offered: Vec<String> = payload
+                        .split(|&b| b == 0)
+                        .filter(|m| !m.is_empty())
+                        .map(|m| String::from_utf8_lossy(m).into_owned())
+                        .collect();
+                    return Err(BackendAuthError::Unsupported(format!(
+                        "SASL mechanisms {offered:?} (pgshard supports SCRAM-SHA-256 without channel binding)"
+                    )));
+                }
+                let p = need_password()?;
+                let client = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+                let data = client.message();
+                let mut b = BytesMut::with_capacity(SCRAM_SHA_256.len() + 5 + data.len());
+                b.put_slice(SCRAM_SHA_256.as_bytes());
+                b.put_u8(0);
+                b.put_i32(data.len() as i32);
+                b.put_slice(data);
+                send(stream, PASSWORD, b.freeze()).await?;
+                scram = Some(client);
+            }
+            AUTH_SASL_CONTINUE => {
+                let client = scram.as_mut().ok_or_else(|| {
+                    BackendAuthError::Protocol("SASLContinue before SASL was started".into())
+                })?;
+                client
+                    .update(payload)
+                    .map_err(|e| BackendAuthError::Scram(e.to_string()))?;
+                send(stream, PASSWORD, Bytes::copy_from_slice(client.message())).await?;
+            }
+            AUTH_SASL_FINAL => {
+                let client = scram.as_mut().ok_or_else(|| {
+                    BackendAuthError::Protocol("SASLFinal before SASL was started".into())
+                })?;
+                client
+                    .finish(payload)
+                    .map_err(|e| BackendAuthError::Scram(e.to_string()))?;
+                scram_done = true;
+            }
+            2 => return Err(BackendAuthError::Unsupported("Kerberos V5".into())),
+            7 | 8 => return Err(BackendAuthError::Unsupported("GSSAPI".into())),
+            9 => return Err(BackendAuthError::Unsupported("SSPI".into())),
+            other => {
+                return Err(BackendAuthError::Unsupported(format!(
+                    "authentication request code {other}"
+                )))
+            }
+        }
+    }
+}
+
+async fn read_frame<S>(stream: &mut S, buf: &mut BytesMut) -> Result<Frame, BackendAuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match split_frame(buf, MAX_LOGIN_MESSAGE) {
+            Ok(Some(frame)) => return Ok(frame),
+            Ok(None) => {}
+            Err(e) => return Err(BackendAuthError::Protocol(e.to_string())),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(BackendAuthError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "server closed the connection during authentication",
+            )));
+        }
+    }
+}
+
+async fn send<S>(stream: &mut S, tag: u8, body: Bytes) -> Result<(), BackendAuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&Frame::new(tag, body).to_bytes()).await?;
+    stream.flush().await?;
+    Ok(())
+}
