@@ -19,6 +19,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy with a config file until SIGINT or SIGTERM.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Bring up a local cluster and the proxy in front of it; Ctrl-C stops everything.
+    Demo {
+        #[arg(long, default_value = "./pgshard-demo")]
+        dir: PathBuf,
+        /// Port the proxy listens on (127.0.0.1).
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+        /// Number of shards (only for a new demo directory).
+        #[arg(long, default_value_t = 10)]
+        shards: u32,
+        /// Strategy of the first shard map (only for a new demo directory).
+        #[arg(long, value_enum, default_value_t = StrategyArg::Hash)]
+        strategy: StrategyArg,
+    },
     /// Manage a local cluster of Postgres instances (catalog + shards) for tests and the demo.
     Cluster {
         #[command(subcommand)]
@@ -118,17 +137,82 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Cluster { action } => cluster_command(action).await,
-    }
-}
-
 /// Prints a line to stdout, returning write errors (a closed pipe) instead of panicking like println!.
 macro_rules! out {
     ($($arg:tt)*) => {
         writeln!(std::io::stdout().lock(), $($arg)*)?
     };
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Cluster { action } => cluster_command(action).await,
+        Command::Serve { config } => serve(config).await,
+        Command::Demo {
+            dir,
+            port,
+            shards,
+            strategy,
+        } => demo(dir, port, shards, strategy).await,
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = pgshard::config::Config::load(&path)?;
+    let running = pgshard::server::start(config).await?;
+    stop_signal().await?;
+    tracing::info!("stopping");
+    running.stop().await;
+    Ok(())
+}
+
+async fn demo(dir: PathBuf, port: u16, shards: u32, strategy: StrategyArg) -> anyhow::Result<()> {
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let spec = ClusterSpec {
+        dir,
+        shards,
+        base_port: 0,
+        strategy: strategy.strategy(shards),
+        listen: listen.clone(),
+    };
+    let info = cluster::up(&spec).await?;
+    let config = pgshard::config::Config::load(&info.config_path)?;
+    let running = match pgshard::server::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = cluster::down(&info.dir).await;
+            return Err(e);
+        }
+    };
+    out!(
+        "pgshard demo: {} shards behind 127.0.0.1:{port} (cluster in {})",
+        info.shard_ids().len(),
+        info.dir.display()
+    );
+    out!("  psql \"postgres://app:app@127.0.0.1:{port}/app\"");
+    out!("Ctrl-C stops the proxy and the cluster.");
+    stop_signal().await?;
+    out!("stopping");
+    running.stop().await;
+    cluster::down(&info.dir).await?;
+    Ok(())
 }
 
 async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {

@@ -48,3 +48,4 @@ impl Drop for TestCluster {
         cluster::stop_now(&self.info);
     }
 }
+pub mod proxy;

@@ -1,0 +1,148 @@
+//! Keeps the shard map current: LISTEN for the catalog's announcements, re-read on a slow poll too
+//! (a NOTIFY can be missed), reconnect with backoff, and keep routing with the map in hand while
+//! the catalog is away.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::{load_map, register_proxy, CatalogError, MapHandle};
+use crate::config::CatalogConfig;
+
+/// The channel the catalog's trigger notifies on.
+pub const MAP_CHANNEL: &str = "pgshard_shard_map";
+
+/// The running catalog client.
+pub struct CatalogHandle {
+    pub map: MapHandle,
+    /// This proxy's node id for the id generator.
+    pub node_id: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CatalogHandle {
+    /// Stops watching the catalog.
+    pub fn shutdown(&self) {
+        self.task.abort();
+    }
+}
+
+/// A catalog connection and the notifications it receives (`None` once the connection is gone).
+type Watched = (Client, mpsc::UnboundedReceiver<()>);
+
+async fn connect(url: &str) -> Result<Watched, CatalogError> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(CatalogError::Connect)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "catalog connection ended");
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {MAP_CHANNEL}"))
+        .await?;
+    Ok((client, rx))
+}
+
+/// Connects, registers this proxy, loads the map, and starts watching for new versions.
+pub async fn start(config: &CatalogConfig, node_name: &str) -> Result<CatalogHandle, CatalogError> {
+    let (client, rx) = connect(&config.url).await?;
+    let node_id = register_proxy(&client, node_name).await?;
+    let map = load_map(&client).await?.ok_or(CatalogError::NoMap)?;
+    let handle = MapHandle::new(map);
+    let task = tokio::spawn(watch(
+        config.url.clone(),
+        Duration::from_millis(config.poll_interval_ms),
+        handle.clone(),
+        node_id,
+        Some((client, rx)),
+    ));
+    Ok(CatalogHandle {
+        map: handle,
+        node_id,
+        task,
+    })
+}
+
+async fn watch(
+    url: String,
+    poll: Duration,
+    handle: MapHandle,
+    node_id: u16,
+    mut watched: Option<Watched>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut in_outage = false;
+    loop {
+        let Some((client, notifications)) = watched.as_mut() else {
+            match connect(&url).await {
+                Ok(w) => {
+                    if in_outage {
+                        tracing::info!("catalog reachable again");
+                        in_outage = false;
+                    }
+                    backoff = Duration::from_millis(100);
+                    watched = Some(w);
+                    // Re-read at once: a new version may have been announced while we were away.
+                    if let Some((client, _)) = watched.as_ref() {
+                        reload(client, &handle).await;
+                    }
+                }
+                Err(e) => {
+                    if !in_outage {
+                        tracing::warn!(
+                            error = %e,
+                            version = handle.current().version,
+                            "catalog unreachable, routing with shard map version {}",
+                            handle.current().version
+                        );
+                        in_outage = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            continue;
+        };
+        let polled = tokio::select! {
+            note = notifications.recv() => note.is_none(),
+            _ = tokio::time::sleep(poll) => {
+                let _ = client
+                    .execute("UPDATE proxies SET last_seen = now() WHERE node_id = $1", &[&i32::from(node_id)])
+                    .await;
+                false
+            }
+        };
+        if polled || client.is_closed() {
+            watched = None;
+            continue;
+        }
+        reload(client, &handle).await;
+    }
+}
+
+async fn reload(client: &Client, handle: &MapHandle) {
+    match load_map(client).await {
+        Ok(Some(map)) => {
+            handle.install(map);
+        }
+        Ok(None) => tracing::warn!("catalog has no shard map; keeping the current one"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the shard map; keeping the current one"),
+    }
+}
