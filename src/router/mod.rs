@@ -146,25 +146,32 @@ impl Router {
                 .collect(),
             None => map.shards(),
         };
+        let (table, key) = facts
+            .shard_key
+            .clone()
+            .unwrap_or_else(|| ("a sharded table".to_string(), "shard key".to_string()));
         match shards.as_slice() {
             // An empty key list (`= ANY('{}')`) matches nothing: any one shard answers that.
             [] => Route::Single(map.shards().first().copied().unwrap_or(first_shard)),
             [one] => Route::Single(*one),
             many => {
+                let n = many.len();
                 if facts.kind == StatementKind::Ddl {
                     Route::Refuse(format!(
-                        "DDL on a sharded table must run on all {} shards, which needs a distributed transaction that this version does not support",
-                        many.len()
+                        "DDL on sharded table {table} must run on all {n} shards, which needs a distributed transaction that this version does not support"
                     ))
                 } else if facts.is_write {
+                    let why = if keys.is_none() {
+                        format!(" (no condition on {table}.{key} found)")
+                    } else {
+                        String::new()
+                    };
                     Route::Refuse(format!(
-                        "write touching {} shards needs a distributed transaction, which this version does not support; name one shard key value per statement{}",
-                        many.len(),
-                        if keys.is_none() { " (no shard key condition found in WHERE or VALUES)" } else { "" }
+                        "write touching {n} shards needs a distributed transaction, which this version does not support; name one {key} per statement{why}"
                     ))
                 } else if let Some(construct) = &facts.needs_merge {
                     Route::Refuse(format!(
-                        "{construct} over several shards is not supported yet; add a condition on the shard key to reach one shard"
+                        "{construct} over several shards is not supported yet; add a condition on {table}.{key} to reach one shard"
                     ))
                 } else {
                     Route::Scatter(many.to_vec())
