@@ -102,6 +102,9 @@ pub struct StatementFacts {
     pub missing_key_rows: Option<usize>,
     /// Set when the proxy answers the statement itself.
     pub local: Option<LocalCommand>,
+    /// The first sharded table the statement names and its shard key column, `(table, key)`, so
+    /// refusals can name them.
+    pub shard_key: Option<(String, String)>,
 }
 
 impl StatementFacts {
@@ -118,6 +121,7 @@ impl StatementFacts {
             needs_merge: None,
             missing_key_rows: None,
             local: None,
+            shard_key: None,
         }
     }
 }
@@ -265,17 +269,18 @@ fn json_present(v: &Value, key: &str) -> bool {
 fn scan_value(v: &Value, scan: &mut Scan) {
     match v {
         Value::Object(map) => {
+            // A RangeVar, wherever it sits (as a Node or as a typed `relation` field).
+            if map.contains_key("relname") && map.contains_key("relpersistence") {
+                scan.relations.push((
+                    json_str(v, "schemaname").to_lowercase(),
+                    json_str(v, "relname").to_lowercase(),
+                ));
+                if json_str(v, "relpersistence") == "t" {
+                    scan.temp = true;
+                }
+            }
             for (k, child) in map {
                 match k.as_str() {
-                    "RangeVar" => {
-                        scan.relations.push((
-                            json_str(child, "schemaname").to_lowercase(),
-                            json_str(child, "relname").to_lowercase(),
-                        ));
-                        if json_str(child, "relpersistence") == "t" {
-                            scan.temp = true;
-                        }
-                    }
                     "FuncCall" => {
                         let name: Vec<String> = child
                             .get("funcname")
@@ -622,8 +627,11 @@ fn tables_and_key(
         if schema.is_empty() && scan.ctes.contains(name) {
             continue;
         }
-        if ctx.tables.key_of(schema, name).is_some() {
+        if let Some(key) = ctx.tables.key_of(schema, name) {
             facts.sharded = true;
+            if facts.shard_key.is_none() {
+                facts.shard_key = Some((name.clone(), key.to_string()));
+            }
             all_sharded.push(name.clone());
         } else {
             facts.unsharded = true;
@@ -947,8 +955,11 @@ fn mark_tables(scan: &Scan, tables: &ShardedTables, facts: &mut StatementFacts) 
         if schema.is_empty() && scan.ctes.contains(name) {
             continue;
         }
-        if tables.key_of(schema, name).is_some() {
+        if let Some(key) = tables.key_of(schema, name) {
             facts.sharded = true;
+            if facts.shard_key.is_none() {
+                facts.shard_key = Some((name.clone(), key.to_string()));
+            }
         } else {
             facts.unsharded = true;
         }
@@ -1300,4 +1311,441 @@ pub fn analyze(sql: &str, tables: &ShardedTables) -> Vec<StatementFacts> {
         return vec![StatementFacts::plain(StatementKind::Other)];
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables() -> ShardedTables {
+        let cfg = |name: &str, key: &str| ShardedTableConfig {
+            name: name.into(),
+            key: key.into(),
+        };
+        ShardedTables::new(&[
+            cfg("users", "user_id"),
+            cfg("orders", "user_id"),
+            cfg("public.pgbench_accounts", "aid"),
+            cfg("pgbench_history", "aid"),
+        ])
+    }
+
+    fn one(sql: &str) -> StatementFacts {
+        let mut v = analyze(sql, &tables());
+        assert_eq!(v.len(), 1, "{sql}");
+        v.remove(0)
+    }
+
+    fn vals(v: &[KeyValue]) -> KeyFacts {
+        KeyFacts::Values(v.to_vec())
+    }
+    use KeyValue::{Const, Param};
+
+    fn refused(sql: &str, needle: &str) {
+        let f = one(sql);
+        let msg = f.refuse.unwrap_or_else(|| panic!("not refused: {sql}"));
+        assert!(msg.contains(needle), "{sql}: {msg}");
+        assert!(
+            msg.chars().next().is_some_and(|c| !c.is_ascii_uppercase()
+                || msg.starts_with("INSERT")
+                || msg.starts_with("UPDATE")
+                || msg.starts_with("ON CONFLICT")
+                || msg.starts_with("MERGE")
+                || msg.starts_with("UNION")),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn pgbench_statements() {
+        let f = one("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;");
+        assert_eq!(f.kind, StatementKind::Select);
+        assert!(f.sharded && !f.unsharded && !f.is_write);
+        assert_eq!(f.key, vals(&[Const(4242)]));
+        assert_eq!(f.needs_merge, None);
+        let f = one("SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+        assert_eq!(f.key, vals(&[Param(1)]));
+        let f = one("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2");
+        assert_eq!(f.kind, StatementKind::Update);
+        assert!(f.is_write);
+        assert_eq!(f.key, vals(&[Param(2)]));
+        let f = one("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)");
+        assert_eq!(f.key, vals(&[Param(3)]));
+        assert!(f.is_write);
+        let f = one("UPDATE pgbench_tellers SET tbalance = tbalance + 5 WHERE tid = 3");
+        assert!(!f.sharded && f.unsharded);
+        assert_eq!(one("BEGIN").kind, StatementKind::Begin);
+        assert_eq!(one("END").kind, StatementKind::Commit);
+    }
+
+    #[test]
+    fn psql_catalog_query() {
+        let f = one("SELECT n.nspname as \"Schema\", c.relname as \"Name\" FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','') ORDER BY 1,2;");
+        assert!(!f.sharded && f.unsharded);
+        assert_eq!(f.refuse, None);
+        assert_eq!(f.needs_merge, None);
+        let f = one("SELECT 1");
+        assert!(!f.sharded && !f.unsharded);
+    }
+
+    #[test]
+    fn where_keys() {
+        assert_eq!(
+            one("select * from users where user_id = -5").key,
+            vals(&[Const(-5)])
+        );
+        assert_eq!(
+            one("select * from users where 7 = user_id and x > 1").key,
+            vals(&[Const(7)])
+        );
+        assert_eq!(
+            one("select * from users u where u.user_id = $1::bigint").key,
+            vals(&[Param(1)])
+        );
+        assert_eq!(
+            one("select * from users where users.user_id = '5'::int8").key,
+            vals(&[Const(5)])
+        );
+        assert_eq!(
+            one("select * from users where user_id in (1, $2, 3)").key,
+            vals(&[Const(1), Param(2), Const(3)])
+        );
+        assert_eq!(
+            one("select * from users where user_id = any($1)").key,
+            KeyFacts::ArrayParam(1)
+        );
+        assert_eq!(
+            one("select * from users where user_id = any('{1,2}')").key,
+            vals(&[Const(1), Const(2)])
+        );
+        assert_eq!(
+            one("select * from users where user_id = 1 or user_id = 2").key,
+            KeyFacts::Unknown
+        );
+        assert_eq!(
+            one("select * from users where user_id not in (1, 2)").key,
+            KeyFacts::Unknown
+        );
+        assert_eq!(
+            one("select * from users where user_id > 5").key,
+            KeyFacts::Unknown
+        );
+        assert_eq!(
+            one("select * from users where user_id = -$1").key,
+            KeyFacts::Unknown
+        );
+        assert_eq!(
+            one("select * from users where other.user_id = 5").key,
+            KeyFacts::Unknown
+        );
+        assert_eq!(
+            one("select * from users where user_id = 9223372036854775807").key,
+            vals(&[Const(i64::MAX)])
+        );
+        assert_eq!(
+            one("select * from users where user_id = -9223372036854775808").key,
+            vals(&[Const(i64::MIN)])
+        );
+        assert_eq!(
+            one("select * from users where user_id = 1 and (a = 1 or b = 2)").key,
+            vals(&[Const(1)])
+        );
+        assert_eq!(one("select * from users").key, KeyFacts::Unknown);
+    }
+
+    #[test]
+    fn inserts() {
+        let f = one(
+            "insert into users (user_id, name) values (1, 'a'), ($1, 'b'), (-3, 'c') returning *",
+        );
+        assert_eq!(f.key, vals(&[Const(1), Param(1), Const(-3)]));
+        assert!(f.is_write && f.sharded);
+        assert_eq!(
+            one("insert into users (user_id) values (default)").key,
+            KeyFacts::Unknown
+        );
+        assert_eq!(
+            one("insert into users (user_id) values (1), (now())").key,
+            KeyFacts::Unknown
+        );
+        let f = one("insert into users (name) values ('a'), ('b')");
+        assert_eq!(f.missing_key_rows, Some(2));
+        assert_eq!(f.key, KeyFacts::Unknown);
+        refused(
+            "insert into users values (1, 'a')",
+            "explicit column list naming user_id",
+        );
+        let f = one("insert into users (user_id, name) select 1, 'x'");
+        assert_eq!(f.key, KeyFacts::Unknown);
+        assert_eq!(f.refuse, None);
+        refused(
+            "insert into users (user_id, name) select id, name from staging",
+            "unsharded table staging",
+        );
+        refused("insert into users (user_id, name) values (1, 'a') on conflict (user_id) do update set user_id = excluded.user_id", "shard key users.user_id");
+        let f = one("insert into users (user_id, name) values (1, 'a') on conflict (user_id) do update set name = excluded.name");
+        assert_eq!(f.refuse, None);
+        assert_eq!(f.key, vals(&[Const(1)]));
+        let f = one("insert into logs (msg) values ('x')");
+        assert!(f.unsharded && !f.sharded && f.is_write);
+    }
+
+    #[test]
+    fn updates_and_deletes() {
+        refused(
+            "update users set user_id = 5 where user_id = 1",
+            "UPDATE of shard key users.user_id",
+        );
+        let f = one("delete from users where user_id = $1");
+        assert_eq!(f.kind, StatementKind::Delete);
+        assert_eq!(f.key, vals(&[Param(1)]));
+        let f = one("delete from users");
+        assert!(f.is_write && f.sharded);
+        assert_eq!(f.key, KeyFacts::Unknown);
+        let f = one("update users u set name = 'x' from orders o where o.user_id = u.user_id and u.user_id = 3");
+        assert_eq!(f.refuse, None);
+        assert_eq!(f.key, vals(&[Const(3)]));
+    }
+
+    #[test]
+    fn joins() {
+        let f =
+            one("select * from users u join orders o on o.user_id = u.user_id where u.user_id = 5");
+        assert_eq!(f.refuse, None);
+        assert_eq!(f.key, vals(&[Const(5)]));
+        let f = one("select * from users join orders using (user_id)");
+        assert_eq!(f.refuse, None);
+        let f = one("select * from users u, orders o where u.user_id = o.user_id");
+        assert_eq!(f.refuse, None);
+        assert_eq!(f.key, KeyFacts::Unknown);
+        refused(
+            "select * from users u join orders o on o.id = u.user_id",
+            "join of sharded tables users and orders",
+        );
+        refused("select * from users u, orders o", "not co-located");
+        refused(
+            "select * from users u join countries c on c.id = u.country_id",
+            "sharded table users with unsharded table countries",
+        );
+        let f = one("select * from users u join pg_catalog.pg_class c on true where u.user_id = 1");
+        assert_eq!(f.refuse, None);
+    }
+
+    #[test]
+    fn subqueries_and_ctes() {
+        refused(
+            "select * from users where user_id in (select user_id from orders)",
+            "subquery over sharded table orders",
+        );
+        refused(
+            "with x as (select * from users) select * from x",
+            "subquery over sharded table users",
+        );
+        refused(
+            "select * from (select * from users) s",
+            "subquery over sharded table users",
+        );
+        let f = one("with x as (select 1 as a) select * from users, x where user_id = 1");
+        assert_eq!(f.refuse, None);
+        let f = one("with x as (select * from countries) select * from x");
+        assert!(!f.sharded && f.unsharded);
+        let f = one("with d as (delete from logs returning *) select * from d");
+        assert!(f.is_write);
+        refused("select * from users union select * from users", "UNION");
+        let f = one("select 1 union all select 2");
+        assert_eq!(f.refuse, None);
+    }
+
+    #[test]
+    fn merges_needed() {
+        let m = |sql: &str| one(sql).needs_merge;
+        assert_eq!(
+            m("select * from users order by name"),
+            Some("ORDER BY".into())
+        );
+        assert_eq!(m("select * from users limit 5"), Some("LIMIT".into()));
+        assert_eq!(m("select * from users offset 5"), Some("OFFSET".into()));
+        assert_eq!(
+            m("select count(*) from users"),
+            Some("aggregate count()".into())
+        );
+        assert_eq!(
+            m("select max(user_id) from users"),
+            Some("aggregate max()".into())
+        );
+        assert_eq!(
+            m("select name from users group by name"),
+            Some("GROUP BY".into())
+        );
+        assert_eq!(
+            m("select distinct name from users"),
+            Some("DISTINCT".into())
+        );
+        assert_eq!(
+            m("select row_number() over () from users"),
+            Some("window function".into())
+        );
+        assert_eq!(m("select * from users for update"), None);
+        assert_eq!(m("select * from users"), None);
+        assert_eq!(m("select count(*) from pg_class"), None);
+    }
+
+    #[test]
+    fn session_statements() {
+        assert_eq!(
+            one("set search_path = a, \"B\"").kind,
+            StatementKind::Set {
+                name: "search_path".into(),
+                value: Some("'a', 'B'".into())
+            }
+        );
+        assert_eq!(
+            one("SET SESSION statement_timeout TO 5").kind,
+            StatementKind::Set {
+                name: "statement_timeout".into(),
+                value: Some("5".into())
+            }
+        );
+        assert_eq!(
+            one("set time zone 'UTC'").kind,
+            StatementKind::Set {
+                name: "timezone".into(),
+                value: Some("'UTC'".into())
+            }
+        );
+        assert_eq!(
+            one("set local work_mem = '1MB'").kind,
+            StatementKind::SetLocal
+        );
+        assert_eq!(
+            one("set transaction isolation level serializable").kind,
+            StatementKind::SetLocal
+        );
+        assert_eq!(
+            one("reset work_mem").kind,
+            StatementKind::Set {
+                name: "work_mem".into(),
+                value: None
+            }
+        );
+        assert_eq!(one("reset all").kind, StatementKind::ResetAll);
+        assert_eq!(
+            one("show work_mem").kind,
+            StatementKind::Show {
+                name: "work_mem".into()
+            }
+        );
+        assert_eq!(one("discard all").kind, StatementKind::Discard);
+        assert_eq!(one("savepoint a").kind, StatementKind::Savepoint);
+        assert_eq!(
+            one("rollback to savepoint a").kind,
+            StatementKind::Savepoint
+        );
+        assert_eq!(one("rollback").kind, StatementKind::Rollback);
+        assert_eq!(one("start transaction").kind, StatementKind::Begin);
+        assert_eq!(one("commit and chain").kind, StatementKind::Commit);
+    }
+
+    #[test]
+    fn local_commands() {
+        assert_eq!(
+            one("SET pgshard.causal_token = 'abc'").local,
+            Some(LocalCommand::SetProxy {
+                name: "causal_token".into(),
+                value: Some("abc".into())
+            })
+        );
+        assert_eq!(
+            one("reset PGSHARD.read_mode").local,
+            Some(LocalCommand::SetProxy {
+                name: "read_mode".into(),
+                value: None
+            })
+        );
+        assert_eq!(
+            one("show pgshard.causal_token").local,
+            Some(LocalCommand::ShowProxy {
+                name: "causal_token".into()
+            })
+        );
+        assert_eq!(
+            one("select pgshard.next_id()").local,
+            Some(LocalCommand::NextId)
+        );
+        assert_eq!(
+            one("SELECT PGSHARD.NEXT_ID();").local,
+            Some(LocalCommand::NextId)
+        );
+        refused(
+            "select pgshard.next_id(), 1",
+            "only supported as SELECT pgshard.next_id()",
+        );
+        refused(
+            "insert into users (user_id) values (pgshard.next_id())",
+            "pgshard.next_id()",
+        );
+    }
+
+    #[test]
+    fn session_bound_and_ddl() {
+        let sb = |sql: &str| one(sql).session_bound;
+        assert_eq!(sb("listen x"), Some("LISTEN".into()));
+        assert_eq!(
+            sb("select pg_advisory_lock(1)"),
+            Some("session advisory lock".into())
+        );
+        assert_eq!(sb("select pg_advisory_xact_lock(1)"), None);
+        assert_eq!(
+            sb("create temp table t (a int)"),
+            Some("temporary table".into())
+        );
+        assert_eq!(
+            sb("declare c cursor with hold for select 1"),
+            Some("WITH HOLD cursor".into())
+        );
+        assert_eq!(sb("declare c cursor for select 1"), None);
+        assert_eq!(
+            sb("prepare p as select 1"),
+            Some("SQL-level PREPARE".into())
+        );
+        assert_eq!(sb("execute p"), Some("SQL-level PREPARE".into()));
+        assert_eq!(sb("deallocate p"), Some("SQL-level PREPARE".into()));
+        let f = one("create table users (user_id bigint primary key)");
+        assert_eq!(f.kind, StatementKind::Ddl);
+        assert!(f.is_write && f.sharded);
+        assert_eq!(one("drop table countries").kind, StatementKind::Ddl);
+        assert_eq!(one("truncate users").kind, StatementKind::Ddl);
+        assert_eq!(one("create index on users (name)").kind, StatementKind::Ddl);
+        assert_eq!(
+            one("comment on table users is 'x'").kind,
+            StatementKind::Ddl
+        );
+        assert_eq!(one("grant select on users to bob").kind, StatementKind::Ddl);
+        assert!(one("select * into newt from countries").is_write);
+    }
+
+    #[test]
+    fn copy_explain_unparsed_multi() {
+        let f = one("copy users (user_id, name) from stdin");
+        assert_eq!(f.kind, StatementKind::Copy { from_stdin: true });
+        assert!(f.is_write && f.sharded);
+        let f = one("copy users to stdout");
+        assert_eq!(f.kind, StatementKind::Copy { from_stdin: false });
+        assert!(!f.is_write);
+        let f = one("explain select * from users where user_id = 1");
+        assert_eq!(f.key, vals(&[Const(1)]));
+        assert!(!one("explain delete from users where user_id = 1").is_write);
+        assert!(one("explain analyze delete from users where user_id = 1").is_write);
+        assert_eq!(
+            analyze("selec 1", &tables())[0].kind,
+            StatementKind::Unparsed
+        );
+        let v = analyze(
+            "begin; select * from users where user_id = 1; commit",
+            &tables(),
+        );
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[1].key, vals(&[Const(1)]));
+        assert_eq!(v[2].kind, StatementKind::Commit);
+    }
 }

@@ -29,6 +29,36 @@ fn is_ident_cont(b: u8) -> bool {
     is_ident_start(b) || b.is_ascii_digit() || b == b'$'
 }
 
+/// The end of a plain numeric literal starting at `i` (digits, fraction, exponent), or `None` when
+/// the run continues into letters (`0x1F`, `1_000`, `12abc`).
+fn lex_number(s: &[u8], mut i: usize) -> Option<usize> {
+    while i < s.len() && s[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i < s.len() && s[i] == b'.' && s.get(i + 1) != Some(&b'.') {
+        i += 1;
+        while i < s.len() && s[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    if i < s.len() && matches!(s[i], b'e' | b'E') {
+        let mut j = i + 1;
+        if j < s.len() && matches!(s[j], b'+' | b'-') {
+            j += 1;
+        }
+        if j < s.len() && s[j].is_ascii_digit() {
+            while j < s.len() && s[j].is_ascii_digit() {
+                j += 1;
+            }
+            i = j;
+        }
+    }
+    if i < s.len() && (is_ident_cont(s[i]) || s[i] == b'.') {
+        return None;
+    }
+    Some(i)
+}
+
 /// Why lexing gave up: the text is returned unchanged.
 struct GiveUp;
 
@@ -72,6 +102,22 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
     while i < s.len() {
         let b = s[i];
         match b {
+            b'-' if s.get(i + 1).is_some_and(u8::is_ascii_digit)
+                && matches!(
+                    sql[..i].trim_end().as_bytes().last(),
+                    None | Some(b'=' | b'(' | b',' | b'<' | b'>')
+                ) =>
+            {
+                // A negative number right after `=`, `(`, `,`, `<`, `>`: one literal with its sign.
+                match lex_number(s, i + 1) {
+                    Some(end) => {
+                        let text = sql[i..end].to_string();
+                        replace(&mut out, &mut copied, i, end, Literal::Number(text));
+                        i = end;
+                    }
+                    None => i += 1,
+                }
+            }
             b'-' if s.get(i + 1) == Some(&b'-') => {
                 while i < s.len() && s[i] != b'\n' {
                     i += 1;
@@ -324,6 +370,13 @@ mod tests {
         assert_eq!(normalize("é = 'ü' 3").literals, vec![st("ü"), n("3")]);
         assert_eq!(normalize("a$1 = 2").text, "a$1 = $1");
         assert_eq!(normalize("x = 0x1F").text, "x = 0x1F");
+        let neg = normalize("x = -7 and y in (-1, - 2) and z = 5 - 3 and w=-0.5");
+        assert_eq!(
+            neg.text,
+            "x = $1 and y in ($2, - $3) and z = $4 - $5 and w=$6"
+        );
+        assert_eq!(LiteralParams(&neg.literals).int(1), Some(-7));
+        assert_eq!(neg.literals[5], n("-0.5"));
     }
 
     #[test]

@@ -146,25 +146,32 @@ impl Router {
                 .collect(),
             None => map.shards(),
         };
+        let (table, key) = facts
+            .shard_key
+            .clone()
+            .unwrap_or_else(|| ("a sharded table".to_string(), "shard key".to_string()));
         match shards.as_slice() {
             // An empty key list (`= ANY('{}')`) matches nothing: any one shard answers that.
             [] => Route::Single(map.shards().first().copied().unwrap_or(first_shard)),
             [one] => Route::Single(*one),
             many => {
+                let n = many.len();
                 if facts.kind == StatementKind::Ddl {
                     Route::Refuse(format!(
-                        "DDL on a sharded table must run on all {} shards, which needs a distributed transaction that this version does not support",
-                        many.len()
+                        "DDL on sharded table {table} must run on all {n} shards, which needs a distributed transaction that this version does not support"
                     ))
                 } else if facts.is_write {
+                    let why = if keys.is_none() {
+                        format!(" (no condition on {table}.{key} found)")
+                    } else {
+                        String::new()
+                    };
                     Route::Refuse(format!(
-                        "write touching {} shards needs a distributed transaction, which this version does not support; name one shard key value per statement{}",
-                        many.len(),
-                        if keys.is_none() { " (no shard key condition found in WHERE or VALUES)" } else { "" }
+                        "write touching {n} shards needs a distributed transaction, which this version does not support; name one {key} per statement{why}"
                     ))
                 } else if let Some(construct) = &facts.needs_merge {
                     Route::Refuse(format!(
-                        "{construct} over several shards is not supported yet; add a condition on the shard key to reach one shard"
+                        "{construct} over several shards is not supported yet; add a condition on {table}.{key} to reach one shard"
                     ))
                 } else {
                     Route::Scatter(many.to_vec())
@@ -176,4 +183,218 @@ impl Router {
 
 fn is_unparsed(f: &[StatementFacts]) -> bool {
     f.len() == 1 && f[0].kind == StatementKind::Unparsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literals::LiteralParams;
+    use super::params::{BindParams, NoParams};
+    use super::*;
+
+    fn router() -> Router {
+        Router::new(
+            &[
+                ShardedTableConfig {
+                    name: "users".into(),
+                    key: "user_id".into(),
+                },
+                ShardedTableConfig {
+                    name: "pgbench_accounts".into(),
+                    key: "aid".into(),
+                },
+            ],
+            100,
+        )
+    }
+
+    fn maps() -> Vec<ShardMap> {
+        vec![
+            ShardMap::uniform(1, Strategy::Range, &[1, 2, 3]),
+            ShardMap::uniform(1, Strategy::Hash, &[1, 2, 3]),
+            ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[1, 2, 3]),
+        ]
+    }
+
+    fn route_sql(r: &Router, sql: &str, map: &ShardMap) -> Route {
+        let (facts, lits) = r.analyze_simple(sql);
+        assert_eq!(facts.len(), 1);
+        r.route(&facts[0], &LiteralParams(&lits), map, 1)
+    }
+
+    #[test]
+    fn single_key_each_strategy() {
+        let r = router();
+        for map in maps() {
+            for k in [0i64, 1, 2, 42, 4242, -7, i64::MAX] {
+                let got = route_sql(
+                    &r,
+                    &format!("select * from users where user_id = {k}"),
+                    &map,
+                );
+                assert_eq!(
+                    got,
+                    Route::Single(map.shard_for(k)),
+                    "{:?} {k}",
+                    map.strategy
+                );
+            }
+        }
+        // Range maps are not modulo: small keys all land on the first shard.
+        let range = &maps()[0];
+        assert_eq!(
+            route_sql(&r, "select * from users where user_id = 2", range),
+            Route::Single(1)
+        );
+        let modulo = &maps()[2];
+        assert_eq!(
+            route_sql(&r, "select * from users where user_id = 2", modulo),
+            Route::Single(3)
+        );
+        assert_eq!(
+            route_sql(&r, "select * from users where user_id = -1", modulo),
+            Route::Single(3)
+        );
+        let hash = &maps()[1];
+        assert_eq!(
+            route_sql(&r, "select * from users where user_id = 5", hash),
+            Route::Single(1) // hashint8extended(5, 0) < i64::MIN / 3
+        );
+    }
+
+    #[test]
+    fn scatter_and_refusals() {
+        let r = router();
+        let modulo = &maps()[2];
+        assert_eq!(
+            route_sql(&r, "select * from users", modulo),
+            Route::Scatter(vec![1, 2, 3])
+        );
+        assert_eq!(
+            route_sql(&r, "select * from users where user_id in (3, 4, 6)", modulo),
+            Route::Scatter(vec![1, 2])
+        );
+        let Route::Refuse(m) = route_sql(&r, "select count(*) from users", modulo) else {
+            panic!()
+        };
+        assert!(
+            m.starts_with("aggregate count() over several shards"),
+            "{m}"
+        );
+        assert!(m.contains("users.user_id"), "{m}");
+        let Route::Refuse(m) = route_sql(&r, "delete from users where name = 'x'", modulo) else {
+            panic!()
+        };
+        assert!(m.starts_with("write touching 3 shards"), "{m}");
+        assert!(m.contains("name one user_id per statement"), "{m}");
+        let Route::Refuse(m) =
+            route_sql(&r, "update users set n = 1 where user_id in (1, 2)", modulo)
+        else {
+            panic!()
+        };
+        assert!(m.starts_with("write touching 2 shards"), "{m}");
+        assert_eq!(
+            route_sql(&r, "select count(*) from users where user_id = 3", modulo),
+            Route::Single(1)
+        );
+        let Route::Refuse(m) =
+            route_sql(&r, "update users set user_id = 1 where user_id = 2", modulo)
+        else {
+            panic!()
+        };
+        assert!(m.contains("users.user_id"));
+        let Route::Refuse(m) = route_sql(&r, "create index on users (name)", modulo) else {
+            panic!()
+        };
+        assert!(m.contains("users"));
+    }
+
+    #[test]
+    fn unsharded_and_local() {
+        let r = router();
+        let map = &maps()[1];
+        assert_eq!(route_sql(&r, "select 1", map), Route::Any);
+        assert_eq!(route_sql(&r, "set work_mem = '4MB'", map), Route::Any);
+        assert_eq!(route_sql(&r, "begin", map), Route::Any);
+        assert_eq!(
+            route_sql(&r, "select * from pg_catalog.pg_class", map),
+            Route::Single(1)
+        );
+        assert_eq!(
+            route_sql(&r, "select * from countries", map),
+            Route::Single(1)
+        );
+        assert_eq!(route_sql(&r, "selec 1", map), Route::Single(1));
+        assert_eq!(route_sql(&r, "select pgshard.next_id()", map), Route::Any);
+        assert_eq!(
+            route_sql(&r, "insert into users (name) values ('a')", map),
+            Route::Any
+        );
+        assert_eq!(
+            route_sql(
+                &r,
+                "create function f() returns int as 'select 1' language sql",
+                map
+            ),
+            Route::Single(1)
+        );
+    }
+
+    #[test]
+    fn params_and_prepared() {
+        let r = router();
+        let map = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[1, 2, 3]);
+        let facts = r.analyze_prepared("select * from users where user_id = $1");
+        let values = [Some(bytes::Bytes::from_static(b"4"))];
+        let p = BindParams {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert_eq!(r.route(&facts[0], &p, &map, 1), Route::Single(2));
+        // Missing parameter: unknown key, so a keyless read.
+        assert_eq!(
+            r.route(&facts[0], &NoParams, &map, 1),
+            Route::Scatter(vec![1, 2, 3])
+        );
+        let facts = r.analyze_prepared("select * from users where user_id = any($1)");
+        let values = [Some(bytes::Bytes::from_static(b"{3,6}"))];
+        let p = BindParams {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert_eq!(r.route(&facts[0], &p, &map, 1), Route::Single(1));
+        let values = [Some(bytes::Bytes::from_static(b"{}"))];
+        let p = BindParams {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert_eq!(r.route(&facts[0], &p, &map, 1), Route::Single(1));
+    }
+
+    #[test]
+    fn simple_protocol_cache() {
+        let r = router();
+        let map = ShardMap::uniform(1, Strategy::Hash, &[1, 2]);
+        for k in [1, 2, 3, 4242] {
+            let got = route_sql(
+                &r,
+                &format!("SELECT abalance FROM pgbench_accounts WHERE aid = {k};"),
+                &map,
+            );
+            assert_eq!(got, Route::Single(map.shard_for(k)));
+        }
+        assert_eq!(r.cache_stats(), (3, 1));
+        // Whether or not the normalized text parses, the key resolves to the literal.
+        for k in [5i64, 6] {
+            let sql = format!(
+                "select * from users where user_id = {k} and t > now() - interval '1 day' and d = date '2020-01-01'"
+            );
+            assert_eq!(route_sql(&r, &sql, &map), Route::Single(map.shard_for(k)));
+        }
+        // Real syntax errors stay Unparsed.
+        let (f, _) = r.analyze_simple("selec 1");
+        assert_eq!(f[0].kind, StatementKind::Unparsed);
+    }
 }
