@@ -154,7 +154,9 @@ impl Session {
                         self.portals.insert(bind.portal.clone(), shard);
                     }
                 }
-                let outcome = self.run_single(shard, build).await?;
+                // Describing statements needs no transaction; running them does.
+                let join_txn = executes > 0 || routes.iter().any(|r| *r != Route::Any);
+                let outcome = self.run_single(shard, join_txn, build).await?;
                 if let Some(outcome) = outcome {
                     self.after_statements(&all_facts, &outcome);
                 }
@@ -187,7 +189,7 @@ impl Session {
                 expect: Expect::Sync,
                 forward: true,
             }];
-            self.run_single(shard, |_| steps).await?;
+            self.run_single(shard, true, |_| steps).await?;
             return Ok(());
         }
         let status = self.status();
@@ -367,10 +369,14 @@ impl Session {
         error: Option<ErrorFields>,
         sync: bool,
     ) {
+        let mut binary_portals: HashMap<&str, bool> = HashMap::new();
         for msg in msgs {
             match msg {
                 Msg::Parse(..) => self.io.push(&be::parse_complete()),
-                Msg::Bind { .. } => self.io.push(&be::bind_complete()),
+                Msg::Bind { bind, .. } => {
+                    binary_portals.insert(bind.portal.as_str(), bind.result_formats.first() == Some(&1));
+                    self.io.push(&be::bind_complete());
+                }
                 Msg::DescribeStatement(st) => {
                     self.io.push(&parameter_description(&st.param_types));
                     self.io.push(&local_row_description(&st.facts));
@@ -395,7 +401,8 @@ impl Session {
                         continue;
                     };
                     if let Some(local) = &facts.local {
-                        self.local_command(local, false);
+                        let binary = binary_portals.get(e.portal.as_str()).copied().unwrap_or(false);
+                        self.local_command(local, false, binary);
                     } else {
                         match facts.kind {
                             StatementKind::Begin => {

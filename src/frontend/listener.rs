@@ -80,7 +80,7 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
         cancel: active,
     };
     let first = proxy.first_shard;
-    if let Err(fields) = session.ensure_conn(first).await {
+    if let Err(fields) = session.ensure_conn(first, false).await {
         let fields = ErrorFields {
             severity: "FATAL".into(),
             ..fields

@@ -221,7 +221,7 @@ impl Session {
             } else if self.txn.as_ref().is_some_and(|t| t.refused) {
                 self.reply_error(aborted());
             } else {
-                self.local_command(&local, true);
+                self.local_command(&local, true, false);
                 let status = self.status();
                 self.io.push(&be::ready_for_query(status));
             }
@@ -269,7 +269,7 @@ impl Session {
         };
         match target {
             Target::Single(shard) => {
-                let outcome = self.run_single(shard, steps).await?;
+                let outcome = self.run_single(shard, true, steps).await?;
                 if let Some(outcome) = outcome {
                     self.after_statements(&facts, &outcome);
                 }
@@ -357,6 +357,32 @@ impl Session {
                 self.release_idle();
                 Ok(Some(()))
             }
+            StatementKind::Set { .. } | StatementKind::SetLocal | StatementKind::Savepoint
+                if self.txn.as_ref().is_some_and(|t| t.shard.is_none() && !t.refused)
+                    && only.local.is_none() =>
+            {
+                // Nothing has run yet: the statement joins the pending BEGIN and runs first on
+                // whichever shard the transaction reaches.
+                if let Some(txn) = &mut self.txn {
+                    let begin = txn.pending_begin.take().unwrap_or_else(|| "BEGIN".into());
+                    txn.pending_begin = Some(format!("{};{}", begin.trim_end().trim_end_matches(';'), sql));
+                }
+                let tag = match &only.kind {
+                    StatementKind::Savepoint => savepoint_tag(sql),
+                    StatementKind::Set { value: None, .. } => "RESET",
+                    _ => "SET",
+                };
+                if let StatementKind::Set { .. } = &only.kind {
+                    let outcome = Outcome::default();
+                    self.after_statements(facts, &outcome);
+                    for conn in self.held.values_mut() {
+                        conn.settings_unknown = true;
+                    }
+                }
+                self.io.push(&be::command_complete(tag));
+                self.io.push(&be::ready_for_query(TxStatus::InTransaction));
+                Ok(Some(()))
+            }
             _ if self.txn.as_ref().is_some_and(|t| t.refused) => {
                 if only.kind == StatementKind::Savepoint {
                     // ROLLBACK TO SAVEPOINT may rescue the block; the server decides.
@@ -400,7 +426,7 @@ impl Session {
 
     /// Answers a statement the proxy handles itself (no ReadyForQuery); `describe` adds the
     /// RowDescription (simple protocol).
-    pub fn local_command(&mut self, local: &LocalCommand, describe: bool) {
+    pub fn local_command(&mut self, local: &LocalCommand, describe: bool, binary: bool) {
         match local {
             LocalCommand::SetProxy { name, value } => {
                 match value {
@@ -427,11 +453,15 @@ impl Session {
                 )),
             },
             LocalCommand::NextId => {
-                let id = self.proxy.ids.next_id().to_string();
+                let id = self.proxy.ids.next_id();
                 if describe {
                     self.io.push(&be::row_description(&[("next_id", be::INT8_OID)]));
                 }
-                self.io.push(&be::data_row(&[Some(id.as_str())]));
+                if binary {
+                    self.io.push(&be::data_row_bytes(&[Some(&id.to_be_bytes()[..])]));
+                } else {
+                    self.io.push(&be::data_row(&[Some(id.to_string().as_str())]));
+                }
                 self.io.push(&be::command_complete("SELECT 1"));
             }
         }
@@ -513,7 +543,7 @@ impl Session {
 
     /// Makes sure a connection to `shard` is held, in sync with the session's settings, and inside
     /// the client's transaction block if one is open.
-    pub async fn ensure_conn(&mut self, shard: u32) -> Result<(), ErrorFields> {
+    pub async fn ensure_conn(&mut self, shard: u32, join_txn: bool) -> Result<(), ErrorFields> {
         if !self.held.contains_key(&shard) {
             let conn = self.proxy.pools.get(shard).await.map_err(checkout_error)?;
             self.held.insert(shard, conn);
@@ -532,7 +562,7 @@ impl Session {
             conn.applied = self.settings.clone();
             conn.settings_unknown = false;
         }
-        if let Some(txn) = &mut self.txn {
+        if let Some(txn) = self.txn.as_mut().filter(|_| join_txn) {
             if txn.shard.is_none() {
                 let begin = txn.pending_begin.take().unwrap_or_else(|| "BEGIN".into());
                 if let Err(e) = conn.run_silently(&begin).await {
@@ -549,9 +579,10 @@ impl Session {
     pub async fn run_single(
         &mut self,
         shard: u32,
+        join_txn: bool,
         steps: impl FnOnce(&crate::backend::ServerConn) -> Vec<Step>,
     ) -> Result<Option<Outcome>, End> {
-        if let Err(fields) = self.ensure_conn(shard).await {
+        if let Err(fields) = self.ensure_conn(shard, join_txn).await {
             self.reply_error(fields);
             return Ok(None);
         }
@@ -626,15 +657,20 @@ impl Session {
 
     /// In transaction pooling, gives back connections once no transaction needs them.
     pub fn release_idle(&mut self) {
-        if self.proxy.config.pool.mode == PoolMode::Session
-            || self.txn.is_some()
-            || self.open_batch_shard.is_some()
-        {
+        if self.proxy.config.pool.mode == PoolMode::Session || self.open_batch_shard.is_some() {
             return;
         }
-        for (_, conn) in std::mem::take(&mut self.held) {
-            if !conn.reusable() {
-                ShardPools::discard(conn);
+        let keep = self.txn.as_ref().and_then(|t| t.shard);
+        if self.txn.is_some() && keep.is_none() {
+            // A BEGIN is pending: keep what we have for the first statement.
+            return;
+        }
+        let shards: Vec<u32> = self.held.keys().copied().filter(|s| Some(*s) != keep).collect();
+        for shard in shards {
+            if let Some(conn) = self.held.remove(&shard) {
+                if !conn.reusable() {
+                    ShardPools::discard(conn);
+                }
             }
         }
     }
@@ -696,7 +732,7 @@ impl Session {
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
     ) -> Result<(), End> {
         for shard in &shards {
-            if let Err(fields) = self.ensure_conn(*shard).await {
+            if let Err(fields) = self.ensure_conn(*shard, true).await {
                 self.reply_error(fields);
                 self.release_idle();
                 return Ok(());
@@ -723,6 +759,18 @@ impl Session {
             return Err(End::ClientGone);
         }
         Ok(())
+    }
+}
+
+/// The command tag of a savepoint statement, from its first words.
+fn savepoint_tag(sql: &str) -> &'static str {
+    let lower = sql.trim_start().to_ascii_lowercase();
+    if lower.starts_with("release") {
+        "RELEASE"
+    } else if lower.starts_with("rollback") {
+        "ROLLBACK"
+    } else {
+        "SAVEPOINT"
     }
 }
 

@@ -69,18 +69,19 @@ impl Router {
         let norm = literals::normalize(sql);
         let key = format!("{SIMPLE_PREFIX}{}", norm.text);
         if let Some(f) = self.cache.get(&key) {
-            if !is_unparsed(&f) || norm.literals.is_empty() {
+            if !needs_original(&f) || norm.literals.is_empty() {
                 return (f, norm.literals);
             }
         } else {
             let f: Arc<[StatementFacts]> = facts::analyze(&norm.text, &self.tables).into();
             self.cache.put(key, f.clone());
-            if !is_unparsed(&f) || norm.literals.is_empty() {
+            if !needs_original(&f) || norm.literals.is_empty() {
                 return (f, norm.literals);
             }
         }
-        // The normalized text does not parse (`interval '1 day'` became `interval $1`): use the
-        // original text, without literals.
+        // The normalized text does not parse (`interval '1 day'` became `interval $1`), or it is a
+        // utility statement whose values matter as text (`SET x = '5s'`, pgshard's own commands):
+        // use the original text, without literals.
         let okey = format!("{ORIGINAL_PREFIX}{sql}");
         let f = self
             .cache
@@ -181,9 +182,17 @@ impl Router {
     }
 }
 
-fn is_unparsed(f: &[StatementFacts]) -> bool {
-    f.len() == 1 && f[0].kind == StatementKind::Unparsed
+/// True when facts of a normalized text cannot stand for the original.
+fn needs_original(facts: &[StatementFacts]) -> bool {
+    facts.iter().any(|f| {
+        f.local.is_some()
+            || !matches!(
+                f.kind,
+                StatementKind::Select | StatementKind::Insert | StatementKind::Update | StatementKind::Delete
+            )
+    })
 }
+
 
 #[cfg(test)]
 mod tests {

@@ -50,14 +50,20 @@ pub fn insert_with_keys(
     }
     let into = into.ok_or(RewriteError::Shape)?;
     let mut name_end = into + 1;
-    let mut table = String::new();
-    while name_end < tokens.len() && tokens[name_end].2 != "(" {
-        let text = &tokens[name_end].2;
-        if text == "as" {
-            break;
-        }
-        table.push_str(text);
-        name_end += 1;
+    let mut table = tokens.get(name_end).ok_or(RewriteError::Shape)?.2.clone();
+    name_end += 1;
+    while tokens.get(name_end).map(|t| t.2.as_str()) == Some(".") {
+        let part = tokens.get(name_end + 1).ok_or(RewriteError::Shape)?;
+        table.push('.');
+        table.push_str(&part.2);
+        name_end += 2;
+    }
+    // An optional alias: `AS a` or a bare name before the column list.
+    if tokens.get(name_end).map(|t| t.2.as_str()) == Some("as") {
+        name_end += 2;
+    }
+    if tokens.get(name_end).map(|t| t.2.as_str()) != Some("(") {
+        return Err(RewriteError::Shape);
     }
     let table = table.trim_matches('"').to_string();
     let unqualified = table.rsplit('.').next().unwrap_or(&table).trim_matches('"');

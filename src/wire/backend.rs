@@ -281,6 +281,22 @@ pub fn row_description(columns: &[(&str, u32)]) -> Frame {
     Frame::new(ROW_DESCRIPTION, b.freeze())
 }
 
+/// A DataRow of raw column values (any format).
+pub fn data_row_bytes(values: &[Option<&[u8]>]) -> Frame {
+    let mut b = BytesMut::new();
+    b.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            None => b.put_i32(-1),
+            Some(bytes) => {
+                b.put_i32(bytes.len() as i32);
+                b.put_slice(bytes);
+            }
+        }
+    }
+    Frame::new(DATA_ROW, b.freeze())
+}
+
 /// A DataRow of text values.
 pub fn data_row(values: &[Option<&str>]) -> Frame {
     let mut b = BytesMut::new();
