@@ -630,7 +630,9 @@ impl Session {
     fn track_transaction(&mut self, shard: u32, outcome: &Outcome) {
         match outcome.status {
             Some(TxStatus::Idle) => {
-                if self.txn.is_some() {
+                // A transaction whose BEGIN is still pending has not reached this shard.
+                let ours = self.txn.as_ref().is_some_and(|t| t.shard == Some(shard));
+                if ours {
                     let rolled_back = outcome.error.is_some()
                         || outcome.tags.last().is_some_and(|t| t == "ROLLBACK");
                     self.end_transaction(rolled_back);
@@ -680,8 +682,22 @@ impl Session {
         if outcome.error.is_some() {
             return;
         }
+        // Settings changed inside a block that the same request rolls back are undone.
+        let mut block_start: Option<BTreeMap<String, String>> = None;
         for f in facts {
             match &f.kind {
+                StatementKind::Begin => block_start = Some(self.settings.clone()),
+                StatementKind::Commit => block_start = None,
+                StatementKind::Rollback => {
+                    if let Some(before) = block_start.take() {
+                        if before != self.settings {
+                            self.settings = before;
+                            for conn in self.held.values_mut() {
+                                conn.settings_unknown = true;
+                            }
+                        }
+                    }
+                }
                 StatementKind::Set { name, value } => {
                     match value {
                         Some(v) => {
