@@ -99,13 +99,13 @@ async fn check_shard(config: &Config, shard: &ShardConfig) -> anyhow::Result<()>
     let conn_task = tokio::spawn(connection);
     let row = client
         .query_one(
-            "SELECT (SELECT shard_id FROM pgshard.identity), current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int",
+            "SELECT (SELECT shard_id FROM pgshard_meta.identity), current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int",
             &[],
         )
         .await
         .with_context(|| {
             format!(
-                "shard {} at {} has no pgshard.identity table: apply sql/shard.sql and insert its identity row",
+                "shard {} at {} has no pgshard_meta.identity table: apply sql/shard.sql and insert its identity row",
                 shard.id,
                 shard.address()
             )
@@ -123,7 +123,7 @@ async fn check_shard(config: &Config, shard: &ShardConfig) -> anyhow::Result<()>
             shard.id
         ),
         None => bail!(
-            "shard {} at {} has an empty pgshard.identity table: insert its identity row",
+            "shard {} at {} has an empty pgshard_meta.identity table: insert its identity row",
             shard.id,
             shard.address()
         ),

@@ -36,7 +36,8 @@ BEGIN;
 UPDATE users SET name = 'Ada L' WHERE user_id = 4242;
 COMMIT;
 SELECT 'after:' || name FROM users WHERE user_id = 4242;
-SELECT pgshard.next_id() > 0 AS fresh;
+SELECT 'id:' || 1 AS marker;
+SELECT pgshard.next_id();
 \dt
 \d users
 "#;
@@ -52,6 +53,9 @@ SELECT pgshard.next_id() > 0 AS fresh;
     assert!(lines.contains(&"Ada"), "{out}");
     assert!(lines.contains(&"t"), "{out}");
     assert!(lines.contains(&"after:Ada L"), "{out}");
+    let marker = lines.iter().position(|l| *l == "id:1").expect("marker line");
+    let id: i64 = lines[marker + 1].parse().expect("next_id prints a number");
+    assert!(id > 0);
     assert!(lines.iter().any(|l| l.starts_with("public|users|table")), "\\dt lists users: {out}");
     assert!(lines.iter().any(|l| l.starts_with("user_id|bigint")), "\\d users describes it: {out}");
     // Errors come back as psql shows them for Postgres.

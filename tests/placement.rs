@@ -90,7 +90,10 @@ async fn every_strategy_places_rows_where_sql_says() {
         let shard0 = proxy::shard(&cluster.info, cluster.info.shard_ids()[0]).await;
         for key in keys.iter().take(200) {
             let point: i64 = shard0
-                .query_one(&format!("SELECT {}", map.sql_point_expr(&key.to_string())), &[])
+                .query_one(
+                    &format!("SELECT {} FROM (VALUES ($1::int8)) AS v(k)", map.sql_point_expr("k")),
+                    &[key],
+                )
                 .await
                 .unwrap()
                 .get(0);

@@ -91,7 +91,7 @@ pub async fn bootstrap(
                 .map_err(|e| ClusterError::pg(ctx("applying sql/app.sql"), e))?;
             client
                 .execute(
-                    "INSERT INTO pgshard.identity (shard_id, cluster_id) VALUES ($1, $2) \
+                    "INSERT INTO pgshard_meta.identity (shard_id, cluster_id) VALUES ($1, $2) \
                      ON CONFLICT DO NOTHING",
                     &[&(shard as i32), &cluster_id],
                 )
