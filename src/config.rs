@@ -278,7 +278,10 @@ impl Config {
         if self.proxy.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "proxy.listen",
-                format!("`{}` is not an address like 127.0.0.1:6432", self.proxy.listen),
+                format!(
+                    "`{}` is not an address like 127.0.0.1:6432",
+                    self.proxy.listen
+                ),
             ));
         }
         if self.proxy.database.is_empty() {
@@ -287,7 +290,10 @@ impl Config {
         if self.proxy.database == crate::ADMIN_DATABASE {
             return Err(invalid(
                 "proxy.database",
-                format!("`{}` is reserved for the admin console", crate::ADMIN_DATABASE),
+                format!(
+                    "`{}` is reserved for the admin console",
+                    crate::ADMIN_DATABASE
+                ),
             ));
         }
         if self.proxy.max_message_size < 1024 {
@@ -337,7 +343,8 @@ impl Config {
                 _ => {}
             }
         }
-        if !self.catalog.url.starts_with("postgres://") && !self.catalog.url.starts_with("postgresql://")
+        if !self.catalog.url.starts_with("postgres://")
+            && !self.catalog.url.starts_with("postgresql://")
         {
             return Err(invalid(
                 "catalog.url",
@@ -345,7 +352,10 @@ impl Config {
             ));
         }
         if self.catalog.poll_interval_ms == 0 {
-            return Err(invalid("catalog.poll_interval_ms", "must be positive".into()));
+            return Err(invalid(
+                "catalog.poll_interval_ms",
+                "must be positive".into(),
+            ));
         }
         if self.pool.size == 0 {
             return Err(invalid("pool.size", "must be at least 1".into()));
@@ -354,7 +364,10 @@ impl Config {
             return Err(invalid("pool.proxies", "must be at least 1".into()));
         }
         if self.shards.is_empty() {
-            return Err(invalid("shards", "at least one [[shards]] entry is needed".into()));
+            return Err(invalid(
+                "shards",
+                "at least one [[shards]] entry is needed".into(),
+            ));
         }
         let mut ids = HashSet::new();
         for (i, shard) in self.shards.iter().enumerate() {
@@ -442,7 +455,9 @@ key = "user_id"
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let text = GOOD.replace("[proxy]", "[proxy]\nlisen = \"x\"");
-        let err = Config::from_toml(&text, Path::new("t.toml")).unwrap_err().to_string();
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
         assert!(err.contains("t.toml"), "{err}");
     }
@@ -450,10 +465,14 @@ key = "user_id"
     #[test]
     fn invalid_values_name_the_key() {
         let text = GOOD.replace("listen = \"127.0.0.1:6432\"", "listen = \"nowhere\"");
-        let err = Config::from_toml(&text, Path::new("t.toml")).unwrap_err().to_string();
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("proxy.listen"), "{err}");
         let text = GOOD.replace("password = \"app\"\n", "");
-        let err = Config::from_toml(&text, Path::new("t.toml")).unwrap_err().to_string();
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("users[0].password"), "{err}");
     }
 

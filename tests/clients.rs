@@ -49,19 +49,36 @@ SELECT pgshard.next_id();
         .arg(&file))
     .await;
     assert!(ok, "psql failed: {err}\n{out}");
-    let lines: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     assert!(lines.contains(&"Ada"), "{out}");
     assert!(lines.contains(&"t"), "{out}");
     assert!(lines.contains(&"after:Ada L"), "{out}");
-    let marker = lines.iter().position(|l| *l == "id:1").expect("marker line");
+    let marker = lines
+        .iter()
+        .position(|l| *l == "id:1")
+        .expect("marker line");
     let id: i64 = lines[marker + 1].parse().expect("next_id prints a number");
     assert!(id > 0);
-    assert!(lines.iter().any(|l| l.starts_with("public|users|table")), "\\dt lists users: {out}");
-    assert!(lines.iter().any(|l| l.starts_with("user_id|bigint")), "\\d users describes it: {out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("public|users|table")),
+        "\\dt lists users: {out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("user_id|bigint")),
+        "\\d users describes it: {out}"
+    );
     // Errors come back as psql shows them for Postgres.
-    let (ok, _out, err) = run(Command::new("psql")
-        .arg(proxy::app_url(&proxy))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", "SELECT count(*) FROM users"]))
+    let (ok, _out, err) = run(Command::new("psql").arg(proxy::app_url(&proxy)).args([
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "SELECT count(*) FROM users",
+    ]))
     .await;
     assert!(!ok);
     assert!(err.contains("not supported"), "{err}");
@@ -84,7 +101,21 @@ async fn pgbench_runs_without_failures_in_every_mode() {
     for mode in ["simple", "extended", "prepared"] {
         let (ok, out, err) = run(Command::new("pgbench")
             .env("PGPASSWORD", proxy::APP_PASSWORD)
-            .args(["-n", "-h", "127.0.0.1", "-U", "app", "-c", "4", "-j", "2", "-t", "150", "-M", mode])
+            .args([
+                "-n",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "app",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-t",
+                "150",
+                "-M",
+                mode,
+            ])
             .arg("-p")
             .arg(proxy.addr.port().to_string())
             .arg("-f")

@@ -39,7 +39,10 @@ async fn three_shards_come_up_with_identities_and_a_map() {
     for id in info.shard_ids() {
         let client = connect(&info.shard_url(id).unwrap()).await;
         let row = client
-            .query_one("SELECT shard_id, cluster_id FROM pgshard_meta.identity", &[])
+            .query_one(
+                "SELECT shard_id, cluster_id FROM pgshard_meta.identity",
+                &[],
+            )
             .await
             .unwrap();
         let shard: i32 = row.get(0);

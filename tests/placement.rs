@@ -26,7 +26,10 @@ async fn switch_map(
         .expect("publish a new map version");
     let deadline = Instant::now() + Duration::from_secs(10);
     while proxy.proxy.map.current().version < version {
-        assert!(Instant::now() < deadline, "the proxy never loaded map version {version}");
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never loaded map version {version}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let current = proxy.proxy.map.current();
@@ -44,7 +47,11 @@ async fn every_strategy_places_rows_where_sql_says() {
         .await
         .unwrap();
     let mut rng = rand::rng();
-    for strategy in [Strategy::Range, Strategy::Hash, Strategy::Modulo { modulus: 10 }] {
+    for strategy in [
+        Strategy::Range,
+        Strategy::Hash,
+        Strategy::Modulo { modulus: 10 },
+    ] {
         for id in cluster.info.shard_ids() {
             proxy::shard(&cluster.info, id)
                 .await
@@ -61,7 +68,9 @@ async fn every_strategy_places_rows_where_sql_says() {
         for (i, key) in keys.iter().enumerate() {
             if i % 2 == 0 {
                 client
-                    .batch_execute(&format!("INSERT INTO users (user_id, name) VALUES ({key}, 'p')"))
+                    .batch_execute(&format!(
+                        "INSERT INTO users (user_id, name) VALUES ({key}, 'p')"
+                    ))
                     .await
                     .unwrap();
             } else {
@@ -81,7 +90,10 @@ async fn every_strategy_places_rows_where_sql_says() {
                 .unwrap();
             let (count, misplaced): (i64, i64) = (row.get(0), row.get(1));
             let expected = keys.iter().filter(|k| map.shard_for(**k) == id).count() as i64;
-            assert_eq!(misplaced, 0, "{strategy:?}: shard {id} holds rows it does not own");
+            assert_eq!(
+                misplaced, 0,
+                "{strategy:?}: shard {id} holds rows it does not own"
+            );
             assert_eq!(count, expected, "{strategy:?}: shard {id} row count");
             total += count;
         }
@@ -91,7 +103,10 @@ async fn every_strategy_places_rows_where_sql_says() {
         for key in keys.iter().take(200) {
             let point: i64 = shard0
                 .query_one(
-                    &format!("SELECT {} FROM (VALUES ($1::int8)) AS v(k)", map.sql_point_expr("k")),
+                    &format!(
+                        "SELECT {} FROM (VALUES ($1::int8)) AS v(k)",
+                        map.sql_point_expr("k")
+                    ),
                     &[key],
                 )
                 .await
@@ -123,16 +138,24 @@ async fn a_new_map_version_moves_routing_for_the_next_statement() {
     )
     .unwrap();
     let before = proxy.proxy.map.current().version;
-    let version = pgshard::catalog::publish_map(&mut catalog, &all_on_last).await.unwrap();
+    let version = pgshard::catalog::publish_map(&mut catalog, &all_on_last)
+        .await
+        .unwrap();
     assert!(version > before);
     let deadline = Instant::now() + Duration::from_secs(10);
     while proxy.proxy.map.current().version != version {
-        assert!(Instant::now() < deadline, "map version {version} never arrived");
+        assert!(
+            Instant::now() < deadline,
+            "map version {version} never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for key in 1..=20i64 {
         client
-            .execute("INSERT INTO users (user_id, name) VALUES ($1, 'moved')", &[&key])
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, 'moved')",
+                &[&key],
+            )
             .await
             .unwrap();
     }

@@ -13,14 +13,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
 /// Keys that the map sends to two different shards.
 fn keys_on_two_shards(map: &pgshard::router::ShardMap) -> (i64, i64) {
     let a = 1;
     let first = map.shard_for(a);
-    let b = (2..10_000).find(|k| map.shard_for(*k) != first).expect("a key on another shard");
+    let b = (2..10_000)
+        .find(|k| map.shard_for(*k) != first)
+        .expect("a key on another shard");
     (a, b)
 }
 
@@ -41,7 +45,9 @@ async fn queries_route_by_key_in_both_protocols() {
         .await
         .expect("prepare insert");
     for id in 41..=80i64 {
-        c.execute(&insert, &[&id, &format!("user {id}")]).await.expect("prepared insert");
+        c.execute(&insert, &[&id, &format!("user {id}")])
+            .await
+            .expect("prepared insert");
     }
     // Every row sits on the shard the map names, and only there.
     let map = proxy.proxy.map.current();
@@ -76,21 +82,33 @@ async fn queries_route_by_key_in_both_protocols() {
     assert_eq!(names, vec!["user 7".to_string()]);
     // IN lists and keyless reads gather rows from several shards.
     let rows = c
-        .query("SELECT user_id FROM users WHERE user_id IN (1, 2, 3, 50)", &[])
+        .query(
+            "SELECT user_id FROM users WHERE user_id IN (1, 2, 3, 50)",
+            &[],
+        )
         .await
         .expect("IN list");
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3, 50]);
-    let all = c.query("SELECT user_id FROM users", &[]).await.expect("keyless read");
+    let all = c
+        .query("SELECT user_id FROM users", &[])
+        .await
+        .expect("keyless read");
     assert_eq!(all.len(), 80);
     let any = c
-        .query("SELECT user_id FROM users WHERE user_id = ANY($1)", &[&vec![5i64, 60, 61]])
+        .query(
+            "SELECT user_id FROM users WHERE user_id = ANY($1)",
+            &[&vec![5i64, 60, 61]],
+        )
         .await
         .expect("= ANY($1)");
     assert_eq!(any.len(), 3);
     // What needs a real merge is refused clearly, never answered wrongly.
-    let err = c.query_one("SELECT count(*) FROM users", &[]).await.unwrap_err();
+    let err = c
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
     let err = c
         .simple_query("SELECT * FROM users ORDER BY created_at DESC LIMIT 20")
@@ -129,9 +147,12 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
     assert_eq!(name, "a2");
 
     let tx = c.transaction().await.expect("begin");
-    tx.execute("UPDATE users SET name = 'rolled back' WHERE user_id = $1", &[&a])
-        .await
-        .expect("update");
+    tx.execute(
+        "UPDATE users SET name = 'rolled back' WHERE user_id = $1",
+        &[&a],
+    )
+    .await
+    .expect("update");
     tx.rollback().await.expect("rollback");
     let name: String = c
         .query_one("SELECT name FROM users WHERE user_id = $1", &[&a])
@@ -146,13 +167,18 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
         .await
         .expect("first shard");
     let err = c
-        .batch_execute(&format!("INSERT INTO users (user_id, name) VALUES ({b}, 'b')"))
+        .batch_execute(&format!(
+            "INSERT INTO users (user_id, name) VALUES ({b}, 'b')"
+        ))
         .await
         .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
     let err = c.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(code(&err), "25P02", "{err}");
-    let msgs = c.simple_query("COMMIT").await.expect("commit of a failed block");
+    let msgs = c
+        .simple_query("COMMIT")
+        .await
+        .expect("commit of a failed block");
     assert!(matches!(
         msgs.last(),
         Some(tokio_postgres::SimpleQueryMessage::CommandComplete(_))
@@ -179,7 +205,10 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
     if map.shard_for(a * 10000) != map.shard_for(b) {
         assert_eq!(code(&err.unwrap_err()), "0A000");
     }
-    let err = c.batch_execute("UPDATE users SET name = 'all'").await.unwrap_err();
+    let err = c
+        .batch_execute("UPDATE users SET name = 'all'")
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
     let err = c
         .batch_execute(&format!("UPDATE users SET user_id = 5 WHERE user_id = {a}"))
@@ -188,7 +217,9 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
     assert_eq!(code(&err), "0A000", "{err}");
     // Duplicate keys are caught by the owning shard.
     let err = c
-        .batch_execute(&format!("INSERT INTO users (user_id, name) VALUES ({a}, 'dup')"))
+        .batch_execute(&format!(
+            "INSERT INTO users (user_id, name) VALUES ({a}, 'dup')"
+        ))
         .await
         .unwrap_err();
     assert_eq!(code(&err), "23505", "{err}");
@@ -201,7 +232,9 @@ async fn inserts_without_a_key_get_generated_ids() {
     let proxy = start_proxy(&cluster.info).await;
     let c = connect(&proxy).await;
     let rows = c
-        .simple_query("INSERT INTO users (name, email) VALUES ('Ada', 'ada@example.com') RETURNING user_id")
+        .simple_query(
+            "INSERT INTO users (name, email) VALUES ('Ada', 'ada@example.com') RETURNING user_id",
+        )
         .await
         .expect("insert without key");
     let id: i64 = rows
@@ -254,10 +287,18 @@ async fn generated_ids_never_collide_across_sessions() {
         let url = proxy::app_url(&proxy);
         tasks.push(tokio::spawn(async move {
             let c = connect_url(&url).await.expect("connect");
-            let st = c.prepare("SELECT pgshard.next_id()").await.expect("prepare");
+            let st = c
+                .prepare("SELECT pgshard.next_id()")
+                .await
+                .expect("prepare");
             let mut ids = Vec::with_capacity(per_session);
             for _ in 0..per_session {
-                ids.push(c.query_one(&st, &[]).await.expect("next_id").get::<_, i64>(0));
+                ids.push(
+                    c.query_one(&st, &[])
+                        .await
+                        .expect("next_id")
+                        .get::<_, i64>(0),
+                );
             }
             ids
         }));
@@ -280,7 +321,11 @@ async fn logins_fail_cleanly_and_methods_work() {
     let err = connect_url(&url(&proxy, "app", "wrong")).await.unwrap_err();
     assert_eq!(code(&err), "28P01", "{err}");
     let err = connect_url(&url(&proxy, "nobody", "x")).await.unwrap_err();
-    assert_eq!(code(&err), "28P01", "unknown users look like wrong passwords: {err}");
+    assert_eq!(
+        code(&err),
+        "28P01",
+        "unknown users look like wrong passwords: {err}"
+    );
     let err = connect_url(&format!(
         "postgres://app:app@127.0.0.1:{}/nodb",
         proxy.addr.port()
@@ -288,12 +333,18 @@ async fn logins_fail_cleanly_and_methods_work() {
     .await
     .unwrap_err();
     assert_eq!(code(&err), "3D000", "{err}");
-    let c = connect_url(&url(&proxy, "md5user", "md5pass")).await.expect("md5 login");
+    let c = connect_url(&url(&proxy, "md5user", "md5pass"))
+        .await
+        .expect("md5 login");
     let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
-    let err = connect_url(&url(&proxy, "md5user", "nope")).await.unwrap_err();
+    let err = connect_url(&url(&proxy, "md5user", "nope"))
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "28P01");
-    let c = connect_url(&url(&proxy, "trusted", "")).await.expect("trust login");
+    let c = connect_url(&url(&proxy, "trusted", ""))
+        .await
+        .expect("trust login");
     let two: i32 = c.query_one("SELECT 2", &[]).await.unwrap().get(0);
     assert_eq!(two, 2);
     proxy.stop().await;
@@ -334,14 +385,19 @@ fn sqlstates(bytes: &[u8]) -> Vec<String> {
     let mut i = 0;
     while i + 5 <= bytes.len() {
         let tag = bytes[i];
-        let len = u32::from_be_bytes([bytes[i + 1], bytes[i + 2], bytes[i + 3], bytes[i + 4]]) as usize;
+        let len =
+            u32::from_be_bytes([bytes[i + 1], bytes[i + 2], bytes[i + 3], bytes[i + 4]]) as usize;
         let end = (i + 1 + len).min(bytes.len());
         if tag == b'E' {
             let body = &bytes[i + 5..end];
             let mut j = 0;
             while j < body.len() && body[j] != 0 {
                 let field = body[j];
-                let nul = body[j + 1..].iter().position(|b| *b == 0).map(|p| j + 1 + p).unwrap_or(body.len());
+                let nul = body[j + 1..]
+                    .iter()
+                    .position(|b| *b == 0)
+                    .map(|p| j + 1 + p)
+                    .unwrap_or(body.len());
                 if field == b'C' {
                     codes.push(String::from_utf8_lossy(&body[j + 1..nul]).into_owned());
                 }
@@ -361,7 +417,9 @@ async fn malformed_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
 
     // A startup packet with an absurd length.
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0])
+        .await
+        .unwrap();
     let reply = read_until_close(&mut s).await;
     assert_eq!(sqlstates(&reply), vec!["08P01".to_string()]);
 
@@ -373,23 +431,34 @@ async fn malformed_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
 
     // SSL is refused with 'N', then a normal startup works on the same socket.
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
     let mut n = [0u8; 1];
     s.read_exact(&mut n).await.unwrap();
     assert_eq!(&n, b"N");
 
     // Random bytes during the password exchange.
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup_packet(&[("user", "app"), ("database", "app")])).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "app"), ("database", "app")]))
+        .await
+        .unwrap();
     let mut first = [0u8; 64];
     let _ = s.read(&mut first).await.unwrap();
-    s.write_all(b"\x01\x02garbage\xff\xff\xff\xff").await.unwrap();
+    s.write_all(b"\x01\x02garbage\xff\xff\xff\xff")
+        .await
+        .unwrap();
     let reply = read_until_close(&mut s).await;
-    assert!(!sqlstates(&reply).is_empty(), "an error before closing: {reply:?}");
+    assert!(
+        !sqlstates(&reply).is_empty(),
+        "an error before closing: {reply:?}"
+    );
 
     // Random bytes after a complete login (trust user).
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup_packet(&[("user", "trusted"), ("database", "app")])).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "trusted"), ("database", "app")]))
+        .await
+        .unwrap();
     let mut greeting = vec![0u8; 0];
     let mut buf = [0u8; 4096];
     while !greeting.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
@@ -400,13 +469,19 @@ async fn malformed_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
         assert!(n > 0, "closed during login");
         greeting.extend_from_slice(&buf[..n]);
     }
-    s.write_all(&[b'Q', 0xff, 0xff, 0xff, 0xf0, 1, 2, 3]).await.unwrap();
+    s.write_all(&[b'Q', 0xff, 0xff, 0xff, 0xf0, 1, 2, 3])
+        .await
+        .unwrap();
     let reply = read_until_close(&mut s).await;
     assert_eq!(sqlstates(&reply), vec!["08P01".to_string()]);
 
     // A Bind naming a statement that does not exist: ERROR, and the session goes on.
     let c = connect(&proxy).await;
-    let one: i32 = c.query_one("SELECT 1", &[]).await.expect("still serving").get(0);
+    let one: i32 = c
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("still serving")
+        .get(0);
     assert_eq!(one, 1);
     proxy.stop().await;
 }
@@ -420,9 +495,11 @@ async fn a_client_leaving_mid_transaction_leaves_nothing_behind() {
     {
         let c = connect(&proxy).await;
         c.batch_execute("BEGIN").await.unwrap();
-        c.batch_execute(&format!("INSERT INTO users (user_id, name) VALUES ({key}, 'ghost')"))
-            .await
-            .unwrap();
+        c.batch_execute(&format!(
+            "INSERT INTO users (user_id, name) VALUES ({key}, 'ghost')"
+        ))
+        .await
+        .unwrap();
         // The client vanishes without COMMIT.
     }
     let direct = proxy::shard(&cluster.info, shard_id).await;
@@ -439,7 +516,10 @@ async fn a_client_leaving_mid_transaction_leaves_nothing_behind() {
         if open == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "a server connection stayed in the client's transaction");
+        assert!(
+            Instant::now() < deadline,
+            "a server connection stayed in the client's transaction"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let n: i64 = direct
@@ -452,11 +532,24 @@ async fn a_client_leaving_mid_transaction_leaves_nothing_behind() {
     let a = connect(&proxy).await;
     let b = connect(&proxy).await;
     a.batch_execute("BEGIN").await.unwrap();
-    a.execute("INSERT INTO users (user_id, name) VALUES ($1, 'a')", &[&key]).await.unwrap();
-    let n = b.query("SELECT 1 FROM users WHERE user_id = $1", &[&key]).await.unwrap().len();
+    a.execute(
+        "INSERT INTO users (user_id, name) VALUES ($1, 'a')",
+        &[&key],
+    )
+    .await
+    .unwrap();
+    let n = b
+        .query("SELECT 1 FROM users WHERE user_id = $1", &[&key])
+        .await
+        .unwrap()
+        .len();
     assert_eq!(n, 0, "uncommitted rows stay invisible");
     a.batch_execute("COMMIT").await.unwrap();
-    let n = b.query("SELECT 1 FROM users WHERE user_id = $1", &[&key]).await.unwrap().len();
+    let n = b
+        .query("SELECT 1 FROM users WHERE user_id = $1", &[&key])
+        .await
+        .unwrap()
+        .len();
     assert_eq!(n, 1);
     proxy.stop().await;
 }
@@ -468,7 +561,9 @@ async fn settings_and_prepared_statements_survive_transaction_pooling() {
     let proxy = start_proxy_with(&cluster.info, |c| c.pool.size = 1).await;
     let a = connect(&proxy).await;
     let b = connect(&proxy).await;
-    a.batch_execute("SET statement_timeout = '1234ms'").await.unwrap();
+    a.batch_execute("SET statement_timeout = '1234ms'")
+        .await
+        .unwrap();
     let show = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
         rows.iter()
             .find_map(|m| match m {
@@ -477,16 +572,31 @@ async fn settings_and_prepared_statements_survive_transaction_pooling() {
             })
             .unwrap_or_default()
     };
-    assert_eq!(show(a.simple_query("SHOW statement_timeout").await.unwrap()), "1234ms");
-    assert_eq!(show(b.simple_query("SHOW statement_timeout").await.unwrap()), "0");
-    assert_eq!(show(a.simple_query("SHOW statement_timeout").await.unwrap()), "1234ms");
+    assert_eq!(
+        show(a.simple_query("SHOW statement_timeout").await.unwrap()),
+        "1234ms"
+    );
+    assert_eq!(
+        show(b.simple_query("SHOW statement_timeout").await.unwrap()),
+        "0"
+    );
+    assert_eq!(
+        show(a.simple_query("SHOW statement_timeout").await.unwrap()),
+        "1234ms"
+    );
     a.batch_execute("RESET statement_timeout").await.unwrap();
-    assert_eq!(show(a.simple_query("SHOW statement_timeout").await.unwrap()), "0");
+    assert_eq!(
+        show(a.simple_query("SHOW statement_timeout").await.unwrap()),
+        "0"
+    );
     // A SET rolled back with its transaction is undone.
-    a.batch_execute("BEGIN; SET work_mem = '8MB'; ROLLBACK").await.unwrap();
+    a.batch_execute("BEGIN; SET work_mem = '8MB'; ROLLBACK")
+        .await
+        .unwrap();
     assert_eq!(show(a.simple_query("SHOW work_mem").await.unwrap()), "4MB");
 
-    let clients: Vec<_> = futures_util::future::join_all((0..5).map(|_| async { connect(&proxy).await })).await;
+    let clients: Vec<_> =
+        futures_util::future::join_all((0..5).map(|_| async { connect(&proxy).await })).await;
     let mut statements = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         let sql = format!("SELECT $1::int8 + {i}");
@@ -494,7 +604,11 @@ async fn settings_and_prepared_statements_survive_transaction_pooling() {
     }
     for round in 0..20i64 {
         for (i, c) in clients.iter().enumerate() {
-            let v: i64 = c.query_one(&statements[i], &[&round]).await.expect("execute").get(0);
+            let v: i64 = c
+                .query_one(&statements[i], &[&round])
+                .await
+                .expect("execute")
+                .get(0);
             assert_eq!(v, round + i as i64);
         }
     }
@@ -524,7 +638,10 @@ async fn cancel_reaches_the_server_running_the_query() {
         if running == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "the query never started on the shard");
+        assert!(
+            Instant::now() < deadline,
+            "the query never started on the shard"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     token

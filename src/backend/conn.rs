@@ -132,7 +132,11 @@ impl ServerConn {
     ) -> Result<(), BackendError> {
         let mut body = BytesMut::new();
         body.put_u32(PROTOCOL_V3);
-        for (k, v) in [("user", user), ("database", database), ("client_encoding", "UTF8")] {
+        for (k, v) in [
+            ("user", user),
+            ("database", database),
+            ("client_encoding", "UTF8"),
+        ] {
             body.put_slice(k.as_bytes());
             body.put_u8(0);
             body.put_slice(v.as_bytes());
@@ -161,25 +165,23 @@ impl ServerConn {
                     return Ok(());
                 }
                 be::ERROR_RESPONSE => {
-                    let fields = ErrorFields::decode(&frame.body).map_err(|e| {
-                        BackendError::Protocol {
+                    let fields =
+                        ErrorFields::decode(&frame.body).map_err(|e| BackendError::Protocol {
                             shard,
                             detail: e.to_string(),
-                        }
-                    })?;
+                        })?;
                     return Err(BackendError::Login {
                         shard,
                         message: fields.message,
                     });
                 }
                 be::BACKEND_KEY_DATA => {
-                    let (pid, secret) =
-                        be::decode_backend_key_data(&frame.body).map_err(|e| {
-                            BackendError::Protocol {
-                                shard,
-                                detail: e.to_string(),
-                            }
-                        })?;
+                    let (pid, secret) = be::decode_backend_key_data(&frame.body).map_err(|e| {
+                        BackendError::Protocol {
+                            shard,
+                            detail: e.to_string(),
+                        }
+                    })?;
                     self.pid = pid;
                     self.secret = secret;
                 }

@@ -29,7 +29,9 @@ impl managed::Manager for ServerManager {
         if conn.reusable() {
             Ok(())
         } else {
-            Err(RecycleError::message("connection was returned in an unknown state"))
+            Err(RecycleError::message(
+                "connection was returned in an unknown state",
+            ))
         }
     }
 }

@@ -89,7 +89,10 @@ pub async fn publish_map(
 
 /// Registers this proxy and returns its node id for the id generator (unique among the last
 /// 1024 registrations).
-pub async fn register_proxy(client: &tokio_postgres::Client, name: &str) -> Result<u16, CatalogError> {
+pub async fn register_proxy(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<u16, CatalogError> {
     let row = client
         .query_one(
             "INSERT INTO proxies (node_id, name) VALUES (nextval('proxy_node_id_seq'), $1)

@@ -7,11 +7,10 @@
 
 use tokio_postgres::{Client, NoTls};
 
-use super::initial_map::{catalog_strategy, uniform_ranges};
 use super::instance::{ADMIN_PASSWORD, ADMIN_USER};
 use super::layout::{InstanceInfo, Role};
 use super::ClusterError;
-use crate::router::Strategy;
+use crate::router::{ShardMap, Strategy};
 
 const SHARD_SQL: &str = include_str!("../../sql/shard.sql");
 const APP_SQL: &str = include_str!("../../sql/app.sql");
@@ -105,7 +104,10 @@ pub async fn bootstrap(
                 .map_err(|e| ClusterError::pg(ctx("applying sql/catalog.sql"), e))?;
             insert_first_map(client, strategy, shard_ids)
                 .await
-                .map_err(|e| ClusterError::pg(ctx("writing shard map version 1"), e))?;
+                .map_err(|source| ClusterError::Catalog {
+                    context: ctx("writing shard map version 1"),
+                    source,
+                })?;
         }
     }
     Ok(())
@@ -117,36 +119,13 @@ async fn insert_first_map(
     mut client: Client,
     strategy: Strategy,
     shard_ids: &[u32],
-) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    // Serialises concurrent `cluster up` runs against the same catalog.
-    tx.batch_execute("LOCK TABLE shard_map_versions IN EXCLUSIVE MODE")
-        .await?;
-    if tx
+) -> Result<(), crate::catalog::CatalogError> {
+    let existing = client
         .query_opt("SELECT 1 FROM shard_map_versions LIMIT 1", &[])
-        .await?
-        .is_some()
-    {
-        return tx.commit().await;
-    }
-    let (name, modulus) = catalog_strategy(strategy);
-    tx.execute(
-        "INSERT INTO shard_map_versions (version, strategy, modulus) VALUES (1, $1, $2)",
-        &[&name, &modulus],
-    )
-    .await?;
-    let insert = tx
-        .prepare(
-            "INSERT INTO shard_map (version, range_lower, range_upper, shard_id) \
-             VALUES (1, $1, $2, $3)",
-        )
         .await?;
-    for range in uniform_ranges(strategy, shard_ids) {
-        tx.execute(
-            &insert,
-            &[&range.lower, &range.upper, &(range.shard as i32)],
-        )
-        .await?;
+    if existing.is_none() {
+        let map = ShardMap::uniform(1, strategy, shard_ids);
+        crate::catalog::publish_map(&mut client, &map).await?;
     }
-    tx.commit().await
+    Ok(())
 }

@@ -45,6 +45,13 @@ pub enum ClusterError {
     /// The cluster directory cannot be used as asked.
     #[error("cluster directory {path}: {message}")]
     Layout { path: PathBuf, message: String },
+    /// Writing the first shard map into the catalog failed.
+    #[error("{context}: {source}")]
+    Catalog {
+        context: String,
+        #[source]
+        source: crate::catalog::CatalogError,
+    },
     /// No instance of that name exists in the cluster.
     #[error("no instance named `{0}` in this cluster")]
     NoInstance(String),

@@ -9,7 +9,6 @@
 mod binaries;
 mod bootstrap;
 mod error;
-mod initial_map;
 mod instance;
 mod layout;
 mod os_user;
@@ -23,7 +22,6 @@ use serde::Serialize;
 
 pub use binaries::PgBinaries;
 pub use error::ClusterError;
-pub use initial_map::uniform_ranges;
 pub use instance::{StopMode, ADMIN_PASSWORD, ADMIN_USER};
 pub use layout::{ClusterState, InstanceInfo, Role, CATALOG_INSTANCE, CONFIG_FILE, STATE_FILE};
 pub use os_user::RunAs;

@@ -116,9 +116,8 @@ impl FrameSink for ClientIo {
                 }
                 fe::FLUSH | fe::SYNC => {}
                 other => {
-                    let msg = format!(
-                        "unexpected message type 0x{other:02X} during COPY from stdin"
-                    );
+                    let msg =
+                        format!("unexpected message type 0x{other:02X} during COPY from stdin");
                     conn.queue(&copy_fail(&msg));
                     conn.flush().await?;
                     return Ok(());

@@ -13,7 +13,9 @@ use crate::wire::frame::Frame;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
     /// ParseComplete; registers the server-side statement name on success.
-    Parse { register: Option<String> },
+    Parse {
+        register: Option<String>,
+    },
     Bind,
     /// ParameterDescription then RowDescription or NoData.
     DescribeStatement,
@@ -46,7 +48,10 @@ pub enum Step {
 /// Where the answers go: the client itself, or a merge of several shards.
 pub trait FrameSink {
     /// Passes one frame on.
-    fn send(&mut self, frame: Frame) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+    fn send(
+        &mut self,
+        frame: Frame,
+    ) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
     /// Serves a COPY FROM STDIN the server just asked for: relays the client's CopyData until
     /// CopyDone or CopyFail.
     fn copy_in(
@@ -63,7 +68,13 @@ pub enum SinkError {
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    Backend(Box<BackendError>),
+}
+
+impl From<BackendError> for SinkError {
+    fn from(e: BackendError) -> SinkError {
+        SinkError::Backend(Box::new(e))
+    }
 }
 
 /// What the exchange saw.
@@ -78,9 +89,12 @@ pub struct Outcome {
 }
 
 fn unexpected(conn: &ServerConn, tag: u8, expect: &Expect) -> SinkError {
-    SinkError::Backend(BackendError::Protocol {
+    SinkError::from(BackendError::Protocol {
         shard: conn.shard,
-        detail: format!("unexpected message '{}' while waiting for {expect:?}", tag as char),
+        detail: format!(
+            "unexpected message '{}' while waiting for {expect:?}",
+            tag as char
+        ),
     })
 }
 
@@ -105,7 +119,9 @@ pub async fn run<S: FrameSink>(
                     sink.send(frame).await?;
                 }
             }
-            Step::Send { expect, forward, .. } => {
+            Step::Send {
+                expect, forward, ..
+            } => {
                 if failed && expect != Expect::Sync && expect != Expect::Query {
                     continue;
                 }

@@ -9,7 +9,7 @@ use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::exchange::{Expect, Step};
-use super::session::{aborted, refusal, Prepared, Session, Target, Txn, End};
+use super::session::{aborted, refusal, End, Prepared, Session, Target, Txn};
 use crate::backend::ServerConn;
 use crate::router::params::BindParams;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
@@ -58,7 +58,10 @@ fn statement_missing(name: &str) -> ErrorFields {
     if name.is_empty() {
         ErrorFields::error("26000", "unnamed prepared statement does not exist")
     } else {
-        ErrorFields::error("26000", format!("prepared statement \"{name}\" does not exist"))
+        ErrorFields::error(
+            "26000",
+            format!("prepared statement \"{name}\" does not exist"),
+        )
     }
 }
 
@@ -116,7 +119,8 @@ impl Session {
                     "pgshard's own commands and transaction control must not share a Sync with statements that need a shard",
                 ));
             } else {
-                self.answer_locally(&msgs, &portal_statements, error, sync).await;
+                self.answer_locally(&msgs, &portal_statements, error, sync)
+                    .await;
                 return Ok(());
             }
         }
@@ -217,7 +221,8 @@ impl Session {
         map: &crate::router::ShardMap,
         portal_statements: &mut HashMap<String, Arc<Prepared>>,
     ) -> Result<Option<(Msg, Option<Route>, bool)>, ErrorFields> {
-        let malformed = |e: crate::wire::read::DecodeError| ErrorFields::error("08P01", e.to_string());
+        let malformed =
+            |e: crate::wire::read::DecodeError| ErrorFields::error("08P01", e.to_string());
         match frame.tag {
             fe::PARSE => {
                 let parse = Parse::decode(&frame.body).map_err(malformed)?;
@@ -320,7 +325,11 @@ impl Session {
                         .cloned()
                         .ok_or_else(|| statement_missing(&target.name))?;
                     let local = is_local(&statement.facts);
-                    Ok(Some((Msg::DescribeStatement(statement), Some(Route::Any), local)))
+                    Ok(Some((
+                        Msg::DescribeStatement(statement),
+                        Some(Route::Any),
+                        local,
+                    )))
                 } else {
                     let route = self.portal_route(&target.name, portal_statements);
                     Ok(Some((Msg::DescribePortal(target), route, false)))
@@ -374,7 +383,10 @@ impl Session {
             match msg {
                 Msg::Parse(..) => self.io.push(&be::parse_complete()),
                 Msg::Bind { bind, .. } => {
-                    binary_portals.insert(bind.portal.as_str(), bind.result_formats.first() == Some(&1));
+                    binary_portals.insert(
+                        bind.portal.as_str(),
+                        bind.result_formats.first() == Some(&1),
+                    );
                     self.io.push(&be::bind_complete());
                 }
                 Msg::DescribeStatement(st) => {
@@ -401,7 +413,10 @@ impl Session {
                         continue;
                     };
                     if let Some(local) = &facts.local {
-                        let binary = binary_portals.get(e.portal.as_str()).copied().unwrap_or(false);
+                        let binary = binary_portals
+                            .get(e.portal.as_str())
+                            .copied()
+                            .unwrap_or(false);
                         self.local_command(local, false, binary);
                     } else {
                         match facts.kind {
@@ -468,7 +483,9 @@ fn build_steps(
                 if st.server_name.is_empty() {
                     steps.push(send(p.encode(), Expect::Parse { register: None }, true));
                     unnamed_ready = true;
-                } else if conn.prepared.contains(&st.server_name) || parsed.contains(&st.server_name) {
+                } else if conn.prepared.contains(&st.server_name)
+                    || parsed.contains(&st.server_name)
+                {
                     steps.push(Step::Synthetic(be::parse_complete()));
                 } else {
                     let renamed = Parse {
@@ -517,7 +534,11 @@ fn build_steps(
                     kind: b'S',
                     name: st.server_name.clone(),
                 };
-                steps.push(send(t.encode(fe::DESCRIBE), Expect::DescribeStatement, true));
+                steps.push(send(
+                    t.encode(fe::DESCRIBE),
+                    Expect::DescribeStatement,
+                    true,
+                ));
             }
             Msg::DescribePortal(t) => {
                 steps.push(send(t.encode(fe::DESCRIBE), Expect::DescribePortal, true));
@@ -533,7 +554,11 @@ fn build_steps(
     if sync {
         steps.push(send(fe::sync(), Expect::Sync, true));
     } else {
-        steps.push(send(Frame::new(fe::FLUSH, bytes::Bytes::new()), Expect::Flush, true));
+        steps.push(send(
+            Frame::new(fe::FLUSH, bytes::Bytes::new()),
+            Expect::Flush,
+            true,
+        ));
     }
     steps
 }
@@ -580,7 +605,9 @@ fn parameter_description(types: &[u32]) -> Frame {
 fn local_row_description(facts: &[StatementFacts]) -> Frame {
     match facts.first().and_then(|f| f.local.as_ref()) {
         Some(LocalCommand::NextId) => be::row_description(&[("next_id", be::INT8_OID)]),
-        Some(LocalCommand::ShowProxy { name }) => be::row_description(&[(name.as_str(), be::TEXT_OID)]),
+        Some(LocalCommand::ShowProxy { name }) => {
+            be::row_description(&[(name.as_str(), be::TEXT_OID)])
+        }
         _ => be::no_data(),
     }
 }

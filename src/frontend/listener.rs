@@ -21,7 +21,11 @@ use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts clients until `shutdown` turns true.
-pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -56,7 +60,11 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
         Ok(Some(v)) => v,
         Ok(None) => return,
         Err(_) => {
-            fatal(&mut stream, ErrorFields::fatal("08P01", "timed out waiting for the client to log in")).await;
+            fatal(
+                &mut stream,
+                ErrorFields::fatal("08P01", "timed out waiting for the client to log in"),
+            )
+            .await;
             return;
         }
     };
@@ -158,11 +166,17 @@ async fn login(
         fatal(
             stream,
             ErrorFields::fatal("3D000", format!("database \"{database}\" does not exist"))
-                .with_hint(format!("this pgshard serves database \"{}\"", proxy.config.proxy.database)),
+                .with_hint(format!(
+                    "this pgshard serves database \"{}\"",
+                    proxy.config.proxy.database
+                )),
         )
         .await;
         return None;
     }
-    stream.write_all(&be::authentication_ok().to_bytes()).await.ok()?;
+    stream
+        .write_all(&be::authentication_ok().to_bytes())
+        .await
+        .ok()?;
     Some((params, user))
 }

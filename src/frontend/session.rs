@@ -82,7 +82,9 @@ impl Session {
     /// Serves the client until it leaves.
     pub async fn run(mut self) {
         loop {
-            if self.io.out.len() > 0 && !self.io.has_buffered_frame() && self.io.flush().await.is_err()
+            if !self.io.out.is_empty()
+                && !self.io.has_buffered_frame()
+                && self.io.flush().await.is_err()
             {
                 break;
             }
@@ -90,7 +92,8 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    let fields = ErrorFields::fatal("08P01", format!("invalid message from client: {e}"));
+                    let fields =
+                        ErrorFields::fatal("08P01", format!("invalid message from client: {e}"));
                     self.io.push_error(&fields);
                     let _ = self.io.flush().await;
                     break;
@@ -275,7 +278,10 @@ impl Session {
                 }
             }
             Target::Scatter(shards) => {
-                if facts.iter().any(|f| matches!(f.kind, StatementKind::Copy { .. })) {
+                if facts
+                    .iter()
+                    .any(|f| matches!(f.kind, StatementKind::Copy { .. }))
+                {
                     self.reply_error(refusal(
                         "COPY of a sharded table without a shard key would span several shards, which is not supported yet",
                     ));
@@ -327,7 +333,9 @@ impl Session {
                 self.io.push(&be::ready_for_query(status));
                 Ok(Some(()))
             }
-            StatementKind::Commit | StatementKind::Rollback if unbound || self.txn.as_ref().is_some_and(|t| t.refused) => {
+            StatementKind::Commit | StatementKind::Rollback
+                if unbound || self.txn.as_ref().is_some_and(|t| t.refused) =>
+            {
                 let tag = match (&only.kind, &self.txn) {
                     (StatementKind::Commit, Some(t)) if !t.refused => "COMMIT",
                     (StatementKind::Commit, None) => "COMMIT",
@@ -358,14 +366,21 @@ impl Session {
                 Ok(Some(()))
             }
             StatementKind::Set { .. } | StatementKind::SetLocal | StatementKind::Savepoint
-                if self.txn.as_ref().is_some_and(|t| t.shard.is_none() && !t.refused)
+                if self
+                    .txn
+                    .as_ref()
+                    .is_some_and(|t| t.shard.is_none() && !t.refused)
                     && only.local.is_none() =>
             {
                 // Nothing has run yet: the statement joins the pending BEGIN and runs first on
                 // whichever shard the transaction reaches.
                 if let Some(txn) = &mut self.txn {
                     let begin = txn.pending_begin.take().unwrap_or_else(|| "BEGIN".into());
-                    txn.pending_begin = Some(format!("{};{}", begin.trim_end().trim_end_matches(';'), sql));
+                    txn.pending_begin = Some(format!(
+                        "{};{}",
+                        begin.trim_end().trim_end_matches(';'),
+                        sql
+                    ));
                 }
                 let tag = match &only.kind {
                     StatementKind::Savepoint => savepoint_tag(sql),
@@ -437,12 +452,17 @@ impl Session {
                         self.proxy_settings.remove(name);
                     }
                 }
-                self.io.push(&be::command_complete(if value.is_some() { "SET" } else { "RESET" }));
+                self.io.push(&be::command_complete(if value.is_some() {
+                    "SET"
+                } else {
+                    "RESET"
+                }));
             }
             LocalCommand::ShowProxy { name } => match self.proxy_settings.get(name).cloned() {
                 Some(v) => {
                     if describe {
-                        self.io.push(&be::row_description(&[(name.as_str(), be::TEXT_OID)]));
+                        self.io
+                            .push(&be::row_description(&[(name.as_str(), be::TEXT_OID)]));
                     }
                     self.io.push(&be::data_row(&[Some(v.as_str())]));
                     self.io.push(&be::command_complete("SHOW"));
@@ -455,12 +475,15 @@ impl Session {
             LocalCommand::NextId => {
                 let id = self.proxy.ids.next_id();
                 if describe {
-                    self.io.push(&be::row_description(&[("next_id", be::INT8_OID)]));
+                    self.io
+                        .push(&be::row_description(&[("next_id", be::INT8_OID)]));
                 }
                 if binary {
-                    self.io.push(&be::data_row_bytes(&[Some(&id.to_be_bytes()[..])]));
+                    self.io
+                        .push(&be::data_row_bytes(&[Some(&id.to_be_bytes()[..])]));
                 } else {
-                    self.io.push(&be::data_row(&[Some(id.to_string().as_str())]));
+                    self.io
+                        .push(&be::data_row(&[Some(id.to_string().as_str())]));
                 }
                 self.io.push(&be::command_complete("SELECT 1"));
             }
@@ -484,13 +507,18 @@ impl Session {
                 shards.len()
             )));
         }
-        let rewritten = crate::router::rewrite::insert_with_keys(sql, &self.proxy.config.sharded_tables, &ids)
-            .map_err(|e| refusal(e.to_string()))?;
+        let rewritten =
+            crate::router::rewrite::insert_with_keys(sql, &self.proxy.config.sharded_tables, &ids)
+                .map_err(|e| refusal(e.to_string()))?;
         Ok((rewritten, Route::Single(shards[0])))
     }
 
     /// Combines the routes of the statements of one request into where it runs.
-    pub fn combine(&self, routes: &[Route], facts: &[StatementFacts]) -> Result<Target, ErrorFields> {
+    pub fn combine(
+        &self,
+        routes: &[Route],
+        facts: &[StatementFacts],
+    ) -> Result<Target, ErrorFields> {
         let mut single: Option<u32> = None;
         let mut scatter: Option<Vec<u32>> = None;
         for route in routes {
@@ -522,7 +550,11 @@ impl Session {
             .or(self.open_batch_shard);
         if let Some(shards) = scatter {
             if self.txn.is_some() || self.open_batch_shard.is_some() {
-                let table = if facts.iter().any(|f| f.is_write) { "write" } else { "read" };
+                let table = if facts.iter().any(|f| f.is_write) {
+                    "write"
+                } else {
+                    "read"
+                };
                 return Err(refusal(format!(
                     "a {table} without a shard key inside a transaction would span several shards; transactions across shards need two-phase commit, which is not supported yet"
                 )));
@@ -591,7 +623,13 @@ impl Session {
         };
         let steps = steps(conn);
         let ends_with_status = steps.iter().any(|s| {
-            matches!(s, Step::Send { expect: Expect::Sync | Expect::Query, .. })
+            matches!(
+                s,
+                Step::Send {
+                    expect: Expect::Sync | Expect::Query,
+                    ..
+                }
+            )
         });
         set_active(&self.cancel, vec![conn.cancel_target()]);
         let result = exchange::run(conn, steps, &mut self.io).await;
@@ -667,7 +705,12 @@ impl Session {
             // A BEGIN is pending: keep what we have for the first statement.
             return;
         }
-        let shards: Vec<u32> = self.held.keys().copied().filter(|s| Some(*s) != keep).collect();
+        let shards: Vec<u32> = self
+            .held
+            .keys()
+            .copied()
+            .filter(|s| Some(*s) != keep)
+            .collect();
         for shard in shards {
             if let Some(conn) = self.held.remove(&shard) {
                 if !conn.reusable() {
@@ -761,7 +804,10 @@ impl Session {
                 work.push((conn, s));
             }
         }
-        set_active(&self.cancel, work.iter().map(|(c, _)| c.cancel_target()).collect());
+        set_active(
+            &self.cancel,
+            work.iter().map(|(c, _)| c.cancel_target()).collect(),
+        );
         let result = crate::gather::scatter::run(work, &mut self.io).await;
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {

@@ -78,11 +78,17 @@ async fn negotiate(
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     if user.is_empty() {
-        let err = ErrorFields::fatal("28000", "no PostgreSQL user name specified in startup packet");
+        let err = ErrorFields::fatal(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        );
         stream.write_all(&err.to_frame().to_bytes()).await?;
         return Ok(Opening::Closed);
     }
-    if params.iter().any(|(k, v)| k == "replication" && v != "false" && v != "0" && v != "off") {
+    if params
+        .iter()
+        .any(|(k, v)| k == "replication" && v != "false" && v != "0" && v != "off")
+    {
         let err = ErrorFields::fatal(
             "0A000",
             "pgshard does not support replication connections; connect to a shard directly",

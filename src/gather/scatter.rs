@@ -148,7 +148,12 @@ struct Merge {
 }
 
 impl Merge {
-    async fn take(&mut self, shard: usize, frame: Frame, client: &mut ClientIo) -> Result<(), SinkError> {
+    async fn take(
+        &mut self,
+        shard: usize,
+        frame: Frame,
+        client: &mut ClientIo,
+    ) -> Result<(), SinkError> {
         match frame.tag {
             be::DATA_ROW | be::NOTICE_RESPONSE | be::NOTIFICATION => client.send(frame).await,
             be::COMMAND_COMPLETE => {
@@ -189,7 +194,9 @@ impl Merge {
                 client.send(empty).await?;
             } else if self.completes == shards {
                 let word = self.tag_word.unwrap_or_else(|| "SELECT".into());
-                client.send(be::command_complete(&format!("{word} {}", self.rows))).await?;
+                client
+                    .send(be::command_complete(&format!("{word} {}", self.rows)))
+                    .await?;
             }
         }
         if let Some(ready) = self.ready {

@@ -188,11 +188,13 @@ fn needs_original(facts: &[StatementFacts]) -> bool {
         f.local.is_some()
             || !matches!(
                 f.kind,
-                StatementKind::Select | StatementKind::Insert | StatementKind::Update | StatementKind::Delete
+                StatementKind::Select
+                    | StatementKind::Insert
+                    | StatementKind::Update
+                    | StatementKind::Delete
             )
     })
 }
-
 
 #[cfg(test)]
 mod tests {

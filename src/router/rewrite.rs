@@ -29,7 +29,8 @@ pub fn insert_with_keys(
         .iter()
         .filter_map(|t| {
             let (start, end) = (t.start as usize, t.end as usize);
-            sql.get(start..end).map(|text| (start, end, text.to_ascii_lowercase()))
+            sql.get(start..end)
+                .map(|text| (start, end, text.to_ascii_lowercase()))
         })
         .collect();
     let mut depth = 0i32;
@@ -75,7 +76,8 @@ pub fn insert_with_keys(
     let open = (name_end..tokens.len())
         .find(|&j| tokens[j].2 == "(")
         .ok_or(RewriteError::Shape)?;
-    let mut inserts: Vec<(usize, String)> = vec![(tokens[open].1, format!("{}, ", quote_ident(&key)))];
+    let mut inserts: Vec<(usize, String)> =
+        vec![(tokens[open].1, format!("{}, ", quote_ident(&key)))];
     let close = matching(&tokens, open).ok_or(RewriteError::Shape)?;
     if tokens.get(close + 1).map(|t| t.2.as_str()) != Some("values") {
         return Err(RewriteError::Shape);

@@ -84,7 +84,10 @@ pub fn split_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, Fr
 pub enum StartupFrame {
     Ssl,
     GssEnc,
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
     /// A StartupMessage: protocol version and the key/value parameters in order.
     Startup {
         version: u32,
@@ -144,9 +147,8 @@ fn parse_startup_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, Startu
             }
             return Ok(params);
         }
-        let (value, after) = take_cstr(after).ok_or(StartupError::Malformed(
-            "startup parameter without a value",
-        ))?;
+        let (value, after) =
+            take_cstr(after).ok_or(StartupError::Malformed("startup parameter without a value"))?;
         params.push((key, value));
         rest = after;
     }
@@ -200,7 +202,10 @@ mod tests {
             frame,
             StartupFrame::Startup {
                 version: PROTOCOL_V3,
-                params: vec![("user".into(), "app".into()), ("database".into(), "app".into())]
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "app".into())
+                ]
             }
         );
         assert!(buf.is_empty());
@@ -229,8 +234,14 @@ mod tests {
         assert_eq!(split_frame(&mut buf, 1024).unwrap(), Some(frame));
         assert_eq!(split_frame(&mut buf, 1024).unwrap(), None);
         let mut big = BytesMut::from(&[b'Q', 0, 1, 0, 0][..]);
-        assert!(matches!(split_frame(&mut big, 1024), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            split_frame(&mut big, 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut neg = BytesMut::from(&[b'Q', 0xff, 0, 0, 0][..]);
-        assert!(matches!(split_frame(&mut neg, 1024), Err(FrameError::BadLength(_))));
+        assert!(matches!(
+            split_frame(&mut neg, 1024),
+            Err(FrameError::BadLength(_))
+        ));
     }
 }

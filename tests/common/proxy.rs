@@ -14,7 +14,10 @@ pub async fn start_proxy(info: &ClusterInfo) -> RunningProxy {
 }
 
 /// Like `start_proxy`, with a chance to change the config first.
-pub async fn start_proxy_with(info: &ClusterInfo, change: impl FnOnce(&mut Config)) -> RunningProxy {
+pub async fn start_proxy_with(
+    info: &ClusterInfo,
+    change: impl FnOnce(&mut Config),
+) -> RunningProxy {
     let mut config = Config::load(&info.config_path).expect("the cluster wrote a valid config");
     config.proxy.listen = "127.0.0.1:0".into();
     config.catalog.poll_interval_ms = 500;
@@ -29,7 +32,9 @@ pub async fn start_proxy_with(info: &ClusterInfo, change: impl FnOnce(&mut Confi
         auth: AuthMethod::Md5,
     });
     change(&mut config);
-    pgshard::server::start(config).await.expect("pgshard starts")
+    pgshard::server::start(config)
+        .await
+        .expect("pgshard starts")
 }
 
 /// A libpq URL for the proxy.
