@@ -18,8 +18,9 @@ fi
 if ! dpkg -s libclang-dev >/dev/null 2>&1; then
     need+=(libclang-dev)
 fi
-if [ "${PGSHARD_BENCH:-0}" = 1 ] && ! command -v pgbouncer >/dev/null 2>&1; then
-    need+=(pgbouncer)
+if [ "${PGSHARD_BENCH:-0}" = 1 ]; then
+    command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
+    command -v bc >/dev/null 2>&1 || need+=(bc)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

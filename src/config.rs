@@ -477,6 +477,13 @@ key = "user_id"
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../config/pgshard.toml");
+        let c = Config::from_toml(text, Path::new("config/pgshard.toml")).unwrap();
+        assert_eq!(c.shards.len(), 10);
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let c = Config::from_toml(GOOD, Path::new("t.toml")).unwrap();
         let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();

@@ -169,3 +169,48 @@ async fn a_new_map_version_moves_routing_for_the_next_statement() {
     assert_eq!(proxy::count_users_directly(&cluster.info).await, 20);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_goes_on_while_the_catalog_is_down_and_reloads_after() {
+    use pgshard::cluster::{self, StopMode, CATALOG_INSTANCE};
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let client = proxy::connect(&proxy).await;
+    let version = proxy.proxy.map.current().version;
+    cluster::stop_instance(&cluster.info.dir, CATALOG_INSTANCE, StopMode::Immediate)
+        .await
+        .expect("stop the catalog");
+    for key in 1..=50i64 {
+        client
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, 'while down')",
+                &[&key],
+            )
+            .await
+            .expect("routing works without the catalog");
+    }
+    assert_eq!(proxy.proxy.map.current().version, version);
+    assert_eq!(proxy::count_users_directly(&cluster.info).await, 50);
+    cluster::start_instance(&cluster.info.dir, CATALOG_INSTANCE)
+        .await
+        .expect("start the catalog again");
+    // A version published after the outage reaches the proxy through its reconnect.
+    let map = switch_map(&cluster, &proxy, Strategy::Range).await;
+    assert!(map.version > version);
+    let key = 77i64;
+    client
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'after')",
+            &[&key],
+        )
+        .await
+        .unwrap();
+    let owner = proxy::shard(&cluster.info, map.shard_for(key)).await;
+    let n = owner
+        .query("SELECT 1 FROM users WHERE user_id = 77", &[])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 1);
+    proxy.stop().await;
+}

@@ -232,3 +232,171 @@ where
     stream.flush().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthMethod, UserConfig};
+    use crate::frontend::auth::authenticate;
+    use crate::wire::backend::{authentication, authentication_ok, ready_for_query, TxStatus};
+
+    /// Plays a server with the proxy's own client-auth implementation, then sends
+    /// AuthenticationOk and ReadyForQuery; returns login's result and the bytes left in its buffer.
+    async fn against_server(
+        auth: AuthMethod,
+        stored: &str,
+        password: Option<&str>,
+    ) -> (Result<(), BackendAuthError>, BytesMut) {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let config = UserConfig {
+            name: "app".into(),
+            password: Some(stored.to_string()),
+            auth,
+        };
+        let server_task = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            match authenticate(&mut server, &mut buf, "app", Some(&config)).await {
+                Ok(()) => {
+                    let mut out = BytesMut::new();
+                    authentication_ok().encode(&mut out);
+                    ready_for_query(TxStatus::Idle).encode(&mut out);
+                    server.write_all(&out).await.unwrap();
+                }
+                Err(e) => {
+                    let _ = server
+                        .write_all(&e.to_error_fields().to_frame().to_bytes())
+                        .await;
+                }
+            }
+            server
+        });
+        let mut buf = BytesMut::new();
+        let r = login(&mut client, &mut buf, "app", password).await;
+        if r.is_err() {
+            // The server may still wait for a password we chose not to send.
+            drop(client);
+            let _ = server_task.await;
+            return (r, buf);
+        }
+        let _server = server_task.await.unwrap();
+        // Let the rest arrive so the test can check it was not consumed.
+        if r.is_ok() {
+            while buf.is_empty() {
+                client.read_buf(&mut buf).await.unwrap();
+            }
+        }
+        (r, buf)
+    }
+
+    #[tokio::test]
+    async fn scram_login_leaves_later_messages_unread() {
+        let (r, buf) = against_server(AuthMethod::ScramSha256, "pw", Some("pw")).await;
+        r.unwrap();
+        assert_eq!(&buf[..], &ready_for_query(TxStatus::Idle).to_bytes()[..]);
+    }
+
+    #[tokio::test]
+    async fn md5_login() {
+        let (r, _) = against_server(AuthMethod::Md5, "pw", Some("pw")).await;
+        r.unwrap();
+        let (r, _) = against_server(AuthMethod::Md5, "pw", Some("bad")).await;
+        let e = r.unwrap_err();
+        assert_eq!(e.sqlstate(), "28P01");
+        assert!(
+            e.to_string().contains("password authentication failed"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_scram_password_reports_the_server_error() {
+        let (r, _) = against_server(AuthMethod::ScramSha256, "pw", Some("bad")).await;
+        match r.unwrap_err() {
+            BackendAuthError::Server { code, message, .. } => {
+                assert_eq!(code, "28P01");
+                assert_eq!(message, "password authentication failed for user \"app\"");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_password_is_reported() {
+        let (r, _) = against_server(AuthMethod::Md5, "pw", None).await;
+        assert!(matches!(
+            r.unwrap_err(),
+            BackendAuthError::PasswordRequired { .. }
+        ));
+    }
+
+    /// Feeds canned server messages to login and returns its result and what it sent.
+    async fn scripted(
+        messages: Vec<Frame>,
+        password: Option<&str>,
+    ) -> (Result<(), BackendAuthError>, Vec<u8>) {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let mut out = BytesMut::new();
+        for m in messages {
+            m.encode(&mut out);
+        }
+        server.write_all(&out).await.unwrap();
+        // End of the script: login sees EOF instead of waiting forever.
+        server.shutdown().await.unwrap();
+        let mut buf = BytesMut::new();
+        let r = login(&mut client, &mut buf, "app", password).await;
+        drop(client);
+        let mut sent = Vec::new();
+        server.read_to_end(&mut sent).await.unwrap();
+        (r, sent)
+    }
+
+    #[tokio::test]
+    async fn cleartext_and_trust() {
+        let (r, sent) = scripted(
+            vec![authentication(3, b""), authentication_ok()],
+            Some("pw"),
+        )
+        .await;
+        r.unwrap();
+        assert_eq!(sent, Frame::new(b'p', &b"pw\0"[..]).to_bytes().to_vec());
+        let (r, sent) = scripted(vec![authentication_ok()], None).await;
+        r.unwrap();
+        assert!(sent.is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_server_messages_are_errors_not_panics() {
+        let cases = vec![
+            vec![Frame::new(b'R', &b"\0\0"[..])],
+            vec![authentication(5, b"\0\0")],
+            vec![authentication(11, b"r=x")],
+            vec![authentication(12, b"v=x")],
+            vec![authentication(10, b"SCRAM-SHA-256-PLUS\0\0")],
+            vec![
+                authentication(10, b"SCRAM-SHA-256\0\0"),
+                authentication(11, b"garbage"),
+            ],
+            vec![
+                authentication(10, b"SCRAM-SHA-256\0\0"),
+                authentication_ok(),
+            ],
+            vec![authentication(7, b"")],
+            vec![Frame::new(b'Z', &b"I"[..])],
+            vec![Frame::new(b'E', &b"Cxx"[..])],
+            vec![],
+        ];
+        for case in cases {
+            let (r, _) = scripted(case.clone(), Some("pw")).await;
+            assert!(r.is_err(), "{case:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_error_keeps_sqlstate() {
+        let err = ErrorFields::fatal("3D000", "database \"nope\" does not exist").to_frame();
+        let (r, _) = scripted(vec![err], Some("pw")).await;
+        let e = r.unwrap_err();
+        assert_eq!(e.sqlstate(), "3D000");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+}

@@ -63,8 +63,9 @@ async fn connect(url: &str) -> Result<Watched, CatalogError> {
 /// Connects, registers this proxy, loads the map, and starts watching for new versions.
 pub async fn start(config: &CatalogConfig, node_name: &str) -> Result<CatalogHandle, CatalogError> {
     let (client, rx) = connect(&config.url).await?;
-    let node_id = register_proxy(&client, node_name).await?;
+    // The map first: a proxy that cannot start must not leave a row in `proxies`.
     let map = load_map(&client).await?.ok_or(CatalogError::NoMap)?;
+    let node_id = register_proxy(&client, node_name).await?;
     let handle = MapHandle::new(map);
     let task = tokio::spawn(watch(
         config.url.clone(),

@@ -20,14 +20,15 @@ pub const ADMIN_PASSWORD: &str = "pgshard";
 /// The settings shared by every instance, appended to the template's postgresql.conf.
 ///
 /// `fsync = off` trades crash safety for speed: this cluster is for tests and demos, and a power
-/// loss may corrupt it. Never copy this setting to a real deployment.
+/// loss may corrupt it. Never copy this setting to a real deployment. `synchronous_commit` stays
+/// on: a server killed with `-m immediate` (fault tests) must keep every commit it acknowledged,
+/// and with fsync off a commit's WAL flush is only a write to the OS.
 const COMMON_CONF: &str = "
 # --- pgshard local cluster (tests and demo; NOT for production: fsync is off) ---
 listen_addresses = '127.0.0.1'
 shared_buffers = 32MB
 max_connections = 100
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 wal_level = logical
 max_prepared_transactions = 100
