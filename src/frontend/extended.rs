@@ -162,6 +162,10 @@ impl Session {
                 let join_txn = executes > 0 || routes.iter().any(|r| *r != Route::Any);
                 let outcome = self.run_single(shard, join_txn, build).await?;
                 if let Some(outcome) = outcome {
+                    if !sync && outcome.error.is_some() {
+                        // The server now skips everything up to Sync; so do we.
+                        self.skip_until_sync = true;
+                    }
                     self.after_statements(&all_facts, &outcome);
                 }
             }
@@ -290,6 +294,11 @@ impl Session {
                             "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
                         )));
                     }
+                }
+                if facts.sharded && matches!(facts.kind, StatementKind::Copy { from_stdin: true }) {
+                    return Err(refusal(
+                        "COPY FROM STDIN into a sharded table would need its rows split between shards, which is not supported yet: use INSERT",
+                    ));
                 }
                 let mut rewritten = None;
                 let route = if let Some(rows) = facts.missing_key_rows {

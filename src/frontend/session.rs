@@ -244,6 +244,10 @@ impl Session {
             .iter()
             .map(|f| proxy.router.route(f, &params, &map, proxy.first_shard))
             .collect();
+        if let Some(fields) = needs_splitting(&facts) {
+            self.reply_error(fields);
+            return Ok(());
+        }
         if let (1, Some(rows)) = (facts.len(), facts[0].missing_key_rows) {
             match self.insert_with_new_keys(&sql, rows, &map) {
                 Ok((rewritten, route)) => {
@@ -834,6 +838,23 @@ fn savepoint_tag(sql: &str) -> &'static str {
     } else {
         "SAVEPOINT"
     }
+}
+
+/// Statements whose rows the proxy would have to split between shards: refused until it can.
+fn needs_splitting(facts: &[StatementFacts]) -> Option<ErrorFields> {
+    for f in facts {
+        if f.sharded && matches!(f.kind, StatementKind::Copy { from_stdin: true }) {
+            return Some(refusal(
+                "COPY FROM STDIN into a sharded table would need its rows split between shards, which is not supported yet: use INSERT",
+            ));
+        }
+        if f.missing_key_rows.is_some() && facts.len() > 1 {
+            return Some(refusal(
+                "an INSERT that omits the shard key must be sent on its own so pgshard can give it keys",
+            ));
+        }
+    }
+    None
 }
 
 /// 25P02, as Postgres says it.
