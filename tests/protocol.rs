@@ -659,3 +659,56 @@ async fn cancel_reaches_the_server_running_the_query() {
     assert!(started.elapsed() < Duration::from_secs(20));
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_needs_session_pooling() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let c = connect(&proxy).await;
+    for sql in [
+        "CREATE TEMP TABLE scratch (x int)",
+        "LISTEN somewhere",
+        "SELECT pg_advisory_lock(42)",
+    ] {
+        let err = c.batch_execute(sql).await.unwrap_err();
+        assert_eq!(code(&err), "0A000", "{sql}: {err}");
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(message.contains("session"), "{sql}: {message}");
+    }
+    // SET of pgshard's own settings never reaches a server.
+    c.batch_execute("SET pgshard.note = 'kept by the proxy'")
+        .await
+        .unwrap();
+    let rows = c.simple_query("SHOW pgshard.note").await.unwrap();
+    assert!(rows.iter().any(|m| matches!(m,
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("kept by the proxy"))));
+    proxy.stop().await;
+
+    let proxy = start_proxy_with(&cluster.info, |c| {
+        c.pool.mode = pgshard::config::PoolMode::Session;
+    })
+    .await;
+    let c = connect(&proxy).await;
+    c.batch_execute("CREATE TEMP TABLE scratch (x int)")
+        .await
+        .expect("temp table in session mode");
+    c.batch_execute("INSERT INTO scratch VALUES (1)")
+        .await
+        .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the temp table lives on the session's own connection");
+    let locked: bool = c
+        .query_one("SELECT pg_try_advisory_lock(42)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(locked);
+    proxy.stop().await;
+}
