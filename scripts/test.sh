@@ -3,5 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cargo build --quiet --bins
 exec cargo nextest run --no-fail-fast "$@"
