@@ -371,6 +371,18 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    fn new(tables: &'a ShardedTables) -> Ctx<'a> {
+        Ctx {
+            tables,
+            refs: Vec::new(),
+            quals: Vec::new(),
+            using: Vec::new(),
+            refuse: None,
+        }
+    }
+}
+
+impl<'a> Ctx<'a> {
     fn refuse(&mut self, msg: String) {
         if self.refuse.is_none() {
             self.refuse = Some(msg);
@@ -799,13 +811,7 @@ fn analyze_select(
         }
         return;
     }
-    let mut ctx = Ctx {
-        tables,
-        refs: Vec::new(),
-        quals: Vec::new(),
-        using: Vec::new(),
-        refuse: None,
-    };
+    let mut ctx = Ctx::new(tables);
     for item in &s.from_clause {
         ctx.add_from_item(item);
     }
@@ -825,13 +831,7 @@ fn analyze_insert(
     facts.kind = StatementKind::Insert;
     facts.is_write = true;
     let Some(rel) = &i.relation else { return };
-    let mut ctx = Ctx {
-        tables,
-        refs: Vec::new(),
-        quals: Vec::new(),
-        using: Vec::new(),
-        refuse: None,
-    };
+    let mut ctx = Ctx::new(tables);
     let target = ctx.add_range_var(rel);
     // Source tables (INSERT … SELECT) are not at the top level.
     tables_and_key(&mut ctx, scan, None, facts);
@@ -898,13 +898,7 @@ fn analyze_update(
     facts.kind = StatementKind::Update;
     facts.is_write = true;
     let Some(rel) = &u.relation else { return };
-    let mut ctx = Ctx {
-        tables,
-        refs: Vec::new(),
-        quals: Vec::new(),
-        using: Vec::new(),
-        refuse: None,
-    };
+    let mut ctx = Ctx::new(tables);
     let target = ctx.add_range_var(rel);
     for item in &u.from_clause {
         ctx.add_from_item(item);
@@ -934,13 +928,7 @@ fn analyze_delete(
     facts.kind = StatementKind::Delete;
     facts.is_write = true;
     let Some(rel) = &d.relation else { return };
-    let mut ctx = Ctx {
-        tables,
-        refs: Vec::new(),
-        quals: Vec::new(),
-        using: Vec::new(),
-        refuse: None,
-    };
+    let mut ctx = Ctx::new(tables);
     ctx.add_range_var(rel);
     for item in &d.using_clause {
         ctx.add_from_item(item);

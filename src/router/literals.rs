@@ -205,33 +205,15 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
                 || (b == b'.' && s.get(i + 1).is_some_and(|c| c.is_ascii_digit())) =>
             {
                 let start = i;
-                while i < s.len() && s[i].is_ascii_digit() {
-                    i += 1;
-                }
-                if i < s.len() && s[i] == b'.' && s.get(i + 1) != Some(&b'.') {
-                    i += 1;
-                    while i < s.len() && s[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                }
-                if i < s.len() && matches!(s[i], b'e' | b'E') {
-                    let mut j = i + 1;
-                    if j < s.len() && matches!(s[j], b'+' | b'-') {
-                        j += 1;
-                    }
-                    if j < s.len() && s[j].is_ascii_digit() {
-                        while j < s.len() && s[j].is_ascii_digit() {
-                            j += 1;
+                match lex_number(s, i) {
+                    Some(end) => i = end,
+                    None => {
+                        // 0x1F, 1_000, 12abc …: not a plain number; leave the whole run alone.
+                        while i < s.len() && (is_ident_cont(s[i]) || s[i] == b'.') {
+                            i += 1;
                         }
-                        i = j;
+                        continue;
                     }
-                }
-                if i < s.len() && (is_ident_cont(s[i]) || s[i] == b'.') {
-                    // 0x1F, 1_000, 12abc …: not a plain number; leave the whole run alone.
-                    while i < s.len() && (is_ident_cont(s[i]) || s[i] == b'.') {
-                        i += 1;
-                    }
-                    continue;
                 }
                 let text = sql[start..i].to_string();
                 replace(&mut out, &mut copied, start, i, Literal::Number(text));

@@ -299,18 +299,8 @@ pub fn data_row_bytes(values: &[Option<&[u8]>]) -> Frame {
 
 /// A DataRow of text values.
 pub fn data_row(values: &[Option<&str>]) -> Frame {
-    let mut b = BytesMut::new();
-    b.put_i16(values.len() as i16);
-    for v in values {
-        match v {
-            None => b.put_i32(-1),
-            Some(s) => {
-                b.put_i32(s.len() as i32);
-                b.put_slice(s.as_bytes());
-            }
-        }
-    }
-    Frame::new(DATA_ROW, b.freeze())
+    let raw: Vec<Option<&[u8]>> = values.iter().map(|v| v.map(str::as_bytes)).collect();
+    data_row_bytes(&raw)
 }
 
 #[cfg(test)]
