@@ -19,7 +19,7 @@ WORK=$(mktemp -d /tmp/pgshard-bench-XXXXXX)
 chmod 755 "$WORK"
 cleanup() {
     [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
-    [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
+    pkill -f "^pgbouncer -q $WORK/pgbouncer.ini" 2>/dev/null || true
     "$BIN" cluster down --dir "$WORK/cluster" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
@@ -72,11 +72,10 @@ unix_socket_dir =
 INI
 chown -R postgres "$WORK" 2>/dev/null || true
 if [ "$(id -u)" = 0 ]; then
-    su postgres -s /bin/sh -c "pgbouncer $WORK/pgbouncer.ini" &
+    su postgres -s /bin/sh -c "pgbouncer -q $WORK/pgbouncer.ini" >/dev/null 2>&1 &
 else
-    pgbouncer "$WORK/pgbouncer.ini" &
+    pgbouncer -q "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
 fi
-BOUNCER_PID=$!
 
 wait_port() {
     for _ in $(seq 100); do
@@ -94,7 +93,7 @@ cpu_of() { # utime+stime in seconds of a pid (and its children)
     ticks=$(awk '{print $14+$15}' "/proc/$1/stat")
     echo "scale=3; $ticks / $(getconf CLK_TCK)" | bc
 }
-bouncer_pid() { pgrep -f "pgbouncer $WORK/pgbouncer.ini" | head -1; }
+bouncer_pid() { pgrep -f "^pgbouncer -q $WORK/pgbouncer.ini" | head -1; }
 
 run() { # target port user password clients
     local out
