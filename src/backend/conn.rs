@@ -43,7 +43,7 @@ pub enum BackendError {
 /// Where to send a CancelRequest for the query a server connection is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -54,7 +54,7 @@ pub struct ServerConn {
     rbuf: BytesMut,
     wbuf: BytesMut,
     pub shard: u32,
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     pub pid: i32,
     pub secret: i32,
     /// Parameters the server reported (ParameterStatus), kept current.
@@ -102,7 +102,7 @@ impl ServerConn {
             rbuf: BytesMut::with_capacity(16 * 1024),
             wbuf: BytesMut::with_capacity(4 * 1024),
             shard: shard.id,
-            addr,
+            addr: addr.into(),
             pid: 0,
             secret: 0,
             params: HashMap::new(),
@@ -118,7 +118,7 @@ impl ServerConn {
         match tokio::time::timeout(timeout, login).await {
             Err(_) => Err(BackendError::ConnectTimeout {
                 shard: shard.id,
-                addr: conn.addr.clone(),
+                addr: conn.addr.to_string(),
             }),
             Ok(r) => r.map(|_| conn),
         }
@@ -316,7 +316,7 @@ impl ServerConn {
 impl CancelTarget {
     /// Sends a CancelRequest for this target on a new connection.
     pub async fn cancel(&self) -> std::io::Result<()> {
-        let mut stream = TcpStream::connect(self.addr.as_str()).await?;
+        let mut stream = TcpStream::connect(&*self.addr).await?;
         let mut packet = BytesMut::with_capacity(16);
         packet.put_i32(16);
         packet.put_u32(crate::wire::frame::CANCEL_REQUEST);

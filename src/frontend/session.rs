@@ -240,6 +240,7 @@ impl Session {
         let map = proxy.map.current();
         let params = crate::router::literals::LiteralParams(&literals);
         let mut sql = sql;
+        let mut rewritten = false;
         let mut routes: Vec<Route> = facts
             .iter()
             .map(|f| proxy.router.route(f, &params, &map, proxy.first_shard))
@@ -250,8 +251,9 @@ impl Session {
         }
         if let (1, Some(rows)) = (facts.len(), facts[0].missing_key_rows) {
             match self.insert_with_new_keys(&sql, rows, &map) {
-                Ok((rewritten, route)) => {
-                    sql = rewritten;
+                Ok((text, route)) => {
+                    sql = text;
+                    rewritten = true;
                     routes = vec![route];
                 }
                 Err(fields) => {
@@ -267,9 +269,15 @@ impl Session {
                 return Ok(());
             }
         };
+        // Forward the client's own bytes unless the text was rewritten.
+        let frame = if rewritten {
+            fe::query(&sql)
+        } else {
+            Frame::new(fe::QUERY, body.clone())
+        };
         let steps = |_: &crate::backend::ServerConn| {
             vec![Step::Send {
-                frame: fe::query(&sql),
+                frame: frame.clone(),
                 expect: Expect::Query,
                 forward: true,
             }]
