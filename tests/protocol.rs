@@ -712,3 +712,56 @@ async fn session_state_needs_session_pooling() {
     assert!(locked);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_shard_fails_only_its_own_keys() {
+    use pgshard::cluster::{self, StopMode};
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let map = proxy.proxy.map.current();
+    let down = proxy.proxy.first_shard;
+    let down_name = cluster
+        .info
+        .shards()
+        .iter()
+        .find(|i| i.shard == Some(down))
+        .map(|i| i.name.clone())
+        .expect("first shard's instance");
+    cluster::stop_instance(&cluster.info.dir, &down_name, StopMode::Immediate)
+        .await
+        .expect("stop a shard");
+    // New clients still get in, and keys on healthy shards work.
+    let c = connect(&proxy).await;
+    let healthy_key = (1..1000i64).find(|k| map.shard_for(*k) != down).unwrap();
+    let lost_key = (1..1000i64).find(|k| map.shard_for(*k) == down).unwrap();
+    c.execute(
+        "INSERT INTO users (user_id, name) VALUES ($1, 'ok')",
+        &[&healthy_key],
+    )
+    .await
+    .expect("a healthy shard keeps working");
+    let started = Instant::now();
+    let err = c
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'lost')",
+            &[&lost_key],
+        )
+        .await
+        .unwrap_err();
+    assert!(code(&err).starts_with("08"), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an error, not a hang"
+    );
+    // The shard comes back: its keys work again without restarting the proxy.
+    cluster::start_instance(&cluster.info.dir, &down_name)
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO users (user_id, name) VALUES ($1, 'back')",
+        &[&lost_key],
+    )
+    .await
+    .expect("the shard is back");
+    proxy.stop().await;
+}

@@ -86,9 +86,29 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
         skip_until_sync: false,
         open_batch_shard: None,
         cancel: active,
+        any_shard: proxy.first_shard,
     };
-    let first = proxy.first_shard;
-    if let Err(fields) = session.ensure_conn(first, false).await {
+    // The client's startup settings are tried on a real shard, the first one that answers: one
+    // shard being down must not keep clients of the others out.
+    let mut order: Vec<u32> = proxy.config.shards.iter().map(|s| s.id).collect();
+    order.sort_by_key(|id| *id != proxy.first_shard);
+    let mut checked_on = None;
+    let mut last_error = None;
+    for shard in order {
+        match session.ensure_conn(shard, false).await {
+            Ok(()) => {
+                checked_on = Some(shard);
+                break;
+            }
+            Err(fields) if unreachable(&fields) => last_error = Some(fields),
+            Err(fields) => {
+                last_error = Some(fields);
+                break;
+            }
+        }
+    }
+    let Some(first) = checked_on else {
+        let fields = last_error.unwrap_or_else(|| ErrorFields::error("08001", "no shard answers"));
         let fields = ErrorFields {
             severity: "FATAL".into(),
             ..fields
@@ -97,7 +117,8 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
         let _ = session.io.flush().await;
         proxy.cancels.unregister(pid, secret);
         return;
-    }
+    };
+    session.any_shard = first;
     let mut server_params = session
         .held
         .get(&first)
@@ -124,6 +145,11 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
         session.run().await;
     }
     proxy.cancels.unregister(pid, secret);
+}
+
+/// True for errors that say a shard could not be reached (as opposed to a setting it rejected).
+fn unreachable(fields: &ErrorFields) -> bool {
+    fields.code.starts_with("08") || fields.code == "53300"
 }
 
 /// The handshake and authentication; `None` when the connection ended (already answered).

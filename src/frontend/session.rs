@@ -71,6 +71,9 @@ pub struct Session {
     /// A Flush-ended batch ran on this shard: the implicit transaction lasts until Sync.
     pub open_batch_shard: Option<u32>,
     pub cancel: ActiveTargets,
+    /// Where requests that any shard can answer go when no connection is held: the shard that
+    /// answered at login.
+    pub any_shard: u32,
 }
 
 /// An error to report to the client, as an ErrorResponse.
@@ -576,7 +579,7 @@ impl Session {
         let shard = single
             .or(bound)
             .or_else(|| self.held.keys().next().copied())
-            .unwrap_or(self.proxy.first_shard);
+            .unwrap_or(self.any_shard);
         if let Some(b) = bound.filter(|b| *b != shard) {
             return Err(refusal(format!(
                 "this transaction runs on shard {b} and the statement needs shard {shard}; transactions across shards need two-phase commit, which is not supported yet"
