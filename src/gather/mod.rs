@@ -2,3 +2,4 @@
 //! into the one answer a single Postgres would give.
 
 pub mod scatter;
+pub mod merge;
