@@ -12,9 +12,10 @@ pub mod row;
 pub mod sort;
 pub mod value;
 
-
+pub use aggregate::{AggKind, AggSpec, GroupedAggregate, OutputColumn};
 pub use numeric::Numeric;
 pub use row::{build_row, split_row};
+pub use sort::{KWayMerge, SortKey};
 
 pub use value::{compare, ColumnType, Value};
 
@@ -25,13 +26,6 @@ pub enum MergeError {
     /// The merge does not know how to decode or compare this type.
     #[error("cannot merge values of type OID {oid}: type not supported by the merge engine")]
     UnsupportedType { oid: u32 },
-    /// The merge can decode the type but not in the format the result uses.
-    #[error("cannot {action} {type_name} values in {format} format")]
-    UnsupportedFormat {
-        action: &'static str,
-        type_name: &'static str,
-        format: &'static str,
-    },
     /// A value's bytes are not a valid encoding of its type.
     #[error("invalid {type_name} value: {detail}")]
     InvalidValue {
@@ -47,9 +41,16 @@ pub enum MergeError {
     /// A row or finish came for a shard the merge was not set up with.
     #[error("shard index {shard} out of range (merge has {shards} inputs)")]
     NoSuchShard { shard: usize, shards: usize },
+    /// A shard's rows were not in the merge's order (a different collation or a bad rewrite):
+    /// merging them would give a wrongly ordered result.
+    #[error("rows from shard {shard} are not sorted as the merge expects")]
+    UnsortedInput { shard: usize },
     /// A row arrived for a shard after it was declared finished.
     #[error("row for shard {shard} after its end")]
     RowAfterFinish { shard: usize },
+    /// The merge was set up inconsistently (a bug in the caller's rewrite, not in the data).
+    #[error("invalid merge plan: {0}")]
+    InvalidPlan(&'static str),
     /// GROUP BY produced more groups than the proxy is willing to hold in memory.
     #[error("GROUP BY merge exceeds {cap} groups")]
     TooManyGroups { cap: usize },

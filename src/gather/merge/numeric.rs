@@ -465,8 +465,16 @@ mod tests {
     #[test]
     fn text_round_trip() {
         for s in [
-            "0", "1", "-1", "1.50", "-0.001", "123456789012345678901234567890.5", "0.000", "NaN",
-            "Infinity", "-Infinity",
+            "0",
+            "1",
+            "-1",
+            "1.50",
+            "-0.001",
+            "123456789012345678901234567890.5",
+            "0.000",
+            "NaN",
+            "Infinity",
+            "-Infinity",
         ] {
             assert_eq!(n(s).to_text(), s);
         }
@@ -487,8 +495,22 @@ mod tests {
     #[test]
     fn binary_round_trip() {
         for s in [
-            "0", "0.00", "1", "-1", "10000", "12345678", "0.0001", "0.00001", "-0.5", "1.50",
-            "99999999.99999999", "100000000", "1234.5678", "NaN", "Infinity", "-Infinity",
+            "0",
+            "0.00",
+            "1",
+            "-1",
+            "10000",
+            "12345678",
+            "0.0001",
+            "0.00001",
+            "-0.5",
+            "1.50",
+            "99999999.99999999",
+            "100000000",
+            "1234.5678",
+            "NaN",
+            "Infinity",
+            "-Infinity",
             "0.000015000000000000000000",
         ] {
             let b = n(s).encode_binary();
@@ -527,7 +549,17 @@ mod tests {
     #[test]
     fn ordering() {
         let ordered = [
-            "-Infinity", "-100", "-1.5", "-1", "0", "0.0001", "1", "1.5", "10", "Infinity", "NaN",
+            "-Infinity",
+            "-100",
+            "-1.5",
+            "-1",
+            "0",
+            "0.0001",
+            "1",
+            "1.5",
+            "10",
+            "Infinity",
+            "NaN",
         ];
         for (i, a) in ordered.iter().enumerate() {
             for (j, b) in ordered.iter().enumerate() {
@@ -552,7 +584,10 @@ mod tests {
             Numeric::from_i64(i64::MAX).add(&n("2")).to_text(),
             "9223372036854775809"
         );
-        assert_eq!(Numeric::from_i64(i64::MIN).to_text(), "-9223372036854775808");
+        assert_eq!(
+            Numeric::from_i64(i64::MIN).to_text(),
+            "-9223372036854775808"
+        );
         assert_eq!(n("Infinity").add(&n("-Infinity")).to_text(), "NaN");
         assert_eq!(n("Infinity").add(&n("5")).to_text(), "Infinity");
         assert_eq!(n("NaN").add(&n("5")).to_text(), "NaN");
@@ -570,9 +605,18 @@ mod tests {
             n("3.123456789012345678901").div_count(2).to_text(),
             "1.561728394506172839451"
         );
-        assert_eq!(n("100000002").div_count(2).to_text(), "50000001.000000000000");
-        assert_eq!(n("100000000").div_count(2).to_text(), "50000000.000000000000");
-        assert_eq!(n("0.00003").div_count(2).to_text(), "0.000015000000000000000000");
+        assert_eq!(
+            n("100000002").div_count(2).to_text(),
+            "50000001.000000000000"
+        );
+        assert_eq!(
+            n("100000000").div_count(2).to_text(),
+            "50000000.000000000000"
+        );
+        assert_eq!(
+            n("0.00003").div_count(2).to_text(),
+            "0.000015000000000000000000"
+        );
         assert_eq!(n("-3").div_count(2).to_text(), "-1.5000000000000000");
         assert_eq!(n("-0.5").div_count(2).to_text(), "-0.25000000000000000000");
         assert_eq!(n("0.0000").div_count(2).to_text(), "0.00000000000000000000");

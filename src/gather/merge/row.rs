@@ -30,7 +30,9 @@ pub fn split_row(body: &Bytes) -> Result<Vec<Option<Bytes>>, MergeError> {
             continue;
         }
         if len < 0 {
-            return Err(MergeError::MalformedRow("negative column length other than -1"));
+            return Err(MergeError::MalformedRow(
+                "negative column length other than -1",
+            ));
         }
         let end = pos
             .checked_add(len as usize)
@@ -40,7 +42,9 @@ pub fn split_row(body: &Bytes) -> Result<Vec<Option<Bytes>>, MergeError> {
         pos = end;
     }
     if pos != b.len() {
-        return Err(MergeError::MalformedRow("trailing bytes after the last column"));
+        return Err(MergeError::MalformedRow(
+            "trailing bytes after the last column",
+        ));
     }
     Ok(cols)
 }
@@ -87,7 +91,10 @@ mod tests {
     #[test]
     fn round_trip_and_zero_copy() {
         let body = build_row(&[Some(&b"abc"[..]), None, Some(&b""[..])]).unwrap();
-        assert_eq!(&body[..], b"\x00\x03\x00\x00\x00\x03abc\xff\xff\xff\xff\x00\x00\x00\x00");
+        assert_eq!(
+            &body[..],
+            b"\x00\x03\x00\x00\x00\x03abc\xff\xff\xff\xff\x00\x00\x00\x00"
+        );
         let cols = split_row(&body).unwrap();
         assert_eq!(cols.len(), 3);
         assert_eq!(cols[0].as_deref(), Some(&b"abc"[..]));

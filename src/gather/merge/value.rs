@@ -66,8 +66,12 @@ fn invalid(type_name: &'static str, detail: impl Into<String>) -> MergeError {
 }
 
 fn fixed<const N: usize>(b: &[u8], type_name: &'static str) -> Result<[u8; N], MergeError> {
-    b.try_into()
-        .map_err(|_| invalid(type_name, format!("binary value of {} bytes, expected {N}", b.len())))
+    b.try_into().map_err(|_| {
+        invalid(
+            type_name,
+            format!("binary value of {} bytes, expected {N}", b.len()),
+        )
+    })
 }
 
 fn utf8<'a>(b: &'a [u8], type_name: &'static str) -> Result<&'a str, MergeError> {
@@ -106,7 +110,10 @@ impl ColumnType {
     pub fn check(&self) -> Result<(), MergeError> {
         type_name(self.oid).ok_or(MergeError::UnsupportedType { oid: self.oid })?;
         if self.format != FORMAT_TEXT && self.format != FORMAT_BINARY {
-            return Err(invalid("format code", format!("{} is neither 0 nor 1", self.format)));
+            return Err(invalid(
+                "format code",
+                format!("{} is neither 0 nor 1", self.format),
+            ));
         }
         Ok(())
     }
@@ -142,7 +149,9 @@ impl ColumnType {
             TEXT_OID | VARCHAR_OID | NAME_OID => Value::Text(raw.clone()),
             BPCHAR_OID => Value::Text(trim_bpchar(raw)),
             DATE_OID => Value::Date(i32::from_be_bytes(fixed(b, name)?)),
-            TIMESTAMP_OID | TIMESTAMPTZ_OID => Value::Timestamp(i64::from_be_bytes(fixed(b, name)?)),
+            TIMESTAMP_OID | TIMESTAMPTZ_OID => {
+                Value::Timestamp(i64::from_be_bytes(fixed(b, name)?))
+            }
             UUID_OID => Value::Uuid(fixed(b, name)?),
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
@@ -188,7 +197,9 @@ fn parse_float(b: &[u8], name: &'static str) -> Result<f64, MergeError> {
         _ => {}
     }
     // Rust would also accept "inf" and "nan"; Postgres never prints those.
-    if s.bytes().any(|c| c.is_ascii_alphabetic() && c != b'e' && c != b'E') {
+    if s.bytes()
+        .any(|c| c.is_ascii_alphabetic() && c != b'e' && c != b'E')
+    {
         return Err(invalid(name, format!("{s:?} is not a number")));
     }
     s.parse::<f64>()
@@ -196,7 +207,12 @@ fn parse_float(b: &[u8], name: &'static str) -> Result<f64, MergeError> {
 }
 
 fn parse_uuid(b: &[u8]) -> Result<[u8; 16], MergeError> {
-    let bad = || invalid("uuid", format!("{:?} is not a UUID", String::from_utf8_lossy(b)));
+    let bad = || {
+        invalid(
+            "uuid",
+            format!("{:?} is not a UUID", String::from_utf8_lossy(b)),
+        )
+    };
     let hex: Vec<u8> = if b.len() == 36 {
         for (i, c) in b.iter().enumerate() {
             if matches!(i, 8 | 13 | 18 | 23) != (*c == b'-') {
@@ -352,9 +368,15 @@ mod tests {
     fn integers_in_both_formats() {
         assert_eq!(text(INT2_OID, "-5"), Value::Int(-5));
         assert_eq!(text(INT8_OID, "9223372036854775807"), Value::Int(i64::MAX));
-        assert_eq!(bin(INT2_OID, &(-2i16).to_be_bytes()).unwrap(), Value::Int(-2));
+        assert_eq!(
+            bin(INT2_OID, &(-2i16).to_be_bytes()).unwrap(),
+            Value::Int(-2)
+        );
         assert_eq!(bin(INT4_OID, &7i32.to_be_bytes()).unwrap(), Value::Int(7));
-        assert_eq!(bin(INT8_OID, &i64::MIN.to_be_bytes()).unwrap(), Value::Int(i64::MIN));
+        assert_eq!(
+            bin(INT8_OID, &i64::MIN.to_be_bytes()).unwrap(),
+            Value::Int(i64::MIN)
+        );
         assert!(bin(INT4_OID, &[0, 0, 1]).is_err());
         assert!(ColumnType::new(INT4_OID, 0)
             .decode(Some(&Bytes::from_static(b"12x")))
@@ -363,7 +385,10 @@ mod tests {
 
     #[test]
     fn nulls_and_unknown_types() {
-        assert_eq!(ColumnType::new(INT4_OID, 0).decode(None).unwrap(), Value::Null);
+        assert_eq!(
+            ColumnType::new(INT4_OID, 0).decode(None).unwrap(),
+            Value::Null
+        );
         assert_eq!(
             ColumnType::new(114, 0).decode(None),
             Err(MergeError::UnsupportedType { oid: 114 })
@@ -378,7 +403,16 @@ mod tests {
 
     #[test]
     fn floats_order_like_postgres() {
-        let order = ["-Infinity", "-1.5", "0", "1e-05", "1", "1e+300", "Infinity", "NaN"];
+        let order = [
+            "-Infinity",
+            "-1.5",
+            "0",
+            "1e-05",
+            "1",
+            "1e+300",
+            "Infinity",
+            "NaN",
+        ];
         for (i, a) in order.iter().enumerate() {
             for (j, b) in order.iter().enumerate() {
                 assert_eq!(
@@ -388,7 +422,10 @@ mod tests {
                 );
             }
         }
-        assert_eq!(compare(&text(FLOAT8_OID, "-0"), &text(FLOAT8_OID, "0")), Ordering::Equal);
+        assert_eq!(
+            compare(&text(FLOAT8_OID, "-0"), &text(FLOAT8_OID, "0")),
+            Ordering::Equal
+        );
         assert_eq!(
             text(FLOAT8_OID, "-0").canonical_key(),
             text(FLOAT8_OID, "0").canonical_key()
@@ -398,7 +435,9 @@ mod tests {
             text(FLOAT4_OID, "1.5")
         );
         assert_eq!(
-            bin(FLOAT8_OID, &f64::NAN.to_be_bytes()).unwrap().canonical_key(),
+            bin(FLOAT8_OID, &f64::NAN.to_be_bytes())
+                .unwrap()
+                .canonical_key(),
             text(FLOAT8_OID, "NaN").canonical_key()
         );
         assert!(ColumnType::new(FLOAT8_OID, 0)
@@ -444,7 +483,11 @@ mod tests {
     #[test]
     fn numerics_text_and_binary_agree() {
         let t = text(NUMERIC_OID, "-12.340");
-        let b = bin(NUMERIC_OID, &Numeric::parse_text(b"-12.34").unwrap().encode_binary()).unwrap();
+        let b = bin(
+            NUMERIC_OID,
+            &Numeric::parse_text(b"-12.34").unwrap().encode_binary(),
+        )
+        .unwrap();
         assert_eq!(compare(&t, &b), Ordering::Equal);
         assert_eq!(t.canonical_key(), b.canonical_key());
         assert_eq!(
@@ -455,13 +498,28 @@ mod tests {
 
     #[test]
     fn text_is_bytewise_and_bpchar_ignores_padding() {
-        assert_eq!(compare(&text(TEXT_OID, "B"), &text(TEXT_OID, "a")), Ordering::Less);
-        assert_eq!(compare(&text(TEXT_OID, "ab"), &text(TEXT_OID, "abc")), Ordering::Less);
-        assert_eq!(compare(&text(TEXT_OID, "ab "), &text(TEXT_OID, "ab")), Ordering::Greater);
-        assert_eq!(compare(&text(BPCHAR_OID, "ab  "), &text(BPCHAR_OID, "ab")), Ordering::Equal);
+        assert_eq!(
+            compare(&text(TEXT_OID, "B"), &text(TEXT_OID, "a")),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare(&text(TEXT_OID, "ab"), &text(TEXT_OID, "abc")),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare(&text(TEXT_OID, "ab "), &text(TEXT_OID, "ab")),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare(&text(BPCHAR_OID, "ab  "), &text(BPCHAR_OID, "ab")),
+            Ordering::Equal
+        );
         assert_eq!(text(BPCHAR_OID, "   "), Value::Text(Bytes::new()));
         assert_eq!(bin(BPCHAR_OID, b"x ").unwrap(), text(BPCHAR_OID, "x"));
-        assert_eq!(text(VARCHAR_OID, "é"), bin(NAME_OID, "é".as_bytes()).unwrap());
+        assert_eq!(
+            text(VARCHAR_OID, "é"),
+            bin(NAME_OID, "é".as_bytes()).unwrap()
+        );
     }
 
     #[test]
@@ -469,12 +527,18 @@ mod tests {
         assert_eq!(text(BOOL_OID, "t"), Value::Bool(true));
         assert_eq!(bin(BOOL_OID, &[0]).unwrap(), Value::Bool(false));
         assert!(bin(BOOL_OID, &[2]).is_err());
-        assert_eq!(compare(&Value::Bool(false), &Value::Bool(true)), Ordering::Less);
+        assert_eq!(
+            compare(&Value::Bool(false), &Value::Bool(true)),
+            Ordering::Less
+        );
     }
 
     #[test]
     fn dates_and_timestamps_in_both_formats() {
-        assert_eq!(text(DATE_OID, "2000-01-02"), bin(DATE_OID, &1i32.to_be_bytes()).unwrap());
+        assert_eq!(
+            text(DATE_OID, "2000-01-02"),
+            bin(DATE_OID, &1i32.to_be_bytes()).unwrap()
+        );
         assert_eq!(
             text(DATE_OID, "infinity"),
             bin(DATE_OID, &i32::MAX.to_be_bytes()).unwrap()
