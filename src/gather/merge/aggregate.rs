@@ -415,7 +415,7 @@ impl GroupedAggregate {
                             wanted: i,
                             actual: g.states.len(),
                         })?;
-                        render(state, spec.output_format == FORMAT_BINARY)
+                        render(state, spec.output_format == FORMAT_BINARY)?
                     }
                 });
             }
@@ -425,7 +425,7 @@ impl GroupedAggregate {
     }
 }
 
-fn render(state: &State, binary: bool) -> Option<Bytes> {
+fn render(state: &State, binary: bool) -> Result<Option<Bytes>, MergeError> {
     let int8 = |i: i64| {
         Bytes::from(if binary {
             i.to_be_bytes().to_vec()
@@ -433,12 +433,12 @@ fn render(state: &State, binary: bool) -> Option<Bytes> {
             i.to_string().into_bytes()
         })
     };
-    let numeric = |n: &Numeric| {
-        Bytes::from(if binary {
-            n.encode_binary()
+    let numeric = |n: &Numeric| -> Result<Bytes, MergeError> {
+        Ok(Bytes::from(if binary {
+            n.encode_binary()?
         } else {
             n.to_text().into_bytes()
-        })
+        }))
     };
     let float8 = |f: f64| {
         Bytes::from(if binary {
@@ -447,10 +447,10 @@ fn render(state: &State, binary: bool) -> Option<Bytes> {
             format_float8(f).into_bytes()
         })
     };
-    match state {
+    Ok(match state {
         State::Count(n) => Some(int8(*n)),
         State::SumInt(s) => s.map(int8),
-        State::SumNumeric(s) => s.as_ref().map(numeric),
+        State::SumNumeric(s) => s.as_ref().map(numeric).transpose()?,
         State::SumFloat4(s) => s.map(|f| {
             Bytes::from(if binary {
                 f.to_be_bytes().to_vec()
@@ -461,9 +461,9 @@ fn render(state: &State, binary: bool) -> Option<Bytes> {
         State::SumFloat8(s) => s.map(float8),
         State::MinMax(best) => best.as_ref().map(|(_, raw)| raw.clone()),
         State::AvgNumeric(_, 0) | State::AvgFloat(_, 0) => None,
-        State::AvgNumeric(sum, count) => Some(numeric(&sum.div_count(*count as u64))),
+        State::AvgNumeric(sum, count) => Some(numeric(&sum.div_count(*count as u64))?),
         State::AvgFloat(sum, count) => Some(float8(sum / *count as f64)),
-    }
+    })
 }
 
 #[cfg(test)]

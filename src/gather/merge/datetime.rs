@@ -214,6 +214,10 @@ mod tests {
         // Postgres 15: '2000-01-01'::date - '0001-01-01 BC'::date = 730485.
         assert_eq!(parse_date_text(b"0001-01-01 BC").unwrap(), -730485);
         assert_eq!(parse_date_text(b"infinity").unwrap(), i32::MAX);
+        // date_send('2024-02-29') = 0x00002279 on Postgres 15.
+        assert_eq!(parse_date_text(b"2024-02-29").unwrap(), 0x2279);
+        assert!(parse_date_text(b"5874897-12-31").is_ok());
+        assert!(parse_date_text(b"4714-11-24 BC").is_ok());
         assert_eq!(parse_date_text(b"-infinity").unwrap(), i32::MIN);
         assert!(parse_date_text(b"10000-01-01").unwrap() > parse_date_text(b"9999-12-31").unwrap());
         for bad in [
@@ -242,6 +246,8 @@ mod tests {
         assert_eq!(ts("1999-12-31 23:59:59.999999").unwrap(), -1);
         assert_eq!(ts("2000-01-02 00:00:00").unwrap(), USECS_PER_DAY);
         assert_eq!(ts("infinity").unwrap(), i64::MAX);
+        // Postgres's largest timestamp and years past 9999 print with more digits.
+        assert!(ts("294276-12-31 23:59:59.999999").unwrap() > ts("9999-12-31").unwrap());
         assert_eq!(ts("-infinity").unwrap(), i64::MIN);
         for bad in [
             "2000-01-01 1:00:00",
@@ -274,6 +280,8 @@ mod tests {
         );
         assert_eq!(tz("2000-01-01 00:00:00+00:00:30"), -30_000_000);
         assert!(tz("2000-01-01 01:00:00+01") < tz("2000-01-01 00:30:00+00"));
+        // timestamptz_send('2024-02-29 12:00:00+05:30') on Postgres 15.
+        assert_eq!(tz("2024-02-29 12:00:00+05:30"), 0x0002_b57e_284c_0a00);
         assert!(parse_timestamp_text(b"2000-01-01 00:00:00", true).is_err());
         assert!(parse_timestamp_text(b"2000-01-01 00:00:00 UTC", true).is_err());
         assert!(parse_timestamp_text(b"2000-01-01 00:00:00+5", true).is_err());

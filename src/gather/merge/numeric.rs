@@ -311,8 +311,9 @@ impl Numeric {
         s
     }
 
-    /// Postgres's binary format (see [`Numeric::decode_binary`]).
-    pub fn encode_binary(&self) -> Vec<u8> {
+    /// Postgres's binary format (see [`Numeric::decode_binary`]). Fails only for values beyond
+    /// what the format can carry (Postgres would have refused them too).
+    pub fn encode_binary(&self) -> Result<Vec<u8>, MergeError> {
         let header = |ndigits: i16, weight: i16, sign: u16, dscale: u16| {
             let mut v = Vec::with_capacity(8);
             v.extend_from_slice(&ndigits.to_be_bytes());
@@ -322,14 +323,19 @@ impl Numeric {
             v
         };
         let d = match self {
-            Numeric::NaN => return header(0, 0, SIGN_NAN, 0),
-            Numeric::Infinity => return header(0, 0, SIGN_PINF, 0),
-            Numeric::NegInfinity => return header(0, 0, SIGN_NINF, 0),
+            Numeric::NaN => return Ok(header(0, 0, SIGN_NAN, 0)),
+            Numeric::Infinity => return Ok(header(0, 0, SIGN_PINF, 0)),
+            Numeric::NegInfinity => return Ok(header(0, 0, SIGN_NINF, 0)),
             Numeric::Finite(d) => d,
         };
         let scale = d.scale as usize;
+        let too_big = || invalid("value overflows the binary numeric format");
+        let dscale = u16::try_from(d.scale)
+            .ok()
+            .filter(|s| s & 0xC000 == 0)
+            .ok_or_else(too_big)?;
         if d.is_zero() {
-            return header(0, 0, SIGN_POS, d.scale as u16);
+            return Ok(header(0, 0, SIGN_POS, dscale));
         }
         // Integer digits, left-padded to whole groups, then fraction digits right-padded.
         let (int, frac): (Vec<u8>, Vec<u8>) = if d.coef.len() > scale {
@@ -357,11 +363,13 @@ impl Numeric {
             groups.pop();
         }
         let sign = if d.negative { SIGN_NEG } else { SIGN_POS };
-        let mut v = header(groups.len() as i16, weight as i16, sign, d.scale as u16);
+        let ndigits = i16::try_from(groups.len()).map_err(|_| too_big())?;
+        let weight = i16::try_from(weight).map_err(|_| too_big())?;
+        let mut v = header(ndigits, weight, sign, dscale);
         for g in groups {
             v.extend_from_slice(&g.to_be_bytes());
         }
-        v
+        Ok(v)
     }
 
     /// Sum as Postgres's numeric addition computes it: exact, display scale the larger of the
@@ -400,8 +408,16 @@ impl Numeric {
         let rscale = (MIN_SIG_DIGITS - qweight * DEC_DIGITS)
             .max(d.scale as i64)
             .clamp(0, MAX_DISPLAY_SCALE) as u32;
-        // rscale >= d.scale, so the quotient at rscale is coef * 10^(rscale - scale) / count.
-        let dividend = d.widened(rscale - d.scale);
+        // Truncated quotient with one guard digit: floor(floor(x / 10^k) / n) = floor(x / (10^k n)),
+        // so dropping dividend digits first is exact, and the guard digit alone decides whether
+        // the rest is at least half a unit.
+        let target = rscale + 1;
+        let dividend = if target >= d.scale {
+            d.widened(target - d.scale)
+        } else {
+            let keep = d.coef.len().saturating_sub((d.scale - target) as usize);
+            d.coef[..keep].to_vec()
+        };
         let mut quotient = Vec::with_capacity(dividend.len());
         let mut rem: u128 = 0;
         let n = count as u128;
@@ -410,7 +426,8 @@ impl Numeric {
             quotient.push((rem / n) as u8);
             rem %= n;
         }
-        if rem * 2 >= n {
+        let guard = quotient.pop().unwrap_or(0);
+        if guard >= 5 {
             quotient = add_mag(&quotient, &[1]);
         }
         Numeric::Finite(Decimal::new(d.negative, quotient, rscale))
@@ -513,7 +530,7 @@ mod tests {
             "-Infinity",
             "0.000015000000000000000000",
         ] {
-            let b = n(s).encode_binary();
+            let b = n(s).encode_binary().unwrap();
             assert_eq!(Numeric::decode_binary(&b).unwrap().to_text(), s, "{s}");
         }
     }
@@ -522,17 +539,44 @@ mod tests {
     fn binary_layout_matches_postgres() {
         // 10000 is one base-10000 digit 1 at weight 1; -1.50 is digits 1,5000 at weight 0.
         assert_eq!(
-            n("10000").encode_binary(),
+            n("10000").encode_binary().unwrap(),
             vec![0, 1, 0, 1, 0, 0, 0, 0, 0, 1]
         );
         assert_eq!(
-            n("-1.50").encode_binary(),
+            n("-1.50").encode_binary().unwrap(),
             vec![0, 2, 0, 0, 0x40, 0, 0, 2, 0, 1, 0x13, 0x88]
         );
         // 0.00001: digit 1000 at weight -2, dscale 5.
         assert_eq!(
-            n("0.00001").encode_binary(),
+            n("0.00001").encode_binary().unwrap(),
             vec![0, 1, 0xff, 0xfe, 0, 0, 0, 5, 0x03, 0xe8]
+        );
+    }
+
+    #[test]
+    fn binary_matches_postgres_15_numeric_send() {
+        // Bytes from `select numeric_send(...)` on Postgres 15.
+        let hex = |h: &str| -> Vec<u8> {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        for (text, bytes) in [
+            ("-1.50", "000200004000000200011388"),
+            ("10000", "00010001000000000001"),
+            ("0.00001", "0001fffe0000000503e8"),
+            ("0.000", "0000000000000003"),
+            ("NaN", "00000000c0000000"),
+            ("123456789.000100", "0004000200000006000109291a850001"),
+        ] {
+            assert_eq!(n(text).encode_binary().unwrap(), hex(bytes), "{text}");
+            assert_eq!(Numeric::decode_binary(&hex(bytes)).unwrap().to_text(), text);
+        }
+        // Postgres sends -Infinity with a non-zero dscale word; it must still decode.
+        assert_eq!(
+            Numeric::decode_binary(&hex("00000000f0000020")).unwrap(),
+            Numeric::NegInfinity
         );
     }
 
@@ -623,7 +667,33 @@ mod tests {
         assert_eq!(n("2").div_count(3).to_text(), "0.66666666666666666667");
         assert_eq!(n("1").div_count(3).to_text(), "0.33333333333333333333");
         assert_eq!(n("1000000").div_count(3).to_text(), "333333.333333333333");
+        // avg of (i64::MAX, i64::MAX): quotient weight 4 gives scale 0.
+        assert_eq!(
+            n("18446744073709551614").div_count(2).to_text(),
+            "9223372036854775807"
+        );
+        assert_eq!(n("0.6").div_count(3).to_text(), "0.20000000000000000000");
+        // 6172839450617283945.5 rounds half away from zero at scale 0.
+        assert_eq!(
+            n("12345678901234567891").div_count(2).to_text(),
+            "6172839450617283946"
+        );
+        assert_eq!(n("78").div_count(12).to_text(), "6.5000000000000000");
         assert_eq!(n("NaN").div_count(2).to_text(), "NaN");
+        // A dividend scale above the 1000-digit display limit is rounded down to it.
+        let tiny = format!("0.{}15", "0".repeat(999));
+        assert_eq!(
+            n(&tiny).div_count(1).to_text(),
+            format!("0.{}2", "0".repeat(999))
+        );
+        assert_eq!(
+            Numeric::from_i64(1).add(&n("0.5")).div_count(3).to_text(),
+            "0.50000000000000000000"
+        );
+        let huge = Numeric::Finite(Decimal::new(false, vec![1; 140_000], 0));
+        assert!(huge.encode_binary().is_err());
+        let deep = Numeric::Finite(Decimal::new(false, vec![1], 20_000));
+        assert!(deep.encode_binary().is_err());
         assert_eq!(n("Infinity").div_count(2).to_text(), "Infinity");
         // Rounding is half away from zero.
         assert_eq!(n("-2").div_count(3).to_text(), "-0.66666666666666666667");

@@ -169,7 +169,10 @@ impl ColumnType {
                     .parse::<i64>()
                     .map_err(|e| invalid(name, format!("{:?}: {e}", String::from_utf8_lossy(b))))?,
             ),
-            FLOAT4_OID | FLOAT8_OID => Value::Float(parse_float(b, name)?),
+            // float4 text is the shortest string that reads back as the same f32: parse it as
+            // f32 so the value is exactly the shard's.
+            FLOAT4_OID => Value::Float(parse_float(b, name)? as f32 as f64),
+            FLOAT8_OID => Value::Float(parse_float(b, name)?),
             NUMERIC_OID => Value::Numeric(Numeric::parse_text(b)?),
             TEXT_OID | VARCHAR_OID | NAME_OID => Value::Text(raw.clone()),
             BPCHAR_OID => Value::Text(trim_bpchar(raw)),
@@ -435,6 +438,10 @@ mod tests {
             text(FLOAT4_OID, "1.5")
         );
         assert_eq!(
+            bin(FLOAT4_OID, &0.1f32.to_be_bytes()).unwrap(),
+            text(FLOAT4_OID, "0.1")
+        );
+        assert_eq!(
             bin(FLOAT8_OID, &f64::NAN.to_be_bytes())
                 .unwrap()
                 .canonical_key(),
@@ -462,6 +469,7 @@ mod tests {
             (100.0, "100"),
             (123456789012345.0, "123456789012345"),
             (-2.25, "-2.25"),
+            (0.1f32 as f64, "0.10000000149011612"),
             (f64::NAN, "NaN"),
             (f64::NEG_INFINITY, "-Infinity"),
         ] {
@@ -475,6 +483,11 @@ mod tests {
             (0.1 + 0.2, "0.3"),
             (1.0, "1"),
             (99999.0, "99999"),
+            (100000.0, "100000"),
+            (999999.0, "999999"),
+            (1234567.0, "1.234567e+06"),
+            (1e-4, "0.0001"),
+            (1.5e-5, "1.5e-05"),
         ] {
             assert_eq!(format_float4(f), s);
         }
@@ -485,7 +498,10 @@ mod tests {
         let t = text(NUMERIC_OID, "-12.340");
         let b = bin(
             NUMERIC_OID,
-            &Numeric::parse_text(b"-12.34").unwrap().encode_binary(),
+            &Numeric::parse_text(b"-12.34")
+                .unwrap()
+                .encode_binary()
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(compare(&t, &b), Ordering::Equal);
