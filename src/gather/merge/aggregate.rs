@@ -72,6 +72,7 @@ impl AggKind {
 /// One aggregate of the merged result and where its partials are in the shard rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AggSpec {
+    /// How partials are combined (and so the result type).
     pub kind: AggKind,
     /// Column of the partial value (for avg: of the partial sum).
     pub column: usize,

@@ -25,8 +25,11 @@ const SIGN_NINF: u16 = 0xF000;
 pub enum Numeric {
     /// Postgres's `NaN`: equal to itself and greater than everything else, as in Postgres.
     NaN,
+    /// `Infinity`, above every finite value (Postgres 14+).
     Infinity,
+    /// `-Infinity`, below every finite value.
     NegInfinity,
+    /// Every other value, exact.
     Finite(Decimal),
 }
 

@@ -17,7 +17,9 @@ use super::MergeError;
 pub struct SortKey {
     /// Index of the column in the result rows.
     pub column: usize,
+    /// DESC.
     pub descending: bool,
+    /// NULLS FIRST; independent of `descending`, as in SQL.
     pub nulls_first: bool,
 }
 
@@ -448,5 +450,116 @@ mod tests {
             ],
         );
         assert_eq!(out, ["a", "c", "b"]);
+    }
+}
+
+#[cfg(test)]
+mod randomized {
+    use super::*;
+    use crate::gather::merge::row::build_row;
+    use crate::gather::merge::value::{FORMAT_TEXT, INT4_OID, TEXT_OID};
+
+    /// A tiny deterministic generator, enough to vary the inputs.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn merge_equals_stable_sort_of_all_rows() {
+        let cols = [
+            ColumnType::new(INT4_OID, FORMAT_TEXT),
+            ColumnType::new(TEXT_OID, FORMAT_TEXT),
+        ];
+        let mut rng = Lcg(7);
+        for round in 0..200 {
+            let shards = 1 + rng.next(5) as usize;
+            let key = SortKey {
+                column: 0,
+                descending: rng.next(2) == 0,
+                nulls_first: rng.next(2) == 0,
+            };
+            let offset = rng.next(4);
+            let limit = if rng.next(2) == 0 {
+                None
+            } else {
+                Some(rng.next(10))
+            };
+            // (value, shard, position) per row; the tag is "shard/position".
+            let mut inputs: Vec<Vec<(Option<i64>, String)>> = Vec::new();
+            for s in 0..shards {
+                let mut rows: Vec<Option<i64>> = (0..rng.next(8))
+                    .map(|_| {
+                        if rng.next(5) == 0 {
+                            None
+                        } else {
+                            Some(rng.next(6) as i64 - 3)
+                        }
+                    })
+                    .collect();
+                let order = |a: &Option<i64>, b: &Option<i64>| {
+                    let va = a.map_or(Value::Null, Value::Int);
+                    let vb = b.map_or(Value::Null, Value::Int);
+                    cmp_keys(&[key], &[va], &[vb])
+                };
+                rows.sort_by(order);
+                inputs.push(
+                    rows.into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (v, format!("{s}/{i}")))
+                        .collect(),
+                );
+            }
+            // Expected: all rows ordered by key, ties by shard then position.
+            let mut all: Vec<(usize, usize, Option<i64>, String)> = Vec::new();
+            for (s, rows) in inputs.iter().enumerate() {
+                for (i, (v, t)) in rows.iter().enumerate() {
+                    all.push((s, i, *v, t.clone()));
+                }
+            }
+            all.sort_by(|a, b| {
+                let va = a.2.map_or(Value::Null, Value::Int);
+                let vb = b.2.map_or(Value::Null, Value::Int);
+                cmp_keys(&[key], &[va], &[vb]).then((a.0, a.1).cmp(&(b.0, b.1)))
+            });
+            let expected: Vec<String> = all
+                .into_iter()
+                .map(|r| r.3)
+                .skip(offset as usize)
+                .take(limit.map_or(usize::MAX, |l| l as usize))
+                .collect();
+
+            let mut m = KWayMerge::new(shards, &cols, vec![key])
+                .unwrap()
+                .with_limit(offset, limit);
+            let mut feeds: Vec<_> = inputs.into_iter().map(|v| v.into_iter()).collect();
+            let mut got = Vec::new();
+            loop {
+                while let Some(r) = m.next_ready() {
+                    let c = split_row(&r).unwrap();
+                    got.push(String::from_utf8(c[1].as_ref().unwrap().to_vec()).unwrap());
+                }
+                if m.is_done() {
+                    break;
+                }
+                let s = m.waiting_on().unwrap();
+                match feeds[s].next() {
+                    Some((v, t)) => {
+                        let v = v.map(|v| v.to_string());
+                        let body =
+                            build_row(&[v.as_deref().map(str::as_bytes), Some(t.as_bytes())]);
+                        m.push(s, body.unwrap()).unwrap();
+                    }
+                    None => m.finish(s).unwrap(),
+                }
+            }
+            assert_eq!(got, expected, "round {round}");
+        }
     }
 }

@@ -9,20 +9,36 @@ use super::datetime::{parse_date_text, parse_timestamp_text};
 use super::numeric::Numeric;
 use super::MergeError;
 
+// Type OIDs from pg_type, fixed since they are in Postgres's bootstrap catalog.
+/// OID of `bool`.
 pub const BOOL_OID: u32 = 16;
+/// OID of `name` (catalog identifiers).
 pub const NAME_OID: u32 = 19;
+/// OID of `int8`.
 pub const INT8_OID: u32 = 20;
+/// OID of `int2`.
 pub const INT2_OID: u32 = 21;
+/// OID of `int4`.
 pub const INT4_OID: u32 = 23;
+/// OID of `text`.
 pub const TEXT_OID: u32 = 25;
+/// OID of `float4`.
 pub const FLOAT4_OID: u32 = 700;
+/// OID of `float8`.
 pub const FLOAT8_OID: u32 = 701;
+/// OID of `bpchar` (`char(n)`).
 pub const BPCHAR_OID: u32 = 1042;
+/// OID of `varchar`.
 pub const VARCHAR_OID: u32 = 1043;
+/// OID of `date`.
 pub const DATE_OID: u32 = 1082;
+/// OID of `timestamp` (without time zone).
 pub const TIMESTAMP_OID: u32 = 1114;
+/// OID of `timestamptz`.
 pub const TIMESTAMPTZ_OID: u32 = 1184;
+/// OID of `numeric`.
 pub const NUMERIC_OID: u32 = 1700;
+/// OID of `uuid`.
 pub const UUID_OID: u32 = 2950;
 
 /// Format code of text values in RowDescription.
@@ -34,7 +50,9 @@ pub const FORMAT_BINARY: i16 = 1;
 /// and the format the shards send it in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColumnType {
+    /// The column's type OID (RowDescription's data type OID).
     pub oid: u32,
+    /// 0 text, 1 binary (RowDescription's format code).
     pub format: i16,
 }
 
@@ -42,8 +60,10 @@ pub struct ColumnType {
 /// because the merge only ever compares values of one column with each other.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// SQL NULL; where it sorts is the sort key's choice.
     Null,
     Bool(bool),
+    /// int2, int4 and int8.
     Int(i64),
     /// float4 values are widened exactly to f64.
     Float(f64),
@@ -55,6 +75,7 @@ pub enum Value {
     Date(i32),
     /// Microseconds since 2000-01-01 (UTC for timestamptz); infinities are `i64::MAX` / `MIN`.
     Timestamp(i64),
+    /// The 16 bytes; byte order is Postgres's uuid order.
     Uuid([u8; 16]),
 }
 
