@@ -1,4 +1,5 @@
 //! Scatter-gather: running one request on several shards in parallel and merging their answers
 //! into the one answer a single Postgres would give.
 
+pub mod merge;
 pub mod scatter;
