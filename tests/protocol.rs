@@ -202,6 +202,29 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
         .len() as i64;
     assert_eq!(n, 0);
 
+    // The same through the extended protocol, COMMIT included: the block can only roll back.
+    c.batch_execute("BEGIN").await.expect("begin");
+    c.execute("UPDATE users SET name = 'ext' WHERE user_id = $1", &[&a])
+        .await
+        .expect("first shard");
+    let err = c
+        .execute("INSERT INTO users (user_id, name) VALUES ($1, 'b')", &[&b])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "0A000", "{err}");
+    c.execute("COMMIT", &[])
+        .await
+        .expect("COMMIT of a failed block answers");
+    let name: String = c
+        .query_one("SELECT name FROM users WHERE user_id = $1", &[&a])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        name, "a2",
+        "the refused block must roll back, COMMIT or not"
+    );
+
     // Multi-row INSERT spanning shards and keyless writes are refused.
     let err = c
         .batch_execute(&format!(
@@ -763,5 +786,98 @@ async fn a_stopped_shard_fails_only_its_own_keys() {
     )
     .await
     .expect("the shard is back");
+    proxy.stop().await;
+}
+
+/// Reads frames until one with `tag` arrives; returns everything read.
+async fn read_until_tag(stream: &mut TcpStream, tag: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let mut i = 0;
+        while i + 5 <= out.len() {
+            let len = u32::from_be_bytes([out[i + 1], out[i + 2], out[i + 3], out[i + 4]]) as usize;
+            if i + 1 + len > out.len() {
+                break;
+            }
+            if out[i] == tag {
+                return out;
+            }
+            i += 1 + len;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the proxy answers")
+            .unwrap();
+        assert!(n > 0, "connection closed; got {out:?}");
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_rolls_back_the_implicit_transaction_before_it() {
+    use pgshard::wire::frame::Frame;
+    use pgshard::wire::frontend::{self as fe, Bind, Execute, Parse};
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let map = proxy.proxy.map.current();
+    let (a, b) = keys_on_two_shards(&map);
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "trusted"), ("database", "app")]))
+        .await
+        .unwrap();
+    read_until_tag(&mut s, b'Z').await;
+    let insert = |key: i64| {
+        let mut out = Vec::new();
+        out.extend_from_slice(
+            &Parse {
+                name: String::new(),
+                query: "INSERT INTO users (user_id, name) VALUES ($1, 'implicit')".into(),
+                param_types: vec![20],
+            }
+            .encode()
+            .to_bytes(),
+        );
+        out.extend_from_slice(
+            &Bind {
+                portal: String::new(),
+                statement: String::new(),
+                param_formats: vec![],
+                params: vec![Some(bytes::Bytes::from(key.to_string()))],
+                result_formats: vec![],
+            }
+            .encode()
+            .to_bytes(),
+        );
+        out.extend_from_slice(
+            &Execute {
+                portal: String::new(),
+                max_rows: 0,
+            }
+            .encode()
+            .to_bytes(),
+        );
+        out
+    };
+    // First key, then Flush: it runs inside the implicit transaction, nothing is committed yet.
+    let mut first = insert(a);
+    first.extend_from_slice(&Frame::new(fe::FLUSH, bytes::Bytes::new()).to_bytes());
+    s.write_all(&first).await.unwrap();
+    read_until_tag(&mut s, b'C').await;
+    // A key on another shard in the same implicit transaction: refused, and the first rolls back.
+    let mut second = insert(b);
+    second.extend_from_slice(&fe::sync().to_bytes());
+    s.write_all(&second).await.unwrap();
+    let reply = read_until_tag(&mut s, b'Z').await;
+    assert_eq!(sqlstates(&reply), vec!["0A000".to_string()]);
+    for key in [a, b] {
+        let owner = proxy::shard(&cluster.info, map.shard_for(key)).await;
+        let n = owner
+            .query("SELECT 1 FROM users WHERE user_id = $1", &[&key])
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(n, 0, "key {key} must not be committed");
+    }
     proxy.stop().await;
 }

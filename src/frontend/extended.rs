@@ -141,6 +141,15 @@ impl Session {
         let target = match self.combine(&routes, &all_facts) {
             Ok(t) => t,
             Err(fields) => {
+                if let Some(shard) = self.open_batch_shard {
+                    // Statements of this implicit transaction already ran on `shard`: the shard
+                    // itself raises the refusal, so it rolls them back as Postgres would.
+                    let mut steps = raise_steps(&fields);
+                    steps.push(batch_end(sync));
+                    self.run_single(shard, true, |_| steps).await?;
+                    self.skip_until_sync = !sync;
+                    return Ok(());
+                }
                 self.push_error_in_batch(fields);
                 self.skip_until_sync = !sync;
                 if sync {
@@ -213,7 +222,10 @@ impl Session {
         let unbound = self.txn.as_ref().is_none_or(|t| t.shard.is_none());
         match executed[0].facts.first().map(|f| &f.kind) {
             Some(StatementKind::Begin) => self.txn.is_none(),
-            Some(StatementKind::Commit | StatementKind::Rollback) => self.txn.is_some() && unbound,
+            Some(StatementKind::Commit | StatementKind::Rollback) => {
+                // A block the proxy refused a statement in can only roll back.
+                self.txn.is_some() && (unbound || self.txn.as_ref().is_some_and(|t| t.refused))
+            }
             _ => false,
         }
     }
@@ -558,18 +570,75 @@ fn build_steps(
         }
     }
     if let Some(fields) = tail_error {
-        steps.push(Step::Synthetic(fields.to_frame()));
+        // Raised by the server, so the work before it in this implicit transaction rolls back.
+        steps.extend(raise_steps(fields));
     }
-    if sync {
-        steps.push(send(fe::sync(), Expect::Sync, true));
-    } else {
-        steps.push(send(
-            Frame::new(fe::FLUSH, bytes::Bytes::new()),
-            Expect::Flush,
-            true,
-        ));
-    }
+    steps.push(batch_end(sync));
     steps
+}
+
+/// The Sync or Flush that ends a batch.
+fn batch_end(sync: bool) -> Step {
+    if sync {
+        Step::Send {
+            frame: fe::sync(),
+            expect: Expect::Sync,
+            forward: true,
+        }
+    } else {
+        Step::Send {
+            frame: Frame::new(fe::FLUSH, bytes::Bytes::new()),
+            expect: Expect::Flush,
+            forward: true,
+        }
+    }
+}
+
+/// Steps that make the server raise `fields` as its own error (an anonymous DO block): the
+/// client sees one error and the server aborts the transaction the error belongs to.
+fn raise_steps(fields: &ErrorFields) -> Vec<Step> {
+    let quote = |text: &str| text.replace("$pgshard$", "").replace('\'', "''");
+    let mut raise = format!(
+        "RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'",
+        quote(&fields.code),
+        quote(&fields.message)
+    );
+    if let Some(hint) = &fields.hint {
+        raise.push_str(&format!(", HINT = '{}'", quote(hint)));
+    }
+    let parse = Parse {
+        name: String::new(),
+        query: format!("DO $pgshard$BEGIN {raise}; END$pgshard$"),
+        param_types: Vec::new(),
+    };
+    let bind = Bind {
+        portal: String::new(),
+        statement: String::new(),
+        param_formats: Vec::new(),
+        params: Vec::new(),
+        result_formats: Vec::new(),
+    };
+    let execute = Execute {
+        portal: String::new(),
+        max_rows: 0,
+    };
+    vec![
+        Step::Send {
+            frame: parse.encode(),
+            expect: Expect::Parse { register: None },
+            forward: false,
+        },
+        Step::Send {
+            frame: bind.encode(),
+            expect: Expect::Bind,
+            forward: false,
+        },
+        Step::Send {
+            frame: execute.encode(),
+            expect: Expect::Execute,
+            forward: true,
+        },
+    ]
 }
 
 /// Injects a Parse (answer swallowed) when the connection lacks the statement a Bind or Describe

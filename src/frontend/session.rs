@@ -703,7 +703,10 @@ impl Session {
                 }
                 if let Some(txn) = &mut self.txn {
                     txn.shard = Some(shard);
-                    txn.refused = false;
+                    // Only ROLLBACK TO SAVEPOINT rescues a block the proxy refused a statement in.
+                    if outcome.tags.last().is_some_and(|t| t == "ROLLBACK") {
+                        txn.refused = false;
+                    }
                 }
             }
             None => {}

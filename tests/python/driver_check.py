@@ -53,6 +53,31 @@ def main(url: str) -> None:
             raise AssertionError("an aggregate over shards must be refused")
         except errors.FeatureNotSupported as e:
             assert "count" in str(e) or "aggregate" in str(e), str(e)
+        # Pipeline mode (Flush-separated batches, one Sync): one key, one shard.
+        with conn.pipeline():
+            conn.execute("INSERT INTO users (user_id, name) VALUES (%s, %s)", (5000, "p"))
+            for i in range(10):
+                conn.execute("UPDATE users SET name = %s WHERE user_id = %s", (f"p{i}", 5000))
+            cur = conn.execute("SELECT name FROM users WHERE user_id = %s", (5000,))
+        assert cur.fetchone() == ("p9",)
+        try:
+            with conn.pipeline():
+                conn.execute("INSERT INTO users (user_id, name) VALUES (5000, 'dup')")
+                conn.execute("SELECT name FROM users WHERE user_id = 5000")
+            raise AssertionError("duplicate key accepted in a pipeline")
+        except errors.UniqueViolation:
+            pass
+        # A pipeline is one implicit transaction: keys on several shards need two-phase commit.
+        try:
+            with conn.pipeline():
+                for uid in range(6000, 6020):
+                    conn.execute("INSERT INTO users (user_id, name) VALUES (%s, 'multi')", (uid,))
+            raise AssertionError("a pipeline over several shards must be refused")
+        except errors.FeatureNotSupported:
+            pass
+        assert conn.execute(
+            "SELECT user_id FROM users WHERE user_id BETWEEN 6000 AND 6019"
+        ).fetchall() == [], "nothing of the refused pipeline may be committed"
         rows = conn.execute("SELECT user_id FROM users WHERE user_id BETWEEN 1000 AND 1019").fetchall()
         assert len(rows) == 20, rows
     print("driver check passed")
