@@ -13,12 +13,9 @@ use crate::wire::backend::{
 use crate::wire::frame::{split_frame, Frame};
 use crate::wire::frontend::PASSWORD;
 
-const AUTH_OK: i32 = 0;
-const AUTH_CLEARTEXT: i32 = 3;
-const AUTH_MD5: i32 = 5;
-const AUTH_SASL: i32 = 10;
-const AUTH_SASL_CONTINUE: i32 = 11;
-const AUTH_SASL_FINAL: i32 = 12;
+use crate::wire::backend::{
+    AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL,
+};
 
 /// Largest message accepted before login completes (errors and SASL messages are small).
 const MAX_LOGIN_MESSAGE: usize = 64 * 1024;

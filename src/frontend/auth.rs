@@ -20,11 +20,9 @@ use crate::wire::backend::{authentication, ErrorFields};
 use crate::wire::frame::{split_frame, Frame};
 use crate::wire::frontend::PASSWORD;
 
-/// Authentication request codes (the Int32 after the `R` tag).
-const AUTH_MD5_PASSWORD: i32 = 5;
-const AUTH_SASL: i32 = 10;
-const AUTH_SASL_CONTINUE: i32 = 11;
-const AUTH_SASL_FINAL: i32 = 12;
+use crate::wire::backend::{
+    AUTH_MD5 as AUTH_MD5_PASSWORD, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL,
+};
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";

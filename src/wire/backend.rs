@@ -32,6 +32,14 @@ pub const COPY_DONE: u8 = b'c';
 pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
 
+/// Authentication request codes (the Int32 after the `R` tag), shared by both sides of the proxy.
+pub const AUTH_OK: i32 = 0;
+pub const AUTH_CLEARTEXT: i32 = 3;
+pub const AUTH_MD5: i32 = 5;
+pub const AUTH_SASL: i32 = 10;
+pub const AUTH_SASL_CONTINUE: i32 = 11;
+pub const AUTH_SASL_FINAL: i32 = 12;
+
 /// Transaction status carried by ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxStatus {
