@@ -833,6 +833,10 @@ impl Session {
         }
         if let Some(fields) = result.failure {
             self.reply_error(fields);
+        } else {
+            for frame in [result.complete, result.ready].into_iter().flatten() {
+                self.io.push(&frame);
+            }
         }
         self.release_idle();
         if result.client_gone {

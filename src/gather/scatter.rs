@@ -36,6 +36,12 @@ pub struct ScatterResult {
     /// A failure the client has not been told about yet (it gets an error and ReadyForQuery).
     pub failure: Option<ErrorFields>,
     pub client_gone: bool,
+    /// The merged CommandComplete (or EmptyQueryResponse), held back so the caller can first
+    /// commit an implicit transaction: like Postgres, a statement whose commit fails reports
+    /// only the error.
+    pub complete: Option<Frame>,
+    /// The lead shard's ReadyForQuery; the caller decides what status the client sees.
+    pub ready: Option<Frame>,
 }
 
 /// Runs each connection's steps in parallel and merges the answers into `client`.
@@ -110,16 +116,17 @@ pub async fn run(work: Vec<(PooledConn, Vec<Step>)>, client: &mut ClientIo) -> S
             }
         }
     }
-    if failure.is_none() && !client_gone {
-        let done = merge.finish(shard_count, client).await;
-        if done.is_err() || client.flush().await.is_err() {
-            client_gone = true;
-        }
-    }
+    let (complete, ready) = if failure.is_none() && !client_gone {
+        merge.finish(shard_count)
+    } else {
+        (None, None)
+    };
     ScatterResult {
         conns,
         failure,
         client_gone,
+        complete,
+        ready,
     }
 }
 
@@ -188,21 +195,18 @@ impl Merge {
         }
     }
 
-    async fn finish(self, shards: usize, client: &mut ClientIo) -> Result<(), SinkError> {
+    /// The closing frames: (CommandComplete or EmptyQueryResponse, ReadyForQuery).
+    fn finish(self, shards: usize) -> (Option<Frame>, Option<Frame>) {
+        let mut complete = None;
         if !self.error_sent {
             if let Some(empty) = self.empty {
-                client.send(empty).await?;
+                complete = Some(empty);
             } else if self.completes == shards {
                 let word = self.tag_word.unwrap_or_else(|| "SELECT".into());
-                client
-                    .send(be::command_complete(&format!("{word} {}", self.rows)))
-                    .await?;
+                complete = Some(be::command_complete(&format!("{word} {}", self.rows)));
             }
         }
-        if let Some(ready) = self.ready {
-            client.send(ready).await?;
-        }
-        Ok(())
+        (complete, self.ready)
     }
 }
 
