@@ -302,7 +302,27 @@ impl Session {
                     ));
                     return Ok(());
                 }
-                self.run_scatter(shards, steps).await?;
+                let merge = match merge_for_simple(&facts, &literals) {
+                    Ok(m) => m,
+                    Err(fields) => {
+                        self.reply_error(fields);
+                        return Ok(());
+                    }
+                };
+                match merge {
+                    Some((sql, bound)) => {
+                        let frame = fe::query(&sql);
+                        let steps = |_: &crate::backend::ServerConn| {
+                            vec![Step::Send {
+                                frame: frame.clone(),
+                                expect: Expect::Query,
+                                forward: true,
+                            }]
+                        };
+                        self.run_scatter(shards, steps, Some(bound)).await?;
+                    }
+                    None => self.run_scatter(shards, steps, None).await?,
+                }
             }
         }
         Ok(())
@@ -807,6 +827,7 @@ impl Session {
         &mut self,
         shards: Vec<u32>,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
+        merge: Option<crate::gather::merged::BoundMerge>,
     ) -> Result<(), End> {
         for shard in &shards {
             if let Err(fields) = self.ensure_conn(*shard, true).await {
@@ -826,7 +847,7 @@ impl Session {
             &self.cancel,
             work.iter().map(|(c, _)| c.cancel_target()).collect(),
         );
-        let result = crate::gather::scatter::run(work, &mut self.io).await;
+        let result = crate::gather::scatter::run(work, &mut self.io, merge).await;
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {
             self.held.insert(conn.shard, conn);
@@ -844,6 +865,24 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The merge of a simple-protocol statement that runs on several shards: the rewritten text (its
+/// literals put back) and the plan bound to them; `None` when rows are only concatenated.
+fn merge_for_simple(
+    facts: &[StatementFacts],
+    literals: &[crate::router::literals::Literal],
+) -> Result<Option<(String, crate::gather::merged::BoundMerge)>, ErrorFields> {
+    let [f] = facts else { return Ok(None) };
+    let Some(Ok(plan)) = &f.merge else {
+        return Ok(None);
+    };
+    let sql = plan.shard_sql.with_literals(literals).ok_or_else(|| {
+        ErrorFields::error("XX000", "a rewritten statement lost one of its literals")
+    })?;
+    let params = crate::router::literals::LiteralParams(literals);
+    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, true)?;
+    Ok(Some((sql, bound)))
 }
 
 /// The command tag of a savepoint statement, from its first words.

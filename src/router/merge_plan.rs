@@ -62,7 +62,9 @@ pub enum AggFunc {
     Min,
     Max,
     /// `avg(x)`: the column holds `sum(x)`, `count` holds `count(x)`.
-    Avg { count: ColRef },
+    Avg {
+        count: ColRef,
+    },
 }
 
 /// One combined aggregate: its function and the column holding the shards' partial values.
@@ -334,8 +336,7 @@ fn parse_expr(sql_expr: &str) -> Result<pb::Node, String> {
         .and_then(|s| s.stmt.as_deref())
         .and_then(|s| s.node.as_ref());
     if let Some(NodeEnum::SelectStmt(s)) = stmt {
-        if let Some(NodeEnum::ResTarget(rt)) = s.target_list.first().and_then(|t| t.node.as_ref())
-        {
+        if let Some(NodeEnum::ResTarget(rt)) = s.target_list.first().and_then(|t| t.node.as_ref()) {
             if let Some(v) = rt.val.as_deref() {
                 return Ok(v.clone());
             }
@@ -558,9 +559,9 @@ impl Builder<'_> {
                 match b.boolop {
                     x if x == pb::BoolExprType::AndExpr as i32 => Ok(Having::And(args)),
                     x if x == pb::BoolExprType::OrExpr as i32 => Ok(Having::Or(args)),
-                    x if x == pb::BoolExprType::NotExpr as i32 && args.len() == 1 => {
-                        Ok(Having::Not(Box::new(args.into_iter().next().ok_or_else(unsupported)?)))
-                    }
+                    x if x == pb::BoolExprType::NotExpr as i32 && args.len() == 1 => Ok(
+                        Having::Not(Box::new(args.into_iter().next().ok_or_else(unsupported)?)),
+                    ),
                     _ => Err(unsupported()),
                 }
             }
@@ -764,12 +765,18 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
                 }
                 b.agg_shapes.push(shape(v));
             } else if let Some(what) = val.and_then(contains_agg) {
-                if matches!(val.and_then(|v| v.node.as_ref()), Some(NodeEnum::FuncCall(_))) {
+                if matches!(
+                    val.and_then(|v| v.node.as_ref()),
+                    Some(NodeEnum::FuncCall(_))
+                ) {
                     return Err(what);
                 }
                 return Err(format!("an expression over {what} in the select list"));
             } else if s.group_clause.is_empty() {
-                return Err("a column that is not an aggregate in an aggregate query without GROUP BY".into());
+                return Err(
+                    "a column that is not an aggregate in an aggregate query without GROUP BY"
+                        .into(),
+                );
             }
         }
         b.targets.push(out);
@@ -959,9 +966,15 @@ mod tests {
             .unwrap();
         assert!(filled.contains("LIMIT 3::int8 + (-1)::int8"), "{filled}");
         let p = plan_sql("SELECT * FROM users ORDER BY name OFFSET $1").unwrap();
-        assert!(p.shard_sql.with_placeholders().contains("$1::int8 AS pgshard_hidden_1"));
+        assert!(p
+            .shard_sql
+            .with_placeholders()
+            .contains("$1::int8 AS pgshard_hidden_1"));
         let p = plan_sql("SELECT count(*) FROM users LIMIT $1").unwrap();
-        assert!(p.shard_sql.with_placeholders().contains("$1::int8 AS pgshard_hidden_0"));
+        assert!(p
+            .shard_sql
+            .with_placeholders()
+            .contains("$1::int8 AS pgshard_hidden_0"));
         assert!(!p.shard_sql.with_placeholders().contains("LIMIT"));
     }
 
@@ -1009,20 +1022,40 @@ mod tests {
     fn refusals_name_the_construct() {
         for (sql, want) in [
             ("SELECT count(DISTINCT name) FROM users", "count(DISTINCT"),
-            ("SELECT string_agg(name, ',') FROM users", "aggregate string_agg()"),
-            ("SELECT count(*) + 1 FROM users", "expression over aggregate count()"),
-            ("SELECT name, row_number() OVER () FROM users", "window function"),
+            (
+                "SELECT string_agg(name, ',') FROM users",
+                "aggregate string_agg()",
+            ),
+            (
+                "SELECT count(*) + 1 FROM users",
+                "expression over aggregate count()",
+            ),
+            (
+                "SELECT name, row_number() OVER () FROM users",
+                "window function",
+            ),
             ("SELECT DISTINCT ON (name) name FROM users", "DISTINCT ON"),
-            ("SELECT name FROM users ORDER BY name COLLATE \"C\"", "COLLATE"),
+            (
+                "SELECT name FROM users ORDER BY name COLLATE \"C\"",
+                "COLLATE",
+            ),
             ("SELECT g FROM users GROUP BY ROLLUP (g)", "ROLLUP"),
-            ("SELECT g FROM users GROUP BY g HAVING count(*) > sum(x)", "HAVING"),
-            ("SELECT * FROM users LIMIT 2 + 3", "LIMIT with an expression"),
+            (
+                "SELECT g FROM users GROUP BY g HAVING count(*) > sum(x)",
+                "HAVING",
+            ),
+            (
+                "SELECT * FROM users LIMIT 2 + 3",
+                "LIMIT with an expression",
+            ),
         ] {
             let e = plan_sql(sql).unwrap_err();
             assert!(e.contains(want), "{sql}: {e}");
         }
         assert!(plan_sql("SELECT count(DISTINCT user_id) FROM users").is_ok());
-        assert!(plan_sql("SELECT user_id, count(DISTINCT name) FROM users GROUP BY user_id").is_ok());
+        assert!(
+            plan_sql("SELECT user_id, count(DISTINCT name) FROM users GROUP BY user_id").is_ok()
+        );
     }
 
     #[test]

@@ -189,10 +189,12 @@ impl Router {
     }
 }
 
-/// True when facts of a normalized text cannot stand for the original.
+/// True when facts of a normalized text cannot stand for the original. A merge plan needs the
+/// original too: `ORDER BY 2` and `GROUP BY 1` must not become `$n`.
 fn needs_original(facts: &[StatementFacts]) -> bool {
     facts.iter().any(|f| {
         f.local.is_some()
+            || f.merge.is_some()
             || !matches!(
                 f.kind,
                 StatementKind::Select
@@ -307,7 +309,10 @@ mod tests {
         let Route::Refuse(m) = route_sql(&r, "explain select count(*) from users", modulo) else {
             panic!()
         };
-        assert!(m.starts_with("aggregate count() over several shards"), "{m}");
+        assert!(
+            m.starts_with("aggregate count() over several shards"),
+            "{m}"
+        );
         let Route::Refuse(m) = route_sql(&r, "delete from users where name = 'x'", modulo) else {
             panic!()
         };
