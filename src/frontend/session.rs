@@ -312,8 +312,28 @@ impl Session {
                     ));
                     return Ok(());
                 }
+                let merge = match merge_for_simple(&facts, &literals) {
+                    Ok(m) => m,
+                    Err(fields) => {
+                        self.reply_error(fields);
+                        return Ok(());
+                    }
+                };
+                let (frame, bound) = match merge {
+                    Some((sql, bound)) => (fe::query(&sql), Some(bound)),
+                    None => (frame, None),
+                };
+                let steps = |_: &crate::backend::ServerConn| {
+                    vec![Step::Send {
+                        frame: frame.clone(),
+                        expect: Expect::Query,
+                        forward: true,
+                    }]
+                };
                 let atomic = facts.iter().any(needs_atomic_scatter);
-                let ok = self.run_scatter_request(shards, atomic, steps).await?;
+                let ok = self
+                    .run_scatter_request(shards, atomic, steps, bound)
+                    .await?;
                 if let ([only], true) = (&facts[..], ok) {
                     self.note_block_statement(&sql, only);
                 }
@@ -828,9 +848,10 @@ impl Session {
         shards: Vec<u32>,
         atomic: bool,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
+        merge: Option<crate::gather::merged::BoundMerge>,
     ) -> Result<bool, End> {
         let implicit = atomic && shards.len() > 1 && self.begin_implicit_block();
-        let end = self.run_scatter(shards, steps).await?;
+        let end = self.run_scatter(shards, steps, merge).await?;
         if let Some(fields) = end.failure {
             if implicit {
                 self.finish_implicit_block(false).await?;
@@ -860,6 +881,7 @@ impl Session {
         &mut self,
         shards: Vec<u32>,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
+        merge: Option<crate::gather::merged::BoundMerge>,
     ) -> Result<ScatterEnd, End> {
         for shard in &shards {
             if let Err(fields) = self.ensure_conn(*shard, true).await {
@@ -880,7 +902,7 @@ impl Session {
             &self.cancel,
             work.iter().map(|(c, _)| c.cancel_target()).collect(),
         );
-        let result = crate::gather::scatter::run(work, &mut self.io).await;
+        let result = crate::gather::scatter::run(work, &mut self.io, merge).await;
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {
             self.held.insert(conn.shard, conn);
@@ -925,6 +947,24 @@ fn is_block_control(f: &StatementFacts) -> bool {
 /// A statement whose effects on several shards must commit together.
 pub fn needs_atomic_scatter(f: &StatementFacts) -> bool {
     f.is_write || f.kind == StatementKind::Ddl
+}
+
+/// The merge of a simple-protocol statement that runs on several shards: the rewritten text (its
+/// literals put back) and the plan bound to them; `None` when rows are only concatenated.
+fn merge_for_simple(
+    facts: &[StatementFacts],
+    literals: &[crate::router::literals::Literal],
+) -> Result<Option<(String, crate::gather::merged::BoundMerge)>, ErrorFields> {
+    let [f] = facts else { return Ok(None) };
+    let Some(Ok(plan)) = &f.merge else {
+        return Ok(None);
+    };
+    let sql = plan.shard_sql.with_literals(literals).ok_or_else(|| {
+        ErrorFields::error("XX000", "a rewritten statement lost one of its literals")
+    })?;
+    let params = crate::router::literals::LiteralParams(literals);
+    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, true)?;
+    Ok(Some((sql, bound)))
 }
 
 /// The command tag of a savepoint statement, from its first words.
