@@ -501,6 +501,27 @@ key = "user_id"
     }
 
     #[test]
+    fn the_shipped_pgbench_config_is_valid() {
+        let text = include_str!("../config/pgbench.toml");
+        let c = Config::from_toml(text, Path::new("config/pgbench.toml")).unwrap();
+        let keys: Vec<(&str, &str)> = c
+            .sharded_tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.key.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("users", "user_id"),
+                ("pgbench_accounts", "aid"),
+                ("pgbench_branches", "bid"),
+                ("pgbench_tellers", "tid"),
+                ("pgbench_history", "aid"),
+            ]
+        );
+    }
+
+    #[test]
     fn reference_tables_are_checked() {
         let text = format!("reference_tables = [\"countries\", \"Currencies\"]\n{GOOD}");
         let c = Config::from_toml(&text, Path::new("t.toml")).unwrap();
