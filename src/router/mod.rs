@@ -395,6 +395,73 @@ mod tests {
         );
     }
 
+    #[test]
+    fn what_pgbench_sends() {
+        let r = Router::new(
+            &[
+                ("pgbench_accounts", "aid"),
+                ("pgbench_branches", "bid"),
+                ("pgbench_tellers", "tid"),
+                ("pgbench_history", "aid"),
+            ]
+            .map(|(name, key)| ShardedTableConfig {
+                name: name.into(),
+                key: key.into(),
+            }),
+            100,
+        );
+        let map = &maps()[1];
+        let all = Route::Broadcast(vec![1, 2, 3]);
+        let ntb = |sql: &str| r.analyze_simple(sql).0[0].no_transaction_block;
+        // pgbench -i (PostgreSQL 15).
+        for sql in [
+            "drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+            "create table pgbench_history(tid int,bid int,aid    int,delta int,mtime timestamp,filler char(22))",
+            "create table pgbench_accounts(aid    int not null,bid int,abalance int,filler char(84)) with (fillfactor=100)",
+            "truncate table pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+            "alter table pgbench_branches add primary key (bid)",
+            "vacuum analyze pgbench_accounts",
+            // the TPC-B run's preparation
+            "vacuum pgbench_branches",
+            "truncate pgbench_history",
+        ] {
+            assert_eq!(route_sql(&r, sql, map), all, "{sql}");
+        }
+        assert!(ntb("vacuum analyze pgbench_accounts"));
+        assert!(!ntb("truncate pgbench_history"));
+        // COPY rows are split by the caller.
+        assert_eq!(
+            route_sql(&r, "copy pgbench_accounts from stdin with (freeze on)", map),
+            Route::Any
+        );
+        // TPC-B: one shard per statement.
+        for (sql, key) in [
+            (
+                "UPDATE pgbench_accounts SET abalance = abalance + -4000 WHERE aid = 77;",
+                77,
+            ),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 77;", 77),
+            (
+                "UPDATE pgbench_tellers SET tbalance = tbalance + -4000 WHERE tid = 7;",
+                7,
+            ),
+            (
+                "UPDATE pgbench_branches SET bbalance = bbalance + -4000 WHERE bid = 2;",
+                2,
+            ),
+            (
+                "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 2, 77, -4000, CURRENT_TIMESTAMP);",
+                77,
+            ),
+        ] {
+            assert_eq!(
+                route_sql(&r, sql, map),
+                Route::Single(map.shard_for(key)),
+                "{sql}"
+            );
+        }
+    }
+
     fn with_reference() -> Router {
         router()
             .with_reference_tables(&["countries".to_string(), "public.Currencies".to_string()])
