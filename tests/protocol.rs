@@ -130,7 +130,7 @@ async fn queries_route_by_key_in_both_protocols() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transactions_stay_on_one_shard_or_are_refused() {
+async fn transactions_commit_or_roll_back_on_every_shard_they_reach() {
     let cluster = TestCluster::start(4, Strategy::Hash).await;
     let proxy = start_proxy(&cluster.info).await;
     let map = proxy.proxy.map.current();
@@ -167,15 +167,19 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
         .get(0);
     assert_eq!(name, "a2", "rollback must undo the update");
 
-    // A second shard inside one transaction: refused, the block fails, nothing is half-committed.
+    // A block that reached two shards and then had a statement refused: the block fails, and
+    // COMMIT rolls it back on both shards.
     c.batch_execute("BEGIN").await.expect("begin");
     c.batch_execute(&format!("UPDATE users SET name = 'x' WHERE user_id = {a}"))
         .await
         .expect("first shard");
+    c.batch_execute(&format!(
+        "INSERT INTO users (user_id, name) VALUES ({b}, 'b')"
+    ))
+    .await
+    .expect("second shard joins the block");
     let err = c
-        .batch_execute(&format!(
-            "INSERT INTO users (user_id, name) VALUES ({b}, 'b')"
-        ))
+        .batch_execute(&format!("UPDATE users SET user_id = 5 WHERE user_id = {a}"))
         .await
         .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
@@ -207,8 +211,11 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
     c.execute("UPDATE users SET name = 'ext' WHERE user_id = $1", &[&a])
         .await
         .expect("first shard");
+    c.execute("INSERT INTO users (user_id, name) VALUES ($1, 'b')", &[&b])
+        .await
+        .expect("second shard");
     let err = c
-        .execute("INSERT INTO users (user_id, name) VALUES ($1, 'b')", &[&b])
+        .execute("UPDATE users SET user_id = 5 WHERE user_id = $1", &[&a])
         .await
         .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
@@ -224,6 +231,12 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
         name, "a2",
         "the refused block must roll back, COMMIT or not"
     );
+    let n = c
+        .query("SELECT user_id FROM users WHERE user_id = $1", &[&b])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
 
     // Outside a block, a multi-row INSERT spanning shards is split and a keyless write reaches
     // every shard (tests/writes.rs checks them in depth); a new shard key value stays refused.

@@ -9,7 +9,7 @@ use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::exchange::{Expect, Step};
-use super::session::{aborted, refusal, End, Prepared, Session, Target, Txn};
+use super::session::{aborted, needs_atomic_scatter, refusal, End, Prepared, Session, Target, Txn};
 use crate::backend::ServerConn;
 use crate::router::params::BindParams;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
@@ -102,10 +102,13 @@ impl Session {
                 }
             }
         }
-        if self.txn.as_ref().is_some_and(|t| t.refused)
+        if self.block_failed()
             && !executed.iter().all(|st| {
                 st.facts.first().is_some_and(|f| {
-                    matches!(f.kind, StatementKind::Commit | StatementKind::Rollback)
+                    matches!(
+                        f.kind,
+                        StatementKind::Commit | StatementKind::Rollback | StatementKind::Savepoint
+                    )
                 })
             })
         {
@@ -175,7 +178,12 @@ impl Session {
                         // The server now skips everything up to Sync; so do we.
                         self.skip_until_sync = true;
                     }
-                    self.after_statements(&all_facts, &outcome);
+                    self.after_statements(&all_facts, &outcome, Some(shard));
+                    if let ([st], None) = (&executed[..], &outcome.error) {
+                        if let Some(f) = st.facts.first() {
+                            self.note_block_statement(&st.sql, f);
+                        }
+                    }
                 }
             }
             Target::Scatter(shards) => {
@@ -189,7 +197,13 @@ impl Session {
                     }
                     return Ok(());
                 }
-                self.run_scatter(shards, build).await?;
+                let atomic = all_facts.iter().any(needs_atomic_scatter);
+                let ok = self.run_scatter_request(shards, atomic, build).await?;
+                if let ([st], true) = (&executed[..], ok) {
+                    if let Some(f) = st.facts.first() {
+                        self.note_block_statement(&st.sql, f);
+                    }
+                }
             }
             Target::Broadcast(shards) => {
                 if executes != 1 || partial_fetch || error.is_some() || !sync {
@@ -232,12 +246,16 @@ impl Session {
         if executed.len() != 1 {
             return false;
         }
-        let unbound = self.txn.as_ref().is_none_or(|t| t.shard.is_none());
+        let unbound = self.txn.as_ref().is_none_or(|t| t.participants.is_empty());
         match executed[0].facts.first().map(|f| &f.kind) {
             Some(StatementKind::Begin) => self.txn.is_none(),
             Some(StatementKind::Commit | StatementKind::Rollback) => {
-                // A block the proxy refused a statement in can only roll back.
-                self.txn.is_some() && (unbound || self.txn.as_ref().is_some_and(|t| t.refused))
+                // A block the proxy refused a statement in can only roll back; one that spans
+                // shards commits through the coordinator.
+                self.txn.is_some()
+                    && (unbound
+                        || self.block_is_distributed()
+                        || self.txn.as_ref().is_some_and(|t| t.refused))
             }
             _ => false,
         }
@@ -455,29 +473,25 @@ impl Session {
                     } else {
                         match facts.kind {
                             StatementKind::Begin => {
-                                self.txn = Some(Txn {
-                                    pending_begin: Some(st.sql.clone()),
-                                    shard: None,
-                                    refused: false,
-                                });
+                                self.txn = Some(Txn::explicit(&st.sql));
                                 self.settings_at_begin = Some(self.settings.clone());
                                 self.io.push(&be::command_complete("BEGIN"));
                             }
                             _ => {
-                                let refused = self.txn.as_ref().is_some_and(|t| t.refused);
-                                let tag = if refused || facts.kind == StatementKind::Rollback {
-                                    "ROLLBACK"
-                                } else {
-                                    "COMMIT"
-                                };
-                                if let Some(shard) = self.txn.as_ref().and_then(|t| t.shard) {
-                                    if let Some(conn) = self.held.get_mut(&shard) {
-                                        let _ = conn.run_silently("ROLLBACK").await;
+                                let chain = crate::txn::statement::chains(&st.sql)
+                                    .then(|| self.txn_begin_sql());
+                                let commit = facts.kind == StatementKind::Commit;
+                                match self.end_block(commit).await {
+                                    Ok(end) => self.io.push(&be::command_complete(end.tag())),
+                                    Err(fields) => {
+                                        self.push_error_in_batch(fields);
+                                        break;
                                     }
                                 }
-                                self.end_transaction(tag == "ROLLBACK");
-                                self.io.push(&be::command_complete(tag));
-                                self.release_idle();
+                                if let Some(begin) = chain {
+                                    self.txn = Some(Txn::explicit(&begin));
+                                    self.settings_at_begin = Some(self.settings.clone());
+                                }
                             }
                         }
                     }

@@ -8,3 +8,4 @@ pub mod extended;
 pub mod listener;
 pub mod session;
 pub mod startup;
+pub mod txn_control;

@@ -103,7 +103,7 @@ impl Session {
         };
         let answers = self.run_collected(&shards, steps).await;
         match judge(&answers, false) {
-            Verdict::Agreed(frames) => match self.close_write_block(block, &shards, true).await? {
+            Verdict::Agreed(frames) => match self.close_write_block(block, true).await? {
                 Some(fields) => self.reply_error(fields),
                 None => {
                     for frame in &frames {
@@ -114,7 +114,7 @@ impl Session {
                 }
             },
             Verdict::Failed(fields) => {
-                self.close_write_block(block, &shards, false).await?;
+                self.close_write_block(block, false).await?;
                 self.reply_error(fields);
             }
         }
@@ -131,9 +131,9 @@ impl Session {
             // Postgres itself reports that the statement cannot run inside a transaction block,
             // from the shard the block runs on.
             let shard = self
-                .txn
-                .as_ref()
-                .and_then(|t| t.shard)
+                .block_shards()
+                .first()
+                .copied()
                 .or(self.open_batch_shard)
                 .or_else(|| shards.first().copied())
                 .unwrap_or(self.any_shard);

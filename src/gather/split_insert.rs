@@ -133,7 +133,7 @@ impl Session {
             })
             .await;
         match assemble(&parts, &answers) {
-            Ok(done) => match self.close_write_block(block, &shards, true).await? {
+            Ok(done) => match self.close_write_block(block, true).await? {
                 Some(fields) => self.reply_error(fields),
                 None => {
                     for frame in &done.frames {
@@ -148,7 +148,7 @@ impl Session {
                 }
             },
             Err(fields) => {
-                self.close_write_block(block, &shards, false).await?;
+                self.close_write_block(block, false).await?;
                 self.reply_error(fields);
             }
         }
