@@ -48,6 +48,8 @@ pub struct Config {
     pub router: RouterConfig,
     #[serde(default)]
     pub transactions: TransactionsConfig,
+    #[serde(default)]
+    pub replicas: ReplicasConfig,
 }
 
 /// Where the proxy listens and which logical database it serves.
@@ -154,6 +156,121 @@ pub struct ShardConfig {
     pub user: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Streaming replicas of this shard, which may serve reads (see `[replicas]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+/// One streaming replica of a shard; it logs in like its primary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+}
+
+impl ReplicaConfig {
+    /// `host:port` of the replica.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Where reads outside a writing transaction may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// Always the primary.
+    #[default]
+    Primary,
+    /// A healthy replica within the lag bound, else the primary.
+    Replicas,
+    /// Any healthy server, primary included.
+    Any,
+}
+
+/// How a read picks among the servers it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// The server that has replayed the most WAL.
+    LeastLag,
+    Random,
+}
+
+/// What a session is promised about reading its own writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    /// No promise: a read right after a write may see older data on a replica.
+    Off,
+    /// After a write, the session reads from the primary for `pin_window_ms`.
+    Pin,
+    /// A read goes to a replica only once it has replayed the session's last write.
+    #[default]
+    Lsn,
+}
+
+/// Read routing over streaming replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasConfig {
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    #[serde(default)]
+    pub balance: Balance,
+    /// A replica further behind its primary than this many bytes of WAL serves no reads
+    /// (0: no byte bound).
+    #[serde(default = "default_max_lag_bytes")]
+    pub max_lag_bytes: u64,
+    /// …or than this many milliseconds of replay (0: no time bound).
+    #[serde(default = "default_max_lag_ms")]
+    pub max_lag_ms: u64,
+    #[serde(default)]
+    pub read_your_writes: ReadYourWrites,
+    #[serde(default = "default_pin_window_ms")]
+    pub pin_window_ms: u64,
+    /// How long a read waits for a replica to replay the session's writes before it goes to
+    /// the primary.
+    #[serde(default = "default_lsn_wait_timeout_ms")]
+    pub lsn_wait_timeout_ms: u64,
+    /// How often each server's role, position and health are sampled.
+    #[serde(default = "default_monitor_interval_ms")]
+    pub monitor_interval_ms: u64,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        ReplicasConfig {
+            read_from: ReadFrom::default(),
+            balance: Balance::default(),
+            max_lag_bytes: default_max_lag_bytes(),
+            max_lag_ms: default_max_lag_ms(),
+            read_your_writes: ReadYourWrites::default(),
+            pin_window_ms: default_pin_window_ms(),
+            lsn_wait_timeout_ms: default_lsn_wait_timeout_ms(),
+            monitor_interval_ms: default_monitor_interval_ms(),
+        }
+    }
+}
+
+fn default_max_lag_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_max_lag_ms() -> u64 {
+    10_000
+}
+fn default_pin_window_ms() -> u64 {
+    1_000
+}
+fn default_lsn_wait_timeout_ms() -> u64 {
+    1_000
+}
+fn default_monitor_interval_ms() -> u64 {
+    200
 }
 
 /// A table split across shards by one key column.

@@ -26,6 +26,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
                 database: "app".into(),
                 user: None,
                 password: None,
+                replicas: Vec::new(),
             })
         })
         .collect();
@@ -64,6 +65,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         }],
         router: RouterConfig::default(),
         transactions: Default::default(),
+        replicas: Default::default(),
     }
 }
 
