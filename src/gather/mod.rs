@@ -1,5 +1,6 @@
 //! Scatter-gather: running one request on several shards in parallel and merging their answers
 //! into the one answer a single Postgres would give.
 
+pub mod copy_split;
 pub mod merge;
 pub mod scatter;
