@@ -6,13 +6,8 @@
 
 use bytes::{Buf, BytesMut};
 
-/// The data format of a COPY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyFormat {
-    Text,
-    Csv,
-    Binary,
-}
+use crate::router::copy_facts::CopyFacts;
+pub use crate::router::copy_facts::CopyFormat;
 
 /// How to read one COPY stream: its format and options, and which field holds the shard key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +34,28 @@ pub struct SplitSpec {
 }
 
 impl SplitSpec {
+    /// The spec a COPY statement's options describe, with the key `key_name` at `key_index`.
+    pub fn from_facts(facts: &CopyFacts, key_index: usize, key_name: &str) -> SplitSpec {
+        let mut spec = SplitSpec::defaults(facts.format, key_index, key_name);
+        if let Some(d) = facts.delimiter {
+            spec.delimiter = d;
+        }
+        if let Some(n) = &facts.null {
+            spec.null = n.as_bytes().to_vec();
+        }
+        if let Some(q) = facts.quote {
+            spec.quote = q;
+            spec.escape = q;
+        }
+        if let Some(e) = facts.escape {
+            spec.escape = e;
+        }
+        spec.header = facts.header && facts.format != CopyFormat::Binary;
+        spec.key_force_not_null = facts.force_not_null.contains(key_name);
+        spec.key_force_null = facts.force_null.contains(key_name);
+        spec
+    }
+
     /// Postgres's defaults for `format`, with the key at `key_index`.
     pub fn defaults(format: CopyFormat, key_index: usize, key_name: &str) -> SplitSpec {
         SplitSpec {

@@ -105,6 +105,8 @@ pub struct StatementFacts {
     /// The first sharded table the statement names and its shard key column, `(table, key)`, so
     /// refusals can name them.
     pub shard_key: Option<(String, String)>,
+    /// For COPY: its table, column list, format and options.
+    pub copy: Option<Box<super::copy_facts::CopyFacts>>,
 }
 
 impl StatementFacts {
@@ -122,6 +124,7 @@ impl StatementFacts {
             missing_key_rows: None,
             local: None,
             shard_key: None,
+            copy: None,
         }
     }
 }
@@ -1134,6 +1137,7 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
                 from_stdin: c.is_from && !c.is_program && c.filename.is_empty(),
             };
             facts.is_write = c.is_from;
+            facts.copy = Some(Box::new(super::copy_facts::analyze(c)));
             mark_tables(&scan, tables, &mut facts);
             if let Some(q) = node(&c.query) {
                 let inner = analyze_stmt(q, tables);
