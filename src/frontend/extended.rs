@@ -9,11 +9,9 @@ use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::exchange::{Expect, Step};
-use super::session::{
-    aborted, is_sharded_copy_in, refusal, End, Prepared, Session, Target, Txn,
-};
-use crate::gather::copy_in::CopyProtocol;
+use super::session::{aborted, is_sharded_copy_in, refusal, End, Prepared, Session, Target, Txn};
 use crate::backend::ServerConn;
+use crate::gather::copy_in::CopyProtocol;
 use crate::router::params::BindParams;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields};
@@ -238,21 +236,23 @@ impl Session {
         let statement = executes
             .first()
             .and_then(|e| portal_statements.get(&e.portal).cloned());
-        let (Some(statement), None, [_], Some(Msg::Execute(_)), None) = (
-            statement,
-            error,
-            executes.as_slice(),
-            msgs.last(),
-            self.open_batch_shard,
-        ) else {
-            self.push_error_in_batch(refusal(
-                "a COPY that spans shards must be the only statement executed in its batch: send Parse/Bind/Execute of the COPY, then Sync",
-            ));
-            self.skip_until_sync = !sync;
-            if sync {
-                return self.finish_open_batch().await;
+        let alone = executes.len() == 1
+            && matches!(msgs.last(), Some(Msg::Execute(_)))
+            && self.open_batch_shard.is_none();
+        let statement = match (statement, error) {
+            (Some(st), None) if alone => st,
+            (_, error) => {
+                // Nothing runs: an error found while resolving the batch (or a block already
+                // failed) is reported as it is; anything else is a batch pgshard cannot split.
+                self.push_error_in_batch(error.unwrap_or_else(|| refusal(
+                    "a COPY that spans shards must be the only statement executed in its batch: send Parse/Bind/Execute of the COPY, then Sync",
+                )));
+                self.skip_until_sync = !sync;
+                if sync {
+                    return self.finish_open_batch().await;
+                }
+                return Ok(());
             }
-            return Ok(());
         };
         for msg in msgs {
             match msg {

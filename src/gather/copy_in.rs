@@ -110,10 +110,14 @@ impl Session {
     /// What must hold before any shard is asked, and how to split the rows.
     fn copy_in_checks(&self, facts: &StatementFacts) -> Result<Plan, ErrorFields> {
         let Some(copy) = facts.copy.as_deref() else {
-            return Err(refusal("COPY without readable options cannot be split between shards"));
+            return Err(refusal(
+                "COPY without readable options cannot be split between shards",
+            ));
         };
         let Some((table, key)) = facts.shard_key.clone() else {
-            return Err(refusal("COPY into a sharded table without a known shard key"));
+            return Err(refusal(
+                "COPY into a sharded table without a known shard key",
+            ));
         };
         if let Some(why) = &copy.unsupported {
             return Err(refusal(why.clone()));
@@ -343,7 +347,8 @@ impl Session {
             let Some(state) = shards.get_mut(&shard) else {
                 continue;
             };
-            let due = state.pending.len() >= BATCH || (all && (state.open || !state.pending.is_empty()));
+            let due =
+                state.pending.len() >= BATCH || (all && (state.open || !state.pending.is_empty()));
             if !due {
                 continue;
             }
@@ -460,7 +465,11 @@ impl Session {
         first
     }
 
-    async fn split_failed(&mut self, shards: &BTreeMap<u32, ShardCopy>, e: SplitError) -> CopyInError {
+    async fn split_failed(
+        &mut self,
+        shards: &BTreeMap<u32, ShardCopy>,
+        e: SplitError,
+    ) -> CopyInError {
         let fields = ErrorFields::error(e.sqlstate(), e.to_string());
         self.abort_copies(&open_shards(shards), &fields.message)
             .await;

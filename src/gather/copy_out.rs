@@ -18,7 +18,17 @@ use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
 
-/// Rewrites one shard's COPY TO stream so the streams of all shards concatenate into one.
+/// The binary file header Postgres writes (signature, no flags, no extension).
+fn binary_header() -> Vec<u8> {
+    let mut h = BINARY_SIGNATURE.to_vec();
+    h.extend_from_slice(&[0; 8]);
+    h
+}
+
+/// Rewrites one shard's COPY TO stream so the streams of all shards concatenate into one. Message
+/// boundaries are kept (Postgres sends one row per CopyData and drivers rely on it): binary
+/// streams lose their file header and trailer (the merge writes one of each, the header in front
+/// of the first row as Postgres does), text/CSV streams after the first lose their HEADER line.
 #[derive(Debug)]
 pub struct OutFilter {
     format: CopyFormat,
@@ -28,15 +38,14 @@ pub struct OutFilter {
     in_header: bool,
     in_quote: bool,
     last_was_esc: bool,
-    /// Binary: bytes of the file header still to drop (`None` until its length is known).
+    /// Binary: the file header read so far, while it is being dropped.
     header_bytes: Vec<u8>,
     drop_header: bool,
-    /// Binary: the last two bytes seen, held back in case they are the trailer.
-    held: Vec<u8>,
+    trailer_seen: bool,
 }
 
 impl OutFilter {
-    /// The filter for one shard; `first` keeps the header (binary file header or HEADER line).
+    /// The filter for one shard; `first` keeps the HEADER line of text/CSV.
     pub fn new(facts: &CopyFacts, first: bool) -> OutFilter {
         let quote = facts.quote.unwrap_or(b'"');
         let escape = facts.escape.filter(|e| *e != quote);
@@ -48,22 +57,23 @@ impl OutFilter {
             in_quote: false,
             last_was_esc: false,
             header_bytes: Vec::new(),
-            drop_header: !first && facts.format == CopyFormat::Binary,
-            held: Vec::new(),
+            drop_header: facts.format == CopyFormat::Binary,
+            trailer_seen: false,
         }
     }
 
-    /// The part of one CopyData payload to pass on (possibly empty).
-    pub fn take(&mut self, data: &[u8]) -> Vec<u8> {
-        match self.format {
+    /// The part of one CopyData payload to pass on as one message, if any.
+    pub fn take(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        let out = match self.format {
             CopyFormat::Binary => self.take_binary(data),
             _ => self.take_text(data),
-        }
+        };
+        (!out.is_empty()).then(|| out.to_vec())
     }
 
-    fn take_text(&mut self, data: &[u8]) -> Vec<u8> {
+    fn take_text<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
         if !self.in_header {
-            return data.to_vec();
+            return data;
         }
         let csv = self.format == CopyFormat::Csv;
         for (i, &c) in data.iter().enumerate() {
@@ -80,53 +90,49 @@ impl OutFilter {
             }
             if c == b'\n' && !self.in_quote {
                 self.in_header = false;
-                return data[i + 1..].to_vec();
+                return &data[i + 1..];
             }
         }
-        Vec::new()
+        &[]
     }
 
-    fn take_binary(&mut self, data: &[u8]) -> Vec<u8> {
+    fn take_binary<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
         let mut data = data;
-        if self.drop_header {
-            let need = |h: &[u8]| {
-                if h.len() < 19 {
-                    19
-                } else {
-                    19 + u32::from_be_bytes([h[15], h[16], h[17], h[18]]) as usize
-                }
-            };
-            while self.drop_header && !data.is_empty() {
-                let want = need(&self.header_bytes) - self.header_bytes.len();
-                let n = want.min(data.len());
-                self.header_bytes.extend_from_slice(&data[..n]);
-                data = &data[n..];
-                if self.header_bytes.len() >= 19 && self.header_bytes.len() == need(&self.header_bytes)
-                {
-                    self.drop_header = false;
-                }
+        let need = |h: &[u8]| {
+            if h.len() < 19 {
+                19
+            } else {
+                19usize.saturating_add(u32::from_be_bytes([h[15], h[16], h[17], h[18]]) as usize)
+            }
+        };
+        while self.drop_header && !data.is_empty() {
+            let want = need(&self.header_bytes) - self.header_bytes.len();
+            let n = want.min(data.len());
+            self.header_bytes.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.header_bytes.len() == need(&self.header_bytes) {
+                self.drop_header = false;
             }
         }
-        let mut out = std::mem::take(&mut self.held);
-        out.extend_from_slice(data);
-        let keep = out.len().min(2);
-        self.held = out.split_off(out.len() - keep);
-        out
+        if data == BINARY_TRAILER {
+            self.trailer_seen = true;
+            return &[];
+        }
+        data
     }
 
-    /// At the shard's CopyDone: checks its stream ended as Postgres ends one.
+    /// At the shard's CopyDone: checks its stream was shaped as Postgres shapes one.
     pub fn end(&self) -> Result<(), String> {
-        match self.format {
-            CopyFormat::Binary if self.held != BINARY_TRAILER => {
-                Err("a shard's binary COPY stream did not end with a trailer".into())
-            }
-            CopyFormat::Binary
-                if self.header_bytes.len() >= 11 && self.header_bytes[..11] != BINARY_SIGNATURE[..] =>
-            {
-                Err("a shard's binary COPY stream has no valid header".into())
-            }
-            _ => Ok(()),
+        if self.format != CopyFormat::Binary {
+            return Ok(());
         }
+        if self.drop_header || self.header_bytes.get(..11) != Some(&BINARY_SIGNATURE[..]) {
+            return Err("a shard's binary COPY stream has no valid header".into());
+        }
+        if !self.trailer_seen {
+            return Err("a shard's binary COPY stream did not end with a trailer".into());
+        }
+        Ok(())
     }
 }
 
@@ -140,7 +146,10 @@ impl Session {
         protocol: CopyProtocol,
     ) -> Result<(), End> {
         let Some(copy) = facts.copy.as_deref().cloned() else {
-            self.copy_out_failed(refusal("COPY without readable options cannot be merged from several shards"), protocol);
+            self.copy_out_failed(
+                refusal("COPY without readable options cannot be merged from several shards"),
+                protocol,
+            );
             return Ok(());
         };
         if let Some(construct) = &facts.needs_merge {
@@ -174,6 +183,8 @@ impl Session {
         let mut total = 0u64;
         let mut responded = false;
         let mut client_gone = false;
+        // Binary: the file header goes out in front of the first row.
+        let mut header = (copy.format == CopyFormat::Binary).then(binary_header);
         for (i, shard) in shards.iter().enumerate() {
             let mut filter = OutFilter::new(&copy, i == 0);
             let result = self
@@ -182,6 +193,7 @@ impl Session {
                     &mut filter,
                     &mut failure,
                     &mut responded,
+                    &mut header,
                     &mut client_gone,
                 )
                 .await;
@@ -202,7 +214,9 @@ impl Session {
             None => {
                 let mut end = Vec::with_capacity(3);
                 if copy.format == CopyFormat::Binary {
-                    end.push(Frame::new(be::COPY_DATA, Bytes::from_static(BINARY_TRAILER)));
+                    let mut last = header.take().unwrap_or_default();
+                    last.extend_from_slice(BINARY_TRAILER);
+                    end.push(Frame::new(be::COPY_DATA, Bytes::from(last)));
                 }
                 end.push(Frame::new(be::COPY_DONE, Bytes::new()));
                 end.push(be::command_complete(&format!("COPY {total}")));
@@ -227,6 +241,7 @@ impl Session {
         filter: &mut OutFilter,
         failure: &mut Option<ErrorFields>,
         responded: &mut bool,
+        header: &mut Option<Vec<u8>>,
         client_gone: &mut bool,
     ) -> Result<u64, BackendError> {
         let Some(conn) = self.held.get_mut(&shard) else {
@@ -243,15 +258,16 @@ impl Session {
                     first && pass
                 }
                 be::COPY_DATA => {
-                    if pass {
-                        let out = filter.take(&frame.body);
-                        if !out.is_empty()
-                            && self
-                                .io
-                                .send(Frame::new(be::COPY_DATA, Bytes::from(out)))
-                                .await
-                                .is_err()
-                        {
+                    if let Some(out) = filter.take(&frame.body).filter(|_| pass) {
+                        let out = match header.take() {
+                            Some(mut h) => {
+                                h.extend_from_slice(&out);
+                                h
+                            }
+                            None => out,
+                        };
+                        let frame = Frame::new(be::COPY_DATA, Bytes::from(out));
+                        if self.io.send(frame).await.is_err() {
                             *client_gone = true;
                         }
                     }
@@ -335,51 +351,62 @@ mod tests {
         }
     }
 
-    fn run(filter: &mut OutFilter, pieces: &[&[u8]]) -> Vec<u8> {
-        pieces.iter().flat_map(|p| filter.take(p)).collect()
+    fn run(filter: &mut OutFilter, pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+        pieces.iter().filter_map(|p| filter.take(p)).collect()
     }
 
     #[test]
     fn csv_header_only_from_the_first_shard() {
         let f = facts(CopyFormat::Csv, true);
         let mut first = OutFilter::new(&f, true);
-        assert_eq!(run(&mut first, &[b"user_id,name\n", b"1,a\n"]), b"user_id,name\n1,a\n");
+        assert_eq!(
+            run(&mut first, &[b"user_id,name\n", b"1,a\n"]),
+            vec![b"user_id,name\n".to_vec(), b"1,a\n".to_vec()]
+        );
         let mut other = OutFilter::new(&f, false);
-        assert_eq!(run(&mut other, &[b"user_id,na", b"me\n", b"2,\"b\nc\"\n"]), b"2,\"b\nc\"\n");
+        assert_eq!(
+            run(&mut other, &[b"user_id,na", b"me\n", b"2,\"b\nc\"\n"]),
+            vec![b"2,\"b\nc\"\n".to_vec()]
+        );
         // A quoted header with a newline in a column name is one line.
         let mut other = OutFilter::new(&f, false);
-        assert_eq!(run(&mut other, &[b"\"we\nird\",x\n3,d\n"]), b"3,d\n");
+        assert_eq!(
+            run(&mut other, &[b"\"we\nird\",x\n3,d\n"]),
+            vec![b"3,d\n".to_vec()]
+        );
         let mut plain = OutFilter::new(&facts(CopyFormat::Text, false), false);
-        assert_eq!(run(&mut plain, &[b"1\ta\n"]), b"1\ta\n");
-    }
-
-    fn binary(rows: &[&[u8]]) -> Vec<u8> {
-        let mut v = BINARY_SIGNATURE.to_vec();
-        v.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
-        for r in rows {
-            v.extend_from_slice(r);
-        }
-        v.extend_from_slice(BINARY_TRAILER);
-        v
+        assert_eq!(run(&mut plain, &[b"1\ta\n"]), vec![b"1\ta\n".to_vec()]);
     }
 
     #[test]
-    fn binary_keeps_one_header_and_no_trailer() {
+    fn binary_drops_header_and_trailer_keeping_rows_whole() {
         let f = facts(CopyFormat::Binary, false);
-        let stream = binary(&[b"\x00\x01\x00\x00\x00\x01A", b"\x00\x01\x00\x00\x00\x01B"]);
-        for step in [1, 2, 5, 19, 100] {
-            let chunks: Vec<&[u8]> = stream.chunks(step).collect();
-            let mut first = OutFilter::new(&f, true);
-            let out = run(&mut first, &chunks);
-            assert_eq!(out, stream[..stream.len() - 2].to_vec(), "step {step}");
-            assert!(first.end().is_ok());
-            let mut other = OutFilter::new(&f, false);
-            let out = run(&mut other, &chunks);
-            assert_eq!(out, stream[19..stream.len() - 2].to_vec(), "step {step}");
-            assert!(other.end().is_ok());
+        let row_a: &[u8] = b"\x00\x01\x00\x00\x00\x01A";
+        let row_b: &[u8] = b"\x00\x01\x00\x00\x00\x01B";
+        let mut first_msg = binary_header();
+        first_msg.extend_from_slice(row_a);
+        for first in [true, false] {
+            let mut filter = OutFilter::new(&f, first);
+            let out = run(&mut filter, &[&first_msg, row_b, BINARY_TRAILER]);
+            assert_eq!(out, vec![row_a.to_vec(), row_b.to_vec()]);
+            assert!(filter.end().is_ok());
         }
-        let mut cut = OutFilter::new(&f, false);
-        run(&mut cut, &[&stream[..stream.len() - 1]]);
-        assert!(cut.end().is_err());
+        // No rows: header and trailer in one message.
+        let mut empty = binary_header();
+        empty.extend_from_slice(BINARY_TRAILER);
+        let mut filter = OutFilter::new(&f, false);
+        assert!(run(&mut filter, &[&empty]).is_empty());
+        assert!(filter.end().is_ok());
+        // A header split over messages, and a stream cut short.
+        let mut filter = OutFilter::new(&f, false);
+        let out = run(
+            &mut filter,
+            &[&first_msg[..5], &first_msg[5..19], &first_msg[19..]],
+        );
+        assert_eq!(out, vec![row_a.to_vec()]);
+        assert!(filter.end().is_err());
+        let mut filter = OutFilter::new(&f, false);
+        run(&mut filter, &[b"PGCOPX\n\xff\r\n\0\0\0\0\0\0\0\0\0"]);
+        assert!(filter.end().is_err());
     }
 }

@@ -702,12 +702,11 @@ fn csv_field(row: &[u8], spec: &SplitSpec) -> Option<Option<Vec<u8>>> {
 mod tests {
     use super::*;
 
+    /// (key, row) pairs and the prelude.
+    type Split = (Vec<(i64, Vec<u8>)>, Vec<u8>);
+
     /// Feeds `input` in pieces of `step` bytes; returns (key, row) pairs and the prelude.
-    fn split(
-        spec: &SplitSpec,
-        input: &[u8],
-        step: usize,
-    ) -> Result<(Vec<(i64, Vec<u8>)>, Vec<u8>), SplitError> {
+    fn split(spec: &SplitSpec, input: &[u8], step: usize) -> Result<Split, SplitError> {
         let mut s = CopySplitter::new(spec.clone());
         let mut rows = Vec::new();
         for chunk in input.chunks(step.max(1)) {
@@ -719,10 +718,7 @@ mod tests {
     }
 
     /// Splits at every chunk size from 1 to the whole input and checks all agree.
-    fn split_all_ways(
-        spec: &SplitSpec,
-        input: &[u8],
-    ) -> Result<(Vec<(i64, Vec<u8>)>, Vec<u8>), SplitError> {
+    fn split_all_ways(spec: &SplitSpec, input: &[u8]) -> Result<Split, SplitError> {
         let whole = split(spec, input, input.len().max(1));
         for step in 1..input.len().min(40) {
             assert_eq!(split(spec, input, step), whole, "chunk size {step}");
