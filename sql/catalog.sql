@@ -41,3 +41,14 @@ CREATE TRIGGER shard_map_versions_announce AFTER INSERT OR UPDATE OR DELETE ON s
 DROP TRIGGER IF EXISTS shard_map_announce ON shard_map;
 CREATE TRIGGER shard_map_announce AFTER INSERT OR UPDATE OR DELETE ON shard_map
     FOR EACH STATEMENT EXECUTE FUNCTION shard_map_announce();
+
+-- The two-phase-commit decision log. A coordinator inserts 'commit' after every participant has
+-- prepared; recovery inserts 'abort' for a prepared transaction nobody decided in time. The primary
+-- key makes the first writer win, so a live coordinator and recovery can never disagree.
+CREATE TABLE IF NOT EXISTS txn_decisions (
+    gid          text PRIMARY KEY,
+    decision     text NOT NULL CHECK (decision IN ('commit', 'abort')),
+    participants integer[] NOT NULL,
+    coordinator  integer NOT NULL,
+    decided_at   timestamptz NOT NULL DEFAULT now()
+);

@@ -41,6 +41,8 @@ pub struct Config {
     pub sharded_tables: Vec<ShardedTableConfig>,
     #[serde(default)]
     pub router: RouterConfig,
+    #[serde(default)]
+    pub transactions: TransactionsConfig,
 }
 
 /// Where the proxy listens and which logical database it serves.
@@ -164,6 +166,44 @@ pub struct RouterConfig {
     /// Entries in the route cache (statement shapes).
     #[serde(default = "default_cache_size")]
     pub cache_size: usize,
+}
+
+/// Transactions that span several shards (two-phase commit).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsConfig {
+    /// `lock_timeout` given to every participant once a transaction reaches a second shard:
+    /// Postgres sees deadlocks only within one server, so a cross-shard deadlock ends in an error
+    /// after this long instead of hanging. 0 leaves the server's setting alone.
+    #[serde(default = "default_cross_shard_lock_timeout_ms")]
+    pub cross_shard_lock_timeout_ms: u64,
+    /// A prepared transaction with no logged decision that is older than this is presumed
+    /// abandoned by its coordinator and rolled back by recovery.
+    #[serde(default = "default_in_doubt_grace_ms")]
+    pub in_doubt_grace_ms: u64,
+    /// How often every shard is checked for in-doubt prepared transactions.
+    #[serde(default = "default_recovery_interval_ms")]
+    pub recovery_interval_ms: u64,
+}
+
+impl Default for TransactionsConfig {
+    fn default() -> Self {
+        TransactionsConfig {
+            cross_shard_lock_timeout_ms: default_cross_shard_lock_timeout_ms(),
+            in_doubt_grace_ms: default_in_doubt_grace_ms(),
+            recovery_interval_ms: default_recovery_interval_ms(),
+        }
+    }
+}
+
+fn default_cross_shard_lock_timeout_ms() -> u64 {
+    5_000
+}
+fn default_in_doubt_grace_ms() -> u64 {
+    10_000
+}
+fn default_recovery_interval_ms() -> u64 {
+    10_000
 }
 
 fn default_listen() -> String {

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod txn;
 pub mod wire;
 
 /// The database name that reaches the admin console instead of the shards.

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::frontend::cancel::CancelRegistry;
 use crate::ids::IdGenerator;
 use crate::router::Router;
+use crate::txn::Coordinator;
 
 /// Shared by all sessions of one proxy process.
 pub struct Proxy {
@@ -23,4 +24,6 @@ pub struct Proxy {
     pub first_shard: u32,
     /// ParameterStatus values of a real shard, reported to clients at startup.
     pub server_params: std::sync::RwLock<HashMap<String, String>>,
+    /// Commits transactions that span shards.
+    pub coordinator: Arc<Coordinator>,
 }

@@ -15,6 +15,7 @@ use crate::frontend::listener::accept_loop;
 use crate::ids::IdGenerator;
 use crate::proxy::Proxy;
 use crate::router::Router;
+use crate::txn::{self, Coordinator, DecisionLog};
 
 /// Connections pgshard itself needs on each shard beyond its pools (checks, monitors).
 const CONTROL_CONNECTIONS: usize = 2;
@@ -26,6 +27,7 @@ pub struct RunningProxy {
     shutdown: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
     catalog: CatalogHandle,
+    recovery: tokio::task::JoinHandle<()>,
 }
 
 impl RunningProxy {
@@ -34,6 +36,7 @@ impl RunningProxy {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
+        self.recovery.abort();
         self.catalog.shutdown();
     }
 }
@@ -51,6 +54,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let pools = ShardPools::new(&config).map_err(anyhow::Error::msg)?;
     let router = Router::new(&config.sharded_tables, config.router.cache_size);
     let first_shard = config.shards[0].id;
+    let log = DecisionLog::new(
+        &config.catalog.url,
+        CONTROL_CONNECTIONS,
+        config.pool.connect_timeout(),
+    )?;
+    let coordinator = Arc::new(Coordinator::new(log, pools.clone(), catalog.node_id));
+    // Transactions a previous run left in doubt are settled before clients arrive.
+    txn::recovery::resolve_once(&config, &coordinator).await;
+    let recovery = txn::recovery::start(config.clone(), coordinator.clone());
     let listener = TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
@@ -64,6 +76,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         cancels: CancelRegistry::default(),
         first_shard,
         server_params: Default::default(),
+        coordinator,
     });
     let (shutdown, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, proxy.clone(), rx));
@@ -74,6 +87,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         shutdown,
         accept,
         catalog,
+        recovery,
     })
 }
 
@@ -99,7 +113,7 @@ async fn check_shard(config: &Config, shard: &ShardConfig) -> anyhow::Result<()>
     let conn_task = tokio::spawn(connection);
     let row = client
         .query_one(
-            "SELECT (SELECT shard_id FROM pgshard_meta.identity), current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int",
+            "SELECT (SELECT shard_id FROM pgshard_meta.identity), current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, current_setting('max_prepared_transactions')::int",
             &[],
         )
         .await
@@ -115,6 +129,10 @@ async fn check_shard(config: &Config, shard: &ShardConfig) -> anyhow::Result<()>
     let identity: Option<i32> = row.get(0);
     let max_connections: i32 = row.get(1);
     let reserved: i32 = row.get(2);
+    let max_prepared: i32 = row.get(3);
+    if max_prepared == 0 {
+        tracing::warn!(shard = shard.id, "max_prepared_transactions is 0: transactions that write to this shard and another will fail to commit");
+    }
     match identity {
         Some(id) if id as i64 == shard.id as i64 => {}
         Some(id) => bail!(

@@ -104,14 +104,25 @@ async fn queries_route_by_key_in_both_protocols() {
         .await
         .expect("= ANY($1)");
     assert_eq!(any.len(), 3);
-    // What needs a real merge is refused clearly, never answered wrongly.
-    let err = c
+    // Keyless reads that need a real merge are merged; what cannot be merged exactly is
+    // refused clearly, never answered wrongly.
+    let n: i64 = c
         .query_one("SELECT count(*) FROM users", &[])
         .await
-        .unwrap_err();
-    assert_eq!(code(&err), "0A000", "{err}");
-    let err = c
+        .expect("merged count")
+        .get(0);
+    assert_eq!(n, 80);
+    let latest = c
         .simple_query("SELECT * FROM users ORDER BY created_at DESC LIMIT 20")
+        .await
+        .expect("merged ORDER BY … LIMIT");
+    let rows = latest
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 20);
+    let err = c
+        .query_one("SELECT string_agg(name, ',') FROM users", &[])
         .await
         .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
@@ -130,7 +141,7 @@ async fn queries_route_by_key_in_both_protocols() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transactions_stay_on_one_shard_or_are_refused() {
+async fn transactions_commit_or_roll_back_on_every_shard_they_reach() {
     let cluster = TestCluster::start(4, Strategy::Hash).await;
     let proxy = start_proxy(&cluster.info).await;
     let map = proxy.proxy.map.current();
@@ -167,15 +178,19 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
         .get(0);
     assert_eq!(name, "a2", "rollback must undo the update");
 
-    // A second shard inside one transaction: refused, the block fails, nothing is half-committed.
+    // A block that reached two shards and then had a statement refused: the block fails, and
+    // COMMIT rolls it back on both shards.
     c.batch_execute("BEGIN").await.expect("begin");
     c.batch_execute(&format!("UPDATE users SET name = 'x' WHERE user_id = {a}"))
         .await
         .expect("first shard");
+    c.batch_execute(&format!(
+        "INSERT INTO users (user_id, name) VALUES ({b}, 'b')"
+    ))
+    .await
+    .expect("second shard joins the block");
     let err = c
-        .batch_execute(&format!(
-            "INSERT INTO users (user_id, name) VALUES ({b}, 'b')"
-        ))
+        .batch_execute(&format!("UPDATE users SET user_id = 5 WHERE user_id = {a}"))
         .await
         .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
@@ -207,8 +222,11 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
     c.execute("UPDATE users SET name = 'ext' WHERE user_id = $1", &[&a])
         .await
         .expect("first shard");
+    c.execute("INSERT INTO users (user_id, name) VALUES ($1, 'b')", &[&b])
+        .await
+        .expect("second shard");
     let err = c
-        .execute("INSERT INTO users (user_id, name) VALUES ($1, 'b')", &[&b])
+        .execute("UPDATE users SET user_id = 5 WHERE user_id = $1", &[&a])
         .await
         .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
@@ -224,6 +242,12 @@ async fn transactions_stay_on_one_shard_or_are_refused() {
         name, "a2",
         "the refused block must roll back, COMMIT or not"
     );
+    let n = c
+        .query("SELECT user_id FROM users WHERE user_id = $1", &[&b])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
 
     // Multi-row INSERT spanning shards and keyless writes are refused.
     let err = c

@@ -62,6 +62,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
             key: "user_id".into(),
         }],
         router: RouterConfig::default(),
+        transactions: Default::default(),
     }
 }
 

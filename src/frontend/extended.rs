@@ -9,7 +9,10 @@ use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::exchange::{Expect, Step};
-use super::session::{aborted, is_sharded_copy_in, refusal, End, Prepared, Session, Target, Txn};
+use super::session::{
+    aborted, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared, Session, Target,
+    Txn,
+};
 use crate::backend::ServerConn;
 use crate::gather::copy_in::CopyProtocol;
 use crate::router::params::BindParams;
@@ -103,10 +106,13 @@ impl Session {
                 }
             }
         }
-        if self.txn.as_ref().is_some_and(|t| t.refused)
+        if self.block_failed()
             && !executed.iter().all(|st| {
                 st.facts.first().is_some_and(|f| {
-                    matches!(f.kind, StatementKind::Commit | StatementKind::Rollback)
+                    matches!(
+                        f.kind,
+                        StatementKind::Commit | StatementKind::Rollback | StatementKind::Savepoint
+                    )
                 })
             })
         {
@@ -168,7 +174,23 @@ impl Session {
             }
         };
         let tail_error = error.clone();
-        let build = |conn: &ServerConn| build_steps(&msgs, conn, tail_error.as_ref(), sync);
+        let merge = match &target {
+            Target::Scatter(_) => match merge_for_batch(&msgs) {
+                Ok(m) => m,
+                Err(fields) => {
+                    self.push_error_in_batch(fields);
+                    self.skip_until_sync = !sync;
+                    if sync {
+                        return self.finish_open_batch().await;
+                    }
+                    return Ok(());
+                }
+            },
+            Target::Single(_) => None,
+        };
+        let merge_steps = merge.as_ref().map(|(m, _)| m);
+        let build =
+            |conn: &ServerConn| build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps);
         match target {
             Target::Single(shard) => {
                 for msg in &msgs {
@@ -184,7 +206,12 @@ impl Session {
                         // The server now skips everything up to Sync; so do we.
                         self.skip_until_sync = true;
                     }
-                    self.after_statements(&all_facts, &outcome);
+                    self.after_statements(&all_facts, &outcome, Some(shard));
+                    if let ([st], None) = (&executed[..], &outcome.error) {
+                        if let Some(f) = st.facts.first() {
+                            self.note_block_statement(&st.sql, f);
+                        }
+                    }
                 }
             }
             Target::Scatter(shards) => {
@@ -206,7 +233,16 @@ impl Session {
                     }
                     return Ok(());
                 }
-                self.run_scatter(shards, build).await?;
+                let bound = merge.as_ref().map(|(_, b)| b.clone());
+                let atomic = all_facts.iter().any(needs_atomic_scatter);
+                let ok = self
+                    .run_scatter_request(shards, atomic, build, bound)
+                    .await?;
+                if let ([st], true) = (&executed[..], ok) {
+                    if let Some(f) = st.facts.first() {
+                        self.note_block_statement(&st.sql, f);
+                    }
+                }
             }
         }
         if error.is_some() && !sync {
@@ -301,12 +337,16 @@ impl Session {
         if executed.len() != 1 {
             return false;
         }
-        let unbound = self.txn.as_ref().is_none_or(|t| t.shard.is_none());
+        let unbound = self.txn.as_ref().is_none_or(|t| t.participants.is_empty());
         match executed[0].facts.first().map(|f| &f.kind) {
             Some(StatementKind::Begin) => self.txn.is_none(),
             Some(StatementKind::Commit | StatementKind::Rollback) => {
-                // A block the proxy refused a statement in can only roll back.
-                self.txn.is_some() && (unbound || self.txn.as_ref().is_some_and(|t| t.refused))
+                // A block the proxy refused a statement in can only roll back; one that spans
+                // shards commits through the coordinator.
+                self.txn.is_some()
+                    && (unbound
+                        || self.block_is_distributed()
+                        || self.txn.as_ref().is_some_and(|t| t.refused))
             }
             _ => false,
         }
@@ -519,29 +559,25 @@ impl Session {
                     } else {
                         match facts.kind {
                             StatementKind::Begin => {
-                                self.txn = Some(Txn {
-                                    pending_begin: Some(st.sql.clone()),
-                                    shard: None,
-                                    refused: false,
-                                });
+                                self.txn = Some(Txn::explicit(&st.sql));
                                 self.settings_at_begin = Some(self.settings.clone());
                                 self.io.push(&be::command_complete("BEGIN"));
                             }
                             _ => {
-                                let refused = self.txn.as_ref().is_some_and(|t| t.refused);
-                                let tag = if refused || facts.kind == StatementKind::Rollback {
-                                    "ROLLBACK"
-                                } else {
-                                    "COMMIT"
-                                };
-                                if let Some(shard) = self.txn.as_ref().and_then(|t| t.shard) {
-                                    if let Some(conn) = self.held.get_mut(&shard) {
-                                        let _ = conn.run_silently("ROLLBACK").await;
+                                let chain = crate::txn::statement::chains(&st.sql)
+                                    .then(|| self.txn_begin_sql());
+                                let commit = facts.kind == StatementKind::Commit;
+                                match self.end_block(commit).await {
+                                    Ok(end) => self.io.push(&be::command_complete(end.tag())),
+                                    Err(fields) => {
+                                        self.push_error_in_batch(fields);
+                                        break;
                                     }
                                 }
-                                self.end_transaction(tag == "ROLLBACK");
-                                self.io.push(&be::command_complete(tag));
-                                self.release_idle();
+                                if let Some(begin) = chain {
+                                    self.txn = Some(Txn::explicit(&begin));
+                                    self.settings_at_begin = Some(self.settings.clone());
+                                }
                             }
                         }
                     }
@@ -560,12 +596,62 @@ impl Session {
     }
 }
 
+/// How a batch's Bind changes when the statement runs on several shards with a merge: it binds a
+/// rewritten statement (prepared under its own server-side name) whose hidden columns need
+/// result format codes, and the merge needs the result's description even if the client did not
+/// ask for it.
+struct MergeSteps {
+    sql: String,
+    server_name: String,
+    hidden: usize,
+    inject_describe: bool,
+}
+
+/// The merge of a batch that runs on several shards, from its one Bind; `None` when rows are
+/// only concatenated.
+fn merge_for_batch(
+    msgs: &[Msg],
+) -> Result<Option<(MergeSteps, crate::gather::merged::BoundMerge)>, ErrorFields> {
+    let Some((bind, statement)) = msgs.iter().find_map(|m| match m {
+        Msg::Bind {
+            bind, statement, ..
+        } => Some((bind, statement)),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let Some(Ok(plan)) = statement.facts.first().and_then(|f| f.merge.as_ref()) else {
+        return Ok(None);
+    };
+    let describes = msgs
+        .iter()
+        .any(|m| matches!(m, Msg::DescribePortal(t) if t.name == bind.portal));
+    let params = BindParams {
+        values: &bind.params,
+        formats: &bind.param_formats,
+        types: &statement.param_types,
+    };
+    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, describes)?;
+    let sql = plan.shard_sql.with_placeholders();
+    let server_name = server_statement_name(&sql, &statement.param_types);
+    Ok(Some((
+        MergeSteps {
+            sql,
+            server_name,
+            hidden: plan.hidden,
+            inject_describe: !describes,
+        },
+        bound,
+    )))
+}
+
 /// The server-bound steps of a batch for one connection, given what it has prepared already.
 fn build_steps(
     msgs: &[Msg],
     conn: &ServerConn,
     tail_error: Option<&ErrorFields>,
     sync: bool,
+    merge: Option<&MergeSteps>,
 ) -> Vec<Step> {
     let mut steps = Vec::with_capacity(msgs.len() + 2);
     let mut unnamed_ready = false;
@@ -607,6 +693,40 @@ fn build_steps(
                 rewritten,
             } => {
                 let mut bind = bind.clone();
+                if let Some(m) = merge {
+                    if !conn.prepared.contains(&m.server_name) && !parsed.contains(&m.server_name) {
+                        steps.push(send(
+                            Parse {
+                                name: m.server_name.clone(),
+                                query: m.sql.clone(),
+                                param_types: statement.param_types.clone(),
+                            }
+                            .encode(),
+                            Expect::Parse {
+                                register: Some(m.server_name.clone()),
+                            },
+                            false,
+                        ));
+                        parsed.insert(m.server_name.clone());
+                    }
+                    bind.statement = m.server_name.clone();
+                    if bind.result_formats.len() > 1 {
+                        bind.result_formats.extend(std::iter::repeat_n(0, m.hidden));
+                    }
+                    let portal = NamedTarget {
+                        kind: b'P',
+                        name: bind.portal.clone(),
+                    };
+                    steps.push(send(bind.encode(), Expect::Bind, true));
+                    if m.inject_describe {
+                        steps.push(send(
+                            portal.encode(fe::DESCRIBE),
+                            Expect::DescribePortal,
+                            true,
+                        ));
+                    }
+                    continue;
+                }
                 if let Some(sql) = rewritten {
                     steps.push(send(
                         Parse {

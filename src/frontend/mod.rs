@@ -1,6 +1,7 @@
 //! Client side of the proxy: listener, startup, authentication and the client session.
 
 pub mod auth;
+pub mod broadcast;
 pub mod cancel;
 pub mod client_io;
 pub mod exchange;
@@ -8,3 +9,4 @@ pub mod extended;
 pub mod listener;
 pub mod session;
 pub mod startup;
+pub mod txn_control;

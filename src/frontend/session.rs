@@ -29,16 +29,7 @@ pub struct Prepared {
     pub server_name: String,
 }
 
-/// An explicit transaction block the client opened.
-pub struct Txn {
-    /// A BEGIN not yet sent: it goes to the first shard the transaction touches.
-    pub pending_begin: Option<String>,
-    /// The shard the transaction runs on, once known.
-    pub shard: Option<u32>,
-    /// The proxy refused a statement inside the block: like Postgres, everything but the end of
-    /// the block is refused until then, and the block ends in ROLLBACK.
-    pub refused: bool,
-}
+pub use crate::txn::Txn;
 
 /// Where a request runs.
 pub enum Target {
@@ -175,10 +166,20 @@ impl Session {
         match &self.txn {
             None => TxStatus::Idle,
             Some(t) if t.refused => TxStatus::Failed,
-            Some(t) => match t.shard.and_then(|s| self.held.get(&s)) {
-                Some(conn) => conn.status,
-                None => TxStatus::InTransaction,
-            },
+            Some(t) => {
+                let failed = t.participants.iter().any(|s| {
+                    self.held
+                        .get(s)
+                        .is_some_and(|c| c.status == TxStatus::Failed)
+                });
+                if failed {
+                    TxStatus::Failed
+                } else if t.implicit {
+                    TxStatus::Idle
+                } else {
+                    TxStatus::InTransaction
+                }
+            }
         }
     }
 
@@ -235,6 +236,12 @@ impl Session {
         }
         if let Some(done) = self.transaction_shortcut(&sql, &facts).await? {
             return Ok(done);
+        }
+        if facts.len() > 1 && self.block_is_distributed() && facts.iter().any(is_block_control) {
+            self.reply_error(refusal(
+                "this transaction spans several shards: send BEGIN, COMMIT, ROLLBACK and savepoint statements on their own, not together with other statements",
+            ));
+            return Ok(());
         }
         if let Some(fields) = self.session_bound_refusal(&facts) {
             self.reply_error(fields);
@@ -299,7 +306,10 @@ impl Session {
             Target::Single(shard) => {
                 let outcome = self.run_single(shard, true, steps).await?;
                 if let Some(outcome) = outcome {
-                    self.after_statements(&facts, &outcome);
+                    self.after_statements(&facts, &outcome, Some(shard));
+                    if let ([only], None) = (&facts[..], &outcome.error) {
+                        self.note_block_statement(&sql, only);
+                    }
                 }
             }
             Target::Scatter(shards) => {
@@ -311,7 +321,31 @@ impl Session {
                     let protocol = crate::gather::copy_in::CopyProtocol::Simple;
                     return self.copy_out_sharded(&sql, only, shards, protocol).await;
                 }
-                self.run_scatter(shards, steps).await?;
+                let merge = match merge_for_simple(&facts, &literals) {
+                    Ok(m) => m,
+                    Err(fields) => {
+                        self.reply_error(fields);
+                        return Ok(());
+                    }
+                };
+                let (frame, bound) = match merge {
+                    Some((sql, bound)) => (fe::query(&sql), Some(bound)),
+                    None => (frame, None),
+                };
+                let steps = |_: &crate::backend::ServerConn| {
+                    vec![Step::Send {
+                        frame: frame.clone(),
+                        expect: Expect::Query,
+                        forward: true,
+                    }]
+                };
+                let atomic = facts.iter().any(needs_atomic_scatter);
+                let ok = self
+                    .run_scatter_request(shards, atomic, steps, bound)
+                    .await?;
+                if let ([only], true) = (&facts[..], ok) {
+                    self.note_block_statement(&sql, only);
+                }
             }
         }
         Ok(())
@@ -325,20 +359,17 @@ impl Session {
         facts: &[StatementFacts],
     ) -> Result<Option<()>, End> {
         let [only] = facts else {
-            if self.txn.as_ref().is_some_and(|t| t.refused) {
+            if self.block_failed() {
                 self.reply_error(aborted());
                 return Ok(Some(()));
             }
             return Ok(None);
         };
-        let unbound = self.txn.as_ref().is_none_or(|t| t.shard.is_none());
+        let unbound = self.txn.as_ref().is_none_or(|t| t.participants.is_empty());
+        let distributed = self.block_is_distributed();
         match &only.kind {
             StatementKind::Begin if self.txn.is_none() => {
-                self.txn = Some(Txn {
-                    pending_begin: Some(sql.to_string()),
-                    shard: None,
-                    refused: false,
-                });
+                self.txn = Some(Txn::explicit(sql));
                 self.settings_at_begin = Some(self.settings.clone());
                 self.io.push(&be::command_complete("BEGIN"));
                 self.io.push(&be::ready_for_query(TxStatus::InTransaction));
@@ -358,13 +389,8 @@ impl Session {
                 Ok(Some(()))
             }
             StatementKind::Commit | StatementKind::Rollback
-                if unbound || self.txn.as_ref().is_some_and(|t| t.refused) =>
+                if unbound || distributed || self.txn.as_ref().is_some_and(|t| t.refused) =>
             {
-                let tag = match (&only.kind, &self.txn) {
-                    (StatementKind::Commit, Some(t)) if !t.refused => "COMMIT",
-                    (StatementKind::Commit, None) => "COMMIT",
-                    _ => "ROLLBACK",
-                };
                 if self.txn.is_none() {
                     self.io.push(
                         &ErrorFields {
@@ -373,39 +399,41 @@ impl Session {
                         }
                         .to_notice(),
                     );
+                    let tag = if only.kind == StatementKind::Commit {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    };
+                    self.io.push(&be::command_complete(tag));
+                    self.io.push(&be::ready_for_query(TxStatus::Idle));
+                    return Ok(Some(()));
                 }
-                if let Some(shard) = self.txn.as_ref().and_then(|t| t.shard) {
-                    if let Some(conn) = self.held.get_mut(&shard) {
-                        if conn.run_silently("ROLLBACK").await.is_err() {
-                            if let Some(conn) = self.held.remove(&shard) {
-                                ShardPools::discard(conn);
-                            }
-                        }
+                let chain = crate::txn::statement::chains(sql).then(|| self.txn_begin_sql());
+                match self.end_block(only.kind == StatementKind::Commit).await {
+                    Ok(end) => self.io.push(&be::command_complete(end.tag())),
+                    Err(fields) => {
+                        self.reply_error(fields);
+                        return Ok(Some(()));
                     }
                 }
-                self.end_transaction(tag == "ROLLBACK");
-                self.io.push(&be::command_complete(tag));
-                self.io.push(&be::ready_for_query(TxStatus::Idle));
-                self.release_idle();
+                if let Some(begin) = chain {
+                    self.txn = Some(Txn::explicit(&begin));
+                    self.settings_at_begin = Some(self.settings.clone());
+                }
+                let status = self.status();
+                self.io.push(&be::ready_for_query(status));
                 Ok(Some(()))
             }
             StatementKind::Set { .. } | StatementKind::SetLocal | StatementKind::Savepoint
                 if self
                     .txn
                     .as_ref()
-                    .is_some_and(|t| t.shard.is_none() && !t.refused)
+                    .is_some_and(|t| t.participants.is_empty() && !t.refused)
                     && only.local.is_none() =>
             {
-                // Nothing has run yet: the statement joins the pending BEGIN and runs first on
-                // whichever shard the transaction reaches.
-                if let Some(txn) = &mut self.txn {
-                    let begin = txn.pending_begin.take().unwrap_or_else(|| "BEGIN".into());
-                    txn.pending_begin = Some(format!(
-                        "{};{}",
-                        begin.trim_end().trim_end_matches(';'),
-                        sql
-                    ));
-                }
+                // Nothing has run yet: the block remembers the statement and every shard it
+                // reaches replays it after BEGIN (a session SET reaches shards as settings).
+                self.note_block_statement(sql, only);
                 let tag = match &only.kind {
                     StatementKind::Savepoint => savepoint_tag(sql),
                     StatementKind::Set { value: None, .. } => "RESET",
@@ -413,7 +441,7 @@ impl Session {
                 };
                 if let StatementKind::Set { .. } = &only.kind {
                     let outcome = Outcome::default();
-                    self.after_statements(facts, &outcome);
+                    self.after_statements(facts, &outcome, None);
                     for conn in self.held.values_mut() {
                         conn.settings_unknown = true;
                     }
@@ -422,7 +450,7 @@ impl Session {
                 self.io.push(&be::ready_for_query(TxStatus::InTransaction));
                 Ok(Some(()))
             }
-            _ if self.txn.as_ref().is_some_and(|t| t.refused) => {
+            _ if self.block_failed() => {
                 if only.kind == StatementKind::Savepoint {
                     // ROLLBACK TO SAVEPOINT may rescue the block; the server decides.
                     return Ok(None);
@@ -551,7 +579,7 @@ impl Session {
                 Route::Single(s) => {
                     if let Some(prev) = single.filter(|p| p != s) {
                         return Err(refusal(format!(
-                            "statements sent together need shards {prev} and {s}; a request spanning several shards needs two-phase commit, which is not supported yet: send them separately"
+                            "statements sent together in one request need shards {prev} and {s}: send them separately (inside BEGIN … COMMIT they still commit together)"
                         )));
                     }
                     single = Some(*s);
@@ -560,38 +588,39 @@ impl Session {
                 Route::Scatter(v) => {
                     if routes.len() > 1 {
                         return Err(refusal(
-                            "a statement that reads every shard must be sent on its own, not together with other statements",
+                            "a statement that runs on several shards must be sent on its own, not together with other statements",
                         ));
                     }
                     scatter = Some(v.clone());
                 }
             }
         }
-        let bound = self
-            .txn
-            .as_ref()
-            .and_then(|t| t.shard)
-            .or(self.open_batch_shard);
         if let Some(shards) = scatter {
-            if self.txn.is_some() || self.open_batch_shard.is_some() {
-                let table = if facts.iter().any(|f| f.is_write) {
-                    "write"
-                } else {
-                    "read"
-                };
-                return Err(refusal(format!(
-                    "a {table} without a shard key inside a transaction would span several shards; transactions across shards need two-phase commit, which is not supported yet"
-                )));
+            if self.open_batch_shard.is_some() {
+                return Err(refusal(
+                    "a statement without a shard key cannot join an implicit transaction that a Flush left open on one shard: send Sync first",
+                ));
             }
             return Ok(Target::Scatter(shards));
         }
+        // Savepoints and SET LOCAL belong to every shard of a block that spans several.
+        let participants = self.block_shards();
+        if participants.len() > 1
+            && facts
+                .iter()
+                .any(|f| matches!(f.kind, StatementKind::Savepoint | StatementKind::SetLocal))
+        {
+            return Ok(Target::Scatter(participants));
+        }
+        let bound = self.open_batch_shard;
         let shard = single
             .or(bound)
+            .or_else(|| participants.first().copied())
             .or_else(|| self.held.keys().next().copied())
             .unwrap_or(self.any_shard);
         if let Some(b) = bound.filter(|b| *b != shard) {
             return Err(refusal(format!(
-                "this transaction runs on shard {b} and the statement needs shard {shard}; transactions across shards need two-phase commit, which is not supported yet"
+                "an implicit transaction that a Flush left open runs on shard {b} and the statement needs shard {shard}: send Sync first, or use BEGIN … COMMIT, which may span shards"
             )));
         }
         Ok(Target::Single(shard))
@@ -618,14 +647,8 @@ impl Session {
             conn.applied = self.settings.clone();
             conn.settings_unknown = false;
         }
-        if let Some(txn) = self.txn.as_mut().filter(|_| join_txn) {
-            if txn.shard.is_none() {
-                let begin = txn.pending_begin.take().unwrap_or_else(|| "BEGIN".into());
-                if let Err(e) = conn.run_silently(&begin).await {
-                    return Err(backend_error_fields(&e));
-                }
-                txn.shard = Some(shard);
-            }
+        if join_txn {
+            self.join_block(shard).await?;
         }
         Ok(())
     }
@@ -679,7 +702,11 @@ impl Session {
                     ShardPools::discard(conn);
                 }
                 tracing::warn!(shard, error = %e, "server connection failed");
-                self.txn = None;
+                match &mut self.txn {
+                    // Other shards still hold the block's work: it can only roll back now.
+                    Some(t) if t.participants.iter().any(|p| *p != shard) => t.refused = true,
+                    _ => self.txn = None,
+                }
                 self.open_batch_shard = None;
                 self.skip_until_sync = false;
                 self.reply_error(backend_error_fields(&e));
@@ -693,25 +720,29 @@ impl Session {
         match outcome.status {
             Some(TxStatus::Idle) => {
                 // A transaction whose BEGIN is still pending has not reached this shard.
-                let ours = self.txn.as_ref().is_some_and(|t| t.shard == Some(shard));
-                if ours {
+                let ours = self.txn.as_ref().is_some_and(|t| t.has(shard));
+                if ours && !self.block_is_distributed() {
                     let rolled_back = outcome.error.is_some()
                         || outcome.tags.last().is_some_and(|t| t == "ROLLBACK");
                     self.end_transaction(rolled_back);
+                } else if ours {
+                    // One shard left a block that spans several: the rest can only roll back.
+                    if let Some(t) = &mut self.txn {
+                        t.participants.retain(|p| *p != shard);
+                        t.refused = true;
+                    }
                 }
                 self.portals.clear();
             }
             Some(TxStatus::InTransaction) | Some(TxStatus::Failed) => {
                 if self.txn.is_none() {
                     self.settings_at_begin = Some(self.settings.clone());
-                    self.txn = Some(Txn {
-                        pending_begin: None,
-                        shard: Some(shard),
-                        refused: false,
-                    });
+                    self.txn = Some(Txn::started_on(shard));
                 }
                 if let Some(txn) = &mut self.txn {
-                    txn.shard = Some(shard);
+                    if !txn.has(shard) {
+                        txn.participants.push(shard);
+                    }
                     // Only ROLLBACK TO SAVEPOINT rescues a block the proxy refused a statement in.
                     if outcome.tags.last().is_some_and(|t| t == "ROLLBACK") {
                         txn.refused = false;
@@ -727,8 +758,8 @@ impl Session {
         if self.proxy.config.pool.mode == PoolMode::Session || self.open_batch_shard.is_some() {
             return;
         }
-        let keep = self.txn.as_ref().and_then(|t| t.shard);
-        if self.txn.is_some() && keep.is_none() {
+        let keep = self.block_shards();
+        if self.txn.is_some() && keep.is_empty() {
             // A BEGIN is pending: keep what we have for the first statement.
             return;
         }
@@ -736,7 +767,7 @@ impl Session {
             .held
             .keys()
             .copied()
-            .filter(|s| Some(*s) != keep)
+            .filter(|s| !keep.contains(s))
             .collect();
         for shard in shards {
             if let Some(conn) = self.held.remove(&shard) {
@@ -748,7 +779,13 @@ impl Session {
     }
 
     /// Records the effect of successful SET/RESET/DISCARD statements on the session's settings.
-    pub fn after_statements(&mut self, facts: &[StatementFacts], outcome: &Outcome) {
+    /// `ran_on` is the shard that ran them (`None` when the proxy answered itself).
+    pub fn after_statements(
+        &mut self,
+        facts: &[StatementFacts],
+        outcome: &Outcome,
+        ran_on: Option<u32>,
+    ) {
         if outcome.error.is_some() {
             return;
         }
@@ -782,8 +819,9 @@ impl Session {
                             }
                         },
                     }
-                    // The server now holds exactly what it was told (RESET → its default).
-                    for conn in self.held.values_mut() {
+                    // The server now holds exactly what it was told (RESET → its default);
+                    // other shards catch up when next used.
+                    for (_, conn) in self.held.iter_mut().filter(|(s, _)| Some(**s) == ran_on) {
                         match value {
                             Some(v) => {
                                 conn.applied.insert(name.clone(), v.clone());
@@ -811,17 +849,55 @@ impl Session {
         }
     }
 
-    /// Runs steps on several shards in parallel and merges the answers for the client.
+    /// Runs a request on several shards and finishes it for the client (closing frames and
+    /// ReadyForQuery). `atomic`: outside a block, the shards run it inside an implicit block
+    /// that commits on all of them or none. Returns true when it succeeded everywhere.
+    pub async fn run_scatter_request(
+        &mut self,
+        shards: Vec<u32>,
+        atomic: bool,
+        steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
+        merge: Option<crate::gather::merged::BoundMerge>,
+    ) -> Result<bool, End> {
+        let implicit = atomic && shards.len() > 1 && self.begin_implicit_block();
+        let end = self.run_scatter(shards, steps, merge).await?;
+        if let Some(fields) = end.failure {
+            if implicit {
+                self.finish_implicit_block(false).await?;
+            }
+            self.reply_error(fields);
+            return Ok(false);
+        }
+        // A shard's error already went to the client through the merge.
+        let failed = self.status() == TxStatus::Failed;
+        if implicit {
+            if let Some(fields) = self.finish_implicit_block(!failed).await? {
+                self.reply_error(fields);
+                return Ok(false);
+            }
+        }
+        if let Some(complete) = end.complete.filter(|_| !failed) {
+            self.io.push(&complete);
+        }
+        let status = self.status();
+        self.io.push(&be::ready_for_query(status));
+        Ok(!failed)
+    }
+
+    /// Runs steps on several shards in parallel and merges the answers for the client; the
+    /// closing CommandComplete comes back to the caller, which sends it and ReadyForQuery.
     pub async fn run_scatter(
         &mut self,
         shards: Vec<u32>,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
-    ) -> Result<(), End> {
+        merge: Option<crate::gather::merged::BoundMerge>,
+    ) -> Result<ScatterEnd, End> {
         for shard in &shards {
             if let Err(fields) = self.ensure_conn(*shard, true).await {
-                self.reply_error(fields);
-                self.release_idle();
-                return Ok(());
+                return Ok(ScatterEnd {
+                    failure: Some(fields),
+                    complete: None,
+                });
             }
         }
         let mut work = Vec::with_capacity(shards.len());
@@ -835,24 +911,69 @@ impl Session {
             &self.cancel,
             work.iter().map(|(c, _)| c.cancel_target()).collect(),
         );
-        let result = crate::gather::scatter::run(work, &mut self.io).await;
+        let result = crate::gather::scatter::run(work, &mut self.io, merge).await;
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {
             self.held.insert(conn.shard, conn);
         }
-        if let Some(fields) = result.failure {
-            self.reply_error(fields);
-        } else {
-            for frame in [result.complete, result.ready].into_iter().flatten() {
-                self.io.push(&frame);
-            }
-        }
-        self.release_idle();
         if result.client_gone {
             return Err(End::ClientGone);
         }
-        Ok(())
+        if result.failure.is_some() {
+            if let Some(t) = &mut self.txn {
+                // A shard of the block lost its connection.
+                if !t.implicit && t.participants.iter().any(|p| !self.held.contains_key(p)) {
+                    t.refused = true;
+                }
+            }
+        }
+        Ok(ScatterEnd {
+            failure: result.failure,
+            complete: result.complete,
+        })
     }
+}
+
+/// What a scatter left for its caller to finish.
+pub struct ScatterEnd {
+    /// A failure the client has not been told about.
+    pub failure: Option<ErrorFields>,
+    /// The merged CommandComplete, not yet sent.
+    pub complete: Option<Frame>,
+}
+
+/// Statements that end or structure a block: sent on their own once a block spans shards.
+fn is_block_control(f: &StatementFacts) -> bool {
+    matches!(
+        f.kind,
+        StatementKind::Begin
+            | StatementKind::Commit
+            | StatementKind::Rollback
+            | StatementKind::Savepoint
+    )
+}
+
+/// A statement whose effects on several shards must commit together.
+pub fn needs_atomic_scatter(f: &StatementFacts) -> bool {
+    f.is_write || f.kind == StatementKind::Ddl
+}
+
+/// The merge of a simple-protocol statement that runs on several shards: the rewritten text (its
+/// literals put back) and the plan bound to them; `None` when rows are only concatenated.
+fn merge_for_simple(
+    facts: &[StatementFacts],
+    literals: &[crate::router::literals::Literal],
+) -> Result<Option<(String, crate::gather::merged::BoundMerge)>, ErrorFields> {
+    let [f] = facts else { return Ok(None) };
+    let Some(Ok(plan)) = &f.merge else {
+        return Ok(None);
+    };
+    let sql = plan.shard_sql.with_literals(literals).ok_or_else(|| {
+        ErrorFields::error("XX000", "a rewritten statement lost one of its literals")
+    })?;
+    let params = crate::router::literals::LiteralParams(literals);
+    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, true)?;
+    Ok(Some((sql, bound)))
 }
 
 /// The command tag of a savepoint statement, from its first words.

@@ -486,16 +486,6 @@ impl Session {
     }
 }
 
-// TEMPORARY until the lead's implicit transaction blocks land on main.
-impl Session {
-    fn begin_implicit_block(&mut self) -> bool {
-        false
-    }
-    async fn finish_implicit_block(&mut self, _commit: bool) -> Result<Option<ErrorFields>, End> {
-        Ok(None)
-    }
-}
-
 fn open_shards(shards: &BTreeMap<u32, ShardCopy>) -> Vec<u32> {
     shards
         .iter()

@@ -97,6 +97,9 @@ pub struct StatementFacts {
     /// Set when running on several shards would need more than concatenation (ORDER BY, LIMIT/OFFSET,
     /// aggregates, GROUP BY, DISTINCT, window functions, …): names the construct.
     pub needs_merge: Option<String>,
+    /// For a SELECT with `needs_merge`: how to run it on several shards and merge the answers
+    /// exactly, or the construct that cannot be merged exactly.
+    pub merge: Option<Result<std::sync::Arc<crate::router::merge_plan::MergePlan>, String>>,
     /// For an INSERT into a sharded table whose column list omits the key: the number of VALUES rows
     /// that need generated ids.
     pub missing_key_rows: Option<usize>,
@@ -121,6 +124,7 @@ impl StatementFacts {
             session_bound: None,
             refuse: None,
             needs_merge: None,
+            merge: None,
             missing_key_rows: None,
             local: None,
             shard_key: None,
@@ -171,7 +175,7 @@ impl ShardedTables {
 }
 
 /// Aggregate functions recognised by name (user-defined aggregates are not).
-const AGGREGATES: &[&str] = &[
+pub(crate) const AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "avg",
@@ -819,9 +823,14 @@ fn analyze_select(
         ctx.add_from_item(item);
     }
     tables_and_key(&mut ctx, scan, s.where_clause.as_deref(), facts);
-    facts.refuse = facts.refuse.take().or(ctx.refuse);
+    facts.refuse = facts.refuse.take().or(ctx.refuse.take());
     if facts.sharded {
         facts.needs_merge = merge_construct(s);
+        if facts.needs_merge.is_some() && facts.refuse.is_none() {
+            let is_key = |n: &pb::Node| ctx.key_column(n).is_some();
+            facts.merge =
+                Some(crate::router::merge_plan::plan(s, &is_key).map(std::sync::Arc::new));
+        }
     }
 }
 
@@ -1161,6 +1170,8 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
             });
             if let Some(q) = node(&e.query) {
                 let mut inner = analyze_stmt(q, tables);
+                // EXPLAIN output cannot be merged.
+                inner.merge = None;
                 if !analyze {
                     inner.is_write = false;
                 }

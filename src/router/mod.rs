@@ -5,6 +5,7 @@ pub mod cache;
 pub mod copy_facts;
 pub mod facts;
 pub mod literals;
+pub mod merge_plan;
 pub mod params;
 pub mod rewrite;
 pub mod shard_map;
@@ -172,9 +173,15 @@ impl Router {
                         "write touching {n} shards needs a distributed transaction, which this version does not support; name one {key} per statement{why}"
                     ))
                 } else if let Some(construct) = &facts.needs_merge {
-                    Route::Refuse(format!(
-                        "{construct} over several shards is not supported yet; add a condition on {table}.{key} to reach one shard"
-                    ))
+                    match &facts.merge {
+                        Some(Ok(_)) => Route::Scatter(many.to_vec()),
+                        Some(Err(what)) => Route::Refuse(format!(
+                            "{what} over several shards is not supported; add a condition on {table}.{key} to reach one shard"
+                        )),
+                        None => Route::Refuse(format!(
+                            "{construct} over several shards is not supported yet; add a condition on {table}.{key} to reach one shard"
+                        )),
+                    }
                 } else {
                     Route::Scatter(many.to_vec())
                 }
@@ -183,10 +190,12 @@ impl Router {
     }
 }
 
-/// True when facts of a normalized text cannot stand for the original.
+/// True when facts of a normalized text cannot stand for the original. A merge plan needs the
+/// original too: `ORDER BY 2` and `GROUP BY 1` must not become `$n`.
 fn needs_original(facts: &[StatementFacts]) -> bool {
     facts.iter().any(|f| {
         f.local.is_some()
+            || f.merge.is_some()
             || !matches!(
                 f.kind,
                 StatementKind::Select
@@ -285,14 +294,26 @@ mod tests {
             route_sql(&r, "select * from users where user_id in (3, 4, 6)", modulo),
             Route::Scatter(vec![1, 2])
         );
-        let Route::Refuse(m) = route_sql(&r, "select count(*) from users", modulo) else {
+        assert_eq!(
+            route_sql(&r, "select count(*) from users", modulo),
+            Route::Scatter(vec![1, 2, 3])
+        );
+        let Route::Refuse(m) = route_sql(&r, "select string_agg(name, ',') from users", modulo)
+        else {
+            panic!()
+        };
+        assert!(
+            m.starts_with("aggregate string_agg() over several shards"),
+            "{m}"
+        );
+        assert!(m.contains("users.user_id"), "{m}");
+        let Route::Refuse(m) = route_sql(&r, "explain select count(*) from users", modulo) else {
             panic!()
         };
         assert!(
             m.starts_with("aggregate count() over several shards"),
             "{m}"
         );
-        assert!(m.contains("users.user_id"), "{m}");
         let Route::Refuse(m) = route_sql(&r, "delete from users where name = 'x'", modulo) else {
             panic!()
         };

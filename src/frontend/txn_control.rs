@@ -1,0 +1,287 @@
+//! How a session's transaction block spans shards: shards join it as statements reach them (with
+//! the block's BEGIN options and open savepoints replayed), and it ends with a plain COMMIT on one
+//! shard or two-phase commit on several. Also the implicit blocks the proxy opens so that one
+//! statement touching several shards commits atomically.
+
+use super::session::{backend_error_fields, Session};
+use crate::backend::{PooledConn, ShardPools};
+use crate::router::{StatementFacts, StatementKind};
+use crate::txn::statement::savepoint_op;
+use crate::txn::{CommitFailure, Txn};
+use crate::wire::backend::{ErrorFields, TxStatus};
+
+/// How a block ended, for the client's command tag.
+pub enum BlockEnd {
+    Committed,
+    RolledBack,
+}
+
+impl BlockEnd {
+    pub fn tag(&self) -> &'static str {
+        match self {
+            BlockEnd::Committed => "COMMIT",
+            BlockEnd::RolledBack => "ROLLBACK",
+        }
+    }
+}
+
+impl Session {
+    /// Opens an implicit transaction block when none is open, so that work on several shards
+    /// commits atomically; returns true if it opened one (the caller then calls
+    /// `finish_implicit_block`).
+    pub fn begin_implicit_block(&mut self) -> bool {
+        if self.txn.is_some() {
+            return false;
+        }
+        self.txn = Some(Txn::implicit());
+        true
+    }
+
+    /// Ends the implicit block opened by `begin_implicit_block`: commits (two-phase when more than
+    /// one shard joined) if `commit`, else rolls back. Returns the error the client must get when
+    /// the commit failed (the client has not been told). A no-op when the open block is the
+    /// client's own. Pass `commit = false` when the statement already reported an error.
+    pub async fn finish_implicit_block(
+        &mut self,
+        commit: bool,
+    ) -> Result<Option<ErrorFields>, super::session::End> {
+        if !self.txn.as_ref().is_some_and(|t| t.implicit) {
+            return Ok(None);
+        }
+        let outcome = if commit {
+            match self.commit_participants().await {
+                Ok(BlockEnd::Committed) => None,
+                Ok(BlockEnd::RolledBack) => Some(ErrorFields::error(
+                    "25P02",
+                    "the statement failed on a shard, so nothing was committed",
+                )),
+                Err(fields) => Some(fields),
+            }
+        } else {
+            self.rollback_participants().await;
+            None
+        };
+        self.txn = None;
+        self.portals.clear();
+        self.release_idle();
+        Ok(outcome)
+    }
+
+    /// The open block's BEGIN text, for a block chained to it.
+    pub fn txn_begin_sql(&self) -> String {
+        self.txn
+            .as_ref()
+            .map(|t| t.begin_sql().to_string())
+            .unwrap_or_else(|| "BEGIN".into())
+    }
+
+    /// True when the open block is aborted (a refused statement, or an error on one of its
+    /// shards): only ROLLBACK, COMMIT or ROLLBACK TO SAVEPOINT may follow.
+    pub fn block_failed(&self) -> bool {
+        self.txn.is_some() && self.status() == TxStatus::Failed
+    }
+
+    /// True when the open block has reached more than one shard.
+    pub fn block_is_distributed(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.distributed())
+    }
+
+    /// Ends the client's block on every shard it reached: COMMIT (two-phase when several) or
+    /// ROLLBACK. The block is closed afterwards whatever happened.
+    pub async fn end_block(&mut self, commit: bool) -> Result<BlockEnd, ErrorFields> {
+        let refused = self.txn.as_ref().is_some_and(|t| t.refused);
+        let result = if commit && !refused {
+            self.commit_participants().await
+        } else {
+            self.rollback_participants().await;
+            Ok(BlockEnd::RolledBack)
+        };
+        let rolled_back = !matches!(result, Ok(BlockEnd::Committed));
+        self.end_transaction(rolled_back);
+        self.release_idle();
+        result
+    }
+
+    /// Commits the open block's participants; a failed participant turns the commit into a
+    /// rollback, as COMMIT of a failed block does in Postgres.
+    async fn commit_participants(&mut self) -> Result<BlockEnd, ErrorFields> {
+        let participants = self
+            .txn
+            .as_ref()
+            .map(|t| t.participants.clone())
+            .unwrap_or_default();
+        if participants.iter().any(|s| !self.held.contains_key(s)) {
+            self.rollback_participants().await;
+            return Err(ErrorFields::error(
+                "08006",
+                "a shard of this transaction lost its connection, so the transaction was rolled back",
+            ));
+        }
+        let failed = participants.iter().any(|s| {
+            self.held
+                .get(s)
+                .is_some_and(|c| c.status == TxStatus::Failed)
+        });
+        if failed {
+            self.rollback_participants().await;
+            return Ok(BlockEnd::RolledBack);
+        }
+        match participants.as_slice() {
+            [] => Ok(BlockEnd::Committed),
+            [only] => {
+                let Some(conn) = self.held.get_mut(only) else {
+                    return Ok(BlockEnd::Committed);
+                };
+                match conn.run_silently("COMMIT").await {
+                    Ok(()) => Ok(BlockEnd::Committed),
+                    Err(e) => {
+                        let fields = backend_error_fields(&e);
+                        if !conn.reusable() {
+                            if let Some(conn) = self.held.remove(only) {
+                                ShardPools::discard(conn);
+                            }
+                        }
+                        Err(fields)
+                    }
+                }
+            }
+            _ => {
+                let unique = self.proxy.ids.next_id();
+                let coordinator = self.proxy.coordinator.clone();
+                let mut conns: Vec<&mut PooledConn> = self
+                    .held
+                    .iter_mut()
+                    .filter(|(s, _)| participants.contains(s))
+                    .map(|(_, c)| c)
+                    .collect();
+                let result = coordinator.commit(&mut conns, unique).await;
+                self.discard_broken();
+                match result {
+                    Ok(()) => Ok(BlockEnd::Committed),
+                    Err(CommitFailure::RolledBack(f)) | Err(CommitFailure::Unknown(f)) => Err(f),
+                }
+            }
+        }
+    }
+
+    /// Rolls back the open block on every shard it reached.
+    async fn rollback_participants(&mut self) {
+        let participants = self
+            .txn
+            .as_ref()
+            .map(|t| t.participants.clone())
+            .unwrap_or_default();
+        for shard in participants {
+            let Some(conn) = self.held.get_mut(&shard) else {
+                continue;
+            };
+            if conn.synced && conn.status == TxStatus::Idle {
+                continue;
+            }
+            if conn.run_silently("ROLLBACK").await.is_err() || !conn.reusable() {
+                if let Some(conn) = self.held.remove(&shard) {
+                    ShardPools::discard(conn);
+                }
+            }
+        }
+    }
+
+    /// Drops held connections a failure left unusable.
+    fn discard_broken(&mut self) {
+        let broken: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, c)| !c.synced)
+            .map(|(s, _)| *s)
+            .collect();
+        for shard in broken {
+            if let Some(conn) = self.held.remove(&shard) {
+                ShardPools::discard(conn);
+            }
+        }
+    }
+
+    /// Makes `shard` a participant of the open block: runs the block's BEGIN, its SET LOCALs and
+    /// open savepoints there. A block that now spans shards gets `lock_timeout` on every
+    /// participant, so a deadlock between shards (which no single Postgres can see) ends in an
+    /// error instead of a hang.
+    pub async fn join_block(&mut self, shard: u32) -> Result<(), ErrorFields> {
+        let Some(txn) = self.txn.as_ref() else {
+            return Ok(());
+        };
+        if txn.has(shard) {
+            return Ok(());
+        }
+        let mut sql = txn.join_sql();
+        let lock_timeout = self.cross_shard_lock_timeout();
+        let first = txn.first();
+        if let (Some(timeout), Some(_)) = (&lock_timeout, first) {
+            sql.push_str(";SET LOCAL lock_timeout = ");
+            sql.push_str(timeout);
+        }
+        let Some(conn) = self.held.get_mut(&shard) else {
+            return Err(ErrorFields::error("XX000", "server connection vanished"));
+        };
+        if let Err(e) = conn.run_silently(&sql).await {
+            let fields = backend_error_fields(&e);
+            if let Some(conn) = self.held.remove(&shard) {
+                if conn.status != TxStatus::Idle || !conn.synced {
+                    ShardPools::discard(conn);
+                }
+            }
+            return Err(fields);
+        }
+        if let (Some(timeout), Some(first), Some(t)) = (&lock_timeout, first, self.txn.as_ref()) {
+            if t.participants.len() == 1 {
+                // The first participant ran alone so far: it gets the bound now.
+                if let Some(conn) = self.held.get_mut(&first) {
+                    let set = format!("SET LOCAL lock_timeout = {timeout}");
+                    if let Err(e) = conn.run_silently(&set).await {
+                        tracing::debug!(shard = first, error = %e, "could not bound lock waits");
+                    }
+                }
+            }
+        }
+        if let Some(txn) = self.txn.as_mut() {
+            txn.participants.push(shard);
+        }
+        Ok(())
+    }
+
+    /// The `lock_timeout` for blocks that span shards, unless the client chose its own.
+    fn cross_shard_lock_timeout(&self) -> Option<String> {
+        let ms = self.proxy.config.transactions.cross_shard_lock_timeout_ms;
+        if ms == 0 || self.settings.contains_key("lock_timeout") {
+            return None;
+        }
+        Some(format!("'{ms}ms'"))
+    }
+
+    /// Follows savepoints and SET LOCAL that ran successfully inside the block, so shards that
+    /// join later replay them.
+    pub fn note_block_statement(&mut self, sql: &str, facts: &StatementFacts) {
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        match facts.kind {
+            StatementKind::Savepoint => {
+                if let Some(op) = savepoint_op(sql) {
+                    if matches!(op, crate::txn::statement::SavepointOp::RollbackTo(_)) {
+                        txn.refused = false;
+                    }
+                    txn.record_savepoint(&op);
+                }
+            }
+            StatementKind::SetLocal => txn.record_setting(sql),
+            _ => {}
+        }
+    }
+
+    /// Shards whose connections must stay held: every participant of the open block.
+    pub fn block_shards(&self) -> Vec<u32> {
+        self.txn
+            .as_ref()
+            .map(|t| t.participants.clone())
+            .unwrap_or_default()
+    }
+}

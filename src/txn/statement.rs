@@ -1,0 +1,88 @@
+//! Transaction-control statements read with the real grammar: what a savepoint statement does (so
+//! a block can keep the savepoints late-joining shards must replay) and whether a COMMIT or
+//! ROLLBACK chains a new block.
+
+/// SAVEPOINT, RELEASE [SAVEPOINT], ROLLBACK TO [SAVEPOINT], with the savepoint's name as Postgres
+/// stores it (case-folded unless quoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointOp {
+    Define(String),
+    Release(String),
+    RollbackTo(String),
+}
+
+fn transaction_stmt(sql: &str) -> Option<pg_query::protobuf::TransactionStmt> {
+    let parsed = pg_query::parse(sql, 0).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    match raw.stmt.as_ref()?.node.as_ref()? {
+        pg_query::NodeEnum::TransactionStmt(stmt) => Some(stmt.clone()),
+        _ => None,
+    }
+}
+
+/// True for `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN`: a new block with the same
+/// characteristics starts right away.
+pub fn chains(sql: &str) -> bool {
+    transaction_stmt(sql).is_some_and(|s| s.chain)
+}
+
+/// The savepoint operation of `sql`, when it is exactly one savepoint statement.
+pub fn savepoint_op(sql: &str) -> Option<SavepointOp> {
+    use pg_query::protobuf::TransactionStmtKind as K;
+    let stmt = transaction_stmt(sql)?;
+    let name = stmt.savepoint_name.clone();
+    match K::try_from(stmt.kind).ok()? {
+        K::TransStmtSavepoint => Some(SavepointOp::Define(name)),
+        K::TransStmtRelease => Some(SavepointOp::Release(name)),
+        K::TransStmtRollbackTo => Some(SavepointOp::RollbackTo(name)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_three_savepoint_statements() {
+        assert_eq!(
+            savepoint_op("SAVEPOINT Sp1"),
+            Some(SavepointOp::Define("sp1".into()))
+        );
+        assert_eq!(
+            savepoint_op("release savepoint \"Sp1\";"),
+            Some(SavepointOp::Release("Sp1".into()))
+        );
+        assert_eq!(
+            savepoint_op("RELEASE a"),
+            Some(SavepointOp::Release("a".into()))
+        );
+        assert_eq!(
+            savepoint_op("ROLLBACK TO SAVEPOINT a"),
+            Some(SavepointOp::RollbackTo("a".into()))
+        );
+        assert_eq!(
+            savepoint_op("rollback work to b"),
+            Some(SavepointOp::RollbackTo("b".into()))
+        );
+    }
+
+    #[test]
+    fn chained_commits_are_recognised() {
+        assert!(chains("COMMIT AND CHAIN"));
+        assert!(chains("rollback and chain;"));
+        assert!(!chains("COMMIT AND NO CHAIN"));
+        assert!(!chains("END"));
+        assert!(!chains("SELECT 1"));
+    }
+
+    #[test]
+    fn other_statements_are_not_savepoints() {
+        assert_eq!(savepoint_op("ROLLBACK"), None);
+        assert_eq!(savepoint_op("SELECT 1"), None);
+        assert_eq!(savepoint_op("SAVEPOINT a; SAVEPOINT b"), None);
+        assert_eq!(savepoint_op("not sql at all"), None);
+    }
+}

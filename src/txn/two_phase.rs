@@ -1,0 +1,245 @@
+//! The two-phase-commit coordinator: PREPARE TRANSACTION on every participant, the decision logged
+//! in the catalog, then COMMIT PREPARED — retried in the background until every shard has it, so
+//! the client's COMMIT returns as soon as the decision is durable.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::decision_log::{Decision, DecisionLog};
+use crate::backend::{BackendError, PooledConn, ShardPools};
+use crate::wire::backend::{ErrorFields, TxStatus};
+
+/// Backoff bounds for COMMIT/ROLLBACK PREPARED retries on a shard that is away.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the commit of transactions that span shards; one per proxy.
+pub struct Coordinator {
+    pub log: DecisionLog,
+    pools: Arc<ShardPools>,
+    node_id: u16,
+    /// Global ids this proxy is committing right now: recovery leaves them alone.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+/// Why a distributed commit did not commit; the message is what the client is told.
+#[derive(Debug)]
+pub enum CommitFailure {
+    /// Nothing was committed anywhere.
+    RolledBack(ErrorFields),
+    /// The decision could not be logged; recovery will settle the transaction one way on every
+    /// shard, but the client cannot be told which.
+    Unknown(ErrorFields),
+}
+
+impl CommitFailure {
+    /// The error for the client.
+    pub fn fields(self) -> ErrorFields {
+        match self {
+            CommitFailure::RolledBack(f) | CommitFailure::Unknown(f) => f,
+        }
+    }
+}
+
+impl Coordinator {
+    pub fn new(log: DecisionLog, pools: Arc<ShardPools>, node_id: u16) -> Coordinator {
+        Coordinator {
+            log,
+            pools,
+            node_id,
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// True while this proxy is committing `gid`.
+    pub fn is_in_flight(&self, gid: &str) -> bool {
+        self.in_flight
+            .lock()
+            .map(|set| set.contains(gid))
+            .unwrap_or(false)
+    }
+
+    fn track(&self, gid: &str, on: bool) {
+        if let Ok(mut set) = self.in_flight.lock() {
+            if on {
+                set.insert(gid.to_string());
+            } else {
+                set.remove(gid);
+            }
+        }
+    }
+
+    /// Commits the transaction open on `conns` (one per participant shard) atomically. `unique`
+    /// makes the global id unique within this proxy (a fresh id from the generator).
+    pub async fn commit(
+        self: &Arc<Self>,
+        conns: &mut [&mut PooledConn],
+        unique: i64,
+    ) -> Result<(), CommitFailure> {
+        let gid = format!("pgshard_{}_{}", self.node_id, unique);
+        self.track(&gid, true);
+        let result = self.commit_tracked(&gid, conns).await;
+        self.track(&gid, false);
+        result
+    }
+
+    async fn commit_tracked(
+        self: &Arc<Self>,
+        gid: &str,
+        conns: &mut [&mut PooledConn],
+    ) -> Result<(), CommitFailure> {
+        let participants: Vec<u32> = conns.iter().map(|c| c.shard).collect();
+        // A participant whose transaction already failed cannot commit: roll everything back.
+        if let Some(failed) = conns.iter().find(|c| c.status == TxStatus::Failed) {
+            let shard = failed.shard;
+            rollback_open(conns).await;
+            return Err(CommitFailure::RolledBack(ErrorFields::error(
+                "25P02",
+                format!("the transaction failed on shard {shard} and was rolled back"),
+            )));
+        }
+        // Phase one.
+        let prepare = format!("PREPARE TRANSACTION '{gid}'");
+        let prepared = join_all(conns.iter_mut().map(|c| c.run_silently(&prepare))).await;
+        if let Some(first_error) = prepared.iter().find_map(|r| r.as_ref().err()) {
+            let fields = prepare_error(first_error);
+            let rollback = format!("ROLLBACK PREPARED '{gid}'");
+            for (conn, result) in conns.iter_mut().zip(&prepared) {
+                let undo = if result.is_ok() {
+                    conn.run_silently(&rollback).await
+                } else if conn.status != TxStatus::Idle {
+                    conn.run_silently("ROLLBACK").await
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = undo {
+                    // Left prepared without a decision: recovery aborts it after the grace time.
+                    tracing::warn!(gid, shard = conn.shard, error = %e, "could not undo a prepared transaction");
+                }
+            }
+            return Err(CommitFailure::RolledBack(fields));
+        }
+        // The decision.
+        match self
+            .log
+            .decide(gid, Decision::Commit, &participants, self.node_id)
+            .await
+        {
+            Ok(Decision::Commit) => {}
+            Ok(Decision::Abort) => {
+                self.finish_everywhere(gid, Decision::Abort, conns).await;
+                return Err(CommitFailure::RolledBack(ErrorFields::error(
+                    "40000",
+                    "the transaction was rolled back: recovery presumed it abandoned while it waited to commit",
+                )));
+            }
+            Err(e) => {
+                tracing::error!(gid, error = %e, "cannot log a commit decision; recovery will settle it");
+                return Err(CommitFailure::Unknown(ErrorFields::error(
+                    "40003",
+                    format!(
+                        "cannot record the commit decision in the catalog ({e}); transaction {gid} will be committed or rolled back on every shard alike by recovery"
+                    ),
+                )));
+            }
+        }
+        // Phase two: the client is told COMMIT now, whatever the shards do next.
+        self.finish_everywhere(gid, Decision::Commit, conns).await;
+        Ok(())
+    }
+
+    /// Applies `decision` on every participant; shards that fail get a background retry.
+    async fn finish_everywhere(
+        self: &Arc<Self>,
+        gid: &str,
+        decision: Decision,
+        conns: &mut [&mut PooledConn],
+    ) {
+        let sql = finish_sql(gid, decision);
+        let results = join_all(conns.iter_mut().map(|c| c.run_silently(&sql))).await;
+        let pending: Vec<u32> = conns
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.as_ref().is_err_and(|e| !already_finished(e)))
+            .map(|(c, _)| c.shard)
+            .collect();
+        let me = self.clone();
+        let gid = gid.to_string();
+        tokio::spawn(async move {
+            let retries = pending
+                .iter()
+                .map(|&shard| me.finish_with_retries(&gid, decision, shard));
+            join_all(retries).await;
+            if let Err(e) = me.log.forget(&gid).await {
+                tracing::debug!(gid, error = %e, "decision kept; recovery will forget it");
+            }
+        });
+    }
+
+    /// Runs COMMIT/ROLLBACK PREPARED on `shard` until it succeeds or the transaction is gone.
+    pub async fn finish_with_retries(&self, gid: &str, decision: Decision, shard: u32) {
+        let sql = finish_sql(gid, decision);
+        let mut delay = RETRY_FIRST;
+        let mut warned = false;
+        loop {
+            match self.pools.get(shard).await {
+                Ok(mut conn) => match conn.run_silently(&sql).await {
+                    Ok(()) => return,
+                    Err(e) if already_finished(&e) => return,
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!(gid, shard, error = %e, "finishing a prepared transaction failed; retrying");
+                            warned = true;
+                        }
+                        ShardPools::discard(conn);
+                    }
+                },
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(gid, shard, error = %e, "shard unreachable while finishing a prepared transaction; retrying");
+                        warned = true;
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// COMMIT PREPARED or ROLLBACK PREPARED of `gid`.
+pub fn finish_sql(gid: &str, decision: Decision) -> String {
+    match decision {
+        Decision::Commit => format!("COMMIT PREPARED '{gid}'"),
+        Decision::Abort => format!("ROLLBACK PREPARED '{gid}'"),
+    }
+}
+
+/// The prepared transaction no longer exists there: someone (recovery) finished it.
+fn already_finished(e: &BackendError) -> bool {
+    matches!(e, BackendError::Server { fields, .. } if fields.code == "42704")
+}
+
+/// Rolls back every participant that still has an open transaction.
+async fn rollback_open(conns: &mut [&mut PooledConn]) {
+    for conn in conns.iter_mut() {
+        if conn.status != TxStatus::Idle {
+            if let Err(e) = conn.run_silently("ROLLBACK").await {
+                tracing::debug!(shard = conn.shard, error = %e, "rollback failed");
+            }
+        }
+    }
+}
+
+fn prepare_error(e: &BackendError) -> ErrorFields {
+    match e {
+        BackendError::Server { fields, .. } => fields.clone(),
+        other => ErrorFields::error(
+            "08006",
+            format!("a shard failed while preparing to commit, so nothing was committed: {other}"),
+        ),
+    }
+}
