@@ -320,11 +320,15 @@ async fn failed_copy_commits_nothing_anywhere() {
         .await
         .unwrap_err();
     assert_eq!(code(&err), "0A000", "{err}");
-    assert!(err.to_string().contains("user_id"), "{err}");
+    let message = err.as_db_error().map(|e| e.message().to_string());
+    assert!(message.is_some_and(|m| m.contains("user_id")), "{err:?}");
     let err = copy_in(&c, "COPY users (user_id, nope) FROM STDIN", b"1\tx\n", 100)
         .await
         .unwrap_err();
     assert_eq!(code(&err), "42703", "{err}");
+    // tokio-postgres answers an error before COPY mode with CopyFail and a second Sync, whose
+    // extra ReadyForQuery (Postgres sends it too) confuses its next request: start afresh.
+    let c = connect(&proxy).await;
 
     // Binary with a key of an odd width.
     let sink = c

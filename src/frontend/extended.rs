@@ -10,8 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::exchange::{Expect, Step};
 use super::session::{
-    aborted, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared, Session, Target,
-    Txn,
+    aborted, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared, Session, Target, Txn,
 };
 use crate::backend::ServerConn;
 use crate::gather::copy_in::CopyProtocol;

@@ -2,7 +2,8 @@
 //! rows (`copy_split`), each row goes to the COPY of the shard its key maps to, and all of it
 //! commits or rolls back together (one implicit transaction block, two-phase when several shards
 //! took rows). The first shard of the map opens its COPY up front, so the client gets Postgres's
-//! own CopyInResponse (or error) before sending data; the others open when their first row comes.
+//! own CopyInResponse (or error) before sending data; the others start their COPY when their first
+//! row comes (all of them join the transaction block up front).
 
 use std::collections::BTreeMap;
 
@@ -181,9 +182,13 @@ impl Session {
             keyed,
             table,
         } = plan;
-        self.ensure_conn(lead, true)
-            .await
-            .map_err(CopyInError::Before)?;
+        // Every shard joins the block before any COPY starts: joining sends statements to the
+        // shards already in the block, which they cannot take while in COPY mode.
+        for shard in map.shards() {
+            self.ensure_conn(shard, true)
+                .await
+                .map_err(CopyInError::Before)?;
+        }
         if !keyed {
             let table = self.copy_table_columns(table, lead).await?;
             spec.key_index = table
