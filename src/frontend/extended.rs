@@ -185,7 +185,7 @@ impl Session {
                     return Ok(());
                 }
             },
-            Target::Single(_) => None,
+            Target::Single(_) | Target::Broadcast(_) => None,
         };
         let merge_steps = merge.as_ref().map(|(m, _)| m);
         let build =
@@ -242,6 +242,19 @@ impl Session {
                         self.note_block_statement(&st.sql, f);
                     }
                 }
+            }
+            Target::Broadcast(shards) => {
+                if executes != 1 || partial_fetch || error.is_some() || !sync {
+                    self.push_error_in_batch(refusal(
+                        "a statement that changes every shard must be sent with one Execute (no row limit) followed by Sync",
+                    ));
+                    self.skip_until_sync = !sync;
+                    if sync {
+                        return self.finish_open_batch().await;
+                    }
+                    return Ok(());
+                }
+                self.run_broadcast(shards, &all_facts, build).await?;
             }
         }
         if error.is_some() && !sync {

@@ -35,6 +35,8 @@ pub use crate::txn::Txn;
 pub enum Target {
     Single(u32),
     Scatter(Vec<u32>),
+    /// Every shard changes alike; one answer (see `gather::broadcast`).
+    Broadcast(Vec<u32>),
 }
 
 /// Why the session loop must stop.
@@ -282,6 +284,10 @@ impl Session {
                 }
             }
         }
+        if let [Route::SplitInsert(plan)] = routes.as_slice() {
+            let plan = plan.clone();
+            return self.run_split_insert(&sql, &plan).await;
+        }
         let target = match self.combine(&routes, &facts) {
             Ok(t) => t,
             Err(fields) => {
@@ -347,6 +353,7 @@ impl Session {
                     self.note_block_statement(&sql, only);
                 }
             }
+            Target::Broadcast(shards) => self.run_broadcast(shards, &facts, steps).await?,
         }
         Ok(())
     }
@@ -550,19 +557,15 @@ impl Session {
         map: &crate::router::ShardMap,
     ) -> Result<(String, Route), ErrorFields> {
         let ids: Vec<i64> = (0..rows).map(|_| self.proxy.ids.next_id()).collect();
-        let mut shards: Vec<u32> = ids.iter().map(|id| map.shard_for(*id)).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        if shards.len() > 1 {
-            return Err(refusal(format!(
-                "a multi-row INSERT without the shard key gets new keys on {} shards; writes to several shards need two-phase commit, which is not supported yet: insert the rows one per statement",
-                shards.len()
-            )));
-        }
+        let plan = crate::router::split_insert::rows_by_shard(&ids, map);
         let rewritten =
             crate::router::rewrite::insert_with_keys(sql, &self.proxy.config.sharded_tables, &ids)
                 .map_err(|e| refusal(e.to_string()))?;
-        Ok((rewritten, Route::Single(shards[0])))
+        match plan.as_slice() {
+            [one] => Ok((rewritten, Route::Single(one.shard))),
+            // New keys on several shards: the rows are split like any multi-row INSERT.
+            _ => Ok((rewritten, Route::SplitInsert(plan))),
+        }
     }
 
     /// Combines the routes of the statements of one request into where it runs.
@@ -576,6 +579,20 @@ impl Session {
         for route in routes {
             match route {
                 Route::Refuse(message) => return Err(refusal(message.clone())),
+                Route::SplitInsert(plan) => {
+                    return Err(refusal(format!(
+                        "a multi-row INSERT whose rows belong to {} shards is split only when sent on its own as a simple query; with prepared statements (extended protocol) or together with other statements, insert each shard's rows in a statement of their own",
+                        plan.len()
+                    )))
+                }
+                Route::Broadcast(v) => {
+                    if routes.len() > 1 {
+                        return Err(refusal(
+                            "a statement that changes every shard (DDL, a reference table write, VACUUM) must be sent on its own, not together with other statements",
+                        ));
+                    }
+                    return Ok(Target::Broadcast(v.clone()));
+                }
                 Route::Single(s) => {
                     if let Some(prev) = single.filter(|p| p != s) {
                         return Err(refusal(format!(

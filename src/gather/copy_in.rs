@@ -120,7 +120,7 @@ impl Session {
                 "COPY into a sharded table without a known shard key",
             ));
         };
-        if let Some(why) = &copy.unsupported {
+        if let Some(why) = facts.refuse.as_ref().or(copy.unsupported.as_ref()) {
             return Err(refusal(why.clone()));
         }
         let encoding = self
