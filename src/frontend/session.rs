@@ -257,6 +257,16 @@ impl Session {
             .iter()
             .map(|f| proxy.router.route(f, &params, &map, proxy.first_shard))
             .collect();
+        if facts.iter().any(is_sharded_copy_in) {
+            if facts.len() > 1 {
+                self.reply_error(refusal(
+                    "a COPY FROM STDIN into a sharded table must be sent on its own",
+                ));
+                return Ok(());
+            }
+            let protocol = crate::gather::copy_in::CopyProtocol::Simple;
+            return self.copy_in_sharded(&sql, &facts[0], protocol).await;
+        }
         if let Some(fields) = needs_splitting(&facts) {
             self.reply_error(fields);
             return Ok(());
@@ -309,14 +319,13 @@ impl Session {
                 }
             }
             Target::Scatter(shards) => {
-                if facts
-                    .iter()
-                    .any(|f| matches!(f.kind, StatementKind::Copy { .. }))
+                if let [only @ StatementFacts {
+                    kind: StatementKind::Copy { .. },
+                    ..
+                }] = &facts[..]
                 {
-                    self.reply_error(refusal(
-                        "COPY of a sharded table without a shard key would span several shards, which is not supported yet",
-                    ));
-                    return Ok(());
+                    let protocol = crate::gather::copy_in::CopyProtocol::Simple;
+                    return self.copy_out_sharded(&sql, only, shards, protocol).await;
                 }
                 let merge = match merge_for_simple(&facts, &literals) {
                     Ok(m) => m,
@@ -996,14 +1005,14 @@ fn savepoint_tag(sql: &str) -> &'static str {
     }
 }
 
-/// Statements whose rows the proxy would have to split between shards: refused until it can.
+/// True for a `COPY … FROM STDIN` into a sharded table, whose rows the proxy splits by key.
+pub fn is_sharded_copy_in(f: &StatementFacts) -> bool {
+    f.sharded && f.kind == (StatementKind::Copy { from_stdin: true })
+}
+
+/// Statements the proxy would have to split further: refused until it can.
 fn needs_splitting(facts: &[StatementFacts]) -> Option<ErrorFields> {
     for f in facts {
-        if f.sharded && matches!(f.kind, StatementKind::Copy { from_stdin: true }) {
-            return Some(refusal(
-                "COPY FROM STDIN into a sharded table would need its rows split between shards, which is not supported yet: use INSERT",
-            ));
-        }
         if f.missing_key_rows.is_some() && facts.len() > 1 {
             return Some(refusal(
                 "an INSERT that omits the shard key must be sent on its own so pgshard can give it keys",

@@ -108,6 +108,8 @@ pub struct StatementFacts {
     /// The first sharded table the statement names and its shard key column, `(table, key)`, so
     /// refusals can name them.
     pub shard_key: Option<(String, String)>,
+    /// For COPY: its table, column list, format and options.
+    pub copy: Option<Box<super::copy_facts::CopyFacts>>,
     /// True when a reference table (copied whole to every shard) is named.
     pub reference: bool,
     /// True when the statement must change every shard the same way and any one shard's answer is
@@ -137,6 +139,7 @@ impl StatementFacts {
             missing_key_rows: None,
             local: None,
             shard_key: None,
+            copy: None,
             reference: false,
             every_shard: false,
             no_transaction_block: false,
@@ -1401,6 +1404,7 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
                 from_stdin: c.is_from && !c.is_program && c.filename.is_empty(),
             };
             facts.is_write = c.is_from;
+            facts.copy = Some(Box::new(super::copy_facts::analyze(c)));
             mark_tables(&scan, tables, &mut facts);
             if let Some(rel) = c.relation.as_ref().filter(|_| c.is_from) {
                 if tables.is_reference(&rel.schemaname, &rel.relname) {
