@@ -86,7 +86,7 @@ async fn pgbench_init_and_tpcb_keep_balances_consistent() {
                 .query_one(
                     &format!(
                         "SELECT count(*) FROM {table} WHERE NOT ({})",
-                        map.sql_owned_by(&format!("{key}::bigint"), id)
+                        map.sql_owned_by(key, id)
                     ),
                     &[],
                 )
