@@ -17,6 +17,10 @@ pub struct Position {
     pub lsn: Lsn,
 }
 
+/// A token entry written under another shard map version or timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleEntry;
+
 /// Positions per shard, under one shard map version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CausalToken {
@@ -90,19 +94,19 @@ impl CausalToken {
     }
 
     /// What a read of `shard` must wait for on a replica: `None` when the token says nothing
-    /// about the shard. `Err(())` when the entry cannot be compared with the shard's servers any
+    /// about the shard. `Err(StaleEntry)` when the entry cannot be compared with the shard's servers any
     /// more (another map version or timeline): that read goes to the primary.
     pub fn requirement(
         &self,
         shard: u32,
         map_version: i64,
         timeline: u32,
-    ) -> Result<Option<Lsn>, ()> {
+    ) -> Result<Option<Lsn>, StaleEntry> {
         let Some(pos) = self.shards.get(&shard) else {
             return Ok(None);
         };
         if self.map_version != map_version || pos.timeline != timeline {
-            return Err(());
+            return Err(StaleEntry);
         }
         Ok(Some(pos.lsn))
     }
@@ -166,7 +170,7 @@ mod tests {
         let t = CausalToken::parse("m3;0:1:0/100").unwrap();
         assert_eq!(t.requirement(0, 3, 1), Ok(Some(Lsn(0x100))));
         assert_eq!(t.requirement(5, 3, 1), Ok(None));
-        assert_eq!(t.requirement(0, 4, 1), Err(()));
-        assert_eq!(t.requirement(0, 3, 2), Err(()));
+        assert_eq!(t.requirement(0, 4, 1), Err(StaleEntry));
+        assert_eq!(t.requirement(0, 3, 2), Err(StaleEntry));
     }
 }

@@ -93,7 +93,7 @@ impl Session {
                 {
                     Ok(min) => min,
                     // Written before a failover or a map change: only the primary is safe.
-                    Err(()) => return None,
+                    Err(_) => return None,
                 }
             }
         };
