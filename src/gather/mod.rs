@@ -5,3 +5,4 @@ pub mod collation;
 pub mod merge;
 pub mod merged;
 pub mod scatter;
+pub mod text_order;

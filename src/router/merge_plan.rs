@@ -198,6 +198,32 @@ pub struct MergePlan {
     pub offset: Option<Bound>,
     /// Output positions holding an `avg` (the shards return a `sum` there).
     pub avg_outputs: Vec<usize>,
+    /// Where the text the merge compares comes from, to check its collation.
+    pub collation: CollationUse,
+}
+
+/// A table (or view) named somewhere in the statement, as written (without quotes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+/// The table columns behind every value the merge compares. The shards sort text of a column
+/// declared with its own `COLLATE` (or of an expression over it) in that collation, and the
+/// merge must then refuse rather than compare in the database's: the proxy matches these names
+/// against the columns each shard's catalog lists with a non-default collation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollationUse {
+    /// Columns the merge orders (ORDER BY keys, min/max, HAVING comparisons), each with the
+    /// names of the columns its expression reads; `None` when they cannot be told (a `*`, or a
+    /// subquery, CTE or function in FROM whose output columns have names of their own).
+    pub ordered: Vec<(ColRef, Option<Vec<String>>)>,
+    /// Names of the columns read by what the merge groups on (GROUP BY keys, DISTINCT), whose
+    /// equality must be byte equality; `None` when they cannot be told.
+    pub grouped: Option<Vec<String>>,
+    /// Every table named in the statement (FROM, joins, subqueries).
+    pub tables: Vec<TableName>,
 }
 
 /// Aggregates the merge can combine.
@@ -659,6 +685,166 @@ fn is_star(rt: &pb::ResTarget) -> bool {
     }
 }
 
+/// The names of the columns an expression reads (the last part of each column reference);
+/// `None` if it reads a whole row (`t.*`).
+fn columns_read(n: &pb::Node) -> Option<Vec<String>> {
+    fn walk(v: &Json, out: &mut Vec<String>) -> bool {
+        match v {
+            Json::Object(m) => {
+                if let Some(cr) = m.get("ColumnRef") {
+                    let last = cr
+                        .get("fields")
+                        .and_then(Json::as_array)
+                        .and_then(|f| f.last());
+                    match last
+                        .and_then(|l| l.pointer("/node/String/sval"))
+                        .and_then(Json::as_str)
+                    {
+                        Some(name) => out.push(name.to_string()),
+                        None => return false,
+                    }
+                }
+                m.values().all(|x| walk(x, out))
+            }
+            Json::Array(a) => a.iter().all(|x| walk(x, out)),
+            _ => true,
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(n).unwrap_or(Json::Null), &mut out).then_some(out)
+}
+
+/// Every table named in the statement, and whether a FROM item has output columns of its own
+/// (subquery, function, CTE), whose names say nothing about the tables' columns.
+fn tables_of(s: &pb::SelectStmt) -> (Vec<TableName>, bool) {
+    fn walk(v: &Json, out: &mut Vec<TableName>, opaque: &mut bool) {
+        match v {
+            Json::Object(m) => {
+                if let Some(rv) = m.get("RangeVar") {
+                    let field = |k: &str| rv.get(k).and_then(Json::as_str).unwrap_or("");
+                    let t = TableName {
+                        schema: Some(field("schemaname").to_string()).filter(|s| !s.is_empty()),
+                        name: field("relname").to_string(),
+                    };
+                    if !out.contains(&t) {
+                        out.push(t);
+                    }
+                }
+                for k in [
+                    "RangeSubselect",
+                    "RangeFunction",
+                    "RangeTableFunc",
+                    "CommonTableExpr",
+                    "JsonTable",
+                ] {
+                    *opaque |= m.contains_key(k);
+                }
+                m.values().for_each(|x| walk(x, out, opaque));
+            }
+            Json::Array(a) => a.iter().for_each(|x| walk(x, out, opaque)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut opaque = false;
+    walk(
+        &serde_json::to_value(s).unwrap_or(Json::Null),
+        &mut out,
+        &mut opaque,
+    );
+    (out, opaque)
+}
+
+/// Traces what the merge compares back to table columns (see [`CollationUse`]); refuses an
+/// explicit COLLATE in any of it, since the merge compares in the shards' default collations.
+fn collation_use(
+    s: &pb::SelectStmt,
+    targets: &[pb::Node],
+    hidden: &[pb::Node],
+    kind: &PlanKind,
+    sort: &[PlanSortKey],
+) -> Result<CollationUse, String> {
+    let (tables, opaque) = tables_of(s);
+    let first_star = targets.iter().position(|t| match t.node.as_ref() {
+        Some(NodeEnum::ResTarget(rt)) => is_star(rt),
+        _ => false,
+    });
+    let expr = |c: ColRef| -> Option<&pb::Node> {
+        let t = match c {
+            ColRef::Output(i) if first_star.is_some_and(|st| st <= i) => return None,
+            ColRef::Output(i) => targets.get(i)?,
+            ColRef::Hidden(k) => hidden.get(k)?,
+        };
+        match t.node.as_ref()? {
+            NodeEnum::ResTarget(rt) => rt.val.as_deref(),
+            _ => None,
+        }
+    };
+    let reads = |c: ColRef| -> Result<Option<Vec<String>>, String> {
+        let Some(e) = expr(c) else { return Ok(None) };
+        if contains_collate(e) {
+            return Err(
+                "COLLATE in an expression the merge compares (ORDER BY, GROUP BY, DISTINCT, min/max or HAVING)"
+                    .into(),
+            );
+        }
+        Ok(if opaque { None } else { columns_read(e) })
+    };
+    let mut ordered = Vec::new();
+    for k in sort {
+        ordered.push((k.column, reads(k.column)?));
+    }
+    let mut grouped = Some(Vec::new());
+    let mut add_group = |r: Option<Vec<String>>| match (&mut grouped, r) {
+        (Some(g), Some(r)) => g.extend(r),
+        (g, _) => *g = None,
+    };
+    if let PlanKind::Groups { keys, aggs, having } = kind {
+        for a in aggs {
+            if matches!(a.func, AggFunc::Min | AggFunc::Max) {
+                ordered.push((a.column, reads(a.column)?));
+            }
+        }
+        if let Some(h) = having {
+            let mut cols = Vec::new();
+            having_compared(h, &mut cols);
+            for c in cols {
+                ordered.push((c, reads(c)?));
+            }
+        }
+        match keys {
+            Some(keys) => {
+                for k in keys {
+                    add_group(reads(*k)?);
+                }
+            }
+            None => {
+                if first_star.is_some() {
+                    add_group(None);
+                }
+                for i in 0..targets.len() {
+                    add_group(reads(ColRef::Output(i))?);
+                }
+            }
+        }
+    }
+    Ok(CollationUse {
+        ordered,
+        grouped,
+        tables,
+    })
+}
+
+/// The columns HAVING compares with constants (IS NULL compares nothing).
+fn having_compared(h: &Having, out: &mut Vec<ColRef>) {
+    match h {
+        Having::And(v) | Having::Or(v) => v.iter().for_each(|x| having_compared(x, out)),
+        Having::Not(x) => having_compared(x, out),
+        Having::Cmp { column, .. } => out.push(*column),
+        Having::IsNull { .. } => {}
+    }
+}
+
 /// The merge plan of a single-table (or co-located) SELECT that needs more than concatenation;
 /// `Err` names the construct that cannot be merged exactly. `is_key` says whether an expression
 /// is a sharded table's shard key column.
@@ -892,6 +1078,7 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
     } else {
         PlanKind::Rows
     };
+    let collation = collation_use(s, &b.targets, &b.hidden_targets, &kind, &sort)?;
     stmt.target_list = b.targets;
     stmt.target_list.append(&mut b.hidden_targets);
     let sql = NodeEnum::SelectStmt(Box::new(stmt))
@@ -905,6 +1092,7 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         limit,
         offset,
         avg_outputs: b.avg_outputs,
+        collation,
     })
 }
 
