@@ -828,6 +828,12 @@ fn collation_use(
             }
         }
     }
+    let mut seen = Vec::new();
+    ordered.retain(|(c, _)| {
+        let first = !seen.contains(c);
+        seen.push(*c);
+        first
+    });
     Ok(CollationUse {
         ordered,
         grouped,
@@ -1243,6 +1249,71 @@ mod tests {
         assert!(plan_sql("SELECT count(DISTINCT user_id) FROM users").is_ok());
         assert!(
             plan_sql("SELECT user_id, count(DISTINCT name) FROM users GROUP BY user_id").is_ok()
+        );
+    }
+
+    #[test]
+    fn compared_values_are_traced_to_columns() {
+        let names = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let p = plan_sql(
+            "SELECT lower(u.name) AS n, min(nick), count(*) FROM users u JOIN orders o ON o.user_id = u.user_id GROUP BY 1, o.g HAVING max(code) > 'm' ORDER BY n DESC",
+        )
+        .unwrap();
+        let c = &p.collation;
+        assert_eq!(
+            c.tables,
+            vec![
+                TableName {
+                    schema: None,
+                    name: "users".into()
+                },
+                TableName {
+                    schema: None,
+                    name: "orders".into()
+                }
+            ]
+        );
+        assert_eq!(
+            c.ordered,
+            vec![
+                (ColRef::Output(0), names(&["name"])),
+                (ColRef::Output(1), names(&["nick"])),
+                (ColRef::Hidden(1), names(&["code"])),
+            ]
+        );
+        assert_eq!(c.grouped, names(&["name", "g"]));
+
+        let p = plan_sql("SELECT * FROM app.users ORDER BY 2, name").unwrap();
+        assert_eq!(p.collation.ordered[0], (ColRef::Output(1), None));
+        assert_eq!(
+            p.collation.ordered[1],
+            (ColRef::Hidden(0), names(&["name"]))
+        );
+        assert_eq!(p.collation.tables[0].schema.as_deref(), Some("app"));
+        assert_eq!(p.collation.grouped, Some(vec![]));
+        let p = plan_sql("SELECT DISTINCT * FROM users").unwrap();
+        assert_eq!(p.collation.grouped, None);
+        // A subquery's output names say nothing about its tables' columns.
+        let p = plan_sql("SELECT n FROM (SELECT name AS n FROM users) s ORDER BY n").unwrap();
+        assert_eq!(p.collation.ordered, vec![(ColRef::Output(0), None)]);
+        assert_eq!(p.collation.tables[0].name, "users");
+    }
+
+    #[test]
+    fn collate_in_any_compared_expression_is_refused() {
+        for sql in [
+            "SELECT name COLLATE \"C\" AS n FROM users ORDER BY n",
+            "SELECT min(name COLLATE \"C\") FROM users",
+            "SELECT g FROM users GROUP BY g HAVING max(name COLLATE \"C\") > 'a'",
+            "SELECT DISTINCT name COLLATE \"C\" FROM users",
+            "SELECT g COLLATE \"C\", count(*) FROM users GROUP BY 1",
+        ] {
+            let e = plan_sql(sql).unwrap_err();
+            assert!(e.contains("COLLATE"), "{sql}: {e}");
+        }
+        // COLLATE elsewhere changes nothing the merge compares.
+        assert!(
+            plan_sql("SELECT name FROM users WHERE name COLLATE \"C\" > 'a' ORDER BY id").is_ok()
         );
     }
 

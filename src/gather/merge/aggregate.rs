@@ -530,6 +530,32 @@ mod tests {
     }
 
     #[test]
+    fn min_max_of_text_in_a_locale() {
+        let en = crate::gather::merge::collate::libc_collator("en_US.UTF-8", "en_US.UTF-8")
+            .unwrap_or_else(|e| panic!("{e}: run scripts/install-deps.sh"));
+        let rows = [
+            row(&[Some("b"), Some("b")]),
+            row(&[Some("B"), Some("B")]),
+            row(&[Some("a b"), Some("a b")]),
+            row(&[Some("ab"), Some("ab")]),
+        ];
+        let cols = || vec![t(TEXT_OID), t(TEXT_OID)];
+        let aggs = || vec![AggSpec::new(AggKind::Min, 0), AggSpec::new(AggKind::Max, 1)];
+        // Bytewise: "B" < "a b" < "ab" < "b".
+        assert_eq!(plain(cols(), aggs(), &rows), vec![s("B"), s("b")]);
+        let output = vec![OutputColumn::Agg(0), OutputColumn::Agg(1)];
+        let mut g = GroupedAggregate::new(cols(), vec![], aggs(), output, 10)
+            .unwrap()
+            .with_text_orders(vec![TextOrder::Libc(en.clone()), TextOrder::Libc(en)])
+            .unwrap();
+        for r in &rows {
+            g.push(r).unwrap();
+        }
+        // en_US (as Postgres 15 with that locale): "a b" < "ab" < "b" < "B".
+        assert_eq!(texts(&g.finish().unwrap()), vec![vec![s("a b"), s("B")]]);
+    }
+
+    #[test]
     fn avg_of_integers_matches_postgres_15() {
         // select avg(x) from (values (1),(2),(2)) t(x) → 1.6666666666666667, split over shards
         // as partial (sum, count): (1, 1), (4, 2), and an empty shard (NULL, 0).

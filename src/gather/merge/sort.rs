@@ -483,6 +483,51 @@ mod tests {
     }
 
     #[test]
+    fn text_keys_in_a_locale() {
+        let en = crate::gather::merge::collate::libc_collator("en_US.UTF-8", "en_US.UTF-8")
+            .unwrap_or_else(|e| panic!("{e}: run scripts/install-deps.sh"));
+        let cols = [ColumnType::new(TEXT_OID, FORMAT_TEXT)];
+        let r = |t: &str| build_row(&[Some(t.as_bytes()), Some(t.as_bytes())]).unwrap();
+        // Each shard sorted as an en_US Postgres sorts (case and accents are secondary).
+        let shards = || {
+            vec![
+                vec![r("a"), r("\u{e9}"), r("Zebra")],
+                vec![r("A"), r("b"), r("co-op")],
+                vec![r("B"), r("e"), r("zebra")],
+            ]
+        };
+        let mut m = KWayMerge::new(3, &cols, vec![SortKey::asc(0)])
+            .unwrap()
+            .with_text_orders(vec![TextOrder::Libc(en.clone())])
+            .unwrap();
+        assert_eq!(
+            run(&mut m, shards()),
+            ["a", "A", "b", "B", "co-op", "e", "\u{e9}", "zebra", "Zebra"]
+        );
+        // Compared bytewise the same input is out of order, which the merge detects.
+        let mut m = KWayMerge::new(3, &cols, vec![SortKey::asc(0)]).unwrap();
+        m.push(0, r("a")).unwrap();
+        m.push(0, r("\u{e9}")).unwrap();
+        assert_eq!(
+            m.push(0, r("Zebra")),
+            Err(MergeError::UnsortedInput { shard: 0 })
+        );
+        assert!(KWayMerge::new(1, &cols, vec![SortKey::asc(0)])
+            .unwrap()
+            .with_text_orders(vec![])
+            .is_err());
+        let sorted = sort_rows(
+            vec![r("b"), r("B"), r("a")],
+            &cols,
+            &[SortKey::desc(0)],
+            &[TextOrder::Libc(en)],
+        )
+        .unwrap();
+        let tags: Vec<String> = sorted.iter().map(tag).collect();
+        assert_eq!(tags, ["B", "b", "a"]);
+    }
+
+    #[test]
     fn binary_keys() {
         let cols = [ColumnType::new(INT4_OID, FORMAT_BINARY)];
         let r = |v: i32, t: &str| build_row(&[Some(&v.to_be_bytes()[..]), Some(t.as_bytes())]);
