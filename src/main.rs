@@ -191,6 +191,7 @@ async fn demo(dir: PathBuf, port: u16, shards: u32, strategy: StrategyArg) -> an
         base_port: 0,
         strategy: strategy.strategy(shards),
         listen: listen.clone(),
+        locale: cluster::DEFAULT_LOCALE.into(),
     };
     let info = cluster::up(&spec).await?;
     let config = pgshard::config::Config::load(&info.config_path)?;
@@ -230,6 +231,7 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
                 base_port,
                 strategy: strategy.strategy(shards),
                 listen,
+                locale: cluster::DEFAULT_LOCALE.into(),
             };
             let info = cluster::up(&spec).await?;
             out!("cluster up in {}", info.dir.display());
