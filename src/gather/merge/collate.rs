@@ -141,8 +141,11 @@ fn with_c_string<R>(s: &[u8], f: impl FnOnce(*const c_char) -> R) -> R {
     }
 }
 
-fn loaded() -> &'static Mutex<HashMap<(String, String), Arc<LibcCollator>>> {
-    static LOADED: OnceLock<Mutex<HashMap<(String, String), Arc<LibcCollator>>>> = OnceLock::new();
+/// Loaded collators by (LC_COLLATE, LC_CTYPE) name.
+type Loaded = Mutex<HashMap<(String, String), Arc<LibcCollator>>>;
+
+fn loaded() -> &'static Loaded {
+    static LOADED: OnceLock<Loaded> = OnceLock::new();
     LOADED.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
