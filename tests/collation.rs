@@ -249,6 +249,7 @@ async fn columns_with_their_own_collation_are_refused_in_a_c_database() {
         let c = proxy::shard(&cluster.info, id).await;
         c.batch_execute(
             "CREATE COLLATION IF NOT EXISTS ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE DOMAIN en_text AS text COLLATE \"en_US\";
              CREATE TABLE ccoll (id bigint PRIMARY KEY, name text, nick text COLLATE \"en_US\", email text COLLATE ci);
              INSERT INTO ccoll SELECT i, 'n' || i, CASE WHEN i % 2 = 0 THEN 'B' ELSE 'a' END, 'E' || (i % 3)
                FROM generate_series(1, 20) i",
@@ -287,6 +288,12 @@ async fn columns_with_their_own_collation_are_refused_in_a_c_database() {
         &through,
         "SELECT DISTINCT email FROM ccoll",
         "nondeterministic",
+    )
+    .await;
+    refused(
+        &through,
+        "SELECT name::en_text AS n FROM ccoll ORDER BY n",
+        "domain public.en_text (COLLATE \"en_US\")",
     )
     .await;
 

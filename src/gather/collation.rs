@@ -34,15 +34,11 @@ pub struct DatabaseCollation {
     pub version: Option<String>,
 }
 
-/// A table or view column whose collation is not the database default (`attcollation` other
-/// than 0 and 100): text read from it may sort differently from the database's order.
+/// A collation other than the database default (`pg_collation`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CollatedColumn {
-    pub schema: String,
-    pub table: String,
-    pub column: String,
-    /// The collation's name (`collname`).
-    pub collation: String,
+pub struct Collation {
+    /// `collname`.
+    pub name: String,
     /// `collprovider`: `c` libc, `i` ICU, `d` default.
     pub provider: String,
     /// `collcollate` (NULL for ICU collations from Postgres 15 on).
@@ -53,11 +49,31 @@ pub struct CollatedColumn {
     pub deterministic: bool,
 }
 
+/// A table or view column whose collation is not the database default (`attcollation` other
+/// than 0 and 100): text read from it may sort differently from the database's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollatedColumn {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    pub collation: Collation,
+}
+
+/// A domain declared with a collation (`CREATE DOMAIN d AS text COLLATE …`): a cast to it gives
+/// text that collation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollatedDomain {
+    pub schema: String,
+    pub name: String,
+    pub collation: Collation,
+}
+
 /// Everything read from one shard's database about collations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardCollation {
     pub database: DatabaseCollation,
     pub columns: Vec<CollatedColumn>,
+    pub domains: Vec<CollatedDomain>,
 }
 
 /// What a merge knows about one shard's text: its collations (`None` when they could not be
@@ -114,7 +130,15 @@ fn query_text(major: u32) -> String {
          JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
          WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attcollation NOT IN (0, 100) \
          AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
-         AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast'); \
+         SELECT n.nspname::text, t.typname::text, co.collname::text, co.collprovider::text, \
+         co.collcollate::text, co.collctype::text, \
+         pg_catalog.to_jsonb(co) ->> 'collisdeterministic' \
+         FROM pg_catalog.pg_type t \
+         JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+         JOIN pg_catalog.pg_collation co ON co.oid = t.typcollation \
+         WHERE t.typtype = 'd' AND t.typcollation NOT IN (0, 100) \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
     )
 }
 
@@ -124,11 +148,24 @@ fn text(cols: &[Option<Bytes>], i: usize) -> Option<String> {
         .and_then(|b| String::from_utf8(b.to_vec()).ok())
 }
 
-/// Builds the result from the DataRows of the two statements; `None` if the database row is
-/// missing or malformed.
+/// The collation in columns `at..at + 5` of a row.
+fn collation_at(r: &[Option<Bytes>], at: usize) -> Option<Collation> {
+    Some(Collation {
+        name: text(r, at)?,
+        provider: text(r, at + 1)?,
+        collate: text(r, at + 2),
+        ctype: text(r, at + 3),
+        // NULL before Postgres 12, where every collation was deterministic.
+        deterministic: text(r, at + 4).is_none_or(|v| v != "false"),
+    })
+}
+
+/// Builds the result from the DataRows of the three statements; `None` if the database row is
+/// missing or a row is malformed.
 fn parse(
     database: &[Vec<Option<Bytes>>],
     columns: &[Vec<Option<Bytes>>],
+    domains: &[Vec<Option<Bytes>>],
 ) -> Option<ShardCollation> {
     let d = database.first()?;
     let database = DatabaseCollation {
@@ -145,16 +182,25 @@ fn parse(
                 schema: text(r, 0)?,
                 table: text(r, 1)?,
                 column: text(r, 2)?,
-                collation: text(r, 3)?,
-                provider: text(r, 4)?,
-                collate: text(r, 5),
-                ctype: text(r, 6),
-                // NULL before Postgres 12, where every collation was deterministic.
-                deterministic: text(r, 7).is_none_or(|v| v != "false"),
+                collation: collation_at(r, 3)?,
             })
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(ShardCollation { database, columns })
+    let domains = domains
+        .iter()
+        .map(|r| {
+            Some(CollatedDomain {
+                schema: text(r, 0)?,
+                name: text(r, 1)?,
+                collation: collation_at(r, 2)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(ShardCollation {
+        database,
+        columns,
+        domains,
+    })
 }
 
 /// The collations of the database `conn` is connected to, from the cache when fresh. A query
@@ -209,10 +255,10 @@ pub async fn of(conn: &mut ServerConn) -> Result<ShardText, BackendError> {
             _ => {}
         }
     }
-    if failed || results.len() < 3 {
+    if failed || results.len() < 4 {
         return Ok(out);
     }
-    let Some(found) = parse(&results[0], &results[1]) else {
+    let Some(found) = parse(&results[0], &results[1], &results[2]) else {
         return Ok(out);
     };
     let found = Arc::new(found);
@@ -273,13 +319,25 @@ mod tests {
                 Some("false"),
             ]),
         ];
-        let p = parse(&db, &cols).unwrap();
+        let doms = [row(&[
+            Some("app"),
+            Some("code_t"),
+            Some("C"),
+            Some("c"),
+            Some("C"),
+            Some("C"),
+            None,
+        ])];
+        let p = parse(&db, &cols, &doms).unwrap();
         assert_eq!(p.database.collate, "en_US.UTF-8");
         assert_eq!(p.database.version.as_deref(), Some("2.36"));
-        assert!(p.columns[0].deterministic);
-        assert!(!p.columns[1].deterministic);
-        assert_eq!(p.columns[1].collate, None);
-        assert_eq!(parse(&[], &cols), None);
-        assert_eq!(parse(&[row(&[Some("C")])], &[]), None);
+        assert!(p.columns[0].collation.deterministic);
+        assert!(!p.columns[1].collation.deterministic);
+        assert_eq!(p.columns[1].collation.collate, None);
+        assert_eq!(p.domains[0].name, "code_t");
+        assert!(p.domains[0].collation.deterministic);
+        assert_eq!(parse(&[], &cols, &[]), None);
+        assert_eq!(parse(&[row(&[Some("C")])], &[], &[]), None);
+        assert_eq!(parse(&db, &[row(&[Some("x")])], &[]), None);
     }
 }

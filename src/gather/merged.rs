@@ -229,28 +229,22 @@ fn column_orders(
         } else {
             (db.clone().map_err(refuse)?, true)
         };
-        text_order::check_ordered(
-            reads.as_deref(),
-            &uses.tables,
-            shards,
-            &order,
-            default_is_order,
-        )
-        .map_err(refuse)?;
+        text_order::check_ordered(uses, reads.as_deref(), shards, &order, default_is_order)
+            .map_err(refuse)?;
         orders[i] = order;
     }
     let group_cols: Vec<usize> = match &plan.kind {
         PlanKind::Groups {
             keys: Some(keys), ..
         } => keys.iter().filter_map(|k| k.index(total, hidden)).collect(),
-        PlanKind::Groups { keys: None, .. } => (0..total - hidden).collect(),
+        PlanKind::Groups { keys: None, .. } => (0..total.saturating_sub(hidden)).collect(),
         PlanKind::Rows => Vec::new(),
     };
     if group_cols.iter().any(|&i| {
         let oid = types.get(i).map_or(0, |t| t.oid);
         collatable(oid) || oid == NAME_OID
     }) {
-        text_order::check_grouped(uses.grouped.as_deref(), &uses.tables, shards).map_err(refuse)?;
+        text_order::check_grouped(uses, shards).map_err(refuse)?;
     }
     Ok(orders)
 }

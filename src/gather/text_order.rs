@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use super::collation::{CollatedColumn, ShardText};
+use super::collation::{CollatedColumn, CollatedDomain, Collation, ShardText};
 use super::merge::collate::{is_c_locale, libc_collator, platform_version, CollateError};
 use super::merge::TextOrder;
-use crate::router::merge_plan::TableName;
+use crate::router::merge_plan::{CollationUse, TableName};
 
 /// The order of text in the shards' database collation, the same on every shard; `Err` is the
 /// message of a 0A000 refusal naming what is missing.
@@ -141,47 +141,82 @@ fn behind<'a>(
     })
 }
 
-/// True when text of column `c` sorts in `order`.
-fn sorts_in(c: &CollatedColumn, order: &TextOrder) -> bool {
+/// The collated domains the statement's compared expressions cast to.
+fn cast_to<'a>(
+    domains: &'a [CollatedDomain],
+    casts: &'a [String],
+) -> impl Iterator<Item = &'a CollatedDomain> + 'a {
+    domains.iter().filter(move |d| casts.contains(&d.name))
+}
+
+/// True when text in collation `c` sorts in `order`.
+fn sorts_in(c: &Collation, order: &TextOrder) -> bool {
     match (c.provider.as_str(), &c.collate, &c.ctype) {
         ("c", Some(collate), Some(ctype)) => order.is_libc(collate, ctype),
         _ => false,
     }
 }
 
-fn describe(c: &CollatedColumn) -> String {
+fn describe(c: &Collation) -> String {
     let provider = match c.provider.as_str() {
         "i" => " (ICU)",
         _ => "",
     };
+    format!("COLLATE \"{}\"{provider}", c.name)
+}
+
+fn column_name(c: &CollatedColumn) -> String {
     format!(
-        "{}.{}.{} (COLLATE \"{}\"{provider})",
-        c.schema, c.table, c.column, c.collation
+        "column {}.{}.{} ({})",
+        c.schema,
+        c.table,
+        c.column,
+        describe(&c.collation)
+    )
+}
+
+fn domain_name(d: &CollatedDomain) -> String {
+    format!(
+        "domain {}.{} ({})",
+        d.schema,
+        d.name,
+        describe(&d.collation)
+    )
+}
+
+fn unread(shard: u32) -> String {
+    format!(
+        "comparing text across shards needs each shard's collations, which could not be read from shard {shard}"
     )
 }
 
 /// Checks that the text of a value the merge orders — read from the columns named `reads`
-/// (`None`: any) of `tables` — sorts in `order` on every shard. `default_is_order` says whether
-/// text in the database's default collation sorts in `order` too (false for `name` values in a
-/// non-C database: then each column read must be shown to sort in `order`).
+/// (`None`: any) of the statement's tables — sorts in `order` on every shard, and that nothing
+/// compared is cast to a domain of another collation. `default_is_order` says whether text in
+/// the database's default collation sorts in `order` too (false for `name` values in a non-C
+/// database: then each column read must be shown to sort in `order`).
 pub fn check_ordered(
+    uses: &CollationUse,
     reads: Option<&[String]>,
-    tables: &[TableName],
     shards: &[ShardText],
     order: &TextOrder,
     default_is_order: bool,
 ) -> Result<(), String> {
     for s in shards {
         let Some(facts) = &s.collation else {
-            return Err(format!(
-                "ordering text across shards needs each shard's collation, which could not be read from shard {}",
-                s.shard
-            ));
+            return Err(unread(s.shard));
         };
-        if let Some(c) = behind(&facts.columns, tables, reads).find(|c| !sorts_in(c, order)) {
+        let wrong = behind(&facts.columns, &uses.tables, reads)
+            .find(|c| !sorts_in(&c.collation, order))
+            .map(column_name)
+            .or_else(|| {
+                cast_to(&facts.domains, &uses.casts)
+                    .find(|d| !sorts_in(&d.collation, order))
+                    .map(domain_name)
+            });
+        if let Some(what) = wrong {
             return Err(format!(
-                "ordering text of column {} across shards is not supported: pgshard merges text in {} only",
-                describe(c),
+                "ordering text of {what} across shards is not supported: pgshard merges text in {} only",
                 order.describe()
             ));
         }
@@ -189,9 +224,13 @@ pub fn check_ordered(
             let unknown = match reads {
                 None => true,
                 Some(r) => r.iter().any(|name| {
-                    behind(&facts.columns, tables, Some(std::slice::from_ref(name)))
-                        .next()
-                        .is_none()
+                    behind(
+                        &facts.columns,
+                        &uses.tables,
+                        Some(std::slice::from_ref(name)),
+                    )
+                    .next()
+                    .is_none()
                 }),
             };
             if unknown {
@@ -206,24 +245,24 @@ pub fn check_ordered(
     Ok(())
 }
 
-/// Checks that grouping on values read from the columns `reads` (`None`: any) of `tables` may
-/// use byte equality: no column behind them has a nondeterministic collation on any shard.
-pub fn check_grouped(
-    reads: Option<&[String]>,
-    tables: &[TableName],
-    shards: &[ShardText],
-) -> Result<(), String> {
+/// Checks that grouping on values read from the columns `uses.grouped` (`None`: any) may use
+/// byte equality: nothing behind them has a nondeterministic collation on any shard.
+pub fn check_grouped(uses: &CollationUse, shards: &[ShardText]) -> Result<(), String> {
     for s in shards {
         let Some(facts) = &s.collation else {
-            return Err(format!(
-                "grouping text across shards needs each shard's collations, which could not be read from shard {}",
-                s.shard
-            ));
+            return Err(unread(s.shard));
         };
-        if let Some(c) = behind(&facts.columns, tables, reads).find(|c| !c.deterministic) {
+        let wrong = behind(&facts.columns, &uses.tables, uses.grouped.as_deref())
+            .find(|c| !c.collation.deterministic)
+            .map(column_name)
+            .or_else(|| {
+                cast_to(&facts.domains, &uses.casts)
+                    .find(|d| !d.collation.deterministic)
+                    .map(domain_name)
+            });
+        if let Some(what) = wrong {
             return Err(format!(
-                "grouping text of column {} across shards is not supported: its collation is nondeterministic and pgshard groups text by byte equality only",
-                describe(c)
+                "grouping text of {what} across shards is not supported: its collation is nondeterministic and pgshard groups text by byte equality only"
             ));
         }
     }
@@ -247,13 +286,10 @@ mod tests {
         }
     }
 
-    fn col(table: &str, column: &str, collation: &str, provider: &str) -> CollatedColumn {
-        let libc = (provider == "c").then(|| collation.to_string());
-        CollatedColumn {
-            schema: "public".into(),
-            table: table.into(),
-            column: column.into(),
-            collation: collation.into(),
+    fn coll(name: &str, provider: &str) -> Collation {
+        let libc = (provider == "c").then(|| name.to_string());
+        Collation {
+            name: name.into(),
             provider: provider.into(),
             collate: libc.clone(),
             ctype: libc,
@@ -261,10 +297,27 @@ mod tests {
         }
     }
 
+    fn col(table: &str, column: &str, collation: &str, provider: &str) -> CollatedColumn {
+        CollatedColumn {
+            schema: "public".into(),
+            table: table.into(),
+            column: column.into(),
+            collation: coll(collation, provider),
+        }
+    }
+
     fn shard(id: u32, database: DatabaseCollation, columns: Vec<CollatedColumn>) -> ShardText {
         ShardText {
             shard: id,
-            collation: Some(Arc::new(ShardCollation { database, columns })),
+            collation: Some(Arc::new(ShardCollation {
+                database,
+                columns,
+                domains: vec![CollatedDomain {
+                    schema: "public".into(),
+                    name: "code_t".into(),
+                    collation: coll("C", "c"),
+                }],
+            })),
             client_encoding: Some("UTF8".into()),
         }
     }
@@ -273,11 +326,16 @@ mod tests {
         platform_version().unwrap()
     }
 
-    fn table(name: &str) -> Vec<TableName> {
-        vec![TableName {
-            schema: None,
-            name: name.into(),
-        }]
+    fn table(name: &str) -> CollationUse {
+        CollationUse {
+            ordered: vec![],
+            grouped: None,
+            tables: vec![TableName {
+                schema: None,
+                name: name.into(),
+            }],
+            casts: vec![],
+        }
     }
 
     #[test]
@@ -363,62 +421,81 @@ mod tests {
         let c_order = TextOrder::Bytewise;
         let en_order = database_order(&en_db).unwrap();
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ordered = |uses: &CollationUse,
+                       reads: Option<&[&str]>,
+                       shards: &[ShardText],
+                       o: &TextOrder,
+                       d: bool| {
+            let reads = reads.map(names);
+            check_ordered(uses, reads.as_deref(), shards, o, d)
+        };
         // A C column in a C database sorts as the merge does; an en_US one does not.
-        assert!(check_ordered(Some(&names(&["code"])), &users, &c_db, &c_order, true).is_ok());
-        let e =
-            check_ordered(Some(&names(&["nick", "x"])), &users, &c_db, &c_order, true).unwrap_err();
+        assert!(ordered(&users, Some(&["code"]), &c_db, &c_order, true).is_ok());
+        let e = ordered(&users, Some(&["nick", "x"]), &c_db, &c_order, true).unwrap_err();
         assert!(
-            e.contains("public.users.nick (COLLATE \"en_US.UTF-8\")"),
+            e.contains("column public.users.nick (COLLATE \"en_US.UTF-8\")"),
             "{e}"
         );
         // And the other way round in an en_US database.
-        let e =
-            check_ordered(Some(&names(&["code"])), &users, &en_db, &en_order, true).unwrap_err();
+        let e = ordered(&users, Some(&["code"]), &en_db, &en_order, true).unwrap_err();
         assert!(
             e.contains("users.code") && e.contains("\"en_US.UTF-8\" only"),
             "{e}"
         );
-        assert!(check_ordered(Some(&names(&["nick"])), &users, &en_db, &en_order, true).is_ok());
+        assert!(ordered(&users, Some(&["nick"]), &en_db, &en_order, true).is_ok());
         // Another table's column of the same name does not matter; unknown reads check all.
-        assert!(check_ordered(Some(&names(&["name"])), &users, &en_db, &en_order, true).is_ok());
-        assert!(check_ordered(None, &users, &en_db, &en_order, true).is_err());
-        let qualified = vec![TableName {
-            schema: Some("other_schema".into()),
-            name: "users".into(),
-        }];
-        assert!(check_ordered(None, &qualified, &en_db, &en_order, true).is_ok());
+        assert!(ordered(&users, Some(&["name"]), &en_db, &en_order, true).is_ok());
+        assert!(ordered(&users, None, &en_db, &en_order, true).is_err());
+        let mut qualified = table("users");
+        qualified.tables[0].schema = Some("other_schema".into());
+        assert!(ordered(&qualified, None, &en_db, &en_order, true).is_ok());
         // name values in an en_US database: only from C-collated columns.
-        assert!(check_ordered(Some(&names(&["code"])), &users, &en_db, &c_order, false).is_ok());
-        assert!(check_ordered(Some(&[]), &users, &en_db, &c_order, false).is_ok());
-        let e =
-            check_ordered(Some(&names(&["plain"])), &users, &en_db, &c_order, false).unwrap_err();
+        assert!(ordered(&users, Some(&["code"]), &en_db, &c_order, false).is_ok());
+        assert!(ordered(&users, Some(&[]), &en_db, &c_order, false).is_ok());
+        let e = ordered(&users, Some(&["plain"]), &en_db, &c_order, false).unwrap_err();
         assert!(e.contains("type name"), "{e}");
+        // A cast to a domain with its own collation.
+        let mut cast = table("users");
+        cast.casts = names(&["code_t"]);
+        assert!(ordered(&cast, Some(&["plain"]), &c_db, &c_order, true).is_ok());
+        let e = ordered(&cast, Some(&["plain"]), &en_db, &en_order, true).unwrap_err();
+        assert!(e.contains("domain public.code_t (COLLATE \"C\")"), "{e}");
     }
 
     #[test]
     fn nondeterministic_columns_cannot_be_grouped() {
         let mut ci = col("users", "email", "case_insensitive", "i");
-        ci.deterministic = false;
+        ci.collation.deterministic = false;
         let shards = [shard(
             1,
             db("C", "c", None),
             vec![ci, col("users", "code", "C", "c")],
         )];
-        let users = table("users");
-        assert!(check_grouped(Some(&["code".to_string()]), &users, &shards).is_ok());
-        let e = check_grouped(None, &users, &shards).unwrap_err();
+        let mut uses = table("users");
+        uses.grouped = Some(vec!["code".to_string()]);
+        assert!(check_grouped(&uses, &shards).is_ok());
+        uses.grouped = None;
+        let e = check_grouped(&uses, &shards).unwrap_err();
         assert!(
             e.contains("users.email (COLLATE \"case_insensitive\" (ICU))"),
             "{e}"
         );
         let e = check_ordered(
+            &uses,
             Some(&["email".to_string()]),
-            &users,
             &shards,
             &TextOrder::Bytewise,
             true,
         )
         .unwrap_err();
         assert!(e.contains("ICU"), "{e}");
+        let unknown = ShardText {
+            shard: 9,
+            collation: None,
+            client_encoding: None,
+        };
+        assert!(check_grouped(&uses, &[unknown])
+            .unwrap_err()
+            .contains("shard 9"));
     }
 }

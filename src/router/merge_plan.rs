@@ -224,6 +224,9 @@ pub struct CollationUse {
     pub grouped: Option<Vec<String>>,
     /// Every table named in the statement (FROM, joins, subqueries).
     pub tables: Vec<TableName>,
+    /// The types anything compared is cast to: a domain declared with a collation gives text
+    /// that collation.
+    pub casts: Vec<String>,
 }
 
 /// Aggregates the merge can combine.
@@ -780,6 +783,7 @@ fn collation_use(
             _ => None,
         }
     };
+    let casts = std::cell::RefCell::new(Vec::new());
     let reads = |c: ColRef| -> Result<Option<Vec<String>>, String> {
         let Some(e) = expr(c) else { return Ok(None) };
         if contains_collate(e) {
@@ -788,6 +792,7 @@ fn collation_use(
                     .into(),
             );
         }
+        casts.borrow_mut().extend(casts_in(e));
         Ok(if opaque { None } else { columns_read(e) })
     };
     let mut ordered = Vec::new();
@@ -834,11 +839,42 @@ fn collation_use(
         seen.push(*c);
         first
     });
+    let mut casts = casts.into_inner();
+    casts.sort();
+    casts.dedup();
     Ok(CollationUse {
         ordered,
         grouped,
         tables,
+        casts,
     })
+}
+
+/// The names of the types an expression casts to (`x::t`, `t 'literal'`, `CAST(x AS t)`).
+fn casts_in(n: &pb::Node) -> Vec<String> {
+    fn walk(v: &Json, out: &mut Vec<String>) {
+        match v {
+            Json::Object(m) => {
+                if let Some(tc) = m.get("TypeCast") {
+                    let last = tc
+                        .pointer("/type_name/names")
+                        .and_then(Json::as_array)
+                        .and_then(|a| a.last())
+                        .and_then(|l| l.pointer("/node/String/sval"))
+                        .and_then(Json::as_str);
+                    if let Some(t) = last {
+                        out.push(t.to_string());
+                    }
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Json::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(n).unwrap_or(Json::Null), &mut out);
+    out
 }
 
 /// The columns HAVING compares with constants (IS NULL compares nothing).
@@ -1282,6 +1318,10 @@ mod tests {
             ]
         );
         assert_eq!(c.grouped, names(&["name", "g"]));
+        assert!(c.casts.is_empty());
+        let p = plan_sql("SELECT id FROM users ORDER BY name::code_t, CAST(n AS pg_catalog.varchar(3)), id::text")
+            .unwrap();
+        assert_eq!(p.collation.casts, ["code_t", "text", "varchar"]);
 
         let p = plan_sql("SELECT * FROM app.users ORDER BY 2, name").unwrap();
         assert_eq!(p.collation.ordered[0], (ColRef::Output(1), None));
