@@ -29,6 +29,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Tables copied whole to every shard (small lookup tables such as `countries`): reads go to any
+    /// one shard, writes and DDL to all of them in one atomic transaction. Listed first so the TOML
+    /// writer emits this plain array before any table.
+    #[serde(default)]
+    pub reference_tables: Vec<String>,
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -43,6 +48,8 @@ pub struct Config {
     pub router: RouterConfig,
     #[serde(default)]
     pub transactions: TransactionsConfig,
+    #[serde(default)]
+    pub replicas: ReplicasConfig,
 }
 
 /// Where the proxy listens and which logical database it serves.
@@ -149,6 +156,121 @@ pub struct ShardConfig {
     pub user: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Streaming replicas of this shard, which may serve reads (see `[replicas]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+/// One streaming replica of a shard; it logs in like its primary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+}
+
+impl ReplicaConfig {
+    /// `host:port` of the replica.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Where reads outside a writing transaction may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// Always the primary.
+    #[default]
+    Primary,
+    /// A healthy replica within the lag bound, else the primary.
+    Replicas,
+    /// Any healthy server, primary included.
+    Any,
+}
+
+/// How a read picks among the servers it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// The server that has replayed the most WAL.
+    LeastLag,
+    Random,
+}
+
+/// What a session is promised about reading its own writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    /// No promise: a read right after a write may see older data on a replica.
+    Off,
+    /// After a write, the session reads from the primary for `pin_window_ms`.
+    Pin,
+    /// A read goes to a replica only once it has replayed the session's last write.
+    #[default]
+    Lsn,
+}
+
+/// Read routing over streaming replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasConfig {
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    #[serde(default)]
+    pub balance: Balance,
+    /// A replica further behind its primary than this many bytes of WAL serves no reads
+    /// (0: no byte bound).
+    #[serde(default = "default_max_lag_bytes")]
+    pub max_lag_bytes: u64,
+    /// …or than this many milliseconds of replay (0: no time bound).
+    #[serde(default = "default_max_lag_ms")]
+    pub max_lag_ms: u64,
+    #[serde(default)]
+    pub read_your_writes: ReadYourWrites,
+    #[serde(default = "default_pin_window_ms")]
+    pub pin_window_ms: u64,
+    /// How long a read waits for a replica to replay the session's writes before it goes to
+    /// the primary.
+    #[serde(default = "default_lsn_wait_timeout_ms")]
+    pub lsn_wait_timeout_ms: u64,
+    /// How often each server's role, position and health are sampled.
+    #[serde(default = "default_monitor_interval_ms")]
+    pub monitor_interval_ms: u64,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        ReplicasConfig {
+            read_from: ReadFrom::default(),
+            balance: Balance::default(),
+            max_lag_bytes: default_max_lag_bytes(),
+            max_lag_ms: default_max_lag_ms(),
+            read_your_writes: ReadYourWrites::default(),
+            pin_window_ms: default_pin_window_ms(),
+            lsn_wait_timeout_ms: default_lsn_wait_timeout_ms(),
+            monitor_interval_ms: default_monitor_interval_ms(),
+        }
+    }
+}
+
+fn default_max_lag_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_max_lag_ms() -> u64 {
+    10_000
+}
+fn default_pin_window_ms() -> u64 {
+    1_000
+}
+fn default_lsn_wait_timeout_ms() -> u64 {
+    1_000
+}
+fn default_monitor_interval_ms() -> u64 {
+    200
 }
 
 /// A table split across shards by one key column.
@@ -433,6 +555,18 @@ impl Config {
                 ));
             }
         }
+        for (i, name) in self.reference_tables.iter().enumerate() {
+            let key = format!("reference_tables[{i}]");
+            if name.is_empty() {
+                return Err(invalid(&key, "must not be empty".into()));
+            }
+            if !tables.insert(name.to_ascii_lowercase()) {
+                return Err(invalid(
+                    &key,
+                    format!("table `{name}` is listed twice (or is also a sharded table)"),
+                ));
+            }
+        }
         if self.router.cache_size == 0 {
             return Err(invalid("router.cache_size", "must be at least 1".into()));
         }
@@ -521,6 +655,42 @@ key = "user_id"
         let text = include_str!("../config/pgshard.toml");
         let c = Config::from_toml(text, Path::new("config/pgshard.toml")).unwrap();
         assert_eq!(c.shards.len(), 10);
+    }
+
+    #[test]
+    fn the_shipped_pgbench_config_is_valid() {
+        let text = include_str!("../config/pgbench.toml");
+        let c = Config::from_toml(text, Path::new("config/pgbench.toml")).unwrap();
+        let keys: Vec<(&str, &str)> = c
+            .sharded_tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.key.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("users", "user_id"),
+                ("pgbench_accounts", "aid"),
+                ("pgbench_branches", "bid"),
+                ("pgbench_tellers", "tid"),
+                ("pgbench_history", "aid"),
+            ]
+        );
+    }
+
+    #[test]
+    fn reference_tables_are_checked() {
+        let text = format!("reference_tables = [\"countries\", \"Currencies\"]\n{GOOD}");
+        let c = Config::from_toml(&text, Path::new("t.toml")).unwrap();
+        assert_eq!(c.reference_tables, ["countries", "Currencies"]);
+        let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();
+        assert_eq!(again.reference_tables, c.reference_tables);
+        let text = format!("reference_tables = [\"users\"]\n{GOOD}");
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reference_tables[0]"), "{err}");
+        assert!(err.contains("also a sharded table"), "{err}");
     }
 
     #[test]

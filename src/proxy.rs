@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::backend::topology::Topology;
 use crate::backend::ShardPools;
 use crate::catalog::MapHandle;
 use crate::config::Config;
@@ -26,4 +27,6 @@ pub struct Proxy {
     pub server_params: std::sync::RwLock<HashMap<String, String>>,
     /// Commits transactions that span shards.
     pub coordinator: Arc<Coordinator>,
+    /// Every server's role, health and position, as the monitors last saw them.
+    pub topology: Arc<Topology>,
 }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::backend::topology::Topology;
 use crate::backend::ShardPools;
 use crate::catalog::{self, CatalogHandle};
 use crate::config::{Config, ShardConfig};
@@ -51,8 +52,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     for shard in &config.shards {
         check_shard(&config, shard).await?;
     }
-    let pools = ShardPools::new(&config).map_err(anyhow::Error::msg)?;
-    let router = Router::new(&config.sharded_tables, config.router.cache_size);
+    let topology = Topology::new(&config);
+    let pools = ShardPools::new(&config, topology.clone()).map_err(anyhow::Error::msg)?;
+    let router = Router::from_config(&config);
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(
         &config.catalog.url,
@@ -77,6 +79,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         first_shard,
         server_params: Default::default(),
         coordinator,
+        topology,
     });
     let (shutdown, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, proxy.clone(), rx));

@@ -54,6 +54,8 @@ pub struct ServerConn {
     rbuf: BytesMut,
     wbuf: BytesMut,
     pub shard: u32,
+    /// Which of the shard's servers this is (0: the configured primary, 1..: replicas).
+    pub server: u16,
     pub addr: std::sync::Arc<str>,
     pub pid: i32,
     pub secret: i32,
@@ -72,13 +74,15 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Connects, logs in and reads the server's start-up messages up to the first ReadyForQuery.
+    /// Connects to server `server` of `shard` at `addr`, logs in and reads the server's
+    /// start-up messages up to the first ReadyForQuery.
     pub async fn connect(
         shard: &ShardConfig,
+        server: u16,
+        addr: String,
         auth: &ServerAuthConfig,
         timeout: Duration,
     ) -> Result<ServerConn, BackendError> {
-        let addr = shard.address();
         let connect = TcpStream::connect(addr.as_str());
         let stream = match tokio::time::timeout(timeout, connect).await {
             Err(_) => {
@@ -102,6 +106,7 @@ impl ServerConn {
             rbuf: BytesMut::with_capacity(16 * 1024),
             wbuf: BytesMut::with_capacity(4 * 1024),
             shard: shard.id,
+            server,
             addr: addr.into(),
             pid: 0,
             secret: 0,

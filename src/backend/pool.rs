@@ -8,11 +8,14 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
 
 use super::conn::{BackendError, ServerConn};
+use super::topology::{ServerId, Topology};
 use crate::config::{Config, ServerAuthConfig, ShardConfig};
 
-/// Creates and checks server connections for one shard.
+/// Creates and checks server connections for one server of one shard.
 pub struct ServerManager {
     shard: ShardConfig,
+    server: u16,
+    address: String,
     auth: ServerAuthConfig,
     connect_timeout: Duration,
 }
@@ -22,7 +25,14 @@ impl managed::Manager for ServerManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
-        ServerConn::connect(&self.shard, &self.auth, self.connect_timeout).await
+        ServerConn::connect(
+            &self.shard,
+            self.server,
+            self.address.clone(),
+            &self.auth,
+            self.connect_timeout,
+        )
+        .await
     }
 
     async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
@@ -52,40 +62,62 @@ pub enum CheckoutError {
     Pool { shard: u32, message: String },
 }
 
-/// The pools of every shard.
+/// The pools of every server of every shard.
 pub struct ShardPools {
-    pools: HashMap<u32, Pool<ServerManager>>,
+    pools: HashMap<ServerId, Pool<ServerManager>>,
+    topology: Arc<Topology>,
     checkout_timeout: Duration,
 }
 
 impl ShardPools {
-    /// Builds (empty) pools for every shard in the config; connections open on first use.
-    pub fn new(config: &Config) -> Result<Arc<ShardPools>, String> {
+    /// Builds (empty) pools for every server in the config; connections open on first use.
+    pub fn new(config: &Config, topology: Arc<Topology>) -> Result<Arc<ShardPools>, String> {
         let mut pools = HashMap::new();
         for shard in &config.shards {
-            let manager = ServerManager {
-                shard: shard.clone(),
-                auth: config.server_auth.clone(),
-                connect_timeout: config.pool.connect_timeout(),
-            };
-            let pool = Pool::builder(manager)
-                .max_size(config.pool.size)
-                .runtime(deadpool::Runtime::Tokio1)
-                .build()
-                .map_err(|e| format!("cannot build the pool of shard {}: {e}", shard.id))?;
-            pools.insert(shard.id, pool);
+            let addresses =
+                std::iter::once(shard.address()).chain(shard.replicas.iter().map(|r| r.address()));
+            for (index, address) in addresses.enumerate() {
+                let id = ServerId {
+                    shard: shard.id,
+                    index: index as u16,
+                };
+                let manager = ServerManager {
+                    shard: shard.clone(),
+                    server: id.index,
+                    address,
+                    auth: config.server_auth.clone(),
+                    connect_timeout: config.pool.connect_timeout(),
+                };
+                let pool = Pool::builder(manager)
+                    .max_size(config.pool.size)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| format!("cannot build the pool of {id}: {e}"))?;
+                pools.insert(id, pool);
+            }
         }
         Ok(Arc::new(ShardPools {
             pools,
+            topology,
             checkout_timeout: config.pool.checkout_timeout(),
         }))
     }
 
-    /// A server connection to `shard`, waiting up to the checkout timeout for a free one.
+    /// A connection to `shard`'s current primary, waiting up to the checkout timeout.
     pub async fn get(&self, shard: u32) -> Result<PooledConn, CheckoutError> {
+        let primary = self
+            .topology
+            .primary(shard)
+            .ok_or(CheckoutError::UnknownShard(shard))?;
+        self.get_server(primary).await
+    }
+
+    /// A connection to one particular server, waiting up to the checkout timeout.
+    pub async fn get_server(&self, id: ServerId) -> Result<PooledConn, CheckoutError> {
+        let shard = id.shard;
         let pool = self
             .pools
-            .get(&shard)
+            .get(&id)
             .ok_or(CheckoutError::UnknownShard(shard))?;
         let timeouts = managed::Timeouts {
             wait: Some(self.checkout_timeout),
@@ -102,8 +134,8 @@ impl ShardPools {
         })
     }
 
-    /// Size and availability per shard, for status views.
-    pub fn status(&self) -> Vec<(u32, deadpool::Status)> {
+    /// Size and availability per server, for status views.
+    pub fn status(&self) -> Vec<(ServerId, deadpool::Status)> {
         let mut v: Vec<_> = self.pools.iter().map(|(id, p)| (*id, p.status())).collect();
         v.sort_by_key(|(id, _)| *id);
         v

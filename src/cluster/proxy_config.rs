@@ -26,6 +26,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
                 database: "app".into(),
                 user: None,
                 password: None,
+                replicas: Vec::new(),
             })
         })
         .collect();
@@ -36,6 +37,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         max_message_size: 64 * 1024 * 1024,
     };
     Config {
+        reference_tables: Vec::new(),
         proxy: defaults,
         users: vec![UserConfig {
             name: "app".into(),
@@ -63,6 +65,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         }],
         router: RouterConfig::default(),
         transactions: Default::default(),
+        replicas: Default::default(),
     }
 }
 

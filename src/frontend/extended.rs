@@ -9,8 +9,11 @@ use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::exchange::{Expect, Step};
-use super::session::{aborted, needs_atomic_scatter, refusal, End, Prepared, Session, Target, Txn};
+use super::session::{
+    aborted, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared, Session, Target, Txn,
+};
 use crate::backend::ServerConn;
+use crate::gather::copy_in::CopyProtocol;
 use crate::router::params::BindParams;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields};
@@ -115,6 +118,14 @@ impl Session {
             msgs.clear();
             error = Some(aborted());
         }
+        if executed
+            .iter()
+            .any(|st| st.facts.first().is_some_and(is_sharded_copy_in))
+        {
+            return self
+                .copy_batch(&msgs, &portal_statements, error, sync, None)
+                .await;
+        }
         if local || self.deferred_transaction_control(&executed) {
             if routes.iter().any(|r| *r != Route::Any) {
                 msgs.clear();
@@ -174,7 +185,7 @@ impl Session {
                     return Ok(());
                 }
             },
-            Target::Single(_) => None,
+            Target::Single(_) | Target::Broadcast(_) => None,
         };
         let merge_steps = merge.as_ref().map(|(m, _)| m);
         let build =
@@ -203,6 +214,14 @@ impl Session {
                 }
             }
             Target::Scatter(shards) => {
+                if all_facts
+                    .iter()
+                    .any(|f| matches!(f.kind, StatementKind::Copy { .. }))
+                {
+                    return self
+                        .copy_batch(&msgs, &portal_statements, error, sync, Some(shards))
+                        .await;
+                }
                 if executes != 1 || partial_fetch || error.is_some() || !sync {
                     self.push_error_in_batch(refusal(
                         "a statement without a shard key runs on every shard; send it with one Execute (no row limit) followed by Sync",
@@ -224,11 +243,89 @@ impl Session {
                     }
                 }
             }
+            Target::Broadcast(shards) => {
+                if executes != 1 || partial_fetch || error.is_some() || !sync {
+                    self.push_error_in_batch(refusal(
+                        "a statement that changes every shard must be sent with one Execute (no row limit) followed by Sync",
+                    ));
+                    self.skip_until_sync = !sync;
+                    if sync {
+                        return self.finish_open_batch().await;
+                    }
+                    return Ok(());
+                }
+                self.run_broadcast(shards, &all_facts, build).await?;
+            }
         }
         if error.is_some() && !sync {
             self.skip_until_sync = true;
         }
         Ok(())
+    }
+
+    /// A batch executing a COPY that spans shards (`scatter`: the shards of a COPY TO; `None`: a
+    /// COPY FROM STDIN split by key). The proxy answers Parse/Bind/Describe/Close itself and runs
+    /// the COPY with the simple protocol on the shards.
+    async fn copy_batch(
+        &mut self,
+        msgs: &[Msg],
+        portal_statements: &HashMap<String, Arc<Prepared>>,
+        error: Option<ErrorFields>,
+        sync: bool,
+        scatter: Option<Vec<u32>>,
+    ) -> Result<(), End> {
+        let executes: Vec<&Execute> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Execute(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let statement = executes
+            .first()
+            .and_then(|e| portal_statements.get(&e.portal).cloned());
+        let alone = executes.len() == 1
+            && matches!(msgs.last(), Some(Msg::Execute(_)))
+            && self.open_batch_shard.is_none();
+        let statement = match (statement, error) {
+            (Some(st), None) if alone => st,
+            (_, error) => {
+                // Nothing runs: an error found while resolving the batch (or a block already
+                // failed) is reported as it is; anything else is a batch pgshard cannot split.
+                self.push_error_in_batch(error.unwrap_or_else(|| refusal(
+                    "a COPY that spans shards must be the only statement executed in its batch: send Parse/Bind/Execute of the COPY, then Sync",
+                )));
+                self.skip_until_sync = !sync;
+                if sync {
+                    return self.finish_open_batch().await;
+                }
+                return Ok(());
+            }
+        };
+        for msg in msgs {
+            match msg {
+                Msg::Parse(..) => self.io.push(&be::parse_complete()),
+                Msg::Bind { .. } => self.io.push(&be::bind_complete()),
+                Msg::DescribeStatement(st) => {
+                    self.io.push(&parameter_description(&st.param_types));
+                    self.io.push(&be::no_data());
+                }
+                Msg::DescribePortal(_) => self.io.push(&be::no_data()),
+                Msg::CloseStatement | Msg::ClosePortal(_) => self.io.push(&be::close_complete()),
+                Msg::Execute(_) => {}
+            }
+        }
+        let Some(facts) = statement.facts.first() else {
+            return Ok(());
+        };
+        let protocol = CopyProtocol::Extended { sync };
+        match scatter {
+            None => self.copy_in_sharded(&statement.sql, facts, protocol).await,
+            Some(shards) => {
+                self.copy_out_sharded(&statement.sql, facts, shards, protocol)
+                    .await
+            }
+        }
     }
 
     /// Answers the Sync of a batch that had nothing left to run.
@@ -343,11 +440,6 @@ impl Session {
                             "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
                         )));
                     }
-                }
-                if facts.sharded && matches!(facts.kind, StatementKind::Copy { from_stdin: true }) {
-                    return Err(refusal(
-                        "COPY FROM STDIN into a sharded table would need its rows split between shards, which is not supported yet: use INSERT",
-                    ));
                 }
                 let mut rewritten = None;
                 let route = if let Some(rows) = facts.missing_key_rows {

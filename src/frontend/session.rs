@@ -35,6 +35,8 @@ pub use crate::txn::Txn;
 pub enum Target {
     Single(u32),
     Scatter(Vec<u32>),
+    /// Every shard changes alike; one answer (see `gather::broadcast`).
+    Broadcast(Vec<u32>),
 }
 
 /// Why the session loop must stop.
@@ -255,6 +257,16 @@ impl Session {
             .iter()
             .map(|f| proxy.router.route(f, &params, &map, proxy.first_shard))
             .collect();
+        if facts.iter().any(is_sharded_copy_in) {
+            if facts.len() > 1 {
+                self.reply_error(refusal(
+                    "a COPY FROM STDIN into a sharded table must be sent on its own",
+                ));
+                return Ok(());
+            }
+            let protocol = crate::gather::copy_in::CopyProtocol::Simple;
+            return self.copy_in_sharded(&sql, &facts[0], protocol).await;
+        }
         if let Some(fields) = needs_splitting(&facts) {
             self.reply_error(fields);
             return Ok(());
@@ -271,6 +283,10 @@ impl Session {
                     return Ok(());
                 }
             }
+        }
+        if let [Route::SplitInsert(plan)] = routes.as_slice() {
+            let plan = plan.clone();
+            return self.run_split_insert(&sql, &plan).await;
         }
         let target = match self.combine(&routes, &facts) {
             Ok(t) => t,
@@ -303,14 +319,13 @@ impl Session {
                 }
             }
             Target::Scatter(shards) => {
-                if facts
-                    .iter()
-                    .any(|f| matches!(f.kind, StatementKind::Copy { .. }))
+                if let [only @ StatementFacts {
+                    kind: StatementKind::Copy { .. },
+                    ..
+                }] = &facts[..]
                 {
-                    self.reply_error(refusal(
-                        "COPY of a sharded table without a shard key would span several shards, which is not supported yet",
-                    ));
-                    return Ok(());
+                    let protocol = crate::gather::copy_in::CopyProtocol::Simple;
+                    return self.copy_out_sharded(&sql, only, shards, protocol).await;
                 }
                 let merge = match merge_for_simple(&facts, &literals) {
                     Ok(m) => m,
@@ -338,6 +353,7 @@ impl Session {
                     self.note_block_statement(&sql, only);
                 }
             }
+            Target::Broadcast(shards) => self.run_broadcast(shards, &facts, steps).await?,
         }
         Ok(())
     }
@@ -541,19 +557,15 @@ impl Session {
         map: &crate::router::ShardMap,
     ) -> Result<(String, Route), ErrorFields> {
         let ids: Vec<i64> = (0..rows).map(|_| self.proxy.ids.next_id()).collect();
-        let mut shards: Vec<u32> = ids.iter().map(|id| map.shard_for(*id)).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        if shards.len() > 1 {
-            return Err(refusal(format!(
-                "a multi-row INSERT without the shard key gets new keys on {} shards; writes to several shards need two-phase commit, which is not supported yet: insert the rows one per statement",
-                shards.len()
-            )));
-        }
+        let plan = crate::router::split_insert::rows_by_shard(&ids, map);
         let rewritten =
             crate::router::rewrite::insert_with_keys(sql, &self.proxy.config.sharded_tables, &ids)
                 .map_err(|e| refusal(e.to_string()))?;
-        Ok((rewritten, Route::Single(shards[0])))
+        match plan.as_slice() {
+            [one] => Ok((rewritten, Route::Single(one.shard))),
+            // New keys on several shards: the rows are split like any multi-row INSERT.
+            _ => Ok((rewritten, Route::SplitInsert(plan))),
+        }
     }
 
     /// Combines the routes of the statements of one request into where it runs.
@@ -567,6 +579,20 @@ impl Session {
         for route in routes {
             match route {
                 Route::Refuse(message) => return Err(refusal(message.clone())),
+                Route::SplitInsert(plan) => {
+                    return Err(refusal(format!(
+                        "a multi-row INSERT whose rows belong to {} shards is split only when sent on its own as a simple query; with prepared statements (extended protocol) or together with other statements, insert each shard's rows in a statement of their own",
+                        plan.len()
+                    )))
+                }
+                Route::Broadcast(v) => {
+                    if routes.len() > 1 {
+                        return Err(refusal(
+                            "a statement that changes every shard (DDL, a reference table write, VACUUM) must be sent on its own, not together with other statements",
+                        ));
+                    }
+                    return Ok(Target::Broadcast(v.clone()));
+                }
                 Route::Single(s) => {
                     if let Some(prev) = single.filter(|p| p != s) {
                         return Err(refusal(format!(
@@ -979,14 +1005,14 @@ fn savepoint_tag(sql: &str) -> &'static str {
     }
 }
 
-/// Statements whose rows the proxy would have to split between shards: refused until it can.
+/// True for a `COPY … FROM STDIN` into a sharded table, whose rows the proxy splits by key.
+pub fn is_sharded_copy_in(f: &StatementFacts) -> bool {
+    f.sharded && f.kind == (StatementKind::Copy { from_stdin: true })
+}
+
+/// Statements the proxy would have to split further: refused until it can.
 fn needs_splitting(facts: &[StatementFacts]) -> Option<ErrorFields> {
     for f in facts {
-        if f.sharded && matches!(f.kind, StatementKind::Copy { from_stdin: true }) {
-            return Some(refusal(
-                "COPY FROM STDIN into a sharded table would need its rows split between shards, which is not supported yet: use INSERT",
-            ));
-        }
         if f.missing_key_rows.is_some() && facts.len() > 1 {
             return Some(refusal(
                 "an INSERT that omits the shard key must be sent on its own so pgshard can give it keys",

@@ -1,8 +1,15 @@
 //! Scatter-gather: running one request on several shards in parallel and merging their answers
 //! into the one answer a single Postgres would give.
 
+pub mod atomic;
+pub mod broadcast;
 pub mod collation;
+pub mod collect;
+pub mod copy_in;
+pub mod copy_out;
+pub mod copy_split;
 pub mod merge;
 pub mod merged;
 pub mod scatter;
+pub mod split_insert;
 pub mod text_order;
