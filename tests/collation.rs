@@ -297,6 +297,16 @@ async fn columns_with_their_own_collation_are_refused_in_a_c_database() {
     )
     .await;
 
+    // DDL through the proxy takes effect at once: nick sorts in "C" now, as the merge does.
+    through
+        .batch_execute("ALTER TABLE ccoll ALTER COLUMN nick TYPE text COLLATE \"C\"")
+        .await
+        .unwrap();
+    let max = simple(&through, "SELECT max(nick) FROM ccoll")
+        .await
+        .unwrap();
+    assert_eq!(max, vec![vec![Some("a".into())]]);
+
     // DDL run on the shards directly: once the proxy reads the catalog again, it refuses.
     for id in cluster.info.shard_ids() {
         let c = proxy::shard(&cluster.info, id).await;
