@@ -205,6 +205,7 @@ async fn demo(
         base_port: 0,
         strategy: strategy.strategy(shards),
         listen: listen.clone(),
+        locale: cluster::DEFAULT_LOCALE.into(),
     };
     let info = cluster::up(&spec).await?;
     let mut config = pgshard::config::Config::load(&info.config_path)?;
@@ -256,6 +257,7 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
                 base_port,
                 strategy: strategy.strategy(shards),
                 listen,
+                locale: cluster::DEFAULT_LOCALE.into(),
             };
             let info = cluster::up(&spec).await?;
             out!("cluster up in {}", info.dir.display());

@@ -81,6 +81,7 @@ async fn three_shards_come_up_with_identities_and_a_map() {
         base_port: 0,
         strategy: Strategy::Hash,
         listen: "127.0.0.1:0".into(),
+        locale: pgshard::cluster::DEFAULT_LOCALE.into(),
     };
     let again = pgshard::cluster::up(&spec).await.unwrap();
     assert_eq!(again.instances, info.instances);

@@ -50,7 +50,13 @@ pub struct ClusterSpec {
     pub strategy: Strategy,
     /// The proxy listen address written into `pgshard.toml`.
     pub listen: String,
+    /// The locale of every instance's databases (initdb `--locale`): it decides how text sorts.
+    /// [`DEFAULT_LOCALE`] unless a test needs another collation.
+    pub locale: String,
 }
+
+/// The locale clusters are created with: C, so text sorts bytewise.
+pub const DEFAULT_LOCALE: &str = "C";
 
 impl ClusterSpec {
     /// Ten shards, free ports, hash strategy, in `dir`.
@@ -61,6 +67,7 @@ impl ClusterSpec {
             base_port: 0,
             strategy: Strategy::Hash,
             listen: DEFAULT_LISTEN.into(),
+            locale: DEFAULT_LOCALE.into(),
         }
     }
 }
@@ -222,7 +229,7 @@ pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
         .iter()
         .any(|i| !i.data_dir.join("PG_VERSION").is_file())
     {
-        instance::init_template(&bins, run_as, &template).await?;
+        instance::init_template(&bins, run_as, &template, &spec.locale).await?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "template ready"

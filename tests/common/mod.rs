@@ -17,6 +17,11 @@ impl TestCluster {
     /// Brings up `shards` shards plus a catalog on free loopback ports, in a new dir under /tmp
     /// (short enough for unix socket paths, reachable by the `postgres` OS user when run as root).
     pub async fn start(shards: u32, strategy: Strategy) -> TestCluster {
+        TestCluster::start_with_locale(shards, strategy, cluster::DEFAULT_LOCALE).await
+    }
+
+    /// Like `start`, with every database created in `locale` (initdb `--locale`).
+    pub async fn start_with_locale(shards: u32, strategy: Strategy, locale: &str) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("pgshard-test-")
             .tempdir_in("/tmp")
@@ -29,6 +34,7 @@ impl TestCluster {
             base_port: 0,
             strategy,
             listen: "127.0.0.1:0".into(),
+            locale: locale.into(),
         };
         let info = match cluster::up(&spec).await {
             Ok(info) => info,
