@@ -230,6 +230,7 @@ async fn demo(
         replicas: replicas.replicas,
         apply_delay_ms: replicas.apply_delay_ms,
         sync_any_one: replicas.sync_any_one,
+        locale: cluster::DEFAULT_LOCALE.into(),
     };
     let info = cluster::up(&spec).await?;
     let mut config = pgshard::config::Config::load(&info.config_path)?;
@@ -290,6 +291,7 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
                 replicas: replicas.replicas,
                 apply_delay_ms: replicas.apply_delay_ms,
                 sync_any_one: replicas.sync_any_one,
+                locale: cluster::DEFAULT_LOCALE.into(),
             };
             let info = cluster::up(&spec).await?;
             out!("cluster up in {}", info.dir.display());

@@ -78,12 +78,13 @@ pub async fn run(
     }
 }
 
-/// Creates the template data directory with initdb (C collation, trust locally, SCRAM over TCP) and
-/// writes the shared configuration. Does nothing if it already exists.
+/// Creates the template data directory with initdb (UTF8 in `locale`, trust locally, SCRAM over
+/// TCP) and writes the shared configuration. Does nothing if it already exists.
 pub async fn init_template(
     bins: &PgBinaries,
     run_as: Option<RunAs>,
     template: &Path,
+    locale: &str,
 ) -> Result<(), ClusterError> {
     if template.join("PG_VERSION").is_file() && template.join("pg_hba.conf").is_file() {
         return Ok(());
@@ -104,11 +105,11 @@ pub async fn init_template(
             "--auth-host=scram-sha-256",
             "-E",
             "UTF8",
-            "--locale=C",
             "--no-sync",
             // 1 MiB WAL segments instead of 16: every instance is a copy, and bytes copied are time.
             "--wal-segsize=1",
         ])
+        .arg(format!("--locale={locale}"))
         .env("LC_ALL", "C");
     if let Some(parent) = template.parent() {
         cmd.current_dir(parent);

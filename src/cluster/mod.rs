@@ -59,7 +59,13 @@ pub struct ClusterSpec {
     /// `synchronous_standby_names = 'ANY 1 (…)'` on every primary: a commit waits for the fastest
     /// replica only. Needs two or more replicas (with one it would be fully synchronous).
     pub sync_any_one: bool,
+    /// The locale of every instance's databases (initdb `--locale`): it decides how text sorts.
+    /// [`DEFAULT_LOCALE`] unless a test needs another collation.
+    pub locale: String,
 }
+
+/// The locale clusters are created with: C, so text sorts bytewise.
+pub const DEFAULT_LOCALE: &str = "C";
 
 impl ClusterSpec {
     /// Ten shards, free ports, hash strategy, in `dir`.
@@ -73,6 +79,7 @@ impl ClusterSpec {
             replicas: 0,
             apply_delay_ms: None,
             sync_any_one: false,
+            locale: DEFAULT_LOCALE.into(),
         }
     }
 
@@ -293,7 +300,7 @@ pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
         .iter()
         .any(|i| i.role != Role::Replica && !i.data_dir.join("PG_VERSION").is_file())
     {
-        instance::init_template(&bins, run_as, &template).await?;
+        instance::init_template(&bins, run_as, &template, &spec.locale).await?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "template ready"

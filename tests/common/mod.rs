@@ -24,6 +24,16 @@ impl TestCluster {
         .await
     }
 
+    /// Like `start`, with every database created in `locale` (initdb `--locale`).
+    pub async fn start_with_locale(shards: u32, strategy: Strategy, locale: &str) -> TestCluster {
+        TestCluster::start_with(|spec| {
+            spec.shards = shards;
+            spec.strategy = strategy;
+            spec.locale = locale.into();
+        })
+        .await
+    }
+
     /// Like [`TestCluster::start`], with the spec shaped by `change` (replicas, apply delay,
     /// quorum commit, …). Before `change` runs the spec asks for two hash shards, no replicas.
     pub async fn start_with(change: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
