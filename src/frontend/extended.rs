@@ -203,7 +203,7 @@ impl Session {
                     self.route_reads(&[shard], &all_facts).await;
                 }
                 let autocommit = self.txn.is_none() && self.open_batch_shard.is_none();
-                let outcome = self.run_single(shard, join_txn, build).await?;
+                let outcome = self.run_single_read(shard, join_txn, build).await?;
                 if let Some(outcome) = outcome {
                     if sync {
                         self.note_autocommit_write(shard, autocommit, &all_facts, &outcome);

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 
 use super::causal_token::{CausalToken, Position};
-use super::session::Session;
+use super::exchange::{Outcome, Step};
+use super::session::{End, Session};
 use crate::backend::topology::{Lsn, ServerId, ServerState};
+use crate::backend::ServerConn;
 use crate::config::{Balance, ReadFrom, ReadYourWrites};
 use crate::router::{StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields};
@@ -220,6 +222,35 @@ impl Session {
         }
     }
 
+    /// Runs a request on one shard like `run_single`; a read outside a transaction that a replica
+    /// could not serve (it went away, cancelled the read for a recovery conflict, or shut down)
+    /// before any of its answer reached the client is run once more on the primary.
+    pub async fn run_single_read(
+        &mut self,
+        shard: u32,
+        join_txn: bool,
+        steps: impl Fn(&ServerConn) -> Vec<Step>,
+    ) -> Result<Option<Outcome>, End> {
+        let on_replica = self.txn.is_none() && self.reads.servers.contains_key(&shard);
+        let mark = self.io.mark();
+        let outcome = self.run_single(shard, join_txn, &steps).await?;
+        let retry = on_replica
+            && match &outcome {
+                None => true,
+                Some(o) => o.error.as_ref().is_some_and(|e| replica_gave_up(&e.code)),
+            };
+        if retry && self.txn.is_none() && self.io.rewind(mark) {
+            let server = self.reads.servers.remove(&shard);
+            tracing::debug!(
+                shard,
+                ?server,
+                "read failed on a replica; retrying on the primary"
+            );
+            return self.run_single(shard, join_txn, &steps).await;
+        }
+        Ok(outcome)
+    }
+
     /// `SET pgshard.causal_token = '…'`: adopts another connection's writes.
     pub fn adopt_token(&mut self, text: &str) -> Result<(), ErrorFields> {
         let token = CausalToken::parse(text).map_err(|e| {
@@ -228,5 +259,29 @@ impl Session {
         })?;
         self.reads.token.merge(&token);
         Ok(())
+    }
+}
+
+/// Errors after which a replica read is worth one more try elsewhere: recovery conflicts,
+/// shutdowns, lost connections, and a replica refusing something only a primary can do.
+fn replica_gave_up(code: &str) -> bool {
+    matches!(
+        code,
+        "40001" | "57P01" | "57P02" | "57P03" | "57P04" | "25006"
+    ) || code.starts_with("08")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replica_gave_up;
+
+    #[test]
+    fn retryable_replica_errors() {
+        for code in ["40001", "57P01", "08006", "08001", "25006"] {
+            assert!(replica_gave_up(code), "{code}");
+        }
+        for code in ["42P01", "23505", "22012", "57014"] {
+            assert!(!replica_gave_up(code), "{code}");
+        }
     }
 }

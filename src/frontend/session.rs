@@ -317,7 +317,7 @@ impl Session {
             Target::Single(shard) => {
                 self.route_reads(&[shard], &facts).await;
                 let autocommit = self.txn.is_none();
-                let outcome = self.run_single(shard, true, steps).await?;
+                let outcome = self.run_single_read(shard, true, steps).await?;
                 if let Some(outcome) = outcome {
                     self.note_autocommit_write(shard, autocommit, &facts, &outcome);
                     self.after_statements(&facts, &outcome, Some(shard));
