@@ -29,6 +29,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Tables copied whole to every shard (small lookup tables such as `countries`): reads go to any
+    /// one shard, writes and DDL to all of them in one atomic transaction. Listed first so the TOML
+    /// writer emits this plain array before any table.
+    #[serde(default)]
+    pub reference_tables: Vec<String>,
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -433,6 +438,18 @@ impl Config {
                 ));
             }
         }
+        for (i, name) in self.reference_tables.iter().enumerate() {
+            let key = format!("reference_tables[{i}]");
+            if name.is_empty() {
+                return Err(invalid(&key, "must not be empty".into()));
+            }
+            if !tables.insert(name.to_ascii_lowercase()) {
+                return Err(invalid(
+                    &key,
+                    format!("table `{name}` is listed twice (or is also a sharded table)"),
+                ));
+            }
+        }
         if self.router.cache_size == 0 {
             return Err(invalid("router.cache_size", "must be at least 1".into()));
         }
@@ -521,6 +538,42 @@ key = "user_id"
         let text = include_str!("../config/pgshard.toml");
         let c = Config::from_toml(text, Path::new("config/pgshard.toml")).unwrap();
         assert_eq!(c.shards.len(), 10);
+    }
+
+    #[test]
+    fn the_shipped_pgbench_config_is_valid() {
+        let text = include_str!("../config/pgbench.toml");
+        let c = Config::from_toml(text, Path::new("config/pgbench.toml")).unwrap();
+        let keys: Vec<(&str, &str)> = c
+            .sharded_tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.key.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("users", "user_id"),
+                ("pgbench_accounts", "aid"),
+                ("pgbench_branches", "bid"),
+                ("pgbench_tellers", "tid"),
+                ("pgbench_history", "aid"),
+            ]
+        );
+    }
+
+    #[test]
+    fn reference_tables_are_checked() {
+        let text = format!("reference_tables = [\"countries\", \"Currencies\"]\n{GOOD}");
+        let c = Config::from_toml(&text, Path::new("t.toml")).unwrap();
+        assert_eq!(c.reference_tables, ["countries", "Currencies"]);
+        let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();
+        assert_eq!(again.reference_tables, c.reference_tables);
+        let text = format!("reference_tables = [\"users\"]\n{GOOD}");
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reference_tables[0]"), "{err}");
+        assert!(err.contains("also a sharded table"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,10 @@ enum Command {
         /// Strategy of the first shard map (only for a new demo directory).
         #[arg(long, value_enum, default_value_t = StrategyArg::Hash)]
         strategy: StrategyArg,
+        /// Shard pgbench's tables as config/pgbench.toml does, so `pgbench -i` and the built-in
+        /// TPC-B script run through the proxy.
+        #[arg(long)]
+        pgbench: bool,
     },
     /// Manage a local cluster of Postgres instances (catalog + shards) for tests and the demo.
     Cluster {
@@ -172,7 +176,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             shards,
             strategy,
-        } => demo(dir, port, shards, strategy).await,
+            pgbench,
+        } => demo(dir, port, shards, strategy, pgbench).await,
     }
 }
 
@@ -218,7 +223,16 @@ async fn catalog_command(action: CatalogCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn demo(dir: PathBuf, port: u16, shards: u32, strategy: StrategyArg) -> anyhow::Result<()> {
+/// The table lists `pgshard demo --pgbench` uses.
+const PGBENCH_CONFIG: &str = include_str!("../config/pgbench.toml");
+
+async fn demo(
+    dir: PathBuf,
+    port: u16,
+    shards: u32,
+    strategy: StrategyArg,
+    pgbench: bool,
+) -> anyhow::Result<()> {
     let dir = if dir.is_absolute() {
         dir
     } else {
@@ -233,7 +247,15 @@ async fn demo(dir: PathBuf, port: u16, shards: u32, strategy: StrategyArg) -> an
         listen: listen.clone(),
     };
     let info = cluster::up(&spec).await?;
-    let config = pgshard::config::Config::load(&info.config_path)?;
+    let mut config = pgshard::config::Config::load(&info.config_path)?;
+    if pgbench {
+        let tables = pgshard::config::Config::from_toml(
+            PGBENCH_CONFIG,
+            std::path::Path::new("config/pgbench.toml"),
+        )?;
+        config.sharded_tables = tables.sharded_tables;
+        config.reference_tables = tables.reference_tables;
+    }
     let running = match pgshard::server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -247,6 +269,10 @@ async fn demo(dir: PathBuf, port: u16, shards: u32, strategy: StrategyArg) -> an
         info.dir.display()
     );
     out!("  psql \"postgres://app:app@127.0.0.1:{port}/app\"");
+    if pgbench {
+        out!("  PGPASSWORD=app pgbench -i -s 10 -h 127.0.0.1 -p {port} -U app app");
+        out!("  PGPASSWORD=app pgbench -c 8 -j 2 -T 30 -h 127.0.0.1 -p {port} -U app app");
+    }
     out!("Ctrl-C stops the proxy and the cluster.");
     stop_signal().await?;
     out!("stopping");

@@ -52,7 +52,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         check_shard(&config, shard).await?;
     }
     let pools = ShardPools::new(&config).map_err(anyhow::Error::msg)?;
-    let router = Router::new(&config.sharded_tables, config.router.cache_size);
+    let router = Router::from_config(&config);
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(
         &config.catalog.url,

@@ -77,7 +77,7 @@ SELECT pgshard.next_id();
         "-v",
         "ON_ERROR_STOP=1",
         "-c",
-        "SELECT count(*) FROM users",
+        "SELECT string_agg(name, ',') FROM users",
     ]))
     .await;
     assert!(!ok);

@@ -36,6 +36,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         max_message_size: 64 * 1024 * 1024,
     };
     Config {
+        reference_tables: Vec::new(),
         proxy: defaults,
         users: vec![UserConfig {
             name: "app".into(),

@@ -162,7 +162,23 @@ impl Session {
             }
         };
         let tail_error = error.clone();
-        let build = |conn: &ServerConn| build_steps(&msgs, conn, tail_error.as_ref(), sync);
+        let merge = match &target {
+            Target::Scatter(_) => match merge_for_batch(&msgs) {
+                Ok(m) => m,
+                Err(fields) => {
+                    self.push_error_in_batch(fields);
+                    self.skip_until_sync = !sync;
+                    if sync {
+                        return self.finish_open_batch().await;
+                    }
+                    return Ok(());
+                }
+            },
+            Target::Single(_) | Target::Broadcast(_) => None,
+        };
+        let merge_steps = merge.as_ref().map(|(m, _)| m);
+        let build =
+            |conn: &ServerConn| build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps);
         match target {
             Target::Single(shard) => {
                 for msg in &msgs {
@@ -197,13 +213,29 @@ impl Session {
                     }
                     return Ok(());
                 }
+                let bound = merge.as_ref().map(|(_, b)| b.clone());
                 let atomic = all_facts.iter().any(needs_atomic_scatter);
-                let ok = self.run_scatter_request(shards, atomic, build).await?;
+                let ok = self
+                    .run_scatter_request(shards, atomic, build, bound)
+                    .await?;
                 if let ([st], true) = (&executed[..], ok) {
                     if let Some(f) = st.facts.first() {
                         self.note_block_statement(&st.sql, f);
                     }
                 }
+            }
+            Target::Broadcast(shards) => {
+                if executes != 1 || partial_fetch || error.is_some() || !sync {
+                    self.push_error_in_batch(refusal(
+                        "a statement that changes every shard must be sent with one Execute (no row limit) followed by Sync",
+                    ));
+                    self.skip_until_sync = !sync;
+                    if sync {
+                        return self.finish_open_batch().await;
+                    }
+                    return Ok(());
+                }
+                self.run_broadcast(shards, &all_facts, build).await?;
             }
         }
         if error.is_some() && !sync {
@@ -497,12 +529,62 @@ impl Session {
     }
 }
 
+/// How a batch's Bind changes when the statement runs on several shards with a merge: it binds a
+/// rewritten statement (prepared under its own server-side name) whose hidden columns need
+/// result format codes, and the merge needs the result's description even if the client did not
+/// ask for it.
+struct MergeSteps {
+    sql: String,
+    server_name: String,
+    hidden: usize,
+    inject_describe: bool,
+}
+
+/// The merge of a batch that runs on several shards, from its one Bind; `None` when rows are
+/// only concatenated.
+fn merge_for_batch(
+    msgs: &[Msg],
+) -> Result<Option<(MergeSteps, crate::gather::merged::BoundMerge)>, ErrorFields> {
+    let Some((bind, statement)) = msgs.iter().find_map(|m| match m {
+        Msg::Bind {
+            bind, statement, ..
+        } => Some((bind, statement)),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let Some(Ok(plan)) = statement.facts.first().and_then(|f| f.merge.as_ref()) else {
+        return Ok(None);
+    };
+    let describes = msgs
+        .iter()
+        .any(|m| matches!(m, Msg::DescribePortal(t) if t.name == bind.portal));
+    let params = BindParams {
+        values: &bind.params,
+        formats: &bind.param_formats,
+        types: &statement.param_types,
+    };
+    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, describes)?;
+    let sql = plan.shard_sql.with_placeholders();
+    let server_name = server_statement_name(&sql, &statement.param_types);
+    Ok(Some((
+        MergeSteps {
+            sql,
+            server_name,
+            hidden: plan.hidden,
+            inject_describe: !describes,
+        },
+        bound,
+    )))
+}
+
 /// The server-bound steps of a batch for one connection, given what it has prepared already.
 fn build_steps(
     msgs: &[Msg],
     conn: &ServerConn,
     tail_error: Option<&ErrorFields>,
     sync: bool,
+    merge: Option<&MergeSteps>,
 ) -> Vec<Step> {
     let mut steps = Vec::with_capacity(msgs.len() + 2);
     let mut unnamed_ready = false;
@@ -544,6 +626,40 @@ fn build_steps(
                 rewritten,
             } => {
                 let mut bind = bind.clone();
+                if let Some(m) = merge {
+                    if !conn.prepared.contains(&m.server_name) && !parsed.contains(&m.server_name) {
+                        steps.push(send(
+                            Parse {
+                                name: m.server_name.clone(),
+                                query: m.sql.clone(),
+                                param_types: statement.param_types.clone(),
+                            }
+                            .encode(),
+                            Expect::Parse {
+                                register: Some(m.server_name.clone()),
+                            },
+                            false,
+                        ));
+                        parsed.insert(m.server_name.clone());
+                    }
+                    bind.statement = m.server_name.clone();
+                    if bind.result_formats.len() > 1 {
+                        bind.result_formats.extend(std::iter::repeat_n(0, m.hidden));
+                    }
+                    let portal = NamedTarget {
+                        kind: b'P',
+                        name: bind.portal.clone(),
+                    };
+                    steps.push(send(bind.encode(), Expect::Bind, true));
+                    if m.inject_describe {
+                        steps.push(send(
+                            portal.encode(fe::DESCRIBE),
+                            Expect::DescribePortal,
+                            true,
+                        ));
+                    }
+                    continue;
+                }
                 if let Some(sql) = rewritten {
                     steps.push(send(
                         Parse {

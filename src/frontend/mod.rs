@@ -1,7 +1,6 @@
 //! Client side of the proxy: listener, startup, authentication and the client session.
 
 pub mod auth;
-pub mod broadcast;
 pub mod cancel;
 pub mod client_io;
 pub mod exchange;

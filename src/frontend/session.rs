@@ -35,6 +35,8 @@ pub use crate::txn::Txn;
 pub enum Target {
     Single(u32),
     Scatter(Vec<u32>),
+    /// Every shard changes alike; one answer (see `gather::broadcast`).
+    Broadcast(Vec<u32>),
 }
 
 /// Why the session loop must stop.
@@ -272,6 +274,10 @@ impl Session {
                 }
             }
         }
+        if let [Route::SplitInsert(plan)] = routes.as_slice() {
+            let plan = plan.clone();
+            return self.run_split_insert(&sql, &plan).await;
+        }
         let target = match self.combine(&routes, &facts) {
             Ok(t) => t,
             Err(fields) => {
@@ -312,12 +318,33 @@ impl Session {
                     ));
                     return Ok(());
                 }
+                let merge = match merge_for_simple(&facts, &literals) {
+                    Ok(m) => m,
+                    Err(fields) => {
+                        self.reply_error(fields);
+                        return Ok(());
+                    }
+                };
+                let (frame, bound) = match merge {
+                    Some((sql, bound)) => (fe::query(&sql), Some(bound)),
+                    None => (frame, None),
+                };
+                let steps = |_: &crate::backend::ServerConn| {
+                    vec![Step::Send {
+                        frame: frame.clone(),
+                        expect: Expect::Query,
+                        forward: true,
+                    }]
+                };
                 let atomic = facts.iter().any(needs_atomic_scatter);
-                let ok = self.run_scatter_request(shards, atomic, steps).await?;
+                let ok = self
+                    .run_scatter_request(shards, atomic, steps, bound)
+                    .await?;
                 if let ([only], true) = (&facts[..], ok) {
                     self.note_block_statement(&sql, only);
                 }
             }
+            Target::Broadcast(shards) => self.run_broadcast(shards, &facts, steps).await?,
         }
         Ok(())
     }
@@ -521,19 +548,15 @@ impl Session {
         map: &crate::router::ShardMap,
     ) -> Result<(String, Route), ErrorFields> {
         let ids: Vec<i64> = (0..rows).map(|_| self.proxy.ids.next_id()).collect();
-        let mut shards: Vec<u32> = ids.iter().map(|id| map.shard_for(*id)).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        if shards.len() > 1 {
-            return Err(refusal(format!(
-                "a multi-row INSERT without the shard key gets new keys on {} shards; writes to several shards need two-phase commit, which is not supported yet: insert the rows one per statement",
-                shards.len()
-            )));
-        }
+        let plan = crate::router::split_insert::rows_by_shard(&ids, map);
         let rewritten =
             crate::router::rewrite::insert_with_keys(sql, &self.proxy.config.sharded_tables, &ids)
                 .map_err(|e| refusal(e.to_string()))?;
-        Ok((rewritten, Route::Single(shards[0])))
+        match plan.as_slice() {
+            [one] => Ok((rewritten, Route::Single(one.shard))),
+            // New keys on several shards: the rows are split like any multi-row INSERT.
+            _ => Ok((rewritten, Route::SplitInsert(plan))),
+        }
     }
 
     /// Combines the routes of the statements of one request into where it runs.
@@ -547,6 +570,20 @@ impl Session {
         for route in routes {
             match route {
                 Route::Refuse(message) => return Err(refusal(message.clone())),
+                Route::SplitInsert(plan) => {
+                    return Err(refusal(format!(
+                        "a multi-row INSERT whose rows belong to {} shards is split only when sent on its own as a simple query; with prepared statements (extended protocol) or together with other statements, insert each shard's rows in a statement of their own",
+                        plan.len()
+                    )))
+                }
+                Route::Broadcast(v) => {
+                    if routes.len() > 1 {
+                        return Err(refusal(
+                            "a statement that changes every shard (DDL, a reference table write, VACUUM) must be sent on its own, not together with other statements",
+                        ));
+                    }
+                    return Ok(Target::Broadcast(v.clone()));
+                }
                 Route::Single(s) => {
                     if let Some(prev) = single.filter(|p| p != s) {
                         return Err(refusal(format!(
@@ -828,9 +865,10 @@ impl Session {
         shards: Vec<u32>,
         atomic: bool,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
+        merge: Option<crate::gather::merged::BoundMerge>,
     ) -> Result<bool, End> {
         let implicit = atomic && shards.len() > 1 && self.begin_implicit_block();
-        let end = self.run_scatter(shards, steps).await?;
+        let end = self.run_scatter(shards, steps, merge).await?;
         if let Some(fields) = end.failure {
             if implicit {
                 self.finish_implicit_block(false).await?;
@@ -860,6 +898,7 @@ impl Session {
         &mut self,
         shards: Vec<u32>,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
+        merge: Option<crate::gather::merged::BoundMerge>,
     ) -> Result<ScatterEnd, End> {
         for shard in &shards {
             if let Err(fields) = self.ensure_conn(*shard, true).await {
@@ -880,7 +919,7 @@ impl Session {
             &self.cancel,
             work.iter().map(|(c, _)| c.cancel_target()).collect(),
         );
-        let result = crate::gather::scatter::run(work, &mut self.io).await;
+        let result = crate::gather::scatter::run(work, &mut self.io, merge).await;
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {
             self.held.insert(conn.shard, conn);
@@ -925,6 +964,24 @@ fn is_block_control(f: &StatementFacts) -> bool {
 /// A statement whose effects on several shards must commit together.
 pub fn needs_atomic_scatter(f: &StatementFacts) -> bool {
     f.is_write || f.kind == StatementKind::Ddl
+}
+
+/// The merge of a simple-protocol statement that runs on several shards: the rewritten text (its
+/// literals put back) and the plan bound to them; `None` when rows are only concatenated.
+fn merge_for_simple(
+    facts: &[StatementFacts],
+    literals: &[crate::router::literals::Literal],
+) -> Result<Option<(String, crate::gather::merged::BoundMerge)>, ErrorFields> {
+    let [f] = facts else { return Ok(None) };
+    let Some(Ok(plan)) = &f.merge else {
+        return Ok(None);
+    };
+    let sql = plan.shard_sql.with_literals(literals).ok_or_else(|| {
+        ErrorFields::error("XX000", "a rewritten statement lost one of its literals")
+    })?;
+    let params = crate::router::literals::LiteralParams(literals);
+    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, true)?;
+    Ok(Some((sql, bound)))
 }
 
 /// The command tag of a savepoint statement, from its first words.

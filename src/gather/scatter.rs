@@ -4,6 +4,8 @@
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 
+use super::collation;
+use super::merged::{self, BoundMerge};
 use crate::backend::{PooledConn, ServerConn, ShardPools};
 use crate::frontend::client_io::ClientIo;
 use crate::frontend::exchange::{self, FrameSink, SinkError, Step};
@@ -44,19 +46,60 @@ pub struct ScatterResult {
     pub ready: Option<Frame>,
 }
 
-/// Runs each connection's steps in parallel and merges the answers into `client`.
-pub async fn run(work: Vec<(PooledConn, Vec<Step>)>, client: &mut ClientIo) -> ScatterResult {
+/// Runs each connection's steps in parallel and merges the answers into `client`: by the merge
+/// plan when one is given, else by concatenation.
+pub async fn run(
+    work: Vec<(PooledConn, Vec<Step>)>,
+    client: &mut ClientIo,
+    plan: Option<BoundMerge>,
+) -> ScatterResult {
     let shard_count = work.len();
     let mut receivers = Vec::with_capacity(shard_count);
     let mut tasks = Vec::with_capacity(shard_count);
+    let mut collation_rx = Vec::with_capacity(shard_count);
+    let wants_collation = plan.is_some();
     for (mut conn, steps) in work {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let (ctx, crx) = tokio::sync::oneshot::channel();
         tasks.push(tokio::spawn(async move {
+            if wants_collation {
+                match collation::of(&mut conn).await {
+                    Ok(c) => {
+                        let _ = ctx.send(c);
+                    }
+                    Err(e) => return (conn, Err(SinkError::from(e))),
+                }
+            }
             let mut sink = ChannelSink(tx);
             let result = exchange::run(&mut conn, steps, &mut sink).await;
             (conn, result)
         }));
         receivers.push(rx);
+        collation_rx.push(crx);
+    }
+    if let Some(plan) = plan {
+        let mut collations = Vec::with_capacity(shard_count);
+        for c in collation_rx {
+            collations.push(c.await.ok().flatten());
+        }
+        let outcome = merged::run(receivers, &plan, &collations, client).await;
+        let (conns, failure, gone) = join(tasks).await;
+        let failure = failure.or(outcome.failure);
+        return ScatterResult {
+            conns,
+            complete: if failure.is_none() {
+                outcome.complete
+            } else {
+                None
+            },
+            ready: if failure.is_none() {
+                outcome.ready
+            } else {
+                None
+            },
+            failure,
+            client_gone: gone || outcome.client_gone,
+        };
     }
     let mut merge = Merge::default();
     let mut client_gone = false;
@@ -91,7 +134,29 @@ pub async fn run(work: Vec<(PooledConn, Vec<Step>)>, client: &mut ClientIo) -> S
             client_gone = true;
         }
     }
-    let mut conns = Vec::with_capacity(shard_count);
+    let (conns, failure, gone) = join(tasks).await;
+    client_gone |= gone;
+    let (complete, ready) = if failure.is_none() && !client_gone {
+        merge.finish(shard_count)
+    } else {
+        (None, None)
+    };
+    ScatterResult {
+        conns,
+        failure,
+        client_gone,
+        complete,
+        ready,
+    }
+}
+
+type ShardTask = tokio::task::JoinHandle<(PooledConn, Result<exchange::Outcome, SinkError>)>;
+
+/// Waits for the shard readers: the connections still usable, the first failure, and whether
+/// the client went away.
+async fn join(tasks: Vec<ShardTask>) -> (Vec<PooledConn>, Option<ErrorFields>, bool) {
+    let mut conns = Vec::with_capacity(tasks.len());
+    let mut client_gone = false;
     let mut failure = None;
     for task in tasks {
         match task.await {
@@ -116,18 +181,7 @@ pub async fn run(work: Vec<(PooledConn, Vec<Step>)>, client: &mut ClientIo) -> S
             }
         }
     }
-    let (complete, ready) = if failure.is_none() && !client_gone {
-        merge.finish(shard_count)
-    } else {
-        (None, None)
-    };
-    ScatterResult {
-        conns,
-        failure,
-        client_gone,
-        complete,
-        ready,
-    }
+    (conns, failure, client_gone)
 }
 
 /// Messages that describe rather than answer: taken from the first shard only.

@@ -97,6 +97,9 @@ pub struct StatementFacts {
     /// Set when running on several shards would need more than concatenation (ORDER BY, LIMIT/OFFSET,
     /// aggregates, GROUP BY, DISTINCT, window functions, …): names the construct.
     pub needs_merge: Option<String>,
+    /// For a SELECT with `needs_merge`: how to run it on several shards and merge the answers
+    /// exactly, or the construct that cannot be merged exactly.
+    pub merge: Option<Result<std::sync::Arc<crate::router::merge_plan::MergePlan>, String>>,
     /// For an INSERT into a sharded table whose column list omits the key: the number of VALUES rows
     /// that need generated ids.
     pub missing_key_rows: Option<usize>,
@@ -105,6 +108,17 @@ pub struct StatementFacts {
     /// The first sharded table the statement names and its shard key column, `(table, key)`, so
     /// refusals can name them.
     pub shard_key: Option<(String, String)>,
+    /// True when a reference table (copied whole to every shard) is named.
+    pub reference: bool,
+    /// True when the statement must change every shard the same way and any one shard's answer is
+    /// the answer: DDL or maintenance of sharded or reference tables, writes to reference tables,
+    /// VACUUM/ANALYZE/CLUSTER/REINDEX of the whole database.
+    pub every_shard: bool,
+    /// True when Postgres refuses the statement inside a transaction block (CREATE/DROP INDEX
+    /// CONCURRENTLY, REINDEX CONCURRENTLY, VACUUM, CREATE/DROP DATABASE, ALTER SYSTEM, CLUSTER of
+    /// the whole database, …): it must run on each shard outside any block, never under two-phase
+    /// commit.
+    pub no_transaction_block: bool,
 }
 
 impl StatementFacts {
@@ -119,9 +133,13 @@ impl StatementFacts {
             session_bound: None,
             refuse: None,
             needs_merge: None,
+            merge: None,
             missing_key_rows: None,
             local: None,
             shard_key: None,
+            reference: false,
+            every_shard: false,
+            no_transaction_block: false,
         }
     }
 }
@@ -139,10 +157,12 @@ use serde_json::Value;
 
 use crate::config::ShardedTableConfig;
 
-/// The sharded tables of the configuration: lowercased table name → lowercased key column.
+/// The sharded tables of the configuration (lowercased table name → lowercased key column) and
+/// its reference tables (lowercased names).
 #[derive(Debug, Clone, Default)]
 pub struct ShardedTables {
     keys: HashMap<String, String>,
+    reference: HashSet<String>,
 }
 
 impl ShardedTables {
@@ -155,7 +175,28 @@ impl ShardedTables {
                 (name, t.key.to_lowercase())
             })
             .collect();
-        ShardedTables { keys }
+        ShardedTables {
+            keys,
+            reference: HashSet::new(),
+        }
+    }
+
+    /// The same tables plus these reference tables (names as in the config, `public.` optional).
+    pub fn with_reference(mut self, names: &[String]) -> ShardedTables {
+        self.reference = names
+            .iter()
+            .map(|n| {
+                let name = n.to_lowercase();
+                name.strip_prefix("public.").unwrap_or(&name).to_string()
+            })
+            .collect();
+        self
+    }
+
+    /// True when the table `schema.name` is a reference table (schema empty or `public`).
+    pub fn is_reference(&self, schema: &str, name: &str) -> bool {
+        (schema.is_empty() || schema.eq_ignore_ascii_case("public"))
+            && self.reference.contains(&name.to_lowercase())
     }
 
     /// The key column of the table `schema.name` when it is sharded (schema empty or `public`).
@@ -168,7 +209,7 @@ impl ShardedTables {
 }
 
 /// Aggregate functions recognised by name (user-defined aggregates are not).
-const AGGREGATES: &[&str] = &[
+pub(crate) const AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "avg",
@@ -236,6 +277,12 @@ struct Scan {
     funcs: Vec<FuncInfo>,
     ctes: HashSet<String>,
     nested_dml: bool,
+    /// (schema, name) of the target of every INSERT/UPDATE/DELETE/MERGE, nested ones included.
+    dml_targets: Vec<(String, String)>,
+    /// CURRENT_TIMESTAMP, CURRENT_DATE, CURRENT_USER and the like: their value depends on the server.
+    sql_value_function: bool,
+    /// A `concurrent: true` flag anywhere (CREATE/DROP INDEX CONCURRENTLY, DETACH … CONCURRENTLY).
+    concurrent: bool,
 }
 
 struct FuncInfo {
@@ -316,7 +363,15 @@ fn scan_value(v: &Value, scan: &mut Scan) {
                     }
                     "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                         scan.nested_dml = true;
+                        if let Some(rel) = child.get("relation") {
+                            scan.dml_targets.push((
+                                json_str(rel, "schemaname").to_lowercase(),
+                                json_str(rel, "relname").to_lowercase(),
+                            ));
+                        }
                     }
+                    "SqlvalueFunction" | "SQLValueFunction" => scan.sql_value_function = true,
+                    "concurrent" if child.as_bool() == Some(true) => scan.concurrent = true,
                     _ => {}
                 }
                 scan_value(child, scan);
@@ -645,6 +700,9 @@ fn tables_and_key(
                 facts.shard_key = Some((name.clone(), key.to_string()));
             }
             all_sharded.push(name.clone());
+        } else if ctx.tables.is_reference(schema, name) {
+            // A full copy on every shard: joins with anything local to a shard.
+            facts.reference = true;
         } else {
             facts.unsharded = true;
             if !is_catalog(schema, name) && user_unsharded.is_none() {
@@ -816,9 +874,14 @@ fn analyze_select(
         ctx.add_from_item(item);
     }
     tables_and_key(&mut ctx, scan, s.where_clause.as_deref(), facts);
-    facts.refuse = facts.refuse.take().or(ctx.refuse);
+    facts.refuse = facts.refuse.take().or(ctx.refuse.take());
     if facts.sharded {
         facts.needs_merge = merge_construct(s);
+        if facts.needs_merge.is_some() && facts.refuse.is_none() {
+            let is_key = |n: &pb::Node| ctx.key_column(n).is_some();
+            facts.merge =
+                Some(crate::router::merge_plan::plan(s, &is_key).map(std::sync::Arc::new));
+        }
     }
 }
 
@@ -948,9 +1011,177 @@ fn mark_tables(scan: &Scan, tables: &ShardedTables, facts: &mut StatementFacts) 
             if facts.shard_key.is_none() {
                 facts.shard_key = Some((name.clone(), key.to_string()));
             }
+        } else if tables.is_reference(schema, name) {
+            facts.reference = true;
         } else {
             facts.unsharded = true;
         }
+    }
+}
+
+/// The first table named that is neither sharded, nor a reference table, nor a catalog: one that
+/// lives only on the first shard.
+fn first_local_table(scan: &Scan, tables: &ShardedTables) -> Option<String> {
+    scan.relations
+        .iter()
+        .filter(|(schema, name)| !(schema.is_empty() && scan.ctes.contains(name)))
+        .find(|(schema, name)| {
+            tables.key_of(schema, name).is_none()
+                && !tables.is_reference(schema, name)
+                && !is_catalog(schema, name)
+        })
+        .map(|(_, name)| name.clone())
+}
+
+/// The first table named that is sharded or a reference table (lives on every shard).
+fn first_everywhere_table(scan: &Scan, tables: &ShardedTables) -> Option<String> {
+    scan.relations
+        .iter()
+        .filter(|(schema, name)| !(schema.is_empty() && scan.ctes.contains(name)))
+        .find(|(schema, name)| {
+            tables.key_of(schema, name).is_some() || tables.is_reference(schema, name)
+        })
+        .map(|(_, name)| name.clone())
+}
+
+/// Functions whose value differs from one server to the next: a reference table written with
+/// them would hold different rows on each shard.
+const SERVER_DEPENDENT: &[&str] = &[
+    "random",
+    "random_normal",
+    "setseed",
+    "now",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "timeofday",
+    "nextval",
+    "currval",
+    "lastval",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_backend_pid",
+    "inet_server_addr",
+    "inet_server_port",
+];
+
+/// Statements that change every shard alike (DDL and maintenance of tables that live on every
+/// shard, writes to reference tables): sets `every_shard`, or refuses what cannot be the same on
+/// every shard.
+fn every_shard_rules(
+    stmt: &NodeEnum,
+    scan: &Scan,
+    tables: &ShardedTables,
+    facts: &mut StatementFacts,
+) {
+    let maintenance = matches!(
+        stmt,
+        NodeEnum::VacuumStmt(_) | NodeEnum::ClusterStmt(_) | NodeEnum::ReindexStmt(_)
+    );
+    let everywhere = first_everywhere_table(scan, tables);
+    let local = first_local_table(scan, tables);
+    if let NodeEnum::DropStmt(d) = stmt {
+        if d.remove_type == pb::ObjectType::ObjectIndex as i32 {
+            // The index's table is not named: dropping it everywhere is the safe choice (an index
+            // of a sharded or reference table exists on every shard).
+            facts.every_shard = true;
+            return;
+        }
+    }
+    if facts.kind == StatementKind::Ddl || maintenance {
+        match (everywhere, local) {
+            (Some(e), Some(l)) => {
+                facts.refuse.get_or_insert(format!(
+                    "a statement naming {e}, which lives on every shard, and {l}, which lives only on the first shard, cannot run on one set of shards; send one statement for each"
+                ));
+            }
+            (Some(_), None) => facts.every_shard = true,
+            // VACUUM, ANALYZE, CLUSTER or REINDEX of the whole database: every shard's.
+            (None, None) if maintenance && scan.relations.is_empty() => facts.every_shard = true,
+            _ => {}
+        }
+        return;
+    }
+    let Some((_, target)) = scan
+        .dml_targets
+        .iter()
+        .find(|(schema, name)| tables.is_reference(schema, name))
+    else {
+        return;
+    };
+    let why = if facts.sharded {
+        facts.shard_key.as_ref().map(|(t, _)| {
+            format!("it also names sharded table {t}, so every shard would write different rows")
+        })
+    } else if let Some(l) = local {
+        Some(format!(
+            "it also names {l}, which lives only on the first shard"
+        ))
+    } else if facts.unsharded {
+        Some("it reads system catalogs, which differ between shards".to_string())
+    } else if scan.sql_value_function {
+        Some("CURRENT_TIMESTAMP and similar values differ between shards".to_string())
+    } else {
+        scan.funcs
+            .iter()
+            .find(|f| {
+                (f.name.len() == 1 || f.name[0] == "pg_catalog")
+                    && SERVER_DEPENDENT.contains(&f.last())
+            })
+            .map(|f| format!("{}() gives each shard a different value", f.last()))
+    };
+    match why {
+        Some(why) => {
+            facts.refuse.get_or_insert(format!(
+                "write to reference table {target} must write the same rows on every shard, and {why}"
+            ));
+        }
+        None => facts.every_shard = true,
+    }
+}
+
+/// True when Postgres refuses the statement inside a transaction block.
+fn refuses_transaction_block(stmt: &NodeEnum, scan: &Scan) -> bool {
+    let option_named = |options: &[pb::Node], wanted: &str| {
+        options.iter().any(|o| match o.node.as_ref() {
+            Some(NodeEnum::DefElem(d)) => {
+                d.defname.eq_ignore_ascii_case(wanted)
+                    && !matches!(node(&d.arg), Some(NodeEnum::Boolean(b)) if !b.boolval)
+                    && !matches!(
+                        node(&d.arg),
+                        Some(NodeEnum::String(s)) if matches!(s.sval.to_lowercase().as_str(), "false" | "off" | "0")
+                    )
+                    && !matches!(
+                        node(&d.arg),
+                        Some(NodeEnum::AConst(c)) if matches!(c.val, Some(Val::Ival(pb::Integer { ival: 0 })))
+                    )
+            }
+            _ => false,
+        })
+    };
+    match stmt {
+        NodeEnum::VacuumStmt(v) => v.is_vacuumcmd,
+        NodeEnum::ReindexStmt(r) => {
+            option_named(&r.params, "concurrently")
+                || r.kind == pb::ReindexObjectType::ReindexObjectSchema as i32
+                || r.kind == pb::ReindexObjectType::ReindexObjectSystem as i32
+                || r.kind == pb::ReindexObjectType::ReindexObjectDatabase as i32
+        }
+        NodeEnum::ClusterStmt(c) => c.relation.is_none(),
+        NodeEnum::CreatedbStmt(_)
+        | NodeEnum::DropdbStmt(_)
+        | NodeEnum::AlterSystemStmt(_)
+        | NodeEnum::CreateTableSpaceStmt(_)
+        | NodeEnum::DropTableSpaceStmt(_)
+        | NodeEnum::CreateSubscriptionStmt(_)
+        | NodeEnum::AlterSubscriptionStmt(_)
+        | NodeEnum::DropSubscriptionStmt(_) => true,
+        NodeEnum::AlterDatabaseStmt(a) => option_named(&a.options, "tablespace"),
+        _ => scan.concurrent,
     }
 }
 
@@ -1107,9 +1338,45 @@ fn is_ddl(type_name: &str) -> bool {
         )
 }
 
+/// Tables that DROP and COMMENT name as lists of strings rather than as RangeVars.
+fn named_objects(stmt: &NodeEnum, scan: &mut Scan) {
+    let table_like = |t: i32| {
+        t == pb::ObjectType::ObjectTable as i32
+            || t == pb::ObjectType::ObjectView as i32
+            || t == pb::ObjectType::ObjectMatview as i32
+            || t == pb::ObjectType::ObjectForeignTable as i32
+    };
+    let mut push = |n: &pb::Node| {
+        let parts: Vec<String> = match n.node.as_ref() {
+            Some(NodeEnum::List(l)) => l
+                .items
+                .iter()
+                .filter_map(str_of)
+                .map(str::to_lowercase)
+                .collect(),
+            _ => return,
+        };
+        match parts.as_slice() {
+            [name] => scan.relations.push((String::new(), name.clone())),
+            [.., schema, name] => scan.relations.push((schema.clone(), name.clone())),
+            [] => {}
+        }
+    };
+    match stmt {
+        NodeEnum::DropStmt(d) if table_like(d.remove_type) => d.objects.iter().for_each(push),
+        NodeEnum::CommentStmt(c) if table_like(c.objtype) => {
+            if let Some(o) = c.object.as_deref() {
+                push(o);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
     let mut facts = StatementFacts::plain(StatementKind::Other);
-    let scan = scan_node(stmt);
+    let mut scan = scan_node(stmt);
+    named_objects(stmt, &mut scan);
     match stmt {
         NodeEnum::SelectStmt(s) => {
             if is_next_id_select(s) {
@@ -1135,6 +1402,14 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
             };
             facts.is_write = c.is_from;
             mark_tables(&scan, tables, &mut facts);
+            if let Some(rel) = c.relation.as_ref().filter(|_| c.is_from) {
+                if tables.is_reference(&rel.schemaname, &rel.relname) {
+                    facts.refuse = Some(format!(
+                        "COPY FROM into reference table {} is not supported yet; use INSERT, which writes every shard",
+                        rel.relname.to_lowercase()
+                    ));
+                }
+            }
             if let Some(q) = node(&c.query) {
                 let inner = analyze_stmt(q, tables);
                 facts.key = inner.key;
@@ -1157,8 +1432,11 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
             });
             if let Some(q) = node(&e.query) {
                 let mut inner = analyze_stmt(q, tables);
+                // EXPLAIN output cannot be merged.
+                inner.merge = None;
                 if !analyze {
                     inner.is_write = false;
+                    inner.every_shard = false;
                 }
                 if inner.local.is_some() {
                     inner.local = None;
@@ -1278,6 +1556,8 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
         facts.refuse =
             Some("pgshard.next_id() is only supported as SELECT pgshard.next_id()".into());
     }
+    facts.no_transaction_block = refuses_transaction_block(stmt, &scan);
+    every_shard_rules(stmt, &scan, tables, &mut facts);
     facts
 }
 
@@ -1710,6 +1990,73 @@ mod tests {
         );
         assert_eq!(one("grant select on users to bob").kind, StatementKind::Ddl);
         assert!(one("select * into newt from countries").is_write);
+    }
+
+    #[test]
+    fn statements_refused_in_a_transaction_block() {
+        let ntb = |sql: &str| one(sql).no_transaction_block;
+        for sql in [
+            "create index concurrently on users (name)",
+            "drop index concurrently users_name",
+            "reindex (concurrently) table users",
+            "reindex table concurrently users",
+            "reindex database app",
+            "reindex schema public",
+            "reindex system app",
+            "vacuum",
+            "vacuum analyze pgbench_accounts",
+            "vacuum (verbose) users",
+            "create database x",
+            "drop database x",
+            "alter system set work_mem = '1MB'",
+            "cluster",
+            "create tablespace t location '/tmp'",
+            "drop tablespace t",
+            "alter table parent detach partition child concurrently",
+            "alter database app set tablespace t",
+            "create subscription s connection 'x' publication p",
+            "drop subscription s",
+        ] {
+            assert!(ntb(sql), "{sql}");
+        }
+        for sql in [
+            "create index on users (name)",
+            "drop index users_name",
+            "reindex table users",
+            "reindex (concurrently false) table users",
+            "analyze users",
+            "analyze",
+            "cluster users using users_pkey",
+            "alter database app set work_mem = '1MB'",
+            "select 1",
+            "truncate users",
+            "alter table parent detach partition child",
+        ] {
+            assert!(!ntb(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn reference_and_every_shard_facts() {
+        let t = tables().with_reference(&["countries".to_string()]);
+        let f = |sql: &str| analyze(sql, &t).remove(0);
+        let r = f("select * from countries");
+        assert!(r.reference && !r.unsharded && !r.sharded && !r.every_shard);
+        let r = f("select * from users u join countries c on c.code = u.cc where u.user_id = 1");
+        assert_eq!(r.refuse, None);
+        assert_eq!(r.key, vals(&[Const(1)]));
+        assert!(f("insert into countries (code) values ('x')").every_shard);
+        assert!(f("drop table countries").every_shard);
+        assert!(f("drop table users").every_shard);
+        assert!(f("comment on table users is 'x'").every_shard);
+        assert!(f("drop index users_name").every_shard);
+        assert!(f("vacuum").every_shard);
+        assert!(!f("vacuum logs").every_shard);
+        assert!(!f("drop table logs").every_shard);
+        assert!(!f("create function f() returns int as 'select 1' language sql").every_shard);
+        assert!(f("drop table users, logs")
+            .refuse
+            .is_some_and(|m| m.contains("send one statement for each")));
     }
 
     #[test]

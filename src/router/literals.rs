@@ -3,7 +3,7 @@
 //! `aid` every time). A small hand-written lexer; it never panics and, when in doubt, leaves the text
 //! unchanged.
 
-use crate::router::params::{parse_int_array_text, ParamSource};
+use crate::router::params::{parse_int_array_text, ParamSource, RawParam};
 
 /// One literal taken out of a statement, in order of appearance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +251,25 @@ impl ParamSource for LiteralParams<'_> {
         match self.0.get(n.checked_sub(1)?)? {
             Literal::Str(t) => parse_int_array_text(t),
             Literal::Number(_) => None,
+        }
+    }
+    fn raw(&self, n: usize) -> Option<RawParam> {
+        let (Literal::Number(t) | Literal::Str(t)) = self.0.get(n.checked_sub(1)?)?;
+        Some(RawParam {
+            value: Some(bytes::Bytes::from(t.clone())),
+            binary: false,
+        })
+    }
+}
+
+impl Literal {
+    /// The literal as SQL text again, to fill a rewritten statement's `$n` (negative numbers in
+    /// parentheses so they never merge with a preceding operator).
+    pub fn to_sql(&self) -> String {
+        match self {
+            Literal::Number(t) if t.starts_with('-') => format!("({t})"),
+            Literal::Number(t) => t.clone(),
+            Literal::Str(s) => format!("'{}'", s.replace('\'', "''")),
         }
     }
 }

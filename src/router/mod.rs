@@ -4,9 +4,11 @@
 pub mod cache;
 pub mod facts;
 pub mod literals;
+pub mod merge_plan;
 pub mod params;
 pub mod rewrite;
 pub mod shard_map;
+pub mod split_insert;
 
 pub use facts::{LocalCommand, StatementFacts, StatementKind};
 pub use params::ParamSource;
@@ -20,8 +22,16 @@ pub enum Route {
     /// Every listed shard runs it and the rows are concatenated (keyless read, or an IN list spanning
     /// several shards). Always sorted, never empty, at least two entries.
     Scatter(Vec<u32>),
-    /// Any shard can answer: no table is named (`SELECT 1`, `SET`, `SHOW`, transaction control).
+    /// Any shard can answer: no table is named (`SELECT 1`, `SET`, `SHOW`, transaction control),
+    /// or only reference tables are read.
     Any,
+    /// Every listed shard runs the statement to change them all alike (DDL and maintenance of
+    /// sharded or reference tables, writes to reference tables): their answers agree, and the
+    /// client gets one of them. Sorted, never empty.
+    Broadcast(Vec<u32>),
+    /// A multi-row INSERT whose rows belong to several shards: each shard gets the rows it owns,
+    /// listed by their position in VALUES. Sorted by shard, at least two entries.
+    SplitInsert(Vec<split_insert::ShardRows>),
     /// Refused with SQLSTATE 0A000 and this message, naming what is missing.
     Refuse(String),
 }
@@ -43,14 +53,48 @@ const PREPARED_PREFIX: &str = "p:";
 pub struct Router {
     tables: ShardedTables,
     cache: RouteCache,
+    /// Every configured shard: statements that change every shard reach these even when the map
+    /// gives them no keys yet.
+    all_shards: Vec<u32>,
 }
 
 impl Router {
+    /// A router for these sharded tables (no reference tables, shards taken from the map).
     pub fn new(tables: &[ShardedTableConfig], cache_size: usize) -> Router {
         Router {
             tables: ShardedTables::new(tables),
             cache: RouteCache::new(cache_size),
+            all_shards: Vec::new(),
         }
+    }
+
+    /// The router a configuration describes: its sharded and reference tables and its shards.
+    pub fn from_config(config: &crate::config::Config) -> Router {
+        Router::new(&config.sharded_tables, config.router.cache_size)
+            .with_reference_tables(&config.reference_tables)
+            .with_shards(config.shards.iter().map(|s| s.id).collect())
+    }
+
+    /// Adds reference tables (copied to every shard). Call before the first statement: cached
+    /// facts depend on the table lists.
+    pub fn with_reference_tables(mut self, names: &[String]) -> Router {
+        self.tables = self.tables.clone().with_reference(names);
+        self
+    }
+
+    /// Sets the configured shards, which statements changing every shard must reach.
+    pub fn with_shards(mut self, mut shards: Vec<u32>) -> Router {
+        shards.sort_unstable();
+        shards.dedup();
+        self.all_shards = shards;
+        self
+    }
+
+    /// Every shard: the configured ones and any the map names.
+    fn every_shard(&self, map: &ShardMap) -> Vec<u32> {
+        let mut all: BTreeSet<u32> = self.all_shards.iter().copied().collect();
+        all.extend(map.shards());
+        all.into_iter().collect()
     }
 
     /// The sharded tables this router knows.
@@ -113,8 +157,17 @@ impl Router {
         if facts.kind == StatementKind::Unparsed {
             return Route::Single(first_shard);
         }
+        if facts.every_shard {
+            let all = self.every_shard(map);
+            if all.is_empty() {
+                return Route::Single(first_shard);
+            }
+            return Route::Broadcast(all);
+        }
         if !facts.sharded {
-            if facts.unsharded || facts.kind == StatementKind::Ddl {
+            // Reference tables are read from any shard; anything else that is named, created or
+            // written lives on the first shard.
+            if facts.unsharded || facts.is_write || facts.kind == StatementKind::Ddl {
                 return Route::Single(first_shard);
             }
             return Route::Any;
@@ -158,22 +211,22 @@ impl Router {
             many => {
                 let n = many.len();
                 if facts.kind == StatementKind::Ddl {
+                    // DDL naming a sharded table is `every_shard`; this is a safety net.
                     Route::Refuse(format!(
-                        "DDL on sharded table {table} must run on all {n} shards, which needs a distributed transaction that this version does not support"
+                        "DDL on sharded table {table} cannot be routed to {n} shards"
                     ))
                 } else if facts.is_write {
-                    let why = if keys.is_none() {
-                        format!(" (no condition on {table}.{key} found)")
-                    } else {
-                        String::new()
-                    };
-                    Route::Refuse(format!(
-                        "write touching {n} shards needs a distributed transaction, which this version does not support; name one {key} per statement{why}"
-                    ))
+                    write_route(facts, keys.as_deref(), many, map, &table, &key)
                 } else if let Some(construct) = &facts.needs_merge {
-                    Route::Refuse(format!(
-                        "{construct} over several shards is not supported yet; add a condition on {table}.{key} to reach one shard"
-                    ))
+                    match &facts.merge {
+                        Some(Ok(_)) => Route::Scatter(many.to_vec()),
+                        Some(Err(what)) => Route::Refuse(format!(
+                            "{what} over several shards is not supported; add a condition on {table}.{key} to reach one shard"
+                        )),
+                        None => Route::Refuse(format!(
+                            "{construct} over several shards is not supported yet; add a condition on {table}.{key} to reach one shard"
+                        )),
+                    }
                 } else {
                     Route::Scatter(many.to_vec())
                 }
@@ -182,10 +235,45 @@ impl Router {
     }
 }
 
-/// True when facts of a normalized text cannot stand for the original.
+/// Where a write whose rows may sit on several shards (`many`) runs. UPDATE and DELETE run on each
+/// of those shards (the session makes that atomic); a multi-row INSERT is split by row; anything
+/// else is refused.
+fn write_route(
+    facts: &StatementFacts,
+    keys: Option<&[i64]>,
+    many: &[u32],
+    map: &ShardMap,
+    table: &str,
+    key: &str,
+) -> Route {
+    let n = many.len();
+    match (&facts.kind, keys) {
+        (StatementKind::Update | StatementKind::Delete, _) => Route::Scatter(many.to_vec()),
+        (StatementKind::Insert, Some(keys)) => {
+            Route::SplitInsert(split_insert::rows_by_shard(keys, map))
+        }
+        (StatementKind::Insert, None) => Route::Refuse(format!(
+            "INSERT into sharded table {table} whose rows' {key} values are not all constants or parameters (INSERT … SELECT, DEFAULT, expressions) cannot be routed to its rows' shards; insert with VALUES naming {key}"
+        )),
+        _ => {
+            let why = if keys.is_none() {
+                format!(" (no condition on {table}.{key} found)")
+            } else {
+                String::new()
+            };
+            Route::Refuse(format!(
+                "this write touches {n} shards in a way pgshard cannot split; name one {key} per statement{why}"
+            ))
+        }
+    }
+}
+
+/// True when facts of a normalized text cannot stand for the original. A merge plan needs the
+/// original too: `ORDER BY 2` and `GROUP BY 1` must not become `$n`.
 fn needs_original(facts: &[StatementFacts]) -> bool {
     facts.iter().any(|f| {
         f.local.is_some()
+            || f.merge.is_some()
             || !matches!(
                 f.kind,
                 StatementKind::Select
@@ -284,7 +372,20 @@ mod tests {
             route_sql(&r, "select * from users where user_id in (3, 4, 6)", modulo),
             Route::Scatter(vec![1, 2])
         );
-        let Route::Refuse(m) = route_sql(&r, "select count(*) from users", modulo) else {
+        assert_eq!(
+            route_sql(&r, "select count(*) from users", modulo),
+            Route::Scatter(vec![1, 2, 3])
+        );
+        let Route::Refuse(m) = route_sql(&r, "select string_agg(name, ',') from users", modulo)
+        else {
+            panic!()
+        };
+        assert!(
+            m.starts_with("aggregate string_agg() over several shards"),
+            "{m}"
+        );
+        assert!(m.contains("users.user_id"), "{m}");
+        let Route::Refuse(m) = route_sql(&r, "explain select count(*) from users", modulo) else {
             panic!()
         };
         assert!(
@@ -292,17 +393,14 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("users.user_id"), "{m}");
-        let Route::Refuse(m) = route_sql(&r, "delete from users where name = 'x'", modulo) else {
-            panic!()
-        };
-        assert!(m.starts_with("write touching 3 shards"), "{m}");
-        assert!(m.contains("name one user_id per statement"), "{m}");
-        let Route::Refuse(m) =
-            route_sql(&r, "update users set n = 1 where user_id in (1, 2)", modulo)
-        else {
-            panic!()
-        };
-        assert!(m.starts_with("write touching 2 shards"), "{m}");
+        assert_eq!(
+            route_sql(&r, "delete from users where name = 'x'", modulo),
+            Route::Scatter(vec![1, 2, 3])
+        );
+        assert_eq!(
+            route_sql(&r, "update users set n = 1 where user_id in (1, 2)", modulo),
+            Route::Scatter(vec![2, 3])
+        );
         assert_eq!(
             route_sql(&r, "select count(*) from users where user_id = 3", modulo),
             Route::Single(1)
@@ -313,10 +411,317 @@ mod tests {
             panic!()
         };
         assert!(m.contains("users.user_id"));
-        let Route::Refuse(m) = route_sql(&r, "create index on users (name)", modulo) else {
+        assert_eq!(
+            route_sql(&r, "create index on users (name)", modulo),
+            Route::Broadcast(vec![1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn what_pgbench_sends() {
+        let r = Router::new(
+            &[
+                ("pgbench_accounts", "aid"),
+                ("pgbench_branches", "bid"),
+                ("pgbench_tellers", "tid"),
+                ("pgbench_history", "aid"),
+            ]
+            .map(|(name, key)| ShardedTableConfig {
+                name: name.into(),
+                key: key.into(),
+            }),
+            100,
+        );
+        let map = &maps()[1];
+        let all = Route::Broadcast(vec![1, 2, 3]);
+        let ntb = |sql: &str| r.analyze_simple(sql).0[0].no_transaction_block;
+        // pgbench -i (PostgreSQL 15).
+        for sql in [
+            "drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+            "create table pgbench_history(tid int,bid int,aid    int,delta int,mtime timestamp,filler char(22))",
+            "create table pgbench_accounts(aid    int not null,bid int,abalance int,filler char(84)) with (fillfactor=100)",
+            "truncate table pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+            "alter table pgbench_branches add primary key (bid)",
+            "vacuum analyze pgbench_accounts",
+            // the TPC-B run's preparation
+            "vacuum pgbench_branches",
+            "truncate pgbench_history",
+        ] {
+            assert_eq!(route_sql(&r, sql, map), all, "{sql}");
+        }
+        assert!(ntb("vacuum analyze pgbench_accounts"));
+        assert!(!ntb("truncate pgbench_history"));
+        // COPY rows are split by the caller.
+        assert_eq!(
+            route_sql(&r, "copy pgbench_accounts from stdin with (freeze on)", map),
+            Route::Any
+        );
+        // TPC-B: one shard per statement.
+        for (sql, key) in [
+            (
+                "UPDATE pgbench_accounts SET abalance = abalance + -4000 WHERE aid = 77;",
+                77,
+            ),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 77;", 77),
+            (
+                "UPDATE pgbench_tellers SET tbalance = tbalance + -4000 WHERE tid = 7;",
+                7,
+            ),
+            (
+                "UPDATE pgbench_branches SET bbalance = bbalance + -4000 WHERE bid = 2;",
+                2,
+            ),
+            (
+                "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 2, 77, -4000, CURRENT_TIMESTAMP);",
+                77,
+            ),
+        ] {
+            assert_eq!(
+                route_sql(&r, sql, map),
+                Route::Single(map.shard_for(key)),
+                "{sql}"
+            );
+        }
+    }
+
+    fn with_reference() -> Router {
+        router()
+            .with_reference_tables(&["countries".to_string(), "public.Currencies".to_string()])
+            .with_shards(vec![4, 1, 2, 3])
+    }
+
+    #[test]
+    fn keyless_and_multi_key_writes() {
+        let r = router();
+        let modulo = &maps()[2];
+        for sql in [
+            "delete from users",
+            "update users set name = 'x' where name = 'y' returning *",
+            "update users set name = 'x' where user_id > 5",
+            "delete from users where user_id = any('{1,2,3}')",
+        ] {
+            assert_eq!(
+                route_sql(&r, sql, modulo),
+                Route::Scatter(vec![1, 2, 3]),
+                "{sql}"
+            );
+        }
+        // Keys on one shard stay single-shard.
+        assert_eq!(
+            route_sql(&r, "delete from users where user_id in (3, 6)", modulo),
+            Route::Single(1)
+        );
+        // Bind parameters decide at Bind time.
+        let facts = r.analyze_prepared("update users set n = 0 where user_id = any($1)");
+        let values = [Some(bytes::Bytes::from_static(b"{1,4,3}"))];
+        let p = BindParams {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert_eq!(
+            r.route(&facts[0], &p, modulo, 1),
+            Route::Scatter(vec![1, 2])
+        );
+        // Still refused: a new key value, and inserts whose keys are not known per row.
+        let Route::Refuse(m) = route_sql(&r, "update users set user_id = 7", modulo) else {
             panic!()
         };
-        assert!(m.contains("users"));
+        assert!(m.contains("UPDATE of shard key users.user_id"), "{m}");
+        let Route::Refuse(m) = route_sql(
+            &r,
+            "insert into users (user_id, name) select 1, 'x'",
+            modulo,
+        ) else {
+            panic!()
+        };
+        assert!(m.contains("INSERT … SELECT"), "{m}");
+    }
+
+    #[test]
+    fn multi_row_insert_is_split_by_shard() {
+        use split_insert::ShardRows;
+        let r = router();
+        let modulo = &maps()[2];
+        let got = route_sql(
+            &r,
+            "insert into users (user_id, name) values (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd') returning user_id",
+            modulo,
+        );
+        assert_eq!(
+            got,
+            Route::SplitInsert(vec![
+                ShardRows {
+                    shard: 1,
+                    rows: vec![2]
+                },
+                ShardRows {
+                    shard: 2,
+                    rows: vec![0, 3]
+                },
+                ShardRows {
+                    shard: 3,
+                    rows: vec![1]
+                },
+            ])
+        );
+        assert_eq!(
+            route_sql(
+                &r,
+                "insert into users (user_id, name) values (1, 'a'), (4, 'b')",
+                modulo
+            ),
+            Route::Single(2)
+        );
+        // Parameters of a prepared multi-row INSERT resolve at Bind.
+        let facts = r.analyze_prepared("insert into users (user_id) values ($1), ($2)");
+        let values = [
+            Some(bytes::Bytes::from_static(b"3")),
+            Some(bytes::Bytes::from_static(b"5")),
+        ];
+        let p = BindParams {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert!(matches!(
+            r.route(&facts[0], &p, modulo, 1),
+            Route::SplitInsert(plan) if plan.len() == 2
+        ));
+    }
+
+    #[test]
+    fn ddl_goes_to_every_shard() {
+        let r = with_reference();
+        let map = &maps()[1];
+        let all = Route::Broadcast(vec![1, 2, 3, 4]);
+        for sql in [
+            "create table users (user_id bigint primary key, name text)",
+            "create index concurrently users_name on users (name)",
+            "drop table if exists pgbench_accounts, users",
+            "alter table pgbench_accounts add primary key (aid)",
+            "truncate users, pgbench_accounts",
+            "vacuum analyze users",
+            "vacuum",
+            "analyze",
+            "create table countries (code text primary key)",
+            "alter table orders_unknown_fk_ok add constraint c foreign key (x) references countries",
+        ] {
+            let want = if sql.contains("orders_unknown") {
+                None
+            } else {
+                Some(all.clone())
+            };
+            let got = route_sql(&r, sql, map);
+            match want {
+                Some(w) => assert_eq!(got, w, "{sql}"),
+                None => assert!(matches!(got, Route::Refuse(_)), "{sql}: {got:?}"),
+            }
+        }
+        let Route::Refuse(m) = route_sql(&r, "drop table users, logs", map) else {
+            panic!()
+        };
+        assert!(m.contains("users") && m.contains("logs"), "{m}");
+        // Tables the config does not name live on the first shard.
+        assert_eq!(
+            route_sql(&r, "create table logs (id int)", map),
+            Route::Single(1)
+        );
+        assert_eq!(route_sql(&r, "vacuum logs", map), Route::Single(1));
+        // Without configured shards, the map's shards.
+        assert_eq!(
+            route_sql(&router(), "truncate users", map),
+            Route::Broadcast(vec![1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn reference_tables() {
+        let r = with_reference();
+        let map = &maps()[2];
+        let all = Route::Broadcast(vec![1, 2, 3, 4]);
+        // Reads: any shard, or the sharded table's shards.
+        assert_eq!(route_sql(&r, "select * from countries", map), Route::Any);
+        assert_eq!(
+            route_sql(&r, "select count(*) from Currencies order by 1", map),
+            Route::Any
+        );
+        assert_eq!(
+            route_sql(
+                &r,
+                "select * from users u join countries c on c.code = u.country where u.user_id = 4",
+                map
+            ),
+            Route::Single(2)
+        );
+        assert_eq!(
+            route_sql(
+                &r,
+                "select * from users where country in (select code from countries)",
+                map
+            ),
+            Route::Scatter(vec![1, 2, 3])
+        );
+        assert_eq!(
+            route_sql(
+                &r,
+                "select * from countries c join logs l on l.c = c.code",
+                map
+            ),
+            Route::Single(1)
+        );
+        // Writes: every shard.
+        for sql in [
+            "insert into countries (code, name) values ('fr', 'France'), ('de', 'Germany')",
+            "update countries set name = 'x' where code = 'fr' returning *",
+            "delete from public.countries",
+            "insert into countries (code) values ('x') on conflict (code) do nothing",
+            "with d as (delete from countries returning code) select * from d",
+        ] {
+            assert_eq!(route_sql(&r, sql, map), all, "{sql}");
+        }
+        // Writes that would differ between shards are refused.
+        for (sql, needle) in [
+            ("insert into countries select * from logs", "logs"),
+            (
+                "update countries set n = (select count(*) from users)",
+                "sharded table users",
+            ),
+            (
+                "insert into countries (code, t) values ('x', now())",
+                "now()",
+            ),
+            (
+                "insert into countries (code, t) values ('x', current_timestamp)",
+                "CURRENT_TIMESTAMP",
+            ),
+            ("update countries set id = nextval('s')", "nextval()"),
+            ("copy countries from stdin", "COPY FROM"),
+        ] {
+            let Route::Refuse(m) = route_sql(&r, sql, map) else {
+                panic!("{sql}")
+            };
+            assert!(m.contains(needle), "{sql}: {m}");
+        }
+        // A sharded write reading a reference table routes by its key.
+        assert_eq!(
+            route_sql(
+                &r,
+                "update users u set country = c.code from countries c where u.user_id = 3 and c.name = 'x'",
+                map
+            ),
+            Route::Single(1)
+        );
+        // EXPLAIN of a reference write only plans.
+        assert_eq!(
+            route_sql(&r, "explain delete from countries", map),
+            Route::Any
+        );
+        // New tables made from reference tables live on the first shard.
+        assert_eq!(
+            route_sql(&r, "select * into newt from countries", map),
+            Route::Single(1)
+        );
     }
 
     #[test]

@@ -8,6 +8,20 @@ pub trait ParamSource {
     /// The elements of an integer array `$n`; `None` when it is NULL, missing, not an array of
     /// integers, or contains a NULL.
     fn int_array(&self, n: usize) -> Option<Vec<i64>>;
+    /// The raw value of `$n` for merges that compare it with a column (HAVING) or need to tell
+    /// NULL from a bad value (LIMIT): `Some(RawParam)` when `$n` exists.
+    fn raw(&self, _n: usize) -> Option<RawParam> {
+        None
+    }
+}
+
+/// One parameter value as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawParam {
+    /// The bytes; `None` is NULL.
+    pub value: Option<bytes::Bytes>,
+    /// True when sent in binary format.
+    pub binary: bool,
 }
 
 /// No parameters at all.
@@ -139,6 +153,20 @@ impl ParamSource for BindParams<'_> {
             TEXT_OID | VARCHAR_OID => parse_int_text(v),
             _ => None,
         }
+    }
+
+    fn raw(&self, n: usize) -> Option<RawParam> {
+        let i = n.checked_sub(1)?;
+        let value = self.values.get(i)?.clone();
+        let format = match self.formats.len() {
+            0 => 0,
+            1 => self.formats[0],
+            _ => *self.formats.get(i)?,
+        };
+        Some(RawParam {
+            value,
+            binary: format == 1,
+        })
     }
 
     fn int_array(&self, n: usize) -> Option<Vec<i64>> {

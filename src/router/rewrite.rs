@@ -23,16 +23,7 @@ pub fn insert_with_keys(
     tables: &[ShardedTableConfig],
     ids: &[i64],
 ) -> Result<String, RewriteError> {
-    let scan = pg_query::scan(sql).map_err(|e| RewriteError::Scan(e.to_string()))?;
-    let tokens: Vec<(usize, usize, String)> = scan
-        .tokens
-        .iter()
-        .filter_map(|t| {
-            let (start, end) = (t.start as usize, t.end as usize);
-            sql.get(start..end)
-                .map(|text| (start, end, text.to_ascii_lowercase()))
-        })
-        .collect();
+    let tokens = scan_tokens(sql).map_err(RewriteError::Scan)?;
     let mut depth = 0i32;
     let mut i = 0;
     // Find INTO at depth 0, the table name after it, then the column list's "(".
@@ -114,8 +105,25 @@ pub fn insert_with_keys(
     Ok(out)
 }
 
+/// One token of the real Postgres scanner: (start byte, end byte, lowercased text).
+pub(crate) type Token = (usize, usize, String);
+
+/// The statement's tokens (comments and whitespace dropped).
+pub(crate) fn scan_tokens(sql: &str) -> Result<Vec<Token>, String> {
+    let scan = pg_query::scan(sql).map_err(|e| e.to_string())?;
+    Ok(scan
+        .tokens
+        .iter()
+        .filter_map(|t| {
+            let (start, end) = (t.start as usize, t.end as usize);
+            sql.get(start..end)
+                .map(|text| (start, end, text.to_ascii_lowercase()))
+        })
+        .collect())
+}
+
 /// Index of the ")" matching the "(" at `open`.
-fn matching(tokens: &[(usize, usize, String)], open: usize) -> Option<usize> {
+pub(crate) fn matching(tokens: &[Token], open: usize) -> Option<usize> {
     let mut depth = 0i32;
     for (j, t) in tokens.iter().enumerate().skip(open) {
         match t.2.as_str() {

@@ -15,7 +15,7 @@ pub mod value;
 pub use aggregate::{AggKind, AggSpec, GroupedAggregate, OutputColumn};
 pub use numeric::Numeric;
 pub use row::{build_row, split_row};
-pub use sort::{KWayMerge, SortKey};
+pub use sort::{sort_rows, KWayMerge, SortKey};
 
 pub use value::{compare, ColumnType, Value};
 

@@ -218,6 +218,30 @@ impl KWayMerge {
     }
 }
 
+/// Sorts whole rows (the proxy's own, e.g. merged groups) by `keys`; stable, so rows that tie
+/// keep their order.
+pub fn sort_rows(
+    rows: Vec<Bytes>,
+    columns: &[ColumnType],
+    keys: &[SortKey],
+) -> Result<Vec<Bytes>, MergeError> {
+    let mut keyed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let cols = split_row(&row)?;
+        let mut key = Vec::with_capacity(keys.len());
+        for k in keys {
+            let t = columns.get(k.column).ok_or(MergeError::MissingColumn {
+                wanted: k.column,
+                actual: columns.len(),
+            })?;
+            key.push(t.decode(column(&cols, k.column)?)?);
+        }
+        keyed.push((key, row));
+    }
+    keyed.sort_by(|a, b| cmp_keys(keys, &a.0, &b.0));
+    Ok(keyed.into_iter().map(|(_, r)| r).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,848 @@
+//! Running a merge plan over the shards' answers: one RowDescription (hidden columns removed, avg
+//! types fixed), rows merged in order (streaming, one lookahead row per shard) or combined as
+//! groups (in memory, capped), one CommandComplete.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::frontend::client_io::ClientIo;
+use crate::frontend::exchange::FrameSink;
+use crate::router::merge_plan::{
+    AggFunc, Bound, CmpOp, ColRef, Having, MergePlan, Operand, PlanKind,
+};
+use crate::router::params::{ParamSource, RawParam};
+use crate::wire::backend::{self as be, ErrorFields};
+use crate::wire::frame::Frame;
+
+use super::merge::value::{
+    BPCHAR_OID, FLOAT4_OID, FLOAT8_OID, FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID,
+    NUMERIC_OID, TEXT_OID, VARCHAR_OID,
+};
+use super::merge::{
+    build_row, compare, sort_rows, split_row, AggKind, AggSpec, ColumnType, GroupedAggregate,
+    KWayMerge, MergeError, Numeric, OutputColumn, SortKey, Value,
+};
+
+/// Most groups (or distinct rows) a GROUP BY / DISTINCT merge holds in memory.
+pub const GROUP_CAP: usize = 200_000;
+
+/// A merge plan with this execution's LIMIT/OFFSET and HAVING values.
+#[derive(Debug, Clone)]
+pub struct BoundMerge {
+    pub plan: Arc<MergePlan>,
+    limit: Option<u64>,
+    offset: u64,
+    params: HashMap<usize, RawParam>,
+    /// True when the client asked for the result's RowDescription (simple protocol, or a
+    /// Describe of the portal); otherwise the shards' description is only for the merge.
+    pub client_describes: bool,
+}
+
+fn bound_value(
+    b: Option<Bound>,
+    params: &dyn ParamSource,
+    what: &str,
+) -> Result<Option<i64>, ErrorFields> {
+    match b {
+        None | Some(Bound::Null) => Ok(None),
+        Some(Bound::Const(v)) => Ok(Some(v)),
+        Some(Bound::Param(n)) => match params.raw(n) {
+            Some(RawParam { value: None, .. }) => Ok(None),
+            _ => params.int(n).map(Some).ok_or_else(|| {
+                ErrorFields::error("22P02", format!("invalid {what} value in parameter ${n}"))
+            }),
+        },
+    }
+}
+
+fn having_params(h: &Having, out: &mut Vec<usize>) {
+    match h {
+        Having::And(v) | Having::Or(v) => v.iter().for_each(|x| having_params(x, out)),
+        Having::Not(x) => having_params(x, out),
+        Having::Cmp {
+            value: Operand::Param(n),
+            ..
+        } => out.push(*n),
+        _ => {}
+    }
+}
+
+impl BoundMerge {
+    /// Resolves the plan's `$n` (LIMIT, OFFSET, HAVING constants) for one execution.
+    pub fn new(
+        plan: Arc<MergePlan>,
+        params: &dyn ParamSource,
+        client_describes: bool,
+    ) -> Result<BoundMerge, ErrorFields> {
+        let limit = bound_value(plan.limit, params, "LIMIT")?;
+        let offset = bound_value(plan.offset, params, "OFFSET")?;
+        if limit.is_some_and(|l| l < 0) {
+            return Err(ErrorFields::error("2201W", "LIMIT must not be negative"));
+        }
+        if offset.is_some_and(|o| o < 0) {
+            return Err(ErrorFields::error("2201X", "OFFSET must not be negative"));
+        }
+        let mut wanted = Vec::new();
+        if let PlanKind::Groups {
+            having: Some(h), ..
+        } = &plan.kind
+        {
+            having_params(h, &mut wanted);
+        }
+        let mut resolved = HashMap::new();
+        for n in wanted {
+            let raw = params.raw(n).ok_or_else(|| {
+                ErrorFields::error("08P01", format!("no value for parameter ${n}"))
+            })?;
+            resolved.insert(n, raw);
+        }
+        Ok(BoundMerge {
+            plan,
+            limit: limit.map(|l| l as u64),
+            offset: offset.unwrap_or(0) as u64,
+            params: resolved,
+            client_describes,
+        })
+    }
+}
+
+/// How a merged execution ended.
+pub struct MergedOutcome {
+    pub failure: Option<ErrorFields>,
+    pub client_gone: bool,
+    pub complete: Option<Frame>,
+    pub ready: Option<Frame>,
+}
+
+/// One field of a RowDescription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Field {
+    name: Bytes,
+    table: u32,
+    attnum: i16,
+    type_oid: u32,
+    typlen: i16,
+    typmod: i32,
+    format: i16,
+}
+
+fn decode_row_description(body: &[u8]) -> Option<Vec<Field>> {
+    let count = i16::from_be_bytes(body.get(0..2)?.try_into().ok()?);
+    let mut pos = 2;
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let end = pos + body.get(pos..)?.iter().position(|b| *b == 0)?;
+        let name = Bytes::copy_from_slice(&body[pos..end]);
+        pos = end + 1;
+        let f = body.get(pos..pos + 18)?;
+        out.push(Field {
+            name,
+            table: u32::from_be_bytes(f[0..4].try_into().ok()?),
+            attnum: i16::from_be_bytes(f[4..6].try_into().ok()?),
+            type_oid: u32::from_be_bytes(f[6..10].try_into().ok()?),
+            typlen: i16::from_be_bytes(f[10..12].try_into().ok()?),
+            typmod: i32::from_be_bytes(f[12..16].try_into().ok()?),
+            format: i16::from_be_bytes(f[16..18].try_into().ok()?),
+        });
+        pos += 18;
+    }
+    (pos == body.len()).then_some(out)
+}
+
+fn encode_row_description(fields: &[Field]) -> Frame {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(fields.len() as i16).to_be_bytes());
+    for f in fields {
+        b.extend_from_slice(&f.name);
+        b.push(0);
+        b.extend_from_slice(&f.table.to_be_bytes());
+        b.extend_from_slice(&f.attnum.to_be_bytes());
+        b.extend_from_slice(&f.type_oid.to_be_bytes());
+        b.extend_from_slice(&f.typlen.to_be_bytes());
+        b.extend_from_slice(&f.typmod.to_be_bytes());
+        b.extend_from_slice(&f.format.to_be_bytes());
+    }
+    Frame::new(be::ROW_DESCRIPTION, Bytes::from(b))
+}
+
+fn merge_error(e: MergeError) -> ErrorFields {
+    let code = match &e {
+        MergeError::TooManyGroups { .. } => "54000",
+        MergeError::OutOfRange(_) => "22003",
+        MergeError::UnsupportedType { .. }
+        | MergeError::UnsortedInput { .. }
+        | MergeError::BadPartial { .. } => "0A000",
+        _ => "XX000",
+    };
+    let message = match &e {
+        MergeError::TooManyGroups { cap } => format!(
+            "GROUP BY or DISTINCT over several shards yields more than {cap} groups, more than pgshard merges in memory; add a condition on the shard key"
+        ),
+        MergeError::UnsortedInput { shard } => format!(
+            "shard {shard} returned rows in an order pgshard cannot reproduce (a collation or type it compares differently); merging them would give a wrong order"
+        ),
+        MergeError::UnsupportedType { oid } => format!(
+            "merging values of type OID {oid} across shards is not supported (pgshard cannot compare or combine them exactly)"
+        ),
+        other => format!("merging the shards' rows: {other}"),
+    };
+    ErrorFields::error(code, message)
+}
+
+/// True for the types whose order depends on the collation.
+fn collatable(oid: u32) -> bool {
+    matches!(oid, TEXT_OID | VARCHAR_OID | BPCHAR_OID)
+}
+
+/// What the merge needs from each shard's answer before its rows.
+struct Lead {
+    /// Shard 0's frames for the client, with the index of its portal RowDescription.
+    frames: Vec<Frame>,
+    row_description_at: Option<usize>,
+}
+
+/// State of reading the shards' channels.
+struct Inputs {
+    rx: Vec<mpsc::Receiver<Frame>>,
+    stash: Vec<Option<Frame>>,
+    ready: Option<Frame>,
+    error_sent: bool,
+}
+
+impl Inputs {
+    async fn next(&mut self, shard: usize) -> Option<Frame> {
+        if let Some(f) = self.stash.get_mut(shard).and_then(Option::take) {
+            return Some(f);
+        }
+        let f = self.rx.get_mut(shard)?.recv().await;
+        if let Some(frame) = &f {
+            if frame.tag == be::READY_FOR_QUERY && shard == 0 {
+                self.ready = Some(frame.clone());
+            }
+        }
+        f
+    }
+
+    /// Reads every channel to its end (the shard readers finish only then), keeping shard 0's
+    /// ReadyForQuery and forwarding the first error not yet reported.
+    async fn drain(&mut self, client: &mut ClientIo) -> bool {
+        let mut gone = false;
+        for s in 0..self.rx.len() {
+            while let Some(f) = self.next(s).await {
+                if f.tag == be::ERROR_RESPONSE && !self.error_sent {
+                    self.error_sent = true;
+                    gone |= client.send(f).await.is_err();
+                }
+            }
+        }
+        gone
+    }
+}
+
+/// Runs the merge over the shards' answer channels (shard 0 first) and writes the merged answer
+/// to `client`, except the closing CommandComplete and ReadyForQuery, which are returned.
+/// `collations` holds each shard's database collation.
+pub async fn run(
+    rx: Vec<mpsc::Receiver<Frame>>,
+    merge: &BoundMerge,
+    collations: &[Option<String>],
+    client: &mut ClientIo,
+) -> MergedOutcome {
+    let shards = rx.len();
+    let mut inputs = Inputs {
+        stash: vec![None; shards],
+        rx,
+        ready: None,
+        error_sent: false,
+    };
+    let mut out = MergedOutcome {
+        failure: None,
+        client_gone: false,
+        complete: None,
+        ready: None,
+    };
+    let result = merge_all(&mut inputs, merge, collations, client, shards).await;
+    match result {
+        Ok(Some(rows)) => {
+            if !inputs.error_sent {
+                out.complete = Some(be::command_complete(&format!("SELECT {rows}")));
+            }
+        }
+        Ok(None) => {}
+        Err(Stop::ClientGone) => out.client_gone = true,
+        Err(Stop::Failed(f)) => out.failure = Some(f),
+    }
+    if inputs.drain(client).await {
+        out.client_gone = true;
+    }
+    if out.failure.is_some() {
+        out.complete = None;
+    }
+    if inputs.error_sent {
+        out.complete = None;
+    }
+    out.ready = inputs.ready.take();
+    if out.failure.is_none() && !out.client_gone && out.ready.is_none() {
+        out.failure = Some(ErrorFields::error(
+            "08006",
+            "a shard's connection ended before its answer was complete",
+        ));
+    }
+    out
+}
+
+enum Stop {
+    ClientGone,
+    Failed(ErrorFields),
+}
+
+impl From<MergeError> for Stop {
+    fn from(e: MergeError) -> Stop {
+        Stop::Failed(merge_error(e))
+    }
+}
+
+async fn send(client: &mut ClientIo, f: Frame) -> Result<(), Stop> {
+    client.send(f).await.map_err(|_| Stop::ClientGone)
+}
+
+/// Reads each shard's descriptions up to its first row (or end). Returns shard 0's frames for
+/// the client and every shard's result columns; `None` when a shard already reported an error.
+async fn descriptions(
+    inputs: &mut Inputs,
+    shards: usize,
+) -> Result<Option<(Lead, Vec<Vec<Field>>)>, Stop> {
+    let mut lead = Lead {
+        frames: Vec::new(),
+        row_description_at: None,
+    };
+    let mut columns = Vec::with_capacity(shards);
+    for s in 0..shards {
+        let mut after_param = false;
+        let mut desc = None;
+        loop {
+            let Some(f) = inputs.next(s).await else { break };
+            match f.tag {
+                be::PARSE_COMPLETE
+                | be::BIND_COMPLETE
+                | be::CLOSE_COMPLETE
+                | be::NO_DATA
+                | be::PARAMETER_STATUS
+                | be::NOTICE_RESPONSE => {
+                    if s == 0 {
+                        lead.frames.push(f);
+                    }
+                }
+                be::PARAMETER_DESCRIPTION => {
+                    after_param = true;
+                    if s == 0 {
+                        lead.frames.push(f);
+                    }
+                }
+                be::ROW_DESCRIPTION if after_param => {
+                    // A Describe of the client's statement: its own columns, passed on as is.
+                    after_param = false;
+                    if s == 0 {
+                        lead.frames.push(f);
+                    }
+                }
+                be::ROW_DESCRIPTION => {
+                    let fields = decode_row_description(&f.body).ok_or_else(|| {
+                        Stop::Failed(ErrorFields::error(
+                            "08P01",
+                            format!("shard {s} sent a malformed RowDescription"),
+                        ))
+                    })?;
+                    if s == 0 {
+                        lead.row_description_at = Some(lead.frames.len());
+                        lead.frames.push(f);
+                    }
+                    desc = Some(fields);
+                    break;
+                }
+                _ => {
+                    inputs.stash[s] = Some(f);
+                    break;
+                }
+            }
+        }
+        match desc {
+            Some(d) => columns.push(d),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some((lead, columns)))
+}
+
+/// The column types of the merged rows: the shards' columns, with avg outputs as numeric or
+/// float8 (from their partial sums' type).
+fn fix_avg(fields: &mut [Field], plan: &MergePlan) -> Result<(), Stop> {
+    for &i in &plan.avg_outputs {
+        let Some(f) = fields.get_mut(i) else { continue };
+        match f.type_oid {
+            INT8_OID | NUMERIC_OID => {
+                f.type_oid = NUMERIC_OID;
+                f.typlen = -1;
+                f.typmod = -1;
+            }
+            FLOAT8_OID => {}
+            other => {
+                return Err(Stop::Failed(ErrorFields::error(
+                    "0A000",
+                    format!(
+                        "avg() over several shards of values whose sum has type OID {other} is not supported (only integer, numeric and double precision)"
+                    ),
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn agg_kind(func: AggFunc, partial: u32) -> Result<AggKind, Stop> {
+    let unsupported = |what: &str| {
+        Stop::Failed(ErrorFields::error(
+            "0A000",
+            format!("{what} over several shards of values of type OID {partial} is not supported"),
+        ))
+    };
+    Ok(match func {
+        AggFunc::Count => AggKind::Count,
+        AggFunc::Min => AggKind::Min,
+        AggFunc::Max => AggKind::Max,
+        AggFunc::Sum => match partial {
+            INT8_OID => AggKind::SumInt,
+            NUMERIC_OID => AggKind::SumNumeric,
+            FLOAT4_OID => AggKind::SumFloat4,
+            FLOAT8_OID => AggKind::SumFloat8,
+            _ => return Err(unsupported("sum()")),
+        },
+        AggFunc::Avg { .. } => match partial {
+            INT8_OID | NUMERIC_OID => AggKind::AvgNumeric,
+            FLOAT8_OID => AggKind::AvgFloat,
+            _ => return Err(unsupported("avg()")),
+        },
+    })
+}
+
+/// Strips hidden columns off a row.
+fn visible_row(body: Bytes, visible: usize, hidden: usize) -> Result<Bytes, Stop> {
+    if hidden == 0 {
+        return Ok(body);
+    }
+    let cols = split_row(&body)?;
+    Ok(build_row(cols.get(..visible).unwrap_or(&cols))?)
+}
+
+async fn merge_all(
+    inputs: &mut Inputs,
+    merge: &BoundMerge,
+    collations: &[Option<String>],
+    client: &mut ClientIo,
+    shards: usize,
+) -> Result<Option<u64>, Stop> {
+    let plan = &merge.plan;
+    let Some((lead, columns)) = descriptions(inputs, shards).await? else {
+        // A shard answered with an error (or nothing) instead of rows: pass shard 0's frames
+        // on, then the error.
+        return Ok(None);
+    };
+    let first = &columns[0];
+    for (s, other) in columns.iter().enumerate().skip(1) {
+        let same = other.len() == first.len()
+            && other
+                .iter()
+                .zip(first)
+                .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid && a.format == b.format);
+        if !same {
+            return Err(Stop::Failed(ErrorFields::error(
+                "XX000",
+                format!(
+                    "shards disagree on the result columns (names or types differ between shard 0 and shard {s}); check that the table has the same definition on every shard"
+                ),
+            )));
+        }
+    }
+    let total = first.len();
+    let hidden = plan.hidden;
+    let visible = total.checked_sub(hidden).ok_or_else(|| {
+        Stop::Failed(ErrorFields::error(
+            "XX000",
+            "the shards returned fewer columns than the merge plan expects",
+        ))
+    })?;
+    let at = |c: ColRef| {
+        c.index(total, hidden).ok_or_else(|| {
+            Stop::Failed(ErrorFields::error(
+                "42P10",
+                "ORDER BY or GROUP BY position is not in select list",
+            ))
+        })
+    };
+    let shard_types: Vec<ColumnType> = first
+        .iter()
+        .map(|f| ColumnType::new(f.type_oid, f.format))
+        .collect();
+    let mut merged_fields = first.clone();
+    fix_avg(&mut merged_fields, plan)?;
+    // Avg columns hidden for HAVING/ORDER BY get their merged type too.
+    if let PlanKind::Groups { aggs, .. } = &plan.kind {
+        for a in aggs {
+            if let AggFunc::Avg { .. } = a.func {
+                let i = at(a.column)?;
+                let oid = match first[i].type_oid {
+                    FLOAT8_OID => FLOAT8_OID,
+                    _ => NUMERIC_OID,
+                };
+                merged_fields[i].type_oid = oid;
+            }
+        }
+    }
+    let merged_types: Vec<ColumnType> = merged_fields
+        .iter()
+        .map(|f| ColumnType::new(f.type_oid, f.format))
+        .collect();
+    let sort_keys: Vec<SortKey> = plan
+        .sort
+        .iter()
+        .map(|k| {
+            Ok(SortKey {
+                column: at(k.column)?,
+                descending: k.descending,
+                nulls_first: k.nulls_first,
+            })
+        })
+        .collect::<Result<_, Stop>>()?;
+    // Text ordering must be the shards' collation: bytewise is exact for C / POSIX only.
+    let mut ordered: Vec<usize> = sort_keys.iter().map(|k| k.column).collect();
+    if let PlanKind::Groups { aggs, having, .. } = &plan.kind {
+        for a in aggs {
+            if matches!(a.func, AggFunc::Min | AggFunc::Max) {
+                ordered.push(at(a.column)?);
+            }
+        }
+        if let Some(h) = having {
+            having_columns(h, &mut |c| {
+                if let Some(i) = c.index(total, hidden) {
+                    ordered.push(i);
+                }
+            });
+        }
+    }
+    if ordered
+        .iter()
+        .any(|&i| collatable(merged_types.get(i).map_or(0, |t| t.oid)))
+    {
+        for c in collations {
+            match c.as_deref() {
+                Some("C") | Some("POSIX") => {}
+                Some(other) => {
+                    return Err(Stop::Failed(ErrorFields::error(
+                        "0A000",
+                        format!(
+                            "ordering text across shards whose database collation is \"{other}\" is not supported (only C and POSIX)"
+                        ),
+                    )))
+                }
+                None => {
+                    return Err(Stop::Failed(ErrorFields::error(
+                        "0A000",
+                        "ordering text across shards needs the shards' collation, which could not be read",
+                    )))
+                }
+            }
+        }
+    }
+    // Shard 0's descriptions go out first, with the client's view of the result columns.
+    for (i, f) in lead.frames.into_iter().enumerate() {
+        if Some(i) == lead.row_description_at {
+            if merge.client_describes {
+                let fields: Vec<Field> = merged_fields.iter().take(visible).cloned().collect();
+                send(client, encode_row_description(&fields)).await?;
+            }
+        } else {
+            send(client, f).await?;
+        }
+    }
+    match &plan.kind {
+        PlanKind::Rows => {
+            let mut m = KWayMerge::new(shards, &shard_types, sort_keys)?
+                .with_limit(merge.offset, merge.limit);
+            let mut rows = 0u64;
+            loop {
+                while let Some(row) = m.next_ready() {
+                    let body = visible_row(row, visible, hidden)?;
+                    send(client, Frame::new(be::DATA_ROW, body)).await?;
+                    rows += 1;
+                }
+                if m.is_done() {
+                    return Ok(Some(rows));
+                }
+                let Some(s) = m.waiting_on() else {
+                    return Ok(Some(rows));
+                };
+                match inputs.next(s).await {
+                    Some(f) => match f.tag {
+                        be::DATA_ROW => m.push(s, f.body)?,
+                        be::COMMAND_COMPLETE | be::READY_FOR_QUERY => m.finish(s)?,
+                        be::ERROR_RESPONSE => {
+                            inputs.error_sent = true;
+                            send(client, f).await?;
+                            return Ok(None);
+                        }
+                        be::NOTICE_RESPONSE => send(client, f).await?,
+                        _ => {}
+                    },
+                    None => m.finish(s)?,
+                }
+            }
+        }
+        PlanKind::Groups { keys, aggs, having } => {
+            let key_cols: Vec<usize> = match keys {
+                Some(k) => k.iter().map(|c| at(*c)).collect::<Result<_, _>>()?,
+                None => (0..visible).collect(),
+            };
+            let mut specs = Vec::with_capacity(aggs.len());
+            let mut output: Vec<OutputColumn> = (0..total).map(OutputColumn::Key).collect();
+            for (ai, a) in aggs.iter().enumerate() {
+                let col = at(a.column)?;
+                let t = shard_types[col];
+                let kind = agg_kind(a.func, t.oid)?;
+                let mut spec = match a.func {
+                    AggFunc::Avg { count } => AggSpec::avg(kind, col, at(count)?),
+                    _ => AggSpec::new(kind, col),
+                };
+                spec.output_format = t.format;
+                specs.push(spec);
+                output[col] = OutputColumn::Agg(ai);
+            }
+            let mut g =
+                GroupedAggregate::new(shard_types.clone(), key_cols, specs, output, GROUP_CAP)?;
+            for s in 0..shards {
+                while let Some(f) = inputs.next(s).await {
+                    match f.tag {
+                        be::DATA_ROW => g.push(&f.body)?,
+                        be::COMMAND_COMPLETE => break,
+                        be::ERROR_RESPONSE => {
+                            inputs.error_sent = true;
+                            send(client, f).await?;
+                            return Ok(None);
+                        }
+                        be::NOTICE_RESPONSE => send(client, f).await?,
+                        _ => {}
+                    }
+                }
+            }
+            let mut rows = g.finish()?;
+            if let Some(h) = having {
+                let mut kept = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let cols = split_row(&r)?;
+                    if eval(h, &cols, &merged_types, total, hidden, &merge.params)? == Some(true) {
+                        kept.push(r);
+                    }
+                }
+                rows = kept;
+            }
+            if !sort_keys.is_empty() {
+                rows = sort_rows(rows, &merged_types, &sort_keys)?;
+            }
+            let take = merge
+                .limit
+                .map_or(usize::MAX, |l| l.min(usize::MAX as u64) as usize);
+            let skip = merge.offset.min(usize::MAX as u64) as usize;
+            let mut sent = 0u64;
+            for r in rows.into_iter().skip(skip).take(take) {
+                send(
+                    client,
+                    Frame::new(be::DATA_ROW, visible_row(r, visible, hidden)?),
+                )
+                .await?;
+                sent += 1;
+            }
+            Ok(Some(sent))
+        }
+    }
+}
+
+fn having_columns(h: &Having, f: &mut dyn FnMut(ColRef)) {
+    match h {
+        Having::And(v) | Having::Or(v) => v.iter().for_each(|x| having_columns(x, f)),
+        Having::Not(x) => having_columns(x, f),
+        Having::Cmp { column, .. } | Having::IsNull { column, .. } => f(*column),
+    }
+}
+
+/// A HAVING constant as a value of the compared column's type.
+fn constant(t: ColumnType, raw: &[u8], binary: bool) -> Result<Value, Stop> {
+    let format = if binary { FORMAT_BINARY } else { FORMAT_TEXT };
+    let bytes = Bytes::copy_from_slice(raw);
+    match ColumnType::new(t.oid, format).decode(Some(&bytes)) {
+        Ok(v) => Ok(v),
+        Err(_) if !binary && matches!(t.oid, INT2_OID | INT4_OID | INT8_OID) => Ok(Value::Numeric(
+            Numeric::parse_text(raw).map_err(|_| bad_constant(t.oid))?,
+        )),
+        Err(_) => Err(bad_constant(t.oid)),
+    }
+}
+
+fn bad_constant(oid: u32) -> Stop {
+    Stop::Failed(ErrorFields::error(
+        "0A000",
+        format!("HAVING compares a value of type OID {oid} with a constant pgshard cannot read as that type"),
+    ))
+}
+
+fn eval(
+    h: &Having,
+    cols: &[Option<Bytes>],
+    types: &[ColumnType],
+    total: usize,
+    hidden: usize,
+    params: &HashMap<usize, RawParam>,
+) -> Result<Option<bool>, Stop> {
+    let column = |c: ColRef| -> Result<(ColumnType, Value), Stop> {
+        let i = c.index(total, hidden).ok_or_else(|| {
+            Stop::Failed(ErrorFields::error("XX000", "HAVING column out of range"))
+        })?;
+        let t = *types.get(i).ok_or(MergeError::MissingColumn {
+            wanted: i,
+            actual: types.len(),
+        })?;
+        let raw = cols.get(i).ok_or(MergeError::MissingColumn {
+            wanted: i,
+            actual: cols.len(),
+        })?;
+        Ok((t, t.decode(raw.as_ref())?))
+    };
+    Ok(match h {
+        Having::And(v) => {
+            let mut acc = Some(true);
+            for x in v {
+                match eval(x, cols, types, total, hidden, params)? {
+                    Some(false) => return Ok(Some(false)),
+                    None => acc = None,
+                    Some(true) => {}
+                }
+            }
+            acc
+        }
+        Having::Or(v) => {
+            let mut acc = Some(false);
+            for x in v {
+                match eval(x, cols, types, total, hidden, params)? {
+                    Some(true) => return Ok(Some(true)),
+                    None => acc = None,
+                    Some(false) => {}
+                }
+            }
+            acc
+        }
+        Having::Not(x) => eval(x, cols, types, total, hidden, params)?.map(|b| !b),
+        Having::IsNull { column: c, negated } => {
+            let (_, v) = column(*c)?;
+            Some((v == Value::Null) != *negated)
+        }
+        Having::Cmp {
+            column: c,
+            op,
+            value,
+        } => {
+            let (t, v) = column(*c)?;
+            if v == Value::Null {
+                return Ok(None);
+            }
+            let k = match value {
+                Operand::Null => return Ok(None),
+                Operand::Text(s) => constant(t, s.as_bytes(), false)?,
+                Operand::Param(n) => match params.get(n) {
+                    Some(RawParam {
+                        value: Some(raw),
+                        binary,
+                    }) => constant(t, raw, *binary)?,
+                    _ => return Ok(None),
+                },
+            };
+            let (v, k) = match (v, k) {
+                (Value::Int(i), k @ Value::Numeric(_)) => (Value::Numeric(Numeric::from_i64(i)), k),
+                (v @ Value::Numeric(_), Value::Int(i)) => (v, Value::Numeric(Numeric::from_i64(i))),
+                pair => pair,
+            };
+            let ord = compare(&v, &k);
+            Some(match op {
+                CmpOp::Eq => ord.is_eq(),
+                CmpOp::Ne => ord.is_ne(),
+                CmpOp::Lt => ord.is_lt(),
+                CmpOp::Le => ord.is_le(),
+                CmpOp::Gt => ord.is_gt(),
+                CmpOp::Ge => ord.is_ge(),
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_description_round_trip() {
+        let fields = vec![
+            Field {
+                name: Bytes::from_static(b"a"),
+                table: 5,
+                attnum: 2,
+                type_oid: 23,
+                typlen: 4,
+                typmod: -1,
+                format: 1,
+            },
+            Field {
+                name: Bytes::from_static(b"avg"),
+                table: 0,
+                attnum: 0,
+                type_oid: 1700,
+                typlen: -1,
+                typmod: -1,
+                format: 0,
+            },
+        ];
+        let f = encode_row_description(&fields);
+        assert_eq!(decode_row_description(&f.body), Some(fields));
+        assert_eq!(decode_row_description(&f.body[..f.body.len() - 1]), None);
+        assert_eq!(decode_row_description(b"\x00\x01abc"), None);
+    }
+
+    #[test]
+    fn having_three_valued_logic_and_mixed_numbers() {
+        let types = [ColumnType::new(INT8_OID, FORMAT_TEXT)];
+        let cols = vec![Some(Bytes::from_static(b"7"))];
+        let none = HashMap::new();
+        let cmp = |op, v: &str| Having::Cmp {
+            column: ColRef::Output(0),
+            op,
+            value: Operand::Text(v.into()),
+        };
+        let run = |h: &Having| eval(h, &cols, &types, 1, 0, &none).ok().flatten();
+        assert_eq!(run(&cmp(CmpOp::Gt, "6.5")), Some(true));
+        assert_eq!(run(&cmp(CmpOp::Le, "6")), Some(false));
+        let null = Having::Cmp {
+            column: ColRef::Output(0),
+            op: CmpOp::Eq,
+            value: Operand::Null,
+        };
+        assert_eq!(run(&null), None);
+        assert_eq!(
+            run(&Having::Or(vec![null.clone(), cmp(CmpOp::Eq, "7")])),
+            Some(true)
+        );
+        assert_eq!(
+            run(&Having::And(vec![null.clone(), cmp(CmpOp::Eq, "7")])),
+            None
+        );
+        assert_eq!(run(&Having::Not(Box::new(cmp(CmpOp::Ne, "7")))), Some(true));
+    }
+}

@@ -1,0 +1,237 @@
+//! Running a multi-row INSERT whose rows belong to several shards: one INSERT per shard with its
+//! rows (see `router::split_insert`), all in parallel inside one block, then one answer as a single
+//! Postgres gives it: RowDescription once, RETURNING rows in VALUES order, `INSERT 0 <total>`.
+
+use std::collections::HashMap;
+
+use crate::frontend::exchange::{Expect, Step};
+use crate::frontend::session::{refusal, End, Session};
+use crate::gather::collect::Collected;
+use crate::router::split_insert::{split, ShardInsert, ShardRows};
+use crate::wire::backend::{self as be, ErrorFields};
+use crate::wire::frame::Frame;
+use crate::wire::frontend as fe;
+
+/// The client's answer, put together from every shard's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Assembled {
+    /// Notices, then RowDescription and the rows in VALUES order (when there is RETURNING).
+    pub frames: Vec<Frame>,
+    /// Rows inserted over all shards.
+    pub inserted: u64,
+}
+
+/// Merges the shards' answers: `parts[i]` ran on the shard whose answer has the same `shard`.
+/// Errors: the first shard error, or RETURNING rows that cannot be matched to their VALUES rows.
+pub fn assemble(parts: &[ShardInsert], answers: &[Collected]) -> Result<Assembled, ErrorFields> {
+    if let Some(e) = answers.iter().find_map(Collected::error) {
+        return Err(e);
+    }
+    let total_rows = parts.iter().map(|p| p.rows.len()).sum::<usize>();
+    let mut notices = Vec::new();
+    let mut description = None;
+    let mut ordered: Vec<Option<Frame>> = vec![None; total_rows];
+    let mut inserted = 0u64;
+    for part in parts {
+        let Some(answer) = answers.iter().find(|a| a.shard == part.shard) else {
+            return Err(ErrorFields::error(
+                "XX000",
+                format!("shard {} did not answer its part of the INSERT", part.shard),
+            ));
+        };
+        let mut rows = Vec::new();
+        let mut completed = false;
+        for frame in &answer.frames {
+            match frame.tag {
+                be::NOTICE_RESPONSE => notices.push(frame.clone()),
+                be::ROW_DESCRIPTION => {
+                    description.get_or_insert_with(|| frame.clone());
+                }
+                be::DATA_ROW => rows.push(frame.clone()),
+                be::COMMAND_COMPLETE => {
+                    let tag = be::decode_command_complete(&frame.body).unwrap_or("");
+                    let count = tag
+                        .strip_prefix("INSERT 0 ")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            ErrorFields::error(
+                                "XX000",
+                                format!("shard {} answered the INSERT with `{tag}`", part.shard),
+                            )
+                        })?;
+                    inserted += count;
+                    completed = true;
+                }
+                _ => {}
+            }
+        }
+        if !completed {
+            return Err(ErrorFields::error(
+                "XX000",
+                format!(
+                    "shard {} did not complete its part of the INSERT",
+                    part.shard
+                ),
+            ));
+        }
+        if description.is_some() || !rows.is_empty() {
+            if rows.len() != part.rows.len() {
+                return Err(refusal(format!(
+                    "RETURNING gave {} rows for the {} rows inserted on shard {}, so they cannot be put back in VALUES order; insert the rows of each shard separately",
+                    rows.len(),
+                    part.rows.len(),
+                    part.shard
+                )));
+            }
+            for (row, &pos) in rows.into_iter().zip(&part.rows) {
+                if let Some(slot) = ordered.get_mut(pos) {
+                    *slot = Some(row);
+                }
+            }
+        }
+    }
+    let mut frames = notices;
+    if let Some(d) = description {
+        frames.push(d);
+        frames.extend(ordered.into_iter().flatten());
+    }
+    Ok(Assembled { frames, inserted })
+}
+
+impl Session {
+    /// Runs the simple-protocol INSERT `sql` split by `plan`, atomically, and answers the client
+    /// (ReadyForQuery included).
+    pub async fn run_split_insert(&mut self, sql: &str, plan: &[ShardRows]) -> Result<(), End> {
+        let parts = match split(sql, plan) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reply_error(refusal(e.to_string()));
+                return Ok(());
+            }
+        };
+        let shards: Vec<u32> = parts.iter().map(|p| p.shard).collect();
+        let block = match self.open_write_block(&shards).await {
+            Ok(b) => b,
+            Err(fields) => {
+                self.reply_error(fields);
+                return Ok(());
+            }
+        };
+        let texts: HashMap<u32, Frame> =
+            parts.iter().map(|p| (p.shard, fe::query(&p.sql))).collect();
+        let answers = self
+            .run_collected(&shards, |conn| {
+                texts
+                    .get(&conn.shard)
+                    .map(|frame| Step::Send {
+                        frame: frame.clone(),
+                        expect: Expect::Query,
+                        forward: true,
+                    })
+                    .into_iter()
+                    .collect()
+            })
+            .await;
+        match assemble(&parts, &answers) {
+            Ok(done) => match self.close_write_block(block, true).await? {
+                Some(fields) => self.reply_error(fields),
+                None => {
+                    for frame in &done.frames {
+                        self.io.push(frame);
+                    }
+                    self.io.push(&be::command_complete(&format!(
+                        "INSERT 0 {}",
+                        done.inserted
+                    )));
+                    let status = self.status();
+                    self.io.push(&be::ready_for_query(status));
+                }
+            },
+            Err(fields) => {
+                self.close_write_block(block, false).await?;
+                self.reply_error(fields);
+            }
+        }
+        self.release_idle();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::exchange::Outcome;
+
+    fn part(shard: u32, rows: &[usize]) -> ShardInsert {
+        ShardInsert {
+            shard,
+            sql: String::new(),
+            rows: rows.to_vec(),
+        }
+    }
+
+    fn answer(shard: u32, returning: Option<&[&str]>, count: usize) -> Collected {
+        let mut frames = Vec::new();
+        if let Some(rows) = returning {
+            frames.push(be::row_description(&[("user_id", be::INT8_OID)]));
+            for r in rows {
+                frames.push(be::data_row(&[Some(r)]));
+            }
+        }
+        frames.push(be::command_complete(&format!("INSERT 0 {count}")));
+        frames.push(be::ready_for_query(be::TxStatus::InTransaction));
+        Collected {
+            shard,
+            frames,
+            outcome: Ok(Outcome::default()),
+        }
+    }
+
+    #[test]
+    fn returning_rows_come_back_in_values_order() {
+        let parts = [part(1, &[0, 3]), part(2, &[1]), part(5, &[2, 4])];
+        let answers = [
+            answer(5, Some(&["c", "e"]), 2),
+            answer(1, Some(&["a", "d"]), 2),
+            answer(2, Some(&["b"]), 1),
+        ];
+        let got = assemble(&parts, &answers).unwrap();
+        assert_eq!(got.inserted, 5);
+        let mut want = vec![be::row_description(&[("user_id", be::INT8_OID)])];
+        want.extend(["a", "b", "c", "d", "e"].map(|v| be::data_row(&[Some(v)])));
+        assert_eq!(got.frames, want);
+    }
+
+    #[test]
+    fn without_returning_only_the_count() {
+        let parts = [part(1, &[0]), part(2, &[1, 2])];
+        let answers = [answer(1, None, 1), answer(2, None, 2)];
+        let got = assemble(&parts, &answers).unwrap();
+        assert_eq!(got.inserted, 3);
+        assert!(got.frames.is_empty());
+        // ON CONFLICT DO NOTHING without RETURNING: fewer rows inserted is fine.
+        let answers = [answer(1, None, 0), answer(2, None, 2)];
+        assert_eq!(assemble(&parts, &answers).unwrap().inserted, 2);
+    }
+
+    #[test]
+    fn errors_and_unmatched_rows_fail() {
+        let parts = [part(1, &[0]), part(2, &[1, 2])];
+        let mut bad = answer(2, None, 0);
+        bad.outcome = Ok(Outcome {
+            error: Some(ErrorFields::error("23505", "duplicate key")),
+            ..Outcome::default()
+        });
+        let err = assemble(&parts, &[answer(1, None, 1), bad]).unwrap_err();
+        assert_eq!(err.code, "23505");
+        let err = assemble(
+            &parts,
+            &[answer(1, Some(&["a"]), 1), answer(2, Some(&["b"]), 1)],
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "0A000");
+        assert!(err.message.contains("VALUES order"), "{}", err.message);
+        let err = assemble(&parts, &[answer(1, None, 1)]).unwrap_err();
+        assert_eq!(err.code, "XX000");
+    }
+}

@@ -1,0 +1,1067 @@
+//! Merge plans for keyless SELECTs: how to rewrite the statement each shard runs and how the proxy
+//! combines the shards' rows into exactly what one Postgres holding all the rows would return.
+//! Pure and computed once per statement shape (cached with its facts).
+//!
+//! The shard statement keeps the client's output columns first (an `avg` becomes a `sum` of the
+//! same name and a hidden `count`) and appends hidden columns: sort keys and group keys that are
+//! not output columns, partial aggregates used by HAVING or ORDER BY, and anchors that keep every
+//! `$n` referenced with the type Postgres infers for it in the client's statement.
+
+use pg_query::protobuf as pb;
+use pg_query::protobuf::a_const::Val;
+use pg_query::NodeEnum;
+use serde_json::Value as Json;
+
+use super::facts::AGGREGATES;
+use super::literals::Literal;
+
+/// A column of the shards' rows. Hidden columns are always the last ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColRef {
+    /// The column at this position among the client's output columns.
+    Output(usize),
+    /// The k-th hidden column.
+    Hidden(usize),
+}
+
+impl ColRef {
+    /// The index in a shard row of `total` columns of which `hidden` are hidden.
+    pub fn index(self, total: usize, hidden: usize) -> Option<usize> {
+        let visible = total.checked_sub(hidden)?;
+        match self {
+            ColRef::Output(i) if i < visible => Some(i),
+            ColRef::Output(_) => None,
+            ColRef::Hidden(k) if k < hidden => Some(visible + k),
+            ColRef::Hidden(_) => None,
+        }
+    }
+}
+
+/// A LIMIT or OFFSET value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Const(i64),
+    /// `LIMIT NULL` / `LIMIT ALL`: no limit.
+    Null,
+    Param(usize),
+}
+
+/// One ORDER BY key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanSortKey {
+    pub column: ColRef,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+/// An aggregate the proxy combines from the shards' partial values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFunc {
+    Count,
+    Sum,
+    Min,
+    Max,
+    /// `avg(x)`: the column holds `sum(x)`, `count` holds `count(x)`.
+    Avg {
+        count: ColRef,
+    },
+}
+
+/// One combined aggregate: its function and the column holding the shards' partial values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanAgg {
+    pub func: AggFunc,
+    pub column: ColRef,
+}
+
+/// A comparison operator of HAVING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// The constant side of a HAVING comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operand {
+    /// A literal, as text (decoded as the compared column's type).
+    Text(String),
+    Null,
+    Param(usize),
+}
+
+/// A HAVING condition the proxy evaluates over merged groups (SQL three-valued logic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Having {
+    And(Vec<Having>),
+    Or(Vec<Having>),
+    Not(Box<Having>),
+    Cmp {
+        column: ColRef,
+        op: CmpOp,
+        value: Operand,
+    },
+    IsNull {
+        column: ColRef,
+        negated: bool,
+    },
+}
+
+/// How rows combine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanKind {
+    /// Plain rows: a k-way merge on the sort keys (none: any order), then OFFSET/LIMIT.
+    Rows,
+    /// Groups: GROUP BY, aggregates or DISTINCT, combined in memory, then HAVING, sort,
+    /// OFFSET/LIMIT.
+    Groups {
+        /// Group key columns; `None` means every output column (SELECT DISTINCT).
+        keys: Option<Vec<ColRef>>,
+        aggs: Vec<PlanAgg>,
+        having: Option<Having>,
+    },
+}
+
+/// The shard statement as text pieces and `$n` references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlTemplate {
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Param(usize),
+}
+
+impl SqlTemplate {
+    fn from_sql(sql: &str) -> Result<SqlTemplate, String> {
+        let scan = pg_query::scan(sql).map_err(|e| format!("rewritten statement: {e}"))?;
+        let mut pieces = Vec::new();
+        let mut copied = 0usize;
+        for t in &scan.tokens {
+            if t.token != pb::Token::Param as i32 {
+                continue;
+            }
+            let (start, end) = (t.start as usize, t.end as usize);
+            let n: usize = sql
+                .get(start + 1..end)
+                .and_then(|d| d.parse().ok())
+                .ok_or("rewritten statement: bad parameter token")?;
+            pieces.push(Piece::Text(sql[copied..start].to_string()));
+            pieces.push(Piece::Param(n));
+            copied = end;
+        }
+        pieces.push(Piece::Text(sql[copied..].to_string()));
+        Ok(SqlTemplate { pieces })
+    }
+
+    /// The text with `$n` placeholders (extended protocol).
+    pub fn with_placeholders(&self) -> String {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.clone(),
+                Piece::Param(n) => format!("${n}"),
+            })
+            .collect()
+    }
+
+    /// The text with the simple protocol's extracted literals put back; `None` when a `$n` has
+    /// no literal.
+    pub fn with_literals(&self, literals: &[Literal]) -> Option<String> {
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Param(n) => out.push_str(&literals.get(n.checked_sub(1)?)?.to_sql()),
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Everything the proxy needs to run a keyless SELECT on several shards and merge the answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergePlan {
+    /// What each shard runs.
+    pub shard_sql: SqlTemplate,
+    /// Number of hidden columns at the end of each shard row.
+    pub hidden: usize,
+    pub kind: PlanKind,
+    pub sort: Vec<PlanSortKey>,
+    pub limit: Option<Bound>,
+    pub offset: Option<Bound>,
+    /// Output positions holding an `avg` (the shards return a `sum` there).
+    pub avg_outputs: Vec<usize>,
+}
+
+/// Aggregates the merge can combine.
+fn agg_func_name(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "count" => "count",
+        "sum" => "sum",
+        "min" => "min",
+        "max" => "max",
+        "avg" => "avg",
+        _ => return None,
+    })
+}
+
+fn str_of(n: &pb::Node) -> Option<&str> {
+    match n.node.as_ref()? {
+        NodeEnum::String(s) => Some(&s.sval),
+        _ => None,
+    }
+}
+
+/// The lowercased name of a built-in function call (`f` or `pg_catalog.f`).
+fn builtin_name(f: &pb::FuncCall) -> Option<String> {
+    let parts: Vec<String> = f
+        .funcname
+        .iter()
+        .map(|p| str_of(p).map(str::to_lowercase))
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [n] => Some(n.clone()),
+        [s, n] if s == "pg_catalog" => Some(n.clone()),
+        _ => None,
+    }
+}
+
+/// A copy of a node's JSON without `location` fields, to compare expressions.
+fn shape(n: &pb::Node) -> Json {
+    fn strip(v: &mut Json) {
+        match v {
+            Json::Object(m) => {
+                m.remove("location");
+                m.values_mut().for_each(strip);
+            }
+            Json::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(n).unwrap_or(Json::Null);
+    strip(&mut v);
+    v
+}
+
+/// The first aggregate or window function anywhere in `v`, by name.
+fn find_agg_or_window(v: &Json) -> Option<String> {
+    match v {
+        Json::Object(m) => {
+            if let Some(f) = m.get("FuncCall") {
+                let last = f
+                    .get("funcname")
+                    .and_then(Json::as_array)
+                    .and_then(|a| a.last())
+                    .and_then(|p| p.pointer("/node/String/sval"))
+                    .and_then(Json::as_str)
+                    .unwrap_or("")
+                    .to_lowercase();
+                if f.get("over").is_some_and(|o| !o.is_null()) {
+                    return Some(format!("window function {last}()"));
+                }
+                let flag = |k: &str| f.get(k).and_then(Json::as_bool).unwrap_or(false);
+                if flag("agg_star")
+                    || flag("agg_distinct")
+                    || flag("agg_within_group")
+                    || f.get("agg_filter").is_some_and(|x| !x.is_null())
+                    || AGGREGATES.contains(&last.as_str())
+                {
+                    return Some(format!("aggregate {last}()"));
+                }
+            }
+            m.values().find_map(find_agg_or_window)
+        }
+        Json::Array(a) => a.iter().find_map(find_agg_or_window),
+        _ => None,
+    }
+}
+
+fn contains_agg(n: &pb::Node) -> Option<String> {
+    find_agg_or_window(&serde_json::to_value(n).unwrap_or(Json::Null))
+}
+
+fn contains_param(n: &pb::Node) -> bool {
+    fn walk(v: &Json) -> bool {
+        match v {
+            Json::Object(m) => m.contains_key("ParamRef") || m.values().any(walk),
+            Json::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    walk(&serde_json::to_value(n).unwrap_or(Json::Null))
+}
+
+fn contains_collate(n: &pb::Node) -> bool {
+    fn walk(v: &Json) -> bool {
+        match v {
+            Json::Object(m) => m.contains_key("CollateClause") || m.values().any(walk),
+            Json::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    walk(&serde_json::to_value(n).unwrap_or(Json::Null))
+}
+
+fn node(n: NodeEnum) -> pb::Node {
+    pb::Node { node: Some(n) }
+}
+
+fn string_node(s: &str) -> pb::Node {
+    node(NodeEnum::String(pb::String { sval: s.into() }))
+}
+
+fn res_target(name: &str, val: pb::Node) -> pb::Node {
+    node(NodeEnum::ResTarget(Box::new(pb::ResTarget {
+        name: name.into(),
+        indirection: Vec::new(),
+        val: Some(Box::new(val)),
+        location: -1,
+    })))
+}
+
+/// The first target expression of `SELECT <expr>`, parsed.
+fn parse_expr(sql_expr: &str) -> Result<pb::Node, String> {
+    let parsed = pg_query::parse(&format!("SELECT {sql_expr}"), 0).map_err(|e| e.to_string())?;
+    let stmt = parsed
+        .protobuf
+        .stmts
+        .first()
+        .and_then(|s| s.stmt.as_deref())
+        .and_then(|s| s.node.as_ref());
+    if let Some(NodeEnum::SelectStmt(s)) = stmt {
+        if let Some(NodeEnum::ResTarget(rt)) = s.target_list.first().and_then(|t| t.node.as_ref()) {
+            if let Some(v) = rt.val.as_deref() {
+                return Ok(v.clone());
+            }
+        }
+    }
+    Err("internal: cannot build expression".into())
+}
+
+fn bound_sql(b: Bound) -> String {
+    match b {
+        Bound::Const(v) => v.to_string(),
+        Bound::Null => "NULL".into(),
+        Bound::Param(n) => format!("${n}"),
+    }
+}
+
+/// LIMIT / OFFSET operand: a constant, NULL/ALL, or `$n` (possibly cast).
+fn bound_of(n: &pb::Node, what: &str) -> Result<Bound, String> {
+    let mut cur = n;
+    while let Some(NodeEnum::TypeCast(tc)) = cur.node.as_ref() {
+        match tc.arg.as_deref() {
+            Some(a) => cur = a,
+            None => break,
+        }
+    }
+    match cur.node.as_ref() {
+        Some(NodeEnum::AConst(c)) if c.isnull => Ok(Bound::Null),
+        Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
+            Some(Val::Ival(i)) => Ok(Bound::Const(i.ival as i64)),
+            Some(Val::Fval(f)) => f
+                .fval
+                .parse::<i64>()
+                .map(Bound::Const)
+                .map_err(|_| format!("{what} with a non-integer value")),
+            _ => Err(format!("{what} with a non-integer value")),
+        },
+        Some(NodeEnum::ParamRef(p)) if p.number > 0 => Ok(Bound::Param(p.number as usize)),
+        _ => Err(format!("{what} with an expression")),
+    }
+}
+
+/// One aggregate call the merge can combine.
+struct AggCall<'a> {
+    call: &'a pb::FuncCall,
+    name: &'static str,
+}
+
+fn agg_call(n: &pb::Node) -> Option<AggCall<'_>> {
+    let NodeEnum::FuncCall(f) = n.node.as_ref()? else {
+        return None;
+    };
+    if f.over.is_some() {
+        return None;
+    }
+    let name = agg_func_name(&builtin_name(f)?)?;
+    Some(AggCall { call: f, name })
+}
+
+/// Builds the plan state for one statement.
+struct Builder<'a> {
+    is_key: &'a dyn Fn(&pb::Node) -> bool,
+    grouped_by_key: bool,
+    /// The client's targets (rewritten) and the hidden ones, of the shard statement.
+    targets: Vec<pb::Node>,
+    hidden_targets: Vec<pb::Node>,
+    visible: usize,
+    hidden: usize,
+    /// Shape of each client target expression (None for `*` or after it).
+    target_shapes: Vec<Option<Json>>,
+    target_names: Vec<String>,
+    aggs: Vec<PlanAgg>,
+    /// Shape of the original aggregate call of each entry in `aggs`.
+    agg_shapes: Vec<Json>,
+    avg_outputs: Vec<usize>,
+}
+
+impl Builder<'_> {
+    fn add_hidden(&mut self, expr: pb::Node) -> ColRef {
+        let k = self.hidden;
+        self.hidden_targets
+            .push(res_target(&format!("pgshard_hidden_{k}"), expr));
+        self.hidden += 1;
+        ColRef::Hidden(k)
+    }
+
+    fn check_agg(&self, a: &AggCall) -> Result<(), String> {
+        let f = a.call;
+        let what = format!("aggregate {}()", a.name);
+        if !f.agg_order.is_empty() {
+            return Err(format!("{what} with ORDER BY inside"));
+        }
+        if f.agg_within_group || f.func_variadic {
+            return Err(format!("{what} with WITHIN GROUP or VARIADIC"));
+        }
+        if f.agg_star != f.args.is_empty() || f.args.len() > 1 {
+            return Err(format!("{what} with these arguments"));
+        }
+        if f.agg_star && a.name != "count" {
+            return Err(format!("{what} with *"));
+        }
+        if let Some(inner) = f.args.iter().find_map(contains_agg) {
+            return Err(format!("{inner} inside {what}"));
+        }
+        if f.agg_distinct {
+            let exact = match a.name {
+                "min" | "max" => true,
+                "count" => self.grouped_by_key || f.args.first().is_some_and(|x| (self.is_key)(x)),
+                _ => self.grouped_by_key,
+            };
+            if !exact {
+                return Err(format!(
+                    "{}(DISTINCT …) on a column other than the shard key (without GROUP BY on the shard key)",
+                    a.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `sum(…)`/`count(…)` with the arguments, DISTINCT and FILTER of an `avg(…)` call.
+    fn renamed_call(f: &pb::FuncCall, name: &str) -> pb::Node {
+        let mut c = f.clone();
+        c.funcname = vec![string_node(name)];
+        node(NodeEnum::FuncCall(Box::new(c)))
+    }
+
+    /// The column of an aggregate used by HAVING or ORDER BY: an existing one, or a new hidden one.
+    fn agg_column(&mut self, a: &AggCall, expr: &pb::Node) -> Result<ColRef, String> {
+        self.check_agg(a)?;
+        let s = shape(expr);
+        if let Some(i) = self.agg_shapes.iter().position(|x| *x == s) {
+            return Ok(self.aggs[i].column);
+        }
+        let plan = if a.name == "avg" {
+            let sum = self.add_hidden(Self::renamed_call(a.call, "sum"));
+            let count = self.add_hidden(Self::renamed_call(a.call, "count"));
+            PlanAgg {
+                func: AggFunc::Avg { count },
+                column: sum,
+            }
+        } else {
+            let col = self.add_hidden(expr.clone());
+            PlanAgg {
+                func: simple_func(a.name),
+                column: col,
+            }
+        };
+        self.aggs.push(plan);
+        self.agg_shapes.push(s);
+        Ok(plan.column)
+    }
+
+    /// The column of a non-aggregate expression: an output column with the same expression, or
+    /// a new hidden one.
+    fn expr_column(&mut self, expr: &pb::Node) -> ColRef {
+        let s = shape(expr);
+        if let Some(i) = self
+            .target_shapes
+            .iter()
+            .position(|t| t.as_ref() == Some(&s))
+        {
+            return ColRef::Output(i);
+        }
+        self.add_hidden(expr.clone())
+    }
+
+    /// ORDER BY item → column: a position, an output column name, an output expression, an
+    /// aggregate (grouped queries), else a hidden column.
+    fn sort_column(&mut self, expr: &pb::Node, grouped: bool) -> Result<ColRef, String> {
+        if contains_collate(expr) {
+            return Err("ORDER BY … COLLATE".into());
+        }
+        match expr.node.as_ref() {
+            Some(NodeEnum::AConst(c)) => {
+                if let Some(Val::Ival(i)) = c.val.as_ref() {
+                    if i.ival >= 1 {
+                        return Ok(ColRef::Output(i.ival as usize - 1));
+                    }
+                }
+                return Err("ORDER BY a constant".into());
+            }
+            Some(NodeEnum::ColumnRef(cr)) if cr.fields.len() == 1 => {
+                if let Some(name) = cr.fields.first().and_then(str_of) {
+                    let name = name.to_string();
+                    if let Some(i) = self.target_names.iter().position(|n| *n == name) {
+                        return match self.target_shapes.get(i) {
+                            Some(Some(_)) => Ok(ColRef::Output(i)),
+                            _ => Err("ORDER BY an output column named after *".into()),
+                        };
+                    }
+                }
+            }
+            _ => {}
+        }
+        if grouped {
+            if let Some(a) = agg_call(expr) {
+                return self.agg_column(&a, expr);
+            }
+        }
+        if let Some(what) = contains_agg(expr) {
+            if grouped || what.starts_with("window") {
+                return Err(format!("ORDER BY an expression over {what}"));
+            }
+        }
+        Ok(self.expr_column(expr))
+    }
+
+    fn having(&mut self, n: &pb::Node) -> Result<Having, String> {
+        let unsupported = || {
+            "HAVING condition other than comparisons of aggregates or grouped columns with constants"
+                .to_string()
+        };
+        match n.node.as_ref() {
+            Some(NodeEnum::BoolExpr(b)) => {
+                let args = b
+                    .args
+                    .iter()
+                    .map(|a| self.having(a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                match b.boolop {
+                    x if x == pb::BoolExprType::AndExpr as i32 => Ok(Having::And(args)),
+                    x if x == pb::BoolExprType::OrExpr as i32 => Ok(Having::Or(args)),
+                    x if x == pb::BoolExprType::NotExpr as i32 && args.len() == 1 => Ok(
+                        Having::Not(Box::new(args.into_iter().next().ok_or_else(unsupported)?)),
+                    ),
+                    _ => Err(unsupported()),
+                }
+            }
+            Some(NodeEnum::NullTest(t)) => {
+                let arg = t.arg.as_deref().ok_or_else(unsupported)?;
+                let column = self.having_side(arg)?.ok_or_else(unsupported)?;
+                Ok(Having::IsNull {
+                    column,
+                    negated: t.nulltesttype == pb::NullTestType::IsNotNull as i32,
+                })
+            }
+            Some(NodeEnum::AExpr(e)) if e.kind == pb::AExprKind::AexprOp as i32 => {
+                let op = match e.name.as_slice() {
+                    [o] => str_of(o),
+                    _ => None,
+                };
+                let op = match op {
+                    Some("=") => CmpOp::Eq,
+                    Some("<>") | Some("!=") => CmpOp::Ne,
+                    Some("<") => CmpOp::Lt,
+                    Some("<=") => CmpOp::Le,
+                    Some(">") => CmpOp::Gt,
+                    Some(">=") => CmpOp::Ge,
+                    _ => return Err(unsupported()),
+                };
+                let (l, r) = (
+                    e.lexpr.as_deref().ok_or_else(unsupported)?,
+                    e.rexpr.as_deref().ok_or_else(unsupported)?,
+                );
+                if let (Some(value), false) = (operand(r), operand(l).is_some()) {
+                    let column = self.having_side(l)?.ok_or_else(unsupported)?;
+                    return Ok(Having::Cmp { column, op, value });
+                }
+                if let (Some(value), false) = (operand(l), operand(r).is_some()) {
+                    let column = self.having_side(r)?.ok_or_else(unsupported)?;
+                    let op = match op {
+                        CmpOp::Lt => CmpOp::Gt,
+                        CmpOp::Le => CmpOp::Ge,
+                        CmpOp::Gt => CmpOp::Lt,
+                        CmpOp::Ge => CmpOp::Le,
+                        o => o,
+                    };
+                    return Ok(Having::Cmp { column, op, value });
+                }
+                Err(unsupported())
+            }
+            _ => Err(unsupported()),
+        }
+    }
+
+    /// A HAVING operand that is an aggregate or a grouped expression.
+    fn having_side(&mut self, n: &pb::Node) -> Result<Option<ColRef>, String> {
+        if let Some(a) = agg_call(n) {
+            return self.agg_column(&a, n).map(Some);
+        }
+        if contains_agg(n).is_some() || contains_param(n) || operand(n).is_some() {
+            return Ok(None);
+        }
+        Ok(Some(self.expr_column(n)))
+    }
+}
+
+/// A HAVING constant: a literal, NULL or `$n`.
+fn operand(n: &pb::Node) -> Option<Operand> {
+    match n.node.as_ref()? {
+        NodeEnum::AConst(c) if c.isnull => Some(Operand::Null),
+        NodeEnum::AConst(c) => Some(Operand::Text(match c.val.as_ref()? {
+            Val::Ival(i) => i.ival.to_string(),
+            Val::Fval(f) => f.fval.clone(),
+            Val::Sval(s) => s.sval.clone(),
+            Val::Boolval(b) => if b.boolval { "t" } else { "f" }.to_string(),
+            Val::Bsval(_) => return None,
+        })),
+        NodeEnum::ParamRef(p) if p.number > 0 => Some(Operand::Param(p.number as usize)),
+        _ => None,
+    }
+}
+
+fn simple_func(name: &str) -> AggFunc {
+    match name {
+        "count" => AggFunc::Count,
+        "sum" => AggFunc::Sum,
+        "min" => AggFunc::Min,
+        _ => AggFunc::Max,
+    }
+}
+
+fn is_star(rt: &pb::ResTarget) -> bool {
+    match rt.val.as_deref().and_then(|v| v.node.as_ref()) {
+        Some(NodeEnum::ColumnRef(c)) => c
+            .fields
+            .last()
+            .is_some_and(|f| matches!(f.node, Some(NodeEnum::AStar(_)))),
+        _ => false,
+    }
+}
+
+/// The merge plan of a single-table (or co-located) SELECT that needs more than concatenation;
+/// `Err` names the construct that cannot be merged exactly. `is_key` says whether an expression
+/// is a sharded table's shard key column.
+pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<MergePlan, String> {
+    if !s.window_clause.is_empty() {
+        return Err("window function".into());
+    }
+    if s.group_distinct {
+        return Err("GROUP BY DISTINCT".into());
+    }
+    if s.limit_option == pb::LimitOption::WithTies as i32 {
+        return Err("FETCH … WITH TIES".into());
+    }
+    if !s.values_lists.is_empty() {
+        return Err("VALUES".into());
+    }
+    let distinct = !s.distinct_clause.is_empty();
+    if s.distinct_clause.iter().any(|d| d.node.is_some()) {
+        return Err("DISTINCT ON".into());
+    }
+    for g in &s.group_clause {
+        if matches!(g.node, Some(NodeEnum::GroupingSet(_))) {
+            return Err("GROUPING SETS, ROLLUP or CUBE".into());
+        }
+    }
+    let mut stmt = s.clone();
+    let grouped_by_key = s.group_clause.iter().any(is_key);
+    let mut b = Builder {
+        is_key,
+        grouped_by_key,
+        targets: Vec::new(),
+        hidden_targets: Vec::new(),
+        visible: s.target_list.len(),
+        hidden: 0,
+        target_shapes: Vec::new(),
+        target_names: Vec::new(),
+        aggs: Vec::new(),
+        agg_shapes: Vec::new(),
+        avg_outputs: Vec::new(),
+    };
+    // Is this an aggregate query?
+    let mut has_agg = !s.group_clause.is_empty() || s.having_clause.is_some();
+    let mut seen_star = false;
+    for t in &s.target_list {
+        let Some(NodeEnum::ResTarget(rt)) = t.node.as_ref() else {
+            return Err("unexpected target".into());
+        };
+        if let Some(what) = rt.val.as_deref().and_then(contains_agg) {
+            if what.starts_with("window") {
+                return Err(what);
+            }
+            has_agg = true;
+        }
+        seen_star |= is_star(rt);
+        b.target_shapes.push(if seen_star {
+            None
+        } else {
+            rt.val.as_deref().map(shape)
+        });
+        b.target_names.push(rt.name.clone());
+    }
+    for sb in &s.sort_clause {
+        if let Some(NodeEnum::SortBy(sb)) = sb.node.as_ref() {
+            if let Some(w) = sb.node.as_deref().and_then(contains_agg) {
+                if w.starts_with("window") {
+                    return Err(w);
+                }
+                has_agg = true;
+            }
+        }
+    }
+    if distinct && has_agg {
+        return Err("SELECT DISTINCT with GROUP BY or aggregates".into());
+    }
+    let grouped = has_agg || distinct;
+    if grouped && seen_star && !distinct {
+        return Err("SELECT * with GROUP BY or aggregates".into());
+    }
+    // Output columns.
+    for (i, t) in s.target_list.iter().enumerate() {
+        let Some(NodeEnum::ResTarget(rt)) = t.node.as_ref() else {
+            continue;
+        };
+        let val = rt.val.as_deref();
+        let mut out = t.clone();
+        if has_agg {
+            if let Some(a) = val.and_then(agg_call) {
+                b.check_agg(&a)?;
+                let v = val.ok_or("target without a value")?;
+                if a.name == "avg" {
+                    let name = if rt.name.is_empty() { "avg" } else { &rt.name };
+                    out = res_target(name, Builder::renamed_call(a.call, "sum"));
+                    let count = b.add_hidden(Builder::renamed_call(a.call, "count"));
+                    b.aggs.push(PlanAgg {
+                        func: AggFunc::Avg { count },
+                        column: ColRef::Output(i),
+                    });
+                    b.avg_outputs.push(i);
+                } else {
+                    b.aggs.push(PlanAgg {
+                        func: simple_func(a.name),
+                        column: ColRef::Output(i),
+                    });
+                }
+                b.agg_shapes.push(shape(v));
+            } else if let Some(what) = val.and_then(contains_agg) {
+                if matches!(
+                    val.and_then(|v| v.node.as_ref()),
+                    Some(NodeEnum::FuncCall(_))
+                ) {
+                    return Err(what);
+                }
+                return Err(format!("an expression over {what} in the select list"));
+            } else if s.group_clause.is_empty() {
+                return Err(
+                    "a column that is not an aggregate in an aggregate query without GROUP BY"
+                        .into(),
+                );
+            }
+        }
+        b.targets.push(out);
+    }
+    // GROUP BY keys.
+    let mut keys = Vec::new();
+    for g in &s.group_clause {
+        let col = match g.node.as_ref() {
+            Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
+                Some(Val::Ival(i)) if i.ival >= 1 && (i.ival as usize) <= b.visible => {
+                    ColRef::Output(i.ival as usize - 1)
+                }
+                _ => return Err("GROUP BY a constant that is not an output column position".into()),
+            },
+            _ => {
+                if contains_param(g) {
+                    return Err("GROUP BY a parameter".into());
+                }
+                b.expr_column(g)
+            }
+        };
+        keys.push(col);
+    }
+    // HAVING, then ORDER BY.
+    let having = match s.having_clause.as_deref() {
+        Some(h) => {
+            let plan = b.having(h)?;
+            // Keeps the condition's `$n` typed as in the client's statement.
+            b.add_hidden(h.clone());
+            Some(plan)
+        }
+        None => None,
+    };
+    let mut sort = Vec::new();
+    for item in &s.sort_clause {
+        let Some(NodeEnum::SortBy(sb)) = item.node.as_ref() else {
+            return Err("unexpected ORDER BY item".into());
+        };
+        if !sb.use_op.is_empty() || sb.sortby_dir == pb::SortByDir::SortbyUsing as i32 {
+            return Err("ORDER BY … USING".into());
+        }
+        let expr = sb.node.as_deref().ok_or("ORDER BY without expression")?;
+        if grouped && contains_param(expr) {
+            return Err("ORDER BY a parameter in a grouped query".into());
+        }
+        let column = b.sort_column(expr, grouped)?;
+        let descending = sb.sortby_dir == pb::SortByDir::SortbyDesc as i32;
+        let nulls_first = match sb.sortby_nulls {
+            x if x == pb::SortByNulls::SortbyNullsFirst as i32 => true,
+            x if x == pb::SortByNulls::SortbyNullsLast as i32 => false,
+            _ => descending,
+        };
+        sort.push(PlanSortKey {
+            column,
+            descending,
+            nulls_first,
+        });
+    }
+    // LIMIT / OFFSET.
+    let limit = s
+        .limit_count
+        .as_deref()
+        .map(|n| bound_of(n, "LIMIT"))
+        .transpose()?;
+    let offset = s
+        .limit_offset
+        .as_deref()
+        .map(|n| bound_of(n, "OFFSET"))
+        .transpose()?;
+    stmt.limit_offset = None;
+    if grouped {
+        stmt.limit_count = None;
+        stmt.limit_option = pb::LimitOption::Default as i32;
+        stmt.sort_clause.clear();
+        stmt.having_clause = None;
+    } else if let (Some(l), Some(o)) = (limit, offset) {
+        stmt.limit_count = Some(Box::new(parse_expr(&format!(
+            "({})::int8 + ({})::int8",
+            bound_sql(l),
+            bound_sql(o)
+        ))?));
+    }
+    // `$n` no longer in the shard statement's LIMIT/OFFSET stay referenced, typed as Postgres
+    // types them there (bigint).
+    let pushed_params: Vec<usize> = if grouped {
+        Vec::new()
+    } else {
+        [limit, if limit.is_some() { offset } else { None }]
+            .into_iter()
+            .flatten()
+            .filter_map(|b| match b {
+                Bound::Param(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    };
+    for bnd in [limit, offset].into_iter().flatten() {
+        if let Bound::Param(n) = bnd {
+            if !pushed_params.contains(&n) {
+                b.add_hidden(parse_expr(&format!("${n}::int8"))?);
+            }
+        }
+    }
+    if b.visible == 0 {
+        return Err("a SELECT without output columns".into());
+    }
+    let kind = if grouped {
+        PlanKind::Groups {
+            keys: if distinct { None } else { Some(keys) },
+            aggs: b.aggs.clone(),
+            having,
+        }
+    } else {
+        PlanKind::Rows
+    };
+    stmt.target_list = b.targets;
+    stmt.target_list.append(&mut b.hidden_targets);
+    let sql = NodeEnum::SelectStmt(Box::new(stmt))
+        .deparse(pg_query::DeparseOptions::default())
+        .map_err(|e| format!("a statement pgshard cannot rewrite ({e})"))?;
+    Ok(MergePlan {
+        shard_sql: SqlTemplate::from_sql(&sql)?,
+        hidden: b.hidden,
+        kind,
+        sort,
+        limit,
+        offset,
+        avg_outputs: b.avg_outputs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_sql(sql: &str) -> Result<MergePlan, String> {
+        let parsed = pg_query::parse(sql, 0).unwrap();
+        let stmt = parsed.protobuf.stmts[0].stmt.as_deref().unwrap();
+        let Some(NodeEnum::SelectStmt(s)) = stmt.node.as_ref() else {
+            panic!()
+        };
+        let is_key = |n: &pb::Node| {
+            matches!(n.node.as_ref(), Some(NodeEnum::ColumnRef(c))
+                if c.fields.last().and_then(str_of) == Some("user_id"))
+        };
+        plan(s, &is_key)
+    }
+
+    #[test]
+    fn order_by_with_hidden_key_and_limit_offset() {
+        let p = plan_sql("SELECT name FROM users ORDER BY created_at DESC, 1 LIMIT 10 OFFSET 5")
+            .unwrap();
+        assert_eq!(p.kind, PlanKind::Rows);
+        assert_eq!(p.hidden, 1);
+        assert_eq!(
+            p.sort,
+            vec![
+                PlanSortKey {
+                    column: ColRef::Hidden(0),
+                    descending: true,
+                    nulls_first: true
+                },
+                PlanSortKey {
+                    column: ColRef::Output(0),
+                    descending: false,
+                    nulls_first: false
+                }
+            ]
+        );
+        assert_eq!(p.limit, Some(Bound::Const(10)));
+        assert_eq!(p.offset, Some(Bound::Const(5)));
+        let sql = p.shard_sql.with_placeholders();
+        assert_eq!(
+            sql,
+            "SELECT name, created_at AS pgshard_hidden_0 FROM users ORDER BY created_at DESC, 1 LIMIT 10::int8 + 5::int8"
+        );
+    }
+
+    #[test]
+    fn params_in_limit_stay_referenced() {
+        let p = plan_sql("SELECT * FROM users ORDER BY name LIMIT $1 OFFSET $2").unwrap();
+        let sql = p.shard_sql.with_placeholders();
+        assert!(sql.contains("LIMIT $1::int8 + $2::int8"), "{sql}");
+        let filled = p
+            .shard_sql
+            .with_literals(&[Literal::Number("3".into()), Literal::Number("-1".into())])
+            .unwrap();
+        assert!(filled.contains("LIMIT 3::int8 + (-1)::int8"), "{filled}");
+        let p = plan_sql("SELECT * FROM users ORDER BY name OFFSET $1").unwrap();
+        assert!(p
+            .shard_sql
+            .with_placeholders()
+            .contains("$1::int8 AS pgshard_hidden_1"));
+        let p = plan_sql("SELECT count(*) FROM users LIMIT $1").unwrap();
+        assert!(p
+            .shard_sql
+            .with_placeholders()
+            .contains("$1::int8 AS pgshard_hidden_0"));
+        assert!(!p.shard_sql.with_placeholders().contains("LIMIT"));
+    }
+
+    #[test]
+    fn aggregates_avg_having_and_order() {
+        let p = plan_sql(
+            "SELECT g, avg(x), count(*) AS n FROM users GROUP BY g HAVING sum(x) > 10 AND count(*) <> $1 ORDER BY avg(x) DESC, max(y)",
+        )
+        .unwrap();
+        let PlanKind::Groups { keys, aggs, having } = &p.kind else {
+            panic!()
+        };
+        assert_eq!(keys.as_deref(), Some(&[ColRef::Output(0)][..]));
+        assert_eq!(
+            aggs[0],
+            PlanAgg {
+                func: AggFunc::Avg {
+                    count: ColRef::Hidden(0)
+                },
+                column: ColRef::Output(1)
+            }
+        );
+        assert_eq!(aggs[1].func, AggFunc::Count);
+        assert_eq!(aggs[2].func, AggFunc::Sum);
+        assert_eq!(aggs[3].func, AggFunc::Max);
+        assert_eq!(p.avg_outputs, vec![1]);
+        let Some(Having::And(parts)) = having else {
+            panic!()
+        };
+        assert_eq!(
+            parts[1],
+            Having::Cmp {
+                column: ColRef::Output(2),
+                op: CmpOp::Ne,
+                value: Operand::Param(1)
+            }
+        );
+        assert_eq!(p.sort[0].column, ColRef::Output(1));
+        let sql = p.shard_sql.with_placeholders();
+        assert!(sql.starts_with("SELECT g, sum(x) AS avg, count(*) AS n, count(x) AS pgshard_hidden_0, sum(x) AS pgshard_hidden_1"), "{sql}");
+        assert!(!sql.contains("HAVING") && !sql.contains("ORDER"), "{sql}");
+    }
+
+    #[test]
+    fn refusals_name_the_construct() {
+        for (sql, want) in [
+            ("SELECT count(DISTINCT name) FROM users", "count(DISTINCT"),
+            (
+                "SELECT string_agg(name, ',') FROM users",
+                "aggregate string_agg()",
+            ),
+            (
+                "SELECT count(*) + 1 FROM users",
+                "expression over aggregate count()",
+            ),
+            (
+                "SELECT name, row_number() OVER () FROM users",
+                "window function",
+            ),
+            ("SELECT DISTINCT ON (name) name FROM users", "DISTINCT ON"),
+            (
+                "SELECT name FROM users ORDER BY name COLLATE \"C\"",
+                "COLLATE",
+            ),
+            ("SELECT g FROM users GROUP BY ROLLUP (g)", "ROLLUP"),
+            (
+                "SELECT g FROM users GROUP BY g HAVING count(*) > sum(x)",
+                "HAVING",
+            ),
+            (
+                "SELECT * FROM users LIMIT 2 + 3",
+                "LIMIT with an expression",
+            ),
+        ] {
+            let e = plan_sql(sql).unwrap_err();
+            assert!(e.contains(want), "{sql}: {e}");
+        }
+        assert!(plan_sql("SELECT count(DISTINCT user_id) FROM users").is_ok());
+        assert!(
+            plan_sql("SELECT user_id, count(DISTINCT name) FROM users GROUP BY user_id").is_ok()
+        );
+    }
+
+    #[test]
+    fn distinct_uses_all_output_columns() {
+        let p = plan_sql("SELECT DISTINCT a, b FROM users ORDER BY b").unwrap();
+        assert!(matches!(p.kind, PlanKind::Groups { keys: None, .. }));
+        assert_eq!(p.sort[0].column, ColRef::Output(1));
+    }
+}

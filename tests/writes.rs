@@ -1,0 +1,294 @@
+//! Writes that reach several shards, checked directly on the shards: keyless UPDATE/DELETE,
+//! multi-row INSERTs split per shard (RETURNING in VALUES order), reference tables (reads from
+//! any shard, writes and DDL on all), DDL and maintenance on every shard, and atomicity when one
+//! shard fails.
+
+mod common;
+
+use common::proxy::{self, connect, start_proxy_with};
+use common::TestCluster;
+use pgshard::cluster::ClusterInfo;
+use pgshard::router::Strategy;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Rows (first column) and the command's row count of a simple query.
+async fn simple(c: &Client, sql: &str) -> Result<(Vec<String>, u64), tokio_postgres::Error> {
+    let msgs = c.simple_query(sql).await?;
+    let mut rows = Vec::new();
+    let mut count = None;
+    for m in msgs {
+        match m {
+            SimpleQueryMessage::Row(r) => rows.push(r.get(0).unwrap_or("NULL").to_string()),
+            SimpleQueryMessage::CommandComplete(n) => count = Some(n),
+            _ => {}
+        }
+    }
+    Ok((rows, count.expect("a CommandComplete")))
+}
+
+/// One integer per shard, from the same query run directly on each.
+async fn per_shard(info: &ClusterInfo, sql: &str) -> Vec<(u32, i64)> {
+    let mut out = Vec::new();
+    for id in info.shard_ids() {
+        let c = proxy::shard(info, id).await;
+        let n: i64 = c.query_one(sql, &[]).await.expect(sql).get(0);
+        out.push((id, n));
+    }
+    out
+}
+
+async fn index_count(info: &ClusterInfo, name: &str) -> Vec<i64> {
+    per_shard(
+        info,
+        &format!("SELECT count(*) FROM pg_indexes WHERE indexname = '{name}'"),
+    )
+    .await
+    .into_iter()
+    .map(|(_, n)| n)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_every_shard_they_need() {
+    let cluster = TestCluster::start(10, Strategy::Hash).await;
+    let info = &cluster.info;
+    let proxy = start_proxy_with(info, |c| c.reference_tables = vec!["countries".into()]).await;
+    let map = proxy.proxy.map.current();
+    let c = connect(&proxy).await;
+    let shards = info.shard_ids().len();
+
+    // Reference table: created, written and read on every shard, answered once.
+    let (_, n) = simple(
+        &c,
+        "CREATE TABLE countries (code text PRIMARY KEY, name text)",
+    )
+    .await
+    .expect("create reference table");
+    assert_eq!(n, 0);
+    let (rows, n) = simple(
+        &c,
+        "INSERT INTO countries (code, name) VALUES ('fr', 'France'), ('de', 'Germany') RETURNING code",
+    )
+    .await
+    .expect("insert into reference table");
+    assert_eq!(rows, ["fr", "de"]);
+    assert_eq!(n, 2);
+    for (id, n) in per_shard(info, "SELECT count(*) FROM countries").await {
+        assert_eq!(n, 2, "countries on shard {id}");
+    }
+    let (_, n) = simple(
+        &c,
+        "UPDATE countries SET name = 'Deutschland' WHERE code = 'de'",
+    )
+    .await
+    .expect("update reference table");
+    assert_eq!(n, 1);
+    for (id, n) in per_shard(
+        info,
+        "SELECT count(*) FROM countries WHERE name = 'Deutschland'",
+    )
+    .await
+    {
+        assert_eq!(n, 1, "updated copy on shard {id}");
+    }
+    let row = c
+        .query_one("SELECT count(*) FROM countries", &[])
+        .await
+        .expect("read a reference table from any shard");
+    assert_eq!(row.get::<_, i64>(0), 2);
+    let e = c
+        .batch_execute("INSERT INTO countries (code, name) VALUES ('it', now()::text)")
+        .await
+        .expect_err("a server-dependent value in a reference write is refused");
+    assert_eq!(code(&e), "0A000");
+
+    // Multi-row INSERT split per shard, RETURNING in VALUES order.
+    let keys: Vec<i64> = (1..=20).rev().collect();
+    let values: Vec<String> = keys
+        .iter()
+        .map(|k| format!("({k}, 'user {k}', 'fr')"))
+        .collect();
+    let (rows, n) = simple(
+        &c,
+        &format!(
+            "INSERT INTO users (user_id, name, email) VALUES {} RETURNING user_id, name",
+            values.join(", ")
+        ),
+    )
+    .await
+    .expect("split insert");
+    assert_eq!(n, 20);
+    let want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    assert_eq!(rows, want, "RETURNING follows VALUES order");
+    let owners: std::collections::BTreeSet<u32> = keys.iter().map(|&k| map.shard_for(k)).collect();
+    assert!(owners.len() > 2, "the keys span several shards");
+    for &k in &keys {
+        for id in info.shard_ids() {
+            let direct = proxy::shard(info, id).await;
+            let n: i64 = direct
+                .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[&k])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                n,
+                i64::from(id == map.shard_for(k)),
+                "user {k} on shard {id}"
+            );
+        }
+    }
+    // Generated keys on several shards are split the same way.
+    let (rows, n) = simple(
+        &c,
+        "INSERT INTO users (name) VALUES ('g1'), ('g2'), ('g3'), ('g4'), ('g5'), ('g6'), ('g7'), ('g8') RETURNING user_id",
+    )
+    .await
+    .expect("insert with generated keys");
+    assert_eq!((rows.len(), n), (8, 8));
+    for k in &rows {
+        let k: i64 = k.parse().unwrap();
+        let direct = proxy::shard(info, map.shard_for(k)).await;
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[&k])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "generated key {k} on its shard");
+    }
+    simple(&c, "DELETE FROM users WHERE name LIKE 'g%'")
+        .await
+        .expect("keyless delete");
+    // A duplicate key on one shard fails the whole INSERT: no shard keeps its rows.
+    let e = c
+        .batch_execute("INSERT INTO users (user_id, name) VALUES (101, 'a'), (102, 'b'), (103, 'c'), (104, 'd'), (5, 'dup')")
+        .await
+        .expect_err("duplicate key");
+    assert_eq!(code(&e), "23505");
+    let left: i64 = per_shard(info, "SELECT count(*) FROM users WHERE user_id > 100")
+        .await
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(left, 0, "the split INSERT rolled back everywhere");
+    // Prepared (extended protocol) multi-row INSERTs spanning shards are refused clearly.
+    let a = 1001i64;
+    let b = (1002..2000i64)
+        .find(|k| map.shard_for(*k) != map.shard_for(a))
+        .unwrap();
+    let e = c
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'x'), ($2, 'y')",
+            &[&a, &b],
+        )
+        .await
+        .expect_err("extended-protocol split");
+    assert_eq!(code(&e), "0A000");
+
+    // Reads joining the sharded table with the reference table.
+    let row = c
+        .query_one(
+            "SELECT c.name FROM users u JOIN countries c ON c.code = u.email WHERE u.user_id = 7",
+            &[],
+        )
+        .await
+        .expect("join with a reference table");
+    assert_eq!(row.get::<_, String>(0), "France");
+
+    // Keyless and multi-key UPDATE/DELETE.
+    let (_, n) = simple(
+        &c,
+        "UPDATE users SET name = 'renamed' WHERE name LIKE 'user %'",
+    )
+    .await
+    .expect("keyless update");
+    assert_eq!(n, 20);
+    let renamed: i64 = per_shard(info, "SELECT count(*) FROM users WHERE name = 'renamed'")
+        .await
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(renamed, 20);
+    let (_, n) = simple(
+        &c,
+        "UPDATE users SET name = 'few' WHERE user_id IN (1, 2, 3, 4, 5)",
+    )
+    .await
+    .expect("multi-key update");
+    assert_eq!(n, 5);
+    let (mut rows, n) = simple(&c, "DELETE FROM users WHERE user_id > 15 RETURNING user_id")
+        .await
+        .expect("keyless delete with RETURNING");
+    rows.sort_by_key(|r| r.parse::<i64>().unwrap());
+    assert_eq!(
+        (rows, n),
+        (
+            vec!["16", "17", "18", "19", "20"]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+            5
+        )
+    );
+    assert_eq!(proxy::count_users_directly(info).await, 15);
+
+    // DDL fan-out: every shard gets the index, atomically.
+    simple(&c, "CREATE INDEX users_name_idx ON users (name)")
+        .await
+        .expect("create index");
+    assert_eq!(index_count(info, "users_name_idx").await, vec![1; shards]);
+    // One shard already has the name: the statement fails and no shard keeps it.
+    let third = info.shard_ids()[3];
+    proxy::shard(info, third)
+        .await
+        .batch_execute("CREATE INDEX users_email_idx ON users (email)")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("CREATE INDEX users_email_idx ON users (email)")
+        .await
+        .expect_err("the name exists on one shard");
+    assert_eq!(code(&e), "42P07");
+    let counts = index_count(info, "users_email_idx").await;
+    assert_eq!(
+        counts.iter().sum::<i64>(),
+        1,
+        "only the pre-existing index: {counts:?}"
+    );
+    proxy::shard(info, third)
+        .await
+        .batch_execute("DROP INDEX users_email_idx")
+        .await
+        .unwrap();
+    // Statements that refuse transaction blocks run on each shard on their own.
+    simple(
+        &c,
+        "CREATE INDEX CONCURRENTLY users_email_idx ON users (email)",
+    )
+    .await
+    .expect("create index concurrently");
+    assert_eq!(index_count(info, "users_email_idx").await, vec![1; shards]);
+    simple(&c, "VACUUM ANALYZE users").await.expect("vacuum");
+    c.execute("DROP INDEX users_name_idx", &[])
+        .await
+        .expect("drop index through the extended protocol");
+    assert_eq!(index_count(info, "users_name_idx").await, vec![0; shards]);
+    simple(&c, "TRUNCATE users").await.expect("truncate");
+    assert_eq!(proxy::count_users_directly(info).await, 0);
+    simple(&c, "DROP TABLE countries")
+        .await
+        .expect("drop reference table");
+    for (id, n) in per_shard(
+        info,
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'countries'",
+    )
+    .await
+    {
+        assert_eq!(n, 0, "countries dropped on shard {id}");
+    }
+}
