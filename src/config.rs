@@ -549,7 +549,11 @@ key = "user_id"
             assert_eq!(shard.id, i as u32);
             assert_eq!(shard.address(), format!("shard{i}:5432"));
         }
-        assert!(c.catalog.url.contains("@catalog:5432/"), "{}", c.catalog.url);
+        assert!(
+            c.catalog.url.contains("@catalog:5432/"),
+            "{}",
+            c.catalog.url
+        );
         assert_eq!(c.proxy.listen, "0.0.0.0:6432");
     }
 
