@@ -8,6 +8,8 @@
 # The root is the slow part (debootstrap, ~1.5 min): it is kept under a tag derived from its recipe
 # and reused while that tag exists, unless --rebuild, PGSHARD_REBUILD_IMAGES=1 or CI=true asks for a
 # clean build. The small images are rebuilt every time (Docker's layer cache makes that quick).
+# Every image made here carries the label org.pgshard.local (inherited from the root), so the
+# untagged leftovers of earlier builds can be pruned without touching anyone else's images.
 #
 # Usage: scripts/build-images.sh [--binary PATH] [--rebuild]
 #   --binary PATH  the pgshard binary to put in the image (default: `cargo build --release`)
@@ -19,7 +21,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 suite=bookworm
 packages=postgresql-15,prometheus
-root_recipe=1 # bump when the way the root is made changes
+root_recipe=2 # bump when the way the root is made changes
 root_tag="$(printf '%s\n' "$suite" "$packages" "$root_recipe" | sha256sum | cut -c1-12)"
 ROOT_IMAGE="pgshard-local/bookworm-root:$root_tag"
 POSTGRES_IMAGE="pgshard-local/postgres:15"
@@ -107,6 +109,7 @@ build_root() {
         docker import \
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             --change 'CMD ["bash"]' \
+            --change 'LABEL org.pgshard.local=true' \
             --message "debootstrap $suite $packages" - "$ROOT_IMAGE" >/dev/null
     cleanup_root
     trap - EXIT
@@ -127,6 +130,11 @@ build() { # tag, context, extra docker build args...
 }
 
 if [ -n "$rebuild" ] || ! docker image inspect "$ROOT_IMAGE" >/dev/null 2>&1; then
+    # Children first, so the old root is deleted rather than left untagged (unless a container
+    # still uses it).
+    for tag in "$PGSHARD_IMAGE" "$PROMETHEUS_IMAGE" "$POSTGRES_IMAGE" "$ROOT_IMAGE"; do
+        docker image rm "$tag" >/dev/null 2>&1 || true
+    done
     build_root
 else
     say "reusing $ROOT_IMAGE"
@@ -152,6 +160,9 @@ fi
 build "$PGSHARD_IMAGE" "$context" -f "$repo/Dockerfile" \
     --build-arg "RUST_IMAGE=$ROOT_IMAGE" --build-arg "BASE_IMAGE=$ROOT_IMAGE" \
     --build-arg PGSHARD_BINARY=pgshard
+
+# What earlier builds left untagged (replaced binaries, the Dockerfile's build stage).
+docker image prune -f --filter label=org.pgshard.local=true >/dev/null
 
 echo "PGSHARD_POSTGRES_IMAGE=$POSTGRES_IMAGE"
 echo "PGSHARD_PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE"

@@ -22,6 +22,9 @@ const SHARDS: u32 = 10;
 /// The shard whose container the test stops.
 const VICTIM: u32 = 3;
 const PROJECT_PREFIX: &str = "pgshard-test-";
+/// pgbench clients, and transactions each.
+const BENCH_CLIENTS: u32 = 4;
+const BENCH_TRANSACTIONS: u32 = 250;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -539,11 +542,11 @@ fn compose_file_runs_ten_shards_with_replicas_and_survives_a_stopped_shard() {
             "-M",
             "prepared",
             "-c",
-            "4",
+            &BENCH_CLIENTS.to_string(),
             "-j",
             "2",
             "-t",
-            "100",
+            &BENCH_TRANSACTIONS.to_string(),
             "-h",
             "127.0.0.1",
         ])
@@ -554,7 +557,10 @@ fn compose_file_runs_ten_shards_with_replicas_and_survives_a_stopped_shard() {
     let report = format!("{}{}", text(&bench.stdout), text(&bench.stderr));
     assert!(bench.status.success(), "pgbench failed:\n{report}");
     assert!(
-        report.contains("number of transactions actually processed: 400/400"),
+        report.contains(&format!(
+            "number of transactions actually processed: {n}/{n}",
+            n = BENCH_CLIENTS * BENCH_TRANSACTIONS
+        )),
         "{report}"
     );
     assert!(
