@@ -9,10 +9,10 @@
 #     run in name order against a server that listens only on its unix socket;
 #   - `postgres -c key=value …` as the command, and arguments starting with `-` meaning postgres;
 #   - started as root, it hands PGDATA to the postgres user and drops to it; started as another
-#     user (compose `user:`), it runs as that user.
+#     user (compose `user: postgres`), it runs as that user.
 set -Eeuo pipefail
 
-if [ "${1:0:1}" = '-' ]; then
+if [ $# -eq 0 ] || [ "${1:0:1}" = '-' ]; then
     set -- postgres "$@"
 fi
 if [ "$1" != postgres ]; then
@@ -63,6 +63,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         case "$f" in
             *.sh)
                 echo "docker-entrypoint: running $f"
+                # shellcheck disable=SC1090 # the init scripts are the user's
                 if [ -x "$f" ]; then "$f"; else . "$f"; fi
                 ;;
             *.sql)
