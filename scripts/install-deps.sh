@@ -18,6 +18,13 @@ fi
 if ! dpkg -s libclang-dev >/dev/null 2>&1; then
     need+=(libclang-dev)
 fi
+# tests/compose.rs: Docker with a compose tool (`docker compose` or Debian's `docker-compose`), and
+# debootstrap to build its images from Debian's packages (scripts/build-images.sh).
+command -v docker >/dev/null 2>&1 || need+=(docker.io)
+if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/null 2>&1; then
+    need+=(docker-compose)
+fi
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ "${PGSHARD_BENCH:-0}" = 1 ]; then
     command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
     command -v bc >/dev/null 2>&1 || need+=(bc)
@@ -64,4 +71,8 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     echo "pgshard: installing cargo-nextest"
     cargo install --locked cargo-nextest
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    echo "pgshard: warning: no Docker engine answers (docker info failed); tests/compose.rs will fail" >&2
 fi

@@ -658,6 +658,23 @@ key = "user_id"
     }
 
     #[test]
+    fn the_compose_config_is_valid_and_names_the_compose_services() {
+        let text = include_str!("../config/compose.toml");
+        let c = Config::from_toml(text, Path::new("config/compose.toml")).unwrap();
+        assert_eq!(c.shards.len(), 10);
+        for (i, shard) in c.shards.iter().enumerate() {
+            assert_eq!(shard.id, i as u32);
+            assert_eq!(shard.address(), format!("shard{i}:5432"));
+        }
+        assert!(
+            c.catalog.url.contains("@catalog:5432/"),
+            "{}",
+            c.catalog.url
+        );
+        assert_eq!(c.proxy.listen, "0.0.0.0:6432");
+    }
+
+    #[test]
     fn the_shipped_pgbench_config_is_valid() {
         let text = include_str!("../config/pgbench.toml");
         let c = Config::from_toml(text, Path::new("config/pgbench.toml")).unwrap();

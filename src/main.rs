@@ -49,6 +49,24 @@ enum Command {
         #[command(subcommand)]
         action: ClusterCommand,
     },
+    /// Prepare the catalog database named in a config file.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Apply the catalog schema and publish shard map version 1 (an even split over the config's
+    /// shards) unless the catalog already holds a map.
+    Init {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Strategy of shard map version 1.
+        #[arg(long, value_enum, default_value_t = StrategyArg::Hash)]
+        strategy: StrategyArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +189,7 @@ macro_rules! out {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cluster { action } => cluster_command(action).await,
+        Command::Catalog { action } => catalog_command(action).await,
         Command::Serve { config } => serve(config).await,
         Command::Demo {
             dir,
@@ -202,6 +221,27 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping");
     running.stop().await;
     Ok(())
+}
+
+async fn catalog_command(action: CatalogCommand) -> anyhow::Result<()> {
+    match action {
+        CatalogCommand::Init { config, strategy } => {
+            let config = pgshard::config::Config::load(&config)?;
+            let shard_ids: Vec<u32> = config.shards.iter().map(|s| s.id).collect();
+            let strategy = strategy.strategy(shard_ids.len() as u32);
+            match pgshard::catalog::init_url(&config.catalog.url, strategy, &shard_ids).await? {
+                pgshard::catalog::FirstMap::Published(version) => out!(
+                    "catalog ready: published shard map version {version} ({} over {} shards)",
+                    strategy.name(),
+                    shard_ids.len()
+                ),
+                pgshard::catalog::FirstMap::Existing(version) => out!(
+                    "catalog ready: it already holds shard map version {version}; left unchanged"
+                ),
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The table lists `pgshard demo --pgbench` uses.

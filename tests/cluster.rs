@@ -387,3 +387,58 @@ async fn quorum_commit_with_one_replica_is_refused() {
     assert!(err.contains("fully synchronous"), "{err}");
     assert!(!dir.exists(), "nothing is created for a refused spec");
 }
+
+/// `pgshard catalog init` (what docker-compose.yml runs once before the proxy) on an empty catalog
+/// database: it applies the schema and publishes map version 1 over the config's shards; a second
+/// run leaves the map alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_init_publishes_the_first_map_once() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let info = &cluster.info;
+    let admin = connect(&info.catalog_url()).await;
+    admin
+        .batch_execute("CREATE DATABASE fresh_catalog")
+        .await
+        .unwrap();
+    let fresh_url = info.catalog_url().replace("/catalog", "/fresh_catalog");
+    let mut config = pgshard::config::Config::load(&info.config_path).unwrap();
+    config.catalog.url = fresh_url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("pgshard.toml");
+    std::fs::write(&config_path, config.to_toml()).unwrap();
+
+    let init = |strategy: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgshard"))
+            .args(["catalog", "init", "--strategy", strategy, "--config"])
+            .arg(&config_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = init("modulo");
+    assert!(first.contains("published shard map version 1"), "{first}");
+    let second = init("range");
+    assert!(
+        second.contains("already holds shard map version 1"),
+        "{second}"
+    );
+
+    let fresh = connect(&fresh_url).await;
+    let map = pgshard::catalog::load_map(&fresh).await.unwrap().unwrap();
+    let shard_ids: Vec<u32> = info.shard_ids();
+    assert_eq!(
+        map,
+        pgshard::router::ShardMap::uniform(1, Strategy::Modulo { modulus: 2 }, &shard_ids)
+    );
+    let versions: i64 = fresh
+        .query_one("SELECT count(*) FROM shard_map_versions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1);
+}

@@ -1,12 +1,14 @@
 //! The catalog database: the versioned shard map (loaded at start, reloaded on NOTIFY, on a slow
 //! poll and after reconnecting) and the list of live proxies that hands out id-generator node ids.
 
+mod init;
 mod map_handle;
 mod store;
 mod watcher;
 
+pub use init::{init, init_url, CATALOG_SQL};
 pub use map_handle::MapHandle;
-pub use store::{load_map, publish_map, register_proxy};
+pub use store::{load_map, publish_first_map, publish_map, register_proxy, FirstMap};
 pub use watcher::{start, CatalogHandle};
 
 /// Why the catalog could not be used.
@@ -16,8 +18,10 @@ pub enum CatalogError {
     Connect(#[source] tokio_postgres::Error),
     #[error("catalog query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
-    #[error("catalog has no shard map; run `pgshard cluster up` or insert one")]
+    #[error("catalog has no shard map; run `pgshard catalog init` or `pgshard cluster up`")]
     NoMap,
+    #[error("a shard map needs at least one shard; the config lists none")]
+    NoShards,
     #[error("catalog holds an invalid shard map version {version}: {reason}")]
     InvalidMap { version: i64, reason: String },
 }

@@ -57,23 +57,63 @@ pub async fn publish_map(
     map: &ShardMap,
 ) -> Result<i64, CatalogError> {
     let tx = client.transaction().await?;
+    let version = newest_version_locked(&tx).await?.unwrap_or(0) + 1;
+    insert_version(&tx, version, map).await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// What [`publish_first_map`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstMap {
+    /// The catalog had no map; this version (1) was published.
+    Published(i64),
+    /// The catalog already held maps up to this version and was left alone: the map belongs to
+    /// whoever wrote it (an earlier init, the rebalancer).
+    Existing(i64),
+}
+
+/// Stores `map` as version 1 if the catalog holds no map yet. The check and the insert happen under
+/// one table lock, so two callers racing on an empty catalog publish exactly one map.
+pub async fn publish_first_map(
+    client: &mut tokio_postgres::Client,
+    map: &ShardMap,
+) -> Result<FirstMap, CatalogError> {
+    let tx = client.transaction().await?;
+    if let Some(newest) = newest_version_locked(&tx).await? {
+        tx.commit().await?;
+        return Ok(FirstMap::Existing(newest));
+    }
+    insert_version(&tx, 1, map).await?;
+    tx.commit().await?;
+    Ok(FirstMap::Published(1))
+}
+
+/// Locks the version table against other publishers for the rest of `tx` and returns its newest
+/// version.
+async fn newest_version_locked(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<Option<i64>, CatalogError> {
     tx.batch_execute("LOCK TABLE shard_map_versions IN EXCLUSIVE MODE")
         .await?;
-    let version: i64 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) + 1 FROM shard_map_versions",
-            &[],
-        )
+    Ok(tx
+        .query_one("SELECT max(version) FROM shard_map_versions", &[])
         .await?
-        .get(0);
-    let (name, modulus) = match map.strategy {
-        Strategy::Range => ("range", None),
-        Strategy::Hash => ("hash", None),
-        Strategy::Modulo { modulus } => ("modulo", Some(modulus)),
+        .get(0))
+}
+
+async fn insert_version(
+    tx: &tokio_postgres::Transaction<'_>,
+    version: i64,
+    map: &ShardMap,
+) -> Result<(), CatalogError> {
+    let modulus = match map.strategy {
+        Strategy::Modulo { modulus } => Some(modulus),
+        Strategy::Range | Strategy::Hash => None,
     };
     tx.execute(
         "INSERT INTO shard_map_versions (version, strategy, modulus) VALUES ($1, $2, $3)",
-        &[&version, &name, &modulus],
+        &[&version, &map.strategy.name(), &modulus],
     )
     .await?;
     let insert = tx
@@ -83,8 +123,7 @@ pub async fn publish_map(
         tx.execute(&insert, &[&version, &r.lower, &r.upper, &(r.shard as i32)])
             .await?;
     }
-    tx.commit().await?;
-    Ok(version)
+    Ok(())
 }
 
 /// Registers this proxy and returns its node id for the id generator (unique among the last

@@ -10,11 +10,10 @@ use tokio_postgres::{Client, NoTls};
 use super::instance::{ADMIN_PASSWORD, ADMIN_USER};
 use super::layout::{InstanceInfo, Role};
 use super::ClusterError;
-use crate::router::{ShardMap, Strategy};
+use crate::router::Strategy;
 
 const SHARD_SQL: &str = include_str!("../../sql/shard.sql");
 const APP_SQL: &str = include_str!("../../sql/app.sql");
-const CATALOG_SQL: &str = include_str!("../../sql/catalog.sql");
 
 /// A connection over the instance's unix socket, where local users are trusted.
 pub(super) async fn connect(
@@ -103,34 +102,14 @@ pub async fn bootstrap(
                 .map_err(|e| ClusterError::pg(ctx("writing the identity row"), e))?;
         }
         _ => {
-            client
-                .batch_execute(CATALOG_SQL)
-                .await
-                .map_err(|e| ClusterError::pg(ctx("applying sql/catalog.sql"), e))?;
-            insert_first_map(client, strategy, shard_ids)
+            let mut client = client;
+            crate::catalog::init(&mut client, strategy, shard_ids)
                 .await
                 .map_err(|source| ClusterError::Catalog {
-                    context: ctx("writing shard map version 1"),
+                    context: ctx("applying sql/catalog.sql and writing shard map version 1"),
                     source,
                 })?;
         }
-    }
-    Ok(())
-}
-
-/// Writes version 1 of the uniform map, unless the catalog already holds any version (then the map
-/// belongs to whoever wrote it, e.g. the rebalancer, and must not be touched).
-async fn insert_first_map(
-    mut client: Client,
-    strategy: Strategy,
-    shard_ids: &[u32],
-) -> Result<(), crate::catalog::CatalogError> {
-    let existing = client
-        .query_opt("SELECT 1 FROM shard_map_versions LIMIT 1", &[])
-        .await?;
-    if existing.is_none() {
-        let map = ShardMap::uniform(1, strategy, shard_ids);
-        crate::catalog::publish_map(&mut client, &map).await?;
     }
     Ok(())
 }

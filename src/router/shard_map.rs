@@ -16,6 +16,17 @@ pub enum Strategy {
     Modulo { modulus: i64 },
 }
 
+impl Strategy {
+    /// The strategy's name as the catalog stores it (`shard_map_versions.strategy`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Range => "range",
+            Strategy::Hash => "hash",
+            Strategy::Modulo { .. } => "modulo",
+        }
+    }
+}
+
 /// One slice of the key space: points `p` with `lower <= p < upper`; `None` is unbounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRange {
