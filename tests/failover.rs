@@ -226,19 +226,28 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
         db.message()
     );
 
-    // An operator promotes the replica; the proxy finds it and records it.
+    // An operator promotes the replica; the proxy finds it and records it. Times count from the
+    // promote call (it returns once the replica left recovery; the monitor may see that first).
+    let watcher = {
+        let topology = topology.clone();
+        tokio::spawn(async move {
+            wait_for(
+                &topology,
+                1,
+                "writes moved to shard1r1",
+                Duration::from_secs(15),
+                |t| t.primary(1) == Some(ServerId { shard: 1, index: 1 }),
+            )
+            .await;
+            Instant::now()
+        })
+    };
+    let promoted_at = Instant::now();
     cluster::promote(&info.dir, "shard1r1")
         .await
         .expect("promote shard1r1");
-    let promoted_at = Instant::now();
-    let switch = wait_for(
-        &topology,
-        1,
-        "writes moved to shard1r1",
-        Duration::from_secs(10),
-        |t| t.primary(1) == Some(ServerId { shard: 1, index: 1 }),
-    )
-    .await;
+    let promote_took = promoted_at.elapsed();
+    let switch = watcher.await.expect("watcher") - promoted_at;
     let key = shard1_keys.next().unwrap();
     writer
         .execute(
@@ -249,7 +258,7 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
         .expect("write to shard 1 after the failover");
     let writable_after_promote = promoted_at.elapsed();
     eprintln!(
-        "failover: primary stopped → promoted {:?}; promoted → writes routed {switch:?}; promoted → first write done {writable_after_promote:?}",
+        "failover: primary stopped → promote called {:?}; promote call took {promote_took:?}; promote called → writes routed {switch:?}, → first write done {writable_after_promote:?}",
         promoted_at - stopped_at
     );
     assert!(writable_after_promote < Duration::from_secs(5));
@@ -272,6 +281,7 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
     let Role::Fenced { reason } = role(&topology, 1, 0).0 else {
         unreachable!()
     };
+    eprintln!("old primary fenced: {reason}");
     assert!(
         reason.contains("timeline 1") && reason.contains("timeline 2"),
         "{reason}"
@@ -317,5 +327,143 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
     let metrics = proxy.proxy.replica_metrics.snapshot(&topology);
     assert_eq!(metrics.failovers_total, 1);
     assert_eq!(metrics.fenced_servers, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_or_stopped_replica_leaves_read_routing_and_comes_back() {
+    let cluster = TestCluster::start_with(|spec| {
+        spec.shards = 2;
+        spec.replicas = 1;
+        spec.strategy = Strategy::Hash;
+    })
+    .await;
+    let info = &cluster.info;
+    let max_lag_ms = 300;
+    let proxy = start_proxy_with(info, |c| {
+        c.replicas.monitor_interval_ms = 50;
+        c.replicas.max_lag_bytes = 0;
+        c.replicas.max_lag_ms = max_lag_ms;
+        c.pool.connect_timeout_ms = 1_000;
+    })
+    .await;
+    let topology = proxy.proxy.topology.clone();
+    let map = proxy.proxy.map.current();
+    let replica = ServerId { shard: 0, index: 1 };
+    let readable = move |t: &Topology| {
+        t.readable_replicas(0, 0, max_lag_ms, None)
+            .iter()
+            .any(|s| s.id == replica)
+    };
+    wait_for(
+        &topology,
+        0,
+        "the replica readable",
+        Duration::from_secs(10),
+        |t| readable(t) && t.server(replica).is_some_and(|s| s.lag_bytes == Some(0)),
+    )
+    .await;
+
+    // Replay held back: the replica falls behind the primary's position, in bytes at once and in
+    // time past the bound, and leaves read routing.
+    cluster::set_apply_delay(&info.dir, "shard0r1", 1_500)
+        .await
+        .expect("delay replay");
+    let client = proxy::connect(&proxy).await;
+    let key = keys_on(&map, 0, 1).next().unwrap();
+    client
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'lag')",
+            &[&key],
+        )
+        .await
+        .expect("write to shard 0");
+    let primary_lsn = topology
+        .server(ServerId { shard: 0, index: 0 })
+        .and_then(|s| s.lsn);
+    wait_for(
+        &topology,
+        0,
+        "the replica behind in bytes",
+        Duration::from_secs(5),
+        |t| {
+            t.server(replica)
+                .is_some_and(|s| s.lag_bytes.is_some_and(|b| b > 0))
+        },
+    )
+    .await;
+    wait_for(
+        &topology,
+        0,
+        "the lagging replica left read routing",
+        Duration::from_secs(5),
+        |t| !readable(t),
+    )
+    .await;
+    let lagging = topology.server(replica).unwrap();
+    assert!(lagging.healthy, "{lagging:?}");
+    assert!(
+        lagging.lag_ms.is_some_and(|ms| ms > max_lag_ms),
+        "{lagging:?}"
+    );
+    eprintln!(
+        "lagging replica: {:?} bytes, {:?} ms behind",
+        lagging.lag_bytes, lagging.lag_ms
+    );
+    // Once the delay has passed it replays the write and serves reads again.
+    wait_for(
+        &topology,
+        0,
+        "the replica caught up",
+        Duration::from_secs(10),
+        |t| readable(t) && t.server(replica).is_some_and(|s| s.lag_bytes == Some(0)),
+    )
+    .await;
+    let caught_up = topology.server(replica).unwrap();
+    assert!(
+        caught_up.lsn >= primary_lsn,
+        "{caught_up:?} vs {primary_lsn:?}"
+    );
+    assert_eq!(caught_up.lag_ms, Some(0));
+
+    // A replica that stops answering leaves read routing; started again, it comes back.
+    cluster::set_apply_delay(&info.dir, "shard0r1", 0)
+        .await
+        .expect("no replay delay");
+    cluster::stop_instance(&info.dir, "shard0r1", StopMode::Immediate)
+        .await
+        .expect("stop the replica");
+    wait_for(
+        &topology,
+        0,
+        "the stopped replica unhealthy",
+        Duration::from_secs(5),
+        |t| !readable(t) && t.server(replica).is_some_and(|s| !s.healthy),
+    )
+    .await;
+    cluster::start_instance(&info.dir, "shard0r1")
+        .await
+        .expect("start the replica");
+    wait_for(
+        &topology,
+        0,
+        "the restarted replica readable",
+        Duration::from_secs(10),
+        |t| readable(t),
+    )
+    .await;
+    assert_eq!(
+        topology.server(replica).map(|s| (s.role, s.healthy)),
+        Some((Role::Replica, true))
+    );
+    // Lag and health never fence anything.
+    assert_eq!(
+        proxy
+            .proxy
+            .replica_metrics
+            .snapshot(&topology)
+            .fenced_servers,
+        0
+    );
     proxy.stop().await;
 }
