@@ -364,4 +364,29 @@ database = "app"
         t.set_primary(ServerId { shard: 0, index: 1 });
         assert_eq!(t.primary(0), Some(ServerId { shard: 0, index: 1 }));
     }
+
+    #[test]
+    fn fresh_sample_interest_lasts_while_a_guard_lives() {
+        let t = Topology::new(&config());
+        let interest = t.sample_interest(0).unwrap();
+        assert!(!interest.wanted());
+        let a = t.want_fresh_samples(0).unwrap();
+        let b = t.want_fresh_samples(0).unwrap();
+        assert!(interest.wanted());
+        assert!(!t.sample_interest(1).unwrap().wanted());
+        drop(a);
+        assert!(interest.wanted());
+        drop(b);
+        assert!(!interest.wanted());
+        assert!(t.want_fresh_samples(7).is_none());
+    }
+
+    #[test]
+    fn a_shard_can_be_left_without_a_primary() {
+        let t = Topology::new(&config());
+        t.clear_primary(1);
+        assert_eq!(t.primary(1), None);
+        t.set_primary(ServerId { shard: 1, index: 0 });
+        assert_eq!(t.primary(1), Some(ServerId { shard: 1, index: 0 }));
+    }
 }
