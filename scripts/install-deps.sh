@@ -38,6 +38,24 @@ if [ ${#need[@]} -gt 0 ]; then
     # Debian's package starts a default cluster; pgshard runs its own, so leave that one alone.
 fi
 
+# The en_US.UTF-8 locale: shards created with it sort text in that collation, and pgshard
+# reproduces it through the C library (tests of non-C collations need it on this machine).
+if command -v locale >/dev/null 2>&1 && ! locale -a 2>/dev/null | grep -qiE '^en_US\.utf-?8$'; then
+    echo "pgshard: generating the en_US.UTF-8 locale"
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    if ! command -v localedef >/dev/null 2>&1 || [ ! -d /usr/share/i18n/locales ]; then
+        if command -v apt-get >/dev/null 2>&1; then
+            $sudo_cmd apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq locales >/dev/null
+        else
+            echo "pgshard: no apt-get here; install the en_US.UTF-8 locale yourself" >&2
+            exit 1
+        fi
+    fi
+    $sudo_cmd localedef -i en_US -f UTF-8 en_US.UTF-8
+fi
+
 if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
     echo "pgshard: installing the Python driver psycopg (for the cross-language driver test)"
     python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]'

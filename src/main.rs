@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use pgshard::cluster::{self, ClusterSpec};
 use pgshard::router::Strategy;
@@ -41,6 +41,8 @@ enum Command {
         /// TPC-B script run through the proxy.
         #[arg(long)]
         pgbench: bool,
+        #[command(flatten)]
+        replicas: ReplicaArgs,
     },
     /// Manage a local cluster of Postgres instances (catalog + shards) for tests and the demo.
     Cluster {
@@ -67,6 +69,8 @@ enum ClusterCommand {
         /// Proxy listen address written into pgshard.toml.
         #[arg(long, default_value = cluster::DEFAULT_LISTEN)]
         listen: String,
+        #[command(flatten)]
+        replicas: ReplicaArgs,
     },
     /// Stop every instance of the cluster.
     Down {
@@ -77,10 +81,26 @@ enum ClusterCommand {
     Status {
         #[arg(long, default_value = cluster::DEFAULT_DIR)]
         dir: PathBuf,
-        /// Print a JSON array (keys: name, shard, role, host, port, pid, healthy).
+        /// Print a JSON array (keys: name, shard, role, primary, host, port, pid, healthy,
+        /// in_recovery).
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Streaming replicas of the local cluster (only for a new cluster directory).
+#[derive(Debug, Clone, Copy, Args)]
+struct ReplicaArgs {
+    /// Streaming replicas per shard (pg_basebackup; asynchronous unless --sync-any-one).
+    #[arg(long, default_value_t = 0)]
+    replicas: u32,
+    /// recovery_min_apply_delay on every replica, in milliseconds: real, deterministic lag.
+    #[arg(long, value_name = "MS")]
+    apply_delay_ms: Option<u64>,
+    /// synchronous_standby_names = 'ANY 1 (…)' on every primary: a commit waits for the fastest
+    /// replica only. Needs --replicas 2 or more.
+    #[arg(long)]
+    sync_any_one: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -158,7 +178,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             shards,
             strategy,
             pgbench,
-        } => demo(dir, port, shards, strategy, pgbench).await,
+            replicas,
+        } => demo(dir, port, shards, strategy, pgbench, replicas).await,
     }
 }
 
@@ -192,6 +213,7 @@ async fn demo(
     shards: u32,
     strategy: StrategyArg,
     pgbench: bool,
+    replicas: ReplicaArgs,
 ) -> anyhow::Result<()> {
     let dir = if dir.is_absolute() {
         dir
@@ -205,6 +227,10 @@ async fn demo(
         base_port: 0,
         strategy: strategy.strategy(shards),
         listen: listen.clone(),
+        replicas: replicas.replicas,
+        apply_delay_ms: replicas.apply_delay_ms,
+        sync_any_one: replicas.sync_any_one,
+        locale: cluster::DEFAULT_LOCALE.into(),
     };
     let info = cluster::up(&spec).await?;
     let mut config = pgshard::config::Config::load(&info.config_path)?;
@@ -223,8 +249,13 @@ async fn demo(
             return Err(e);
         }
     };
+    let replica_count = info
+        .instances
+        .iter()
+        .filter(|i| i.role == cluster::Role::Replica)
+        .count();
     out!(
-        "pgshard demo: {} shards behind 127.0.0.1:{port} (cluster in {})",
+        "pgshard demo: {} shards ({replica_count} replicas) behind 127.0.0.1:{port} (cluster in {})",
         info.shard_ids().len(),
         info.dir.display()
     );
@@ -249,6 +280,7 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
             base_port,
             strategy,
             listen,
+            replicas,
         } => {
             let spec = ClusterSpec {
                 dir,
@@ -256,6 +288,10 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
                 base_port,
                 strategy: strategy.strategy(shards),
                 listen,
+                replicas: replicas.replicas,
+                apply_delay_ms: replicas.apply_delay_ms,
+                sync_any_one: replicas.sync_any_one,
+                locale: cluster::DEFAULT_LOCALE.into(),
             };
             let info = cluster::up(&spec).await?;
             out!("cluster up in {}", info.dir.display());
@@ -263,6 +299,11 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
             for id in info.shard_ids() {
                 if let Some(url) = info.shard_url(id) {
                     out!("  shard {id}: {url}");
+                }
+                for replica in info.replicas(id) {
+                    if let Some(url) = info.instance_url(&replica.name) {
+                        out!("    replica {}: {url}", replica.name);
+                    }
                 }
             }
             out!("  proxy config: {}", info.config_path.display());
@@ -275,10 +316,11 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
                 out!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
                 out!(
-                    "{:<10} {:>5} {:<8} {:<15} {:>5} {:>8} healthy",
+                    "{:<10} {:>5} {:<8} {:<8} {:<15} {:>5} {:>8} healthy",
                     "name",
                     "shard",
                     "role",
+                    "primary",
                     "host",
                     "port",
                     "pid"
@@ -287,11 +329,17 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
                     let shard = s.shard.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                     let pid = s.pid.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                     let role = serde_json::to_value(s.role)?;
+                    // A promoted replica still says `replica` in cluster.json; show what it is now.
+                    let role = match (s.role, s.in_recovery) {
+                        (cluster::Role::Replica, Some(false)) => "promoted",
+                        _ => role.as_str().unwrap_or_default(),
+                    };
                     out!(
-                        "{:<10} {:>5} {:<8} {:<15} {:>5} {:>8} {}",
+                        "{:<10} {:>5} {:<8} {:<8} {:<15} {:>5} {:>8} {}",
                         s.name,
                         shard,
-                        role.as_str().unwrap_or_default(),
+                        role,
+                        s.primary.as_deref().unwrap_or("-"),
                         s.host,
                         s.port,
                         pid,

@@ -303,6 +303,41 @@ impl ServerConn {
         }
     }
 
+    /// Runs `sql` (simple protocol) and returns the first column of its first row as text, for
+    /// the proxy's own one-value questions (`pg_current_wal_lsn()`).
+    pub async fn query_text(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        self.queue(&frontend::query(sql));
+        self.flush().await?;
+        let mut error = None;
+        let mut value = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                be::DATA_ROW if value.is_none() => {
+                    value = Some(first_text_column(&frame.body));
+                }
+                be::ERROR_RESPONSE if error.is_none() => {
+                    error = ErrorFields::decode(&frame.body).ok();
+                }
+                be::READY_FOR_QUERY => break,
+                be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE => {
+                    return Err(BackendError::Protocol {
+                        shard: self.shard,
+                        detail: "unexpected COPY in an internal statement".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(fields) => Err(BackendError::Server {
+                shard: self.shard,
+                fields,
+            }),
+            None => Ok(value.flatten()),
+        }
+    }
+
     /// Where a cancel request for this connection's query goes.
     pub fn cancel_target(&self) -> CancelTarget {
         CancelTarget {
@@ -332,4 +367,18 @@ impl CancelTarget {
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
         Ok(())
     }
+}
+
+/// The first column of a DataRow body as text; `None` for NULL or a malformed row.
+fn first_text_column(body: &[u8]) -> Option<String> {
+    let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    if count < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    if len < 0 {
+        return None;
+    }
+    let bytes = body.get(6..6 + len as usize)?;
+    std::str::from_utf8(bytes).ok().map(str::to_string)
 }

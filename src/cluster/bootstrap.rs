@@ -16,7 +16,12 @@ const SHARD_SQL: &str = include_str!("../../sql/shard.sql");
 const APP_SQL: &str = include_str!("../../sql/app.sql");
 const CATALOG_SQL: &str = include_str!("../../sql/catalog.sql");
 
-async fn connect(inst: &InstanceInfo, user: &str, db: &str) -> Result<Client, ClusterError> {
+/// A connection over the instance's unix socket, where local users are trusted.
+pub(super) async fn connect(
+    inst: &InstanceInfo,
+    user: &str,
+    db: &str,
+) -> Result<Client, ClusterError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host_path(&inst.data_dir)

@@ -52,6 +52,24 @@ pub enum ClusterError {
         #[source]
         source: crate::catalog::CatalogError,
     },
+    /// The requested cluster cannot be built as asked (e.g. `--sync-any-one` with one replica).
+    #[error("{0}")]
+    Spec(String),
+    /// A condition the cluster waits for (a replica streaming, a promotion) did not come true in time.
+    #[error("{what} did not happen within {seconds} s{detail}")]
+    Timeout {
+        what: String,
+        seconds: u64,
+        /// Extra context, e.g. the end of the server log (starts with a newline when present).
+        detail: String,
+    },
+    /// The operation needs an instance of another role (e.g. promoting a primary).
+    #[error("instance `{name}` is a {role}; {message}")]
+    WrongRole {
+        name: String,
+        role: String,
+        message: String,
+    },
     /// No instance of that name exists in the cluster.
     #[error("no instance named `{0}` in this cluster")]
     NoInstance(String),

@@ -49,7 +49,7 @@ host replication all 127.0.0.1/32 scram-sha-256
 ";
 
 /// Runs a program (as `run_as` if given) and turns a failure into an error carrying its output.
-async fn run(
+pub async fn run(
     what: &str,
     mut cmd: tokio::process::Command,
     run_as: Option<RunAs>,
@@ -78,12 +78,13 @@ async fn run(
     }
 }
 
-/// Creates the template data directory with initdb (C collation, trust locally, SCRAM over TCP) and
-/// writes the shared configuration. Does nothing if it already exists.
+/// Creates the template data directory with initdb (UTF8 in `locale`, trust locally, SCRAM over
+/// TCP) and writes the shared configuration. Does nothing if it already exists.
 pub async fn init_template(
     bins: &PgBinaries,
     run_as: Option<RunAs>,
     template: &Path,
+    locale: &str,
 ) -> Result<(), ClusterError> {
     if template.join("PG_VERSION").is_file() && template.join("pg_hba.conf").is_file() {
         return Ok(());
@@ -104,11 +105,11 @@ pub async fn init_template(
             "--auth-host=scram-sha-256",
             "-E",
             "UTF8",
-            "--locale=C",
             "--no-sync",
             // 1 MiB WAL segments instead of 16: every instance is a copy, and bytes copied are time.
             "--wal-segsize=1",
         ])
+        .arg(format!("--locale={locale}"))
         .env("LC_ALL", "C");
     if let Some(parent) = template.parent() {
         cmd.current_dir(parent);
@@ -130,6 +131,44 @@ fn append_file(path: &Path, text: &str) -> Result<(), ClusterError> {
         .map_err(|e| ClusterError::io(format!("cannot write {}", path.display()), e))
 }
 
+/// WAL a primary keeps for replicas that fall behind (one stopped for a while in a test): enough to
+/// catch up without replication slots, which would keep WAL forever for a replica that is gone.
+const WAL_KEEP: &str = "64MB";
+
+/// WAL senders (and slots) an instance needs with `replicas` replicas per primary: one per
+/// streaming replica plus two per concurrent `pg_basebackup -X stream`, with room to spare. A
+/// standby must allow at least as many as its primary, so every instance gets the same number.
+pub fn wal_senders(replicas: u32) -> u32 {
+    20u32.max(4 + 3 * replicas)
+}
+
+/// The instance's own settings (`instance.conf`, included by the shared postgresql.conf): its port,
+/// its socket directory and the replication capacity every instance of the cluster shares.
+pub fn instance_conf(inst: &InstanceInfo, replicas: u32) -> String {
+    let senders = wal_senders(replicas);
+    format!(
+        "port = {}\nunix_socket_directories = '{}'\nmax_wal_senders = {senders}\n\
+         max_replication_slots = {senders}\nwal_keep_size = '{WAL_KEEP}'\n",
+        inst.port,
+        inst.data_dir.display()
+    )
+}
+
+/// Writes `instance.conf` into a data directory, owned by the server's OS user.
+pub fn write_instance_conf(
+    run_as: Option<RunAs>,
+    data_dir: &Path,
+    conf: &str,
+) -> Result<(), ClusterError> {
+    let conf_path = data_dir.join("instance.conf");
+    std::fs::write(&conf_path, conf)
+        .map_err(|e| ClusterError::io(format!("cannot write {}", conf_path.display()), e))?;
+    if let Some(user) = run_as {
+        user.chown(&conf_path)?;
+    }
+    Ok(())
+}
+
 /// Copies the template into the instance's data directory (via a temp name, so an interrupted copy
 /// is never mistaken for an instance) and writes its own port and socket directory. Does nothing
 /// if the data directory already exists.
@@ -137,6 +176,7 @@ pub async fn create_from_template(
     run_as: Option<RunAs>,
     template: &Path,
     inst: &InstanceInfo,
+    replicas: u32,
 ) -> Result<(), ClusterError> {
     if inst.data_dir.join("PG_VERSION").is_file() {
         return Ok(());
@@ -154,17 +194,7 @@ pub async fn create_from_template(
         run_as,
     )
     .await?;
-    let conf = format!(
-        "port = {}\nunix_socket_directories = '{}'\n",
-        inst.port,
-        inst.data_dir.display()
-    );
-    let conf_path = tmp.join("instance.conf");
-    std::fs::write(&conf_path, conf)
-        .map_err(|e| ClusterError::io(format!("cannot write {}", conf_path.display()), e))?;
-    if let Some(user) = run_as {
-        user.chown(&conf_path)?;
-    }
+    write_instance_conf(run_as, &tmp, &instance_conf(inst, replicas))?;
     std::fs::rename(&tmp, &inst.data_dir)
         .map_err(|e| ClusterError::io(format!("cannot rename to {}", inst.data_dir.display()), e))
 }
@@ -228,7 +258,8 @@ pub async fn start(
     }
 }
 
-fn log_tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a log file (empty if unreadable), for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -298,9 +329,10 @@ pub fn read_pid(inst: &InstanceInfo) -> Option<u32> {
     text.lines().next()?.trim().parse().ok()
 }
 
-/// Whether the instance answers `SELECT 1` over TCP as the admin user within two seconds: the same
-/// path the proxy takes, so "healthy" means "the proxy can use it".
-pub async fn probe(inst: &InstanceInfo) -> bool {
+/// Whether the instance answers a query over TCP as the admin user within two seconds — the same
+/// path the proxy takes, so "healthy" means "the proxy can use it" — and if so, whether it is in
+/// recovery (a standby): `None` when unhealthy.
+pub async fn probe(inst: &InstanceInfo) -> Option<bool> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&inst.host)
@@ -312,13 +344,17 @@ pub async fn probe(inst: &InstanceInfo) -> bool {
     let check = async {
         let (client, conn) = config.connect(tokio_postgres::NoTls).await.ok()?;
         let task = tokio::spawn(conn);
-        let ok = client.simple_query("SELECT 1").await.is_ok();
+        let in_recovery = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .ok()
+            .and_then(|row| row.try_get::<_, bool>(0).ok());
         drop(client);
         let _ = task.await;
-        Some(ok)
+        in_recovery
     };
-    matches!(
-        tokio::time::timeout(HEALTH_TIMEOUT, check).await,
-        Ok(Some(true))
-    )
+    tokio::time::timeout(HEALTH_TIMEOUT, check)
+        .await
+        .ok()
+        .flatten()
 }

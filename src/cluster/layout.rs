@@ -4,6 +4,7 @@
 //! DIR/template/      initdb output, never started; copied for every instance
 //! DIR/catalog/       the catalog instance's data directory (also its unix socket directory)
 //! DIR/shard0/ …      one data directory per shard primary
+//! DIR/shard0r1/ …    one per streaming replica (`shard{id}r{n}`, n from 1), from pg_basebackup
 //! DIR/cluster.json   which instances exist and on which ports (written before they start)
 //! DIR/pgshard.toml   a proxy config pointing at them
 //! ```
@@ -35,6 +36,8 @@ pub enum Role {
     Primary,
     /// The catalog instance, holding database `catalog`.
     Catalog,
+    /// A streaming replica of a shard's primary (a hot standby: read-only).
+    Replica,
 }
 
 /// One Postgres instance of the cluster, as recorded in `cluster.json`.
@@ -47,13 +50,16 @@ pub struct InstanceInfo {
     pub host: String,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// A replica's primary: the instance it was copied from and streams from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
 }
 
 impl InstanceInfo {
     /// The database the bootstrap creates on this instance.
     pub fn database(&self) -> &'static str {
         match self.role {
-            Role::Primary => "app",
+            Role::Primary | Role::Replica => "app",
             Role::Catalog => "catalog",
         }
     }
@@ -73,6 +79,12 @@ pub struct ClusterState {
     #[serde(flatten)]
     pub strategy: Strategy,
     pub instances: Vec<InstanceInfo>,
+    /// `recovery_min_apply_delay` every replica is created with (`None`: replay at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_delay_ms: Option<u64>,
+    /// Primaries commit once any one of their replicas has flushed the commit.
+    #[serde(default)]
+    pub sync_any_one: bool,
 }
 
 impl ClusterState {
@@ -133,15 +145,27 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), ClusterError> {
         .map_err(|e| ClusterError::io(format!("cannot rename to {}", path.display()), e))
 }
 
-/// The instances of a fresh cluster: the catalog, then `shard0..shard{n-1}`. With `base_port` 0 the
-/// ports are free loopback ports picked now; otherwise the catalog gets `base_port` and shard `i`
-/// gets `base_port + 1 + i`.
+/// The name of shard `shard`'s primary.
+pub fn primary_name(shard: u32) -> String {
+    format!("shard{shard}")
+}
+
+/// The name of shard `shard`'s `n`-th replica (from 1); also its `application_name` on the primary.
+pub fn replica_name(shard: u32, n: u32) -> String {
+    format!("shard{shard}r{n}")
+}
+
+/// The instances of a fresh cluster: the catalog, then `shard0..shard{n-1}`, then the replicas
+/// `shard0r1..shard0r{R}, shard1r1, …`. With `base_port` 0 the ports are free loopback ports
+/// picked now; otherwise they are consecutive from `base_port` in that order (the catalog gets
+/// `base_port`, shard `i` gets `base_port + 1 + i`).
 pub fn plan_instances(
     dir: &Path,
     shards: u32,
+    replicas: u32,
     base_port: u16,
 ) -> Result<Vec<InstanceInfo>, ClusterError> {
-    let count = shards as usize + 1;
+    let count = 1 + shards as usize * (1 + replicas as usize);
     let ports = if base_port == 0 {
         free_ports(count)?
     } else {
@@ -149,19 +173,31 @@ pub fn plan_instances(
             .map(|i| {
                 u16::try_from(base_port as usize + i).map_err(|_| ClusterError::Layout {
                     path: dir.to_path_buf(),
-                    message: format!("base port {base_port} + {shards} shards exceeds 65535"),
+                    message: format!(
+                        "base port {base_port} + {} instances exceeds 65535",
+                        count - 1
+                    ),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?
     };
+    let mut roles = Vec::with_capacity(count);
+    roles.push((CATALOG_INSTANCE.to_string(), None, Role::Catalog, None));
+    for id in 0..shards {
+        roles.push((primary_name(id), Some(id), Role::Primary, None));
+    }
+    for id in 0..shards {
+        for n in 1..=replicas {
+            roles.push((
+                replica_name(id, n),
+                Some(id),
+                Role::Replica,
+                Some(primary_name(id)),
+            ));
+        }
+    }
     let mut instances = Vec::with_capacity(count);
-    for (i, port) in ports.into_iter().enumerate() {
-        let (name, shard, role) = if i == 0 {
-            (CATALOG_INSTANCE.to_string(), None, Role::Catalog)
-        } else {
-            let id = (i - 1) as u32;
-            (format!("shard{id}"), Some(id), Role::Primary)
-        };
+    for ((name, shard, role, primary), port) in roles.into_iter().zip(ports) {
         let data_dir = dir.join(&name);
         check_socket_path(&data_dir, port)?;
         instances.push(InstanceInfo {
@@ -171,6 +207,7 @@ pub fn plan_instances(
             host: "127.0.0.1".into(),
             port,
             data_dir,
+            primary,
         });
     }
     Ok(instances)
@@ -217,7 +254,7 @@ mod tests {
 
     #[test]
     fn fixed_ports_start_with_the_catalog() {
-        let plan = plan_instances(Path::new("/tmp/x"), 3, 7000).unwrap();
+        let plan = plan_instances(Path::new("/tmp/x"), 3, 0, 7000).unwrap();
         let names: Vec<_> = plan
             .iter()
             .map(|i| (i.name.as_str(), i.shard, i.port))
@@ -234,18 +271,57 @@ mod tests {
     }
 
     #[test]
+    fn replicas_follow_the_primaries() {
+        let plan = plan_instances(Path::new("/tmp/x"), 2, 2, 7000).unwrap();
+        let names: Vec<_> = plan
+            .iter()
+            .map(|i| {
+                (
+                    i.name.as_str(),
+                    i.shard,
+                    i.role,
+                    i.port,
+                    i.primary.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("catalog", None, Role::Catalog, 7000, None),
+                ("shard0", Some(0), Role::Primary, 7001, None),
+                ("shard1", Some(1), Role::Primary, 7002, None),
+                ("shard0r1", Some(0), Role::Replica, 7003, Some("shard0")),
+                ("shard0r2", Some(0), Role::Replica, 7004, Some("shard0")),
+                ("shard1r1", Some(1), Role::Replica, 7005, Some("shard1")),
+                ("shard1r2", Some(1), Role::Replica, 7006, Some("shard1")),
+            ]
+        );
+    }
+
+    #[test]
+    fn old_state_files_without_replicas_still_load() {
+        let text = r#"{"cluster_id":"abc","strategy":"hash","instances":[{"name":"catalog",
+            "shard":null,"role":"catalog","host":"127.0.0.1","port":7000,"data_dir":"/tmp/x/catalog"}]}"#;
+        let state: ClusterState = serde_json::from_str(text).unwrap();
+        assert_eq!(state.instances[0].primary, None);
+        assert!(!state.sync_any_one);
+        assert_eq!(state.apply_delay_ms, None);
+    }
+
+    #[test]
     fn free_ports_are_distinct() {
-        let plan = plan_instances(Path::new("/tmp/x"), 5, 0).unwrap();
+        let plan = plan_instances(Path::new("/tmp/x"), 5, 1, 0).unwrap();
         let mut ports: Vec<_> = plan.iter().map(|i| i.port).collect();
         ports.sort_unstable();
         ports.dedup();
-        assert_eq!(ports.len(), 6);
+        assert_eq!(ports.len(), 11);
     }
 
     #[test]
     fn long_directories_are_refused() {
         let long = format!("/tmp/{}", "d".repeat(100));
-        let err = plan_instances(Path::new(&long), 1, 7000).unwrap_err();
+        let err = plan_instances(Path::new(&long), 1, 0, 7000).unwrap_err();
         assert!(err.to_string().contains("shorter --dir"), "{err}");
     }
 
@@ -254,10 +330,13 @@ mod tests {
         let state = ClusterState {
             cluster_id: "abc".into(),
             strategy: Strategy::Modulo { modulus: 3 },
-            instances: plan_instances(Path::new("/tmp/x"), 1, 7000).unwrap(),
+            instances: plan_instances(Path::new("/tmp/x"), 1, 1, 7000).unwrap(),
+            apply_delay_ms: Some(200),
+            sync_any_one: false,
         };
         let text = serde_json::to_string(&state).unwrap();
         assert!(text.contains("\"role\":\"catalog\""), "{text}");
+        assert!(text.contains("\"primary\":\"shard0\""), "{text}");
         let back: ClusterState = serde_json::from_str(&text).unwrap();
         assert_eq!(back, state);
     }

@@ -1,6 +1,7 @@
 //! A local development cluster of real Postgres instances (initdb/pg_ctl) for the demo and tests:
 //! one catalog instance plus one primary per shard, each on its own loopback port, all copied from
-//! a single initdb so that bringing up ten shards takes seconds.
+//! a single initdb so that bringing up ten shards takes seconds. Optionally every primary gets
+//! streaming replicas (pg_basebackup), asynchronous unless asked for quorum commit.
 //!
 //! As root, every Postgres program runs as the `postgres` OS user (Postgres refuses root); the
 //! cluster directory is handed to that user. Instances run with `fsync = off`: fast, and not crash
@@ -13,6 +14,7 @@ mod instance;
 mod layout;
 mod os_user;
 mod proxy_config;
+mod replication;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,7 +52,20 @@ pub struct ClusterSpec {
     pub strategy: Strategy,
     /// The proxy listen address written into `pgshard.toml`.
     pub listen: String,
+    /// Streaming replicas per shard primary (`shard{id}r1..`), asynchronous by default.
+    pub replicas: u32,
+    /// `recovery_min_apply_delay` of every replica: real, deterministic replication lag.
+    pub apply_delay_ms: Option<u64>,
+    /// `synchronous_standby_names = 'ANY 1 (…)'` on every primary: a commit waits for the fastest
+    /// replica only. Needs two or more replicas (with one it would be fully synchronous).
+    pub sync_any_one: bool,
+    /// The locale of every instance's databases (initdb `--locale`): it decides how text sorts.
+    /// [`DEFAULT_LOCALE`] unless a test needs another collation.
+    pub locale: String,
 }
+
+/// The locale clusters are created with: C, so text sorts bytewise.
+pub const DEFAULT_LOCALE: &str = "C";
 
 impl ClusterSpec {
     /// Ten shards, free ports, hash strategy, in `dir`.
@@ -61,7 +76,34 @@ impl ClusterSpec {
             base_port: 0,
             strategy: Strategy::Hash,
             listen: DEFAULT_LISTEN.into(),
+            replicas: 0,
+            apply_delay_ms: None,
+            sync_any_one: false,
+            locale: DEFAULT_LOCALE.into(),
         }
+    }
+
+    /// Refuses combinations that cannot be built as asked.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if self.shards == 0 {
+            return Err(ClusterError::Spec(
+                "a cluster needs at least one shard".into(),
+            ));
+        }
+        if self.sync_any_one && self.replicas < 2 {
+            return Err(ClusterError::Spec(format!(
+                "--sync-any-one needs at least 2 replicas per shard, got {}: with one replica \
+                 `ANY 1 (…)` would make every commit wait for that replica (fully synchronous), so \
+                 one slow or stopped replica would stall all commits",
+                self.replicas
+            )));
+        }
+        if self.apply_delay_ms.is_some() && self.replicas == 0 {
+            return Err(ClusterError::Spec(
+                "--apply-delay-ms delays replay on replicas, but --replicas is 0".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -96,15 +138,40 @@ impl ClusterInfo {
         self.instances.iter().find(|i| i.role == Role::Catalog)
     }
 
-    /// The shard primaries, in shard id order.
+    /// The shard primaries (as created), in shard id order.
     pub fn shards(&self) -> Vec<&InstanceInfo> {
         let mut shards: Vec<_> = self
             .instances
             .iter()
-            .filter(|i| i.shard.is_some())
+            .filter(|i| i.role == Role::Primary)
             .collect();
         shards.sort_by_key(|i| i.shard);
         shards
+    }
+
+    /// Shard `id`'s replicas in server-index order (`shard{id}r1` is server 1).
+    pub fn replicas(&self, id: u32) -> Vec<&InstanceInfo> {
+        self.instances
+            .iter()
+            .filter(|i| i.role == Role::Replica && i.shard == Some(id))
+            .collect()
+    }
+
+    /// The instance with this name.
+    pub fn instance(&self, name: &str) -> Option<&InstanceInfo> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    /// `postgres://pgshard:pgshard@127.0.0.1:PORT/DB` of any instance (DB: `app` or `catalog`).
+    pub fn instance_url(&self, name: &str) -> Option<String> {
+        self.instance(name).map(|i| {
+            format!(
+                "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@{}:{}/{}",
+                i.host,
+                i.port,
+                i.database()
+            )
+        })
     }
 
     /// `postgres://pgshard:pgshard@127.0.0.1:PORT/catalog`.
@@ -113,17 +180,12 @@ impl ClusterInfo {
         format!("postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{port}/catalog")
     }
 
-    /// `postgres://pgshard:pgshard@127.0.0.1:PORT/app` of shard `id`'s primary.
+    /// `postgres://pgshard:pgshard@127.0.0.1:PORT/app` of shard `id`'s primary (as created).
     pub fn shard_url(&self, id: u32) -> Option<String> {
         self.instances
             .iter()
-            .find(|i| i.shard == Some(id))
-            .map(|i| {
-                format!(
-                    "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{}/app",
-                    i.port
-                )
-            })
+            .find(|i| i.shard == Some(id) && i.role == Role::Primary)
+            .and_then(|i| self.instance_url(&i.name))
     }
 
     /// The shard primaries' ports, in shard id order.
@@ -142,13 +204,19 @@ impl ClusterInfo {
 pub struct InstanceStatus {
     pub name: String,
     pub shard: Option<u32>,
+    /// The role the instance was created with (a promoted replica stays `replica` here; see
+    /// `in_recovery`).
     pub role: Role,
+    /// A replica's primary (the instance it was copied from), `None` otherwise.
+    pub primary: Option<String>,
     pub host: String,
     pub port: u16,
     /// The postmaster's pid, if `postmaster.pid` names a live process.
     pub pid: Option<u32>,
-    /// Answers `SELECT 1` over TCP as the admin user within 2 s.
+    /// Answers a query over TCP as the admin user within 2 s.
     pub healthy: bool,
+    /// `pg_is_in_recovery()`: true on a standby; `None` when not healthy.
+    pub in_recovery: Option<bool>,
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf, ClusterError> {
@@ -166,16 +234,12 @@ fn random_cluster_id() -> Result<String, ClusterError> {
 }
 
 /// Brings the cluster up: initdb once, copy per instance, start all in parallel, bootstrap roles,
-/// databases and schemas, write `cluster.json` and `pgshard.toml`. On an existing directory it
-/// starts what is stopped and re-applies the (idempotent) bootstrap.
+/// databases and schemas, take each replica from its bootstrapped primary and wait until it
+/// streams, write `cluster.json` and `pgshard.toml`. On an existing directory it starts what is
+/// stopped and re-applies the (idempotent) bootstrap.
 pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
     let started = Instant::now();
-    if spec.shards == 0 {
-        return Err(ClusterError::Layout {
-            path: spec.dir.clone(),
-            message: "a cluster needs at least one shard".into(),
-        });
-    }
+    spec.validate()?;
     let dir = absolute(&spec.dir)?;
     std::fs::create_dir_all(&dir)
         .map_err(|e| ClusterError::io(format!("cannot create {}", dir.display()), e))?;
@@ -188,12 +252,19 @@ pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
 
     let state = match ClusterState::load(&dir)? {
         Some(state) => {
-            let shards = state.instances.iter().filter(|i| i.shard.is_some()).count();
-            if shards != spec.shards as usize {
+            let shards = state
+                .instances
+                .iter()
+                .filter(|i| i.role == Role::Primary)
+                .count();
+            let replicas = replicas_per_shard(&state.instances);
+            if shards != spec.shards as usize || replicas != spec.replicas {
                 tracing::warn!(
-                    existing = shards,
-                    requested = spec.shards,
-                    "cluster already exists; keeping its shard count"
+                    existing_shards = shards,
+                    existing_replicas = replicas,
+                    requested_shards = spec.shards,
+                    requested_replicas = spec.replicas,
+                    "cluster already exists; keeping its shards and replicas"
                 );
             }
             state
@@ -208,7 +279,14 @@ pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
             let state = ClusterState {
                 cluster_id: random_cluster_id()?,
                 strategy,
-                instances: layout::plan_instances(&dir, spec.shards, spec.base_port)?,
+                instances: layout::plan_instances(
+                    &dir,
+                    spec.shards,
+                    spec.replicas,
+                    spec.base_port,
+                )?,
+                apply_delay_ms: spec.apply_delay_ms,
+                sync_any_one: spec.sync_any_one,
             };
             // Recorded before anything starts, so `down` can stop a half-started cluster.
             state.save(&dir)?;
@@ -220,24 +298,40 @@ pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
     if state
         .instances
         .iter()
-        .any(|i| !i.data_dir.join("PG_VERSION").is_file())
+        .any(|i| i.role != Role::Replica && !i.data_dir.join("PG_VERSION").is_file())
     {
-        instance::init_template(&bins, run_as, &template).await?;
+        instance::init_template(&bins, run_as, &template, &spec.locale).await?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "template ready"
         );
     }
 
-    let mut shard_ids: Vec<u32> = state.instances.iter().filter_map(|i| i.shard).collect();
+    let replicas = replicas_per_shard(&state.instances);
+    let mut shard_ids: Vec<u32> = state
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Primary)
+        .filter_map(|i| i.shard)
+        .collect();
     shard_ids.sort_unstable();
-    // Each instance goes copy → start → bootstrap on its own, so one instance's disk work overlaps
-    // another's SQL instead of waiting at a barrier between phases.
-    try_join_all(state.instances.iter().map(|inst| async {
-        instance::create_from_template(run_as, &template, inst).await?;
-        instance::start(&bins, run_as, inst).await?;
-        bootstrap::bootstrap(inst, &state.cluster_id, state.strategy, &shard_ids).await
-    }))
+    let ctx = UpContext {
+        bins: &bins,
+        run_as,
+        template: &template,
+        state: &state,
+        shard_ids: &shard_ids,
+        replicas,
+    };
+    // Each shard goes copy → start → bootstrap → replicas on its own, so one instance's disk work
+    // overlaps another's SQL instead of waiting at a barrier between phases.
+    try_join_all(
+        state
+            .instances
+            .iter()
+            .filter(|i| i.role != Role::Replica)
+            .map(|inst| ctx.bring_up(inst)),
+    )
     .await?;
 
     let info = ClusterInfo::from_state(dir, state);
@@ -250,6 +344,81 @@ pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
         "cluster up"
     );
     Ok(info)
+}
+
+/// The most replicas any shard has.
+fn replicas_per_shard(instances: &[InstanceInfo]) -> u32 {
+    let mut per_shard = std::collections::BTreeMap::<u32, u32>::new();
+    for inst in instances.iter().filter(|i| i.role == Role::Replica) {
+        if let Some(id) = inst.shard {
+            *per_shard.entry(id).or_default() += 1;
+        }
+    }
+    per_shard.into_values().max().unwrap_or(0)
+}
+
+/// What every instance's bring-up needs from [`up`].
+struct UpContext<'a> {
+    bins: &'a PgBinaries,
+    run_as: Option<RunAs>,
+    template: &'a Path,
+    state: &'a ClusterState,
+    shard_ids: &'a [u32],
+    replicas: u32,
+}
+
+impl UpContext<'_> {
+    /// Brings up the catalog, or a shard primary followed by its replicas.
+    async fn bring_up(&self, inst: &InstanceInfo) -> Result<(), ClusterError> {
+        let (bins, run_as) = (self.bins, self.run_as);
+        instance::create_from_template(run_as, self.template, inst, self.replicas).await?;
+        instance::start(bins, run_as, inst).await?;
+        let replicas: Vec<&InstanceInfo> = self
+            .state
+            .instances
+            .iter()
+            .filter(|i| i.role == Role::Replica && i.primary.as_deref() == Some(&inst.name))
+            .collect();
+        // Replicas that already exist run before the bootstrap: with quorum commit on, its commits
+        // wait for one of them.
+        try_join_all(
+            replicas
+                .iter()
+                .filter(|r| r.data_dir.join("PG_VERSION").is_file())
+                .map(|r| instance::start(bins, run_as, r)),
+        )
+        .await?;
+        bootstrap::bootstrap(
+            inst,
+            &self.state.cluster_id,
+            self.state.strategy,
+            self.shard_ids,
+        )
+        .await?;
+        if replicas.is_empty() {
+            return Ok(());
+        }
+        // Taken after the bootstrap, so every replica starts with the schema and identity row.
+        try_join_all(replicas.iter().map(|r| async {
+            replication::create_replica(
+                bins,
+                run_as,
+                inst,
+                r,
+                self.replicas,
+                self.state.apply_delay_ms,
+            )
+            .await?;
+            instance::start(bins, run_as, r).await?;
+            replication::wait_streaming(inst, r).await
+        }))
+        .await?;
+        if self.state.sync_any_one {
+            let names: Vec<&str> = replicas.iter().map(|r| r.name.as_str()).collect();
+            replication::set_sync_any_one(inst, &names).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Stops every instance of the cluster in `dir` (fast shutdown, in parallel). Instances that are
@@ -276,14 +445,16 @@ pub async fn status(dir: &Path) -> Result<Vec<InstanceStatus>, ClusterError> {
         .instances
         .iter()
         .zip(probes)
-        .map(|(inst, healthy)| InstanceStatus {
+        .map(|(inst, in_recovery)| InstanceStatus {
             name: inst.name.clone(),
             shard: inst.shard,
             role: inst.role,
+            primary: inst.primary.clone(),
             host: inst.host.clone(),
             port: inst.port,
             pid: instance::read_pid(inst).filter(|&pid| process_exists(pid)),
-            healthy,
+            healthy: in_recovery.is_some(),
+            in_recovery,
         })
         .collect())
 }
@@ -311,6 +482,39 @@ pub async fn start_instance(dir: &Path, name: &str) -> Result<(), ClusterError> 
     instance::start(&PgBinaries::find()?, RunAs::detect()?, inst).await
 }
 
+/// Promotes a replica to a primary (failover tests) and waits until it leaves recovery. Its former
+/// primary, if started again with [`start_instance`], also runs as a primary: the cluster does not
+/// fence or rewind it.
+pub async fn promote(dir: &Path, name: &str) -> Result<(), ClusterError> {
+    let info = ClusterInfo::load(dir)?;
+    let inst = find_replica(&info, name, "only a replica can be promoted")?;
+    replication::promote(&PgBinaries::find()?, RunAs::detect()?, inst).await
+}
+
+/// Sets one replica's `recovery_min_apply_delay` (e.g. one slow replica among several) and waits
+/// until its replay process uses it.
+pub async fn set_apply_delay(dir: &Path, name: &str, ms: u64) -> Result<(), ClusterError> {
+    let info = ClusterInfo::load(dir)?;
+    let inst = find_replica(&info, name, "only replicas delay their replay")?;
+    replication::set_apply_delay(inst, ms).await
+}
+
+fn find_replica<'a>(
+    info: &'a ClusterInfo,
+    name: &str,
+    message: &str,
+) -> Result<&'a InstanceInfo, ClusterError> {
+    let inst = find(info, name)?;
+    if inst.role != Role::Replica {
+        return Err(ClusterError::WrongRole {
+            name: name.to_string(),
+            role: format!("{:?}", inst.role).to_lowercase(),
+            message: message.to_string(),
+        });
+    }
+    Ok(inst)
+}
+
 fn find<'a>(info: &'a ClusterInfo, name: &str) -> Result<&'a InstanceInfo, ClusterError> {
     info.instances
         .iter()
@@ -331,4 +535,36 @@ pub fn stop_now(info: &ClusterInfo) {
             s.spawn(move || instance::stop_now(bins, run_as, inst));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_that_cannot_be_built_are_refused() {
+        let mut spec = ClusterSpec::new("/tmp/x");
+        assert!(spec.validate().is_ok());
+        spec.sync_any_one = true;
+        spec.replicas = 1;
+        assert!(spec.validate().is_err());
+        spec.replicas = 2;
+        assert!(spec.validate().is_ok());
+        spec.sync_any_one = false;
+        spec.replicas = 0;
+        spec.apply_delay_ms = Some(10);
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("--replicas is 0"), "{err}");
+        spec.apply_delay_ms = None;
+        spec.shards = 0;
+        assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn replicas_are_counted_per_shard() {
+        let plan = layout::plan_instances(Path::new("/tmp/x"), 3, 2, 7000).unwrap();
+        assert_eq!(replicas_per_shard(&plan), 2);
+        let plan = layout::plan_instances(Path::new("/tmp/x"), 3, 0, 7000).unwrap();
+        assert_eq!(replicas_per_shard(&plan), 0);
+    }
 }

@@ -2,14 +2,15 @@
 //! serialised with [`Config::to_toml`], so it always matches what the proxy parses.
 
 use crate::config::{
-    AuthMethod, CatalogConfig, Config, PoolConfig, ProxyConfig, RouterConfig, ServerAuthConfig,
-    ShardConfig, ShardedTableConfig, UserConfig,
+    AuthMethod, CatalogConfig, Config, PoolConfig, ProxyConfig, ReplicaConfig, RouterConfig,
+    ServerAuthConfig, ShardConfig, ShardedTableConfig, UserConfig,
 };
 
 use super::instance::{ADMIN_PASSWORD, ADMIN_USER};
 use super::layout::{InstanceInfo, Role};
 
-/// Builds the proxy config for these instances, with the client listener on `listen`.
+/// Builds the proxy config for these instances, with the client listener on `listen`. Each shard's
+/// replicas are listed in the order of `instances` (`shard{id}r1` first: server index 1).
 pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
     let catalog_port = instances
         .iter()
@@ -18,6 +19,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         .unwrap_or_default();
     let shards = instances
         .iter()
+        .filter(|i| i.role == Role::Primary)
         .filter_map(|i| {
             i.shard.map(|id| ShardConfig {
                 id,
@@ -26,7 +28,14 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
                 database: "app".into(),
                 user: None,
                 password: None,
-                replicas: Vec::new(),
+                replicas: instances
+                    .iter()
+                    .filter(|r| r.role == Role::Replica && r.shard == Some(id))
+                    .map(|r| ReplicaConfig {
+                        host: r.host.clone(),
+                        port: r.port,
+                    })
+                    .collect(),
             })
         })
         .collect();
@@ -77,7 +86,7 @@ mod tests {
 
     #[test]
     fn generated_config_parses_and_validates() {
-        let instances = plan_instances(Path::new("/tmp/c"), 3, 7000).unwrap();
+        let instances = plan_instances(Path::new("/tmp/c"), 3, 0, 7000).unwrap();
         let text = proxy_config(&instances, "127.0.0.1:6432").to_toml();
         let config = Config::from_toml(&text, Path::new("pgshard.toml")).unwrap();
         assert_eq!(config.shards.len(), 3);
@@ -87,5 +96,26 @@ mod tests {
             "postgres://pgshard:pgshard@127.0.0.1:7000/catalog"
         );
         assert_eq!(config.pool.size, 10);
+        assert!(config.shards.iter().all(|s| s.replicas.is_empty()));
+    }
+
+    #[test]
+    fn replicas_are_listed_in_server_order() {
+        let instances = plan_instances(Path::new("/tmp/c"), 2, 2, 7000).unwrap();
+        let text = proxy_config(&instances, "127.0.0.1:6432").to_toml();
+        let config = Config::from_toml(&text, Path::new("pgshard.toml")).unwrap();
+        assert_eq!(config.shards.len(), 2);
+        let ports = |id: u32| -> Vec<u16> {
+            config
+                .shard(id)
+                .unwrap()
+                .replicas
+                .iter()
+                .map(|r| r.port)
+                .collect()
+        };
+        assert_eq!(config.shard(0).unwrap().port, 7001);
+        assert_eq!(ports(0), vec![7003, 7004]);
+        assert_eq!(ports(1), vec![7005, 7006]);
     }
 }

@@ -29,6 +29,15 @@ pub struct ClientIo {
     pub rbuf: BytesMut,
     pub out: BytesMut,
     pub max_message: usize,
+    /// How many times output was written to the socket (see `mark`).
+    flushes: u64,
+}
+
+/// A point in the output, to take back what was queued after it if none of it was sent.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputMark {
+    flushes: u64,
+    len: usize,
 }
 
 impl ClientIo {
@@ -38,7 +47,26 @@ impl ClientIo {
             rbuf,
             out: BytesMut::with_capacity(16 * 1024),
             max_message,
+            flushes: 0,
         }
+    }
+
+    /// Marks the output so far; a failed attempt after it can be taken back (`rewind`).
+    pub fn mark(&self) -> OutputMark {
+        OutputMark {
+            flushes: self.flushes,
+            len: self.out.len(),
+        }
+    }
+
+    /// Drops what was queued after `mark`; false (and nothing dropped) when some of it already
+    /// reached the client.
+    pub fn rewind(&mut self, mark: OutputMark) -> bool {
+        if self.flushes != mark.flushes || self.out.len() < mark.len {
+            return false;
+        }
+        self.out.truncate(mark.len);
+        true
     }
 
     /// The next message, or `None` when the client closed the connection.
@@ -77,6 +105,7 @@ impl ClientIo {
             return Ok(());
         }
         let out = self.out.split();
+        self.flushes += 1;
         self.stream.write_all(&out).await
     }
 }

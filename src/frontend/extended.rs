@@ -199,8 +199,15 @@ impl Session {
                 }
                 // Describing statements needs no transaction; running them does.
                 let join_txn = executes > 0 || routes.iter().any(|r| *r != Route::Any);
-                let outcome = self.run_single(shard, join_txn, build).await?;
+                if sync && executes > 0 {
+                    self.route_reads(&[shard], &all_facts).await;
+                }
+                let autocommit = self.txn.is_none() && self.open_batch_shard.is_none();
+                let outcome = self.run_single_read(shard, join_txn, build).await?;
                 if let Some(outcome) = outcome {
+                    if sync {
+                        self.note_autocommit_write(shard, autocommit, &all_facts, &outcome);
+                    }
                     if !sync && outcome.error.is_some() {
                         // The server now skips everything up to Sync; so do we.
                         self.skip_until_sync = true;
@@ -234,6 +241,7 @@ impl Session {
                 }
                 let bound = merge.as_ref().map(|(_, b)| b.clone());
                 let atomic = all_facts.iter().any(needs_atomic_scatter);
+                self.route_reads(&shards, &all_facts).await;
                 let ok = self
                     .run_scatter_request(shards, atomic, build, bound)
                     .await?;

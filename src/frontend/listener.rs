@@ -87,6 +87,7 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
         open_batch_shard: None,
         cancel: active,
         any_shard: proxy.first_shard,
+        reads: Default::default(),
     };
     // The client's startup settings are tried on a real shard, the first one that answers: one
     // shard being down must not keep clients of the others out.

@@ -2,10 +2,12 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod causal_token;
 pub mod client_io;
 pub mod exchange;
 pub mod extended;
 pub mod listener;
+pub mod read_routing;
 pub mod session;
 pub mod startup;
 pub mod txn_control;

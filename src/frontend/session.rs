@@ -67,6 +67,8 @@ pub struct Session {
     /// Where requests that any shard can answer go when no connection is held: the shard that
     /// answered at login.
     pub any_shard: u32,
+    /// Replica routing and read-your-writes state.
+    pub reads: super::read_routing::ReadState,
 }
 
 /// An error to report to the client, as an ErrorResponse.
@@ -95,6 +97,8 @@ impl Session {
                     break;
                 }
             };
+            // Replica choices belong to one request.
+            self.reads.servers.clear();
             let result = match frame.tag {
                 fe::QUERY => {
                     self.skip_until_sync = false;
@@ -144,6 +148,7 @@ impl Session {
             if let Err(End::ClientGone) = result {
                 break;
             }
+            self.publish_writes().await;
         }
         self.close().await;
     }
@@ -310,8 +315,11 @@ impl Session {
         };
         match target {
             Target::Single(shard) => {
-                let outcome = self.run_single(shard, true, steps).await?;
+                self.route_reads(&[shard], &facts).await;
+                let autocommit = self.txn.is_none();
+                let outcome = self.run_single_read(shard, true, steps).await?;
                 if let Some(outcome) = outcome {
+                    self.note_autocommit_write(shard, autocommit, &facts, &outcome);
                     self.after_statements(&facts, &outcome, Some(shard));
                     if let ([only], None) = (&facts[..], &outcome.error) {
                         self.note_block_statement(&sql, only);
@@ -346,6 +354,7 @@ impl Session {
                     }]
                 };
                 let atomic = facts.iter().any(needs_atomic_scatter);
+                self.route_reads(&shards, &facts).await;
                 let ok = self
                     .run_scatter_request(shards, atomic, steps, bound)
                     .await?;
@@ -471,6 +480,10 @@ impl Session {
 
     /// Closes the transaction block; a rollback also rolls back the settings changed inside it.
     pub fn end_transaction(&mut self, rolled_back: bool) {
+        if !rolled_back {
+            let written = self.block_shards();
+            self.reads.pending.extend(written);
+        }
         if rolled_back {
             if let Some(before) = self.settings_at_begin.take() {
                 if before != self.settings {
@@ -502,6 +515,31 @@ impl Session {
     /// RowDescription (simple protocol).
     pub fn local_command(&mut self, local: &LocalCommand, describe: bool, binary: bool) {
         match local {
+            LocalCommand::SetProxy { name, value } if name == "causal_token" => {
+                match value {
+                    Some(v) => {
+                        if let Err(fields) = self.adopt_token(v) {
+                            self.io.push_error(&fields);
+                            return;
+                        }
+                    }
+                    None => self.reads.token = Default::default(),
+                }
+                self.io.push(&be::command_complete(if value.is_some() {
+                    "SET"
+                } else {
+                    "RESET"
+                }));
+            }
+            LocalCommand::ShowProxy { name } if name == "causal_token" => {
+                let text = self.reads.token.to_string();
+                if describe {
+                    self.io
+                        .push(&be::row_description(&[("causal_token", be::TEXT_OID)]));
+                }
+                self.io.push(&be::data_row(&[Some(text.as_str())]));
+                self.io.push(&be::command_complete("SHOW"));
+            }
             LocalCommand::SetProxy { name, value } => {
                 match value {
                     Some(v) => {
@@ -646,8 +684,24 @@ impl Session {
     /// Makes sure a connection to `shard` is held, in sync with the session's settings, and inside
     /// the client's transaction block if one is open.
     pub async fn ensure_conn(&mut self, shard: u32, join_txn: bool) -> Result<(), ErrorFields> {
+        let want = match self.reads.servers.get(&shard) {
+            Some(id) => Some(*id),
+            None => self.proxy.topology.primary(shard),
+        };
+        let in_block = self.txn.as_ref().is_some_and(|t| t.has(shard));
+        if let (Some(want), Some(conn)) = (want, self.held.get(&shard)) {
+            // A held connection to another server of the shard (a replica read before, or the
+            // primary before a failover) goes back unless a block still needs it.
+            if conn.server != want.index && !in_block && conn.reusable() {
+                self.held.remove(&shard);
+            }
+        }
         if !self.held.contains_key(&shard) {
-            let conn = self.proxy.pools.get(shard).await.map_err(checkout_error)?;
+            let conn = match want {
+                Some(id) => self.proxy.pools.get_server(id).await,
+                None => self.proxy.pools.get(shard).await,
+            }
+            .map_err(checkout_error)?;
             self.held.insert(shard, conn);
         }
         let Some(conn) = self.held.get_mut(&shard) else {

@@ -61,6 +61,10 @@ impl Session {
             self.rollback_participants().await;
             None
         };
+        if commit && outcome.is_none() {
+            let written = self.block_shards();
+            self.reads.pending.extend(written);
+        }
         self.txn = None;
         self.portals.clear();
         self.release_idle();
@@ -125,6 +129,19 @@ impl Session {
         if failed {
             self.rollback_participants().await;
             return Ok(BlockEnd::RolledBack);
+        }
+        let read_only = self.txn.as_ref().is_some_and(|t| t.read_only);
+        if read_only && participants.len() > 1 {
+            // Nothing was written, so nothing needs two phases (and replicas cannot prepare).
+            for shard in &participants {
+                if let Some(conn) = self.held.get_mut(shard) {
+                    if let Err(e) = conn.run_silently("COMMIT").await {
+                        tracing::debug!(shard, error = %e, "commit of a read-only block failed");
+                    }
+                }
+            }
+            self.discard_broken();
+            return Ok(BlockEnd::Committed);
         }
         match participants.as_slice() {
             [] => Ok(BlockEnd::Committed),

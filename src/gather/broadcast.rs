@@ -10,7 +10,7 @@ use crate::backend::ServerConn;
 use crate::frontend::exchange::Step;
 use crate::frontend::session::{End, Session};
 use crate::gather::collect::Collected;
-use crate::router::StatementFacts;
+use crate::router::{StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 
@@ -91,8 +91,15 @@ impl Session {
         facts: &[StatementFacts],
         steps: impl Fn(&ServerConn) -> Vec<Step>,
     ) -> Result<(), End> {
+        // DDL may change the collation of a column merges compare: have them read it again
+        // (DDL in a transaction block commits later; the cache's refresh interval covers that).
+        let ddl = facts.iter().any(|f| f.kind == StatementKind::Ddl);
         if facts.iter().any(|f| f.no_transaction_block) {
-            return self.run_broadcast_outside_block(shards, steps).await;
+            let r = self.run_broadcast_outside_block(shards, steps).await;
+            if ddl {
+                super::collation::forget();
+            }
+            return r;
         }
         let block = match self.open_write_block(&shards).await {
             Ok(b) => b,
@@ -117,6 +124,9 @@ impl Session {
                 self.close_write_block(block, false).await?;
                 self.reply_error(fields);
             }
+        }
+        if ddl {
+            super::collation::forget();
         }
         self.release_idle();
         Ok(())

@@ -17,14 +17,16 @@ use crate::router::params::{ParamSource, RawParam};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 
+use super::collation::ShardText;
 use super::merge::value::{
     BPCHAR_OID, FLOAT4_OID, FLOAT8_OID, FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID,
-    NUMERIC_OID, TEXT_OID, VARCHAR_OID,
+    NAME_OID, NUMERIC_OID, TEXT_OID, VARCHAR_OID,
 };
 use super::merge::{
-    build_row, compare, sort_rows, split_row, AggKind, AggSpec, ColumnType, GroupedAggregate,
-    KWayMerge, MergeError, Numeric, OutputColumn, SortKey, Value,
+    build_row, compare_in, sort_rows, split_row, AggKind, AggSpec, ColumnType, GroupedAggregate,
+    KWayMerge, MergeError, Numeric, OutputColumn, SortKey, TextOrder, Value,
 };
+use super::text_order;
 
 /// Most groups (or distinct rows) a GROUP BY / DISTINCT merge holds in memory.
 pub const GROUP_CAP: usize = 200_000;
@@ -192,9 +194,59 @@ fn merge_error(e: MergeError) -> ErrorFields {
     ErrorFields::error(code, message)
 }
 
-/// True for the types whose order depends on the collation.
+/// True for the types whose order depends on the database collation.
 fn collatable(oid: u32) -> bool {
     matches!(oid, TEXT_OID | VARCHAR_OID | BPCHAR_OID)
+}
+
+/// How each result column's text compares (by column index), checked against every shard's
+/// collations: the database's for text, varchar and bpchar, bytewise for `name`. Refuses when
+/// the shards' order cannot be reproduced or a compared value comes from a column with a
+/// collation of its own.
+fn column_orders(
+    plan: &MergePlan,
+    types: &[ColumnType],
+    shards: &[ShardText],
+    total: usize,
+    hidden: usize,
+) -> Result<Vec<TextOrder>, Stop> {
+    let refuse = |m: String| Stop::Failed(ErrorFields::error("0A000", m));
+    let mut orders = vec![TextOrder::Bytewise; types.len()];
+    let mut database: Option<Result<TextOrder, String>> = None;
+    let uses = &plan.collation;
+    for (c, reads) in &uses.ordered {
+        let Some(i) = c.index(total, hidden) else {
+            continue;
+        };
+        let oid = types.get(i).map_or(0, |t| t.oid);
+        if !collatable(oid) && oid != NAME_OID {
+            continue;
+        }
+        let db = database.get_or_insert_with(|| text_order::database_order(shards));
+        let (order, default_is_order) = if oid == NAME_OID {
+            let db_is_c = matches!(db, Ok(TextOrder::Bytewise));
+            (TextOrder::Bytewise, db_is_c)
+        } else {
+            (db.clone().map_err(refuse)?, true)
+        };
+        text_order::check_ordered(uses, reads.as_deref(), shards, &order, default_is_order)
+            .map_err(refuse)?;
+        orders[i] = order;
+    }
+    let group_cols: Vec<usize> = match &plan.kind {
+        PlanKind::Groups {
+            keys: Some(keys), ..
+        } => keys.iter().filter_map(|k| k.index(total, hidden)).collect(),
+        PlanKind::Groups { keys: None, .. } => (0..total.saturating_sub(hidden)).collect(),
+        PlanKind::Rows => Vec::new(),
+    };
+    if group_cols.iter().any(|&i| {
+        let oid = types.get(i).map_or(0, |t| t.oid);
+        collatable(oid) || oid == NAME_OID
+    }) {
+        text_order::check_grouped(uses, shards).map_err(refuse)?;
+    }
+    Ok(orders)
 }
 
 /// What the merge needs from each shard's answer before its rows.
@@ -244,11 +296,11 @@ impl Inputs {
 
 /// Runs the merge over the shards' answer channels (shard 0 first) and writes the merged answer
 /// to `client`, except the closing CommandComplete and ReadyForQuery, which are returned.
-/// `collations` holds each shard's database collation.
+/// `collations` holds what each shard said about its collations.
 pub async fn run(
     rx: Vec<mpsc::Receiver<Frame>>,
     merge: &BoundMerge,
-    collations: &[Option<String>],
+    collations: &[ShardText],
     client: &mut ClientIo,
 ) -> MergedOutcome {
     let shards = rx.len();
@@ -440,7 +492,7 @@ fn visible_row(body: Bytes, visible: usize, hidden: usize) -> Result<Bytes, Stop
 async fn merge_all(
     inputs: &mut Inputs,
     merge: &BoundMerge,
-    collations: &[Option<String>],
+    collations: &[ShardText],
     client: &mut ClientIo,
     shards: usize,
 ) -> Result<Option<u64>, Stop> {
@@ -516,46 +568,13 @@ async fn merge_all(
             })
         })
         .collect::<Result<_, Stop>>()?;
-    // Text ordering must be the shards' collation: bytewise is exact for C / POSIX only.
-    let mut ordered: Vec<usize> = sort_keys.iter().map(|k| k.column).collect();
-    if let PlanKind::Groups { aggs, having, .. } = &plan.kind {
-        for a in aggs {
-            if matches!(a.func, AggFunc::Min | AggFunc::Max) {
-                ordered.push(at(a.column)?);
-            }
-        }
-        if let Some(h) = having {
-            having_columns(h, &mut |c| {
-                if let Some(i) = c.index(total, hidden) {
-                    ordered.push(i);
-                }
-            });
-        }
-    }
-    if ordered
+    // Text compares as on the shards: in their database collation (text, varchar, bpchar;
+    // `name` is always C), and never where a column has a collation of its own.
+    let orders = column_orders(plan, &merged_types, collations, total, hidden)?;
+    let key_orders: Vec<TextOrder> = sort_keys
         .iter()
-        .any(|&i| collatable(merged_types.get(i).map_or(0, |t| t.oid)))
-    {
-        for c in collations {
-            match c.as_deref() {
-                Some("C") | Some("POSIX") => {}
-                Some(other) => {
-                    return Err(Stop::Failed(ErrorFields::error(
-                        "0A000",
-                        format!(
-                            "ordering text across shards whose database collation is \"{other}\" is not supported (only C and POSIX)"
-                        ),
-                    )))
-                }
-                None => {
-                    return Err(Stop::Failed(ErrorFields::error(
-                        "0A000",
-                        "ordering text across shards needs the shards' collation, which could not be read",
-                    )))
-                }
-            }
-        }
-    }
+        .map(|k| orders.get(k.column).cloned().unwrap_or_default())
+        .collect();
     // Shard 0's descriptions go out first, with the client's view of the result columns.
     for (i, f) in lead.frames.into_iter().enumerate() {
         if Some(i) == lead.row_description_at {
@@ -570,6 +589,7 @@ async fn merge_all(
     match &plan.kind {
         PlanKind::Rows => {
             let mut m = KWayMerge::new(shards, &shard_types, sort_keys)?
+                .with_text_orders(key_orders)?
                 .with_limit(merge.offset, merge.limit);
             let mut rows = 0u64;
             loop {
@@ -619,8 +639,13 @@ async fn merge_all(
                 specs.push(spec);
                 output[col] = OutputColumn::Agg(ai);
             }
+            let agg_orders = specs
+                .iter()
+                .map(|s| orders.get(s.column).cloned().unwrap_or_default())
+                .collect();
             let mut g =
-                GroupedAggregate::new(shard_types.clone(), key_cols, specs, output, GROUP_CAP)?;
+                GroupedAggregate::new(shard_types.clone(), key_cols, specs, output, GROUP_CAP)?
+                    .with_text_orders(agg_orders)?;
             for s in 0..shards {
                 while let Some(f) = inputs.next(s).await {
                     match f.tag {
@@ -641,14 +666,18 @@ async fn merge_all(
                 let mut kept = Vec::with_capacity(rows.len());
                 for r in rows {
                     let cols = split_row(&r)?;
-                    if eval(h, &cols, &merged_types, total, hidden, &merge.params)? == Some(true) {
+                    let types = Typed {
+                        types: &merged_types,
+                        orders: &orders,
+                    };
+                    if eval(h, &cols, &types, total, hidden, &merge.params)? == Some(true) {
                         kept.push(r);
                     }
                 }
                 rows = kept;
             }
             if !sort_keys.is_empty() {
-                rows = sort_rows(rows, &merged_types, &sort_keys)?;
+                rows = sort_rows(rows, &merged_types, &sort_keys, &key_orders)?;
             }
             let take = merge
                 .limit
@@ -665,14 +694,6 @@ async fn merge_all(
             }
             Ok(Some(sent))
         }
-    }
-}
-
-fn having_columns(h: &Having, f: &mut dyn FnMut(ColRef)) {
-    match h {
-        Having::And(v) | Having::Or(v) => v.iter().for_each(|x| having_columns(x, f)),
-        Having::Not(x) => having_columns(x, f),
-        Having::Cmp { column, .. } | Having::IsNull { column, .. } => f(*column),
     }
 }
 
@@ -696,33 +717,39 @@ fn bad_constant(oid: u32) -> Stop {
     ))
 }
 
+/// Result column types with how their text compares.
+struct Typed<'a> {
+    types: &'a [ColumnType],
+    orders: &'a [TextOrder],
+}
+
 fn eval(
     h: &Having,
     cols: &[Option<Bytes>],
-    types: &[ColumnType],
+    typed: &Typed,
     total: usize,
     hidden: usize,
     params: &HashMap<usize, RawParam>,
 ) -> Result<Option<bool>, Stop> {
-    let column = |c: ColRef| -> Result<(ColumnType, Value), Stop> {
+    let column = |c: ColRef| -> Result<(ColumnType, Value, usize), Stop> {
         let i = c.index(total, hidden).ok_or_else(|| {
             Stop::Failed(ErrorFields::error("XX000", "HAVING column out of range"))
         })?;
-        let t = *types.get(i).ok_or(MergeError::MissingColumn {
+        let t = *typed.types.get(i).ok_or(MergeError::MissingColumn {
             wanted: i,
-            actual: types.len(),
+            actual: typed.types.len(),
         })?;
         let raw = cols.get(i).ok_or(MergeError::MissingColumn {
             wanted: i,
             actual: cols.len(),
         })?;
-        Ok((t, t.decode(raw.as_ref())?))
+        Ok((t, t.decode(raw.as_ref())?, i))
     };
     Ok(match h {
         Having::And(v) => {
             let mut acc = Some(true);
             for x in v {
-                match eval(x, cols, types, total, hidden, params)? {
+                match eval(x, cols, typed, total, hidden, params)? {
                     Some(false) => return Ok(Some(false)),
                     None => acc = None,
                     Some(true) => {}
@@ -733,7 +760,7 @@ fn eval(
         Having::Or(v) => {
             let mut acc = Some(false);
             for x in v {
-                match eval(x, cols, types, total, hidden, params)? {
+                match eval(x, cols, typed, total, hidden, params)? {
                     Some(true) => return Ok(Some(true)),
                     None => acc = None,
                     Some(false) => {}
@@ -741,9 +768,9 @@ fn eval(
             }
             acc
         }
-        Having::Not(x) => eval(x, cols, types, total, hidden, params)?.map(|b| !b),
+        Having::Not(x) => eval(x, cols, typed, total, hidden, params)?.map(|b| !b),
         Having::IsNull { column: c, negated } => {
-            let (_, v) = column(*c)?;
+            let (_, v, _) = column(*c)?;
             Some((v == Value::Null) != *negated)
         }
         Having::Cmp {
@@ -751,7 +778,7 @@ fn eval(
             op,
             value,
         } => {
-            let (t, v) = column(*c)?;
+            let (t, v, i) = column(*c)?;
             if v == Value::Null {
                 return Ok(None);
             }
@@ -771,7 +798,7 @@ fn eval(
                 (v @ Value::Numeric(_), Value::Int(i)) => (v, Value::Numeric(Numeric::from_i64(i))),
                 pair => pair,
             };
-            let ord = compare(&v, &k);
+            let ord = compare_in(&v, &k, typed.orders.get(i).unwrap_or(&TextOrder::Bytewise));
             Some(match op {
                 CmpOp::Eq => ord.is_eq(),
                 CmpOp::Ne => ord.is_ne(),
@@ -826,7 +853,11 @@ mod tests {
             op,
             value: Operand::Text(v.into()),
         };
-        let run = |h: &Having| eval(h, &cols, &types, 1, 0, &none).ok().flatten();
+        let typed = Typed {
+            types: &types,
+            orders: &[],
+        };
+        let run = |h: &Having| eval(h, &cols, &typed, 1, 0, &none).ok().flatten();
         assert_eq!(run(&cmp(CmpOp::Gt, "6.5")), Some(true));
         assert_eq!(run(&cmp(CmpOp::Le, "6")), Some(false));
         let null = Having::Cmp {

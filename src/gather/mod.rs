@@ -12,3 +12,4 @@ pub mod merge;
 pub mod merged;
 pub mod scatter;
 pub mod split_insert;
+pub mod text_order;

@@ -58,7 +58,9 @@ pub async fn run(
     let mut tasks = Vec::with_capacity(shard_count);
     let mut collation_rx = Vec::with_capacity(shard_count);
     let wants_collation = plan.is_some();
+    let mut shard_ids = Vec::with_capacity(shard_count);
     for (mut conn, steps) in work {
+        shard_ids.push(conn.shard);
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let (ctx, crx) = tokio::sync::oneshot::channel();
         tasks.push(tokio::spawn(async move {
@@ -79,8 +81,12 @@ pub async fn run(
     }
     if let Some(plan) = plan {
         let mut collations = Vec::with_capacity(shard_count);
-        for c in collation_rx {
-            collations.push(c.await.ok().flatten());
+        for (c, shard) in collation_rx.into_iter().zip(shard_ids) {
+            collations.push(c.await.unwrap_or(collation::ShardText {
+                shard,
+                collation: None,
+                client_encoding: None,
+            }));
         }
         let outcome = merged::run(receivers, &plan, &collations, client).await;
         let (conns, failure, gone) = join(tasks).await;

@@ -198,6 +198,35 @@ pub struct MergePlan {
     pub offset: Option<Bound>,
     /// Output positions holding an `avg` (the shards return a `sum` there).
     pub avg_outputs: Vec<usize>,
+    /// Where the text the merge compares comes from, to check its collation.
+    pub collation: CollationUse,
+}
+
+/// A table (or view) named somewhere in the statement, as written (without quotes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+/// The table columns behind every value the merge compares. The shards sort text of a column
+/// declared with its own `COLLATE` (or of an expression over it) in that collation, and the
+/// merge must then refuse rather than compare in the database's: the proxy matches these names
+/// against the columns each shard's catalog lists with a non-default collation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollationUse {
+    /// Columns the merge orders (ORDER BY keys, min/max, HAVING comparisons), each with the
+    /// names of the columns its expression reads; `None` when they cannot be told (a `*`, or a
+    /// subquery, CTE or function in FROM whose output columns have names of their own).
+    pub ordered: Vec<(ColRef, Option<Vec<String>>)>,
+    /// Names of the columns read by what the merge groups on (GROUP BY keys, DISTINCT), whose
+    /// equality must be byte equality; `None` when they cannot be told.
+    pub grouped: Option<Vec<String>>,
+    /// Every table named in the statement (FROM, joins, subqueries).
+    pub tables: Vec<TableName>,
+    /// The types anything compared is cast to: a domain declared with a collation gives text
+    /// that collation.
+    pub casts: Vec<String>,
 }
 
 /// Aggregates the merge can combine.
@@ -659,6 +688,205 @@ fn is_star(rt: &pb::ResTarget) -> bool {
     }
 }
 
+/// The names of the columns an expression reads (the last part of each column reference);
+/// `None` if it reads a whole row (`t.*`).
+fn columns_read(n: &pb::Node) -> Option<Vec<String>> {
+    fn walk(v: &Json, out: &mut Vec<String>) -> bool {
+        match v {
+            Json::Object(m) => {
+                if let Some(cr) = m.get("ColumnRef") {
+                    let last = cr
+                        .get("fields")
+                        .and_then(Json::as_array)
+                        .and_then(|f| f.last());
+                    match last
+                        .and_then(|l| l.pointer("/node/String/sval"))
+                        .and_then(Json::as_str)
+                    {
+                        Some(name) => out.push(name.to_string()),
+                        None => return false,
+                    }
+                }
+                m.values().all(|x| walk(x, out))
+            }
+            Json::Array(a) => a.iter().all(|x| walk(x, out)),
+            _ => true,
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(n).unwrap_or(Json::Null), &mut out).then_some(out)
+}
+
+/// Every table named in the statement, and whether a FROM item has output columns of its own
+/// (subquery, function, CTE), whose names say nothing about the tables' columns.
+fn tables_of(s: &pb::SelectStmt) -> (Vec<TableName>, bool) {
+    fn walk(v: &Json, out: &mut Vec<TableName>, opaque: &mut bool) {
+        match v {
+            Json::Object(m) => {
+                if let Some(rv) = m.get("RangeVar") {
+                    let field = |k: &str| rv.get(k).and_then(Json::as_str).unwrap_or("");
+                    let t = TableName {
+                        schema: Some(field("schemaname").to_string()).filter(|s| !s.is_empty()),
+                        name: field("relname").to_string(),
+                    };
+                    if !out.contains(&t) {
+                        out.push(t);
+                    }
+                }
+                for k in [
+                    "RangeSubselect",
+                    "RangeFunction",
+                    "RangeTableFunc",
+                    "CommonTableExpr",
+                    "JsonTable",
+                ] {
+                    *opaque |= m.contains_key(k);
+                }
+                m.values().for_each(|x| walk(x, out, opaque));
+            }
+            Json::Array(a) => a.iter().for_each(|x| walk(x, out, opaque)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut opaque = false;
+    walk(
+        &serde_json::to_value(s).unwrap_or(Json::Null),
+        &mut out,
+        &mut opaque,
+    );
+    (out, opaque)
+}
+
+/// Traces what the merge compares back to table columns (see [`CollationUse`]); refuses an
+/// explicit COLLATE in any of it, since the merge compares in the shards' default collations.
+fn collation_use(
+    s: &pb::SelectStmt,
+    targets: &[pb::Node],
+    hidden: &[pb::Node],
+    kind: &PlanKind,
+    sort: &[PlanSortKey],
+) -> Result<CollationUse, String> {
+    let (tables, opaque) = tables_of(s);
+    let first_star = targets.iter().position(|t| match t.node.as_ref() {
+        Some(NodeEnum::ResTarget(rt)) => is_star(rt),
+        _ => false,
+    });
+    let expr = |c: ColRef| -> Option<&pb::Node> {
+        let t = match c {
+            ColRef::Output(i) if first_star.is_some_and(|st| st <= i) => return None,
+            ColRef::Output(i) => targets.get(i)?,
+            ColRef::Hidden(k) => hidden.get(k)?,
+        };
+        match t.node.as_ref()? {
+            NodeEnum::ResTarget(rt) => rt.val.as_deref(),
+            _ => None,
+        }
+    };
+    let casts = std::cell::RefCell::new(Vec::new());
+    let reads = |c: ColRef| -> Result<Option<Vec<String>>, String> {
+        let Some(e) = expr(c) else { return Ok(None) };
+        if contains_collate(e) {
+            return Err(
+                "COLLATE in an expression the merge compares (ORDER BY, GROUP BY, DISTINCT, min/max or HAVING)"
+                    .into(),
+            );
+        }
+        casts.borrow_mut().extend(casts_in(e));
+        Ok(if opaque { None } else { columns_read(e) })
+    };
+    let mut ordered = Vec::new();
+    for k in sort {
+        ordered.push((k.column, reads(k.column)?));
+    }
+    let mut grouped = Some(Vec::new());
+    let mut add_group = |r: Option<Vec<String>>| match (&mut grouped, r) {
+        (Some(g), Some(r)) => g.extend(r),
+        (g, _) => *g = None,
+    };
+    if let PlanKind::Groups { keys, aggs, having } = kind {
+        for a in aggs {
+            if matches!(a.func, AggFunc::Min | AggFunc::Max) {
+                ordered.push((a.column, reads(a.column)?));
+            }
+        }
+        if let Some(h) = having {
+            let mut cols = Vec::new();
+            having_compared(h, &mut cols);
+            for c in cols {
+                ordered.push((c, reads(c)?));
+            }
+        }
+        match keys {
+            Some(keys) => {
+                for k in keys {
+                    add_group(reads(*k)?);
+                }
+            }
+            None => {
+                if first_star.is_some() {
+                    add_group(None);
+                }
+                for i in 0..targets.len() {
+                    add_group(reads(ColRef::Output(i))?);
+                }
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    ordered.retain(|(c, _)| {
+        let first = !seen.contains(c);
+        seen.push(*c);
+        first
+    });
+    let mut casts = casts.into_inner();
+    casts.sort();
+    casts.dedup();
+    Ok(CollationUse {
+        ordered,
+        grouped,
+        tables,
+        casts,
+    })
+}
+
+/// The names of the types an expression casts to (`x::t`, `t 'literal'`, `CAST(x AS t)`).
+fn casts_in(n: &pb::Node) -> Vec<String> {
+    fn walk(v: &Json, out: &mut Vec<String>) {
+        match v {
+            Json::Object(m) => {
+                if let Some(tc) = m.get("TypeCast") {
+                    let last = tc
+                        .pointer("/type_name/names")
+                        .and_then(Json::as_array)
+                        .and_then(|a| a.last())
+                        .and_then(|l| l.pointer("/node/String/sval"))
+                        .and_then(Json::as_str);
+                    if let Some(t) = last {
+                        out.push(t.to_string());
+                    }
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Json::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(n).unwrap_or(Json::Null), &mut out);
+    out
+}
+
+/// The columns HAVING compares with constants (IS NULL compares nothing).
+fn having_compared(h: &Having, out: &mut Vec<ColRef>) {
+    match h {
+        Having::And(v) | Having::Or(v) => v.iter().for_each(|x| having_compared(x, out)),
+        Having::Not(x) => having_compared(x, out),
+        Having::Cmp { column, .. } => out.push(*column),
+        Having::IsNull { .. } => {}
+    }
+}
+
 /// The merge plan of a single-table (or co-located) SELECT that needs more than concatenation;
 /// `Err` names the construct that cannot be merged exactly. `is_key` says whether an expression
 /// is a sharded table's shard key column.
@@ -892,6 +1120,7 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
     } else {
         PlanKind::Rows
     };
+    let collation = collation_use(s, &b.targets, &b.hidden_targets, &kind, &sort)?;
     stmt.target_list = b.targets;
     stmt.target_list.append(&mut b.hidden_targets);
     let sql = NodeEnum::SelectStmt(Box::new(stmt))
@@ -905,6 +1134,7 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         limit,
         offset,
         avg_outputs: b.avg_outputs,
+        collation,
     })
 }
 
@@ -1055,6 +1285,75 @@ mod tests {
         assert!(plan_sql("SELECT count(DISTINCT user_id) FROM users").is_ok());
         assert!(
             plan_sql("SELECT user_id, count(DISTINCT name) FROM users GROUP BY user_id").is_ok()
+        );
+    }
+
+    #[test]
+    fn compared_values_are_traced_to_columns() {
+        let names = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let p = plan_sql(
+            "SELECT lower(u.name) AS n, min(nick), count(*) FROM users u JOIN orders o ON o.user_id = u.user_id GROUP BY 1, o.g HAVING max(code) > 'm' ORDER BY n DESC",
+        )
+        .unwrap();
+        let c = &p.collation;
+        assert_eq!(
+            c.tables,
+            vec![
+                TableName {
+                    schema: None,
+                    name: "users".into()
+                },
+                TableName {
+                    schema: None,
+                    name: "orders".into()
+                }
+            ]
+        );
+        assert_eq!(
+            c.ordered,
+            vec![
+                (ColRef::Output(0), names(&["name"])),
+                (ColRef::Output(1), names(&["nick"])),
+                (ColRef::Hidden(1), names(&["code"])),
+            ]
+        );
+        assert_eq!(c.grouped, names(&["name", "g"]));
+        assert!(c.casts.is_empty());
+        let p = plan_sql("SELECT id FROM users ORDER BY name::code_t, CAST(n AS pg_catalog.varchar(3)), id::text")
+            .unwrap();
+        assert_eq!(p.collation.casts, ["code_t", "text", "varchar"]);
+
+        let p = plan_sql("SELECT * FROM app.users ORDER BY 2, name").unwrap();
+        assert_eq!(p.collation.ordered[0], (ColRef::Output(1), None));
+        assert_eq!(
+            p.collation.ordered[1],
+            (ColRef::Hidden(0), names(&["name"]))
+        );
+        assert_eq!(p.collation.tables[0].schema.as_deref(), Some("app"));
+        assert_eq!(p.collation.grouped, Some(vec![]));
+        let p = plan_sql("SELECT DISTINCT * FROM users").unwrap();
+        assert_eq!(p.collation.grouped, None);
+        // A subquery's output names say nothing about its tables' columns.
+        let p = plan_sql("SELECT n FROM (SELECT name AS n FROM users) s ORDER BY n").unwrap();
+        assert_eq!(p.collation.ordered, vec![(ColRef::Output(0), None)]);
+        assert_eq!(p.collation.tables[0].name, "users");
+    }
+
+    #[test]
+    fn collate_in_any_compared_expression_is_refused() {
+        for sql in [
+            "SELECT name COLLATE \"C\" AS n FROM users ORDER BY n",
+            "SELECT min(name COLLATE \"C\") FROM users",
+            "SELECT g FROM users GROUP BY g HAVING max(name COLLATE \"C\") > 'a'",
+            "SELECT DISTINCT name COLLATE \"C\" FROM users",
+            "SELECT g COLLATE \"C\", count(*) FROM users GROUP BY 1",
+        ] {
+            let e = plan_sql(sql).unwrap_err();
+            assert!(e.contains("COLLATE"), "{sql}: {e}");
+        }
+        // COLLATE elsewhere changes nothing the merge compares.
+        assert!(
+            plan_sql("SELECT name FROM users WHERE name COLLATE \"C\" > 'a' ORDER BY id").is_ok()
         );
     }
 

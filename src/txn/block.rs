@@ -27,6 +27,8 @@ pub struct Txn {
     pub refused: bool,
     /// Opened by the proxy around one statement; the client never saw a BEGIN.
     pub implicit: bool,
+    /// Declared READ ONLY: its shards may be replicas.
+    pub read_only: bool,
 }
 
 impl Txn {
@@ -38,6 +40,7 @@ impl Txn {
             participants: Vec::new(),
             refused: false,
             implicit: false,
+            read_only: super::statement::begins_read_only(begin_sql),
         }
     }
 

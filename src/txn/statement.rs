@@ -28,6 +28,31 @@ pub fn chains(sql: &str) -> bool {
     transaction_stmt(sql).is_some_and(|s| s.chain)
 }
 
+/// True for `BEGIN READ ONLY` / `START TRANSACTION … READ ONLY`: such a block may read from
+/// replicas.
+pub fn begins_read_only(sql: &str) -> bool {
+    let Some(stmt) = transaction_stmt(sql) else {
+        return false;
+    };
+    stmt.options.iter().any(|opt| {
+        let Some(pg_query::NodeEnum::DefElem(d)) = opt.node.as_ref() else {
+            return false;
+        };
+        if d.defname != "transaction_read_only" {
+            return false;
+        }
+        match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+            Some(pg_query::NodeEnum::AConst(c)) => matches!(
+                c.val,
+                Some(pg_query::protobuf::a_const::Val::Ival(
+                    pg_query::protobuf::Integer { ival: 1 }
+                ))
+            ),
+            _ => false,
+        }
+    })
+}
+
 /// The savepoint operation of `sql`, when it is exactly one savepoint statement.
 pub fn savepoint_op(sql: &str) -> Option<SavepointOp> {
     use pg_query::protobuf::TransactionStmtKind as K;
@@ -67,6 +92,17 @@ mod tests {
             savepoint_op("rollback work to b"),
             Some(SavepointOp::RollbackTo("b".into()))
         );
+    }
+
+    #[test]
+    fn read_only_blocks_are_recognised() {
+        assert!(begins_read_only("BEGIN READ ONLY"));
+        assert!(begins_read_only(
+            "start transaction isolation level repeatable read, read only"
+        ));
+        assert!(!begins_read_only("BEGIN READ WRITE"));
+        assert!(!begins_read_only("BEGIN"));
+        assert!(!begins_read_only("BEGIN ISOLATION LEVEL SERIALIZABLE"));
     }
 
     #[test]

@@ -17,19 +17,36 @@ impl TestCluster {
     /// Brings up `shards` shards plus a catalog on free loopback ports, in a new dir under /tmp
     /// (short enough for unix socket paths, reachable by the `postgres` OS user when run as root).
     pub async fn start(shards: u32, strategy: Strategy) -> TestCluster {
+        TestCluster::start_with(|spec| {
+            spec.shards = shards;
+            spec.strategy = strategy;
+        })
+        .await
+    }
+
+    /// Like `start`, with every database created in `locale` (initdb `--locale`).
+    pub async fn start_with_locale(shards: u32, strategy: Strategy, locale: &str) -> TestCluster {
+        TestCluster::start_with(|spec| {
+            spec.shards = shards;
+            spec.strategy = strategy;
+            spec.locale = locale.into();
+        })
+        .await
+    }
+
+    /// Like [`TestCluster::start`], with the spec shaped by `change` (replicas, apply delay,
+    /// quorum commit, …). Before `change` runs the spec asks for two hash shards, no replicas.
+    pub async fn start_with(change: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("pgshard-test-")
             .tempdir_in("/tmp")
             .expect("create a temp dir under /tmp");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod the temp dir");
-        let spec = ClusterSpec {
-            dir: dir.path().to_path_buf(),
-            shards,
-            base_port: 0,
-            strategy,
-            listen: "127.0.0.1:0".into(),
-        };
+        let mut spec = ClusterSpec::new(dir.path());
+        spec.shards = 2;
+        spec.listen = "127.0.0.1:0".into();
+        change(&mut spec);
         let info = match cluster::up(&spec).await {
             Ok(info) => info,
             Err(e) => {
@@ -40,6 +57,19 @@ impl TestCluster {
             }
         };
         TestCluster { info, _dir: dir }
+    }
+
+    /// A direct connection (admin user) to any instance of the cluster, replicas included.
+    pub async fn connect(&self, name: &str) -> tokio_postgres::Client {
+        let url = self
+            .info
+            .instance_url(name)
+            .unwrap_or_else(|| panic!("no instance {name}"));
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect {name}: {e}"));
+        tokio::spawn(conn);
+        client
     }
 }
 

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::collate::TextOrder;
 use super::numeric::Numeric;
 use super::row::{build_row, column, split_row};
 use super::value::{
-    compare, format_float4, format_float8, ColumnType, Value, FLOAT4_OID, FLOAT8_OID,
+    compare_in, format_float4, format_float8, ColumnType, Value, FLOAT4_OID, FLOAT8_OID,
     FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID, NUMERIC_OID,
 };
 use super::MergeError;
@@ -193,6 +194,8 @@ pub struct GroupedAggregate {
     columns: Vec<ColumnType>,
     keys: Vec<usize>,
     aggs: Vec<AggSpec>,
+    /// How the text of each aggregate compares (min/max; the column's collation).
+    orders: Vec<TextOrder>,
     output: Vec<OutputColumn>,
     cap: usize,
     index: HashMap<Vec<u8>, usize>,
@@ -271,12 +274,27 @@ impl GroupedAggregate {
         Ok(GroupedAggregate {
             columns,
             keys,
+            orders: vec![TextOrder::Bytewise; aggs.len()],
             aggs,
             output,
             cap,
             index: HashMap::new(),
             groups: Vec::new(),
         })
+    }
+
+    /// Compares the text of aggregate `i` (min/max) in `orders[i]`; by default text compares
+    /// bytewise (the C collation). Group keys need no order: a deterministic collation's
+    /// equality is byte equality. Must be given before any row.
+    pub fn with_text_orders(
+        mut self,
+        orders: Vec<TextOrder>,
+    ) -> Result<GroupedAggregate, MergeError> {
+        if orders.len() != self.aggs.len() {
+            return Err(MergeError::InvalidPlan("one text order per aggregate"));
+        }
+        self.orders = orders;
+        Ok(self)
     }
 
     /// Number of groups so far.
@@ -354,7 +372,7 @@ impl GroupedAggregate {
                     let better = match best {
                         None => true,
                         Some((b, _)) => {
-                            let ord = compare(&v, b);
+                            let ord = compare_in(&v, b, &self.orders[ai]);
                             if spec.kind == AggKind::Min {
                                 ord.is_lt()
                             } else {
@@ -509,6 +527,32 @@ mod tests {
         let out = g.finish().unwrap();
         assert_eq!(out.len(), 1);
         texts(&out).remove(0)
+    }
+
+    #[test]
+    fn min_max_of_text_in_a_locale() {
+        let en = crate::gather::merge::collate::libc_collator("en_US.UTF-8", "en_US.UTF-8")
+            .unwrap_or_else(|e| panic!("{e}: run scripts/install-deps.sh"));
+        let rows = [
+            row(&[Some("b"), Some("b")]),
+            row(&[Some("B"), Some("B")]),
+            row(&[Some("a b"), Some("a b")]),
+            row(&[Some("ab"), Some("ab")]),
+        ];
+        let cols = || vec![t(TEXT_OID), t(TEXT_OID)];
+        let aggs = || vec![AggSpec::new(AggKind::Min, 0), AggSpec::new(AggKind::Max, 1)];
+        // Bytewise: "B" < "a b" < "ab" < "b".
+        assert_eq!(plain(cols(), aggs(), &rows), vec![s("B"), s("b")]);
+        let output = vec![OutputColumn::Agg(0), OutputColumn::Agg(1)];
+        let mut g = GroupedAggregate::new(cols(), vec![], aggs(), output, 10)
+            .unwrap()
+            .with_text_orders(vec![TextOrder::Libc(en.clone()), TextOrder::Libc(en)])
+            .unwrap();
+        for r in &rows {
+            g.push(r).unwrap();
+        }
+        // en_US (as Postgres 15 with that locale): "a b" < "ab" < "b" < "B".
+        assert_eq!(texts(&g.finish().unwrap()), vec![vec![s("a b"), s("B")]]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the very bytes the shard sent.
 
 pub mod aggregate;
+pub mod collate;
 pub mod datetime;
 pub mod numeric;
 pub mod row;
@@ -17,7 +18,8 @@ pub use numeric::Numeric;
 pub use row::{build_row, split_row};
 pub use sort::{sort_rows, KWayMerge, SortKey};
 
-pub use value::{compare, ColumnType, Value};
+pub use collate::TextOrder;
+pub use value::{compare, compare_in, ColumnType, Value};
 
 /// Why a merge could not be done. Each message names what was wrong so that the proxy can refuse
 /// with a clear error instead of sending a plausible but wrong answer.

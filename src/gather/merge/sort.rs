@@ -7,8 +7,9 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use super::collate::TextOrder;
 use super::row::{column, split_row};
-use super::value::{compare, ColumnType, Value};
+use super::value::{compare_in, ColumnType, Value};
 use super::MergeError;
 
 /// One ORDER BY item. Callers pass NULL placement explicitly; Postgres's default is NULLS LAST
@@ -43,17 +44,21 @@ impl SortKey {
     }
 }
 
-/// Compares the decoded sort columns of two rows under `keys`.
-fn cmp_keys(keys: &[SortKey], a: &[Value], b: &[Value]) -> Ordering {
-    for (k, (x, y)) in keys.iter().zip(a.iter().zip(b)) {
+static BYTEWISE: TextOrder = TextOrder::Bytewise;
+
+/// Compares the decoded sort columns of two rows under `keys`, text of key `i` in `orders[i]`
+/// (bytewise where `orders` is shorter).
+fn cmp_keys(keys: &[SortKey], orders: &[TextOrder], a: &[Value], b: &[Value]) -> Ordering {
+    for (i, (k, (x, y))) in keys.iter().zip(a.iter().zip(b)).enumerate() {
+        let text = orders.get(i).unwrap_or(&BYTEWISE);
         let ord = match (x, y) {
             (Value::Null, Value::Null) => Ordering::Equal,
             (Value::Null, _) if k.nulls_first => Ordering::Less,
             (Value::Null, _) => Ordering::Greater,
             (_, Value::Null) if k.nulls_first => Ordering::Greater,
             (_, Value::Null) => Ordering::Less,
-            _ if k.descending => compare(y, x),
-            _ => compare(x, y),
+            _ if k.descending => compare_in(y, x, text),
+            _ => compare_in(x, y, text),
         };
         if ord != Ordering::Equal {
             return ord;
@@ -78,6 +83,8 @@ struct Pending {
 pub struct KWayMerge {
     keys: Vec<SortKey>,
     key_types: Vec<ColumnType>,
+    /// How each key's text compares (the column's collation).
+    orders: Vec<TextOrder>,
     queues: Vec<VecDeque<Pending>>,
     /// The key of the last row pushed per shard, to check that input is sorted.
     last: Vec<Option<Vec<Value>>>,
@@ -106,12 +113,23 @@ impl KWayMerge {
         Ok(KWayMerge {
             keys,
             key_types,
+            orders: Vec::new(),
             queues: (0..shards).map(|_| VecDeque::new()).collect(),
             last: vec![None; shards],
             finished: vec![false; shards],
             to_skip: 0,
             to_take: None,
         })
+    }
+
+    /// Compares the text of key `i` in `orders[i]` (by default every key compares bytewise, the
+    /// C collation). Must be given before any row.
+    pub fn with_text_orders(mut self, orders: Vec<TextOrder>) -> Result<KWayMerge, MergeError> {
+        if orders.len() != self.keys.len() {
+            return Err(MergeError::InvalidPlan("one text order per sort key"));
+        }
+        self.orders = orders;
+        Ok(self)
     }
 
     /// Applies `OFFSET offset LIMIT limit` to the merged stream (`None`: no LIMIT).
@@ -147,7 +165,7 @@ impl KWayMerge {
             key.push(t.decode(column(&cols, k.column)?)?);
         }
         if let Some(prev) = &self.last[shard] {
-            if cmp_keys(&self.keys, prev, &key) == Ordering::Greater {
+            if cmp_keys(&self.keys, &self.orders, prev, &key) == Ordering::Greater {
                 return Err(MergeError::UnsortedInput { shard });
             }
         }
@@ -196,7 +214,9 @@ impl KWayMerge {
                 let better = match best.and_then(|b| self.queues[b].front()) {
                     None => true,
                     // Strictly less: on ties the lower shard index wins.
-                    Some(cur) => cmp_keys(&self.keys, &head.key, &cur.key) == Ordering::Less,
+                    Some(cur) => {
+                        cmp_keys(&self.keys, &self.orders, &head.key, &cur.key) == Ordering::Less
+                    }
                 };
                 if better {
                     best = Some(s);
@@ -218,12 +238,13 @@ impl KWayMerge {
     }
 }
 
-/// Sorts whole rows (the proxy's own, e.g. merged groups) by `keys`; stable, so rows that tie
-/// keep their order.
+/// Sorts whole rows (the proxy's own, e.g. merged groups) by `keys`, text of key `i` in
+/// `orders[i]` (bytewise where `orders` is shorter); stable, so rows that tie keep their order.
 pub fn sort_rows(
     rows: Vec<Bytes>,
     columns: &[ColumnType],
     keys: &[SortKey],
+    orders: &[TextOrder],
 ) -> Result<Vec<Bytes>, MergeError> {
     let mut keyed = Vec::with_capacity(rows.len());
     for row in rows {
@@ -238,7 +259,7 @@ pub fn sort_rows(
         }
         keyed.push((key, row));
     }
-    keyed.sort_by(|a, b| cmp_keys(keys, &a.0, &b.0));
+    keyed.sort_by(|a, b| cmp_keys(keys, orders, &a.0, &b.0));
     Ok(keyed.into_iter().map(|(_, r)| r).collect())
 }
 
@@ -462,6 +483,51 @@ mod tests {
     }
 
     #[test]
+    fn text_keys_in_a_locale() {
+        let en = crate::gather::merge::collate::libc_collator("en_US.UTF-8", "en_US.UTF-8")
+            .unwrap_or_else(|e| panic!("{e}: run scripts/install-deps.sh"));
+        let cols = [ColumnType::new(TEXT_OID, FORMAT_TEXT)];
+        let r = |t: &str| build_row(&[Some(t.as_bytes()), Some(t.as_bytes())]).unwrap();
+        // Each shard sorted as an en_US Postgres sorts (case and accents are secondary).
+        let shards = || {
+            vec![
+                vec![r("a"), r("\u{e9}"), r("Zebra")],
+                vec![r("A"), r("b"), r("co-op")],
+                vec![r("B"), r("e"), r("zebra")],
+            ]
+        };
+        let mut m = KWayMerge::new(3, &cols, vec![SortKey::asc(0)])
+            .unwrap()
+            .with_text_orders(vec![TextOrder::Libc(en.clone())])
+            .unwrap();
+        assert_eq!(
+            run(&mut m, shards()),
+            ["a", "A", "b", "B", "co-op", "e", "\u{e9}", "zebra", "Zebra"]
+        );
+        // Compared bytewise the same input is out of order, which the merge detects.
+        let mut m = KWayMerge::new(3, &cols, vec![SortKey::asc(0)]).unwrap();
+        m.push(0, r("a")).unwrap();
+        m.push(0, r("\u{e9}")).unwrap();
+        assert_eq!(
+            m.push(0, r("Zebra")),
+            Err(MergeError::UnsortedInput { shard: 0 })
+        );
+        assert!(KWayMerge::new(1, &cols, vec![SortKey::asc(0)])
+            .unwrap()
+            .with_text_orders(vec![])
+            .is_err());
+        let sorted = sort_rows(
+            vec![r("b"), r("B"), r("a")],
+            &cols,
+            &[SortKey::desc(0)],
+            &[TextOrder::Libc(en)],
+        )
+        .unwrap();
+        let tags: Vec<String> = sorted.iter().map(tag).collect();
+        assert_eq!(tags, ["B", "b", "a"]);
+    }
+
+    #[test]
     fn binary_keys() {
         let cols = [ColumnType::new(INT4_OID, FORMAT_BINARY)];
         let r = |v: i32, t: &str| build_row(&[Some(&v.to_be_bytes()[..]), Some(t.as_bytes())]);
@@ -530,7 +596,7 @@ mod randomized {
                 let order = |a: &Option<i64>, b: &Option<i64>| {
                     let va = a.map_or(Value::Null, Value::Int);
                     let vb = b.map_or(Value::Null, Value::Int);
-                    cmp_keys(&[key], &[va], &[vb])
+                    cmp_keys(&[key], &[], &[va], &[vb])
                 };
                 rows.sort_by(order);
                 inputs.push(
@@ -550,7 +616,7 @@ mod randomized {
             all.sort_by(|a, b| {
                 let va = a.2.map_or(Value::Null, Value::Int);
                 let vb = b.2.map_or(Value::Null, Value::Int);
-                cmp_keys(&[key], &[va], &[vb]).then((a.0, a.1).cmp(&(b.0, b.1)))
+                cmp_keys(&[key], &[], &[va], &[vb]).then((a.0, a.1).cmp(&(b.0, b.1)))
             });
             let expected: Vec<String> = all
                 .into_iter()

@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 
 use bytes::Bytes;
 
+use super::collate::TextOrder;
 use super::datetime::{parse_date_text, parse_timestamp_text};
 use super::numeric::Numeric;
 use super::MergeError;
@@ -68,8 +69,8 @@ pub enum Value {
     /// float4 values are widened exactly to f64.
     Float(f64),
     Numeric(Numeric),
-    /// text, varchar, name and bpchar (bpchar without its trailing spaces); compared bytewise,
-    /// which is the C collation only.
+    /// text, varchar, name and bpchar (bpchar without its trailing spaces); compared bytewise
+    /// by [`compare`], in a collation by [`compare_in`].
     Text(Bytes),
     /// Days since 2000-01-01; infinities are `i32::MAX` / `i32::MIN`.
     Date(i32),
@@ -273,6 +274,11 @@ fn cmp_float(a: f64, b: f64) -> Ordering {
 /// collation for text). NULL ordering is the sort key's business; here NULL sorts last and
 /// values of different kinds (a caller bug) fall back to a fixed kind order.
 pub fn compare(a: &Value, b: &Value) -> Ordering {
+    compare_in(a, b, &TextOrder::Bytewise)
+}
+
+/// [`compare`] with text ordered by `text` (the column's collation).
+pub fn compare_in(a: &Value, b: &Value, text: &TextOrder) -> Ordering {
     use Value::*;
     match (a, b) {
         (Null, Null) => Ordering::Equal,
@@ -282,7 +288,7 @@ pub fn compare(a: &Value, b: &Value) -> Ordering {
         (Int(x), Int(y)) => x.cmp(y),
         (Float(x), Float(y)) => cmp_float(*x, *y),
         (Numeric(x), Numeric(y)) => x.cmp_total(y),
-        (Text(x), Text(y)) => x.cmp(y),
+        (Text(x), Text(y)) => text.compare(x, y),
         (Date(x), Date(y)) => x.cmp(y),
         (Timestamp(x), Timestamp(y)) => x.cmp(y),
         (Uuid(x), Uuid(y)) => x.cmp(y),
