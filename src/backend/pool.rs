@@ -116,7 +116,7 @@ impl ShardPools {
     }
 
     /// A connection to `shard`'s current primary, waiting up to the checkout timeout. A primary
-    /// that cannot be connected to (within the connect timeout) is `NoPrimary`.
+    /// that cannot be connected to (within the connect timeout), or none, is `NoPrimary`.
     pub async fn get(&self, shard: u32) -> Result<PooledConn, CheckoutError> {
         let Some(primary) = self.topology.primary(shard) else {
             if self.pools.contains_key(&ServerId { shard, index: 0 }) {
@@ -127,18 +127,11 @@ impl ShardPools {
             }
             return Err(CheckoutError::UnknownShard(shard));
         };
-        match self.get_server(primary).await {
-            Err(CheckoutError::Backend(
-                e @ (BackendError::Connect { .. } | BackendError::ConnectTimeout { .. }),
-            )) => Err(CheckoutError::NoPrimary {
-                shard,
-                detail: e.to_string(),
-            }),
-            other => other,
-        }
+        self.get_server(primary).await
     }
 
-    /// A connection to one particular server, waiting up to the checkout timeout.
+    /// A connection to one particular server, waiting up to the checkout timeout. When that
+    /// server is its shard's primary and cannot be connected to, the error is `NoPrimary`.
     pub async fn get_server(&self, id: ServerId) -> Result<PooledConn, CheckoutError> {
         let shard = id.shard;
         let pool = self
@@ -152,6 +145,12 @@ impl ShardPools {
         };
         pool.timeout_get(&timeouts).await.map_err(|e| match e {
             PoolError::Timeout(_) => CheckoutError::Timeout(shard),
+            PoolError::Backend(
+                b @ (BackendError::Connect { .. } | BackendError::ConnectTimeout { .. }),
+            ) if self.topology.primary(shard) == Some(id) => CheckoutError::NoPrimary {
+                shard,
+                detail: b.to_string(),
+            },
             PoolError::Backend(b) => CheckoutError::Backend(b),
             other => CheckoutError::Pool {
                 shard,
