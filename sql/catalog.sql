@@ -52,3 +52,14 @@ CREATE TABLE IF NOT EXISTS txn_decisions (
     coordinator  integer NOT NULL,
     decided_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- The primary every proxy routes a shard's writes to, and the timeline it was seen on. Proxies
+-- record a newly promoted primary only with a higher timeline than the row's (compare-and-set), so
+-- they all agree; a server claiming to be primary on a lower timeline, or a second primary on the
+-- same one, is fenced.
+CREATE TABLE IF NOT EXISTS shard_primaries (
+    shard_id    integer PRIMARY KEY,
+    address     text NOT NULL,
+    timeline    bigint NOT NULL CHECK (timeline > 0),
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::backend::metrics::ReplicaMetrics;
 use crate::backend::topology::Topology;
 use crate::backend::ShardPools;
 use crate::catalog::MapHandle;
@@ -29,4 +30,7 @@ pub struct Proxy {
     pub coordinator: Arc<Coordinator>,
     /// Every server's role, health and position, as the monitors last saw them.
     pub topology: Arc<Topology>,
+    /// Reads per server, LSN waits, fallbacks to the primary, failovers (bumped by sessions and
+    /// monitors; lag and fenced gauges come from the topology).
+    pub replica_metrics: Arc<ReplicaMetrics>,
 }

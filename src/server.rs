@@ -1,4 +1,4 @@
-//! Starting and stopping a proxy: catalog, id generator, shard checks, pools, listener.
+//! Starting and stopping a proxy: catalog, id generator, shard checks, pools, monitors, listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,9 +7,11 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::backend::metrics::ReplicaMetrics;
+use crate::backend::monitor::{self, MonitorContext, Monitors};
 use crate::backend::topology::Topology;
 use crate::backend::ShardPools;
-use crate::catalog::{self, CatalogHandle};
+use crate::catalog::{self, CatalogHandle, PrimaryRecords};
 use crate::config::{Config, ShardConfig};
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::listener::accept_loop;
@@ -29,15 +31,17 @@ pub struct RunningProxy {
     accept: tokio::task::JoinHandle<()>,
     catalog: CatalogHandle,
     recovery: tokio::task::JoinHandle<()>,
+    monitors: Monitors,
 }
 
 impl RunningProxy {
-    /// Stops accepting clients and stops the catalog task. Sessions in progress end with their
-    /// clients.
+    /// Stops accepting clients and stops the catalog task and the monitors. Sessions in progress
+    /// end with their clients.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
         self.recovery.abort();
+        self.monitors.stop().await;
         self.catalog.shutdown();
     }
 }
@@ -54,6 +58,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     }
     let topology = Topology::new(&config);
     let pools = ShardPools::new(&config, topology.clone()).map_err(anyhow::Error::msg)?;
+    let replica_metrics = Arc::new(ReplicaMetrics::new(&config));
+    let monitor_ctx = MonitorContext {
+        config: config.clone(),
+        topology: topology.clone(),
+        pools: pools.clone(),
+        records: Arc::new(PrimaryRecords::new(
+            &config.catalog.url,
+            config.pool.connect_timeout(),
+        )),
+        metrics: replica_metrics.clone(),
+    };
+    // Writes go to the primaries every proxy agreed on, not to the configured ones, from the
+    // first client on.
+    monitor::adopt_recorded_primaries(&monitor_ctx).await;
+    let monitors = monitor::start(monitor_ctx);
     let router = Router::from_config(&config);
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(
@@ -80,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         server_params: Default::default(),
         coordinator,
         topology,
+        replica_metrics,
     });
     let (shutdown, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, proxy.clone(), rx));
@@ -91,6 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         accept,
         catalog,
         recovery,
+        monitors,
     })
 }
 

@@ -1,8 +1,13 @@
-//! Server side of the proxy: raw server connections and their pools.
+//! Server side of the proxy: raw server connections and their pools, the monitors that track
+//! every server's role and position, failover discovery and fencing.
 
 pub mod auth;
 pub mod conn;
+pub mod failover;
+pub mod metrics;
+pub mod monitor;
 pub mod pool;
+pub mod probe;
 pub mod session_state;
 pub mod topology;
 

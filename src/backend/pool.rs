@@ -2,8 +2,8 @@
 //! is not idle and in sync when it comes back is dropped, never handed to another client.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
 
@@ -18,6 +18,9 @@ pub struct ServerManager {
     address: String,
     auth: ServerAuthConfig,
     connect_timeout: Duration,
+    /// Connections created before this instant are closed when they come back (the server
+    /// stopped being where the shard's traffic goes).
+    drained_at: Mutex<Option<Instant>>,
 }
 
 impl managed::Manager for ServerManager {
@@ -35,8 +38,13 @@ impl managed::Manager for ServerManager {
         .await
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
-        if conn.reusable() {
+    async fn recycle(&self, conn: &mut ServerConn, m: &Metrics) -> RecycleResult<BackendError> {
+        let drained_at = *self.drained_at.lock().unwrap_or_else(|p| p.into_inner());
+        if drained_at.is_some_and(|d| m.created <= d) {
+            Err(RecycleError::message(
+                "connection to a server that is no longer used",
+            ))
+        } else if conn.reusable() {
             Ok(())
         } else {
             Err(RecycleError::message(
@@ -58,6 +66,9 @@ pub enum CheckoutError {
     Timeout(u32),
     #[error(transparent)]
     Backend(BackendError),
+    /// The shard's primary is down, or no server of it can be trusted with writes.
+    #[error("shard {shard} has no reachable primary ({detail})")]
+    NoPrimary { shard: u32, detail: String },
     #[error("connection pool of shard {shard} failed: {message}")]
     Pool { shard: u32, message: String },
 }
@@ -87,6 +98,7 @@ impl ShardPools {
                     address,
                     auth: config.server_auth.clone(),
                     connect_timeout: config.pool.connect_timeout(),
+                    drained_at: Mutex::new(None),
                 };
                 let pool = Pool::builder(manager)
                     .max_size(config.pool.size)
@@ -103,16 +115,23 @@ impl ShardPools {
         }))
     }
 
-    /// A connection to `shard`'s current primary, waiting up to the checkout timeout.
+    /// A connection to `shard`'s current primary, waiting up to the checkout timeout. A primary
+    /// that cannot be connected to (within the connect timeout), or none, is `NoPrimary`.
     pub async fn get(&self, shard: u32) -> Result<PooledConn, CheckoutError> {
-        let primary = self
-            .topology
-            .primary(shard)
-            .ok_or(CheckoutError::UnknownShard(shard))?;
+        let Some(primary) = self.topology.primary(shard) else {
+            if self.pools.contains_key(&ServerId { shard, index: 0 }) {
+                return Err(CheckoutError::NoPrimary {
+                    shard,
+                    detail: "no server of it is trusted with writes; see the topology".into(),
+                });
+            }
+            return Err(CheckoutError::UnknownShard(shard));
+        };
         self.get_server(primary).await
     }
 
-    /// A connection to one particular server, waiting up to the checkout timeout.
+    /// A connection to one particular server, waiting up to the checkout timeout. When that
+    /// server is its shard's primary and cannot be connected to, the error is `NoPrimary`.
     pub async fn get_server(&self, id: ServerId) -> Result<PooledConn, CheckoutError> {
         let shard = id.shard;
         let pool = self
@@ -126,6 +145,12 @@ impl ShardPools {
         };
         pool.timeout_get(&timeouts).await.map_err(|e| match e {
             PoolError::Timeout(_) => CheckoutError::Timeout(shard),
+            PoolError::Backend(
+                b @ (BackendError::Connect { .. } | BackendError::ConnectTimeout { .. }),
+            ) if self.topology.primary(shard) == Some(id) => CheckoutError::NoPrimary {
+                shard,
+                detail: b.to_string(),
+            },
             PoolError::Backend(b) => CheckoutError::Backend(b),
             other => CheckoutError::Pool {
                 shard,
@@ -139,6 +164,21 @@ impl ShardPools {
         let mut v: Vec<_> = self.pools.iter().map(|(id, p)| (*id, p.status())).collect();
         v.sort_by_key(|(id, _)| *id);
         v
+    }
+
+    /// Closes `server`'s idle connections and those in use as they come back: writes no longer
+    /// go there (failover, fencing).
+    pub fn drain(&self, server: ServerId) {
+        let Some(pool) = self.pools.get(&server) else {
+            return;
+        };
+        *pool
+            .manager()
+            .drained_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let removed = pool.retain(|_, _| false);
+        tracing::info!(%server, closed = removed.removed.len(), "drained the pool of a server writes no longer go to");
     }
 
     /// Drops a connection instead of returning it to the pool.

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::config::Config;
 
@@ -105,6 +106,33 @@ pub struct Topology {
     primaries: RwLock<BTreeMap<u32, ServerId>>,
     /// Bumped on every update of a shard's servers (readers waiting for replay watch it).
     changes: BTreeMap<u32, watch::Sender<u64>>,
+    /// Sessions waiting for fresh samples of a shard, and how its monitor learns of the first.
+    interest: BTreeMap<u32, Arc<SampleInterest>>,
+}
+
+/// How many sessions want a shard sampled faster (they are waiting for a replica to replay).
+#[derive(Default)]
+pub struct SampleInterest {
+    waiters: AtomicUsize,
+    /// Wakes the shard's monitor when a waiter arrives.
+    pub(crate) arrived: Notify,
+}
+
+impl SampleInterest {
+    /// True while some session waits.
+    pub fn wanted(&self) -> bool {
+        self.waiters.load(Ordering::Acquire) > 0
+    }
+}
+
+/// Held by a session while it waits for a replica's position: the shard's monitor samples every
+/// few milliseconds instead of every `monitor_interval_ms` until the last guard is dropped.
+pub struct FreshSamples(Arc<SampleInterest>);
+
+impl Drop for FreshSamples {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Topology {
@@ -113,6 +141,7 @@ impl Topology {
         let mut servers = BTreeMap::new();
         let mut primaries = BTreeMap::new();
         let mut changes = BTreeMap::new();
+        let mut interest = BTreeMap::new();
         for shard in &config.shards {
             let primary = ServerId {
                 shard: shard.id,
@@ -128,15 +157,18 @@ impl Topology {
             }
             primaries.insert(shard.id, primary);
             changes.insert(shard.id, watch::channel(0).0);
+            interest.insert(shard.id, Arc::new(SampleInterest::default()));
         }
         Arc::new(Topology {
             servers: RwLock::new(servers),
             primaries: RwLock::new(primaries),
             changes,
+            interest,
         })
     }
 
-    /// The server writes for `shard` go to now.
+    /// The server writes for `shard` go to now; `None` for an unknown shard, or while no server
+    /// of it can be trusted with writes (its recorded primary is not in this proxy's config).
     pub fn primary(&self, shard: u32) -> Option<ServerId> {
         self.primaries
             .read()
@@ -150,6 +182,14 @@ impl Topology {
             p.insert(id.shard, id);
         }
         self.bump(id.shard);
+    }
+
+    /// Leaves `shard` without a primary (no server can be trusted with its writes).
+    pub fn clear_primary(&self, shard: u32) {
+        if let Ok(mut p) = self.primaries.write() {
+            p.remove(&shard);
+        }
+        self.bump(shard);
     }
 
     /// A copy of one server's state.
@@ -185,6 +225,30 @@ impl Topology {
             s.insert(state.id, state);
         }
         self.bump(shard);
+    }
+
+    /// Stores one sampling round of a shard at once and wakes its waiting readers once.
+    pub fn update_shard(&self, shard: u32, states: Vec<ServerState>) {
+        if let Ok(mut s) = self.servers.write() {
+            for state in states {
+                s.insert(state.id, state);
+            }
+        }
+        self.bump(shard);
+    }
+
+    /// Asks `shard`'s monitor for fast sampling while the returned guard lives (take it before
+    /// waiting on `watch`). `None` for an unknown shard.
+    pub fn want_fresh_samples(&self, shard: u32) -> Option<FreshSamples> {
+        let interest = self.interest.get(&shard)?.clone();
+        interest.waiters.fetch_add(1, Ordering::AcqRel);
+        interest.arrived.notify_one();
+        Some(FreshSamples(interest))
+    }
+
+    /// The shard's waiter count, for its monitor.
+    pub fn sample_interest(&self, shard: u32) -> Option<Arc<SampleInterest>> {
+        self.interest.get(&shard).cloned()
     }
 
     /// A receiver that changes whenever `shard`'s servers are sampled.
@@ -299,5 +363,30 @@ database = "app"
         );
         t.set_primary(ServerId { shard: 0, index: 1 });
         assert_eq!(t.primary(0), Some(ServerId { shard: 0, index: 1 }));
+    }
+
+    #[test]
+    fn fresh_sample_interest_lasts_while_a_guard_lives() {
+        let t = Topology::new(&config());
+        let interest = t.sample_interest(0).unwrap();
+        assert!(!interest.wanted());
+        let a = t.want_fresh_samples(0).unwrap();
+        let b = t.want_fresh_samples(0).unwrap();
+        assert!(interest.wanted());
+        assert!(!t.sample_interest(1).unwrap().wanted());
+        drop(a);
+        assert!(interest.wanted());
+        drop(b);
+        assert!(!interest.wanted());
+        assert!(t.want_fresh_samples(7).is_none());
+    }
+
+    #[test]
+    fn a_shard_can_be_left_without_a_primary() {
+        let t = Topology::new(&config());
+        t.clear_primary(1);
+        assert_eq!(t.primary(1), None);
+        t.set_primary(ServerId { shard: 1, index: 0 });
+        assert_eq!(t.primary(1), Some(ServerId { shard: 1, index: 0 }));
     }
 }

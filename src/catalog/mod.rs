@@ -1,13 +1,16 @@
 //! The catalog database: the versioned shard map (loaded at start, reloaded on NOTIFY, on a slow
-//! poll and after reconnecting) and the list of live proxies that hands out id-generator node ids.
+//! poll and after reconnecting), the list of live proxies that hands out id-generator node ids, and
+//! the primary each shard agreed on.
 
 mod init;
 mod map_handle;
+mod primaries;
 mod store;
 mod watcher;
 
 pub use init::{init, init_url, CATALOG_SQL};
 pub use map_handle::MapHandle;
+pub use primaries::{PrimaryRecord, PrimaryRecords};
 pub use store::{load_map, publish_first_map, publish_map, register_proxy, FirstMap};
 pub use watcher::{start, CatalogHandle};
 
@@ -18,6 +21,8 @@ pub enum CatalogError {
     Connect(#[source] tokio_postgres::Error),
     #[error("catalog query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    #[error("timed out talking to the catalog")]
+    Timeout,
     #[error("catalog has no shard map; run `pgshard catalog init` or `pgshard cluster up`")]
     NoMap,
     #[error("a shard map needs at least one shard; the config lists none")]

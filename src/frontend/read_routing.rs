@@ -102,6 +102,8 @@ impl Session {
         let deadline = Instant::now() + Duration::from_millis(cfg.lsn_wait_timeout_ms);
         let mut changes = topology.watch(shard)?;
         let started = Instant::now();
+        // Taken at the first wait: the shard's monitor samples every few ms while it is held.
+        let mut fresh = None;
         loop {
             let mut candidates =
                 topology.readable_replicas(shard, cfg.max_lag_bytes, cfg.max_lag_ms, min_lsn);
@@ -124,6 +126,9 @@ impl Session {
                     tracing::debug!(shard, waited = ?started.elapsed(), "no replica caught up; reading from the primary");
                 }
                 return None;
+            }
+            if fresh.is_none() {
+                fresh = topology.want_fresh_samples(shard);
             }
             match tokio::time::timeout(left, changes.changed()).await {
                 Ok(Ok(())) => continue,

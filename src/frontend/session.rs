@@ -1091,6 +1091,7 @@ fn checkout_error(e: CheckoutError) -> ErrorFields {
             format!("timed out waiting for a free server connection to shard {shard}"),
         ),
         CheckoutError::Backend(b) => backend_error_fields(&b),
+        e @ CheckoutError::NoPrimary { .. } => ErrorFields::error("08006", e.to_string()),
         other => ErrorFields::error("08001", other.to_string()),
     }
 }

@@ -1,0 +1,149 @@
+//! The `shard_primaries` table: which server every proxy sends a shard's writes to, and on which
+//! timeline. A new primary replaces the row only with a higher timeline (compare-and-set), so two
+//! proxies that discover a failover at the same moment cannot record different primaries.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::{Client, NoTls};
+
+use super::CatalogError;
+
+/// One shard's agreed primary as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryRecord {
+    pub shard: u32,
+    /// `host:port`, as the proxies' configs name the server.
+    pub address: String,
+    pub timeline: u32,
+}
+
+/// A lazily (re)connected catalog client for the monitors' reads and compare-and-sets.
+pub struct PrimaryRecords {
+    url: String,
+    connect_timeout: Duration,
+    client: Mutex<Option<Client>>,
+}
+
+impl PrimaryRecords {
+    /// Connects on first use, so a catalog outage does not stop the monitors.
+    pub fn new(url: &str, connect_timeout: Duration) -> PrimaryRecords {
+        PrimaryRecords {
+            url: url.to_string(),
+            connect_timeout,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// Every shard's row.
+    pub async fn load_all(&self) -> Result<BTreeMap<u32, PrimaryRecord>, CatalogError> {
+        let mut guard = self.connected().await?;
+        let outcome = match guard.as_ref() {
+            Some(c) => {
+                let query = c.query(
+                    "SELECT shard_id, address, timeline FROM shard_primaries",
+                    &[],
+                );
+                tokio::time::timeout(self.connect_timeout, query).await
+            }
+            None => return Err(CatalogError::Timeout),
+        };
+        let rows = settle(outcome, &mut guard)?;
+        Ok(rows
+            .iter()
+            .filter_map(record_from_row)
+            .map(|r| (r.shard, r))
+            .collect())
+    }
+
+    /// Records `address` as `shard`'s primary on `timeline` if the shard has no row yet or its
+    /// row's timeline is lower; returns the row as it stands afterwards (ours if we won).
+    pub async fn compare_and_set(
+        &self,
+        shard: u32,
+        address: &str,
+        timeline: u32,
+    ) -> Result<Option<PrimaryRecord>, CatalogError> {
+        let shard_id = shard as i32;
+        let timeline = i64::from(timeline);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&shard_id, &address, &timeline];
+        let mut guard = self.connected().await?;
+        let outcome = match guard.as_ref() {
+            Some(c) => {
+                let query = c.query(
+                    "WITH attempt AS (
+                             INSERT INTO shard_primaries AS p (shard_id, address, timeline)
+                             VALUES ($1, $2, $3)
+                             ON CONFLICT (shard_id) DO UPDATE
+                                 SET address = EXCLUDED.address, timeline = EXCLUDED.timeline,
+                                     recorded_at = now()
+                                 WHERE p.timeline < EXCLUDED.timeline
+                             RETURNING shard_id, address, timeline)
+                         SELECT shard_id, address, timeline FROM attempt
+                         UNION ALL
+                         SELECT shard_id, address, timeline FROM shard_primaries
+                         WHERE shard_id = $1 AND NOT EXISTS (SELECT 1 FROM attempt)",
+                    &params,
+                );
+                tokio::time::timeout(self.connect_timeout, query).await
+            }
+            None => return Err(CatalogError::Timeout),
+        };
+        let rows = settle(outcome, &mut guard)?;
+        Ok(rows.iter().find_map(record_from_row))
+    }
+
+    /// The client, connected first if there is none or it was closed.
+    async fn connected(&self) -> Result<MutexGuard<'_, Option<Client>>, CatalogError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(self.connect().await?);
+        }
+        Ok(guard)
+    }
+
+    async fn connect(&self) -> Result<Client, CatalogError> {
+        let connecting = tokio_postgres::connect(&self.url, NoTls);
+        let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| CatalogError::Timeout)?
+            .map_err(CatalogError::Connect)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "monitor catalog connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// A query's outcome; a failed or timed-out query drops the client so the next call reconnects.
+fn settle<T>(
+    outcome: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+    guard: &mut MutexGuard<'_, Option<Client>>,
+) -> Result<T, CatalogError> {
+    match outcome {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            **guard = None;
+            Err(CatalogError::Query(e))
+        }
+        Err(_) => {
+            **guard = None;
+            Err(CatalogError::Timeout)
+        }
+    }
+}
+
+fn record_from_row(row: &tokio_postgres::Row) -> Option<PrimaryRecord> {
+    let shard: i32 = row.try_get(0).ok()?;
+    let address: String = row.try_get(1).ok()?;
+    let timeline: i64 = row.try_get(2).ok()?;
+    Some(PrimaryRecord {
+        shard: u32::try_from(shard).ok()?,
+        address,
+        timeline: u32::try_from(timeline).ok()?,
+    })
+}
