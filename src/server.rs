@@ -82,8 +82,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     )?;
     let coordinator = Arc::new(Coordinator::new(log, pools.clone(), catalog.node_id));
     // Transactions a previous run left in doubt are settled before clients arrive.
-    txn::recovery::resolve_once(&config, &coordinator).await;
-    let recovery = txn::recovery::start(config.clone(), coordinator.clone());
+    txn::recovery::resolve_once(&config, &coordinator, &topology).await;
+    let recovery = txn::recovery::start(config.clone(), coordinator.clone(), topology.clone());
     let listener = TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;

@@ -115,15 +115,18 @@ async fn write_then_read(proxy: &RunningProxy, second: bool, pairs: i64) -> Tall
                     }
                     None => &writer,
                 };
+                // A replica that has not replayed the seeding INSERT yet has no row at all.
                 let row = reader
-                    .query_one(
+                    .query_opt(
                         "SELECT name, pg_is_in_recovery() FROM users WHERE user_id = $1",
                         &[&key],
                     )
                     .await
                     .expect("read");
-                let name: String = row.get(0);
-                let replica: bool = row.get(1);
+                let (name, replica): (String, bool) = match row {
+                    Some(row) => (row.get(0), row.get(1)),
+                    None => (String::new(), true),
+                };
                 tally.pairs += 1;
                 tally.stale += u64::from(name != value);
                 tally.on_replica += u64::from(replica);

@@ -44,8 +44,16 @@ impl Session {
             return;
         }
         for &shard in shards {
-            if let Some(id) = self.pick_read_server(shard).await {
-                self.reads.servers.insert(shard, id);
+            match self.pick_read_server(shard).await {
+                Some(id) => {
+                    self.proxy.replica_metrics.read_served(id);
+                    self.reads.servers.insert(shard, id);
+                }
+                None => {
+                    if let Some(primary) = self.proxy.topology.primary(shard) {
+                        self.proxy.replica_metrics.read_served(primary);
+                    }
+                }
             }
         }
     }
@@ -113,6 +121,9 @@ impl Session {
                 }
             }
             if !candidates.is_empty() {
+                if fresh.is_some() {
+                    proxy.replica_metrics.lsn_waited(started.elapsed());
+                }
                 return Some(self.balance(candidates));
             }
             // Only worth waiting when a fit replica is merely behind the token.
@@ -122,9 +133,13 @@ impl Session {
                     .is_empty();
             let left = deadline.saturating_duration_since(Instant::now());
             if !behind || left.is_zero() {
+                if fresh.is_some() {
+                    proxy.replica_metrics.lsn_waited(started.elapsed());
+                }
                 if behind {
                     tracing::debug!(shard, waited = ?started.elapsed(), "no replica caught up; reading from the primary");
                 }
+                proxy.replica_metrics.primary_fallback();
                 return None;
             }
             if fresh.is_none() {
@@ -132,7 +147,11 @@ impl Session {
             }
             match tokio::time::timeout(left, changes.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return None,
+                _ => {
+                    proxy.replica_metrics.lsn_waited(started.elapsed());
+                    proxy.replica_metrics.primary_fallback();
+                    return None;
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ use tokio_postgres::NoTls;
 use super::decision_log::Decision;
 use super::two_phase::{finish_sql, Coordinator};
 use super::TxnError;
+use crate::backend::topology::Topology;
 use crate::config::{Config, ShardConfig};
 
 /// Decisions whose transaction is gone everywhere are forgotten after this long.
@@ -30,12 +31,23 @@ pub struct RecoveryReport {
 }
 
 /// Checks every shard once.
-pub async fn resolve_once(config: &Config, coordinator: &Arc<Coordinator>) -> RecoveryReport {
+pub async fn resolve_once(
+    config: &Config,
+    coordinator: &Arc<Coordinator>,
+    topology: &Topology,
+) -> RecoveryReport {
     let grace = Duration::from_millis(config.transactions.in_doubt_grace_ms);
     let mut report = RecoveryReport::default();
     let mut still_prepared = Vec::new();
     for shard in &config.shards {
-        match resolve_shard(config, shard, coordinator, grace, &mut report).await {
+        // Prepared transactions live on the shard's current primary (after a failover, the
+        // promoted replica).
+        let address = topology
+            .primary(shard.id)
+            .and_then(|id| topology.server(id))
+            .map(|s| s.address)
+            .unwrap_or_else(|| shard.address());
+        match resolve_shard(config, shard, &address, coordinator, grace, &mut report).await {
             Ok(mut left) => still_prepared.append(&mut left),
             Err(e) => {
                 tracing::debug!(shard = shard.id, error = %e, "in-doubt check skipped a shard");
@@ -66,11 +78,12 @@ pub async fn resolve_once(config: &Config, coordinator: &Arc<Coordinator>) -> Re
 async fn resolve_shard(
     config: &Config,
     shard: &ShardConfig,
+    address: &str,
     coordinator: &Arc<Coordinator>,
     grace: Duration,
     report: &mut RecoveryReport,
 ) -> Result<Vec<String>, TxnError> {
-    let client = connect(config, shard).await?;
+    let client = connect(config, shard, address).await?;
     let rows = client
         .query(
             "SELECT gid, extract(epoch FROM now() - prepared)::float8
@@ -113,10 +126,18 @@ async fn resolve_shard(
     Ok(left)
 }
 
-async fn connect(config: &Config, shard: &ShardConfig) -> Result<tokio_postgres::Client, TxnError> {
+async fn connect(
+    config: &Config,
+    shard: &ShardConfig,
+    address: &str,
+) -> Result<tokio_postgres::Client, TxnError> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .unwrap_or((shard.host.as_str(), shard.port));
     let mut pg = tokio_postgres::Config::new();
-    pg.host(&shard.host)
-        .port(shard.port)
+    pg.host(host)
+        .port(port)
         .dbname(&shard.database)
         .user(shard.login_user(&config.server_auth))
         .application_name("pgshard-recovery")
@@ -132,11 +153,15 @@ async fn connect(config: &Config, shard: &ShardConfig) -> Result<tokio_postgres:
 }
 
 /// Runs a pass now and then every `recovery_interval_ms` until the proxy stops.
-pub fn start(config: Arc<Config>, coordinator: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
+pub fn start(
+    config: Arc<Config>,
+    coordinator: Arc<Coordinator>,
+    topology: Arc<Topology>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = Duration::from_millis(config.transactions.recovery_interval_ms.max(100));
         loop {
-            resolve_once(&config, &coordinator).await;
+            resolve_once(&config, &coordinator, &topology).await;
             tokio::time::sleep(every).await;
         }
     })
