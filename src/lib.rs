@@ -11,6 +11,7 @@ pub mod ids;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod telemetry;
 pub mod txn;
 pub mod wire;
 

@@ -18,6 +18,7 @@ use crate::frontend::listener::accept_loop;
 use crate::ids::IdGenerator;
 use crate::proxy::Proxy;
 use crate::router::Router;
+use crate::telemetry::endpoint::{self, MetricsEndpoint};
 use crate::txn::{self, Coordinator, DecisionLog};
 
 /// Connections pgshard itself needs on each shard beyond its pools (checks, monitors).
@@ -27,6 +28,9 @@ const CONTROL_CONNECTIONS: usize = 2;
 pub struct RunningProxy {
     pub addr: SocketAddr,
     pub proxy: Arc<Proxy>,
+    /// Where `/metrics` is served, when `[metrics]` is configured.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: Option<MetricsEndpoint>,
     shutdown: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
     catalog: CatalogHandle,
@@ -40,6 +44,9 @@ impl RunningProxy {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
+        if let Some(metrics) = self.metrics {
+            metrics.stopped().await;
+        }
         self.recovery.abort();
         self.monitors.stop().await;
         self.catalog.shutdown();
@@ -102,11 +109,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         replica_metrics,
     });
     let (shutdown, rx) = watch::channel(false);
+    let metrics = match &config.metrics {
+        Some(m) => Some(endpoint::start(m, proxy.clone(), rx.clone()).await?),
+        None => None,
+    };
     let accept = tokio::spawn(accept_loop(listener, proxy.clone(), rx));
     tracing::info!(%addr, shards = config.shards.len(), map_version = proxy.map.current().version, "pgshard listening");
     Ok(RunningProxy {
         addr,
         proxy,
+        metrics_addr: metrics.as_ref().map(|m| m.addr),
+        metrics,
         shutdown,
         accept,
         catalog,

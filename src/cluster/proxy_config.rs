@@ -75,6 +75,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         router: RouterConfig::default(),
         transactions: Default::default(),
         replicas: Default::default(),
+        metrics: None,
     }
 }
 

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use super::exchange::{FrameSink, SinkError};
 use crate::backend::ServerConn;
-use crate::wire::backend::ErrorFields;
+use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::{split_frame, Frame, FrameError};
 use crate::wire::frontend as fe;
 
@@ -91,6 +91,7 @@ impl ClientIo {
 
     /// Queues a frame for the client.
     pub fn push(&mut self, frame: &Frame) {
+        count_error(frame);
         frame.encode(&mut self.out);
     }
 
@@ -112,6 +113,7 @@ impl ClientIo {
 
 impl FrameSink for ClientIo {
     async fn send(&mut self, frame: Frame) -> Result<(), SinkError> {
+        count_error(&frame);
         frame.encode(&mut self.out);
         if self.out.len() >= FLUSH_AT {
             self.flush().await.map_err(|_| SinkError::ClientGone)?;
@@ -153,6 +155,13 @@ impl FrameSink for ClientIo {
                 }
             }
         }
+    }
+}
+
+/// Every ErrorResponse to the client passes `push` or `send`: counted there by SQLSTATE class.
+fn count_error(frame: &Frame) {
+    if frame.tag == be::ERROR_RESPONSE {
+        crate::telemetry::record::error_frame_sent(&frame.body);
     }
 }
 

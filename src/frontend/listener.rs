@@ -15,6 +15,7 @@ use super::session::Session;
 use super::startup::{read_opening, Opening};
 use crate::backend::session_state::startup_settings;
 use crate::proxy::Proxy;
+use crate::telemetry::ClientConnection;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
 /// How long a client may take from connecting to being logged in.
@@ -31,7 +32,10 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let proxy = proxy.clone();
-                    tokio::spawn(async move { handle_client(proxy, stream).await });
+                    tokio::spawn(async move {
+                        let _counted = ClientConnection::open();
+                        handle_client(proxy, stream).await
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -48,6 +52,7 @@ pub async fn accept_loop(
 }
 
 async fn fatal(stream: &mut TcpStream, fields: ErrorFields) {
+    crate::telemetry::record::error_sent(&fields.code);
     let _ = stream.write_all(&fields.to_frame().to_bytes()).await;
     let _ = stream.flush().await;
 }

@@ -16,6 +16,7 @@ use crate::backend::{PooledConn, ShardPools};
 use crate::config::PoolMode;
 use crate::proxy::Proxy;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
+use crate::telemetry::{QueryTimer, RouteKind};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
@@ -37,6 +38,17 @@ pub enum Target {
     Scatter(Vec<u32>),
     /// Every shard changes alike; one answer (see `gather::broadcast`).
     Broadcast(Vec<u32>),
+}
+
+impl Target {
+    /// The `route` label of the query metrics.
+    pub fn route_kind(&self) -> RouteKind {
+        match self {
+            Target::Single(_) => RouteKind::Single,
+            Target::Scatter(_) => RouteKind::Scatter,
+            Target::Broadcast(_) => RouteKind::Broadcast,
+        }
+    }
 }
 
 /// Why the session loop must stop.
@@ -313,6 +325,7 @@ impl Session {
                 forward: true,
             }]
         };
+        let _timed = QueryTimer::start(target.route_kind());
         match target {
             Target::Single(shard) => {
                 self.route_reads(&[shard], &facts).await;
