@@ -722,7 +722,10 @@ key = "user_id"
         let text = format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9930\"\n");
         let c = Config::from_toml(&text, Path::new("t.toml")).unwrap();
         let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();
-        assert_eq!(again.metrics.map(|m| m.listen).as_deref(), Some("127.0.0.1:9930"));
+        assert_eq!(
+            again.metrics.map(|m| m.listen).as_deref(),
+            Some("127.0.0.1:9930")
+        );
         let text = format!("{GOOD}\n[metrics]\nlisten = \"[::1]:9930\"\n");
         assert!(Config::from_toml(&text, Path::new("t.toml")).is_ok());
         let text = format!("{GOOD}\n[metrics]\nlisten = \"0.0.0.0:9930\"\n");

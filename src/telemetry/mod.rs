@@ -11,7 +11,7 @@ pub use record::{ClientConnection, QueryTimer, RouteKind};
 /// Client connections open now (gauge).
 pub const CLIENT_CONNECTIONS: &str = "pgshard_client_connections";
 /// Client connections accepted since start.
-pub const CLIENT_CONNECTIONS_TOTAL: &str = "pgshard_client_connections_total";
+pub const CLIENT_CONNECTIONS_TOTAL: &str = "pgshard_client_connections_accepted_total";
 /// Statements (or extended-protocol batches) run, by route kind.
 pub const QUERIES_TOTAL: &str = "pgshard_queries_total";
 /// Time from routing a statement to its last answer queued for the client, by route kind.

@@ -21,6 +21,9 @@ pub struct PoolGauges {
     pub waiting: usize,
 }
 
+/// A pool gauge family: name, help, and the value it reads.
+type PoolFamily = (&'static str, &'static str, fn(&PoolGauges) -> usize);
+
 /// Builds one metric family at a time: HELP and TYPE lines, then samples.
 struct Text {
     out: String,
@@ -130,7 +133,7 @@ pub fn render(snapshot: &MetricsSnapshot, pools: &[PoolGauges]) -> String {
             t.sample("pgshard_replica_lag_seconds", &server_labels(*id), secs);
         }
     }
-    let pool_families: [(&str, &str, fn(&PoolGauges) -> usize); 4] = [
+    let pool_families: [PoolFamily; 4] = [
         (
             "pgshard_server_connections",
             "Open server connections of the pool, idle and in use.",
