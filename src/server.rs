@@ -100,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         coordinator,
         topology,
         replica_metrics,
+        admin: Default::default(),
     });
     let (shutdown, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, proxy.clone(), rx));
