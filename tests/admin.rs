@@ -232,7 +232,7 @@ async fn admin_console_shows_state_and_refuses_non_admins() {
         err.contains("may not use the pgshard admin console"),
         "{err}"
     );
-    let refused = proxy::connect_url(&app_admin).await.err().expect("refused");
+    let refused = proxy::connect_url(&app_admin).await.expect_err("refused");
     assert_eq!(
         refused.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
@@ -242,7 +242,7 @@ async fn admin_console_shows_state_and_refuses_non_admins() {
         "postgres://admin:nope@127.0.0.1:{}/pgshard?sslmode=disable",
         proxy.addr.port()
     );
-    let refused = proxy::connect_url(&wrong).await.err().expect("refused");
+    let refused = proxy::connect_url(&wrong).await.expect_err("refused");
     assert_eq!(
         refused.code(),
         Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
