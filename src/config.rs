@@ -96,6 +96,9 @@ pub struct UserConfig {
     pub password: Option<String>,
     #[serde(default)]
     pub auth: AuthMethod,
+    /// May log into the admin console (database `pgshard`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// How a client proves who it is.

@@ -1,6 +1,7 @@
 //! pgshard: a sharding proxy for PostgreSQL. Clients speak the ordinary wire protocol to it; it routes
 //! every statement by its shard key to the shards that own it.
 
+pub mod admin;
 pub mod backend;
 pub mod catalog;
 pub mod cluster;

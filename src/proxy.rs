@@ -33,4 +33,6 @@ pub struct Proxy {
     /// Reads per server, LSN waits, fallbacks to the primary, failovers (bumped by sessions and
     /// monitors; lag and fenced gauges come from the topology).
     pub replica_metrics: Arc<ReplicaMetrics>,
+    /// Connected clients, request counters and the PAUSE gate (the admin console's view).
+    pub admin: crate::admin::AdminState,
 }

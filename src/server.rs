@@ -107,6 +107,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         coordinator,
         topology,
         replica_metrics,
+        admin: Default::default(),
     });
     let (shutdown, rx) = watch::channel(false);
     let metrics = match &config.metrics {

@@ -2,8 +2,9 @@
 //! (startup settings are checked on a real shard, whose ParameterStatus values the client gets).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use super::client_io::ClientIo;
 use super::session::Session;
 use super::startup::{read_opening, Opening};
+use crate::admin::clients::ClientInfo;
 use crate::backend::session_state::startup_settings;
 use crate::proxy::Proxy;
 use crate::telemetry::ClientConnection;
@@ -30,11 +32,11 @@ pub async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let proxy = proxy.clone();
                     tokio::spawn(async move {
                         let _counted = ClientConnection::open();
-                        handle_client(proxy, stream).await
+                        handle_client(proxy, stream, peer).await
                     });
                 }
                 Err(e) => {
@@ -57,11 +59,11 @@ async fn fatal(stream: &mut TcpStream, fields: ErrorFields) {
     let _ = stream.flush().await;
 }
 
-async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
+async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&proxy, &mut stream, &mut buf)).await;
-    let (params, user) = match login {
+    let (params, user, database) = match login {
         Ok(Some(v)) => v,
         Ok(None) => return,
         Err(_) => {
@@ -73,8 +75,21 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
             return;
         }
     };
-    let settings = startup_settings(&params);
     let (pid, secret, active) = proxy.cancels.register();
+    let _listed = proxy.admin.clients.register(ClientInfo {
+        pid,
+        user: user.clone(),
+        database: database.clone(),
+        address: Some(peer),
+        connected_at: SystemTime::now(),
+    });
+    if database == crate::ADMIN_DATABASE {
+        let io = ClientIo::new(stream, buf, proxy.config.proxy.max_message_size);
+        crate::admin::console::serve(proxy.clone(), io, &user, pid, secret).await;
+        proxy.cancels.unregister(pid, secret);
+        return;
+    }
+    let settings = startup_settings(&params);
     let mut session = Session {
         proxy: proxy.clone(),
         io: ClientIo::new(stream, buf, proxy.config.proxy.max_message_size),
@@ -159,11 +174,13 @@ fn unreachable(fields: &ErrorFields) -> bool {
 }
 
 /// The handshake and authentication; `None` when the connection ended (already answered).
+/// Returns the startup parameters, the user and the database (the served one or the admin
+/// console's).
 async fn login(
     proxy: &Proxy,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-) -> Option<(Vec<(String, String)>, String)> {
+) -> Option<(Vec<(String, String)>, String, String)> {
     let opening = read_opening(stream, buf).await.ok()?;
     let (params, user, database) = match opening {
         Opening::Cancel { pid, secret } => {
@@ -183,18 +200,20 @@ async fn login(
         fatal(stream, ErrorFields::fatal(e.sqlstate(), e.message())).await;
         return None;
     }
-    if database == crate::ADMIN_DATABASE {
+    if database == crate::ADMIN_DATABASE && !user_config.is_some_and(|u| u.admin) {
+        tracing::info!(user = %user, "refused a non-admin user the admin console");
         fatal(
             stream,
             ErrorFields::fatal(
-                "0A000",
-                "the admin console (database \"pgshard\") is not available in this version of pgshard",
-            ),
+                "42501",
+                format!("permission denied: user \"{user}\" may not use the pgshard admin console"),
+            )
+            .with_hint("the admin console is for users with admin = true in [[users]]"),
         )
         .await;
         return None;
     }
-    if database != proxy.config.proxy.database {
+    if database != proxy.config.proxy.database && database != crate::ADMIN_DATABASE {
         fatal(
             stream,
             ErrorFields::fatal("3D000", format!("database \"{database}\" does not exist"))
@@ -210,5 +229,5 @@ async fn login(
         .write_all(&be::authentication_ok().to_bytes())
         .await
         .ok()?;
-    Some((params, user))
+    Some((params, user, database))
 }

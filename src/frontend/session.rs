@@ -111,6 +111,14 @@ impl Session {
             };
             // Replica choices belong to one request.
             self.reads.servers.clear();
+            // A PAUSE from the admin console holds new requests here; open transactions go on.
+            let _pass = match frame.tag {
+                fe::QUERY | fe::FLUSH | fe::SYNC => {
+                    let in_txn = self.txn.is_some() || self.open_batch_shard.is_some();
+                    Some(self.proxy.admin.gate.enter(in_txn).await)
+                }
+                _ => None,
+            };
             let result = match frame.tag {
                 fe::QUERY => {
                     self.skip_until_sync = false;
