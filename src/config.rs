@@ -53,6 +53,33 @@ pub struct Config {
     /// The Prometheus endpoint; absent means no metrics are collected or served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// TLS for clients; absent means SSLRequest is answered `N` and direct TLS is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The certificate clients see and whether they must use TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Whether a client may log in without TLS.
+    #[serde(default)]
+    pub mode: TlsMode,
+}
+
+/// Whether clients must use TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// TLS when the client asks for it, plain otherwise.
+    #[default]
+    Allow,
+    /// A client that logs in without TLS is refused (FATAL 28000).
+    Require,
 }
 
 /// Where Prometheus scrapes `/metrics`. The endpoint has no authentication, so it listens on a

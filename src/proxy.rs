@@ -35,4 +35,6 @@ pub struct Proxy {
     pub replica_metrics: Arc<ReplicaMetrics>,
     /// Connected clients, request counters and the PAUSE gate (the admin console's view).
     pub admin: crate::admin::AdminState,
+    /// TLS for clients, when `[tls]` is configured.
+    pub client_tls: Option<crate::frontend::tls::ClientTls>,
 }

@@ -91,6 +91,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     // Transactions a previous run left in doubt are settled before clients arrive.
     txn::recovery::resolve_once(&config, &coordinator, &topology).await;
     let recovery = txn::recovery::start(config.clone(), coordinator.clone(), topology.clone());
+    let client_tls = config
+        .tls
+        .as_ref()
+        .map(crate::frontend::tls::ClientTls::load)
+        .transpose()?;
     let listener = TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
@@ -108,6 +113,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         topology,
         replica_metrics,
         admin: Default::default(),
+        client_tls,
     });
     let (shutdown, rx) = watch::channel(false);
     let metrics = match &config.metrics {

@@ -77,6 +77,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         transactions: Default::default(),
         replicas: Default::default(),
         metrics: None,
+        tls: None,
     }
 }
 

@@ -3,9 +3,9 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::exchange::{FrameSink, SinkError};
+use super::tls::ClientStream;
 use crate::backend::ServerConn;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::{split_frame, Frame, FrameError};
@@ -25,7 +25,7 @@ pub enum ClientReadError {
 
 /// A connected client after startup.
 pub struct ClientIo {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     pub rbuf: BytesMut,
     pub out: BytesMut,
     pub max_message: usize,
@@ -41,7 +41,7 @@ pub struct OutputMark {
 }
 
 impl ClientIo {
-    pub fn new(stream: TcpStream, rbuf: BytesMut, max_message: usize) -> ClientIo {
+    pub fn new(stream: ClientStream, rbuf: BytesMut, max_message: usize) -> ClientIo {
         ClientIo {
             stream,
             rbuf,

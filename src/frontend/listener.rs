@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use super::tls::ClientStream;
 use tokio::sync::watch;
 
 use super::client_io::ClientIo;
@@ -53,14 +55,15 @@ pub async fn accept_loop(
     }
 }
 
-async fn fatal(stream: &mut TcpStream, fields: ErrorFields) {
+async fn fatal(stream: &mut ClientStream, fields: ErrorFields) {
     crate::telemetry::record::error_sent(&fields.code);
     let _ = stream.write_all(&fields.to_frame().to_bytes()).await;
     let _ = stream.flush().await;
 }
 
-async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
+async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let mut stream = ClientStream::Plain(stream);
     let mut buf = BytesMut::with_capacity(1024);
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&proxy, &mut stream, &mut buf)).await;
     let (params, user, database) = match login {
@@ -178,10 +181,16 @@ fn unreachable(fields: &ErrorFields) -> bool {
 /// console's).
 async fn login(
     proxy: &Proxy,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Option<(Vec<(String, String)>, String, String)> {
-    let opening = read_opening(stream, buf).await.ok()?;
+    let opening = match read_opening(stream, buf, proxy.client_tls.as_ref()).await {
+        Ok(opening) => opening,
+        Err(e) => {
+            tracing::debug!(error = %e, "client handshake failed");
+            return None;
+        }
+    };
     let (params, user, database) = match opening {
         Opening::Cancel { pid, secret } => {
             proxy.cancels.cancel(pid, secret).await;
@@ -194,6 +203,15 @@ async fn login(
             database,
         } => (params, user, database),
     };
+    if proxy.client_tls.as_ref().is_some_and(|t| t.required) && !stream.is_tls() {
+        fatal(
+            stream,
+            ErrorFields::fatal("28000", "pgshard requires SSL")
+                .with_hint("connect with sslmode=require (or verify-ca / verify-full)"),
+        )
+        .await;
+        return None;
+    }
     let user_config = proxy.config.user(&user);
     if let Err(e) = super::auth::authenticate(stream, buf, &user, user_config).await {
         tracing::info!(user = %user, sqlstate = e.sqlstate(), "client login failed");

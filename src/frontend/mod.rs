@@ -10,4 +10,5 @@ pub mod listener;
 pub mod read_routing;
 pub mod session;
 pub mod startup;
+pub mod tls;
 pub mod txn_control;

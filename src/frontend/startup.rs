@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::tls::{ClientStream, ClientTls, ALPN_POSTGRESQL};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::{split_startup, StartupFrame};
 
@@ -22,16 +22,44 @@ pub enum Opening {
     Closed,
 }
 
-/// Reads the startup-family packets up to the StartupMessage.
-pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Opening> {
+/// Reads the startup-family packets up to the StartupMessage, switching to TLS on the way when
+/// `tls` is configured and the client asks (SSLRequest, or a TLS handshake as its first bytes).
+pub async fn read_opening(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    tls: Option<&ClientTls>,
+) -> std::io::Result<Opening> {
+    if let Some(tls) = tls {
+        if buf.is_empty() && stream.starts_with_tls().await? {
+            stream.start_tls(tls).await?;
+            // As PostgreSQL 17: direct TLS is only for clients that name the protocol.
+            if stream.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+                let err = ErrorFields::fatal(
+                    "08P01",
+                    "received direct SSL connection request without ALPN protocol negotiation extension",
+                );
+                let _ = stream.write_all(&err.to_frame().to_bytes()).await;
+                let _ = stream.flush().await;
+                return Ok(Opening::Closed);
+            }
+        }
+    }
     loop {
         match split_startup(buf) {
-            Ok(Some(StartupFrame::Ssl)) | Ok(Some(StartupFrame::GssEnc)) => {
+            Ok(Some(request @ (StartupFrame::Ssl | StartupFrame::GssEnc))) => {
                 if !buf.is_empty() {
-                    // Bytes sent after an SSLRequest before our answer: not a conforming client.
+                    // Bytes sent after an SSLRequest before our answer: not a conforming client
+                    // (and, before TLS, bytes an attacker could have injected).
                     return Ok(Opening::Closed);
                 }
-                stream.write_all(b"N").await?;
+                match tls {
+                    Some(tls) if matches!(request, StartupFrame::Ssl) && !stream.is_tls() => {
+                        stream.write_all(b"S").await?;
+                        stream.flush().await?;
+                        stream.start_tls(tls).await?;
+                    }
+                    _ => stream.write_all(b"N").await?,
+                }
                 continue;
             }
             Ok(Some(StartupFrame::Cancel { pid, secret })) => {
@@ -55,7 +83,7 @@ pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io
 }
 
 async fn negotiate(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     version: u32,
     params: Vec<(String, String)>,
 ) -> std::io::Result<Opening> {
