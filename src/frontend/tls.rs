@@ -200,5 +200,8 @@ impl AsyncWrite for ClientStream {
 }
 
 fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the client's TLS handshake failed")
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the client's TLS handshake failed",
+    )
 }
