@@ -25,6 +25,8 @@ if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/nu
     need+=(docker-compose)
 fi
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# tests/tls.rs: the openssl CLI makes its self-signed certificate.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${PGSHARD_BENCH:-0}" = 1 ]; then
     command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
     command -v bc >/dev/null 2>&1 || need+=(bc)

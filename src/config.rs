@@ -774,6 +774,28 @@ key = "user_id"
     }
 
     #[test]
+    fn tls_section_parses_with_allow_as_the_default_mode() {
+        let c = Config::from_toml(GOOD, Path::new("t.toml")).unwrap();
+        assert!(c.tls.is_none());
+        let text = format!("{GOOD}\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n");
+        let tls = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.mode, TlsMode::Allow);
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        let text = format!("{text}mode = \"require\"\n");
+        let c = Config::from_toml(&text, Path::new("t.toml")).unwrap();
+        let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();
+        assert_eq!(again.tls.map(|t| t.mode), Some(TlsMode::Require));
+        let text = format!("{GOOD}\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nmode = \"prefer\"\n");
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefer"), "{err}");
+    }
+
+    #[test]
     fn the_shipped_pgbench_config_is_valid() {
         let text = include_str!("../config/pgbench.toml");
         let c = Config::from_toml(text, Path::new("config/pgbench.toml")).unwrap();
