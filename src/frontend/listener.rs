@@ -14,6 +14,7 @@ use super::client_io::ClientIo;
 use super::session::Session;
 use super::startup::{read_opening, Opening};
 use crate::backend::session_state::startup_settings;
+use crate::live::{ClientSlot, Phase};
 use crate::proxy::Proxy;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
@@ -56,7 +57,7 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&proxy, &mut stream, &mut buf)).await;
-    let (params, user) = match login {
+    let (params, user, _slot) = match login {
         Ok(Some(v)) => v,
         Ok(None) => return,
         Err(_) => {
@@ -72,7 +73,7 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
     let (pid, secret, active) = proxy.cancels.register();
     let mut session = Session {
         proxy: proxy.clone(),
-        io: ClientIo::new(stream, buf, proxy.config.proxy.max_message_size),
+        io: ClientIo::new(stream, buf, proxy.live.get().max_message_size),
         user: user.clone(),
         startup_settings: settings.clone(),
         settings,
@@ -158,7 +159,7 @@ async fn login(
     proxy: &Proxy,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-) -> Option<(Vec<(String, String)>, String)> {
+) -> Option<(Vec<(String, String)>, String, ClientSlot)> {
     let opening = read_opening(stream, buf).await.ok()?;
     let (params, user, database) = match opening {
         Opening::Cancel { pid, secret } => {
@@ -172,8 +173,26 @@ async fn login(
             database,
         } => (params, user, database),
     };
-    let user_config = proxy.config.user(&user);
-    if let Err(e) = super::auth::authenticate(stream, buf, &user, user_config).await {
+    let Some(slot) = proxy.live.admit() else {
+        tracing::warn!(user = %user, max_clients = proxy.live.get().max_clients, "client refused: too many clients");
+        fatal(
+            stream,
+            ErrorFields::fatal("53300", "sorry, too many clients already")
+                .with_hint("pgshard's proxy.max_clients limit is reached"),
+        )
+        .await;
+        return None;
+    };
+    if *proxy.phase.borrow() != Phase::Running {
+        fatal(
+            stream,
+            ErrorFields::fatal("57P03", "the database system is shutting down"),
+        )
+        .await;
+        return None;
+    }
+    let live = proxy.live.get();
+    if let Err(e) = super::auth::authenticate(stream, buf, &user, live.user(&user)).await {
         tracing::info!(user = %user, sqlstate = e.sqlstate(), "client login failed");
         fatal(stream, ErrorFields::fatal(e.sqlstate(), e.message())).await;
         return None;
@@ -205,5 +224,5 @@ async fn login(
         .write_all(&be::authentication_ok().to_bytes())
         .await
         .ok()?;
-    Some((params, user))
+    Some((params, user, slot))
 }
