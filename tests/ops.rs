@@ -288,6 +288,7 @@ async fn client_limit_idle_in_transaction_and_query_timeouts() {
         c.proxy.max_clients = 2;
         c.proxy.idle_in_transaction_timeout_ms = 400;
         c.proxy.query_timeout_ms = 500;
+        c.proxy.max_message_size = 4096;
     })
     .await;
     let app = proxy::app_url(&running);
@@ -345,5 +346,20 @@ async fn client_limit_idle_in_transaction_and_query_timeouts() {
     );
     // The session and its server connection stay usable.
     third.simple_query("SELECT 1").await.unwrap();
+
+    // A message over max_message_size ends the session with an error naming the limit.
+    let big = format!("SELECT '{}'", "x".repeat(5000));
+    let err = third
+        .simple_query(&big)
+        .await
+        .expect_err("the message is too large");
+    assert_eq!(err.code(), Some(&SqlState::PROTOCOL_VIOLATION), "{err:?}");
+    let message = err.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("exceeds the limit of 4096 bytes")),
+        "{message:?}"
+    );
     running.stop().await;
 }
