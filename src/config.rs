@@ -50,6 +50,22 @@ pub struct Config {
     pub transactions: TransactionsConfig,
     #[serde(default)]
     pub replicas: ReplicasConfig,
+    /// The Prometheus endpoint; absent means no metrics are collected or served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Where Prometheus scrapes `/metrics`. The endpoint has no authentication, so it listens on a
+/// loopback address unless `allow_remote` says the network around it is private (a container
+/// network).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the HTTP endpoint, e.g. `127.0.0.1:9930`.
+    pub listen: String,
+    /// Permits a non-loopback `listen` (e.g. `0.0.0.0:9930` inside docker compose).
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// Where the proxy listens and which logical database it serves.
@@ -97,6 +113,9 @@ pub struct UserConfig {
     pub password: Option<String>,
     #[serde(default)]
     pub auth: AuthMethod,
+    /// May log into the admin console (database `pgshard`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// How a client proves who it is.
@@ -488,6 +507,29 @@ impl Config {
                 ),
             ));
         }
+        if let Some(metrics) = &self.metrics {
+            match metrics.listen.parse::<std::net::SocketAddr>() {
+                Err(_) => {
+                    return Err(invalid(
+                        "metrics.listen",
+                        format!(
+                            "`{}` is not an address like 127.0.0.1:9930",
+                            metrics.listen
+                        ),
+                    ))
+                }
+                Ok(addr) if !addr.ip().is_loopback() && !metrics.allow_remote => {
+                    return Err(invalid(
+                        "metrics.listen",
+                        format!(
+                            "`{}` is not a loopback address; the metrics endpoint has no authentication, so listen on 127.0.0.1, or set metrics.allow_remote = true when only a private network (a container network) can reach it",
+                            metrics.listen
+                        ),
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
         if self.proxy.database.is_empty() {
             return Err(invalid("proxy.database", "must not be empty".into()));
         }
@@ -717,6 +759,36 @@ key = "user_id"
             c.catalog.url
         );
         assert_eq!(c.proxy.listen, "0.0.0.0:6432");
+        let metrics = c.metrics.expect("compose scrapes pgshard:9930");
+        assert_eq!(metrics.listen, "0.0.0.0:9930");
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_unless_remote_is_allowed() {
+        let c = Config::from_toml(GOOD, Path::new("t.toml")).unwrap();
+        assert!(c.metrics.is_none());
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9930\"\n");
+        let c = Config::from_toml(&text, Path::new("t.toml")).unwrap();
+        let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();
+        assert_eq!(
+            again.metrics.map(|m| m.listen).as_deref(),
+            Some("127.0.0.1:9930")
+        );
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"[::1]:9930\"\n");
+        assert!(Config::from_toml(&text, Path::new("t.toml")).is_ok());
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"0.0.0.0:9930\"\n");
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
+        assert!(err.contains("allow_remote"), "{err}");
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"0.0.0.0:9930\"\nallow_remote = true\n");
+        assert!(Config::from_toml(&text, Path::new("t.toml")).is_ok());
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"localhost\"\n");
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! pgshard: a sharding proxy for PostgreSQL. Clients speak the ordinary wire protocol to it; it routes
 //! every statement by its shard key to the shards that own it.
 
+pub mod admin;
 pub mod backend;
 pub mod catalog;
 pub mod cluster;
@@ -12,6 +13,7 @@ pub mod live;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod telemetry;
 pub mod txn;
 pub mod wire;
 

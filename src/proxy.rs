@@ -37,4 +37,6 @@ pub struct Proxy {
     pub live: Arc<crate::live::Live>,
     /// Running, draining or closing: sessions watch it between requests.
     pub phase: crate::live::PhaseSender,
+    /// Connected clients, request counters and the PAUSE gate (the admin console's view).
+    pub admin: crate::admin::AdminState,
 }

@@ -20,6 +20,7 @@ use crate::ids::IdGenerator;
 use crate::live::{fixed_changes, Live, LiveSettings, Phase};
 use crate::proxy::Proxy;
 use crate::router::Router;
+use crate::telemetry::endpoint::{self, MetricsEndpoint};
 use crate::txn::{self, Coordinator, DecisionLog};
 
 /// Connections pgshard itself needs on each shard beyond its pools (checks, monitors).
@@ -45,6 +46,9 @@ async fn wait_until(deadline: tokio::time::Instant, done: impl Fn() -> bool) -> 
 pub struct RunningProxy {
     pub addr: SocketAddr,
     pub proxy: Arc<Proxy>,
+    /// Where `/metrics` is served, when `[metrics]` is configured.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: Option<MetricsEndpoint>,
     shutdown: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
     catalog: CatalogHandle,
@@ -88,6 +92,9 @@ impl RunningProxy {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
+        if let Some(metrics) = self.metrics {
+            metrics.stopped().await;
+        }
         self.recovery.abort();
         self.monitors.stop().await;
         self.catalog.shutdown();
@@ -150,13 +157,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         replica_metrics,
         live: Arc::new(Live::new(LiveSettings::from_config(&config))),
         phase: watch::channel(Phase::Running).0,
+        admin: Default::default(),
     });
     let (shutdown, rx) = watch::channel(false);
+    let metrics = match &config.metrics {
+        Some(m) => Some(endpoint::start(m, proxy.clone(), rx.clone()).await?),
+        None => None,
+    };
     let accept = tokio::spawn(accept_loop(listener, proxy.clone(), rx));
     tracing::info!(%addr, shards = config.shards.len(), map_version = proxy.map.current().version, "pgshard listening");
     Ok(RunningProxy {
         addr,
         proxy,
+        metrics_addr: metrics.as_ref().map(|m| m.addr),
+        metrics,
         shutdown,
         accept,
         catalog,

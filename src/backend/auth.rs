@@ -249,6 +249,7 @@ mod tests {
             name: "app".into(),
             password: Some(stored.to_string()),
             auth,
+            admin: false,
         };
         let server_task = tokio::spawn(async move {
             let mut buf = BytesMut::new();

@@ -143,7 +143,10 @@ impl ShardPools {
             create: None,
             recycle: None,
         };
-        pool.timeout_get(&timeouts).await.map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let got = pool.timeout_get(&timeouts).await;
+        crate::telemetry::record::pool_waited(started.elapsed());
+        got.map_err(|e| match e {
             PoolError::Timeout(_) => CheckoutError::Timeout(shard),
             PoolError::Backend(
                 b @ (BackendError::Connect { .. } | BackendError::ConnectTimeout { .. }),

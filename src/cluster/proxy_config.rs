@@ -52,6 +52,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
             name: "app".into(),
             password: Some("app".into()),
             auth: AuthMethod::ScramSha256,
+            admin: false,
         }],
         catalog: CatalogConfig {
             url: format!(
@@ -75,6 +76,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         router: RouterConfig::default(),
         transactions: Default::default(),
         replicas: Default::default(),
+        metrics: None,
     }
 }
 

@@ -596,6 +596,7 @@ mod tests {
             name: "alice".into(),
             password: password.map(str::to_string),
             auth,
+            admin: false,
         }
     }
 

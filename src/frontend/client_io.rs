@@ -101,6 +101,7 @@ impl ClientIo {
 
     /// Queues a frame for the client.
     pub fn push(&mut self, frame: &Frame) {
+        count_error(frame);
         if frame.tag == be::ERROR_RESPONSE && self.timed_out.load(Ordering::Acquire) {
             if let Ok(mut fields) = ErrorFields::decode(&frame.body) {
                 if fields.code == QUERY_CANCELED {
@@ -173,6 +174,13 @@ impl FrameSink for ClientIo {
                 }
             }
         }
+    }
+}
+
+/// Every ErrorResponse to the client passes `push` or `send`: counted there by SQLSTATE class.
+fn count_error(frame: &Frame) {
+    if frame.tag == be::ERROR_RESPONSE {
+        crate::telemetry::record::error_frame_sent(&frame.body);
     }
 }
 

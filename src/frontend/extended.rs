@@ -16,6 +16,7 @@ use crate::backend::ServerConn;
 use crate::gather::copy_in::CopyProtocol;
 use crate::router::params::BindParams;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
+use crate::telemetry::QueryTimer;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
@@ -190,6 +191,7 @@ impl Session {
         let merge_steps = merge.as_ref().map(|(m, _)| m);
         let build =
             |conn: &ServerConn| build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps);
+        let _timed = (executes > 0).then(|| QueryTimer::start(target.route_kind()));
         match target {
             Target::Single(shard) => {
                 for msg in &msgs {

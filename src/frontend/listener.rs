@@ -2,8 +2,9 @@
 //! (startup settings are checked on a real shard, whose ParameterStatus values the client gets).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -13,9 +14,11 @@ use tokio::sync::watch;
 use super::client_io::ClientIo;
 use super::session::Session;
 use super::startup::{read_opening, Opening};
+use crate::admin::clients::ClientInfo;
 use crate::backend::session_state::startup_settings;
 use crate::live::{ClientSlot, Phase};
 use crate::proxy::Proxy;
+use crate::telemetry::ClientConnection;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
 /// How long a client may take from connecting to being logged in.
@@ -30,9 +33,12 @@ pub async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let proxy = proxy.clone();
-                    tokio::spawn(async move { handle_client(proxy, stream).await });
+                    tokio::spawn(async move {
+                        let _counted = ClientConnection::open();
+                        handle_client(proxy, stream, peer).await
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -49,15 +55,16 @@ pub async fn accept_loop(
 }
 
 async fn fatal(stream: &mut TcpStream, fields: ErrorFields) {
+    crate::telemetry::record::error_sent(&fields.code);
     let _ = stream.write_all(&fields.to_frame().to_bytes()).await;
     let _ = stream.flush().await;
 }
 
-async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
+async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&proxy, &mut stream, &mut buf)).await;
-    let (params, user, _slot) = match login {
+    let (params, user, database, _slot) = match login {
         Ok(Some(v)) => v,
         Ok(None) => return,
         Err(_) => {
@@ -69,8 +76,21 @@ async fn handle_client(proxy: Arc<Proxy>, mut stream: TcpStream) {
             return;
         }
     };
-    let settings = startup_settings(&params);
     let (pid, secret, active) = proxy.cancels.register();
+    let _listed = proxy.admin.clients.register(ClientInfo {
+        pid,
+        user: user.clone(),
+        database: database.clone(),
+        address: Some(peer),
+        connected_at: SystemTime::now(),
+    });
+    if database == crate::ADMIN_DATABASE {
+        let io = ClientIo::new(stream, buf, proxy.live.get().max_message_size);
+        crate::admin::console::serve(proxy.clone(), io, &user, pid, secret).await;
+        proxy.cancels.unregister(pid, secret);
+        return;
+    }
+    let settings = startup_settings(&params);
     let mut session = Session {
         proxy: proxy.clone(),
         io: ClientIo::new(stream, buf, proxy.live.get().max_message_size),
@@ -155,11 +175,13 @@ fn unreachable(fields: &ErrorFields) -> bool {
 }
 
 /// The handshake and authentication; `None` when the connection ended (already answered).
+/// Returns the startup parameters, the user and the database (the served one or the admin
+/// console's).
 async fn login(
     proxy: &Proxy,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-) -> Option<(Vec<(String, String)>, String, ClientSlot)> {
+) -> Option<(Vec<(String, String)>, String, String, ClientSlot)> {
     let opening = read_opening(stream, buf).await.ok()?;
     let (params, user, database) = match opening {
         Opening::Cancel { pid, secret } => {
@@ -197,18 +219,20 @@ async fn login(
         fatal(stream, ErrorFields::fatal(e.sqlstate(), e.message())).await;
         return None;
     }
-    if database == crate::ADMIN_DATABASE {
+    if database == crate::ADMIN_DATABASE && !live.user(&user).is_some_and(|u| u.admin) {
+        tracing::info!(user = %user, "refused a non-admin user the admin console");
         fatal(
             stream,
             ErrorFields::fatal(
-                "0A000",
-                "the admin console (database \"pgshard\") is not available in this version of pgshard",
-            ),
+                "42501",
+                format!("permission denied: user \"{user}\" may not use the pgshard admin console"),
+            )
+            .with_hint("the admin console is for users with admin = true in [[users]]"),
         )
         .await;
         return None;
     }
-    if database != proxy.config.proxy.database {
+    if database != proxy.config.proxy.database && database != crate::ADMIN_DATABASE {
         fatal(
             stream,
             ErrorFields::fatal("3D000", format!("database \"{database}\" does not exist"))
@@ -224,5 +248,5 @@ async fn login(
         .write_all(&be::authentication_ok().to_bytes())
         .await
         .ok()?;
-    Some((params, user, slot))
+    Some((params, user, database, slot))
 }

@@ -17,6 +17,7 @@ use crate::backend::{PooledConn, ShardPools};
 use crate::config::PoolMode;
 use crate::proxy::Proxy;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
+use crate::telemetry::{QueryTimer, RouteKind};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
@@ -38,6 +39,17 @@ pub enum Target {
     Scatter(Vec<u32>),
     /// Every shard changes alike; one answer (see `gather::broadcast`).
     Broadcast(Vec<u32>),
+}
+
+impl Target {
+    /// The `route` label of the query metrics.
+    pub fn route_kind(&self) -> RouteKind {
+        match self {
+            Target::Single(_) => RouteKind::Single,
+            Target::Scatter(_) => RouteKind::Scatter,
+            Target::Broadcast(_) => RouteKind::Broadcast,
+        }
+    }
 }
 
 /// Why the session loop must stop.
@@ -99,6 +111,14 @@ impl Session {
             };
             // Replica choices belong to one request.
             self.reads.servers.clear();
+            // A PAUSE from the admin console holds new requests here; open transactions go on.
+            let _pass = match frame.tag {
+                fe::QUERY | fe::FLUSH | fe::SYNC => {
+                    let in_txn = self.txn.is_some() || self.open_batch_shard.is_some();
+                    Some(self.proxy.admin.gate.enter(in_txn).await)
+                }
+                _ => None,
+            };
             let _timer = self.start_query_timer(frame.tag);
             let result = match frame.tag {
                 fe::QUERY => {
@@ -314,6 +334,7 @@ impl Session {
                 forward: true,
             }]
         };
+        let _timed = QueryTimer::start(target.route_kind());
         match target {
             Target::Single(shard) => {
                 self.route_reads(&[shard], &facts).await;

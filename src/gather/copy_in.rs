@@ -67,6 +67,7 @@ impl Session {
         facts: &StatementFacts,
         protocol: CopyProtocol,
     ) -> Result<(), End> {
+        let _timed = crate::telemetry::QueryTimer::start(crate::telemetry::RouteKind::CopyIn);
         let plan = match self.copy_in_checks(facts) {
             Ok(p) => p,
             Err(fields) => {

@@ -102,6 +102,7 @@ impl Session {
     /// Runs the simple-protocol INSERT `sql` split by `plan`, atomically, and answers the client
     /// (ReadyForQuery included).
     pub async fn run_split_insert(&mut self, sql: &str, plan: &[ShardRows]) -> Result<(), End> {
+        let _timed = crate::telemetry::QueryTimer::start(crate::telemetry::RouteKind::SplitInsert);
         let parts = match split(sql, plan) {
             Ok(p) => p,
             Err(e) => {

@@ -80,6 +80,8 @@ impl Coordinator {
         unique: i64,
     ) -> Result<(), CommitFailure> {
         let gid = format!("pgshard_{}_{}", self.node_id, unique);
+        let _timed =
+            crate::telemetry::QueryTimer::start(crate::telemetry::RouteKind::TwoPhaseCommit);
         self.track(&gid, true);
         let result = self.commit_tracked(&gid, conns).await;
         self.track(&gid, false);

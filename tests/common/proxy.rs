@@ -25,11 +25,13 @@ pub async fn start_proxy_with(
         name: "trusted".into(),
         password: None,
         auth: AuthMethod::Trust,
+        admin: false,
     });
     config.users.push(UserConfig {
         name: "md5user".into(),
         password: Some("md5pass".into()),
         auth: AuthMethod::Md5,
+        admin: false,
     });
     change(&mut config);
     pgshard::server::start(config)

@@ -1,0 +1,346 @@
+//! The SHOW commands: each builds one result set from the proxy's shared state.
+
+use std::collections::BTreeMap;
+
+use super::clients::format_utc;
+use super::command::View;
+use super::result_set::{ColumnType as T, ResultSet};
+use crate::backend::topology::Role;
+use crate::config::Config;
+use crate::proxy::Proxy;
+
+/// What a masked secret shows.
+const MASK: &str = "********";
+
+/// The result set of `SHOW <view>`.
+pub fn show(proxy: &Proxy, view: View) -> ResultSet {
+    match view {
+        View::Shards => shards(proxy),
+        View::Servers => servers(proxy),
+        View::Pools => pools(proxy),
+        View::Clients => clients(proxy),
+        View::Stats => stats(proxy),
+        View::ShardMap => shard_map(proxy),
+        View::Config => config(&proxy.config),
+        View::Version => {
+            let mut rs = ResultSet::new(&[("version", T::Text)]);
+            rs.row(vec![format!("pgshard {}", env!("CARGO_PKG_VERSION")).into()]);
+            rs
+        }
+    }
+}
+
+fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::Unknown => "unknown",
+        Role::Primary => "primary",
+        Role::Replica => "replica",
+        Role::Fenced { .. } => "fenced",
+    }
+}
+
+fn shards(proxy: &Proxy) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("shard_id", T::Int8),
+        ("database", T::Text),
+        ("primary", T::Text),
+        ("primary_healthy", T::Bool),
+        ("servers", T::Int8),
+        ("healthy_replicas", T::Int8),
+        ("map_ranges", T::Int8),
+    ]);
+    let map = proxy.map.current();
+    for shard in &proxy.config.shards {
+        let servers = proxy.topology.servers_of(shard.id);
+        let primary = proxy
+            .topology
+            .primary(shard.id)
+            .and_then(|id| proxy.topology.server(id));
+        let healthy_replicas = servers
+            .iter()
+            .filter(|s| s.role == Role::Replica && s.healthy)
+            .count();
+        let ranges = map.ranges.iter().filter(|r| r.shard == shard.id).count();
+        rs.row(vec![
+            shard.id.into(),
+            shard.database.as_str().into(),
+            primary.as_ref().map(|p| p.address.clone()).into(),
+            primary.as_ref().map(|p| p.healthy).into(),
+            servers.len().into(),
+            healthy_replicas.into(),
+            ranges.into(),
+        ]);
+    }
+    rs
+}
+
+fn servers(proxy: &Proxy) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("shard_id", T::Int8),
+        ("server", T::Int8),
+        ("address", T::Text),
+        ("role", T::Text),
+        ("healthy", T::Bool),
+        ("fenced", T::Bool),
+        ("fenced_reason", T::Text),
+        ("timeline", T::Int8),
+        ("lsn", T::Text),
+        ("lag_bytes", T::Int8),
+        ("lag_ms", T::Int8),
+        ("reads", T::Int8),
+    ]);
+    let reads: BTreeMap<_, _> = proxy
+        .replica_metrics
+        .snapshot(&proxy.topology)
+        .reads
+        .into_iter()
+        .collect();
+    for s in proxy.topology.all() {
+        let reason = match &s.role {
+            Role::Fenced { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        rs.row(vec![
+            s.id.shard.into(),
+            u32::from(s.id.index).into(),
+            s.address.clone().into(),
+            role_name(&s.role).into(),
+            s.healthy.into(),
+            reason.is_some().into(),
+            reason.into(),
+            s.timeline.into(),
+            s.lsn.map(|l| l.to_string()).into(),
+            s.lag_bytes.into(),
+            s.lag_ms.into(),
+            reads.get(&s.id).copied().into(),
+        ]);
+    }
+    rs
+}
+
+fn pools(proxy: &Proxy) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("shard_id", T::Int8),
+        ("server", T::Int8),
+        ("address", T::Text),
+        ("pool_mode", T::Text),
+        ("max_size", T::Int8),
+        ("connections", T::Int8),
+        ("idle", T::Int8),
+        ("in_use", T::Int8),
+        ("waiting", T::Int8),
+    ]);
+    let mode = match proxy.config.pool.mode {
+        crate::config::PoolMode::Transaction => "transaction",
+        crate::config::PoolMode::Session => "session",
+    };
+    for (id, status) in proxy.pools.status() {
+        let address = proxy.topology.server(id).map(|s| s.address);
+        rs.row(vec![
+            id.shard.into(),
+            u32::from(id.index).into(),
+            address.into(),
+            mode.into(),
+            status.max_size.into(),
+            status.size.into(),
+            status.available.into(),
+            status.size.saturating_sub(status.available).into(),
+            status.waiting.into(),
+        ]);
+    }
+    rs
+}
+
+fn clients(proxy: &Proxy) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("pid", T::Int8),
+        ("user", T::Text),
+        ("database", T::Text),
+        ("address", T::Text),
+        ("connected_at", T::Timestamptz),
+    ]);
+    for c in proxy.admin.clients.list() {
+        rs.row(vec![
+            i64::from(c.pid).into(),
+            c.user.into(),
+            c.database.into(),
+            c.address.map(|a| a.to_string()).into(),
+            format_utc(c.connected_at).into(),
+        ]);
+    }
+    rs
+}
+
+fn stats(proxy: &Proxy) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("database", T::Text),
+        ("uptime_seconds", T::Int8),
+        ("total_clients", T::Int8),
+        ("connected_clients", T::Int8),
+        ("total_requests", T::Int8),
+        ("requests_in_flight", T::Int8),
+        ("paused", T::Bool),
+        ("requests_waiting", T::Int8),
+        ("replica_reads", T::Int8),
+        ("lsn_waits", T::Int8),
+        ("primary_fallbacks", T::Int8),
+        ("failovers", T::Int8),
+        ("fenced_servers", T::Int8),
+        ("map_version", T::Int8),
+    ]);
+    let gate = proxy.admin.gate.status();
+    let metrics = proxy.replica_metrics.snapshot(&proxy.topology);
+    let replica_reads: u64 = metrics
+        .reads
+        .iter()
+        .filter(|(id, _)| {
+            proxy
+                .topology
+                .server(*id)
+                .is_some_and(|s| s.role == Role::Replica)
+        })
+        .map(|(_, n)| n)
+        .sum();
+    rs.row(vec![
+        proxy.config.proxy.database.as_str().into(),
+        proxy.admin.started.elapsed().as_secs().into(),
+        proxy.admin.clients.total().into(),
+        proxy.admin.clients.list().len().into(),
+        gate.requests_total.into(),
+        gate.in_flight.into(),
+        gate.paused.into(),
+        gate.waiting.into(),
+        replica_reads.into(),
+        metrics.lsn_waits_total.into(),
+        metrics.primary_fallbacks_total.into(),
+        metrics.failovers_total.into(),
+        metrics.fenced_servers.into(),
+        proxy.map.current().version.into(),
+    ]);
+    rs
+}
+
+fn shard_map(proxy: &Proxy) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("version", T::Int8),
+        ("strategy", T::Text),
+        ("modulus", T::Int8),
+        ("range_lower", T::Int8),
+        ("range_upper", T::Int8),
+        ("shard_id", T::Int8),
+    ]);
+    let map = proxy.map.current();
+    let modulus = match map.strategy {
+        crate::router::Strategy::Modulo { modulus } => Some(modulus),
+        _ => None,
+    };
+    for r in &map.ranges {
+        rs.row(vec![
+            map.version.into(),
+            map.strategy.name().into(),
+            modulus.into(),
+            r.lower.into(),
+            r.upper.into(),
+            r.shard.into(),
+        ]);
+    }
+    rs
+}
+
+/// Every config key as `key`/`value` rows, secrets masked.
+fn config(config: &Config) -> ResultSet {
+    let mut rs = ResultSet::new(&[("key", T::Text), ("value", T::Text)]);
+    let mut rows = Vec::new();
+    if let Ok(value) = toml::Value::try_from(config) {
+        flatten("", &value, &mut rows);
+    }
+    for (key, value) in rows {
+        rs.row(vec![key.into(), value.into()]);
+    }
+    rs
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
+    let last = prefix.rsplit('.').next().unwrap_or(prefix);
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::Array(items) if items.iter().any(|v| v.is_table()) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), v, out);
+            }
+        }
+        _ if last == "password" => out.push((prefix.to_string(), MASK.to_string())),
+        toml::Value::String(s) if last == "url" => out.push((prefix.to_string(), mask_url(s))),
+        toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// Hides the password of a `postgres://user:password@host/db` URL.
+fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{MASK}{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            mask_url("postgres://pgshard:secret@127.0.0.1:5500/catalog"),
+            "postgres://pgshard:********@127.0.0.1:5500/catalog"
+        );
+        assert_eq!(
+            mask_url("postgres://pgshard@host/db"),
+            "postgres://pgshard@host/db"
+        );
+        assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn config_rows_mask_every_secret() {
+        let text = include_str!("../../config/pgshard.toml");
+        let c = Config::from_toml(text, Path::new("config/pgshard.toml")).unwrap();
+        let rs = config(&c);
+        let rows: BTreeMap<String, String> = rs
+            .rows()
+            .iter()
+            .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+            .collect();
+        assert_eq!(rows["proxy.database"], c.proxy.database);
+        assert_eq!(rows["users[0].name"], c.users[0].name);
+        assert_eq!(rows["users[0].password"], MASK);
+        assert!(
+            rows["catalog.url"].contains(MASK),
+            "{}",
+            rows["catalog.url"]
+        );
+        assert!(!rows["catalog.url"].contains(":pgshard@"));
+        for (key, value) in &rows {
+            if key.ends_with("password") {
+                assert_eq!(value, MASK, "{key}");
+            }
+        }
+    }
+}

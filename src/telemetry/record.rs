@@ -1,0 +1,154 @@
+//! The hooks the data path calls. Each is a few atomic operations on the process-wide recorder
+//! (a no-op when metrics are off: no recorder is installed then).
+
+use std::time::{Duration, Instant};
+
+use super::{
+    CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, POOL_WAIT, QUERIES_TOTAL,
+    QUERY_DURATION,
+};
+
+/// How a statement reached the shards: the `route` label of the query metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// One shard.
+    Single,
+    /// Several shards, answers merged.
+    Scatter,
+    /// Every shard changed alike (reference tables, DDL).
+    Broadcast,
+    /// An INSERT whose rows were split by key across shards.
+    SplitInsert,
+    /// A COPY FROM STDIN split by key across shards.
+    CopyIn,
+    /// A two-phase commit of a transaction that wrote to several shards.
+    TwoPhaseCommit,
+}
+
+impl RouteKind {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RouteKind::Single => "single",
+            RouteKind::Scatter => "scatter",
+            RouteKind::Broadcast => "broadcast",
+            RouteKind::SplitInsert => "split_insert",
+            RouteKind::CopyIn => "copy_in",
+            RouteKind::TwoPhaseCommit => "two_phase_commit",
+        }
+    }
+}
+
+/// Counts one query of a route kind and its duration when dropped, however the work ends.
+pub struct QueryTimer {
+    route: RouteKind,
+    started: Instant,
+}
+
+impl QueryTimer {
+    /// Starts timing a query routed as `route`.
+    pub fn start(route: RouteKind) -> QueryTimer {
+        QueryTimer {
+            route,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        let route = self.route.label();
+        metrics::counter!(QUERIES_TOTAL, "route" => route).increment(1);
+        metrics::histogram!(QUERY_DURATION, "route" => route)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// One client connection, counted while it lives.
+pub struct ClientConnection(());
+
+impl ClientConnection {
+    /// A client connected.
+    pub fn open() -> ClientConnection {
+        metrics::counter!(CLIENT_CONNECTIONS_TOTAL).increment(1);
+        metrics::gauge!(CLIENT_CONNECTIONS).increment(1.0);
+        ClientConnection(())
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(CLIENT_CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// An ErrorResponse with SQLSTATE `code` went to a client.
+pub fn error_sent(code: &str) {
+    metrics::counter!(ERRORS_TOTAL, "class" => sqlstate_class(code)).increment(1);
+}
+
+/// An ErrorResponse frame body (from pgshard or forwarded from a server) went to a client.
+pub fn error_frame_sent(body: &[u8]) {
+    error_sent(error_code(body).unwrap_or(""));
+}
+
+/// A checkout from a server pool took `waited` (whether or not it got a connection).
+pub fn pool_waited(waited: Duration) {
+    metrics::histogram!(POOL_WAIT).record(waited.as_secs_f64());
+}
+
+/// The class label of a SQLSTATE: its first two characters, or `unknown` for anything that is not
+/// a five-character code of digits and capital letters (a malformed server message must not make
+/// new label values).
+pub fn sqlstate_class(code: &str) -> String {
+    let valid = code.len() == 5
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    if valid {
+        code[..2].to_string()
+    } else {
+        "unknown".to_string()
+    }
+}
+
+/// The `C` (code) field of an ErrorResponse body: fields are a type byte and a NUL-terminated
+/// string, ended by a zero byte.
+fn error_code(body: &[u8]) -> Option<&str> {
+    let mut rest = body;
+    while let Some((&kind, after)) = rest.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let end = after.iter().position(|&b| b == 0)?;
+        if kind == b'C' {
+            return std::str::from_utf8(&after[..end]).ok();
+        }
+        rest = &after[end + 1..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::backend::ErrorFields;
+
+    #[test]
+    fn code_is_read_from_an_error_body() {
+        let frame = ErrorFields::error("23505", "duplicate key").to_frame();
+        assert_eq!(error_code(&frame.body), Some("23505"));
+        assert_eq!(error_code(b"Mno code\0\0"), None);
+        assert_eq!(error_code(b"Cunterminated"), None);
+        assert_eq!(error_code(b""), None);
+    }
+
+    #[test]
+    fn class_is_two_characters_of_a_valid_code() {
+        assert_eq!(sqlstate_class("23505"), "23");
+        assert_eq!(sqlstate_class("0A000"), "0A");
+        assert_eq!(sqlstate_class("2350"), "unknown");
+        assert_eq!(sqlstate_class("23\u{e9}05"), "unknown");
+        assert_eq!(sqlstate_class("ab123"), "unknown");
+    }
+}
