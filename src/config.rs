@@ -111,6 +111,23 @@ pub struct ProxyConfig {
     /// Largest message a client may send, in bytes.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+    /// Clients connected at once; the next one is refused with 53300 (0: no limit).
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Log filter (`info`, `debug`, `pgshard=debug,warn`…); `PGSHARD_LOG` or `RUST_LOG` override it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// On SIGTERM, how long a client inside a transaction block may take to finish it before it
+    /// is disconnected and its block rolled back.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// A client idle inside a transaction block longer than this is disconnected with 25P03 and
+    /// its block rolled back (0: no limit).
+    #[serde(default)]
+    pub idle_in_transaction_timeout_ms: u64,
+    /// A request running longer than this is cancelled on its servers with 57014 (0: no limit).
+    #[serde(default)]
+    pub query_timeout_ms: u64,
 }
 
 /// A client login: name, secret and how it is checked.
@@ -386,6 +403,15 @@ fn default_node_name() -> String {
 fn default_max_message_size() -> usize {
     64 * 1024 * 1024
 }
+fn default_max_clients() -> usize {
+    1000
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
 fn default_poll_interval_ms() -> u64 {
     5_000
 }
@@ -416,6 +442,22 @@ impl Default for PoolConfig {
             proxies: default_proxies(),
             connect_timeout_ms: default_connect_timeout_ms(),
             checkout_timeout_ms: default_checkout_timeout_ms(),
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: default_listen(),
+            database: default_database(),
+            node_name: default_node_name(),
+            max_message_size: default_max_message_size(),
+            max_clients: default_max_clients(),
+            log_level: default_log_level(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            idle_in_transaction_timeout_ms: 0,
+            query_timeout_ms: 0,
         }
     }
 }
@@ -532,6 +574,9 @@ impl Config {
                 "proxy.max_message_size",
                 "must be at least 1024 bytes".into(),
             ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.proxy.log_level) {
+            return Err(invalid("proxy.log_level", format!("not a log filter: {e}")));
         }
         if self.users.is_empty() {
             return Err(invalid(

@@ -9,6 +9,7 @@ pub mod config;
 pub mod frontend;
 pub mod gather;
 pub mod ids;
+pub mod live;
 pub mod proxy;
 pub mod router;
 pub mod server;

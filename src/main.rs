@@ -140,14 +140,51 @@ impl StrategyArg {
     }
 }
 
+/// Changes the log filter of the running process (a config's `proxy.log_level`).
+type LogHandle = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static LOG_HANDLE: std::sync::OnceLock<LogHandle> = std::sync::OnceLock::new();
+
+/// The filter set in the environment (`PGSHARD_LOG`, else `RUST_LOG`), which overrides the config.
+fn env_log_filter() -> Option<String> {
+    ["PGSHARD_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let filter = env_log_filter()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    let _ = LOG_HANDLE.set(Box::new(move |f| {
+        handle.reload(f).map_err(|e| e.to_string())
+    }));
+    builder.init();
+}
+
+/// Applies a config's log level unless the environment sets one.
+fn apply_log_level(level: &str) {
+    if env_log_filter().is_some() {
+        return;
+    }
+    match (
+        LOG_HANDLE.get(),
+        tracing_subscriber::EnvFilter::try_new(level),
+    ) {
+        (Some(handle), Ok(filter)) => {
+            if let Err(e) = handle(filter) {
+                tracing::warn!(error = %e, "cannot change the log level");
+            }
+        }
+        (_, Err(e)) => tracing::warn!(level, error = %e, "invalid log level"),
+        (None, _) => {}
+    }
 }
 
 fn main() -> ExitCode {
@@ -215,12 +252,48 @@ async fn stop_signal() -> anyhow::Result<()> {
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let config = pgshard::config::Config::load(&path)?;
+    apply_log_level(&config.proxy.log_level);
+    let mut hangup = signal(SignalKind::hangup())?;
     let running = pgshard::server::start(config).await?;
-    stop_signal().await?;
-    tracing::info!("stopping");
-    running.stop().await;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => {
+                r?;
+                break;
+            }
+            _ = hangup.recv() => reload(&running, &path),
+        }
+    }
+    let timeout = running.proxy.live.get().shutdown_timeout;
+    tracing::info!(
+        timeout_ms = timeout.as_millis() as u64,
+        clients = running.proxy.live.clients(),
+        "stopping: no new clients; open transactions may finish"
+    );
+    running.shutdown(timeout).await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file and applies what can change while running. An invalid file
+/// changes nothing.
+fn reload(running: &pgshard::server::RunningProxy, path: &std::path::Path) {
+    let config = match pgshard::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; nothing changed");
+            return;
+        }
+    };
+    for key in running.reload(&config) {
+        tracing::warn!(key = %key, "config reload: this key cannot change while pgshard runs; the old value stays until a restart");
+    }
+    apply_log_level(&config.proxy.log_level);
+    tracing::info!(path = %path.display(), "config reloaded");
 }
 
 async fn catalog_command(action: CatalogCommand) -> anyhow::Result<()> {

@@ -33,6 +33,10 @@ pub struct Proxy {
     /// Reads per server, LSN waits, fallbacks to the primary, failovers (bumped by sessions and
     /// monitors; lag and fenced gauges come from the topology).
     pub replica_metrics: Arc<ReplicaMetrics>,
+    /// Logins, client limits and timeouts: what a SIGHUP may change.
+    pub live: Arc<crate::live::Live>,
+    /// Running, draining or closing: sessions watch it between requests.
+    pub phase: crate::live::PhaseSender,
     /// Connected clients, request counters and the PAUSE gate (the admin console's view).
     pub admin: crate::admin::AdminState,
     /// TLS for clients, when `[tls]` is configured.

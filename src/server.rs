@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ use crate::config::{Config, ShardConfig};
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::listener::accept_loop;
 use crate::ids::IdGenerator;
+use crate::live::{fixed_changes, Live, LiveSettings, Phase};
 use crate::proxy::Proxy;
 use crate::router::Router;
 use crate::telemetry::endpoint::{self, MetricsEndpoint};
@@ -23,6 +25,22 @@ use crate::txn::{self, Coordinator, DecisionLog};
 
 /// Connections pgshard itself needs on each shard beyond its pools (checks, monitors).
 const CONTROL_CONNECTIONS: usize = 2;
+
+/// How long sessions get to roll back and leave once the shutdown timeout has passed.
+const CLOSING_GRACE: Duration = Duration::from_secs(5);
+
+/// Polls `done` until it holds (true) or the deadline passes (false).
+async fn wait_until(deadline: tokio::time::Instant, done: impl Fn() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A proxy running in this process.
 pub struct RunningProxy {
@@ -39,6 +57,36 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
+    /// Applies a re-read config file: the live part (logins, client limits, timeouts) takes
+    /// effect, and the keys that cannot change while running are returned, unapplied.
+    pub fn reload(&self, new: &Config) -> Vec<String> {
+        let fixed = fixed_changes(&self.proxy.config, new);
+        self.proxy.live.set(LiveSettings::from_config(new));
+        fixed
+    }
+
+    /// Shuts down gracefully: stops accepting, ends idle sessions at once (57P01), lets sessions
+    /// inside a transaction block finish it for up to `timeout`, then ends the rest (their blocks
+    /// are rolled back, running statements cancelled) and stops.
+    pub async fn shutdown(self, timeout: Duration) {
+        let _ = self.shutdown.send(true);
+        let _ = self.proxy.phase.send(Phase::Draining);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let live = self.proxy.live.clone();
+        let drained = wait_until(deadline, || live.clients() == 0).await;
+        if !drained {
+            tracing::warn!(
+                clients = live.clients(),
+                "shutdown timeout reached: ending the remaining sessions"
+            );
+            let _ = self.proxy.phase.send(Phase::Closing);
+            self.proxy.cancels.cancel_all().await;
+            let grace = tokio::time::Instant::now() + CLOSING_GRACE;
+            wait_until(grace, || live.clients() == 0).await;
+        }
+        self.stop().await;
+    }
+
     /// Stops accepting clients and stops the catalog task and the monitors. Sessions in progress
     /// end with their clients.
     pub async fn stop(self) {
@@ -112,6 +160,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         coordinator,
         topology,
         replica_metrics,
+        live: Arc::new(Live::new(LiveSettings::from_config(&config))),
+        phase: watch::channel(Phase::Running).0,
         admin: Default::default(),
         client_tls,
     });

@@ -43,7 +43,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         listen: listen.to_string(),
         database: "app".into(),
         node_name: "pgshard".into(),
-        max_message_size: 64 * 1024 * 1024,
+        ..ProxyConfig::default()
     };
     Config {
         reference_tables: Vec::new(),

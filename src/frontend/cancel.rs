@@ -54,6 +54,32 @@ impl CancelRegistry {
     }
 }
 
+impl CancelRegistry {
+    /// Cancels what every client is running (shutdown after its timeout).
+    pub async fn cancel_all(&self) {
+        let targets: Vec<CancelTarget> = {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients
+                .values()
+                .flat_map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .collect()
+        };
+        for target in targets {
+            let _ = target.cancel().await;
+        }
+    }
+}
+
+/// Cancels what one client is running now.
+pub async fn cancel_active(active: &ActiveTargets) {
+    let targets = active.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for target in targets {
+        if let Err(e) = target.cancel().await {
+            tracing::warn!(addr = %target.addr, error = %e, "cancel request to server failed");
+        }
+    }
+}
+
 /// Replaces the set of servers a client is using.
 pub fn set_active(active: &ActiveTargets, targets: Vec<CancelTarget>) {
     *active.lock().unwrap_or_else(|p| p.into_inner()) = targets;

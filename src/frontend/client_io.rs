@@ -1,6 +1,9 @@
 //! The client's socket: framed reads with a size limit, and buffered writes flushed at the points
 //! where the client waits for an answer.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -10,6 +13,9 @@ use crate::backend::ServerConn;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::{split_frame, Frame, FrameError};
 use crate::wire::frontend as fe;
+
+/// SQLSTATE of a cancelled statement.
+const QUERY_CANCELED: &str = "57014";
 
 /// Write buffer size at which output is flushed even mid-result.
 const FLUSH_AT: usize = 32 * 1024;
@@ -31,6 +37,9 @@ pub struct ClientIo {
     pub max_message: usize,
     /// How many times output was written to the socket (see `mark`).
     flushes: u64,
+    /// Set when the query timeout cancelled the current request: the servers' "canceling
+    /// statement due to user request" is reported as the timeout it was.
+    pub timed_out: Arc<AtomicBool>,
 }
 
 /// A point in the output, to take back what was queued after it if none of it was sent.
@@ -48,6 +57,7 @@ impl ClientIo {
             out: BytesMut::with_capacity(16 * 1024),
             max_message,
             flushes: 0,
+            timed_out: Arc::default(),
         }
     }
 
@@ -92,6 +102,16 @@ impl ClientIo {
     /// Queues a frame for the client.
     pub fn push(&mut self, frame: &Frame) {
         count_error(frame);
+        if frame.tag == be::ERROR_RESPONSE && self.timed_out.load(Ordering::Acquire) {
+            if let Ok(mut fields) = ErrorFields::decode(&frame.body) {
+                if fields.code == QUERY_CANCELED {
+                    fields.message = "canceling statement due to statement timeout".into();
+                    fields.hint = Some("pgshard's proxy.query_timeout_ms limit was reached".into());
+                    fields.to_frame().encode(&mut self.out);
+                    return;
+                }
+            }
+        }
         frame.encode(&mut self.out);
     }
 
@@ -113,8 +133,7 @@ impl ClientIo {
 
 impl FrameSink for ClientIo {
     async fn send(&mut self, frame: Frame) -> Result<(), SinkError> {
-        count_error(&frame);
-        frame.encode(&mut self.out);
+        self.push(&frame);
         if self.out.len() >= FLUSH_AT {
             self.flush().await.map_err(|_| SinkError::ClientGone)?;
         }

@@ -18,6 +18,7 @@ use super::session::Session;
 use super::startup::{read_opening, Opening};
 use crate::admin::clients::ClientInfo;
 use crate::backend::session_state::startup_settings;
+use crate::live::{ClientSlot, Phase};
 use crate::proxy::Proxy;
 use crate::telemetry::ClientConnection;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
@@ -66,7 +67,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let mut stream = ClientStream::Plain(stream);
     let mut buf = BytesMut::with_capacity(1024);
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&proxy, &mut stream, &mut buf)).await;
-    let (params, user, database) = match login {
+    let (params, user, database, _slot) = match login {
         Ok(Some(v)) => v,
         Ok(None) => return,
         Err(_) => {
@@ -87,7 +88,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         connected_at: SystemTime::now(),
     });
     if database == crate::ADMIN_DATABASE {
-        let io = ClientIo::new(stream, buf, proxy.config.proxy.max_message_size);
+        let io = ClientIo::new(stream, buf, proxy.live.get().max_message_size);
         crate::admin::console::serve(proxy.clone(), io, &user, pid, secret).await;
         proxy.cancels.unregister(pid, secret);
         return;
@@ -95,7 +96,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let settings = startup_settings(&params);
     let mut session = Session {
         proxy: proxy.clone(),
-        io: ClientIo::new(stream, buf, proxy.config.proxy.max_message_size),
+        io: ClientIo::new(stream, buf, proxy.live.get().max_message_size),
         user: user.clone(),
         startup_settings: settings.clone(),
         settings,
@@ -183,7 +184,7 @@ async fn login(
     proxy: &Proxy,
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-) -> Option<(Vec<(String, String)>, String, String)> {
+) -> Option<(Vec<(String, String)>, String, String, ClientSlot)> {
     let opening = match read_opening(stream, buf, proxy.client_tls.as_ref()).await {
         Ok(opening) => opening,
         Err(e) => {
@@ -212,13 +213,31 @@ async fn login(
         .await;
         return None;
     }
-    let user_config = proxy.config.user(&user);
-    if let Err(e) = super::auth::authenticate(stream, buf, &user, user_config).await {
+    let Some(slot) = proxy.live.admit() else {
+        tracing::warn!(user = %user, max_clients = proxy.live.get().max_clients, "client refused: too many clients");
+        fatal(
+            stream,
+            ErrorFields::fatal("53300", "sorry, too many clients already")
+                .with_hint("pgshard's proxy.max_clients limit is reached"),
+        )
+        .await;
+        return None;
+    };
+    if *proxy.phase.borrow() != Phase::Running {
+        fatal(
+            stream,
+            ErrorFields::fatal("57P03", "the database system is shutting down"),
+        )
+        .await;
+        return None;
+    }
+    let live = proxy.live.get();
+    if let Err(e) = super::auth::authenticate(stream, buf, &user, live.user(&user)).await {
         tracing::info!(user = %user, sqlstate = e.sqlstate(), "client login failed");
         fatal(stream, ErrorFields::fatal(e.sqlstate(), e.message())).await;
         return None;
     }
-    if database == crate::ADMIN_DATABASE && !user_config.is_some_and(|u| u.admin) {
+    if database == crate::ADMIN_DATABASE && !live.user(&user).is_some_and(|u| u.admin) {
         tracing::info!(user = %user, "refused a non-admin user the admin console");
         fatal(
             stream,
@@ -247,5 +266,5 @@ async fn login(
         .write_all(&be::authentication_ok().to_bytes())
         .await
         .ok()?;
-    Some((params, user, database))
+    Some((params, user, database, slot))
 }

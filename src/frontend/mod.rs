@@ -9,6 +9,7 @@ pub mod extended;
 pub mod listener;
 pub mod read_routing;
 pub mod session;
+pub mod session_limits;
 pub mod startup;
 pub mod tls;
 pub mod txn_control;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::cancel::{set_active, ActiveTargets};
 use super::client_io::ClientIo;
 use super::exchange::{self, Expect, Outcome, SinkError, Step};
+use super::session_limits::Next;
 use crate::backend::pool::CheckoutError;
 use crate::backend::session_state::sync_sql;
 use crate::backend::{PooledConn, ShardPools};
@@ -91,6 +92,7 @@ pub fn refusal(message: impl Into<String>) -> ErrorFields {
 impl Session {
     /// Serves the client until it leaves.
     pub async fn run(mut self) {
+        let mut phase = self.proxy.phase.subscribe();
         loop {
             if !self.io.out.is_empty()
                 && !self.io.has_buffered_frame()
@@ -98,12 +100,10 @@ impl Session {
             {
                 break;
             }
-            let frame = match self.io.read_frame().await {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    let fields =
-                        ErrorFields::fatal("08P01", format!("invalid message from client: {e}"));
+            let frame = match self.next_frame(&mut phase).await {
+                Next::Frame(f) => f,
+                Next::Closed => break,
+                Next::End(fields) => {
                     self.io.push_error(&fields);
                     let _ = self.io.flush().await;
                     break;
@@ -119,6 +119,7 @@ impl Session {
                 }
                 _ => None,
             };
+            let _timer = self.start_query_timer(frame.tag);
             let result = match frame.tag {
                 fe::QUERY => {
                     self.skip_until_sync = false;

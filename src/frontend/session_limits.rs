@@ -1,0 +1,135 @@
+//! What ends or interrupts a session from outside its own requests: the proxy shutting down, the
+//! idle-in-transaction timeout, and the query timeout (a watchdog that cancels the request on its
+//! servers).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::cancel::{cancel_active, ActiveTargets};
+use super::client_io::ClientReadError;
+use super::session::Session;
+use crate::live::Phase;
+use crate::wire::backend::{ErrorFields, TxStatus};
+use crate::wire::frame::{Frame, FrameError};
+use crate::wire::frontend as fe;
+
+/// What the session loop does next.
+pub enum Next {
+    Frame(Frame),
+    /// The client closed the connection.
+    Closed,
+    /// The session ends with this FATAL error.
+    End(ErrorFields),
+}
+
+fn admin_shutdown() -> ErrorFields {
+    ErrorFields::fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
+}
+
+impl Session {
+    /// True while the client holds server state between requests: an open transaction block or
+    /// an implicit transaction a Flush left open.
+    fn in_transaction(&self) -> bool {
+        self.status() != TxStatus::Idle || self.open_batch_shard.is_some()
+    }
+
+    /// Waits for the client's next message, unless the proxy is shutting down or the client sits
+    /// idle inside a transaction block for too long.
+    pub async fn next_frame(&mut self, phase: &mut watch::Receiver<Phase>) -> Next {
+        loop {
+            let in_txn = self.in_transaction();
+            let between_requests = !in_txn && self.batch.is_empty();
+            match *phase.borrow_and_update() {
+                Phase::Closing => return Next::End(admin_shutdown()),
+                Phase::Draining if between_requests => return Next::End(admin_shutdown()),
+                _ => {}
+            }
+            let idle_limit = in_txn
+                .then(|| self.proxy.live.get().idle_in_transaction_timeout)
+                .flatten();
+            let idle_timer = async {
+                match idle_limit {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = self.io.read_frame() => return match read {
+                    Ok(Some(frame)) => Next::Frame(frame),
+                    Ok(None) => Next::Closed,
+                    Err(e) => Next::End(read_error(&e)),
+                },
+                Ok(()) = phase.changed() => continue,
+                _ = idle_timer => {
+                    tracing::info!(user = %self.user, "client idle in transaction too long: disconnected");
+                    return Next::End(ErrorFields::fatal(
+                        "25P03",
+                        "terminating connection due to idle-in-transaction timeout",
+                    ).with_hint("pgshard's proxy.idle_in_transaction_timeout_ms limit was reached"));
+                }
+            }
+        }
+    }
+
+    /// Starts the query timeout's watchdog for a message that runs a request, if a timeout is set.
+    pub fn start_query_timer(&self, tag: u8) -> Option<QueryTimer> {
+        if !matches!(tag, fe::QUERY | fe::SYNC | fe::FLUSH) {
+            return None;
+        }
+        let limit = self.proxy.live.get().query_timeout?;
+        self.io.timed_out.store(false, Ordering::Release);
+        let fired = self.io.timed_out.clone();
+        let active = self.cancel.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            fired.store(true, Ordering::Release);
+            // The request may be between servers (checking one out): cancel once it has some.
+            loop {
+                if has_targets(&active) {
+                    cancel_active(&active).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Some(QueryTimer {
+            task,
+            fired: self.io.timed_out.clone(),
+        })
+    }
+}
+
+fn has_targets(active: &ActiveTargets) -> bool {
+    !active.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+}
+
+/// The FATAL error for a message the client should not have sent.
+fn read_error(e: &ClientReadError) -> ErrorFields {
+    let fields = ErrorFields::fatal("08P01", format!("invalid message from client: {e}"));
+    match e {
+        ClientReadError::Frame(FrameError::TooLarge { .. }) => {
+            fields.with_hint("raise proxy.max_message_size in the pgshard config to allow it")
+        }
+        _ => fields,
+    }
+}
+
+/// The query timeout's watchdog for one request; dropping it (the request ended) disarms it.
+pub struct QueryTimer {
+    task: JoinHandle<()>,
+    fired: Arc<AtomicBool>,
+}
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.fired.store(false, Ordering::Release);
+    }
+}
