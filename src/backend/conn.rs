@@ -275,32 +275,7 @@ impl ServerConn {
 
     /// Runs `sql` (simple protocol) and discards its results; an SQL error becomes `Server`.
     pub async fn run_silently(&mut self, sql: &str) -> Result<(), BackendError> {
-        self.queue(&frontend::query(sql));
-        self.flush().await?;
-        let mut error = None;
-        loop {
-            let frame = self.read_frame().await?;
-            match frame.tag {
-                be::ERROR_RESPONSE if error.is_none() => {
-                    error = ErrorFields::decode(&frame.body).ok();
-                }
-                be::READY_FOR_QUERY => break,
-                be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE => {
-                    return Err(BackendError::Protocol {
-                        shard: self.shard,
-                        detail: "unexpected COPY in an internal statement".into(),
-                    })
-                }
-                _ => {}
-            }
-        }
-        match error {
-            Some(fields) => Err(BackendError::Server {
-                shard: self.shard,
-                fields,
-            }),
-            None => Ok(()),
-        }
+        self.query_text(sql).await.map(|_| ())
     }
 
     /// Runs `sql` (simple protocol) and returns the first column of its first row as text, for
