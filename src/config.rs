@@ -56,6 +56,55 @@ pub struct Config {
     /// TLS for clients; absent means SSLRequest is answered `N` and direct TLS is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// TLS to the Postgres servers (shards, replicas, catalog); absent means plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls: Option<ServerTlsConfig>,
+}
+
+/// How pgshard protects and checks its own connections to Postgres servers, with libpq's
+/// `sslmode` meanings so that operators can reason about it the same way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    #[serde(default)]
+    pub mode: ServerTlsMode,
+    /// PEM file with the certificate authorities a server's certificate must chain to
+    /// (required by `verify-ca` and `verify-full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to servers that ask for a client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Whether server connections use TLS and what is checked (libpq's `sslmode` values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// Encrypted; the server's certificate is not checked.
+    Require,
+    /// Encrypted; the certificate must chain to `ca_file`.
+    VerifyCa,
+    /// Encrypted; the certificate must chain to `ca_file` and name the host connected to.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// The value as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// The certificate clients see and whether they must use TLS.
@@ -684,6 +733,32 @@ impl Config {
         if self.router.cache_size == 0 {
             return Err(invalid("router.cache_size", "must be at least 1".into()));
         }
+        if let Some(tls) = &self.server_tls {
+            let verifies = matches!(
+                tls.mode,
+                ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
+            );
+            if verifies && tls.ca_file.is_none() {
+                return Err(invalid(
+                    "server_tls.ca_file",
+                    format!(
+                        "mode = \"{}\" checks server certificates against a CA: give the PEM file of the CA that signed them",
+                        tls.mode.name()
+                    ),
+                ));
+            }
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                let missing = if tls.client_cert.is_none() {
+                    "server_tls.client_cert"
+                } else {
+                    "server_tls.client_key"
+                };
+                return Err(invalid(
+                    missing,
+                    "client_cert and client_key go together: give both or neither".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -834,6 +909,46 @@ key = "user_id"
         let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();
         assert_eq!(again.tls.map(|t| t.mode), Some(TlsMode::Require));
         let text = format!("{GOOD}\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nmode = \"prefer\"\n");
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefer"), "{err}");
+    }
+
+    #[test]
+    fn server_tls_defaults_to_disable_and_verify_modes_need_a_ca() {
+        let c = Config::from_toml(GOOD, Path::new("t.toml")).unwrap();
+        assert!(c.server_tls.is_none());
+        let text = format!("{GOOD}\n[server_tls]\nmode = \"require\"\n");
+        let c = Config::from_toml(&text, Path::new("t.toml")).unwrap();
+        let again = Config::from_toml(&c.to_toml(), Path::new("t.toml")).unwrap();
+        assert_eq!(
+            again.server_tls.map(|t| t.mode),
+            Some(ServerTlsMode::Require)
+        );
+        for mode in ["verify-ca", "verify-full"] {
+            let text = format!("{GOOD}\n[server_tls]\nmode = \"{mode}\"\n");
+            let err = Config::from_toml(&text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("server_tls.ca_file") && err.contains(mode),
+                "{err}"
+            );
+            let text = format!("{text}ca_file = \"ca.pem\"\n");
+            let tls = Config::from_toml(&text, Path::new("t.toml"))
+                .unwrap()
+                .server_tls
+                .unwrap();
+            assert_eq!(tls.mode.name(), mode);
+            assert_eq!(tls.ca_file, Some(PathBuf::from("ca.pem")));
+        }
+        let text = format!("{GOOD}\n[server_tls]\nmode = \"require\"\nclient_cert = \"c.pem\"\n");
+        let err = Config::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server_tls.client_key"), "{err}");
+        let text = format!("{GOOD}\n[server_tls]\nmode = \"prefer\"\n");
         let err = Config::from_toml(&text, Path::new("t.toml"))
             .unwrap_err()
             .to_string();

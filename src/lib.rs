@@ -13,6 +13,7 @@ pub mod live;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod socket;
 pub mod telemetry;
 pub mod txn;
 pub mod wire;

@@ -215,6 +215,19 @@ database = "app"
     }
 
     #[test]
+    fn server_tls_needs_a_restart() {
+        let old = parse(BASE);
+        let text = format!("{BASE}\n[server_tls]\nmode = \"require\"\n");
+        let new = parse(&text);
+        assert_eq!(fixed_changes(&old, &new), ["server_tls"]);
+        let text = text.replace("\"require\"", "\"verify-full\"\nca_file = \"ca.pem\"");
+        assert_eq!(
+            fixed_changes(&new, &parse(&text)),
+            ["server_tls.ca_file", "server_tls.mode"]
+        );
+    }
+
+    #[test]
     fn slots_are_limited_and_freed() {
         let mut settings = LiveSettings::from_config(&parse(BASE));
         settings.max_clients = 1;

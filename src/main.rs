@@ -300,9 +300,12 @@ async fn catalog_command(action: CatalogCommand) -> anyhow::Result<()> {
     match action {
         CatalogCommand::Init { config, strategy } => {
             let config = pgshard::config::Config::load(&config)?;
+            let tls = pgshard::backend::ServerTls::load(config.server_tls.as_ref())?;
             let shard_ids: Vec<u32> = config.shards.iter().map(|s| s.id).collect();
             let strategy = strategy.strategy(shard_ids.len() as u32);
-            match pgshard::catalog::init_url(&config.catalog.url, strategy, &shard_ids).await? {
+            match pgshard::catalog::init_url(&config.catalog.url, &tls, strategy, &shard_ids)
+                .await?
+            {
                 pgshard::catalog::FirstMap::Published(version) => out!(
                     "catalog ready: published shard map version {version} ({} over {} shards)",
                     strategy.name(),

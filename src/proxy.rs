@@ -41,4 +41,6 @@ pub struct Proxy {
     pub admin: crate::admin::AdminState,
     /// TLS for clients, when `[tls]` is configured.
     pub client_tls: Option<crate::frontend::tls::ClientTls>,
+    /// How pgshard's own connections to shards and the catalog are protected (`[server_tls]`).
+    pub server_tls: crate::backend::ServerTls,
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::backend::metrics::ReplicaMetrics;
 use crate::backend::monitor::{self, MonitorContext, Monitors};
 use crate::backend::topology::Topology;
-use crate::backend::ShardPools;
+use crate::backend::{ServerTls, ShardPools};
 use crate::catalog::{self, CatalogHandle, PrimaryRecords};
 use crate::config::{Config, ShardConfig};
 use crate::frontend::cancel::CancelRegistry;
@@ -104,15 +104,18 @@ impl RunningProxy {
 /// Starts a proxy: loads the shard map, checks every shard, binds the listener.
 pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let config = Arc::new(config);
-    let catalog = catalog::start(&config.catalog, &config.proxy.node_name)
+    // Built once: every server and catalog connection of this proxy shares it.
+    let server_tls = ServerTls::load(config.server_tls.as_ref())?;
+    let catalog = catalog::start(&config.catalog, &config.proxy.node_name, &server_tls)
         .await
         .context("cannot start the catalog client")?;
     let ids = IdGenerator::new(catalog.node_id).context("bad proxy node id")?;
     for shard in &config.shards {
-        check_shard(&config, shard).await?;
+        check_shard(&config, shard, &server_tls).await?;
     }
     let topology = Topology::new(&config);
-    let pools = ShardPools::new(&config, topology.clone()).map_err(anyhow::Error::msg)?;
+    let pools =
+        ShardPools::new(&config, topology.clone(), &server_tls).map_err(anyhow::Error::msg)?;
     let replica_metrics = Arc::new(ReplicaMetrics::new(&config));
     let monitor_ctx = MonitorContext {
         config: config.clone(),
@@ -120,9 +123,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         pools: pools.clone(),
         records: Arc::new(PrimaryRecords::new(
             &config.catalog.url,
+            &server_tls,
             config.pool.connect_timeout(),
         )),
         metrics: replica_metrics.clone(),
+        tls: server_tls.clone(),
     };
     // Writes go to the primaries every proxy agreed on, not to the configured ones, from the
     // first client on.
@@ -132,13 +137,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(
         &config.catalog.url,
+        &server_tls,
         CONTROL_CONNECTIONS,
         config.pool.connect_timeout(),
     )?;
     let coordinator = Arc::new(Coordinator::new(log, pools.clone(), catalog.node_id));
     // Transactions a previous run left in doubt are settled before clients arrive.
-    txn::recovery::resolve_once(&config, &coordinator, &topology).await;
-    let recovery = txn::recovery::start(config.clone(), coordinator.clone(), topology.clone());
+    txn::recovery::resolve_once(&config, &coordinator, &topology, &server_tls).await;
+    let recovery = txn::recovery::start(
+        config.clone(),
+        coordinator.clone(),
+        topology.clone(),
+        server_tls.clone(),
+    );
     let client_tls = config
         .tls
         .as_ref()
@@ -164,6 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         phase: watch::channel(Phase::Running).0,
         admin: Default::default(),
         client_tls,
+        server_tls,
     });
     let (shutdown, rx) = watch::channel(false);
     let metrics = match &config.metrics {
@@ -187,7 +199,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
 
 /// Checks that a shard is the shard the config says it is and that the pools fit its
 /// `max_connections`. An unreachable shard is only a warning: it may come back.
-async fn check_shard(config: &Config, shard: &ShardConfig) -> anyhow::Result<()> {
+async fn check_shard(config: &Config, shard: &ShardConfig, tls: &ServerTls) -> anyhow::Result<()> {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&shard.host)
         .port(shard.port)
@@ -197,7 +209,7 @@ async fn check_shard(config: &Config, shard: &ShardConfig) -> anyhow::Result<()>
     if let Some(p) = shard.login_password(&config.server_auth) {
         pg.password(p);
     }
-    let (client, connection) = match pg.connect(tokio_postgres::NoTls).await {
+    let (client, connection) = match tls.connect(&pg).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(shard = shard.id, addr = %shard.address(), error = %e, "shard unreachable at start-up; it will be used once it answers");

@@ -676,25 +676,7 @@ async fn cancel_reaches_the_server_running_the_query() {
     let query = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
     // Wait until the shard is really running it.
     let direct = proxy::shard(&cluster.info, proxy.proxy.first_shard).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let running: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(30)%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if running == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the query never started on the shard"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until_active(&direct, "SELECT pg_sleep(30)").await;
     token
         .cancel_query(tokio_postgres::NoTls)
         .await

@@ -168,7 +168,7 @@ async fn run_command(
 async fn reload_map(proxy: &Proxy) -> Result<(i64, bool), ErrorFields> {
     let unreachable =
         |e: String| ErrorFields::error("08001", format!("cannot reach the catalog: {e}"));
-    let connect = tokio_postgres::connect(&proxy.config.catalog.url, tokio_postgres::NoTls);
+    let connect = proxy.server_tls.connect_url(&proxy.config.catalog.url);
     let (client, connection) = tokio::time::timeout(proxy.config.pool.connect_timeout(), connect)
         .await
         .map_err(|_| unreachable("timed out".into()))?

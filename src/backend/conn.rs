@@ -8,7 +8,9 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::tls::{ServerTls, StartTlsError};
 use crate::config::{ServerAuthConfig, ShardConfig};
+use crate::socket::Socket;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::{split_frame, Frame, PROTOCOL_V3};
 use crate::wire::frontend;
@@ -28,6 +30,8 @@ pub enum BackendError {
     },
     #[error("timed out connecting to shard {shard} at {addr}")]
     ConnectTimeout { shard: u32, addr: String },
+    #[error("shard {shard}: {source}")]
+    Tls { shard: u32, source: StartTlsError },
     #[error("shard {shard} refused login: {message}")]
     Login { shard: u32, message: String },
     #[error("lost connection to shard {shard}: {source}")]
@@ -40,17 +44,28 @@ pub enum BackendError {
     Server { shard: u32, fields: ErrorFields },
 }
 
-/// Where to send a CancelRequest for the query a server connection is running.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where to send a CancelRequest for the query a server connection is running, and how (the
+/// cancel connection is protected like the one it cancels).
+#[derive(Debug, Clone)]
 pub struct CancelTarget {
     pub addr: std::sync::Arc<str>,
     pub pid: i32,
     pub secret: i32,
+    pub tls: ServerTls,
 }
+
+impl PartialEq for CancelTarget {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.addr, self.pid, self.secret) == (&other.addr, other.pid, other.secret)
+    }
+}
+
+impl Eq for CancelTarget {}
 
 /// A logged-in server connection and what the proxy knows about its state.
 pub struct ServerConn {
-    stream: TcpStream,
+    stream: Socket,
+    tls: ServerTls,
     rbuf: BytesMut,
     wbuf: BytesMut,
     pub shard: u32,
@@ -74,13 +89,14 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Connects to server `server` of `shard` at `addr`, logs in and reads the server's
-    /// start-up messages up to the first ReadyForQuery.
+    /// Connects to server `server` of `shard` at `addr` (over TLS when `tls` says so), logs in
+    /// and reads the server's start-up messages up to the first ReadyForQuery.
     pub async fn connect(
         shard: &ShardConfig,
         server: u16,
         addr: String,
         auth: &ServerAuthConfig,
+        tls: &ServerTls,
         timeout: Duration,
     ) -> Result<ServerConn, BackendError> {
         let connect = TcpStream::connect(addr.as_str());
@@ -101,8 +117,24 @@ impl ServerConn {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        let stream = match tokio::time::timeout(timeout, tls.start(stream, &addr)).await {
+            Err(_) => {
+                return Err(BackendError::ConnectTimeout {
+                    shard: shard.id,
+                    addr,
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(BackendError::Tls {
+                    shard: shard.id,
+                    source,
+                })
+            }
+            Ok(Ok(s)) => s,
+        };
         let mut conn = ServerConn {
             stream,
+            tls: tls.clone(),
             rbuf: BytesMut::with_capacity(16 * 1024),
             wbuf: BytesMut::with_capacity(4 * 1024),
             shard: shard.id,
@@ -319,6 +351,7 @@ impl ServerConn {
             addr: self.addr.clone(),
             pid: self.pid,
             secret: self.secret,
+            tls: self.tls.clone(),
         }
     }
 
@@ -331,7 +364,12 @@ impl ServerConn {
 impl CancelTarget {
     /// Sends a CancelRequest for this target on a new connection.
     pub async fn cancel(&self) -> std::io::Result<()> {
-        let mut stream = TcpStream::connect(&*self.addr).await?;
+        let tcp = TcpStream::connect(&*self.addr).await?;
+        let mut stream = self
+            .tls
+            .start(tcp, &self.addr)
+            .await
+            .map_err(std::io::Error::other)?;
         let mut packet = BytesMut::with_capacity(16);
         packet.put_i32(16);
         packet.put_u32(crate::wire::frame::CANCEL_REQUEST);

@@ -9,7 +9,9 @@ pub mod monitor;
 pub mod pool;
 pub mod probe;
 pub mod session_state;
+pub mod tls;
 pub mod topology;
 
 pub use conn::{BackendError, CancelTarget, ServerConn};
 pub use pool::{PooledConn, ShardPools};
+pub use tls::ServerTls;

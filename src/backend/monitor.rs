@@ -19,6 +19,7 @@ use super::failover::{self, Observed, Recorded, ShardView};
 use super::metrics::ReplicaMetrics;
 use super::pool::ShardPools;
 use super::probe::{Probe, Sample};
+use super::tls::ServerTls;
 use super::topology::{Lsn, Role, ServerId, ServerState, Topology};
 use crate::catalog::{PrimaryRecord, PrimaryRecords};
 use crate::config::{Config, ShardConfig};
@@ -49,6 +50,8 @@ pub struct MonitorContext {
     pub pools: Arc<ShardPools>,
     pub records: Arc<PrimaryRecords>,
     pub metrics: Arc<ReplicaMetrics>,
+    /// How monitor connections reach the servers (`[server_tls]`).
+    pub tls: ServerTls,
 }
 
 /// Routes writes to the primaries the catalog records (read once, before any client arrives).
@@ -182,7 +185,15 @@ async fn run_shard(ctx: MonitorContext, shard: ShardConfig, mut shutdown: watch:
             shard: shard.id,
             index: index as u16,
         };
-        let probe = Probe::new(&shard, &ctx.config.server_auth, id, host, *port, timeout);
+        let probe = Probe::new(
+            &shard,
+            &ctx.config.server_auth,
+            id,
+            host,
+            *port,
+            &ctx.tls,
+            timeout,
+        );
         server_tasks.spawn(run_server(
             probe,
             id.index,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
 
 use super::conn::{BackendError, ServerConn};
+use super::tls::ServerTls;
 use super::topology::{ServerId, Topology};
 use crate::config::{Config, ServerAuthConfig, ShardConfig};
 
@@ -17,6 +18,7 @@ pub struct ServerManager {
     server: u16,
     address: String,
     auth: ServerAuthConfig,
+    tls: ServerTls,
     connect_timeout: Duration,
     /// Connections created before this instant are closed when they come back (the server
     /// stopped being where the shard's traffic goes).
@@ -33,6 +35,7 @@ impl managed::Manager for ServerManager {
             self.server,
             self.address.clone(),
             &self.auth,
+            &self.tls,
             self.connect_timeout,
         )
         .await
@@ -81,8 +84,13 @@ pub struct ShardPools {
 }
 
 impl ShardPools {
-    /// Builds (empty) pools for every server in the config; connections open on first use.
-    pub fn new(config: &Config, topology: Arc<Topology>) -> Result<Arc<ShardPools>, String> {
+    /// Builds (empty) pools for every server in the config; connections open on first use, over
+    /// TLS when `tls` says so.
+    pub fn new(
+        config: &Config,
+        topology: Arc<Topology>,
+        tls: &ServerTls,
+    ) -> Result<Arc<ShardPools>, String> {
         let mut pools = HashMap::new();
         for shard in &config.shards {
             let addresses =
@@ -97,6 +105,7 @@ impl ShardPools {
                     server: id.index,
                     address,
                     auth: config.server_auth.clone(),
+                    tls: tls.clone(),
                     connect_timeout: config.pool.connect_timeout(),
                     drained_at: Mutex::new(None),
                 };

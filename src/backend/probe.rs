@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use super::tls::ServerTls;
 
 use super::topology::{Lsn, ServerId};
 use crate::config::{ServerAuthConfig, ShardConfig};
@@ -70,6 +72,7 @@ pub fn timeline_from_walfile(name: &str) -> Option<u32> {
 pub struct Probe {
     id: ServerId,
     pg: tokio_postgres::Config,
+    tls: ServerTls,
     timeout: Duration,
     client: Option<Client>,
     backoff: Duration,
@@ -85,6 +88,7 @@ impl Probe {
         id: ServerId,
         host: &str,
         port: u16,
+        tls: &ServerTls,
         timeout: Duration,
     ) -> Probe {
         let mut pg = tokio_postgres::Config::new();
@@ -100,6 +104,7 @@ impl Probe {
         Probe {
             id,
             pg,
+            tls: tls.clone(),
             timeout,
             client: None,
             backoff: MIN_BACKOFF,
@@ -154,7 +159,7 @@ impl Probe {
     }
 
     async fn connect(&self) -> Result<Client, ProbeError> {
-        let connecting = self.pg.connect(NoTls);
+        let connecting = self.tls.connect(&self.pg);
         let (client, connection) = tokio::time::timeout(self.timeout, connecting)
             .await
             .map_err(|_| ProbeError::Timeout(self.timeout))?

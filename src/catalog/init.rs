@@ -3,9 +3,10 @@
 //! this for the local cluster, `pgshard catalog init` for any other catalog (the one-shot service
 //! of docker-compose.yml). Both steps are idempotent: a catalog that already holds a map keeps it.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{publish_first_map, CatalogError, FirstMap};
+use crate::backend::ServerTls;
 use crate::router::{ShardMap, Strategy};
 
 /// The catalog's schema, applied as it is (every statement in it is idempotent).
@@ -27,15 +28,14 @@ pub async fn init(
     publish_first_map(client, &map).await
 }
 
-/// [`init`] on a new connection to the catalog at `url`.
+/// [`init`] on a new connection to the catalog at `url`, protected as `tls` says.
 pub async fn init_url(
     url: &str,
+    tls: &ServerTls,
     strategy: Strategy,
     shard_ids: &[u32],
 ) -> Result<FirstMap, CatalogError> {
-    let (mut client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(CatalogError::Connect)?;
+    let (mut client, connection) = tls.connect_url(url).await.map_err(CatalogError::Connect)?;
     let conn_task = tokio::spawn(connection);
     let outcome = init(&mut client, strategy, shard_ids).await;
     drop(client);

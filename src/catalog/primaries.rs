@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::CatalogError;
+use crate::backend::ServerTls;
 
 /// One shard's agreed primary as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,15 +23,17 @@ pub struct PrimaryRecord {
 /// A lazily (re)connected catalog client for the monitors' reads and compare-and-sets.
 pub struct PrimaryRecords {
     url: String,
+    tls: ServerTls,
     connect_timeout: Duration,
     client: Mutex<Option<Client>>,
 }
 
 impl PrimaryRecords {
     /// Connects on first use, so a catalog outage does not stop the monitors.
-    pub fn new(url: &str, connect_timeout: Duration) -> PrimaryRecords {
+    pub fn new(url: &str, tls: &ServerTls, connect_timeout: Duration) -> PrimaryRecords {
         PrimaryRecords {
             url: url.to_string(),
+            tls: tls.clone(),
             connect_timeout,
             client: Mutex::new(None),
         }
@@ -105,7 +108,7 @@ impl PrimaryRecords {
     }
 
     async fn connect(&self) -> Result<Client, CatalogError> {
-        let connecting = tokio_postgres::connect(&self.url, NoTls);
+        let connecting = self.tls.connect_url(&self.url);
         let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| CatalogError::Timeout)?

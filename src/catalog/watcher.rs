@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use super::{load_map, register_proxy, CatalogError, MapHandle};
+use crate::backend::ServerTls;
 use crate::config::CatalogConfig;
 
 /// The channel the catalog's trigger notifies on.
@@ -32,10 +33,8 @@ impl CatalogHandle {
 /// A catalog connection and the notifications it receives (`None` once the connection is gone).
 type Watched = (Client, mpsc::UnboundedReceiver<()>);
 
-async fn connect(url: &str) -> Result<Watched, CatalogError> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(CatalogError::Connect)?;
+async fn connect(url: &str, tls: &ServerTls) -> Result<Watched, CatalogError> {
+    let (client, mut connection) = tls.connect_url(url).await.map_err(CatalogError::Connect)?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -61,14 +60,20 @@ async fn connect(url: &str) -> Result<Watched, CatalogError> {
 }
 
 /// Connects, registers this proxy, loads the map, and starts watching for new versions.
-pub async fn start(config: &CatalogConfig, node_name: &str) -> Result<CatalogHandle, CatalogError> {
-    let (client, rx) = connect(&config.url).await?;
+/// Catalog connections are protected like server connections (`tls`, from `[server_tls]`).
+pub async fn start(
+    config: &CatalogConfig,
+    node_name: &str,
+    tls: &ServerTls,
+) -> Result<CatalogHandle, CatalogError> {
+    let (client, rx) = connect(&config.url, tls).await?;
     // The map first: a proxy that cannot start must not leave a row in `proxies`.
     let map = load_map(&client).await?.ok_or(CatalogError::NoMap)?;
     let node_id = register_proxy(&client, node_name).await?;
     let handle = MapHandle::new(map);
     let task = tokio::spawn(watch(
         config.url.clone(),
+        tls.clone(),
         Duration::from_millis(config.poll_interval_ms),
         handle.clone(),
         node_id,
@@ -83,6 +88,7 @@ pub async fn start(config: &CatalogConfig, node_name: &str) -> Result<CatalogHan
 
 async fn watch(
     url: String,
+    tls: ServerTls,
     poll: Duration,
     handle: MapHandle,
     node_id: u16,
@@ -92,7 +98,7 @@ async fn watch(
     let mut in_outage = false;
     loop {
         let Some((client, notifications)) = watched.as_mut() else {
-            match connect(&url).await {
+            match connect(&url, &tls).await {
                 Ok(w) => {
                     if in_outage {
                         tracing::info!("catalog reachable again");

@@ -48,6 +48,9 @@ host all all 127.0.0.1/32 scram-sha-256
 host replication all 127.0.0.1/32 scram-sha-256
 ";
 
+/// The first TCP rule of an instance that requires TLS: plain TCP logins are refused outright.
+const HBA_TLS_ONLY: &str = "hostnossl all all 127.0.0.1/32 reject\n";
+
 /// Runs a program (as `run_as` if given) and turns a failure into an error carrying its output.
 pub async fn run(
     what: &str,
@@ -323,6 +326,75 @@ pub fn stop_now(bins: &PgBinaries, run_as: Option<RunAs>, inst: &InstanceInfo) {
     let _ = cmd.status();
 }
 
+/// Turns TLS on with `cert`/`key` (copied into the data directory) and makes pg_hba refuse plain
+/// TCP logins, then reloads the running instance and waits until a plain login is refused.
+pub async fn require_tls(
+    bins: &PgBinaries,
+    run_as: Option<RunAs>,
+    inst: &InstanceInfo,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), ClusterError> {
+    use std::os::unix::fs::PermissionsExt;
+    for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+        let to = inst.data_dir.join(name);
+        std::fs::copy(from, &to)
+            .map_err(|e| ClusterError::io(format!("cannot copy {}", from.display()), e))?;
+        // Postgres refuses a key that others may read.
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ClusterError::io(format!("cannot chmod {}", to.display()), e))?;
+        if let Some(user) = run_as {
+            user.chown(&to)?;
+        }
+    }
+    append_file(
+        &inst.data_dir.join("instance.conf"),
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+    )?;
+    let hba = HBA_CONF.replacen("host ", &format!("{HBA_TLS_ONLY}host "), 1);
+    std::fs::write(inst.data_dir.join("pg_hba.conf"), hba)
+        .map_err(|e| ClusterError::io("cannot write pg_hba.conf", e))?;
+    let mut cmd = tokio::process::Command::new(bins.program("pg_ctl"));
+    cmd.arg("reload").arg("-D").arg(&inst.data_dir);
+    run(&format!("reloading {}", inst.name), cmd, run_as).await?;
+    // The postmaster applies pg_hba.conf and the TLS settings in one reload: once a plain login
+    // is refused, TLS is on too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut config = admin_login(inst);
+    config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    loop {
+        match config.connect(tokio_postgres::NoTls).await {
+            Err(e)
+                if e.as_db_error()
+                    .is_some_and(|d| d.message().contains("no encryption")) =>
+            {
+                return Ok(())
+            }
+            _ if std::time::Instant::now() >= deadline => {
+                return Err(ClusterError::Command {
+                    what: format!("requiring TLS on {}", inst.name),
+                    status: "timed out".into(),
+                    output: "plain TCP logins were still accepted 10 s after the reload".into(),
+                })
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The admin user's login to the instance over TCP, giving up after [`HEALTH_TIMEOUT`].
+fn admin_login(inst: &InstanceInfo) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&inst.host)
+        .port(inst.port)
+        .user(ADMIN_USER)
+        .password(ADMIN_PASSWORD)
+        .dbname(inst.database())
+        .connect_timeout(HEALTH_TIMEOUT);
+    config
+}
+
 /// The postmaster's pid from `postmaster.pid`, if the file exists (it can be stale after a crash).
 pub fn read_pid(inst: &InstanceInfo) -> Option<u32> {
     let text = std::fs::read_to_string(inst.data_dir.join("postmaster.pid")).ok()?;
@@ -333,14 +405,7 @@ pub fn read_pid(inst: &InstanceInfo) -> Option<u32> {
 /// path the proxy takes, so "healthy" means "the proxy can use it" — and if so, whether it is in
 /// recovery (a standby): `None` when unhealthy.
 pub async fn probe(inst: &InstanceInfo) -> Option<bool> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(&inst.host)
-        .port(inst.port)
-        .user(ADMIN_USER)
-        .password(ADMIN_PASSWORD)
-        .dbname(inst.database())
-        .connect_timeout(HEALTH_TIMEOUT);
+    let config = admin_login(inst);
     let check = async {
         let (client, conn) = config.connect(tokio_postgres::NoTls).await.ok()?;
         let task = tokio::spawn(conn);

@@ -482,6 +482,20 @@ pub async fn start_instance(dir: &Path, name: &str) -> Result<(), ClusterError> 
     instance::start(&PgBinaries::find()?, RunAs::detect()?, inst).await
 }
 
+/// Makes one instance require TLS from TCP clients (tests of `[server_tls]`): `cert` and `key`
+/// become its server certificate, pg_hba refuses plain TCP logins (the unix socket stays
+/// trusted), and the instance is reloaded. Returns once plain logins are refused.
+pub async fn require_tls(
+    dir: &Path,
+    name: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), ClusterError> {
+    let info = ClusterInfo::load(dir)?;
+    let inst = find(&info, name)?;
+    instance::require_tls(&PgBinaries::find()?, RunAs::detect()?, inst, cert, key).await
+}
+
 /// Promotes a replica to a primary (failover tests) and waits until it leaves recovery. Its former
 /// primary, if started again with [`start_instance`], also runs as a primary: the cluster does not
 /// fence or rewind it.

@@ -78,6 +78,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         replicas: Default::default(),
         metrics: None,
         tls: None,
+        server_tls: None,
     }
 }
 

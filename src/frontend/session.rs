@@ -1123,7 +1123,7 @@ pub fn backend_error_fields(e: &crate::backend::BackendError) -> ErrorFields {
     use crate::backend::BackendError as B;
     match e {
         B::Server { fields, .. } => fields.clone(),
-        B::Connect { .. } | B::ConnectTimeout { .. } | B::Login { .. } => {
+        B::Connect { .. } | B::ConnectTimeout { .. } | B::Tls { .. } | B::Login { .. } => {
             ErrorFields::error("08001", e.to_string())
         }
         _ => ErrorFields::error("08006", e.to_string()),

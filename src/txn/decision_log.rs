@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
-use tokio_postgres::NoTls;
 
 use super::TxnError;
+use crate::backend::ServerTls;
 
 /// The outcome of a global transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,7 @@ impl Decision {
 /// Opens catalog connections for the log.
 pub struct CatalogManager {
     url: String,
+    tls: ServerTls,
     connect_timeout: Duration,
 }
 
@@ -44,7 +45,7 @@ impl managed::Manager for CatalogManager {
     type Error = TxnError;
 
     async fn create(&self) -> Result<tokio_postgres::Client, TxnError> {
-        let connecting = tokio_postgres::connect(&self.url, NoTls);
+        let connecting = self.tls.connect_url(&self.url);
         let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| TxnError::Log("timed out connecting to the catalog".into()))??;
@@ -76,9 +77,15 @@ pub struct DecisionLog {
 
 impl DecisionLog {
     /// Connections open on first use, so a catalog outage at start-up does not stop the proxy.
-    pub fn new(url: &str, size: usize, connect_timeout: Duration) -> Result<DecisionLog, TxnError> {
+    pub fn new(
+        url: &str,
+        tls: &ServerTls,
+        size: usize,
+        connect_timeout: Duration,
+    ) -> Result<DecisionLog, TxnError> {
         let manager = CatalogManager {
             url: url.to_string(),
+            tls: tls.clone(),
             connect_timeout,
         };
         let pool = Pool::builder(manager)

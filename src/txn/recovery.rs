@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use super::decision_log::Decision;
 use super::two_phase::{finish_sql, Coordinator};
 use super::TxnError;
 use crate::backend::topology::Topology;
+use crate::backend::ServerTls;
 use crate::config::{Config, ShardConfig};
 
 /// Decisions whose transaction is gone everywhere are forgotten after this long.
@@ -30,11 +29,12 @@ pub struct RecoveryReport {
     pub unreachable: Vec<u32>,
 }
 
-/// Checks every shard once.
+/// Checks every shard once, connecting to each as `tls` says.
 pub async fn resolve_once(
     config: &Config,
     coordinator: &Arc<Coordinator>,
     topology: &Topology,
+    tls: &ServerTls,
 ) -> RecoveryReport {
     let grace = Duration::from_millis(config.transactions.in_doubt_grace_ms);
     let mut report = RecoveryReport::default();
@@ -47,7 +47,15 @@ pub async fn resolve_once(
             .and_then(|id| topology.server(id))
             .map(|s| s.address)
             .unwrap_or_else(|| shard.address());
-        match resolve_shard(config, shard, &address, coordinator, grace, &mut report).await {
+        let resolved = resolve_shard(
+            (config, tls),
+            shard,
+            &address,
+            coordinator,
+            grace,
+            &mut report,
+        );
+        match resolved.await {
             Ok(mut left) => still_prepared.append(&mut left),
             Err(e) => {
                 tracing::debug!(shard = shard.id, error = %e, "in-doubt check skipped a shard");
@@ -76,14 +84,14 @@ pub async fn resolve_once(
 
 /// Settles one shard's prepared transactions; returns the ids it left prepared.
 async fn resolve_shard(
-    config: &Config,
+    (config, tls): (&Config, &ServerTls),
     shard: &ShardConfig,
     address: &str,
     coordinator: &Arc<Coordinator>,
     grace: Duration,
     report: &mut RecoveryReport,
 ) -> Result<Vec<String>, TxnError> {
-    let client = connect(config, shard, address).await?;
+    let client = connect(config, tls, shard, address).await?;
     let rows = client
         .query(
             "SELECT gid, extract(epoch FROM now() - prepared)::float8
@@ -128,6 +136,7 @@ async fn resolve_shard(
 
 async fn connect(
     config: &Config,
+    tls: &ServerTls,
     shard: &ShardConfig,
     address: &str,
 ) -> Result<tokio_postgres::Client, TxnError> {
@@ -145,7 +154,7 @@ async fn connect(
     if let Some(pw) = shard.login_password(&config.server_auth) {
         pg.password(pw);
     }
-    let (client, connection) = pg.connect(NoTls).await?;
+    let (client, connection) = tls.connect(&pg).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -157,11 +166,12 @@ pub fn start(
     config: Arc<Config>,
     coordinator: Arc<Coordinator>,
     topology: Arc<Topology>,
+    tls: ServerTls,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = Duration::from_millis(config.transactions.recovery_interval_ms.max(100));
         loop {
-            resolve_once(&config, &coordinator, &topology).await;
+            resolve_once(&config, &coordinator, &topology, &tls).await;
             tokio::time::sleep(every).await;
         }
     })

@@ -73,6 +73,31 @@ impl TestCluster {
     }
 }
 
+/// Waits (up to 10 s) until the server `direct` is connected to runs a statement starting with
+/// `sql`: a cancel sent before that would find nothing to cancel.
+pub async fn wait_until_active(direct: &tokio_postgres::Client, sql: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let pattern = format!("{sql}%");
+    loop {
+        let running: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
+                &[&pattern],
+            )
+            .await
+            .expect("read pg_stat_activity")
+            .get(0);
+        if running == 1 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{sql}` never started on the server"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         cluster::stop_now(&self.info);
