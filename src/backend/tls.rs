@@ -392,4 +392,20 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn an_unreadable_client_certificate_names_its_key() {
+        let err = ServerTls::load(Some(&ServerTlsConfig {
+            mode: ServerTlsMode::Require,
+            ca_file: None,
+            client_cert: Some("/nonexistent/client.pem".into()),
+            client_key: Some("/nonexistent/client.key".into()),
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server_tls.client_cert") && err.contains("/nonexistent/client.pem"),
+            "{err}"
+        );
+    }
 }
