@@ -41,4 +41,6 @@ pub struct Proxy {
     pub admin: crate::admin::AdminState,
     /// TLS for clients, when `[tls]` is configured.
     pub client_tls: Option<crate::frontend::tls::ClientTls>,
+    /// Rebalancing: the fence on keyless statements and the cut-over hold.
+    pub rebalance: Arc<crate::rebalance::hold::ProxyRebalance>,
 }
