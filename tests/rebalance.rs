@@ -57,9 +57,11 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     let map = publish(info, Strategy::Hash, &[0, 1]).await;
     let running = start_proxy_with(info, |c| c.rebalance.run_jobs = false).await;
     let client = proxy::connect(&running).await;
-    eventually(Duration::from_secs(10), "the proxy loads the map", || async {
-        running.proxy.map.current().version == map.version
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { running.proxy.map.current().version == map.version },
+    )
     .await;
     for k in 1..=400i64 {
         client
@@ -90,8 +92,7 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     let (ok, out) = pgshard(&["verify", "--config", config]);
     assert!(!ok, "verify must fail: {out}");
     assert!(
-        out.contains(&format!("MISPLACED: shard 1 users: 1 row(s)"))
-            && out.contains(&misplaced.to_string()),
+        out.contains("MISPLACED: shard 1 users: 1 row(s)") && out.contains(&misplaced.to_string()),
         "{out}"
     );
     proxy::shard(info, 1)
@@ -115,8 +116,298 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
         assert!(out.contains(&line), "missing `{line}` in:\n{out}");
     }
     let total: i64 = expected.values().sum();
-    assert!(out.contains(&format!("total: {total} row(s) move")), "{out}");
+    assert!(
+        out.contains(&format!("total: {total} row(s) move")),
+        "{out}"
+    );
     let (ok, out) = pgshard(&["rebalance", "plan", "--config", config, "add-shard", "9"]);
     assert!(!ok && out.contains("shard 9 is not in the config"), "{out}");
     running.stop().await;
+}
+
+/// What the writers were told succeeded, per key: the name it holds, or None once deleted.
+type Audit = BTreeMap<i64, Option<String>>;
+
+/// One writer: inserts new users, renames and deletes its own, and sometimes renames two of them
+/// in one transaction (two shards: two-phase commit), through `url` until `stop`.
+async fn writer(
+    url: String,
+    id: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Audit, Vec<String>) {
+    let client = proxy::connect_url(&url).await.expect("writer connects");
+    let mut audit = Audit::new();
+    let mut errors = Vec::new();
+    let mut live: Vec<i64> = Vec::new();
+    let mut n = 0i64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        n += 1;
+        let key = id * 1_000_000 + n;
+        let name = format!("w{id}-{n}");
+        match client
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+                &[&key, &name],
+            )
+            .await
+        {
+            Ok(_) => {
+                audit.insert(key, Some(name));
+                live.push(key);
+            }
+            Err(e) => errors.push(format!("insert {key}: {e}")),
+        }
+        if n % 3 == 0 && live.len() > 2 {
+            let k = live[(n as usize * 7) % live.len()];
+            let name = format!("w{id}-{n}-renamed");
+            match client
+                .execute(
+                    "UPDATE users SET name = $1 WHERE user_id = $2",
+                    &[&name, &k],
+                )
+                .await
+            {
+                Ok(1) => {
+                    audit.insert(k, Some(name));
+                }
+                Ok(other) => errors.push(format!("update {k} touched {other} rows")),
+                Err(e) => errors.push(format!("update {k}: {e}")),
+            }
+        }
+        if n % 7 == 0 && live.len() > 4 {
+            let k = live.remove((n as usize * 13) % live.len());
+            match client
+                .execute("DELETE FROM users WHERE user_id = $1", &[&k])
+                .await
+            {
+                Ok(1) => {
+                    audit.insert(k, None);
+                }
+                Ok(other) => errors.push(format!("delete {k} touched {other} rows")),
+                Err(e) => errors.push(format!("delete {k}: {e}")),
+            }
+        }
+        if n % 11 == 0 && live.len() > 4 {
+            let (a, b) = (live[0], live[live.len() - 1]);
+            let name = format!("w{id}-{n}-tx");
+            let r: Result<(), tokio_postgres::Error> = async {
+                client.batch_execute("BEGIN").await?;
+                client
+                    .execute(
+                        "UPDATE users SET name = $1 WHERE user_id = $2",
+                        &[&name, &a],
+                    )
+                    .await?;
+                client
+                    .execute(
+                        "UPDATE users SET name = $1 WHERE user_id = $2",
+                        &[&name, &b],
+                    )
+                    .await?;
+                client.batch_execute("COMMIT").await
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    audit.insert(a, Some(name.clone()));
+                    audit.insert(b, Some(name));
+                }
+                Err(e) => {
+                    errors.push(format!("transaction on {a} and {b}: {e}"));
+                    let _ = client.batch_execute("ROLLBACK").await;
+                }
+            }
+        }
+    }
+    (audit, errors)
+}
+
+/// A reader of every user without the key: no user_id may ever come back twice.
+async fn reader(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Vec<String>) {
+    let client = proxy::connect_url(&url).await.expect("reader connects");
+    let (mut reads, mut errors) = (0u64, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match client.simple_query("SELECT user_id FROM users").await {
+            Ok(msgs) => {
+                let mut seen = std::collections::HashSet::new();
+                for m in msgs {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        let id = r.get(0).unwrap_or_default().to_string();
+                        if !seen.insert(id.clone()) {
+                            errors.push(format!("user {id} read twice"));
+                        }
+                    }
+                }
+                reads += 1;
+            }
+            Err(e) => errors.push(format!("keyless read: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (reads, errors)
+}
+
+/// Every row of every shard, read directly: key → (shard, name).
+async fn rows_by_key(info: &ClusterInfo) -> (BTreeMap<i64, Vec<(u32, Option<String>)>>, i64) {
+    let mut all: BTreeMap<i64, Vec<(u32, Option<String>)>> = BTreeMap::new();
+    let mut total = 0;
+    for shard in info.shard_ids() {
+        let c = proxy::shard(info, shard).await;
+        for r in c
+            .query("SELECT user_id, name FROM users", &[])
+            .await
+            .unwrap()
+        {
+            all.entry(r.get(0)).or_default().push((shard, r.get(1)));
+            total += 1;
+        }
+    }
+    (all, total)
+}
+
+async fn job_state(info: &ClusterInfo, id: i64) -> pgshard::rebalance::jobs::Job {
+    let c = proxy::catalog(info).await;
+    pgshard::rebalance::jobs::load(&c, id)
+        .await
+        .unwrap()
+        .expect("the job exists")
+}
+
+/// Waits until job `id` has ended and returns it.
+async fn wait_job_end(
+    info: &ClusterInfo,
+    id: i64,
+    limit: Duration,
+) -> pgshard::rebalance::jobs::Job {
+    let started = Instant::now();
+    loop {
+        let job = job_state(info, id).await;
+        if job.state.ended() {
+            return job;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "job {id} did not finish: {:?} {:?} {:?}",
+            job.state,
+            job.error,
+            job.steps
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_nothing() {
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let info = &cluster.info;
+    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    let proxies = [
+        start_proxy_with(info, |_| {}).await,
+        start_proxy_with(info, |c| c.proxy.node_name = "second".into()).await,
+    ];
+    for p in &proxies {
+        eventually(
+            Duration::from_secs(10),
+            "the proxies load the map",
+            || async { p.proxy.map.current().version == map.version },
+        )
+        .await;
+    }
+    let seed = proxy::connect(&proxies[0]).await;
+    let mut audit = Audit::new();
+    for k in 1..=600i64 {
+        let name = format!("seed{k}");
+        seed.execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+            &[&k, &name],
+        )
+        .await
+        .unwrap();
+        audit.insert(k, Some(name));
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=4i64)
+        .map(|id| {
+            let url = proxy::app_url(&proxies[(id % 2) as usize]);
+            tokio::spawn(writer(url, id, stop.clone()))
+        })
+        .collect();
+    let readers: Vec<_> = proxies
+        .iter()
+        .map(|p| tokio::spawn(reader(proxy::app_url(p), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let config = pgshard::config::Config::load(&info.config_path).unwrap();
+    let job_id = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
+        .await
+        .expect("the job is created");
+    let started = Instant::now();
+    let job = wait_job_end(info, job_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Done,
+        "{:?} {:?}",
+        job.error,
+        job.steps
+    );
+    // Writes go on against the new map for a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut errors = Vec::new();
+    for w in writers {
+        let (a, e) = w.await.unwrap();
+        audit.extend(a);
+        errors.extend(e);
+    }
+    let mut reads = 0;
+    for r in readers {
+        let (n, e) = r.await.unwrap();
+        reads += n;
+        errors.extend(e);
+    }
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    assert!(reads > 0);
+
+    let new_map = proxies[0].proxy.map.current();
+    assert_eq!(Some(new_map.version), job.new_version);
+    assert_eq!(new_map.shards(), vec![0, 1, 2]);
+    let (rows, total) = rows_by_key(info).await;
+    for (key, copies) in &rows {
+        assert_eq!(
+            copies.len(),
+            1,
+            "user {key} is on several shards: {copies:?}"
+        );
+        assert_eq!(copies[0].0, new_map.shard_for(*key), "user {key} misplaced");
+    }
+    for (key, expected) in &audit {
+        let found = rows.get(key).map(|c| c[0].1.clone());
+        match expected {
+            Some(name) => assert_eq!(found, Some(Some(name.clone())), "user {key}"),
+            None => assert_eq!(found, None, "deleted user {key} is back"),
+        }
+    }
+    let present = audit.values().filter(|v| v.is_some()).count() as i64;
+    assert_eq!(total, present, "rows nobody acknowledged exist");
+    let moved: i64 = job.steps.iter().map(|s| s.rows_deleted).sum();
+    assert!(moved > 0, "nothing moved: {:?}", job.steps);
+    let on_new = rows.values().filter(|c| c[0].0 == 2).count();
+    assert!(on_new > 0);
+    let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    eprintln!(
+        "moved {moved} rows to shard 2 in {:?}; longest hold {:?} ms (runner), proxies {} / {} ms; {reads} keyless reads",
+        started.elapsed(),
+        job.longest_hold_ms,
+        proxies[0].proxy.rebalance.stats().longest_ms,
+        proxies[1].proxy.rebalance.stats().longest_ms
+    );
+    for p in proxies {
+        p.stop().await;
+    }
 }
