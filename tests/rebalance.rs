@@ -299,11 +299,12 @@ async fn wait_job_end(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_nothing() {
-    let cluster = TestCluster::start(3, Strategy::Hash).await;
+/// Runs `target` on a three-shard cluster whose first map is `strategy` over `map_shards`, under
+/// continuous writes and keyless reads through two proxies, and checks the audit afterwards.
+async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target) {
+    let cluster = TestCluster::start(3, strategy).await;
     let info = &cluster.info;
-    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    let map = publish(info, strategy, map_shards).await;
     let proxies = [
         start_proxy_with(info, |_| {}).await,
         start_proxy_with(info, |c| c.proxy.node_name = "second".into()).await,
@@ -343,7 +344,7 @@ async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_no
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let config = pgshard::config::Config::load(&info.config_path).unwrap();
-    let job_id = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
+    let job_id = pgshard::rebalance::cli::create_job(&config, &target)
         .await
         .expect("the job is created");
     let started = Instant::now();
@@ -376,6 +377,14 @@ async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_no
     let new_map = proxies[0].proxy.map.current();
     assert_eq!(Some(new_map.version), job.new_version);
     assert_eq!(new_map.shards(), vec![0, 1, 2]);
+    assert_eq!(
+        *new_map,
+        ShardMap {
+            version: new_map.version,
+            ..job.plan.to.clone()
+        },
+        "{target}"
+    );
     let (rows, total) = rows_by_key(info).await;
     for (key, copies) in &rows {
         assert_eq!(
@@ -396,12 +405,15 @@ async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_no
     assert_eq!(total, present, "rows nobody acknowledged exist");
     let moved: i64 = job.steps.iter().map(|s| s.rows_deleted).sum();
     assert!(moved > 0, "nothing moved: {:?}", job.steps);
-    let on_new = rows.values().filter(|c| c[0].0 == 2).count();
-    assert!(on_new > 0);
+    let changed = rows
+        .iter()
+        .filter(|(k, c)| map.shard_for(**k) != c[0].0)
+        .count();
+    assert!(changed > 0, "no surviving row changed shard");
     let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
     assert!(ok, "{out}");
     eprintln!(
-        "moved {moved} rows to shard 2 in {:?}; longest hold {:?} ms (runner), proxies {} / {} ms; {reads} keyless reads",
+        "{target}: moved {moved} rows in {:?}; longest hold {:?} ms (runner), proxies {} / {} ms; {reads} keyless reads",
         started.elapsed(),
         job.longest_hold_ms,
         proxies[0].proxy.rebalance.stats().longest_ms,
@@ -410,4 +422,30 @@ async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_no
     for p in proxies {
         p.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_nothing() {
+    move_under_load(Strategy::Hash, &[0, 1], Target::AddShard(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splitting_a_range_under_writes_loses_and_duplicates_nothing() {
+    // Every key the test writes is below i64::MAX / 2, on shard 0: move a slice of it to 2.
+    let target = Target::MoveRange {
+        lower: Some(500),
+        upper: Some(3_000_000),
+        to: 2,
+    };
+    move_under_load(Strategy::Range, &[0, 1], target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_modulo_to_hash_under_writes_loses_and_duplicates_nothing() {
+    move_under_load(
+        Strategy::Modulo { modulus: 3 },
+        &[0, 1, 2],
+        Target::ModuloToHash,
+    )
+    .await;
 }
