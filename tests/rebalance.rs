@@ -449,3 +449,161 @@ async fn migrating_modulo_to_hash_under_writes_loses_and_duplicates_nothing() {
     )
     .await;
 }
+
+/// Replication objects the job left on a shard: (publications, subscriptions, slots).
+async fn replication_objects(info: &ClusterInfo, shard: u32) -> (i64, i64, i64) {
+    let c = proxy::shard(info, shard).await;
+    let row = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgshard%'), \
+                    (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgshard%'), \
+                    (SELECT count(*) FROM pg_replication_slots)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_nothing_behind() {
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let info = &cluster.info;
+    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    let running = start_proxy_with(info, |c| {
+        c.rebalance.hold_timeout_ms = 300;
+        c.users.push(pgshard::config::UserConfig {
+            name: "admin".into(),
+            password: Some("secret".into()),
+            auth: pgshard::config::AuthMethod::ScramSha256,
+            admin: true,
+        });
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { running.proxy.map.current().version == map.version },
+    )
+    .await;
+    let client = proxy::connect(&running).await;
+    for k in 1..=1500i64 {
+        client
+            .execute("INSERT INTO users (user_id, name) VALUES ($1, 'u')", &[&k])
+            .await
+            .unwrap();
+    }
+    // A transaction left open on the proxy: every cut-over attempt must wait for it, give up
+    // after hold_timeout_ms and release the hold on the old map.
+    let idle = proxy::connect(&running).await;
+    idle.batch_execute("BEGIN").await.unwrap();
+    idle.query_one("SELECT name FROM users WHERE user_id = 7", &[])
+        .await
+        .unwrap();
+
+    let admin_url = format!(
+        "postgres://admin:secret@127.0.0.1:{}/pgshard?sslmode=disable",
+        running.addr.port()
+    );
+    let admin = proxy::connect_url(&admin_url).await.unwrap();
+    admin.simple_query("REBALANCE add-shard 2").await.unwrap();
+    let job_id: i64 = proxy::catalog(info)
+        .await
+        .query_one("SELECT max(job_id) FROM rebalance_jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(
+        Duration::from_secs(60),
+        "a cut-over attempt gives up",
+        || async {
+            let job = job_state(info, job_id).await;
+            job.cutover_attempts >= 2 && job.state == pgshard::rebalance::jobs::JobState::Cutover
+        },
+    )
+    .await;
+    let copied: i64 = proxy::shard(info, 2)
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(copied > 0, "the destination holds the copy");
+    // Keyless reads still count every row once; what cannot be fenced is refused, naming the job.
+    let n = client
+        .simple_query("SELECT count(*) FROM users")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+    assert_eq!(n.as_deref(), Some("1500"));
+    let refused = client
+        .query("SELECT count(*) FROM users WHERE name = $1", &[&"u"])
+        .await
+        .expect_err("a keyless prepared statement cannot be fenced");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    let message = |e: &tokio_postgres::Error| {
+        e.as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string())
+    };
+    assert!(
+        message(&refused).contains(&format!("job {job_id}")),
+        "{refused:?}"
+    );
+    let ddl = client
+        .simple_query("ALTER TABLE users ADD COLUMN nickname text")
+        .await
+        .expect_err("DDL on a moving table is refused");
+    assert!(
+        message(&ddl).contains(&format!("rebalancing job {job_id}")),
+        "{ddl:?}"
+    );
+    let shown = admin.simple_query("SHOW JOBS").await.unwrap();
+    let steps = shown
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(steps, 2, "one row per step");
+
+    admin
+        .simple_query(&format!("CANCEL JOB {job_id}"))
+        .await
+        .unwrap();
+    let job = wait_job_end(info, job_id, Duration::from_secs(60)).await;
+    assert_eq!(job.state, pgshard::rebalance::jobs::JobState::Cancelled);
+    assert_eq!(job.new_version, None);
+    assert!(job.steps.iter().all(|s| s.state == "rolled_back"));
+    // The open transaction was never disturbed.
+    idle.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(running.proxy.map.current().version, map.version);
+    for shard in 0..3 {
+        assert_eq!(
+            replication_objects(info, shard).await,
+            (0, 0, 0),
+            "shard {shard} keeps replication objects"
+        );
+    }
+    let left: i64 = proxy::shard(info, 2)
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the partial copy is removed");
+    assert_eq!(proxy::count_users_directly(info).await, 1500);
+    let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    // After the job, DDL goes through again.
+    client
+        .simple_query("ALTER TABLE users ADD COLUMN nickname text")
+        .await
+        .unwrap();
+    running.stop().await;
+}
