@@ -607,3 +607,211 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
         .unwrap();
     running.stop().await;
 }
+
+/// A pgshard process the test can kill -9.
+struct ProxyProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ProxyProcess {
+    /// Starts `pgshard serve` on a copy of the cluster's config that runs jobs, with short
+    /// leases so another start takes a killed one's job over quickly.
+    async fn start(info: &ClusterInfo, dir: &std::path::Path) -> ProxyProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut config = pgshard::config::Config::load(&info.config_path).unwrap();
+        config.proxy.listen = format!("127.0.0.1:{port}");
+        config.proxy.node_name = "runner".into();
+        config.catalog.poll_interval_ms = 300;
+        config.rebalance.lease_ms = 1500;
+        config.rebalance.slot_timeout_ms = 60_000;
+        let path = dir.join(format!("runner-{port}.toml"));
+        std::fs::write(&path, config.to_toml()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgshard"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pgshard");
+        let url = format!("postgres://app:app@127.0.0.1:{port}/app?sslmode=disable");
+        eventually(Duration::from_secs(30), "pgshard accepts clients", || {
+            let url = url.clone();
+            async move { proxy::connect_url(&url).await.is_ok() }
+        })
+        .await;
+        ProxyProcess { child, port }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL pgshard");
+        let _ = self.child.wait();
+        let _ = self.port;
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_holds() {
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let info = &cluster.info;
+    let dir = tempfile::tempdir().unwrap();
+    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    // The runner is a process of its own; the clients' proxy only fences and holds.
+    let runner = ProxyProcess::start(info, dir.path()).await;
+    let clients_proxy = start_proxy_with(info, |c| {
+        c.rebalance.run_jobs = false;
+        c.rebalance.hold_timeout_ms = 1000;
+        c.rebalance.lease_ms = 1500;
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { clients_proxy.proxy.map.current().version == map.version },
+    )
+    .await;
+    let seed = proxy::connect(&clients_proxy).await;
+    let mut audit = Audit::new();
+    for k in 1..=800i64 {
+        let name = format!("seed{k}");
+        seed.execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+            &[&k, &name],
+        )
+        .await
+        .unwrap();
+        audit.insert(k, Some(name));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=3i64)
+        .map(|id| tokio::spawn(writer(proxy::app_url(&clients_proxy), id, stop.clone())))
+        .collect();
+    let reader_task = tokio::spawn(reader(proxy::app_url(&clients_proxy), stop.clone()));
+    let config = pgshard::config::Config::load(&info.config_path).unwrap();
+
+    // 1. Killed during the copy: an open transaction on shard 1 keeps the slot of its step from
+    //    being created, so the job is caught mid-copy.
+    let blocker = proxy::shard(info, 1).await;
+    blocker
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+    let job_a = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "step 0 copies", || async {
+        let job = job_state(info, job_a).await;
+        job.state == pgshard::rebalance::jobs::JobState::Copying
+            && job.steps[0].state != "pending"
+            && job.steps[1].state == "pending"
+    })
+    .await;
+    runner.kill();
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let runner = ProxyProcess::start(info, dir.path()).await;
+    let job = wait_job_end(info, job_a, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Done,
+        "{:?}",
+        job.error
+    );
+
+    // 2. Killed during the cut-over: a transaction left open on the clients' proxy makes every
+    //    attempt wait with the hold requested; the runner dies in that window.
+    let idle = proxy::connect(&clients_proxy).await;
+    idle.batch_execute("BEGIN").await.unwrap();
+    idle.query_one("SELECT name FROM users WHERE user_id = 3", &[])
+        .await
+        .unwrap();
+    let job_b = pgshard::rebalance::cli::create_job(&config, &Target::Drain(2))
+        .await
+        .unwrap();
+    let catalog = proxy::catalog(info).await;
+    eventually(Duration::from_secs(60), "a hold is requested", || async {
+        catalog
+            .query_opt(
+                "SELECT 1 FROM rebalance_holds WHERE job_id = $1 AND released_at IS NULL \
+                 AND abandoned_by IS NULL",
+                &[&job_b],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    runner.kill();
+    idle.batch_execute("COMMIT").await.unwrap();
+    let _runner = ProxyProcess::start(info, dir.path()).await;
+    let job = wait_job_end(info, job_b, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Done,
+        "{:?}",
+        job.error
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the proxy loads the final map",
+        || async { Some(clients_proxy.proxy.map.current().version) == job.new_version },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut errors = Vec::new();
+    for w in writers {
+        let (a, e) = w.await.unwrap();
+        audit.extend(a);
+        errors.extend(e);
+    }
+    errors.extend(reader_task.await.unwrap().1);
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+
+    let final_map = clients_proxy.proxy.map.current();
+    assert_eq!(final_map.shards(), vec![0, 1]);
+    let (rows, total) = rows_by_key(info).await;
+    for (key, copies) in &rows {
+        assert_eq!(
+            copies.len(),
+            1,
+            "user {key} is on several shards: {copies:?}"
+        );
+        assert_eq!(
+            copies[0].0,
+            final_map.shard_for(*key),
+            "user {key} misplaced"
+        );
+    }
+    for (key, expected) in &audit {
+        let found = rows.get(key).map(|c| c[0].1.clone());
+        match expected {
+            Some(name) => assert_eq!(found, Some(Some(name.clone())), "user {key}"),
+            None => assert_eq!(found, None, "deleted user {key} is back"),
+        }
+    }
+    assert_eq!(
+        total,
+        audit.values().filter(|v| v.is_some()).count() as i64,
+        "rows nobody acknowledged exist"
+    );
+    for shard in 0..3 {
+        assert_eq!(
+            replication_objects(info, shard).await,
+            (0, 0, 0),
+            "shard {shard} keeps replication objects"
+        );
+    }
+    let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    clients_proxy.stop().await;
+}
