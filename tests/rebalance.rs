@@ -412,6 +412,16 @@ async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target)
     assert!(changed > 0, "no surviving row changed shard");
     let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
     assert!(ok, "{out}");
+    let (ok, out) = pgshard(&[
+        "rebalance",
+        "status",
+        "--config",
+        info.config_path.to_str().unwrap(),
+        &job_id.to_string(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("job {job_id} done")), "{out}");
+    assert_eq!(out.matches("verified").count(), job.steps.len(), "{out}");
     eprintln!(
         "{target}: moved {moved} rows in {:?}; longest hold {:?} ms (runner), proxies {} / {} ms; {reads} keyless reads",
         started.elapsed(),
