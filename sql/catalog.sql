@@ -63,3 +63,88 @@ CREATE TABLE IF NOT EXISTS shard_primaries (
     timeline    bigint NOT NULL CHECK (timeline > 0),
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Online rebalancing. A job moves every key whose shard differs between the map it started from
+-- (from_version, from_map) and its target map (target_map; both ShardMaps as JSON); one step per (source,
+-- destination) pair. The job row carries the lease of the proxy running it: a proxy killed at any
+-- step loses the lease when it expires, and the next proxy resumes or rolls the job back from the
+-- rows alone.
+CREATE TABLE IF NOT EXISTS rebalance_jobs (
+    job_id          bigserial PRIMARY KEY,
+    target          text NOT NULL,
+    from_version    bigint NOT NULL,
+    from_map        jsonb NOT NULL,
+    target_map      jsonb NOT NULL,
+    state           text NOT NULL DEFAULT 'pending' CHECK (state IN
+                        ('pending', 'copying', 'cutover', 'cleanup', 'done',
+                         'cancelling', 'cancelled', 'failed')),
+    new_version     bigint,
+    cutover_attempts integer NOT NULL DEFAULT 0,
+    longest_hold_ms bigint,
+    error           text,
+    lease_owner     text,
+    lease_expires   timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz
+);
+-- At most one job that has not ended: two jobs planned from the same map would fight.
+CREATE UNIQUE INDEX IF NOT EXISTS rebalance_jobs_one_active
+    ON rebalance_jobs ((true)) WHERE state NOT IN ('done', 'cancelled', 'failed');
+
+CREATE TABLE IF NOT EXISTS rebalance_steps (
+    job_id          bigint NOT NULL REFERENCES rebalance_jobs (job_id) ON DELETE CASCADE,
+    step_no         integer NOT NULL,
+    source_shard    integer NOT NULL,
+    dest_shard      integer NOT NULL,
+    state           text NOT NULL DEFAULT 'pending' CHECK (state IN
+                        ('pending', 'copying', 'synced', 'cut_over', 'cleaned', 'verified',
+                         'rolled_back')),
+    rows_estimated  bigint,
+    rows_copied     bigint NOT NULL DEFAULT 0,
+    lag_bytes       bigint,
+    rows_deleted    bigint NOT NULL DEFAULT 0,
+    checksum        text,
+    lease_owner     text,
+    lease_expires   timestamptz,
+    started_at      timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz,
+    PRIMARY KEY (job_id, step_no)
+);
+
+-- A cut-over's hold: the runner asks, every live proxy holds new statements, lets its in-flight
+-- transactions finish and acknowledges; released (with the new map version, or none when the
+-- attempt gave up) the proxies load that map before letting the held statements go.
+CREATE TABLE IF NOT EXISTS rebalance_holds (
+    hold_id      bigserial PRIMARY KEY,
+    job_id       bigint NOT NULL REFERENCES rebalance_jobs (job_id) ON DELETE CASCADE,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    released_at  timestamptz,
+    new_version  bigint,
+    -- Set by a proxy that gave up holding (its in-flight work did not finish in time): the
+    -- attempt then publishes nothing.
+    abandoned_by integer
+);
+CREATE TABLE IF NOT EXISTS rebalance_hold_acks (
+    hold_id  bigint NOT NULL REFERENCES rebalance_holds (hold_id) ON DELETE CASCADE,
+    node_id  integer NOT NULL,
+    acked_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (hold_id, node_id)
+);
+
+CREATE OR REPLACE FUNCTION rebalance_announce() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgshard_rebalance', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS rebalance_jobs_announce ON rebalance_jobs;
+CREATE TRIGGER rebalance_jobs_announce AFTER INSERT OR UPDATE OF state ON rebalance_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION rebalance_announce();
+DROP TRIGGER IF EXISTS rebalance_holds_announce ON rebalance_holds;
+CREATE TRIGGER rebalance_holds_announce AFTER INSERT OR UPDATE ON rebalance_holds
+    FOR EACH STATEMENT EXECUTE FUNCTION rebalance_announce();
+
+-- The rebalancing job whose fence (ownership conditions on keyless statements) this proxy has
+-- installed: a job copies rows only once every live proxy has it.
+ALTER TABLE proxies ADD COLUMN IF NOT EXISTS fence_job bigint NOT NULL DEFAULT 0;

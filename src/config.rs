@@ -59,6 +59,74 @@ pub struct Config {
     /// TLS to the Postgres servers (shards, replicas, catalog); absent means plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_tls: Option<ServerTlsConfig>,
+    /// The privileged credential of control-plane work on shards (publications, subscriptions,
+    /// replication slots of rebalancing); absent means `[server_auth]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneConfig>,
+    /// Bounds of online rebalancing jobs.
+    #[serde(default)]
+    pub rebalance: RebalanceConfig,
+}
+
+/// A separate login for privileged shard operations: CREATE SUBSCRIPTION needs a superuser (on
+/// Postgres 15), which the data path's `[server_auth]` login should not have to be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// Timeouts and sizes of rebalancing jobs (see README, "Rebalancing").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// How long creating a replication slot may wait for the source's open transactions.
+    #[serde(default = "default_slot_timeout_ms")]
+    pub slot_timeout_ms: u64,
+    /// How long a cut-over may wait for in-flight transactions before it releases the hold on
+    /// the old map and retries later.
+    #[serde(default = "default_hold_timeout_ms")]
+    pub hold_timeout_ms: u64,
+    /// How long a job's lease lasts without renewal; a proxy killed while running a job loses it
+    /// after this, and the next proxy resumes the job.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// Rows deleted from the source per batch at clean-up.
+    #[serde(default = "default_delete_batch")]
+    pub delete_batch: i64,
+    /// Whether this proxy runs rebalancing jobs it finds in the catalog.
+    #[serde(default = "default_true")]
+    pub run_jobs: bool,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            slot_timeout_ms: default_slot_timeout_ms(),
+            hold_timeout_ms: default_hold_timeout_ms(),
+            lease_ms: default_lease_ms(),
+            delete_batch: default_delete_batch(),
+            run_jobs: true,
+        }
+    }
+}
+
+fn default_slot_timeout_ms() -> u64 {
+    30_000
+}
+fn default_hold_timeout_ms() -> u64 {
+    2_000
+}
+fn default_lease_ms() -> u64 {
+    10_000
+}
+fn default_delete_batch() -> i64 {
+    5_000
+}
+fn default_true() -> bool {
+    true
 }
 
 /// How pgshard protects and checks its own connections to Postgres servers, with libpq's
@@ -730,6 +798,23 @@ impl Config {
                 ));
             }
         }
+        if let Some(cp) = &self.control_plane {
+            if cp.user.is_empty() {
+                return Err(invalid("control_plane.user", "must not be empty".into()));
+            }
+        }
+        if self.rebalance.delete_batch < 1 {
+            return Err(invalid(
+                "rebalance.delete_batch",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.rebalance.lease_ms < 1000 {
+            return Err(invalid(
+                "rebalance.lease_ms",
+                "must be at least 1000 ms".into(),
+            ));
+        }
         if self.router.cache_size == 0 {
             return Err(invalid("router.cache_size", "must be at least 1".into()));
         }
@@ -765,6 +850,18 @@ impl Config {
     /// The shard config with this id.
     pub fn shard(&self, id: u32) -> Option<&ShardConfig> {
         self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// The login for privileged control-plane work on `shard`: `[control_plane]`, else the shard's
+    /// own login.
+    pub fn control_login<'a>(&'a self, shard: &'a ShardConfig) -> (&'a str, Option<&'a str>) {
+        match &self.control_plane {
+            Some(cp) => (cp.user.as_str(), cp.password.as_deref()),
+            None => (
+                shard.login_user(&self.server_auth),
+                shard.login_password(&self.server_auth),
+            ),
+        }
     }
 
     /// The user entry for a login name.

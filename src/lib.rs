@@ -11,6 +11,7 @@ pub mod gather;
 pub mod ids;
 pub mod live;
 pub mod proxy;
+pub mod rebalance;
 pub mod router;
 pub mod server;
 pub mod socket;

@@ -54,6 +54,54 @@ enum Command {
         #[command(subcommand)]
         action: CatalogCommand,
     },
+    /// Prove that every row of every sharded table sits on the shard the current map names;
+    /// exits non-zero and lists samples when some do not.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Plan, start, watch and cancel online rebalancing jobs.
+    Rebalance {
+        #[command(subcommand)]
+        action: RebalanceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RebalanceCommand {
+    /// Print the moves a target needs (source → destination, row estimates) without starting.
+    /// TARGET: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | modulo-to-hash.
+    Plan {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        target: Vec<String>,
+    },
+    /// Record a job for the target; a running proxy runs it (copy, catch-up, cut-over, clean-up).
+    Start {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Follow the job's progress until it ends.
+        #[arg(long)]
+        wait: bool,
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        target: Vec<String>,
+    },
+    /// Show the newest jobs (or one) with every step's progress.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Redraw until the job ends.
+        #[arg(long)]
+        follow: bool,
+        job: Option<i64>,
+    },
+    /// Cancel a job that has not switched the map yet: its copies are removed.
+    Cancel {
+        #[arg(long, short)]
+        config: PathBuf,
+        job: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +276,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster { action } => cluster_command(action).await,
         Command::Catalog { action } => catalog_command(action).await,
         Command::Serve { config } => serve(config).await,
+        Command::Verify { config } => {
+            let config = pgshard::config::Config::load(&config)?;
+            let clean =
+                pgshard::rebalance::cli::verify_command(&config, &mut std::io::stdout().lock())
+                    .await?;
+            if !clean {
+                anyhow::bail!("misplaced rows found");
+            }
+            Ok(())
+        }
+        Command::Rebalance { action } => rebalance_command(action).await,
         Command::Demo {
             dir,
             port,
@@ -316,6 +375,43 @@ async fn catalog_command(action: CatalogCommand) -> anyhow::Result<()> {
                 ),
             }
             Ok(())
+        }
+    }
+}
+
+async fn rebalance_command(action: RebalanceCommand) -> anyhow::Result<()> {
+    match action {
+        RebalanceCommand::Plan { config, target } => {
+            let config = pgshard::config::Config::load(&config)?;
+            pgshard::rebalance::cli::plan_command(&config, &target, &mut std::io::stdout().lock())
+                .await
+        }
+        RebalanceCommand::Start {
+            config,
+            wait,
+            target,
+        } => {
+            let config = pgshard::config::Config::load(&config)?;
+            let mut stdout = std::io::stdout();
+            let id = pgshard::rebalance::cli::start_command(&config, &target, &mut stdout).await?;
+            if wait {
+                pgshard::rebalance::cli::status_command(&config, Some(id), true, &mut stdout)
+                    .await?;
+            }
+            Ok(())
+        }
+        RebalanceCommand::Status {
+            config,
+            follow,
+            job,
+        } => {
+            let config = pgshard::config::Config::load(&config)?;
+            pgshard::rebalance::cli::status_command(&config, job, follow, &mut std::io::stdout())
+                .await
+        }
+        RebalanceCommand::Cancel { config, job } => {
+            let config = pgshard::config::Config::load(&config)?;
+            pgshard::rebalance::cli::cancel_command(&config, job, &mut std::io::stdout()).await
         }
     }
 }

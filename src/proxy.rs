@@ -43,4 +43,6 @@ pub struct Proxy {
     pub client_tls: Option<crate::frontend::tls::ClientTls>,
     /// How pgshard's own connections to shards and the catalog are protected (`[server_tls]`).
     pub server_tls: crate::backend::ServerTls,
+    /// Rebalancing: the fence on keyless statements and the cut-over hold.
+    pub rebalance: Arc<crate::rebalance::hold::ProxyRebalance>,
 }

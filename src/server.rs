@@ -96,6 +96,7 @@ impl RunningProxy {
             metrics.stopped().await;
         }
         self.recovery.abort();
+        self.proxy.rebalance.stop();
         self.monitors.stop().await;
         self.catalog.shutdown();
     }
@@ -155,6 +156,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         .as_ref()
         .map(crate::frontend::tls::ClientTls::load)
         .transpose()?;
+    // A job may be moving rows: keyless statements are fenced from the first client on.
+    let rebalance = Arc::new(crate::rebalance::hold::ProxyRebalance::default());
+    crate::rebalance::hold::load_fence(&config, &rebalance)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read rebalancing jobs from the catalog: {e}"))?;
     let listener = TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
@@ -175,8 +181,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         phase: watch::channel(Phase::Running).0,
         admin: Default::default(),
         client_tls,
-        server_tls,
+        server_tls: server_tls.clone(),
+        rebalance: rebalance.clone(),
     });
+    rebalance.keep(crate::rebalance::hold::start(
+        config.clone(),
+        rebalance.clone(),
+        catalog.map.clone(),
+        catalog.node_id,
+        server_tls.clone(),
+    ));
+    if config.rebalance.run_jobs {
+        rebalance.keep(crate::rebalance::runner::start(
+            config.clone(),
+            catalog.node_id,
+        ));
+    }
     let (shutdown, rx) = watch::channel(false);
     let metrics = match &config.metrics {
         Some(m) => Some(endpoint::start(m, proxy.clone(), rx.clone()).await?),

@@ -3,12 +3,18 @@
 use crate::wire::backend::ErrorFields;
 
 /// One admin console command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Show(View),
     Reload,
     Pause,
     Resume,
+    /// SHOW JOBS: rebalancing jobs and their steps, from the catalog.
+    Jobs,
+    /// REBALANCE <target>: plan and record a rebalancing job.
+    Rebalance(crate::rebalance::Target),
+    /// CANCEL JOB n.
+    CancelJob(i64),
 }
 
 /// What a SHOW command lists.
@@ -25,7 +31,7 @@ pub enum View {
 }
 
 /// Every command, for the hint of an error.
-pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, RELOAD, PAUSE, RESUME";
+pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | modulo-to-hash, CANCEL JOB n";
 
 const VIEWS: [(&str, View); 8] = [
     ("SHARDS", View::Shards),
@@ -55,6 +61,19 @@ fn parse_one(text: &str) -> Result<Command, ErrorFields> {
         .collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let command = match words.as_slice() {
+        ["SHOW", "JOBS"] => Some(Command::Jobs),
+        ["REBALANCE", ..] => {
+            let lower: Vec<String> = text
+                .split_whitespace()
+                .skip(1)
+                .map(|w| w.to_ascii_lowercase())
+                .collect();
+            let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+            return crate::rebalance::plan::parse_target(&lower)
+                .map(Command::Rebalance)
+                .map_err(|e| ErrorFields::error("42601", format!("REBALANCE: {e}")));
+        }
+        ["CANCEL", "JOB", n] => n.parse().ok().map(Command::CancelJob),
         ["SHOW", what] => VIEWS
             .iter()
             .find(|(name, _)| name == what)

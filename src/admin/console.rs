@@ -152,6 +152,29 @@ async fn run_command(
             tracing::info!("admin console: paused");
             io.push(&be::command_complete("PAUSE"));
         }
+        Command::Jobs => {
+            for frame in crate::rebalance::admin::show_jobs(proxy).await?.frames() {
+                io.push(&frame);
+            }
+        }
+        Command::Rebalance(target) => {
+            let id = crate::rebalance::admin::rebalance(proxy, &target).await?;
+            let notice = ErrorFields {
+                severity: "NOTICE".into(),
+                ..ErrorFields::error("00000", format!("rebalancing job {id} created: {target}"))
+            };
+            io.push(&notice.to_notice());
+            io.push(&be::command_complete("REBALANCE"));
+        }
+        Command::CancelJob(id) => {
+            let state = crate::rebalance::admin::cancel(proxy, id).await?;
+            let notice = ErrorFields {
+                severity: "NOTICE".into(),
+                ..ErrorFields::error("00000", format!("rebalancing job {id}: {state}"))
+            };
+            io.push(&notice.to_notice());
+            io.push(&be::command_complete("CANCEL JOB"));
+        }
         Command::Resume => {
             if !proxy.admin.gate.resume() {
                 return Err(ErrorFields::error("55000", "pgshard is not paused"));

@@ -14,4 +14,4 @@ pub mod topology;
 
 pub use conn::{BackendError, CancelTarget, ServerConn};
 pub use pool::{PooledConn, ShardPools};
-pub use tls::ServerTls;
+pub use tls::{ServerTls, ServerTlsError};

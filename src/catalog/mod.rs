@@ -11,7 +11,9 @@ mod watcher;
 pub use init::{init, init_url, CATALOG_SQL};
 pub use map_handle::MapHandle;
 pub use primaries::{PrimaryRecord, PrimaryRecords};
-pub use store::{load_map, publish_first_map, publish_map, register_proxy, FirstMap};
+pub use store::{
+    load_map, publish_first_map, publish_map, publish_map_after, register_proxy, FirstMap,
+};
 pub use watcher::{start, CatalogHandle};
 
 /// Why the catalog could not be used.

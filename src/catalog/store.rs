@@ -63,6 +63,21 @@ pub async fn publish_map(
     Ok(version)
 }
 
+/// Inside the caller's transaction, stores `map` as the version after `expected_newest` — or
+/// returns the newest version found when another map was published since (nothing is stored).
+pub async fn publish_map_after(
+    tx: &tokio_postgres::Transaction<'_>,
+    map: &ShardMap,
+    expected_newest: i64,
+) -> Result<Result<i64, i64>, CatalogError> {
+    let newest = newest_version_locked(tx).await?.unwrap_or(0);
+    if newest != expected_newest {
+        return Ok(Err(newest));
+    }
+    insert_version(tx, newest + 1, map).await?;
+    Ok(Ok(newest + 1))
+}
+
 /// What [`publish_first_map`] found or did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirstMap {

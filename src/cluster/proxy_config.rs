@@ -2,8 +2,8 @@
 //! serialised with [`Config::to_toml`], so it always matches what the proxy parses.
 
 use crate::config::{
-    AuthMethod, CatalogConfig, Config, PoolConfig, ProxyConfig, ReplicaConfig, RouterConfig,
-    ServerAuthConfig, ShardConfig, ShardedTableConfig, UserConfig,
+    AuthMethod, CatalogConfig, Config, ControlPlaneConfig, PoolConfig, ProxyConfig, ReplicaConfig,
+    RouterConfig, ServerAuthConfig, ShardConfig, ShardedTableConfig, UserConfig,
 };
 
 use super::instance::{ADMIN_PASSWORD, ADMIN_USER};
@@ -79,6 +79,11 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         metrics: None,
         tls: None,
         server_tls: None,
+        control_plane: Some(ControlPlaneConfig {
+            user: ADMIN_USER.into(),
+            password: Some(ADMIN_PASSWORD.into()),
+        }),
+        rebalance: Default::default(),
     }
 }
 

@@ -173,6 +173,14 @@ impl Session {
                 return Ok(());
             }
         };
+        if let Some(fields) = self.fence_refusal(&all_facts, &target) {
+            self.push_error_in_batch(fields);
+            self.skip_until_sync = !sync;
+            if sync {
+                return self.finish_open_batch().await;
+            }
+            return Ok(());
+        }
         let tail_error = error.clone();
         let merge = match &target {
             Target::Scatter(_) => match merge_for_batch(&msgs) {

@@ -6,6 +6,7 @@ pub mod causal_token;
 pub mod client_io;
 pub mod exchange;
 pub mod extended;
+pub mod fencing;
 pub mod listener;
 pub mod read_routing;
 pub mod session;

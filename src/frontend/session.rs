@@ -82,6 +82,9 @@ pub struct Session {
     pub any_shard: u32,
     /// Replica routing and read-your-writes state.
     pub reads: super::read_routing::ReadState,
+    /// Held from a request's start until the session is outside any transaction: a rebalancing
+    /// cut-over waits for these.
+    pub hold_pass: Option<crate::admin::gate::RequestPass>,
 }
 
 /// An error to report to the client, as an ErrorResponse.
@@ -119,6 +122,10 @@ impl Session {
                 }
                 _ => None,
             };
+            // A cut-over hold waits here for new work; an open transaction keeps its pass.
+            if self.hold_pass.is_none() && matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC) {
+                self.hold_pass = Some(self.proxy.rebalance.gate.enter(false).await);
+            }
             let _timer = self.start_query_timer(frame.tag);
             let result = match frame.tag {
                 fe::QUERY => {
@@ -168,6 +175,9 @@ impl Session {
             };
             if let Err(End::ClientGone) = result {
                 break;
+            }
+            if self.txn.is_none() && self.open_batch_shard.is_none() {
+                self.hold_pass = None;
             }
             self.publish_writes().await;
         }
@@ -321,15 +331,30 @@ impl Session {
                 return Ok(());
             }
         };
+        // Shards a rebalancing job fences get the statement restricted to the rows they own.
+        let fenced = match &target {
+            Target::Scatter(_) => None,
+            _ => match self.fence_texts(&sql, &facts, &target) {
+                Ok(f) => f,
+                Err(fields) => {
+                    self.reply_error(fields);
+                    return Ok(());
+                }
+            },
+        };
         // Forward the client's own bytes unless the text was rewritten.
         let frame = if rewritten {
             fe::query(&sql)
         } else {
             Frame::new(fe::QUERY, body.clone())
         };
-        let steps = |_: &crate::backend::ServerConn| {
+        let steps = |conn: &crate::backend::ServerConn| {
+            let frame = match fenced.as_ref().and_then(|f| f.get(&conn.shard)) {
+                Some(text) => fe::query(text),
+                None => frame.clone(),
+            };
             vec![Step::Send {
-                frame: frame.clone(),
+                frame,
                 expect: Expect::Query,
                 forward: true,
             }]
@@ -354,6 +379,12 @@ impl Session {
                     ..
                 }] = &facts[..]
                 {
+                    if let Err(fields) =
+                        self.fence_texts(&sql, &facts, &Target::Scatter(shards.clone()))
+                    {
+                        self.reply_error(fields);
+                        return Ok(());
+                    }
                     let protocol = crate::gather::copy_in::CopyProtocol::Simple;
                     return self.copy_out_sharded(&sql, only, shards, protocol).await;
                 }
@@ -364,13 +395,25 @@ impl Session {
                         return Ok(());
                     }
                 };
-                let (frame, bound) = match merge {
-                    Some((sql, bound)) => (fe::query(&sql), Some(bound)),
-                    None => (frame, None),
+                let (frame, bound, text) = match merge {
+                    Some((merged, bound)) => (fe::query(&merged), Some(bound), merged),
+                    None => (frame, None, sql.clone()),
                 };
-                let steps = |_: &crate::backend::ServerConn| {
+                let target = Target::Scatter(shards.clone());
+                let fenced = match self.fence_texts(&text, &facts, &target) {
+                    Ok(f) => f,
+                    Err(fields) => {
+                        self.reply_error(fields);
+                        return Ok(());
+                    }
+                };
+                let steps = |conn: &crate::backend::ServerConn| {
+                    let frame = match fenced.as_ref().and_then(|f| f.get(&conn.shard)) {
+                        Some(text) => fe::query(text),
+                        None => frame.clone(),
+                    };
                     vec![Step::Send {
-                        frame: frame.clone(),
+                        frame,
                         expect: Expect::Query,
                         forward: true,
                     }]

@@ -86,7 +86,7 @@ pub fn hashint8extended(key: i64) -> i64 {
 }
 
 /// Quote an SQL identifier unless it is a plain lowercase name that needs no quotes.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     const RESERVED: &[&str] = &[
         "all",
         "and",
@@ -329,9 +329,13 @@ impl ShardMap {
 
     /// The SQL expression computing a column's point (the twin of [`ShardMap::point`]).
     pub fn sql_point_expr(&self, column: &str) -> String {
-        let col = quote_ident(column);
+        self.sql_point_of(&quote_ident(column))
+    }
+
+    /// The point of an SQL expression that is already valid SQL (a qualified column).
+    fn sql_point_of(&self, col: &str) -> String {
         match self.strategy {
-            Strategy::Range => col,
+            Strategy::Range => col.to_string(),
             Strategy::Hash => format!("hashint8extended({col}, 0)"),
             Strategy::Modulo { modulus } => {
                 format!("mod(mod({col}, {modulus}) + {modulus}, {modulus})")
@@ -341,7 +345,11 @@ impl ShardMap {
 
     /// An SQL predicate true exactly for rows whose point lies in `r`.
     pub fn sql_range_predicate(&self, column: &str, r: &KeyRange) -> String {
-        let p = self.sql_point_expr(column);
+        self.sql_range_predicate_of(&quote_ident(column), r)
+    }
+
+    fn sql_range_predicate_of(&self, col: &str, r: &KeyRange) -> String {
+        let p = self.sql_point_of(col);
         match (r.lower, r.upper) {
             (None, None) => "true".to_string(),
             (Some(l), None) => format!("({p} >= {l})"),
@@ -352,11 +360,16 @@ impl ShardMap {
 
     /// An SQL predicate true exactly for rows that `shard` owns.
     pub fn sql_owned_by(&self, column: &str, shard: u32) -> String {
+        self.sql_owned_by_expr(&quote_ident(column), shard)
+    }
+
+    /// Like [`ShardMap::sql_owned_by`] over an SQL expression (`u.user_id`), which is used as is.
+    pub fn sql_owned_by_expr(&self, expr: &str, shard: u32) -> String {
         let parts: Vec<String> = self
             .ranges
             .iter()
             .filter(|r| r.shard == shard)
-            .map(|r| self.sql_range_predicate(column, r))
+            .map(|r| self.sql_range_predicate_of(expr, r))
             .collect();
         match parts.len() {
             0 => "false".to_string(),

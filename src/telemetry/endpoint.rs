@@ -83,6 +83,19 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time spent waiting for a server connection from a pool."
     );
+    metrics::describe_histogram!(
+        super::REBALANCE_HOLD,
+        metrics::Unit::Seconds,
+        "Cut-over holds of rebalancing jobs: how long this proxy held new requests."
+    );
+    metrics::describe_gauge!(
+        super::REBALANCE_ROWS_COPIED,
+        "Rows of a rebalancing step on its destination, by job and step."
+    );
+    metrics::describe_gauge!(
+        super::REBALANCE_LAG_BYTES,
+        "WAL bytes a rebalancing step's destination is behind its source, by job and step."
+    );
 }
 
 /// A running metrics endpoint.

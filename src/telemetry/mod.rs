@@ -29,3 +29,9 @@ pub const QUERY_BUCKETS: [f64; 14] = [
 pub const POOL_WAIT_BUCKETS: [f64; 12] = [
     0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
+/// Cut-over holds of rebalancing jobs, as this proxy held new requests.
+pub const REBALANCE_HOLD: &str = "pgshard_rebalance_hold_seconds";
+/// Rows a rebalancing step has on its destination so far.
+pub const REBALANCE_ROWS_COPIED: &str = "pgshard_rebalance_rows_copied";
+/// Bytes of WAL a rebalancing step's destination is behind its source.
+pub const REBALANCE_LAG_BYTES: &str = "pgshard_rebalance_lag_bytes";

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, POOL_WAIT, QUERIES_TOTAL,
-    QUERY_DURATION,
+    QUERY_DURATION, REBALANCE_HOLD, REBALANCE_LAG_BYTES, REBALANCE_ROWS_COPIED,
 };
 
 /// How a statement reached the shards: the `route` label of the query metrics.
@@ -95,6 +95,21 @@ pub fn error_frame_sent(body: &[u8]) {
 /// A checkout from a server pool took `waited` (whether or not it got a connection).
 pub fn pool_waited(waited: Duration) {
     metrics::histogram!(POOL_WAIT).record(waited.as_secs_f64());
+}
+
+/// A cut-over hold of `ms` milliseconds ended on this proxy.
+pub fn rebalance_hold(ms: u64) {
+    metrics::histogram!(REBALANCE_HOLD).record(ms as f64 / 1000.0);
+}
+
+/// A rebalancing step's progress: rows on the destination and WAL bytes behind the source.
+pub fn rebalance_progress(job: i64, step: i32, rows: i64, lag_bytes: Option<i64>) {
+    let (job, step) = (job.to_string(), step.to_string());
+    metrics::gauge!(REBALANCE_ROWS_COPIED, "job" => job.clone(), "step" => step.clone())
+        .set(rows as f64);
+    if let Some(lag) = lag_bytes {
+        metrics::gauge!(REBALANCE_LAG_BYTES, "job" => job, "step" => step).set(lag as f64);
+    }
 }
 
 /// The class label of a SQLSTATE: its first two characters, or `unknown` for anything that is not

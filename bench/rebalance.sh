@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Online rebalancing under load: ten hash shards holding USERS users grow to eleven while pgbench
+# updates random users through pgshard. Prints rows/s copied, the longest cut-over hold, and the
+# clients' p50/p99 latency during the move against a run without a move (the baseline).
+#
+#   bench/rebalance.sh [users=1000000] [clients=8]
+#
+# PROFILE=debug uses a debug build (default release). Starts its own cluster (eleven shards, the
+# map over the first ten) in a temp dir on free loopback ports and removes it when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+USERS=${1:-1000000}
+CLIENTS=${2:-8}
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+    cargo build --release --quiet
+else
+    cargo build --quiet
+fi
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/pgshard
+
+WORK=$(mktemp -d /tmp/pgshard-rebalance-XXXXXX)
+chmod 755 "$WORK"
+cleanup() {
+    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
+    "$BIN" cluster down --dir "$WORK/c" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PROXY_PORT=$(free_port)
+"$BIN" cluster up --dir "$WORK/c" --shards 11 --strategy hash --listen "127.0.0.1:$PROXY_PORT" >/dev/null
+CONFIG=$WORK/c/pgshard.toml
+shard_port() { "$BIN" cluster status --dir "$WORK/c" --json | python3 -c "import json,sys; print([i['port'] for i in json.load(sys.stdin) if i.get('shard')==$1 and i.get('role')=='primary'][0])"; }
+CATALOG_URL=$(python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"rb"))["catalog"]["url"])' "$CONFIG")
+export PGPASSWORD=pgshard
+
+RUST_LOG=warn "$BIN" serve --config "$CONFIG" &
+PROXY_PID=$!
+for _ in $(seq 100); do
+    if PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PROXY_PORT" -U app -d app -c 'select 1' >/dev/null 2>&1; then break; fi
+    sleep 0.1
+done
+job_state() { psql -X -At "$CATALOG_URL" -c "SELECT state FROM rebalance_jobs WHERE job_id = $1"; }
+wait_job() {
+    while :; do
+        s=$(job_state "$1")
+        case $s in done) return 0 ;; cancelled|failed) echo "job $1 $s" >&2; "$BIN" rebalance status --config "$CONFIG" "$1" >&2; exit 1 ;; esac
+        sleep 0.2
+    done
+}
+last_job() { psql -X -At "$CATALOG_URL" -c "SELECT max(job_id) FROM rebalance_jobs"; }
+
+# The map over the first ten shards: draining the empty shard 10 is a job that moves no rows.
+"$BIN" rebalance start --config "$CONFIG" drain 10 >/dev/null
+wait_job "$(last_job)"
+
+# USERS users, each written straight onto its shard under the current map.
+psql -X -At -F ' ' "$CATALOG_URL" -c "SELECT shard_id, coalesce(range_lower::text, 'NULL'), coalesce(range_upper::text, 'NULL') FROM shard_map WHERE version = (SELECT max(version) FROM shard_map_versions)" |
+while read -r shard lower upper; do
+    psql -X -q -h 127.0.0.1 -p "$(shard_port "$shard")" -U pgshard app \
+        -c "INSERT INTO users SELECT g, 'user ' || g, 'u' || g || '@example.com', now() FROM generate_series(1, $USERS) g WHERE ($lower::bigint IS NULL OR hashint8extended(g, 0) >= $lower::bigint) AND ($upper::bigint IS NULL OR hashint8extended(g, 0) < $upper::bigint)" \
+        -c "VACUUM ANALYZE users"
+done
+
+cat > "$WORK/update.sql" <<SQL
+\set uid random(1, $USERS)
+UPDATE users SET name = 'n' || :uid WHERE user_id = :uid;
+SQL
+percentiles() {
+    cat "$1".* | awk '{print $3}' | sort -n | awk '{v[NR]=$1} END {
+        p50=v[int(NR*0.50)+1]; p99=v[int(NR*0.99)+1]; printf "%d %.3f %.3f\n", NR, p50/1000, p99/1000 }'
+}
+load() { # name seconds
+    rm -f "$WORK/log_$1".*
+    PGPASSWORD=app pgbench -n -M extended -h 127.0.0.1 -p "$PROXY_PORT" -U app -c "$CLIENTS" -j 2 \
+        -T "$2" -f "$WORK/update.sql" --log --log-prefix="$WORK/log_$1" app >/dev/null 2>&1
+}
+
+load baseline 10
+read -r BASE_N BASE_P50 BASE_P99 < <(percentiles "$WORK/log_baseline")
+
+load move 600 &
+LOAD_PID=$!
+sleep 2
+START=$(date +%s.%N)
+"$BIN" rebalance start --config "$CONFIG" add-shard 10 >/dev/null
+JOB=$(last_job)
+while [ "$(job_state "$JOB")" = pending ] || [ "$(job_state "$JOB")" = copying ]; do sleep 0.1; done
+COPIED=$(date +%s.%N)
+wait_job "$JOB"
+DONE=$(date +%s.%N)
+sleep 2
+kill -INT "$LOAD_PID" 2>/dev/null || true
+wait "$LOAD_PID" 2>/dev/null || true
+read -r MOVE_N MOVE_P50 MOVE_P99 < <(percentiles "$WORK/log_move")
+
+ROWS=$(psql -X -At "$CATALOG_URL" -c "SELECT sum(rows_deleted) FROM rebalance_steps WHERE job_id = $JOB")
+HOLD=$(psql -X -At "$CATALOG_URL" -c "SELECT longest_hold_ms FROM rebalance_jobs WHERE job_id = $JOB")
+"$BIN" verify --config "$CONFIG" >/dev/null || { echo "verify found misplaced rows" >&2; exit 1; }
+python3 - "$USERS" "$CLIENTS" "$ROWS" "$START" "$COPIED" "$DONE" "$HOLD" "$BASE_N" "$BASE_P50" "$BASE_P99" "$MOVE_N" "$MOVE_P50" "$MOVE_P99" <<'PY'
+import sys
+users, clients, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+start, copied, done = map(float, sys.argv[4:7])
+hold = sys.argv[7]
+bn, b50, b99, mn, m50, m99 = sys.argv[8:14]
+print(f"{users} users, 10 -> 11 hash shards, {clients} pgbench clients updating random users")
+print(f"moved {rows} rows: copy + catch-up {copied - start:.1f} s ({rows / max(copied - start, 1e-9):.0f} rows/s), whole job {done - start:.1f} s")
+print(f"longest cut-over hold: {hold} ms")
+print(f"client latency  baseline: p50 {b50} ms p99 {b99} ms ({bn} updates)")
+print(f"                during move: p50 {m50} ms p99 {m99} ms ({mn} updates), p99 ratio {float(m99) / float(b99):.2f}")
+PY

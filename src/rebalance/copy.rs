@@ -1,0 +1,417 @@
+//! Copy and catch-up of one step over Postgres logical replication: a publication on the source
+//! whose row filter is the step's predicate (inserts, updates and deletes only: a published
+//! TRUNCATE ignores row filters), a slot created with a bounded wait, a subscription on the
+//! destination, progress measured from the source; and the matching clean-up (drop subscription,
+//! slots, publication; delete rows in batches) for both finishing and rolling back. Every
+//! operation is idempotent, so a resumed job simply runs it again.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::jobs::{Job, Step};
+use super::shards::{conninfo, ident, literal, shard_config};
+use super::{Move, RebalanceError};
+use crate::config::Config;
+
+/// The publication, slot and subscription name of a step.
+pub fn name(job: i64, step: i32) -> String {
+    format!("pgshard_j{job}_s{step}")
+}
+
+/// The plan's move a step carries out.
+pub fn step_move<'a>(job: &'a Job, step: &Step) -> Result<&'a Move, RebalanceError> {
+    job.plan
+        .moves
+        .get(step.no as usize)
+        .filter(|m| m.source == step.source && m.dest == step.dest)
+        .ok_or_else(|| {
+            RebalanceError::Config(format!(
+                "job {} step {} ({} → {}) does not match its plan",
+                job.id, step.no, step.source, step.dest
+            ))
+        })
+}
+
+/// (table, key, predicate) for every sharded table.
+pub fn predicates(config: &Config, job: &Job, m: &Move) -> Vec<(String, String, String)> {
+    config
+        .sharded_tables
+        .iter()
+        .map(|t| (t.name.clone(), t.key.clone(), job.plan.predicate(&t.key, m)))
+        .collect()
+}
+
+async fn exists(
+    client: &Client,
+    shard: u32,
+    sql: &str,
+    name: &str,
+) -> Result<bool, RebalanceError> {
+    Ok(client
+        .query_opt(sql, &[&name])
+        .await
+        .map_err(RebalanceError::shard(shard))?
+        .is_some())
+}
+
+async fn table_exists(client: &Client, shard: u32, table: &str) -> Result<bool, RebalanceError> {
+    Ok(client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(RebalanceError::shard(shard))?
+        .get(0))
+}
+
+/// Creates the step's publication on the source unless it exists.
+pub async fn ensure_publication(
+    config: &Config,
+    source: &Client,
+    job: &Job,
+    step: &Step,
+) -> Result<(), RebalanceError> {
+    let pubname = name(job.id, step.no);
+    if exists(
+        source,
+        step.source,
+        "SELECT 1 FROM pg_publication WHERE pubname = $1",
+        &pubname,
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    let m = step_move(job, step)?;
+    let mut tables = Vec::new();
+    for (table, _, pred) in predicates(config, job, m) {
+        if table_exists(source, step.source, &table).await? {
+            tables.push(format!("TABLE {} WHERE ({pred})", ident(&table)));
+        }
+    }
+    let sql = if tables.is_empty() {
+        format!(
+            "CREATE PUBLICATION {} WITH (publish = 'insert, update, delete')",
+            ident(&pubname)
+        )
+    } else {
+        format!(
+            "CREATE PUBLICATION {} FOR {} WITH (publish = 'insert, update, delete')",
+            ident(&pubname),
+            tables.join(", ")
+        )
+    };
+    source
+        .batch_execute(&sql)
+        .await
+        .map_err(RebalanceError::shard(step.source))
+}
+
+/// Creates the step's logical slot on the source, waiting at most `timeout` for the open
+/// transactions Postgres waits for; on timeout says which ones.
+pub async fn ensure_slot(
+    source: &Client,
+    step: &Step,
+    slot: &str,
+    timeout: Duration,
+) -> Result<(), RebalanceError> {
+    if exists(
+        source,
+        step.source,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+        slot,
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    source
+        .batch_execute(&format!(
+            "SET statement_timeout = {}",
+            timeout.as_millis().max(1)
+        ))
+        .await
+        .map_err(RebalanceError::shard(step.source))?;
+    let created = source
+        .query_one(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await;
+    let _ = source.batch_execute("SET statement_timeout = 0").await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+            let open: Vec<String> = source
+                .query(
+                    "SELECT format('pid %s (%s since %s)', pid, state, xact_start) FROM pg_stat_activity \
+                     WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start LIMIT 5",
+                    &[],
+                )
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            let prepared: Vec<String> = source
+                .query(
+                    "SELECT gid FROM pg_prepared_xacts ORDER BY prepared LIMIT 5",
+                    &[],
+                )
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            Err(RebalanceError::Refused(format!(
+                "creating replication slot {slot} on shard {} waited {} ms for the transactions open on it to end \
+                 (open: [{}]; prepared, in doubt: [{}]); will retry",
+                step.source,
+                timeout.as_millis(),
+                open.join(", "),
+                prepared.join(", ")
+            )))
+        }
+        Err(e) => Err(RebalanceError::Shard {
+            shard: step.source,
+            source: e,
+        }),
+    }
+}
+
+/// Creates the step's subscription on the destination unless it exists (the slot exists).
+pub async fn ensure_subscription(
+    config: &Config,
+    dest: &Client,
+    job: &Job,
+    step: &Step,
+) -> Result<(), RebalanceError> {
+    let n = name(job.id, step.no);
+    if exists(
+        dest,
+        step.dest,
+        "SELECT 1 FROM pg_subscription WHERE subname = $1",
+        &n,
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    let source = shard_config(config, step.source)?;
+    let sql = format!(
+        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} \
+         WITH (create_slot = false, slot_name = {}, copy_data = true, enabled = true)",
+        ident(&n),
+        literal(&conninfo(config, source)),
+        ident(&n),
+        literal(&n)
+    );
+    dest.batch_execute(&sql)
+        .await
+        .map_err(RebalanceError::shard(step.dest))
+}
+
+/// A step's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Every table's initial copy is done and the subscription streams.
+    pub synced: bool,
+    /// Moving rows on the destination.
+    pub rows: i64,
+    /// WAL bytes between the source's current position and what the destination confirmed.
+    pub lag_bytes: Option<i64>,
+}
+
+/// Measures a step: sync state and rows on the destination, lag from the source's slot.
+pub async fn progress(
+    config: &Config,
+    source: &Client,
+    dest: &Client,
+    job: &Job,
+    step: &Step,
+) -> Result<Progress, RebalanceError> {
+    let n = name(job.id, step.no);
+    let row = dest
+        .query_one(
+            "SELECT count(*) FILTER (WHERE r.srsubstate <> 'r'), count(*) \
+             FROM pg_subscription s LEFT JOIN pg_subscription_rel r ON r.srsubid = s.oid \
+             WHERE s.subname = $1",
+            &[&n],
+        )
+        .await
+        .map_err(RebalanceError::shard(step.dest))?;
+    let (pending, _total): (i64, i64) = (row.get(0), row.get(1));
+    let lag: Option<i64> = source
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&n],
+        )
+        .await
+        .map_err(RebalanceError::shard(step.source))?
+        .and_then(|r| r.get(0));
+    let m = step_move(job, step)?;
+    let mut rows = 0;
+    for (table, _, pred) in predicates(config, job, m) {
+        if table_exists(dest, step.dest, &table).await? {
+            let n: i64 = dest
+                .query_one(
+                    &format!("SELECT count(*) FROM {} WHERE {pred}", ident(&table)),
+                    &[],
+                )
+                .await
+                .map_err(RebalanceError::shard(step.dest))?
+                .get(0);
+            rows += n;
+        }
+    }
+    Ok(Progress {
+        synced: pending == 0 && lag.is_some(),
+        rows,
+        lag_bytes: lag,
+    })
+}
+
+/// Drops the step's subscription (with its slots), any slot left on the source and the
+/// publication. Safe to repeat.
+pub async fn drop_replication(
+    source: &Client,
+    dest: &Client,
+    job: &Job,
+    step: &Step,
+) -> Result<(), RebalanceError> {
+    let n = name(job.id, step.no);
+    let suboid: Option<u32> = dest
+        .query_opt("SELECT oid FROM pg_subscription WHERE subname = $1", &[&n])
+        .await
+        .map_err(RebalanceError::shard(step.dest))?
+        .map(|r| r.get(0));
+    if suboid.is_some() {
+        // A plain DROP also drops the slot and any table-sync slots on the source; if the source
+        // cannot be reached that way, detach the slot and drop it below.
+        let plain = dest
+            .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {}", ident(&n)))
+            .await;
+        if plain.is_err() {
+            dest.batch_execute(&format!(
+                "ALTER SUBSCRIPTION {0} DISABLE; ALTER SUBSCRIPTION {0} SET (slot_name = NONE); DROP SUBSCRIPTION IF EXISTS {0}",
+                ident(&n)
+            ))
+            .await
+            .map_err(RebalanceError::shard(step.dest))?;
+        }
+    }
+    let mut slots = vec![n.clone()];
+    if let Some(oid) = suboid {
+        let sync: Vec<String> = source
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE $1",
+                &[&format!("pg\\_{oid}\\_sync\\_%")],
+            )
+            .await
+            .map_err(RebalanceError::shard(step.source))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        slots.extend(sync);
+    }
+    for slot in slots {
+        for attempt in 0..50 {
+            let r = source
+                .query_opt(
+                    "SELECT active_pid, pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    &[&slot],
+                )
+                .await
+                .map_err(RebalanceError::shard(step.source))?;
+            let dropped = source
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND NOT active",
+                    &[&slot],
+                )
+                .await;
+            let gone = !exists(
+                source,
+                step.source,
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &slot,
+            )
+            .await?;
+            if gone {
+                break;
+            }
+            if attempt == 49 {
+                return Err(RebalanceError::Refused(format!(
+                    "replication slot {slot} on shard {} stays active ({:?}, {:?})",
+                    step.source,
+                    r.is_some(),
+                    dropped.err()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    source
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&n)))
+        .await
+        .map_err(RebalanceError::shard(step.source))
+}
+
+/// Deletes the step's rows on `shard` in batches of `batch` keys; returns how many went.
+pub async fn delete_rows(
+    config: &Config,
+    client: &Client,
+    shard: u32,
+    job: &Job,
+    step: &Step,
+    batch: i64,
+) -> Result<i64, RebalanceError> {
+    let m = step_move(job, step)?;
+    let mut deleted = 0;
+    for (table, key, pred) in predicates(config, job, m) {
+        if !table_exists(client, shard, &table).await? {
+            continue;
+        }
+        let (t, k) = (ident(&table), ident(&key));
+        let sql = format!(
+            "DELETE FROM {t} WHERE {k} IN (SELECT {k} FROM {t} WHERE {pred} LIMIT {batch})"
+        );
+        loop {
+            let n = client
+                .execute(&sql, &[])
+                .await
+                .map_err(RebalanceError::shard(shard))?;
+            deleted += n as i64;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Row count and an order-independent checksum of the step's rows on a shard, per table.
+pub async fn checksum(
+    config: &Config,
+    client: &Client,
+    shard: u32,
+    job: &Job,
+    step: &Step,
+) -> Result<Vec<(String, i64, i64)>, RebalanceError> {
+    let m = step_move(job, step)?;
+    let mut out = Vec::new();
+    for (table, _, pred) in predicates(config, job, m) {
+        if !table_exists(client, shard, &table).await? {
+            continue;
+        }
+        let t = ident(&table);
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce(sum(hashtext(x::text)::bigint), 0)::bigint FROM {t} x WHERE {pred}"
+                ),
+                &[],
+            )
+            .await
+            .map_err(RebalanceError::shard(shard))?;
+        out.push((table, row.get(0), row.get(1)));
+    }
+    Ok(out)
+}

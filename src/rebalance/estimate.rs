@@ -1,0 +1,38 @@
+//! Row estimates of a plan's moves: exact counts of the moving rows on each source, through the
+//! same predicate the publication's row filter uses.
+
+use super::shards::{connect, ident};
+use super::{Plan, RebalanceError};
+use crate::config::Config;
+
+/// Rows each move carries (summed over the sharded tables), in the order of `plan.moves`.
+pub async fn rows_per_move(config: &Config, plan: &Plan) -> Result<Vec<i64>, RebalanceError> {
+    let mut out = Vec::with_capacity(plan.moves.len());
+    for m in &plan.moves {
+        let client = connect(config, m.source).await?;
+        let mut rows = 0i64;
+        for table in &config.sharded_tables {
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.name])
+                .await
+                .map_err(RebalanceError::shard(m.source))?
+                .get(0);
+            if !exists {
+                continue;
+            }
+            let sql = format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                ident(&table.name),
+                plan.predicate(&table.key, m)
+            );
+            let n: i64 = client
+                .query_one(&sql, &[])
+                .await
+                .map_err(RebalanceError::shard(m.source))?
+                .get(0);
+            rows += n;
+        }
+        out.push(rows);
+    }
+    Ok(out)
+}

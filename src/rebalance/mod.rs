@@ -1,0 +1,48 @@
+//! Online rebalancing: planning a job (pure), verifying placement, and running jobs — copy and
+//! catch-up over logical replication, a short cut-over under a hold, clean-up — with every step
+//! recorded in the catalog so a restarted proxy resumes or rolls back.
+
+pub mod admin;
+pub mod cli;
+pub mod copy;
+pub mod cutover;
+pub mod estimate;
+pub mod hold;
+pub mod jobs;
+pub mod plan;
+pub mod preflight;
+pub mod runner;
+pub mod shards;
+pub mod verify;
+
+pub use plan::{plan, Move, Plan, PlanError, Target};
+
+/// Why a rebalancing operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RebalanceError {
+    #[error("{0}")]
+    Config(String),
+    #[error("shard {shard}: {source}")]
+    Shard {
+        shard: u32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("catalog: {0}")]
+    Catalog(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    CatalogState(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    ServerTls(#[from] crate::backend::ServerTlsError),
+}
+
+impl RebalanceError {
+    /// Wraps a shard's query error.
+    pub fn shard(shard: u32) -> impl FnOnce(tokio_postgres::Error) -> RebalanceError {
+        move |source| RebalanceError::Shard { shard, source }
+    }
+}

@@ -1,0 +1,635 @@
+//! Planning a rebalancing job: from the current shard map and a target (add a shard, drain one,
+//! move a range, migrate modulo to hash) compute the new map and the moves — which keys go from
+//! which shard to which. Pure: no catalog, no shards.
+
+use std::collections::BTreeMap;
+
+use crate::router::{KeyRange, ShardMap, ShardMapError, Strategy};
+
+/// What the operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A new shard takes a share of the keys: with hash or range, the top `1/(N+1)` of every
+    /// range (so every shard gives about the same); with modulo, the modulus grows by one (nearly
+    /// every key moves — which is why hash exists).
+    AddShard(u32),
+    /// Every range of this shard goes to a neighbour (hash, range) or its remainders are dealt
+    /// to the other shards (modulo).
+    Drain(u32),
+    /// The points `[lower, upper)` of the current strategy's key space go to `to`.
+    MoveRange {
+        lower: Option<i64>,
+        upper: Option<i64>,
+        to: u32,
+    },
+    /// The same shards, each owning an even slice of the hash ring instead of remainders.
+    ModuloToHash,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::AddShard(s) => write!(f, "add shard {s}"),
+            Target::Drain(s) => write!(f, "drain shard {s}"),
+            Target::MoveRange { lower, upper, to } => {
+                write!(
+                    f,
+                    "move [{}, {}) to shard {to}",
+                    bound(*lower),
+                    bound(*upper)
+                )
+            }
+            Target::ModuloToHash => write!(f, "migrate modulo to hash"),
+        }
+    }
+}
+
+/// Why a target cannot be planned from the current map.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("shard {0} already holds keys in the current map; add a shard that has none")]
+    AlreadyInMap(u32),
+    #[error("shard {0} holds no keys in the current map")]
+    NotInMap(u32),
+    #[error("cannot drain shard {0}: it is the only shard of the map")]
+    LastShard(u32),
+    #[error("the range to move is empty")]
+    EmptyRange,
+    #[error("the current map uses the {0} strategy; migrating to hash starts from modulo")]
+    NotModulo(&'static str),
+    #[error("the target map would be invalid: {0}")]
+    Invalid(#[from] ShardMapError),
+    #[error("nothing to move: the target map equals the current one")]
+    NothingMoves,
+}
+
+/// Keys that leave one shard for another. For maps of the same strategy these are exact slices of
+/// the key space; across strategies (modulo → hash), a key moves when it lies in one of the old
+/// map's ranges of `source` and one of the new map's ranges of `dest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub source: u32,
+    pub dest: u32,
+    /// Slices of the (shared) key space; empty across strategies.
+    pub slices: Vec<(Option<i64>, Option<i64>)>,
+}
+
+/// A planned job: the target map (version `from.version + 1`) and the moves, one per (source,
+/// destination) pair, sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub from: ShardMap,
+    pub to: ShardMap,
+    pub moves: Vec<Move>,
+}
+
+impl Plan {
+    /// The SQL predicate (over `column`) true exactly for the rows move `m` carries.
+    pub fn predicate(&self, column: &str, m: &Move) -> String {
+        if same_space(&self.from, &self.to) {
+            let parts: Vec<String> = m
+                .slices
+                .iter()
+                .map(|&(lower, upper)| {
+                    self.to.sql_range_predicate(
+                        column,
+                        &KeyRange {
+                            lower,
+                            upper,
+                            shard: m.dest,
+                        },
+                    )
+                })
+                .collect();
+            match parts.len() {
+                1 => parts.into_iter().next().unwrap_or_default(),
+                _ => format!("({})", parts.join(" OR ")),
+            }
+        } else {
+            format!(
+                "({} AND {})",
+                self.from.sql_owned_by(column, m.source),
+                self.to.sql_owned_by(column, m.dest)
+            )
+        }
+    }
+
+    /// The move carrying `key`, if it moves (the Rust twin of [`Plan::predicate`]).
+    pub fn move_of(&self, key: i64) -> Option<&Move> {
+        let (src, dst) = (self.from.shard_for(key), self.to.shard_for(key));
+        let m = self
+            .moves
+            .iter()
+            .find(|m| m.source == src && m.dest == dst)?;
+        if !same_space(&self.from, &self.to) {
+            return Some(m);
+        }
+        let p = self.to.point(key);
+        m.slices
+            .iter()
+            .any(|&(l, u)| l.is_none_or(|l| l <= p) && u.is_none_or(|u| p < u))
+            .then_some(m)
+    }
+}
+
+/// True when both maps place keys on the same key space (same strategy and modulus).
+fn same_space(a: &ShardMap, b: &ShardMap) -> bool {
+    a.strategy == b.strategy
+}
+
+/// Plans `target` from the map `from`.
+pub fn plan(from: &ShardMap, target: &Target) -> Result<Plan, PlanError> {
+    let version = from.version + 1;
+    let to = match target {
+        Target::AddShard(shard) => add_shard(from, *shard)?,
+        Target::Drain(shard) => drain(from, *shard)?,
+        Target::MoveRange { lower, upper, to } => move_range(from, *lower, *upper, *to)?,
+        Target::ModuloToHash => match from.strategy {
+            Strategy::Modulo { .. } => ShardMap::uniform(version, Strategy::Hash, &from.shards()),
+            other => return Err(PlanError::NotModulo(other.name())),
+        },
+    };
+    let to = ShardMap::new(version, to.strategy, coalesce(to.ranges))?;
+    let moves = moves_between(from, &to);
+    if moves.is_empty() {
+        return Err(PlanError::NothingMoves);
+    }
+    Ok(Plan {
+        from: from.clone(),
+        to,
+        moves,
+    })
+}
+
+/// `[lower, upper)` of the key space; `None` is unbounded.
+type Slice = (Option<i64>, Option<i64>);
+
+/// Every (source, dest) pair whose keys change owner between `from` and `to`.
+pub fn moves_between(from: &ShardMap, to: &ShardMap) -> Vec<Move> {
+    let mut by_pair: BTreeMap<(u32, u32), Vec<Slice>> = BTreeMap::new();
+    if same_space(from, to) {
+        for a in &from.ranges {
+            for b in &to.ranges {
+                if a.shard == b.shard {
+                    continue;
+                }
+                let lower = max_lower(a.lower, b.lower);
+                let upper = min_upper(a.upper, b.upper);
+                let empty = matches!((lower, upper), (Some(l), Some(u)) if l >= u);
+                if !empty {
+                    by_pair
+                        .entry((a.shard, b.shard))
+                        .or_default()
+                        .push((lower, upper));
+                }
+            }
+        }
+    } else {
+        for src in from.shards() {
+            for dst in to.shards() {
+                if src != dst {
+                    by_pair.entry((src, dst)).or_default();
+                }
+            }
+        }
+    }
+    by_pair
+        .into_iter()
+        .map(|((source, dest), slices)| Move {
+            source,
+            dest,
+            slices,
+        })
+        .collect()
+}
+
+fn max_lower(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(a), Some(b)) => Some(a.max(b)),
+    }
+}
+
+fn min_upper(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(a), Some(b)) => Some(a.min(b)),
+    }
+}
+
+/// Merges neighbouring ranges of the same shard.
+fn coalesce(mut ranges: Vec<KeyRange>) -> Vec<KeyRange> {
+    ranges.sort_by_key(|r| r.lower);
+    let mut out: Vec<KeyRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.shard == r.shard && last.upper == r.lower => last.upper = r.upper,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The lowest and highest point of a range as i128, for arithmetic on its width.
+fn span(r: &KeyRange, modulus: Option<i64>) -> (i128, i128) {
+    let lo = r.lower.map_or(
+        if modulus.is_some() {
+            0
+        } else {
+            i64::MIN as i128
+        },
+        |l| l as i128,
+    );
+    let hi = r
+        .upper
+        .map_or(modulus.map_or(i64::MAX as i128 + 1, |m| m as i128), |u| {
+            u as i128
+        });
+    (lo, hi)
+}
+
+fn add_shard(from: &ShardMap, shard: u32) -> Result<ShardMap, PlanError> {
+    if from.shards().contains(&shard) {
+        return Err(PlanError::AlreadyInMap(shard));
+    }
+    match from.strategy {
+        Strategy::Modulo { .. } => {
+            let mut shards = from.shards();
+            shards.push(shard);
+            Ok(ShardMap::uniform(
+                from.version + 1,
+                Strategy::Modulo { modulus: 0 },
+                &shards,
+            ))
+        }
+        Strategy::Hash | Strategy::Range => {
+            let n = from.shards().len() as i128 + 1;
+            let mut ranges = Vec::with_capacity(from.ranges.len() * 2);
+            for r in &from.ranges {
+                let (lo, hi) = span(r, None);
+                let give = (hi - lo) / n;
+                if give == 0 {
+                    ranges.push(*r);
+                    continue;
+                }
+                // `cut` lies strictly inside the range, so it fits in i64.
+                let cut = (hi - give) as i64;
+                ranges.push(KeyRange {
+                    upper: Some(cut),
+                    ..*r
+                });
+                ranges.push(KeyRange {
+                    lower: Some(cut),
+                    upper: r.upper,
+                    shard,
+                });
+            }
+            Ok(ShardMap {
+                version: from.version + 1,
+                strategy: from.strategy,
+                ranges,
+            })
+        }
+    }
+}
+
+fn drain(from: &ShardMap, shard: u32) -> Result<ShardMap, PlanError> {
+    let shards = from.shards();
+    if !shards.contains(&shard) {
+        return Err(PlanError::NotInMap(shard));
+    }
+    if shards.len() == 1 {
+        return Err(PlanError::LastShard(shard));
+    }
+    let others: Vec<u32> = shards.into_iter().filter(|&s| s != shard).collect();
+    let mut ranges = from.ranges.clone();
+    match from.strategy {
+        Strategy::Modulo { .. } => {
+            for (next, r) in ranges.iter_mut().filter(|r| r.shard == shard).enumerate() {
+                r.shard = others[next % others.len()];
+            }
+        }
+        Strategy::Hash | Strategy::Range => {
+            // Each drained range joins its left neighbour (or the right one for the first range);
+            // going left to right, a run of drained ranges all join the same neighbour.
+            let mut left: Option<u32> = None;
+            for r in ranges.iter_mut() {
+                if r.shard == shard {
+                    if let Some(l) = left {
+                        r.shard = l;
+                    }
+                } else {
+                    left = Some(r.shard);
+                }
+            }
+            let first_owner = ranges.iter().map(|r| r.shard).find(|&s| s != shard);
+            for r in ranges.iter_mut().filter(|r| r.shard == shard) {
+                if let Some(s) = first_owner {
+                    r.shard = s;
+                }
+            }
+        }
+    }
+    Ok(ShardMap {
+        version: from.version + 1,
+        strategy: from.strategy,
+        ranges,
+    })
+}
+
+fn move_range(
+    from: &ShardMap,
+    lower: Option<i64>,
+    upper: Option<i64>,
+    to: u32,
+) -> Result<ShardMap, PlanError> {
+    if let (Some(l), Some(u)) = (lower, upper) {
+        if l >= u {
+            return Err(PlanError::EmptyRange);
+        }
+    }
+    let modulus = match from.strategy {
+        Strategy::Modulo { modulus } => Some(modulus),
+        _ => None,
+    };
+    let mut ranges = Vec::with_capacity(from.ranges.len() + 2);
+    for r in &from.ranges {
+        let (lo, hi) = span(r, modulus);
+        let mlo = lower.map_or(i128::MIN, |l| l as i128);
+        let mhi = upper.map_or(i128::MAX, |u| u as i128);
+        let (olo, ohi) = (lo.max(mlo), hi.min(mhi));
+        if olo >= ohi {
+            ranges.push(*r);
+            continue;
+        }
+        if olo > lo {
+            ranges.push(KeyRange {
+                upper: Some(olo as i64),
+                ..*r
+            });
+        }
+        ranges.push(KeyRange {
+            lower: if olo > lo { Some(olo as i64) } else { r.lower },
+            upper: if ohi < hi { Some(ohi as i64) } else { r.upper },
+            shard: to,
+        });
+        if ohi < hi {
+            ranges.push(KeyRange {
+                lower: Some(ohi as i64),
+                ..*r
+            });
+        }
+    }
+    Ok(ShardMap {
+        version: from.version + 1,
+        strategy: from.strategy,
+        ranges,
+    })
+}
+
+fn bound(b: Option<i64>) -> String {
+    b.map_or_else(|| "unbounded".to_string(), |v| v.to_string())
+}
+
+/// Parses a target as the CLI and the admin console spell it: `add-shard N`, `drain N`,
+/// `move LOWER UPPER N` (`-` for unbounded), `modulo-to-hash`.
+pub fn parse_target(words: &[&str]) -> Result<Target, String> {
+    let num = |w: &str| -> Result<u32, String> {
+        w.parse::<u32>()
+            .map_err(|_| format!("`{w}` is not a shard id"))
+    };
+    let point = |w: &str| -> Result<Option<i64>, String> {
+        if w == "-" {
+            return Ok(None);
+        }
+        w.parse::<i64>()
+            .map(Some)
+            .map_err(|_| format!("`{w}` is not a bigint bound (or - for unbounded)"))
+    };
+    match words {
+        ["add-shard" | "add_shard" | "add", n] => Ok(Target::AddShard(num(n)?)),
+        ["drain", n] => Ok(Target::Drain(num(n)?)),
+        ["move", lo, hi, n] => Ok(Target::MoveRange {
+            lower: point(lo)?,
+            upper: point(hi)?,
+            to: num(n)?,
+        }),
+        ["modulo-to-hash" | "modulo_to_hash"] => Ok(Target::ModuloToHash),
+        _ => Err(
+            "a target is one of: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | modulo-to-hash"
+                .into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys spread over the whole i64 line, plus the edges and small ids.
+    fn keys() -> Vec<i64> {
+        let mut ks: Vec<i64> = (-200..200).collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ks.push(x as i64);
+        }
+        ks.extend([i64::MIN, i64::MIN + 1, i64::MAX, i64::MAX - 1]);
+        ks
+    }
+
+    /// The property every plan must have: a key moves exactly when its owner changes, and then
+    /// with the move from its old owner to its new one; no other key changes owner.
+    fn check(plan: &Plan) {
+        assert_eq!(plan.to.version, plan.from.version + 1);
+        for k in keys() {
+            let (old, new) = (plan.from.shard_for(k), plan.to.shard_for(k));
+            match plan.move_of(k) {
+                Some(m) => {
+                    assert_ne!(old, new, "key {k} is in a move but keeps its shard");
+                    assert_eq!((m.source, m.dest), (old, new), "key {k}");
+                }
+                None => assert_eq!(old, new, "key {k} changes shard outside every move"),
+            }
+        }
+        for m in &plan.moves {
+            assert_ne!(m.source, m.dest);
+        }
+    }
+
+    fn hash10() -> ShardMap {
+        ShardMap::uniform(3, Strategy::Hash, &(0..10).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn add_shard_hash_moves_about_one_eleventh_from_every_shard() {
+        let p = plan(&hash10(), &Target::AddShard(10)).unwrap();
+        check(&p);
+        assert_eq!(p.moves.len(), 10);
+        assert!(p.moves.iter().all(|m| m.dest == 10));
+        let ks = keys();
+        let moved = ks.iter().filter(|&&k| p.move_of(k).is_some()).count();
+        let share = moved as f64 / ks.len() as f64;
+        assert!((0.07..0.115).contains(&share), "moved share {share}");
+        assert_eq!(p.to.shards(), (0..11).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn add_shard_range_and_modulo() {
+        let r = ShardMap::uniform(1, Strategy::Range, &[1, 2, 3]);
+        let p = plan(&r, &Target::AddShard(4)).unwrap();
+        check(&p);
+        assert_eq!(p.moves.len(), 3);
+        let m = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[0, 1, 2]);
+        let p = plan(&m, &Target::AddShard(3)).unwrap();
+        check(&p);
+        assert_eq!(p.to.strategy, Strategy::Modulo { modulus: 4 });
+        // Across moduli nearly every key moves, hence the cross-strategy form.
+        let moved = keys().iter().filter(|&&k| p.move_of(k).is_some()).count();
+        assert!(moved * 2 > keys().len());
+        assert!(matches!(
+            plan(&m, &Target::AddShard(1)),
+            Err(PlanError::AlreadyInMap(1))
+        ));
+    }
+
+    #[test]
+    fn drain_gives_ranges_to_neighbours() {
+        let p = plan(&hash10(), &Target::Drain(0)).unwrap();
+        check(&p);
+        assert!(!p.to.shards().contains(&0));
+        assert_eq!(p.moves.len(), 1);
+        let p = plan(&hash10(), &Target::Drain(5)).unwrap();
+        check(&p);
+        assert_eq!((p.moves[0].source, p.moves[0].dest), (5, 4));
+        let m = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[0, 1, 2]);
+        let p = plan(&m, &Target::Drain(1)).unwrap();
+        check(&p);
+        assert_eq!(p.to.shards(), vec![0, 2]);
+        let one = ShardMap::uniform(1, Strategy::Hash, &[7]);
+        assert_eq!(plan(&one, &Target::Drain(7)), Err(PlanError::LastShard(7)));
+        assert_eq!(plan(&one, &Target::Drain(8)), Err(PlanError::NotInMap(8)));
+    }
+
+    #[test]
+    fn move_range_splits_and_joins() {
+        let r = ShardMap::uniform(1, Strategy::Range, &[1, 2]);
+        let p = plan(
+            &r,
+            &Target::MoveRange {
+                lower: Some(100),
+                upper: Some(1000),
+                to: 3,
+            },
+        )
+        .unwrap();
+        check(&p);
+        assert_eq!(p.moves.len(), 1);
+        assert_eq!(p.moves[0].slices, vec![(Some(100), Some(1000))]);
+        assert_eq!(p.to.shard_for(99), 1);
+        assert_eq!(p.to.shard_for(100), 3);
+        assert_eq!(p.to.shard_for(999), 3);
+        assert_eq!(p.to.shard_for(1000), 1);
+        // A range spanning a boundary takes from both owners.
+        let mid = r.ranges[0].upper.unwrap();
+        let p = plan(
+            &r,
+            &Target::MoveRange {
+                lower: Some(mid - 10),
+                upper: None,
+                to: 1,
+            },
+        )
+        .unwrap();
+        check(&p);
+        assert_eq!(p.to.ranges.len(), 1, "{:?}", p.to.ranges);
+        assert_eq!(
+            plan(
+                &r,
+                &Target::MoveRange {
+                    lower: Some(5),
+                    upper: Some(5),
+                    to: 1
+                }
+            ),
+            Err(PlanError::EmptyRange)
+        );
+        assert_eq!(
+            plan(
+                &r,
+                &Target::MoveRange {
+                    lower: Some(5),
+                    upper: Some(10),
+                    to: 1
+                }
+            ),
+            Err(PlanError::NothingMoves)
+        );
+        // Modulo remainders can move too.
+        let m = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[0, 1, 2]);
+        let p = plan(
+            &m,
+            &Target::MoveRange {
+                lower: Some(2),
+                upper: None,
+                to: 0,
+            },
+        )
+        .unwrap();
+        check(&p);
+        assert_eq!(p.to.shard_for(5), 0);
+    }
+
+    #[test]
+    fn modulo_to_hash_keeps_the_shards() {
+        let m = ShardMap::uniform(4, Strategy::Modulo { modulus: 0 }, &[0, 1, 2]);
+        let p = plan(&m, &Target::ModuloToHash).unwrap();
+        check(&p);
+        assert_eq!(p.to.strategy, Strategy::Hash);
+        assert_eq!(p.moves.len(), 6);
+        assert!(p
+            .predicate("user_id", &p.moves[0])
+            .contains("hashint8extended"));
+        assert!(matches!(
+            plan(&hash10(), &Target::ModuloToHash),
+            Err(PlanError::NotModulo("hash"))
+        ));
+    }
+
+    #[test]
+    fn predicates_name_the_slices() {
+        let r = ShardMap::uniform(1, Strategy::Range, &[1, 2]);
+        let p = plan(
+            &r,
+            &Target::MoveRange {
+                lower: Some(100),
+                upper: Some(1000),
+                to: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.predicate("user_id", &p.moves[0]),
+            "(user_id >= 100 AND user_id < 1000)"
+        );
+    }
+
+    #[test]
+    fn parses_targets() {
+        assert_eq!(parse_target(&["add-shard", "10"]), Ok(Target::AddShard(10)));
+        assert_eq!(parse_target(&["drain", "3"]), Ok(Target::Drain(3)));
+        assert_eq!(
+            parse_target(&["move", "-", "5", "2"]),
+            Ok(Target::MoveRange {
+                lower: None,
+                upper: Some(5),
+                to: 2
+            })
+        );
+        assert_eq!(parse_target(&["modulo-to-hash"]), Ok(Target::ModuloToHash));
+        assert!(parse_target(&["add-shard", "x"]).is_err());
+        assert!(parse_target(&["spin"]).is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! Checks before a job creates anything, so it fails with a clear message instead of half-way:
+//! logical WAL on the sources, the shard key in every moving table's replica identity (Postgres
+//! refuses UPDATE/DELETE on a published table whose row filter names other columns), enough
+//! replication slots, WAL senders and logical replication workers for what the job will use —
+//! and the destination's schema and reference rows, copied from a shard that has them.
+
+use std::collections::BTreeMap;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_postgres::Client;
+
+use super::jobs::Job;
+use super::shards::{connect, ident};
+use super::RebalanceError;
+use crate::config::Config;
+
+async fn setting(client: &Client, shard: u32, name: &str) -> Result<i64, RebalanceError> {
+    let v: String = client
+        .query_one("SELECT setting FROM pg_settings WHERE name = $1", &[&name])
+        .await
+        .map_err(RebalanceError::shard(shard))?
+        .get(0);
+    v.parse().map_err(|_| {
+        RebalanceError::Config(format!(
+            "shard {shard}: setting {name} = `{v}` is not a number"
+        ))
+    })
+}
+
+async fn count(client: &Client, shard: u32, sql: &str) -> Result<i64, RebalanceError> {
+    Ok(client
+        .query_one(sql, &[])
+        .await
+        .map_err(RebalanceError::shard(shard))?
+        .get(0))
+}
+
+/// Runs every check; the first failure is the job's error.
+pub async fn check(config: &Config, job: &Job) -> Result<(), RebalanceError> {
+    let mut dests_of: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut sources_of: BTreeMap<u32, i64> = BTreeMap::new();
+    for s in &job.steps {
+        *dests_of.entry(s.source).or_default() += 1;
+        *sources_of.entry(s.dest).or_default() += 1;
+    }
+    for (&source, &dests) in &dests_of {
+        let c = connect(config, source).await?;
+        let wal: String = c
+            .query_one("SHOW wal_level", &[])
+            .await
+            .map_err(RebalanceError::shard(source))?
+            .get(0);
+        if wal != "logical" {
+            return Err(RebalanceError::Refused(format!(
+                "shard {source} runs with wal_level = {wal}; rebalancing copies rows with logical replication: set wal_level = logical and restart it"
+            )));
+        }
+        for t in &config.sharded_tables {
+            replica_identity(&c, source, &t.name, &t.key).await?;
+        }
+        // Each step needs its slot and, during the initial copy, a table-sync slot and sender.
+        let need = 2 * dests;
+        let slots = setting(&c, source, "max_replication_slots").await?
+            - count(&c, source, "SELECT count(*) FROM pg_replication_slots").await?;
+        let senders = setting(&c, source, "max_wal_senders").await?
+            - count(&c, source, "SELECT count(*) FROM pg_stat_replication").await?;
+        if slots < need {
+            return Err(RebalanceError::Refused(format!(
+                "shard {source} has {slots} free replication slot(s) and this job needs {need} there: raise max_replication_slots (restart needed)"
+            )));
+        }
+        if senders < need {
+            return Err(RebalanceError::Refused(format!(
+                "shard {source} has {senders} free WAL sender(s) and this job needs {need} there: raise max_wal_senders (restart needed)"
+            )));
+        }
+    }
+    let template = *dests_of.keys().next().unwrap_or(&0);
+    for (&dest, &sources) in &sources_of {
+        let c = connect(config, dest).await?;
+        let need = sources + 1;
+        let workers = setting(&c, dest, "max_logical_replication_workers").await?
+            - count(
+                &c,
+                dest,
+                "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL",
+            )
+            .await?;
+        if workers < need {
+            return Err(RebalanceError::Refused(format!(
+                "shard {dest} has {workers} free logical replication worker(s) and this job needs {need} there: raise max_logical_replication_workers and max_worker_processes (restart needed)"
+            )));
+        }
+        let processes = setting(&c, dest, "max_worker_processes").await?;
+        if processes < need + 2 {
+            return Err(RebalanceError::Refused(format!(
+                "shard {dest} allows {processes} background worker(s) and this job needs at least {} there: raise max_worker_processes (restart needed)",
+                need + 2
+            )));
+        }
+        prepare_destination(config, &c, dest, template).await?;
+    }
+    Ok(())
+}
+
+/// The shard key must be in the replica identity (or the identity is FULL).
+async fn replica_identity(
+    c: &Client,
+    shard: u32,
+    table: &str,
+    key: &str,
+) -> Result<(), RebalanceError> {
+    let row = c
+        .query_opt(
+            "SELECT c.relreplident::text, EXISTS ( \
+                 SELECT 1 FROM pg_index i JOIN pg_attribute a \
+                   ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                 WHERE i.indrelid = c.oid AND a.attname = $2 \
+                   AND ((c.relreplident = 'd' AND i.indisprimary) \
+                     OR (c.relreplident = 'i' AND i.indisreplident))) \
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
+            &[&table, &key],
+        )
+        .await
+        .map_err(RebalanceError::shard(shard))?;
+    match row {
+        None => Ok(()),
+        Some(r) => {
+            let (ident_kind, has_key): (String, bool) = (r.get(0), r.get(1));
+            if ident_kind == "f" || has_key {
+                Ok(())
+            } else {
+                Err(RebalanceError::Refused(format!(
+                    "table {table} on shard {shard}: its replica identity does not include the shard key {key}, so Postgres would refuse UPDATE and DELETE while its rows are published with a row filter; make {key} part of the primary key or run ALTER TABLE {table} REPLICA IDENTITY FULL"
+                )))
+            }
+        }
+    }
+}
+
+/// Gives a destination missing sharded or reference tables the schema of `template` (pg_dump
+/// --schema-only), and fills its empty reference tables from there.
+async fn prepare_destination(
+    config: &Config,
+    dest: &Client,
+    dest_id: u32,
+    template: u32,
+) -> Result<(), RebalanceError> {
+    let mut missing = false;
+    for name in config
+        .sharded_tables
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain(config.reference_tables.iter().map(String::as_str))
+    {
+        let there: bool = dest
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .map_err(RebalanceError::shard(dest_id))?
+            .get(0);
+        missing |= !there;
+    }
+    if missing {
+        let schema = dump_schema(config, template).await?;
+        dest.batch_execute(&schema)
+            .await
+            .map_err(RebalanceError::shard(dest_id))?;
+        tracing::info!(
+            shard = dest_id,
+            from = template,
+            "copied the schema to the new shard"
+        );
+    }
+    if config.reference_tables.is_empty() {
+        return Ok(());
+    }
+    let src = connect(config, template).await?;
+    for table in &config.reference_tables {
+        let t = ident(table);
+        let empty: bool = dest
+            .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {t})"), &[])
+            .await
+            .map_err(RebalanceError::shard(dest_id))?
+            .get(0);
+        if !empty {
+            continue;
+        }
+        let out = src
+            .copy_out(&format!("COPY {t} TO STDOUT"))
+            .await
+            .map_err(RebalanceError::shard(template))?;
+        let sink = dest
+            .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN"))
+            .await
+            .map_err(RebalanceError::shard(dest_id))?;
+        futures_util::pin_mut!(out);
+        futures_util::pin_mut!(sink);
+        while let Some(chunk) = out.next().await {
+            let chunk = chunk.map_err(RebalanceError::shard(template))?;
+            sink.send(chunk)
+                .await
+                .map_err(RebalanceError::shard(dest_id))?;
+        }
+        sink.finish()
+            .await
+            .map_err(RebalanceError::shard(dest_id))?;
+    }
+    Ok(())
+}
+
+/// `pg_dump --schema-only` of a shard, without psql meta-commands.
+async fn dump_schema(config: &Config, shard: u32) -> Result<String, RebalanceError> {
+    let s = super::shards::shard_config(config, shard)?;
+    let (user, password) = config.control_login(s);
+    let bins = crate::cluster::PgBinaries::find()
+        .map_err(|e| RebalanceError::Config(format!("cannot find pg_dump: {e}")))?;
+    let mut cmd = tokio::process::Command::new(bins.program("pg_dump"));
+    cmd.args([
+        "--schema-only",
+        "--no-owner",
+        "--no-privileges",
+        "--no-publications",
+        "--no-subscriptions",
+    ])
+    .arg("-h")
+    .arg(&s.host)
+    .arg("-p")
+    .arg(s.port.to_string())
+    .arg("-U")
+    .arg(user)
+    .arg("-d")
+    .arg(&s.database);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| RebalanceError::Config(format!("cannot run pg_dump: {e}")))?;
+    if !out.status.success() {
+        return Err(RebalanceError::Config(format!(
+            "pg_dump of shard {shard} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}

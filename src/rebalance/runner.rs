@@ -1,0 +1,364 @@
+//! Runs rebalancing jobs inside a proxy: claims an unfinished job's lease in the catalog (so a
+//! killed proxy's job is taken up by the next proxy that starts, or by the same one restarted),
+//! renews it, and drives the job through its states — preflight, copy and catch-up, cut-over,
+//! clean-up — or rolls it back when cancelled. Every transition is a conditional update of the
+//! job row, so a cancel from another proxy is never overwritten.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::copy;
+use super::cutover::{self, Attempt, LIVE_WINDOW_MS};
+use super::jobs::{self, Job, JobState};
+use super::shards::{catalog, connect};
+use super::{preflight, RebalanceError};
+use crate::config::Config;
+
+/// Starts the runner loop of one proxy.
+pub fn start(config: Arc<Config>, node_id: u16) -> tokio::task::JoinHandle<()> {
+    let owner = format!(
+        "{}#{node_id}@{}",
+        config.proxy.node_name,
+        std::process::id()
+    );
+    tokio::spawn(async move {
+        let poll = Duration::from_millis(config.catalog.poll_interval_ms.min(1000));
+        loop {
+            if let Err(e) = run_once(&config, &owner).await {
+                tracing::warn!(error = %e, "rebalancing runner");
+            }
+            tokio::time::sleep(poll).await;
+        }
+    })
+}
+
+/// Claims one job (if any is free) and drives it until it ends or cannot go on.
+async fn run_once(config: &Arc<Config>, owner: &str) -> Result<(), RebalanceError> {
+    let mut client = catalog(config).await?;
+    let lease = Duration::from_millis(config.rebalance.lease_ms);
+    let Some(id) = jobs::claim(&client, owner, lease).await? else {
+        return Ok(());
+    };
+    tracing::info!(job = id, owner, "running rebalancing job");
+    let lost = Arc::new(AtomicBool::new(false));
+    let renewal = {
+        let (config, owner, lost) = (config.clone(), owner.to_string(), lost.clone());
+        tokio::spawn(async move {
+            let mut misses = 0;
+            loop {
+                tokio::time::sleep(lease / 4).await;
+                let renewed = match catalog(&config).await {
+                    Ok(c) => jobs::renew(&c, id, &owner, lease).await,
+                    Err(e) => Err(e),
+                };
+                match renewed {
+                    Ok(true) => misses = 0,
+                    Ok(false) => {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(_) => {
+                        misses += 1;
+                        if misses >= 3 {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let mut runner = Runner {
+        config,
+        owner,
+        lost,
+        fence_acked: false,
+        retry: Duration::from_millis(200),
+        conns: HashMap::new(),
+    };
+    let result = runner.drive(&mut client, id).await;
+    renewal.abort();
+    if let Err(e) = &result {
+        let _ = client
+            .execute(
+                "UPDATE rebalance_jobs SET error = $2, updated_at = now() WHERE job_id = $1",
+                &[&id, &e.to_string()],
+            )
+            .await;
+    }
+    result
+}
+
+struct Runner<'a> {
+    config: &'a Arc<Config>,
+    owner: &'a str,
+    lost: Arc<AtomicBool>,
+    fence_acked: bool,
+    retry: Duration,
+    /// Control-plane connections to shards, reused across the job's loops.
+    conns: HashMap<u32, Arc<Client>>,
+}
+
+impl Runner<'_> {
+    /// A live control-plane connection to `shard`.
+    async fn conn(&mut self, shard: u32) -> Result<Arc<Client>, RebalanceError> {
+        if let Some(c) = self.conns.get(&shard).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(connect(self.config, shard).await?);
+        self.conns.insert(shard, c.clone());
+        Ok(c)
+    }
+
+    fn check_lease(&self, id: i64) -> Result<(), RebalanceError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(RebalanceError::Refused(format!(
+                "lost the lease of rebalancing job {id}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Moves the job from `from` to `to` unless something else (a cancel) changed it first.
+    async fn advance(
+        &self,
+        client: &Client,
+        job: &Job,
+        to: JobState,
+        error: Option<&str>,
+    ) -> Result<bool, RebalanceError> {
+        let n = client
+            .execute(
+                "UPDATE rebalance_jobs SET state = $4, error = coalesce($5, error), updated_at = now(), \
+                     finished_at = CASE WHEN $4 IN ('done', 'cancelled', 'failed') THEN now() END, \
+                     lease_owner = CASE WHEN $4 IN ('done', 'cancelled', 'failed') THEN NULL ELSE lease_owner END, \
+                     cutover_attempts = cutover_attempts + CASE WHEN $4 = 'cutover' THEN 0 ELSE 0 END \
+                 WHERE job_id = $1 AND lease_owner = $2 AND state = $3",
+                &[&job.id, &self.owner, &job.state.as_str(), &to.as_str(), &error],
+            )
+            .await
+            .map_err(RebalanceError::Catalog)?;
+        Ok(n == 1)
+    }
+
+    async fn drive(&mut self, client: &mut Client, id: i64) -> Result<(), RebalanceError> {
+        loop {
+            self.check_lease(id)?;
+            let job = jobs::load(client, id)
+                .await?
+                .ok_or_else(|| RebalanceError::Refused(format!("job {id} vanished")))?;
+            match job.state {
+                JobState::Done | JobState::Cancelled | JobState::Failed => return Ok(()),
+                JobState::Pending => {
+                    if let Err(e) = preflight::check(self.config, &job).await {
+                        tracing::warn!(job = id, error = %e, "rebalancing job failed its checks");
+                        self.advance(client, &job, JobState::Failed, Some(&e.to_string()))
+                            .await?;
+                        return Ok(());
+                    }
+                    self.advance(client, &job, JobState::Copying, None).await?;
+                }
+                JobState::Copying => {
+                    if let Err(e) = self.copying(client, &job).await {
+                        self.pause_after(client, &job, &e).await?;
+                    }
+                }
+                JobState::Cutover => {
+                    client
+                        .execute(
+                            "UPDATE rebalance_jobs SET cutover_attempts = cutover_attempts + 1 WHERE job_id = $1",
+                            &[&id],
+                        )
+                        .await
+                        .map_err(RebalanceError::Catalog)?;
+                    // Holds a previous runner of this job left open are released first.
+                    client
+                        .execute(
+                            "UPDATE rebalance_holds SET released_at = now() WHERE job_id = $1 AND released_at IS NULL",
+                            &[&id],
+                        )
+                        .await
+                        .map_err(RebalanceError::Catalog)?;
+                    match cutover::attempt(self.config, client, &job, self.owner).await {
+                        Ok(Attempt::Switched { version, hold_ms }) => {
+                            tracing::info!(
+                                job = id,
+                                version,
+                                hold_ms,
+                                "cut-over: new shard map published"
+                            );
+                        }
+                        Ok(Attempt::Retry(why)) => {
+                            tracing::warn!(
+                                job = id,
+                                why,
+                                "cut-over attempt released on the old map; retrying"
+                            );
+                            self.note(client, id, &format!("cut-over retry: {why}"))
+                                .await;
+                            tokio::time::sleep(self.retry).await;
+                            self.retry = (self.retry * 2).min(Duration::from_secs(3));
+                        }
+                        Ok(Attempt::Fail(why)) => {
+                            tracing::error!(job = id, why, "cut-over impossible; rolling back");
+                            self.advance(client, &job, JobState::Cancelling, Some(&why))
+                                .await?;
+                        }
+                        Err(e) => self.pause_after(client, &job, &e).await?,
+                    }
+                }
+                JobState::Cleanup => match self.clean_up(client, &job).await {
+                    Ok(()) => {
+                        self.advance(client, &job, JobState::Done, None).await?;
+                        tracing::info!(job = id, "rebalancing job done");
+                        return Ok(());
+                    }
+                    Err(e) => self.pause_after(client, &job, &e).await?,
+                },
+                JobState::Cancelling => match self.roll_back(client, &job).await {
+                    Ok(()) => {
+                        self.advance(client, &job, JobState::Cancelled, None)
+                            .await?;
+                        tracing::info!(job = id, "rebalancing job rolled back");
+                        return Ok(());
+                    }
+                    Err(e) => self.pause_after(client, &job, &e).await?,
+                },
+            }
+        }
+    }
+
+    /// Records a transient failure and waits before the next try.
+    async fn pause_after(
+        &mut self,
+        client: &Client,
+        job: &Job,
+        e: &RebalanceError,
+    ) -> Result<(), RebalanceError> {
+        tracing::warn!(job = job.id, state = job.state.as_str(), error = %e, "rebalancing step failed; retrying");
+        self.note(client, job.id, &e.to_string()).await;
+        tokio::time::sleep(self.retry).await;
+        self.retry = (self.retry * 2).min(Duration::from_secs(3));
+        Ok(())
+    }
+
+    async fn note(&self, client: &Client, id: i64, what: &str) {
+        let _ = client
+            .execute(
+                "UPDATE rebalance_jobs SET error = $2, updated_at = now() WHERE job_id = $1",
+                &[&id, &what],
+            )
+            .await;
+    }
+
+    /// Until every live proxy fences the job's shards, nothing is copied; then every step gets
+    /// its publication, slot and subscription, and progress is recorded until all are synced.
+    async fn copying(&mut self, client: &Client, job: &Job) -> Result<(), RebalanceError> {
+        if !self.fence_acked {
+            let waiting: Vec<i32> = client
+                .query_one(
+                    "SELECT ARRAY(SELECT node_id FROM proxies \
+                       WHERE last_seen > now() - $2 * interval '1 millisecond' AND fence_job < $1)",
+                    &[&job.id, &(LIVE_WINDOW_MS as f64)],
+                )
+                .await
+                .map_err(RebalanceError::Catalog)?
+                .get(0);
+            if !waiting.is_empty() {
+                tracing::debug!(
+                    job = job.id,
+                    ?waiting,
+                    "waiting for proxies to fence the moving shards"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Ok(());
+            }
+            self.fence_acked = true;
+        }
+        let slot_timeout = Duration::from_millis(self.config.rebalance.slot_timeout_ms);
+        let mut all_synced = true;
+        for step in &job.steps {
+            let source = self.conn(step.source).await?;
+            let dest = self.conn(step.dest).await?;
+            if step.state == "pending" {
+                copy::ensure_publication(self.config, &source, job, step).await?;
+                copy::ensure_slot(&source, step, &copy::name(job.id, step.no), slot_timeout)
+                    .await?;
+                copy::ensure_subscription(self.config, &dest, job, step).await?;
+                jobs::set_step_state(client, job.id, step.no, "copying").await?;
+            }
+            let p = copy::progress(self.config, &source, &dest, job, step).await?;
+            jobs::set_progress(client, job.id, step.no, p.rows, p.lag_bytes).await?;
+            crate::telemetry::record::rebalance_progress(job.id, step.no, p.rows, p.lag_bytes);
+            if p.synced && step.state != "synced" {
+                jobs::set_step_state(client, job.id, step.no, "synced").await?;
+            }
+            all_synced &= p.synced;
+        }
+        if all_synced {
+            self.retry = Duration::from_millis(200);
+            self.advance(client, job, JobState::Cutover, None).await?;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Drops replication, deletes the moved rows from each source in batches, and proves none
+    /// is left there.
+    async fn clean_up(&mut self, client: &Client, job: &Job) -> Result<(), RebalanceError> {
+        let started = Instant::now();
+        for step in &job.steps {
+            if step.state == "verified" {
+                continue;
+            }
+            let source = self.conn(step.source).await?;
+            let dest = self.conn(step.dest).await?;
+            copy::drop_replication(&source, &dest, job, step).await?;
+            let batch = self.config.rebalance.delete_batch;
+            let deleted =
+                copy::delete_rows(self.config, &source, step.source, job, step, batch).await?;
+            let left = copy::checksum(self.config, &source, step.source, job, step).await?;
+            if left.iter().any(|(_, n, _)| *n > 0) {
+                return Err(RebalanceError::Refused(format!(
+                    "step {}: rows still on shard {} after clean-up: {left:?}",
+                    step.no, step.source
+                )));
+            }
+            jobs::set_cleaned(client, job.id, step.no, step.rows_deleted + deleted, None).await?;
+            jobs::set_step_state(client, job.id, step.no, "verified").await?;
+        }
+        tracing::info!(
+            job = job.id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "clean-up done"
+        );
+        Ok(())
+    }
+
+    /// Drops replication and removes the partial copies from each destination.
+    async fn roll_back(&mut self, client: &Client, job: &Job) -> Result<(), RebalanceError> {
+        if job.new_version.is_some() {
+            return Err(RebalanceError::Refused(format!(
+                "job {} already switched the map to version {:?}; it cannot be rolled back",
+                job.id, job.new_version
+            )));
+        }
+        for step in &job.steps {
+            if step.state == "rolled_back" {
+                continue;
+            }
+            let source = self.conn(step.source).await?;
+            let dest = self.conn(step.dest).await?;
+            copy::drop_replication(&source, &dest, job, step).await?;
+            let batch = self.config.rebalance.delete_batch;
+            copy::delete_rows(self.config, &dest, step.dest, job, step, batch).await?;
+            jobs::set_step_state(client, job.id, step.no, "rolled_back").await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,827 @@
+//! Online rebalancing against real Postgres: `pgshard verify` and `rebalance plan` on a cluster
+//! whose map leaves one shard empty; then adding that shard under continuous writes through two
+//! proxies, with an audit of every acknowledged write.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::proxy::{self, start_proxy_with};
+use common::TestCluster;
+use pgshard::cluster::ClusterInfo;
+use pgshard::rebalance::Target;
+use pgshard::router::{ShardMap, Strategy};
+
+/// Publishes a map over `shards` (leaving the cluster's other shards empty).
+async fn publish(info: &ClusterInfo, strategy: Strategy, shards: &[u32]) -> ShardMap {
+    let mut catalog = proxy::catalog(info).await;
+    let map = ShardMap::uniform(0, strategy, shards);
+    let version = pgshard::catalog::publish_map(&mut catalog, &map)
+        .await
+        .expect("publish a map");
+    ShardMap { version, ..map }
+}
+
+fn pgshard(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgshard"))
+        .args(args)
+        .output()
+        .expect("run pgshard");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Polls `check` every 50 ms until it holds, failing after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let info = &cluster.info;
+    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    let running = start_proxy_with(info, |c| c.rebalance.run_jobs = false).await;
+    let client = proxy::connect(&running).await;
+    eventually(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { running.proxy.map.current().version == map.version },
+    )
+    .await;
+    for k in 1..=400i64 {
+        client
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+                &[&k, &format!("u{k}")],
+            )
+            .await
+            .unwrap();
+    }
+    let config = info.config_path.to_str().unwrap();
+    let (ok, out) = pgshard(&["verify", "--config", config]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok: every row sits"), "{out}");
+
+    // A row on a shard the map does not name for it.
+    let misplaced = (1000..)
+        .find(|k| map.shard_for(*k) == 0)
+        .expect("a key of shard 0");
+    proxy::shard(info, 1)
+        .await
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'stray')",
+            &[&misplaced],
+        )
+        .await
+        .unwrap();
+    let (ok, out) = pgshard(&["verify", "--config", config]);
+    assert!(!ok, "verify must fail: {out}");
+    assert!(
+        out.contains("MISPLACED: shard 1 users: 1 row(s)") && out.contains(&misplaced.to_string()),
+        "{out}"
+    );
+    proxy::shard(info, 1)
+        .await
+        .execute("DELETE FROM users WHERE user_id = $1", &[&misplaced])
+        .await
+        .unwrap();
+
+    // The plan's estimates are the rows whose owner changes, counted on each source.
+    let plan = pgshard::rebalance::plan(&map, &Target::AddShard(2)).unwrap();
+    let mut expected: BTreeMap<u32, i64> = BTreeMap::new();
+    for k in 1..=400i64 {
+        if let Some(m) = plan.move_of(k) {
+            *expected.entry(m.source).or_default() += 1;
+        }
+    }
+    let (ok, out) = pgshard(&["rebalance", "plan", "--config", config, "add-shard", "2"]);
+    assert!(ok, "{out}");
+    for (source, rows) in &expected {
+        let line = format!("shard {source:>3} → shard {:>3}: ~{rows} row(s)", 2);
+        assert!(out.contains(&line), "missing `{line}` in:\n{out}");
+    }
+    let total: i64 = expected.values().sum();
+    assert!(
+        out.contains(&format!("total: {total} row(s) move")),
+        "{out}"
+    );
+    let (ok, out) = pgshard(&["rebalance", "plan", "--config", config, "add-shard", "9"]);
+    assert!(!ok && out.contains("shard 9 is not in the config"), "{out}");
+    running.stop().await;
+}
+
+/// What the writers were told succeeded, per key: the name it holds, or None once deleted.
+type Audit = BTreeMap<i64, Option<String>>;
+
+/// One writer: inserts new users, renames and deletes its own, and sometimes renames two of them
+/// in one transaction (two shards: two-phase commit), through `url` until `stop`.
+async fn writer(
+    url: String,
+    id: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Audit, Vec<String>) {
+    let client = proxy::connect_url(&url).await.expect("writer connects");
+    let mut audit = Audit::new();
+    let mut errors = Vec::new();
+    let mut live: Vec<i64> = Vec::new();
+    let mut n = 0i64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        n += 1;
+        let key = id * 1_000_000 + n;
+        let name = format!("w{id}-{n}");
+        match client
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+                &[&key, &name],
+            )
+            .await
+        {
+            Ok(_) => {
+                audit.insert(key, Some(name));
+                live.push(key);
+            }
+            Err(e) => errors.push(format!("insert {key}: {e}")),
+        }
+        if n % 3 == 0 && live.len() > 2 {
+            let k = live[(n as usize * 7) % live.len()];
+            let name = format!("w{id}-{n}-renamed");
+            match client
+                .execute(
+                    "UPDATE users SET name = $1 WHERE user_id = $2",
+                    &[&name, &k],
+                )
+                .await
+            {
+                Ok(1) => {
+                    audit.insert(k, Some(name));
+                }
+                Ok(other) => errors.push(format!("update {k} touched {other} rows")),
+                Err(e) => errors.push(format!("update {k}: {e}")),
+            }
+        }
+        if n % 7 == 0 && live.len() > 4 {
+            let k = live.remove((n as usize * 13) % live.len());
+            match client
+                .execute("DELETE FROM users WHERE user_id = $1", &[&k])
+                .await
+            {
+                Ok(1) => {
+                    audit.insert(k, None);
+                }
+                Ok(other) => errors.push(format!("delete {k} touched {other} rows")),
+                Err(e) => errors.push(format!("delete {k}: {e}")),
+            }
+        }
+        if n % 11 == 0 && live.len() > 4 {
+            let (a, b) = (live[0], live[live.len() - 1]);
+            let name = format!("w{id}-{n}-tx");
+            let r: Result<(), tokio_postgres::Error> = async {
+                client.batch_execute("BEGIN").await?;
+                client
+                    .execute(
+                        "UPDATE users SET name = $1 WHERE user_id = $2",
+                        &[&name, &a],
+                    )
+                    .await?;
+                client
+                    .execute(
+                        "UPDATE users SET name = $1 WHERE user_id = $2",
+                        &[&name, &b],
+                    )
+                    .await?;
+                client.batch_execute("COMMIT").await
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    audit.insert(a, Some(name.clone()));
+                    audit.insert(b, Some(name));
+                }
+                Err(e) => {
+                    errors.push(format!("transaction on {a} and {b}: {e}"));
+                    let _ = client.batch_execute("ROLLBACK").await;
+                }
+            }
+        }
+    }
+    (audit, errors)
+}
+
+/// A reader of every user without the key: no user_id may ever come back twice.
+async fn reader(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Vec<String>) {
+    let client = proxy::connect_url(&url).await.expect("reader connects");
+    let (mut reads, mut errors) = (0u64, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match client.simple_query("SELECT user_id FROM users").await {
+            Ok(msgs) => {
+                let mut seen = std::collections::HashSet::new();
+                for m in msgs {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        let id = r.get(0).unwrap_or_default().to_string();
+                        if !seen.insert(id.clone()) {
+                            errors.push(format!("user {id} read twice"));
+                        }
+                    }
+                }
+                reads += 1;
+            }
+            Err(e) => errors.push(format!("keyless read: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (reads, errors)
+}
+
+/// Every row of every shard, read directly: key → (shard, name).
+async fn rows_by_key(info: &ClusterInfo) -> (BTreeMap<i64, Vec<(u32, Option<String>)>>, i64) {
+    let mut all: BTreeMap<i64, Vec<(u32, Option<String>)>> = BTreeMap::new();
+    let mut total = 0;
+    for shard in info.shard_ids() {
+        let c = proxy::shard(info, shard).await;
+        for r in c
+            .query("SELECT user_id, name FROM users", &[])
+            .await
+            .unwrap()
+        {
+            all.entry(r.get(0)).or_default().push((shard, r.get(1)));
+            total += 1;
+        }
+    }
+    (all, total)
+}
+
+async fn job_state(info: &ClusterInfo, id: i64) -> pgshard::rebalance::jobs::Job {
+    let c = proxy::catalog(info).await;
+    pgshard::rebalance::jobs::load(&c, id)
+        .await
+        .unwrap()
+        .expect("the job exists")
+}
+
+/// Waits until job `id` has ended and returns it.
+async fn wait_job_end(
+    info: &ClusterInfo,
+    id: i64,
+    limit: Duration,
+) -> pgshard::rebalance::jobs::Job {
+    let started = Instant::now();
+    loop {
+        let job = job_state(info, id).await;
+        if job.state.ended() {
+            return job;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "job {id} did not finish: {:?} {:?} {:?}",
+            job.state,
+            job.error,
+            job.steps
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `target` on a three-shard cluster whose first map is `strategy` over `map_shards`, under
+/// continuous writes and keyless reads through two proxies, and checks the audit afterwards.
+async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target) {
+    let cluster = TestCluster::start(3, strategy).await;
+    let info = &cluster.info;
+    let map = publish(info, strategy, map_shards).await;
+    let proxies = [
+        start_proxy_with(info, |_| {}).await,
+        start_proxy_with(info, |c| c.proxy.node_name = "second".into()).await,
+    ];
+    for p in &proxies {
+        eventually(
+            Duration::from_secs(10),
+            "the proxies load the map",
+            || async { p.proxy.map.current().version == map.version },
+        )
+        .await;
+    }
+    let seed = proxy::connect(&proxies[0]).await;
+    let mut audit = Audit::new();
+    for k in 1..=600i64 {
+        let name = format!("seed{k}");
+        seed.execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+            &[&k, &name],
+        )
+        .await
+        .unwrap();
+        audit.insert(k, Some(name));
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=4i64)
+        .map(|id| {
+            let url = proxy::app_url(&proxies[(id % 2) as usize]);
+            tokio::spawn(writer(url, id, stop.clone()))
+        })
+        .collect();
+    let readers: Vec<_> = proxies
+        .iter()
+        .map(|p| tokio::spawn(reader(proxy::app_url(p), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let config = pgshard::config::Config::load(&info.config_path).unwrap();
+    let job_id = pgshard::rebalance::cli::create_job(&config, &target)
+        .await
+        .expect("the job is created");
+    let started = Instant::now();
+    let job = wait_job_end(info, job_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Done,
+        "{:?} {:?}",
+        job.error,
+        job.steps
+    );
+    // Writes go on against the new map for a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut errors = Vec::new();
+    for w in writers {
+        let (a, e) = w.await.unwrap();
+        audit.extend(a);
+        errors.extend(e);
+    }
+    let mut reads = 0;
+    for r in readers {
+        let (n, e) = r.await.unwrap();
+        reads += n;
+        errors.extend(e);
+    }
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    assert!(reads > 0);
+
+    let new_map = proxies[0].proxy.map.current();
+    assert_eq!(Some(new_map.version), job.new_version);
+    assert_eq!(new_map.shards(), vec![0, 1, 2]);
+    assert_eq!(
+        *new_map,
+        ShardMap {
+            version: new_map.version,
+            ..job.plan.to.clone()
+        },
+        "{target}"
+    );
+    let (rows, total) = rows_by_key(info).await;
+    for (key, copies) in &rows {
+        assert_eq!(
+            copies.len(),
+            1,
+            "user {key} is on several shards: {copies:?}"
+        );
+        assert_eq!(copies[0].0, new_map.shard_for(*key), "user {key} misplaced");
+    }
+    for (key, expected) in &audit {
+        let found = rows.get(key).map(|c| c[0].1.clone());
+        match expected {
+            Some(name) => assert_eq!(found, Some(Some(name.clone())), "user {key}"),
+            None => assert_eq!(found, None, "deleted user {key} is back"),
+        }
+    }
+    let present = audit.values().filter(|v| v.is_some()).count() as i64;
+    assert_eq!(total, present, "rows nobody acknowledged exist");
+    let moved: i64 = job.steps.iter().map(|s| s.rows_deleted).sum();
+    assert!(moved > 0, "nothing moved: {:?}", job.steps);
+    let changed = rows
+        .iter()
+        .filter(|(k, c)| map.shard_for(**k) != c[0].0)
+        .count();
+    assert!(changed > 0, "no surviving row changed shard");
+    let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = pgshard(&[
+        "rebalance",
+        "status",
+        "--config",
+        info.config_path.to_str().unwrap(),
+        &job_id.to_string(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("job {job_id} done")), "{out}");
+    assert_eq!(out.matches("verified").count(), job.steps.len(), "{out}");
+    eprintln!(
+        "{target}: moved {moved} rows in {:?}; longest hold {:?} ms (runner), proxies {} / {} ms; {reads} keyless reads",
+        started.elapsed(),
+        job.longest_hold_ms,
+        proxies[0].proxy.rebalance.stats().longest_ms,
+        proxies[1].proxy.rebalance.stats().longest_ms
+    );
+    for p in proxies {
+        p.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_nothing() {
+    move_under_load(Strategy::Hash, &[0, 1], Target::AddShard(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splitting_a_range_under_writes_loses_and_duplicates_nothing() {
+    // Every key the test writes is below i64::MAX / 2, on shard 0: move a slice of it to 2.
+    let target = Target::MoveRange {
+        lower: Some(500),
+        upper: Some(3_000_000),
+        to: 2,
+    };
+    move_under_load(Strategy::Range, &[0, 1], target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_modulo_to_hash_under_writes_loses_and_duplicates_nothing() {
+    move_under_load(
+        Strategy::Modulo { modulus: 3 },
+        &[0, 1, 2],
+        Target::ModuloToHash,
+    )
+    .await;
+}
+
+/// Replication objects the job left on a shard: (publications, subscriptions, slots).
+async fn replication_objects(info: &ClusterInfo, shard: u32) -> (i64, i64, i64) {
+    let c = proxy::shard(info, shard).await;
+    let row = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgshard%'), \
+                    (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgshard%'), \
+                    (SELECT count(*) FROM pg_replication_slots)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_nothing_behind() {
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let info = &cluster.info;
+    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    let running = start_proxy_with(info, |c| {
+        c.rebalance.hold_timeout_ms = 300;
+        c.users.push(pgshard::config::UserConfig {
+            name: "admin".into(),
+            password: Some("secret".into()),
+            auth: pgshard::config::AuthMethod::ScramSha256,
+            admin: true,
+        });
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { running.proxy.map.current().version == map.version },
+    )
+    .await;
+    let client = proxy::connect(&running).await;
+    for k in 1..=1500i64 {
+        client
+            .execute("INSERT INTO users (user_id, name) VALUES ($1, 'u')", &[&k])
+            .await
+            .unwrap();
+    }
+    // A transaction left open on the proxy: every cut-over attempt must wait for it, give up
+    // after hold_timeout_ms and release the hold on the old map.
+    let idle = proxy::connect(&running).await;
+    idle.batch_execute("BEGIN").await.unwrap();
+    idle.query_one("SELECT name FROM users WHERE user_id = 7", &[])
+        .await
+        .unwrap();
+
+    let admin_url = format!(
+        "postgres://admin:secret@127.0.0.1:{}/pgshard?sslmode=disable",
+        running.addr.port()
+    );
+    let admin = proxy::connect_url(&admin_url).await.unwrap();
+    admin.simple_query("REBALANCE add-shard 2").await.unwrap();
+    let job_id: i64 = proxy::catalog(info)
+        .await
+        .query_one("SELECT max(job_id) FROM rebalance_jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(
+        Duration::from_secs(60),
+        "a cut-over attempt gives up",
+        || async {
+            let job = job_state(info, job_id).await;
+            job.cutover_attempts >= 2 && job.state == pgshard::rebalance::jobs::JobState::Cutover
+        },
+    )
+    .await;
+    let copied: i64 = proxy::shard(info, 2)
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(copied > 0, "the destination holds the copy");
+    // Keyless reads still count every row once; what cannot be fenced is refused, naming the job.
+    let n = client
+        .simple_query("SELECT count(*) FROM users")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+    assert_eq!(n.as_deref(), Some("1500"));
+    let refused = client
+        .query("SELECT count(*) FROM users WHERE name = $1", &[&"u"])
+        .await
+        .expect_err("a keyless prepared statement cannot be fenced");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    let message = |e: &tokio_postgres::Error| {
+        e.as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string())
+    };
+    assert!(
+        message(&refused).contains(&format!("job {job_id}")),
+        "{refused:?}"
+    );
+    let ddl = client
+        .simple_query("ALTER TABLE users ADD COLUMN nickname text")
+        .await
+        .expect_err("DDL on a moving table is refused");
+    assert!(
+        message(&ddl).contains(&format!("rebalancing job {job_id}")),
+        "{ddl:?}"
+    );
+    let shown = admin.simple_query("SHOW JOBS").await.unwrap();
+    let steps = shown
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(steps, 2, "one row per step");
+
+    admin
+        .simple_query(&format!("CANCEL JOB {job_id}"))
+        .await
+        .unwrap();
+    let job = wait_job_end(info, job_id, Duration::from_secs(60)).await;
+    assert_eq!(job.state, pgshard::rebalance::jobs::JobState::Cancelled);
+    assert_eq!(job.new_version, None);
+    assert!(job.steps.iter().all(|s| s.state == "rolled_back"));
+    // The open transaction was never disturbed.
+    idle.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(running.proxy.map.current().version, map.version);
+    for shard in 0..3 {
+        assert_eq!(
+            replication_objects(info, shard).await,
+            (0, 0, 0),
+            "shard {shard} keeps replication objects"
+        );
+    }
+    let left: i64 = proxy::shard(info, 2)
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the partial copy is removed");
+    assert_eq!(proxy::count_users_directly(info).await, 1500);
+    let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    // After the job, DDL goes through again.
+    client
+        .simple_query("ALTER TABLE users ADD COLUMN nickname text")
+        .await
+        .unwrap();
+    running.stop().await;
+}
+
+/// A pgshard process the test can kill -9.
+struct ProxyProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ProxyProcess {
+    /// Starts `pgshard serve` on a copy of the cluster's config that runs jobs, with short
+    /// leases so another start takes a killed one's job over quickly.
+    async fn start(info: &ClusterInfo, dir: &std::path::Path) -> ProxyProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut config = pgshard::config::Config::load(&info.config_path).unwrap();
+        config.proxy.listen = format!("127.0.0.1:{port}");
+        config.proxy.node_name = "runner".into();
+        config.catalog.poll_interval_ms = 300;
+        config.rebalance.lease_ms = 1500;
+        config.rebalance.slot_timeout_ms = 60_000;
+        let path = dir.join(format!("runner-{port}.toml"));
+        std::fs::write(&path, config.to_toml()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgshard"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pgshard");
+        let url = format!("postgres://app:app@127.0.0.1:{port}/app?sslmode=disable");
+        eventually(Duration::from_secs(30), "pgshard accepts clients", || {
+            let url = url.clone();
+            async move { proxy::connect_url(&url).await.is_ok() }
+        })
+        .await;
+        ProxyProcess { child, port }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL pgshard");
+        let _ = self.child.wait();
+        let _ = self.port;
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_holds() {
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let info = &cluster.info;
+    let dir = tempfile::tempdir().unwrap();
+    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    // The runner is a process of its own; the clients' proxy only fences and holds.
+    let runner = ProxyProcess::start(info, dir.path()).await;
+    let clients_proxy = start_proxy_with(info, |c| {
+        c.rebalance.run_jobs = false;
+        c.rebalance.hold_timeout_ms = 1000;
+        c.rebalance.lease_ms = 1500;
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { clients_proxy.proxy.map.current().version == map.version },
+    )
+    .await;
+    let seed = proxy::connect(&clients_proxy).await;
+    let mut audit = Audit::new();
+    for k in 1..=800i64 {
+        let name = format!("seed{k}");
+        seed.execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+            &[&k, &name],
+        )
+        .await
+        .unwrap();
+        audit.insert(k, Some(name));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=3i64)
+        .map(|id| tokio::spawn(writer(proxy::app_url(&clients_proxy), id, stop.clone())))
+        .collect();
+    let reader_task = tokio::spawn(reader(proxy::app_url(&clients_proxy), stop.clone()));
+    let config = pgshard::config::Config::load(&info.config_path).unwrap();
+
+    // 1. Killed during the copy: an open transaction on shard 1 keeps the slot of its step from
+    //    being created, so the job is caught mid-copy.
+    let blocker = proxy::shard(info, 1).await;
+    blocker
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+    let job_a = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "step 0 copies", || async {
+        let job = job_state(info, job_a).await;
+        job.state == pgshard::rebalance::jobs::JobState::Copying
+            && job.steps[0].state != "pending"
+            && job.steps[1].state == "pending"
+    })
+    .await;
+    runner.kill();
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let runner = ProxyProcess::start(info, dir.path()).await;
+    let job = wait_job_end(info, job_a, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Done,
+        "{:?}",
+        job.error
+    );
+
+    // 2. Killed during the cut-over: a transaction left open on the clients' proxy makes every
+    //    attempt wait with the hold requested; the runner dies in that window.
+    let idle = proxy::connect(&clients_proxy).await;
+    idle.batch_execute("BEGIN").await.unwrap();
+    idle.query_one("SELECT name FROM users WHERE user_id = 3", &[])
+        .await
+        .unwrap();
+    let job_b = pgshard::rebalance::cli::create_job(&config, &Target::Drain(2))
+        .await
+        .unwrap();
+    let catalog = proxy::catalog(info).await;
+    eventually(Duration::from_secs(60), "a hold is requested", || async {
+        catalog
+            .query_opt(
+                "SELECT 1 FROM rebalance_holds WHERE job_id = $1 AND released_at IS NULL \
+                 AND abandoned_by IS NULL",
+                &[&job_b],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    runner.kill();
+    idle.batch_execute("COMMIT").await.unwrap();
+    let _runner = ProxyProcess::start(info, dir.path()).await;
+    let job = wait_job_end(info, job_b, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Done,
+        "{:?}",
+        job.error
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the proxy loads the final map",
+        || async { Some(clients_proxy.proxy.map.current().version) == job.new_version },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut errors = Vec::new();
+    for w in writers {
+        let (a, e) = w.await.unwrap();
+        audit.extend(a);
+        errors.extend(e);
+    }
+    errors.extend(reader_task.await.unwrap().1);
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+
+    let final_map = clients_proxy.proxy.map.current();
+    assert_eq!(final_map.shards(), vec![0, 1]);
+    let (rows, total) = rows_by_key(info).await;
+    for (key, copies) in &rows {
+        assert_eq!(
+            copies.len(),
+            1,
+            "user {key} is on several shards: {copies:?}"
+        );
+        assert_eq!(
+            copies[0].0,
+            final_map.shard_for(*key),
+            "user {key} misplaced"
+        );
+    }
+    for (key, expected) in &audit {
+        let found = rows.get(key).map(|c| c[0].1.clone());
+        match expected {
+            Some(name) => assert_eq!(found, Some(Some(name.clone())), "user {key}"),
+            None => assert_eq!(found, None, "deleted user {key} is back"),
+        }
+    }
+    assert_eq!(
+        total,
+        audit.values().filter(|v| v.is_some()).count() as i64,
+        "rows nobody acknowledged exist"
+    );
+    for shard in 0..3 {
+        assert_eq!(
+            replication_objects(info, shard).await,
+            (0, 0, 0),
+            "shard {shard} keeps replication objects"
+        );
+    }
+    let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    clients_proxy.stop().await;
+}
