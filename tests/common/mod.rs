@@ -79,3 +79,4 @@ impl Drop for TestCluster {
     }
 }
 pub mod proxy;
+pub mod relay;
