@@ -220,7 +220,10 @@ async fn a_killed_shard_fails_only_its_own_clients_and_comes_back() {
     block.batch_execute("BEGIN").await.unwrap();
     for key in [safe_key, lost_key] {
         block
-            .execute("INSERT INTO users (user_id, name) VALUES ($1, '2pc')", &[&key])
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, '2pc')",
+                &[&key],
+            )
             .await
             .expect("insert inside the block");
     }
@@ -396,7 +399,10 @@ async fn a_killed_shard_fails_only_its_own_clients_and_comes_back() {
     assert!(missing_on_shard(info, victim, &[lost_key]).await == vec![lost_key]);
     // The block's client goes on.
     let n: i64 = block
-        .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[&safe_key])
+        .query_one(
+            "SELECT count(*) FROM users WHERE user_id = $1",
+            &[&safe_key],
+        )
         .await
         .expect("the block's session is usable")
         .get(0);
@@ -417,7 +423,10 @@ async fn terminated_connections_do_not_end_client_sessions(
     let key = keys_on(map, shard, 8_000_000).next().unwrap();
     let client = proxy::connect(running).await;
     client
-        .execute("INSERT INTO users (user_id, name) VALUES ($1, 'x')", &[&key])
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'x')",
+            &[&key],
+        )
         .await
         .unwrap();
     // Fill the pool with idle connections, then terminate them all.
@@ -484,7 +493,7 @@ async fn terminated_connections_do_not_end_client_sessions(
     wait_until("the sleep to start", Duration::from_secs(10), || async {
         let n: i64 = direct
             .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
                 &[],
             )
             .await
@@ -509,7 +518,10 @@ async fn terminated_connections_do_not_end_client_sessions(
     let key2 = keys_on(map, shard, 8_100_000).next().unwrap();
     client.batch_execute("BEGIN").await.unwrap();
     client
-        .execute("INSERT INTO users (user_id, name) VALUES ($1, 'x')", &[&key2])
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'x')",
+            &[&key2],
+        )
         .await
         .unwrap();
     let killed: i64 = direct
@@ -522,11 +534,19 @@ async fn terminated_connections_do_not_end_client_sessions(
         .get(0);
     assert_eq!(killed, 1);
     let err = client
-        .execute("INSERT INTO users (user_id, name) VALUES ($1, 'y')", &[&(key2 + 1)])
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'y')",
+            &[&(key2 + 1)],
+        )
         .await
         .expect_err("the block lost its connection");
+    // The client may have learnt of the lost connection on the Close it pipelined after the
+    // last statement (tokio-postgres ignores that answer): then the block is already aborted.
     let (code, severity, _) = describe(&err);
-    assert!(is_connection_error(&code) && severity == "ERROR", "{code} {severity}");
+    assert!(
+        (is_connection_error(&code) || code == "25P02") && severity == "ERROR",
+        "{code} {severity}"
+    );
     let err = client
         .query_one("SELECT 1", &[])
         .await
@@ -602,10 +622,14 @@ async fn a_shard_cut_off_or_slowed_down_by_the_network() {
             .collect()
     };
     let baseline_from = Instant::now();
-    wait_until("a baseline of healthy reads", Duration::from_secs(20), || {
-        let n = since(baseline_from).len();
-        async move { n >= 200 }
-    })
+    wait_until(
+        "a baseline of healthy reads",
+        Duration::from_secs(20),
+        || {
+            let n = since(baseline_from).len();
+            async move { n >= 200 }
+        },
+    )
     .await;
     let mut baseline = since(baseline_from);
 
@@ -636,14 +660,21 @@ async fn a_shard_cut_off_or_slowed_down_by_the_network() {
         .query_one("SELECT count(*) FROM users", &[])
         .await
         .expect_err("a scatter over a black-holed shard fails");
-    assert_eq!(describe(&err).0, "57014", "{err}");
+    // 57014 when a pooled connection took it, 08006 when a new one could not log in.
+    let (code, _, message) = describe(&err);
+    assert!(
+        code == "57014" || is_connection_error(&code),
+        "{code} {message}"
+    );
     assert!(started.elapsed() < Duration::from_millis(QUERY_TIMEOUT_MS) + CANCEL_GRACE + MARGIN);
     // New server connections cannot log in through the black hole: connect_timeout_ms bounds them.
     let fresh: Vec<_> = (0..POOL_SIZE - 1)
         .map(|_| {
             let url = url.clone();
             tokio::spawn(async move {
-                let c = proxy::connect_url(&url).await.expect("login via a healthy shard");
+                let c = proxy::connect_url(&url)
+                    .await
+                    .expect("login via a healthy shard");
                 let started = Instant::now();
                 let r = c.query_one(lookup, &[&cut_key]).await;
                 (r.map(|_| ()), started.elapsed())
@@ -672,13 +703,12 @@ async fn a_shard_cut_off_or_slowed_down_by_the_network() {
         || async { victim.query_one(lookup, &[&cut_key]).await.is_ok() },
     )
     .await;
-    let clients: Vec<_> = futures_util::future::join_all(
-        (0..POOL_SIZE).map(|_| proxy::connect_url(&url)),
-    )
-    .await
-    .into_iter()
-    .map(|c| c.unwrap())
-    .collect();
+    let clients: Vec<_> =
+        futures_util::future::join_all((0..POOL_SIZE).map(|_| proxy::connect_url(&url)))
+            .await
+            .into_iter()
+            .map(|c| c.unwrap())
+            .collect();
     for round in 0..3 {
         let params: [&(dyn ToSql + Sync); 1] = [&cut_key];
         let all = clients.iter().map(|c| c.query_one(lookup, &params));
@@ -734,10 +764,14 @@ async fn a_shard_cut_off_or_slowed_down_by_the_network() {
         "healthy statements completed while the slow one was pending: {}",
         during.len()
     );
-    wait_until("healthy reads during the slowdown", Duration::from_secs(20), || {
-        let n = since(slow_from).len();
-        async move { n >= 200 }
-    })
+    wait_until(
+        "healthy reads during the slowdown",
+        Duration::from_secs(20),
+        || {
+            let n = since(slow_from).len();
+            async move { n >= 200 }
+        },
+    )
     .await;
     let mut slowed = since(slow_from);
     relay.set(Fault::Pass);
@@ -746,7 +780,10 @@ async fn a_shard_cut_off_or_slowed_down_by_the_network() {
         r.await.unwrap();
     }
     let errors = errors.lock().unwrap().clone();
-    assert!(errors.is_empty(), "healthy-shard clients saw errors: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "healthy-shard clients saw errors: {errors:?}"
+    );
     eprintln!(
         "slow shard (+400 ms per chunk): healthy p99 {:?} vs baseline p99 {:?}; slow shard statement {slow_took:?}",
         p99(&mut slowed),

@@ -151,7 +151,7 @@ impl Session {
     /// Runs one client message: a request, or a message buffered for the next Sync/Flush.
     /// `End::ClientGone` also stands for Terminate and for a message that ends the session.
     async fn dispatch(&mut self, frame: Frame) -> Result<(), End> {
-    match frame.tag {
+        match frame.tag {
             fe::QUERY => {
                 self.skip_until_sync = false;
                 self.simple_query(frame.body).await
@@ -188,10 +188,8 @@ impl Session {
                 Ok(())
             }
             other => {
-                let fields = ErrorFields::fatal(
-                    "08P01",
-                    format!("invalid frontend message type {}", other),
-                );
+                let fields =
+                    ErrorFields::fatal("08P01", format!("invalid frontend message type {}", other));
                 self.io.push_error(&fields);
                 let _ = self.io.flush().await;
                 Err(End::ClientGone)
@@ -824,6 +822,10 @@ impl Session {
                     // The client's own block, or other shards still holding the block's work: it
                     // can only roll back now (a later COMMIT must not report success).
                     Some(t) if !t.implicit || t.participants.iter().any(|p| *p != shard) => {
+                        // The shard's part of the block died with the connection; a statement
+                        // that reaches the shard again must not take a new connection's idle
+                        // status for the end of the block.
+                        t.participants.retain(|p| *p != shard);
                         t.refused = true
                     }
                     _ => self.txn = None,
