@@ -40,6 +40,10 @@ pub enum BackendError {
     Closed { shard: u32 },
     #[error("shard {shard} sent a malformed message: {detail}")]
     Protocol { shard: u32, detail: String },
+    /// The server ended the connection with a FATAL (or PANIC) error, e.g. 57P01 after
+    /// `pg_terminate_backend` or a shutdown: only this server connection is gone.
+    #[error("shard {shard} closed the connection: {}", .fields.message)]
+    Terminated { shard: u32, fields: ErrorFields },
     #[error("shard {shard}: {}", .fields.message)]
     Server { shard: u32, fields: ErrorFields },
 }
@@ -190,9 +194,13 @@ impl ServerConn {
             .map_err(|source| BackendError::Io { shard, source })?;
         super::auth::login(&mut self.stream, &mut self.rbuf, user, password)
             .await
-            .map_err(|e| BackendError::Login {
-                shard,
-                message: e.to_string(),
+            .map_err(|e| match e {
+                // The connection broke (reset, closed) rather than the server refusing us.
+                super::auth::BackendAuthError::Io(source) => BackendError::Io { shard, source },
+                e => BackendError::Login {
+                    shard,
+                    message: e.to_string(),
+                },
             })?;
         loop {
             let frame = self.read_frame().await?;
@@ -358,6 +366,22 @@ impl ServerConn {
     /// True when the connection may be handed to another client as it is.
     pub fn reusable(&self) -> bool {
         self.synced && self.status == TxStatus::Idle
+    }
+
+    /// False when an idle connection has something waiting on its socket: the server closed it,
+    /// or sent a message nobody asked for (a FATAL after `pg_terminate_backend`, the notice of an
+    /// immediate shutdown). Such a connection is dead or dying and must not be handed out.
+    /// Checked without waiting: a socket with nothing to read is taken to be open.
+    pub fn idle_and_open(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            // End of stream, or unsolicited bytes: either way the session on it is over.
+            Ok(_) => false,
+        }
     }
 }
 

@@ -47,11 +47,11 @@ impl managed::Manager for ServerManager {
             Err(RecycleError::message(
                 "connection to a server that is no longer used",
             ))
-        } else if conn.reusable() {
+        } else if conn.reusable() && conn.idle_and_open() {
             Ok(())
         } else {
             Err(RecycleError::message(
-                "connection was returned in an unknown state",
+                "connection was returned in an unknown state, or its server closed it",
             ))
         }
     }

@@ -155,8 +155,18 @@ async fn read_answer<S: FrameSink>(
                 continue;
             }
             be::ERROR_RESPONSE => {
+                let fields = ErrorFields::decode(&frame.body).ok();
+                if let Some(fields) = fields.as_ref().filter(|f| ends_connection(f)) {
+                    // Only this server connection ends: the session reports an ERROR instead
+                    // of passing on a FATAL that would end the client's session too.
+                    conn.synced = false;
+                    return Err(SinkError::from(BackendError::Terminated {
+                        shard: conn.shard,
+                        fields: fields.clone(),
+                    }));
+                }
                 if outcome.error.is_none() {
-                    outcome.error = ErrorFields::decode(&frame.body).ok();
+                    outcome.error = fields;
                 }
                 sink.send(frame).await?;
                 if *expect != Expect::Query {
@@ -235,6 +245,11 @@ async fn read_answer<S: FrameSink>(
             return Ok(ok);
         }
     }
+}
+
+/// A FATAL or PANIC from a server: it closes the connection after sending it.
+fn ends_connection(fields: &ErrorFields) -> bool {
+    matches!(fields.severity.as_str(), "FATAL" | "PANIC")
 }
 
 fn check(conn: &ServerConn, frame: &Frame, tag: u8, expect: &Expect) -> Result<bool, SinkError> {

@@ -126,53 +126,27 @@ impl Session {
             if self.hold_pass.is_none() && matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC) {
                 self.hold_pass = Some(self.proxy.rebalance.gate.enter(false).await);
             }
-            let _timer = self.start_query_timer(frame.tag);
-            let result = match frame.tag {
-                fe::QUERY => {
-                    self.skip_until_sync = false;
-                    self.simple_query(frame.body).await
-                }
-                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE => {
-                    if !self.skip_until_sync {
-                        self.batch.push(frame);
-                    }
-                    Ok(())
-                }
-                fe::FLUSH => {
-                    if self.skip_until_sync {
-                        Ok(())
-                    } else {
-                        self.extended_batch(false).await
-                    }
-                }
-                fe::SYNC => {
-                    let r = if self.skip_until_sync {
-                        self.skip_until_sync = false;
-                        self.batch.clear();
-                        self.finish_open_batch().await
-                    } else {
-                        self.extended_batch(true).await
+            let timer = self.start_query_timer(frame.tag);
+            let abandon = timer.as_ref().map(|t| t.abandon.clone());
+            let tag = frame.tag;
+            let request = self.dispatch(frame);
+            let result = match abandon {
+                None => request.await,
+                Some(abandon) => {
+                    let finished = tokio::select! {
+                        r = request => Some(r),
+                        () = abandon.notified() => None,
                     };
-                    r
-                }
-                fe::TERMINATE => break,
-                fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => Ok(()),
-                fe::FUNCTION_CALL => {
-                    self.reply_error(refusal(
-                        "the fast-path function call protocol is not supported by pgshard; call the function in a SELECT",
-                    ));
-                    Ok(())
-                }
-                other => {
-                    let fields = ErrorFields::fatal(
-                        "08P01",
-                        format!("invalid frontend message type {}", other),
-                    );
-                    self.io.push_error(&fields);
-                    let _ = self.io.flush().await;
-                    break;
+                    match finished {
+                        Some(r) => r,
+                        None => {
+                            self.abandon_request(tag).await;
+                            Ok(())
+                        }
+                    }
                 }
             };
+            drop(timer);
             if let Err(End::ClientGone) = result {
                 break;
             }
@@ -182,6 +156,55 @@ impl Session {
             self.publish_writes().await;
         }
         self.close().await;
+    }
+
+    /// Runs one client message: a request, or a message buffered for the next Sync/Flush.
+    /// `End::ClientGone` also stands for Terminate and for a message that ends the session.
+    async fn dispatch(&mut self, frame: Frame) -> Result<(), End> {
+        match frame.tag {
+            fe::QUERY => {
+                self.skip_until_sync = false;
+                self.simple_query(frame.body).await
+            }
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE => {
+                if !self.skip_until_sync {
+                    self.batch.push(frame);
+                }
+                Ok(())
+            }
+            fe::FLUSH => {
+                if self.skip_until_sync {
+                    Ok(())
+                } else {
+                    self.extended_batch(false).await
+                }
+            }
+            fe::SYNC => {
+                let r = if self.skip_until_sync {
+                    self.skip_until_sync = false;
+                    self.batch.clear();
+                    self.finish_open_batch().await
+                } else {
+                    self.extended_batch(true).await
+                };
+                r
+            }
+            fe::TERMINATE => Err(End::ClientGone),
+            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => Ok(()),
+            fe::FUNCTION_CALL => {
+                self.reply_error(refusal(
+                    "the fast-path function call protocol is not supported by pgshard; call the function in a SELECT",
+                ));
+                Ok(())
+            }
+            other => {
+                let fields =
+                    ErrorFields::fatal("08P01", format!("invalid frontend message type {}", other));
+                self.io.push_error(&fields);
+                let _ = self.io.flush().await;
+                Err(End::ClientGone)
+            }
+        }
     }
 
     /// Returns or discards server connections when the client leaves.
@@ -839,8 +862,15 @@ impl Session {
                 }
                 tracing::warn!(shard, error = %e, "server connection failed");
                 match &mut self.txn {
-                    // Other shards still hold the block's work: it can only roll back now.
-                    Some(t) if t.participants.iter().any(|p| *p != shard) => t.refused = true,
+                    // The client's own block, or other shards still holding the block's work: it
+                    // can only roll back now (a later COMMIT must not report success).
+                    Some(t) if !t.implicit || t.participants.iter().any(|p| *p != shard) => {
+                        // The shard's part of the block died with the connection; a statement
+                        // that reaches the shard again must not take a new connection's idle
+                        // status for the end of the block.
+                        t.participants.retain(|p| *p != shard);
+                        t.refused = true
+                    }
                     _ => self.txn = None,
                 }
                 self.open_batch_shard = None;
@@ -1166,6 +1196,14 @@ pub fn backend_error_fields(e: &crate::backend::BackendError) -> ErrorFields {
     use crate::backend::BackendError as B;
     match e {
         B::Server { fields, .. } => fields.clone(),
+        B::Terminated { shard, fields } => ErrorFields {
+            severity: "ERROR".into(),
+            message: format!("shard {shard}: {}", fields.message),
+            detail: Some(format!(
+                "the server closed pgshard's connection to shard {shard}; this session goes on, and its next statement uses a new connection (work of an open transaction block on that shard is lost)"
+            )),
+            ..fields.clone()
+        },
         B::Connect { .. } | B::ConnectTimeout { .. } | B::Tls { .. } | B::Login { .. } => {
             ErrorFields::error("08001", e.to_string())
         }

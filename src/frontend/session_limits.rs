@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::cancel::{cancel_active, ActiveTargets};
 use super::client_io::ClientReadError;
 use super::session::Session;
+use crate::backend::ShardPools;
 use crate::live::Phase;
 use crate::wire::backend::{ErrorFields, TxStatus};
 use crate::wire::frame::{Frame, FrameError};
@@ -87,21 +88,25 @@ impl Session {
         self.io.timed_out.store(false, Ordering::Release);
         let fired = self.io.timed_out.clone();
         let active = self.cancel.clone();
+        let abandon = Arc::new(Notify::new());
+        let give_up = abandon.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep(limit).await;
             fired.store(true, Ordering::Release);
             // The request may be between servers (checking one out): cancel once it has some.
-            loop {
-                if has_targets(&active) {
-                    cancel_active(&active).await;
-                    return;
-                }
+            while !has_targets(&active) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            // The cancel request may itself be lost (a server cut off the network): it runs on
+            // its own while the grace period counts.
+            tokio::spawn(async move { cancel_active(&active).await });
+            tokio::time::sleep(CANCEL_GRACE).await;
+            give_up.notify_one();
         });
         Some(QueryTimer {
             task,
             fired: self.io.timed_out.clone(),
+            abandon,
         })
     }
 }
@@ -121,15 +126,69 @@ fn read_error(e: &ClientReadError) -> ErrorFields {
     }
 }
 
+/// How long a request may go on after its query timeout fired and its servers were sent a cancel
+/// request, before the session stops waiting for those servers and closes its connections to them.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
 /// The query timeout's watchdog for one request; dropping it (the request ended) disarms it.
 pub struct QueryTimer {
     task: JoinHandle<()>,
     fired: Arc<AtomicBool>,
+    /// Notified when the servers did not answer the cancel within [`CANCEL_GRACE`].
+    pub abandon: Arc<Notify>,
 }
 
 impl Drop for QueryTimer {
     fn drop(&mut self) {
         self.task.abort();
         self.fired.store(false, Ordering::Release);
+    }
+}
+
+impl Session {
+    /// The query timeout fired and the servers did not answer the cancel request within
+    /// [`CANCEL_GRACE`] (a server that hangs, a network that swallows packets): the request
+    /// stops waiting for them. Connections it left mid-exchange are closed, an open transaction
+    /// block can only roll back, and the client gets 57014.
+    pub async fn abandon_request(&mut self, tag: u8) {
+        let stuck: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, c)| !c.synced)
+            .map(|(s, _)| *s)
+            .collect();
+        for shard in &stuck {
+            if let Some(conn) = self.held.remove(shard) {
+                ShardPools::discard(conn);
+            }
+        }
+        tracing::warn!(user = %self.user, shards = ?stuck, "request abandoned: its servers did not answer the cancel request after the query timeout");
+        if self.txn.as_ref().is_some_and(|t| t.implicit) {
+            // Ignoring the outcome: the statement reports the timeout whatever the rollback did.
+            let _ = self.finish_implicit_block(false).await;
+        } else if let Some(t) = &mut self.txn {
+            t.refused = true;
+        }
+        self.open_batch_shard = None;
+        self.batch.clear();
+        let which = if stuck.is_empty() {
+            "its shards".to_string()
+        } else {
+            let names: Vec<String> = stuck.iter().map(|s| format!("shard {s}")).collect();
+            names.join(", ")
+        };
+        let fields = ErrorFields::error("57014", "canceling statement due to statement timeout")
+            .with_detail(format!(
+                "{which} did not answer the cancel request within {} ms; pgshard closed its connections to them",
+                CANCEL_GRACE.as_millis()
+            ));
+        if tag == fe::FLUSH {
+            // The client's Sync gets the ReadyForQuery.
+            self.skip_until_sync = true;
+            self.push_error_in_batch(fields);
+        } else {
+            self.skip_until_sync = false;
+            self.reply_error(fields);
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! (writes split by row, statements broadcast to every shard). Their answers are as small as the
 //! statements themselves, so holding them is cheap.
 
+use super::readers::AbortOnDrop;
 use crate::backend::{PooledConn, ServerConn, ShardPools};
 use crate::frontend::cancel::set_active;
 use crate::frontend::exchange::{self, FrameSink, Outcome, SinkError, Step};
@@ -59,6 +60,7 @@ impl Session {
         let mut tasks = Vec::with_capacity(shards.len());
         let mut missing = Vec::new();
         let mut targets = Vec::with_capacity(shards.len());
+        let mut readers = AbortOnDrop::default();
         for &shard in shards {
             let Some(mut conn) = self.held.remove(&shard) else {
                 missing.push(shard);
@@ -66,11 +68,13 @@ impl Session {
             };
             targets.push(conn.cancel_target());
             let steps = steps(&conn);
-            tasks.push(tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let mut sink = Keep::default();
                 let result = exchange::run(&mut conn, steps, &mut sink).await;
                 (conn, sink.0, result)
-            }));
+            });
+            readers.watch(&task);
+            tasks.push(task);
         }
         set_active(&self.cancel, targets);
         let mut out = Vec::with_capacity(shards.len());

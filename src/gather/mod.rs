@@ -10,6 +10,7 @@ pub mod copy_out;
 pub mod copy_split;
 pub mod merge;
 pub mod merged;
+pub mod readers;
 pub mod scatter;
 pub mod split_insert;
 pub mod text_order;

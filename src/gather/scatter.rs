@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 
 use super::collation;
 use super::merged::{self, BoundMerge};
+use super::readers::AbortOnDrop;
 use crate::backend::{PooledConn, ServerConn, ShardPools};
 use crate::frontend::client_io::ClientIo;
 use crate::frontend::exchange::{self, FrameSink, SinkError, Step};
@@ -59,6 +60,7 @@ pub async fn run(
     let mut collation_rx = Vec::with_capacity(shard_count);
     let wants_collation = plan.is_some();
     let mut shard_ids = Vec::with_capacity(shard_count);
+    let mut readers = AbortOnDrop::default();
     for (mut conn, steps) in work {
         shard_ids.push(conn.shard);
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
@@ -76,6 +78,9 @@ pub async fn run(
             let result = exchange::run(&mut conn, steps, &mut sink).await;
             (conn, result)
         }));
+        if let Some(task) = tasks.last() {
+            readers.watch(task);
+        }
         receivers.push(rx);
         collation_rx.push(crx);
     }

@@ -104,3 +104,4 @@ impl Drop for TestCluster {
     }
 }
 pub mod proxy;
+pub mod relay;

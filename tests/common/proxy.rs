@@ -94,3 +94,15 @@ pub async fn count_users_directly(info: &ClusterInfo) -> i64 {
     }
     total
 }
+
+/// Points the proxy's entry for `shard` at `addr` (a fault-injecting relay in front of it) instead
+/// of the shard itself.
+pub fn route_shard_through(config: &mut Config, shard: u32, addr: std::net::SocketAddr) {
+    let entry = config
+        .shards
+        .iter_mut()
+        .find(|s| s.id == shard)
+        .unwrap_or_else(|| panic!("no shard {shard} in the config"));
+    entry.host = addr.ip().to_string();
+    entry.port = addr.port();
+}
