@@ -78,4 +78,6 @@ impl Drop for TestCluster {
         cluster::stop_now(&self.info);
     }
 }
+pub mod process;
 pub mod proxy;
+pub mod raw;
