@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use common::process::{eventually, free_port, write_config, ProxyProcess, WAIT};
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
-use pgshard::cluster::ClusterInfo;
-use pgshard::config::Config;
 use pgshard::router::Strategy;
 use tokio_postgres::error::SqlState;
 
