@@ -27,7 +27,7 @@ def mem(field):
 async def login():
     started = time.monotonic()
     try:
-        conn = await psycopg.AsyncConnection.connect(URL, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(URL, autocommit=True, prepare_threshold=None)
     except psycopg.Error as e:
         return None, time.monotonic() - started, str(e)
     return conn, time.monotonic() - started, None

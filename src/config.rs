@@ -176,7 +176,9 @@ fn default_max_failed_logins_per_minute() -> u32 {
     20
 }
 fn default_login_timeout_ms() -> u64 {
-    10_000
+    // As Postgres's authentication_timeout and PgBouncer's client_login_timeout: in a storm,
+    // clients busy hashing their own SCRAM proofs take seconds.
+    60_000
 }
 fn default_message_timeout_ms() -> u64 {
     30_000
