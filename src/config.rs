@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod redact;
+mod secrets;
+
+pub use redact::{mask_url, MASK};
+
 /// Why a configuration could not be used; every variant names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,6 +42,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// Login hardening: the delay before a failed login is answered, the per-address limit.
+    #[serde(default)]
+    pub auth: AuthConfig,
     pub catalog: CatalogConfig,
     #[serde(default)]
     pub pool: PoolConfig,
@@ -245,14 +253,61 @@ pub struct ProxyConfig {
     /// A request running longer than this is cancelled on its servers with 57014 (0: no limit).
     #[serde(default)]
     pub query_timeout_ms: u64,
+    /// From connecting to being logged in (startup packet and password exchange); a client that
+    /// takes longer is disconnected with 08P01 and holds no client slot any more.
+    #[serde(default = "default_login_timeout_ms")]
+    pub login_timeout_ms: u64,
+    /// Once the first byte of a client's message has arrived, the rest must follow within this
+    /// long, or the client is disconnected with 08P01 (0: no limit).
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+}
+
+/// How failed logins are slowed down and limited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A failed password check is answered only after this long (the session waits without
+    /// blocking anyone else), which slows down guessing.
+    #[serde(default = "default_failed_login_delay_ms")]
+    pub failed_login_delay_ms: u64,
+    /// Failed logins one client address may have in a minute; beyond it, every login from that
+    /// address is refused with 28000 until the minute is over (0: no limit).
+    #[serde(default = "default_max_failed_logins_per_minute")]
+    pub max_failed_logins_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            failed_login_delay_ms: default_failed_login_delay_ms(),
+            max_failed_logins_per_minute: default_max_failed_logins_per_minute(),
+        }
+    }
+}
+
+fn default_failed_login_delay_ms() -> u64 {
+    500
+}
+fn default_max_failed_logins_per_minute() -> u32 {
+    20
+}
+fn default_login_timeout_ms() -> u64 {
+    // As Postgres's authentication_timeout and PgBouncer's client_login_timeout: in a storm,
+    // clients busy hashing their own SCRAM proofs take seconds.
+    60_000
+}
+fn default_message_timeout_ms() -> u64 {
+    30_000
 }
 
 /// A client login: name, secret and how it is checked.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
-    /// Plain text, a `SCRAM-SHA-256$…` verifier (scram only) or an `md5…` hash (md5 only).
+    /// Plain text, a `SCRAM-SHA-256$…` verifier (scram only) or an `md5…` hash (md5 only); or
+    /// `env:NAME` / `file:PATH` to read it from there (see [`Config::load`]).
     #[serde(default)]
     pub password: Option<String>,
     #[serde(default)]
@@ -275,7 +330,7 @@ pub enum AuthMethod {
 }
 
 /// The catalog database holding the shard map and the list of proxies.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
     /// A libpq-style URL, `postgres://user:password@host:port/db`.
@@ -315,7 +370,7 @@ pub enum PoolMode {
 }
 
 /// The credential pgshard uses to log into every shard (per-shard overrides in `[[shards]]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerAuthConfig {
     pub user: String,
@@ -324,7 +379,7 @@ pub struct ServerAuthConfig {
 }
 
 /// One shard's primary.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     pub id: u32,
@@ -575,6 +630,8 @@ impl Default for ProxyConfig {
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             idle_in_transaction_timeout_ms: 0,
             query_timeout_ms: 0,
+            login_timeout_ms: default_login_timeout_ms(),
+            message_timeout_ms: default_message_timeout_ms(),
         }
     }
 }
@@ -621,12 +678,16 @@ impl Config {
         Config::from_toml(&text, path)
     }
 
-    /// Parses and validates TOML text; `path` is only used in error messages.
+    /// Parses and validates TOML text; `path` names the file in error messages, and relative
+    /// `file:` secrets are read from its directory. Secret fields (passwords, the catalog URL)
+    /// written `env:NAME` or `file:PATH` are replaced by the variable's value or the file's
+    /// contents (one trailing newline dropped).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        secrets::resolve(&mut config, path)?;
         config.validate(path)?;
         Ok(config)
     }
@@ -690,6 +751,13 @@ impl Config {
             return Err(invalid(
                 "proxy.max_message_size",
                 "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.proxy.login_timeout_ms == 0 {
+            return Err(invalid(
+                "proxy.login_timeout_ms",
+                "must be positive: a client that never logs in must not hold a connection forever"
+                    .into(),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.proxy.log_level) {
@@ -870,7 +938,8 @@ impl Config {
     }
 }
 
-fn is_md5_hash(p: &str) -> bool {
+/// Whether a stored password is an md5 hash (`md5` and 32 hex digits) rather than plain text.
+pub fn is_md5_hash(p: &str) -> bool {
     p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 

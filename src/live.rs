@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{Config, UserConfig};
+use crate::config::{is_md5_hash, AuthMethod, Config, UserConfig};
+use crate::frontend::auth::Verifiers;
 
 /// Settings sessions read afresh for each client or request, so a reload reaches them.
 #[derive(Debug, Clone)]
@@ -21,6 +22,14 @@ pub struct LiveSettings {
     pub idle_in_transaction_timeout: Option<Duration>,
     /// `None`: no limit.
     pub query_timeout: Option<Duration>,
+    /// From connecting to being logged in.
+    pub login_timeout: Duration,
+    /// How long the rest of a started client message may take; `None`: no limit.
+    pub message_timeout: Option<Duration>,
+    /// How long a failed login waits before its error is sent.
+    pub failed_login_delay: Duration,
+    /// Failed logins per client address and minute before its logins are refused (0: no limit).
+    pub max_failed_logins_per_minute: u32,
 }
 
 /// Keys a reload applies; every other key needs a restart.
@@ -32,6 +41,10 @@ const LIVE_KEYS: &[&str] = &[
     "proxy.shutdown_timeout_ms",
     "proxy.idle_in_transaction_timeout_ms",
     "proxy.query_timeout_ms",
+    "proxy.login_timeout_ms",
+    "proxy.message_timeout_ms",
+    "auth.failed_login_delay_ms",
+    "auth.max_failed_logins_per_minute",
 ];
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -39,17 +52,22 @@ fn millis(ms: u64) -> Option<Duration> {
 }
 
 impl LiveSettings {
-    /// The live part of a config.
+    /// The live part of a config. Plain-text passwords of SCRAM users are replaced by their
+    /// SCRAM verifiers here, so sessions never handle the plain text.
     pub fn from_config(config: &Config) -> LiveSettings {
         let p = &config.proxy;
         LiveSettings {
-            users: config.users.clone(),
+            users: config.users.iter().map(with_verifier).collect(),
             max_clients: p.max_clients,
             max_message_size: p.max_message_size,
             log_level: p.log_level.clone(),
             shutdown_timeout: Duration::from_millis(p.shutdown_timeout_ms),
             idle_in_transaction_timeout: millis(p.idle_in_transaction_timeout_ms),
             query_timeout: millis(p.query_timeout_ms),
+            login_timeout: Duration::from_millis(p.login_timeout_ms),
+            message_timeout: millis(p.message_timeout_ms),
+            failed_login_delay: Duration::from_millis(config.auth.failed_login_delay_ms),
+            max_failed_logins_per_minute: config.auth.max_failed_logins_per_minute,
         }
     }
 
@@ -57,6 +75,20 @@ impl LiveSettings {
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
     }
+}
+
+/// A SCRAM user with a plain-text password gets the password's verifier instead (derived once
+/// per password and process, so a reload does not change the salt clients see).
+fn with_verifier(user: &UserConfig) -> UserConfig {
+    let mut user = user.clone();
+    if user.auth == AuthMethod::ScramSha256 {
+        if let Some(p) = user.password.as_mut() {
+            if !p.starts_with("SCRAM-SHA-256$") && !is_md5_hash(p) {
+                *p = Verifiers::global().for_password(&user.name, p).to_text();
+            }
+        }
+    }
+    user
 }
 
 /// The keys (`shards`, `proxy.listen`, …) that differ between two configs but cannot change

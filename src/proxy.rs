@@ -39,6 +39,8 @@ pub struct Proxy {
     pub phase: crate::live::PhaseSender,
     /// Connected clients, request counters and the PAUSE gate (the admin console's view).
     pub admin: crate::admin::AdminState,
+    /// Recent failed logins per client address (`auth.max_failed_logins_per_minute`).
+    pub login_failures: crate::frontend::login_guard::LoginFailures,
     /// TLS for clients, when `[tls]` is configured.
     pub client_tls: Option<crate::frontend::tls::ClientTls>,
     /// How pgshard's own connections to shards and the catalog are protected (`[server_tls]`).

@@ -102,8 +102,47 @@ impl RunningProxy {
     }
 }
 
+/// Raises the soft open-files limit to the hard limit: every client and every server connection
+/// is a file descriptor, and the common soft default (1024) is below `max_clients` alone.
+fn raise_open_files_limit(config: &Config) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open files limit");
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+            tracing::info!(
+                from = before,
+                to = limit.rlim_cur,
+                "raised the open files limit to its hard limit"
+            );
+        } else {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open files limit");
+            limit.rlim_cur = before;
+        }
+    }
+    let servers: usize = config.shards.iter().map(|s| 1 + s.replicas.len()).sum();
+    let needed = config.proxy.max_clients + config.pool.size * servers + 64;
+    if config.proxy.max_clients > 0 && (limit.rlim_cur as u128) < needed as u128 {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            needed,
+            "the open files limit is below proxy.max_clients plus the pools: clients will be refused before max_clients"
+        );
+    }
+}
+
 /// Starts a proxy: loads the shard map, checks every shard, binds the listener.
 pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
+    raise_open_files_limit(&config);
     let config = Arc::new(config);
     // Built once: every server and catalog connection of this proxy shares it.
     let server_tls = ServerTls::load(config.server_tls.as_ref())?;
@@ -180,6 +219,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         live: Arc::new(Live::new(LiveSettings::from_config(&config))),
         phase: watch::channel(Phase::Running).0,
         admin: Default::default(),
+        login_failures: Default::default(),
         client_tls,
         server_tls: server_tls.clone(),
         rebalance: rebalance.clone(),

@@ -4,39 +4,13 @@
 
 mod common;
 
-use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::process::{eventually, free_port, write_config, ProxyProcess, WAIT};
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
-use pgshard::cluster::ClusterInfo;
-use pgshard::config::Config;
 use pgshard::router::Strategy;
 use tokio_postgres::error::SqlState;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn url(port: u16, password: &str) -> String {
     format!("postgres://app:{password}@127.0.0.1:{port}/app?sslmode=disable")
@@ -67,89 +41,6 @@ async fn ended_with(
     result.err().and_then(|e| e.code().cloned())
 }
 
-/// The binary under test: cargo's, or `PGSHARD_BIN` (a copy that builds of other checkouts
-/// sharing the target directory cannot overwrite, or a release build).
-fn pgshard_binary() -> std::path::PathBuf {
-    std::env::var_os("PGSHARD_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_pgshard").into())
-}
-
-/// `pgshard serve` as a child process, its stderr collected line by line.
-struct ProxyProcess {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl ProxyProcess {
-    async fn start(config_path: &std::path::Path, port: u16) -> ProxyProcess {
-        let mut child = Command::new(pgshard_binary())
-            .args(["serve", "--config"])
-            .arg(config_path)
-            .env_remove("RUST_LOG")
-            .env_remove("PGSHARD_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pgshard");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("pgshard: {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let url = url(port, "app");
-        eventually("pgshard accepts clients", || {
-            let url = url.clone();
-            async move { proxy::connect_url(&url).await.is_ok() }
-        })
-        .await;
-        ProxyProcess { child, log }
-    }
-
-    fn signal(&self, sig: i32) {
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({sig})");
-    }
-
-    /// Lines of the log containing `text`.
-    fn logged(&self, text: &str) -> Vec<String> {
-        let log = self.log.lock().unwrap();
-        log.iter().filter(|l| l.contains(text)).cloned().collect()
-    }
-
-    async fn wait_logged(&self, text: &str, count: usize) {
-        eventually(&format!("the log says `{text}` {count} time(s)"), || {
-            let n = self.logged(text).len();
-            async move { n >= count }
-        })
-        .await;
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The cluster's config with the proxy on `port`, written next to the cluster.
-fn write_config(
-    info: &ClusterInfo,
-    name: &str,
-    change: impl FnOnce(&mut Config),
-) -> std::path::PathBuf {
-    let mut config = Config::load(&info.config_path).unwrap();
-    change(&mut config);
-    let path = info.dir.join(name);
-    std::fs::write(&path, config.to_toml()).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_live_settings_reports_fixed_ones_and_ignores_an_invalid_file() {
     let cluster = TestCluster::start(2, Strategy::Hash).await;
@@ -159,7 +50,7 @@ async fn sighup_applies_live_settings_reports_fixed_ones_and_ignores_an_invalid_
     let path = write_config(info, "ops-hup.toml", |c| {
         c.proxy.listen = format!("127.0.0.1:{port}");
     });
-    let running = ProxyProcess::start(&path, port).await;
+    let running = ProxyProcess::start(&path, &url(port, "app")).await;
 
     // A new password and a new listen address: the first applies, the second is reported.
     write_config(info, "ops-hup.toml", |c| {
@@ -215,7 +106,7 @@ async fn sigterm_closes_idle_clients_lets_open_blocks_commit_then_exits() {
         c.proxy.listen = format!("127.0.0.1:{port}");
         c.proxy.shutdown_timeout_ms = 20_000;
     });
-    let mut running = ProxyProcess::start(&path, port).await;
+    let mut running = ProxyProcess::start(&path, &url(port, "app")).await;
     let (idle, idle_conn) = connect_watched(&url(port, "app")).await;
     idle.simple_query("SELECT 1").await.unwrap();
     let (busy, busy_conn) = connect_watched(&url(port, "app")).await;
@@ -261,7 +152,7 @@ async fn shutdown_timeout_rolls_back_a_block_that_does_not_finish() {
         c.proxy.listen = format!("127.0.0.1:{port}");
         c.proxy.shutdown_timeout_ms = 300;
     });
-    let mut running = ProxyProcess::start(&path, port).await;
+    let mut running = ProxyProcess::start(&path, &url(port, "app")).await;
     let (busy, busy_conn) = connect_watched(&url(port, "app")).await;
     busy.batch_execute("BEGIN; INSERT INTO users (user_id, name) VALUES (7003, 'late')")
         .await

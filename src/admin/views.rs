@@ -6,11 +6,8 @@ use super::clients::format_utc;
 use super::command::View;
 use super::result_set::{ColumnType as T, ResultSet};
 use crate::backend::topology::Role;
-use crate::config::Config;
+use crate::config::{mask_url, Config, MASK};
 use crate::proxy::Proxy;
-
-/// What a masked secret shows.
-const MASK: &str = "********";
 
 /// The result set of `SHOW <view>`.
 pub fn show(proxy: &Proxy, view: View) -> ResultSet {
@@ -285,38 +282,10 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-/// Hides the password of a `postgres://user:password@host/db` URL.
-fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:{MASK}{}", &rest[at..]),
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
-
-    #[test]
-    fn urls_lose_their_password() {
-        assert_eq!(
-            mask_url("postgres://pgshard:secret@127.0.0.1:5500/catalog"),
-            "postgres://pgshard:********@127.0.0.1:5500/catalog"
-        );
-        assert_eq!(
-            mask_url("postgres://pgshard@host/db"),
-            "postgres://pgshard@host/db"
-        );
-        assert_eq!(mask_url("not a url"), "not a url");
-    }
 
     #[test]
     fn config_rows_mask_every_secret() {

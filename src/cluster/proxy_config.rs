@@ -54,6 +54,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
             auth: AuthMethod::ScramSha256,
             admin: false,
         }],
+        auth: Default::default(),
         catalog: CatalogConfig {
             url: format!(
                 "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{catalog_port}/catalog"

@@ -15,7 +15,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::config::{AuthMethod, UserConfig};
+use crate::config::{is_md5_hash, AuthMethod, UserConfig};
 use crate::wire::backend::{authentication, ErrorFields};
 use crate::wire::frame::{split_frame, Frame};
 use crate::wire::frontend::PASSWORD;
@@ -109,6 +109,17 @@ impl ScramVerifier {
             stored_key,
             server_key,
         })
+    }
+
+    /// The `pg_authid.rolpassword` text form that `parse` reads.
+    pub fn to_text(&self) -> String {
+        format!(
+            "SCRAM-SHA-256${}:{}${}:{}",
+            self.iterations,
+            BASE64.encode(&self.salt),
+            BASE64.encode(self.stored_key),
+            BASE64.encode(self.server_key)
+        )
     }
 
     /// Derives a verifier from a plain password with a fresh random salt and 4096 iterations.
@@ -552,10 +563,6 @@ fn cstr_body<'a>(body: &'a [u8], what: &str) -> Result<&'a [u8], AuthError> {
     }
 }
 
-fn is_md5_hash(p: &str) -> bool {
-    p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC takes keys of any length, so this never fails; the fallback keeps it panic-free anyway.
     match Hmac::<Sha256>::new_from_slice(key) {
@@ -909,6 +916,7 @@ mod tests {
         assert_eq!(parsed.iterations, 4096);
         assert_eq!(parsed.salt.len(), 16);
         assert!(!format!("{parsed:?}").contains("stored"));
+        assert_eq!(parsed.to_text(), v);
         for bad in [
             "SCRAM-SHA-256$",
             "SCRAM-SHA-256$4096:AAAA$AAAA:AAAA",

@@ -3,13 +3,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::exchange::{FrameSink, SinkError};
 use super::tls::ClientStream;
 use crate::backend::ServerConn;
+use crate::live::LiveSettings;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::{split_frame, Frame, FrameError};
 use crate::wire::frontend as fe;
@@ -27,6 +30,9 @@ pub enum ClientReadError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A message was started but not finished within `proxy.message_timeout_ms`.
+    #[error("the rest of a message did not arrive within {} ms", .0.as_millis())]
+    Stalled(Duration),
 }
 
 /// A connected client after startup.
@@ -35,6 +41,10 @@ pub struct ClientIo {
     pub rbuf: BytesMut,
     pub out: BytesMut,
     pub max_message: usize,
+    /// How long the rest of a started message may take (`None`: no limit).
+    message_timeout: Option<Duration>,
+    /// When the first bytes of the message being read arrived.
+    partial_since: Option<Instant>,
     /// How many times output was written to the socket (see `mark`).
     flushes: u64,
     /// Set when the query timeout cancelled the current request: the servers' "canceling
@@ -50,12 +60,16 @@ pub struct OutputMark {
 }
 
 impl ClientIo {
-    pub fn new(stream: ClientStream, rbuf: BytesMut, max_message: usize) -> ClientIo {
+    /// Wraps a logged-in client's socket (with the bytes already read from it) under the
+    /// message size and time limits in force now.
+    pub fn new(stream: ClientStream, rbuf: BytesMut, limits: &LiveSettings) -> ClientIo {
         ClientIo {
             stream,
             rbuf,
             out: BytesMut::with_capacity(16 * 1024),
-            max_message,
+            max_message: limits.max_message_size,
+            message_timeout: limits.message_timeout,
+            partial_since: None,
             flushes: 0,
             timed_out: Arc::default(),
         }
@@ -79,13 +93,30 @@ impl ClientIo {
         true
     }
 
-    /// The next message, or `None` when the client closed the connection.
+    /// The next message, or `None` when the client closed the connection. Once part of a
+    /// message has arrived, the rest must follow within the message timeout (a client that
+    /// stalls mid-message gets `Stalled`). Cancel-safe: a partial message stays buffered.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ClientReadError> {
         loop {
             if let Some(frame) = split_frame(&mut self.rbuf, self.max_message)? {
+                self.partial_since = None;
                 return Ok(Some(frame));
             }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            let deadline = match self.message_timeout {
+                Some(limit) if !self.rbuf.is_empty() => Some((
+                    *self.partial_since.get_or_insert_with(Instant::now) + limit,
+                    limit,
+                )),
+                _ => None,
+            };
+            let read = self.stream.read_buf(&mut self.rbuf);
+            let n = match deadline {
+                Some((at, limit)) => tokio::time::timeout_at(at, read)
+                    .await
+                    .map_err(|_| ClientReadError::Stalled(limit))??,
+                None => read.await?,
+            };
+            if n == 0 {
                 return Ok(None);
             }
         }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -22,9 +22,6 @@ use crate::live::{ClientSlot, Phase};
 use crate::proxy::Proxy;
 use crate::telemetry::ClientConnection;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
-
-/// How long a client may take from connecting to being logged in.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts clients until `shutdown` turns true.
 pub async fn accept_loop(
@@ -66,19 +63,31 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut stream = ClientStream::Plain(stream);
     let mut buf = BytesMut::with_capacity(1024);
-    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&proxy, &mut stream, &mut buf)).await;
-    let (params, user, database, _slot) = match login {
-        Ok(Some(v)) => v,
-        Ok(None) => return,
-        Err(_) => {
-            fatal(
-                &mut stream,
-                ErrorFields::fatal("08P01", "timed out waiting for the client to log in"),
-            )
-            .await;
-            return;
-        }
-    };
+    let live = proxy.live.get();
+    let login = login(&proxy, &mut stream, &mut buf, peer);
+    let (params, user, database, _slot) =
+        match tokio::time::timeout(live.login_timeout, login).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(Refused::Answered)) => return,
+            Ok(Err(Refused::AfterDelay(fields))) => {
+                // Outside the login timeout and without a client slot: the delay only slows the
+                // client down.
+                tokio::time::sleep(live.failed_login_delay).await;
+                fatal(&mut stream, fields).await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "client did not log in within proxy.login_timeout_ms");
+                fatal(
+                    &mut stream,
+                    ErrorFields::fatal("08P01", "timed out waiting for the client to log in")
+                        .with_hint("pgshard's proxy.login_timeout_ms limit was reached"),
+                )
+                .await;
+                return;
+            }
+        };
+    drop(live);
     let (pid, secret, active) = proxy.cancels.register();
     let _listed = proxy.admin.clients.register(ClientInfo {
         pid,
@@ -88,7 +97,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         connected_at: SystemTime::now(),
     });
     if database == crate::ADMIN_DATABASE {
-        let io = ClientIo::new(stream, buf, proxy.live.get().max_message_size);
+        let io = ClientIo::new(stream, buf, &proxy.live.get());
         crate::admin::console::serve(proxy.clone(), io, &user, pid, secret).await;
         proxy.cancels.unregister(pid, secret);
         return;
@@ -96,7 +105,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let settings = startup_settings(&params);
     let mut session = Session {
         proxy: proxy.clone(),
-        io: ClientIo::new(stream, buf, proxy.live.get().max_message_size),
+        io: ClientIo::new(stream, buf, &proxy.live.get()),
         user: user.clone(),
         startup_settings: settings.clone(),
         settings,
@@ -178,27 +187,38 @@ fn unreachable(fields: &ErrorFields) -> bool {
     fields.code.starts_with("08") || fields.code == "53300"
 }
 
-/// The handshake and authentication; `None` when the connection ended (already answered).
-/// Returns the startup parameters, the user and the database (the served one or the admin
-/// console's).
+/// A login that did not succeed.
+enum Refused {
+    /// The client got its answer (or is gone).
+    Answered,
+    /// A failed password check: the error goes out after `auth.failed_login_delay_ms`.
+    AfterDelay(ErrorFields),
+}
+
+/// What a successful login hands the session: the startup parameters, the user, the database
+/// (the served one or the admin console's) and the client slot.
+type LoggedIn = (Vec<(String, String)>, String, String, ClientSlot);
+
+/// The handshake and authentication.
 async fn login(
     proxy: &Proxy,
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-) -> Option<(Vec<(String, String)>, String, String, ClientSlot)> {
+    peer: SocketAddr,
+) -> Result<LoggedIn, Refused> {
     let opening = match read_opening(stream, buf, proxy.client_tls.as_ref()).await {
         Ok(opening) => opening,
         Err(e) => {
             tracing::debug!(error = %e, "client handshake failed");
-            return None;
+            return Err(Refused::Answered);
         }
     };
     let (params, user, database) = match opening {
         Opening::Cancel { pid, secret } => {
             proxy.cancels.cancel(pid, secret).await;
-            return None;
+            return Err(Refused::Answered);
         }
-        Opening::Closed => return None,
+        Opening::Closed => return Err(Refused::Answered),
         Opening::Session {
             params,
             user,
@@ -212,7 +232,28 @@ async fn login(
                 .with_hint("connect with sslmode=require (or verify-ca / verify-full)"),
         )
         .await;
-        return None;
+        return Err(Refused::Answered);
+    }
+    let live = proxy.live.get();
+    let limit = live.max_failed_logins_per_minute;
+    if let Some(left) = proxy
+        .login_failures
+        .refused_for(peer.ip(), limit, Instant::now())
+    {
+        tracing::warn!(user = %user, address = %peer.ip(), "login refused: too many failed logins from this address");
+        fatal(
+            stream,
+            ErrorFields::fatal(
+                "28000",
+                format!("too many failed login attempts from {}", peer.ip()),
+            )
+            .with_hint(format!(
+                "pgshard's auth.max_failed_logins_per_minute limit ({limit}) is reached; try again in {} s",
+                left.as_secs().max(1)
+            )),
+        )
+        .await;
+        return Err(Refused::Answered);
     }
     let Some(slot) = proxy.live.admit() else {
         tracing::warn!(user = %user, max_clients = proxy.live.get().max_clients, "client refused: too many clients");
@@ -222,7 +263,7 @@ async fn login(
                 .with_hint("pgshard's proxy.max_clients limit is reached"),
         )
         .await;
-        return None;
+        return Err(Refused::Answered);
     };
     if *proxy.phase.borrow() != Phase::Running {
         fatal(
@@ -230,13 +271,19 @@ async fn login(
             ErrorFields::fatal("57P03", "the database system is shutting down"),
         )
         .await;
-        return None;
+        return Err(Refused::Answered);
     }
-    let live = proxy.live.get();
     if let Err(e) = super::auth::authenticate(stream, buf, &user, live.user(&user)).await {
-        tracing::info!(user = %user, sqlstate = e.sqlstate(), "client login failed");
-        fatal(stream, ErrorFields::fatal(e.sqlstate(), e.message())).await;
-        return None;
+        tracing::info!(user = %user, address = %peer.ip(), sqlstate = e.sqlstate(), "client login failed");
+        if matches!(e, super::auth::AuthError::Failed { .. }) {
+            proxy
+                .login_failures
+                .record_failure(peer.ip(), Instant::now());
+            drop(slot);
+            return Err(Refused::AfterDelay(e.to_error_fields()));
+        }
+        fatal(stream, e.to_error_fields()).await;
+        return Err(Refused::Answered);
     }
     if database == crate::ADMIN_DATABASE && !live.user(&user).is_some_and(|u| u.admin) {
         tracing::info!(user = %user, "refused a non-admin user the admin console");
@@ -249,7 +296,7 @@ async fn login(
             .with_hint("the admin console is for users with admin = true in [[users]]"),
         )
         .await;
-        return None;
+        return Err(Refused::Answered);
     }
     if database != proxy.config.proxy.database && database != crate::ADMIN_DATABASE {
         fatal(
@@ -261,11 +308,14 @@ async fn login(
                 )),
         )
         .await;
-        return None;
+        return Err(Refused::Answered);
     }
-    stream
+    if stream
         .write_all(&be::authentication_ok().to_bytes())
         .await
-        .ok()?;
-    Some((params, user, database, slot))
+        .is_err()
+    {
+        return Err(Refused::Answered);
+    }
+    Ok((params, user, database, slot))
 }

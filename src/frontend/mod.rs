@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod extended;
 pub mod fencing;
 pub mod listener;
+pub mod login_guard;
 pub mod read_routing;
 pub mod session;
 pub mod session_limits;

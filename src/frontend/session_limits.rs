@@ -115,8 +115,16 @@ fn has_targets(active: &ActiveTargets) -> bool {
     !active.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
 }
 
-/// The FATAL error for a message the client should not have sent.
+/// The FATAL error for a message the client should not have sent (or not finished).
 fn read_error(e: &ClientReadError) -> ErrorFields {
+    if let ClientReadError::Stalled(_) = e {
+        tracing::info!("client stalled in the middle of a message: disconnected");
+        return ErrorFields::fatal(
+            "08P01",
+            "timed out waiting for the rest of a message from the client",
+        )
+        .with_hint("pgshard's proxy.message_timeout_ms limit was reached");
+    }
     let fields = ErrorFields::fatal("08P01", format!("invalid message from client: {e}"));
     match e {
         ClientReadError::Frame(FrameError::TooLarge { .. }) => {

@@ -103,5 +103,7 @@ impl Drop for TestCluster {
         cluster::stop_now(&self.info);
     }
 }
+pub mod process;
 pub mod proxy;
 pub mod relay;
+pub mod raw;
