@@ -121,17 +121,17 @@ pub struct MergedOutcome {
 
 /// One field of a RowDescription.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Field {
+pub(crate) struct Field {
     name: Bytes,
     table: u32,
     attnum: i16,
-    type_oid: u32,
+    pub(crate) type_oid: u32,
     typlen: i16,
     typmod: i32,
-    format: i16,
+    pub(crate) format: i16,
 }
 
-fn decode_row_description(body: &[u8]) -> Option<Vec<Field>> {
+pub(crate) fn decode_row_description(body: &[u8]) -> Option<Vec<Field>> {
     let count = i16::from_be_bytes(body.get(0..2)?.try_into().ok()?);
     let mut pos = 2;
     let mut out = Vec::with_capacity(count.max(0) as usize);
@@ -154,7 +154,7 @@ fn decode_row_description(body: &[u8]) -> Option<Vec<Field>> {
     (pos == body.len()).then_some(out)
 }
 
-fn encode_row_description(fields: &[Field]) -> Frame {
+pub(crate) fn encode_row_description(fields: &[Field]) -> Frame {
     let mut b = Vec::new();
     b.extend_from_slice(&(fields.len() as i16).to_be_bytes());
     for f in fields {
