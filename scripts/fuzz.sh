@@ -7,10 +7,11 @@
 #   CI runs it briefly from scripts/test.sh; long runs: scripts/fuzz.sh 600
 #
 # Works on a stable toolchain: cargo-fuzz passes nightly-only flags to rustc (-Z flags for
-# SanitizerCoverage), which RUSTC_BOOTSTRAP=1 lets through. No sanitizer (-s none): pgshard is
-# safe Rust apart from the libc collation calls, so AddressSanitizer would find little while
-# doubling the build and halving the executions; panics, overflows (--debug-assertions) and
-# broken invariants are what these targets look for.
+# SanitizerCoverage), which RUSTC_BOOTSTRAP=1 lets through. AddressSanitizer (-s address, the
+# cargo-fuzz default) links on stable that way too, but pgshard is safe Rust apart from the libc
+# collation calls, so it would find little while making the build and every execution slower:
+# -s none. Panics, overflows (--debug-assertions) and broken invariants (the targets' asserts)
+# are what these targets look for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
