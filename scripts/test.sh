@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
-# Runs pgshard's whole test suite against real PostgreSQL servers that the tests start themselves.
+# Runs pgshard's whole test suite against real PostgreSQL servers that the tests start themselves,
+# then every fuzz target briefly (scripts/fuzz.sh; PGSHARD_FUZZ_SECONDS per target, 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-exec cargo nextest run --no-fail-fast "$@"
+status=0
+cargo nextest run --no-fail-fast "$@" || status=$?
+fuzz_seconds=${PGSHARD_FUZZ_SECONDS:-8}
+if [ "$fuzz_seconds" != 0 ]; then
+    if ! ./scripts/fuzz.sh "$fuzz_seconds"; then
+        echo "pgshard: FUZZING FOUND A CRASH: the input is under fuzz/artifacts/ (path above)." >&2
+        echo "pgshard: fix it and add the input as a #[test] beside the code it broke." >&2
+        status=1
+    fi
+fi
+exit "$status"

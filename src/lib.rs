@@ -7,6 +7,9 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod frontend;
+/// Fuzz-target entry points into private decoders (`fuzz/`); not part of the proxy.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gather;
 pub mod ids;
 pub mod live;

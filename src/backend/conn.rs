@@ -407,7 +407,7 @@ impl CancelTarget {
 }
 
 /// The first column of a DataRow body as text; `None` for NULL or a malformed row.
-fn first_text_column(body: &[u8]) -> Option<String> {
+pub(crate) fn first_text_column(body: &[u8]) -> Option<String> {
     let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
     if count < 1 {
         return None;

@@ -356,16 +356,16 @@ where
 }
 
 /// The parts of client-first-message the rest of the exchange needs.
-struct ClientFirst<'a> {
+pub(crate) struct ClientFirst<'a> {
     /// The gs2 header exactly as sent (`n,,` or `y,,`): client-final must echo it in `c=`.
-    gs2_header: &'a str,
+    pub(crate) gs2_header: &'a str,
     /// client-first-message-bare, part of the AuthMessage.
-    bare: &'a str,
-    client_nonce: &'a str,
+    pub(crate) bare: &'a str,
+    pub(crate) client_nonce: &'a str,
 }
 
 /// Splits a SASLInitialResponse body: mechanism name, then Int32 length and the data.
-fn parse_sasl_initial_response(body: &[u8]) -> Result<&str, AuthError> {
+pub(crate) fn parse_sasl_initial_response(body: &[u8]) -> Result<&str, AuthError> {
     let nul = body
         .iter()
         .position(|&b| b == 0)
@@ -398,7 +398,7 @@ fn parse_sasl_initial_response(body: &[u8]) -> Result<&str, AuthError> {
 }
 
 /// Parses `gs2-header client-first-message-bare`.
-fn parse_client_first(msg: &str) -> Result<ClientFirst<'_>, AuthError> {
+pub(crate) fn parse_client_first(msg: &str) -> Result<ClientFirst<'_>, AuthError> {
     let malformed = |what: &str| AuthError::protocol(format!("malformed SCRAM message: {what}"));
     let (flag, rest) = msg
         .split_once(',')
@@ -450,13 +450,13 @@ fn parse_client_first(msg: &str) -> Result<ClientFirst<'_>, AuthError> {
     })
 }
 
-struct ClientFinal<'a> {
+pub(crate) struct ClientFinal<'a> {
     without_proof: &'a str,
     proof: [u8; 32],
 }
 
 /// Parses client-final-message and checks the echoed channel binding and nonce.
-fn parse_client_final<'a>(
+pub(crate) fn parse_client_final<'a>(
     body: &'a [u8],
     gs2_header: &str,
     nonce: &str,
@@ -556,7 +556,7 @@ fn printable_tag(tag: u8) -> String {
 }
 
 /// The NUL-terminated string that is the whole body.
-fn cstr_body<'a>(body: &'a [u8], what: &str) -> Result<&'a [u8], AuthError> {
+pub(crate) fn cstr_body<'a>(body: &'a [u8], what: &str) -> Result<&'a [u8], AuthError> {
     match body.split_last() {
         Some((0, s)) if !s.contains(&0) => Ok(s),
         _ => Err(AuthError::protocol(format!("malformed {what}"))),

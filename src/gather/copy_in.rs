@@ -501,7 +501,7 @@ fn open_shards(shards: &BTreeMap<u32, ShardCopy>) -> Vec<u32> {
 }
 
 /// The text of a CopyFail message.
-fn fe_cstr(body: &[u8]) -> String {
+pub(crate) fn fe_cstr(body: &[u8]) -> String {
     let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
     String::from_utf8_lossy(&body[..end]).into_owned()
 }

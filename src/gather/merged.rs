@@ -121,20 +121,21 @@ pub struct MergedOutcome {
 
 /// One field of a RowDescription.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Field {
+pub(crate) struct Field {
     name: Bytes,
     table: u32,
     attnum: i16,
-    type_oid: u32,
+    pub(crate) type_oid: u32,
     typlen: i16,
     typmod: i32,
-    format: i16,
+    pub(crate) format: i16,
 }
 
-fn decode_row_description(body: &[u8]) -> Option<Vec<Field>> {
-    let count = i16::from_be_bytes(body.get(0..2)?.try_into().ok()?);
+pub(crate) fn decode_row_description(body: &[u8]) -> Option<Vec<Field>> {
+    // A negative field count is malformed, not an empty description.
+    let count = u16::try_from(i16::from_be_bytes(body.get(0..2)?.try_into().ok()?)).ok()?;
     let mut pos = 2;
-    let mut out = Vec::with_capacity(count.max(0) as usize);
+    let mut out = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         let end = pos + body.get(pos..)?.iter().position(|b| *b == 0)?;
         let name = Bytes::copy_from_slice(&body[pos..end]);
@@ -154,7 +155,7 @@ fn decode_row_description(body: &[u8]) -> Option<Vec<Field>> {
     (pos == body.len()).then_some(out)
 }
 
-fn encode_row_description(fields: &[Field]) -> Frame {
+pub(crate) fn encode_row_description(fields: &[Field]) -> Frame {
     let mut b = Vec::new();
     b.extend_from_slice(&(fields.len() as i16).to_be_bytes());
     for f in fields {
@@ -841,6 +842,14 @@ mod tests {
         assert_eq!(decode_row_description(&f.body), Some(fields));
         assert_eq!(decode_row_description(&f.body[..f.body.len() - 1]), None);
         assert_eq!(decode_row_description(b"\x00\x01abc"), None);
+    }
+
+    /// Found by fuzz/fuzz_targets/backend_messages.rs: a field count of -1 was read as no
+    /// fields, so a malformed RowDescription passed for an empty one.
+    #[test]
+    fn row_description_with_a_negative_count_is_malformed() {
+        assert_eq!(decode_row_description(b"\xff\xff"), None);
+        assert_eq!(decode_row_description(b"\x00\x00"), Some(Vec::new()));
     }
 
     #[test]
