@@ -24,7 +24,7 @@ pub fn sasl_response(body: &[u8], gs2_header: &str, nonce: &str) -> bool {
 /// shape of an md5 hash.
 pub fn password_message(body: &[u8]) -> Option<bool> {
     let text = auth::cstr_body(body, "password packet").ok()?;
-    Some(std::str::from_utf8(text).is_ok_and(auth::is_md5_hash))
+    Some(std::str::from_utf8(text).is_ok_and(crate::config::is_md5_hash))
 }
 
 /// The message of a CopyFail body, as the proxy passes it to the shards.
