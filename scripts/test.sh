@@ -8,7 +8,7 @@ status=0
 cargo nextest run --no-fail-fast "$@" || status=$?
 fuzz_seconds=${PGSHARD_FUZZ_SECONDS:-8}
 if [ "$fuzz_seconds" != 0 ]; then
-    if ! ./scripts/fuzz.sh "$fuzz_seconds"; then
+    if ! PGSHARD_FUZZ_BUILD=${PGSHARD_FUZZ_BUILD:-dev} ./scripts/fuzz.sh "$fuzz_seconds"; then
         echo "pgshard: FUZZING FOUND A CRASH: the input is under fuzz/artifacts/ (path above)." >&2
         echo "pgshard: fix it and add the input as a #[test] beside the code it broke." >&2
         status=1

@@ -22,6 +22,15 @@ pub enum Socket {
 }
 
 impl Socket {
+    /// True when nothing waits to be read and the peer has not closed, checked without waiting.
+    /// What it finds is consumed, so only a connection thrown away on `false` may be probed.
+    pub fn idle_and_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        Pin::new(self).poll_read(&mut cx, &mut buf).is_pending()
+    }
+
     /// True once TLS is in use.
     pub fn is_tls(&self) -> bool {
         matches!(self, Socket::Tls(_))

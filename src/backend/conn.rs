@@ -376,12 +376,8 @@ impl ServerConn {
         if !self.rbuf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-            // End of stream, or unsolicited bytes: either way the session on it is over.
-            Ok(_) => false,
-        }
+        // End of stream, or unsolicited bytes: either way the session on it is over.
+        self.stream.idle_and_open()
     }
 }
 

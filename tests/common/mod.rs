@@ -105,5 +105,5 @@ impl Drop for TestCluster {
 }
 pub mod process;
 pub mod proxy;
-pub mod relay;
 pub mod raw;
+pub mod relay;
