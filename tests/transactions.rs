@@ -149,6 +149,28 @@ async fn blocks_spanning_shards_commit_or_roll_back_everywhere() {
     assert_eq!(balance_directly(info, &map, b).await, Some(20));
     assert!(prepared_everywhere(info).await.is_empty());
 
+    // A block on one shard, then "INSERT for another shard; COMMIT" in one string: refused,
+    // since it would commit on the second shard only; the block stays whole and commits both.
+    let (e, f) = keys_on_two_shards(&map, 50);
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute(
+            "INSERT INTO accounts (user_id, balance) VALUES ($1, 5)",
+            &[&e],
+        )
+        .await
+        .unwrap();
+    let refused = client
+        .batch_execute(&format!(
+            "INSERT INTO accounts (user_id, balance) VALUES ({f}, 6); COMMIT"
+        ))
+        .await
+        .expect_err("COMMIT together with another shard's statement is refused");
+    assert_eq!(refused.code().map(|c| c.code()), Some("0A000"));
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(balance_directly(info, &map, e).await, None);
+    assert_eq!(balance_directly(info, &map, f).await, None);
+
     // ROLLBACK: neither row.
     let (c, d) = keys_on_two_shards(&map, 100);
     client.batch_execute("BEGIN").await.unwrap();

@@ -354,6 +354,10 @@ impl Session {
                 return Ok(());
             }
         };
+        if let Some(fields) = self.block_control_elsewhere(&facts, &target) {
+            self.reply_error(fields);
+            return Ok(());
+        }
         // Shards a rebalancing job fences get the statement restricted to the rows they own.
         let fenced = match &target {
             Target::Scatter(_) => None,
@@ -1109,6 +1113,31 @@ pub struct ScatterEnd {
 }
 
 /// Statements that end or structure a block: sent on their own once a block spans shards.
+impl Session {
+    /// A string that carries COMMIT, ROLLBACK or a savepoint statement together with statements
+    /// for a shard the open block has not reached would end the block on that shard alone,
+    /// leaving the others open or lost: refused, as for a block that already spans shards.
+    fn block_control_elsewhere(
+        &self,
+        facts: &[StatementFacts],
+        target: &Target,
+    ) -> Option<ErrorFields> {
+        if facts.len() < 2 || !facts.iter().any(is_block_control) {
+            return None;
+        }
+        let txn = self.txn.as_ref()?;
+        let reaches_others = match target {
+            Target::Single(shard) => txn.participants.iter().any(|p| p != shard),
+            _ => !txn.participants.is_empty(),
+        };
+        reaches_others.then(|| {
+            refusal(
+                "this request would end a transaction block on some of its shards only: send COMMIT, ROLLBACK and savepoint statements on their own, not together with statements for another shard",
+            )
+        })
+    }
+}
+
 fn is_block_control(f: &StatementFacts) -> bool {
     matches!(
         f.kind,
