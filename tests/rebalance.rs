@@ -330,6 +330,14 @@ async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target)
         audit.insert(k, Some(name));
     }
 
+    if !map.shards().contains(&2) {
+        // A new shard without the table: the job gives it the definition from a source.
+        proxy::shard(info, 2)
+            .await
+            .batch_execute("DROP TABLE users")
+            .await
+            .unwrap();
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (1..=4i64)
         .map(|id| {
