@@ -72,16 +72,16 @@ percentiles() {
     cat "$1".* | awk '{print $3}' | sort -n | awk '{v[NR]=$1} END {
         p50=v[int(NR*0.50)+1]; p99=v[int(NR*0.99)+1]; printf "%d %.3f %.3f\n", NR, p50/1000, p99/1000 }'
 }
-load() { # name seconds
+load() { # name seconds; run in a subshell: pgbench replaces it, so $! is pgbench's pid
     rm -f "$WORK/log_$1".*
-    PGPASSWORD=app pgbench -n -M extended -h 127.0.0.1 -p "$PROXY_PORT" -U app -c "$CLIENTS" -j 2 \
+    exec env PGPASSWORD=app pgbench -n -M extended -h 127.0.0.1 -p "$PROXY_PORT" -U app -c "$CLIENTS" -j 2 \
         -T "$2" -f "$WORK/update.sql" --log --log-prefix="$WORK/log_$1" app >/dev/null 2>&1
 }
 
-load baseline 10
+(load baseline 10)
 read -r BASE_N BASE_P50 BASE_P99 < <(percentiles "$WORK/log_baseline")
 
-load move 600 &
+(load move 3600) &
 LOAD_PID=$!
 sleep 2
 START=$(date +%s.%N)
@@ -91,7 +91,6 @@ while [ "$(job_state "$JOB")" = pending ] || [ "$(job_state "$JOB")" = copying ]
 COPIED=$(date +%s.%N)
 wait_job "$JOB"
 DONE=$(date +%s.%N)
-sleep 2
 kill -INT "$LOAD_PID" 2>/dev/null || true
 wait "$LOAD_PID" 2>/dev/null || true
 read -r MOVE_N MOVE_P50 MOVE_P99 < <(percentiles "$WORK/log_move")

@@ -250,6 +250,54 @@ async fn reader(
     (reads, errors)
 }
 
+/// Inserts users 1..=n through a proxy and returns them as acknowledged.
+async fn seed_users(through: &pgshard::server::RunningProxy, n: i64) -> Audit {
+    let seed = proxy::connect(through).await;
+    let mut audit = Audit::new();
+    for k in 1..=n {
+        let name = format!("seed{k}");
+        seed.execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+            &[&k, &name],
+        )
+        .await
+        .unwrap();
+        audit.insert(k, Some(name));
+    }
+    audit
+}
+
+/// Every acknowledged write is there exactly once, on the shard `map` names, and no row nobody
+/// acknowledged exists. Returns the rows found.
+async fn check_audit(
+    info: &ClusterInfo,
+    audit: &Audit,
+    map: &ShardMap,
+) -> BTreeMap<i64, Vec<(u32, Option<String>)>> {
+    let (rows, total) = rows_by_key(info).await;
+    for (key, copies) in &rows {
+        assert_eq!(
+            copies.len(),
+            1,
+            "user {key} is on several shards: {copies:?}"
+        );
+        assert_eq!(copies[0].0, map.shard_for(*key), "user {key} misplaced");
+    }
+    for (key, expected) in audit {
+        let found = rows.get(key).map(|c| c[0].1.clone());
+        match expected {
+            Some(name) => assert_eq!(found, Some(Some(name.clone())), "user {key}"),
+            None => assert_eq!(found, None, "deleted user {key} is back"),
+        }
+    }
+    assert_eq!(
+        total,
+        audit.values().filter(|v| v.is_some()).count() as i64,
+        "rows nobody acknowledged exist"
+    );
+    rows
+}
+
 /// Every row of every shard, read directly: key → (shard, name).
 async fn rows_by_key(info: &ClusterInfo) -> (BTreeMap<i64, Vec<(u32, Option<String>)>>, i64) {
     let mut all: BTreeMap<i64, Vec<(u32, Option<String>)>> = BTreeMap::new();
@@ -317,19 +365,16 @@ async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target)
         )
         .await;
     }
-    let seed = proxy::connect(&proxies[0]).await;
-    let mut audit = Audit::new();
-    for k in 1..=600i64 {
-        let name = format!("seed{k}");
-        seed.execute(
-            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
-            &[&k, &name],
-        )
-        .await
-        .unwrap();
-        audit.insert(k, Some(name));
-    }
+    let mut audit = seed_users(&proxies[0], 600).await;
 
+    if !map.shards().contains(&2) {
+        // A new shard without the table: the job gives it the definition from a source.
+        proxy::shard(info, 2)
+            .await
+            .batch_execute("DROP TABLE users")
+            .await
+            .unwrap();
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (1..=4i64)
         .map(|id| {
@@ -385,24 +430,7 @@ async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target)
         },
         "{target}"
     );
-    let (rows, total) = rows_by_key(info).await;
-    for (key, copies) in &rows {
-        assert_eq!(
-            copies.len(),
-            1,
-            "user {key} is on several shards: {copies:?}"
-        );
-        assert_eq!(copies[0].0, new_map.shard_for(*key), "user {key} misplaced");
-    }
-    for (key, expected) in &audit {
-        let found = rows.get(key).map(|c| c[0].1.clone());
-        match expected {
-            Some(name) => assert_eq!(found, Some(Some(name.clone())), "user {key}"),
-            None => assert_eq!(found, None, "deleted user {key} is back"),
-        }
-    }
-    let present = audit.values().filter(|v| v.is_some()).count() as i64;
-    assert_eq!(total, present, "rows nobody acknowledged exist");
+    let rows = check_audit(info, &audit, &new_map).await;
     let moved: i64 = job.steps.iter().map(|s| s.rows_deleted).sum();
     assert!(moved > 0, "nothing moved: {:?}", job.steps);
     let changed = rows
@@ -690,18 +718,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
         || async { clients_proxy.proxy.map.current().version == map.version },
     )
     .await;
-    let seed = proxy::connect(&clients_proxy).await;
-    let mut audit = Audit::new();
-    for k in 1..=800i64 {
-        let name = format!("seed{k}");
-        seed.execute(
-            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
-            &[&k, &name],
-        )
-        .await
-        .unwrap();
-        audit.insert(k, Some(name));
-    }
+    let mut audit = seed_users(&clients_proxy, 800).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (1..=3i64)
         .map(|id| tokio::spawn(writer(proxy::app_url(&clients_proxy), id, stop.clone())))
@@ -789,31 +806,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
 
     let final_map = clients_proxy.proxy.map.current();
     assert_eq!(final_map.shards(), vec![0, 1]);
-    let (rows, total) = rows_by_key(info).await;
-    for (key, copies) in &rows {
-        assert_eq!(
-            copies.len(),
-            1,
-            "user {key} is on several shards: {copies:?}"
-        );
-        assert_eq!(
-            copies[0].0,
-            final_map.shard_for(*key),
-            "user {key} misplaced"
-        );
-    }
-    for (key, expected) in &audit {
-        let found = rows.get(key).map(|c| c[0].1.clone());
-        match expected {
-            Some(name) => assert_eq!(found, Some(Some(name.clone())), "user {key}"),
-            None => assert_eq!(found, None, "deleted user {key} is back"),
-        }
-    }
-    assert_eq!(
-        total,
-        audit.values().filter(|v| v.is_some()).count() as i64,
-        "rows nobody acknowledged exist"
-    );
+    check_audit(info, &audit, &final_map).await;
     for shard in 0..3 {
         assert_eq!(
             replication_objects(info, shard).await,

@@ -298,32 +298,6 @@ pub async fn renew(
         == 1)
 }
 
-/// Moves the job to `state` (and records `error`), if we still hold its lease.
-pub async fn set_state(
-    client: &Client,
-    id: i64,
-    owner: &str,
-    state: JobState,
-    error: Option<&str>,
-) -> Result<(), RebalanceError> {
-    let n = client
-        .execute(
-            "UPDATE rebalance_jobs SET state = $3, error = coalesce($4, error), updated_at = now(), \
-                 finished_at = CASE WHEN $3 IN ('done', 'cancelled', 'failed') THEN now() END, \
-                 lease_owner = CASE WHEN $3 IN ('done', 'cancelled', 'failed') THEN NULL ELSE lease_owner END \
-             WHERE job_id = $1 AND lease_owner = $2",
-            &[&id, &owner, &state.as_str(), &error],
-        )
-        .await
-        .map_err(cat)?;
-    if n == 0 {
-        return Err(RebalanceError::Refused(format!(
-            "lost the lease of rebalancing job {id}"
-        )));
-    }
-    Ok(())
-}
-
 /// Records a step's state.
 pub async fn set_step_state(
     client: &Client,

@@ -22,13 +22,13 @@ pub use plan::{plan, Move, Plan, PlanError, Target};
 pub enum RebalanceError {
     #[error("{0}")]
     Config(String),
-    #[error("shard {shard}: {source}")]
+    #[error("shard {shard}: {}", pg_message(source))]
     Shard {
         shard: u32,
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("catalog: {0}")]
+    #[error("catalog: {}", pg_message(.0))]
     Catalog(#[source] tokio_postgres::Error),
     #[error(transparent)]
     CatalogState(#[from] crate::catalog::CatalogError),
@@ -38,6 +38,14 @@ pub enum RebalanceError {
     Refused(String),
     #[error(transparent)]
     ServerTls(#[from] crate::backend::ServerTlsError),
+}
+
+/// A Postgres error with the server's message (tokio-postgres displays only "db error").
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl RebalanceError {

@@ -146,7 +146,7 @@ async fn prepare_destination(
     dest_id: u32,
     template: u32,
 ) -> Result<(), RebalanceError> {
-    let mut missing = false;
+    let mut missing = Vec::new();
     for name in config
         .sharded_tables
         .iter()
@@ -158,18 +158,17 @@ async fn prepare_destination(
             .await
             .map_err(RebalanceError::shard(dest_id))?
             .get(0);
-        missing |= !there;
+        if !there {
+            missing.push(name.to_string());
+        }
     }
-    if missing {
-        let schema = dump_schema(config, template).await?;
-        dest.batch_execute(&schema)
+    if !missing.is_empty() {
+        let schema = dump_schema(config, template, &missing).await?;
+        // The dump empties search_path for its session; RESET ALL gives the session back.
+        dest.batch_execute(&format!("{schema}\nRESET ALL;"))
             .await
             .map_err(RebalanceError::shard(dest_id))?;
-        tracing::info!(
-            shard = dest_id,
-            from = template,
-            "copied the schema to the new shard"
-        );
+        tracing::info!(shard = dest_id, from = template, tables = ?missing, "copied table definitions to the destination");
     }
     if config.reference_tables.is_empty() {
         return Ok(());
@@ -208,8 +207,13 @@ async fn prepare_destination(
     Ok(())
 }
 
-/// `pg_dump --schema-only` of a shard, without psql meta-commands.
-async fn dump_schema(config: &Config, shard: u32) -> Result<String, RebalanceError> {
+/// `pg_dump --schema-only` of some tables of a shard (with their indexes, constraints and owned
+/// sequences), without psql meta-commands.
+async fn dump_schema(
+    config: &Config,
+    shard: u32,
+    tables: &[String],
+) -> Result<String, RebalanceError> {
     let s = super::shards::shard_config(config, shard)?;
     let (user, password) = config.control_login(s);
     let bins = crate::cluster::PgBinaries::find()
@@ -230,6 +234,9 @@ async fn dump_schema(config: &Config, shard: u32) -> Result<String, RebalanceErr
     .arg(user)
     .arg("-d")
     .arg(&s.database);
+    for t in tables {
+        cmd.arg("-t").arg(t);
+    }
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
