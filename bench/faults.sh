@@ -18,12 +18,14 @@ MAX_CYCLES=${4:-20}
 USERS=4000
 VICTIM=shard1
 PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
+if [ -n "${PGSHARD_BIN:-}" ]; then
+    :
+elif [ "$PROFILE" = release ]; then
     cargo build --release --quiet
 else
     cargo build --quiet
 fi
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/pgshard
+BIN=${PGSHARD_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/pgshard}
 
 WORK=$(mktemp -d /tmp/pgshard-faults-XXXXXX)
 chmod 755 "$WORK"

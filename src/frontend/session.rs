@@ -1093,6 +1093,8 @@ impl Session {
             if let Some(t) = &mut self.txn {
                 // A shard of the block lost its connection.
                 if !t.implicit && t.participants.iter().any(|p| !self.held.contains_key(p)) {
+                    let held = &self.held;
+                    t.participants.retain(|p| held.contains_key(p));
                     t.refused = true;
                 }
             }

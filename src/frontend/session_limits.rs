@@ -175,6 +175,9 @@ impl Session {
             // Ignoring the outcome: the statement reports the timeout whatever the rollback did.
             let _ = self.finish_implicit_block(false).await;
         } else if let Some(t) = &mut self.txn {
+            // Shards whose connection is gone lost their part of the block (as in `run_single`).
+            let held = &self.held;
+            t.participants.retain(|p| held.contains_key(p));
             t.refused = true;
         }
         self.open_batch_shard = None;
