@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::eventually_within;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
 use pgshard::cluster::ClusterInfo;
@@ -37,19 +38,6 @@ fn pgshard(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Polls `check` every 50 ms until it holds, failing after `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     let cluster = TestCluster::start(3, Strategy::Hash).await;
@@ -57,7 +45,7 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     let map = publish(info, Strategy::Hash, &[0, 1]).await;
     let running = start_proxy_with(info, |c| c.rebalance.run_jobs = false).await;
     let client = proxy::connect(&running).await;
-    eventually(
+    eventually_within(
         Duration::from_secs(10),
         "the proxy loads the map",
         || async { running.proxy.map.current().version == map.version },
@@ -358,7 +346,7 @@ async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target)
         start_proxy_with(info, |c| c.proxy.node_name = "second".into()).await,
     ];
     for p in &proxies {
-        eventually(
+        eventually_within(
             Duration::from_secs(10),
             "the proxies load the map",
             || async { p.proxy.map.current().version == map.version },
@@ -518,7 +506,7 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
         });
     })
     .await;
-    eventually(
+    eventually_within(
         Duration::from_secs(10),
         "the proxy loads the map",
         || async { running.proxy.map.current().version == map.version },
@@ -551,7 +539,7 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
         .await
         .unwrap()
         .get(0);
-    eventually(
+    eventually_within(
         Duration::from_secs(60),
         "a cut-over attempt gives up",
         || async {
@@ -676,7 +664,7 @@ impl ProxyProcess {
             .spawn()
             .expect("start pgshard");
         let url = format!("postgres://app:app@127.0.0.1:{port}/app?sslmode=disable");
-        eventually(Duration::from_secs(30), "pgshard accepts clients", || {
+        eventually_within(Duration::from_secs(30), "pgshard accepts clients", || {
             let url = url.clone();
             async move { proxy::connect_url(&url).await.is_ok() }
         })
@@ -712,7 +700,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
         c.rebalance.lease_ms = 1500;
     })
     .await;
-    eventually(
+    eventually_within(
         Duration::from_secs(10),
         "the proxy loads the map",
         || async { clients_proxy.proxy.map.current().version == map.version },
@@ -736,7 +724,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
     let job_a = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
         .await
         .unwrap();
-    eventually(Duration::from_secs(60), "step 0 copies", || async {
+    eventually_within(Duration::from_secs(60), "step 0 copies", || async {
         let job = job_state(info, job_a).await;
         job.state == pgshard::rebalance::jobs::JobState::Copying
             && job.steps[0].state != "pending"
@@ -765,7 +753,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
         .await
         .unwrap();
     let catalog = proxy::catalog(info).await;
-    eventually(Duration::from_secs(60), "a hold is requested", || async {
+    eventually_within(Duration::from_secs(60), "a hold is requested", || async {
         catalog
             .query_opt(
                 "SELECT 1 FROM rebalance_holds WHERE job_id = $1 AND released_at IS NULL \
@@ -787,7 +775,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
         "{:?}",
         job.error
     );
-    eventually(
+    eventually_within(
         Duration::from_secs(10),
         "the proxy loads the final map",
         || async { Some(clients_proxy.proxy.map.current().version) == job.new_version },

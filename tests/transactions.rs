@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::eventually_within;
 use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use pgshard::cluster::{self, ClusterInfo, StopMode};
@@ -98,19 +99,6 @@ async fn total_directly(info: &ClusterInfo) -> i64 {
         total += row.get::<_, i64>(0);
     }
     total
-}
-
-/// Polls `check` every 50 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,7 +453,7 @@ impl ProxyProcess {
             .spawn()
             .expect("start pgshard");
         let url = format!("postgres://app:app@127.0.0.1:{port}/app");
-        eventually(Duration::from_secs(30), "pgshard accepts clients", || {
+        eventually_within(Duration::from_secs(30), "pgshard accepts clients", || {
             let url = url.clone();
             async move { proxy::connect_url(&url).await.is_ok() }
         })
@@ -533,7 +521,7 @@ async fn transfer_until_prepared(
             .await?;
         client.batch_execute("COMMIT").await
     });
-    eventually(Duration::from_secs(20), "both shards prepared", || async {
+    eventually_within(Duration::from_secs(20), "both shards prepared", || async {
         prepared_everywhere(info).await.len() == 2
     })
     .await;
@@ -575,7 +563,7 @@ async fn in_doubt_transactions_are_settled_after_a_crash_or_a_shard_outage() {
     assert!(pending.await.unwrap().is_err(), "the client lost its proxy");
     lock.batch_execute("ROLLBACK").await.unwrap();
     let running = ProxyProcess::start(&config_path, port).await;
-    eventually(
+    eventually_within(
         Duration::from_secs(20),
         "recovery settles the in-doubt transaction",
         || async { prepared_everywhere(info).await.is_empty() },
@@ -608,7 +596,7 @@ async fn in_doubt_transactions_are_settled_after_a_crash_or_a_shard_outage() {
         .await
         .expect("start shard");
     let _running = ProxyProcess::start(&config_path, port).await;
-    eventually(
+    eventually_within(
         Duration::from_secs(20),
         "the prepared half is committed",
         || async { prepared_everywhere(info).await.is_empty() },

@@ -15,12 +15,21 @@ use super::proxy;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Polls `check` until it holds; fails the test after `WAIT`.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
+    eventually_within(WAIT, what, check).await
+}
+
+/// Polls `check` every 50 ms until it holds, failing the test after `limit`.
+pub async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
