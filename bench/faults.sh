@@ -17,15 +17,7 @@ SHARDS=${3:-4}
 MAX_CYCLES=${4:-20}
 USERS=4000
 VICTIM=shard1
-PROFILE=${PROFILE:-release}
-if [ -n "${PGSHARD_BIN:-}" ]; then
-    :
-elif [ "$PROFILE" = release ]; then
-    cargo build --release --quiet
-else
-    cargo build --quiet
-fi
-BIN=${PGSHARD_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/pgshard}
+. bench/lib.sh
 
 WORK=$(mktemp -d /tmp/pgshard-faults-XXXXXX)
 chmod 755 "$WORK"
@@ -36,7 +28,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PROXY_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/c" --shards "$SHARDS" --strategy hash \
     --listen "127.0.0.1:$PROXY_PORT" >/dev/null

@@ -11,13 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${1:-1000000}
 CLIENTS=${2:-8}
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet
-else
-    cargo build --quiet
-fi
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/pgshard
+. bench/lib.sh
 
 WORK=$(mktemp -d /tmp/pgshard-rebalance-XXXXXX)
 chmod 755 "$WORK"
@@ -28,7 +22,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PROXY_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/c" --shards 11 --strategy hash --listen "127.0.0.1:$PROXY_PORT" >/dev/null
 CONFIG=$WORK/c/pgshard.toml

@@ -15,13 +15,7 @@ CLIENTS=${2:-8}
 WRITE_SHARE=${3:-0.1}
 APPLY_DELAY=${4:-0}
 USERS=10000
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet
-else
-    cargo build --quiet
-fi
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/pgshard
+. bench/lib.sh
 
 WORK=$(mktemp -d /tmp/pgshard-replicas-XXXXXX)
 chmod 755 "$WORK"
@@ -32,7 +26,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PROXY_PORT=$(free_port)
 DELAY_ARGS=()
 if [ "$APPLY_DELAY" != 0 ]; then DELAY_ARGS=(--apply-delay-ms "$APPLY_DELAY"); fi

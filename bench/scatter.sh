@@ -14,13 +14,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 ROWS=${2:-100000}
 CLIENTS=${3:-1}
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet
-else
-    cargo build --quiet
-fi
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/pgshard
+. bench/lib.sh
 
 WORK=$(mktemp -d /tmp/pgshard-scatter-XXXXXX)
 chmod 755 "$WORK"
@@ -32,7 +26,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PROXY_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/ten" --shards 10 --strategy hash --listen "127.0.0.1:$PROXY_PORT" >/dev/null
 "$BIN" cluster up --dir "$WORK/one" --shards 1 --listen "127.0.0.1:$(free_port)" >/dev/null

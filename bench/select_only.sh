@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-20}
 SCALE=${2:-10}
 PGSHARD_BENCH=1 ./scripts/install-deps.sh
-cargo build --release --quiet
-BIN=$PWD/target/release/pgshard
+PROFILE=release
+. bench/lib.sh
 
 WORK=$(mktemp -d /tmp/pgshard-bench-XXXXXX)
 chmod 755 "$WORK"
@@ -25,7 +25,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PROXY_PORT=$(free_port)
 BOUNCER_PORT=$(free_port)
 

@@ -14,13 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-1000}
 ACTIVE_SECONDS=${2:-10}
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet
-else
-    cargo build --quiet
-fi
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/pgshard
+. bench/lib.sh
 ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d /tmp/pgshard-storm-XXXXXX)
@@ -33,7 +27,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PROXY_PORT=$(free_port)
 BOUNCER_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/c" --shards 2 --strategy hash --listen "127.0.0.1:$PROXY_PORT" >/dev/null
