@@ -6,12 +6,13 @@
 # Usage: scripts/fuzz.sh [seconds-per-target] [target...]     (default: 10 s, every target)
 #   CI runs it briefly from scripts/test.sh; long runs: scripts/fuzz.sh 600
 #
-# Works on a stable toolchain: cargo-fuzz passes nightly-only flags to rustc (-Z flags for
-# SanitizerCoverage), which RUSTC_BOOTSTRAP=1 lets through. AddressSanitizer (-s address, the
-# cargo-fuzz default) links on stable that way too, but pgshard is safe Rust apart from the libc
-# collation calls, so it would find little while making the build and every execution slower:
-# -s none. Panics, overflows (--debug-assertions) and broken invariants (the targets' asserts)
-# are what these targets look for.
+# Built with plain cargo on the stable toolchain: the targets link libFuzzer (libfuzzer-sys builds
+# it from C++), and rustc's stable -C flags add the SanitizerCoverage instrumentation libFuzzer
+# steers by. No AddressSanitizer (that needs nightly -Z flags): pgshard is safe Rust apart from the
+# libc collation calls, so it would find little while making the build and every run slower.
+# Panics, overflows (debug assertions stay on in every build) and broken invariants (the targets'
+# asserts) are what these targets look for. cargo-fuzz is not needed; if you have it,
+# `cargo fuzz run --sanitizer none <target>` in fuzz/ runs the same targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,20 +26,28 @@ if [ ${#targets[@]} -eq 0 ]; then
     targets=(frontend_startup frontend_messages backend_messages router merge)
 fi
 
-export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR=never
+# Instrument only what runs in the target: an explicit --target keeps these flags away from build
+# scripts and proc-macros, which run on the host while building.
+host=$(rustc -vV | sed -n 's/^host: //p')
+export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
 # PGSHARD_FUZZ_BUILD=dev (what CI uses) builds unoptimised: a few minutes less to build on 2 cores,
-# fewer executions per second; long runs want the default optimised build with debug assertions.
+# fewer executions per second; long runs want the default optimised build.
 if [ "${PGSHARD_FUZZ_BUILD:-release}" = dev ]; then
-    flags=(--dev --sanitizer none)
+    profile_flag=()
+    profile_dir=debug
 else
-    flags=(--release --debug-assertions --sanitizer none)
+    profile_flag=(--release)
+    profile_dir=release
 fi
 cd fuzz
 
 start=$(date +%s)
-cargo fuzz build "${flags[@]}"
+cargo build --bins --target "$host" "${profile_flag[@]}"
 echo "fuzz: build took $(($(date +%s) - start)) s"
+bin_dir="target/$host/$profile_dir"
 
 mkdir -p target/fuzz-logs
 failed=""
@@ -48,7 +57,8 @@ for t in "${targets[@]}"; do
     log="target/fuzz-logs/$t.log"
     mkdir -p "$work" "corpus/$t"
     status=0
-    cargo fuzz run "${flags[@]}" "$t" "$work" "corpus/$t" -- \
+    mkdir -p "artifacts/$t"
+    "$bin_dir/$t" "$work" "corpus/$t" -artifact_prefix="artifacts/$t/" \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -57,7 +67,7 @@ for t in "${targets[@]}"; do
         tail -n 40 "$log"
         artifact=$(grep -o 'fuzz/artifacts/[^ ]*\|artifacts/[^ ]*' "$log" | tail -1 || true)
         echo "fuzz: $t crash input: fuzz/${artifact#fuzz/}"
-        echo "fuzz: reproduce with: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ${flags[*]} $t ${artifact#fuzz/}"
+        echo "fuzz: reproduce with: cd fuzz && $bin_dir/$t ${artifact#fuzz/}  (after scripts/fuzz.sh builds it)"
         failed="$failed $t"
         break
     fi

@@ -27,7 +27,7 @@ fi
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 # tests/tls.rs: the openssl CLI makes its self-signed certificate.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-# scripts/fuzz.sh: libFuzzer (built by cargo-fuzz's libfuzzer-sys) is C++.
+# scripts/fuzz.sh: libFuzzer (built by the libfuzzer-sys crate) is C++.
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 if [ "${PGSHARD_BENCH:-0}" = 1 ]; then
     command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
@@ -75,12 +75,6 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     echo "pgshard: installing cargo-nextest"
     cargo install --locked cargo-nextest
-fi
-
-# scripts/fuzz.sh (run briefly by scripts/test.sh) drives the fuzz targets through cargo-fuzz.
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "pgshard: installing cargo-fuzz"
-    cargo install --locked cargo-fuzz
 fi
 
 if ! docker info >/dev/null 2>&1; then
