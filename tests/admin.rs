@@ -269,7 +269,10 @@ async fn pause_waits_for_running_requests_and_holds_new_ones() {
     // The proxy finished the request before PAUSE returned; its client may read the answer a
     // moment later, so that side is awaited rather than polled.
     let stats = rows(&proxy, "SHOW STATS").await;
-    assert_eq!(stats[0][5], "0", "PAUSE returned while a request was running");
+    assert_eq!(
+        stats[0][5], "0",
+        "PAUSE returned while a request was running"
+    );
     let slow_done = tokio::time::timeout(Duration::from_secs(10), slow_rx.recv())
         .await
         .expect("the running request finished");

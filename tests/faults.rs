@@ -445,18 +445,36 @@ async fn terminated_connections_do_not_end_client_sessions(
         r.expect("warm-up query");
     }
     let direct = proxy::shard(info, shard).await;
-    let terminate = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE datname = 'app' AND backend_type = 'client backend' AND pid <> pg_backend_pid()";
-    let killed: i64 = direct.query_one(terminate, &[]).await.unwrap().get(0);
+    // The proxy's pooled connections, and only those: other pgshard connections (2PC recovery,
+    // monitors) may come and go meanwhile, so the wait is for these pids to be gone.
+    let pids: Vec<i32> = direct
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = 'app' \
+             AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let killed: i64 = direct
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM unnest($1::int4[]) AS pid",
+            &[&pids],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert!(killed >= 1, "terminated the proxy's server connections");
     wait_until(
         "the terminated backends to exit",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || async {
             let n: i64 = direct
                 .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                    &[],
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                    &[&pids],
                 )
                 .await
                 .unwrap()

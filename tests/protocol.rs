@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::proxy::{self, connect, connect_url, start_proxy, start_proxy_with, url};
+use common::raw::{error_fields, message, RawClient};
 use common::TestCluster;
 use pgshard::router::Strategy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -663,6 +664,59 @@ async fn settings_and_prepared_statements_survive_transaction_pooling() {
             assert_eq!(v, round + i as i64);
         }
     }
+
+    // A statement name exists only once its Parse succeeded, as on Postgres: a Parse the server
+    // rejects, or one skipped after an earlier error in its batch, leaves the name free.
+    let mut raw = RawClient::login(proxy.addr, "trusted").await;
+    let parse = |name: &str, sql: &str| {
+        let mut body = Vec::new();
+        for text in [name, sql] {
+            body.extend_from_slice(text.as_bytes());
+            body.push(0);
+        }
+        body.extend_from_slice(&0i16.to_be_bytes());
+        message(b'P', &body)
+    };
+    let sync = message(b'S', &[]);
+    let tags = |answer: &[(u8, Vec<u8>)]| answer.iter().map(|m| m.0 as char).collect::<String>();
+    let first_error = |answer: &[(u8, Vec<u8>)]| {
+        answer
+            .iter()
+            .find(|m| m.0 == b'E')
+            .map(|m| error_fields(&m.1).0)
+            .unwrap_or_default()
+    };
+    raw.send(&[parse("s1", "SELEC 1"), sync.clone()].concat())
+        .await;
+    let answer = raw.until_ready().await;
+    assert_eq!(first_error(&answer), "42601", "{answer:?}");
+    raw.send(&[parse("s2", "SELECT * FROM no_such_table"), sync.clone()].concat())
+        .await;
+    let answer = raw.until_ready().await;
+    assert_eq!(first_error(&answer), "42P01", "{answer:?}");
+    // The second Parse follows a failed one in the same batch, so the server skips it.
+    raw.send(
+        &[
+            parse("s3", "SELEC 1"),
+            parse("s4", "SELECT 4"),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.until_ready().await;
+    assert_eq!(tags(&answer), "EZ", "{answer:?}");
+    for name in ["s1", "s2", "s3", "s4"] {
+        raw.send(&[parse(name, "SELECT 1"), sync.clone()].concat())
+            .await;
+        let answer = raw.until_ready().await;
+        assert_eq!(tags(&answer), "1Z", "re-Parse of {name}: {answer:?}");
+    }
+    // A name that was parsed successfully is still taken.
+    raw.send(&[parse("s4", "SELECT 2"), sync.clone()].concat())
+        .await;
+    let answer = raw.until_ready().await;
+    assert_eq!(first_error(&answer), "42P05", "{answer:?}");
     proxy.stop().await;
 }
 

@@ -110,6 +110,55 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     );
     let (ok, out) = pgshard(&["rebalance", "plan", "--config", config, "add-shard", "9"]);
     assert!(!ok && out.contains("shard 9 is not in the config"), "{out}");
+
+    // Evening out by row counts: 600 more users on shard 0 leave it with about four times what
+    // shard 1 has; the job moves the top slice of shard 0's hash range until both hold half.
+    let mut skewed = 0;
+    for k in 10_000i64.. {
+        if skewed == 600 {
+            break;
+        }
+        if map.shard_for(k) == 0 {
+            client
+                .execute(
+                    "INSERT INTO users (user_id, name) VALUES ($1, 'skew')",
+                    &[&k],
+                )
+                .await
+                .unwrap();
+            skewed += 1;
+        }
+    }
+    let (ok, out) = pgshard(&["rebalance", "plan", "--config", config, "even-out"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("plan: even out by row counts"), "{out}");
+    assert!(out.contains("shard   0 → shard   1"), "{out}");
+    let (ok, out) = pgshard(&["rebalance", "start", "--config", config, "even-out"]);
+    assert!(ok, "{out}");
+    let job_id = newest_job(info).await;
+    let runner = start_proxy_with(info, |_| {}).await;
+    let job = wait_job_end(info, job_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Done,
+        "{:?}",
+        job.error
+    );
+    let mut counts = Vec::new();
+    for shard in [0, 1] {
+        let n: i64 = proxy::shard(info, shard)
+            .await
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .unwrap()
+            .get(0);
+        counts.push(n);
+    }
+    assert_eq!(counts[0] + counts[1], 1000, "{counts:?}");
+    assert!((counts[0] - counts[1]).abs() <= 2, "not even: {counts:?}");
+    let (ok, out) = pgshard(&["verify", "--config", config]);
+    assert!(ok, "{out}");
+    runner.stop().await;
     running.stop().await;
 }
 
@@ -175,21 +224,39 @@ async fn writer(
                 Err(e) => errors.push(format!("delete {k}: {e}")),
             }
         }
+        if n % 5 == 0 && live.len() > 2 {
+            // A keyless write (by name, not key) as a prepared statement: it reaches every shard,
+            // so while rows are on two shards the fence is all that keeps it from applying twice.
+            let k = live[(n as usize * 3) % live.len()];
+            if let Some(Some(old)) = audit.get(&k).cloned() {
+                let name = format!("w{id}-{n}-byname");
+                match client
+                    .execute("UPDATE users SET name = $1 WHERE name = $2", &[&name, &old])
+                    .await
+                {
+                    Ok(1) => {
+                        audit.insert(k, Some(name));
+                    }
+                    Ok(other) => errors.push(format!("update by name {old} touched {other} rows")),
+                    Err(e) => errors.push(format!("update by name {old}: {e}")),
+                }
+            }
+        }
         if n % 11 == 0 && live.len() > 4 {
             let (a, b) = (live[0], live[live.len() - 1]);
-            let name = format!("w{id}-{n}-tx");
+            let (name_a, name_b) = (format!("w{id}-{n}-tx-a"), format!("w{id}-{n}-tx-b"));
             let r: Result<(), tokio_postgres::Error> = async {
                 client.batch_execute("BEGIN").await?;
                 client
                     .execute(
                         "UPDATE users SET name = $1 WHERE user_id = $2",
-                        &[&name, &a],
+                        &[&name_a, &a],
                     )
                     .await?;
                 client
                     .execute(
                         "UPDATE users SET name = $1 WHERE user_id = $2",
-                        &[&name, &b],
+                        &[&name_b, &b],
                     )
                     .await?;
                 client.batch_execute("COMMIT").await
@@ -197,8 +264,8 @@ async fn writer(
             .await;
             match r {
                 Ok(()) => {
-                    audit.insert(a, Some(name.clone()));
-                    audit.insert(b, Some(name));
+                    audit.insert(a, Some(name_a));
+                    audit.insert(b, Some(name_b));
                 }
                 Err(e) => {
                     errors.push(format!("transaction on {a} and {b}: {e}"));
@@ -210,7 +277,8 @@ async fn writer(
     (audit, errors)
 }
 
-/// A reader of every user without the key: no user_id may ever come back twice.
+/// A reader of every user without the key, in turn as a simple query and as a prepared statement
+/// merged in key order: no user_id may ever come back twice.
 async fn reader(
     url: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -218,20 +286,42 @@ async fn reader(
     let client = proxy::connect_url(&url).await.expect("reader connects");
     let (mut reads, mut errors) = (0u64, Vec::new());
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        match client.simple_query("SELECT user_id FROM users").await {
-            Ok(msgs) => {
+        let ids: Result<Vec<i64>, String> = if reads % 2 == 0 {
+            client
+                .simple_query("SELECT user_id FROM users")
+                .await
+                .map(|msgs| {
+                    msgs.iter()
+                        .filter_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                r.get(0).and_then(|v| v.parse().ok())
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .map_err(|e| format!("keyless read: {e}"))
+        } else {
+            client
+                .query("SELECT user_id FROM users ORDER BY user_id", &[])
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .map_err(|e| format!("keyless prepared read: {e}"))
+        };
+        match ids {
+            Ok(ids) => {
                 let mut seen = std::collections::HashSet::new();
-                for m in msgs {
-                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                        let id = r.get(0).unwrap_or_default().to_string();
-                        if !seen.insert(id.clone()) {
-                            errors.push(format!("user {id} read twice"));
-                        }
+                for id in &ids {
+                    if !seen.insert(*id) {
+                        errors.push(format!("user {id} read twice"));
                     }
+                }
+                if reads % 2 == 1 && !ids.windows(2).all(|w| w[0] < w[1]) {
+                    errors.push("an ORDER BY read came back out of order".into());
                 }
                 reads += 1;
             }
-            Err(e) => errors.push(format!("keyless read: {e}")),
+            Err(e) => errors.push(e),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -304,6 +394,16 @@ async fn rows_by_key(info: &ClusterInfo) -> (BTreeMap<i64, Vec<(u32, Option<Stri
     (all, total)
 }
 
+/// The id of the job created last.
+async fn newest_job(info: &ClusterInfo) -> i64 {
+    proxy::catalog(info)
+        .await
+        .query_one("SELECT max(job_id) FROM rebalance_jobs", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn job_state(info: &ClusterInfo, id: i64) -> pgshard::rebalance::jobs::Job {
     let c = proxy::catalog(info).await;
     pgshard::rebalance::jobs::load(&c, id)
@@ -335,10 +435,17 @@ async fn wait_job_end(
     }
 }
 
-/// Runs `target` on a three-shard cluster whose first map is `strategy` over `map_shards`, under
-/// continuous writes and keyless reads through two proxies, and checks the audit afterwards.
-async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target) {
-    let cluster = TestCluster::start(3, strategy).await;
+/// Runs `target` on a cluster of `cluster_shards` shards whose first map is `strategy` over
+/// `map_shards`, under continuous writes and keyless reads through two proxies, and checks the
+/// audit afterwards and that the new map covers `final_shards`.
+async fn move_under_load(
+    cluster_shards: u32,
+    strategy: Strategy,
+    map_shards: &[u32],
+    target: Target,
+    final_shards: &[u32],
+) {
+    let cluster = TestCluster::start(cluster_shards, strategy).await;
     let info = &cluster.info;
     let map = publish(info, strategy, map_shards).await;
     let proxies = [
@@ -355,9 +462,9 @@ async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target)
     }
     let mut audit = seed_users(&proxies[0], 600).await;
 
-    if !map.shards().contains(&2) {
+    for new_shard in final_shards.iter().filter(|s| !map.shards().contains(s)) {
         // A new shard without the table: the job gives it the definition from a source.
-        proxy::shard(info, 2)
+        proxy::shard(info, *new_shard)
             .await
             .batch_execute("DROP TABLE users")
             .await
@@ -409,7 +516,7 @@ async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target)
 
     let new_map = proxies[0].proxy.map.current();
     assert_eq!(Some(new_map.version), job.new_version);
-    assert_eq!(new_map.shards(), vec![0, 1, 2]);
+    assert_eq!(new_map.shards(), final_shards);
     assert_eq!(
         *new_map,
         ShardMap {
@@ -450,28 +557,35 @@ async fn move_under_load(strategy: Strategy, map_shards: &[u32], target: Target)
     }
 }
 
+/// The first ten shards: the map every load test starts from.
+const TEN: [u32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+/// Ten shards and shard 10, the one they grow to.
+const ELEVEN: [u32; 11] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_a_shard_under_writes_through_two_proxies_loses_and_duplicates_nothing() {
-    move_under_load(Strategy::Hash, &[0, 1], Target::AddShard(2)).await;
+    move_under_load(11, Strategy::Hash, &TEN, Target::AddShard(10), &ELEVEN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splitting_a_range_under_writes_loses_and_duplicates_nothing() {
-    // Every key the test writes is below i64::MAX / 2, on shard 0: move a slice of it to 2.
+    // Every key the test writes is below i64::MAX / 10, on shard 0: move a slice of it to 10.
     let target = Target::MoveRange {
         lower: Some(500),
         upper: Some(3_000_000),
-        to: 2,
+        to: 10,
     };
-    move_under_load(Strategy::Range, &[0, 1], target).await;
+    move_under_load(11, Strategy::Range, &TEN, target, &ELEVEN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_modulo_to_hash_under_writes_loses_and_duplicates_nothing() {
     move_under_load(
-        Strategy::Modulo { modulus: 3 },
-        &[0, 1, 2],
+        10,
+        Strategy::Modulo { modulus: 10 },
+        &TEN,
         Target::ModuloToHash,
+        &TEN,
     )
     .await;
 }
@@ -533,12 +647,7 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
     );
     let admin = proxy::connect_url(&admin_url).await.unwrap();
     admin.simple_query("REBALANCE add-shard 2").await.unwrap();
-    let job_id: i64 = proxy::catalog(info)
-        .await
-        .query_one("SELECT max(job_id) FROM rebalance_jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let job_id = newest_job(info).await;
     eventually_within(
         Duration::from_secs(60),
         "a cut-over attempt gives up",
@@ -555,7 +664,8 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
         .unwrap()
         .get(0);
     assert!(copied > 0, "the destination holds the copy");
-    // Keyless reads still count every row once; what cannot be fenced is refused, naming the job.
+    // Keyless reads still count every row once, simple or prepared (the prepared ones in their
+    // fenced form on the fenced shards, merged); what cannot be fenced is refused, naming the job.
     let n = client
         .simple_query("SELECT count(*) FROM users")
         .await
@@ -566,23 +676,33 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
             _ => None,
         });
     assert_eq!(n.as_deref(), Some("1500"));
-    let refused = client
-        .query("SELECT count(*) FROM users WHERE name = $1", &[&"u"])
+    let counted: i64 = client
+        .query_one("SELECT count(*) FROM users WHERE name = $1", &[&"u"])
         .await
-        .expect_err("a keyless prepared statement cannot be fenced");
-    assert_eq!(
-        refused.code(),
-        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
-    );
+        .expect("a keyless prepared count")
+        .get(0);
+    assert_eq!(counted, 1500);
+    let ids: Vec<i64> = client
+        .query(
+            "SELECT user_id FROM users ORDER BY user_id LIMIT 5 OFFSET 100",
+            &[],
+        )
+        .await
+        .expect("a keyless prepared read")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![101, 102, 103, 104, 105]);
+    let touched = client
+        .execute("UPDATE users SET name = 'u' WHERE name = $1", &[&"u"])
+        .await
+        .expect("a keyless prepared write");
+    assert_eq!(touched, 1500, "a keyless write applies once per row");
     let message = |e: &tokio_postgres::Error| {
         e.as_db_error()
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| e.to_string())
     };
-    assert!(
-        message(&refused).contains(&format!("job {job_id}")),
-        "{refused:?}"
-    );
     let ddl = client
         .simple_query("ALTER TABLE users ADD COLUMN nickname text")
         .await

@@ -47,6 +47,9 @@ pub struct ClientIo {
     partial_since: Option<Instant>,
     /// How many times output was written to the socket (see `mark`).
     flushes: u64,
+    /// ParseCompletes queued for the client so far: a client's statement name exists only once
+    /// its Parse was answered (see `Session::extended_batch`).
+    parse_completes: u64,
     /// Set when the query timeout cancelled the current request: the servers' "canceling
     /// statement due to user request" is reported as the timeout it was.
     pub timed_out: Arc<AtomicBool>,
@@ -57,6 +60,7 @@ pub struct ClientIo {
 pub struct OutputMark {
     flushes: u64,
     len: usize,
+    parse_completes: u64,
 }
 
 impl ClientIo {
@@ -71,6 +75,7 @@ impl ClientIo {
             message_timeout: limits.message_timeout,
             partial_since: None,
             flushes: 0,
+            parse_completes: 0,
             timed_out: Arc::default(),
         }
     }
@@ -80,6 +85,7 @@ impl ClientIo {
         OutputMark {
             flushes: self.flushes,
             len: self.out.len(),
+            parse_completes: self.parse_completes,
         }
     }
 
@@ -90,7 +96,13 @@ impl ClientIo {
             return false;
         }
         self.out.truncate(mark.len);
+        self.parse_completes = mark.parse_completes;
         true
+    }
+
+    /// How many ParseCompletes the client has been sent (queued output included).
+    pub fn parse_completes(&self) -> u64 {
+        self.parse_completes
     }
 
     /// The next message, or `None` when the client closed the connection. Once part of a
@@ -133,6 +145,9 @@ impl ClientIo {
     /// Queues a frame for the client.
     pub fn push(&mut self, frame: &Frame) {
         count_error(frame);
+        if frame.tag == be::PARSE_COMPLETE {
+            self.parse_completes += 1;
+        }
         if frame.tag == be::ERROR_RESPONSE && self.timed_out.load(Ordering::Acquire) {
             if let Ok(mut fields) = ErrorFields::decode(&frame.body) {
                 if fields.code == QUERY_CANCELED {

@@ -70,8 +70,42 @@ fn statement_missing(name: &str) -> ErrorFields {
 }
 
 impl Session {
-    /// Handles a batch ended by Sync (`sync`) or Flush.
+    /// Handles a batch ended by Sync (`sync`) or Flush. A named statement exists once its Parse
+    /// was answered: a Parse the server rejected, or one skipped after an earlier error or never
+    /// sent because the batch was refused, leaves its name free for the next Parse.
     pub async fn extended_batch(&mut self, sync: bool) -> Result<(), End> {
+        let answered_before = self.io.parse_completes();
+        self.batch_parses.clear();
+        let result = self.run_extended_batch(sync).await;
+        let answered =
+            usize::try_from(self.io.parse_completes() - answered_before).unwrap_or(usize::MAX);
+        for (name, prepared) in std::mem::take(&mut self.batch_parses)
+            .into_iter()
+            .skip(answered)
+        {
+            if self
+                .statements
+                .get(&name)
+                .is_some_and(|p| Arc::ptr_eq(p, &prepared))
+            {
+                self.statements.remove(&name);
+            }
+        }
+        result
+    }
+
+    /// Answers the batch with `fields` alone: the rest of it up to Sync is skipped, as a server
+    /// skips what follows an error.
+    async fn refuse_batch(&mut self, fields: ErrorFields, sync: bool) -> Result<(), End> {
+        self.push_error_in_batch(fields);
+        self.skip_until_sync = !sync;
+        if sync {
+            return self.finish_open_batch().await;
+        }
+        Ok(())
+    }
+
+    async fn run_extended_batch(&mut self, sync: bool) -> Result<(), End> {
         let frames = std::mem::take(&mut self.batch);
         let proxy = self.proxy.clone();
         let map = proxy.map.current();
@@ -165,40 +199,34 @@ impl Session {
                     self.skip_until_sync = !sync;
                     return Ok(());
                 }
-                self.push_error_in_batch(fields);
-                self.skip_until_sync = !sync;
-                if sync {
-                    return self.finish_open_batch().await;
-                }
-                return Ok(());
+                return self.refuse_batch(fields, sync).await;
             }
         };
-        if let Some(fields) = self.fence_refusal(&all_facts, &target) {
-            self.push_error_in_batch(fields);
-            self.skip_until_sync = !sync;
-            if sync {
-                return self.finish_open_batch().await;
-            }
-            return Ok(());
-        }
         let tail_error = error.clone();
         let merge = match &target {
             Target::Scatter(_) => match merge_for_batch(&msgs) {
                 Ok(m) => m,
                 Err(fields) => {
-                    self.push_error_in_batch(fields);
-                    self.skip_until_sync = !sync;
-                    if sync {
-                        return self.finish_open_batch().await;
-                    }
-                    return Ok(());
+                    return self.refuse_batch(fields, sync).await;
                 }
             },
             Target::Single(_) | Target::Broadcast(_) => None,
         };
         let merge_steps = merge.as_ref().map(|(m, _)| m);
-        let build =
-            |conn: &ServerConn| build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps);
+        let fences = match self.fence_statement_texts(
+            &fenceable_texts(&msgs, merge_steps),
+            &all_facts,
+            &target,
+        ) {
+            Ok(f) => f,
+            Err(fields) => {
+                return self.refuse_batch(fields, sync).await;
+            }
+        };
+        let build = |conn: &ServerConn| {
+            let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
+            build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps, fence)
+        };
         let _timed = (executes > 0).then(|| QueryTimer::start(target.route_kind()));
         match target {
             Target::Single(shard) => {
@@ -263,14 +291,9 @@ impl Session {
             }
             Target::Broadcast(shards) => {
                 if executes != 1 || partial_fetch || error.is_some() || !sync {
-                    self.push_error_in_batch(refusal(
+                    return self.refuse_batch(refusal(
                         "a statement that changes every shard must be sent with one Execute (no row limit) followed by Sync",
-                    ));
-                    self.skip_until_sync = !sync;
-                    if sync {
-                        return self.finish_open_batch().await;
-                    }
-                    return Ok(());
+                    ), sync).await;
                 }
                 self.run_broadcast(shards, &all_facts, build).await?;
             }
@@ -310,14 +333,9 @@ impl Session {
             (_, error) => {
                 // Nothing runs: an error found while resolving the batch (or a block already
                 // failed) is reported as it is; anything else is a batch pgshard cannot split.
-                self.push_error_in_batch(error.unwrap_or_else(|| refusal(
+                return self.refuse_batch(error.unwrap_or_else(|| refusal(
                     "a COPY that spans shards must be the only statement executed in its batch: send Parse/Bind/Execute of the COPY, then Sync",
-                )));
-                self.skip_until_sync = !sync;
-                if sync {
-                    return self.finish_open_batch().await;
-                }
-                return Ok(());
+                )), sync).await;
             }
         };
         for msg in msgs {
@@ -420,6 +438,8 @@ impl Session {
                     server_name,
                 });
                 self.statements.insert(parse.name.clone(), prepared.clone());
+                self.batch_parses
+                    .push((parse.name.clone(), prepared.clone()));
                 Ok(Some((Msg::Parse(parse, prepared), Some(Route::Any), local)))
             }
             fe::BIND => {
@@ -630,6 +650,7 @@ impl Session {
 /// rewritten statement (prepared under its own server-side name) whose hidden columns need
 /// result format codes, and the merge needs the result's description even if the client did not
 /// ask for it.
+#[derive(Clone)]
 struct MergeSteps {
     sql: String,
     server_name: String,
@@ -682,7 +703,9 @@ fn build_steps(
     tail_error: Option<&ErrorFields>,
     sync: bool,
     merge: Option<&MergeSteps>,
+    fence: Option<&HashMap<String, String>>,
 ) -> Vec<Step> {
+    let fenced = |st: &Arc<Prepared>| fenced_statement(st, fence);
     let mut steps = Vec::with_capacity(msgs.len() + 2);
     let mut unnamed_ready = false;
     let send = |frame: Frame, expect: Expect, forward: bool| Step::Send {
@@ -694,7 +717,13 @@ fn build_steps(
     for msg in msgs {
         match msg {
             Msg::Parse(p, st) => {
+                let st = fenced(st);
                 if st.server_name.is_empty() {
+                    let p = Parse {
+                        name: String::new(),
+                        query: st.sql.clone(),
+                        param_types: p.param_types.clone(),
+                    };
                     steps.push(send(p.encode(), Expect::Parse { register: None }, true));
                     unnamed_ready = true;
                 } else if conn.prepared.contains(&st.server_name)
@@ -704,7 +733,7 @@ fn build_steps(
                 } else {
                     let renamed = Parse {
                         name: st.server_name.clone(),
-                        query: p.query.clone(),
+                        query: st.sql.clone(),
                         param_types: p.param_types.clone(),
                     };
                     steps.push(send(
@@ -724,6 +753,7 @@ fn build_steps(
             } => {
                 let mut bind = bind.clone();
                 if let Some(m) = merge {
+                    let m = fenced_merge_steps(m, fence, &statement.param_types);
                     if !conn.prepared.contains(&m.server_name) && !parsed.contains(&m.server_name) {
                         steps.push(send(
                             Parse {
@@ -771,13 +801,21 @@ fn build_steps(
                     unnamed_ready = false;
                     bind.statement = String::new();
                 } else {
-                    ensure_prepared(conn, statement, &mut steps, &mut parsed, &mut unnamed_ready);
+                    let statement = fenced(statement);
+                    ensure_prepared(
+                        conn,
+                        &statement,
+                        &mut steps,
+                        &mut parsed,
+                        &mut unnamed_ready,
+                    );
                     bind.statement = statement.server_name.clone();
                 }
                 steps.push(send(bind.encode(), Expect::Bind, true));
             }
             Msg::DescribeStatement(st) => {
-                ensure_prepared(conn, st, &mut steps, &mut parsed, &mut unnamed_ready);
+                let st = fenced(st);
+                ensure_prepared(conn, &st, &mut steps, &mut parsed, &mut unnamed_ready);
                 let t = NamedTarget {
                     kind: b'S',
                     name: st.server_name.clone(),
@@ -870,6 +908,59 @@ fn raise_steps(fields: &ErrorFields) -> Vec<Step> {
 
 /// Injects a Parse (answer swallowed) when the connection lacks the statement a Bind or Describe
 /// names.
+/// The texts of a batch's statements on sharded tables (and of its merge rewrite): what a fence
+/// may have to restrict on the shards it covers.
+fn fenceable_texts<'a>(msgs: &'a [Msg], merge: Option<&'a MergeSteps>) -> Vec<&'a str> {
+    let mut texts: Vec<&str> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Parse(_, st) | Msg::Bind { statement: st, .. } | Msg::DescribeStatement(st) => {
+                Some(st)
+            }
+            _ => None,
+        })
+        .filter(|st| st.facts.iter().any(|f| f.sharded))
+        .map(|st| st.sql.as_str())
+        .collect();
+    texts.extend(merge.map(|m| m.sql.as_str()));
+    texts
+}
+
+/// The statement a fenced shard runs in place of `st`: its fenced text, under a server-side name
+/// of its own (so the unfenced form prepared earlier on the same connection is not reused).
+fn fenced_statement(st: &Arc<Prepared>, fence: Option<&HashMap<String, String>>) -> Arc<Prepared> {
+    let Some(sql) = fence.and_then(|f| f.get(&st.sql)) else {
+        return st.clone();
+    };
+    Arc::new(Prepared {
+        sql: sql.clone(),
+        param_types: st.param_types.clone(),
+        facts: st.facts.clone(),
+        server_name: if st.server_name.is_empty() {
+            String::new()
+        } else {
+            server_statement_name(sql, &st.param_types)
+        },
+    })
+}
+
+/// The merge rewrite a fenced shard runs: fenced like any statement.
+fn fenced_merge_steps(
+    m: &MergeSteps,
+    fence: Option<&HashMap<String, String>>,
+    param_types: &[u32],
+) -> MergeSteps {
+    let Some(sql) = fence.and_then(|f| f.get(&m.sql)) else {
+        return m.clone();
+    };
+    MergeSteps {
+        sql: sql.clone(),
+        server_name: server_statement_name(sql, param_types),
+        hidden: m.hidden,
+        inject_describe: m.inject_describe,
+    }
+}
+
 fn ensure_prepared(
     conn: &ServerConn,
     st: &Prepared,

@@ -1,6 +1,7 @@
 //! Requests reaching shards a rebalancing job fences (they may hold moving rows they do not own):
-//! simple-protocol statements get ownership conditions per shard (`router::fence`); what cannot
-//! be fenced exactly — extended-protocol statements, keyless COPY, DDL on sharded tables — is
+//! statements get ownership conditions per shard (`router::fence`) — a simple query is rewritten
+//! per shard, a prepared statement is prepared in its fenced form on the fenced shards. What cannot
+//! be fenced exactly — keyless COPY, DDL on sharded tables, shapes the fence cannot reach — is
 //! refused with 0A000 naming the job, never answered with rows counted twice.
 
 use std::collections::HashMap;
@@ -10,6 +11,9 @@ use crate::router::facts::KeyFacts;
 use crate::router::fence::Fence;
 use crate::router::{StatementFacts, StatementKind};
 use crate::wire::backend::ErrorFields;
+
+/// A statement text → its fenced form on one shard (texts a fence leaves alone are absent).
+pub type FencedTexts = HashMap<String, String>;
 
 /// Shards of `target` that need a fence for these statements, with the job fencing them.
 fn fenced_shards(session: &Session, facts: &[StatementFacts], target: &Target) -> (Vec<u32>, i64) {
@@ -51,6 +55,30 @@ impl Session {
         facts: &[StatementFacts],
         target: &Target,
     ) -> Result<Option<HashMap<u32, String>>, ErrorFields> {
+        let Some(per_shard) = self.fence_statement_texts(&[sql], facts, target)? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            per_shard
+                .into_iter()
+                .map(|(shard, mut fenced)| {
+                    let text = fenced.remove(sql).unwrap_or_else(|| sql.to_string());
+                    (shard, text)
+                })
+                .collect(),
+        ))
+    }
+
+    /// For each fenced shard of the target, the fenced text of every one of `texts` that a fence
+    /// changes (None when no shard needs a fence), or the refusal when one cannot be fenced.
+    /// Extended-protocol statements use it per statement text: a fenced shard prepares the fenced
+    /// text under its own server-side name, so one client statement runs exactly on every shard.
+    pub fn fence_statement_texts(
+        &self,
+        texts: &[&str],
+        facts: &[StatementFacts],
+        target: &Target,
+    ) -> Result<Option<HashMap<u32, FencedTexts>>, ErrorFields> {
         let (shards, job) = fenced_shards(self, facts, target);
         if shards.is_empty() {
             return Ok(None);
@@ -60,36 +88,30 @@ impl Session {
         }
         let map = self.proxy.map.current();
         let tables = &self.proxy.config.sharded_tables;
-        let mut texts = HashMap::with_capacity(shards.len());
+        let mut per_shard = HashMap::with_capacity(shards.len());
         for shard in shards {
-            let fenced = Fence {
+            let fence = Fence {
                 tables,
                 map: &map,
                 shard,
+            };
+            let mut fenced_texts = HashMap::new();
+            for text in texts {
+                if fenced_texts.contains_key(*text) {
+                    continue;
+                }
+                let fenced = fence.apply(text).map_err(|why| {
+                    refusal(format!(
+                        "rebalancing job {job} is moving rows of sharded tables, and this statement cannot be restricted to the rows each shard owns: {why}; name the shard key, or retry when the job has finished"
+                    ))
+                })?;
+                if fenced != *text {
+                    fenced_texts.insert(text.to_string(), fenced);
+                }
             }
-            .apply(sql)
-            .map_err(|why| {
-                refusal(format!(
-                    "rebalancing job {job} is moving rows of sharded tables, and this statement cannot be restricted to the rows each shard owns: {why}; name the shard key, or retry when the job has finished"
-                ))
-            })?;
-            texts.insert(shard, fenced);
+            per_shard.insert(shard, fenced_texts);
         }
-        Ok(Some(texts))
-    }
-
-    /// The refusal for an extended-protocol request that would need a fence (its statement text
-    /// is prepared once for every shard, so it cannot differ per shard).
-    pub fn fence_refusal(&self, facts: &[StatementFacts], target: &Target) -> Option<ErrorFields> {
-        let (shards, job) = fenced_shards(self, facts, target);
-        if shards.is_empty() {
-            return None;
-        }
-        Some(unfenceable(facts, job).unwrap_or_else(|| {
-            refusal(format!(
-                "rebalancing job {job} is moving rows of sharded tables: a prepared statement without its shard key cannot be restricted to the rows each shard owns; send it as a simple query, name the shard key, or retry when the job has finished"
-            ))
-        }))
+        Ok(Some(per_shard))
     }
 }
 

@@ -114,6 +114,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         held: BTreeMap::new(),
         txn: None,
         statements: HashMap::new(),
+        batch_parses: Vec::new(),
         portals: HashMap::new(),
         batch: Vec::new(),
         skip_until_sync: false,

@@ -72,6 +72,9 @@ pub struct Session {
     pub portals: HashMap<String, u32>,
     /// Extended-protocol messages buffered until Sync or Flush.
     pub batch: Vec<Frame>,
+    /// The client statements the batch being run parsed, in order: those whose Parse was not
+    /// answered with ParseComplete are forgotten afterwards, as Postgres never created them.
+    pub batch_parses: Vec<(String, Arc<Prepared>)>,
     /// After an error in an extended-protocol batch, messages are dropped until Sync.
     pub skip_until_sync: bool,
     /// A Flush-ended batch ran on this shard: the implicit transaction lasts until Sync.

@@ -66,6 +66,7 @@ pub async fn plan_command(
     if let Some(shard) = map_shards_missing(config, &target).first() {
         anyhow::bail!("shard {shard} is not in the config's [[shards]]; add it there first");
     }
+    let target = super::even::measure(config, &map, &target).await?;
     let plan = super::plan(&map, &target)?;
     let rows = estimate::rows_per_move(config, &plan).await?;
     writeln!(
@@ -99,7 +100,7 @@ fn map_shards_missing(config: &Config, target: &super::Target) -> Vec<u32> {
     let named = match target {
         super::Target::AddShard(s) | super::Target::Drain(s) => Some(*s),
         super::Target::MoveRange { to, .. } => Some(*to),
-        super::Target::ModuloToHash => None,
+        super::Target::ModuloToHash | super::Target::EvenOut { .. } => None,
     };
     named
         .filter(|s| config.shard(*s).is_none())
@@ -133,7 +134,8 @@ pub async fn create_job(config: &Config, target: &super::Target) -> anyhow::Resu
     let map = crate::catalog::load_map(&client)
         .await?
         .ok_or(crate::catalog::CatalogError::NoMap)?;
-    let plan = super::plan(&map, target)?;
+    let target = super::even::measure(config, &map, target).await?;
+    let plan = super::plan(&map, &target)?;
     let rows = estimate::rows_per_move(config, &plan).await?;
     Ok(super::jobs::create(&mut client, &target.to_string(), &plan, &rows).await?)
 }

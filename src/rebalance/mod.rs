@@ -7,6 +7,7 @@ pub mod cli;
 pub mod copy;
 pub mod cutover;
 pub mod estimate;
+pub mod even;
 pub mod hold;
 pub mod jobs;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! Planning a rebalancing job: from the current shard map and a target (add a shard, drain one,
-//! move a range, migrate modulo to hash) compute the new map and the moves — which keys go from
-//! which shard to which. Pure: no catalog, no shards.
+//! move a range, even out by row counts, migrate modulo to hash) compute the new map and the
+//! moves — which keys go from which shard to which. Pure: no catalog, no shards (evening out
+//! gets its slices from `rebalance::even`, which reads the row counts).
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,20 @@ pub enum Target {
     },
     /// The same shards, each owning an even slice of the hash ring instead of remainders.
     ModuloToHash,
+    /// Every shard ends with about the mean number of rows: slices of the fullest shards' key
+    /// space go to the emptiest. As typed the target has no slices; `rebalance::even::measure`
+    /// fills them in from the shards' row counts.
+    EvenOut { slices: Vec<Reassign> },
+}
+
+/// Keys of `source` whose points lie in `[lower, upper)` go to `dest` (points `source` does not
+/// own in that span stay where they are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassign {
+    pub source: u32,
+    pub lower: Option<i64>,
+    pub upper: Option<i64>,
+    pub dest: u32,
 }
 
 impl std::fmt::Display for Target {
@@ -40,6 +55,7 @@ impl std::fmt::Display for Target {
                 )
             }
             Target::ModuloToHash => write!(f, "migrate modulo to hash"),
+            Target::EvenOut { .. } => write!(f, "even out by row counts"),
         }
     }
 }
@@ -61,6 +77,8 @@ pub enum PlanError {
     Invalid(#[from] ShardMapError),
     #[error("nothing to move: the target map equals the current one")]
     NothingMoves,
+    #[error("evening out needs the hash or range strategy (with modulo every shard owns whole remainders); migrate modulo-to-hash first")]
+    EvenOutNeedsHashOrRange,
 }
 
 /// Keys that leave one shard for another. For maps of the same strategy these are exact slices of
@@ -143,7 +161,23 @@ pub fn plan(from: &ShardMap, target: &Target) -> Result<Plan, PlanError> {
     let to = match target {
         Target::AddShard(shard) => add_shard(from, *shard)?,
         Target::Drain(shard) => drain(from, *shard)?,
-        Target::MoveRange { lower, upper, to } => move_range(from, *lower, *upper, *to)?,
+        Target::MoveRange { lower, upper, to } => move_range(from, None, *lower, *upper, *to)?,
+        Target::EvenOut { slices } => {
+            if let Strategy::Modulo { .. } = from.strategy {
+                return Err(PlanError::EvenOutNeedsHashOrRange);
+            }
+            let mut to = from.clone();
+            for r in slices {
+                if !from.shards().contains(&r.source) {
+                    return Err(PlanError::NotInMap(r.source));
+                }
+                if !from.shards().contains(&r.dest) {
+                    return Err(PlanError::NotInMap(r.dest));
+                }
+                to = move_range(&to, Some(r.source), r.lower, r.upper, r.dest)?;
+            }
+            to
+        }
         Target::ModuloToHash => match from.strategy {
             Strategy::Modulo { .. } => ShardMap::uniform(version, Strategy::Hash, &from.shards()),
             other => return Err(PlanError::NotModulo(other.name())),
@@ -337,8 +371,10 @@ fn drain(from: &ShardMap, shard: u32) -> Result<ShardMap, PlanError> {
     })
 }
 
+/// `[lower, upper)` of the key space goes to `to` — only the part `only_from` owns, when given.
 fn move_range(
     from: &ShardMap,
+    only_from: Option<u32>,
     lower: Option<i64>,
     upper: Option<i64>,
     to: u32,
@@ -354,6 +390,10 @@ fn move_range(
     };
     let mut ranges = Vec::with_capacity(from.ranges.len() + 2);
     for r in &from.ranges {
+        if only_from.is_some_and(|s| s != r.shard) {
+            ranges.push(*r);
+            continue;
+        }
         let (lo, hi) = span(r, modulus);
         let mlo = lower.map_or(i128::MIN, |l| l as i128);
         let mhi = upper.map_or(i128::MAX, |u| u as i128);
@@ -415,8 +455,9 @@ pub fn parse_target(words: &[&str]) -> Result<Target, String> {
             to: num(n)?,
         }),
         ["modulo-to-hash" | "modulo_to_hash"] => Ok(Target::ModuloToHash),
+        ["even" | "even-out" | "even_out"] => Ok(Target::EvenOut { slices: Vec::new() }),
         _ => Err(
-            "a target is one of: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | modulo-to-hash"
+            "a target is one of: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | even-out | modulo-to-hash"
                 .into(),
         ),
     }
@@ -511,6 +552,87 @@ mod tests {
         let one = ShardMap::uniform(1, Strategy::Hash, &[7]);
         assert_eq!(plan(&one, &Target::Drain(7)), Err(PlanError::LastShard(7)));
         assert_eq!(plan(&one, &Target::Drain(8)), Err(PlanError::NotInMap(8)));
+    }
+
+    #[test]
+    fn evening_out_moves_only_the_slices_of_their_sources() {
+        // Shard 0 owns [-inf, a) and, after an earlier add, [b, c); its slice [x, +inf) covers
+        // only its own keys in that span, never shard 1's.
+        let from = ShardMap::new(
+            4,
+            Strategy::Range,
+            vec![
+                KeyRange {
+                    lower: None,
+                    upper: Some(100),
+                    shard: 0,
+                },
+                KeyRange {
+                    lower: Some(100),
+                    upper: Some(200),
+                    shard: 1,
+                },
+                KeyRange {
+                    lower: Some(200),
+                    upper: Some(300),
+                    shard: 0,
+                },
+                KeyRange {
+                    lower: Some(300),
+                    upper: None,
+                    shard: 2,
+                },
+            ],
+        )
+        .unwrap();
+        let slices = vec![
+            Reassign {
+                source: 0,
+                lower: Some(250),
+                upper: None,
+                dest: 2,
+            },
+            Reassign {
+                source: 0,
+                lower: Some(50),
+                upper: Some(250),
+                dest: 1,
+            },
+        ];
+        let p = plan(&from, &Target::EvenOut { slices }).unwrap();
+        check(&p);
+        for (key, owner) in [
+            (49, 0),
+            (50, 1),
+            (150, 1),
+            (249, 1),
+            (250, 2),
+            (299, 2),
+            (400, 2),
+        ] {
+            assert_eq!(p.to.shard_for(key), owner, "key {key}");
+        }
+        let hash = hash10();
+        let three = hash.ranges.iter().find(|r| r.shard == 3).unwrap();
+        let middle = three.lower.unwrap() / 2 + three.upper.unwrap() / 2;
+        let cut = Reassign {
+            source: 3,
+            lower: Some(middle),
+            upper: None,
+            dest: 7,
+        };
+        let p = plan(&hash, &Target::EvenOut { slices: vec![cut] }).unwrap();
+        check(&p);
+        assert_eq!(p.moves.len(), 1);
+        assert_eq!(
+            plan(&hash, &Target::EvenOut { slices: Vec::new() }),
+            Err(PlanError::NothingMoves)
+        );
+        let m = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[0, 1]);
+        assert_eq!(
+            plan(&m, &Target::EvenOut { slices: Vec::new() }),
+            Err(PlanError::EvenOutNeedsHashOrRange)
+        );
     }
 
     #[test]
@@ -629,6 +751,10 @@ mod tests {
             })
         );
         assert_eq!(parse_target(&["modulo-to-hash"]), Ok(Target::ModuloToHash));
+        assert_eq!(
+            parse_target(&["even-out"]),
+            Ok(Target::EvenOut { slices: Vec::new() })
+        );
         assert!(parse_target(&["add-shard", "x"]).is_err());
         assert!(parse_target(&["spin"]).is_err());
     }
