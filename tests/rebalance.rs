@@ -637,7 +637,7 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
     // after hold_timeout_ms and release the hold on the old map.
     let idle = proxy::connect(&running).await;
     idle.batch_execute("BEGIN").await.unwrap();
-    idle.query_one("SELECT name FROM users WHERE user_id = 7", &[])
+    idle.query_one("SELECT count(*) FROM users", &[])
         .await
         .unwrap();
 
@@ -654,6 +654,66 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
         || async {
             let job = job_state(info, job_id).await;
             job.cutover_attempts >= 2 && job.state == pgshard::rebalance::jobs::JobState::Cutover
+        },
+    )
+    .await;
+    // A hold stops only work on the keys the job moves: while an attempt holds the gate, a write
+    // to a key that stays where it is runs, and one to a moving key waits at the gate.
+    let target = job_state(info, job_id).await.plan.to;
+    let staying = (1..=1500i64)
+        .find(|k| map.shard_for(*k) == target.shard_for(*k))
+        .unwrap();
+    let moving = (1..=1500i64)
+        .find(|k| map.shard_for(*k) != target.shard_for(*k))
+        .unwrap();
+    let gate = running.proxy.rebalance.gate.clone();
+    eventually_within(
+        Duration::from_secs(60),
+        "a write to a staying key runs during a hold",
+        || async {
+            let before = gate.status();
+            if !before.paused {
+                return false;
+            }
+            client
+                .execute(
+                    "UPDATE users SET name = 'u' WHERE user_id = $1",
+                    &[&staying],
+                )
+                .await
+                .unwrap();
+            let after = gate.status();
+            after.paused && after.pauses == before.pauses
+        },
+    )
+    .await;
+    eventually_within(
+        Duration::from_secs(60),
+        "a write to a moving key waits for the hold",
+        || async {
+            if !gate.status().paused {
+                return false;
+            }
+            let writer = proxy::connect(&running).await;
+            let write = tokio::spawn(async move {
+                writer
+                    .execute("UPDATE users SET name = 'u' WHERE user_id = $1", &[&moving])
+                    .await
+            });
+            loop {
+                if gate.status().waiting >= 1 {
+                    let done = tokio::time::timeout(Duration::from_secs(30), write)
+                        .await
+                        .expect("the held write runs once the attempt gives up");
+                    assert_eq!(done.unwrap().unwrap(), 1);
+                    return true;
+                }
+                if write.is_finished() {
+                    // The attempt gave up before the write reached the gate: try the next one.
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         },
     )
     .await;
@@ -808,10 +868,10 @@ impl Drop for ProxyProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_holds() {
-    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let cluster = TestCluster::start(11, Strategy::Hash).await;
     let info = &cluster.info;
     let dir = tempfile::tempdir().unwrap();
-    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    let map = publish(info, Strategy::Hash, &TEN).await;
     // The runner is a process of its own; the clients' proxy only fences and holds.
     let runner = ProxyProcess::start(info, dir.path()).await;
     let clients_proxy = start_proxy_with(info, |c| {
@@ -841,7 +901,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
         .batch_execute("BEGIN; SELECT pg_current_xact_id();")
         .await
         .unwrap();
-    let job_a = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
+    let job_a = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(10))
         .await
         .unwrap();
     eventually_within(Duration::from_secs(60), "step 0 copies", || async {
@@ -866,10 +926,11 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
     //    attempt wait with the hold requested; the runner dies in that window.
     let idle = proxy::connect(&clients_proxy).await;
     idle.batch_execute("BEGIN").await.unwrap();
-    idle.query_one("SELECT name FROM users WHERE user_id = 3", &[])
+    // Keyless: it reaches the shard being drained, so it holds a pass whatever the fence says.
+    idle.query_one("SELECT count(*) FROM users", &[])
         .await
         .unwrap();
-    let job_b = pgshard::rebalance::cli::create_job(&config, &Target::Drain(2))
+    let job_b = pgshard::rebalance::cli::create_job(&config, &Target::Drain(10))
         .await
         .unwrap();
     let catalog = proxy::catalog(info).await;
@@ -913,9 +974,9 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
     assert!(errors.is_empty(), "clients saw errors: {errors:?}");
 
     let final_map = clients_proxy.proxy.map.current();
-    assert_eq!(final_map.shards(), vec![0, 1]);
+    assert_eq!(final_map.shards(), TEN);
     check_audit(info, &audit, &final_map).await;
-    for shard in 0..3 {
+    for shard in ELEVEN {
         assert_eq!(
             replication_objects(info, shard).await,
             (0, 0, 0),

@@ -23,6 +23,7 @@ struct GateState {
     in_flight: usize,
     waiting: usize,
     requests_total: u64,
+    pauses: u64,
 }
 
 /// A snapshot of the gate for SHOW STATS.
@@ -35,6 +36,8 @@ pub struct GateStatus {
     pub waiting: usize,
     /// Requests started since the proxy started.
     pub requests_total: u64,
+    /// Pauses begun since the proxy started (tells one pause from the next).
+    pub pauses: u64,
 }
 
 /// Held while one request runs; dropping it lets a waiting PAUSE see the request end.
@@ -84,7 +87,11 @@ impl PauseGate {
 
     /// Holds new requests, then waits until none is running. On timeout the pause is undone.
     pub async fn pause(&self, timeout: Duration) -> Result<(), PauseTimeout> {
-        self.lock().paused = true;
+        {
+            let mut s = self.lock();
+            s.paused = true;
+            s.pauses += 1;
+        }
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
         loop {
@@ -124,6 +131,7 @@ impl PauseGate {
             in_flight: s.in_flight,
             waiting: s.waiting,
             requests_total: s.requests_total,
+            pauses: s.pauses,
         }
     }
 }
@@ -170,7 +178,8 @@ mod tests {
                 paused: false,
                 in_flight: 0,
                 waiting: 0,
-                requests_total: 2
+                requests_total: 2,
+                pauses: 1,
             }
         );
         assert!(!gate.resume());

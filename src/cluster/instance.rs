@@ -37,6 +37,9 @@ max_wal_senders = 20
 max_logical_replication_workers = 24
 max_sync_workers_per_subscription = 2
 max_worker_processes = 32
+# Logical replication workers (rebalancing) are launched and retried at this interval: 5 s by
+# default, which makes every step of a job wait seconds before its copy starts.
+wal_retrieve_retry_interval = 200ms
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 include_if_exists = 'instance.conf'

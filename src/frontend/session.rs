@@ -125,8 +125,12 @@ impl Session {
                 }
                 _ => None,
             };
-            // A cut-over hold waits here for new work; an open transaction keeps its pass.
-            if self.hold_pass.is_none() && matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC) {
+            // A cut-over hold waits here for new work on the keys it moves; an open transaction
+            // keeps its pass.
+            if self.hold_pass.is_none()
+                && matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC)
+                && self.needs_hold_pass(&frame)
+            {
                 self.hold_pass = Some(self.proxy.rebalance.gate.enter(false).await);
             }
             let timer = self.start_query_timer(frame.tag);

@@ -13,15 +13,28 @@ use tokio_postgres::{AsyncMessage, Client};
 use crate::admin::gate::PauseGate;
 use crate::catalog::{load_map, MapHandle};
 use crate::config::Config;
+use crate::router::ShardMap;
 
 /// The catalog channel job, step and hold changes are announced on.
 pub const CHANNEL: &str = "pgshard_rebalance";
 
-/// Shards whose keyless statements must be fenced while job `job` runs.
+/// Shards whose keyless statements must be fenced while job `job` runs, and the map the job
+/// switches to (a cut-over hold stops only requests whose keys it moves).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveFence {
     pub job: i64,
     pub shards: BTreeSet<u32>,
+    pub target: Arc<ShardMap>,
+}
+
+impl From<super::jobs::JobFence> for ActiveFence {
+    fn from(f: super::jobs::JobFence) -> ActiveFence {
+        ActiveFence {
+            job: f.job,
+            shards: f.shards.into_iter().collect(),
+            target: Arc::new(f.target),
+        }
+    }
 }
 
 /// Hold durations this proxy saw (SHOW JOBS, metrics).
@@ -110,10 +123,7 @@ pub async fn load_fence(config: &Config, state: &ProxyRebalance) -> Result<(), S
     let fence = super::jobs::fence(&client)
         .await
         .map_err(|e| e.to_string())?;
-    state.set_fence(fence.map(|(job, shards)| ActiveFence {
-        job,
-        shards: shards.into_iter().collect(),
-    }));
+    state.set_fence(fence.map(ActiveFence::from));
     drop(client);
     task.abort();
     Ok(())
@@ -226,11 +236,8 @@ impl Watcher {
                 return Ok(());
             }
         };
-        let job = fence.as_ref().map(|(j, _)| *j);
-        self.state.set_fence(fence.map(|(job, shards)| ActiveFence {
-            job,
-            shards: shards.into_iter().collect(),
-        }));
+        let job = fence.as_ref().map(|f| f.job);
+        self.state.set_fence(fence.map(ActiveFence::from));
         if let Some(job) = job {
             client
                 .execute(

@@ -387,11 +387,19 @@ pub async fn request_cancel(client: &Client, id: i64) -> Result<String, Rebalanc
     }
 }
 
-/// The active job whose moving rows may sit on shards that do not own them, and those shards.
-pub async fn fence(client: &Client) -> Result<Option<(i64, Vec<u32>)>, RebalanceError> {
+/// The active job whose moving rows may sit on shards that do not own them: its id, those shards,
+/// and the map it switches to.
+pub struct JobFence {
+    pub job: i64,
+    pub shards: Vec<u32>,
+    pub target: ShardMap,
+}
+
+/// The fence of the active job, if one is moving rows.
+pub async fn fence(client: &Client) -> Result<Option<JobFence>, RebalanceError> {
     let rows = client
         .query(
-            "SELECT j.job_id, s.source_shard, s.dest_shard FROM rebalance_jobs j \
+            "SELECT j.job_id, s.source_shard, s.dest_shard, j.target_map::text FROM rebalance_jobs j \
              JOIN rebalance_steps s USING (job_id) \
              WHERE j.state IN ('copying', 'cutover', 'cleanup', 'cancelling') ORDER BY j.job_id",
             &[],
@@ -401,13 +409,18 @@ pub async fn fence(client: &Client) -> Result<Option<(i64, Vec<u32>)>, Rebalance
     let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let id: i64 = first.get(0);
+    let job: i64 = first.get(0);
+    let target = map_from_json(first.get::<_, &str>(3))?;
     let mut shards: Vec<u32> = rows
         .iter()
-        .filter(|r| r.get::<_, i64>(0) == id)
+        .filter(|r| r.get::<_, i64>(0) == job)
         .flat_map(|r| [r.get::<_, i32>(1) as u32, r.get::<_, i32>(2) as u32])
         .collect();
     shards.sort_unstable();
     shards.dedup();
-    Ok(Some((id, shards)))
+    Ok(Some(JobFence {
+        job,
+        shards,
+        target,
+    }))
 }

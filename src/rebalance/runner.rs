@@ -281,10 +281,25 @@ impl Runner<'_> {
         }
         let slot_timeout = Duration::from_millis(self.config.rebalance.slot_timeout_ms);
         let mut all_synced = true;
+        // One initial copy per source at a time: Postgres names a table-sync slot on the source
+        // after the subscription's oid and the destination's system identifier, and shards
+        // cloned from one data directory share both, so two destinations syncing from one
+        // source at once can take each other's slot and stall.
+        let mut syncing_sources: std::collections::BTreeSet<u32> = job
+            .steps
+            .iter()
+            .filter(|s| s.state == "copying")
+            .map(|s| s.source)
+            .collect();
         for step in &job.steps {
+            if step.state == "pending" && syncing_sources.contains(&step.source) {
+                all_synced = false;
+                continue;
+            }
             let source = self.conn(step.source).await?;
             let dest = self.conn(step.dest).await?;
             if step.state == "pending" {
+                syncing_sources.insert(step.source);
                 copy::ensure_publication(self.config, &source, job, step).await?;
                 copy::ensure_slot(&source, step, &copy::name(job.id, step.no), slot_timeout)
                     .await?;

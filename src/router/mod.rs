@@ -143,6 +143,22 @@ impl Router {
     }
 
     /// Where one statement runs. `first_shard` is where unsharded tables live.
+    /// The shard-key values a statement pins, with its parameters filled in; `None` when it pins
+    /// none (or a parameter is not an integer), so every shard may hold its rows.
+    pub fn key_values(facts: &StatementFacts, params: &dyn ParamSource) -> Option<Vec<i64>> {
+        match &facts.key {
+            KeyFacts::Unknown => None,
+            KeyFacts::Values(vals) => vals
+                .iter()
+                .map(|v| match v {
+                    KeyValue::Const(c) => Some(*c),
+                    KeyValue::Param(n) => params.int(*n),
+                })
+                .collect(),
+            KeyFacts::ArrayParam(n) => params.int_array(*n),
+        }
+    }
+
     pub fn route(
         &self,
         facts: &StatementFacts,
@@ -182,17 +198,7 @@ impl Router {
             // The caller splits the rows by key.
             return Route::Any;
         }
-        let keys: Option<Vec<i64>> = match &facts.key {
-            KeyFacts::Unknown => None,
-            KeyFacts::Values(vals) => vals
-                .iter()
-                .map(|v| match v {
-                    KeyValue::Const(c) => Some(*c),
-                    KeyValue::Param(n) => params.int(*n),
-                })
-                .collect(),
-            KeyFacts::ArrayParam(n) => params.int_array(*n),
-        };
+        let keys = Router::key_values(facts, params);
         let shards: Vec<u32> = match &keys {
             Some(keys) => keys
                 .iter()
