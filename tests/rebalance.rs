@@ -448,9 +448,27 @@ async fn move_under_load(
     let cluster = TestCluster::start(cluster_shards, strategy).await;
     let info = &cluster.info;
     let map = publish(info, strategy, map_shards).await;
+    // A reference table on the shards of the map: a new shard gets its definition and rows.
+    for shard in map.shards() {
+        proxy::shard(info, shard)
+            .await
+            .batch_execute(
+                "CREATE TABLE countries (code text PRIMARY KEY, name text); \
+                 INSERT INTO countries VALUES ('fr', 'France'), ('jp', 'Japan'), ('pe', 'Peru')",
+            )
+            .await
+            .unwrap();
+    }
+    let with_countries = |c: &mut pgshard::config::Config| {
+        c.reference_tables = vec!["countries".into()];
+    };
     let proxies = [
-        start_proxy_with(info, |_| {}).await,
-        start_proxy_with(info, |c| c.proxy.node_name = "second".into()).await,
+        start_proxy_with(info, with_countries).await,
+        start_proxy_with(info, |c| {
+            with_countries(c);
+            c.proxy.node_name = "second".into();
+        })
+        .await,
     ];
     for p in &proxies {
         eventually_within(
@@ -526,6 +544,17 @@ async fn move_under_load(
         "{target}"
     );
     let rows = check_audit(info, &audit, &new_map).await;
+    for new_shard in final_shards.iter().filter(|s| !map.shards().contains(s)) {
+        let countries: Vec<String> = proxy::shard(info, *new_shard)
+            .await
+            .query("SELECT code FROM countries ORDER BY code", &[])
+            .await
+            .expect("the new shard has the reference table")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(countries, ["fr", "jp", "pe"], "shard {new_shard}");
+    }
     let moved: i64 = job.steps.iter().map(|s| s.rows_deleted).sum();
     assert!(moved > 0, "nothing moved: {:?}", job.steps);
     let changed = rows
