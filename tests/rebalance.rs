@@ -136,7 +136,44 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     let (ok, out) = pgshard(&["rebalance", "start", "--config", config, "even-out"]);
     assert!(ok, "{out}");
     let job_id = newest_job(info).await;
-    let runner = start_proxy_with(info, |_| {}).await;
+    // Creating the source's slot waits for the transactions open there, an in-doubt prepared one
+    // included: the job says which, and goes on once they end.
+    let blocker = proxy::shard(info, 0).await;
+    blocker
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+    let in_doubt = proxy::shard(info, 0).await;
+    in_doubt
+        .batch_execute(
+            "BEGIN; INSERT INTO users (user_id, name) VALUES (-1, 'in doubt'); \
+             PREPARE TRANSACTION 'pgshard_test_in_doubt'",
+        )
+        .await
+        .unwrap();
+    let blocker_pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let runner = start_proxy_with(info, |c| c.rebalance.slot_timeout_ms = 500).await;
+    eventually_within(
+        Duration::from_secs(60),
+        "the job names what its slot waits for",
+        || async {
+            job_state(info, job_id).await.error.is_some_and(|e| {
+                e.contains("waited 500 ms")
+                    && e.contains(&format!("pid {blocker_pid}"))
+                    && e.contains("pgshard_test_in_doubt")
+            })
+        },
+    )
+    .await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    in_doubt
+        .batch_execute("ROLLBACK PREPARED 'pgshard_test_in_doubt'")
+        .await
+        .unwrap();
     let job = wait_job_end(info, job_id, Duration::from_secs(120)).await;
     assert_eq!(
         job.state,
@@ -158,6 +195,36 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     assert!((counts[0] - counts[1]).abs() <= 2, "not even: {counts:?}");
     let (ok, out) = pgshard(&["verify", "--config", config]);
     assert!(ok, "{out}");
+
+    // A source whose replica identity lacks the shard key would make Postgres refuse clients'
+    // UPDATE and DELETE once its rows are published with a row filter: the job fails its checks
+    // before it publishes anything, and clients go on writing.
+    let shard0 = proxy::shard(info, 0).await;
+    shard0
+        .batch_execute("ALTER TABLE users REPLICA IDENTITY NOTHING")
+        .await
+        .unwrap();
+    let (ok, out) = pgshard(&["rebalance", "start", "--config", config, "add-shard", "2"]);
+    assert!(ok, "{out}");
+    let job = wait_job_end(info, newest_job(info).await, Duration::from_secs(60)).await;
+    assert_eq!(job.state, pgshard::rebalance::jobs::JobState::Failed);
+    let error = job.error.unwrap_or_default();
+    assert!(
+        error.contains("replica identity does not include the shard key user_id"),
+        "{error}"
+    );
+    for shard in 0..3 {
+        assert_eq!(replication_objects(info, shard).await, (0, 0, 0));
+    }
+    let updated = client
+        .execute("UPDATE users SET name = 'after' WHERE user_id <= 400", &[])
+        .await
+        .unwrap();
+    assert_eq!(updated, 400);
+    shard0
+        .batch_execute("ALTER TABLE users REPLICA IDENTITY DEFAULT")
+        .await
+        .unwrap();
     runner.stop().await;
     running.stop().await;
 }
