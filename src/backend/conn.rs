@@ -381,9 +381,29 @@ impl ServerConn {
     }
 }
 
+/// The longest a cancel request may take, connecting and sending included.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl CancelTarget {
-    /// Sends a CancelRequest for this target on a new connection.
+    /// Sends a CancelRequest for this target on a new connection, giving up after
+    /// `CANCEL_TIMEOUT`: a cancel is best effort, and one to a shard that does not answer (cut off,
+    /// black-holed) must not keep its task waiting forever.
     pub async fn cancel(&self) -> std::io::Result<()> {
+        tokio::time::timeout(CANCEL_TIMEOUT, self.send_cancel())
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "cancel request to {} not sent within {} s",
+                        self.addr,
+                        CANCEL_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+    }
+
+    async fn send_cancel(&self) -> std::io::Result<()> {
         let tcp = TcpStream::connect(&*self.addr).await?;
         let mut stream = self
             .tls
@@ -397,7 +417,8 @@ impl CancelTarget {
         packet.put_i32(self.secret);
         stream.write_all(&packet).await?;
         let mut sink = [0u8; 1];
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+        // The server closes the connection once it has read the request.
+        let _ = stream.read(&mut sink).await;
         Ok(())
     }
 }
