@@ -409,6 +409,56 @@ async fn a_killed_shard_fails_only_its_own_clients_and_comes_back() {
     assert_eq!(n, 0);
 
     terminated_connections_do_not_end_client_sessions(&running, info, &map).await;
+    a_dead_login_shard_does_not_stop_others_preparing(&running, info, &map).await;
+}
+
+/// Statements any shard can answer (a Parse and Describe, `SELECT 1`) go to the shard a session
+/// logged in through; once its monitor finds that shard down they go to another, so clients of
+/// the other shards can still prepare.
+async fn a_dead_login_shard_does_not_stop_others_preparing(
+    running: &pgshard::server::RunningProxy,
+    info: &ClusterInfo,
+    map: &ShardMap,
+) {
+    // Sessions log in through the first shard that answers: shard 0 while it is up.
+    let client = proxy::connect(running).await;
+    let key = keys_on(map, 2, 7_000_000).next().unwrap();
+    client
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'on two')",
+            &[&key],
+        )
+        .await
+        .unwrap();
+    cluster::stop_instance(&info.dir, "shard0", StopMode::Immediate)
+        .await
+        .expect("stop shard 0");
+    wait_until(
+        "a statement to prepare while the login shard is down",
+        Duration::from_secs(15),
+        || async {
+            client
+                .prepare("SELECT name FROM users WHERE user_id = $1")
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let statement = client
+        .prepare("SELECT name FROM users WHERE user_id = $1")
+        .await
+        .expect("prepare with shard 0 down");
+    let name: String = client
+        .query_one(&statement, &[&key])
+        .await
+        .expect("a key of shard 2")
+        .get(0);
+    assert_eq!(name, "on two");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    cluster::start_instance(&info.dir, "shard0")
+        .await
+        .expect("restart shard 0");
 }
 
 /// `pg_terminate_backend` on the proxy's server connections: idle pooled ones are not handed

@@ -771,13 +771,37 @@ impl Session {
             .or(bound)
             .or_else(|| participants.first().copied())
             .or_else(|| self.held.keys().next().copied())
-            .unwrap_or(self.any_shard);
+            .unwrap_or_else(|| self.answering_shard());
         if let Some(b) = bound.filter(|b| *b != shard) {
             return Err(refusal(format!(
                 "an implicit transaction that a Flush left open runs on shard {b} and the statement needs shard {shard}: send Sync first, or use BEGIN … COMMIT, which may span shards"
             )));
         }
         Ok(Target::Single(shard))
+    }
+
+    /// The shard for a request any shard can answer (a Parse or Describe, a reference table
+    /// read, `SELECT 1`): the one that answered at login, unless its monitor last found its
+    /// primary down — then the first shard of the map whose primary answered, so clients of the
+    /// other shards can still prepare their statements.
+    fn answering_shard(&self) -> u32 {
+        let topology = &self.proxy.topology;
+        let down = |shard: u32| {
+            topology
+                .primary(shard)
+                .and_then(|id| topology.server(id))
+                .is_some_and(|s| s.sampled_at.is_some() && !s.healthy)
+        };
+        if !down(self.any_shard) {
+            return self.any_shard;
+        }
+        self.proxy
+            .map
+            .current()
+            .shards()
+            .into_iter()
+            .find(|s| !down(*s))
+            .unwrap_or(self.any_shard)
     }
 
     /// Makes sure a connection to `shard` is held, in sync with the session's settings, and inside
