@@ -902,6 +902,44 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
     assert_eq!(proxy::count_users_directly(info).await, 1500);
     let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
     assert!(ok, "{out}");
+
+    // A copy that does not match its source is never switched to: a row changed behind the
+    // job's back on the destination fails the cut-over's checksum, and the job rolls back. An
+    // open transaction keeps the cut-over from happening before the row is changed.
+    idle.batch_execute("BEGIN").await.unwrap();
+    idle.query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap();
+    admin.simple_query("REBALANCE add-shard 2").await.unwrap();
+    let tampered_job = newest_job(info).await;
+    let dest = proxy::shard(info, 2).await;
+    eventually_within(
+        Duration::from_secs(60),
+        "the moving row reaches the destination",
+        || async {
+            dest.execute(
+                "UPDATE users SET name = 'tampered' WHERE user_id = $1",
+                &[&moving],
+            )
+            .await
+            .unwrap()
+                == 1
+        },
+    )
+    .await;
+    idle.batch_execute("COMMIT").await.unwrap();
+    let job = wait_job_end(info, tampered_job, Duration::from_secs(60)).await;
+    assert_eq!(job.state, pgshard::rebalance::jobs::JobState::Cancelled);
+    let error = job.error.unwrap_or_default();
+    assert!(error.contains("does not match the source"), "{error}");
+    assert_eq!(running.proxy.map.current().version, map.version);
+    let left: i64 = dest
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the mismatched copy is removed");
+    assert_eq!(proxy::count_users_directly(info).await, 1500);
     // After the job, DDL goes through again.
     client
         .simple_query("ALTER TABLE users ADD COLUMN nickname text")

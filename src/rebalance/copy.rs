@@ -5,6 +5,7 @@
 //! slots, publication; delete rows in batches) for both finishing and rolling back. Every
 //! operation is idempotent, so a resumed job simply runs it again.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -385,6 +386,56 @@ pub async fn delete_rows(
         }
     }
     Ok(deleted)
+}
+
+/// Count and checksum of each table's rows, per table, for one step: what a cut-over compares
+/// between source and destination.
+pub type StepChecksum = Vec<(String, i64, i64)>;
+
+/// [`checksum`] for several steps on one shard in one scan per table: the steps' predicates are
+/// disjoint on a shard (one source's rows go to one destination each, one destination's come from
+/// one source each), so each row is counted for the first step whose predicate holds. A cut-over
+/// computes these inside its hold, where one scan instead of one per step matters.
+pub async fn checksums(
+    config: &Config,
+    client: &Client,
+    shard: u32,
+    job: &Job,
+    steps: &[&Step],
+) -> Result<BTreeMap<i32, StepChecksum>, RebalanceError> {
+    let mut out: BTreeMap<i32, StepChecksum> = steps.iter().map(|s| (s.no, Vec::new())).collect();
+    for table in &config.sharded_tables {
+        if !table_exists(client, shard, &table.name).await? {
+            continue;
+        }
+        let mut arms = Vec::with_capacity(steps.len());
+        for step in steps {
+            let pred = job.plan.predicate(&table.key, step_move(job, step)?);
+            arms.push(format!("WHEN {pred} THEN {}", step.no));
+        }
+        let sql = format!(
+            "SELECT step, count(*), coalesce(sum(hashtext(r::text)::bigint), 0)::bigint \
+             FROM (SELECT CASE {} END AS step, x AS r FROM {} x) moving \
+             WHERE step IS NOT NULL GROUP BY step",
+            arms.join(" "),
+            ident(&table.name)
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(RebalanceError::shard(shard))?;
+        for sums in out.values_mut() {
+            sums.push((table.name.clone(), 0, 0));
+        }
+        for row in rows {
+            let step: i32 = row.get(0);
+            if let Some(entry) = out.get_mut(&step).and_then(|v| v.last_mut()) {
+                entry.1 = row.get(1);
+                entry.2 = row.get(2);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Row count and an order-independent checksum of the step's rows on a shard, per table.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::copy::{checksum, name};
+use super::copy::{checksums, name};
 use super::jobs::Job;
 use super::shards::connect;
 use super::RebalanceError;
@@ -112,54 +112,45 @@ async fn held(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // 2. Each destination confirms the source's current position.
-    for step in &job.steps {
-        let (Some(src), slot) = (clients.get(&step.source), name(job.id, step.no)) else {
-            continue;
-        };
-        let lsn: String = src
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .map_err(RebalanceError::shard(step.source))?
-            .get(0);
-        loop {
-            let caught: Option<bool> = src
-                .query_opt(
-                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                    &[&lsn, &slot],
-                )
-                .await
-                .map_err(RebalanceError::shard(step.source))?
-                .and_then(|r| r.get(0));
-            match caught {
-                Some(true) => break,
-                None => {
-                    return Ok(Attempt::Fail(format!(
-                        "replication slot {slot} is missing on shard {}",
-                        step.source
-                    )))
-                }
-                Some(false) => {}
-            }
-            if started.elapsed() > bound {
-                return Ok(Attempt::Retry(format!(
-                    "shard {} did not replay shard {}'s position {lsn} in time",
-                    step.dest, step.source
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+    // 2. Each destination confirms the source's current position (all steps at once).
+    let waits = job
+        .steps
+        .iter()
+        .filter_map(|step| Some((step, clients.get(&step.source)?)))
+        .map(|(step, src)| caught_up(src, job, step, started, bound));
+    for outcome in futures_util::future::join_all(waits).await {
+        if let Some(attempt) = outcome? {
+            return Ok(attempt);
         }
     }
-    // 3. The moving rows match on both sides.
+    // 3. The moving rows match on both sides: one scan per shard and table, every shard at once.
+    let start_scans = |groups: &BTreeMap<u32, Vec<i32>>| {
+        let futures: Vec<_> = groups
+            .iter()
+            .filter_map(|(shard, nos)| {
+                let steps: Vec<&super::jobs::Step> =
+                    job.steps.iter().filter(|s| nos.contains(&s.no)).collect();
+                let client = clients.get(shard)?;
+                let shard = *shard;
+                Some(async move { checksums(config, client, shard, job, &steps).await })
+            })
+            .collect();
+        futures_util::future::join_all(futures)
+    };
+    let (sources, dests) = (steps_by(job, |s| s.source), steps_by(job, |s| s.dest));
+    let (at_sources, at_dests) = tokio::join!(start_scans(&sources), start_scans(&dests));
+    let mut source_sums = BTreeMap::new();
+    for r in at_sources {
+        source_sums.extend(r?);
+    }
+    let mut dest_sums = BTreeMap::new();
+    for r in at_dests {
+        dest_sums.extend(r?);
+    }
     for step in &job.steps {
-        let (Some(src), Some(dst)) = (clients.get(&step.source), clients.get(&step.dest)) else {
+        let (Some(a), Some(b)) = (source_sums.get(&step.no), dest_sums.get(&step.no)) else {
             continue;
         };
-        let (a, b) = tokio::join!(
-            checksum(config, src, step.source, job, step),
-            checksum(config, dst, step.dest, job, step)
-        );
-        let (a, b) = (a?, b?);
         if a != b {
             return Ok(Attempt::Fail(format!(
                 "step {} ({} → {}): the copy does not match the source (source {a:?}, destination {b:?})",
@@ -236,4 +227,57 @@ async fn held(
     .map_err(cat)?;
     tx.commit().await.map_err(cat)?;
     Ok(Attempt::Switched { version, hold_ms })
+}
+
+/// The numbers of `job`'s steps, grouped by the shard `side` names (source or destination).
+fn steps_by(job: &Job, side: fn(&super::jobs::Step) -> u32) -> BTreeMap<u32, Vec<i32>> {
+    let mut groups: BTreeMap<u32, Vec<i32>> = BTreeMap::new();
+    for step in &job.steps {
+        groups.entry(side(step)).or_default().push(step.no);
+    }
+    groups
+}
+
+/// Waits until the destination of `step` has confirmed its source's WAL position as of now;
+/// `Some` ends the attempt (the slot is gone, or the bound passed).
+async fn caught_up(
+    src: &Client,
+    job: &Job,
+    step: &super::jobs::Step,
+    started: Instant,
+    bound: Duration,
+) -> Result<Option<Attempt>, RebalanceError> {
+    let slot = name(job.id, step.no);
+    let lsn: String = src
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(RebalanceError::shard(step.source))?
+        .get(0);
+    loop {
+        let caught: Option<bool> = src
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&lsn, &slot],
+            )
+            .await
+            .map_err(RebalanceError::shard(step.source))?
+            .and_then(|r| r.get(0));
+        match caught {
+            Some(true) => return Ok(None),
+            None => {
+                return Ok(Some(Attempt::Fail(format!(
+                    "replication slot {slot} is missing on shard {}",
+                    step.source
+                ))))
+            }
+            Some(false) => {}
+        }
+        if started.elapsed() > bound {
+            return Ok(Some(Attempt::Retry(format!(
+                "shard {} did not replay shard {}'s position {lsn} in time",
+                step.dest, step.source
+            ))));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
