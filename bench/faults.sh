@@ -19,14 +19,7 @@ USERS=4000
 VICTIM=shard1
 . bench/lib.sh
 
-WORK=$(mktemp -d /tmp/pgshard-faults-XXXXXX)
-chmod 755 "$WORK"
-cleanup() {
-    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
-    "$BIN" cluster down --dir "$WORK/c" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir faults
 
 PROXY_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/c" --shards "$SHARDS" --strategy hash \

@@ -13,14 +13,7 @@ USERS=${1:-1000000}
 CLIENTS=${2:-8}
 . bench/lib.sh
 
-WORK=$(mktemp -d /tmp/pgshard-rebalance-XXXXXX)
-chmod 755 "$WORK"
-cleanup() {
-    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
-    "$BIN" cluster down --dir "$WORK/c" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir rebalance
 
 PROXY_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/c" --shards 11 --strategy hash --listen "127.0.0.1:$PROXY_PORT" >/dev/null

@@ -17,14 +17,7 @@ APPLY_DELAY=${4:-0}
 USERS=10000
 . bench/lib.sh
 
-WORK=$(mktemp -d /tmp/pgshard-replicas-XXXXXX)
-chmod 755 "$WORK"
-cleanup() {
-    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
-    "$BIN" cluster down --dir "$WORK/c" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir replicas
 
 PROXY_PORT=$(free_port)
 DELAY_ARGS=()

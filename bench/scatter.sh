@@ -16,15 +16,7 @@ ROWS=${2:-100000}
 CLIENTS=${3:-1}
 . bench/lib.sh
 
-WORK=$(mktemp -d /tmp/pgshard-scatter-XXXXXX)
-chmod 755 "$WORK"
-cleanup() {
-    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
-    "$BIN" cluster down --dir "$WORK/ten" >/dev/null 2>&1 || true
-    "$BIN" cluster down --dir "$WORK/one" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir scatter
 
 PROXY_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/ten" --shards 10 --strategy hash --listen "127.0.0.1:$PROXY_PORT" >/dev/null

@@ -15,15 +15,7 @@ PGSHARD_BENCH=1 ./scripts/install-deps.sh
 PROFILE=release
 . bench/lib.sh
 
-WORK=$(mktemp -d /tmp/pgshard-bench-XXXXXX)
-chmod 755 "$WORK"
-cleanup() {
-    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
-    pkill -f "^pgbouncer -q $WORK/pgbouncer.ini" 2>/dev/null || true
-    "$BIN" cluster down --dir "$WORK/cluster" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir bench
 
 PROXY_PORT=$(free_port)
 BOUNCER_PORT=$(free_port)

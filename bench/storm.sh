@@ -17,15 +17,7 @@ ACTIVE_SECONDS=${2:-10}
 . bench/lib.sh
 ulimit -n "$(ulimit -Hn)"
 
-WORK=$(mktemp -d /tmp/pgshard-storm-XXXXXX)
-chmod 755 "$WORK"
-cleanup() {
-    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
-    [ -f "$WORK/pgbouncer.pid" ] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
-    "$BIN" cluster down --dir "$WORK/c" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir storm
 
 PROXY_PORT=$(free_port)
 BOUNCER_PORT=$(free_port)

@@ -174,13 +174,7 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
         .batch_execute("ROLLBACK PREPARED 'pgshard_test_in_doubt'")
         .await
         .unwrap();
-    let job = wait_job_end(info, job_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        job.state,
-        pgshard::rebalance::jobs::JobState::Done,
-        "{:?}",
-        job.error
-    );
+    wait_job_done(info, job_id).await;
     let mut counts = Vec::new();
     for shard in [0, 1] {
         let n: i64 = proxy::shard(info, shard)
@@ -232,6 +226,21 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
 /// What the writers were told succeeded, per key: the name it holds, or None once deleted.
 type Audit = BTreeMap<i64, Option<String>>;
 
+/// True when a write touched exactly one row; otherwise records why not in `errors`.
+fn one_row(done: Result<u64, tokio_postgres::Error>, what: &str, errors: &mut Vec<String>) -> bool {
+    match done {
+        Ok(1) => true,
+        Ok(other) => {
+            errors.push(format!("{what} touched {other} rows"));
+            false
+        }
+        Err(e) => {
+            errors.push(format!("{what}: {e}"));
+            false
+        }
+    }
+}
+
 /// One writer: inserts new users, renames and deletes its own, and sometimes renames two of them
 /// in one transaction (two shards: two-phase commit), through `url` until `stop`.
 async fn writer(
@@ -264,32 +273,20 @@ async fn writer(
         if n % 3 == 0 && live.len() > 2 {
             let k = live[(n as usize * 7) % live.len()];
             let name = format!("w{id}-{n}-renamed");
-            match client
+            let done = client
                 .execute(
                     "UPDATE users SET name = $1 WHERE user_id = $2",
                     &[&name, &k],
                 )
-                .await
-            {
-                Ok(1) => {
-                    audit.insert(k, Some(name));
-                }
-                Ok(other) => errors.push(format!("update {k} touched {other} rows")),
-                Err(e) => errors.push(format!("update {k}: {e}")),
-            }
+                .await;
+            one_row(done, &format!("update {k}"), &mut errors).then(|| audit.insert(k, Some(name)));
         }
         if n % 7 == 0 && live.len() > 4 {
             let k = live.remove((n as usize * 13) % live.len());
-            match client
+            let done = client
                 .execute("DELETE FROM users WHERE user_id = $1", &[&k])
-                .await
-            {
-                Ok(1) => {
-                    audit.insert(k, None);
-                }
-                Ok(other) => errors.push(format!("delete {k} touched {other} rows")),
-                Err(e) => errors.push(format!("delete {k}: {e}")),
-            }
+                .await;
+            one_row(done, &format!("delete {k}"), &mut errors).then(|| audit.insert(k, None));
         }
         if n % 5 == 0 && live.len() > 2 {
             // A keyless write (by name, not key) as a prepared statement: it reaches every shard,
@@ -297,16 +294,11 @@ async fn writer(
             let k = live[(n as usize * 3) % live.len()];
             if let Some(Some(old)) = audit.get(&k).cloned() {
                 let name = format!("w{id}-{n}-byname");
-                match client
+                let done = client
                     .execute("UPDATE users SET name = $1 WHERE name = $2", &[&name, &old])
-                    .await
-                {
-                    Ok(1) => {
-                        audit.insert(k, Some(name));
-                    }
-                    Ok(other) => errors.push(format!("update by name {old} touched {other} rows")),
-                    Err(e) => errors.push(format!("update by name {old}: {e}")),
-                }
+                    .await;
+                one_row(done, &format!("update by name {old}"), &mut errors)
+                    .then(|| audit.insert(k, Some(name)));
             }
         }
         if n % 11 == 0 && live.len() > 4 {
@@ -479,6 +471,19 @@ async fn job_state(info: &ClusterInfo, id: i64) -> pgshard::rebalance::jobs::Job
         .expect("the job exists")
 }
 
+/// Waits until job `id` has ended, checks that it is done, and returns it.
+async fn wait_job_done(info: &ClusterInfo, id: i64) -> pgshard::rebalance::jobs::Job {
+    let job = wait_job_end(info, id, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Done,
+        "{:?} {:?}",
+        job.error,
+        job.steps
+    );
+    job
+}
+
 /// Waits until job `id` has ended and returns it.
 async fn wait_job_end(
     info: &ClusterInfo,
@@ -573,14 +578,7 @@ async fn move_under_load(
         .await
         .expect("the job is created");
     let started = Instant::now();
-    let job = wait_job_end(info, job_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        job.state,
-        pgshard::rebalance::jobs::JobState::Done,
-        "{:?} {:?}",
-        job.error,
-        job.steps
-    );
+    let job = wait_job_done(info, job_id).await;
     // Writes go on against the new map for a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1048,13 +1046,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
     runner.kill();
     blocker.batch_execute("ROLLBACK").await.unwrap();
     let runner = ProxyProcess::start(info, dir.path()).await;
-    let job = wait_job_end(info, job_a, Duration::from_secs(120)).await;
-    assert_eq!(
-        job.state,
-        pgshard::rebalance::jobs::JobState::Done,
-        "{:?}",
-        job.error
-    );
+    wait_job_done(info, job_a).await;
 
     // 2. Killed during the cut-over: a transaction left open on the clients' proxy makes every
     //    attempt wait with the hold requested; the runner dies in that window.
@@ -1083,13 +1075,7 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
     runner.kill();
     idle.batch_execute("COMMIT").await.unwrap();
     let _runner = ProxyProcess::start(info, dir.path()).await;
-    let job = wait_job_end(info, job_b, Duration::from_secs(120)).await;
-    assert_eq!(
-        job.state,
-        pgshard::rebalance::jobs::JobState::Done,
-        "{:?}",
-        job.error
-    );
+    let job = wait_job_done(info, job_b).await;
     eventually_within(
         Duration::from_secs(10),
         "the proxy loads the final map",

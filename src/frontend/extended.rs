@@ -213,15 +213,18 @@ impl Session {
             Target::Single(_) | Target::Broadcast(_) => None,
         };
         let merge_steps = merge.as_ref().map(|(m, _)| m);
-        let fences = match self.fence_statement_texts(
-            &fenceable_texts(&msgs, merge_steps),
-            &all_facts,
-            &target,
-        ) {
-            Ok(f) => f,
-            Err(fields) => {
-                return self.refuse_batch(fields, sync).await;
+        // Statement texts need looking at only while a rebalancing job fences shards.
+        let fences = if self.proxy.rebalance.fence().is_some() {
+            match self.fence_statement_texts(
+                &fenceable_texts(&msgs, merge_steps),
+                &all_facts,
+                &target,
+            ) {
+                Ok(f) => f,
+                Err(fields) => return self.refuse_batch(fields, sync).await,
             }
+        } else {
+            None
         };
         let build = |conn: &ServerConn| {
             let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));

@@ -392,7 +392,7 @@ pub async fn delete_rows(
 /// between source and destination.
 pub type StepChecksum = Vec<(String, i64, i64)>;
 
-/// [`checksum`] for several steps on one shard in one scan per table: the steps' predicates are
+/// Counts and checksums of the moving rows of several steps on one shard, in one scan per table: the steps' predicates are
 /// disjoint on a shard (one source's rows go to one destination each, one destination's come from
 /// one source each), so each row is counted for the first step whose predicate holds. A cut-over
 /// computes these inside its hold, where one scan instead of one per step matters.
@@ -434,35 +434,6 @@ pub async fn checksums(
                 entry.2 = row.get(2);
             }
         }
-    }
-    Ok(out)
-}
-
-/// Row count and an order-independent checksum of the step's rows on a shard, per table.
-pub async fn checksum(
-    config: &Config,
-    client: &Client,
-    shard: u32,
-    job: &Job,
-    step: &Step,
-) -> Result<Vec<(String, i64, i64)>, RebalanceError> {
-    let m = step_move(job, step)?;
-    let mut out = Vec::new();
-    for (table, _, pred) in predicates(config, job, m) {
-        if !table_exists(client, shard, &table).await? {
-            continue;
-        }
-        let t = ident(&table);
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT count(*), coalesce(sum(hashtext(x::text)::bigint), 0)::bigint FROM {t} x WHERE {pred}"
-                ),
-                &[],
-            )
-            .await
-            .map_err(RebalanceError::shard(shard))?;
-        out.push((table, row.get(0), row.get(1)));
     }
     Ok(out)
 }

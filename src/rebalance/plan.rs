@@ -635,18 +635,20 @@ mod tests {
         );
     }
 
+    /// Range shards 1 and 2; `[100, 1000)` goes to a new shard 3.
+    fn move_100_to_1000_to_shard_3() -> Plan {
+        let r = ShardMap::uniform(1, Strategy::Range, &[1, 2]);
+        let target = Target::MoveRange {
+            lower: Some(100),
+            upper: Some(1000),
+            to: 3,
+        };
+        plan(&r, &target).unwrap()
+    }
+
     #[test]
     fn move_range_splits_and_joins() {
-        let r = ShardMap::uniform(1, Strategy::Range, &[1, 2]);
-        let p = plan(
-            &r,
-            &Target::MoveRange {
-                lower: Some(100),
-                upper: Some(1000),
-                to: 3,
-            },
-        )
-        .unwrap();
+        let p = move_100_to_1000_to_shard_3();
         check(&p);
         assert_eq!(p.moves.len(), 1);
         assert_eq!(p.moves[0].slices, vec![(Some(100), Some(1000))]);
@@ -655,6 +657,7 @@ mod tests {
         assert_eq!(p.to.shard_for(999), 3);
         assert_eq!(p.to.shard_for(1000), 1);
         // A range spanning a boundary takes from both owners.
+        let r = p.from.clone();
         let mid = r.ranges[0].upper.unwrap();
         let p = plan(
             &r,
@@ -722,16 +725,7 @@ mod tests {
 
     #[test]
     fn predicates_name_the_slices() {
-        let r = ShardMap::uniform(1, Strategy::Range, &[1, 2]);
-        let p = plan(
-            &r,
-            &Target::MoveRange {
-                lower: Some(100),
-                upper: Some(1000),
-                to: 3,
-            },
-        )
-        .unwrap();
+        let p = move_100_to_1000_to_shard_3();
         assert_eq!(
             p.predicate("user_id", &p.moves[0]),
             "(user_id >= 100 AND user_id < 1000)"

@@ -337,7 +337,10 @@ impl Runner<'_> {
             let batch = self.config.rebalance.delete_batch;
             let deleted =
                 copy::delete_rows(self.config, &source, step.source, job, step, batch).await?;
-            let left = copy::checksum(self.config, &source, step.source, job, step).await?;
+            let left = copy::checksums(self.config, &source, step.source, job, &[step])
+                .await?
+                .remove(&step.no)
+                .unwrap_or_default();
             if left.iter().any(|(_, n, _)| *n > 0) {
                 return Err(RebalanceError::Refused(format!(
                     "step {}: rows still on shard {} after clean-up: {left:?}",
