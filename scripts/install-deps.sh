@@ -71,6 +71,10 @@ if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
     echo "pgshard: installing the Python driver psycopg (for the cross-language driver test)"
     python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]'
 fi
+if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
+    echo "pgshard: installing the Python driver asyncpg (for the driver tests)"
+    python3 -m pip install --quiet --disable-pip-version-check asyncpg
+fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     echo "pgshard: installing cargo-nextest"

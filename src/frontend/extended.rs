@@ -10,13 +10,15 @@ use sha2::{Digest, Sha256};
 
 use super::exchange::{Expect, Step};
 use super::session::{
-    aborted, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared, Session, Target, Txn,
+    aborted, control_statement, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared,
+    Session, Target, Txn,
 };
 use crate::backend::ServerConn;
 use crate::gather::copy_in::CopyProtocol;
 use crate::router::params::BindParams;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::telemetry::QueryTimer;
+use crate::txn::control::{self, ControlAction, ControlStatement};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
@@ -144,8 +146,10 @@ impl Session {
             && !executed.iter().all(|st| {
                 st.facts.first().is_some_and(|f| {
                     matches!(
-                        f.kind,
-                        StatementKind::Commit | StatementKind::Rollback | StatementKind::Savepoint
+                        control_statement(&st.sql, f),
+                        ControlStatement::Commit
+                            | ControlStatement::Rollback
+                            | ControlStatement::RollbackTo
                     )
                 })
             })
@@ -252,6 +256,13 @@ impl Session {
                     if !sync && outcome.error.is_some() {
                         // The server now skips everything up to Sync; so do we.
                         self.skip_until_sync = true;
+                    }
+                    if outcome.error.is_some() && !join_txn {
+                        // A Parse or Describe failed outside the block's shards: in Postgres
+                        // that error aborts the block all the same.
+                        if let Some(txn) = self.txn.as_mut().filter(|t| !t.implicit) {
+                            txn.refused = true;
+                        }
                     }
                     self.after_statements(&all_facts, &outcome, Some(shard));
                     if let ([st], None) = (&executed[..], &outcome.error) {
@@ -383,24 +394,24 @@ impl Session {
         Ok(())
     }
 
-    /// True when the batch only opens or closes a transaction block that has no shard yet.
+    /// True when the batch only opens a block, or ends one that the proxy must end itself (no
+    /// shard has it, it spans shards, or the proxy refused a statement in it): see
+    /// `txn::control::decide`.
     fn deferred_transaction_control(&self, executed: &[Arc<Prepared>]) -> bool {
-        if executed.len() != 1 {
+        let [statement] = executed else {
             return false;
-        }
-        let unbound = self.txn.as_ref().is_none_or(|t| t.participants.is_empty());
-        match executed[0].facts.first().map(|f| &f.kind) {
-            Some(StatementKind::Begin) => self.txn.is_none(),
-            Some(StatementKind::Commit | StatementKind::Rollback) => {
-                // A block the proxy refused a statement in can only roll back; one that spans
-                // shards commits through the coordinator.
-                self.txn.is_some()
-                    && (unbound
-                        || self.block_is_distributed()
-                        || self.txn.as_ref().is_some_and(|t| t.refused))
-            }
-            _ => false,
-        }
+        };
+        let Some(facts) = statement.facts.first() else {
+            return false;
+        };
+        let kind = control_statement(&statement.sql, facts);
+        matches!(
+            kind,
+            ControlStatement::Begin | ControlStatement::Commit | ControlStatement::Rollback
+        ) && matches!(
+            control::decide(self.block_view(), kind),
+            ControlAction::OpenBlock | ControlAction::EndInProxy
+        )
     }
 
     /// Decodes one message and works out its route. `Ok(None)` for messages with nothing to do.

@@ -18,6 +18,7 @@ use crate::config::PoolMode;
 use crate::proxy::Proxy;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::telemetry::{QueryTimer, RouteKind};
+use crate::txn::control::{self, BlockView, ControlAction, ControlStatement};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
@@ -467,30 +468,37 @@ impl Session {
     }
 
     /// BEGIN/COMMIT/ROLLBACK the proxy answers without a server: a BEGIN waits for the first
-    /// statement to know its shard.
+    /// statement to know its shard. What to do is `txn::control::decide`'s call.
     async fn transaction_shortcut(
         &mut self,
         sql: &str,
         facts: &[StatementFacts],
     ) -> Result<Option<()>, End> {
+        let block = self.block_view();
         let [only] = facts else {
-            if self.block_failed() {
-                self.reply_error(aborted());
-                return Ok(Some(()));
+            let first = facts
+                .first()
+                .map(|f| control_statement(sql, f))
+                .unwrap_or(ControlStatement::Other);
+            match control::decide_many(block, first) {
+                None => return Ok(None),
+                Some(ControlAction::SendOnItsOwn) => self.reply_error(refusal(
+                    "this transaction is aborted and spans several shards or had a statement refused by pgshard: send COMMIT, ROLLBACK or ROLLBACK TO SAVEPOINT on its own, not together with other statements",
+                )),
+                Some(_) => self.reply_error(aborted()),
             }
-            return Ok(None);
+            return Ok(Some(()));
         };
-        let unbound = self.txn.as_ref().is_none_or(|t| t.participants.is_empty());
-        let distributed = self.block_is_distributed();
-        match &only.kind {
-            StatementKind::Begin if self.txn.is_none() => {
+        match control::decide(block, control_statement(sql, only)) {
+            ControlAction::Route => Ok(None),
+            ControlAction::OpenBlock => {
                 self.txn = Some(Txn::explicit(sql));
                 self.settings_at_begin = Some(self.settings.clone());
                 self.io.push(&be::command_complete("BEGIN"));
                 self.io.push(&be::ready_for_query(TxStatus::InTransaction));
                 Ok(Some(()))
             }
-            StatementKind::Begin if unbound => {
+            ControlAction::WarnAlreadyInProgress => {
                 self.io.push(
                     &ErrorFields {
                         severity: "WARNING".into(),
@@ -503,26 +511,24 @@ impl Session {
                 self.io.push(&be::ready_for_query(status));
                 Ok(Some(()))
             }
-            StatementKind::Commit | StatementKind::Rollback
-                if unbound || distributed || self.txn.as_ref().is_some_and(|t| t.refused) =>
-            {
-                if self.txn.is_none() {
-                    self.io.push(
-                        &ErrorFields {
-                            severity: "WARNING".into(),
-                            ..ErrorFields::error("25P01", "there is no transaction in progress")
-                        }
-                        .to_notice(),
-                    );
-                    let tag = if only.kind == StatementKind::Commit {
-                        "COMMIT"
-                    } else {
-                        "ROLLBACK"
-                    };
-                    self.io.push(&be::command_complete(tag));
-                    self.io.push(&be::ready_for_query(TxStatus::Idle));
-                    return Ok(Some(()));
-                }
+            ControlAction::WarnNoTransaction => {
+                self.io.push(
+                    &ErrorFields {
+                        severity: "WARNING".into(),
+                        ..ErrorFields::error("25P01", "there is no transaction in progress")
+                    }
+                    .to_notice(),
+                );
+                let tag = if only.kind == StatementKind::Commit {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                self.io.push(&be::command_complete(tag));
+                self.io.push(&be::ready_for_query(TxStatus::Idle));
+                Ok(Some(()))
+            }
+            ControlAction::EndInProxy => {
                 let chain = crate::txn::statement::chains(sql).then(|| self.txn_begin_sql());
                 match self.end_block(only.kind == StatementKind::Commit).await {
                     Ok(end) => self.io.push(&be::command_complete(end.tag())),
@@ -539,13 +545,7 @@ impl Session {
                 self.io.push(&be::ready_for_query(status));
                 Ok(Some(()))
             }
-            StatementKind::Set { .. } | StatementKind::SetLocal | StatementKind::Savepoint
-                if self
-                    .txn
-                    .as_ref()
-                    .is_some_and(|t| t.participants.is_empty() && !t.refused)
-                    && only.local.is_none() =>
-            {
+            ControlAction::Remember if only.local.is_none() => {
                 // Nothing has run yet: the block remembers the statement and every shard it
                 // reaches replays it after BEGIN (a session SET reaches shards as settings).
                 self.note_block_statement(sql, only);
@@ -565,15 +565,25 @@ impl Session {
                 self.io.push(&be::ready_for_query(TxStatus::InTransaction));
                 Ok(Some(()))
             }
-            _ if self.block_failed() => {
-                if only.kind == StatementKind::Savepoint {
-                    // ROLLBACK TO SAVEPOINT may rescue the block; the server decides.
-                    return Ok(None);
-                }
+            ControlAction::Remember => Ok(None),
+            ControlAction::RefuseAborted | ControlAction::SendOnItsOwn => {
                 self.reply_error(aborted());
                 Ok(Some(()))
             }
-            _ => Ok(None),
+        }
+    }
+
+    /// The open block as transaction control sees it.
+    pub fn block_view(&self) -> BlockView {
+        match &self.txn {
+            None => BlockView::default(),
+            Some(t) => BlockView {
+                open: true,
+                bound: !t.participants.is_empty(),
+                distributed: t.distributed(),
+                refused: t.refused,
+                failed: self.status() == TxStatus::Failed,
+            },
         }
     }
 
@@ -1168,6 +1178,22 @@ impl Session {
                 "this request would end a transaction block on some of its shards only: send COMMIT, ROLLBACK and savepoint statements on their own, not together with statements for another shard",
             )
         })
+    }
+}
+
+/// A statement as transaction control sees it (`sql` tells ROLLBACK TO from other savepoint
+/// statements).
+pub fn control_statement(sql: &str, f: &StatementFacts) -> ControlStatement {
+    match &f.kind {
+        StatementKind::Begin => ControlStatement::Begin,
+        StatementKind::Commit => ControlStatement::Commit,
+        StatementKind::Rollback => ControlStatement::Rollback,
+        StatementKind::Savepoint => match crate::txn::statement::savepoint_op(sql) {
+            Some(crate::txn::statement::SavepointOp::RollbackTo(_)) => ControlStatement::RollbackTo,
+            _ => ControlStatement::Savepoint,
+        },
+        StatementKind::Set { .. } | StatementKind::SetLocal => ControlStatement::Setting,
+        _ => ControlStatement::Other,
     }
 }
 

@@ -2,6 +2,7 @@
 //! commit coordinator with its decision log in the catalog, and recovery of in-doubt transactions.
 
 pub mod block;
+pub mod control;
 pub mod decision_log;
 pub mod recovery;
 pub mod statement;
