@@ -27,6 +27,8 @@ fi
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 # tests/tls.rs: the openssl CLI makes its self-signed certificate.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# tests/generated_keys.rs: sysbench's oltp_read_write with its default table layout.
+command -v sysbench >/dev/null 2>&1 || need+=(sysbench)
 # scripts/fuzz.sh: libFuzzer (built by the libfuzzer-sys crate) is C++.
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 if [ "${PGSHARD_BENCH:-0}" = 1 ]; then

@@ -29,6 +29,13 @@ CREATE TABLE IF NOT EXISTS proxies (
     last_seen  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Generated keys for smallint/integer shard keys that an INSERT omits: each proxy takes the next
+-- block of a table's ids with one upsert, so ids never repeat across proxies and restarts.
+CREATE TABLE IF NOT EXISTS key_blocks (
+    table_name text PRIMARY KEY,
+    next_value bigint NOT NULL CHECK (next_value > 0)
+);
+
 CREATE OR REPLACE FUNCTION shard_map_announce() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('pgshard_shard_map', '');

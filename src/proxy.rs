@@ -21,6 +21,8 @@ pub struct Proxy {
     pub map: MapHandle,
     pub pools: Arc<ShardPools>,
     pub ids: IdGenerator,
+    /// Key column types and catalog id blocks, for INSERTs that omit a narrow shard key.
+    pub keys: crate::frontend::generated_keys::KeySources,
     pub cancels: CancelRegistry,
     /// Where tables that are not sharded live (the first shard of the config).
     pub first_shard: u32,

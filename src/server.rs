@@ -210,6 +210,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         map: catalog.map.clone(),
         pools,
         ids,
+        keys: crate::frontend::generated_keys::KeySources::new(catalog::KeyBlocks::new(
+            &config.catalog.url,
+            &server_tls,
+            config.pool.connect_timeout(),
+        )),
         cancels: CancelRegistry::default(),
         first_shard,
         server_params: Default::default(),

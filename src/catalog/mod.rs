@@ -3,12 +3,15 @@
 //! the primary each shard agreed on.
 
 mod init;
+mod key_blocks;
+mod lazy_client;
 mod map_handle;
 mod primaries;
 mod store;
 mod watcher;
 
 pub use init::{init, init_url, CATALOG_SQL};
+pub use key_blocks::KeyBlocks;
 pub use map_handle::MapHandle;
 pub use primaries::{PrimaryRecord, PrimaryRecords};
 pub use store::{

@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::Client;
-
+use super::lazy_client::LazyClient;
 use super::CatalogError;
 use crate::backend::ServerTls;
 
@@ -20,39 +18,28 @@ pub struct PrimaryRecord {
     pub timeline: u32,
 }
 
-/// A lazily (re)connected catalog client for the monitors' reads and compare-and-sets.
+/// The monitors' reads and compare-and-sets, on a catalog client made on first use.
 pub struct PrimaryRecords {
-    url: String,
-    tls: ServerTls,
-    connect_timeout: Duration,
-    client: Mutex<Option<Client>>,
+    client: LazyClient,
 }
 
 impl PrimaryRecords {
     /// Connects on first use, so a catalog outage does not stop the monitors.
     pub fn new(url: &str, tls: &ServerTls, connect_timeout: Duration) -> PrimaryRecords {
         PrimaryRecords {
-            url: url.to_string(),
-            tls: tls.clone(),
-            connect_timeout,
-            client: Mutex::new(None),
+            client: LazyClient::new(url, tls, connect_timeout),
         }
     }
 
     /// Every shard's row.
     pub async fn load_all(&self) -> Result<BTreeMap<u32, PrimaryRecord>, CatalogError> {
-        let mut guard = self.connected().await?;
-        let outcome = match guard.as_ref() {
-            Some(c) => {
-                let query = c.query(
-                    "SELECT shard_id, address, timeline FROM shard_primaries",
-                    &[],
-                );
-                tokio::time::timeout(self.connect_timeout, query).await
-            }
-            None => return Err(CatalogError::Timeout),
-        };
-        let rows = settle(outcome, &mut guard)?;
+        let rows = self
+            .client
+            .query(
+                "SELECT shard_id, address, timeline FROM shard_primaries",
+                &[],
+            )
+            .await?;
         Ok(rows
             .iter()
             .filter_map(record_from_row)
@@ -72,71 +59,25 @@ impl PrimaryRecords {
         let timeline = i64::from(timeline);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&shard_id, &address, &timeline];
-        let mut guard = self.connected().await?;
-        let outcome = match guard.as_ref() {
-            Some(c) => {
-                let query = c.query(
-                    "WITH attempt AS (
-                             INSERT INTO shard_primaries AS p (shard_id, address, timeline)
-                             VALUES ($1, $2, $3)
-                             ON CONFLICT (shard_id) DO UPDATE
-                                 SET address = EXCLUDED.address, timeline = EXCLUDED.timeline,
-                                     recorded_at = now()
-                                 WHERE p.timeline < EXCLUDED.timeline
-                             RETURNING shard_id, address, timeline)
-                         SELECT shard_id, address, timeline FROM attempt
-                         UNION ALL
-                         SELECT shard_id, address, timeline FROM shard_primaries
-                         WHERE shard_id = $1 AND NOT EXISTS (SELECT 1 FROM attempt)",
-                    &params,
-                );
-                tokio::time::timeout(self.connect_timeout, query).await
-            }
-            None => return Err(CatalogError::Timeout),
-        };
-        let rows = settle(outcome, &mut guard)?;
+        let rows = self
+            .client
+            .query(
+                "WITH attempt AS (
+                         INSERT INTO shard_primaries AS p (shard_id, address, timeline)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (shard_id) DO UPDATE
+                             SET address = EXCLUDED.address, timeline = EXCLUDED.timeline,
+                                 recorded_at = now()
+                             WHERE p.timeline < EXCLUDED.timeline
+                         RETURNING shard_id, address, timeline)
+                     SELECT shard_id, address, timeline FROM attempt
+                     UNION ALL
+                     SELECT shard_id, address, timeline FROM shard_primaries
+                     WHERE shard_id = $1 AND NOT EXISTS (SELECT 1 FROM attempt)",
+                &params,
+            )
+            .await?;
         Ok(rows.iter().find_map(record_from_row))
-    }
-
-    /// The client, connected first if there is none or it was closed.
-    async fn connected(&self) -> Result<MutexGuard<'_, Option<Client>>, CatalogError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(self.connect().await?);
-        }
-        Ok(guard)
-    }
-
-    async fn connect(&self) -> Result<Client, CatalogError> {
-        let connecting = self.tls.connect_url(&self.url);
-        let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| CatalogError::Timeout)?
-            .map_err(CatalogError::Connect)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "monitor catalog connection ended");
-            }
-        });
-        Ok(client)
-    }
-}
-
-/// A query's outcome; a failed or timed-out query drops the client so the next call reconnects.
-fn settle<T>(
-    outcome: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
-    guard: &mut MutexGuard<'_, Option<Client>>,
-) -> Result<T, CatalogError> {
-    match outcome {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            **guard = None;
-            Err(CatalogError::Query(e))
-        }
-        Err(_) => {
-            **guard = None;
-            Err(CatalogError::Timeout)
-        }
     }
 }
 

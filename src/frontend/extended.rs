@@ -78,6 +78,9 @@ impl Session {
     pub async fn extended_batch(&mut self, sync: bool) -> Result<(), End> {
         let answered_before = self.io.parse_completes();
         self.batch_parses.clear();
+        let frames = std::mem::take(&mut self.batch);
+        self.reserve_keys_for_batch(&frames).await;
+        self.batch = frames;
         let result = self.run_extended_batch(sync).await;
         let answered =
             usize::try_from(self.io.parse_completes() - answered_before).unwrap_or(usize::MAX);
@@ -494,8 +497,8 @@ impl Session {
                     }
                 }
                 let mut rewritten = None;
-                let route = if let Some(rows) = facts.missing_key_rows {
-                    let (sql, route) = self.insert_with_new_keys(&statement.sql, rows, map)?;
+                let route = if facts.missing_key_rows.is_some() {
+                    let (sql, route) = self.insert_with_new_keys(&statement.sql, facts, map)?;
                     rewritten = Some(sql);
                     route
                 } else {

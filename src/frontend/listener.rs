@@ -123,6 +123,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         any_shard: proxy.first_shard,
         reads: Default::default(),
         hold_pass: None,
+        reserved_keys: Default::default(),
     };
     // The client's startup settings are tried on a real shard, the first one that answers: one
     // shard being down must not keep clients of the others out.

@@ -7,6 +7,7 @@ pub mod client_io;
 pub mod exchange;
 pub mod extended;
 pub mod fencing;
+pub mod generated_keys;
 pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;

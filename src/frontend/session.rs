@@ -89,6 +89,8 @@ pub struct Session {
     /// Held from a request's start until the session is outside any transaction: a rebalancing
     /// cut-over waits for these.
     pub hold_pass: Option<crate::admin::gate::RequestPass>,
+    /// Generated keys reserved for the request being planned.
+    pub reserved_keys: super::generated_keys::ReservedKeys,
 }
 
 /// An error to report to the client, as an ErrorResponse.
@@ -338,8 +340,9 @@ impl Session {
             self.reply_error(fields);
             return Ok(());
         }
-        if let (1, Some(rows)) = (facts.len(), facts[0].missing_key_rows) {
-            match self.insert_with_new_keys(&sql, rows, &map) {
+        if let (1, Some(_)) = (facts.len(), facts[0].missing_key_rows) {
+            self.reserve_keys_for(&facts).await;
+            match self.insert_with_new_keys(&sql, &facts[0], &map) {
                 Ok((text, route)) => {
                     sql = text;
                     rewritten = true;
@@ -696,18 +699,29 @@ impl Session {
         }
     }
 
-    /// Gives an INSERT that omits the shard key generated keys; all rows must land on one shard.
+    /// Gives an INSERT that omits the shard key generated keys (reserved for the request, see
+    /// `generated_keys`); rows whose keys land on several shards are split.
     pub fn insert_with_new_keys(
-        &self,
+        &mut self,
         sql: &str,
-        rows: usize,
+        facts: &StatementFacts,
         map: &crate::router::ShardMap,
     ) -> Result<(String, Route), ErrorFields> {
-        let ids: Vec<i64> = (0..rows).map(|_| self.proxy.ids.next_id()).collect();
-        let plan = crate::router::split_insert::rows_by_shard(&ids, map);
-        let rewritten =
-            crate::router::rewrite::insert_with_keys(sql, &self.proxy.config.sharded_tables, &ids)
-                .map_err(|e| refusal(e.to_string()))?;
+        let rows = facts.missing_key_rows.unwrap_or(0);
+        let table = facts
+            .shard_key
+            .as_ref()
+            .map(|(t, _)| t.as_str())
+            .unwrap_or("");
+        let keys = self.take_new_keys(table, rows)?;
+        let plan = crate::router::split_insert::rows_by_shard(&keys.ids, map);
+        let rewritten = crate::router::rewrite::insert_with_keys(
+            sql,
+            &self.proxy.config.sharded_tables,
+            &keys.ids,
+            keys.overriding,
+        )
+        .map_err(|e| refusal(e.to_string()))?;
         match plan.as_slice() {
             [one] => Ok((rewritten, Route::Single(one.shard))),
             // New keys on several shards: the rows are split like any multi-row INSERT.

@@ -17,11 +17,14 @@ pub enum RewriteError {
     RowCount { rows: usize, ids: usize },
 }
 
-/// Returns `sql` with the table's shard key added to the column list and `ids[i]` to row `i`.
+/// Returns `sql` with the table's shard key added to the column list and `ids[i]` to row `i`;
+/// with `overriding`, also `OVERRIDING SYSTEM VALUE` before VALUES (a key column that is
+/// `GENERATED ALWAYS AS IDENTITY` takes an explicit value only so).
 pub fn insert_with_keys(
     sql: &str,
     tables: &[ShardedTableConfig],
     ids: &[i64],
+    overriding: bool,
 ) -> Result<String, RewriteError> {
     let tokens = scan_tokens(sql).map_err(RewriteError::Scan)?;
     let mut depth = 0i32;
@@ -73,6 +76,9 @@ pub fn insert_with_keys(
     if tokens.get(close + 1).map(|t| t.2.as_str()) != Some("values") {
         return Err(RewriteError::Shape);
     }
+    if overriding {
+        inserts.push((tokens[close + 1].0, "OVERRIDING SYSTEM VALUE ".to_string()));
+    }
     let mut j = close + 2;
     let mut rows = 0usize;
     loop {
@@ -99,6 +105,7 @@ pub fn insert_with_keys(
         });
     }
     let mut out = sql.to_string();
+    inserts.sort_by_key(|(at, _)| *at);
     for (at, text) in inserts.into_iter().rev() {
         out.insert_str(at, &text);
     }
@@ -166,7 +173,7 @@ mod tests {
     #[test]
     fn splices_keys_into_columns_and_rows() {
         let sql = "INSERT INTO users (name, email) VALUES ('Ada (1)', 'a@x'), ($1, now()) RETURNING user_id";
-        let out = insert_with_keys(sql, &users(), &[7, 8]).unwrap();
+        let out = insert_with_keys(sql, &users(), &[7, 8], false).unwrap();
         assert_eq!(
             out,
             "INSERT INTO users (user_id, name, email) VALUES (7, 'Ada (1)', 'a@x'), (8, $1, now()) RETURNING user_id"
@@ -174,9 +181,19 @@ mod tests {
     }
 
     #[test]
+    fn identity_always_keys_get_overriding_system_value() {
+        let sql = "INSERT INTO users (name) VALUES ('a'), ($1)";
+        let out = insert_with_keys(sql, &users(), &[1, 2], true).unwrap();
+        assert_eq!(
+            out,
+            "INSERT INTO users (user_id, name) OVERRIDING SYSTEM VALUE VALUES (1, 'a'), (2, $1)"
+        );
+    }
+
+    #[test]
     fn handles_schema_alias_and_comments() {
         let sql = "insert /* (x) */ into public.users AS u (name) values ('it''s')";
-        let out = insert_with_keys(sql, &users(), &[-5]).unwrap();
+        let out = insert_with_keys(sql, &users(), &[-5], false).unwrap();
         assert_eq!(
             out,
             "insert /* (x) */ into public.users AS u (user_id, name) values (-5, 'it''s')"
@@ -186,15 +203,20 @@ mod tests {
     #[test]
     fn refuses_shapes_it_cannot_rewrite() {
         assert_eq!(
-            insert_with_keys("INSERT INTO users SELECT 1", &users(), &[1]),
+            insert_with_keys("INSERT INTO users SELECT 1", &users(), &[1], false),
             Err(RewriteError::Shape)
         );
         assert_eq!(
-            insert_with_keys("INSERT INTO users (name) VALUES ('a')", &users(), &[1, 2]),
+            insert_with_keys(
+                "INSERT INTO users (name) VALUES ('a')",
+                &users(),
+                &[1, 2],
+                false
+            ),
             Err(RewriteError::RowCount { rows: 1, ids: 2 })
         );
         assert!(matches!(
-            insert_with_keys("INSERT INTO t (a) VALUES (1)", &users(), &[1]),
+            insert_with_keys("INSERT INTO t (a) VALUES (1)", &users(), &[1], false),
             Err(RewriteError::NotSharded(_))
         ));
     }

@@ -9,6 +9,9 @@
 //! a sequence overflow borrows the next millisecond and a clock that goes backwards is ignored, so
 //! one generator never repeats a `(ms, seq)` pair and its ids strictly increase.
 
+pub mod blocks;
+pub mod key_column;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
