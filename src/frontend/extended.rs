@@ -119,8 +119,20 @@ impl Session {
         let mut partial_fetch = false;
         for frame in frames {
             match self.resolve(&frame, &map, &mut portal_statements) {
-                Ok(Some((msg, route, is_local_stmt))) => {
+                Ok(Some((msg, mut route, is_local_stmt))) => {
                     local |= is_local_stmt;
+                    if let Msg::Bind { statement, .. } = &msg {
+                        // Statements naming an index run where its table lives.
+                        let facts = statement.facts.first();
+                        match self.index_owner_route_of(facts).await {
+                            Ok(Some(r)) => route = Some(r),
+                            Ok(None) => {}
+                            Err(fields) => {
+                                error = Some(fields);
+                                break;
+                            }
+                        }
+                    }
                     if let Some(r) = route {
                         routes.push(r);
                     }

@@ -323,6 +323,16 @@ impl Session {
             .iter()
             .map(|f| proxy.router.route(f, &params, &map, proxy.first_shard))
             .collect();
+        for (f, route) in facts.iter().zip(routes.iter_mut()) {
+            match self.index_owner_route(f).await {
+                Ok(Some(r)) => *route = r,
+                Ok(None) => {}
+                Err(fields) => {
+                    self.reply_error(fields);
+                    return Ok(());
+                }
+            }
+        }
         if facts.iter().any(is_sharded_copy_in) {
             if facts.len() > 1 {
                 self.reply_error(refusal(

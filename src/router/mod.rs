@@ -5,6 +5,7 @@ pub mod cache;
 pub mod copy_facts;
 pub mod facts;
 pub mod fence;
+pub mod index_owner;
 pub mod literals;
 pub mod merge_plan;
 pub mod params;
