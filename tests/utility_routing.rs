@@ -188,6 +188,149 @@ async fn index_statements_run_where_the_table_lives(info: &ClusterInfo, url: &st
     assert_eq!(index_on_shards(info, "users_email_ix").await, nowhere);
 }
 
+/// Asserts that every key in `keys` sits on the shard the map gives it, and on no other shard.
+async fn keys_on_their_shards(info: &ClusterInfo, map: &pgshard::router::ShardMap, keys: &[i64]) {
+    let list = keys
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut seen = 0;
+    for id in info.shard_ids() {
+        let c = proxy::shard(info, id).await;
+        let rows = c
+            .query(
+                &format!("SELECT user_id FROM users WHERE user_id IN ({list})"),
+                &[],
+            )
+            .await
+            .expect("read a shard directly");
+        for r in rows {
+            let k: i64 = r.get(0);
+            assert_eq!(map.shard_for(k), id, "key {k} is on shard {id}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, keys.len(), "every key inserted exactly once");
+}
+
+async fn unnest_inserts_split_per_shard(
+    info: &ClusterInfo,
+    url: &str,
+    c: &Client,
+    map: &pgshard::router::ShardMap,
+) {
+    // Simple protocol (psql): literal arrays, RETURNING in array order.
+    let keys: Vec<i64> = (500..516).collect();
+    assert!(
+        keys.iter()
+            .map(|k| map.shard_for(*k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1,
+        "the keys must span shards"
+    );
+    let key_list = keys
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let names = keys
+        .iter()
+        .map(|k| {
+            if k % 5 == 0 {
+                "NULL".to_string()
+            } else {
+                format!("\"n {k}, ü\"")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "INSERT INTO users (user_id, name) SELECT * FROM UNNEST('{{{key_list}}}'::bigint[], '{{{names}}}'::text[]) RETURNING user_id, coalesce(name, '-')"
+    );
+    let (ok, out, err) = psql(url, &sql).await;
+    assert!(ok, "simple-protocol UNNEST insert: {err}\n{out}");
+    let want: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            if k % 5 == 0 {
+                format!("{k}|-")
+            } else {
+                format!("{k}|n {k}, ü")
+            }
+        })
+        .collect();
+    let got: Vec<&str> = out.lines().filter(|l| l.contains('|')).collect();
+    assert_eq!(got, want, "{out}");
+    assert!(out.contains("INSERT 0 16"), "{out}");
+    keys_on_their_shards(info, map, &keys).await;
+
+    // Extended protocol with binary parameters (tokio-postgres), NULL elements included.
+    let keys: Vec<i64> = (600..620).collect();
+    let names: Vec<Option<String>> = keys
+        .iter()
+        .map(|k| (k % 3 != 0).then(|| format!("名前 {k}")))
+        .collect();
+    let rows = c
+        .query(
+            "INSERT INTO users (user_id, name) SELECT * FROM UNNEST($1::bigint[], $2::text[]) RETURNING user_id, name",
+            &[&keys, &names],
+        )
+        .await
+        .expect("extended UNNEST insert with binary arrays");
+    let got: Vec<(i64, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let want: Vec<(i64, Option<String>)> = keys.iter().copied().zip(names.clone()).collect();
+    assert_eq!(got, want);
+    keys_on_their_shards(info, map, &keys).await;
+    // Without RETURNING: the count over all shards.
+    let keys: Vec<i64> = (700..710).collect();
+    let n = c
+        .execute(
+            "INSERT INTO users (user_id, name) SELECT * FROM UNNEST($1::int8[], $2::text[])",
+            &[&keys, &vec!["x"; 10]],
+        )
+        .await
+        .expect("UNNEST insert without RETURNING");
+    assert_eq!(n, 10);
+    keys_on_their_shards(info, map, &keys).await;
+    // A duplicate key on one shard rolls every shard back.
+    let e = c
+        .execute(
+            "INSERT INTO users (user_id, name) SELECT * FROM UNNEST($1::int8[], $2::text[])",
+            &[&vec![800i64, 801, 802, 803, 700], &vec!["y"; 5]],
+        )
+        .await
+        .expect_err("duplicate key");
+    assert_eq!(code(&e), "23505", "{e}");
+    let left = c
+        .query_one(
+            "SELECT count(*) FROM users WHERE user_id BETWEEN 800 AND 803",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get::<_, i64>(0);
+    assert_eq!(left, 0);
+    // Arrays that do not line up are refused, not half inserted.
+    let e = c
+        .execute(
+            "INSERT INTO users (user_id, name) SELECT * FROM UNNEST($1::int8[], $2::text[])",
+            &[&vec![900i64, 901, 902], &vec!["a", "b", "c", "d"]],
+        )
+        .await
+        .expect_err("name array longer than the keys");
+    assert_eq!(code(&e), "0A000", "{e}");
+
+    // psycopg 3 (Django 5.2 bulk_create's statement), text and binary arrays.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/unnest_check.py");
+    let (ok, out, err) = run(Command::new("python3").arg(script).arg(url).arg("1000")).await;
+    assert!(ok, "psycopg UNNEST check failed:\n{out}\n{err}");
+    assert!(out.contains("unnest check passed"), "{out}");
+    let keys: Vec<i64> = (1000..1012).chain(1100..1112).collect();
+    keys_on_their_shards(info, map, &keys).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn utility_statements_and_unnest_inserts_route_by_what_the_shards_hold() {
     let cluster = TestCluster::start(4, Strategy::Hash).await;
@@ -197,6 +340,8 @@ async fn utility_statements_and_unnest_inserts_route_by_what_the_shards_hold() {
     let c = connect(&proxy).await;
 
     index_statements_run_where_the_table_lives(info, &url, &c).await;
+    let map = proxy.proxy.map.current();
+    unnest_inserts_split_per_shard(info, &url, &c, &map).await;
 
     proxy.stop().await;
 }

@@ -362,6 +362,9 @@ impl Session {
         }
         if let [Route::SplitInsert(plan)] = routes.as_slice() {
             let plan = plan.clone();
+            if let Some(unnest) = facts[0].unnest.clone() {
+                return self.run_unnest_insert_simple(&sql, &unnest, &plan).await;
+            }
             return self.run_split_insert(&sql, &plan).await;
         }
         let target = match self.combine(&routes, &facts) {

@@ -15,3 +15,4 @@ pub mod readers;
 pub mod scatter;
 pub mod split_insert;
 pub mod text_order;
+pub mod unnest_insert;

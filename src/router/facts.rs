@@ -124,6 +124,9 @@ pub struct StatementFacts {
     /// The indexes a DROP/ALTER/COMMENT ON/REINDEX INDEX names without naming their table: the
     /// session looks their tables up on the shards and routes by them.
     pub indexes: Vec<super::index_owner::IndexName>,
+    /// For `INSERT … SELECT * FROM UNNEST($a, …)` into a sharded table: its array parameters,
+    /// split per shard by the key's array (`key` is then `ArrayParam`).
+    pub unnest: Option<super::unnest_insert::UnnestInsert>,
 }
 
 impl StatementFacts {
@@ -147,6 +150,7 @@ impl StatementFacts {
             every_shard: false,
             no_transaction_block: false,
             indexes: Vec::new(),
+            unnest: None,
         }
     }
 }
@@ -940,7 +944,14 @@ fn analyze_insert(
         }
         _ => None,
     };
-    let Some(rows) = rows else { return };
+    let Some(rows) = rows else {
+        let unnest = pos.and_then(|pos| super::unnest_insert::detect(i, pos));
+        if let Some(param) = unnest.as_ref().and_then(|u| u.key_param()) {
+            facts.key = KeyFacts::ArrayParam(param);
+            facts.unnest = unnest;
+        }
+        return;
+    };
     let Some(pos) = pos else {
         facts.missing_key_rows = Some(rows.len());
         return;
