@@ -6,27 +6,13 @@
 
 mod common;
 
-use std::process::Stdio;
-
+use common::process::run_output as run;
 use common::proxy::{self, connect, start_proxy};
 use common::TestCluster;
 use pgshard::cluster::ClusterInfo;
 use pgshard::router::Strategy;
 use tokio::process::Command;
 use tokio_postgres::Client;
-
-async fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Runs `sql` with psql (simple protocol), stopping at the first error.
 async fn psql(url: &str, sql: &str) -> (bool, String, String) {

@@ -116,6 +116,11 @@ impl Session {
                 return Ok(());
             }
         };
+        self.run_split_queries(&parts).await
+    }
+
+    /// Runs each part's text as a simple query on its shard, as one atomic INSERT.
+    pub async fn run_split_queries(&mut self, parts: &[ShardInsert]) -> Result<(), End> {
         let texts: HashMap<u32, Vec<Step>> = parts
             .iter()
             .map(|p| {
@@ -131,7 +136,7 @@ impl Session {
             head: Vec::new(),
             describe: false,
         };
-        self.run_split_parts(&parts, texts, reply).await
+        self.run_split_parts(parts, texts, reply).await
     }
 
     /// Runs each part's `steps` on its shard in parallel inside one block (two-phase commit

@@ -91,22 +91,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let steps: HashMap<u32, Vec<Step>> = parts
-            .iter()
-            .map(|p| {
-                let step = Step::Send {
-                    frame: fe::query(&p.sql),
-                    expect: Expect::Query,
-                    forward: true,
-                };
-                (p.shard, vec![step])
-            })
-            .collect();
-        let reply = SplitReply {
-            head: Vec::new(),
-            describe: false,
-        };
-        self.run_split_parts(&parts, steps, reply).await
+        self.run_split_queries(&parts).await
     }
 
     /// Runs an extended-protocol batch (Parse?, Bind, Describe portal?, Execute, Sync) of an

@@ -221,6 +221,7 @@ mod tests {
     use super::*;
     use crate::router::literals::{normalize, LiteralParams};
     use crate::router::params::BindParams;
+    use crate::router::split_insert::plan;
     use bytes::Bytes;
 
     fn insert(sql: &str) -> pb::InsertStmt {
@@ -269,16 +270,6 @@ mod tests {
         ] {
             assert_eq!(detect(&insert(sql), 0), None, "{sql}");
         }
-    }
-
-    fn plan(parts: &[(u32, &[usize])]) -> Vec<ShardRows> {
-        parts
-            .iter()
-            .map(|(shard, rows)| ShardRows {
-                shard: *shard,
-                rows: rows.to_vec(),
-            })
-            .collect()
     }
 
     fn text(values: &[(usize, Option<Vec<u8>>)]) -> Vec<(usize, Option<String>)> {
