@@ -3,25 +3,11 @@
 
 mod common;
 
-use std::process::Stdio;
-
+use common::process::run_output as run;
 use common::proxy::{self, start_proxy};
 use common::TestCluster;
 use pgshard::router::Strategy;
 use tokio::process::Command;
-
-async fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_session_routes_and_describes() {

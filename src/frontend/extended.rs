@@ -15,7 +15,10 @@ use super::session::{
 };
 use crate::backend::ServerConn;
 use crate::gather::copy_in::CopyProtocol;
+use crate::gather::unnest_insert::UnnestBatch;
 use crate::router::params::BindParams;
+use crate::router::split_insert::ShardRows;
+use crate::router::unnest_insert::UnnestInsert;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::telemetry::QueryTimer;
 use crate::txn::control::{self, ControlAction, ControlStatement};
@@ -124,8 +127,20 @@ impl Session {
         let mut partial_fetch = false;
         for frame in frames {
             match self.resolve(&frame, &map, &mut portal_statements) {
-                Ok(Some((msg, route, is_local_stmt))) => {
+                Ok(Some((msg, mut route, is_local_stmt))) => {
                     local |= is_local_stmt;
+                    if let Msg::Bind { statement, .. } = &msg {
+                        // Statements naming an index run where its table lives.
+                        let facts = statement.facts.first();
+                        match self.index_owner_route_of(facts).await {
+                            Ok(Some(r)) => route = Some(r),
+                            Ok(None) => {}
+                            Err(fields) => {
+                                error = Some(fields);
+                                break;
+                            }
+                        }
+                    }
                     if let Some(r) = route {
                         routes.push(r);
                     }
@@ -194,6 +209,16 @@ impl Session {
             .iter()
             .filter_map(|st| st.facts.first().cloned())
             .collect();
+        if let (Some((batch, unnest, plan)), None, true, None) = (
+            unnest_batch(&msgs, &routes),
+            &error,
+            sync,
+            self.open_batch_shard,
+        ) {
+            // An UNNEST insert whose arrays split between shards.
+            let (unnest, plan) = (unnest.clone(), plan.to_vec());
+            return self.run_unnest_insert_extended(batch, &unnest, &plan).await;
+        }
         let target = match self.combine(&routes, &all_facts) {
             Ok(t) => t,
             Err(fields) => {
@@ -677,6 +702,42 @@ struct MergeSteps {
 
 /// The merge of a batch that runs on several shards, from its one Bind; `None` when rows are
 /// only concatenated.
+/// The batch, when it runs exactly one UNNEST insert whose rows split between shards (Parse?,
+/// Bind, Describe portal?, Execute without a row limit).
+fn unnest_batch<'a>(
+    msgs: &'a [Msg],
+    routes: &'a [Route],
+) -> Option<(UnnestBatch<'a>, &'a UnnestInsert, &'a [ShardRows])> {
+    let plan = routes.iter().find_map(|r| match r {
+        Route::SplitInsert(p) => Some(p),
+        _ => None,
+    })?;
+    let (mut parsed, mut describe, mut bound, mut executes) = (false, false, None, 0);
+    for m in msgs {
+        match m {
+            Msg::Parse(..) => parsed = true,
+            Msg::Bind {
+                bind,
+                statement,
+                rewritten: None,
+            } if bound.is_none() => bound = Some((bind, statement)),
+            Msg::DescribePortal(_) => describe = true,
+            Msg::Execute(e) if e.max_rows == 0 => executes += 1,
+            _ => return None,
+        }
+    }
+    let (bind, statement) = bound?;
+    let unnest = statement.facts.first()?.unnest.as_ref()?;
+    let batch = UnnestBatch {
+        sql: &statement.sql,
+        param_types: &statement.param_types,
+        bind,
+        parsed,
+        describe,
+    };
+    (executes == 1).then_some((batch, unnest, plan.as_slice()))
+}
+
 fn merge_for_batch(
     msgs: &[Msg],
 ) -> Result<Option<(MergeSteps, crate::gather::merged::BoundMerge)>, ErrorFields> {

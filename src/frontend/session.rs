@@ -326,6 +326,16 @@ impl Session {
             .iter()
             .map(|f| proxy.router.route(f, &params, &map, proxy.first_shard))
             .collect();
+        for (f, route) in facts.iter().zip(routes.iter_mut()) {
+            match self.index_owner_route(f).await {
+                Ok(Some(r)) => *route = r,
+                Ok(None) => {}
+                Err(fields) => {
+                    self.reply_error(fields);
+                    return Ok(());
+                }
+            }
+        }
         if facts.iter().any(is_sharded_copy_in) {
             if facts.len() > 1 {
                 self.reply_error(refusal(
@@ -356,6 +366,9 @@ impl Session {
         }
         if let [Route::SplitInsert(plan)] = routes.as_slice() {
             let plan = plan.clone();
+            if let Some(unnest) = facts[0].unnest.clone() {
+                return self.run_unnest_insert_simple(&sql, &unnest, &plan).await;
+            }
             return self.run_split_insert(&sql, &plan).await;
         }
         let target = match self.combine(&routes, &facts) {

@@ -91,18 +91,24 @@ pub fn assemble(parts: &[ShardInsert], answers: &[Collected]) -> Result<Assemble
         }
     }
     let mut frames = notices;
-    if let Some(d) = description {
-        frames.push(d);
-        frames.extend(ordered.into_iter().flatten());
-    }
+    // Without Describe (extended protocol) the rows come without a RowDescription.
+    frames.extend(description);
+    frames.extend(ordered.into_iter().flatten());
     Ok(Assembled { frames, inserted })
+}
+
+/// What the client sent for a split INSERT, so its answer has the same shape.
+pub struct SplitReply {
+    /// Answers the proxy gives before the rows (ParseComplete, BindComplete).
+    pub head: Vec<Frame>,
+    /// The client described the portal: RowDescription, or NoData without RETURNING.
+    pub describe: bool,
 }
 
 impl Session {
     /// Runs the simple-protocol INSERT `sql` split by `plan`, atomically, and answers the client
     /// (ReadyForQuery included).
     pub async fn run_split_insert(&mut self, sql: &str, plan: &[ShardRows]) -> Result<(), End> {
-        let _timed = crate::telemetry::QueryTimer::start(crate::telemetry::RouteKind::SplitInsert);
         let parts = match split(sql, plan) {
             Ok(p) => p,
             Err(e) => {
@@ -110,6 +116,39 @@ impl Session {
                 return Ok(());
             }
         };
+        self.run_split_queries(&parts).await
+    }
+
+    /// Runs each part's text as a simple query on its shard, as one atomic INSERT.
+    pub async fn run_split_queries(&mut self, parts: &[ShardInsert]) -> Result<(), End> {
+        let texts: HashMap<u32, Vec<Step>> = parts
+            .iter()
+            .map(|p| {
+                let step = Step::Send {
+                    frame: fe::query(&p.sql),
+                    expect: Expect::Query,
+                    forward: true,
+                };
+                (p.shard, vec![step])
+            })
+            .collect();
+        let reply = SplitReply {
+            head: Vec::new(),
+            describe: false,
+        };
+        self.run_split_parts(parts, texts, reply).await
+    }
+
+    /// Runs each part's `steps` on its shard in parallel inside one block (two-phase commit
+    /// when the block is the proxy's own), and answers the client as one INSERT: `reply.head`,
+    /// the RETURNING rows in the client's row order, `INSERT 0 <total>`, ReadyForQuery.
+    pub async fn run_split_parts(
+        &mut self,
+        parts: &[ShardInsert],
+        steps: HashMap<u32, Vec<Step>>,
+        reply: SplitReply,
+    ) -> Result<(), End> {
+        let _timed = crate::telemetry::QueryTimer::start(crate::telemetry::RouteKind::SplitInsert);
         let shards: Vec<u32> = parts.iter().map(|p| p.shard).collect();
         let block = match self.open_write_block(&shards).await {
             Ok(b) => b,
@@ -118,25 +157,22 @@ impl Session {
                 return Ok(());
             }
         };
-        let texts: HashMap<u32, Frame> =
-            parts.iter().map(|p| (p.shard, fe::query(&p.sql))).collect();
         let answers = self
             .run_collected(&shards, |conn| {
-                texts
-                    .get(&conn.shard)
-                    .map(|frame| Step::Send {
-                        frame: frame.clone(),
-                        expect: Expect::Query,
-                        forward: true,
-                    })
-                    .into_iter()
-                    .collect()
+                steps.get(&conn.shard).cloned().unwrap_or_default()
             })
             .await;
-        match assemble(&parts, &answers) {
+        match assemble(parts, &answers) {
             Ok(done) => match self.close_write_block(block, true).await? {
                 Some(fields) => self.reply_error(fields),
                 None => {
+                    for frame in &reply.head {
+                        self.io.push(frame);
+                    }
+                    let described = done.frames.iter().any(|f| f.tag == be::ROW_DESCRIPTION);
+                    if reply.describe && !described {
+                        self.io.push(&be::no_data());
+                    }
                     for frame in &done.frames {
                         self.io.push(frame);
                     }

@@ -121,6 +121,12 @@ pub struct StatementFacts {
     /// the whole database, …): it must run on each shard outside any block, never under two-phase
     /// commit.
     pub no_transaction_block: bool,
+    /// The indexes a DROP/ALTER/COMMENT ON/REINDEX INDEX names without naming their table: the
+    /// session looks their tables up on the shards and routes by them.
+    pub indexes: Vec<super::index_owner::IndexName>,
+    /// For `INSERT … SELECT * FROM UNNEST($a, …)` into a sharded table: its array parameters,
+    /// split per shard by the key's array (`key` is then `ArrayParam`).
+    pub unnest: Option<super::unnest_insert::UnnestInsert>,
 }
 
 impl StatementFacts {
@@ -143,6 +149,8 @@ impl StatementFacts {
             reference: false,
             every_shard: false,
             no_transaction_block: false,
+            indexes: Vec::new(),
+            unnest: None,
         }
     }
 }
@@ -936,7 +944,14 @@ fn analyze_insert(
         }
         _ => None,
     };
-    let Some(rows) = rows else { return };
+    let Some(rows) = rows else {
+        let unnest = pos.and_then(|pos| super::unnest_insert::detect(i, pos));
+        if let Some(param) = unnest.as_ref().and_then(|u| u.key_param()) {
+            facts.key = KeyFacts::ArrayParam(param);
+            facts.unnest = unnest;
+        }
+        return;
+    };
     let Some(pos) = pos else {
         facts.missing_key_rows = Some(rows.len());
         return;
@@ -1087,14 +1102,6 @@ fn every_shard_rules(
     );
     let everywhere = first_everywhere_table(scan, tables);
     let local = first_local_table(scan, tables);
-    if let NodeEnum::DropStmt(d) = stmt {
-        if d.remove_type == pb::ObjectType::ObjectIndex as i32 {
-            // The index's table is not named: dropping it everywhere is the safe choice (an index
-            // of a sharded or reference table exists on every shard).
-            facts.every_shard = true;
-            return;
-        }
-    }
     if facts.kind == StatementKind::Ddl || maintenance {
         match (everywhere, local) {
             (Some(e), Some(l)) => {
@@ -1188,7 +1195,8 @@ fn refuses_transaction_block(stmt: &NodeEnum, scan: &Scan) -> bool {
     }
 }
 
-fn quote_literal(s: &str) -> String {
+/// `s` as an SQL string literal (standard_conforming_strings).
+pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -1380,6 +1388,16 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
     let mut facts = StatementFacts::plain(StatementKind::Other);
     let mut scan = scan_node(stmt);
     named_objects(stmt, &mut scan);
+    let indexes = super::index_owner::named_indexes(stmt);
+    if !indexes.is_empty() {
+        // Routed by the index's table, which the session looks up; every shard until then.
+        facts.kind = StatementKind::Ddl;
+        facts.is_write = true;
+        facts.every_shard = true;
+        facts.no_transaction_block = refuses_transaction_block(stmt, &scan);
+        facts.indexes = indexes;
+        return facts;
+    }
     match stmt {
         NodeEnum::SelectStmt(s) => {
             if is_next_id_select(s) {

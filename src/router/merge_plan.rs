@@ -139,7 +139,8 @@ enum Piece {
 }
 
 impl SqlTemplate {
-    fn from_sql(sql: &str) -> Result<SqlTemplate, String> {
+    /// The template of a text whose `$n` are placeholders.
+    pub(crate) fn from_sql(sql: &str) -> Result<SqlTemplate, String> {
         let scan = pg_query::scan(sql).map_err(|e| format!("rewritten statement: {e}"))?;
         let mut pieces = Vec::new();
         let mut copied = 0usize;

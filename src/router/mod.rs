@@ -5,12 +5,15 @@ pub mod cache;
 pub mod copy_facts;
 pub mod facts;
 pub mod fence;
+pub mod index_owner;
 pub mod literals;
 pub mod merge_plan;
 pub mod params;
+pub mod pg_array;
 pub mod rewrite;
 pub mod shard_map;
 pub mod split_insert;
+pub mod unnest_insert;
 
 pub use facts::{LocalCommand, StatementFacts, StatementKind};
 pub use params::ParamSource;

@@ -188,20 +188,22 @@ pub fn split(sql: &str, plan: &[ShardRows]) -> Result<Vec<ShardInsert>, SplitErr
         .collect())
 }
 
+/// A plan from (shard, rows) pairs, for tests.
+#[cfg(test)]
+pub(crate) fn plan(parts: &[(u32, &[usize])]) -> Vec<ShardRows> {
+    parts
+        .iter()
+        .map(|(shard, rows)| ShardRows {
+            shard: *shard,
+            rows: rows.to_vec(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::router::Strategy;
-
-    fn plan(parts: &[(u32, &[usize])]) -> Vec<ShardRows> {
-        parts
-            .iter()
-            .map(|(shard, rows)| ShardRows {
-                shard: *shard,
-                rows: rows.to_vec(),
-            })
-            .collect()
-    }
 
     #[test]
     fn groups_rows_by_owning_shard() {

@@ -143,3 +143,17 @@ pub fn write_config(
     std::fs::write(&path, config.to_toml()).unwrap();
     path
 }
+
+/// Runs a command to its end without input: (success, stdout, stderr).
+pub async fn run_output(cmd: &mut tokio::process::Command) -> (bool, String, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
