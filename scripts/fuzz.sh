@@ -45,7 +45,13 @@ fi
 cd fuzz
 
 start=$(date +%s)
-cargo build --bins --target "$host" "${profile_flag[@]}"
+# --locked: the fuzz build uses exactly the committed fuzz/Cargo.lock (and never rewrites it).
+if ! cargo metadata --locked --format-version 1 >/dev/null 2>&1; then
+    echo "fuzz: fuzz/Cargo.lock does not match the crates pgshard now depends on." >&2
+    echo "fuzz: run '(cd fuzz && cargo metadata --format-version 1 >/dev/null)' and commit fuzz/Cargo.lock." >&2
+    exit 1
+fi
+cargo build --locked --bins --target "$host" "${profile_flag[@]}"
 echo "fuzz: build took $(($(date +%s) - start)) s"
 bin_dir="target/$host/$profile_dir"
 
