@@ -18,6 +18,7 @@ pub mod rebalance;
 pub mod router;
 pub mod server;
 pub mod socket;
+pub mod sql_text;
 pub mod telemetry;
 pub mod txn;
 pub mod wire;

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::sql_text::{quote_ident, quote_literal};
+
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
@@ -62,15 +64,10 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
     out
 }
 
-/// A string as an SQL literal.
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 /// A setting name as SQL: each dotted part double-quoted.
 fn quote_name(name: &str) -> String {
     name.split('.')
-        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .map(quote_ident)
         .collect::<Vec<_>>()
         .join(".")
 }
@@ -141,12 +138,12 @@ mod tests {
         let desired = map(&[("a", "'1'"), ("c", "'3'")]);
         assert_eq!(
             sync_sql(&applied, &desired, false).as_deref(),
-            Some("SET \"c\" TO '3';RESET \"b\";")
+            Some("SET c TO '3';RESET b;")
         );
         assert_eq!(sync_sql(&desired, &desired, false), None);
         assert_eq!(
             sync_sql(&applied, &map(&[("x.y", "'1'")]), true).as_deref(),
-            Some("RESET ALL;SET \"x\".\"y\" TO '1';")
+            Some("RESET ALL;SET x.y TO '1';")
         );
     }
 }

@@ -10,6 +10,7 @@ use super::instance::{self, ADMIN_PASSWORD, ADMIN_USER};
 use super::layout::InstanceInfo;
 use super::os_user::RunAs;
 use super::ClusterError;
+use crate::sql_text::quote_literal;
 
 /// How long a replica may take to start streaming, a promotion to finish, or a setting to apply.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,11 +29,6 @@ pub fn primary_conninfo(primary: &InstanceInfo, app_name: &str) -> String {
     )
 }
 
-/// `'…'` as a postgresql.conf / SQL string literal.
-fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 /// The replica's `postgresql.auto.conf`: the primary's, minus [`NOT_INHERITED`], plus its own
 /// `primary_conninfo` (pg_basebackup -R wrote one without an `application_name`).
 pub fn replica_auto_conf(primary_auto_conf: &str, conninfo: &str) -> String {
@@ -47,7 +43,7 @@ pub fn replica_auto_conf(primary_auto_conf: &str, conninfo: &str) -> String {
             out.push('\n');
         }
     }
-    out.push_str(&format!("primary_conninfo = {}\n", quote(conninfo)));
+    out.push_str(&format!("primary_conninfo = {}\n", quote_literal(conninfo)));
     out
 }
 
@@ -203,7 +199,10 @@ pub async fn set_and_reload(
     {
         let client = connect(inst, "postgres", "postgres").await?;
         client
-            .batch_execute(&format!("ALTER SYSTEM SET {name} = {}", quote(value)))
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET {name} = {}",
+                quote_literal(value)
+            ))
             .await
             .map_err(|e| ClusterError::pg(ctx("setting"), e))?;
         client
@@ -212,7 +211,11 @@ pub async fn set_and_reload(
             .map_err(|e| ClusterError::pg(ctx("reloading after setting"), e))?;
     }
     wait_until(
-        &format!("{name} = {} taking effect on {}", quote(value), inst.name),
+        &format!(
+            "{name} = {} taking effect on {}",
+            quote_literal(value),
+            inst.name
+        ),
         || async {
             let client = connect(inst, "postgres", "postgres").await?;
             let setting: String = client
@@ -330,7 +333,7 @@ mod tests {
 
     #[test]
     fn quotes_are_doubled() {
-        assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 
     #[test]

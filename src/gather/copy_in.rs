@@ -16,6 +16,7 @@ use crate::frontend::client_io::ClientIo;
 use crate::frontend::session::{backend_error_fields, refusal, End, Session};
 use crate::router::copy_facts::encoding_is_ascii_safe;
 use crate::router::{ShardMap, StatementFacts};
+use crate::sql_text::{quote_ident, quote_literal};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
@@ -293,15 +294,14 @@ impl Session {
                 "COPY FROM STDIN without a table cannot be split between shards",
             )));
         };
-        let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let regclass = if schema.is_empty() {
-            ident(&name)
+            quote_ident(&name)
         } else {
-            format!("{}.{}", ident(&schema), ident(&name))
+            format!("{}.{}", quote_ident(&schema), quote_ident(&name))
         };
         let query = format!(
-            "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = '{}'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-            regclass.replace('\'', "''")
+            "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            quote_literal(&regclass)
         );
         let Some(conn) = self.held.get_mut(&shard) else {
             return Err(CopyInError::Before(ErrorFields::error(

@@ -56,7 +56,7 @@ pub enum KeyColumnError {
 /// The SQL that asks a shard for a key column's type (the domain's base type for a domain) and
 /// identity kind, as `type|identity`; no row when the table or column does not exist.
 pub fn lookup_sql(table: &str, column: &str) -> String {
-    use crate::backend::session_state::quote_literal;
+    use crate::sql_text::quote_literal;
     format!(
         "SELECT format('%s|%s', CASE WHEN t.typtype = 'd' THEN t.typbasetype::regtype::text \
          ELSE a.atttypid::regtype::text END, a.attidentity) \

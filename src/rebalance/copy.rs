@@ -11,9 +11,10 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::jobs::{Job, Step};
-use super::shards::{conninfo, ident, literal, shard_config};
+use super::shards::{conninfo, shard_config};
 use super::{Move, RebalanceError};
 use crate::config::Config;
+use crate::sql_text::{quote_ident as ident, quote_literal as literal};
 
 /// The publication, slot and subscription name of a step.
 pub fn name(job: i64, step: i32) -> String {

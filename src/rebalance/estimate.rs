@@ -1,9 +1,10 @@
 //! Row estimates of a plan's moves: exact counts of the moving rows on each source, through the
 //! same predicate the publication's row filter uses.
 
-use super::shards::{connect, ident};
+use super::shards::connect;
 use super::{Plan, RebalanceError};
 use crate::config::Config;
+use crate::sql_text::quote_ident as ident;
 
 /// Rows each move carries (summed over the sharded tables), in the order of `plan.moves`.
 pub async fn rows_per_move(config: &Config, plan: &Plan) -> Result<Vec<i64>, RebalanceError> {

@@ -4,10 +4,11 @@
 //! concrete slices and stays pure.
 
 use super::plan::{Reassign, Target};
-use super::shards::{connect, ident};
+use super::shards::connect;
 use super::RebalanceError;
 use crate::config::Config;
 use crate::router::{ShardMap, Strategy};
+use crate::sql_text::quote_ident as ident;
 
 /// Rows one shard gives another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

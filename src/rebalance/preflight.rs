@@ -10,9 +10,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
 use super::jobs::Job;
-use super::shards::{connect, ident};
+use super::shards::connect;
 use super::RebalanceError;
 use crate::config::Config;
+use crate::sql_text::quote_ident as ident;
 
 async fn setting(client: &Client, shard: u32, name: &str) -> Result<i64, RebalanceError> {
     let v: String = client

@@ -74,13 +74,3 @@ pub async fn catalog(config: &Config) -> Result<Client, RebalanceError> {
     });
     Ok(client)
 }
-
-/// Quotes an SQL identifier.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes an SQL string literal.
-pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}

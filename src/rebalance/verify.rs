@@ -1,10 +1,11 @@
 //! `pgshard verify`: proves, with SQL on every shard, that every row of every sharded table sits
 //! on the shard the current map names, and lists what does not.
 
-use super::shards::{connect, ident};
+use super::shards::connect;
 use super::RebalanceError;
 use crate::config::Config;
 use crate::router::ShardMap;
+use crate::sql_text::quote_ident as ident;
 
 /// Misplaced rows of one table on one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]

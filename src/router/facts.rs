@@ -163,6 +163,8 @@ use std::collections::{HashMap, HashSet};
 
 use pg_query::protobuf as pb;
 use pg_query::protobuf::a_const::Val;
+
+use crate::sql_text::quote_literal;
 use pg_query::NodeEnum;
 use serde_json::Value;
 
@@ -1193,11 +1195,6 @@ fn refuses_transaction_block(stmt: &NodeEnum, scan: &Scan) -> bool {
         NodeEnum::AlterDatabaseStmt(a) => option_named(&a.options, "tablespace"),
         _ => scan.concurrent,
     }
-}
-
-/// `s` as an SQL string literal (standard_conforming_strings).
-pub(crate) fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The value of `SET name = …` as SQL text (`None` when an argument is not a plain constant) and

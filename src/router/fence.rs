@@ -10,9 +10,9 @@ use pg_query::protobuf::{
     SelectStmt, SetOperation,
 };
 
-use super::shard_map::quote_ident;
 use super::ShardMap;
 use crate::config::ShardedTableConfig;
+use crate::sql_text::quote_ident;
 
 /// The sharded tables and the map whose ownership a fence enforces on one shard.
 pub struct Fence<'a> {

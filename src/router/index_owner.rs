@@ -12,9 +12,8 @@ use std::collections::BTreeSet;
 use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
 
-use super::facts::quote_literal;
-use super::shard_map::quote_ident;
 use super::{Route, Router, ShardMap};
+use crate::sql_text::{quote_ident, quote_literal};
 
 /// One index a statement names, exactly as the parser spelled it (unquoted names folded).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

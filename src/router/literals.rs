@@ -269,7 +269,7 @@ impl Literal {
         match self {
             Literal::Number(t) if t.starts_with('-') => format!("({t})"),
             Literal::Number(t) => t.clone(),
-            Literal::Str(s) => format!("'{}'", s.replace('\'', "''")),
+            Literal::Str(s) => crate::sql_text::quote_literal(s),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! strings, comments and quoted identifiers are never mistaken for syntax.
 
 use crate::config::ShardedTableConfig;
+use crate::sql_text::quote_ident;
 
 /// Why an INSERT could not be given generated keys.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -147,18 +148,6 @@ pub(crate) fn matching(tokens: &[Token], open: usize) -> Option<usize> {
     None
 }
 
-fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +167,23 @@ mod tests {
             out,
             "INSERT INTO users (user_id, name, email) VALUES (7, 'Ada (1)', 'a@x'), (8, $1, now()) RETURNING user_id"
         );
+    }
+
+    #[test]
+    fn a_key_column_named_by_a_keyword_is_quoted() {
+        for (key, spliced) in [
+            ("order", "\"order\""),
+            ("user", "\"user\""),
+            ("UserId", "\"UserId\""),
+        ] {
+            let tables = vec![ShardedTableConfig {
+                name: "t".into(),
+                key: key.into(),
+            }];
+            let out =
+                insert_with_keys("INSERT INTO t (v) VALUES (1)", &tables, &[9], false).unwrap();
+            assert_eq!(out, format!("INSERT INTO t ({spliced}, v) VALUES (9, 1)"));
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! in the same transaction the client sees.
 
 use super::statement::SavepointOp;
+use crate::sql_text::quote_ident;
 
 /// One statement a late-joining shard replays after BEGIN, in the order the client sent them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,11 +134,6 @@ impl Txn {
     }
 }
 
-/// `name` as an SQL identifier that keeps its exact spelling.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,7 +146,7 @@ mod tests {
         t.record_savepoint(&SavepointOp::Define("B".into()));
         assert_eq!(
             t.join_sql(),
-            "BEGIN ISOLATION LEVEL REPEATABLE READ;SAVEPOINT \"a\";SET LOCAL statement_timeout = 1000;SAVEPOINT \"B\""
+            "BEGIN ISOLATION LEVEL REPEATABLE READ;SAVEPOINT a;SET LOCAL statement_timeout = 1000;SAVEPOINT \"B\""
         );
     }
 
@@ -171,10 +167,10 @@ mod tests {
         t.record_setting("SET LOCAL x.y = 1");
         t.record_savepoint(&SavepointOp::Define("b".into()));
         t.record_savepoint(&SavepointOp::RollbackTo("a".into()));
-        assert_eq!(t.join_sql(), "BEGIN;SAVEPOINT \"a\"");
+        assert_eq!(t.join_sql(), "BEGIN;SAVEPOINT a");
         // An unknown name changes nothing (the server reported the error).
         t.record_savepoint(&SavepointOp::Release("zz".into()));
-        assert_eq!(t.join_sql(), "BEGIN;SAVEPOINT \"a\"");
+        assert_eq!(t.join_sql(), "BEGIN;SAVEPOINT a");
     }
 
     #[test]
@@ -183,7 +179,7 @@ mod tests {
         t.record_savepoint(&SavepointOp::Define("a".into()));
         t.record_savepoint(&SavepointOp::Define("a".into()));
         t.record_savepoint(&SavepointOp::Release("a".into()));
-        assert_eq!(t.join_sql(), "BEGIN;SAVEPOINT \"a\"");
+        assert_eq!(t.join_sql(), "BEGIN;SAVEPOINT a");
     }
 
     #[test]
