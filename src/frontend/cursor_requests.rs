@@ -107,11 +107,7 @@ impl Session {
     /// Extended protocol: answers a batch that works on proxy-served cursors (a DECLARE whose
     /// Bind reaches several shards, a FETCH/MOVE/CLOSE of such a cursor, a Describe or Close of
     /// its portal). False, with nothing done, when the batch has none of those.
-    pub(super) async fn cursor_batch(
-        &mut self,
-        msgs: &[Msg],
-        sync: bool,
-    ) -> Result<bool, End> {
+    pub(super) async fn cursor_batch(&mut self, msgs: &[Msg], sync: bool) -> Result<bool, End> {
         let proxy = self.proxy.clone();
         let map = proxy.map.current();
         // Portals of this batch bound to statements the proxy serves.

@@ -212,10 +212,7 @@ impl Cursors {
                     .collect();
                 shards.sort_unstable();
                 shards.dedup();
-                let proxied = self
-                    .open
-                    .iter()
-                    .any(|o| matches!(o.place, Place::Proxy(_)));
+                let proxied = self.open.iter().any(|o| matches!(o.place, Place::Proxy(_)));
                 match (shards.as_slice(), proxied) {
                     // Nothing open, or only proxy-served cursors (`serves` takes those).
                     ([], _) => {}
@@ -238,16 +235,12 @@ impl Cursors {
     pub fn serves(&self, facts: &StatementFacts, route: &Route) -> bool {
         match &facts.cursor {
             Some(CursorOp::Declare(_)) => matches!(route, Route::Scatter(_)),
-            Some(CursorOp::Fetch { name, .. }) | Some(CursorOp::Close { name: Some(name) }) => {
-                self.find(name)
-                    .is_some_and(|o| matches!(o.place, Place::Proxy(_)))
-            }
+            Some(CursorOp::Fetch { name, .. }) | Some(CursorOp::Close { name: Some(name) }) => self
+                .find(name)
+                .is_some_and(|o| matches!(o.place, Place::Proxy(_))),
             Some(CursorOp::Close { name: None }) => {
                 !self.open.is_empty()
-                    && self
-                        .open
-                        .iter()
-                        .all(|o| matches!(o.place, Place::Proxy(_)))
+                    && self.open.iter().all(|o| matches!(o.place, Place::Proxy(_)))
             }
             None => false,
         }
@@ -287,7 +280,13 @@ mod tests {
             (vec![All, All], vec![Ok(vec![0, 1, 2, 3, 4]), Ok(vec![])]),
             (
                 vec![Forward(0), Forward(3), Forward(0), All, Forward(0)],
-                vec![Ok(vec![]), Ok(vec![0, 1, 2]), Ok(vec![2]), Ok(vec![3, 4]), Ok(vec![])],
+                vec![
+                    Ok(vec![]),
+                    Ok(vec![0, 1, 2]),
+                    Ok(vec![2]),
+                    Ok(vec![3, 4]),
+                    Ok(vec![]),
+                ],
             ),
             (
                 vec![Forward(5), Forward(1), Forward(u64::MAX)],
@@ -357,7 +356,11 @@ mod tests {
                 Route::Single(1),
                 Route::Refuse("cursor \"a\" already exists".into()),
             ),
-            (declare("m"), Route::Scatter(vec![0, 1]), Route::Scatter(vec![0, 1])),
+            (
+                declare("m"),
+                Route::Scatter(vec![0, 1]),
+                Route::Scatter(vec![0, 1]),
+            ),
             (close(Some("a")), Route::Any, Route::Single(3)),
             (fetch("a"), Route::Any, Route::Any),
             (close(Some("b")), Route::Any, Route::Single(0)),

@@ -600,9 +600,13 @@ impl Session {
         if portal_statements.contains_key(portal) {
             return None;
         }
-        Some(match self.portals.get(portal) {
-            Some(shard) => Route::Single(*shard),
-            None => Route::Any,
+        // A cursor declared in SQL is a portal too: it lives where it was declared.
+        Some(match self.portals.get(portal).copied() {
+            Some(shard) => Route::Single(shard),
+            None => self
+                .cursors
+                .shard_of(portal)
+                .map_or(Route::Any, Route::Single),
         })
     }
 

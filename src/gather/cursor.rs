@@ -55,9 +55,7 @@ impl FrameSink for Keep {
     }
 
     async fn copy_in(&mut self, _conn: &mut ServerConn) -> Result<(), SinkError> {
-        Err(SinkError::Refused(
-            "COPY cannot run inside a cursor".into(),
-        ))
+        Err(SinkError::Refused("COPY cannot run inside a cursor".into()))
     }
 }
 

@@ -20,7 +20,9 @@ pub enum CursorOp {
         is_move: bool,
     },
     /// CLOSE name; `None` for CLOSE ALL.
-    Close { name: Option<String> },
+    Close {
+        name: Option<String>,
+    },
 }
 
 /// `DECLARE name [BINARY] [SCROLL] CURSOR [WITH HOLD] FOR query`: what a proxy-served cursor
@@ -147,10 +149,19 @@ mod tests {
             ("FETCH NEXT c", fetch("c", Motion::Forward(1), false)),
             ("FETCH c", fetch("c", Motion::Forward(1), false)),
             ("FETCH ALL IN c", fetch("c", Motion::All, false)),
-            ("FETCH FORWARD 7 FROM c", fetch("c", Motion::Forward(7), false)),
+            (
+                "FETCH FORWARD 7 FROM c",
+                fetch("c", Motion::Forward(7), false),
+            ),
             ("FETCH FORWARD ALL FROM c", fetch("c", Motion::All, false)),
-            ("FETCH FORWARD 0 FROM c", fetch("c", Motion::Forward(0), false)),
-            ("FETCH RELATIVE 0 FROM c", fetch("c", Motion::Forward(0), false)),
+            (
+                "FETCH FORWARD 0 FROM c",
+                fetch("c", Motion::Forward(0), false),
+            ),
+            (
+                "FETCH RELATIVE 0 FROM c",
+                fetch("c", Motion::Forward(0), false),
+            ),
             ("MOVE 3 IN c", fetch("c", Motion::Forward(3), true)),
             ("MOVE FORWARD ALL FROM c", fetch("c", Motion::All, true)),
             (
@@ -177,7 +188,12 @@ mod tests {
                 "MOVE RELATIVE 2 FROM c",
                 fetch("c", Motion::Backward("RELATIVE"), true),
             ),
-            ("CLOSE c", Some(CursorOp::Close { name: Some("c".into()) })),
+            (
+                "CLOSE c",
+                Some(CursorOp::Close {
+                    name: Some("c".into()),
+                }),
+            ),
             ("CLOSE ALL", Some(CursorOp::Close { name: None })),
             ("SELECT 1", None),
         ];
