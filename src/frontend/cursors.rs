@@ -272,7 +272,8 @@ mod tests {
     fn forward_motions_follow_postgres_positions() {
         use Motion::*;
         // (motions applied in order, rows each returns)
-        let cases: Vec<(Vec<Motion>, Vec<Result<Vec<u8>, &'static str>>)> = vec![
+        type Read = Result<Vec<u8>, &'static str>;
+        let cases: Vec<(Vec<Motion>, Vec<Read>)> = vec![
             (
                 vec![Forward(2), Forward(2), Forward(2), Forward(1)],
                 vec![Ok(vec![0, 1]), Ok(vec![2, 3]), Ok(vec![4]), Ok(vec![])],
