@@ -275,20 +275,12 @@ COMMIT;
 \set FETCH_COUNT 7
 SELECT 'fc:' || user_id FROM users ORDER BY user_id;
 "#;
-    let file = cluster.info.dir.join("cursors.sql");
-    std::fs::write(&file, script).expect("write script");
-    let (ok, out, err) = run(Command::new("psql")
-        .arg(proxy::app_url(&proxy))
-        .args(["-X", "-A", "-t", "-f"])
-        .arg(&file))
-    .await;
-    assert!(ok, "psql failed: {err}\n{out}");
-    let lines: Vec<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
+    let (lines, out) = proxy::psql_script(&cluster.info, &proxy, "cursors.sql", script).await;
+    let fetched: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.contains("|u"))
         .collect();
-    let fetched: Vec<&str> = lines.iter().copied().filter(|l| l.contains("|u")).collect();
     assert_eq!(
         fetched,
         ["200|u200", "199|u199", "198|u198", "192|u192", "191|u191"],
