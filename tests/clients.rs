@@ -27,19 +27,8 @@ SELECT pgshard.next_id();
 \dt
 \d users
 "#;
-    let file = cluster.info.dir.join("session.sql");
-    std::fs::write(&file, script).unwrap();
-    let (ok, out, err) = run(Command::new("psql")
-        .arg(proxy::app_url(&proxy))
-        .args(["-X", "-A", "-t", "-f"])
-        .arg(&file))
-    .await;
-    assert!(ok, "psql failed: {err}\n{out}");
-    let lines: Vec<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let (lines, out) = proxy::psql_script(&cluster.info, &proxy, "session.sql", script).await;
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     assert!(lines.contains(&"Ada"), "{out}");
     assert!(lines.contains(&"t"), "{out}");
     assert!(lines.contains(&"after:Ada L"), "{out}");

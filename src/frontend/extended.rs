@@ -27,7 +27,7 @@ use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
 
 /// One decoded message of a batch, with what the proxy resolved for it.
-enum Msg {
+pub(super) enum Msg {
     Parse(Parse, Arc<Prepared>),
     Bind {
         bind: Bind,
@@ -140,6 +140,9 @@ impl Session {
                                 break;
                             }
                         }
+                        if let (Some(f), Some(r)) = (facts, route.as_mut()) {
+                            self.cursors.route(f, r, proxy.first_shard);
+                        }
                     }
                     if let Some(r) = route {
                         routes.push(r);
@@ -174,6 +177,9 @@ impl Session {
         {
             msgs.clear();
             error = Some(aborted());
+        }
+        if error.is_none() && self.cursor_batch(&msgs, sync).await? {
+            return Ok(());
         }
         if executed
             .iter()
@@ -594,9 +600,13 @@ impl Session {
         if portal_statements.contains_key(portal) {
             return None;
         }
-        Some(match self.portals.get(portal) {
-            Some(shard) => Route::Single(*shard),
-            None => Route::Any,
+        // A cursor declared in SQL is a portal too: it lives where it was declared.
+        Some(match self.portals.get(portal).copied() {
+            Some(shard) => Route::Single(shard),
+            None => self
+                .cursors
+                .shard_of(portal)
+                .map_or(Route::Any, Route::Single),
         })
     }
 
@@ -1067,7 +1077,7 @@ fn ensure_prepared(
     }
 }
 
-fn parameter_description(types: &[u32]) -> Frame {
+pub(super) fn parameter_description(types: &[u32]) -> Frame {
     let mut b = BytesMut::with_capacity(2 + 4 * types.len());
     b.put_i16(types.len() as i16);
     for t in types {

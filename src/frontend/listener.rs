@@ -124,6 +124,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         reads: Default::default(),
         hold_pass: None,
         reserved_keys: Default::default(),
+        cursors: Default::default(),
     };
     // The client's startup settings are tried on a real shard, the first one that answers: one
     // shard being down must not keep clients of the others out.

@@ -4,6 +4,8 @@ pub mod auth;
 pub mod cancel;
 pub mod causal_token;
 pub mod client_io;
+pub mod cursor_requests;
+pub mod cursors;
 pub mod exchange;
 pub mod extended;
 pub mod fencing;

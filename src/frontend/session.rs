@@ -91,6 +91,8 @@ pub struct Session {
     pub hold_pass: Option<crate::admin::gate::RequestPass>,
     /// Generated keys reserved for the request being planned.
     pub reserved_keys: super::generated_keys::ReservedKeys,
+    /// Open cursors of the block and where each lives.
+    pub cursors: super::cursors::Cursors,
 }
 
 /// An error to report to the client, as an ErrorResponse.
@@ -335,6 +337,9 @@ impl Session {
                     return Ok(());
                 }
             }
+        }
+        if self.cursor_query(&sql, &facts, &mut routes).await? {
+            return Ok(());
         }
         if facts.iter().any(is_sharded_copy_in) {
             if facts.len() > 1 {
@@ -622,6 +627,7 @@ impl Session {
         self.settings_at_begin = None;
         self.txn = None;
         self.portals.clear();
+        self.cursors.clear();
     }
 
     fn session_bound_refusal(&self, facts: &[StatementFacts]) -> Option<ErrorFields> {
@@ -971,6 +977,7 @@ impl Session {
                     }
                 }
                 self.portals.clear();
+                self.cursors.clear();
             }
             Some(TxStatus::InTransaction) | Some(TxStatus::Failed) => {
                 if self.txn.is_none() {
@@ -1130,6 +1137,19 @@ impl Session {
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
         merge: Option<crate::gather::merged::BoundMerge>,
     ) -> Result<ScatterEnd, End> {
+        self.run_scatter_to::<ClientIo>(shards, steps, merge, None)
+            .await
+    }
+
+    /// `run_scatter` whose merged answer goes to `sink` instead of the client when one is given
+    /// (a cursor the proxy serves keeps it).
+    pub async fn run_scatter_to<S: exchange::FrameSink + Send>(
+        &mut self,
+        shards: Vec<u32>,
+        steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
+        merge: Option<crate::gather::merged::BoundMerge>,
+        sink: Option<&mut S>,
+    ) -> Result<ScatterEnd, End> {
         for shard in &shards {
             if let Err(fields) = self.ensure_conn(*shard, true).await {
                 return Ok(ScatterEnd {
@@ -1149,7 +1169,10 @@ impl Session {
             &self.cancel,
             work.iter().map(|(c, _)| c.cancel_target()).collect(),
         );
-        let result = crate::gather::scatter::run(work, &mut self.io, merge).await;
+        let result = match sink {
+            Some(sink) => crate::gather::scatter::run(work, sink, merge).await,
+            None => crate::gather::scatter::run(work, &mut self.io, merge).await,
+        };
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {
             self.held.insert(conn.shard, conn);
@@ -1241,7 +1264,7 @@ pub fn needs_atomic_scatter(f: &StatementFacts) -> bool {
 
 /// The merge of a simple-protocol statement that runs on several shards: the rewritten text (its
 /// literals put back) and the plan bound to them; `None` when rows are only concatenated.
-fn merge_for_simple(
+pub(crate) fn merge_for_simple(
     facts: &[StatementFacts],
     literals: &[crate::router::literals::Literal],
 ) -> Result<Option<(String, crate::gather::merged::BoundMerge)>, ErrorFields> {

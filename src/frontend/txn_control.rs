@@ -287,6 +287,7 @@ impl Session {
                         txn.refused = false;
                     }
                     txn.record_savepoint(&op);
+                    self.cursors.savepoint(&op);
                 }
             }
             StatementKind::SetLocal => txn.record_setting(sql),

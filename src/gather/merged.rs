@@ -8,7 +8,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::frontend::client_io::ClientIo;
 use crate::frontend::exchange::FrameSink;
 use crate::router::merge_plan::{
     AggFunc, Bound, CmpOp, ColRef, Having, MergePlan, Operand, PlanKind,
@@ -281,7 +280,7 @@ impl Inputs {
 
     /// Reads every channel to its end (the shard readers finish only then), keeping shard 0's
     /// ReadyForQuery and forwarding the first error not yet reported.
-    async fn drain(&mut self, client: &mut ClientIo) -> bool {
+    async fn drain(&mut self, client: &mut impl FrameSink) -> bool {
         let mut gone = false;
         for s in 0..self.rx.len() {
             while let Some(f) = self.next(s).await {
@@ -302,7 +301,7 @@ pub async fn run(
     rx: Vec<mpsc::Receiver<Frame>>,
     merge: &BoundMerge,
     collations: &[ShardText],
-    client: &mut ClientIo,
+    client: &mut impl FrameSink,
 ) -> MergedOutcome {
     let shards = rx.len();
     let mut inputs = Inputs {
@@ -358,7 +357,7 @@ impl From<MergeError> for Stop {
     }
 }
 
-async fn send(client: &mut ClientIo, f: Frame) -> Result<(), Stop> {
+async fn send(client: &mut impl FrameSink, f: Frame) -> Result<(), Stop> {
     client.send(f).await.map_err(|_| Stop::ClientGone)
 }
 
@@ -494,7 +493,7 @@ async fn merge_all(
     inputs: &mut Inputs,
     merge: &BoundMerge,
     collations: &[ShardText],
-    client: &mut ClientIo,
+    client: &mut impl FrameSink,
     shards: usize,
 ) -> Result<Option<u64>, Stop> {
     let plan = &merge.plan;

@@ -8,6 +8,7 @@ pub mod collect;
 pub mod copy_in;
 pub mod copy_out;
 pub mod copy_split;
+pub mod cursor;
 pub mod index_owner;
 pub mod merge;
 pub mod merged;

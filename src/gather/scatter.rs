@@ -8,7 +8,6 @@ use super::collation;
 use super::merged::{self, BoundMerge};
 use super::readers::AbortOnDrop;
 use crate::backend::{PooledConn, ServerConn, ShardPools};
-use crate::frontend::client_io::ClientIo;
 use crate::frontend::exchange::{self, FrameSink, SinkError, Step};
 use crate::frontend::session::backend_error_fields;
 use crate::wire::backend::{self as be, ErrorFields};
@@ -51,7 +50,7 @@ pub struct ScatterResult {
 /// plan when one is given, else by concatenation.
 pub async fn run(
     work: Vec<(PooledConn, Vec<Step>)>,
-    client: &mut ClientIo,
+    client: &mut impl FrameSink,
     plan: Option<BoundMerge>,
 ) -> ScatterResult {
     let shard_count = work.len();
@@ -224,7 +223,7 @@ impl Merge {
         &mut self,
         shard: usize,
         frame: Frame,
-        client: &mut ClientIo,
+        client: &mut impl FrameSink,
     ) -> Result<(), SinkError> {
         match frame.tag {
             be::DATA_ROW | be::NOTICE_RESPONSE | be::NOTIFICATION => client.send(frame).await,

@@ -127,6 +127,9 @@ pub struct StatementFacts {
     /// For `INSERT … SELECT * FROM UNNEST($a, …)` into a sharded table: its array parameters,
     /// split per shard by the key's array (`key` is then `ArrayParam`).
     pub unnest: Option<super::unnest_insert::UnnestInsert>,
+    /// For DECLARE, FETCH, MOVE and CLOSE: the cursor and what is done with it, so the session
+    /// keeps a cursor's statements where it lives.
+    pub cursor: Option<super::cursor::CursorOp>,
 }
 
 impl StatementFacts {
@@ -151,6 +154,7 @@ impl StatementFacts {
             no_transaction_block: false,
             indexes: Vec::new(),
             unnest: None,
+            cursor: None,
         }
     }
 }
@@ -1517,15 +1521,15 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
             }
         }
         NodeEnum::DeclareCursorStmt(d) => {
+            // Over several shards the session serves the cursor itself (see frontend::cursors).
+            facts.cursor = super::cursor::cursor_op(stmt);
             if let Some(q) = node(&d.query) {
                 let inner = analyze_stmt(q, tables);
                 facts.sharded = inner.sharded;
                 facts.unsharded = inner.unsharded;
                 facts.key = inner.key;
                 facts.refuse = inner.refuse;
-                if facts.sharded {
-                    facts.needs_merge = Some("DECLARE CURSOR".into());
-                }
+                facts.shard_key = inner.shard_key;
             }
             // CURSOR_OPT_HOLD
             if d.options & 0x0020 != 0 {
@@ -1540,6 +1544,9 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
                 let inner = analyze_stmt(q, tables);
                 facts.refuse = inner.refuse;
             }
+        }
+        NodeEnum::FetchStmt(_) | NodeEnum::ClosePortalStmt(_) => {
+            facts.cursor = super::cursor::cursor_op(stmt);
         }
         NodeEnum::DoStmt(_) | NodeEnum::CallStmt(_) => {
             // Unknown effects: run where unsharded tables live.

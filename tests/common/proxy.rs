@@ -106,3 +106,30 @@ pub fn route_shard_through(config: &mut Config, shard: u32, addr: std::net::Sock
     entry.host = addr.ip().to_string();
     entry.port = addr.port();
 }
+
+/// Runs `script` with psql through the proxy (`-X -A -t`, written next to the cluster as
+/// `name`); panics when psql fails. Returns the non-empty output lines, trimmed, and the output.
+pub async fn psql_script(
+    info: &ClusterInfo,
+    proxy: &RunningProxy,
+    name: &str,
+    script: &str,
+) -> (Vec<String>, String) {
+    let file = info.dir.join(name);
+    std::fs::write(&file, script).expect("write psql script");
+    let (ok, out, err) = super::process::run_output(
+        tokio::process::Command::new("psql")
+            .arg(app_url(proxy))
+            .args(["-X", "-A", "-t", "-f"])
+            .arg(&file),
+    )
+    .await;
+    assert!(ok, "psql failed: {err}\n{out}");
+    let lines = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    (lines, out)
+}

@@ -1,0 +1,244 @@
+//! Client requests on cursors: keeps each cursor statement on the shard its cursor lives on, and
+//! answers the statements on cursors the proxy serves (DECLARE over several shards, then its
+//! FETCH/MOVE/CLOSE, and Describe of its portal) in both protocols. The rows come from
+//! `gather::cursor`; where cursors live is `cursors::Cursors`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::extended::{parameter_description, Msg};
+use super::session::{aborted, refusal, End, Prepared, Session};
+use crate::router::cursor::{declared_query, CursorOp};
+use crate::router::params::BindParams;
+use crate::router::{Route, StatementFacts};
+use crate::wire::backend::{self as be, ErrorFields, TxStatus};
+
+/// A statement on a proxy-served cursor must come alone.
+fn alone() -> ErrorFields {
+    refusal("a statement on a cursor that spans several shards (served by pgshard) must be sent on its own, not together with other statements")
+}
+
+impl Session {
+    /// Simple protocol: routes cursor statements to their cursor's shard (`routes` updated) and
+    /// answers those on proxy-served cursors. True when the request was answered here.
+    pub async fn cursor_query(
+        &mut self,
+        sql: &str,
+        facts: &[StatementFacts],
+        routes: &mut [Route],
+    ) -> Result<bool, End> {
+        let first_shard = self.proxy.first_shard;
+        let mut served = false;
+        for (f, route) in facts.iter().zip(routes.iter_mut()) {
+            self.cursors.route(f, route, first_shard);
+            served |= self.cursors.serves(f, route);
+        }
+        if !served {
+            return Ok(false);
+        }
+        let ([_], Some(op)) = (facts, facts.first().and_then(|f| f.cursor.as_ref())) else {
+            self.reply_error(alone());
+            return Ok(true);
+        };
+        if self.status() == TxStatus::Failed {
+            self.reply_error(aborted());
+            return Ok(true);
+        }
+        match self.run_cursor_op(op, sql, true).await? {
+            Ok(()) => {
+                let status = self.status();
+                self.io.push(&be::ready_for_query(status));
+            }
+            Err(fields) => self.reply_error(fields),
+        }
+        Ok(true)
+    }
+
+    /// Runs one statement on a proxy-served cursor and queues its answer (`describe`: FETCH sends
+    /// its RowDescription first, as in the simple protocol).
+    async fn run_cursor_op(
+        &mut self,
+        op: &CursorOp,
+        sql: &str,
+        describe: bool,
+    ) -> Result<Result<(), ErrorFields>, End> {
+        match op {
+            CursorOp::Declare(d) => {
+                let Some(query) = declared_query(sql) else {
+                    return Ok(Err(ErrorFields::error(
+                        "42601",
+                        "DECLARE CURSOR needs a query after FOR",
+                    )));
+                };
+                if let Err(fields) = self.declare_merged(d, query).await? {
+                    return Ok(Err(fields));
+                }
+                self.io.push(&be::command_complete("DECLARE CURSOR"));
+            }
+            CursorOp::Fetch {
+                name,
+                motion,
+                is_move,
+            } => {
+                let fetched = match self.fetch_merged(name, motion, *is_move) {
+                    Ok(f) => f,
+                    Err(fields) => return Ok(Err(fields)),
+                };
+                if let Some(d) = fetched.description.filter(|_| describe) {
+                    self.io.push(&d);
+                }
+                for row in &fetched.rows {
+                    self.io.push(row);
+                }
+                self.io.push(&fetched.complete);
+            }
+            CursorOp::Close { name: Some(name) } => {
+                self.cursors.close(name);
+                self.io.push(&be::command_complete("CLOSE CURSOR"));
+            }
+            CursorOp::Close { name: None } => {
+                self.cursors.close_all();
+                self.io.push(&be::command_complete("CLOSE CURSOR ALL"));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Extended protocol: answers a batch that works on proxy-served cursors (a DECLARE whose
+    /// Bind reaches several shards, a FETCH/MOVE/CLOSE of such a cursor, a Describe or Close of
+    /// its portal). False, with nothing done, when the batch has none of those.
+    pub(super) async fn cursor_batch(&mut self, msgs: &[Msg], sync: bool) -> Result<bool, End> {
+        let proxy = self.proxy.clone();
+        let map = proxy.map.current();
+        // Portals of this batch bound to statements the proxy serves.
+        let mut ours: HashMap<&str, Arc<Prepared>> = HashMap::new();
+        let mut others = false;
+        let mut involved = false;
+        for msg in msgs {
+            match msg {
+                Msg::Bind {
+                    bind, statement, ..
+                } => {
+                    let serves = statement.facts.first().is_some_and(|f| {
+                        let params = BindParams {
+                            values: &bind.params,
+                            formats: &bind.param_formats,
+                            types: &statement.param_types,
+                        };
+                        let route = match f.cursor {
+                            Some(CursorOp::Declare(_)) => {
+                                proxy.router.route(f, &params, &map, proxy.first_shard)
+                            }
+                            _ => Route::Any,
+                        };
+                        self.cursors.serves(f, &route)
+                    });
+                    if serves {
+                        ours.insert(bind.portal.as_str(), statement.clone());
+                        involved = true;
+                    }
+                }
+                Msg::DescribePortal(t) | Msg::ClosePortal(t) => {
+                    involved |= self.cursors.served(&t.name).is_some();
+                }
+                Msg::Execute(e) => others |= !ours.contains_key(e.portal.as_str()),
+                _ => {}
+            }
+        }
+        if !involved {
+            return Ok(false);
+        }
+        let outcome = if others {
+            Err(alone())
+        } else {
+            self.answer_cursor_batch(msgs, &ours).await?
+        };
+        if let Err(fields) = outcome {
+            self.push_error_in_batch(fields);
+            self.skip_until_sync = !sync;
+        }
+        if sync {
+            let status = self.status();
+            self.io.push(&be::ready_for_query(status));
+        }
+        Ok(true)
+    }
+
+    async fn answer_cursor_batch(
+        &mut self,
+        msgs: &[Msg],
+        ours: &HashMap<&str, Arc<Prepared>>,
+    ) -> Result<Result<(), ErrorFields>, End> {
+        let op_of = |st: &Prepared| st.facts.first().and_then(|f| f.cursor.clone());
+        for msg in msgs {
+            match msg {
+                Msg::Parse(..) => self.io.push(&be::parse_complete()),
+                Msg::Bind {
+                    bind, statement, ..
+                } => {
+                    let op = op_of(statement);
+                    if matches!(op, Some(CursorOp::Declare(_))) && !bind.params.is_empty() {
+                        return Ok(Err(refusal(
+                            "DECLARE CURSOR over several shards with parameters is not supported; write the values into the statement, or add a condition on the shard key",
+                        )));
+                    }
+                    if matches!(op, Some(CursorOp::Fetch { .. }))
+                        && bind.result_formats.iter().any(|f| *f != 0)
+                    {
+                        return Ok(Err(refusal(
+                            "FETCH in binary format from a cursor that spans several shards is not supported; fetch in text format",
+                        )));
+                    }
+                    self.io.push(&be::bind_complete());
+                }
+                Msg::DescribeStatement(st) => {
+                    self.io.push(&parameter_description(&st.param_types));
+                    let described = match op_of(st) {
+                        Some(CursorOp::Fetch {
+                            name,
+                            is_move: false,
+                            ..
+                        }) => self.merged_description(&name),
+                        _ => None,
+                    };
+                    self.io.push(&described.unwrap_or_else(be::no_data));
+                }
+                Msg::DescribePortal(t) => {
+                    let name = match ours.get(t.name.as_str()).and_then(|st| op_of(st)) {
+                        Some(CursorOp::Fetch {
+                            name,
+                            is_move: false,
+                            ..
+                        }) => Some(name),
+                        Some(_) => None,
+                        None => Some(t.name.clone()),
+                    };
+                    let described = name.and_then(|n| self.merged_description(&n));
+                    self.io.push(&described.unwrap_or_else(be::no_data));
+                }
+                Msg::Execute(e) => {
+                    let Some(st) = ours.get(e.portal.as_str()) else {
+                        return Ok(Err(alone()));
+                    };
+                    if e.max_rows > 0 {
+                        return Ok(Err(refusal(
+                            "Execute with a row limit on a cursor statement that spans several shards is not supported; use FETCH n",
+                        )));
+                    }
+                    let Some(op) = op_of(st) else {
+                        return Ok(Err(alone()));
+                    };
+                    if let Err(fields) = self.run_cursor_op(&op, &st.sql, false).await? {
+                        return Ok(Err(fields));
+                    }
+                }
+                Msg::CloseStatement => self.io.push(&be::close_complete()),
+                Msg::ClosePortal(t) => {
+                    self.cursors.close(&t.name);
+                    self.io.push(&be::close_complete());
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}

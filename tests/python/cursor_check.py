@@ -1,0 +1,56 @@
+"""Named (server-side) cursors of psycopg 3 through pgshard, with the driver's defaults: a cursor
+over every shard (merged in ORDER BY order), read with fetchmany/scroll/fetchone/fetchall and by
+iteration, a cursor on one shard with a parameter, and the refusal of a scrollable cursor over
+several shards. Rows: users 1..200 named u001..u200. Exits non-zero on the first failed check."""
+
+import sys
+
+import psycopg
+from psycopg import errors
+
+
+def main(url: str, key: int) -> None:
+    with psycopg.connect(url) as conn:
+        with conn.cursor(name="c") as cur:
+            cur.execute("SELECT user_id, name FROM users ORDER BY user_id")
+            first = cur.fetchmany(5)
+            assert first == [(i, f"u{i:03}") for i in range(1, 6)], first
+            cur.scroll(10)
+            assert cur.fetchone() == (16, "u016")
+            rest = cur.fetchall()
+            assert [r[0] for r in rest] == list(range(17, 201)), rest[:3]
+            assert cur.fetchone() is None
+        conn.commit()
+
+        with conn.cursor(name="it") as cur:
+            cur.itersize = 17
+            cur.execute("SELECT user_id FROM users ORDER BY user_id DESC")
+            ids = [r[0] for r in cur]
+            assert ids == list(range(200, 0, -1)), ids[:5]
+        conn.commit()
+
+        with conn.cursor(name="agg") as cur:
+            cur.execute("SELECT count(*), max(user_id) FROM users")
+            assert cur.fetchall() == [(200, 200)]
+        conn.commit()
+
+        with conn.cursor(name="k") as cur:
+            cur.execute("SELECT user_id, name FROM users WHERE user_id = %s", (key,))
+            assert cur.fetchall() == [(key, f"u{key:03}")]
+        conn.commit()
+
+        try:
+            with conn.cursor(name="s", scrollable=True) as cur:
+                cur.execute("SELECT user_id FROM users ORDER BY user_id")
+                cur.fetchone()
+            raise AssertionError("a SCROLL cursor over several shards was accepted")
+        except errors.FeatureNotSupported as e:
+            assert "SCROLL" in str(e), str(e)
+        conn.rollback()
+        # The connection is usable after the refusal.
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (200,)
+    print("cursor check passed")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
