@@ -5,6 +5,7 @@ pub mod atomic;
 pub mod broadcast;
 pub mod collation;
 pub mod collect;
+pub mod final_query;
 pub mod copy_in;
 pub mod copy_out;
 pub mod copy_split;

@@ -7,6 +7,7 @@ pub mod facts;
 pub mod fence;
 pub mod index_owner;
 pub mod literals;
+pub mod final_projection;
 pub mod merge_plan;
 pub mod params;
 pub mod pg_array;
