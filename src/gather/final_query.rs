@@ -74,15 +74,16 @@ pub fn steps(
     if room == 0 {
         return Err(FinalError::TooManyInputs(types.len()));
     }
-    let select = fp.select.render(&mut |n| {
-        match client.iter().find(|(k, _)| *k == n).map(|(_, v)| v) {
-            Some(ClientValue::Sql(s)) => s.clone(),
-            _ => match bound.iter().position(|(k, _)| *k == n) {
-                Some(i) => format!("${}", i + 1),
-                None => "NULL".into(),
+    let select =
+        fp.select.render(
+            &mut |n| match client.iter().find(|(k, _)| *k == n).map(|(_, v)| v) {
+                Some(ClientValue::Sql(s)) => s.clone(),
+                _ => match bound.iter().position(|(k, _)| *k == n) {
+                    Some(i) => format!("${}", i + 1),
+                    None => "NULL".into(),
+                },
             },
-        }
-    });
+        );
     let null_row = vec![None; types.len()];
     let (chunks, limit_zero): (Vec<&[Vec<Option<Bytes>>]>, bool) = if rows.is_empty() {
         (vec![std::slice::from_ref(&null_row)], true)
@@ -269,7 +270,15 @@ mod tests {
         let p = parses(&s);
         assert!(p[0].query.ends_with(" LIMIT 0"), "{}", p[0].query);
         let rows = vec![vec![None]; MAX_PARAMS + 1];
-        let s = steps(&fp("SELECT pgshard_m.c0 AS x"), &[], &rows, &types, &[], false).unwrap();
+        let s = steps(
+            &fp("SELECT pgshard_m.c0 AS x"),
+            &[],
+            &rows,
+            &types,
+            &[],
+            false,
+        )
+        .unwrap();
         assert_eq!(parses(&s).len(), 2);
     }
 }

@@ -635,7 +635,14 @@ async fn merge_all(
     let mut lead = Some(lead);
     if plan.finish.is_none() {
         if let Some(lead) = lead.take() {
-            send_lead(client, lead, &merged_fields, visible, merge.client_describes).await?;
+            send_lead(
+                client,
+                lead,
+                &merged_fields,
+                visible,
+                merge.client_describes,
+            )
+            .await?;
         }
     }
     match &plan.kind {
@@ -863,10 +870,11 @@ async fn finish_inner(
     let (total, hidden) = (p.total, p.hidden);
     let visible = total.saturating_sub(hidden);
     let at = |c: ColRef| {
-        c.index(total, hidden).ok_or(Stop::Failed(ErrorFields::error(
-            "XX000",
-            "final projection column out of range",
-        )))
+        c.index(total, hidden)
+            .ok_or(Stop::Failed(ErrorFields::error(
+                "XX000",
+                "final projection column out of range",
+            )))
     };
     let inputs: Vec<usize> = fp.inputs.iter().map(|c| at(*c)).collect::<Result<_, _>>()?;
     let outputs: Vec<usize> = fp

@@ -211,7 +211,9 @@ mod tests {
     fn rewrite_replaces_leaves_and_refuses_the_rest() {
         let mut leaf = |n: &pb::Node| -> Result<Option<pb::Node>, String> {
             Ok(match n.node.as_ref() {
-                Some(NodeEnum::FuncCall(f)) if last_string(&f.funcname).as_deref() == Some("sum") => {
+                Some(NodeEnum::FuncCall(f))
+                    if last_string(&f.funcname).as_deref() == Some("sum") =>
+                {
                     Some(input_ref(0))
                 }
                 _ => None,

@@ -575,9 +575,7 @@ impl Builder<'_> {
     fn distinct_exact(&self, a: &AggCall) -> bool {
         match a.name {
             "min" | "max" => true,
-            "count" => {
-                self.grouped_by_key || a.call.args.first().is_some_and(|x| (self.is_key)(x))
-            }
+            "count" => self.grouped_by_key || a.call.args.first().is_some_and(|x| (self.is_key)(x)),
             _ => self.grouped_by_key,
         }
     }
@@ -1116,11 +1114,9 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
     for g in &s.group_clause {
         let by_position = match g.node.as_ref() {
             Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
-                Some(Val::Ival(i)) if i.ival >= 1 => b
-                    .target_shapes
-                    .get(i.ival as usize - 1)
-                    .cloned()
-                    .flatten(),
+                Some(Val::Ival(i)) if i.ival >= 1 => {
+                    b.target_shapes.get(i.ival as usize - 1).cloned().flatten()
+                }
                 _ => None,
             },
             _ => Some(shape(g)),
@@ -1596,8 +1592,8 @@ mod tests {
             let f = p.finish.as_ref().unwrap();
             assert_eq!(f.select.with_placeholders(), fin, "{sql}");
         }
-        let p = plan_sql("SELECT g, coalesce(sum(x), $1) AS s FROM t GROUP BY g ORDER BY s")
-            .unwrap();
+        let p =
+            plan_sql("SELECT g, coalesce(sum(x), $1) AS s FROM t GROUP BY g ORDER BY s").unwrap();
         let f = p.finish.unwrap();
         assert_eq!(f.outputs, vec![1]);
         assert_eq!(f.inputs, vec![ColRef::Hidden(0)]);
