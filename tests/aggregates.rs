@@ -8,28 +8,12 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::answers::Raw;
 use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
-use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// Any column as its raw bytes (binary format in the extended protocol).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Raw(Option<Vec<u8>>);
-
-impl<'a> FromSql<'a> for Raw {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Raw, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(Some(raw.to_vec())))
-    }
-    fn from_sql_null(_: &Type) -> Result<Raw, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(None))
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
 
 /// Column names and types (0 in the simple protocol), rows.
 type Answer = (Vec<(String, u32)>, Vec<Vec<Raw>>);
@@ -206,7 +190,7 @@ async fn finished_aggregates_equal_one_postgres() {
             "string_agg",
         ),
     ] {
-        let e = through.simple_query(sql).await.err().expect(sql);
+        let e = through.simple_query(sql).await.expect_err(sql);
         assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{sql}: {e:?}");
         assert!(format!("{e:?}").contains(want), "{sql}: {e:?}");
     }
