@@ -5,13 +5,14 @@
 
 mod common;
 
+use common::answers::Raw;
+
 use std::collections::HashMap;
 
 use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
-use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const LOCALE: &str = "en_US.UTF-8";
@@ -56,22 +57,6 @@ const NAMES: &[&str] = &[
     "\u{fb01}le",
     "file",
 ];
-
-/// Any column as its raw bytes (binary format in the extended protocol).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Raw(Option<Vec<u8>>);
-
-impl<'a> FromSql<'a> for Raw {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Raw, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(Some(raw.to_vec())))
-    }
-    fn from_sql_null(_: &Type) -> Result<Raw, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(None))
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
 
 async fn simple(c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
     Ok(c.simple_query(sql)

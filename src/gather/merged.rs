@@ -17,6 +17,7 @@ use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 
 use super::collation::ShardText;
+use super::final_query::{self, ClientValue, InputType};
 use super::merge::value::{
     BPCHAR_OID, FLOAT4_OID, FLOAT8_OID, FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID,
     NAME_OID, NUMERIC_OID, TEXT_OID, VARCHAR_OID,
@@ -37,6 +38,8 @@ pub struct BoundMerge {
     limit: Option<u64>,
     offset: u64,
     params: HashMap<usize, RawParam>,
+    /// The client's `$n` the final projection uses.
+    finals: Vec<(usize, ClientValue)>,
     /// True when the client asked for the result's RowDescription (simple protocol, or a
     /// Describe of the portal); otherwise the shards' description is only for the merge.
     pub client_describes: bool,
@@ -100,11 +103,29 @@ impl BoundMerge {
             })?;
             resolved.insert(n, raw);
         }
+        let mut finals = Vec::new();
+        for n in plan.finish.iter().flat_map(|f| f.select.params()) {
+            let value = match params.sql_literal(n) {
+                Some(sql) => ClientValue::Sql(sql),
+                None => {
+                    let raw = params.raw(n).ok_or_else(|| {
+                        ErrorFields::error("08P01", format!("no value for parameter ${n}"))
+                    })?;
+                    ClientValue::Bound {
+                        value: raw.value,
+                        binary: raw.binary,
+                        type_oid: params.declared_type(n),
+                    }
+                }
+            };
+            finals.push((n, value));
+        }
         Ok(BoundMerge {
             plan,
             limit: limit.map(|l| l as u64),
             offset: offset.unwrap_or(0) as u64,
             params: resolved,
+            finals,
             client_describes,
         })
     }
@@ -116,6 +137,31 @@ pub struct MergedOutcome {
     pub client_gone: bool,
     pub complete: Option<Frame>,
     pub ready: Option<Frame>,
+    /// Merged groups still waiting for their final projection (see [`finish_pending`]).
+    pub pending: Option<Box<Pending>>,
+}
+
+/// Merged groups whose expressions over aggregates one shard still has to compute, with
+/// everything needed to answer the client afterwards.
+pub struct Pending {
+    lead: Lead,
+    fields: Vec<Field>,
+    types: Vec<ColumnType>,
+    rows: Vec<Bytes>,
+    sort_keys: Vec<SortKey>,
+    key_orders: Vec<TextOrder>,
+    /// Whether ORDER BY, OFFSET and LIMIT are still to apply (they read a computed column).
+    sort_after: bool,
+    total: usize,
+    hidden: usize,
+    merge: BoundMerge,
+}
+
+/// What the merge produced.
+enum Merged {
+    /// The answer went to the client; the row count, `None` after a shard's error.
+    Done(Option<u64>),
+    Pending(Box<Pending>),
 }
 
 /// One field of a RowDescription.
@@ -315,15 +361,21 @@ pub async fn run(
         client_gone: false,
         complete: None,
         ready: None,
+        pending: None,
     };
     let result = merge_all(&mut inputs, merge, collations, client, shards).await;
     match result {
-        Ok(Some(rows)) => {
+        Ok(Merged::Done(Some(rows))) => {
             if !inputs.error_sent {
                 out.complete = Some(be::command_complete(&format!("SELECT {rows}")));
             }
         }
-        Ok(None) => {}
+        Ok(Merged::Done(None)) => {}
+        Ok(Merged::Pending(p)) => {
+            if !inputs.error_sent {
+                out.pending = Some(p);
+            }
+        }
         Err(Stop::ClientGone) => out.client_gone = true,
         Err(Stop::Failed(f)) => out.failure = Some(f),
     }
@@ -332,6 +384,7 @@ pub async fn run(
     }
     if out.failure.is_some() {
         out.complete = None;
+        out.pending = None;
     }
     if inputs.error_sent {
         out.complete = None;
@@ -463,6 +516,7 @@ fn agg_kind(func: AggFunc, partial: u32) -> Result<AggKind, Stop> {
     };
     Ok(match func {
         AggFunc::Count => AggKind::Count,
+        AggFunc::Concat => AggKind::ArrayConcat,
         AggFunc::Min => AggKind::Min,
         AggFunc::Max => AggKind::Max,
         AggFunc::Sum => match partial {
@@ -495,12 +549,12 @@ async fn merge_all(
     collations: &[ShardText],
     client: &mut impl FrameSink,
     shards: usize,
-) -> Result<Option<u64>, Stop> {
+) -> Result<Merged, Stop> {
     let plan = &merge.plan;
     let Some((lead, columns)) = descriptions(inputs, shards).await? else {
         // A shard answered with an error (or nothing) instead of rows: pass shard 0's frames
         // on, then the error.
-        return Ok(None);
+        return Ok(Merged::Done(None));
     };
     let first = &columns[0];
     for (s, other) in columns.iter().enumerate().skip(1) {
@@ -575,15 +629,19 @@ async fn merge_all(
         .iter()
         .map(|k| orders.get(k.column).cloned().unwrap_or_default())
         .collect();
-    // Shard 0's descriptions go out first, with the client's view of the result columns.
-    for (i, f) in lead.frames.into_iter().enumerate() {
-        if Some(i) == lead.row_description_at {
-            if merge.client_describes {
-                let fields: Vec<Field> = merged_fields.iter().take(visible).cloned().collect();
-                send(client, encode_row_description(&fields)).await?;
-            }
-        } else {
-            send(client, f).await?;
+    // Shard 0's descriptions go out first, with the client's view of the result columns;
+    // after the final projection when there is one.
+    let mut lead = Some(lead);
+    if plan.finish.is_none() {
+        if let Some(lead) = lead.take() {
+            send_lead(
+                client,
+                lead,
+                &merged_fields,
+                visible,
+                merge.client_describes,
+            )
+            .await?;
         }
     }
     match &plan.kind {
@@ -599,10 +657,10 @@ async fn merge_all(
                     rows += 1;
                 }
                 if m.is_done() {
-                    return Ok(Some(rows));
+                    return Ok(Merged::Done(Some(rows)));
                 }
                 let Some(s) = m.waiting_on() else {
-                    return Ok(Some(rows));
+                    return Ok(Merged::Done(Some(rows)));
                 };
                 match inputs.next(s).await {
                     Some(f) => match f.tag {
@@ -611,7 +669,7 @@ async fn merge_all(
                         be::ERROR_RESPONSE => {
                             inputs.error_sent = true;
                             send(client, f).await?;
-                            return Ok(None);
+                            return Ok(Merged::Done(None));
                         }
                         be::NOTICE_RESPONSE => send(client, f).await?,
                         _ => {}
@@ -653,8 +711,11 @@ async fn merge_all(
                         be::COMMAND_COMPLETE => break,
                         be::ERROR_RESPONSE => {
                             inputs.error_sent = true;
+                            if let Some(lead) = lead.take() {
+                                send_lead(client, lead, &merged_fields, visible, false).await?;
+                            }
                             send(client, f).await?;
-                            return Ok(None);
+                            return Ok(Merged::Done(None));
                         }
                         be::NOTICE_RESPONSE => send(client, f).await?,
                         _ => {}
@@ -676,24 +737,251 @@ async fn merge_all(
                 }
                 rows = kept;
             }
-            if !sort_keys.is_empty() {
-                rows = sort_rows(rows, &merged_types, &sort_keys, &key_orders)?;
+            if let (Some(fp), Some(lead)) = (&plan.finish, lead.take()) {
+                let sort_after = sort_keys.iter().any(|k| {
+                    fp.outputs
+                        .iter()
+                        .any(|o| ColRef::Output(*o).index(total, hidden) == Some(k.column))
+                });
+                if !sort_after {
+                    rows = sort_and_limit(rows, &merged_types, &sort_keys, &key_orders, merge)?;
+                }
+                return Ok(Merged::Pending(Box::new(Pending {
+                    lead,
+                    fields: merged_fields,
+                    types: merged_types,
+                    rows,
+                    sort_keys,
+                    key_orders,
+                    sort_after,
+                    total,
+                    hidden,
+                    merge: merge.clone(),
+                })));
             }
-            let take = merge
-                .limit
-                .map_or(usize::MAX, |l| l.min(usize::MAX as u64) as usize);
-            let skip = merge.offset.min(usize::MAX as u64) as usize;
-            let mut sent = 0u64;
-            for r in rows.into_iter().skip(skip).take(take) {
-                send(
-                    client,
-                    Frame::new(be::DATA_ROW, visible_row(r, visible, hidden)?),
-                )
-                .await?;
-                sent += 1;
-            }
-            Ok(Some(sent))
+            let rows = sort_and_limit(rows, &merged_types, &sort_keys, &key_orders, merge)?;
+            Ok(Merged::Done(Some(
+                send_rows(client, rows, visible, hidden).await?,
+            )))
         }
+    }
+}
+
+/// Sends shard 0's description frames, its RowDescription replaced by the merged columns
+/// (only when the client asked for it).
+async fn send_lead(
+    client: &mut impl FrameSink,
+    lead: Lead,
+    fields: &[Field],
+    visible: usize,
+    describes: bool,
+) -> Result<(), Stop> {
+    for (i, f) in lead.frames.into_iter().enumerate() {
+        if Some(i) == lead.row_description_at {
+            if describes {
+                let fields: Vec<Field> = fields.iter().take(visible).cloned().collect();
+                send(client, encode_row_description(&fields)).await?;
+            }
+        } else {
+            send(client, f).await?;
+        }
+    }
+    Ok(())
+}
+
+/// ORDER BY, then OFFSET and LIMIT, over merged groups.
+fn sort_and_limit(
+    mut rows: Vec<Bytes>,
+    types: &[ColumnType],
+    sort_keys: &[SortKey],
+    key_orders: &[TextOrder],
+    merge: &BoundMerge,
+) -> Result<Vec<Bytes>, Stop> {
+    if !sort_keys.is_empty() {
+        rows = sort_rows(rows, types, sort_keys, key_orders)?;
+    }
+    let take = merge
+        .limit
+        .map_or(usize::MAX, |l| l.min(usize::MAX as u64) as usize);
+    let skip = merge.offset.min(usize::MAX as u64) as usize;
+    Ok(rows.into_iter().skip(skip).take(take).collect())
+}
+
+/// Sends the rows without their hidden columns; returns how many.
+async fn send_rows(
+    client: &mut impl FrameSink,
+    rows: Vec<Bytes>,
+    visible: usize,
+    hidden: usize,
+) -> Result<u64, Stop> {
+    let mut sent = 0u64;
+    for r in rows {
+        send(
+            client,
+            Frame::new(be::DATA_ROW, visible_row(r, visible, hidden)?),
+        )
+        .await?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// How the final projection ended.
+pub struct Finished {
+    /// The CommandComplete to send once the caller has settled the transaction.
+    pub complete: Option<Frame>,
+    pub failure: Option<ErrorFields>,
+    pub client_gone: bool,
+}
+
+/// Runs the final projection of `p` on `conn` (a shard connection that took part in the
+/// statement, so it sees the same transaction), puts the computed columns into the merged
+/// rows, then answers the client as the merge would have.
+pub async fn finish_pending(
+    p: Pending,
+    conn: &mut crate::backend::ServerConn,
+    client: &mut impl FrameSink,
+) -> Finished {
+    let mut done = Finished {
+        complete: None,
+        failure: None,
+        client_gone: false,
+    };
+    match finish_inner(p, conn, client).await {
+        Ok(rows) => done.complete = Some(be::command_complete(&format!("SELECT {rows}"))),
+        Err(Stop::ClientGone) => done.client_gone = true,
+        Err(Stop::Failed(f)) => done.failure = Some(f),
+    }
+    done
+}
+
+async fn finish_inner(
+    mut p: Pending,
+    conn: &mut crate::backend::ServerConn,
+    client: &mut impl FrameSink,
+) -> Result<u64, Stop> {
+    let Some(fp) = p.merge.plan.finish.clone() else {
+        return Err(Stop::Failed(ErrorFields::error(
+            "XX000",
+            "a pending merge without a final projection",
+        )));
+    };
+    let (total, hidden) = (p.total, p.hidden);
+    let visible = total.saturating_sub(hidden);
+    let at = |c: ColRef| {
+        c.index(total, hidden)
+            .ok_or(Stop::Failed(ErrorFields::error(
+                "XX000",
+                "final projection column out of range",
+            )))
+    };
+    let inputs: Vec<usize> = fp.inputs.iter().map(|c| at(*c)).collect::<Result<_, _>>()?;
+    let outputs: Vec<usize> = fp
+        .outputs
+        .iter()
+        .map(|o| at(ColRef::Output(*o)))
+        .collect::<Result<_, _>>()?;
+    let types: Vec<InputType> = inputs
+        .iter()
+        .map(|&i| {
+            let f = &p.fields[i];
+            InputType {
+                oid: f.type_oid,
+                format: f.format,
+            }
+        })
+        .collect();
+    let mut split = Vec::with_capacity(p.rows.len());
+    for r in &p.rows {
+        split.push(split_row(r)?);
+    }
+    let values: Vec<Vec<Option<Bytes>>> = split
+        .iter()
+        .map(|cols| {
+            inputs
+                .iter()
+                .map(|&i| cols.get(i).cloned().flatten())
+                .collect()
+        })
+        .collect();
+    if values.is_empty() && !p.merge.client_describes {
+        // Nothing to compute and nothing to describe.
+        send_lead(client, p.lead, &p.fields, visible, false).await?;
+        return Ok(0);
+    }
+    let formats: Vec<i16> = outputs.iter().map(|&i| p.fields[i].format).collect();
+    let steps = final_query::steps(&fp, &p.merge.finals, &values, &types, &formats, true)
+        .map_err(|e| Stop::Failed(ErrorFields::error("54000", e.to_string())))?;
+    let mut sink = Collect(Vec::new());
+    let outcome = crate::frontend::exchange::run(conn, steps, &mut sink)
+        .await
+        .map_err(|e| {
+            Stop::Failed(match e {
+                crate::frontend::exchange::SinkError::Backend(b) => {
+                    crate::frontend::session::backend_error_fields(&b)
+                }
+                other => ErrorFields::error("XX000", format!("final projection: {other}")),
+            })
+        })?;
+    if let Some(e) = outcome.error {
+        return Err(Stop::Failed(e));
+    }
+    let answer = final_query::answer(sink.0);
+    let malformed = |what: &'static str| {
+        Stop::Failed(ErrorFields::error(
+            "XX000",
+            final_query::FinalError::Malformed(what).to_string(),
+        ))
+    };
+    if answer.rows.len() != values.len() {
+        return Err(malformed("row count differs"));
+    }
+    if let Some(d) = &answer.description {
+        let computed = decode_row_description(d).ok_or_else(|| malformed("RowDescription"))?;
+        if computed.len() != outputs.len() {
+            return Err(malformed("column count differs"));
+        }
+        for (f, &i) in computed.into_iter().zip(&outputs) {
+            p.types[i] = ColumnType::new(f.type_oid, f.format);
+            p.fields[i] = f;
+        }
+    }
+    let mut rows = Vec::with_capacity(split.len());
+    for (mut cols, r) in split.into_iter().zip(&answer.rows) {
+        let computed = split_row(r)?;
+        if computed.len() != outputs.len() {
+            return Err(malformed("column count differs"));
+        }
+        for (v, &i) in computed.into_iter().zip(&outputs) {
+            if let Some(slot) = cols.get_mut(i) {
+                *slot = v;
+            }
+        }
+        rows.push(build_row(&cols)?);
+    }
+    if p.sort_after {
+        rows = sort_and_limit(rows, &p.types, &p.sort_keys, &p.key_orders, &p.merge)?;
+    }
+    send_lead(client, p.lead, &p.fields, visible, p.merge.client_describes).await?;
+    send_rows(client, rows, visible, hidden).await
+}
+
+/// Keeps the final query's answer.
+struct Collect(Vec<Frame>);
+
+impl FrameSink for Collect {
+    async fn send(&mut self, frame: Frame) -> Result<(), crate::frontend::exchange::SinkError> {
+        self.0.push(frame);
+        Ok(())
+    }
+
+    async fn copy_in(
+        &mut self,
+        _conn: &mut crate::backend::ServerConn,
+    ) -> Result<(), crate::frontend::exchange::SinkError> {
+        Err(crate::frontend::exchange::SinkError::Refused(
+            "COPY in a final projection".into(),
+        ))
     }
 }
 

@@ -85,15 +85,35 @@ pub async fn run(
     }
     if let Some(plan) = plan {
         let mut collations = Vec::with_capacity(shard_count);
-        for (c, shard) in collation_rx.into_iter().zip(shard_ids) {
+        for (c, &shard) in collation_rx.into_iter().zip(&shard_ids) {
             collations.push(c.await.unwrap_or(collation::ShardText {
                 shard,
                 collation: None,
                 client_encoding: None,
             }));
         }
-        let outcome = merged::run(receivers, &plan, &collations, client).await;
-        let (conns, failure, gone) = join(tasks).await;
+        let mut outcome = merged::run(receivers, &plan, &collations, client).await;
+        let (mut conns, mut failure, mut gone) = join(tasks).await;
+        if let Some(pending) = outcome.pending.take() {
+            // One more round trip: a shard computes the expressions over the merged values.
+            let lead = shard_ids.first().copied();
+            let conn = conns.iter_mut().find(|c| Some(c.shard) == lead);
+            match conn {
+                Some(conn) if failure.is_none() && !gone && outcome.failure.is_none() => {
+                    let done = merged::finish_pending(*pending, conn, client).await;
+                    outcome.complete = done.complete;
+                    failure = failure.or(done.failure);
+                    gone |= done.client_gone;
+                }
+                Some(_) => {}
+                None => {
+                    failure.get_or_insert(ErrorFields::error(
+                        "08006",
+                        "the shard that was to finish the aggregates lost its connection",
+                    ));
+                }
+            }
+        }
         let failure = failure.or(outcome.failure);
         return ScatterResult {
             conns,

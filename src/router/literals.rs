@@ -260,6 +260,9 @@ impl ParamSource for LiteralParams<'_> {
             binary: false,
         })
     }
+    fn sql_literal(&self, n: usize) -> Option<String> {
+        Some(self.0.get(n.checked_sub(1)?)?.to_sql())
+    }
 }
 
 impl Literal {

@@ -13,6 +13,7 @@ use pg_query::NodeEnum;
 use serde_json::Value as Json;
 
 use super::facts::AGGREGATES;
+use super::final_projection::{self, input_ref, FinalProjection};
 use super::literals::Literal;
 
 /// A column of the shards' rows. Hidden columns are always the last ones.
@@ -65,6 +66,9 @@ pub enum AggFunc {
     Avg {
         count: ColRef,
     },
+    /// The column holds each shard's array of distinct values (`array_agg(DISTINCT x)`);
+    /// merged by concatenation, aggregated by the final projection.
+    Concat,
 }
 
 /// One combined aggregate: its function and the column holding the shards' partial values.
@@ -172,6 +176,30 @@ impl SqlTemplate {
             .collect()
     }
 
+    /// The text with each `$n` replaced by what `param` says.
+    pub fn render(&self, param: &mut dyn FnMut(usize) -> String) -> String {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.clone(),
+                Piece::Param(n) => param(*n),
+            })
+            .collect()
+    }
+
+    /// The `$n` the text references, each once, in order of first use.
+    pub fn params(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for p in &self.pieces {
+            if let Piece::Param(n) = p {
+                if !out.contains(n) {
+                    out.push(*n);
+                }
+            }
+        }
+        out
+    }
+
     /// The text with the simple protocol's extracted literals put back; `None` when a `$n` has
     /// no literal.
     pub fn with_literals(&self, literals: &[Literal]) -> Option<String> {
@@ -201,6 +229,9 @@ pub struct MergePlan {
     pub avg_outputs: Vec<usize>,
     /// Where the text the merge compares comes from, to check its collation.
     pub collation: CollationUse,
+    /// Output columns that are expressions over aggregates, computed by one shard over the
+    /// merged values.
+    pub finish: Option<FinalProjection>,
 }
 
 /// A table (or view) named somewhere in the statement, as written (without quotes).
@@ -441,9 +472,85 @@ struct Builder<'a> {
     /// Shape of the original aggregate call of each entry in `aggs`.
     agg_shapes: Vec<Json>,
     avg_outputs: Vec<usize>,
+    /// Shapes of the GROUP BY expressions (a final expression may read them).
+    group_shapes: Vec<Json>,
+    /// The final projection: its input columns, its targets and the outputs they compute.
+    final_inputs: Vec<ColRef>,
+    final_targets: Vec<pb::Node>,
+    final_outputs: Vec<usize>,
+    /// Arrays of distinct values already pushed down, by the shape of their `array_agg` call.
+    concat_shapes: Vec<(Json, ColRef)>,
 }
 
 impl Builder<'_> {
+    /// The final query's input index of a merged column.
+    fn final_input(&mut self, c: ColRef) -> usize {
+        match self.final_inputs.iter().position(|x| *x == c) {
+            Some(j) => j,
+            None => {
+                self.final_inputs.push(c);
+                self.final_inputs.len() - 1
+            }
+        }
+    }
+
+    /// One node of an expression over aggregates: an aggregate call becomes the merged value
+    /// (a `count`/`sum`/`avg(DISTINCT …)` that per-shard partials cannot give becomes the
+    /// aggregate over the merged distinct values of each shard), a grouped expression its
+    /// group's value; anything else is walked into.
+    fn final_leaf(&mut self, n: &pb::Node) -> Result<Option<pb::Node>, String> {
+        if let Some(a) = agg_call(n) {
+            self.check_call(&a)?;
+            if a.call.agg_distinct && !self.distinct_exact(&a) {
+                let mut arr = a.call.clone();
+                arr.funcname = vec![string_node("array_agg")];
+                let arr = node(NodeEnum::FuncCall(Box::new(arr)));
+                let key = shape(&arr);
+                let col = match self.concat_shapes.iter().find(|(k, _)| *k == key) {
+                    Some((_, c)) => *c,
+                    None => {
+                        let c = self.add_hidden(arr);
+                        self.aggs.push(PlanAgg {
+                            func: AggFunc::Concat,
+                            column: c,
+                        });
+                        // Never matched by HAVING or ORDER BY: those refuse this call first.
+                        self.agg_shapes.push(Json::Null);
+                        self.concat_shapes.push((key, c));
+                        c
+                    }
+                };
+                let j = self.final_input(col);
+                let sql = format!(
+                    "(SELECT {}(DISTINCT pgshard_d.v) FROM unnest({}.c{j}) AS pgshard_d(v))",
+                    a.name,
+                    final_projection::INPUTS_ALIAS
+                );
+                return parse_expr(&sql).map(Some);
+            }
+            let col = self.agg_column(&a, n)?;
+            return Ok(Some(input_ref(self.final_input(col))));
+        }
+        if let Some(NodeEnum::FuncCall(f)) = n.node.as_ref() {
+            let name = builtin_name(f).unwrap_or_default();
+            if f.over.is_some() {
+                return Err(format!("window function {name}()"));
+            }
+            if AGGREGATES.contains(&name.as_str()) || f.agg_star || f.agg_distinct {
+                return Err(format!("aggregate {name}()"));
+            }
+        }
+        let constant = matches!(
+            n.node.as_ref(),
+            Some(NodeEnum::AConst(_)) | Some(NodeEnum::ParamRef(_))
+        );
+        if !constant && contains_agg(n).is_none() && self.group_shapes.contains(&shape(n)) {
+            let col = self.expr_column(n);
+            return Ok(Some(input_ref(self.final_input(col))));
+        }
+        Ok(None)
+    }
+
     fn add_hidden(&mut self, expr: pb::Node) -> ColRef {
         let k = self.hidden;
         self.hidden_targets
@@ -453,6 +560,28 @@ impl Builder<'_> {
     }
 
     fn check_agg(&self, a: &AggCall) -> Result<(), String> {
+        self.check_call(a)?;
+        if a.call.agg_distinct && !self.distinct_exact(a) {
+            return Err(format!(
+                "{}(DISTINCT …) in HAVING or ORDER BY on a column other than the shard key (pgshard computes it only in the select list)",
+                a.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when combining the shards' own `f(DISTINCT x)` gives the exact answer: min/max,
+    /// and count/sum/avg whose groups (or counted values) each live on one shard.
+    fn distinct_exact(&self, a: &AggCall) -> bool {
+        match a.name {
+            "min" | "max" => true,
+            "count" => self.grouped_by_key || a.call.args.first().is_some_and(|x| (self.is_key)(x)),
+            _ => self.grouped_by_key,
+        }
+    }
+
+    /// The checks every aggregate call passes, DISTINCT aside.
+    fn check_call(&self, a: &AggCall) -> Result<(), String> {
         let f = a.call;
         let what = format!("aggregate {}()", a.name);
         if !f.agg_order.is_empty() {
@@ -470,18 +599,8 @@ impl Builder<'_> {
         if let Some(inner) = f.args.iter().find_map(contains_agg) {
             return Err(format!("{inner} inside {what}"));
         }
-        if f.agg_distinct {
-            let exact = match a.name {
-                "min" | "max" => true,
-                "count" => self.grouped_by_key || f.args.first().is_some_and(|x| (self.is_key)(x)),
-                _ => self.grouped_by_key,
-            };
-            if !exact {
-                return Err(format!(
-                    "{}(DISTINCT …) on a column other than the shard key (without GROUP BY on the shard key)",
-                    a.name
-                ));
-            }
+        if f.agg_distinct && f.agg_star {
+            return Err(format!("{what} with DISTINCT *"));
         }
         Ok(())
     }
@@ -562,6 +681,14 @@ impl Builder<'_> {
             _ => {}
         }
         if grouped {
+            let s = shape(expr);
+            if let Some(i) = self
+                .target_shapes
+                .iter()
+                .position(|t| t.as_ref() == Some(&s))
+            {
+                return Ok(ColRef::Output(i));
+            }
             if let Some(a) = agg_call(expr) {
                 return self.agg_column(&a, expr);
             }
@@ -652,6 +779,19 @@ impl Builder<'_> {
         }
         Ok(Some(self.expr_column(n)))
     }
+}
+
+/// `CASE WHEN false THEN <expr> END`: a NULL of the expression's type, its aggregates and
+/// operators never evaluated.
+fn unevaluated(expr: &pb::Node) -> Result<pb::Node, String> {
+    let mut case = parse_expr("CASE WHEN false THEN NULL END")?;
+    if let Some(NodeEnum::CaseExpr(c)) = case.node.as_mut() {
+        if let Some(NodeEnum::CaseWhen(w)) = c.args.first_mut().and_then(|a| a.node.as_mut()) {
+            w.result = Some(Box::new(expr.clone()));
+            return Ok(case);
+        }
+    }
+    Err("internal: cannot build CASE".into())
 }
 
 /// A HAVING constant: a literal, NULL or `$n`.
@@ -927,6 +1067,11 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         aggs: Vec::new(),
         agg_shapes: Vec::new(),
         avg_outputs: Vec::new(),
+        group_shapes: Vec::new(),
+        final_inputs: Vec::new(),
+        final_targets: Vec::new(),
+        final_outputs: Vec::new(),
+        concat_shapes: Vec::new(),
     };
     // Is this an aggregate query?
     let mut has_agg = !s.group_clause.is_empty() || s.having_clause.is_some();
@@ -966,6 +1111,18 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
     if grouped && seen_star && !distinct {
         return Err("SELECT * with GROUP BY or aggregates".into());
     }
+    for g in &s.group_clause {
+        let by_position = match g.node.as_ref() {
+            Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
+                Some(Val::Ival(i)) if i.ival >= 1 => {
+                    b.target_shapes.get(i.ival as usize - 1).cloned().flatten()
+                }
+                _ => None,
+            },
+            _ => Some(shape(g)),
+        };
+        b.group_shapes.extend(by_position);
+    }
     // Output columns.
     for (i, t) in s.target_list.iter().enumerate() {
         let Some(NodeEnum::ResTarget(rt)) = t.node.as_ref() else {
@@ -974,7 +1131,10 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         let val = rt.val.as_deref();
         let mut out = t.clone();
         if has_agg {
-            if let Some(a) = val.and_then(agg_call) {
+            let plain = val
+                .and_then(agg_call)
+                .filter(|a| !a.call.agg_distinct || b.distinct_exact(a));
+            if let Some(a) = plain {
                 b.check_agg(&a)?;
                 let v = val.ok_or("target without a value")?;
                 if a.name == "avg" {
@@ -993,14 +1153,18 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
                     });
                 }
                 b.agg_shapes.push(shape(v));
-            } else if let Some(what) = val.and_then(contains_agg) {
-                if matches!(
-                    val.and_then(|v| v.node.as_ref()),
-                    Some(NodeEnum::FuncCall(_))
-                ) {
-                    return Err(what);
-                }
-                return Err(format!("an expression over {what} in the select list"));
+            } else if let Some(v) = val.filter(|v| contains_agg(v).is_some()) {
+                let computed = final_projection::rewrite(v, &mut |n| b.final_leaf(n))?;
+                let name = if rt.name.is_empty() {
+                    final_projection::column_name(v)
+                } else {
+                    rt.name.clone()
+                };
+                b.final_targets.push(res_target(&name, computed));
+                b.final_outputs.push(i);
+                // The shards return a NULL of the expression's type in its place, without
+                // evaluating it; `$n` in it stay referenced and typed as the client's.
+                out = res_target(&name, unevaluated(v)?);
             } else if s.group_clause.is_empty() {
                 return Err(
                     "a column that is not an aggregate in an aggregate query without GROUP BY"
@@ -1122,6 +1286,24 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         PlanKind::Rows
     };
     let collation = collation_use(s, &b.targets, &b.hidden_targets, &kind, &sort)?;
+    let finish = if b.final_targets.is_empty() {
+        None
+    } else {
+        let select = pb::SelectStmt {
+            target_list: std::mem::take(&mut b.final_targets),
+            limit_option: pb::LimitOption::Default as i32,
+            op: pb::SetOperation::SetopNone as i32,
+            ..Default::default()
+        };
+        let sql = NodeEnum::SelectStmt(Box::new(select))
+            .deparse(pg_query::DeparseOptions::default())
+            .map_err(|e| format!("an expression over aggregates pgshard cannot rewrite ({e})"))?;
+        Some(FinalProjection {
+            outputs: b.final_outputs.clone(),
+            inputs: b.final_inputs.clone(),
+            select: SqlTemplate::from_sql(&sql)?,
+        })
+    };
     stmt.target_list = b.targets;
     stmt.target_list.append(&mut b.hidden_targets);
     let sql = NodeEnum::SelectStmt(Box::new(stmt))
@@ -1136,6 +1318,7 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         offset,
         avg_outputs: b.avg_outputs,
         collation,
+        finish,
     })
 }
 
@@ -1252,14 +1435,25 @@ mod tests {
     #[test]
     fn refusals_name_the_construct() {
         for (sql, want) in [
-            ("SELECT count(DISTINCT name) FROM users", "count(DISTINCT"),
             (
-                "SELECT string_agg(name, ',') FROM users",
+                "SELECT g FROM users GROUP BY g ORDER BY count(DISTINCT name)",
+                "count(DISTINCT …) in HAVING or ORDER BY",
+            ),
+            (
+                "SELECT count(*) + (SELECT 1) FROM users",
+                "a subquery in an expression over aggregates",
+            ),
+            (
+                "SELECT g, count(*) + x FROM users GROUP BY g",
+                "a column outside an aggregate",
+            ),
+            (
+                "SELECT coalesce(string_agg(name, ','), '') FROM users",
                 "aggregate string_agg()",
             ),
             (
-                "SELECT count(*) + 1 FROM users",
-                "expression over aggregate count()",
+                "SELECT string_agg(name, ',') FROM users",
+                "aggregate string_agg()",
             ),
             (
                 "SELECT name, row_number() OVER () FROM users",
@@ -1356,6 +1550,62 @@ mod tests {
         assert!(
             plan_sql("SELECT name FROM users WHERE name COLLATE \"C\" > 'a' ORDER BY id").is_ok()
         );
+    }
+
+    #[test]
+    fn expressions_over_aggregates_get_a_final_projection() {
+        // (statement, shard statement, final SELECT list)
+        for (sql, shard, fin) in [
+            (
+                "SELECT coalesce(sum(x), 0) FROM t",
+                "SELECT CASE WHEN false THEN COALESCE(sum(x), 0) END AS \"coalesce\", sum(x) AS pgshard_hidden_0 FROM t",
+                "SELECT COALESCE(pgshard_m.c0, 0) AS \"coalesce\"",
+            ),
+            (
+                "SELECT g, sum(x) / NULLIF(count(*), 0) AS r FROM t GROUP BY g ORDER BY r LIMIT 3",
+                "SELECT g, CASE WHEN false THEN sum(x) / NULLIF(count(*), 0) END AS r, sum(x) AS pgshard_hidden_0, count(*) AS pgshard_hidden_1 FROM t GROUP BY g",
+                "SELECT pgshard_m.c0 / NULLIF(pgshard_m.c1, 0) AS r",
+            ),
+            (
+                "SELECT round(avg(x), 2), sum(x)::int FROM t",
+                "SELECT CASE WHEN false THEN round(avg(x), 2) END AS round, CASE WHEN false THEN sum(x)::int END AS sum, sum(x) AS pgshard_hidden_0, count(x) AS pgshard_hidden_1, sum(x) AS pgshard_hidden_2 FROM t",
+                "SELECT round(pgshard_m.c0, 2) AS round, pgshard_m.c1::int AS sum",
+            ),
+            (
+                "SELECT max(x) - min(x), count(*) FILTER (WHERE x > 0) FROM t",
+                "SELECT CASE WHEN false THEN max(x) - min(x) END AS \"?column?\", count(*) FILTER (WHERE x > 0), max(x) AS pgshard_hidden_0, min(x) AS pgshard_hidden_1 FROM t",
+                "SELECT pgshard_m.c0 - pgshard_m.c1 AS \"?column?\"",
+            ),
+            (
+                "SELECT g, count(DISTINCT v), sum(DISTINCT v) FILTER (WHERE v > $1) FROM t GROUP BY g",
+                "SELECT g, CASE WHEN false THEN count(DISTINCT v) END AS count, CASE WHEN false THEN sum(DISTINCT v) FILTER (WHERE v > $1) END AS sum, array_agg(DISTINCT v) AS pgshard_hidden_0, array_agg(DISTINCT v) FILTER (WHERE v > $1) AS pgshard_hidden_1 FROM t GROUP BY g",
+                "SELECT (SELECT count(DISTINCT pgshard_d.v) FROM unnest(pgshard_m.c0) pgshard_d(v)) AS count, (SELECT sum(DISTINCT pgshard_d.v) FROM unnest(pgshard_m.c1) pgshard_d(v)) AS sum",
+            ),
+            (
+                "SELECT g, g * 10 + count(*) FROM t GROUP BY g",
+                "SELECT g, CASE WHEN false THEN g * 10 + count(*) END AS \"?column?\", count(*) AS pgshard_hidden_0 FROM t GROUP BY g",
+                "SELECT pgshard_m.c0 * 10 + pgshard_m.c1 AS \"?column?\"",
+            ),
+        ] {
+            let p = plan_sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(p.shard_sql.with_placeholders(), shard, "{sql}");
+            let f = p.finish.as_ref().unwrap();
+            assert_eq!(f.select.with_placeholders(), fin, "{sql}");
+        }
+        let p =
+            plan_sql("SELECT g, coalesce(sum(x), $1) AS s FROM t GROUP BY g ORDER BY s").unwrap();
+        let f = p.finish.unwrap();
+        assert_eq!(f.outputs, vec![1]);
+        assert_eq!(f.inputs, vec![ColRef::Hidden(0)]);
+        assert_eq!(f.select.params(), vec![1]);
+        assert_eq!(p.sort[0].column, ColRef::Output(1));
+        // Plain aggregates need no final projection; FILTER goes to the shards as written.
+        let p = plan_sql("SELECT count(*) FILTER (WHERE x > 1), sum(x) FROM t").unwrap();
+        assert!(p.finish.is_none());
+        assert!(p
+            .shard_sql
+            .with_placeholders()
+            .starts_with("SELECT count(*) FILTER (WHERE x > 1), sum(x)"));
     }
 
     #[test]

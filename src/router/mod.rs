@@ -6,6 +6,7 @@ pub mod copy_facts;
 pub mod cursor;
 pub mod facts;
 pub mod fence;
+pub mod final_projection;
 pub mod index_owner;
 pub mod literals;
 pub mod merge_plan;

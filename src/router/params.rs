@@ -13,6 +13,16 @@ pub trait ParamSource {
     fn raw(&self, _n: usize) -> Option<RawParam> {
         None
     }
+    /// `$n` as SQL text to splice into a statement the proxy builds (the simple protocol's
+    /// extracted literals, which keep the type Postgres gives the literal as written); `None`
+    /// when `$n` is a bound parameter.
+    fn sql_literal(&self, _n: usize) -> Option<String> {
+        None
+    }
+    /// The type OID the client declared for `$n` (0: unspecified), to bind its value again.
+    fn declared_type(&self, _n: usize) -> u32 {
+        0
+    }
 }
 
 /// One parameter value as the client sent it.
@@ -132,6 +142,12 @@ fn parse_int_array_binary(b: &[u8]) -> Option<Vec<i64>> {
 }
 
 impl ParamSource for BindParams<'_> {
+    fn declared_type(&self, n: usize) -> u32 {
+        n.checked_sub(1)
+            .and_then(|i| self.types.get(i).copied())
+            .unwrap_or(0)
+    }
+
     fn int(&self, n: usize) -> Option<i64> {
         let (v, binary, oid) = self.value(n)?;
         if !binary {

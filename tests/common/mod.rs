@@ -103,6 +103,7 @@ impl Drop for TestCluster {
         cluster::stop_now(&self.info);
     }
 }
+pub mod answers;
 pub mod process;
 pub mod proxy;
 pub mod raw;

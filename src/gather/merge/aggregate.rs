@@ -41,6 +41,9 @@ pub enum AggKind {
     AvgNumeric,
     /// `avg` of float4/float8 from partial `sum(x::float8)` and `count`: float8 result.
     AvgFloat,
+    /// Arrays (each shard's `array_agg(DISTINCT x)`), concatenated without decoding their
+    /// elements; NULL when every shard's is.
+    ArrayConcat,
 }
 
 impl AggKind {
@@ -53,6 +56,7 @@ impl AggKind {
             AggKind::Min => "min",
             AggKind::Max => "max",
             AggKind::AvgNumeric | AggKind::AvgFloat => "avg",
+            AggKind::ArrayConcat => "array_agg",
         }
     }
 
@@ -65,7 +69,7 @@ impl AggKind {
             }
             AggKind::SumFloat4 => oid == FLOAT4_OID,
             AggKind::SumFloat8 | AggKind::AvgFloat => oid == FLOAT8_OID,
-            AggKind::Min | AggKind::Max => true,
+            AggKind::Min | AggKind::Max | AggKind::ArrayConcat => true,
         }
     }
 }
@@ -123,6 +127,8 @@ enum State {
     MinMax(Option<(Value, Bytes)>),
     AvgNumeric(Numeric, i64),
     AvgFloat(f64, i64),
+    /// The non-NULL arrays so far.
+    Parts(Vec<Bytes>),
 }
 
 impl State {
@@ -136,6 +142,7 @@ impl State {
             AggKind::Min | AggKind::Max => State::MinMax(None),
             AggKind::AvgNumeric => State::AvgNumeric(Numeric::zero(), 0),
             AggKind::AvgFloat => State::AvgFloat(0.0, 0),
+            AggKind::ArrayConcat => State::Parts(Vec::new()),
         }
     }
 }
@@ -224,6 +231,14 @@ impl GroupedAggregate {
         }
         for a in &aggs {
             let t = col(a.column)?;
+            if a.kind == AggKind::ArrayConcat {
+                if a.output_format != t.format {
+                    return Err(MergeError::InvalidPlan(
+                        "arrays are passed through, so their output format must be the shards' format",
+                    ));
+                }
+                continue;
+            }
             t.check()?;
             if !a.kind.accepts(t.oid) {
                 return Err(MergeError::BadPartial {
@@ -335,6 +350,10 @@ impl GroupedAggregate {
         for (ai, spec) in self.aggs.iter().enumerate() {
             let t = self.columns[spec.column];
             let raw = column(&cols, spec.column)?;
+            if let State::Parts(parts) = &mut self.groups[gi].states[ai] {
+                parts.extend(raw.cloned());
+                continue;
+            }
             let v = t.decode(raw)?;
             let bad = MergeError::BadPartial {
                 agg: spec.kind.name(),
@@ -408,6 +427,7 @@ impl GroupedAggregate {
                     }
                     *count = add_count(*count, c)?;
                 }
+                State::Parts(_) => {}
             }
         }
         Ok(())
@@ -482,6 +502,7 @@ fn render(state: &State, binary: bool) -> Result<Option<Bytes>, MergeError> {
         State::AvgNumeric(_, 0) | State::AvgFloat(_, 0) => None,
         State::AvgNumeric(sum, count) => Some(numeric(&sum.div_count(*count as u64))?),
         State::AvgFloat(sum, count) => Some(float8(sum / *count as f64)),
+        State::Parts(parts) => super::array_concat::concat(parts, binary)?,
     })
 }
 

@@ -1,0 +1,197 @@
+//! Aggregates over several shards finished exactly: expressions over merged aggregates
+//! (coalesce, NULLIF, arithmetic, round, casts), FILTER, and count/sum/avg(DISTINCT …) on any
+//! column, through pgshard (4 shards) and in one plain Postgres holding the same rows, in the
+//! simple protocol (text) and with prepared statements (binary, a parameter in the WHERE
+//! clause); answers, column names and types compared exactly.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::answers::Raw;
+use common::proxy::{self, connect, start_proxy_with};
+use common::TestCluster;
+use pgshard::config::ShardedTableConfig;
+use pgshard::router::Strategy;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// Column names and types (0 in the simple protocol), rows.
+type Answer = (Vec<(String, u32)>, Vec<Vec<Raw>>);
+
+const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text); \
+                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text)";
+
+/// The rows: negative numbers, NULLs, repeated values across shards, and group 99 with one
+/// row (so on one shard only).
+fn rows() -> Vec<(i64, String)> {
+    let texts = ["a", "b", "B", "a ", "", "zz"];
+    let mut out = Vec::new();
+    for id in 1..=300i64 {
+        let null = |v: String| if id % 11 == 0 { "NULL".into() } else { v };
+        let i = null(((id * 37) % 101 - 50).to_string());
+        let b = null(((id * 7_919) % 2_000_003 - 1_000_001).to_string() + "000000");
+        let n = null(format!("{}.{:03}", (id * 13) % 200 - 100, (id * 7) % 1000));
+        let t = if id % 13 == 0 {
+            "NULL".to_string()
+        } else {
+            format!("'{}'", texts[(id % 6) as usize])
+        };
+        out.push((id, format!("({id}, {}, {i}, {b}, {n}, {t})", id % 5)));
+    }
+    out.push((
+        1_000_001,
+        "(1000001, 99, -7, -9000000000000, -1.5, 'solo')".into(),
+    ));
+    out
+}
+
+/// The statements, each with `$1` (an int) in its WHERE clause.
+const QUERIES: &[&str] = &[
+    "SELECT coalesce(sum(i), 0), sum(b) / NULLIF(count(*), 0), count(*) + 1, round(avg(n), 2), sum(i)::int, min(id)::bigint, max(n) - min(n) AS spread FROM agg WHERE i > $1",
+    "SELECT coalesce(sum(i), 0), sum(b) / NULLIF(count(*), 0), count(*) + 1, round(avg(n), 2), sum(i)::int, min(id)::bigint, max(n) - min(n) AS spread FROM agg_empty WHERE i > $1",
+    "SELECT g, coalesce(sum(n), 0) AS s, count(*) FILTER (WHERE i > 0), sum(b) FILTER (WHERE i < 0), count(DISTINCT t), sum(DISTINCT i), avg(DISTINCT n) FROM agg WHERE i > $1 GROUP BY g ORDER BY g",
+    "SELECT g, sum(i) / NULLIF(count(*), 0) AS r, sum(n) / count(*) FROM agg WHERE i > $1 GROUP BY g ORDER BY r DESC NULLS LAST, g LIMIT 3",
+    "SELECT count(DISTINCT t), count(DISTINCT g), sum(DISTINCT b), avg(DISTINCT i), count(DISTINCT t) FILTER (WHERE g <> 99) FROM agg WHERE i > $1",
+    "SELECT count(DISTINCT t), sum(DISTINCT i), coalesce(sum(i), -1) FROM agg_empty WHERE i > $1",
+    "SELECT g, count(*), max(i) - min(i) AS spread FROM agg WHERE i > $1 GROUP BY g HAVING count(*) > 1 ORDER BY spread, g",
+    "SELECT g, count(DISTINCT t) FROM agg_empty WHERE i > $1 GROUP BY g ORDER BY g",
+    "SELECT g * 10 + count(*), (sum(i) * 1.5)::numeric(10,1) FROM agg WHERE i > $1 GROUP BY g ORDER BY 1",
+    "SELECT g, count(*) FILTER (WHERE t IS NULL), avg(i)::int, CASE WHEN count(*) > 50 THEN 'big' ELSE 'small' END FROM agg WHERE i > $1 GROUP BY g ORDER BY 2 DESC, g OFFSET 1",
+];
+
+async fn extended(c: &Client, sql: &str, p: i32) -> Result<Answer, tokio_postgres::Error> {
+    let st = c.prepare(sql).await?;
+    let rows = c.query(&st, &[&p]).await?;
+    let columns = st
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().oid()))
+        .collect();
+    let rows = rows
+        .iter()
+        .map(|row| (0..row.len()).map(|i| row.get::<_, Raw>(i)).collect())
+        .collect();
+    Ok((columns, rows))
+}
+
+async fn simple(c: &Client, sql: &str) -> Result<Answer, tokio_postgres::Error> {
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    for m in c.simple_query(sql).await? {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                columns = cols.iter().map(|c| (c.name().to_string(), 0)).collect();
+            }
+            SimpleQueryMessage::Row(row) => rows.push(
+                (0..row.len())
+                    .map(|i| Raw(row.get(i).map(|s| s.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            _ => {}
+        }
+    }
+    Ok((columns, rows))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_aggregates_equal_one_postgres() {
+    let (cluster, single) = tokio::join!(
+        TestCluster::start(4, Strategy::Hash),
+        TestCluster::start(1, Strategy::Hash)
+    );
+    let proxy = start_proxy_with(&cluster.info, |c| {
+        for name in ["agg", "agg_empty"] {
+            c.sharded_tables.push(ShardedTableConfig {
+                name: name.into(),
+                key: "id".into(),
+            });
+        }
+    })
+    .await;
+    let plain = proxy::shard(&single.info, single.info.shard_ids()[0]).await;
+    plain.batch_execute(CREATE).await.expect("create on plain");
+    let map = proxy.proxy.map.current();
+    let mut per_shard: HashMap<u32, Vec<String>> = HashMap::new();
+    let all = rows();
+    for (id, row) in &all {
+        per_shard
+            .entry(map.shard_for(*id))
+            .or_default()
+            .push(row.clone());
+    }
+    for id in cluster.info.shard_ids() {
+        let c = proxy::shard(&cluster.info, id).await;
+        c.batch_execute(CREATE).await.expect("create on shard");
+        if let Some(rows) = per_shard.get(&id) {
+            c.batch_execute(&format!("INSERT INTO agg VALUES {}", rows.join(", ")))
+                .await
+                .expect("load shard");
+        }
+    }
+    let values: Vec<String> = all.into_iter().map(|(_, r)| r).collect();
+    plain
+        .batch_execute(&format!("INSERT INTO agg VALUES {}", values.join(", ")))
+        .await
+        .expect("load plain");
+    assert_eq!(per_shard.len(), 4, "rows on every shard");
+    let through = connect(&proxy).await;
+    let mut failures = Vec::new();
+    let mut with_rows = 0;
+    for sql in QUERIES {
+        for p in [-20, -1000, 1000] {
+            let want = extended(&plain, sql, p)
+                .await
+                .expect("plain Postgres answers");
+            with_rows += usize::from(!want.1.is_empty());
+            match extended(&through, sql, p).await {
+                Ok(got) if got == want => {}
+                Ok(got) => failures.push(format!("extended {sql} ${p}: {got:?} != {want:?}")),
+                Err(e) => failures.push(format!("extended {sql} ${p}: {e:?}")),
+            }
+            let literal = sql.replace("$1", &format!("({p})"));
+            let want = simple(&plain, &literal)
+                .await
+                .expect("plain Postgres answers");
+            match simple(&through, &literal).await {
+                Ok(got) if got == want => {}
+                Ok(got) => failures.push(format!("simple {literal}: {got:?} != {want:?}")),
+                Err(e) => failures.push(format!("simple {literal}: {e:?}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(with_rows > QUERIES.len(), "most answers have rows");
+    // An error in a final expression is Postgres's error, and the session goes on.
+    for extended_protocol in [false, true] {
+        let sql = "SELECT sum(i) / 0 FROM agg";
+        let e = if extended_protocol {
+            through.query(sql, &[]).await.err()
+        } else {
+            through.simple_query(sql).await.err()
+        };
+        let e = e.expect("division by zero is an error");
+        assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e:?}");
+    }
+    let n: i64 = through
+        .query_one("SELECT count(*) FROM agg", &[])
+        .await
+        .expect("session still usable")
+        .get(0);
+    assert_eq!(n, 301);
+    // What stays impossible is refused, naming the construct.
+    for (sql, want) in [
+        ("SELECT count(*) + (SELECT 1) FROM agg", "subquery"),
+        (
+            "SELECT g FROM agg GROUP BY g HAVING count(DISTINCT t) > 1",
+            "count(DISTINCT",
+        ),
+        (
+            "SELECT coalesce(string_agg(t, ','), '') FROM agg",
+            "string_agg",
+        ),
+    ] {
+        let e = through.simple_query(sql).await.expect_err(sql);
+        assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{sql}: {e:?}");
+        assert!(format!("{e:?}").contains(want), "{sql}: {e:?}");
+    }
+}
