@@ -22,7 +22,7 @@ use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
 
 /// One decoded message of a batch, with what the proxy resolved for it.
-enum Msg {
+pub(super) enum Msg {
     Parse(Parse, Arc<Prepared>),
     Bind {
         bind: Bind,
@@ -96,7 +96,11 @@ impl Session {
 
     /// Answers the batch with `fields` alone: the rest of it up to Sync is skipped, as a server
     /// skips what follows an error.
-    async fn refuse_batch(&mut self, fields: ErrorFields, sync: bool) -> Result<(), End> {
+    pub(super) async fn refuse_batch(
+        &mut self,
+        fields: ErrorFields,
+        sync: bool,
+    ) -> Result<(), End> {
         self.push_error_in_batch(fields);
         self.skip_until_sync = !sync;
         if sync {
@@ -111,6 +115,8 @@ impl Session {
         let map = proxy.map.current();
         let mut msgs = Vec::with_capacity(frames.len());
         let mut routes = Vec::new();
+        // Each message's own route, for a batch run unit by unit (`None`: routed by its Bind).
+        let mut msg_routes: Vec<Option<Route>> = Vec::with_capacity(frames.len());
         let mut executed: Vec<Arc<Prepared>> = Vec::new();
         let mut portal_statements: HashMap<String, Arc<Prepared>> = HashMap::new();
         let mut local = false;
@@ -121,6 +127,7 @@ impl Session {
             match self.resolve(&frame, &map, &mut portal_statements) {
                 Ok(Some((msg, route, is_local_stmt))) => {
                     local |= is_local_stmt;
+                    msg_routes.push(route.clone());
                     if let Some(r) = route {
                         routes.push(r);
                     }
@@ -187,7 +194,19 @@ impl Session {
             .iter()
             .filter_map(|st| st.facts.first().cloned())
             .collect();
-        let target = match self.combine(&routes, &all_facts) {
+        // Parse and Describe of a statement any shard can answer add nothing to where it runs.
+        let needed: Vec<Route> = routes
+            .iter()
+            .filter(|r| **r != Route::Any)
+            .cloned()
+            .collect();
+        if sync
+            && self.open_batch_shard.is_none()
+            && super::batch_units::needs_units(&needed, executes)
+        {
+            return self.run_pipeline(msgs, msg_routes, error).await;
+        }
+        let target = match self.combine(&needed, &all_facts) {
             Ok(t) => t,
             Err(fields) => {
                 if let Some(shard) = self.open_batch_shard {
@@ -226,9 +245,19 @@ impl Session {
         } else {
             None
         };
+        // Describing statements needs no transaction; running them does.
+        let join_txn = executes > 0 || !needed.is_empty();
+        // A Flush after Parse/Describe alone binds nothing: the shard that answered ends its
+        // implicit transaction with a Sync the client does not see.
+        let settle = !sync && !join_txn && self.open_batch_shard.is_none();
         let build = |conn: &ServerConn| {
             let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
-            build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps, fence)
+            let mut steps = build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps, fence);
+            if settle {
+                steps.pop();
+                steps.push(quiet_sync());
+            }
+            steps
         };
         let _timed = (executes > 0).then(|| QueryTimer::start(target.route_kind()));
         match target {
@@ -238,8 +267,6 @@ impl Session {
                         self.portals.insert(bind.portal.clone(), shard);
                     }
                 }
-                // Describing statements needs no transaction; running them does.
-                let join_txn = executes > 0 || routes.iter().any(|r| *r != Route::Any);
                 if sync && executes > 0 {
                     self.route_reads(&[shard], &all_facts).await;
                 }
@@ -654,7 +681,7 @@ impl Session {
 /// result format codes, and the merge needs the result's description even if the client did not
 /// ask for it.
 #[derive(Clone)]
-struct MergeSteps {
+pub(super) struct MergeSteps {
     sql: String,
     server_name: String,
     hidden: usize,
@@ -663,7 +690,7 @@ struct MergeSteps {
 
 /// The merge of a batch that runs on several shards, from its one Bind; `None` when rows are
 /// only concatenated.
-fn merge_for_batch(
+pub(super) fn merge_for_batch(
     msgs: &[Msg],
 ) -> Result<Option<(MergeSteps, crate::gather::merged::BoundMerge)>, ErrorFields> {
     let Some((bind, statement)) = msgs.iter().find_map(|m| match m {
@@ -700,7 +727,7 @@ fn merge_for_batch(
 }
 
 /// The server-bound steps of a batch for one connection, given what it has prepared already.
-fn build_steps(
+pub(super) fn build_steps(
     msgs: &[Msg],
     conn: &ServerConn,
     tail_error: Option<&ErrorFields>,
@@ -845,6 +872,16 @@ fn build_steps(
     steps
 }
 
+/// A Sync whose ReadyForQuery the client does not see: it ends one shard's part of a request
+/// (a unit of a pipeline, or a Parse/Describe under Flush), not the client's.
+pub(super) fn quiet_sync() -> Step {
+    Step::Send {
+        frame: fe::sync(),
+        expect: Expect::Sync,
+        forward: false,
+    }
+}
+
 /// The Sync or Flush that ends a batch.
 fn batch_end(sync: bool) -> Step {
     if sync {
@@ -913,7 +950,7 @@ fn raise_steps(fields: &ErrorFields) -> Vec<Step> {
 /// names.
 /// The texts of a batch's statements on sharded tables (and of its merge rewrite): what a fence
 /// may have to restrict on the shards it covers.
-fn fenceable_texts<'a>(msgs: &'a [Msg], merge: Option<&'a MergeSteps>) -> Vec<&'a str> {
+pub(super) fn fenceable_texts<'a>(msgs: &'a [Msg], merge: Option<&'a MergeSteps>) -> Vec<&'a str> {
     let mut texts: Vec<&str> = msgs
         .iter()
         .filter_map(|m| match m {

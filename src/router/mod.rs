@@ -11,6 +11,7 @@ pub mod params;
 pub mod rewrite;
 pub mod shard_map;
 pub mod split_insert;
+pub mod split_params;
 
 pub use facts::{LocalCommand, StatementFacts, StatementKind};
 pub use params::ParamSource;

@@ -1,0 +1,110 @@
+//! How an extended-protocol batch up to Sync is cut into units when its statements need different
+//! shards: each unit is one Execute with the Parse/Bind/Describe sent before it, so each is routed
+//! by its own parameters and run in message order; what follows the last Execute is a unit of its
+//! own (it executes nothing).
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use crate::router::Route;
+
+/// The units of a batch whose messages are Executes where `is_execute` says so.
+pub fn split_units(is_execute: &[bool]) -> Vec<Range<usize>> {
+    let mut units = Vec::new();
+    let mut start = 0;
+    for (i, &execute) in is_execute.iter().enumerate() {
+        if execute {
+            units.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < is_execute.len() {
+        units.push(start..is_execute.len());
+    }
+    units
+}
+
+/// True when a batch (its routes other than `Route::Any`, and how many Executes it has) cannot
+/// run as one request on one target: a split INSERT, or several statements that need different
+/// shards, several shards each, or every shard.
+pub fn needs_units(routes: &[Route], executes: usize) -> bool {
+    if routes.iter().any(|r| matches!(r, Route::Refuse(_))) {
+        // Refused as a whole before anything runs.
+        return false;
+    }
+    if routes.iter().any(|r| matches!(r, Route::SplitInsert(_))) {
+        return true;
+    }
+    if executes < 2 {
+        return false;
+    }
+    let mut singles = BTreeSet::new();
+    for r in routes {
+        match r {
+            Route::Single(s) => {
+                singles.insert(*s);
+            }
+            Route::Scatter(_) | Route::Broadcast(_) => return true,
+            _ => {}
+        }
+    }
+    singles.len() > 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::split_insert::ShardRows;
+
+    #[test]
+    fn one_unit_per_execute_with_what_precedes_it() {
+        let cases: &[(&[bool], &[Range<usize>])] = &[
+            (&[], &[]),
+            // Parse, Bind, Describe, Execute
+            (&[false, false, false, true], &[0..4]),
+            // Parse, Bind, Execute, Bind, Execute, Bind, Execute
+            (
+                &[false, false, true, false, true, false, true],
+                &[0..3, 3..5, 5..7],
+            ),
+            // … then Close: a unit of its own
+            (&[false, true, false], &[0..2, 2..3]),
+            // Parse, Describe only
+            (&[false, false], &[0..2]),
+            (&[true, true], &[0..1, 1..2]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(split_units(input), want.to_vec(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn units_only_when_one_target_cannot_serve_the_batch() {
+        let split = Route::SplitInsert(vec![
+            ShardRows {
+                shard: 1,
+                rows: vec![0],
+            },
+            ShardRows {
+                shard: 2,
+                rows: vec![1],
+            },
+        ]);
+        let scatter = Route::Scatter(vec![1, 2]);
+        let cases: &[(&[Route], usize, bool)] = &[
+            (&[], 0, false),
+            (&[Route::Single(1)], 1, false),
+            (&[Route::Single(1), Route::Single(1)], 2, false),
+            (&[Route::Single(1), Route::Single(2)], 2, true),
+            // One keyless statement alone runs as one scatter.
+            (std::slice::from_ref(&scatter), 1, false),
+            (&[scatter.clone(), Route::Single(1)], 2, true),
+            (&[Route::Broadcast(vec![1, 2]), Route::Single(1)], 2, true),
+            (std::slice::from_ref(&split), 1, true),
+            (&[Route::Single(1), Route::Refuse("no".into())], 2, false),
+        ];
+        for (routes, executes, want) in cases {
+            assert_eq!(needs_units(routes, *executes), *want, "{routes:?}");
+        }
+    }
+}
