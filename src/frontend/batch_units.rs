@@ -24,15 +24,19 @@ pub fn split_units(is_execute: &[bool]) -> Vec<Range<usize>> {
     units
 }
 
-/// True when a batch (its routes other than `Route::Any`, and how many Executes it has) cannot
-/// run as one request on one target: a split INSERT, or several statements that need different
-/// shards, several shards each, or every shard.
-pub fn needs_units(routes: &[Route], executes: usize) -> bool {
+/// True when a batch (its routes other than `Route::Any`, how many Executes it has, and whether
+/// one of them has a row limit) cannot run as one request on one target: a split INSERT, a row
+/// limit over several shards, or several statements that need different shards, several shards
+/// each, or every shard.
+pub fn needs_units(routes: &[Route], executes: usize, row_limit: bool) -> bool {
     if routes.iter().any(|r| matches!(r, Route::Refuse(_))) {
         // Refused as a whole before anything runs.
         return false;
     }
     if routes.iter().any(|r| matches!(r, Route::SplitInsert(_))) {
+        return true;
+    }
+    if row_limit && routes.iter().any(|r| matches!(r, Route::Scatter(_))) {
         return true;
     }
     if executes < 2 {
@@ -49,6 +53,12 @@ pub fn needs_units(routes: &[Route], executes: usize) -> bool {
         }
     }
     singles.len() > 1
+}
+
+/// True when a batch (its routes other than `Route::Any`) needs more than `shard`, the shard a
+/// Flush left an implicit transaction open on.
+pub fn leaves_shard(routes: &[Route], shard: u32) -> bool {
+    routes.iter().any(|r| *r != Route::Single(shard))
 }
 
 #[cfg(test)]
@@ -91,20 +101,51 @@ mod tests {
             },
         ]);
         let scatter = Route::Scatter(vec![1, 2]);
-        let cases: &[(&[Route], usize, bool)] = &[
-            (&[], 0, false),
-            (&[Route::Single(1)], 1, false),
-            (&[Route::Single(1), Route::Single(1)], 2, false),
-            (&[Route::Single(1), Route::Single(2)], 2, true),
-            // One keyless statement alone runs as one scatter.
-            (std::slice::from_ref(&scatter), 1, false),
-            (&[scatter.clone(), Route::Single(1)], 2, true),
-            (&[Route::Broadcast(vec![1, 2]), Route::Single(1)], 2, true),
-            (std::slice::from_ref(&split), 1, true),
-            (&[Route::Single(1), Route::Refuse("no".into())], 2, false),
+        let cases: &[(&[Route], usize, bool, bool)] = &[
+            (&[], 0, false, false),
+            (&[Route::Single(1)], 1, false, false),
+            (&[Route::Single(1)], 1, true, false),
+            (&[Route::Single(1), Route::Single(1)], 2, false, false),
+            (&[Route::Single(1), Route::Single(2)], 2, false, true),
+            // One keyless statement alone runs as one scatter, unless it fetches some rows only.
+            (std::slice::from_ref(&scatter), 1, false, false),
+            (std::slice::from_ref(&scatter), 1, true, true),
+            (&[scatter.clone(), Route::Single(1)], 2, false, true),
+            (
+                &[Route::Broadcast(vec![1, 2]), Route::Single(1)],
+                2,
+                false,
+                true,
+            ),
+            (std::slice::from_ref(&split), 1, false, true),
+            (
+                &[Route::Single(1), Route::Refuse("no".into())],
+                2,
+                false,
+                false,
+            ),
         ];
-        for (routes, executes, want) in cases {
-            assert_eq!(needs_units(routes, *executes), *want, "{routes:?}");
+        for (routes, executes, row_limit, want) in cases {
+            assert_eq!(
+                needs_units(routes, *executes, *row_limit),
+                *want,
+                "{routes:?} {row_limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flush_shard_is_left_by_any_other_target() {
+        let cases: &[(&[Route], bool)] = &[
+            (&[], false),
+            (&[Route::Single(3)], false),
+            (&[Route::Single(3), Route::Single(3)], false),
+            (&[Route::Single(3), Route::Single(4)], true),
+            (&[Route::Scatter(vec![3, 4])], true),
+            (&[Route::Broadcast(vec![3, 4])], true),
+        ];
+        for (routes, want) in cases {
+            assert_eq!(leaves_shard(routes, 3), *want, "{routes:?}");
         }
     }
 }

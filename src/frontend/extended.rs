@@ -200,11 +200,16 @@ impl Session {
             .filter(|r| **r != Route::Any)
             .cloned()
             .collect();
-        if sync
-            && self.open_batch_shard.is_none()
-            && super::batch_units::needs_units(&needed, executes)
+        // A pipeline already open under Flush goes on unit by unit, and so does a batch one
+        // target cannot serve, or one leaving the shard a Flush left a transaction open on.
+        let pipeline_open = self.txn.as_ref().is_some_and(|t| t.implicit);
+        if pipeline_open
+            || super::batch_units::needs_units(&needed, executes, partial_fetch)
+            || self
+                .open_batch_shard
+                .is_some_and(|b| super::batch_units::leaves_shard(&needed, b))
         {
-            return self.run_pipeline(msgs, msg_routes, error).await;
+            return self.run_pipeline(msgs, msg_routes, error, sync).await;
         }
         let target = match self.combine(&needed, &all_facts) {
             Ok(t) => t,
@@ -396,6 +401,15 @@ impl Session {
 
     /// Answers the Sync of a batch that had nothing left to run.
     pub async fn finish_open_batch(&mut self) -> Result<(), End> {
+        if self.txn.as_ref().is_some_and(|t| t.implicit) {
+            // A pipeline that Flush left open over several shards ends at this Sync.
+            if let Some(fields) = self.finish_implicit_block(true).await? {
+                self.push_error_in_batch(fields);
+            }
+            let status = self.status();
+            self.io.push(&be::ready_for_query(status));
+            return Ok(());
+        }
         if let Some(shard) = self.open_batch_shard {
             let steps = vec![Step::Send {
                 frame: fe::sync(),

@@ -8,12 +8,14 @@
 use std::collections::HashMap;
 
 use super::batch_units::split_units;
-use super::exchange::Step;
+use super::exchange::{Expect, Step};
 use super::extended::{build_steps, fenceable_texts, merge_for_batch, Msg};
-use super::session::{refusal, End, Session, Target};
+use super::session::{needs_atomic_scatter, refusal, End, Session, Target};
 use crate::backend::ServerConn;
 use crate::router::{Route, StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
+use crate::wire::frame::Frame;
+use crate::wire::frontend::Execute;
 
 /// How one unit ended.
 pub(super) enum UnitEnd {
@@ -93,25 +95,40 @@ fn portal_of(msg: &Msg) -> Option<&str> {
 }
 
 impl Session {
-    /// Runs a Sync-ended batch unit by unit and answers its Sync.
+    /// Runs a batch unit by unit. At Sync (`sync`) the implicit block ends and the client gets
+    /// ReadyForQuery; at Flush it stays open for the next batch, unless a unit failed: then it
+    /// rolls back now and the rest up to Sync is skipped.
     pub(super) async fn run_pipeline(
         &mut self,
         msgs: Vec<Msg>,
         routes: Vec<Option<Route>>,
         error: Option<ErrorFields>,
+        sync: bool,
     ) -> Result<(), End> {
         if let Some(fields) = unsupported(&msgs) {
-            return self.refuse_batch(fields, true).await;
+            return self.refuse_pipeline(fields, sync).await;
+        }
+        if let Err(fields) = self.adopt_flush_shard().await {
+            return self.refuse_pipeline(fields, sync).await;
         }
         let _timed = crate::telemetry::QueryTimer::start(crate::telemetry::RouteKind::Scatter);
-        let own = self.begin_implicit_block();
         let is_execute: Vec<bool> = msgs.iter().map(|m| matches!(m, Msg::Execute(_))).collect();
+        // One statement that only reads needs no block of its own.
+        let lone_read = is_execute.iter().filter(|e| **e).count() < 2
+            && !routes
+                .iter()
+                .any(|r| matches!(r, Some(Route::SplitInsert(_))))
+            && !executed_facts(&msgs).iter().any(needs_atomic_scatter);
+        let own = self.txn.as_ref().is_some_and(|t| t.implicit)
+            || (!lone_read && self.begin_implicit_block());
         // Portals bound by an earlier unit of this batch: the shard it ran on (`None`: several).
         let mut bound_here: HashMap<String, Option<u32>> = HashMap::new();
         let mut end = UnitEnd::Ran;
         for range in split_units(&is_execute) {
             let (unit, unit_routes) = (&msgs[range.clone()], &routes[range]);
-            end = self.run_unit(unit, unit_routes, &mut bound_here).await?;
+            end = self
+                .run_unit(unit, unit_routes, &mut bound_here, sync)
+                .await?;
             if !matches!(end, UnitEnd::Ran) {
                 break;
             }
@@ -121,6 +138,14 @@ impl Session {
             end = UnitEnd::Failed;
         }
         let ok = matches!(end, UnitEnd::Ran);
+        if !sync {
+            if !ok {
+                // As a server does after an error: skip to the Sync, whose answer says Idle.
+                self.finish_implicit_block(false).await?;
+                self.skip_until_sync = true;
+            }
+            return Ok(());
+        }
         if own {
             if let Some(fields) = self.finish_implicit_block(ok).await? {
                 self.push_error_in_batch(fields);
@@ -134,12 +159,43 @@ impl Session {
         Ok(())
     }
 
+    /// Refuses a whole batch before any of it runs.
+    async fn refuse_pipeline(&mut self, fields: ErrorFields, sync: bool) -> Result<(), End> {
+        if self.txn.as_ref().is_some_and(|t| t.implicit) {
+            self.finish_implicit_block(false).await?;
+        }
+        self.refuse_batch(fields, sync).await
+    }
+
+    /// Takes over the implicit transaction a Flush left open on one shard (`open_batch_shard`)
+    /// into the pipeline's block: outside a client block, BEGIN turns the shard's implicit
+    /// transaction into a block (keeping what ran in it), which then commits with the others.
+    async fn adopt_flush_shard(&mut self) -> Result<(), ErrorFields> {
+        let Some(shard) = self.open_batch_shard.take() else {
+            return Ok(());
+        };
+        if self.txn.is_some() {
+            return Ok(());
+        }
+        let Some(conn) = self.held.get_mut(&shard) else {
+            return Err(ErrorFields::error("XX000", "server connection vanished"));
+        };
+        if let Err(e) = conn.run_silently("BEGIN").await {
+            return Err(super::session::backend_error_fields(&e));
+        }
+        let mut txn = crate::txn::Txn::implicit();
+        txn.participants.push(shard);
+        self.txn = Some(txn);
+        Ok(())
+    }
+
     /// Runs one unit inside the pipeline's block.
     async fn run_unit(
         &mut self,
         unit: &[Msg],
         routes: &[Option<Route>],
         bound_here: &mut HashMap<String, Option<u32>>,
+        sync: bool,
     ) -> Result<UnitEnd, End> {
         let facts = executed_facts(unit);
         let binds: Vec<&str> = unit
@@ -226,18 +282,37 @@ impl Session {
             None
         };
         // Each shard's part ends with a Sync inside the block (joined with BEGIN), so the block
-        // stays open and the ReadyForQuery is not the client's.
+        // stays open; its ReadyForQuery is not the client's (merges keep it to themselves).
+        let quiet = matches!(target, Target::Single(_));
+        let row_limit = unit.iter().find_map(|m| match m {
+            Msg::Execute(e) if e.max_rows > 0 => u64::try_from(e.max_rows).ok(),
+            _ => None,
+        });
+        // Over several shards, each runs the whole statement and the merged rows are cut.
+        let whole = row_limit.is_some() && matches!(target, Target::Scatter(_));
         let build = |conn: &ServerConn| -> Vec<Step> {
             let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
             let mut steps = build_steps(unit, conn, None, true, merge_steps, fence);
-            if let Some(Step::Send { forward, .. }) = steps.last_mut() {
+            if let (true, Some(Step::Send { forward, .. })) = (quiet, steps.last_mut()) {
                 *forward = false;
+            }
+            if whole {
+                for step in &mut steps {
+                    if let Step::Send {
+                        frame,
+                        expect: Expect::Execute,
+                        ..
+                    } = step
+                    {
+                        if let Ok(e) = Execute::decode(&frame.body) {
+                            *frame = Execute { max_rows: 0, ..e }.encode();
+                        }
+                    }
+                }
             }
             steps
         };
-        let partial = unit
-            .iter()
-            .any(|m| matches!(m, Msg::Execute(e) if e.max_rows > 0));
+        let partial = row_limit.is_some();
         match target {
             Target::Single(shard) => {
                 if let Err(fields) = self.ensure_conn(shard, true).await {
@@ -262,14 +337,21 @@ impl Session {
                 Ok(UnitEnd::Ran)
             }
             Target::Scatter(shards) => {
-                if partial {
+                // Its portal must end at this Sync: a later Execute could not go on where the
+                // merge stopped.
+                if partial && (!sync || self.txn.as_ref().is_some_and(|t| !t.implicit)) {
                     self.push_error_in_batch(refusal(
-                        "a statement without a shard key runs on every shard: execute it without a row limit",
+                        "a statement without a shard key runs on every shard: inside a transaction block or before a Flush, execute it without a row limit",
                     ));
                     return Ok(UnitEnd::Failed);
                 }
                 let bound = merge.as_ref().map(|(_, b)| b.clone());
-                let end = self.run_scatter(shards, build, bound).await?;
+                if let Some(limit) = row_limit {
+                    self.io.cap_rows(limit);
+                }
+                let end = self.run_scatter(shards, build, bound).await;
+                let offered = self.io.take_row_cap();
+                let end = end?;
                 if let Some(fields) = end.failure {
                     self.push_error_in_batch(fields);
                     return Ok(UnitEnd::Failed);
@@ -278,8 +360,15 @@ impl Session {
                 if self.status() == TxStatus::Failed {
                     return Ok(UnitEnd::Failed);
                 }
-                if let Some(complete) = end.complete {
-                    self.io.push(&complete);
+                match (row_limit, end.complete) {
+                    // As a server's portal: stopped at the limit, so it may have more rows (the
+                    // portal ends with the implicit transaction; a later Execute finds none).
+                    (Some(limit), Some(_)) if offered >= limit => {
+                        self.io
+                            .push(&Frame::new(be::PORTAL_SUSPENDED, bytes::Bytes::new()));
+                    }
+                    (_, Some(complete)) => self.io.push(&complete),
+                    (_, None) => {}
                 }
                 Ok(UnitEnd::Ran)
             }

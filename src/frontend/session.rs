@@ -668,6 +668,10 @@ impl Session {
                     format!("unrecognized configuration parameter \"{name}\""),
                 )),
             },
+            LocalCommand::DeallocateAll => {
+                self.statements.clear();
+                self.io.push(&be::command_complete("DEALLOCATE ALL"));
+            }
             LocalCommand::NextId => {
                 let id = self.proxy.ids.next_id();
                 if describe {
