@@ -873,7 +873,7 @@ async fn read_until_tag(stream: &mut TcpStream, tag: u8) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_rolls_back_the_implicit_transaction_before_it() {
+async fn a_flush_pipeline_over_two_shards_commits_or_rolls_back_at_sync() {
     use pgshard::wire::frame::Frame;
     use pgshard::wire::frontend::{self as fe, Bind, Execute, Parse};
     let cluster = TestCluster::start(3, Strategy::Hash).await;
@@ -917,25 +917,49 @@ async fn a_refusal_rolls_back_the_implicit_transaction_before_it() {
         );
         out
     };
+    let on_owner = |key: i64| {
+        let info = &cluster.info;
+        let shard = map.shard_for(key);
+        async move {
+            let owner = proxy::shard(info, shard).await;
+            owner
+                .query("SELECT 1 FROM users WHERE user_id = $1", &[&key])
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let flush = Frame::new(fe::FLUSH, bytes::Bytes::new()).to_bytes();
     // First key, then Flush: it runs inside the implicit transaction, nothing is committed yet.
     let mut first = insert(a);
-    first.extend_from_slice(&Frame::new(fe::FLUSH, bytes::Bytes::new()).to_bytes());
+    first.extend_from_slice(&flush);
     s.write_all(&first).await.unwrap();
     read_until_tag(&mut s, b'C').await;
-    // A key on another shard in the same implicit transaction: refused, and the first rolls back.
+    assert_eq!(on_owner(a).await, 0, "nothing commits before Sync");
+    // A key on another shard joins the same implicit transaction; both commit at Sync.
     let mut second = insert(b);
     second.extend_from_slice(&fe::sync().to_bytes());
     s.write_all(&second).await.unwrap();
     let reply = read_until_tag(&mut s, b'Z').await;
-    assert_eq!(sqlstates(&reply), vec!["0A000".to_string()]);
+    assert_eq!(sqlstates(&reply), Vec::<String>::new());
+    assert_eq!(reply.last(), Some(&b'I'), "idle after Sync");
     for key in [a, b] {
-        let owner = proxy::shard(&cluster.info, map.shard_for(key)).await;
-        let n = owner
-            .query("SELECT 1 FROM users WHERE user_id = $1", &[&key])
-            .await
-            .unwrap()
-            .len();
-        assert_eq!(n, 0, "key {key} must not be committed");
+        assert_eq!(on_owner(key).await, 1, "key {key} committed on its shard");
     }
+    // A new key on the first shard, then a duplicate on the other: nothing of it stays.
+    let c = (a + 1..)
+        .find(|k| map.shard_for(*k) == map.shard_for(a))
+        .unwrap();
+    let mut first = insert(c);
+    first.extend_from_slice(&flush);
+    s.write_all(&first).await.unwrap();
+    read_until_tag(&mut s, b'C').await;
+    let mut second = insert(b);
+    second.extend_from_slice(&fe::sync().to_bytes());
+    s.write_all(&second).await.unwrap();
+    let reply = read_until_tag(&mut s, b'Z').await;
+    assert_eq!(sqlstates(&reply), vec!["23505".to_string()]);
+    assert_eq!(reply.last(), Some(&b'I'), "idle after Sync, not failed");
+    assert_eq!(on_owner(c).await, 0, "key {c} rolled back");
     proxy.stop().await;
 }
