@@ -963,3 +963,85 @@ async fn a_flush_pipeline_over_two_shards_commits_or_rolls_back_at_sync() {
     assert_eq!(on_owner(c).await, 0, "key {c} rolled back");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_limit_over_several_shards_cuts_the_merge_and_refuses_more() {
+    use common::raw::query;
+    use pgshard::wire::frontend::{self as fe, Bind, Execute, Parse};
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let client = connect(&proxy).await;
+    for k in 1..=6i64 {
+        client
+            .execute("INSERT INTO users (user_id, name) VALUES ($1, 'r')", &[&k])
+            .await
+            .expect("insert");
+    }
+    let mut raw = common::raw::RawClient::login(proxy.addr, "trusted").await;
+    let tags = |messages: &[common::raw::Message]| -> Vec<u8> {
+        messages.iter().map(|(t, _)| *t).collect()
+    };
+    let execute = |max_rows: i32| {
+        Execute {
+            portal: "c".into(),
+            max_rows,
+        }
+        .encode()
+        .to_bytes()
+        .to_vec()
+    };
+    for in_block in [false, true] {
+        if in_block {
+            raw.send(&query("BEGIN")).await;
+            raw.until_ready().await;
+        }
+        let mut batch = Parse {
+            name: String::new(),
+            query: "SELECT user_id FROM users WHERE user_id > $1 ORDER BY user_id DESC".into(),
+            param_types: vec![],
+        }
+        .encode()
+        .to_bytes()
+        .to_vec();
+        batch.extend_from_slice(
+            &Bind {
+                portal: "c".into(),
+                statement: String::new(),
+                param_formats: vec![],
+                params: vec![Some(bytes::Bytes::from_static(b"0"))],
+                result_formats: vec![],
+            }
+            .encode()
+            .to_bytes(),
+        );
+        batch.extend_from_slice(&execute(2));
+        batch.extend_from_slice(&fe::sync().to_bytes());
+        raw.send(&batch).await;
+        let answer = raw.until_ready().await;
+        // The first two rows of the merged order, then "suspended" as one server says it.
+        assert_eq!(tags(&answer), b"12DDsZ".to_vec(), "{answer:?}");
+        let rows: Vec<&[u8]> = answer
+            .iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, b)| &b[6..])
+            .collect();
+        assert_eq!(rows, vec![&b"6"[..], &b"5"[..]]);
+        // Going on from where the merge stopped is refused, never answered with missing rows.
+        let mut more = execute(2);
+        more.extend_from_slice(&fe::sync().to_bytes());
+        raw.send(&more).await;
+        let answer = raw.until_ready().await;
+        let errors: Vec<(String, String)> = answer
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| error_fields(b))
+            .collect();
+        assert_eq!(errors.len(), 1, "{answer:?}");
+        assert_eq!(errors[0].0, "0A000", "{errors:?}");
+        if in_block {
+            raw.send(&query("ROLLBACK")).await;
+            raw.until_ready().await;
+        }
+    }
+    proxy.stop().await;
+}

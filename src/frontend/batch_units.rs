@@ -68,23 +68,29 @@ mod tests {
 
     #[test]
     fn one_unit_per_execute_with_what_precedes_it() {
-        let cases: &[(&[bool], &[Range<usize>])] = &[
+        // Which messages are Executes → (start, end) of each unit.
+        type Case<'a> = (&'a [bool], &'a [(usize, usize)]);
+        let cases: &[Case] = &[
             (&[], &[]),
             // Parse, Bind, Describe, Execute
-            (&[false, false, false, true], &[0..4]),
+            (&[false, false, false, true], &[(0, 4)]),
             // Parse, Bind, Execute, Bind, Execute, Bind, Execute
             (
                 &[false, false, true, false, true, false, true],
-                &[0..3, 3..5, 5..7],
+                &[(0, 3), (3, 5), (5, 7)],
             ),
             // … then Close: a unit of its own
-            (&[false, true, false], &[0..2, 2..3]),
+            (&[false, true, false], &[(0, 2), (2, 3)]),
             // Parse, Describe only
-            (&[false, false], &[0..2]),
-            (&[true, true], &[0..1, 1..2]),
+            (&[false, false], &[(0, 2)]),
+            (&[true, true], &[(0, 1), (1, 2)]),
         ];
         for (input, want) in cases {
-            assert_eq!(split_units(input), want.to_vec(), "{input:?}");
+            let got: Vec<(usize, usize)> = split_units(input)
+                .iter()
+                .map(|r| (r.start, r.end))
+                .collect();
+            assert_eq!(got, want.to_vec(), "{input:?}");
         }
     }
 

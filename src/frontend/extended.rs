@@ -494,6 +494,7 @@ impl Session {
                     .cloned()
                     .ok_or_else(|| statement_missing(&bind.statement))?;
                 portal_statements.insert(bind.portal.clone(), statement.clone());
+                self.cut_portals.remove(&bind.portal);
                 let Some(facts) = statement.facts.first() else {
                     return Ok(Some((
                         Msg::Bind {
@@ -595,6 +596,11 @@ impl Session {
     ) -> Option<Route> {
         if portal_statements.contains_key(portal) {
             return None;
+        }
+        if self.cut_portals.contains(portal) {
+            return Some(Route::Refuse(format!(
+                "portal \"{portal}\" ran on several shards and stopped at its row limit; fetching more of it is not supported: execute it without a row limit"
+            )));
         }
         Some(match self.portals.get(portal) {
             Some(shard) => Route::Single(*shard),

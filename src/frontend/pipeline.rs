@@ -126,9 +126,7 @@ impl Session {
         let mut end = UnitEnd::Ran;
         for range in split_units(&is_execute) {
             let (unit, unit_routes) = (&msgs[range.clone()], &routes[range]);
-            end = self
-                .run_unit(unit, unit_routes, &mut bound_here, sync)
-                .await?;
+            end = self.run_unit(unit, unit_routes, &mut bound_here).await?;
             if !matches!(end, UnitEnd::Ran) {
                 break;
             }
@@ -195,7 +193,6 @@ impl Session {
         unit: &[Msg],
         routes: &[Option<Route>],
         bound_here: &mut HashMap<String, Option<u32>>,
-        sync: bool,
     ) -> Result<UnitEnd, End> {
         let facts = executed_facts(unit);
         let binds: Vec<&str> = unit
@@ -337,14 +334,6 @@ impl Session {
                 Ok(UnitEnd::Ran)
             }
             Target::Scatter(shards) => {
-                // Its portal must end at this Sync: a later Execute could not go on where the
-                // merge stopped.
-                if partial && (!sync || self.txn.as_ref().is_some_and(|t| !t.implicit)) {
-                    self.push_error_in_batch(refusal(
-                        "a statement without a shard key runs on every shard: inside a transaction block or before a Flush, execute it without a row limit",
-                    ));
-                    return Ok(UnitEnd::Failed);
-                }
                 let bound = merge.as_ref().map(|(_, b)| b.clone());
                 if let Some(limit) = row_limit {
                     self.io.cap_rows(limit);
@@ -361,11 +350,14 @@ impl Session {
                     return Ok(UnitEnd::Failed);
                 }
                 match (row_limit, end.complete) {
-                    // As a server's portal: stopped at the limit, so it may have more rows (the
-                    // portal ends with the implicit transaction; a later Execute finds none).
+                    // As a server's portal: stopped at the limit, so it may have more rows; a
+                    // later Execute of it is refused (see `portal_route`).
                     (Some(limit), Some(_)) if offered >= limit => {
                         self.io
                             .push(&Frame::new(be::PORTAL_SUSPENDED, bytes::Bytes::new()));
+                        if let Some(portal) = unit.iter().find_map(portal_of) {
+                            self.cut_portals.insert(portal.to_string());
+                        }
                     }
                     (_, Some(complete)) => self.io.push(&complete),
                     (_, None) => {}

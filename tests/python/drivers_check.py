@@ -362,7 +362,15 @@ async def asyncpg_keyless_read(s: Setup) -> None:
             "SELECT user_id FROM users WHERE user_id BETWEEN $1 AND $2 ORDER BY user_id LIMIT $3", lo, hi, 3
         )
         assert [r[0] for r in got] == sorted(keys)[:3], got
+        # fetchrow/fetchval execute with a row limit: the merged rows stop there.
+        first = await conn.fetchrow(
+            "SELECT user_id, name FROM users WHERE user_id BETWEEN $1 AND $2 ORDER BY user_id DESC", lo, hi
+        )
+        assert tuple(first) == (max(keys), "k"), first
         async with conn.transaction():
+            assert await conn.fetchval(
+                "SELECT max(user_id) FROM users WHERE user_id BETWEEN $1 AND $2", lo, hi
+            ) == max(keys)
             status = await conn.execute(
                 "UPDATE users SET name = $1 WHERE user_id BETWEEN $2 AND $3", "kk", lo, hi
             )
