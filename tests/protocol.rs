@@ -961,6 +961,52 @@ async fn a_flush_pipeline_over_two_shards_commits_or_rolls_back_at_sync() {
     assert_eq!(sqlstates(&reply), vec!["23505".to_string()]);
     assert_eq!(reply.last(), Some(&b'I'), "idle after Sync, not failed");
     assert_eq!(on_owner(c).await, 0, "key {c} rolled back");
+    // BEGIN sent with the statements it starts (as pgjdbc does), all before one Sync: the
+    // statements join the client's block over both shards, which COMMIT ends with 2PC.
+    let d = (c + 1..)
+        .find(|k| map.shard_for(*k) != map.shard_for(c))
+        .unwrap();
+    let mut batch = Vec::new();
+    for part in [
+        &Parse {
+            name: String::new(),
+            query: "BEGIN".into(),
+            param_types: vec![],
+        }
+        .encode()
+        .to_bytes()[..],
+        &Bind {
+            portal: String::new(),
+            statement: String::new(),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        }
+        .encode()
+        .to_bytes()[..],
+        &Execute {
+            portal: String::new(),
+            max_rows: 0,
+        }
+        .encode()
+        .to_bytes()[..],
+        &insert(c)[..],
+        &insert(d)[..],
+        &fe::sync().to_bytes()[..],
+    ] {
+        batch.extend_from_slice(part);
+    }
+    s.write_all(&batch).await.unwrap();
+    let reply = read_until_tag(&mut s, b'Z').await;
+    assert_eq!(sqlstates(&reply), Vec::<String>::new());
+    assert_eq!(reply.last(), Some(&b'T'), "inside the block after Sync");
+    assert_eq!(on_owner(c).await, 0, "nothing commits before COMMIT");
+    s.write_all(&fe::query("COMMIT").to_bytes()).await.unwrap();
+    let reply = read_until_tag(&mut s, b'Z').await;
+    assert_eq!(sqlstates(&reply), Vec::<String>::new());
+    for key in [c, d] {
+        assert_eq!(on_owner(key).await, 1, "key {key} committed on its shard");
+    }
     proxy.stop().await;
 }
 

@@ -253,8 +253,12 @@ impl Session {
         // Describing statements needs no transaction; running them does.
         let join_txn = executes > 0 || !needed.is_empty();
         // A Flush after Parse/Describe alone binds nothing: the shard that answered ends its
-        // implicit transaction with a Sync the client does not see.
-        let settle = !sync && !join_txn && self.open_batch_shard.is_none();
+        // implicit transaction with a Sync the client does not see (a Bind's portal would not
+        // survive it).
+        let settle = !sync
+            && !join_txn
+            && self.open_batch_shard.is_none()
+            && !msgs.iter().any(|m| matches!(m, Msg::Bind { .. }));
         let build = |conn: &ServerConn| {
             let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
             let mut steps = build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps, fence);
@@ -609,7 +613,7 @@ impl Session {
     }
 
     /// Answers a batch of pgshard's own commands or deferred transaction control without a server.
-    async fn answer_locally(
+    pub(super) async fn answer_locally(
         &mut self,
         msgs: &[Msg],
         portal_statements: &HashMap<String, Arc<Prepared>>,

@@ -105,14 +105,45 @@ impl Session {
         error: Option<ErrorFields>,
         sync: bool,
     ) -> Result<(), End> {
-        if let Some(fields) = unsupported(&msgs) {
+        let is_execute: Vec<bool> = msgs.iter().map(|m| matches!(m, Msg::Execute(_))).collect();
+        let mut units = split_units(&is_execute);
+        // A BEGIN first (pgjdbc sends it with the batch it starts) opens the client's block,
+        // which the rest then joins.
+        let begins = units.first().is_some_and(|r| {
+            self.txn.is_none()
+                && matches!(
+                    executed_facts(&msgs[r.clone()]).as_slice(),
+                    [StatementFacts {
+                        kind: StatementKind::Begin,
+                        ..
+                    }]
+                )
+        });
+        let rest = match (begins, units.first()) {
+            (true, Some(r)) => r.end,
+            _ => 0,
+        };
+        if let Some(fields) = unsupported(&msgs[rest..]) {
             return self.refuse_pipeline(fields, sync).await;
         }
         if let Err(fields) = self.adopt_flush_shard().await {
             return self.refuse_pipeline(fields, sync).await;
         }
+        if begins {
+            let unit = &msgs[..rest];
+            let mut bound = HashMap::new();
+            for msg in unit {
+                if let Msg::Bind {
+                    bind, statement, ..
+                } = msg
+                {
+                    bound.insert(bind.portal.clone(), statement.clone());
+                }
+            }
+            self.answer_locally(unit, &bound, None, false).await;
+            units.remove(0);
+        }
         let _timed = crate::telemetry::QueryTimer::start(crate::telemetry::RouteKind::Scatter);
-        let is_execute: Vec<bool> = msgs.iter().map(|m| matches!(m, Msg::Execute(_))).collect();
         // One statement that only reads needs no block of its own.
         let lone_read = is_execute.iter().filter(|e| **e).count() < 2
             && !routes
@@ -124,7 +155,7 @@ impl Session {
         // Portals bound by an earlier unit of this batch: the shard it ran on (`None`: several).
         let mut bound_here: HashMap<String, Option<u32>> = HashMap::new();
         let mut end = UnitEnd::Ran;
-        for range in split_units(&is_execute) {
+        for range in units {
             let (unit, unit_routes) = (&msgs[range.clone()], &routes[range]);
             end = self.run_unit(unit, unit_routes, &mut bound_here).await?;
             if !matches!(end, UnitEnd::Ran) {

@@ -246,8 +246,18 @@ def psycopg_transaction_two_shards(s: Setup) -> None:
                 "INSERT INTO users (user_id, name) VALUES (%s, %s)", [(x, "t"), (y, "t")]
             )
         conn.rollback()
+    # Pipeline mode in a transaction: psycopg sends BEGIN with the pipeline's statements.
+    z1, z2 = s.key(s.shards[2], 2), s.key(s.shards[3], 2)
+    with psycopg.connect(s.proxy) as conn:
+        with conn.pipeline():
+            conn.execute("INSERT INTO users (user_id, name) VALUES (%s, 'z')", [z1])
+            conn.execute("INSERT INTO users (user_id, name) VALUES (%s, 'z')", [z2])
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.commit()
     s.assert_on_its_shard(a, "t")
     s.assert_on_its_shard(b, "t")
+    s.assert_on_its_shard(z1, "z")
+    s.assert_on_its_shard(z2, "z")
     s.assert_absent(x)
     s.assert_absent(y)
 
