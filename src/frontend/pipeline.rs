@@ -144,14 +144,19 @@ impl Session {
             units.remove(0);
         }
         let _timed = crate::telemetry::QueryTimer::start(crate::telemetry::RouteKind::Scatter);
-        // One statement that only reads needs no block of its own.
-        let lone_read = is_execute.iter().filter(|e| **e).count() < 2
-            && !routes
-                .iter()
-                .any(|r| matches!(r, Some(Route::SplitInsert(_))))
+        let reads_only = !routes
+            .iter()
+            .any(|r| matches!(r, Some(Route::SplitInsert(_))))
             && !executed_facts(&msgs).iter().any(needs_atomic_scatter);
-        let own = self.txn.as_ref().is_some_and(|t| t.implicit)
-            || (!lone_read && self.begin_implicit_block());
+        // One statement that only reads needs no block of its own.
+        let lone_read = reads_only && is_execute.iter().filter(|e| **e).count() < 2;
+        let already_open = self.txn.as_ref().is_some_and(|t| t.implicit);
+        let opened = !already_open && !lone_read && self.begin_implicit_block();
+        if let (true, true, Some(t)) = (opened, sync && reads_only, self.txn.as_mut()) {
+            // Nothing to make atomic: each shard commits on its own, without two phases.
+            t.read_only = true;
+        }
+        let own = already_open || opened;
         // Portals bound by an earlier unit of this batch: the shard it ran on (`None`: several).
         let mut bound_here: HashMap<String, Option<u32>> = HashMap::new();
         let mut end = UnitEnd::Ran;

@@ -203,6 +203,10 @@ def psycopg_pipeline(s: Setup) -> None:
         assert c4.fetchone() == (c,)
         assert c5.rowcount == 3, c5.rowcount
         assert c6.fetchone() == ("q",)
+        # Reads only, on three shards.
+        with conn.pipeline():
+            reads = [conn.execute("SELECT name FROM users WHERE user_id = %s", [k]) for k in (a, b, c)]
+        assert [r.fetchone() for r in reads] == [("q",)] * 3
     for k in (a, b, c):
         s.assert_on_its_shard(k, "q")
 
