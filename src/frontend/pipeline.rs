@@ -174,9 +174,10 @@ impl Session {
         let ok = matches!(end, UnitEnd::Ran);
         if !sync {
             if !ok {
-                // As a server does after an error: skip to the Sync, whose answer says Idle.
+                // As a server does after an error: skip to the Sync, whose answer says Idle
+                // (unless the client already got its ReadyForQuery).
                 self.finish_implicit_block(false).await?;
-                self.skip_until_sync = true;
+                self.skip_until_sync = !matches!(end, UnitEnd::Answered);
             }
             return Ok(());
         }
