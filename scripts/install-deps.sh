@@ -78,6 +78,11 @@ if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check asyncpg
 fi
 
+if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
+    echo "pgshard: installing the Python driver asyncpg (for tests/drivers_python.rs)"
+    python3 -m pip install --quiet --disable-pip-version-check asyncpg
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
     echo "pgshard: installing cargo-nextest"
     cargo install --locked cargo-nextest

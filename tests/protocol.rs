@@ -873,7 +873,7 @@ async fn read_until_tag(stream: &mut TcpStream, tag: u8) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_rolls_back_the_implicit_transaction_before_it() {
+async fn a_flush_pipeline_over_two_shards_commits_or_rolls_back_at_sync() {
     use pgshard::wire::frame::Frame;
     use pgshard::wire::frontend::{self as fe, Bind, Execute, Parse};
     let cluster = TestCluster::start(3, Strategy::Hash).await;
@@ -917,25 +917,177 @@ async fn a_refusal_rolls_back_the_implicit_transaction_before_it() {
         );
         out
     };
+    let on_owner = |key: i64| {
+        let info = &cluster.info;
+        let shard = map.shard_for(key);
+        async move {
+            let owner = proxy::shard(info, shard).await;
+            owner
+                .query("SELECT 1 FROM users WHERE user_id = $1", &[&key])
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let flush = Frame::new(fe::FLUSH, bytes::Bytes::new()).to_bytes();
     // First key, then Flush: it runs inside the implicit transaction, nothing is committed yet.
     let mut first = insert(a);
-    first.extend_from_slice(&Frame::new(fe::FLUSH, bytes::Bytes::new()).to_bytes());
+    first.extend_from_slice(&flush);
     s.write_all(&first).await.unwrap();
     read_until_tag(&mut s, b'C').await;
-    // A key on another shard in the same implicit transaction: refused, and the first rolls back.
+    assert_eq!(on_owner(a).await, 0, "nothing commits before Sync");
+    // A key on another shard joins the same implicit transaction; both commit at Sync.
     let mut second = insert(b);
     second.extend_from_slice(&fe::sync().to_bytes());
     s.write_all(&second).await.unwrap();
     let reply = read_until_tag(&mut s, b'Z').await;
-    assert_eq!(sqlstates(&reply), vec!["0A000".to_string()]);
+    assert_eq!(sqlstates(&reply), Vec::<String>::new());
+    assert_eq!(reply.last(), Some(&b'I'), "idle after Sync");
     for key in [a, b] {
-        let owner = proxy::shard(&cluster.info, map.shard_for(key)).await;
-        let n = owner
-            .query("SELECT 1 FROM users WHERE user_id = $1", &[&key])
+        assert_eq!(on_owner(key).await, 1, "key {key} committed on its shard");
+    }
+    // A new key on the first shard, then a duplicate on the other: nothing of it stays.
+    let c = (a + 1..)
+        .find(|k| map.shard_for(*k) == map.shard_for(a))
+        .unwrap();
+    let mut first = insert(c);
+    first.extend_from_slice(&flush);
+    s.write_all(&first).await.unwrap();
+    read_until_tag(&mut s, b'C').await;
+    let mut second = insert(b);
+    second.extend_from_slice(&fe::sync().to_bytes());
+    s.write_all(&second).await.unwrap();
+    let reply = read_until_tag(&mut s, b'Z').await;
+    assert_eq!(sqlstates(&reply), vec!["23505".to_string()]);
+    assert_eq!(reply.last(), Some(&b'I'), "idle after Sync, not failed");
+    assert_eq!(on_owner(c).await, 0, "key {c} rolled back");
+    // BEGIN sent with the statements it starts (as pgjdbc does), all before one Sync: the
+    // statements join the client's block over both shards, which COMMIT ends with 2PC.
+    let d = (c + 1..)
+        .find(|k| map.shard_for(*k) != map.shard_for(c))
+        .unwrap();
+    let mut batch = Vec::new();
+    for part in [
+        &Parse {
+            name: String::new(),
+            query: "BEGIN".into(),
+            param_types: vec![],
+        }
+        .encode()
+        .to_bytes()[..],
+        &Bind {
+            portal: String::new(),
+            statement: String::new(),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        }
+        .encode()
+        .to_bytes()[..],
+        &Execute {
+            portal: String::new(),
+            max_rows: 0,
+        }
+        .encode()
+        .to_bytes()[..],
+        &insert(c)[..],
+        &insert(d)[..],
+        &fe::sync().to_bytes()[..],
+    ] {
+        batch.extend_from_slice(part);
+    }
+    s.write_all(&batch).await.unwrap();
+    let reply = read_until_tag(&mut s, b'Z').await;
+    assert_eq!(sqlstates(&reply), Vec::<String>::new());
+    assert_eq!(reply.last(), Some(&b'T'), "inside the block after Sync");
+    assert_eq!(on_owner(c).await, 0, "nothing commits before COMMIT");
+    s.write_all(&fe::query("COMMIT").to_bytes()).await.unwrap();
+    let reply = read_until_tag(&mut s, b'Z').await;
+    assert_eq!(sqlstates(&reply), Vec::<String>::new());
+    for key in [c, d] {
+        assert_eq!(on_owner(key).await, 1, "key {key} committed on its shard");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_limit_over_several_shards_cuts_the_merge_and_refuses_more() {
+    use common::raw::query;
+    use pgshard::wire::frontend::{self as fe, Bind, Execute, Parse};
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let proxy = start_proxy(&cluster.info).await;
+    let client = connect(&proxy).await;
+    for k in 1..=6i64 {
+        client
+            .execute("INSERT INTO users (user_id, name) VALUES ($1, 'r')", &[&k])
             .await
-            .unwrap()
-            .len();
-        assert_eq!(n, 0, "key {key} must not be committed");
+            .expect("insert");
+    }
+    let mut raw = common::raw::RawClient::login(proxy.addr, "trusted").await;
+    let tags = |messages: &[common::raw::Message]| -> Vec<u8> {
+        messages.iter().map(|(t, _)| *t).collect()
+    };
+    let execute = |max_rows: i32| {
+        Execute {
+            portal: "c".into(),
+            max_rows,
+        }
+        .encode()
+        .to_bytes()
+        .to_vec()
+    };
+    for in_block in [false, true] {
+        if in_block {
+            raw.send(&query("BEGIN")).await;
+            raw.until_ready().await;
+        }
+        let mut batch = Parse {
+            name: String::new(),
+            query: "SELECT user_id FROM users WHERE user_id > $1 ORDER BY user_id DESC".into(),
+            param_types: vec![],
+        }
+        .encode()
+        .to_bytes()
+        .to_vec();
+        batch.extend_from_slice(
+            &Bind {
+                portal: "c".into(),
+                statement: String::new(),
+                param_formats: vec![],
+                params: vec![Some(bytes::Bytes::from_static(b"0"))],
+                result_formats: vec![],
+            }
+            .encode()
+            .to_bytes(),
+        );
+        batch.extend_from_slice(&execute(2));
+        batch.extend_from_slice(&fe::sync().to_bytes());
+        raw.send(&batch).await;
+        let answer = raw.until_ready().await;
+        // The first two rows of the merged order, then "suspended" as one server says it.
+        assert_eq!(tags(&answer), b"12DDsZ".to_vec(), "{answer:?}");
+        let rows: Vec<&[u8]> = answer
+            .iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, b)| &b[6..])
+            .collect();
+        assert_eq!(rows, vec![&b"6"[..], &b"5"[..]]);
+        // Going on from where the merge stopped is refused, never answered with missing rows.
+        let mut more = execute(2);
+        more.extend_from_slice(&fe::sync().to_bytes());
+        raw.send(&more).await;
+        let answer = raw.until_ready().await;
+        let errors: Vec<(String, String)> = answer
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| error_fields(b))
+            .collect();
+        assert_eq!(errors.len(), 1, "{answer:?}");
+        assert_eq!(errors[0].0, "0A000", "{errors:?}");
+        if in_block {
+            raw.send(&query("ROLLBACK")).await;
+            raw.until_ready().await;
+        }
     }
     proxy.stop().await;
 }

@@ -176,19 +176,37 @@ async fn writes_reach_every_shard_they_need() {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(left, 0, "the split INSERT rolled back everywhere");
-    // Prepared (extended protocol) multi-row INSERTs spanning shards are refused clearly.
+    // Prepared (extended protocol) multi-row INSERTs spanning shards are split the same way,
+    // each shard getting its own parameters, RETURNING in VALUES order.
     let a = 1001i64;
     let b = (1002..2000i64)
         .find(|k| map.shard_for(*k) != map.shard_for(a))
         .unwrap();
-    let e = c
-        .execute(
-            "INSERT INTO users (user_id, name) VALUES ($1, 'x'), ($2, 'y')",
-            &[&a, &b],
+    let rows = c
+        .query(
+            "INSERT INTO users (user_id, name) VALUES ($1, $3), ($2, 'y') RETURNING user_id, name",
+            &[&b, &a, &"x"],
         )
         .await
-        .expect_err("extended-protocol split");
-    assert_eq!(code(&e), "0A000");
+        .expect("extended-protocol split");
+    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![(b, "x".to_string()), (a, "y".to_string())]);
+    for (k, name) in [(a, "y"), (b, "x")] {
+        let direct = proxy::shard(info, map.shard_for(k)).await;
+        let found: Vec<String> = direct
+            .query("SELECT name FROM users WHERE user_id = $1", &[&k])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(found, vec![name.to_string()], "key {k} on its shard");
+    }
+    let n = c
+        .execute("DELETE FROM users WHERE user_id IN ($1, $2)", &[&a, &b])
+        .await
+        .expect("prepared delete over two shards");
+    assert_eq!(n, 2);
 
     // Reads joining the sharded table with the reference table.
     let row = c

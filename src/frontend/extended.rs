@@ -104,7 +104,11 @@ impl Session {
 
     /// Answers the batch with `fields` alone: the rest of it up to Sync is skipped, as a server
     /// skips what follows an error.
-    async fn refuse_batch(&mut self, fields: ErrorFields, sync: bool) -> Result<(), End> {
+    pub(super) async fn refuse_batch(
+        &mut self,
+        fields: ErrorFields,
+        sync: bool,
+    ) -> Result<(), End> {
         self.push_error_in_batch(fields);
         self.skip_until_sync = !sync;
         if sync {
@@ -119,6 +123,8 @@ impl Session {
         let map = proxy.map.current();
         let mut msgs = Vec::with_capacity(frames.len());
         let mut routes = Vec::new();
+        // Each message's own route, for a batch run unit by unit (`None`: routed by its Bind).
+        let mut msg_routes: Vec<Option<Route>> = Vec::with_capacity(frames.len());
         let mut executed: Vec<Arc<Prepared>> = Vec::new();
         let mut portal_statements: HashMap<String, Arc<Prepared>> = HashMap::new();
         let mut local = false;
@@ -144,6 +150,7 @@ impl Session {
                             self.cursors.route(f, r, proxy.first_shard);
                         }
                     }
+                    msg_routes.push(route.clone());
                     if let Some(r) = route {
                         routes.push(r);
                     }
@@ -225,7 +232,24 @@ impl Session {
             let (unnest, plan) = (unnest.clone(), plan.to_vec());
             return self.run_unnest_insert_extended(batch, &unnest, &plan).await;
         }
-        let target = match self.combine(&routes, &all_facts) {
+        // Parse and Describe of a statement any shard can answer add nothing to where it runs.
+        let needed: Vec<Route> = routes
+            .iter()
+            .filter(|r| **r != Route::Any)
+            .cloned()
+            .collect();
+        // A pipeline already open under Flush goes on unit by unit, and so does a batch one
+        // target cannot serve, or one leaving the shard a Flush left a transaction open on.
+        let pipeline_open = self.txn.as_ref().is_some_and(|t| t.implicit);
+        if pipeline_open
+            || super::batch_units::needs_units(&needed, executes, partial_fetch)
+            || self
+                .open_batch_shard
+                .is_some_and(|b| super::batch_units::leaves_shard(&needed, b))
+        {
+            return self.run_pipeline(msgs, msg_routes, error, sync).await;
+        }
+        let target = match self.combine(&needed, &all_facts) {
             Ok(t) => t,
             Err(fields) => {
                 if let Some(shard) = self.open_batch_shard {
@@ -264,9 +288,23 @@ impl Session {
         } else {
             None
         };
+        // Describing statements needs no transaction; running them does.
+        let join_txn = executes > 0 || !needed.is_empty();
+        // A Flush after Parse/Describe alone binds nothing: the shard that answered ends its
+        // implicit transaction with a Sync the client does not see (a Bind's portal would not
+        // survive it).
+        let settle = !sync
+            && !join_txn
+            && self.open_batch_shard.is_none()
+            && !msgs.iter().any(|m| matches!(m, Msg::Bind { .. }));
         let build = |conn: &ServerConn| {
             let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
-            build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps, fence)
+            let mut steps = build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps, fence);
+            if settle {
+                steps.pop();
+                steps.push(quiet_sync());
+            }
+            steps
         };
         let _timed = (executes > 0).then(|| QueryTimer::start(target.route_kind()));
         match target {
@@ -276,8 +314,6 @@ impl Session {
                         self.portals.insert(bind.portal.clone(), shard);
                     }
                 }
-                // Describing statements needs no transaction; running them does.
-                let join_txn = executes > 0 || routes.iter().any(|r| *r != Route::Any);
                 if sync && executes > 0 {
                     self.route_reads(&[shard], &all_facts).await;
                 }
@@ -414,6 +450,15 @@ impl Session {
 
     /// Answers the Sync of a batch that had nothing left to run.
     pub async fn finish_open_batch(&mut self) -> Result<(), End> {
+        if self.txn.as_ref().is_some_and(|t| t.implicit) {
+            // A pipeline that Flush left open over several shards ends at this Sync.
+            if let Some(fields) = self.finish_implicit_block(true).await? {
+                self.push_error_in_batch(fields);
+            }
+            let status = self.status();
+            self.io.push(&be::ready_for_query(status));
+            return Ok(());
+        }
         if let Some(shard) = self.open_batch_shard {
             let steps = vec![Step::Send {
                 frame: fe::sync(),
@@ -498,6 +543,7 @@ impl Session {
                     .cloned()
                     .ok_or_else(|| statement_missing(&bind.statement))?;
                 portal_statements.insert(bind.portal.clone(), statement.clone());
+                self.cut_portals.remove(&bind.portal);
                 let Some(facts) = statement.facts.first() else {
                     return Ok(Some((
                         Msg::Bind {
@@ -600,6 +646,11 @@ impl Session {
         if portal_statements.contains_key(portal) {
             return None;
         }
+        if self.cut_portals.contains(portal) {
+            return Some(Route::Refuse(format!(
+                "portal \"{portal}\" ran on several shards and stopped at its row limit; fetching more of it is not supported: execute it without a row limit"
+            )));
+        }
         // A cursor declared in SQL is a portal too: it lives where it was declared.
         Some(match self.portals.get(portal).copied() {
             Some(shard) => Route::Single(shard),
@@ -611,7 +662,7 @@ impl Session {
     }
 
     /// Answers a batch of pgshard's own commands or deferred transaction control without a server.
-    async fn answer_locally(
+    pub(super) async fn answer_locally(
         &mut self,
         msgs: &[Msg],
         portal_statements: &HashMap<String, Arc<Prepared>>,
@@ -703,7 +754,7 @@ impl Session {
 /// result format codes, and the merge needs the result's description even if the client did not
 /// ask for it.
 #[derive(Clone)]
-struct MergeSteps {
+pub(super) struct MergeSteps {
     sql: String,
     server_name: String,
     hidden: usize,
@@ -748,7 +799,7 @@ fn unnest_batch<'a>(
     (executes == 1).then_some((batch, unnest, plan.as_slice()))
 }
 
-fn merge_for_batch(
+pub(super) fn merge_for_batch(
     msgs: &[Msg],
 ) -> Result<Option<(MergeSteps, crate::gather::merged::BoundMerge)>, ErrorFields> {
     let Some((bind, statement)) = msgs.iter().find_map(|m| match m {
@@ -785,7 +836,7 @@ fn merge_for_batch(
 }
 
 /// The server-bound steps of a batch for one connection, given what it has prepared already.
-fn build_steps(
+pub(super) fn build_steps(
     msgs: &[Msg],
     conn: &ServerConn,
     tail_error: Option<&ErrorFields>,
@@ -930,6 +981,16 @@ fn build_steps(
     steps
 }
 
+/// A Sync whose ReadyForQuery the client does not see: it ends one shard's part of a request
+/// (a unit of a pipeline, or a Parse/Describe under Flush), not the client's.
+pub(super) fn quiet_sync() -> Step {
+    Step::Send {
+        frame: fe::sync(),
+        expect: Expect::Sync,
+        forward: false,
+    }
+}
+
 /// The Sync or Flush that ends a batch.
 fn batch_end(sync: bool) -> Step {
     if sync {
@@ -998,7 +1059,7 @@ fn raise_steps(fields: &ErrorFields) -> Vec<Step> {
 /// names.
 /// The texts of a batch's statements on sharded tables (and of its merge rewrite): what a fence
 /// may have to restrict on the shards it covers.
-fn fenceable_texts<'a>(msgs: &'a [Msg], merge: Option<&'a MergeSteps>) -> Vec<&'a str> {
+pub(super) fn fenceable_texts<'a>(msgs: &'a [Msg], merge: Option<&'a MergeSteps>) -> Vec<&'a str> {
     let mut texts: Vec<&str> = msgs
         .iter()
         .filter_map(|m| match m {

@@ -1,6 +1,7 @@
 //! Client side of the proxy: listener, startup, authentication and the client session.
 
 pub mod auth;
+pub mod batch_units;
 pub mod cancel;
 pub mod causal_token;
 pub mod client_io;
@@ -13,9 +14,11 @@ pub mod generated_keys;
 pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;
+pub mod pipeline;
 pub mod read_routing;
 pub mod session;
 pub mod session_limits;
+pub mod split_bind;
 pub mod startup;
 pub mod tls;
 pub mod txn_control;

@@ -80,6 +80,9 @@ pub struct Session {
     pub skip_until_sync: bool,
     /// A Flush-ended batch ran on this shard: the implicit transaction lasts until Sync.
     pub open_batch_shard: Option<u32>,
+    /// Portals over several shards whose rows were cut at an Execute's row limit: executing
+    /// them again is refused (the merge cannot go on where it stopped).
+    pub cut_portals: std::collections::HashSet<String>,
     pub cancel: ActiveTargets,
     /// Where requests that any shard can answer go when no connection is held: the shard that
     /// answered at login.
@@ -700,6 +703,10 @@ impl Session {
                     format!("unrecognized configuration parameter \"{name}\""),
                 )),
             },
+            LocalCommand::DeallocateAll => {
+                self.statements.clear();
+                self.io.push(&be::command_complete("DEALLOCATE ALL"));
+            }
             LocalCommand::NextId => {
                 let id = self.proxy.ids.next_id();
                 if describe {

@@ -53,6 +53,10 @@ pub enum LocalCommand {
     ShowProxy { name: String },
     /// `SELECT pgshard.next_id()`.
     NextId,
+    /// `DEALLOCATE ALL`: the client's prepared statements live in the proxy (server-side ones
+    /// are shared under digest names), so forgetting them is all of it. psycopg sends it after
+    /// every rollback once it prepared a statement.
+    DeallocateAll,
 }
 
 /// Where a shard-key value comes from.
@@ -1508,6 +1512,10 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
             facts.session_bound = Some("LISTEN".into());
             return facts;
         }
+        NodeEnum::DeallocateStmt(d) if d.isall => {
+            facts.local = Some(LocalCommand::DeallocateAll);
+            return facts;
+        }
         NodeEnum::PrepareStmt(_) | NodeEnum::ExecuteStmt(_) | NodeEnum::DeallocateStmt(_) => {
             facts.session_bound = Some("SQL-level PREPARE".into());
             if let NodeEnum::PrepareStmt(p) = stmt {
@@ -2004,6 +2012,11 @@ mod tests {
         );
         assert_eq!(sb("execute p"), Some("SQL-level PREPARE".into()));
         assert_eq!(sb("deallocate p"), Some("SQL-level PREPARE".into()));
+        assert_eq!(sb("deallocate all"), None);
+        assert_eq!(
+            one("DEALLOCATE ALL").local,
+            Some(LocalCommand::DeallocateAll)
+        );
         let f = one("create table users (user_id bigint primary key)");
         assert_eq!(f.kind, StatementKind::Ddl);
         assert!(f.is_write && f.sharded);

@@ -15,6 +15,7 @@ pub mod pg_array;
 pub mod rewrite;
 pub mod shard_map;
 pub mod split_insert;
+pub mod split_params;
 pub mod unnest_insert;
 
 pub use facts::{LocalCommand, StatementFacts, StatementKind};

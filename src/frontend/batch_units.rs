@@ -1,0 +1,157 @@
+//! How an extended-protocol batch up to Sync is cut into units when its statements need different
+//! shards: each unit is one Execute with the Parse/Bind/Describe sent before it, so each is routed
+//! by its own parameters and run in message order; what follows the last Execute is a unit of its
+//! own (it executes nothing).
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use crate::router::Route;
+
+/// The units of a batch whose messages are Executes where `is_execute` says so.
+pub fn split_units(is_execute: &[bool]) -> Vec<Range<usize>> {
+    let mut units = Vec::new();
+    let mut start = 0;
+    for (i, &execute) in is_execute.iter().enumerate() {
+        if execute {
+            units.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < is_execute.len() {
+        units.push(start..is_execute.len());
+    }
+    units
+}
+
+/// True when a batch (its routes other than `Route::Any`, how many Executes it has, and whether
+/// one of them has a row limit) cannot run as one request on one target: a split INSERT, a row
+/// limit over several shards, or several statements that need different shards, several shards
+/// each, or every shard.
+pub fn needs_units(routes: &[Route], executes: usize, row_limit: bool) -> bool {
+    if routes.iter().any(|r| matches!(r, Route::Refuse(_))) {
+        // Refused as a whole before anything runs.
+        return false;
+    }
+    if routes.iter().any(|r| matches!(r, Route::SplitInsert(_))) {
+        return true;
+    }
+    if row_limit && routes.iter().any(|r| matches!(r, Route::Scatter(_))) {
+        return true;
+    }
+    if executes < 2 {
+        return false;
+    }
+    let mut singles = BTreeSet::new();
+    for r in routes {
+        match r {
+            Route::Single(s) => {
+                singles.insert(*s);
+            }
+            Route::Scatter(_) | Route::Broadcast(_) => return true,
+            _ => {}
+        }
+    }
+    singles.len() > 1
+}
+
+/// True when a batch (its routes other than `Route::Any`) needs more than `shard`, the shard a
+/// Flush left an implicit transaction open on.
+pub fn leaves_shard(routes: &[Route], shard: u32) -> bool {
+    routes.iter().any(|r| *r != Route::Single(shard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::split_insert::ShardRows;
+
+    #[test]
+    fn one_unit_per_execute_with_what_precedes_it() {
+        // Which messages are Executes → (start, end) of each unit.
+        type Case<'a> = (&'a [bool], &'a [(usize, usize)]);
+        let cases: &[Case] = &[
+            (&[], &[]),
+            // Parse, Bind, Describe, Execute
+            (&[false, false, false, true], &[(0, 4)]),
+            // Parse, Bind, Execute, Bind, Execute, Bind, Execute
+            (
+                &[false, false, true, false, true, false, true],
+                &[(0, 3), (3, 5), (5, 7)],
+            ),
+            // … then Close: a unit of its own
+            (&[false, true, false], &[(0, 2), (2, 3)]),
+            // Parse, Describe only
+            (&[false, false], &[(0, 2)]),
+            (&[true, true], &[(0, 1), (1, 2)]),
+        ];
+        for (input, want) in cases {
+            let got: Vec<(usize, usize)> = split_units(input)
+                .iter()
+                .map(|r| (r.start, r.end))
+                .collect();
+            assert_eq!(got, want.to_vec(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn units_only_when_one_target_cannot_serve_the_batch() {
+        let split = Route::SplitInsert(vec![
+            ShardRows {
+                shard: 1,
+                rows: vec![0],
+            },
+            ShardRows {
+                shard: 2,
+                rows: vec![1],
+            },
+        ]);
+        let scatter = Route::Scatter(vec![1, 2]);
+        let cases: &[(&[Route], usize, bool, bool)] = &[
+            (&[], 0, false, false),
+            (&[Route::Single(1)], 1, false, false),
+            (&[Route::Single(1)], 1, true, false),
+            (&[Route::Single(1), Route::Single(1)], 2, false, false),
+            (&[Route::Single(1), Route::Single(2)], 2, false, true),
+            // One keyless statement alone runs as one scatter, unless it fetches some rows only.
+            (std::slice::from_ref(&scatter), 1, false, false),
+            (std::slice::from_ref(&scatter), 1, true, true),
+            (&[scatter.clone(), Route::Single(1)], 2, false, true),
+            (
+                &[Route::Broadcast(vec![1, 2]), Route::Single(1)],
+                2,
+                false,
+                true,
+            ),
+            (std::slice::from_ref(&split), 1, false, true),
+            (
+                &[Route::Single(1), Route::Refuse("no".into())],
+                2,
+                false,
+                false,
+            ),
+        ];
+        for (routes, executes, row_limit, want) in cases {
+            assert_eq!(
+                needs_units(routes, *executes, *row_limit),
+                *want,
+                "{routes:?} {row_limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flush_shard_is_left_by_any_other_target() {
+        let cases: &[(&[Route], bool)] = &[
+            (&[], false),
+            (&[Route::Single(3)], false),
+            (&[Route::Single(3), Route::Single(3)], false),
+            (&[Route::Single(3), Route::Single(4)], true),
+            (&[Route::Scatter(vec![3, 4])], true),
+            (&[Route::Broadcast(vec![3, 4])], true),
+        ];
+        for (routes, want) in cases {
+            assert_eq!(leaves_shard(routes, 3), *want, "{routes:?}");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Python drivers with their defaults against a multi-shard cluster, in the extended protocol:
+//! psycopg 3 (keyless reads and writes with parameters, executemany, pipeline mode, prepared
+//! multi-row INSERTs, transactions over two shards, errors in a pipeline) and asyncpg
+//! (Parse/Describe/Flush then Bind/Execute/Sync for keys on every shard, executemany,
+//! transactions). One cluster serves every check; each check is a section of
+//! `tests/python/drivers_check.py`, run in its own process.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use common::proxy::{self, start_proxy_with};
+use common::TestCluster;
+use pgshard::router::Strategy;
+use tokio::process::Command;
+
+/// Keys the checks use: each check has its own `WINDOW` keys from `FIRST_KEY` on, so keyless
+/// statements over its window see only its rows.
+const FIRST_KEY: i64 = 7_000_000;
+const WINDOW: i64 = 400;
+
+const SECTIONS: &[&str] = &[
+    "psycopg_keyless_read",
+    "psycopg_keyless_write",
+    "psycopg_broadcast",
+    "psycopg_executemany",
+    "psycopg_pipeline",
+    "psycopg_pipeline_error",
+    "psycopg_transaction_two_shards",
+    "psycopg_multirow_returning",
+    "asyncpg_fetchval_every_shard",
+    "asyncpg_fetchval_in_transaction",
+    "asyncpg_recovers_after_errors",
+    "asyncpg_keyless_read",
+    "asyncpg_executemany",
+    "asyncpg_multirow_returning",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_drivers_work_across_shards() {
+    let cluster = TestCluster::start(4, Strategy::Hash).await;
+    let proxy = start_proxy_with(&cluster.info, |c| {
+        c.reference_tables = vec!["countries".into()];
+    })
+    .await;
+    let map = proxy.proxy.map.current();
+    let owners: Vec<u32> = (FIRST_KEY..FIRST_KEY + WINDOW * SECTIONS.len() as i64)
+        .map(|k| map.shard_for(k))
+        .collect();
+    let shards: BTreeMap<u32, String> = cluster
+        .info
+        .shard_ids()
+        .into_iter()
+        .map(|id| (id, cluster.info.shard_url(id).expect("shard url")))
+        .collect();
+    let setup = serde_json::json!({
+        "proxy": proxy::app_url(&proxy),
+        "shards": shards,
+        "first_key": FIRST_KEY,
+        "window": WINDOW,
+        "owners": owners,
+    });
+    let setup_file = cluster.info.dir.join("drivers.json");
+    std::fs::write(&setup_file, setup.to_string()).expect("write the setup file");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/drivers_check.py");
+    let mut failed = Vec::new();
+    for (i, section) in SECTIONS.iter().enumerate() {
+        if let Ok(only) = std::env::var("DRIVERS_ONLY") {
+            if !only.split(',').any(|o| o == *section) {
+                continue;
+            }
+        }
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(&setup_file)
+            .arg(section)
+            .arg(i.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || !stdout.contains(&format!("{section} passed")) {
+            failed.push(format!("--- {section}:\n{stdout}\n{stderr}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} driver checks failed:\n{}",
+        failed.len(),
+        SECTIONS.len(),
+        failed.join("\n")
+    );
+    // Every row the checks left sits on the shard the map gives its key.
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        let rows = direct
+            .query(
+                "SELECT user_id FROM users WHERE user_id >= $1",
+                &[&FIRST_KEY],
+            )
+            .await
+            .expect("read a shard directly");
+        for row in rows {
+            let key: i64 = row.get(0);
+            assert_eq!(map.shard_for(key), id, "key {key} sits on shard {id}");
+        }
+    }
+    proxy.stop().await;
+}
