@@ -11,6 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Instant;
 
 use common::proxy::{self, start_proxy};
 use common::TestCluster;
@@ -37,6 +38,14 @@ struct Suite {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+}
+
+/// Awaits `work`, printing how long it took (shown with `--no-capture`).
+async fn timed<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let value = work.await;
+    println!("{what}: {:.1} s", started.elapsed().as_secs_f64());
+    value
 }
 
 /// Runs `cmd` to completion; an error names `what` and carries the output.
@@ -203,10 +212,10 @@ async fn native_drivers_work_across_shards() {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("drivers");
     std::fs::create_dir_all(&out).expect("create the build dir of the driver suites");
     let (node, go, java, cluster) = tokio::join!(
-        node_suite(),
-        go_suite(&out),
-        java_suite(&out),
-        TestCluster::start(SHARDS, Strategy::Hash)
+        timed("node-postgres check", node_suite()),
+        timed("go build", go_suite(&out)),
+        timed("javac", java_suite(&out)),
+        timed("cluster start", TestCluster::start(SHARDS, Strategy::Hash))
     );
     let suites: Vec<Suite> = [node, go, java]
         .into_iter()
@@ -236,6 +245,7 @@ async fn native_drivers_work_across_shards() {
             setup_text(&proxy::app_url(&proxy), &shard_urls, &keys),
         )
         .expect("write the setup file");
+        let started = Instant::now();
         let output = Command::new(&suite.program)
             .args(&suite.args)
             .arg(&setup_file)
@@ -247,7 +257,11 @@ async fn native_drivers_work_across_shards() {
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         // Shown with `--no-capture`: each step passed, and the steps skipped for a known gap.
-        println!("--- {}:\n{stdout}", suite.name);
+        println!(
+            "--- {} ({:.1} s):\n{stdout}",
+            suite.name,
+            started.elapsed().as_secs_f64()
+        );
         if !output.status.success() || !stdout.contains(" passed") {
             failed.push(format!(
                 "--- {} ({}):\n{stdout}{stderr}",

@@ -28,6 +28,19 @@ import java.util.TreeMap;
 public final class DriverCheck {
     private static final String INSERT_USER = "INSERT INTO users (user_id, name) VALUES (?, ?)";
 
+    /**
+     * Steps pgshard refuses today, skipped (with the reason printed) until it serves them; they stay
+     * here so that PGSHARD_DRIVER_GAPS=run shows whether a change closed the gap. With autocommit
+     * off, pgjdbc sends its BEGIN in the same Sync as the transaction's first statement.
+     */
+    private static final Map<String, String> KNOWN_GAPS = Map.of(
+            "batchFirstInTransaction",
+            "0A000 \"BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards\""
+                    + " for executeBatch over several shards as a transaction's first statement",
+            "keylessFirstInTransaction",
+            "0A000 \"BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards\""
+                    + " for a keyless query as a transaction's first statement");
+
     private final String proxyUrl;
     private final List<Integer> shards = new ArrayList<>();
     private final Map<Integer, long[]> keys = new TreeMap<>();
@@ -236,6 +249,82 @@ public final class DriverCheck {
         conn.setAutoCommit(true);
     }
 
+    /**
+     * executeBatch over every shard with autocommit off, committed and then rolled back. Each
+     * transaction starts with a keyed read, so pgjdbc's implicit BEGIN goes out with that read.
+     */
+    private void batchesInTransaction() throws SQLException {
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            for (boolean commit : new boolean[] {true, false}) {
+                int n = commit ? 8 : 9;
+                checkEqual(nameThroughProxy(conn, key(shards.get(0), 0)), "java-" + key(shards.get(0), 0),
+                        "first read of the transaction");
+                for (int shard : shards) {
+                    ps.setLong(1, key(shard, n));
+                    ps.setString(2, "txbatch-" + key(shard, n));
+                    ps.addBatch();
+                }
+                checkEqual(ps.executeBatch().length, shards.size(), "update counts of the batch");
+                for (int shard : shards) {
+                    checkEqual(nameThroughProxy(conn, key(shard, n)), "txbatch-" + key(shard, n),
+                            "read of own batched write in the transaction");
+                }
+                if (commit) {
+                    conn.commit();
+                } else {
+                    conn.rollback();
+                }
+                for (int shard : shards) {
+                    if (commit) {
+                        expectOnItsShard(key(shard, n), shard, "txbatch-" + key(shard, n));
+                    } else {
+                        expectAbsent(key(shard, n));
+                    }
+                }
+            }
+        } finally {
+            conn.setAutoCommit(true);
+        }
+    }
+
+    /** With autocommit off, a batch over every shard as the transaction's first statement. */
+    private void batchFirstInTransaction() throws SQLException {
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            for (int shard : shards) {
+                ps.setLong(1, key(shard, 10));
+                ps.setString(2, "first-" + key(shard, 10));
+                ps.addBatch();
+            }
+            checkEqual(ps.executeBatch().length, shards.size(), "update counts of the batch");
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+        for (int shard : shards) {
+            expectOnItsShard(key(shard, 10), shard, "first-" + key(shard, 10));
+        }
+    }
+
+    /** With autocommit off, a keyless read as the transaction's first statement. */
+    private void keylessFirstInTransaction() throws SQLException {
+        long[] lohi = bounds();
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(
+                "SELECT count(*) FROM users WHERE user_id BETWEEN ? AND ? AND name LIKE 'java-%'")) {
+            ps.setLong(1, lohi[0]);
+            ps.setLong(2, lohi[1]);
+            try (ResultSet rs = ps.executeQuery()) {
+                check(rs.next(), "keyless count returned no row");
+                checkEqual(rs.getLong(1), 2L * shards.size(), "keyless count");
+            }
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+    }
+
     /** Keyless aggregates with parameters over this suite's rows, compared with the shards' own. */
     private void keylessAggregate() throws SQLException {
         String sql = "SELECT count(*), sum(user_id), min(user_id), max(user_id) FROM users WHERE user_id BETWEEN ? AND ?";
@@ -292,8 +381,17 @@ public final class DriverCheck {
         steps.put("preparedStatementsReused", suite::preparedStatementsReused);
         steps.put("batches", suite::batches);
         steps.put("transactions", suite::transactions);
+        steps.put("batchesInTransaction", suite::batchesInTransaction);
+        steps.put("batchFirstInTransaction", suite::batchFirstInTransaction);
+        steps.put("keylessFirstInTransaction", suite::keylessFirstInTransaction);
         steps.put("keylessAggregate", suite::keylessAggregate);
+        boolean runGaps = "run".equals(System.getenv("PGSHARD_DRIVER_GAPS"));
         for (Map.Entry<String, Step> step : steps.entrySet()) {
+            String gap = KNOWN_GAPS.get(step.getKey());
+            if (gap != null && !runGaps) {
+                System.out.println("skipped " + step.getKey() + ": pgshard gap: " + gap);
+                continue;
+            }
             try {
                 step.getValue().run();
             } catch (CheckFailed | SQLException e) {

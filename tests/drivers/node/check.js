@@ -159,6 +159,13 @@ class Suite {
     await this.expectOnItsShard(ka, a, 'tx-a');
     await this.expectOnItsShard(kb, b, 'tx-b');
 
+    // Queued inserts on every shard inside one block, committed together.
+    await this.client.query('BEGIN');
+    await Promise.all(this.setup.shards.map((s) => this.client.query(
+      'INSERT INTO users (user_id, name) VALUES ($1, $2)', [this.key(s, 8), `block-${this.key(s, 8)}`])));
+    await this.client.query('COMMIT');
+    for (const s of this.setup.shards) await this.expectOnItsShard(this.key(s, 8), s, `block-${this.key(s, 8)}`);
+
     const ka2 = this.key(a, 4);
     await this.client.query('BEGIN');
     await this.client.query('INSERT INTO users (user_id, name) VALUES ($1, $2)', [ka2, 'doomed']);
