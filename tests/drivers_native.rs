@@ -5,6 +5,10 @@
 //! shard. A suite checks what it wrote through the proxy and on the shards directly and exits
 //! non-zero at its first failed check; this test then checks that every row sits on its key's shard.
 //! `scripts/install-deps.sh` installs the toolchains and drivers (Debian packages).
+//!
+//! Steps that pgshard refuses today are listed in each suite as known gaps and skipped, with the
+//! reason printed (`--no-capture` shows it); `PGSHARD_DRIVER_GAPS=run` runs them too, and the
+//! suite then fails while any of them still fails. `DRIVERS_ONLY=pgx,…` runs only those suites.
 
 mod common;
 

@@ -210,6 +210,9 @@ func (s *suite) batchOutsideTransaction() {
 	for _, shard := range s.setup.shards {
 		batch.Queue("SELECT name FROM users WHERE user_id = $1", s.key(shard, 3))
 	}
+	lo, hi := s.bounds()
+	batch.Queue("UPDATE users SET email = $1 WHERE user_id BETWEEN $2 AND $3 AND name LIKE $4",
+		"batch@example.org", lo, hi, "batch-%")
 	results := s.conn.SendBatch(s.ctx, batch)
 	for range s.setup.shards {
 		tag, err := results.Exec()
@@ -221,9 +224,16 @@ func (s *suite) batchOutsideTransaction() {
 		must(results.QueryRow().Scan(&name), "batched SELECT")
 		checkEqual(name, fmt.Sprintf("batch-%d", s.key(shard, 3)), "batched SELECT")
 	}
+	tag, err := results.Exec()
+	must(err, "batched keyless UPDATE")
+	checkEqual(tag.RowsAffected(), int64(len(s.setup.shards)), "rows of the batched keyless UPDATE")
 	must(results.Close(), "closing the batch")
 	for _, shard := range s.setup.shards {
 		s.expectOnItsShard(s.key(shard, 3), shard, fmt.Sprintf("batch-%d", s.key(shard, 3)))
+		var email string
+		must(s.direct[shard].QueryRow(s.ctx, "SELECT email FROM users WHERE user_id = $1", s.key(shard, 3)).Scan(&email),
+			"direct read of the updated row")
+		checkEqual(email, "batch@example.org", "email set by the batched keyless UPDATE")
 	}
 
 	failing := &pgx.Batch{}
@@ -308,6 +318,26 @@ func (s *suite) copyFrom() {
 	}
 	checkEqual(s.nameThroughProxy(s.key(s.setup.shards[1], 8)), fmt.Sprintf("copy-%d", s.key(s.setup.shards[1], 8)),
 		"read of a copied row")
+
+	// CopyFrom inside a block that is rolled back leaves nothing.
+	rows = nil
+	for _, shard := range s.setup.shards {
+		rows = append(rows, []interface{}{s.key(shard, 11), "copy rolled back"})
+	}
+	tx, err := s.conn.Begin(s.ctx)
+	must(err, "Begin")
+	copied, err = tx.CopyFrom(s.ctx, pgx.Identifier{"users"}, []string{"user_id", "name"}, pgx.CopyFromRows(rows))
+	must(err, "CopyFrom in a block")
+	checkEqual(copied, int64(len(rows)), "rows CopyFrom reports in a block")
+	var count int64
+	lo, hi := s.bounds()
+	must(tx.QueryRow(s.ctx, "SELECT count(*) FROM users WHERE user_id BETWEEN $1 AND $2 AND name = $3",
+		lo, hi, "copy rolled back").Scan(&count), "keyless count in the block")
+	checkEqual(count, int64(len(rows)), "the block sees its copied rows")
+	must(tx.Rollback(s.ctx), "Rollback")
+	for _, shard := range s.setup.shards {
+		s.expectAbsent(s.key(shard, 11))
+	}
 }
 
 // transactions: a block over two shards committed; a block with an error rolled back, the

@@ -30,7 +30,7 @@ public final class DriverCheck {
 
     /**
      * Steps pgshard refuses today, skipped (with the reason printed) until it serves them; they stay
-     * here so that PGSHARD_DRIVER_GAPS=run shows whether a change closed the gap. With autocommit
+     * here so that PGSHARD_DRIVER_GAPS=run shows which of them a change closed. With autocommit
      * off, pgjdbc sends its BEGIN in the same Sync as the transaction's first statement.
      */
     private static final Map<String, String> KNOWN_GAPS = Map.of(
@@ -39,7 +39,11 @@ public final class DriverCheck {
                     + " for executeBatch over several shards as a transaction's first statement",
             "keylessFirstInTransaction",
             "0A000 \"BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards\""
-                    + " for a keyless query as a transaction's first statement");
+                    + " for a keyless query as a transaction's first statement",
+            "keylessFetchSize",
+            "0A000 \"a statement without a shard key runs on every shard: inside a transaction block or before a"
+                    + " Flush, execute it without a row limit\" for a keyless executeQuery with setFetchSize in a"
+                    + " transaction");
 
     private final String proxyUrl;
     private final List<Integer> shards = new ArrayList<>();
@@ -325,6 +329,79 @@ public final class DriverCheck {
         }
     }
 
+    /** getGeneratedKeys: a batch over every shard, and one INSERT whose key pgshard generates. */
+    private void generatedKeys() throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER, Statement.RETURN_GENERATED_KEYS)) {
+            List<Long> want = new ArrayList<>();
+            for (int shard : shards) {
+                ps.setLong(1, key(shard, 11));
+                ps.setString(2, "genkeys-" + key(shard, 11));
+                ps.addBatch();
+                want.add(key(shard, 11));
+            }
+            ps.executeBatch();
+            List<Long> got = new ArrayList<>();
+            try (ResultSet rs = ps.getGeneratedKeys()) {
+                while (rs.next()) {
+                    got.add(rs.getLong("user_id"));
+                }
+            }
+            checkEqual(got, want, "generated keys of the batch, in batch order");
+            for (int shard : shards) {
+                expectOnItsShard(key(shard, 11), shard, "genkeys-" + key(shard, 11));
+            }
+        }
+        try (PreparedStatement ps = conn.prepareStatement("INSERT INTO users (name) VALUES (?)", new String[] {"user_id"})) {
+            ps.setString(1, "java-generated");
+            checkEqual(ps.executeUpdate(), 1, "rows of the INSERT without a key");
+            long generated;
+            try (ResultSet rs = ps.getGeneratedKeys()) {
+                check(rs.next(), "no generated key");
+                generated = rs.getLong(1);
+            }
+            checkEqual(nameThroughProxy(conn, generated), "java-generated", "read of the generated key");
+            checkEqual(where(generated).size(), 1, "shards holding the generated key " + generated);
+        }
+    }
+
+    /** With autocommit off, a keyless ordered read with setFetchSize (pgjdbc fetches 3 rows at a time). */
+    private void keylessFetchSize() throws SQLException {
+        long[] lohi = bounds();
+        List<Long> want = new ArrayList<>();
+        for (int shard : shards) {
+            try (PreparedStatement ps = direct.get(shard).prepareStatement(
+                    "SELECT user_id FROM users WHERE user_id BETWEEN ? AND ?")) {
+                ps.setLong(1, lohi[0]);
+                ps.setLong(2, lohi[1]);
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) {
+                        want.add(rs.getLong(1));
+                    }
+                }
+            }
+        }
+        Collections.sort(want);
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(
+                "SELECT user_id FROM users WHERE user_id BETWEEN ? AND ? ORDER BY user_id")) {
+            checkEqual(nameThroughProxy(conn, key(shards.get(0), 0)), "java-" + key(shards.get(0), 0),
+                    "first read of the transaction");
+            ps.setFetchSize(3);
+            ps.setLong(1, lohi[0]);
+            ps.setLong(2, lohi[1]);
+            List<Long> got = new ArrayList<>();
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    got.add(rs.getLong(1));
+                }
+            }
+            checkEqual(got, want, "keyless ordered read fetched 3 rows at a time");
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+    }
+
     /** Keyless aggregates with parameters over this suite's rows, compared with the shards' own. */
     private void keylessAggregate() throws SQLException {
         String sql = "SELECT count(*), sum(user_id), min(user_id), max(user_id) FROM users WHERE user_id BETWEEN ? AND ?";
@@ -384,9 +461,16 @@ public final class DriverCheck {
         steps.put("batchesInTransaction", suite::batchesInTransaction);
         steps.put("batchFirstInTransaction", suite::batchFirstInTransaction);
         steps.put("keylessFirstInTransaction", suite::keylessFirstInTransaction);
+        steps.put("generatedKeys", suite::generatedKeys);
         steps.put("keylessAggregate", suite::keylessAggregate);
+        steps.put("keylessFetchSize", suite::keylessFetchSize);
         boolean runGaps = "run".equals(System.getenv("PGSHARD_DRIVER_GAPS"));
+        List<String> openGaps = new ArrayList<>();
         for (Map.Entry<String, Step> step : steps.entrySet()) {
+            String only = System.getenv("PGSHARD_DRIVER_STEPS"); // e.g. "batches,transactions" while debugging
+            if (only != null && !Arrays.asList(only.split(",")).contains(step.getKey())) {
+                continue;
+            }
             String gap = KNOWN_GAPS.get(step.getKey());
             if (gap != null && !runGaps) {
                 System.out.println("skipped " + step.getKey() + ": pgshard gap: " + gap);
@@ -396,10 +480,22 @@ public final class DriverCheck {
                 step.getValue().run();
             } catch (CheckFailed | SQLException e) {
                 String state = e instanceof SQLException ? " (SQLSTATE " + ((SQLException) e).getSQLState() + ")" : "";
-                System.err.println("pgjdbc FAILED: " + step.getKey() + ": " + e.getMessage() + state);
-                System.exit(1);
+                String report = step.getKey() + ": " + e.getMessage() + state;
+                if (gap == null) {
+                    System.err.println("pgjdbc FAILED: " + report);
+                    System.exit(1);
+                }
+                // A known gap still open: go on with the other steps, fail at the end.
+                System.out.println("gap still open: " + report);
+                openGaps.add(step.getKey());
+                suite.conn.setAutoCommit(true);
+                continue;
             }
             System.out.println("ok " + step.getKey());
+        }
+        if (!openGaps.isEmpty()) {
+            System.err.println("pgjdbc FAILED: known gaps still open: " + openGaps);
+            System.exit(1);
         }
         suite.conn.close();
         for (Connection c : suite.direct.values()) {
