@@ -33,8 +33,9 @@ const PER_SHARD: usize = 12;
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// pgjdbc as Debian installs it.
 const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
-/// Where Debian installs Go library sources (GOPATH layout).
+/// Where Debian installs Go library sources (GOPATH layout), and pgx v4 in it.
 const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+const PGX: &str = "github.com/jackc/pgx/v4";
 
 /// One driver suite, built and ready to run: the program and its fixed arguments.
 struct Suite {
@@ -113,7 +114,7 @@ async fn node_suite() -> Result<Suite, String> {
 /// Go pgx v4: built in GOPATH mode against Debian's sources, offline.
 async fn go_suite(out: &Path) -> Result<Suite, String> {
     let go = require_tool("go", "golang-go")?;
-    let pgx = Path::new(DEBIAN_GOPATH).join("src/github.com/jackc/pgx/v4");
+    let pgx = Path::new(DEBIAN_GOPATH).join("src").join(PGX);
     if !pgx.is_dir() {
         return Err(format!(
             "pgx v4 is not installed ({} is missing; Debian: golang-github-jackc-pgx-v4-dev); run scripts/install-deps.sh",
@@ -213,6 +214,29 @@ fn setup_text(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_drivers_work_across_shards() {
+    // Fail fast, before any cluster starts, when a toolchain or driver is not installed.
+    for (tool, package) in [
+        ("node", "nodejs"),
+        ("go", "golang-go"),
+        ("javac", "default-jdk-headless"),
+        ("java", "default-jre-headless"),
+    ] {
+        if let Err(missing) = require_tool(tool, package) {
+            panic!("{missing}");
+        }
+    }
+    for (path, package) in [
+        (PGJDBC_JAR.to_string(), "libpostgresql-jdbc-java"),
+        (
+            format!("{DEBIAN_GOPATH}/src/{PGX}"),
+            "golang-github-jackc-pgx-v4-dev",
+        ),
+    ] {
+        assert!(
+            Path::new(&path).exists(),
+            "{path} is missing (Debian: {package}); run scripts/install-deps.sh"
+        );
+    }
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("drivers");
     std::fs::create_dir_all(&out).expect("create the build dir of the driver suites");
     let (node, go, java, cluster) = tokio::join!(
