@@ -1,9 +1,10 @@
 // Go pgx v4 (Debian's golang-github-jackc-pgx-v4-dev) against pgshard over several shards, with
 // the driver's defaults: statements are prepared and cached (Parse/Describe/Sync, then
 // Bind/Execute/Sync), batches are sent as one pipeline up to a single Sync, CopyFrom sends binary
-// COPY. Run by tests/drivers_native.rs: `pgx-check SETUP.properties`. Every check reads back through
-// the proxy and, where placement matters, on the shards directly; the first failed check exits
-// non-zero with its message. Success prints "pgx passed".
+// COPY; pgxpool runs queries from several goroutines. Run by tests/drivers_native.rs:
+// `pgx-check SETUP.properties`. Every check reads back through the proxy and, where placement
+// matters, on the shards directly; the first failed check exits non-zero with its message.
+// Success prints "pgx passed".
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 
 	"github.com/jackc/pgconn"
 	"github.com/jackc/pgx/v4"
+	"github.com/jackc/pgx/v4/pgxpool"
 )
 
 type setup struct {
@@ -381,6 +383,43 @@ func (s *suite) errorAndRecovery() {
 	s.expectOnItsShard(k, shard, fmt.Sprintf("go-%d", k))
 }
 
+// pooled: pgxpool with several connections, goroutines running keyed and keyless reads at once.
+func (s *suite) pooled() {
+	pool, err := pgxpool.Connect(s.ctx, s.setup.proxy+"&pool_max_conns=4")
+	must(err, "pgxpool.Connect")
+	defer pool.Close()
+	lo, hi := s.bounds()
+	var want int64
+	for _, shard := range s.setup.shards {
+		var n int64
+		must(s.direct[shard].QueryRow(s.ctx, "SELECT count(*) FROM users WHERE user_id BETWEEN $1 AND $2", lo, hi).Scan(&n),
+			"direct count")
+		want += n
+	}
+	errs := make(chan error, 2*len(s.setup.shards))
+	for _, shard := range s.setup.shards {
+		go func(key int64) {
+			var name string
+			err := pool.QueryRow(s.ctx, "SELECT name FROM users WHERE user_id = $1", key).Scan(&name)
+			if err == nil && name != fmt.Sprintf("go-%d", key) {
+				err = fmt.Errorf("pooled keyed read of %d: got %q", key, name)
+			}
+			errs <- err
+		}(s.key(shard, 0))
+		go func() {
+			var n int64
+			err := pool.QueryRow(s.ctx, "SELECT count(*) FROM users WHERE user_id BETWEEN $1 AND $2", lo, hi).Scan(&n)
+			if err == nil && n != want {
+				err = fmt.Errorf("pooled keyless count: got %d, want %d", n, want)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 2*len(s.setup.shards); i++ {
+		must(<-errs, "pooled query")
+	}
+}
+
 func main() {
 	ctx := context.Background()
 	st := readSetup(os.Args[1])
@@ -406,6 +445,7 @@ func main() {
 		{"copyFrom", s.copyFrom},
 		{"transactions", s.transactions},
 		{"errorAndRecovery", s.errorAndRecovery},
+		{"pooled", s.pooled},
 	}
 	for _, st := range steps {
 		step = st.name
