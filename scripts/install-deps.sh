@@ -69,6 +69,45 @@ if command -v locale >/dev/null 2>&1 && ! locale -a 2>/dev/null | grep -qiE '^en
     $sudo_cmd localedef -i en_US -f UTF-8 en_US.UTF-8
 fi
 
+# tests/drivers_native.rs: Go with pgx v4, pgjdbc with a JDK, and node-postgres, all from Debian.
+driver_pkgs=()
+command -v go >/dev/null 2>&1 || driver_pkgs+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/jackc/pgx/v4 ] || driver_pkgs+=(golang-github-jackc-pgx-v4-dev)
+[ -f /usr/share/java/postgresql.jar ] || driver_pkgs+=(libpostgresql-jdbc-java)
+command -v javac >/dev/null 2>&1 || driver_pkgs+=(default-jdk-headless)
+command -v node >/dev/null 2>&1 || driver_pkgs+=(nodejs)
+if [ ${#driver_pkgs[@]} -gt 0 ]; then
+    echo "pgshard: installing the driver suites' packages: ${driver_pkgs[*]}"
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "pgshard: no apt-get here; install these yourself: ${driver_pkgs[*]}" >&2
+        exit 1
+    fi
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${driver_pkgs[@]}" >/dev/null
+fi
+# node-postgres: Debian's node-pg depends on Debian's nodejs, which clashes with a nodejs from another
+# source, so its files (and the two modules pg needs at run time: split2 for pgpass, xtend for
+# postgres-interval) are unpacked under target/, where the test looks for them (NODE_PATH).
+node_pg_dir="$(cd "$(dirname "$0")/.." && pwd)/target/debian-node-pg"
+if ! NODE_PATH="$node_pg_dir/usr/share/nodejs" node -e "require('pg')" >/dev/null 2>&1; then
+    echo "pgshard: unpacking Debian's node-pg, node-split2 and node-xtend into $node_pg_dir"
+    download_dir=$(mktemp -d)
+    chmod 777 "$download_dir"  # apt-get download writes as the _apt user
+    if ! (cd "$download_dir" && apt-get download node-pg node-split2 node-xtend >/dev/null 2>&1); then
+        sudo_cmd=""
+        if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+        $sudo_cmd apt-get update -qq
+        (cd "$download_dir" && apt-get download node-pg node-split2 node-xtend >/dev/null)
+    fi
+    rm -rf "$node_pg_dir"
+    mkdir -p "$node_pg_dir"
+    for deb in "$download_dir"/*.deb; do dpkg -x "$deb" "$node_pg_dir"; done
+    rm -rf "$download_dir"
+    NODE_PATH="$node_pg_dir/usr/share/nodejs" node -e "require('pg')"
+fi
+
 if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
     echo "pgshard: installing the Python driver psycopg (for the cross-language driver test)"
     python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]'

@@ -1,0 +1,506 @@
+// pgjdbc (Debian's libpostgresql-jdbc-java) against pgshard over several shards, with the driver's
+// defaults: a PreparedStatement switches to a named server-side statement after prepareThreshold (5)
+// executions, executeBatch sends the whole batch before one Sync, and reWriteBatchedInserts=true
+// turns a batch into multi-row INSERTs. Run by tests/drivers_native.rs:
+// `java -cp CLASSES:postgresql.jar DriverCheck SETUP.properties`. Every check reads back through the
+// proxy and, where placement matters, on the shards directly; the first failed check exits non-zero
+// with its message. Success prints "pgjdbc passed".
+
+import java.io.FileReader;
+import java.io.IOException;
+import java.net.URI;
+import java.sql.BatchUpdateException;
+import java.sql.Connection;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.List;
+import java.util.Map;
+import java.util.Objects;
+import java.util.Properties;
+import java.util.TreeMap;
+
+public final class DriverCheck {
+    private static final String INSERT_USER = "INSERT INTO users (user_id, name) VALUES (?, ?)";
+
+    /**
+     * Steps pgshard refuses today, skipped (with the reason printed) until it serves them; they stay
+     * here so that PGSHARD_DRIVER_GAPS=run shows which of them a change closed. With autocommit
+     * off, pgjdbc sends its BEGIN in the same Sync as the transaction's first statement.
+     */
+    private static final Map<String, String> KNOWN_GAPS = Map.of(
+            "batchFirstInTransaction",
+            "0A000 \"BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards\""
+                    + " for executeBatch over several shards as a transaction's first statement",
+            "keylessFirstInTransaction",
+            "0A000 \"BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards\""
+                    + " for a keyless query as a transaction's first statement",
+            "keylessFetchSize",
+            "0A000 \"a statement without a shard key runs on every shard: inside a transaction block or before a"
+                    + " Flush, execute it without a row limit\" for a keyless executeQuery with setFetchSize in a"
+                    + " transaction");
+
+    private final String proxyUrl;
+    private final List<Integer> shards = new ArrayList<>();
+    private final Map<Integer, long[]> keys = new TreeMap<>();
+    private final Map<Integer, Connection> direct = new TreeMap<>();
+    private Connection conn;
+
+    /** A check that failed: its message is the report. */
+    private static final class CheckFailed extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+
+        CheckFailed(String message) {
+            super(message);
+        }
+    }
+
+    private DriverCheck(Properties props) throws SQLException {
+        proxyUrl = jdbcUrl(props.getProperty("proxy"));
+        for (String id : props.getProperty("shards").split(",")) {
+            int shard = Integer.parseInt(id);
+            shards.add(shard);
+            keys.put(shard, Arrays.stream(props.getProperty("shard." + id + ".keys").split(","))
+                    .mapToLong(Long::parseLong).toArray());
+            direct.put(shard, DriverManager.getConnection(jdbcUrl(props.getProperty("shard." + id + ".url"))));
+        }
+    }
+
+    /** `postgres://user:password@host:port/db?…` as a pgjdbc URL. */
+    private static String jdbcUrl(String url) {
+        URI uri = URI.create(url);
+        String[] userInfo = uri.getUserInfo().split(":", 2);
+        return "jdbc:postgresql://" + uri.getHost() + ":" + uri.getPort() + uri.getPath()
+                + "?user=" + userInfo[0] + "&password=" + userInfo[1] + "&sslmode=disable";
+    }
+
+    private static void check(boolean ok, String message) {
+        if (!ok) {
+            throw new CheckFailed(message);
+        }
+    }
+
+    private static void checkEqual(Object got, Object want, String what) {
+        check(Objects.equals(got, want), what + ": got " + got + ", want " + want);
+    }
+
+    private static void expectState(SQLException e, String state, String what) {
+        check(state.equals(e.getSQLState()),
+                what + ": got SQLSTATE " + e.getSQLState() + " (" + e.getMessage() + "), want " + state);
+    }
+
+    private long key(int shard, int n) {
+        return keys.get(shard)[n];
+    }
+
+    private long[] bounds() {
+        long lo = Long.MAX_VALUE;
+        long hi = Long.MIN_VALUE;
+        for (long[] list : keys.values()) {
+            for (long k : list) {
+                lo = Math.min(lo, k);
+                hi = Math.max(hi, k);
+            }
+        }
+        return new long[] {lo, hi};
+    }
+
+    /** {shard: name} for every shard holding key, read directly. */
+    private Map<Integer, String> where(long key) throws SQLException {
+        Map<Integer, String> found = new TreeMap<>();
+        for (int shard : shards) {
+            try (PreparedStatement ps = direct.get(shard).prepareStatement("SELECT name FROM users WHERE user_id = ?")) {
+                ps.setLong(1, key);
+                try (ResultSet rs = ps.executeQuery()) {
+                    if (rs.next()) {
+                        found.put(shard, rs.getString(1));
+                    }
+                }
+            }
+        }
+        return found;
+    }
+
+    private void expectOnItsShard(long key, int shard, String name) throws SQLException {
+        checkEqual(where(key), Collections.singletonMap(shard, name), "shards holding key " + key);
+    }
+
+    private void expectAbsent(long key) throws SQLException {
+        checkEqual(where(key), Collections.emptyMap(), "shards holding key " + key);
+    }
+
+    private String nameThroughProxy(Connection c, long key) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement("SELECT name FROM users WHERE user_id = ?")) {
+            ps.setLong(1, key);
+            try (ResultSet rs = ps.executeQuery()) {
+                return rs.next() ? rs.getString(1) : null;
+            }
+        }
+    }
+
+    /** One INSERT and one SELECT PreparedStatement, each run for two keys on every shard (20 runs). */
+    private void preparedStatementsReused() throws SQLException {
+        try (PreparedStatement insert = conn.prepareStatement(INSERT_USER)) {
+            for (int n = 0; n < 2; n++) {
+                for (int shard : shards) {
+                    insert.setLong(1, key(shard, n));
+                    insert.setString(2, "java-" + key(shard, n));
+                    checkEqual(insert.executeUpdate(), 1, "rows of the prepared INSERT");
+                }
+            }
+        }
+        try (PreparedStatement select = conn.prepareStatement("SELECT name FROM users WHERE user_id = ?")) {
+            for (int n = 0; n < 2; n++) {
+                for (int shard : shards) {
+                    select.setLong(1, key(shard, n));
+                    try (ResultSet rs = select.executeQuery()) {
+                        check(rs.next(), "prepared SELECT of " + key(shard, n) + " found no row");
+                        checkEqual(rs.getString(1), "java-" + key(shard, n), "prepared SELECT");
+                    }
+                }
+            }
+        }
+        for (int shard : shards) {
+            expectOnItsShard(key(shard, 1), shard, "java-" + key(shard, 1));
+        }
+    }
+
+    /** executeBatch of inserts over every shard, with and without reWriteBatchedInserts. */
+    private void batches() throws SQLException {
+        for (boolean rewrite : new boolean[] {false, true}) {
+            int n = rewrite ? 3 : 2;
+            String tag = rewrite ? "rewritten-" : "batch-";
+            try (Connection c = DriverManager.getConnection(proxyUrl + "&reWriteBatchedInserts=" + rewrite);
+                    PreparedStatement ps = c.prepareStatement(INSERT_USER)) {
+                for (int shard : shards) {
+                    ps.setLong(1, key(shard, n));
+                    ps.setString(2, tag + key(shard, n));
+                    ps.addBatch();
+                }
+                int[] counts = ps.executeBatch();
+                checkEqual(counts.length, shards.size(), "update counts of the batch");
+                for (int count : counts) {
+                    check(count == 1 || (rewrite && count == Statement.SUCCESS_NO_INFO),
+                            "update counts of the batch: " + Arrays.toString(counts));
+                }
+                for (int shard : shards) {
+                    checkEqual(nameThroughProxy(c, key(shard, n)), tag + key(shard, n), "read of a batched row");
+                    expectOnItsShard(key(shard, n), shard, tag + key(shard, n));
+                }
+                // A batch ending in a duplicate key is one implicit transaction: nothing stays.
+                for (int shard : shards) {
+                    ps.setLong(1, key(shard, n + 2));
+                    ps.setString(2, "rolled back");
+                    ps.addBatch();
+                }
+                ps.setLong(1, key(shards.get(0), n));
+                ps.setString(2, "duplicate");
+                ps.addBatch();
+                try {
+                    ps.executeBatch();
+                    throw new CheckFailed("a batch with a duplicate key succeeded");
+                } catch (BatchUpdateException e) {
+                    SQLException cause = e.getNextException() != null ? e.getNextException() : e;
+                    expectState(cause, "23505", "batch with a duplicate key (rewrite=" + rewrite + ")");
+                }
+                for (int shard : shards) {
+                    expectAbsent(key(shard, n + 2));
+                }
+                checkEqual(nameThroughProxy(c, key(shards.get(0), n)), tag + key(shards.get(0), n),
+                        "read after the failed batch");
+            }
+        }
+    }
+
+    /** Autocommit off: a transaction over two shards committed, then one rolled back after an error. */
+    private void transactions() throws SQLException {
+        int a = shards.get(0);
+        int b = shards.get(1);
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            ps.setLong(1, key(a, 6));
+            ps.setString(2, "tx-a");
+            ps.executeUpdate();
+            ps.setLong(1, key(b, 6));
+            ps.setString(2, "tx-b");
+            ps.executeUpdate();
+            checkEqual(nameThroughProxy(conn, key(b, 6)), "tx-b", "read of own write in the transaction");
+            conn.commit();
+            expectOnItsShard(key(a, 6), a, "tx-a");
+            expectOnItsShard(key(b, 6), b, "tx-b");
+
+            ps.setLong(1, key(a, 7));
+            ps.setString(2, "doomed");
+            ps.executeUpdate();
+            try {
+                ps.setLong(1, key(b, 6));
+                ps.setString(2, "duplicate");
+                ps.executeUpdate();
+                throw new CheckFailed("a duplicate key was inserted");
+            } catch (SQLException e) {
+                expectState(e, "23505", "duplicate key in the transaction");
+            }
+            conn.rollback();
+        }
+        expectAbsent(key(a, 7));
+        checkEqual(nameThroughProxy(conn, key(a, 6)), "tx-a", "read after the rollback");
+        conn.commit();
+        conn.setAutoCommit(true);
+    }
+
+    /**
+     * executeBatch over every shard with autocommit off, committed and then rolled back. Each
+     * transaction starts with a keyed read, so pgjdbc's implicit BEGIN goes out with that read.
+     */
+    private void batchesInTransaction() throws SQLException {
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            for (boolean commit : new boolean[] {true, false}) {
+                int n = commit ? 8 : 9;
+                checkEqual(nameThroughProxy(conn, key(shards.get(0), 0)), "java-" + key(shards.get(0), 0),
+                        "first read of the transaction");
+                for (int shard : shards) {
+                    ps.setLong(1, key(shard, n));
+                    ps.setString(2, "txbatch-" + key(shard, n));
+                    ps.addBatch();
+                }
+                checkEqual(ps.executeBatch().length, shards.size(), "update counts of the batch");
+                for (int shard : shards) {
+                    checkEqual(nameThroughProxy(conn, key(shard, n)), "txbatch-" + key(shard, n),
+                            "read of own batched write in the transaction");
+                }
+                if (commit) {
+                    conn.commit();
+                } else {
+                    conn.rollback();
+                }
+                for (int shard : shards) {
+                    if (commit) {
+                        expectOnItsShard(key(shard, n), shard, "txbatch-" + key(shard, n));
+                    } else {
+                        expectAbsent(key(shard, n));
+                    }
+                }
+            }
+        } finally {
+            conn.setAutoCommit(true);
+        }
+    }
+
+    /** With autocommit off, a batch over every shard as the transaction's first statement. */
+    private void batchFirstInTransaction() throws SQLException {
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            for (int shard : shards) {
+                ps.setLong(1, key(shard, 10));
+                ps.setString(2, "first-" + key(shard, 10));
+                ps.addBatch();
+            }
+            checkEqual(ps.executeBatch().length, shards.size(), "update counts of the batch");
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+        for (int shard : shards) {
+            expectOnItsShard(key(shard, 10), shard, "first-" + key(shard, 10));
+        }
+    }
+
+    /** With autocommit off, a keyless read as the transaction's first statement. */
+    private void keylessFirstInTransaction() throws SQLException {
+        long[] lohi = bounds();
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(
+                "SELECT count(*) FROM users WHERE user_id BETWEEN ? AND ? AND name LIKE 'java-%'")) {
+            ps.setLong(1, lohi[0]);
+            ps.setLong(2, lohi[1]);
+            try (ResultSet rs = ps.executeQuery()) {
+                check(rs.next(), "keyless count returned no row");
+                checkEqual(rs.getLong(1), 2L * shards.size(), "keyless count");
+            }
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+    }
+
+    /** getGeneratedKeys: a batch over every shard, and one INSERT whose key pgshard generates. */
+    private void generatedKeys() throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER, Statement.RETURN_GENERATED_KEYS)) {
+            List<Long> want = new ArrayList<>();
+            for (int shard : shards) {
+                ps.setLong(1, key(shard, 11));
+                ps.setString(2, "genkeys-" + key(shard, 11));
+                ps.addBatch();
+                want.add(key(shard, 11));
+            }
+            ps.executeBatch();
+            List<Long> got = new ArrayList<>();
+            try (ResultSet rs = ps.getGeneratedKeys()) {
+                while (rs.next()) {
+                    got.add(rs.getLong("user_id"));
+                }
+            }
+            checkEqual(got, want, "generated keys of the batch, in batch order");
+            for (int shard : shards) {
+                expectOnItsShard(key(shard, 11), shard, "genkeys-" + key(shard, 11));
+            }
+        }
+        try (PreparedStatement ps = conn.prepareStatement("INSERT INTO users (name) VALUES (?)", new String[] {"user_id"})) {
+            ps.setString(1, "java-generated");
+            checkEqual(ps.executeUpdate(), 1, "rows of the INSERT without a key");
+            long generated;
+            try (ResultSet rs = ps.getGeneratedKeys()) {
+                check(rs.next(), "no generated key");
+                generated = rs.getLong(1);
+            }
+            checkEqual(nameThroughProxy(conn, generated), "java-generated", "read of the generated key");
+            checkEqual(where(generated).size(), 1, "shards holding the generated key " + generated);
+        }
+    }
+
+    /** With autocommit off, a keyless ordered read with setFetchSize (pgjdbc fetches 3 rows at a time). */
+    private void keylessFetchSize() throws SQLException {
+        long[] lohi = bounds();
+        List<Long> want = new ArrayList<>();
+        for (int shard : shards) {
+            try (PreparedStatement ps = direct.get(shard).prepareStatement(
+                    "SELECT user_id FROM users WHERE user_id BETWEEN ? AND ?")) {
+                ps.setLong(1, lohi[0]);
+                ps.setLong(2, lohi[1]);
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) {
+                        want.add(rs.getLong(1));
+                    }
+                }
+            }
+        }
+        Collections.sort(want);
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(
+                "SELECT user_id FROM users WHERE user_id BETWEEN ? AND ? ORDER BY user_id")) {
+            checkEqual(nameThroughProxy(conn, key(shards.get(0), 0)), "java-" + key(shards.get(0), 0),
+                    "first read of the transaction");
+            ps.setFetchSize(3);
+            ps.setLong(1, lohi[0]);
+            ps.setLong(2, lohi[1]);
+            List<Long> got = new ArrayList<>();
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    got.add(rs.getLong(1));
+                }
+            }
+            checkEqual(got, want, "keyless ordered read fetched 3 rows at a time");
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+    }
+
+    /** Keyless aggregates with parameters over this suite's rows, compared with the shards' own. */
+    private void keylessAggregate() throws SQLException {
+        String sql = "SELECT count(*), sum(user_id), min(user_id), max(user_id) FROM users WHERE user_id BETWEEN ? AND ?";
+        long[] lohi = bounds();
+        long count = 0;
+        long sum = 0;
+        long min = Long.MAX_VALUE;
+        long max = Long.MIN_VALUE;
+        for (int shard : shards) {
+            try (PreparedStatement ps = direct.get(shard).prepareStatement(sql)) {
+                ps.setLong(1, lohi[0]);
+                ps.setLong(2, lohi[1]);
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    if (rs.getLong(1) > 0) {
+                        count += rs.getLong(1);
+                        sum += rs.getLong(2);
+                        min = Math.min(min, rs.getLong(3));
+                        max = Math.max(max, rs.getLong(4));
+                    }
+                }
+            }
+        }
+        check(count > shards.size(), "the suite wrote rows on every shard before the aggregate");
+        // Seven runs of one PreparedStatement: from the fifth on, pgjdbc uses a named server statement.
+        try (PreparedStatement ps = conn.prepareStatement(sql)) {
+            for (int round = 0; round < 7; round++) {
+                ps.setLong(1, lohi[0]);
+                ps.setLong(2, lohi[1]);
+                try (ResultSet rs = ps.executeQuery()) {
+                    check(rs.next(), "keyless aggregate returned no row");
+                    String what = "keyless aggregate, run " + (round + 1) + ": ";
+                    checkEqual(rs.getLong(1), count, what + "count");
+                    checkEqual(rs.getLong(2), sum, what + "sum");
+                    checkEqual(rs.getLong(3), min, what + "min");
+                    checkEqual(rs.getLong(4), max, what + "max");
+                }
+            }
+        }
+    }
+
+    private interface Step {
+        void run() throws SQLException;
+    }
+
+    public static void main(String[] args) throws IOException, SQLException {
+        Properties props = new Properties();
+        try (FileReader reader = new FileReader(args[0])) {
+            props.load(reader);
+        }
+        DriverCheck suite = new DriverCheck(props);
+        suite.conn = DriverManager.getConnection(suite.proxyUrl);
+        Map<String, Step> steps = new java.util.LinkedHashMap<>();
+        steps.put("preparedStatementsReused", suite::preparedStatementsReused);
+        steps.put("batches", suite::batches);
+        steps.put("transactions", suite::transactions);
+        steps.put("batchesInTransaction", suite::batchesInTransaction);
+        steps.put("batchFirstInTransaction", suite::batchFirstInTransaction);
+        steps.put("keylessFirstInTransaction", suite::keylessFirstInTransaction);
+        steps.put("generatedKeys", suite::generatedKeys);
+        steps.put("keylessAggregate", suite::keylessAggregate);
+        steps.put("keylessFetchSize", suite::keylessFetchSize);
+        boolean runGaps = "run".equals(System.getenv("PGSHARD_DRIVER_GAPS"));
+        List<String> openGaps = new ArrayList<>();
+        for (Map.Entry<String, Step> step : steps.entrySet()) {
+            String only = System.getenv("PGSHARD_DRIVER_STEPS"); // e.g. "batches,transactions" while debugging
+            if (only != null && !Arrays.asList(only.split(",")).contains(step.getKey())) {
+                continue;
+            }
+            String gap = KNOWN_GAPS.get(step.getKey());
+            if (gap != null && !runGaps) {
+                System.out.println("skipped " + step.getKey() + ": pgshard gap: " + gap);
+                continue;
+            }
+            try {
+                step.getValue().run();
+            } catch (CheckFailed | SQLException e) {
+                String state = e instanceof SQLException ? " (SQLSTATE " + ((SQLException) e).getSQLState() + ")" : "";
+                String report = step.getKey() + ": " + e.getMessage() + state;
+                if (gap == null) {
+                    System.err.println("pgjdbc FAILED: " + report);
+                    System.exit(1);
+                }
+                // A known gap still open: go on with the other steps, fail at the end.
+                System.out.println("gap still open: " + report);
+                openGaps.add(step.getKey());
+                suite.conn.setAutoCommit(true);
+                continue;
+            }
+            System.out.println("ok " + step.getKey());
+        }
+        if (!openGaps.isEmpty()) {
+            System.err.println("pgjdbc FAILED: known gaps still open: " + openGaps);
+            System.exit(1);
+        }
+        suite.conn.close();
+        for (Connection c : suite.direct.values()) {
+            c.close();
+        }
+        System.out.println("pgjdbc " + org.postgresql.util.DriverInfo.DRIVER_VERSION + " passed");
+    }
+}
