@@ -113,12 +113,7 @@ if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]'
 fi
 if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
-    echo "pgshard: installing the Python driver asyncpg (for the driver tests)"
-    python3 -m pip install --quiet --disable-pip-version-check asyncpg
-fi
-
-if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
-    echo "pgshard: installing the Python driver asyncpg (for tests/drivers_python.rs)"
+    echo "pgshard: installing the Python driver asyncpg (tests/drivers_python.rs, tests/txn_errors.rs)"
     python3 -m pip install --quiet --disable-pip-version-check asyncpg
 fi
 
