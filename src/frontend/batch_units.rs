@@ -55,6 +55,17 @@ pub fn needs_units(routes: &[Route], executes: usize, row_limit: bool) -> bool {
     singles.len() > 1
 }
 
+/// True when a batch ended by Flush, not Sync, executes a statement that runs on several shards
+/// (node-postgres sends Flush before every Sync): its implicit transaction stays open until the
+/// Sync, which the unit-by-unit path keeps across shards.
+pub fn several_shards_before_sync(routes: &[Route], executes: usize, sync: bool) -> bool {
+    !sync
+        && executes > 0
+        && routes
+            .iter()
+            .any(|r| matches!(r, Route::Scatter(_) | Route::Broadcast(_)))
+}
+
 /// True when a batch (its routes other than `Route::Any`) needs more than `shard`, the shard a
 /// Flush left an implicit transaction open on.
 pub fn leaves_shard(routes: &[Route], shard: u32) -> bool {
@@ -64,6 +75,26 @@ pub fn leaves_shard(routes: &[Route], shard: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scatter_under_flush_runs_unit_by_unit() {
+        let scatter = Route::Scatter(vec![0, 1]);
+        let cases = [
+            (vec![scatter.clone()], 1, false, true),
+            (vec![scatter.clone()], 1, true, false),
+            (vec![Route::Broadcast(vec![0, 1])], 1, false, true),
+            (vec![Route::Single(3)], 1, false, false),
+            // Parse/Describe only: nothing runs yet.
+            (vec![scatter], 0, false, false),
+        ];
+        for (routes, executes, sync, want) in cases {
+            assert_eq!(
+                several_shards_before_sync(&routes, executes, sync),
+                want,
+                "{routes:?} {executes} {sync}"
+            );
+        }
+    }
     use crate::router::split_insert::ShardRows;
 
     #[test]

@@ -243,6 +243,7 @@ impl Session {
         let pipeline_open = self.txn.as_ref().is_some_and(|t| t.implicit);
         if pipeline_open
             || super::batch_units::needs_units(&needed, executes, partial_fetch)
+            || super::batch_units::several_shards_before_sync(&needed, executes, sync)
             || self
                 .open_batch_shard
                 .is_some_and(|b| super::batch_units::leaves_shard(&needed, b))

@@ -10,13 +10,8 @@ const fs = require('fs');
 const pg = require('pg');
 
 // Steps pgshard refuses today, skipped (with the reason printed) until it serves them; they stay
-// here so that PGSHARD_DRIVER_GAPS=run shows which of them a change closed. node-pg ends every
-// extended-protocol call with Flush then Sync, and pgshard runs the batch at the Flush, where it
-// refuses a statement that needs every shard.
-const KNOWN_GAPS = {
-  keylessWithValues: '0A000 "a statement without a shard key runs on every shard; send it with one Execute '
-    + '(no row limit) followed by Sync" for client.query(text, values) of a keyless statement',
-};
+// here so that PGSHARD_DRIVER_GAPS=run shows which of them a change closed. None is open now.
+const KNOWN_GAPS = {};
 
 function readSetup(path) {
   const props = {};
