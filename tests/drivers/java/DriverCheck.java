@@ -30,16 +30,9 @@ public final class DriverCheck {
 
     /**
      * Steps pgshard refuses today, skipped (with the reason printed) until it serves them; they stay
-     * here so that PGSHARD_DRIVER_GAPS=run shows which of them a change closed. With autocommit
-     * off, pgjdbc sends its BEGIN in the same Sync as the transaction's first statement.
+     * here so that PGSHARD_DRIVER_GAPS=run shows which of them a change closed.
      */
     private static final Map<String, String> KNOWN_GAPS = Map.of(
-            "batchFirstInTransaction",
-            "0A000 \"BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards\""
-                    + " for executeBatch over several shards as a transaction's first statement",
-            "keylessFirstInTransaction",
-            "0A000 \"BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards\""
-                    + " for a keyless query as a transaction's first statement",
             "keylessFetchSize",
             "0A000 \"a statement without a shard key runs on every shard: inside a transaction block or before a"
                     + " Flush, execute it without a row limit\" for a keyless executeQuery with setFetchSize in a"
