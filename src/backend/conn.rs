@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::tls::{ServerTls, StartTlsError};
-use crate::config::{ServerAuthConfig, ShardConfig};
+use crate::config::ShardConfig;
 use crate::socket::Socket;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::{split_frame, Frame, PROTOCOL_V3};
@@ -93,13 +93,14 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Connects to server `server` of `shard` at `addr` (over TLS when `tls` says so), logs in
-    /// and reads the server's start-up messages up to the first ReadyForQuery.
+    /// Connects to server `server` of `shard` at `addr` (over TLS when `tls` says so), logs in as
+    /// `login` (role and password) and reads the server's start-up messages up to the first
+    /// ReadyForQuery.
     pub async fn connect(
         shard: &ShardConfig,
         server: u16,
         addr: String,
-        auth: &ServerAuthConfig,
+        login: (&str, Option<&str>),
         tls: &ServerTls,
         timeout: Duration,
     ) -> Result<ServerConn, BackendError> {
@@ -153,9 +154,8 @@ impl ServerConn {
             status: TxStatus::Idle,
             synced: false,
         };
-        let user = shard.login_user(auth).to_string();
-        let password = shard.login_password(auth).map(str::to_string);
-        let login = conn.login(&user, &shard.database, password.as_deref());
+        let (user, password) = login;
+        let login = conn.login(user, &shard.database, password);
         match tokio::time::timeout(timeout, login).await {
             Err(_) => Err(BackendError::ConnectTimeout {
                 shard: shard.id,

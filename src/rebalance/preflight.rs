@@ -208,7 +208,9 @@ async fn prepare_destination(
 }
 
 /// `pg_dump --schema-only` of some tables of a shard (with their indexes, constraints and owned
-/// sequences), without psql meta-commands.
+/// sequences), without psql meta-commands. Owners and grants come along: on the destination the
+/// tables belong to the same roles (the application's, not the control plane's) and grant the
+/// same rights.
 async fn dump_schema(
     config: &Config,
     shard: u32,
@@ -221,8 +223,6 @@ async fn dump_schema(
     let mut cmd = tokio::process::Command::new(bins.program("pg_dump"));
     cmd.args([
         "--schema-only",
-        "--no-owner",
-        "--no-privileges",
         "--no-publications",
         "--no-subscriptions",
     ])
