@@ -125,7 +125,10 @@ async fn logins_are_hardened_and_secrets_stay_out_of_the_log() {
         &[
             ("PGSHARD_TEST_ENV_PASSWORD", ENV_PASSWORD),
             ("PGSHARD_TEST_SERVER_PASSWORD", &server_password),
-            ("PGSHARD_TEST_CONTROL_PASSWORD", pgshard::cluster::ADMIN_PASSWORD),
+            (
+                "PGSHARD_TEST_CONTROL_PASSWORD",
+                pgshard::cluster::ADMIN_PASSWORD,
+            ),
         ],
     )
     .await;

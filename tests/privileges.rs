@@ -29,7 +29,12 @@ async fn client_as(port: u16, user: &str, application_name: &str) -> tokio_postg
 }
 
 /// A direct connection to shard `id` as `user` (password = name).
-async fn direct_as(cluster: &TestCluster, id: u32, user: &str, app: &str) -> tokio_postgres::Client {
+async fn direct_as(
+    cluster: &TestCluster,
+    id: u32,
+    user: &str,
+    app: &str,
+) -> tokio_postgres::Client {
     let port = cluster.info.shards()[id as usize].port;
     let url = format!(
         "postgres://{user}:{user}@127.0.0.1:{port}/app?sslmode=disable&application_name={app}"
@@ -40,7 +45,10 @@ async fn direct_as(cluster: &TestCluster, id: u32, user: &str, app: &str) -> tok
 }
 
 /// The SQLSTATE and message of a failed statement.
-fn failure(r: Result<impl std::fmt::Debug, tokio_postgres::Error>, what: &str) -> (SqlState, String) {
+fn failure(
+    r: Result<impl std::fmt::Debug, tokio_postgres::Error>,
+    what: &str,
+) -> (SqlState, String) {
     let e = r.expect_err(what);
     let db = e
         .as_db_error()
@@ -117,7 +125,10 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
                 .unwrap();
             let (current, session, superuser): (String, String, bool) =
                 (row.get(0), row.get(1), row.get(2));
-            assert_eq!((current.as_str(), session.as_str(), superuser), (role, role, false));
+            assert_eq!(
+                (current.as_str(), session.as_str(), superuser),
+                (role, role, false)
+            );
         }
     }
 
@@ -162,7 +173,10 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
     assert_eq!(total, 20);
     refused_42501(
         reporting
-            .execute("INSERT INTO users (user_id, name) VALUES ($1, 'no')", &[&99i64])
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, 'no')",
+                &[&99i64],
+            )
             .await,
         "reporting inserts",
     );
@@ -171,7 +185,9 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
         "reporting deletes everything",
     );
     refused_42501(
-        reporting.simple_query("UPDATE users SET name = 'x' WHERE user_id = 1").await,
+        reporting
+            .simple_query("UPDATE users SET name = 'x' WHERE user_id = 1")
+            .await,
         "reporting updates",
     );
     assert_eq!(proxy::count_users_directly(info).await, 20);
@@ -202,7 +218,8 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
     let program = format!("COPY (SELECT 1) TO PROGRAM 'touch {}'", escaped.display());
     refused_42501(app.simple_query(&program).await, "COPY … TO PROGRAM");
     refused_42501(
-        app.batch_execute("COPY users TO PROGRAM 'cat > /dev/null'").await,
+        app.batch_execute("COPY users TO PROGRAM 'cat > /dev/null'")
+            .await,
         "COPY users TO PROGRAM",
     );
     assert!(!escaped.exists(), "a program ran on a shard's host");
@@ -227,11 +244,18 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
     assert_eq!(code, SqlState::FEATURE_NOT_SUPPORTED, "{message}");
     assert!(message.contains("FROM STDIN"), "{message}");
     refused_42501(
-        app.batch_execute("ALTER SYSTEM SET work_mem = '64MB'").await,
+        app.batch_execute("ALTER SYSTEM SET work_mem = '64MB'")
+            .await,
         "ALTER SYSTEM",
     );
-    refused_42501(app.batch_execute("CREATE ROLE intruder SUPERUSER").await, "CREATE ROLE");
-    refused_42501(app.batch_execute("CREATE ROLE intruder").await, "CREATE ROLE");
+    refused_42501(
+        app.batch_execute("CREATE ROLE intruder SUPERUSER").await,
+        "CREATE ROLE",
+    );
+    refused_42501(
+        app.batch_execute("CREATE ROLE intruder").await,
+        "CREATE ROLE",
+    );
     refused_42501(
         app.execute("UPDATE pgshard_meta.identity SET shard_id = $1", &[&7i32])
             .await,
@@ -304,11 +328,8 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
             "{what}"
         );
     }
-    let identities = on_every_shard(
-        &cluster,
-        "SELECT shard_id::text FROM pgshard_meta.identity",
-    )
-    .await;
+    let identities =
+        on_every_shard(&cluster, "SELECT shard_id::text FROM pgshard_meta.identity").await;
     assert_eq!(identities, ["0", "1"]);
 
     // Row-level security keyed on current_user: through the proxy as directly.
@@ -393,7 +414,10 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(who, "app", "a pooled connection kept another session's SET ROLE");
+            assert_eq!(
+                who, "app",
+                "a pooled connection kept another session's SET ROLE"
+            );
         }
     }
 }
@@ -503,7 +527,9 @@ async fn superuser_data_path_roles_are_refused_at_start_up_and_on_sighup_unless_
     });
     running.signal(libc::SIGHUP);
     running.wait_logged("config reloaded", 1).await;
-    assert!(running.logged("cannot change while pgshard runs").is_empty());
+    assert!(running
+        .logged("cannot change while pgshard runs")
+        .is_empty());
     proxy::connect_url(&boss_url)
         .await
         .expect("allowed on reload")

@@ -280,7 +280,9 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
                 flatten(&format!("{prefix}[{i}]"), v, out);
             }
         }
-        _ if last == "password" || last.ends_with("_password") => out.push((prefix.to_string(), MASK.to_string())),
+        _ if last == "password" || last.ends_with("_password") => {
+            out.push((prefix.to_string(), MASK.to_string()))
+        }
         toml::Value::String(s) if last == "url" => out.push((prefix.to_string(), mask_url(s))),
         toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
         other => out.push((prefix.to_string(), other.to_string())),

@@ -26,11 +26,20 @@ pub struct ServerLogin {
 }
 
 impl ServerLogin {
-    /// The server login of a client's `[[users]]` entry.
-    pub fn for_user(user: &UserConfig) -> ServerLogin {
+    /// The server login of `user`, one of `users`: its role, with the `server_password` of the
+    /// first entry running as that role that gives one (the config refuses entries giving
+    /// different ones).
+    pub fn for_user(users: &[UserConfig], user: &UserConfig) -> ServerLogin {
+        let role = user.server_role();
+        let password = user.server_password.as_deref().or_else(|| {
+            users
+                .iter()
+                .filter(|u| u.server_role() == role)
+                .find_map(|u| u.server_password.as_deref())
+        });
         ServerLogin {
-            role: user.server_role().into(),
-            password: user.server_password.as_deref().map(Into::into),
+            role: role.into(),
+            password: password.map(Into::into),
         }
     }
 }
@@ -70,8 +79,12 @@ impl managed::Manager for ServerManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let password =
-            crate::config::server_password(&self.role, explicit.as_deref(), &self.shard, &self.auth);
+        let password = crate::config::server_password(
+            &self.role,
+            explicit.as_deref(),
+            &self.shard,
+            &self.auth,
+        );
         ServerConn::connect(
             &self.shard,
             self.server,
@@ -177,11 +190,9 @@ impl ShardPools {
         };
         let mut logins: Vec<ServerLogin> = Vec::new();
         for user in &config.users {
-            let login = ServerLogin::for_user(user);
-            match logins.iter_mut().find(|l| l.role == login.role) {
-                Some(known) if known.password.is_none() => known.password = login.password,
-                Some(_) => {}
-                None => logins.push(login),
+            let login = ServerLogin::for_user(&config.users, user);
+            if !logins.iter().any(|l| l.role == login.role) {
+                logins.push(login);
             }
         }
         let ids: Vec<ServerId> = pools.servers.keys().copied().collect();
@@ -193,8 +204,8 @@ impl ShardPools {
         Ok(Arc::new(pools))
     }
 
-    /// The pool of `server` for `role`, built if missing; a changed password is kept for the
-    /// connections it opens from now on.
+    /// The pool of `server` for `role`, built if missing; a changed password (a reload) is kept
+    /// for the connections it opens from now on.
     fn pool(
         &self,
         server: ServerId,
@@ -214,15 +225,16 @@ impl ShardPools {
             .get(&key)
             .cloned();
         if let Some(pool) = existing {
-            let mut known = pool
-                .manager()
-                .password
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if *known != password {
-                *known = password;
+            if password.is_some() {
+                let mut known = pool
+                    .manager()
+                    .password
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if *known != password {
+                    *known = password;
+                }
             }
-            drop(known);
             return Ok(pool);
         }
         let (shard, address) = self
@@ -413,5 +425,31 @@ impl ShardPools {
     /// Drops a connection instead of returning it to the pool.
     pub fn discard(conn: PooledConn) {
         let _ = Object::take(conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthMethod;
+
+    #[test]
+    fn a_login_runs_as_its_server_role_with_the_password_given_for_that_role() {
+        let mut users = vec![
+            UserConfig::new("app", Some("a"), AuthMethod::ScramSha256),
+            UserConfig::new("web", Some("w"), AuthMethod::ScramSha256),
+            UserConfig::new("report", Some("r"), AuthMethod::Md5),
+        ];
+        users[0].server_password = Some("app-on-shards".into());
+        users[1].server_user = Some("app".into());
+        let web = ServerLogin::for_user(&users, &users[1]);
+        assert_eq!(&*web.role, "app");
+        assert_eq!(web.password.as_deref(), Some("app-on-shards"));
+        assert_eq!(ServerLogin::for_user(&users, &users[0]), web);
+        let report = ServerLogin::for_user(&users, &users[2]);
+        assert_eq!(
+            (&*report.role, report.password.as_deref()),
+            ("report", None)
+        );
     }
 }

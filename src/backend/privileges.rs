@@ -82,7 +82,11 @@ fn users_by_role(users: &[UserConfig]) -> BTreeMap<&str, Vec<&str>> {
 
 /// What a shard's answer means: `(errors, warnings)`, each naming the role, the clients running
 /// as it and the fix.
-pub fn judge(shard: u32, users: &[UserConfig], rights: &[RoleRights]) -> (Vec<String>, Vec<String>) {
+pub fn judge(
+    shard: u32,
+    users: &[UserConfig],
+    rights: &[RoleRights],
+) -> (Vec<String>, Vec<String>) {
     let by_role = users_by_role(users);
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -248,12 +252,36 @@ mod tests {
         let (errors, warnings) = judge(3, &users, &[app, report]);
         assert!(warnings.is_empty());
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("role `app` is a superuser on shard 3"), "{}", errors[0]);
-        assert!(errors[0].contains("the clients `app`, `web` run as it"), "{}", errors[0]);
-        assert!(errors[1].contains("the client `report` runs as it"), "{}", errors[1]);
-        assert!(errors[0].contains("ALTER ROLE \"app\" NOSUPERUSER"), "{}", errors[0]);
-        assert!(errors[0].contains("allow_superuser_clients = true"), "{}", errors[0]);
-        assert!(errors[1].contains("REVOKE pg_read_server_files FROM \"report\""), "{}", errors[1]);
+        assert!(
+            errors[0].contains("role `app` is a superuser on shard 3"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[0].contains("the clients `app`, `web` run as it"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].contains("the client `report` runs as it"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[0].contains("ALTER ROLE \"app\" NOSUPERUSER"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[0].contains("allow_superuser_clients = true"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].contains("REVOKE pg_read_server_files FROM \"report\""),
+            "{}",
+            errors[1]
+        );
     }
 
     #[test]
@@ -268,7 +296,11 @@ mod tests {
         ghost.exists = false;
         let (errors, warnings) = judge(0, &users, &[app, ghost]);
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].contains("REVOKE postgres FROM \"app\""), "{}", errors[0]);
+        assert!(
+            errors[0].contains("REVOKE postgres FROM \"app\""),
+            "{}",
+            errors[0]
+        );
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("role `ghost` does not exist on shard 0"));
         let (errors, _) = judge(0, &users, &[rights("app")]);

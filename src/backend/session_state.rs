@@ -94,7 +94,12 @@ pub fn sync_sql(
     }
     let identity_first = |(name, _): &(&String, &String)| !IDENTITY.contains(&name.as_str());
     let mut wanted: Vec<(&String, &String)> = desired.iter().collect();
-    wanted.sort_by_key(|entry| (identity_first(entry), IDENTITY.iter().position(|n| n == entry.0)));
+    wanted.sort_by_key(|entry| {
+        (
+            identity_first(entry),
+            IDENTITY.iter().position(|n| n == entry.0),
+        )
+    });
     let mut resets = Vec::new();
     if !unknown {
         for name in applied.keys() {

@@ -90,12 +90,11 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         };
     // The role this client's statements run as on the shards, fixed for the whole session.
     let server_login = match live.user(&user) {
-        Some(entry) => ServerLogin::for_user(entry),
-        None => ServerLogin::for_user(&crate::config::UserConfig::new(
-            &user,
-            None,
-            Default::default(),
-        )),
+        Some(entry) => ServerLogin::for_user(&live.users, entry),
+        None => {
+            let entry = crate::config::UserConfig::new(&user, None, Default::default());
+            ServerLogin::for_user(&[], &entry)
+        }
     };
     drop(live);
     let (pid, secret, active) = proxy.cancels.register();
@@ -177,7 +176,10 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         }
     }
     server_params.insert("session_authorization".into(), user);
-    server_params.insert("is_superuser".into(), "off".into());
+    // `is_superuser` stays what the server said for this client's own role.
+    server_params
+        .entry("is_superuser".into())
+        .or_insert_with(|| "off".into());
     let mut names: Vec<_> = server_params.keys().cloned().collect();
     names.sort();
     for name in names {

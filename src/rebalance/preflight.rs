@@ -221,19 +221,15 @@ async fn dump_schema(
     let bins = crate::cluster::PgBinaries::find()
         .map_err(|e| RebalanceError::Config(format!("cannot find pg_dump: {e}")))?;
     let mut cmd = tokio::process::Command::new(bins.program("pg_dump"));
-    cmd.args([
-        "--schema-only",
-        "--no-publications",
-        "--no-subscriptions",
-    ])
-    .arg("-h")
-    .arg(&s.host)
-    .arg("-p")
-    .arg(s.port.to_string())
-    .arg("-U")
-    .arg(user)
-    .arg("-d")
-    .arg(&s.database);
+    cmd.args(["--schema-only", "--no-publications", "--no-subscriptions"])
+        .arg("-h")
+        .arg(&s.host)
+        .arg("-p")
+        .arg(s.port.to_string())
+        .arg("-U")
+        .arg(user)
+        .arg("-d")
+        .arg(&s.database);
     for t in tables {
         cmd.arg("-t").arg(t);
     }

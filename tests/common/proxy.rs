@@ -22,7 +22,9 @@ pub async fn start_proxy_with(
     let mut config = Config::load(&info.config_path).expect("the cluster wrote a valid config");
     config.proxy.listen = "127.0.0.1:0".into();
     config.catalog.poll_interval_ms = 500;
-    config.users.push(as_app(UserConfig::new("trusted", None, AuthMethod::Trust)));
+    config
+        .users
+        .push(as_app(UserConfig::new("trusted", None, AuthMethod::Trust)));
     config.users.push(as_app(UserConfig::new(
         "md5user",
         Some("md5pass"),
