@@ -15,7 +15,7 @@ use common::process::{free_port, write_config, ProxyProcess};
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::{AuthMethod, Config, ShardedTableConfig, UserConfig};
-use pgshard::router::{ShardMap, Strategy};
+use pgshard::router::Strategy;
 use tokio_postgres::error::SqlState;
 
 /// A client of the proxy logging in as `user` (password = name), as `application_name`.
@@ -108,7 +108,7 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
     })
     .await;
     let port = running.addr.port();
-    let map = ShardMap::uniform(1, Strategy::Hash, &info.shard_ids());
+    let map = running.proxy.map.current();
     let app = client_as(port, "app", "priv-app").await;
     let reporting = client_as(port, "reporting", "priv-reporting").await;
 
