@@ -23,10 +23,11 @@ BOUNCER_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/cluster" --shards 2 --listen "127.0.0.1:$PROXY_PORT" >/dev/null
 SHARD0_PORT=$("$BIN" cluster status --dir "$WORK/cluster" --json | python3 -c 'import json,sys; print([i["port"] for i in json.load(sys.stdin) if i["shard"]==0][0])')
 SHARD1_PORT=$("$BIN" cluster status --dir "$WORK/cluster" --json | python3 -c 'import json,sys; print([i["port"] for i in json.load(sys.stdin) if i["shard"]==1][0])')
-export PGPASSWORD=pgshard
+# As `app`, the role pgshard's clients run as (it owns the schema), so the tables are its own.
 for port in $SHARD0_PORT $SHARD1_PORT; do
-    pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U pgshard app >/dev/null 2>&1
+    PGPASSWORD=app pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
 done
+export PGPASSWORD=pgshard
 
 # pgshard: pgbench_accounts sharded by aid (every shard holds every account, so each answer is right).
 CONFIG=$WORK/pgshard.toml

@@ -67,8 +67,9 @@ pub struct Config {
     /// TLS to the Postgres servers (shards, replicas, catalog); absent means plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_tls: Option<ServerTlsConfig>,
-    /// The privileged credential of control-plane work on shards (publications, subscriptions,
-    /// replication slots of rebalancing); absent means `[server_auth]`'s.
+    /// The privileged credential of control-plane work on shards (monitors, start-up checks,
+    /// two-phase commit recovery, publications, subscriptions and replication slots of
+    /// rebalancing); absent means `[server_auth]`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<ControlPlaneConfig>,
     /// Bounds of online rebalancing jobs.
@@ -77,7 +78,8 @@ pub struct Config {
 }
 
 /// A separate login for privileged shard operations: CREATE SUBSCRIPTION needs a superuser (on
-/// Postgres 15), which the data path's `[server_auth]` login should not have to be.
+/// Postgres 15), and so does finishing another role's prepared transaction; clients never run as
+/// it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneConfig {
@@ -315,6 +317,33 @@ pub struct UserConfig {
     /// May log into the admin console (database `pgshard`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
+    /// The role this client's statements run as on the shards; absent: the client's own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_user: Option<String>,
+    /// The password pgshard logs into the shards with as `server_user` (plain text, or `env:` /
+    /// `file:`). Absent: `[server_auth]`'s password when `server_user` is `[server_auth]`'s user,
+    /// else none (the servers must then let that role in without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_password: Option<String>,
+}
+
+impl UserConfig {
+    /// A client login `name` with `password`, checked by `auth`, running as its own role.
+    pub fn new(name: &str, password: Option<&str>, auth: AuthMethod) -> UserConfig {
+        UserConfig {
+            name: name.into(),
+            password: password.map(str::to_string),
+            auth,
+            admin: false,
+            server_user: None,
+            server_password: None,
+        }
+    }
+
+    /// The role this client's statements run as on the shards.
+    pub fn server_role(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// How a client proves who it is.
@@ -369,13 +398,20 @@ pub enum PoolMode {
     Session,
 }
 
-/// The credential pgshard uses to log into every shard (per-shard overrides in `[[shards]]`).
+/// pgshard's own login on every shard (per-shard overrides in `[[shards]]`): its monitors, start-up
+/// checks and, without `[control_plane]`, its control plane. Clients do not run as it: each runs as
+/// its `[[users]]` entry's `server_user`.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerAuthConfig {
     pub user: String,
     #[serde(default)]
     pub password: Option<String>,
+    /// Lets a client's server role be a superuser, or a member of `pg_execute_server_program`,
+    /// `pg_write_server_files` or `pg_read_server_files` (refused at start-up and on SIGHUP
+    /// otherwise: such a client could run programs and read or write files on the shards' hosts).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_superuser_clients: bool,
 }
 
 /// One shard's primary.
@@ -803,6 +839,35 @@ impl Config {
                 }
                 _ => {}
             }
+            if user.server_user.as_deref() == Some("") {
+                return Err(invalid(
+                    &format!("{key}.server_user"),
+                    "must not be empty (leave it out to run as the client's own name)".into(),
+                ));
+            }
+        }
+        for (i, user) in self.users.iter().enumerate() {
+            let Some(password) = user.server_password.as_deref() else {
+                continue;
+            };
+            let clash = self.users[..i].iter().find(|other| {
+                other.server_role() == user.server_role()
+                    && other
+                        .server_password
+                        .as_deref()
+                        .is_some_and(|p| p != password)
+            });
+            if let Some(other) = clash {
+                return Err(invalid(
+                    &format!("users[{i}].server_password"),
+                    format!(
+                        "users `{}` and `{}` both run as server role `{}` with different server_password values: give them the same one",
+                        other.name,
+                        user.name,
+                        user.server_role()
+                    ),
+                ));
+            }
         }
         if !self.catalog.url.starts_with("postgres://")
             && !self.catalog.url.starts_with("postgresql://")
@@ -936,6 +1001,34 @@ impl Config {
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
     }
+
+    /// The distinct server roles clients run as (the data path's roles), sorted.
+    pub fn data_roles(&self) -> Vec<String> {
+        data_roles(&self.users)
+    }
+}
+
+/// The distinct server roles of these users, sorted.
+pub fn data_roles(users: &[UserConfig]) -> Vec<String> {
+    let roles: std::collections::BTreeSet<&str> =
+        users.iter().map(UserConfig::server_role).collect();
+    roles.into_iter().map(str::to_string).collect()
+}
+
+/// The password pgshard logs into `shard` with as a client's `role`: the user entry's
+/// `server_password`, else `[server_auth]`'s (or the shard's override) when `role` is that login's
+/// user, else none.
+pub fn server_password<'a>(
+    role: &str,
+    explicit: Option<&'a str>,
+    shard: &'a ShardConfig,
+    auth: &'a ServerAuthConfig,
+) -> Option<&'a str> {
+    explicit.or_else(|| {
+        (role == shard.login_user(auth))
+            .then(|| shard.login_password(auth))
+            .flatten()
+    })
 }
 
 /// Whether a stored password is an md5 hash (`md5` and 32 hex digits) rather than plain text.

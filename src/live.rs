@@ -35,6 +35,7 @@ pub struct LiveSettings {
 /// Keys a reload applies; every other key needs a restart.
 const LIVE_KEYS: &[&str] = &[
     "users",
+    "server_auth.allow_superuser_clients",
     "proxy.max_clients",
     "proxy.max_message_size",
     "proxy.log_level",

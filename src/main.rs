@@ -325,7 +325,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
                 r?;
                 break;
             }
-            _ = hangup.recv() => reload(&running, &path),
+            _ = hangup.recv() => reload(&running, &path).await,
         }
     }
     let timeout = running.proxy.live.get().shutdown_timeout;
@@ -341,7 +341,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
 
 /// SIGHUP: re-reads the config file and applies what can change while running. An invalid file
 /// changes nothing.
-fn reload(running: &pgshard::server::RunningProxy, path: &std::path::Path) {
+async fn reload(running: &pgshard::server::RunningProxy, path: &std::path::Path) {
     let config = match pgshard::config::Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -349,7 +349,14 @@ fn reload(running: &pgshard::server::RunningProxy, path: &std::path::Path) {
             return;
         }
     };
-    for key in running.reload(&config) {
+    let fixed = match running.reload(&config).await {
+        Ok(fixed) => fixed,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload refused; nothing changed");
+            return;
+        }
+    };
+    for key in fixed {
         tracing::warn!(key = %key, "config reload: this key cannot change while pgshard runs; the old value stays until a restart");
     }
     apply_log_level(&config.proxy.log_level);

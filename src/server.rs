@@ -23,8 +23,11 @@ use crate::router::Router;
 use crate::telemetry::endpoint::{self, MetricsEndpoint};
 use crate::txn::{self, Coordinator, DecisionLog};
 
-/// Connections pgshard itself needs on each shard beyond its pools (checks, monitors).
-const CONTROL_CONNECTIONS: usize = 2;
+/// Connections pgshard itself needs on each shard beyond its client pools: checks, a monitor,
+/// recovery, and its control-plane pool.
+const CONTROL_CONNECTIONS: usize = 2 + crate::backend::pool::CONTROL_POOL_SIZE;
+/// Connections of the two-phase commit decision log to the catalog.
+const DECISION_LOG_CONNECTIONS: usize = 2;
 
 /// How long sessions get to roll back and leave once the shutdown timeout has passed.
 const CLOSING_GRACE: Duration = Duration::from_secs(5);
@@ -58,11 +61,14 @@ pub struct RunningProxy {
 
 impl RunningProxy {
     /// Applies a re-read config file: the live part (logins, client limits, timeouts) takes
-    /// effect, and the keys that cannot change while running are returned, unapplied.
-    pub fn reload(&self, new: &Config) -> Vec<String> {
+    /// effect, and the keys that cannot change while running are returned, unapplied. A file
+    /// whose client roles are superusers on a shard (see [`crate::backend::privileges`]) changes
+    /// nothing: the error names the roles and the fix.
+    pub async fn reload(&self, new: &Config) -> Result<Vec<String>, String> {
+        crate::backend::privileges::check_all(new, &self.proxy.server_tls).await?;
         let fixed = fixed_changes(&self.proxy.config, new);
         self.proxy.live.set(LiveSettings::from_config(new));
-        fixed
+        Ok(fixed)
     }
 
     /// Shuts down gracefully: stops accepting, ends idle sessions at once (57P01), lets sessions
@@ -178,7 +184,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let log = DecisionLog::new(
         &config.catalog.url,
         &server_tls,
-        CONTROL_CONNECTIONS,
+        DECISION_LOG_CONNECTIONS,
         config.pool.connect_timeout(),
     )?;
     let coordinator = Arc::new(Coordinator::new(log, pools.clone(), catalog.node_id));
@@ -265,13 +271,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
 /// Checks that a shard is the shard the config says it is and that the pools fit its
 /// `max_connections`. An unreachable shard is only a warning: it may come back.
 async fn check_shard(config: &Config, shard: &ShardConfig, tls: &ServerTls) -> anyhow::Result<()> {
+    let (user, password) = config.control_login(shard);
     let mut pg = tokio_postgres::Config::new();
     pg.host(&shard.host)
         .port(shard.port)
         .dbname(&shard.database)
-        .user(shard.login_user(&config.server_auth))
+        .user(user)
+        .application_name("pgshard-check")
         .connect_timeout(config.pool.connect_timeout());
-    if let Some(p) = shard.login_password(&config.server_auth) {
+    if let Some(p) = password {
         pg.password(p);
     }
     let (client, connection) = match tls.connect(&pg).await {
@@ -295,6 +303,14 @@ async fn check_shard(config: &Config, shard: &ShardConfig, tls: &ServerTls) -> a
                 shard.address()
             )
         })?;
+    crate::backend::privileges::check_on(
+        &client,
+        shard.id,
+        &config.users,
+        config.server_auth.allow_superuser_clients,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     drop(client);
     let _ = conn_task.await;
     let identity: Option<i32> = row.get(0);
@@ -317,11 +333,13 @@ async fn check_shard(config: &Config, shard: &ShardConfig, tls: &ServerTls) -> a
             shard.address()
         ),
     }
-    let needed = config.pool.size * config.pool.proxies + CONTROL_CONNECTIONS;
+    // A pool per server role clients run as.
+    let roles = config.data_roles().len().max(1);
+    let needed = config.pool.size * config.pool.proxies * roles + CONTROL_CONNECTIONS;
     let available = (max_connections - reserved).max(0) as usize;
     if needed > available {
         bail!(
-            "pool.size ({}) x pool.proxies ({}) + {} control connections = {} exceeds what shard {} allows: max_connections ({}) - superuser_reserved_connections ({}) = {}",
+            "pool.size ({}) x pool.proxies ({}) x {roles} client role(s) + {} control connections = {} exceeds what shard {} allows: max_connections ({}) - superuser_reserved_connections ({}) = {}",
             config.pool.size,
             config.pool.proxies,
             CONTROL_CONNECTIONS,

@@ -18,10 +18,8 @@ const ADMIN_PASSWORD: &str = "adminpw";
 async fn start(cluster: &TestCluster) -> RunningProxy {
     start_proxy_with(&cluster.info, |config| {
         config.users.push(UserConfig {
-            name: "admin".into(),
-            password: Some(ADMIN_PASSWORD.into()),
-            auth: AuthMethod::ScramSha256,
             admin: true,
+            ..UserConfig::new("admin", Some(ADMIN_PASSWORD), AuthMethod::ScramSha256)
         });
     })
     .await

@@ -97,22 +97,27 @@ async fn logins_are_hardened_and_secrets_stay_out_of_the_log() {
         c.auth.max_failed_logins_per_minute = 3;
         std::fs::write(info.dir.join("catalog.url"), &c.catalog.url).unwrap();
         c.catalog.url = "file:catalog.url".into();
-        server_password = c.server_auth.password.clone().unwrap_or_default();
-        c.server_auth.password = Some("env:PGSHARD_TEST_SERVER_PASSWORD".into());
+        server_password = c.users[0].server_password.clone().unwrap_or_default();
+        c.server_auth.password = Some("env:PGSHARD_TEST_CONTROL_PASSWORD".into());
         assert_eq!(c.users[0].name, "app");
         c.users[0].password = Some("file:app.secret".into());
-        c.users.push(UserConfig {
-            name: "envuser".into(),
-            password: Some("env:PGSHARD_TEST_ENV_PASSWORD".into()),
-            auth: AuthMethod::ScramSha256,
-            admin: false,
-        });
-        c.users.push(UserConfig {
-            name: "verified".into(),
-            password: Some(verifier.clone()),
-            auth: AuthMethod::default(),
-            admin: false,
-        });
+        c.users[0].server_password = Some("env:PGSHARD_TEST_SERVER_PASSWORD".into());
+        // Both run as the shards' role `app`, whose password comes from the environment too.
+        let as_app = |mut user: UserConfig| {
+            user.server_user = Some("app".into());
+            user.server_password = Some("env:PGSHARD_TEST_SERVER_PASSWORD".into());
+            user
+        };
+        c.users.push(as_app(UserConfig::new(
+            "envuser",
+            Some("env:PGSHARD_TEST_ENV_PASSWORD"),
+            AuthMethod::ScramSha256,
+        )));
+        c.users.push(as_app(UserConfig::new(
+            "verified",
+            Some(&verifier),
+            AuthMethod::default(),
+        )));
     });
     let running = ProxyProcess::start_with_env(
         &path,
@@ -120,6 +125,10 @@ async fn logins_are_hardened_and_secrets_stay_out_of_the_log() {
         &[
             ("PGSHARD_TEST_ENV_PASSWORD", ENV_PASSWORD),
             ("PGSHARD_TEST_SERVER_PASSWORD", &server_password),
+            (
+                "PGSHARD_TEST_CONTROL_PASSWORD",
+                pgshard::cluster::ADMIN_PASSWORD,
+            ),
         ],
     )
     .await;

@@ -237,7 +237,9 @@ async fn columns_with_their_own_collation_are_refused_in_a_c_database() {
              CREATE DOMAIN en_text AS text COLLATE \"en_US\";
              CREATE TABLE ccoll (id bigint PRIMARY KEY, name text, nick text COLLATE \"en_US\", email text COLLATE ci);
              INSERT INTO ccoll SELECT i, 'n' || i, CASE WHEN i % 2 = 0 THEN 'B' ELSE 'a' END, 'E' || (i % 3)
-               FROM generate_series(1, 20) i",
+               FROM generate_series(1, 20) i;
+             -- The proxy's clients run as `app`, which changes the table below.
+             ALTER TABLE ccoll OWNER TO app",
         )
         .await
         .unwrap();

@@ -2,7 +2,8 @@
 //! builds stand-ins for the official images from Debian's packages (and pgshard's image from the
 //! repo's Dockerfile with the binary cargo just built), then the very same compose file runs with the
 //! image names overridden. Ten shards, each with a streaming replica, a catalog, pgshard and
-//! Prometheus come up; psql and a short pgbench go through the proxy; one shard's container stops
+//! Prometheus come up; psql and a short pgbench go through the proxy (as the role `app`, which
+//! Postgres itself keeps off the shards' hosts: 42501); one shard's container stops
 //! (only its keys fail), comes back (its keys work again, its rows intact); everything is torn down.
 //!
 //! Docker is required: without a usable engine this test fails, saying so. It uses
@@ -302,6 +303,9 @@ fn psql(port: u16, sql: &str) -> (bool, String, String) {
             "-tA",
             "-v",
             "ON_ERROR_STOP=1",
+            // Errors with their SQLSTATE.
+            "-v",
+            "VERBOSITY=verbose",
             "-h",
             "127.0.0.1",
             "-U",
@@ -524,6 +528,35 @@ fn compose_file_runs_ten_shards_with_replicas_and_survives_a_stopped_shard() {
         );
     }
     mark("checks through psql", &mut timings);
+
+    // Least privilege: clients run on the shards as `app`, no superuser, so Postgres itself
+    // refuses what would reach the shard's host or pgshard's own data (42501), and nothing
+    // happens anywhere.
+    assert_eq!(
+        psql_ok(
+            proxy_port,
+            "SELECT current_user || ' ' || (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        ),
+        "app false"
+    );
+    for sql in [
+        "COPY (SELECT 1) TO PROGRAM 'id > /tmp/pgshard-escaped'",
+        "UPDATE pgshard_meta.identity SET shard_id = shard_id + 100",
+        "ALTER SYSTEM SET work_mem = '64MB'",
+    ] {
+        let (ok, _, stderr) = psql(proxy_port, sql);
+        assert!(!ok && stderr.contains("42501"), "{sql}: {stderr}");
+    }
+    for i in 0..SHARDS {
+        let untouched = project.exec_sql_ok(
+            &format!("shard{i}"),
+            "app",
+            "SELECT pg_stat_file('/tmp/pgshard-escaped', true) IS NULL \
+             AND (SELECT shard_id FROM pgshard_meta.identity) < 100",
+        );
+        assert_eq!(untouched, "t", "shard{i} was changed by a client");
+    }
+    mark("least privilege", &mut timings);
 
     // A short pgbench through the proxy: keyed upserts and reads, prepared statements.
     let script_dir = tempfile::tempdir().expect("temp dir");

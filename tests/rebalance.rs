@@ -707,10 +707,12 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
     let running = start_proxy_with(info, |c| {
         c.rebalance.hold_timeout_ms = 300;
         c.users.push(pgshard::config::UserConfig {
-            name: "admin".into(),
-            password: Some("secret".into()),
-            auth: pgshard::config::AuthMethod::ScramSha256,
             admin: true,
+            ..pgshard::config::UserConfig::new(
+                "admin",
+                Some("secret"),
+                pgshard::config::AuthMethod::ScramSha256,
+            )
         });
     })
     .await;

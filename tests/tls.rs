@@ -503,14 +503,14 @@ async fn servers_are_reached_over_verified_tls() {
         .unwrap()
         .get(0);
     assert_eq!(n, 40);
-    // The proxy's own sessions on each shard (pool, monitor, recovery) all use TLS.
+    // The proxy's own sessions on each shard (pools of app and pgshard, monitor, recovery) all use TLS.
     for shard in ["shard0", "shard1"] {
         let row = direct_tls(&cluster, shard, &both)
             .await
             .query_one(
                 "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
                  FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-                 WHERE a.usename = 'pgshard' AND a.backend_type = 'client backend'
+                 WHERE a.usename IN ('pgshard', 'app') AND a.backend_type = 'client backend'
                    AND a.pid <> pg_backend_pid()",
                 &[],
             )

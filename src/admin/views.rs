@@ -126,12 +126,15 @@ fn pools(proxy: &Proxy) -> ResultSet {
         ("idle", T::Int8),
         ("in_use", T::Int8),
         ("waiting", T::Int8),
+        ("server_role", T::Text),
+        ("control", T::Bool),
     ]);
     let mode = match proxy.config.pool.mode {
         crate::config::PoolMode::Transaction => "transaction",
         crate::config::PoolMode::Session => "session",
     };
-    for (id, status) in proxy.pools.status() {
+    for p in proxy.pools.pool_status() {
+        let (id, status) = (p.server, p.status);
         let address = proxy.topology.server(id).map(|s| s.address);
         rs.row(vec![
             id.shard.into(),
@@ -143,6 +146,8 @@ fn pools(proxy: &Proxy) -> ResultSet {
             status.available.into(),
             status.size.saturating_sub(status.available).into(),
             status.waiting.into(),
+            p.role.into(),
+            p.control.into(),
         ]);
     }
     rs
@@ -275,7 +280,9 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
                 flatten(&format!("{prefix}[{i}]"), v, out);
             }
         }
-        _ if last == "password" => out.push((prefix.to_string(), MASK.to_string())),
+        _ if last == "password" || last.ends_with("_password") => {
+            out.push((prefix.to_string(), MASK.to_string()))
+        }
         toml::Value::String(s) if last == "url" => out.push((prefix.to_string(), mask_url(s))),
         toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
         other => out.push((prefix.to_string(), other.to_string())),

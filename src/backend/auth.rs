@@ -250,6 +250,8 @@ mod tests {
             password: Some(stored.to_string()),
             auth,
             admin: false,
+            server_user: None,
+            server_password: None,
         };
         let server_task = tokio::spawn(async move {
             let mut buf = BytesMut::new();

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::tls::{ServerTls, StartTlsError};
-use crate::config::{ServerAuthConfig, ShardConfig};
+use crate::config::ShardConfig;
 use crate::socket::Socket;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::{split_frame, Frame, PROTOCOL_V3};
@@ -90,16 +90,20 @@ pub struct ServerConn {
     pub status: TxStatus,
     /// False while a request is in flight; a connection is only reusable when this is true.
     pub synced: bool,
+    /// The proxy bounded lock waits in the open transaction (a block across shards): a lock
+    /// timeout there stands for a deadlock no one shard can see.
+    pub proxy_lock_timeout: bool,
 }
 
 impl ServerConn {
-    /// Connects to server `server` of `shard` at `addr` (over TLS when `tls` says so), logs in
-    /// and reads the server's start-up messages up to the first ReadyForQuery.
+    /// Connects to server `server` of `shard` at `addr` (over TLS when `tls` says so), logs in as
+    /// `login` (role and password) and reads the server's start-up messages up to the first
+    /// ReadyForQuery.
     pub async fn connect(
         shard: &ShardConfig,
         server: u16,
         addr: String,
-        auth: &ServerAuthConfig,
+        login: (&str, Option<&str>),
         tls: &ServerTls,
         timeout: Duration,
     ) -> Result<ServerConn, BackendError> {
@@ -152,10 +156,10 @@ impl ServerConn {
             settings_unknown: false,
             status: TxStatus::Idle,
             synced: false,
+            proxy_lock_timeout: false,
         };
-        let user = shard.login_user(auth).to_string();
-        let password = shard.login_password(auth).map(str::to_string);
-        let login = conn.login(&user, &shard.database, password.as_deref());
+        let (user, password) = login;
+        let login = conn.login(user, &shard.database, password);
         match tokio::time::timeout(timeout, login).await {
             Err(_) => Err(BackendError::ConnectTimeout {
                 shard: shard.id,
@@ -273,6 +277,9 @@ impl ServerConn {
             be::READY_FOR_QUERY => {
                 self.status = be::decode_ready_for_query(&frame.body).map_err(protocol)?;
                 self.synced = true;
+                if self.status == TxStatus::Idle {
+                    self.proxy_lock_timeout = false;
+                }
             }
             be::PARAMETER_STATUS => {
                 let (k, v) = be::decode_parameter_status(&frame.body).map_err(protocol)?;

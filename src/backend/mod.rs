@@ -7,11 +7,12 @@ pub mod failover;
 pub mod metrics;
 pub mod monitor;
 pub mod pool;
+pub mod privileges;
 pub mod probe;
 pub mod session_state;
 pub mod tls;
 pub mod topology;
 
 pub use conn::{BackendError, CancelTarget, ServerConn};
-pub use pool::{PooledConn, ShardPools};
+pub use pool::{PooledConn, ServerLogin, ShardPools};
 pub use tls::{ServerTls, ServerTlsError};

@@ -187,7 +187,7 @@ async fn run_shard(ctx: MonitorContext, shard: ShardConfig, mut shutdown: watch:
         };
         let probe = Probe::new(
             &shard,
-            &ctx.config.server_auth,
+            ctx.config.control_login(&shard),
             id,
             host,
             *port,

@@ -1,8 +1,10 @@
-//! Pools of server connections, one per shard (deadpool with our own manager). A connection that
-//! is not idle and in sync when it comes back is dropped, never handed to another client.
+//! Pools of server connections, one per server and server role (deadpool with our own manager):
+//! a client's session checks out only connections that logged in as its own role, and pgshard's
+//! control plane has small pools of its own. A connection that is not idle and in sync when it
+//! comes back is dropped, never handed to another client.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
@@ -10,13 +12,55 @@ use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, Re
 use super::conn::{BackendError, ServerConn};
 use super::tls::ServerTls;
 use super::topology::{ServerId, Topology};
-use crate::config::{Config, ServerAuthConfig, ShardConfig};
+use crate::config::{Config, ControlPlaneConfig, ServerAuthConfig, ShardConfig, UserConfig};
 
-/// Creates and checks server connections for one server of one shard.
+/// Connections of a control-plane pool per server (retries of COMMIT/ROLLBACK PREPARED).
+pub const CONTROL_POOL_SIZE: usize = 2;
+
+/// Who a pool's connections log in as: a role and, when configured, its password (`None`: as
+/// [`crate::config::server_password`] falls back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLogin {
+    pub role: Arc<str>,
+    password: Option<Arc<str>>,
+}
+
+impl ServerLogin {
+    /// The server login of `user`, one of `users`: its role, with the `server_password` of the
+    /// first entry running as that role that gives one (the config refuses entries giving
+    /// different ones).
+    pub fn for_user(users: &[UserConfig], user: &UserConfig) -> ServerLogin {
+        let role = user.server_role();
+        let password = user.server_password.as_deref().or_else(|| {
+            users
+                .iter()
+                .filter(|u| u.server_role() == role)
+                .find_map(|u| u.server_password.as_deref())
+        });
+        ServerLogin {
+            role: role.into(),
+            password: password.map(Into::into),
+        }
+    }
+}
+
+/// What a pool is for: a client role's sessions, or pgshard's own control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct PoolKey {
+    server: ServerId,
+    role: Arc<str>,
+    control: bool,
+}
+
+/// Creates and checks server connections for one server of one shard, logged in as one role.
 pub struct ServerManager {
     shard: ShardConfig,
     server: u16,
     address: String,
+    role: Arc<str>,
+    /// The role's configured password (a reload may change it); resolved against the shard's
+    /// login at connect time.
+    password: Mutex<Option<Arc<str>>>,
     auth: ServerAuthConfig,
     tls: ServerTls,
     connect_timeout: Duration,
@@ -30,11 +74,22 @@ impl managed::Manager for ServerManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
+        let explicit = self
+            .password
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let password = crate::config::server_password(
+            &self.role,
+            explicit.as_deref(),
+            &self.shard,
+            &self.auth,
+        );
         ServerConn::connect(
             &self.shard,
             self.server,
             self.address.clone(),
-            &self.auth,
+            (&self.role, password),
             &self.tls,
             self.connect_timeout,
         )
@@ -68,7 +123,7 @@ pub enum CheckoutError {
     #[error("timed out waiting for a free connection to shard {0}")]
     Timeout(u32),
     #[error(transparent)]
-    Backend(BackendError),
+    Backend(Box<BackendError>),
     /// The shard's primary is down, or no server of it can be trusted with writes.
     #[error("shard {shard} has no reachable primary ({detail})")]
     NoPrimary { shard: u32, detail: String },
@@ -76,22 +131,41 @@ pub enum CheckoutError {
     Pool { shard: u32, message: String },
 }
 
-/// The pools of every server of every shard.
+/// One pool's state, for status views.
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    pub server: ServerId,
+    /// The role its connections log in as.
+    pub role: String,
+    /// A control-plane pool (pgshard's own work), not a client role's.
+    pub control: bool,
+    pub status: deadpool::Status,
+}
+
+/// The pools of every server of every shard, per server role.
 pub struct ShardPools {
-    pools: HashMap<ServerId, Pool<ServerManager>>,
+    pools: RwLock<HashMap<PoolKey, Pool<ServerManager>>>,
+    /// Every server: its shard's config and its address.
+    servers: HashMap<ServerId, (ShardConfig, String)>,
+    auth: ServerAuthConfig,
+    control_plane: Option<ControlPlaneConfig>,
+    tls: ServerTls,
+    connect_timeout: Duration,
+    size: usize,
     topology: Arc<Topology>,
     checkout_timeout: Duration,
 }
 
 impl ShardPools {
-    /// Builds (empty) pools for every server in the config; connections open on first use, over
-    /// TLS when `tls` says so.
+    /// Builds (empty) pools for every server in the config and every server role of its
+    /// `[[users]]`; connections open on first use, over TLS when `tls` says so. Pools of roles
+    /// that a reload adds are built on their first checkout.
     pub fn new(
         config: &Config,
         topology: Arc<Topology>,
         tls: &ServerTls,
     ) -> Result<Arc<ShardPools>, String> {
-        let mut pools = HashMap::new();
+        let mut servers = HashMap::new();
         for shard in &config.shards {
             let addresses =
                 std::iter::once(shard.address()).chain(shard.replicas.iter().map(|r| r.address()));
@@ -100,53 +174,172 @@ impl ShardPools {
                     shard: shard.id,
                     index: index as u16,
                 };
-                let manager = ServerManager {
-                    shard: shard.clone(),
-                    server: id.index,
-                    address,
-                    auth: config.server_auth.clone(),
-                    tls: tls.clone(),
-                    connect_timeout: config.pool.connect_timeout(),
-                    drained_at: Mutex::new(None),
-                };
-                let pool = Pool::builder(manager)
-                    .max_size(config.pool.size)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| format!("cannot build the pool of {id}: {e}"))?;
-                pools.insert(id, pool);
+                servers.insert(id, (shard.clone(), address));
             }
         }
-        Ok(Arc::new(ShardPools {
-            pools,
+        let pools = ShardPools {
+            pools: RwLock::new(HashMap::new()),
+            servers,
+            auth: config.server_auth.clone(),
+            control_plane: config.control_plane.clone(),
+            tls: tls.clone(),
+            connect_timeout: config.pool.connect_timeout(),
+            size: config.pool.size,
             topology,
             checkout_timeout: config.pool.checkout_timeout(),
-        }))
+        };
+        let mut logins: Vec<ServerLogin> = Vec::new();
+        for user in &config.users {
+            let login = ServerLogin::for_user(&config.users, user);
+            if !logins.iter().any(|l| l.role == login.role) {
+                logins.push(login);
+            }
+        }
+        let ids: Vec<ServerId> = pools.servers.keys().copied().collect();
+        for id in ids {
+            for login in &logins {
+                pools.pool(id, &login.role, login.password.clone(), false)?;
+            }
+        }
+        Ok(Arc::new(pools))
     }
 
-    /// A connection to `shard`'s current primary, waiting up to the checkout timeout. A primary
-    /// that cannot be connected to (within the connect timeout), or none, is `NoPrimary`.
-    pub async fn get(&self, shard: u32) -> Result<PooledConn, CheckoutError> {
-        let Some(primary) = self.topology.primary(shard) else {
-            if self.pools.contains_key(&ServerId { shard, index: 0 }) {
-                return Err(CheckoutError::NoPrimary {
+    /// The pool of `server` for `role`, built if missing; a changed password (a reload) is kept
+    /// for the connections it opens from now on.
+    fn pool(
+        &self,
+        server: ServerId,
+        role: &Arc<str>,
+        password: Option<Arc<str>>,
+        control: bool,
+    ) -> Result<Pool<ServerManager>, String> {
+        let key = PoolKey {
+            server,
+            role: role.clone(),
+            control,
+        };
+        let existing = self
+            .pools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(pool) = existing {
+            if password.is_some() {
+                let mut known = pool
+                    .manager()
+                    .password
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if *known != password {
+                    *known = password;
+                }
+            }
+            return Ok(pool);
+        }
+        let (shard, address) = self
+            .servers
+            .get(&server)
+            .ok_or_else(|| format!("no server {server}"))?;
+        let manager = ServerManager {
+            shard: shard.clone(),
+            server: server.index,
+            address: address.clone(),
+            role: role.clone(),
+            password: Mutex::new(password),
+            auth: self.auth.clone(),
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+            drained_at: Mutex::new(None),
+        };
+        let size = if control {
+            CONTROL_POOL_SIZE
+        } else {
+            self.size
+        };
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("cannot build the pool of {server} for role {role}: {e}"))?;
+        let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
+        Ok(pools.entry(key).or_insert(pool).clone())
+    }
+
+    /// A connection to `shard`'s current primary logged in as `login`, waiting up to the checkout
+    /// timeout. A primary that cannot be connected to (within the connect timeout), or none, is
+    /// `NoPrimary`.
+    pub async fn get_as(
+        &self,
+        login: &ServerLogin,
+        shard: u32,
+    ) -> Result<PooledConn, CheckoutError> {
+        let primary = self.primary(shard)?;
+        self.get_server_as(login, primary).await
+    }
+
+    /// A connection to one particular server logged in as `login`, waiting up to the checkout
+    /// timeout. When that server is its shard's primary and cannot be connected to, the error is
+    /// `NoPrimary`.
+    pub async fn get_server_as(
+        &self,
+        login: &ServerLogin,
+        id: ServerId,
+    ) -> Result<PooledConn, CheckoutError> {
+        let pool = self
+            .pool(id, &login.role, login.password.clone(), false)
+            .map_err(|_| CheckoutError::UnknownShard(id.shard))?;
+        self.checkout(&pool, id).await
+    }
+
+    /// A connection to `shard`'s current primary as pgshard's control-plane login
+    /// (`[control_plane]`, else the shard's `[server_auth]` login): for work no client does, such
+    /// as finishing a prepared transaction whose coordinator's connection failed.
+    pub async fn get_control(&self, shard: u32) -> Result<PooledConn, CheckoutError> {
+        let primary = self.primary(shard)?;
+        let (role, password) = {
+            let (shard_config, _) = self
+                .servers
+                .get(&primary)
+                .ok_or(CheckoutError::UnknownShard(shard))?;
+            match &self.control_plane {
+                Some(cp) => (cp.user.clone(), cp.password.clone()),
+                None => (
+                    shard_config.login_user(&self.auth).to_string(),
+                    shard_config.login_password(&self.auth).map(str::to_string),
+                ),
+            }
+        };
+        let pool = self
+            .pool(
+                primary,
+                &Arc::from(role.as_str()),
+                password.as_deref().map(Into::into),
+                true,
+            )
+            .map_err(|_| CheckoutError::UnknownShard(shard))?;
+        self.checkout(&pool, primary).await
+    }
+
+    fn primary(&self, shard: u32) -> Result<ServerId, CheckoutError> {
+        match self.topology.primary(shard) {
+            Some(primary) => Ok(primary),
+            None if self.servers.contains_key(&ServerId { shard, index: 0 }) => {
+                Err(CheckoutError::NoPrimary {
                     shard,
                     detail: "no server of it is trusted with writes; see the topology".into(),
-                });
+                })
             }
-            return Err(CheckoutError::UnknownShard(shard));
-        };
-        self.get_server(primary).await
+            None => Err(CheckoutError::UnknownShard(shard)),
+        }
     }
 
-    /// A connection to one particular server, waiting up to the checkout timeout. When that
-    /// server is its shard's primary and cannot be connected to, the error is `NoPrimary`.
-    pub async fn get_server(&self, id: ServerId) -> Result<PooledConn, CheckoutError> {
+    async fn checkout(
+        &self,
+        pool: &Pool<ServerManager>,
+        id: ServerId,
+    ) -> Result<PooledConn, CheckoutError> {
         let shard = id.shard;
-        let pool = self
-            .pools
-            .get(&id)
-            .ok_or(CheckoutError::UnknownShard(shard))?;
         let timeouts = managed::Timeouts {
             wait: Some(self.checkout_timeout),
             create: None,
@@ -163,7 +356,7 @@ impl ShardPools {
                 shard,
                 detail: b.to_string(),
             },
-            PoolError::Backend(b) => CheckoutError::Backend(b),
+            PoolError::Backend(b) => CheckoutError::Backend(Box::new(b)),
             other => CheckoutError::Pool {
                 shard,
                 message: other.to_string(),
@@ -171,30 +364,92 @@ impl ShardPools {
         })
     }
 
-    /// Size and availability per server, for status views.
+    /// Size and availability per server, all its pools added up, for metrics.
     pub fn status(&self) -> Vec<(ServerId, deadpool::Status)> {
-        let mut v: Vec<_> = self.pools.iter().map(|(id, p)| (*id, p.status())).collect();
-        v.sort_by_key(|(id, _)| *id);
+        let mut per_server: std::collections::BTreeMap<ServerId, deadpool::Status> =
+            std::collections::BTreeMap::new();
+        for p in self.pool_status() {
+            let sum = per_server.entry(p.server).or_insert(deadpool::Status {
+                max_size: 0,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            });
+            sum.max_size += p.status.max_size;
+            sum.size += p.status.size;
+            sum.available += p.status.available;
+            sum.waiting += p.status.waiting;
+        }
+        per_server.into_iter().collect()
+    }
+
+    /// Every pool: its server, role and state, ordered by server, then role.
+    pub fn pool_status(&self) -> Vec<PoolStatus> {
+        let pools = self.pools.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = pools
+            .iter()
+            .map(|(key, pool)| PoolStatus {
+                server: key.server,
+                role: key.role.to_string(),
+                control: key.control,
+                status: pool.status(),
+            })
+            .collect();
+        v.sort_by(|a, b| (a.server, a.control, &a.role).cmp(&(b.server, b.control, &b.role)));
         v
     }
 
-    /// Closes `server`'s idle connections and those in use as they come back: writes no longer
-    /// go there (failover, fencing).
+    /// Closes `server`'s idle connections and those in use as they come back, in the pools of
+    /// every role: writes no longer go there (failover, fencing).
     pub fn drain(&self, server: ServerId) {
-        let Some(pool) = self.pools.get(&server) else {
-            return;
-        };
-        *pool
-            .manager()
-            .drained_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        let removed = pool.retain(|_, _| false);
-        tracing::info!(%server, closed = removed.removed.len(), "drained the pool of a server writes no longer go to");
+        let pools: Vec<Pool<ServerManager>> = self
+            .pools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(key, _)| key.server == server)
+            .map(|(_, pool)| pool.clone())
+            .collect();
+        let mut closed = 0;
+        for pool in pools {
+            *pool
+                .manager()
+                .drained_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            closed += pool.retain(|_, _| false).removed.len();
+        }
+        tracing::info!(%server, closed, "drained the pools of a server writes no longer go to");
     }
 
     /// Drops a connection instead of returning it to the pool.
     pub fn discard(conn: PooledConn) {
         let _ = Object::take(conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthMethod;
+
+    #[test]
+    fn a_login_runs_as_its_server_role_with_the_password_given_for_that_role() {
+        let mut users = vec![
+            UserConfig::new("app", Some("a"), AuthMethod::ScramSha256),
+            UserConfig::new("web", Some("w"), AuthMethod::ScramSha256),
+            UserConfig::new("report", Some("r"), AuthMethod::Md5),
+        ];
+        users[0].server_password = Some("app-on-shards".into());
+        users[1].server_user = Some("app".into());
+        let web = ServerLogin::for_user(&users, &users[1]);
+        assert_eq!(&*web.role, "app");
+        assert_eq!(web.password.as_deref(), Some("app-on-shards"));
+        assert_eq!(ServerLogin::for_user(&users, &users[0]), web);
+        let report = ServerLogin::for_user(&users, &users[2]);
+        assert_eq!(
+            (&*report.role, report.password.as_deref()),
+            ("report", None)
+        );
     }
 }

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use super::tls::ServerTls;
 
 use super::topology::{Lsn, ServerId};
-use crate::config::{ServerAuthConfig, ShardConfig};
+use crate::config::ShardConfig;
 
 /// The first wait before reconnecting to a server that failed; doubled up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -81,10 +81,11 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// A probe of server `id` of `shard` at `host:port`, logging in like the pools do.
+    /// A probe of server `id` of `shard` at `host:port`, logging in as `login` (pgshard's
+    /// control-plane role and password).
     pub fn new(
         shard: &ShardConfig,
-        auth: &ServerAuthConfig,
+        login: (&str, Option<&str>),
         id: ServerId,
         host: &str,
         port: u16,
@@ -95,10 +96,10 @@ impl Probe {
         pg.host(host)
             .port(port)
             .dbname(&shard.database)
-            .user(shard.login_user(auth))
+            .user(login.0)
             .application_name("pgshard-monitor")
             .connect_timeout(timeout);
-        if let Some(p) = shard.login_password(auth) {
+        if let Some(p) = login.1 {
             pg.password(p);
         }
         Probe {

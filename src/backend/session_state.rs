@@ -72,8 +72,14 @@ fn quote_name(name: &str) -> String {
         .join(".")
 }
 
+/// Settings that `RESET ALL` leaves alone: who the session is. A client's `SET ROLE` or `SET
+/// SESSION AUTHORIZATION` must still be undone before its connection serves anyone else.
+const IDENTITY: [&str; 2] = ["session_authorization", "role"];
+
 /// The SQL that turns a connection's `applied` settings into `desired` (`None` when they match).
-/// With `unknown`, the connection's settings cannot be trusted and everything is reset first.
+/// With `unknown`, the connection's settings cannot be trusted and everything is reset first,
+/// the session's identity (role, session authorization) included. Identity settings go first:
+/// `SET SESSION AUTHORIZATION` also resets the role.
 pub fn sync_sql(
     applied: &BTreeMap<String, String>,
     desired: &BTreeMap<String, String>,
@@ -81,19 +87,35 @@ pub fn sync_sql(
 ) -> Option<String> {
     let mut sql = String::new();
     if unknown {
-        sql.push_str("RESET ALL;");
+        sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ROLE;RESET ALL;");
     }
-    for (name, value) in desired {
+    let identity_first = |(name, _): &(&String, &String)| !IDENTITY.contains(&name.as_str());
+    let mut wanted: Vec<(&String, &String)> = desired.iter().collect();
+    wanted.sort_by_key(|entry| {
+        (
+            identity_first(entry),
+            IDENTITY.iter().position(|n| n == entry.0),
+        )
+    });
+    let mut resets = Vec::new();
+    if !unknown {
+        for name in applied.keys() {
+            if !desired.contains_key(name) {
+                resets.push(name);
+            }
+        }
+    }
+    // Identity resets before any SET (a SET ROLE after a reset of the session authorization).
+    for name in resets.iter().filter(|n| IDENTITY.contains(&n.as_str())) {
+        sql.push_str(&format!("RESET {};", quote_name(name)));
+    }
+    for (name, value) in wanted {
         if unknown || applied.get(name) != Some(value) {
             sql.push_str(&format!("SET {} TO {};", quote_name(name), value));
         }
     }
-    if !unknown {
-        for name in applied.keys() {
-            if !desired.contains_key(name) {
-                sql.push_str(&format!("RESET {};", quote_name(name)));
-            }
-        }
+    for name in resets.iter().filter(|n| !IDENTITY.contains(&n.as_str())) {
+        sql.push_str(&format!("RESET {};", quote_name(name)));
     }
     (!sql.is_empty()).then_some(sql)
 }
@@ -143,7 +165,25 @@ mod tests {
         assert_eq!(sync_sql(&desired, &desired, false), None);
         assert_eq!(
             sync_sql(&applied, &map(&[("x.y", "'1'")]), true).as_deref(),
-            Some("RESET ALL;SET x.y TO '1';")
+            Some("SET SESSION AUTHORIZATION DEFAULT;RESET ROLE;RESET ALL;SET x.y TO '1';")
+        );
+    }
+
+    #[test]
+    fn identity_is_undone_first_and_set_first() {
+        let applied = map(&[("role", "'reporting'"), ("a", "'1'")]);
+        assert_eq!(
+            sync_sql(&applied, &BTreeMap::new(), false).as_deref(),
+            Some("RESET role;RESET a;")
+        );
+        let desired = map(&[
+            ("a", "'1'"),
+            ("role", "'r'"),
+            ("session_authorization", "'s'"),
+        ]);
+        assert_eq!(
+            sync_sql(&BTreeMap::new(), &desired, false).as_deref(),
+            Some("SET session_authorization TO 's';SET role TO 'r';SET a TO '1';")
         );
     }
 }

@@ -1,5 +1,6 @@
-//! Puts the schema into freshly started instances: the admin role, the databases, the SQL files,
-//! each shard's identity row and the catalog's first shard map. Everything here is idempotent, so
+//! Puts the schema into freshly started instances: the roles (the control plane's superuser, the
+//! application's role `app` and the replication role), the databases, the SQL files, each shard's
+//! identity row and the catalog's first shard map. Everything here is idempotent, so
 //! `cluster up` on an existing directory re-runs it harmlessly.
 //!
 //! Connections go over the instance's unix socket, where pg_hba trusts local users: the admin role
@@ -7,7 +8,9 @@
 
 use tokio_postgres::{Client, NoTls};
 
-use super::instance::{ADMIN_PASSWORD, ADMIN_USER};
+use super::instance::{
+    ADMIN_PASSWORD, ADMIN_USER, APP_PASSWORD, APP_USER, REPLICATION_PASSWORD, REPLICATION_USER,
+};
 use super::layout::{InstanceInfo, Role};
 use super::ClusterError;
 use crate::router::Strategy;
@@ -54,17 +57,34 @@ pub async fn bootstrap(
     let ctx = |what: &str| format!("{} on {}", what, inst.name);
     {
         let su = connect(inst, "postgres", "postgres").await?;
-        let has_role = su
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&ADMIN_USER])
-            .await
-            .map_err(|e| ClusterError::pg(ctx("looking up the admin role"), e))?
-            .is_some();
-        if !has_role {
-            su.batch_execute(&format!(
-                "CREATE ROLE {ADMIN_USER} LOGIN SUPERUSER PASSWORD '{ADMIN_PASSWORD}'"
-            ))
-            .await
-            .map_err(|e| ClusterError::pg(ctx("creating the admin role"), e))?;
+        // The control plane's superuser everywhere; on shards also the application's role (no
+        // superuser) and the role replicas stream with.
+        let mut roles = vec![(ADMIN_USER, "LOGIN SUPERUSER", ADMIN_PASSWORD)];
+        if inst.role == Role::Primary {
+            roles.push((
+                APP_USER,
+                "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION",
+                APP_PASSWORD,
+            ));
+            roles.push((
+                REPLICATION_USER,
+                "LOGIN REPLICATION NOSUPERUSER",
+                REPLICATION_PASSWORD,
+            ));
+        }
+        for (role, attributes, password) in roles {
+            let has_role = su
+                .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+                .await
+                .map_err(|e| ClusterError::pg(ctx(&format!("looking up role {role}")), e))?
+                .is_some();
+            if !has_role {
+                su.batch_execute(&format!(
+                    "CREATE ROLE {role} {attributes} PASSWORD '{password}'"
+                ))
+                .await
+                .map_err(|e| ClusterError::pg(ctx(&format!("creating role {role}")), e))?;
+            }
         }
         let has_db = su
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
@@ -88,8 +108,12 @@ pub async fn bootstrap(
                 .batch_execute(SHARD_SQL)
                 .await
                 .map_err(|e| ClusterError::pg(ctx("applying sql/shard.sql"), e))?;
+            // The demo schema belongs to the application's role: `public` and what app.sql
+            // creates in it (as that role).
             client
-                .batch_execute(APP_SQL)
+                .batch_execute(&format!(
+                    "ALTER SCHEMA public OWNER TO {APP_USER}; SET ROLE {APP_USER};\n{APP_SQL}\nRESET ROLE;"
+                ))
                 .await
                 .map_err(|e| ClusterError::pg(ctx("applying sql/app.sql"), e))?;
             client

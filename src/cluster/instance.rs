@@ -12,10 +12,21 @@ use super::ClusterError;
 
 /// How long a health probe may take before the instance counts as unhealthy.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-/// The credential the bootstrap creates on every instance (the proxy's server and admin login).
+/// The superuser the bootstrap creates on every instance: pgshard's control plane (monitors,
+/// checks, two-phase commit recovery, rebalancing, the catalog) and the operator's login. Clients
+/// never run as it.
 pub const ADMIN_USER: &str = "pgshard";
 /// Password of [`ADMIN_USER`]; a local dev cluster, so a well-known one.
 pub const ADMIN_PASSWORD: &str = "pgshard";
+/// The application role the bootstrap creates on every shard: no superuser, owner of the demo
+/// schema (`public` and its `users` table); the client `app` runs as it.
+pub const APP_USER: &str = "app";
+/// Password of [`APP_USER`].
+pub const APP_PASSWORD: &str = "app";
+/// The role replicas stream from their primary with (REPLICATION, nothing else).
+pub const REPLICATION_USER: &str = "replicator";
+/// Password of [`REPLICATION_USER`].
+pub const REPLICATION_PASSWORD: &str = "replicator";
 
 /// The settings shared by every instance, appended to the template's postgresql.conf.
 ///

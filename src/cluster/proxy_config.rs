@@ -6,7 +6,7 @@ use crate::config::{
     RouterConfig, ServerAuthConfig, ShardConfig, ShardedTableConfig, UserConfig,
 };
 
-use super::instance::{ADMIN_PASSWORD, ADMIN_USER};
+use super::instance::{ADMIN_PASSWORD, ADMIN_USER, APP_PASSWORD, APP_USER};
 use super::layout::{InstanceInfo, Role};
 
 /// Builds the proxy config for these instances, with the client listener on `listen`. Each shard's
@@ -48,11 +48,10 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
     Config {
         reference_tables: Vec::new(),
         proxy: defaults,
+        // The client `app` runs as the shards' role `app`: no superuser, owner of the demo schema.
         users: vec![UserConfig {
-            name: "app".into(),
-            password: Some("app".into()),
-            auth: AuthMethod::ScramSha256,
-            admin: false,
+            server_password: Some(APP_PASSWORD.into()),
+            ..UserConfig::new(APP_USER, Some(APP_PASSWORD), AuthMethod::ScramSha256)
         }],
         auth: Default::default(),
         catalog: CatalogConfig {
@@ -65,9 +64,11 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
             size: 10,
             ..PoolConfig::default()
         },
+        // pgshard's own login (monitors, checks); [control_plane] below is the same superuser.
         server_auth: ServerAuthConfig {
             user: ADMIN_USER.into(),
             password: Some(ADMIN_PASSWORD.into()),
+            allow_superuser_clients: false,
         },
         shards,
         sharded_tables: vec![ShardedTableConfig {
@@ -106,6 +107,10 @@ mod tests {
             "postgres://pgshard:pgshard@127.0.0.1:7000/catalog"
         );
         assert_eq!(config.pool.size, 10);
+        assert_eq!(config.data_roles(), ["app"]);
+        assert_eq!(config.users[0].server_password.as_deref(), Some("app"));
+        assert!(!config.server_auth.allow_superuser_clients);
+        assert_eq!(config.control_plane.as_ref().unwrap().user, "pgshard");
         assert!(config.shards.iter().all(|s| s.replicas.is_empty()));
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::binaries::PgBinaries;
 use super::bootstrap::connect;
-use super::instance::{self, ADMIN_PASSWORD, ADMIN_USER};
+use super::instance::{self, REPLICATION_PASSWORD, REPLICATION_USER};
 use super::layout::InstanceInfo;
 use super::os_user::RunAs;
 use super::ClusterError;
@@ -20,11 +20,11 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// is written anew, and a quorum naming its siblings would stall its commits once promoted.
 const NOT_INHERITED: [&str; 2] = ["primary_conninfo", "synchronous_standby_names"];
 
-/// How a replica connects to its primary: over loopback TCP as the admin user (pg_hba allows
+/// How a replica connects to its primary: over loopback TCP as the replication role (pg_hba allows
 /// replication connections from 127.0.0.1), named `app_name` in `pg_stat_replication`.
 pub fn primary_conninfo(primary: &InstanceInfo, app_name: &str) -> String {
     format!(
-        "host={} port={} user={ADMIN_USER} password={ADMIN_PASSWORD} application_name={app_name}",
+        "host={} port={} user={REPLICATION_USER} password={REPLICATION_PASSWORD} application_name={app_name}",
         primary.host, primary.port
     )
 }
@@ -86,7 +86,7 @@ pub async fn create_replica(
         .arg(&tmp)
         .arg("-d")
         .arg(format!(
-            "host={} port={} user={ADMIN_USER} password={ADMIN_PASSWORD}",
+            "host={} port={} user={REPLICATION_USER} password={REPLICATION_PASSWORD}",
             primary.host, primary.port
         ))
         // -R: standby.signal + primary_conninfo; fast checkpoint: the default spreads it over minutes.
@@ -312,7 +312,7 @@ mod tests {
         let plan = plan_instances(Path::new("/tmp/c"), 1, 1, 7000).unwrap();
         assert_eq!(
             primary_conninfo(&plan[1], "shard0r1"),
-            "host=127.0.0.1 port=7001 user=pgshard password=pgshard application_name=shard0r1"
+            "host=127.0.0.1 port=7001 user=replicator password=replicator application_name=shard0r1"
         );
     }
 

@@ -35,6 +35,8 @@ impl fmt::Debug for UserConfig {
             .field("password", &masked(&self.password))
             .field("auth", &self.auth)
             .field("admin", &self.admin)
+            .field("server_user", &self.server_user)
+            .field("server_password", &masked(&self.server_password))
             .finish()
     }
 }
@@ -53,6 +55,7 @@ impl fmt::Debug for ServerAuthConfig {
         f.debug_struct("ServerAuthConfig")
             .field("user", &self.user)
             .field("password", &masked(&self.password))
+            .field("allow_superuser_clients", &self.allow_superuser_clients)
             .finish()
     }
 }
@@ -96,6 +99,7 @@ mod tests {
             .replace("password = \"app\"", "password = \"s3cr3t-user\"");
         let mut c = Config::from_toml(&text, Path::new("config/pgshard.toml")).unwrap();
         c.server_auth.password = Some("s3cr3t-server".into());
+        c.users[0].server_password = Some("s3cr3t-role".into());
         c.shards[0].password = Some("s3cr3t-shard".into());
         c.catalog.url = "postgres://pgshard:s3cr3t-url@127.0.0.1:5500/catalog".into();
         let printed = format!("{c:?} {c:#?}");

@@ -20,6 +20,9 @@ pub fn resolve(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
         if let Some(p) = user.password.as_mut() {
             fields.push((format!("users[{i}].password"), p));
         }
+        if let Some(p) = user.server_password.as_mut() {
+            fields.push((format!("users[{i}].server_password"), p));
+        }
     }
     if let Some(p) = config.server_auth.password.as_mut() {
         fields.push(("server_auth.password".into(), p));

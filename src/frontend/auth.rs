@@ -604,6 +604,8 @@ mod tests {
             password: password.map(str::to_string),
             auth,
             admin: false,
+            server_user: None,
+            server_password: None,
         }
     }
 

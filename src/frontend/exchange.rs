@@ -155,7 +155,8 @@ async fn read_answer<S: FrameSink>(
                 continue;
             }
             be::ERROR_RESPONSE => {
-                let fields = ErrorFields::decode(&frame.body).ok();
+                let (frame, fields) =
+                    crate::txn::deadlock::as_deadlock(frame, conn.proxy_lock_timeout);
                 if let Some(fields) = fields.as_ref().filter(|f| ends_connection(f)) {
                     // Only this server connection ends: the session reports an ERROR instead
                     // of passing on a FATAL that would end the client's session too.

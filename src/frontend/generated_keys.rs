@@ -223,7 +223,7 @@ impl Session {
         let mut conn = self
             .proxy
             .pools
-            .get(self.any_shard)
+            .get_as(&self.server_login, self.any_shard)
             .await
             .map_err(|e| ErrorFields::error("08006", e.to_string()))?;
         let answer = conn

@@ -17,6 +17,7 @@ use super::client_io::ClientIo;
 use super::session::Session;
 use super::startup::{read_opening, Opening};
 use crate::admin::clients::ClientInfo;
+use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::startup_settings;
 use crate::live::{ClientSlot, Phase};
 use crate::proxy::Proxy;
@@ -87,6 +88,14 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
+    // The role this client's statements run as on the shards, fixed for the whole session.
+    let server_login = match live.user(&user) {
+        Some(entry) => ServerLogin::for_user(&live.users, entry),
+        None => {
+            let entry = crate::config::UserConfig::new(&user, None, Default::default());
+            ServerLogin::for_user(&[], &entry)
+        }
+    };
     drop(live);
     let (pid, secret, active) = proxy.cancels.register();
     let _listed = proxy.admin.clients.register(ClientInfo {
@@ -107,6 +116,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         proxy: proxy.clone(),
         io: ClientIo::new(stream, buf, &proxy.live.get()),
         user: user.clone(),
+        server_login,
         startup_settings: settings.clone(),
         settings,
         settings_at_begin: None,
@@ -169,7 +179,10 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         }
     }
     server_params.insert("session_authorization".into(), user);
-    server_params.insert("is_superuser".into(), "off".into());
+    // `is_superuser` stays what the server said for this client's own role.
+    server_params
+        .entry("is_superuser".into())
+        .or_insert_with(|| "off".into());
     let mut names: Vec<_> = server_params.keys().cloned().collect();
     names.sort();
     for name in names {

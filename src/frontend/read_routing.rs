@@ -207,7 +207,7 @@ impl Session {
                 .server(primary)
                 .map(|s| s.timeline)
                 .unwrap_or(0);
-            let Ok(mut conn) = proxy.pools.get_server(primary).await else {
+            let Ok(mut conn) = proxy.pools.get_server_as(&self.server_login, primary).await else {
                 // Unknown position: reads of this shard stay on the primary for a while.
                 self.reads.token.shards.remove(&shard);
                 continue;

@@ -12,6 +12,7 @@ use super::client_io::ClientIo;
 use super::exchange::{self, Expect, Outcome, SinkError, Step};
 use super::session_limits::Next;
 use crate::backend::pool::CheckoutError;
+use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::sync_sql;
 use crate::backend::{PooledConn, ShardPools};
 use crate::config::PoolMode;
@@ -62,6 +63,8 @@ pub struct Session {
     pub proxy: Arc<Proxy>,
     pub io: ClientIo,
     pub user: String,
+    /// The role (and password) this client's server connections log in as.
+    pub server_login: ServerLogin,
     pub startup_settings: BTreeMap<String, String>,
     pub settings: BTreeMap<String, String>,
     pub settings_at_begin: Option<BTreeMap<String, String>>,
@@ -871,8 +874,8 @@ impl Session {
         }
         if !self.held.contains_key(&shard) {
             let conn = match want {
-                Some(id) => self.proxy.pools.get_server(id).await,
-                None => self.proxy.pools.get(shard).await,
+                Some(id) => self.proxy.pools.get_server_as(&self.server_login, id).await,
+                None => self.proxy.pools.get_as(&self.server_login, shard).await,
             }
             .map_err(checkout_error)?;
             self.held.insert(shard, conn);

@@ -248,13 +248,17 @@ impl Session {
             }
             return Err(fields);
         }
+        conn.proxy_lock_timeout = lock_timeout.is_some() && first.is_some();
         if let (Some(timeout), Some(first), Some(t)) = (&lock_timeout, first, self.txn.as_ref()) {
             if t.participants.len() == 1 {
                 // The first participant ran alone so far: it gets the bound now.
                 if let Some(conn) = self.held.get_mut(&first) {
                     let set = format!("SET LOCAL lock_timeout = {timeout}");
-                    if let Err(e) = conn.run_silently(&set).await {
-                        tracing::debug!(shard = first, error = %e, "could not bound lock waits");
+                    match conn.run_silently(&set).await {
+                        Ok(()) => conn.proxy_lock_timeout = true,
+                        Err(e) => {
+                            tracing::debug!(shard = first, error = %e, "could not bound lock waits")
+                        }
                     }
                 }
             }

@@ -209,7 +209,9 @@ async fn prepare_destination(
 }
 
 /// `pg_dump --schema-only` of some tables of a shard (with their indexes, constraints and owned
-/// sequences), without psql meta-commands.
+/// sequences), without psql meta-commands. Owners and grants come along: on the destination the
+/// tables belong to the same roles (the application's, not the control plane's) and grant the
+/// same rights.
 async fn dump_schema(
     config: &Config,
     shard: u32,
@@ -220,21 +222,15 @@ async fn dump_schema(
     let bins = crate::cluster::PgBinaries::find()
         .map_err(|e| RebalanceError::Config(format!("cannot find pg_dump: {e}")))?;
     let mut cmd = tokio::process::Command::new(bins.program("pg_dump"));
-    cmd.args([
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--no-publications",
-        "--no-subscriptions",
-    ])
-    .arg("-h")
-    .arg(&s.host)
-    .arg("-p")
-    .arg(s.port.to_string())
-    .arg("-U")
-    .arg(user)
-    .arg("-d")
-    .arg(&s.database);
+    cmd.args(["--schema-only", "--no-publications", "--no-subscriptions"])
+        .arg("-h")
+        .arg(&s.host)
+        .arg("-p")
+        .arg(s.port.to_string())
+        .arg("-U")
+        .arg(user)
+        .arg("-d")
+        .arg(&s.database);
     for t in tables {
         cmd.arg("-t").arg(t);
     }

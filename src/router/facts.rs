@@ -1429,6 +1429,12 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
             facts.is_write = c.is_from;
             facts.copy = Some(Box::new(super::copy_facts::analyze(c)));
             mark_tables(&scan, tables, &mut facts);
+            if c.is_from && (c.is_program || !c.filename.is_empty()) && facts.sharded {
+                // Rows read on a shard's host never pass through pgshard, so nothing splits them.
+                facts.refuse = Some(
+                    "COPY FROM a file or program on the server cannot load a sharded table: pgshard splits rows by key as they pass through it; use COPY … FROM STDIN (psql's \\copy)".into(),
+                );
+            }
             if let Some(rel) = c.relation.as_ref().filter(|_| c.is_from) {
                 if tables.is_reference(&rel.schemaname, &rel.relname) {
                     facts.refuse = Some(format!(

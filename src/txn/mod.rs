@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod control;
+pub mod deadlock;
 pub mod decision_log;
 pub mod recovery;
 pub mod statement;

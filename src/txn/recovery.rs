@@ -144,14 +144,16 @@ async fn connect(
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
         .unwrap_or((shard.host.as_str(), shard.port));
+    // The control-plane login: finishing another role's prepared transaction needs a superuser.
+    let (user, password) = config.control_login(shard);
     let mut pg = tokio_postgres::Config::new();
     pg.host(host)
         .port(port)
         .dbname(&shard.database)
-        .user(shard.login_user(&config.server_auth))
+        .user(user)
         .application_name("pgshard-recovery")
         .connect_timeout(config.pool.connect_timeout());
-    if let Some(pw) = shard.login_password(&config.server_auth) {
+    if let Some(pw) = password {
         pg.password(pw);
     }
     let (client, connection) = tls.connect(&pg).await?;

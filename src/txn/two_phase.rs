@@ -187,7 +187,9 @@ impl Coordinator {
         let mut delay = RETRY_FIRST;
         let mut warned = false;
         loop {
-            match self.pools.get(shard).await {
+            // As the control-plane login: finishing another role's prepared transaction needs
+            // a superuser, and the client that prepared it may be gone.
+            match self.pools.get_control(shard).await {
                 Ok(mut conn) => match conn.run_silently(&sql).await {
                     Ok(()) => return,
                     Err(e) if already_finished(&e) => return,

@@ -56,7 +56,26 @@ impl TestCluster {
                 panic!("cluster up failed: {e}");
             }
         };
-        TestCluster { info, _dir: dir }
+        let cluster = TestCluster { info, _dir: dir };
+        cluster.share_direct_tables().await;
+        cluster
+    }
+
+    /// Tests create tables on the shards directly, as the superuser `pgshard`, and use them through
+    /// the proxy, where they run as the application role `app`: whatever `pgshard` creates in
+    /// `public` from now on is usable (not owned) by `app`.
+    async fn share_direct_tables(&self) {
+        for id in self.info.shard_ids() {
+            let c = self.connect(&format!("shard{id}")).await;
+            c.batch_execute(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE pgshard IN SCHEMA public \
+                     GRANT ALL ON TABLES TO app; \
+                 ALTER DEFAULT PRIVILEGES FOR ROLE pgshard IN SCHEMA public \
+                     GRANT ALL ON SEQUENCES TO app",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("default privileges on shard {id}: {e}"));
+        }
     }
 
     /// A direct connection (admin user) to any instance of the cluster, replicas included.

@@ -8,7 +8,8 @@ use pgshard::server::RunningProxy;
 pub const APP_PASSWORD: &str = "app";
 
 /// Starts a proxy for the cluster on a free loopback port. Besides `app` (SCRAM), it knows
-/// `trusted` (trust) and `md5user` (md5, password `md5pass`).
+/// `trusted` (trust) and `md5user` (md5, password `md5pass`); all three run as the shards' role
+/// `app` (no superuser), as the demo's config says.
 pub async fn start_proxy(info: &ClusterInfo) -> RunningProxy {
     start_proxy_with(info, |_| {}).await
 }
@@ -21,22 +22,25 @@ pub async fn start_proxy_with(
     let mut config = Config::load(&info.config_path).expect("the cluster wrote a valid config");
     config.proxy.listen = "127.0.0.1:0".into();
     config.catalog.poll_interval_ms = 500;
-    config.users.push(UserConfig {
-        name: "trusted".into(),
-        password: None,
-        auth: AuthMethod::Trust,
-        admin: false,
-    });
-    config.users.push(UserConfig {
-        name: "md5user".into(),
-        password: Some("md5pass".into()),
-        auth: AuthMethod::Md5,
-        admin: false,
-    });
+    config
+        .users
+        .push(as_app(UserConfig::new("trusted", None, AuthMethod::Trust)));
+    config.users.push(as_app(UserConfig::new(
+        "md5user",
+        Some("md5pass"),
+        AuthMethod::Md5,
+    )));
     change(&mut config);
     pgshard::server::start(config)
         .await
         .expect("pgshard starts")
+}
+
+/// `user` running as the shards' application role `app` (the demo's), not as a role of its own.
+pub fn as_app(mut user: UserConfig) -> UserConfig {
+    user.server_user = Some("app".into());
+    user.server_password = Some(APP_PASSWORD.into());
+    user
 }
 
 /// A libpq URL for the proxy.
