@@ -633,7 +633,16 @@ impl Session {
                     self.statements.remove(&target.name);
                     Ok(Some((Msg::CloseStatement, Some(Route::Any), false)))
                 } else {
-                    let route = self.portal_route(&target.name, portal_statements);
+                    // Closing a portal the proxy holds frees it; any shard answers the Close
+                    // (pgjdbc sends it together with the next statement).
+                    let route = if portal_statements.contains_key(&target.name) {
+                        None
+                    } else if self.cursors.served(&target.name).is_some() {
+                        self.cursors.close(&target.name);
+                        Some(Route::Any)
+                    } else {
+                        self.portal_route(&target.name, portal_statements)
+                    };
                     Ok(Some((Msg::ClosePortal(target), route, false)))
                 }
             }

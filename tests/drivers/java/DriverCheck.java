@@ -39,11 +39,7 @@ public final class DriverCheck {
                     + " for executeBatch over several shards as a transaction's first statement",
             "keylessFirstInTransaction",
             "0A000 \"BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards\""
-                    + " for a keyless query as a transaction's first statement",
-            "keylessFetchSize",
-            "0A000 \"a statement without a shard key runs on every shard: inside a transaction block or before a"
-                    + " Flush, execute it without a row limit\" for a keyless executeQuery with setFetchSize in a"
-                    + " transaction");
+                    + " for a keyless query as a transaction's first statement");
 
     private final String proxyUrl;
     private final List<Integer> shards = new ArrayList<>();
