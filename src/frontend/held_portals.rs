@@ -339,9 +339,12 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// A portal, the Executes after its Bind, and whether it is held.
+    type Case = (&'static str, Vec<(&'static str, i32)>, bool);
+
     #[test]
     fn a_portal_is_held_when_its_first_execute_has_a_limit_or_comes_later() {
-        let cases: Vec<(&str, Vec<(&str, i32)>, bool)> = vec![
+        let cases: Vec<Case> = vec![
             ("p", vec![], true),
             ("p", vec![("p", 10)], true),
             ("p", vec![("p", 0)], false),
