@@ -12,7 +12,7 @@ use super::extended::{build_steps, fenceable_texts, merge_for_batch, server_stat
 use super::pipeline::UnitEnd;
 use super::session::{needs_atomic_scatter, refusal, End, Prepared, Session, Target};
 use crate::backend::ServerConn;
-use crate::gather::cursor::Keep;
+use crate::gather::cursor::{scatter_shards, Keep};
 use crate::router::cursor::{Declare, Motion};
 use crate::router::params::BindParams;
 use crate::router::{Route, StatementFacts, StatementKind};
@@ -281,15 +281,9 @@ impl Session {
             }
             _ => Route::Refuse("a cursor's query must be one statement".into()),
         };
-        let shards = match route {
-            Route::Scatter(shards) => shards,
-            Route::Refuse(message) => return Ok(Err(refusal(message))),
-            _ => {
-                return Ok(Err(ErrorFields::error(
-                    "XX000",
-                    "a cursor over several shards has a query that reaches one",
-                )))
-            }
+        let shards = match scatter_shards(route) {
+            Ok(shards) => shards,
+            Err(fields) => return Ok(Err(fields)),
         };
         let statement = Arc::new(Prepared {
             sql: query.to_string(),

@@ -35,6 +35,18 @@ pub struct Keep {
     error: Option<Frame>,
 }
 
+/// The shards of a cursor's query routed over several shards, or the error its route gives.
+pub fn scatter_shards(route: Route) -> Result<Vec<u32>, ErrorFields> {
+    match route {
+        Route::Scatter(shards) => Ok(shards),
+        Route::Refuse(message) => Err(refusal(message)),
+        _ => Err(ErrorFields::error(
+            "XX000",
+            "a cursor over several shards has a query that reaches one",
+        )),
+    }
+}
+
 impl Keep {
     /// The kept answer as rows to serve, or the error the client gets instead: the shards'
     /// first error, the cap exceeded (54000; `what` names the cursor or portal), or no
@@ -120,15 +132,9 @@ impl Session {
                 .route(f, &LiteralParams(&literals), &map, proxy.first_shard),
             _ => Route::Refuse("a cursor's query must be one statement".into()),
         };
-        let shards = match route {
-            Route::Scatter(shards) => shards,
-            Route::Refuse(message) => return Ok(Err(refusal(message))),
-            _ => {
-                return Ok(Err(ErrorFields::error(
-                    "XX000",
-                    "a cursor over several shards has a query that reaches one",
-                )))
-            }
+        let shards = match scatter_shards(route) {
+            Ok(shards) => shards,
+            Err(fields) => return Ok(Err(fields)),
         };
         let (text, bound) = match merge_for_simple(&facts, &literals) {
             Ok(Some((text, bound))) => (text, Some(bound)),
