@@ -302,5 +302,53 @@ SELECT 'fc:' || user_id FROM users ORDER BY user_id;
     .await;
     assert!(ok, "psycopg cursor check failed:\n{out}\n{err}");
     assert!(out.contains("cursor check passed"), "{out}");
+
+    // Portals read a piece at a time over every shard: tokio-postgres binds a portal and executes
+    // it with a row limit (binary results), part after part.
+    let mut portals = proxy::connect(&proxy).await;
+    let tx = portals.transaction().await.expect("begin");
+    let sql = "SELECT user_id, name FROM users WHERE user_id > $1 ORDER BY user_id";
+    for limit in [7, 40] {
+        let portal = tx.bind(sql, &[&0i64]).await.expect("bind over every shard");
+        let mut seen: Vec<i64> = Vec::new();
+        let mut parts = 0;
+        loop {
+            let part = tx.query_portal(&portal, limit).await.expect("execute part");
+            parts += 1;
+            for r in &part {
+                let (id, name): (i64, &str) = (r.get(0), r.get(1));
+                assert_eq!(name, format!("u{id:03}"));
+                seen.push(id);
+            }
+            if part.len() < limit as usize {
+                break;
+            }
+            assert!(parts <= 200, "the portal never ended");
+        }
+        assert_eq!(seen, (1..=200).collect::<Vec<i64>>(), "limit {limit}");
+        // 200 rows in parts of 40 end with an empty part, as Postgres's portal does.
+        assert_eq!(parts, 200 / limit + 1, "limit {limit}");
+    }
+    let portal = tx.bind(sql, &[&190i64]).await.expect("bind");
+    let first = tx.query_portal(&portal, 3).await.expect("first part");
+    let got: Vec<i64> = first.iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, [191, 192, 193]);
+    drop(portal);
+    tx.commit().await.expect("commit");
+    let count: i64 = portals
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .expect("usable after commit")
+        .get(0);
+    assert_eq!(count, 200);
+
+    // asyncpg cursors inside a transaction: iteration and fetch(n).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/portal_check.py");
+    let (ok, out, err) = run(Command::new("python3")
+        .arg(script)
+        .arg(proxy::app_url(&proxy)))
+    .await;
+    assert!(ok, "asyncpg portal check failed:\n{out}\n{err}");
+    assert!(out.contains("portal check passed"), "{out}");
     proxy.stop().await;
 }

@@ -1011,7 +1011,7 @@ async fn a_flush_pipeline_over_two_shards_commits_or_rolls_back_at_sync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_limit_over_several_shards_cuts_the_merge_and_refuses_more() {
+async fn a_portal_over_several_shards_is_read_in_parts_until_its_transaction_ends() {
     use common::raw::query;
     use pgshard::wire::frontend::{self as fe, Bind, Execute, Parse};
     let cluster = TestCluster::start(3, Strategy::Hash).await;
@@ -1072,8 +1072,7 @@ async fn a_row_limit_over_several_shards_cuts_the_merge_and_refuses_more() {
             .map(|(_, b)| &b[6..])
             .collect();
         assert_eq!(rows, vec![&b"6"[..], &b"5"[..]]);
-        // Going on from where the merge stopped is refused, never answered with missing rows.
-        let mut more = execute(2);
+        let mut more = execute(3);
         more.extend_from_slice(&fe::sync().to_bytes());
         raw.send(&more).await;
         let answer = raw.until_ready().await;
@@ -1082,8 +1081,29 @@ async fn a_row_limit_over_several_shards_cuts_the_merge_and_refuses_more() {
             .filter(|(t, _)| *t == b'E')
             .map(|(_, b)| error_fields(b))
             .collect();
-        assert_eq!(errors.len(), 1, "{answer:?}");
-        assert_eq!(errors[0].0, "0A000", "{errors:?}");
+        if !in_block {
+            // The Sync ended the implicit transaction, and the portal with it, as in Postgres.
+            assert_eq!(errors.len(), 1, "{answer:?}");
+            assert_eq!(errors[0].0, "34000", "{errors:?}");
+            continue;
+        }
+        // In a block the portal goes on where it stopped: three rows, then the last one with
+        // CommandComplete counting the rows of that Execute.
+        assert_eq!(tags(&answer), b"DDDsZ".to_vec(), "{answer:?}");
+        let rows: Vec<&[u8]> = answer
+            .iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, b)| &b[6..])
+            .collect();
+        assert_eq!(rows, vec![&b"4"[..], &b"3"[..], &b"2"[..]]);
+        raw.send(&more).await;
+        let answer = raw.until_ready().await;
+        assert_eq!(tags(&answer), b"DCZ".to_vec(), "{answer:?}");
+        let complete = answer
+            .iter()
+            .find(|(t, _)| *t == b'C')
+            .map(|(_, b)| b.clone());
+        assert_eq!(complete.as_deref(), Some(&b"SELECT 1\0"[..]));
         if in_block {
             raw.send(&query("ROLLBACK")).await;
             raw.until_ready().await;

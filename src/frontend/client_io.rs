@@ -53,10 +53,6 @@ pub struct ClientIo {
     /// Set when the query timeout cancelled the current request: the servers' "canceling
     /// statement due to user request" is reported as the timeout it was.
     pub timed_out: Arc<AtomicBool>,
-    /// A row limit on what reaches the client: `(limit, rows seen)`. Set while an Execute with a
-    /// row count runs over several shards, so the merged result stops where one server's portal
-    /// would.
-    row_cap: Option<(u64, u64)>,
 }
 
 /// A point in the output, to take back what was queued after it if none of it was sent.
@@ -81,7 +77,6 @@ impl ClientIo {
             flushes: 0,
             parse_completes: 0,
             timed_out: Arc::default(),
-            row_cap: None,
         }
     }
 
@@ -147,24 +142,8 @@ impl ClientIo {
         }
     }
 
-    /// Lets at most `limit` DataRows through until `take_row_cap`.
-    pub fn cap_rows(&mut self, limit: u64) {
-        self.row_cap = Some((limit, 0));
-    }
-
-    /// Ends the row limit; returns how many rows were offered under it (passed or dropped).
-    pub fn take_row_cap(&mut self) -> u64 {
-        self.row_cap.take().map_or(0, |(_, seen)| seen)
-    }
-
     /// Queues a frame for the client.
     pub fn push(&mut self, frame: &Frame) {
-        if let (be::DATA_ROW, Some((limit, seen))) = (frame.tag, self.row_cap.as_mut()) {
-            *seen += 1;
-            if *seen > *limit {
-                return;
-            }
-        }
         count_error(frame);
         if frame.tag == be::PARSE_COMPLETE {
             self.parse_completes += 1;

@@ -141,7 +141,12 @@ impl Session {
                 Msg::DescribePortal(t) | Msg::ClosePortal(t) => {
                     involved |= self.cursors.served(&t.name).is_some();
                 }
-                Msg::Execute(e) => others |= !ours.contains_key(e.portal.as_str()),
+                Msg::Execute(e) => {
+                    // An Execute of a portal the proxy holds (see `held_portals`).
+                    let held = self.cursors.served(&e.portal).is_some();
+                    involved |= held;
+                    others |= !held && !ours.contains_key(e.portal.as_str());
+                }
                 _ => {}
             }
         }
@@ -170,6 +175,7 @@ impl Session {
         ours: &HashMap<&str, Arc<Prepared>>,
     ) -> Result<Result<(), ErrorFields>, End> {
         let op_of = |st: &Prepared| st.facts.first().and_then(|f| f.cursor.clone());
+        let mut binds: HashMap<&str, &crate::wire::frontend::Bind> = HashMap::new();
         for msg in msgs {
             match msg {
                 Msg::Parse(..) => self.io.push(&be::parse_complete()),
@@ -177,11 +183,7 @@ impl Session {
                     bind, statement, ..
                 } => {
                     let op = op_of(statement);
-                    if matches!(op, Some(CursorOp::Declare(_))) && !bind.params.is_empty() {
-                        return Ok(Err(refusal(
-                            "DECLARE CURSOR over several shards with parameters is not supported; write the values into the statement, or add a condition on the shard key",
-                        )));
-                    }
+                    binds.insert(bind.portal.as_str(), bind);
                     if matches!(op, Some(CursorOp::Fetch { .. }))
                         && bind.result_formats.iter().any(|f| *f != 0)
                     {
@@ -218,7 +220,10 @@ impl Session {
                 }
                 Msg::Execute(e) => {
                     let Some(st) = ours.get(e.portal.as_str()) else {
-                        return Ok(Err(alone()));
+                        if let Err(fields) = self.execute_held(e) {
+                            return Ok(Err(fields));
+                        }
+                        continue;
                     };
                     if e.max_rows > 0 {
                         return Ok(Err(refusal(
@@ -228,6 +233,24 @@ impl Session {
                     let Some(op) = op_of(st) else {
                         return Ok(Err(alone()));
                     };
+                    if let (CursorOp::Declare(d), Some(bind)) = (&op, binds.get(e.portal.as_str()))
+                    {
+                        if !bind.params.is_empty() {
+                            let Some(query) = declared_query(&st.sql) else {
+                                return Ok(Err(ErrorFields::error(
+                                    "42601",
+                                    "DECLARE CURSOR needs a query after FOR",
+                                )));
+                            };
+                            if let Err(fields) =
+                                self.declare_bound(d, query, bind, &st.param_types).await?
+                            {
+                                return Ok(Err(fields));
+                            }
+                            self.io.push(&be::command_complete("DECLARE CURSOR"));
+                            continue;
+                        }
+                    }
                     if let Err(fields) = self.run_cursor_op(&op, &st.sql, false).await? {
                         return Ok(Err(fields));
                     }

@@ -246,6 +246,12 @@ impl Cursors {
         }
     }
 
+    /// The end of an implicit transaction: the portals the proxy held in it are gone (cursors
+    /// on a shard outside a block are WITH HOLD ones, which stay).
+    pub fn drop_served(&mut self) {
+        self.open.retain(|o| matches!(o.place, Place::Shard(_)));
+    }
+
     /// CLOSE ALL: every cursor is gone, the savepoints stay.
     pub fn close_all(&mut self) {
         self.open.clear();

@@ -185,6 +185,10 @@ impl Session {
             msgs.clear();
             error = Some(aborted());
         }
+        if error.is_none() && super::held_portals::binds_held_portal(&msgs, &msg_routes) {
+            // A portal read a piece at a time over several shards: held by the proxy.
+            return self.run_pipeline(msgs, msg_routes, error, sync).await;
+        }
         if error.is_none() && self.cursor_batch(&msgs, sync).await? {
             return Ok(());
         }
@@ -543,8 +547,8 @@ impl Session {
                     .get(&bind.statement)
                     .cloned()
                     .ok_or_else(|| statement_missing(&bind.statement))?;
+                self.rebind_held(&bind.portal)?;
                 portal_statements.insert(bind.portal.clone(), statement.clone());
-                self.cut_portals.remove(&bind.portal);
                 let Some(facts) = statement.facts.first() else {
                     return Ok(Some((
                         Msg::Bind {
@@ -629,7 +633,16 @@ impl Session {
                     self.statements.remove(&target.name);
                     Ok(Some((Msg::CloseStatement, Some(Route::Any), false)))
                 } else {
-                    let route = self.portal_route(&target.name, portal_statements);
+                    // Closing a portal the proxy holds frees it; any shard answers the Close
+                    // (pgjdbc sends it together with the next statement).
+                    let route = if portal_statements.contains_key(&target.name) {
+                        None
+                    } else if self.cursors.served(&target.name).is_some() {
+                        self.cursors.close(&target.name);
+                        Some(Route::Any)
+                    } else {
+                        self.portal_route(&target.name, portal_statements)
+                    };
                     Ok(Some((Msg::ClosePortal(target), route, false)))
                 }
             }
@@ -646,11 +659,6 @@ impl Session {
     ) -> Option<Route> {
         if portal_statements.contains_key(portal) {
             return None;
-        }
-        if self.cut_portals.contains(portal) {
-            return Some(Route::Refuse(format!(
-                "portal \"{portal}\" ran on several shards and stopped at its row limit; fetching more of it is not supported: execute it without a row limit"
-            )));
         }
         // A cursor declared in SQL is a portal too: it lives where it was declared.
         Some(match self.portals.get(portal).copied() {

@@ -129,7 +129,6 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         batch: Vec::new(),
         skip_until_sync: false,
         open_batch_shard: None,
-        cut_portals: Default::default(),
         cancel: active,
         any_shard: proxy.first_shard,
         reads: Default::default(),

@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod extended;
 pub mod fencing;
 pub mod generated_keys;
+pub mod held_portals;
 pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;

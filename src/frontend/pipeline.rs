@@ -8,14 +8,12 @@
 use std::collections::HashMap;
 
 use super::batch_units::split_units;
-use super::exchange::{Expect, Step};
+use super::exchange::Step;
 use super::extended::{build_steps, fenceable_texts, merge_for_batch, Msg};
 use super::session::{needs_atomic_scatter, refusal, End, Session, Target};
 use crate::backend::ServerConn;
 use crate::router::{Route, StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
-use crate::wire::frame::Frame;
-use crate::wire::frontend::Execute;
 
 /// How one unit ended.
 pub(super) enum UnitEnd {
@@ -231,6 +229,9 @@ impl Session {
         routes: &[Option<Route>],
         bound_here: &mut HashMap<String, Option<u32>>,
     ) -> Result<UnitEnd, End> {
+        if super::held_portals::binds_held_portal(unit, routes) || self.executes_held_portal(unit) {
+            return self.held_unit(unit, routes).await;
+        }
         let facts = executed_facts(unit);
         let binds: Vec<&str> = unit
             .iter()
@@ -318,35 +319,24 @@ impl Session {
         // Each shard's part ends with a Sync inside the block (joined with BEGIN), so the block
         // stays open; its ReadyForQuery is not the client's (merges keep it to themselves).
         let quiet = matches!(target, Target::Single(_));
-        let row_limit = unit.iter().find_map(|m| match m {
-            Msg::Execute(e) if e.max_rows > 0 => u64::try_from(e.max_rows).ok(),
-            _ => None,
-        });
-        // Over several shards, each runs the whole statement and the merged rows are cut.
-        let whole = row_limit.is_some() && matches!(target, Target::Scatter(_));
+        let partial = unit
+            .iter()
+            .any(|m| matches!(m, Msg::Execute(e) if e.max_rows > 0));
+        if partial && !matches!(target, Target::Single(_)) {
+            // Reads over several shards with a row limit are held (see `held_portals`).
+            self.push_error_in_batch(refusal(
+                "a statement that changes several shards must be executed without a row limit",
+            ));
+            return Ok(UnitEnd::Failed);
+        }
         let build = |conn: &ServerConn| -> Vec<Step> {
             let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
             let mut steps = build_steps(unit, conn, None, true, merge_steps, fence);
             if let (true, Some(Step::Send { forward, .. })) = (quiet, steps.last_mut()) {
                 *forward = false;
             }
-            if whole {
-                for step in &mut steps {
-                    if let Step::Send {
-                        frame,
-                        expect: Expect::Execute,
-                        ..
-                    } = step
-                    {
-                        if let Ok(e) = Execute::decode(&frame.body) {
-                            *frame = Execute { max_rows: 0, ..e }.encode();
-                        }
-                    }
-                }
-            }
             steps
         };
-        let partial = row_limit.is_some();
         match target {
             Target::Single(shard) => {
                 if let Err(fields) = self.ensure_conn(shard, true).await {
@@ -372,12 +362,7 @@ impl Session {
             }
             Target::Scatter(shards) => {
                 let bound = merge.as_ref().map(|(_, b)| b.clone());
-                if let Some(limit) = row_limit {
-                    self.io.cap_rows(limit);
-                }
-                let end = self.run_scatter(shards, build, bound).await;
-                let offered = self.io.take_row_cap();
-                let end = end?;
+                let end = self.run_scatter(shards, build, bound).await?;
                 if let Some(fields) = end.failure {
                     self.push_error_in_batch(fields);
                     return Ok(UnitEnd::Failed);
@@ -386,28 +371,12 @@ impl Session {
                 if self.status() == TxStatus::Failed {
                     return Ok(UnitEnd::Failed);
                 }
-                match (row_limit, end.complete) {
-                    // As a server's portal: stopped at the limit, so it may have more rows; a
-                    // later Execute of it is refused (see `portal_route`).
-                    (Some(limit), Some(_)) if offered >= limit => {
-                        self.io
-                            .push(&Frame::new(be::PORTAL_SUSPENDED, bytes::Bytes::new()));
-                        if let Some(portal) = unit.iter().find_map(portal_of) {
-                            self.cut_portals.insert(portal.to_string());
-                        }
-                    }
-                    (_, Some(complete)) => self.io.push(&complete),
-                    (_, None) => {}
+                if let Some(complete) = end.complete {
+                    self.io.push(&complete);
                 }
                 Ok(UnitEnd::Ran)
             }
             Target::Broadcast(shards) => {
-                if partial {
-                    self.push_error_in_batch(refusal(
-                        "a statement that changes every shard must be executed without a row limit",
-                    ));
-                    return Ok(UnitEnd::Failed);
-                }
                 for &shard in &shards {
                     if let Err(fields) = self.ensure_conn(shard, true).await {
                         self.push_error_in_batch(fields);

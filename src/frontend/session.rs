@@ -83,9 +83,6 @@ pub struct Session {
     pub skip_until_sync: bool,
     /// A Flush-ended batch ran on this shard: the implicit transaction lasts until Sync.
     pub open_batch_shard: Option<u32>,
-    /// Portals over several shards whose rows were cut at an Execute's row limit: executing
-    /// them again is refused (the merge cannot go on where it stopped).
-    pub cut_portals: std::collections::HashSet<String>,
     pub cancel: ActiveTargets,
     /// Where requests that any shard can answer go when no connection is held: the shard that
     /// answered at login.
@@ -205,6 +202,7 @@ impl Session {
                 } else {
                     self.extended_batch(true).await
                 };
+                self.end_implicit_portals();
                 r
             }
             fe::TERMINATE => Err(End::ClientGone),

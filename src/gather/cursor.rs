@@ -24,14 +24,57 @@ use crate::wire::frontend as fe;
 /// Most row data (DataRow bytes) a proxy-served cursor holds.
 pub const CURSOR_CAP_BYTES: usize = 64 * 1024 * 1024;
 
-/// Keeps a merged answer: its description, its rows up to the cap, its first error.
+/// Keeps a merged answer: its description, its rows up to the cap, its first error. Shared by
+/// cursors and by portals read a piece at a time (`frontend::held_portals`).
 #[derive(Default)]
-struct Keep {
+pub struct Keep {
     description: Option<Frame>,
     rows: Vec<Bytes>,
     bytes: usize,
     overflow: bool,
     error: Option<Frame>,
+}
+
+/// The shards of a cursor's query routed over several shards, or the error its route gives.
+pub fn scatter_shards(route: Route) -> Result<Vec<u32>, ErrorFields> {
+    match route {
+        Route::Scatter(shards) => Ok(shards),
+        Route::Refuse(message) => Err(refusal(message)),
+        _ => Err(ErrorFields::error(
+            "XX000",
+            "a cursor over several shards has a query that reaches one",
+        )),
+    }
+}
+
+impl Keep {
+    /// The kept answer as rows to serve, or the error the client gets instead: the shards'
+    /// first error, the cap exceeded (54000; `what` names the cursor or portal), or no
+    /// description.
+    pub fn held(self, what: &str) -> Result<Materialized, ErrorFields> {
+        if let Some(frame) = self.error {
+            return Err(ErrorFields::decode(&frame.body).unwrap_or_else(|_| {
+                ErrorFields::error("XX000", "a shard sent a malformed error")
+            }));
+        }
+        if self.overflow {
+            return Err(ErrorFields::error(
+                "54000",
+                format!(
+                    "{what} spans several shards and its merged rows exceed the {} MiB pgshard holds for it",
+                    CURSOR_CAP_BYTES >> 20
+                ),
+            )
+            .with_hint("add a condition on the shard key so it reaches one shard, or read the rows in keyed pages (WHERE key > last ORDER BY key LIMIT n)"));
+        }
+        let Some(description) = self.description else {
+            return Err(ErrorFields::error(
+                "XX000",
+                format!("the shards sent no row description for {what}"),
+            ));
+        };
+        Ok(Materialized::new(description, self.rows))
+    }
 }
 
 impl FrameSink for Keep {
@@ -89,15 +132,9 @@ impl Session {
                 .route(f, &LiteralParams(&literals), &map, proxy.first_shard),
             _ => Route::Refuse("a cursor's query must be one statement".into()),
         };
-        let shards = match route {
-            Route::Scatter(shards) => shards,
-            Route::Refuse(message) => return Ok(Err(refusal(message))),
-            _ => {
-                return Ok(Err(ErrorFields::error(
-                    "XX000",
-                    "a cursor over several shards has a query that reaches one",
-                )))
-            }
+        let shards = match scatter_shards(route) {
+            Ok(shards) => shards,
+            Err(fields) => return Ok(Err(fields)),
         };
         let (text, bound) = match merge_for_simple(&facts, &literals) {
             Ok(Some((text, bound))) => (text, Some(bound)),
@@ -127,35 +164,16 @@ impl Session {
         if let Some(fields) = end.failure {
             return Ok(Err(fields));
         }
-        if let Some(frame) = keep.error {
-            let fields = ErrorFields::decode(&frame.body)
-                .unwrap_or_else(|_| ErrorFields::error("XX000", "a shard sent a malformed error"));
-            return Ok(Err(fields));
-        }
-        if keep.overflow {
-            return Ok(Err(ErrorFields::error(
-                "54000",
-                format!(
-                    "cursor \"{}\" spans several shards and its merged rows exceed the {} MiB pgshard holds for such a cursor",
-                    declare.name,
-                    CURSOR_CAP_BYTES >> 20
-                ),
-            )
-            .with_hint("add a condition on the shard key so the cursor reaches one shard, or read the rows in keyed pages (WHERE key > last ORDER BY key LIMIT n)")));
-        }
-        let Some(description) = keep.description else {
-            return Ok(Err(ErrorFields::error(
-                "XX000",
-                "the shards sent no row description for the cursor's query",
-            )));
+        let cursor = match keep.held(&format!("cursor \"{}\"", declare.name)) {
+            Ok(c) => c,
+            Err(fields) => return Ok(Err(fields)),
         };
-        let cursor = Materialized::new(description, keep.rows);
         self.cursors.declare(&declare.name, Place::Proxy(cursor));
         Ok(Ok(()))
     }
 
     /// Why this session cannot open `declare` over several shards, if it cannot.
-    fn declare_refusal(&self, declare: &Declare) -> Option<ErrorFields> {
+    pub(crate) fn declare_refusal(&self, declare: &Declare) -> Option<ErrorFields> {
         if self.txn.as_ref().is_none_or(|t| t.implicit) {
             return Some(ErrorFields::error(
                 "25P01",

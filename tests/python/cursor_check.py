@@ -34,6 +34,16 @@ def main(url: str, key: int) -> None:
             assert cur.fetchall() == [(200, 200)]
         conn.commit()
 
+        # A cursor over several shards with a parameter (DECLARE sent with Bind values).
+        with conn.cursor(name="p") as cur:
+            cur.execute(
+                "SELECT user_id, name FROM users WHERE user_id > %s ORDER BY user_id", (150,)
+            )
+            assert cur.fetchmany(3) == [(i, f"u{i:03}") for i in range(151, 154)]
+            rest = cur.fetchall()
+            assert [r[0] for r in rest] == list(range(154, 201)), rest[:3]
+        conn.commit()
+
         with conn.cursor(name="k") as cur:
             cur.execute("SELECT user_id, name FROM users WHERE user_id = %s", (key,))
             assert cur.fetchall() == [(key, f"u{key:03}")]

@@ -32,11 +32,7 @@ public final class DriverCheck {
      * Steps pgshard refuses today, skipped (with the reason printed) until it serves them; they stay
      * here so that PGSHARD_DRIVER_GAPS=run shows which of them a change closed.
      */
-    private static final Map<String, String> KNOWN_GAPS = Map.of(
-            "keylessFetchSize",
-            "0A000 \"a statement without a shard key runs on every shard: inside a transaction block or before a"
-                    + " Flush, execute it without a row limit\" for a keyless executeQuery with setFetchSize in a"
-                    + " transaction");
+    private static final Map<String, String> KNOWN_GAPS = Map.of();
 
     private final String proxyUrl;
     private final List<Integer> shards = new ArrayList<>();

@@ -1,0 +1,359 @@
+//! Portals over several shards read a piece at a time: `Execute(portal, n)` repeated until
+//! CommandComplete (pgjdbc's fetch size, asyncpg and tokio-postgres cursors), and DECLARE CURSOR
+//! with Bind parameters. The proxy runs the bound statement once through the usual scatter +
+//! merge, holds the merged rows as a proxy-served cursor (`gather::cursor`, same cap), and serves
+//! each Execute from them. A held portal lives as Postgres's does: until Close, the next Bind of
+//! its (unnamed) name, or the end of its transaction (COMMIT/ROLLBACK, or the Sync of an implicit
+//! one).
+
+use std::sync::Arc;
+
+use super::extended::{build_steps, fenceable_texts, merge_for_batch, server_statement_name, Msg};
+use super::pipeline::UnitEnd;
+use super::session::{needs_atomic_scatter, refusal, End, Prepared, Session, Target};
+use crate::backend::ServerConn;
+use crate::gather::cursor::{scatter_shards, Keep};
+use crate::router::cursor::{Declare, Motion};
+use crate::router::params::BindParams;
+use crate::router::{Route, StatementFacts, StatementKind};
+use crate::wire::backend::{self as be, ErrorFields, TxStatus};
+use crate::wire::frame::Frame;
+use crate::wire::frontend::{Bind, Execute, Target as NamedTarget};
+
+use super::cursors::{Materialized, Place};
+
+/// True when portal `portal`, just bound, is read a piece at a time: the first of the later
+/// Executes of it (`(portal, max_rows)` in message order) has a row limit, or none executes it
+/// here (it is executed by a later request). A statement read whole in this request is not held.
+pub fn read_in_pieces<'a>(
+    portal: &str,
+    executes: impl IntoIterator<Item = (&'a str, i32)>,
+) -> bool {
+    executes
+        .into_iter()
+        .find(|(p, _)| *p == portal)
+        .is_none_or(|(_, max_rows)| max_rows > 0)
+}
+
+/// A statement whose merged rows the proxy may hold for a portal: a plain read.
+fn holdable(f: &StatementFacts) -> bool {
+    !needs_atomic_scatter(f)
+        && f.cursor.is_none()
+        && f.local.is_none()
+        && !matches!(f.kind, StatementKind::Copy { .. })
+}
+
+/// The shards of the Bind at `msgs[i]` when the proxy holds its portal: a plain read bound over
+/// several shards and read a piece at a time.
+fn held_bind(msgs: &[Msg], routes: &[Option<Route>], i: usize) -> Option<Vec<u32>> {
+    let (
+        Msg::Bind {
+            bind, statement, ..
+        },
+        Some(Route::Scatter(shards)),
+    ) = (&msgs[i], &routes[i])
+    else {
+        return None;
+    };
+    if !statement.facts.first().is_some_and(holdable) {
+        return None;
+    }
+    let executes = msgs[i + 1..].iter().filter_map(|m| match m {
+        Msg::Execute(e) => Some((e.portal.as_str(), e.max_rows)),
+        _ => None,
+    });
+    read_in_pieces(&bind.portal, executes).then(|| shards.clone())
+}
+
+/// True when a batch (or one unit of it) binds a portal the proxy holds.
+pub(super) fn binds_held_portal(msgs: &[Msg], routes: &[Option<Route>]) -> bool {
+    (0..msgs.len()).any(|i| held_bind(msgs, routes, i).is_some())
+}
+
+/// What a unit that works on held portals may not contain.
+fn not_alone() -> ErrorFields {
+    refusal("a portal read a piece at a time over several shards (held by pgshard) must be bound and executed with its own messages, not together with other statements")
+}
+
+impl Session {
+    /// True when this unit of a pipeline executes a portal the proxy holds (bound in an earlier
+    /// request).
+    pub(super) fn executes_held_portal(&mut self, unit: &[Msg]) -> bool {
+        unit.iter().any(|m| match m {
+            Msg::Execute(e) => self.cursors.served(&e.portal).is_some(),
+            _ => false,
+        })
+    }
+
+    /// Answers one unit of a pipeline that binds or executes held portals: the proxy answers every
+    /// message itself, running the bound statement on the shards at its Bind.
+    pub(super) async fn held_unit(
+        &mut self,
+        unit: &[Msg],
+        routes: &[Option<Route>],
+    ) -> Result<UnitEnd, End> {
+        for (i, msg) in unit.iter().enumerate() {
+            let answered = match msg {
+                Msg::Parse(..) => {
+                    self.io.push(&be::parse_complete());
+                    Ok(())
+                }
+                Msg::Bind {
+                    bind, statement, ..
+                } => match held_bind(unit, routes, i) {
+                    Some(shards) => self.hold_portal(bind, statement, shards).await?,
+                    None => Err(not_alone()),
+                },
+                Msg::DescribePortal(t) => {
+                    let described = self.merged_description(&t.name);
+                    self.io.push(&described.unwrap_or_else(be::no_data));
+                    Ok(())
+                }
+                Msg::Execute(e) => self.execute_held(e),
+                Msg::CloseStatement => {
+                    self.io.push(&be::close_complete());
+                    Ok(())
+                }
+                Msg::ClosePortal(t) => {
+                    self.cursors.close(&t.name);
+                    self.io.push(&be::close_complete());
+                    Ok(())
+                }
+                Msg::DescribeStatement(_) => Err(refusal(
+                    "Describe of a statement together with a portal read a piece at a time over several shards is not supported; describe it in a request of its own",
+                )),
+            };
+            if let Err(fields) = answered {
+                self.push_error_in_batch(fields);
+                return Ok(UnitEnd::Failed);
+            }
+        }
+        Ok(UnitEnd::Ran)
+    }
+
+    /// Runs `statement` bound by `bind` on `shards`, holds its merged rows under the Bind's portal
+    /// and answers BindComplete.
+    async fn hold_portal(
+        &mut self,
+        bind: &Bind,
+        statement: &Arc<Prepared>,
+        shards: Vec<u32>,
+    ) -> Result<Result<(), ErrorFields>, End> {
+        let what = format!("portal \"{}\"", bind.portal);
+        let held = match self.run_held(bind, statement, shards, &what).await? {
+            Ok(m) => m,
+            Err(fields) => return Ok(Err(fields)),
+        };
+        self.cursors.close(&bind.portal);
+        self.cursors.declare(&bind.portal, Place::Proxy(held));
+        self.io.push(&be::bind_complete());
+        Ok(Ok(()))
+    }
+
+    /// Runs `statement` with `bind`'s parameters and result formats on `shards` (scatter + merge)
+    /// and returns its merged rows; `what` names the portal or cursor in errors.
+    async fn run_held(
+        &mut self,
+        bind: &Bind,
+        statement: &Arc<Prepared>,
+        shards: Vec<u32>,
+        what: &str,
+    ) -> Result<Result<Materialized, ErrorFields>, End> {
+        if self.status() == TxStatus::Failed {
+            return Ok(Err(super::session::aborted()));
+        }
+        // On the shards the statement runs whole, in their unnamed portal.
+        let msgs = [
+            Msg::Bind {
+                bind: Bind {
+                    portal: String::new(),
+                    ..bind.clone()
+                },
+                statement: statement.clone(),
+                rewritten: None,
+            },
+            Msg::DescribePortal(NamedTarget {
+                kind: b'P',
+                name: String::new(),
+            }),
+            Msg::Execute(Execute {
+                portal: String::new(),
+                max_rows: 0,
+            }),
+        ];
+        let facts: Vec<StatementFacts> = statement.facts.iter().cloned().collect();
+        let merge = match merge_for_batch(&msgs) {
+            Ok(m) => m,
+            Err(fields) => return Ok(Err(fields)),
+        };
+        let merge_steps = merge.as_ref().map(|(m, _)| m);
+        let fences = if self.proxy.rebalance.fence().is_some() {
+            match self.fence_statement_texts(
+                &fenceable_texts(&msgs, merge_steps),
+                &facts,
+                &Target::Scatter(shards.clone()),
+            ) {
+                Ok(f) => f,
+                Err(fields) => return Ok(Err(fields)),
+            }
+        } else {
+            None
+        };
+        let build = |conn: &ServerConn| {
+            let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
+            build_steps(&msgs, conn, None, true, merge_steps, fence)
+        };
+        self.route_reads(&shards, &facts).await;
+        let mut keep = Keep::default();
+        let bound = merge.as_ref().map(|(_, b)| b.clone());
+        let end = self
+            .run_scatter_to(shards, build, bound, Some(&mut keep))
+            .await?;
+        if let Some(fields) = end.failure {
+            return Ok(Err(fields));
+        }
+        Ok(keep.held(what))
+    }
+
+    /// Execute of a held portal: its next `max_rows` rows (all when 0), then PortalSuspended
+    /// when the limit was reached, else CommandComplete with the rows of this Execute, as
+    /// Postgres reports a portal run in pieces.
+    pub(super) fn execute_held(&mut self, e: &Execute) -> Result<(), ErrorFields> {
+        if self.status() == TxStatus::Failed {
+            return Err(super::session::aborted());
+        }
+        let Some(portal) = self.cursors.served(&e.portal) else {
+            return Err(ErrorFields::error(
+                "34000",
+                format!("portal \"{}\" does not exist", e.portal),
+            ));
+        };
+        let limit = usize::try_from(e.max_rows).unwrap_or(0);
+        let motion = match limit {
+            0 => Motion::All,
+            n => Motion::Forward(n as u64),
+        };
+        let rows: Vec<Frame> = match portal.advance(&motion) {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| Frame::new(be::DATA_ROW, r.clone()))
+                .collect(),
+            Err(what) => return Err(refusal(format!("{what} on a held portal"))),
+        };
+        let count = rows.len();
+        for row in &rows {
+            self.io.push(row);
+        }
+        if limit > 0 && count == limit {
+            self.io
+                .push(&Frame::new(be::PORTAL_SUSPENDED, bytes::Bytes::new()));
+        } else {
+            self.io
+                .push(&be::command_complete(&format!("SELECT {count}")));
+        }
+        Ok(())
+    }
+
+    /// DECLARE `declare` CURSOR FOR `query` with Bind parameters, over several shards: the
+    /// shards run `query` with the Bind's values (text results, as a cursor's FETCH gives) and
+    /// the proxy holds the merged rows as the cursor's.
+    pub(super) async fn declare_bound(
+        &mut self,
+        declare: &Declare,
+        query: &str,
+        bind: &Bind,
+        param_types: &[u32],
+    ) -> Result<Result<(), ErrorFields>, End> {
+        if let Some(fields) = self.declare_refusal(declare) {
+            return Ok(Err(fields));
+        }
+        let proxy = self.proxy.clone();
+        let facts = proxy.router.analyze_prepared(query);
+        let route = match facts.as_ref() {
+            [f] => {
+                let params = BindParams {
+                    values: &bind.params,
+                    formats: &bind.param_formats,
+                    types: param_types,
+                };
+                let map = proxy.map.current();
+                proxy.router.route(f, &params, &map, proxy.first_shard)
+            }
+            _ => Route::Refuse("a cursor's query must be one statement".into()),
+        };
+        let shards = match scatter_shards(route) {
+            Ok(shards) => shards,
+            Err(fields) => return Ok(Err(fields)),
+        };
+        let statement = Arc::new(Prepared {
+            sql: query.to_string(),
+            param_types: param_types.to_vec(),
+            facts,
+            server_name: server_statement_name(query, param_types),
+        });
+        let text = Bind {
+            result_formats: Vec::new(),
+            ..bind.clone()
+        };
+        let what = format!("cursor \"{}\"", declare.name);
+        let held = match self.run_held(&text, &statement, shards, &what).await? {
+            Ok(m) => m,
+            Err(fields) => return Ok(Err(fields)),
+        };
+        self.cursors.declare(&declare.name, Place::Proxy(held));
+        Ok(Ok(()))
+    }
+
+    /// At a Sync outside a transaction block: the implicit transaction ended, and with it the
+    /// portals the proxy held in it.
+    pub fn end_implicit_portals(&mut self) {
+        if self.txn.is_none() {
+            self.cursors.drop_served();
+        }
+    }
+
+    /// A Bind naming a portal the proxy holds: the unnamed portal is replaced (dropped here), a
+    /// named one must be closed first, as in Postgres.
+    pub(super) fn rebind_held(&mut self, portal: &str) -> Result<(), ErrorFields> {
+        if self.cursors.served(portal).is_none() {
+            return Ok(());
+        }
+        if portal.is_empty() {
+            self.cursors.close(portal);
+            return Ok(());
+        }
+        Err(ErrorFields::error(
+            "42P03",
+            format!("portal \"{portal}\" already exists"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A portal, the Executes after its Bind, and whether it is held.
+    type Case = (&'static str, Vec<(&'static str, i32)>, bool);
+
+    #[test]
+    fn a_portal_is_held_when_its_first_execute_has_a_limit_or_comes_later() {
+        let cases: Vec<Case> = vec![
+            ("p", vec![], true),
+            ("p", vec![("p", 10)], true),
+            ("p", vec![("p", 0)], false),
+            ("p", vec![("q", 0)], true),
+            ("p", vec![("q", 0), ("p", 0), ("p", 5)], false),
+            ("p", vec![("p", 5), ("p", 0)], true),
+            ("", vec![("", 1)], true),
+            ("", vec![("", 0)], false),
+        ];
+        for (portal, executes, want) in cases {
+            assert_eq!(
+                read_in_pieces(portal, executes.iter().copied()),
+                want,
+                "{portal} {executes:?}"
+            );
+        }
+    }
+}
