@@ -1,7 +1,11 @@
 //! Differential test of scatter-gather merges: the same rows in ten shards behind pgshard and in
 //! one plain Postgres, hundreds of generated keyless SELECTs (ORDER BY with ties and NULLs,
-//! LIMIT/OFFSET, aggregates, GROUP BY/HAVING, DISTINCT) run on both, in the simple protocol (text
-//! results) and the extended protocol (binary results), answers compared exactly.
+//! LIMIT/OFFSET, aggregates, GROUP BY/HAVING, DISTINCT) run on both in five ways, each answer
+//! compared exactly with the plain Postgres's answer in the same way: the simple protocol
+//! (constants as literals, text results); the extended protocol with the constants (WHERE values,
+//! FILTER values, HAVING thresholds, LIMIT/OFFSET counts) as `$n` parameters, in binary and in
+//! text format (binary results); and batches of queries pipelined on one connection, outside and
+//! inside BEGIN … COMMIT. A refusal in some ways of a query answered in others is a failure.
 //! The seed is printed; set PGSHARD_DIFF_SEED to replay one.
 
 mod common;
@@ -11,15 +15,19 @@ use common::answers::Raw;
 use std::collections::HashMap;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
+use futures_util::future::join_all;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+use tokio_postgres::{Client, GenericClient, SimpleQueryMessage};
 
 const ROWS: i64 = 3000;
 const QUERIES: usize = 320;
+/// Queries sent at once in the pipeline modes.
+const PIPELINE: usize = 8;
 
 /// A small deterministic generator (xorshift64*), so a seed replays exactly.
 struct Rng(u64);
@@ -91,13 +99,98 @@ fn sql_row(r: &mut Rng, id: i64) -> String {
 
 const CREATE: &str = "CREATE TABLE dtest (id bigint PRIMARY KEY, i int, b bigint, n numeric(12,3), f float8, t text, flag bool, d date, ts timestamptz, u uuid, g int)";
 
+/// A parameter of a generated query, typed as Postgres infers the `$n` it fills, so that
+/// tokio-postgres accepts it for the prepared statement and sends it in binary.
+#[derive(Debug, Clone)]
+enum Param {
+    Int4(i32),
+    Int8(i64),
+    Float8(f64),
+    Text(String),
+}
+
+impl Param {
+    /// The value as tokio-postgres binds it: binary format, checked against the inferred type.
+    fn as_binary(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Param::Int4(v) => v,
+            Param::Int8(v) => v,
+            Param::Float8(v) => v,
+            Param::Text(v) => v,
+        }
+    }
+
+    /// The value's text form, as a text-format parameter carries it.
+    fn text(&self) -> String {
+        match self {
+            Param::Int4(v) => v.to_string(),
+            Param::Int8(v) => v.to_string(),
+            Param::Float8(v) => v.to_string(),
+            Param::Text(v) => v.clone(),
+        }
+    }
+
+    /// The value as a literal in the simple protocol's spelling of the query.
+    fn literal(&self) -> String {
+        match self {
+            Param::Text(v) => format!("'{}'", v.replace('\'', "''")),
+            other => other.text(),
+        }
+    }
+}
+
+/// A parameter sent in text format with an unspecified type, as psycopg, node-postgres and pgjdbc
+/// send theirs: the server parses the text as the type it inferred for the `$n`.
+#[derive(Debug)]
+struct TextParam(String);
+
+impl ToSql for TextParam {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+    to_sql_checked!();
+}
+
+/// One generated statement in two spellings built side by side: with `$n` placeholders and
+/// their values for the extended protocol, and with the same values as literals for the simple
+/// protocol, so both spellings always mean the same query.
+#[derive(Debug, Default)]
+struct Sql {
+    extended: String,
+    simple: String,
+    params: Vec<Param>,
+}
+
+impl Sql {
+    /// Appends text that is the same in both spellings.
+    fn push(&mut self, text: &str) {
+        self.extended.push_str(text);
+        self.simple.push_str(text);
+    }
+
+    /// Appends a constant: the next `$n` in the extended spelling, a literal in the simple one.
+    fn param(&mut self, p: Param) {
+        self.params.push(p.clone());
+        self.extended.push_str(&format!("${}", self.params.len()));
+        self.simple.push_str(&p.literal());
+    }
+}
+
 /// A generated query and how to compare its answers.
+#[derive(Debug)]
 struct Query {
-    sql: String,
-    /// Extended-protocol parameters (the simple protocol gets the same values as literals in
-    /// `simple_sql`).
-    params: Vec<i64>,
-    simple_sql: String,
+    sql: Sql,
     /// Output positions of the ORDER BY keys, when every key is an output column; `None` with
     /// `exact_order` false means the order is unspecified.
     key_columns: Option<Vec<usize>>,
@@ -112,14 +205,33 @@ const NUMERIC_COLUMNS: &[&str] = &["i", "b", "n", "f", "g"];
 const MINMAX_COLUMNS: &[&str] = &["i", "b", "n", "f", "t", "d", "ts", "g"];
 const GROUP_COLUMNS: &[&str] = &["g", "t", "flag", "d", "i"];
 
-fn filter(r: &mut Rng) -> String {
-    match r.below(7) {
-        0 => format!(" WHERE i > {}", r.range(-50, 50)),
-        1 => " WHERE t IS NOT NULL".into(),
-        2 => " WHERE flag".into(),
-        3 => format!(" WHERE d < date '2020-01-01' + {}", r.range(0, 400)),
-        4 => format!(" WHERE g = {} OR n < 0", r.range(0, 10)),
-        _ => String::new(),
+/// An optional WHERE clause; its constants become parameters.
+fn filter(r: &mut Rng, sql: &mut Sql) {
+    match r.below(8) {
+        0 => {
+            sql.push(" WHERE i > ");
+            sql.param(Param::Int4(r.range(-50, 50) as i32));
+        }
+        1 => sql.push(" WHERE t IS NOT NULL"),
+        2 => sql.push(" WHERE flag"),
+        3 => {
+            // `date + $n` alone is ambiguous (integer, interval, time): the cast says which.
+            sql.push(" WHERE d < date '2020-01-01' + ");
+            sql.param(Param::Int4(r.range(0, 400) as i32));
+            sql.push("::int4");
+        }
+        4 => {
+            sql.push(" WHERE g = ");
+            sql.param(Param::Int4(r.range(0, 10) as i32));
+            sql.push(" OR n < ");
+            sql.param(Param::Int4(0));
+            sql.push("::int4");
+        }
+        5 => {
+            sql.push(" WHERE t >= ");
+            sql.param(Param::Text(r.pick(TEXTS).to_string()));
+        }
+        _ => {}
     }
 }
 
@@ -138,28 +250,17 @@ fn direction(r: &mut Rng) -> &'static str {
     DIRECTIONS[i]
 }
 
-/// LIMIT/OFFSET clause text for both protocols, and the extended protocol's parameters.
-fn limit_offset(r: &mut Rng, first_param: usize) -> (String, String, Vec<i64>, bool, bool) {
+/// An optional LIMIT and OFFSET, their counts as parameters; says which of the two it added.
+fn limit_offset(r: &mut Rng, sql: &mut Sql) -> (bool, bool) {
     let limit = r.chance(60).then(|| r.range(0, 60));
     let offset = r.chance(40).then(|| r.range(0, 40));
-    let as_params = r.chance(50);
-    let mut ext = String::new();
-    let mut simple = String::new();
-    let mut params = Vec::new();
-    let mut n = first_param;
-    for (word, v) in [("LIMIT", limit), ("OFFSET", offset)] {
+    for (word, v) in [(" LIMIT ", limit), (" OFFSET ", offset)] {
         if let Some(v) = v {
-            simple.push_str(&format!(" {word} {v}"));
-            if as_params {
-                ext.push_str(&format!(" {word} ${n}"));
-                params.push(v);
-                n += 1;
-            } else {
-                ext.push_str(&format!(" {word} {v}"));
-            }
+            sql.push(word);
+            sql.param(Param::Int8(v));
         }
     }
-    (ext, simple, params, limit.is_some(), offset.is_some())
+    (limit.is_some(), offset.is_some())
 }
 
 fn ordered_rows(r: &mut Rng) -> Query {
@@ -199,16 +300,13 @@ fn ordered_rows(r: &mut Rng) -> Query {
     } else {
         cols.join(", ")
     };
-    let where_ = filter(r);
-    let (ext, simple, params, limit, offset) = limit_offset(r, 1);
-    let base = format!(
-        "SELECT {select} FROM dtest{where_} ORDER BY {}",
-        keys.join(", ")
-    );
+    let mut sql = Sql::default();
+    sql.push(&format!("SELECT {select} FROM dtest"));
+    filter(r, &mut sql);
+    sql.push(&format!(" ORDER BY {}", keys.join(", ")));
+    let (limit, offset) = limit_offset(r, &mut sql);
     Query {
-        sql: format!("{base}{ext}"),
-        simple_sql: format!("{base}{simple}"),
-        params,
+        sql,
         key_columns: if star { None } else { key_columns },
         exact_order: exact,
         offset,
@@ -216,9 +314,12 @@ fn ordered_rows(r: &mut Rng) -> Query {
     }
 }
 
-fn aggregate_list(r: &mut Rng) -> Vec<String> {
-    let mut out = vec![];
-    for _ in 0..1 + r.below(5) {
+/// One to five aggregates, comma-separated; a FILTER's constant becomes a parameter.
+fn aggregate_list(r: &mut Rng, sql: &mut Sql) {
+    for n in 0..1 + r.below(5) {
+        if n > 0 {
+            sql.push(", ");
+        }
         let agg = match r.below(7) {
             0 => "count(*)".to_string(),
             1 => format!("count({})", r.pick(COLUMNS)),
@@ -228,30 +329,26 @@ fn aggregate_list(r: &mut Rng) -> Vec<String> {
             5 => format!("max({})", r.pick(MINMAX_COLUMNS)),
             _ => "count(DISTINCT id)".to_string(),
         };
-        let agg = if r.chance(15) {
-            format!("{agg} FILTER (WHERE g < 5)")
-        } else {
-            agg
-        };
-        out.push(if r.chance(20) {
-            format!("{agg} AS a{}", out.len())
-        } else {
-            agg
-        });
+        sql.push(&agg);
+        if r.chance(15) {
+            sql.push(" FILTER (WHERE g < ");
+            sql.param(Param::Int4(r.range(0, 10) as i32));
+            sql.push(")");
+        }
+        if r.chance(20) {
+            sql.push(&format!(" AS a{n}"));
+        }
     }
-    out
 }
 
 fn plain_aggregates(r: &mut Rng) -> Query {
-    let sql = format!(
-        "SELECT {} FROM dtest{}",
-        aggregate_list(r).join(", "),
-        filter(r)
-    );
+    let mut sql = Sql::default();
+    sql.push("SELECT ");
+    aggregate_list(r, &mut sql);
+    sql.push(" FROM dtest");
+    filter(r, &mut sql);
     Query {
-        simple_sql: sql.clone(),
         sql,
-        params: vec![],
         key_columns: None,
         exact_order: false,
         offset: false,
@@ -259,42 +356,47 @@ fn plain_aggregates(r: &mut Rng) -> Query {
     }
 }
 
+/// A HAVING condition over the groups; its thresholds become parameters.
+fn having(r: &mut Rng, g: &str, sql: &mut Sql) {
+    sql.push(" HAVING ");
+    match r.below(5) {
+        0 => {
+            sql.push("count(*) > ");
+            sql.param(Param::Int8(r.range(0, 400)));
+        }
+        1 => {
+            sql.push("sum(i) < ");
+            sql.param(Param::Int8(r.range(-500, 500)));
+        }
+        2 => {
+            sql.push("min(t) >= ");
+            sql.param(Param::Text(r.pick(TEXTS).to_string()));
+            sql.push(" OR max(n) IS NULL");
+        }
+        3 => {
+            // Multiples of 1/8: the same float in every spelling.
+            sql.push("avg(f) > ");
+            sql.param(Param::Float8(r.range(-8, 8) as f64 / 8.0));
+            sql.push(" AND NOT count(*) = ");
+            sql.param(Param::Int8(0));
+        }
+        _ => {
+            sql.push(&format!("{g} IS NOT NULL AND count(b) >= "));
+            sql.param(Param::Int8(r.range(0, 6)));
+        }
+    }
+}
+
 fn grouped(r: &mut Rng) -> Query {
     let g = *r.pick(GROUP_COLUMNS);
-    let aggs = aggregate_list(r);
-    let mut sql = format!(
-        "SELECT {g}, {} FROM dtest{} GROUP BY {g}",
-        aggs.join(", "),
-        filter(r)
-    );
-    let mut simple = sql.clone();
-    let mut params = Vec::new();
+    let mut sql = Sql::default();
+    sql.push(&format!("SELECT {g}, "));
+    aggregate_list(r, &mut sql);
+    sql.push(" FROM dtest");
+    filter(r, &mut sql);
+    sql.push(&format!(" GROUP BY {g}"));
     if r.chance(50) {
-        let (ext_h, simple_h) = match r.below(5) {
-            0 => {
-                let k = r.range(0, 400);
-                params.push(k);
-                ("count(*) > $1".to_string(), format!("count(*) > {k}"))
-            }
-            1 => {
-                let k = r.range(-500, 500);
-                (format!("sum(i) < {k}"), format!("sum(i) < {k}"))
-            }
-            2 => (
-                "min(t) >= 'b' OR max(n) IS NULL".to_string(),
-                "min(t) >= 'b' OR max(n) IS NULL".to_string(),
-            ),
-            3 => (
-                "avg(f) > 0.5 AND NOT count(*) = 0".to_string(),
-                "avg(f) > 0.5 AND NOT count(*) = 0".to_string(),
-            ),
-            _ => (
-                format!("{g} IS NOT NULL AND count(b) >= 3"),
-                format!("{g} IS NOT NULL AND count(b) >= 3"),
-            ),
-        };
-        sql.push_str(&format!(" HAVING {ext_h}"));
-        simple.push_str(&format!(" HAVING {simple_h}"));
+        having(r, g, &mut sql);
     }
     let mut exact = false;
     let mut limit = false;
@@ -306,20 +408,12 @@ fn grouped(r: &mut Rng) -> Query {
         } else {
             format!(" ORDER BY {g}{}", direction(r))
         };
-        sql.push_str(&order);
-        simple.push_str(&order);
+        sql.push(&order);
         exact = true;
-        let (ext, s, p, l, o) = limit_offset(r, params.len() + 1);
-        sql.push_str(&ext);
-        simple.push_str(&s);
-        params.extend(p);
-        limit = l;
-        offset = o;
+        (limit, offset) = limit_offset(r, &mut sql);
     }
     Query {
         sql,
-        simple_sql: simple,
-        params,
         key_columns: None,
         exact_order: exact,
         offset,
@@ -335,27 +429,17 @@ fn distinct(r: &mut Rng) -> Query {
     } else {
         format!("{a}, {b}")
     };
-    let mut sql = format!("SELECT DISTINCT {cols} FROM dtest{}", filter(r));
+    let mut sql = Sql::default();
+    sql.push(&format!("SELECT DISTINCT {cols} FROM dtest"));
+    filter(r, &mut sql);
     let exact = r.chance(60);
-    let mut simple;
-    let mut params = Vec::new();
     let (mut limit, mut offset) = (false, false);
     if exact {
-        sql.push_str(&format!(" ORDER BY {cols}"));
-        simple = sql.clone();
-        let (ext, s, p, l, o) = limit_offset(r, 1);
-        sql.push_str(&ext);
-        simple.push_str(&s);
-        params = p;
-        limit = l;
-        offset = o;
-    } else {
-        simple = sql.clone();
+        sql.push(&format!(" ORDER BY {cols}"));
+        (limit, offset) = limit_offset(r, &mut sql);
     }
     Query {
         sql,
-        simple_sql: simple,
-        params,
         key_columns: None,
         exact_order: exact,
         offset,
@@ -372,10 +456,28 @@ fn generate(r: &mut Rng) -> Query {
     }
 }
 
-async fn run_extended(c: &Client, q: &Query) -> Result<Answer, tokio_postgres::Error> {
-    let params: Vec<&(dyn ToSql + Sync)> =
-        q.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let st = c.prepare(&q.sql).await?;
+/// How the extended protocol sends a query's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParamFormat {
+    /// Typed binary values (tokio-postgres's, asyncpg's, pgx's way).
+    Binary,
+    /// Text with the type left to the server (psycopg's, node-postgres's, pgjdbc's way).
+    Text,
+}
+
+/// Prepares and runs `q` in the extended protocol on a client or inside a transaction; run
+/// concurrently on one connection, these calls are pipelined by tokio-postgres.
+async fn run_extended<C: GenericClient + Sync>(
+    c: &C,
+    q: &Query,
+    format: ParamFormat,
+) -> Result<Answer, tokio_postgres::Error> {
+    let texts: Vec<TextParam> = q.sql.params.iter().map(|p| TextParam(p.text())).collect();
+    let params: Vec<&(dyn ToSql + Sync)> = match format {
+        ParamFormat::Binary => q.sql.params.iter().map(Param::as_binary).collect(),
+        ParamFormat::Text => texts.iter().map(|p| p as &(dyn ToSql + Sync)).collect(),
+    };
+    let st = c.prepare(&q.sql.extended).await?;
     let rows = c.query(&st, &params).await?;
     let columns = st
         .columns()
@@ -387,6 +489,30 @@ async fn run_extended(c: &Client, q: &Query) -> Result<Answer, tokio_postgres::E
         .map(|row| (0..row.len()).map(|i| row.get::<_, Raw>(i)).collect())
         .collect();
     Ok(Answer { columns, rows })
+}
+
+/// Sends all `queries` at once on one connection (binary parameters) and waits for the answers.
+async fn run_pipeline<C: GenericClient + Sync>(
+    c: &C,
+    queries: &[&Query],
+) -> Vec<Result<Answer, tokio_postgres::Error>> {
+    join_all(
+        queries
+            .iter()
+            .map(|q| run_extended(c, q, ParamFormat::Binary)),
+    )
+    .await
+}
+
+/// The same pipeline inside BEGIN … COMMIT; `Err` when the block itself fails.
+async fn run_pipeline_in_block(
+    c: &mut Client,
+    queries: &[&Query],
+) -> Result<Vec<Result<Answer, tokio_postgres::Error>>, tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    let answers = run_pipeline(&tx, queries).await;
+    tx.commit().await?;
+    Ok(answers)
 }
 
 async fn run_simple(c: &Client, sql: &str) -> Result<Answer, tokio_postgres::Error> {
@@ -484,6 +610,90 @@ fn compare(q: &Query, got: &Answer, want: &Answer) -> Result<(), String> {
     Ok(())
 }
 
+/// The ways each generated query is sent; every one must give the plain Postgres's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The simple protocol, constants as literals, text results.
+    Simple,
+    /// Parse/Bind/Execute/Sync, constants as typed binary parameters, binary results.
+    Binary,
+    /// The same with text-format parameters of unspecified type.
+    Text,
+    /// A batch of queries sent at once without waiting, binary parameters.
+    Pipeline,
+    /// The same pipeline inside BEGIN … COMMIT.
+    PipelineInBlock,
+}
+
+/// How one mode's answer from pgshard compared with the plain Postgres's.
+#[derive(Debug)]
+enum Outcome {
+    Equal,
+    /// Both answered, differently.
+    Differs(String),
+    /// pgshard refused (0A000) what the plain Postgres answered.
+    Refused(String),
+    /// Any other error on either side.
+    Error(String),
+}
+
+/// Compares the proxy's answer `got` with the plain Postgres's `want` for `q`.
+fn judge(
+    q: &Query,
+    got: Result<Answer, tokio_postgres::Error>,
+    want: Result<Answer, tokio_postgres::Error>,
+) -> Outcome {
+    match (got, want) {
+        (Ok(g), Ok(w)) => match compare(q, &g, &w) {
+            Ok(()) => Outcome::Equal,
+            Err(e) => Outcome::Differs(e),
+        },
+        (Err(e), Ok(_)) if e.code().map(|c| c.code()) == Some("0A000") => {
+            Outcome::Refused(format!("{e:?}"))
+        }
+        (g, w) => Outcome::Error(format!("proxy {:?} / plain {:?}", g.err(), w.err())),
+    }
+}
+
+/// Failures among one query's outcomes: wrong answers, errors, and a refusal in some modes of a
+/// query answered in others (a refusal in every mode is a failure too: the generator only makes
+/// queries the merges support).
+fn failures_of(n: usize, q: &Query, outcomes: &[(Mode, Outcome)]) -> Vec<String> {
+    let spelled = |mode: Mode| match mode {
+        Mode::Simple => q.sql.simple.clone(),
+        _ => format!("{} {:?}", q.sql.extended, q.sql.params),
+    };
+    let mut out = Vec::new();
+    for (mode, outcome) in outcomes {
+        match outcome {
+            Outcome::Equal | Outcome::Refused(_) => {}
+            Outcome::Differs(e) | Outcome::Error(e) => {
+                out.push(format!("#{n} {mode:?}: {}: {e}", spelled(*mode)))
+            }
+        }
+    }
+    let refused: Vec<Mode> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Refused(_)))
+        .map(|(m, _)| *m)
+        .collect();
+    if let Some((_, Outcome::Refused(e))) = outcomes
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::Refused(_)))
+    {
+        let answered: Vec<Mode> = outcomes
+            .iter()
+            .filter(|(_, o)| !matches!(o, Outcome::Refused(_)))
+            .map(|(m, _)| *m)
+            .collect();
+        out.push(format!(
+            "#{n} refused in {refused:?}, answered in {answered:?}: {}: {e}",
+            spelled(refused[0])
+        ));
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_answers_equal_one_postgres() {
     let seed: u64 = std::env::var("PGSHARD_DIFF_SEED")
@@ -532,52 +742,88 @@ async fn merged_answers_equal_one_postgres() {
         .await
         .expect("load plain");
     assert!(per_shard.len() >= 9, "rows spread over the shards");
-    let through = connect(&proxy).await;
+    let mut through = connect(&proxy).await;
+    let mut plain = plain;
     let mut failures = Vec::new();
     let mut ran = 0;
     let mut with_rows = 0;
-    for n in 0..QUERIES {
-        let q = generate(&mut r);
-        let want_ext = run_extended(&plain, &q).await;
-        let got_ext = run_extended(&through, &q).await;
-        match (got_ext, want_ext) {
-            (Ok(g), Ok(w)) => {
+    let mut in_block = 0;
+    for first in (0..QUERIES).step_by(PIPELINE) {
+        let queries: Vec<Query> = (first..QUERIES.min(first + PIPELINE))
+            .map(|_| generate(&mut r))
+            .collect();
+        let mut outcomes: Vec<Vec<(Mode, Outcome)>> = queries.iter().map(|_| Vec::new()).collect();
+        for (q, out) in queries.iter().zip(&mut outcomes) {
+            let (got, want) = tokio::join!(
+                run_simple(&through, &q.sql.simple),
+                run_simple(&plain, &q.sql.simple)
+            );
+            if let Ok(w) = &want {
                 with_rows += usize::from(!w.rows.is_empty());
-                if let Err(e) = compare(&q, &g, &w) {
-                    failures.push(format!("#{n} extended: {}  {:?}: {e}", q.sql, q.params));
-                }
             }
-            (g, w) => failures.push(format!(
-                "#{n} extended: {} {:?}: proxy {:?} / plain {:?}",
-                q.sql,
-                q.params,
-                g.err(),
-                w.err()
-            )),
+            out.push((Mode::Simple, judge(q, got, want)));
+            for (mode, format) in [
+                (Mode::Binary, ParamFormat::Binary),
+                (Mode::Text, ParamFormat::Text),
+            ] {
+                let (got, want) = tokio::join!(
+                    run_extended(&through, q, format),
+                    run_extended(&plain, q, format)
+                );
+                out.push((mode, judge(q, got, want)));
+            }
         }
-        let want = run_simple(&plain, &q.simple_sql).await;
-        let got = run_simple(&through, &q.simple_sql).await;
+        let all: Vec<&Query> = queries.iter().collect();
+        let (got, want) = tokio::join!(run_pipeline(&through, &all), run_pipeline(&plain, &all));
+        for ((q, out), (g, w)) in queries
+            .iter()
+            .zip(&mut outcomes)
+            .zip(got.into_iter().zip(want))
+        {
+            out.push((Mode::Pipeline, judge(q, g, w)));
+        }
+        // A refused query would abort the block and every query after it, as in Postgres: the
+        // block runs the queries both sides answered in every other mode.
+        let answered: Vec<usize> = (0..queries.len())
+            .filter(|&i| {
+                outcomes[i]
+                    .iter()
+                    .all(|(_, o)| matches!(o, Outcome::Equal | Outcome::Differs(_)))
+            })
+            .collect();
+        let block: Vec<&Query> = answered.iter().map(|&i| &queries[i]).collect();
+        let (got, want) = tokio::join!(
+            run_pipeline_in_block(&mut through, &block),
+            run_pipeline_in_block(&mut plain, &block)
+        );
         match (got, want) {
-            (Ok(g), Ok(w)) => {
-                if let Err(e) = compare(&q, &g, &w) {
-                    failures.push(format!("#{n} simple: {}: {e}", q.simple_sql));
+            (Ok(got), Ok(want)) => {
+                for ((&i, g), w) in answered.iter().zip(got).zip(want) {
+                    outcomes[i].push((Mode::PipelineInBlock, judge(&queries[i], g, w)));
                 }
             }
             (g, w) => failures.push(format!(
-                "#{n} simple: {}: proxy {:?} / plain {:?}",
-                q.simple_sql,
+                "#{first}.. PipelineInBlock: the block failed: proxy {:?} / plain {:?}",
                 g.err(),
                 w.err()
             )),
         }
-        ran += 1;
+        in_block += block.len();
+        for (i, (q, out)) in queries.iter().zip(&outcomes).enumerate() {
+            failures.extend(failures_of(first + i, q, out));
+        }
+        ran += queries.len();
     }
     println!(
-        "{ran} queries x 2 protocols in {:.1}s ({with_rows} with rows), {} failures",
+        "{ran} queries x 5 modes ({in_block} of them in blocks) in {:.1}s ({with_rows} with rows), {} failures",
         started.elapsed().as_secs_f64(),
         failures.len()
     );
     assert!(with_rows > ran / 2, "most queries return rows");
+    assert!(
+        in_block > ran / 2,
+        "most queries ran in a pipeline in a block"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // What cannot be merged exactly is refused, naming the construct.
@@ -610,9 +856,7 @@ async fn merged_answers_equal_one_postgres() {
     }
     // A wrong order would be caught: the comparison itself must fail on a swapped answer.
     let q = Query {
-        sql: String::new(),
-        simple_sql: String::new(),
-        params: vec![],
+        sql: Sql::default(),
         key_columns: Some(vec![0]),
         exact_order: false,
         offset: false,
