@@ -877,5 +877,17 @@ async fn merged_answers_equal_one_postgres() {
     };
     assert!(compare(&q, &tie_swapped, &want).is_ok());
     assert!(compare(&q, &misordered, &want).is_err());
+    // A query refused in one way and answered in the others is a failure of its own.
+    let refused_once = [
+        (Mode::Simple, Outcome::Equal),
+        (Mode::Binary, Outcome::Refused("0A000".into())),
+        (Mode::Pipeline, Outcome::Equal),
+    ];
+    let reported = failures_of(0, &q, &refused_once);
+    assert!(
+        reported.len() == 1 && reported[0].contains("refused in [Binary]"),
+        "{reported:?}"
+    );
+    assert!(failures_of(0, &q, &[(Mode::Text, Outcome::Equal)]).is_empty());
     println!("total {:.1}s", started.elapsed().as_secs_f64());
 }
