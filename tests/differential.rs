@@ -200,6 +200,8 @@ struct Query {
     limit: bool,
 }
 
+/// The columns of `dtest` in table order: what `SELECT *` outputs.
+const TABLE_COLUMNS: &[&str] = &["id", "i", "b", "n", "f", "t", "flag", "d", "ts", "u", "g"];
 const COLUMNS: &[&str] = &["i", "b", "n", "f", "t", "flag", "d", "ts", "u", "g"];
 const NUMERIC_COLUMNS: &[&str] = &["i", "b", "n", "f", "g"];
 const MINMAX_COLUMNS: &[&str] = &["i", "b", "n", "f", "t", "d", "ts", "g"];
@@ -288,17 +290,22 @@ fn ordered_rows(r: &mut Rng) -> Query {
             cols.push("id");
         }
     }
-    let key_columns = keys_in_output.then(|| {
-        key_cols
-            .iter()
-            .map(|k| cols.iter().position(|c| c == k).unwrap_or(0))
-            .collect()
-    });
     let star = r.chance(10);
+    // `*` outputs every column, so its sort keys are output columns too: without their
+    // positions, ties cut by LIMIT would be compared as if no order were asked for.
+    let output: Vec<&str> = if star {
+        TABLE_COLUMNS.to_vec()
+    } else {
+        cols.clone()
+    };
+    let key_columns = key_cols
+        .iter()
+        .map(|k| output.iter().position(|c| c == k))
+        .collect::<Option<Vec<usize>>>();
     let select = if star {
         "*".to_string()
     } else {
-        cols.join(", ")
+        output.join(", ")
     };
     let mut sql = Sql::default();
     sql.push(&format!("SELECT {select} FROM dtest"));
@@ -307,7 +314,7 @@ fn ordered_rows(r: &mut Rng) -> Query {
     let (limit, offset) = limit_offset(r, &mut sql);
     Query {
         sql,
-        key_columns: if star { None } else { key_columns },
+        key_columns,
         exact_order: exact,
         offset,
         limit,
