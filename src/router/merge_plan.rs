@@ -1707,4 +1707,74 @@ mod tests {
         assert!(matches!(p.kind, PlanKind::Groups { keys: None, .. }));
         assert_eq!(p.sort[0].column, ColRef::Output(1));
     }
+
+    #[test]
+    fn distinct_aggregates_record_where_their_collation_comes_from() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let derived =
+            |collates: &[&str], reads: Option<&[&str]>, casts: &[&str]| CollationSource::Derived {
+                collates: v(collates),
+                reads: reads.map(v),
+                casts: v(casts),
+            };
+        // (statement, the DISTINCT uses: aggregate name and collation source)
+        let cases: Vec<(&str, Vec<(&str, CollationSource)>)> = vec![
+            (
+                "SELECT count(DISTINCT email) FROM t",
+                vec![("count", derived(&[], Some(&["email"]), &[]))],
+            ),
+            (
+                "SELECT count(DISTINCT lower(t.email)), sum(DISTINCT n) FROM t",
+                vec![
+                    ("count", derived(&[], Some(&["email"]), &[])),
+                    ("sum", derived(&[], Some(&["n"]), &[])),
+                ],
+            ),
+            (
+                "SELECT count(DISTINCT name COLLATE public.ci) FROM t",
+                vec![("count", CollationSource::Explicit("ci".into()))],
+            ),
+            (
+                "SELECT count(DISTINCT lower(name COLLATE \"ci\") || x::ci_text) FROM t",
+                vec![(
+                    "count",
+                    derived(&["ci"], Some(&["name", "x"]), &["ci_text"]),
+                )],
+            ),
+            (
+                "SELECT avg(DISTINCT n), count(DISTINCT n) + 1 AS c FROM (SELECT n FROM t) s",
+                vec![("avg", derived(&[], None, &[]))],
+            ),
+            // Exact per shard: no merged array, nothing to check.
+            (
+                "SELECT count(DISTINCT user_id), min(DISTINCT email) FROM t",
+                vec![],
+            ),
+            (
+                "SELECT g, count(DISTINCT email) FROM t GROUP BY user_id, g",
+                vec![],
+            ),
+        ];
+        for (sql, want) in cases {
+            let p = plan_sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let got: Vec<(&str, CollationSource)> = p
+                .collation
+                .distinct
+                .iter()
+                .map(|d| (d.func.as_str(), d.source.clone()))
+                .collect();
+            assert_eq!(got, want, "{sql}");
+            let aggs = match &p.kind {
+                PlanKind::Groups { aggs, .. } => aggs.clone(),
+                PlanKind::Rows => vec![],
+            };
+            for d in &p.collation.distinct {
+                assert!(
+                    aggs.iter()
+                        .any(|a| a.column == d.column && a.func == AggFunc::Concat),
+                    "{sql}: {d:?} names the merged array"
+                );
+            }
+        }
+    }
 }
