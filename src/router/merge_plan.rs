@@ -1028,12 +1028,17 @@ fn collation_use(
 
 /// The collation names in the COLLATE clauses of an expression (last name part).
 fn collates_in(n: &pb::Node) -> Vec<String> {
-    fn walk(v: &Json, out: &mut Vec<String>) {
+    last_names_in(n, "CollateClause", "/collname")
+}
+
+/// For every `node` object in an expression, the last part of the name list at `list`.
+fn last_names_in(n: &pb::Node, node: &str, list: &str) -> Vec<String> {
+    fn walk(v: &Json, node: &str, list: &str, out: &mut Vec<String>) {
         match v {
             Json::Object(m) => {
                 if let Some(name) = m
-                    .get("CollateClause")
-                    .and_then(|c| c.pointer("/collname"))
+                    .get(node)
+                    .and_then(|c| c.pointer(list))
                     .and_then(Json::as_array)
                     .and_then(|a| a.last())
                     .and_then(|l| l.pointer("/node/String/sval"))
@@ -1041,14 +1046,19 @@ fn collates_in(n: &pb::Node) -> Vec<String> {
                 {
                     out.push(name.to_string());
                 }
-                m.values().for_each(|x| walk(x, out));
+                m.values().for_each(|x| walk(x, node, list, out));
             }
-            Json::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Json::Array(a) => a.iter().for_each(|x| walk(x, node, list, out)),
             _ => {}
         }
     }
     let mut out = Vec::new();
-    walk(&serde_json::to_value(n).unwrap_or(Json::Null), &mut out);
+    walk(
+        &serde_json::to_value(n).unwrap_or(Json::Null),
+        node,
+        list,
+        &mut out,
+    );
     out
 }
 
@@ -1079,29 +1089,7 @@ fn distinct_use(column: ColRef, func: &str, arg: &pb::Node, opaque: bool) -> Dis
 
 /// The names of the types an expression casts to (`x::t`, `t 'literal'`, `CAST(x AS t)`).
 fn casts_in(n: &pb::Node) -> Vec<String> {
-    fn walk(v: &Json, out: &mut Vec<String>) {
-        match v {
-            Json::Object(m) => {
-                if let Some(tc) = m.get("TypeCast") {
-                    let last = tc
-                        .pointer("/type_name/names")
-                        .and_then(Json::as_array)
-                        .and_then(|a| a.last())
-                        .and_then(|l| l.pointer("/node/String/sval"))
-                        .and_then(Json::as_str);
-                    if let Some(t) = last {
-                        out.push(t.to_string());
-                    }
-                }
-                m.values().for_each(|x| walk(x, out));
-            }
-            Json::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(&serde_json::to_value(n).unwrap_or(Json::Null), &mut out);
-    out
+    last_names_in(n, "TypeCast", "/type_name/names")
 }
 
 /// The columns HAVING compares with constants (IS NULL compares nothing).
