@@ -284,6 +284,68 @@ async fn columns_with_their_own_collation_are_refused_in_a_c_database() {
     )
     .await;
 
+    // count(DISTINCT …) is finished over the shards' distinct values in the default collation:
+    // for text in the nondeterministic ci ('e0' = 'E0') that would count too many.
+    through
+        .batch_execute("INSERT INTO ccoll (id, name, nick, email) VALUES (101, 'n101', 'a', 'e0')")
+        .await
+        .unwrap();
+    let same = simple(
+        &through,
+        "SELECT count(*) FROM ccoll WHERE id = 101 AND email = 'E0'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(same, vec![vec![Some("1".into())]], "'e0' = 'E0' in ci");
+    for (sql, want) in [
+        (
+            "SELECT count(DISTINCT email) FROM ccoll",
+            "public.ccoll.email",
+        ),
+        (
+            "SELECT count(DISTINCT lower(email)) FROM ccoll",
+            "public.ccoll.email",
+        ),
+        (
+            "SELECT nick, count(DISTINCT email) FROM ccoll GROUP BY nick",
+            "public.ccoll.email",
+        ),
+        (
+            "SELECT count(DISTINCT name COLLATE ci) FROM ccoll",
+            "COLLATE \"ci\"",
+        ),
+        (
+            "SELECT count(DISTINCT upper(name) COLLATE ci) + 1 FROM ccoll",
+            "COLLATE \"ci\"",
+        ),
+    ] {
+        refused(
+            &through,
+            sql,
+            "count(DISTINCT …) over several shards with the nondeterministic collation ci",
+        )
+        .await;
+        refused(&through, sql, want).await;
+    }
+    // Other types, deterministic collations and an explicit deterministic COLLATE are exact.
+    for (sql, want) in [
+        ("SELECT count(DISTINCT name) FROM ccoll", "21"),
+        ("SELECT count(DISTINCT lower(nick)) FROM ccoll", "2"),
+        ("SELECT count(DISTINCT id % 7) FROM ccoll", "7"),
+        ("SELECT count(DISTINCT length(email)) FROM ccoll", "1"),
+        ("SELECT count(DISTINCT email COLLATE \"C\") FROM ccoll", "4"),
+        (
+            "SELECT count(DISTINCT upper(email) COLLATE \"C\") FROM ccoll",
+            "3",
+        ),
+        ("SELECT sum(DISTINCT id % 5) FROM ccoll", "10"),
+    ] {
+        let got = simple(&through, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(got, vec![vec![Some(want.to_string())]], "{sql}");
+    }
+
     // DDL through the proxy takes effect at once: nick sorts in "C" now, as the merge does.
     through
         .batch_execute("ALTER TABLE ccoll ALTER COLUMN nick TYPE text COLLATE \"C\"")

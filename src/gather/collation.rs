@@ -74,6 +74,9 @@ pub struct ShardCollation {
     pub database: DatabaseCollation,
     pub columns: Vec<CollatedColumn>,
     pub domains: Vec<CollatedDomain>,
+    /// Names of the database's nondeterministic collations (any schema), against which an
+    /// explicit `COLLATE` in a merged `count(DISTINCT …)` is checked.
+    pub nondeterministic: Vec<String>,
 }
 
 /// What a merge knows about one shard's text: its collations (`None` when they could not be
@@ -107,7 +110,7 @@ fn major_version(v: &str) -> Option<u32> {
     v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-/// The two statements that read a database's collations (one round trip).
+/// The four statements that read a database's collations (one round trip).
 fn query_text(major: u32) -> String {
     let (provider, version) = if major >= 15 {
         (
@@ -138,7 +141,9 @@ fn query_text(major: u32) -> String {
          JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
          JOIN pg_catalog.pg_collation co ON co.oid = t.typcollation \
          WHERE t.typtype = 'd' AND t.typcollation NOT IN (0, 100) \
-         AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema'); \
+         SELECT co.collname::text FROM pg_catalog.pg_collation co \
+         WHERE pg_catalog.to_jsonb(co) ->> 'collisdeterministic' = 'false'"
     )
 }
 
@@ -160,12 +165,13 @@ fn collation_at(r: &[Option<Bytes>], at: usize) -> Option<Collation> {
     })
 }
 
-/// Builds the result from the DataRows of the three statements; `None` if the database row is
+/// Builds the result from the DataRows of the four statements; `None` if the database row is
 /// missing or a row is malformed.
 fn parse(
     database: &[Vec<Option<Bytes>>],
     columns: &[Vec<Option<Bytes>>],
     domains: &[Vec<Option<Bytes>>],
+    nondeterministic: &[Vec<Option<Bytes>>],
 ) -> Option<ShardCollation> {
     let d = database.first()?;
     let database = DatabaseCollation {
@@ -196,10 +202,15 @@ fn parse(
             })
         })
         .collect::<Option<Vec<_>>>()?;
+    let nondeterministic = nondeterministic
+        .iter()
+        .map(|r| text(r, 0))
+        .collect::<Option<Vec<_>>>()?;
     Some(ShardCollation {
         database,
         columns,
         domains,
+        nondeterministic,
     })
 }
 
@@ -255,10 +266,10 @@ pub async fn of(conn: &mut ServerConn) -> Result<ShardText, BackendError> {
             _ => {}
         }
     }
-    if failed || results.len() < 4 {
+    if failed || results.len() < 5 {
         return Ok(out);
     }
-    let Some(found) = parse(&results[0], &results[1], &results[2]) else {
+    let Some(found) = parse(&results[0], &results[1], &results[2], &results[3]) else {
         return Ok(out);
     };
     let found = Arc::new(found);
@@ -328,7 +339,8 @@ mod tests {
             Some("C"),
             None,
         ])];
-        let p = parse(&db, &cols, &doms).unwrap();
+        let p = parse(&db, &cols, &doms, &[row(&[Some("ci")])]).unwrap();
+        assert_eq!(p.nondeterministic, ["ci"]);
         assert_eq!(p.database.collate, "en_US.UTF-8");
         assert_eq!(p.database.version.as_deref(), Some("2.36"));
         assert!(p.columns[0].collation.deterministic);
@@ -336,8 +348,9 @@ mod tests {
         assert_eq!(p.columns[1].collation.collate, None);
         assert_eq!(p.domains[0].name, "code_t");
         assert!(p.domains[0].collation.deterministic);
-        assert_eq!(parse(&[], &cols, &[]), None);
-        assert_eq!(parse(&[row(&[Some("C")])], &[], &[]), None);
-        assert_eq!(parse(&db, &[row(&[Some("x")])], &[]), None);
+        assert_eq!(parse(&[], &cols, &[], &[]), None);
+        assert_eq!(parse(&[row(&[Some("C")])], &[], &[], &[]), None);
+        assert_eq!(parse(&db, &[row(&[Some("x")])], &[], &[]), None);
+        assert_eq!(parse(&db, &[], &[], &[row(&[None])]), None);
     }
 }

@@ -17,6 +17,7 @@ use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 
 use super::collation::ShardText;
+use super::distinct_collation;
 use super::final_query::{self, ClientValue, InputType};
 use super::merge::value::{
     BPCHAR_OID, FLOAT4_OID, FLOAT8_OID, FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID,
@@ -292,6 +293,8 @@ fn column_orders(
     }) {
         text_order::check_grouped(uses, shards).map_err(refuse)?;
     }
+    let oids: Vec<u32> = types.iter().map(|t| t.oid).collect();
+    distinct_collation::check(uses, &oids, shards, total, hidden).map_err(refuse)?;
     Ok(orders)
 }
 

@@ -9,6 +9,7 @@ pub mod copy_in;
 pub mod copy_out;
 pub mod copy_split;
 pub mod cursor;
+pub mod distinct_collation;
 pub mod final_query;
 pub mod index_owner;
 pub mod merge;

@@ -128,7 +128,7 @@ fn install_hint(name: &str) -> String {
 }
 
 /// The collated columns of the statement's tables among those `reads` names (`None`: all).
-fn behind<'a>(
+pub(crate) fn behind<'a>(
     columns: &'a [CollatedColumn],
     tables: &'a [TableName],
     reads: Option<&'a [String]>,
@@ -142,7 +142,7 @@ fn behind<'a>(
 }
 
 /// The collated domains the statement's compared expressions cast to.
-fn cast_to<'a>(
+pub(crate) fn cast_to<'a>(
     domains: &'a [CollatedDomain],
     casts: &'a [String],
 ) -> impl Iterator<Item = &'a CollatedDomain> + 'a {
@@ -165,7 +165,8 @@ fn describe(c: &Collation) -> String {
     format!("COLLATE \"{}\"{provider}", c.name)
 }
 
-fn column_name(c: &CollatedColumn) -> String {
+/// A collated column as messages name it.
+pub(crate) fn column_name(c: &CollatedColumn) -> String {
     format!(
         "column {}.{}.{} ({})",
         c.schema,
@@ -175,7 +176,8 @@ fn column_name(c: &CollatedColumn) -> String {
     )
 }
 
-fn domain_name(d: &CollatedDomain) -> String {
+/// A collated domain as messages name it.
+pub(crate) fn domain_name(d: &CollatedDomain) -> String {
     format!(
         "domain {}.{} ({})",
         d.schema,
@@ -184,7 +186,8 @@ fn domain_name(d: &CollatedDomain) -> String {
     )
 }
 
-fn unread(shard: u32) -> String {
+/// The refusal when a shard's collations could not be read.
+pub(crate) fn unread(shard: u32) -> String {
     format!(
         "comparing text across shards needs each shard's collations, which could not be read from shard {shard}"
     )
@@ -317,6 +320,7 @@ mod tests {
                     name: "code_t".into(),
                     collation: coll("C", "c"),
                 }],
+                nondeterministic: vec![],
             })),
             client_encoding: Some("UTF8".into()),
         }
@@ -335,6 +339,7 @@ mod tests {
                 name: name.into(),
             }],
             casts: vec![],
+            distinct: vec![],
         }
     }
 

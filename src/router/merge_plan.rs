@@ -259,6 +259,35 @@ pub struct CollationUse {
     /// The types anything compared is cast to: a domain declared with a collation gives text
     /// that collation.
     pub casts: Vec<String>,
+    /// The `count`/`sum`/`avg(DISTINCT …)` values merged as arrays: the final query judges
+    /// their distinctness in the database's default collation, so theirs must be deterministic.
+    pub distinct: Vec<DistinctUse>,
+}
+
+/// The argument of a `f(DISTINCT x)` whose distinct values the shards send as an array, traced
+/// back to what gives its text a collation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistinctUse {
+    /// The hidden column holding each shard's `array_agg(DISTINCT x)`.
+    pub column: ColRef,
+    /// The aggregate's name, for messages.
+    pub func: String,
+    /// Where `x`'s collation comes from.
+    pub source: CollationSource,
+}
+
+/// What decides the collation of an expression, as far as the proxy can tell from its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CollationSource {
+    /// `x COLLATE c` at the top: exactly collation `c` (its last name part).
+    Explicit(String),
+    /// Anything else: possibly any collation it names in a COLLATE, any of the columns it
+    /// reads (`None`: any column of the statement's tables) and any type it casts to.
+    Derived {
+        collates: Vec<String>,
+        reads: Option<Vec<String>>,
+        casts: Vec<String>,
+    },
 }
 
 /// Aggregates the merge can combine.
@@ -480,6 +509,8 @@ struct Builder<'a> {
     final_outputs: Vec<usize>,
     /// Arrays of distinct values already pushed down, by the shape of their `array_agg` call.
     concat_shapes: Vec<(Json, ColRef)>,
+    /// Each such array's column, the first aggregate reading it and its argument.
+    concat_args: Vec<(ColRef, &'static str, pb::Node)>,
 }
 
 impl Builder<'_> {
@@ -517,6 +548,9 @@ impl Builder<'_> {
                         // Never matched by HAVING or ORDER BY: those refuse this call first.
                         self.agg_shapes.push(Json::Null);
                         self.concat_shapes.push((key, c));
+                        if let Some(arg) = a.call.args.first() {
+                            self.concat_args.push((c, a.name, arg.clone()));
+                        }
                         c
                     }
                 };
@@ -988,34 +1022,74 @@ fn collation_use(
         grouped,
         tables,
         casts,
+        distinct: Vec::new(),
     })
 }
 
-/// The names of the types an expression casts to (`x::t`, `t 'literal'`, `CAST(x AS t)`).
-fn casts_in(n: &pb::Node) -> Vec<String> {
-    fn walk(v: &Json, out: &mut Vec<String>) {
+/// The collation names in the COLLATE clauses of an expression (last name part).
+fn collates_in(n: &pb::Node) -> Vec<String> {
+    last_names_in(n, "CollateClause", "/collname")
+}
+
+/// For every `node` object in an expression, the last part of the name list at `list`.
+fn last_names_in(n: &pb::Node, node: &str, list: &str) -> Vec<String> {
+    fn walk(v: &Json, node: &str, list: &str, out: &mut Vec<String>) {
         match v {
             Json::Object(m) => {
-                if let Some(tc) = m.get("TypeCast") {
-                    let last = tc
-                        .pointer("/type_name/names")
-                        .and_then(Json::as_array)
-                        .and_then(|a| a.last())
-                        .and_then(|l| l.pointer("/node/String/sval"))
-                        .and_then(Json::as_str);
-                    if let Some(t) = last {
-                        out.push(t.to_string());
-                    }
+                if let Some(name) = m
+                    .get(node)
+                    .and_then(|c| c.pointer(list))
+                    .and_then(Json::as_array)
+                    .and_then(|a| a.last())
+                    .and_then(|l| l.pointer("/node/String/sval"))
+                    .and_then(Json::as_str)
+                {
+                    out.push(name.to_string());
                 }
-                m.values().for_each(|x| walk(x, out));
+                m.values().for_each(|x| walk(x, node, list, out));
             }
-            Json::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Json::Array(a) => a.iter().for_each(|x| walk(x, node, list, out)),
             _ => {}
         }
     }
     let mut out = Vec::new();
-    walk(&serde_json::to_value(n).unwrap_or(Json::Null), &mut out);
+    walk(
+        &serde_json::to_value(n).unwrap_or(Json::Null),
+        node,
+        list,
+        &mut out,
+    );
     out
+}
+
+/// Where the collation of a DISTINCT aggregate's argument `arg` comes from; `opaque` when the
+/// FROM list has items whose column names say nothing about the tables' columns.
+fn distinct_use(column: ColRef, func: &str, arg: &pb::Node, opaque: bool) -> DistinctUse {
+    let source = match arg.node.as_ref() {
+        Some(NodeEnum::CollateClause(c)) => match c.collname.last().and_then(str_of) {
+            Some(name) => CollationSource::Explicit(name.to_string()),
+            None => CollationSource::Derived {
+                collates: collates_in(arg),
+                reads: None,
+                casts: casts_in(arg),
+            },
+        },
+        _ => CollationSource::Derived {
+            collates: collates_in(arg),
+            reads: if opaque { None } else { columns_read(arg) },
+            casts: casts_in(arg),
+        },
+    };
+    DistinctUse {
+        column,
+        func: func.to_string(),
+        source,
+    }
+}
+
+/// The names of the types an expression casts to (`x::t`, `t 'literal'`, `CAST(x AS t)`).
+fn casts_in(n: &pb::Node) -> Vec<String> {
+    last_names_in(n, "TypeCast", "/type_name/names")
 }
 
 /// The columns HAVING compares with constants (IS NULL compares nothing).
@@ -1072,6 +1146,7 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         final_targets: Vec::new(),
         final_outputs: Vec::new(),
         concat_shapes: Vec::new(),
+        concat_args: Vec::new(),
     };
     // Is this an aggregate query?
     let mut has_agg = !s.group_clause.is_empty() || s.having_clause.is_some();
@@ -1285,7 +1360,13 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
     } else {
         PlanKind::Rows
     };
-    let collation = collation_use(s, &b.targets, &b.hidden_targets, &kind, &sort)?;
+    let mut collation = collation_use(s, &b.targets, &b.hidden_targets, &kind, &sort)?;
+    let opaque = tables_of(s).1;
+    collation.distinct = b
+        .concat_args
+        .iter()
+        .map(|(c, f, arg)| distinct_use(*c, f, arg, opaque))
+        .collect();
     let finish = if b.final_targets.is_empty() {
         None
     } else {
@@ -1613,5 +1694,75 @@ mod tests {
         let p = plan_sql("SELECT DISTINCT a, b FROM users ORDER BY b").unwrap();
         assert!(matches!(p.kind, PlanKind::Groups { keys: None, .. }));
         assert_eq!(p.sort[0].column, ColRef::Output(1));
+    }
+
+    #[test]
+    fn distinct_aggregates_record_where_their_collation_comes_from() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let derived =
+            |collates: &[&str], reads: Option<&[&str]>, casts: &[&str]| CollationSource::Derived {
+                collates: v(collates),
+                reads: reads.map(v),
+                casts: v(casts),
+            };
+        // (statement, the DISTINCT uses: aggregate name and collation source)
+        let cases: Vec<(&str, Vec<(&str, CollationSource)>)> = vec![
+            (
+                "SELECT count(DISTINCT email) FROM t",
+                vec![("count", derived(&[], Some(&["email"]), &[]))],
+            ),
+            (
+                "SELECT count(DISTINCT lower(t.email)), sum(DISTINCT n) FROM t",
+                vec![
+                    ("count", derived(&[], Some(&["email"]), &[])),
+                    ("sum", derived(&[], Some(&["n"]), &[])),
+                ],
+            ),
+            (
+                "SELECT count(DISTINCT name COLLATE public.ci) FROM t",
+                vec![("count", CollationSource::Explicit("ci".into()))],
+            ),
+            (
+                "SELECT count(DISTINCT lower(name COLLATE \"ci\") || x::ci_text) FROM t",
+                vec![(
+                    "count",
+                    derived(&["ci"], Some(&["name", "x"]), &["ci_text"]),
+                )],
+            ),
+            (
+                "SELECT avg(DISTINCT n), count(DISTINCT n) + 1 AS c FROM (SELECT n FROM t) s",
+                vec![("avg", derived(&[], None, &[]))],
+            ),
+            // Exact per shard: no merged array, nothing to check.
+            (
+                "SELECT count(DISTINCT user_id), min(DISTINCT email) FROM t",
+                vec![],
+            ),
+            (
+                "SELECT g, count(DISTINCT email) FROM t GROUP BY user_id, g",
+                vec![],
+            ),
+        ];
+        for (sql, want) in cases {
+            let p = plan_sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let got: Vec<(&str, CollationSource)> = p
+                .collation
+                .distinct
+                .iter()
+                .map(|d| (d.func.as_str(), d.source.clone()))
+                .collect();
+            assert_eq!(got, want, "{sql}");
+            let aggs = match &p.kind {
+                PlanKind::Groups { aggs, .. } => aggs.clone(),
+                PlanKind::Rows => vec![],
+            };
+            for d in &p.collation.distinct {
+                assert!(
+                    aggs.iter()
+                        .any(|a| a.column == d.column && a.func == AggFunc::Concat),
+                    "{sql}: {d:?} names the merged array"
+                );
+            }
+        }
     }
 }
