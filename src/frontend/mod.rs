@@ -16,6 +16,7 @@ pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;
 pub mod pipeline;
+pub mod prepared_cap;
 pub mod read_routing;
 pub mod session;
 pub mod session_limits;
