@@ -105,7 +105,74 @@ async fn prepared_statements_stay_within_the_cap_and_sql_prepare_works() {
     );
 
     sql_prepare(&client).await;
+    // One server connection per shard: psql gets it once this session is over.
+    drop(client);
+
+    // psql, one statement at a time; keyless EXECUTE is scattered and merged.
+    let script = "PREPARE byid(bigint) AS SELECT name FROM users WHERE user_id = $1;\n\
+                  EXECUTE byid(7);\n\
+                  PREPARE total AS SELECT count(*) FROM users WHERE user_id > $1;\n\
+                  EXECUTE total(2);\n\
+                  DEALLOCATE byid;\n\
+                  DEALLOCATE ALL;\n";
+    let (lines, _) = common::proxy::psql_script(&cluster.info, &proxy, "prep.sql", script).await;
+    assert_eq!(
+        lines,
+        [
+            "PREPARE",
+            "u7",
+            "PREPARE",
+            "10",
+            "DEALLOCATE",
+            "DEALLOCATE ALL"
+        ]
+    );
 }
 
-/// Placeholder until SQL PREPARE lands.
-async fn sql_prepare(_client: &tokio_postgres::Client) {}
+/// Rows (first column) of a simple query, or its SQLSTATE.
+async fn simple(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>, String> {
+    match client.simple_query(sql).await {
+        Ok(messages) => Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+                _ => None,
+            })
+            .collect()),
+        Err(e) => Err(e.code().map(|c| c.code().to_string()).unwrap_or_default()),
+    }
+}
+
+/// SQL PREPARE / EXECUTE / DEALLOCATE through the simple protocol, with Postgres's errors.
+async fn sql_prepare(client: &tokio_postgres::Client) {
+    let ok = |v: &[&str]| Ok(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let cases: &[(&str, Result<Vec<String>, String>)] = &[
+        (
+            "PREPARE one(bigint) AS SELECT name FROM users WHERE user_id = $1",
+            ok(&[]),
+        ),
+        ("EXECUTE one(12)", ok(&["u12"])),
+        ("EXECUTE one(1)", ok(&["u1"])),
+        (
+            "PREPARE keyless AS SELECT user_id FROM users WHERE user_id <= $1 ORDER BY user_id",
+            ok(&[]),
+        ),
+        ("EXECUTE keyless(3)", ok(&["1", "2", "3"])),
+        ("PREPARE one AS SELECT 1", Err("42P05".into())),
+        ("EXECUTE nothing(1)", Err("26000".into())),
+        ("EXECUTE one(1, 2)", Err("42601".into())),
+        ("BEGIN", ok(&[])),
+        ("EXECUTE one(2)", ok(&["u2"])),
+        ("EXECUTE keyless(2)", ok(&["1", "2"])),
+        ("COMMIT", ok(&[])),
+        ("DEALLOCATE one", ok(&[])),
+        ("EXECUTE one(1)", Err("26000".into())),
+        ("DEALLOCATE one", Err("26000".into())),
+        ("EXECUTE keyless(1)", ok(&["1"])),
+        ("DEALLOCATE ALL", ok(&[])),
+        ("EXECUTE keyless(1)", Err("26000".into())),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(&simple(client, sql).await, want, "{sql}");
+    }
+}

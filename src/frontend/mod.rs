@@ -21,6 +21,7 @@ pub mod read_routing;
 pub mod session;
 pub mod session_limits;
 pub mod split_bind;
+pub mod sql_prepare;
 pub mod startup;
 pub mod tls;
 pub mod txn_control;
