@@ -386,6 +386,11 @@ pub struct PoolConfig {
     /// How long a client waits for a free server connection before an error.
     #[serde(default = "default_checkout_timeout_ms")]
     pub checkout_timeout_ms: u64,
+    /// Server-side prepared statements one server connection keeps (least recently used ones are
+    /// closed beyond it; 0: no limit), so drivers preparing every statement cannot grow a
+    /// server's memory without bound.
+    #[serde(default = "default_max_prepared_statements")]
+    pub max_prepared_statements: usize,
 }
 
 /// Transaction pooling returns a server connection at the end of each transaction; session pooling
@@ -635,6 +640,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_checkout_timeout_ms() -> u64 {
     10_000
 }
+fn default_max_prepared_statements() -> usize {
+    2_000
+}
 fn default_host() -> String {
     "127.0.0.1".into()
 }
@@ -650,6 +658,7 @@ impl Default for PoolConfig {
             proxies: default_proxies(),
             connect_timeout_ms: default_connect_timeout_ms(),
             checkout_timeout_ms: default_checkout_timeout_ms(),
+            max_prepared_statements: default_max_prepared_statements(),
         }
     }
 }

@@ -128,6 +128,7 @@ fn pools(proxy: &Proxy) -> ResultSet {
         ("waiting", T::Int8),
         ("server_role", T::Text),
         ("control", T::Bool),
+        ("prepared", T::Int8),
     ]);
     let mode = match proxy.config.pool.mode {
         crate::config::PoolMode::Transaction => "transaction",
@@ -148,6 +149,7 @@ fn pools(proxy: &Proxy) -> ResultSet {
             status.waiting.into(),
             p.role.into(),
             p.control.into(),
+            p.prepared.into(),
         ]);
     }
     rs

@@ -1,13 +1,14 @@
 //! One raw connection to a Postgres server. Frames are read and written as bytes; only the
 //! messages that change the connection's state (ReadyForQuery, ParameterStatus, errors) are decoded.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::prepared_lru::PreparedNames;
 use super::tls::{ServerTls, StartTlsError};
 use crate::config::ShardConfig;
 use crate::socket::Socket;
@@ -80,8 +81,9 @@ pub struct ServerConn {
     pub secret: i32,
     /// Parameters the server reported (ParameterStatus), kept current.
     pub params: HashMap<String, String>,
-    /// Server-side prepared statement names that exist on this connection.
-    pub prepared: HashSet<String>,
+    /// Server-side prepared statement names that exist on this connection, least recently used
+    /// first (capped by `pool.max_prepared_statements`).
+    pub prepared: PreparedNames,
     /// Session settings applied on this connection on top of its login defaults (name → SQL value).
     pub applied: BTreeMap<String, String>,
     /// True when `applied` cannot be trusted (a rolled-back SET): the next user resets everything.
@@ -151,7 +153,7 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             params: HashMap::new(),
-            prepared: HashSet::new(),
+            prepared: PreparedNames::default(),
             applied: BTreeMap::new(),
             settings_unknown: false,
             status: TxStatus::Idle,

@@ -7,6 +7,7 @@ pub mod failover;
 pub mod metrics;
 pub mod monitor;
 pub mod pool;
+pub mod prepared_lru;
 pub mod privileges;
 pub mod probe;
 pub mod session_state;

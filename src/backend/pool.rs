@@ -4,12 +4,14 @@
 //! comes back is dropped, never handed to another client.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
 
 use super::conn::{BackendError, ServerConn};
+use super::prepared_lru::PreparedNames;
 use super::tls::ServerTls;
 use super::topology::{ServerId, Topology};
 use crate::config::{Config, ControlPlaneConfig, ServerAuthConfig, ShardConfig, UserConfig};
@@ -67,6 +69,10 @@ pub struct ServerManager {
     /// Connections created before this instant are closed when they come back (the server
     /// stopped being where the shard's traffic goes).
     drained_at: Mutex<Option<Instant>>,
+    /// Server-side prepared statements one connection keeps (0: no limit).
+    max_prepared: usize,
+    /// Server-side prepared statements held by this pool's connections, together.
+    prepared: Arc<AtomicUsize>,
 }
 
 impl managed::Manager for ServerManager {
@@ -85,7 +91,7 @@ impl managed::Manager for ServerManager {
             &self.shard,
             &self.auth,
         );
-        ServerConn::connect(
+        let mut conn = ServerConn::connect(
             &self.shard,
             self.server,
             self.address.clone(),
@@ -93,7 +99,9 @@ impl managed::Manager for ServerManager {
             &self.tls,
             self.connect_timeout,
         )
-        .await
+        .await?;
+        conn.prepared = PreparedNames::new(self.max_prepared, self.prepared.clone());
+        Ok(conn)
     }
 
     async fn recycle(&self, conn: &mut ServerConn, m: &Metrics) -> RecycleResult<BackendError> {
@@ -140,6 +148,8 @@ pub struct PoolStatus {
     /// A control-plane pool (pgshard's own work), not a client role's.
     pub control: bool,
     pub status: deadpool::Status,
+    /// Server-side prepared statements its connections hold, together.
+    pub prepared: usize,
 }
 
 /// The pools of every server of every shard, per server role.
@@ -152,6 +162,7 @@ pub struct ShardPools {
     tls: ServerTls,
     connect_timeout: Duration,
     size: usize,
+    max_prepared: usize,
     topology: Arc<Topology>,
     checkout_timeout: Duration,
 }
@@ -185,6 +196,7 @@ impl ShardPools {
             tls: tls.clone(),
             connect_timeout: config.pool.connect_timeout(),
             size: config.pool.size,
+            max_prepared: config.pool.max_prepared_statements,
             topology,
             checkout_timeout: config.pool.checkout_timeout(),
         };
@@ -251,6 +263,8 @@ impl ShardPools {
             tls: self.tls.clone(),
             connect_timeout: self.connect_timeout,
             drained_at: Mutex::new(None),
+            max_prepared: self.max_prepared,
+            prepared: Arc::new(AtomicUsize::new(0)),
         };
         let size = if control {
             CONTROL_POOL_SIZE
@@ -393,6 +407,7 @@ impl ShardPools {
                 role: key.role.to_string(),
                 control: key.control,
                 status: pool.status(),
+                prepared: pool.manager().prepared.load(Ordering::Relaxed),
             })
             .collect();
         v.sort_by(|a, b| (a.server, a.control, &a.role).cmp(&(b.server, b.control, &b.role)));

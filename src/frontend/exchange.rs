@@ -24,6 +24,10 @@ pub enum Expect {
     /// Rows and a CommandComplete, EmptyQueryResponse or PortalSuspended (COPY possible).
     Execute,
     Close,
+    /// CloseComplete for a statement the proxy closes to stay within its cap; forgets the name.
+    CloseStatement {
+        unregister: String,
+    },
     /// ReadyForQuery.
     Sync,
     /// No answer.
@@ -101,9 +105,10 @@ fn unexpected(conn: &ServerConn, tag: u8, expect: &Expect) -> SinkError {
 /// Sends every step's message, then reads the answers in order and passes them to `sink`.
 pub async fn run<S: FrameSink>(
     conn: &mut ServerConn,
-    steps: Vec<Step>,
+    mut steps: Vec<Step>,
     sink: &mut S,
 ) -> Result<Outcome, SinkError> {
+    super::prepared_cap::add_evictions(conn, &mut steps);
     for step in &steps {
         if let Step::Send { frame, .. } = step {
             conn.queue(frame);
@@ -190,6 +195,11 @@ async fn read_answer<S: FrameSink>(
             }
             Expect::Bind => check(conn, &frame, be::BIND_COMPLETE, expect)?,
             Expect::Close => check(conn, &frame, be::CLOSE_COMPLETE, expect)?,
+            Expect::CloseStatement { unregister } => {
+                let done = check(conn, &frame, be::CLOSE_COMPLETE, expect)?;
+                conn.prepared.remove(unregister);
+                done
+            }
             Expect::DescribeStatement if !described => {
                 check(conn, &frame, be::PARAMETER_DESCRIPTION, expect)?;
                 described = true;

@@ -124,6 +124,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         held: BTreeMap::new(),
         txn: None,
         statements: HashMap::new(),
+        sql_statements: Default::default(),
         batch_parses: Vec::new(),
         portals: HashMap::new(),
         batch: Vec::new(),

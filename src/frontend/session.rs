@@ -11,6 +11,7 @@ use super::cancel::{set_active, ActiveTargets};
 use super::client_io::ClientIo;
 use super::exchange::{self, Expect, Outcome, SinkError, Step};
 use super::session_limits::Next;
+use super::sql_prepare::{may_be_sql_prepare, SqlPrepareAction, SqlStatements};
 use crate::backend::pool::CheckoutError;
 use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::sync_sql;
@@ -72,6 +73,8 @@ pub struct Session {
     pub held: BTreeMap<u32, PooledConn>,
     pub txn: Option<Txn>,
     pub statements: HashMap<String, Arc<Prepared>>,
+    /// Statements prepared with SQL PREPARE (transaction pooling: kept by the proxy).
+    pub sql_statements: SqlStatements,
     /// Portals bound in the current transaction and the shard they live on.
     pub portals: HashMap<String, u32>,
     /// Extended-protocol messages buffered until Sync or Flush.
@@ -288,6 +291,15 @@ impl Session {
                 ));
                 return Ok(());
             }
+        };
+        let (sql, body) = match self.sql_prepare(&sql) {
+            Some(None) => (sql, body),
+            // An EXECUTE: the statement it stands for is what the servers get.
+            Some(Some(run)) => {
+                let body = fe::query(&run).body;
+                (run, body)
+            }
+            None => return Ok(()),
         };
         let proxy = self.proxy.clone();
         let (facts, literals) = proxy.router.analyze_simple(&sql);
@@ -634,6 +646,40 @@ impl Session {
         self.cursors.clear();
     }
 
+    /// Answers a SQL PREPARE or DEALLOCATE (transaction pooling) and gives back what runs in its
+    /// place: `Some(None)` the statement itself, `Some(Some(s))` the one an EXECUTE stands
+    /// for; `None` once answered.
+    fn sql_prepare(&mut self, sql: &str) -> Option<Option<String>> {
+        if self.proxy.config.pool.mode == PoolMode::Session || !may_be_sql_prepare(sql) {
+            return Some(None);
+        }
+        let statements = &self.statements;
+        let action = match self
+            .sql_statements
+            .handle(sql, |n| statements.contains_key(n))
+        {
+            None => return Some(None),
+            Some(action) => action,
+        };
+        if self.txn.as_ref().is_some_and(|t| t.refused) {
+            self.reply_error(aborted());
+            return None;
+        }
+        match action {
+            Ok(SqlPrepareAction::Run(statement)) => Some(Some(statement)),
+            Ok(SqlPrepareAction::Done(tag)) => {
+                self.io.push(&be::command_complete(tag));
+                let status = self.status();
+                self.io.push(&be::ready_for_query(status));
+                None
+            }
+            Err(fields) => {
+                self.reply_error(fields);
+                None
+            }
+        }
+    }
+
     fn session_bound_refusal(&self, facts: &[StatementFacts]) -> Option<ErrorFields> {
         if self.proxy.config.pool.mode == PoolMode::Session {
             return None;
@@ -706,6 +752,7 @@ impl Session {
             },
             LocalCommand::DeallocateAll => {
                 self.statements.clear();
+                self.sql_statements.clear();
                 self.io.push(&be::command_complete("DEALLOCATE ALL"));
             }
             LocalCommand::NextId => {
@@ -1095,6 +1142,7 @@ impl Session {
                     }
                     if f.kind == StatementKind::Discard {
                         self.statements.clear();
+                        self.sql_statements.clear();
                     }
                 }
                 _ => {}
