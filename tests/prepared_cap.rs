@@ -105,8 +105,20 @@ async fn prepared_statements_stay_within_the_cap_and_sql_prepare_works() {
     );
 
     sql_prepare(&client).await;
-    // One server connection per shard: psql gets it once this session is over.
-    drop(client);
+    // One server connection per shard, and this client is idle after keyless reads: in
+    // transaction pooling it holds none of them, so another client (and psql below) gets them
+    // while it stays connected.
+    client
+        .simple_query("SELECT user_id FROM users WHERE user_id <= 3 ORDER BY user_id")
+        .await
+        .expect("a keyless read");
+    let other = connect(&proxy).await;
+    let rows = simple(&other, "SELECT count(*) FROM users").await;
+    assert_eq!(
+        rows,
+        Ok(vec!["12".to_string()]),
+        "an idle client must not hold connections"
+    );
 
     // psql, one statement at a time; keyless EXECUTE is scattered and merged.
     let script = "PREPARE byid(bigint) AS SELECT name FROM users WHERE user_id = $1;\n\

@@ -171,6 +171,9 @@ impl Session {
             if self.txn.is_none() && self.open_batch_shard.is_none() {
                 self.hold_pass = None;
             }
+            // Whatever path served the request (a scatter read leaves its connections held), an
+            // idle client holds no server connection in transaction pooling.
+            self.release_idle();
             self.publish_writes().await;
         }
         self.close().await;
