@@ -72,9 +72,12 @@ fn follow_route(
     }
     if let Some(rows) = facts.missing_key_rows {
         let ids: Vec<i64> = (0..rows.min(10_000) as i64).collect();
-        if let Ok(text) = rewrite::insert_with_keys(sql, &tables(), &ids) {
-            let _ = map.shard_for(ids.first().copied().unwrap_or(0));
-            let _ = text;
+        // Both shapes: plain, and with OVERRIDING SYSTEM VALUE for an identity key.
+        for overriding in [false, true] {
+            if let Ok(text) = rewrite::insert_with_keys(sql, &tables(), &ids, overriding) {
+                let _ = map.shard_for(ids.first().copied().unwrap_or(0));
+                let _ = text;
+            }
         }
     }
     if let Some(Ok(plan)) = &facts.merge {
