@@ -272,16 +272,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
 /// `max_connections`. An unreachable shard is only a warning: it may come back.
 async fn check_shard(config: &Config, shard: &ShardConfig, tls: &ServerTls) -> anyhow::Result<()> {
     let (user, password) = config.control_login(shard);
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&shard.host)
-        .port(shard.port)
-        .dbname(&shard.database)
-        .user(user)
-        .application_name("pgshard-check")
-        .connect_timeout(config.pool.connect_timeout());
-    if let Some(p) = password {
-        pg.password(p);
-    }
+    let pg = crate::backend::privileges::check_login(
+        config,
+        &shard.host,
+        shard.port,
+        &shard.database,
+        user,
+        password,
+    );
     let (client, connection) = match tls.connect(&pg).await {
         Ok(c) => c,
         Err(e) => {

@@ -5,25 +5,11 @@
 
 mod common;
 
-use std::process::Stdio;
-
+use common::process::run_output;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
-
-async fn output(cmd: &mut tokio::process::Command) -> (bool, String, String) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e:?}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The four numbers of a one-row simple query.
 async fn four_numbers(c: &tokio_postgres::Client, sql: &str) -> (i64, i64, i64, i64) {
@@ -174,7 +160,7 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
     };
     let mut prepare = tokio::process::Command::new("sysbench");
     common_args(&mut prepare);
-    let (ok, out, err) = output(prepare.arg("prepare")).await;
+    let (ok, out, err) = run_output(prepare.arg("prepare")).await;
     assert!(ok, "sysbench prepare:\n{out}\n{err}");
     for table in ["sbtest1", "sbtest2"] {
         let (n, _, low, high) = four_numbers(
@@ -190,7 +176,8 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
     }
     let mut run = tokio::process::Command::new("sysbench");
     common_args(&mut run);
-    let (ok, out, err) = output(run.args(["--threads=2", "--events=300", "--time=0", "run"])).await;
+    let (ok, out, err) =
+        run_output(run.args(["--threads=2", "--events=300", "--time=0", "run"])).await;
     assert!(ok, "sysbench run:\n{out}\n{err}");
     // sysbench stops at the first error it does not retry; the ones it retries by design
     // (a deadlock, or a duplicate key from two threads re-inserting one deleted id) are counted

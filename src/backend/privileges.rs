@@ -174,16 +174,7 @@ async fn control_client(
     let servers = std::iter::once((shard.host.clone(), shard.port))
         .chain(shard.replicas.iter().map(|r| (r.host.clone(), r.port)));
     for (host, port) in servers {
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&host)
-            .port(port)
-            .dbname(&shard.database)
-            .user(user)
-            .application_name("pgshard-check")
-            .connect_timeout(config.pool.connect_timeout());
-        if let Some(p) = password {
-            pg.password(p);
-        }
+        let pg = check_login(config, &host, port, &shard.database, user, password);
         match tls.connect(&pg).await {
             Ok((client, connection)) => {
                 tokio::spawn(async move {
@@ -220,6 +211,28 @@ pub async fn check_all(config: &Config, tls: &ServerTls) -> Result<(), String> {
     } else {
         Err(errors.join("\n"))
     }
+}
+
+/// The connection settings of pgshard's start-up and reload checks on one server.
+pub fn check_login(
+    config: &Config,
+    host: &str,
+    port: u16,
+    database: &str,
+    user: &str,
+    password: Option<&str>,
+) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(host)
+        .port(port)
+        .dbname(database)
+        .user(user)
+        .application_name("pgshard-check")
+        .connect_timeout(config.pool.connect_timeout());
+    if let Some(p) = password {
+        pg.password(p);
+    }
+    pg
 }
 
 #[cfg(test)]
