@@ -120,6 +120,18 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
             );
         }
     }
+    // psql, as a person types it: the next narrow key of each table follows the 30 above, and
+    // the bigint one is a 64-bit id.
+    let script = "INSERT INTO k_serial (v) VALUES ('psql') RETURNING id;\n\
+                  INSERT INTO k_identity (v) VALUES ('psql') RETURNING id;\n\
+                  INSERT INTO k_bigserial (v) VALUES ('psql') RETURNING id > 2147483647;\n";
+    let (lines, _) = proxy::psql_script(&cluster.info, &proxy, "keys.sql", script).await;
+    let values: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.starts_with("INSERT"))
+        .collect();
+    assert_eq!(values, ["31", "31", "t"], "{lines:?}");
     // A key column pgshard cannot generate for is refused with a message naming it.
     c.batch_execute("CREATE TABLE k_text (id text PRIMARY KEY, v text)")
         .await
