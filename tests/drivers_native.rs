@@ -306,22 +306,7 @@ async fn native_drivers_work_across_shards() {
     );
 
     // Every row the suites left sits on the shard the map gives its key, and nowhere else.
-    let mut rows_seen = 0;
-    for &id in &shard_ids {
-        let direct = proxy::shard(&cluster.info, id).await;
-        let rows = direct
-            .query(
-                "SELECT user_id FROM users WHERE user_id >= $1",
-                &[&FIRST_KEY],
-            )
-            .await
-            .expect("read a shard directly");
-        for row in rows {
-            let key: i64 = row.get(0);
-            assert_eq!(map.shard_for(key), id, "key {key} sits on shard {id}");
-            rows_seen += 1;
-        }
-    }
+    let rows_seen = proxy::assert_users_placed(&cluster.info, &map, FIRST_KEY).await;
     assert!(rows_seen > 0, "the suites left no rows to check");
     proxy.stop().await;
 }

@@ -137,3 +137,29 @@ pub async fn psql_script(
         .collect();
     (lines, out)
 }
+
+/// Asserts that every `users` row with a key of at least `from_key` sits on the shard `map` gives
+/// its key, reading each shard directly; returns how many rows were checked.
+pub async fn assert_users_placed(
+    info: &ClusterInfo,
+    map: &pgshard::router::ShardMap,
+    from_key: i64,
+) -> usize {
+    let mut seen = 0;
+    for id in info.shard_ids() {
+        let rows = shard(info, id)
+            .await
+            .query(
+                "SELECT user_id FROM users WHERE user_id >= $1",
+                &[&from_key],
+            )
+            .await
+            .expect("read a shard directly");
+        for row in rows {
+            let key: i64 = row.get(0);
+            assert_eq!(map.shard_for(key), id, "key {key} sits on shard {id}");
+            seen += 1;
+        }
+    }
+    seen
+}
