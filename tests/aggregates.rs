@@ -60,18 +60,7 @@ const QUERIES: &[&str] = &[
 ];
 
 async fn extended(c: &Client, sql: &str, p: i32) -> Result<Answer, tokio_postgres::Error> {
-    let st = c.prepare(sql).await?;
-    let rows = c.query(&st, &[&p]).await?;
-    let columns = st
-        .columns()
-        .iter()
-        .map(|c| (c.name().to_string(), c.type_().oid()))
-        .collect();
-    let rows = rows
-        .iter()
-        .map(|row| (0..row.len()).map(|i| row.get::<_, Raw>(i)).collect())
-        .collect();
-    Ok((columns, rows))
+    common::answers::extended_answer(c, sql, &[&p]).await
 }
 
 async fn simple(c: &Client, sql: &str) -> Result<Answer, tokio_postgres::Error> {

@@ -484,17 +484,7 @@ async fn run_extended<C: GenericClient + Sync>(
         ParamFormat::Binary => q.sql.params.iter().map(Param::as_binary).collect(),
         ParamFormat::Text => texts.iter().map(|p| p as &(dyn ToSql + Sync)).collect(),
     };
-    let st = c.prepare(&q.sql.extended).await?;
-    let rows = c.query(&st, &params).await?;
-    let columns = st
-        .columns()
-        .iter()
-        .map(|c| (c.name().to_string(), c.type_().oid()))
-        .collect();
-    let rows = rows
-        .iter()
-        .map(|row| (0..row.len()).map(|i| row.get::<_, Raw>(i)).collect())
-        .collect();
+    let (columns, rows) = common::answers::extended_answer(c, &q.sql.extended, &params).await?;
     Ok(Answer { columns, rows })
 }
 

@@ -1,7 +1,8 @@
 //! Column values as raw bytes, to compare answers of pgshard and of one Postgres exactly
 //! (binary format in the extended protocol, text in the simple protocol).
 
-use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::GenericClient;
 
 /// Any column as its raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,4 +18,25 @@ impl<'a> FromSql<'a> for Raw {
     fn accepts(_: &Type) -> bool {
         true
     }
+}
+
+/// The columns (name, type oid) and raw rows of a statement prepared and run with `params`: the
+/// extended protocol's answer, as exact bytes.
+pub async fn extended_answer<C: GenericClient + Sync>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(Vec<(String, u32)>, Vec<Vec<Raw>>), tokio_postgres::Error> {
+    let st = c.prepare(sql).await?;
+    let rows = c.query(&st, params).await?;
+    let columns = st
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().oid()))
+        .collect();
+    let rows = rows
+        .iter()
+        .map(|row| (0..row.len()).map(|i| row.get::<_, Raw>(i)).collect())
+        .collect();
+    Ok((columns, rows))
 }
