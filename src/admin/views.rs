@@ -162,6 +162,7 @@ fn clients(proxy: &Proxy) -> ResultSet {
         ("database", T::Text),
         ("address", T::Text),
         ("connected_at", T::Timestamptz),
+        ("pinned", T::Text),
     ]);
     for c in proxy.admin.clients.list() {
         rs.row(vec![
@@ -170,6 +171,7 @@ fn clients(proxy: &Proxy) -> ResultSet {
             c.database.into(),
             c.address.map(|a| a.to_string()).into(),
             format_utc(c.connected_at).into(),
+            c.pinned.into(),
         ]);
     }
     rs

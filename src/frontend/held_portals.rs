@@ -301,6 +301,9 @@ impl Session {
             Err(fields) => return Ok(Err(fields)),
         };
         self.cursors.declare(&declare.name, Place::Proxy(held));
+        if declare.hold {
+            self.cursors.hold(&declare.name);
+        }
         Ok(Ok(()))
     }
 

@@ -20,6 +20,7 @@ pub mod prepared_cap;
 pub mod read_routing;
 pub mod session;
 pub mod session_limits;
+pub mod session_pins;
 pub mod split_bind;
 pub mod sql_prepare;
 pub mod startup;

@@ -99,6 +99,8 @@ pub struct Session {
     pub reserved_keys: super::generated_keys::ReservedKeys,
     /// Open cursors of the block and where each lives.
     pub cursors: super::cursors::Cursors,
+    /// Server connections kept past transactions for session state (see `session_pins`).
+    pub pins: super::session_pins::Pins,
 }
 
 /// An error to report to the client, as an ErrorResponse.
@@ -172,7 +174,10 @@ impl Session {
                 self.hold_pass = None;
             }
             // Whatever path served the request (a scatter read leaves its connections held), an
-            // idle client holds no server connection in transaction pooling.
+            // idle client holds no server connection in transaction pooling, but those pinned.
+            if self.settle_pins().await.is_err() {
+                break;
+            }
             self.release_idle();
             self.publish_writes().await;
         }
@@ -231,6 +236,7 @@ impl Session {
 
     /// Returns or discards server connections when the client leaves.
     async fn close(&mut self) {
+        self.unpin_on_close();
         let held = std::mem::take(&mut self.held);
         for (_, mut conn) in held {
             if conn.synced && conn.status != TxStatus::Idle {
@@ -335,7 +341,7 @@ impl Session {
             ));
             return Ok(());
         }
-        if let Some(fields) = self.session_bound_refusal(&facts) {
+        if let Some(fields) = self.pin_or_refuse(&facts) {
             self.reply_error(fields);
             return Ok(());
         }
@@ -646,7 +652,7 @@ impl Session {
         self.settings_at_begin = None;
         self.txn = None;
         self.portals.clear();
-        self.cursors.clear();
+        self.cursors.end_block(rolled_back);
     }
 
     /// Answers a SQL PREPARE or DEALLOCATE (transaction pooling) and gives back what runs in its
@@ -681,18 +687,6 @@ impl Session {
                 None
             }
         }
-    }
-
-    fn session_bound_refusal(&self, facts: &[StatementFacts]) -> Option<ErrorFields> {
-        if self.proxy.config.pool.mode == PoolMode::Session {
-            return None;
-        }
-        facts.iter().find_map(|f| f.session_bound.as_ref()).map(|feature| {
-            refusal(format!(
-                "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
-            ))
-            .with_hint("set pool.mode = \"session\" in the pgshard config, or avoid session-level state")
-        })
     }
 
     /// Answers a statement the proxy handles itself (no ReadyForQuery); `describe` adds the
@@ -916,7 +910,8 @@ impl Session {
         if let (Some(want), Some(conn)) = (want, self.held.get(&shard)) {
             // A held connection to another server of the shard (a replica read before, or the
             // primary before a failover) goes back unless a block still needs it.
-            if conn.server != want.index && !in_block && conn.reusable() {
+            if conn.server != want.index && !in_block && conn.reusable() && !self.pins.keeps(shard)
+            {
                 self.held.remove(&shard);
             }
         }
@@ -1035,7 +1030,9 @@ impl Session {
                     }
                 }
                 self.portals.clear();
-                self.cursors.clear();
+                self.cursors.end_block(
+                    outcome.error.is_some() || outcome.tags.last().is_some_and(|t| t == "ROLLBACK"),
+                );
             }
             Some(TxStatus::InTransaction) | Some(TxStatus::Failed) => {
                 if self.txn.is_none() {
@@ -1070,7 +1067,7 @@ impl Session {
             .held
             .keys()
             .copied()
-            .filter(|s| !keep.contains(s))
+            .filter(|s| !keep.contains(s) && !self.pins.keeps(*s))
             .collect();
         for shard in shards {
             if let Some(conn) = self.held.remove(&shard) {
