@@ -411,3 +411,67 @@ async fn listen_is_still_refused() {
         "{db:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_config_is_tracked_like_set() {
+    let s = setup().await;
+    let a = proxy::connect(&s.proxy).await;
+    let b = proxy::connect(&s.proxy).await;
+    assert_eq!(
+        one(&a, "SELECT set_config('app.tenant', 'acme', false)").await,
+        "acme"
+    );
+    assert!(pinned(&s.proxy).is_empty(), "a setting needs no pin");
+    // Every shard A's statements reach has the setting (one row per shard: keys 1..=40).
+    let seen = column(
+        &a,
+        "SELECT DISTINCT current_setting('app.tenant') FROM users",
+    )
+    .await;
+    assert_eq!(seen, ["acme"]);
+    for key in 1..=8i64 {
+        let row = a
+            .query_one(
+                "SELECT current_setting('app.tenant') FROM users WHERE user_id = $1",
+                &[&key],
+            )
+            .await
+            .expect("keyed read");
+        assert_eq!(row.get::<_, String>(0), "acme", "key {key}");
+        // B, on the same pool, never sees it.
+        let row = b
+            .query_one(
+                "SELECT coalesce(current_setting('app.tenant', true), '') FROM users WHERE user_id = $1",
+                &[&key],
+            )
+            .await
+            .expect("keyed read");
+        assert_eq!(row.get::<_, String>(0), "", "key {key}");
+    }
+    // Rolled back with its block, as SET is.
+    a.batch_execute("BEGIN").await.expect("begin");
+    one(&a, "SELECT set_config('app.tenant', 'other', false)").await;
+    a.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        column(
+            &a,
+            "SELECT DISTINCT current_setting('app.tenant') FROM users"
+        )
+        .await,
+        ["acme"]
+    );
+    // Transaction-local: nothing to track.
+    a.batch_execute("BEGIN").await.expect("begin");
+    a.query("SELECT set_config('app.tenant', $1, true)", &[&"local"])
+        .await
+        .expect("local set_config with a parameter");
+    a.batch_execute("COMMIT").await.expect("commit");
+    // A session-level call whose value is a parameter cannot be replayed: refused, naming it.
+    let err = a
+        .query("SELECT set_config('app.tenant', $1, false)", &[&"x"])
+        .await
+        .expect_err("refused");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(db.message().contains("set_config()"), "{db:?}");
+}

@@ -1092,7 +1092,7 @@ impl Session {
         // Settings changed inside a block that the same request rolls back are undone.
         let mut block_start: Option<BTreeMap<String, String>> = None;
         for f in facts {
-            match &f.kind {
+            match &*crate::router::set_config::as_set(f) {
                 StatementKind::Begin => block_start = Some(self.settings.clone()),
                 StatementKind::Commit => block_start = None,
                 StatementKind::Rollback => {

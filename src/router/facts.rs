@@ -138,6 +138,9 @@ pub struct StatementFacts {
     /// transaction (see `frontend::session_pins`): the session keeps that connection until it
     /// has checked.
     pub pin: Option<SessionPin>,
+    /// For `SELECT set_config('name', 'value', false)`: the setting it makes, `(name, SQL
+    /// value)`, tracked like SET; `Err` names a session-level call pgshard cannot follow.
+    pub set_config: Option<Result<(String, String), String>>,
 }
 
 /// Session state that binds a client to its server connection past the end of a transaction.
@@ -185,6 +188,7 @@ impl StatementFacts {
             indexes: Vec::new(),
             unnest: None,
             pin: None,
+            set_config: None,
             cursor: None,
         }
     }
@@ -1632,6 +1636,12 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
         // Every client of every proxy must see the same locks: they live on the shard of the
         // unsharded tables.
         facts.unsharded = true;
+    }
+    if scan.funcs.iter().any(|f| f.last() == "set_config") {
+        facts.set_config = super::set_config::session_setting(stmt);
+        if let Some(Err(what)) = &facts.set_config {
+            facts.session_bound = Some(what.clone());
+        }
     }
     if scan.funcs.iter().any(FuncInfo::is_next_id) {
         facts.refuse =

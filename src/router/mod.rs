@@ -13,6 +13,7 @@ pub mod merge_plan;
 pub mod params;
 pub mod pg_array;
 pub mod rewrite;
+pub mod set_config;
 pub mod shard_map;
 pub mod split_insert;
 pub mod split_params;
@@ -288,6 +289,7 @@ fn needs_original(facts: &[StatementFacts]) -> bool {
     facts.iter().any(|f| {
         f.local.is_some()
             || f.merge.is_some()
+            || f.set_config.is_some()
             || !matches!(
                 f.kind,
                 StatementKind::Select
