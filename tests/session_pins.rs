@@ -9,9 +9,10 @@ mod common;
 use common::process::eventually;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
-use pgshard::config::{AuthMethod, UserConfig};
+use pgshard::config::{AuthMethod, MetricsConfig, UserConfig};
 use pgshard::router::Strategy;
 use pgshard::server::RunningProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -32,6 +33,10 @@ async fn setup() -> &'static Setup {
             let proxy = start_proxy_with(&cluster.info, |config| {
                 config.pool.size = 2;
                 config.pool.checkout_timeout_ms = 1_500;
+                config.metrics = Some(MetricsConfig {
+                    listen: "127.0.0.1:0".into(),
+                    allow_remote: false,
+                });
                 config.users.push(UserConfig {
                     admin: true,
                     ..UserConfig::new("admin", Some(ADMIN_PASSWORD), AuthMethod::ScramSha256)
@@ -474,4 +479,48 @@ async fn set_config_is_tracked_like_set() {
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "0A000", "{db:?}");
     assert!(db.message().contains("set_config()"), "{db:?}");
+}
+
+/// The value of `pgshard_session_pins_total{reason="…"}` on the metrics endpoint (0 before the
+/// first pin of that reason).
+async fn pins_counted(proxy: &RunningProxy, reason: &str) -> f64 {
+    let addr = proxy.metrics_addr.expect("metrics are configured");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .await
+        .expect("read the answer");
+    let sample = format!("pgshard_session_pins_total{{reason=\"{reason}\"}} ");
+    raw.lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_are_counted_by_reason() {
+    let s = setup().await;
+    let a = proxy::connect(&s.proxy).await;
+    let (temp, locks) = (
+        pins_counted(&s.proxy, "temp_table").await,
+        pins_counted(&s.proxy, "advisory_lock").await,
+    );
+    a.batch_execute("CREATE TEMP TABLE counted (a int)")
+        .await
+        .expect("create temp");
+    // A second temp table on the pinned connection is no new pin.
+    a.batch_execute("CREATE TEMP TABLE counted_too (a int)")
+        .await
+        .expect("create temp");
+    a.batch_execute("DISCARD TEMP").await.expect("discard");
+    assert_eq!(pins_counted(&s.proxy, "temp_table").await, temp + 1.0);
+    assert_eq!(pins_counted(&s.proxy, "advisory_lock").await, locks);
 }
