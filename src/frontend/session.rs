@@ -910,7 +910,10 @@ impl Session {
         if let (Some(want), Some(conn)) = (want, self.held.get(&shard)) {
             // A held connection to another server of the shard (a replica read before, or the
             // primary before a failover) goes back unless a block still needs it.
-            if conn.server != want.index && !in_block && conn.reusable() && !self.pins.keeps(shard)
+            if conn.server != want.index
+                && !in_block
+                && conn.reusable()
+                && self.pinned_conn_may_go(shard)
             {
                 self.held.remove(&shard);
             }

@@ -243,6 +243,24 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the held connection to `shard` may give way to another server of the shard. An
+    /// unpinned one may. A pinned one stays while it is on the shard's primary (a replica read
+    /// reads there instead); one on a server that is no longer the primary (a failover) is
+    /// closed here: its session state is lost, which `settle_pins` then tells the client.
+    pub fn pinned_conn_may_go(&mut self, shard: u32) -> bool {
+        if !self.pins.keeps(shard) {
+            return true;
+        }
+        let primary = self.proxy.topology.primary(shard).map(|p| p.index);
+        let on = self.held.get(&shard).map(|c| c.server);
+        if primary.is_some() && primary != on {
+            if let Some(conn) = self.held.remove(&shard) {
+                ShardPools::discard(conn);
+            }
+        }
+        false
+    }
+
     /// The client leaves: a connection holding its session state is closed, never handed to
     /// another client.
     pub fn unpin_on_close(&mut self) {
