@@ -107,27 +107,9 @@ enum ShardCommand {
 #[derive(Debug, Subcommand)]
 enum ReplicaCommand {
     /// Check a streaming standby of shard SHARD and register it.
-    Add {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        shard: u32,
-        #[arg(long)]
-        host: String,
-        #[arg(long)]
-        port: u16,
-    },
+    Add(ReplicaServer),
     /// Remove a replica of shard SHARD from the topology.
-    Drop {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        shard: u32,
-        #[arg(long)]
-        host: String,
-        #[arg(long)]
-        port: u16,
-    },
+    Drop(ReplicaServer),
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +148,19 @@ enum RebalanceCommand {
         config: PathBuf,
         job: i64,
     },
+}
+
+/// One replica of one shard.
+#[derive(Debug, Args)]
+struct ReplicaServer {
+    #[arg(long, short)]
+    config: PathBuf,
+    #[arg(long)]
+    shard: u32,
+    #[arg(long)]
+    host: String,
+    #[arg(long)]
+    port: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -597,18 +592,22 @@ async fn topology_command(action: ShardOrReplica) -> anyhow::Result<()> {
         ShardOrReplica::Shard(ShardCommand::Drop { config, id }) => {
             (config, TopologyChange::DropShard(id))
         }
-        ShardOrReplica::Replica(ReplicaCommand::Add {
-            config,
-            shard,
-            host,
-            port,
-        }) => (config, TopologyChange::AddReplica { shard, host, port }),
-        ShardOrReplica::Replica(ReplicaCommand::Drop {
-            config,
-            shard,
-            host,
-            port,
-        }) => (config, TopologyChange::DropReplica { shard, host, port }),
+        ShardOrReplica::Replica(ReplicaCommand::Add(r)) => (
+            r.config,
+            TopologyChange::AddReplica {
+                shard: r.shard,
+                host: r.host,
+                port: r.port,
+            },
+        ),
+        ShardOrReplica::Replica(ReplicaCommand::Drop(r)) => (
+            r.config,
+            TopologyChange::DropReplica {
+                shard: r.shard,
+                host: r.host,
+                port: r.port,
+            },
+        ),
     };
     let config = pgshard::config::Config::load(&path)?;
     let version = pgshard::membership::register(&config, &change).await?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::process::{eventually_within, run_output};
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
-use pgshard::backend::topology::ServerId;
+use pgshard::backend::topology::Role;
 use pgshard::cluster::ClusterInfo;
 use pgshard::config::{AuthMethod, Config, UserConfig};
 use pgshard::router::Strategy;
@@ -138,6 +138,31 @@ async fn writer(
                 }
             }
         }
+        if n % 11 == 0 && n > 2 {
+            // Two keys in one transaction block: across shards it commits with 2PC.
+            let (a, b) = (key - 1, key - 2);
+            let (name_a, name_b) = (format!("w{id}-{n}-a"), format!("w{id}-{n}-b"));
+            let block: Result<(), tokio_postgres::Error> = async {
+                client.batch_execute("BEGIN").await?;
+                for (k, name) in [(a, &name_a), (b, &name_b)] {
+                    client
+                        .execute("UPDATE users SET name = $1 WHERE user_id = $2", &[name, &k])
+                        .await?;
+                }
+                client.batch_execute("COMMIT").await
+            }
+            .await;
+            match block {
+                Ok(()) => {
+                    for (k, name) in [(a, name_a), (b, name_b)] {
+                        if let Some(held) = audit.get_mut(&k) {
+                            *held = name;
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("transaction on {a} and {b}: {e}")),
+            }
+        }
         match client
             .query_opt("SELECT name FROM users WHERE user_id = $1", &[&key])
             .await
@@ -171,15 +196,25 @@ async fn rows_by_key(info: &ClusterInfo) -> BTreeMap<i64, Vec<(u32, String)>> {
     all
 }
 
-/// The proxy has applied a topology with `shard` and has client pools to its primary.
-fn has_pools(proxy: &RunningProxy, shard: u32) -> bool {
-    proxy.proxy.shards.current().shard(shard).is_some()
-        && proxy
-            .proxy
-            .pools
-            .pool_status()
-            .iter()
-            .any(|p| p.server == ServerId { shard, index: 0 } && !p.control)
+/// The proxy has applied a topology where `shard` has `servers` servers, and has client pools to
+/// each of them and to no other server of it.
+fn has_pools(proxy: &RunningProxy, shard: u32, servers: usize) -> bool {
+    let applied = proxy
+        .proxy
+        .shards
+        .current()
+        .shard(shard)
+        .map_or(0, |s| 1 + s.replicas.len());
+    let mut pooled: Vec<u16> = proxy
+        .proxy
+        .pools
+        .pool_status()
+        .iter()
+        .filter(|p| p.server.shard == shard && !p.control)
+        .map(|p| p.server.index)
+        .collect();
+    pooled.dedup();
+    applied == servers && pooled == (0..servers as u16).collect::<Vec<_>>()
 }
 
 /// Stops the writers when the test ends, also when it fails.
@@ -193,7 +228,12 @@ impl Drop for StopOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing() {
-    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let cluster = TestCluster::start_with(|spec| {
+        spec.shards = 2;
+        spec.strategy = Strategy::Hash;
+        spec.replicas = 1;
+    })
+    .await;
     let info = &cluster.info;
     let runner = start(info, true).await;
     let second = start(info, false).await;
@@ -231,7 +271,21 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
     eventually_within(
         Duration::from_secs(1).saturating_sub(added_at.elapsed()),
         "both proxies have pools to shard 2",
-        || async { has_pools(&runner, 2) && has_pools(&second, 2) },
+        || async { has_pools(&runner, 2, 2) && has_pools(&second, 2, 2) },
+    )
+    .await;
+    // The new shard's replica is monitored like the others.
+    eventually_within(
+        Duration::from_secs(10),
+        "shard 2's replica is seen streaming",
+        || async {
+            second
+                .proxy
+                .topology
+                .servers_of(2)
+                .iter()
+                .any(|s| s.id.index == 1 && s.healthy && s.role == Role::Replica)
+        },
     )
     .await;
     let shards = rows(&other_console, "SHOW SHARDS").await;
@@ -240,6 +294,28 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
     let version: i64 = shards[2][7].parse().unwrap();
     assert!(version >= 2, "{shards:?}");
     assert_eq!(shards[2][6], "0", "no ranges yet: {shards:?}");
+    assert_eq!(shards[2][4], "2", "primary and replica: {shards:?}");
+
+    // A replica leaves and comes back: every proxy closes and reopens its pools.
+    let replica = grown.replicas(2)[0].port;
+    rows(&console, &format!("DROP REPLICA 2 127.0.0.1 {replica}")).await;
+    eventually_within(
+        Duration::from_secs(1),
+        "the replica's pools close",
+        || async { has_pools(&runner, 2, 1) && has_pools(&second, 2, 1) },
+    )
+    .await;
+    rows(
+        &other_console,
+        &format!("ADD REPLICA 2 127.0.0.1 {replica}"),
+    )
+    .await;
+    eventually_within(
+        Duration::from_secs(1),
+        "the replica's pools reopen",
+        || async { has_pools(&runner, 2, 2) && has_pools(&second, 2, 2) },
+    )
+    .await;
 
     // What would break the shards is refused, with the reason.
     let (code, message) = refused(&console, "DROP SHARD 0").await;

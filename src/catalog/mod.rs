@@ -18,6 +18,8 @@ pub use primaries::{PrimaryRecord, PrimaryRecords};
 pub use store::{
     load_map, publish_first_map, publish_map, publish_map_after, register_proxy, FirstMap,
 };
+#[cfg(test)]
+pub use topology::test_shard;
 pub use topology::{
     apply_change, effective_config, load_topology, merge_shards,
     refuse_conflicts as topology_refusals, seed_topology, with_topology, CatalogTopology, Seeded,

@@ -461,27 +461,31 @@ impl TopologyHandle {
     }
 }
 
+/// A loopback shard for table tests: database `app`, replicas on `replicas`.
+#[cfg(test)]
+pub fn test_shard(id: u32, port: u16, replicas: &[u16]) -> ShardConfig {
+    ShardConfig {
+        id,
+        host: "127.0.0.1".into(),
+        port,
+        database: "app".into(),
+        user: None,
+        password: None,
+        replicas: replicas
+            .iter()
+            .map(|p| ReplicaConfig {
+                host: "127.0.0.1".into(),
+                port: *p,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn shard(id: u32, port: u16, replicas: &[u16]) -> ShardConfig {
-        ShardConfig {
-            id,
-            host: "127.0.0.1".into(),
-            port,
-            database: "app".into(),
-            user: None,
-            password: None,
-            replicas: replicas
-                .iter()
-                .map(|p| ReplicaConfig {
-                    host: "127.0.0.1".into(),
-                    port: *p,
-                })
-                .collect(),
-        }
-    }
+    use super::test_shard as shard;
 
     fn topo(shards: Vec<ShardConfig>) -> CatalogTopology {
         CatalogTopology { version: 4, shards }

@@ -79,25 +79,8 @@ pub fn diff(old: &[ShardConfig], new: &[ShardConfig]) -> TopologyDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ReplicaConfig;
 
-    fn shard(id: u32, port: u16, replicas: &[u16]) -> ShardConfig {
-        ShardConfig {
-            id,
-            host: "127.0.0.1".into(),
-            port,
-            database: "app".into(),
-            user: None,
-            password: None,
-            replicas: replicas
-                .iter()
-                .map(|p| ReplicaConfig {
-                    host: "127.0.0.1".into(),
-                    port: *p,
-                })
-                .collect(),
-        }
-    }
+    use crate::catalog::test_shard as shard;
 
     fn s(shard: u32, index: u16) -> ServerId {
         ServerId { shard, index }
