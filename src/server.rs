@@ -65,8 +65,17 @@ impl RunningProxy {
     /// nothing: the error names the roles and the fix.
     pub async fn reload(&self, new: &Config) -> Result<Vec<String>, String> {
         crate::backend::privileges::check_all(new, &self.proxy.server_tls).await?;
+        if new.pool.size > self.proxy.pools.size() {
+            // The new size must fit every shard in use, as at start-up.
+            for shard in &self.proxy.shards.current().shards {
+                crate::membership::checks::check_at_start(new, shard, &self.proxy.server_tls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let fixed = fixed_changes(&self.proxy.config, new);
         self.proxy.live.set(LiveSettings::from_config(new));
+        self.proxy.pools.resize(new.pool.size);
         Ok(fixed)
     }
 

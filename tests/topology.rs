@@ -412,6 +412,30 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
     let (ok, out) = pgshard(&["shard", "drop", "--config", config, "--id", "2"]).await;
     assert!(!ok && out.contains("shard 2 owns"), "{out}");
 
+    // pool.size changes on reload, for the new shard's pools too; one that does not fit is refused.
+    let mut config = Config::load(&grown.config_path).unwrap();
+    config.pool.size = 3;
+    let fixed = runner.reload(&config).await.expect("a smaller pool.size");
+    assert!(!fixed.contains(&"pool.size".to_string()), "{fixed:?}");
+    let client_pools: Vec<usize> = runner
+        .proxy
+        .pools
+        .pool_status()
+        .iter()
+        .filter(|p| !p.control)
+        .map(|p| p.status.max_size)
+        .collect();
+    assert!(
+        client_pools.len() >= 6 && client_pools.iter().all(|m| *m == 3),
+        "{client_pools:?}"
+    );
+    config.pool.size = 10_000;
+    let e = runner
+        .reload(&config)
+        .await
+        .expect_err("too big a pool.size");
+    assert!(e.contains("max_connections"), "{e}");
+
     drop(clients);
     second.stop().await;
     runner.stop().await;

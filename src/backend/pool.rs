@@ -161,7 +161,8 @@ pub struct ShardPools {
     control_plane: Option<ControlPlaneConfig>,
     tls: ServerTls,
     connect_timeout: Duration,
-    size: usize,
+    /// Connections of each client pool (`pool.size`; a reload may change it).
+    size: AtomicUsize,
     max_prepared: usize,
     topology: Arc<Topology>,
     checkout_timeout: Duration,
@@ -187,7 +188,7 @@ impl ShardPools {
             control_plane: config.control_plane.clone(),
             tls: tls.clone(),
             connect_timeout: config.pool.connect_timeout(),
-            size: config.pool.size,
+            size: AtomicUsize::new(config.pool.size),
             max_prepared: config.pool.max_prepared_statements,
             topology,
             checkout_timeout: config.pool.checkout_timeout(),
@@ -270,7 +271,7 @@ impl ShardPools {
         let size = if control {
             CONTROL_POOL_SIZE
         } else {
-            self.size
+            self.size.load(Ordering::Relaxed)
         };
         let pool = Pool::builder(manager)
             .max_size(size)
@@ -486,6 +487,22 @@ impl ShardPools {
                 if let Err(e) = self.pool(*id, role, password.clone(), false) {
                     tracing::warn!(server = %id, error = %e, "cannot build a pool");
                 }
+            }
+        }
+    }
+
+    /// Connections of each client pool now.
+    pub fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Gives every client pool `size` connections at most (a reload changed `pool.size`); a
+    /// smaller pool closes its surplus idle connections and the rest as they come back.
+    pub fn resize(&self, size: usize) {
+        self.size.store(size, Ordering::Relaxed);
+        for (key, pool) in self.pools.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if !key.control {
+                pool.resize(size);
             }
         }
     }
