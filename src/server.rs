@@ -52,7 +52,7 @@ pub struct RunningProxy {
     shutdown: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
     catalog: CatalogHandle,
-    recovery: tokio::task::JoinHandle<()>,
+    recovery: Arc<crate::membership::sync::FollowingRecovery>,
     monitors: Arc<Monitors>,
     /// Follows the catalog's topology (shards and replicas added or dropped).
     topology_sync: tokio::task::JoinHandle<()>,
@@ -109,7 +109,7 @@ impl RunningProxy {
         if let Some(metrics) = self.metrics {
             metrics.stopped().await;
         }
-        self.recovery.abort();
+        self.recovery.stop();
         self.proxy.rebalance.stop();
         self.topology_sync.abort();
         self.monitors.stop().await;
@@ -210,12 +210,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let coordinator = Arc::new(Coordinator::new(log, pools.clone(), catalog.node_id));
     // Transactions a previous run left in doubt are settled before clients arrive.
     txn::recovery::resolve_once(&config, &coordinator, &topology, &server_tls).await;
-    let recovery = txn::recovery::start(
+    let recovery = Arc::new(crate::membership::sync::FollowingRecovery::start(
         config.clone(),
         coordinator.clone(),
         topology.clone(),
         server_tls.clone(),
-    );
+    ));
     let client_tls = config
         .tls
         .as_ref()
@@ -262,6 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let topology_sync = crate::membership::sync::start(
         proxy.clone(),
         monitors.clone(),
+        recovery.clone(),
         catalog.topology.clone(),
         configured,
     );

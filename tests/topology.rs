@@ -24,6 +24,9 @@ const ADMIN_PASSWORD: &str = "adminpw";
 async fn start(info: &ClusterInfo, run_jobs: bool) -> RunningProxy {
     start_proxy_with(info, |config: &mut Config| {
         config.rebalance.run_jobs = run_jobs;
+        // In-doubt recovery runs often, so the test sees it reach the new shard.
+        config.transactions.recovery_interval_ms = 300;
+        config.transactions.in_doubt_grace_ms = 3_000;
         config.users.push(UserConfig {
             admin: true,
             ..UserConfig::new("admin", Some(ADMIN_PASSWORD), AuthMethod::ScramSha256)
@@ -295,6 +298,31 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
     assert!(version >= 2, "{shards:?}");
     assert_eq!(shards[2][6], "0", "no ranges yet: {shards:?}");
     assert_eq!(shards[2][4], "2", "primary and replica: {shards:?}");
+
+    // In-doubt recovery covers the new shard: a prepared transaction nobody decided is rolled back.
+    let shard2 = proxy::shard(&grown, 2).await;
+    shard2
+        .batch_execute(
+            "BEGIN; INSERT INTO users (user_id, name) VALUES (-1, 'orphan'); \
+             PREPARE TRANSACTION 'pgshard_test_orphan'",
+        )
+        .await
+        .unwrap();
+    eventually_within(
+        Duration::from_secs(30),
+        "the orphan is rolled back",
+        || async {
+            shard2
+                .query_opt(
+                    "SELECT 1 FROM pg_prepared_xacts WHERE gid = 'pgshard_test_orphan'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .is_none()
+        },
+    )
+    .await;
 
     // A replica leaves and comes back: every proxy closes and reopens its pools.
     let replica = grown.replicas(2)[0].port;

@@ -4,17 +4,79 @@
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use super::diff::diff;
 use crate::backend::monitor::{self, Monitors};
+use crate::backend::topology::Topology;
+use crate::backend::ServerTls;
 use crate::catalog::{merge_shards, CatalogTopology, TopologyHandle};
-use crate::config::ShardConfig;
+use crate::config::{Config, ShardConfig};
 use crate::proxy::Proxy;
+use crate::txn::{recovery, Coordinator};
+
+/// The in-doubt recovery loop over the shards in use: restarted with the new list when the
+/// topology adds or drops a shard, so prepared transactions left on a new shard are settled too.
+pub struct FollowingRecovery {
+    config: Arc<Config>,
+    coordinator: Arc<Coordinator>,
+    topology: Arc<Topology>,
+    tls: ServerTls,
+    task: Mutex<tokio::task::JoinHandle<()>>,
+}
+
+impl FollowingRecovery {
+    /// Starts recovery over `config`'s shards.
+    pub fn start(
+        config: Arc<Config>,
+        coordinator: Arc<Coordinator>,
+        topology: Arc<Topology>,
+        tls: ServerTls,
+    ) -> FollowingRecovery {
+        let task = recovery::start(
+            config.clone(),
+            coordinator.clone(),
+            topology.clone(),
+            tls.clone(),
+        );
+        FollowingRecovery {
+            config,
+            coordinator,
+            topology,
+            tls,
+            task: Mutex::new(task),
+        }
+    }
+
+    /// Restarts the loop over `shards` (it checks them at once, then as often as configured).
+    fn follow(&self, shards: &[ShardConfig]) {
+        let mut config = (*self.config).clone();
+        config.shards = shards.to_vec();
+        let task = recovery::start(
+            Arc::new(config),
+            self.coordinator.clone(),
+            self.topology.clone(),
+            self.tls.clone(),
+        );
+        std::mem::replace(
+            &mut *self.task.lock().unwrap_or_else(|p| p.into_inner()),
+            task,
+        )
+        .abort();
+    }
+
+    /// Stops the loop.
+    pub fn stop(&self) {
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).abort();
+    }
+}
 
 /// Starts following `catalog` (the watcher's handle); what is applied shows in `proxy.shards`.
 /// `configured` is the config file's `[[shards]]`: how this proxy reaches the shards it lists.
 pub fn start(
     proxy: Arc<Proxy>,
     monitors: Arc<Monitors>,
+    recovery: Arc<FollowingRecovery>,
     catalog: TopologyHandle,
     configured: Vec<ShardConfig>,
 ) -> tokio::task::JoinHandle<()> {
@@ -22,7 +84,7 @@ pub fn start(
     tokio::spawn(async move {
         loop {
             let next = rx.borrow_and_update().clone();
-            apply(&proxy, &monitors, &configured, &next).await;
+            apply(&proxy, (&monitors, &recovery), &configured, &next).await;
             if rx.changed().await.is_err() {
                 return;
             }
@@ -33,7 +95,7 @@ pub fn start(
 /// Brings this proxy to `next` (nothing when it is not newer than what is applied).
 async fn apply(
     proxy: &Proxy,
-    monitors: &Monitors,
+    (monitors, recovery): (&Monitors, &FollowingRecovery),
     configured: &[ShardConfig],
     next: &CatalogTopology,
 ) {
@@ -73,6 +135,9 @@ async fn apply(
     proxy
         .router
         .set_shards(shards.iter().map(|s| s.id).collect());
+    if !d.added.is_empty() || !d.removed.is_empty() || !d.changed.is_empty() {
+        recovery.follow(&shards);
+    }
     tracing::info!(
         from = applied.version,
         to = next.version,
