@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod gather;
 pub mod ids;
 pub mod live;
+pub mod membership;
 pub mod proxy;
 pub mod rebalance;
 pub mod router;
