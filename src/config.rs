@@ -555,6 +555,11 @@ fn default_monitor_interval_ms() -> u64 {
 pub struct ShardedTableConfig {
     pub name: String,
     pub key: String,
+    /// The key column's type (`bigint`, `integer`, `smallint`, `uuid`, `text`, `varchar`): read
+    /// from the shards' catalog at start-up and checked against this when given; needed when the
+    /// table is created after the proxy starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<crate::router::KeyType>,
 }
 
 /// Router tuning.

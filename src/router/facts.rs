@@ -62,8 +62,10 @@ pub enum LocalCommand {
 /// Where a shard-key value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyValue {
-    /// A constant written in the statement.
+    /// An integer constant written in the statement.
     Const(i64),
+    /// A string constant written in the statement (`'…'`, `'…'::uuid`): read as the key's type.
+    Text(String),
     /// `$n` (1-based): a Bind parameter, or in the simple protocol the n-th extracted literal.
     Param(usize),
 }
@@ -112,6 +114,8 @@ pub struct StatementFacts {
     /// The first sharded table the statement names and its shard key column, `(table, key)`, so
     /// refusals can name them.
     pub shard_key: Option<(String, String)>,
+    /// The type of that table's shard key, which says how its key values are read and hashed.
+    pub key_type: crate::router::KeyType,
     /// For COPY: its table, column list, format and options.
     pub copy: Option<Box<super::copy_facts::CopyFacts>>,
     /// True when a reference table (copied whole to every shard) is named.
@@ -152,6 +156,7 @@ impl StatementFacts {
             missing_key_rows: None,
             local: None,
             shard_key: None,
+            key_type: crate::router::KeyType::Int,
             copy: None,
             reference: false,
             every_shard: false,
@@ -183,21 +188,27 @@ use crate::config::ShardedTableConfig;
 #[derive(Debug, Clone, Default)]
 pub struct ShardedTables {
     keys: HashMap<String, String>,
+    types: HashMap<String, crate::router::KeyType>,
     reference: HashSet<String>,
 }
 
 impl ShardedTables {
     pub fn new(tables: &[ShardedTableConfig]) -> ShardedTables {
+        let name_of = |t: &ShardedTableConfig| {
+            let name = t.name.to_lowercase();
+            name.strip_prefix("public.").unwrap_or(&name).to_string()
+        };
         let keys = tables
             .iter()
-            .map(|t| {
-                let name = t.name.to_lowercase();
-                let name = name.strip_prefix("public.").unwrap_or(&name).to_string();
-                (name, t.key.to_lowercase())
-            })
+            .map(|t| (name_of(t), t.key.to_lowercase()))
+            .collect();
+        let types = tables
+            .iter()
+            .map(|t| (name_of(t), t.key_type.unwrap_or_default()))
             .collect();
         ShardedTables {
             keys,
+            types,
             reference: HashSet::new(),
         }
     }
@@ -218,6 +229,14 @@ impl ShardedTables {
     pub fn is_reference(&self, schema: &str, name: &str) -> bool {
         (schema.is_empty() || schema.eq_ignore_ascii_case("public"))
             && self.reference.contains(&name.to_lowercase())
+    }
+
+    /// The type of a sharded table's key (integer when unknown).
+    pub fn key_type_of(&self, name: &str) -> crate::router::KeyType {
+        self.types
+            .get(&name.to_lowercase())
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The key column of the table `schema.name` when it is sharded (schema empty or `public`).
@@ -580,7 +599,10 @@ fn key_value(n: &pb::Node) -> Option<KeyValue> {
             .ok()
             .filter(|&n| n > 0)
             .map(KeyValue::Param),
-        NodeEnum::AConst(c) => const_int(c, false).map(KeyValue::Const),
+        NodeEnum::AConst(c) => match c.val.as_ref()? {
+            Val::Sval(s) if !c.isnull => Some(KeyValue::Text(s.sval.clone())),
+            _ => const_int(c, false).map(KeyValue::Const),
+        },
         NodeEnum::AExpr(e)
             if e.kind == pb::AExprKind::AexprOp as i32
                 && op_name(e) == Some("-")
@@ -663,12 +685,12 @@ fn conjunct_key(ctx: &Ctx, c: &pb::Node) -> Option<(usize, KeyFacts)> {
                 vals.map(|v| (i, KeyFacts::Values(v)))
             }
             NodeEnum::AConst(c) => match c.val.as_ref()? {
-                Val::Sval(s) => crate::router::params::parse_int_array_text(&s.sval).map(|v| {
-                    (
-                        i,
-                        KeyFacts::Values(v.into_iter().map(KeyValue::Const).collect()),
-                    )
-                }),
+                Val::Sval(s) => crate::router::pg_array::decode_text(&s.sval)
+                    .ok()?
+                    .into_iter()
+                    .map(|e| e.map(KeyValue::Text))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| (i, KeyFacts::Values(v))),
                 _ => None,
             },
             _ => None,
@@ -719,6 +741,7 @@ fn tables_and_key(
             facts.sharded = true;
             if facts.shard_key.is_none() {
                 facts.shard_key = Some((name.clone(), key.to_string()));
+                facts.key_type = ctx.tables.key_type_of(name);
             }
             all_sharded.push(name.clone());
         } else if ctx.tables.is_reference(schema, name) {
@@ -1038,6 +1061,7 @@ fn mark_tables(scan: &Scan, tables: &ShardedTables, facts: &mut StatementFacts) 
             facts.sharded = true;
             if facts.shard_key.is_none() {
                 facts.shard_key = Some((name.clone(), key.to_string()));
+                facts.key_type = tables.key_type_of(name);
             }
         } else if tables.is_reference(schema, name) {
             facts.reference = true;
@@ -1544,6 +1568,7 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
                 facts.key = inner.key;
                 facts.refuse = inner.refuse;
                 facts.shard_key = inner.shard_key;
+                facts.key_type = inner.key_type;
             }
             // CURSOR_OPT_HOLD
             if d.options & 0x0020 != 0 {
@@ -1629,6 +1654,7 @@ mod tests {
         let cfg = |name: &str, key: &str| ShardedTableConfig {
             name: name.into(),
             key: key.into(),
+            key_type: None,
         };
         ShardedTables::new(&[
             cfg("users", "user_id"),
@@ -1647,7 +1673,7 @@ mod tests {
     fn vals(v: &[KeyValue]) -> KeyFacts {
         KeyFacts::Values(v.to_vec())
     }
-    use KeyValue::{Const, Param};
+    use KeyValue::{Const, Param, Text};
 
     fn refused(sql: &str, needle: &str) {
         let f = one(sql);
@@ -1712,7 +1738,7 @@ mod tests {
         );
         assert_eq!(
             one("select * from users where users.user_id = '5'::int8").key,
-            vals(&[Const(5)])
+            vals(&[Text("5".into())])
         );
         assert_eq!(
             one("select * from users where user_id in (1, $2, 3)").key,
@@ -1724,7 +1750,15 @@ mod tests {
         );
         assert_eq!(
             one("select * from users where user_id = any('{1,2}')").key,
-            vals(&[Const(1), Const(2)])
+            vals(&[Text("1".into()), Text("2".into())])
+        );
+        assert_eq!(
+            one("select * from users where user_id = any('{\"a b\",c}'::text[])").key,
+            vals(&[Text("a b".into()), Text("c".into())])
+        );
+        assert_eq!(
+            one("select * from users where user_id = any('{a,NULL}')").key,
+            KeyFacts::Unknown
         );
         assert_eq!(
             one("select * from users where user_id = 1 or user_id = 2").key,

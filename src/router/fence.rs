@@ -290,10 +290,12 @@ mod tests {
             ShardedTableConfig {
                 name: "users".into(),
                 key: "user_id".into(),
+                key_type: None,
             },
             ShardedTableConfig {
                 name: "orders".into(),
                 key: "user_id".into(),
+                key_type: None,
             },
         ]
     }

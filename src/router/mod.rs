@@ -8,10 +8,12 @@ pub mod facts;
 pub mod fence;
 pub mod final_projection;
 pub mod index_owner;
+pub mod key_type;
 pub mod literals;
 pub mod merge_plan;
 pub mod params;
 pub mod pg_array;
+pub mod pg_hash;
 pub mod rewrite;
 pub mod shard_map;
 pub mod split_insert;
@@ -19,6 +21,7 @@ pub mod split_params;
 pub mod unnest_insert;
 
 pub use facts::{LocalCommand, StatementFacts, StatementKind};
+pub use key_type::{KeyType, ShardKey};
 pub use params::ParamSource;
 pub use shard_map::{KeyRange, ShardMap, ShardMapError, Strategy};
 
@@ -150,18 +153,24 @@ impl Router {
 
     /// Where one statement runs. `first_shard` is where unsharded tables live.
     /// The shard-key values a statement pins, with its parameters filled in; `None` when it pins
-    /// none (or a parameter is not an integer), so every shard may hold its rows.
-    pub fn key_values(facts: &StatementFacts, params: &dyn ParamSource) -> Option<Vec<i64>> {
+    /// none (or a value is not of the key's type), so every shard may hold its rows.
+    pub fn key_values(facts: &StatementFacts, params: &dyn ParamSource) -> Option<Vec<ShardKey>> {
+        let ty = facts.key_type;
         match &facts.key {
             KeyFacts::Unknown => None,
             KeyFacts::Values(vals) => vals
                 .iter()
                 .map(|v| match v {
-                    KeyValue::Const(c) => Some(*c),
-                    KeyValue::Param(n) => params.int(*n),
+                    KeyValue::Const(c) => match ty {
+                        KeyType::Int => Some(ShardKey::Int(*c)),
+                        // `text_key = 5` is Postgres's error to report; `uuid_key = 5` too.
+                        _ => None,
+                    },
+                    KeyValue::Text(t) => ty.parse_text(t),
+                    KeyValue::Param(n) => params.key(*n, ty),
                 })
                 .collect(),
-            KeyFacts::ArrayParam(n) => params.int_array(*n),
+            KeyFacts::ArrayParam(n) => params.key_array(*n, ty),
         }
     }
 
@@ -205,10 +214,18 @@ impl Router {
             return Route::Any;
         }
         let keys = Router::key_values(facts, params);
+        if let Some(k) = keys.iter().flatten().find(|k| !map.places(k)) {
+            return Route::Refuse(format!(
+                "the {} shard map cannot place {} key {k:?}; {} keys need the hash strategy",
+                map.strategy.name(),
+                facts.key_type.name(),
+                facts.key_type.name()
+            ));
+        }
         let shards: Vec<u32> = match &keys {
             Some(keys) => keys
                 .iter()
-                .map(|&k| map.shard_for(k))
+                .map(|k| map.shard_of(k))
                 .collect::<BTreeSet<u32>>()
                 .into_iter()
                 .collect(),
@@ -254,7 +271,7 @@ impl Router {
 /// else is refused.
 fn write_route(
     facts: &StatementFacts,
-    keys: Option<&[i64]>,
+    keys: Option<&[ShardKey]>,
     many: &[u32],
     map: &ShardMap,
     table: &str,
@@ -264,7 +281,7 @@ fn write_route(
     match (&facts.kind, keys) {
         (StatementKind::Update | StatementKind::Delete, _) => Route::Scatter(many.to_vec()),
         (StatementKind::Insert, Some(keys)) => {
-            Route::SplitInsert(split_insert::rows_by_shard(keys, map))
+            Route::SplitInsert(split_insert::rows_by_shard_key(keys, map))
         }
         (StatementKind::Insert, None) => Route::Refuse(format!(
             "INSERT into sharded table {table} whose rows' {key} values are not all constants or parameters (INSERT … SELECT, DEFAULT, expressions) cannot be routed to its rows' shards; insert with VALUES naming {key}"
@@ -310,10 +327,12 @@ mod tests {
                 ShardedTableConfig {
                     name: "users".into(),
                     key: "user_id".into(),
+                    key_type: None,
                 },
                 ShardedTableConfig {
                     name: "pgbench_accounts".into(),
                     key: "aid".into(),
+                    key_type: None,
                 },
             ],
             100,
@@ -443,6 +462,7 @@ mod tests {
             .map(|(name, key)| ShardedTableConfig {
                 name: name.into(),
                 key: key.into(),
+                key_type: None,
             }),
             100,
         );
@@ -826,5 +846,137 @@ mod tests {
         // Real syntax errors stay Unparsed.
         let (f, _) = r.analyze_simple("selec 1");
         assert_eq!(f[0].kind, StatementKind::Unparsed);
+    }
+
+    fn typed_router() -> Router {
+        Router::new(
+            &[
+                ("accounts", "id", KeyType::Uuid),
+                ("tenants", "name", KeyType::Text),
+            ]
+            .map(|(name, key, ty)| ShardedTableConfig {
+                name: name.into(),
+                key: key.into(),
+                key_type: Some(ty),
+            }),
+            100,
+        )
+    }
+
+    #[test]
+    fn uuid_and_text_keys_route_by_their_postgres_hash() {
+        let r = typed_router();
+        let map = ShardMap::uniform(1, Strategy::Hash, &[1, 2, 3, 4]);
+        let u = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        let ub = key_type::parse_uuid(u).unwrap();
+        let on = |k: ShardKey| Route::Single(map.shard_of(&k));
+        let uk = on(ShardKey::Uuid(ub));
+        // Literals in every spelling Postgres accepts, cast or not.
+        for sql in [
+            format!("select * from accounts where id = '{u}'"),
+            format!("select * from accounts where id = '{u}'::uuid"),
+            format!(
+                "select * from accounts where id = '{{{}}}'",
+                u.to_uppercase()
+            ),
+            format!("select * from accounts where id = '{}'", u.replace('-', "")),
+            format!("select * from accounts where id in ('{u}')"),
+            format!("select * from accounts where id = any('{{{u}}}')"),
+        ] {
+            assert_eq!(route_sql(&r, &sql, &map), uk, "{sql}");
+        }
+        assert_eq!(
+            route_sql(&r, "select * from tenants where name = 'abc'", &map),
+            on(ShardKey::Text("abc".into()))
+        );
+        // Bind parameters: text and binary uuid, text and binary text, arrays of both.
+        let facts = r.analyze_prepared("select * from accounts where id = $1");
+        for (value, format) in [(u.as_bytes().to_vec(), 0i16), (ub.to_vec(), 1)] {
+            let values = [Some(bytes::Bytes::from(value))];
+            let p = BindParams {
+                values: &values,
+                formats: &[format],
+                types: &[],
+            };
+            assert_eq!(r.route(&facts[0], &p, &map, 1), uk);
+        }
+        let facts = r.analyze_prepared("select * from tenants where name = $1");
+        for format in [0i16, 1] {
+            let values = [Some(bytes::Bytes::from_static("Grüße".as_bytes()))];
+            let p = BindParams {
+                values: &values,
+                formats: &[format],
+                types: &[],
+            };
+            assert_eq!(
+                r.route(&facts[0], &p, &map, 1),
+                on(ShardKey::Text("Grüße".into()))
+            );
+        }
+        let names: Vec<String> = (0..40).map(|i| format!("tenant-{i}")).collect();
+        let want: Vec<u32> = names
+            .iter()
+            .map(|n| map.shard_of(&ShardKey::Text(n.clone())))
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        assert!(want.len() > 1);
+        let facts = r.analyze_prepared("select * from tenants where name = any($1)");
+        let elems: Vec<Option<&[u8]>> = names.iter().map(|n| Some(n.as_bytes())).collect();
+        for format in [
+            pg_array::ArrayFormat::Text,
+            pg_array::ArrayFormat::Binary { element_type: 25 },
+        ] {
+            let values = [Some(bytes::Bytes::from(pg_array::encode(format, &elems)))];
+            let binary = matches!(format, pg_array::ArrayFormat::Binary { .. });
+            let p = BindParams {
+                values: &values,
+                formats: &[binary as i16],
+                types: &[],
+            };
+            assert_eq!(
+                r.route(&facts[0], &p, &map, 1),
+                Route::Scatter(want.clone())
+            );
+        }
+        // A multi-row INSERT is split by each row's hash.
+        let sql = format!(
+            "insert into tenants (name) values {}",
+            names
+                .iter()
+                .map(|n| format!("('{n}')"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let Route::SplitInsert(plan) = route_sql(&r, &sql, &map) else {
+            panic!("not split")
+        };
+        for part in plan {
+            for row in part.rows {
+                assert_eq!(
+                    map.shard_of(&ShardKey::Text(names[row].clone())),
+                    part.shard
+                );
+            }
+        }
+        // Not a uuid: no key, so a keyless read (Postgres reports the bad input).
+        assert_eq!(
+            route_sql(&r, "select * from accounts where id = 'nope'", &map),
+            Route::Scatter(vec![1, 2, 3, 4])
+        );
+    }
+
+    #[test]
+    fn uuid_keys_on_a_range_map_are_refused() {
+        let r = typed_router();
+        let map = ShardMap::uniform(1, Strategy::Range, &[1, 2]);
+        let Route::Refuse(m) = route_sql(
+            &r,
+            "select * from accounts where id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+            &map,
+        ) else {
+            panic!("not refused")
+        };
+        assert!(m.contains("uuid keys need the hash strategy"), "{m}");
     }
 }
