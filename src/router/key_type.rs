@@ -52,6 +52,15 @@ impl KeyType {
         }
     }
 
+    /// The SQL type named in input errors, as Postgres names it.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            KeyType::Int => "bigint",
+            KeyType::Uuid => "uuid",
+            KeyType::Text => "text",
+        }
+    }
+
     /// Only integer keys have an order the range and modulo strategies can use.
     pub fn allows_strategy(self, strategy: &super::Strategy) -> bool {
         self == KeyType::Int || matches!(strategy, super::Strategy::Hash)

@@ -274,6 +274,11 @@ impl ShardMap {
         self.sql_point_of(&quote_ident(column), KeyType::Int)
     }
 
+    /// [`ShardMap::sql_point_expr`] for a key column of any type.
+    pub fn sql_point_expr_typed(&self, column: &str, key_type: KeyType) -> String {
+        self.sql_point_of(&quote_ident(column), key_type)
+    }
+
     /// The point of an SQL expression that is already valid SQL (a qualified column) of a key
     /// type: the twin of [`ShardMap::shard_of`].
     fn sql_point_of(&self, col: &str, key_type: KeyType) -> String {
