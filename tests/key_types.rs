@@ -428,6 +428,74 @@ async fn keyed_reads(c: &Client, case: &Case) {
     );
 }
 
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// A function that takes the key is routed by a leading `/* pgshard: … */` comment, in both
+/// protocols; a hint contradicting the statement's key, or naming no shard, is refused.
+async fn routing_hints(cluster: &TestCluster, c: &Client, map: &ShardMap, case: &Case) {
+    for id in cluster.info.shard_ids() {
+        proxy::shard(&cluster.info, id)
+            .await
+            .batch_execute(
+                "CREATE FUNCTION kt_n(k uuid) RETURNS int LANGUAGE sql STABLE \
+                 AS 'SELECT n FROM kt_uuid WHERE id = k'; \
+                 GRANT EXECUTE ON FUNCTION kt_n(uuid) TO app",
+            )
+            .await
+            .unwrap();
+    }
+    for i in [5usize, 6, 7, 4444, 9998] {
+        let key = case.spelled(i);
+        let owner = map.shard_of(&case.keys[i]);
+        let want = Some(i as i32);
+        // The tables have keys of different types: the hint names its key's type.
+        let hinted = format!(
+            "/* pgshard: key='{key}'::uuid */ SELECT kt_n({})",
+            case.literal(i)
+        );
+        let got = c.simple_query(&hinted).await.unwrap();
+        assert_eq!(simple_ns(&got).first().copied(), want, "{hinted}");
+        let got = c
+            .query_one(
+                "/* pgshard: key={key}::uuid */ SELECT kt_n($1)"
+                    .replace("{key}", &key)
+                    .as_str(),
+                &[&case.bin(i)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.get::<_, Option<i32>>(0), want, "extended key hint {i}");
+        let sql = format!("/* pgshard: shard={owner} */ SELECT kt_n($1)");
+        let got = c.query_one(&sql, &[&case.bin(i)]).await.unwrap();
+        assert_eq!(got.get::<_, Option<i32>>(0), want, "{sql}");
+        // On any other shard the function finds nothing: the hint really routes.
+        for other in cluster.info.shard_ids().into_iter().filter(|&s| s != owner) {
+            let sql = format!("/* pgshard: shard={other} */ SELECT kt_n($1)");
+            let got = c.query_one(&sql, &[&case.bin(i)]).await.unwrap();
+            assert_eq!(got.get::<_, Option<i32>>(0), None, "{sql}");
+            // A hint that contradicts the key the statement names is refused.
+            let sql = format!("/* pgshard: shard={other} */ SELECT n FROM kt_uuid WHERE id = $1");
+            let e = c.query(&sql, &[&case.bin(i)]).await.expect_err(&sql);
+            assert_eq!(sqlstate(&e), "0A000", "{sql}: {e:?}");
+        }
+    }
+    for sql in [
+        "/* pgshard: shard=99 */ SELECT 1",
+        "/* pgshard: shard=one */ SELECT 1",
+        "/* pgshard: key=not-a-uuid::uuid */ SELECT 1",
+        "/* pgshard: key=ambiguous */ SELECT 1",
+    ] {
+        let e = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), "22023", "{sql}: {e:?}");
+        let e = c.query(sql, &[]).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), "22023", "{sql}: {e:?}");
+    }
+}
+
 fn config_with(cluster: &TestCluster, tables: &[(&str, &str, Option<KeyType>)]) -> Config {
     let mut config = Config::load(&cluster.info.config_path).expect("the cluster's config");
     config.proxy.listen = "127.0.0.1:0".into();
@@ -505,6 +573,7 @@ async fn uuid_and_text_keys_are_placed_as_postgres_hashes_them() {
             assert_eq!(e.code().map(|c| c.code()), Some("22P02"), "{e:?}");
         }
     }
+    routing_hints(&cluster, &c, &map, &cases[0]).await;
     // `pgshard verify` reads the key types from the shards and finds every row in place.
     let tables: Vec<(&str, &str, Option<KeyType>)> =
         cases.iter().map(|c| (c.table, c.key, None)).collect();

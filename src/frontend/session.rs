@@ -101,9 +101,10 @@ pub struct Session {
     pub cursors: super::cursors::Cursors,
 }
 
-/// An error to report to the client, as an ErrorResponse.
+/// An error to report to the client, as an ErrorResponse: 0A000, or 22023 for a bad routing hint.
 pub fn refusal(message: impl Into<String>) -> ErrorFields {
-    ErrorFields::error("0A000", message)
+    let message = message.into();
+    ErrorFields::error(crate::router::hint::sqlstate_of(&message), message)
 }
 
 impl Session {

@@ -116,6 +116,8 @@ pub struct StatementFacts {
     pub shard_key: Option<(String, String)>,
     /// The type of that table's shard key, which says how its key values are read and hashed.
     pub key_type: crate::router::KeyType,
+    /// A leading `/* pgshard: … */` routing hint, or why it is malformed.
+    pub hint: Option<Result<super::hint::Hint, String>>,
     /// For COPY: its table, column list, format and options.
     pub copy: Option<Box<super::copy_facts::CopyFacts>>,
     /// True when a reference table (copied whole to every shard) is named.
@@ -157,6 +159,7 @@ impl StatementFacts {
             local: None,
             shard_key: None,
             key_type: crate::router::KeyType::Int,
+            hint: None,
             copy: None,
             reference: false,
             every_shard: false,
@@ -229,6 +232,14 @@ impl ShardedTables {
     pub fn is_reference(&self, schema: &str, name: &str) -> bool {
         (schema.is_empty() || schema.eq_ignore_ascii_case("public"))
             && self.reference.contains(&name.to_lowercase())
+    }
+
+    /// The key type every sharded table shares, if they all share one (for a key hint on a
+    /// statement that names no sharded table).
+    pub fn common_key_type(&self) -> Option<crate::router::KeyType> {
+        let mut types = self.types.values();
+        let first = types.next().copied().unwrap_or_default();
+        types.all(|&t| t == first).then_some(first)
     }
 
     /// The type of a sharded table's key (integer when unknown).
@@ -1627,17 +1638,40 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
 }
 
 /// The facts of every statement in `sql` (one per statement); `Unparsed` when it does not parse.
+/// The text of one statement of `sql` with the comments before it: from the end of the
+/// previous statement (past its `;`), as the parser's statement location starts at the first
+/// token.
+fn leading_text(sql: &str, previous_end: usize) -> Option<&str> {
+    let text = sql.get(previous_end..)?;
+    Some(text.strip_prefix(';').unwrap_or(text))
+}
+
+/// Where a statement of `sql` ends (its `;` not included).
+fn statement_end(sql: &str, raw: &pb::RawStmt) -> usize {
+    let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+    match usize::try_from(raw.stmt_len).unwrap_or(0) {
+        0 => sql.len(),
+        len => start + len,
+    }
+}
+
 pub fn analyze(sql: &str, tables: &ShardedTables) -> Vec<StatementFacts> {
     let parsed = match pg_query::parse(sql, 0) {
         Ok(p) => p,
         Err(_) => return vec![StatementFacts::plain(StatementKind::Unparsed)],
     };
+    let mut previous_end = 0;
     let out: Vec<StatementFacts> = parsed
         .protobuf
         .stmts
         .iter()
-        .filter_map(|raw| node(&raw.stmt))
-        .map(|stmt| analyze_stmt(stmt, tables))
+        .filter_map(|raw| {
+            let lead = leading_text(sql, previous_end);
+            previous_end = statement_end(sql, raw);
+            let mut facts = analyze_stmt(node(&raw.stmt)?, tables);
+            facts.hint = lead.and_then(super::hint::leading_hint);
+            Some(facts)
+        })
         .collect();
     if out.is_empty() {
         // Only comments or semicolons: nothing to route.
@@ -1720,6 +1754,24 @@ mod tests {
         assert_eq!(f.needs_merge, None);
         let f = one("SELECT 1");
         assert!(!f.sharded && !f.unsharded);
+    }
+
+    #[test]
+    fn hints_of_each_statement() {
+        use crate::router::hint::Hint;
+        let f = analyze(
+            "/* pgshard: shard=2 */ select f(1); select 2; -- x\n/* pgshard: key='a;b' */ select g()",
+            &tables(),
+        );
+        let hints: Vec<_> = f.iter().map(|f| f.hint.clone()).collect();
+        assert_eq!(
+            hints,
+            vec![
+                Some(Ok(Hint::Shard(2))),
+                None,
+                Some(Ok(Hint::Key("a;b".into(), None)))
+            ]
+        );
     }
 
     #[test]

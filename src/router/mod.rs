@@ -7,6 +7,7 @@ pub mod cursor;
 pub mod facts;
 pub mod fence;
 pub mod final_projection;
+pub mod hint;
 pub mod index_owner;
 pub mod key_type;
 pub mod literals;
@@ -174,6 +175,66 @@ impl Router {
         }
     }
 
+    /// The route of a statement with a routing hint: the hinted shard, unless the hint is
+    /// malformed, names an unknown shard, contradicts the statement's own key, or the statement
+    /// must reach every shard or places its rows by key itself.
+    fn hinted_route(
+        &self,
+        facts: &StatementFacts,
+        hint: &Result<hint::Hint, String>,
+        params: &dyn ParamSource,
+        map: &ShardMap,
+    ) -> Route {
+        let hint = match hint {
+            Ok(h) => h,
+            Err(message) => return Route::Refuse(message.clone()),
+        };
+        if facts.every_shard
+            || facts.missing_key_rows.is_some()
+            || facts.kind == (StatementKind::Copy { from_stdin: true })
+        {
+            return Route::Refuse(
+                "a routing hint cannot apply to a statement that must change every shard (DDL, a reference table write) or whose rows pgshard places by key (COPY FROM STDIN, INSERT with generated keys); remove the hint".into(),
+            );
+        }
+        let hinted = match hint {
+            hint::Hint::Shard(s) => *s,
+            hint::Hint::Key(text, cast) => {
+                let key_type = match cast {
+                    Some(t) => Some(*t),
+                    None if facts.sharded => Some(facts.key_type),
+                    None => self.tables.common_key_type(),
+                };
+                let Some(key_type) = key_type else {
+                    return Route::Refuse(hint::invalid(
+                        "key= is ambiguous for a statement that names no sharded table when the sharded tables have keys of different types; name the type (key='…'::uuid) or use shard=N",
+                    ));
+                };
+                let Some(key) = key_type.parse_text(text) else {
+                    return Route::Refuse(hint::invalid(format!(
+                        "key \"{text}\" is not a valid {} key",
+                        key_type.name()
+                    )));
+                };
+                if !map.places(&key) {
+                    return Route::Refuse(format!(
+                        "the {} shard map cannot place {} keys; {} keys need the hash strategy",
+                        map.strategy.name(),
+                        key_type.name(),
+                        key_type.name()
+                    ));
+                }
+                map.shard_of(&key)
+            }
+        };
+        let keyed: Option<Vec<u32>> = Router::key_values(facts, params)
+            .map(|keys| keys.iter().map(|k| map.shard_of(k)).collect());
+        match hint::apply(hinted, keyed.as_deref(), &self.every_shard(map)) {
+            Ok(shard) => Route::Single(shard),
+            Err(message) => Route::Refuse(message),
+        }
+    }
+
     pub fn route(
         &self,
         facts: &StatementFacts,
@@ -186,6 +247,9 @@ impl Router {
         }
         if let Some(msg) = &facts.refuse {
             return Route::Refuse(msg.clone());
+        }
+        if let Some(hint) = &facts.hint {
+            return self.hinted_route(facts, hint, params, map);
         }
         if facts.kind == StatementKind::Unparsed {
             return Route::Single(first_shard);
@@ -978,5 +1042,100 @@ mod tests {
             panic!("not refused")
         };
         assert!(m.contains("uuid keys need the hash strategy"), "{m}");
+    }
+
+    #[test]
+    fn routing_hints_in_the_leading_comment() {
+        let r = router().with_shards(vec![1, 2, 3]);
+        let map = ShardMap::uniform(1, Strategy::Hash, &[1, 2, 3]);
+        // A function call names no table: without a hint it goes to any shard.
+        assert_eq!(route_sql(&r, "select account_total(42)", &map), Route::Any);
+        assert_eq!(
+            route_sql(&r, "/* pgshard: shard=3 */ select account_total(42)", &map),
+            Route::Single(3)
+        );
+        assert_eq!(
+            route_sql(&r, "/* pgshard: key=42 */ select account_total(42)", &map),
+            Route::Single(map.shard_for(42))
+        );
+        // A view over a sharded table (unknown to the router) goes where the hint says.
+        assert_eq!(
+            route_sql(
+                &r,
+                "/* pgshard: key=7 */ select * from user_totals where uid = 7",
+                &map
+            ),
+            Route::Single(map.shard_for(7))
+        );
+        // A hint that agrees with the statement's key is fine; one that contradicts it is not.
+        let own = map.shard_for(5);
+        assert_eq!(
+            route_sql(
+                &r,
+                &format!("/* pgshard: shard={own} */ select * from users where user_id = 5"),
+                &map
+            ),
+            Route::Single(own)
+        );
+        let other = [1, 2, 3].into_iter().find(|&s| s != own).unwrap();
+        let Route::Refuse(m) = route_sql(
+            &r,
+            &format!("/* pgshard: shard={other} */ select * from users where user_id = 5"),
+            &map,
+        ) else {
+            panic!("a contradicting hint must be refused")
+        };
+        assert!(m.contains("statement's own key is on shard"), "{m}");
+        assert_eq!(hint::sqlstate_of(&m), "0A000");
+        // Extended protocol: the key is a parameter, checked at Bind.
+        let facts = r.analyze_prepared(&format!(
+            "/* pgshard: shard={other} */ select * from users where user_id = $1"
+        ));
+        let values = [Some(bytes::Bytes::from_static(b"5"))];
+        let p = BindParams {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert!(matches!(r.route(&facts[0], &p, &map, 1), Route::Refuse(_)));
+        // Unknown shards and malformed hints: 22023.
+        for sql in [
+            "/* pgshard: shard=9 */ select f()",
+            "/* pgshard: shard=x */ select f()",
+            "/* pgshard: key=abc */ select f()",
+        ] {
+            let Route::Refuse(m) = route_sql(&r, sql, &map) else {
+                panic!("{sql} must be refused")
+            };
+            assert_eq!(hint::sqlstate_of(&m), "22023", "{sql}: {m}");
+        }
+        // DDL must reach every shard: a hint cannot narrow it.
+        assert!(matches!(
+            route_sql(
+                &r,
+                "/* pgshard: shard=1 */ create index on users (name)",
+                &map
+            ),
+            Route::Refuse(_)
+        ));
+        // Typed keys: a uuid hint on a uuid-keyed deployment.
+        let t = Router::new(
+            &[ShardedTableConfig {
+                name: "accounts".into(),
+                key: "id".into(),
+                key_type: Some(KeyType::Uuid),
+            }],
+            10,
+        )
+        .with_shards(vec![1, 2, 3]);
+        let u = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        assert_eq!(
+            route_sql(
+                &t,
+                &format!("/* pgshard: key='{u}'::uuid */ select f()"),
+                &map
+            ),
+            Route::Single(map.shard_of(&ShardKey::Uuid(key_type::parse_uuid(u).unwrap())))
+        );
     }
 }
