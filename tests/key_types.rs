@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::proxy::{self, connect};
 use common::TestCluster;
 use futures_util::{future::try_join_all, pin_mut, SinkExt};
-use pgshard::config::{Config, ShardedTableConfig};
+use pgshard::config::{AuthMethod, Config, ShardedTableConfig, UserConfig};
 use pgshard::router::{KeyType, ShardKey, ShardMap, Strategy};
 use pgshard::sql_text::quote_literal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -496,6 +496,84 @@ async fn routing_hints(cluster: &TestCluster, c: &Client, map: &ShardMap, case: 
     }
 }
 
+/// A user with `allow_scatter = false` runs keyed statements and is refused every statement that
+/// would reach more than one shard, in both protocols and inside a block.
+async fn never_scatter(proxy: &pgshard::server::RunningProxy, map: &ShardMap, case: &Case) {
+    let c = proxy::connect_url(&proxy::url(proxy, "keyed", "any"))
+        .await
+        .expect("connect as keyed");
+    let (t, k) = (case.table, case.key);
+    // Keyed statements run.
+    let got = c
+        .simple_query(&format!(
+            "SELECT n FROM {t} WHERE {k} = {}",
+            case.literal(3)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(simple_ns(&got), vec![3]);
+    let got = c
+        .query(
+            &format!("SELECT n FROM {t} WHERE {k} = $1"),
+            &[&case.bin(3)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ns(&got), vec![3]);
+    // Two keys on different shards.
+    let a = 0;
+    let b = (1..KEYS)
+        .find(|&i| map.shard_of(&case.keys[i]) != map.shard_of(&case.keys[a]))
+        .unwrap();
+    let refused = |e: tokio_postgres::Error, sql: &str, want: &str| {
+        assert_eq!(sqlstate(&e), "0A000", "{sql}: {e:?}");
+        let m = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            m.contains("allow_scatter = false") && m.contains(want),
+            "{sql}: {m}"
+        );
+    };
+    for sql in [
+        format!("SELECT count(*) FROM {t}"),
+        format!("UPDATE {t} SET src = src WHERE n = 1"),
+    ] {
+        let e = c.simple_query(&sql).await.expect_err(&sql);
+        refused(e, &sql, &format!("{t}.{k}"));
+        let e = c.query(&sql, &[]).await.expect_err(&sql);
+        refused(e, &sql, &format!("{t}.{k}"));
+    }
+    let sql = format!("SELECT n FROM {t} WHERE {k} = ANY($1)");
+    let e = c
+        .query(&sql, &[&vec![case.bin(a), case.bin(b)]])
+        .await
+        .expect_err(&sql);
+    refused(e, &sql, "lie on 2 shards");
+    // Refused before it runs: that the keys exist already does not matter.
+    let sql = format!(
+        "INSERT INTO {t} ({k}, n, src) VALUES ({}, -1, 'x'), ({}, -2, 'x')",
+        case.literal(a),
+        case.literal(b)
+    );
+    let e = c.simple_query(&sql).await.expect_err(&sql);
+    refused(e, &sql, "rows belong to");
+    // Inside a block: the refusal fails the block as any error does, and nothing was written.
+    c.batch_execute("BEGIN").await.unwrap();
+    let sql = format!("DELETE FROM {t} WHERE src = 'copy-csv'");
+    let e = c.query(&sql, &[]).await.expect_err(&sql);
+    refused(e, &sql, &format!("{t}.{k}"));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = proxy::connect(proxy)
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, KEYS as i64, "nothing refused was written");
+}
+
 fn config_with(cluster: &TestCluster, tables: &[(&str, &str, Option<KeyType>)]) -> Config {
     let mut config = Config::load(&cluster.info.config_path).expect("the cluster's config");
     config.proxy.listen = "127.0.0.1:0".into();
@@ -521,6 +599,9 @@ async fn uuid_and_text_keys_are_placed_as_postgres_hashes_them() {
         }
     }
     let proxy = proxy::start_proxy_with(&cluster.info, |config| {
+        let mut keyed = proxy::as_app(UserConfig::new("keyed", None, AuthMethod::Trust));
+        keyed.allow_scatter = false;
+        config.users.push(keyed);
         for case in &cases {
             config.sharded_tables.push(ShardedTableConfig {
                 name: case.table.into(),
@@ -574,6 +655,7 @@ async fn uuid_and_text_keys_are_placed_as_postgres_hashes_them() {
         }
     }
     routing_hints(&cluster, &c, &map, &cases[0]).await;
+    never_scatter(&proxy, &map, &cases[1]).await;
     // `pgshard verify` reads the key types from the shards and finds every row in place.
     let tables: Vec<(&str, &str, Option<KeyType>)> =
         cases.iter().map(|c| (c.table, c.key, None)).collect();

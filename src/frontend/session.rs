@@ -389,6 +389,10 @@ impl Session {
                 }
             }
         }
+        if let Err(fields) = self.scatter_policy(&routes, &facts) {
+            self.reply_error(fields);
+            return Ok(());
+        }
         if let [Route::SplitInsert(plan)] = routes.as_slice() {
             let plan = plan.clone();
             if let Some(unnest) = facts[0].unnest.clone() {
@@ -813,6 +817,7 @@ impl Session {
         routes: &[Route],
         facts: &[StatementFacts],
     ) -> Result<Target, ErrorFields> {
+        self.scatter_policy(routes, facts)?;
         let mut single: Option<u32> = None;
         let mut scatter: Option<Vec<u32>> = None;
         for route in routes {

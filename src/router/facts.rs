@@ -143,6 +143,11 @@ pub struct StatementFacts {
 }
 
 impl StatementFacts {
+    /// True when the statement names its shard-key values (`=`, `IN`, `= ANY`, INSERT rows).
+    pub fn key_values_named(&self) -> bool {
+        !matches!(self.key, KeyFacts::Unknown)
+    }
+
     /// Facts for a statement that names no table and needs nothing special.
     pub fn plain(kind: StatementKind) -> StatementFacts {
         StatementFacts {

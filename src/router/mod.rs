@@ -16,6 +16,7 @@ pub mod params;
 pub mod pg_array;
 pub mod pg_hash;
 pub mod rewrite;
+pub mod scatter_guard;
 pub mod shard_map;
 pub mod split_insert;
 pub mod split_params;
