@@ -325,6 +325,18 @@ pub struct UserConfig {
     /// else none (the servers must then let that role in without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_password: Option<String>,
+    /// False: every statement of this user that would reach more than one shard is refused
+    /// (0A000 naming the table and its missing key), so an application can prove it is keyed.
+    #[serde(default = "default_allow_scatter", skip_serializing_if = "is_true")]
+    pub allow_scatter: bool,
+}
+
+fn default_allow_scatter() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl UserConfig {
@@ -337,6 +349,7 @@ impl UserConfig {
             admin: false,
             server_user: None,
             server_password: None,
+            allow_scatter: true,
         }
     }
 
@@ -555,6 +568,11 @@ fn default_monitor_interval_ms() -> u64 {
 pub struct ShardedTableConfig {
     pub name: String,
     pub key: String,
+    /// The key column's type (`bigint`, `integer`, `smallint`, `uuid`, `text`, `varchar`): read
+    /// from the shards' catalog at start-up and checked against this when given; needed when the
+    /// table is created after the proxy starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<crate::router::KeyType>,
 }
 
 /// Router tuning.

@@ -179,6 +179,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     for shard in &config.shards {
         crate::membership::checks::check_at_start(&config, shard, &server_tls).await?;
     }
+    let key_tables =
+        crate::backend::key_types::resolve(&config, &catalog.map.current(), &server_tls).await;
+    let config = Arc::new(Config {
+        sharded_tables: key_tables.map_err(anyhow::Error::msg)?,
+        ..(*config).clone()
+    });
     let topology = Topology::new(&config);
     let pools =
         ShardPools::new(&config, topology.clone(), &server_tls).map_err(anyhow::Error::msg)?;

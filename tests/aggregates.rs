@@ -93,6 +93,7 @@ async fn finished_aggregates_equal_one_postgres() {
             c.sharded_tables.push(ShardedTableConfig {
                 name: name.into(),
                 key: "id".into(),
+                key_type: None,
             });
         }
     })

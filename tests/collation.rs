@@ -117,6 +117,7 @@ fn sharded(name: &str) -> ShardedTableConfig {
     ShardedTableConfig {
         name: name.into(),
         key: "id".into(),
+        key_type: None,
     }
 }
 

@@ -707,6 +707,7 @@ async fn merged_answers_equal_one_postgres() {
         c.sharded_tables.push(ShardedTableConfig {
             name: "dtest".into(),
             key: "id".into(),
+            key_type: None,
         })
     })
     .await;

@@ -62,6 +62,7 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
             config.sharded_tables.push(ShardedTableConfig {
                 name: name.into(),
                 key: "id".into(),
+                key_type: None,
             });
         }
     })

@@ -19,6 +19,7 @@ async fn django_runs_unchanged() {
         c.sharded_tables.push(ShardedTableConfig {
             name: "shop_order".into(),
             key: "id".into(),
+            key_type: None,
         });
     })
     .await;

@@ -20,6 +20,7 @@ async fn rails_activerecord_runs_unchanged() {
         c.sharded_tables.push(ShardedTableConfig {
             name: "rails_orders".into(),
             key: "id".into(),
+            key_type: None,
         });
     })
     .await;

@@ -100,6 +100,7 @@ async fn clients_act_as_their_own_roles_and_postgres_refuses_app_what_it_may_not
         c.sharded_tables.push(ShardedTableConfig {
             name: "docs".into(),
             key: "id".into(),
+            key_type: None,
         });
         c.users.push(UserConfig {
             server_password: Some("reporting".into()),

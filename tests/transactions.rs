@@ -36,6 +36,7 @@ fn with_accounts(config: &mut Config) {
     config.sharded_tables.push(ShardedTableConfig {
         name: "accounts".into(),
         key: "user_id".into(),
+        key_type: None,
     });
     config.transactions.cross_shard_lock_timeout_ms = 300;
     config.transactions.in_doubt_grace_ms = 500;

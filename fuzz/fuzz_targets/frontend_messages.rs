@@ -23,6 +23,7 @@ fn router() -> Router {
     let table = |name: &str| ShardedTableConfig {
         name: name.into(),
         key: "user_id".into(),
+        key_type: None,
     };
     Router::new(&[table("users"), table("orders")], 64)
 }

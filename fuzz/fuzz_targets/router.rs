@@ -52,6 +52,7 @@ fn tables() -> Vec<ShardedTableConfig> {
     let table = |name: &str| ShardedTableConfig {
         name: name.into(),
         key: "user_id".into(),
+        key_type: None,
     };
     vec![table("users"), table("orders")]
 }

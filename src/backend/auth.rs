@@ -252,6 +252,7 @@ mod tests {
             admin: false,
             server_user: None,
             server_password: None,
+            allow_scatter: true,
         };
         let server_task = tokio::spawn(async move {
             let mut buf = BytesMut::new();

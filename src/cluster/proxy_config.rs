@@ -74,6 +74,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         sharded_tables: vec![ShardedTableConfig {
             name: "users".into(),
             key: "user_id".into(),
+            key_type: None,
         }],
         router: RouterConfig::default(),
         transactions: Default::default(),

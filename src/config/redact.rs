@@ -37,6 +37,7 @@ impl fmt::Debug for UserConfig {
             .field("admin", &self.admin)
             .field("server_user", &self.server_user)
             .field("server_password", &masked(&self.server_password))
+            .field("allow_scatter", &self.allow_scatter)
             .finish()
     }
 }

@@ -606,6 +606,7 @@ mod tests {
             admin: false,
             server_user: None,
             server_password: None,
+            allow_scatter: true,
         }
     }
 

@@ -29,7 +29,7 @@ fn may_touch_moving_keys(
         return true;
     }
     match Router::key_values(facts, params) {
-        Some(keys) => keys.iter().any(|&k| from.shard_for(k) != to.shard_for(k)),
+        Some(keys) => keys.iter().any(|k| from.shard_of(k) != to.shard_of(k)),
         None => true,
     }
 }
@@ -117,6 +117,7 @@ mod tests {
         let tables = [crate::config::ShardedTableConfig {
             name: "users".into(),
             key: "user_id".into(),
+            key_type: None,
         }];
         Router::new(&tables, 16).analyze_simple(sql)
     }

@@ -18,6 +18,7 @@ pub mod login_guard;
 pub mod pipeline;
 pub mod prepared_cap;
 pub mod read_routing;
+pub mod scatter_policy;
 pub mod session;
 pub mod session_limits;
 pub mod session_pins;

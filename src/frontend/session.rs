@@ -103,9 +103,10 @@ pub struct Session {
     pub pins: super::session_pins::Pins,
 }
 
-/// An error to report to the client, as an ErrorResponse.
+/// An error to report to the client, as an ErrorResponse: 0A000, or 22023 for a bad routing hint.
 pub fn refusal(message: impl Into<String>) -> ErrorFields {
-    ErrorFields::error("0A000", message)
+    let message = message.into();
+    ErrorFields::error(crate::router::hint::sqlstate_of(&message), message)
 }
 
 impl Session {
@@ -393,6 +394,10 @@ impl Session {
                     return Ok(());
                 }
             }
+        }
+        if let Err(fields) = self.scatter_policy(&routes, &facts) {
+            self.reply_error(fields);
+            return Ok(());
         }
         if let [Route::SplitInsert(plan)] = routes.as_slice() {
             let plan = plan.clone();
@@ -806,6 +811,7 @@ impl Session {
         routes: &[Route],
         facts: &[StatementFacts],
     ) -> Result<Target, ErrorFields> {
+        self.scatter_policy(routes, facts)?;
         let mut single: Option<u32> = None;
         let mut scatter: Option<Vec<u32>> = None;
         for route in routes {

@@ -135,7 +135,7 @@ impl Session {
             )));
         }
         let plan = |index: usize, keyed: bool| Plan {
-            spec: SplitSpec::from_facts(copy, index, &key),
+            spec: SplitSpec::from_facts(copy, index, &key).with_key_type(facts.key_type),
             keyed,
             table: copy.table.clone(),
         };
@@ -236,7 +236,7 @@ impl Session {
                 fe::COPY_DATA => {
                     let fed = splitter.feed(&frame.body, |key, row| {
                         shards
-                            .entry(map.shard_for(key))
+                            .entry(map.shard_of(&key))
                             .or_default()
                             .pending
                             .extend_from_slice(row);
@@ -249,7 +249,7 @@ impl Session {
                 fe::COPY_DONE => {
                     let done = splitter.finish(|key, row| {
                         shards
-                            .entry(map.shard_for(key))
+                            .entry(map.shard_of(&key))
                             .or_default()
                             .pending
                             .extend_from_slice(row);

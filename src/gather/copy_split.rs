@@ -8,6 +8,7 @@ use bytes::{Buf, BytesMut};
 
 use crate::router::copy_facts::CopyFacts;
 pub use crate::router::copy_facts::CopyFormat;
+use crate::router::{KeyType, ShardKey};
 
 /// How to read one COPY stream: its format and options, and which field holds the shard key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub struct SplitSpec {
     pub header: bool,
     /// Position of the shard key among the COPY's fields (0-based).
     pub key_index: usize,
+    /// The key column's type, which says how its field is read.
+    pub key_type: KeyType,
     /// Name of the key column, for error messages.
     pub key_name: String,
     /// CSV `FORCE_NOT_NULL` names the key: an unquoted null string is an empty string.
@@ -56,6 +59,12 @@ impl SplitSpec {
         spec
     }
 
+    /// The same spec for a key column of type `key_type`.
+    pub fn with_key_type(mut self, key_type: KeyType) -> SplitSpec {
+        self.key_type = key_type;
+        self
+    }
+
     /// Postgres's defaults for `format`, with the key at `key_index`.
     pub fn defaults(format: CopyFormat, key_index: usize, key_name: &str) -> SplitSpec {
         SplitSpec {
@@ -74,6 +83,7 @@ impl SplitSpec {
             escape: b'"',
             header: false,
             key_index,
+            key_type: KeyType::Int,
             key_name: key_name.to_string(),
             key_force_not_null: false,
             key_force_null: false,
@@ -86,8 +96,9 @@ impl SplitSpec {
 pub enum SplitError {
     #[error("null value in column \"{column}\" of COPY line {line}: the shard key must not be null, pgshard cannot place the row")]
     NullKey { column: String, line: u64 },
-    #[error("invalid input syntax for type bigint: \"{value}\" (shard key column \"{column}\", COPY line {line})")]
+    #[error("invalid input syntax for type {type_name}: \"{value}\" (shard key column \"{column}\", COPY line {line})")]
     BadKey {
+        type_name: &'static str,
         column: String,
         value: String,
         line: u64,
@@ -142,7 +153,7 @@ enum Stage {
 
 /// Where the scan of the row at the front of the buffer stands, so a row arriving in many pieces
 /// is scanned once.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Scan {
     pos: usize,
     in_quote: bool,
@@ -153,7 +164,7 @@ struct Scan {
     /// Binary: fields of the tuple walked so far.
     field_no: usize,
     /// Binary: the key, once its field was read.
-    key: Option<i64>,
+    key: Option<ShardKey>,
 }
 
 /// A complete row found by the scanner.
@@ -219,7 +230,11 @@ impl CopySplitter {
     }
 
     /// Takes one CopyData payload; calls `emit(key, row bytes)` for every row it completes.
-    pub fn feed<F: FnMut(i64, &[u8])>(&mut self, data: &[u8], emit: F) -> Result<(), SplitError> {
+    pub fn feed<F: FnMut(ShardKey, &[u8])>(
+        &mut self,
+        data: &[u8],
+        emit: F,
+    ) -> Result<(), SplitError> {
         if self.stage == Stage::Ended {
             if self.spec.format == CopyFormat::Binary && !data.is_empty() {
                 return Err(format_error("received copy data after EOF marker"));
@@ -232,7 +247,7 @@ impl CopySplitter {
     }
 
     /// Ends the stream (CopyDone): a last row without a line end is still a row.
-    pub fn finish<F: FnMut(i64, &[u8])>(&mut self, emit: F) -> Result<(), SplitError> {
+    pub fn finish<F: FnMut(ShardKey, &[u8])>(&mut self, emit: F) -> Result<(), SplitError> {
         if self.stage == Stage::Ended {
             return Ok(());
         }
@@ -250,7 +265,11 @@ impl CopySplitter {
         Ok(())
     }
 
-    fn drain<F: FnMut(i64, &[u8])>(&mut self, last: bool, mut emit: F) -> Result<(), SplitError> {
+    fn drain<F: FnMut(ShardKey, &[u8])>(
+        &mut self,
+        last: bool,
+        mut emit: F,
+    ) -> Result<(), SplitError> {
         if self.spec.format == CopyFormat::Binary {
             return self.drain_binary(emit);
         }
@@ -405,7 +424,7 @@ impl CopySplitter {
     }
 
     /// The shard key of one text/CSV row (without its line end).
-    fn key_of(&self, row: &[u8]) -> Result<i64, SplitError> {
+    fn key_of(&self, row: &[u8]) -> Result<ShardKey, SplitError> {
         let field = match self.spec.format {
             CopyFormat::Csv => csv_field(row, &self.spec),
             _ => text_field(row, &self.spec),
@@ -422,14 +441,21 @@ impl CopySplitter {
                 line: self.line,
             });
         };
-        parse_int8(&value).ok_or_else(|| SplitError::BadKey {
+        let key = match self.spec.key_type {
+            KeyType::Int => parse_int8(&value).map(ShardKey::Int),
+            ty => std::str::from_utf8(&value)
+                .ok()
+                .and_then(|t| ty.parse_text(t)),
+        };
+        key.ok_or_else(|| SplitError::BadKey {
+            type_name: self.spec.key_type.sql_name(),
             column: self.spec.key_name.clone(),
             value: String::from_utf8_lossy(&value).into_owned(),
             line: self.line,
         })
     }
 
-    fn drain_binary<F: FnMut(i64, &[u8])>(&mut self, mut emit: F) -> Result<(), SplitError> {
+    fn drain_binary<F: FnMut(ShardKey, &[u8])>(&mut self, mut emit: F) -> Result<(), SplitError> {
         if self.stage == Stage::Header {
             if self.buf.len() < 19 {
                 if !BINARY_SIGNATURE.starts_with(&self.buf[..self.buf.len().min(11)]) {
@@ -497,12 +523,12 @@ impl CopySplitter {
                 }
                 if s.field_no == self.spec.key_index {
                     let value = &data[s.pos + 4..s.pos + 4 + size];
-                    s.key = Some(binary_key(len, value, &self.spec.key_name, self.line)?);
+                    s.key = Some(binary_key(len, value, &self.spec, self.line)?);
                 }
                 s.pos += 4 + size;
                 s.field_no += 1;
             }
-            let Some(key) = s.key else {
+            let Some(key) = s.key.take() else {
                 return Err(SplitError::MissingKey {
                     column: self.spec.key_name.clone(),
                     line: self.line,
@@ -528,24 +554,22 @@ fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// A binary key field: int8, int4 or int2 by its length.
-fn binary_key(len: i32, value: &[u8], column: &str, line: u64) -> Result<i64, SplitError> {
-    match (len, value) {
-        (-1, _) => Err(SplitError::NullKey {
-            column: column.to_string(),
+/// A binary key field: int8, int4 or int2 by its length; 16 uuid bytes; UTF-8 text.
+fn binary_key(len: i32, value: &[u8], spec: &SplitSpec, line: u64) -> Result<ShardKey, SplitError> {
+    if len == -1 {
+        return Err(SplitError::NullKey {
+            column: spec.key_name.clone(),
             line,
-        }),
-        (8, v) => Ok(i64::from_be_bytes([
-            v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
-        ])),
-        (4, v) => Ok(i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]]))),
-        (2, v) => Ok(i64::from(i16::from_be_bytes([v[0], v[1]]))),
-        (n, _) => Err(SplitError::BadKey {
-            column: column.to_string(),
-            value: format!("binary value of {n} bytes (expected an int2, int4 or int8)"),
-            line,
-        }),
+        });
     }
+    spec.key_type
+        .parse_binary(value)
+        .ok_or_else(|| SplitError::BadKey {
+            type_name: spec.key_type.sql_name(),
+            column: spec.key_name.clone(),
+            value: format!("binary value of {len} bytes"),
+            line,
+        })
 }
 
 /// Parses an integer the way Postgres's int8 input does (surrounding whitespace, a sign, decimal
@@ -703,7 +727,7 @@ mod tests {
     use super::*;
 
     /// (key, row) pairs and the prelude.
-    type Split = (Vec<(i64, Vec<u8>)>, Vec<u8>);
+    type Split = (Vec<(ShardKey, Vec<u8>)>, Vec<u8>);
 
     /// Feeds `input` in pieces of `step` bytes; returns (key, row) pairs and the prelude.
     fn split(spec: &SplitSpec, input: &[u8], step: usize) -> Result<Split, SplitError> {
@@ -726,8 +750,8 @@ mod tests {
         whole
     }
 
-    fn keys(rows: &[(i64, Vec<u8>)]) -> Vec<i64> {
-        rows.iter().map(|(k, _)| *k).collect()
+    fn keys(rows: &[(ShardKey, Vec<u8>)]) -> Vec<i64> {
+        rows.iter().filter_map(|(k, _)| k.as_int()).collect()
     }
 
     fn text(key_index: usize) -> SplitSpec {
@@ -1064,5 +1088,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn uuid_and_text_keys_in_every_format() {
+        let u = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        let ub = crate::router::key_type::parse_uuid(u).unwrap();
+        let text_in = format!("{u}\tx\n{}\ty\n", u.to_uppercase());
+        let (rows, _) =
+            split_all_ways(&text(0).with_key_type(KeyType::Uuid), text_in.as_bytes()).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            vec![ShardKey::Uuid(ub), ShardKey::Uuid(ub)]
+        );
+        let (rows, _) = split_all_ways(
+            &csv(1).with_key_type(KeyType::Text),
+            "1,\"a, b\"\n2,plain\n3,tab\\tnot escaped\n".as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            ["a, b", "plain", "tab\\tnot escaped"].map(|t| ShardKey::Text(t.into()))
+        );
+        // Text format unescapes the field before hashing it.
+        let (rows, _) =
+            split_all_ways(&text(0).with_key_type(KeyType::Text), b"a\\tb\t1\n").unwrap();
+        assert_eq!(rows[0].0, ShardKey::Text("a\tb".into()));
+        let err = split_all_ways(&text(0).with_key_type(KeyType::Uuid), b"nope\t1\n").unwrap_err();
+        assert_eq!(err.sqlstate(), "22P02");
+        assert!(err.to_string().contains("type uuid"), "{err}");
+        // Binary: 16 uuid bytes, UTF-8 text.
+        let mut bin = BINARY_SIGNATURE.to_vec();
+        bin.extend_from_slice(&[0; 8]);
+        for (field, value) in [(&ub[..], 1u8), (&ub[..], 2)] {
+            bin.extend_from_slice(&2i16.to_be_bytes());
+            bin.extend_from_slice(&(field.len() as i32).to_be_bytes());
+            bin.extend_from_slice(field);
+            bin.extend_from_slice(&1i32.to_be_bytes());
+            bin.push(value);
+        }
+        bin.extend_from_slice(BINARY_TRAILER);
+        let spec = SplitSpec::defaults(CopyFormat::Binary, 0, "id").with_key_type(KeyType::Uuid);
+        let (rows, _) = split_all_ways(&spec, &bin).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.0 == ShardKey::Uuid(ub)));
+        let spec = spec.with_key_type(KeyType::Text);
+        // The uuid's bytes are not UTF-8, so not a text key.
+        let err = split_all_ways(&spec, &bin).unwrap_err();
+        assert!(err.to_string().contains("type text"), "{err}");
     }
 }

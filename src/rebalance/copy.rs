@@ -40,7 +40,11 @@ pub fn predicates(config: &Config, job: &Job, m: &Move) -> Vec<(String, String, 
     config
         .sharded_tables
         .iter()
-        .map(|t| (t.name.clone(), t.key.clone(), job.plan.predicate(&t.key, m)))
+        .map(|t| {
+            let key_type = t.key_type.unwrap_or_default();
+            let predicate = job.plan.predicate_typed(&t.key, key_type, m);
+            (t.name.clone(), t.key.clone(), predicate)
+        })
         .collect()
 }
 
@@ -411,7 +415,10 @@ pub async fn checksums(
         }
         let mut arms = Vec::with_capacity(steps.len());
         for step in steps {
-            let pred = job.plan.predicate(&table.key, step_move(job, step)?);
+            let key_type = table.key_type.unwrap_or_default();
+            let pred = job
+                .plan
+                .predicate_typed(&table.key, key_type, step_move(job, step)?);
             arms.push(format!("WHEN {pred} THEN {}", step.no));
         }
         let sql = format!(

@@ -158,11 +158,14 @@ async fn points_sql(
             .map_err(RebalanceError::shard(shard))?
             .get(0);
         if exists {
+            let key_type = crate::backend::key_types::key_type_on(&client, table, &map.strategy)
+                .await
+                .map_err(RebalanceError::Refused)?;
             parts.push(format!(
                 "SELECT {} AS p FROM {} WHERE {}",
-                map.sql_point_expr(&table.key),
+                map.sql_point_expr_typed(&table.key, key_type),
                 ident(&table.name),
-                map.sql_owned_by(&table.key, shard)
+                map.sql_owned_by_typed(&table.key, key_type, shard)
             ));
         }
     }

@@ -3,6 +3,7 @@
 //! moves — which keys go from which shard to which. Pure: no catalog, no shards (evening out
 //! gets its slices from `rebalance::even`, which reads the row counts).
 
+use crate::router::KeyType;
 use std::collections::BTreeMap;
 
 use crate::router::{KeyRange, ShardMap, ShardMapError, Strategy};
@@ -102,15 +103,21 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The SQL predicate (over `column`) true exactly for the rows move `m` carries.
+    /// The SQL predicate (over an integer `column`) true exactly for the rows move `m` carries.
     pub fn predicate(&self, column: &str, m: &Move) -> String {
+        self.predicate_typed(column, KeyType::Int, m)
+    }
+
+    /// [`Plan::predicate`] for a key column of any type.
+    pub fn predicate_typed(&self, column: &str, key_type: KeyType, m: &Move) -> String {
         if same_space(&self.from, &self.to) {
             let parts: Vec<String> = m
                 .slices
                 .iter()
                 .map(|&(lower, upper)| {
-                    self.to.sql_range_predicate(
+                    self.to.sql_range_predicate_typed(
                         column,
+                        key_type,
                         &KeyRange {
                             lower,
                             upper,
@@ -126,8 +133,8 @@ impl Plan {
         } else {
             format!(
                 "({} AND {})",
-                self.from.sql_owned_by(column, m.source),
-                self.to.sql_owned_by(column, m.dest)
+                self.from.sql_owned_by_typed(column, key_type, m.source),
+                self.to.sql_owned_by_typed(column, key_type, m.dest)
             )
         }
     }

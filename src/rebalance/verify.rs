@@ -50,7 +50,10 @@ pub async fn verify(config: &Config, map: &ShardMap) -> Result<Report, Rebalance
             if !exists {
                 continue;
             }
-            let owned = map.sql_owned_by(&table.key, shard.id);
+            let key_type = crate::backend::key_types::key_type_on(&client, table, &map.strategy)
+                .await
+                .map_err(RebalanceError::Refused)?;
+            let owned = map.sql_owned_by_typed(&table.key, key_type, shard.id);
             let t = ident(&table.name);
             let key = ident(&table.key);
             let sql = format!(

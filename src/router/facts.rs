@@ -62,8 +62,10 @@ pub enum LocalCommand {
 /// Where a shard-key value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyValue {
-    /// A constant written in the statement.
+    /// An integer constant written in the statement.
     Const(i64),
+    /// A string constant written in the statement (`'…'`, `'…'::uuid`): read as the key's type.
+    Text(String),
     /// `$n` (1-based): a Bind parameter, or in the simple protocol the n-th extracted literal.
     Param(usize),
 }
@@ -112,6 +114,10 @@ pub struct StatementFacts {
     /// The first sharded table the statement names and its shard key column, `(table, key)`, so
     /// refusals can name them.
     pub shard_key: Option<(String, String)>,
+    /// The type of that table's shard key, which says how its key values are read and hashed.
+    pub key_type: crate::router::KeyType,
+    /// A leading `/* pgshard: … */` routing hint, or why it is malformed.
+    pub hint: Option<Result<super::hint::Hint, String>>,
     /// For COPY: its table, column list, format and options.
     pub copy: Option<Box<super::copy_facts::CopyFacts>>,
     /// True when a reference table (copied whole to every shard) is named.
@@ -166,6 +172,11 @@ impl SessionPin {
 }
 
 impl StatementFacts {
+    /// True when the statement names its shard-key values (`=`, `IN`, `= ANY`, INSERT rows).
+    pub fn key_values_named(&self) -> bool {
+        !matches!(self.key, KeyFacts::Unknown)
+    }
+
     /// Facts for a statement that names no table and needs nothing special.
     pub fn plain(kind: StatementKind) -> StatementFacts {
         StatementFacts {
@@ -181,6 +192,8 @@ impl StatementFacts {
             missing_key_rows: None,
             local: None,
             shard_key: None,
+            key_type: crate::router::KeyType::Int,
+            hint: None,
             copy: None,
             reference: false,
             every_shard: false,
@@ -214,21 +227,27 @@ use crate::config::ShardedTableConfig;
 #[derive(Debug, Clone, Default)]
 pub struct ShardedTables {
     keys: HashMap<String, String>,
+    types: HashMap<String, crate::router::KeyType>,
     reference: HashSet<String>,
 }
 
 impl ShardedTables {
     pub fn new(tables: &[ShardedTableConfig]) -> ShardedTables {
+        let name_of = |t: &ShardedTableConfig| {
+            let name = t.name.to_lowercase();
+            name.strip_prefix("public.").unwrap_or(&name).to_string()
+        };
         let keys = tables
             .iter()
-            .map(|t| {
-                let name = t.name.to_lowercase();
-                let name = name.strip_prefix("public.").unwrap_or(&name).to_string();
-                (name, t.key.to_lowercase())
-            })
+            .map(|t| (name_of(t), t.key.to_lowercase()))
+            .collect();
+        let types = tables
+            .iter()
+            .map(|t| (name_of(t), t.key_type.unwrap_or_default()))
             .collect();
         ShardedTables {
             keys,
+            types,
             reference: HashSet::new(),
         }
     }
@@ -249,6 +268,22 @@ impl ShardedTables {
     pub fn is_reference(&self, schema: &str, name: &str) -> bool {
         (schema.is_empty() || schema.eq_ignore_ascii_case("public"))
             && self.reference.contains(&name.to_lowercase())
+    }
+
+    /// The key type every sharded table shares, if they all share one (for a key hint on a
+    /// statement that names no sharded table).
+    pub fn common_key_type(&self) -> Option<crate::router::KeyType> {
+        let mut types = self.types.values();
+        let first = types.next().copied().unwrap_or_default();
+        types.all(|&t| t == first).then_some(first)
+    }
+
+    /// The type of a sharded table's key (integer when unknown).
+    pub fn key_type_of(&self, name: &str) -> crate::router::KeyType {
+        self.types
+            .get(&name.to_lowercase())
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The key column of the table `schema.name` when it is sharded (schema empty or `public`).
@@ -619,7 +654,10 @@ fn key_value(n: &pb::Node) -> Option<KeyValue> {
             .ok()
             .filter(|&n| n > 0)
             .map(KeyValue::Param),
-        NodeEnum::AConst(c) => const_int(c, false).map(KeyValue::Const),
+        NodeEnum::AConst(c) => match c.val.as_ref()? {
+            Val::Sval(s) if !c.isnull => Some(KeyValue::Text(s.sval.clone())),
+            _ => const_int(c, false).map(KeyValue::Const),
+        },
         NodeEnum::AExpr(e)
             if e.kind == pb::AExprKind::AexprOp as i32
                 && op_name(e) == Some("-")
@@ -702,12 +740,12 @@ fn conjunct_key(ctx: &Ctx, c: &pb::Node) -> Option<(usize, KeyFacts)> {
                 vals.map(|v| (i, KeyFacts::Values(v)))
             }
             NodeEnum::AConst(c) => match c.val.as_ref()? {
-                Val::Sval(s) => crate::router::params::parse_int_array_text(&s.sval).map(|v| {
-                    (
-                        i,
-                        KeyFacts::Values(v.into_iter().map(KeyValue::Const).collect()),
-                    )
-                }),
+                Val::Sval(s) => crate::router::pg_array::decode_text(&s.sval)
+                    .ok()?
+                    .into_iter()
+                    .map(|e| e.map(KeyValue::Text))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| (i, KeyFacts::Values(v))),
                 _ => None,
             },
             _ => None,
@@ -758,6 +796,7 @@ fn tables_and_key(
             facts.sharded = true;
             if facts.shard_key.is_none() {
                 facts.shard_key = Some((name.clone(), key.to_string()));
+                facts.key_type = ctx.tables.key_type_of(name);
             }
             all_sharded.push(name.clone());
         } else if ctx.tables.is_reference(schema, name) {
@@ -1077,6 +1116,7 @@ fn mark_tables(scan: &Scan, tables: &ShardedTables, facts: &mut StatementFacts) 
             facts.sharded = true;
             if facts.shard_key.is_none() {
                 facts.shard_key = Some((name.clone(), key.to_string()));
+                facts.key_type = tables.key_type_of(name);
             }
         } else if tables.is_reference(schema, name) {
             facts.reference = true;
@@ -1583,6 +1623,7 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
                 facts.key = inner.key;
                 facts.refuse = inner.refuse;
                 facts.shard_key = inner.shard_key;
+                facts.key_type = inner.key_type;
             }
             // CURSOR_OPT_HOLD
             if d.options & 0x0020 != 0 {
@@ -1653,17 +1694,40 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
 }
 
 /// The facts of every statement in `sql` (one per statement); `Unparsed` when it does not parse.
+/// The text of one statement of `sql` with the comments before it: from the end of the
+/// previous statement (past its `;`), as the parser's statement location starts at the first
+/// token.
+fn leading_text(sql: &str, previous_end: usize) -> Option<&str> {
+    let text = sql.get(previous_end..)?;
+    Some(text.strip_prefix(';').unwrap_or(text))
+}
+
+/// Where a statement of `sql` ends (its `;` not included).
+fn statement_end(sql: &str, raw: &pb::RawStmt) -> usize {
+    let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+    match usize::try_from(raw.stmt_len).unwrap_or(0) {
+        0 => sql.len(),
+        len => start + len,
+    }
+}
+
 pub fn analyze(sql: &str, tables: &ShardedTables) -> Vec<StatementFacts> {
     let parsed = match pg_query::parse(sql, 0) {
         Ok(p) => p,
         Err(_) => return vec![StatementFacts::plain(StatementKind::Unparsed)],
     };
+    let mut previous_end = 0;
     let out: Vec<StatementFacts> = parsed
         .protobuf
         .stmts
         .iter()
-        .filter_map(|raw| node(&raw.stmt))
-        .map(|stmt| analyze_stmt(stmt, tables))
+        .filter_map(|raw| {
+            let lead = leading_text(sql, previous_end);
+            previous_end = statement_end(sql, raw);
+            let mut facts = analyze_stmt(node(&raw.stmt)?, tables);
+            facts.hint = lead.and_then(super::hint::leading_hint);
+            Some(facts)
+        })
         .collect();
     if out.is_empty() {
         // Only comments or semicolons: nothing to route.
@@ -1680,6 +1744,7 @@ mod tests {
         let cfg = |name: &str, key: &str| ShardedTableConfig {
             name: name.into(),
             key: key.into(),
+            key_type: None,
         };
         ShardedTables::new(&[
             cfg("users", "user_id"),
@@ -1698,7 +1763,7 @@ mod tests {
     fn vals(v: &[KeyValue]) -> KeyFacts {
         KeyFacts::Values(v.to_vec())
     }
-    use KeyValue::{Const, Param};
+    use KeyValue::{Const, Param, Text};
 
     fn refused(sql: &str, needle: &str) {
         let f = one(sql);
@@ -1748,6 +1813,24 @@ mod tests {
     }
 
     #[test]
+    fn hints_of_each_statement() {
+        use crate::router::hint::Hint;
+        let f = analyze(
+            "/* pgshard: shard=2 */ select f(1); select 2; -- x\n/* pgshard: key='a;b' */ select g()",
+            &tables(),
+        );
+        let hints: Vec<_> = f.iter().map(|f| f.hint.clone()).collect();
+        assert_eq!(
+            hints,
+            vec![
+                Some(Ok(Hint::Shard(2))),
+                None,
+                Some(Ok(Hint::Key("a;b".into(), None)))
+            ]
+        );
+    }
+
+    #[test]
     fn where_keys() {
         assert_eq!(
             one("select * from users where user_id = -5").key,
@@ -1763,7 +1846,7 @@ mod tests {
         );
         assert_eq!(
             one("select * from users where users.user_id = '5'::int8").key,
-            vals(&[Const(5)])
+            vals(&[Text("5".into())])
         );
         assert_eq!(
             one("select * from users where user_id in (1, $2, 3)").key,
@@ -1775,7 +1858,15 @@ mod tests {
         );
         assert_eq!(
             one("select * from users where user_id = any('{1,2}')").key,
-            vals(&[Const(1), Const(2)])
+            vals(&[Text("1".into()), Text("2".into())])
+        );
+        assert_eq!(
+            one("select * from users where user_id = any('{\"a b\",c}'::text[])").key,
+            vals(&[Text("a b".into()), Text("c".into())])
+        );
+        assert_eq!(
+            one("select * from users where user_id = any('{a,NULL}')").key,
+            KeyFacts::Unknown
         );
         assert_eq!(
             one("select * from users where user_id = 1 or user_id = 2").key,

@@ -89,19 +89,24 @@ impl Fence<'_> {
             .count()
     }
 
-    fn key_of(&self, rv: &RangeVar) -> Option<&str> {
+    fn key_of(&self, rv: &RangeVar) -> Option<(&str, crate::router::KeyType)> {
         self.tables
             .iter()
             .find(|t| t.name.eq_ignore_ascii_case(&rv.relname))
-            .map(|t| t.key.as_str())
+            .map(|t| (t.key.as_str(), t.key_type.unwrap_or_default()))
     }
 
     /// The ownership condition for a table referred to as `qualifier`.
-    fn owned(&self, qualifier: &str, key: &str) -> Result<protobuf::Node, String> {
+    fn owned(
+        &self,
+        qualifier: &str,
+        (key, key_type): (&str, crate::router::KeyType),
+    ) -> Result<protobuf::Node, String> {
         let expr = format!("{}.{}", quote_ident(qualifier), quote_ident(key));
         let text = format!(
             "SELECT 1 WHERE ({}) IS NOT FALSE",
-            self.map.sql_owned_by_expr(&expr, self.shard)
+            self.map
+                .sql_owned_by_expr_typed(&expr, key_type, self.shard)
         );
         let parsed = pg_query::parse(&text, 0).map_err(|e| e.to_string())?;
         parsed
@@ -290,10 +295,12 @@ mod tests {
             ShardedTableConfig {
                 name: "users".into(),
                 key: "user_id".into(),
+                key_type: None,
             },
             ShardedTableConfig {
                 name: "orders".into(),
                 key: "user_id".into(),
+                key_type: None,
             },
         ]
     }

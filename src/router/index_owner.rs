@@ -230,6 +230,7 @@ mod tests {
             &[ShardedTableConfig {
                 name: "users".into(),
                 key: "user_id".into(),
+                key_type: None,
             }],
             10,
         )

@@ -7,12 +7,16 @@ pub mod cursor;
 pub mod facts;
 pub mod fence;
 pub mod final_projection;
+pub mod hint;
 pub mod index_owner;
+pub mod key_type;
 pub mod literals;
 pub mod merge_plan;
 pub mod params;
 pub mod pg_array;
+pub mod pg_hash;
 pub mod rewrite;
+pub mod scatter_guard;
 pub mod set_config;
 pub mod shard_map;
 pub mod split_insert;
@@ -20,6 +24,7 @@ pub mod split_params;
 pub mod unnest_insert;
 
 pub use facts::{LocalCommand, StatementFacts, StatementKind};
+pub use key_type::{KeyType, ShardKey};
 pub use params::ParamSource;
 pub use shard_map::{KeyRange, ShardMap, ShardMapError, Strategy};
 
@@ -162,18 +167,84 @@ impl Router {
 
     /// Where one statement runs. `first_shard` is where unsharded tables live.
     /// The shard-key values a statement pins, with its parameters filled in; `None` when it pins
-    /// none (or a parameter is not an integer), so every shard may hold its rows.
-    pub fn key_values(facts: &StatementFacts, params: &dyn ParamSource) -> Option<Vec<i64>> {
+    /// none (or a value is not of the key's type), so every shard may hold its rows.
+    pub fn key_values(facts: &StatementFacts, params: &dyn ParamSource) -> Option<Vec<ShardKey>> {
+        let ty = facts.key_type;
         match &facts.key {
             KeyFacts::Unknown => None,
             KeyFacts::Values(vals) => vals
                 .iter()
                 .map(|v| match v {
-                    KeyValue::Const(c) => Some(*c),
-                    KeyValue::Param(n) => params.int(*n),
+                    KeyValue::Const(c) => match ty {
+                        KeyType::Int => Some(ShardKey::Int(*c)),
+                        // `text_key = 5` is Postgres's error to report; `uuid_key = 5` too.
+                        _ => None,
+                    },
+                    KeyValue::Text(t) => ty.parse_text(t),
+                    KeyValue::Param(n) => params.key(*n, ty),
                 })
                 .collect(),
-            KeyFacts::ArrayParam(n) => params.int_array(*n),
+            KeyFacts::ArrayParam(n) => params.key_array(*n, ty),
+        }
+    }
+
+    /// The route of a statement with a routing hint: the hinted shard, unless the hint is
+    /// malformed, names an unknown shard, contradicts the statement's own key, or the statement
+    /// must reach every shard or places its rows by key itself.
+    fn hinted_route(
+        &self,
+        facts: &StatementFacts,
+        hint: &Result<hint::Hint, String>,
+        params: &dyn ParamSource,
+        map: &ShardMap,
+    ) -> Route {
+        let hint = match hint {
+            Ok(h) => h,
+            Err(message) => return Route::Refuse(message.clone()),
+        };
+        if facts.every_shard
+            || facts.missing_key_rows.is_some()
+            || facts.kind == (StatementKind::Copy { from_stdin: true })
+        {
+            return Route::Refuse(
+                "a routing hint cannot apply to a statement that must change every shard (DDL, a reference table write) or whose rows pgshard places by key (COPY FROM STDIN, INSERT with generated keys); remove the hint".into(),
+            );
+        }
+        let hinted = match hint {
+            hint::Hint::Shard(s) => *s,
+            hint::Hint::Key(text, cast) => {
+                let key_type = match cast {
+                    Some(t) => Some(*t),
+                    None if facts.sharded => Some(facts.key_type),
+                    None => self.tables.common_key_type(),
+                };
+                let Some(key_type) = key_type else {
+                    return Route::Refuse(hint::invalid(
+                        "key= is ambiguous for a statement that names no sharded table when the sharded tables have keys of different types; name the type (key='…'::uuid) or use shard=N",
+                    ));
+                };
+                let Some(key) = key_type.parse_text(text) else {
+                    return Route::Refuse(hint::invalid(format!(
+                        "key \"{text}\" is not a valid {} key",
+                        key_type.name()
+                    )));
+                };
+                if !map.places(&key) {
+                    return Route::Refuse(format!(
+                        "the {} shard map cannot place {} keys; {} keys need the hash strategy",
+                        map.strategy.name(),
+                        key_type.name(),
+                        key_type.name()
+                    ));
+                }
+                map.shard_of(&key)
+            }
+        };
+        let keyed: Option<Vec<u32>> = Router::key_values(facts, params)
+            .map(|keys| keys.iter().map(|k| map.shard_of(k)).collect());
+        match hint::apply(hinted, keyed.as_deref(), &self.every_shard(map)) {
+            Ok(shard) => Route::Single(shard),
+            Err(message) => Route::Refuse(message),
         }
     }
 
@@ -189,6 +260,9 @@ impl Router {
         }
         if let Some(msg) = &facts.refuse {
             return Route::Refuse(msg.clone());
+        }
+        if let Some(hint) = &facts.hint {
+            return self.hinted_route(facts, hint, params, map);
         }
         if facts.kind == StatementKind::Unparsed {
             return Route::Single(first_shard);
@@ -217,10 +291,18 @@ impl Router {
             return Route::Any;
         }
         let keys = Router::key_values(facts, params);
+        if let Some(k) = keys.iter().flatten().find(|k| !map.places(k)) {
+            return Route::Refuse(format!(
+                "the {} shard map cannot place {} key {k:?}; {} keys need the hash strategy",
+                map.strategy.name(),
+                facts.key_type.name(),
+                facts.key_type.name()
+            ));
+        }
         let shards: Vec<u32> = match &keys {
             Some(keys) => keys
                 .iter()
-                .map(|&k| map.shard_for(k))
+                .map(|k| map.shard_of(k))
                 .collect::<BTreeSet<u32>>()
                 .into_iter()
                 .collect(),
@@ -266,7 +348,7 @@ impl Router {
 /// else is refused.
 fn write_route(
     facts: &StatementFacts,
-    keys: Option<&[i64]>,
+    keys: Option<&[ShardKey]>,
     many: &[u32],
     map: &ShardMap,
     table: &str,
@@ -276,7 +358,7 @@ fn write_route(
     match (&facts.kind, keys) {
         (StatementKind::Update | StatementKind::Delete, _) => Route::Scatter(many.to_vec()),
         (StatementKind::Insert, Some(keys)) => {
-            Route::SplitInsert(split_insert::rows_by_shard(keys, map))
+            Route::SplitInsert(split_insert::rows_by_shard_key(keys, map))
         }
         (StatementKind::Insert, None) => Route::Refuse(format!(
             "INSERT into sharded table {table} whose rows' {key} values are not all constants or parameters (INSERT … SELECT, DEFAULT, expressions) cannot be routed to its rows' shards; insert with VALUES naming {key}"
@@ -323,10 +405,12 @@ mod tests {
                 ShardedTableConfig {
                     name: "users".into(),
                     key: "user_id".into(),
+                    key_type: None,
                 },
                 ShardedTableConfig {
                     name: "pgbench_accounts".into(),
                     key: "aid".into(),
+                    key_type: None,
                 },
             ],
             100,
@@ -456,6 +540,7 @@ mod tests {
             .map(|(name, key)| ShardedTableConfig {
                 name: name.into(),
                 key: key.into(),
+                key_type: None,
             }),
             100,
         );
@@ -839,5 +924,232 @@ mod tests {
         // Real syntax errors stay Unparsed.
         let (f, _) = r.analyze_simple("selec 1");
         assert_eq!(f[0].kind, StatementKind::Unparsed);
+    }
+
+    fn typed_router() -> Router {
+        Router::new(
+            &[
+                ("accounts", "id", KeyType::Uuid),
+                ("tenants", "name", KeyType::Text),
+            ]
+            .map(|(name, key, ty)| ShardedTableConfig {
+                name: name.into(),
+                key: key.into(),
+                key_type: Some(ty),
+            }),
+            100,
+        )
+    }
+
+    #[test]
+    fn uuid_and_text_keys_route_by_their_postgres_hash() {
+        let r = typed_router();
+        let map = ShardMap::uniform(1, Strategy::Hash, &[1, 2, 3, 4]);
+        let u = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        let ub = key_type::parse_uuid(u).unwrap();
+        let on = |k: ShardKey| Route::Single(map.shard_of(&k));
+        let uk = on(ShardKey::Uuid(ub));
+        // Literals in every spelling Postgres accepts, cast or not.
+        for sql in [
+            format!("select * from accounts where id = '{u}'"),
+            format!("select * from accounts where id = '{u}'::uuid"),
+            format!(
+                "select * from accounts where id = '{{{}}}'",
+                u.to_uppercase()
+            ),
+            format!("select * from accounts where id = '{}'", u.replace('-', "")),
+            format!("select * from accounts where id in ('{u}')"),
+            format!("select * from accounts where id = any('{{{u}}}')"),
+        ] {
+            assert_eq!(route_sql(&r, &sql, &map), uk, "{sql}");
+        }
+        assert_eq!(
+            route_sql(&r, "select * from tenants where name = 'abc'", &map),
+            on(ShardKey::Text("abc".into()))
+        );
+        // Bind parameters: text and binary uuid, text and binary text, arrays of both.
+        let facts = r.analyze_prepared("select * from accounts where id = $1");
+        for (value, format) in [(u.as_bytes().to_vec(), 0i16), (ub.to_vec(), 1)] {
+            let values = [Some(bytes::Bytes::from(value))];
+            let p = BindParams {
+                values: &values,
+                formats: &[format],
+                types: &[],
+            };
+            assert_eq!(r.route(&facts[0], &p, &map, 1), uk);
+        }
+        let facts = r.analyze_prepared("select * from tenants where name = $1");
+        for format in [0i16, 1] {
+            let values = [Some(bytes::Bytes::from_static("Grüße".as_bytes()))];
+            let p = BindParams {
+                values: &values,
+                formats: &[format],
+                types: &[],
+            };
+            assert_eq!(
+                r.route(&facts[0], &p, &map, 1),
+                on(ShardKey::Text("Grüße".into()))
+            );
+        }
+        let names: Vec<String> = (0..40).map(|i| format!("tenant-{i}")).collect();
+        let want: Vec<u32> = names
+            .iter()
+            .map(|n| map.shard_of(&ShardKey::Text(n.clone())))
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        assert!(want.len() > 1);
+        let facts = r.analyze_prepared("select * from tenants where name = any($1)");
+        let elems: Vec<Option<&[u8]>> = names.iter().map(|n| Some(n.as_bytes())).collect();
+        for format in [
+            pg_array::ArrayFormat::Text,
+            pg_array::ArrayFormat::Binary { element_type: 25 },
+        ] {
+            let values = [Some(bytes::Bytes::from(pg_array::encode(format, &elems)))];
+            let binary = matches!(format, pg_array::ArrayFormat::Binary { .. });
+            let p = BindParams {
+                values: &values,
+                formats: &[binary as i16],
+                types: &[],
+            };
+            assert_eq!(
+                r.route(&facts[0], &p, &map, 1),
+                Route::Scatter(want.clone())
+            );
+        }
+        // A multi-row INSERT is split by each row's hash.
+        let sql = format!(
+            "insert into tenants (name) values {}",
+            names
+                .iter()
+                .map(|n| format!("('{n}')"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let Route::SplitInsert(plan) = route_sql(&r, &sql, &map) else {
+            panic!("not split")
+        };
+        for part in plan {
+            for row in part.rows {
+                assert_eq!(
+                    map.shard_of(&ShardKey::Text(names[row].clone())),
+                    part.shard
+                );
+            }
+        }
+        // Not a uuid: no key, so a keyless read (Postgres reports the bad input).
+        assert_eq!(
+            route_sql(&r, "select * from accounts where id = 'nope'", &map),
+            Route::Scatter(vec![1, 2, 3, 4])
+        );
+    }
+
+    #[test]
+    fn uuid_keys_on_a_range_map_are_refused() {
+        let r = typed_router();
+        let map = ShardMap::uniform(1, Strategy::Range, &[1, 2]);
+        let Route::Refuse(m) = route_sql(
+            &r,
+            "select * from accounts where id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+            &map,
+        ) else {
+            panic!("not refused")
+        };
+        assert!(m.contains("uuid keys need the hash strategy"), "{m}");
+    }
+
+    #[test]
+    fn routing_hints_in_the_leading_comment() {
+        let r = router().with_shards(vec![1, 2, 3]);
+        let map = ShardMap::uniform(1, Strategy::Hash, &[1, 2, 3]);
+        // A function call names no table: without a hint it goes to any shard.
+        assert_eq!(route_sql(&r, "select account_total(42)", &map), Route::Any);
+        assert_eq!(
+            route_sql(&r, "/* pgshard: shard=3 */ select account_total(42)", &map),
+            Route::Single(3)
+        );
+        assert_eq!(
+            route_sql(&r, "/* pgshard: key=42 */ select account_total(42)", &map),
+            Route::Single(map.shard_for(42))
+        );
+        // A view over a sharded table (unknown to the router) goes where the hint says.
+        assert_eq!(
+            route_sql(
+                &r,
+                "/* pgshard: key=7 */ select * from user_totals where uid = 7",
+                &map
+            ),
+            Route::Single(map.shard_for(7))
+        );
+        // A hint that agrees with the statement's key is fine; one that contradicts it is not.
+        let own = map.shard_for(5);
+        assert_eq!(
+            route_sql(
+                &r,
+                &format!("/* pgshard: shard={own} */ select * from users where user_id = 5"),
+                &map
+            ),
+            Route::Single(own)
+        );
+        let other = [1, 2, 3].into_iter().find(|&s| s != own).unwrap();
+        let Route::Refuse(m) = route_sql(
+            &r,
+            &format!("/* pgshard: shard={other} */ select * from users where user_id = 5"),
+            &map,
+        ) else {
+            panic!("a contradicting hint must be refused")
+        };
+        assert!(m.contains("statement's own key is on shard"), "{m}");
+        assert_eq!(hint::sqlstate_of(&m), "0A000");
+        // Extended protocol: the key is a parameter, checked at Bind.
+        let facts = r.analyze_prepared(&format!(
+            "/* pgshard: shard={other} */ select * from users where user_id = $1"
+        ));
+        let values = [Some(bytes::Bytes::from_static(b"5"))];
+        let p = BindParams {
+            values: &values,
+            formats: &[],
+            types: &[],
+        };
+        assert!(matches!(r.route(&facts[0], &p, &map, 1), Route::Refuse(_)));
+        // Unknown shards and malformed hints: 22023.
+        for sql in [
+            "/* pgshard: shard=9 */ select f()",
+            "/* pgshard: shard=x */ select f()",
+            "/* pgshard: key=abc */ select f()",
+        ] {
+            let Route::Refuse(m) = route_sql(&r, sql, &map) else {
+                panic!("{sql} must be refused")
+            };
+            assert_eq!(hint::sqlstate_of(&m), "22023", "{sql}: {m}");
+        }
+        // DDL must reach every shard: a hint cannot narrow it.
+        assert!(matches!(
+            route_sql(
+                &r,
+                "/* pgshard: shard=1 */ create index on users (name)",
+                &map
+            ),
+            Route::Refuse(_)
+        ));
+        // Typed keys: a uuid hint on a uuid-keyed deployment.
+        let t = Router::new(
+            &[ShardedTableConfig {
+                name: "accounts".into(),
+                key: "id".into(),
+                key_type: Some(KeyType::Uuid),
+            }],
+            10,
+        )
+        .with_shards(vec![1, 2, 3]);
+        let u = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        assert_eq!(
+            route_sql(
+                &t,
+                &format!("/* pgshard: key='{u}'::uuid */ select f()"),
+                &map
+            ),
+            Route::Single(map.shard_of(&ShardKey::Uuid(key_type::parse_uuid(u).unwrap())))
+        );
     }
 }

@@ -23,7 +23,45 @@ pub trait ParamSource {
     fn declared_type(&self, _n: usize) -> u32 {
         0
     }
+    /// `$n` as a shard key of type `ty`; `None` when NULL, missing or not of that type.
+    fn key(&self, n: usize, ty: KeyType) -> Option<ShardKey> {
+        if ty == KeyType::Int {
+            return self.int(n).map(ShardKey::Int);
+        }
+        let raw = self.raw(n)?;
+        let value = raw.value?;
+        if raw.binary {
+            ty.parse_binary(&value)
+        } else {
+            ty.parse_text(std::str::from_utf8(&value).ok()?)
+        }
+    }
+    /// The elements of an array `$n` as shard keys of type `ty`; `None` when NULL, missing, not
+    /// a one-dimensional array of that type, or holding a NULL.
+    fn key_array(&self, n: usize, ty: KeyType) -> Option<Vec<ShardKey>> {
+        if ty == KeyType::Int {
+            return self
+                .int_array(n)
+                .map(|v| v.into_iter().map(ShardKey::Int).collect());
+        }
+        let raw = self.raw(n)?;
+        let decoded = crate::router::pg_array::decode(&raw.value?, raw.binary).ok()?;
+        decoded
+            .elements
+            .iter()
+            .map(|e| {
+                let e = e.as_deref()?;
+                if raw.binary {
+                    ty.parse_binary(e)
+                } else {
+                    ty.parse_text(std::str::from_utf8(e).ok()?)
+                }
+            })
+            .collect()
+    }
 }
+
+use crate::router::key_type::{KeyType, ShardKey};
 
 /// One parameter value as the client sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]

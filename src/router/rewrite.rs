@@ -156,6 +156,7 @@ mod tests {
         vec![ShardedTableConfig {
             name: "users".into(),
             key: "user_id".into(),
+            key_type: None,
         }]
     }
 
@@ -179,6 +180,7 @@ mod tests {
             let tables = vec![ShardedTableConfig {
                 name: "t".into(),
                 key: key.into(),
+                key_type: None,
             }];
             let out =
                 insert_with_keys("INSERT INTO t (v) VALUES (1)", &tables, &[9], false).unwrap();

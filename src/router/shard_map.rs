@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::key_type::{KeyType, ShardKey};
 use crate::sql_text::quote_ident;
 
 /// How a key becomes a point of the key space.
@@ -240,6 +241,21 @@ impl ShardMap {
         self.ranges[self.range_index(self.point(key))].shard
     }
 
+    /// The shard that holds a key of any type. A uuid or text key has a point only on the hash
+    /// ring (start-up refuses other strategies for such tables; check [`ShardMap::places`]).
+    pub fn shard_of(&self, key: &ShardKey) -> u32 {
+        match key {
+            ShardKey::Int(k) => self.shard_for(*k),
+            _ => self.ranges[self.range_index(key.hash_point())].shard,
+        }
+    }
+
+    /// True when this map's strategy can place `key` (integer keys: every strategy; uuid and
+    /// text keys: hash only).
+    pub fn places(&self, key: &ShardKey) -> bool {
+        matches!(key, ShardKey::Int(_)) || self.strategy == Strategy::Hash
+    }
+
     /// Every shard named in the map, distinct and sorted.
     pub fn shards(&self) -> Vec<u32> {
         let mut s: Vec<u32> = self.ranges.iter().map(|r| r.shard).collect();
@@ -255,27 +271,43 @@ impl ShardMap {
 
     /// The SQL expression computing a column's point (the twin of [`ShardMap::point`]).
     pub fn sql_point_expr(&self, column: &str) -> String {
-        self.sql_point_of(&quote_ident(column))
+        self.sql_point_of(&quote_ident(column), KeyType::Int)
     }
 
-    /// The point of an SQL expression that is already valid SQL (a qualified column).
-    fn sql_point_of(&self, col: &str) -> String {
+    /// [`ShardMap::sql_point_expr`] for a key column of any type.
+    pub fn sql_point_expr_typed(&self, column: &str, key_type: KeyType) -> String {
+        self.sql_point_of(&quote_ident(column), key_type)
+    }
+
+    /// The point of an SQL expression that is already valid SQL (a qualified column) of a key
+    /// type: the twin of [`ShardMap::shard_of`].
+    fn sql_point_of(&self, col: &str, key_type: KeyType) -> String {
         match self.strategy {
             Strategy::Range => col.to_string(),
-            Strategy::Hash => format!("hashint8extended({col}, 0)"),
+            Strategy::Hash => key_type.sql_hash(col),
             Strategy::Modulo { modulus } => {
                 format!("mod(mod({col}, {modulus}) + {modulus}, {modulus})")
             }
         }
     }
 
-    /// An SQL predicate true exactly for rows whose point lies in `r`.
+    /// An SQL predicate true exactly for rows whose (integer) point lies in `r`.
     pub fn sql_range_predicate(&self, column: &str, r: &KeyRange) -> String {
-        self.sql_range_predicate_of(&quote_ident(column), r)
+        self.sql_range_predicate_typed(column, KeyType::Int, r)
     }
 
-    fn sql_range_predicate_of(&self, col: &str, r: &KeyRange) -> String {
-        let p = self.sql_point_of(col);
+    /// [`ShardMap::sql_range_predicate`] for a key column of any type.
+    pub fn sql_range_predicate_typed(
+        &self,
+        column: &str,
+        key_type: KeyType,
+        r: &KeyRange,
+    ) -> String {
+        self.sql_range_predicate_of(&quote_ident(column), key_type, r)
+    }
+
+    fn sql_range_predicate_of(&self, col: &str, key_type: KeyType, r: &KeyRange) -> String {
+        let p = self.sql_point_of(col, key_type);
         match (r.lower, r.upper) {
             (None, None) => "true".to_string(),
             (Some(l), None) => format!("({p} >= {l})"),
@@ -284,18 +316,28 @@ impl ShardMap {
         }
     }
 
-    /// An SQL predicate true exactly for rows that `shard` owns.
+    /// An SQL predicate true exactly for rows that `shard` owns (integer key column).
     pub fn sql_owned_by(&self, column: &str, shard: u32) -> String {
-        self.sql_owned_by_expr(&quote_ident(column), shard)
+        self.sql_owned_by_typed(column, KeyType::Int, shard)
+    }
+
+    /// [`ShardMap::sql_owned_by`] for a key column of any type.
+    pub fn sql_owned_by_typed(&self, column: &str, key_type: KeyType, shard: u32) -> String {
+        self.sql_owned_by_expr_typed(&quote_ident(column), key_type, shard)
     }
 
     /// Like [`ShardMap::sql_owned_by`] over an SQL expression (`u.user_id`), which is used as is.
     pub fn sql_owned_by_expr(&self, expr: &str, shard: u32) -> String {
+        self.sql_owned_by_expr_typed(expr, KeyType::Int, shard)
+    }
+
+    /// [`ShardMap::sql_owned_by_expr`] for a key expression of any type.
+    pub fn sql_owned_by_expr_typed(&self, expr: &str, key_type: KeyType, shard: u32) -> String {
         let parts: Vec<String> = self
             .ranges
             .iter()
             .filter(|r| r.shard == shard)
-            .map(|r| self.sql_range_predicate_of(expr, r))
+            .map(|r| self.sql_range_predicate_of(expr, key_type, r))
             .collect();
         match parts.len() {
             0 => "false".to_string(),

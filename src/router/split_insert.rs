@@ -41,9 +41,19 @@ pub enum SplitError {
 
 /// Groups row positions by the shard owning each row's key (`keys[i]` is row `i`'s key).
 pub fn rows_by_shard(keys: &[i64], map: &ShardMap) -> Vec<ShardRows> {
+    group_rows(keys.iter().map(|&k| map.shard_for(k)))
+}
+
+/// [`rows_by_shard`] for keys of any type.
+pub fn rows_by_shard_key(keys: &[crate::router::ShardKey], map: &ShardMap) -> Vec<ShardRows> {
+    group_rows(keys.iter().map(|k| map.shard_of(k)))
+}
+
+/// Row positions grouped by the shard of each row, in shard order.
+fn group_rows(shards: impl Iterator<Item = u32>) -> Vec<ShardRows> {
     let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (i, &k) in keys.iter().enumerate() {
-        by_shard.entry(map.shard_for(k)).or_default().push(i);
+    for (i, shard) in shards.enumerate() {
+        by_shard.entry(shard).or_default().push(i);
     }
     by_shard
         .into_iter()
