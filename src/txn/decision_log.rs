@@ -2,16 +2,16 @@
 //! transaction id is written once: the first writer wins, whether it is the coordinator deciding
 //! to commit or recovery deciding to abort an abandoned transaction.
 //!
-//! Decisions of concurrent transactions are group-committed: one writer task takes every
-//! decision queued while it wrote the last batch and writes them in one statement (one catalog
-//! commit), and each transaction is told its own outcome once that statement is durable.
+//! Decisions of concurrent transactions are group-committed: while every catalog connection is
+//! busy writing, decisions queue, and the next free one writes all of them in one statement (one
+//! catalog commit); each transaction is told its own outcome once that statement is durable.
 //! Forgetting finished transactions is batched the same way, off every client's path.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::TxnError;
 use crate::backend::ServerTls;
@@ -106,25 +106,38 @@ async fn catalog_client(
     })
 }
 
-/// The group-commit writer: each batch is everything queued while the last one was written.
+/// The group-commit writer: up to the pool's size of batches are written at once (so a lone
+/// decision never waits for another's), and each batch is everything that queued while no
+/// connection was free.
 async fn write_decisions(
     pool: Pool<CatalogManager>,
     mut queue: mpsc::UnboundedReceiver<DecideRequest>,
 ) {
-    let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = write_batch(&pool, &batch).await;
-        for request in batch.drain(..) {
-            let outcome = match &result {
-                Ok(standing) => standing
-                    .iter()
-                    .find(|(gid, _)| *gid == request.gid)
-                    .map(|(_, d)| *d)
-                    .ok_or_else(|| format!("no decision recorded for {}", request.gid)),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = request.outcome.send(outcome);
+    let writers = Arc::new(Semaphore::new(pool.status().max_size.max(1)));
+    loop {
+        let Ok(permit) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
         }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let result = write_batch(&pool, &batch).await;
+            drop(permit);
+            for request in batch {
+                let outcome = match &result {
+                    Ok(standing) => standing
+                        .iter()
+                        .find(|(gid, _)| *gid == request.gid)
+                        .map(|(_, d)| *d)
+                        .ok_or_else(|| format!("no decision recorded for {}", request.gid)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = request.outcome.send(outcome);
+            }
+        });
     }
 }
 
