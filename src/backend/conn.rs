@@ -95,6 +95,13 @@ pub struct ServerConn {
     /// The proxy bounded lock waits in the open transaction (a block across shards): a lock
     /// timeout there stands for a deadlock no one shard can see.
     pub proxy_lock_timeout: bool,
+    /// Set-up owed to the server before the next request (a shard joining a block: its BEGIN,
+    /// SET LOCALs, savepoints): sent in the same write as that request, so it costs no round trip.
+    setup: DeferredSetup,
+    /// A statement of the open transaction may have written: its command tag is not one of a
+    /// statement that only reads. A hint (a SELECT may call a function that writes): a one-phase
+    /// commit asks Postgres before trusting it.
+    pub wrote: bool,
 }
 
 impl ServerConn {
@@ -159,6 +166,8 @@ impl ServerConn {
             status: TxStatus::Idle,
             synced: false,
             proxy_lock_timeout: false,
+            setup: DeferredSetup::default(),
+            wrote: false,
         };
         let (user, password) = login;
         let login = conn.login(user, &shard.database, password);
@@ -241,8 +250,39 @@ impl ServerConn {
         }
     }
 
-    /// Reads the next frame, keeping `params` and `status` current.
+    /// Reads the next frame of the request in flight, keeping `params` and `status` current. The
+    /// answers of a deferred set-up sent in front of it are read here and not returned; when the
+    /// set-up failed, the request's first error (the 25P02 its failure caused) is replaced by the
+    /// set-up's own.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            let frame = self.read_server_frame().await?;
+            if !self.setup.answers_pending {
+                if frame.tag == be::ERROR_RESPONSE {
+                    if let Some(error) = self.setup.error.take() {
+                        return Ok(error);
+                    }
+                } else if frame.tag == be::READY_FOR_QUERY {
+                    self.setup.error = None;
+                }
+                return Ok(frame);
+            }
+            match frame.tag {
+                be::ERROR_RESPONSE if self.setup.error.is_none() => {
+                    tracing::debug!(shard = self.shard, "a deferred transaction set-up failed");
+                    self.setup.error = Some(frame);
+                }
+                be::READY_FOR_QUERY => {
+                    // The request sent behind the set-up is still in flight.
+                    self.setup.answers_pending = false;
+                    self.synced = false;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn read_server_frame(&mut self) -> Result<Frame, BackendError> {
         let shard = self.shard;
         loop {
             match split_frame(&mut self.rbuf, MAX_SERVER_MESSAGE) {
@@ -281,8 +321,10 @@ impl ServerConn {
                 self.synced = true;
                 if self.status == TxStatus::Idle {
                     self.proxy_lock_timeout = false;
+                    self.wrote = false;
                 }
             }
+            be::COMMAND_COMPLETE if !self.wrote => self.wrote = !tag_only_reads(&frame.body),
             be::PARAMETER_STATUS => {
                 let (k, v) = be::decode_parameter_status(&frame.body).map_err(protocol)?;
                 self.params.insert(k, v);
@@ -294,14 +336,46 @@ impl ServerConn {
 
     /// Queues a frame to send; nothing is written until `flush`.
     pub fn queue(&mut self, frame: &Frame) {
+        self.queue_setup();
         self.synced = false;
         frame.encode(&mut self.wbuf);
     }
 
     /// Queues already-framed bytes.
     pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.queue_setup();
         self.synced = false;
         self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// Owes `sql` (simple protocol, its results discarded) to the server before the next request,
+    /// in the same write. Only on a connection with nothing in flight (else returns false and
+    /// defers nothing): the set-up's answers must come first.
+    pub fn defer(&mut self, sql: &str) -> bool {
+        if !self.synced {
+            return false;
+        }
+        match &mut self.setup.sql {
+            Some(owed) => {
+                owed.push(';');
+                owed.push_str(sql);
+            }
+            None => self.setup.sql = Some(sql.to_string()),
+        }
+        true
+    }
+
+    /// Forgets a set-up not sent yet (the block it was for ended); true if there was one.
+    pub fn drop_deferred(&mut self) -> bool {
+        self.setup.sql.take().is_some()
+    }
+
+    fn queue_setup(&mut self) {
+        if let Some(sql) = self.setup.sql.take() {
+            frontend::query(&sql).encode(&mut self.wbuf);
+            self.setup.answers_pending = true;
+            self.setup.error = None;
+        }
     }
 
     /// Bytes queued but not yet written.
@@ -390,6 +464,38 @@ impl ServerConn {
     }
 }
 
+/// True for the command tag (a CommandComplete body) of a statement that only reads, or only
+/// changes the transaction's own state.
+fn tag_only_reads(body: &[u8]) -> bool {
+    const COUNTED: [&[u8]; 3] = [b"SELECT ", b"FETCH ", b"MOVE "];
+    const EXACT: [&[u8]; 11] = [
+        b"SHOW",
+        b"BEGIN",
+        b"START TRANSACTION",
+        b"SET",
+        b"RESET",
+        b"SAVEPOINT",
+        b"RELEASE",
+        b"ROLLBACK",
+        b"DECLARE CURSOR",
+        b"CLOSE CURSOR",
+        b"CLOSE CURSOR ALL",
+    ];
+    let tag = body.strip_suffix(&[0]).unwrap_or(body);
+    COUNTED.iter().any(|t| tag.starts_with(t)) || EXACT.contains(&tag)
+}
+
+/// A set-up statement the proxy owes a server, sent in front of the next request.
+#[derive(Default)]
+struct DeferredSetup {
+    /// Not sent yet.
+    sql: Option<String>,
+    /// Sent; its answers (up to its ReadyForQuery) are still to be read.
+    answers_pending: bool,
+    /// Its ErrorResponse, given to the request behind it in place of that request's own error.
+    error: Option<Frame>,
+}
+
 /// The longest a cancel request may take, connecting and sending included.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -444,4 +550,28 @@ pub(crate) fn first_text_column(body: &[u8]) -> Option<String> {
     }
     let bytes = body.get(6..6 + len as usize)?;
     std::str::from_utf8(bytes).ok().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tags_of_statements_that_only_read() {
+        let table: [(&[u8], bool); 10] = [
+            (b"SELECT 1\0", true),
+            (b"FETCH 10\0", true),
+            (b"SHOW\0", true),
+            (b"SAVEPOINT\0", true),
+            (b"SET\0", true),
+            (b"INSERT 0 1\0", false),
+            (b"UPDATE 3\0", false),
+            (b"COPY 5\0", false),
+            (b"SETTLE\0", false),
+            (b"CALL\0", false),
+        ];
+        for (tag, reads) in table {
+            assert_eq!(tag_only_reads(tag), reads, "{tag:?}");
+        }
+    }
 }

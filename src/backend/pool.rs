@@ -105,6 +105,8 @@ impl managed::Manager for ServerManager {
     }
 
     async fn recycle(&self, conn: &mut ServerConn, m: &Metrics) -> RecycleResult<BackendError> {
+        // Set-up owed for a block that ended before anything went out.
+        conn.drop_deferred();
         let drained_at = *self.drained_at.lock().unwrap_or_else(|p| p.into_inner());
         if drained_at.is_some_and(|d| m.created <= d) {
             Err(RecycleError::message(

@@ -935,6 +935,10 @@ impl Session {
         let Some(conn) = self.held.get_mut(&shard) else {
             return Err(ErrorFields::error("XX000", "server connection vanished"));
         };
+        if !in_block {
+            // A BEGIN owed for a block that ended before anything went out.
+            conn.drop_deferred();
+        }
         if let Some(sql) = sync_sql(&conn.applied, &self.settings, conn.settings_unknown) {
             if let Err(e) = conn.run_silently(&sql).await {
                 let fields = backend_error_fields(&e);

@@ -121,6 +121,7 @@ impl Session {
                 "a shard of this transaction lost its connection, so the transaction was rolled back",
             ));
         }
+        let participants = self.settle_owed_setups(participants);
         let failed = participants.iter().any(|s| {
             self.held
                 .get(s)
@@ -192,6 +193,7 @@ impl Session {
             let Some(conn) = self.held.get_mut(&shard) else {
                 continue;
             };
+            conn.drop_deferred();
             if conn.synced && conn.status == TxStatus::Idle {
                 continue;
             }
@@ -201,6 +203,20 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The participants that ran something: one whose BEGIN is still owed (nothing was sent
+    /// there) leaves the block as it is. Set-up still owed to the others is moot at the end.
+    fn settle_owed_setups(&mut self, participants: Vec<u32>) -> Vec<u32> {
+        participants
+            .into_iter()
+            .filter(|shard| {
+                self.held.get_mut(shard).is_none_or(|conn| {
+                    let owed = conn.drop_deferred();
+                    !(owed && conn.synced && conn.status == TxStatus::Idle)
+                })
+            })
+            .collect()
     }
 
     /// Drops held connections a failure left unusable.
@@ -218,10 +234,11 @@ impl Session {
         }
     }
 
-    /// Makes `shard` a participant of the open block: runs the block's BEGIN, its SET LOCALs and
-    /// open savepoints there. A block that now spans shards gets `lock_timeout` on every
-    /// participant, so a deadlock between shards (which no single Postgres can see) ends in an
-    /// error instead of a hang.
+    /// Makes `shard` a participant of the open block: its BEGIN, SET LOCALs and open savepoints
+    /// go out in front of the first statement sent there (no round trip of their own; a failure
+    /// among them aborts the block on that shard). A block that now spans shards gets
+    /// `lock_timeout` on every participant, so a deadlock between shards (which no single
+    /// Postgres can see) ends in an error instead of a hang.
     pub async fn join_block(&mut self, shard: u32) -> Result<(), ErrorFields> {
         let Some(txn) = self.txn.as_ref() else {
             return Ok(());
@@ -232,28 +249,23 @@ impl Session {
         let mut sql = txn.join_sql();
         let lock_timeout = self.cross_shard_lock_timeout();
         let first = txn.first();
-        if let (Some(timeout), Some(_)) = (&lock_timeout, first) {
+        let alone = txn.participants.len() == 1;
+        let bound = lock_timeout.as_ref().filter(|_| first.is_some());
+        if let Some(timeout) = bound {
             sql.push_str(";SET LOCAL lock_timeout = ");
             sql.push_str(timeout);
         }
-        let Some(conn) = self.held.get_mut(&shard) else {
-            return Err(ErrorFields::error("XX000", "server connection vanished"));
-        };
-        if let Err(e) = conn.run_silently(&sql).await {
-            let fields = backend_error_fields(&e);
-            if let Some(conn) = self.held.remove(&shard) {
-                if conn.status != TxStatus::Idle || !conn.synced {
-                    ShardPools::discard(conn);
-                }
-            }
-            return Err(fields);
+        self.owe_setup(shard, &sql).await?;
+        if let Some(conn) = self.held.get_mut(&shard) {
+            conn.proxy_lock_timeout = bound.is_some();
         }
-        conn.proxy_lock_timeout = lock_timeout.is_some() && first.is_some();
-        if let (Some(timeout), Some(first), Some(t)) = (&lock_timeout, first, self.txn.as_ref()) {
-            if t.participants.len() == 1 {
-                // The first participant ran alone so far: it gets the bound now.
-                if let Some(conn) = self.held.get_mut(&first) {
-                    let set = format!("SET LOCAL lock_timeout = {timeout}");
+        if let (Some(timeout), Some(first), true) = (bound, first, alone) {
+            // The first participant ran alone so far: it gets the bound now.
+            if let Some(conn) = self.held.get_mut(&first) {
+                let set = format!("SET LOCAL lock_timeout = {timeout}");
+                if conn.defer(&set) {
+                    conn.proxy_lock_timeout = true;
+                } else {
                     match conn.run_silently(&set).await {
                         Ok(()) => conn.proxy_lock_timeout = true,
                         Err(e) => {
@@ -265,6 +277,27 @@ impl Session {
         }
         if let Some(txn) = self.txn.as_mut() {
             txn.participants.push(shard);
+        }
+        Ok(())
+    }
+
+    /// Has `sql` run on a joining `shard`'s held connection before its next statement: deferred
+    /// into that statement's write when nothing is in flight there, else run now.
+    async fn owe_setup(&mut self, shard: u32, sql: &str) -> Result<(), ErrorFields> {
+        let Some(conn) = self.held.get_mut(&shard) else {
+            return Err(ErrorFields::error("XX000", "server connection vanished"));
+        };
+        if conn.defer(sql) {
+            return Ok(());
+        }
+        if let Err(e) = conn.run_silently(sql).await {
+            let fields = backend_error_fields(&e);
+            if let Some(conn) = self.held.remove(&shard) {
+                if conn.status != TxStatus::Idle || !conn.synced {
+                    ShardPools::discard(conn);
+                }
+            }
+            return Err(fields);
         }
         Ok(())
     }

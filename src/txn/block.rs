@@ -20,6 +20,8 @@ enum Replay {
 pub struct Txn {
     /// The client's BEGIN text (with its isolation level / READ ONLY options).
     begin_sql: String,
+    /// How a shard joining the block begins it (`statement::joining_begin`).
+    join_begin: String,
     replay: Vec<Replay>,
     /// Shards the block has reached, in the order they joined.
     pub participants: Vec<u32>,
@@ -35,8 +37,10 @@ pub struct Txn {
 impl Txn {
     /// A block opened by the client's `begin_sql`.
     pub fn explicit(begin_sql: &str) -> Txn {
+        let begin_sql = begin_sql.trim().trim_end_matches(';');
         Txn {
-            begin_sql: begin_sql.trim().trim_end_matches(';').to_string(),
+            join_begin: super::statement::joining_begin(begin_sql),
+            begin_sql: begin_sql.to_string(),
             replay: Vec::new(),
             participants: Vec::new(),
             refused: false,
@@ -80,10 +84,11 @@ impl Txn {
         self.participants.contains(&shard)
     }
 
-    /// What a shard joining now must run, as one simple-protocol string: BEGIN, then the
-    /// transaction-scoped settings and savepoints in the order the client made them.
+    /// What a shard joining now must run, as one simple-protocol string: a plain BEGIN and the
+    /// client's BEGIN options as SET TRANSACTION, then the transaction-scoped settings and
+    /// savepoints in the order the client made them.
     pub fn join_sql(&self) -> String {
-        let mut sql = self.begin_sql.clone();
+        let mut sql = self.join_begin.clone();
         for item in &self.replay {
             sql.push(';');
             match item {
@@ -146,7 +151,7 @@ mod tests {
         t.record_savepoint(&SavepointOp::Define("B".into()));
         assert_eq!(
             t.join_sql(),
-            "BEGIN ISOLATION LEVEL REPEATABLE READ;SAVEPOINT a;SET LOCAL statement_timeout = 1000;SAVEPOINT \"B\""
+            "BEGIN;SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;SAVEPOINT a;SET LOCAL statement_timeout = 1000;SAVEPOINT \"B\""
         );
     }
 

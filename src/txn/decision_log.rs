@@ -1,10 +1,17 @@
 //! The two-phase-commit decision log in the catalog (`txn_decisions`). The decision for a global
 //! transaction id is written once: the first writer wins, whether it is the coordinator deciding
 //! to commit or recovery deciding to abort an abandoned transaction.
+//!
+//! Decisions of concurrent transactions are group-committed: while every catalog connection is
+//! busy writing, decisions queue, and the next free one writes all of them in one statement (one
+//! catalog commit); each transaction is told its own outcome once that statement is durable.
+//! Forgetting finished transactions is batched the same way, off every client's path.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::TxnError;
 use crate::backend::ServerTls;
@@ -70,9 +77,158 @@ impl managed::Manager for CatalogManager {
     }
 }
 
+/// The sender of the task in `slot`, spawning it (`task(receiver)`) when none runs.
+fn running<T, F>(
+    slot: &Mutex<Option<mpsc::UnboundedSender<T>>>,
+    task: impl FnOnce(mpsc::UnboundedReceiver<T>) -> F,
+) -> mpsc::UnboundedSender<T>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    match slot.as_ref() {
+        Some(tx) if !tx.is_closed() => tx.clone(),
+        _ => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(task(rx));
+            *slot = Some(tx.clone());
+            tx
+        }
+    }
+}
+
+async fn catalog_client(
+    pool: &Pool<CatalogManager>,
+) -> Result<managed::Object<CatalogManager>, TxnError> {
+    pool.get().await.map_err(|e| match e {
+        managed::PoolError::Backend(b) => b,
+        other => TxnError::Log(format!("no catalog connection: {other}")),
+    })
+}
+
+/// The group-commit writer: up to the pool's size of batches are written at once (so a lone
+/// decision never waits for another's), and each batch is everything that queued while no
+/// connection was free.
+async fn write_decisions(
+    pool: Pool<CatalogManager>,
+    mut queue: mpsc::UnboundedReceiver<DecideRequest>,
+) {
+    let writers = Arc::new(Semaphore::new(pool.status().max_size.max(1)));
+    loop {
+        let Ok(permit) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let result = write_batch(&pool, &batch).await;
+            drop(permit);
+            for request in batch {
+                let outcome = match &result {
+                    Ok(standing) => standing
+                        .iter()
+                        .find(|(gid, _)| *gid == request.gid)
+                        .map(|(_, d)| *d)
+                        .ok_or_else(|| format!("no decision recorded for {}", request.gid)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = request.outcome.send(outcome);
+            }
+        });
+    }
+}
+
+/// Inserts the batch's decisions where none stands yet; returns the decision that stands for
+/// each gid (its own, or the one someone recorded first).
+async fn write_batch(
+    pool: &Pool<CatalogManager>,
+    batch: &[DecideRequest],
+) -> Result<Vec<(String, Decision)>, TxnError> {
+    let client = catalog_client(pool).await?;
+    let gids: Vec<&str> = batch.iter().map(|r| r.gid.as_str()).collect();
+    let decisions: Vec<&str> = batch.iter().map(|r| r.decision.as_str()).collect();
+    let participants: Vec<String> = batch
+        .iter()
+        .map(|r| {
+            let list: Vec<String> = r.participants.iter().map(u32::to_string).collect();
+            format!("{{{}}}", list.join(","))
+        })
+        .collect();
+    let coordinators: Vec<i32> = batch.iter().map(|r| r.coordinator as i32).collect();
+    let inserted = client
+        .query(
+            "INSERT INTO txn_decisions (gid, decision, participants, coordinator)
+             SELECT g, d, p::integer[], c
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[]) AS t(g, d, p, c)
+             ON CONFLICT (gid) DO NOTHING RETURNING gid, decision",
+            &[&gids, &decisions, &participants, &coordinators],
+        )
+        .await?;
+    let mut standing = Vec::with_capacity(batch.len());
+    for row in &inserted {
+        standing.push((row.get::<_, String>(0), Decision::parse(row.get(1))?));
+    }
+    if standing.len() < batch.len() {
+        // Someone decided first for some: a fresh statement sees their committed rows.
+        let missing: Vec<&str> = gids
+            .iter()
+            .copied()
+            .filter(|g| !standing.iter().any(|(s, _)| s == g))
+            .collect();
+        let rows = client
+            .query(
+                "SELECT gid, decision FROM txn_decisions WHERE gid = ANY($1)",
+                &[&missing],
+            )
+            .await?;
+        for row in &rows {
+            standing.push((row.get::<_, String>(0), Decision::parse(row.get(1))?));
+        }
+    }
+    Ok(standing)
+}
+
+/// Deletes finished transactions' decisions, everything queued at once.
+async fn forget_decisions(pool: Pool<CatalogManager>, mut queue: mpsc::UnboundedReceiver<String>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let deleted = match catalog_client(&pool).await {
+            Ok(client) => client
+                .execute("DELETE FROM txn_decisions WHERE gid = ANY($1)", &[&batch])
+                .await
+                .map_err(TxnError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            tracing::debug!(error = %e, "decisions kept; recovery will forget them");
+        }
+        batch.clear();
+    }
+}
+
 /// A small pool of catalog connections writing and reading decisions.
 pub struct DecisionLog {
     pool: Pool<CatalogManager>,
+    /// The group-commit writer, started on first use (inside the runtime) and again if its
+    /// runtime went away.
+    writer: Mutex<Option<mpsc::UnboundedSender<DecideRequest>>>,
+    /// The batching forgetter, started like the writer.
+    forgetter: Mutex<Option<mpsc::UnboundedSender<String>>>,
+}
+
+/// Most decisions one catalog statement writes.
+const MAX_BATCH: usize = 256;
+
+/// One transaction's decision waiting for the group writer.
+struct DecideRequest {
+    gid: String,
+    decision: Decision,
+    participants: Vec<u32>,
+    coordinator: u16,
+    outcome: oneshot::Sender<Result<Decision, String>>,
 }
 
 impl DecisionLog {
@@ -94,17 +250,20 @@ impl DecisionLog {
             .wait_timeout(Some(connect_timeout))
             .build()
             .map_err(|e| TxnError::Log(format!("cannot build the decision log pool: {e}")))?;
-        Ok(DecisionLog { pool })
-    }
-
-    async fn client(&self) -> Result<managed::Object<CatalogManager>, TxnError> {
-        self.pool.get().await.map_err(|e| match e {
-            managed::PoolError::Backend(b) => b,
-            other => TxnError::Log(format!("no catalog connection: {other}")),
+        Ok(DecisionLog {
+            pool,
+            writer: Mutex::new(None),
+            forgetter: Mutex::new(None),
         })
     }
 
+    async fn client(&self) -> Result<managed::Object<CatalogManager>, TxnError> {
+        catalog_client(&self.pool).await
+    }
+
     /// Records `decision` for `gid` unless one is already recorded; returns the one that stands.
+    /// Durable in the catalog when it returns; written together with the decisions of other
+    /// transactions deciding at the same time.
     pub async fn decide(
         &self,
         gid: &str,
@@ -112,23 +271,21 @@ impl DecisionLog {
         participants: &[u32],
         coordinator: u16,
     ) -> Result<Decision, TxnError> {
-        let client = self.client().await?;
-        let shards: Vec<i32> = participants.iter().map(|&s| s as i32).collect();
-        let inserted = client
-            .query_opt(
-                "INSERT INTO txn_decisions (gid, decision, participants, coordinator)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (gid) DO NOTHING RETURNING decision",
-                &[&gid, &decision.as_str(), &shards, &(coordinator as i32)],
-            )
-            .await?;
-        if inserted.is_some() {
-            return Ok(decision);
-        }
-        // Someone decided first; a fresh statement sees their committed row.
-        let row = client
-            .query_one("SELECT decision FROM txn_decisions WHERE gid = $1", &[&gid])
-            .await?;
-        Decision::parse(row.get(0))
+        let (outcome, answer) = oneshot::channel();
+        let request = DecideRequest {
+            gid: gid.to_string(),
+            decision,
+            participants: participants.to_vec(),
+            coordinator,
+            outcome,
+        };
+        running(&self.writer, |rx| write_decisions(self.pool.clone(), rx))
+            .send(request)
+            .map_err(|_| TxnError::Log("the decision writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| TxnError::Log("the decision writer stopped".into()))?
+            .map_err(TxnError::Log)
     }
 
     /// The decision recorded for `gid`, if any.
@@ -140,13 +297,13 @@ impl DecisionLog {
         row.map(|r| Decision::parse(r.get(0))).transpose()
     }
 
-    /// Forgets a transaction every participant has finished.
-    pub async fn forget(&self, gid: &str) -> Result<(), TxnError> {
-        let client = self.client().await?;
-        client
-            .execute("DELETE FROM txn_decisions WHERE gid = $1", &[&gid])
-            .await?;
-        Ok(())
+    /// Forgets a transaction every participant has finished, in a batch with others soon after;
+    /// a decision left behind (the catalog away) is forgotten by recovery later.
+    pub fn forget_later(&self, gid: String) {
+        let _ = running(&self.forgetter, |rx| {
+            forget_decisions(self.pool.clone(), rx)
+        })
+        .send(gid);
     }
 
     /// Forgets decisions older than `age` whose transaction no shard still holds prepared.

@@ -53,6 +53,49 @@ pub fn begins_read_only(sql: &str) -> bool {
     })
 }
 
+/// How a shard joining a block begins it: a plain BEGIN, then the client's BEGIN options as one
+/// `SET TRANSACTION …`. Sent in front of the block's next statement, an option the shard rejects
+/// (SERIALIZABLE on a hot standby) then aborts the block there, instead of leaving the statement
+/// behind it to run outside any block. Text the grammar does not read as a BEGIN is kept as is.
+pub fn joining_begin(begin_sql: &str) -> String {
+    use pg_query::protobuf::TransactionStmtKind as K;
+    if begin_sql.eq_ignore_ascii_case("begin") {
+        return "BEGIN".into();
+    }
+    let Some(stmt) = transaction_stmt(begin_sql) else {
+        return begin_sql.to_string();
+    };
+    if !matches!(
+        K::try_from(stmt.kind),
+        Ok(K::TransStmtBegin | K::TransStmtStart)
+    ) {
+        return begin_sql.to_string();
+    }
+    if stmt.options.is_empty() {
+        return "BEGIN".into();
+    }
+    match set_transaction(stmt.options) {
+        Some(set) => format!("BEGIN;{set}"),
+        None => begin_sql.to_string(),
+    }
+}
+
+/// `SET TRANSACTION` with the given transaction options, deparsed from the grammar's own tree.
+fn set_transaction(options: Vec<pg_query::protobuf::Node>) -> Option<String> {
+    let mut template = pg_query::parse("SET TRANSACTION READ ONLY", 0)
+        .ok()?
+        .protobuf;
+    let node = template.stmts.first_mut()?.stmt.as_mut()?.node.as_mut()?;
+    let pg_query::NodeEnum::VariableSetStmt(set) = node else {
+        return None;
+    };
+    set.args = options;
+    // Deparsing a tree the parser produced does not fail in practice; never let it panic here.
+    std::panic::catch_unwind(move || pg_query::deparse(&template, Default::default()))
+        .ok()?
+        .ok()
+}
+
 /// The savepoint operation of `sql`, when it is exactly one savepoint statement.
 pub fn savepoint_op(sql: &str) -> Option<SavepointOp> {
     use pg_query::protobuf::TransactionStmtKind as K;
@@ -103,6 +146,28 @@ mod tests {
         assert!(!begins_read_only("BEGIN READ WRITE"));
         assert!(!begins_read_only("BEGIN"));
         assert!(!begins_read_only("BEGIN ISOLATION LEVEL SERIALIZABLE"));
+    }
+
+    #[test]
+    fn a_joining_shard_begins_plainly_then_sets_the_options() {
+        let table = [
+            ("BEGIN", "BEGIN"),
+            ("start transaction", "BEGIN"),
+            ("begin work", "BEGIN"),
+            (
+                "BEGIN ISOLATION LEVEL REPEATABLE READ",
+                "BEGIN;SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            ),
+            (
+                "start transaction isolation level serializable, read only, deferrable",
+                "BEGIN;SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+            ),
+            ("BEGIN READ WRITE", "BEGIN;SET TRANSACTION READ WRITE"),
+            ("not a begin", "not a begin"),
+        ];
+        for (begin, want) in table {
+            assert_eq!(joining_begin(begin), want, "{begin}");
+        }
     }
 
     #[test]

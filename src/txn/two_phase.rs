@@ -93,7 +93,6 @@ impl Coordinator {
         gid: &str,
         conns: &mut [&mut PooledConn],
     ) -> Result<(), CommitFailure> {
-        let participants: Vec<u32> = conns.iter().map(|c| c.shard).collect();
         // A participant whose transaction already failed cannot commit: roll everything back.
         if let Some(failed) = conns.iter().find(|c| c.status == TxStatus::Failed) {
             let shard = failed.shard;
@@ -103,36 +102,100 @@ impl Coordinator {
                 format!("the transaction failed on shard {shard} and was rolled back"),
             )));
         }
-        // Phase one.
         let prepare = format!("PREPARE TRANSACTION '{gid}'");
-        let prepared = join_all(conns.iter_mut().map(|c| c.run_silently(&prepare))).await;
-        if let Some(first_error) = prepared.iter().find_map(|r| r.as_ref().err()) {
-            let fields = prepare_error(first_error);
-            let rollback = format!("ROLLBACK PREPARED '{gid}'");
-            for (conn, result) in conns.iter_mut().zip(&prepared) {
-                let undo = if result.is_ok() {
-                    conn.run_silently(&rollback).await
-                } else if conn.status != TxStatus::Idle {
-                    conn.run_silently("ROLLBACK").await
+        // Round one: participants that seem to have only read confirm it (Postgres assigned
+        // their transaction no id); the others prepare, unless at most one of them wrote (it may
+        // then commit in one phase).
+        let writers = conns.iter().filter(|c| c.wrote).count();
+        let prepare_now = writers > 1;
+        let round_one = join_all(conns.iter_mut().map(|c| {
+            let prepare = &prepare;
+            async move {
+                if !c.wrote {
+                    match wrote_nothing(c).await {
+                        Ok(true) => Ok(Role::Reader),
+                        Ok(false) => {
+                            c.wrote = true;
+                            Ok(Role::Writer)
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else if prepare_now {
+                    c.run_silently(prepare).await.map(|()| Role::Prepared)
                 } else {
-                    Ok(())
-                };
-                if let Err(e) = undo {
-                    // Left prepared without a decision: recovery aborts it after the grace time.
-                    tracing::warn!(gid, shard = conn.shard, error = %e, "could not undo a prepared transaction");
+                    Ok(Role::Writer)
                 }
             }
+        }))
+        .await;
+        let failure = round_one
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .map(prepare_error);
+        // A participant that failed is undone like one still in its transaction.
+        let mut roles: Vec<Role> = round_one
+            .into_iter()
+            .map(|r| r.unwrap_or(Role::Writer))
+            .collect();
+        if let Some(fields) = failure {
+            self.undo(gid, conns, &roles).await;
             return Err(CommitFailure::RolledBack(fields));
         }
-        // The decision.
-        match self
-            .log
-            .decide(gid, Decision::Commit, &participants, self.node_id)
-            .await
-        {
+        let open_writers = roles.iter().filter(|r| **r == Role::Writer).count();
+        if open_writers <= 1 && !roles.contains(&Role::Prepared) {
+            return one_phase(conns).await;
+        }
+        // Round two: participants that wrote and are not prepared yet.
+        if open_writers > 0 {
+            let prepared = join_all(
+                conns
+                    .iter_mut()
+                    .zip(&roles)
+                    .filter(|(_, r)| **r == Role::Writer)
+                    .map(|(c, _)| c.run_silently(&prepare)),
+            )
+            .await;
+            let failure = prepared
+                .iter()
+                .find_map(|r| r.as_ref().err())
+                .map(prepare_error);
+            let mut results = prepared.into_iter();
+            for role in roles.iter_mut().filter(|r| **r == Role::Writer) {
+                if results.next().is_some_and(|r| r.is_ok()) {
+                    *role = Role::Prepared;
+                }
+            }
+            if let Some(fields) = failure {
+                self.undo(gid, conns, &roles).await;
+                return Err(CommitFailure::RolledBack(fields));
+            }
+        }
+        let participants: Vec<u32> = conns
+            .iter()
+            .zip(&roles)
+            .filter(|(_, r)| **r == Role::Prepared)
+            .map(|(c, _)| c.shard)
+            .collect();
+        let mut prepared: Vec<&mut PooledConn> = Vec::with_capacity(participants.len());
+        let mut readers: Vec<&mut PooledConn> = Vec::new();
+        for (conn, role) in conns.iter_mut().zip(&roles) {
+            match role {
+                Role::Prepared => prepared.push(conn),
+                _ => readers.push(conn),
+            }
+        }
+        // The decision, while the readers end their transactions (nothing to keep there).
+        let (decided, _) = futures_util::future::join(
+            self.log
+                .decide(gid, Decision::Commit, &participants, self.node_id),
+            end_readers(&mut readers),
+        )
+        .await;
+        match decided {
             Ok(Decision::Commit) => {}
             Ok(Decision::Abort) => {
-                self.finish_everywhere(gid, Decision::Abort, conns).await;
+                self.finish_everywhere(gid, Decision::Abort, &mut prepared)
+                    .await;
                 return Err(CommitFailure::RolledBack(ErrorFields::error(
                     "40000",
                     "the transaction was rolled back: recovery presumed it abandoned while it waited to commit",
@@ -149,8 +212,28 @@ impl Coordinator {
             }
         }
         // Phase two: the client is told COMMIT now, whatever the shards do next.
-        self.finish_everywhere(gid, Decision::Commit, conns).await;
+        self.finish_everywhere(gid, Decision::Commit, &mut prepared)
+            .await;
         Ok(())
+    }
+
+    /// Ends a commit that failed before any decision: prepared participants roll back their
+    /// prepared transaction, the others their open one.
+    async fn undo(&self, gid: &str, conns: &mut [&mut PooledConn], roles: &[Role]) {
+        let rollback = format!("ROLLBACK PREPARED '{gid}'");
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let undo = if roles.get(i) == Some(&Role::Prepared) {
+                conn.run_silently(&rollback).await
+            } else if conn.status != TxStatus::Idle {
+                conn.run_silently("ROLLBACK").await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = undo {
+                // Left prepared without a decision: recovery aborts it after the grace time.
+                tracing::warn!(gid, shard = conn.shard, error = %e, "could not undo a prepared transaction");
+            }
+        }
     }
 
     /// Applies `decision` on every participant; shards that fail get a background retry.
@@ -175,9 +258,7 @@ impl Coordinator {
                 .iter()
                 .map(|&shard| me.finish_with_retries(&gid, decision, shard));
             join_all(retries).await;
-            if let Err(e) = me.log.forget(&gid).await {
-                tracing::debug!(gid, error = %e, "decision kept; recovery will forget it");
-            }
+            me.log.forget_later(gid);
         });
     }
 
@@ -210,6 +291,66 @@ impl Coordinator {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// What a participant is in a commit once asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// It wrote nothing (Postgres confirmed): it commits in one phase.
+    Reader,
+    /// It wrote and is still in its transaction.
+    Writer,
+    /// Its transaction is prepared under the global id.
+    Prepared,
+}
+
+/// Asks a participant whether its transaction wrote nothing: no transaction id was assigned.
+async fn wrote_nothing(conn: &mut PooledConn) -> Result<bool, BackendError> {
+    let answer = conn
+        .query_text("SELECT pg_current_xact_id_if_assigned() IS NULL")
+        .await?;
+    Ok(answer.as_deref() == Some("t"))
+}
+
+/// Commits a transaction in which at most one participant wrote: plain COMMIT everywhere (the
+/// others wrote nothing, so their commit cannot disagree with the writer's).
+async fn one_phase(conns: &mut [&mut PooledConn]) -> Result<(), CommitFailure> {
+    let results = join_all(conns.iter_mut().map(|c| async move {
+        let wrote = c.wrote;
+        (wrote, c.shard, c.run_silently("COMMIT").await)
+    }))
+    .await;
+    let mut outcome = Ok(());
+    for (wrote, shard, result) in results {
+        match result {
+            // Only the writer's COMMIT decides; the others had nothing to lose.
+            Err(e) if wrote => {
+                tracing::debug!(shard, error = %e, "one-phase commit failed");
+                outcome = Err(match e {
+                    BackendError::Server { fields, .. } => CommitFailure::RolledBack(fields),
+                    other => CommitFailure::Unknown(ErrorFields::error(
+                        "08007",
+                        format!("shard {shard} failed during COMMIT, so whether the transaction committed is unknown: {other}"),
+                    )),
+                });
+            }
+            Err(e) => {
+                tracing::debug!(shard, error = %e, "commit of a participant that only read failed")
+            }
+            Ok(()) => {}
+        }
+    }
+    outcome
+}
+
+/// Ends the transactions of participants that wrote nothing.
+async fn end_readers(readers: &mut [&mut PooledConn]) {
+    let ended = join_all(readers.iter_mut().map(|c| c.run_silently("COMMIT"))).await;
+    for (conn, result) in readers.iter().zip(ended) {
+        if let Err(e) = result {
+            tracing::debug!(shard = conn.shard, error = %e, "commit of a participant that only read failed");
         }
     }
 }
