@@ -6,11 +6,11 @@ pub mod backend;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+pub mod exec;
 pub mod frontend;
 /// Fuzz-target entry points into private decoders (`fuzz/`); not part of the proxy.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod gather;
 pub mod ids;
 pub mod live;
 pub mod proxy;

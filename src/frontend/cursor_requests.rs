@@ -1,7 +1,7 @@
 //! Client requests on cursors: keeps each cursor statement on the shard its cursor lives on, and
 //! answers the statements on cursors the proxy serves (DECLARE over several shards, then its
 //! FETCH/MOVE/CLOSE, and Describe of its portal) in both protocols. The rows come from
-//! `gather::cursor`; where cursors live is `cursors::Cursors`.
+//! `exec::cursor`; where cursors live is `cursors::Cursors`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
-use super::exchange::{Expect, Step};
 use super::session::{
     aborted, control_statement, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared,
     Session, Target, Txn,
 };
 use crate::backend::ServerConn;
-use crate::gather::copy_in::CopyProtocol;
-use crate::gather::unnest_insert::UnnestBatch;
+use crate::exec::copy_in::CopyProtocol;
+use crate::exec::exchange::{Expect, Step};
+use crate::exec::unnest_insert::UnnestBatch;
 use crate::router::params::BindParams;
 use crate::router::split_insert::ShardRows;
 use crate::router::unnest_insert::UnnestInsert;
@@ -810,7 +810,7 @@ fn unnest_batch<'a>(
 
 pub(super) fn merge_for_batch(
     msgs: &[Msg],
-) -> Result<Option<(MergeSteps, crate::gather::merged::BoundMerge)>, ErrorFields> {
+) -> Result<Option<(MergeSteps, crate::exec::merged::BoundMerge)>, ErrorFields> {
     let Some((bind, statement)) = msgs.iter().find_map(|m| match m {
         Msg::Bind {
             bind, statement, ..
@@ -830,7 +830,7 @@ pub(super) fn merge_for_batch(
         formats: &bind.param_formats,
         types: &statement.param_types,
     };
-    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, describes)?;
+    let bound = crate::exec::merged::BoundMerge::new(plan.clone(), &params, describes)?;
     let sql = plan.shard_sql.with_placeholders();
     let server_name = server_statement_name(&sql, &statement.param_types);
     Ok(Some((

@@ -1,7 +1,7 @@
 //! Portals over several shards read a piece at a time: `Execute(portal, n)` repeated until
 //! CommandComplete (pgjdbc's fetch size, asyncpg and tokio-postgres cursors), and DECLARE CURSOR
 //! with Bind parameters. The proxy runs the bound statement once through the usual scatter +
-//! merge, holds the merged rows as a proxy-served cursor (`gather::cursor`, same cap), and serves
+//! merge, holds the merged rows as a proxy-served cursor (`exec::cursor`, same cap), and serves
 //! each Execute from them. A held portal lives as Postgres's does: until Close, the next Bind of
 //! its (unnamed) name, or the end of its transaction (COMMIT/ROLLBACK, or the Sync of an implicit
 //! one).
@@ -12,7 +12,7 @@ use super::extended::{build_steps, fenceable_texts, merge_for_batch, server_stat
 use super::pipeline::UnitEnd;
 use super::session::{needs_atomic_scatter, refusal, End, Prepared, Session, Target};
 use crate::backend::ServerConn;
-use crate::gather::cursor::{scatter_shards, Keep};
+use crate::exec::cursor::{scatter_shards, Keep};
 use crate::router::cursor::{Declare, Motion};
 use crate::router::params::BindParams;
 use crate::router::{Route, StatementFacts, StatementKind};

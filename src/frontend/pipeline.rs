@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 
 use super::batch_units::split_units;
-use super::exchange::Step;
 use super::extended::{build_steps, fenceable_texts, merge_for_batch, Msg};
 use super::session::{needs_atomic_scatter, refusal, End, Session, Target};
 use crate::backend::ServerConn;
+use crate::exec::exchange::Step;
 use crate::router::{Route, StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
@@ -384,14 +384,14 @@ impl Session {
                     }
                 }
                 let answers = self.run_collected(&shards, build).await;
-                match crate::gather::broadcast::judge(&answers, false) {
-                    crate::gather::broadcast::Verdict::Agreed(frames) => {
+                match crate::exec::broadcast::judge(&answers, false) {
+                    crate::exec::broadcast::Verdict::Agreed(frames) => {
                         for frame in &frames {
                             self.io.push(frame);
                         }
                         Ok(UnitEnd::Ran)
                     }
-                    crate::gather::broadcast::Verdict::Failed(fields) => {
+                    crate::exec::broadcast::Verdict::Failed(fields) => {
                         self.push_error_in_batch(fields);
                         Ok(UnitEnd::Failed)
                     }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 
 use super::causal_token::{CausalToken, Position};
-use super::exchange::{Outcome, Step};
 use super::session::{End, Session};
 use crate::backend::topology::{Lsn, ServerId, ServerState};
 use crate::backend::ServerConn;
 use crate::config::{Balance, ReadFrom, ReadYourWrites};
+use crate::exec::exchange::{Outcome, Step};
 use crate::router::{StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields};
 
@@ -236,7 +236,7 @@ impl Session {
         shard: u32,
         autocommit: bool,
         facts: &[StatementFacts],
-        outcome: &crate::frontend::exchange::Outcome,
+        outcome: &crate::exec::exchange::Outcome,
     ) {
         let wrote = facts
             .iter()

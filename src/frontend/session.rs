@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cancel::{set_active, ActiveTargets};
 use super::client_io::ClientIo;
-use super::exchange::{self, Expect, Outcome, SinkError, Step};
 use super::session_limits::Next;
 use super::sql_prepare::{may_be_sql_prepare, SqlPrepareAction, SqlStatements};
 use crate::backend::pool::CheckoutError;
@@ -17,6 +15,8 @@ use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::sync_sql;
 use crate::backend::{PooledConn, ShardPools};
 use crate::config::PoolMode;
+use crate::exec::cancel::{set_active, ActiveTargets};
+use crate::exec::exchange::{self, Expect, Outcome, SinkError, Step};
 use crate::proxy::Proxy;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::telemetry::{QueryTimer, RouteKind};
@@ -40,7 +40,7 @@ pub use crate::txn::Txn;
 pub enum Target {
     Single(u32),
     Scatter(Vec<u32>),
-    /// Every shard changes alike; one answer (see `gather::broadcast`).
+    /// Every shard changes alike; one answer (see `exec::broadcast`).
     Broadcast(Vec<u32>),
 }
 
@@ -367,7 +367,7 @@ impl Session {
                 ));
                 return Ok(());
             }
-            let protocol = crate::gather::copy_in::CopyProtocol::Simple;
+            let protocol = crate::exec::copy_in::CopyProtocol::Simple;
             return self.copy_in_sharded(&sql, &facts[0], protocol).await;
         }
         if let Some(fields) = needs_splitting(&facts) {
@@ -460,7 +460,7 @@ impl Session {
                         self.reply_error(fields);
                         return Ok(());
                     }
-                    let protocol = crate::gather::copy_in::CopyProtocol::Simple;
+                    let protocol = crate::exec::copy_in::CopyProtocol::Simple;
                     return self.copy_out_sharded(&sql, only, shards, protocol).await;
                 }
                 let merge = match merge_for_simple(&facts, &literals) {
@@ -1161,7 +1161,7 @@ impl Session {
         shards: Vec<u32>,
         atomic: bool,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
-        merge: Option<crate::gather::merged::BoundMerge>,
+        merge: Option<crate::exec::merged::BoundMerge>,
     ) -> Result<bool, End> {
         let implicit = atomic && shards.len() > 1 && self.begin_implicit_block();
         let end = self.run_scatter(shards, steps, merge).await?;
@@ -1194,7 +1194,7 @@ impl Session {
         &mut self,
         shards: Vec<u32>,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
-        merge: Option<crate::gather::merged::BoundMerge>,
+        merge: Option<crate::exec::merged::BoundMerge>,
     ) -> Result<ScatterEnd, End> {
         self.run_scatter_to::<ClientIo>(shards, steps, merge, None)
             .await
@@ -1206,7 +1206,7 @@ impl Session {
         &mut self,
         shards: Vec<u32>,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
-        merge: Option<crate::gather::merged::BoundMerge>,
+        merge: Option<crate::exec::merged::BoundMerge>,
         sink: Option<&mut S>,
     ) -> Result<ScatterEnd, End> {
         for shard in &shards {
@@ -1229,8 +1229,8 @@ impl Session {
             work.iter().map(|(c, _)| c.cancel_target()).collect(),
         );
         let result = match sink {
-            Some(sink) => crate::gather::scatter::run(work, sink, merge).await,
-            None => crate::gather::scatter::run(work, &mut self.io, merge).await,
+            Some(sink) => crate::exec::scatter::run(work, sink, merge).await,
+            None => crate::exec::scatter::run(work, &mut self.io, merge).await,
         };
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {
@@ -1326,7 +1326,7 @@ pub fn needs_atomic_scatter(f: &StatementFacts) -> bool {
 pub(crate) fn merge_for_simple(
     facts: &[StatementFacts],
     literals: &[crate::router::literals::Literal],
-) -> Result<Option<(String, crate::gather::merged::BoundMerge)>, ErrorFields> {
+) -> Result<Option<(String, crate::exec::merged::BoundMerge)>, ErrorFields> {
     let [f] = facts else { return Ok(None) };
     let Some(Ok(plan)) = &f.merge else {
         return Ok(None);
@@ -1335,7 +1335,7 @@ pub(crate) fn merge_for_simple(
         ErrorFields::error("XX000", "a rewritten statement lost one of its literals")
     })?;
     let params = crate::router::literals::LiteralParams(literals);
-    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, true)?;
+    let bound = crate::exec::merged::BoundMerge::new(plan.clone(), &params, true)?;
     Ok(Some((sql, bound)))
 }
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::cancel::{cancel_active, ActiveTargets};
 use super::client_io::ClientReadError;
 use super::session::Session;
 use crate::backend::ShardPools;
+use crate::exec::cancel::{cancel_active, ActiveTargets};
 use crate::live::Phase;
 use crate::wire::backend::{ErrorFields, TxStatus};
 use crate::wire::frame::{Frame, FrameError};

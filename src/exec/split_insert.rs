@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use crate::frontend::exchange::{Expect, Step};
+use crate::exec::collect::Collected;
+use crate::exec::exchange::{Expect, Step};
 use crate::frontend::session::{refusal, End, Session};
-use crate::gather::collect::Collected;
 use crate::router::split_insert::{split, ShardInsert, ShardRows};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
@@ -197,7 +197,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::exchange::Outcome;
+    use crate::exec::exchange::Outcome;
 
     fn part(shard: u32, rows: &[usize]) -> ShardInsert {
         ShardInsert {

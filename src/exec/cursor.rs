@@ -11,8 +11,8 @@
 use bytes::Bytes;
 
 use crate::backend::ServerConn;
+use crate::exec::exchange::{Expect, FrameSink, SinkError, Step};
 use crate::frontend::cursors::{Materialized, Place};
-use crate::frontend::exchange::{Expect, FrameSink, SinkError, Step};
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::router::cursor::{Declare, Motion};
 use crate::router::literals::LiteralParams;

@@ -7,9 +7,9 @@
 //! run on each shard on their own; when some shards fail, the error says which ones applied it.
 
 use crate::backend::ServerConn;
-use crate::frontend::exchange::Step;
+use crate::exec::collect::Collected;
+use crate::exec::exchange::Step;
 use crate::frontend::session::{End, Session};
-use crate::gather::collect::Collected;
 use crate::router::{StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
@@ -176,7 +176,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::exchange::Outcome;
+    use crate::exec::exchange::Outcome;
 
     fn ok(shard: u32, tag: &str, notice: bool) -> Collected {
         let mut frames = Vec::new();

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 
 use super::copy_split::{CopySplitter, SplitError, SplitSpec};
 use crate::backend::{BackendError, ServerConn, ShardPools};
-use crate::frontend::cancel::set_active;
+use crate::exec::cancel::set_active;
 use crate::frontend::client_io::ClientIo;
 use crate::frontend::session::{backend_error_fields, refusal, End, Session};
 use crate::router::copy_facts::encoding_is_ascii_safe;

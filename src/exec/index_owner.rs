@@ -1,9 +1,9 @@
 //! Looking up, on the shards' catalogs, the tables of the indexes a utility statement names
 //! (see `router::index_owner`), so the statement runs where those tables live.
 
-use crate::frontend::exchange::{Expect, Step};
+use crate::exec::exchange::{Expect, Step};
+use crate::exec::merge::row::split_row;
 use crate::frontend::session::{refusal, Session};
-use crate::gather::merge::row::split_row;
 use crate::router::index_owner::{owner_query, OwnerTable};
 use crate::router::{Route, StatementFacts};
 use crate::wire::backend::{self as be, ErrorFields};

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use crate::frontend::exchange::{Expect, Step};
+use crate::exec::exchange::{Expect, Step};
+use crate::exec::split_insert::SplitReply;
 use crate::frontend::session::{refusal, End, Session};
-use crate::gather::split_insert::SplitReply;
 use crate::router::literals::{normalize, Literal, LiteralParams};
 use crate::router::merge_plan::SqlTemplate;
 use crate::router::params::BindParams;

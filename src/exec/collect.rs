@@ -5,8 +5,8 @@
 
 use super::readers::AbortOnDrop;
 use crate::backend::{PooledConn, ServerConn, ShardPools};
-use crate::frontend::cancel::set_active;
-use crate::frontend::exchange::{self, FrameSink, Outcome, SinkError, Step};
+use crate::exec::cancel::set_active;
+use crate::exec::exchange::{self, FrameSink, Outcome, SinkError, Step};
 use crate::frontend::session::{backend_error_fields, Session};
 use crate::wire::backend::ErrorFields;
 use crate::wire::frame::Frame;
