@@ -15,6 +15,7 @@ pub mod ids;
 pub mod live;
 pub mod proxy;
 pub mod rebalance;
+pub mod refusal;
 pub mod router;
 pub mod server;
 pub mod socket;

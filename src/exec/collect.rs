@@ -5,9 +5,11 @@
 
 use super::readers::AbortOnDrop;
 use crate::backend::{PooledConn, ServerConn, ShardPools};
-use crate::exec::cancel::set_active;
+use std::collections::BTreeMap;
+
+use crate::exec::cancel::{set_active, ActiveTargets};
 use crate::exec::exchange::{self, FrameSink, Outcome, SinkError, Step};
-use crate::frontend::session::{backend_error_fields, Session};
+use crate::refusal::backend_error_fields;
 use crate::wire::backend::ErrorFields;
 use crate::wire::frame::Frame;
 
@@ -48,81 +50,80 @@ impl Collected {
     }
 }
 
-impl Session {
-    /// Runs `steps(conn)` on the held connection of every shard in `shards` (call `ensure_conn`
-    /// first) in parallel and returns each shard's answer in `shards` order. Connections whose
-    /// exchange failed are discarded; the others stay held.
-    pub async fn run_collected(
-        &mut self,
-        shards: &[u32],
-        steps: impl Fn(&ServerConn) -> Vec<Step>,
-    ) -> Vec<Collected> {
-        let mut tasks = Vec::with_capacity(shards.len());
-        let mut missing = Vec::new();
-        let mut targets = Vec::with_capacity(shards.len());
-        let mut readers = AbortOnDrop::default();
-        for &shard in shards {
-            let Some(mut conn) = self.held.remove(&shard) else {
-                missing.push(shard);
-                continue;
-            };
-            targets.push(conn.cancel_target());
-            let steps = steps(&conn);
-            let task = tokio::spawn(async move {
-                let mut sink = Keep::default();
-                let result = exchange::run(&mut conn, steps, &mut sink).await;
-                (conn, sink.0, result)
-            });
-            readers.watch(&task);
-            tasks.push(task);
-        }
-        set_active(&self.cancel, targets);
-        let mut out = Vec::with_capacity(shards.len());
-        for (task, &shard) in tasks
-            .into_iter()
-            .zip(shards.iter().filter(|s| !missing.contains(s)))
-        {
-            match task.await {
-                Ok((conn, frames, result)) => {
-                    let outcome = match result {
-                        Ok(o) => {
-                            self.held.insert(shard, conn);
-                            Ok(o)
-                        }
-                        Err(e) => {
-                            discard(conn);
-                            Err(sink_error(e))
-                        }
-                    };
-                    out.push(Collected {
-                        shard,
-                        frames,
-                        outcome,
-                    });
-                }
-                Err(join) => out.push(Collected {
+/// Runs `steps(conn)` on the connection `held` for every shard in `shards` (the caller checked
+/// them out) in parallel and returns each shard's answer in `shards` order. Connections whose
+/// exchange failed are discarded; the others stay in `held`. `cancel` names them meanwhile.
+pub async fn run_collected(
+    held: &mut BTreeMap<u32, PooledConn>,
+    cancel: &ActiveTargets,
+    shards: &[u32],
+    steps: impl Fn(&ServerConn) -> Vec<Step>,
+) -> Vec<Collected> {
+    let mut tasks = Vec::with_capacity(shards.len());
+    let mut missing = Vec::new();
+    let mut targets = Vec::with_capacity(shards.len());
+    let mut readers = AbortOnDrop::default();
+    for &shard in shards {
+        let Some(mut conn) = held.remove(&shard) else {
+            missing.push(shard);
+            continue;
+        };
+        targets.push(conn.cancel_target());
+        let steps = steps(&conn);
+        let task = tokio::spawn(async move {
+            let mut sink = Keep::default();
+            let result = exchange::run(&mut conn, steps, &mut sink).await;
+            (conn, sink.0, result)
+        });
+        readers.watch(&task);
+        tasks.push(task);
+    }
+    set_active(cancel, targets);
+    let mut out = Vec::with_capacity(shards.len());
+    for (task, &shard) in tasks
+        .into_iter()
+        .zip(shards.iter().filter(|s| !missing.contains(s)))
+    {
+        match task.await {
+            Ok((conn, frames, result)) => {
+                let outcome = match result {
+                    Ok(o) => {
+                        held.insert(shard, conn);
+                        Ok(o)
+                    }
+                    Err(e) => {
+                        discard(conn);
+                        Err(sink_error(e))
+                    }
+                };
+                out.push(Collected {
                     shard,
-                    frames: Vec::new(),
-                    outcome: Err(ErrorFields::error(
-                        "XX000",
-                        format!("the reader of shard {shard} failed: {join}"),
-                    )),
-                }),
+                    frames,
+                    outcome,
+                });
             }
-        }
-        set_active(&self.cancel, Vec::new());
-        for shard in missing {
-            out.push(Collected {
+            Err(join) => out.push(Collected {
                 shard,
                 frames: Vec::new(),
                 outcome: Err(ErrorFields::error(
                     "XX000",
-                    format!("no server connection is held for shard {shard}"),
+                    format!("the reader of shard {shard} failed: {join}"),
                 )),
-            });
+            }),
         }
-        out
     }
+    set_active(cancel, Vec::new());
+    for shard in missing {
+        out.push(Collected {
+            shard,
+            frames: Vec::new(),
+            outcome: Err(ErrorFields::error(
+                "XX000",
+                format!("no server connection is held for shard {shard}"),
+            )),
+        });
+    }
+    out
 }
 
 fn discard(conn: PooledConn) {

@@ -921,7 +921,7 @@ async fn finish_inner(
         .map_err(|e| {
             Stop::Failed(match e {
                 crate::exec::exchange::SinkError::Backend(b) => {
-                    crate::frontend::session::backend_error_fields(&b)
+                    crate::refusal::backend_error_fields(&b)
                 }
                 other => ErrorFields::error("XX000", format!("final projection: {other}")),
             })

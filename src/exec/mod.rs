@@ -2,7 +2,6 @@
 //! with their answers merged into the one answer a single Postgres would give) and writing the
 //! answers to a `FrameSink`.
 
-pub mod atomic;
 pub mod broadcast;
 pub mod cancel;
 pub mod collation;

@@ -9,7 +9,7 @@ use super::merged::{self, BoundMerge};
 use super::readers::AbortOnDrop;
 use crate::backend::{PooledConn, ServerConn, ShardPools};
 use crate::exec::exchange::{self, FrameSink, SinkError, Step};
-use crate::frontend::session::backend_error_fields;
+use crate::refusal::backend_error_fields;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 

@@ -212,7 +212,9 @@ impl Session {
         if let Some(fields) = end.failure {
             return Ok(Err(fields));
         }
-        Ok(keep.held(what))
+        Ok(keep
+            .held(what)
+            .map(|(description, rows)| Materialized::new(description, rows)))
     }
 
     /// Execute of a held portal: its next `max_rows` rows (all when 0), then PortalSuspended

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod login_guard;
 pub mod pipeline;
 pub mod read_routing;
+pub mod run;
 pub mod session;
 pub mod session_limits;
 pub mod split_bind;

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use super::client_io::ClientIo;
 use super::session_limits::Next;
 use super::sql_prepare::{may_be_sql_prepare, SqlPrepareAction, SqlStatements};
-use crate::backend::pool::CheckoutError;
 use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::sync_sql;
 use crate::backend::{PooledConn, ShardPools};
@@ -18,6 +17,8 @@ use crate::config::PoolMode;
 use crate::exec::cancel::{set_active, ActiveTargets};
 use crate::exec::exchange::{self, Expect, Outcome, SinkError, Step};
 use crate::proxy::Proxy;
+use crate::refusal::checkout_error;
+pub use crate::refusal::{aborted, backend_error_fields, refusal};
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::telemetry::{QueryTimer, RouteKind};
 use crate::txn::control::{self, BlockView, ControlAction, ControlStatement};
@@ -99,11 +100,6 @@ pub struct Session {
     pub reserved_keys: super::generated_keys::ReservedKeys,
     /// Open cursors of the block and where each lives.
     pub cursors: super::cursors::Cursors,
-}
-
-/// An error to report to the client, as an ErrorResponse.
-pub fn refusal(message: impl Into<String>) -> ErrorFields {
-    ErrorFields::error("0A000", message)
 }
 
 impl Session {
@@ -1366,44 +1362,4 @@ fn needs_splitting(facts: &[StatementFacts]) -> Option<ErrorFields> {
         }
     }
     None
-}
-
-/// 25P02, as Postgres says it.
-pub fn aborted() -> ErrorFields {
-    ErrorFields::error(
-        "25P02",
-        "current transaction is aborted, commands ignored until end of transaction block",
-    )
-}
-
-fn checkout_error(e: CheckoutError) -> ErrorFields {
-    match e {
-        CheckoutError::Timeout(shard) => ErrorFields::error(
-            "53300",
-            format!("timed out waiting for a free server connection to shard {shard}"),
-        ),
-        CheckoutError::Backend(b) => backend_error_fields(&b),
-        e @ CheckoutError::NoPrimary { .. } => ErrorFields::error("08006", e.to_string()),
-        other => ErrorFields::error("08001", other.to_string()),
-    }
-}
-
-/// How a server-side failure is reported to the client.
-pub fn backend_error_fields(e: &crate::backend::BackendError) -> ErrorFields {
-    use crate::backend::BackendError as B;
-    match e {
-        B::Server { fields, .. } => fields.clone(),
-        B::Terminated { shard, fields } => ErrorFields {
-            severity: "ERROR".into(),
-            message: format!("shard {shard}: {}", fields.message),
-            detail: Some(format!(
-                "the server closed pgshard's connection to shard {shard}; this session goes on, and its next statement uses a new connection (work of an open transaction block on that shard is lost)"
-            )),
-            ..fields.clone()
-        },
-        B::Connect { .. } | B::ConnectTimeout { .. } | B::Tls { .. } | B::Login { .. } => {
-            ErrorFields::error("08001", e.to_string())
-        }
-        _ => ErrorFields::error("08006", e.to_string()),
-    }
 }

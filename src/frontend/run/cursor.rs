@@ -1,0 +1,145 @@
+//! The session's side of proxy-served cursors (see `exec::cursor`): DECLARE over several shards,
+//! FETCH and MOVE of the rows this session holds.
+
+use crate::backend::ServerConn;
+use crate::exec::cursor::{scatter_shards, Fetched, Keep};
+use crate::exec::exchange::{Expect, Step};
+use crate::frontend::cursors::{Materialized, Place};
+use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
+use crate::router::cursor::{Declare, Motion};
+use crate::router::literals::LiteralParams;
+use crate::router::Route;
+use crate::wire::backend::{self as be, ErrorFields};
+use crate::wire::frame::Frame;
+use crate::wire::frontend as fe;
+
+impl Session {
+    /// Opens cursor `declare` over the shards `query` reaches, holding its merged rows. `Ok(Err)`
+    /// is an error for the client (the block is then failed, as in Postgres).
+    pub async fn declare_merged(
+        &mut self,
+        declare: &Declare,
+        query: &str,
+    ) -> Result<Result<(), ErrorFields>, End> {
+        if let Some(fields) = self.declare_refusal(declare) {
+            return Ok(Err(fields));
+        }
+        let proxy = self.proxy.clone();
+        let (facts, literals) = proxy.router.analyze_simple(query);
+        let map = proxy.map.current();
+        let route = match facts.as_ref() {
+            [f] => proxy
+                .router
+                .route(f, &LiteralParams(&literals), &map, proxy.first_shard),
+            _ => Route::Refuse("a cursor's query must be one statement".into()),
+        };
+        let shards = match scatter_shards(route) {
+            Ok(shards) => shards,
+            Err(fields) => return Ok(Err(fields)),
+        };
+        let (text, bound) = match merge_for_simple(&facts, &literals) {
+            Ok(Some((text, bound))) => (text, Some(bound)),
+            Ok(None) => (query.to_string(), None),
+            Err(fields) => return Ok(Err(fields)),
+        };
+        let fenced = match self.fence_texts(&text, &facts, &Target::Scatter(shards.clone())) {
+            Ok(f) => f,
+            Err(fields) => return Ok(Err(fields)),
+        };
+        let steps = |conn: &ServerConn| {
+            let text = fenced
+                .as_ref()
+                .and_then(|f| f.get(&conn.shard))
+                .unwrap_or(&text);
+            vec![Step::Send {
+                frame: fe::query(text),
+                expect: Expect::Query,
+                forward: true,
+            }]
+        };
+        self.route_reads(&shards, &facts).await;
+        let mut keep = Keep::default();
+        let end = self
+            .run_scatter_to(shards, steps, bound, Some(&mut keep))
+            .await?;
+        if let Some(fields) = end.failure {
+            return Ok(Err(fields));
+        }
+        let cursor = match keep.held(&format!("cursor \"{}\"", declare.name)) {
+            Ok((description, rows)) => Materialized::new(description, rows),
+            Err(fields) => return Ok(Err(fields)),
+        };
+        self.cursors.declare(&declare.name, Place::Proxy(cursor));
+        Ok(Ok(()))
+    }
+
+    /// Why this session cannot open `declare` over several shards, if it cannot.
+    pub(crate) fn declare_refusal(&self, declare: &Declare) -> Option<ErrorFields> {
+        if self.txn.as_ref().is_none_or(|t| t.implicit) {
+            return Some(ErrorFields::error(
+                "25P01",
+                "DECLARE CURSOR can only be used in transaction blocks",
+            ));
+        }
+        if self.cursors.exists(&declare.name) {
+            return Some(ErrorFields::error(
+                "42P03",
+                format!("cursor \"{}\" already exists", declare.name),
+            ));
+        }
+        let missing = if declare.scroll {
+            Some("SCROLL (pgshard serves such a cursor forward only: declare it without SCROLL)")
+        } else if declare.hold {
+            Some("WITH HOLD")
+        } else if declare.binary {
+            Some("BINARY")
+        } else {
+            None
+        };
+        missing.map(|what| {
+            refusal(format!(
+                "a cursor over several shards is served by pgshard, which does not support {what}"
+            ))
+            .with_hint("add a condition on the shard key so the cursor reaches one shard")
+        })
+    }
+
+    /// FETCH (`is_move` false) or MOVE on proxy-served cursor `name`.
+    pub fn fetch_merged(
+        &mut self,
+        name: &str,
+        motion: &Motion,
+        is_move: bool,
+    ) -> Result<Fetched, ErrorFields> {
+        let Some(cursor) = self.cursors.served(name) else {
+            return Err(ErrorFields::error(
+                "34000",
+                format!("cursor \"{name}\" does not exist"),
+            ));
+        };
+        let verb = if is_move { "MOVE" } else { "FETCH" };
+        let rows = cursor.advance(motion).map_err(|what| {
+            refusal(format!(
+                "{verb} {what} on cursor \"{name}\" is not supported: it spans several shards and pgshard serves it forward only (NEXT, FORWARD n, FORWARD ALL)"
+            ))
+        })?;
+        let count = rows.len();
+        let rows = if is_move {
+            Vec::new()
+        } else {
+            rows.iter()
+                .map(|r| Frame::new(be::DATA_ROW, r.clone()))
+                .collect()
+        };
+        Ok(Fetched {
+            description: (!is_move).then(|| cursor.description.clone()),
+            rows,
+            complete: be::command_complete(&format!("{verb} {count}")),
+        })
+    }
+
+    /// The RowDescription of proxy-served cursor `name`, if there is one.
+    pub fn merged_description(&mut self, name: &str) -> Option<Frame> {
+        self.cursors.served(name).map(|c| c.description.clone())
+    }
+}
