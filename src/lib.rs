@@ -18,6 +18,7 @@ pub mod rebalance;
 pub mod refusal;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod socket;
 pub mod sql_text;
 pub mod telemetry;

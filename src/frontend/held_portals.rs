@@ -20,7 +20,7 @@ use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{Bind, Execute, Target as NamedTarget};
 
-use super::cursors::{Materialized, Place};
+use crate::session::cursors::{Materialized, Place};
 
 /// True when portal `portal`, just bound, is read a piece at a time: the first of the later
 /// Executes of it (`(portal, max_rows)` in message order) has a row limit, or none executes it

@@ -2,10 +2,8 @@
 
 pub mod auth;
 pub mod batch_units;
-pub mod causal_token;
 pub mod client_io;
 pub mod cursor_requests;
-pub mod cursors;
 pub mod extended;
 pub mod fencing;
 pub mod generated_keys;
@@ -19,7 +17,6 @@ pub mod run;
 pub mod session;
 pub mod session_limits;
 pub mod split_bind;
-pub mod sql_prepare;
 pub mod startup;
 pub mod tls;
 pub mod txn_control;

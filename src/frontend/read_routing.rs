@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use rand::RngExt;
 
-use super::causal_token::{CausalToken, Position};
 use super::session::{End, Session};
 use crate::backend::topology::{Lsn, ServerId, ServerState};
 use crate::backend::ServerConn;
 use crate::config::{Balance, ReadFrom, ReadYourWrites};
 use crate::exec::exchange::{Outcome, Step};
 use crate::router::{StatementFacts, StatementKind};
+use crate::session::causal_token::{CausalToken, Position};
 use crate::wire::backend::{self as be, ErrorFields};
 
 /// Per-session read-your-writes state.

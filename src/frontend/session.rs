@@ -9,7 +9,6 @@ use bytes::Bytes;
 
 use super::client_io::ClientIo;
 use super::session_limits::Next;
-use super::sql_prepare::{may_be_sql_prepare, SqlPrepareAction, SqlStatements};
 use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::sync_sql;
 use crate::backend::{PooledConn, ShardPools};
@@ -20,6 +19,7 @@ use crate::proxy::Proxy;
 use crate::refusal::checkout_error;
 pub use crate::refusal::{aborted, backend_error_fields, refusal};
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
+use crate::session::sql_prepare::{may_be_sql_prepare, SqlPrepareAction, SqlStatements};
 use crate::telemetry::{QueryTimer, RouteKind};
 use crate::txn::control::{self, BlockView, ControlAction, ControlStatement};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
@@ -99,7 +99,7 @@ pub struct Session {
     /// Generated keys reserved for the request being planned.
     pub reserved_keys: super::generated_keys::ReservedKeys,
     /// Open cursors of the block and where each lives.
-    pub cursors: super::cursors::Cursors,
+    pub cursors: crate::session::cursors::Cursors,
 }
 
 impl Session {

@@ -4,11 +4,11 @@
 use crate::backend::ServerConn;
 use crate::exec::cursor::{scatter_shards, Fetched, Keep};
 use crate::exec::exchange::{Expect, Step};
-use crate::frontend::cursors::{Materialized, Place};
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::router::cursor::{Declare, Motion};
 use crate::router::literals::LiteralParams;
 use crate::router::Route;
+use crate::session::cursors::{Materialized, Place};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
