@@ -80,7 +80,7 @@ impl Session {
     /// request).
     pub(super) fn executes_held_portal(&mut self, unit: &[Msg]) -> bool {
         unit.iter().any(|m| match m {
-            Msg::Execute(e) => self.cursors.served(&e.portal).is_some(),
+            Msg::Execute(e) => self.state.cursors.served(&e.portal).is_some(),
             _ => false,
         })
     }
@@ -115,7 +115,7 @@ impl Session {
                     Ok(())
                 }
                 Msg::ClosePortal(t) => {
-                    self.cursors.close(&t.name);
+                    self.state.cursors.close(&t.name);
                     self.io.push(&be::close_complete());
                     Ok(())
                 }
@@ -144,8 +144,8 @@ impl Session {
             Ok(m) => m,
             Err(fields) => return Ok(Err(fields)),
         };
-        self.cursors.close(&bind.portal);
-        self.cursors.declare(&bind.portal, Place::Proxy(held));
+        self.state.cursors.close(&bind.portal);
+        self.state.cursors.declare(&bind.portal, Place::Proxy(held));
         self.io.push(&be::bind_complete());
         Ok(Ok(()))
     }
@@ -224,7 +224,7 @@ impl Session {
         if self.status() == TxStatus::Failed {
             return Err(super::session::aborted());
         }
-        let Some(portal) = self.cursors.served(&e.portal) else {
+        let Some(portal) = self.state.cursors.served(&e.portal) else {
             return Err(ErrorFields::error(
                 "34000",
                 format!("portal \"{}\" does not exist", e.portal),
@@ -302,26 +302,28 @@ impl Session {
             Ok(m) => m,
             Err(fields) => return Ok(Err(fields)),
         };
-        self.cursors.declare(&declare.name, Place::Proxy(held));
+        self.state
+            .cursors
+            .declare(&declare.name, Place::Proxy(held));
         Ok(Ok(()))
     }
 
     /// At a Sync outside a transaction block: the implicit transaction ended, and with it the
     /// portals the proxy held in it.
     pub fn end_implicit_portals(&mut self) {
-        if self.txn.is_none() {
-            self.cursors.drop_served();
+        if self.state.txn.is_none() {
+            self.state.cursors.drop_served();
         }
     }
 
     /// A Bind naming a portal the proxy holds: the unnamed portal is replaced (dropped here), a
     /// named one must be closed first, as in Postgres.
     pub(super) fn rebind_held(&mut self, portal: &str) -> Result<(), ErrorFields> {
-        if self.cursors.served(portal).is_none() {
+        if self.state.cursors.served(portal).is_none() {
             return Ok(());
         }
         if portal.is_empty() {
-            self.cursors.close(portal);
+            self.state.cursors.close(portal);
             return Ok(());
         }
         Err(ErrorFields::error(

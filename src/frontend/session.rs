@@ -2,7 +2,7 @@
 //! connections it needs, and keeps the session's settings, transaction and prepared statements
 //! consistent under transaction pooling.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,21 +19,15 @@ use crate::proxy::Proxy;
 use crate::refusal::checkout_error;
 pub use crate::refusal::{aborted, backend_error_fields, refusal};
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
-use crate::session::sql_prepare::{may_be_sql_prepare, SqlPrepareAction, SqlStatements};
+use crate::session::sql_prepare::{may_be_sql_prepare, SqlPrepareAction};
 use crate::telemetry::{QueryTimer, RouteKind};
 use crate::txn::control::{self, BlockView, ControlAction, ControlStatement};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
 
-/// A client statement prepared with Parse, kept per client by name.
-pub struct Prepared {
-    pub sql: String,
-    pub param_types: Vec<u32>,
-    pub facts: Arc<[StatementFacts]>,
-    /// The name it has on server connections ("" for the unnamed statement).
-    pub server_name: String,
-}
+pub use crate::session::Prepared;
+use crate::session::{SessionState, SettingEffect};
 
 pub use crate::txn::Txn;
 
@@ -67,39 +61,23 @@ pub struct Session {
     pub user: String,
     /// The role (and password) this client's server connections log in as.
     pub server_login: ServerLogin,
-    pub startup_settings: BTreeMap<String, String>,
-    pub settings: BTreeMap<String, String>,
-    pub settings_at_begin: Option<BTreeMap<String, String>>,
-    pub proxy_settings: BTreeMap<String, String>,
+    /// Settings, block, statements, portals, cursors, read-your-writes: the plain data.
+    pub state: SessionState,
     pub held: BTreeMap<u32, PooledConn>,
-    pub txn: Option<Txn>,
-    pub statements: HashMap<String, Arc<Prepared>>,
-    /// Statements prepared with SQL PREPARE (transaction pooling: kept by the proxy).
-    pub sql_statements: SqlStatements,
-    /// Portals bound in the current transaction and the shard they live on.
-    pub portals: HashMap<String, u32>,
     /// Extended-protocol messages buffered until Sync or Flush.
     pub batch: Vec<Frame>,
     /// The client statements the batch being run parsed, in order: those whose Parse was not
     /// answered with ParseComplete are forgotten afterwards, as Postgres never created them.
     pub batch_parses: Vec<(String, Arc<Prepared>)>,
-    /// After an error in an extended-protocol batch, messages are dropped until Sync.
-    pub skip_until_sync: bool,
-    /// A Flush-ended batch ran on this shard: the implicit transaction lasts until Sync.
-    pub open_batch_shard: Option<u32>,
     pub cancel: ActiveTargets,
     /// Where requests that any shard can answer go when no connection is held: the shard that
     /// answered at login.
     pub any_shard: u32,
-    /// Replica routing and read-your-writes state.
-    pub reads: super::read_routing::ReadState,
     /// Held from a request's start until the session is outside any transaction: a rebalancing
     /// cut-over waits for these.
     pub hold_pass: Option<crate::admin::gate::RequestPass>,
     /// Generated keys reserved for the request being planned.
     pub reserved_keys: super::generated_keys::ReservedKeys,
-    /// Open cursors of the block and where each lives.
-    pub cursors: crate::session::cursors::Cursors,
 }
 
 impl Session {
@@ -123,11 +101,11 @@ impl Session {
                 }
             };
             // Replica choices belong to one request.
-            self.reads.servers.clear();
+            self.state.reads.servers.clear();
             // A PAUSE from the admin console holds new requests here; open transactions go on.
             let _pass = match frame.tag {
                 fe::QUERY | fe::FLUSH | fe::SYNC => {
-                    let in_txn = self.txn.is_some() || self.open_batch_shard.is_some();
+                    let in_txn = self.state.txn.is_some() || self.state.open_batch_shard.is_some();
                     Some(self.proxy.admin.gate.enter(in_txn).await)
                 }
                 _ => None,
@@ -164,7 +142,7 @@ impl Session {
             if let Err(End::ClientGone) = result {
                 break;
             }
-            if self.txn.is_none() && self.open_batch_shard.is_none() {
+            if self.state.txn.is_none() && self.state.open_batch_shard.is_none() {
                 self.hold_pass = None;
             }
             // Whatever path served the request (a scatter read leaves its connections held), an
@@ -180,25 +158,25 @@ impl Session {
     async fn dispatch(&mut self, frame: Frame) -> Result<(), End> {
         match frame.tag {
             fe::QUERY => {
-                self.skip_until_sync = false;
+                self.state.skip_until_sync = false;
                 self.simple_query(frame.body).await
             }
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE => {
-                if !self.skip_until_sync {
+                if !self.state.skip_until_sync {
                     self.batch.push(frame);
                 }
                 Ok(())
             }
             fe::FLUSH => {
-                if self.skip_until_sync {
+                if self.state.skip_until_sync {
                     Ok(())
                 } else {
                     self.extended_batch(false).await
                 }
             }
             fe::SYNC => {
-                let r = if self.skip_until_sync {
-                    self.skip_until_sync = false;
+                let r = if self.state.skip_until_sync {
+                    self.state.skip_until_sync = false;
                     self.batch.clear();
                     self.finish_open_batch().await
                 } else {
@@ -242,7 +220,7 @@ impl Session {
 
     /// Transaction status to report in a ReadyForQuery the proxy writes itself.
     pub fn status(&self) -> TxStatus {
-        match &self.txn {
+        match &self.state.txn {
             None => TxStatus::Idle,
             Some(t) if t.refused => TxStatus::Failed,
             Some(t) => {
@@ -265,7 +243,7 @@ impl Session {
     /// Sends an error and ReadyForQuery; inside a transaction block the block is now failed.
     pub fn reply_error(&mut self, fields: ErrorFields) {
         self.io.push_error(&fields);
-        if let Some(txn) = &mut self.txn {
+        if let Some(txn) = &mut self.state.txn {
             txn.refused = true;
         }
         let status = self.status();
@@ -275,7 +253,7 @@ impl Session {
     /// An error without ReadyForQuery (extended protocol: the Sync answers later).
     pub fn push_error_in_batch(&mut self, fields: ErrorFields) {
         self.io.push_error(&fields);
-        if let Some(txn) = &mut self.txn {
+        if let Some(txn) = &mut self.state.txn {
             txn.refused = true;
         }
     }
@@ -313,7 +291,7 @@ impl Session {
                 self.reply_error(refusal(
                     "pgshard's own commands (SET/SHOW pgshard.*, pgshard.next_id()) must be sent on their own",
                 ));
-            } else if self.txn.as_ref().is_some_and(|t| t.refused) {
+            } else if self.state.txn.as_ref().is_some_and(|t| t.refused) {
                 self.reply_error(aborted());
             } else {
                 self.local_command(&local, true, false);
@@ -434,7 +412,7 @@ impl Session {
         match target {
             Target::Single(shard) => {
                 self.route_reads(&[shard], &facts).await;
-                let autocommit = self.txn.is_none();
+                let autocommit = self.state.txn.is_none();
                 let outcome = self.run_single_read(shard, true, steps).await?;
                 if let Some(outcome) = outcome {
                     self.note_autocommit_write(shard, autocommit, &facts, &outcome);
@@ -528,8 +506,7 @@ impl Session {
         match control::decide(block, control_statement(sql, only)) {
             ControlAction::Route => Ok(None),
             ControlAction::OpenBlock => {
-                self.txn = Some(Txn::explicit(sql));
-                self.settings_at_begin = Some(self.settings.clone());
+                self.state.open_block(sql);
                 self.io.push(&be::command_complete("BEGIN"));
                 self.io.push(&be::ready_for_query(TxStatus::InTransaction));
                 Ok(Some(()))
@@ -574,8 +551,7 @@ impl Session {
                     }
                 }
                 if let Some(begin) = chain {
-                    self.txn = Some(Txn::explicit(&begin));
-                    self.settings_at_begin = Some(self.settings.clone());
+                    self.state.open_block(&begin);
                 }
                 let status = self.status();
                 self.io.push(&be::ready_for_query(status));
@@ -611,7 +587,7 @@ impl Session {
 
     /// The open block as transaction control sees it.
     pub fn block_view(&self) -> BlockView {
-        match &self.txn {
+        match &self.state.txn {
             None => BlockView::default(),
             Some(t) => BlockView {
                 open: true,
@@ -625,24 +601,11 @@ impl Session {
 
     /// Closes the transaction block; a rollback also rolls back the settings changed inside it.
     pub fn end_transaction(&mut self, rolled_back: bool) {
-        if !rolled_back {
-            let written = self.block_shards();
-            self.reads.pending.extend(written);
-        }
-        if rolled_back {
-            if let Some(before) = self.settings_at_begin.take() {
-                if before != self.settings {
-                    self.settings = before;
-                    for conn in self.held.values_mut() {
-                        conn.settings_unknown = true;
-                    }
-                }
+        if self.state.close_block(rolled_back) {
+            for conn in self.held.values_mut() {
+                conn.settings_unknown = true;
             }
         }
-        self.settings_at_begin = None;
-        self.txn = None;
-        self.portals.clear();
-        self.cursors.clear();
     }
 
     /// Answers a SQL PREPARE or DEALLOCATE (transaction pooling) and gives back what runs in its
@@ -652,15 +615,16 @@ impl Session {
         if self.proxy.config.pool.mode == PoolMode::Session || !may_be_sql_prepare(sql) {
             return Some(None);
         }
-        let statements = &self.statements;
+        let statements = &self.state.statements;
         let action = match self
+            .state
             .sql_statements
             .handle(sql, |n| statements.contains_key(n))
         {
             None => return Some(None),
             Some(action) => action,
         };
-        if self.txn.as_ref().is_some_and(|t| t.refused) {
+        if self.state.txn.as_ref().is_some_and(|t| t.refused) {
             self.reply_error(aborted());
             return None;
         }
@@ -703,7 +667,7 @@ impl Session {
                             return;
                         }
                     }
-                    None => self.reads.token = Default::default(),
+                    None => self.state.reads.token = Default::default(),
                 }
                 self.io.push(&be::command_complete(if value.is_some() {
                     "SET"
@@ -712,7 +676,7 @@ impl Session {
                 }));
             }
             LocalCommand::ShowProxy { name } if name == "causal_token" => {
-                let text = self.reads.token.to_string();
+                let text = self.state.reads.token.to_string();
                 if describe {
                     self.io
                         .push(&be::row_description(&[("causal_token", be::TEXT_OID)]));
@@ -723,10 +687,10 @@ impl Session {
             LocalCommand::SetProxy { name, value } => {
                 match value {
                     Some(v) => {
-                        self.proxy_settings.insert(name.clone(), v.clone());
+                        self.state.proxy_settings.insert(name.clone(), v.clone());
                     }
                     None => {
-                        self.proxy_settings.remove(name);
+                        self.state.proxy_settings.remove(name);
                     }
                 }
                 self.io.push(&be::command_complete(if value.is_some() {
@@ -735,23 +699,25 @@ impl Session {
                     "RESET"
                 }));
             }
-            LocalCommand::ShowProxy { name } => match self.proxy_settings.get(name).cloned() {
-                Some(v) => {
-                    if describe {
-                        self.io
-                            .push(&be::row_description(&[(name.as_str(), be::TEXT_OID)]));
+            LocalCommand::ShowProxy { name } => {
+                match self.state.proxy_settings.get(name).cloned() {
+                    Some(v) => {
+                        if describe {
+                            self.io
+                                .push(&be::row_description(&[(name.as_str(), be::TEXT_OID)]));
+                        }
+                        self.io.push(&be::data_row(&[Some(v.as_str())]));
+                        self.io.push(&be::command_complete("SHOW"));
                     }
-                    self.io.push(&be::data_row(&[Some(v.as_str())]));
-                    self.io.push(&be::command_complete("SHOW"));
+                    None => self.io.push_error(&ErrorFields::error(
+                        "42704",
+                        format!("unrecognized configuration parameter \"{name}\""),
+                    )),
                 }
-                None => self.io.push_error(&ErrorFields::error(
-                    "42704",
-                    format!("unrecognized configuration parameter \"{name}\""),
-                )),
-            },
+            }
             LocalCommand::DeallocateAll => {
-                self.statements.clear();
-                self.sql_statements.clear();
+                self.state.statements.clear();
+                self.state.sql_statements.clear();
                 self.io.push(&be::command_complete("DEALLOCATE ALL"));
             }
             LocalCommand::NextId => {
@@ -847,7 +813,7 @@ impl Session {
             }
         }
         if let Some(shards) = scatter {
-            if self.open_batch_shard.is_some() {
+            if self.state.open_batch_shard.is_some() {
                 return Err(refusal(
                     "a statement without a shard key cannot join an implicit transaction that a Flush left open on one shard: send Sync first",
                 ));
@@ -863,7 +829,7 @@ impl Session {
         {
             return Ok(Target::Scatter(participants));
         }
-        let bound = self.open_batch_shard;
+        let bound = self.state.open_batch_shard;
         let shard = single
             .or(bound)
             .or_else(|| participants.first().copied())
@@ -904,11 +870,11 @@ impl Session {
     /// Makes sure a connection to `shard` is held, in sync with the session's settings, and inside
     /// the client's transaction block if one is open.
     pub async fn ensure_conn(&mut self, shard: u32, join_txn: bool) -> Result<(), ErrorFields> {
-        let want = match self.reads.servers.get(&shard) {
+        let want = match self.state.reads.servers.get(&shard) {
             Some(id) => Some(*id),
             None => self.proxy.topology.primary(shard),
         };
-        let in_block = self.txn.as_ref().is_some_and(|t| t.has(shard));
+        let in_block = self.state.txn.as_ref().is_some_and(|t| t.has(shard));
         if let (Some(want), Some(conn)) = (want, self.held.get(&shard)) {
             // A held connection to another server of the shard (a replica read before, or the
             // primary before a failover) goes back unless a block still needs it.
@@ -927,7 +893,7 @@ impl Session {
         let Some(conn) = self.held.get_mut(&shard) else {
             return Err(ErrorFields::error("XX000", "server connection vanished"));
         };
-        if let Some(sql) = sync_sql(&conn.applied, &self.settings, conn.settings_unknown) {
+        if let Some(sql) = sync_sql(&conn.applied, &self.state.settings, conn.settings_unknown) {
             if let Err(e) = conn.run_silently(&sql).await {
                 let fields = backend_error_fields(&e);
                 if let Some(conn) = self.held.remove(&shard) {
@@ -935,7 +901,7 @@ impl Session {
                 }
                 return Err(fields);
             }
-            conn.applied = self.settings.clone();
+            conn.applied = self.state.settings.clone();
             conn.settings_unknown = false;
         }
         if join_txn {
@@ -975,10 +941,10 @@ impl Session {
         match result {
             Ok(outcome) => {
                 if ends_with_status {
-                    self.open_batch_shard = None;
+                    self.state.open_batch_shard = None;
                     self.track_transaction(shard, &outcome);
                 } else {
-                    self.open_batch_shard = Some(shard);
+                    self.state.open_batch_shard = Some(shard);
                 }
                 self.release_idle();
                 Ok(Some(outcome))
@@ -993,7 +959,7 @@ impl Session {
                     ShardPools::discard(conn);
                 }
                 tracing::warn!(shard, error = %e, "server connection failed");
-                match &mut self.txn {
+                match &mut self.state.txn {
                     // The client's own block, or other shards still holding the block's work: it
                     // can only roll back now (a later COMMIT must not report success).
                     Some(t) if !t.implicit || t.participants.iter().any(|p| *p != shard) => {
@@ -1003,10 +969,10 @@ impl Session {
                         t.participants.retain(|p| *p != shard);
                         t.refused = true
                     }
-                    _ => self.txn = None,
+                    _ => self.state.txn = None,
                 }
-                self.open_batch_shard = None;
-                self.skip_until_sync = false;
+                self.state.open_batch_shard = None;
+                self.state.skip_until_sync = false;
                 self.reply_error(backend_error_fields(&e));
                 Ok(None)
             }
@@ -1018,30 +984,24 @@ impl Session {
         match outcome.status {
             Some(TxStatus::Idle) => {
                 // A transaction whose BEGIN is still pending has not reached this shard.
-                let ours = self.txn.as_ref().is_some_and(|t| t.has(shard));
+                let ours = self.state.txn.as_ref().is_some_and(|t| t.has(shard));
                 if ours && !self.block_is_distributed() {
                     let rolled_back = outcome.error.is_some()
                         || outcome.tags.last().is_some_and(|t| t == "ROLLBACK");
                     self.end_transaction(rolled_back);
                 } else if ours {
                     // One shard left a block that spans several: the rest can only roll back.
-                    if let Some(t) = &mut self.txn {
+                    if let Some(t) = &mut self.state.txn {
                         t.participants.retain(|p| *p != shard);
                         t.refused = true;
                     }
                 }
-                self.portals.clear();
-                self.cursors.clear();
+                self.state.portals.clear();
+                self.state.cursors.clear();
             }
             Some(TxStatus::InTransaction) | Some(TxStatus::Failed) => {
-                if self.txn.is_none() {
-                    self.settings_at_begin = Some(self.settings.clone());
-                    self.txn = Some(Txn::started_on(shard));
-                }
-                if let Some(txn) = &mut self.txn {
-                    if !txn.has(shard) {
-                        txn.participants.push(shard);
-                    }
+                self.state.joined_on(shard);
+                if let Some(txn) = &mut self.state.txn {
                     // Only ROLLBACK TO SAVEPOINT rescues a block the proxy refused a statement in.
                     if outcome.tags.last().is_some_and(|t| t == "ROLLBACK") {
                         txn.refused = false;
@@ -1054,11 +1014,12 @@ impl Session {
 
     /// In transaction pooling, gives back connections once no transaction needs them.
     pub fn release_idle(&mut self) {
-        if self.proxy.config.pool.mode == PoolMode::Session || self.open_batch_shard.is_some() {
+        if self.proxy.config.pool.mode == PoolMode::Session || self.state.open_batch_shard.is_some()
+        {
             return;
         }
         let keep = self.block_shards();
-        if self.txn.is_some() && keep.is_empty() {
+        if self.state.txn.is_some() && keep.is_empty() {
             // A BEGIN is pending: keep what we have for the first statement.
             return;
         }
@@ -1089,41 +1050,22 @@ impl Session {
             return;
         }
         // Settings changed inside a block that the same request rolls back are undone.
-        let mut block_start: Option<BTreeMap<String, String>> = None;
+        let mut block_start = None;
         for f in facts {
-            match &f.kind {
-                StatementKind::Begin => block_start = Some(self.settings.clone()),
-                StatementKind::Commit => block_start = None,
-                StatementKind::Rollback => {
-                    if let Some(before) = block_start.take() {
-                        if before != self.settings {
-                            self.settings = before;
-                            for conn in self.held.values_mut() {
-                                conn.settings_unknown = true;
-                            }
-                        }
+            match self.state.record_setting(&f.kind, &mut block_start) {
+                SettingEffect::Unchanged => {}
+                SettingEffect::Restored => {
+                    for conn in self.held.values_mut() {
+                        conn.settings_unknown = true;
                     }
                 }
-                StatementKind::Set { name, value } => {
-                    match value {
-                        Some(v) => {
-                            self.settings.insert(name.clone(), v.clone());
-                        }
-                        None => match self.startup_settings.get(name) {
-                            Some(v) => {
-                                self.settings.insert(name.clone(), v.clone());
-                            }
-                            None => {
-                                self.settings.remove(name);
-                            }
-                        },
-                    }
+                SettingEffect::Set { name, value } => {
                     // The server now holds exactly what it was told (RESET → its default);
                     // other shards catch up when next used.
                     for (_, conn) in self.held.iter_mut().filter(|(s, _)| Some(**s) == ran_on) {
                         match value {
                             Some(v) => {
-                                conn.applied.insert(name.clone(), v.clone());
+                                conn.applied.insert(name.to_string(), v.to_string());
                             }
                             None => {
                                 conn.applied.remove(name);
@@ -1131,20 +1073,14 @@ impl Session {
                         }
                     }
                 }
-                StatementKind::ResetAll | StatementKind::Discard => {
-                    self.settings = self.startup_settings.clone();
+                SettingEffect::ResetAll { discard } => {
                     for conn in self.held.values_mut() {
                         conn.settings_unknown = true;
-                        if f.kind == StatementKind::Discard {
+                        if discard {
                             conn.prepared.clear();
                         }
                     }
-                    if f.kind == StatementKind::Discard {
-                        self.statements.clear();
-                        self.sql_statements.clear();
-                    }
                 }
-                _ => {}
             }
         }
     }
@@ -1236,7 +1172,7 @@ impl Session {
             return Err(End::ClientGone);
         }
         if result.failure.is_some() {
-            if let Some(t) = &mut self.txn {
+            if let Some(t) = &mut self.state.txn {
                 // A shard of the block lost its connection.
                 if !t.implicit && t.participants.iter().any(|p| !self.held.contains_key(p)) {
                     let held = &self.held;
@@ -1273,7 +1209,7 @@ impl Session {
         if facts.len() < 2 || !facts.iter().any(is_block_control) {
             return None;
         }
-        let txn = self.txn.as_ref()?;
+        let txn = self.state.txn.as_ref()?;
         let reaches_others = match target {
             Target::Single(shard) => txn.participants.iter().any(|p| p != shard),
             _ => !txn.participants.is_empty(),

@@ -63,14 +63,14 @@ impl Session {
         shards: Vec<u32>,
         steps: impl Fn(&ServerConn) -> Vec<Step>,
     ) -> Result<(), End> {
-        if self.txn.is_some() || self.open_batch_shard.is_some() {
+        if self.state.txn.is_some() || self.state.open_batch_shard.is_some() {
             // Postgres itself reports that the statement cannot run inside a transaction block,
             // from the shard the block runs on.
             let shard = self
                 .block_shards()
                 .first()
                 .copied()
-                .or(self.open_batch_shard)
+                .or(self.state.open_batch_shard)
                 .or_else(|| shards.first().copied())
                 .unwrap_or(self.any_shard);
             self.run_single(shard, true, steps).await?;

@@ -120,9 +120,10 @@ impl Session {
             return Err(refusal(why.clone()));
         }
         let encoding = self
+            .state
             .settings
             .get("client_encoding")
-            .or_else(|| self.startup_settings.get("client_encoding"));
+            .or_else(|| self.state.startup_settings.get("client_encoding"));
         if let Some(enc) = encoding.filter(|e| !encoding_is_ascii_safe(e.trim_matches('\''))) {
             return Err(refusal(format!(
                 "COPY across shards with client_encoding {enc} (whose characters may contain ASCII bytes) is not supported; use UTF8"
@@ -160,7 +161,7 @@ impl Session {
                     let status = self.status();
                     self.io.push(&be::ready_for_query(status));
                 } else {
-                    self.skip_until_sync = true;
+                    self.state.skip_until_sync = true;
                 }
             }
         }

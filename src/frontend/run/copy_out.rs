@@ -195,7 +195,7 @@ impl Session {
                     let status = self.status();
                     self.io.push(&be::ready_for_query(status));
                 } else {
-                    self.skip_until_sync = true;
+                    self.state.skip_until_sync = true;
                 }
             }
         }

@@ -69,19 +69,21 @@ impl Session {
             Ok((description, rows)) => Materialized::new(description, rows),
             Err(fields) => return Ok(Err(fields)),
         };
-        self.cursors.declare(&declare.name, Place::Proxy(cursor));
+        self.state
+            .cursors
+            .declare(&declare.name, Place::Proxy(cursor));
         Ok(Ok(()))
     }
 
     /// Why this session cannot open `declare` over several shards, if it cannot.
     pub(crate) fn declare_refusal(&self, declare: &Declare) -> Option<ErrorFields> {
-        if self.txn.as_ref().is_none_or(|t| t.implicit) {
+        if self.state.txn.as_ref().is_none_or(|t| t.implicit) {
             return Some(ErrorFields::error(
                 "25P01",
                 "DECLARE CURSOR can only be used in transaction blocks",
             ));
         }
-        if self.cursors.exists(&declare.name) {
+        if self.state.cursors.exists(&declare.name) {
             return Some(ErrorFields::error(
                 "42P03",
                 format!("cursor \"{}\" already exists", declare.name),
@@ -111,7 +113,7 @@ impl Session {
         motion: &Motion,
         is_move: bool,
     ) -> Result<Fetched, ErrorFields> {
-        let Some(cursor) = self.cursors.served(name) else {
+        let Some(cursor) = self.state.cursors.served(name) else {
             return Err(ErrorFields::error(
                 "34000",
                 format!("cursor \"{name}\" does not exist"),
@@ -140,6 +142,9 @@ impl Session {
 
     /// The RowDescription of proxy-served cursor `name`, if there is one.
     pub fn merged_description(&mut self, name: &str) -> Option<Frame> {
-        self.cursors.served(name).map(|c| c.description.clone())
+        self.state
+            .cursors
+            .served(name)
+            .map(|c| c.description.clone())
     }
 }

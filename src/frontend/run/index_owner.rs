@@ -32,7 +32,7 @@ impl Session {
         if facts.indexes.is_empty() {
             return Ok(None);
         }
-        if self.open_batch_shard.is_some() {
+        if self.state.open_batch_shard.is_some() {
             return Err(refusal(
                 "a statement naming an index cannot join an implicit transaction that a Flush left open: send Sync first",
             ));
