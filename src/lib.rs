@@ -13,6 +13,7 @@ pub mod frontend;
 pub mod fuzzing;
 pub mod ids;
 pub mod live;
+pub mod planner;
 pub mod proxy;
 pub mod rebalance;
 pub mod refusal;

@@ -15,12 +15,13 @@ use crate::backend::{PooledConn, ShardPools};
 use crate::config::PoolMode;
 use crate::exec::cancel::{set_active, ActiveTargets};
 use crate::exec::exchange::{self, Expect, Outcome, SinkError, Step};
+use crate::planner::{block_control_elsewhere, is_block_control, needs_splitting};
 use crate::proxy::Proxy;
 use crate::refusal::checkout_error;
 pub use crate::refusal::{aborted, backend_error_fields, refusal};
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::session::sql_prepare::{may_be_sql_prepare, SqlPrepareAction};
-use crate::telemetry::{QueryTimer, RouteKind};
+use crate::telemetry::QueryTimer;
 use crate::txn::control::{self, BlockView, ControlAction, ControlStatement};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
@@ -31,24 +32,7 @@ use crate::session::{SessionState, SettingEffect};
 
 pub use crate::txn::Txn;
 
-/// Where a request runs.
-pub enum Target {
-    Single(u32),
-    Scatter(Vec<u32>),
-    /// Every shard changes alike; one answer (see `exec::broadcast`).
-    Broadcast(Vec<u32>),
-}
-
-impl Target {
-    /// The `route` label of the query metrics.
-    pub fn route_kind(&self) -> RouteKind {
-        match self {
-            Target::Single(_) => RouteKind::Single,
-            Target::Scatter(_) => RouteKind::Scatter,
-            Target::Broadcast(_) => RouteKind::Broadcast,
-        }
-    }
-}
+pub use crate::planner::Target;
 
 /// Why the session loop must stop.
 pub enum End {
@@ -344,7 +328,7 @@ impl Session {
             let protocol = crate::exec::copy_in::CopyProtocol::Simple;
             return self.copy_in_sharded(&sql, &facts[0], protocol).await;
         }
-        if let Some(fields) = needs_splitting(&facts) {
+        if let Some(fields) = needs_splitting(&facts).map(ErrorFields::from) {
             self.reply_error(fields);
             return Ok(());
         }
@@ -376,7 +360,9 @@ impl Session {
                 return Ok(());
             }
         };
-        if let Some(fields) = self.block_control_elsewhere(&facts, &target) {
+        if let Some(fields) =
+            block_control_elsewhere(&facts, &target, &self.state).map(ErrorFields::from)
+        {
             self.reply_error(fields);
             return Ok(());
         }
@@ -768,79 +754,20 @@ impl Session {
         }
     }
 
-    /// Combines the routes of the statements of one request into where it runs.
+    /// Where a request runs ([`crate::planner::combine`] on this session's state).
     pub fn combine(
         &self,
         routes: &[Route],
         facts: &[StatementFacts],
     ) -> Result<Target, ErrorFields> {
-        let mut single: Option<u32> = None;
-        let mut scatter: Option<Vec<u32>> = None;
-        for route in routes {
-            match route {
-                Route::Refuse(message) => return Err(refusal(message.clone())),
-                Route::SplitInsert(plan) => {
-                    return Err(refusal(format!(
-                        "a multi-row INSERT whose rows belong to {} shards is split only when sent on its own as a simple query; with prepared statements (extended protocol) or together with other statements, insert each shard's rows in a statement of their own",
-                        plan.len()
-                    )))
-                }
-                Route::Broadcast(v) => {
-                    if routes.len() > 1 {
-                        return Err(refusal(
-                            "a statement that changes every shard (DDL, a reference table write, VACUUM) must be sent on its own, not together with other statements",
-                        ));
-                    }
-                    return Ok(Target::Broadcast(v.clone()));
-                }
-                Route::Single(s) => {
-                    if let Some(prev) = single.filter(|p| p != s) {
-                        return Err(refusal(format!(
-                            "statements sent together in one request need shards {prev} and {s}: send them separately (inside BEGIN … COMMIT they still commit together)"
-                        )));
-                    }
-                    single = Some(*s);
-                }
-                Route::Any => {}
-                Route::Scatter(v) => {
-                    if routes.len() > 1 {
-                        return Err(refusal(
-                            "a statement that runs on several shards must be sent on its own, not together with other statements",
-                        ));
-                    }
-                    scatter = Some(v.clone());
-                }
-            }
-        }
-        if let Some(shards) = scatter {
-            if self.state.open_batch_shard.is_some() {
-                return Err(refusal(
-                    "a statement without a shard key cannot join an implicit transaction that a Flush left open on one shard: send Sync first",
-                ));
-            }
-            return Ok(Target::Scatter(shards));
-        }
-        // Savepoints and SET LOCAL belong to every shard of a block that spans several.
-        let participants = self.block_shards();
-        if participants.len() > 1
-            && facts
-                .iter()
-                .any(|f| matches!(f.kind, StatementKind::Savepoint | StatementKind::SetLocal))
-        {
-            return Ok(Target::Scatter(participants));
-        }
-        let bound = self.state.open_batch_shard;
-        let shard = single
-            .or(bound)
-            .or_else(|| participants.first().copied())
-            .or_else(|| self.held.keys().next().copied())
-            .unwrap_or_else(|| self.answering_shard());
-        if let Some(b) = bound.filter(|b| *b != shard) {
-            return Err(refusal(format!(
-                "an implicit transaction that a Flush left open runs on shard {b} and the statement needs shard {shard}: send Sync first, or use BEGIN … COMMIT, which may span shards"
-            )));
-        }
-        Ok(Target::Single(shard))
+        let fallback = || {
+            self.held
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or_else(|| self.answering_shard())
+        };
+        crate::planner::combine(routes, facts, &self.state, fallback).map_err(ErrorFields::from)
     }
 
     /// The shard for a request any shard can answer (a Parse or Describe, a reference table
@@ -1196,32 +1123,6 @@ pub struct ScatterEnd {
     pub complete: Option<Frame>,
 }
 
-/// Statements that end or structure a block: sent on their own once a block spans shards.
-impl Session {
-    /// A string that carries COMMIT, ROLLBACK or a savepoint statement together with statements
-    /// for a shard the open block has not reached would end the block on that shard alone,
-    /// leaving the others open or lost: refused, as for a block that already spans shards.
-    fn block_control_elsewhere(
-        &self,
-        facts: &[StatementFacts],
-        target: &Target,
-    ) -> Option<ErrorFields> {
-        if facts.len() < 2 || !facts.iter().any(is_block_control) {
-            return None;
-        }
-        let txn = self.state.txn.as_ref()?;
-        let reaches_others = match target {
-            Target::Single(shard) => txn.participants.iter().any(|p| p != shard),
-            _ => !txn.participants.is_empty(),
-        };
-        reaches_others.then(|| {
-            refusal(
-                "this request would end a transaction block on some of its shards only: send COMMIT, ROLLBACK and savepoint statements on their own, not together with statements for another shard",
-            )
-        })
-    }
-}
-
 /// A statement as transaction control sees it (`sql` tells ROLLBACK TO from other savepoint
 /// statements).
 pub fn control_statement(sql: &str, f: &StatementFacts) -> ControlStatement {
@@ -1236,16 +1137,6 @@ pub fn control_statement(sql: &str, f: &StatementFacts) -> ControlStatement {
         StatementKind::Set { .. } | StatementKind::SetLocal => ControlStatement::Setting,
         _ => ControlStatement::Other,
     }
-}
-
-fn is_block_control(f: &StatementFacts) -> bool {
-    matches!(
-        f.kind,
-        StatementKind::Begin
-            | StatementKind::Commit
-            | StatementKind::Rollback
-            | StatementKind::Savepoint
-    )
 }
 
 /// A statement whose effects on several shards must commit together.
@@ -1286,16 +1177,4 @@ fn savepoint_tag(sql: &str) -> &'static str {
 /// True for a `COPY … FROM STDIN` into a sharded table, whose rows the proxy splits by key.
 pub fn is_sharded_copy_in(f: &StatementFacts) -> bool {
     f.sharded && f.kind == (StatementKind::Copy { from_stdin: true })
-}
-
-/// Statements the proxy would have to split further: refused until it can.
-fn needs_splitting(facts: &[StatementFacts]) -> Option<ErrorFields> {
-    for f in facts {
-        if f.missing_key_rows.is_some() && facts.len() > 1 {
-            return Some(refusal(
-                "an INSERT that omits the shard key must be sent on its own so pgshard can give it keys",
-            ));
-        }
-    }
-    None
 }
