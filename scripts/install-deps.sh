@@ -76,6 +76,8 @@ command -v go >/dev/null 2>&1 || driver_pkgs+=(golang-go)
 [ -f /usr/share/java/postgresql.jar ] || driver_pkgs+=(libpostgresql-jdbc-java)
 command -v javac >/dev/null 2>&1 || driver_pkgs+=(default-jdk-headless)
 command -v node >/dev/null 2>&1 || driver_pkgs+=(nodejs)
+# tests/orm_rails.rs: Rails ActiveRecord with the pg gem, from Debian.
+ruby -e 'require "active_record"; require "pg"' >/dev/null 2>&1 || driver_pkgs+=(ruby-activerecord ruby-pg)
 if [ ${#driver_pkgs[@]} -gt 0 ]; then
     echo "pgshard: installing the driver suites' packages: ${driver_pkgs[*]}"
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -115,6 +117,11 @@ fi
 if ! python3 -c 'import asyncpg' >/dev/null 2>&1; then
     echo "pgshard: installing the Python driver asyncpg (tests/drivers_python.rs, tests/txn_errors.rs)"
     python3 -m pip install --quiet --disable-pip-version-check asyncpg
+fi
+
+if ! python3 -c 'import django, sys; sys.exit(django.VERSION[:2] != (5, 2))' >/dev/null 2>&1; then
+    echo "pgshard: installing Django 5.2 (tests/orm_django.rs)"
+    python3 -m pip install --quiet --disable-pip-version-check 'Django>=5.2,<5.3'
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then

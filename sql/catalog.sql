@@ -155,3 +155,37 @@ CREATE TRIGGER rebalance_holds_announce AFTER INSERT OR UPDATE ON rebalance_hold
 -- The rebalancing job whose fence (ownership conditions on keyless statements) this proxy has
 -- installed: a job copies rows only once every live proxy has it.
 ALTER TABLE proxies ADD COLUMN IF NOT EXISTS fence_job bigint NOT NULL DEFAULT 0;
+
+-- The topology: every shard's primary (as registered; after a failover shard_primaries names the
+-- one in charge) and its streaming replicas. A change is a new topology_versions row plus the
+-- changed rows, in one transaction; the trigger announces it and every proxy opens (or closes)
+-- its pools. Seeded from the first proxy's `[[shards]]`; afterwards the catalog is the truth.
+CREATE TABLE IF NOT EXISTS topology_versions (
+    version    bigint PRIMARY KEY,
+    change     text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS topology_shards (
+    shard_id      integer PRIMARY KEY CHECK (shard_id >= 0),
+    host          text NOT NULL,
+    port          integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    database      text NOT NULL,
+    added_version bigint NOT NULL
+);
+-- Replicas keep their registration order (server index 1, 2, … of the shard).
+CREATE TABLE IF NOT EXISTS topology_replicas (
+    shard_id      integer NOT NULL REFERENCES topology_shards (shard_id) ON DELETE CASCADE,
+    host          text NOT NULL,
+    port          integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    added_version bigint NOT NULL,
+    PRIMARY KEY (shard_id, host, port)
+);
+
+CREATE OR REPLACE FUNCTION topology_announce() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgshard_topology', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS topology_versions_announce ON topology_versions;
+CREATE TRIGGER topology_versions_announce AFTER INSERT ON topology_versions
+    FOR EACH STATEMENT EXECUTE FUNCTION topology_announce();

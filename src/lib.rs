@@ -13,6 +13,7 @@ pub mod frontend;
 pub mod fuzzing;
 pub mod ids;
 pub mod live;
+pub mod membership;
 pub mod planner;
 pub mod proxy;
 pub mod rebalance;

@@ -46,6 +46,7 @@ const LIVE_KEYS: &[&str] = &[
     "proxy.message_timeout_ms",
     "auth.failed_login_delay_ms",
     "auth.max_failed_logins_per_minute",
+    "pool.size",
 ];
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -243,7 +244,8 @@ database = "app"
             .replace("[proxy]", "[pool]\nsize = 3\n[proxy]");
         assert_eq!(
             fixed_changes(&old, &parse(&text)),
-            ["pool.size", "proxy.listen", "shards"]
+            ["proxy.listen", "shards"],
+            "pool.size is live"
         );
     }
 

@@ -65,6 +65,51 @@ enum Command {
         #[command(subcommand)]
         action: RebalanceCommand,
     },
+    /// Register or remove shards in the catalog's topology; running proxies follow within a
+    /// second, without a restart.
+    Shard {
+        #[command(subcommand)]
+        action: ShardCommand,
+    },
+    /// Register or remove a shard's streaming replicas in the catalog's topology.
+    Replica {
+        #[command(subcommand)]
+        action: ReplicaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardCommand {
+    /// Check a server (reachable with the configured login, identity row, settings, tables) and
+    /// register it as shard ID.
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        port: u16,
+        /// Defaults to the database of the config's first shard.
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Remove shard ID from the topology (refused while the shard map gives it ranges).
+    Drop {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        id: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicaCommand {
+    /// Check a streaming standby of shard SHARD and register it.
+    Add(ReplicaServer),
+    /// Remove a replica of shard SHARD from the topology.
+    Drop(ReplicaServer),
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +150,19 @@ enum RebalanceCommand {
     },
 }
 
+/// One replica of one shard.
+#[derive(Debug, Args)]
+struct ReplicaServer {
+    #[arg(long, short)]
+    config: PathBuf,
+    #[arg(long)]
+    shard: u32,
+    #[arg(long)]
+    host: String,
+    #[arg(long)]
+    port: u16,
+}
+
 #[derive(Debug, Subcommand)]
 enum CatalogCommand {
     /// Apply the catalog schema and publish shard map version 1 (an even split over the config's
@@ -141,6 +199,12 @@ enum ClusterCommand {
     },
     /// Stop every instance of the cluster.
     Down {
+        #[arg(long, default_value = cluster::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Create, start and register one more shard (with as many replicas as the others have);
+    /// running proxies open pools to it without a restart.
+    AddShard {
         #[arg(long, default_value = cluster::DEFAULT_DIR)]
         dir: PathBuf,
     },
@@ -288,6 +352,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rebalance { action } => rebalance_command(action).await,
+        Command::Shard { action } => topology_command(ShardOrReplica::Shard(action)).await,
+        Command::Replica { action } => topology_command(ShardOrReplica::Replica(action)).await,
         Command::Demo {
             dir,
             port,
@@ -492,8 +558,83 @@ async fn demo(
     Ok(())
 }
 
+enum ShardOrReplica {
+    Shard(ShardCommand),
+    Replica(ReplicaCommand),
+}
+
+async fn topology_command(action: ShardOrReplica) -> anyhow::Result<()> {
+    use pgshard::catalog::TopologyChange;
+    let (path, change) = match action {
+        ShardOrReplica::Shard(ShardCommand::Add {
+            config,
+            id,
+            host,
+            port,
+            database,
+        }) => {
+            let database = match database {
+                Some(d) => d,
+                None => pgshard::config::Config::load(&config)?
+                    .shards
+                    .first()
+                    .map(|s| s.database.clone())
+                    .ok_or_else(|| anyhow::anyhow!("give --database: the config lists no shard"))?,
+            };
+            let change = TopologyChange::AddShard {
+                id,
+                host,
+                port,
+                database,
+            };
+            (config, change)
+        }
+        ShardOrReplica::Shard(ShardCommand::Drop { config, id }) => {
+            (config, TopologyChange::DropShard(id))
+        }
+        ShardOrReplica::Replica(ReplicaCommand::Add(r)) => (
+            r.config,
+            TopologyChange::AddReplica {
+                shard: r.shard,
+                host: r.host,
+                port: r.port,
+            },
+        ),
+        ShardOrReplica::Replica(ReplicaCommand::Drop(r)) => (
+            r.config,
+            TopologyChange::DropReplica {
+                shard: r.shard,
+                host: r.host,
+                port: r.port,
+            },
+        ),
+    };
+    let config = pgshard::config::Config::load(&path)?;
+    let version = pgshard::membership::register(&config, &change).await?;
+    out!("topology version {version}: {change}");
+    Ok(())
+}
+
 async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
     match action {
+        ClusterCommand::AddShard { dir } => {
+            let added = pgshard::membership::local::add_local_shard(&dir).await?;
+            out!(
+                "shard {} added to {} (topology version {})",
+                added.shard,
+                added.info.dir.display(),
+                added.version
+            );
+            if let Some(url) = added.info.shard_url(added.shard) {
+                out!("  shard {}: {url}", added.shard);
+            }
+            for replica in added.info.replicas(added.shard) {
+                if let Some(url) = added.info.instance_url(&replica.name) {
+                    out!("    replica {}: {url}", replica.name);
+                }
+            }
+            Ok(())
+        }
         ClusterCommand::Up {
             dir,
             shards,

@@ -49,4 +49,6 @@ pub struct Proxy {
     pub server_tls: crate::backend::ServerTls,
     /// Rebalancing: the fence on keyless statements and the cut-over hold.
     pub rebalance: Arc<crate::rebalance::hold::ProxyRebalance>,
+    /// The catalog's topology as this proxy has applied it (pools, monitors, router).
+    pub shards: crate::catalog::TopologyHandle,
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -13,7 +13,7 @@ use crate::backend::monitor::{self, MonitorContext, Monitors};
 use crate::backend::topology::Topology;
 use crate::backend::{ServerTls, ShardPools};
 use crate::catalog::{self, CatalogHandle, PrimaryRecords};
-use crate::config::{Config, ShardConfig};
+use crate::config::Config;
 use crate::exec::cancel::CancelRegistry;
 use crate::frontend::listener::accept_loop;
 use crate::ids::IdGenerator;
@@ -23,9 +23,6 @@ use crate::router::Router;
 use crate::telemetry::endpoint::{self, MetricsEndpoint};
 use crate::txn::{self, Coordinator, DecisionLog};
 
-/// Connections pgshard itself needs on each shard beyond its client pools: checks, a monitor,
-/// recovery, and its control-plane pool.
-const CONTROL_CONNECTIONS: usize = 2 + crate::backend::pool::CONTROL_POOL_SIZE;
 /// Connections of the two-phase commit decision log to the catalog.
 const DECISION_LOG_CONNECTIONS: usize = 2;
 
@@ -55,8 +52,10 @@ pub struct RunningProxy {
     shutdown: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
     catalog: CatalogHandle,
-    recovery: tokio::task::JoinHandle<()>,
-    monitors: Monitors,
+    recovery: Arc<crate::membership::sync::FollowingRecovery>,
+    monitors: Arc<Monitors>,
+    /// Follows the catalog's topology (shards and replicas added or dropped).
+    topology_sync: tokio::task::JoinHandle<()>,
 }
 
 impl RunningProxy {
@@ -66,8 +65,17 @@ impl RunningProxy {
     /// nothing: the error names the roles and the fix.
     pub async fn reload(&self, new: &Config) -> Result<Vec<String>, String> {
         crate::backend::privileges::check_all(new, &self.proxy.server_tls).await?;
+        if new.pool.size > self.proxy.pools.size() {
+            // The new size must fit every shard in use, as at start-up.
+            for shard in &self.proxy.shards.current().shards {
+                crate::membership::checks::check_at_start(new, shard, &self.proxy.server_tls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let fixed = fixed_changes(&self.proxy.config, new);
         self.proxy.live.set(LiveSettings::from_config(new));
+        self.proxy.pools.resize(new.pool.size);
         Ok(fixed)
     }
 
@@ -101,8 +109,9 @@ impl RunningProxy {
         if let Some(metrics) = self.metrics {
             metrics.stopped().await;
         }
-        self.recovery.abort();
+        self.recovery.stop();
         self.proxy.rebalance.stop();
+        self.topology_sync.abort();
         self.monitors.stop().await;
         self.catalog.shutdown();
     }
@@ -152,12 +161,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let config = Arc::new(config);
     // Built once: every server and catalog connection of this proxy shares it.
     let server_tls = ServerTls::load(config.server_tls.as_ref())?;
-    let catalog = catalog::start(&config.catalog, &config.proxy.node_name, &server_tls)
-        .await
-        .context("cannot start the catalog client")?;
+    let catalog = catalog::start(
+        &config.catalog,
+        &config.proxy.node_name,
+        &server_tls,
+        &config.shards,
+    )
+    .await
+    .context("cannot start the catalog client")?;
+    // The catalog's topology says which shards exist; the config's [[shards]] seeded it.
+    let configured = config.shards.clone();
+    let config = Arc::new(catalog::with_topology(
+        &config,
+        Some(&catalog.topology.current()),
+    ));
     let ids = IdGenerator::new(catalog.node_id).context("bad proxy node id")?;
     for shard in &config.shards {
-        check_shard(&config, shard, &server_tls).await?;
+        crate::membership::checks::check_at_start(&config, shard, &server_tls).await?;
     }
     let topology = Topology::new(&config);
     let pools =
@@ -178,7 +198,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     // Writes go to the primaries every proxy agreed on, not to the configured ones, from the
     // first client on.
     monitor::adopt_recorded_primaries(&monitor_ctx).await;
-    let monitors = monitor::start(monitor_ctx);
+    let monitors = Arc::new(monitor::start(monitor_ctx));
     let router = Router::from_config(&config);
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(
@@ -190,12 +210,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let coordinator = Arc::new(Coordinator::new(log, pools.clone(), catalog.node_id));
     // Transactions a previous run left in doubt are settled before clients arrive.
     txn::recovery::resolve_once(&config, &coordinator, &topology, &server_tls).await;
-    let recovery = txn::recovery::start(
+    let recovery = Arc::new(crate::membership::sync::FollowingRecovery::start(
         config.clone(),
         coordinator.clone(),
         topology.clone(),
         server_tls.clone(),
-    );
+    ));
     let client_tls = config
         .tls
         .as_ref()
@@ -234,7 +254,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         client_tls,
         server_tls: server_tls.clone(),
         rebalance: rebalance.clone(),
+        shards: catalog::TopologyHandle::new(catalog::CatalogTopology {
+            version: catalog.topology.current().version,
+            shards: config.shards.clone(),
+        }),
     });
+    let topology_sync = crate::membership::sync::start(
+        proxy.clone(),
+        monitors.clone(),
+        recovery.clone(),
+        catalog.topology.clone(),
+        configured,
+    );
     rebalance.keep(crate::rebalance::hold::start(
         config.clone(),
         rebalance.clone(),
@@ -265,88 +296,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
         catalog,
         recovery,
         monitors,
+        topology_sync,
     })
-}
-
-/// Checks that a shard is the shard the config says it is and that the pools fit its
-/// `max_connections`. An unreachable shard is only a warning: it may come back.
-async fn check_shard(config: &Config, shard: &ShardConfig, tls: &ServerTls) -> anyhow::Result<()> {
-    let (user, password) = config.control_login(shard);
-    let pg = crate::backend::privileges::check_login(
-        config,
-        &shard.host,
-        shard.port,
-        &shard.database,
-        user,
-        password,
-    );
-    let (client, connection) = match tls.connect(&pg).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(shard = shard.id, addr = %shard.address(), error = %e, "shard unreachable at start-up; it will be used once it answers");
-            return Ok(());
-        }
-    };
-    let conn_task = tokio::spawn(connection);
-    let row = client
-        .query_one(
-            "SELECT (SELECT shard_id FROM pgshard_meta.identity), current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, current_setting('max_prepared_transactions')::int",
-            &[],
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "shard {} at {} has no pgshard_meta.identity table: apply sql/shard.sql and insert its identity row",
-                shard.id,
-                shard.address()
-            )
-        })?;
-    crate::backend::privileges::check_on(
-        &client,
-        shard.id,
-        &config.users,
-        config.server_auth.allow_superuser_clients,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    drop(client);
-    let _ = conn_task.await;
-    let identity: Option<i32> = row.get(0);
-    let max_connections: i32 = row.get(1);
-    let reserved: i32 = row.get(2);
-    let max_prepared: i32 = row.get(3);
-    if max_prepared == 0 {
-        tracing::warn!(shard = shard.id, "max_prepared_transactions is 0: transactions that write to this shard and another will fail to commit");
-    }
-    match identity {
-        Some(id) if id as i64 == shard.id as i64 => {}
-        Some(id) => bail!(
-            "the server at {} identifies as shard {id}, but the config names it shard {}",
-            shard.address(),
-            shard.id
-        ),
-        None => bail!(
-            "shard {} at {} has an empty pgshard_meta.identity table: insert its identity row",
-            shard.id,
-            shard.address()
-        ),
-    }
-    // A pool per server role clients run as.
-    let roles = config.data_roles().len().max(1);
-    let needed = config.pool.size * config.pool.proxies * roles + CONTROL_CONNECTIONS;
-    let available = (max_connections - reserved).max(0) as usize;
-    if needed > available {
-        bail!(
-            "pool.size ({}) x pool.proxies ({}) x {roles} client role(s) + {} control connections = {} exceeds what shard {} allows: max_connections ({}) - superuser_reserved_connections ({}) = {}",
-            config.pool.size,
-            config.pool.proxies,
-            CONTROL_CONNECTIONS,
-            needed,
-            shard.id,
-            max_connections,
-            reserved,
-            available
-        );
-    }
-    Ok(())
 }

@@ -242,10 +242,6 @@ async fn cursors_on_one_shard_and_across_shards() {
         ("FETCH PRIOR FROM f", "BACKWARD or PRIOR"),
         ("FETCH ABSOLUTE 3 FROM f", "ABSOLUTE"),
         ("MOVE BACKWARD 1 IN f", "BACKWARD"),
-        (
-            "DECLARE h CURSOR WITH HOLD FOR SELECT user_id FROM users",
-            "WITH HOLD",
-        ),
     ];
     for (sql, names) in refused {
         client.batch_execute("BEGIN").await.expect("begin");

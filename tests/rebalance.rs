@@ -109,7 +109,7 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
         "{out}"
     );
     let (ok, out) = pgshard(&["rebalance", "plan", "--config", config, "add-shard", "9"]);
-    assert!(!ok && out.contains("shard 9 is not in the config"), "{out}");
+    assert!(!ok && out.contains("shard 9 is not registered"), "{out}");
 
     // Evening out by row counts: 600 more users on shard 0 leave it with about four times what
     // shard 1 has; the job moves the top slice of shard 0's hash range until both hold half.

@@ -14,6 +14,9 @@ pub struct ClientInfo {
     pub database: String,
     pub address: Option<SocketAddr>,
     pub connected_at: SystemTime,
+    /// Why the client keeps a server connection past its transactions (transaction pooling),
+    /// e.g. `advisory_lock,temp_table`; empty when it keeps none.
+    pub pinned: String,
 }
 
 /// Every connected client, keyed by pid; also counts logins since start.
@@ -38,6 +41,14 @@ impl ClientRegistry {
         ClientEntry {
             registry: self.clone(),
             pid,
+        }
+    }
+
+    /// Records why client `pid` is pinned to server connections now (empty: it is not).
+    pub fn set_pinned(&self, pid: i32, reasons: String) {
+        let mut guard = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = guard.0.get_mut(&pid) {
+            c.pinned = reasons;
         }
     }
 
@@ -114,6 +125,7 @@ mod tests {
             database: "app".into(),
             address: None,
             connected_at: SystemTime::UNIX_EPOCH + Duration::from_secs(pid as u64),
+            pinned: String::new(),
         };
         let a = registry.register(info(2));
         let b = registry.register(info(1));
@@ -121,7 +133,12 @@ mod tests {
             registry.list().iter().map(|c| c.pid).collect::<Vec<_>>(),
             [1, 2]
         );
+        registry.set_pinned(2, "temp_table".into());
+        assert_eq!(registry.list()[1].pinned, "temp_table");
         drop(a);
+        assert_eq!(registry.list().len(), 1);
+        // A client that already left is not listed again.
+        registry.set_pinned(2, "advisory_lock".into());
         assert_eq!(registry.list().len(), 1);
         drop(b);
         assert!(registry.list().is_empty());

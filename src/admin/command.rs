@@ -15,6 +15,68 @@ pub enum Command {
     Rebalance(crate::rebalance::Target),
     /// CANCEL JOB n.
     CancelJob(i64),
+    /// ADD SHARD n host port [database], DROP SHARD n, ADD REPLICA n host port, DROP REPLICA n
+    /// host port: a checked change of the catalog's topology.
+    Topology(TopologyCommand),
+}
+
+/// A topology change as typed: ADD SHARD's database defaults to the other shards'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologyCommand {
+    AddShard {
+        id: u32,
+        host: String,
+        port: u16,
+        database: Option<String>,
+    },
+    Other(crate::catalog::TopologyChange),
+}
+
+impl TopologyCommand {
+    /// The command tag of its CommandComplete.
+    pub fn tag(&self) -> &'static str {
+        use crate::catalog::TopologyChange as C;
+        match self {
+            TopologyCommand::AddShard { .. } => "ADD SHARD",
+            TopologyCommand::Other(C::DropShard(_)) => "DROP SHARD",
+            TopologyCommand::Other(C::AddReplica { .. }) => "ADD REPLICA",
+            TopologyCommand::Other(C::DropReplica { .. }) => "DROP REPLICA",
+            TopologyCommand::Other(C::AddShard { .. }) => "ADD SHARD",
+        }
+    }
+}
+
+/// ADD/DROP SHARD/REPLICA with their arguments as typed (`args`: the words after the first two).
+fn parse_topology(verb: &str, noun: &str, args: &[&str]) -> Option<TopologyCommand> {
+    use crate::catalog::TopologyChange as C;
+    let id = |w: &str| w.parse::<u32>().ok();
+    let port = |w: &str| w.parse::<u16>().ok().filter(|p| *p > 0);
+    Some(match (verb, noun, args) {
+        ("ADD", "SHARD", [n, host, p]) => TopologyCommand::AddShard {
+            id: id(n)?,
+            host: host.to_string(),
+            port: port(p)?,
+            database: None,
+        },
+        ("ADD", "SHARD", [n, host, p, db]) => TopologyCommand::AddShard {
+            id: id(n)?,
+            host: host.to_string(),
+            port: port(p)?,
+            database: Some(db.to_string()),
+        },
+        ("DROP", "SHARD", [n]) => TopologyCommand::Other(C::DropShard(id(n)?)),
+        ("ADD", "REPLICA", [n, host, p]) => TopologyCommand::Other(C::AddReplica {
+            shard: id(n)?,
+            host: host.to_string(),
+            port: port(p)?,
+        }),
+        ("DROP", "REPLICA", [n, host, p]) => TopologyCommand::Other(C::DropReplica {
+            shard: id(n)?,
+            host: host.to_string(),
+            port: port(p)?,
+        }),
+        _ => return None,
+    })
 }
 
 /// What a SHOW command lists.
@@ -31,7 +93,7 @@ pub enum View {
 }
 
 /// Every command, for the hint of an error.
-pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | modulo-to-hash, CANCEL JOB n";
+pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | modulo-to-hash, CANCEL JOB n, ADD SHARD n host port [database], DROP SHARD n, ADD REPLICA n host port, DROP REPLICA n host port";
 
 const VIEWS: [(&str, View); 8] = [
     ("SHARDS", View::Shards),
@@ -74,6 +136,25 @@ fn parse_one(text: &str) -> Result<Command, ErrorFields> {
                 .map_err(|e| ErrorFields::error("42601", format!("REBALANCE: {e}")));
         }
         ["CANCEL", "JOB", n] => n.parse().ok().map(Command::CancelJob),
+        [verb @ ("ADD" | "DROP"), noun @ ("SHARD" | "REPLICA"), ..] => {
+            // Host names and databases as typed.
+            let args: Vec<&str> = text.split_whitespace().skip(2).collect();
+            let parsed = parse_topology(verb, noun, &args).map(Command::Topology);
+            if parsed.is_none() {
+                return Err(ErrorFields::error(
+                    "42601",
+                    format!(
+                        "{verb} {noun}: expected {}",
+                        match (*verb, *noun) {
+                            ("ADD", "SHARD") => "ADD SHARD n host port [database]",
+                            ("DROP", "SHARD") => "DROP SHARD n",
+                            _ => "ADD|DROP REPLICA n host port",
+                        }
+                    ),
+                ));
+            }
+            parsed
+        }
         ["SHOW", what] => VIEWS
             .iter()
             .find(|(name, _)| name == what)
@@ -112,6 +193,52 @@ mod tests {
         );
         assert_eq!(parse(" ; "), Ok(vec![]));
         assert_eq!(parse("reload"), Ok(vec![Command::Reload]));
+    }
+
+    #[test]
+    fn topology_commands_keep_their_arguments_as_typed() {
+        use crate::catalog::TopologyChange as C;
+        let one = |q: &str| parse(q).map(|mut v| v.remove(0));
+        assert_eq!(
+            one("add shard 10 DB-Host.example 5432 App"),
+            Ok(Command::Topology(TopologyCommand::AddShard {
+                id: 10,
+                host: "DB-Host.example".into(),
+                port: 5432,
+                database: Some("App".into()),
+            }))
+        );
+        assert_eq!(
+            one("ADD SHARD 3 127.0.0.1 7003;"),
+            Ok(Command::Topology(TopologyCommand::AddShard {
+                id: 3,
+                host: "127.0.0.1".into(),
+                port: 7003,
+                database: None,
+            }))
+        );
+        assert_eq!(
+            one("drop shard 4"),
+            Ok(Command::Topology(TopologyCommand::Other(C::DropShard(4))))
+        );
+        assert_eq!(
+            one("Drop Replica 4 h 7"),
+            Ok(Command::Topology(TopologyCommand::Other(C::DropReplica {
+                shard: 4,
+                host: "h".into(),
+                port: 7
+            })))
+        );
+        for bad in [
+            "ADD SHARD x h 1",
+            "ADD SHARD 1 h 0",
+            "ADD SHARD 1 h 70000",
+            "DROP SHARD",
+            "ADD REPLICA 1 h",
+            "DROP SHARD -1",
+        ] {
+            assert_eq!(one(bad).unwrap_err().code, "42601", "{bad}");
+        }
     }
 
     #[test]

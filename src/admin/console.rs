@@ -175,6 +175,16 @@ async fn run_command(
             io.push(&notice.to_notice());
             io.push(&be::command_complete("CANCEL JOB"));
         }
+        Command::Topology(change) => {
+            let tag = change.tag();
+            let (version, change) = topology_change(proxy, change).await?;
+            let notice = ErrorFields {
+                severity: "NOTICE".into(),
+                ..ErrorFields::error("00000", format!("topology version {version}: {change}"))
+            };
+            io.push(&notice.to_notice());
+            io.push(&be::command_complete(tag));
+        }
         Command::Resume => {
             if !proxy.admin.gate.resume() {
                 return Err(ErrorFields::error("55000", "pgshard is not paused"));
@@ -185,6 +195,47 @@ async fn run_command(
     }
     Ok(())
 }
+
+/// Checks and records a topology change, then waits (briefly) until this proxy has applied it,
+/// so the answer means its pools are there.
+async fn topology_change(
+    proxy: &Proxy,
+    command: command::TopologyCommand,
+) -> Result<(i64, crate::catalog::TopologyChange), ErrorFields> {
+    let change = match command {
+        command::TopologyCommand::AddShard {
+            id,
+            host,
+            port,
+            database,
+        } => crate::catalog::TopologyChange::AddShard {
+            id,
+            host,
+            port,
+            database: database.unwrap_or_else(|| {
+                proxy.shards.current().shards.first().map_or_else(
+                    || proxy.config.proxy.database.clone(),
+                    |s| s.database.clone(),
+                )
+            }),
+        },
+        command::TopologyCommand::Other(change) => change,
+    };
+    let version = crate::membership::register(&proxy.config, &change)
+        .await
+        .map_err(|e| ErrorFields::error(e.sqlstate(), e.to_string()))?;
+    tracing::info!(version, %change, "admin console: topology changed");
+    let mut applied = proxy.shards.subscribe();
+    let _ = tokio::time::timeout(
+        TOPOLOGY_APPLY_WAIT,
+        applied.wait_for(|t| t.version >= version),
+    )
+    .await;
+    Ok((version, change))
+}
+
+/// How long a topology command waits for this proxy to apply its change.
+const TOPOLOGY_APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Reads the newest shard map from the catalog now and installs it if it is newer; returns the
 /// version in use afterwards and whether it changed.

@@ -45,9 +45,11 @@ fn shards(proxy: &Proxy) -> ResultSet {
         ("servers", T::Int8),
         ("healthy_replicas", T::Int8),
         ("map_ranges", T::Int8),
+        ("topology_version", T::Int8),
     ]);
     let map = proxy.map.current();
-    for shard in &proxy.config.shards {
+    let topology = proxy.shards.current();
+    for shard in &topology.shards {
         let servers = proxy.topology.servers_of(shard.id);
         let primary = proxy
             .topology
@@ -66,6 +68,7 @@ fn shards(proxy: &Proxy) -> ResultSet {
             servers.len().into(),
             healthy_replicas.into(),
             ranges.into(),
+            topology.version.into(),
         ]);
     }
     rs
@@ -162,6 +165,7 @@ fn clients(proxy: &Proxy) -> ResultSet {
         ("database", T::Text),
         ("address", T::Text),
         ("connected_at", T::Timestamptz),
+        ("pinned", T::Text),
     ]);
     for c in proxy.admin.clients.list() {
         rs.row(vec![
@@ -170,6 +174,7 @@ fn clients(proxy: &Proxy) -> ResultSet {
             c.database.into(),
             c.address.map(|a| a.to_string()).into(),
             format_utc(c.connected_at).into(),
+            c.pinned.into(),
         ]);
     }
     rs

@@ -27,18 +27,59 @@ use crate::config::{Config, ShardConfig};
 /// The sampling interval of a shard while sessions wait for one of its replicas.
 pub const FAST_INTERVAL: Duration = Duration::from_millis(5);
 
-/// The running monitors of every shard.
+/// The running monitors of every shard; shards the topology adds or changes get theirs (re)started.
 pub struct Monitors {
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    ctx: MonitorContext,
+    tasks: std::sync::Mutex<std::collections::BTreeMap<u32, tokio::task::JoinHandle<()>>>,
 }
 
 impl Monitors {
     /// Stops every monitor (and closes their connections).
-    pub async fn stop(mut self) {
+    pub async fn stop(&self) {
         let _ = self.shutdown.send(true);
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks.values() {
+            task.abort();
+        }
+        for (_, task) in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Starts `shard`'s monitor over its servers as given, replacing the one running.
+    pub fn restart_shard(&self, shard: ShardConfig) {
+        let id = shard.id;
+        let task = tokio::spawn(run_shard(
+            self.ctx.clone(),
+            shard,
+            self.shutdown.subscribe(),
+        ));
+        if let Some(old) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops `shard`'s monitor (the shard left the topology).
+    pub fn stop_shard(&self, shard: u32) {
+        if let Some(old) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&shard)
+        {
+            old.abort();
+        }
+    }
+
+    /// What the monitors share.
+    pub fn context(&self) -> &MonitorContext {
+        &self.ctx
     }
 }
 
@@ -56,9 +97,14 @@ pub struct MonitorContext {
 
 /// Routes writes to the primaries the catalog records (read once, before any client arrives).
 pub async fn adopt_recorded_primaries(ctx: &MonitorContext) {
+    adopt_recorded_primaries_of(ctx, &ctx.config.shards).await
+}
+
+/// [`adopt_recorded_primaries`] for some shards (ones the topology just added).
+pub async fn adopt_recorded_primaries_of(ctx: &MonitorContext, shards: &[ShardConfig]) {
     match ctx.records.load_all().await {
         Ok(rows) => {
-            for shard in &ctx.config.shards {
+            for shard in shards {
                 if let Some(row) = rows.get(&shard.id) {
                     let recorded = resolve(shard, row);
                     apply_primary(
@@ -79,12 +125,15 @@ pub async fn adopt_recorded_primaries(ctx: &MonitorContext) {
 
 /// Starts one monitor per shard (and one sampling task per server).
 pub fn start(ctx: MonitorContext) -> Monitors {
-    let (shutdown, rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let monitors = Monitors {
+        shutdown: watch::channel(false).0,
+        ctx: ctx.clone(),
+        tasks: Default::default(),
+    };
     for shard in ctx.config.shards.clone() {
-        tasks.spawn(run_shard(ctx.clone(), shard, rx.clone()));
+        monitors.restart_shard(shard);
     }
-    Monitors { shutdown, tasks }
+    monitors
 }
 
 /// A server's address as the config names it, by index.

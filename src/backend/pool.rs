@@ -155,13 +155,14 @@ pub struct PoolStatus {
 /// The pools of every server of every shard, per server role.
 pub struct ShardPools {
     pools: RwLock<HashMap<PoolKey, Pool<ServerManager>>>,
-    /// Every server: its shard's config and its address.
-    servers: HashMap<ServerId, (ShardConfig, String)>,
+    /// Every server: its shard's config and its address (the catalog's topology may change it).
+    servers: RwLock<HashMap<ServerId, (ShardConfig, String)>>,
     auth: ServerAuthConfig,
     control_plane: Option<ControlPlaneConfig>,
     tls: ServerTls,
     connect_timeout: Duration,
-    size: usize,
+    /// Connections of each client pool (`pool.size`; a reload may change it).
+    size: AtomicUsize,
     max_prepared: usize,
     topology: Arc<Topology>,
     checkout_timeout: Duration,
@@ -178,24 +179,16 @@ impl ShardPools {
     ) -> Result<Arc<ShardPools>, String> {
         let mut servers = HashMap::new();
         for shard in &config.shards {
-            let addresses =
-                std::iter::once(shard.address()).chain(shard.replicas.iter().map(|r| r.address()));
-            for (index, address) in addresses.enumerate() {
-                let id = ServerId {
-                    shard: shard.id,
-                    index: index as u16,
-                };
-                servers.insert(id, (shard.clone(), address));
-            }
+            servers.extend(shard_servers(shard));
         }
         let pools = ShardPools {
             pools: RwLock::new(HashMap::new()),
-            servers,
+            servers: RwLock::new(servers),
             auth: config.server_auth.clone(),
             control_plane: config.control_plane.clone(),
             tls: tls.clone(),
             connect_timeout: config.pool.connect_timeout(),
-            size: config.pool.size,
+            size: AtomicUsize::new(config.pool.size),
             max_prepared: config.pool.max_prepared_statements,
             topology,
             checkout_timeout: config.pool.checkout_timeout(),
@@ -207,7 +200,13 @@ impl ShardPools {
                 logins.push(login);
             }
         }
-        let ids: Vec<ServerId> = pools.servers.keys().copied().collect();
+        let ids: Vec<ServerId> = pools
+            .servers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
         for id in ids {
             for login in &logins {
                 pools.pool(id, &login.role, login.password.clone(), false)?;
@@ -251,12 +250,15 @@ impl ShardPools {
         }
         let (shard, address) = self
             .servers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&server)
+            .cloned()
             .ok_or_else(|| format!("no server {server}"))?;
         let manager = ServerManager {
-            shard: shard.clone(),
+            shard,
             server: server.index,
-            address: address.clone(),
+            address,
             role: role.clone(),
             password: Mutex::new(password),
             auth: self.auth.clone(),
@@ -269,7 +271,7 @@ impl ShardPools {
         let size = if control {
             CONTROL_POOL_SIZE
         } else {
-            self.size
+            self.size.load(Ordering::Relaxed)
         };
         let pool = Pool::builder(manager)
             .max_size(size)
@@ -312,8 +314,8 @@ impl ShardPools {
     pub async fn get_control(&self, shard: u32) -> Result<PooledConn, CheckoutError> {
         let primary = self.primary(shard)?;
         let (role, password) = {
-            let (shard_config, _) = self
-                .servers
+            let servers = self.servers.read().unwrap_or_else(|p| p.into_inner());
+            let (shard_config, _) = servers
                 .get(&primary)
                 .ok_or(CheckoutError::UnknownShard(shard))?;
             match &self.control_plane {
@@ -338,7 +340,12 @@ impl ShardPools {
     fn primary(&self, shard: u32) -> Result<ServerId, CheckoutError> {
         match self.topology.primary(shard) {
             Some(primary) => Ok(primary),
-            None if self.servers.contains_key(&ServerId { shard, index: 0 }) => {
+            None if self
+                .servers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&ServerId { shard, index: 0 }) =>
+            {
                 Err(CheckoutError::NoPrimary {
                     shard,
                     detail: "no server of it is trusted with writes; see the topology".into(),
@@ -437,10 +444,117 @@ impl ShardPools {
         tracing::info!(%server, closed, "drained the pools of a server writes no longer go to");
     }
 
+    /// Makes `shard`'s servers those of `config` (a shard added to or changed in the catalog's
+    /// topology): a server at a new address gets new pools, with the roles every other server
+    /// has pools for; pools of servers that left or moved are closed.
+    pub fn set_shard(&self, config: &ShardConfig) {
+        let new = shard_servers(config);
+        let stale: Vec<ServerId> = {
+            let mut servers = self.servers.write().unwrap_or_else(|p| p.into_inner());
+            let stale = servers
+                .iter()
+                .filter(|(id, (_, address))| {
+                    id.shard == config.id && new.get(id).is_none_or(|(_, a)| a != address)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            servers.extend(new.iter().map(|(id, v)| (*id, v.clone())));
+            servers.retain(|id, _| id.shard != config.id || new.contains_key(id));
+            stale
+        };
+        self.close_pools(|id| stale.contains(&id));
+        let logins: Vec<(Arc<str>, Option<Arc<str>>)> = {
+            let pools = self.pools.read().unwrap_or_else(|p| p.into_inner());
+            let mut logins: Vec<_> = pools
+                .iter()
+                .filter(|(key, _)| !key.control)
+                .map(|(key, pool)| {
+                    let password = pool
+                        .manager()
+                        .password
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    (key.role.clone(), password)
+                })
+                .collect();
+            logins.sort();
+            logins.dedup_by(|a, b| a.0 == b.0);
+            logins
+        };
+        for id in new.keys() {
+            for (role, password) in &logins {
+                if let Err(e) = self.pool(*id, role, password.clone(), false) {
+                    tracing::warn!(server = %id, error = %e, "cannot build a pool");
+                }
+            }
+        }
+    }
+
+    /// Connections of each client pool now.
+    pub fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Gives every client pool `size` connections at most (a reload changed `pool.size`); a
+    /// smaller pool closes its surplus idle connections and the rest as they come back.
+    pub fn resize(&self, size: usize) {
+        self.size.store(size, Ordering::Relaxed);
+        for (key, pool) in self.pools.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if !key.control {
+                pool.resize(size);
+            }
+        }
+    }
+
+    /// Forgets `shard` and closes every pool of its servers (dropped from the topology).
+    pub fn remove_shard(&self, shard: u32) {
+        self.servers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| id.shard != shard);
+        self.close_pools(|id| id.shard == shard);
+    }
+
+    /// Removes and closes the pools of the servers `which` picks: waiting checkouts fail, and
+    /// connections in use are dropped when they come back.
+    fn close_pools(&self, which: impl Fn(ServerId) -> bool) {
+        let mut closed = Vec::new();
+        self.pools
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, pool| {
+                let keep = !which(key.server);
+                if !keep {
+                    closed.push((key.server, pool.clone()));
+                }
+                keep
+            });
+        for (server, pool) in closed {
+            pool.close();
+            tracing::info!(%server, "closed the pool of a server that left the topology");
+        }
+    }
+
     /// Drops a connection instead of returning it to the pool.
     pub fn discard(conn: PooledConn) {
         let _ = Object::take(conn);
     }
+}
+
+/// A shard's servers by id: its primary as server 0, its replicas from 1.
+fn shard_servers(shard: &ShardConfig) -> HashMap<ServerId, (ShardConfig, String)> {
+    std::iter::once(shard.address())
+        .chain(shard.replicas.iter().map(|r| r.address()))
+        .enumerate()
+        .map(|(index, address)| {
+            let id = ServerId {
+                shard: shard.id,
+                index: index as u16,
+            };
+            (id, (shard.clone(), address))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -105,9 +105,9 @@ pub struct Topology {
     /// The primary each shard agreed on, if known. Before the first sample it is server 0.
     primaries: RwLock<BTreeMap<u32, ServerId>>,
     /// Bumped on every update of a shard's servers (readers waiting for replay watch it).
-    changes: BTreeMap<u32, watch::Sender<u64>>,
+    changes: RwLock<BTreeMap<u32, watch::Sender<u64>>>,
     /// Sessions waiting for fresh samples of a shard, and how its monitor learns of the first.
-    interest: BTreeMap<u32, Arc<SampleInterest>>,
+    interest: RwLock<BTreeMap<u32, Arc<SampleInterest>>>,
 }
 
 /// How many sessions want a shard sampled faster (they are waiting for a replica to replay).
@@ -162,9 +162,73 @@ impl Topology {
         Arc::new(Topology {
             servers: RwLock::new(servers),
             primaries: RwLock::new(primaries),
-            changes,
-            interest,
+            changes: RwLock::new(changes),
+            interest: RwLock::new(interest),
         })
+    }
+
+    /// Sets `shard`'s servers (primary first) as the catalog's topology lists them: a server
+    /// whose address is unchanged keeps its state, others start unknown; a new shard's writes go
+    /// to its server 0 until the monitors say otherwise.
+    pub fn set_shard_servers(&self, shard: u32, addresses: &[String]) {
+        if let Ok(mut s) = self.servers.write() {
+            s.retain(|id, st| {
+                id.shard != shard
+                    || addresses
+                        .get(usize::from(id.index))
+                        .is_some_and(|a| *a == st.address)
+            });
+            for (index, address) in addresses.iter().enumerate() {
+                let id = ServerId {
+                    shard,
+                    index: index as u16,
+                };
+                s.entry(id)
+                    .or_insert_with(|| ServerState::new(id, address.clone()));
+            }
+        }
+        let new = self
+            .changes
+            .write()
+            .map(|mut c| {
+                let new = !c.contains_key(&shard);
+                c.entry(shard).or_insert_with(|| watch::channel(0).0);
+                new
+            })
+            .unwrap_or(false);
+        if let Ok(mut i) = self.interest.write() {
+            i.entry(shard).or_default();
+        }
+        if new {
+            if let Ok(mut p) = self.primaries.write() {
+                p.insert(shard, ServerId { shard, index: 0 });
+            }
+        } else if let Ok(mut p) = self.primaries.write() {
+            // A primary whose server left the list is no longer trusted with writes.
+            if p.get(&shard)
+                .is_some_and(|id| usize::from(id.index) >= addresses.len())
+            {
+                p.remove(&shard);
+            }
+        }
+        self.bump(shard);
+    }
+
+    /// Forgets `shard` (dropped from the catalog's topology).
+    pub fn remove_shard(&self, shard: u32) {
+        if let Ok(mut s) = self.servers.write() {
+            s.retain(|id, _| id.shard != shard);
+        }
+        if let Ok(mut p) = self.primaries.write() {
+            p.remove(&shard);
+        }
+        self.bump(shard);
+        if let Ok(mut c) = self.changes.write() {
+            c.remove(&shard);
+        }
+        if let Ok(mut i) = self.interest.write() {
+            i.remove(&shard);
+        }
     }
 
     /// The server writes for `shard` go to now; `None` for an unknown shard, or while no server
@@ -240,7 +304,7 @@ impl Topology {
     /// Asks `shard`'s monitor for fast sampling while the returned guard lives (take it before
     /// waiting on `watch`). `None` for an unknown shard.
     pub fn want_fresh_samples(&self, shard: u32) -> Option<FreshSamples> {
-        let interest = self.interest.get(&shard)?.clone();
+        let interest = self.sample_interest(shard)?;
         interest.waiters.fetch_add(1, Ordering::AcqRel);
         interest.arrived.notify_one();
         Some(FreshSamples(interest))
@@ -248,16 +312,23 @@ impl Topology {
 
     /// The shard's waiter count, for its monitor.
     pub fn sample_interest(&self, shard: u32) -> Option<Arc<SampleInterest>> {
-        self.interest.get(&shard).cloned()
+        self.interest.read().ok()?.get(&shard).cloned()
     }
 
     /// A receiver that changes whenever `shard`'s servers are sampled.
     pub fn watch(&self, shard: u32) -> Option<watch::Receiver<u64>> {
-        self.changes.get(&shard).map(|tx| tx.subscribe())
+        self.changes
+            .read()
+            .ok()?
+            .get(&shard)
+            .map(|tx| tx.subscribe())
     }
 
     fn bump(&self, shard: u32) {
-        if let Some(tx) = self.changes.get(&shard) {
+        let Ok(changes) = self.changes.read() else {
+            return;
+        };
+        if let Some(tx) = changes.get(&shard) {
             tx.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
@@ -288,6 +359,7 @@ impl Topology {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use futures_util::FutureExt;
 
     fn config() -> Config {
         let text = r#"
@@ -379,6 +451,45 @@ database = "app"
         drop(b);
         assert!(!interest.wanted());
         assert!(t.want_fresh_samples(7).is_none());
+    }
+
+    #[test]
+    fn shards_are_added_changed_and_removed_at_run_time() {
+        let t = Topology::new(&config());
+        let a = |p: u16| format!("127.0.0.1:{p}");
+        t.set_shard_servers(10, &[a(7010), a(7110)]);
+        assert_eq!(
+            t.primary(10),
+            Some(ServerId {
+                shard: 10,
+                index: 0
+            })
+        );
+        assert_eq!(t.servers_of(10).len(), 2);
+        assert!(t.watch(10).is_some() && t.want_fresh_samples(10).is_some());
+        // Shard 0 loses its first replica: server 1 is now 7102, server 2 is gone.
+        let mut s = t.server(ServerId { shard: 0, index: 0 }).unwrap();
+        s.healthy = true;
+        t.update(s);
+        t.set_shard_servers(0, &[a(7001), a(7102)]);
+        let zero = t.servers_of(0);
+        assert_eq!(zero.len(), 2);
+        assert!(zero[0].healthy, "an unchanged server keeps its state");
+        assert_eq!(zero[1].address, a(7102));
+        assert!(!zero[1].healthy);
+        t.set_primary(ServerId { shard: 0, index: 1 });
+        t.set_shard_servers(0, &[a(7001)]);
+        assert_eq!(
+            t.primary(0),
+            None,
+            "a primary that left the list is not trusted"
+        );
+        let mut rx = t.watch(10).unwrap();
+        t.remove_shard(10);
+        assert!(rx.changed().now_or_never().is_some());
+        assert!(t.servers_of(10).is_empty());
+        assert_eq!(t.primary(10), None);
+        assert!(t.watch(10).is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The catalog database: the versioned shard map (loaded at start, reloaded on NOTIFY, on a slow
 //! poll and after reconnecting), the list of live proxies that hands out id-generator node ids, and
-//! the primary each shard agreed on.
+//! the primary each shard agreed on, and the topology (which shards and servers exist).
 
 mod init;
 mod key_blocks;
@@ -8,6 +8,7 @@ mod lazy_client;
 mod map_handle;
 mod primaries;
 mod store;
+mod topology;
 mod watcher;
 
 pub use init::{init, init_url, CATALOG_SQL};
@@ -16,6 +17,13 @@ pub use map_handle::MapHandle;
 pub use primaries::{PrimaryRecord, PrimaryRecords};
 pub use store::{
     load_map, publish_first_map, publish_map, publish_map_after, register_proxy, FirstMap,
+};
+#[cfg(test)]
+pub use topology::test_shard;
+pub use topology::{
+    apply_change, effective_config, load_topology, merge_shards,
+    refuse_conflicts as topology_refusals, seed_topology, with_topology, CatalogTopology, Seeded,
+    TopologyChange, TopologyHandle, TOPOLOGY_CHANNEL,
 };
 pub use watcher::{start, CatalogHandle};
 
@@ -32,6 +40,9 @@ pub enum CatalogError {
     NoMap,
     #[error("a shard map needs at least one shard; the config lists none")]
     NoShards,
+    /// A topology change that would leave the shards inconsistent.
+    #[error("{0}")]
+    Refused(String),
     #[error("catalog holds an invalid shard map version {version}: {reason}")]
     InvalidMap { version: i64, reason: String },
 }

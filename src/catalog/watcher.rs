@@ -8,9 +8,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client};
 
+use super::topology::{load_topology, seed_topology, TopologyHandle, TOPOLOGY_CHANNEL};
 use super::{load_map, register_proxy, CatalogError, MapHandle};
 use crate::backend::ServerTls;
-use crate::config::CatalogConfig;
+use crate::config::{CatalogConfig, ShardConfig};
 
 /// The channel the catalog's trigger notifies on.
 pub const MAP_CHANNEL: &str = "pgshard_shard_map";
@@ -18,6 +19,8 @@ pub const MAP_CHANNEL: &str = "pgshard_shard_map";
 /// The running catalog client.
 pub struct CatalogHandle {
     pub map: MapHandle,
+    /// The shards and servers the catalog lists.
+    pub topology: TopologyHandle,
     /// This proxy's node id for the id generator.
     pub node_id: u16,
     task: tokio::task::JoinHandle<()>,
@@ -54,33 +57,42 @@ async fn connect(url: &str, tls: &ServerTls) -> Result<Watched, CatalogError> {
         }
     });
     client
-        .batch_execute(&format!("LISTEN {MAP_CHANNEL}"))
+        .batch_execute(&format!("LISTEN {MAP_CHANNEL}; LISTEN {TOPOLOGY_CHANNEL}"))
         .await?;
     Ok((client, rx))
 }
 
-/// Connects, registers this proxy, loads the map, and starts watching for new versions.
+/// Connects, registers this proxy, loads the map and the topology (seeding it from `shards`, the
+/// config's, when the catalog has none), and starts watching for new versions of both.
 /// Catalog connections are protected like server connections (`tls`, from `[server_tls]`).
 pub async fn start(
     config: &CatalogConfig,
     node_name: &str,
     tls: &ServerTls,
+    shards: &[ShardConfig],
 ) -> Result<CatalogHandle, CatalogError> {
-    let (client, rx) = connect(&config.url, tls).await?;
+    let (mut client, rx) = connect(&config.url, tls).await?;
     // The map first: a proxy that cannot start must not leave a row in `proxies`.
     let map = load_map(&client).await?.ok_or(CatalogError::NoMap)?;
+    seed_topology(&mut client, shards).await?;
+    let topology = TopologyHandle::new(
+        load_topology(&client)
+            .await?
+            .ok_or_else(|| CatalogError::Refused("the catalog lost its topology".into()))?,
+    );
     let node_id = register_proxy(&client, node_name).await?;
     let handle = MapHandle::new(map);
     let task = tokio::spawn(watch(
         config.url.clone(),
         tls.clone(),
         Duration::from_millis(config.poll_interval_ms),
-        handle.clone(),
+        (handle.clone(), topology.clone()),
         node_id,
         Some((client, rx)),
     ));
     Ok(CatalogHandle {
         map: handle,
+        topology,
         node_id,
         task,
     })
@@ -90,10 +102,11 @@ async fn watch(
     url: String,
     tls: ServerTls,
     poll: Duration,
-    handle: MapHandle,
+    handles: (MapHandle, TopologyHandle),
     node_id: u16,
     mut watched: Option<Watched>,
 ) {
+    let (handle, topology) = &handles;
     let mut backoff = Duration::from_millis(100);
     let mut in_outage = false;
     loop {
@@ -108,7 +121,7 @@ async fn watch(
                     watched = Some(w);
                     // Re-read at once: a new version may have been announced while we were away.
                     if let Some((client, _)) = watched.as_ref() {
-                        reload(client, &handle).await;
+                        reload(client, handle, topology).await;
                     }
                 }
                 Err(e) => {
@@ -140,11 +153,18 @@ async fn watch(
             watched = None;
             continue;
         }
-        reload(client, &handle).await;
+        reload(client, handle, topology).await;
     }
 }
 
-async fn reload(client: &Client, handle: &MapHandle) {
+async fn reload(client: &Client, handle: &MapHandle, topology: &TopologyHandle) {
+    match load_topology(client).await {
+        Ok(Some(t)) => {
+            topology.install(t);
+        }
+        Ok(None) => tracing::warn!("catalog has no topology; keeping the current one"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the topology; keeping the current one"),
+    }
     match load_map(client).await {
         Ok(Some(map)) => {
             handle.install(map);

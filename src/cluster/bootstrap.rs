@@ -52,6 +52,7 @@ pub async fn bootstrap(
     cluster_id: &str,
     strategy: Strategy,
     shard_ids: &[u32],
+    topology: &[crate::config::ShardConfig],
 ) -> Result<(), ClusterError> {
     let db = inst.database();
     let ctx = |what: &str| format!("{} on {}", what, inst.name);
@@ -131,6 +132,12 @@ pub async fn bootstrap(
                 .await
                 .map_err(|source| ClusterError::Catalog {
                     context: ctx("applying sql/catalog.sql and writing shard map version 1"),
+                    source,
+                })?;
+            crate::catalog::seed_topology(&mut client, topology)
+                .await
+                .map_err(|source| ClusterError::Catalog {
+                    context: ctx("registering the shards in the catalog's topology"),
                     source,
                 })?;
         }

@@ -213,6 +213,31 @@ pub fn plan_instances(
     Ok(instances)
 }
 
+/// The instances of one more shard `id` (its primary `shard{id}`, then `replicas` replicas) on
+/// free loopback ports: what `cluster add-shard` creates.
+pub fn plan_shard(dir: &Path, id: u32, replicas: u32) -> Result<Vec<InstanceInfo>, ClusterError> {
+    let ports = free_ports(1 + replicas as usize)?;
+    let names = std::iter::once((primary_name(id), Role::Primary, None)).chain(
+        (1..=replicas).map(|n| (replica_name(id, n), Role::Replica, Some(primary_name(id)))),
+    );
+    names
+        .zip(ports)
+        .map(|((name, role, primary), port)| {
+            let data_dir = dir.join(&name);
+            check_socket_path(&data_dir, port)?;
+            Ok(InstanceInfo {
+                name,
+                shard: Some(id),
+                role,
+                host: "127.0.0.1".into(),
+                port,
+                data_dir,
+                primary,
+            })
+        })
+        .collect()
+}
+
 /// Postgres puts its unix socket in the data directory; a too-long path fails at start with a cryptic
 /// error, so refuse it up front.
 fn check_socket_path(data_dir: &Path, port: u16) -> Result<(), ClusterError> {
@@ -307,6 +332,24 @@ mod tests {
         assert_eq!(state.instances[0].primary, None);
         assert!(!state.sync_any_one);
         assert_eq!(state.apply_delay_ms, None);
+    }
+
+    #[test]
+    fn one_more_shard_brings_its_replicas() {
+        let plan = plan_shard(Path::new("/tmp/x"), 10, 2).unwrap();
+        let names: Vec<_> = plan
+            .iter()
+            .map(|i| (i.name.as_str(), i.shard, i.role, i.primary.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("shard10", Some(10), Role::Primary, None),
+                ("shard10r1", Some(10), Role::Replica, Some("shard10")),
+                ("shard10r2", Some(10), Role::Replica, Some("shard10")),
+            ]
+        );
+        assert_eq!(plan[1].data_dir, Path::new("/tmp/x/shard10r1"));
     }
 
     #[test]

@@ -393,6 +393,7 @@ impl UpContext<'_> {
             &self.state.cluster_id,
             self.state.strategy,
             self.shard_ids,
+            &proxy_config(&self.state.instances, DEFAULT_LISTEN).shards,
         )
         .await?;
         if replicas.is_empty() {
@@ -419,6 +420,61 @@ impl UpContext<'_> {
         }
         Ok(())
     }
+}
+
+/// Creates and starts one more shard in the cluster in `dir` — id one above the highest, with as
+/// many replicas as the other shards have — bootstrapped like the others (schema, identity row).
+/// Registering it with the proxies is the caller's business ([`crate::membership::local`]).
+/// Returns the cluster with the new instances and the new shard's id.
+pub async fn add_shard(dir: &Path) -> Result<(ClusterInfo, u32), ClusterError> {
+    let dir = absolute(dir)?;
+    let mut state = ClusterState::load_existing(&dir)?;
+    let bins = PgBinaries::find()?;
+    let run_as = RunAs::detect()?;
+    let id = state
+        .instances
+        .iter()
+        .filter_map(|i| i.shard)
+        .max()
+        .map_or(0, |m| m + 1);
+    let replicas = replicas_per_shard(&state.instances);
+    let new = layout::plan_shard(&dir, id, replicas)?;
+    let primary = new[0].clone();
+    state.instances.extend(new);
+    // Recorded before anything starts, so `down` stops it even if the rest fails.
+    state.save(&dir)?;
+    let template = dir.join(layout::TEMPLATE_DIR);
+    instance::init_template(&bins, run_as, &template, DEFAULT_LOCALE).await?;
+    let mut shard_ids: Vec<u32> = state.instances.iter().filter_map(|i| i.shard).collect();
+    shard_ids.sort_unstable();
+    shard_ids.dedup();
+    let ctx = UpContext {
+        bins: &bins,
+        run_as,
+        template: &template,
+        state: &state,
+        shard_ids: &shard_ids,
+        replicas,
+    };
+    ctx.bring_up(&primary).await?;
+    tracing::info!(
+        shard = id,
+        replicas,
+        port = primary.port,
+        "shard added to the cluster"
+    );
+    Ok((ClusterInfo::from_state(dir, state), id))
+}
+
+/// Rewrites the shards of the cluster's `pgshard.toml` from its instances, keeping every other
+/// setting of the file (after `add_shard` has been registered: proxies started from the file
+/// then list what the catalog lists).
+pub fn write_config_shards(info: &ClusterInfo) -> Result<(), ClusterError> {
+    let mut config = crate::config::Config::load(&info.config_path).map_err(|e| {
+        ClusterError::Spec(format!("cannot read {}: {e}", info.config_path.display()))
+    })?;
+    config.shards = proxy_config(&info.instances, &config.proxy.listen).shards;
+    layout::write_atomic(&info.config_path, &config.to_toml())
 }
 
 /// Stops every instance of the cluster in `dir` (fast shutdown, in parallel). Instances that are

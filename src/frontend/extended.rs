@@ -576,12 +576,8 @@ impl Session {
                         true,
                     )));
                 }
-                if self.proxy.config.pool.mode == crate::config::PoolMode::Transaction {
-                    if let Some(feature) = &facts.session_bound {
-                        return Err(refusal(format!(
-                            "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
-                        )));
-                    }
+                if let Some(fields) = self.pin_or_refuse(std::slice::from_ref(facts)) {
+                    return Err(fields);
                 }
                 let mut rewritten = None;
                 let route = if facts.missing_key_rows.is_some() {

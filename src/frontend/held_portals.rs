@@ -305,6 +305,9 @@ impl Session {
         self.state
             .cursors
             .declare(&declare.name, Place::Proxy(held));
+        if declare.hold {
+            self.state.cursors.hold(&declare.name);
+        }
         Ok(Ok(()))
     }
 

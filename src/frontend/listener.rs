@@ -105,6 +105,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         database: database.clone(),
         address: Some(peer),
         connected_at: SystemTime::now(),
+        pinned: String::new(),
     });
     if database == crate::ADMIN_DATABASE {
         let io = ClientIo::new(stream, buf, &proxy.live.get());
@@ -126,6 +127,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         any_shard: proxy.first_shard,
         hold_pass: None,
         reserved_keys: Default::default(),
+        pins: super::session_pins::Pins::for_client(pid),
     };
     // The client's startup settings are tried on a real shard, the first one that answers: one
     // shard being down must not keep clients of the others out.

@@ -16,6 +16,7 @@ pub mod read_routing;
 pub mod run;
 pub mod session;
 pub mod session_limits;
+pub mod session_pins;
 pub mod split_bind;
 pub mod startup;
 pub mod tls;

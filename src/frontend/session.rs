@@ -62,6 +62,8 @@ pub struct Session {
     pub hold_pass: Option<crate::admin::gate::RequestPass>,
     /// Generated keys reserved for the request being planned.
     pub reserved_keys: super::generated_keys::ReservedKeys,
+    /// Server connections kept past transactions for session state (see `session_pins`).
+    pub pins: super::session_pins::Pins,
 }
 
 impl Session {
@@ -130,7 +132,10 @@ impl Session {
                 self.hold_pass = None;
             }
             // Whatever path served the request (a scatter read leaves its connections held), an
-            // idle client holds no server connection in transaction pooling.
+            // idle client holds no server connection in transaction pooling, but those pinned.
+            if self.settle_pins().await.is_err() {
+                break;
+            }
             self.release_idle();
             self.publish_writes().await;
         }
@@ -189,6 +194,7 @@ impl Session {
 
     /// Returns or discards server connections when the client leaves.
     async fn close(&mut self) {
+        self.unpin_on_close();
         let held = std::mem::take(&mut self.held);
         for (_, mut conn) in held {
             if conn.synced && conn.status != TxStatus::Idle {
@@ -293,7 +299,7 @@ impl Session {
             ));
             return Ok(());
         }
-        if let Some(fields) = self.session_bound_refusal(&facts) {
+        if let Some(fields) = self.pin_or_refuse(&facts) {
             self.reply_error(fields);
             return Ok(());
         }
@@ -629,18 +635,6 @@ impl Session {
         }
     }
 
-    fn session_bound_refusal(&self, facts: &[StatementFacts]) -> Option<ErrorFields> {
-        if self.proxy.config.pool.mode == PoolMode::Session {
-            return None;
-        }
-        facts.iter().find_map(|f| f.session_bound.as_ref()).map(|feature| {
-            refusal(format!(
-                "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
-            ))
-            .with_hint("set pool.mode = \"session\" in the pgshard config, or avoid session-level state")
-        })
-    }
-
     /// Answers a statement the proxy handles itself (no ReadyForQuery); `describe` adds the
     /// RowDescription (simple protocol).
     pub fn local_command(&mut self, local: &LocalCommand, describe: bool, binary: bool) {
@@ -805,7 +799,11 @@ impl Session {
         if let (Some(want), Some(conn)) = (want, self.held.get(&shard)) {
             // A held connection to another server of the shard (a replica read before, or the
             // primary before a failover) goes back unless a block still needs it.
-            if conn.server != want.index && !in_block && conn.reusable() {
+            if conn.server != want.index
+                && !in_block
+                && conn.reusable()
+                && self.pinned_conn_may_go(shard)
+            {
                 self.held.remove(&shard);
             }
         }
@@ -924,7 +922,9 @@ impl Session {
                     }
                 }
                 self.state.portals.clear();
-                self.state.cursors.clear();
+                self.state.cursors.end_block(
+                    outcome.error.is_some() || outcome.tags.last().is_some_and(|t| t == "ROLLBACK"),
+                );
             }
             Some(TxStatus::InTransaction) | Some(TxStatus::Failed) => {
                 self.state.joined_on(shard);
@@ -954,7 +954,7 @@ impl Session {
             .held
             .keys()
             .copied()
-            .filter(|s| !keep.contains(s))
+            .filter(|s| !keep.contains(s) && !self.pins.keeps(*s))
             .collect();
         for shard in shards {
             if let Some(conn) = self.held.remove(&shard) {
@@ -979,7 +979,8 @@ impl Session {
         // Settings changed inside a block that the same request rolls back are undone.
         let mut block_start = None;
         for f in facts {
-            match self.state.record_setting(&f.kind, &mut block_start) {
+            let kind = crate::router::set_config::as_set(f);
+            match self.state.record_setting(&kind, &mut block_start) {
                 SettingEffect::Unchanged => {}
                 SettingEffect::Restored => {
                     for conn in self.held.values_mut() {

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::plan::parse_target;
-use super::shards::catalog;
+use super::shards::{catalog, with_registered_shards};
 use super::{estimate, verify, RebalanceError};
 use crate::config::Config;
 
@@ -19,6 +19,7 @@ pub async fn current_map(config: &Config) -> anyhow::Result<crate::router::Shard
 /// `pgshard verify`: prints per-shard counts and every misplacement; Ok(false) when misplaced
 /// rows exist.
 pub async fn verify_command(config: &Config, out: &mut impl Write) -> anyhow::Result<bool> {
+    let config = &with_registered_shards(config).await?;
     let map = current_map(config).await?;
     let report = verify::verify(config, &map).await?;
     writeln!(
@@ -62,9 +63,12 @@ pub async fn plan_command(
 ) -> anyhow::Result<()> {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let target = parse_target(&words).map_err(RebalanceError::Config)?;
+    let config = &with_registered_shards(config).await?;
     let map = current_map(config).await?;
     if let Some(shard) = map_shards_missing(config, &target).first() {
-        anyhow::bail!("shard {shard} is not in the config's [[shards]]; add it there first");
+        anyhow::bail!(
+            "shard {shard} is not registered; add it first with `pgshard shard add` or ADD SHARD"
+        );
     }
     let target = super::even::measure(config, &map, &target).await?;
     let plan = super::plan(&map, &target)?;
@@ -127,8 +131,11 @@ pub async fn start_command(
 
 /// Plans `target` from the current map and records it as a new job.
 pub async fn create_job(config: &Config, target: &super::Target) -> anyhow::Result<i64> {
+    let config = &with_registered_shards(config).await?;
     if let Some(shard) = map_shards_missing(config, target).first() {
-        anyhow::bail!("shard {shard} is not in the config's [[shards]]; add it there first");
+        anyhow::bail!(
+            "shard {shard} is not registered; add it first with `pgshard shard add` or ADD SHARD"
+        );
     }
     let mut client = catalog(config).await?;
     let map = crate::catalog::load_map(&client)

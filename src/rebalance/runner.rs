@@ -44,6 +44,8 @@ async fn run_once(config: &Arc<Config>, owner: &str) -> Result<(), RebalanceErro
         return Ok(());
     };
     tracing::info!(job = id, owner, "running rebalancing job");
+    // Shards registered since this proxy started take part too.
+    let config = &Arc::new(super::shards::with_registered_shards(config).await?);
     let lost = Arc::new(AtomicBool::new(false));
     let renewal = {
         let (config, owner, lost) = (config.clone(), owner.to_string(), lost.clone());

@@ -11,8 +11,17 @@ use crate::config::{Config, ShardConfig};
 /// The shard's config entry, or an error naming the id.
 pub fn shard_config(config: &Config, id: u32) -> Result<&ShardConfig, RebalanceError> {
     config.shard(id).ok_or_else(|| {
-        RebalanceError::Config(format!("shard {id} is not in the config's [[shards]]"))
+        RebalanceError::Config(format!(
+            "shard {id} is not registered: add it with `pgshard shard add` or ADD SHARD"
+        ))
     })
+}
+
+/// `config` with the shards the catalog's topology lists now (registered since the config was
+/// written, too).
+pub async fn with_registered_shards(config: &Config) -> Result<Config, RebalanceError> {
+    let tls = ServerTls::load(config.server_tls.as_ref())?;
+    Ok(crate::catalog::effective_config(config, &tls).await?)
 }
 
 /// A libpq connection string for `shard` with the control-plane login (what a subscription on

@@ -134,6 +134,35 @@ pub struct StatementFacts {
     /// For DECLARE, FETCH, MOVE and CLOSE: the cursor and what is done with it, so the session
     /// keeps a cursor's statements where it lives.
     pub cursor: Option<super::cursor::CursorOp>,
+    /// Set when the statement may leave state on its server connection that outlives the
+    /// transaction (see `frontend::session_pins`): the session keeps that connection until it
+    /// has checked.
+    pub pin: Option<SessionPin>,
+    /// For `SELECT set_config('name', 'value', false)`: the setting it makes, `(name, SQL
+    /// value)`, tracked like SET; `Err` names a session-level call pgshard cannot follow.
+    pub set_config: Option<Result<(String, String), String>>,
+}
+
+/// Session state that binds a client to its server connection past the end of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SessionPin {
+    /// A session-level advisory lock (`pg_advisory_lock` and friends).
+    AdvisoryLock,
+    /// A temporary table (or other temporary relation).
+    TempTable,
+    /// A cursor declared `WITH HOLD`.
+    HoldCursor,
+}
+
+impl SessionPin {
+    /// The reason's name in SHOW CLIENTS and the pin metric's `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            SessionPin::AdvisoryLock => "advisory_lock",
+            SessionPin::TempTable => "temp_table",
+            SessionPin::HoldCursor => "hold_cursor",
+        }
+    }
 }
 
 impl StatementFacts {
@@ -158,6 +187,8 @@ impl StatementFacts {
             no_transaction_block: false,
             indexes: Vec::new(),
             unnest: None,
+            pin: None,
+            set_config: None,
             cursor: None,
         }
     }
@@ -276,6 +307,14 @@ pub(crate) const AGGREGATES: &[&str] = &[
     "percentile_disc",
     "mode",
     "grouping",
+];
+
+/// Transaction-level advisory locks: no pin, but the same designated shard as session locks.
+const XACT_LOCKS: &[&str] = &[
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
 ];
 
 const SESSION_LOCKS: &[&str] = &[
@@ -1547,7 +1586,7 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
             }
             // CURSOR_OPT_HOLD
             if d.options & 0x0020 != 0 {
-                facts.session_bound = Some("WITH HOLD cursor".into());
+                facts.pin = Some(SessionPin::HoldCursor);
             }
         }
         NodeEnum::CreateTableAsStmt(c) => {
@@ -1581,16 +1620,28 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
         facts.is_write = true;
     }
     if scan.temp {
-        facts.session_bound = Some("temporary table".into());
+        facts.pin = Some(SessionPin::TempTable);
     }
-    if facts.session_bound.is_none()
-        && scan.funcs.iter().any(|f| {
+    let advisory = |locks: &[&str]| {
+        scan.funcs.iter().any(|f| {
             f.name.len() <= 2
-                && SESSION_LOCKS.contains(&f.last())
+                && locks.contains(&f.last())
                 && (f.name.len() == 1 || f.name[0] == "pg_catalog")
         })
-    {
-        facts.session_bound = Some("session advisory lock".into());
+    };
+    if advisory(SESSION_LOCKS) {
+        facts.pin.get_or_insert(SessionPin::AdvisoryLock);
+    }
+    if advisory(SESSION_LOCKS) || advisory(XACT_LOCKS) {
+        // Every client of every proxy must see the same locks: they live on the shard of the
+        // unsharded tables.
+        facts.unsharded = true;
+    }
+    if scan.funcs.iter().any(|f| f.last() == "set_config") {
+        facts.set_config = super::set_config::session_setting(stmt);
+        if let Some(Err(what)) = &facts.set_config {
+            facts.session_bound = Some(what.clone());
+        }
     }
     if scan.funcs.iter().any(FuncInfo::is_next_id) {
         facts.refuse =
@@ -1998,19 +2049,42 @@ mod tests {
     fn session_bound_and_ddl() {
         let sb = |sql: &str| one(sql).session_bound;
         assert_eq!(sb("listen x"), Some("LISTEN".into()));
-        assert_eq!(
-            sb("select pg_advisory_lock(1)"),
-            Some("session advisory lock".into())
-        );
-        assert_eq!(sb("select pg_advisory_xact_lock(1)"), None);
-        assert_eq!(
-            sb("create temp table t (a int)"),
-            Some("temporary table".into())
-        );
-        assert_eq!(
-            sb("declare c cursor with hold for select 1"),
-            Some("WITH HOLD cursor".into())
-        );
+        let pin = |sql: &str| {
+            let f = one(sql);
+            assert_eq!(f.session_bound, None, "{sql}");
+            f.pin
+        };
+        for (sql, want) in [
+            ("select pg_advisory_lock(1)", Some(SessionPin::AdvisoryLock)),
+            (
+                "select pg_catalog.pg_try_advisory_lock_shared(1, 2)",
+                Some(SessionPin::AdvisoryLock),
+            ),
+            (
+                "select pg_advisory_unlock_all()",
+                Some(SessionPin::AdvisoryLock),
+            ),
+            ("select pg_advisory_xact_lock(1)", None),
+            ("select myschema.pg_advisory_lock(1)", None),
+            ("create temp table t (a int)", Some(SessionPin::TempTable)),
+            (
+                "create temporary table t (a int)",
+                Some(SessionPin::TempTable),
+            ),
+            ("select 1 as a into temp t", Some(SessionPin::TempTable)),
+            (
+                "declare c cursor with hold for select 1",
+                Some(SessionPin::HoldCursor),
+            ),
+            ("declare c cursor for select 1", None),
+            ("select 1", None),
+        ] {
+            assert_eq!(pin(sql), want, "{sql}");
+        }
+        // Advisory locks of both levels live on the designated shard (that of unsharded tables).
+        assert!(one("select pg_advisory_lock(1)").unsharded);
+        assert!(one("select pg_advisory_xact_lock(1)").unsharded);
+        assert!(!one("select 1").unsharded);
         assert_eq!(sb("declare c cursor for select 1"), None);
         assert_eq!(
             sb("prepare p as select 1"),

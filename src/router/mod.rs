@@ -13,6 +13,7 @@ pub mod merge_plan;
 pub mod params;
 pub mod pg_array;
 pub mod rewrite;
+pub mod set_config;
 pub mod shard_map;
 pub mod split_insert;
 pub mod split_params;
@@ -63,7 +64,7 @@ pub struct Router {
     cache: RouteCache,
     /// Every configured shard: statements that change every shard reach these even when the map
     /// gives them no keys yet.
-    all_shards: Vec<u32>,
+    all_shards: std::sync::RwLock<Vec<u32>>,
 }
 
 impl Router {
@@ -72,7 +73,7 @@ impl Router {
         Router {
             tables: ShardedTables::new(tables),
             cache: RouteCache::new(cache_size),
-            all_shards: Vec::new(),
+            all_shards: Default::default(),
         }
     }
 
@@ -91,16 +92,27 @@ impl Router {
     }
 
     /// Sets the configured shards, which statements changing every shard must reach.
-    pub fn with_shards(mut self, mut shards: Vec<u32>) -> Router {
+    pub fn with_shards(self, shards: Vec<u32>) -> Router {
+        self.set_shards(shards);
+        self
+    }
+
+    /// Replaces the shards statements changing every shard must reach (the topology changed).
+    pub fn set_shards(&self, mut shards: Vec<u32>) {
         shards.sort_unstable();
         shards.dedup();
-        self.all_shards = shards;
-        self
+        *self.all_shards.write().unwrap_or_else(|p| p.into_inner()) = shards;
     }
 
     /// Every shard: the configured ones and any the map names.
     fn every_shard(&self, map: &ShardMap) -> Vec<u32> {
-        let mut all: BTreeSet<u32> = self.all_shards.iter().copied().collect();
+        let mut all: BTreeSet<u32> = self
+            .all_shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
         all.extend(map.shards());
         all.into_iter().collect()
     }
@@ -288,6 +300,7 @@ fn needs_original(facts: &[StatementFacts]) -> bool {
     facts.iter().any(|f| {
         f.local.is_some()
             || f.merge.is_some()
+            || f.set_config.is_some()
             || !matches!(
                 f.kind,
                 StatementKind::Select

@@ -3,7 +3,9 @@
 //! rows the proxy holds and serves forward only). Plain data: no socket, no server.
 //!
 //! Lifetime follows Postgres: a cursor lives until CLOSE, the end of the block (COMMIT or
-//! ROLLBACK), or a ROLLBACK TO a savepoint set before its DECLARE.
+//! ROLLBACK), or a ROLLBACK TO a savepoint set before its DECLARE; a `WITH HOLD` cursor whose
+//! transaction committed lives on until CLOSE (its shard connection stays pinned meanwhile, see
+//! `session_pins`).
 
 use bytes::Bytes;
 
@@ -77,6 +79,18 @@ struct Open {
     place: Place,
     /// Order of creation among cursors and savepoints, for ROLLBACK TO.
     born: u64,
+    hold: Hold,
+}
+
+/// Whether a cursor outlives its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Gone at the end of the block.
+    No,
+    /// `WITH HOLD`, its transaction still open: kept if it commits.
+    Pending,
+    /// `WITH HOLD`, its transaction committed: lives until CLOSE.
+    Kept,
 }
 
 /// The client's open cursors and the savepoints that scope them.
@@ -112,8 +126,32 @@ impl Cursors {
             name: name.to_string(),
             place,
             born,
+            hold: Hold::No,
         });
         true
+    }
+
+    /// Marks cursor `name` (just declared) `WITH HOLD`: it outlives its transaction if that
+    /// commits.
+    pub fn hold(&mut self, name: &str) {
+        if let Some(o) = self.open.iter_mut().find(|o| o.name == name) {
+            o.hold = Hold::Pending;
+        }
+    }
+
+    /// Keeps of the held cursors on `shard` only those the server still has (`names`: its
+    /// holdable cursors, as pg_cursors lists them).
+    pub fn held_on_shard(&mut self, shard: u32, names: &[String]) {
+        self.open.retain(|o| {
+            o.hold == Hold::No
+                || !matches!(o.place, Place::Shard(s) if s == shard)
+                || names.contains(&o.name)
+        });
+    }
+
+    /// True when a WITH HOLD cursor is open.
+    pub fn any_held(&self) -> bool {
+        self.open.iter().any(|o| o.hold != Hold::No)
     }
 
     /// The shard a cursor lives on, when it lives on one.
@@ -142,9 +180,18 @@ impl Cursors {
         self.open.len() != before
     }
 
-    /// The end of the block: every cursor and savepoint is gone.
-    pub fn clear(&mut self) {
-        self.open.clear();
+    /// The end of the block: every cursor and savepoint is gone, except WITH HOLD cursors
+    /// declared in a block that committed (or before it).
+    pub fn end_block(&mut self, rolled_back: bool) {
+        self.open.retain_mut(|o| match o.hold {
+            Hold::No => false,
+            Hold::Kept => true,
+            Hold::Pending if rolled_back => false,
+            Hold::Pending => {
+                o.hold = Hold::Kept;
+                true
+            }
+        });
         self.savepoints.clear();
     }
 
@@ -185,6 +232,9 @@ impl Cursors {
                     _ => return,
                 };
                 if self.declare(&d.name, Place::Shard(shard)) {
+                    if d.hold {
+                        self.hold(&d.name);
+                    }
                     *route = Route::Single(shard);
                 } else {
                     *route = Route::Refuse(format!("cursor \"{}\" already exists", d.name));
@@ -249,7 +299,8 @@ impl Cursors {
     /// The end of an implicit transaction: the portals the proxy held in it are gone (cursors
     /// on a shard outside a block are WITH HOLD ones, which stay).
     pub fn drop_served(&mut self) {
-        self.open.retain(|o| matches!(o.place, Place::Shard(_)));
+        self.open
+            .retain(|o| matches!(o.place, Place::Shard(_)) || o.hold != Hold::No);
     }
 
     /// CLOSE ALL: every cursor is gone, the savepoints stay.
@@ -425,7 +476,43 @@ mod tests {
         assert!(c.exists("after_a"));
         c.savepoint(&SavepointOp::RollbackTo(sp("a")));
         assert!(c.exists("before") && !c.exists("after_a"));
-        c.clear();
+        c.end_block(false);
         assert!(!c.exists("before"));
+    }
+
+    #[test]
+    fn hold_cursors_outlive_a_committed_block_only() {
+        // (declared WITH HOLD, block rolled back) → still open afterwards
+        for (hold, rolled_back, open_after) in [
+            (false, false, false),
+            (false, true, false),
+            (true, false, true),
+            (true, true, false),
+        ] {
+            let mut c = Cursors::default();
+            c.declare("c", Place::Shard(1));
+            if hold {
+                c.hold("c");
+            }
+            assert_eq!(c.any_held(), hold);
+            c.end_block(rolled_back);
+            assert_eq!(c.exists("c"), open_after, "{hold} {rolled_back}");
+            // A later block's rollback keeps a cursor its own commit kept.
+            c.end_block(true);
+            assert_eq!(c.exists("c"), open_after, "{hold} {rolled_back}");
+        }
+        let mut c = Cursors::default();
+        c.declare("a", Place::Shard(1));
+        c.hold("a");
+        c.declare("b", Place::Shard(2));
+        c.hold("b");
+        c.declare("m", Place::Proxy(rows(2)));
+        c.hold("m");
+        c.end_block(false);
+        c.drop_served();
+        // The server of shard 1 no longer has "a" (closed in a function, say).
+        c.held_on_shard(1, &[]);
+        c.held_on_shard(2, &["b".to_string()]);
+        assert!(!c.exists("a") && c.exists("b") && c.served("m").is_some());
     }
 }

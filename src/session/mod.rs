@@ -105,7 +105,8 @@ impl SessionState {
     }
 
     /// Closes the block: a commit marks its shards as written (read-your-writes), a rollback
-    /// restores the settings it changed. Portals and cursors end with it. True when settings
+    /// restores the settings it changed. Portals end with it, and cursors but those WITH HOLD
+    /// a commit keeps. True when settings
     /// were restored, so what the server connections hold is no longer known.
     pub fn close_block(&mut self, rolled_back: bool) -> bool {
         if !rolled_back {
@@ -123,7 +124,7 @@ impl SessionState {
         };
         self.txn = None;
         self.portals.clear();
-        self.cursors.clear();
+        self.cursors.end_block(rolled_back);
         restored
     }
 

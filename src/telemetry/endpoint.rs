@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::snapshot_text::{self, PoolGauges};
 use super::{
     CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, POOL_WAIT, POOL_WAIT_BUCKETS,
-    QUERIES_TOTAL, QUERY_BUCKETS, QUERY_DURATION,
+    QUERIES_TOTAL, QUERY_BUCKETS, QUERY_DURATION, SESSION_PINS_TOTAL,
 };
 use crate::config::MetricsConfig;
 use crate::proxy::Proxy;
@@ -77,6 +77,10 @@ fn describe() {
     metrics::describe_counter!(
         ERRORS_TOTAL,
         "ErrorResponses sent to clients, by SQLSTATE class."
+    );
+    metrics::describe_counter!(
+        SESSION_PINS_TOTAL,
+        "Times a client kept a server connection past its transaction, by reason."
     );
     metrics::describe_histogram!(
         POOL_WAIT,

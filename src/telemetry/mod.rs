@@ -18,6 +18,8 @@ pub const QUERIES_TOTAL: &str = "pgshard_queries_total";
 pub const QUERY_DURATION: &str = "pgshard_query_duration_seconds";
 /// ErrorResponses sent to clients, by SQLSTATE class (the code's first two characters).
 pub const ERRORS_TOTAL: &str = "pgshard_errors_total";
+/// Times a client became pinned to a server connection (transaction pooling), by reason.
+pub const SESSION_PINS_TOTAL: &str = "pgshard_session_pins_total";
 /// Time spent waiting for a server connection from a pool.
 pub const POOL_WAIT: &str = "pgshard_pool_wait_seconds";
 

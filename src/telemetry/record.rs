@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, POOL_WAIT, QUERIES_TOTAL,
-    QUERY_DURATION, REBALANCE_HOLD, REBALANCE_LAG_BYTES, REBALANCE_ROWS_COPIED,
+    QUERY_DURATION, REBALANCE_HOLD, REBALANCE_LAG_BYTES, REBALANCE_ROWS_COPIED, SESSION_PINS_TOTAL,
 };
 
 /// How a statement reached the shards: the `route` label of the query metrics.
@@ -62,6 +62,11 @@ impl Drop for QueryTimer {
         metrics::histogram!(QUERY_DURATION, "route" => route)
             .record(self.started.elapsed().as_secs_f64());
     }
+}
+
+/// A client became pinned to a server connection for `reason` (a `SessionPin` label).
+pub fn session_pinned(reason: &'static str) {
+    metrics::counter!(SESSION_PINS_TOTAL, "reason" => reason).increment(1);
 }
 
 /// One client connection, counted while it lives.

@@ -72,12 +72,17 @@ impl Session {
         self.state
             .cursors
             .declare(&declare.name, Place::Proxy(cursor));
+        if declare.hold {
+            self.state.cursors.hold(&declare.name);
+        }
         Ok(Ok(()))
     }
 
     /// Why this session cannot open `declare` over several shards, if it cannot.
     pub(crate) fn declare_refusal(&self, declare: &Declare) -> Option<ErrorFields> {
-        if self.state.txn.as_ref().is_none_or(|t| t.implicit) {
+        // The merged rows are read whole at DECLARE: a WITH HOLD cursor needs no block, and
+        // nothing of it stays on the shards.
+        if !declare.hold && self.state.txn.as_ref().is_none_or(|t| t.implicit) {
             return Some(ErrorFields::error(
                 "25P01",
                 "DECLARE CURSOR can only be used in transaction blocks",
@@ -91,8 +96,6 @@ impl Session {
         }
         let missing = if declare.scroll {
             Some("SCROLL (pgshard serves such a cursor forward only: declare it without SCROLL)")
-        } else if declare.hold {
-            Some("WITH HOLD")
         } else if declare.binary {
             Some("BINARY")
         } else {

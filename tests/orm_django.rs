@@ -1,0 +1,83 @@
+//! Django 5.2 with psycopg 3 and its defaults through pgshard in front of 10 shards:
+//! `tests/python/django_check.py` migrates with the contrib apps (their tables are unsharded and
+//! live on the first shard), then works on a model whose table is configured sharded by its id.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::proxy::{self, start_proxy_with};
+use common::TestCluster;
+use pgshard::config::ShardedTableConfig;
+use pgshard::router::Strategy;
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_runs_unchanged() {
+    let cluster = TestCluster::start(10, Strategy::Hash).await;
+    let proxy = start_proxy_with(&cluster.info, |c| {
+        c.sharded_tables.push(ShardedTableConfig {
+            name: "shop_order".into(),
+            key: "id".into(),
+        });
+    })
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/django_check.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .env("PGSHARD_URL", proxy::app_url(&proxy))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Django script failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "migrate",
+            "contrib_auth",
+            "crud_by_pk",
+            "keyless",
+            "aggregates",
+            "bulk_create_without_keys_is_refused",
+            "bulk_create_with_keys",
+            "atomic_across_shards",
+            "select_for_update",
+            "iterator",
+        ],
+        "{stderr}"
+    );
+
+    // The orders are spread over the shards; the contrib tables sit on the first shard only.
+    let mut total = 0;
+    let mut holding = 0;
+    let mut auth_on = Vec::new();
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM shop_order", &[])
+            .await
+            .expect("every shard has the table")
+            .get(0);
+        total += n;
+        holding += i64::from(n > 0);
+        let has_auth: bool = direct
+            .query_one("SELECT to_regclass('auth_user') IS NOT NULL", &[])
+            .await
+            .expect("look for auth_user")
+            .get(0);
+        if has_auth {
+            auth_on.push(id);
+        }
+    }
+    assert_eq!(total, 19);
+    assert!(holding > 1, "the orders landed on {holding} shard(s)");
+    assert_eq!(auth_on, [proxy.proxy.first_shard]);
+}

@@ -1,0 +1,81 @@
+//! Rails ActiveRecord (Debian's ruby-activerecord and ruby-pg) with its defaults through pgshard
+//! in front of 10 shards: `tests/ruby/orm_rails.rb` runs a migration under ActiveRecord's
+//! advisory lock, CRUD by key, transactions over two shards and keyless queries; the table it
+//! creates is configured sharded by its `id`.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::proxy::{self, start_proxy_with};
+use common::TestCluster;
+use pgshard::config::ShardedTableConfig;
+use pgshard::router::Strategy;
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rails_activerecord_runs_unchanged() {
+    let cluster = TestCluster::start(10, Strategy::Hash).await;
+    let proxy = start_proxy_with(&cluster.info, |c| {
+        c.sharded_tables.push(ShardedTableConfig {
+            name: "rails_orders".into(),
+            key: "id".into(),
+        });
+    })
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ruby/orm_rails.rb");
+    let out = Command::new("ruby")
+        .arg(script)
+        .arg(proxy::app_url(&proxy))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run ruby");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Rails script failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["migrated", "crud", "transactions", "keyless", "ok"],
+        "{stderr}"
+    );
+
+    // The rows are spread over the shards; ActiveRecord's own tables sit on the first shard.
+    let mut total = 0;
+    let mut holding = 0;
+    let mut migrations_on = Vec::new();
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM rails_orders", &[])
+            .await
+            .expect("every shard has the table")
+            .get(0);
+        total += n;
+        holding += i64::from(n > 0);
+        let has_migrations: bool = direct
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await
+            .expect("look for schema_migrations")
+            .get(0);
+        if has_migrations {
+            migrations_on.push(id);
+        }
+        let locks: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+                &[],
+            )
+            .await
+            .expect("read pg_locks")
+            .get(0);
+        assert_eq!(locks, 0, "shard {id} still holds an advisory lock");
+    }
+    assert_eq!(total, 19);
+    assert!(holding > 1, "the orders landed on {holding} shard(s)");
+    assert_eq!(migrations_on, [proxy.proxy.first_shard]);
+}

@@ -1,0 +1,75 @@
+# Rails ActiveRecord, as an application uses it by default, through pgshard: a migration (under
+# ActiveRecord's advisory lock), CRUD by key, a transaction over two shards, keyless queries.
+# Usage: ruby orm_rails.rb DATABASE_URL. Prints one line per step; any mismatch aborts with a
+# message and a non-zero exit.
+require "active_record"
+
+url = ARGV.fetch(0)
+ActiveRecord::Base.establish_connection(url)
+ActiveRecord::Base.logger = nil
+ActiveRecord::Migration.verbose = false
+
+def check(what, got, want)
+  return if got == want
+  abort "MISMATCH #{what}: got #{got.inspect}, want #{want.inspect}"
+end
+
+class CreateRailsOrders < ActiveRecord::Migration[6.1]
+  def change
+    create_table :rails_orders do |t|
+      t.string :customer, null: false
+      t.integer :amount, null: false
+      t.timestamps
+    end
+  end
+end
+
+class RailsOrder < ActiveRecord::Base
+end
+
+# The migrator takes pg_try_advisory_lock / pg_advisory_unlock around the migration.
+conn = ActiveRecord::Base.connection
+migrations = [CreateRailsOrders.new("CreateRailsOrders", 1)]
+migrator = ActiveRecord::Migrator.new(:up, migrations, conn.schema_migration, 1)
+check("advisory locks enabled", conn.advisory_locks_enabled?, true)
+migrator.migrate
+check("schema version", conn.schema_migration.all_versions, ["1"])
+check("table exists", conn.table_exists?(:rails_orders), true)
+puts "migrated"
+
+# CRUD by key: ids come from pgshard's generated keys (INSERT … RETURNING "id").
+orders = (1..20).map { |i| RailsOrder.create!(customer: "c#{i % 4}", amount: i) }
+check("ids distinct", orders.map(&:id).uniq.size, 20)
+found = RailsOrder.find(orders[3].id)
+check("find", [found.customer, found.amount], ["c0", 4])
+found.update!(amount: 400)
+check("update", RailsOrder.find(orders[3].id).amount, 400)
+orders[4].destroy!
+check("destroy", RailsOrder.where(id: orders[4].id).exists?, false)
+puts "crud"
+
+# A transaction over two orders (on two shards when the ids land apart), and one rolled back.
+a, b = orders[0], orders[1]
+RailsOrder.transaction do
+  a.update!(amount: a.amount + 1000)
+  b.update!(amount: b.amount + 1000)
+end
+check("committed", [RailsOrder.find(a.id).amount, RailsOrder.find(b.id).amount], [1001, 1002])
+begin
+  RailsOrder.transaction do
+    a.update!(amount: 0)
+    b.update!(amount: 0)
+    raise ActiveRecord::Rollback
+  end
+end
+check("rolled back", [RailsOrder.find(a.id).amount, RailsOrder.find(b.id).amount], [1001, 1002])
+puts "transactions"
+
+# Keyless: where / order / limit, aggregates.
+top = RailsOrder.where(customer: "c1").order(amount: :desc).limit(3).pluck(:amount)
+check("keyless order limit", top, [1001, 17, 13])
+check("count", RailsOrder.count, 19)
+check("sum", RailsOrder.where(customer: "c3").sum(:amount), 3 + 7 + 11 + 15 + 19)
+check("pluck ordered", RailsOrder.order(:amount).limit(4).pluck(:amount), [3, 6, 7, 8])
+puts "keyless"
+puts "ok"
