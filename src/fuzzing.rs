@@ -29,14 +29,14 @@ pub fn password_message(body: &[u8]) -> Option<bool> {
 
 /// The message of a CopyFail body, as the proxy passes it to the shards.
 pub fn copy_fail_message(body: &[u8]) -> String {
-    crate::gather::copy_in::fe_cstr(body)
+    crate::exec::copy_in::fe_cstr(body)
 }
 
 /// A server's RowDescription as the merge reads it. Returns the number of fields, after checking
 /// that encoding the decoded fields gives back the very bytes.
 pub fn row_description(body: &[u8]) -> Option<usize> {
-    let fields = crate::gather::merged::decode_row_description(body)?;
-    let again = crate::gather::merged::encode_row_description(&fields);
+    let fields = crate::exec::merged::decode_row_description(body)?;
+    let again = crate::exec::merged::encode_row_description(&fields);
     assert_eq!(&again.body[..], body, "RowDescription does not round-trip");
     Some(fields.len())
 }
@@ -48,6 +48,6 @@ pub fn first_text_column(body: &[u8]) -> Option<String> {
 
 /// The (type OID, format) of each field of a server's RowDescription, as the merge reads them.
 pub fn row_description_types(body: &[u8]) -> Option<Vec<(u32, i16)>> {
-    let fields = crate::gather::merged::decode_row_description(body)?;
+    let fields = crate::exec::merged::decode_row_description(body)?;
     Some(fields.iter().map(|f| (f.type_oid, f.format)).collect())
 }

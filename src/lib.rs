@@ -6,18 +6,21 @@ pub mod backend;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+pub mod exec;
 pub mod frontend;
 /// Fuzz-target entry points into private decoders (`fuzz/`); not part of the proxy.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod gather;
 pub mod ids;
 pub mod live;
 pub mod membership;
+pub mod planner;
 pub mod proxy;
 pub mod rebalance;
+pub mod refusal;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod socket;
 pub mod sql_text;
 pub mod telemetry;

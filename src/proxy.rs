@@ -9,7 +9,7 @@ use crate::backend::topology::Topology;
 use crate::backend::ShardPools;
 use crate::catalog::MapHandle;
 use crate::config::Config;
-use crate::frontend::cancel::CancelRegistry;
+use crate::exec::cancel::CancelRegistry;
 use crate::ids::IdGenerator;
 use crate::router::Router;
 use crate::txn::Coordinator;

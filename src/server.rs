@@ -14,7 +14,7 @@ use crate::backend::topology::Topology;
 use crate::backend::{ServerTls, ShardPools};
 use crate::catalog::{self, CatalogHandle, PrimaryRecords};
 use crate::config::Config;
-use crate::frontend::cancel::CancelRegistry;
+use crate::exec::cancel::CancelRegistry;
 use crate::frontend::listener::accept_loop;
 use crate::ids::IdGenerator;
 use crate::live::{fixed_changes, Live, LiveSettings, Phase};

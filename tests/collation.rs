@@ -364,6 +364,6 @@ async fn columns_with_their_own_collation_are_refused_in_a_c_database() {
             .await
             .unwrap();
     }
-    pgshard::gather::collation::forget();
+    pgshard::exec::collation::forget();
     refused(&through, "SELECT min(name) FROM ccoll", "ccoll.name").await;
 }

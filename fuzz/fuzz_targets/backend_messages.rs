@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
             }
             be::DATA_ROW => {
                 let _ = fuzzing::first_text_column(body);
-                let _ = pgshard::gather::merge::split_row(&frame.body);
+                let _ = pgshard::exec::merge::split_row(&frame.body);
             }
             _ => {}
         }

@@ -7,8 +7,8 @@
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pgshard::config::ShardedTableConfig;
+use pgshard::exec::copy_split::{CopySplitter, SplitSpec};
 use pgshard::fuzzing;
-use pgshard::gather::copy_split::{CopySplitter, SplitSpec};
 use pgshard::router::{Router, StatementKind};
 use pgshard::wire::frame::split_frame;
 use pgshard::wire::frontend::{

@@ -13,11 +13,11 @@ use std::cmp::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use pgshard::fuzzing;
-use pgshard::gather::merge::{
+use pgshard::exec::merge::{
     compare, sort_rows, split_row, AggKind, AggSpec, ColumnType, GroupedAggregate, KWayMerge,
     Numeric, OutputColumn, SortKey, Value,
 };
+use pgshard::fuzzing;
 use pgshard::wire::backend as be;
 use pgshard::wire::frame::split_frame;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use pgshard::config::ShardedTableConfig;
-use pgshard::gather::merged::BoundMerge;
+use pgshard::exec::merged::BoundMerge;
 use pgshard::router::literals::LiteralParams;
 use pgshard::router::params::BindParams;
 use pgshard::router::{

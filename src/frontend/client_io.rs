@@ -9,9 +9,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::exchange::{FrameSink, SinkError};
 use super::tls::ClientStream;
 use crate::backend::ServerConn;
+use crate::exec::exchange::{FrameSink, SinkError};
 use crate::live::LiveSettings;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::{split_frame, Frame, FrameError};

@@ -1,7 +1,7 @@
 //! Client requests on cursors: keeps each cursor statement on the shard its cursor lives on, and
 //! answers the statements on cursors the proxy serves (DECLARE over several shards, then its
 //! FETCH/MOVE/CLOSE, and Describe of its portal) in both protocols. The rows come from
-//! `gather::cursor`; where cursors live is `cursors::Cursors`.
+//! `exec::cursor`; where cursors live is `cursors::Cursors`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +30,8 @@ impl Session {
         let first_shard = self.proxy.first_shard;
         let mut served = false;
         for (f, route) in facts.iter().zip(routes.iter_mut()) {
-            self.cursors.route(f, route, first_shard);
-            served |= self.cursors.serves(f, route);
+            self.state.cursors.route(f, route, first_shard);
+            served |= self.state.cursors.serves(f, route);
         }
         if !served {
             return Ok(false);
@@ -93,11 +93,11 @@ impl Session {
                 self.io.push(&fetched.complete);
             }
             CursorOp::Close { name: Some(name) } => {
-                self.cursors.close(name);
+                self.state.cursors.close(name);
                 self.io.push(&be::command_complete("CLOSE CURSOR"));
             }
             CursorOp::Close { name: None } => {
-                self.cursors.close_all();
+                self.state.cursors.close_all();
                 self.io.push(&be::command_complete("CLOSE CURSOR ALL"));
             }
         }
@@ -131,7 +131,7 @@ impl Session {
                             }
                             _ => Route::Any,
                         };
-                        self.cursors.serves(f, &route)
+                        self.state.cursors.serves(f, &route)
                     });
                     if serves {
                         ours.insert(bind.portal.as_str(), statement.clone());
@@ -139,11 +139,11 @@ impl Session {
                     }
                 }
                 Msg::DescribePortal(t) | Msg::ClosePortal(t) => {
-                    involved |= self.cursors.served(&t.name).is_some();
+                    involved |= self.state.cursors.served(&t.name).is_some();
                 }
                 Msg::Execute(e) => {
                     // An Execute of a portal the proxy holds (see `held_portals`).
-                    let held = self.cursors.served(&e.portal).is_some();
+                    let held = self.state.cursors.served(&e.portal).is_some();
                     involved |= held;
                     others |= !held && !ours.contains_key(e.portal.as_str());
                 }
@@ -160,7 +160,7 @@ impl Session {
         };
         if let Err(fields) = outcome {
             self.push_error_in_batch(fields);
-            self.skip_until_sync = !sync;
+            self.state.skip_until_sync = !sync;
         }
         if sync {
             let status = self.status();
@@ -257,7 +257,7 @@ impl Session {
                 }
                 Msg::CloseStatement => self.io.push(&be::close_complete()),
                 Msg::ClosePortal(t) => {
-                    self.cursors.close(&t.name);
+                    self.state.cursors.close(&t.name);
                     self.io.push(&be::close_complete());
                 }
             }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
-use super::exchange::{Expect, Step};
 use super::session::{
     aborted, control_statement, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared,
-    Session, Target, Txn,
+    Session, Target,
 };
 use crate::backend::ServerConn;
-use crate::gather::copy_in::CopyProtocol;
-use crate::gather::unnest_insert::UnnestBatch;
+use crate::exec::copy_in::CopyProtocol;
+use crate::exec::exchange::{Expect, Step};
+use crate::exec::unnest_insert::UnnestBatch;
 use crate::router::params::BindParams;
 use crate::router::split_insert::ShardRows;
 use crate::router::unnest_insert::UnnestInsert;
@@ -92,11 +92,12 @@ impl Session {
             .skip(answered)
         {
             if self
+                .state
                 .statements
                 .get(&name)
                 .is_some_and(|p| Arc::ptr_eq(p, &prepared))
             {
-                self.statements.remove(&name);
+                self.state.statements.remove(&name);
             }
         }
         result
@@ -110,7 +111,7 @@ impl Session {
         sync: bool,
     ) -> Result<(), End> {
         self.push_error_in_batch(fields);
-        self.skip_until_sync = !sync;
+        self.state.skip_until_sync = !sync;
         if sync {
             return self.finish_open_batch().await;
         }
@@ -147,7 +148,7 @@ impl Session {
                             }
                         }
                         if let (Some(f), Some(r)) = (facts, route.as_mut()) {
-                            self.cursors.route(f, r, proxy.first_shard);
+                            self.state.cursors.route(f, r, proxy.first_shard);
                         }
                     }
                     msg_routes.push(route.clone());
@@ -215,7 +216,7 @@ impl Session {
         if msgs.is_empty() {
             if let Some(fields) = error {
                 self.push_error_in_batch(fields);
-                self.skip_until_sync = !sync;
+                self.state.skip_until_sync = !sync;
             }
             if sync {
                 return self.finish_open_batch().await;
@@ -230,7 +231,7 @@ impl Session {
             unnest_batch(&msgs, &routes),
             &error,
             sync,
-            self.open_batch_shard,
+            self.state.open_batch_shard,
         ) {
             // An UNNEST insert whose arrays split between shards.
             let (unnest, plan) = (unnest.clone(), plan.to_vec());
@@ -244,11 +245,12 @@ impl Session {
             .collect();
         // A pipeline already open under Flush goes on unit by unit, and so does a batch one
         // target cannot serve, or one leaving the shard a Flush left a transaction open on.
-        let pipeline_open = self.txn.as_ref().is_some_and(|t| t.implicit);
+        let pipeline_open = self.state.txn.as_ref().is_some_and(|t| t.implicit);
         if pipeline_open
             || super::batch_units::needs_units(&needed, executes, partial_fetch)
             || super::batch_units::several_shards_before_sync(&needed, executes, sync)
             || self
+                .state
                 .open_batch_shard
                 .is_some_and(|b| super::batch_units::leaves_shard(&needed, b))
         {
@@ -257,13 +259,13 @@ impl Session {
         let target = match self.combine(&needed, &all_facts) {
             Ok(t) => t,
             Err(fields) => {
-                if let Some(shard) = self.open_batch_shard {
+                if let Some(shard) = self.state.open_batch_shard {
                     // Statements of this implicit transaction already ran on `shard`: the shard
                     // itself raises the refusal, so it rolls them back as Postgres would.
                     let mut steps = raise_steps(&fields);
                     steps.push(batch_end(sync));
                     self.run_single(shard, true, |_| steps).await?;
-                    self.skip_until_sync = !sync;
+                    self.state.skip_until_sync = !sync;
                     return Ok(());
                 }
                 return self.refuse_batch(fields, sync).await;
@@ -300,7 +302,7 @@ impl Session {
         // survive it).
         let settle = !sync
             && !join_txn
-            && self.open_batch_shard.is_none()
+            && self.state.open_batch_shard.is_none()
             && !msgs.iter().any(|m| matches!(m, Msg::Bind { .. }));
         let build = |conn: &ServerConn| {
             let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
@@ -316,13 +318,13 @@ impl Session {
             Target::Single(shard) => {
                 for msg in &msgs {
                     if let Msg::Bind { bind, .. } = msg {
-                        self.portals.insert(bind.portal.clone(), shard);
+                        self.state.portals.insert(bind.portal.clone(), shard);
                     }
                 }
                 if sync && executes > 0 {
                     self.route_reads(&[shard], &all_facts).await;
                 }
-                let autocommit = self.txn.is_none() && self.open_batch_shard.is_none();
+                let autocommit = self.state.txn.is_none() && self.state.open_batch_shard.is_none();
                 let outcome = self.run_single_read(shard, join_txn, build).await?;
                 if let Some(outcome) = outcome {
                     if sync {
@@ -330,12 +332,12 @@ impl Session {
                     }
                     if !sync && outcome.error.is_some() {
                         // The server now skips everything up to Sync; so do we.
-                        self.skip_until_sync = true;
+                        self.state.skip_until_sync = true;
                     }
                     if outcome.error.is_some() && !join_txn {
                         // A Parse or Describe failed outside the block's shards: in Postgres
                         // that error aborts the block all the same.
-                        if let Some(txn) = self.txn.as_mut().filter(|t| !t.implicit) {
+                        if let Some(txn) = self.state.txn.as_mut().filter(|t| !t.implicit) {
                             txn.refused = true;
                         }
                     }
@@ -360,7 +362,7 @@ impl Session {
                     self.push_error_in_batch(refusal(
                         "a statement without a shard key runs on every shard; send it with one Execute (no row limit) followed by Sync",
                     ));
-                    self.skip_until_sync = !sync;
+                    self.state.skip_until_sync = !sync;
                     if sync {
                         return self.finish_open_batch().await;
                     }
@@ -388,7 +390,7 @@ impl Session {
             }
         }
         if error.is_some() && !sync {
-            self.skip_until_sync = true;
+            self.state.skip_until_sync = true;
         }
         Ok(())
     }
@@ -416,7 +418,7 @@ impl Session {
             .and_then(|e| portal_statements.get(&e.portal).cloned());
         let alone = executes.len() == 1
             && matches!(msgs.last(), Some(Msg::Execute(_)))
-            && self.open_batch_shard.is_none();
+            && self.state.open_batch_shard.is_none();
         let statement = match (statement, error) {
             (Some(st), None) if alone => st,
             (_, error) => {
@@ -455,7 +457,7 @@ impl Session {
 
     /// Answers the Sync of a batch that had nothing left to run.
     pub async fn finish_open_batch(&mut self) -> Result<(), End> {
-        if self.txn.as_ref().is_some_and(|t| t.implicit) {
+        if self.state.txn.as_ref().is_some_and(|t| t.implicit) {
             // A pipeline that Flush left open over several shards ends at this Sync.
             if let Some(fields) = self.finish_implicit_block(true).await? {
                 self.push_error_in_batch(fields);
@@ -464,7 +466,7 @@ impl Session {
             self.io.push(&be::ready_for_query(status));
             return Ok(());
         }
-        if let Some(shard) = self.open_batch_shard {
+        if let Some(shard) = self.state.open_batch_shard {
             let steps = vec![Step::Send {
                 frame: fe::sync(),
                 expect: Expect::Sync,
@@ -510,7 +512,7 @@ impl Session {
         match frame.tag {
             fe::PARSE => {
                 let parse = Parse::decode(&frame.body).map_err(malformed)?;
-                if !parse.name.is_empty() && self.statements.contains_key(&parse.name) {
+                if !parse.name.is_empty() && self.state.statements.contains_key(&parse.name) {
                     return Err(ErrorFields::error(
                         "42P05",
                         format!("prepared statement \"{}\" already exists", parse.name),
@@ -535,7 +537,9 @@ impl Session {
                     facts,
                     server_name,
                 });
-                self.statements.insert(parse.name.clone(), prepared.clone());
+                self.state
+                    .statements
+                    .insert(parse.name.clone(), prepared.clone());
                 self.batch_parses
                     .push((parse.name.clone(), prepared.clone()));
                 Ok(Some((Msg::Parse(parse, prepared), Some(Route::Any), local)))
@@ -543,6 +547,7 @@ impl Session {
             fe::BIND => {
                 let bind = Bind::decode(&frame.body).map_err(malformed)?;
                 let statement = self
+                    .state
                     .statements
                     .get(&bind.statement)
                     .cloned()
@@ -603,6 +608,7 @@ impl Session {
                 let target = NamedTarget::decode(&frame.body, "Describe").map_err(malformed)?;
                 if target.kind == b'S' {
                     let statement = self
+                        .state
                         .statements
                         .get(&target.name)
                         .cloned()
@@ -626,15 +632,15 @@ impl Session {
             fe::CLOSE => {
                 let target = NamedTarget::decode(&frame.body, "Close").map_err(malformed)?;
                 if target.kind == b'S' {
-                    self.statements.remove(&target.name);
+                    self.state.statements.remove(&target.name);
                     Ok(Some((Msg::CloseStatement, Some(Route::Any), false)))
                 } else {
                     // Closing a portal the proxy holds frees it; any shard answers the Close
                     // (pgjdbc sends it together with the next statement).
                     let route = if portal_statements.contains_key(&target.name) {
                         None
-                    } else if self.cursors.served(&target.name).is_some() {
-                        self.cursors.close(&target.name);
+                    } else if self.state.cursors.served(&target.name).is_some() {
+                        self.state.cursors.close(&target.name);
                         Some(Route::Any)
                     } else {
                         self.portal_route(&target.name, portal_statements)
@@ -657,9 +663,10 @@ impl Session {
             return None;
         }
         // A cursor declared in SQL is a portal too: it lives where it was declared.
-        Some(match self.portals.get(portal).copied() {
+        Some(match self.state.portals.get(portal).copied() {
             Some(shard) => Route::Single(shard),
             None => self
+                .state
                 .cursors
                 .shard_of(portal)
                 .map_or(Route::Any, Route::Single),
@@ -717,8 +724,7 @@ impl Session {
                     } else {
                         match facts.kind {
                             StatementKind::Begin => {
-                                self.txn = Some(Txn::explicit(&st.sql));
-                                self.settings_at_begin = Some(self.settings.clone());
+                                self.state.open_block(&st.sql);
                                 self.io.push(&be::command_complete("BEGIN"));
                             }
                             _ => {
@@ -733,8 +739,7 @@ impl Session {
                                     }
                                 }
                                 if let Some(begin) = chain {
-                                    self.txn = Some(Txn::explicit(&begin));
-                                    self.settings_at_begin = Some(self.settings.clone());
+                                    self.state.open_block(&begin);
                                 }
                             }
                         }
@@ -745,7 +750,7 @@ impl Session {
         }
         if let Some(fields) = error {
             self.push_error_in_batch(fields);
-            self.skip_until_sync = !sync;
+            self.state.skip_until_sync = !sync;
         }
         if sync {
             let status = self.status();
@@ -806,7 +811,7 @@ fn unnest_batch<'a>(
 
 pub(super) fn merge_for_batch(
     msgs: &[Msg],
-) -> Result<Option<(MergeSteps, crate::gather::merged::BoundMerge)>, ErrorFields> {
+) -> Result<Option<(MergeSteps, crate::exec::merged::BoundMerge)>, ErrorFields> {
     let Some((bind, statement)) = msgs.iter().find_map(|m| match m {
         Msg::Bind {
             bind, statement, ..
@@ -826,7 +831,7 @@ pub(super) fn merge_for_batch(
         formats: &bind.param_formats,
         types: &statement.param_types,
     };
-    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, describes)?;
+    let bound = crate::exec::merged::BoundMerge::new(plan.clone(), &params, describes)?;
     let sql = plan.shard_sql.with_placeholders();
     let server_name = server_statement_name(&sql, &statement.param_types);
     Ok(Some((

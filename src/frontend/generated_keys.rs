@@ -129,7 +129,8 @@ impl Session {
                         continue;
                     };
                     let facts = parsed.get(&bind.statement).cloned().or_else(|| {
-                        self.statements
+                        self.state
+                            .statements
                             .get(&bind.statement)
                             .map(|p| p.facts.clone())
                     });

@@ -1,7 +1,7 @@
 //! Portals over several shards read a piece at a time: `Execute(portal, n)` repeated until
 //! CommandComplete (pgjdbc's fetch size, asyncpg and tokio-postgres cursors), and DECLARE CURSOR
 //! with Bind parameters. The proxy runs the bound statement once through the usual scatter +
-//! merge, holds the merged rows as a proxy-served cursor (`gather::cursor`, same cap), and serves
+//! merge, holds the merged rows as a proxy-served cursor (`exec::cursor`, same cap), and serves
 //! each Execute from them. A held portal lives as Postgres's does: until Close, the next Bind of
 //! its (unnamed) name, or the end of its transaction (COMMIT/ROLLBACK, or the Sync of an implicit
 //! one).
@@ -12,7 +12,7 @@ use super::extended::{build_steps, fenceable_texts, merge_for_batch, server_stat
 use super::pipeline::UnitEnd;
 use super::session::{needs_atomic_scatter, refusal, End, Prepared, Session, Target};
 use crate::backend::ServerConn;
-use crate::gather::cursor::{scatter_shards, Keep};
+use crate::exec::cursor::{scatter_shards, Keep};
 use crate::router::cursor::{Declare, Motion};
 use crate::router::params::BindParams;
 use crate::router::{Route, StatementFacts, StatementKind};
@@ -20,7 +20,7 @@ use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{Bind, Execute, Target as NamedTarget};
 
-use super::cursors::{Materialized, Place};
+use crate::session::cursors::{Materialized, Place};
 
 /// True when portal `portal`, just bound, is read a piece at a time: the first of the later
 /// Executes of it (`(portal, max_rows)` in message order) has a row limit, or none executes it
@@ -80,7 +80,7 @@ impl Session {
     /// request).
     pub(super) fn executes_held_portal(&mut self, unit: &[Msg]) -> bool {
         unit.iter().any(|m| match m {
-            Msg::Execute(e) => self.cursors.served(&e.portal).is_some(),
+            Msg::Execute(e) => self.state.cursors.served(&e.portal).is_some(),
             _ => false,
         })
     }
@@ -115,7 +115,7 @@ impl Session {
                     Ok(())
                 }
                 Msg::ClosePortal(t) => {
-                    self.cursors.close(&t.name);
+                    self.state.cursors.close(&t.name);
                     self.io.push(&be::close_complete());
                     Ok(())
                 }
@@ -144,8 +144,8 @@ impl Session {
             Ok(m) => m,
             Err(fields) => return Ok(Err(fields)),
         };
-        self.cursors.close(&bind.portal);
-        self.cursors.declare(&bind.portal, Place::Proxy(held));
+        self.state.cursors.close(&bind.portal);
+        self.state.cursors.declare(&bind.portal, Place::Proxy(held));
         self.io.push(&be::bind_complete());
         Ok(Ok(()))
     }
@@ -212,7 +212,9 @@ impl Session {
         if let Some(fields) = end.failure {
             return Ok(Err(fields));
         }
-        Ok(keep.held(what))
+        Ok(keep
+            .held(what)
+            .map(|(description, rows)| Materialized::new(description, rows)))
     }
 
     /// Execute of a held portal: its next `max_rows` rows (all when 0), then PortalSuspended
@@ -222,7 +224,7 @@ impl Session {
         if self.status() == TxStatus::Failed {
             return Err(super::session::aborted());
         }
-        let Some(portal) = self.cursors.served(&e.portal) else {
+        let Some(portal) = self.state.cursors.served(&e.portal) else {
             return Err(ErrorFields::error(
                 "34000",
                 format!("portal \"{}\" does not exist", e.portal),
@@ -300,9 +302,11 @@ impl Session {
             Ok(m) => m,
             Err(fields) => return Ok(Err(fields)),
         };
-        self.cursors.declare(&declare.name, Place::Proxy(held));
+        self.state
+            .cursors
+            .declare(&declare.name, Place::Proxy(held));
         if declare.hold {
-            self.cursors.hold(&declare.name);
+            self.state.cursors.hold(&declare.name);
         }
         Ok(Ok(()))
     }
@@ -310,19 +314,19 @@ impl Session {
     /// At a Sync outside a transaction block: the implicit transaction ended, and with it the
     /// portals the proxy held in it.
     pub fn end_implicit_portals(&mut self) {
-        if self.txn.is_none() {
-            self.cursors.drop_served();
+        if self.state.txn.is_none() {
+            self.state.cursors.drop_served();
         }
     }
 
     /// A Bind naming a portal the proxy holds: the unnamed portal is replaced (dropped here), a
     /// named one must be closed first, as in Postgres.
     pub(super) fn rebind_held(&mut self, portal: &str) -> Result<(), ErrorFields> {
-        if self.cursors.served(portal).is_none() {
+        if self.state.cursors.served(portal).is_none() {
             return Ok(());
         }
         if portal.is_empty() {
-            self.cursors.close(portal);
+            self.state.cursors.close(portal);
             return Ok(());
         }
         Err(ErrorFields::error(

@@ -82,7 +82,7 @@ impl Session {
                     };
                     let (facts, types) = match parsed.get(&bind.statement) {
                         Some((facts, types)) => (facts.clone(), types.clone()),
-                        None => match self.statements.get(&bind.statement) {
+                        None => match self.state.statements.get(&bind.statement) {
                             Some(st) => (st.facts.clone(), st.param_types.clone()),
                             // The batch will fail on the unknown statement; nothing runs.
                             None => continue,

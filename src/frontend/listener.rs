@@ -1,7 +1,7 @@
 //! Accepting clients: the handshake, authentication, and the session's first server contact
 //! (startup settings are checked on a real shard, whose ParameterStatus values the client gets).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +21,7 @@ use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::startup_settings;
 use crate::live::{ClientSlot, Phase};
 use crate::proxy::Proxy;
+use crate::session::SessionState;
 use crate::telemetry::ClientConnection;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
@@ -118,25 +119,14 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         io: ClientIo::new(stream, buf, &proxy.live.get()),
         user: user.clone(),
         server_login,
-        startup_settings: settings.clone(),
-        settings,
-        settings_at_begin: None,
-        proxy_settings: BTreeMap::new(),
+        state: SessionState::new(settings),
         held: BTreeMap::new(),
-        txn: None,
-        statements: HashMap::new(),
-        sql_statements: Default::default(),
         batch_parses: Vec::new(),
-        portals: HashMap::new(),
         batch: Vec::new(),
-        skip_until_sync: false,
-        open_batch_shard: None,
         cancel: active,
         any_shard: proxy.first_shard,
-        reads: Default::default(),
         hold_pass: None,
         reserved_keys: Default::default(),
-        cursors: Default::default(),
         pins: super::session_pins::Pins::for_client(pid),
     };
     // The client's startup settings are tried on a real shard, the first one that answers: one

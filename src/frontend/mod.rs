@@ -2,12 +2,8 @@
 
 pub mod auth;
 pub mod batch_units;
-pub mod cancel;
-pub mod causal_token;
 pub mod client_io;
 pub mod cursor_requests;
-pub mod cursors;
-pub mod exchange;
 pub mod extended;
 pub mod fencing;
 pub mod generated_keys;
@@ -16,14 +12,13 @@ pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;
 pub mod pipeline;
-pub mod prepared_cap;
 pub mod read_routing;
+pub mod run;
 pub mod scatter_policy;
 pub mod session;
 pub mod session_limits;
 pub mod session_pins;
 pub mod split_bind;
-pub mod sql_prepare;
 pub mod startup;
 pub mod tls;
 pub mod txn_control;

@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 
 use super::batch_units::split_units;
-use super::exchange::Step;
 use super::extended::{build_steps, fenceable_texts, merge_for_batch, Msg};
 use super::session::{needs_atomic_scatter, refusal, End, Session, Target};
 use crate::backend::ServerConn;
+use crate::exec::exchange::Step;
 use crate::router::{Route, StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
@@ -108,7 +108,7 @@ impl Session {
         // A BEGIN first (pgjdbc sends it with the batch it starts) opens the client's block,
         // which the rest then joins.
         let begins = units.first().is_some_and(|r| {
-            self.txn.is_none()
+            self.state.txn.is_none()
                 && matches!(
                     executed_facts(&msgs[r.clone()]).as_slice(),
                     [StatementFacts {
@@ -148,9 +148,9 @@ impl Session {
             && !executed_facts(&msgs).iter().any(needs_atomic_scatter);
         // One statement that only reads needs no block of its own.
         let lone_read = reads_only && is_execute.iter().filter(|e| **e).count() < 2;
-        let already_open = self.txn.as_ref().is_some_and(|t| t.implicit);
+        let already_open = self.state.txn.as_ref().is_some_and(|t| t.implicit);
         let opened = !already_open && !lone_read && self.begin_implicit_block();
-        if let (true, true, Some(t)) = (opened, sync && reads_only, self.txn.as_mut()) {
+        if let (true, true, Some(t)) = (opened, sync && reads_only, self.state.txn.as_mut()) {
             // Nothing to make atomic: each shard commits on its own, without two phases.
             t.read_only = true;
         }
@@ -175,7 +175,7 @@ impl Session {
                 // As a server does after an error: skip to the Sync, whose answer says Idle
                 // (unless the client already got its ReadyForQuery).
                 self.finish_implicit_block(false).await?;
-                self.skip_until_sync = !matches!(end, UnitEnd::Answered);
+                self.state.skip_until_sync = !matches!(end, UnitEnd::Answered);
             }
             return Ok(());
         }
@@ -194,7 +194,7 @@ impl Session {
 
     /// Refuses a whole batch before any of it runs.
     async fn refuse_pipeline(&mut self, fields: ErrorFields, sync: bool) -> Result<(), End> {
-        if self.txn.as_ref().is_some_and(|t| t.implicit) {
+        if self.state.txn.as_ref().is_some_and(|t| t.implicit) {
             self.finish_implicit_block(false).await?;
         }
         self.refuse_batch(fields, sync).await
@@ -204,10 +204,10 @@ impl Session {
     /// into the pipeline's block: outside a client block, BEGIN turns the shard's implicit
     /// transaction into a block (keeping what ran in it), which then commits with the others.
     async fn adopt_flush_shard(&mut self) -> Result<(), ErrorFields> {
-        let Some(shard) = self.open_batch_shard.take() else {
+        let Some(shard) = self.state.open_batch_shard.take() else {
             return Ok(());
         };
-        if self.txn.is_some() {
+        if self.state.txn.is_some() {
             return Ok(());
         }
         let Some(conn) = self.held.get_mut(&shard) else {
@@ -218,7 +218,7 @@ impl Session {
         }
         let mut txn = crate::txn::Txn::implicit();
         txn.participants.push(shard);
-        self.txn = Some(txn);
+        self.state.txn = Some(txn);
         Ok(())
     }
 
@@ -291,7 +291,7 @@ impl Session {
         for p in &binds {
             bound_here.insert(p.to_string(), where_bound);
             if let Some(shard) = where_bound {
-                self.portals.insert(p.to_string(), shard);
+                self.state.portals.insert(p.to_string(), shard);
             }
         }
         let merge = match &target {
@@ -384,14 +384,14 @@ impl Session {
                     }
                 }
                 let answers = self.run_collected(&shards, build).await;
-                match crate::gather::broadcast::judge(&answers, false) {
-                    crate::gather::broadcast::Verdict::Agreed(frames) => {
+                match crate::exec::broadcast::judge(&answers, false) {
+                    crate::exec::broadcast::Verdict::Agreed(frames) => {
                         for frame in &frames {
                             self.io.push(frame);
                         }
                         Ok(UnitEnd::Ran)
                     }
-                    crate::gather::broadcast::Verdict::Failed(fields) => {
+                    crate::exec::broadcast::Verdict::Failed(fields) => {
                         self.push_error_in_batch(fields);
                         Ok(UnitEnd::Failed)
                     }

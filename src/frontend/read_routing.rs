@@ -4,33 +4,19 @@
 //! replica only once it has replayed past the session's causal token, waiting up to
 //! `lsn_wait_timeout_ms` before falling back to the primary. Never to a replica that is behind.
 
-use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
 
-use super::causal_token::{CausalToken, Position};
-use super::exchange::{Outcome, Step};
 use super::session::{End, Session};
 use crate::backend::topology::{Lsn, ServerId, ServerState};
 use crate::backend::ServerConn;
 use crate::config::{Balance, ReadFrom, ReadYourWrites};
+use crate::exec::exchange::{Outcome, Step};
 use crate::router::{StatementFacts, StatementKind};
+use crate::session::causal_token::{CausalToken, Position};
+pub use crate::session::reads::ReadState;
 use crate::wire::backend::{self as be, ErrorFields};
-
-/// Per-session read-your-writes state.
-#[derive(Default)]
-pub struct ReadState {
-    /// Where each shard's part of the current request reads (absent: the primary).
-    pub servers: HashMap<u32, ServerId>,
-    /// When the session last wrote to each shard (`pin` mode).
-    pub last_write: HashMap<u32, Instant>,
-    /// How far the session has written (`lsn` mode), reported to the client.
-    pub token: CausalToken,
-    /// Shards written by requests since the token was last brought up to date.
-    pub pending: BTreeSet<u32>,
-    next: usize,
-}
 
 /// The ParameterStatus name of the token.
 pub const TOKEN_PARAMETER: &str = "pgshard.causal_token";
@@ -39,7 +25,7 @@ impl Session {
     /// Picks the server of each shard a read request runs on; writes and transactions keep the
     /// primary. Call before running the request.
     pub async fn route_reads(&mut self, shards: &[u32], facts: &[StatementFacts]) {
-        self.reads.servers.clear();
+        self.state.reads.servers.clear();
         if !self.may_use_replicas(facts) {
             return;
         }
@@ -47,7 +33,7 @@ impl Session {
             match self.pick_read_server(shard).await {
                 Some(id) => {
                     self.proxy.replica_metrics.read_served(id);
-                    self.reads.servers.insert(shard, id);
+                    self.state.reads.servers.insert(shard, id);
                 }
                 None => {
                     if let Some(primary) = self.proxy.topology.primary(shard) {
@@ -59,13 +45,13 @@ impl Session {
     }
 
     fn may_use_replicas(&self, facts: &[StatementFacts]) -> bool {
-        let block_allows = match &self.txn {
+        let block_allows = match &self.state.txn {
             None => true,
             Some(t) => t.read_only && !t.implicit,
         };
         self.proxy.config.replicas.read_from != ReadFrom::Primary
             && block_allows
-            && self.open_batch_shard.is_none()
+            && self.state.open_batch_shard.is_none()
             && !facts.is_empty()
             && facts
                 .iter()
@@ -85,6 +71,7 @@ impl Session {
             ReadYourWrites::Pin => {
                 let window = Duration::from_millis(cfg.pin_window_ms);
                 if self
+                    .state
                     .reads
                     .last_write
                     .get(&shard)
@@ -97,6 +84,7 @@ impl Session {
             ReadYourWrites::Lsn => {
                 let version = proxy.map.current().version;
                 match self
+                    .state
                     .reads
                     .token
                     .requirement(shard, version, primary_state.timeline)
@@ -159,8 +147,8 @@ impl Session {
     fn balance(&mut self, mut candidates: Vec<ServerState>) -> ServerId {
         match self.proxy.config.replicas.balance {
             Balance::RoundRobin => {
-                self.reads.next = self.reads.next.wrapping_add(1);
-                candidates[self.reads.next % candidates.len()].id
+                self.state.reads.next = self.state.reads.next.wrapping_add(1);
+                candidates[self.state.reads.next % candidates.len()].id
             }
             Balance::LeastLag => {
                 candidates.sort_by_key(|s| std::cmp::Reverse(s.lsn.unwrap_or(Lsn(0))));
@@ -176,10 +164,10 @@ impl Session {
     /// Brings the causal token (and the pin times) up to date with the writes the last request
     /// committed, and tells the client the new token.
     pub async fn publish_writes(&mut self) {
-        if self.reads.pending.is_empty() {
+        if self.state.reads.pending.is_empty() {
             return;
         }
-        let shards = std::mem::take(&mut self.reads.pending);
+        let shards = std::mem::take(&mut self.state.reads.pending);
         let proxy = self.proxy.clone();
         let cfg = &proxy.config.replicas;
         if cfg.read_from == ReadFrom::Primary {
@@ -187,7 +175,7 @@ impl Session {
         }
         let now = Instant::now();
         for &shard in &shards {
-            self.reads.last_write.insert(shard, now);
+            self.state.reads.last_write.insert(shard, now);
         }
         if cfg.read_your_writes != ReadYourWrites::Lsn {
             return;
@@ -209,13 +197,16 @@ impl Session {
                 .unwrap_or(0);
             let Ok(mut conn) = proxy.pools.get_server_as(&self.server_login, primary).await else {
                 // Unknown position: reads of this shard stay on the primary for a while.
-                self.reads.token.shards.remove(&shard);
+                self.state.reads.token.shards.remove(&shard);
                 continue;
             };
             match conn.query_text("SELECT pg_current_wal_lsn()").await {
                 Ok(Some(text)) => {
                     if let Some(lsn) = Lsn::parse(&text) {
-                        self.reads.token.advance(shard, Position { timeline, lsn });
+                        self.state
+                            .reads
+                            .token
+                            .advance(shard, Position { timeline, lsn });
                         changed = true;
                     }
                 }
@@ -223,8 +214,8 @@ impl Session {
             }
         }
         if changed {
-            self.reads.token.map_version = proxy.map.current().version;
-            let text = self.reads.token.to_string();
+            self.state.reads.token.map_version = proxy.map.current().version;
+            let text = self.state.reads.token.to_string();
             self.io.push(&be::parameter_status(TOKEN_PARAMETER, &text));
         }
     }
@@ -236,13 +227,13 @@ impl Session {
         shard: u32,
         autocommit: bool,
         facts: &[StatementFacts],
-        outcome: &crate::frontend::exchange::Outcome,
+        outcome: &crate::exec::exchange::Outcome,
     ) {
         let wrote = facts
             .iter()
             .any(|f| f.is_write || f.kind == StatementKind::Ddl);
-        if autocommit && self.txn.is_none() && wrote && outcome.error.is_none() {
-            self.reads.pending.insert(shard);
+        if autocommit && self.state.txn.is_none() && wrote && outcome.error.is_none() {
+            self.state.reads.pending.insert(shard);
         }
     }
 
@@ -255,7 +246,7 @@ impl Session {
         join_txn: bool,
         steps: impl Fn(&ServerConn) -> Vec<Step>,
     ) -> Result<Option<Outcome>, End> {
-        let on_replica = self.txn.is_none() && self.reads.servers.contains_key(&shard);
+        let on_replica = self.state.txn.is_none() && self.state.reads.servers.contains_key(&shard);
         let mark = self.io.mark();
         let outcome = self.run_single(shard, join_txn, &steps).await?;
         let retry = on_replica
@@ -263,8 +254,8 @@ impl Session {
                 None => true,
                 Some(o) => o.error.as_ref().is_some_and(|e| replica_gave_up(&e.code)),
             };
-        if retry && self.txn.is_none() && self.io.rewind(mark) {
-            let server = self.reads.servers.remove(&shard);
+        if retry && self.state.txn.is_none() && self.io.rewind(mark) {
+            let server = self.state.reads.servers.remove(&shard);
             tracing::debug!(
                 shard,
                 ?server,
@@ -281,7 +272,7 @@ impl Session {
             ErrorFields::error("22023", e.to_string())
                 .with_hint("pass the value another connection reported as pgshard.causal_token")
         })?;
-        self.reads.token.merge(&token);
+        self.state.reads.token.merge(&token);
         Ok(())
     }
 }

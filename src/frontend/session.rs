@@ -2,58 +2,37 @@
 //! connections it needs, and keeps the session's settings, transaction and prepared statements
 //! consistent under transaction pooling.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cancel::{set_active, ActiveTargets};
 use super::client_io::ClientIo;
-use super::exchange::{self, Expect, Outcome, SinkError, Step};
 use super::session_limits::Next;
-use super::sql_prepare::{may_be_sql_prepare, SqlPrepareAction, SqlStatements};
-use crate::backend::pool::CheckoutError;
 use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::sync_sql;
 use crate::backend::{PooledConn, ShardPools};
 use crate::config::PoolMode;
+use crate::exec::cancel::{set_active, ActiveTargets};
+use crate::exec::exchange::{self, Expect, Outcome, SinkError, Step};
+use crate::planner::{block_control_elsewhere, is_block_control, needs_splitting};
 use crate::proxy::Proxy;
+use crate::refusal::checkout_error;
+pub use crate::refusal::{aborted, backend_error_fields, refusal};
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
-use crate::telemetry::{QueryTimer, RouteKind};
+use crate::session::sql_prepare::{may_be_sql_prepare, SqlPrepareAction};
+use crate::telemetry::QueryTimer;
 use crate::txn::control::{self, BlockView, ControlAction, ControlStatement};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
 
-/// A client statement prepared with Parse, kept per client by name.
-pub struct Prepared {
-    pub sql: String,
-    pub param_types: Vec<u32>,
-    pub facts: Arc<[StatementFacts]>,
-    /// The name it has on server connections ("" for the unnamed statement).
-    pub server_name: String,
-}
+pub use crate::session::Prepared;
+use crate::session::{SessionState, SettingEffect};
 
 pub use crate::txn::Txn;
 
-/// Where a request runs.
-pub enum Target {
-    Single(u32),
-    Scatter(Vec<u32>),
-    /// Every shard changes alike; one answer (see `gather::broadcast`).
-    Broadcast(Vec<u32>),
-}
-
-impl Target {
-    /// The `route` label of the query metrics.
-    pub fn route_kind(&self) -> RouteKind {
-        match self {
-            Target::Single(_) => RouteKind::Single,
-            Target::Scatter(_) => RouteKind::Scatter,
-            Target::Broadcast(_) => RouteKind::Broadcast,
-        }
-    }
-}
+pub use crate::planner::Target;
 
 /// Why the session loop must stop.
 pub enum End {
@@ -66,47 +45,25 @@ pub struct Session {
     pub user: String,
     /// The role (and password) this client's server connections log in as.
     pub server_login: ServerLogin,
-    pub startup_settings: BTreeMap<String, String>,
-    pub settings: BTreeMap<String, String>,
-    pub settings_at_begin: Option<BTreeMap<String, String>>,
-    pub proxy_settings: BTreeMap<String, String>,
+    /// Settings, block, statements, portals, cursors, read-your-writes: the plain data.
+    pub state: SessionState,
     pub held: BTreeMap<u32, PooledConn>,
-    pub txn: Option<Txn>,
-    pub statements: HashMap<String, Arc<Prepared>>,
-    /// Statements prepared with SQL PREPARE (transaction pooling: kept by the proxy).
-    pub sql_statements: SqlStatements,
-    /// Portals bound in the current transaction and the shard they live on.
-    pub portals: HashMap<String, u32>,
     /// Extended-protocol messages buffered until Sync or Flush.
     pub batch: Vec<Frame>,
     /// The client statements the batch being run parsed, in order: those whose Parse was not
     /// answered with ParseComplete are forgotten afterwards, as Postgres never created them.
     pub batch_parses: Vec<(String, Arc<Prepared>)>,
-    /// After an error in an extended-protocol batch, messages are dropped until Sync.
-    pub skip_until_sync: bool,
-    /// A Flush-ended batch ran on this shard: the implicit transaction lasts until Sync.
-    pub open_batch_shard: Option<u32>,
     pub cancel: ActiveTargets,
     /// Where requests that any shard can answer go when no connection is held: the shard that
     /// answered at login.
     pub any_shard: u32,
-    /// Replica routing and read-your-writes state.
-    pub reads: super::read_routing::ReadState,
     /// Held from a request's start until the session is outside any transaction: a rebalancing
     /// cut-over waits for these.
     pub hold_pass: Option<crate::admin::gate::RequestPass>,
     /// Generated keys reserved for the request being planned.
     pub reserved_keys: super::generated_keys::ReservedKeys,
-    /// Open cursors of the block and where each lives.
-    pub cursors: super::cursors::Cursors,
     /// Server connections kept past transactions for session state (see `session_pins`).
     pub pins: super::session_pins::Pins,
-}
-
-/// An error to report to the client, as an ErrorResponse: 0A000, or 22023 for a bad routing hint.
-pub fn refusal(message: impl Into<String>) -> ErrorFields {
-    let message = message.into();
-    ErrorFields::error(crate::router::hint::sqlstate_of(&message), message)
 }
 
 impl Session {
@@ -130,11 +87,11 @@ impl Session {
                 }
             };
             // Replica choices belong to one request.
-            self.reads.servers.clear();
+            self.state.reads.servers.clear();
             // A PAUSE from the admin console holds new requests here; open transactions go on.
             let _pass = match frame.tag {
                 fe::QUERY | fe::FLUSH | fe::SYNC => {
-                    let in_txn = self.txn.is_some() || self.open_batch_shard.is_some();
+                    let in_txn = self.state.txn.is_some() || self.state.open_batch_shard.is_some();
                     Some(self.proxy.admin.gate.enter(in_txn).await)
                 }
                 _ => None,
@@ -171,7 +128,7 @@ impl Session {
             if let Err(End::ClientGone) = result {
                 break;
             }
-            if self.txn.is_none() && self.open_batch_shard.is_none() {
+            if self.state.txn.is_none() && self.state.open_batch_shard.is_none() {
                 self.hold_pass = None;
             }
             // Whatever path served the request (a scatter read leaves its connections held), an
@@ -190,25 +147,25 @@ impl Session {
     async fn dispatch(&mut self, frame: Frame) -> Result<(), End> {
         match frame.tag {
             fe::QUERY => {
-                self.skip_until_sync = false;
+                self.state.skip_until_sync = false;
                 self.simple_query(frame.body).await
             }
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE => {
-                if !self.skip_until_sync {
+                if !self.state.skip_until_sync {
                     self.batch.push(frame);
                 }
                 Ok(())
             }
             fe::FLUSH => {
-                if self.skip_until_sync {
+                if self.state.skip_until_sync {
                     Ok(())
                 } else {
                     self.extended_batch(false).await
                 }
             }
             fe::SYNC => {
-                let r = if self.skip_until_sync {
-                    self.skip_until_sync = false;
+                let r = if self.state.skip_until_sync {
+                    self.state.skip_until_sync = false;
                     self.batch.clear();
                     self.finish_open_batch().await
                 } else {
@@ -253,7 +210,7 @@ impl Session {
 
     /// Transaction status to report in a ReadyForQuery the proxy writes itself.
     pub fn status(&self) -> TxStatus {
-        match &self.txn {
+        match &self.state.txn {
             None => TxStatus::Idle,
             Some(t) if t.refused => TxStatus::Failed,
             Some(t) => {
@@ -276,7 +233,7 @@ impl Session {
     /// Sends an error and ReadyForQuery; inside a transaction block the block is now failed.
     pub fn reply_error(&mut self, fields: ErrorFields) {
         self.io.push_error(&fields);
-        if let Some(txn) = &mut self.txn {
+        if let Some(txn) = &mut self.state.txn {
             txn.refused = true;
         }
         let status = self.status();
@@ -286,7 +243,7 @@ impl Session {
     /// An error without ReadyForQuery (extended protocol: the Sync answers later).
     pub fn push_error_in_batch(&mut self, fields: ErrorFields) {
         self.io.push_error(&fields);
-        if let Some(txn) = &mut self.txn {
+        if let Some(txn) = &mut self.state.txn {
             txn.refused = true;
         }
     }
@@ -324,7 +281,7 @@ impl Session {
                 self.reply_error(refusal(
                     "pgshard's own commands (SET/SHOW pgshard.*, pgshard.next_id()) must be sent on their own",
                 ));
-            } else if self.txn.as_ref().is_some_and(|t| t.refused) {
+            } else if self.state.txn.as_ref().is_some_and(|t| t.refused) {
                 self.reply_error(aborted());
             } else {
                 self.local_command(&local, true, false);
@@ -374,10 +331,10 @@ impl Session {
                 ));
                 return Ok(());
             }
-            let protocol = crate::gather::copy_in::CopyProtocol::Simple;
+            let protocol = crate::exec::copy_in::CopyProtocol::Simple;
             return self.copy_in_sharded(&sql, &facts[0], protocol).await;
         }
-        if let Some(fields) = needs_splitting(&facts) {
+        if let Some(fields) = needs_splitting(&facts).map(ErrorFields::from) {
             self.reply_error(fields);
             return Ok(());
         }
@@ -413,7 +370,9 @@ impl Session {
                 return Ok(());
             }
         };
-        if let Some(fields) = self.block_control_elsewhere(&facts, &target) {
+        if let Some(fields) =
+            block_control_elsewhere(&facts, &target, &self.state).map(ErrorFields::from)
+        {
             self.reply_error(fields);
             return Ok(());
         }
@@ -449,7 +408,7 @@ impl Session {
         match target {
             Target::Single(shard) => {
                 self.route_reads(&[shard], &facts).await;
-                let autocommit = self.txn.is_none();
+                let autocommit = self.state.txn.is_none();
                 let outcome = self.run_single_read(shard, true, steps).await?;
                 if let Some(outcome) = outcome {
                     self.note_autocommit_write(shard, autocommit, &facts, &outcome);
@@ -471,7 +430,7 @@ impl Session {
                         self.reply_error(fields);
                         return Ok(());
                     }
-                    let protocol = crate::gather::copy_in::CopyProtocol::Simple;
+                    let protocol = crate::exec::copy_in::CopyProtocol::Simple;
                     return self.copy_out_sharded(&sql, only, shards, protocol).await;
                 }
                 let merge = match merge_for_simple(&facts, &literals) {
@@ -543,8 +502,7 @@ impl Session {
         match control::decide(block, control_statement(sql, only)) {
             ControlAction::Route => Ok(None),
             ControlAction::OpenBlock => {
-                self.txn = Some(Txn::explicit(sql));
-                self.settings_at_begin = Some(self.settings.clone());
+                self.state.open_block(sql);
                 self.io.push(&be::command_complete("BEGIN"));
                 self.io.push(&be::ready_for_query(TxStatus::InTransaction));
                 Ok(Some(()))
@@ -589,8 +547,7 @@ impl Session {
                     }
                 }
                 if let Some(begin) = chain {
-                    self.txn = Some(Txn::explicit(&begin));
-                    self.settings_at_begin = Some(self.settings.clone());
+                    self.state.open_block(&begin);
                 }
                 let status = self.status();
                 self.io.push(&be::ready_for_query(status));
@@ -626,7 +583,7 @@ impl Session {
 
     /// The open block as transaction control sees it.
     pub fn block_view(&self) -> BlockView {
-        match &self.txn {
+        match &self.state.txn {
             None => BlockView::default(),
             Some(t) => BlockView {
                 open: true,
@@ -640,24 +597,11 @@ impl Session {
 
     /// Closes the transaction block; a rollback also rolls back the settings changed inside it.
     pub fn end_transaction(&mut self, rolled_back: bool) {
-        if !rolled_back {
-            let written = self.block_shards();
-            self.reads.pending.extend(written);
-        }
-        if rolled_back {
-            if let Some(before) = self.settings_at_begin.take() {
-                if before != self.settings {
-                    self.settings = before;
-                    for conn in self.held.values_mut() {
-                        conn.settings_unknown = true;
-                    }
-                }
+        if self.state.close_block(rolled_back) {
+            for conn in self.held.values_mut() {
+                conn.settings_unknown = true;
             }
         }
-        self.settings_at_begin = None;
-        self.txn = None;
-        self.portals.clear();
-        self.cursors.end_block(rolled_back);
     }
 
     /// Answers a SQL PREPARE or DEALLOCATE (transaction pooling) and gives back what runs in its
@@ -667,15 +611,16 @@ impl Session {
         if self.proxy.config.pool.mode == PoolMode::Session || !may_be_sql_prepare(sql) {
             return Some(None);
         }
-        let statements = &self.statements;
+        let statements = &self.state.statements;
         let action = match self
+            .state
             .sql_statements
             .handle(sql, |n| statements.contains_key(n))
         {
             None => return Some(None),
             Some(action) => action,
         };
-        if self.txn.as_ref().is_some_and(|t| t.refused) {
+        if self.state.txn.as_ref().is_some_and(|t| t.refused) {
             self.reply_error(aborted());
             return None;
         }
@@ -706,7 +651,7 @@ impl Session {
                             return;
                         }
                     }
-                    None => self.reads.token = Default::default(),
+                    None => self.state.reads.token = Default::default(),
                 }
                 self.io.push(&be::command_complete(if value.is_some() {
                     "SET"
@@ -715,7 +660,7 @@ impl Session {
                 }));
             }
             LocalCommand::ShowProxy { name } if name == "causal_token" => {
-                let text = self.reads.token.to_string();
+                let text = self.state.reads.token.to_string();
                 if describe {
                     self.io
                         .push(&be::row_description(&[("causal_token", be::TEXT_OID)]));
@@ -726,10 +671,10 @@ impl Session {
             LocalCommand::SetProxy { name, value } => {
                 match value {
                     Some(v) => {
-                        self.proxy_settings.insert(name.clone(), v.clone());
+                        self.state.proxy_settings.insert(name.clone(), v.clone());
                     }
                     None => {
-                        self.proxy_settings.remove(name);
+                        self.state.proxy_settings.remove(name);
                     }
                 }
                 self.io.push(&be::command_complete(if value.is_some() {
@@ -738,23 +683,25 @@ impl Session {
                     "RESET"
                 }));
             }
-            LocalCommand::ShowProxy { name } => match self.proxy_settings.get(name).cloned() {
-                Some(v) => {
-                    if describe {
-                        self.io
-                            .push(&be::row_description(&[(name.as_str(), be::TEXT_OID)]));
+            LocalCommand::ShowProxy { name } => {
+                match self.state.proxy_settings.get(name).cloned() {
+                    Some(v) => {
+                        if describe {
+                            self.io
+                                .push(&be::row_description(&[(name.as_str(), be::TEXT_OID)]));
+                        }
+                        self.io.push(&be::data_row(&[Some(v.as_str())]));
+                        self.io.push(&be::command_complete("SHOW"));
                     }
-                    self.io.push(&be::data_row(&[Some(v.as_str())]));
-                    self.io.push(&be::command_complete("SHOW"));
+                    None => self.io.push_error(&ErrorFields::error(
+                        "42704",
+                        format!("unrecognized configuration parameter \"{name}\""),
+                    )),
                 }
-                None => self.io.push_error(&ErrorFields::error(
-                    "42704",
-                    format!("unrecognized configuration parameter \"{name}\""),
-                )),
-            },
+            }
             LocalCommand::DeallocateAll => {
-                self.statements.clear();
-                self.sql_statements.clear();
+                self.state.statements.clear();
+                self.state.sql_statements.clear();
                 self.io.push(&be::command_complete("DEALLOCATE ALL"));
             }
             LocalCommand::NextId => {
@@ -805,80 +752,21 @@ impl Session {
         }
     }
 
-    /// Combines the routes of the statements of one request into where it runs.
+    /// Where a request runs ([`crate::planner::combine`] on this session's state).
     pub fn combine(
         &self,
         routes: &[Route],
         facts: &[StatementFacts],
     ) -> Result<Target, ErrorFields> {
         self.scatter_policy(routes, facts)?;
-        let mut single: Option<u32> = None;
-        let mut scatter: Option<Vec<u32>> = None;
-        for route in routes {
-            match route {
-                Route::Refuse(message) => return Err(refusal(message.clone())),
-                Route::SplitInsert(plan) => {
-                    return Err(refusal(format!(
-                        "a multi-row INSERT whose rows belong to {} shards is split only when sent on its own as a simple query; with prepared statements (extended protocol) or together with other statements, insert each shard's rows in a statement of their own",
-                        plan.len()
-                    )))
-                }
-                Route::Broadcast(v) => {
-                    if routes.len() > 1 {
-                        return Err(refusal(
-                            "a statement that changes every shard (DDL, a reference table write, VACUUM) must be sent on its own, not together with other statements",
-                        ));
-                    }
-                    return Ok(Target::Broadcast(v.clone()));
-                }
-                Route::Single(s) => {
-                    if let Some(prev) = single.filter(|p| p != s) {
-                        return Err(refusal(format!(
-                            "statements sent together in one request need shards {prev} and {s}: send them separately (inside BEGIN … COMMIT they still commit together)"
-                        )));
-                    }
-                    single = Some(*s);
-                }
-                Route::Any => {}
-                Route::Scatter(v) => {
-                    if routes.len() > 1 {
-                        return Err(refusal(
-                            "a statement that runs on several shards must be sent on its own, not together with other statements",
-                        ));
-                    }
-                    scatter = Some(v.clone());
-                }
-            }
-        }
-        if let Some(shards) = scatter {
-            if self.open_batch_shard.is_some() {
-                return Err(refusal(
-                    "a statement without a shard key cannot join an implicit transaction that a Flush left open on one shard: send Sync first",
-                ));
-            }
-            return Ok(Target::Scatter(shards));
-        }
-        // Savepoints and SET LOCAL belong to every shard of a block that spans several.
-        let participants = self.block_shards();
-        if participants.len() > 1
-            && facts
-                .iter()
-                .any(|f| matches!(f.kind, StatementKind::Savepoint | StatementKind::SetLocal))
-        {
-            return Ok(Target::Scatter(participants));
-        }
-        let bound = self.open_batch_shard;
-        let shard = single
-            .or(bound)
-            .or_else(|| participants.first().copied())
-            .or_else(|| self.held.keys().next().copied())
-            .unwrap_or_else(|| self.answering_shard());
-        if let Some(b) = bound.filter(|b| *b != shard) {
-            return Err(refusal(format!(
-                "an implicit transaction that a Flush left open runs on shard {b} and the statement needs shard {shard}: send Sync first, or use BEGIN … COMMIT, which may span shards"
-            )));
-        }
-        Ok(Target::Single(shard))
+        let fallback = || {
+            self.held
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or_else(|| self.answering_shard())
+        };
+        crate::planner::combine(routes, facts, &self.state, fallback).map_err(ErrorFields::from)
     }
 
     /// The shard for a request any shard can answer (a Parse or Describe, a reference table
@@ -908,11 +796,11 @@ impl Session {
     /// Makes sure a connection to `shard` is held, in sync with the session's settings, and inside
     /// the client's transaction block if one is open.
     pub async fn ensure_conn(&mut self, shard: u32, join_txn: bool) -> Result<(), ErrorFields> {
-        let want = match self.reads.servers.get(&shard) {
+        let want = match self.state.reads.servers.get(&shard) {
             Some(id) => Some(*id),
             None => self.proxy.topology.primary(shard),
         };
-        let in_block = self.txn.as_ref().is_some_and(|t| t.has(shard));
+        let in_block = self.state.txn.as_ref().is_some_and(|t| t.has(shard));
         if let (Some(want), Some(conn)) = (want, self.held.get(&shard)) {
             // A held connection to another server of the shard (a replica read before, or the
             // primary before a failover) goes back unless a block still needs it.
@@ -939,7 +827,7 @@ impl Session {
             // A BEGIN owed for a block that ended before anything went out.
             conn.drop_deferred();
         }
-        if let Some(sql) = sync_sql(&conn.applied, &self.settings, conn.settings_unknown) {
+        if let Some(sql) = sync_sql(&conn.applied, &self.state.settings, conn.settings_unknown) {
             if let Err(e) = conn.run_silently(&sql).await {
                 let fields = backend_error_fields(&e);
                 if let Some(conn) = self.held.remove(&shard) {
@@ -947,7 +835,7 @@ impl Session {
                 }
                 return Err(fields);
             }
-            conn.applied = self.settings.clone();
+            conn.applied = self.state.settings.clone();
             conn.settings_unknown = false;
         }
         if join_txn {
@@ -987,10 +875,10 @@ impl Session {
         match result {
             Ok(outcome) => {
                 if ends_with_status {
-                    self.open_batch_shard = None;
+                    self.state.open_batch_shard = None;
                     self.track_transaction(shard, &outcome);
                 } else {
-                    self.open_batch_shard = Some(shard);
+                    self.state.open_batch_shard = Some(shard);
                 }
                 self.release_idle();
                 Ok(Some(outcome))
@@ -1005,7 +893,7 @@ impl Session {
                     ShardPools::discard(conn);
                 }
                 tracing::warn!(shard, error = %e, "server connection failed");
-                match &mut self.txn {
+                match &mut self.state.txn {
                     // The client's own block, or other shards still holding the block's work: it
                     // can only roll back now (a later COMMIT must not report success).
                     Some(t) if !t.implicit || t.participants.iter().any(|p| *p != shard) => {
@@ -1015,10 +903,10 @@ impl Session {
                         t.participants.retain(|p| *p != shard);
                         t.refused = true
                     }
-                    _ => self.txn = None,
+                    _ => self.state.txn = None,
                 }
-                self.open_batch_shard = None;
-                self.skip_until_sync = false;
+                self.state.open_batch_shard = None;
+                self.state.skip_until_sync = false;
                 self.reply_error(backend_error_fields(&e));
                 Ok(None)
             }
@@ -1030,32 +918,26 @@ impl Session {
         match outcome.status {
             Some(TxStatus::Idle) => {
                 // A transaction whose BEGIN is still pending has not reached this shard.
-                let ours = self.txn.as_ref().is_some_and(|t| t.has(shard));
+                let ours = self.state.txn.as_ref().is_some_and(|t| t.has(shard));
                 if ours && !self.block_is_distributed() {
                     let rolled_back = outcome.error.is_some()
                         || outcome.tags.last().is_some_and(|t| t == "ROLLBACK");
                     self.end_transaction(rolled_back);
                 } else if ours {
                     // One shard left a block that spans several: the rest can only roll back.
-                    if let Some(t) = &mut self.txn {
+                    if let Some(t) = &mut self.state.txn {
                         t.participants.retain(|p| *p != shard);
                         t.refused = true;
                     }
                 }
-                self.portals.clear();
-                self.cursors.end_block(
+                self.state.portals.clear();
+                self.state.cursors.end_block(
                     outcome.error.is_some() || outcome.tags.last().is_some_and(|t| t == "ROLLBACK"),
                 );
             }
             Some(TxStatus::InTransaction) | Some(TxStatus::Failed) => {
-                if self.txn.is_none() {
-                    self.settings_at_begin = Some(self.settings.clone());
-                    self.txn = Some(Txn::started_on(shard));
-                }
-                if let Some(txn) = &mut self.txn {
-                    if !txn.has(shard) {
-                        txn.participants.push(shard);
-                    }
+                self.state.joined_on(shard);
+                if let Some(txn) = &mut self.state.txn {
                     // Only ROLLBACK TO SAVEPOINT rescues a block the proxy refused a statement in.
                     if outcome.tags.last().is_some_and(|t| t == "ROLLBACK") {
                         txn.refused = false;
@@ -1068,11 +950,12 @@ impl Session {
 
     /// In transaction pooling, gives back connections once no transaction needs them.
     pub fn release_idle(&mut self) {
-        if self.proxy.config.pool.mode == PoolMode::Session || self.open_batch_shard.is_some() {
+        if self.proxy.config.pool.mode == PoolMode::Session || self.state.open_batch_shard.is_some()
+        {
             return;
         }
         let keep = self.block_shards();
-        if self.txn.is_some() && keep.is_empty() {
+        if self.state.txn.is_some() && keep.is_empty() {
             // A BEGIN is pending: keep what we have for the first statement.
             return;
         }
@@ -1103,41 +986,23 @@ impl Session {
             return;
         }
         // Settings changed inside a block that the same request rolls back are undone.
-        let mut block_start: Option<BTreeMap<String, String>> = None;
+        let mut block_start = None;
         for f in facts {
-            match &*crate::router::set_config::as_set(f) {
-                StatementKind::Begin => block_start = Some(self.settings.clone()),
-                StatementKind::Commit => block_start = None,
-                StatementKind::Rollback => {
-                    if let Some(before) = block_start.take() {
-                        if before != self.settings {
-                            self.settings = before;
-                            for conn in self.held.values_mut() {
-                                conn.settings_unknown = true;
-                            }
-                        }
+            let kind = crate::router::set_config::as_set(f);
+            match self.state.record_setting(&kind, &mut block_start) {
+                SettingEffect::Unchanged => {}
+                SettingEffect::Restored => {
+                    for conn in self.held.values_mut() {
+                        conn.settings_unknown = true;
                     }
                 }
-                StatementKind::Set { name, value } => {
-                    match value {
-                        Some(v) => {
-                            self.settings.insert(name.clone(), v.clone());
-                        }
-                        None => match self.startup_settings.get(name) {
-                            Some(v) => {
-                                self.settings.insert(name.clone(), v.clone());
-                            }
-                            None => {
-                                self.settings.remove(name);
-                            }
-                        },
-                    }
+                SettingEffect::Set { name, value } => {
                     // The server now holds exactly what it was told (RESET → its default);
                     // other shards catch up when next used.
                     for (_, conn) in self.held.iter_mut().filter(|(s, _)| Some(**s) == ran_on) {
                         match value {
                             Some(v) => {
-                                conn.applied.insert(name.clone(), v.clone());
+                                conn.applied.insert(name.to_string(), v.to_string());
                             }
                             None => {
                                 conn.applied.remove(name);
@@ -1145,20 +1010,14 @@ impl Session {
                         }
                     }
                 }
-                StatementKind::ResetAll | StatementKind::Discard => {
-                    self.settings = self.startup_settings.clone();
+                SettingEffect::ResetAll { discard } => {
                     for conn in self.held.values_mut() {
                         conn.settings_unknown = true;
-                        if f.kind == StatementKind::Discard {
+                        if discard {
                             conn.prepared.clear();
                         }
                     }
-                    if f.kind == StatementKind::Discard {
-                        self.statements.clear();
-                        self.sql_statements.clear();
-                    }
                 }
-                _ => {}
             }
         }
     }
@@ -1171,7 +1030,7 @@ impl Session {
         shards: Vec<u32>,
         atomic: bool,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
-        merge: Option<crate::gather::merged::BoundMerge>,
+        merge: Option<crate::exec::merged::BoundMerge>,
     ) -> Result<bool, End> {
         let implicit = atomic && shards.len() > 1 && self.begin_implicit_block();
         let end = self.run_scatter(shards, steps, merge).await?;
@@ -1204,7 +1063,7 @@ impl Session {
         &mut self,
         shards: Vec<u32>,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
-        merge: Option<crate::gather::merged::BoundMerge>,
+        merge: Option<crate::exec::merged::BoundMerge>,
     ) -> Result<ScatterEnd, End> {
         self.run_scatter_to::<ClientIo>(shards, steps, merge, None)
             .await
@@ -1216,7 +1075,7 @@ impl Session {
         &mut self,
         shards: Vec<u32>,
         steps: impl Fn(&crate::backend::ServerConn) -> Vec<Step>,
-        merge: Option<crate::gather::merged::BoundMerge>,
+        merge: Option<crate::exec::merged::BoundMerge>,
         sink: Option<&mut S>,
     ) -> Result<ScatterEnd, End> {
         for shard in &shards {
@@ -1239,8 +1098,8 @@ impl Session {
             work.iter().map(|(c, _)| c.cancel_target()).collect(),
         );
         let result = match sink {
-            Some(sink) => crate::gather::scatter::run(work, sink, merge).await,
-            None => crate::gather::scatter::run(work, &mut self.io, merge).await,
+            Some(sink) => crate::exec::scatter::run(work, sink, merge).await,
+            None => crate::exec::scatter::run(work, &mut self.io, merge).await,
         };
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {
@@ -1250,7 +1109,7 @@ impl Session {
             return Err(End::ClientGone);
         }
         if result.failure.is_some() {
-            if let Some(t) = &mut self.txn {
+            if let Some(t) = &mut self.state.txn {
                 // A shard of the block lost its connection.
                 if !t.implicit && t.participants.iter().any(|p| !self.held.contains_key(p)) {
                     let held = &self.held;
@@ -1274,32 +1133,6 @@ pub struct ScatterEnd {
     pub complete: Option<Frame>,
 }
 
-/// Statements that end or structure a block: sent on their own once a block spans shards.
-impl Session {
-    /// A string that carries COMMIT, ROLLBACK or a savepoint statement together with statements
-    /// for a shard the open block has not reached would end the block on that shard alone,
-    /// leaving the others open or lost: refused, as for a block that already spans shards.
-    fn block_control_elsewhere(
-        &self,
-        facts: &[StatementFacts],
-        target: &Target,
-    ) -> Option<ErrorFields> {
-        if facts.len() < 2 || !facts.iter().any(is_block_control) {
-            return None;
-        }
-        let txn = self.txn.as_ref()?;
-        let reaches_others = match target {
-            Target::Single(shard) => txn.participants.iter().any(|p| p != shard),
-            _ => !txn.participants.is_empty(),
-        };
-        reaches_others.then(|| {
-            refusal(
-                "this request would end a transaction block on some of its shards only: send COMMIT, ROLLBACK and savepoint statements on their own, not together with statements for another shard",
-            )
-        })
-    }
-}
-
 /// A statement as transaction control sees it (`sql` tells ROLLBACK TO from other savepoint
 /// statements).
 pub fn control_statement(sql: &str, f: &StatementFacts) -> ControlStatement {
@@ -1316,16 +1149,6 @@ pub fn control_statement(sql: &str, f: &StatementFacts) -> ControlStatement {
     }
 }
 
-fn is_block_control(f: &StatementFacts) -> bool {
-    matches!(
-        f.kind,
-        StatementKind::Begin
-            | StatementKind::Commit
-            | StatementKind::Rollback
-            | StatementKind::Savepoint
-    )
-}
-
 /// A statement whose effects on several shards must commit together.
 pub fn needs_atomic_scatter(f: &StatementFacts) -> bool {
     f.is_write || f.kind == StatementKind::Ddl
@@ -1336,7 +1159,7 @@ pub fn needs_atomic_scatter(f: &StatementFacts) -> bool {
 pub(crate) fn merge_for_simple(
     facts: &[StatementFacts],
     literals: &[crate::router::literals::Literal],
-) -> Result<Option<(String, crate::gather::merged::BoundMerge)>, ErrorFields> {
+) -> Result<Option<(String, crate::exec::merged::BoundMerge)>, ErrorFields> {
     let [f] = facts else { return Ok(None) };
     let Some(Ok(plan)) = &f.merge else {
         return Ok(None);
@@ -1345,7 +1168,7 @@ pub(crate) fn merge_for_simple(
         ErrorFields::error("XX000", "a rewritten statement lost one of its literals")
     })?;
     let params = crate::router::literals::LiteralParams(literals);
-    let bound = crate::gather::merged::BoundMerge::new(plan.clone(), &params, true)?;
+    let bound = crate::exec::merged::BoundMerge::new(plan.clone(), &params, true)?;
     Ok(Some((sql, bound)))
 }
 
@@ -1364,56 +1187,4 @@ fn savepoint_tag(sql: &str) -> &'static str {
 /// True for a `COPY … FROM STDIN` into a sharded table, whose rows the proxy splits by key.
 pub fn is_sharded_copy_in(f: &StatementFacts) -> bool {
     f.sharded && f.kind == (StatementKind::Copy { from_stdin: true })
-}
-
-/// Statements the proxy would have to split further: refused until it can.
-fn needs_splitting(facts: &[StatementFacts]) -> Option<ErrorFields> {
-    for f in facts {
-        if f.missing_key_rows.is_some() && facts.len() > 1 {
-            return Some(refusal(
-                "an INSERT that omits the shard key must be sent on its own so pgshard can give it keys",
-            ));
-        }
-    }
-    None
-}
-
-/// 25P02, as Postgres says it.
-pub fn aborted() -> ErrorFields {
-    ErrorFields::error(
-        "25P02",
-        "current transaction is aborted, commands ignored until end of transaction block",
-    )
-}
-
-fn checkout_error(e: CheckoutError) -> ErrorFields {
-    match e {
-        CheckoutError::Timeout(shard) => ErrorFields::error(
-            "53300",
-            format!("timed out waiting for a free server connection to shard {shard}"),
-        ),
-        CheckoutError::Backend(b) => backend_error_fields(&b),
-        e @ CheckoutError::NoPrimary { .. } => ErrorFields::error("08006", e.to_string()),
-        other => ErrorFields::error("08001", other.to_string()),
-    }
-}
-
-/// How a server-side failure is reported to the client.
-pub fn backend_error_fields(e: &crate::backend::BackendError) -> ErrorFields {
-    use crate::backend::BackendError as B;
-    match e {
-        B::Server { fields, .. } => fields.clone(),
-        B::Terminated { shard, fields } => ErrorFields {
-            severity: "ERROR".into(),
-            message: format!("shard {shard}: {}", fields.message),
-            detail: Some(format!(
-                "the server closed pgshard's connection to shard {shard}; this session goes on, and its next statement uses a new connection (work of an open transaction block on that shard is lost)"
-            )),
-            ..fields.clone()
-        },
-        B::Connect { .. } | B::ConnectTimeout { .. } | B::Tls { .. } | B::Login { .. } => {
-            ErrorFields::error("08001", e.to_string())
-        }
-        _ => ErrorFields::error("08006", e.to_string()),
-    }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::cancel::{cancel_active, ActiveTargets};
 use super::client_io::ClientReadError;
 use super::session::Session;
 use crate::backend::ShardPools;
+use crate::exec::cancel::{cancel_active, ActiveTargets};
 use crate::live::Phase;
 use crate::wire::backend::{ErrorFields, TxStatus};
 use crate::wire::frame::{Frame, FrameError};
@@ -38,7 +38,7 @@ impl Session {
     /// True while the client holds server state between requests: an open transaction block or
     /// an implicit transaction a Flush left open.
     fn in_transaction(&self) -> bool {
-        self.status() != TxStatus::Idle || self.open_batch_shard.is_some()
+        self.status() != TxStatus::Idle || self.state.open_batch_shard.is_some()
     }
 
     /// Waits for the client's next message, unless the proxy is shutting down or the client sits
@@ -171,16 +171,16 @@ impl Session {
             }
         }
         tracing::warn!(user = %self.user, shards = ?stuck, "request abandoned: its servers did not answer the cancel request after the query timeout");
-        if self.txn.as_ref().is_some_and(|t| t.implicit) {
+        if self.state.txn.as_ref().is_some_and(|t| t.implicit) {
             // Ignoring the outcome: the statement reports the timeout whatever the rollback did.
             let _ = self.finish_implicit_block(false).await;
-        } else if let Some(t) = &mut self.txn {
+        } else if let Some(t) = &mut self.state.txn {
             // Shards whose connection is gone lost their part of the block (as in `run_single`).
             let held = &self.held;
             t.participants.retain(|p| held.contains_key(p));
             t.refused = true;
         }
-        self.open_batch_shard = None;
+        self.state.open_batch_shard = None;
         self.batch.clear();
         let which = if stuck.is_empty() {
             "its shards".to_string()
@@ -195,10 +195,10 @@ impl Session {
             ));
         if tag == fe::FLUSH {
             // The client's Sync gets the ReadyForQuery.
-            self.skip_until_sync = true;
+            self.state.skip_until_sync = true;
             self.push_error_in_batch(fields);
         } else {
-            self.skip_until_sync = false;
+            self.state.skip_until_sync = false;
             self.reply_error(fields);
         }
     }

@@ -191,8 +191,8 @@ impl Session {
     /// the session, as the server ended the client's locks and temporary tables with it.
     pub async fn settle_pins(&mut self) -> Result<(), End> {
         if self.proxy.config.pool.mode == PoolMode::Session
-            || self.txn.is_some()
-            || self.open_batch_shard.is_some()
+            || self.state.txn.is_some()
+            || self.state.open_batch_shard.is_some()
         {
             return Ok(());
         }
@@ -212,7 +212,7 @@ impl Session {
                         for reason in self.pins.settle(shard, server_pid, &census) {
                             crate::telemetry::record::session_pinned(reason.label());
                         }
-                        self.cursors.held_on_shard(shard, &census.cursors);
+                        self.state.cursors.held_on_shard(shard, &census.cursors);
                     }
                     None => {
                         if let Some(conn) = self.held.remove(&shard) {

@@ -4,11 +4,11 @@
 //! answer as a single Postgres gives it — RETURNING rows in VALUES order, `INSERT 0 <total>`.
 //! The unit runs inside the batch's block (see `pipeline`), so the parts commit together.
 
-use super::exchange::{Expect, Step};
 use super::extended::{quiet_sync, Msg};
 use super::pipeline::UnitEnd;
 use super::session::{refusal, End, Session};
-use crate::gather::split_insert::{assemble, Assembled};
+use crate::exec::exchange::{Expect, Step};
+use crate::exec::split_insert::{assemble, Assembled};
 use crate::router::split_insert::{split, ShardRows};
 use crate::router::split_params::{pick, renumber};
 use crate::wire::backend::{self as be, ErrorFields};

@@ -30,10 +30,10 @@ impl Session {
     /// commits atomically; returns true if it opened one (the caller then calls
     /// `finish_implicit_block`).
     pub fn begin_implicit_block(&mut self) -> bool {
-        if self.txn.is_some() {
+        if self.state.txn.is_some() {
             return false;
         }
-        self.txn = Some(Txn::implicit());
+        self.state.txn = Some(Txn::implicit());
         true
     }
 
@@ -45,7 +45,7 @@ impl Session {
         &mut self,
         commit: bool,
     ) -> Result<Option<ErrorFields>, super::session::End> {
-        if !self.txn.as_ref().is_some_and(|t| t.implicit) {
+        if !self.state.txn.as_ref().is_some_and(|t| t.implicit) {
             return Ok(None);
         }
         let outcome = if commit {
@@ -63,17 +63,18 @@ impl Session {
         };
         if commit && outcome.is_none() {
             let written = self.block_shards();
-            self.reads.pending.extend(written);
+            self.state.reads.pending.extend(written);
         }
-        self.txn = None;
-        self.portals.clear();
+        self.state.txn = None;
+        self.state.portals.clear();
         self.release_idle();
         Ok(outcome)
     }
 
     /// The open block's BEGIN text, for a block chained to it.
     pub fn txn_begin_sql(&self) -> String {
-        self.txn
+        self.state
+            .txn
             .as_ref()
             .map(|t| t.begin_sql().to_string())
             .unwrap_or_else(|| "BEGIN".into())
@@ -82,18 +83,18 @@ impl Session {
     /// True when the open block is aborted (a refused statement, or an error on one of its
     /// shards): only ROLLBACK, COMMIT or ROLLBACK TO SAVEPOINT may follow.
     pub fn block_failed(&self) -> bool {
-        self.txn.is_some() && self.status() == TxStatus::Failed
+        self.state.txn.is_some() && self.status() == TxStatus::Failed
     }
 
     /// True when the open block has reached more than one shard.
     pub fn block_is_distributed(&self) -> bool {
-        self.txn.as_ref().is_some_and(|t| t.distributed())
+        self.state.txn.as_ref().is_some_and(|t| t.distributed())
     }
 
     /// Ends the client's block on every shard it reached: COMMIT (two-phase when several) or
     /// ROLLBACK. The block is closed afterwards whatever happened.
     pub async fn end_block(&mut self, commit: bool) -> Result<BlockEnd, ErrorFields> {
-        let refused = self.txn.as_ref().is_some_and(|t| t.refused);
+        let refused = self.state.txn.as_ref().is_some_and(|t| t.refused);
         let result = if commit && !refused {
             self.commit_participants().await
         } else {
@@ -110,6 +111,7 @@ impl Session {
     /// rollback, as COMMIT of a failed block does in Postgres.
     async fn commit_participants(&mut self) -> Result<BlockEnd, ErrorFields> {
         let participants = self
+            .state
             .txn
             .as_ref()
             .map(|t| t.participants.clone())
@@ -131,7 +133,7 @@ impl Session {
             self.rollback_participants().await;
             return Ok(BlockEnd::RolledBack);
         }
-        let read_only = self.txn.as_ref().is_some_and(|t| t.read_only);
+        let read_only = self.state.txn.as_ref().is_some_and(|t| t.read_only);
         if read_only && participants.len() > 1 {
             // Nothing was written, so nothing needs two phases (and replicas cannot prepare).
             for shard in &participants {
@@ -185,6 +187,7 @@ impl Session {
     /// Rolls back the open block on every shard it reached.
     async fn rollback_participants(&mut self) {
         let participants = self
+            .state
             .txn
             .as_ref()
             .map(|t| t.participants.clone())
@@ -240,7 +243,7 @@ impl Session {
     /// `lock_timeout` on every participant, so a deadlock between shards (which no single
     /// Postgres can see) ends in an error instead of a hang.
     pub async fn join_block(&mut self, shard: u32) -> Result<(), ErrorFields> {
-        let Some(txn) = self.txn.as_ref() else {
+        let Some(txn) = self.state.txn.as_ref() else {
             return Ok(());
         };
         if txn.has(shard) {
@@ -275,7 +278,7 @@ impl Session {
                 }
             }
         }
-        if let Some(txn) = self.txn.as_mut() {
+        if let Some(txn) = self.state.txn.as_mut() {
             txn.participants.push(shard);
         }
         Ok(())
@@ -305,7 +308,7 @@ impl Session {
     /// The `lock_timeout` for blocks that span shards, unless the client chose its own.
     fn cross_shard_lock_timeout(&self) -> Option<String> {
         let ms = self.proxy.config.transactions.cross_shard_lock_timeout_ms;
-        if ms == 0 || self.settings.contains_key("lock_timeout") {
+        if ms == 0 || self.state.settings.contains_key("lock_timeout") {
             return None;
         }
         Some(format!("'{ms}ms'"))
@@ -314,7 +317,7 @@ impl Session {
     /// Follows savepoints and SET LOCAL that ran successfully inside the block, so shards that
     /// join later replay them.
     pub fn note_block_statement(&mut self, sql: &str, facts: &StatementFacts) {
-        let Some(txn) = self.txn.as_mut() else {
+        let Some(txn) = self.state.txn.as_mut() else {
             return;
         };
         match facts.kind {
@@ -324,7 +327,7 @@ impl Session {
                         txn.refused = false;
                     }
                     txn.record_savepoint(&op);
-                    self.cursors.savepoint(&op);
+                    self.state.cursors.savepoint(&op);
                 }
             }
             StatementKind::SetLocal => txn.record_setting(sql),
@@ -334,7 +337,8 @@ impl Session {
 
     /// Shards whose connections must stay held: every participant of the open block.
     pub fn block_shards(&self) -> Vec<u32> {
-        self.txn
+        self.state
+            .txn
             .as_ref()
             .map(|t| t.participants.clone())
             .unwrap_or_default()

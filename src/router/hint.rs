@@ -16,17 +16,8 @@ pub enum Hint {
 use super::KeyType;
 
 /// Every message of a bad hint starts with this, so its refusal carries SQLSTATE 22023
-/// (invalid_parameter_value) rather than 0A000: see [`sqlstate_of`].
+/// (invalid_parameter_value) rather than 0A000: see [`crate::refusal::Refusal::of_route`].
 pub const INVALID_HINT: &str = "invalid pgshard routing hint";
-
-/// The SQLSTATE of a refusal message: 22023 for a bad hint, 0A000 for anything else.
-pub fn sqlstate_of(message: &str) -> &'static str {
-    if message.starts_with(INVALID_HINT) {
-        "22023"
-    } else {
-        "0A000"
-    }
-}
 
 /// A bad-hint message.
 pub fn invalid(detail: impl std::fmt::Display) -> String {
@@ -221,9 +212,16 @@ mod tests {
         ] {
             let e = leading_hint(sql).expect(sql).unwrap_err();
             assert!(e.contains(want), "{sql}: {e}");
-            assert_eq!(sqlstate_of(&e), "22023", "{e}");
+            assert_eq!(
+                crate::refusal::Refusal::of_route(e.as_str()).sqlstate(),
+                "22023",
+                "{e}"
+            );
         }
-        assert_eq!(sqlstate_of("a join that is not co-located"), "0A000");
+        assert_eq!(
+            crate::refusal::Refusal::of_route("a join that is not co-located").sqlstate(),
+            "0A000"
+        );
     }
 
     #[test]
@@ -237,12 +235,18 @@ mod tests {
             e.contains("names shard 2, but the statement's own key is on shard 3"),
             "{e}"
         );
-        assert_eq!(sqlstate_of(&e), "0A000");
+        assert_eq!(
+            crate::refusal::Refusal::of_route(e.as_str()).sqlstate(),
+            "0A000"
+        );
         let e = apply(9, None, &known).unwrap_err();
         assert!(
             e.contains("shard 9 does not exist (shards: 1, 2, 3)"),
             "{e}"
         );
-        assert_eq!(sqlstate_of(&e), "22023");
+        assert_eq!(
+            crate::refusal::Refusal::of_route(e.as_str()).sqlstate(),
+            "22023"
+        );
     }
 }

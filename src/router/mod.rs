@@ -1100,7 +1100,10 @@ mod tests {
             panic!("a contradicting hint must be refused")
         };
         assert!(m.contains("statement's own key is on shard"), "{m}");
-        assert_eq!(hint::sqlstate_of(&m), "0A000");
+        assert_eq!(
+            crate::refusal::Refusal::of_route(m.as_str()).sqlstate(),
+            "0A000"
+        );
         // Extended protocol: the key is a parameter, checked at Bind.
         let facts = r.analyze_prepared(&format!(
             "/* pgshard: shard={other} */ select * from users where user_id = $1"
@@ -1121,7 +1124,11 @@ mod tests {
             let Route::Refuse(m) = route_sql(&r, sql, &map) else {
                 panic!("{sql} must be refused")
             };
-            assert_eq!(hint::sqlstate_of(&m), "22023", "{sql}: {m}");
+            assert_eq!(
+                crate::refusal::Refusal::of_route(m.as_str()).sqlstate(),
+                "22023",
+                "{sql}: {m}"
+            );
         }
         // DDL must reach every shard: a hint cannot narrow it.
         assert!(matches!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::frontend::exchange::FrameSink;
+use crate::exec::exchange::FrameSink;
 use crate::router::merge_plan::{
     AggFunc, Bound, CmpOp, ColRef, Having, MergePlan, Operand, PlanKind,
 };
@@ -916,12 +916,12 @@ async fn finish_inner(
     let steps = final_query::steps(&fp, &p.merge.finals, &values, &types, &formats, true)
         .map_err(|e| Stop::Failed(ErrorFields::error("54000", e.to_string())))?;
     let mut sink = Collect(Vec::new());
-    let outcome = crate::frontend::exchange::run(conn, steps, &mut sink)
+    let outcome = crate::exec::exchange::run(conn, steps, &mut sink)
         .await
         .map_err(|e| {
             Stop::Failed(match e {
-                crate::frontend::exchange::SinkError::Backend(b) => {
-                    crate::frontend::session::backend_error_fields(&b)
+                crate::exec::exchange::SinkError::Backend(b) => {
+                    crate::refusal::backend_error_fields(&b)
                 }
                 other => ErrorFields::error("XX000", format!("final projection: {other}")),
             })
@@ -973,7 +973,7 @@ async fn finish_inner(
 struct Collect(Vec<Frame>);
 
 impl FrameSink for Collect {
-    async fn send(&mut self, frame: Frame) -> Result<(), crate::frontend::exchange::SinkError> {
+    async fn send(&mut self, frame: Frame) -> Result<(), crate::exec::exchange::SinkError> {
         self.0.push(frame);
         Ok(())
     }
@@ -981,8 +981,8 @@ impl FrameSink for Collect {
     async fn copy_in(
         &mut self,
         _conn: &mut crate::backend::ServerConn,
-    ) -> Result<(), crate::frontend::exchange::SinkError> {
-        Err(crate::frontend::exchange::SinkError::Refused(
+    ) -> Result<(), crate::exec::exchange::SinkError> {
+        Err(crate::exec::exchange::SinkError::Refused(
             "COPY in a final projection".into(),
         ))
     }

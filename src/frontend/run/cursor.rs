@@ -1,116 +1,17 @@
-//! Cursors over several shards, served by the proxy: DECLARE runs the cursor's query on every
-//! shard with the usual scatter + merge and keeps the merged rows; FETCH and MOVE read them
-//! forward, CLOSE drops them.
-//!
-//! The merged result is held in memory, up to [`CURSOR_CAP_BYTES`] of row data; a larger one
-//! is refused (54000) rather than truncated. Streaming from per-shard cursors would bound memory
-//! for any size, but needs every merge (ORDER BY, LIMIT, GROUP BY, DISTINCT, aggregates) to
-//! work incrementally across requests; holding the merged rows reuses the one merge path every
-//! other scatter read takes, so a cursor gives exactly the rows its SELECT would.
-
-use bytes::Bytes;
+//! The session's side of proxy-served cursors (see `exec::cursor`): DECLARE over several shards,
+//! FETCH and MOVE of the rows this session holds.
 
 use crate::backend::ServerConn;
-use crate::frontend::cursors::{Materialized, Place};
-use crate::frontend::exchange::{Expect, FrameSink, SinkError, Step};
+use crate::exec::cursor::{scatter_shards, Fetched, Keep};
+use crate::exec::exchange::{Expect, Step};
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::router::cursor::{Declare, Motion};
 use crate::router::literals::LiteralParams;
 use crate::router::Route;
+use crate::session::cursors::{Materialized, Place};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
-
-/// Most row data (DataRow bytes) a proxy-served cursor holds.
-pub const CURSOR_CAP_BYTES: usize = 64 * 1024 * 1024;
-
-/// Keeps a merged answer: its description, its rows up to the cap, its first error. Shared by
-/// cursors and by portals read a piece at a time (`frontend::held_portals`).
-#[derive(Default)]
-pub struct Keep {
-    description: Option<Frame>,
-    rows: Vec<Bytes>,
-    bytes: usize,
-    overflow: bool,
-    error: Option<Frame>,
-}
-
-/// The shards of a cursor's query routed over several shards, or the error its route gives.
-pub fn scatter_shards(route: Route) -> Result<Vec<u32>, ErrorFields> {
-    match route {
-        Route::Scatter(shards) => Ok(shards),
-        Route::Refuse(message) => Err(refusal(message)),
-        _ => Err(ErrorFields::error(
-            "XX000",
-            "a cursor over several shards has a query that reaches one",
-        )),
-    }
-}
-
-impl Keep {
-    /// The kept answer as rows to serve, or the error the client gets instead: the shards'
-    /// first error, the cap exceeded (54000; `what` names the cursor or portal), or no
-    /// description.
-    pub fn held(self, what: &str) -> Result<Materialized, ErrorFields> {
-        if let Some(frame) = self.error {
-            return Err(ErrorFields::decode(&frame.body).unwrap_or_else(|_| {
-                ErrorFields::error("XX000", "a shard sent a malformed error")
-            }));
-        }
-        if self.overflow {
-            return Err(ErrorFields::error(
-                "54000",
-                format!(
-                    "{what} spans several shards and its merged rows exceed the {} MiB pgshard holds for it",
-                    CURSOR_CAP_BYTES >> 20
-                ),
-            )
-            .with_hint("add a condition on the shard key so it reaches one shard, or read the rows in keyed pages (WHERE key > last ORDER BY key LIMIT n)"));
-        }
-        let Some(description) = self.description else {
-            return Err(ErrorFields::error(
-                "XX000",
-                format!("the shards sent no row description for {what}"),
-            ));
-        };
-        Ok(Materialized::new(description, self.rows))
-    }
-}
-
-impl FrameSink for Keep {
-    async fn send(&mut self, frame: Frame) -> Result<(), SinkError> {
-        match frame.tag {
-            be::ROW_DESCRIPTION if self.description.is_none() => self.description = Some(frame),
-            be::DATA_ROW => {
-                self.bytes = self.bytes.saturating_add(frame.body.len());
-                if self.bytes > CURSOR_CAP_BYTES {
-                    // Read on to the end so the shards finish; nothing more is kept.
-                    self.overflow = true;
-                    self.rows = Vec::new();
-                } else if !self.overflow {
-                    self.rows.push(frame.body);
-                }
-            }
-            be::ERROR_RESPONSE if self.error.is_none() => self.error = Some(frame),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    async fn copy_in(&mut self, _conn: &mut ServerConn) -> Result<(), SinkError> {
-        Err(SinkError::Refused("COPY cannot run inside a cursor".into()))
-    }
-}
-
-/// What a FETCH or MOVE of a proxy-served cursor answers.
-pub struct Fetched {
-    /// The cursor's RowDescription (FETCH only; the simple protocol sends it first).
-    pub description: Option<Frame>,
-    /// DataRows (FETCH only).
-    pub rows: Vec<Frame>,
-    /// `FETCH n` or `MOVE n`.
-    pub complete: Frame,
-}
 
 impl Session {
     /// Opens cursor `declare` over the shards `query` reaches, holding its merged rows. `Ok(Err)`
@@ -165,12 +66,14 @@ impl Session {
             return Ok(Err(fields));
         }
         let cursor = match keep.held(&format!("cursor \"{}\"", declare.name)) {
-            Ok(c) => c,
+            Ok((description, rows)) => Materialized::new(description, rows),
             Err(fields) => return Ok(Err(fields)),
         };
-        self.cursors.declare(&declare.name, Place::Proxy(cursor));
+        self.state
+            .cursors
+            .declare(&declare.name, Place::Proxy(cursor));
         if declare.hold {
-            self.cursors.hold(&declare.name);
+            self.state.cursors.hold(&declare.name);
         }
         Ok(Ok(()))
     }
@@ -179,13 +82,13 @@ impl Session {
     pub(crate) fn declare_refusal(&self, declare: &Declare) -> Option<ErrorFields> {
         // The merged rows are read whole at DECLARE: a WITH HOLD cursor needs no block, and
         // nothing of it stays on the shards.
-        if !declare.hold && self.txn.as_ref().is_none_or(|t| t.implicit) {
+        if !declare.hold && self.state.txn.as_ref().is_none_or(|t| t.implicit) {
             return Some(ErrorFields::error(
                 "25P01",
                 "DECLARE CURSOR can only be used in transaction blocks",
             ));
         }
-        if self.cursors.exists(&declare.name) {
+        if self.state.cursors.exists(&declare.name) {
             return Some(ErrorFields::error(
                 "42P03",
                 format!("cursor \"{}\" already exists", declare.name),
@@ -213,7 +116,7 @@ impl Session {
         motion: &Motion,
         is_move: bool,
     ) -> Result<Fetched, ErrorFields> {
-        let Some(cursor) = self.cursors.served(name) else {
+        let Some(cursor) = self.state.cursors.served(name) else {
             return Err(ErrorFields::error(
                 "34000",
                 format!("cursor \"{name}\" does not exist"),
@@ -242,6 +145,9 @@ impl Session {
 
     /// The RowDescription of proxy-served cursor `name`, if there is one.
     pub fn merged_description(&mut self, name: &str) -> Option<Frame> {
-        self.cursors.served(name).map(|c| c.description.clone())
+        self.state
+            .cursors
+            .served(name)
+            .map(|c| c.description.clone())
     }
 }

@@ -6,11 +6,7 @@
 //! Statements Postgres refuses inside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY, …)
 //! run on each shard on their own; when some shards fail, the error says which ones applied it.
 
-use crate::backend::ServerConn;
-use crate::frontend::exchange::Step;
-use crate::frontend::session::{End, Session};
-use crate::gather::collect::Collected;
-use crate::router::{StatementFacts, StatementKind};
+use crate::exec::collect::Collected;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 
@@ -82,101 +78,10 @@ pub fn judge(answers: &[Collected], outside_block: bool) -> Verdict {
     )
 }
 
-impl Session {
-    /// Runs `steps` on every shard of `shards` (sorted, first = the one whose answer the client
-    /// gets) and answers the client, ReadyForQuery included when the steps end the request.
-    pub async fn run_broadcast(
-        &mut self,
-        shards: Vec<u32>,
-        facts: &[StatementFacts],
-        steps: impl Fn(&ServerConn) -> Vec<Step>,
-    ) -> Result<(), End> {
-        // DDL may change the collation of a column merges compare: have them read it again
-        // (DDL in a transaction block commits later; the cache's refresh interval covers that).
-        let ddl = facts.iter().any(|f| f.kind == StatementKind::Ddl);
-        if facts.iter().any(|f| f.no_transaction_block) {
-            let r = self.run_broadcast_outside_block(shards, steps).await;
-            if ddl {
-                super::collation::forget();
-            }
-            return r;
-        }
-        let block = match self.open_write_block(&shards).await {
-            Ok(b) => b,
-            Err(fields) => {
-                self.reply_error(fields);
-                return Ok(());
-            }
-        };
-        let answers = self.run_collected(&shards, steps).await;
-        match judge(&answers, false) {
-            Verdict::Agreed(frames) => match self.close_write_block(block, true).await? {
-                Some(fields) => self.reply_error(fields),
-                None => {
-                    for frame in &frames {
-                        self.io.push(frame);
-                    }
-                    let status = self.status();
-                    self.io.push(&be::ready_for_query(status));
-                }
-            },
-            Verdict::Failed(fields) => {
-                self.close_write_block(block, false).await?;
-                self.reply_error(fields);
-            }
-        }
-        if ddl {
-            super::collation::forget();
-        }
-        self.release_idle();
-        Ok(())
-    }
-
-    async fn run_broadcast_outside_block(
-        &mut self,
-        shards: Vec<u32>,
-        steps: impl Fn(&ServerConn) -> Vec<Step>,
-    ) -> Result<(), End> {
-        if self.txn.is_some() || self.open_batch_shard.is_some() {
-            // Postgres itself reports that the statement cannot run inside a transaction block,
-            // from the shard the block runs on.
-            let shard = self
-                .block_shards()
-                .first()
-                .copied()
-                .or(self.open_batch_shard)
-                .or_else(|| shards.first().copied())
-                .unwrap_or(self.any_shard);
-            self.run_single(shard, true, steps).await?;
-            return Ok(());
-        }
-        for &shard in &shards {
-            if let Err(fields) = self.ensure_conn(shard, false).await {
-                self.reply_error(fields);
-                self.release_idle();
-                return Ok(());
-            }
-        }
-        let answers = self.run_collected(&shards, steps).await;
-        match judge(&answers, true) {
-            Verdict::Agreed(frames) => {
-                for frame in &frames {
-                    self.io.push(frame);
-                }
-                let status = self.status();
-                self.io.push(&be::ready_for_query(status));
-            }
-            Verdict::Failed(fields) => self.reply_error(fields),
-        }
-        self.release_idle();
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::exchange::Outcome;
+    use crate::exec::exchange::Outcome;
 
     fn ok(shard: u32, tag: &str, notice: bool) -> Collected {
         let mut frames = Vec::new();

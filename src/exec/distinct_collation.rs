@@ -92,7 +92,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::gather::collation::{
+    use crate::exec::collation::{
         CollatedColumn, CollatedDomain, DatabaseCollation, ShardCollation,
     };
     use crate::router::merge_plan::{ColRef, TableName};

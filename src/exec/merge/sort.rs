@@ -266,8 +266,8 @@ pub fn sort_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gather::merge::row::build_row;
-    use crate::gather::merge::value::{FORMAT_BINARY, FORMAT_TEXT, INT4_OID, TEXT_OID};
+    use crate::exec::merge::row::build_row;
+    use crate::exec::merge::value::{FORMAT_BINARY, FORMAT_TEXT, INT4_OID, TEXT_OID};
 
     fn row(a: Option<&str>, b: &str) -> Bytes {
         build_row(&[a.map(str::as_bytes), Some(b.as_bytes())]).unwrap()
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn text_keys_in_a_locale() {
-        let en = crate::gather::merge::collate::libc_collator("en_US.UTF-8", "en_US.UTF-8")
+        let en = crate::exec::merge::collate::libc_collator("en_US.UTF-8", "en_US.UTF-8")
             .unwrap_or_else(|e| panic!("{e}: run scripts/install-deps.sh"));
         let cols = [ColumnType::new(TEXT_OID, FORMAT_TEXT)];
         let r = |t: &str| build_row(&[Some(t.as_bytes()), Some(t.as_bytes())]).unwrap();
@@ -546,8 +546,8 @@ mod tests {
 #[cfg(test)]
 mod randomized {
     use super::*;
-    use crate::gather::merge::row::build_row;
-    use crate::gather::merge::value::{FORMAT_TEXT, INT4_OID, TEXT_OID};
+    use crate::exec::merge::row::build_row;
+    use crate::exec::merge::value::{FORMAT_TEXT, INT4_OID, TEXT_OID};
 
     /// A tiny deterministic generator, enough to vary the inputs.
     struct Lcg(u64);

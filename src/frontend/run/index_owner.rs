@@ -1,10 +1,10 @@
-//! Looking up, on the shards' catalogs, the tables of the indexes a utility statement names
-//! (see `router::index_owner`), so the statement runs where those tables live.
+//! The session's side of the index-owner lookup (see `exec::index_owner`): asks the shards the
+//! session connects to which table an index belongs to, then routes to where that table lives.
 
-use crate::frontend::exchange::{Expect, Step};
+use crate::exec::exchange::{Expect, Step};
+use crate::exec::index_owner::owner_of;
 use crate::frontend::session::{refusal, Session};
-use crate::gather::merge::row::split_row;
-use crate::router::index_owner::{owner_query, OwnerTable};
+use crate::router::index_owner::owner_query;
 use crate::router::{Route, StatementFacts};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frontend as fe;
@@ -32,7 +32,7 @@ impl Session {
         if facts.indexes.is_empty() {
             return Ok(None);
         }
-        if self.open_batch_shard.is_some() {
+        if self.state.open_batch_shard.is_some() {
             return Err(refusal(
                 "a statement naming an index cannot join an implicit transaction that a Flush left open: send Sync first",
             ));
@@ -79,39 +79,5 @@ impl Session {
             &map,
             proxy.first_shard,
         )))
-    }
-}
-
-/// (table schema, table name) of one lookup row.
-fn owner_of(body: &bytes::Bytes) -> Option<OwnerTable> {
-    let cols = split_row(body).ok()?;
-    let text = |i: usize| {
-        cols.get(i)?
-            .as_ref()
-            .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string))
-    };
-    Some(OwnerTable {
-        schema: text(0)?,
-        table: text(1)?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lookup_rows_decode_or_fail() {
-        let row = be::data_row(&[Some("public"), Some("users")]);
-        assert_eq!(
-            owner_of(&row.body),
-            Some(OwnerTable {
-                schema: "public".into(),
-                table: "users".into()
-            })
-        );
-        assert_eq!(owner_of(&be::data_row(&[Some("public"), None]).body), None);
-        assert_eq!(owner_of(&be::data_row(&[Some("public")]).body), None);
-        assert_eq!(owner_of(&bytes::Bytes::from_static(b"\x00")), None);
     }
 }

@@ -1,8 +1,9 @@
-//! Scatter-gather: running one request on several shards in parallel and merging their answers
-//! into the one answer a single Postgres would give.
+//! Execution: running a request on pooled server connections (one shard, or several in parallel
+//! with their answers merged into the one answer a single Postgres would give) and writing the
+//! answers to a `FrameSink`.
 
-pub mod atomic;
 pub mod broadcast;
+pub mod cancel;
 pub mod collation;
 pub mod collect;
 pub mod copy_in;
@@ -10,10 +11,12 @@ pub mod copy_out;
 pub mod copy_split;
 pub mod cursor;
 pub mod distinct_collation;
+pub mod exchange;
 pub mod final_query;
 pub mod index_owner;
 pub mod merge;
 pub mod merged;
+pub mod prepared_cap;
 pub mod readers;
 pub mod scatter;
 pub mod split_insert;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::backend::{BackendError, ServerConn};
-use crate::gather::merge::split_row;
+use crate::exec::merge::split_row;
 use crate::wire::backend as be;
 use crate::wire::frontend as fe;
 

@@ -1,18 +1,12 @@
-//! `COPY <sharded table> FROM STDIN` across shards: the client's CopyData stream is split into
-//! rows (`copy_split`), each row goes to the COPY of the shard its key maps to, and all of it
-//! commits or rolls back together (one implicit transaction block, two-phase when several shards
-//! took rows). The first shard of the map opens its COPY up front, so the client gets Postgres's
-//! own CopyInResponse (or error) before sending data; the others start their COPY when their first
-//! row comes (all of them join the transaction block up front).
+//! The session's side of a split `COPY … FROM STDIN` (see `exec::copy_in`): the implicit block,
+//! the client's CopyData relayed to each shard's COPY, the answer when it ends.
 
-use std::collections::BTreeMap;
-
-use bytes::BytesMut;
-
-use super::copy_split::{CopySplitter, SplitError, SplitSpec};
-use crate::backend::{BackendError, ServerConn, ShardPools};
-use crate::frontend::cancel::set_active;
-use crate::frontend::client_io::ClientIo;
+use crate::backend::{BackendError, ShardPools};
+use crate::exec::cancel::set_active;
+use crate::exec::copy_in::{
+    copy_fail, fe_cstr, finish_copy, first_column, start_copy, CopyProtocol,
+};
+use crate::exec::copy_split::{CopySplitter, SplitError, SplitSpec};
 use crate::frontend::session::{backend_error_fields, refusal, End, Session};
 use crate::router::copy_facts::encoding_is_ascii_safe;
 use crate::router::{ShardMap, StatementFacts};
@@ -20,19 +14,11 @@ use crate::sql_text::{quote_ident, quote_literal};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
+use bytes::BytesMut;
+use std::collections::BTreeMap;
 
 /// Rows buffered per shard before they go out as one CopyData message.
 const BATCH: usize = 64 * 1024;
-
-/// How the client sent the COPY, which decides how its end is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyProtocol {
-    /// A simple Query: the answer ends with ReadyForQuery.
-    Simple,
-    /// Parse/Bind/Execute; `sync` when the batch ended with Sync (which, once the COPY started,
-    /// Postgres ignores: the client sends another Sync after CopyDone).
-    Extended { sync: bool },
-}
 
 /// How a split COPY ended badly.
 enum CopyInError {
@@ -58,6 +44,14 @@ struct ShardCopy {
     /// The prelude (header) went out.
     started: bool,
     pending: BytesMut,
+}
+
+fn open_shards(shards: &BTreeMap<u32, ShardCopy>) -> Vec<u32> {
+    shards
+        .iter()
+        .filter(|(_, s)| s.open)
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 impl Session {
@@ -126,9 +120,10 @@ impl Session {
             return Err(refusal(why.clone()));
         }
         let encoding = self
+            .state
             .settings
             .get("client_encoding")
-            .or_else(|| self.startup_settings.get("client_encoding"));
+            .or_else(|| self.state.startup_settings.get("client_encoding"));
         if let Some(enc) = encoding.filter(|e| !encoding_is_ascii_safe(e.trim_matches('\''))) {
             return Err(refusal(format!(
                 "COPY across shards with client_encoding {enc} (whose characters may contain ASCII bytes) is not supported; use UTF8"
@@ -166,7 +161,7 @@ impl Session {
                     let status = self.status();
                     self.io.push(&be::ready_for_query(status));
                 } else {
-                    self.skip_until_sync = true;
+                    self.state.skip_until_sync = true;
                 }
             }
         }
@@ -332,7 +327,7 @@ impl Session {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn.cancel_target());
-        match start_copy(conn, sql, &mut self.io).await {
+        match start_copy(conn, sql, &mut |f: &Frame| self.io.push(f)).await {
             Ok(Ok(frame)) => Ok(frame),
             Ok(Err(fields)) => Err(CopyInError::During(fields)),
             Err(e) => Err(CopyInError::During(self.lost(shard, e))),
@@ -426,7 +421,7 @@ impl Session {
                 continue;
             };
             let result = match conn.flush().await {
-                Ok(()) => finish_copy(conn, &mut self.io).await,
+                Ok(()) => finish_copy(conn, &mut |f: &Frame| self.io.push(f)).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -455,7 +450,7 @@ impl Session {
             };
             conn.queue(&copy_fail(reason));
             let result = match conn.flush().await {
-                Ok(()) => finish_copy(conn, &mut self.io).await,
+                Ok(()) => finish_copy(conn, &mut |f: &Frame| self.io.push(f)).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -489,166 +484,5 @@ impl Session {
             ShardPools::discard(conn);
         }
         backend_error_fields(&e)
-    }
-}
-
-fn open_shards(shards: &BTreeMap<u32, ShardCopy>) -> Vec<u32> {
-    shards
-        .iter()
-        .filter(|(_, s)| s.open)
-        .map(|(id, _)| *id)
-        .collect()
-}
-
-/// The text of a CopyFail message.
-pub(crate) fn fe_cstr(body: &[u8]) -> String {
-    let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
-    String::from_utf8_lossy(&body[..end]).into_owned()
-}
-
-fn copy_fail(message: &str) -> Frame {
-    let mut b = BytesMut::with_capacity(message.len() + 1);
-    b.extend_from_slice(message.as_bytes());
-    b.extend_from_slice(&[0]);
-    Frame::new(fe::COPY_FAIL, b.freeze())
-}
-
-/// Sends the COPY statement and reads up to its CopyInResponse; an SQL error (read through
-/// ReadyForQuery) comes back as `Ok(Err(..))`.
-async fn start_copy(
-    conn: &mut ServerConn,
-    sql: &str,
-    client: &mut ClientIo,
-) -> Result<Result<Frame, ErrorFields>, BackendError> {
-    conn.queue(&fe::query(sql));
-    conn.flush().await?;
-    let mut error = None;
-    loop {
-        let frame = conn.read_frame().await?;
-        match frame.tag {
-            be::COPY_IN_RESPONSE => return Ok(Ok(frame)),
-            be::NOTICE_RESPONSE => client.push(&frame),
-            be::ERROR_RESPONSE => {
-                error.get_or_insert_with(|| decode_error(&frame.body));
-            }
-            be::READY_FOR_QUERY => {
-                return Ok(Err(error.unwrap_or_else(|| {
-                    ErrorFields::error("XX000", "the shard did not start the COPY")
-                })))
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Reads a shard's answer to CopyDone or CopyFail up to ReadyForQuery: its row count or its error.
-async fn finish_copy(
-    conn: &mut ServerConn,
-    client: &mut ClientIo,
-) -> Result<Result<u64, ErrorFields>, BackendError> {
-    let mut rows = 0;
-    let mut error = None;
-    loop {
-        let frame = conn.read_frame().await?;
-        match frame.tag {
-            be::COMMAND_COMPLETE => {
-                if let Ok(tag) = be::decode_command_complete(&frame.body) {
-                    rows = tag
-                        .strip_prefix("COPY ")
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0);
-                }
-            }
-            be::NOTICE_RESPONSE => client.push(&frame),
-            be::ERROR_RESPONSE => {
-                error.get_or_insert_with(|| decode_error(&frame.body));
-            }
-            be::READY_FOR_QUERY => {
-                return Ok(match error {
-                    Some(e) => Err(e),
-                    None => Ok(rows),
-                })
-            }
-            _ => {}
-        }
-    }
-}
-
-fn decode_error(body: &[u8]) -> ErrorFields {
-    ErrorFields::decode(body)
-        .unwrap_or_else(|_| ErrorFields::error("XX000", "malformed error from a shard"))
-}
-
-/// Runs a query and returns its first column as text (NULLs skipped); an SQL error comes back as
-/// `Ok(Err(..))`.
-async fn first_column(
-    conn: &mut ServerConn,
-    sql: &str,
-) -> Result<Result<Vec<String>, ErrorFields>, BackendError> {
-    conn.queue(&fe::query(sql));
-    conn.flush().await?;
-    let mut values = Vec::new();
-    let mut error = None;
-    loop {
-        let frame = conn.read_frame().await?;
-        match frame.tag {
-            be::DATA_ROW => {
-                if let Some(v) = data_row_first(&frame.body) {
-                    values.push(v);
-                }
-            }
-            be::ERROR_RESPONSE => {
-                error.get_or_insert_with(|| decode_error(&frame.body));
-            }
-            be::READY_FOR_QUERY => {
-                return Ok(match error {
-                    Some(e) => Err(e),
-                    None => Ok(values),
-                })
-            }
-            be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
-                return Err(BackendError::Protocol {
-                    shard: conn.shard,
-                    detail: "unexpected COPY in an internal statement".into(),
-                })
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The first value of a DataRow, as text.
-fn data_row_first(body: &[u8]) -> Option<String> {
-    let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    if count < 1 {
-        return None;
-    }
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    if len < 0 {
-        return None;
-    }
-    let value = body.get(6..6 + len as usize)?;
-    Some(String::from_utf8_lossy(value).into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_row_first_value() {
-        let row = be::data_row(&[Some("user_id"), Some("x")]);
-        assert_eq!(data_row_first(&row.body).as_deref(), Some("user_id"));
-        let row = be::data_row(&[None]);
-        assert_eq!(data_row_first(&row.body), None);
-        assert_eq!(data_row_first(&[0, 1, 0, 0, 0, 9, b'a']), None);
-        assert_eq!(data_row_first(&[]), None);
-    }
-
-    #[test]
-    fn copy_fail_text() {
-        let f = copy_fail("stop");
-        assert_eq!(fe_cstr(&f.body), "stop");
-        assert_eq!(fe_cstr(b"no terminator"), "no terminator");
     }
 }

@@ -8,8 +8,8 @@ use super::collation;
 use super::merged::{self, BoundMerge};
 use super::readers::AbortOnDrop;
 use crate::backend::{PooledConn, ServerConn, ShardPools};
-use crate::frontend::exchange::{self, FrameSink, SinkError, Step};
-use crate::frontend::session::backend_error_fields;
+use crate::exec::exchange::{self, FrameSink, SinkError, Step};
+use crate::refusal::backend_error_fields;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 

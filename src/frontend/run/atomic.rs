@@ -17,7 +17,7 @@ pub enum Block {
 impl Session {
     /// Holds a connection to each of `shards`, all inside one block.
     pub async fn open_write_block(&mut self, shards: &[u32]) -> Result<Block, ErrorFields> {
-        if let Some(b) = self.open_batch_shard.filter(|b| shards != [*b]) {
+        if let Some(b) = self.state.open_batch_shard.filter(|b| shards != [*b]) {
             return Err(refusal(format!(
                 "an implicit transaction that a Flush left open runs on shard {b}, and this statement changes {} shards: send Sync first, or use BEGIN … COMMIT, which may span shards",
                 shards.len()

@@ -277,7 +277,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::gather::collation::{DatabaseCollation, ShardCollation};
+    use crate::exec::collation::{DatabaseCollation, ShardCollation};
 
     fn db(collate: &str, provider: &str, version: Option<&str>) -> DatabaseCollation {
         DatabaseCollation {

@@ -509,7 +509,7 @@ fn render(state: &State, binary: bool) -> Result<Option<Bytes>, MergeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gather::merge::value::TEXT_OID;
+    use crate::exec::merge::value::TEXT_OID;
 
     fn t(oid: u32) -> ColumnType {
         ColumnType::new(oid, FORMAT_TEXT)
@@ -552,7 +552,7 @@ mod tests {
 
     #[test]
     fn min_max_of_text_in_a_locale() {
-        let en = crate::gather::merge::collate::libc_collator("en_US.UTF-8", "en_US.UTF-8")
+        let en = crate::exec::merge::collate::libc_collator("en_US.UTF-8", "en_US.UTF-8")
             .unwrap_or_else(|e| panic!("{e}: run scripts/install-deps.sh"));
         let rows = [
             row(&[Some("b"), Some("b")]),

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::frontend::exchange::{Expect, Step};
+use crate::exec::exchange::{Expect, Step};
 use crate::router::final_projection::{FinalProjection, INPUTS_ALIAS};
 use crate::wire::backend as be;
 use crate::wire::frame::Frame;

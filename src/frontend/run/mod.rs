@@ -1,0 +1,13 @@
+//! The session's side of running statements: opening and closing the implicit block, checking
+//! out and releasing the connections this session holds, answering the client. The work on the
+//! server connections themselves is `exec`'s, which never sees the session.
+
+pub mod atomic;
+pub mod broadcast;
+pub mod collect;
+pub mod copy_in;
+pub mod copy_out;
+pub mod cursor;
+pub mod index_owner;
+pub mod split_insert;
+pub mod unnest_insert;
