@@ -94,9 +94,20 @@ fn with_verifier(user: &UserConfig) -> UserConfig {
 }
 
 /// The keys (`shards`, `proxy.listen`, …) that differ between two configs but cannot change
-/// while the proxy runs.
+/// while the proxy runs. `old` is the running config, whose key types were read from the shards
+/// at start-up: a table of `new` that names no key type means those, not a change.
 pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
-    let (Ok(old), Ok(new)) = (toml::Value::try_from(old), toml::Value::try_from(new)) else {
+    let mut new = new.clone();
+    for table in &mut new.sharded_tables {
+        if table.key_type.is_none() {
+            table.key_type = old
+                .sharded_tables
+                .iter()
+                .find(|t| t.name == table.name && t.key == table.key)
+                .and_then(|t| t.key_type);
+        }
+    }
+    let (Ok(old), Ok(new)) = (toml::Value::try_from(old), toml::Value::try_from(&new)) else {
         return vec!["(config could not be compared)".into()];
     };
     let mut changed = Vec::new();
@@ -247,6 +258,19 @@ database = "app"
             ["proxy.listen", "shards"],
             "pool.size is live"
         );
+    }
+
+    #[test]
+    fn key_types_read_at_start_up_are_not_a_change() {
+        let text = format!("{BASE}\n[[sharded_tables]]\nname = \"users\"\nkey = \"user_id\"\n");
+        let mut running = parse(&text);
+        running.sharded_tables[0].key_type = Some(crate::router::KeyType::Uuid);
+        assert!(fixed_changes(&running, &parse(&text)).is_empty());
+        let other = text.replace(
+            "key = \"user_id\"",
+            "key = \"user_id\"\nkey_type = \"text\"",
+        );
+        assert_eq!(fixed_changes(&running, &parse(&other)), ["sharded_tables"]);
     }
 
     #[test]
