@@ -86,7 +86,10 @@ async fn placed(cluster: &TestCluster, map: &ShardMap, table: &str, key_type: Ke
             .await
             .unwrap();
         let (all, misplaced): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!(misplaced, 0, "{table}: shard {id} holds rows it does not own");
+        assert_eq!(
+            misplaced, 0,
+            "{table}: shard {id} holds rows it does not own"
+        );
         for row in direct
             .query(&format!("SELECT id::text FROM {table}"), &[])
             .await
@@ -120,8 +123,11 @@ async fn generated_uuid_keys(cluster: &TestCluster, c: &Client, map: &ShardMap) 
     for i in 0..10 {
         let v = format!("e{i}");
         let row = if i % 2 == 0 {
-            c.query_one("INSERT INTO g_uuid (v) VALUES ($1) RETURNING id::text", &[&v])
-                .await
+            c.query_one(
+                "INSERT INTO g_uuid (v) VALUES ($1) RETURNING id::text",
+                &[&v],
+            )
+            .await
         } else {
             c.query_one(
                 "INSERT INTO g_uuid (v) VALUES ($1) RETURNING id::text",
@@ -227,7 +233,10 @@ async fn generated_uuid_keys(cluster: &TestCluster, c: &Client, map: &ShardMap) 
 async fn ran_on(cluster: &TestCluster, c: &Client, extended: bool) -> u32 {
     let sql = "SELECT current_setting('port')";
     let port: String = if extended {
-        c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{e:?}")).get(0)
+        c.query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .get(0)
     } else {
         simple_column(c, sql).await.remove(0)
     };
@@ -277,7 +286,11 @@ async fn uuid_keys(c: &Client, map: &ShardMap, shard: u32) -> ([u8; 16], [u8; 16
 
 /// `SET [LOCAL] pgshard.shard` / `pgshard.key`, RESET and SHOW, in both protocols, with
 /// transaction pooling (the proxy's default).
-async fn session_hints(cluster: &TestCluster, proxy: &pgshard::server::RunningProxy, map: &ShardMap) {
+async fn session_hints(
+    cluster: &TestCluster,
+    proxy: &pgshard::server::RunningProxy,
+    map: &ShardMap,
+) {
     let c = connect(proxy).await;
     let other = connect(proxy).await;
     let shards = cluster.info.shard_ids();
@@ -286,7 +299,9 @@ async fn session_hints(cluster: &TestCluster, proxy: &pgshard::server::RunningPr
     let (on2, _) = uuid_keys(&c, map, s2).await;
     let text = |u: &[u8; 16]| pgshard::router::key_type::format_uuid(u);
     assert_eq!(show(&c, "shard").await, "");
-    c.batch_execute(&format!("SET pgshard.shard = {s}")).await.unwrap();
+    c.batch_execute(&format!("SET pgshard.shard = {s}"))
+        .await
+        .unwrap();
     assert_eq!(show(&c, "shard").await, s.to_string());
     assert_eq!(show(&c, "key").await, "");
     for _ in 0..3 {
@@ -314,28 +329,45 @@ async fn session_hints(cluster: &TestCluster, proxy: &pgshard::server::RunningPr
     let read = "SELECT v FROM g_uuid WHERE id = $1";
     assert_eq!(c.query(read, &[&UuidBin(on)]).await.unwrap().len(), 1);
     assert_eq!(
-        simple_column(&c, &format!("SELECT v FROM g_uuid WHERE id = '{}'", text(&on))).await.len(),
+        simple_column(
+            &c,
+            &format!("SELECT v FROM g_uuid WHERE id = '{}'", text(&on))
+        )
+        .await
+        .len(),
         1
     );
     for in_block in [false, true] {
         if in_block {
             c.batch_execute("BEGIN").await.unwrap();
         }
-        let e = c.query(read, &[&UuidBin(off)]).await.expect_err("contradicts");
+        let e = c
+            .query(read, &[&UuidBin(off)])
+            .await
+            .expect_err("contradicts");
         assert_eq!(code(&e), "22023", "{e:?}");
         if in_block {
             c.batch_execute("ROLLBACK").await.unwrap();
         }
     }
-    let e = c.query(read, &[&TextParam(text(&off))]).await.expect_err("contradicts");
+    let e = c
+        .query(read, &[&TextParam(text(&off))])
+        .await
+        .expect_err("contradicts");
     assert_eq!(code(&e), "22023", "{e:?}");
     let e = c
         .batch_execute(&format!("SELECT v FROM g_uuid WHERE id = '{}'", text(&off)))
         .await
         .expect_err("contradicts");
     assert_eq!(code(&e), "22023", "{e:?}");
-    let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
-    assert!(message.contains("statement's own key is on shard"), "{message}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("statement's own key is on shard"),
+        "{message}"
+    );
     // Rows whose key pgshard generates cannot follow a hint: refused, not misplaced.
     let e = c
         .execute("INSERT INTO g_uuid (v) VALUES ($1)", &[&"hinted"])
@@ -349,17 +381,24 @@ async fn session_hints(cluster: &TestCluster, proxy: &pgshard::server::RunningPr
     assert_eq!(code(&e), "0A000", "{e:?}");
     // SET LOCAL lasts for its block; outside a block it does nothing (Postgres warns).
     c.batch_execute("BEGIN").await.unwrap();
-    c.batch_execute(&format!("SET LOCAL pgshard.shard = {s2}")).await.unwrap();
+    // (extended protocol this time)
+    c.execute(&format!("SET LOCAL pgshard.shard = {s2}"), &[])
+        .await
+        .unwrap();
     assert_eq!(show(&c, "shard").await, s2.to_string());
     assert_eq!(ran_on(cluster, &c, true).await, s2);
     assert_eq!(ran_on(cluster, &c, false).await, s2);
     c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(ran_on(cluster, &c, true).await, s);
-    c.batch_execute(&format!("SET LOCAL pgshard.shard = {s2}")).await.unwrap();
+    c.batch_execute(&format!("SET LOCAL pgshard.shard = {s2}"))
+        .await
+        .unwrap();
     assert_eq!(show(&c, "shard").await, s.to_string());
     // A SET inside a block that rolls back is undone, as Postgres undoes SET.
     c.batch_execute("BEGIN").await.unwrap();
-    c.batch_execute(&format!("SET pgshard.shard = {s2}")).await.unwrap();
+    c.batch_execute(&format!("SET pgshard.shard = {s2}"))
+        .await
+        .unwrap();
     assert_eq!(ran_on(cluster, &c, false).await, s2);
     c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(show(&c, "shard").await, s.to_string());
@@ -382,13 +421,18 @@ async fn session_hints(cluster: &TestCluster, proxy: &pgshard::server::RunningPr
         assert_eq!(ran_on(cluster, &c, extended).await, s2);
     }
     assert_eq!(c.query(read, &[&UuidBin(on2)]).await.unwrap().len(), 1);
-    let e = c.query(read, &[&UuidBin(on)]).await.expect_err("contradicts");
+    let e = c
+        .query(read, &[&UuidBin(on)])
+        .await
+        .expect_err("contradicts");
     assert_eq!(code(&e), "22023", "{e:?}");
     // RESET: statements route by their own keys again.
-    c.batch_execute("RESET pgshard.key").await.unwrap();
+    c.execute("RESET pgshard.key", &[]).await.unwrap();
     assert_eq!(show(&c, "key").await, "");
     assert_eq!(c.query(read, &[&UuidBin(on)]).await.unwrap().len(), 1);
-    c.batch_execute(&format!("SET pgshard.shard = {s}")).await.unwrap();
+    c.batch_execute(&format!("SET pgshard.shard = {s}"))
+        .await
+        .unwrap();
     c.batch_execute("RESET ALL").await.unwrap();
     assert_eq!(show(&c, "shard").await, "");
     assert_eq!(c.query(read, &[&UuidBin(off)]).await.unwrap().len(), 1);
@@ -423,8 +467,15 @@ async fn orders_placed(cluster: &TestCluster, map: &ShardMap) -> i64 {
             .await
             .unwrap();
         let (all, misplaced): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!(misplaced, 0, "shard {id} holds t_orders rows it does not own");
-        for row in direct.query("SELECT DISTINCT tenant FROM t_orders", &[]).await.unwrap() {
+        assert_eq!(
+            misplaced, 0,
+            "shard {id} holds t_orders rows it does not own"
+        );
+        for row in direct
+            .query("SELECT DISTINCT tenant FROM t_orders", &[])
+            .await
+            .unwrap()
+        {
             let t: String = row.get(0);
             assert_eq!(map.shard_of(&ShardKey::Text(t.clone())), id, "tenant {t}");
         }
@@ -436,7 +487,11 @@ async fn orders_placed(cluster: &TestCluster, map: &ShardMap) -> i64 {
 /// `REBALANCE move-key`: a tenant with rows moves online to a shard chosen by hand, the map
 /// shows the pin, and every path (keyed statements in both protocols, IN lists, `= ANY`, split
 /// INSERTs, COPY, the SQL twin that verify and rebalancing use) routes the tenant there.
-async fn pinned_tenant(cluster: &TestCluster, proxy: &pgshard::server::RunningProxy, map: &ShardMap) {
+async fn pinned_tenant(
+    cluster: &TestCluster,
+    proxy: &pgshard::server::RunningProxy,
+    map: &ShardMap,
+) {
     use futures_util::SinkExt;
     let c = connect(proxy).await;
     let tenant = "Acme-Corp";
@@ -501,7 +556,11 @@ async fn pinned_tenant(cluster: &TestCluster, proxy: &pgshard::server::RunningPr
         if job.state.ended() {
             break job;
         }
-        assert!(std::time::Instant::now() < deadline, "job {job_id}: {:?}", job.state);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job_id}: {:?}",
+            job.state
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(
@@ -514,7 +573,10 @@ async fn pinned_tenant(cluster: &TestCluster, proxy: &pgshard::server::RunningPr
     let pinned = job.plan.to.clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while proxy.proxy.map.current().version < pinned.version {
-        assert!(std::time::Instant::now() < deadline, "the proxy never loaded the new map");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never loaded the new map"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(pinned.shard_of(&key), to);
@@ -526,25 +588,39 @@ async fn pinned_tenant(cluster: &TestCluster, proxy: &pgshard::server::RunningPr
         .unwrap()
         .iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..7).map(|i| r.get(i).unwrap_or("").to_string()).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..7).map(|i| r.get(i).unwrap_or("").to_string()).collect())
+            }
             _ => None,
         })
         .filter(|r: &Vec<String>| r[6] == "t")
         .collect();
     assert_eq!(pins.len(), 1, "{pins:?}");
-    assert_eq!((pins[0][3].as_str(), pins[0][5].as_str()), (point.as_str(), to.to_string().as_str()));
+    assert_eq!(
+        (pins[0][3].as_str(), pins[0][5].as_str()),
+        (point.as_str(), to.to_string().as_str())
+    );
     // The tenant's rows moved, nothing else did, nothing was lost.
     let rows = tenant_rows(cluster, tenant).await;
-    assert!(rows.iter().all(|(s, n)| *n == if *s == to { 40 } else { 0 }), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(s, n)| *n == if *s == to { 40 } else { 0 }),
+        "{rows:?}"
+    );
     assert_eq!(orders_placed(cluster, &pinned).await, 100);
     // Writes of every path: simple and extended (binary and text parameters), a split multi-row
     // INSERT, COPY, in a block.
-    c.batch_execute(&format!("INSERT INTO t_orders (tenant, n, v) VALUES ('{tenant}', 100, 'simple')"))
-        .await
-        .unwrap();
-    c.execute("INSERT INTO t_orders (tenant, n, v) VALUES ($1, 101, 'bin')", &[&tenant])
-        .await
-        .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO t_orders (tenant, n, v) VALUES ('{tenant}', 100, 'simple')"
+    ))
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO t_orders (tenant, n, v) VALUES ($1, 101, 'bin')",
+        &[&tenant],
+    )
+    .await
+    .unwrap();
     c.execute(
         "INSERT INTO t_orders (tenant, n, v) VALUES ($1, 102, 'text')",
         &[&TextParam(tenant.into())],
@@ -576,11 +652,18 @@ async fn pinned_tenant(cluster: &TestCluster, proxy: &pgshard::server::RunningPr
     .unwrap();
     assert_eq!(sink.finish().await.unwrap(), 3);
     let rows = tenant_rows(cluster, tenant).await;
-    assert!(rows.iter().all(|(s, n)| *n == if *s == to { 48 } else { 0 }), "{rows:?}");
-    assert_eq!(orders_placed(cluster, &pinned).await, 100 + 13);
+    assert!(
+        rows.iter()
+            .all(|(s, n)| *n == if *s == to { 48 } else { 0 }),
+        "{rows:?}"
+    );
+    assert_eq!(orders_placed(cluster, &pinned).await, 100 + 12);
     // Reads: =, IN with another tenant, = ANY($1), in both protocols.
     let n: i64 = c
-        .query_one("SELECT count(*) FROM t_orders WHERE tenant = $1", &[&tenant])
+        .query_one(
+            "SELECT count(*) FROM t_orders WHERE tenant = $1",
+            &[&tenant],
+        )
         .await
         .unwrap()
         .get(0);

@@ -130,7 +130,13 @@ fn parse_one(text: &str) -> Result<Command, ErrorFields> {
                 .split_whitespace()
                 .skip(1)
                 .enumerate()
-                .map(|(i, w)| if i == 0 { w.to_ascii_lowercase() } else { w.to_string() })
+                .map(|(i, w)| {
+                    if i == 0 {
+                        w.to_ascii_lowercase()
+                    } else {
+                        w.to_string()
+                    }
+                })
                 .collect();
             let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
             return crate::rebalance::plan::parse_target(&lower)

@@ -97,9 +97,7 @@ impl IdGenerator {
         let unix_ms = ((tick >> SEQ_BITS) + EPOCH_MS) & ((1 << 48) - 1);
         let seq = tick & SEQ_MASK;
         let high = (unix_ms << 16) | (0x7 << 12) | seq;
-        let low = (0b10 << 62)
-            | (u64::from(self.node_id) << 52)
-            | (random & ((1 << 52) - 1));
+        let low = (0b10 << 62) | (u64::from(self.node_id) << 52) | (random & ((1 << 52) - 1));
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&high.to_be_bytes());
         out[8..].copy_from_slice(&low.to_be_bytes());

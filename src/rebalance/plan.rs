@@ -750,42 +750,97 @@ mod tests {
         // A shard added later takes slices around the pin, never the pin.
         let added = plan(&p.to, &Target::AddShard(10)).unwrap();
         assert_eq!(added.to.shard_of(&tenant), to);
-        assert!(added.to.ranges.iter().any(|r| is_pin(r) && r.lower == Some(point)));
+        assert!(added
+            .to
+            .ranges
+            .iter()
+            .any(|r| is_pin(r) && r.lower == Some(point)));
         // Moving it back joins the point to its neighbours again.
-        let back = plan(&p.to, &Target::MoveKey { key: tenant.clone(), to: owner }).unwrap();
+        let back = plan(
+            &p.to,
+            &Target::MoveKey {
+                key: tenant.clone(),
+                to: owner,
+            },
+        )
+        .unwrap();
         assert_eq!(back.to.ranges, from.ranges);
         assert_eq!(
-            plan(&from, &Target::MoveKey { key: tenant.clone(), to: owner }),
+            plan(
+                &from,
+                &Target::MoveKey {
+                    key: tenant.clone(),
+                    to: owner
+                }
+            ),
             Err(PlanError::KeyAlreadyThere(tenant.sql_literal(), owner))
         );
         // Range maps pin integer keys at the key itself; modulo maps cannot pin.
         let range = ShardMap::uniform(1, Strategy::Range, &[0, 1]);
-        let r = plan(&range, &Target::MoveKey { key: ShardKey::Int(42), to: 1 }).unwrap();
-        assert_eq!((r.to.shard_for(41), r.to.shard_for(42), r.to.shard_for(43)), (0, 1, 0));
+        let r = plan(
+            &range,
+            &Target::MoveKey {
+                key: ShardKey::Int(42),
+                to: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (r.to.shard_for(41), r.to.shard_for(42), r.to.shard_for(43)),
+            (0, 1, 0)
+        );
         let modulo = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[0, 1]);
         assert!(matches!(
-            plan(&modulo, &Target::MoveKey { key: ShardKey::Int(42), to: 1 }),
+            plan(
+                &modulo,
+                &Target::MoveKey {
+                    key: ShardKey::Int(42),
+                    to: 1
+                }
+            ),
             Err(PlanError::PinNeedsHashOrRange("modulo"))
         ));
         let uuid_in_range = parse_key("'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid").unwrap();
-        assert!(plan(&range, &Target::MoveKey { key: uuid_in_range, to: 1 }).is_err());
+        assert!(plan(
+            &range,
+            &Target::MoveKey {
+                key: uuid_in_range,
+                to: 1
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn move_key_targets_parse() {
         let table: [(&[&str], Result<Target, &str>); 6] = [
-            (&["move-key", "42", "3"], Ok(Target::MoveKey { key: ShardKey::Int(42), to: 3 })),
+            (
+                &["move-key", "42", "3"],
+                Ok(Target::MoveKey {
+                    key: ShardKey::Int(42),
+                    to: 3,
+                }),
+            ),
             (
                 &["move-key", "'42'::text", "3"],
-                Ok(Target::MoveKey { key: ShardKey::Text("42".into()), to: 3 }),
+                Ok(Target::MoveKey {
+                    key: ShardKey::Text("42".into()),
+                    to: 3,
+                }),
             ),
             (
                 &["move-key", "Acme's", "1"],
-                Ok(Target::MoveKey { key: ShardKey::Text("Acme's".into()), to: 1 }),
+                Ok(Target::MoveKey {
+                    key: ShardKey::Text("Acme's".into()),
+                    to: 1,
+                }),
             ),
             (
                 &["move-key", "'it''s'", "1"],
-                Ok(Target::MoveKey { key: ShardKey::Text("it's".into()), to: 1 }),
+                Ok(Target::MoveKey {
+                    key: ShardKey::Text("it's".into()),
+                    to: 1,
+                }),
             ),
             (&["move-key", "x::uuid", "1"], Err("is not a valid key")),
             (&["move-key", "7", "x"], Err("is not a shard id")),
@@ -798,7 +853,13 @@ mod tests {
             }
         }
         let uuid = parse_target(&["move-key", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "2"]);
-        assert!(matches!(uuid, Ok(Target::MoveKey { key: ShardKey::Uuid(_), to: 2 })));
+        assert!(matches!(
+            uuid,
+            Ok(Target::MoveKey {
+                key: ShardKey::Uuid(_),
+                to: 2
+            })
+        ));
     }
 
     #[test]

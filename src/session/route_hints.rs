@@ -124,9 +124,7 @@ fn parse(name: &str, value: &str, known: &[u32]) -> Result<Hint, String> {
     match name {
         "shard" => {
             let shard = value.parse::<u32>().map_err(|_| {
-                hint::invalid(format!(
-                    "pgshard.shard = \"{value}\" is not a shard number"
-                ))
+                hint::invalid(format!("pgshard.shard = \"{value}\" is not a shard number"))
             })?;
             if !known.contains(&shard) {
                 return Err(hint::invalid(format!(
@@ -172,7 +170,11 @@ mod tests {
         let table: [(&str, &str, Result<Hint, &str>); 7] = [
             ("shard", "2", Ok(Hint::Shard(2))),
             ("shard", " 3 ", Ok(Hint::Shard(3))),
-            ("shard", "9", Err("shard 9 does not exist (shards: 1, 2, 3)")),
+            (
+                "shard",
+                "9",
+                Err("shard 9 does not exist (shards: 1, 2, 3)"),
+            ),
             ("shard", "two", Err("is not a shard number")),
             ("key", "tenant-7", Ok(Hint::Key("tenant-7".into(), None))),
             (
