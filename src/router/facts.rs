@@ -2112,6 +2112,20 @@ mod tests {
             })
         );
         assert_eq!(
+            one("SET LOCAL pgshard.shard = 3").local,
+            Some(LocalCommand::SetProxyLocal {
+                name: "shard".into(),
+                value: Some("3".into())
+            })
+        );
+        assert_eq!(
+            one("set pgshard.key to 'acme'").local,
+            Some(LocalCommand::SetProxy {
+                name: "key".into(),
+                value: Some("acme".into())
+            })
+        );
+        assert_eq!(
             one("reset PGSHARD.read_mode").local,
             Some(LocalCommand::SetProxy {
                 name: "read_mode".into(),
