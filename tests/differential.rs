@@ -769,9 +769,10 @@ async fn merged_answers_equal_one_postgres() {
             let owned = map.sql_owned_by_typed(key, key_type, id);
             c.batch_execute(&format!(
                 "CREATE TABLE {name} (LIKE dtest INCLUDING ALL); CREATE TABLE d_all (LIKE dtest); \
-                 {rows}; INSERT INTO {name} SELECT * FROM d_all WHERE {key} IS NOT NULL AND {owned}; \
+                 INSERT INTO d_all VALUES {rows}; \
+                 INSERT INTO {name} SELECT * FROM d_all WHERE {key} IS NOT NULL AND {owned}; \
                  DROP TABLE d_all",
-                rows = format!("INSERT INTO d_all VALUES {}", all.join(", ")),
+                rows = all.join(", "),
             ))
             .await
             .expect("copy on shard");
