@@ -319,6 +319,22 @@ async fn session_hints(
             .get(0);
         assert!(seen.as_deref().unwrap_or("").is_empty(), "{seen:?}");
     }
+    // Pipelined: several statements sent before the first answer, all on the hinted shard.
+    let port_sql = "SELECT current_setting('port')::int";
+    let (a, b, d) = tokio::join!(
+        c.query_one(port_sql, &[]),
+        c.query_one(port_sql, &[]),
+        c.query_one(port_sql, &[])
+    );
+    let ports: Vec<i32> = [a, b, d].into_iter().map(|r| r.unwrap().get(0)).collect();
+    let port_of_s = cluster
+        .info
+        .shards()
+        .iter()
+        .find(|i| i.shard == Some(s))
+        .map(|i| i32::from(i.port))
+        .unwrap();
+    assert_eq!(ports, [port_of_s; 3]);
     // In a block too.
     c.batch_execute("BEGIN").await.unwrap();
     assert_eq!(ran_on(cluster, &c, true).await, s);
