@@ -115,8 +115,8 @@ enum ReplicaCommand {
 #[derive(Debug, Subcommand)]
 enum RebalanceCommand {
     /// Print the moves a target needs (source → destination, row estimates) without starting.
-    /// TARGET: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | even-out |
-    /// modulo-to-hash.
+    /// TARGET: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | move-key KEY N |
+    /// even-out | modulo-to-hash.
     Plan {
         #[arg(long, short)]
         config: PathBuf,

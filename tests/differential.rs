@@ -6,6 +6,8 @@
 //! FILTER values, HAVING thresholds, LIMIT/OFFSET counts) as `$n` parameters, in binary and in
 //! text format (binary results); and batches of queries pipelined on one connection, outside and
 //! inside BEGIN … COMMIT. A refusal in some ways of a query answered in others is a failure.
+//! The same queries also run on copies of the table sharded by a text key (`t`) and by a uuid key
+//! (`u`), placed by the shards' own `hashtextextended` / `uuid_hash_extended`.
 //! The seed is printed; set PGSHARD_DIFF_SEED to replay one.
 
 mod common;
@@ -20,12 +22,19 @@ use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use futures_util::future::join_all;
 use pgshard::config::ShardedTableConfig;
-use pgshard::router::Strategy;
+use pgshard::router::{KeyType, Strategy};
 use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, SimpleQueryMessage};
 
 const ROWS: i64 = 3000;
 const QUERIES: usize = 320;
+/// Queries on each keyed copy of the table.
+const KEYED_QUERIES: usize = 96;
+/// Copies of `dtest` sharded by a key of another type: (table, key column, key type).
+const KEYED_COPIES: [(&str, &str, KeyType); 2] = [
+    ("dtest_t", "t", KeyType::Text),
+    ("dtest_u", "u", KeyType::Uuid),
+];
 /// Queries sent at once in the pipeline modes.
 const PIPELINE: usize = 8;
 
@@ -708,7 +717,15 @@ async fn merged_answers_equal_one_postgres() {
             name: "dtest".into(),
             key: "id".into(),
             key_type: None,
-        })
+        });
+        // Created after the proxy starts: the key types are named.
+        for (name, key, key_type) in KEYED_COPIES {
+            c.sharded_tables.push(ShardedTableConfig {
+                name: name.into(),
+                key: key.into(),
+                key_type: Some(key_type),
+            });
+        }
     })
     .await;
     // The same rows: in the plain Postgres, and in the shards by the proxy's map.
@@ -740,77 +757,117 @@ async fn merged_answers_equal_one_postgres() {
         .await
         .expect("load plain");
     assert!(per_shard.len() >= 9, "rows spread over the shards");
+    // The keyed copies: the rows whose key is not NULL, each shard keeping those the map's SQL
+    // twin gives it.
+    for (name, key, key_type) in KEYED_COPIES {
+        let copy = format!(
+            "CREATE TABLE {name} (LIKE dtest INCLUDING ALL); INSERT INTO {name} SELECT * FROM dtest WHERE {key} IS NOT NULL"
+        );
+        plain.batch_execute(&copy).await.expect("copy on plain");
+        for id in cluster.info.shard_ids() {
+            let c = proxy::shard(&cluster.info, id).await;
+            let owned = map.sql_owned_by_typed(key, key_type, id);
+            c.batch_execute(&format!(
+                "CREATE TABLE {name} (LIKE dtest INCLUDING ALL); CREATE TABLE d_all (LIKE dtest); \
+                 INSERT INTO d_all VALUES {rows}; \
+                 INSERT INTO {name} SELECT * FROM d_all WHERE {key} IS NOT NULL AND {owned}; \
+                 DROP TABLE d_all",
+                rows = all.join(", "),
+            ))
+            .await
+            .expect("copy on shard");
+        }
+    }
     let mut through = connect(&proxy).await;
     let mut plain = plain;
     let mut failures = Vec::new();
     let mut ran = 0;
     let mut with_rows = 0;
     let mut in_block = 0;
-    for first in (0..QUERIES).step_by(PIPELINE) {
-        let queries: Vec<Query> = (first..QUERIES.min(first + PIPELINE))
-            .map(|_| generate(&mut r))
-            .collect();
-        let mut outcomes: Vec<Vec<(Mode, Outcome)>> = queries.iter().map(|_| Vec::new()).collect();
-        for (q, out) in queries.iter().zip(&mut outcomes) {
-            let (got, want) = tokio::join!(
-                run_simple(&through, &q.sql.simple),
-                run_simple(&plain, &q.sql.simple)
-            );
-            if let Ok(w) = &want {
-                with_rows += usize::from(!w.rows.is_empty());
-            }
-            out.push((Mode::Simple, judge(q, got, want)));
-            for (mode, format) in [
-                (Mode::Binary, ParamFormat::Binary),
-                (Mode::Text, ParamFormat::Text),
-            ] {
-                let (got, want) = tokio::join!(
-                    run_extended(&through, q, format),
-                    run_extended(&plain, q, format)
-                );
-                out.push((mode, judge(q, got, want)));
-            }
-        }
-        let all: Vec<&Query> = queries.iter().collect();
-        let (got, want) = tokio::join!(run_pipeline(&through, &all), run_pipeline(&plain, &all));
-        for ((q, out), (g, w)) in queries
+    let rounds = std::iter::once(("dtest", QUERIES)).chain(
+        KEYED_COPIES
             .iter()
-            .zip(&mut outcomes)
-            .zip(got.into_iter().zip(want))
-        {
-            out.push((Mode::Pipeline, judge(q, g, w)));
-        }
-        // A refused query would abort the block and every query after it, as in Postgres: the
-        // block runs the queries both sides answered in every other mode.
-        let answered: Vec<usize> = (0..queries.len())
-            .filter(|&i| {
-                outcomes[i]
-                    .iter()
-                    .all(|(_, o)| matches!(o, Outcome::Equal | Outcome::Differs(_)))
-            })
-            .collect();
-        let block: Vec<&Query> = answered.iter().map(|&i| &queries[i]).collect();
-        let (got, want) = tokio::join!(
-            run_pipeline_in_block(&mut through, &block),
-            run_pipeline_in_block(&mut plain, &block)
-        );
-        match (got, want) {
-            (Ok(got), Ok(want)) => {
-                for ((&i, g), w) in answered.iter().zip(got).zip(want) {
-                    outcomes[i].push((Mode::PipelineInBlock, judge(&queries[i], g, w)));
+            .map(|(name, _, _)| (*name, KEYED_QUERIES)),
+    );
+    for (table, count) in rounds {
+        for first in (0..count).step_by(PIPELINE) {
+            let mut queries: Vec<Query> = (first..count.min(first + PIPELINE))
+                .map(|_| generate(&mut r))
+                .collect();
+            for q in &mut queries {
+                let from = format!(" FROM {table}");
+                q.sql.simple = q.sql.simple.replace(" FROM dtest", &from);
+                q.sql.extended = q.sql.extended.replace(" FROM dtest", &from);
+                assert!(q.sql.simple.contains(&from), "{}", q.sql.simple);
+            }
+            let mut outcomes: Vec<Vec<(Mode, Outcome)>> =
+                queries.iter().map(|_| Vec::new()).collect();
+            for (q, out) in queries.iter().zip(&mut outcomes) {
+                let (got, want) = tokio::join!(
+                    run_simple(&through, &q.sql.simple),
+                    run_simple(&plain, &q.sql.simple)
+                );
+                if let Ok(w) = &want {
+                    with_rows += usize::from(!w.rows.is_empty());
+                }
+                out.push((Mode::Simple, judge(q, got, want)));
+                for (mode, format) in [
+                    (Mode::Binary, ParamFormat::Binary),
+                    (Mode::Text, ParamFormat::Text),
+                ] {
+                    let (got, want) = tokio::join!(
+                        run_extended(&through, q, format),
+                        run_extended(&plain, q, format)
+                    );
+                    out.push((mode, judge(q, got, want)));
                 }
             }
-            (g, w) => failures.push(format!(
-                "#{first}.. PipelineInBlock: the block failed: proxy {:?} / plain {:?}",
-                g.err(),
-                w.err()
-            )),
+            let all: Vec<&Query> = queries.iter().collect();
+            let (got, want) =
+                tokio::join!(run_pipeline(&through, &all), run_pipeline(&plain, &all));
+            for ((q, out), (g, w)) in queries
+                .iter()
+                .zip(&mut outcomes)
+                .zip(got.into_iter().zip(want))
+            {
+                out.push((Mode::Pipeline, judge(q, g, w)));
+            }
+            // A refused query would abort the block and every query after it, as in Postgres: the
+            // block runs the queries both sides answered in every other mode.
+            let answered: Vec<usize> = (0..queries.len())
+                .filter(|&i| {
+                    outcomes[i]
+                        .iter()
+                        .all(|(_, o)| matches!(o, Outcome::Equal | Outcome::Differs(_)))
+                })
+                .collect();
+            let block: Vec<&Query> = answered.iter().map(|&i| &queries[i]).collect();
+            let (got, want) = tokio::join!(
+                run_pipeline_in_block(&mut through, &block),
+                run_pipeline_in_block(&mut plain, &block)
+            );
+            match (got, want) {
+                (Ok(got), Ok(want)) => {
+                    for ((&i, g), w) in answered.iter().zip(got).zip(want) {
+                        outcomes[i].push((Mode::PipelineInBlock, judge(&queries[i], g, w)));
+                    }
+                }
+                (g, w) => failures.push(format!(
+                    "{table} #{first}.. PipelineInBlock: the block failed: proxy {:?} / plain {:?}",
+                    g.err(),
+                    w.err()
+                )),
+            }
+            in_block += block.len();
+            for (i, (q, out)) in queries.iter().zip(&outcomes).enumerate() {
+                failures.extend(
+                    failures_of(first + i, q, out)
+                        .into_iter()
+                        .map(|f| format!("{table}: {f}")),
+                );
+            }
+            ran += queries.len();
         }
-        in_block += block.len();
-        for (i, (q, out)) in queries.iter().zip(&outcomes).enumerate() {
-            failures.extend(failures_of(first + i, q, out));
-        }
-        ran += queries.len();
     }
     println!(
         "{ran} queries x 5 modes ({in_block} of them in blocks) in {:.1}s ({with_rows} with rows), {} failures",

@@ -93,7 +93,7 @@ pub enum View {
 }
 
 /// Every command, for the hint of an error.
-pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | modulo-to-hash, CANCEL JOB n, ADD SHARD n host port [database], DROP SHARD n, ADD REPLICA n host port, DROP REPLICA n host port";
+pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | move-key KEY N | modulo-to-hash, CANCEL JOB n, ADD SHARD n host port [database], DROP SHARD n, ADD REPLICA n host port, DROP REPLICA n host port";
 
 const VIEWS: [(&str, View); 8] = [
     ("SHARDS", View::Shards),
@@ -125,10 +125,18 @@ fn parse_one(text: &str) -> Result<Command, ErrorFields> {
     let command = match words.as_slice() {
         ["SHOW", "JOBS"] => Some(Command::Jobs),
         ["REBALANCE", ..] => {
+            // The verb in lower case; arguments as typed (a text key keeps its case).
             let lower: Vec<String> = text
                 .split_whitespace()
                 .skip(1)
-                .map(|w| w.to_ascii_lowercase())
+                .enumerate()
+                .map(|(i, w)| {
+                    if i == 0 {
+                        w.to_ascii_lowercase()
+                    } else {
+                        w.to_string()
+                    }
+                })
                 .collect();
             let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
             return crate::rebalance::plan::parse_target(&lower)

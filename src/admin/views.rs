@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::clients::format_utc;
 use super::command::View;
-use super::result_set::{ColumnType as T, ResultSet};
+use super::result_set::{Cell, ColumnType as T, ResultSet};
 use crate::backend::topology::Role;
 use crate::config::{mask_url, Config, MASK};
 use crate::proxy::Proxy;
@@ -237,6 +237,7 @@ fn shard_map(proxy: &Proxy) -> ResultSet {
         ("range_lower", T::Int8),
         ("range_upper", T::Int8),
         ("shard_id", T::Int8),
+        ("pin", T::Bool),
     ]);
     let map = proxy.map.current();
     let modulus = match map.strategy {
@@ -251,6 +252,8 @@ fn shard_map(proxy: &Proxy) -> ResultSet {
             r.lower.into(),
             r.upper.into(),
             r.shard.into(),
+            // A single point (`REBALANCE move-key`): one key placed by hand.
+            Cell::Bool(modulus.is_none() && crate::rebalance::plan::is_pin(r)),
         ]);
     }
     rs

@@ -127,7 +127,9 @@ impl Session {
                         };
                         let route = match f.cursor {
                             Some(CursorOp::Declare(_)) => {
-                                proxy.router.route(f, &params, &map, proxy.first_shard)
+                                let hint = self.state.route_hints.current();
+                                let first = proxy.first_shard;
+                                proxy.router.route_hinted(f, hint, &params, &map, first)
                             }
                             _ => Route::Any,
                         };

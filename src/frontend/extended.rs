@@ -580,7 +580,7 @@ impl Session {
                     return Err(fields);
                 }
                 let mut rewritten = None;
-                let route = if facts.missing_key_rows.is_some() {
+                let route = if facts.missing_key_rows.is_some() && !self.route_hint_applies(facts) {
                     let (sql, route) = self.insert_with_new_keys(&statement.sql, facts, map)?;
                     rewritten = Some(sql);
                     route
@@ -590,9 +590,14 @@ impl Session {
                         formats: &bind.param_formats,
                         types: &statement.param_types,
                     };
-                    self.proxy
-                        .router
-                        .route(facts, &params, map, self.proxy.first_shard)
+                    let hint = self.state.route_hints.current();
+                    self.proxy.router.route_hinted(
+                        facts,
+                        hint,
+                        &params,
+                        map,
+                        self.proxy.first_shard,
+                    )
                 };
                 Ok(Some((
                     Msg::Bind {

@@ -67,6 +67,8 @@ pub struct ReservedKeys {
 enum Reserved {
     /// 64-bit ids from the generator, taken as needed.
     Wide { always_identity: bool },
+    /// UUIDv7s from the generator, taken as needed.
+    Uuid,
     /// Narrow ids taken from the stock for this request, in order.
     Narrow {
         ids: VecDeque<i64>,
@@ -79,6 +81,13 @@ enum Reserved {
 /// Generated keys for one INSERT.
 pub struct NewKeys {
     pub ids: Vec<i64>,
+    /// The column is `GENERATED ALWAYS AS IDENTITY`: the INSERT needs `OVERRIDING SYSTEM VALUE`.
+    pub overriding: bool,
+}
+
+/// Generated keys of any key type for one INSERT.
+pub struct NewKeyValues {
+    pub keys: Vec<crate::router::ShardKey>,
     /// The column is `GENERATED ALWAYS AS IDENTITY`: the INSERT needs `OVERRIDING SYSTEM VALUE`.
     pub overriding: bool,
 }
@@ -173,6 +182,9 @@ impl Session {
                 always_identity: false,
             });
         };
+        if column.width == KeyWidth::Uuid {
+            return Ok(Reserved::Uuid);
+        }
         if column.width == KeyWidth::Wide {
             return Ok(Reserved::Wide {
                 always_identity: column.always_identity,
@@ -267,8 +279,35 @@ impl Session {
                     overriding: *always_identity,
                 })
             }
+            Some(Reserved::Uuid) => Err(ErrorFields::error(
+                "0A000",
+                format!("pgshard generates uuid keys for {table} only in INSERT … VALUES: give the key in this INSERT"),
+            )),
             Some(Reserved::Failed(fields)) => Err(fields.clone()),
         }
+    }
+
+    /// [`Session::take_new_keys`] for key columns of any type pgshard generates for: integer
+    /// keys as there, UUIDv7s for a uuid key column.
+    pub fn take_new_key_values(
+        &mut self,
+        table: &str,
+        rows: usize,
+    ) -> Result<NewKeyValues, ErrorFields> {
+        use crate::router::ShardKey;
+        if let Some(Reserved::Uuid) = self.reserved_keys.tables.get(table) {
+            return Ok(NewKeyValues {
+                keys: (0..rows)
+                    .map(|_| ShardKey::Uuid(self.proxy.ids.next_uuid_v7()))
+                    .collect(),
+                overriding: false,
+            });
+        }
+        let keys = self.take_new_keys(table, rows)?;
+        Ok(NewKeyValues {
+            keys: keys.ids.into_iter().map(ShardKey::Int).collect(),
+            overriding: keys.overriding,
+        })
     }
 }
 

@@ -279,7 +279,9 @@ impl Session {
                     types: param_types,
                 };
                 let map = proxy.map.current();
-                proxy.router.route(f, &params, &map, proxy.first_shard)
+                let hint = self.state.route_hints.current();
+                let first = proxy.first_shard;
+                proxy.router.route_hinted(f, hint, &params, &map, first)
             }
             _ => Route::Refuse("a cursor's query must be one statement".into()),
         };

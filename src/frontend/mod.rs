@@ -13,6 +13,7 @@ pub mod listener;
 pub mod login_guard;
 pub mod pipeline;
 pub mod read_routing;
+pub mod route_hints;
 pub mod run;
 pub mod scatter_policy;
 pub mod session;

@@ -307,9 +307,15 @@ impl Session {
         let params = crate::router::literals::LiteralParams(&literals);
         let mut sql = sql;
         let mut rewritten = false;
+        let hint = self.state.route_hints.current().cloned();
         let mut routes: Vec<Route> = facts
             .iter()
-            .map(|f| proxy.router.route(f, &params, &map, proxy.first_shard))
+            .map(|f| {
+                let first = proxy.first_shard;
+                proxy
+                    .router
+                    .route_hinted(f, hint.as_ref(), &params, &map, first)
+            })
             .collect();
         for (f, route) in facts.iter().zip(routes.iter_mut()) {
             match self.index_owner_route(f).await {
@@ -338,7 +344,11 @@ impl Session {
             self.reply_error(fields);
             return Ok(());
         }
-        if let (1, Some(_)) = (facts.len(), facts[0].missing_key_rows) {
+        if let (1, Some(_), false) = (
+            facts.len(),
+            facts[0].missing_key_rows,
+            self.route_hint_applies(&facts[0]),
+        ) {
             self.reserve_keys_for(&facts).await;
             match self.insert_with_new_keys(&sql, &facts[0], &map) {
                 Ok((text, route)) => {
@@ -642,6 +652,9 @@ impl Session {
     /// Answers a statement the proxy handles itself (no ReadyForQuery); `describe` adds the
     /// RowDescription (simple protocol).
     pub fn local_command(&mut self, local: &LocalCommand, describe: bool, binary: bool) {
+        if self.route_hint_command(local, describe) {
+            return;
+        }
         match local {
             LocalCommand::SetProxy { name, value } if name == "causal_token" => {
                 match value {
@@ -699,6 +712,8 @@ impl Session {
                     )),
                 }
             }
+            // Answered by `route_hint_command` above.
+            LocalCommand::SetProxyLocal { .. } => {}
             LocalCommand::DeallocateAll => {
                 self.state.statements.clear();
                 self.state.sql_statements.clear();
@@ -736,12 +751,13 @@ impl Session {
             .as_ref()
             .map(|(t, _)| t.as_str())
             .unwrap_or("");
-        let keys = self.take_new_keys(table, rows)?;
-        let plan = crate::router::split_insert::rows_by_shard(&keys.ids, map);
-        let rewritten = crate::router::rewrite::insert_with_keys(
+        let keys = self.take_new_key_values(table, rows)?;
+        let plan = crate::router::split_insert::rows_by_shard_key(&keys.keys, map);
+        let literals: Vec<String> = keys.keys.iter().map(|k| k.sql_literal()).collect();
+        let rewritten = crate::router::rewrite::insert_with_key_literals(
             sql,
             &self.proxy.config.sharded_tables,
-            &keys.ids,
+            &literals,
             keys.overriding,
         )
         .map_err(|e| refusal(e.to_string()))?;

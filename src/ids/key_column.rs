@@ -11,6 +11,8 @@ pub enum KeyWidth {
     Int,
     /// `bigint` or `numeric`: the proxy's 64-bit time-ordered ids.
     Wide,
+    /// `uuid`: the proxy's time-ordered UUIDv7s.
+    Uuid,
 }
 
 impl KeyWidth {
@@ -19,7 +21,7 @@ impl KeyWidth {
         match self {
             KeyWidth::Small => i64::from(i16::MAX),
             KeyWidth::Int => i64::from(i32::MAX),
-            KeyWidth::Wide => i64::MAX,
+            KeyWidth::Wide | KeyWidth::Uuid => i64::MAX,
         }
     }
 
@@ -28,7 +30,7 @@ impl KeyWidth {
     pub fn block_len(self, wanted: usize) -> i64 {
         let base: i64 = match self {
             KeyWidth::Small => 16,
-            KeyWidth::Int | KeyWidth::Wide => 1_000,
+            KeyWidth::Int | KeyWidth::Wide | KeyWidth::Uuid => 1_000,
         };
         base.max(i64::try_from(wanted).unwrap_or(i64::MAX))
     }
@@ -45,7 +47,7 @@ pub struct KeyColumn {
 /// Why no key can be generated for a column.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyColumnError {
-    #[error("pgshard generates keys only for smallint, integer, bigint and numeric key columns; column {column} of {table} is {type_name}: give the key in the INSERT")]
+    #[error("pgshard generates keys only for smallint, integer, bigint, numeric and uuid key columns; column {column} of {table} is {type_name}: give the key in the INSERT")]
     Unsupported {
         table: String,
         column: String,
@@ -74,6 +76,7 @@ pub fn parse_lookup(table: &str, column: &str, answer: &str) -> Result<KeyColumn
         "smallint" => KeyWidth::Small,
         "integer" => KeyWidth::Int,
         "bigint" | "numeric" => KeyWidth::Wide,
+        "uuid" => KeyWidth::Uuid,
         other => {
             return Err(KeyColumnError::Unsupported {
                 table: table.to_string(),
@@ -101,6 +104,7 @@ mod tests {
             ("smallint|", KeyWidth::Small, false),
             ("bigint|a", KeyWidth::Wide, true),
             ("numeric|", KeyWidth::Wide, false),
+            ("uuid|", KeyWidth::Uuid, false),
         ];
         for (answer, width, always_identity) in table {
             assert_eq!(
@@ -112,8 +116,8 @@ mod tests {
                 "{answer}"
             );
         }
-        let err = parse_lookup("t", "id", "uuid|").unwrap_err();
-        assert!(err.to_string().contains("column id of t is uuid"), "{err}");
+        let err = parse_lookup("t", "id", "text|").unwrap_err();
+        assert!(err.to_string().contains("column id of t is text"), "{err}");
     }
 
     #[test]

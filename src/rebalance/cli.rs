@@ -103,7 +103,7 @@ pub async fn plan_command(
 fn map_shards_missing(config: &Config, target: &super::Target) -> Vec<u32> {
     let named = match target {
         super::Target::AddShard(s) | super::Target::Drain(s) => Some(*s),
-        super::Target::MoveRange { to, .. } => Some(*to),
+        super::Target::MoveRange { to, .. } | super::Target::MoveKey { to, .. } => Some(*to),
         super::Target::ModuloToHash | super::Target::EvenOut { .. } => None,
     };
     named

@@ -21,10 +21,18 @@ pub async fn rows_per_move(config: &Config, plan: &Plan) -> Result<Vec<i64>, Reb
             if !exists {
                 continue;
             }
+            // The key type as start-up resolved it, else as the shard's catalog says (the CLI's
+            // config may not name it): a uuid or text key hashes with its own function.
+            let key_type = match table.key_type {
+                Some(t) => t,
+                None => crate::backend::key_types::key_type_on(&client, table, &plan.from.strategy)
+                    .await
+                    .map_err(RebalanceError::Config)?,
+            };
             let sql = format!(
                 "SELECT count(*) FROM {} WHERE {}",
                 ident(&table.name),
-                plan.predicate(&table.key, m)
+                plan.predicate_typed(&table.key, key_type, m)
             );
             let n: i64 = client
                 .query_one(&sql, &[])

@@ -3,7 +3,7 @@
 //! moves — which keys go from which shard to which. Pure: no catalog, no shards (evening out
 //! gets its slices from `rebalance::even`, which reads the row counts).
 
-use crate::router::KeyType;
+use crate::router::{KeyType, ShardKey};
 use std::collections::BTreeMap;
 
 use crate::router::{KeyRange, ShardMap, ShardMapError, Strategy};
@@ -24,6 +24,10 @@ pub enum Target {
         upper: Option<i64>,
         to: u32,
     },
+    /// One key value to `to` (a tenant placed by hand): the single point of the key space the
+    /// key maps to becomes a map entry of its own, a pin. Hash and range maps only (a modulo
+    /// point is a whole remainder class).
+    MoveKey { key: ShardKey, to: u32 },
     /// The same shards, each owning an even slice of the hash ring instead of remainders.
     ModuloToHash,
     /// Every shard ends with about the mean number of rows: slices of the fullest shards' key
@@ -55,6 +59,9 @@ impl std::fmt::Display for Target {
                     bound(*upper)
                 )
             }
+            Target::MoveKey { key, to } => {
+                write!(f, "move key {} to shard {to}", key.sql_literal())
+            }
             Target::ModuloToHash => write!(f, "migrate modulo to hash"),
             Target::EvenOut { .. } => write!(f, "even out by row counts"),
         }
@@ -78,6 +85,10 @@ pub enum PlanError {
     Invalid(#[from] ShardMapError),
     #[error("nothing to move: the target map equals the current one")]
     NothingMoves,
+    #[error("a key can be pinned to a shard only in a hash map, or an integer key in a range map (with {0} the key's point is not its own)")]
+    PinNeedsHashOrRange(&'static str),
+    #[error("key {0} already lives on shard {1}")]
+    KeyAlreadyThere(String, u32),
     #[error("evening out needs the hash or range strategy (with modulo every shard owns whole remainders); migrate modulo-to-hash first")]
     EvenOutNeedsHashOrRange,
 }
@@ -169,6 +180,13 @@ pub fn plan(from: &ShardMap, target: &Target) -> Result<Plan, PlanError> {
         Target::AddShard(shard) => add_shard(from, *shard)?,
         Target::Drain(shard) => drain(from, *shard)?,
         Target::MoveRange { lower, upper, to } => move_range(from, None, *lower, *upper, *to)?,
+        Target::MoveKey { key, to } => {
+            let point = pin_point(from, key)?;
+            if from.shard_of(key) == *to {
+                return Err(PlanError::KeyAlreadyThere(key.sql_literal(), *to));
+            }
+            move_range(from, None, Some(point), point.checked_add(1), *to)?
+        }
         Target::EvenOut { slices } => {
             if let Strategy::Modulo { .. } = from.strategy {
                 return Err(PlanError::EvenOutNeedsHashOrRange);
@@ -438,6 +456,51 @@ fn bound(b: Option<i64>) -> String {
     b.map_or_else(|| "unbounded".to_string(), |v| v.to_string())
 }
 
+/// The point of the key space a pinned key owns alone: its hash in a hash map, the key itself in
+/// a range map.
+pub fn pin_point(map: &ShardMap, key: &ShardKey) -> Result<i64, PlanError> {
+    match (map.strategy, key) {
+        (Strategy::Hash, _) => Ok(key.hash_point()),
+        (Strategy::Range, ShardKey::Int(k)) => Ok(*k),
+        (s, _) => Err(PlanError::PinNeedsHashOrRange(s.name())),
+    }
+}
+
+/// True when a map entry is a pin: it holds exactly one point.
+pub fn is_pin(r: &KeyRange) -> bool {
+    match (r.lower, r.upper) {
+        (Some(l), Some(u)) => l.checked_add(1) == Some(u),
+        (Some(l), None) => l == i64::MAX,
+        _ => false,
+    }
+}
+
+/// A key as `move-key` takes it: `'…'::type` or `…::type` names its type; otherwise an integer,
+/// then a uuid, then text (so an integer-looking text key needs `::text`).
+pub fn parse_key(word: &str) -> Result<ShardKey, String> {
+    let (value, ty) = match word.rsplit_once("::") {
+        Some((v, ty)) => {
+            let t = KeyType::from_pg_type(ty)
+                .ok_or_else(|| format!("`{ty}` is not a shard-key type (bigint, uuid, text)"))?;
+            (v, Some(t))
+        }
+        None => (word, None),
+    };
+    let value = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .map(|v| v.replace("''", "'"))
+        .unwrap_or_else(|| value.to_string());
+    let key = match ty {
+        Some(t) => t.parse_text(&value),
+        None => KeyType::Int
+            .parse_text(&value)
+            .or_else(|| KeyType::Uuid.parse_text(&value))
+            .or_else(|| KeyType::Text.parse_text(&value)),
+    };
+    key.ok_or_else(|| format!("`{value}` is not a valid key of its type"))
+}
+
 /// Parses a target as the CLI and the admin console spell it: `add-shard N`, `drain N`,
 /// `move LOWER UPPER N` (`-` for unbounded), `modulo-to-hash`.
 pub fn parse_target(words: &[&str]) -> Result<Target, String> {
@@ -456,6 +519,10 @@ pub fn parse_target(words: &[&str]) -> Result<Target, String> {
     match words {
         ["add-shard" | "add_shard" | "add", n] => Ok(Target::AddShard(num(n)?)),
         ["drain", n] => Ok(Target::Drain(num(n)?)),
+        ["move-key" | "move_key", key, n] => Ok(Target::MoveKey {
+            key: parse_key(key)?,
+            to: num(n)?,
+        }),
         ["move", lo, hi, n] => Ok(Target::MoveRange {
             lower: point(lo)?,
             upper: point(hi)?,
@@ -464,7 +531,7 @@ pub fn parse_target(words: &[&str]) -> Result<Target, String> {
         ["modulo-to-hash" | "modulo_to_hash"] => Ok(Target::ModuloToHash),
         ["even" | "even-out" | "even_out"] => Ok(Target::EvenOut { slices: Vec::new() }),
         _ => Err(
-            "a target is one of: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | even-out | modulo-to-hash"
+            "a target is one of: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | move-key KEY N | even-out | modulo-to-hash"
                 .into(),
         ),
     }
@@ -651,6 +718,148 @@ mod tests {
             to: 3,
         };
         plan(&r, &target).unwrap()
+    }
+
+    #[test]
+    fn a_moved_key_is_pinned_alone_and_stays_pinned() {
+        let from = hash10();
+        let tenant = parse_key("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap();
+        let owner = from.shard_of(&tenant);
+        let to = (owner + 1) % 10;
+        let p = plan(
+            &from,
+            &Target::MoveKey {
+                key: tenant.clone(),
+                to,
+            },
+        )
+        .unwrap();
+        check(&p);
+        let point = tenant.hash_point();
+        assert_eq!(p.to.shard_of(&tenant), to);
+        let pins: Vec<&KeyRange> = p.to.ranges.iter().filter(|r| is_pin(r)).collect();
+        assert_eq!(pins.len(), 1);
+        assert_eq!((pins[0].lower, pins[0].shard), (Some(point), to));
+        assert_eq!(p.moves.len(), 1);
+        assert_eq!((p.moves[0].source, p.moves[0].dest), (owner, to));
+        assert_eq!(p.moves[0].slices, vec![(Some(point), Some(point + 1))]);
+        // Every other key keeps its shard (the neighbours of the point too).
+        for k in keys() {
+            assert_eq!(p.to.shard_for(k), from.shard_for(k), "key {k}");
+        }
+        // A shard added later takes slices around the pin, never the pin.
+        let added = plan(&p.to, &Target::AddShard(10)).unwrap();
+        assert_eq!(added.to.shard_of(&tenant), to);
+        assert!(added
+            .to
+            .ranges
+            .iter()
+            .any(|r| is_pin(r) && r.lower == Some(point)));
+        // Moving it back joins the point to its neighbours again.
+        let back = plan(
+            &p.to,
+            &Target::MoveKey {
+                key: tenant.clone(),
+                to: owner,
+            },
+        )
+        .unwrap();
+        assert_eq!(back.to.ranges, from.ranges);
+        assert_eq!(
+            plan(
+                &from,
+                &Target::MoveKey {
+                    key: tenant.clone(),
+                    to: owner
+                }
+            ),
+            Err(PlanError::KeyAlreadyThere(tenant.sql_literal(), owner))
+        );
+        // Range maps pin integer keys at the key itself; modulo maps cannot pin.
+        let range = ShardMap::uniform(1, Strategy::Range, &[0, 1]);
+        let r = plan(
+            &range,
+            &Target::MoveKey {
+                key: ShardKey::Int(42),
+                to: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (r.to.shard_for(41), r.to.shard_for(42), r.to.shard_for(43)),
+            (0, 1, 0)
+        );
+        let modulo = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[0, 1]);
+        assert!(matches!(
+            plan(
+                &modulo,
+                &Target::MoveKey {
+                    key: ShardKey::Int(42),
+                    to: 1
+                }
+            ),
+            Err(PlanError::PinNeedsHashOrRange("modulo"))
+        ));
+        let uuid_in_range = parse_key("'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid").unwrap();
+        assert!(plan(
+            &range,
+            &Target::MoveKey {
+                key: uuid_in_range,
+                to: 1
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn move_key_targets_parse() {
+        let table: [(&[&str], Result<Target, &str>); 6] = [
+            (
+                &["move-key", "42", "3"],
+                Ok(Target::MoveKey {
+                    key: ShardKey::Int(42),
+                    to: 3,
+                }),
+            ),
+            (
+                &["move-key", "'42'::text", "3"],
+                Ok(Target::MoveKey {
+                    key: ShardKey::Text("42".into()),
+                    to: 3,
+                }),
+            ),
+            (
+                &["move-key", "Acme's", "1"],
+                Ok(Target::MoveKey {
+                    key: ShardKey::Text("Acme's".into()),
+                    to: 1,
+                }),
+            ),
+            (
+                &["move-key", "'it''s'", "1"],
+                Ok(Target::MoveKey {
+                    key: ShardKey::Text("it's".into()),
+                    to: 1,
+                }),
+            ),
+            (&["move-key", "x::uuid", "1"], Err("is not a valid key")),
+            (&["move-key", "7", "x"], Err("is not a shard id")),
+        ];
+        for (words, want) in table {
+            match (parse_target(words), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{words:?}"),
+                (Err(e), Err(text)) => assert!(e.contains(text), "{words:?}: {e}"),
+                (got, _) => panic!("{words:?}: {got:?}"),
+            }
+        }
+        let uuid = parse_target(&["move-key", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "2"]);
+        assert!(matches!(
+            uuid,
+            Ok(Target::MoveKey {
+                key: ShardKey::Uuid(_),
+                to: 2
+            })
+        ));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum StatementKind {
 pub enum LocalCommand {
     /// `SET pgshard.name = value` (value unquoted) or `RESET pgshard.name` (value `None`).
     SetProxy { name: String, value: Option<String> },
+    /// `SET LOCAL pgshard.name = value`: for the open block only.
+    SetProxyLocal { name: String, value: Option<String> },
     /// `SHOW pgshard.name`.
     ShowProxy { name: String },
     /// `SELECT pgshard.next_id()`.
@@ -1326,7 +1328,11 @@ fn analyze_variable_set(v: &pb::VariableSetStmt, facts: &mut StatementFacts) {
         } else {
             set_value(&v.args).map(|(_, plain)| plain)
         };
-        facts.local = Some(LocalCommand::SetProxy { name: p, value });
+        facts.local = Some(if v.is_local {
+            LocalCommand::SetProxyLocal { name: p, value }
+        } else {
+            LocalCommand::SetProxy { name: p, value }
+        });
         return;
     }
     if v.is_local || name == "transaction" {
@@ -2103,6 +2109,20 @@ mod tests {
             Some(LocalCommand::SetProxy {
                 name: "causal_token".into(),
                 value: Some("abc".into())
+            })
+        );
+        assert_eq!(
+            one("SET LOCAL pgshard.shard = 3").local,
+            Some(LocalCommand::SetProxyLocal {
+                name: "shard".into(),
+                value: Some("3".into())
+            })
+        );
+        assert_eq!(
+            one("set pgshard.key to 'acme'").local,
+            Some(LocalCommand::SetProxy {
+                name: "key".into(),
+                value: Some("acme".into())
             })
         );
         assert_eq!(

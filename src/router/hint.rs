@@ -107,6 +107,28 @@ fn key_value(v: &str) -> Result<String, String> {
     Ok(inner.replace("''", "'"))
 }
 
+/// True when a session's routing hint (`SET pgshard.shard`) applies to a statement: one that
+/// reads or writes and has no comment hint of its own; not transaction control, settings or
+/// pgshard's own commands.
+pub fn session_hint_applies(facts: &super::StatementFacts) -> bool {
+    use super::StatementKind as K;
+    facts.hint.is_none()
+        && facts.local.is_none()
+        && facts.refuse.is_none()
+        && !matches!(
+            facts.kind,
+            K::Begin
+                | K::Commit
+                | K::Rollback
+                | K::Savepoint
+                | K::Set { .. }
+                | K::SetLocal
+                | K::ResetAll
+                | K::Show { .. }
+                | K::Discard
+        )
+}
+
 /// What a hint makes of a statement's route: the hinted shard, or why the hint cannot apply.
 /// `hinted` is the hinted shard (already resolved from a key), `keyed` the shards of the keys the
 /// statement names itself (`None` when it names none), `known` the configured shards.
@@ -122,14 +144,14 @@ pub fn apply(hinted: u32, keyed: Option<&[u32]>, known: &[u32]) -> Result<u32, S
         )));
     }
     match keyed {
-        Some(shards) if shards.iter().any(|&s| s != hinted) => Err(format!(
-            "the routing hint names shard {hinted}, but the statement's own key is on shard {}; remove the hint or fix the key",
+        Some(shards) if shards.iter().any(|&s| s != hinted) => Err(invalid(format!(
+            "the hint names shard {hinted}, but the statement's own key is on shard {}; remove the hint or fix the key",
             shards
                 .iter()
                 .find(|&&s| s != hinted)
                 .copied()
                 .unwrap_or_default()
-        )),
+        ))),
         _ => Ok(hinted),
     }
 }
@@ -237,7 +259,7 @@ mod tests {
         );
         assert_eq!(
             crate::refusal::Refusal::of_route(e.as_str()).sqlstate(),
-            "0A000"
+            "22023"
         );
         let e = apply(9, None, &known).unwrap_err();
         assert!(

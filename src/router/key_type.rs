@@ -120,6 +120,16 @@ impl ShardKey {
         }
     }
 
+    /// The key as an SQL constant of its type, for a statement pgshard rewrites (a generated
+    /// key added to an INSERT).
+    pub fn sql_literal(&self) -> String {
+        match self {
+            ShardKey::Int(k) => k.to_string(),
+            ShardKey::Uuid(u) => format!("'{}'::uuid", format_uuid(u)),
+            ShardKey::Text(t) => crate::sql_text::quote_literal(t),
+        }
+    }
+
     /// The point on the hash ring (the hash strategy's point of this key).
     pub fn hash_point(&self) -> i64 {
         match self {
@@ -128,6 +138,19 @@ impl ShardKey {
             ShardKey::Text(t) => hashtextextended(t),
         }
     }
+}
+
+/// A uuid as Postgres's `uuid_out` writes it: lower-case hex, hyphens after 4, 6, 8 and 10
+/// bytes.
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(36);
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 /// A uuid as Postgres's `uuid_in` accepts it: 32 hex digits in either case, optionally in braces,
@@ -157,6 +180,16 @@ pub fn parse_uuid(t: &str) -> Option<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_print_as_postgres_prints_them() {
+        let text = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        let u = parse_uuid(text).unwrap();
+        assert_eq!(format_uuid(&u), text);
+        assert_eq!(ShardKey::Uuid(u).sql_literal(), format!("'{text}'::uuid"));
+        assert_eq!(ShardKey::Int(-5).sql_literal(), "-5");
+        assert_eq!(ShardKey::Text("o'k".into()).sql_literal(), "'o''k'");
+    }
 
     #[test]
     fn uuid_input_as_postgres_accepts_it() {

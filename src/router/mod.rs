@@ -248,6 +248,25 @@ impl Router {
         }
     }
 
+    /// [`Router::route`] under the session's routing hint (`SET pgshard.shard` / `pgshard.key`):
+    /// it applies like a `/* pgshard: … */` comment to every statement that reads or writes, and a
+    /// statement's own comment hint comes first. Transaction control and settings are not routed.
+    pub fn route_hinted(
+        &self,
+        facts: &StatementFacts,
+        session_hint: Option<&hint::Hint>,
+        params: &dyn ParamSource,
+        map: &ShardMap,
+        first_shard: u32,
+    ) -> Route {
+        match session_hint {
+            Some(h) if hint::session_hint_applies(facts) => {
+                self.hinted_route(facts, &Ok(h.clone()), params, map)
+            }
+            _ => self.route(facts, params, map, first_shard),
+        }
+    }
+
     pub fn route(
         &self,
         facts: &StatementFacts,
@@ -1102,7 +1121,7 @@ mod tests {
         assert!(m.contains("statement's own key is on shard"), "{m}");
         assert_eq!(
             crate::refusal::Refusal::of_route(m.as_str()).sqlstate(),
-            "0A000"
+            "22023"
         );
         // Extended protocol: the key is a parameter, checked at Bind.
         let facts = r.analyze_prepared(&format!(

@@ -27,6 +27,18 @@ pub fn insert_with_keys(
     ids: &[i64],
     overriding: bool,
 ) -> Result<String, RewriteError> {
+    let literals: Vec<String> = ids.iter().map(i64::to_string).collect();
+    insert_with_key_literals(sql, tables, &literals, overriding)
+}
+
+/// [`insert_with_keys`] for keys of any type, each given as an SQL constant
+/// ([`crate::router::ShardKey::sql_literal`]).
+pub fn insert_with_key_literals(
+    sql: &str,
+    tables: &[ShardedTableConfig],
+    ids: &[String],
+    overriding: bool,
+) -> Result<String, RewriteError> {
     let tokens = scan_tokens(sql).map_err(RewriteError::Scan)?;
     let mut depth = 0i32;
     let mut i = 0;

@@ -6,6 +6,7 @@
 pub mod causal_token;
 pub mod cursors;
 pub mod reads;
+pub mod route_hints;
 pub mod sql_prepare;
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,8 @@ pub struct SessionState {
     pub settings_at_begin: Option<BTreeMap<String, String>>,
     /// `pgshard.*` settings the proxy answers itself.
     pub proxy_settings: BTreeMap<String, String>,
+    /// `SET [LOCAL] pgshard.shard` / `pgshard.key`: the routing hint of the session or block.
+    pub route_hints: route_hints::RouteHints,
     /// The open transaction block, explicit or implicit.
     pub txn: Option<Txn>,
     pub statements: HashMap<String, Arc<Prepared>>,
@@ -86,6 +89,7 @@ impl SessionState {
     pub fn open_block(&mut self, begin_sql: &str) {
         self.txn = Some(Txn::explicit(begin_sql));
         self.settings_at_begin = Some(self.settings.clone());
+        self.route_hints.begin();
     }
 
     /// A shard reported a transaction in progress: the block reaches it (opened here if the
@@ -94,6 +98,7 @@ impl SessionState {
         match &mut self.txn {
             None => {
                 self.settings_at_begin = Some(self.settings.clone());
+                self.route_hints.begin();
                 self.txn = Some(Txn::started_on(shard));
             }
             Some(txn) => {
@@ -123,6 +128,7 @@ impl SessionState {
             _ => false,
         };
         self.txn = None;
+        self.route_hints.end(rolled_back);
         self.portals.clear();
         self.cursors.end_block(rolled_back);
         restored
@@ -168,6 +174,7 @@ impl SessionState {
             }
             StatementKind::ResetAll | StatementKind::Discard => {
                 self.settings = self.startup_settings.clone();
+                self.route_hints.reset_all();
                 let discard = *kind == StatementKind::Discard;
                 if discard {
                     self.statements.clear();

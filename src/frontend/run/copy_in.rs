@@ -119,6 +119,11 @@ impl Session {
         if let Some(why) = facts.refuse.as_ref().or(copy.unsupported.as_ref()) {
             return Err(refusal(why.clone()));
         }
+        if self.route_hint_applies(facts) {
+            return Err(refusal(
+                "a routing hint cannot apply to COPY FROM STDIN into a sharded table: pgshard places its rows by key; remove the hint (RESET pgshard.shard, RESET pgshard.key)",
+            ));
+        }
         let encoding = self
             .state
             .settings
