@@ -338,6 +338,11 @@ impl Session {
             self.reply_error(fields);
             return Ok(());
         }
+        if let (1, Some(_)) = (facts.len(), &facts[0].unnest_keyless) {
+            return self
+                .run_unnest_keyless_simple(&sql, &facts[0], &literals)
+                .await;
+        }
         if let (1, Some(_)) = (facts.len(), facts[0].missing_key_rows) {
             self.reserve_keys_for(&facts).await;
             match self.insert_with_new_keys(&sql, &facts[0], &map) {

@@ -137,6 +137,9 @@ pub struct StatementFacts {
     /// For `INSERT … SELECT * FROM UNNEST($a, …)` into a sharded table: its array parameters,
     /// split per shard by the key's array (`key` is then `ArrayParam`).
     pub unnest: Option<super::unnest_insert::UnnestInsert>,
+    /// For `INSERT … SELECT * FROM UNNEST($a, …)` into a sharded table whose column list omits
+    /// the key: the `$n` of each UNNEST argument; the session adds a key array of generated keys.
+    pub unnest_keyless: Option<Vec<usize>>,
     /// For DECLARE, FETCH, MOVE and CLOSE: the cursor and what is done with it, so the session
     /// keeps a cursor's statements where it lives.
     pub cursor: Option<super::cursor::CursorOp>,
@@ -147,6 +150,9 @@ pub struct StatementFacts {
     /// For `SELECT set_config('name', 'value', false)`: the setting it makes, `(name, SQL
     /// value)`, tracked like SET; `Err` names a session-level call pgshard cannot follow.
     pub set_config: Option<Result<(String, String), String>>,
+    /// For `SELECT set_config(…)` whose arguments come with the Bind: what to read there; the
+    /// session turns it into `set_config` when it binds the statement.
+    pub set_config_bound: Option<super::set_config::BoundCall>,
 }
 
 /// Session state that binds a client to its server connection past the end of a transaction.
@@ -200,8 +206,10 @@ impl StatementFacts {
             no_transaction_block: false,
             indexes: Vec::new(),
             unnest: None,
+            unnest_keyless: None,
             pin: None,
             set_config: None,
+            set_config_bound: None,
             cursor: None,
         }
     }
@@ -1033,6 +1041,9 @@ fn analyze_insert(
         _ => None,
     };
     let Some(rows) = rows else {
+        if pos.is_none() {
+            facts.unnest_keyless = super::unnest_insert::unnest_args(i);
+        }
         let unnest = pos.and_then(|pos| super::unnest_insert::detect(i, pos));
         if let Some(param) = unnest.as_ref().and_then(|u| u.key_param()) {
             facts.key = KeyFacts::ArrayParam(param);
@@ -1680,6 +1691,12 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
     }
     if scan.funcs.iter().any(|f| f.last() == "set_config") {
         facts.set_config = super::set_config::session_setting(stmt);
+        if let (Some(Err(_)), Some(call)) = (&facts.set_config, super::set_config::bound_call(stmt))
+        {
+            // Read from the Bind's values (see `frontend::bound_set_config`).
+            facts.set_config = None;
+            facts.set_config_bound = Some(call);
+        }
         if let Some(Err(what)) = &facts.set_config {
             facts.session_bound = Some(what.clone());
         }

@@ -22,6 +22,7 @@ pub mod shard_map;
 pub mod split_insert;
 pub mod split_params;
 pub mod unnest_insert;
+pub mod unnest_keys;
 
 pub use facts::{LocalCommand, StatementFacts, StatementKind};
 pub use key_type::{KeyType, ShardKey};
@@ -383,6 +384,7 @@ fn needs_original(facts: &[StatementFacts]) -> bool {
         f.local.is_some()
             || f.merge.is_some()
             || f.set_config.is_some()
+            || f.set_config_bound.is_some()
             || !matches!(
                 f.kind,
                 StatementKind::Select
