@@ -646,7 +646,7 @@ fn strip_casts(mut n: &pb::Node) -> &pb::Node {
     n
 }
 
-fn op_name(e: &pb::AExpr) -> Option<&str> {
+pub(super) fn op_name(e: &pb::AExpr) -> Option<&str> {
     match e.name.as_slice() {
         [n] => str_of(n),
         [schema, n] if str_of(schema) == Some("pg_catalog") => str_of(n),
@@ -695,7 +695,7 @@ fn const_int(c: &pb::AConst, negate: bool) -> Option<i64> {
 }
 
 /// The top-level AND conjuncts of a condition.
-fn conjuncts<'n>(n: &'n pb::Node, out: &mut Vec<&'n pb::Node>) {
+pub(super) fn conjuncts<'n>(n: &'n pb::Node, out: &mut Vec<&'n pb::Node>) {
     match n.node.as_ref() {
         Some(NodeEnum::BoolExpr(b)) if b.boolop == pb::BoolExprType::AndExpr as i32 => {
             for a in &b.args {
@@ -826,6 +826,22 @@ fn tables_and_key(
             "join of sharded table {t} with unsharded table {u} (unsharded tables live only on the first shard)"
         ));
         return;
+    }
+    // Subqueries in WHERE correlated with the outer tables by shard key run whole on each shard.
+    if let Some(w) = where_clause {
+        let outer: Vec<super::subquery::OuterRef> = ctx
+            .refs
+            .iter()
+            .map(|r| super::subquery::OuterRef {
+                refname: &r.refname,
+                key: r.key.as_deref(),
+            })
+            .collect();
+        for t in super::subquery::pushed_down_tables(w, &outer, ctx.tables) {
+            if let Some(p) = all_sharded.iter().position(|x| *x == t) {
+                all_sharded.swap_remove(p);
+            }
+        }
     }
     // Sharded tables outside the top level (subqueries, CTEs, set-operation arms handled by caller).
     let mut top: Vec<String> = ctx
@@ -1996,6 +2012,45 @@ mod tests {
         );
         let f = one("select * from users u join pg_catalog.pg_class c on true where u.user_id = 1");
         assert_eq!(f.refuse, None);
+    }
+
+    #[test]
+    fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
+        for sql in [
+            "select * from users u where exists (select 1 from orders o where o.user_id = u.user_id)",
+            "select * from users u where u.user_id = 3 and not exists (select 1 from orders o where o.user_id = u.user_id and o.total > 5)",
+            "select * from users where name = 'a' and exists (select 1 from orders where orders.user_id = users.user_id)",
+            "select u.user_id from users u where 10 < (select sum(total) from orders o where u.user_id = o.user_id)",
+            "select * from users u where exists (select 1 from orders o join orders p on p.user_id = o.user_id where o.user_id = u.user_id and p.user_id = u.user_id)",
+            "select * from users u where u.email in (select o.note from orders o where o.user_id = u.user_id)",
+            "update users u set name = 'x' where exists (select 1 from orders o where o.user_id = u.user_id)",
+            "delete from users u where not exists (select 1 from orders o where o.user_id = u.user_id)",
+        ] {
+            let f = one(sql);
+            assert_eq!(f.refuse, None, "{sql}");
+            assert!(f.sharded, "{sql}");
+        }
+        let f = one("select * from users u where u.user_id = 7 and exists (select 1 from orders o where o.user_id = u.user_id)");
+        assert!(f.key_values_named(), "routed by the outer key");
+        for sql in [
+            // Not on the key, uncorrelated, correlated under OR, through a non-key column.
+            "select * from users u where exists (select 1 from orders o where o.total = u.user_id)",
+            "select * from users u where exists (select 1 from orders o where o.user_id = 5)",
+            "select * from users u where exists (select 1 from orders o where o.user_id = u.user_id or o.total > 1)",
+            "select * from users u where exists (select 1 from orders o where o.user_id = u.email)",
+            // A second inner table not correlated, a nested subquery, a subquery in the select list.
+            "select * from users u where exists (select 1 from orders o, orders p where o.user_id = u.user_id)",
+            "select * from users u where exists (select 1 from orders o where o.user_id = u.user_id and o.total in (select total from orders))",
+            "select (select count(*) from orders o where o.user_id = u.user_id) from users u",
+            "select * from users u where exists (select 1 from orders o left join orders p on p.user_id = o.user_id where o.user_id = u.user_id)",
+        ] {
+            let f = one(sql);
+            assert!(
+                f.refuse.as_deref().is_some_and(|r| r.contains("subquery over sharded table")),
+                "{sql}: {:?}",
+                f.refuse
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod set_config;
 pub mod shard_map;
 pub mod split_insert;
 pub mod split_params;
+pub mod subquery;
 pub mod unnest_insert;
 pub mod unnest_keys;
 
