@@ -64,6 +64,7 @@ async fn django_suite(server_side_binding: bool) {
             "crud_by_pk",
             "keyless",
             "aggregates",
+            "subqueries",
             "bulk_create_with_keys",
             "atomic_across_shards",
             "select_for_update",

@@ -856,7 +856,9 @@ fn tables_and_key(
                 top.swap_remove(p);
             }
             None => {
-                ctx.refuse(format!("subquery over sharded table {t} is not supported"));
+                ctx.refuse(format!(
+                    "subquery over sharded table {t} is not supported unless it is in WHERE and correlated with an outer sharded table by shard key (inner.key = outer.key); run it first and pass its values as an array parameter (= ANY($1))"
+                ));
                 return;
             }
         }

@@ -1,6 +1,6 @@
 """Django 5.2 with psycopg 3 and its defaults through pgshard (run by tests/orm_django.rs):
 migrate with the contrib apps, CRUD by pk, keyless filters, ordering and slicing, aggregates,
-bulk_create, atomic across shards, select_for_update and .iterator(). Prints one line per step
+bulk_create, Exists(OuterRef), atomic across shards, select_for_update and .iterator(). Prints one line per step
 that passed; a step that fails prints `FAILED step: error` and the script exits non-zero."""
 
 import os
@@ -17,7 +17,7 @@ django.setup()
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
-from django.db.models import Avg, Count, Max, Sum  # noqa: E402
+from django.db.models import Avg, Count, Exists, Max, OuterRef, Subquery, Sum  # noqa: E402
 
 from django_app.shop.models import Order  # noqa: E402
 
@@ -95,6 +95,22 @@ def bulk_create_without_keys():
     check("rolled back", Order.objects.filter(customer="gone").count(), 0)
 
 
+def subqueries():
+    # Exists(OuterRef("pk")): correlated on the shard key, so each shard answers it alone.
+    big = Order.objects.filter(pk=OuterRef("pk"), amount__gt=10)
+    got = sorted(Order.objects.filter(Exists(big)).values_list("amount", flat=True))
+    want = sorted(a for a in Order.objects.values_list("amount", flat=True) if a > 10)
+    check("Exists(OuterRef)", got, want)
+    check("~Exists(OuterRef)", Order.objects.filter(~Exists(big)).count(), Order.objects.count() - len(want))
+    # pk__in=Subquery(...) is not correlated: still refused, naming the table.
+    try:
+        list(Order.objects.filter(pk__in=Subquery(Order.objects.filter(amount__gt=10).values("pk"))))
+    except django.db.NotSupportedError as e:
+        check("refusal", "subquery over sharded table shop_order" in str(e), True)
+    else:
+        raise Mismatch("pk__in=Subquery(...) was not refused")
+
+
 def bulk_create_with_keys():
     made = Order.objects.bulk_create([Order(pk=900_000 + i, customer="bulk", amount=100 + i) for i in range(30)])
     check("bulk ids", sorted(o.pk for o in made), list(range(900_000, 900_030)))
@@ -140,7 +156,7 @@ def iterator():
     check("iterator by pk", got, [6])
 
 
-STEPS = [migrate, contrib_auth, crud_by_pk, keyless, aggregates, bulk_create_with_keys,
+STEPS = [migrate, contrib_auth, crud_by_pk, keyless, aggregates, subqueries, bulk_create_with_keys,
          atomic_across_shards, select_for_update, iterator, bulk_create_without_keys]
 
 failed = False
