@@ -290,6 +290,14 @@ async fn unnest_inserts_get_keys(
     .await
     .unwrap_or_else(|e| panic!("{table}: UNNEST in a rolled-back block: {e:?}"));
     c.batch_execute("ROLLBACK").await.unwrap();
+    // A routing hint cannot place rows whose keys pgshard generates: refused, nothing inserted.
+    let hinted =
+        format!("/* pgshard: shard=0 */ INSERT INTO {table} (v) SELECT * FROM UNNEST($1::text[])");
+    let e = c
+        .execute(&hinted, &[&vec!["gone-hinted"]])
+        .await
+        .expect_err("a hint on an insert with generated keys");
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{table}: {e:?}");
     // An empty array inserts nothing and still answers.
     let rows = c
         .query(&sql, &[&Vec::<String>::new()])

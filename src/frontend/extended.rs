@@ -587,7 +587,7 @@ impl Session {
                     let (sql, route) = self.insert_with_new_keys(&statement.sql, facts, map)?;
                     rewritten = Some(sql);
                     route
-                } else if facts.unnest_keyless.is_some() {
+                } else if facts.unnest_keyless.is_some() && facts.hint.is_none() {
                     let (keyed, with_keys, route) =
                         self.bind_unnest_keyless(&bind, &statement, map)?;
                     (bind, statement) = (keyed, with_keys);

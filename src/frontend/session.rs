@@ -338,7 +338,7 @@ impl Session {
             self.reply_error(fields);
             return Ok(());
         }
-        if let (1, Some(_)) = (facts.len(), &facts[0].unnest_keyless) {
+        if let (1, Some(_), None) = (facts.len(), &facts[0].unnest_keyless, &facts[0].hint) {
             return self
                 .run_unnest_keyless_simple(&sql, &facts[0], &literals)
                 .await;

@@ -206,6 +206,7 @@ impl Router {
         };
         if facts.every_shard
             || facts.missing_key_rows.is_some()
+            || facts.unnest_keyless.is_some()
             || facts.kind == (StatementKind::Copy { from_stdin: true })
         {
             return Route::Refuse(
