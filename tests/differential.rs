@@ -1,6 +1,7 @@
 //! Differential test of scatter-gather merges: the same rows in ten shards behind pgshard and in
 //! one plain Postgres, hundreds of generated keyless SELECTs (ORDER BY with ties and NULLs,
-//! LIMIT/OFFSET, aggregates, GROUP BY/HAVING, DISTINCT) run on both in five ways, each answer
+//! LIMIT/OFFSET, aggregates, GROUP BY/HAVING, DISTINCT; filters include an EXISTS subquery
+//! correlated on the shard key) run on both in five ways, each answer
 //! compared exactly with the plain Postgres's answer in the same way: the simple protocol
 //! (constants as literals, text results); the extended protocol with the constants (WHERE values,
 //! FILTER values, HAVING thresholds, LIMIT/OFFSET counts) as `$n` parameters, in binary and in
@@ -241,6 +242,12 @@ fn filter(r: &mut Rng, sql: &mut Sql) {
         5 => {
             sql.push(" WHERE t >= ");
             sql.param(Param::Text(r.pick(TEXTS).to_string()));
+        }
+        6 => {
+            // A subquery correlated on the shard key: each shard answers it alone.
+            sql.push(" WHERE EXISTS (SELECT 1 FROM dtest d2 WHERE d2.id = dtest.id AND d2.i > ");
+            sql.param(Param::Int4(r.range(-50, 50) as i32));
+            sql.push(")");
         }
         _ => {}
     }

@@ -133,6 +133,10 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
         .filter(|l| !l.starts_with("INSERT"))
         .collect();
     assert_eq!(values, ["31", "31", "t"], "{lines:?}");
+    // Django 5.2's bulk_create without pks: INSERT … SELECT * FROM UNNEST(arrays) without the key.
+    for (table, _, max) in TABLES {
+        unnest_inserts_get_keys(&cluster, &c, table, max).await;
+    }
     // A key column pgshard cannot generate for is refused with a message naming it.
     c.batch_execute("CREATE TABLE k_text (id text PRIMARY KEY, v text)")
         .await
@@ -214,4 +218,145 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
         "{out}"
     );
     proxy.stop().await;
+}
+
+/// UNNEST inserts that omit the key, in the simple and extended protocols, in and out of a
+/// block: every row gets a distinct key that fits, RETURNING gives the rows in array order, and
+/// the rows sit on several shards, each where its key belongs.
+async fn unnest_inserts_get_keys(
+    cluster: &TestCluster,
+    c: &tokio_postgres::Client,
+    table: &str,
+    max: i64,
+) {
+    let returned = |rows: &[tokio_postgres::SimpleQueryMessage]| -> Vec<(i64, String)> {
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                    r.get(0).and_then(|v| v.parse().ok()).expect("an id"),
+                    r.get(1).expect("a value").to_string(),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut all: Vec<(i64, String)> = Vec::new();
+    // Simple protocol: literal arrays, one shorter than the other (padded with NULL).
+    let sql = format!(
+        "INSERT INTO {table} (v) SELECT * FROM UNNEST('{{s0,s1,s2,s3,s4,s5}}'::text[]) RETURNING id, v"
+    );
+    let rows = c
+        .simple_query(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("{table}: simple UNNEST: {e:?}"));
+    let got = returned(&rows);
+    assert_eq!(
+        got.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+        ["s0", "s1", "s2", "s3", "s4", "s5"],
+        "{table}: RETURNING in array order"
+    );
+    all.extend(got);
+    // Extended protocol, binary arrays, RETURNING in array order.
+    let values: Vec<String> = (0..8).map(|i| format!("e{i}")).collect();
+    let sql =
+        format!("INSERT INTO {table} (v) SELECT * FROM UNNEST($1::text[]) RETURNING id::bigint, v");
+    let rows = c
+        .query(&sql, &[&values])
+        .await
+        .unwrap_or_else(|e| panic!("{table}: extended UNNEST: {e:?}"));
+    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        values,
+        "{table}: RETURNING in array order"
+    );
+    all.extend(got);
+    // In a block, without RETURNING; then a rolled-back one leaves nothing.
+    c.batch_execute("BEGIN").await.unwrap();
+    let n = c
+        .execute(
+            &format!("INSERT INTO {table} (v) SELECT * FROM UNNEST($1::text[])"),
+            &[&vec!["b0", "b1", "b2", "b3"]],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{table}: UNNEST in a block: {e:?}"));
+    assert_eq!(n, 4, "{table}");
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute(
+        &format!("INSERT INTO {table} (v) SELECT * FROM UNNEST($1::text[])"),
+        &[&vec!["gone0", "gone1", "gone2"]],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{table}: UNNEST in a rolled-back block: {e:?}"));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // A routing hint cannot place rows whose keys pgshard generates: refused, nothing inserted.
+    let hinted =
+        format!("/* pgshard: shard=0 */ INSERT INTO {table} (v) SELECT * FROM UNNEST($1::text[])");
+    let e = c
+        .execute(&hinted, &[&vec!["gone-hinted"]])
+        .await
+        .expect_err("a hint on an insert with generated keys");
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{table}: {e:?}");
+    // An empty array inserts nothing and still answers.
+    let rows = c
+        .query(&sql, &[&Vec::<String>::new()])
+        .await
+        .unwrap_or_else(|e| panic!("{table}: empty UNNEST: {e:?}"));
+    assert!(rows.is_empty(), "{table}");
+
+    let ids: std::collections::BTreeSet<i64> = all.iter().map(|r| r.0).collect();
+    assert_eq!(ids.len(), all.len(), "{table}: distinct keys {all:?}");
+    assert!(
+        ids.iter().all(|id| *id > 0 && *id <= max),
+        "{table}: keys fit {ids:?}"
+    );
+    // Each returned key holds its value, on one shard; the rows are on several shards.
+    let mut shards_holding = 0;
+    let mut found = 0;
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        let rows = direct
+            .query(
+                &format!("SELECT id::bigint, v FROM {table} WHERE v ~ '^[seb][0-9]$'"),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{table} on shard {id}: {e:?}"));
+        shards_holding += usize::from(!rows.is_empty());
+        for r in rows {
+            let (k, v): (i64, String) = (r.get(0), r.get(1));
+            if v.starts_with('b') {
+                found += 1;
+                continue;
+            }
+            assert!(
+                all.contains(&(k, v.clone())),
+                "{table}: ({k}, {v}) on shard {id}"
+            );
+            found += 1;
+        }
+        let gone: i64 = direct
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE v LIKE 'gone%'"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(gone, 0, "{table}: rolled back on shard {id}");
+    }
+    assert_eq!(found, all.len() + 4, "{table}: every row once");
+    // Routed by its key, each row is found where the proxy placed it.
+    for (id, v) in &all {
+        let row = c
+            .query_one(&format!("SELECT v FROM {table} WHERE id = {id}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{table}: read {id} by key: {e:?}"));
+        assert_eq!(row.get::<_, String>(0), *v, "{table}: {id}");
+    }
+    assert!(
+        shards_holding > 1,
+        "{table}: rows on {shards_holding} shard(s)"
+    );
 }

@@ -1,6 +1,7 @@
 //! Django 5.2 with psycopg 3 and its defaults through pgshard in front of 10 shards:
 //! `tests/python/django_check.py` migrates with the contrib apps (their tables are unsharded and
-//! live on the first shard), then works on a model whose table is configured sharded by its id.
+//! live on the first shard), then works on a model whose table is configured sharded by its id,
+//! `bulk_create` without pks included (pgshard generates the keys).
 
 mod common;
 
@@ -14,6 +15,18 @@ use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_runs_unchanged() {
+    django_suite(false).await;
+}
+
+/// The same application with `OPTIONS={'server_side_binding': True}`: psycopg 3 sends every
+/// statement with its parameters bound on the server, `set_config('TimeZone', $1, false)` at
+/// connect included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_runs_unchanged_with_server_side_binding() {
+    django_suite(true).await;
+}
+
+async fn django_suite(server_side_binding: bool) {
     let cluster = TestCluster::start(10, Strategy::Hash).await;
     let proxy = start_proxy_with(&cluster.info, |c| {
         c.sharded_tables.push(ShardedTableConfig {
@@ -28,6 +41,10 @@ async fn django_runs_unchanged() {
         .arg(script)
         .env("PGSHARD_URL", proxy::app_url(&proxy))
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env(
+            "PGSHARD_SERVER_SIDE_BINDING",
+            if server_side_binding { "1" } else { "0" },
+        )
         .stdin(Stdio::null())
         .output()
         .await
@@ -47,11 +64,12 @@ async fn django_runs_unchanged() {
             "crud_by_pk",
             "keyless",
             "aggregates",
-            "bulk_create_without_keys_is_refused",
+            "subqueries",
             "bulk_create_with_keys",
             "atomic_across_shards",
             "select_for_update",
             "iterator",
+            "bulk_create_without_keys",
         ],
         "{stderr}"
     );
@@ -59,6 +77,7 @@ async fn django_runs_unchanged() {
     // The orders are spread over the shards; the contrib tables sit on the first shard only.
     let mut total = 0;
     let mut holding = 0;
+    let mut generated_holding = 0;
     let mut auth_on = Vec::new();
     for id in cluster.info.shard_ids() {
         let direct = proxy::shard(&cluster.info, id).await;
@@ -69,6 +88,15 @@ async fn django_runs_unchanged() {
             .get(0);
         total += n;
         holding += i64::from(n > 0);
+        let generated: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM shop_order WHERE customer = 'gen'",
+                &[],
+            )
+            .await
+            .expect("count bulk_create's rows")
+            .get(0);
+        generated_holding += i64::from(generated > 0);
         let has_auth: bool = direct
             .query_one("SELECT to_regclass('auth_user') IS NOT NULL", &[])
             .await
@@ -78,7 +106,11 @@ async fn django_runs_unchanged() {
             auth_on.push(id);
         }
     }
-    assert_eq!(total, 19);
+    assert_eq!(total, 19 + 30);
     assert!(holding > 1, "the orders landed on {holding} shard(s)");
+    assert!(
+        generated_holding > 1,
+        "bulk_create's rows landed on {generated_holding} shard(s)"
+    );
     assert_eq!(auth_on, [proxy.proxy.first_shard]);
 }

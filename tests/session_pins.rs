@@ -471,14 +471,75 @@ async fn set_config_is_tracked_like_set() {
         .await
         .expect("local set_config with a parameter");
     a.batch_execute("COMMIT").await.expect("commit");
-    // A session-level call whose value is a parameter cannot be replayed: refused, naming it.
+    // A session-level call whose value is a parameter (binary here) is read from the Bind and
+    // tracked the same way, on every shard A reaches and never on B's.
+    let row = a
+        .query_one("SELECT set_config('app.tenant', $1, false)", &[&"bound"])
+        .await
+        .expect("set_config with a parameter");
+    assert_eq!(row.get::<_, String>(0), "bound");
+    assert!(pinned(&s.proxy).is_empty(), "a setting needs no pin");
+    for key in 1..=8i64 {
+        let row = a
+            .query_one(
+                "SELECT current_setting('app.tenant') FROM users WHERE user_id = $1",
+                &[&key],
+            )
+            .await
+            .expect("keyed read");
+        assert_eq!(row.get::<_, String>(0), "bound", "key {key}");
+        let row = b
+            .query_one(
+                "SELECT coalesce(current_setting('app.tenant', true), '') FROM users WHERE user_id = $1",
+                &[&key],
+            )
+            .await
+            .expect("keyed read");
+        assert_eq!(row.get::<_, String>(0), "", "key {key}");
+    }
+    // All three arguments bound, inside a block that rolls back: undone like SET.
+    a.batch_execute("BEGIN").await.expect("begin");
+    a.query(
+        "SELECT pg_catalog.set_config($1, $2, $3)",
+        &[&"app.tenant", &"rolled back", &false],
+    )
+    .await
+    .expect("set_config with three parameters");
+    a.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        column(
+            &a,
+            "SELECT DISTINCT current_setting('app.tenant') FROM users"
+        )
+        .await,
+        ["bound"]
+    );
+    // A NULL value is refused, naming it; the session goes on.
     let err = a
-        .query("SELECT set_config('app.tenant', $1, false)", &[&"x"])
+        .query(
+            "SELECT set_config('app.tenant', $1, false)",
+            &[&None::<String>],
+        )
         .await
         .expect_err("refused");
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "0A000", "{db:?}");
-    assert!(db.message().contains("set_config()"), "{db:?}");
+    assert!(
+        db.message().contains("set_config() with a NULL value"),
+        "{db:?}"
+    );
+    // A call pgshard cannot follow at all stays refused.
+    let err = a
+        .query(
+            "SELECT set_config('app.tenant', name, false) FROM users WHERE user_id = $1",
+            &[&1i64],
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.as_db_error().expect("a server error").code().code(),
+        "0A000"
+    );
 }
 
 /// The value of `pgshard_session_pins_total{reason="…"}` on the metrics endpoint (0 before the

@@ -545,13 +545,16 @@ impl Session {
                 Ok(Some((Msg::Parse(parse, prepared), Some(Route::Any), local)))
             }
             fe::BIND => {
-                let bind = Bind::decode(&frame.body).map_err(malformed)?;
-                let statement = self
+                let mut bind = Bind::decode(&frame.body).map_err(malformed)?;
+                let mut statement = self
                     .state
                     .statements
                     .get(&bind.statement)
                     .cloned()
                     .ok_or_else(|| statement_missing(&bind.statement))?;
+                if let Some(bound) = super::bound_set_config::bind_set_config(&statement, &bind)? {
+                    statement = bound;
+                }
                 self.rebind_held(&bind.portal)?;
                 portal_statements.insert(bind.portal.clone(), statement.clone());
                 let Some(facts) = statement.facts.first() else {
@@ -583,6 +586,11 @@ impl Session {
                 let route = if facts.missing_key_rows.is_some() && !self.route_hint_applies(facts) {
                     let (sql, route) = self.insert_with_new_keys(&statement.sql, facts, map)?;
                     rewritten = Some(sql);
+                    route
+                } else if facts.unnest_keyless.is_some() && !self.route_hint_applies(facts) {
+                    let (keyed, with_keys, route) =
+                        self.bind_unnest_keyless(&bind, &statement, map)?;
+                    (bind, statement) = (keyed, with_keys);
                     route
                 } else {
                     let params = BindParams {

@@ -125,6 +125,7 @@ impl Session {
     pub async fn reserve_keys_for_batch(&mut self, frames: &[Frame]) {
         let mut parsed: HashMap<String, std::sync::Arc<[StatementFacts]>> = HashMap::new();
         let mut bound: Vec<std::sync::Arc<[StatementFacts]>> = Vec::new();
+        let mut unnest = Vec::new();
         for frame in frames {
             match frame.tag {
                 fe::PARSE => {
@@ -144,6 +145,12 @@ impl Session {
                             .map(|p| p.facts.clone())
                     });
                     if let Some(facts) = facts {
+                        let params = crate::router::params::BindParams {
+                            values: &bind.params,
+                            formats: &bind.param_formats,
+                            types: &[],
+                        };
+                        unnest.extend(super::unnest_keys::keys_needed(&facts, &params));
                         bound.push(facts);
                     }
                 }
@@ -154,11 +161,14 @@ impl Session {
         if all.clone().any(|f| f.kind == StatementKind::Ddl) {
             self.proxy.keys.forget_columns();
         }
-        let needed = keys_needed(bound.iter().flat_map(|f| f.iter()));
+        let mut needed = keys_needed(bound.iter().flat_map(|f| f.iter()));
+        for more in unnest {
+            super::unnest_keys::add_needed(&mut needed, more);
+        }
         self.reserve_keys(needed).await;
     }
 
-    async fn reserve_keys(&mut self, needed: Vec<(String, String, usize)>) {
+    pub(super) async fn reserve_keys(&mut self, needed: Vec<(String, String, usize)>) {
         self.reserved_keys.tables.clear();
         for (table, key, rows) in needed {
             let reserved = match self.reserve_table_keys(&table, &key, rows).await {

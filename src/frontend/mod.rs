@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod batch_units;
+pub mod bound_set_config;
 pub mod client_io;
 pub mod cursor_requests;
 pub mod extended;
@@ -23,3 +24,4 @@ pub mod split_bind;
 pub mod startup;
 pub mod tls;
 pub mod txn_control;
+pub mod unnest_keys;

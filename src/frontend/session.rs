@@ -346,6 +346,15 @@ impl Session {
         }
         if let (1, Some(_), false) = (
             facts.len(),
+            &facts[0].unnest_keyless,
+            self.route_hint_applies(&facts[0]),
+        ) {
+            return self
+                .run_unnest_keyless_simple(&sql, &facts[0], &literals)
+                .await;
+        }
+        if let (1, Some(_), false) = (
+            facts.len(),
             facts[0].missing_key_rows,
             self.route_hint_applies(&facts[0]),
         ) {

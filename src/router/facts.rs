@@ -139,6 +139,9 @@ pub struct StatementFacts {
     /// For `INSERT … SELECT * FROM UNNEST($a, …)` into a sharded table: its array parameters,
     /// split per shard by the key's array (`key` is then `ArrayParam`).
     pub unnest: Option<super::unnest_insert::UnnestInsert>,
+    /// For `INSERT … SELECT * FROM UNNEST($a, …)` into a sharded table whose column list omits
+    /// the key: the `$n` of each UNNEST argument; the session adds a key array of generated keys.
+    pub unnest_keyless: Option<Vec<usize>>,
     /// For DECLARE, FETCH, MOVE and CLOSE: the cursor and what is done with it, so the session
     /// keeps a cursor's statements where it lives.
     pub cursor: Option<super::cursor::CursorOp>,
@@ -149,6 +152,9 @@ pub struct StatementFacts {
     /// For `SELECT set_config('name', 'value', false)`: the setting it makes, `(name, SQL
     /// value)`, tracked like SET; `Err` names a session-level call pgshard cannot follow.
     pub set_config: Option<Result<(String, String), String>>,
+    /// For `SELECT set_config(…)` whose arguments come with the Bind: what to read there; the
+    /// session turns it into `set_config` when it binds the statement.
+    pub set_config_bound: Option<super::set_config::BoundCall>,
 }
 
 /// Session state that binds a client to its server connection past the end of a transaction.
@@ -202,8 +208,10 @@ impl StatementFacts {
             no_transaction_block: false,
             indexes: Vec::new(),
             unnest: None,
+            unnest_keyless: None,
             pin: None,
             set_config: None,
+            set_config_bound: None,
             cursor: None,
         }
     }
@@ -640,7 +648,7 @@ fn strip_casts(mut n: &pb::Node) -> &pb::Node {
     n
 }
 
-fn op_name(e: &pb::AExpr) -> Option<&str> {
+pub(super) fn op_name(e: &pb::AExpr) -> Option<&str> {
     match e.name.as_slice() {
         [n] => str_of(n),
         [schema, n] if str_of(schema) == Some("pg_catalog") => str_of(n),
@@ -689,7 +697,7 @@ fn const_int(c: &pb::AConst, negate: bool) -> Option<i64> {
 }
 
 /// The top-level AND conjuncts of a condition.
-fn conjuncts<'n>(n: &'n pb::Node, out: &mut Vec<&'n pb::Node>) {
+pub(super) fn conjuncts<'n>(n: &'n pb::Node, out: &mut Vec<&'n pb::Node>) {
     match n.node.as_ref() {
         Some(NodeEnum::BoolExpr(b)) if b.boolop == pb::BoolExprType::AndExpr as i32 => {
             for a in &b.args {
@@ -821,6 +829,22 @@ fn tables_and_key(
         ));
         return;
     }
+    // Subqueries in WHERE correlated with the outer tables by shard key run whole on each shard.
+    if let Some(w) = where_clause {
+        let outer: Vec<super::subquery::OuterRef> = ctx
+            .refs
+            .iter()
+            .map(|r| super::subquery::OuterRef {
+                refname: &r.refname,
+                key: r.key.as_deref(),
+            })
+            .collect();
+        for t in super::subquery::pushed_down_tables(w, &outer, ctx.tables) {
+            if let Some(p) = all_sharded.iter().position(|x| *x == t) {
+                all_sharded.swap_remove(p);
+            }
+        }
+    }
     // Sharded tables outside the top level (subqueries, CTEs, set-operation arms handled by caller).
     let mut top: Vec<String> = ctx
         .refs
@@ -834,7 +858,9 @@ fn tables_and_key(
                 top.swap_remove(p);
             }
             None => {
-                ctx.refuse(format!("subquery over sharded table {t} is not supported"));
+                ctx.refuse(format!(
+                    "subquery over sharded table {t} is not supported unless it is in WHERE and correlated with an outer sharded table by shard key (inner.key = outer.key); run it first and pass its values as an array parameter (= ANY($1))"
+                ));
                 return;
             }
         }
@@ -1035,6 +1061,9 @@ fn analyze_insert(
         _ => None,
     };
     let Some(rows) = rows else {
+        if pos.is_none() {
+            facts.unnest_keyless = super::unnest_insert::unnest_args(i);
+        }
         let unnest = pos.and_then(|pos| super::unnest_insert::detect(i, pos));
         if let Some(param) = unnest.as_ref().and_then(|u| u.key_param()) {
             facts.key = KeyFacts::ArrayParam(param);
@@ -1686,6 +1715,12 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
     }
     if scan.funcs.iter().any(|f| f.last() == "set_config") {
         facts.set_config = super::set_config::session_setting(stmt);
+        if let (Some(Err(_)), Some(call)) = (&facts.set_config, super::set_config::bound_call(stmt))
+        {
+            // Read from the Bind's values (see `frontend::bound_set_config`).
+            facts.set_config = None;
+            facts.set_config_bound = Some(call);
+        }
         if let Some(Err(what)) = &facts.set_config {
             facts.session_bound = Some(what.clone());
         }
@@ -1985,6 +2020,45 @@ mod tests {
         );
         let f = one("select * from users u join pg_catalog.pg_class c on true where u.user_id = 1");
         assert_eq!(f.refuse, None);
+    }
+
+    #[test]
+    fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
+        for sql in [
+            "select * from users u where exists (select 1 from orders o where o.user_id = u.user_id)",
+            "select * from users u where u.user_id = 3 and not exists (select 1 from orders o where o.user_id = u.user_id and o.total > 5)",
+            "select * from users where name = 'a' and exists (select 1 from orders where orders.user_id = users.user_id)",
+            "select u.user_id from users u where 10 < (select sum(total) from orders o where u.user_id = o.user_id)",
+            "select * from users u where exists (select 1 from orders o join orders p on p.user_id = o.user_id where o.user_id = u.user_id and p.user_id = u.user_id)",
+            "select * from users u where u.email in (select o.note from orders o where o.user_id = u.user_id)",
+            "update users u set name = 'x' where exists (select 1 from orders o where o.user_id = u.user_id)",
+            "delete from users u where not exists (select 1 from orders o where o.user_id = u.user_id)",
+        ] {
+            let f = one(sql);
+            assert_eq!(f.refuse, None, "{sql}");
+            assert!(f.sharded, "{sql}");
+        }
+        let f = one("select * from users u where u.user_id = 7 and exists (select 1 from orders o where o.user_id = u.user_id)");
+        assert!(f.key_values_named(), "routed by the outer key");
+        for sql in [
+            // Not on the key, uncorrelated, correlated under OR, through a non-key column.
+            "select * from users u where exists (select 1 from orders o where o.total = u.user_id)",
+            "select * from users u where exists (select 1 from orders o where o.user_id = 5)",
+            "select * from users u where exists (select 1 from orders o where o.user_id = u.user_id or o.total > 1)",
+            "select * from users u where exists (select 1 from orders o where o.user_id = u.email)",
+            // A second inner table not correlated, a nested subquery, a subquery in the select list.
+            "select * from users u where exists (select 1 from orders o, orders p where o.user_id = u.user_id)",
+            "select * from users u where exists (select 1 from orders o where o.user_id = u.user_id and o.total in (select total from orders))",
+            "select (select count(*) from orders o where o.user_id = u.user_id) from users u",
+            "select * from users u where exists (select 1 from orders o left join orders p on p.user_id = o.user_id where o.user_id = u.user_id)",
+        ] {
+            let f = one(sql);
+            assert!(
+                f.refuse.as_deref().is_some_and(|r| r.contains("subquery over sharded table")),
+                "{sql}: {:?}",
+                f.refuse
+            );
+        }
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub mod set_config;
 pub mod shard_map;
 pub mod split_insert;
 pub mod split_params;
+pub mod subquery;
 pub mod unnest_insert;
+pub mod unnest_keys;
 
 pub use facts::{LocalCommand, StatementFacts, StatementKind};
 pub use key_type::{KeyType, ShardKey};
@@ -204,6 +206,7 @@ impl Router {
         };
         if facts.every_shard
             || facts.missing_key_rows.is_some()
+            || facts.unnest_keyless.is_some()
             || facts.kind == (StatementKind::Copy { from_stdin: true })
         {
             return Route::Refuse(
@@ -402,6 +405,7 @@ fn needs_original(facts: &[StatementFacts]) -> bool {
         f.local.is_some()
             || f.merge.is_some()
             || f.set_config.is_some()
+            || f.set_config_bound.is_some()
             || !matches!(
                 f.kind,
                 StatementKind::Select

@@ -39,6 +39,110 @@ pub fn session_setting(stmt: &NodeEnum) -> Option<Result<(String, String), Strin
     }
 }
 
+/// One argument of a `set_config` call whose value comes with the Bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    /// A constant (`'TimeZone'`, `false`), as text.
+    Const(String),
+    /// `$n`, possibly inside a cast.
+    Param(usize),
+}
+
+/// `SELECT set_config(name, value, is_local)` alone, with `$n` among its arguments (psycopg 3
+/// with server-side binding: `SELECT set_config('TimeZone', $1, false)`): what to read from the
+/// Bind to know the setting it makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundCall {
+    pub name: Arg,
+    pub value: Arg,
+    pub is_local: Arg,
+}
+
+/// The [`BoundCall`] of a statement whose only `set_config` call takes parameters; `None` for
+/// any other statement.
+pub fn bound_call(stmt: &NodeEnum) -> Option<BoundCall> {
+    let calls = calls_in(stmt);
+    let [args] = calls.as_slice() else {
+        return None;
+    };
+    let [name, value, is_local] = args.as_slice() else {
+        return None;
+    };
+    if !is_plain_select(stmt) {
+        return None;
+    }
+    let arg = |n: &pb::Node| -> Option<Arg> {
+        if let Some(p) = param_of(n) {
+            return Some(Arg::Param(p));
+        }
+        match constant(n)? {
+            Val::Sval(s) => Some(Arg::Const(s.sval.clone())),
+            Val::Boolval(b) => Some(Arg::Const(b.boolval.to_string())),
+            _ => None,
+        }
+    };
+    let call = BoundCall {
+        name: arg(name)?,
+        value: arg(value)?,
+        is_local: arg(is_local)?,
+    };
+    [&call.name, &call.value, &call.is_local]
+        .iter()
+        .any(|a| matches!(a, Arg::Param(_)))
+        .then_some(call)
+}
+
+/// `$n`, through casts.
+fn param_of(n: &pb::Node) -> Option<usize> {
+    match n.node.as_ref()? {
+        NodeEnum::ParamRef(p) => usize::try_from(p.number).ok().filter(|n| *n > 0),
+        NodeEnum::TypeCast(t) => param_of(t.arg.as_deref()?),
+        _ => None,
+    }
+}
+
+/// The setting a [`BoundCall`] makes with these Bind values: `Ok(Some((name, SQL value)))` for a
+/// session-level call, `Ok(None)` for a transaction-local one; `Err` names what cannot be read.
+pub fn resolve(
+    call: &BoundCall,
+    params: &dyn super::params::ParamSource,
+) -> Result<Option<(String, String)>, String> {
+    let read = |a: &Arg, what: &str| -> Result<String, String> {
+        match a {
+            Arg::Const(c) => Ok(c.clone()),
+            Arg::Param(n) => {
+                let raw = params
+                    .raw(*n)
+                    .ok_or_else(|| format!("set_config() {what} ${n} has no value in the Bind"))?;
+                let bytes = raw
+                    .value
+                    .ok_or_else(|| format!("set_config() with a NULL {what} (${n})"))?;
+                let declared = params.declared_type(*n);
+                // Binary text-like values are their UTF-8 bytes; a binary bool is one byte.
+                if raw.binary && what == "is_local" && bytes.len() == 1 {
+                    return Ok((bytes[0] != 0).to_string());
+                }
+                if raw.binary && !matches!(declared, 0 | 19 | 25 | 1042 | 1043) {
+                    return Err(format!(
+                        "set_config() {what} ${n} sent in binary as type {declared}"
+                    ));
+                }
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| format!("set_config() {what} ${n} is not UTF-8"))
+            }
+        }
+    };
+    let is_local = read(&call.is_local, "is_local")?;
+    match is_local.to_lowercase().as_str() {
+        "t" | "true" | "on" | "yes" | "1" => return Ok(None),
+        "f" | "false" | "off" | "no" | "0" => {}
+        other => return Err(format!("set_config() is_local {other:?} is not a boolean")),
+    }
+    let name = read(&call.name, "name")?;
+    let value = read(&call.value, "value")?;
+    Ok(Some((name.to_lowercase(), quote_literal(&value))))
+}
+
 /// The kind the session's settings bookkeeping sees: a tracked `set_config` counts as its SET.
 pub fn as_set(f: &StatementFacts) -> Cow<'_, StatementKind> {
     match &f.set_config {
@@ -128,6 +232,92 @@ fn calls_in(stmt: &NodeEnum) -> Vec<Vec<pb::Node>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::params::BindParams;
+    use bytes::Bytes;
+
+    fn call(sql: &str) -> Option<BoundCall> {
+        let parsed = pg_query::parse(sql, 0).expect("parses");
+        let stmt = parsed.protobuf.stmts[0]
+            .stmt
+            .as_ref()
+            .and_then(|n| n.node.clone())
+            .expect("a statement");
+        bound_call(&stmt)
+    }
+
+    #[test]
+    fn reads_set_config_calls_bound_to_parameters() {
+        let django = call("SELECT set_config('TimeZone', $1, false)").expect("bound");
+        assert_eq!(
+            django,
+            BoundCall {
+                name: Arg::Const("TimeZone".into()),
+                value: Arg::Param(1),
+                is_local: Arg::Const("false".into()),
+            }
+        );
+        let values = [Some(Bytes::from_static(b"Europe/Paris"))];
+        for formats in [&[][..], &[1][..]] {
+            let p = BindParams {
+                values: &values,
+                formats,
+                types: &[],
+            };
+            assert_eq!(
+                resolve(&django, &p),
+                Ok(Some(("timezone".into(), "'Europe/Paris'".into())))
+            );
+        }
+        let all = call("select pg_catalog.set_config($1::text, $2::text, $3::boolean)").unwrap();
+        let values = [
+            Some(Bytes::from_static(b"app.who")),
+            Some(Bytes::from_static(b"o'brien")),
+            Some(Bytes::from_static(&[0])),
+        ];
+        let p = BindParams {
+            values: &values,
+            formats: &[0, 0, 1],
+            types: &[],
+        };
+        assert_eq!(
+            resolve(&all, &p),
+            Ok(Some(("app.who".into(), "'o''brien'".into())))
+        );
+        let local = [
+            Some(Bytes::from_static(b"app.who")),
+            Some(Bytes::from_static(b"x")),
+            Some(Bytes::from_static(b"true")),
+        ];
+        let p = BindParams {
+            values: &local,
+            formats: &[],
+            types: &[],
+        };
+        assert_eq!(resolve(&all, &p), Ok(None));
+        let null = [None];
+        let p = BindParams {
+            values: &null,
+            formats: &[],
+            types: &[],
+        };
+        assert!(resolve(&django, &p).is_err());
+        let int4 = [Some(Bytes::from_static(&[0, 0, 0, 5]))];
+        let p = BindParams {
+            values: &int4,
+            formats: &[1],
+            types: &[23],
+        };
+        assert!(resolve(&django, &p).is_err());
+        for sql in [
+            "SELECT set_config('a', 'b', false)",
+            "SELECT set_config('a', $1, false) FROM t",
+            "SELECT set_config('a', $1, false), 1",
+            "SELECT set_config('a', upper($1), false)",
+            "SELECT set_config('a', $1)",
+        ] {
+            assert_eq!(call(sql), None, "{sql}");
+        }
+    }
 
     fn setting(sql: &str) -> Option<Result<(String, String), String>> {
         let parsed = pg_query::parse(sql, 0).expect("parses");

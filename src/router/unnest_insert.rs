@@ -69,6 +69,19 @@ fn param_number(n: &pb::Node) -> Option<usize> {
 /// select lists, WHERE, WITH, ORDER BY, a function other than UNNEST, arguments that are not
 /// parameters — is `None`.
 pub fn detect(i: &pb::InsertStmt, key_pos: usize) -> Option<UnnestInsert> {
+    let params = unnest_args(i)?;
+    if key_pos >= params.len() {
+        return None;
+    }
+    Some(UnnestInsert {
+        params,
+        key_arg: key_pos,
+    })
+}
+
+/// The `$n` of each UNNEST argument of `INSERT INTO t (c1, …, cN) SELECT * FROM UNNEST($a, …,
+/// $z)` with N arguments, whichever columns are listed (see [`detect`]).
+pub fn unnest_args(i: &pb::InsertStmt) -> Option<Vec<usize>> {
     if i.with_clause.is_some() {
         return None;
     }
@@ -133,13 +146,7 @@ pub fn detect(i: &pb::InsertStmt, key_pos: usize) -> Option<UnnestInsert> {
         return None;
     }
     let params: Vec<usize> = f.args.iter().map(param_number).collect::<Option<_>>()?;
-    if params.len() != i.cols.len() || key_pos >= params.len() {
-        return None;
-    }
-    Some(UnnestInsert {
-        params,
-        key_arg: key_pos,
-    })
+    (params.len() == i.cols.len()).then_some(params)
 }
 
 /// One shard's arrays.

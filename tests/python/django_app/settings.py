@@ -1,5 +1,5 @@
 """Django settings of the ORM suite (tests/orm_django.rs): one database, pgshard's URL in
-PGSHARD_URL, contrib auth and contenttypes, and the `shop` app whose table is sharded by id."""
+PGSHARD_URL (server-side binding when PGSHARD_SERVER_SIDE_BINDING=1), contrib auth and contenttypes, and the `shop` app whose table is sharded by id."""
 
 import os
 from urllib.parse import urlparse
@@ -23,6 +23,11 @@ DATABASES = {
         "PASSWORD": _url.password,
         "HOST": _url.hostname,
         "PORT": _url.port,
-        "OPTIONS": {"sslmode": "disable"},
+        # PGSHARD_SERVER_SIDE_BINDING=1: psycopg 3 binds parameters on the server (extended
+        # protocol with text parameters) instead of Django's default client-side binding.
+        "OPTIONS": {
+            "sslmode": "disable",
+            "server_side_binding": os.environ.get("PGSHARD_SERVER_SIDE_BINDING") == "1",
+        },
     }
 }

@@ -1,0 +1,161 @@
+//! Subqueries over sharded tables through pgshard: a subquery in WHERE correlated with the outer
+//! table by shard key (`EXISTS`, `NOT EXISTS`, `IN`, a scalar comparison) runs whole on each
+//! shard, keyed or scattered and merged, in the simple and extended protocols, in and out of a
+//! block; other subqueries over sharded tables stay refused with 0A000. Four shards; users
+//! 1..=40, and two orders (totals i and 2i) for each user i not divisible by 3.
+
+mod common;
+
+use common::proxy::{self, start_proxy_with};
+use common::TestCluster;
+use pgshard::config::ShardedTableConfig;
+use pgshard::router::Strategy;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// The rows of a simple query, each as its columns' text joined by '|'.
+async fn rows(c: &Client, sql: &str) -> Vec<String> {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL"))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_orders(i: i64) -> bool {
+    i % 3 != 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
+    let cluster = TestCluster::start(4, Strategy::Hash).await;
+    let proxy = start_proxy_with(&cluster.info, |config| {
+        config.sharded_tables.push(ShardedTableConfig {
+            name: "orders".into(),
+            key: "user_id".into(),
+            key_type: None,
+        });
+    })
+    .await;
+    let c = proxy::connect(&proxy).await;
+    c.batch_execute("CREATE TABLE orders (order_id bigint, user_id bigint, total int)")
+        .await
+        .expect("create orders");
+    let users: Vec<String> = (1..=40)
+        .map(|i| format!("({i}, 'u{i:02}', 'u{i}@example.com')"))
+        .collect();
+    c.batch_execute(&format!(
+        "INSERT INTO users (user_id, name, email) VALUES {}",
+        users.join(", ")
+    ))
+    .await
+    .expect("seed users");
+    let orders: Vec<String> = (1..=40i64)
+        .filter(|i| has_orders(*i))
+        .flat_map(|i| {
+            [
+                format!("({}, {i}, {i})", i * 10),
+                format!("({}, {i}, {})", i * 10 + 1, 2 * i),
+            ]
+        })
+        .collect();
+    c.batch_execute(&format!(
+        "INSERT INTO orders (order_id, user_id, total) VALUES {}",
+        orders.join(", ")
+    ))
+    .await
+    .expect("seed orders");
+
+    // Scattered and merged (ORDER BY), simple protocol.
+    let want: Vec<String> = (1..=40i64)
+        .filter(|i| has_orders(*i) && 2 * i > 50)
+        .map(|i| i.to_string())
+        .collect();
+    let sql = "SELECT u.user_id FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.user_id AND o.total > 50) ORDER BY 1";
+    assert_eq!(rows(&c, sql).await, want, "{sql}");
+    // The same in the extended protocol with a binary parameter inside the subquery.
+    let got: Vec<String> = c
+        .query(
+            "SELECT u.user_id FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.user_id AND o.total > $1) ORDER BY 1",
+            &[&50i32],
+        )
+        .await
+        .expect("extended EXISTS")
+        .iter()
+        .map(|r| r.get::<_, i64>(0).to_string())
+        .collect();
+    assert_eq!(got, want);
+    // NOT EXISTS under an aggregate over every shard.
+    let none = (1..=40i64).filter(|i| !has_orders(*i)).count();
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT count(*) FROM users u WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.user_id)"
+        )
+        .await,
+        [none.to_string()]
+    );
+    // Keyed by the outer key: a scalar subquery compared in WHERE, and IN.
+    for i in [1i64, 2, 3, 17, 40] {
+        let got = c
+            .query(
+                "SELECT u.name FROM users u WHERE u.user_id = $1 AND (SELECT sum(total) FROM orders o WHERE o.user_id = u.user_id) = $2",
+                &[&i, &(3 * i)],
+            )
+            .await
+            .expect("keyed scalar subquery");
+        assert_eq!(got.len(), usize::from(has_orders(i)), "user {i}");
+        let got = c
+            .query(
+                "SELECT u.user_id FROM users u WHERE u.user_id = $1 AND u.user_id IN (SELECT o.user_id FROM orders o WHERE o.user_id = u.user_id)",
+                &[&i],
+            )
+            .await
+            .expect("keyed IN subquery");
+        assert_eq!(got.len(), usize::from(has_orders(i)), "user {i}");
+    }
+    // In a block: an UPDATE with a correlated NOT EXISTS over every shard, read back in the
+    // block, then rolled back.
+    c.batch_execute("BEGIN").await.expect("begin");
+    let n = c
+        .execute(
+            "UPDATE users u SET name = 'no orders' WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.user_id)",
+            &[],
+        )
+        .await
+        .expect("UPDATE with NOT EXISTS");
+    assert_eq!(n, none as u64);
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM users WHERE name = 'no orders'").await,
+        [none.to_string()]
+    );
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM users WHERE name = 'no orders'").await,
+        ["0"]
+    );
+    // What is not correlated by key stays refused, naming the table.
+    for sql in [
+        "SELECT * FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > 70)",
+        "SELECT (SELECT sum(total) FROM orders), (SELECT count(*) FROM users)",
+        "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)",
+    ] {
+        let e = c.simple_query(sql).await.expect_err(sql);
+        let db = e.as_db_error().expect("an ErrorResponse");
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(
+            db.message().contains("subquery over sharded table"),
+            "{sql}: {}",
+            db.message()
+        );
+    }
+    proxy.stop().await;
+}
