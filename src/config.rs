@@ -404,6 +404,10 @@ pub struct PoolConfig {
     /// server's memory without bound.
     #[serde(default = "default_max_prepared_statements")]
     pub max_prepared_statements: usize,
+    /// While a shard has no reachable primary (a promotion under way), how long a statement
+    /// waits for the new one before it fails (0: fail at once).
+    #[serde(default = "default_failover_buffer_ms")]
+    pub failover_buffer_ms: u64,
 }
 
 /// Transaction pooling returns a server connection at the end of each transaction; session pooling
@@ -658,6 +662,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_checkout_timeout_ms() -> u64 {
     10_000
 }
+fn default_failover_buffer_ms() -> u64 {
+    5_000
+}
 fn default_max_prepared_statements() -> usize {
     2_000
 }
@@ -677,6 +684,7 @@ impl Default for PoolConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             checkout_timeout_ms: default_checkout_timeout_ms(),
             max_prepared_statements: default_max_prepared_statements(),
+            failover_buffer_ms: default_failover_buffer_ms(),
         }
     }
 }
@@ -713,6 +721,9 @@ impl PoolConfig {
     }
     pub fn checkout_timeout(&self) -> Duration {
         Duration::from_millis(self.checkout_timeout_ms)
+    }
+    pub fn failover_buffer(&self) -> Duration {
+        Duration::from_millis(self.failover_buffer_ms)
     }
 }
 

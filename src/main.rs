@@ -232,6 +232,10 @@ struct ReplicaArgs {
     /// replica only. Needs --replicas 2 or more.
     #[arg(long)]
     sync_any_one: bool,
+    /// A synchronous streaming replica of the catalog (`catalogr1`), promotable without losing
+    /// a 2PC decision; the proxy config lists both catalog servers.
+    #[arg(long)]
+    catalog_replica: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -516,6 +520,7 @@ async fn demo(
         replicas: replicas.replicas,
         apply_delay_ms: replicas.apply_delay_ms,
         sync_any_one: replicas.sync_any_one,
+        catalog_replica: replicas.catalog_replica,
         locale: cluster::DEFAULT_LOCALE.into(),
     };
     let info = cluster::up(&spec).await?;
@@ -652,6 +657,7 @@ async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
                 replicas: replicas.replicas,
                 apply_delay_ms: replicas.apply_delay_ms,
                 sync_any_one: replicas.sync_any_one,
+                catalog_replica: replicas.catalog_replica,
                 locale: cluster::DEFAULT_LOCALE.into(),
             };
             let info = cluster::up(&spec).await?;

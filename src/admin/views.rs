@@ -196,8 +196,11 @@ fn stats(proxy: &Proxy) -> ResultSet {
         ("failovers", T::Int8),
         ("fenced_servers", T::Int8),
         ("map_version", T::Int8),
+        ("failover_holds_resumed", T::Int8),
+        ("failover_holds_expired", T::Int8),
     ]);
     let gate = proxy.admin.gate.status();
+    let held = &proxy.pools.buffered;
     let metrics = proxy.replica_metrics.snapshot(&proxy.topology);
     let replica_reads: u64 = metrics
         .reads
@@ -225,6 +228,12 @@ fn stats(proxy: &Proxy) -> ResultSet {
         metrics.failovers_total.into(),
         metrics.fenced_servers.into(),
         proxy.map.current().version.into(),
+        held.resumed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .into(),
+        held.expired
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .into(),
     ]);
     rs
 }

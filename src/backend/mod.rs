@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod conn;
 pub mod failover;
+pub mod failover_buffer;
 pub mod key_types;
 pub mod metrics;
 pub mod monitor;

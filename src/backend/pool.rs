@@ -168,6 +168,10 @@ pub struct ShardPools {
     max_prepared: usize,
     topology: Arc<Topology>,
     checkout_timeout: Duration,
+    /// How long a checkout waits for a shard's new primary (`pool.failover_buffer_ms`).
+    failover_buffer: Duration,
+    /// Checkouts held for a new primary, by outcome.
+    pub buffered: super::failover_buffer::BufferStats,
 }
 
 impl ShardPools {
@@ -194,6 +198,8 @@ impl ShardPools {
             max_prepared: config.pool.max_prepared_statements,
             topology,
             checkout_timeout: config.pool.checkout_timeout(),
+            failover_buffer: config.pool.failover_buffer(),
+            buffered: Default::default(),
         };
         let mut logins: Vec<ServerLogin> = Vec::new();
         for user in &config.users {
@@ -286,19 +292,21 @@ impl ShardPools {
 
     /// A connection to `shard`'s current primary logged in as `login`, waiting up to the checkout
     /// timeout. A primary that cannot be connected to (within the connect timeout), or none, is
-    /// `NoPrimary`.
+    /// `NoPrimary` — once the failover buffer has passed without a new one.
     pub async fn get_as(
         &self,
         login: &ServerLogin,
         shard: u32,
     ) -> Result<PooledConn, CheckoutError> {
-        let primary = self.primary(shard)?;
-        self.get_server_as(login, primary).await
+        match self.primary(shard) {
+            Ok(primary) => self.get_server_as(login, primary).await,
+            Err(first) => self.hold_for_primary(login, shard, first).await,
+        }
     }
 
     /// A connection to one particular server logged in as `login`, waiting up to the checkout
-    /// timeout. When that server is its shard's primary and cannot be connected to, the error is
-    /// `NoPrimary`.
+    /// timeout. When that server is its shard's primary and cannot be connected to, the checkout
+    /// waits for a new primary (the failover buffer) and connects there, else fails `NoPrimary`.
     pub async fn get_server_as(
         &self,
         login: &ServerLogin,
@@ -307,7 +315,40 @@ impl ShardPools {
         let pool = self
             .pool(id, &login.role, login.password.clone(), false)
             .map_err(|_| CheckoutError::UnknownShard(id.shard))?;
-        self.checkout(&pool, id).await
+        match self.checkout(&pool, id).await {
+            Err(first) if super::failover_buffer::holds(&first) => {
+                self.hold_for_primary(login, id.shard, first).await
+            }
+            got => got,
+        }
+    }
+
+    /// One checkout from `shard`'s primary as it stands now, no waiting for a new one.
+    async fn primary_once(
+        &self,
+        login: &ServerLogin,
+        shard: u32,
+    ) -> Result<PooledConn, CheckoutError> {
+        let primary = self.primary(shard)?;
+        let pool = self
+            .pool(primary, &login.role, login.password.clone(), false)
+            .map_err(|_| CheckoutError::UnknownShard(shard))?;
+        self.checkout(&pool, primary).await
+    }
+
+    /// After `first` found `shard` without a reachable primary: waits for a new one (see
+    /// [`super::failover_buffer`]).
+    async fn hold_for_primary(
+        &self,
+        login: &ServerLogin,
+        shard: u32,
+        first: CheckoutError,
+    ) -> Result<PooledConn, CheckoutError> {
+        let (topology, limit) = (&self.topology, self.failover_buffer);
+        super::failover_buffer::hold(topology, shard, limit, &self.buffered, first, || {
+            self.primary_once(login, shard)
+        })
+        .await
     }
 
     /// A connection to `shard`'s current primary as pgshard's control-plane login

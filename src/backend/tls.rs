@@ -175,12 +175,14 @@ impl ServerTls {
         pg.connect(self.make.clone()).await
     }
 
-    /// [`ServerTls::connect`] to a libpq-style URL (the catalog's).
+    /// [`ServerTls::connect`] to a libpq-style URL (the catalog's). A URL naming several hosts
+    /// (a catalog primary and its replicas) connects to the writable one, as libpq's
+    /// `target_session_attrs=read-write` does, whatever the URL says.
     pub async fn connect_url(
         &self,
         url: &str,
     ) -> Result<(tokio_postgres::Client, PgConnection), tokio_postgres::Error> {
-        self.connect(&url.parse()?).await
+        self.connect(&writable_catalog(url.parse()?)).await
     }
 
     /// Turns a fresh TCP connection to `addr` (`host:port`) into the socket the server protocol
@@ -223,6 +225,15 @@ impl ServerTls {
         let stream = self.connector.connect(name, tcp).await.map_err(io_error)?;
         Ok(Socket::Tls(Box::new(TlsStream::Client(stream))))
     }
+}
+
+/// The catalog's connection settings: with several hosts, only a writable one will do (the
+/// others are its standbys).
+pub fn writable_catalog(mut pg: tokio_postgres::Config) -> tokio_postgres::Config {
+    if pg.get_hosts().len() > 1 {
+        pg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    }
+    pg
 }
 
 /// The host part of `host:port` (`[::1]:5432` → `::1`).
@@ -354,6 +365,26 @@ impl ServerCertVerifier for ChainOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catalog_with_standbys_is_reached_on_its_writable_host() {
+        use tokio_postgres::config::TargetSessionAttrs;
+        let one: tokio_postgres::Config = "postgres://u:p@127.0.0.1:7000/catalog".parse().unwrap();
+        assert_eq!(
+            writable_catalog(one).get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
+        let two: tokio_postgres::Config = "postgres://u:p@127.0.0.1:7000,127.0.0.1:7001/catalog"
+            .parse()
+            .unwrap();
+        let two = writable_catalog(two);
+        assert_eq!(two.get_hosts().len(), 2);
+        assert_eq!(two.get_ports(), [7000, 7001]);
+        assert_eq!(
+            two.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+    }
 
     #[test]
     fn host_is_taken_from_the_address() {

@@ -140,16 +140,21 @@ async fn watch(
             }
             continue;
         };
-        let polled = tokio::select! {
+        let lost = tokio::select! {
             note = notifications.recv() => note.is_none(),
             _ = tokio::time::sleep(poll) => {
-                let _ = client
+                // A server that can no longer write (demoted to a standby after a failover)
+                // announces nothing any more: connect again, to the writable one.
+                let seen = client
                     .execute("UPDATE proxies SET last_seen = now() WHERE node_id = $1", &[&i32::from(node_id)])
                     .await;
-                false
+                if let Err(e) = &seen {
+                    tracing::warn!(error = %e, "catalog connection cannot write; reconnecting");
+                }
+                seen.is_err()
             }
         };
-        if polled || client.is_closed() {
+        if lost || client.is_closed() {
             watched = None;
             continue;
         }

@@ -59,7 +59,7 @@ pub async fn bootstrap(
     {
         let su = connect(inst, "postgres", "postgres").await?;
         // The control plane's superuser everywhere; on shards also the application's role (no
-        // superuser) and the role replicas stream with.
+        // superuser); on shards and the catalog the role replicas stream with.
         let mut roles = vec![(ADMIN_USER, "LOGIN SUPERUSER", ADMIN_PASSWORD)];
         if inst.role == Role::Primary {
             roles.push((
@@ -67,6 +67,8 @@ pub async fn bootstrap(
                 "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION",
                 APP_PASSWORD,
             ));
+        }
+        if matches!(inst.role, Role::Primary | Role::Catalog) {
             roles.push((
                 REPLICATION_USER,
                 "LOGIN REPLICATION NOSUPERUSER",

@@ -59,6 +59,8 @@ impl InstanceInfo {
     /// The database the bootstrap creates on this instance.
     pub fn database(&self) -> &'static str {
         match self.role {
+            // The catalog's replica (no shard) holds the catalog's database.
+            Role::Replica if self.shard.is_none() => "catalog",
             Role::Primary | Role::Replica => "app",
             Role::Catalog => "catalog",
         }
@@ -213,6 +215,49 @@ pub fn plan_instances(
     Ok(instances)
 }
 
+/// The name of the catalog's streaming replica; also its `application_name` on the catalog.
+pub const CATALOG_REPLICA: &str = "catalogr1";
+
+/// The catalog's streaming replica, on a free loopback port none of `taken` uses (or the port
+/// after the highest taken one when ports are fixed, `base_port` not 0).
+pub fn plan_catalog_replica(
+    dir: &Path,
+    taken: &[InstanceInfo],
+    base_port: u16,
+) -> Result<InstanceInfo, ClusterError> {
+    let port = if base_port == 0 {
+        let mut port = None;
+        for _ in 0..16 {
+            let candidate = free_ports(1)?[0];
+            if taken.iter().all(|i| i.port != candidate) {
+                port = Some(candidate);
+                break;
+            }
+        }
+        port.ok_or_else(|| ClusterError::Layout {
+            path: dir.to_path_buf(),
+            message: "cannot find a free loopback port for the catalog replica".into(),
+        })?
+    } else {
+        let highest = taken.iter().map(|i| i.port).max().unwrap_or(base_port);
+        highest.checked_add(1).ok_or_else(|| ClusterError::Layout {
+            path: dir.to_path_buf(),
+            message: "no port left above 65535 for the catalog replica".into(),
+        })?
+    };
+    let data_dir = dir.join(CATALOG_REPLICA);
+    check_socket_path(&data_dir, port)?;
+    Ok(InstanceInfo {
+        name: CATALOG_REPLICA.into(),
+        shard: None,
+        role: Role::Replica,
+        host: "127.0.0.1".into(),
+        port,
+        data_dir,
+        primary: Some(CATALOG_INSTANCE.into()),
+    })
+}
+
 /// The instances of one more shard `id` (its primary `shard{id}`, then `replicas` replicas) on
 /// free loopback ports: what `cluster add-shard` creates.
 pub fn plan_shard(dir: &Path, id: u32, replicas: u32) -> Result<Vec<InstanceInfo>, ClusterError> {
@@ -350,6 +395,19 @@ mod tests {
             ]
         );
         assert_eq!(plan[1].data_dir, Path::new("/tmp/x/shard10r1"));
+    }
+
+    #[test]
+    fn the_catalog_replica_follows_the_others_and_holds_the_catalog() {
+        let plan = plan_instances(Path::new("/tmp/x"), 2, 1, 7000).unwrap();
+        let replica = plan_catalog_replica(Path::new("/tmp/x"), &plan, 7000).unwrap();
+        assert_eq!(replica.port, 7005);
+        assert_eq!(replica.role, Role::Replica);
+        assert_eq!(replica.shard, None);
+        assert_eq!(replica.primary.as_deref(), Some(CATALOG_INSTANCE));
+        assert_eq!(replica.database(), "catalog");
+        let free = plan_catalog_replica(Path::new("/tmp/x"), &plan, 0).unwrap();
+        assert!(plan.iter().all(|i| i.port != free.port));
     }
 
     #[test]

@@ -25,7 +25,9 @@ use serde::Serialize;
 pub use binaries::PgBinaries;
 pub use error::ClusterError;
 pub use instance::{StopMode, ADMIN_PASSWORD, ADMIN_USER};
-pub use layout::{ClusterState, InstanceInfo, Role, CATALOG_INSTANCE, CONFIG_FILE, STATE_FILE};
+pub use layout::{
+    ClusterState, InstanceInfo, Role, CATALOG_INSTANCE, CATALOG_REPLICA, CONFIG_FILE, STATE_FILE,
+};
 pub use os_user::RunAs;
 pub use proxy_config::proxy_config;
 
@@ -62,6 +64,9 @@ pub struct ClusterSpec {
     /// The locale of every instance's databases (initdb `--locale`): it decides how text sorts.
     /// [`DEFAULT_LOCALE`] unless a test needs another collation.
     pub locale: String,
+    /// A streaming replica of the catalog (`catalogr1`), synchronous: a catalog commit (a 2PC
+    /// decision) is acknowledged once the replica has it, so promoting the replica loses none.
+    pub catalog_replica: bool,
 }
 
 /// The locale clusters are created with: C, so text sorts bytewise.
@@ -80,6 +85,7 @@ impl ClusterSpec {
             apply_delay_ms: None,
             sync_any_one: false,
             locale: DEFAULT_LOCALE.into(),
+            catalog_replica: false,
         }
     }
 
@@ -174,10 +180,10 @@ impl ClusterInfo {
         })
     }
 
-    /// `postgres://pgshard:pgshard@127.0.0.1:PORT/catalog`.
+    /// `postgres://pgshard:pgshard@127.0.0.1:PORT/catalog`, listing the catalog's replica after
+    /// its primary when it has one (pgshard connects to whichever is writable).
     pub fn catalog_url(&self) -> String {
-        let port = self.catalog().map(|i| i.port).unwrap_or_default();
-        format!("postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{port}/catalog")
+        proxy_config::catalog_url(&self.instances)
     }
 
     /// `postgres://pgshard:pgshard@127.0.0.1:PORT/app` of shard `id`'s primary (as created).
@@ -276,15 +282,16 @@ pub async fn up(spec: &ClusterSpec) -> Result<ClusterInfo, ClusterError> {
                 },
                 s => s,
             };
+            let mut instances =
+                layout::plan_instances(&dir, spec.shards, spec.replicas, spec.base_port)?;
+            if spec.catalog_replica {
+                let replica = layout::plan_catalog_replica(&dir, &instances, spec.base_port)?;
+                instances.push(replica);
+            }
             let state = ClusterState {
                 cluster_id: random_cluster_id()?,
                 strategy,
-                instances: layout::plan_instances(
-                    &dir,
-                    spec.shards,
-                    spec.replicas,
-                    spec.base_port,
-                )?,
+                instances,
                 apply_delay_ms: spec.apply_delay_ms,
                 sync_any_one: spec.sync_any_one,
             };
@@ -399,6 +406,7 @@ impl UpContext<'_> {
         if replicas.is_empty() {
             return Ok(());
         }
+        let catalog = inst.role == Role::Catalog;
         // Taken after the bootstrap, so every replica starts with the schema and identity row.
         try_join_all(replicas.iter().map(|r| async {
             replication::create_replica(
@@ -407,14 +415,17 @@ impl UpContext<'_> {
                 inst,
                 r,
                 self.replicas,
-                self.state.apply_delay_ms,
+                // The catalog's replica replays at once: it must be promotable without loss.
+                self.state.apply_delay_ms.filter(|_| !catalog),
             )
             .await?;
             instance::start(bins, run_as, r).await?;
             replication::wait_streaming(inst, r).await
         }))
         .await?;
-        if self.state.sync_any_one {
+        if catalog || self.state.sync_any_one {
+            // The catalog's one replica this way is fully synchronous: an acknowledged decision
+            // survives the catalog primary's loss.
             let names: Vec<&str> = replicas.iter().map(|r| r.name.as_str()).collect();
             replication::set_sync_any_one(inst, &names).await?;
         }

@@ -7,16 +7,11 @@ use crate::config::{
 };
 
 use super::instance::{ADMIN_PASSWORD, ADMIN_USER, APP_PASSWORD, APP_USER};
-use super::layout::{InstanceInfo, Role};
+use super::layout::{InstanceInfo, Role, CATALOG_INSTANCE};
 
 /// Builds the proxy config for these instances, with the client listener on `listen`. Each shard's
 /// replicas are listed in the order of `instances` (`shard{id}r1` first: server index 1).
 pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
-    let catalog_port = instances
-        .iter()
-        .find(|i| i.role == Role::Catalog)
-        .map(|i| i.port)
-        .unwrap_or_default();
     let shards = instances
         .iter()
         .filter(|i| i.role == Role::Primary)
@@ -55,9 +50,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         }],
         auth: Default::default(),
         catalog: CatalogConfig {
-            url: format!(
-                "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{catalog_port}/catalog"
-            ),
+            url: catalog_url(instances),
             poll_interval_ms: 5_000,
         },
         pool: PoolConfig {
@@ -90,6 +83,25 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
     }
 }
 
+/// The catalog's URL: its primary, then its replica when it has one (a multi-host URL; pgshard
+/// connects to the writable host).
+pub fn catalog_url(instances: &[InstanceInfo]) -> String {
+    let hosts: Vec<String> = instances
+        .iter()
+        .filter(|i| {
+            i.role == Role::Catalog
+                || (i.role == Role::Replica && i.primary.as_deref() == Some(CATALOG_INSTANCE))
+        })
+        .map(|i| format!("{}:{}", i.host, i.port))
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "127.0.0.1:0".to_string()
+    } else {
+        hosts.join(",")
+    };
+    format!("postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@{hosts}/catalog")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +125,23 @@ mod tests {
         assert!(!config.server_auth.allow_superuser_clients);
         assert_eq!(config.control_plane.as_ref().unwrap().user, "pgshard");
         assert!(config.shards.iter().all(|s| s.replicas.is_empty()));
+    }
+
+    #[test]
+    fn a_catalog_replica_is_listed_after_the_catalog() {
+        use crate::cluster::layout::plan_catalog_replica;
+        let mut instances = plan_instances(Path::new("/tmp/c"), 2, 1, 7000).unwrap();
+        let replica = plan_catalog_replica(Path::new("/tmp/c"), &instances, 7000).unwrap();
+        instances.push(replica);
+        let text = proxy_config(&instances, "127.0.0.1:6432").to_toml();
+        let config = Config::from_toml(&text, Path::new("pgshard.toml")).unwrap();
+        assert_eq!(
+            config.catalog.url,
+            "postgres://pgshard:pgshard@127.0.0.1:7000,127.0.0.1:7005/catalog"
+        );
+        // The catalog's replica is no shard's replica.
+        assert_eq!(config.shard(0).unwrap().replicas.len(), 1);
+        assert_eq!(config.shard(1).unwrap().replicas.len(), 1);
     }
 
     #[test]

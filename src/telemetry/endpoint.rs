@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use super::snapshot_text::{self, PoolGauges};
 use super::{
-    CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, POOL_WAIT, POOL_WAIT_BUCKETS,
-    QUERIES_TOTAL, QUERY_BUCKETS, QUERY_DURATION, SESSION_PINS_TOTAL,
+    CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, FAILOVER_BUFFERED_TOTAL, POOL_WAIT,
+    POOL_WAIT_BUCKETS, QUERIES_TOTAL, QUERY_BUCKETS, QUERY_DURATION, SESSION_PINS_TOTAL,
 };
 use crate::config::MetricsConfig;
 use crate::proxy::Proxy;
@@ -81,6 +81,10 @@ fn describe() {
     metrics::describe_counter!(
         SESSION_PINS_TOTAL,
         "Times a client kept a server connection past its transaction, by reason."
+    );
+    metrics::describe_counter!(
+        FAILOVER_BUFFERED_TOTAL,
+        "Statements held while their shard had no primary, by outcome (resumed, expired)."
     );
     metrics::describe_histogram!(
         POOL_WAIT,

@@ -20,6 +20,8 @@ pub const QUERY_DURATION: &str = "pgshard_query_duration_seconds";
 pub const ERRORS_TOTAL: &str = "pgshard_errors_total";
 /// Times a client became pinned to a server connection (transaction pooling), by reason.
 pub const SESSION_PINS_TOTAL: &str = "pgshard_session_pins_total";
+/// Statements held while their shard had no primary, by outcome (`resumed`, `expired`).
+pub const FAILOVER_BUFFERED_TOTAL: &str = "pgshard_failover_buffered_total";
 /// Time spent waiting for a server connection from a pool.
 pub const POOL_WAIT: &str = "pgshard_pool_wait_seconds";
 

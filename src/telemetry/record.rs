@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, POOL_WAIT, QUERIES_TOTAL,
-    QUERY_DURATION, REBALANCE_HOLD, REBALANCE_LAG_BYTES, REBALANCE_ROWS_COPIED, SESSION_PINS_TOTAL,
+    CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, FAILOVER_BUFFERED_TOTAL, POOL_WAIT,
+    QUERIES_TOTAL, QUERY_DURATION, REBALANCE_HOLD, REBALANCE_LAG_BYTES, REBALANCE_ROWS_COPIED,
+    SESSION_PINS_TOTAL,
 };
 
 /// How a statement reached the shards: the `route` label of the query metrics.
@@ -100,6 +101,11 @@ pub fn error_frame_sent(body: &[u8]) {
 /// A checkout from a server pool took `waited` (whether or not it got a connection).
 pub fn pool_waited(waited: Duration) {
     metrics::histogram!(POOL_WAIT).record(waited.as_secs_f64());
+}
+
+/// A statement held for its shard's new primary ran there (`resumed`) or failed (`expired`).
+pub fn failover_buffered(outcome: &'static str) {
+    metrics::counter!(FAILOVER_BUFFERED_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// A cut-over hold of `ms` milliseconds ended on this proxy.

@@ -124,7 +124,7 @@ async fn write_decisions(
         }
         let pool = pool.clone();
         tokio::spawn(async move {
-            let result = write_batch(&pool, &batch).await;
+            let result = write_with_retries(&pool, &batch).await;
             drop(permit);
             for request in batch {
                 let outcome = match &result {
@@ -141,13 +141,69 @@ async fn write_decisions(
     }
 }
 
+/// How long a decision write keeps trying while the catalog is away (its primary lost, a replica
+/// being promoted): the participants stay prepared meanwhile, and the client waits.
+const DECISION_RETRY_FOR: Duration = Duration::from_secs(10);
+/// First pause between decision write attempts (doubling, at most [`DECISION_RETRY_MAX`]).
+const DECISION_RETRY_FIRST: Duration = Duration::from_millis(50);
+const DECISION_RETRY_MAX: Duration = Duration::from_millis(1_000);
+
+/// [`write_batch`] again (on a fresh connection, to whichever catalog server is writable now)
+/// while the failure is the catalog's connection or a server that cannot write, for up to
+/// [`DECISION_RETRY_FOR`]. Writing again is safe: a decision that did land before the failure
+/// stands, and the retry reads it back.
+async fn write_with_retries(
+    pool: &Pool<CatalogManager>,
+    batch: &[DecideRequest],
+) -> Result<Vec<(String, Decision)>, TxnError> {
+    let deadline = tokio::time::Instant::now() + DECISION_RETRY_FOR;
+    let mut pause = DECISION_RETRY_FIRST;
+    loop {
+        match write_batch(pool, batch).await {
+            Err(e) if catalog_away(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, "decision write failed; retrying on the catalog's writable server");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(DECISION_RETRY_MAX);
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// The failure is the catalog server's, not the statement's: no connection, a connection lost,
+/// a server shutting down or starting, or one that became a read-only standby.
+fn catalog_away(e: &TxnError) -> bool {
+    match e {
+        TxnError::Log(_) => true,
+        TxnError::Postgres(pg) => match pg.code() {
+            None => true,
+            Some(code) => {
+                let code = code.code();
+                code.starts_with("08") || code.starts_with("57P") || code == "25006"
+            }
+        },
+    }
+}
+
 /// Inserts the batch's decisions where none stands yet; returns the decision that stands for
-/// each gid (its own, or the one someone recorded first).
+/// each gid (its own, or the one someone recorded first). A connection that failed is not
+/// returned to the pool: it may lead to a server that is no longer the catalog's primary.
 async fn write_batch(
     pool: &Pool<CatalogManager>,
     batch: &[DecideRequest],
 ) -> Result<Vec<(String, Decision)>, TxnError> {
     let client = catalog_client(pool).await?;
+    let written = write_batch_on(&client, batch).await;
+    if written.is_err() {
+        let _ = managed::Object::take(client);
+    }
+    written
+}
+
+async fn write_batch_on(
+    client: &tokio_postgres::Client,
+    batch: &[DecideRequest],
+) -> Result<Vec<(String, Decision)>, TxnError> {
     let gids: Vec<&str> = batch.iter().map(|r| r.gid.as_str()).collect();
     let decisions: Vec<&str> = batch.iter().map(|r| r.decision.as_str()).collect();
     let participants: Vec<String> = batch
@@ -196,10 +252,16 @@ async fn forget_decisions(pool: Pool<CatalogManager>, mut queue: mpsc::Unbounded
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let deleted = match catalog_client(&pool).await {
-            Ok(client) => client
-                .execute("DELETE FROM txn_decisions WHERE gid = ANY($1)", &[&batch])
-                .await
-                .map_err(TxnError::from),
+            Ok(client) => {
+                let deleted = client
+                    .execute("DELETE FROM txn_decisions WHERE gid = ANY($1)", &[&batch])
+                    .await
+                    .map_err(TxnError::from);
+                if deleted.is_err() {
+                    let _ = managed::Object::take(client);
+                }
+                deleted
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = deleted {
@@ -291,9 +353,16 @@ impl DecisionLog {
     /// The decision recorded for `gid`, if any.
     pub async fn lookup(&self, gid: &str) -> Result<Option<Decision>, TxnError> {
         let client = self.client().await?;
-        let row = client
+        let row = match client
             .query_opt("SELECT decision FROM txn_decisions WHERE gid = $1", &[&gid])
-            .await?;
+            .await
+        {
+            Ok(row) => row,
+            Err(e) => {
+                let _ = managed::Object::take(client);
+                return Err(e.into());
+            }
+        };
         row.map(|r| Decision::parse(r.get(0))).transpose()
     }
 
@@ -314,13 +383,16 @@ impl DecisionLog {
     ) -> Result<u64, TxnError> {
         let client = self.client().await?;
         let seconds = age.as_secs_f64();
-        let n = client
+        let deleted = client
             .execute(
                 "DELETE FROM txn_decisions
                  WHERE decided_at < now() - make_interval(secs => $1) AND gid <> ALL($2)",
                 &[&seconds, &still_prepared],
             )
-            .await?;
-        Ok(n)
+            .await;
+        if deleted.is_err() {
+            let _ = managed::Object::take(client);
+        }
+        Ok(deleted?)
     }
 }
