@@ -169,7 +169,27 @@ async fn generated_uuid_keys(cluster: &TestCluster, c: &Client, map: &ShardMap) 
         .await
         .unwrap();
     c.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(returned.len(), 25);
+    // UNNEST inserts that omit the key (Django's bulk_create): the keys come back in the
+    // arrays' order, in the simple protocol and with a binary array parameter.
+    returned.extend(
+        simple_column(
+            c,
+            "INSERT INTO g_uuid (v) SELECT * FROM UNNEST('{u1,u2,u3}'::text[]) RETURNING id::text",
+        )
+        .await,
+    );
+    let values: Vec<String> = ["u4", "u5", "u6"].map(String::from).to_vec();
+    let rows = c
+        .query(
+            "INSERT INTO g_uuid (v) SELECT * FROM UNNEST($1::text[]) RETURNING id::text, v",
+            &[&values],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("extended UNNEST insert: {e:?}"));
+    let order: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(order, values, "RETURNING follows the arrays' order");
+    returned.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    assert_eq!(returned.len(), 31);
     // Every key is a version-7 uuid of this millisecond's era, distinct, and the keys of
     // statements sent one after another increase (time-ordered).
     let uuids: Vec<[u8; 16]> = returned.iter().map(|t| parse_uuid(t)).collect();
@@ -192,7 +212,7 @@ async fn generated_uuid_keys(cluster: &TestCluster, c: &Client, map: &ShardMap) 
     );
     // Every row sits on the shard `uuid_hash_extended` names, and the keys read back through
     // the proxy are the ones returned.
-    assert_eq!(placed(cluster, map, "g_uuid", KeyType::Uuid).await, 25);
+    assert_eq!(placed(cluster, map, "g_uuid", KeyType::Uuid).await, 31);
     for (u, text) in uuids.iter().zip(&returned).step_by(5) {
         let v: String = c
             .query_one("SELECT v FROM g_uuid WHERE id = $1", &[&UuidBin(*u)])

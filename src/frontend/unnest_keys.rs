@@ -8,9 +8,9 @@ use std::sync::Arc;
 use super::session::{refusal, End, Session};
 use crate::router::literals::{Literal, LiteralParams};
 use crate::router::params::{BindParams, ParamSource};
-use crate::router::split_insert::{rows_by_shard, ShardRows};
+use crate::router::split_insert::{rows_by_shard_key, ShardRows};
 use crate::router::unnest_keys::{add_key, formats_plus_text, key_array_text, rows};
-use crate::router::{Route, ShardMap, StatementFacts};
+use crate::router::{Route, ShardKey, ShardMap, StatementFacts};
 use crate::session::Prepared;
 use crate::wire::backend::ErrorFields;
 use crate::wire::frontend::Bind;
@@ -35,10 +35,10 @@ pub fn add_needed(needed: &mut Vec<(String, String, usize)>, more: (String, Stri
     }
 }
 
-/// Rows by shard for `ids`; no rows at all still run once, on the first shard, so the client
+/// Rows by shard for `keys`; no rows at all still run once, on the first shard, so the client
 /// gets the statement's own answer (`INSERT 0 0`, and the RETURNING columns when described).
-fn plan_for(ids: &[i64], map: &ShardMap, first_shard: u32) -> Vec<ShardRows> {
-    let plan = rows_by_shard(ids, map);
+fn plan_for(keys: &[ShardKey], map: &ShardMap, first_shard: u32) -> Vec<ShardRows> {
+    let plan = rows_by_shard_key(keys, map);
     if plan.is_empty() {
         let shard = map.shards().first().copied().unwrap_or(first_shard);
         return vec![ShardRows {
@@ -49,21 +49,37 @@ fn plan_for(ids: &[i64], map: &ShardMap, first_shard: u32) -> Vec<ShardRows> {
     plan
 }
 
+/// The keys made for one UNNEST insert and how they are spliced in.
+struct GeneratedKeys {
+    /// The shard key column added to the column list.
+    column: String,
+    /// `bigint[]` or `uuid[]`: the key array's cast.
+    array_type: String,
+    keys: Vec<ShardKey>,
+    overriding: bool,
+}
+
 impl Session {
-    /// Generated keys for `facts`' table: `rows` of them, and whether the INSERT needs
+    /// Generated keys for `facts`' table: its key column, `rows` keys (integers or UUIDv7s),
+    /// the array cast they are spliced in with, and whether the INSERT needs
     /// `OVERRIDING SYSTEM VALUE`.
     fn unnest_keys(
         &mut self,
         facts: &StatementFacts,
         rows: usize,
-    ) -> Result<(String, Vec<i64>, bool), ErrorFields> {
+    ) -> Result<GeneratedKeys, ErrorFields> {
         let Some((table, key)) = facts.shard_key.clone() else {
             return Err(refusal(
                 "an UNNEST insert without the shard key names no sharded table",
             ));
         };
-        let keys = self.take_new_keys(&table, rows)?;
-        Ok((key, keys.ids, keys.overriding))
+        let keys = self.take_new_key_values(&table, rows)?;
+        Ok(GeneratedKeys {
+            column: key,
+            array_type: format!("{}[]", facts.key_type.sql_name()),
+            keys: keys.keys,
+            overriding: keys.overriding,
+        })
     }
 
     /// Runs a simple-protocol UNNEST insert that omits the shard key (`facts`, with its
@@ -114,9 +130,10 @@ impl Session {
         ),
         ErrorFields,
     > {
-        let (key, ids, overriding) = self.unnest_keys(facts, rows)?;
-        let arg = format!("'{}'::bigint[]", key_array_text(&ids));
-        let text = add_key(sql, &key, &arg, overriding).map_err(|e| refusal(e.to_string()))?;
+        let new = self.unnest_keys(facts, rows)?;
+        let arg = format!("'{}'::{}", key_array_text(&new.keys), new.array_type);
+        let text =
+            add_key(sql, &new.column, &arg, new.overriding).map_err(|e| refusal(e.to_string()))?;
         let (keyed, _) = self.proxy.router.analyze_simple(&text);
         let unnest = keyed
             .first()
@@ -125,7 +142,11 @@ impl Session {
                 refusal("the UNNEST insert with generated keys is not an UNNEST insert")
             })?;
         let map = self.proxy.map.current();
-        Ok((text, unnest, plan_for(&ids, &map, self.proxy.first_shard)))
+        Ok((
+            text,
+            unnest,
+            plan_for(&new.keys, &map, self.proxy.first_shard),
+        ))
     }
 
     /// An extended-protocol Bind of an UNNEST insert that omits the shard key: the statement
@@ -147,11 +168,11 @@ impl Session {
             types: &statement.param_types,
         };
         let rows = rows(args, &params).map_err(|e| refusal(e.to_string()))?;
-        let (key, ids, overriding) = self.unnest_keys(facts, rows)?;
+        let new = self.unnest_keys(facts, rows)?;
         let n = bind.params.len();
-        let arg = format!("${}::bigint[]", n + 1);
-        let sql =
-            add_key(&statement.sql, &key, &arg, overriding).map_err(|e| refusal(e.to_string()))?;
+        let arg = format!("${}::{}", n + 1, new.array_type);
+        let sql = add_key(&statement.sql, &new.column, &arg, new.overriding)
+            .map_err(|e| refusal(e.to_string()))?;
         let keyed = self.proxy.router.analyze_prepared(&sql);
         if keyed.first().and_then(|f| f.unnest.as_ref()).is_none() {
             return Err(refusal(
@@ -165,14 +186,14 @@ impl Session {
         bound.param_formats = formats_plus_text(&bind.param_formats, n);
         bound
             .params
-            .push(Some(bytes::Bytes::from(key_array_text(&ids))));
+            .push(Some(bytes::Bytes::from(key_array_text(&new.keys))));
         let prepared = Arc::new(Prepared {
             sql,
             param_types,
             facts: keyed,
             server_name: String::new(),
         });
-        let plan = plan_for(&ids, map, self.proxy.first_shard);
+        let plan = plan_for(&new.keys, map, self.proxy.first_shard);
         Ok((bound, prepared, Route::SplitInsert(plan)))
     }
 }

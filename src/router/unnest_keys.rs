@@ -4,6 +4,7 @@
 //! and an array of those keys to the statement, so it becomes an ordinary UNNEST insert split by
 //! key (see `unnest_insert`). Pure: counting rows and rewriting text.
 
+use super::key_type::{format_uuid, ShardKey};
 use super::params::ParamSource;
 use super::pg_array;
 use super::rewrite::{matching, scan_tokens, RewriteError};
@@ -25,10 +26,18 @@ pub fn rows(args: &[usize], params: &dyn ParamSource) -> Result<usize, UnnestErr
     Ok(rows)
 }
 
-/// The text form of an array of keys (`{1,2,3}`).
-pub fn key_array_text(ids: &[i64]) -> String {
-    let items: Vec<String> = ids.iter().map(i64::to_string).collect();
-    format!("{{{}}}", items.join(","))
+/// The text form of an array of keys (`{1,2,3}`, or uuids as `uuid_out` writes them).
+pub fn key_array_text(keys: &[ShardKey]) -> String {
+    let items: Vec<String> = keys
+        .iter()
+        .map(|k| match k {
+            ShardKey::Int(k) => k.to_string(),
+            ShardKey::Uuid(u) => format_uuid(u),
+            ShardKey::Text(t) => t.clone(),
+        })
+        .collect();
+    let elements: Vec<Option<&[u8]>> = items.iter().map(|s| Some(s.as_bytes())).collect();
+    pg_array::encode_text(&elements)
 }
 
 /// `sql` with `key` first in its column list and `key_arg` (an array of the keys, e.g.
@@ -171,8 +180,14 @@ mod tests {
 
     #[test]
     fn key_arrays_and_formats() {
-        assert_eq!(key_array_text(&[1, -2, 30]), "{1,-2,30}");
+        let ints = [1, -2, 30].map(ShardKey::Int);
+        assert_eq!(key_array_text(&ints), "{1,-2,30}");
         assert_eq!(key_array_text(&[]), "{}");
+        let uuid = ShardKey::Uuid([0xab; 16]);
+        assert_eq!(
+            key_array_text(&[uuid.clone(), uuid]),
+            "{abababab-abab-abab-abab-abababababab,abababab-abab-abab-abab-abababababab}"
+        );
         assert_eq!(formats_plus_text(&[], 2), vec![0, 0, 0]);
         assert_eq!(formats_plus_text(&[1], 2), vec![1, 1, 0]);
         assert_eq!(formats_plus_text(&[1, 0], 2), vec![1, 0, 0]);
