@@ -791,20 +791,25 @@ async fn merged_answers_equal_one_postgres() {
     let mut ran = 0;
     let mut with_rows = 0;
     let mut in_block = 0;
-    let rounds = std::iter::once(("dtest", QUERIES)).chain(
+    let rounds = std::iter::once(("dtest", "id", QUERIES)).chain(
         KEYED_COPIES
             .iter()
-            .map(|(name, _, _)| (*name, KEYED_QUERIES)),
+            .map(|(name, key, _)| (*name, *key, KEYED_QUERIES)),
     );
-    for (table, count) in rounds {
+    for (table, key, count) in rounds {
         for first in (0..count).step_by(PIPELINE) {
             let mut queries: Vec<Query> = (first..count.min(first + PIPELINE))
                 .map(|_| generate(&mut r))
                 .collect();
             for q in &mut queries {
                 let from = format!(" FROM {table}");
-                q.sql.simple = q.sql.simple.replace(" FROM dtest", &from);
-                q.sql.extended = q.sql.extended.replace(" FROM dtest", &from);
+                // The key-correlated EXISTS shape correlates on the copy's own shard key.
+                let correlated = format!("d2.{key} = {table}.{key}");
+                for sql in [&mut q.sql.simple, &mut q.sql.extended] {
+                    *sql = sql
+                        .replace(" FROM dtest", &from)
+                        .replace("d2.id = dtest.id", &correlated);
+                }
                 assert!(q.sql.simple.contains(&from), "{}", q.sql.simple);
             }
             let mut outcomes: Vec<Vec<(Mode, Outcome)>> =
