@@ -180,9 +180,9 @@ fn subselect(
     if !matches!(select, NodeEnum::SelectStmt(_)) || !uncorrelated(select) {
         return None;
     }
-    let open = tokens
-        .iter()
-        .position(|t| usize::try_from(t.start).is_ok_and(|s| s >= at) && t.token == Token::Ascii40 as i32)?;
+    let open = tokens.iter().position(|t| {
+        usize::try_from(t.start).is_ok_and(|s| s >= at) && t.token == Token::Ascii40 as i32
+    })?;
     let mut depth = 0usize;
     for t in &tokens[open..] {
         if t.token == Token::Ascii40 as i32 {
