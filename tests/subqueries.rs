@@ -199,6 +199,26 @@ async fn uncorrelated_subqueries_run_first(c: &Client) {
     }
     let sql = "SELECT count(*) FROM users WHERE user_id NOT IN (SELECT user_id FROM orders WHERE total > 1000)";
     assert_eq!(rows(c, sql).await, ["40"], "{sql}");
+    // Text with a quote and a backslash comes back the same, whatever standard_conforming_strings.
+    c.batch_execute(r"UPDATE users SET name = E'o''k\\x' WHERE user_id = 7")
+        .await
+        .expect("odd name");
+    for scs in ["on", "off"] {
+        c.batch_execute(&format!("SET standard_conforming_strings = {scs}"))
+            .await
+            .expect("set standard_conforming_strings");
+        for sql in [
+            "SELECT user_id FROM users WHERE name IN (SELECT name FROM users WHERE user_id = 7)",
+            "SELECT user_id FROM users WHERE name = (SELECT name FROM users WHERE user_id = 7)",
+        ] {
+            assert_eq!(rows(c, sql).await, ["7"], "{sql} ({scs})");
+        }
+    }
+    c.batch_execute(
+        "RESET standard_conforming_strings; UPDATE users SET name = 'u7' WHERE user_id = 7",
+    )
+    .await
+    .expect("reset");
     // More than one row for a scalar subquery: Postgres's error.
     let sql = "SELECT * FROM users WHERE user_id = (SELECT user_id FROM orders WHERE total > 70)";
     assert_eq!(error_code(c, sql).await, "21000", "{sql}");

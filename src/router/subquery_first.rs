@@ -10,7 +10,7 @@ use pg_query::protobuf::{self as pb, Token};
 use pg_query::{NodeEnum, NodeRef};
 use std::collections::BTreeSet;
 
-use crate::sql_text::quote_literal;
+use crate::sql_text::quote_escaped_literal;
 
 /// One subquery to run first, and where its result goes in the outer text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,7 +319,7 @@ impl First {
             .ok_or(SpliceError::Malformed)?;
         let text = |v: &[u8]| {
             std::str::from_utf8(v)
-                .map(quote_literal)
+                .map(quote_escaped_literal)
                 .map_err(|_| SpliceError::Malformed)
         };
         let replacement = match &self.use_ {
@@ -331,7 +331,10 @@ impl First {
             Use::Array { op, all } => {
                 let array = crate::router::pg_array::encode_text(&values);
                 let quantifier = if *all { "ALL" } else { "ANY" };
-                format!("{op} {quantifier} ({}::{ty}[])", quote_literal(&array))
+                format!(
+                    "{op} {quantifier} ({}::{ty}[])",
+                    quote_escaped_literal(&array)
+                )
             }
         };
         let before = outer.get(..self.start).ok_or(SpliceError::Malformed)?;
@@ -376,25 +379,25 @@ mod tests {
                 "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE v > 1)",
                 "SELECT id FROM u WHERE v > 1",
                 &[Some("1"), Some("7")],
-                "SELECT * FROM o WHERE k = ANY ('{1,7}'::int8[])",
+                "SELECT * FROM o WHERE k = ANY (E'{1,7}'::int8[])",
             ),
             (
                 "select * from o where k not in (select id from u) and x = 1",
                 "select id from u",
                 &[Some("1"), None],
-                "select * from o where k <> ALL ('{1,NULL}'::int8[]) and x = 1",
+                "select * from o where k <> ALL (E'{1,NULL}'::int8[]) and x = 1",
             ),
             (
                 "DELETE FROM o WHERE k = ANY (SELECT id FROM u)",
                 "SELECT id FROM u",
                 &[],
-                "DELETE FROM o WHERE k = ANY ('{}'::int8[])",
+                "DELETE FROM o WHERE k = ANY (E'{}'::int8[])",
             ),
             (
                 "UPDATE o SET v = 1 WHERE k = (SELECT max(id) FROM u) OR k < 0",
                 "SELECT max(id) FROM u",
                 &[Some("9")],
-                "UPDATE o SET v = 1 WHERE k = ('9'::int8) OR k < 0",
+                "UPDATE o SET v = 1 WHERE k = (E'9'::int8) OR k < 0",
             ),
             (
                 "SELECT (SELECT sum(x) FROM a) AS s",
@@ -406,15 +409,15 @@ mod tests {
             (
                 "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE g IN (SELECT g FROM w))",
                 "SELECT g FROM w",
-                &[Some("a'b")],
-                "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE g = ANY ('{a''b}'::int8[]))",
+                &[Some("a'b\\c")],
+                r#"SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE g = ANY (E'{"a''b\\\\c"}'::int8[]))"#,
             ),
             // A correlated one is left; the uncorrelated one is taken.
             (
                 "SELECT * FROM o WHERE EXISTS (SELECT 1 FROM u WHERE u.k = o.k) AND k IN ( SELECT u2.id FROM u u2 )",
                 "SELECT u2.id FROM u u2",
                 &[Some("3")],
-                "SELECT * FROM o WHERE EXISTS (SELECT 1 FROM u WHERE u.k = o.k) AND k = ANY ('{3}'::int8[])",
+                "SELECT * FROM o WHERE EXISTS (SELECT 1 FROM u WHERE u.k = o.k) AND k = ANY (E'{3}'::int8[])",
             ),
         ];
         for (outer, inner, rows, want) in cases {
