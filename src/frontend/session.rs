@@ -311,7 +311,6 @@ impl Session {
         }
         let map = proxy.map.current();
         let params = crate::router::literals::LiteralParams(&literals);
-        let mut sql = sql;
         let mut rewritten = false;
         let hint = self.state.route_hints.current().cloned();
         let mut routes: Vec<Route> = facts
