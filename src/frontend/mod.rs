@@ -1,7 +1,6 @@
 //! Client side of the proxy: listener, startup, authentication and the client session.
 
 pub mod auth;
-pub mod batch_units;
 pub mod client_io;
 pub mod cursor_requests;
 pub mod extended;
@@ -12,6 +11,7 @@ pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;
 pub mod pipeline;
+pub mod planning;
 pub mod read_routing;
 pub mod run;
 pub mod scatter_policy;
