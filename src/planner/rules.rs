@@ -419,6 +419,16 @@ mod tests {
             .map_err(|r| (r.sqlstate().to_string(), r.to_string()))
     }
 
+    /// (statement, its values, how the request ends, session, the plan, or the start of the
+    /// refusal's message)
+    type Case<'a> = (
+        &'a str,
+        Vec<i64>,
+        Ending,
+        SessionState,
+        Result<Plan, &'a str>,
+    );
+
     #[test]
     fn both_protocols_plan_alike() {
         let w = World::new();
@@ -427,7 +437,7 @@ mod tests {
         let split = "INSERT INTO users (user_id, name) VALUES ($1, 'x'), ($2, 'y')";
         // (statement, its values, how the request ends, session, the plan, or the start of the
         // refusal's message)
-        let cases: Vec<(&str, Vec<i64>, Ending, SessionState, Result<Plan, &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 keyed,
                 vec![a],
