@@ -14,12 +14,11 @@
 # recorder installed, as a production proxy runs; KEEP=dir keeps the callgrind dumps of the
 # measured runs there (for callgrind_annotate).
 #
-# How it counts: the counters are zeroed before a pgbench run and dumped after it; the proxy's
-# count for a short run (logins, connection set-up and T0 transactions) is taken from the count for
-# a long one (the same plus N transactions), so per transaction = difference / N. Both runs follow a
-# warm-up run (pools filled, statements cached). Server logins that happen during a run (SCRAM's key
-# derivation, millions of instructions each) are taken off its count. Timers running while idle (monitors, the catalog
-# watcher) are measured during an idle pause, and their rate times each run's duration is taken off.
+# How it counts: the counters are zeroed before a pgbench run and dumped after it; what counts is
+# the inclusive cost of the client session loop (Session::run), so logins and background tasks
+# (monitors, the catalog watcher, the rebalancing runner) stay out. The count for a short run (T0
+# transactions per client) is taken from the count for a long one (T0 + N), so per transaction =
+# difference / (N x clients). Both follow a warm-up run (pools filled, statements cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -100,7 +99,7 @@ wait_port() {
 
 # Zeroes the counters, runs "$@", dumps them; prints "instructions seconds".
 counted() {
-    local before dump start end total logins
+    local before dump start end session
     callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
     start=$(date +%s.%N)
     "$@"
@@ -112,12 +111,12 @@ counted() {
         sleep 0.1
     done
     dump=$(ls -t "$WORK"/cg.out.* | head -1)
-    total=$(awk '/^(summary|totals):/{print $2; exit}' "$dump")
-    # Server logins during the run (a pool or a monitor reconnecting) are not per-transaction
-    # work, and one SCRAM key derivation costs as much as thousands of transactions: off they go.
-    logins=$(callgrind_annotate --threshold=100 --inclusive=yes "$dump" 2>/dev/null |
-        awk '/:postgres_protocol::authentication::sasl::hi( |$)/ {gsub(",", "", $1); s += $1} END {print s + 0}')
-    echo "$((total - logins)) $(echo "$end - $start" | bc)"
+    # The client sessions' work: the inclusive cost of the session loop (the outermost entry of
+    # its function). Logins happen before it; background tasks (monitors, the catalog watcher,
+    # the rebalancing runner) run outside it.
+    session=$(callgrind_annotate --threshold=100 --inclusive=yes "$dump" 2>/dev/null |
+        awk '/:pgshard::frontend::session::Session::run::\{\{closure\}\}( |$)/ {gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0} END {print m + 0}')
+    echo "$session $(echo "$end - $start" | bc)"
     if [ -n "${KEEP:-}" ] && [ -n "${KEEP_AS:-}" ]; then
         mkdir -p "$KEEP"
         cp "$dump" "$KEEP/$KEEP_AS"
@@ -130,21 +129,18 @@ pgb() { # mode transactions-per-client
 
 declare -A RESULT
 measure() { # name binary
-    local name=$1 bin=$2 idle idle_rate short long
+    local name=$1 bin=$2
     rm -f "$WORK"/cg.out.*
     RUST_LOG=warn valgrind --tool=callgrind -q --callgrind-out-file="$WORK/cg.out.%p" "$bin" serve --config "$CONFIG" &
     PROXY_PID=$!
     wait_port
     # Warm up: pools, monitors and the catalog watcher connected, statements cached.
     for mode in simple extended prepared; do pgb "$mode" 20; done
-    read -r idle idle_secs < <(counted sleep 3)
-    idle_rate=$(echo "scale=3; $idle / $idle_secs" | bc)
     for mode in simple extended prepared; do
         read -r s_ins s_secs < <(counted pgb "$mode" "$SHORT")
         read -r l_ins l_secs < <(KEEP_AS="$name-$mode.callgrind" counted pgb "$mode" "$((SHORT + PER_CLIENT))")
-        RESULT[$name,$mode]=$(echo "scale=0; (($l_ins - $idle_rate * $l_secs) - ($s_ins - $idle_rate * $s_secs)) / ($PER_CLIENT * $CLIENTS)" | bc)
+        RESULT[$name,$mode]=$(echo "scale=0; ($l_ins - $s_ins) / ($PER_CLIENT * $CLIENTS)" | bc)
     done
-    RESULT[$name,idle]=$(echo "scale=0; $idle_rate / 1" | bc)
     kill "$PROXY_PID"
     wait "$PROXY_PID" 2>/dev/null || true
     PROXY_PID=
@@ -164,4 +160,3 @@ for mode in simple extended prepared; do
     b=${RESULT[base,$mode]} c=${RESULT[current,$mode]}
     printf '%-10s %14s %14s %8s\n' "$mode" "$b" "$c" "$(echo "scale=3; $c / $b" | bc)"
 done
-printf '%-10s %14s %14s\n' "idle/s" "${RESULT[base,idle]}" "${RESULT[current,idle]}"
