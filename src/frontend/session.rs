@@ -108,7 +108,8 @@ impl Session {
             let timer = self.start_query_timer(frame.tag);
             let abandon = timer.as_ref().map(|t| t.abandon.clone());
             let tag = frame.tag;
-            let request = self.dispatch(frame);
+            // Boxed: a waiting client's task does not carry the (large) state of a request.
+            let request = Box::pin(self.dispatch(frame));
             let result = match abandon {
                 None => request.await,
                 Some(abandon) => {
