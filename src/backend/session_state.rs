@@ -85,6 +85,10 @@ pub fn sync_sql(
     desired: &BTreeMap<String, String>,
     unknown: bool,
 ) -> Option<String> {
+    // The common case on every checkout: the connection already has the session's settings.
+    if !unknown && applied == desired {
+        return None;
+    }
     let mut sql = String::new();
     if unknown {
         sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ROLE;RESET ALL;");

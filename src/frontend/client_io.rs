@@ -23,6 +23,16 @@ const QUERY_CANCELED: &str = "57014";
 /// Write buffer size at which output is flushed even mid-result.
 const FLUSH_AT: usize = 32 * 1024;
 
+/// Output buffer a client starts with, and the most a written-out buffer may keep for the next
+/// answer: an idle client (most of them, with thousands connected) holds no more than this, and a
+/// large result's buffer goes back to the allocator once written.
+const OUT_KEEP: usize = 2 * 1024;
+
+/// The most read-buffer capacity a client waiting for its next message keeps, and what it gets
+/// instead when it had more.
+const IN_KEEP: usize = 8 * 1024;
+const IN_START: usize = 1024;
+
 /// Why reading from the client failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientReadError {
@@ -70,7 +80,7 @@ impl ClientIo {
         ClientIo {
             stream,
             rbuf,
-            out: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(OUT_KEEP),
             max_message: limits.max_message_size,
             message_timeout: limits.message_timeout,
             partial_since: None,
@@ -113,6 +123,10 @@ impl ClientIo {
             if let Some(frame) = split_frame(&mut self.rbuf, self.max_message)? {
                 self.partial_since = None;
                 return Ok(Some(frame));
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > IN_KEEP {
+                // Waiting for a new message after a large one: do not hold its buffer.
+                self.rbuf = BytesMut::with_capacity(IN_START);
             }
             let deadline = match self.message_timeout {
                 Some(limit) if !self.rbuf.is_empty() => Some((
@@ -173,7 +187,12 @@ impl ClientIo {
         }
         let out = self.out.split();
         self.flushes += 1;
-        self.stream.write_all(&out).await
+        let written = self.stream.write_all(&out).await;
+        if out.capacity() + self.out.capacity() > OUT_KEEP {
+            // Both halves share one allocation: dropping both frees it.
+            self.out = BytesMut::new();
+        }
+        written
     }
 }
 

@@ -8,41 +8,32 @@ use std::sync::Arc;
 
 use super::extended::{parameter_description, Msg};
 use super::session::{aborted, refusal, End, Prepared, Session};
+use crate::refusal::Refusal;
 use crate::router::cursor::{declared_query, CursorOp};
 use crate::router::params::BindParams;
 use crate::router::{Route, StatementFacts};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
 /// A statement on a proxy-served cursor must come alone.
-fn alone() -> ErrorFields {
-    refusal("a statement on a cursor that spans several shards (served by pgshard) must be sent on its own, not together with other statements")
+fn alone() -> Refusal {
+    Refusal::unsupported("a statement on a cursor that spans several shards (served by pgshard) must be sent on its own, not together with other statements")
 }
 
 impl Session {
-    /// Simple protocol: routes cursor statements to their cursor's shard (`routes` updated) and
-    /// answers those on proxy-served cursors. True when the request was answered here.
-    pub async fn cursor_query(
+    /// Simple protocol: answers a statement on a proxy-served cursor (the planner's
+    /// [`crate::planner::Plan::ServedCursor`]).
+    pub async fn serve_cursor_query(
         &mut self,
         sql: &str,
         facts: &[StatementFacts],
-        routes: &mut [Route],
-    ) -> Result<bool, End> {
-        let first_shard = self.proxy.first_shard;
-        let mut served = false;
-        for (f, route) in facts.iter().zip(routes.iter_mut()) {
-            self.state.cursors.route(f, route, first_shard);
-            served |= self.state.cursors.serves(f, route);
-        }
-        if !served {
-            return Ok(false);
-        }
+    ) -> Result<(), End> {
         let ([_], Some(op)) = (facts, facts.first().and_then(|f| f.cursor.as_ref())) else {
             self.reply_error(alone());
-            return Ok(true);
+            return Ok(());
         };
         if self.status() == TxStatus::Failed {
             self.reply_error(aborted());
-            return Ok(true);
+            return Ok(());
         }
         match self.run_cursor_op(op, sql, true).await? {
             Ok(()) => {
@@ -51,7 +42,7 @@ impl Session {
             }
             Err(fields) => self.reply_error(fields),
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Runs one statement on a proxy-served cursor and queues its answer (`describe`: FETCH sends
@@ -156,7 +147,7 @@ impl Session {
             return Ok(false);
         }
         let outcome = if others {
-            Err(alone())
+            Err(alone().into())
         } else {
             self.answer_cursor_batch(msgs, &ours).await?
         };
@@ -233,7 +224,7 @@ impl Session {
                         )));
                     }
                     let Some(op) = op_of(st) else {
-                        return Ok(Err(alone()));
+                        return Ok(Err(alone().into()));
                     };
                     if let (CursorOp::Declare(d), Some(bind)) = (&op, binds.get(e.portal.as_str()))
                     {

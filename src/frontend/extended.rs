@@ -9,13 +9,16 @@ use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::session::{
-    aborted, control_statement, is_sharded_copy_in, needs_atomic_scatter, refusal, End, Prepared,
-    Session, Target,
+    aborted, control_statement, is_sharded_copy_in, needs_atomic_scatter, End, Prepared, Session,
+    Target,
 };
 use crate::backend::ServerConn;
 use crate::exec::copy_in::CopyProtocol;
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::unnest_insert::UnnestBatch;
+use crate::planner::units::whole_batch_refusal;
+use crate::planner::Ending;
+use crate::refusal::Refusal;
 use crate::router::params::BindParams;
 use crate::router::split_insert::ShardRows;
 use crate::router::unnest_insert::UnnestInsert;
@@ -107,7 +110,7 @@ impl Session {
     /// skips what follows an error.
     pub(super) async fn refuse_batch(
         &mut self,
-        fields: ErrorFields,
+        fields: impl Into<ErrorFields>,
         sync: bool,
     ) -> Result<(), End> {
         self.push_error_in_batch(fields);
@@ -133,22 +136,38 @@ impl Session {
         let mut executes = 0usize;
         let mut partial_fetch = false;
         for frame in frames {
-            match self.resolve(&frame, &map, &mut portal_statements) {
-                Ok(Some((msg, mut route, is_local_stmt))) => {
+            match self.resolve(&frame, &mut portal_statements) {
+                Ok(Some((mut msg, mut route, is_local_stmt))) => {
                     local |= is_local_stmt;
-                    if let Msg::Bind { statement, .. } = &msg {
+                    // A Bind not routed by `resolve` (an UNNEST insert given keys is).
+                    if let (
+                        Msg::Bind {
+                            bind,
+                            statement,
+                            rewritten,
+                        },
+                        false,
+                        None,
+                    ) = (&mut msg, is_local_stmt, &route)
+                    {
                         // Statements naming an index run where its table lives.
                         let facts = statement.facts.first();
-                        match self.index_owner_route_of(facts).await {
-                            Ok(Some(r)) => route = Some(r),
-                            Ok(None) => {}
+                        let looked_up = match self.index_owner_route_of(facts).await {
+                            Ok(r) => r,
                             Err(fields) => {
                                 error = Some(fields);
                                 break;
                             }
-                        }
-                        if let (Some(f), Some(r)) = (facts, route.as_mut()) {
-                            self.state.cursors.route(f, r, proxy.first_shard);
+                        };
+                        match self.bind_route(statement, bind, looked_up, &map) {
+                            Ok((r, text)) => {
+                                route = Some(r);
+                                *rewritten = text;
+                            }
+                            Err(fields) => {
+                                error = Some(fields);
+                                break;
+                            }
                         }
                     }
                     msg_routes.push(route.clone());
@@ -204,9 +223,9 @@ impl Session {
         if local || self.deferred_transaction_control(&executed) {
             if routes.iter().any(|r| *r != Route::Any) {
                 msgs.clear();
-                error = Some(refusal(
+                error = Some(ErrorFields::from(Refusal::unsupported(
                     "pgshard's own commands and transaction control must not share a Sync with statements that need a shard",
-                ));
+                )));
             } else {
                 self.answer_locally(&msgs, &portal_statements, error, sync)
                     .await;
@@ -243,17 +262,14 @@ impl Session {
             .filter(|r| **r != Route::Any)
             .cloned()
             .collect();
-        // A pipeline already open under Flush goes on unit by unit, and so does a batch one
-        // target cannot serve, or one leaving the shard a Flush left a transaction open on.
-        let pipeline_open = self.state.txn.as_ref().is_some_and(|t| t.implicit);
-        if pipeline_open
-            || super::batch_units::needs_units(&needed, executes, partial_fetch)
-            || super::batch_units::several_shards_before_sync(&needed, executes, sync)
-            || self
-                .state
-                .open_batch_shard
-                .is_some_and(|b| super::batch_units::leaves_shard(&needed, b))
-        {
+        let ending = if sync { Ending::Sync } else { Ending::Flush };
+        if crate::planner::units::runs_unit_by_unit(
+            &needed,
+            executes,
+            partial_fetch,
+            ending,
+            &self.state,
+        ) {
             return self.run_pipeline(msgs, msg_routes, error, sync).await;
         }
         let target = match self.combine(&needed, &all_facts) {
@@ -358,10 +374,14 @@ impl Session {
                         .copy_batch(&msgs, &portal_statements, error, sync, Some(shards))
                         .await;
                 }
-                if executes != 1 || partial_fetch || error.is_some() || !sync {
-                    self.push_error_in_batch(refusal(
-                        "a statement without a shard key runs on every shard; send it with one Execute (no row limit) followed by Sync",
-                    ));
+                if let Some(refused) = whole_batch_refusal(
+                    &Target::Scatter(shards.clone()),
+                    executes,
+                    partial_fetch,
+                    error.is_some(),
+                    ending,
+                ) {
+                    self.push_error_in_batch(refused);
                     self.state.skip_until_sync = !sync;
                     if sync {
                         return self.finish_open_batch().await;
@@ -381,10 +401,14 @@ impl Session {
                 }
             }
             Target::Broadcast(shards) => {
-                if executes != 1 || partial_fetch || error.is_some() || !sync {
-                    return self.refuse_batch(refusal(
-                        "a statement that changes every shard must be sent with one Execute (no row limit) followed by Sync",
-                    ), sync).await;
+                if let Some(refused) = whole_batch_refusal(
+                    &Target::Broadcast(shards.clone()),
+                    executes,
+                    partial_fetch,
+                    error.is_some(),
+                    ending,
+                ) {
+                    return self.refuse_batch(refused, sync).await;
                 }
                 self.run_broadcast(shards, &all_facts, build).await?;
             }
@@ -424,9 +448,9 @@ impl Session {
             (_, error) => {
                 // Nothing runs: an error found while resolving the batch (or a block already
                 // failed) is reported as it is; anything else is a batch pgshard cannot split.
-                return self.refuse_batch(error.unwrap_or_else(|| refusal(
+                return self.refuse_batch(error.unwrap_or_else(|| Refusal::unsupported(
                     "a COPY that spans shards must be the only statement executed in its batch: send Parse/Bind/Execute of the COPY, then Sync",
-                )), sync).await;
+                ).into()), sync).await;
             }
         };
         for msg in msgs {
@@ -504,7 +528,6 @@ impl Session {
     fn resolve(
         &mut self,
         frame: &Frame,
-        map: &crate::router::ShardMap,
         portal_statements: &mut HashMap<String, Arc<Prepared>>,
     ) -> Result<Option<(Msg, Option<Route>, bool)>, ErrorFields> {
         let malformed =
@@ -545,7 +568,7 @@ impl Session {
                 Ok(Some((Msg::Parse(parse, prepared), Some(Route::Any), local)))
             }
             fe::BIND => {
-                let mut bind = Bind::decode(&frame.body).map_err(malformed)?;
+                let bind = Bind::decode(&frame.body).map_err(malformed)?;
                 let mut statement = self
                     .state
                     .statements
@@ -582,38 +605,30 @@ impl Session {
                 if let Some(fields) = self.pin_or_refuse(std::slice::from_ref(facts)) {
                     return Err(fields);
                 }
-                let mut rewritten = None;
-                let route = if facts.missing_key_rows.is_some() && !self.route_hint_applies(facts) {
-                    let (sql, route) = self.insert_with_new_keys(&statement.sql, facts, map)?;
-                    rewritten = Some(sql);
-                    route
-                } else if facts.unnest_keyless.is_some() && !self.route_hint_applies(facts) {
+                // An UNNEST insert that needs generated keys gets them here (its Bind and
+                // statement change); every other Bind is routed once the lookups it may need
+                // are made (`bind_route`).
+                if facts.unnest_keyless.is_some() && !self.route_hint_applies(facts) {
+                    let map = self.proxy.map.current();
                     let (keyed, with_keys, route) =
-                        self.bind_unnest_keyless(&bind, &statement, map)?;
-                    (bind, statement) = (keyed, with_keys);
-                    route
-                } else {
-                    let params = BindParams {
-                        values: &bind.params,
-                        formats: &bind.param_formats,
-                        types: &statement.param_types,
-                    };
-                    let hint = self.state.route_hints.current();
-                    self.proxy.router.route_hinted(
-                        facts,
-                        hint,
-                        &params,
-                        map,
-                        self.proxy.first_shard,
-                    )
-                };
+                        self.bind_unnest_keyless(&bind, &statement, &map)?;
+                    return Ok(Some((
+                        Msg::Bind {
+                            bind: keyed,
+                            statement: with_keys,
+                            rewritten: None,
+                        },
+                        Some(route),
+                        false,
+                    )));
+                }
                 Ok(Some((
                     Msg::Bind {
                         bind,
                         statement,
-                        rewritten,
+                        rewritten: None,
                     },
-                    Some(route),
+                    None,
                     false,
                 )))
             }

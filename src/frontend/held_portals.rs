@@ -13,6 +13,7 @@ use super::pipeline::UnitEnd;
 use super::session::{needs_atomic_scatter, refusal, End, Prepared, Session, Target};
 use crate::backend::ServerConn;
 use crate::exec::cursor::{scatter_shards, Keep};
+use crate::refusal::Refusal;
 use crate::router::cursor::{Declare, Motion};
 use crate::router::params::BindParams;
 use crate::router::{Route, StatementFacts, StatementKind};
@@ -71,8 +72,8 @@ pub(super) fn binds_held_portal(msgs: &[Msg], routes: &[Option<Route>]) -> bool 
 }
 
 /// What a unit that works on held portals may not contain.
-fn not_alone() -> ErrorFields {
-    refusal("a portal read a piece at a time over several shards (held by pgshard) must be bound and executed with its own messages, not together with other statements")
+fn not_alone() -> Refusal {
+    Refusal::unsupported("a portal read a piece at a time over several shards (held by pgshard) must be bound and executed with its own messages, not together with other statements")
 }
 
 impl Session {
@@ -102,7 +103,7 @@ impl Session {
                     bind, statement, ..
                 } => match held_bind(unit, routes, i) {
                     Some(shards) => self.hold_portal(bind, statement, shards).await?,
-                    None => Err(not_alone()),
+                    None => Err(not_alone().into()),
                 },
                 Msg::DescribePortal(t) => {
                     let described = self.merged_description(&t.name);

@@ -1,7 +1,6 @@
 //! Client side of the proxy: listener, startup, authentication and the client session.
 
 pub mod auth;
-pub mod batch_units;
 pub mod bound_set_config;
 pub mod client_io;
 pub mod cursor_requests;
@@ -13,6 +12,7 @@ pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;
 pub mod pipeline;
+pub mod planning;
 pub mod read_routing;
 pub mod route_hints;
 pub mod run;

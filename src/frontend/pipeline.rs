@@ -1,17 +1,18 @@
 //! An extended-protocol batch up to Sync whose statements need different shards (a pipeline,
 //! executemany, a prepared multi-row INSERT split by key). As in Postgres, everything up to the
-//! Sync is one implicit transaction: the batch runs unit by unit (see `batch_units`), in message
+//! Sync is one implicit transaction: the batch runs unit by unit (see `planner::units`), in message
 //! order, each unit on its own shard(s) inside one block — the client's block when one is open,
 //! else an implicit block that commits at the Sync (two-phase when several shards joined) or rolls
 //! back everywhere. After an error nothing more runs, and the client gets ReadyForQuery at Sync.
 
 use std::collections::HashMap;
 
-use super::batch_units::split_units;
 use super::extended::{build_steps, fenceable_texts, merge_for_batch, Msg};
-use super::session::{needs_atomic_scatter, refusal, End, Session, Target};
+use super::session::{needs_atomic_scatter, End, Session, Target};
 use crate::backend::ServerConn;
 use crate::exec::exchange::Step;
+use crate::planner::units::split_units;
+use crate::refusal::Refusal;
 use crate::router::{Route, StatementFacts, StatementKind};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
@@ -50,37 +51,12 @@ fn executed_facts(unit: &[Msg]) -> Vec<StatementFacts> {
 }
 
 /// What pgshard cannot run inside a pipeline that spans shards, as the refusal to give.
-fn unsupported(msgs: &[Msg]) -> Option<ErrorFields> {
-    let mut facts = Vec::new();
-    for msg in msgs {
-        if let Msg::Bind { statement, .. } = msg {
-            facts.extend(statement.facts.first().cloned());
-        }
-    }
-    if facts.iter().any(|f| {
-        matches!(
-            f.kind,
-            StatementKind::Begin | StatementKind::Commit | StatementKind::Rollback
-        )
-    }) {
-        return Some(refusal(
-            "BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards: send them with a Sync of their own",
-        ));
-    }
-    if facts
-        .iter()
-        .any(|f| matches!(f.kind, StatementKind::Copy { .. }))
-    {
-        return Some(refusal(
-            "a COPY must not share a Sync with statements for different shards: send it with a Sync of its own",
-        ));
-    }
-    if facts.iter().any(|f| f.no_transaction_block) {
-        return Some(refusal(
-            "a statement that cannot run inside a transaction block must not share a Sync with statements for different shards",
-        ));
-    }
-    None
+fn unsupported(msgs: &[Msg]) -> Option<Refusal> {
+    let facts = msgs.iter().filter_map(|msg| match msg {
+        Msg::Bind { statement, .. } => statement.facts.first(),
+        _ => None,
+    });
+    crate::planner::units::pipeline_refusal(facts)
 }
 
 /// The portal a message names, for messages that use a portal.
@@ -193,7 +169,11 @@ impl Session {
     }
 
     /// Refuses a whole batch before any of it runs.
-    async fn refuse_pipeline(&mut self, fields: ErrorFields, sync: bool) -> Result<(), End> {
+    async fn refuse_pipeline(
+        &mut self,
+        fields: impl Into<ErrorFields>,
+        sync: bool,
+    ) -> Result<(), End> {
         if self.state.txn.as_ref().is_some_and(|t| t.implicit) {
             self.finish_implicit_block(false).await?;
         }
@@ -252,7 +232,7 @@ impl Session {
                     match bound_here.get(portal) {
                         Some(Some(shard)) => needed.push(Route::Single(*shard)),
                         Some(None) => {
-                            self.push_error_in_batch(refusal(format!(
+                            self.push_error_in_batch(Refusal::unsupported(format!(
                                 "portal \"{portal}\" runs on several shards: execute it right after its Bind"
                             )));
                             return Ok(UnitEnd::Failed);
@@ -267,7 +247,7 @@ impl Session {
             _ => None,
         }) {
             if needed.len() > 1 {
-                self.push_error_in_batch(refusal(
+                self.push_error_in_batch(Refusal::unsupported(
                     "a multi-row INSERT split between shards must be executed right after its own Bind",
                 ));
                 return Ok(UnitEnd::Failed);
@@ -324,7 +304,7 @@ impl Session {
             .any(|m| matches!(m, Msg::Execute(e) if e.max_rows > 0));
         if partial && !matches!(target, Target::Single(_)) {
             // Reads over several shards with a row limit are held (see `held_portals`).
-            self.push_error_in_batch(refusal(
+            self.push_error_in_batch(Refusal::unsupported(
                 "a statement that changes several shards must be executed without a row limit",
             ));
             return Ok(UnitEnd::Failed);

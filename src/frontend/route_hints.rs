@@ -5,7 +5,6 @@
 
 use super::session::Session;
 use crate::refusal::Refusal;
-use crate::router::hint::session_hint_applies;
 use crate::router::{LocalCommand, StatementFacts};
 use crate::session::route_hints::{is_route_setting, SetOutcome};
 use crate::wire::backend::{self as be, ErrorFields};
@@ -14,8 +13,7 @@ impl Session {
     /// True when a routing hint (the statement's comment, or the session's `SET pgshard.…`)
     /// applies to `facts`.
     pub fn route_hint_applies(&self, facts: &StatementFacts) -> bool {
-        facts.hint.is_some()
-            || (self.state.route_hints.current().is_some() && session_hint_applies(facts))
+        crate::planner::rules::hint_applies(&self.state, facts)
     }
 
     /// Answers `SET [LOCAL] pgshard.shard|key`, `RESET` and `SHOW` of them; false for every other

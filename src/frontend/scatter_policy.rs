@@ -12,16 +12,12 @@ impl Session {
         routes: &[Route],
         facts: &[StatementFacts],
     ) -> Result<(), ErrorFields> {
-        let allowed = self
-            .proxy
-            .config
-            .users
-            .iter()
-            .find(|u| u.name == self.user)
-            .is_none_or(|u| u.allow_scatter);
+        if self.allow_scatter() {
+            return Ok(());
+        }
         match crate::router::scatter_guard::refuse_scatter(routes, facts) {
-            Some(message) if !allowed => Err(refusal(message)),
-            _ => Ok(()),
+            Some(message) => Err(refusal(message)),
+            None => Ok(()),
         }
     }
 }

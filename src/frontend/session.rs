@@ -15,10 +15,11 @@ use crate::backend::{PooledConn, ShardPools};
 use crate::config::PoolMode;
 use crate::exec::cancel::{set_active, ActiveTargets};
 use crate::exec::exchange::{self, Expect, Outcome, SinkError, Step};
-use crate::planner::{block_control_elsewhere, is_block_control, needs_splitting};
+use crate::planner::rules::apply_cursor_effects;
+use crate::planner::{Ending, GivenKeys, Plan, Planned, Request, Statement};
 use crate::proxy::Proxy;
-use crate::refusal::checkout_error;
 pub use crate::refusal::{aborted, backend_error_fields, refusal};
+use crate::refusal::{checkout_error, Refusal};
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::session::sql_prepare::{may_be_sql_prepare, SqlPrepareAction};
 use crate::telemetry::QueryTimer;
@@ -107,7 +108,8 @@ impl Session {
             let timer = self.start_query_timer(frame.tag);
             let abandon = timer.as_ref().map(|t| t.abandon.clone());
             let tag = frame.tag;
-            let request = self.dispatch(frame);
+            // Boxed: a waiting client's task does not carry the (large) state of a request.
+            let request = Box::pin(self.dispatch(frame));
             let result = match abandon {
                 None => request.await,
                 Some(abandon) => {
@@ -177,7 +179,7 @@ impl Session {
             fe::TERMINATE => Err(End::ClientGone),
             fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => Ok(()),
             fe::FUNCTION_CALL => {
-                self.reply_error(refusal(
+                self.reply_error(Refusal::unsupported(
                     "the fast-path function call protocol is not supported by pgshard; call the function in a SELECT",
                 ));
                 Ok(())
@@ -231,7 +233,8 @@ impl Session {
     }
 
     /// Sends an error and ReadyForQuery; inside a transaction block the block is now failed.
-    pub fn reply_error(&mut self, fields: ErrorFields) {
+    pub fn reply_error(&mut self, fields: impl Into<ErrorFields>) {
+        let fields = fields.into();
         self.io.push_error(&fields);
         if let Some(txn) = &mut self.state.txn {
             txn.refused = true;
@@ -241,7 +244,8 @@ impl Session {
     }
 
     /// An error without ReadyForQuery (extended protocol: the Sync answers later).
-    pub fn push_error_in_batch(&mut self, fields: ErrorFields) {
+    pub fn push_error_in_batch(&mut self, fields: impl Into<ErrorFields>) {
+        let fields = fields.into();
         self.io.push_error(&fields);
         if let Some(txn) = &mut self.state.txn {
             txn.refused = true;
@@ -282,124 +286,118 @@ impl Session {
             self.io.push(&be::ready_for_query(status));
             return Ok(());
         }
-        if let Some(local) = facts.iter().find_map(|f| f.local.clone()) {
-            if facts.len() > 1 {
-                self.reply_error(refusal(
-                    "pgshard's own commands (SET/SHOW pgshard.*, pgshard.next_id()) must be sent on their own",
-                ));
-            } else if self.state.txn.as_ref().is_some_and(|t| t.refused) {
-                self.reply_error(aborted());
-            } else {
-                self.local_command(&local, true, false);
-                let status = self.status();
-                self.io.push(&be::ready_for_query(status));
+        let local = facts.iter().any(|f| f.local.is_some());
+        if !local {
+            if let Some(done) = self.transaction_shortcut(&sql, &facts).await? {
+                return Ok(done);
             }
-            return Ok(());
         }
-        if let Some(done) = self.transaction_shortcut(&sql, &facts).await? {
-            return Ok(done);
-        }
-        if facts.len() > 1 && self.block_is_distributed() && facts.iter().any(is_block_control) {
-            self.reply_error(refusal(
-                "this transaction spans several shards: send BEGIN, COMMIT, ROLLBACK and savepoint statements on their own, not together with other statements",
-            ));
-            return Ok(());
-        }
-        if let Some(fields) = self.pin_or_refuse(&facts) {
-            self.reply_error(fields);
-            return Ok(());
+        // Statements naming an index run where its table lives (the catalogs say: I/O).
+        let mut looked_up = Vec::with_capacity(facts.len());
+        for f in facts.iter() {
+            match self.index_owner_route(f).await {
+                Ok(route) => looked_up.push(route),
+                Err(fields) => {
+                    self.reply_error(fields);
+                    return Ok(());
+                }
+            }
         }
         let map = proxy.map.current();
         let params = crate::router::literals::LiteralParams(&literals);
-        let mut rewritten = false;
-        let hint = self.state.route_hints.current().cloned();
-        let mut routes: Vec<Route> = facts
-            .iter()
-            .map(|f| {
-                let first = proxy.first_shard;
-                proxy
-                    .router
-                    .route_hinted(f, hint.as_ref(), &params, &map, first)
-            })
-            .collect();
-        for (f, route) in facts.iter().zip(routes.iter_mut()) {
-            match self.index_owner_route(f).await {
-                Ok(Some(r)) => *route = r,
-                Ok(None) => {}
-                Err(fields) => {
-                    self.reply_error(fields);
-                    return Ok(());
-                }
+        // Django's bulk_create without keys: an UNNEST insert that needs generated keys runs on
+        // its own path (its rows are counted from the arrays, then split by the new keys).
+        if let [only] = &facts[..] {
+            if only.unnest_keyless.is_some() && !self.route_hint_applies(only) {
+                return self.run_unnest_keyless_simple(&sql, only, &literals).await;
             }
         }
-        if self.cursor_query(&sql, &facts, &mut routes).await? {
-            return Ok(());
-        }
-        if facts.iter().any(is_sharded_copy_in) {
-            if facts.len() > 1 {
-                self.reply_error(refusal(
-                    "a COPY FROM STDIN into a sharded table must be sent on its own",
-                ));
-                return Ok(());
-            }
-            let protocol = crate::exec::copy_in::CopyProtocol::Simple;
-            return self.copy_in_sharded(&sql, &facts[0], protocol).await;
-        }
-        if let Some(fields) = needs_splitting(&facts).map(ErrorFields::from) {
-            self.reply_error(fields);
-            return Ok(());
-        }
-        if let (1, Some(_), false) = (
-            facts.len(),
-            &facts[0].unnest_keyless,
-            self.route_hint_applies(&facts[0]),
-        ) {
-            return self
-                .run_unnest_keyless_simple(&sql, &facts[0], &literals)
-                .await;
-        }
-        if let (1, Some(_), false) = (
-            facts.len(),
-            facts[0].missing_key_rows,
-            self.route_hint_applies(&facts[0]),
-        ) {
+        let request = Request {
+            statements: facts
+                .iter()
+                .zip(looked_up)
+                .map(|(f, looked_up)| Statement {
+                    sql: &sql,
+                    facts: f,
+                    params: &params,
+                    looked_up,
+                })
+                .collect(),
+            ending: Ending::Query,
+        };
+        let mut planned = self.plan_request(&request, &map, None);
+        if let (
+            Ok(Planned {
+                plan: Plan::NeedsKeys,
+                ..
+            }),
+            [only],
+        ) = (&planned, &facts[..])
+        {
             self.reserve_keys_for(&facts).await;
-            match self.insert_with_new_keys(&sql, &facts[0], &map) {
-                Ok((text, route)) => {
-                    sql = text;
-                    rewritten = true;
-                    routes = vec![route];
-                }
+            let keys = match self.given_keys(only) {
+                Ok(keys) => keys,
                 Err(fields) => {
                     self.reply_error(fields);
                     return Ok(());
                 }
-            }
+            };
+            planned = self.plan_request(&request, &map, Some(keys));
         }
-        if let Err(fields) = self.scatter_policy(&routes, &facts) {
-            self.reply_error(fields);
-            return Ok(());
-        }
-        if let [Route::SplitInsert(plan)] = routes.as_slice() {
-            let plan = plan.clone();
-            if let Some(unnest) = facts[0].unnest.clone() {
-                return self.run_unnest_insert_simple(&sql, &unnest, &plan).await;
-            }
-            return self.run_split_insert(&sql, &plan).await;
-        }
-        let target = match self.combine(&routes, &facts) {
-            Ok(t) => t,
-            Err(fields) => {
-                self.reply_error(fields);
+        drop(request);
+        let planned = match planned {
+            Ok(p) => p,
+            Err(refusal) => {
+                self.reply_error(refusal);
                 return Ok(());
             }
         };
-        if let Some(fields) =
-            block_control_elsewhere(&facts, &target, &self.state).map(ErrorFields::from)
-        {
-            self.reply_error(fields);
+        if let Plan::Local(local) = &planned.plan {
+            self.local_command(local, true, false);
+            let status = self.status();
+            self.io.push(&be::ready_for_query(status));
             return Ok(());
         }
+        if self.proxy.config.pool.mode != PoolMode::Session {
+            self.pins.note(&facts);
+        }
+        apply_cursor_effects(&mut self.state, &planned.cursor_effects);
+        let (sql, rewritten) = match planned.rewritten {
+            Some(text) => (text, true),
+            None => (sql, false),
+        };
+        let target = match planned.plan {
+            Plan::Empty | Plan::Local(_) | Plan::NeedsKeys => {
+                // Planned above: nothing to run.
+                let status = self.status();
+                self.io.push(&be::ready_for_query(status));
+                return Ok(());
+            }
+            Plan::ServedCursor => return self.serve_cursor_query(&sql, &facts).await,
+            Plan::CopyIn => {
+                let protocol = crate::exec::copy_in::CopyProtocol::Simple;
+                return self.copy_in_sharded(&sql, &facts[0], protocol).await;
+            }
+            Plan::SplitInsert { rows, unnest } => {
+                if let Some(unnest) = unnest {
+                    return self.run_unnest_insert_simple(&sql, &unnest, &rows).await;
+                }
+                return self.run_split_insert(&sql, &rows).await;
+            }
+            Plan::CopyOut(shards) => {
+                if let Err(fields) =
+                    self.fence_texts(&sql, &facts, &Target::Scatter(shards.clone()))
+                {
+                    self.reply_error(fields);
+                    return Ok(());
+                }
+                let protocol = crate::exec::copy_in::CopyProtocol::Simple;
+                return self
+                    .copy_out_sharded(&sql, &facts[0], shards, protocol)
+                    .await;
+            }
+            Plan::Run(target) => target,
+        };
         // Shards a rebalancing job fences get the statement restricted to the rows they own.
         let fenced = match &target {
             Target::Scatter(_) => None,
@@ -443,20 +441,6 @@ impl Session {
                 }
             }
             Target::Scatter(shards) => {
-                if let [only @ StatementFacts {
-                    kind: StatementKind::Copy { .. },
-                    ..
-                }] = &facts[..]
-                {
-                    if let Err(fields) =
-                        self.fence_texts(&sql, &facts, &Target::Scatter(shards.clone()))
-                    {
-                        self.reply_error(fields);
-                        return Ok(());
-                    }
-                    let protocol = crate::exec::copy_in::CopyProtocol::Simple;
-                    return self.copy_out_sharded(&sql, only, shards, protocol).await;
-                }
                 let merge = match merge_for_simple(&facts, &literals) {
                     Ok(m) => m,
                     Err(fields) => {
@@ -516,10 +500,10 @@ impl Session {
                 .unwrap_or(ControlStatement::Other);
             match control::decide_many(block, first) {
                 None => return Ok(None),
-                Some(ControlAction::SendOnItsOwn) => self.reply_error(refusal(
+                Some(ControlAction::SendOnItsOwn) => self.reply_error(Refusal::unsupported(
                     "this transaction is aborted and spans several shards or had a statement refused by pgshard: send COMMIT, ROLLBACK or ROLLBACK TO SAVEPOINT on its own, not together with other statements",
                 )),
-                Some(_) => self.reply_error(aborted()),
+                Some(_) => self.reply_error(Refusal::Aborted),
             }
             return Ok(Some(()));
         };
@@ -751,14 +735,8 @@ impl Session {
         }
     }
 
-    /// Gives an INSERT that omits the shard key generated keys (reserved for the request, see
-    /// `generated_keys`); rows whose keys land on several shards are split.
-    pub fn insert_with_new_keys(
-        &mut self,
-        sql: &str,
-        facts: &StatementFacts,
-        map: &crate::router::ShardMap,
-    ) -> Result<(String, Route), ErrorFields> {
+    /// The generated keys reserved for an INSERT that omits its shard key.
+    pub(super) fn given_keys(&mut self, facts: &StatementFacts) -> Result<GivenKeys, ErrorFields> {
         let rows = facts.missing_key_rows.unwrap_or(0);
         let table = facts
             .shard_key
@@ -766,20 +744,10 @@ impl Session {
             .map(|(t, _)| t.as_str())
             .unwrap_or("");
         let keys = self.take_new_key_values(table, rows)?;
-        let plan = crate::router::split_insert::rows_by_shard_key(&keys.keys, map);
-        let literals: Vec<String> = keys.keys.iter().map(|k| k.sql_literal()).collect();
-        let rewritten = crate::router::rewrite::insert_with_key_literals(
-            sql,
-            &self.proxy.config.sharded_tables,
-            &literals,
-            keys.overriding,
-        )
-        .map_err(|e| refusal(e.to_string()))?;
-        match plan.as_slice() {
-            [one] => Ok((rewritten, Route::Single(one.shard))),
-            // New keys on several shards: the rows are split like any multi-row INSERT.
-            _ => Ok((rewritten, Route::SplitInsert(plan))),
-        }
+        Ok(GivenKeys {
+            keys: keys.keys,
+            overriding: keys.overriding,
+        })
     }
 
     /// Where a request runs ([`crate::planner::combine`] on this session's state).
@@ -803,7 +771,7 @@ impl Session {
     /// read, `SELECT 1`): the one that answered at login, unless its monitor last found its
     /// primary down — then the first shard of the map whose primary answered, so clients of the
     /// other shards can still prepare their statements.
-    fn answering_shard(&self) -> u32 {
+    pub(super) fn answering_shard(&self) -> u32 {
         let topology = &self.proxy.topology;
         let down = |shard: u32| {
             topology
@@ -915,7 +883,7 @@ impl Session {
             }
             Err(SinkError::ClientGone) => Err(End::ClientGone),
             Err(SinkError::Refused(message)) => {
-                self.reply_error(refusal(message));
+                self.reply_error(Refusal::unsupported(message));
                 Ok(None)
             }
             Err(SinkError::Backend(e)) => {
@@ -1214,7 +1182,4 @@ fn savepoint_tag(sql: &str) -> &'static str {
     }
 }
 
-/// True for a `COPY … FROM STDIN` into a sharded table, whose rows the proxy splits by key.
-pub fn is_sharded_copy_in(f: &StatementFacts) -> bool {
-    f.sharded && f.kind == (StatementKind::Copy { from_stdin: true })
-}
+pub use crate::planner::rules::is_sharded_copy_in;

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::session::{refusal, End, Session};
+use super::session::{End, Session};
 use crate::backend::ShardPools;
 use crate::config::PoolMode;
 use crate::router::cursor::CursorOp;
@@ -171,15 +171,8 @@ impl Session {
         if self.proxy.config.pool.mode == PoolMode::Session {
             return None;
         }
-        if let Some(feature) = facts.iter().find_map(|f| f.session_bound.as_ref()) {
-            return Some(
-                refusal(format!(
-                    "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
-                ))
-                .with_hint(
-                    "set pool.mode = \"session\" in the pgshard config, or avoid session-level state",
-                ),
-            );
+        if let Some(refusal) = crate::planner::rules::session_bound(facts, PoolMode::Transaction) {
+            return Some(refusal.into());
         }
         self.pins.note(facts);
         None

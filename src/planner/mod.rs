@@ -2,6 +2,17 @@
 //! session's state alone (pure, no socket, no server), the same way for a simple Query and an
 //! extended-protocol batch. Refusals are typed ([`Refusal`]).
 
+pub mod plan;
+pub mod request;
+pub mod rules;
+pub mod units;
+
+pub use plan::{Plan, Planned};
+pub use request::{Ending, GivenKeys, Request, Statement};
+pub use rules::{plan, Context};
+
+use std::borrow::Borrow;
+
 use crate::refusal::Refusal;
 use crate::router::{Route, StatementFacts, StatementKind};
 use crate::session::SessionState;
@@ -30,9 +41,9 @@ impl Target {
 /// Combines the routes of the statements of one request into where it runs. `fallback` gives
 /// the shard for a request any shard can answer, when neither the statements, the Flush-opened
 /// transaction nor the block name one (called only then: it may look at the topology).
-pub fn combine(
+pub fn combine<F: Borrow<StatementFacts>>(
     routes: &[Route],
-    facts: &[StatementFacts],
+    facts: &[F],
     state: &SessionState,
     fallback: impl FnOnce() -> u32,
 ) -> Result<Target, Refusal> {
@@ -86,9 +97,12 @@ pub fn combine(
     let participants = state.txn.as_ref().map(|t| t.participants.as_slice());
     let participants = participants.unwrap_or_default();
     if participants.len() > 1
-        && facts
-            .iter()
-            .any(|f| matches!(f.kind, StatementKind::Savepoint | StatementKind::SetLocal))
+        && facts.iter().any(|f| {
+            matches!(
+                f.borrow().kind,
+                StatementKind::Savepoint | StatementKind::SetLocal
+            )
+        })
     {
         return Ok(Target::Scatter(participants.to_vec()));
     }
@@ -119,12 +133,12 @@ pub fn is_block_control(f: &StatementFacts) -> bool {
 /// A string that carries COMMIT, ROLLBACK or a savepoint statement together with statements for
 /// a shard the open block has not reached would end the block on that shard alone, leaving the
 /// others open or lost: refused, as for a block that already spans shards.
-pub fn block_control_elsewhere(
-    facts: &[StatementFacts],
+pub fn block_control_elsewhere<F: Borrow<StatementFacts>>(
+    facts: &[F],
     target: &Target,
     state: &SessionState,
 ) -> Option<Refusal> {
-    if facts.len() < 2 || !facts.iter().any(is_block_control) {
+    if facts.len() < 2 || !facts.iter().any(|f| is_block_control(f.borrow())) {
         return None;
     }
     let txn = state.txn.as_ref()?;
@@ -140,8 +154,8 @@ pub fn block_control_elsewhere(
 }
 
 /// Statements the proxy would have to split further: refused until it can.
-pub fn needs_splitting(facts: &[StatementFacts]) -> Option<Refusal> {
-    (facts.len() > 1 && facts.iter().any(|f| f.missing_key_rows.is_some())).then(|| {
+pub fn needs_splitting<F: Borrow<StatementFacts>>(facts: &[F]) -> Option<Refusal> {
+    (facts.len() > 1 && facts.iter().any(|f| f.borrow().missing_key_rows.is_some())).then(|| {
         Refusal::unsupported(
             "an INSERT that omits the shard key must be sent on its own so pgshard can give it keys",
         )

@@ -93,6 +93,21 @@ enum Hold {
     Kept,
 }
 
+/// What a cursor statement changes among the open cursors once it is planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A DECLARE on one shard.
+    Declare {
+        name: String,
+        shard: u32,
+        hold: bool,
+    },
+    /// CLOSE of a cursor on a shard.
+    Close(String),
+    /// CLOSE ALL, every cursor being on one shard.
+    CloseAll,
+}
+
 /// The client's open cursors and the savepoints that scope them.
 #[derive(Debug, Default)]
 pub struct Cursors {
@@ -223,60 +238,116 @@ impl Cursors {
     /// FETCH/MOVE/CLOSE of it follow it. Statements on proxy-served cursors and a DECLARE over
     /// several shards keep their route: `serves` picks them out.
     pub fn route(&mut self, facts: &StatementFacts, route: &mut Route, first_shard: u32) {
-        let Some(op) = &facts.cursor else { return };
+        let (placed, effect) = self.place(facts, route, first_shard, &[]);
+        *route = placed;
+        if let Some(effect) = &effect {
+            self.apply(effect);
+        }
+    }
+
+    /// [`Cursors::route`] without changing anything: the statement's route and what running it
+    /// changes. `pending`: the changes of the request's earlier statements, not yet applied.
+    pub fn place(
+        &self,
+        facts: &StatementFacts,
+        route: &Route,
+        first_shard: u32,
+        pending: &[Effect],
+    ) -> (Route, Option<Effect>) {
+        let unchanged = (route.clone(), None);
+        let Some(op) = &facts.cursor else {
+            return unchanged;
+        };
+        let open = self.view(pending);
+        let shard_of = |name: &str| {
+            open.iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, place)| *place)
+        };
         match op {
             CursorOp::Declare(d) => {
                 let shard = match route {
                     Route::Single(s) => *s,
                     Route::Any => first_shard,
-                    _ => return,
+                    _ => return unchanged,
                 };
-                if self.declare(&d.name, Place::Shard(shard)) {
-                    if d.hold {
-                        self.hold(&d.name);
-                    }
-                    *route = Route::Single(shard);
-                } else {
-                    *route = Route::Refuse(format!("cursor \"{}\" already exists", d.name));
+                if open.iter().any(|(n, _)| *n == d.name) {
+                    return (
+                        Route::Refuse(format!("cursor \"{}\" already exists", d.name)),
+                        None,
+                    );
                 }
+                let effect = Effect::Declare {
+                    name: d.name.clone(),
+                    shard,
+                    hold: d.hold,
+                };
+                (Route::Single(shard), Some(effect))
             }
-            CursorOp::Fetch { name, .. } => {
-                if let Some(s) = self.shard_of(name) {
-                    *route = Route::Single(s);
-                }
-            }
-            CursorOp::Close { name: Some(name) } => {
-                if let Some(s) = self.shard_of(name) {
-                    self.close(name);
-                    *route = Route::Single(s);
-                }
-            }
+            CursorOp::Fetch { name, .. } => match shard_of(name) {
+                Some(s) => (Route::Single(s), None),
+                None => unchanged,
+            },
+            CursorOp::Close { name: Some(name) } => match shard_of(name) {
+                Some(s) => (Route::Single(s), Some(Effect::Close(name.clone()))),
+                None => unchanged,
+            },
             CursorOp::Close { name: None } => {
-                let mut shards: Vec<u32> = self
-                    .open
-                    .iter()
-                    .filter_map(|o| match o.place {
-                        Place::Shard(s) => Some(s),
-                        Place::Proxy(_) => None,
-                    })
-                    .collect();
+                let mut shards: Vec<u32> = open.iter().filter_map(|(_, place)| *place).collect();
                 shards.sort_unstable();
                 shards.dedup();
-                let proxied = self.open.iter().any(|o| matches!(o.place, Place::Proxy(_)));
+                let proxied = open.iter().any(|(_, place)| place.is_none());
                 match (shards.as_slice(), proxied) {
                     // Nothing open, or only proxy-served cursors (`serves` takes those).
-                    ([], _) => {}
-                    ([one], false) => {
-                        *route = Route::Single(*one);
-                        self.close_all();
-                    }
-                    _ => {
-                        *route = Route::Refuse(
+                    ([], _) => unchanged,
+                    ([one], false) => (Route::Single(*one), Some(Effect::CloseAll)),
+                    _ => (
+                        Route::Refuse(
                             "CLOSE ALL with cursors on several shards is not supported; close each cursor by name".into(),
-                        );
-                    }
+                        ),
+                        None,
+                    ),
                 }
             }
+        }
+    }
+
+    /// The open cursors, by name, with their shard (`None`: served by the proxy), once
+    /// `pending` is applied.
+    fn view(&self, pending: &[Effect]) -> Vec<(String, Option<u32>)> {
+        let mut open: Vec<(String, Option<u32>)> = self
+            .open
+            .iter()
+            .map(|o| {
+                let place = match o.place {
+                    Place::Shard(s) => Some(s),
+                    Place::Proxy(_) => None,
+                };
+                (o.name.clone(), place)
+            })
+            .collect();
+        for effect in pending {
+            match effect {
+                Effect::Declare { name, shard, .. } => open.push((name.clone(), Some(*shard))),
+                Effect::Close(name) => open.retain(|(n, _)| n != name),
+                Effect::CloseAll => open.clear(),
+            }
+        }
+        open
+    }
+
+    /// Records what a cursor statement [`Cursors::place`]d changes.
+    pub fn apply(&mut self, effect: &Effect) {
+        match effect {
+            Effect::Declare { name, shard, hold } => {
+                if self.declare(name, Place::Shard(*shard)) && *hold {
+                    self.hold(name);
+                }
+            }
+            Effect::Close(name) => {
+                self.close(name);
+            }
+            Effect::CloseAll => self.close_all(),
         }
     }
 

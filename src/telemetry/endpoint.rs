@@ -56,6 +56,7 @@ fn recorder_handle() -> Result<PrometheusHandle, EndpointError> {
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| EndpointError::RecorderTaken)?;
+    super::record::recorder_installed();
     describe();
     *slot = Some(handle.clone());
     Ok(handle)

@@ -1,7 +1,10 @@
 //! The hooks the data path calls. Each is a few atomic operations on the process-wide recorder
 //! (a no-op when metrics are off: no recorder is installed then).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use metrics::{Counter, Histogram};
 
 use super::{
     CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, FAILOVER_BUFFERED_TOTAL, POOL_WAIT,
@@ -27,6 +30,16 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
+    /// Every route kind, in declaration order (`self as usize` indexes it).
+    const ALL: [RouteKind; 6] = [
+        RouteKind::Single,
+        RouteKind::Scatter,
+        RouteKind::Broadcast,
+        RouteKind::SplitInsert,
+        RouteKind::CopyIn,
+        RouteKind::TwoPhaseCommit,
+    ];
+
     /// The label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -38,6 +51,27 @@ impl RouteKind {
             RouteKind::TwoPhaseCommit => "two_phase_commit",
         }
     }
+}
+
+/// Handles of the metrics recorded on every query, each registered with the recorder on its first
+/// use (so a family appears once something was recorded in it, as before): looking a metric up by
+/// name and labels on each query (hashing its key in the registry) cost more than recording.
+struct HotHandles {
+    /// Per route kind (indexed by `RouteKind as usize`): its query counter and duration histogram.
+    queries: [OnceLock<(Counter, Histogram)>; RouteKind::ALL.len()],
+    pool_wait: OnceLock<Histogram>,
+}
+
+/// Set once the global recorder is installed; until then (and in a process without one) the
+/// hooks record nothing, as the facade's no-op recorder would.
+static HOT: OnceLock<HotHandles> = OnceLock::new();
+
+/// Called right after the global recorder is installed.
+pub(super) fn recorder_installed() {
+    let _ = HOT.set(HotHandles {
+        queries: Default::default(),
+        pool_wait: OnceLock::new(),
+    });
 }
 
 /// Counts one query of a route kind and its duration when dropped, however the work ends.
@@ -58,10 +92,21 @@ impl QueryTimer {
 
 impl Drop for QueryTimer {
     fn drop(&mut self) {
-        let route = self.route.label();
-        metrics::counter!(QUERIES_TOTAL, "route" => route).increment(1);
-        metrics::histogram!(QUERY_DURATION, "route" => route)
-            .record(self.started.elapsed().as_secs_f64());
+        let Some(hot) = HOT.get() else {
+            return;
+        };
+        let Some(slot) = hot.queries.get(self.route as usize) else {
+            return;
+        };
+        let (count, duration) = slot.get_or_init(|| {
+            let route = self.route.label();
+            (
+                metrics::counter!(QUERIES_TOTAL, "route" => route),
+                metrics::histogram!(QUERY_DURATION, "route" => route),
+            )
+        });
+        count.increment(1);
+        duration.record(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -100,7 +145,11 @@ pub fn error_frame_sent(body: &[u8]) {
 
 /// A checkout from a server pool took `waited` (whether or not it got a connection).
 pub fn pool_waited(waited: Duration) {
-    metrics::histogram!(POOL_WAIT).record(waited.as_secs_f64());
+    if let Some(hot) = HOT.get() {
+        hot.pool_wait
+            .get_or_init(|| metrics::histogram!(POOL_WAIT))
+            .record(waited.as_secs_f64());
+    }
 }
 
 /// A statement held for its shard's new primary ran there (`resumed`) or failed (`expired`).
@@ -167,6 +216,13 @@ mod tests {
         assert_eq!(error_code(b"Mno code\0\0"), None);
         assert_eq!(error_code(b"Cunterminated"), None);
         assert_eq!(error_code(b""), None);
+    }
+
+    #[test]
+    fn route_kinds_index_their_handles() {
+        for (i, kind) in RouteKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?}");
+        }
     }
 
     #[test]

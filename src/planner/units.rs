@@ -6,7 +6,80 @@
 use std::collections::BTreeSet;
 use std::ops::Range;
 
-use crate::router::Route;
+use crate::router::{Route, StatementFacts, StatementKind};
+use crate::session::SessionState;
+
+use super::{Ending, Target};
+use crate::refusal::Refusal;
+
+/// True when an extended batch runs unit by unit (see `frontend::pipeline`) rather than as one
+/// request on one target: a pipeline a Flush already left open goes on that way, and so does a
+/// batch one target cannot serve, or one leaving the shard a Flush left a transaction open on.
+/// `needed`: the routes of its messages other than `Route::Any`.
+pub fn runs_unit_by_unit(
+    needed: &[Route],
+    executes: usize,
+    row_limit: bool,
+    ending: Ending,
+    state: &SessionState,
+) -> bool {
+    let pipeline_open = state.txn.as_ref().is_some_and(|t| t.implicit);
+    pipeline_open
+        || needs_units(needed, executes, row_limit)
+        || several_shards_before_sync(needed, executes, ending != Ending::Flush)
+        || state
+            .open_batch_shard
+            .is_some_and(|b| leaves_shard(needed, b))
+}
+
+/// The refusal of an extended batch planned as one request over several shards (`target`) that
+/// cannot run that way: a scatter or broadcast runs one Execute without a row limit, then Sync,
+/// with nothing refused before it (`failed_before`).
+pub fn whole_batch_refusal(
+    target: &Target,
+    executes: usize,
+    row_limit: bool,
+    failed_before: bool,
+    ending: Ending,
+) -> Option<Refusal> {
+    let alone = executes == 1 && !row_limit && !failed_before && ending != Ending::Flush;
+    match target {
+        _ if alone => None,
+        Target::Single(_) => None,
+        Target::Scatter(_) => Some(Refusal::unsupported(
+            "a statement without a shard key runs on every shard; send it with one Execute (no row limit) followed by Sync",
+        )),
+        Target::Broadcast(_) => Some(Refusal::unsupported(
+            "a statement that changes every shard must be sent with one Execute (no row limit) followed by Sync",
+        )),
+    }
+}
+
+/// What pgshard cannot run inside a pipeline that spans shards (`facts`: its bound statements),
+/// as the refusal to give.
+pub fn pipeline_refusal<'a>(
+    facts: impl IntoIterator<Item = &'a StatementFacts>,
+) -> Option<Refusal> {
+    let facts: Vec<&StatementFacts> = facts.into_iter().collect();
+    let message = if facts.iter().any(|f| {
+        matches!(
+            f.kind,
+            StatementKind::Begin | StatementKind::Commit | StatementKind::Rollback
+        )
+    }) {
+        "BEGIN, COMMIT and ROLLBACK must not share a Sync with statements for different shards: send them with a Sync of their own"
+    } else if facts
+        .iter()
+        .any(|f| matches!(f.kind, StatementKind::Copy { .. }))
+    {
+        "a COPY must not share a Sync with statements for different shards: send it with a Sync of its own"
+    } else if facts.iter().any(|f| f.no_transaction_block) {
+        "a statement that cannot run inside a transaction block must not share a Sync with statements for different shards"
+    } else {
+        return None;
+    };
+    Some(Refusal::unsupported(message))
+}
 
 /// The units of a batch whose messages are Executes where `is_execute` says so.
 pub fn split_units(is_execute: &[bool]) -> Vec<Range<usize>> {
@@ -75,6 +148,31 @@ pub fn leaves_shard(routes: &[Route], shard: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scatters_and_broadcasts_run_whole_only_alone_before_sync() {
+        let scatter = Target::Scatter(vec![0, 1]);
+        let broadcast = Target::Broadcast(vec![0, 1]);
+        // (target, executes, row limit, failed before, ending, refused)
+        let cases = [
+            (&scatter, 1, false, false, Ending::Sync, false),
+            (&scatter, 2, false, false, Ending::Sync, true),
+            (&scatter, 1, true, false, Ending::Sync, true),
+            (&scatter, 1, false, true, Ending::Sync, true),
+            (&scatter, 1, false, false, Ending::Flush, true),
+            (&broadcast, 1, false, false, Ending::Sync, false),
+            (&broadcast, 0, false, false, Ending::Sync, true),
+            (&Target::Single(3), 2, true, true, Ending::Flush, false),
+        ];
+        for (target, executes, limit, failed, ending, refused) in cases {
+            let got = whole_batch_refusal(target, executes, limit, failed, ending);
+            assert_eq!(
+                got.is_some(),
+                refused,
+                "{target:?} {executes} {limit} {failed} {ending:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_scatter_under_flush_runs_unit_by_unit() {

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# CPU work per transaction in instructions, not seconds: a loaded machine changes how long work
+# takes, not how much there is. Runs a baseline pgshard and this tree's under valgrind's callgrind,
+# one after the other in front of the same two-shard cluster, drives each with pgbench -S in the
+# simple, extended and prepared protocols, and prints the proxy's instructions per transaction of
+# each with their ratio.
+#
+#   bench/instructions.sh [transactions-per-client=500] [baseline=main]
+#
+# baseline: a pgshard executable, or a git revision, built in release mode from a worktree kept
+# under target/instructions-baseline (it shares this tree's target dir, so only pgshard's own crate
+# is compiled for it). This tree's binary is built in release mode too (PGSHARD_BIN=path skips
+# that). CLIENTS=4 pgbench clients; METRICS=1 (default) runs both proxies with the Prometheus
+# recorder installed, as a production proxy runs; KEEP=dir keeps the callgrind dumps of the
+# measured runs there (for callgrind_annotate).
+#
+# How it counts: the counters are zeroed before a pgbench run and dumped after it; what counts is
+# the inclusive cost of the client session loop (Session::run), so logins and background tasks
+# (monitors, the catalog watcher, the rebalancing runner) stay out. The count for a short run (T0
+# transactions per client) is taken from the count for a long one (T0 + N), so per transaction =
+# difference / (N x clients). Both follow a warm-up run (pools filled, statements cached).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PER_CLIENT=${1:-500}
+BASELINE=${2:-main}
+CLIENTS=${CLIENTS:-4}
+METRICS=${METRICS:-1}
+SHORT=50
+
+if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_control >/dev/null 2>&1; then
+    echo "installing valgrind (Debian package) for callgrind"
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq valgrind >/dev/null
+fi
+./scripts/install-deps.sh >/dev/null
+
+# The baseline binary: as given, or built from a revision.
+BASE_DIR=$ROOT/target/instructions-baseline
+if [ -x "$BASELINE" ] && [ -f "$BASELINE" ]; then
+    BASE_BIN=$(realpath "$BASELINE")
+    BASE_NAME=$BASE_BIN
+else
+    rev=$(git rev-parse --verify "$BASELINE^{commit}")
+    BASE_NAME="$BASELINE ($(git rev-parse --short "$rev"))"
+    mkdir -p "$BASE_DIR"
+    if [ ! -e "$BASE_DIR/src/Cargo.toml" ]; then
+        git worktree prune
+        git worktree add --detach -q "$BASE_DIR/src" "$rev"
+    elif [ "$(git -C "$BASE_DIR/src" rev-parse HEAD)" != "$rev" ]; then
+        git -C "$BASE_DIR/src" checkout --detach -q "$rev"
+    fi
+    echo "building the baseline, $BASE_NAME"
+    (cd "$BASE_DIR/src" && CARGO_TARGET_DIR=$ROOT/target cargo build --release --quiet --bin pgshard)
+    cp "$ROOT/target/release/pgshard" "$BASE_DIR/pgshard"
+    BASE_BIN=$BASE_DIR/pgshard
+fi
+
+echo "building this tree"
+PROFILE=release
+. bench/lib.sh
+CURRENT_BIN=$BIN
+if cmp -s "$BASE_BIN" "$CURRENT_BIN"; then
+    echo "(the baseline and this tree build the same binary)"
+fi
+
+bench_workdir instructions
+PROXY_PORT=$(free_port)
+"$BIN" cluster up --dir "$WORK/cluster" --shards 2 --listen "127.0.0.1:$PROXY_PORT" >/dev/null
+for shard in 0 1; do
+    port=$("$BIN" cluster status --dir "$WORK/cluster" --json |
+        python3 -c "import json,sys; print([i['port'] for i in json.load(sys.stdin) if i['shard']==$shard][0])")
+    # Every shard holds every account (scale 1), so whichever shard an aid routes to answers it.
+    PGPASSWORD=app pgbench -i -q -s 1 -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
+done
+
+CONFIG=$WORK/pgshard.toml
+cp "$WORK/cluster/pgshard.toml" "$CONFIG"
+cat >> "$CONFIG" <<TOML
+
+[[sharded_tables]]
+name = "pgbench_accounts"
+key = "aid"
+TOML
+if [ "$METRICS" = 1 ]; then
+    printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$(free_port)" >> "$CONFIG"
+fi
+
+wait_port() {
+    for _ in $(seq 600); do
+        if PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PROXY_PORT" -U app -d app -c 'select 1' >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    echo "pgshard under callgrind does not answer on port $PROXY_PORT" >&2
+    exit 1
+}
+
+# Zeroes the counters, runs "$@", dumps them; prints "instructions seconds".
+counted() {
+    local before dump start end session
+    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+    start=$(date +%s.%N)
+    "$@"
+    end=$(date +%s.%N)
+    before=$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)
+    callgrind_control -d "$PROXY_PID" >/dev/null 2>&1
+    for _ in $(seq 100); do
+        [ "$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)" -gt "$before" ] && break
+        sleep 0.1
+    done
+    dump=$(ls -t "$WORK"/cg.out.* | head -1)
+    # The client sessions' work: the inclusive cost of the session loop (the outermost entry of
+    # its function). Logins happen before it; background tasks (monitors, the catalog watcher,
+    # the rebalancing runner) run outside it.
+    session=$(callgrind_annotate --threshold=100 --inclusive=yes "$dump" 2>/dev/null |
+        awk '/:pgshard::frontend::session::Session::run::\{\{closure\}\}( |$)/ {gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0} END {print m + 0}')
+    echo "$session $(echo "$end - $start" | bc)"
+    if [ -n "${KEEP:-}" ] && [ -n "${KEEP_AS:-}" ]; then
+        mkdir -p "$KEEP"
+        cp "$dump" "$KEEP/$KEEP_AS"
+    fi
+}
+pgb() { # mode transactions-per-client
+    PGPASSWORD=app pgbench -n -S -M "$1" -c "$CLIENTS" -j 1 -t "$2" -h 127.0.0.1 -p "$PROXY_PORT" -U app app >"$WORK/pgbench.out" 2>&1 ||
+        { cat "$WORK/pgbench.out" >&2; exit 1; }
+}
+
+declare -A RESULT
+measure() { # name binary
+    local name=$1 bin=$2
+    rm -f "$WORK"/cg.out.*
+    RUST_LOG=warn valgrind --tool=callgrind -q --callgrind-out-file="$WORK/cg.out.%p" "$bin" serve --config "$CONFIG" &
+    PROXY_PID=$!
+    wait_port
+    # Warm up: pools, monitors and the catalog watcher connected, statements cached.
+    for mode in simple extended prepared; do pgb "$mode" 20; done
+    for mode in simple extended prepared; do
+        read -r s_ins s_secs < <(counted pgb "$mode" "$SHORT")
+        read -r l_ins l_secs < <(KEEP_AS="$name-$mode.callgrind" counted pgb "$mode" "$((SHORT + PER_CLIENT))")
+        RESULT[$name,$mode]=$(echo "scale=0; ($l_ins - $s_ins) / ($PER_CLIENT * $CLIENTS)" | bc)
+    done
+    kill "$PROXY_PID"
+    wait "$PROXY_PID" 2>/dev/null || true
+    PROXY_PID=
+}
+
+echo "measuring the baseline"
+measure base "$BASE_BIN"
+echo "measuring this tree"
+measure current "$CURRENT_BIN"
+
+echo
+echo "pgshard instructions per transaction (callgrind), pgbench -S -c $CLIENTS, $PER_CLIENT transactions per client, metrics $( [ "$METRICS" = 1 ] && echo on || echo off)"
+echo "baseline: $BASE_NAME"
+echo "current:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
+printf '%-10s %14s %14s %8s\n' mode baseline current cur/base
+for mode in simple extended prepared; do
+    b=${RESULT[base,$mode]} c=${RESULT[current,$mode]}
+    printf '%-10s %14s %14s %8s\n' "$mode" "$b" "$c" "$(echo "scale=3; $c / $b" | bc)"
+done

@@ -1,0 +1,758 @@
+//! `plan`: one request's statements, the session's state and the shard map in, what exec must do
+//! out, or a typed refusal. The one set of routing rules both protocols use; pure (what needs
+//! I/O — the catalog's owner of an index, reserved generated keys — comes in as data).
+
+use crate::config::{PoolMode, ShardedTableConfig};
+use crate::refusal::Refusal;
+use crate::router::{Route, Router, ShardMap, StatementFacts, StatementKind};
+use crate::session::cursors::Effect;
+use crate::session::SessionState;
+
+use super::plan::{Plan, Planned};
+use super::request::{GivenKeys, Request, Statement};
+use super::{block_control_elsewhere, combine, is_block_control, needs_splitting};
+
+/// What the planner reads besides the request and the session: the proxy's configuration and
+/// the shard map of this request.
+pub struct Context<'a> {
+    pub router: &'a Router,
+    pub map: &'a ShardMap,
+    /// Where statements on no sharded table go when nothing else decides (DDL, a DECLARE).
+    pub first_shard: u32,
+    pub pool_mode: PoolMode,
+    pub sharded_tables: &'a [ShardedTableConfig],
+    /// The user may run statements that reach several shards (`[[users]] allow_scatter`).
+    pub allow_scatter: bool,
+    /// The shard for a request any shard can answer (called only then: it may look at the
+    /// topology).
+    pub fallback: &'a dyn Fn() -> u32,
+}
+
+/// Plans a request. `keys`: generated keys reserved for a lone INSERT that omits its shard key
+/// (`None` until the frontend reserved them: the plan is then [`Plan::NeedsKeys`]).
+pub fn plan(
+    request: &Request,
+    state: &SessionState,
+    cx: &Context,
+    keys: Option<GivenKeys>,
+) -> Result<Planned, Refusal> {
+    let facts: Vec<&StatementFacts> = request.statements.iter().map(|s| s.facts).collect();
+    let mut planned = Planned {
+        plan: Plan::Empty,
+        rewritten: None,
+        routes: Vec::new(),
+        cursor_effects: Vec::new(),
+    };
+    if facts.is_empty() {
+        return Ok(planned);
+    }
+    if let Some(local) = facts.iter().find_map(|f| f.local.clone()) {
+        if facts.len() > 1 {
+            return Err(Refusal::unsupported(
+                "pgshard's own commands (SET/SHOW pgshard.*, pgshard.next_id()) must be sent on their own",
+            ));
+        }
+        if state.txn.as_ref().is_some_and(|t| t.refused) {
+            return Err(Refusal::Aborted);
+        }
+        planned.plan = Plan::Local(local);
+        return Ok(planned);
+    }
+    if facts.len() > 1
+        && state.txn.as_ref().is_some_and(|t| t.distributed())
+        && facts.iter().any(|f| is_block_control(f))
+    {
+        return Err(Refusal::unsupported(
+            "this transaction spans several shards: send BEGIN, COMMIT, ROLLBACK and savepoint statements on their own, not together with other statements",
+        ));
+    }
+    if let Some(refusal) = session_bound(facts.iter().copied(), cx.pool_mode) {
+        return Err(refusal);
+    }
+    let mut routes = Vec::with_capacity(facts.len());
+    let mut served = false;
+    let mut rewritten = None;
+    let lone = request.statements.len() == 1;
+    for st in &request.statements {
+        let keys = keys.as_ref().filter(|_| lone);
+        let routed = statement_route(st, state, cx, keys, &planned.cursor_effects)?;
+        served |= st.facts.cursor.is_some() && state.cursors.serves(st.facts, &routed.route);
+        planned.cursor_effects.extend(routed.cursor);
+        rewritten = rewritten.or(routed.rewritten);
+        routes.push(routed.route);
+    }
+    if served {
+        if facts.len() > 1 {
+            return Err(Refusal::unsupported(
+                "a statement on a cursor that spans several shards (served by pgshard) must be sent on its own, not together with other statements",
+            ));
+        }
+        planned.routes = routes;
+        planned.plan = Plan::ServedCursor;
+        return Ok(planned);
+    }
+    if facts.iter().any(|f| is_sharded_copy_in(f)) {
+        if facts.len() > 1 {
+            return Err(Refusal::unsupported(
+                "a COPY FROM STDIN into a sharded table must be sent on its own",
+            ));
+        }
+        planned.routes = routes;
+        planned.plan = Plan::CopyIn;
+        return Ok(planned);
+    }
+    if let Some(refusal) = needs_splitting(&facts) {
+        return Err(refusal);
+    }
+    if let [only] = facts.as_slice() {
+        if only.missing_key_rows.is_some() && keys.is_none() && !hint_applies(state, only) {
+            planned.plan = Plan::NeedsKeys;
+            return Ok(planned);
+        }
+    }
+    planned.rewritten = rewritten;
+    if !cx.allow_scatter {
+        let owned: Vec<StatementFacts> = facts.iter().map(|f| (*f).clone()).collect();
+        if let Some(message) = crate::router::scatter_guard::refuse_scatter(&routes, &owned) {
+            return Err(Refusal::unsupported(message));
+        }
+    }
+    if let [Route::SplitInsert(rows)] = routes.as_slice() {
+        planned.plan = Plan::SplitInsert {
+            rows: rows.clone(),
+            unnest: facts[0].unnest.clone(),
+        };
+        planned.routes = routes;
+        return Ok(planned);
+    }
+    let target = combine(&routes, &facts, state, cx.fallback)?;
+    if let Some(refusal) = block_control_elsewhere(&facts, &target, state) {
+        return Err(refusal);
+    }
+    planned.plan = match target {
+        super::Target::Scatter(shards)
+            if matches!(
+                facts.as_slice(),
+                [StatementFacts {
+                    kind: StatementKind::Copy { .. },
+                    ..
+                }]
+            ) =>
+        {
+            Plan::CopyOut(shards)
+        }
+        target => Plan::Run(target),
+    };
+    planned.routes = routes;
+    Ok(planned)
+}
+
+/// Where one statement runs, as far as it alone decides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    pub route: Route,
+    /// The text to send instead (an INSERT given generated keys).
+    pub rewritten: Option<String>,
+    /// What it changes among the open cursors.
+    pub cursor: Option<Effect>,
+}
+
+/// The route of one statement: the lookup's when the frontend made one, else the generated
+/// keys' for an INSERT that omits its shard key, else the router's from its parameters; a cursor
+/// statement then goes where its cursor lives (`pending`: cursor changes of the request's
+/// earlier statements). A Bind of the extended protocol is routed with this alone.
+pub fn statement_route(
+    st: &Statement,
+    state: &SessionState,
+    cx: &Context,
+    keys: Option<&GivenKeys>,
+    pending: &[Effect],
+) -> Result<Routed, Refusal> {
+    let (mut route, rewritten) = match (&st.looked_up, keys) {
+        (Some(route), _) => (route.clone(), None),
+        (None, Some(keys)) if st.facts.missing_key_rows.is_some() => {
+            let (text, route) = keyed_insert(st.sql, keys, cx.map, cx.sharded_tables)?;
+            (route, Some(text))
+        }
+        (None, _) => (
+            cx.router.route_hinted(
+                st.facts,
+                state.route_hints.current(),
+                st.params,
+                cx.map,
+                cx.first_shard,
+            ),
+            None,
+        ),
+    };
+    let mut cursor = None;
+    if st.facts.cursor.is_some() {
+        let (placed, effect) = state
+            .cursors
+            .place(st.facts, &route, cx.first_shard, pending);
+        route = placed;
+        cursor = effect;
+    }
+    Ok(Routed {
+        route,
+        rewritten,
+        cursor,
+    })
+}
+
+/// True when a routing hint (the statement's comment, or the session's `SET pgshard.shard|key`)
+/// applies to `facts`: paths that place rows by key themselves (generated keys, COPY) then leave
+/// the statement to the router, which refuses the hint rather than ignore it.
+pub fn hint_applies(state: &SessionState, facts: &StatementFacts) -> bool {
+    facts.hint.is_some()
+        || (state.route_hints.current().is_some()
+            && crate::router::hint::session_hint_applies(facts))
+}
+
+/// The refusal of statements whose session state pgshard cannot keep under transaction pooling
+/// (LISTEN, a SET it cannot replay).
+pub fn session_bound<'a>(
+    facts: impl IntoIterator<Item = &'a StatementFacts>,
+    pool_mode: PoolMode,
+) -> Option<Refusal> {
+    if pool_mode == PoolMode::Session {
+        return None;
+    }
+    let feature = facts.into_iter().find_map(|f| f.session_bound.as_ref())?;
+    Some(Refusal::Unsupported {
+        message: format!(
+            "{feature} needs a server connection for the whole session, but pgshard runs in transaction pooling mode"
+        ),
+        hint: Some(
+            "set pool.mode = \"session\" in the pgshard config, or avoid session-level state".into(),
+        ),
+    })
+}
+
+/// An INSERT that omits the shard key, given generated keys: its new text and route (rows whose
+/// keys land on several shards are split like any multi-row INSERT).
+pub fn keyed_insert(
+    sql: &str,
+    keys: &GivenKeys,
+    map: &ShardMap,
+    sharded_tables: &[ShardedTableConfig],
+) -> Result<(String, Route), Refusal> {
+    let rows = crate::router::split_insert::rows_by_shard_key(&keys.keys, map);
+    let literals: Vec<String> = keys.keys.iter().map(|k| k.sql_literal()).collect();
+    let rewritten = crate::router::rewrite::insert_with_key_literals(
+        sql,
+        sharded_tables,
+        &literals,
+        keys.overriding,
+    )
+    .map_err(|e| Refusal::unsupported(e.to_string()))?;
+    match rows.as_slice() {
+        [one] => Ok((rewritten, Route::Single(one.shard))),
+        _ => Ok((rewritten, Route::SplitInsert(rows))),
+    }
+}
+
+/// True for a `COPY … FROM STDIN` into a sharded table, whose rows the proxy splits by key.
+pub fn is_sharded_copy_in(f: &StatementFacts) -> bool {
+    f.sharded && f.kind == (StatementKind::Copy { from_stdin: true })
+}
+
+/// The cursor changes of a plan, for the session to record once it is planned.
+pub fn apply_cursor_effects(state: &mut SessionState, effects: &[Effect]) {
+    for effect in effects {
+        state.cursors.apply(effect);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::{Ending, Statement, Target};
+    use crate::router::literals::LiteralParams;
+    use crate::router::params::BindParams;
+    use crate::router::Strategy;
+    use crate::txn::Txn;
+    use bytes::Bytes;
+
+    const FALLBACK: u32 = 99;
+    const INT8: u32 = 20;
+
+    struct World {
+        router: Router,
+        map: ShardMap,
+        tables: Vec<ShardedTableConfig>,
+    }
+
+    /// A statement's parameters as one protocol sends them.
+    #[derive(Clone, Copy, Debug)]
+    enum Via {
+        /// A simple Query with the values written in.
+        Simple,
+        /// Parse/Bind/Execute, values in text format.
+        Text,
+        /// Parse/Bind/Execute, values in binary format.
+        Binary,
+    }
+
+    impl World {
+        fn new() -> World {
+            let tables = vec![ShardedTableConfig {
+                name: "users".into(),
+                key: "user_id".into(),
+                key_type: None,
+            }];
+            World {
+                router: Router::new(&tables, 100),
+                map: ShardMap::uniform(1, Strategy::Hash, &[1, 2, 3]),
+                tables,
+            }
+        }
+
+        fn cx<'a>(&'a self, allow_scatter: bool, fallback: &'a dyn Fn() -> u32) -> Context<'a> {
+            Context {
+                router: &self.router,
+                map: &self.map,
+                first_shard: 1,
+                pool_mode: PoolMode::Transaction,
+                sharded_tables: &self.tables,
+                allow_scatter,
+                fallback,
+            }
+        }
+
+        /// Plans `template` (`$n` for each of `values`) sent `via` one protocol, ended by
+        /// `ending`.
+        fn plan_via(
+            &self,
+            template: &str,
+            values: &[i64],
+            via: Via,
+            ending: Ending,
+            state: &SessionState,
+        ) -> Result<Planned, Refusal> {
+            let fallback = || FALLBACK;
+            let cx = self.cx(true, &fallback);
+            match via {
+                Via::Simple => {
+                    let mut sql = template.to_string();
+                    for (i, v) in values.iter().enumerate().rev() {
+                        sql = sql.replace(&format!("${}", i + 1), &v.to_string());
+                    }
+                    let (facts, literals) = self.router.analyze_simple(&sql);
+                    let params = LiteralParams(&literals);
+                    let request = Request {
+                        statements: facts
+                            .iter()
+                            .map(|f| Statement {
+                                sql: &sql,
+                                facts: f,
+                                params: &params,
+                                looked_up: None,
+                            })
+                            .collect(),
+                        ending,
+                    };
+                    plan(&request, state, &cx, None)
+                }
+                Via::Text | Via::Binary => {
+                    let facts = self.router.analyze_prepared(template);
+                    let binary = matches!(via, Via::Binary);
+                    let encoded: Vec<Option<Bytes>> = values
+                        .iter()
+                        .map(|v| {
+                            Some(if binary {
+                                Bytes::copy_from_slice(&v.to_be_bytes())
+                            } else {
+                                Bytes::from(v.to_string())
+                            })
+                        })
+                        .collect();
+                    let types = vec![INT8; values.len()];
+                    let formats = [i16::from(binary)];
+                    let params = BindParams {
+                        values: &encoded,
+                        formats: &formats,
+                        types: &types,
+                    };
+                    let request = Request {
+                        statements: facts
+                            .iter()
+                            .map(|f| Statement {
+                                sql: template,
+                                facts: f,
+                                params: &params,
+                                looked_up: None,
+                            })
+                            .collect(),
+                        ending,
+                    };
+                    plan(&request, state, &cx, None)
+                }
+            }
+        }
+
+        /// A key of `users` on each of two different shards.
+        fn keys_on_two_shards(&self) -> [(i64, u32); 2] {
+            let shard = |k: i64| match self.plan_via(
+                "SELECT * FROM users WHERE user_id = $1",
+                &[k],
+                Via::Simple,
+                Ending::Query,
+                &SessionState::default(),
+            ) {
+                Ok(Planned {
+                    plan: Plan::Run(Target::Single(s)),
+                    ..
+                }) => s,
+                other => panic!("key {k} planned as {other:?}"),
+            };
+            let first = (1, shard(1));
+            let second = (2..1000)
+                .map(|k| (k, shard(k)))
+                .find(|(_, s)| *s != first.1)
+                .expect("a key on another shard");
+            [first, second]
+        }
+    }
+
+    fn in_block(participants: &[u32]) -> SessionState {
+        let mut state = SessionState {
+            txn: Some(Txn::explicit("BEGIN")),
+            ..SessionState::default()
+        };
+        for &p in participants {
+            state.joined_on(p);
+        }
+        state
+    }
+
+    fn flush_open_on(shard: u32) -> SessionState {
+        SessionState {
+            open_batch_shard: Some(shard),
+            ..SessionState::default()
+        }
+    }
+
+    /// What a plan came to, for comparing: the plan, or the refusal's SQLSTATE and message.
+    fn outcome(p: Result<Planned, Refusal>) -> Result<Plan, (String, String)> {
+        p.map(|p| p.plan)
+            .map_err(|r| (r.sqlstate().to_string(), r.to_string()))
+    }
+
+    /// (statement, its values, how the request ends, session, the plan, or the start of the
+    /// refusal's message)
+    type Case<'a> = (
+        &'a str,
+        Vec<i64>,
+        Ending,
+        SessionState,
+        Result<Plan, &'a str>,
+    );
+
+    #[test]
+    fn both_protocols_plan_alike() {
+        let w = World::new();
+        let [(a, sa), (b, sb)] = w.keys_on_two_shards();
+        let keyed = "SELECT * FROM users WHERE user_id = $1";
+        let split = "INSERT INTO users (user_id, name) VALUES ($1, 'x'), ($2, 'y')";
+        // (statement, its values, how the request ends, session, the plan, or the start of the
+        // refusal's message)
+        let cases: Vec<Case> = vec![
+            (
+                keyed,
+                vec![a],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::Run(Target::Single(sa))),
+            ),
+            (
+                keyed,
+                vec![b],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::Run(Target::Single(sb))),
+            ),
+            (
+                "SELECT * FROM users WHERE user_id > $1",
+                vec![a],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::Run(Target::Scatter(vec![1, 2, 3]))),
+            ),
+            (
+                "UPDATE users SET name = 'x' WHERE user_id > $1",
+                vec![a],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::Run(Target::Scatter(vec![1, 2, 3]))),
+            ),
+            (
+                "ALTER TABLE users ADD COLUMN c int",
+                vec![],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::Run(Target::Broadcast(vec![1, 2, 3]))),
+            ),
+            (
+                split,
+                vec![a, b],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::SplitInsert {
+                    rows: crate::router::split_insert::rows_by_shard(&[a, b], &w.map),
+                    unnest: None,
+                }),
+            ),
+            (
+                split,
+                vec![a, a],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::Run(Target::Single(sa))),
+            ),
+            (
+                "SELECT 1",
+                vec![],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::Run(Target::Single(FALLBACK))),
+            ),
+            // In a block: keyless statements go where the block is; keyed ones where their key is.
+            (
+                "SELECT 1",
+                vec![],
+                Ending::Sync,
+                in_block(&[sb]),
+                Ok(Plan::Run(Target::Single(sb))),
+            ),
+            (
+                keyed,
+                vec![a],
+                Ending::Sync,
+                in_block(&[sb]),
+                Ok(Plan::Run(Target::Single(sa))),
+            ),
+            (
+                "SELECT * FROM users WHERE user_id > $1",
+                vec![a],
+                Ending::Sync,
+                in_block(&[sb]),
+                Ok(Plan::Run(Target::Scatter(vec![1, 2, 3]))),
+            ),
+            // A Flush left an implicit transaction open on a shard.
+            (
+                "SELECT 1",
+                vec![],
+                Ending::Flush,
+                flush_open_on(sb),
+                Ok(Plan::Run(Target::Single(sb))),
+            ),
+            (
+                keyed,
+                vec![b],
+                Ending::Flush,
+                flush_open_on(sb),
+                Ok(Plan::Run(Target::Single(sb))),
+            ),
+            (
+                keyed,
+                vec![a],
+                Ending::Flush,
+                flush_open_on(sb),
+                Err("an implicit transaction that a Flush left open runs on shard"),
+            ),
+            (
+                "SELECT * FROM users WHERE user_id > $1",
+                vec![a],
+                Ending::Flush,
+                flush_open_on(sb),
+                Err("a statement without a shard key cannot join"),
+            ),
+            (
+                "SELECT pgshard.next_id()",
+                vec![],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::Local(crate::router::LocalCommand::NextId)),
+            ),
+            (
+                "COPY users FROM STDIN",
+                vec![],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::CopyIn),
+            ),
+            (
+                "COPY users TO STDOUT",
+                vec![],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::CopyOut(vec![1, 2, 3])),
+            ),
+            (
+                "INSERT INTO users (name) VALUES ('a')",
+                vec![],
+                Ending::Sync,
+                SessionState::default(),
+                Ok(Plan::NeedsKeys),
+            ),
+            (
+                "LISTEN jobs",
+                vec![],
+                Ending::Sync,
+                SessionState::default(),
+                Err("LISTEN needs a server connection for the whole session"),
+            ),
+            (
+                "DECLARE c CURSOR FOR SELECT * FROM users WHERE user_id > $1",
+                vec![a],
+                Ending::Sync,
+                in_block(&[]),
+                Ok(Plan::ServedCursor),
+            ),
+            (
+                "DECLARE c CURSOR FOR SELECT * FROM users WHERE user_id = $1",
+                vec![a],
+                Ending::Sync,
+                in_block(&[]),
+                Ok(Plan::Run(Target::Single(sa))),
+            ),
+        ];
+        for (sql, values, ending, state, expected) in cases {
+            let simple = outcome(w.plan_via(sql, &values, Via::Simple, Ending::Query, &state));
+            for via in [Via::Text, Via::Binary] {
+                let extended = outcome(w.plan_via(sql, &values, via, ending, &state));
+                assert_eq!(extended, simple, "{sql} {values:?} via {via:?}");
+            }
+            match (&simple, &expected) {
+                (Ok(p), Ok(e)) => assert_eq!(p, e, "{sql} {values:?}"),
+                (Err((state, message)), Err(prefix)) => {
+                    assert!(state == "0A000", "{sql}: {state} {message}");
+                    assert!(message.starts_with(prefix), "{sql}: {message}");
+                }
+                _ => panic!("{sql} {values:?}: got {simple:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn requests_of_several_statements() {
+        let w = World::new();
+        let [(a, sa), (b, _)] = w.keys_on_two_shards();
+        let key = |k: i64| format!("SELECT * FROM users WHERE user_id = {k}");
+        // (request, session, plan, or the start of the refusal's message)
+        let cases: Vec<(String, SessionState, Result<Plan, &str>)> = vec![
+            (
+                format!("{}; {}", key(a), key(a)),
+                SessionState::default(),
+                Ok(Plan::Run(Target::Single(sa))),
+            ),
+            (
+                format!("{}; {}", key(a), key(b)),
+                SessionState::default(),
+                Err("statements sent together in one request need shards"),
+            ),
+            (
+                "SELECT pgshard.next_id(); SELECT 1".into(),
+                SessionState::default(),
+                Err("pgshard's own commands"),
+            ),
+            (
+                format!("{}; COMMIT", key(a)),
+                in_block(&[sa, sa + 100]),
+                Err("this transaction spans several shards"),
+            ),
+            (
+                "INSERT INTO users (name) VALUES ('a'); SELECT 1".into(),
+                SessionState::default(),
+                Err("an INSERT that omits the shard key must be sent on its own"),
+            ),
+            (
+                "COPY users FROM STDIN; SELECT 1".into(),
+                SessionState::default(),
+                Err("a COPY FROM STDIN into a sharded table must be sent on its own"),
+            ),
+            (
+                "DECLARE c CURSOR FOR SELECT * FROM users; SELECT 1".into(),
+                in_block(&[]),
+                Err("a statement on a cursor that spans several shards"),
+            ),
+        ];
+        for (sql, state, expected) in cases {
+            let got = outcome(w.plan_via(&sql, &[], Via::Simple, Ending::Query, &state));
+            match (&got, &expected) {
+                (Ok(p), Ok(e)) => assert_eq!(p, e, "{sql}"),
+                (Err((code, message)), Err(prefix)) => {
+                    assert_eq!(code, "0A000", "{sql}: {message}");
+                    assert!(message.starts_with(prefix), "{sql}: {message}");
+                }
+                _ => panic!("{sql}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_keys_and_policy_come_in_as_data() {
+        let w = World::new();
+        let fallback = || FALLBACK;
+        let state = SessionState::default();
+        let plan_one =
+            |sql: &str, cx: &Context, looked_up: Option<Route>, keys: Option<GivenKeys>| {
+                let (facts, literals) = w.router.analyze_simple(sql);
+                let params = LiteralParams(&literals);
+                let request = Request {
+                    statements: vec![Statement {
+                        sql,
+                        facts: &facts[0],
+                        params: &params,
+                        looked_up,
+                    }],
+                    ending: Ending::Query,
+                };
+                plan(&request, &state, cx, keys)
+            };
+        let cx = w.cx(true, &fallback);
+        // The catalog named the index's table: its shard decides.
+        let got = plan_one("DROP INDEX ix", &cx, Some(Route::Single(2)), None).map(|p| p.plan);
+        assert_eq!(got, Ok(Plan::Run(Target::Single(2))));
+        // Generated keys: the text gets them, the rows go where the keys live.
+        let keys = GivenKeys {
+            keys: vec![crate::router::ShardKey::Int(7)],
+            overriding: false,
+        };
+        let shard = w.map.shard_for(7);
+        let got = plan_one(
+            "INSERT INTO users (name) VALUES ('a')",
+            &cx,
+            None,
+            Some(keys),
+        )
+        .expect("planned");
+        assert_eq!(got.plan, Plan::Run(Target::Single(shard)));
+        assert!(got.rewritten.is_some_and(|t| t.contains('7')));
+        // A user who may not scatter.
+        let strict = w.cx(false, &fallback);
+        let got = plan_one("SELECT * FROM users", &strict, None, None);
+        assert!(matches!(got, Err(Refusal::Unsupported { .. })), "{got:?}");
+        let got = plan_one("SELECT * FROM users WHERE user_id = 1", &strict, None, None);
+        assert!(got.is_ok(), "{got:?}");
+    }
+
+    #[test]
+    fn cursor_statements_follow_their_cursor_within_a_request() {
+        let w = World::new();
+        let [(a, sa), _] = w.keys_on_two_shards();
+        let sql = format!(
+            "DECLARE c CURSOR FOR SELECT * FROM users WHERE user_id = {a}; FETCH 1 FROM c; CLOSE c; DECLARE c CURSOR FOR SELECT * FROM users WHERE user_id = {a}"
+        );
+        let got = w
+            .plan_via(&sql, &[], Via::Simple, Ending::Query, &in_block(&[]))
+            .expect("planned");
+        assert_eq!(got.plan, Plan::Run(Target::Single(sa)));
+        assert_eq!(got.routes[1], Route::Single(sa));
+        assert_eq!(got.cursor_effects.len(), 3, "{:?}", got.cursor_effects);
+        let mut state = in_block(&[]);
+        apply_cursor_effects(&mut state, &got.cursor_effects);
+        assert_eq!(state.cursors.shard_of("c"), Some(sa));
+    }
+}
