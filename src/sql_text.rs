@@ -20,6 +20,12 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// `text` as an escape string literal (`E'…'`), which reads back the same whatever the
+/// session's `standard_conforming_strings`: for values that may hold backslashes.
+pub fn quote_escaped_literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 fn is_bare_identifier(name: &str) -> bool {
     let shape = name
         .chars()
@@ -69,6 +75,14 @@ mod tests {
         for (name, want) in table {
             assert_eq!(quote_ident(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn escaped_literals_double_backslashes_and_quotes() {
+        assert_eq!(
+            quote_escaped_literal(r#"{"a\\b",c'd}"#),
+            r#"E'{"a\\\\b",c''d}'"#
+        );
     }
 
     #[test]

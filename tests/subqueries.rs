@@ -1,7 +1,8 @@
 //! Subqueries over sharded tables through pgshard: a subquery in WHERE correlated with the outer
 //! table by shard key (`EXISTS`, `NOT EXISTS`, `IN`, a scalar comparison) runs whole on each
 //! shard, keyed or scattered and merged, in the simple and extended protocols, in and out of a
-//! block; other subqueries over sharded tables stay refused with 0A000. Four shards; users
+//! block; uncorrelated ones run first (simple protocol) and their result is written into the
+//! statement; other subqueries over sharded tables stay refused with 0A000. Four shards; users
 //! 1..=40, and two orders (totals i and 2i) for each user i not divisible by 3.
 
 mod common;
@@ -142,20 +143,119 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
         rows(&c, "SELECT count(*) FROM users WHERE name = 'no orders'").await,
         ["0"]
     );
-    // What is not correlated by key stays refused, naming the table.
-    for sql in [
-        "SELECT * FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > 70)",
-        "SELECT (SELECT sum(total) FROM orders), (SELECT count(*) FROM users)",
-        "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)",
-    ] {
-        let e = c.simple_query(sql).await.expect_err(sql);
-        let db = e.as_db_error().expect("an ErrorResponse");
-        assert_eq!(db.code().code(), "0A000", "{sql}");
-        assert!(
-            db.message().contains("subquery over sharded table"),
-            "{sql}: {}",
-            db.message()
-        );
-    }
+    uncorrelated_subqueries_run_first(&c).await;
+    // Correlated, but not by key: refused, naming the table.
+    let sql =
+        "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)";
+    let e = c.simple_query(sql).await.expect_err(sql);
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000", "{sql}");
+    assert!(
+        db.message().contains("subquery over sharded table"),
+        "{sql}: {}",
+        db.message()
+    );
     proxy.stop().await;
+}
+
+/// The SQLSTATE of the error `sql` gets in the simple protocol.
+async fn error_code(c: &Client, sql: &str) -> String {
+    let e = c.simple_query(sql).await.expect_err(sql);
+    e.as_db_error()
+        .unwrap_or_else(|| panic!("{sql}: not an ErrorResponse: {e:?}"))
+        .code()
+        .code()
+        .to_string()
+}
+
+/// Uncorrelated subqueries over sharded tables (simple protocol): run first over every shard,
+/// their result written into the outer statement, which then routes as usual.
+async fn uncorrelated_subqueries_run_first(c: &Client) {
+    // IN over rows on several shards; the outer query scattered and ordered.
+    let want: Vec<String> = (1..=40i64)
+        .filter(|i| has_orders(*i) && 2 * i > 70)
+        .map(|i| i.to_string())
+        .collect();
+    assert!(want.len() > 1);
+    let sql = "SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > 70) ORDER BY 1";
+    assert_eq!(rows(c, sql).await, want, "{sql}");
+    // NOT IN.
+    let none = (1..=40i64).filter(|i| !has_orders(*i)).count();
+    let sql = "SELECT count(*) FROM users WHERE user_id NOT IN (SELECT user_id FROM orders)";
+    assert_eq!(rows(c, sql).await, [none.to_string()], "{sql}");
+    // A scalar subquery compared in WHERE: the outer statement is then keyed.
+    let sql = "SELECT name FROM users WHERE user_id = (SELECT max(user_id) FROM orders)";
+    assert_eq!(rows(c, sql).await, ["u40"], "{sql}");
+    // Scalar subqueries in the select list.
+    let total: i64 = (1..=40i64).filter(|i| has_orders(*i)).map(|i| 3 * i).sum();
+    let sql = "SELECT (SELECT sum(total) FROM orders), (SELECT count(*) FROM users)";
+    assert_eq!(rows(c, sql).await, [format!("{total}|40")], "{sql}");
+    // Empty results: IN of nothing, and a scalar subquery without a row is NULL.
+    for sql in [
+        "SELECT count(*) FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > 1000)",
+        "SELECT count(*) FROM users WHERE user_id = (SELECT user_id FROM orders WHERE total > 1000)",
+    ] {
+        assert_eq!(rows(c, sql).await, ["0"], "{sql}");
+    }
+    let sql = "SELECT count(*) FROM users WHERE user_id NOT IN (SELECT user_id FROM orders WHERE total > 1000)";
+    assert_eq!(rows(c, sql).await, ["40"], "{sql}");
+    // Text with a quote and a backslash comes back the same, whatever standard_conforming_strings.
+    c.batch_execute(r"UPDATE users SET name = E'o''k\\x' WHERE user_id = 7")
+        .await
+        .expect("odd name");
+    for scs in ["on", "off"] {
+        c.batch_execute(&format!("SET standard_conforming_strings = {scs}"))
+            .await
+            .expect("set standard_conforming_strings");
+        for sql in [
+            "SELECT user_id FROM users WHERE name IN (SELECT name FROM users WHERE user_id = 7)",
+            "SELECT user_id FROM users WHERE name = (SELECT name FROM users WHERE user_id = 7)",
+        ] {
+            assert_eq!(rows(c, sql).await, ["7"], "{sql} ({scs})");
+        }
+    }
+    c.batch_execute(
+        "RESET standard_conforming_strings; UPDATE users SET name = 'u7' WHERE user_id = 7",
+    )
+    .await
+    .expect("reset");
+    // More than one row for a scalar subquery: Postgres's error.
+    let sql = "SELECT * FROM users WHERE user_id = (SELECT user_id FROM orders WHERE total > 70)";
+    assert_eq!(error_code(c, sql).await, "21000", "{sql}");
+    // Two columns for IN: Postgres's error.
+    let sql = "SELECT * FROM users WHERE user_id IN (SELECT * FROM orders)";
+    assert_eq!(error_code(c, sql).await, "42601", "{sql}");
+    // The extended protocol is not covered: still refused, naming the table.
+    let sql =
+        "SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > $1)";
+    let e = c.query(sql, &[&70i32]).await.expect_err(sql);
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000", "{sql}");
+    assert!(
+        db.message().contains("subquery over sharded table"),
+        "{}",
+        db.message()
+    );
+    // In a block: the subquery sees the block's own uncommitted writes, and a DELETE whose
+    // subquery ran first deletes them; all rolled back.
+    c.batch_execute("BEGIN").await.expect("begin");
+    c.batch_execute(
+        "INSERT INTO orders (order_id, user_id, total) VALUES (9001, 3, 500), (9002, 6, 600)",
+    )
+    .await
+    .expect("insert in block");
+    let sql = "SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total >= 500) ORDER BY 1";
+    assert_eq!(rows(c, sql).await, ["3", "6"], "{sql}");
+    let sql = "DELETE FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total >= 500)";
+    let done = c.simple_query(sql).await.expect(sql);
+    assert!(
+        done.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(2))),
+        "{sql}: {done:?}"
+    );
+    assert_eq!(rows(c, "SELECT count(*) FROM users").await, ["38"]);
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(rows(c, "SELECT count(*) FROM users").await, ["40"]);
+    let sql = "SELECT count(*) FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total >= 500)";
+    assert_eq!(rows(c, sql).await, ["0"], "{sql}");
 }

@@ -273,7 +273,13 @@ impl Session {
             None => return Ok(()),
         };
         let proxy = self.proxy.clone();
-        let (facts, literals) = proxy.router.analyze_simple(&sql);
+        let (mut sql, mut body) = (sql, body);
+        let Some((facts, literals)) = self
+            .analyze_running_subqueries_first(&mut sql, &mut body)
+            .await?
+        else {
+            return Ok(());
+        };
         if facts.is_empty() {
             self.io.push(&be::empty_query_response());
             let status = self.status();

@@ -22,6 +22,7 @@ pub mod shard_map;
 pub mod split_insert;
 pub mod split_params;
 pub mod subquery;
+pub mod subquery_first;
 pub mod unnest_insert;
 pub mod unnest_keys;
 

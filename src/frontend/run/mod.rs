@@ -10,4 +10,5 @@ pub mod copy_out;
 pub mod cursor;
 pub mod index_owner;
 pub mod split_insert;
+pub mod subquery_first;
 pub mod unnest_insert;

@@ -1,0 +1,464 @@
+//! Uncorrelated subqueries that run first: `expr IN (SELECT col FROM …)`, `expr NOT IN (…)`,
+//! `expr op ANY|ALL (…)` as a condition of WHERE, and scalar subqueries `(SELECT col …)`
+//! anywhere in a SELECT, UPDATE or DELETE, when the subquery names no relation of the queries
+//! around it. Such a subquery means the same whatever row of the outer query asks, so pgshard
+//! runs it on its own (keyed or scattered, merged) and writes its result into the outer text:
+//! a typed array for `IN`/`ANY`/`ALL`, a typed constant for a scalar subquery. The outer
+//! statement then routes by key as usual. Pure: parse tree and byte offsets in, text out.
+
+use pg_query::protobuf::{self as pb, Token};
+use pg_query::{NodeEnum, NodeRef};
+use std::collections::BTreeSet;
+
+use crate::sql_text::quote_escaped_literal;
+
+/// One subquery to run first, and where its result goes in the outer text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct First {
+    /// The subquery's own text (without its parentheses), to run on its own.
+    pub inner: String,
+    /// Byte range of the outer text its result replaces.
+    start: usize,
+    end: usize,
+    use_: Use,
+}
+
+/// How the result replaces the subquery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Use {
+    /// `op ANY (array)` or `op ALL (array)` replaces `IN (…)`, `NOT IN (…)`, `op ANY|ALL (…)`.
+    Array { op: String, all: bool },
+    /// A parenthesised constant replaces `(SELECT …)`.
+    Scalar,
+}
+
+/// Why the result of a subquery run first cannot be written into the outer statement; each is
+/// what Postgres itself says, or a refusal naming what is missing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpliceError {
+    #[error("subquery must return only one column")]
+    Columns,
+    #[error("more than one row returned by a subquery used as an expression")]
+    MoreThanOneRow,
+    #[error("a subquery over sharded tables is run first by pgshard, which does not support results of type OID {0}; cast its column to int8, numeric, text, uuid, date, timestamp or timestamptz")]
+    Type(u32),
+    #[error("malformed answer from a shard")]
+    Malformed,
+}
+
+impl SpliceError {
+    /// The SQLSTATE Postgres gives (0A000 for what pgshard refuses).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SpliceError::Columns => "42601",
+            SpliceError::MoreThanOneRow => "21000",
+            SpliceError::Type(_) => "0A000",
+            SpliceError::Malformed => "XX000",
+        }
+    }
+}
+
+/// The first subquery of `sql` to run on its own: one containing no other such subquery, so
+/// nested ones run innermost first. `None` when `sql` is not one SELECT/UPDATE/DELETE, or has
+/// none (correlated subqueries, row comparisons and `ARRAY(…)` are left as they are).
+pub fn find(sql: &str) -> Option<First> {
+    let parsed = pg_query::parse(sql, 0).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let stmt = raw.stmt.as_ref()?.node.as_ref()?;
+    let ctes = match stmt {
+        NodeEnum::SelectStmt(s) => s.with_clause.is_some(),
+        NodeEnum::UpdateStmt(s) => s.with_clause.is_some(),
+        NodeEnum::DeleteStmt(s) => s.with_clause.is_some(),
+        _ => return None,
+    };
+    // A subquery could name the outer statement's CTEs: not analysed.
+    if ctes {
+        return None;
+    }
+    let scan = pg_query::scan(sql).ok()?;
+    let mut found: Vec<First> = Vec::new();
+    for (n, _, _, _) in stmt.nodes() {
+        // Conditions of every WHERE (the statement's and its subqueries').
+        let where_clause = match n {
+            NodeRef::SelectStmt(s) => s.where_clause.as_deref(),
+            NodeRef::UpdateStmt(s) => s.where_clause.as_deref(),
+            NodeRef::DeleteStmt(s) => s.where_clause.as_deref(),
+            NodeRef::SubLink(link) => {
+                if link.sub_link_type == pb::SubLinkType::ExprSublink as i32 {
+                    if let Some(f) = scalar(sql, &scan.tokens, link) {
+                        found.push(f);
+                    }
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(w) = where_clause {
+            conditions(sql, &scan.tokens, w, &mut found);
+        }
+    }
+    let contains = |a: &First, b: &First| a != b && a.start <= b.start && b.end <= a.end;
+    found
+        .iter()
+        .find(|f| !found.iter().any(|g| contains(f, g)))
+        .cloned()
+}
+
+/// The `IN`/`ANY`/`ALL` subqueries that are a whole operand of WHERE's AND/OR/NOT: there the
+/// array comparison that replaces them groups exactly as they did.
+fn conditions(sql: &str, tokens: &[pb::ScanToken], n: &pb::Node, out: &mut Vec<First>) {
+    match n.node.as_ref() {
+        Some(NodeEnum::BoolExpr(b)) => {
+            for a in &b.args {
+                conditions(sql, tokens, a, out);
+            }
+        }
+        Some(NodeEnum::SubLink(link)) => {
+            if let Some(f) = quantified(sql, tokens, link) {
+                out.push(f);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn quantified(sql: &str, tokens: &[pb::ScanToken], link: &pb::SubLink) -> Option<First> {
+    let all = if link.sub_link_type == pb::SubLinkType::AnySublink as i32 {
+        false
+    } else if link.sub_link_type == pb::SubLinkType::AllSublink as i32 {
+        true
+    } else {
+        return None;
+    };
+    // `(a, b) IN (SELECT a, b …)` compares rows.
+    if let Some(NodeEnum::RowExpr(_)) = link.testexpr.as_deref().and_then(|t| t.node.as_ref()) {
+        return None;
+    }
+    let at = usize::try_from(link.location).ok()?;
+    let (op, all) = match link.oper_name.as_slice() {
+        // IN, or NOT IN (whose SubLink starts at its NOT): NOT (x = ANY) is x <> ALL.
+        [] => {
+            let not = sql.get(at..at + 3)?.eq_ignore_ascii_case("not");
+            (if not { "<>" } else { "=" }.to_string(), not)
+        }
+        [name] => match name.node.as_ref()? {
+            NodeEnum::String(s) if !s.sval.is_empty() => (s.sval.clone(), all),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let (inner, end) = subselect(sql, tokens, link, at)?;
+    Some(First {
+        inner,
+        start: at,
+        end,
+        use_: Use::Array { op, all },
+    })
+}
+
+fn scalar(sql: &str, tokens: &[pb::ScanToken], link: &pb::SubLink) -> Option<First> {
+    let at = usize::try_from(link.location).ok()?;
+    let (inner, end) = subselect(sql, tokens, link, at)?;
+    Some(First {
+        inner,
+        start: at,
+        end,
+        use_: Use::Scalar,
+    })
+}
+
+/// The subquery's text and the end of its closing parenthesis, when it is uncorrelated.
+fn subselect(
+    sql: &str,
+    tokens: &[pb::ScanToken],
+    link: &pb::SubLink,
+    at: usize,
+) -> Option<(String, usize)> {
+    let select = link.subselect.as_deref()?.node.as_ref()?;
+    if !matches!(select, NodeEnum::SelectStmt(_)) || !uncorrelated(select) {
+        return None;
+    }
+    let open = tokens.iter().position(|t| {
+        usize::try_from(t.start).is_ok_and(|s| s >= at) && t.token == Token::Ascii40 as i32
+    })?;
+    let mut depth = 0usize;
+    for t in &tokens[open..] {
+        if t.token == Token::Ascii40 as i32 {
+            depth += 1;
+        } else if t.token == Token::Ascii41 as i32 {
+            depth -= 1;
+            if depth == 0 {
+                let from = usize::try_from(tokens[open].end).ok()?;
+                let to = usize::try_from(t.start).ok()?;
+                let end = usize::try_from(t.end).ok()?;
+                let inner = sql.get(from..to)?.trim();
+                // `((SELECT …))`: the inner text keeps its own parentheses, which is fine.
+                return Some((inner.to_string(), end));
+            }
+        }
+    }
+    None
+}
+
+/// No column of `select` is qualified by a name its own FROM clauses (at any depth) do not
+/// define, and it has no parameters: its result does not depend on an outer row. (An
+/// unqualified name Postgres would resolve to an outer column makes the subquery fail when it
+/// runs on its own: an error, never a different answer.)
+fn uncorrelated(select: &NodeEnum) -> bool {
+    let nodes = select.nodes();
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for (n, _, _, _) in &nodes {
+        match n {
+            NodeRef::RangeVar(rv) => {
+                names.insert(rv.relname.clone());
+                if let Some(a) = &rv.alias {
+                    names.insert(a.aliasname.clone());
+                }
+            }
+            NodeRef::RangeSubselect(r) => {
+                if let Some(a) = &r.alias {
+                    names.insert(a.aliasname.clone());
+                }
+            }
+            NodeRef::RangeFunction(r) => {
+                if let Some(a) = &r.alias {
+                    names.insert(a.aliasname.clone());
+                }
+            }
+            NodeRef::JoinExpr(j) => {
+                if let Some(a) = &j.alias {
+                    names.insert(a.aliasname.clone());
+                }
+            }
+            NodeRef::CommonTableExpr(c) => {
+                names.insert(c.ctename.clone());
+            }
+            _ => {}
+        }
+    }
+    nodes.iter().all(|(n, _, _, _)| match n {
+        NodeRef::ParamRef(_) => false,
+        NodeRef::ColumnRef(c) => {
+            let parts: Vec<Option<&str>> = c
+                .fields
+                .iter()
+                .map(|f| match f.node.as_ref() {
+                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                    _ => None,
+                })
+                .collect();
+            match parts.len() {
+                0 | 1 => true,
+                k => parts[k - 2].is_some_and(|q| names.contains(q)),
+            }
+        }
+        _ => true,
+    })
+}
+
+/// A type Postgres reads back exactly from its text output, by OID: the cast written into the
+/// outer statement.
+fn type_name(oid: u32) -> Option<&'static str> {
+    Some(match oid {
+        16 => "bool",
+        20 => "int8",
+        21 => "int2",
+        23 => "int4",
+        25 => "text",
+        1043 => "varchar",
+        1082 => "date",
+        1114 => "timestamp",
+        1184 => "timestamptz",
+        1700 => "numeric",
+        2950 => "uuid",
+        _ => return None,
+    })
+}
+
+/// The column count and first column's type OID of a RowDescription body.
+fn description(body: &[u8]) -> Option<(usize, u32)> {
+    let count = usize::try_from(i16::from_be_bytes(body.get(0..2)?.try_into().ok()?)).ok()?;
+    if count == 0 {
+        return Some((0, 0));
+    }
+    let name_end = 2 + body.get(2..)?.iter().position(|b| *b == 0)?;
+    let f = body.get(name_end + 1..name_end + 19)?;
+    Some((count, u32::from_be_bytes(f[6..10].try_into().ok()?)))
+}
+
+/// The first value of a DataRow body (text format); `None` inside for NULL.
+fn first_value(body: &[u8]) -> Option<Option<&[u8]>> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    if len < 0 {
+        return Some(None);
+    }
+    let len = usize::try_from(len).ok()?;
+    body.get(6..6 + len).map(Some)
+}
+
+impl First {
+    /// `outer` with this subquery replaced by its result: `description` is the RowDescription
+    /// body of the subquery's merged answer, `rows` its DataRow bodies (text format).
+    pub fn splice<B: AsRef<[u8]>>(
+        &self,
+        outer: &str,
+        description_body: &[u8],
+        rows: &[B],
+    ) -> Result<String, SpliceError> {
+        let (columns, oid) = description(description_body).ok_or(SpliceError::Malformed)?;
+        if columns != 1 {
+            return Err(SpliceError::Columns);
+        }
+        let ty = type_name(oid).ok_or(SpliceError::Type(oid))?;
+        let values: Vec<Option<&[u8]>> = rows
+            .iter()
+            .map(|r| first_value(r.as_ref()))
+            .collect::<Option<_>>()
+            .ok_or(SpliceError::Malformed)?;
+        let text = |v: &[u8]| {
+            std::str::from_utf8(v)
+                .map(quote_escaped_literal)
+                .map_err(|_| SpliceError::Malformed)
+        };
+        let replacement = match &self.use_ {
+            Use::Scalar => match values.as_slice() {
+                [] | [None] => format!("(NULL::{ty})"),
+                [Some(v)] => format!("({}::{ty})", text(v)?),
+                _ => return Err(SpliceError::MoreThanOneRow),
+            },
+            Use::Array { op, all } => {
+                let array = crate::router::pg_array::encode_text(&values);
+                let quantifier = if *all { "ALL" } else { "ANY" };
+                format!(
+                    "{op} {quantifier} ({}::{ty}[])",
+                    quote_escaped_literal(&array)
+                )
+            }
+        };
+        let before = outer.get(..self.start).ok_or(SpliceError::Malformed)?;
+        let after = outer.get(self.end..).ok_or(SpliceError::Malformed)?;
+        Ok(format!("{before}{replacement}{after}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(oid: u32) -> Vec<u8> {
+        let mut b = 1i16.to_be_bytes().to_vec();
+        b.extend_from_slice(b"id\0");
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&oid.to_be_bytes());
+        b.extend_from_slice(&8i16.to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b
+    }
+
+    fn row(v: Option<&str>) -> Vec<u8> {
+        let mut b = 1i16.to_be_bytes().to_vec();
+        match v {
+            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                b.extend_from_slice(v.as_bytes());
+            }
+        }
+        b
+    }
+
+    /// (outer, inner run first, its rows, outer after the splice)
+    #[test]
+    fn rewrites() {
+        let cases: &[(&str, &str, &[Option<&str>], &str)] = &[
+            (
+                "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE v > 1)",
+                "SELECT id FROM u WHERE v > 1",
+                &[Some("1"), Some("7")],
+                "SELECT * FROM o WHERE k = ANY (E'{1,7}'::int8[])",
+            ),
+            (
+                "select * from o where k not in (select id from u) and x = 1",
+                "select id from u",
+                &[Some("1"), None],
+                "select * from o where k <> ALL (E'{1,NULL}'::int8[]) and x = 1",
+            ),
+            (
+                "DELETE FROM o WHERE k = ANY (SELECT id FROM u)",
+                "SELECT id FROM u",
+                &[],
+                "DELETE FROM o WHERE k = ANY (E'{}'::int8[])",
+            ),
+            (
+                "UPDATE o SET v = 1 WHERE k = (SELECT max(id) FROM u) OR k < 0",
+                "SELECT max(id) FROM u",
+                &[Some("9")],
+                "UPDATE o SET v = 1 WHERE k = (E'9'::int8) OR k < 0",
+            ),
+            (
+                "SELECT (SELECT sum(x) FROM a) AS s",
+                "SELECT sum(x) FROM a",
+                &[],
+                "SELECT (NULL::int8) AS s",
+            ),
+            // Innermost first.
+            (
+                "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE g IN (SELECT g FROM w))",
+                "SELECT g FROM w",
+                &[Some("a'b\\c")],
+                r#"SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE g = ANY (E'{"a''b\\\\c"}'::int8[]))"#,
+            ),
+            // A correlated one is left; the uncorrelated one is taken.
+            (
+                "SELECT * FROM o WHERE EXISTS (SELECT 1 FROM u WHERE u.k = o.k) AND k IN ( SELECT u2.id FROM u u2 )",
+                "SELECT u2.id FROM u u2",
+                &[Some("3")],
+                "SELECT * FROM o WHERE EXISTS (SELECT 1 FROM u WHERE u.k = o.k) AND k = ANY (E'{3}'::int8[])",
+            ),
+        ];
+        for (outer, inner, rows, want) in cases {
+            let f = find(outer).unwrap_or_else(|| panic!("none found in {outer}"));
+            assert_eq!(f.inner, *inner, "{outer}");
+            let rows: Vec<Vec<u8>> = rows.iter().map(|v| row(*v)).collect();
+            assert_eq!(f.splice(outer, &desc(20), &rows).as_deref(), Ok(*want));
+        }
+    }
+
+    #[test]
+    fn left_alone() {
+        for sql in [
+            "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE u.x = o.x)",
+            "SELECT * FROM o WHERE (k, v) IN (SELECT id, v FROM u)",
+            "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE id = $1)",
+            "WITH c AS (SELECT 1) SELECT * FROM o WHERE k IN (SELECT id FROM c)",
+            "SELECT * FROM o WHERE k IN (1, 2)",
+            "INSERT INTO o SELECT * FROM u WHERE k IN (SELECT id FROM w)",
+            "SELECT * FROM o WHERE (k IN (SELECT id FROM u)) = true",
+            "SELECT 1; SELECT 2",
+        ] {
+            assert_eq!(find(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn results_postgres_refuses() {
+        let f = find("SELECT * FROM o WHERE k = (SELECT id FROM u)").expect("found");
+        let two = [row(Some("1")), row(Some("2"))];
+        assert_eq!(
+            f.splice("", &desc(20), &two),
+            Err(SpliceError::MoreThanOneRow)
+        );
+        assert_eq!(
+            f.splice("", &desc(114), &two[..1]),
+            Err(SpliceError::Type(114))
+        );
+        let mut d = 2i16.to_be_bytes().to_vec();
+        d.extend_from_slice(&desc(20)[2..]);
+        d.extend_from_slice(&desc(20)[2..]);
+        assert_eq!(f.splice("", &d, &two[..0]), Err(SpliceError::Columns));
+    }
+}
