@@ -68,7 +68,9 @@ fi
 
 bench_workdir instructions
 PROXY_PORT=$(free_port)
-"$BIN" cluster up --dir "$WORK/cluster" --shards 2 --listen "127.0.0.1:$PROXY_PORT" >/dev/null
+# The baseline writes the config both proxies read: a newer pgshard reads an older config (new keys
+# have defaults), an older one may not know a key a newer one writes.
+"$BASE_BIN" cluster up --dir "$WORK/cluster" --shards 2 --listen "127.0.0.1:$PROXY_PORT" >/dev/null
 for shard in 0 1; do
     port=$("$BIN" cluster status --dir "$WORK/cluster" --json |
         python3 -c "import json,sys; print([i['port'] for i in json.load(sys.stdin) if i['shard']==$shard][0])")
