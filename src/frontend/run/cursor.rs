@@ -4,16 +4,60 @@
 use crate::backend::ServerConn;
 use crate::exec::cursor::{scatter_shards, Fetched, Keep};
 use crate::exec::exchange::{Expect, Step};
+use crate::exec::merged::BoundMerge;
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::router::cursor::{Declare, Motion};
 use crate::router::literals::LiteralParams;
 use crate::router::Route;
+use crate::router::StatementFacts;
 use crate::session::cursors::{Materialized, Place};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
+use bytes::Bytes;
 
 impl Session {
+    /// Runs the read `text` (of `facts`) on `target`'s shards, merged by `bound`, and keeps its
+    /// rows in the proxy instead of sending them to the client: a cursor pgshard serves, or a
+    /// subquery it runs first. `what` names it in errors. `Ok(Err)` is an error for the client.
+    pub async fn run_kept(
+        &mut self,
+        text: &str,
+        facts: &[StatementFacts],
+        target: Target,
+        bound: Option<BoundMerge>,
+        what: &str,
+    ) -> Result<Result<(Frame, Vec<Bytes>), ErrorFields>, End> {
+        let fenced = match self.fence_texts(text, facts, &target) {
+            Ok(f) => f,
+            Err(fields) => return Ok(Err(fields)),
+        };
+        let steps = |conn: &ServerConn| {
+            let text = fenced
+                .as_ref()
+                .and_then(|f| f.get(&conn.shard))
+                .map_or(text, String::as_str);
+            vec![Step::Send {
+                frame: fe::query(text),
+                expect: Expect::Query,
+                forward: true,
+            }]
+        };
+        let shards = match target {
+            Target::Single(shard) => vec![shard],
+            Target::Scatter(shards) | Target::Broadcast(shards) => shards,
+        };
+        self.route_reads(&shards, facts).await;
+        let mut keep = Keep::default();
+        let end = self
+            .run_scatter_to(shards, steps, bound, Some(&mut keep))
+            .await?;
+        if let Some(fields) = end.failure {
+            return Ok(Err(fields));
+        }
+        Ok(keep.held(what))
+    }
+
     /// Opens cursor `declare` over the shards `query` reaches, holding its merged rows. `Ok(Err)`
     /// is an error for the client (the block is then failed, as in Postgres).
     pub async fn declare_merged(
@@ -42,30 +86,10 @@ impl Session {
             Ok(None) => (query.to_string(), None),
             Err(fields) => return Ok(Err(fields)),
         };
-        let fenced = match self.fence_texts(&text, &facts, &Target::Scatter(shards.clone())) {
-            Ok(f) => f,
-            Err(fields) => return Ok(Err(fields)),
-        };
-        let steps = |conn: &ServerConn| {
-            let text = fenced
-                .as_ref()
-                .and_then(|f| f.get(&conn.shard))
-                .unwrap_or(&text);
-            vec![Step::Send {
-                frame: fe::query(text),
-                expect: Expect::Query,
-                forward: true,
-            }]
-        };
-        self.route_reads(&shards, &facts).await;
-        let mut keep = Keep::default();
-        let end = self
-            .run_scatter_to(shards, steps, bound, Some(&mut keep))
-            .await?;
-        if let Some(fields) = end.failure {
-            return Ok(Err(fields));
-        }
-        let cursor = match keep.held(&format!("cursor \"{}\"", declare.name)) {
+        let target = Target::Scatter(shards);
+        let what = format!("cursor \"{}\"", declare.name);
+        let held = self.run_kept(&text, &facts, target, bound, &what).await?;
+        let cursor = match held {
             Ok((description, rows)) => Materialized::new(description, rows),
             Err(fields) => return Ok(Err(fields)),
         };

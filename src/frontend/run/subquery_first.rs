@@ -6,9 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::backend::ServerConn;
-use crate::exec::cursor::Keep;
-use crate::exec::exchange::{Expect, Step};
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::refusal::Refusal;
 use crate::router::facts::StatementFacts;
@@ -105,30 +102,16 @@ impl Session {
             [one] => Target::Single(*one),
             _ => Target::Scatter(shards.clone()),
         };
-        let fenced = match self.fence_texts(&text, &facts, &target) {
-            Ok(f) => f,
-            Err(fields) => return Ok(Err(fields)),
-        };
-        let steps = |conn: &ServerConn| {
-            let text = fenced
-                .as_ref()
-                .and_then(|f| f.get(&conn.shard))
-                .unwrap_or(&text);
-            vec![Step::Send {
-                frame: fe::query(text),
-                expect: Expect::Query,
-                forward: true,
-            }]
-        };
-        self.route_reads(&shards, &facts).await;
-        let mut keep = Keep::default();
-        let end = self
-            .run_scatter_to(shards, steps, bound, Some(&mut keep))
+        let held = self
+            .run_kept(
+                &text,
+                &facts,
+                target,
+                bound,
+                "a subquery pgshard runs first",
+            )
             .await?;
-        if let Some(fields) = end.failure {
-            return Ok(Err(fields));
-        }
-        let (description, rows) = match keep.held("a subquery pgshard runs first") {
+        let (description, rows) = match held {
             Ok(held) => held,
             Err(fields) => return Ok(Err(fields)),
         };
