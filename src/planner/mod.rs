@@ -228,7 +228,8 @@ mod tests {
         }
     }
 
-    fn in_block(participants: &[u32]) -> SessionState {
+    /// A session inside `BEGIN` that has joined `participants` (shared with the rules' tests).
+    pub(super) fn in_block(participants: &[u32]) -> SessionState {
         let mut state = SessionState {
             txn: Some(Txn::explicit("BEGIN")),
             ..SessionState::default()
@@ -239,7 +240,8 @@ mod tests {
         state
     }
 
-    fn flush_open_on(shard: u32) -> SessionState {
+    /// A session whose implicit transaction a Flush left open on `shard`.
+    pub(super) fn flush_open_on(shard: u32) -> SessionState {
         SessionState {
             open_batch_shard: Some(shard),
             ..SessionState::default()

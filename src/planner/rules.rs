@@ -267,11 +267,11 @@ pub fn apply_cursor_effects(state: &mut SessionState, effects: &[Effect]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::tests::{flush_open_on, in_block};
     use crate::planner::{Ending, Statement, Target};
     use crate::router::literals::LiteralParams;
     use crate::router::params::BindParams;
     use crate::router::Strategy;
-    use crate::txn::Txn;
     use bytes::Bytes;
 
     const FALLBACK: u32 = 99;
@@ -412,24 +412,6 @@ mod tests {
                 .find(|(_, s)| *s != first.1)
                 .expect("a key on another shard");
             [first, second]
-        }
-    }
-
-    fn in_block(participants: &[u32]) -> SessionState {
-        let mut state = SessionState {
-            txn: Some(Txn::explicit("BEGIN")),
-            ..SessionState::default()
-        };
-        for &p in participants {
-            state.joined_on(p);
-        }
-        state
-    }
-
-    fn flush_open_on(shard: u32) -> SessionState {
-        SessionState {
-            open_batch_shard: Some(shard),
-            ..SessionState::default()
         }
     }
 
