@@ -434,25 +434,8 @@ async fn set_config_is_tracked_like_set() {
     )
     .await;
     assert_eq!(seen, ["acme"]);
-    for key in 1..=8i64 {
-        let row = a
-            .query_one(
-                "SELECT current_setting('app.tenant') FROM users WHERE user_id = $1",
-                &[&key],
-            )
-            .await
-            .expect("keyed read");
-        assert_eq!(row.get::<_, String>(0), "acme", "key {key}");
-        // B, on the same pool, never sees it.
-        let row = b
-            .query_one(
-                "SELECT coalesce(current_setting('app.tenant', true), '') FROM users WHERE user_id = $1",
-                &[&key],
-            )
-            .await
-            .expect("keyed read");
-        assert_eq!(row.get::<_, String>(0), "", "key {key}");
-    }
+    // B, on the same pool, never sees it.
+    tenant_seen_by_a_only(&a, &b, "acme").await;
     // Rolled back with its block, as SET is.
     a.batch_execute("BEGIN").await.expect("begin");
     one(&a, "SELECT set_config('app.tenant', 'other', false)").await;
@@ -479,24 +462,7 @@ async fn set_config_is_tracked_like_set() {
         .expect("set_config with a parameter");
     assert_eq!(row.get::<_, String>(0), "bound");
     assert!(pinned(&s.proxy).is_empty(), "a setting needs no pin");
-    for key in 1..=8i64 {
-        let row = a
-            .query_one(
-                "SELECT current_setting('app.tenant') FROM users WHERE user_id = $1",
-                &[&key],
-            )
-            .await
-            .expect("keyed read");
-        assert_eq!(row.get::<_, String>(0), "bound", "key {key}");
-        let row = b
-            .query_one(
-                "SELECT coalesce(current_setting('app.tenant', true), '') FROM users WHERE user_id = $1",
-                &[&key],
-            )
-            .await
-            .expect("keyed read");
-        assert_eq!(row.get::<_, String>(0), "", "key {key}");
-    }
+    tenant_seen_by_a_only(&a, &b, "bound").await;
     // All three arguments bound, inside a block that rolls back: undone like SET.
     a.batch_execute("BEGIN").await.expect("begin");
     a.query(
@@ -584,4 +550,27 @@ async fn pins_are_counted_by_reason() {
     a.batch_execute("DISCARD TEMP").await.expect("discard");
     assert_eq!(pins_counted(&s.proxy, "temp_table").await, temp + 1.0);
     assert_eq!(pins_counted(&s.proxy, "advisory_lock").await, locks);
+}
+
+/// Keyed reads on keys 1..=8 (several shards): client `a` sees `app.tenant = expected`, and `b`,
+/// sharing the pool, never sees a value.
+async fn tenant_seen_by_a_only(a: &Client, b: &Client, expected: &str) {
+    for key in 1..=8i64 {
+        let row = a
+            .query_one(
+                "SELECT current_setting('app.tenant') FROM users WHERE user_id = $1",
+                &[&key],
+            )
+            .await
+            .expect("keyed read");
+        assert_eq!(row.get::<_, String>(0), expected, "key {key}");
+        let row = b
+            .query_one(
+                "SELECT coalesce(current_setting('app.tenant', true), '') FROM users WHERE user_id = $1",
+                &[&key],
+            )
+            .await
+            .expect("keyed read");
+        assert_eq!(row.get::<_, String>(0), "", "key {key}");
+    }
 }
