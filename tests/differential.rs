@@ -18,13 +18,13 @@ use common::answers::Raw;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use common::params::TextParam;
 use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use futures_util::future::join_all;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::{KeyType, Strategy};
-use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, SimpleQueryMessage};
 
 const ROWS: i64 = 3000;
@@ -147,29 +147,6 @@ impl Param {
             other => other.text(),
         }
     }
-}
-
-/// A parameter sent in text format with an unspecified type, as psycopg, node-postgres and pgjdbc
-/// send theirs: the server parses the text as the type it inferred for the `$n`.
-#[derive(Debug)]
-struct TextParam(String);
-
-impl ToSql for TextParam {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-    fn encode_format(&self, _: &Type) -> Format {
-        Format::Text
-    }
-    to_sql_checked!();
 }
 
 /// One generated statement in two spellings built side by side: with `$n` placeholders and

@@ -8,32 +8,15 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
+use common::params::TextParam;
 use common::proxy::{self, connect};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::{KeyType, ShardKey, ShardMap, Strategy};
-use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 type SqlResult = Result<IsNull, Box<dyn std::error::Error + Sync + Send>>;
-
-/// A parameter in text format, as written (the server reads it with the type's input function).
-#[derive(Debug)]
-struct TextParam(String);
-
-impl ToSql for TextParam {
-    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> SqlResult {
-        out.put_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-    fn encode_format(&self, _ty: &Type) -> Format {
-        Format::Text
-    }
-    to_sql_checked!();
-}
 
 /// A uuid in binary format (16 bytes).
 #[derive(Debug)]

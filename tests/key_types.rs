@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::params::TextParam;
 use common::proxy::{self, connect};
 use common::TestCluster;
 use futures_util::{future::try_join_all, pin_mut, SinkExt};
@@ -17,7 +18,7 @@ use pgshard::config::{AuthMethod, Config, ShardedTableConfig, UserConfig};
 use pgshard::router::{KeyType, ShardKey, ShardMap, Strategy};
 use pgshard::sql_text::quote_literal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::Client;
 
 const KEYS: usize = 10_000;
@@ -39,24 +40,6 @@ impl ToSql for KeyBin {
     }
     fn accepts(ty: &Type) -> bool {
         matches!(*ty, Type::UUID | Type::TEXT | Type::VARCHAR)
-    }
-    to_sql_checked!();
-}
-
-/// Any value in text format, as written (the server reads it with the type's input function).
-#[derive(Debug)]
-struct TextParam(String);
-
-impl ToSql for TextParam {
-    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> SqlResult {
-        out.put_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-    fn encode_format(&self, _ty: &Type) -> Format {
-        Format::Text
     }
     to_sql_checked!();
 }

@@ -123,6 +123,7 @@ impl Drop for TestCluster {
     }
 }
 pub mod answers;
+pub mod params;
 pub mod process;
 pub mod proxy;
 pub mod raw;
