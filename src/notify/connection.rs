@@ -162,7 +162,7 @@ pub(crate) async fn run(hub: Hub, target: Target, mut commands: mpsc::UnboundedR
                         notes.into_iter().unzip();
                     let r = client
                         .execute(
-                            "SELECT pg_catalog.pg_notify(c, p) FROM pg_catalog.unnest($1::text[], $2::text[]) AS t(c, p)",
+                            "SELECT pg_catalog.pg_notify(c, p) FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS t(c, p)",
                             &[&channels, &payloads],
                         )
                         .await;
