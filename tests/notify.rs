@@ -178,6 +178,22 @@ async fn notifications_cross_proxies_in_order_and_only_when_committed() {
         async move { hub.summary().1.is_empty() }
     })
     .await;
+    // The drivers' own APIs: psycopg 3 `notifies()`, asyncpg `add_listener`.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/notify_check.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(proxy::app_url(&a))
+        .arg(proxy::app_url(&b))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("notify passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     a.stop().await;
     b.stop().await;
 }
