@@ -5,27 +5,11 @@
 
 mod common;
 
+use common::answers::simple_rows as rows;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::{AuthMethod, CompatConfig, UserConfig};
 use pgshard::router::Strategy;
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// Every row of a simple query, as text cells.
-async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_database_answers_and_the_report_judges_ten_shards() {
