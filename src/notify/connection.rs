@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::{Command, Hub, Notification};
+use super::{Command, Hub, Notification, WeakHub};
 use crate::backend::topology::Topology;
 use crate::backend::ServerTls;
 use crate::config::Config;
@@ -62,7 +62,10 @@ impl Target {
 }
 
 /// A connection and a receiver that ends when the connection does.
-async fn connect(target: &Target, hub: &Hub) -> Result<(Client, oneshot::Receiver<()>), String> {
+async fn connect(
+    target: &Target,
+    hub: &WeakHub,
+) -> Result<(Client, oneshot::Receiver<()>), String> {
     let pg = target.pg_config()?;
     let (client, mut connection) = target.tls.connect(&pg).await.map_err(|e| e.to_string())?;
     let (lost, gone) = oneshot::channel::<()>();
@@ -72,11 +75,16 @@ async fn connect(target: &Target, hub: &Hub) -> Result<(Client, oneshot::Receive
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(n)) => hub.dispatch(Notification {
-                    pid: n.process_id(),
-                    channel: n.channel().to_string(),
-                    payload: n.payload().to_string(),
-                }),
+                Ok(AsyncMessage::Notification(n)) => {
+                    let Some(hub) = Hub::upgrade(&hub) else {
+                        return;
+                    };
+                    hub.dispatch(Notification {
+                        pid: n.process_id(),
+                        channel: n.channel().to_string(),
+                        payload: n.payload().to_string(),
+                    })
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "listening connection ended");
@@ -108,10 +116,19 @@ fn fields(e: &tokio_postgres::Error) -> ErrorFields {
 }
 
 /// Serves commands until the hub is gone, reconnecting with backoff.
-pub(crate) async fn run(hub: Hub, target: Target, mut commands: mpsc::UnboundedReceiver<Command>) {
+pub(crate) async fn run(
+    weak: WeakHub,
+    target: Target,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
     let mut backoff = Duration::from_millis(50);
+    // Held only while used, never across a wait: the hub ends with the proxy, and so does this.
+    let hub = || Hub::upgrade(&weak);
     loop {
-        let (client, mut gone) = match connect(&target, &hub).await {
+        if hub().is_none() {
+            return;
+        }
+        let (client, mut gone) = match connect(&target, &weak).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, shard = target.shard, "cannot open the LISTEN connection; retrying");
@@ -121,14 +138,16 @@ pub(crate) async fn run(hub: Hub, target: Target, mut commands: mpsc::UnboundedR
             }
         };
         backoff = Duration::from_millis(50);
-        let channels = hub.channels_in_use();
+        let channels = hub().map(|h| h.channels_in_use()).unwrap_or_default();
         if !channels.is_empty() {
             if let Err(e) = client.batch_execute(&listen_sql(&channels)).await {
                 tracing::warn!(error = %e, "cannot LISTEN again after reconnecting");
                 continue;
             }
         }
-        hub.confirm(&channels, true);
+        if let Some(h) = hub() {
+            h.confirm(&channels, true);
+        }
         loop {
             let command = tokio::select! {
                 c = commands.recv() => match c {
@@ -142,15 +161,15 @@ pub(crate) async fn run(hub: Hub, target: Target, mut commands: mpsc::UnboundedR
                     let r = client
                         .batch_execute(&listen_sql(&BTreeSet::from([channel.clone()])))
                         .await;
-                    if r.is_ok() {
-                        hub.confirm(&BTreeSet::from([channel]), false);
+                    if let (Ok(_), Some(h)) = (&r, hub()) {
+                        h.confirm(&BTreeSet::from([channel]), false);
                     }
                     let lost = r.as_ref().is_err_and(|e| e.as_db_error().is_none());
                     let _ = ack.send(r.map_err(|e| fields(&e)));
                     lost
                 }
                 Command::Unlisten(channel) => {
-                    if hub.in_use(&channel) {
+                    if hub().is_some_and(|h| h.in_use(&channel)) {
                         false
                     } else {
                         let sql = format!("UNLISTEN {}", quote_ident(&channel));

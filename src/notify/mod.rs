@@ -88,7 +88,7 @@ impl Registry {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(crate) struct Inner {
     registry: Mutex<Registry>,
     commands: OnceLock<mpsc::UnboundedSender<Command>>,
     next_id: AtomicU64,
@@ -98,6 +98,15 @@ struct Inner {
 #[derive(Clone, Default)]
 pub struct Hub {
     inner: Arc<Inner>,
+}
+
+/// The hub as its connection task holds it: gone once the proxy is.
+pub(crate) type WeakHub = std::sync::Weak<Inner>;
+
+impl Hub {
+    pub(crate) fn upgrade(weak: &WeakHub) -> Option<Hub> {
+        weak.upgrade().map(|inner| Hub { inner })
+    }
 }
 
 /// A client's registration: its notifications arrive on `inbox`; dropping it (the client left)
@@ -275,7 +284,8 @@ impl Hub {
     fn send(&self, command: Command, target: impl FnOnce() -> Target) {
         let tx = self.inner.commands.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(connection::run(self.clone(), target(), rx));
+            // The task holds the hub weakly: it ends with the proxy.
+            tokio::spawn(connection::run(Arc::downgrade(&self.inner), target(), rx));
             tx
         });
         let _ = tx.send(command);
