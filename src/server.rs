@@ -206,6 +206,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     monitor::adopt_recorded_primaries(&monitor_ctx).await;
     let monitors = Arc::new(monitor::start(monitor_ctx));
     let router = Router::from_config(&config);
+    router.set_shadows(
+        crate::backend::shadows::read(&config, &server_tls, &router.tables().names()).await,
+    );
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(
         &config.catalog.url,

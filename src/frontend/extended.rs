@@ -541,7 +541,10 @@ impl Session {
                         format!("prepared statement \"{}\" already exists", parse.name),
                     ));
                 }
-                let facts = self.proxy.router.analyze_prepared(&parse.query);
+                let facts = self
+                    .proxy
+                    .router
+                    .analyze_prepared_in(&parse.query, &self.search_path());
                 if facts.len() > 1 {
                     return Err(ErrorFields::error(
                         "42601",

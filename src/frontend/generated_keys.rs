@@ -115,6 +115,7 @@ impl Session {
     pub async fn reserve_keys_for(&mut self, facts: &[StatementFacts]) {
         if facts.iter().any(|f| f.kind == StatementKind::Ddl) {
             self.proxy.keys.forget_columns();
+            self.state.names_changed = true;
         }
         let needed = keys_needed(facts);
         self.reserve_keys(needed).await;
@@ -130,7 +131,10 @@ impl Session {
             match frame.tag {
                 fe::PARSE => {
                     if let Ok(parse) = Parse::decode(&frame.body) {
-                        let facts = self.proxy.router.analyze_prepared(&parse.query);
+                        let facts = self
+                            .proxy
+                            .router
+                            .analyze_prepared_in(&parse.query, &self.search_path());
                         parsed.insert(parse.name.clone(), facts);
                     }
                 }
@@ -160,6 +164,7 @@ impl Session {
         let all = parsed.values().chain(bound.iter()).flat_map(|f| f.iter());
         if all.clone().any(|f| f.kind == StatementKind::Ddl) {
             self.proxy.keys.forget_columns();
+            self.state.names_changed = true;
         }
         let mut needed = keys_needed(bound.iter().flat_map(|f| f.iter()));
         for more in unnest {

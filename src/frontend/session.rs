@@ -89,6 +89,9 @@ impl Session {
             };
             // Replica choices belong to one request.
             self.state.reads.servers.clear();
+            if matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC) {
+                self.follow_search_path();
+            }
             // A PAUSE from the admin console holds new requests here; open transactions go on.
             let _pass = match frame.tag {
                 fe::QUERY | fe::FLUSH | fe::SYNC => {
@@ -130,6 +133,7 @@ impl Session {
             if let Err(End::ClientGone) = result {
                 break;
             }
+            self.after_names_changed().await;
             if self.state.txn.is_none() && self.state.open_batch_shard.is_none() {
                 self.hold_pass = None;
             }
