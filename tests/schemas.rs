@@ -262,7 +262,14 @@ async fn paths_do_not_leak(c: &Client, sharded_rows: i64) {
         .unwrap();
     assert_eq!(count(c, total).await, sharded_rows, "after set_config");
     c.batch_execute("RESET search_path").await.unwrap();
-    c.batch_execute("BEGIN; SET LOCAL search_path = billing")
+    let e = c
+        .batch_execute("BEGIN; SET LOCAL search_path = billing")
+        .await
+        .expect_err("SET LOCAL search_path with another statement");
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("SET LOCAL search_path = billing")
         .await
         .unwrap();
     assert_eq!(count(c, total).await, sharded_rows, "under SET LOCAL");

@@ -437,6 +437,10 @@ impl ShardedTables {
 /// refused: its names were resolved before the change ran.
 pub const NAMES_AFTER_PATH_CHANGE: &str = "a statement naming tables after a change of search_path in the same query string (send it in a query of its own: pgshard resolves table names before the query runs)";
 
+/// Why `SET LOCAL search_path` is refused together with other statements: the block follows
+/// SET LOCAL only when it is sent alone.
+pub const SET_LOCAL_NOT_ALONE: &str = "SET LOCAL search_path together with other statements in one query string (send it on its own so pgshard can follow it)";
+
 /// True when the statement may change the session's search_path.
 fn changes_path(f: &super::StatementFacts, mentions_path: bool) -> bool {
     use super::StatementKind as K;
@@ -460,6 +464,13 @@ fn refuse_names_after_path_change(sql: &str, facts: &mut [super::StatementFacts]
         return;
     }
     let mentions_path = sql.to_ascii_lowercase().contains("search_path");
+    if mentions_path {
+        for f in facts.iter_mut() {
+            if f.kind == super::StatementKind::SetLocal && f.refuse.is_none() {
+                f.refuse = Some(SET_LOCAL_NOT_ALONE.into());
+            }
+        }
+    }
     let Some(first) = facts.iter().position(|f| changes_path(f, mentions_path)) else {
         return;
     };
