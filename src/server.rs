@@ -207,7 +207,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     let monitors = Arc::new(monitor::start(monitor_ctx));
     let router = Router::from_config(&config);
     router.set_shadows(
-        crate::backend::shadows::read(&config, &server_tls, &router.tables().names()).await,
+        crate::backend::shadows::read(
+            &config,
+            &server_tls,
+            &router.tables().names(),
+            &router.tables().tenant_schemas(),
+        )
+        .await,
     );
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(

@@ -16,6 +16,7 @@ use std::process::Stdio;
 use common::proxy::{self, connect_url};
 use common::TestCluster;
 use futures_util::{pin_mut, SinkExt};
+use pgshard::config::schemas::ShardedSchemaConfig;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::{KeyType, ShardKey, ShardMap, Strategy};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -314,8 +315,21 @@ async fn tables_in_any_schema_route_by_their_key_under_the_search_path() {
     let cluster = TestCluster::start(3, Strategy::Hash).await;
     let first = cluster.info.shard_ids()[0];
     create_tables(&cluster, first).await;
+    let ids = cluster.info.shard_ids();
+    let tenants = [
+        ("tenant_a", ids[1]),
+        ("tenant_b", ids[2]),
+        ("tenant_c", ids[1]),
+    ];
     let running = proxy::start_proxy_with(&cluster.info, |config| {
         config.sharded_tables.extend(tables());
+        config.sharded_schemas = tenants
+            .iter()
+            .map(|&(name, shard)| ShardedSchemaConfig {
+                name: name.into(),
+                shard,
+            })
+            .collect();
     })
     .await;
     let url = proxy::app_url(&running);
@@ -424,6 +438,7 @@ async fn tables_in_any_schema_route_by_their_key_under_the_search_path() {
     assert_eq!(verified, 601, "{report:?}");
 
     psycopg_checks(&cluster, &running, &map).await;
+    tenant_schemas(&cluster, &c, &tenants).await;
     running.stop().await;
 }
 
@@ -464,5 +479,99 @@ async fn psycopg_checks(
     assert!(
         out.status.success() && stdout.contains("schemas passed"),
         "psycopg checks failed:\n{stdout}\n{stderr}"
+    );
+}
+
+/// Schema-based sharding: each tenant schema is created through pgshard on its own shard, and
+/// its statements (qualified, or under a search_path that starts with it) run there whole;
+/// statements needing two tenants on different shards are refused (a tenant with a sharded
+/// table is refused too: see `router::schemas`' table test).
+async fn tenant_schemas(cluster: &TestCluster, c: &Client, tenants: &[(&str, u32)]) {
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        direct
+            .batch_execute("GRANT CREATE ON DATABASE app TO app")
+            .await
+            .unwrap();
+    }
+    c.batch_execute("RESET search_path").await.unwrap();
+    for &(tenant, _) in tenants {
+        c.batch_execute(&format!("CREATE SCHEMA {tenant}"))
+            .await
+            .unwrap();
+    }
+    // Qualified DDL and writes for tenant_a; unqualified ones under the path for the others.
+    c.batch_execute("CREATE TABLE tenant_a.orders (id int PRIMARY KEY, who text)")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        c.execute("INSERT INTO tenant_a.orders VALUES ($1, 'a')", &[&i])
+            .await
+            .unwrap();
+    }
+    for &(tenant, _) in &tenants[1..] {
+        c.batch_execute(&format!("SET search_path = {tenant}, public"))
+            .await
+            .unwrap();
+        c.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, who text)")
+            .await
+            .unwrap();
+        for i in 0..10 {
+            c.execute("INSERT INTO orders VALUES ($1, $2)", &[&i, &tenant])
+                .await
+                .unwrap();
+        }
+        // A join inside the tenant runs on its shard.
+        let n = count(c, "SELECT count(*) FROM orders o JOIN orders p USING (id)").await;
+        assert_eq!(n, 10, "{tenant}");
+        assert_eq!(
+            simple_value(c, "SELECT who FROM orders WHERE id = 3").await,
+            tenant
+        );
+    }
+    c.batch_execute("RESET search_path").await.unwrap();
+    // Each schema and its rows exist on its own shard only.
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        for &(tenant, shard) in tenants {
+            let rows: Vec<tokio_postgres::Row> = direct
+                .query("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&tenant])
+                .await
+                .unwrap();
+            assert_eq!(
+                rows.len(),
+                usize::from(id == shard),
+                "{tenant} on shard {id}"
+            );
+            if id == shard {
+                let want = if tenant == "tenant_a" { 20 } else { 10 };
+                let n = count(&direct, &format!("SELECT count(*) FROM {tenant}.orders")).await;
+                assert_eq!(n, want, "{tenant}.orders on shard {id}");
+            }
+        }
+    }
+    assert_eq!(count(c, "SELECT count(*) FROM tenant_a.orders").await, 20);
+    // Two tenants on one shard join; on two shards they are refused, naming both.
+    let n = count(
+        c,
+        "SELECT count(*) FROM tenant_a.orders a JOIN tenant_c.orders b USING (id)",
+    )
+    .await;
+    assert_eq!(n, 10);
+    let e = c
+        .query(
+            "SELECT * FROM tenant_a.orders a JOIN tenant_b.orders b USING (id)",
+            &[],
+        )
+        .await
+        .expect_err("two tenants on two shards");
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("tenant_a") && msg.contains("tenant_b"),
+        "{msg}"
     );
 }

@@ -7,11 +7,13 @@ use crate::backend::tls::ServerTls;
 use crate::config::{Config, ShardConfig};
 use crate::router::names::Shadows;
 
-/// The relations (tables, views, materialized views, foreign tables) named like `names`, in
-/// every schema but the temporary and toast ones.
+/// The relations (tables, views, materialized views, foreign tables, sequences) named like
+/// `names` in every schema but the temporary and toast ones, and every relation of the tenant
+/// schemas `$2`.
 const SHADOWS_SQL: &str = "SELECT n.nspname::text, c.relname::text \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+     WHERE (c.relname = ANY($1) OR n.nspname = ANY($2)) \
+     AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') \
      AND n.nspname !~ '^pg_(temp|toast)'";
 
 /// A control-plane connection to `shard` (its connection task runs until the client is
@@ -35,18 +37,23 @@ pub async fn control_client(
     Some(client)
 }
 
-/// The relations named like `names` on every shard that answers (shards that do not are
-/// skipped, as the other start-up checks do).
-pub async fn read(config: &Config, tls: &ServerTls, names: &[String]) -> Shadows {
+/// The relations named like `names` or in the tenant schemas `tenants` on every shard that
+/// answers (shards that do not are skipped, as the other start-up checks do).
+pub async fn read(
+    config: &Config,
+    tls: &ServerTls,
+    names: &[String],
+    tenants: &[String],
+) -> Shadows {
     let mut found = Shadows::new();
-    if names.is_empty() {
+    if names.is_empty() && tenants.is_empty() {
         return found;
     }
     for shard in &config.shards {
         let Some(client) = control_client(config, shard, tls).await else {
             continue;
         };
-        match client.query(SHADOWS_SQL, &[&names]).await {
+        match client.query(SHADOWS_SQL, &[&names, &tenants]).await {
             Ok(rows) => found.extend(rows.iter().map(|r| (r.get(0), r.get(1)))),
             Err(e) => {
                 tracing::warn!(shard = shard.id, error = %e, "cannot read which schemas hold the sharded tables' names")

@@ -115,7 +115,6 @@ impl Session {
     pub async fn reserve_keys_for(&mut self, facts: &[StatementFacts]) {
         if facts.iter().any(|f| f.kind == StatementKind::Ddl) {
             self.proxy.keys.forget_columns();
-            self.state.names_changed = true;
         }
         let needed = keys_needed(facts);
         self.reserve_keys(needed).await;
@@ -164,8 +163,8 @@ impl Session {
         let all = parsed.values().chain(bound.iter()).flat_map(|f| f.iter());
         if all.clone().any(|f| f.kind == StatementKind::Ddl) {
             self.proxy.keys.forget_columns();
-            self.state.names_changed = true;
         }
+        self.note_names_changed(all);
         let mut needed = keys_needed(bound.iter().flat_map(|f| f.iter()));
         for more in unnest {
             super::unnest_keys::add_needed(&mut needed, more);

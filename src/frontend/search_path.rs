@@ -14,6 +14,19 @@ impl Session {
         self.state.search_path(&self.server_login.role)
     }
 
+    /// Before DDL runs: which schemas hold which tables may change with it.
+    pub fn note_names_changed<'a>(
+        &mut self,
+        facts: impl IntoIterator<Item = &'a crate::router::StatementFacts>,
+    ) {
+        if facts
+            .into_iter()
+            .any(|f| f.kind == crate::router::StatementKind::Ddl)
+        {
+            self.state.names_changed = true;
+        }
+    }
+
     /// After a request: once the session is outside any block, reads again which schemas hold
     /// the configured tables' names when its DDL may have changed that.
     pub async fn after_names_changed(&mut self) {
@@ -22,8 +35,14 @@ impl Session {
         }
         self.state.names_changed = false;
         let proxy = &self.proxy;
-        let names = proxy.router.tables().names();
-        let shadows = crate::backend::shadows::read(&proxy.config, &proxy.server_tls, &names).await;
+        let tables = proxy.router.tables();
+        let shadows = crate::backend::shadows::read(
+            &proxy.config,
+            &proxy.server_tls,
+            &tables.names(),
+            &tables.tenant_schemas(),
+        )
+        .await;
         proxy.router.set_shadows(shadows);
     }
 

@@ -290,6 +290,7 @@ impl Session {
             self.io.push(&be::ready_for_query(status));
             return Ok(());
         }
+        self.note_names_changed(facts.iter());
         let local = facts.iter().any(|f| f.local.is_some());
         if !local {
             if let Some(done) = self.transaction_shortcut(&sql, &facts).await? {

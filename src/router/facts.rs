@@ -155,6 +155,9 @@ pub struct StatementFacts {
     /// For `SELECT set_config(…)` whose arguments come with the Bind: what to read there; the
     /// session turns it into `set_config` when it binds the statement.
     pub set_config_bound: Option<super::set_config::BoundCall>,
+    /// The shard of the tenant schema (`[[sharded_schemas]]`) whose tables the statement names:
+    /// it runs there, whole (see `router::schemas`).
+    pub schema_shard: Option<u32>,
 }
 
 /// Session state that binds a client to its server connection past the end of a transaction.
@@ -212,6 +215,7 @@ impl StatementFacts {
             pin: None,
             set_config: None,
             set_config_bound: None,
+            schema_shard: None,
             cursor: None,
         }
     }

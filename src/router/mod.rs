@@ -18,6 +18,7 @@ pub mod pg_array;
 pub mod pg_hash;
 pub mod rewrite;
 pub mod scatter_guard;
+pub mod schemas;
 pub mod set_config;
 pub mod shard_map;
 pub mod split_insert;
@@ -93,6 +94,7 @@ impl Router {
     pub fn from_config(config: &crate::config::Config) -> Router {
         Router::new(&config.sharded_tables, config.router.cache_size)
             .with_reference_tables(&config.reference_tables)
+            .with_schemas(&config.sharded_schemas)
             .with_shards(config.shards.iter().map(|s| s.id).collect())
     }
 
@@ -100,6 +102,15 @@ impl Router {
     /// facts depend on the table lists.
     pub fn with_reference_tables(mut self, names: &[String]) -> Router {
         self.tables = self.tables.clone().with_reference(names);
+        self
+    }
+
+    /// Adds tenant schemas, each placed whole on one shard. Call before the first statement.
+    pub fn with_schemas(
+        mut self,
+        schemas: &[crate::config::schemas::ShardedSchemaConfig],
+    ) -> Router {
+        self.tables = self.tables.clone().with_schemas(schemas);
         self
     }
 
@@ -290,7 +301,7 @@ impl Router {
         first_shard: u32,
     ) -> Route {
         match session_hint {
-            Some(h) if hint::session_hint_applies(facts) => {
+            Some(h) if hint::session_hint_applies(facts) && facts.schema_shard.is_none() => {
                 self.hinted_route(facts, &Ok(h.clone()), params, map)
             }
             _ => self.route(facts, params, map, first_shard),
@@ -309,6 +320,9 @@ impl Router {
         }
         if let Some(msg) = &facts.refuse {
             return Route::Refuse(msg.clone());
+        }
+        if let Some(shard) = facts.schema_shard {
+            return Route::Single(shard);
         }
         if let Some(hint) = &facts.hint {
             return self.hinted_route(facts, hint, params, map);

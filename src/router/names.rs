@@ -293,6 +293,8 @@ struct Config {
     reference: HashSet<QualifiedName>,
     /// Every name (without schema) of a sharded or reference table.
     names: HashSet<String>,
+    /// Tenant schemas (`[[sharded_schemas]]`) and their shards.
+    tenants: HashMap<String, u32>,
 }
 
 /// The sharded tables of the configuration (`(schema, name)` → key column and type), its
@@ -334,6 +336,7 @@ impl ShardedTables {
             sharded: self.config.sharded.clone(),
             reference: HashSet::new(),
             names: self.config.names.clone(),
+            tenants: self.config.tenants.clone(),
         };
         for n in names {
             let name = split_config_name(n);
@@ -344,6 +347,73 @@ impl ShardedTables {
             config: Arc::new(config),
             ..self
         }
+    }
+
+    /// The same tables plus these tenant schemas, each placed whole on its shard.
+    pub fn with_schemas(
+        self,
+        schemas: &[crate::config::schemas::ShardedSchemaConfig],
+    ) -> ShardedTables {
+        let mut config = Config {
+            keys: self.config.keys.clone(),
+            sharded: self.config.sharded.clone(),
+            reference: self.config.reference.clone(),
+            names: self.config.names.clone(),
+            tenants: HashMap::new(),
+        };
+        for s in schemas {
+            config.tenants.insert(s.name.to_lowercase(), s.shard);
+        }
+        ShardedTables {
+            config: Arc::new(config),
+            ..self
+        }
+    }
+
+    /// True when some schema is placed whole on one shard.
+    pub fn has_tenants(&self) -> bool {
+        !self.config.tenants.is_empty()
+    }
+
+    /// The shard of tenant schema `schema`.
+    pub fn tenant_shard(&self, schema: &str) -> Option<u32> {
+        self.config.tenants.get(&schema.to_lowercase()).copied()
+    }
+
+    /// The tenant schemas, whose relations are read from the catalogs as [`Shadows`].
+    pub fn tenant_schemas(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.config.tenants.keys().cloned().collect();
+        s.sort();
+        s
+    }
+
+    /// The first schema of the session's path.
+    pub fn path_first(&self) -> Option<&str> {
+        self.path.first()
+    }
+
+    /// How many schemas the session's path lists.
+    pub fn path_len(&self) -> usize {
+        self.path.schemas().len()
+    }
+
+    /// The schema `schema.name` means over every relation the proxy knows (configured tables and
+    /// what the catalogs hold), `None` when no schema on the path holds it.
+    pub fn resolve_known(&self, schema: &str, name: &str) -> Option<String> {
+        if !schema.is_empty() {
+            return Some(schema.to_lowercase());
+        }
+        let name = name.to_lowercase();
+        self.path
+            .schemas()
+            .iter()
+            .map(|s| s.to_lowercase())
+            .find(|s| {
+                let q = (s.clone(), name.clone());
+                self.config.sharded.contains_key(&q)
+                    || self.config.reference.contains(&q)
+                    || self.shadows.contains(&q)
+            })
     }
 
     /// The same tables, resolving unqualified names with `path` over what the catalogs hold.
@@ -368,23 +438,10 @@ impl ShardedTables {
     /// proxy knows; `None` when none does (Postgres would report it missing, or it is a table the
     /// configuration does not name, which lives on the first shard).
     pub fn resolve(&self, schema: &str, name: &str) -> Option<String> {
-        if !schema.is_empty() {
-            return Some(schema.to_lowercase());
-        }
-        let name = name.to_lowercase();
-        if !self.config.names.contains(&name) {
+        if schema.is_empty() && !self.config.names.contains(&name.to_lowercase()) {
             return None;
         }
-        self.path
-            .schemas()
-            .iter()
-            .map(|s| s.to_lowercase())
-            .find(|s| {
-                let q = (s.clone(), name.clone());
-                self.config.sharded.contains_key(&q)
-                    || self.config.reference.contains(&q)
-                    || self.shadows.contains(&q)
-            })
+        self.resolve_known(schema, name)
     }
 
     fn sharded(&self, schema: &str, name: &str) -> Option<Sharded> {
@@ -486,6 +543,7 @@ impl super::Router {
     pub(super) fn analyze_in(&self, sql: &str, path: &SearchPath) -> Vec<super::StatementFacts> {
         let mut facts = super::facts::analyze(sql, &self.tables_in(path));
         refuse_names_after_path_change(sql, &mut facts);
+        super::schemas::place(sql, &self.tables_in(path), &mut facts);
         facts
     }
 
