@@ -601,7 +601,14 @@ mod tests {
                 .collect(),
         );
         // (path, schema written, name, key column found, resolved schema)
-        let cases: &[(&[&str], &str, &str, Option<&str>, Option<&str>)] = &[
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
             (&["public"], "", "invoices", None, Some("public")),
             (&["billing"], "", "invoices", Some("id"), Some("billing")),
             (
@@ -671,7 +678,7 @@ mod tests {
         ];
         for (value, want) in cases {
             let got = SearchPath::from_setting(value, "app");
-            let want = want.map(|w| path(w));
+            let want = want.map(path);
             assert_eq!(got, want, "{value}");
         }
     }

@@ -201,7 +201,8 @@ mod tests {
         );
         let path = |p: &[&str]| SearchPath::new(p.iter().map(|s| s.to_string()).collect());
         // (path, sql, shard, or the start of the refusal)
-        let cases: &[(&[&str], &str, Result<Option<u32>, &str>)] = &[
+        type Case<'a> = (&'a [&'a str], &'a str, Result<Option<u32>, &'a str>);
+        let cases: &[Case] = &[
             (&["public"], "SELECT * FROM tenant_a.orders", Ok(Some(1))),
             (
                 &["tenant_b", "public"],
