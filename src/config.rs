@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod redact;
+pub mod schemas;
 mod secrets;
 
 pub use redact::{mask_url, MASK};
@@ -52,6 +53,9 @@ pub struct Config {
     pub shards: Vec<ShardConfig>,
     #[serde(default)]
     pub sharded_tables: Vec<ShardedTableConfig>,
+    /// Schemas placed whole on one shard each (schema-based sharding, see `config/schemas.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sharded_schemas: Vec<schemas::ShardedSchemaConfig>,
     #[serde(default)]
     pub router: RouterConfig,
     #[serde(default)]
@@ -996,6 +1000,7 @@ impl Config {
                 ));
             }
         }
+        schemas::validate(self, path)?;
         if let Some(cp) = &self.control_plane {
             if cp.user.is_empty() {
                 return Err(invalid("control_plane.user", "must not be empty".into()));

@@ -212,6 +212,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
             .with_shards(config.shards.iter().map(|s| s.id).collect()),
         None => Router::from_config(&config),
     };
+    if config.compat.is_none() {
+        router.set_shadows(
+            crate::backend::shadows::read(
+                &config,
+                &server_tls,
+                &router.tables().names(),
+                &router.tables().tenant_schemas(),
+            )
+            .await,
+        );
+    }
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(
         &config.catalog.url,

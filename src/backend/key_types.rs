@@ -34,7 +34,13 @@ pub async fn lookup(
     table: &ShardedTableConfig,
 ) -> Result<Option<CatalogKey>, String> {
     let rows = client
-        .query(LOOKUP_SQL, &[&table.name, &table.key.to_lowercase()])
+        .query(
+            LOOKUP_SQL,
+            &[
+                &crate::router::names::quote_config_name(&table.name),
+                &table.key.to_lowercase(),
+            ],
+        )
         .await
         .map_err(|e| format!("cannot read the key column of {}: {e}", table.name))?;
     let Some(row) = rows.first() else {
@@ -122,19 +128,9 @@ pub async fn resolve(
 ) -> Result<Vec<ShardedTableConfig>, String> {
     let mut found: Vec<Option<CatalogKey>> = vec![None; config.sharded_tables.len()];
     for shard in &config.shards {
-        let (user, password) = config.control_login(shard);
-        let pg = crate::backend::privileges::check_login(
-            config,
-            &shard.host,
-            shard.port,
-            &shard.database,
-            user,
-            password,
-        );
-        let Ok((client, connection)) = tls.connect(&pg).await else {
+        let Some(client) = crate::backend::shadows::control_client(config, shard, tls).await else {
             continue;
         };
-        let conn_task = tokio::spawn(connection);
         for (i, table) in config.sharded_tables.iter().enumerate() {
             let key = lookup(&client, table)
                 .await
@@ -151,7 +147,6 @@ pub async fn resolve(
             }
         }
         drop(client);
-        let _ = conn_task.await;
     }
     config
         .sharded_tables

@@ -13,6 +13,7 @@ pub mod prepared_lru;
 pub mod privileges;
 pub mod probe;
 pub mod session_state;
+pub mod shadows;
 pub mod tls;
 pub mod topology;
 

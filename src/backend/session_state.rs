@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::sql_text::{quote_ident, quote_literal};
+use crate::sql_text::quote_ident;
 
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
@@ -15,10 +15,14 @@ pub fn startup_settings(params: &[(String, String)]) -> BTreeMap<String, String>
     for (key, value) in params {
         if key == "options" {
             for (k, v) in parse_options(value) {
-                settings.insert(k.to_ascii_lowercase(), quote_literal(&v));
+                let k = k.to_ascii_lowercase();
+                let sql = crate::router::names::string_setting_sql(&k, &v);
+                settings.insert(k, sql);
             }
         } else if !NOT_SETTINGS.contains(&key.as_str()) && !key.starts_with("_pq_.") {
-            settings.insert(key.to_ascii_lowercase(), quote_literal(value));
+            let k = key.to_ascii_lowercase();
+            let sql = crate::router::names::string_setting_sql(&k, value);
+            settings.insert(k, sql);
         }
     }
     settings
@@ -151,7 +155,7 @@ mod tests {
             s,
             map(&[
                 ("application_name", "'it''s'"),
-                ("search_path", "'a,b'"),
+                ("search_path", "'a', 'b'"),
                 ("statement_timeout", "'5s'"),
                 ("work_mem", "'4MB'"),
             ])

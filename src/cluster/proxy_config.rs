@@ -64,6 +64,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
             allow_superuser_clients: false,
         },
         shards,
+        sharded_schemas: Vec::new(),
         sharded_tables: vec![ShardedTableConfig {
             name: "users".into(),
             key: "user_id".into(),

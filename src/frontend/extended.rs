@@ -541,7 +541,10 @@ impl Session {
                         format!("prepared statement \"{}\" already exists", parse.name),
                     ));
                 }
-                let facts = self.proxy.router.analyze_prepared(&parse.query);
+                let facts = self
+                    .proxy
+                    .router
+                    .analyze_prepared_in(&parse.query, &self.search_path());
                 if facts.len() > 1 {
                     return Err(ErrorFields::error(
                         "42601",
@@ -554,6 +557,15 @@ impl Session {
                     server_statement_name(&parse.query, &parse.param_types)
                 };
                 let local = is_local(&facts);
+                // A tenant schema's tables exist on its shard only: Describe them there, and
+                // refuse at Parse what no one shard can describe.
+                if let Some(why) = facts.first().and_then(crate::router::schemas::refusal) {
+                    return Err(Refusal::unsupported(why).into());
+                }
+                let parse_route = match facts.first().and_then(|f| f.schema_shard) {
+                    Some(shard) => Route::Single(shard),
+                    None => Route::Any,
+                };
                 let prepared = Arc::new(Prepared {
                     sql: parse.query.clone(),
                     param_types: parse.param_types.clone(),
@@ -565,7 +577,11 @@ impl Session {
                     .insert(parse.name.clone(), prepared.clone());
                 self.batch_parses
                     .push((parse.name.clone(), prepared.clone()));
-                Ok(Some((Msg::Parse(parse, prepared), Some(Route::Any), local)))
+                Ok(Some((
+                    Msg::Parse(parse, prepared),
+                    Some(parse_route),
+                    local,
+                )))
             }
             fe::BIND => {
                 let bind = Bind::decode(&frame.body).map_err(malformed)?;

@@ -87,7 +87,7 @@ impl Session {
             return Err(fields);
         }
         let map = self.proxy.map.current();
-        let tables = &self.proxy.config.sharded_tables;
+        let tables = &self.proxy.router.tables_in(&self.search_path());
         let mut per_shard = HashMap::with_capacity(shards.len());
         for shard in shards {
             let fence = Fence {

@@ -130,7 +130,10 @@ impl Session {
             match frame.tag {
                 fe::PARSE => {
                     if let Ok(parse) = Parse::decode(&frame.body) {
-                        let facts = self.proxy.router.analyze_prepared(&parse.query);
+                        let facts = self
+                            .proxy
+                            .router
+                            .analyze_prepared_in(&parse.query, &self.search_path());
                         parsed.insert(parse.name.clone(), facts);
                     }
                 }
@@ -161,6 +164,7 @@ impl Session {
         if all.clone().any(|f| f.kind == StatementKind::Ddl) {
             self.proxy.keys.forget_columns();
         }
+        self.note_names_changed(all);
         let mut needed = keys_needed(bound.iter().flat_map(|f| f.iter()));
         for more in unnest {
             super::unnest_keys::add_needed(&mut needed, more);

@@ -271,7 +271,7 @@ impl Session {
             return Ok(Err(fields));
         }
         let proxy = self.proxy.clone();
-        let facts = proxy.router.analyze_prepared(query);
+        let facts = proxy.router.analyze_prepared_in(query, &self.search_path());
         let route = match facts.as_ref() {
             [f] => {
                 let params = BindParams {

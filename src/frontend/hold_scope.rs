@@ -53,7 +53,10 @@ impl Session {
                 let Ok(sql) = fe::decode_query(&frame.body) else {
                     return false;
                 };
-                let (facts, literals) = self.proxy.router.analyze_simple(sql);
+                let (facts, literals) = self
+                    .proxy
+                    .router
+                    .analyze_simple_in(sql, &self.search_path());
                 let params = crate::router::literals::LiteralParams(&literals);
                 facts
                     .iter()
@@ -73,7 +76,10 @@ impl Session {
                     let Ok(parse) = Parse::decode(&frame.body) else {
                         continue;
                     };
-                    let facts = self.proxy.router.analyze_prepared(&parse.query);
+                    let facts = self
+                        .proxy
+                        .router
+                        .analyze_prepared_in(&parse.query, &self.search_path());
                     parsed.insert(parse.name, (facts, parse.param_types));
                 }
                 fe::BIND => {

@@ -18,6 +18,7 @@ pub mod read_routing;
 pub mod route_hints;
 pub mod run;
 pub mod scatter_policy;
+pub mod search_path;
 pub mod session;
 pub mod session_limits;
 pub mod session_pins;

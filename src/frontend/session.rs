@@ -91,6 +91,9 @@ impl Session {
             };
             // Replica choices belong to one request.
             self.state.reads.servers.clear();
+            if matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC) {
+                self.follow_search_path();
+            }
             // A PAUSE from the admin console holds new requests here; open transactions go on.
             let _pass = match frame.tag {
                 fe::QUERY | fe::FLUSH | fe::SYNC => {
@@ -132,6 +135,7 @@ impl Session {
             if let Err(End::ClientGone) = result {
                 break;
             }
+            self.after_names_changed().await;
             if self.state.txn.is_none() && self.state.open_batch_shard.is_none() {
                 self.hold_pass = None;
             }
@@ -289,6 +293,7 @@ impl Session {
             self.io.push(&be::ready_for_query(status));
             return Ok(());
         }
+        self.note_names_changed(facts.iter());
         let local = facts.iter().any(|f| f.local.is_some());
         if !local {
             if let Some(done) = self.transaction_shortcut(&sql, &facts).await? {

@@ -134,7 +134,10 @@ impl Session {
         let arg = format!("'{}'::{}", key_array_text(&new.keys), new.array_type);
         let text =
             add_key(sql, &new.column, &arg, new.overriding).map_err(|e| refusal(e.to_string()))?;
-        let (keyed, _) = self.proxy.router.analyze_simple(&text);
+        let (keyed, _) = self
+            .proxy
+            .router
+            .analyze_simple_in(&text, &self.search_path());
         let unnest = keyed
             .first()
             .and_then(|f| f.unnest.clone())
@@ -173,7 +176,10 @@ impl Session {
         let arg = format!("${}::{}", n + 1, new.array_type);
         let sql = add_key(&statement.sql, &new.column, &arg, new.overriding)
             .map_err(|e| refusal(e.to_string()))?;
-        let keyed = self.proxy.router.analyze_prepared(&sql);
+        let keyed = self
+            .proxy
+            .router
+            .analyze_prepared_in(&sql, &self.search_path());
         if keyed.first().and_then(|f| f.unnest.as_ref()).is_none() {
             return Err(refusal(
                 "the UNNEST insert with generated keys is not an UNNEST insert",

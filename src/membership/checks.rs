@@ -128,8 +128,13 @@ async fn inspect(
     let tables: Vec<String> = config
         .sharded_tables
         .iter()
-        .map(|t| t.name.clone())
-        .chain(config.reference_tables.iter().cloned())
+        .map(|t| crate::router::names::quote_config_name(&t.name))
+        .chain(
+            config
+                .reference_tables
+                .iter()
+                .map(|t| crate::router::names::quote_config_name(t)),
+        )
         .collect();
     let missing = client
         .query(

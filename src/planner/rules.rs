@@ -171,7 +171,8 @@ pub fn statement_route(
     let (mut route, rewritten) = match (&st.looked_up, keys) {
         (Some(route), _) => (route.clone(), None),
         (None, Some(keys)) if st.facts.missing_key_rows.is_some() => {
-            let (text, route) = keyed_insert(st.sql, keys, cx.map, cx.sharded_tables)?;
+            let key = st.facts.shard_key.as_ref().map(|(_, k)| k.as_str());
+            let (text, route) = keyed_insert(st.sql, keys, cx.map, key)?;
             (route, Some(text))
         }
         (None, _) => (
@@ -235,17 +236,16 @@ pub fn keyed_insert(
     sql: &str,
     keys: &GivenKeys,
     map: &ShardMap,
-    sharded_tables: &[ShardedTableConfig],
+    key: Option<&str>,
 ) -> Result<(String, Route), Refusal> {
+    let key = key.ok_or_else(|| {
+        Refusal::unsupported("an INSERT that omits the shard key into a table that is not sharded")
+    })?;
     let rows = crate::router::split_insert::rows_by_shard_key(&keys.keys, map);
     let literals: Vec<String> = keys.keys.iter().map(|k| k.sql_literal()).collect();
-    let rewritten = crate::router::rewrite::insert_with_key_literals(
-        sql,
-        sharded_tables,
-        &literals,
-        keys.overriding,
-    )
-    .map_err(|e| Refusal::unsupported(e.to_string()))?;
+    let rewritten =
+        crate::router::rewrite::insert_with_key_literals(sql, key, &literals, keys.overriding)
+            .map_err(|e| Refusal::unsupported(e.to_string()))?;
     match rows.as_slice() {
         [one] => Ok((rewritten, Route::Single(one.shard))),
         _ => Ok((rewritten, Route::SplitInsert(rows))),

@@ -35,7 +35,7 @@ pub fn step_move<'a>(job: &'a Job, step: &Step) -> Result<&'a Move, RebalanceErr
         })
 }
 
-/// (table, key, predicate) for every sharded table.
+/// (table as SQL, schema-qualified; key; predicate) for every sharded table.
 pub fn predicates(config: &Config, job: &Job, m: &Move) -> Vec<(String, String, String)> {
     config
         .sharded_tables
@@ -43,7 +43,11 @@ pub fn predicates(config: &Config, job: &Job, m: &Move) -> Vec<(String, String, 
         .map(|t| {
             let key_type = t.key_type.unwrap_or_default();
             let predicate = job.plan.predicate_typed(&t.key, key_type, m);
-            (t.name.clone(), t.key.clone(), predicate)
+            (
+                crate::router::names::quote_config_name(&t.name),
+                t.key.clone(),
+                predicate,
+            )
         })
         .collect()
 }
@@ -91,7 +95,7 @@ pub async fn ensure_publication(
     let mut tables = Vec::new();
     for (table, _, pred) in predicates(config, job, m) {
         if table_exists(source, step.source, &table).await? {
-            tables.push(format!("TABLE {} WHERE ({pred})", ident(&table)));
+            tables.push(format!("TABLE {table} WHERE ({pred})"));
         }
     }
     let sql = if tables.is_empty() {
@@ -256,10 +260,7 @@ pub async fn progress(
     for (table, _, pred) in predicates(config, job, m) {
         if table_exists(dest, step.dest, &table).await? {
             let n: i64 = dest
-                .query_one(
-                    &format!("SELECT count(*) FROM {} WHERE {pred}", ident(&table)),
-                    &[],
-                )
+                .query_one(&format!("SELECT count(*) FROM {table} WHERE {pred}"), &[])
                 .await
                 .map_err(RebalanceError::shard(step.dest))?
                 .get(0);
@@ -375,7 +376,7 @@ pub async fn delete_rows(
         if !table_exists(client, shard, &table).await? {
             continue;
         }
-        let (t, k) = (ident(&table), ident(&key));
+        let (t, k) = (&table, ident(&key));
         let sql = format!(
             "DELETE FROM {t} WHERE {k} IN (SELECT {k} FROM {t} WHERE {pred} LIMIT {batch})"
         );
@@ -410,7 +411,8 @@ pub async fn checksums(
 ) -> Result<BTreeMap<i32, StepChecksum>, RebalanceError> {
     let mut out: BTreeMap<i32, StepChecksum> = steps.iter().map(|s| (s.no, Vec::new())).collect();
     for table in &config.sharded_tables {
-        if !table_exists(client, shard, &table.name).await? {
+        let name = crate::router::names::quote_config_name(&table.name);
+        if !table_exists(client, shard, &name).await? {
             continue;
         }
         let mut arms = Vec::with_capacity(steps.len());
@@ -426,7 +428,7 @@ pub async fn checksums(
              FROM (SELECT CASE {} END AS step, x AS r FROM {} x) moving \
              WHERE step IS NOT NULL GROUP BY step",
             arms.join(" "),
-            ident(&table.name)
+            name
         );
         let rows = client
             .query(&sql, &[])

@@ -4,7 +4,6 @@
 use super::shards::connect;
 use super::{Plan, RebalanceError};
 use crate::config::Config;
-use crate::sql_text::quote_ident as ident;
 
 /// Rows each move carries (summed over the sharded tables), in the order of `plan.moves`.
 pub async fn rows_per_move(config: &Config, plan: &Plan) -> Result<Vec<i64>, RebalanceError> {
@@ -14,7 +13,10 @@ pub async fn rows_per_move(config: &Config, plan: &Plan) -> Result<Vec<i64>, Reb
         let mut rows = 0i64;
         for table in &config.sharded_tables {
             let exists: bool = client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.name])
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&crate::router::names::quote_config_name(&table.name)],
+                )
                 .await
                 .map_err(RebalanceError::shard(m.source))?
                 .get(0);
@@ -31,7 +33,7 @@ pub async fn rows_per_move(config: &Config, plan: &Plan) -> Result<Vec<i64>, Reb
             };
             let sql = format!(
                 "SELECT count(*) FROM {} WHERE {}",
-                ident(&table.name),
+                crate::router::names::quote_config_name(&table.name),
                 plan.predicate_typed(&table.key, key_type, m)
             );
             let n: i64 = client

@@ -8,7 +8,6 @@ use super::shards::connect;
 use super::RebalanceError;
 use crate::config::Config;
 use crate::router::{ShardMap, Strategy};
-use crate::sql_text::quote_ident as ident;
 
 /// Rows one shard gives another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +152,10 @@ async fn points_sql(
     let mut parts = Vec::new();
     for table in &config.sharded_tables {
         let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.name])
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&crate::router::names::quote_config_name(&table.name)],
+            )
             .await
             .map_err(RebalanceError::shard(shard))?
             .get(0);
@@ -164,7 +166,7 @@ async fn points_sql(
             parts.push(format!(
                 "SELECT {} AS p FROM {} WHERE {}",
                 map.sql_point_expr_typed(&table.key, key_type),
-                ident(&table.name),
+                crate::router::names::quote_config_name(&table.name),
                 map.sql_owned_by_typed(&table.key, key_type, shard)
             ));
         }

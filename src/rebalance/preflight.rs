@@ -154,19 +154,33 @@ async fn prepare_destination(
         .map(|t| t.name.as_str())
         .chain(config.reference_tables.iter().map(String::as_str))
     {
+        let name = crate::router::names::quote_config_name(name);
         let there: bool = dest
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
             .await
             .map_err(RebalanceError::shard(dest_id))?
             .get(0);
         if !there {
-            missing.push(name.to_string());
+            missing.push(name);
         }
     }
     if !missing.is_empty() {
         let schema = dump_schema(config, template, &missing).await?;
+        // `pg_dump -t` leaves out the schemas the tables are in.
+        let schemas: std::collections::BTreeSet<String> = config
+            .sharded_tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain(config.reference_tables.iter().map(String::as_str))
+            .map(|n| crate::router::names::split_config_name(n).0)
+            .filter(|s| s != crate::router::names::PUBLIC)
+            .collect();
+        let create: String = schemas
+            .iter()
+            .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};\n", ident(s)))
+            .collect();
         // The dump empties search_path for its session; RESET ALL gives the session back.
-        dest.batch_execute(&format!("{schema}\nRESET ALL;"))
+        dest.batch_execute(&format!("{create}{schema}\nRESET ALL;"))
             .await
             .map_err(RebalanceError::shard(dest_id))?;
         tracing::info!(shard = dest_id, from = template, tables = ?missing, "copied table definitions to the destination");
@@ -176,7 +190,7 @@ async fn prepare_destination(
     }
     let src = connect(config, template).await?;
     for table in &config.reference_tables {
-        let t = ident(table);
+        let t = crate::router::names::quote_config_name(table);
         let empty: bool = dest
             .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {t})"), &[])
             .await

@@ -40,7 +40,10 @@ pub async fn verify(config: &Config, map: &ShardMap) -> Result<Report, Rebalance
         let client = connect(config, shard.id).await?;
         for table in &config.sharded_tables {
             let exists: bool = client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.name])
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&crate::router::names::quote_config_name(&table.name)],
+                )
                 .await
                 .map_err(|e| RebalanceError::Shard {
                     shard: shard.id,
@@ -54,7 +57,7 @@ pub async fn verify(config: &Config, map: &ShardMap) -> Result<Report, Rebalance
                 .await
                 .map_err(RebalanceError::Refused)?;
             let owned = map.sql_owned_by_typed(&table.key, key_type, shard.id);
-            let t = ident(&table.name);
+            let t = crate::router::names::quote_config_name(&table.name);
             let key = ident(&table.key);
             let sql = format!(
                 "SELECT (SELECT count(*) FROM {t}), \

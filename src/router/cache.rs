@@ -66,6 +66,14 @@ impl RouteCache {
         facts
     }
 
+    /// Forgets every entry (what the facts were derived from changed).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Number of cached statements.
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()

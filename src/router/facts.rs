@@ -161,6 +161,9 @@ pub struct StatementFacts {
     /// For `SELECT set_config(…)` whose arguments come with the Bind: what to read there; the
     /// session turns it into `set_config` when it binds the statement.
     pub set_config_bound: Option<super::set_config::BoundCall>,
+    /// The shard of the tenant schema (`[[sharded_schemas]]`) whose tables the statement names:
+    /// it runs there, whole (see `router::schemas`).
+    pub schema_shard: Option<u32>,
 }
 
 /// Session state that binds a client to its server connection past the end of a transaction.
@@ -218,6 +221,7 @@ impl StatementFacts {
             pin: None,
             set_config: None,
             set_config_bound: None,
+            schema_shard: None,
             cursor: None,
         }
     }
@@ -227,7 +231,7 @@ impl StatementFacts {
 // Analysis
 // ---------------------------------------------------------------------------------------------
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use pg_query::protobuf as pb;
 use pg_query::protobuf::a_const::Val;
@@ -236,80 +240,7 @@ use crate::sql_text::quote_literal;
 use pg_query::NodeEnum;
 use serde_json::Value;
 
-use crate::config::ShardedTableConfig;
-
-/// The sharded tables of the configuration (lowercased table name → lowercased key column) and
-/// its reference tables (lowercased names).
-#[derive(Debug, Clone, Default)]
-pub struct ShardedTables {
-    keys: HashMap<String, String>,
-    types: HashMap<String, crate::router::KeyType>,
-    reference: HashSet<String>,
-}
-
-impl ShardedTables {
-    pub fn new(tables: &[ShardedTableConfig]) -> ShardedTables {
-        let name_of = |t: &ShardedTableConfig| {
-            let name = t.name.to_lowercase();
-            name.strip_prefix("public.").unwrap_or(&name).to_string()
-        };
-        let keys = tables
-            .iter()
-            .map(|t| (name_of(t), t.key.to_lowercase()))
-            .collect();
-        let types = tables
-            .iter()
-            .map(|t| (name_of(t), t.key_type.unwrap_or_default()))
-            .collect();
-        ShardedTables {
-            keys,
-            types,
-            reference: HashSet::new(),
-        }
-    }
-
-    /// The same tables plus these reference tables (names as in the config, `public.` optional).
-    pub fn with_reference(mut self, names: &[String]) -> ShardedTables {
-        self.reference = names
-            .iter()
-            .map(|n| {
-                let name = n.to_lowercase();
-                name.strip_prefix("public.").unwrap_or(&name).to_string()
-            })
-            .collect();
-        self
-    }
-
-    /// True when the table `schema.name` is a reference table (schema empty or `public`).
-    pub fn is_reference(&self, schema: &str, name: &str) -> bool {
-        (schema.is_empty() || schema.eq_ignore_ascii_case("public"))
-            && self.reference.contains(&name.to_lowercase())
-    }
-
-    /// The key type every sharded table shares, if they all share one (for a key hint on a
-    /// statement that names no sharded table).
-    pub fn common_key_type(&self) -> Option<crate::router::KeyType> {
-        let mut types = self.types.values();
-        let first = types.next().copied().unwrap_or_default();
-        types.all(|&t| t == first).then_some(first)
-    }
-
-    /// The type of a sharded table's key (integer when unknown).
-    pub fn key_type_of(&self, name: &str) -> crate::router::KeyType {
-        self.types
-            .get(&name.to_lowercase())
-            .copied()
-            .unwrap_or_default()
-    }
-
-    /// The key column of the table `schema.name` when it is sharded (schema empty or `public`).
-    pub fn key_of(&self, schema: &str, name: &str) -> Option<&str> {
-        if !(schema.is_empty() || schema.eq_ignore_ascii_case("public")) {
-            return None;
-        }
-        self.keys.get(&name.to_lowercase()).map(String::as_str)
-    }
-}
+pub use super::names::ShardedTables;
 
 /// Aggregate functions recognised by name (user-defined aggregates are not).
 pub(crate) const AGGREGATES: &[&str] = &[
@@ -811,8 +742,8 @@ fn tables_and_key(
         if let Some(key) = ctx.tables.key_of(schema, name) {
             facts.sharded = true;
             if facts.shard_key.is_none() {
-                facts.shard_key = Some((name.clone(), key.to_string()));
-                facts.key_type = ctx.tables.key_type_of(name);
+                facts.shard_key = Some((ctx.tables.display_name(schema, name), key.to_string()));
+                facts.key_type = ctx.tables.key_type_of(schema, name);
             }
             all_sharded.push(name.clone());
         } else if ctx.tables.is_reference(schema, name) {
@@ -1152,8 +1083,8 @@ fn mark_tables(scan: &Scan, tables: &ShardedTables, facts: &mut StatementFacts) 
         if let Some(key) = tables.key_of(schema, name) {
             facts.sharded = true;
             if facts.shard_key.is_none() {
-                facts.shard_key = Some((name.clone(), key.to_string()));
-                facts.key_type = tables.key_type_of(name);
+                facts.shard_key = Some((tables.display_name(schema, name), key.to_string()));
+                facts.key_type = tables.key_type_of(schema, name);
             }
         } else if tables.is_reference(schema, name) {
             facts.reference = true;
@@ -1805,6 +1736,7 @@ pub fn analyze(sql: &str, tables: &ShardedTables) -> Vec<StatementFacts> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ShardedTableConfig;
 
     fn tables() -> ShardedTables {
         let cfg = |name: &str, key: &str| ShardedTableConfig {

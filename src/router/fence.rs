@@ -11,12 +11,12 @@ use pg_query::protobuf::{
 };
 
 use super::ShardMap;
-use crate::config::ShardedTableConfig;
 use crate::sql_text::quote_ident;
 
 /// The sharded tables and the map whose ownership a fence enforces on one shard.
 pub struct Fence<'a> {
-    pub tables: &'a [ShardedTableConfig],
+    /// Resolved with the session's search_path, as the statement's own names are.
+    pub tables: &'a super::names::ShardedTables,
     pub map: &'a ShardMap,
     pub shard: u32,
 }
@@ -90,10 +90,9 @@ impl Fence<'_> {
     }
 
     fn key_of(&self, rv: &RangeVar) -> Option<(&str, crate::router::KeyType)> {
-        self.tables
-            .iter()
-            .find(|t| t.name.eq_ignore_ascii_case(&rv.relname))
-            .map(|t| (t.key.as_str(), t.key_type.unwrap_or_default()))
+        let (schema, name) = (rv.schemaname.to_lowercase(), rv.relname.to_lowercase());
+        let key = self.tables.key_of(&schema, &name)?;
+        Some((key, self.tables.key_type_of(&schema, &name)))
     }
 
     /// The ownership condition for a table referred to as `qualifier`.
@@ -288,6 +287,7 @@ fn and_into(clause: &mut Option<Box<protobuf::Node>>, mut preds: Vec<protobuf::N
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ShardedTableConfig;
     use crate::router::{KeyRange, Strategy};
 
     fn tables() -> Vec<ShardedTableConfig> {
@@ -326,7 +326,7 @@ mod tests {
     }
 
     fn fence(sql: &str) -> Result<String, String> {
-        let (t, m) = (tables(), map());
+        let (t, m) = (super::super::names::ShardedTables::new(&tables()), map());
         Fence {
             tables: &t,
             map: &m,
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn hash_maps_use_the_hash_point() {
-        let t = tables();
+        let t = super::super::names::ShardedTables::new(&tables());
         let m = ShardMap::uniform(1, Strategy::Hash, &[1, 2]);
         let out = Fence {
             tables: &t,

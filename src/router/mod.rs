@@ -12,11 +12,13 @@ pub mod index_owner;
 pub mod key_type;
 pub mod literals;
 pub mod merge_plan;
+pub mod names;
 pub mod params;
 pub mod pg_array;
 pub mod pg_hash;
 pub mod rewrite;
 pub mod scatter_guard;
+pub mod schemas;
 pub mod set_config;
 pub mod shard_map;
 pub mod split_insert;
@@ -69,6 +71,8 @@ const PREPARED_PREFIX: &str = "p:";
 /// Statement analysis (cached) and the routing decision.
 pub struct Router {
     tables: ShardedTables,
+    /// What the shards' catalogs hold under the configured tables' names in other schemas.
+    shadows: std::sync::RwLock<Arc<names::Shadows>>,
     cache: RouteCache,
     /// Every configured shard: statements that change every shard reach these even when the map
     /// gives them no keys yet.
@@ -80,6 +84,7 @@ impl Router {
     pub fn new(tables: &[ShardedTableConfig], cache_size: usize) -> Router {
         Router {
             tables: ShardedTables::new(tables),
+            shadows: Default::default(),
             cache: RouteCache::new(cache_size),
             all_shards: Default::default(),
         }
@@ -89,6 +94,7 @@ impl Router {
     pub fn from_config(config: &crate::config::Config) -> Router {
         Router::new(&config.sharded_tables, config.router.cache_size)
             .with_reference_tables(&config.reference_tables)
+            .with_schemas(&config.sharded_schemas)
             .with_shards(config.shards.iter().map(|s| s.id).collect())
     }
 
@@ -96,6 +102,15 @@ impl Router {
     /// facts depend on the table lists.
     pub fn with_reference_tables(mut self, names: &[String]) -> Router {
         self.tables = self.tables.clone().with_reference(names);
+        self
+    }
+
+    /// Adds tenant schemas, each placed whole on one shard. Call before the first statement.
+    pub fn with_schemas(
+        mut self,
+        schemas: &[crate::config::schemas::ShardedSchemaConfig],
+    ) -> Router {
+        self.tables = self.tables.clone().with_schemas(schemas);
         self
     }
 
@@ -136,16 +151,28 @@ impl Router {
     }
 
     /// Facts of a simple-protocol query string, with the literals that stand for `$n` in them
-    /// (pass them as [`literals::LiteralParams`]).
+    /// (pass them as [`literals::LiteralParams`]), for a session on the default search_path.
     pub fn analyze_simple(&self, sql: &str) -> (Arc<[StatementFacts]>, Vec<Literal>) {
+        self.analyze_simple_in(sql, &names::SearchPath::default())
+    }
+
+    /// [`Router::analyze_simple`] for a session whose unqualified table names resolve with
+    /// `path`: facts are cached per path, so a route for `invoices` under one search_path never
+    /// serves another.
+    pub fn analyze_simple_in(
+        &self,
+        sql: &str,
+        path: &names::SearchPath,
+    ) -> (Arc<[StatementFacts]>, Vec<Literal>) {
         let norm = literals::normalize(sql);
-        let key = format!("{SIMPLE_PREFIX}{}", norm.text);
+        let scope = self.cache_scope(path);
+        let key = format!("{SIMPLE_PREFIX}{scope}{}", norm.text);
         if let Some(f) = self.cache.get(&key) {
             if !needs_original(&f) || norm.literals.is_empty() {
                 return (f, norm.literals);
             }
         } else {
-            let f: Arc<[StatementFacts]> = facts::analyze(&norm.text, &self.tables).into();
+            let f: Arc<[StatementFacts]> = self.analyze_in(&norm.text, path).into();
             self.cache.put(key, f.clone());
             if !needs_original(&f) || norm.literals.is_empty() {
                 return (f, norm.literals);
@@ -154,18 +181,28 @@ impl Router {
         // The normalized text does not parse (`interval '1 day'` became `interval $1`), or it is a
         // utility statement whose values matter as text (`SET x = '5s'`, pgshard's own commands):
         // use the original text, without literals.
-        let okey = format!("{ORIGINAL_PREFIX}{sql}");
+        let okey = format!("{ORIGINAL_PREFIX}{scope}{sql}");
         let f = self
             .cache
-            .get_or_insert_with(&okey, || facts::analyze(sql, &self.tables));
+            .get_or_insert_with(&okey, || self.analyze_in(sql, path));
         (f, Vec::new())
     }
 
-    /// Facts of a prepared statement's exact text (its `$n` are Bind parameters).
+    /// Facts of a prepared statement's exact text (its `$n` are Bind parameters), for a session
+    /// on the default search_path.
     pub fn analyze_prepared(&self, sql: &str) -> Arc<[StatementFacts]> {
-        let key = format!("{PREPARED_PREFIX}{sql}");
+        self.analyze_prepared_in(sql, &names::SearchPath::default())
+    }
+
+    /// [`Router::analyze_prepared`] under the session's search_path.
+    pub fn analyze_prepared_in(
+        &self,
+        sql: &str,
+        path: &names::SearchPath,
+    ) -> Arc<[StatementFacts]> {
+        let key = format!("{PREPARED_PREFIX}{}{sql}", self.cache_scope(path));
         self.cache
-            .get_or_insert_with(&key, || facts::analyze(sql, &self.tables))
+            .get_or_insert_with(&key, || self.analyze_in(sql, path))
     }
 
     /// Where one statement runs. `first_shard` is where unsharded tables live.
@@ -264,7 +301,7 @@ impl Router {
         first_shard: u32,
     ) -> Route {
         match session_hint {
-            Some(h) if hint::session_hint_applies(facts) => {
+            Some(h) if hint::session_hint_applies(facts) && facts.schema_shard.is_none() => {
                 self.hinted_route(facts, &Ok(h.clone()), params, map)
             }
             _ => self.route(facts, params, map, first_shard),
@@ -283,6 +320,9 @@ impl Router {
         }
         if let Some(msg) = &facts.refuse {
             return Route::Refuse(msg.clone());
+        }
+        if let Some(shard) = facts.schema_shard {
+            return Route::Single(shard);
         }
         if let Some(hint) = &facts.hint {
             return self.hinted_route(facts, hint, params, map);

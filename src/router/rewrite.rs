@@ -28,14 +28,37 @@ pub fn insert_with_keys(
     overriding: bool,
 ) -> Result<String, RewriteError> {
     let literals: Vec<String> = ids.iter().map(i64::to_string).collect();
-    insert_with_key_literals(sql, tables, &literals, overriding)
+    rewrite(
+        sql,
+        |table| {
+            let unqualified = table.rsplit('.').next().unwrap_or(table).trim_matches('"');
+            tables
+                .iter()
+                .find(|t| t.name.eq_ignore_ascii_case(unqualified))
+                .map(|t| t.key.clone())
+                .ok_or_else(|| RewriteError::NotSharded(table.to_string()))
+        },
+        &literals,
+        overriding,
+    )
 }
 
 /// [`insert_with_keys`] for keys of any type, each given as an SQL constant
 /// ([`crate::router::ShardKey::sql_literal`]).
+/// `key` is the key column of the table the router resolved the INSERT's target to (under the
+/// session's search_path).
 pub fn insert_with_key_literals(
     sql: &str,
-    tables: &[ShardedTableConfig],
+    key: &str,
+    ids: &[String],
+    overriding: bool,
+) -> Result<String, RewriteError> {
+    rewrite(sql, |_| Ok(key.to_string()), ids, overriding)
+}
+
+fn rewrite(
+    sql: &str,
+    key_of: impl FnOnce(&str) -> Result<String, RewriteError>,
     ids: &[String],
     overriding: bool,
 ) -> Result<String, RewriteError> {
@@ -73,13 +96,7 @@ pub fn insert_with_key_literals(
     if tokens.get(name_end).map(|t| t.2.as_str()) != Some("(") {
         return Err(RewriteError::Shape);
     }
-    let table = table.trim_matches('"').to_string();
-    let unqualified = table.rsplit('.').next().unwrap_or(&table).trim_matches('"');
-    let key = tables
-        .iter()
-        .find(|t| t.name.eq_ignore_ascii_case(unqualified))
-        .map(|t| t.key.clone())
-        .ok_or_else(|| RewriteError::NotSharded(table.clone()))?;
+    let key = key_of(table.trim_matches('"'))?;
     let open = (name_end..tokens.len())
         .find(|&j| tokens[j].2 == "(")
         .ok_or(RewriteError::Shape)?;

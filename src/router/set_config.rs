@@ -11,7 +11,6 @@ use pg_query::protobuf::{self as pb};
 use pg_query::NodeEnum;
 
 use super::facts::{StatementFacts, StatementKind};
-use crate::sql_text::quote_literal;
 
 /// What a statement's `set_config` calls do to the session: `Ok((name, SQL value))` for the one
 /// session-level call of a `SELECT set_config('name', 'value', false)`; `Err` names a call the
@@ -22,6 +21,7 @@ pub fn session_setting(stmt: &NodeEnum) -> Option<Result<(String, String), Strin
     for call in &calls {
         match read_call(call) {
             Call::Local => {}
+            Call::LocalSearchPath => return Some(Err(LOCAL_SEARCH_PATH.into())),
             Call::Session(name, value) => session.push((name, value)),
             Call::Unknown => return Some(Err(
                 "set_config() whose arguments are not constants (a setting pgshard cannot replay)"
@@ -133,14 +133,18 @@ pub fn resolve(
         }
     };
     let is_local = read(&call.is_local, "is_local")?;
+    let name = read(&call.name, "name")?.to_lowercase();
     match is_local.to_lowercase().as_str() {
+        "t" | "true" | "on" | "yes" | "1" if name == SEARCH_PATH => {
+            return Err(LOCAL_SEARCH_PATH.into())
+        }
         "t" | "true" | "on" | "yes" | "1" => return Ok(None),
         "f" | "false" | "off" | "no" | "0" => {}
         other => return Err(format!("set_config() is_local {other:?} is not a boolean")),
     }
-    let name = read(&call.name, "name")?;
     let value = read(&call.value, "value")?;
-    Ok(Some((name.to_lowercase(), quote_literal(&value))))
+    let sql = super::names::string_setting_sql(&name, &value);
+    Ok(Some((name, sql)))
 }
 
 /// The kind the session's settings bookkeeping sees: a tracked `set_config` counts as its SET.
@@ -154,9 +158,17 @@ pub fn as_set(f: &StatementFacts) -> Cow<'_, StatementKind> {
     }
 }
 
+const SEARCH_PATH: &str = "search_path";
+
+/// Why a transaction-local `set_config` of the search_path is refused.
+pub const LOCAL_SEARCH_PATH: &str =
+    "set_config('search_path', …, true) (use SET LOCAL search_path, which pgshard follows)";
+
 enum Call {
     /// `is_local` is the constant true: the setting ends with the transaction.
     Local,
+    /// The same for the search_path, which decides what table names mean: not followed.
+    LocalSearchPath,
     Session(String, String),
     Unknown,
 }
@@ -165,18 +177,24 @@ fn read_call(args: &[pb::Node]) -> Call {
     let [name, value, local] = args else {
         return Call::Unknown;
     };
+    let local_call = || match constant(name) {
+        Some(Val::Sval(n)) if n.sval.eq_ignore_ascii_case(SEARCH_PATH) => Call::LocalSearchPath,
+        _ => Call::Local,
+    };
     match constant(local) {
-        Some(Val::Boolval(b)) if b.boolval => return Call::Local,
+        Some(Val::Boolval(b)) if b.boolval => return local_call(),
         Some(Val::Boolval(_)) => {}
         Some(Val::Sval(s)) if matches!(s.sval.to_lowercase().as_str(), "t" | "true" | "on") => {
-            return Call::Local
+            return local_call()
         }
         Some(Val::Sval(s)) if matches!(s.sval.to_lowercase().as_str(), "f" | "false" | "off") => {}
         _ => return Call::Unknown,
     }
     match (constant(name), constant(value)) {
         (Some(Val::Sval(n)), Some(Val::Sval(v))) => {
-            Call::Session(n.sval.to_lowercase(), quote_literal(&v.sval))
+            let name = n.sval.to_lowercase();
+            let sql = super::names::string_setting_sql(&name, &v.sval);
+            Call::Session(name, sql)
         }
         _ => Call::Unknown,
     }

@@ -7,6 +7,7 @@ pub mod causal_token;
 pub mod cursors;
 pub mod reads;
 pub mod route_hints;
+pub mod search_path;
 pub mod sql_prepare;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,11 @@ pub struct SessionState {
     pub reads: ReadState,
     /// Open cursors of the block and where each lives.
     pub cursors: Cursors,
+    /// The search_path the prepared statements' facts were resolved under.
+    pub prepared_under: Option<crate::router::names::SearchPath>,
+    /// The session ran DDL: which schemas hold the configured tables' names is read again once
+    /// it is outside any block.
+    pub names_changed: bool,
 }
 
 /// What a statement's effect on the settings asks of the server connections.

@@ -107,6 +107,15 @@ impl Txn {
         self.replay.push(Replay::Setting(sql.to_string()));
     }
 
+    /// The transaction-scoped settings in force (`SET LOCAL …` texts, in the order they ran and
+    /// with those undone by ROLLBACK TO left out), so the session can tell what they change.
+    pub fn local_settings(&self) -> impl Iterator<Item = &str> {
+        self.replay.iter().filter_map(|r| match r {
+            Replay::Setting(sql) => Some(sql.as_str()),
+            Replay::Savepoint(_) => None,
+        })
+    }
+
     /// Follows a savepoint statement that succeeded, so late joiners see the same savepoints.
     pub fn record_savepoint(&mut self, op: &SavepointOp) {
         match op {

@@ -69,7 +69,7 @@ impl Session {
             return Ok(Err(fields));
         }
         let proxy = self.proxy.clone();
-        let (facts, literals) = proxy.router.analyze_simple(query);
+        let (facts, literals) = proxy.router.analyze_simple_in(query, &self.search_path());
         let map = proxy.map.current();
         let route = match facts.as_ref() {
             [f] => proxy

@@ -40,7 +40,7 @@ impl Session {
     ) -> Result<Option<(Arc<[StatementFacts]>, Vec<Literal>)>, End> {
         let proxy = self.proxy.clone();
         for _ in 0..MAX_RUN_FIRST {
-            let (facts, literals) = proxy.router.analyze_simple(sql);
+            let (facts, literals) = proxy.router.analyze_simple_in(sql, &self.search_path());
             // A failed block answers its aborted error on the normal path.
             if !liftable(&facts) || self.state.txn.as_ref().is_some_and(|t| t.refused) {
                 return Ok(Some((facts, literals)));
@@ -59,7 +59,9 @@ impl Session {
                 }
             }
         }
-        Ok(Some(proxy.router.analyze_simple(sql)))
+        Ok(Some(
+            proxy.router.analyze_simple_in(sql, &self.search_path()),
+        ))
     }
 
     /// Runs `first`'s subquery (keyed, scattered and merged, or on the first shard) and returns
@@ -70,7 +72,9 @@ impl Session {
         outer: &str,
     ) -> Result<Result<String, ErrorFields>, End> {
         let proxy = self.proxy.clone();
-        let (facts, literals) = proxy.router.analyze_simple(&first.inner);
+        let (facts, literals) = proxy
+            .router
+            .analyze_simple_in(&first.inner, &self.search_path());
         let map = proxy.map.current();
         let route = match facts.as_ref() {
             [f] => proxy

@@ -1,0 +1,76 @@
+//! `[[sharded_schemas]]`: schema-based sharding. Each listed schema (a tenant) lives whole on
+//! one shard, named in the config: placement is kept by hand (like a pinned key), never computed
+//! from the shard map, so a rebalancing of the sharded tables never moves a tenant's tables
+//! without copying them.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Config, ConfigError};
+
+/// One tenant schema and the shard that holds all of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedSchemaConfig {
+    /// The schema's name as the catalog spells it (unquoted names are lowercase).
+    pub name: String,
+    /// The `[[shards]]` id holding the schema.
+    pub shard: u32,
+}
+
+/// Checks `[[sharded_schemas]]`: names given once, not `public` nor a system schema, not the
+/// schema of a sharded or reference table (those live on every shard), shards that exist.
+pub fn validate(config: &Config, path: &std::path::Path) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        message,
+    };
+    let table_schemas: HashSet<String> = config
+        .sharded_tables
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain(config.reference_tables.iter().map(String::as_str))
+        .map(|n| crate::router::names::split_config_name(n).0)
+        .collect();
+    let mut seen = HashSet::new();
+    for (i, s) in config.sharded_schemas.iter().enumerate() {
+        let key = format!("sharded_schemas[{i}]");
+        let name = s.name.to_lowercase();
+        if name.is_empty() {
+            return Err(invalid(&format!("{key}.name"), "must not be empty".into()));
+        }
+        if name == crate::router::names::PUBLIC
+            || name == "information_schema"
+            || name.starts_with("pg_")
+        {
+            return Err(invalid(
+                &format!("{key}.name"),
+                format!("schema `{}` cannot be placed on one shard", s.name),
+            ));
+        }
+        if table_schemas.contains(&name) {
+            return Err(invalid(
+                &format!("{key}.name"),
+                format!(
+                    "schema `{}` holds sharded or reference tables, which live on every shard",
+                    s.name
+                ),
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(invalid(
+                &format!("{key}.name"),
+                format!("schema `{}` is listed twice", s.name),
+            ));
+        }
+        if config.shard(s.shard).is_none() {
+            return Err(invalid(
+                &format!("{key}.shard"),
+                format!("no [[shards]] entry has id {}", s.shard),
+            ));
+        }
+    }
+    Ok(())
+}

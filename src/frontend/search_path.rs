@@ -1,0 +1,71 @@
+//! The session's search_path as the router sees it: every analysis of the client's SQL resolves
+//! unqualified table names under it, and statements the client prepared under another path are
+//! analysed again when it changes (Postgres re-plans them too).
+
+use std::sync::Arc;
+
+use super::session::Session;
+use crate::router::names::SearchPath;
+use crate::session::Prepared;
+
+impl Session {
+    /// The search_path the client's next statement runs under.
+    pub fn search_path(&self) -> SearchPath {
+        self.state.search_path(&self.server_login.role)
+    }
+
+    /// Before DDL runs: which schemas hold which tables may change with it.
+    pub fn note_names_changed<'a>(
+        &mut self,
+        facts: impl IntoIterator<Item = &'a crate::router::StatementFacts>,
+    ) {
+        if facts
+            .into_iter()
+            .any(|f| f.kind == crate::router::StatementKind::Ddl)
+        {
+            self.state.names_changed = true;
+        }
+    }
+
+    /// After a request: once the session is outside any block, reads again which schemas hold
+    /// the configured tables' names when its DDL may have changed that.
+    pub async fn after_names_changed(&mut self) {
+        if !self.state.names_changed || self.state.txn.is_some() {
+            return;
+        }
+        self.state.names_changed = false;
+        let proxy = &self.proxy;
+        let tables = proxy.router.tables();
+        let shadows = crate::backend::shadows::read(
+            &proxy.config,
+            &proxy.server_tls,
+            &tables.names(),
+            &tables.tenant_schemas(),
+        )
+        .await;
+        proxy.router.set_shadows(shadows);
+    }
+
+    /// Before a request: when the search_path changed since the client's prepared statements
+    /// were analysed, analyses them again under the new one, so a statement prepared for
+    /// `billing.invoices` does not route `public.invoices` by its key (or the other way round).
+    pub fn follow_search_path(&mut self) {
+        let path = self.search_path();
+        if self.state.prepared_under.as_ref() == Some(&path) {
+            return;
+        }
+        let router = &self.proxy.router;
+        for prepared in self.state.statements.values_mut() {
+            let facts = router.analyze_prepared_in(&prepared.sql, &path);
+            if facts != prepared.facts {
+                *prepared = Arc::new(Prepared {
+                    sql: prepared.sql.clone(),
+                    param_types: prepared.param_types.clone(),
+                    facts,
+                    server_name: prepared.server_name.clone(),
+                });
+            }
+        }
+        self.state.prepared_under = Some(path);
+    }
+}

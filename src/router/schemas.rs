@@ -1,0 +1,269 @@
+//! Schema-based sharding: a statement that names tables of a tenant schema (`[[sharded_schemas]]`),
+//! qualified or through a search_path that resolves to it, runs whole on that tenant's shard.
+//! Statements that would need two tenants on different shards, or a tenant with sharded or
+//! unsharded tables (which live elsewhere), are refused: their join cannot be answered by one
+//! Postgres.
+
+use std::collections::{BTreeMap, HashSet};
+
+use pg_query::{NodeEnum, NodeRef};
+
+use super::names::ShardedTables;
+use super::StatementFacts;
+
+/// How one table name of a statement resolves for tenant placement.
+enum Named {
+    /// In this schema (a tenant's or not).
+    Schema(String),
+    /// Unqualified, not known in the tenant schema that comes first on the path, while other
+    /// schemas follow it there: Postgres may take it from any of them.
+    Unknown { name: String, tenant: String },
+}
+
+fn is_system(schema: &str) -> bool {
+    schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_")
+}
+
+/// Marks each statement of `sql` that names a tenant schema with its shard, or refuses it.
+pub fn place(sql: &str, tables: &ShardedTables, facts: &mut [StatementFacts]) {
+    if !tables.has_tenants() {
+        return;
+    }
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return;
+    };
+    let stmts: Vec<&NodeEnum> = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|raw| raw.stmt.as_ref()?.node.as_ref())
+        .collect();
+    if stmts.len() != facts.len() {
+        return;
+    }
+    for (stmt, f) in stmts.into_iter().zip(facts.iter_mut()) {
+        if f.refuse.is_some() || f.local.is_some() {
+            continue;
+        }
+        match placement(stmt, tables) {
+            Ok(Some(shard)) => f.schema_shard = Some(shard),
+            Ok(None) => {}
+            Err(why) => f.refuse = Some(why),
+        }
+    }
+}
+
+/// Marks the refusals of this module, so a Parse can be refused at once: no one shard holds
+/// every table such a statement names, so none could describe it.
+const REFUSAL_MARK: &str = "statement names tenant schema";
+const UNKNOWN_MARK: &str = "is not known in tenant schema";
+
+/// The refusal [`place`] gave the statement, if any.
+pub fn refusal(f: &StatementFacts) -> Option<&str> {
+    f.refuse
+        .as_deref()
+        .filter(|m| m.starts_with(REFUSAL_MARK) || m.contains(UNKNOWN_MARK))
+}
+
+/// The shard of the one tenant a statement names, `None` when it names none, or why it cannot
+/// run on one shard.
+fn placement(stmt: &NodeEnum, tables: &ShardedTables) -> Result<Option<u32>, String> {
+    let mut ctes = HashSet::new();
+    let mut named: Vec<Named> = Vec::new();
+    let created = match stmt {
+        NodeEnum::CreateStmt(c) => c.relation.as_ref().map(|r| r.relname.to_lowercase()),
+        _ => None,
+    };
+    for (node, _depth, _context, _) in stmt.nodes() {
+        match node {
+            NodeRef::CommonTableExpr(c) => {
+                ctes.insert(c.ctename.to_lowercase());
+            }
+            NodeRef::CreateSchemaStmt(c) => named.push(Named::Schema(c.schemaname.to_lowercase())),
+            _ => {}
+        }
+    }
+    if let NodeEnum::DropStmt(d) = stmt {
+        if d.remove_type == pg_query::protobuf::ObjectType::ObjectSchema as i32 {
+            for o in &d.objects {
+                if let Some(NodeEnum::String(s)) = o.node.as_ref() {
+                    named.push(Named::Schema(s.sval.to_lowercase()));
+                }
+            }
+        }
+    }
+    for (node, _depth, _context, _) in stmt.nodes() {
+        let NodeRef::RangeVar(rv) = node else {
+            continue;
+        };
+        let (schema, name) = (rv.schemaname.to_lowercase(), rv.relname.to_lowercase());
+        if (schema.is_empty() && ctes.contains(&name)) || tables.is_reference(&schema, &name) {
+            continue;
+        }
+        if schema.is_empty() && created.as_deref() == Some(name.as_str()) {
+            // CREATE TABLE puts an unqualified name in the first schema of the path.
+            if let Some(first) = tables.path_first() {
+                named.push(Named::Schema(first.to_lowercase()));
+                continue;
+            }
+        }
+        named.push(tables.resolve_for_tenants(&schema, &name));
+    }
+    let mut tenants: BTreeMap<String, u32> = BTreeMap::new();
+    let mut others: Vec<String> = Vec::new();
+    for n in named {
+        match n {
+            Named::Schema(s) => match tables.tenant_shard(&s) {
+                Some(shard) => {
+                    tenants.insert(s, shard);
+                }
+                None if is_system(&s) => {}
+                None => others.push(s),
+            },
+            Named::Unknown { name, tenant } => {
+                return Err(format!(
+                    "table {name} is not known in tenant schema {tenant}, which comes first on the search_path before other schemas (qualify it, or create it through pgshard)"
+                ))
+            }
+        }
+    }
+    let Some((first_tenant, &shard)) = tenants.iter().next() else {
+        return Ok(None);
+    };
+    if let Some((other, other_shard)) = tenants.iter().find(|(_, &s)| s != shard) {
+        return Err(format!(
+            "statement names tenant schemas {first_tenant} (shard {shard}) and {other} (shard {other_shard}), which live on different shards"
+        ));
+    }
+    if !others.is_empty() {
+        return Err(format!(
+            "statement names tenant schema {first_tenant} (shard {shard}) together with tables outside it, which do not live on that shard alone"
+        ));
+    }
+    Ok(Some(shard))
+}
+
+impl ShardedTables {
+    /// For tenant placement: the schema a table name resolves to, as [`ShardedTables::resolve`]
+    /// does over every relation known; an unqualified name known nowhere belongs to the first
+    /// schema of the path when that schema is a tenant's and the only one.
+    fn resolve_for_tenants(&self, schema: &str, name: &str) -> Named {
+        if let Some(s) = self.resolve_known(schema, name) {
+            return Named::Schema(s);
+        }
+        match self.path_first() {
+            Some(first) if self.tenant_shard(first).is_some() => {
+                if self.path_len() == 1 {
+                    Named::Schema(first.to_lowercase())
+                } else {
+                    Named::Unknown {
+                        name: name.to_string(),
+                        tenant: first.to_string(),
+                    }
+                }
+            }
+            // Not a tenant's: an unsharded table (or a missing one, Postgres's error).
+            _ => Named::Schema(String::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schemas::ShardedSchemaConfig;
+    use crate::router::names::{SearchPath, Shadows};
+    use std::sync::Arc;
+
+    #[test]
+    fn tenant_statements_run_on_their_shard() {
+        let tenants =
+            [("tenant_a", 1), ("tenant_b", 2), ("tenant_c", 1)].map(|(n, s)| ShardedSchemaConfig {
+                name: n.into(),
+                shard: s,
+            });
+        let base = ShardedTables::new(&[crate::config::ShardedTableConfig {
+            name: "billing.invoices".into(),
+            key: "id".into(),
+            key_type: None,
+        }])
+        .with_reference(&["countries".into()])
+        .with_schemas(&tenants);
+        let shadows: Arc<Shadows> = Arc::new(
+            [
+                ("tenant_b", "orders"),
+                ("tenant_a", "orders"),
+                ("public", "plans"),
+            ]
+            .map(|(s, n)| (s.to_string(), n.to_string()))
+            .into_iter()
+            .collect(),
+        );
+        let path = |p: &[&str]| SearchPath::new(p.iter().map(|s| s.to_string()).collect());
+        // (path, sql, shard, or the start of the refusal)
+        type Case<'a> = (&'a [&'a str], &'a str, Result<Option<u32>, &'a str>);
+        let cases: &[Case] = &[
+            (&["public"], "SELECT * FROM tenant_a.orders", Ok(Some(1))),
+            (
+                &["tenant_b", "public"],
+                "INSERT INTO orders VALUES ($1)",
+                Ok(Some(2)),
+            ),
+            (
+                &["tenant_b", "public"],
+                "CREATE TABLE items (id int)",
+                Ok(Some(2)),
+            ),
+            (
+                &["tenant_b", "public"],
+                "SELECT * FROM items",
+                Err("table items is not known"),
+            ),
+            (&["tenant_b"], "SELECT * FROM items", Ok(Some(2))),
+            (&["tenant_b", "public"], "SELECT * FROM plans", Ok(None)),
+            (&["public"], "CREATE SCHEMA tenant_c", Ok(Some(1))),
+            (&["public"], "DROP SCHEMA tenant_b CASCADE", Ok(Some(2))),
+            (
+                &["public"],
+                "SELECT * FROM tenant_a.orders JOIN tenant_c.orders USING (id)",
+                Ok(Some(1)),
+            ),
+            (
+                &["public"],
+                "SELECT * FROM tenant_a.orders JOIN tenant_b.orders USING (id)",
+                Err("statement names tenant schemas tenant_a (shard 1) and tenant_b (shard 2)"),
+            ),
+            (
+                &["tenant_a"],
+                "SELECT * FROM orders JOIN billing.invoices USING (id)",
+                Err("statement names tenant schema tenant_a"),
+            ),
+            (
+                &["tenant_a"],
+                "SELECT * FROM orders JOIN countries USING (id)",
+                Ok(Some(1)),
+            ),
+            (
+                &["tenant_a"],
+                "WITH o AS (SELECT 1) SELECT * FROM o, orders",
+                Ok(Some(1)),
+            ),
+            (&["public"], "SELECT * FROM plans", Ok(None)),
+        ];
+        for (p, sql, want) in cases {
+            let tables = base.resolving(&path(p), &shadows);
+            let parsed = pg_query::parse(sql, 0).expect("parses");
+            let stmt = parsed.protobuf.stmts[0]
+                .stmt
+                .as_ref()
+                .and_then(|n| n.node.as_ref())
+                .expect("a statement");
+            let got = placement(stmt, &tables);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{p:?} {sql}"),
+                (Err(w), Err(g)) => assert!(g.starts_with(w), "{p:?} {sql}: {g}"),
+                _ => panic!("{p:?} {sql}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}
