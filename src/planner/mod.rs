@@ -6,6 +6,7 @@ pub mod plan;
 pub mod request;
 pub mod rules;
 pub mod units;
+pub mod batch;
 
 pub use plan::{Plan, Planned};
 pub use request::{Ending, GivenKeys, Request, Statement};
