@@ -311,18 +311,26 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_under_an_open_flush_is_raised_by_its_shard() {
-        let scatter = [Route::Scatter(vec![1, 2])];
+    fn refused_routes_refuse_the_batch_unless_a_flush_left_a_shard_open() {
         let update = [facts("UPDATE users SET name = 'x' WHERE user_id > $1")];
-        let state = flush_open_on(2);
-        // Runs unit by unit (it leaves shard 2); had it not, the refusal would be raised there.
-        let b = batch(&scatter, &update);
-        assert_eq!(
-            plan_batch(&b, &state, BlockView::default(), || FALLBACK),
-            BatchPlan::Units
-        );
         let refuse = [Route::Refuse("no".into())];
-        let got = plan_batch(&batch(&refuse, &update), &state, BlockView::default(), || FALLBACK);
-        assert_eq!(refused(&got), Some(("no".to_string(), Some(2))));
+        let got = plan_batch(
+            &batch(&refuse, &update),
+            &SessionState::default(),
+            BlockView::default(),
+            || FALLBACK,
+        );
+        assert_eq!(refused(&got), Some(("no".to_string(), None)));
+        // Under a Flush that left shard 2 open, unit by unit, which refuses it on that shard.
+        let scatter = [Route::Scatter(vec![1, 2])];
+        for needed in [&scatter[..], &refuse[..]] {
+            let got = plan_batch(
+                &batch(needed, &update),
+                &flush_open_on(2),
+                BlockView::default(),
+                || FALLBACK,
+            );
+            assert_eq!(got, BatchPlan::Units, "{needed:?}");
+        }
     }
 }
