@@ -301,7 +301,10 @@ async fn query_strings_span_shards(
     let insert = format!(
         "INSERT INTO accounts (user_id, balance) VALUES ({a}, 10); INSERT INTO accounts (user_id, balance) VALUES ({b}, 20)"
     );
-    client.batch_execute(&insert).await.expect("two shards, no BEGIN");
+    client
+        .batch_execute(&insert)
+        .await
+        .expect("two shards, no BEGIN");
     assert_eq!(balance_directly(info, map, a).await, Some(10));
     assert_eq!(balance_directly(info, map, b).await, Some(20));
     let update = |x: i64, y: i64| {

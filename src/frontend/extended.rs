@@ -62,6 +62,15 @@ pub fn server_statement_name(sql: &str, param_types: &[u32]) -> String {
     name
 }
 
+/// The statement a Bind names (its body: portal, then statement, as C strings), read without
+/// decoding the rest.
+fn bind_statement_name(body: &[u8]) -> Option<&str> {
+    let portal_end = body.iter().position(|b| *b == 0)?;
+    let rest = &body[portal_end + 1..];
+    let end = rest.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 fn is_local(facts: &[StatementFacts]) -> bool {
     facts.first().is_some_and(|f| f.local.is_some())
 }
@@ -84,9 +93,11 @@ impl Session {
     pub async fn extended_batch(&mut self, sync: bool) -> Result<(), End> {
         let answered_before = self.io.parse_completes();
         self.batch_parses.clear();
-        let frames = std::mem::take(&mut self.batch);
-        self.reserve_keys_for_batch(&frames).await;
-        self.batch = frames;
+        if self.batch_may_need_keys() {
+            let frames = std::mem::take(&mut self.batch);
+            self.reserve_keys_for_batch(&frames).await;
+            self.batch = frames;
+        }
         let result = self.run_extended_batch(sync).await;
         let answered =
             usize::try_from(self.io.parse_completes() - answered_before).unwrap_or(usize::MAX);
@@ -104,6 +115,25 @@ impl Session {
             }
         }
         result
+    }
+
+    /// False when no message of the batch can need generated keys (or change a table's columns):
+    /// Binds of known statements that name their keys, as a prepared statement's re-execution
+    /// sends them. Spares decoding every Bind twice per batch.
+    fn batch_may_need_keys(&self) -> bool {
+        self.batch.iter().any(|frame| match frame.tag {
+            fe::PARSE => true,
+            fe::BIND => bind_statement_name(&frame.body)
+                .and_then(|name| self.state.statements.get(name))
+                .is_none_or(|st| {
+                    st.facts.iter().any(|f| {
+                        f.missing_key_rows.is_some()
+                            || f.unnest_keyless.is_some()
+                            || f.kind == StatementKind::Ddl
+                    })
+                }),
+            _ => false,
+        })
     }
 
     /// Answers the batch with `fields` alone: the rest of it up to Sync is skipped, as a server
@@ -654,25 +684,18 @@ impl Session {
         }
     }
 
-    /// A portal bound in this batch routes with its Bind; one from an earlier batch lives where it
-    /// was bound.
+    /// Where a Describe, Execute or Close of `portal` runs (see
+    /// [`crate::planner::batch::portal_route`]).
     fn portal_route(
         &self,
         portal: &str,
         portal_statements: &HashMap<String, Arc<Prepared>>,
     ) -> Option<Route> {
-        if portal_statements.contains_key(portal) {
-            return None;
-        }
-        // A cursor declared in SQL is a portal too: it lives where it was declared.
-        Some(match self.state.portals.get(portal).copied() {
-            Some(shard) => Route::Single(shard),
-            None => self
-                .state
-                .cursors
-                .shard_of(portal)
-                .map_or(Route::Any, Route::Single),
-        })
+        crate::planner::batch::portal_route(
+            &self.state,
+            portal,
+            portal_statements.contains_key(portal),
+        )
     }
 
     /// Answers a batch of pgshard's own commands or deferred transaction control without a server.
@@ -902,8 +925,8 @@ pub(super) fn build_steps(
                 statement,
                 rewritten,
             } => {
-                let mut bind = bind.clone();
                 if let Some(m) = merge {
+                    let mut bind = bind.clone();
                     let m = fenced_merge_steps(m, fence, &statement.param_types);
                     if !conn.prepared.contains(&m.server_name) && !parsed.contains(&m.server_name) {
                         steps.push(send(
@@ -950,7 +973,7 @@ pub(super) fn build_steps(
                         false,
                     ));
                     unnamed_ready = false;
-                    bind.statement = String::new();
+                    steps.push(send(bind.encode_for(""), Expect::Bind, true));
                 } else {
                     let statement = fenced(statement);
                     ensure_prepared(
@@ -960,9 +983,12 @@ pub(super) fn build_steps(
                         &mut parsed,
                         &mut unnamed_ready,
                     );
-                    bind.statement = statement.server_name.clone();
+                    steps.push(send(
+                        bind.encode_for(&statement.server_name),
+                        Expect::Bind,
+                        true,
+                    ));
                 }
-                steps.push(send(bind.encode(), Expect::Bind, true));
             }
             Msg::DescribeStatement(st) => {
                 let st = fenced(st);
@@ -1166,5 +1192,31 @@ fn local_row_description(facts: &[StatementFacts]) -> Frame {
             be::row_description(&[(name.as_str(), be::TEXT_OID)])
         }
         _ => be::no_data(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binds_statement_name_is_read_without_decoding_it() {
+        let bind = Bind {
+            portal: "p".into(),
+            statement: "s1".into(),
+            param_formats: vec![1],
+            params: vec![Some(bytes::Bytes::from_static(b"\0\0\0\x01")), None],
+            result_formats: vec![],
+        };
+        let encoded = bind.encode();
+        assert_eq!(bind_statement_name(&encoded.body), Some("s1"));
+        assert_eq!(
+            Bind::decode(&bind.encode_for("pgshard_x").body)
+                .ok()
+                .map(|b| b.statement),
+            Some("pgshard_x".to_string())
+        );
+        assert_eq!(bind_statement_name(b"p\0"), None);
+        assert_eq!(bind_statement_name(b""), None);
     }
 }

@@ -115,6 +115,22 @@ pub fn plan_batch(
     BatchPlan::Run(target)
 }
 
+/// Where a Describe, Execute or Close of `portal` runs: `None` for a portal bound in this batch
+/// (`bound_here`: it goes with its Bind); one from an earlier batch, or a cursor declared in
+/// SQL, lives where it was bound or declared; any shard answers for an unknown one (its error).
+pub fn portal_route(state: &SessionState, portal: &str, bound_here: bool) -> Option<Route> {
+    if bound_here {
+        return None;
+    }
+    Some(match state.portals.get(portal).copied() {
+        Some(shard) => Route::Single(shard),
+        None => state
+            .cursors
+            .shard_of(portal)
+            .map_or(Route::Any, Route::Single),
+    })
+}
+
 /// True when the batch's one statement only opens a block, or ends one that the proxy must end
 /// itself (no shard has it, it spans shards, or the proxy refused a statement in it).
 pub fn deferred_transaction_control(control: Option<ControlStatement>, block: BlockView) -> bool {
@@ -185,14 +201,20 @@ mod tests {
         let plan = |b: &Batch, state: &SessionState| {
             let block = BlockView {
                 open: state.txn.is_some(),
-                bound: state.txn.as_ref().is_some_and(|t| !t.participants.is_empty()),
+                bound: state
+                    .txn
+                    .as_ref()
+                    .is_some_and(|t| !t.participants.is_empty()),
                 distributed: state.txn.as_ref().is_some_and(|t| t.distributed()),
                 ..BlockView::default()
             };
             plan_batch(b, state, block, || FALLBACK)
         };
         // Keyed statements: their shard; two statements on one shard run together.
-        assert_eq!(plan(&batch(&one, &select), &idle), BatchPlan::Run(Target::Single(2)));
+        assert_eq!(
+            plan(&batch(&one, &select), &idle),
+            BatchPlan::Run(Target::Single(2))
+        );
         assert_eq!(
             plan(&batch(&same, &two_selects), &idle),
             BatchPlan::Run(Target::Single(2))
@@ -203,7 +225,10 @@ mod tests {
             ending: Ending::Flush,
             ..batch(&none, &[])
         };
-        assert_eq!(plan(&describe, &idle), BatchPlan::Run(Target::Single(FALLBACK)));
+        assert_eq!(
+            plan(&describe, &idle),
+            BatchPlan::Run(Target::Single(FALLBACK))
+        );
         // Inside a block on shard 3, a batch any shard answers joins the block's shard.
         assert_eq!(
             plan(&batch(&none, &select), &in_block(&[3])),
@@ -295,7 +320,11 @@ mod tests {
         ];
         for (statement, block, local) in cases {
             let got = plan_batch(&control(statement), &idle, block, || FALLBACK);
-            assert_eq!(got == BatchPlan::Local, local, "{statement:?} {block:?}: {got:?}");
+            assert_eq!(
+                got == BatchPlan::Local,
+                local,
+                "{statement:?} {block:?}: {got:?}"
+            );
         }
         // Own commands with a statement that needs a shard: refused as a whole.
         let keyed = [Route::Single(1)];
@@ -308,6 +337,22 @@ mod tests {
             refused(&got).is_some_and(|(m, _)| m.starts_with("pgshard's own commands")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn portals_run_where_they_were_bound() {
+        let mut state = SessionState::default();
+        state.portals.insert("p".into(), 4);
+        // (portal, bound in this batch, route)
+        let cases = [
+            ("p", true, None),
+            ("p", false, Some(Route::Single(4))),
+            ("unknown", false, Some(Route::Any)),
+            ("", true, None),
+        ];
+        for (portal, bound_here, want) in cases {
+            assert_eq!(portal_route(&state, portal, bound_here), want, "{portal}");
+        }
     }
 
     #[test]
