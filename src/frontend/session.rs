@@ -762,13 +762,7 @@ impl Session {
         facts: &[StatementFacts],
     ) -> Result<Target, ErrorFields> {
         self.scatter_policy(routes, facts)?;
-        let fallback = || {
-            self.held
-                .keys()
-                .next()
-                .copied()
-                .unwrap_or_else(|| self.answering_shard())
-        };
+        let fallback = || self.fallback_shard();
         crate::planner::combine(routes, facts, &self.state, fallback).map_err(ErrorFields::from)
     }
 
