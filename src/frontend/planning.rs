@@ -21,16 +21,6 @@ impl Session {
             .is_none_or(|u| u.allow_scatter)
     }
 
-    /// The shard for a request any shard can answer: one this session already holds a
-    /// connection to, else the answering shard.
-    pub fn fallback_shard(&self) -> u32 {
-        self.held
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or_else(|| self.answering_shard())
-    }
-
     /// The context this session plans in.
     fn context<'a>(&'a self, map: &'a ShardMap, fallback: &'a dyn Fn() -> u32) -> Context<'a> {
         let proxy = &self.proxy;
@@ -52,7 +42,13 @@ impl Session {
         map: &ShardMap,
         keys: Option<GivenKeys>,
     ) -> Result<Planned, Refusal> {
-        let fallback = || self.fallback_shard();
+        let fallback = || {
+            self.held
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or_else(|| self.answering_shard())
+        };
         let cx = self.context(map, &fallback);
         planner::plan(request, &self.state, &cx, keys)
     }

@@ -762,7 +762,13 @@ impl Session {
         facts: &[StatementFacts],
     ) -> Result<Target, ErrorFields> {
         self.scatter_policy(routes, facts)?;
-        let fallback = || self.fallback_shard();
+        let fallback = || {
+            self.held
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or_else(|| self.answering_shard())
+        };
         crate::planner::combine(routes, facts, &self.state, fallback).map_err(ErrorFields::from)
     }
 
