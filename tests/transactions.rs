@@ -113,12 +113,7 @@ async fn blocks_spanning_shards_commit_or_roll_back_everywhere() {
 
     // COMMIT: both rows appear, each on its own shard, and nothing stays prepared.
     let (a, b) = keys_on_two_shards(&map, 1);
-    client
-        .batch_execute(&format!(
-            "BEGIN; INSERT INTO accounts (user_id, balance) VALUES ({a}, 10); INSERT INTO accounts (user_id, balance) VALUES ({b}, 20); COMMIT"
-        ))
-        .await
-        .expect_err("statements for two shards in one request are refused");
+    query_strings_span_shards(info, &proxy, &client, &map).await;
     client.batch_execute("BEGIN").await.unwrap();
     client
         .execute(
@@ -138,8 +133,8 @@ async fn blocks_spanning_shards_commit_or_roll_back_everywhere() {
     assert_eq!(balance_directly(info, &map, b).await, Some(20));
     assert!(prepared_everywhere(info).await.is_empty());
 
-    // A block on one shard, then "INSERT for another shard; COMMIT" in one string: refused,
-    // since it would commit on the second shard only; the block stays whole and commits both.
+    // A block on one shard, then "INSERT for another shard; COMMIT" in one string: the INSERT
+    // joins the block and COMMIT commits both shards (two-phase).
     let (e, f) = keys_on_two_shards(&map, 50);
     client.batch_execute("BEGIN").await.unwrap();
     client
@@ -149,16 +144,15 @@ async fn blocks_spanning_shards_commit_or_roll_back_everywhere() {
         )
         .await
         .unwrap();
-    let refused = client
+    client
         .batch_execute(&format!(
             "INSERT INTO accounts (user_id, balance) VALUES ({f}, 6); COMMIT"
         ))
         .await
-        .expect_err("COMMIT together with another shard's statement is refused");
-    assert_eq!(refused.code().map(|c| c.code()), Some("0A000"));
-    client.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(balance_directly(info, &map, e).await, None);
-    assert_eq!(balance_directly(info, &map, f).await, None);
+        .expect("COMMIT together with another shard's statement");
+    assert_eq!(balance_directly(info, &map, e).await, Some(5));
+    assert_eq!(balance_directly(info, &map, f).await, Some(6));
+    assert!(prepared_everywhere(info).await.is_empty());
 
     // ROLLBACK: neither row.
     let (c, d) = keys_on_two_shards(&map, 100);
@@ -287,6 +281,142 @@ async fn blocks_spanning_shards_commit_or_roll_back_everywhere() {
     assert_eq!(balance_directly(info, &map, i).await, Some(2));
     assert!(prepared_everywhere(info).await.is_empty());
     proxy.stop().await;
+}
+
+/// The SQLSTATE of a failed request.
+fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.code().map(|c| c.code())
+}
+
+/// Simple Query strings of several statements that reach several shards (psql -c, scripts):
+/// their statements run in turn as one transaction, the client's block or an implicit one that
+/// commits with two phases at the end; an error skips the rest and commits nothing.
+async fn query_strings_span_shards(
+    info: &ClusterInfo,
+    proxy: &pgshard::server::RunningProxy,
+    client: &tokio_postgres::Client,
+    map: &ShardMap,
+) {
+    let (a, b) = keys_on_two_shards(map, 20_000);
+    let insert = format!(
+        "INSERT INTO accounts (user_id, balance) VALUES ({a}, 10); INSERT INTO accounts (user_id, balance) VALUES ({b}, 20)"
+    );
+    client
+        .batch_execute(&insert)
+        .await
+        .expect("two shards, no BEGIN");
+    assert_eq!(balance_directly(info, map, a).await, Some(10));
+    assert_eq!(balance_directly(info, map, b).await, Some(20));
+    let update = |x: i64, y: i64| {
+        format!(
+            "UPDATE accounts SET balance = balance + {x} WHERE user_id = {a}; UPDATE accounts SET balance = balance + {y} WHERE user_id = {b}"
+        )
+    };
+    let messages = client
+        .simple_query(&format!("BEGIN; {}; COMMIT", update(1, 2)))
+        .await
+        .expect("BEGIN; two shards; COMMIT");
+    let counts: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, [0, 1, 1, 0], "one CommandComplete per statement");
+    assert_eq!(balance_directly(info, map, a).await, Some(11));
+    assert_eq!(balance_directly(info, map, b).await, Some(22));
+    assert!(prepared_everywhere(info).await.is_empty());
+
+    // A failure in the middle: nothing of the string is committed, on either shard.
+    let failing = format!(
+        "UPDATE accounts SET balance = 0 WHERE user_id = {a}; SELECT 1/0 FROM accounts WHERE user_id = {b}; UPDATE accounts SET balance = 0 WHERE user_id = {b}"
+    );
+    let err = client.batch_execute(&failing).await.expect_err("1/0");
+    assert_eq!(code(&err), Some("22012"), "{err}");
+    let failing = format!(
+        "{}; INSERT INTO accounts (user_id, balance) VALUES ({a}, 0)",
+        update(100, 100)
+    );
+    let err = client.batch_execute(&failing).await.expect_err("duplicate");
+    assert_eq!(code(&err), Some("23505"), "{err}");
+    assert_eq!(balance_directly(info, map, a).await, Some(11));
+    assert_eq!(balance_directly(info, map, b).await, Some(22));
+    let ok: String = client
+        .query_one("SELECT 'usable'::text", &[])
+        .await
+        .expect("no block is left open")
+        .get(0);
+    assert_eq!(ok, "usable");
+
+    // Inside BEGIN the error leaves the block aborted, as in Postgres, until ROLLBACK.
+    let err = client
+        .batch_execute(&format!(
+            "BEGIN; {}; SELECT 1/0 FROM accounts WHERE user_id = {a}; COMMIT",
+            update(100, 100)
+        ))
+        .await
+        .expect_err("1/0 in a block");
+    assert_eq!(code(&err), Some("22012"), "{err}");
+    let aborted = client.batch_execute("SELECT 1").await.expect_err("aborted");
+    assert_eq!(code(&aborted), Some("25P02"), "{aborted}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(balance_directly(info, map, a).await, Some(11));
+    assert_eq!(balance_directly(info, map, b).await, Some(22));
+
+    // SET LOCAL in an implicit multi-statement transaction holds on every shard it reaches,
+    // and only there.
+    let rows = client
+        .simple_query(&format!(
+            "SET LOCAL statement_timeout = '7s'; SELECT current_setting('statement_timeout') FROM accounts WHERE user_id = {a}; SELECT current_setting('statement_timeout') FROM accounts WHERE user_id = {b}"
+        ))
+        .await
+        .expect("SET LOCAL, then two shards");
+    let values: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["7s", "7s"]);
+    let after: String = client
+        .query_one(
+            "SELECT current_setting('statement_timeout') FROM accounts WHERE user_id = $1",
+            &[&b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, "0", "SET LOCAL ended with the string's transaction");
+
+    // psql -c sends the whole string as one Query.
+    let script = format!("BEGIN; {}; COMMIT", update(1000, 2000));
+    let (ok, out, err) = common::process::run_output(
+        tokio::process::Command::new("psql")
+            .arg(proxy::app_url(proxy))
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(&script),
+    )
+    .await;
+    assert!(ok, "psql -c: {err}\n{out}");
+    assert_eq!(balance_directly(info, map, a).await, Some(1011));
+    assert_eq!(balance_directly(info, map, b).await, Some(2022));
+    let script = format!(
+        "{}; SELECT 1/0 FROM accounts WHERE user_id = {b}",
+        update(1, 1)
+    );
+    let (ok, _, err) = common::process::run_output(
+        tokio::process::Command::new("psql")
+            .arg(proxy::app_url(proxy))
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(&script),
+    )
+    .await;
+    assert!(!ok && err.contains("division by zero"), "{err}");
+    assert_eq!(balance_directly(info, map, a).await, Some(1011));
+    assert_eq!(balance_directly(info, map, b).await, Some(2022));
+    assert!(prepared_everywhere(info).await.is_empty());
 }
 
 /// One transfer: moves `amount` from `from` to `to` in one block. Errors (deadlock timeouts,

@@ -63,6 +63,11 @@ pub struct ClientIo {
     /// Set when the query timeout cancelled the current request: the servers' "canceling
     /// statement due to user request" is reported as the timeout it was.
     pub timed_out: Arc<AtomicBool>,
+    /// ErrorResponses queued so far: how a caller running statements in turn learns one failed.
+    errors: u64,
+    /// ReadyForQuery frames are dropped while set: statements a simple Query runs in turn answer
+    /// with one ReadyForQuery at the end, as Postgres does.
+    pub hold_ready: bool,
 }
 
 /// A point in the output, to take back what was queued after it if none of it was sent.
@@ -87,6 +92,8 @@ impl ClientIo {
             flushes: 0,
             parse_completes: 0,
             timed_out: Arc::default(),
+            errors: 0,
+            hold_ready: false,
         }
     }
 
@@ -156,9 +163,20 @@ impl ClientIo {
         }
     }
 
+    /// How many ErrorResponses the client has been sent (queued output included).
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
     /// Queues a frame for the client.
     pub fn push(&mut self, frame: &Frame) {
+        if self.hold_ready && frame.tag == be::READY_FOR_QUERY {
+            return;
+        }
         count_error(frame);
+        if frame.tag == be::ERROR_RESPONSE {
+            self.errors += 1;
+        }
         if frame.tag == be::PARSE_COMPLETE {
             self.parse_completes += 1;
         }

@@ -16,7 +16,7 @@ use crate::backend::ServerConn;
 use crate::exec::copy_in::CopyProtocol;
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::unnest_insert::UnnestBatch;
-use crate::planner::units::whole_batch_refusal;
+use crate::planner::batch::{plan_batch, Batch, BatchPlan};
 use crate::planner::Ending;
 use crate::refusal::Refusal;
 use crate::router::params::BindParams;
@@ -24,7 +24,7 @@ use crate::router::split_insert::ShardRows;
 use crate::router::unnest_insert::UnnestInsert;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::telemetry::QueryTimer;
-use crate::txn::control::{self, ControlAction, ControlStatement};
+use crate::txn::control::ControlStatement;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
@@ -62,6 +62,15 @@ pub fn server_statement_name(sql: &str, param_types: &[u32]) -> String {
     name
 }
 
+/// The statement a Bind names (its body: portal, then statement, as C strings), read without
+/// decoding the rest.
+fn bind_statement_name(body: &[u8]) -> Option<&str> {
+    let portal_end = body.iter().position(|b| *b == 0)?;
+    let rest = &body[portal_end + 1..];
+    let end = rest.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 fn is_local(facts: &[StatementFacts]) -> bool {
     facts.first().is_some_and(|f| f.local.is_some())
 }
@@ -84,9 +93,11 @@ impl Session {
     pub async fn extended_batch(&mut self, sync: bool) -> Result<(), End> {
         let answered_before = self.io.parse_completes();
         self.batch_parses.clear();
-        let frames = std::mem::take(&mut self.batch);
-        self.reserve_keys_for_batch(&frames).await;
-        self.batch = frames;
+        if self.batch_may_need_keys() {
+            let frames = std::mem::take(&mut self.batch);
+            self.reserve_keys_for_batch(&frames).await;
+            self.batch = frames;
+        }
         let result = self.run_extended_batch(sync).await;
         let answered =
             usize::try_from(self.io.parse_completes() - answered_before).unwrap_or(usize::MAX);
@@ -104,6 +115,25 @@ impl Session {
             }
         }
         result
+    }
+
+    /// False when no message of the batch can need generated keys (or change a table's columns):
+    /// Binds of known statements that name their keys, as a prepared statement's re-execution
+    /// sends them. Spares decoding every Bind twice per batch.
+    fn batch_may_need_keys(&self) -> bool {
+        self.batch.iter().any(|frame| match frame.tag {
+            fe::PARSE => true,
+            fe::BIND => bind_statement_name(&frame.body)
+                .and_then(|name| self.state.statements.get(name))
+                .is_none_or(|st| {
+                    st.facts.iter().any(|f| {
+                        f.missing_key_rows.is_some()
+                            || f.unnest_keyless.is_some()
+                            || f.kind == StatementKind::Ddl
+                    })
+                }),
+            _ => false,
+        })
     }
 
     /// Answers the batch with `fields` alone: the rest of it up to Sync is skipped, as a server
@@ -220,18 +250,6 @@ impl Session {
                 .copy_batch(&msgs, &portal_statements, error, sync, None)
                 .await;
         }
-        if local || self.deferred_transaction_control(&executed) {
-            if routes.iter().any(|r| *r != Route::Any) {
-                msgs.clear();
-                error = Some(ErrorFields::from(Refusal::unsupported(
-                    "pgshard's own commands and transaction control must not share a Sync with statements that need a shard",
-                )));
-            } else {
-                self.answer_locally(&msgs, &portal_statements, error, sync)
-                    .await;
-                return Ok(());
-            }
-        }
         if msgs.is_empty() {
             if let Some(fields) = error {
                 self.push_error_in_batch(fields);
@@ -242,15 +260,24 @@ impl Session {
             }
             return Ok(());
         }
-        let all_facts: Vec<StatementFacts> = executed
-            .iter()
-            .filter_map(|st| st.facts.first().cloned())
-            .collect();
-        if let (Some((batch, unnest, plan)), None, true, None) = (
+        // The facts of the executed statements; borrowed for the usual one (no clone per Bind).
+        let several: Vec<StatementFacts>;
+        let all_facts: &[StatementFacts] = match executed.as_slice() {
+            [one] => one.facts.get(..1).unwrap_or_default(),
+            many => {
+                several = many
+                    .iter()
+                    .filter_map(|st| st.facts.first().cloned())
+                    .collect();
+                &several
+            }
+        };
+        if let (Some((batch, unnest, plan)), None, true, None, false) = (
             unnest_batch(&msgs, &routes),
             &error,
             sync,
             self.state.open_batch_shard,
+            local,
         ) {
             // An UNNEST insert whose arrays split between shards.
             let (unnest, plan) = (unnest.clone(), plan.to_vec());
@@ -263,29 +290,49 @@ impl Session {
             .cloned()
             .collect();
         let ending = if sync { Ending::Sync } else { Ending::Flush };
-        if crate::planner::units::runs_unit_by_unit(
-            &needed,
+        let control = match executed.as_slice() {
+            [one] => one.facts.first().map(|f| control_statement(&one.sql, f)),
+            _ => None,
+        };
+        let batch = Batch {
+            needed: &needed,
+            facts: all_facts,
+            control,
+            local,
             executes,
-            partial_fetch,
+            row_limit: partial_fetch,
+            failed_before: error.is_some(),
             ending,
-            &self.state,
-        ) {
-            return self.run_pipeline(msgs, msg_routes, error, sync).await;
-        }
-        let target = match self.combine(&needed, &all_facts) {
-            Ok(t) => t,
-            Err(fields) => {
-                if let Some(shard) = self.state.open_batch_shard {
-                    // Statements of this implicit transaction already ran on `shard`: the shard
-                    // itself raises the refusal, so it rolls them back as Postgres would.
-                    let mut steps = raise_steps(&fields);
-                    steps.push(batch_end(sync));
-                    self.run_single(shard, true, |_| steps).await?;
-                    self.state.skip_until_sync = !sync;
-                    return Ok(());
-                }
-                return self.refuse_batch(fields, sync).await;
+            allow_scatter: self.allow_scatter(),
+        };
+        let fallback = || {
+            self.held
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or_else(|| self.answering_shard())
+        };
+        let target = match plan_batch(&batch, &self.state, self.block_view(), fallback) {
+            BatchPlan::Local => {
+                self.answer_locally(&msgs, &portal_statements, error, sync)
+                    .await;
+                return Ok(());
             }
+            BatchPlan::Units => return self.run_pipeline(msgs, msg_routes, error, sync).await,
+            BatchPlan::Run(target) => target,
+            BatchPlan::Refuse {
+                refusal,
+                raise_on: Some(shard),
+            } => {
+                // Statements of this implicit transaction already ran on `shard`: the shard
+                // itself raises the refusal, so it rolls them back as Postgres would.
+                let mut steps = raise_steps(&refusal.into());
+                steps.push(batch_end(sync));
+                self.run_single(shard, true, |_| steps).await?;
+                self.state.skip_until_sync = !sync;
+                return Ok(());
+            }
+            BatchPlan::Refuse { refusal, .. } => return self.refuse_batch(refusal, sync).await,
         };
         let tail_error = error.clone();
         let merge = match &target {
@@ -302,7 +349,7 @@ impl Session {
         let fences = if self.proxy.rebalance.fence().is_some() {
             match self.fence_statement_texts(
                 &fenceable_texts(&msgs, merge_steps),
-                &all_facts,
+                all_facts,
                 &target,
             ) {
                 Ok(f) => f,
@@ -338,13 +385,13 @@ impl Session {
                     }
                 }
                 if sync && executes > 0 {
-                    self.route_reads(&[shard], &all_facts).await;
+                    self.route_reads(&[shard], all_facts).await;
                 }
                 let autocommit = self.state.txn.is_none() && self.state.open_batch_shard.is_none();
                 let outcome = self.run_single_read(shard, join_txn, build).await?;
                 if let Some(outcome) = outcome {
                     if sync {
-                        self.note_autocommit_write(shard, autocommit, &all_facts, &outcome);
+                        self.note_autocommit_write(shard, autocommit, all_facts, &outcome);
                     }
                     if !sync && outcome.error.is_some() {
                         // The server now skips everything up to Sync; so do we.
@@ -357,7 +404,7 @@ impl Session {
                             txn.refused = true;
                         }
                     }
-                    self.after_statements(&all_facts, &outcome, Some(shard));
+                    self.after_statements(all_facts, &outcome, Some(shard));
                     if let ([st], None) = (&executed[..], &outcome.error) {
                         if let Some(f) = st.facts.first() {
                             self.note_block_statement(&st.sql, f);
@@ -374,23 +421,9 @@ impl Session {
                         .copy_batch(&msgs, &portal_statements, error, sync, Some(shards))
                         .await;
                 }
-                if let Some(refused) = whole_batch_refusal(
-                    &Target::Scatter(shards.clone()),
-                    executes,
-                    partial_fetch,
-                    error.is_some(),
-                    ending,
-                ) {
-                    self.push_error_in_batch(refused);
-                    self.state.skip_until_sync = !sync;
-                    if sync {
-                        return self.finish_open_batch().await;
-                    }
-                    return Ok(());
-                }
                 let bound = merge.as_ref().map(|(_, b)| b.clone());
                 let atomic = all_facts.iter().any(needs_atomic_scatter);
-                self.route_reads(&shards, &all_facts).await;
+                self.route_reads(&shards, all_facts).await;
                 let ok = self
                     .run_scatter_request(shards, atomic, build, bound)
                     .await?;
@@ -401,16 +434,7 @@ impl Session {
                 }
             }
             Target::Broadcast(shards) => {
-                if let Some(refused) = whole_batch_refusal(
-                    &Target::Broadcast(shards.clone()),
-                    executes,
-                    partial_fetch,
-                    error.is_some(),
-                    ending,
-                ) {
-                    return self.refuse_batch(refused, sync).await;
-                }
-                self.run_broadcast(shards, &all_facts, build).await?;
+                self.run_broadcast(shards, all_facts, build).await?;
             }
         }
         if error.is_some() && !sync {
@@ -502,26 +526,6 @@ impl Session {
         let status = self.status();
         self.io.push(&be::ready_for_query(status));
         Ok(())
-    }
-
-    /// True when the batch only opens a block, or ends one that the proxy must end itself (no
-    /// shard has it, it spans shards, or the proxy refused a statement in it): see
-    /// `txn::control::decide`.
-    fn deferred_transaction_control(&self, executed: &[Arc<Prepared>]) -> bool {
-        let [statement] = executed else {
-            return false;
-        };
-        let Some(facts) = statement.facts.first() else {
-            return false;
-        };
-        let kind = control_statement(&statement.sql, facts);
-        matches!(
-            kind,
-            ControlStatement::Begin | ControlStatement::Commit | ControlStatement::Rollback
-        ) && matches!(
-            control::decide(self.block_view(), kind),
-            ControlAction::OpenBlock | ControlAction::EndInProxy
-        )
     }
 
     /// Decodes one message and works out its route. `Ok(None)` for messages with nothing to do.
@@ -696,25 +700,18 @@ impl Session {
         }
     }
 
-    /// A portal bound in this batch routes with its Bind; one from an earlier batch lives where it
-    /// was bound.
+    /// Where a Describe, Execute or Close of `portal` runs (see
+    /// [`crate::planner::batch::portal_route`]).
     fn portal_route(
         &self,
         portal: &str,
         portal_statements: &HashMap<String, Arc<Prepared>>,
     ) -> Option<Route> {
-        if portal_statements.contains_key(portal) {
-            return None;
-        }
-        // A cursor declared in SQL is a portal too: it lives where it was declared.
-        Some(match self.state.portals.get(portal).copied() {
-            Some(shard) => Route::Single(shard),
-            None => self
-                .state
-                .cursors
-                .shard_of(portal)
-                .map_or(Route::Any, Route::Single),
-        })
+        crate::planner::batch::portal_route(
+            &self.state,
+            portal,
+            portal_statements.contains_key(portal),
+        )
     }
 
     /// Answers a batch of pgshard's own commands or deferred transaction control without a server.
@@ -947,8 +944,8 @@ pub(super) fn build_steps(
                 statement,
                 rewritten,
             } => {
-                let mut bind = bind.clone();
                 if let Some(m) = merge {
+                    let mut bind = bind.clone();
                     let m = fenced_merge_steps(m, fence, &statement.param_types);
                     if !conn.prepared.contains(&m.server_name) && !parsed.contains(&m.server_name) {
                         steps.push(send(
@@ -995,7 +992,7 @@ pub(super) fn build_steps(
                         false,
                     ));
                     unnamed_ready = false;
-                    bind.statement = String::new();
+                    steps.push(send(bind.encode_for(""), Expect::Bind, true));
                 } else {
                     let statement = fenced(statement);
                     ensure_prepared(
@@ -1005,9 +1002,12 @@ pub(super) fn build_steps(
                         &mut parsed,
                         &mut unnamed_ready,
                     );
-                    bind.statement = statement.server_name.clone();
+                    steps.push(send(
+                        bind.encode_for(&statement.server_name),
+                        Expect::Bind,
+                        true,
+                    ));
                 }
-                steps.push(send(bind.encode(), Expect::Bind, true));
             }
             Msg::DescribeStatement(st) => {
                 let st = fenced(st);
@@ -1211,5 +1211,31 @@ fn local_row_description(facts: &[StatementFacts]) -> Frame {
             be::row_description(&[(name.as_str(), be::TEXT_OID)])
         }
         _ => be::no_data(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binds_statement_name_is_read_without_decoding_it() {
+        let bind = Bind {
+            portal: "p".into(),
+            statement: "s1".into(),
+            param_formats: vec![1],
+            params: vec![Some(bytes::Bytes::from_static(b"\0\0\0\x01")), None],
+            result_formats: vec![],
+        };
+        let encoded = bind.encode();
+        assert_eq!(bind_statement_name(&encoded.body), Some("s1"));
+        assert_eq!(
+            Bind::decode(&bind.encode_for("pgshard_x").body)
+                .ok()
+                .map(|b| b.statement),
+            Some("pgshard_x".to_string())
+        );
+        assert_eq!(bind_statement_name(b"p\0"), None);
+        assert_eq!(bind_statement_name(b""), None);
     }
 }

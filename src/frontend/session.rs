@@ -259,7 +259,9 @@ impl Session {
         }
     }
 
-    async fn simple_query(&mut self, body: Bytes) -> Result<(), End> {
+    /// Answers one simple Query (with its ReadyForQuery, unless the statements of a string
+    /// run in turn hold it back).
+    pub async fn simple_query(&mut self, body: Bytes) -> Result<(), End> {
         let sql = match fe::decode_query(&body) {
             Ok(s) => s.to_string(),
             Err(_) => {
@@ -360,6 +362,9 @@ impl Session {
                 return Ok(());
             }
         };
+        if let Plan::InTurn = planned.plan {
+            return self.run_in_turn(&sql, facts.len()).await;
+        }
         if let Plan::Local(local) = &planned.plan {
             if let Err(fields) = self.run_local(local, true, false).await {
                 self.push_error_in_batch(fields);
@@ -377,7 +382,7 @@ impl Session {
             None => (sql, false),
         };
         let target = match planned.plan {
-            Plan::Empty | Plan::Local(_) | Plan::NeedsKeys => {
+            Plan::Empty | Plan::Local(_) | Plan::NeedsKeys | Plan::InTurn => {
                 // Planned above: nothing to run.
                 let status = self.status();
                 self.io.push(&be::ready_for_query(status));

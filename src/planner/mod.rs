@@ -2,6 +2,7 @@
 //! session's state alone (pure, no socket, no server), the same way for a simple Query and an
 //! extended-protocol batch. Refusals are typed ([`Refusal`]).
 
+pub mod batch;
 pub mod plan;
 pub mod request;
 pub mod rules;

@@ -30,6 +30,11 @@ pub enum Plan {
     NeedsKeys,
     /// One shard, several shards with a merge, or every shard alike.
     Run(Target),
+    /// A simple Query of several statements that cannot run as one string on one shard (they
+    /// reach several shards, or one of them needs its own path): each statement runs in turn,
+    /// all in one transaction as in Postgres (the client's block, or an implicit one that
+    /// commits at the end, with two phases when several shards joined).
+    InTurn,
 }
 
 /// A plan, with what the request's text became and the cursor bookkeeping it implies.

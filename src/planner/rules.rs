@@ -9,7 +9,7 @@ use crate::session::cursors::Effect;
 use crate::session::SessionState;
 
 use super::plan::{Plan, Planned};
-use super::request::{GivenKeys, Request, Statement};
+use super::request::{Ending, GivenKeys, Request, Statement};
 use super::{block_control_elsewhere, combine, is_block_control, needs_splitting};
 
 /// What the planner reads besides the request and the session: the proxy's configuration and
@@ -48,7 +48,7 @@ pub fn plan(
     }
     if let Some(local) = facts.iter().find_map(|f| f.local.clone()) {
         if facts.len() > 1 {
-            return Err(Refusal::unsupported(
+            return in_turn(request, Refusal::unsupported(
                 "pgshard's own commands (SET/SHOW pgshard.*, pgshard.next_id()) must be sent on their own",
             ));
         }
@@ -62,7 +62,7 @@ pub fn plan(
         && state.txn.as_ref().is_some_and(|t| t.distributed())
         && facts.iter().any(|f| is_block_control(f))
     {
-        return Err(Refusal::unsupported(
+        return in_turn(request, Refusal::unsupported(
             "this transaction spans several shards: send BEGIN, COMMIT, ROLLBACK and savepoint statements on their own, not together with other statements",
         ));
     }
@@ -83,7 +83,7 @@ pub fn plan(
     }
     if served {
         if facts.len() > 1 {
-            return Err(Refusal::unsupported(
+            return in_turn(request, Refusal::unsupported(
                 "a statement on a cursor that spans several shards (served by pgshard) must be sent on its own, not together with other statements",
             ));
         }
@@ -102,7 +102,7 @@ pub fn plan(
         return Ok(planned);
     }
     if let Some(refusal) = needs_splitting(&facts) {
-        return Err(refusal);
+        return in_turn(request, refusal);
     }
     if let [only] = facts.as_slice() {
         if only.missing_key_rows.is_some() && keys.is_none() && !hint_applies(state, only) {
@@ -125,9 +125,15 @@ pub fn plan(
         planned.routes = routes;
         return Ok(planned);
     }
-    let target = combine(&routes, &facts, state, cx.fallback)?;
+    if let Some(Route::Refuse(message)) = routes.iter().find(|r| matches!(r, Route::Refuse(_))) {
+        return Err(Refusal::of_route(message.as_str()));
+    }
+    let target = match combine(&routes, &facts, state, cx.fallback) {
+        Ok(target) => target,
+        Err(refusal) => return in_turn(request, refusal),
+    };
     if let Some(refusal) = block_control_elsewhere(&facts, &target, state) {
-        return Err(refusal);
+        return in_turn(request, refusal);
     }
     planned.plan = match target {
         super::Target::Scatter(shards)
@@ -145,6 +151,20 @@ pub fn plan(
     };
     planned.routes = routes;
     Ok(planned)
+}
+
+/// A request of several statements that cannot run together: a simple Query's run in turn
+/// ([`Plan::InTurn`]); an extended batch's are refused with `refusal`.
+fn in_turn(request: &Request, refusal: Refusal) -> Result<Planned, Refusal> {
+    if request.ending != Ending::Query || request.statements.len() < 2 {
+        return Err(refusal);
+    }
+    Ok(Planned {
+        plan: Plan::InTurn,
+        rewritten: None,
+        routes: Vec::new(),
+        cursor_effects: Vec::new(),
+    })
 }
 
 /// Where one statement runs, as far as it alone decides.
@@ -634,22 +654,22 @@ mod tests {
             (
                 format!("{}; {}", key(a), key(b)),
                 SessionState::default(),
-                Err("statements sent together in one request need shards"),
+                Ok(Plan::InTurn),
             ),
             (
                 "SELECT pgshard.next_id(); SELECT 1".into(),
                 SessionState::default(),
-                Err("pgshard's own commands"),
+                Ok(Plan::InTurn),
             ),
             (
                 format!("{}; COMMIT", key(a)),
                 in_block(&[sa, sa + 100]),
-                Err("this transaction spans several shards"),
+                Ok(Plan::InTurn),
             ),
             (
                 "INSERT INTO users (name) VALUES ('a'); SELECT 1".into(),
                 SessionState::default(),
-                Err("an INSERT that omits the shard key must be sent on its own"),
+                Ok(Plan::InTurn),
             ),
             (
                 "COPY users FROM STDIN; SELECT 1".into(),
@@ -659,7 +679,27 @@ mod tests {
             (
                 "DECLARE c CURSOR FOR SELECT * FROM users; SELECT 1".into(),
                 in_block(&[]),
-                Err("a statement on a cursor that spans several shards"),
+                Ok(Plan::InTurn),
+            ),
+            (
+                format!("BEGIN; UPDATE users SET name = 'x' WHERE user_id = {a}; UPDATE users SET name = 'y' WHERE user_id = {b}; COMMIT"),
+                SessionState::default(),
+                Ok(Plan::InTurn),
+            ),
+            (
+                format!("SET LOCAL statement_timeout = '1s'; {}; {}", key(a), key(b)),
+                SessionState::default(),
+                Ok(Plan::InTurn),
+            ),
+            (
+                format!("{}; ALTER TABLE users ADD COLUMN c int", key(a)),
+                SessionState::default(),
+                Ok(Plan::InTurn),
+            ),
+            (
+                format!("{}; UPDATE users SET user_id = 5 WHERE user_id = {b}", key(a)),
+                SessionState::default(),
+                Err("UPDATE of shard key"),
             ),
         ];
         for (sql, state, expected) in cases {

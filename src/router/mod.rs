@@ -362,6 +362,10 @@ impl Router {
                 facts.key_type.name()
             ));
         }
+        // One key (a Bind's `= $1`, the hot path): its shard, with no set to build.
+        if let Some([one]) = keys.as_deref() {
+            return Route::Single(map.shard_of(one));
+        }
         let shards: Vec<u32> = match &keys {
             Some(keys) => keys
                 .iter()
@@ -373,8 +377,10 @@ impl Router {
         };
         let (table, key) = facts
             .shard_key
-            .clone()
-            .unwrap_or_else(|| ("a sharded table".to_string(), "shard key".to_string()));
+            .as_ref()
+            .map_or(("a sharded table", "shard key"), |(t, k)| {
+                (t.as_str(), k.as_str())
+            });
         match shards.as_slice() {
             // An empty key list (`= ANY('{}')`) matches nothing: any one shard answers that.
             [] => Route::Single(map.shards().first().copied().unwrap_or(first_shard)),
@@ -387,7 +393,7 @@ impl Router {
                         "DDL on sharded table {table} cannot be routed to {n} shards"
                     ))
                 } else if facts.is_write {
-                    write_route(facts, keys.as_deref(), many, map, &table, &key)
+                    write_route(facts, keys.as_deref(), many, map, table, key)
                 } else if let Some(construct) = &facts.needs_merge {
                     match &facts.merge {
                         Some(Ok(_)) => Route::Scatter(many.to_vec()),

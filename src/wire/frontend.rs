@@ -129,9 +129,25 @@ impl Bind {
     }
 
     pub fn encode(&self) -> Frame {
-        let mut b = BytesMut::new();
+        self.encode_for(&self.statement)
+    }
+
+    /// The Bind as sent for the server-side statement `statement`: the proxy renames client
+    /// statements, and this spares cloning the values to do it.
+    pub fn encode_for(&self, statement: &str) -> Frame {
+        let values: usize = self
+            .params
+            .iter()
+            .map(|p| 4 + p.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        let len = self.portal.len()
+            + statement.len()
+            + 8
+            + 2 * (self.param_formats.len() + self.result_formats.len())
+            + values;
+        let mut b = BytesMut::with_capacity(len);
         put_cstr(&mut b, &self.portal);
-        put_cstr(&mut b, &self.statement);
+        put_cstr(&mut b, statement);
         b.put_i16(self.param_formats.len() as i16);
         for f in &self.param_formats {
             b.put_i16(*f);

@@ -8,6 +8,7 @@ pub mod collect;
 pub mod copy_in;
 pub mod copy_out;
 pub mod cursor;
+pub mod in_turn;
 pub mod index_owner;
 pub mod split_insert;
 pub mod subquery_first;
