@@ -87,6 +87,9 @@ impl Session {
         let frames = std::mem::take(&mut self.batch);
         self.reserve_keys_for_batch(&frames).await;
         self.batch = frames;
+        if self.bind_subqueries_first(sync).await? {
+            return Ok(());
+        }
         let result = self.run_extended_batch(sync).await;
         let answered =
             usize::try_from(self.io.parse_completes() - answered_before).unwrap_or(usize::MAX);

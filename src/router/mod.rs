@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod copy_facts;
+pub mod cte;
 pub mod cursor;
 pub mod facts;
 pub mod fence;

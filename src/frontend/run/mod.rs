@@ -11,4 +11,5 @@ pub mod cursor;
 pub mod index_owner;
 pub mod split_insert;
 pub mod subquery_first;
+pub mod subquery_first_bind;
 pub mod unnest_insert;
