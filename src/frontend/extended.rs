@@ -87,7 +87,7 @@ impl Session {
         let frames = std::mem::take(&mut self.batch);
         self.reserve_keys_for_batch(&frames).await;
         self.batch = frames;
-        if self.bind_subqueries_first(sync).await? {
+        if self.before_batch(sync).await? {
             return Ok(());
         }
         let result = self.run_extended_batch(sync).await;

@@ -13,6 +13,7 @@ pub mod index_owner;
 pub mod key_type;
 pub mod literals;
 pub mod merge_plan;
+pub mod ordered_values_insert;
 pub mod params;
 pub mod pg_array;
 pub mod pg_hash;

@@ -3,6 +3,7 @@
 //! server connections themselves is `exec`'s, which never sees the session.
 
 pub mod atomic;
+pub mod before_batch;
 pub mod broadcast;
 pub mod collect;
 pub mod copy_in;

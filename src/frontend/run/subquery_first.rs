@@ -11,6 +11,7 @@ use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::refusal::Refusal;
 use crate::router::facts::StatementFacts;
 use crate::router::literals::{Literal, LiteralParams};
+use crate::router::ordered_values_insert::as_values;
 use crate::router::params::ParamSource;
 use crate::router::subquery_first::{next, RunFirst};
 use crate::router::Route;
@@ -34,13 +35,18 @@ pub(crate) fn liftable(facts: &[StatementFacts]) -> bool {
 
 impl Session {
     /// The simple-protocol analysis of `sql`, after running first the uncorrelated subqueries
-    /// that make it refused, rewriting `sql` and `body` to carry their results. `Ok(None)` when
+    /// and CTEs that make it refused, rewriting `sql` and `body` to carry their results (and
+    /// an INSERT of rows ordered from a VALUES list written as those VALUES). `Ok(None)` when
     /// a subquery failed: the client has its error and ReadyForQuery.
     pub async fn analyze_running_subqueries_first(
         &mut self,
         sql: &mut String,
         body: &mut Bytes,
     ) -> Result<Option<(Arc<[StatementFacts]>, Vec<Literal>)>, End> {
+        if let Some(text) = as_values(sql) {
+            *body = fe::query(&text).body;
+            *sql = text;
+        }
         let proxy = self.proxy.clone();
         for _ in 0..MAX_RUN_FIRST {
             let (facts, literals) = proxy.router.analyze_simple(sql);
