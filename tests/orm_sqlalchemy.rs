@@ -59,6 +59,7 @@ async fn sqlalchemy_and_alembic_run_unchanged() {
             "update_delete",
             "transactions",
             "async_engine",
+            "drivers_direct",
         ],
         "{stderr}"
     );

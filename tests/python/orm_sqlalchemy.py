@@ -9,6 +9,7 @@ that passed; a step that fails prints `FAILED step: error` and the script exits 
 import asyncio
 import os
 import sys
+import time
 import traceback
 from urllib.parse import urlparse
 
@@ -265,9 +266,11 @@ async def async_checks():
             check("async group by", [tuple(r) for r in rows], want)
             added = [Customer(name=f"async{i}", region="ap") for i in range(3)]
             s.add_all(added)
+            await s.flush()
+            ids = [a.id for a in added]
             await s.commit()
-            check("async ids", len({a.id for a in added}), 3)
-            got = (await s.scalars(select(Customer.name).where(Customer.id.in_([a.id for a in added])).order_by(Customer.name))).all()
+            check("async ids", len(set(ids)), 3)
+            got = (await s.scalars(select(Customer.name).where(Customer.id.in_(ids)).order_by(Customer.name))).all()
             check("async in list", got, ["async0", "async1", "async2"])
             eu_ids = select(Customer.id).where(Customer.region == "eu").scalar_subquery()
             got = await s.scalar(select(func.count(Order.id)).where(Order.customer_id.in_(eu_ids)))
@@ -283,13 +286,43 @@ def async_engine():
     asyncio.run(async_checks())
 
 
-STEPS = [migrate, orm_flush, get_by_pk, keyless, aggregates, subqueries, update_delete, transactions, async_engine]
+def drivers_direct():
+    # The drivers themselves, parameters bound on the server: psycopg 3 (text) and asyncpg
+    # (binary), an uncorrelated subquery and a CTE over sharded tables.
+    import asyncpg
+    import psycopg
+
+    sql_in = "SELECT amount FROM sa_order WHERE customer_id IN (SELECT id FROM sa_customer WHERE name = %s) ORDER BY amount"
+    sql_cte = "WITH big AS (SELECT customer_id, amount FROM sa_order WHERE amount > %s) SELECT count(*), sum(amount) FROM big"
+    want_in = [a for c, a, _ in ORDERS if c == 9]
+    big = [a for a in [15, 21] + [a for _, a, _ in ORDERS[2:]] if a > 100]
+    with psycopg.connect(os.environ["PGSHARD_URL"]) as conn:
+        check("psycopg IN", [r[0] for r in conn.execute(sql_in, ["cust9"])], want_in)
+        check("psycopg CTE", conn.execute(sql_cte, [100]).fetchone(), (len(big), sum(big)))
+
+    async def run():
+        conn = await asyncpg.connect(os.environ["PGSHARD_URL"].replace("?sslmode=disable", ""), ssl=False)
+        try:
+            rows = await conn.fetch(sql_in.replace("%s", "$1"), "cust9")
+            check("asyncpg IN", [r[0] for r in rows], want_in)
+            row = await conn.fetchrow(sql_cte.replace("%s", "$1"), 100)
+            check("asyncpg CTE", tuple(row), (len(big), sum(big)))
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+STEPS = [migrate, orm_flush, get_by_pk, keyless, aggregates, subqueries, update_delete, transactions, async_engine,
+         drivers_direct]
 
 failed = False
 for step in STEPS:
+    started = time.monotonic()
     try:
         step()
         print(step.__name__, flush=True)
+        print(f"{step.__name__}: {time.monotonic() - started:.2f}s", file=sys.stderr, flush=True)
     except Exception as e:  # noqa: BLE001 - every failure is reported
         failed = True
         print(f"FAILED {step.__name__}: {type(e).__name__}: {e}", flush=True)
