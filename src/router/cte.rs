@@ -283,11 +283,19 @@ mod tests {
         }
     }
 
-    /// (statement, what runs first, its rows, the statement after the splice)
+    /// (statement, what runs first, its columns, its rows, the statement after the splice)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, u32)],
+        &'a [&'a [Option<&'a str>]],
+        &'a str,
+    );
+
     #[test]
     fn rewrites() {
         let two = [("user_id", 20), ("name", 25)];
-        let cases: &[(&str, &str, &[(&str, u32)], &[&[Option<&str>]], &str)] = &[
+        let cases: &[Case] = &[
             (
                 "WITH x AS (SELECT user_id, name FROM users WHERE v > 1) SELECT * FROM x",
                 "SELECT user_id, name FROM users WHERE v > 1",

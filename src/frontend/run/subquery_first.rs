@@ -111,7 +111,7 @@ impl Session {
     ) -> Result<Option<RunFirst>, ErrorFields> {
         let router = &self.proxy.router;
         let reads_sharded = |text: &str| router.analyze_prepared(text).iter().any(|f| f.sharded);
-        next(sql, params, reads_sharded).map_err(|message| refusal(message))
+        next(sql, params, reads_sharded).map_err(refusal)
     }
 
     /// Where a subquery run first goes (keyed, scattered, or the first shard for unsharded

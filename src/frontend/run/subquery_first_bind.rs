@@ -267,10 +267,13 @@ mod tests {
         }
     }
 
-    /// (rewritten text, client's types, Bind's formats, types of the rewritten Parse)
+    /// (rewritten text, client's types, Bind's formats, parameter count, types of the
+    /// rewritten Parse)
+    type Case<'a> = (&'a str, &'a [u32], Vec<i16>, usize, &'a [u32]);
+
     #[test]
     fn types_of_parameters_only_subqueries_used() {
-        let cases: &[(&str, &[u32], Vec<i16>, usize, &[u32])] = &[
+        let cases: &[Case] = &[
             ("SELECT 1 WHERE x = $2", &[], vec![], 2, &[25, 0]),
             ("SELECT 1 WHERE x = $2", &[0, 0], vec![1], 2, &[17, 0]),
             (
