@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::process::Stdio;
-
+use common::process::run_output;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
@@ -31,22 +30,15 @@ async fn sqlalchemy_and_alembic_run_unchanged() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/orm_sqlalchemy.py"
     );
-    let out = Command::new("python3")
-        .arg(script)
-        .env("PGSHARD_URL", proxy::app_url(&proxy))
-        .env("PGSHARD_DRIVER", "psycopg")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the SQLAlchemy script failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let (ok, stdout, stderr) = run_output(
+        Command::new("python3")
+            .arg(script)
+            .env("PGSHARD_URL", proxy::app_url(&proxy))
+            .env("PGSHARD_DRIVER", "psycopg")
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+    )
+    .await;
+    assert!(ok, "the SQLAlchemy script failed:\n{stdout}\n{stderr}");
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [
