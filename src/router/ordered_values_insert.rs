@@ -71,14 +71,7 @@ fn rows(select: &pb::SelectStmt) -> Option<Vec<pb::Node>> {
         return None;
     };
     let alias = sub.alias.as_ref().filter(|_| !sub.lateral)?;
-    let names: Vec<&str> = alias
-        .colnames
-        .iter()
-        .map(|n| match n.node.as_ref() {
-            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect::<Option<_>>()?;
+    let names = strings(&alias.colnames)?;
     let Some(NodeEnum::SelectStmt(values)) = sub.subquery.as_deref()?.node.as_ref() else {
         return None;
     };
@@ -173,20 +166,23 @@ fn column(n: &pb::Node, alias: &str, names: &[&str]) -> Option<usize> {
     let Some(NodeEnum::ColumnRef(c)) = n.node.as_ref() else {
         return None;
     };
-    let fields: Vec<&str> = c
-        .fields
-        .iter()
-        .map(|f| match f.node.as_ref() {
-            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect::<Option<_>>()?;
-    let name = match fields.as_slice() {
+    let name = match strings(&c.fields)?.as_slice() {
         [name] => *name,
         [q, name] if *q == alias => *name,
         _ => return None,
     };
     names.iter().position(|n| *n == name)
+}
+
+/// The names a list of String nodes holds (a column list, a column reference's parts).
+fn strings(nodes: &[pb::Node]) -> Option<Vec<&str>> {
+    nodes
+        .iter()
+        .map(|n| match n.node.as_ref() {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A parameter or a constant, maybe cast: the same value whichever row form holds it.
