@@ -75,6 +75,25 @@ pub struct Config {
     /// Bounds of online rebalancing jobs.
     #[serde(default)]
     pub rebalance: RebalanceConfig,
+    /// The compatibility report (`SHOW COMPAT`); absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compat: Option<CompatConfig>,
+}
+
+/// `[compat]`: run every statement on the one configured shard as it is, and report what each
+/// would do over `shards` shards (see `compat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompatConfig {
+    /// How many shards the report imagines.
+    pub shards: u32,
+    /// Distinct statements kept; the least recently seen give way.
+    #[serde(default = "default_compat_statements")]
+    pub max_statements: usize,
+}
+
+fn default_compat_statements() -> usize {
+    10_000
 }
 
 /// A separate login for privileged shard operations: CREATE SUBSCRIPTION needs a superuser (on
@@ -785,6 +804,14 @@ impl Config {
                     self.proxy.listen
                 ),
             ));
+        }
+        if let Some(compat) = &self.compat {
+            if compat.shards == 0 || self.shards.len() != 1 {
+                return Err(invalid(
+                    "compat.shards",
+                    "the compatibility report runs in front of one unsharded database: list exactly one [[shards]] entry and imagine at least one shard".into(),
+                ));
+            }
         }
         if let Some(metrics) = &self.metrics {
             match metrics.listen.parse::<std::net::SocketAddr>() {

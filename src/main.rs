@@ -76,6 +76,27 @@ enum Command {
         #[command(subcommand)]
         action: ReplicaCommand,
     },
+    /// The compatibility report of a proxy running with `[compat]`.
+    Compat {
+        #[command(subcommand)]
+        action: CompatCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CompatCommand {
+    /// Print what each statement seen so far would do over the configured shards (SHOW COMPAT
+    /// of the running proxy's admin console).
+    Report {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// An admin user (default: the config's first `admin = true` user).
+        #[arg(long)]
+        user: Option<String>,
+        /// Its password (default: $PGPASSWORD).
+        #[arg(long)]
+        password: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -358,6 +379,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rebalance { action } => rebalance_command(action).await,
         Command::Shard { action } => topology_command(ShardOrReplica::Shard(action)).await,
         Command::Replica { action } => topology_command(ShardOrReplica::Replica(action)).await,
+        Command::Compat {
+            action:
+                CompatCommand::Report {
+                    config,
+                    user,
+                    password,
+                },
+        } => {
+            let config = pgshard::config::Config::load(&config)?;
+            let password = password.or_else(|| std::env::var("PGPASSWORD").ok());
+            let text =
+                pgshard::compat::report::fetch(&config, user.as_deref(), password.as_deref())
+                    .await?;
+            out!("{}", text.trim_end());
+            Ok(())
+        }
         Command::Demo {
             dir,
             port,

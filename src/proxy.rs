@@ -51,4 +51,8 @@ pub struct Proxy {
     pub rebalance: Arc<crate::rebalance::hold::ProxyRebalance>,
     /// The catalog's topology as this proxy has applied it (pools, monitors, router).
     pub shards: crate::catalog::TopologyHandle,
+    /// Listening clients and the one LISTEN connection to the channel shard.
+    pub notify: crate::notify::Hub,
+    /// What statements would do over more shards (`[compat]`, `SHOW COMPAT`).
+    pub compat: crate::compat::Compat,
 }

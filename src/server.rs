@@ -205,7 +205,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     // first client on.
     monitor::adopt_recorded_primaries(&monitor_ctx).await;
     let monitors = Arc::new(monitor::start(monitor_ctx));
-    let router = Router::from_config(&config);
+    // Under `[compat]` the one database answers every statement as it is: the data path knows
+    // no sharded table, and the report judges statements with a router of its own.
+    let router = match &config.compat {
+        Some(_) => Router::new(&[], config.router.cache_size)
+            .with_shards(config.shards.iter().map(|s| s.id).collect()),
+        None => Router::from_config(&config),
+    };
     let first_shard = config.shards[0].id;
     let log = DecisionLog::new(
         &config.catalog.url,
@@ -264,6 +270,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
             version: catalog.topology.current().version,
             shards: config.shards.clone(),
         }),
+        notify: Default::default(),
+        compat: crate::compat::Compat::new(&config),
     });
     let topology_sync = crate::membership::sync::start(
         proxy.clone(),

@@ -747,16 +747,7 @@ async fn session_state_needs_session_pooling() {
     let proxy = start_proxy(&cluster.info).await;
     let c = connect(&proxy).await;
     // Temporary tables, advisory locks and WITH HOLD cursors pin a connection instead (see
-    // tests/session_pins.rs); LISTEN still needs session pooling.
-    for sql in ["LISTEN somewhere"] {
-        let err = c.batch_execute(sql).await.unwrap_err();
-        assert_eq!(code(&err), "0A000", "{sql}: {err}");
-        let message = err
-            .as_db_error()
-            .map(|e| e.message().to_string())
-            .unwrap_or_default();
-        assert!(message.contains("session"), "{sql}: {message}");
-    }
+    // tests/session_pins.rs); LISTEN/NOTIFY are served by the proxy (tests/notify.rs).
     // SET of pgshard's own settings never reaches a server.
     c.batch_execute("SET pgshard.note = 'kept by the proxy'")
         .await

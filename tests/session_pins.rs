@@ -404,20 +404,6 @@ DROP TABLE notes;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_is_still_refused() {
-    let s = setup().await;
-    let a = proxy::connect(&s.proxy).await;
-    let err = a.simple_query("LISTEN jobs").await.expect_err("refused");
-    let db = err.as_db_error().expect("a server error");
-    assert_eq!(db.code().code(), "0A000");
-    assert!(
-        db.message()
-            .contains("LISTEN needs a server connection for the whole session"),
-        "{db:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_config_is_tracked_like_set() {
     let s = setup().await;
     let a = proxy::connect(&s.proxy).await;

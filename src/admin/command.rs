@@ -90,12 +90,14 @@ pub enum View {
     ShardMap,
     Config,
     Version,
+    /// The compatibility report (`[compat]`).
+    Compat,
 }
 
 /// Every command, for the hint of an error.
-pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | move-key KEY N | modulo-to-hash, CANCEL JOB n, ADD SHARD n host port [database], DROP SHARD n, ADD REPLICA n host port, DROP REPLICA n host port";
+pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, SHOW COMPAT, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | move-key KEY N | modulo-to-hash, CANCEL JOB n, ADD SHARD n host port [database], DROP SHARD n, ADD REPLICA n host port, DROP REPLICA n host port";
 
-const VIEWS: [(&str, View); 8] = [
+const VIEWS: [(&str, View); 9] = [
     ("SHARDS", View::Shards),
     ("SERVERS", View::Servers),
     ("POOLS", View::Pools),
@@ -104,6 +106,7 @@ const VIEWS: [(&str, View); 8] = [
     ("SHARD_MAP", View::ShardMap),
     ("CONFIG", View::Config),
     ("VERSION", View::Version),
+    ("COMPAT", View::Compat),
 ];
 
 /// Splits a query on `;` and parses each non-empty piece (case-insensitive). An empty list means

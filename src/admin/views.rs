@@ -19,12 +19,54 @@ pub fn show(proxy: &Proxy, view: View) -> ResultSet {
         View::Stats => stats(proxy),
         View::ShardMap => shard_map(proxy),
         View::Config => config(&proxy.config),
+        View::Compat => compat(proxy),
         View::Version => {
             let mut rs = ResultSet::new(&[("version", T::Text)]);
             rs.row(vec![format!("pgshard {}", env!("CARGO_PKG_VERSION")).into()]);
             rs
         }
     }
+}
+
+/// `SHOW COMPAT`: one row per normalized statement, most frequent first.
+fn compat(proxy: &Proxy) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("fingerprint", T::Text),
+        ("statement", T::Text),
+        ("route", T::Text),
+        ("count", T::Int8),
+        ("single", T::Int8),
+        ("multi", T::Int8),
+        ("refused", T::Int8),
+        ("refusal", T::Text),
+        ("suggestion", T::Text),
+        ("last_seen", T::Timestamptz),
+    ]);
+    for e in proxy.compat.report() {
+        let (refusal, suggestion) = match &e.verdict {
+            crate::compat::Verdict::Refused {
+                message,
+                suggestion,
+            } => (
+                Cell::from(message.as_str()),
+                suggestion.map_or(Cell::Null, Cell::from),
+            ),
+            _ => (Cell::Null, Cell::Null),
+        };
+        rs.row(vec![
+            e.fingerprint.into(),
+            e.statement.into(),
+            e.verdict.label().into(),
+            e.count.into(),
+            e.single.into(),
+            e.multi.into(),
+            e.refused.into(),
+            refusal,
+            suggestion,
+            format_utc(e.last_seen).into(),
+        ]);
+    }
+    rs
 }
 
 fn role_name(role: &Role) -> &'static str {

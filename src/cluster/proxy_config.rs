@@ -80,6 +80,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
             password: Some(ADMIN_PASSWORD.into()),
         }),
         rebalance: Default::default(),
+        compat: None,
     }
 }
 

@@ -709,7 +709,7 @@ impl Session {
         &mut self,
         msgs: &[Msg],
         portal_statements: &HashMap<String, Arc<Prepared>>,
-        error: Option<ErrorFields>,
+        mut error: Option<ErrorFields>,
         sync: bool,
     ) {
         let mut binary_portals: HashMap<&str, bool> = HashMap::new();
@@ -751,7 +751,10 @@ impl Session {
                             .get(e.portal.as_str())
                             .copied()
                             .unwrap_or(false);
-                        self.local_command(local, false, binary);
+                        if let Err(fields) = self.run_local(local, false, binary).await {
+                            error = Some(fields);
+                            break;
+                        }
                     } else {
                         match facts.kind {
                             StatementKind::Begin => {

@@ -128,6 +128,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         hold_pass: None,
         reserved_keys: Default::default(),
         pins: super::session_pins::Pins::for_client(pid),
+        notify: Default::default(),
     };
     // The client's startup settings are tried on a real shard, the first one that answers: one
     // shard being down must not keep clients of the others out.

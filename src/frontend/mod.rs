@@ -11,6 +11,7 @@ pub mod held_portals;
 pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;
+pub mod notifications;
 pub mod pipeline;
 pub mod planning;
 pub mod read_routing;

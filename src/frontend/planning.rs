@@ -49,6 +49,11 @@ impl Session {
                 .copied()
                 .unwrap_or_else(|| self.answering_shard())
         };
+        if keys.is_none() && request.ending == planner::Ending::Query {
+            if let Some(first) = request.statements.first() {
+                self.proxy.compat.record_simple(first.sql);
+            }
+        }
         let cx = self.context(map, &fallback);
         planner::plan(request, &self.state, &cx, keys)
     }
@@ -77,6 +82,7 @@ impl Session {
             formats: &bind.param_formats,
             types: &statement.param_types,
         };
+        self.proxy.compat.record_bound(&statement.sql, &params);
         let st = Statement {
             sql: &statement.sql,
             facts,

@@ -65,6 +65,8 @@ pub struct Session {
     pub reserved_keys: super::generated_keys::ReservedKeys,
     /// Server connections kept past transactions for session state (see `session_pins`).
     pub pins: super::session_pins::Pins,
+    /// LISTEN channels and the NOTIFYs an open block sends at COMMIT (see `notifications`).
+    pub notify: super::notifications::SessionNotify,
 }
 
 impl Session {
@@ -140,6 +142,7 @@ impl Session {
             }
             self.release_idle();
             self.publish_writes().await;
+            self.settle_notify().await;
         }
         self.close().await;
     }
@@ -353,7 +356,9 @@ impl Session {
             }
         };
         if let Plan::Local(local) = &planned.plan {
-            self.local_command(local, true, false);
+            if let Err(fields) = self.run_local(local, true, false).await {
+                self.push_error_in_batch(fields);
+            }
             let status = self.status();
             self.io.push(&be::ready_for_query(status));
             return Ok(());
@@ -605,6 +610,7 @@ impl Session {
 
     /// Closes the transaction block; a rollback also rolls back the settings changed inside it.
     pub fn end_transaction(&mut self, rolled_back: bool) {
+        self.notify.block_ended(!rolled_back);
         if self.state.close_block(rolled_back) {
             for conn in self.held.values_mut() {
                 conn.settings_unknown = true;
@@ -717,6 +723,10 @@ impl Session {
                 self.state.sql_statements.clear();
                 self.io.push(&be::command_complete("DEALLOCATE ALL"));
             }
+            // Answered by `run_local` (see `notifications`).
+            LocalCommand::Listen { .. }
+            | LocalCommand::Unlisten { .. }
+            | LocalCommand::Notify { .. } => {}
             LocalCommand::NextId => {
                 let id = self.proxy.ids.next_id();
                 if describe {

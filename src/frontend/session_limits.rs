@@ -61,13 +61,15 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let note = tokio::select! {
                 read = self.io.read_frame() => return match read {
                     Ok(Some(frame)) => Next::Frame(frame),
                     Ok(None) => Next::Closed,
                     Err(e) => Next::End(read_error(&e)),
                 },
                 Ok(()) = phase.changed() => continue,
+                // A listening client idle outside any block gets its notifications at once.
+                Some(note) = self.notify.next(), if between_requests => note,
                 _ = idle_timer => {
                     tracing::info!(user = %self.user, "client idle in transaction too long: disconnected");
                     return Next::End(ErrorFields::fatal(
@@ -75,6 +77,10 @@ impl Session {
                         "terminating connection due to idle-in-transaction timeout",
                     ).with_hint("pgshard's proxy.idle_in_transaction_timeout_ms limit was reached"));
                 }
+            };
+            self.io.push(&note.frame());
+            if self.io.flush().await.is_err() {
+                return Next::Closed;
             }
         }
     }

@@ -327,6 +327,7 @@ impl Session {
                         txn.refused = false;
                     }
                     txn.record_savepoint(&op);
+                    self.notify.pending.savepoint(&op);
                     self.state.cursors.savepoint(&op);
                 }
             }

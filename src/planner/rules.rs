@@ -583,7 +583,9 @@ mod tests {
                 vec![],
                 Ending::Sync,
                 SessionState::default(),
-                Err("LISTEN needs a server connection for the whole session"),
+                Ok(Plan::Local(crate::router::LocalCommand::Listen {
+                    channel: "jobs".into(),
+                })),
             ),
             (
                 "DECLARE c CURSOR FOR SELECT * FROM users WHERE user_id > $1",

@@ -59,6 +59,12 @@ pub enum LocalCommand {
     /// are shared under digest names), so forgetting them is all of it. psycopg sends it after
     /// every rollback once it prepared a statement.
     DeallocateAll,
+    /// `LISTEN channel`: the proxy's listening connection carries it (see `notify`).
+    Listen { channel: String },
+    /// `UNLISTEN channel`, or `UNLISTEN *` (`None`).
+    Unlisten { channel: Option<String> },
+    /// `NOTIFY channel [, 'payload']`: run on the channel shard, at COMMIT inside a block.
+    Notify { channel: String, payload: String },
 }
 
 /// Where a shard-key value comes from.
@@ -1628,8 +1634,22 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
             facts.kind = StatementKind::Discard;
             return facts;
         }
-        NodeEnum::ListenStmt(_) => {
-            facts.session_bound = Some("LISTEN".into());
+        NodeEnum::ListenStmt(l) => {
+            facts.local = Some(LocalCommand::Listen {
+                channel: l.conditionname.clone(),
+            });
+            return facts;
+        }
+        NodeEnum::UnlistenStmt(u) => {
+            let channel = (!u.conditionname.is_empty()).then(|| u.conditionname.clone());
+            facts.local = Some(LocalCommand::Unlisten { channel });
+            return facts;
+        }
+        NodeEnum::NotifyStmt(n) => {
+            facts.local = Some(LocalCommand::Notify {
+                channel: n.conditionname.clone(),
+                payload: n.payload.clone(),
+            });
             return facts;
         }
         NodeEnum::DeallocateStmt(d) if d.isall => {
@@ -1707,6 +1727,11 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
     };
     if advisory(SESSION_LOCKS) {
         facts.pin.get_or_insert(SessionPin::AdvisoryLock);
+    }
+    if advisory(&["pg_notify"]) {
+        // Notifications meet their listeners on the channel shard (see `notify`).
+        facts.unsharded = true;
+        facts.is_write = true;
     }
     if advisory(SESSION_LOCKS) || advisory(XACT_LOCKS) {
         // Every client of every proxy must see the same locks: they live on the shard of the
@@ -2220,6 +2245,45 @@ mod tests {
             one("SELECT PGSHARD.NEXT_ID();").local,
             Some(LocalCommand::NextId)
         );
+        for (sql, want) in [
+            (
+                "LISTEN Jobs",
+                LocalCommand::Listen {
+                    channel: "jobs".into(),
+                },
+            ),
+            (
+                "listen \"Jobs\"",
+                LocalCommand::Listen {
+                    channel: "Jobs".into(),
+                },
+            ),
+            (
+                "UNLISTEN jobs",
+                LocalCommand::Unlisten {
+                    channel: Some("jobs".into()),
+                },
+            ),
+            ("UNLISTEN *", LocalCommand::Unlisten { channel: None }),
+            (
+                "NOTIFY jobs, 'it''s done'",
+                LocalCommand::Notify {
+                    channel: "jobs".into(),
+                    payload: "it's done".into(),
+                },
+            ),
+            (
+                "NOTIFY jobs",
+                LocalCommand::Notify {
+                    channel: "jobs".into(),
+                    payload: String::new(),
+                },
+            ),
+        ] {
+            assert_eq!(one(sql).local, Some(want), "{sql}");
+        }
+        let notify = one("SELECT pg_notify('jobs', 'x')");
+        assert!(notify.unsharded && notify.is_write && notify.local.is_none());
         refused(
             "select pgshard.next_id(), 1",
             "only supported as SELECT pgshard.next_id()",
@@ -2233,7 +2297,7 @@ mod tests {
     #[test]
     fn session_bound_and_ddl() {
         let sb = |sql: &str| one(sql).session_bound;
-        assert_eq!(sb("listen x"), Some("LISTEN".into()));
+        assert_eq!(sb("listen x"), None);
         let pin = |sql: &str| {
             let f = one(sql);
             assert_eq!(f.session_bound, None, "{sql}");

@@ -134,12 +134,19 @@ pub(crate) fn scan_tokens(sql: &str) -> Result<Vec<Token>, String> {
     Ok(scan
         .tokens
         .iter()
+        .filter(|t| !is_comment(t.token))
         .filter_map(|t| {
             let (start, end) = (t.start as usize, t.end as usize);
             sql.get(start..end)
                 .map(|text| (start, end, text.to_ascii_lowercase()))
         })
         .collect())
+}
+
+/// Whether a scanner token is a `--` or `/* */` comment, which no rewrite may take for syntax.
+fn is_comment(token: i32) -> bool {
+    use pg_query::protobuf::Token;
+    token == Token::SqlComment as i32 || token == Token::CComment as i32
 }
 
 /// Index of the ")" matching the "(" at `open`.
@@ -217,6 +224,16 @@ mod tests {
         assert_eq!(
             out,
             "insert /* (x) */ into public.users AS u (user_id, name) values (-5, 'it''s')"
+        );
+    }
+
+    #[test]
+    fn comments_between_clauses_are_not_syntax() {
+        let sql = "INSERT INTO users (name) /* c */ VALUES -- rows\n ('a') /* (x) */, ($1)";
+        let out = insert_with_keys(sql, &users(), &[1, 2], false).unwrap();
+        assert_eq!(
+            out,
+            "INSERT INTO users (user_id, name) /* c */ VALUES -- rows\n (1, 'a') /* (x) */, (2, $1)"
         );
     }
 

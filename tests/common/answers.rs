@@ -40,3 +40,19 @@ pub async fn extended_answer<C: GenericClient + Sync>(
         .collect();
     Ok((columns, rows))
 }
+
+/// Every row of a simple query, as text cells (`None` for NULL); panics naming the query on error.
+pub async fn simple_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
