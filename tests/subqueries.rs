@@ -1,16 +1,19 @@
 //! Subqueries over sharded tables through pgshard: a subquery in WHERE correlated with the outer
 //! table by shard key (`EXISTS`, `NOT EXISTS`, `IN`, a scalar comparison) runs whole on each
 //! shard, keyed or scattered and merged, in the simple and extended protocols, in and out of a
-//! block; uncorrelated ones run first (simple protocol) and their result is written into the
-//! statement; other subqueries over sharded tables stay refused with 0A000. Four shards; users
-//! 1..=40, and two orders (totals i and 2i) for each user i not divisible by 3.
+//! block; uncorrelated ones, and read-only CTEs, run first (both protocols, parameters in text
+//! and binary) and their result is written into the statement; other subqueries over sharded
+//! tables, recursive and data-modifying CTEs over them stay refused with 0A000. Four shards;
+//! users 1..=40, and two orders (totals i and 2i) for each user i not divisible by 3.
 
 mod common;
 
+use common::params::TextParam;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The rows of a simple query, each as its columns' text joined by '|'.
@@ -144,6 +147,8 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
         ["0"]
     );
     uncorrelated_subqueries_run_first(&c).await;
+    uncorrelated_subqueries_with_parameters(&c).await;
+    ctes_over_sharded_tables(&c).await;
     // Correlated, but not by key: refused, naming the table.
     let sql =
         "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)";
@@ -225,17 +230,6 @@ async fn uncorrelated_subqueries_run_first(c: &Client) {
     // Two columns for IN: Postgres's error.
     let sql = "SELECT * FROM users WHERE user_id IN (SELECT * FROM orders)";
     assert_eq!(error_code(c, sql).await, "42601", "{sql}");
-    // The extended protocol is not covered: still refused, naming the table.
-    let sql =
-        "SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > $1)";
-    let e = c.query(sql, &[&70i32]).await.expect_err(sql);
-    let db = e.as_db_error().expect("an ErrorResponse");
-    assert_eq!(db.code().code(), "0A000", "{sql}");
-    assert!(
-        db.message().contains("subquery over sharded table"),
-        "{}",
-        db.message()
-    );
     // In a block: the subquery sees the block's own uncommitted writes, and a DELETE whose
     // subquery ran first deletes them; all rolled back.
     c.batch_execute("BEGIN").await.expect("begin");
@@ -258,4 +252,158 @@ async fn uncorrelated_subqueries_run_first(c: &Client) {
     assert_eq!(rows(c, "SELECT count(*) FROM users").await, ["40"]);
     let sql = "SELECT count(*) FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total >= 500)";
     assert_eq!(rows(c, sql).await, ["0"], "{sql}");
+}
+
+/// The first column of each row of an extended-protocol query, as text.
+async fn ext_rows(c: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<String> {
+    c.query(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .map(|r| match r.columns()[0].type_() {
+            &Type::INT8 => r.get::<_, i64>(0).to_string(),
+            &Type::TEXT | &Type::VARCHAR => r.get::<_, String>(0),
+            other => panic!("{sql}: column of type {other}"),
+        })
+        .collect()
+}
+
+/// Uncorrelated subqueries whose text uses the statement's parameters, in the extended
+/// protocol: run first with the parameters they use (binary as tokio-postgres sends them, and
+/// text as psycopg does), the Bind pointed at the statement with their result written in.
+async fn uncorrelated_subqueries_with_parameters(c: &Client) {
+    let over = |t: i64| -> Vec<String> {
+        (1..=40i64)
+            .filter(|i| has_orders(*i) && 2 * i > t)
+            .map(|i| i.to_string())
+            .collect()
+    };
+    let sql = "SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > $1) ORDER BY 1";
+    assert_eq!(ext_rows(c, sql, &[&70i32]).await, over(70), "{sql}");
+    assert_eq!(ext_rows(c, sql, &[&60i32]).await, over(60), "{sql} again");
+    // The same prepared once, bound with a text parameter.
+    let st = c.prepare(sql).await.expect("prepare");
+    let got: Vec<i64> = c
+        .query(&st, &[&TextParam("74".into())])
+        .await
+        .expect("text parameter")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got.iter().map(i64::to_string).collect::<Vec<_>>(), over(74));
+    // Parameters of the outer statement and of the subquery, numbered across both; NOT IN.
+    let sql = "SELECT name FROM users WHERE name <> $1 AND user_id NOT IN (SELECT user_id FROM orders WHERE total > $2) AND user_id < $3 ORDER BY 1";
+    let want: Vec<String> = (1..10i64)
+        .filter(|i| !(has_orders(*i) && 2 * i > 4) && *i != 2)
+        .map(|i| format!("u{i:02}"))
+        .collect();
+    assert_eq!(
+        ext_rows(c, sql, &[&"u02", &4i32, &10i64]).await,
+        want,
+        "{sql}"
+    );
+    // A scalar subquery: the outer statement is then keyed; nested subqueries, innermost first.
+    let sql =
+        "SELECT name FROM users WHERE user_id = (SELECT max(user_id) FROM orders WHERE total < $1)";
+    assert_eq!(ext_rows(c, sql, &[&30i32]).await, ["u29"], "{sql}");
+    let sql = "SELECT count(*) FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total IN (SELECT total FROM orders WHERE user_id = $1))";
+    // Totals 5 and 10: user 5 (5, 10) and user 10 (10, 20).
+    assert_eq!(ext_rows(c, sql, &[&5i64]).await, ["2"], "{sql}");
+    // Postgres's errors, and the session goes on.
+    let sql = "SELECT * FROM users WHERE user_id = (SELECT user_id FROM orders WHERE total > $1)";
+    let e = c.query(sql, &[&70i32]).await.expect_err(sql);
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("21000"),
+        "{sql}"
+    );
+    let sql = "SELECT count(*) FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > $1::int)";
+    let e = c
+        .query(sql, &[&TextParam("x".into())])
+        .await
+        .expect_err(sql);
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22P02"));
+    assert_eq!(rows(c, "SELECT count(*) FROM users").await, ["40"]);
+    // In a block: the subquery sees the block's own write.
+    c.batch_execute("BEGIN; INSERT INTO orders (order_id, user_id, total) VALUES (9001, 3, 500)")
+        .await
+        .expect("insert in block");
+    let sql =
+        "SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total >= $1)";
+    assert_eq!(ext_rows(c, sql, &[&500i32]).await, ["3"], "{sql}");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+}
+
+/// `WITH` over sharded tables: a read-only CTE runs first (keyed or scattered and merged), its
+/// rows written into the statement as typed arrays; recursive and data-modifying CTEs over
+/// sharded tables are refused, named. Both protocols.
+async fn ctes_over_sharded_tables(c: &Client) {
+    let big: Vec<(i64, i64)> = (1..=40i64)
+        .filter(|i| has_orders(*i) && 2 * i > 60)
+        .map(|i| (i, 2 * i))
+        .collect();
+    // A CTE over every shard, joined with a sharded table; the outer statement scattered.
+    let sql = "WITH big AS (SELECT user_id, total FROM orders WHERE total > 60) SELECT u.name || ':' || b.total FROM users u JOIN big b ON b.user_id = u.user_id ORDER BY b.total";
+    let want: Vec<String> = big.iter().map(|(i, t)| format!("u{i:02}:{t}")).collect();
+    assert_eq!(rows(c, sql).await, want, "{sql}");
+    // Merged aggregates in the CTE, a column list, MATERIALIZED; the outer runs on any shard.
+    let total: i64 = (1..=40i64).filter(|i| has_orders(*i)).map(|i| 3 * i).sum();
+    let n = (1..=40i64).filter(|i| has_orders(*i)).count() * 2;
+    let sql = "WITH t (n, s) AS MATERIALIZED (SELECT count(*), sum(total) FROM orders) SELECT n, s, s / n FROM t";
+    assert_eq!(
+        rows(c, sql).await,
+        [format!("{n}|{total}|{}", total / n as i64)],
+        "{sql}"
+    );
+    // Keyed CTE; the second CTE reads the first; no rows.
+    let sql = "WITH o AS (SELECT total FROM orders WHERE user_id = 5) SELECT sum(total) FROM o";
+    assert_eq!(rows(c, sql).await, ["15"], "{sql}");
+    let sql = "WITH a AS (SELECT user_id FROM orders WHERE total > 70), b AS (SELECT name FROM users WHERE user_id IN (SELECT user_id FROM a)) SELECT count(*) FROM b";
+    let n70 = (1..=40i64).filter(|i| has_orders(*i) && 2 * i > 70).count();
+    assert_eq!(rows(c, sql).await, [n70.to_string()], "{sql}");
+    let sql = "WITH nothing AS (SELECT user_id, total FROM orders WHERE total > 1000) SELECT count(*) FROM nothing";
+    assert_eq!(rows(c, sql).await, ["0"], "{sql}");
+    // Extended protocol with a parameter in the CTE and one in the outer statement.
+    let sql = "WITH big AS (SELECT user_id FROM orders WHERE total > $1) SELECT name FROM users WHERE user_id IN (SELECT user_id FROM big) AND name <> $2 ORDER BY 1";
+    let want: Vec<String> = big
+        .iter()
+        .filter(|(i, _)| *i != 31)
+        .map(|(i, _)| format!("u{i:02}"))
+        .collect();
+    assert_eq!(ext_rows(c, sql, &[&60i32, &"u31"]).await, want, "{sql}");
+    let st = c
+        .prepare("WITH s AS (SELECT sum(total) AS s FROM orders WHERE total < $1) SELECT s FROM s")
+        .await
+        .expect("prepare");
+    let got: i64 = c
+        .query_one(&st, &[&TextParam("10".into())])
+        .await
+        .expect("text parameter")
+        .get(0);
+    let want: i64 = (1..=40i64)
+        .filter(|i| has_orders(*i))
+        .flat_map(|i| [i, 2 * i])
+        .filter(|t| *t < 10)
+        .sum();
+    assert_eq!(got, want);
+    // Refused, named: recursion and writes over sharded tables.
+    for (sql, what) in [
+        (
+            "WITH RECURSIVE r AS (SELECT user_id FROM orders UNION SELECT user_id + 1 FROM r WHERE user_id < 3) SELECT count(*) FROM r",
+            "WITH RECURSIVE over sharded tables",
+        ),
+        (
+            "WITH d AS (DELETE FROM orders WHERE total > 1000 RETURNING *) SELECT count(*) FROM d",
+            "data-modifying CTE d over sharded tables",
+        ),
+    ] {
+        let e = c.simple_query(sql).await.expect_err(sql);
+        let db = e.as_db_error().expect("an ErrorResponse");
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(db.message().contains(what), "{sql}: {}", db.message());
+    }
+    assert_eq!(
+        rows(c, "SELECT count(*) FROM orders").await,
+        [n.to_string()]
+    );
 }

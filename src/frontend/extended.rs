@@ -64,7 +64,7 @@ pub fn server_statement_name(sql: &str, param_types: &[u32]) -> String {
 
 /// The statement a Bind names (its body: portal, then statement, as C strings), read without
 /// decoding the rest.
-fn bind_statement_name(body: &[u8]) -> Option<&str> {
+pub(crate) fn bind_statement_name(body: &[u8]) -> Option<&str> {
     let portal_end = body.iter().position(|b| *b == 0)?;
     let rest = &body[portal_end + 1..];
     let end = rest.iter().position(|b| *b == 0)?;
@@ -97,6 +97,9 @@ impl Session {
             let frames = std::mem::take(&mut self.batch);
             self.reserve_keys_for_batch(&frames).await;
             self.batch = frames;
+        }
+        if self.before_batch(sync).await? {
+            return Ok(());
         }
         let result = self.run_extended_batch(sync).await;
         let answered =

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod copy_facts;
+pub mod cte;
 pub mod cursor;
 pub mod facts;
 pub mod fence;
@@ -13,6 +14,7 @@ pub mod key_type;
 pub mod literals;
 pub mod merge_plan;
 pub mod names;
+pub mod ordered_values_insert;
 pub mod params;
 pub mod pg_array;
 pub mod pg_hash;

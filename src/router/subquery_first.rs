@@ -10,7 +10,55 @@ use pg_query::protobuf::{self as pb, Token};
 use pg_query::{NodeEnum, NodeRef};
 use std::collections::BTreeSet;
 
-use crate::sql_text::quote_escaped_literal;
+use crate::router::cte;
+use crate::sql_text::{quote_escaped_literal, quote_ident};
+
+/// What pgshard runs before a statement refused for reading sharded tables in a subquery or a
+/// CTE: the subquery or CTE, whose result it then writes into the statement's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunFirst {
+    Subquery(First),
+    Cte(cte::CteFirst),
+}
+
+impl RunFirst {
+    /// The text to run on its own.
+    pub fn inner(&self) -> &str {
+        match self {
+            RunFirst::Subquery(f) => &f.inner,
+            RunFirst::Cte(c) => &c.inner,
+        }
+    }
+
+    /// `outer` with the result (RowDescription body, DataRow bodies in text format) in place.
+    pub fn splice<B: AsRef<[u8]>>(
+        &self,
+        outer: &str,
+        description: &[u8],
+        rows: &[B],
+    ) -> Result<String, SpliceError> {
+        match self {
+            RunFirst::Subquery(f) => f.splice(outer, description, rows),
+            RunFirst::Cte(c) => c.splice(outer, description, rows),
+        }
+    }
+}
+
+/// The next thing to run first for `sql`: its first CTE over sharded tables (`reads_sharded`
+/// says which texts read one), else its innermost uncorrelated subquery; `params`: `$n` may
+/// appear (a prepared statement's, bound when it runs). `Err` is a refusal's message (a
+/// recursive or data-modifying CTE over sharded tables).
+pub fn next(
+    sql: &str,
+    params: bool,
+    reads_sharded: impl Fn(&str) -> bool,
+) -> Result<Option<RunFirst>, String> {
+    match cte::find(sql, reads_sharded) {
+        cte::Found::Run(c) => Ok(Some(RunFirst::Cte(c))),
+        cte::Found::Refuse(message) => Err(message),
+        cte::Found::Nothing => Ok(find_in(sql, params).map(RunFirst::Subquery)),
+    }
+}
 
 /// One subquery to run first, and where its result goes in the outer text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +76,10 @@ pub struct First {
 enum Use {
     /// `op ANY (array)` or `op ALL (array)` replaces `IN (…)`, `NOT IN (…)`, `op ANY|ALL (…)`.
     Array { op: String, all: bool },
-    /// A parenthesised constant replaces `(SELECT …)`.
-    Scalar,
+    /// A parenthesised constant replaces `(SELECT …)`; `alias`: it is a whole item of a select
+    /// list without a name, which Postgres names after the subquery's column, so the constant
+    /// gets that name.
+    Scalar { alias: bool },
 }
 
 /// Why the result of a subquery run first cannot be written into the outer statement; each is
@@ -42,6 +92,8 @@ pub enum SpliceError {
     MoreThanOneRow,
     #[error("a subquery over sharded tables is run first by pgshard, which does not support results of type OID {0}; cast its column to int8, numeric, text, uuid, date, timestamp or timestamptz")]
     Type(u32),
+    #[error("a CTE over sharded tables is run first by pgshard, which does not support CTEs without columns")]
+    NoColumns,
     #[error("malformed answer from a shard")]
     Malformed,
 }
@@ -52,7 +104,7 @@ impl SpliceError {
         match self {
             SpliceError::Columns => "42601",
             SpliceError::MoreThanOneRow => "21000",
-            SpliceError::Type(_) => "0A000",
+            SpliceError::Type(_) | SpliceError::NoColumns => "0A000",
             SpliceError::Malformed => "XX000",
         }
     }
@@ -62,24 +114,47 @@ impl SpliceError {
 /// nested ones run innermost first. `None` when `sql` is not one SELECT/UPDATE/DELETE, or has
 /// none (correlated subqueries, row comparisons and `ARRAY(…)` are left as they are).
 pub fn find(sql: &str) -> Option<First> {
+    find_in(sql, false)
+}
+
+/// `find`; with `params`, the subqueries may use a prepared statement's `$n`, which the caller
+/// binds when it runs them (their values do not depend on an outer row).
+fn find_in(sql: &str, params: bool) -> Option<First> {
     let parsed = pg_query::parse(sql, 0).ok()?;
     let [raw] = parsed.protobuf.stmts.as_slice() else {
         return None;
     };
     let stmt = raw.stmt.as_ref()?.node.as_ref()?;
-    let ctes = match stmt {
-        NodeEnum::SelectStmt(s) => s.with_clause.is_some(),
-        NodeEnum::UpdateStmt(s) => s.with_clause.is_some(),
-        NodeEnum::DeleteStmt(s) => s.with_clause.is_some(),
+    let with = match stmt {
+        NodeEnum::SelectStmt(s) => s.with_clause.as_ref(),
+        NodeEnum::UpdateStmt(s) => s.with_clause.as_ref(),
+        NodeEnum::DeleteStmt(s) => s.with_clause.as_ref(),
         _ => return None,
     };
-    // A subquery could name the outer statement's CTEs: not analysed.
-    if ctes {
-        return None;
-    }
+    // The statement's CTEs: a subquery naming one cannot run on its own.
+    let ctes: BTreeSet<String> = with
+        .iter()
+        .flat_map(|w| &w.ctes)
+        .filter_map(|c| match c.node.as_ref() {
+            Some(NodeEnum::CommonTableExpr(c)) => Some(c.ctename.clone()),
+            _ => None,
+        })
+        .collect();
     let scan = pg_query::scan(sql).ok()?;
+    let nodes = stmt.nodes();
+    // Subqueries that are a whole unnamed item of a select list, by location.
+    let named_after: BTreeSet<i32> = nodes
+        .iter()
+        .filter_map(|(n, _, _, _)| match n {
+            NodeRef::ResTarget(t) if t.name.is_empty() => match t.val.as_deref()?.node.as_ref()? {
+                NodeEnum::SubLink(link) => Some(link.location),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
     let mut found: Vec<First> = Vec::new();
-    for (n, _, _, _) in stmt.nodes() {
+    for (n, _, _, _) in nodes {
         // Conditions of every WHERE (the statement's and its subqueries').
         let where_clause = match n {
             NodeRef::SelectStmt(s) => s.where_clause.as_deref(),
@@ -87,7 +162,8 @@ pub fn find(sql: &str) -> Option<First> {
             NodeRef::DeleteStmt(s) => s.where_clause.as_deref(),
             NodeRef::SubLink(link) => {
                 if link.sub_link_type == pb::SubLinkType::ExprSublink as i32 {
-                    if let Some(f) = scalar(sql, &scan.tokens, link) {
+                    let alias = named_after.contains(&link.location);
+                    if let Some(f) = scalar(sql, &scan.tokens, link, params, alias) {
                         found.push(f);
                     }
                 }
@@ -96,8 +172,11 @@ pub fn find(sql: &str) -> Option<First> {
             _ => None,
         };
         if let Some(w) = where_clause {
-            conditions(sql, &scan.tokens, w, &mut found);
+            conditions(sql, &scan.tokens, w, params, &mut found);
         }
+    }
+    if !ctes.is_empty() {
+        found.retain(|f| !names_any(&f.inner, &ctes));
     }
     let contains = |a: &First, b: &First| a != b && a.start <= b.start && b.end <= a.end;
     found
@@ -106,17 +185,33 @@ pub fn find(sql: &str) -> Option<First> {
         .cloned()
 }
 
+/// Whether `sql` (or what does not parse) reads a relation named as one of `names`, unqualified.
+fn names_any(sql: &str, names: &BTreeSet<String>) -> bool {
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return true;
+    };
+    parsed.protobuf.nodes().iter().any(|(n, _, _, _)| {
+        matches!(n, NodeRef::RangeVar(rv) if rv.schemaname.is_empty() && names.contains(&rv.relname))
+    })
+}
+
 /// The `IN`/`ANY`/`ALL` subqueries that are a whole operand of WHERE's AND/OR/NOT: there the
 /// array comparison that replaces them groups exactly as they did.
-fn conditions(sql: &str, tokens: &[pb::ScanToken], n: &pb::Node, out: &mut Vec<First>) {
+fn conditions(
+    sql: &str,
+    tokens: &[pb::ScanToken],
+    n: &pb::Node,
+    params: bool,
+    out: &mut Vec<First>,
+) {
     match n.node.as_ref() {
         Some(NodeEnum::BoolExpr(b)) => {
             for a in &b.args {
-                conditions(sql, tokens, a, out);
+                conditions(sql, tokens, a, params, out);
             }
         }
         Some(NodeEnum::SubLink(link)) => {
-            if let Some(f) = quantified(sql, tokens, link) {
+            if let Some(f) = quantified(sql, tokens, link, params) {
                 out.push(f);
             }
         }
@@ -124,7 +219,12 @@ fn conditions(sql: &str, tokens: &[pb::ScanToken], n: &pb::Node, out: &mut Vec<F
     }
 }
 
-fn quantified(sql: &str, tokens: &[pb::ScanToken], link: &pb::SubLink) -> Option<First> {
+fn quantified(
+    sql: &str,
+    tokens: &[pb::ScanToken],
+    link: &pb::SubLink,
+    params: bool,
+) -> Option<First> {
     let all = if link.sub_link_type == pb::SubLinkType::AnySublink as i32 {
         false
     } else if link.sub_link_type == pb::SubLinkType::AllSublink as i32 {
@@ -149,7 +249,7 @@ fn quantified(sql: &str, tokens: &[pb::ScanToken], link: &pb::SubLink) -> Option
         },
         _ => return None,
     };
-    let (inner, end) = subselect(sql, tokens, link, at)?;
+    let (inner, end) = subselect(sql, tokens, link, at, params)?;
     Some(First {
         inner,
         start: at,
@@ -158,14 +258,20 @@ fn quantified(sql: &str, tokens: &[pb::ScanToken], link: &pb::SubLink) -> Option
     })
 }
 
-fn scalar(sql: &str, tokens: &[pb::ScanToken], link: &pb::SubLink) -> Option<First> {
+fn scalar(
+    sql: &str,
+    tokens: &[pb::ScanToken],
+    link: &pb::SubLink,
+    params: bool,
+    alias: bool,
+) -> Option<First> {
     let at = usize::try_from(link.location).ok()?;
-    let (inner, end) = subselect(sql, tokens, link, at)?;
+    let (inner, end) = subselect(sql, tokens, link, at, params)?;
     Some(First {
         inner,
         start: at,
         end,
-        use_: Use::Scalar,
+        use_: Use::Scalar { alias },
     })
 }
 
@@ -175,9 +281,10 @@ fn subselect(
     tokens: &[pb::ScanToken],
     link: &pb::SubLink,
     at: usize,
+    params: bool,
 ) -> Option<(String, usize)> {
     let select = link.subselect.as_deref()?.node.as_ref()?;
-    if !matches!(select, NodeEnum::SelectStmt(_)) || !uncorrelated(select) {
+    if !matches!(select, NodeEnum::SelectStmt(_)) || !uncorrelated(select, params) {
         return None;
     }
     let open = tokens.iter().position(|t| {
@@ -203,10 +310,10 @@ fn subselect(
 }
 
 /// No column of `select` is qualified by a name its own FROM clauses (at any depth) do not
-/// define, and it has no parameters: its result does not depend on an outer row. (An
-/// unqualified name Postgres would resolve to an outer column makes the subquery fail when it
-/// runs on its own: an error, never a different answer.)
-fn uncorrelated(select: &NodeEnum) -> bool {
+/// define, and it has no parameters unless `params` allows them: its result does not depend on
+/// an outer row. (An unqualified name Postgres would resolve to an outer column makes the
+/// subquery fail when it runs on its own: an error, never a different answer.)
+fn uncorrelated(select: &NodeEnum, params: bool) -> bool {
     let nodes = select.nodes();
     let mut names: BTreeSet<String> = BTreeSet::new();
     for (n, _, _, _) in &nodes {
@@ -239,7 +346,7 @@ fn uncorrelated(select: &NodeEnum) -> bool {
         }
     }
     nodes.iter().all(|(n, _, _, _)| match n {
-        NodeRef::ParamRef(_) => false,
+        NodeRef::ParamRef(_) => params,
         NodeRef::ColumnRef(c) => {
             let parts: Vec<Option<&str>> = c
                 .fields
@@ -260,7 +367,7 @@ fn uncorrelated(select: &NodeEnum) -> bool {
 
 /// A type Postgres reads back exactly from its text output, by OID: the cast written into the
 /// outer statement.
-fn type_name(oid: u32) -> Option<&'static str> {
+pub(crate) fn type_name(oid: u32) -> Option<&'static str> {
     Some(match oid {
         16 => "bool",
         20 => "int8",
@@ -277,27 +384,6 @@ fn type_name(oid: u32) -> Option<&'static str> {
     })
 }
 
-/// The column count and first column's type OID of a RowDescription body.
-fn description(body: &[u8]) -> Option<(usize, u32)> {
-    let count = usize::try_from(i16::from_be_bytes(body.get(0..2)?.try_into().ok()?)).ok()?;
-    if count == 0 {
-        return Some((0, 0));
-    }
-    let name_end = 2 + body.get(2..)?.iter().position(|b| *b == 0)?;
-    let f = body.get(name_end + 1..name_end + 19)?;
-    Some((count, u32::from_be_bytes(f[6..10].try_into().ok()?)))
-}
-
-/// The first value of a DataRow body (text format); `None` inside for NULL.
-fn first_value(body: &[u8]) -> Option<Option<&[u8]>> {
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    if len < 0 {
-        return Some(None);
-    }
-    let len = usize::try_from(len).ok()?;
-    body.get(6..6 + len).map(Some)
-}
-
 impl First {
     /// `outer` with this subquery replaced by its result: `description` is the RowDescription
     /// body of the subquery's merged answer, `rows` its DataRow bodies (text format).
@@ -307,14 +393,17 @@ impl First {
         description_body: &[u8],
         rows: &[B],
     ) -> Result<String, SpliceError> {
-        let (columns, oid) = description(description_body).ok_or(SpliceError::Malformed)?;
-        if columns != 1 {
+        let columns = cte::columns(description_body).ok_or(SpliceError::Malformed)?;
+        let [(name, oid)] = columns.as_slice() else {
             return Err(SpliceError::Columns);
-        }
-        let ty = type_name(oid).ok_or(SpliceError::Type(oid))?;
+        };
+        let ty = type_name(*oid).ok_or(SpliceError::Type(*oid))?;
         let values: Vec<Option<&[u8]>> = rows
             .iter()
-            .map(|r| first_value(r.as_ref()))
+            .map(|r| match cte::values(r.as_ref()).as_deref() {
+                Some([v]) => Some(*v),
+                _ => None,
+            })
             .collect::<Option<_>>()
             .ok_or(SpliceError::Malformed)?;
         let text = |v: &[u8]| {
@@ -323,11 +412,18 @@ impl First {
                 .map_err(|_| SpliceError::Malformed)
         };
         let replacement = match &self.use_ {
-            Use::Scalar => match values.as_slice() {
-                [] | [None] => format!("(NULL::{ty})"),
-                [Some(v)] => format!("({}::{ty})", text(v)?),
-                _ => return Err(SpliceError::MoreThanOneRow),
-            },
+            Use::Scalar { alias } => {
+                let value = match values.as_slice() {
+                    [] | [None] => format!("(NULL::{ty})"),
+                    [Some(v)] => format!("({}::{ty})", text(v)?),
+                    _ => return Err(SpliceError::MoreThanOneRow),
+                };
+                if *alias {
+                    format!("{value} AS {}", quote_ident(name))
+                } else {
+                    value
+                }
+            }
             Use::Array { op, all } => {
                 let array = crate::router::pg_array::encode_text(&values);
                 let quantifier = if *all { "ALL" } else { "ANY" };
@@ -405,6 +501,19 @@ mod tests {
                 &[],
                 "SELECT (NULL::int8) AS s",
             ),
+            // Named after the subquery's column ("id" in `desc`), as Postgres names it.
+            (
+                "SELECT 1, (SELECT max(id) FROM a)",
+                "SELECT max(id) FROM a",
+                &[Some("5")],
+                "SELECT 1, (E'5'::int8) AS id",
+            ),
+            (
+                "SELECT (SELECT max(id) FROM a) + 1",
+                "SELECT max(id) FROM a",
+                &[Some("5")],
+                "SELECT (E'5'::int8) + 1",
+            ),
             // Innermost first.
             (
                 "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE g IN (SELECT g FROM w))",
@@ -435,6 +544,7 @@ mod tests {
             "SELECT * FROM o WHERE (k, v) IN (SELECT id, v FROM u)",
             "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE id = $1)",
             "WITH c AS (SELECT 1) SELECT * FROM o WHERE k IN (SELECT id FROM c)",
+            "WITH c AS (SELECT 1) SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE v IN (SELECT * FROM c))",
             "SELECT * FROM o WHERE k IN (1, 2)",
             "INSERT INTO o SELECT * FROM u WHERE k IN (SELECT id FROM w)",
             "SELECT * FROM o WHERE (k IN (SELECT id FROM u)) = true",
@@ -442,6 +552,28 @@ mod tests {
         ] {
             assert_eq!(find(sql), None, "{sql}");
         }
+    }
+
+    /// A subquery that names none of the statement's CTEs runs first like any.
+    #[test]
+    fn beside_ctes() {
+        let sql = "WITH c AS (SELECT 1) SELECT * FROM c WHERE 1 IN (SELECT id FROM u)";
+        assert_eq!(find(sql).map(|f| f.inner), Some("SELECT id FROM u".into()));
+    }
+
+    /// A prepared statement's subquery may use its parameters; a plain one may not.
+    #[test]
+    fn parameters() {
+        let sql = "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE name = $2) AND v > $1";
+        assert_eq!(find(sql), None);
+        let f = find_in(sql, true).expect("found");
+        assert_eq!(f.inner, "SELECT id FROM u WHERE name = $2");
+        assert_eq!(
+            f.splice(sql, &desc(20), &[row(Some("4"))]).as_deref(),
+            Ok("SELECT * FROM o WHERE k = ANY (E'{4}'::int8[]) AND v > $1")
+        );
+        let correlated = "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE u.x = o.x AND y = $1)";
+        assert_eq!(find_in(correlated, true), None);
     }
 
     #[test]

@@ -28,6 +28,29 @@ impl Session {
         bound: Option<BoundMerge>,
         what: &str,
     ) -> Result<Result<(Frame, Vec<Bytes>), ErrorFields>, End> {
+        let query = |text: &str| {
+            vec![Step::Send {
+                frame: fe::query(text),
+                expect: Expect::Query,
+                forward: true,
+            }]
+        };
+        self.run_kept_with(text, facts, target, bound, what, query)
+            .await
+    }
+
+    /// `run_kept` whose steps for each shard `make` builds from the text that shard runs (the
+    /// fenced form while a rebalancing job fences it): a subquery run first with Bind
+    /// parameters sends Parse/Bind/Describe/Execute instead of a Query.
+    pub async fn run_kept_with(
+        &mut self,
+        text: &str,
+        facts: &[StatementFacts],
+        target: Target,
+        bound: Option<BoundMerge>,
+        what: &str,
+        make: impl Fn(&str) -> Vec<Step>,
+    ) -> Result<Result<(Frame, Vec<Bytes>), ErrorFields>, End> {
         let fenced = match self.fence_texts(text, facts, &target) {
             Ok(f) => f,
             Err(fields) => return Ok(Err(fields)),
@@ -37,11 +60,7 @@ impl Session {
                 .as_ref()
                 .and_then(|f| f.get(&conn.shard))
                 .map_or(text, String::as_str);
-            vec![Step::Send {
-                frame: fe::query(text),
-                expect: Expect::Query,
-                forward: true,
-            }]
+            make(text)
         };
         let shards = match target {
             Target::Single(shard) => vec![shard],

@@ -3,6 +3,7 @@
 //! server connections themselves is `exec`'s, which never sees the session.
 
 pub mod atomic;
+pub mod before_batch;
 pub mod broadcast;
 pub mod collect;
 pub mod copy_in;
@@ -12,4 +13,5 @@ pub mod in_turn;
 pub mod index_owner;
 pub mod split_insert;
 pub mod subquery_first;
+pub mod subquery_first_bind;
 pub mod unnest_insert;

@@ -1,6 +1,7 @@
-//! The session's side of `router::subquery_first`: a statement refused only because of an
-//! uncorrelated subquery over sharded tables gets that subquery run first, on the connections
-//! this session holds (inside a block, in the block), and its result written into the text.
+//! The session's side of `router::subquery_first` and `router::cte`: a statement refused only
+//! because of an uncorrelated subquery or a read-only CTE over sharded tables gets that subquery
+//! or CTE run first, on the connections this session holds (inside a block, in the block), and
+//! its result written into the text.
 
 use std::sync::Arc;
 
@@ -10,9 +11,12 @@ use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::refusal::Refusal;
 use crate::router::facts::StatementFacts;
 use crate::router::literals::{Literal, LiteralParams};
-use crate::router::subquery_first::{find, First};
+use crate::router::ordered_values_insert::as_values;
+use crate::router::params::ParamSource;
+use crate::router::subquery_first::{next, RunFirst};
 use crate::router::Route;
 use crate::wire::backend::ErrorFields;
+use crate::wire::frame::Frame;
 use crate::wire::frontend as fe;
 
 /// Most subqueries one statement gets run first (nested ones count one each).
@@ -20,7 +24,7 @@ const MAX_RUN_FIRST: usize = 16;
 
 /// Whether the statement's refusal is one running a subquery first can lift: a subquery over
 /// a sharded table, or a join with an unsharded table (a subquery over one).
-fn liftable(facts: &[StatementFacts]) -> bool {
+pub(crate) fn liftable(facts: &[StatementFacts]) -> bool {
     match facts {
         [f] => f.refuse.as_deref().is_some_and(|r| {
             r.starts_with("subquery over sharded table") || r.starts_with("join of sharded table")
@@ -31,13 +35,18 @@ fn liftable(facts: &[StatementFacts]) -> bool {
 
 impl Session {
     /// The simple-protocol analysis of `sql`, after running first the uncorrelated subqueries
-    /// that make it refused, rewriting `sql` and `body` to carry their results. `Ok(None)` when
+    /// and CTEs that make it refused, rewriting `sql` and `body` to carry their results (and
+    /// an INSERT of rows ordered from a VALUES list written as those VALUES). `Ok(None)` when
     /// a subquery failed: the client has its error and ReadyForQuery.
     pub async fn analyze_running_subqueries_first(
         &mut self,
         sql: &mut String,
         body: &mut Bytes,
     ) -> Result<Option<(Arc<[StatementFacts]>, Vec<Literal>)>, End> {
+        if let Some(text) = as_values(sql) {
+            *body = fe::query(&text).body;
+            *sql = text;
+        }
         let proxy = self.proxy.clone();
         for _ in 0..MAX_RUN_FIRST {
             let (facts, literals) = proxy.router.analyze_simple_in(sql, &self.search_path());
@@ -45,8 +54,13 @@ impl Session {
             if !liftable(&facts) || self.state.txn.as_ref().is_some_and(|t| t.refused) {
                 return Ok(Some((facts, literals)));
             }
-            let Some(first) = find(sql) else {
-                return Ok(Some((facts, literals)));
+            let first = match self.next_run_first(sql, false) {
+                Ok(Some(first)) => first,
+                Ok(None) => return Ok(Some((facts, literals))),
+                Err(fields) => {
+                    self.reply_error(fields);
+                    return Ok(None);
+                }
             };
             match self.run_first(&first, sql).await? {
                 Ok(text) => {
@@ -68,59 +82,84 @@ impl Session {
     /// `outer` with its result in place, or the error the client gets.
     async fn run_first(
         &mut self,
-        first: &First,
+        first: &RunFirst,
         outer: &str,
     ) -> Result<Result<String, ErrorFields>, End> {
         let proxy = self.proxy.clone();
         let (facts, literals) = proxy
             .router
-            .analyze_simple_in(&first.inner, &self.search_path());
-        let map = proxy.map.current();
-        let route = match facts.as_ref() {
-            [f] => proxy
-                .router
-                .route(f, &LiteralParams(&literals), &map, proxy.first_shard),
-            _ => Route::Refuse("a subquery must be one statement".into()),
-        };
-        let (shards, scatter) = match route {
-            Route::Single(s) => (vec![s], false),
-            Route::Any => (vec![proxy.first_shard], false),
-            Route::Scatter(shards) => (shards, true),
-            Route::Refuse(message) => return Ok(Err(Refusal::of_route(message).into())),
-            _ => {
-                return Ok(Err(refusal(
-                    "a subquery pgshard runs first must be a plain SELECT",
-                )))
-            }
+            .analyze_simple_in(first.inner(), &self.search_path());
+        let (target, scatter) = match self.first_target(&facts, &LiteralParams(&literals)) {
+            Ok(t) => t,
+            Err(fields) => return Ok(Err(fields)),
         };
         let (text, bound) = if scatter {
             match merge_for_simple(&facts, &literals) {
                 Ok(Some((text, bound))) => (text, Some(bound)),
-                Ok(None) => (first.inner.clone(), None),
+                Ok(None) => (first.inner().to_string(), None),
                 Err(fields) => return Ok(Err(fields)),
             }
         } else {
-            (first.inner.clone(), None)
+            (first.inner().to_string(), None)
         };
-        let target = match shards.as_slice() {
-            [one] => Target::Single(*one),
-            _ => Target::Scatter(shards.clone()),
-        };
-        let held = self
-            .run_kept(
-                &text,
-                &facts,
-                target,
-                bound,
-                "a subquery pgshard runs first",
-            )
-            .await?;
-        let (description, rows) = match held {
-            Ok(held) => held,
-            Err(fields) => return Ok(Err(fields)),
-        };
-        Ok(first
-            .splice(outer, &description.body, &rows)
-            .map_err(|e| ErrorFields::error(e.code(), e.to_string())))
+        let held = self.run_kept(&text, &facts, target, bound, FIRST).await?;
+        Ok(splice_held(first, outer, held))
     }
+
+    /// The next subquery or CTE of `sql` to run first (`params`: a prepared statement's, whose
+    /// subqueries may use its parameters), or the refusal of a CTE pgshard cannot run first.
+    pub(crate) fn next_run_first(
+        &self,
+        sql: &str,
+        params: bool,
+    ) -> Result<Option<RunFirst>, ErrorFields> {
+        let router = &self.proxy.router;
+        let path = self.search_path();
+        let reads_sharded = |text: &str| {
+            router
+                .analyze_prepared_in(text, &path)
+                .iter()
+                .any(|f| f.sharded)
+        };
+        next(sql, params, reads_sharded).map_err(refusal)
+    }
+
+    /// Where a subquery run first goes (keyed, scattered, or the first shard for unsharded
+    /// tables), and whether it is scattered (merged).
+    pub(crate) fn first_target(
+        &self,
+        facts: &[StatementFacts],
+        params: &dyn ParamSource,
+    ) -> Result<(Target, bool), ErrorFields> {
+        let proxy = &self.proxy;
+        let map = proxy.map.current();
+        let route = match facts {
+            [f] => proxy.router.route(f, params, &map, proxy.first_shard),
+            _ => Route::Refuse("a subquery must be one statement".into()),
+        };
+        match route {
+            Route::Single(s) => Ok((Target::Single(s), false)),
+            Route::Any => Ok((Target::Single(proxy.first_shard), false)),
+            Route::Scatter(shards) => Ok((Target::Scatter(shards), true)),
+            Route::Refuse(message) => Err(Refusal::of_route(message).into()),
+            _ => Err(refusal(
+                "a subquery pgshard runs first must be a plain SELECT",
+            )),
+        }
+    }
+}
+
+/// How errors name a subquery run first.
+pub(crate) const FIRST: &str = "a subquery pgshard runs first";
+
+/// `outer` with `first`'s kept answer in place, or the error the client gets.
+pub(crate) fn splice_held(
+    first: &RunFirst,
+    outer: &str,
+    held: Result<(Frame, Vec<Bytes>), ErrorFields>,
+) -> Result<String, ErrorFields> {
+    let (description, rows) = held?;
+    first
+        .splice(outer, &description.body, &rows)
+        .map_err(|e| ErrorFields::error(e.code(), e.to_string()))
 }

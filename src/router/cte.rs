@@ -1,0 +1,371 @@
+//! Non-recursive, read-only CTEs over sharded tables that run first. In `WITH x AS (SELECT …
+//! FROM orders …) SELECT … FROM x …` the CTE means the same whatever the rest of the statement
+//! does, so pgshard runs its query on its own (keyed, or scattered and merged exactly) and writes
+//! its rows into the statement: the CTE's body becomes `SELECT * FROM unnest(typed arrays) AS
+//! cte(columns)`. The statement then routes as usual. A recursive WITH or a data-modifying CTE
+//! over sharded tables is refused, named. Pure: parse tree and byte offsets in, text out.
+
+use pg_query::protobuf::{self as pb, Token};
+use pg_query::NodeEnum;
+
+use crate::router::pg_array::encode_text;
+use crate::router::subquery_first::{type_name, SpliceError};
+use crate::sql_text::{quote_escaped_literal, quote_ident};
+
+/// One CTE to run first, and where its rows go in the statement's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CteFirst {
+    /// The CTE's name.
+    pub name: String,
+    /// What runs on its own: the CTE's query, under the CTEs defined before it in the same
+    /// WITH (it may read them; those over sharded tables already hold constant rows).
+    pub inner: String,
+    /// Byte range of the CTE's body, inside its parentheses.
+    start: usize,
+    end: usize,
+}
+
+/// What a statement's WITH asks of pgshard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Run this CTE first.
+    Run(CteFirst),
+    /// A CTE over sharded tables pgshard cannot run first: the refusal's message.
+    Refuse(String),
+    /// Nothing to do here.
+    Nothing,
+}
+
+/// One CTE of a WITH list located in the text.
+struct Located<'a> {
+    cte: &'a pb::CommonTableExpr,
+    /// Start of its name; end of its closing parenthesis.
+    def: (usize, usize),
+    /// Its body, inside the parentheses.
+    body: (usize, usize),
+}
+
+/// The first CTE of the top-level WITH of `sql` that reads a sharded table (`reads_sharded`
+/// says so of a text), when `sql` is one SELECT, UPDATE or DELETE.
+pub fn find(sql: &str, reads_sharded: impl Fn(&str) -> bool) -> Found {
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return Found::Nothing;
+    };
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return Found::Nothing;
+    };
+    let with = match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+        Some(NodeEnum::SelectStmt(s)) => s.with_clause.as_ref(),
+        Some(NodeEnum::UpdateStmt(s)) => s.with_clause.as_ref(),
+        Some(NodeEnum::DeleteStmt(s)) => s.with_clause.as_ref(),
+        _ => None,
+    };
+    let Some(with) = with else {
+        return Found::Nothing;
+    };
+    let Ok(scan) = pg_query::scan(sql) else {
+        return Found::Nothing;
+    };
+    let mut located = Vec::with_capacity(with.ctes.len());
+    for node in &with.ctes {
+        let Some(NodeEnum::CommonTableExpr(cte)) = node.node.as_ref() else {
+            return Found::Nothing;
+        };
+        match locate(&scan.tokens, cte) {
+            Some(l) => located.push(l),
+            None => return Found::Nothing,
+        }
+    }
+    for (i, l) in located.iter().enumerate() {
+        let body = sql[l.body.0..l.body.1].trim();
+        if !reads_sharded(body) {
+            continue;
+        }
+        let name = &l.cte.ctename;
+        if with.recursive {
+            return Found::Refuse(format!(
+                "WITH RECURSIVE over sharded tables (CTE {name}) is not supported: its iterations would need rows of every shard at each step; run the recursion on one shard by adding a condition on the shard key, or in the application"
+            ));
+        }
+        let writes = matches!(
+            l.cte.ctequery.as_deref().and_then(|q| q.node.as_ref()),
+            Some(
+                NodeEnum::InsertStmt(_)
+                    | NodeEnum::UpdateStmt(_)
+                    | NodeEnum::DeleteStmt(_)
+                    | NodeEnum::MergeStmt(_)
+            )
+        );
+        if writes {
+            return Found::Refuse(format!(
+                "data-modifying CTE {name} over sharded tables is not supported; run the write as a statement of its own (with RETURNING) and pass its rows on as an array parameter"
+            ));
+        }
+        let inner = match (
+            located.first(),
+            i.checked_sub(1).and_then(|j| located.get(j)),
+        ) {
+            (Some(first), Some(last)) => format!("WITH {} {body}", &sql[first.def.0..last.def.1]),
+            _ => body.to_string(),
+        };
+        return Found::Run(CteFirst {
+            name: name.clone(),
+            inner,
+            start: l.body.0,
+            end: l.body.1,
+        });
+    }
+    Found::Nothing
+}
+
+/// Where `cte` and its body are in the text: `name [(columns)] AS [[NOT] MATERIALIZED] (body)`.
+fn locate<'a>(tokens: &[pb::ScanToken], cte: &'a pb::CommonTableExpr) -> Option<Located<'a>> {
+    let at = usize::try_from(cte.location).ok()?;
+    let first = tokens
+        .iter()
+        .position(|t| usize::try_from(t.start).is_ok_and(|s| s >= at))?;
+    let mut i = first + 1;
+    if !cte.aliascolnames.is_empty() {
+        i = closing(tokens, i)? + 1;
+    }
+    if tokens.get(i)?.token != Token::As as i32 {
+        return None;
+    }
+    let open = i + tokens[i..]
+        .iter()
+        .position(|t| t.token == Token::Ascii40 as i32)?;
+    let close = closing(tokens, open)?;
+    let body = (
+        usize::try_from(tokens[open].end).ok()?,
+        usize::try_from(tokens[close].start).ok()?,
+    );
+    let def = (
+        usize::try_from(tokens[first].start).ok()?,
+        usize::try_from(tokens[close].end).ok()?,
+    );
+    Some(Located { cte, def, body })
+}
+
+/// The index of the parenthesis closing the one at `open`.
+fn closing(tokens: &[pb::ScanToken], open: usize) -> Option<usize> {
+    if tokens.get(open)?.token != Token::Ascii40 as i32 {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (i, t) in tokens.iter().enumerate().skip(open) {
+        if t.token == Token::Ascii40 as i32 {
+            depth += 1;
+        } else if t.token == Token::Ascii41 as i32 {
+            depth = depth.checked_sub(1)?;
+            if depth == 0 {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// The columns (name, type OID) of a RowDescription body.
+pub(crate) fn columns(body: &[u8]) -> Option<Vec<(String, u32)>> {
+    let count = usize::try_from(i16::from_be_bytes(body.get(0..2)?.try_into().ok()?)).ok()?;
+    let mut out = Vec::with_capacity(count.min(1600));
+    let mut pos = 2;
+    for _ in 0..count {
+        let len = body.get(pos..)?.iter().position(|b| *b == 0)?;
+        let name = std::str::from_utf8(&body[pos..pos + len]).ok()?.to_string();
+        let field = body.get(pos + len + 1..pos + len + 19)?;
+        out.push((name, u32::from_be_bytes(field[6..10].try_into().ok()?)));
+        pos += len + 19;
+    }
+    (pos == body.len()).then_some(out)
+}
+
+/// The values of a DataRow body (text format; `None` for NULL).
+pub(crate) fn values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let count = usize::try_from(i16::from_be_bytes(body.get(0..2)?.try_into().ok()?)).ok()?;
+    let mut out = Vec::with_capacity(count.min(1600));
+    let mut pos = 2;
+    for _ in 0..count {
+        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        out.push(Some(body.get(pos..pos + len)?));
+        pos += len;
+    }
+    (pos == body.len()).then_some(out)
+}
+
+impl CteFirst {
+    /// `outer` with this CTE's body replaced by its rows: `description` is the RowDescription
+    /// body of the CTE's merged answer, `rows` its DataRow bodies (text format).
+    pub fn splice<B: AsRef<[u8]>>(
+        &self,
+        outer: &str,
+        description: &[u8],
+        rows: &[B],
+    ) -> Result<String, SpliceError> {
+        let cols = columns(description).ok_or(SpliceError::Malformed)?;
+        if cols.is_empty() {
+            return Err(SpliceError::NoColumns);
+        }
+        let rows: Vec<Vec<Option<&[u8]>>> = rows
+            .iter()
+            .map(|r| values(r.as_ref()).filter(|v| v.len() == cols.len()))
+            .collect::<Option<_>>()
+            .ok_or(SpliceError::Malformed)?;
+        let mut arrays = Vec::with_capacity(cols.len());
+        for (j, (_, oid)) in cols.iter().enumerate() {
+            let ty = type_name(*oid).ok_or(SpliceError::Type(*oid))?;
+            let column: Vec<Option<&[u8]>> = rows.iter().map(|r| r[j]).collect();
+            arrays.push(format!(
+                "{}::{ty}[]",
+                quote_escaped_literal(&encode_text(&column))
+            ));
+        }
+        let names: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
+        let body = format!(
+            "SELECT * FROM unnest({}) AS {}({})",
+            arrays.join(", "),
+            quote_ident(&self.name),
+            names.join(", ")
+        );
+        let before = outer.get(..self.start).ok_or(SpliceError::Malformed)?;
+        let after = outer.get(self.end..).ok_or(SpliceError::Malformed)?;
+        Ok(format!("{before}{body}{after}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sharded(text: &str) -> bool {
+        text.contains("orders") || text.contains("users")
+    }
+
+    fn desc(cols: &[(&str, u32)]) -> Vec<u8> {
+        let mut b = (cols.len() as i16).to_be_bytes().to_vec();
+        for (name, oid) in cols {
+            b.extend_from_slice(name.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&0u32.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&oid.to_be_bytes());
+            b.extend_from_slice(&8i16.to_be_bytes());
+            b.extend_from_slice(&(-1i32).to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        }
+        b
+    }
+
+    fn row(vals: &[Option<&str>]) -> Vec<u8> {
+        let mut b = (vals.len() as i16).to_be_bytes().to_vec();
+        for v in vals {
+            match v {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        b
+    }
+
+    fn run(sql: &str) -> CteFirst {
+        match find(sql, sharded) {
+            Found::Run(c) => c,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    /// (statement, what runs first, its columns, its rows, the statement after the splice)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, u32)],
+        &'a [&'a [Option<&'a str>]],
+        &'a str,
+    );
+
+    #[test]
+    fn rewrites() {
+        let two = [("user_id", 20), ("name", 25)];
+        let cases: &[Case] = &[
+            (
+                "WITH x AS (SELECT user_id, name FROM users WHERE v > 1) SELECT * FROM x",
+                "SELECT user_id, name FROM users WHERE v > 1",
+                &two,
+                &[&[Some("1"), Some("a'b")], &[Some("7"), None]],
+                r#"WITH x AS (SELECT * FROM unnest(E'{1,7}'::int8[], E'{a''b,NULL}'::text[]) AS x(user_id, name)) SELECT * FROM x"#,
+            ),
+            (
+                "with c (k) as materialized ( select max(user_id) from orders ) select * from c",
+                "select max(user_id) from orders",
+                &[("max", 20)],
+                &[],
+                "with c (k) as materialized (SELECT * FROM unnest(E'{}'::int8[]) AS c(max)) select * from c",
+            ),
+            // Earlier CTEs come along; an unsharded one stays in place.
+            (
+                "WITH a AS (SELECT 1 AS one), \"B\" AS (SELECT user_id FROM users, a) UPDATE t SET v = 1 WHERE k IN (SELECT user_id FROM \"B\")",
+                "WITH a AS (SELECT 1 AS one) SELECT user_id FROM users, a",
+                &[("user_id", 20)],
+                &[&[Some("3")]],
+                "WITH a AS (SELECT 1 AS one), \"B\" AS (SELECT * FROM unnest(E'{3}'::int8[]) AS \"B\"(user_id)) UPDATE t SET v = 1 WHERE k IN (SELECT user_id FROM \"B\")",
+            ),
+        ];
+        for (sql, inner, cols, rows, want) in cases {
+            let c = run(sql);
+            assert_eq!(c.inner, *inner, "{sql}");
+            let rows: Vec<Vec<u8>> = rows.iter().map(|r| row(r)).collect();
+            assert_eq!(c.splice(sql, &desc(cols), &rows).as_deref(), Ok(*want));
+        }
+    }
+
+    #[test]
+    fn refused_or_left_alone() {
+        let refused = |sql: &str, what: &str| match find(sql, sharded) {
+            Found::Refuse(m) => assert!(m.contains(what), "{sql}: {m}"),
+            other => panic!("{sql}: {other:?}"),
+        };
+        refused(
+            "WITH RECURSIVE r AS (SELECT user_id FROM users UNION SELECT 1) SELECT * FROM r",
+            "WITH RECURSIVE",
+        );
+        refused(
+            "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d",
+            "data-modifying CTE d",
+        );
+        for sql in [
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+            "SELECT * FROM users",
+            "INSERT INTO t WITH x AS (SELECT * FROM users) SELECT * FROM x",
+        ] {
+            assert_eq!(find(sql, sharded), Found::Nothing, "{sql}");
+        }
+    }
+
+    #[test]
+    fn results_pgshard_cannot_write() {
+        let c = run("WITH x AS (SELECT a FROM users) SELECT * FROM x");
+        let rows = [row(&[Some("1")])];
+        assert_eq!(
+            c.splice("", &desc(&[("a", 114)]), &rows),
+            Err(SpliceError::Type(114))
+        );
+        assert_eq!(
+            c.splice("", &desc(&[]), &rows[..0]),
+            Err(SpliceError::NoColumns)
+        );
+        assert_eq!(
+            c.splice("", &desc(&[("a", 20), ("b", 20)]), &rows),
+            Err(SpliceError::Malformed)
+        );
+    }
+}

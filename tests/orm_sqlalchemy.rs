@@ -1,0 +1,90 @@
+//! SQLAlchemy 2 + alembic with psycopg 3 and asyncpg, with their defaults, through pgshard in
+//! front of 10 shards: `tests/python/orm_sqlalchemy.py` migrates up and down with alembic
+//! (`alembic_version` and `sa_region` are unsharded and live on the first shard), then works on
+//! `sa_customer` and `sa_order`, configured sharded by their id (pgshard generates the keys the
+//! ORM's flush leaves out).
+
+mod common;
+
+use common::process::run_output;
+use common::proxy::{self, start_proxy_with};
+use common::TestCluster;
+use pgshard::config::ShardedTableConfig;
+use pgshard::router::Strategy;
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlalchemy_and_alembic_run_unchanged() {
+    let cluster = TestCluster::start(10, Strategy::Hash).await;
+    let proxy = start_proxy_with(&cluster.info, |c| {
+        for table in ["sa_customer", "sa_order"] {
+            c.sharded_tables.push(ShardedTableConfig {
+                name: table.into(),
+                key: "id".into(),
+                key_type: None,
+            });
+        }
+    })
+    .await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/orm_sqlalchemy.py"
+    );
+    let (ok, stdout, stderr) = run_output(
+        Command::new("python3")
+            .arg(script)
+            .env("PGSHARD_URL", proxy::app_url(&proxy))
+            .env("PGSHARD_DRIVER", "psycopg")
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+    )
+    .await;
+    assert!(ok, "the SQLAlchemy script failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "migrate",
+            "orm_flush",
+            "get_by_pk",
+            "keyless",
+            "aggregates",
+            "subqueries",
+            "update_delete",
+            "transactions",
+            "async_engine",
+            "drivers_direct",
+        ],
+        "{stderr}"
+    );
+
+    // Sharded rows are spread over the shards (the six customers one transaction moved among
+    // them); the unsharded tables sit on the first shard only.
+    let (mut customers, mut orders, mut holding, mut moved_on) = (0, 0, 0, 0);
+    let mut unsharded_on = Vec::new();
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        let row = direct
+            .query_one(
+                "SELECT (SELECT count(*) FROM sa_customer), (SELECT count(*) FROM sa_order), \
+                 (SELECT count(*) FROM sa_customer WHERE region = 'moved'), \
+                 to_regclass('alembic_version') IS NOT NULL AND to_regclass('sa_region') IS NOT NULL",
+                &[],
+            )
+            .await
+            .expect("every shard has the tables");
+        let (c, o, m): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        customers += c;
+        orders += o;
+        holding += i64::from(o > 0);
+        moved_on += i64::from(m > 0);
+        if row.get::<_, bool>(3) {
+            unsharded_on.push(id);
+        }
+    }
+    assert_eq!((customers, orders), (12, 24));
+    assert!(holding > 1, "the orders landed on {holding} shard(s)");
+    assert!(
+        moved_on > 1,
+        "the transaction's customers sit on {moved_on} shard(s)"
+    );
+    assert_eq!(unsharded_on, [proxy.proxy.first_shard]);
+}
