@@ -13,6 +13,7 @@ use super::tls::ClientStream;
 use crate::backend::ServerConn;
 use crate::exec::exchange::{FrameSink, SinkError};
 use crate::live::LiveSettings;
+use crate::socket::Socket;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::{split_frame, Frame, FrameError};
 use crate::wire::frontend as fe;
@@ -80,7 +81,7 @@ impl ClientIo {
         ClientIo {
             stream,
             rbuf,
-            out: BytesMut::with_capacity(OUT_KEEP),
+            out: BytesMut::new(),
             max_message: limits.max_message_size,
             message_timeout: limits.message_timeout,
             partial_since: None,
@@ -124,9 +125,8 @@ impl ClientIo {
                 self.partial_since = None;
                 return Ok(Some(frame));
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > IN_KEEP {
-                // Waiting for a new message after a large one: do not hold its buffer.
-                self.rbuf = BytesMut::with_capacity(IN_START);
+            if self.rbuf.is_empty() {
+                self.wait_idle().await?;
             }
             let deadline = match self.message_timeout {
                 Some(limit) if !self.rbuf.is_empty() => Some((
@@ -148,6 +148,27 @@ impl ClientIo {
         }
     }
 
+    /// Waits, between messages, until the client sends more. A plain-TCP client holds no
+    /// buffers meanwhile (with thousands of idle clients, their buffers were most of the proxy's
+    /// memory); a TLS client keeps a small read buffer (its socket may be readable before a
+    /// message is).
+    async fn wait_idle(&mut self) -> std::io::Result<()> {
+        if let Socket::Plain(tcp) = &self.stream {
+            if self.rbuf.capacity() != 0 {
+                self.rbuf = BytesMut::new();
+            }
+            if self.out.is_empty() && self.out.capacity() != 0 {
+                self.out = BytesMut::new();
+            }
+            tcp.readable().await?;
+            self.rbuf.reserve(IN_START);
+        } else if self.rbuf.capacity() > IN_KEEP {
+            // Waiting for a new message after a large one: do not hold its buffer.
+            self.rbuf = BytesMut::with_capacity(IN_START);
+        }
+        Ok(())
+    }
+
     /// True when a complete message is already buffered (so the client is not waiting on us).
     pub fn has_buffered_frame(&self) -> bool {
         self.rbuf.len() >= 5 && {
@@ -161,6 +182,9 @@ impl ClientIo {
         count_error(frame);
         if frame.tag == be::PARSE_COMPLETE {
             self.parse_completes += 1;
+        }
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_KEEP);
         }
         if frame.tag == be::ERROR_RESPONSE && self.timed_out.load(Ordering::Acquire) {
             if let Ok(mut fields) = ErrorFields::decode(&frame.body) {
