@@ -120,12 +120,17 @@ impl ClientIo {
     /// message has arrived, the rest must follow within the message timeout (a client that
     /// stalls mid-message gets `Stalled`). Cancel-safe: a partial message stays buffered.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ClientReadError> {
+        self.read_frame_in(false).await
+    }
+
+    /// `read_frame`; `streaming` (COPY FROM STDIN data) keeps the read buffer between messages.
+    async fn read_frame_in(&mut self, streaming: bool) -> Result<Option<Frame>, ClientReadError> {
         loop {
             if let Some(frame) = split_frame(&mut self.rbuf, self.max_message)? {
                 self.partial_since = None;
                 return Ok(Some(frame));
             }
-            if self.rbuf.is_empty() {
+            if self.rbuf.is_empty() && !streaming {
                 self.wait_idle().await?;
             }
             let deadline = match self.message_timeout {
@@ -232,7 +237,7 @@ impl FrameSink for ClientIo {
     async fn copy_in(&mut self, conn: &mut ServerConn) -> Result<(), SinkError> {
         self.flush().await.map_err(|_| SinkError::ClientGone)?;
         loop {
-            let frame = match self.read_frame().await {
+            let frame = match self.read_frame_in(true).await {
                 Ok(Some(f)) => f,
                 Ok(None) | Err(_) => {
                     // The client vanished mid-COPY: abort the COPY so the server rolls it back.
