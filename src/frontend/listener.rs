@@ -363,31 +363,3 @@ async fn login(
     }
     Ok((params, user, database, slot))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The size of the future `f` returns, without calling it.
-    fn future_size<A, B, C, F: std::future::Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    fn run_size<F: std::future::Future>(_: impl FnOnce(Session) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    /// Every idle client's task holds its whole future: the login's state is boxed away, so
-    /// what stays is the running session.
-    #[test]
-    fn an_idle_clients_task_is_small() {
-        let task = future_size(handle_client);
-        let run = run_size(Session::run);
-        eprintln!(
-            "handle_client {task} B, Session::run {run} B, Session {} B, login {} B",
-            std::mem::size_of::<Session>(),
-            future_size(open_session)
-        );
-        assert!(task <= run + 256, "{task} vs {run}");
-    }
-}
