@@ -101,20 +101,26 @@ wait_port() {
     exit 1
 }
 
-# Zeroes the counters, runs "$@", dumps them; prints "instructions seconds".
-counted() {
-    local before dump start end session
-    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
-    start=$(date +%s.%N)
-    "$@"
-    end=$(date +%s.%N)
+# Dumps the proxy's counters and prints the new dump's path.
+dump_counters() {
+    local before
     before=$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)
     callgrind_control -d "$PROXY_PID" >/dev/null 2>&1
     for _ in $(seq 100); do
         [ "$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)" -gt "$before" ] && break
         sleep 0.1
     done
-    dump=$(ls -t "$WORK"/cg.out.* | head -1)
+    ls -t "$WORK"/cg.out.* | head -1
+}
+
+# Zeroes the counters, runs "$@", dumps them; prints "instructions seconds".
+counted() {
+    local dump start end session
+    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+    start=$(date +%s.%N)
+    "$@"
+    end=$(date +%s.%N)
+    dump=$(dump_counters)
     # The client sessions' work: the inclusive cost of the session loop (the outermost entry of
     # its function). Logins happen before it; background tasks (monitors, the catalog watcher,
     # the rebalancing runner) run outside it.
@@ -129,16 +135,10 @@ counted() {
 # The whole proxy's instructions per second while no client sends anything (background tasks
 # only: monitors, the catalog watcher, the rebalancing runner), over IDLE_SECS seconds.
 idle_rate() {
-    local before dump total
+    local dump total
     callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
     sleep "$IDLE_SECS"
-    before=$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)
-    callgrind_control -d "$PROXY_PID" >/dev/null 2>&1
-    for _ in $(seq 100); do
-        [ "$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)" -gt "$before" ] && break
-        sleep 0.1
-    done
-    dump=$(ls -t "$WORK"/cg.out.* | head -1)
+    dump=$(dump_counters)
     total=$(awk '/^(totals|summary):/ {print $2; exit}' "$dump")
     echo "scale=0; ${total:-0} / $IDLE_SECS" | bc
 }

@@ -95,28 +95,28 @@ async fn open_session(proxy: &Arc<Proxy>, stream: TcpStream, peer: SocketAddr) -
     let mut buf = BytesMut::with_capacity(1024);
     let live = proxy.live.get();
     let login = login(proxy, &mut stream, &mut buf, peer);
-    let (params, user, database, slot) =
-        match tokio::time::timeout(live.login_timeout, login).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(Refused::Answered)) => return None,
-            Ok(Err(Refused::AfterDelay(fields))) => {
-                // Outside the login timeout and without a client slot: the delay only slows the
-                // client down.
-                tokio::time::sleep(live.failed_login_delay).await;
-                fatal(&mut stream, fields).await;
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "client did not log in within proxy.login_timeout_ms");
-                fatal(
-                    &mut stream,
-                    ErrorFields::fatal("08P01", "timed out waiting for the client to log in")
-                        .with_hint("pgshard's proxy.login_timeout_ms limit was reached"),
-                )
-                .await;
-                return None;
-            }
-        };
+    let (params, user, database, slot) = match tokio::time::timeout(live.login_timeout, login).await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(Refused::Answered)) => return None,
+        Ok(Err(Refused::AfterDelay(fields))) => {
+            // Outside the login timeout and without a client slot: the delay only slows the
+            // client down.
+            tokio::time::sleep(live.failed_login_delay).await;
+            fatal(&mut stream, fields).await;
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "client did not log in within proxy.login_timeout_ms");
+            fatal(
+                &mut stream,
+                ErrorFields::fatal("08P01", "timed out waiting for the client to log in")
+                    .with_hint("pgshard's proxy.login_timeout_ms limit was reached"),
+            )
+            .await;
+            return None;
+        }
+    };
     // The role this client's statements run as on the shards, fixed for the whole session.
     let server_login = match live.user(&user) {
         Some(entry) => ServerLogin::for_user(&live.users, entry),
