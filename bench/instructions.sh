@@ -12,7 +12,8 @@
 # is compiled for it). This tree's binary is built in release mode too (PGSHARD_BIN=path skips
 # that). CLIENTS=4 pgbench clients; METRICS=1 (default) runs both proxies with the Prometheus
 # recorder installed, as a production proxy runs; KEEP=dir keeps the callgrind dumps of the
-# measured runs there (for callgrind_annotate).
+# measured runs there (for callgrind_annotate). The last row, `idle`, is the whole proxy's
+# instructions per second with no client working, over IDLE_SECS=10 seconds.
 #
 # How it counts: the counters are zeroed before a pgbench run and dumped after it; what counts is
 # the inclusive cost of the client session loop (Session::run), so logins and background tasks
@@ -26,6 +27,7 @@ PER_CLIENT=${1:-500}
 BASELINE=${2:-main}
 CLIENTS=${CLIENTS:-4}
 METRICS=${METRICS:-1}
+IDLE_SECS=${IDLE_SECS:-10}
 SHORT=50
 
 if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_control >/dev/null 2>&1; then
@@ -99,20 +101,26 @@ wait_port() {
     exit 1
 }
 
-# Zeroes the counters, runs "$@", dumps them; prints "instructions seconds".
-counted() {
-    local before dump start end session
-    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
-    start=$(date +%s.%N)
-    "$@"
-    end=$(date +%s.%N)
+# Dumps the proxy's counters and prints the new dump's path.
+dump_counters() {
+    local before
     before=$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)
     callgrind_control -d "$PROXY_PID" >/dev/null 2>&1
     for _ in $(seq 100); do
         [ "$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)" -gt "$before" ] && break
         sleep 0.1
     done
-    dump=$(ls -t "$WORK"/cg.out.* | head -1)
+    ls -t "$WORK"/cg.out.* | head -1
+}
+
+# Zeroes the counters, runs "$@", dumps them; prints "instructions seconds".
+counted() {
+    local dump start end session
+    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+    start=$(date +%s.%N)
+    "$@"
+    end=$(date +%s.%N)
+    dump=$(dump_counters)
     # The client sessions' work: the inclusive cost of the session loop (the outermost entry of
     # its function). Logins happen before it; background tasks (monitors, the catalog watcher,
     # the rebalancing runner) run outside it.
@@ -123,6 +131,16 @@ counted() {
         mkdir -p "$KEEP"
         cp "$dump" "$KEEP/$KEEP_AS"
     fi
+}
+# The whole proxy's instructions per second while no client sends anything (background tasks
+# only: monitors, the catalog watcher, the rebalancing runner), over IDLE_SECS seconds.
+idle_rate() {
+    local dump total
+    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+    sleep "$IDLE_SECS"
+    dump=$(dump_counters)
+    total=$(awk '/^(totals|summary):/ {print $2; exit}' "$dump")
+    echo "scale=0; ${total:-0} / $IDLE_SECS" | bc
 }
 pgb() { # mode transactions-per-client
     PGPASSWORD=app pgbench -n -S -M "$1" -c "$CLIENTS" -j 1 -t "$2" -h 127.0.0.1 -p "$PROXY_PORT" -U app app >"$WORK/pgbench.out" 2>&1 ||
@@ -143,6 +161,7 @@ measure() { # name binary
         read -r l_ins l_secs < <(KEEP_AS="$name-$mode.callgrind" counted pgb "$mode" "$((SHORT + PER_CLIENT))")
         RESULT[$name,$mode]=$(echo "scale=0; ($l_ins - $s_ins) / ($PER_CLIENT * $CLIENTS)" | bc)
     done
+    RESULT[$name,idle]=$(idle_rate)
     kill "$PROXY_PID"
     wait "$PROXY_PID" 2>/dev/null || true
     PROXY_PID=
@@ -158,7 +177,7 @@ echo "pgshard instructions per transaction (callgrind), pgbench -S -c $CLIENTS, 
 echo "baseline: $BASE_NAME"
 echo "current:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
 printf '%-10s %14s %14s %8s\n' mode baseline current cur/base
-for mode in simple extended prepared; do
+for mode in simple extended prepared idle; do
     b=${RESULT[base,$mode]} c=${RESULT[current,$mode]}
     printf '%-10s %14s %14s %8s\n' "$mode" "$b" "$c" "$(echo "scale=3; $c / $b" | bc)"
 done

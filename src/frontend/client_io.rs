@@ -13,6 +13,7 @@ use super::tls::ClientStream;
 use crate::backend::ServerConn;
 use crate::exec::exchange::{FrameSink, SinkError};
 use crate::live::LiveSettings;
+use crate::socket::Socket;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::{split_frame, Frame, FrameError};
 use crate::wire::frontend as fe;
@@ -85,7 +86,7 @@ impl ClientIo {
         ClientIo {
             stream,
             rbuf,
-            out: BytesMut::with_capacity(OUT_KEEP),
+            out: BytesMut::new(),
             max_message: limits.max_message_size,
             message_timeout: limits.message_timeout,
             partial_since: None,
@@ -126,14 +127,18 @@ impl ClientIo {
     /// message has arrived, the rest must follow within the message timeout (a client that
     /// stalls mid-message gets `Stalled`). Cancel-safe: a partial message stays buffered.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ClientReadError> {
+        self.read_frame_in(false).await
+    }
+
+    /// `read_frame`; `streaming` (COPY FROM STDIN data) keeps the read buffer between messages.
+    async fn read_frame_in(&mut self, streaming: bool) -> Result<Option<Frame>, ClientReadError> {
         loop {
             if let Some(frame) = split_frame(&mut self.rbuf, self.max_message)? {
                 self.partial_since = None;
                 return Ok(Some(frame));
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > IN_KEEP {
-                // Waiting for a new message after a large one: do not hold its buffer.
-                self.rbuf = BytesMut::with_capacity(IN_START);
+            if self.rbuf.is_empty() && !streaming {
+                self.wait_idle().await?;
             }
             let deadline = match self.message_timeout {
                 Some(limit) if !self.rbuf.is_empty() => Some((
@@ -153,6 +158,27 @@ impl ClientIo {
                 return Ok(None);
             }
         }
+    }
+
+    /// Waits, between messages, until the client sends more. A plain-TCP client holds no
+    /// buffers meanwhile (with thousands of idle clients, their buffers were most of the proxy's
+    /// memory); a TLS client keeps a small read buffer (its socket may be readable before a
+    /// message is).
+    async fn wait_idle(&mut self) -> std::io::Result<()> {
+        if let Socket::Plain(tcp) = &self.stream {
+            if self.rbuf.capacity() != 0 {
+                self.rbuf = BytesMut::new();
+            }
+            if self.out.is_empty() && self.out.capacity() != 0 {
+                self.out = BytesMut::new();
+            }
+            tcp.readable().await?;
+            self.rbuf.reserve(IN_START);
+        } else if self.rbuf.capacity() > IN_KEEP {
+            // Waiting for a new message after a large one: do not hold its buffer.
+            self.rbuf = BytesMut::with_capacity(IN_START);
+        }
+        Ok(())
     }
 
     /// True when a complete message is already buffered (so the client is not waiting on us).
@@ -179,6 +205,9 @@ impl ClientIo {
         }
         if frame.tag == be::PARSE_COMPLETE {
             self.parse_completes += 1;
+        }
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_KEEP);
         }
         if frame.tag == be::ERROR_RESPONSE && self.timed_out.load(Ordering::Acquire) {
             if let Ok(mut fields) = ErrorFields::decode(&frame.body) {
@@ -226,7 +255,7 @@ impl FrameSink for ClientIo {
     async fn copy_in(&mut self, conn: &mut ServerConn) -> Result<(), SinkError> {
         self.flush().await.map_err(|_| SinkError::ClientGone)?;
         loop {
-            let frame = match self.read_frame().await {
+            let frame = match self.read_frame_in(true).await {
                 Ok(Some(f)) => f,
                 Ok(None) | Err(_) => {
                     // The client vanished mid-COPY: abort the COPY so the server rolls it back.

@@ -62,33 +62,61 @@ async fn fatal(stream: &mut ClientStream, fields: ErrorFields) {
 }
 
 async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
+    // Boxed, and freed before the session runs: the login's state (SCRAM, startup parameters,
+    // the first server contact) must not stay in every idle client's task.
+    let opened = Box::pin(open_session(&proxy, stream, peer)).await;
+    if let Some(Opened {
+        session,
+        pid,
+        secret,
+        _listed,
+        _slot,
+    }) = opened
+    {
+        session.run().await;
+        proxy.cancels.unregister(pid, secret);
+    }
+}
+
+/// A logged-in client's session, ready to run, with what it holds until it ends.
+struct Opened {
+    session: Session,
+    pid: i32,
+    secret: i32,
+    _listed: crate::admin::clients::ClientEntry,
+    _slot: ClientSlot,
+}
+
+/// Logs the client in and checks its settings on a shard; `None` when the client is done
+/// (refused, or an admin console client that was served).
+async fn open_session(proxy: &Arc<Proxy>, stream: TcpStream, peer: SocketAddr) -> Option<Opened> {
     let _ = stream.set_nodelay(true);
     let mut stream = ClientStream::Plain(stream);
     let mut buf = BytesMut::with_capacity(1024);
     let live = proxy.live.get();
-    let login = login(&proxy, &mut stream, &mut buf, peer);
-    let (params, user, database, _slot) =
-        match tokio::time::timeout(live.login_timeout, login).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(Refused::Answered)) => return,
-            Ok(Err(Refused::AfterDelay(fields))) => {
-                // Outside the login timeout and without a client slot: the delay only slows the
-                // client down.
-                tokio::time::sleep(live.failed_login_delay).await;
-                fatal(&mut stream, fields).await;
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "client did not log in within proxy.login_timeout_ms");
-                fatal(
-                    &mut stream,
-                    ErrorFields::fatal("08P01", "timed out waiting for the client to log in")
-                        .with_hint("pgshard's proxy.login_timeout_ms limit was reached"),
-                )
-                .await;
-                return;
-            }
-        };
+    let login = login(proxy, &mut stream, &mut buf, peer);
+    let (params, user, database, slot) = match tokio::time::timeout(live.login_timeout, login).await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(Refused::Answered)) => return None,
+        Ok(Err(Refused::AfterDelay(fields))) => {
+            // Outside the login timeout and without a client slot: the delay only slows the
+            // client down.
+            tokio::time::sleep(live.failed_login_delay).await;
+            fatal(&mut stream, fields).await;
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "client did not log in within proxy.login_timeout_ms");
+            fatal(
+                &mut stream,
+                ErrorFields::fatal("08P01", "timed out waiting for the client to log in")
+                    .with_hint("pgshard's proxy.login_timeout_ms limit was reached"),
+            )
+            .await;
+            return None;
+        }
+    };
     // The role this client's statements run as on the shards, fixed for the whole session.
     let server_login = match live.user(&user) {
         Some(entry) => ServerLogin::for_user(&live.users, entry),
@@ -99,7 +127,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     };
     drop(live);
     let (pid, secret, active) = proxy.cancels.register();
-    let _listed = proxy.admin.clients.register(ClientInfo {
+    let listed = proxy.admin.clients.register(ClientInfo {
         pid,
         user: user.clone(),
         database: database.clone(),
@@ -111,7 +139,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         let io = ClientIo::new(stream, buf, &proxy.live.get());
         crate::admin::console::serve(proxy.clone(), io, &user, pid, secret).await;
         proxy.cancels.unregister(pid, secret);
-        return;
+        return None;
     }
     let settings = startup_settings(&params);
     let mut session = Session {
@@ -158,7 +186,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         session.io.push_error(&fields);
         let _ = session.io.flush().await;
         proxy.cancels.unregister(pid, secret);
-        return;
+        return None;
     };
     session.any_shard = first;
     let mut server_params = session
@@ -186,10 +214,17 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     session.io.push(&be::backend_key_data(pid, secret));
     session.io.push(&be::ready_for_query(TxStatus::Idle));
     session.release_idle();
-    if session.io.flush().await.is_ok() {
-        session.run().await;
+    if session.io.flush().await.is_err() {
+        proxy.cancels.unregister(pid, secret);
+        return None;
     }
-    proxy.cancels.unregister(pid, secret);
+    Some(Opened {
+        session,
+        pid,
+        secret,
+        _listed: listed,
+        _slot: slot,
+    })
 }
 
 /// True for errors that say a shard could not be reached (as opposed to a setting it rejected).

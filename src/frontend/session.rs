@@ -89,66 +89,76 @@ impl Session {
                     break;
                 }
             };
-            // Replica choices belong to one request.
-            self.state.reads.servers.clear();
-            if matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC) {
-                self.follow_search_path();
+            // Boxed: a waiting client's task does not carry the (large) state of a request, only
+            // what waiting for the next message needs.
+            if !Box::pin(self.serve(frame)).await {
+                break;
             }
-            // A PAUSE from the admin console holds new requests here; open transactions go on.
-            let _pass = match frame.tag {
-                fe::QUERY | fe::FLUSH | fe::SYNC => {
-                    let in_txn = self.state.txn.is_some() || self.state.open_batch_shard.is_some();
-                    Some(self.proxy.admin.gate.enter(in_txn).await)
-                }
-                _ => None,
-            };
-            // A cut-over hold waits here for new work on the keys it moves; an open transaction
-            // keeps its pass.
-            if self.hold_pass.is_none()
-                && matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC)
-                && self.needs_hold_pass(&frame)
-            {
-                self.hold_pass = Some(self.proxy.rebalance.gate.enter(false).await);
+        }
+        Box::pin(self.close()).await;
+    }
+
+    /// Serves one client message and what follows it (pins settled, idle connections returned,
+    /// writes published); false when the session ends.
+    async fn serve(&mut self, frame: Frame) -> bool {
+        // Replica choices belong to one request.
+        self.state.reads.servers.clear();
+        if matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC) {
+            self.follow_search_path();
+        }
+        // A PAUSE from the admin console holds new requests here; open transactions go on.
+        let _pass = match frame.tag {
+            fe::QUERY | fe::FLUSH | fe::SYNC => {
+                let in_txn = self.state.txn.is_some() || self.state.open_batch_shard.is_some();
+                Some(self.proxy.admin.gate.enter(in_txn).await)
             }
-            let timer = self.start_query_timer(frame.tag);
-            let abandon = timer.as_ref().map(|t| t.abandon.clone());
-            let tag = frame.tag;
-            // Boxed: a waiting client's task does not carry the (large) state of a request.
-            let request = Box::pin(self.dispatch(frame));
-            let result = match abandon {
-                None => request.await,
-                Some(abandon) => {
-                    let finished = tokio::select! {
-                        r = request => Some(r),
-                        () = abandon.notified() => None,
-                    };
-                    match finished {
-                        Some(r) => r,
-                        None => {
-                            self.abandon_request(tag).await;
-                            Ok(())
-                        }
+            _ => None,
+        };
+        // A cut-over hold waits here for new work on the keys it moves; an open transaction
+        // keeps its pass.
+        if self.hold_pass.is_none()
+            && matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC)
+            && self.needs_hold_pass(&frame)
+        {
+            self.hold_pass = Some(self.proxy.rebalance.gate.enter(false).await);
+        }
+        let timer = self.start_query_timer(frame.tag);
+        let abandon = timer.as_ref().map(|t| t.abandon.clone());
+        let tag = frame.tag;
+        let request = self.dispatch(frame);
+        let result = match abandon {
+            None => request.await,
+            Some(abandon) => {
+                let finished = tokio::select! {
+                    r = request => Some(r),
+                    () = abandon.notified() => None,
+                };
+                match finished {
+                    Some(r) => r,
+                    None => {
+                        self.abandon_request(tag).await;
+                        Ok(())
                     }
                 }
-            };
-            drop(timer);
-            if let Err(End::ClientGone) = result {
-                break;
             }
-            self.after_names_changed().await;
-            if self.state.txn.is_none() && self.state.open_batch_shard.is_none() {
-                self.hold_pass = None;
-            }
-            // Whatever path served the request (a scatter read leaves its connections held), an
-            // idle client holds no server connection in transaction pooling, but those pinned.
-            if self.settle_pins().await.is_err() {
-                break;
-            }
-            self.release_idle();
-            self.publish_writes().await;
-            self.settle_notify().await;
+        };
+        drop(timer);
+        if let Err(End::ClientGone) = result {
+            return false;
         }
-        self.close().await;
+        self.after_names_changed().await;
+        if self.state.txn.is_none() && self.state.open_batch_shard.is_none() {
+            self.hold_pass = None;
+        }
+        // Whatever path served the request (a scatter read leaves its connections held), an
+        // idle client holds no server connection in transaction pooling, but those pinned.
+        if self.settle_pins().await.is_err() {
+            return false;
+        }
+        self.release_idle();
+        self.publish_writes().await;
+        self.settle_notify().await;
+        true
     }
 
     /// Runs one client message: a request, or a message buffered for the next Sync/Flush.

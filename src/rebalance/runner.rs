@@ -27,8 +27,11 @@ pub fn start(config: Arc<Config>, node_id: u16) -> tokio::task::JoinHandle<()> {
     );
     tokio::spawn(async move {
         let poll = Duration::from_millis(config.catalog.poll_interval_ms.min(1000));
+        // One catalog connection for the polls while it lives: a login (SCRAM's key derivation)
+        // every poll was most of an idle proxy's CPU.
+        let mut kept: Option<Client> = None;
         loop {
-            if let Err(e) = run_once(&config, &owner).await {
+            if let Err(e) = run_once(&config, &owner, &mut kept).await {
                 tracing::warn!(error = %e, "rebalancing runner");
             }
             tokio::time::sleep(poll).await;
@@ -36,11 +39,20 @@ pub fn start(config: Arc<Config>, node_id: u16) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Claims one job (if any is free) and drives it until it ends or cannot go on.
-async fn run_once(config: &Arc<Config>, owner: &str) -> Result<(), RebalanceError> {
-    let mut client = catalog(config).await?;
+/// Claims one job (if any is free) and drives it until it ends or cannot go on. `kept` is the
+/// catalog connection of the previous poll, if it is still open; it is kept for the next one.
+async fn run_once(
+    config: &Arc<Config>,
+    owner: &str,
+    kept: &mut Option<Client>,
+) -> Result<(), RebalanceError> {
+    let mut client = match kept.take().filter(|c| !c.is_closed()) {
+        Some(c) => c,
+        None => catalog(config).await?,
+    };
     let lease = Duration::from_millis(config.rebalance.lease_ms);
     let Some(id) = jobs::claim(&client, owner, lease).await? else {
+        *kept = Some(client);
         return Ok(());
     };
     tracing::info!(job = id, owner, "running rebalancing job");
