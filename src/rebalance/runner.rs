@@ -162,6 +162,7 @@ impl Runner<'_> {
                             .await?;
                         return Ok(());
                     }
+                    tracing::info!(job = id, "checks passed; copying");
                     self.advance(client, &job, JobState::Copying, None).await?;
                 }
                 JobState::Copying => {
@@ -303,10 +304,11 @@ impl Runner<'_> {
             if step.state == "pending" {
                 syncing_sources.insert(step.source);
                 copy::ensure_publication(self.config, &source, job, step).await?;
-                copy::ensure_slot(&source, step, &copy::name(job.id, step.no), slot_timeout)
+                copy::ensure_slot(&source, step.source, &copy::name(job.id, step.no), slot_timeout)
                     .await?;
                 copy::ensure_subscription(self.config, &dest, job, step).await?;
                 jobs::set_step_state(client, job.id, step.no, "copying").await?;
+                tracing::info!(job = job.id, step = step.no, "copy started");
             }
             let p = copy::progress(self.config, &source, &dest, job, step).await?;
             jobs::set_progress(client, job.id, step.no, p.rows, p.lag_bytes).await?;
@@ -317,6 +319,7 @@ impl Runner<'_> {
             all_synced &= p.synced;
         }
         if all_synced {
+            tracing::info!(job = job.id, "every step copied and streaming; cutting over");
             self.retry = Duration::from_millis(200);
             self.advance(client, job, JobState::Cutover, None).await?;
         } else {
