@@ -654,7 +654,12 @@ async fn move_under_load(
 /// A uuid key written as text, as drivers send theirs: deterministic per writer and count.
 fn uuid_key(writer: u64, n: u64) -> String {
     let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ writer;
-    format!("{writer:08x}-{:04x}-4{:03x}-8000-{:012x}", n & 0xffff, (n >> 16) & 0xfff, x & 0xffff_ffff_ffff)
+    format!(
+        "{writer:08x}-{:04x}-4{:03x}-8000-{:012x}",
+        n & 0xffff,
+        (n >> 16) & 0xfff,
+        x & 0xffff_ffff_ffff
+    )
 }
 
 /// One writer of the uuid-keyed table: inserts rows, changes and deletes some of its own,
@@ -697,7 +702,10 @@ async fn uuid_writer(
         if n % 7 == 0 && live.len() > 4 {
             let k = live.remove((n as usize * 13) % live.len());
             let done = client
-                .execute("DELETE FROM items WHERE id = $1::uuid", &[&TextParam(k.clone())])
+                .execute(
+                    "DELETE FROM items WHERE id = $1::uuid",
+                    &[&TextParam(k.clone())],
+                )
                 .await;
             if one_row(done, &format!("delete {k}"), &mut errors) {
                 audit.insert(k, None);
@@ -721,7 +729,9 @@ async fn adding_a_shard_moves_a_uuid_keyed_table_under_writes() {
     for shard in info.shard_ids() {
         proxy::shard(info, shard)
             .await
-            .batch_execute("CREATE TABLE items (id uuid PRIMARY KEY, n bigint NOT NULL, note text NOT NULL)")
+            .batch_execute(
+                "CREATE TABLE items (id uuid PRIMARY KEY, n bigint NOT NULL, note text NOT NULL)",
+            )
             .await
             .unwrap();
     }
@@ -733,23 +743,29 @@ async fn adding_a_shard_moves_a_uuid_keyed_table_under_writes() {
         })
     })
     .await;
-    eventually_within(Duration::from_secs(10), "the proxy loads the map", || async {
-        running.proxy.map.current().version == map.version
-    })
+    eventually_within(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { running.proxy.map.current().version == map.version },
+    )
     .await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (1..=3u64)
         .map(|id| tokio::spawn(uuid_writer(proxy::app_url(&running), id, stop.clone())))
         .collect();
     // Rows to move before the job starts.
-    eventually_within(Duration::from_secs(30), "the writers insert rows", || async {
-        proxy::shard(info, 0)
-            .await
-            .query_one("SELECT count(*) FROM items", &[])
-            .await
-            .map(|r| r.get::<_, i64>(0) > 150)
-            .unwrap_or(false)
-    })
+    eventually_within(
+        Duration::from_secs(30),
+        "the writers insert rows",
+        || async {
+            proxy::shard(info, 0)
+                .await
+                .query_one("SELECT count(*) FROM items", &[])
+                .await
+                .map(|r| r.get::<_, i64>(0) > 150)
+                .unwrap_or(false)
+        },
+    )
     .await;
     let config = pgshard::config::Config::load(&info.config_path).unwrap();
     let job_id = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
@@ -782,14 +798,21 @@ async fn adding_a_shard_moves_a_uuid_keyed_table_under_writes() {
             .unwrap()
         {
             let (key, note, owns): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
-            assert!(owns, "row {key} on shard {shard}, which sql_owned_by does not name");
+            assert!(
+                owns,
+                "row {key} on shard {shard}, which sql_owned_by does not name"
+            );
             found.entry(key).or_default().push((shard, note));
         }
     }
     let moved = found.values().filter(|c| c[0].0 == 2).count();
     assert!(moved > 0, "no row moved to the new shard");
     for (key, copies) in &found {
-        assert_eq!(copies.len(), 1, "row {key} is on several shards: {copies:?}");
+        assert_eq!(
+            copies.len(),
+            1,
+            "row {key} is on several shards: {copies:?}"
+        );
     }
     for (key, expected) in &audit {
         let note = found.get(key).map(|c| c[0].1.clone());

@@ -28,6 +28,8 @@ pub struct TableRows {
     pred: String,
     source: Rows,
     dest: Rows,
+    /// Keys that differed at the last read: all that can differ unless a watch saw a change.
+    suspect: BTreeSet<String>,
 }
 
 /// The compared rows of one step.
@@ -85,11 +87,19 @@ impl StepRows {
     }
 }
 
-async fn rows(client: &Client, shard: u32, sql: &str, keys: &[String]) -> Result<Rows, RebalanceError> {
+/// Runs a comparison read in one round trip (no separate prepare: the hold waits for it).
+async fn rows(
+    client: &Client,
+    shard: u32,
+    sql: &str,
+    keys: &[String],
+) -> Result<Rows, RebalanceError> {
     let result = if keys.is_empty() {
-        client.query(sql, &[]).await
+        client.query_typed(sql, &[]).await
     } else {
-        client.query(sql, &[&keys]).await
+        client
+            .query_typed(sql, &[(&keys, tokio_postgres::types::Type::TEXT_ARRAY)])
+            .await
     };
     Ok(result
         .map_err(RebalanceError::shard(shard))?
@@ -132,6 +142,7 @@ pub async fn scan(
                 pred,
                 source: Rows::new(),
                 dest: Rows::new(),
+                suspect: BTreeSet::new(),
             });
         }
         steps.push(StepRows {
@@ -153,14 +164,21 @@ pub async fn scan(
     }
     for (si, ti, side, r) in join_all(reads).await {
         let t = &mut steps[si].tables[ti];
-        *if side == 0 { &mut t.source } else { &mut t.dest } = r?;
+        *if side == 0 {
+            &mut t.source
+        } else {
+            &mut t.dest
+        } = r?;
+    }
+    for t in steps.iter_mut().flat_map(|s| s.tables.iter_mut()) {
+        t.suspect = t.differing();
     }
     Ok(steps)
 }
 
 /// Re-reads, on both sides, the rows that differed at the last read or that the watches saw
 /// change (`changed` by shard), and compares them; the first difference is returned as the
-/// reason the copy does not match.
+/// reason the copy does not match. Work grows with those keys, not with the rows moved.
 pub async fn recheck(
     clients: &BTreeMap<u32, Client>,
     steps: &mut [StepRows],
@@ -170,7 +188,7 @@ pub async fn recheck(
     let mut plan: Vec<(usize, usize, Option<Vec<String>>)> = Vec::new();
     for (si, step) in steps.iter().enumerate() {
         for (ti, t) in step.tables.iter().enumerate() {
-            let mut keys = t.differing();
+            let mut keys = t.suspect.clone();
             let mut unknown = false;
             for shard in [step.source, step.dest] {
                 if let Some(c) = changed.get(&shard).and_then(|c| c.tables.get(&t.table)) {
@@ -207,15 +225,14 @@ pub async fn recheck(
         fresh.insert((pi, side), r?);
     }
     for (pi, (si, ti, keys)) in plan.iter().enumerate() {
-        let step = &mut steps[*si];
-        let (no, source, dest) = (step.no, step.source, step.dest);
-        let t = &mut step.tables[*ti];
+        let t = &mut steps[*si].tables[*ti];
         let new_source = fresh.remove(&(pi, 0)).unwrap_or_default();
         let new_dest = fresh.remove(&(pi, 1)).unwrap_or_default();
         match keys {
             None => {
                 t.source = new_source;
                 t.dest = new_dest;
+                t.suspect = t.differing();
             }
             Some(keys) => {
                 for k in keys {
@@ -224,15 +241,26 @@ pub async fn recheck(
                 }
                 t.source.extend(new_source);
                 t.dest.extend(new_dest);
+                t.suspect = keys
+                    .iter()
+                    .filter(|k| t.source.get(*k) != t.dest.get(*k))
+                    .cloned()
+                    .collect();
             }
         }
-        if let Some(k) = t.differing().into_iter().next() {
+    }
+    for step in steps.iter() {
+        for t in &step.tables {
+            let Some(k) = t.suspect.iter().next() else {
+                continue;
+            };
+            let (no, source, dest) = (step.no, step.source, step.dest);
             return Ok(Some(format!(
                 "step {no} ({source} → {dest}): the copy does not match the source \
                  (table {}, key {k}: source row hash {:?}, destination {:?})",
                 t.table,
-                t.source.get(&k),
-                t.dest.get(&k)
+                t.source.get(k),
+                t.dest.get(k)
             )));
         }
     }
@@ -252,12 +280,16 @@ mod tests {
             pred: "true".into(),
             source: rows(source),
             dest: rows(dest),
+            suspect: BTreeSet::new(),
         }
     }
 
     #[test]
     fn differing_keys_cover_changed_missing_and_extra_rows() {
-        let t = table(&[("1", 10), ("2", 20), ("3", 30)], &[("1", 10), ("2", 21), ("4", 40)]);
+        let t = table(
+            &[("1", 10), ("2", 20), ("3", 30)],
+            &[("1", 10), ("2", 21), ("4", 40)],
+        );
         assert_eq!(
             t.differing().into_iter().collect::<Vec<_>>(),
             vec!["2", "3", "4"]

@@ -181,7 +181,9 @@ pub async fn ensure_slot(
     }
 }
 
-/// Creates the step's subscription on the destination unless it exists (the slot exists).
+/// Creates the step's subscription on the destination unless it exists (the slot exists). Its
+/// commits flush locally, so the source learns at once how far the destination is (a cut-over
+/// waits for that) instead of after the next background WAL flush.
 pub async fn ensure_subscription(
     config: &Config,
     dest: &Client,
@@ -202,7 +204,8 @@ pub async fn ensure_subscription(
     let source = shard_config(config, step.source)?;
     let sql = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} \
-         WITH (create_slot = false, slot_name = {}, copy_data = true, enabled = true)",
+         WITH (create_slot = false, slot_name = {}, copy_data = true, enabled = true, \
+         synchronous_commit = 'local')",
         ident(&n),
         literal(&conninfo(config, source)),
         ident(&n),

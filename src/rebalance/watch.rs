@@ -63,12 +63,19 @@ pub async fn start(
             }
         }
         if !preds.is_empty() {
-            tables.push(format!("TABLE {} WHERE ({})", ident(&t.name), preds.join(" OR ")));
+            tables.push(format!(
+                "TABLE {} WHERE ({})",
+                ident(&t.name),
+                preds.join(" OR ")
+            ));
         }
     }
     let n = name(job.id, shard);
     let sql = if tables.is_empty() {
-        format!("CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate')", ident(&n))
+        format!(
+            "CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate')",
+            ident(&n)
+        )
     } else {
         format!(
             "CREATE PUBLICATION {} FOR {} WITH (publish = 'insert, update, delete, truncate')",
