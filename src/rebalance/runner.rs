@@ -320,14 +320,28 @@ impl Runner<'_> {
             tracing::info!(job = job.id, step = no, "copy started");
             started.insert(no);
         }
+        // Progress of every step at once (a job may have a hundred steps; measuring them one
+        // after another would delay noticing a finished copy, and with it the next one).
+        let mut measured = Vec::new();
         for step in &job.steps {
             if step.state == "pending" && !started.contains(&step.no) {
                 continue;
             }
             let source = self.conn(step.source).await?;
             let dest = self.conn(step.dest).await?;
-            let p = copy::progress(self.config, &source, &dest, job, step).await?;
-            jobs::set_progress(client, job.id, step.no, p.rows, p.lag_bytes).await?;
+            let config = self.config;
+            measured.push(async move {
+                (
+                    step,
+                    copy::progress(config, &source, &dest, job, step).await,
+                )
+            });
+        }
+        for (step, p) in futures_util::future::join_all(measured).await {
+            let p = p?;
+            if (p.rows, p.lag_bytes) != (step.rows_copied, step.lag_bytes) {
+                jobs::set_progress(client, job.id, step.no, p.rows, p.lag_bytes).await?;
+            }
             crate::telemetry::record::rebalance_progress(job.id, step.no, p.rows, p.lag_bytes);
             if p.synced && step.state != "synced" {
                 jobs::set_step_state(client, job.id, step.no, "synced").await?;
