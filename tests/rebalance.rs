@@ -686,7 +686,7 @@ async fn uuid_writer(
             audit.insert(key.clone(), Some(note));
             live.push(key);
         }
-        if n % 3 == 0 && live.len() > 2 {
+        if n.is_multiple_of(3) && live.len() > 2 {
             let k = live[(n as usize * 7) % live.len()].clone();
             let note = format!("w{id}-{n}-changed");
             let done = client
@@ -699,7 +699,7 @@ async fn uuid_writer(
                 audit.insert(k, Some(note));
             }
         }
-        if n % 7 == 0 && live.len() > 4 {
+        if n.is_multiple_of(7) && live.len() > 4 {
             let k = live.remove((n as usize * 13) % live.len());
             let done = client
                 .execute(

@@ -174,10 +174,7 @@ pub async fn ensure_slot(
                 prepared.join(", ")
             )))
         }
-        Err(e) => Err(RebalanceError::Shard {
-            shard: shard,
-            source: e,
-        }),
+        Err(e) => Err(RebalanceError::Shard { shard, source: e }),
     }
 }
 
