@@ -45,12 +45,7 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     let map = publish(info, Strategy::Hash, &[0, 1]).await;
     let running = start_proxy_with(info, |c| c.rebalance.run_jobs = false).await;
     let client = proxy::connect(&running).await;
-    eventually_within(
-        Duration::from_secs(10),
-        "the proxy loads the map",
-        || async { running.proxy.map.current().version == map.version },
-    )
-    .await;
+    map_loaded(&running, map.version).await;
     for k in 1..=400i64 {
         client
             .execute(
@@ -453,6 +448,16 @@ async fn rows_by_key(info: &ClusterInfo) -> (BTreeMap<i64, Vec<(u32, Option<Stri
     (all, total)
 }
 
+/// Waits until `proxy` routes with map `version`.
+async fn map_loaded(proxy: &pgshard::server::RunningProxy, version: i64) {
+    eventually_within(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { proxy.proxy.map.current().version == version },
+    )
+    .await;
+}
+
 /// The id of the job created last.
 async fn newest_job(info: &ClusterInfo) -> i64 {
     proxy::catalog(info)
@@ -743,12 +748,7 @@ async fn adding_a_shard_moves_a_uuid_keyed_table_under_writes() {
         })
     })
     .await;
-    eventually_within(
-        Duration::from_secs(10),
-        "the proxy loads the map",
-        || async { running.proxy.map.current().version == map.version },
-    )
-    .await;
+    map_loaded(&running, map.version).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (1..=3u64)
         .map(|id| tokio::spawn(uuid_writer(proxy::app_url(&running), id, stop.clone())))
@@ -899,12 +899,7 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
         });
     })
     .await;
-    eventually_within(
-        Duration::from_secs(10),
-        "the proxy loads the map",
-        || async { running.proxy.map.current().version == map.version },
-    )
-    .await;
+    map_loaded(&running, map.version).await;
     let client = proxy::connect(&running).await;
     for k in 1..=1500i64 {
         client

@@ -61,7 +61,12 @@ async fn exists(
         .is_some())
 }
 
-async fn table_exists(client: &Client, shard: u32, table: &str) -> Result<bool, RebalanceError> {
+/// Whether `table` exists on the shard `client` is connected to.
+pub async fn table_exists(
+    client: &Client,
+    shard: u32,
+    table: &str,
+) -> Result<bool, RebalanceError> {
     Ok(client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await

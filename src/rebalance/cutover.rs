@@ -92,15 +92,8 @@ async fn watched(
     // Every destination has replayed what its source committed before the watches began, so a
     // row neither watch reports afterwards is final on both sides when it is read.
     let since = Instant::now();
-    let waits = job
-        .steps
-        .iter()
-        .filter_map(|step| Some((step, clients.get(&step.source)?)))
-        .map(|(step, src)| caught_up(src, job, step, since, slot_timeout));
-    for outcome in futures_util::future::join_all(waits).await {
-        if let Some(attempt) = outcome? {
-            return Ok(attempt);
-        }
+    if let Some(attempt) = all_caught_up(clients, job, since, slot_timeout).await? {
+        return Ok(attempt);
     }
     let scan_started = Instant::now();
     let mut steps = compare::scan(config, clients, job).await?;
@@ -201,15 +194,8 @@ async fn held(
     }
     let acked_ms = started.elapsed().as_millis() as u64;
     // 2. Each destination confirms the source's current position (all steps at once).
-    let waits = job
-        .steps
-        .iter()
-        .filter_map(|step| Some((step, clients.get(&step.source)?)))
-        .map(|(step, src)| caught_up(src, job, step, started, bound));
-    for outcome in futures_util::future::join_all(waits).await {
-        if let Some(attempt) = outcome? {
-            return Ok(attempt);
-        }
+    if let Some(attempt) = all_caught_up(clients, job, started, bound).await? {
+        return Ok(attempt);
     }
     let caught_up_ms = started.elapsed().as_millis() as u64;
     // 3. The moving rows match on both sides: only what differed before the hold or changed
@@ -295,6 +281,26 @@ async fn held(
     .map_err(cat)?;
     tx.commit().await.map_err(cat)?;
     Ok(Attempt::Switched { version, hold_ms })
+}
+
+/// [`caught_up`] for every step at once; the first step that ends the attempt ends it.
+async fn all_caught_up(
+    clients: &BTreeMap<u32, Client>,
+    job: &Job,
+    started: Instant,
+    bound: Duration,
+) -> Result<Option<Attempt>, RebalanceError> {
+    let waits = job
+        .steps
+        .iter()
+        .filter_map(|step| Some((step, clients.get(&step.source)?)))
+        .map(|(step, src)| caught_up(src, job, step, started, bound));
+    for outcome in futures_util::future::join_all(waits).await {
+        if let Some(attempt) = outcome? {
+            return Ok(Some(attempt));
+        }
+    }
+    Ok(None)
 }
 
 /// Waits until the destination of `step` has confirmed its source's WAL position as of now;

@@ -307,6 +307,9 @@ impl Runner<'_> {
                     let slot = copy::name(job.id, step.no);
                     copy::ensure_slot(&source, step.source, &slot, slot_timeout).await?;
                     copy::ensure_subscription(config, &dest, job, step).await?;
+                    // Recorded at once: a step whose slot waits does not hide the others.
+                    jobs::set_step_state(client, job.id, step.no, "copying").await?;
+                    tracing::info!(job = job.id, step = step.no, "copy started");
                     Ok::<_, RebalanceError>(step.no)
                 });
             } else {
@@ -315,10 +318,7 @@ impl Runner<'_> {
         }
         let mut started = std::collections::BTreeSet::new();
         for r in futures_util::future::join_all(starting).await {
-            let no = r?;
-            jobs::set_step_state(client, job.id, no, "copying").await?;
-            tracing::info!(job = job.id, step = no, "copy started");
-            started.insert(no);
+            started.insert(r?);
         }
         // Progress of every step at once (a job may have a hundred steps; measuring them one
         // after another would delay noticing a finished copy, and with it the next one).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::copy::{ensure_slot, predicates, step_move};
+use super::copy::{ensure_slot, predicates, step_move, table_exists};
 use super::jobs::Job;
 use super::pgoutput::{decode, ChangedKeys};
 use super::RebalanceError;
@@ -40,12 +40,7 @@ pub async fn start(
     stop(client, job.id, shard).await?;
     let mut tables = Vec::new();
     for t in &config.sharded_tables {
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&t.name])
-            .await
-            .map_err(RebalanceError::shard(shard))?
-            .get(0);
-        if !exists {
+        if !table_exists(client, shard, &t.name).await? {
             continue;
         }
         let mut preds = Vec::new();
