@@ -22,7 +22,7 @@ shard_port() { "$BIN" cluster status --dir "$WORK/c" --json | python3 -c "import
 CATALOG_URL=$(python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"rb"))["catalog"]["url"])' "$CONFIG")
 export PGPASSWORD=pgshard
 
-RUST_LOG=warn "$BIN" serve --config "$CONFIG" &
+RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --config "$CONFIG" &
 PROXY_PID=$!
 for _ in $(seq 100); do
     if PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PROXY_PORT" -U app -d app -c 'select 1' >/dev/null 2>&1; then break; fi

@@ -45,12 +45,7 @@ async fn verify_finds_misplaced_rows_and_plan_estimates_moves() {
     let map = publish(info, Strategy::Hash, &[0, 1]).await;
     let running = start_proxy_with(info, |c| c.rebalance.run_jobs = false).await;
     let client = proxy::connect(&running).await;
-    eventually_within(
-        Duration::from_secs(10),
-        "the proxy loads the map",
-        || async { running.proxy.map.current().version == map.version },
-    )
-    .await;
+    map_loaded(&running, map.version).await;
     for k in 1..=400i64 {
         client
             .execute(
@@ -453,6 +448,16 @@ async fn rows_by_key(info: &ClusterInfo) -> (BTreeMap<i64, Vec<(u32, Option<Stri
     (all, total)
 }
 
+/// Waits until `proxy` routes with map `version`.
+async fn map_loaded(proxy: &pgshard::server::RunningProxy, version: i64) {
+    eventually_within(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { proxy.proxy.map.current().version == version },
+    )
+    .await;
+}
+
 /// The id of the job created last.
 async fn newest_job(info: &ClusterInfo) -> i64 {
     proxy::catalog(info)
@@ -651,6 +656,184 @@ async fn move_under_load(
     }
 }
 
+/// A uuid key written as text, as drivers send theirs: deterministic per writer and count.
+fn uuid_key(writer: u64, n: u64) -> String {
+    let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ writer;
+    format!(
+        "{writer:08x}-{:04x}-4{:03x}-8000-{:012x}",
+        n & 0xffff,
+        (n >> 16) & 0xfff,
+        x & 0xffff_ffff_ffff
+    )
+}
+
+/// One writer of the uuid-keyed table: inserts rows, changes and deletes some of its own,
+/// through `url` until `stop`; returns what was acknowledged (key → note, None once deleted).
+async fn uuid_writer(
+    url: String,
+    id: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (BTreeMap<String, Option<String>>, Vec<String>) {
+    use common::params::TextParam;
+    let client = proxy::connect_url(&url).await.expect("writer connects");
+    let (mut audit, mut errors, mut live) = (BTreeMap::new(), Vec::new(), Vec::new());
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        n += 1;
+        let (key, note) = (uuid_key(id, n), format!("w{id}-{n}"));
+        let done = client
+            .execute(
+                "INSERT INTO items (id, n, note) VALUES ($1::uuid, $2, $3)",
+                &[&TextParam(key.clone()), &(n as i64), &note],
+            )
+            .await;
+        if one_row(done, &format!("insert {key}"), &mut errors) {
+            audit.insert(key.clone(), Some(note));
+            live.push(key);
+        }
+        if n.is_multiple_of(3) && live.len() > 2 {
+            let k = live[(n as usize * 7) % live.len()].clone();
+            let note = format!("w{id}-{n}-changed");
+            let done = client
+                .execute(
+                    "UPDATE items SET note = $1 WHERE id = $2::uuid",
+                    &[&note, &TextParam(k.clone())],
+                )
+                .await;
+            if one_row(done, &format!("update {k}"), &mut errors) {
+                audit.insert(k, Some(note));
+            }
+        }
+        if n.is_multiple_of(7) && live.len() > 4 {
+            let k = live.remove((n as usize * 13) % live.len());
+            let done = client
+                .execute(
+                    "DELETE FROM items WHERE id = $1::uuid",
+                    &[&TextParam(k.clone())],
+                )
+                .await;
+            if one_row(done, &format!("delete {k}"), &mut errors) {
+                audit.insert(k, None);
+            }
+        }
+    }
+    (audit, errors)
+}
+
+/// Issue 15: a uuid-keyed table moves to a new shard under concurrent writers; afterwards every
+/// acknowledged row is there exactly once, every row sits on the shard `sql_owned_by` names under
+/// the new map, and the counts agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_shard_moves_a_uuid_keyed_table_under_writes() {
+    use pgshard::config::ShardedTableConfig;
+    use pgshard::router::KeyType;
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let info = &cluster.info;
+    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    // The table exists before the proxy starts: it reads the key type from the shards.
+    for shard in info.shard_ids() {
+        proxy::shard(info, shard)
+            .await
+            .batch_execute(
+                "CREATE TABLE items (id uuid PRIMARY KEY, n bigint NOT NULL, note text NOT NULL)",
+            )
+            .await
+            .unwrap();
+    }
+    let running = start_proxy_with(info, |c| {
+        c.sharded_tables.push(ShardedTableConfig {
+            name: "items".into(),
+            key: "id".into(),
+            key_type: None,
+        })
+    })
+    .await;
+    map_loaded(&running, map.version).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=3u64)
+        .map(|id| tokio::spawn(uuid_writer(proxy::app_url(&running), id, stop.clone())))
+        .collect();
+    // Rows to move before the job starts.
+    eventually_within(
+        Duration::from_secs(30),
+        "the writers insert rows",
+        || async {
+            proxy::shard(info, 0)
+                .await
+                .query_one("SELECT count(*) FROM items", &[])
+                .await
+                .map(|r| r.get::<_, i64>(0) > 150)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let config = pgshard::config::Config::load(&info.config_path).unwrap();
+    let job_id = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
+        .await
+        .expect("the job is created");
+    let job = wait_job_done(info, job_id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut audit, mut errors) = (BTreeMap::new(), Vec::new());
+    for w in writers {
+        let (a, e) = w.await.unwrap();
+        audit.extend(a);
+        errors.extend(e);
+    }
+    assert!(errors.is_empty(), "writers saw errors: {errors:?}");
+
+    let new_map = running.proxy.map.current();
+    assert_eq!(Some(new_map.version), job.new_version);
+    assert_eq!(new_map.shards(), [0, 1, 2]);
+    let mut found: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
+    for shard in info.shard_ids() {
+        let owned = new_map.sql_owned_by_typed("id", KeyType::Uuid, shard);
+        for r in proxy::shard(info, shard)
+            .await
+            .query(
+                &format!("SELECT id::text, note, coalesce({owned}, false) FROM items"),
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            let (key, note, owns): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
+            assert!(
+                owns,
+                "row {key} on shard {shard}, which sql_owned_by does not name"
+            );
+            found.entry(key).or_default().push((shard, note));
+        }
+    }
+    let moved = found.values().filter(|c| c[0].0 == 2).count();
+    assert!(moved > 0, "no row moved to the new shard");
+    for (key, copies) in &found {
+        assert_eq!(
+            copies.len(),
+            1,
+            "row {key} is on several shards: {copies:?}"
+        );
+    }
+    for (key, expected) in &audit {
+        let note = found.get(key).map(|c| c[0].1.clone());
+        assert_eq!(note, expected.clone(), "row {key}");
+    }
+    let live = audit.values().filter(|v| v.is_some()).count() as i64;
+    assert_eq!(found.len() as i64, live, "rows nobody acknowledged exist");
+    let through_proxy: i64 = proxy::connect(&running)
+        .await
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(through_proxy, live);
+    eprintln!(
+        "uuid table: {live} rows, {moved} on the new shard; longest hold {:?} ms",
+        job.longest_hold_ms
+    );
+    running.stop().await;
+}
+
 /// The first ten shards: the map every load test starts from.
 const TEN: [u32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 /// Ten shards and shard 10, the one they grow to.
@@ -716,12 +899,7 @@ async fn an_open_transaction_delays_the_cut_over_and_a_cancelled_job_leaves_noth
         });
     })
     .await;
-    eventually_within(
-        Duration::from_secs(10),
-        "the proxy loads the map",
-        || async { running.proxy.map.current().version == map.version },
-    )
-    .await;
+    map_loaded(&running, map.version).await;
     let client = proxy::connect(&running).await;
     for k in 1..=1500i64 {
         client

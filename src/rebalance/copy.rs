@@ -65,7 +65,12 @@ async fn exists(
         .is_some())
 }
 
-async fn table_exists(client: &Client, shard: u32, table: &str) -> Result<bool, RebalanceError> {
+/// Whether `table` exists on the shard `client` is connected to.
+pub async fn table_exists(
+    client: &Client,
+    shard: u32,
+    table: &str,
+) -> Result<bool, RebalanceError> {
     Ok(client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await
@@ -116,17 +121,18 @@ pub async fn ensure_publication(
         .map_err(RebalanceError::shard(step.source))
 }
 
-/// Creates the step's logical slot on the source, waiting at most `timeout` for the open
-/// transactions Postgres waits for; on timeout says which ones.
+/// Creates a `pgoutput` logical slot on `shard` (a step's on its source, a cut-over's watch),
+/// waiting at most `timeout` for the open transactions Postgres waits for; on timeout says which
+/// ones.
 pub async fn ensure_slot(
     source: &Client,
-    step: &Step,
+    shard: u32,
     slot: &str,
     timeout: Duration,
 ) -> Result<(), RebalanceError> {
     if exists(
         source,
-        step.source,
+        shard,
         "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
         slot,
     )
@@ -140,7 +146,7 @@ pub async fn ensure_slot(
             timeout.as_millis().max(1)
         ))
         .await
-        .map_err(RebalanceError::shard(step.source))?;
+        .map_err(RebalanceError::shard(shard))?;
     let created = source
         .query_one(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -171,20 +177,19 @@ pub async fn ensure_slot(
             Err(RebalanceError::Refused(format!(
                 "creating replication slot {slot} on shard {} waited {} ms for the transactions open on it to end \
                  (open: [{}]; prepared, in doubt: [{}]); will retry",
-                step.source,
+                shard,
                 timeout.as_millis(),
                 open.join(", "),
                 prepared.join(", ")
             )))
         }
-        Err(e) => Err(RebalanceError::Shard {
-            shard: step.source,
-            source: e,
-        }),
+        Err(e) => Err(RebalanceError::Shard { shard, source: e }),
     }
 }
 
-/// Creates the step's subscription on the destination unless it exists (the slot exists).
+/// Creates the step's subscription on the destination unless it exists (the slot exists). Its
+/// commits flush locally, so the source learns at once how far the destination is (a cut-over
+/// waits for that) instead of after the next background WAL flush.
 pub async fn ensure_subscription(
     config: &Config,
     dest: &Client,
@@ -205,7 +210,8 @@ pub async fn ensure_subscription(
     let source = shard_config(config, step.source)?;
     let sql = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} \
-         WITH (create_slot = false, slot_name = {}, copy_data = true, enabled = true)",
+         WITH (create_slot = false, slot_name = {}, copy_data = true, enabled = true, \
+         synchronous_commit = 'local')",
         ident(&n),
         literal(&conninfo(config, source)),
         ident(&n),
@@ -255,20 +261,39 @@ pub async fn progress(
         .await
         .map_err(RebalanceError::shard(step.source))?
         .and_then(|r| r.get(0));
-    let m = step_move(job, step)?;
-    let mut rows = 0;
-    for (table, _, pred) in predicates(config, job, m) {
-        if table_exists(dest, step.dest, &table).await? {
-            let n: i64 = dest
-                .query_one(&format!("SELECT count(*) FROM {table} WHERE {pred}"), &[])
-                .await
-                .map_err(RebalanceError::shard(step.dest))?
-                .get(0);
-            rows += n;
+    let synced = pending == 0 && lag.is_some();
+    // Counting the moving rows scans the destination's tables and slows the copy it measures:
+    // while copying, the copy workers' own counters; once, when the step becomes synced, a count.
+    let rows = if !synced {
+        let copying: i64 = dest
+            .query_one(
+                "SELECT coalesce(sum(p.tuples_processed), 0)::bigint FROM pg_stat_subscription s \
+                 JOIN pg_stat_progress_copy p ON p.pid = s.pid WHERE s.subname = $1",
+                &[&n],
+            )
+            .await
+            .map_err(RebalanceError::shard(step.dest))?
+            .get(0);
+        copying.max(step.rows_copied)
+    } else if step.state == "synced" {
+        step.rows_copied
+    } else {
+        let m = step_move(job, step)?;
+        let mut rows = 0;
+        for (table, _, pred) in predicates(config, job, m) {
+            if table_exists(dest, step.dest, &table).await? {
+                let n: i64 = dest
+                    .query_one(&format!("SELECT count(*) FROM {table} WHERE {pred}"), &[])
+                    .await
+                    .map_err(RebalanceError::shard(step.dest))?
+                    .get(0);
+                rows += n;
+            }
         }
-    }
+        rows
+    };
     Ok(Progress {
-        synced: pending == 0 && lag.is_some(),
+        synced,
         rows,
         lag_bytes: lag,
     })
@@ -358,7 +383,10 @@ pub async fn drop_replication(
     source
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&n)))
         .await
-        .map_err(RebalanceError::shard(step.source))
+        .map_err(RebalanceError::shard(step.source))?;
+    // A cut-over's watches, left behind when its runner died mid-attempt.
+    super::watch::stop(source, job.id, step.source).await?;
+    super::watch::stop(dest, job.id, step.dest).await
 }
 
 /// Deletes the step's rows on `shard` in batches of `batch` keys; returns how many went.
@@ -400,8 +428,8 @@ pub type StepChecksum = Vec<(String, i64, i64)>;
 
 /// Counts and checksums of the moving rows of several steps on one shard, in one scan per table: the steps' predicates are
 /// disjoint on a shard (one source's rows go to one destination each, one destination's come from
-/// one source each), so each row is counted for the first step whose predicate holds. A cut-over
-/// computes these inside its hold, where one scan instead of one per step matters.
+/// one source each), so each row is counted for the first step whose predicate holds. Clean-up
+/// uses them to prove nothing is left on a source.
 pub async fn checksums(
     config: &Config,
     client: &Client,

@@ -1,7 +1,10 @@
-//! One cut-over attempt: ask every live proxy to hold (catalog `rebalance_holds`), wait for all of
-//! them to acknowledge (a live proxy that does not is a failed attempt, never ignored), wait until
-//! each destination has confirmed the source's current WAL position, compare counts and checksums
-//! of the moving rows on both sides, then — in one catalog transaction — publish the new map,
+//! One cut-over attempt. Before the hold: start a change watch on every shard of the job, wait
+//! until each destination has replayed its source up to then, and compare a hash of every moving
+//! row on both sides (see `compare`). Then ask every live proxy to hold (catalog
+//! `rebalance_holds`), wait for all of them to acknowledge (a live proxy that does not is a
+//! failed attempt, never ignored), wait until each destination has confirmed the source's
+//! current WAL position, re-compare only the rows that differed or changed since (so the hold
+//! does not grow with the rows moved), then — in one catalog transaction — publish the new map,
 //! release the hold with its version and move the job to clean-up. Any failure releases the hold
 //! on the old map; the runner tries again later.
 
@@ -10,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::copy::{checksums, name};
+use super::compare::{self, StepRows};
+use super::copy::name;
 use super::jobs::Job;
+use super::pgoutput::ChangedKeys;
 use super::shards::connect;
-use super::RebalanceError;
+use super::{watch, RebalanceError};
 use crate::config::Config;
 
 /// How recently a proxy must have been seen to count as live (and be waited for).
@@ -37,12 +42,78 @@ pub async fn attempt(
     job: &Job,
     owner: &str,
 ) -> Result<Attempt, RebalanceError> {
-    let cat = RebalanceError::Catalog;
     // Connections first: the hold should not include logins.
     let mut clients: BTreeMap<u32, Client> = BTreeMap::new();
     for shard in job.shards() {
         clients.insert(shard, connect(config, shard).await?);
     }
+    let outcome = watched(config, catalog, job, owner, &clients).await;
+    for (shard, client) in &clients {
+        if let Err(e) = watch::stop(client, job.id, *shard).await {
+            tracing::warn!(job = job.id, shard, error = %e, "cannot drop the cut-over watch; clean-up drops it");
+        }
+    }
+    outcome
+}
+
+/// Reads changes on every shard's watch into `changed` (all shards at once).
+async fn drain_all(
+    config: &Config,
+    clients: &BTreeMap<u32, Client>,
+    job: &Job,
+    changed: &mut BTreeMap<u32, ChangedKeys>,
+) -> Result<(), RebalanceError> {
+    let reads = changed.iter_mut().filter_map(|(shard, into)| {
+        let client = clients.get(shard)?;
+        Some(watch::drain(config, client, job.id, *shard, into))
+    });
+    for r in futures_util::future::join_all(reads).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// The attempt with its watches started: the comparison before the hold, then the hold.
+async fn watched(
+    config: &Config,
+    catalog: &mut Client,
+    job: &Job,
+    owner: &str,
+    clients: &BTreeMap<u32, Client>,
+) -> Result<Attempt, RebalanceError> {
+    let cat = RebalanceError::Catalog;
+    let slot_timeout = Duration::from_millis(config.rebalance.slot_timeout_ms);
+    let starts = clients
+        .iter()
+        .map(|(shard, client)| watch::start(config, client, job, *shard, slot_timeout));
+    for r in futures_util::future::join_all(starts).await {
+        r?;
+    }
+    // Every destination has replayed what its source committed before the watches began, so a
+    // row neither watch reports afterwards is final on both sides when it is read.
+    let since = Instant::now();
+    if let Some(attempt) = all_caught_up(clients, job, since, slot_timeout).await? {
+        return Ok(attempt);
+    }
+    let scan_started = Instant::now();
+    let mut steps = compare::scan(config, clients, job).await?;
+    let mut changed: BTreeMap<u32, ChangedKeys> = clients
+        .keys()
+        .map(|s| (*s, ChangedKeys::default()))
+        .collect();
+    // Catch up once more outside the hold: re-read what changed during the scan, so the hold
+    // re-reads only what changes from here on (a difference now may still be in flight).
+    drain_all(config, clients, job, &mut changed).await?;
+    compare::recheck(clients, &mut steps, &changed).await?;
+    for c in changed.values_mut() {
+        c.tables.clear();
+    }
+    tracing::info!(
+        job = job.id,
+        caught_up_ms = (scan_started - since).as_millis() as u64,
+        compared_ms = scan_started.elapsed().as_millis() as u64,
+        "cut-over: compared before the hold"
+    );
     let hold_id: i64 = catalog
         .query_one(
             "INSERT INTO rebalance_holds (job_id) VALUES ($1) RETURNING hold_id",
@@ -52,7 +123,16 @@ pub async fn attempt(
         .map_err(cat)?
         .get(0);
     let started = Instant::now();
-    let outcome = held(config, catalog, job, owner, hold_id, started, &clients).await;
+    let outcome = held(
+        config,
+        catalog,
+        job,
+        owner,
+        (hold_id, started),
+        clients,
+        (&mut steps, &mut changed),
+    )
+    .await;
     match outcome {
         Ok(Attempt::Switched { version, hold_ms }) => Ok(Attempt::Switched { version, hold_ms }),
         other => {
@@ -74,9 +154,9 @@ async fn held(
     catalog: &mut Client,
     job: &Job,
     owner: &str,
-    hold_id: i64,
-    started: Instant,
+    (hold_id, started): (i64, Instant),
     clients: &BTreeMap<u32, Client>,
+    (steps, changed): (&mut [StepRows], &mut BTreeMap<u32, ChangedKeys>),
 ) -> Result<Attempt, RebalanceError> {
     let cat = RebalanceError::Catalog;
     let bound = Duration::from_millis(config.rebalance.hold_timeout_ms);
@@ -112,68 +192,33 @@ async fn held(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let acked_ms = started.elapsed().as_millis() as u64;
     // 2. Each destination confirms the source's current position (all steps at once).
-    let waits = job
-        .steps
-        .iter()
-        .filter_map(|step| Some((step, clients.get(&step.source)?)))
-        .map(|(step, src)| caught_up(src, job, step, started, bound));
-    for outcome in futures_util::future::join_all(waits).await {
-        if let Some(attempt) = outcome? {
-            return Ok(attempt);
-        }
+    if let Some(attempt) = all_caught_up(clients, job, started, bound).await? {
+        return Ok(attempt);
     }
-    // 3. The moving rows match on both sides: one scan per shard and table, every shard at once.
-    let start_scans = |groups: &BTreeMap<u32, Vec<i32>>| {
-        let futures: Vec<_> = groups
-            .iter()
-            .filter_map(|(shard, nos)| {
-                let steps: Vec<&super::jobs::Step> =
-                    job.steps.iter().filter(|s| nos.contains(&s.no)).collect();
-                let client = clients.get(shard)?;
-                let shard = *shard;
-                Some(async move { checksums(config, client, shard, job, &steps).await })
-            })
-            .collect();
-        futures_util::future::join_all(futures)
-    };
-    let (sources, dests) = (steps_by(job, |s| s.source), steps_by(job, |s| s.dest));
-    let (at_sources, at_dests) = tokio::join!(start_scans(&sources), start_scans(&dests));
-    let mut source_sums = BTreeMap::new();
-    for r in at_sources {
-        source_sums.extend(r?);
+    let caught_up_ms = started.elapsed().as_millis() as u64;
+    // 3. The moving rows match on both sides: only what differed before the hold or changed
+    //    since is read again.
+    drain_all(config, clients, job, changed).await?;
+    let drained_ms = started.elapsed().as_millis() as u64;
+    let keys: usize = changed
+        .values()
+        .flat_map(|c| c.tables.values())
+        .map(|t| t.keys.len())
+        .sum();
+    if let Some(why) = compare::recheck(clients, steps, changed).await? {
+        return Ok(Attempt::Fail(why));
     }
-    let mut dest_sums = BTreeMap::new();
-    for r in at_dests {
-        dest_sums.extend(r?);
-    }
-    for step in &job.steps {
-        let (Some(a), Some(b)) = (source_sums.get(&step.no), dest_sums.get(&step.no)) else {
-            continue;
-        };
-        if a != b {
-            return Ok(Attempt::Fail(format!(
-                "step {} ({} → {}): the copy does not match the source (source {a:?}, destination {b:?})",
-                step.no, step.source, step.dest
-            )));
-        }
-        let summary: Vec<String> = a
-            .iter()
-            .map(|(t, n, sum)| format!("{t}:{n}:{sum}"))
-            .collect();
-        catalog
-            .execute(
-                "UPDATE rebalance_steps SET checksum = $3, rows_copied = $4 WHERE job_id = $1 AND step_no = $2",
-                &[
-                    &job.id,
-                    &step.no,
-                    &summary.join(" "),
-                    &a.iter().map(|(_, n, _)| *n).sum::<i64>(),
-                ],
-            )
-            .await
-            .map_err(cat)?;
-    }
+    tracing::info!(
+        job = job.id,
+        acked_ms,
+        caught_up_ms,
+        drained_ms,
+        compared_ms = started.elapsed().as_millis() as u64,
+        changed_keys = keys,
+        "cut-over hold: compared"
+    );
     // 4. Publish, release and advance in one transaction.
     let tx = catalog.transaction().await.map_err(cat)?;
     let row = tx
@@ -185,6 +230,15 @@ async fn held(
         .map_err(cat)?;
     if let Some(p) = row.get::<_, Option<i32>>(0) {
         return Ok(Attempt::Retry(format!("proxy {p} gave up holding")));
+    }
+    for step in steps.iter() {
+        let (summary, rows) = step.summary();
+        tx.execute(
+            "UPDATE rebalance_steps SET checksum = $3, rows_copied = $4 WHERE job_id = $1 AND step_no = $2",
+            &[&job.id, &step.no, &summary, &rows],
+        )
+        .await
+        .map_err(cat)?;
     }
     let version = match crate::catalog::publish_map_after(&tx, &job.plan.to, job.plan.from.version)
         .await?
@@ -229,13 +283,24 @@ async fn held(
     Ok(Attempt::Switched { version, hold_ms })
 }
 
-/// The numbers of `job`'s steps, grouped by the shard `side` names (source or destination).
-fn steps_by(job: &Job, side: fn(&super::jobs::Step) -> u32) -> BTreeMap<u32, Vec<i32>> {
-    let mut groups: BTreeMap<u32, Vec<i32>> = BTreeMap::new();
-    for step in &job.steps {
-        groups.entry(side(step)).or_default().push(step.no);
+/// [`caught_up`] for every step at once; the first step that ends the attempt ends it.
+async fn all_caught_up(
+    clients: &BTreeMap<u32, Client>,
+    job: &Job,
+    started: Instant,
+    bound: Duration,
+) -> Result<Option<Attempt>, RebalanceError> {
+    let waits = job
+        .steps
+        .iter()
+        .filter_map(|step| Some((step, clients.get(&step.source)?)))
+        .map(|(step, src)| caught_up(src, job, step, started, bound));
+    for outcome in futures_util::future::join_all(waits).await {
+        if let Some(attempt) = outcome? {
+            return Ok(Some(attempt));
+        }
     }
-    groups
+    Ok(None)
 }
 
 /// Waits until the destination of `step` has confirmed its source's WAL position as of now;

@@ -4,17 +4,20 @@
 
 pub mod admin;
 pub mod cli;
+pub mod compare;
 pub mod copy;
 pub mod cutover;
 pub mod estimate;
 pub mod even;
 pub mod hold;
 pub mod jobs;
+pub mod pgoutput;
 pub mod plan;
 pub mod preflight;
 pub mod runner;
 pub mod shards;
 pub mod verify;
+pub mod watch;
 
 pub use plan::{plan, Move, Plan, PlanError, Target};
 

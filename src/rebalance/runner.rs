@@ -174,6 +174,7 @@ impl Runner<'_> {
                             .await?;
                         return Ok(());
                     }
+                    tracing::info!(job = id, "checks passed; copying");
                     self.advance(client, &job, JobState::Copying, None).await?;
                 }
                 JobState::Copying => {
@@ -305,23 +306,54 @@ impl Runner<'_> {
             .filter(|s| s.state == "copying")
             .map(|s| s.source)
             .collect();
-        for step in &job.steps {
-            if step.state == "pending" && syncing_sources.contains(&step.source) {
+        // Every step that may start now starts at once: publication, slot and subscription
+        // of one step do not wait for another's.
+        let mut starting = Vec::new();
+        let config = self.config;
+        for step in job.steps.iter().filter(|s| s.state == "pending") {
+            if syncing_sources.insert(step.source) {
+                let source = self.conn(step.source).await?;
+                let dest = self.conn(step.dest).await?;
+                starting.push(async move {
+                    copy::ensure_publication(config, &source, job, step).await?;
+                    let slot = copy::name(job.id, step.no);
+                    copy::ensure_slot(&source, step.source, &slot, slot_timeout).await?;
+                    copy::ensure_subscription(config, &dest, job, step).await?;
+                    // Recorded at once: a step whose slot waits does not hide the others.
+                    jobs::set_step_state(client, job.id, step.no, "copying").await?;
+                    tracing::info!(job = job.id, step = step.no, "copy started");
+                    Ok::<_, RebalanceError>(step.no)
+                });
+            } else {
                 all_synced = false;
+            }
+        }
+        let mut started = std::collections::BTreeSet::new();
+        for r in futures_util::future::join_all(starting).await {
+            started.insert(r?);
+        }
+        // Progress of every step at once (a job may have a hundred steps; measuring them one
+        // after another would delay noticing a finished copy, and with it the next one).
+        let mut measured = Vec::new();
+        for step in &job.steps {
+            if step.state == "pending" && !started.contains(&step.no) {
                 continue;
             }
             let source = self.conn(step.source).await?;
             let dest = self.conn(step.dest).await?;
-            if step.state == "pending" {
-                syncing_sources.insert(step.source);
-                copy::ensure_publication(self.config, &source, job, step).await?;
-                copy::ensure_slot(&source, step, &copy::name(job.id, step.no), slot_timeout)
-                    .await?;
-                copy::ensure_subscription(self.config, &dest, job, step).await?;
-                jobs::set_step_state(client, job.id, step.no, "copying").await?;
+            let config = self.config;
+            measured.push(async move {
+                (
+                    step,
+                    copy::progress(config, &source, &dest, job, step).await,
+                )
+            });
+        }
+        for (step, p) in futures_util::future::join_all(measured).await {
+            let p = p?;
+            if (p.rows, p.lag_bytes) != (step.rows_copied, step.lag_bytes) {
+                jobs::set_progress(client, job.id, step.no, p.rows, p.lag_bytes).await?;
             }
-            let p = copy::progress(self.config, &source, &dest, job, step).await?;
-            jobs::set_progress(client, job.id, step.no, p.rows, p.lag_bytes).await?;
             crate::telemetry::record::rebalance_progress(job.id, step.no, p.rows, p.lag_bytes);
             if p.synced && step.state != "synced" {
                 jobs::set_step_state(client, job.id, step.no, "synced").await?;
@@ -329,6 +361,10 @@ impl Runner<'_> {
             all_synced &= p.synced;
         }
         if all_synced {
+            tracing::info!(
+                job = job.id,
+                "every step copied and streaming; cutting over"
+            );
             self.retry = Duration::from_millis(200);
             self.advance(client, job, JobState::Cutover, None).await?;
         } else {
