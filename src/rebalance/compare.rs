@@ -9,11 +9,11 @@ use futures_util::future::join_all;
 use tokio_postgres::Client;
 
 use super::copy::{predicates, step_move};
-use crate::router::names::quote_config_name;
 use super::jobs::Job;
 use super::pgoutput::ChangedKeys;
 use super::RebalanceError;
 use crate::config::Config;
+use crate::router::names::quote_config_name;
 use crate::sql_text::quote_ident as ident;
 
 /// Row hash by key (as text) of one side of one table of one step.

@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::copy::{ensure_slot, predicates, step_move, table_exists};
-use crate::router::names::quote_config_name;
 use super::jobs::Job;
 use super::pgoutput::{decode, ChangedKeys};
 use super::RebalanceError;
 use crate::config::Config;
+use crate::router::names::quote_config_name;
 use crate::sql_text::quote_ident as ident;
 
 /// The watch publication and slot name of `job` on `shard`.

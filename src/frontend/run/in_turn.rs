@@ -73,7 +73,10 @@ impl Session {
     async fn each_statement(&mut self, texts: &[String]) -> Result<Ran, End> {
         for text in texts {
             let kind = {
-                let (facts, _) = self.proxy.router.analyze_simple_in(text, &self.search_path());
+                let (facts, _) = self
+                    .proxy
+                    .router
+                    .analyze_simple_in(text, &self.search_path());
                 facts.first().map(|f| f.kind.clone())
             };
             let implicit_open = self.state.txn.as_ref().is_some_and(|t| t.implicit);

@@ -155,7 +155,10 @@ impl Session {
                 return Ok(true);
             }
         };
-        let facts = self.proxy.router.analyze_prepared_in(&outer, &self.search_path());
+        let facts = self
+            .proxy
+            .router
+            .analyze_prepared_in(&outer, &self.search_path());
         let server_name = server_statement_name(&outer, &param_types);
         let rewritten = Prepared {
             sql: outer,
@@ -209,7 +212,10 @@ impl Session {
             &bind.statement,
             self.state.statements.get(&bind.statement),
         )?;
-        let facts = self.proxy.router.analyze_prepared_in(&sql, &self.search_path());
+        let facts = self
+            .proxy
+            .router
+            .analyze_prepared_in(&sql, &self.search_path());
         liftable(&facts).then_some((at, bind, sql, types))
     }
 
@@ -229,7 +235,10 @@ impl Session {
             Ok(p) => p,
             Err(e) => return Ok(Err(ErrorFields::error("08P01", e.to_string()))),
         };
-        let facts = self.proxy.router.analyze_prepared_in(&inner, &self.search_path());
+        let facts = self
+            .proxy
+            .router
+            .analyze_prepared_in(&inner, &self.search_path());
         let bound_params = BindParams {
             values: &params.values,
             formats: &params.formats,
