@@ -100,7 +100,16 @@ async fn a_known_workload_moves_the_counters() {
             "BEGIN; UPDATE users SET name = 'x' WHERE user_id = {a}; UPDATE users SET name = 'y' WHERE user_id = {b}; COMMIT"
         ))
         .await
-        .expect_err("statements of a distributed block must come one by one");
+        .expect("a query string whose block spans two shards runs statement by statement");
+    let refused = client
+        .simple_query("WITH d AS (DELETE FROM users WHERE false RETURNING *) SELECT * FROM d")
+        .await
+        .expect_err("a data-modifying CTE over a sharded table is refused");
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("0A000"),
+        "{refused}"
+    );
     client.batch_execute("BEGIN").await.unwrap();
     client
         .execute("UPDATE users SET name = 'x' WHERE user_id = $1", &[&a])
@@ -137,7 +146,7 @@ async fn a_known_workload_moves_the_counters() {
     assert!(moved("pgshard_query_duration_seconds_sum{route=\"scatter\"}") > 0.0);
     // The duplicate key is the workload's only class-23 error.
     assert_eq!(moved("pgshard_errors_total{class=\"23\"}"), 1.0);
-    // The refused multi-statement block is pgshard's own 0A000.
+    // The refused data-modifying CTE is pgshard's own 0A000.
     assert!(moved("pgshard_errors_total{class=\"0A\"}") >= 1.0);
     assert!(moved("pgshard_client_connections_accepted_total") >= 1.0);
     assert!(value(&after, "pgshard_client_connections") >= 1.0);

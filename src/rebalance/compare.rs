@@ -315,7 +315,7 @@ mod tests {
         let sql = t.select(" AND user_id = ANY($1::text[]::bigint[])");
         assert_eq!(
             sql,
-            "SELECT user_id::text, hashtext(pgshard_r::text) FROM users pgshard_r \
+            "SELECT user_id::text, hashtext(pgshard_r::text) FROM public.users pgshard_r \
              WHERE (true) AND user_id = ANY($1::text[]::bigint[])"
         );
     }

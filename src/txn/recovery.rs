@@ -5,6 +5,8 @@
 //! first-writer-wins rule means a coordinator that is still alive either got its 'commit' in first
 //! or learns that its transaction was rolled back. Never both.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +31,71 @@ pub struct RecoveryReport {
     pub unreachable: Vec<u32>,
 }
 
+/// The control-plane connections recovery passes keep, one per shard: a login (SCRAM) on every
+/// pass would be most of what an idle proxy does.
+#[derive(Default)]
+pub struct Connections(HashMap<u32, (String, tokio_postgres::Client)>);
+
+impl Connections {
+    /// The kept connection to `shard` at `address`, or a new one when there is none, it closed,
+    /// or the shard's primary moved.
+    async fn get(
+        &mut self,
+        (config, tls): (&Config, &ServerTls),
+        shard: &ShardConfig,
+        address: &str,
+    ) -> Result<&tokio_postgres::Client, TxnError> {
+        let usable = self
+            .0
+            .get(&shard.id)
+            .is_some_and(|(at, client)| at == address && !client.is_closed());
+        let kept = match self.0.entry(shard.id) {
+            Entry::Occupied(e) if usable => e.into_mut(),
+            Entry::Occupied(mut e) => {
+                e.insert((
+                    address.to_string(),
+                    connect(config, tls, shard, address).await?,
+                ));
+                e.into_mut()
+            }
+            Entry::Vacant(e) => e.insert((
+                address.to_string(),
+                connect(config, tls, shard, address).await?,
+            )),
+        };
+        Ok(&kept.1)
+    }
+
+    /// Drops the connection to `shard` (after an error on it).
+    fn forget(&mut self, shard: u32) {
+        self.0.remove(&shard);
+    }
+}
+
 /// Checks every shard once, connecting to each as `tls` says.
 pub async fn resolve_once(
     config: &Config,
     coordinator: &Arc<Coordinator>,
     topology: &Topology,
     tls: &ServerTls,
+) -> RecoveryReport {
+    resolve_with(
+        config,
+        coordinator,
+        topology,
+        tls,
+        &mut Connections::default(),
+    )
+    .await
+}
+
+/// [`resolve_once`] over kept connections.
+async fn resolve_with(
+    config: &Config,
+    coordinator: &Arc<Coordinator>,
+    topology: &Topology,
+    tls: &ServerTls,
+    connections: &mut Connections,
 ) -> RecoveryReport {
     let grace = Duration::from_millis(config.transactions.in_doubt_grace_ms);
     let mut report = RecoveryReport::default();
@@ -47,17 +108,19 @@ pub async fn resolve_once(
             .and_then(|id| topology.server(id))
             .map(|s| s.address)
             .unwrap_or_else(|| shard.address());
-        let resolved = resolve_shard(
-            (config, tls),
-            shard,
-            &address,
-            coordinator,
-            grace,
-            &mut report,
-        );
+        let client = match connections.get((config, tls), shard, &address).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(shard = shard.id, error = %e, "in-doubt check skipped a shard");
+                report.unreachable.push(shard.id);
+                continue;
+            }
+        };
+        let resolved = resolve_shard(client, shard, coordinator, grace, &mut report);
         match resolved.await {
             Ok(mut left) => still_prepared.append(&mut left),
             Err(e) => {
+                connections.forget(shard.id);
                 tracing::debug!(shard = shard.id, error = %e, "in-doubt check skipped a shard");
                 report.unreachable.push(shard.id);
             }
@@ -84,14 +147,12 @@ pub async fn resolve_once(
 
 /// Settles one shard's prepared transactions; returns the ids it left prepared.
 async fn resolve_shard(
-    (config, tls): (&Config, &ServerTls),
+    client: &tokio_postgres::Client,
     shard: &ShardConfig,
-    address: &str,
     coordinator: &Arc<Coordinator>,
     grace: Duration,
     report: &mut RecoveryReport,
 ) -> Result<Vec<String>, TxnError> {
-    let client = connect(config, tls, shard, address).await?;
     let rows = client
         .query(
             "SELECT gid, extract(epoch FROM now() - prepared)::float8
@@ -172,8 +233,9 @@ pub fn start(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = Duration::from_millis(config.transactions.recovery_interval_ms.max(100));
+        let mut connections = Connections::default();
         loop {
-            resolve_once(&config, &coordinator, &topology, &tls).await;
+            resolve_with(&config, &coordinator, &topology, &tls, &mut connections).await;
             tokio::time::sleep(every).await;
         }
     })
