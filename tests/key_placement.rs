@@ -9,6 +9,7 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::params::TextParam;
+use common::placement::owned_rows;
 use common::proxy::{self, connect};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
@@ -58,21 +59,7 @@ async fn placed(cluster: &TestCluster, map: &ShardMap, table: &str, key_type: Ke
     let mut total = 0;
     for id in cluster.info.shard_ids() {
         let direct = proxy::shard(&cluster.info, id).await;
-        let owned = map.sql_owned_by_typed("id", key_type, id);
-        let row = direct
-            .query_one(
-                &format!(
-                    "SELECT count(*), count(*) FILTER (WHERE NOT coalesce({owned}, false)) FROM {table}"
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-        let (all, misplaced): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!(
-            misplaced, 0,
-            "{table}: shard {id} holds rows it does not own"
-        );
+        let all = owned_rows(&direct, map, table, ("id", key_type), id).await;
         for row in direct
             .query(&format!("SELECT id::text FROM {table}"), &[])
             .await

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::params::TextParam;
+use common::placement::owned_rows;
 use common::proxy::{self, connect};
 use common::TestCluster;
 use futures_util::{future::try_join_all, pin_mut, SinkExt};
@@ -294,23 +295,7 @@ async fn check_placement(cluster: &TestCluster, map: &ShardMap, case: &Case) -> 
     let mut counts = Vec::new();
     for id in cluster.info.shard_ids() {
         let direct = proxy::shard(&cluster.info, id).await;
-        let owned = map.sql_owned_by_typed(case.key, case.key_type, id);
-        let row = direct
-            .query_one(
-                &format!(
-                    "SELECT count(*), count(*) FILTER (WHERE NOT coalesce({owned}, false)) FROM {}",
-                    case.table
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-        let (all, misplaced): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!(
-            misplaced, 0,
-            "{}: shard {id} holds rows it does not own",
-            case.table
-        );
+        let all = owned_rows(&direct, map, case.table, (case.key, case.key_type), id).await;
         for row in direct
             .query(
                 &format!("SELECT {}::text FROM {}", case.key, case.table),

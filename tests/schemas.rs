@@ -13,6 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
+use common::placement::owned_rows;
 use common::proxy::{self, connect_url};
 use common::TestCluster;
 use futures_util::{pin_mut, SinkExt};
@@ -103,22 +104,7 @@ async fn assert_placed(
     let mut counts = Vec::new();
     for id in cluster.info.shard_ids() {
         let direct = proxy::shard(&cluster.info, id).await;
-        let owned = map.sql_owned_by_typed(key, ty, id);
-        let row = direct
-            .query_one(
-                &format!(
-                    "SELECT count(*), count(*) FILTER (WHERE NOT coalesce({owned}, false)) FROM {table}"
-                ),
-                &[],
-            )
-            .await
-            .unwrap();
-        let (all, misplaced): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!(
-            misplaced, 0,
-            "{table}: shard {id} holds rows it does not own"
-        );
-        counts.push(all);
+        counts.push(owned_rows(&direct, map, table, (key, ty), id).await);
     }
     counts
 }

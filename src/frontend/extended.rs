@@ -308,13 +308,7 @@ impl Session {
             ending,
             allow_scatter: self.allow_scatter(),
         };
-        let fallback = || {
-            self.held
-                .keys()
-                .next()
-                .copied()
-                .unwrap_or_else(|| self.answering_shard())
-        };
+        let fallback = || self.fallback_shard();
         let target = match plan_batch(&batch, &self.state, self.block_view(), fallback) {
             BatchPlan::Local => {
                 self.answer_locally(&msgs, &portal_statements, error, sync)

@@ -42,13 +42,7 @@ impl Session {
         map: &ShardMap,
         keys: Option<GivenKeys>,
     ) -> Result<Planned, Refusal> {
-        let fallback = || {
-            self.held
-                .keys()
-                .next()
-                .copied()
-                .unwrap_or_else(|| self.answering_shard())
-        };
+        let fallback = || self.fallback_shard();
         if keys.is_none() && request.ending == planner::Ending::Query {
             if let Some(first) = request.statements.first() {
                 self.proxy.compat.record_simple(first.sql);

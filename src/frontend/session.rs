@@ -787,14 +787,18 @@ impl Session {
         facts: &[StatementFacts],
     ) -> Result<Target, ErrorFields> {
         self.scatter_policy(routes, facts)?;
-        let fallback = || {
-            self.held
-                .keys()
-                .next()
-                .copied()
-                .unwrap_or_else(|| self.answering_shard())
-        };
+        let fallback = || self.fallback_shard();
         crate::planner::combine(routes, facts, &self.state, fallback).map_err(ErrorFields::from)
+    }
+
+    /// Where a statement that any shard can answer goes: a shard the request already holds a
+    /// connection to, else the answering shard.
+    pub(super) fn fallback_shard(&self) -> u32 {
+        self.held
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or_else(|| self.answering_shard())
     }
 
     /// The shard for a request any shard can answer (a Parse or Describe, a reference table

@@ -124,6 +124,7 @@ impl Drop for TestCluster {
 }
 pub mod answers;
 pub mod params;
+pub mod placement;
 pub mod process;
 pub mod proxy;
 pub mod raw;
