@@ -13,6 +13,7 @@ use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
+use pgshard::sql_text::quote_literal;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const LOCALE: &str = "en_US.UTF-8";
@@ -130,7 +131,7 @@ fn rows(map: &pgshard::router::ShardMap) -> (HashMap<u32, Vec<String>>, Vec<Stri
         let lit = if id % 11 == 0 {
             "NULL".to_string()
         } else {
-            format!("'{}'", name.replace('\'', "''"))
+            quote_literal(name)
         };
         let row = format!("({id}, {lit}, {lit}, {lit}, {lit}, {})", id % 4);
         per_shard

@@ -24,6 +24,7 @@ use common::TestCluster;
 use futures_util::future::join_all;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::{KeyType, Strategy};
+use pgshard::sql_text::quote_literal;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, SimpleQueryMessage};
 
@@ -143,7 +144,7 @@ impl Param {
     /// The value as a literal in the simple protocol's spelling of the query.
     fn literal(&self) -> String {
         match self {
-            Param::Text(v) => format!("'{}'", v.replace('\'', "''")),
+            Param::Text(v) => quote_literal(v),
             other => other.text(),
         }
     }

@@ -5,11 +5,12 @@
 
 mod common;
 
+use common::placement::owned_rows;
 use common::process::run_output;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
-use pgshard::router::Strategy;
+use pgshard::router::{KeyType, Strategy};
 
 /// The four numbers of a one-row simple query.
 async fn four_numbers(c: &tokio_postgres::Client, sql: &str) -> (i64, i64, i64, i64) {
@@ -62,6 +63,13 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
             config.sharded_tables.push(ShardedTableConfig {
                 name: name.into(),
                 key: "id".into(),
+                key_type: None,
+            });
+        }
+        for (name, key, _) in KEYWORD_KEYS {
+            config.sharded_tables.push(ShardedTableConfig {
+                name: name.into(),
+                key: key.into(),
                 key_type: None,
             });
         }
@@ -137,6 +145,7 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
     for (table, _, max) in TABLES {
         unnest_inserts_get_keys(&cluster, &c, table, max).await;
     }
+    keys_named_by_reserved_words(&cluster, &c).await;
     // A key column pgshard cannot generate for is refused with a message naming it.
     c.batch_execute("CREATE TABLE k_text (id text PRIMARY KEY, v text)")
         .await
@@ -218,6 +227,72 @@ async fn generated_keys_fit_the_key_column_and_sysbench_runs() {
         "{out}"
     );
     proxy.stop().await;
+}
+
+/// (table, key column named by a reserved word, its definition)
+const KEYWORD_KEYS: [(&str, &str, &str); 2] = [
+    ("k_order", "order", "\"order\" bigint PRIMARY KEY"),
+    (
+        "k_user",
+        "user",
+        "\"user\" integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    ),
+];
+
+/// A key column named `order` or `user` (reserved words) gets its generated keys spliced in
+/// quoted: simple and extended inserts, several rows at once and UNNEST all run, and every row
+/// sits on the shard its key belongs to.
+async fn keys_named_by_reserved_words(cluster: &TestCluster, c: &tokio_postgres::Client) {
+    let catalog = proxy::catalog(&cluster.info).await;
+    let map = pgshard::catalog::load_map(&catalog)
+        .await
+        .unwrap()
+        .expect("a map");
+    for (table, key, definition) in KEYWORD_KEYS {
+        c.batch_execute(&format!("CREATE TABLE {table} ({definition}, v text)"))
+            .await
+            .unwrap_or_else(|e| panic!("create {table}: {e:?}"));
+        c.batch_execute(&format!(
+            "INSERT INTO {table} (v) VALUES ('a'); INSERT INTO {table} (v) VALUES ('b'), ('c'), ('d'), ('e')"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{table}: simple inserts: {e:?}"));
+        for i in 0..10 {
+            let row = c
+                .query_one(
+                    &format!("INSERT INTO {table} (v) VALUES ($1) RETURNING \"{key}\"::bigint"),
+                    &[&format!("p{i}")],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{table}: prepared insert: {e:?}"));
+            let id: i64 = row.get(0);
+            assert!(id > 0, "{table}: {id}");
+        }
+        let n = c
+            .execute(
+                &format!("INSERT INTO {table} (v) SELECT * FROM UNNEST($1::text[])"),
+                &[&vec!["u0", "u1", "u2", "u3", "u4"]],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{table}: UNNEST: {e:?}"));
+        assert_eq!(n, 5, "{table}");
+        let (rows, distinct, _, _) = four_numbers(
+            c,
+            &format!("SELECT count(*), count(DISTINCT \"{key}\"), 0, 0 FROM {table}"),
+        )
+        .await;
+        assert_eq!((rows, distinct), (20, 20), "{table}");
+        let mut placed = 0;
+        let mut shards_holding = 0;
+        for id in cluster.info.shard_ids() {
+            let direct = proxy::shard(&cluster.info, id).await;
+            let here = owned_rows(&direct, &map, table, (key, KeyType::Int), id).await;
+            placed += here;
+            shards_holding += usize::from(here > 0);
+        }
+        assert_eq!(placed, 20, "{table}");
+        assert!(shards_holding > 1, "{table}: rows on several shards");
+    }
 }
 
 /// UNNEST inserts that omit the key, in the simple and extended protocols, in and out of a
