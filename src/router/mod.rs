@@ -1,11 +1,13 @@
 //! The router: turns one statement (SQL text plus parameter values) and the current shard map into a
 //! route — which shards run it and how their answers combine. Pure: no sockets, no servers.
 
+pub mod analyze;
 pub mod cache;
 pub mod copy_facts;
 pub mod cte;
 pub mod cursor;
-pub mod facts;
+/// The statement facts under the name the rest of the crate reads them by.
+pub use analyze as facts;
 pub mod fence;
 pub mod final_projection;
 pub mod hint;

@@ -1,0 +1,129 @@
+//! Why a statement is refused, as a typed reason: callers that can lift a refusal (running a
+//! subquery first, placing a tenant's statement) match the variant, never the message text.
+
+use crate::refusal::Refusal;
+
+/// A statement pgshard cannot run exactly as one Postgres would (SQLSTATE 0A000); the message
+/// names what is missing and, where there is one, the way around it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// A sharded table read together with a table that lives only on the first shard.
+    #[error("join of sharded table {sharded} with unsharded table {unsharded} (unsharded tables live only on the first shard)")]
+    JoinWithUnsharded { sharded: String, unsharded: String },
+    /// A sharded table in a subquery, CTE or FROM item that does not run whole on each shard.
+    #[error("subquery over sharded table {table} is not supported unless it is in WHERE and correlated with an outer sharded table by shard key (inner.key = outer.key); run it first and pass its values as an array parameter (= ANY($1))")]
+    SubqueryOverSharded { table: String },
+    /// Sharded tables joined on something other than their shard keys.
+    #[error("join of sharded tables {a} and {b} that is not on their shard keys (not co-located)")]
+    NotCoLocated { a: String, b: String },
+    /// UNION, INTERSECT or EXCEPT with sharded tables in its arms.
+    #[error("{op} over sharded tables is not supported yet")]
+    SetOperation { op: &'static str },
+    /// `INSERT … ON CONFLICT DO UPDATE SET key = …`: the row would have to move shards.
+    #[error("ON CONFLICT DO UPDATE of shard key {table}.{key} is not supported; delete and insert the row instead")]
+    OnConflictUpdatesKey { table: String, key: String },
+    /// An INSERT into a sharded table without a column list: pgshard cannot find the key.
+    #[error("INSERT into sharded table {table} needs an explicit column list naming {key}")]
+    InsertWithoutColumns { table: String, key: String },
+    /// `UPDATE … SET key = …`: the row would have to move shards.
+    #[error("UPDATE of shard key {table}.{key} is not supported; delete and insert the row instead")]
+    UpdateOfKey { table: String, key: String },
+    /// MERGE into or from a sharded table.
+    #[error("MERGE on a sharded table is not supported")]
+    MergeOnSharded,
+    /// COPY FROM a server-side file or program into a sharded table: the rows never pass
+    /// through pgshard.
+    #[error("COPY FROM a file or program on the server cannot load a sharded table: pgshard splits rows by key as they pass through it; use COPY … FROM STDIN (psql's \\copy)")]
+    CopyFromServer,
+    /// COPY FROM into a reference table.
+    #[error("COPY FROM into reference table {table} is not supported yet; use INSERT, which writes every shard")]
+    CopyIntoReference { table: String },
+    /// `pgshard.next_id()` anywhere but alone in `SELECT pgshard.next_id()`.
+    #[error("pgshard.next_id() is only supported as SELECT pgshard.next_id()")]
+    NextIdElsewhere,
+    /// DDL or maintenance naming tables on every shard and tables only on the first.
+    #[error("a statement naming {everywhere}, which lives on every shard, and {local}, which lives only on the first shard, cannot run on one set of shards; send one statement for each")]
+    MixedPlacement { everywhere: String, local: String },
+    /// A write to a reference table that would not write the same rows on every shard.
+    #[error("write to reference table {table} must write the same rows on every shard, and {why}")]
+    ReferenceWrite { table: String, why: String },
+    /// `set_config('search_path', …, true)`: pgshard cannot follow a transaction-local path.
+    #[error("{}", crate::router::set_config::LOCAL_SEARCH_PATH)]
+    LocalSearchPath,
+    /// `SET LOCAL search_path` sent with other statements in one query string.
+    #[error("{}", crate::router::names::SET_LOCAL_NOT_ALONE)]
+    SetLocalNotAlone,
+    /// Table names after a change of search_path in the same query string.
+    #[error("{}", crate::router::names::NAMES_AFTER_PATH_CHANGE)]
+    NamesAfterPathChange,
+    /// A statement whose tenant-schema tables are not all on one shard, or not known
+    /// (see `router::schemas`).
+    #[error("{0}")]
+    TenantSchema(String),
+}
+
+impl Refused {
+    /// True when running the statement's uncorrelated subqueries and CTEs first (and writing
+    /// their results into it) can lift the refusal.
+    pub fn liftable_by_running_subqueries_first(&self) -> bool {
+        matches!(
+            self,
+            Refused::SubqueryOverSharded { .. } | Refused::JoinWithUnsharded { .. }
+        )
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(r: Refused) -> Refusal {
+        Refusal::unsupported(r.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_messages_and_say_what_can_lift_them() {
+        let table = [
+            (
+                Refused::SubqueryOverSharded { table: "orders".into() },
+                "subquery over sharded table orders is not supported",
+                true,
+            ),
+            (
+                Refused::JoinWithUnsharded {
+                    sharded: "orders".into(),
+                    unsharded: "plans".into(),
+                },
+                "join of sharded table orders with unsharded table plans",
+                true,
+            ),
+            (
+                Refused::NotCoLocated {
+                    a: "users".into(),
+                    b: "orders".into(),
+                },
+                "join of sharded tables users and orders that is not on their shard keys",
+                false,
+            ),
+            (
+                Refused::SetOperation { op: "UNION" },
+                "UNION over sharded tables is not supported yet",
+                false,
+            ),
+            (
+                Refused::NamesAfterPathChange,
+                "a statement naming tables after a change of search_path",
+                false,
+            ),
+        ];
+        for (refused, start, liftable) in table {
+            assert!(refused.to_string().starts_with(start), "{refused}");
+            assert_eq!(refused.liftable_by_running_subqueries_first(), liftable);
+            let r: Refusal = refused.clone().into();
+            assert_eq!(r.sqlstate(), "0A000");
+            assert_eq!(r.to_string(), refused.to_string());
+        }
+    }
+}

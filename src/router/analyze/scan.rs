@@ -1,0 +1,219 @@
+//! The whole-tree scan of one statement: every table, function, CTE name and nested write in
+//! it, wherever it sits, so the families' analyses can judge what lies outside the top level.
+
+use std::collections::HashSet;
+
+use pg_query::protobuf as pb;
+use pg_query::NodeEnum;
+use serde_json::Value;
+
+/// Aggregate functions recognised by name (user-defined aggregates are not).
+pub(crate) const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "json_agg_strict",
+    "jsonb_agg_strict",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "xmlagg",
+    "any_value",
+    "range_agg",
+    "range_intersect_agg",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "grouping",
+];
+
+/// Transaction-level advisory locks: no pin, but the same designated shard as session locks.
+pub(super) const XACT_LOCKS: &[&str] = &[
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+];
+
+/// Session-level advisory locks: they pin the client to its server connection.
+pub(super) const SESSION_LOCKS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+];
+
+/// Everything found by walking a whole statement tree (as JSON, so no node type is missed).
+#[derive(Default)]
+pub(super) struct Scan {
+    /// (schema, name) of every RangeVar, lowercased.
+    pub(super) relations: Vec<(String, String)>,
+    pub(super) temp: bool,
+    /// Function names, lowercased parts.
+    pub(super) funcs: Vec<FuncInfo>,
+    pub(super) ctes: HashSet<String>,
+    pub(super) nested_dml: bool,
+    /// (schema, name) of the target of every INSERT/UPDATE/DELETE/MERGE, nested ones included.
+    pub(super) dml_targets: Vec<(String, String)>,
+    /// CURRENT_TIMESTAMP, CURRENT_DATE, CURRENT_USER and the like: their value depends on the server.
+    pub(super) sql_value_function: bool,
+    /// A `concurrent: true` flag anywhere (CREATE/DROP INDEX CONCURRENTLY, DETACH … CONCURRENTLY).
+    pub(super) concurrent: bool,
+}
+
+pub(super) struct FuncInfo {
+    pub(super) name: Vec<String>,
+    /// agg_star, DISTINCT, FILTER, WITHIN GROUP or a known aggregate name.
+    pub(super) aggregate: bool,
+    pub(super) window: bool,
+}
+
+impl FuncInfo {
+    pub(super) fn last(&self) -> &str {
+        self.name.last().map(String::as_str).unwrap_or("")
+    }
+    pub(super) fn is_next_id(&self) -> bool {
+        self.name.len() == 2 && self.name[0] == "pgshard" && self.name[1] == "next_id"
+    }
+}
+
+fn json_str<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn json_true(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn json_present(v: &Value, key: &str) -> bool {
+    v.get(key).is_some_and(|x| !x.is_null())
+}
+
+fn scan_value(v: &Value, scan: &mut Scan) {
+    match v {
+        Value::Object(map) => {
+            // A RangeVar, wherever it sits (as a Node or as a typed `relation` field).
+            if map.contains_key("relname") && map.contains_key("relpersistence") {
+                scan.relations.push((
+                    json_str(v, "schemaname").to_lowercase(),
+                    json_str(v, "relname").to_lowercase(),
+                ));
+                if json_str(v, "relpersistence") == "t" {
+                    scan.temp = true;
+                }
+            }
+            for (k, child) in map {
+                match k.as_str() {
+                    "FuncCall" => {
+                        let name: Vec<String> = child
+                            .get("funcname")
+                            .and_then(Value::as_array)
+                            .map(|parts| {
+                                parts
+                                    .iter()
+                                    .map(|p| {
+                                        p.pointer("/node/String/sval")
+                                            .and_then(Value::as_str)
+                                            .unwrap_or("")
+                                            .to_lowercase()
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let last = name.last().cloned().unwrap_or_default();
+                        let builtin =
+                            name.len() == 1 || (name.len() == 2 && name[0] == "pg_catalog");
+                        let aggregate = json_true(child, "agg_star")
+                            || json_true(child, "agg_distinct")
+                            || json_true(child, "agg_within_group")
+                            || json_present(child, "agg_filter")
+                            || (builtin && AGGREGATES.contains(&last.as_str()));
+                        scan.funcs.push(FuncInfo {
+                            name,
+                            aggregate,
+                            window: json_present(child, "over"),
+                        });
+                    }
+                    "CommonTableExpr" => {
+                        scan.ctes.insert(json_str(child, "ctename").to_lowercase());
+                    }
+                    "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                        scan.nested_dml = true;
+                        if let Some(rel) = child.get("relation") {
+                            scan.dml_targets.push((
+                                json_str(rel, "schemaname").to_lowercase(),
+                                json_str(rel, "relname").to_lowercase(),
+                            ));
+                        }
+                    }
+                    "SqlvalueFunction" | "SQLValueFunction" => scan.sql_value_function = true,
+                    "concurrent" if child.as_bool() == Some(true) => scan.concurrent = true,
+                    _ => {}
+                }
+                scan_value(child, scan);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| scan_value(i, scan)),
+        _ => {}
+    }
+}
+
+/// The scan of `node` and everything under it.
+pub(super) fn scan_node<T: serde::Serialize>(node: &T) -> Scan {
+    let mut scan = Scan::default();
+    if let Ok(v) = serde_json::to_value(node) {
+        scan_value(&v, &mut scan);
+    }
+    scan
+}
+
+/// True for a catalog relation (`pg_catalog`, `information_schema`, or an unqualified `pg_…`).
+pub(super) fn is_catalog(schema: &str, name: &str) -> bool {
+    matches!(schema, "pg_catalog" | "information_schema")
+        || (schema.is_empty() && name.starts_with("pg_"))
+}
+
+/// The node inside an optional boxed child.
+pub(super) fn node(n: &Option<Box<pb::Node>>) -> Option<&NodeEnum> {
+    n.as_deref().and_then(|n| n.node.as_ref())
+}
+
+/// The text of a `String` node.
+pub(super) fn str_of(n: &pb::Node) -> Option<&str> {
+    match n.node.as_ref()? {
+        NodeEnum::String(s) => Some(&s.sval),
+        _ => None,
+    }
+}

@@ -1,0 +1,273 @@
+//! INSERT, UPDATE, DELETE, MERGE and COPY: the target table and its key values (one per
+//! INSERT row), keys pgshard must generate, and the writes it cannot do exactly.
+
+use pg_query::protobuf as pb;
+use pg_query::NodeEnum;
+
+use super::scan::{node, Scan};
+use super::tables;
+use super::tables::{key_value, tables_and_key, Ctx};
+use super::{analyze_stmt, Flow, KeyFacts, ShardedTables, StatementFacts, StatementKind};
+
+/// The facts of an INSERT.
+pub(super) fn analyze_insert(
+    i: &pb::InsertStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) {
+    facts.kind = StatementKind::Insert;
+    facts.is_write = true;
+    let Some(rel) = &i.relation else { return };
+    let mut ctx = Ctx::new(tables);
+    let target = ctx.add_range_var(rel);
+    // Source tables (INSERT … SELECT) are not at the top level.
+    tables_and_key(&mut ctx, scan, None, facts);
+    facts.refuse = ctx.refuse;
+    let Some(key) = ctx.refs[target].key.clone() else {
+        return;
+    };
+    let t = ctx.refs[target].name.clone();
+    if let Some(oc) = &i.on_conflict_clause {
+        let sets_key = oc.target_list.iter().any(|n| match n.node.as_ref() {
+            Some(NodeEnum::ResTarget(rt)) => rt.name.eq_ignore_ascii_case(&key),
+            _ => false,
+        });
+        if sets_key {
+            facts.refuse = Some(format!(
+                "ON CONFLICT DO UPDATE of shard key {t}.{key} is not supported; delete and insert the row instead"
+            ));
+            return;
+        }
+    }
+    if i.cols.is_empty() {
+        facts.refuse = Some(format!(
+            "INSERT into sharded table {t} needs an explicit column list naming {key}"
+        ));
+        return;
+    }
+    let pos = i.cols.iter().position(|n| match n.node.as_ref() {
+        Some(NodeEnum::ResTarget(rt)) => rt.name.eq_ignore_ascii_case(&key),
+        _ => false,
+    });
+    let rows: Option<&Vec<pb::Node>> = match node(&i.select_stmt) {
+        Some(NodeEnum::SelectStmt(s))
+            if !s.values_lists.is_empty() && s.op == pb::SetOperation::SetopNone as i32 =>
+        {
+            Some(&s.values_lists)
+        }
+        _ => None,
+    };
+    let Some(rows) = rows else {
+        if pos.is_none() {
+            facts.unnest_keyless = crate::router::unnest_insert::unnest_args(i);
+        }
+        let unnest = pos.and_then(|pos| crate::router::unnest_insert::detect(i, pos));
+        if let Some(param) = unnest.as_ref().and_then(|u| u.key_param()) {
+            facts.key = KeyFacts::ArrayParam(param);
+            facts.unnest = unnest;
+        }
+        return;
+    };
+    let Some(pos) = pos else {
+        facts.missing_key_rows = Some(rows.len());
+        return;
+    };
+    let mut vals = Vec::with_capacity(rows.len());
+    for row in rows {
+        let item = match row.node.as_ref() {
+            Some(NodeEnum::List(l)) => l.items.get(pos),
+            _ => None,
+        };
+        match item.and_then(key_value) {
+            Some(v) => vals.push(v),
+            None => return,
+        }
+    }
+    facts.key = KeyFacts::Values(vals);
+}
+
+/// The facts of an UPDATE.
+pub(super) fn analyze_update(
+    u: &pb::UpdateStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) {
+    facts.kind = StatementKind::Update;
+    facts.is_write = true;
+    let Some(rel) = &u.relation else { return };
+    let mut ctx = Ctx::new(tables);
+    let target = ctx.add_range_var(rel);
+    for item in &u.from_clause {
+        ctx.add_from_item(item);
+    }
+    if let Some(key) = ctx.refs[target].key.clone() {
+        let sets_key = u.target_list.iter().any(|n| match n.node.as_ref() {
+            Some(NodeEnum::ResTarget(rt)) => rt.name.eq_ignore_ascii_case(&key),
+            _ => false,
+        });
+        if sets_key {
+            let t = &ctx.refs[target].name;
+            ctx.refuse(format!(
+                "UPDATE of shard key {t}.{key} is not supported; delete and insert the row instead"
+            ));
+        }
+    }
+    tables_and_key(&mut ctx, scan, u.where_clause.as_deref(), facts);
+    facts.refuse = ctx.refuse;
+}
+
+/// The facts of a DELETE.
+pub(super) fn analyze_delete(
+    d: &pb::DeleteStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) {
+    facts.kind = StatementKind::Delete;
+    facts.is_write = true;
+    let Some(rel) = &d.relation else { return };
+    let mut ctx = Ctx::new(tables);
+    ctx.add_range_var(rel);
+    for item in &d.using_clause {
+        ctx.add_from_item(item);
+    }
+    tables_and_key(&mut ctx, scan, d.where_clause.as_deref(), facts);
+    facts.refuse = ctx.refuse;
+}
+
+/// The facts of a MERGE: refused on sharded tables.
+pub(super) fn analyze_merge(
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) -> Flow {
+    facts.is_write = true;
+    tables::mark_tables(scan, tables, facts);
+    if facts.sharded {
+        facts.refuse = Some("MERGE on a sharded table is not supported".into());
+    }
+    Flow::Common
+}
+
+/// The facts of a COPY, and of the query of `COPY (query) TO`.
+pub(super) fn analyze_copy(
+    c: &pb::CopyStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) -> Flow {
+    facts.kind = StatementKind::Copy {
+        from_stdin: c.is_from && !c.is_program && c.filename.is_empty(),
+    };
+    facts.is_write = c.is_from;
+    facts.copy = Some(Box::new(crate::router::copy_facts::analyze(c)));
+    tables::mark_tables(scan, tables, facts);
+    if c.is_from && (c.is_program || !c.filename.is_empty()) && facts.sharded {
+        // Rows read on a shard's host never pass through pgshard, so nothing splits them.
+        facts.refuse = Some(
+            "COPY FROM a file or program on the server cannot load a sharded table: pgshard splits rows by key as they pass through it; use COPY … FROM STDIN (psql's \\copy)".into(),
+        );
+    }
+    if let Some(rel) = c.relation.as_ref().filter(|_| c.is_from) {
+        if tables.is_reference(&rel.schemaname, &rel.relname) {
+            facts.refuse = Some(format!(
+                "COPY FROM into reference table {} is not supported yet; use INSERT, which writes every shard",
+                rel.relname.to_lowercase()
+            ));
+        }
+    }
+    if let Some(q) = node(&c.query) {
+        let inner = analyze_stmt(q, tables);
+        facts.key = inner.key;
+        facts.refuse = inner.refuse;
+        facts.needs_merge = inner.needs_merge;
+        facts.is_write |= inner.is_write;
+    }
+    Flow::Common
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+
+    #[test]
+    fn inserts() {
+        let f = one(
+            "insert into users (user_id, name) values (1, 'a'), ($1, 'b'), (-3, 'c') returning *",
+        );
+        assert_eq!(f.key, vals(&[Const(1), Param(1), Const(-3)]));
+        assert!(f.is_write && f.sharded);
+        assert_eq!(
+            one("insert into users (user_id) values (default)").key,
+            KeyFacts::Unknown
+        );
+        assert_eq!(
+            one("insert into users (user_id) values (1), (now())").key,
+            KeyFacts::Unknown
+        );
+        let f = one("insert into users (name) values ('a'), ('b')");
+        assert_eq!(f.missing_key_rows, Some(2));
+        assert_eq!(f.key, KeyFacts::Unknown);
+        refused(
+            "insert into users values (1, 'a')",
+            "explicit column list naming user_id",
+        );
+        let f = one("insert into users (user_id, name) select 1, 'x'");
+        assert_eq!(f.key, KeyFacts::Unknown);
+        assert_eq!(f.refuse, None);
+        refused(
+            "insert into users (user_id, name) select id, name from staging",
+            "unsharded table staging",
+        );
+        refused("insert into users (user_id, name) values (1, 'a') on conflict (user_id) do update set user_id = excluded.user_id", "shard key users.user_id");
+        let f = one("insert into users (user_id, name) values (1, 'a') on conflict (user_id) do update set name = excluded.name");
+        assert_eq!(f.refuse, None);
+        assert_eq!(f.key, vals(&[Const(1)]));
+        let f = one("insert into logs (msg) values ('x')");
+        assert!(f.unsharded && !f.sharded && f.is_write);
+    }
+
+    #[test]
+    fn updates_and_deletes() {
+        refused(
+            "update users set user_id = 5 where user_id = 1",
+            "UPDATE of shard key users.user_id",
+        );
+        let f = one("delete from users where user_id = $1");
+        assert_eq!(f.kind, StatementKind::Delete);
+        assert_eq!(f.key, vals(&[Param(1)]));
+        let f = one("delete from users");
+        assert!(f.is_write && f.sharded);
+        assert_eq!(f.key, KeyFacts::Unknown);
+        let f = one("update users u set name = 'x' from orders o where o.user_id = u.user_id and u.user_id = 3");
+        assert_eq!(f.refuse, None);
+        assert_eq!(f.key, vals(&[Const(3)]));
+    }
+
+    #[test]
+    fn copy_explain_unparsed_multi() {
+        let f = one("copy users (user_id, name) from stdin");
+        assert_eq!(f.kind, StatementKind::Copy { from_stdin: true });
+        assert!(f.is_write && f.sharded);
+        let f = one("copy users to stdout");
+        assert_eq!(f.kind, StatementKind::Copy { from_stdin: false });
+        assert!(!f.is_write);
+        let f = one("explain select * from users where user_id = 1");
+        assert_eq!(f.key, vals(&[Const(1)]));
+        assert!(!one("explain delete from users where user_id = 1").is_write);
+        assert!(one("explain analyze delete from users where user_id = 1").is_write);
+        assert_eq!(
+            analyze("selec 1", &tables())[0].kind,
+            StatementKind::Unparsed
+        );
+        let v = analyze(
+            "begin; select * from users where user_id = 1; commit",
+            &tables(),
+        );
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[1].key, vals(&[Const(1)]));
+        assert_eq!(v[2].kind, StatementKind::Commit);
+    }
+}
