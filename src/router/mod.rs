@@ -322,8 +322,8 @@ impl Router {
         if facts.local.is_some() {
             return Route::Any;
         }
-        if let Some(msg) = &facts.refuse {
-            return Route::Refuse(msg.clone());
+        if let Some(why) = &facts.refuse {
+            return Route::Refuse(why.to_string());
         }
         if let Some(shard) = facts.schema_shard {
             return Route::Single(shard);

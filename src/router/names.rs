@@ -514,7 +514,7 @@ fn changes_path(f: &super::StatementFacts, mentions_path: bool) -> bool {
 fn refuse_names_after_path_change(sql: &str, facts: &mut [super::StatementFacts]) {
     for f in facts.iter_mut() {
         if matches!(&f.set_config, Some(Err(m)) if m == super::set_config::LOCAL_SEARCH_PATH) {
-            f.refuse = Some(super::set_config::LOCAL_SEARCH_PATH.into());
+            f.refuse = Some(super::facts::Refused::LocalSearchPath);
         }
     }
     if facts.len() < 2 {
@@ -524,7 +524,7 @@ fn refuse_names_after_path_change(sql: &str, facts: &mut [super::StatementFacts]
     if mentions_path {
         for f in facts.iter_mut() {
             if f.kind == super::StatementKind::SetLocal && f.refuse.is_none() {
-                f.refuse = Some(SET_LOCAL_NOT_ALONE.into());
+                f.refuse = Some(super::facts::Refused::SetLocalNotAlone);
             }
         }
     }
@@ -533,7 +533,7 @@ fn refuse_names_after_path_change(sql: &str, facts: &mut [super::StatementFacts]
     };
     for f in &mut facts[first + 1..] {
         if (f.sharded || f.reference || f.unsharded) && f.refuse.is_none() {
-            f.refuse = Some(NAMES_AFTER_PATH_CHANGE.into());
+            f.refuse = Some(super::facts::Refused::NamesAfterPathChange);
         }
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use pg_query::{NodeEnum, NodeRef};
 
+use super::facts::Refused;
 use super::names::ShardedTables;
 use super::StatementFacts;
 
@@ -48,21 +49,18 @@ pub fn place(sql: &str, tables: &ShardedTables, facts: &mut [StatementFacts]) {
         match placement(stmt, tables) {
             Ok(Some(shard)) => f.schema_shard = Some(shard),
             Ok(None) => {}
-            Err(why) => f.refuse = Some(why),
+            Err(why) => f.refuse = Some(Refused::TenantSchema(why)),
         }
     }
 }
 
-/// Marks the refusals of this module, so a Parse can be refused at once: no one shard holds
-/// every table such a statement names, so none could describe it.
-const REFUSAL_MARK: &str = "statement names tenant schema";
-const UNKNOWN_MARK: &str = "is not known in tenant schema";
-
-/// The refusal [`place`] gave the statement, if any.
+/// The refusal [`place`] gave the statement, if any: a Parse can be refused at once, as no one
+/// shard holds every table such a statement names, so none could describe it.
 pub fn refusal(f: &StatementFacts) -> Option<&str> {
-    f.refuse
-        .as_deref()
-        .filter(|m| m.starts_with(REFUSAL_MARK) || m.contains(UNKNOWN_MARK))
+    match &f.refuse {
+        Some(Refused::TenantSchema(why)) => Some(why),
+        _ => None,
+    }
 }
 
 /// The shard of the one tenant a statement names, `None` when it names none, or why it cannot

@@ -116,8 +116,13 @@ impl Session {
                 "COPY into a sharded table without a known shard key",
             ));
         };
-        if let Some(why) = facts.refuse.as_ref().or(copy.unsupported.as_ref()) {
-            return Err(refusal(why.clone()));
+        if let Some(why) = facts
+            .refuse
+            .as_ref()
+            .map(ToString::to_string)
+            .or(copy.unsupported.clone())
+        {
+            return Err(refusal(why));
         }
         if self.route_hint_applies(facts) {
             return Err(refusal(

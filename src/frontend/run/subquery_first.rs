@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::refusal::Refusal;
-use crate::router::facts::StatementFacts;
+use crate::router::facts::{Refused, StatementFacts};
 use crate::router::literals::{Literal, LiteralParams};
 use crate::router::ordered_values_insert::as_values;
 use crate::router::params::ParamSource;
@@ -26,9 +26,10 @@ const MAX_RUN_FIRST: usize = 16;
 /// a sharded table, or a join with an unsharded table (a subquery over one).
 pub(crate) fn liftable(facts: &[StatementFacts]) -> bool {
     match facts {
-        [f] => f.refuse.as_deref().is_some_and(|r| {
-            r.starts_with("subquery over sharded table") || r.starts_with("join of sharded table")
-        }),
+        [f] => f
+            .refuse
+            .as_ref()
+            .is_some_and(Refused::liftable_by_running_subqueries_first),
         _ => false,
     }
 }

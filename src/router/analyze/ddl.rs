@@ -7,7 +7,7 @@ use pg_query::NodeEnum;
 
 use super::scan::{node, str_of, Scan};
 use super::tables::{self, first_everywhere_table, first_local_table};
-use super::{analyze_stmt, Flow, ShardedTables, StatementFacts, StatementKind};
+use super::{analyze_stmt, Flow, Refused, ShardedTables, StatementFacts, StatementKind};
 
 /// Functions whose value differs from one server to the next: a reference table written with
 /// them would hold different rows on each shard.
@@ -52,9 +52,10 @@ pub(super) fn every_shard_rules(
     if facts.kind == StatementKind::Ddl || maintenance {
         match (everywhere, local) {
             (Some(e), Some(l)) => {
-                facts.refuse.get_or_insert(format!(
-                    "a statement naming {e}, which lives on every shard, and {l}, which lives only on the first shard, cannot run on one set of shards; send one statement for each"
-                ));
+                facts.refuse.get_or_insert(Refused::MixedPlacement {
+                    everywhere: e,
+                    local: l,
+                });
             }
             (Some(_), None) => facts.every_shard = true,
             // VACUUM, ANALYZE, CLUSTER or REINDEX of the whole database: every shard's.
@@ -93,9 +94,10 @@ pub(super) fn every_shard_rules(
     };
     match why {
         Some(why) => {
-            facts.refuse.get_or_insert(format!(
-                "write to reference table {target} must write the same rows on every shard, and {why}"
-            ));
+            facts.refuse.get_or_insert(Refused::ReferenceWrite {
+                table: target.clone(),
+                why,
+            });
         }
         None => facts.every_shard = true,
     }
@@ -364,8 +366,12 @@ mod tests {
         assert!(!f("vacuum logs").every_shard);
         assert!(!f("drop table logs").every_shard);
         assert!(!f("create function f() returns int as 'select 1' language sql").every_shard);
-        assert!(f("drop table users, logs")
-            .refuse
-            .is_some_and(|m| m.contains("send one statement for each")));
+        assert_eq!(
+            f("drop table users, logs").refuse,
+            Some(Refused::MixedPlacement {
+                everywhere: "users".into(),
+                local: "logs".into()
+            })
+        );
     }
 }

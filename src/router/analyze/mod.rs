@@ -5,6 +5,7 @@
 //! (`tables`). The rest of the crate reads it as `router::facts`.
 
 mod ddl;
+mod refused;
 mod scan;
 mod select;
 mod statement;
@@ -18,6 +19,7 @@ use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
 
 pub use super::names::ShardedTables;
+pub use refused::Refused;
 pub(crate) use scan::AGGREGATES;
 use scan::{node, scan_node, FuncInfo};
 pub use statement::{KeyFacts, KeyValue, LocalCommand, SessionPin, StatementFacts, StatementKind};
@@ -73,8 +75,7 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
     }
     utility::session_effects(stmt, &scan, &mut facts);
     if scan.funcs.iter().any(FuncInfo::is_next_id) {
-        facts.refuse =
-            Some("pgshard.next_id() is only supported as SELECT pgshard.next_id()".into());
+        facts.refuse = Some(Refused::NextIdElsewhere);
     }
     facts.no_transaction_block = utility::refuses_transaction_block(stmt, &scan);
     ddl::every_shard_rules(stmt, &scan, tables, &mut facts);

@@ -26,7 +26,9 @@ pub enum Refused {
     #[error("INSERT into sharded table {table} needs an explicit column list naming {key}")]
     InsertWithoutColumns { table: String, key: String },
     /// `UPDATE … SET key = …`: the row would have to move shards.
-    #[error("UPDATE of shard key {table}.{key} is not supported; delete and insert the row instead")]
+    #[error(
+        "UPDATE of shard key {table}.{key} is not supported; delete and insert the row instead"
+    )]
     UpdateOfKey { table: String, key: String },
     /// MERGE into or from a sharded table.
     #[error("MERGE on a sharded table is not supported")]
@@ -87,7 +89,9 @@ mod tests {
     fn refusals_keep_their_messages_and_say_what_can_lift_them() {
         let table = [
             (
-                Refused::SubqueryOverSharded { table: "orders".into() },
+                Refused::SubqueryOverSharded {
+                    table: "orders".into(),
+                },
                 "subquery over sharded table orders is not supported",
                 true,
             ),

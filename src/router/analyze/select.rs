@@ -6,7 +6,7 @@ use pg_query::NodeEnum;
 
 use super::scan::{node, scan_node, str_of, Scan};
 use super::tables::{tables_and_key, Ctx};
-use super::{Flow, LocalCommand, ShardedTables, StatementFacts, StatementKind};
+use super::{Flow, LocalCommand, Refused, ShardedTables, StatementFacts, StatementKind};
 
 fn merge_construct(s: &pb::SelectStmt) -> Option<String> {
     if !s.sort_clause.is_empty() {
@@ -77,7 +77,7 @@ pub(super) fn analyze_select(
         };
         tables_and_key(&mut ctx, scan, None, facts);
         if facts.sharded {
-            facts.refuse = Some(format!("{op} over sharded tables is not supported yet"));
+            facts.refuse = Some(Refused::SetOperation { op });
             facts.needs_merge = Some(op.to_string());
         } else {
             facts.refuse = ctx.refuse;
@@ -306,7 +306,7 @@ mod tests {
         ] {
             let f = one(sql);
             assert!(
-                f.refuse.as_deref().is_some_and(|r| r.contains("subquery over sharded table")),
+                matches!(f.refuse, Some(Refused::SubqueryOverSharded { .. })),
                 "{sql}: {:?}",
                 f.refuse
             );

@@ -107,7 +107,7 @@ pub struct StatementFacts {
     pub session_bound: Option<String>,
     /// Set when the statement can never be answered exactly across shards (a join of sharded tables that
     /// is not co-located, a subquery over a sharded table, an UPDATE of the shard key): names what is missing.
-    pub refuse: Option<String>,
+    pub refuse: Option<super::Refused>,
     /// Set when running on several shards would need more than concatenation (ORDER BY, LIMIT/OFFSET,
     /// aggregates, GROUP BY, DISTINCT, window functions, …): names the construct.
     pub needs_merge: Option<String>,

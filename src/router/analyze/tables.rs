@@ -7,7 +7,7 @@ use pg_query::protobuf::a_const::Val;
 use pg_query::NodeEnum;
 
 use super::scan::{is_catalog, node, str_of, Scan};
-use super::{KeyFacts, KeyValue, ShardedTables, StatementFacts};
+use super::{KeyFacts, KeyValue, Refused, ShardedTables, StatementFacts};
 
 /// A table named in the top level of a statement (FROM, JOIN, target of a write).
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub(super) struct Ctx<'a> {
     /// Equality conditions from JOIN … ON / WHERE / USING, as pairs of (qualifier, column).
     pub(super) quals: Vec<&'a pb::Node>,
     pub(super) using: Vec<(usize, Vec<usize>, Vec<String>)>,
-    pub(super) refuse: Option<String>,
+    pub(super) refuse: Option<Refused>,
 }
 
 impl<'a> Ctx<'a> {
@@ -41,9 +41,9 @@ impl<'a> Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub(super) fn refuse(&mut self, msg: String) {
+    pub(super) fn refuse(&mut self, why: Refused) {
         if self.refuse.is_none() {
-            self.refuse = Some(msg);
+            self.refuse = Some(why);
         }
     }
 
@@ -322,9 +322,10 @@ pub(super) fn tables_and_key(
     }
     if let Some(u) = user_unsharded {
         let t = all_sharded[0].clone();
-        ctx.refuse(format!(
-            "join of sharded table {t} with unsharded table {u} (unsharded tables live only on the first shard)"
-        ));
+        ctx.refuse(Refused::JoinWithUnsharded {
+            sharded: t,
+            unsharded: u,
+        });
         return;
     }
     // Subqueries in WHERE correlated with the outer tables by shard key run whole on each shard.
@@ -356,9 +357,7 @@ pub(super) fn tables_and_key(
                 top.swap_remove(p);
             }
             None => {
-                ctx.refuse(format!(
-                    "subquery over sharded table {t} is not supported unless it is in WHERE and correlated with an outer sharded table by shard key (inner.key = outer.key); run it first and pass its values as an array parameter (= ANY($1))"
-                ));
+                ctx.refuse(Refused::SubqueryOverSharded { table: t.clone() });
                 return;
             }
         }
@@ -403,9 +402,7 @@ pub(super) fn tables_and_key(
                     ctx.refs[sharded_refs[0]].name.clone(),
                     ctx.refs[i].name.clone(),
                 );
-                ctx.refuse(format!(
-                    "join of sharded tables {a} and {b} that is not on their shard keys (not co-located)"
-                ));
+                ctx.refuse(Refused::NotCoLocated { a, b });
                 return;
             }
         }

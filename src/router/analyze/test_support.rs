@@ -30,7 +30,10 @@ pub(super) fn vals(v: &[KeyValue]) -> KeyFacts {
 
 pub(super) fn refused(sql: &str, needle: &str) {
     let f = one(sql);
-    let msg = f.refuse.unwrap_or_else(|| panic!("not refused: {sql}"));
+    let msg = f
+        .refuse
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| panic!("not refused: {sql}"));
     assert!(msg.contains(needle), "{sql}: {msg}");
     assert!(
         msg.chars().next().is_some_and(|c| !c.is_ascii_uppercase()

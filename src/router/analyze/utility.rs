@@ -9,7 +9,8 @@ use pg_query::NodeEnum;
 use super::scan::{node, Scan, SESSION_LOCKS, XACT_LOCKS};
 use super::tables;
 use super::{
-    analyze_stmt, Flow, LocalCommand, SessionPin, ShardedTables, StatementFacts, StatementKind,
+    analyze_stmt, Flow, LocalCommand, Refused, SessionPin, ShardedTables, StatementFacts,
+    StatementKind,
 };
 use crate::sql_text::quote_literal;
 
@@ -163,8 +164,7 @@ pub(super) fn analyze_explain(
         }
         if inner.local.is_some() {
             inner.local = None;
-            inner.refuse =
-                Some("pgshard.next_id() is only supported as SELECT pgshard.next_id()".into());
+            inner.refuse = Some(Refused::NextIdElsewhere);
         }
         return Some(inner);
     }

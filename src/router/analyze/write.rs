@@ -7,7 +7,7 @@ use pg_query::NodeEnum;
 use super::scan::{node, Scan};
 use super::tables;
 use super::tables::{key_value, tables_and_key, Ctx};
-use super::{analyze_stmt, Flow, KeyFacts, ShardedTables, StatementFacts, StatementKind};
+use super::{analyze_stmt, Flow, KeyFacts, Refused, ShardedTables, StatementFacts, StatementKind};
 
 /// The facts of an INSERT.
 pub(super) fn analyze_insert(
@@ -34,16 +34,12 @@ pub(super) fn analyze_insert(
             _ => false,
         });
         if sets_key {
-            facts.refuse = Some(format!(
-                "ON CONFLICT DO UPDATE of shard key {t}.{key} is not supported; delete and insert the row instead"
-            ));
+            facts.refuse = Some(Refused::OnConflictUpdatesKey { table: t, key });
             return;
         }
     }
     if i.cols.is_empty() {
-        facts.refuse = Some(format!(
-            "INSERT into sharded table {t} needs an explicit column list naming {key}"
-        ));
+        facts.refuse = Some(Refused::InsertWithoutColumns { table: t, key });
         return;
     }
     let pos = i.cols.iter().position(|n| match n.node.as_ref() {
@@ -109,9 +105,10 @@ pub(super) fn analyze_update(
         });
         if sets_key {
             let t = &ctx.refs[target].name;
-            ctx.refuse(format!(
-                "UPDATE of shard key {t}.{key} is not supported; delete and insert the row instead"
-            ));
+            ctx.refuse(Refused::UpdateOfKey {
+                table: t.clone(),
+                key,
+            });
         }
     }
     tables_and_key(&mut ctx, scan, u.where_clause.as_deref(), facts);
@@ -146,7 +143,7 @@ pub(super) fn analyze_merge(
     facts.is_write = true;
     tables::mark_tables(scan, tables, facts);
     if facts.sharded {
-        facts.refuse = Some("MERGE on a sharded table is not supported".into());
+        facts.refuse = Some(Refused::MergeOnSharded);
     }
     Flow::Common
 }
@@ -166,16 +163,13 @@ pub(super) fn analyze_copy(
     tables::mark_tables(scan, tables, facts);
     if c.is_from && (c.is_program || !c.filename.is_empty()) && facts.sharded {
         // Rows read on a shard's host never pass through pgshard, so nothing splits them.
-        facts.refuse = Some(
-            "COPY FROM a file or program on the server cannot load a sharded table: pgshard splits rows by key as they pass through it; use COPY … FROM STDIN (psql's \\copy)".into(),
-        );
+        facts.refuse = Some(Refused::CopyFromServer);
     }
     if let Some(rel) = c.relation.as_ref().filter(|_| c.is_from) {
         if tables.is_reference(&rel.schemaname, &rel.relname) {
-            facts.refuse = Some(format!(
-                "COPY FROM into reference table {} is not supported yet; use INSERT, which writes every shard",
-                rel.relname.to_lowercase()
-            ));
+            facts.refuse = Some(Refused::CopyIntoReference {
+                table: rel.relname.to_lowercase(),
+            });
         }
     }
     if let Some(q) = node(&c.query) {
