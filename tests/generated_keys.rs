@@ -276,12 +276,15 @@ async fn keys_named_by_reserved_words(cluster: &TestCluster, c: &tokio_postgres:
             .await
             .unwrap_or_else(|e| panic!("{table}: UNNEST: {e:?}"));
         assert_eq!(n, 5, "{table}");
-        let (rows, distinct, _, _) = four_numbers(
+        let (rows, distinct, low, _) = four_numbers(
             c,
-            &format!("SELECT count(*), count(DISTINCT \"{key}\"), 0, 0 FROM {table}"),
+            &format!(
+                "SELECT count(*), count(DISTINCT \"{key}\"), min(\"{key}\"), max(\"{key}\") FROM {table}"
+            ),
         )
         .await;
         assert_eq!((rows, distinct), (20, 20), "{table}");
+        assert!(low > 0, "{table}: {low}");
         let mut placed = 0;
         let mut shards_holding = 0;
         for id in cluster.info.shard_ids() {
