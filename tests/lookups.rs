@@ -46,7 +46,10 @@ impl World {
         let mut found = None;
         for (id, c) in &self.shards {
             let rows = c
-                .query(&format!("SELECT key FROM {LOOKUP} WHERE value = $1"), &[&email])
+                .query(
+                    &format!("SELECT key FROM {LOOKUP} WHERE value = $1"),
+                    &[&email],
+                )
                 .await
                 .expect("read the lookup");
             if let Some(r) = rows.first() {
@@ -94,12 +97,15 @@ async fn simple_rows(c: &Client, sql: &str) -> Vec<(i64, String)> {
 }
 
 async fn by_email(c: &Client, email: &str) -> Vec<(i64, String)> {
-    c.query("SELECT user_id, name FROM users WHERE email = $1", &[&email])
-        .await
-        .unwrap_or_else(|e| panic!("read {email}: {e}"))
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    c.query(
+        "SELECT user_id, name FROM users WHERE email = $1",
+        &[&email],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("read {email}: {e}"))
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
 }
 
 /// Reads `email` inside a block, through both protocols, and returns the shards holding a
@@ -154,7 +160,9 @@ async fn lookups_route_reads_by_email_to_one_shard_and_stay_right() {
             .get(0);
         assert!(exists, "pgshard created the lookup table on shard {id}");
     }
-    let c = connect_url(&proxy::app_url(&running)).await.expect("connect");
+    let c = connect_url(&proxy::app_url(&running))
+        .await
+        .expect("connect");
 
     // Writes: simple and extended protocol; many lookup rows live on another shard than
     // their user (two-phase commit).
@@ -230,7 +238,11 @@ async fn lookups_route_reads_by_email_to_one_shard_and_stay_right() {
         .await
         .expect_err("user_id 1 exists");
     assert_eq!(sqlstate(&e), "23505", "{e}");
-    assert_eq!(w.lookup_key("new@x").await, None, "failed insert left a lookup row");
+    assert_eq!(
+        w.lookup_key("new@x").await,
+        None,
+        "failed insert left a lookup row"
+    );
 
     // A duplicate email is a unique violation, in both protocols, and nothing is written.
     let e = c
@@ -254,7 +266,10 @@ async fn lookups_route_reads_by_email_to_one_shard_and_stay_right() {
         .expect_err("duplicate email in one statement");
     assert_eq!(sqlstate(&e), "23505", "{e}");
     let n: i64 = c
-        .query_one("SELECT count(*) FROM users WHERE user_id >= 200 AND user_id < 300", &[])
+        .query_one(
+            "SELECT count(*) FROM users WHERE user_id >= 200 AND user_id < 300",
+            &[],
+        )
         .await
         .expect("count")
         .get(0);

@@ -43,11 +43,7 @@ pub async fn ensure(config: &Config, tls: &ServerTls) -> Result<(), String> {
             continue;
         };
         for l in &config.lookups {
-            let Some(base) = config
-                .sharded_tables
-                .iter()
-                .find(|t| t.name == l.table)
-            else {
+            let Some(base) = config.sharded_tables.iter().find(|t| t.name == l.table) else {
                 continue;
             };
             let name = format!("lookup {}.{}", l.table, l.column);

@@ -37,7 +37,13 @@ pub fn claim_sql(lookup_table: &str, value: &ShardKey, key: &ShardKey) -> String
 }
 
 /// Whether the base row of `key` still holds `value` (one row when it does).
-pub fn holds_sql(base_table: &str, key_column: &str, column: &str, key: &ShardKey, value: &ShardKey) -> String {
+pub fn holds_sql(
+    base_table: &str,
+    key_column: &str,
+    column: &str,
+    key: &ShardKey,
+    value: &ShardKey,
+) -> String {
     format!(
         "SELECT 1 FROM {base_table} WHERE {} = {} AND {} = {}",
         quote_ident(key_column),
@@ -67,7 +73,11 @@ pub fn text_columns(body: &Bytes) -> Option<Vec<String>> {
 
 /// The error a claim of a value another row holds gets: Postgres's unique violation, naming the
 /// lookup.
-pub fn duplicate(lookup_table: &str, column: &str, value: &str) -> crate::wire::backend::ErrorFields {
+pub fn duplicate(
+    lookup_table: &str,
+    column: &str,
+    value: &str,
+) -> crate::wire::backend::ErrorFields {
     let mut e = crate::wire::backend::ErrorFields::error(
         "23505",
         format!("duplicate key value violates unique constraint of lookup {lookup_table}"),
@@ -90,7 +100,10 @@ mod tests {
             "SELECT value::text, key::text FROM lk WHERE value IN ('o''k@x', 'b')"
         );
         let claim = claim_sql("lk", &v, &k);
-        assert!(claim.contains("SELECT 'o''k@x', 7 WHERE NOT EXISTS"), "{claim}");
+        assert!(
+            claim.contains("SELECT 'o''k@x', 7 WHERE NOT EXISTS"),
+            "{claim}"
+        );
         assert_eq!(
             holds_sql("users", "user_id", "email", &k, &v),
             "SELECT 1 FROM users WHERE user_id = 7 AND email = 'o''k@x'"

@@ -64,7 +64,10 @@ pub async fn backfill(
             .ok_or_else(|| RebalanceError::Config(format!("{} is not sharded", l.table)))?;
         for (&shard, client) in &clients {
             let before = done.rows;
-            backfill_shard(config, map, l, &base.key, shard, client, &clients, &mut done).await?;
+            backfill_shard(
+                config, map, l, &base.key, shard, client, &clients, &mut done,
+            )
+            .await?;
             let _ = writeln!(
                 out,
                 "lookup {}.{}: shard {shard}: {} row(s) read, {} lookup row(s) written so far",
@@ -90,7 +93,10 @@ async fn backfill_shard(
     done: &mut Backfill,
 ) -> Result<(), RebalanceError> {
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&quote_config_name(&l.table)])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&quote_config_name(&l.table)],
+        )
         .await
         .map_err(shard_err(shard))?
         .get(0);
@@ -126,7 +132,10 @@ async fn backfill_shard(
                     l.table
                 )));
             };
-            by_home.entry(map.shard_of(&value)).or_default().push((value, keyv));
+            by_home
+                .entry(map.shard_of(&value))
+                .or_default()
+                .push((value, keyv));
             after = Some(kv);
         }
         for (home, pairs) in by_home {
@@ -150,7 +159,9 @@ async fn backfill_shard(
                 }
                 let old: String = home_client
                     .query_one(
-                        &format!("SELECT {KEY_COLUMN}::text FROM {lookup} WHERE {VALUE_COLUMN} = {vl}"),
+                        &format!(
+                            "SELECT {KEY_COLUMN}::text FROM {lookup} WHERE {VALUE_COLUMN} = {vl}"
+                        ),
                         &[],
                     )
                     .await
@@ -166,7 +177,13 @@ async fn backfill_shard(
                 let holds = match clients.get(&owner) {
                     Some(oc) => !oc
                         .query(
-                            &crate::exec::lookup::holds_sql(&base, key, &l.column_name(), &old, &value),
+                            &crate::exec::lookup::holds_sql(
+                                &base,
+                                key,
+                                &l.column_name(),
+                                &old,
+                                &value,
+                            ),
                             &[],
                         )
                         .await
@@ -175,7 +192,12 @@ async fn backfill_shard(
                     None => false,
                 };
                 if holds {
-                    done.duplicates.push(format!("{}.{} = {}", l.table, l.column, quote_literal(&value_text(&value))));
+                    done.duplicates.push(format!(
+                        "{}.{} = {}",
+                        l.table,
+                        l.column,
+                        quote_literal(&value_text(&value))
+                    ));
                     continue;
                 }
                 home_client
@@ -224,7 +246,10 @@ pub async fn backfill_command(
         done.duplicates.len()
     )?;
     for d in &done.duplicates {
-        writeln!(out, "DUPLICATE: {d} is held by two rows; the lookup keeps the first")?;
+        writeln!(
+            out,
+            "DUPLICATE: {d} is held by two rows; the lookup keeps the first"
+        )?;
     }
     Ok(done.duplicates.is_empty())
 }

@@ -145,8 +145,7 @@ fn pinned(filter: &pb::Node, column: &str) -> Option<Vec<KeyValue>> {
                 return value_of(l).map(|v| vec![v]);
             }
             None
-        } else if e.kind == pb::AExprKind::AexprIn as i32 && op_is(e, "=") && is_column(l, column)
-        {
+        } else if e.kind == pb::AExprKind::AexprIn as i32 && op_is(e, "=") && is_column(l, column) {
             let NodeEnum::List(list) = r.node.as_ref()? else {
                 return None;
             };
@@ -224,9 +223,9 @@ fn statement_claims(stmt: &NodeEnum, t: &Target, out: &mut Vec<Claim>) -> Result
         NodeEnum::UpdateStmt(u) if names(&u.relation) => update_claims(u, t, out),
         NodeEnum::CopyStmt(c) if c.is_from && names(&c.relation) => {
             let listed = c.attlist.is_empty()
-                || c.attlist.iter().any(|a| {
-                    matches!(a.node.as_ref(), Some(NodeEnum::String(s)) if s.sval == t.column)
-                });
+                || c.attlist.iter().any(
+                    |a| matches!(a.node.as_ref(), Some(NodeEnum::String(s)) if s.sval == t.column),
+                );
             if listed {
                 Err(refusal(t, "COPY FROM into a table with a lookup column"))
             } else {
@@ -293,7 +292,10 @@ fn update_claims(u: &pb::UpdateStmt, t: &Target, out: &mut Vec<Claim>) -> Result
         return Ok(());
     };
     if !u.from_clause.is_empty() || u.with_clause.is_some() || !set.indirection.is_empty() {
-        return Err(refusal(t, "an UPDATE of the lookup column with FROM or WITH"));
+        return Err(refusal(
+            t,
+            "an UPDATE of the lookup column with FROM or WITH",
+        ));
     }
     let value = match set.val.as_deref().and_then(given) {
         Some(Given::Null) => return Ok(()),
@@ -393,7 +395,10 @@ mod tests {
                 },
             ])
         );
-        assert_eq!(c("INSERT INTO users (user_id, name) VALUES (1, 'x')"), Ok(vec![]));
+        assert_eq!(
+            c("INSERT INTO users (user_id, name) VALUES (1, 'x')"),
+            Ok(vec![])
+        );
         assert_eq!(
             c("UPDATE users SET email = 'b' WHERE user_id = 7"),
             Ok(vec![Claim {
@@ -401,7 +406,10 @@ mod tests {
                 key: KeyValue::Const(7)
             }])
         );
-        assert_eq!(c("UPDATE users SET name = 'b' WHERE email = 'a'"), Ok(vec![]));
+        assert_eq!(
+            c("UPDATE users SET name = 'b' WHERE email = 'a'"),
+            Ok(vec![])
+        );
         assert_eq!(c("DELETE FROM users WHERE email = 'a'"), Ok(vec![]));
         assert_eq!(c("COPY users (user_id, name) FROM STDIN"), Ok(vec![]));
         for sql in [

@@ -155,7 +155,8 @@ impl Session {
                 return Err(e);
             }
             for frame in answer.frames.iter().filter(|f| f.tag == be::DATA_ROW) {
-                let cols = sql::text_columns(&frame.body).ok_or_else(|| answer_error(answer.shard))?;
+                let cols =
+                    sql::text_columns(&frame.body).ok_or_else(|| answer_error(answer.shard))?;
                 let key = cols
                     .get(1)
                     .and_then(|k| looked.key_type.parse_text(k))
@@ -300,7 +301,10 @@ impl Session {
             let Some(old) = old.first().and_then(|r| r.first()) else {
                 continue;
             };
-            let old = l.key_type.parse_text(old).ok_or_else(|| answer_error(home))?;
+            let old = l
+                .key_type
+                .parse_text(old)
+                .ok_or_else(|| answer_error(home))?;
             if old == c.key {
                 continue;
             }
