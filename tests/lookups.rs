@@ -143,6 +143,19 @@ async fn lookups_route_reads_by_email_to_one_shard_and_stay_right() {
         .batch_execute("INSERT INTO users (user_id, name, email) VALUES (5000, 'old', 'old@x')")
         .await
         .expect("insert directly");
+    // More of them than one backfill batch on each shard.
+    for (id, c) in &shards {
+        let rows: Vec<String> = (6000..10_000i64)
+            .filter(|&k| map.shard_of(&ShardKey::Int(k)) == *id)
+            .map(|k| format!("({k}, 'bulk', 'bulk{k}@x')"))
+            .collect();
+        c.batch_execute(&format!(
+            "INSERT INTO users (user_id, name, email) VALUES {}",
+            rows.join(", ")
+        ))
+        .await
+        .expect("insert bulk rows directly");
+    }
     let w = World {
         cluster,
         shards,
@@ -344,15 +357,36 @@ async fn lookups_route_reads_by_email_to_one_shard_and_stay_right() {
     assert_eq!(w.lookup_key("old@x").await, Some(5000));
     assert_eq!(by_email(&c, "old@x").await, vec![(5000, "old".into())]);
     assert_eq!(shards_reached(&w, &c, "old@x").await, vec![old_owner]);
-    // Every lookup row the backfill wrote or kept names a row that holds its value.
-    for k in [3i64, 4, 300, 301] {
-        let email: String = c
-            .query_one("SELECT email FROM users WHERE user_id = $1", &[&k])
+    // The invariant, checked whole on the shards: every row with an email has its key in the
+    // email's lookup row, which sits on the email's shard.
+    let mut lookup = std::collections::HashMap::new();
+    for (id, s) in &w.shards {
+        for r in s
+            .query(&format!("SELECT value, key FROM {LOOKUP}"), &[])
             .await
-            .expect("email")
-            .get(0);
-        assert_eq!(w.lookup_key(&email).await, Some(k));
+            .expect("read lookup rows")
+        {
+            let (value, key): (String, i64) = (r.get(0), r.get(1));
+            assert_eq!(w.map.shard_of(&ShardKey::Text(value.clone())), *id);
+            lookup.insert(value, key);
+        }
     }
+    let mut rows = 0;
+    for s in w.shards.values() {
+        for r in s
+            .query(
+                "SELECT email, user_id FROM users WHERE email IS NOT NULL",
+                &[],
+            )
+            .await
+            .expect("read users")
+        {
+            let (email, key): (String, i64) = (r.get(0), r.get(1));
+            assert_eq!(lookup.get(&email), Some(&key), "lookup of {email}");
+            rows += 1;
+        }
+    }
+    assert!(rows > 4000, "{rows} rows checked");
 
     psycopg_checks(&w, &running).await;
     running.stop().await;

@@ -115,7 +115,7 @@ async fn backfill_shard(
             .map(|a| format!("AND {k} > {}", quote_literal(a)))
             .unwrap_or_default();
         let sql = format!(
-            "SELECT {c}::text, {k}::text FROM {base} WHERE {c} IS NOT NULL {from} ORDER BY {k} LIMIT {BATCH}"
+            "SELECT {c}::text AS lookup_value, {k}::text AS lookup_key FROM {base} WHERE {c} IS NOT NULL {from} ORDER BY {k} LIMIT {BATCH}"
         );
         let rows = client.query(&sql, &[]).await.map_err(shard_err(shard))?;
         if rows.is_empty() {
