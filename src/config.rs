@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod lookups;
 mod redact;
 pub mod schemas;
 mod secrets;
@@ -56,6 +57,9 @@ pub struct Config {
     /// Schemas placed whole on one shard each (schema-based sharding, see `config/schemas.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sharded_schemas: Vec<schemas::ShardedSchemaConfig>,
+    /// Unique secondary columns read through a lookup table (see `config/lookups.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<lookups::LookupConfig>,
     #[serde(default)]
     pub router: RouterConfig,
     #[serde(default)]
@@ -786,6 +790,7 @@ impl Config {
         })?;
         secrets::resolve(&mut config, path)?;
         config.validate(path)?;
+        lookups::expand(&mut config);
         Ok(config)
     }
 
@@ -1001,6 +1006,7 @@ impl Config {
             }
         }
         schemas::validate(self, path)?;
+        lookups::validate(self, path)?;
         if let Some(cp) = &self.control_plane {
             if cp.user.is_empty() {
                 return Err(invalid("control_plane.user", "must not be empty".into()));

@@ -60,6 +60,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Lookup tables of `[[lookups]]` columns.
+    Lookup {
+        #[command(subcommand)]
+        action: LookupCommand,
+    },
     /// Plan, start, watch and cancel online rebalancing jobs.
     Rebalance {
         #[command(subcommand)]
@@ -182,6 +187,16 @@ struct ReplicaServer {
     host: String,
     #[arg(long)]
     port: u16,
+}
+
+#[derive(Debug, Subcommand)]
+enum LookupCommand {
+    /// Fill the lookup tables for rows written before them (creates missing ones); prints
+    /// progress; exits non-zero when a value is held by two rows.
+    Backfill {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,6 +388,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?;
             if !clean {
                 anyhow::bail!("misplaced rows found");
+            }
+            Ok(())
+        }
+        Command::Lookup {
+            action: LookupCommand::Backfill { config },
+        } => {
+            let config = pgshard::config::Config::load(&config)?;
+            let out = &mut std::io::stdout();
+            if !pgshard::rebalance::lookup_backfill::backfill_command(&config, out).await? {
+                anyhow::bail!("duplicate values found");
             }
             Ok(())
         }

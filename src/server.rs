@@ -156,7 +156,9 @@ fn raise_open_files_limit(config: &Config) {
 }
 
 /// Starts a proxy: loads the shard map, checks every shard, binds the listener.
-pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
+pub async fn start(mut config: Config) -> anyhow::Result<RunningProxy> {
+    // A config built in code gets its lookup tables as a loaded one does.
+    crate::config::lookups::expand(&mut config);
     raise_open_files_limit(&config);
     let config = Arc::new(config);
     // Built once: every server and catalog connection of this proxy shares it.
@@ -179,6 +181,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningProxy> {
     for shard in &config.shards {
         crate::membership::checks::check_at_start(&config, shard, &server_tls).await?;
     }
+    crate::backend::lookup_tables::ensure(&config, &server_tls)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let key_tables =
         crate::backend::key_types::resolve(&config, &catalog.map.current(), &server_tls).await;
     let config = Arc::new(Config {

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod failover;
 pub mod failover_buffer;
 pub mod key_types;
+pub mod lookup_tables;
 pub mod metrics;
 pub mod monitor;
 pub mod pool;

@@ -14,6 +14,7 @@ pub mod distinct_collation;
 pub mod exchange;
 pub mod final_query;
 pub mod index_owner;
+pub mod lookup;
 pub mod merge;
 pub mod merged;
 pub mod prepared_cap;

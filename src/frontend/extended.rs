@@ -168,6 +168,7 @@ impl Session {
         let mut error: Option<ErrorFields> = None;
         let mut executes = 0usize;
         let mut partial_fetch = false;
+        let mut claims = Vec::new();
         for frame in frames {
             match self.resolve(&frame, &mut portal_statements) {
                 Ok(Some((mut msg, mut route, is_local_stmt))) => {
@@ -183,15 +184,22 @@ impl Session {
                         None,
                     ) = (&mut msg, is_local_stmt, &route)
                     {
-                        // Statements naming an index run where its table lives.
-                        let facts = statement.facts.first();
-                        let looked_up = match self.index_owner_route_of(facts).await {
+                        // Statements naming an index run where its table lives; a keyless
+                        // read of a looked-up column where the lookup says.
+                        let looked_up = match self.looked_up_route_of_bind(statement, bind).await {
                             Ok(r) => r,
                             Err(fields) => {
                                 error = Some(fields);
                                 break;
                             }
                         };
+                        match self.lookup_claims_of_bind(statement, bind) {
+                            Ok(c) => claims.extend(c),
+                            Err(fields) => {
+                                error = Some(fields);
+                                break;
+                            }
+                        }
                         match self.bind_route(statement, bind, looked_up, &map) {
                             Ok((r, text)) => {
                                 route = Some(r);
@@ -237,6 +245,12 @@ impl Session {
         {
             msgs.clear();
             error = Some(aborted());
+        }
+        if error.is_none() && !claims.is_empty() {
+            // Writes of a looked-up column claim their values in the batch's block first.
+            return self
+                .run_batch_with_claims(msgs, msg_routes, claims, sync)
+                .await;
         }
         if error.is_none() && super::held_portals::binds_held_portal(&msgs, &msg_routes) {
             // A portal read a piece at a time over several shards: held by the proxy.

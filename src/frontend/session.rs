@@ -312,10 +312,16 @@ impl Session {
                 return Ok(done);
             }
         }
-        // Statements naming an index run where its table lives (the catalogs say: I/O).
+        // Writes of a looked-up column claim their values first (see `run::lookup`).
+        if self.lookup_writes_simple(&sql, &facts).await? {
+            return Ok(());
+        }
+        // Statements naming an index run where its table lives (the catalogs say: I/O); a
+        // keyless read of a looked-up column where the lookup says.
         let mut looked_up = Vec::with_capacity(facts.len());
         for f in facts.iter() {
-            match self.index_owner_route(f).await {
+            let none = crate::router::params::NoParams;
+            match self.looked_up_route(&sql, Some(f), &none).await {
                 Ok(route) => looked_up.push(route),
                 Err(fields) => {
                     self.reply_error(fields);

@@ -11,6 +11,7 @@ pub mod estimate;
 pub mod even;
 pub mod hold;
 pub mod jobs;
+pub mod lookup_backfill;
 pub mod pgoutput;
 pub mod plan;
 pub mod preflight;

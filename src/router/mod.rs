@@ -14,6 +14,7 @@ pub mod hint;
 pub mod index_owner;
 pub mod key_type;
 pub mod literals;
+pub mod lookup;
 pub mod merge_plan;
 pub mod names;
 pub mod ordered_values_insert;

@@ -11,6 +11,7 @@ pub mod copy_out;
 pub mod cursor;
 pub mod in_turn;
 pub mod index_owner;
+pub mod lookup;
 pub mod split_insert;
 pub mod subquery_first;
 pub mod subquery_first_bind;
