@@ -4,7 +4,13 @@
 //! image names overridden. Ten shards, each with a streaming replica, a catalog, pgshard and
 //! Prometheus come up; psql and a short pgbench go through the proxy (as the role `app`, which
 //! Postgres itself keeps off the shards' hosts: 42501); one shard's container stops
-//! (only its keys fail), comes back (its keys work again, its rows intact); everything is torn down.
+//! (only its keys fail), comes back (its keys work again, its rows intact). Then the cluster grows
+//! online, under a pgbench through one proxy and a second client on the other: `shard10` (profile
+//! `scale-out`) starts, is registered with `pgshard shard add`, `REBALANCE add-shard 10` moves keys
+//! onto it, and afterwards no row is lost or doubled, `pgshard verify` passes, no client failed or
+//! reconnected and both proxies route with the new map. Everything is torn down.
+//! One compose project per test binary (bringing it up is most of the time), so both stories are
+//! phases of one test.
 //!
 //! Docker is required: without a usable engine this test fails, saying so. It uses
 //! `docker compose` when that works, else Debian's `docker-compose`; PGSHARD_COMPOSE overrides
@@ -14,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgshard::router::{ShardMap, Strategy};
@@ -26,6 +34,17 @@ const PROJECT_PREFIX: &str = "pgshard-test-";
 /// pgbench clients, and transactions each.
 const BENCH_CLIENTS: u32 = 4;
 const BENCH_TRANSACTIONS: u32 = 250;
+/// The shard the scale-out phase adds (a service of the profile `scale-out`).
+const NEW_SHARD: u32 = 10;
+const SCALE_PROFILE: &str = "scale-out";
+/// Rows the scale-out phase loads before growing: keys SEED_BASE + 1 ..= SEED_BASE + SEED_ROWS.
+const SEED_BASE: i64 = 200_000_000;
+const SEED_ROWS: i64 = 20_000;
+/// The pgbench running through the scale-out: bounded in time (`-T`, an upper bound: the test stops
+/// it once the story is checked, as pgbench has no graceful early end) and in transactions (`-R`,
+/// at most rate × seconds); `-P 1` reports every second, failed transactions included.
+const GROW_BENCH_SECONDS: u32 = 900;
+const GROW_BENCH_RATE: u32 = 40;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -127,9 +146,8 @@ impl Project {
         run_ok(&mut self.command(args))
     }
 
-    /// Runs SQL inside a service's container with its own psql, over the unix socket. Through
-    /// `docker exec` on the container's id: much quicker than `compose exec` (v1 is Python).
-    fn exec_sql(&self, service: &str, db: &str, sql: &str) -> Output {
+    /// The id of a service's running container.
+    fn container(&self, service: &str) -> String {
         let label = format!("label=com.docker.compose.project={}", self.name);
         let service_label = format!("label=com.docker.compose.service={service}");
         let id = run_ok(Command::new("docker").args([
@@ -140,31 +158,46 @@ impl Project {
             "--filter",
             &service_label,
         ]));
-        let id = id.trim();
+        let id = id.trim().to_string();
         assert!(!id.is_empty(), "no running container for {service}");
-        run(Command::new("docker").args([
-            "exec",
-            id,
-            "psql",
-            "-X",
-            "-q",
-            "-tA",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            "pgshard",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ]))
+        id
+    }
+
+    /// Runs a command inside a service's container. Through `docker exec` on the container's id:
+    /// much quicker than `compose exec` (v1 is Python).
+    fn exec(&self, service: &str, args: &[&str]) -> Output {
+        let id = self.container(service);
+        run(Command::new("docker").arg("exec").arg(&id).args(args))
+    }
+
+    /// Runs SQL inside a service's container with its own psql, over the unix socket.
+    fn exec_sql(&self, service: &str, db: &str, sql: &str) -> Output {
+        self.exec(
+            service,
+            &[
+                "psql",
+                "-X",
+                "-q",
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "pgshard",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+        )
     }
 
     fn exec_sql_ok(&self, service: &str, db: &str, sql: &str) -> String {
         let out = self.exec_sql(service, db, sql);
         assert!(
             out.status.success(),
-            "{sql} on {service} failed: {}",
+            "{sql} on {service} failed ({}): {}{}",
+            out.status,
+            text(&out.stdout),
             text(&out.stderr)
         );
         text(&out.stdout).trim().to_string()
@@ -242,8 +275,17 @@ impl Project {
         format!("{}{}", text(&out.stdout), text(&out.stderr))
     }
 
+    /// Down with the profile `scale-out` active, so that its services go too.
     fn down(&self) -> Output {
-        run(&mut self.command(&["down", "-v", "--remove-orphans", "-t", "5"]))
+        run(&mut self.command(&[
+            "--profile",
+            SCALE_PROFILE,
+            "down",
+            "-v",
+            "--remove-orphans",
+            "-t",
+            "5",
+        ]))
     }
 }
 
@@ -386,7 +428,7 @@ fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) 
 }
 
 #[test]
-fn compose_file_runs_ten_shards_with_replicas_and_survives_a_stopped_shard() {
+fn compose_file_runs_ten_shards_with_replicas_survives_a_stopped_shard_and_grows_online() {
     let started = Instant::now();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
     let mut lap = Instant::now();
@@ -414,8 +456,10 @@ fn compose_file_runs_ten_shards_with_replicas_and_survives_a_stopped_shard() {
     mark("build images", &mut timings);
 
     let proxy_port = free_port();
+    let proxy2_port = free_port();
     let prometheus_port = free_port();
     env.push(("PGSHARD_PORT".into(), proxy_port.to_string()));
+    env.push(("PGSHARD2_PORT".into(), proxy2_port.to_string()));
     env.push((
         "PGSHARD_PROMETHEUS_PORT".into(),
         prometheus_port.to_string(),
@@ -430,24 +474,40 @@ fn compose_file_runs_ten_shards_with_replicas_and_survives_a_stopped_shard() {
 
     // Up, then every service healthy.
     project.ok(&["up", "-d", "--no-build"]);
-    let mut services: BTreeSet<String> = ["catalog", "catalog-init", "pgshard", "prometheus"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut services: BTreeSet<String> = [
+        "catalog",
+        "catalog-init",
+        "pgshard",
+        "pgshard2",
+        "prometheus",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for i in 0..SHARDS {
         services.insert(format!("shard{i}"));
         services.insert(format!("shard{i}-replica"));
     }
     project.wait_ready(&services, Duration::from_secs(240));
     mark("compose up until healthy", &mut timings);
+    // The profile `scale-out` is not started by default.
+    let containers = project.containers();
+    for spare in ["shard10", "shard10-replica", "shard11", "shard11-replica"] {
+        assert!(
+            !containers.contains_key(spare),
+            "{spare} started without its profile"
+        );
+    }
 
-    // The proxy's port is published on loopback only.
-    let port_line = project.ok(&["port", "pgshard", "6432"]);
-    assert_eq!(
-        port_line.trim(),
-        format!("127.0.0.1:{proxy_port}"),
-        "published address of the proxy"
-    );
+    // Each proxy's port is published on loopback only.
+    for (service, port) in [("pgshard", proxy_port), ("pgshard2", proxy2_port)] {
+        let port_line = project.ok(&["port", service, "6432"]);
+        assert_eq!(
+            port_line.trim(),
+            format!("127.0.0.1:{port}"),
+            "published address of {service}"
+        );
+    }
 
     // The catalog holds the map `pgshard catalog init` published; the test routes with its twin.
     let ranges = project.exec_sql_ok(
@@ -669,6 +729,8 @@ fn compose_file_runs_ten_shards_with_replicas_and_survives_a_stopped_shard() {
     }
     mark("restarted shard checks", &mut timings);
 
+    grow_to_eleven_shards(&project, [proxy_port, proxy2_port], &mut mark, &mut timings);
+
     // Tear down explicitly (the guard would too) and check nothing of the project is left.
     let down = project.down();
     assert!(down.status.success(), "down: {}", text(&down.stderr));
@@ -693,4 +755,513 @@ fn compose_file_runs_ten_shards_with_replicas_and_survives_a_stopped_shard() {
         started.elapsed().as_secs_f64(),
         summary.join(", ")
     );
+}
+
+/// psql on a proxy's admin console (the config's `admin` user); returns (success, stdout, stderr).
+fn admin(port: u16, command: &str) -> (bool, String, String) {
+    let out = run(Command::new("psql")
+        .args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "admin",
+            "-d",
+            "pgshard",
+            "-c",
+        ])
+        .arg(command)
+        .env("PGPASSWORD", "admin")
+        .env("PGCONNECT_TIMEOUT", "10"));
+    (
+        out.status.success(),
+        text(&out.stdout).trim().to_string(),
+        text(&out.stderr),
+    )
+}
+
+/// The rows of an admin command, each split into its cells.
+fn admin_rows(port: u16, command: &str) -> Vec<Vec<String>> {
+    let (ok, stdout, stderr) = admin(port, command);
+    assert!(ok, "{command} on the proxy at {port} failed: {stderr}");
+    stdout
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect()
+}
+
+/// One cell of SHOW STATS by column name.
+fn stat(port: u16, column: &str) -> String {
+    const COLUMNS: [&str; 16] = [
+        "database",
+        "uptime_seconds",
+        "total_clients",
+        "connected_clients",
+        "total_requests",
+        "requests_in_flight",
+        "paused",
+        "requests_waiting",
+        "replica_reads",
+        "lsn_waits",
+        "primary_fallbacks",
+        "failovers",
+        "fenced_servers",
+        "map_version",
+        "failover_holds_resumed",
+        "failover_holds_expired",
+    ];
+    let at = COLUMNS
+        .iter()
+        .position(|c| *c == column)
+        .unwrap_or_else(|| panic!("SHOW STATS has no column {column}"));
+    let rows = admin_rows(port, "SHOW STATS");
+    assert_eq!(rows.len(), 1, "SHOW STATS: {rows:?}");
+    assert_eq!(rows[0].len(), COLUMNS.len(), "SHOW STATS columns: {rows:?}");
+    rows[0][at].clone()
+}
+
+/// The clients of the data path (user `app`) a proxy has: (pid, connected at).
+fn app_clients(port: u16) -> BTreeSet<(String, String)> {
+    admin_rows(port, "SHOW CLIENTS")
+        .into_iter()
+        .filter(|r| r.get(1).is_some_and(|u| u == "app"))
+        .map(|r| (r[0].clone(), r[4].clone()))
+        .collect()
+}
+
+/// Rows of `users` through a proxy (a keyless count: every shard, the map's owner only).
+fn users_through(port: u16) -> i64 {
+    let n = psql_ok(port, "SELECT count(*) FROM users");
+    n.parse()
+        .unwrap_or_else(|_| panic!("count through {port}: {n}"))
+}
+
+/// What the second client saw while the cluster grew.
+struct LoadReport {
+    statements: u64,
+    errors: Vec<String>,
+    /// Every keyless count of `users` it read.
+    counts: BTreeSet<i64>,
+}
+
+/// A client of the other proxy for the whole scale-out, on one connection (tokio-postgres with its
+/// defaults: extended protocol, prepared statements): keyed updates of the seeded rows and, every
+/// tenth statement, a keyless count of `users`, until `stop`. `progress` counts its statements.
+fn second_client(port: u16, stop: Arc<AtomicBool>, progress: Arc<AtomicU64>) -> LoadReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let mut report = LoadReport {
+            statements: 0,
+            errors: Vec::new(),
+            counts: BTreeSet::new(),
+        };
+        let url = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("the second client connects to pgshard2");
+        let connection = tokio::spawn(connection);
+        let update = client
+            .prepare("UPDATE users SET email = $1 WHERE user_id = $2")
+            .await
+            .expect("prepare the second client's update");
+        let mut i: i64 = 0;
+        while !stop.load(Ordering::SeqCst) {
+            i += 1;
+            let key = SEED_BASE + 1 + (i * 7919) % SEED_ROWS;
+            let result = if i % 10 == 0 {
+                client
+                    .query_one("SELECT count(*) FROM users", &[])
+                    .await
+                    .map(|row| {
+                        report.counts.insert(row.get::<_, i64>(0));
+                    })
+                    .map_err(|e| format!("count: {e}"))
+            } else {
+                match client
+                    .execute(&update, &[&format!("second client {i}"), &key])
+                    .await
+                {
+                    Ok(1) => Ok(()),
+                    Ok(n) => Err(format!("update of key {key} changed {n} rows")),
+                    Err(e) => Err(format!("update of key {key}: {e}")),
+                }
+            };
+            report.statements += 1;
+            progress.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = result {
+                report.errors.push(e);
+            }
+            // A steady client, not a flood: the machine is shared.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(update);
+        drop(client);
+        let _ = connection.await;
+        report
+    })
+}
+
+/// A pgbench running in the background, its stderr (progress reports, errors) collected line by line.
+struct Bench {
+    child: Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Bench {
+    /// pgbench through `port` at GROW_BENCH_RATE per second for at most GROW_BENCH_SECONDS:
+    /// keyed updates and reads of the seeded rows (so the row count stays what it was), prepared
+    /// statements, a progress report every second.
+    fn start(port: u16, script_dir: &Path) -> Bench {
+        let script = script_dir.join("grow.sql");
+        std::fs::write(
+            &script,
+            format!(
+                "\\set id random({}, {})\n\
+                 UPDATE users SET name = 'bench' WHERE user_id = :id;\n\
+                 SELECT name FROM users WHERE user_id = :id;\n",
+                SEED_BASE + 1,
+                SEED_BASE + SEED_ROWS
+            ),
+        )
+        .expect("write the pgbench script");
+        let mut child = Command::new("pgbench")
+            .args(["-n", "-M", "prepared", "-c", &BENCH_CLIENTS.to_string()])
+            .args(["-j", "2", "-T", &GROW_BENCH_SECONDS.to_string(), "-P", "1"])
+            .args(["-R", &GROW_BENCH_RATE.to_string(), "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-U", "app", "-f"])
+            .arg(&script)
+            .arg("app")
+            .env("PGPASSWORD", "app")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pgbench");
+        let stderr = child.stderr.take().expect("pgbench's stderr");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().expect("pgbench lines").push(line);
+                }
+            })
+        };
+        Bench {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("pgbench lines").clone()
+    }
+
+    /// Stops pgbench (still running: checked) and returns everything it reported.
+    fn stop(mut self) -> Vec<String> {
+        assert!(
+            self.child.try_wait().expect("pgbench status").is_none(),
+            "pgbench ended before the story did:\n{}",
+            self.lines().join("\n")
+        );
+        self.child.kill().expect("stop pgbench");
+        let _ = self.child.wait();
+        let Bench { lines, reader, .. } = self;
+        let _ = reader.join();
+        let lines = lines.lock().expect("pgbench lines").clone();
+        lines
+    }
+}
+
+/// The transactions per second and failed transactions of a pgbench progress line
+/// ("progress: 3.0 s, 40.1 tps, lat 5.2 ms stddev 1.0, 0 failed, lag 0.3 ms").
+fn bench_progress(line: &str) -> Option<(f64, u64)> {
+    let rest = line.strip_prefix("progress: ")?;
+    let tps = rest
+        .split(", ")
+        .nth(1)?
+        .strip_suffix(" tps")?
+        .parse()
+        .ok()?;
+    let failed = rest
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" failed"))?
+        .parse()
+        .ok()?;
+    Some((tps, failed))
+}
+
+/// The job id in REBALANCE's notice ("rebalancing job 7 created: add-shard 10").
+fn job_id(notice: &str) -> Option<i64> {
+    let rest = &notice[notice.find("rebalancing job ")? + "rebalancing job ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The second phase: shard10 joins while clients run on both proxies.
+fn grow_to_eleven_shards(
+    project: &Project,
+    [proxy, proxy2]: [u16; 2],
+    mark: &mut impl FnMut(&'static str, &mut Vec<(&'static str, Duration)>),
+    timings: &mut Vec<(&'static str, Duration)>,
+) {
+    // Rows to move, loaded with COPY through the proxy.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rows = dir.path().join("seed.csv");
+    let csv: String = (SEED_BASE + 1..=SEED_BASE + SEED_ROWS)
+        .map(|k| format!("{k},seed {k}\n"))
+        .collect();
+    std::fs::write(&rows, csv).expect("write the seed rows");
+    psql_ok(
+        proxy,
+        &format!(
+            "\\copy users (user_id, name) FROM '{}' WITH (FORMAT csv)",
+            rows.display()
+        ),
+    );
+    let before = users_through(proxy);
+    assert_eq!(users_through(proxy2), before, "the proxies disagree");
+    let version_before: i64 = stat(proxy, "map_version").parse().expect("map version");
+    assert_eq!(stat(proxy2, "map_version"), version_before.to_string());
+    mark("scale-out: seed rows", timings);
+
+    // The load: pgbench through pgshard, a second client through pgshard2; both connected
+    // before anything changes.
+    let bench = Bench::start(proxy, dir.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let second = {
+        let (stop, progress) = (stop.clone(), progress.clone());
+        std::thread::spawn(move || second_client(proxy2, stop, progress))
+    };
+    let bench_clients = poll(Duration::from_secs(30), "pgbench connected", || {
+        let clients = app_clients(proxy);
+        (clients.len() == BENCH_CLIENTS as usize).then_some(clients)
+    });
+    let second_clients = poll(Duration::from_secs(30), "the second client runs", || {
+        (progress.load(Ordering::SeqCst) > 0).then(|| app_clients(proxy2))
+    });
+    assert_eq!(second_clients.len(), 1, "clients of pgshard2");
+
+    // The new shard's containers, from the profile.
+    project.ok(&[
+        "--profile",
+        SCALE_PROFILE,
+        "up",
+        "-d",
+        "--no-build",
+        "shard10",
+        "shard10-replica",
+    ]);
+    let new_services: BTreeSet<String> = ["shard10", "shard10-replica"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    project.wait_ready(&new_services, Duration::from_secs(180));
+    mark("scale-out: shard10 up", timings);
+
+    // Registered with the CLI inside the proxy's container (its config, the compose network's
+    // names), then its replica; both proxies open pools to it without a restart.
+    let config = "/etc/pgshard/compose.toml";
+    let id = NEW_SHARD.to_string();
+    for args in [
+        vec![
+            "pgshard", "shard", "add", "--config", config, "--id", &id, "--host", "shard10",
+            "--port", "5432",
+        ],
+        vec![
+            "pgshard",
+            "replica",
+            "add",
+            "--config",
+            config,
+            "--shard",
+            &id,
+            "--host",
+            "shard10-replica",
+            "--port",
+            "5432",
+        ],
+    ] {
+        let out = project.exec("pgshard", &args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    for port in [proxy, proxy2] {
+        poll(
+            Duration::from_secs(10),
+            &format!("the proxy at {port} knows shard {NEW_SHARD}"),
+            || {
+                admin_rows(port, "SHOW SHARDS")
+                    .iter()
+                    .any(|r| r[0] == id)
+                    .then_some(())
+            },
+        );
+    }
+    mark("scale-out: shard10 registered", timings);
+
+    // Keys move onto it.
+    let reports_before_job = bench.lines().len();
+    let (ok, _, notice) = admin(proxy, &format!("REBALANCE add-shard {NEW_SHARD}"));
+    assert!(ok, "REBALANCE add-shard {NEW_SHARD}: {notice}");
+    let job = job_id(&notice).unwrap_or_else(|| panic!("no job id in {notice:?}"));
+    let steps = poll(
+        Duration::from_secs(300),
+        &format!("rebalancing job {job} done"),
+        || {
+            let steps: Vec<Vec<String>> = admin_rows(proxy2, "SHOW JOBS")
+                .into_iter()
+                .filter(|r| r[0] == job.to_string())
+                .collect();
+            assert!(!steps.is_empty(), "job {job} missing from SHOW JOBS");
+            let state = steps[0][1].clone();
+            assert!(
+                !matches!(state.as_str(), "failed" | "cancelled" | "cancelling"),
+                "job {job} is {state}: {steps:?}"
+            );
+            (state == "done").then_some(steps)
+        },
+    );
+    mark("scale-out: rebalance", timings);
+    let reports_during_job = bench.lines().len() - reports_before_job;
+    // The story ran under the load: pgbench is still running, and the clients that were
+    // connected before are the same ones now (nobody reconnected).
+    assert_eq!(app_clients(proxy), bench_clients, "pgbench's connections");
+    assert_eq!(app_clients(proxy2), second_clients, "the second connection");
+    let reports = bench.stop();
+    stop.store(true, Ordering::SeqCst);
+    let load = second.join().expect("the second client panicked");
+    mark("scale-out: load ends", timings);
+
+    // pgbench: no client aborted (an error does that), every second's report says 0 failed,
+    // and transactions went through while the job ran.
+    let all = reports.join("\n");
+    let progress_lines: Vec<(f64, u64)> =
+        reports.iter().filter_map(|l| bench_progress(l)).collect();
+    assert!(
+        !reports
+            .iter()
+            .any(|l| !l.starts_with("progress: ") && !l.trim().is_empty()),
+        "pgbench reported more than progress:\n{all}"
+    );
+    assert!(
+        progress_lines.iter().all(|&(_, failed)| failed == 0),
+        "pgbench failed transactions:\n{all}"
+    );
+    assert!(
+        reports[reports_before_job..reports_before_job + reports_during_job]
+            .iter()
+            .filter_map(|l| bench_progress(l))
+            .any(|(tps, _)| tps > 0.0),
+        "no pgbench transaction while the job ran:\n{all}"
+    );
+    let processed = progress_lines
+        .iter()
+        .map(|(tps, _)| tps)
+        .sum::<f64>()
+        .round() as u64;
+    assert!(processed > 0, "{all}");
+    assert!(
+        load.errors.is_empty(),
+        "the second client had {} error(s) in {} statements: {:?}",
+        load.errors.len(),
+        load.statements,
+        &load.errors[..load.errors.len().min(5)]
+    );
+    assert_eq!(
+        load.counts,
+        BTreeSet::from([before]),
+        "keyless counts through pgshard2 during the move"
+    );
+
+    // Every row once: through both proxies, and on the shards themselves.
+    assert_eq!(users_through(proxy), before, "rows through pgshard");
+    assert_eq!(users_through(proxy2), before, "rows through pgshard2");
+    let on_shards: Vec<i64> = (0..=NEW_SHARD)
+        .map(|i| {
+            project
+                .exec_sql_ok(&format!("shard{i}"), "app", "SELECT count(*) FROM users")
+                .parse()
+                .expect("a count")
+        })
+        .collect();
+    assert_eq!(
+        on_shards.iter().sum::<i64>(),
+        before,
+        "rows on the shards: {on_shards:?}"
+    );
+    assert!(
+        on_shards[NEW_SHARD as usize] > 0,
+        "nothing moved to shard {NEW_SHARD}"
+    );
+    let verify = project.exec("pgshard", &["pgshard", "verify", "--config", config]);
+    let verified = format!("{}{}", text(&verify.stdout), text(&verify.stderr));
+    assert!(
+        verify.status.success() && verified.contains("ok: every row"),
+        "pgshard verify:\n{verified}"
+    );
+
+    // Both proxies are live in the catalog (a cut-over needs every live proxy's acknowledgement,
+    // so both held and let go), and both route with the new map, which gives shard 10 ranges.
+    let live = project.exec_sql_ok(
+        "catalog",
+        "catalog",
+        "SELECT count(*) FROM proxies WHERE last_seen > now() - interval '3 seconds'",
+    );
+    assert_eq!(live, "2", "live proxies in the catalog");
+    let version: i64 = project
+        .exec_sql_ok(
+            "catalog",
+            "catalog",
+            "SELECT max(version) FROM shard_map_versions",
+        )
+        .parse()
+        .expect("a version");
+    assert!(version > version_before, "no new map version");
+    for port in [proxy, proxy2] {
+        assert_eq!(
+            stat(port, "map_version"),
+            version.to_string(),
+            "proxy at {port}"
+        );
+        let map = admin_rows(port, "SHOW SHARD_MAP");
+        assert!(
+            map.iter().any(|r| r[5] == id),
+            "the map of the proxy at {port} gives shard {NEW_SHARD} nothing: {map:?}"
+        );
+    }
+    let proxy_holds: Vec<String> = [proxy, proxy2]
+        .iter()
+        .map(|&port| {
+            admin_rows(port, "SHOW JOBS")
+                .into_iter()
+                .find(|r| r[0] == job.to_string())
+                .map_or_else(String::new, |r| r[13].clone())
+        })
+        .collect();
+    println!(
+        "scale-out: {before} rows, job {job} ({} steps), pgbench ~{processed} transactions, \
+         second client {} statements, {} on shard {NEW_SHARD}, cut-over hold {} ms \
+         (longest hold per proxy: {} ms, {} ms)",
+        steps.len(),
+        load.statements,
+        on_shards[NEW_SHARD as usize],
+        steps[0][12],
+        proxy_holds[0],
+        proxy_holds[1]
+    );
+    mark("scale-out: checks", timings);
 }
