@@ -1,4 +1,4 @@
-//! Django 5.2 with psycopg 3 (and with psycopg2) and its defaults through pgshard in front of 10 shards:
+//! Django 5.2 with psycopg 3 and its defaults through pgshard in front of 10 shards:
 //! `tests/python/django_check.py` migrates with the contrib apps (their tables are unsharded and
 //! live on the first shard), then works on a model whose table is configured sharded by its id,
 //! `bulk_create` without pks included (pgshard generates the keys).
@@ -16,14 +16,6 @@ use tokio::process::Command;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_runs_unchanged() {
     django_suite("psycopg", false).await;
-}
-
-/// The same application on psycopg2 (Django takes it when psycopg 3 cannot be imported): every
-/// statement, `set_config('TimeZone', …)` at connect included, a simple Query with its
-/// parameters interpolated by the driver.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn django_runs_unchanged_on_psycopg2() {
-    django_suite("psycopg2", false).await;
 }
 
 /// The same application with `OPTIONS={'server_side_binding': True}`: psycopg 3 sends every
