@@ -124,6 +124,11 @@ if ! python3 -c 'import django, sys; sys.exit(django.VERSION[:2] != (5, 2))' >/d
     python3 -m pip install --quiet --disable-pip-version-check 'Django>=5.2,<5.3'
 fi
 
+if ! python3 -c 'import psycopg2' >/dev/null 2>&1; then
+    echo "pgshard: installing the Python driver psycopg2 (tests/orm_django.rs runs Django on it too)"
+    python3 -m pip install --quiet --disable-pip-version-check psycopg2-binary
+fi
+
 if ! python3 -c 'import sqlalchemy, alembic, greenlet, sys; sys.exit(sqlalchemy.__version__.split(".")[0] != "2")' >/dev/null 2>&1; then
     echo "pgshard: installing SQLAlchemy 2 and alembic (tests/orm_sqlalchemy.rs)"
     python3 -m pip install --quiet --disable-pip-version-check 'SQLAlchemy[asyncio]>=2,<3' alembic

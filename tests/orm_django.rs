@@ -15,7 +15,7 @@ use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_runs_unchanged() {
-    django_suite(false).await;
+    django_suite("psycopg", false).await;
 }
 
 /// The same application with `OPTIONS={'server_side_binding': True}`: psycopg 3 sends every
@@ -23,10 +23,11 @@ async fn django_runs_unchanged() {
 /// connect included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_runs_unchanged_with_server_side_binding() {
-    django_suite(true).await;
+    django_suite("psycopg", true).await;
 }
 
-async fn django_suite(server_side_binding: bool) {
+/// `driver`: the Python driver Django runs on, `psycopg` (3) or `psycopg2`.
+async fn django_suite(driver: &str, server_side_binding: bool) {
     let cluster = TestCluster::start(10, Strategy::Hash).await;
     let proxy = start_proxy_with(&cluster.info, |c| {
         c.sharded_tables.push(ShardedTableConfig {
@@ -41,6 +42,7 @@ async fn django_suite(server_side_binding: bool) {
         .arg(script)
         .env("PGSHARD_URL", proxy::app_url(&proxy))
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PGSHARD_DJANGO_DRIVER", driver)
         .env(
             "PGSHARD_SERVER_SIDE_BINDING",
             if server_side_binding { "1" } else { "0" },

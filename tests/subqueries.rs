@@ -149,6 +149,7 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
     uncorrelated_subqueries_run_first(&c).await;
     uncorrelated_subqueries_with_parameters(&c).await;
     ctes_over_sharded_tables(&c).await;
+    ctes_keyed_to_one_shard(&c, &cluster.info).await;
     // Correlated, but not by key: refused, naming the table.
     let sql =
         "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)";
@@ -332,6 +333,65 @@ async fn uncorrelated_subqueries_with_parameters(c: &Client) {
         "SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total >= $1)";
     assert_eq!(ext_rows(c, sql, &[&500i32]).await, ["3"], "{sql}");
     c.batch_execute("ROLLBACK").await.expect("rollback");
+}
+
+/// A statement whose CTEs and body are all keyed to one shard runs there whole, as one
+/// statement: `statement_timestamp()` read in the CTE equals the one read in the body (a CTE
+/// run first is a statement of its own, with a later timestamp for the body), both protocols;
+/// keyed to two shards, the CTE runs first and the timestamps differ. A data-modifying CTE
+/// keyed to one shard runs there (refused when not keyed).
+async fn ctes_keyed_to_one_shard(c: &Client, info: &pgshard::cluster::ClusterInfo) {
+    // Where each user lives, read from the shards directly.
+    let mut shard_of = std::collections::BTreeMap::new();
+    for id in info.shard_ids() {
+        let direct = proxy::shard(info, id).await;
+        for r in direct
+            .query("SELECT user_id FROM users", &[])
+            .await
+            .expect("users on a shard")
+        {
+            shard_of.insert(r.get::<_, i64>(0), id);
+        }
+    }
+    let one_statement = "WITH o AS (SELECT statement_timestamp() AS t FROM orders WHERE user_id = 5) SELECT bool_and(o.t = statement_timestamp()), count(*) FROM o, users u WHERE u.user_id = {k}";
+    let mut apart = 0;
+    for k in [5i64, 1, 2, 4, 7, 8, 10, 11, 13, 14, 16] {
+        let same = shard_of[&5] == shard_of[&k];
+        apart += usize::from(!same);
+        let sql = one_statement.replace("{k}", &k.to_string());
+        assert_eq!(
+            rows(c, &sql).await,
+            [format!("{}|2", if same { "t" } else { "f" })],
+            "{sql}"
+        );
+        let got = c
+            .query_one(
+                "WITH o AS (SELECT statement_timestamp() AS t FROM orders WHERE user_id = $1) SELECT bool_and(o.t = statement_timestamp()), count(*) FROM o, users u WHERE u.user_id = $2",
+                &[&5i64, &k],
+            )
+            .await
+            .expect("extended keyed CTE");
+        assert_eq!(
+            (got.get::<_, bool>(0), got.get::<_, i64>(1)),
+            (same, 2),
+            "extended, user {k}"
+        );
+    }
+    assert!(apart > 0, "some users live on another shard than user 5");
+    // A data-modifying CTE keyed to one shard (rolled back).
+    c.batch_execute("BEGIN").await.expect("begin");
+    let sql =
+        "WITH d AS (DELETE FROM orders WHERE user_id = 7 RETURNING total) SELECT sum(total) FROM d";
+    assert_eq!(rows(c, sql).await, ["21"], "{sql}");
+    assert_eq!(
+        rows(c, "SELECT count(*) FROM orders WHERE user_id = 7").await,
+        ["0"]
+    );
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        rows(c, "SELECT count(*) FROM orders WHERE user_id = 7").await,
+        ["2"]
+    );
 }
 
 /// `WITH` over sharded tables: a read-only CTE runs first (keyed or scattered and merged), its

@@ -52,12 +52,22 @@ pub async fn fetch(
             }
             lines.push(
                 (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("").to_string())
+                    .map(|i| one_line(row.get(i).unwrap_or("")))
                     .collect(),
             );
         }
     }
     Ok(render(&lines))
+}
+
+/// A cell on one line: a statement written over several lines (migrations' DDL) keeps one
+/// report line, its line breaks and tabs as single spaces.
+fn one_line(cell: &str) -> String {
+    cell.split(['\n', '\r', '\t'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Columns separated by ` | `, each as wide as its widest cell (the last one unpadded).
@@ -96,7 +106,7 @@ fn render(lines: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::render;
+    use super::{one_line, render};
 
     #[test]
     fn columns_are_aligned() {
@@ -106,5 +116,9 @@ mod tests {
         ];
         assert_eq!(render(&lines), "route   | count\nscatter | 12\n");
         assert!(render(&[]).starts_with("no statements"));
+        assert_eq!(
+            one_line("CREATE TABLE t (\n    a int,\r\n\tb int\n)"),
+            "CREATE TABLE t ( a int, b int )"
+        );
     }
 }

@@ -10,6 +10,7 @@ use pg_query::NodeEnum;
 
 use crate::router::pg_array::encode_text;
 use crate::router::subquery_first::{type_name, SpliceError};
+use crate::router::{Route, StatementFacts};
 use crate::sql_text::{quote_escaped_literal, quote_ident};
 
 /// One CTE to run first, and where its rows go in the statement's text.
@@ -45,37 +46,45 @@ struct Located<'a> {
     body: (usize, usize),
 }
 
-/// The first CTE of the top-level WITH of `sql` that reads a sharded table (`reads_sharded`
-/// says so of a text), when `sql` is one SELECT, UPDATE or DELETE.
-pub fn find(sql: &str, reads_sharded: impl Fn(&str) -> bool) -> Found {
-    let Ok(parsed) = pg_query::parse(sql, 0) else {
-        return Found::Nothing;
-    };
+/// The top-level WITH of `sql`, when `sql` is one SELECT, UPDATE or DELETE with one, handed
+/// to `f` with each of its CTEs located in the text.
+fn with_list<R>(sql: &str, f: impl FnOnce(&pb::WithClause, &[Located]) -> R) -> Option<R> {
+    let parsed = pg_query::parse(sql, 0).ok()?;
     let [raw] = parsed.protobuf.stmts.as_slice() else {
-        return Found::Nothing;
+        return None;
     };
     let with = match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
         Some(NodeEnum::SelectStmt(s)) => s.with_clause.as_ref(),
         Some(NodeEnum::UpdateStmt(s)) => s.with_clause.as_ref(),
         Some(NodeEnum::DeleteStmt(s)) => s.with_clause.as_ref(),
         _ => None,
-    };
-    let Some(with) = with else {
-        return Found::Nothing;
-    };
-    let Ok(scan) = pg_query::scan(sql) else {
-        return Found::Nothing;
-    };
+    }?;
+    let scan = pg_query::scan(sql).ok()?;
     let mut located = Vec::with_capacity(with.ctes.len());
     for node in &with.ctes {
         let Some(NodeEnum::CommonTableExpr(cte)) = node.node.as_ref() else {
-            return Found::Nothing;
+            return None;
         };
-        match locate(&scan.tokens, cte) {
-            Some(l) => located.push(l),
-            None => return Found::Nothing,
-        }
+        located.push(locate(&scan.tokens, cte)?);
     }
+    Some(f(with, &located))
+}
+
+/// The first CTE of the top-level WITH of `sql` that reads a sharded table (`reads_sharded`
+/// says so of a text), when `sql` is one SELECT, UPDATE or DELETE.
+pub fn find(sql: &str, reads_sharded: impl Fn(&str) -> bool) -> Found {
+    with_list(sql, |with, located| {
+        first_to_run(sql, with, located, reads_sharded)
+    })
+    .unwrap_or(Found::Nothing)
+}
+
+fn first_to_run(
+    sql: &str,
+    with: &pb::WithClause,
+    located: &[Located],
+    reads_sharded: impl Fn(&str) -> bool,
+) -> Found {
     for (i, l) in located.iter().enumerate() {
         let body = sql[l.body.0..l.body.1].trim();
         if !reads_sharded(body) {
@@ -116,6 +125,71 @@ pub fn find(sql: &str, reads_sharded: impl Fn(&str) -> bool) -> Found {
         });
     }
     Found::Nothing
+}
+
+/// The texts whose routes together decide where `sql` may run whole, when it is one SELECT,
+/// UPDATE or DELETE with a top-level WITH: each CTE's body on its own, then the statement
+/// itself; every CTE body is blanked to `SELECT` in all of them (under the WITH's names, so a
+/// reference to a CTE reads no table). Every table the statement names is in exactly one of
+/// these texts, as are its conditions. `None` without a top-level WITH.
+pub fn parts(sql: &str) -> Option<Vec<String>> {
+    with_list(sql, |with, located| {
+        let (Some(first), Some(last)) = (located.first(), located.last()) else {
+            return Vec::new();
+        };
+        // The WITH keyword (and RECURSIVE) up to the first CTE's name.
+        let head = usize::try_from(with.location)
+            .ok()
+            .filter(|&at| at <= first.def.0)
+            .unwrap_or(first.def.0);
+        // The WITH list from its keyword to the last CTE's closing parenthesis, bodies blanked.
+        let mut prefix = String::new();
+        let mut at = head;
+        for l in located {
+            prefix.push_str(&sql[at..l.body.0]);
+            prefix.push_str("SELECT");
+            at = l.body.1;
+        }
+        prefix.push_str(&sql[at..last.def.1]);
+        let blanked = format!("{}{prefix}{}", &sql[..head], &sql[last.def.1..]);
+        let mut out: Vec<String> = located
+            .iter()
+            .map(|l| format!("{prefix} {}", sql[l.body.0..l.body.1].trim()))
+            .collect();
+        out.push(blanked);
+        out
+    })
+    .filter(|p| !p.is_empty())
+}
+
+/// The one shard `sql` may run on whole, in one snapshot, instead of running its CTEs first:
+/// every part of it (see [`parts`]) routes (`route` says how) to that same single shard, or
+/// to any shard (no table, reference tables). `None` when one part scatters, is refused or
+/// goes to another shard, or none goes to a single shard.
+pub fn one_shard(sql: &str, mut route: impl FnMut(&str) -> Route) -> Option<u32> {
+    let mut shard = None;
+    for part in parts(sql)? {
+        match route(&part) {
+            Route::Any => {}
+            Route::Single(s) if shard.is_none_or(|t| t == s) => shard = Some(s),
+            _ => return None,
+        }
+    }
+    shard
+}
+
+/// The facts of a statement refused as a whole that runs whole on `shard` after all, because
+/// [`one_shard`] found every part of it there: the refusal lifted, the shard pinned (as for a
+/// tenant schema's statement). `None` for a statement that is not refused, or carries a
+/// routing hint or a schema's shard of its own.
+pub fn run_whole(facts: &StatementFacts, shard: u32) -> Option<StatementFacts> {
+    if facts.refuse.is_none() || facts.hint.is_some() || facts.schema_shard.is_some() {
+        return None;
+    }
+    let mut whole = facts.clone();
+    whole.refuse = None;
+    whole.schema_shard = Some(shard);
+    Some(whole)
 }
 
 /// Where `cte` and its body are in the text: `name [(columns)] AS [[NOT] MATERIALIZED] (body)`.
@@ -367,5 +441,123 @@ mod tests {
             c.splice("", &desc(&[("a", 20), ("b", 20)]), &rows),
             Err(SpliceError::Malformed)
         );
+    }
+
+    /// Each CTE body under the WITH's blanked names, then the statement with every body blanked.
+    #[test]
+    fn parts_split_the_statement() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "WITH x AS (SELECT * FROM users WHERE user_id = 1) SELECT * FROM x",
+                &[
+                    "WITH x AS (SELECT) SELECT * FROM users WHERE user_id = 1",
+                    "WITH x AS (SELECT) SELECT * FROM x",
+                ],
+            ),
+            (
+                "/* c */ with recursive a(n) as not materialized ( select 1 ), b as (select n from a join orders using (n)) delete from orders where order_id in (select n from b)",
+                &[
+                    "with recursive a(n) as not materialized (SELECT), b as (SELECT) select 1",
+                    "with recursive a(n) as not materialized (SELECT), b as (SELECT) select n from a join orders using (n)",
+                    "/* c */ with recursive a(n) as not materialized (SELECT), b as (SELECT) delete from orders where order_id in (select n from b)",
+                ],
+            ),
+        ];
+        for (sql, want) in cases {
+            let got = parts(sql);
+            let got: Option<Vec<&str>> =
+                got.as_ref().map(|p| p.iter().map(String::as_str).collect());
+            assert_eq!(got.as_deref(), Some(*want), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM users",
+            "SELECT * FROM (WITH x AS (SELECT 1) SELECT * FROM x) s",
+            "INSERT INTO t WITH x AS (SELECT * FROM users) SELECT * FROM x",
+        ] {
+            assert_eq!(parts(sql), None, "{sql}");
+        }
+    }
+
+    /// A statement whose every sharded reference is keyed to one shard runs there whole; the
+    /// expected shard is the router's own for the key.
+    #[test]
+    fn one_shard_when_every_part_agrees() {
+        use crate::config::ShardedTableConfig;
+        use crate::router::literals::LiteralParams;
+        use crate::router::{Router, ShardMap, Strategy};
+        let tables = [
+            ShardedTableConfig {
+                name: "users".into(),
+                key: "user_id".into(),
+                key_type: None,
+            },
+            ShardedTableConfig {
+                name: "orders".into(),
+                key: "user_id".into(),
+                key_type: None,
+            },
+        ];
+        let ids: Vec<u32> = (0..10).collect();
+        let router = Router::new(&tables, 100).with_shards(ids.clone());
+        let map = ShardMap::uniform(1, Strategy::Hash, &ids);
+        let route = |text: &str| {
+            let (facts, literals) = router.analyze_simple(text);
+            match &facts[..] {
+                [f] => router.route(f, &LiteralParams(&literals), &map, 0),
+                _ => Route::Refuse("not one statement".into()),
+            }
+        };
+        let shard_of = |key: i64| match route(&format!("SELECT * FROM users WHERE user_id = {key}"))
+        {
+            Route::Single(s) => s,
+            other => panic!("{other:?}"),
+        };
+        // Two keys on different shards.
+        let (a, b) = (1..100)
+            .map(|k| (1, k))
+            .find(|&(a, k)| shard_of(a) != shard_of(k))
+            .expect("two shards");
+        let cases: Vec<(String, Option<u32>)> = vec![
+            (
+                format!("WITH x AS (SELECT name FROM users WHERE user_id = {a}) SELECT * FROM x"),
+                Some(shard_of(a)),
+            ),
+            (
+                format!("WITH x AS (SELECT sum(total) AS t FROM orders WHERE user_id = {a}), y AS (SELECT 2 AS two) SELECT u.name, x.t, y.two FROM users u, x, y WHERE u.user_id = {a}"),
+                Some(shard_of(a)),
+            ),
+            (
+                format!("WITH x AS (SELECT total FROM orders WHERE user_id = {a}) UPDATE users SET name = 'n' WHERE user_id = {a} AND name IN (SELECT total::text FROM x)"),
+                Some(shard_of(a)),
+            ),
+            (
+                format!("WITH d AS (DELETE FROM orders WHERE user_id = {a} RETURNING total) SELECT sum(total) FROM d"),
+                Some(shard_of(a)),
+            ),
+            // A recursive CTE's UNION over a sharded table is refused by the router even when
+            // keyed, so the recursion is not pushed down (yet).
+            (
+                format!("WITH RECURSIVE r (n) AS (SELECT total FROM orders WHERE user_id = {a} UNION SELECT n + 1 FROM r WHERE n < 9) SELECT count(*) FROM r"),
+                None,
+            ),
+            // Keyed to two shards, keyless, or an unsharded table besides.
+            (
+                format!("WITH x AS (SELECT name FROM users WHERE user_id = {a}) SELECT * FROM orders o, x WHERE o.user_id = {b}"),
+                None,
+            ),
+            ("WITH x AS (SELECT name FROM users) SELECT * FROM x".into(), None),
+            (
+                format!("WITH x AS (SELECT name FROM users WHERE user_id = {a}) SELECT * FROM x, users"),
+                None,
+            ),
+            (
+                format!("WITH x AS (SELECT name FROM users WHERE user_id = {b}), n AS (SELECT * FROM notes) SELECT * FROM x, n"),
+                (shard_of(b) == 0).then_some(0),
+            ),
+            ("WITH x AS (SELECT 1 AS one) SELECT * FROM x".into(), None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(one_shard(&sql, route), want, "{sql}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use pg_query::{NodeEnum, NodeRef};
 use std::collections::BTreeSet;
 
 use crate::router::cte;
+use crate::router::StatementFacts;
 use crate::sql_text::{quote_escaped_literal, quote_ident};
 
 /// What pgshard runs before a statement refused for reading sharded tables in a subquery or a
@@ -57,6 +58,18 @@ pub fn next(
         cte::Found::Run(c) => Ok(Some(RunFirst::Cte(c))),
         cte::Found::Refuse(message) => Err(message),
         cte::Found::Nothing => Ok(find_in(sql, params).map(RunFirst::Subquery)),
+    }
+}
+
+/// Whether the statement's refusal is one running a subquery first can lift: a subquery over
+/// a sharded table, or a join with an unsharded table (a subquery over one).
+pub fn liftable(facts: &[StatementFacts]) -> bool {
+    match facts {
+        [f] => f
+            .refuse
+            .as_ref()
+            .is_some_and(crate::router::facts::Refused::liftable_by_running_subqueries_first),
+        _ => false,
     }
 }
 

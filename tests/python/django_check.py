@@ -1,4 +1,5 @@
-"""Django 5.2 with psycopg 3 and its defaults through pgshard (run by tests/orm_django.rs):
+"""Django 5.2 with psycopg 3 (or psycopg2 with PGSHARD_DJANGO_DRIVER=psycopg2) and its defaults
+through pgshard (run by tests/orm_django.rs and tests/compat_orm.rs):
 migrate with the contrib apps, CRUD by pk, keyless filters, ordering and slicing, aggregates,
 bulk_create, Exists(OuterRef), atomic across shards, select_for_update and .iterator(). Prints one line per step
 that passed; a step that fails prints `FAILED step: error` and the script exits non-zero."""
@@ -9,6 +10,10 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_app.settings")
+
+if os.environ.get("PGSHARD_DJANGO_DRIVER") == "psycopg2":
+    # Django takes psycopg 3 when it can import it, else psycopg2: hide psycopg 3.
+    sys.modules["psycopg"] = None
 
 import django  # noqa: E402
 
@@ -154,6 +159,32 @@ def iterator():
         got = [o.amount for o in Order.objects.filter(pk=ORDERS[5].pk).iterator(chunk_size=2)]
     check("iterator by pk", got, [6])
 
+
+def log_statements(path):
+    """Writes every statement Django runs, as sent (parameters interpolated as the driver does),
+    to `path`, one JSON string a line: tests/compat_orm.rs looks each up in the report."""
+    import json
+
+    out = open(path, "w", encoding="utf-8")
+
+    def wrapper(execute, sql, params, many, context):
+        if getattr(context["cursor"].cursor, "name", None):
+            # A named cursor (.iterator()): the driver sends DECLARE … FOR sql, not sql.
+            return execute(sql, params, many, context)
+        batches = params if many else [params]
+        for p in batches:
+            sent = sql if p is None else connection.ops.compose_sql(sql, p)
+            out.write(json.dumps(sent.decode() if isinstance(sent, bytes) else sent) + "\n")
+        out.flush()
+        return execute(sql, params, many, context)
+
+    connection.execute_wrappers.append(wrapper)
+
+
+if os.environ.get("PGSHARD_SQL_LOG"):
+    log_statements(os.environ["PGSHARD_SQL_LOG"])
+
+check("driver", connection.Database.__name__, os.environ.get("PGSHARD_DJANGO_DRIVER", "psycopg"))
 
 STEPS = [migrate, contrib_auth, crud_by_pk, keyless, aggregates, subqueries, bulk_create_with_keys,
          atomic_across_shards, select_for_update, iterator, bulk_create_without_keys]

@@ -9,10 +9,12 @@ use bytes::Bytes;
 
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::refusal::Refusal;
-use crate::router::facts::{Refused, StatementFacts};
+use crate::router::cte;
+use crate::router::facts::StatementFacts;
 use crate::router::literals::{Literal, LiteralParams};
 use crate::router::ordered_values_insert::as_values;
 use crate::router::params::ParamSource;
+pub(crate) use crate::router::subquery_first::liftable;
 use crate::router::subquery_first::{next, RunFirst};
 use crate::router::Route;
 use crate::wire::backend::ErrorFields;
@@ -21,18 +23,6 @@ use crate::wire::frontend as fe;
 
 /// Most subqueries one statement gets run first (nested ones count one each).
 const MAX_RUN_FIRST: usize = 16;
-
-/// Whether the statement's refusal is one running a subquery first can lift: a subquery over
-/// a sharded table, or a join with an unsharded table (a subquery over one).
-pub(crate) fn liftable(facts: &[StatementFacts]) -> bool {
-    match facts {
-        [f] => f
-            .refuse
-            .as_ref()
-            .is_some_and(Refused::liftable_by_running_subqueries_first),
-        _ => false,
-    }
-}
 
 impl Session {
     /// The simple-protocol analysis of `sql`, after running first the uncorrelated subqueries
@@ -51,8 +41,14 @@ impl Session {
         let proxy = self.proxy.clone();
         for _ in 0..MAX_RUN_FIRST {
             let (facts, literals) = proxy.router.analyze_simple_in(sql, &self.search_path());
+            if self.state.txn.as_ref().is_some_and(|t| t.refused) {
+                return Ok(Some((facts, literals)));
+            }
+            if let Some(whole) = self.whole_on_one_shard(sql, &facts, None) {
+                return Ok(Some((whole, literals)));
+            }
             // A failed block answers its aborted error on the normal path.
-            if !liftable(&facts) || self.state.txn.as_ref().is_some_and(|t| t.refused) {
+            if !liftable(&facts) {
                 return Ok(Some((facts, literals)));
             }
             let first = match self.next_run_first(sql, false) {
@@ -77,6 +73,36 @@ impl Session {
         Ok(Some(
             proxy.router.analyze_simple_in(sql, &self.search_path()),
         ))
+    }
+
+    /// The facts of a refused statement with a WITH whose every sharded reference is keyed to
+    /// one shard: it runs there whole, in one snapshot, instead of its CTEs running first.
+    /// `bound`: a Bind's parameters for the statement's `$n` (else its literals are read).
+    pub(crate) fn whole_on_one_shard(
+        &self,
+        sql: &str,
+        facts: &[StatementFacts],
+        bound: Option<&dyn ParamSource>,
+    ) -> Option<Arc<[StatementFacts]>> {
+        let [f] = facts else { return None };
+        f.refuse.as_ref()?;
+        let proxy = &self.proxy;
+        let map = proxy.map.current();
+        let path = self.search_path();
+        let shard = cte::one_shard(sql, |text| {
+            let route = |facts: &[StatementFacts], params: &dyn ParamSource| match facts {
+                [f] => proxy.router.route(f, params, &map, proxy.first_shard),
+                _ => Route::Refuse(String::new()),
+            };
+            match bound {
+                Some(params) => route(&proxy.router.analyze_prepared_in(text, &path), params),
+                None => {
+                    let (facts, literals) = proxy.router.analyze_simple_in(text, &path);
+                    route(&facts, &LiteralParams(&literals))
+                }
+            }
+        })?;
+        cte::run_whole(f, shard).map(|whole| Arc::from(vec![whole]))
     }
 
     /// Runs `first`'s subquery (keyed, scattered and merged, or on the first shard) and returns

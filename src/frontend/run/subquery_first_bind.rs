@@ -16,6 +16,7 @@ use crate::frontend::session::{End, Session};
 use crate::router::params::BindParams;
 use crate::router::split_params::{pick, renumber, PartParams};
 use crate::router::subquery_first::RunFirst;
+use crate::router::StatementFacts;
 use crate::session::Prepared;
 use crate::wire::backend::ErrorFields;
 use crate::wire::frame::Frame;
@@ -24,6 +25,12 @@ use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTar
 /// The client statement name the rewritten statement is registered under for the Bind. A
 /// control character no driver puts in a name; each batch that needs it replaces it.
 const REWRITTEN: &str = "\u{1}pgshard subquery run first";
+
+/// Whether a statement is refused as it stands: one running a subquery first may lift (see
+/// [`liftable`]), or one that may run whole on one shard.
+fn refused(facts: &[StatementFacts]) -> bool {
+    matches!(facts, [f] if f.refuse.is_some())
+}
 
 /// Most subqueries one Bind gets run first (nested ones count one each).
 const MAX_RUN_FIRST: usize = 16;
@@ -125,9 +132,35 @@ impl Session {
     /// `Ok(true)` when the batch is answered already (a subquery failed: its error, then
     /// ReadyForQuery).
     pub async fn bind_subqueries_first(&mut self, sync: bool) -> Result<bool, End> {
-        let Some((at, bind, sql, types)) = self.liftable_bind(sync) else {
+        let Some((at, bind, sql, types, facts)) = self.liftable_bind(sync) else {
             return Ok(false);
         };
+        let whole = {
+            let bound = BindParams {
+                values: &bind.params,
+                formats: &bind.param_formats,
+                types: &types,
+            };
+            self.whole_on_one_shard(&sql, &facts, Some(&bound))
+        };
+        if let Some(facts) = whole {
+            // Runs whole on one shard: the same text, its facts pinned there.
+            let server_name = server_statement_name(&sql, &types);
+            self.rebind(
+                at,
+                bind,
+                Prepared {
+                    sql,
+                    param_types: types,
+                    facts,
+                    server_name,
+                },
+            );
+            return Ok(false);
+        }
+        if !liftable(&facts) {
+            return Ok(false);
+        }
         let mut outer = sql.clone();
         for _ in 0..MAX_RUN_FIRST {
             let run = match self.next_run_first(&outer, true) {
@@ -160,26 +193,39 @@ impl Session {
             .router
             .analyze_prepared_in(&outer, &self.search_path());
         let server_name = server_statement_name(&outer, &param_types);
-        let rewritten = Prepared {
-            sql: outer,
-            param_types,
-            facts,
-            server_name,
-        };
+        self.rebind(
+            at,
+            bind,
+            Prepared {
+                sql: outer,
+                param_types,
+                facts,
+                server_name,
+            },
+        );
+        Ok(false)
+    }
+
+    /// Registers `statement` under [`REWRITTEN`] and points the batch's Bind at `at` to it.
+    fn rebind(&mut self, at: usize, bind: Bind, statement: Prepared) {
         self.state
             .statements
-            .insert(REWRITTEN.to_string(), Arc::new(rewritten));
+            .insert(REWRITTEN.to_string(), Arc::new(statement));
         let rebound = Bind {
             statement: REWRITTEN.to_string(),
             ..bind
         };
         self.batch[at] = rebound.encode();
-        Ok(false)
     }
 
     /// The batch's one Bind (its index), with the text and types of its statement, when that
-    /// statement is refused only for a subquery pgshard may run first.
-    fn liftable_bind(&self, sync: bool) -> Option<(usize, Bind, String, Vec<u32>)> {
+    /// statement is refused (for a subquery pgshard may run first, or as a whole: it may run
+    /// whole on one shard), and the statement's facts.
+    #[allow(clippy::type_complexity)]
+    fn liftable_bind(
+        &self,
+        sync: bool,
+    ) -> Option<(usize, Bind, String, Vec<u32>, Arc<[StatementFacts]>)> {
         // A failed block answers its aborted error on the normal path; a Flush keeps the
         // implicit transaction open, where a subquery run on its own does not belong.
         if !sync
@@ -202,7 +248,7 @@ impl Session {
         // first, costs no decoding.
         let name = bind_statement_name(&frame.body)?;
         let parsed_here = self.batch[..at].iter().any(|f| f.tag == fe::PARSE);
-        if !parsed_here && !liftable(&self.state.statements.get(name)?.facts) {
+        if !parsed_here && !refused(&self.state.statements.get(name)?.facts) {
             return None;
         }
         let bind = Bind::decode(&frame.body).ok()?;
@@ -216,7 +262,7 @@ impl Session {
             .proxy
             .router
             .analyze_prepared_in(&sql, &self.search_path());
-        liftable(&facts).then_some((at, bind, sql, types))
+        refused(&facts).then_some((at, bind, sql, types, facts))
     }
 
     /// Runs `first`'s subquery with the parameters of `bind` it uses and returns `outer` with
