@@ -405,17 +405,20 @@ mod tests {
         }
     }
 
+    /// A unit's messages, their routes, the session, and where it runs or how it is refused.
+    type UnitCase = (
+        Vec<Msg>,
+        Vec<Option<Route>>,
+        SessionState,
+        Result<Target, &'static str>,
+    );
+
     #[test]
     fn a_unit_runs_where_its_bind_routes_it() {
         let idle = SessionState::default();
         let scatter = Some(Route::Scatter(vec![1, 2, 3]));
         // (messages, their routes, session, where the unit runs or how it is refused)
-        let cases: Vec<(
-            Vec<Msg>,
-            Vec<Option<Route>>,
-            SessionState,
-            Result<Target, &str>,
-        )> =
+        let cases: Vec<UnitCase> =
             vec![
             // A keyed Bind: its shard.
             (
