@@ -369,16 +369,8 @@ impl Session {
                     if sync {
                         self.note_autocommit_write(shard, autocommit, all_facts, &outcome);
                     }
-                    if !sync && outcome.error.is_some() {
-                        // The server now skips everything up to Sync; so do we.
-                        self.state.skip_until_sync = true;
-                    }
-                    if outcome.error.is_some() && !join_txn {
-                        // A Parse or Describe failed outside the block's shards: in Postgres
-                        // that error aborts the block all the same.
-                        if let Some(txn) = self.state.txn.as_mut().filter(|t| !t.implicit) {
-                            txn.refused = true;
-                        }
+                    if outcome.error.is_some() {
+                        self.state.batch_failed(!sync, join_txn);
                     }
                     self.after_statements(all_facts, &outcome, Some(shard));
                     if let ([st], None) = (&executed[..], &outcome.error) {
