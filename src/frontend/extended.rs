@@ -16,7 +16,7 @@ use crate::backend::ServerConn;
 use crate::exec::copy_in::CopyProtocol;
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::unnest_insert::UnnestBatch;
-use crate::planner::batch::{plan_batch, Batch, BatchPlan};
+use crate::planner::batch::{footing, plan_batch, Batch, BatchPlan, Footing};
 use crate::planner::Ending;
 use crate::refusal::Refusal;
 use crate::router::params::BindParams;
@@ -29,21 +29,7 @@ use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
 
-/// One decoded message of a batch, with what the proxy resolved for it.
-pub(super) enum Msg {
-    Parse(Parse, Arc<Prepared>),
-    Bind {
-        bind: Bind,
-        statement: Arc<Prepared>,
-        /// The INSERT text with generated keys, when the statement omits the shard key.
-        rewritten: Option<String>,
-    },
-    DescribeStatement(Arc<Prepared>),
-    DescribePortal(NamedTarget),
-    Execute(Execute),
-    CloseStatement,
-    ClosePortal(NamedTarget),
-}
+pub(super) use crate::planner::messages::Msg;
 
 /// The server-side name of a named client statement: a digest of its text and parameter types, so
 /// every client preparing the same statement shares one server-side statement per connection.
@@ -252,7 +238,7 @@ impl Session {
                 .run_batch_with_claims(msgs, msg_routes, claims, sync)
                 .await;
         }
-        if error.is_none() && super::held_portals::binds_held_portal(&msgs, &msg_routes) {
+        if error.is_none() && crate::planner::held::binds_held_portal(&msgs, &msg_routes) {
             // A portal read a piece at a time over several shards: held by the proxy.
             return self.run_pipeline(msgs, msg_routes, error, sync).await;
         }
@@ -369,15 +355,8 @@ impl Session {
         } else {
             None
         };
-        // Describing statements needs no transaction; running them does.
-        let join_txn = executes > 0 || !needed.is_empty();
-        // A Flush after Parse/Describe alone binds nothing: the shard that answered ends its
-        // implicit transaction with a Sync the client does not see (a Bind's portal would not
-        // survive it).
-        let settle = !sync
-            && !join_txn
-            && self.state.open_batch_shard.is_none()
-            && !msgs.iter().any(|m| matches!(m, Msg::Bind { .. }));
+        let binds = msgs.iter().any(|m| matches!(m, Msg::Bind { .. }));
+        let Footing { join_txn, settle } = footing(ending, executes, &needed, binds, &self.state);
         let build = |conn: &ServerConn| {
             let fence = fences.as_ref().and_then(|f| f.get(&conn.shard));
             let mut steps = build_steps(&msgs, conn, tail_error.as_ref(), sync, merge_steps, fence);
@@ -404,16 +383,8 @@ impl Session {
                     if sync {
                         self.note_autocommit_write(shard, autocommit, all_facts, &outcome);
                     }
-                    if !sync && outcome.error.is_some() {
-                        // The server now skips everything up to Sync; so do we.
-                        self.state.skip_until_sync = true;
-                    }
-                    if outcome.error.is_some() && !join_txn {
-                        // A Parse or Describe failed outside the block's shards: in Postgres
-                        // that error aborts the block all the same.
-                        if let Some(txn) = self.state.txn.as_mut().filter(|t| !t.implicit) {
-                            txn.refused = true;
-                        }
+                    if outcome.error.is_some() {
+                        self.state.batch_failed(!sync, join_txn);
                     }
                     self.after_statements(all_facts, &outcome, Some(shard));
                     if let ([st], None) = (&executed[..], &outcome.error) {

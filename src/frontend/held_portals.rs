@@ -10,66 +10,19 @@ use std::sync::Arc;
 
 use super::extended::{build_steps, fenceable_texts, merge_for_batch, server_statement_name, Msg};
 use super::pipeline::UnitEnd;
-use super::session::{needs_atomic_scatter, refusal, End, Prepared, Session, Target};
+use super::session::{refusal, End, Prepared, Session, Target};
 use crate::backend::ServerConn;
 use crate::exec::cursor::{scatter_shards, Keep};
+use crate::planner::held::held_bind;
 use crate::refusal::Refusal;
 use crate::router::cursor::{Declare, Motion};
 use crate::router::params::BindParams;
-use crate::router::{Route, StatementFacts, StatementKind};
+use crate::router::{Route, StatementFacts};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{Bind, Execute, Target as NamedTarget};
 
 use crate::session::cursors::{Materialized, Place};
-
-/// True when portal `portal`, just bound, is read a piece at a time: the first of the later
-/// Executes of it (`(portal, max_rows)` in message order) has a row limit, or none executes it
-/// here (it is executed by a later request). A statement read whole in this request is not held.
-pub fn read_in_pieces<'a>(
-    portal: &str,
-    executes: impl IntoIterator<Item = (&'a str, i32)>,
-) -> bool {
-    executes
-        .into_iter()
-        .find(|(p, _)| *p == portal)
-        .is_none_or(|(_, max_rows)| max_rows > 0)
-}
-
-/// A statement whose merged rows the proxy may hold for a portal: a plain read.
-fn holdable(f: &StatementFacts) -> bool {
-    !needs_atomic_scatter(f)
-        && f.cursor.is_none()
-        && f.local.is_none()
-        && !matches!(f.kind, StatementKind::Copy { .. })
-}
-
-/// The shards of the Bind at `msgs[i]` when the proxy holds its portal: a plain read bound over
-/// several shards and read a piece at a time.
-fn held_bind(msgs: &[Msg], routes: &[Option<Route>], i: usize) -> Option<Vec<u32>> {
-    let (
-        Msg::Bind {
-            bind, statement, ..
-        },
-        Some(Route::Scatter(shards)),
-    ) = (&msgs[i], &routes[i])
-    else {
-        return None;
-    };
-    if !statement.facts.first().is_some_and(holdable) {
-        return None;
-    }
-    let executes = msgs[i + 1..].iter().filter_map(|m| match m {
-        Msg::Execute(e) => Some((e.portal.as_str(), e.max_rows)),
-        _ => None,
-    });
-    read_in_pieces(&bind.portal, executes).then(|| shards.clone())
-}
-
-/// True when a batch (or one unit of it) binds a portal the proxy holds.
-pub(super) fn binds_held_portal(msgs: &[Msg], routes: &[Option<Route>]) -> bool {
-    (0..msgs.len()).any(|i| held_bind(msgs, routes, i).is_some())
-}
 
 /// What a unit that works on held portals may not contain.
 fn not_alone() -> Refusal {
@@ -77,15 +30,6 @@ fn not_alone() -> Refusal {
 }
 
 impl Session {
-    /// True when this unit of a pipeline executes a portal the proxy holds (bound in an earlier
-    /// request).
-    pub(super) fn executes_held_portal(&mut self, unit: &[Msg]) -> bool {
-        unit.iter().any(|m| match m {
-            Msg::Execute(e) => self.state.cursors.served(&e.portal).is_some(),
-            _ => false,
-        })
-    }
-
     /// Answers one unit of a pipeline that binds or executes held portals: the proxy answers every
     /// message itself, running the bound statement on the shards at its Bind.
     pub(super) async fn held_unit(
@@ -102,7 +46,7 @@ impl Session {
                 Msg::Bind {
                     bind, statement, ..
                 } => match held_bind(unit, routes, i) {
-                    Some(shards) => self.hold_portal(bind, statement, shards).await?,
+                    Some(shards) => self.hold_portal(bind, statement, shards.to_vec()).await?,
                     None => Err(not_alone().into()),
                 },
                 Msg::DescribePortal(t) => {
@@ -336,34 +280,5 @@ impl Session {
             "42P03",
             format!("portal \"{portal}\" already exists"),
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A portal, the Executes after its Bind, and whether it is held.
-    type Case = (&'static str, Vec<(&'static str, i32)>, bool);
-
-    #[test]
-    fn a_portal_is_held_when_its_first_execute_has_a_limit_or_comes_later() {
-        let cases: Vec<Case> = vec![
-            ("p", vec![], true),
-            ("p", vec![("p", 10)], true),
-            ("p", vec![("p", 0)], false),
-            ("p", vec![("q", 0)], true),
-            ("p", vec![("q", 0), ("p", 0), ("p", 5)], false),
-            ("p", vec![("p", 5), ("p", 0)], true),
-            ("", vec![("", 1)], true),
-            ("", vec![("", 0)], false),
-        ];
-        for (portal, executes, want) in cases {
-            assert_eq!(
-                read_in_pieces(portal, executes.iter().copied()),
-                want,
-                "{portal} {executes:?}"
-            );
-        }
     }
 }

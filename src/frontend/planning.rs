@@ -65,11 +65,9 @@ impl Session {
         let Some(facts) = statement.facts.first() else {
             return Ok((Route::Any, None));
         };
-        let keys = match facts.missing_key_rows {
-            Some(_) if looked_up.is_none() && !self.route_hint_applies(facts) => {
-                Some(self.given_keys(facts)?)
-            }
-            _ => None,
+        let keys = match rules::bind_needs_keys(&self.state, facts, looked_up.is_some()) {
+            true => Some(self.given_keys(facts)?),
+            false => None,
         };
         let params = BindParams {
             values: &bind.params,

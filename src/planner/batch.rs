@@ -115,6 +115,33 @@ pub fn plan_batch(
     BatchPlan::Run(target)
 }
 
+/// What running a batch on its one target asks of the shard's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footing {
+    /// It executes statements, or needs a particular shard: it runs in the shard's transaction
+    /// (the block's, the one a Flush left open, or an implicit one). Describing statements
+    /// needs none.
+    pub join_txn: bool,
+    /// A Flush after Parse/Describe alone binds nothing: the shard that answered ends its
+    /// implicit transaction with a Sync the client does not see (a Bind's portal would not
+    /// survive it), so the next batch may run on any shard.
+    pub settle: bool,
+}
+
+/// The footing of a batch (`executes`: how many Executes it has; `needed`: its routes other
+/// than `Route::Any`; `binds`: it has a Bind).
+pub fn footing(
+    ending: Ending,
+    executes: usize,
+    needed: &[Route],
+    binds: bool,
+    state: &SessionState,
+) -> Footing {
+    let join_txn = executes > 0 || !needed.is_empty();
+    let settle = ending == Ending::Flush && !join_txn && state.open_batch_shard.is_none() && !binds;
+    Footing { join_txn, settle }
+}
+
 /// Where a Describe, Execute or Close of `portal` runs: `None` for a portal bound in this batch
 /// (`bound_here`: it goes with its Bind); one from an earlier batch, or a cursor declared in
 /// SQL, lives where it was bound or declared; any shard answers for an unknown one (its error).

@@ -3,6 +3,8 @@
 //! extended-protocol batch. Refusals are typed ([`Refusal`]).
 
 pub mod batch;
+pub mod held;
+pub mod messages;
 pub mod plan;
 pub mod request;
 pub mod rules;

@@ -221,6 +221,12 @@ pub fn statement_route(
     })
 }
 
+/// True when a Bind of `facts` needs generated keys reserved before it can be routed: an INSERT
+/// that omits its shard key, unless a lookup (`looked_up`) or a routing hint places it.
+pub fn bind_needs_keys(state: &SessionState, facts: &StatementFacts, looked_up: bool) -> bool {
+    facts.missing_key_rows.is_some() && !looked_up && !hint_applies(state, facts)
+}
+
 /// True when a routing hint (the statement's comment, or the session's `SET pgshard.shard|key`)
 /// applies to `facts`: paths that place rows by key themselves (generated keys, COPY) then leave
 /// the statement to the router, which refuses the hint rather than ignore it.
@@ -312,6 +318,28 @@ mod tests {
         Text,
         /// Parse/Bind/Execute, values in binary format.
         Binary,
+    }
+
+    #[test]
+    fn a_bind_omitting_its_key_needs_keys_unless_placed_otherwise() {
+        let router = crate::planner::messages::build::router();
+        let insert = &router.analyze_prepared("INSERT INTO users (name) VALUES ($1)")[0];
+        let keyed =
+            &router.analyze_prepared("INSERT INTO users (user_id, name) VALUES ($1, $2)")[0];
+        let hinted = &router
+            .analyze_prepared("/* pgshard: shard=1 */ INSERT INTO users (name) VALUES ($1)")[0];
+        assert!(hinted.hint.is_some());
+        let idle = SessionState::default();
+        // (facts, a lookup placed it, needs keys)
+        let cases = [
+            (insert, false, true),
+            (insert, true, false),
+            (keyed, false, false),
+            (hinted, false, false),
+        ];
+        for (facts, looked_up, want) in cases {
+            assert_eq!(bind_needs_keys(&idle, facts, looked_up), want, "{facts:?}");
+        }
     }
 
     impl World {

@@ -177,6 +177,12 @@ impl Cursors {
         }
     }
 
+    /// True when the proxy serves the cursor (or holds the portal) of this name.
+    pub fn is_served(&self, name: &str) -> bool {
+        self.find(name)
+            .is_some_and(|o| matches!(o.place, Place::Proxy(_)))
+    }
+
     /// The proxy-served cursor of this name.
     pub fn served(&mut self, name: &str) -> Option<&mut Materialized> {
         self.open

@@ -98,6 +98,21 @@ impl SessionState {
         self.route_hints.begin();
     }
 
+    /// A batch run on one shard got an error. Ended by Flush (`flushed`), the server now skips
+    /// everything up to Sync, and so does the proxy. A Parse or Describe that failed outside the
+    /// block's shards (`joined`: false, it ran in no transaction) aborts the client's block all
+    /// the same, as in Postgres.
+    pub fn batch_failed(&mut self, flushed: bool, joined: bool) {
+        if flushed {
+            self.skip_until_sync = true;
+        }
+        if !joined {
+            if let Some(txn) = self.txn.as_mut().filter(|t| !t.implicit) {
+                txn.refused = true;
+            }
+        }
+    }
+
     /// A shard reported a transaction in progress: the block reaches it (opened here if the
     /// proxy had none, e.g. a BEGIN inside a function).
     pub fn joined_on(&mut self, shard: u32) {
@@ -216,6 +231,37 @@ mod tests {
         StatementKind::Set {
             name: name.into(),
             value: value.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_failed_batch_skips_to_sync_under_flush_and_aborts_the_block() {
+        // (ended by Flush, ran in a transaction, block: None / explicit / implicit,
+        //  skip until Sync, block refused)
+        let cases = [
+            (true, true, None, true, None),
+            (false, true, None, false, None),
+            (false, true, Some(false), false, Some(false)),
+            (false, false, Some(false), false, Some(true)),
+            (true, false, Some(false), true, Some(true)),
+            // The pipeline's implicit block rolls back at the Sync on its own.
+            (false, false, Some(true), false, Some(false)),
+        ];
+        for (flushed, joined, implicit, skip, refused) in cases {
+            let mut state = SessionState {
+                txn: implicit.map(|i| {
+                    if i {
+                        Txn::implicit()
+                    } else {
+                        Txn::explicit("BEGIN")
+                    }
+                }),
+                ..SessionState::default()
+            };
+            state.batch_failed(flushed, joined);
+            let case = (flushed, joined, implicit);
+            assert_eq!(state.skip_until_sync, skip, "{case:?}");
+            assert_eq!(state.txn.as_ref().map(|t| t.refused), refused, "{case:?}");
         }
     }
 
