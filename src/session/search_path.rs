@@ -33,11 +33,10 @@ impl SessionState {
     /// The search_path the session's next statement runs under; `role` is what `$user` means
     /// (the role its server connections log in as).
     pub fn search_path(&self, role: &str) -> Arc<SearchPath> {
-        let local = self.txn.as_ref().and_then(|txn| {
-            txn.local_settings()
-                .filter_map(|sql| local_search_path(sql))
-                .last()
-        });
+        let local = self
+            .txn
+            .as_ref()
+            .and_then(|txn| txn.local_settings().filter_map(local_search_path).last());
         let value = local
             .as_deref()
             .or_else(|| self.settings.get(SEARCH_PATH).map(String::as_str));
