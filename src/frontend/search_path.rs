@@ -10,7 +10,7 @@ use crate::session::Prepared;
 
 impl Session {
     /// The search_path the client's next statement runs under.
-    pub fn search_path(&self) -> SearchPath {
+    pub fn search_path(&self) -> Arc<SearchPath> {
         self.state.search_path(&self.server_login.role)
     }
 
@@ -51,7 +51,12 @@ impl Session {
     /// `billing.invoices` does not route `public.invoices` by its key (or the other way round).
     pub fn follow_search_path(&mut self) {
         let path = self.search_path();
-        if self.state.prepared_under.as_ref() == Some(&path) {
+        if self
+            .state
+            .prepared_under
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, &path) || **p == *path)
+        {
             return;
         }
         let router = &self.proxy.router;

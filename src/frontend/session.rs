@@ -89,6 +89,18 @@ impl Session {
                     break;
                 }
             };
+            // A message buffered for the next Sync or Flush is all its serving would do: the
+            // rest of `serve` (gates, timers, settling connections) runs for the Sync or Flush,
+            // and after this message would find what it left after the previous one.
+            if matches!(
+                frame.tag,
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE
+            ) {
+                if !self.state.skip_until_sync {
+                    self.batch.push(frame);
+                }
+                continue;
+            }
             // Boxed: a waiting client's task does not carry the (large) state of a request, only
             // what waiting for the next message needs.
             if !Box::pin(self.serve(frame)).await {
@@ -125,7 +137,9 @@ impl Session {
         let timer = self.start_query_timer(frame.tag);
         let abandon = timer.as_ref().map(|t| t.abandon.clone());
         let tag = frame.tag;
-        let request = self.dispatch(frame);
+        // Boxed on its own: `serve` stays small, so boxing it does not copy a request's whole
+        // state (kilobytes, copied once per message when it was inline).
+        let request = Box::pin(self.dispatch(frame));
         let result = match abandon {
             None => request.await,
             Some(abandon) => {

@@ -73,6 +73,15 @@ const SIMPLE_PREFIX: &str = "s:";
 const ORIGINAL_PREFIX: &str = "o:";
 const PREPARED_PREFIX: &str = "p:";
 
+/// A route-cache key: kind, search_path scope, SQL text, in one allocation of the right size.
+fn cache_key(prefix: &str, scope: &str, sql: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + scope.len() + sql.len());
+    key.push_str(prefix);
+    key.push_str(scope);
+    key.push_str(sql);
+    key
+}
+
 /// Statement analysis (cached) and the routing decision.
 pub struct Router {
     tables: ShardedTables,
@@ -170,8 +179,8 @@ impl Router {
         path: &names::SearchPath,
     ) -> (Arc<[StatementFacts]>, Vec<Literal>) {
         let norm = literals::normalize(sql);
-        let scope = self.cache_scope(path);
-        let key = format!("{SIMPLE_PREFIX}{scope}{}", norm.text);
+        let scope = path.cache_key();
+        let key = cache_key(SIMPLE_PREFIX, scope, &norm.text);
         if let Some(f) = self.cache.get(&key) {
             if !needs_original(&f) || norm.literals.is_empty() {
                 return (f, norm.literals);
@@ -186,7 +195,7 @@ impl Router {
         // The normalized text does not parse (`interval '1 day'` became `interval $1`), or it is a
         // utility statement whose values matter as text (`SET x = '5s'`, pgshard's own commands):
         // use the original text, without literals.
-        let okey = format!("{ORIGINAL_PREFIX}{scope}{sql}");
+        let okey = cache_key(ORIGINAL_PREFIX, scope, sql);
         let f = self
             .cache
             .get_or_insert_with(&okey, || self.analyze_in(sql, path));
@@ -205,7 +214,7 @@ impl Router {
         sql: &str,
         path: &names::SearchPath,
     ) -> Arc<[StatementFacts]> {
-        let key = format!("{PREPARED_PREFIX}{}{sql}", self.cache_scope(path));
+        let key = cache_key(PREPARED_PREFIX, path.cache_key(), sql);
         self.cache
             .get_or_insert_with(&key, || self.analyze_in(sql, path))
     }

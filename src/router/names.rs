@@ -51,21 +51,27 @@ pub fn quote_qualified(schema: &str, name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SearchPath {
     schemas: Vec<String>,
+    /// `cache_key`, made once: every statement's route-cache lookup starts with it.
+    key: String,
 }
 
 impl Default for SearchPath {
     /// Postgres's default, `"$user", public`, for a role whose schema does not exist.
     fn default() -> SearchPath {
-        SearchPath {
-            schemas: vec![PUBLIC.to_string()],
-        }
+        SearchPath::new(vec![PUBLIC.to_string()])
     }
 }
 
 impl SearchPath {
     /// A path of these schemas (`$user` replaced by the caller).
     pub fn new(schemas: Vec<String>) -> SearchPath {
-        SearchPath { schemas }
+        let mut key = schemas
+            .iter()
+            .map(|s| quote_ident(s))
+            .collect::<Vec<_>>()
+            .join(",");
+        key.push('\u{0}');
+        SearchPath { schemas, key }
     }
 
     /// The path a `search_path` setting holds, given as the SQL value the session replays
@@ -108,7 +114,7 @@ impl SearchPath {
             })
             .filter(|n| !n.is_empty())
             .collect();
-        SearchPath { schemas }
+        SearchPath::new(schemas)
     }
 
     /// The schemas, in lookup order.
@@ -121,13 +127,10 @@ impl SearchPath {
         self.schemas.first().map(String::as_str)
     }
 
-    /// A short text that differs between any two paths: part of the route cache's key.
-    pub fn cache_key(&self) -> String {
-        self.schemas
-            .iter()
-            .map(|s| quote_ident(s))
-            .collect::<Vec<_>>()
-            .join(",")
+    /// A short text that differs between any two paths (ending in a NUL, which no SQL text
+    /// holds): the start of the route cache's key.
+    pub fn cache_key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -545,11 +548,6 @@ impl super::Router {
         refuse_names_after_path_change(sql, &mut facts);
         super::schemas::place(sql, &self.tables_in(path), &mut facts);
         facts
-    }
-
-    /// The part of a cache key that says how names resolve: the search_path.
-    pub(super) fn cache_scope(&self, path: &SearchPath) -> String {
-        format!("{}\u{0}", path.cache_key())
     }
 
     /// The sharded tables with names resolved under `path`, for rewrites that find tables

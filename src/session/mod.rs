@@ -57,7 +57,9 @@ pub struct SessionState {
     /// Open cursors of the block and where each lives.
     pub cursors: Cursors,
     /// The search_path the prepared statements' facts were resolved under.
-    pub prepared_under: Option<crate::router::names::SearchPath>,
+    pub prepared_under: Option<Arc<crate::router::names::SearchPath>>,
+    /// The search_path last computed (see `search_path`).
+    pub path_memo: search_path::PathMemo,
     /// The session ran DDL: which schemas hold the configured tables' names is read again once
     /// it is outside any block.
     pub names_changed: bool,

@@ -3,6 +3,8 @@
 //! startup option — all kept in `SessionState::settings`), overridden inside a block by its
 //! `SET LOCAL search_path`, which the block keeps for shards that join late.
 
+use std::sync::{Arc, Mutex};
+
 use pg_query::protobuf::a_const::Val;
 use pg_query::protobuf::VariableSetKind;
 use pg_query::NodeEnum;
@@ -14,24 +16,48 @@ use crate::sql_text::quote_literal;
 /// The setting's name.
 pub const SEARCH_PATH: &str = "search_path";
 
+/// The last path a session computed and what it was computed from: most statements run under
+/// the path the previous one did, and building it (a `Vec<String>` and its cache key) for each
+/// was per-statement work. Keyed by its inputs, so whatever changes the setting (SET, RESET,
+/// `set_config`, a block's SET LOCAL, ROLLBACK) is followed without anyone invalidating it.
+#[derive(Default)]
+pub struct PathMemo(Mutex<Option<Memo>>);
+
+struct Memo {
+    value: Option<String>,
+    role: String,
+    path: Arc<SearchPath>,
+}
+
 impl SessionState {
     /// The search_path the session's next statement runs under; `role` is what `$user` means
     /// (the role its server connections log in as).
-    pub fn search_path(&self, role: &str) -> SearchPath {
-        let mut value = self.settings.get(SEARCH_PATH).cloned();
-        if let Some(txn) = &self.txn {
-            for sql in txn.local_settings() {
-                if let Some(local) = local_search_path(sql) {
-                    value = Some(local);
-                }
+    pub fn search_path(&self, role: &str) -> Arc<SearchPath> {
+        let local = self
+            .txn
+            .as_ref()
+            .and_then(|txn| txn.local_settings().filter_map(local_search_path).last());
+        let value = local
+            .as_deref()
+            .or_else(|| self.settings.get(SEARCH_PATH).map(String::as_str));
+        let mut memo = self.path_memo.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = memo.as_ref() {
+            if m.value.as_deref() == value && m.role == role {
+                return m.path.clone();
             }
         }
-        match value {
+        let path = Arc::new(match value {
             Some(v) => {
-                SearchPath::from_setting(&v, role).unwrap_or_else(|| SearchPath::default_for(role))
+                SearchPath::from_setting(v, role).unwrap_or_else(|| SearchPath::default_for(role))
             }
             None => SearchPath::default_for(role),
-        }
+        });
+        *memo = Some(Memo {
+            value: value.map(str::to_string),
+            role: role.to_string(),
+            path: path.clone(),
+        });
+        path
     }
 }
 
@@ -71,8 +97,8 @@ mod tests {
     use super::*;
     use crate::txn::Txn;
 
-    fn path(s: &[&str]) -> SearchPath {
-        SearchPath::new(s.iter().map(|x| x.to_string()).collect())
+    fn path(s: &[&str]) -> Arc<SearchPath> {
+        Arc::new(SearchPath::new(s.iter().map(|x| x.to_string()).collect()))
     }
 
     #[test]
