@@ -1,4 +1,4 @@
-//! Django 5.2 with psycopg 3 and its defaults through pgshard in front of 10 shards:
+//! Django 5.2 with psycopg 3 (and psycopg2) and its defaults through pgshard in front of 10 shards:
 //! `tests/python/django_check.py` migrates with the contrib apps (their tables are unsharded and
 //! live on the first shard), then works on a model whose table is configured sharded by its id,
 //! `bulk_create` without pks included (pgshard generates the keys).
@@ -24,6 +24,13 @@ async fn django_runs_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_runs_unchanged_with_server_side_binding() {
     django_suite("psycopg", true).await;
+}
+
+/// The same application on psycopg2, which interpolates every parameter on the client and
+/// writes `bulk_create`'s lists as `ARRAY[…]` constructors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_runs_unchanged_on_psycopg2() {
+    django_suite("psycopg2", false).await;
 }
 
 /// `driver`: the Python driver Django runs on, `psycopg` (3) or `psycopg2`.

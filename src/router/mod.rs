@@ -2,6 +2,7 @@
 //! route — which shards run it and how their answers combine. Pure: no sockets, no servers.
 
 pub mod analyze;
+pub mod array_constructors;
 pub mod cache;
 pub mod copy_facts;
 pub mod cte;

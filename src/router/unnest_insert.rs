@@ -82,6 +82,16 @@ pub fn detect(i: &pb::InsertStmt, key_pos: usize) -> Option<UnnestInsert> {
 /// The `$n` of each UNNEST argument of `INSERT INTO t (c1, …, cN) SELECT * FROM UNNEST($a, …,
 /// $z)` with N arguments, whichever columns are listed (see [`detect`]).
 pub fn unnest_args(i: &pb::InsertStmt) -> Option<Vec<usize>> {
+    unnest_call(i)?
+        .args
+        .iter()
+        .map(param_number)
+        .collect::<Option<_>>()
+}
+
+/// The UNNEST call of `INSERT INTO t (c1, …, cN) SELECT * FROM UNNEST(a1, …, aN)`, whatever its
+/// arguments are; `None` for any other shape.
+pub fn unnest_call(i: &pb::InsertStmt) -> Option<&pb::FuncCall> {
     if i.with_clause.is_some() {
         return None;
     }
@@ -145,8 +155,7 @@ pub fn unnest_args(i: &pb::InsertStmt) -> Option<Vec<usize>> {
     {
         return None;
     }
-    let params: Vec<usize> = f.args.iter().map(param_number).collect::<Option<_>>()?;
-    (params.len() == i.cols.len()).then_some(params)
+    (f.args.len() == i.cols.len()).then_some(f)
 }
 
 /// One shard's arrays.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::refusal::Refusal;
+use crate::router::array_constructors::unnest_arrays_as_literals;
 use crate::router::cte;
 use crate::router::facts::StatementFacts;
 use crate::router::literals::{Literal, LiteralParams};
@@ -27,14 +28,15 @@ const MAX_RUN_FIRST: usize = 16;
 impl Session {
     /// The simple-protocol analysis of `sql`, after running first the uncorrelated subqueries
     /// and CTEs that make it refused, rewriting `sql` and `body` to carry their results (and
-    /// an INSERT of rows ordered from a VALUES list written as those VALUES). `Ok(None)` when
+    /// an INSERT of rows ordered from a VALUES list written as those VALUES, an UNNEST INSERT's
+    /// array constructors of constants written as array literals). `Ok(None)` when
     /// a subquery failed: the client has its error and ReadyForQuery.
     pub async fn analyze_running_subqueries_first(
         &mut self,
         sql: &mut String,
         body: &mut Bytes,
     ) -> Result<Option<(Arc<[StatementFacts]>, Vec<Literal>)>, End> {
-        if let Some(text) = as_values(sql) {
+        if let Some(text) = as_values(sql).or_else(|| unnest_arrays_as_literals(sql)) {
             *body = fe::query(&text).body;
             *sql = text;
         }
