@@ -1201,10 +1201,7 @@ pub fn control_statement(sql: &str, f: &StatementFacts) -> ControlStatement {
     }
 }
 
-/// A statement whose effects on several shards must commit together.
-pub fn needs_atomic_scatter(f: &StatementFacts) -> bool {
-    f.is_write || f.kind == StatementKind::Ddl
-}
+pub use crate::planner::units::needs_atomic_scatter;
 
 /// The merge of a simple-protocol statement that runs on several shards: the rewritten text (its
 /// literals put back) and the plan bound to them; `None` when rows are only concatenated.
