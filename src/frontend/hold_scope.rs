@@ -58,13 +58,20 @@ impl Session {
                     .router
                     .analyze_simple_in(sql, &self.search_path());
                 let params = crate::router::literals::LiteralParams(&literals);
-                facts
-                    .iter()
-                    .any(|f| may_touch_moving_keys(f, &params, &from, to))
+                facts.iter().any(|f| {
+                    self.claims_lookup_values(f) || may_touch_moving_keys(f, &params, &from, to)
+                })
             }
             fe::SYNC | fe::FLUSH => self.batch_may_touch_moving_keys(&from, to),
             _ => false,
         }
+    }
+
+    /// A write that may claim values in a lookup table (see `frontend::run::lookup`): the
+    /// lookup rows it writes are keyed by the values, not by the row's key, so whether they
+    /// move is not known from the statement's keys; such writes take the hold like keyless ones.
+    fn claims_lookup_values(&self, f: &StatementFacts) -> bool {
+        !self.proxy.config.lookups.is_empty() && f.sharded && f.is_write
     }
 
     /// The buffered batch's Binds, resolved against the statements parsed before it or in it.
@@ -99,10 +106,9 @@ impl Session {
                         formats: &bind.param_formats,
                         types: &types,
                     };
-                    if facts
-                        .iter()
-                        .any(|f| may_touch_moving_keys(f, &params, from, to))
-                    {
+                    if facts.iter().any(|f| {
+                        self.claims_lookup_values(f) || may_touch_moving_keys(f, &params, from, to)
+                    }) {
                         return true;
                     }
                 }
