@@ -560,4 +560,17 @@ async fn tenant_schemas(cluster: &TestCluster, c: &Client, tenants: &[(&str, u32
         msg.contains("tenant_a") && msg.contains("tenant_b"),
         "{msg}"
     );
+    // A tenant's table with a table sharded by key: refused in both protocols, naming the tenant
+    // (not sent to the tenant's shard, where Postgres would answer with another error).
+    let mixed = "SELECT count(*) FROM tenant_a.orders o JOIN billing.invoices i USING (id)";
+    let extended = c.query(mixed, &[]).await.expect_err("tenant with sharded");
+    let simple = c
+        .simple_query(mixed)
+        .await
+        .expect_err("tenant with sharded");
+    for e in [extended, simple] {
+        assert_eq!(sqlstate(&e), "0A000", "{e}");
+        let msg = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+        assert!(msg.contains("tenant_a"), "{msg}");
+    }
 }

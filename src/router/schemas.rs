@@ -43,15 +43,33 @@ pub fn place(sql: &str, tables: &ShardedTables, facts: &mut [StatementFacts]) {
         return;
     }
     for (stmt, f) in stmts.into_iter().zip(facts.iter_mut()) {
-        if f.refuse.is_some() || f.local.is_some() {
+        if f.local.is_some() {
             continue;
         }
-        match placement(stmt, tables) {
-            Ok(Some(shard)) => f.schema_shard = Some(shard),
-            Ok(None) => {}
-            Err(why) => f.refuse = Some(Refused::TenantSchema(why)),
+        match (placement(stmt, tables), &f.refuse) {
+            (Ok(Some(shard)), None) => f.schema_shard = Some(shard),
+            (Err(why), None) => f.refuse = Some(Refused::TenantSchema(why)),
+            // Refused already (a tenant's table joined with a sharded one reads as a join with
+            // an unsharded table): the tenant's reason names what is missing, and a Parse can
+            // be refused at once, unless running a subquery first may still lift the refusal.
+            (Err(why), Some(r))
+                if !r.liftable_by_running_subqueries_first() || !has_subquery(stmt) =>
+            {
+                f.refuse = Some(Refused::TenantSchema(why))
+            }
+            _ => {}
         }
     }
+}
+
+/// Whether the statement holds a subquery or CTE (which pgshard may run first).
+fn has_subquery(stmt: &NodeEnum) -> bool {
+    stmt.nodes().into_iter().any(|(node, ..)| {
+        matches!(
+            node,
+            NodeRef::SubLink(_) | NodeRef::RangeSubselect(_) | NodeRef::CommonTableExpr(_)
+        )
+    })
 }
 
 /// The refusal [`place`] gave the statement, if any: a Parse can be refused at once, as no one
@@ -263,5 +281,40 @@ mod tests {
                 _ => panic!("{p:?} {sql}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    /// A statement the analysis refused already gets the tenant's reason when it mixes a tenant
+    /// with other tables (so a Parse of it is refused at once), unless a subquery run first may
+    /// still lift the refusal.
+    #[test]
+    fn refused_statements_naming_a_tenant_get_the_tenants_reason() {
+        let tenants = [ShardedSchemaConfig {
+            name: "tenant_a".into(),
+            shard: 1,
+        }];
+        let router = crate::router::Router::new(
+            &[crate::config::ShardedTableConfig {
+                name: "billing.invoices".into(),
+                key: "id".into(),
+                key_type: None,
+            }],
+            16,
+        )
+        .with_schemas(&tenants);
+        let public = SearchPath::new(vec!["public".into()]);
+        let reason = |sql: &str| {
+            router.analyze_in(sql, &public)[0]
+                .refuse
+                .as_ref()
+                .map(|r| (matches!(r, Refused::TenantSchema(_)), r.to_string()))
+        };
+        let joined = reason("SELECT * FROM tenant_a.orders o JOIN billing.invoices i USING (id)")
+            .expect("refused");
+        assert!(joined.0 && joined.1.contains("tenant_a"), "{joined:?}");
+        let lifted =
+            reason("SELECT * FROM tenant_a.orders WHERE id IN (SELECT id FROM billing.invoices)")
+                .expect("refused");
+        assert!(!lifted.0, "{lifted:?}");
+        assert_eq!(reason("SELECT * FROM tenant_a.orders"), None);
     }
 }
