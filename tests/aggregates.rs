@@ -57,6 +57,9 @@ const QUERIES: &[&str] = &[
     "SELECT g, count(DISTINCT t) FROM agg_empty WHERE i > $1 GROUP BY g ORDER BY g",
     "SELECT g * 10 + count(*), (sum(i) * 1.5)::numeric(10,1) FROM agg WHERE i > $1 GROUP BY g ORDER BY 1",
     "SELECT g, count(*) FILTER (WHERE t IS NULL), avg(i)::int, CASE WHEN count(*) > 50 THEN 'big' ELSE 'small' END FROM agg WHERE i > $1 GROUP BY g ORDER BY 2 DESC, g OFFSET 1",
+    // Constants and parameters beside aggregates: the same in every shard's row.
+    "SELECT count(*), 0 AS zero, 'x'::text, $1::int AS p, NULL, sum(i) FROM agg WHERE i > $1",
+    "SELECT 7, count(*), $1::int FROM agg_empty WHERE i > $1",
 ];
 
 async fn extended(c: &Client, sql: &str, p: i32) -> Result<Answer, tokio_postgres::Error> {

@@ -377,6 +377,15 @@ fn contains_agg(n: &pb::Node) -> Option<String> {
     find_agg_or_window(&serde_json::to_value(n).unwrap_or(Json::Null))
 }
 
+/// A constant or a parameter, cast or not: the same value whichever shard evaluates it.
+fn is_constant(n: &pb::Node) -> bool {
+    match n.node.as_ref() {
+        Some(NodeEnum::AConst(_)) | Some(NodeEnum::ParamRef(_)) => true,
+        Some(NodeEnum::TypeCast(c)) => c.arg.as_deref().is_some_and(is_constant),
+        _ => false,
+    }
+}
+
 fn contains_param(n: &pb::Node) -> bool {
     fn walk(v: &Json) -> bool {
         match v {
@@ -1240,7 +1249,8 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
                 // The shards return a NULL of the expression's type in its place, without
                 // evaluating it; `$n` in it stay referenced and typed as the client's.
                 out = res_target(&name, unevaluated(v)?);
-            } else if s.group_clause.is_empty() {
+            } else if s.group_clause.is_empty() && !val.is_some_and(is_constant) {
+                // A constant or parameter is the same in every shard's one row: passed through.
                 return Err(
                     "a column that is not an aggregate in an aggregate query without GROUP BY"
                         .into(),
@@ -1554,9 +1564,24 @@ mod tests {
                 "SELECT * FROM users LIMIT 2 + 3",
                 "LIMIT with an expression",
             ),
+            (
+                "SELECT count(*), name FROM users",
+                "a column that is not an aggregate",
+            ),
+            (
+                "SELECT count(*), now() FROM users",
+                "a column that is not an aggregate",
+            ),
         ] {
             let e = plan_sql(sql).unwrap_err();
             assert!(e.contains(want), "{sql}: {e}");
+        }
+        // Constants and parameters beside aggregates pass through from a shard's row.
+        for sql in [
+            "SELECT count(*), 0 FROM users",
+            "SELECT $1::int, sum(x), NULL FROM users",
+        ] {
+            assert!(plan_sql(sql).is_ok(), "{sql}");
         }
         assert!(plan_sql("SELECT count(DISTINCT user_id) FROM users").is_ok());
         assert!(
