@@ -7,6 +7,7 @@
 use pg_query::protobuf::{self as pb, a_const};
 use pg_query::NodeEnum;
 
+use super::insert_rewrite::rewrite_insert;
 use super::pg_array;
 use super::unnest_insert::unnest_call;
 
@@ -14,37 +15,19 @@ use super::unnest_insert::unnest_call;
 /// constructors of constants written as cast array literals; `None` when the statement is not
 /// such an INSERT, or when one argument cannot be written so with the same meaning.
 pub fn unnest_arrays_as_literals(sql: &str) -> Option<String> {
-    let insert = sql.trim_start().get(..6)?.eq_ignore_ascii_case("insert");
-    if !insert || !sql.to_ascii_lowercase().contains("array") {
-        return None;
-    }
-    let mut parsed = pg_query::parse(sql, 0).ok()?;
-    let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
-        return None;
-    };
-    let Some(NodeEnum::InsertStmt(insert)) = raw.stmt.as_mut()?.node.as_mut() else {
-        return None;
-    };
-    unnest_call(insert)?;
-    let args = unnest_args_mut(insert)?;
-    let mut changed = false;
-    for arg in args.iter_mut() {
-        if let Some(literal) = as_literal(arg) {
-            *arg = literal;
-            changed = true;
-        } else if !is_plain_argument(arg) {
-            return None;
+    rewrite_insert(sql, "array", |insert| {
+        unnest_call(insert)?;
+        let mut changed = false;
+        for arg in unnest_args_mut(insert)?.iter_mut() {
+            if let Some(literal) = as_literal(arg) {
+                *arg = literal;
+                changed = true;
+            } else if !is_plain_argument(arg) {
+                return None;
+            }
         }
-    }
-    if !changed {
-        return None;
-    }
-    let proto = parsed.protobuf;
-    // Deparsing a tree the parser produced does not fail in practice; if it panics, the
-    // statement is left as it was.
-    std::panic::catch_unwind(move || pg_query::deparse(&proto, Default::default()))
-        .ok()?
-        .ok()
+        changed.then_some(())
+    })
 }
 
 /// The arguments of the UNNEST call [`unnest_call`] accepted.

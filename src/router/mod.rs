@@ -13,6 +13,7 @@ pub mod fence;
 pub mod final_projection;
 pub mod hint;
 pub mod index_owner;
+pub mod insert_rewrite;
 pub mod key_type;
 pub mod literals;
 pub mod lookup;

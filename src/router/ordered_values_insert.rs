@@ -8,43 +8,32 @@
 use pg_query::protobuf::{self as pb, a_const};
 use pg_query::NodeEnum;
 
+use super::insert_rewrite::rewrite_insert;
+
 /// `sql` as a multi-row `INSERT … VALUES`, when it is an INSERT of a SELECT that only picks
 /// (and casts) the columns of a VALUES list of constants and parameters, ordered by a column
 /// holding ascending integers: the rows then go in as listed. `None` for anything else.
 pub fn as_values(sql: &str) -> Option<String> {
-    let insert = sql.trim_start().get(..6)?.eq_ignore_ascii_case("insert");
-    if !insert || !sql.to_ascii_lowercase().contains("order") {
-        return None;
-    }
-    let mut parsed = pg_query::parse(sql, 0).ok()?;
-    let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
-        return None;
-    };
-    let Some(NodeEnum::InsertStmt(insert)) = raw.stmt.as_mut()?.node.as_mut() else {
-        return None;
-    };
-    if insert.with_clause.is_some() {
-        return None;
-    }
-    let Some(NodeEnum::SelectStmt(select)) = insert.select_stmt.as_deref()?.node.as_ref() else {
-        return None;
-    };
-    let rows = rows(select)?;
-    let values = pb::SelectStmt {
-        values_lists: rows,
-        op: pb::SetOperation::SetopNone as i32,
-        limit_option: pb::LimitOption::Default as i32,
-        ..Default::default()
-    };
-    insert.select_stmt = Some(Box::new(pb::Node {
-        node: Some(NodeEnum::SelectStmt(Box::new(values))),
-    }));
-    let proto = parsed.protobuf;
-    // Deparsing a tree the parser produced does not fail in practice; if it panics, the
-    // statement is left as it was.
-    std::panic::catch_unwind(move || pg_query::deparse(&proto, Default::default()))
-        .ok()?
-        .ok()
+    rewrite_insert(sql, "order", |insert| {
+        if insert.with_clause.is_some() {
+            return None;
+        }
+        let Some(NodeEnum::SelectStmt(select)) = insert.select_stmt.as_deref()?.node.as_ref()
+        else {
+            return None;
+        };
+        let rows = rows(select)?;
+        let values = pb::SelectStmt {
+            values_lists: rows,
+            op: pb::SetOperation::SetopNone as i32,
+            limit_option: pb::LimitOption::Default as i32,
+            ..Default::default()
+        };
+        insert.select_stmt = Some(Box::new(pb::Node {
+            node: Some(NodeEnum::SelectStmt(Box::new(values))),
+        }));
+        Some(())
+    })
 }
 
 /// The VALUES rows the SELECT inserts, in its order.

@@ -1,0 +1,32 @@
+//! Rewrites of one INSERT through its parse tree: a driver's shape of a batch insert is turned
+//! into the shape pgshard splits by key, and written back as text by the deparser. Pure.
+
+use pg_query::protobuf as pb;
+use pg_query::NodeEnum;
+
+/// `sql`, when it is one INSERT whose text contains `word` (lower case; a cheap look before
+/// parsing), after `edit` changed its tree; `None` when it is not, or when `edit` declines.
+pub fn rewrite_insert(
+    sql: &str,
+    word: &str,
+    edit: impl FnOnce(&mut pb::InsertStmt) -> Option<()>,
+) -> Option<String> {
+    let insert = sql.trim_start().get(..6)?.eq_ignore_ascii_case("insert");
+    if !insert || !sql.to_ascii_lowercase().contains(word) {
+        return None;
+    }
+    let mut parsed = pg_query::parse(sql, 0).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_mut_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::InsertStmt(insert)) = raw.stmt.as_mut()?.node.as_mut() else {
+        return None;
+    };
+    edit(insert)?;
+    let proto = parsed.protobuf;
+    // Deparsing a tree the parser produced does not fail in practice; if it panics, the
+    // statement is left as it was.
+    std::panic::catch_unwind(move || pg_query::deparse(&proto, Default::default()))
+        .ok()?
+        .ok()
+}
