@@ -95,11 +95,15 @@ impl Session {
         Ok(Ok(()))
     }
 
-    /// Extended protocol: answers a batch that works on proxy-served cursors (a DECLARE whose
-    /// Bind reaches several shards, a FETCH/MOVE/CLOSE of such a cursor, a Describe or Close of
-    /// its portal). False, with nothing done, when the batch has none of those.
-    pub(super) async fn cursor_batch(&mut self, msgs: &[Msg], sync: bool) -> Result<bool, End> {
-        let proxy = self.proxy.clone();
+    /// Extended protocol: a batch works on proxy-served cursors when it has a DECLARE whose Bind
+    /// reaches several shards, a FETCH/MOVE/CLOSE of such a cursor, or a Describe or Close of its
+    /// portal. The portals of a batch bound to statements the proxy serves, and whether it also executes
+    /// other portals; `None` when the batch touches no cursor or portal the proxy serves.
+    pub(super) fn served_cursor_portals<'m>(
+        &self,
+        msgs: &'m [Msg],
+    ) -> Option<(HashMap<&'m str, Arc<Prepared>>, bool)> {
+        let proxy = &self.proxy;
         let map = proxy.map.current();
         // Portals of this batch bound to statements the proxy serves.
         let mut ours: HashMap<&str, Arc<Prepared>> = HashMap::new();
@@ -132,24 +136,33 @@ impl Session {
                     }
                 }
                 Msg::DescribePortal(t) | Msg::ClosePortal(t) => {
-                    involved |= self.state.cursors.served(&t.name).is_some();
+                    involved |= self.state.cursors.is_served(&t.name);
                 }
                 Msg::Execute(e) => {
                     // An Execute of a portal the proxy holds (see `held_portals`).
-                    let held = self.state.cursors.served(&e.portal).is_some();
+                    let held = self.state.cursors.is_served(&e.portal);
                     involved |= held;
                     others |= !held && !ours.contains_key(e.portal.as_str());
                 }
                 _ => {}
             }
         }
-        if !involved {
-            return Ok(false);
-        }
+        involved.then_some((ours, others))
+    }
+
+    /// Answers a batch on cursors the proxy serves (`ours`, `others`: see
+    /// [`Self::served_cursor_portals`]).
+    pub(super) async fn cursor_batch(
+        &mut self,
+        msgs: &[Msg],
+        ours: &HashMap<&str, Arc<Prepared>>,
+        others: bool,
+        sync: bool,
+    ) -> Result<(), End> {
         let outcome = if others {
             Err(alone().into())
         } else {
-            self.answer_cursor_batch(msgs, &ours).await?
+            self.answer_cursor_batch(msgs, ours).await?
         };
         if let Err(fields) = outcome {
             self.push_error_in_batch(fields);
@@ -159,7 +172,7 @@ impl Session {
             let status = self.status();
             self.io.push(&be::ready_for_query(status));
         }
-        Ok(true)
+        Ok(())
     }
 
     async fn answer_cursor_batch(

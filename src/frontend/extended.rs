@@ -16,7 +16,8 @@ use crate::backend::ServerConn;
 use crate::exec::copy_in::CopyProtocol;
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::unnest_insert::UnnestBatch;
-use crate::planner::batch::{footing, plan_batch, Batch, BatchPlan, Footing};
+use crate::planner::batch::{footing, Batch, BatchPlan, Footing};
+use crate::planner::extended::{plan_extended, rejected_by_failed_block, Gathered, Outcome};
 use crate::planner::Ending;
 use crate::refusal::Refusal;
 use crate::router::params::BindParams;
@@ -24,7 +25,6 @@ use crate::router::split_insert::ShardRows;
 use crate::router::unnest_insert::UnnestInsert;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::telemetry::QueryTimer;
-use crate::txn::control::ControlStatement;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
@@ -217,51 +217,14 @@ impl Session {
                 }
             }
         }
-        if self.block_failed()
-            && !executed.iter().all(|st| {
-                st.facts.first().is_some_and(|f| {
-                    matches!(
-                        control_statement(&st.sql, f),
-                        ControlStatement::Commit
-                            | ControlStatement::Rollback
-                            | ControlStatement::RollbackTo
-                    )
-                })
-            })
-        {
+        if rejected_by_failed_block(
+            self.block_failed(),
+            executed
+                .iter()
+                .map(|st| (st.sql.as_str(), st.facts.first())),
+        ) {
             msgs.clear();
             error = Some(aborted());
-        }
-        if error.is_none() && !claims.is_empty() {
-            // Writes of a looked-up column claim their values in the batch's block first.
-            return self
-                .run_batch_with_claims(msgs, msg_routes, claims, sync)
-                .await;
-        }
-        if error.is_none() && crate::planner::held::binds_held_portal(&msgs, &msg_routes) {
-            // A portal read a piece at a time over several shards: held by the proxy.
-            return self.run_pipeline(msgs, msg_routes, error, sync).await;
-        }
-        if error.is_none() && self.cursor_batch(&msgs, sync).await? {
-            return Ok(());
-        }
-        if executed
-            .iter()
-            .any(|st| st.facts.first().is_some_and(is_sharded_copy_in))
-        {
-            return self
-                .copy_batch(&msgs, &portal_statements, error, sync, None)
-                .await;
-        }
-        if msgs.is_empty() {
-            if let Some(fields) = error {
-                self.push_error_in_batch(fields);
-                self.state.skip_until_sync = !sync;
-            }
-            if sync {
-                return self.finish_open_batch().await;
-            }
-            return Ok(());
         }
         // The facts of the executed statements; borrowed for the usual one (no clone per Bind).
         let several: Vec<StatementFacts>;
@@ -275,17 +238,6 @@ impl Session {
                 &several
             }
         };
-        if let (Some((batch, unnest, plan)), None, true, None, false) = (
-            unnest_batch(&msgs, &routes),
-            &error,
-            sync,
-            self.state.open_batch_shard,
-            local,
-        ) {
-            // An UNNEST insert whose arrays split between shards.
-            let (unnest, plan) = (unnest.clone(), plan.to_vec());
-            return self.run_unnest_insert_extended(batch, &unnest, &plan).await;
-        }
         // Parse and Describe of a statement any shard can answer add nothing to where it runs.
         let needed: Vec<Route> = routes
             .iter()
@@ -308,19 +260,72 @@ impl Session {
             ending,
             allow_scatter: self.allow_scatter(),
         };
+        let ok = error.is_none();
+        let served = if ok && claims.is_empty() {
+            self.served_cursor_portals(&msgs)
+        } else {
+            None
+        };
+        let unnest = unnest_batch(&msgs, &routes);
+        let gathered = Gathered {
+            claims: !claims.is_empty(),
+            held_portal: ok && crate::planner::held::binds_held_portal(&msgs, &msg_routes),
+            served_cursor: served.is_some(),
+            copy_in: executed
+                .iter()
+                .any(|st| st.facts.first().is_some_and(is_sharded_copy_in)),
+            empty: msgs.is_empty(),
+            unnest: unnest.is_some(),
+        };
         let fallback = || self.fallback_shard();
-        let target = match plan_batch(&batch, &self.state, self.block_view(), fallback) {
-            BatchPlan::Local => {
+        let outcome = plan_extended(&gathered, &batch, &self.state, self.block_view(), fallback);
+        let target = match outcome {
+            Outcome::Claims => {
+                return self
+                    .run_batch_with_claims(msgs, msg_routes, claims, sync)
+                    .await
+            }
+            Outcome::HeldPortal => return self.run_pipeline(msgs, msg_routes, error, sync).await,
+            Outcome::ServedCursor => {
+                let (ours, others) = served.unwrap_or_default();
+                return self.cursor_batch(&msgs, &ours, others, sync).await;
+            }
+            Outcome::CopyIn => {
+                return self
+                    .copy_batch(&msgs, &portal_statements, error, sync, None)
+                    .await
+            }
+            Outcome::Nothing => {
+                if let Some(fields) = error {
+                    self.push_error_in_batch(fields);
+                    self.state.skip_until_sync = !sync;
+                }
+                if sync {
+                    return self.finish_open_batch().await;
+                }
+                return Ok(());
+            }
+            Outcome::UnnestInsert => {
+                let Some((batch, unnest, plan)) = unnest else {
+                    let lost = ErrorFields::error("XX000", "an UNNEST insert lost its plan");
+                    return self.refuse_batch(lost, sync).await;
+                };
+                let (unnest, plan) = (unnest.clone(), plan.to_vec());
+                return self.run_unnest_insert_extended(batch, &unnest, &plan).await;
+            }
+            Outcome::Batch(BatchPlan::Local) => {
                 self.answer_locally(&msgs, &portal_statements, error, sync)
                     .await;
                 return Ok(());
             }
-            BatchPlan::Units => return self.run_pipeline(msgs, msg_routes, error, sync).await,
-            BatchPlan::Run(target) => target,
-            BatchPlan::Refuse {
+            Outcome::Batch(BatchPlan::Units) => {
+                return self.run_pipeline(msgs, msg_routes, error, sync).await
+            }
+            Outcome::Batch(BatchPlan::Run(target)) => target,
+            Outcome::Batch(BatchPlan::Refuse {
                 refusal,
                 raise_on: Some(shard),
-            } => {
+            }) => {
                 // Statements of this implicit transaction already ran on `shard`: the shard
                 // itself raises the refusal, so it rolls them back as Postgres would.
                 let mut steps = raise_steps(&refusal.into());
@@ -329,7 +334,9 @@ impl Session {
                 self.state.skip_until_sync = !sync;
                 return Ok(());
             }
-            BatchPlan::Refuse { refusal, .. } => return self.refuse_batch(refusal, sync).await,
+            Outcome::Batch(BatchPlan::Refuse { refusal, .. }) => {
+                return self.refuse_batch(refusal, sync).await
+            }
         };
         let tail_error = error.clone();
         let merge = match &target {

@@ -1185,22 +1185,7 @@ pub struct ScatterEnd {
     pub complete: Option<Frame>,
 }
 
-/// A statement as transaction control sees it (`sql` tells ROLLBACK TO from other savepoint
-/// statements).
-pub fn control_statement(sql: &str, f: &StatementFacts) -> ControlStatement {
-    match &f.kind {
-        StatementKind::Begin => ControlStatement::Begin,
-        StatementKind::Commit => ControlStatement::Commit,
-        StatementKind::Rollback => ControlStatement::Rollback,
-        StatementKind::Savepoint => match crate::txn::statement::savepoint_op(sql) {
-            Some(crate::txn::statement::SavepointOp::RollbackTo(_)) => ControlStatement::RollbackTo,
-            _ => ControlStatement::Savepoint,
-        },
-        StatementKind::Set { .. } | StatementKind::SetLocal => ControlStatement::Setting,
-        _ => ControlStatement::Other,
-    }
-}
-
+pub use crate::planner::control_statement;
 pub use crate::planner::units::needs_atomic_scatter;
 
 /// The merge of a simple-protocol statement that runs on several shards: the rewritten text (its

@@ -3,6 +3,7 @@
 //! extended-protocol batch. Refusals are typed ([`Refusal`]).
 
 pub mod batch;
+pub mod extended;
 pub mod held;
 pub mod messages;
 pub mod plan;
@@ -20,6 +21,7 @@ use crate::refusal::Refusal;
 use crate::router::{Route, StatementFacts, StatementKind};
 use crate::session::SessionState;
 use crate::telemetry::RouteKind;
+use crate::txn::control::ControlStatement;
 
 /// Where a request runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +122,22 @@ pub fn combine<F: Borrow<StatementFacts>>(
         )));
     }
     Ok(Target::Single(shard))
+}
+
+/// A statement as transaction control sees it (`sql` tells ROLLBACK TO from other savepoint
+/// statements).
+pub fn control_statement(sql: &str, f: &StatementFacts) -> ControlStatement {
+    match &f.kind {
+        StatementKind::Begin => ControlStatement::Begin,
+        StatementKind::Commit => ControlStatement::Commit,
+        StatementKind::Rollback => ControlStatement::Rollback,
+        StatementKind::Savepoint => match crate::txn::statement::savepoint_op(sql) {
+            Some(crate::txn::statement::SavepointOp::RollbackTo(_)) => ControlStatement::RollbackTo,
+            _ => ControlStatement::Savepoint,
+        },
+        StatementKind::Set { .. } | StatementKind::SetLocal => ControlStatement::Setting,
+        _ => ControlStatement::Other,
+    }
 }
 
 /// Statements that end or structure a block.
