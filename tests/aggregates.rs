@@ -2,7 +2,7 @@
 //! (coalesce, NULLIF, arithmetic, round, casts), FILTER, and count/sum/avg(DISTINCT …) on any
 //! column, through pgshard (4 shards) and in one plain Postgres holding the same rows, in the
 //! simple protocol (text) and with prepared statements (binary, a parameter in the WHERE
-//! clause); answers, column names and types compared exactly.
+//! clause); answers, column names and types compared exactly, and errors in rows OFFSET skips.
 
 mod common;
 
@@ -164,6 +164,23 @@ async fn finished_aggregates_equal_one_postgres() {
         };
         let e = e.expect("division by zero is an error");
         assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e:?}");
+    }
+    // Rows OFFSET skips are still computed, as in Postgres: group 99 (first in this order,
+    // skipped) overflows int.
+    let sql = "SELECT g, (CASE WHEN g = 99 THEN sum(b) ELSE 0 END)::int FROM agg GROUP BY g ORDER BY g DESC OFFSET 1";
+    let want = plain.simple_query(sql).await.expect_err("Postgres raises");
+    for extended_protocol in [false, true] {
+        let e = if extended_protocol {
+            through.query(sql, &[]).await.err()
+        } else {
+            through.simple_query(sql).await.err()
+        };
+        let e = e.expect("integer out of range in a skipped row is an error");
+        assert_eq!(e.code(), want.code(), "{e:?}");
+        assert_eq!(
+            e.as_db_error().map(|d| d.message()),
+            want.as_db_error().map(|d| d.message())
+        );
     }
     let n: i64 = through
         .query_one("SELECT count(*) FROM agg", &[])

@@ -5,7 +5,8 @@
 //! report --config F` (the binary) prints the report. Every statement Django sent is in it, and
 //! each has the route its shape calls for: a primary-key lookup one shard, a keyless filter a
 //! scatter, DDL of the sharded table every shard, the contrib tables (unsharded) one shard,
-//! `pk__in=Subquery(…)` a subquery run first; none is refused.
+//! `pk__in=Subquery(…)` a subquery run first, DDL and writes of the reference table `shop_plan`
+//! every shard; none is refused.
 
 mod common;
 
@@ -82,6 +83,7 @@ fn parse_report(text: &str) -> BTreeMap<String, Row> {
 /// not say (INSERTs: one row or several, keyed or generated; cursors).
 fn expected_route(statement: &str) -> Option<&'static str> {
     let sharded = statement.contains("\"shop_order\"");
+    let reference = statement.contains("\"shop_plan\"");
     let verb = statement
         .split_whitespace()
         .next()
@@ -89,13 +91,22 @@ fn expected_route(statement: &str) -> Option<&'static str> {
         .to_uppercase();
     let ddl = ["CREATE", "ALTER", "DROP"].contains(&verb.as_str());
     if ddl {
-        return Some(if sharded { "broadcast" } else { "single" });
+        return Some(if sharded || reference {
+            "broadcast"
+        } else {
+            "single"
+        });
     }
     if !["SELECT", "UPDATE", "DELETE"].contains(&verb.as_str()) {
         return None;
     }
+    if reference && verb != "SELECT" {
+        // Writes to a reference table change every shard alike.
+        return Some("broadcast");
+    }
     if !sharded {
-        // auth_*, django_*: unsharded tables live on the first shard.
+        // auth_*, django_*: unsharded tables live on the first shard; a read of a reference
+        // table needs any one shard.
         return Some("single");
     }
     if statement.contains("\"shop_order\".\"id\" IN (SELECT") {
@@ -140,6 +151,9 @@ fn statement_shapes_have_their_routes() {
         ("CREATE TABLE \"shop_order\" (\"id\" bigint)", Some("broadcast")),
         ("SELECT \"auth_user\".\"id\" FROM \"auth_user\" WHERE \"auth_user\".\"id\" = $1", Some("single")),
         ("INSERT INTO \"shop_order\" (\"customer\") VALUES ($1)", None),
+        ("CREATE TABLE \"shop_plan\" (\"id\" bigint)", Some("broadcast")),
+        ("DELETE FROM \"shop_plan\"", Some("broadcast")),
+        ("SELECT \"shop_plan\".\"id\" FROM \"shop_plan\"", Some("single")),
     ];
     for (statement, want) in cases {
         assert_eq!(expected_route(statement), want, "{statement}");
@@ -161,6 +175,7 @@ async fn the_report_routes_every_statement_of_the_django_suite() {
             key: "id".into(),
             key_type: None,
         });
+        c.reference_tables.push("shop_plan".into());
         c.users.push(UserConfig {
             admin: true,
             ..UserConfig::new("admin", None, AuthMethod::Trust)

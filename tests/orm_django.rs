@@ -42,6 +42,7 @@ async fn django_suite(driver: &str, server_side_binding: bool) {
             key: "id".into(),
             key_type: None,
         });
+        c.reference_tables.push("shop_plan".into());
     })
     .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/django_check.py");
@@ -122,4 +123,22 @@ async fn django_suite(driver: &str, server_side_binding: bool) {
         "bulk_create's rows landed on {generated_holding} shard(s)"
     );
     assert_eq!(auth_on, [proxy.proxy.first_shard]);
+
+    // The same correlated EXISTS over an unsharded table that is not a reference table (a
+    // contrib table, on the first shard only) is refused, saying how to make it work.
+    let client = proxy::connect(&proxy).await;
+    let err = client
+        .query(
+            "SELECT count(*) FROM shop_order WHERE EXISTS (SELECT 1 FROM django_content_type U0 \
+             WHERE U0.model = shop_order.customer LIMIT 1)",
+            &[],
+        )
+        .await
+        .expect_err("EXISTS over a table on the first shard only");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000", "{db}");
+    assert!(
+        db.message().contains("django_content_type") && db.message().contains("reference_tables"),
+        "{db}"
+    );
 }

@@ -747,7 +747,14 @@ async fn merge_all(
                         .any(|o| ColRef::Output(*o).index(total, hidden) == Some(k.column))
                 });
                 if !sort_after {
-                    rows = sort_and_limit(rows, &merged_types, &sort_keys, &key_orders, merge)?;
+                    // Rows OFFSET skips are projected too, as Postgres computes them before
+                    // skipping (an error in them is raised); rows past the LIMIT are not.
+                    let upto = BoundMerge {
+                        offset: 0,
+                        limit: merge.limit.map(|l| l.saturating_add(merge.offset)),
+                        ..merge.clone()
+                    };
+                    rows = sort_and_limit(rows, &merged_types, &sort_keys, &key_orders, &upto)?;
                 }
                 return Ok(Merged::Pending(Box::new(Pending {
                     lead,
@@ -964,6 +971,10 @@ async fn finish_inner(
     }
     if p.sort_after {
         rows = sort_and_limit(rows, &p.types, &p.sort_keys, &p.key_orders, &p.merge)?;
+    } else {
+        // Sorted and cut at OFFSET + LIMIT before the projection; now skip the OFFSET.
+        let skip = p.merge.offset.min(rows.len() as u64) as usize;
+        rows.drain(..skip);
     }
     send_lead(client, p.lead, &p.fields, visible, p.merge.client_describes).await?;
     send_rows(client, rows, visible, hidden).await

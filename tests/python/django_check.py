@@ -24,7 +24,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.db.models import Avg, Count, Exists, Max, OuterRef, Subquery, Sum  # noqa: E402
 
-from django_app.shop.models import Order  # noqa: E402
+from django_app.shop.models import Order, Plan  # noqa: E402
 
 
 class Mismatch(Exception):
@@ -40,7 +40,7 @@ def migrate():
     call_command("migrate", verbosity=0, interactive=False)
     with connection.cursor() as c:
         c.execute("SELECT count(*) FROM django_migrations WHERE app = 'shop'")
-        check("shop migrated", c.fetchone()[0], 1)
+        check("shop migrated", c.fetchone()[0], 2)
     check("permissions created", User._meta.app_config.get_model("Permission").objects.filter(codename="add_order").count(), 1)
 
 
@@ -113,6 +113,13 @@ def subqueries():
     got = sorted(Order.objects.filter(pk__in=inner).values_list("amount", flat=True))
     check("pk__in=Subquery", got, want)
     check("exclude(pk__in=Subquery)", Order.objects.exclude(pk__in=inner).count(), Order.objects.count() - len(want))
+    # Exists over a reference table (shop_plan, copied to every shard), correlated on a column
+    # that is not the shard key: each shard answers it alone.
+    Plan.objects.bulk_create([Plan(name=o.customer) for o in ORDERS[:3]])
+    planned = Order.objects.filter(Exists(Plan.objects.filter(name=OuterRef("customer"))))
+    names = {o.customer for o in ORDERS[:3]}
+    check("Exists(reference)", planned.count(), Order.objects.filter(customer__in=names).count())
+    Plan.objects.all().delete()
 
 
 def bulk_create_with_keys():

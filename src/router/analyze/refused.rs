@@ -8,7 +8,7 @@ use crate::refusal::Refusal;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// A sharded table read together with a table that lives only on the first shard.
-    #[error("join of sharded table {sharded} with unsharded table {unsharded} (unsharded tables live only on the first shard)")]
+    #[error("join of sharded table {sharded} with unsharded table {unsharded} (unsharded tables live only on the first shard); list {unsharded} in reference_tables to copy it to every shard")]
     JoinWithUnsharded { sharded: String, unsharded: String },
     /// A sharded table in a subquery, CTE or FROM item that does not run whole on each shard.
     #[error("subquery over sharded table {table} is not supported unless it is in WHERE and correlated with an outer sharded table by shard key (inner.key = outer.key); run it first and pass its values as an array parameter (= ANY($1))")]
