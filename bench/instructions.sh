@@ -28,6 +28,8 @@
 # (a reconnect, a recovery pass) lands in one run of a pair and throws that pair off either way,
 # so each mode runs ROUNDS=3 pairs and the median is printed (each round goes to stderr).
 set -euo pipefail
+# KEEP is a directory named from where the script was called, not from the tree it moves to.
+if [ -n "${KEEP:-}" ]; then KEEP=$(realpath -m "$KEEP"); fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PER_CLIENT=${1:-500}

@@ -42,6 +42,40 @@ pub fn statements_named(steps: &[Step]) -> (Vec<String>, HashSet<String>) {
     (new, used)
 }
 
+/// True for a step that prepares a server-side statement the connection is to remember.
+fn prepares(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::Send {
+            expect: Expect::Parse { register: Some(_) },
+            ..
+        }
+    )
+}
+
+/// The named statement a Bind or a statement Describe uses, borrowed from its body.
+fn used_name(step: &Step) -> Option<&str> {
+    let Step::Send { frame, .. } = step else {
+        return None;
+    };
+    let body = &frame.body[..];
+    let name = match frame.tag {
+        // Bind: the portal's name, then the statement's.
+        fe::BIND => cstr_at(body, body.iter().position(|b| *b == 0)? + 1)?,
+        // Describe: 'S' or 'P', then the name.
+        fe::DESCRIBE if body.first() == Some(&b'S') => cstr_at(body, 1)?,
+        _ => return None,
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// The NUL-terminated UTF-8 string starting at `at` in `body`.
+fn cstr_at(body: &[u8], at: usize) -> Option<&str> {
+    let rest = body.get(at..)?;
+    let end = rest.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 /// The statement a Bind names (its second string).
 fn bound_statement(body: &[u8]) -> Option<String> {
     let mut r = BodyReader::new(body, "Bind");
@@ -53,6 +87,16 @@ fn bound_statement(body: &[u8]) -> Option<String> {
 /// ones `steps` use as just used. Each is forgotten once its CloseComplete arrives (a Close the
 /// server skips after an error leaves the statement known, to be closed another time).
 pub fn add_evictions(conn: &mut ServerConn, steps: &mut Vec<Step>) {
+    if !steps.iter().any(prepares) {
+        // Most exchanges prepare nothing (a known statement bound and run): mark what they use,
+        // with no names copied and no sets built.
+        for step in steps.iter() {
+            if let Some(name) = used_name(step) {
+                conn.prepared.touch(name);
+            }
+        }
+        return;
+    }
     let (new, used) = statements_named(steps);
     for name in &used {
         conn.prepared.touch(name);

@@ -83,6 +83,7 @@ impl ClientIo {
     /// Wraps a logged-in client's socket (with the bytes already read from it) under the
     /// message size and time limits in force now.
     pub fn new(stream: ClientStream, rbuf: BytesMut, limits: &LiveSettings) -> ClientIo {
+        trim_after_churn();
         ClientIo {
             stream,
             rbuf,
@@ -240,6 +241,39 @@ impl ClientIo {
             self.out = BytesMut::new();
         }
         written
+    }
+}
+
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        trim_after_churn();
+    }
+}
+
+/// Schedules one `malloc_trim` shortly after clients come or go. Logins and logouts free
+/// memory (handshakes, buffers, finished sessions) that glibc keeps in its per-thread arenas; with
+/// thousands of idle clients that kept memory was a large part of the proxy's resident size.
+fn trim_after_churn() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// How long after a login or logout the trim runs: a burst of them is followed by one
+        /// trim, not one each.
+        const TRIM_DELAY: Duration = Duration::from_millis(500);
+        /// Set while a trim is scheduled.
+        static TRIM_SCHEDULED: AtomicBool = AtomicBool::new(false);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if TRIM_SCHEDULED.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(async {
+            tokio::time::sleep(TRIM_DELAY).await;
+            TRIM_SCHEDULED.store(false, Ordering::Release);
+            // SAFETY: malloc_trim only returns free heap memory to the system; it takes the
+            // allocator's own locks and touches no memory in use.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        });
     }
 }
 

@@ -35,6 +35,14 @@ pub use crate::txn::Txn;
 
 pub use crate::planner::Target;
 
+/// Pins the future `make` returns in a box allocated first, so that it is written straight into
+/// the heap: `Box::pin(fut)` builds a future on the stack and then copies all of it (a request's
+/// future is kilobytes, most of it not yet in use), once per message.
+#[inline(always)]
+fn boxed_in_place<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 /// Why the session loop must stop.
 pub enum End {
     ClientGone,
@@ -103,11 +111,11 @@ impl Session {
             }
             // Boxed: a waiting client's task does not carry the (large) state of a request, only
             // what waiting for the next message needs.
-            if !Box::pin(self.serve(frame)).await {
+            if !boxed_in_place(|| self.serve(frame)).await {
                 break;
             }
         }
-        Box::pin(self.close()).await;
+        boxed_in_place(|| self.close()).await;
     }
 
     /// Serves one client message and what follows it (pins settled, idle connections returned,
@@ -137,9 +145,9 @@ impl Session {
         let timer = self.start_query_timer(frame.tag);
         let abandon = timer.as_ref().map(|t| t.abandon.clone());
         let tag = frame.tag;
-        // Boxed on its own: `serve` stays small, so boxing it does not copy a request's whole
-        // state (kilobytes, copied once per message when it was inline).
-        let request = Box::pin(self.dispatch(frame));
+        // Boxed on its own: `serve` stays small, and the request's future (kilobytes) is built in
+        // its box rather than copied there once per message.
+        let request = boxed_in_place(|| self.dispatch(frame));
         let result = match abandon {
             None => request.await,
             Some(abandon) => {
@@ -1006,6 +1014,12 @@ impl Session {
         {
             return;
         }
+        if self.held.is_empty() {
+            // Nothing to return (most requests end here twice): no lists built, and a map
+            // emptied elsewhere lets its node go.
+            self.held = BTreeMap::new();
+            return;
+        }
         let keep = self.block_shards();
         if self.state.txn.is_some() && keep.is_empty() {
             // A BEGIN is pending: keep what we have for the first statement.
@@ -1023,6 +1037,11 @@ impl Session {
                     ShardPools::discard(conn);
                 }
             }
+        }
+        if self.held.is_empty() {
+            // A map emptied by removals keeps its node (room for eleven connections, kilobytes):
+            // an idle client holds none.
+            self.held = BTreeMap::new();
         }
     }
 
