@@ -233,6 +233,9 @@ fn the_batch_plan_decides_the_rest() {
     );
 }
 
+/// The executed statements of a batch: text and facts.
+type Executed<'a> = Vec<(&'a str, Option<&'a StatementFacts>)>;
+
 #[test]
 fn a_failed_block_takes_only_its_ending() {
     let commit = facts("COMMIT");
@@ -240,7 +243,7 @@ fn a_failed_block_takes_only_its_ending() {
     let rollback_to = facts("ROLLBACK TO SAVEPOINT s");
     let select = facts("SELECT 1");
     // (block failed, executed statements, rejected)
-    let cases: [(bool, Vec<(&str, Option<&StatementFacts>)>, bool); 7] = [
+    let cases: [(bool, Executed, bool); 7] = [
         (false, vec![("SELECT 1", Some(&select))], false),
         (true, vec![("SELECT 1", Some(&select))], true),
         (true, vec![("COMMIT", Some(&commit))], false),
