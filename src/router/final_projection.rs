@@ -62,10 +62,12 @@ fn construct(n: &NodeEnum) -> String {
     match n {
         NodeEnum::SubLink(_) => "a subquery".into(),
         NodeEnum::ColumnRef(_) => "a column outside an aggregate".into(),
-        other => match serde_json::to_value(other) {
-            Ok(serde_json::Value::Object(m)) => m.keys().next().cloned().unwrap_or_default(),
-            _ => "this construct".into(),
-        },
+        // The node type's name, as pg_query spells it (`XmlExpr`, `SubLink`, …).
+        other => format!("{:?}", other.to_ref())
+            .split('(')
+            .next()
+            .unwrap_or("this construct")
+            .to_string(),
     }
 }
 

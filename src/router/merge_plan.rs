@@ -10,8 +10,9 @@
 use pg_query::protobuf as pb;
 use pg_query::protobuf::a_const::Val;
 use pg_query::NodeEnum;
-use serde_json::Value as Json;
+use pg_query::NodeRef;
 
+use super::analyze::Walk;
 use super::facts::AGGREGATES;
 use super::final_projection::{self, input_ref, FinalProjection};
 use super::literals::Literal;
@@ -323,58 +324,43 @@ fn builtin_name(f: &pb::FuncCall) -> Option<String> {
     }
 }
 
-/// A copy of a node's JSON without `location` fields, to compare expressions.
-fn shape(n: &pb::Node) -> Json {
-    fn strip(v: &mut Json) {
-        match v {
-            Json::Object(m) => {
-                m.remove("location");
-                m.values_mut().for_each(strip);
-            }
-            Json::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut v = serde_json::to_value(n).unwrap_or(Json::Null);
-    strip(&mut v);
-    v
+/// An expression's shape, to compare expressions regardless of where they sit in the text:
+/// its deparsed SQL (the tree's Debug text if deparsing fails).
+fn shape(n: &pb::Node) -> String {
+    NodeEnum::SelectStmt(Box::new(pb::SelectStmt {
+        target_list: vec![res_target("", n.clone())],
+        limit_option: pb::LimitOption::Default as i32,
+        op: pb::SetOperation::SetopNone as i32,
+        ..Default::default()
+    }))
+    .deparse(pg_query::DeparseOptions::default())
+    .unwrap_or_else(|_| format!("{n:?}"))
 }
 
-/// The first aggregate or window function anywhere in `v`, by name.
-fn find_agg_or_window(v: &Json) -> Option<String> {
-    match v {
-        Json::Object(m) => {
-            if let Some(f) = m.get("FuncCall") {
-                let last = f
-                    .get("funcname")
-                    .and_then(Json::as_array)
-                    .and_then(|a| a.last())
-                    .and_then(|p| p.pointer("/node/String/sval"))
-                    .and_then(Json::as_str)
-                    .unwrap_or("")
-                    .to_lowercase();
-                if f.get("over").is_some_and(|o| !o.is_null()) {
-                    return Some(format!("window function {last}()"));
-                }
-                let flag = |k: &str| f.get(k).and_then(Json::as_bool).unwrap_or(false);
-                if flag("agg_star")
-                    || flag("agg_distinct")
-                    || flag("agg_within_group")
-                    || f.get("agg_filter").is_some_and(|x| !x.is_null())
-                    || AGGREGATES.contains(&last.as_str())
-                {
-                    return Some(format!("aggregate {last}()"));
-                }
-            }
-            m.values().find_map(find_agg_or_window)
-        }
-        Json::Array(a) => a.iter().find_map(find_agg_or_window),
-        _ => None,
-    }
-}
-
+/// The first aggregate or window function anywhere in `n`, by name.
 fn contains_agg(n: &pb::Node) -> Option<String> {
-    find_agg_or_window(&serde_json::to_value(n).unwrap_or(Json::Null))
+    Walk::of(n).find_map(|x| {
+        let NodeRef::FuncCall(f) = x else {
+            return None;
+        };
+        let last = f
+            .funcname
+            .last()
+            .and_then(|p| match p.node.as_ref() {
+                Some(NodeEnum::String(s)) => Some(s.sval.to_lowercase()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if f.over.is_some() {
+            return Some(format!("window function {last}()"));
+        }
+        (f.agg_star
+            || f.agg_distinct
+            || f.agg_within_group
+            || f.agg_filter.is_some()
+            || AGGREGATES.contains(&last.as_str()))
+        .then(|| format!("aggregate {last}()"))
+    })
 }
 
 /// A constant or a parameter, cast or not: the same value whichever shard evaluates it.
@@ -387,25 +373,11 @@ fn is_constant(n: &pb::Node) -> bool {
 }
 
 fn contains_param(n: &pb::Node) -> bool {
-    fn walk(v: &Json) -> bool {
-        match v {
-            Json::Object(m) => m.contains_key("ParamRef") || m.values().any(walk),
-            Json::Array(a) => a.iter().any(walk),
-            _ => false,
-        }
-    }
-    walk(&serde_json::to_value(n).unwrap_or(Json::Null))
+    Walk::of(n).any(|x| matches!(x, NodeRef::ParamRef(_)))
 }
 
 fn contains_collate(n: &pb::Node) -> bool {
-    fn walk(v: &Json) -> bool {
-        match v {
-            Json::Object(m) => m.contains_key("CollateClause") || m.values().any(walk),
-            Json::Array(a) => a.iter().any(walk),
-            _ => false,
-        }
-    }
-    walk(&serde_json::to_value(n).unwrap_or(Json::Null))
+    Walk::of(n).any(|x| matches!(x, NodeRef::CollateClause(_)))
 }
 
 fn node(n: NodeEnum) -> pb::Node {
@@ -504,20 +476,20 @@ struct Builder<'a> {
     visible: usize,
     hidden: usize,
     /// Shape of each client target expression (None for `*` or after it).
-    target_shapes: Vec<Option<Json>>,
+    target_shapes: Vec<Option<String>>,
     target_names: Vec<String>,
     aggs: Vec<PlanAgg>,
     /// Shape of the original aggregate call of each entry in `aggs`.
-    agg_shapes: Vec<Json>,
+    agg_shapes: Vec<String>,
     avg_outputs: Vec<usize>,
     /// Shapes of the GROUP BY expressions (a final expression may read them).
-    group_shapes: Vec<Json>,
+    group_shapes: Vec<String>,
     /// The final projection: its input columns, its targets and the outputs they compute.
     final_inputs: Vec<ColRef>,
     final_targets: Vec<pb::Node>,
     final_outputs: Vec<usize>,
     /// Arrays of distinct values already pushed down, by the shape of their `array_agg` call.
-    concat_shapes: Vec<(Json, ColRef)>,
+    concat_shapes: Vec<(String, ColRef)>,
     /// Each such array's column, the first aggregate reading it and its argument.
     concat_args: Vec<(ColRef, &'static str, pb::Node)>,
 }
@@ -555,7 +527,7 @@ impl Builder<'_> {
                             column: c,
                         });
                         // Never matched by HAVING or ORDER BY: those refuse this call first.
-                        self.agg_shapes.push(Json::Null);
+                        self.agg_shapes.push(String::new());
                         self.concat_shapes.push((key, c));
                         if let Some(arg) = a.call.args.first() {
                             self.concat_args.push((c, a.name, arg.clone()));
@@ -875,70 +847,39 @@ fn is_star(rt: &pb::ResTarget) -> bool {
 /// The names of the columns an expression reads (the last part of each column reference);
 /// `None` if it reads a whole row (`t.*`).
 fn columns_read(n: &pb::Node) -> Option<Vec<String>> {
-    fn walk(v: &Json, out: &mut Vec<String>) -> bool {
-        match v {
-            Json::Object(m) => {
-                if let Some(cr) = m.get("ColumnRef") {
-                    let last = cr
-                        .get("fields")
-                        .and_then(Json::as_array)
-                        .and_then(|f| f.last());
-                    match last
-                        .and_then(|l| l.pointer("/node/String/sval"))
-                        .and_then(Json::as_str)
-                    {
-                        Some(name) => out.push(name.to_string()),
-                        None => return false,
-                    }
-                }
-                m.values().all(|x| walk(x, out))
-            }
-            Json::Array(a) => a.iter().all(|x| walk(x, out)),
-            _ => true,
+    let mut out = Vec::new();
+    for x in Walk::of(n) {
+        if let NodeRef::ColumnRef(cr) = x {
+            out.push(cr.fields.last().and_then(str_sval)?.to_string());
         }
     }
-    let mut out = Vec::new();
-    walk(&serde_json::to_value(n).unwrap_or(Json::Null), &mut out).then_some(out)
+    Some(out)
 }
 
 /// Every table named in the statement, and whether a FROM item has output columns of its own
 /// (subquery, function, CTE), whose names say nothing about the tables' columns.
 fn tables_of(s: &pb::SelectStmt) -> (Vec<TableName>, bool) {
-    fn walk(v: &Json, out: &mut Vec<TableName>, opaque: &mut bool) {
-        match v {
-            Json::Object(m) => {
-                if let Some(rv) = m.get("RangeVar") {
-                    let field = |k: &str| rv.get(k).and_then(Json::as_str).unwrap_or("");
-                    let t = TableName {
-                        schema: Some(field("schemaname").to_string()).filter(|s| !s.is_empty()),
-                        name: field("relname").to_string(),
-                    };
-                    if !out.contains(&t) {
-                        out.push(t);
-                    }
+    let mut out = Vec::new();
+    let mut opaque = false;
+    for x in Walk::new([NodeRef::SelectStmt(s)]) {
+        match x {
+            NodeRef::RangeVar(rv) => {
+                let t = TableName {
+                    schema: Some(rv.schemaname.clone()).filter(|s| !s.is_empty()),
+                    name: rv.relname.clone(),
+                };
+                if !out.contains(&t) {
+                    out.push(t);
                 }
-                for k in [
-                    "RangeSubselect",
-                    "RangeFunction",
-                    "RangeTableFunc",
-                    "CommonTableExpr",
-                    "JsonTable",
-                ] {
-                    *opaque |= m.contains_key(k);
-                }
-                m.values().for_each(|x| walk(x, out, opaque));
             }
-            Json::Array(a) => a.iter().for_each(|x| walk(x, out, opaque)),
+            NodeRef::RangeSubselect(_)
+            | NodeRef::RangeFunction(_)
+            | NodeRef::RangeTableFunc(_)
+            | NodeRef::CommonTableExpr(_)
+            | NodeRef::JsonTable(_) => opaque = true,
             _ => {}
         }
     }
-    let mut out = Vec::new();
-    let mut opaque = false;
-    walk(
-        &serde_json::to_value(s).unwrap_or(Json::Null),
-        &mut out,
-        &mut opaque,
-    );
     (out, opaque)
 }
 
@@ -1037,38 +978,20 @@ fn collation_use(
 
 /// The collation names in the COLLATE clauses of an expression (last name part).
 fn collates_in(n: &pb::Node) -> Vec<String> {
-    last_names_in(n, "CollateClause", "/collname")
+    Walk::of(n)
+        .filter_map(|x| match x {
+            NodeRef::CollateClause(c) => c.collname.last().and_then(str_sval).map(str::to_string),
+            _ => None,
+        })
+        .collect()
 }
 
-/// For every `node` object in an expression, the last part of the name list at `list`.
-fn last_names_in(n: &pb::Node, node: &str, list: &str) -> Vec<String> {
-    fn walk(v: &Json, node: &str, list: &str, out: &mut Vec<String>) {
-        match v {
-            Json::Object(m) => {
-                if let Some(name) = m
-                    .get(node)
-                    .and_then(|c| c.pointer(list))
-                    .and_then(Json::as_array)
-                    .and_then(|a| a.last())
-                    .and_then(|l| l.pointer("/node/String/sval"))
-                    .and_then(Json::as_str)
-                {
-                    out.push(name.to_string());
-                }
-                m.values().for_each(|x| walk(x, node, list, out));
-            }
-            Json::Array(a) => a.iter().for_each(|x| walk(x, node, list, out)),
-            _ => {}
-        }
+/// The text of a `String` node.
+fn str_sval(n: &pb::Node) -> Option<&str> {
+    match n.node.as_ref()? {
+        NodeEnum::String(s) => Some(&s.sval),
+        _ => None,
     }
-    let mut out = Vec::new();
-    walk(
-        &serde_json::to_value(n).unwrap_or(Json::Null),
-        node,
-        list,
-        &mut out,
-    );
-    out
 }
 
 /// Where the collation of a DISTINCT aggregate's argument `arg` comes from; `opaque` when the
@@ -1098,7 +1021,17 @@ fn distinct_use(column: ColRef, func: &str, arg: &pb::Node, opaque: bool) -> Dis
 
 /// The names of the types an expression casts to (`x::t`, `t 'literal'`, `CAST(x AS t)`).
 fn casts_in(n: &pb::Node) -> Vec<String> {
-    last_names_in(n, "TypeCast", "/type_name/names")
+    Walk::of(n)
+        .filter_map(|x| match x {
+            NodeRef::TypeCast(c) => c
+                .type_name
+                .as_ref()
+                .and_then(|t| t.names.last())
+                .and_then(str_sval)
+                .map(str::to_string),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The columns HAVING compares with constants (IS NULL compares nothing).

@@ -13,6 +13,8 @@ mod tables;
 #[cfg(test)]
 mod test_support;
 mod utility;
+mod walk;
+mod walk_children;
 mod write;
 
 use pg_query::protobuf as pb;
@@ -21,9 +23,10 @@ use pg_query::NodeEnum;
 pub use super::names::ShardedTables;
 pub use refused::Refused;
 pub(crate) use scan::AGGREGATES;
-use scan::{node, scan_node, FuncInfo};
+use scan::{node, scan_walk, FuncInfo};
 pub use statement::{KeyFacts, KeyValue, LocalCommand, SessionPin, StatementFacts, StatementKind};
 pub(crate) use tables::{conjuncts, op_name};
+pub(crate) use walk::Walk;
 
 /// Whether the common checks (session effects, every-shard rules) still apply after a family's
 /// analysis, or the facts are complete.
@@ -39,7 +42,7 @@ enum Flow {
 /// cursor's) are analysed by calling it again.
 fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
     let mut facts = StatementFacts::plain(StatementKind::Other);
-    let mut scan = scan_node(stmt);
+    let mut scan = scan_walk(Walk::new([stmt.to_ref()]));
     ddl::named_objects(stmt, &mut scan);
     if ddl::names_indexes(stmt, &scan, &mut facts) {
         return facts;

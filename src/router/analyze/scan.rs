@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
-use serde_json::Value;
+use pg_query::NodeRef;
+
+use super::walk::{concurrent, Walk};
 
 /// Aggregate functions recognised by name (user-defined aggregates are not).
 pub(crate) const AGGREGATES: &[&str] = &[
@@ -75,7 +77,7 @@ pub(super) const SESSION_LOCKS: &[&str] = &[
     "pg_advisory_unlock_all",
 ];
 
-/// Everything found by walking a whole statement tree (as JSON, so no node type is missed).
+/// Everything found by walking a whole statement tree (by the typed walk, so no node type is missed).
 #[derive(Default)]
 pub(super) struct Scan {
     /// (schema, name) of every RangeVar, lowercased.
@@ -109,93 +111,65 @@ impl FuncInfo {
     }
 }
 
-fn json_str<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
+fn lower_name(parts: &[pb::Node]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|p| str_of(p).unwrap_or("").to_lowercase())
+        .collect()
 }
 
-fn json_true(v: &Value, key: &str) -> bool {
-    v.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-fn json_present(v: &Value, key: &str) -> bool {
-    v.get(key).is_some_and(|x| !x.is_null())
-}
-
-fn scan_value(v: &Value, scan: &mut Scan) {
-    match v {
-        Value::Object(map) => {
-            // A RangeVar, wherever it sits (as a Node or as a typed `relation` field).
-            if map.contains_key("relname") && map.contains_key("relpersistence") {
-                scan.relations.push((
-                    json_str(v, "schemaname").to_lowercase(),
-                    json_str(v, "relname").to_lowercase(),
-                ));
-                if json_str(v, "relpersistence") == "t" {
-                    scan.temp = true;
-                }
-            }
-            for (k, child) in map {
-                match k.as_str() {
-                    "FuncCall" => {
-                        let name: Vec<String> = child
-                            .get("funcname")
-                            .and_then(Value::as_array)
-                            .map(|parts| {
-                                parts
-                                    .iter()
-                                    .map(|p| {
-                                        p.pointer("/node/String/sval")
-                                            .and_then(Value::as_str)
-                                            .unwrap_or("")
-                                            .to_lowercase()
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        let last = name.last().cloned().unwrap_or_default();
-                        let builtin =
-                            name.len() == 1 || (name.len() == 2 && name[0] == "pg_catalog");
-                        let aggregate = json_true(child, "agg_star")
-                            || json_true(child, "agg_distinct")
-                            || json_true(child, "agg_within_group")
-                            || json_present(child, "agg_filter")
-                            || (builtin && AGGREGATES.contains(&last.as_str()));
-                        scan.funcs.push(FuncInfo {
-                            name,
-                            aggregate,
-                            window: json_present(child, "over"),
-                        });
-                    }
-                    "CommonTableExpr" => {
-                        scan.ctes.insert(json_str(child, "ctename").to_lowercase());
-                    }
-                    "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
-                        scan.nested_dml = true;
-                        if let Some(rel) = child.get("relation") {
-                            scan.dml_targets.push((
-                                json_str(rel, "schemaname").to_lowercase(),
-                                json_str(rel, "relname").to_lowercase(),
-                            ));
-                        }
-                    }
-                    "SqlvalueFunction" | "SQLValueFunction" => scan.sql_value_function = true,
-                    "concurrent" if child.as_bool() == Some(true) => scan.concurrent = true,
-                    _ => {}
-                }
-                scan_value(child, scan);
+fn scan_one(n: NodeRef<'_>, scan: &mut Scan) {
+    if concurrent(n) {
+        scan.concurrent = true;
+    }
+    match n {
+        // A RangeVar, wherever it sits (as a Node or as a typed `relation` field).
+        NodeRef::RangeVar(rv) => {
+            scan.relations
+                .push((rv.schemaname.to_lowercase(), rv.relname.to_lowercase()));
+            if rv.relpersistence == "t" {
+                scan.temp = true;
             }
         }
-        Value::Array(items) => items.iter().for_each(|i| scan_value(i, scan)),
+        NodeRef::FuncCall(f) => {
+            let name = lower_name(&f.funcname);
+            let last = name.last().cloned().unwrap_or_default();
+            let builtin = name.len() == 1 || (name.len() == 2 && name[0] == "pg_catalog");
+            let aggregate = f.agg_star
+                || f.agg_distinct
+                || f.agg_within_group
+                || f.agg_filter.is_some()
+                || (builtin && AGGREGATES.contains(&last.as_str()));
+            scan.funcs.push(FuncInfo {
+                name,
+                aggregate,
+                window: f.over.is_some(),
+            });
+        }
+        NodeRef::CommonTableExpr(c) => {
+            scan.ctes.insert(c.ctename.to_lowercase());
+        }
+        NodeRef::InsertStmt(s) => dml(scan, s.relation.as_ref()),
+        NodeRef::UpdateStmt(s) => dml(scan, s.relation.as_ref()),
+        NodeRef::DeleteStmt(s) => dml(scan, s.relation.as_ref()),
+        NodeRef::MergeStmt(s) => dml(scan, s.relation.as_ref()),
+        NodeRef::SqlvalueFunction(_) => scan.sql_value_function = true,
         _ => {}
     }
 }
 
-/// The scan of `node` and everything under it.
-pub(super) fn scan_node<T: serde::Serialize>(node: &T) -> Scan {
-    let mut scan = Scan::default();
-    if let Ok(v) = serde_json::to_value(node) {
-        scan_value(&v, &mut scan);
+fn dml(scan: &mut Scan, rel: Option<&pb::RangeVar>) {
+    scan.nested_dml = true;
+    if let Some(rel) = rel {
+        scan.dml_targets
+            .push((rel.schemaname.to_lowercase(), rel.relname.to_lowercase()));
     }
+}
+
+/// The scan of every node the walk yields.
+pub(super) fn scan_walk(walk: Walk<'_>) -> Scan {
+    let mut scan = Scan::default();
+    walk.for_each(|n| scan_one(n, &mut scan));
     scan
 }
 

@@ -4,8 +4,9 @@
 use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
 
-use super::scan::{node, scan_node, str_of, Scan};
+use super::scan::{node, scan_walk, str_of, Scan};
 use super::tables::{tables_and_key, Ctx};
+use super::walk::Walk;
 use super::{Flow, LocalCommand, Refused, ShardedTables, StatementFacts, StatementKind};
 
 fn merge_construct(s: &pb::SelectStmt) -> Option<String> {
@@ -18,9 +19,9 @@ fn merge_construct(s: &pb::SelectStmt) -> Option<String> {
     if s.limit_offset.is_some() {
         return Some("OFFSET".into());
     }
-    let mut scan = scan_node(&s.target_list);
+    let mut scan = scan_walk(Walk::of_list(&s.target_list));
     if let Some(h) = &s.having_clause {
-        let hs = scan_node(h);
+        let hs = scan_walk(Walk::of(h));
         scan.funcs.extend(hs.funcs);
     }
     if let Some(f) = scan.funcs.iter().find(|f| f.aggregate && !f.window) {
