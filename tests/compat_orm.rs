@@ -11,10 +11,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
 use common::process::{free_port, run_output, write_config, ProxyProcess};
 use common::proxy::APP_PASSWORD;
+use common::script::run_script;
 use common::TestCluster;
 use pgshard::config::{AuthMethod, CompatConfig, ShardedTableConfig, UserConfig};
 use pgshard::router::Strategy;
@@ -185,23 +185,13 @@ async fn the_report_routes_every_statement_of_the_django_suite() {
     let running = ProxyProcess::start(&path, &url).await;
 
     let log = cluster.info.dir.join("compat-orm-statements.jsonl");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/django_check.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .env("PGSHARD_URL", &url)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PGSHARD_SQL_LOG", &log)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the Django script failed through the compat proxy ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let log_arg = log.display().to_string();
+    run_script(
+        "python/django_check.py",
+        &[],
+        &[("PGSHARD_URL", &url), ("PGSHARD_SQL_LOG", &log_arg)],
+    )
+    .await;
 
     let (ok, text, err) = run_output(
         Command::new(env!("CARGO_BIN_EXE_pgshard"))

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use common::proxy::{self, connect_url};
+use common::script::run_script;
 use common::TestCluster;
 use pgshard::config::lookups::LookupConfig;
 use pgshard::router::{ShardKey, ShardMap, Strategy};
@@ -398,20 +399,9 @@ async fn psycopg_checks(w: &World, running: &pgshard::server::RunningProxy) {
     let setup = serde_json::json!({ "proxy": proxy::app_url(running) });
     let setup_file = w.cluster.info.dir.join("lookups.json");
     std::fs::write(&setup_file, setup.to_string()).expect("write the setup file");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/lookups_check.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&setup_file)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("lookups passed"),
-        "psycopg checks failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let setup_arg = setup_file.display().to_string();
+    let out = run_script("python/lookups_check.py", &[&setup_arg], &[]).await;
+    assert!(out.stdout.contains("lookups passed"), "{}", out.stdout);
     for k in 1000..1020i64 {
         assert_eq!(w.lookup_key(&format!("py{k}@x")).await, Some(k), "py{k}");
     }

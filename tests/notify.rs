@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::process::eventually;
 use common::proxy::{self, start_proxy};
+use common::script::run_script;
 use common::TestCluster;
 use futures_util::StreamExt;
 use pgshard::router::Strategy;
@@ -179,21 +180,13 @@ async fn notifications_cross_proxies_in_order_and_only_when_committed() {
     })
     .await;
     // The drivers' own APIs: psycopg 3 `notifies()`, asyncpg `add_listener`.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/notify_check.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(proxy::app_url(&a))
-        .arg(proxy::app_url(&b))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("notify passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_script(
+        "python/notify_check.py",
+        &[&proxy::app_url(&a), &proxy::app_url(&b)],
+        &[],
+    )
+    .await;
+    assert!(out.stdout.contains("notify passed"), "{}", out.stdout);
     a.stop().await;
     b.stop().await;
 }

@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::proxy::{self, start_proxy_with};
+use common::script::run_script;
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
-use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_runs_unchanged() {
@@ -45,29 +43,23 @@ async fn django_suite(driver: &str, server_side_binding: bool) {
         c.reference_tables.push("shop_plan".into());
     })
     .await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/django_check.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .env("PGSHARD_URL", proxy::app_url(&proxy))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PGSHARD_DJANGO_DRIVER", driver)
-        .env(
-            "PGSHARD_SERVER_SIDE_BINDING",
-            if server_side_binding { "1" } else { "0" },
-        )
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the Django script failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let url = proxy::app_url(&proxy);
+    let out = run_script(
+        "python/django_check.py",
+        &[],
+        &[
+            ("PGSHARD_URL", &url),
+            ("PGSHARD_DJANGO_DRIVER", driver),
+            (
+                "PGSHARD_SERVER_SIDE_BINDING",
+                if server_side_binding { "1" } else { "0" },
+            ),
+        ],
+    )
+    .await;
+    let stderr = &out.stderr;
     assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
+        out.lines(),
         [
             "migrate",
             "contrib_auth",

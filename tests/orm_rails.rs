@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::proxy::{self, start_proxy_with};
+use common::script::run_script;
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
-use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rails_activerecord_runs_unchanged() {
@@ -24,23 +22,10 @@ async fn rails_activerecord_runs_unchanged() {
         });
     })
     .await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ruby/orm_rails.rb");
-    let out = Command::new("ruby")
-        .arg(script)
-        .arg(proxy::app_url(&proxy))
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run ruby");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the Rails script failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let out = run_script("ruby/orm_rails.rb", &[&proxy::app_url(&proxy)], &[]).await;
+    let stderr = &out.stderr;
     assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
+        out.lines(),
         ["migrated", "crud", "transactions", "keyless", "ok"],
         "{stderr}"
     );

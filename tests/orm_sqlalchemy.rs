@@ -6,12 +6,11 @@
 
 mod common;
 
-use common::process::run_output;
 use common::proxy::{self, start_proxy_with};
+use common::script::run_script;
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
-use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy_and_alembic_run_unchanged() {
@@ -26,19 +25,14 @@ async fn sqlalchemy_and_alembic_run_unchanged() {
         }
     })
     .await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/orm_sqlalchemy.py"
-    );
-    let (ok, stdout, stderr) = run_output(
-        Command::new("python3")
-            .arg(script)
-            .env("PGSHARD_URL", proxy::app_url(&proxy))
-            .env("PGSHARD_DRIVER", "psycopg")
-            .env("PYTHONDONTWRITEBYTECODE", "1"),
+    let url = proxy::app_url(&proxy);
+    let out = run_script(
+        "python/orm_sqlalchemy.py",
+        &[],
+        &[("PGSHARD_URL", &url), ("PGSHARD_DRIVER", "psycopg")],
     )
     .await;
-    assert!(ok, "the SQLAlchemy script failed:\n{stdout}\n{stderr}");
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [

@@ -11,10 +11,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
 use common::placement::owned_rows;
 use common::proxy::{self, connect_url};
+use common::script::run_script;
 use common::TestCluster;
 use futures_util::{pin_mut, SinkExt};
 use pgshard::config::schemas::ShardedSchemaConfig;
@@ -452,20 +452,9 @@ async fn psycopg_checks(
     });
     let setup_file = cluster.info.dir.join("schemas.json");
     std::fs::write(&setup_file, setup.to_string()).expect("write the setup file");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/schemas_check.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&setup_file)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("schemas passed"),
-        "psycopg checks failed:\n{stdout}\n{stderr}"
-    );
+    let setup_arg = setup_file.display().to_string();
+    let out = run_script("python/schemas_check.py", &[&setup_arg], &[]).await;
+    assert!(out.stdout.contains("schemas passed"), "{}", out.stdout);
 }
 
 /// Schema-based sharding: each tenant schema is created through pgshard on its own shard, and

@@ -8,6 +8,7 @@ mod common;
 use std::process::Stdio;
 
 use common::proxy::{self, start_proxy};
+use common::script::run_script;
 use common::TestCluster;
 use pgshard::router::{ShardMap, Strategy};
 use tokio_postgres::Client;
@@ -228,23 +229,11 @@ async fn a_failed_block_ends_with_rollback_in_every_shape() {
 
     // psycopg 3 and asyncpg, with their defaults.
     let (a, b) = keys_on_two_shards(&map, 50_000);
-    let out = tokio::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/txn_errors.py"
-        ))
-        .arg(proxy::app_url(&proxy))
-        .arg(a.to_string())
-        .arg(b.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "python drivers:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script(
+        "python/txn_errors.py",
+        &[&proxy::app_url(&proxy), &a.to_string(), &b.to_string()],
+        &[],
+    )
+    .await;
     proxy.stop().await;
 }

@@ -129,3 +129,4 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod relay;
+pub mod script;
