@@ -233,9 +233,8 @@ pub struct Progress {
     pub lag_bytes: Option<i64>,
 }
 
-/// Measures a step: sync state and rows on the destination, lag from the source's slot.
+/// Measures a step: sync state and rows copied on the destination, lag from the source's slot.
 pub async fn progress(
-    config: &Config,
     source: &Client,
     dest: &Client,
     job: &Job,
@@ -262,36 +261,19 @@ pub async fn progress(
         .map_err(RebalanceError::shard(step.source))?
         .and_then(|r| r.get(0));
     let synced = pending == 0 && lag.is_some();
-    // Counting the moving rows scans the destination's tables and slows the copy it measures:
-    // while copying, the copy workers' own counters; once, when the step becomes synced, a count.
-    let rows = if !synced {
-        let copying: i64 = dest
-            .query_one(
-                "SELECT coalesce(sum(p.tuples_processed), 0)::bigint FROM pg_stat_subscription s \
-                 JOIN pg_stat_progress_copy p ON p.pid = s.pid WHERE s.subname = $1",
-                &[&n],
-            )
-            .await
-            .map_err(RebalanceError::shard(step.dest))?
-            .get(0);
-        copying.max(step.rows_copied)
-    } else if step.state == "synced" {
-        step.rows_copied
-    } else {
-        let m = step_move(job, step)?;
-        let mut rows = 0;
-        for (table, _, pred) in predicates(config, job, m) {
-            if table_exists(dest, step.dest, &table).await? {
-                let n: i64 = dest
-                    .query_one(&format!("SELECT count(*) FROM {table} WHERE {pred}"), &[])
-                    .await
-                    .map_err(RebalanceError::shard(step.dest))?
-                    .get(0);
-                rows += n;
-            }
-        }
-        rows
-    };
+    // Counting the moving rows would scan the destination's tables (per row, per step, while
+    // other steps still copy): the copy workers' own counters instead, and the highest seen.
+    // The cut-over's comparison records the exact count.
+    let copying: i64 = dest
+        .query_one(
+            "SELECT coalesce(sum(p.tuples_processed), 0)::bigint FROM pg_stat_subscription s \
+             JOIN pg_stat_progress_copy p ON p.pid = s.pid WHERE s.subname = $1",
+            &[&n],
+        )
+        .await
+        .map_err(RebalanceError::shard(step.dest))?
+        .get(0);
+    let rows = copying.max(step.rows_copied);
     Ok(Progress {
         synced,
         rows,

@@ -1,49 +1,55 @@
 //! Row estimates of a plan's moves: exact counts of the moving rows on each source, through the
-//! same predicate the publication's row filter uses.
+//! same predicate the publication's row filter uses. Every move is counted at once (the sources
+//! are different servers; one after another was most of `rebalance start`'s time).
 
 use super::shards::connect;
-use super::{Plan, RebalanceError};
+use super::{Move, Plan, RebalanceError};
 use crate::config::Config;
 
 /// Rows each move carries (summed over the sharded tables), in the order of `plan.moves`.
 pub async fn rows_per_move(config: &Config, plan: &Plan) -> Result<Vec<i64>, RebalanceError> {
-    let mut out = Vec::with_capacity(plan.moves.len());
-    for m in &plan.moves {
-        let client = connect(config, m.source).await?;
-        let mut rows = 0i64;
-        for table in &config.sharded_tables {
-            let exists: bool = client
-                .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL",
-                    &[&crate::router::names::quote_config_name(&table.name)],
-                )
-                .await
-                .map_err(RebalanceError::shard(m.source))?
-                .get(0);
-            if !exists {
-                continue;
-            }
-            // The key type as start-up resolved it, else as the shard's catalog says (the CLI's
-            // config may not name it): a uuid or text key hashes with its own function.
-            let key_type = match table.key_type {
-                Some(t) => t,
-                None => crate::backend::key_types::key_type_on(&client, table, &plan.from.strategy)
-                    .await
-                    .map_err(RebalanceError::Config)?,
-            };
-            let sql = format!(
-                "SELECT count(*) FROM {} WHERE {}",
-                crate::router::names::quote_config_name(&table.name),
-                plan.predicate_typed(&table.key, key_type, m)
-            );
-            let n: i64 = client
-                .query_one(&sql, &[])
-                .await
-                .map_err(RebalanceError::shard(m.source))?
-                .get(0);
-            rows += n;
+    let counts = plan.moves.iter().map(|m| rows_of_move(config, plan, m));
+    futures_util::future::join_all(counts)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The moving rows of one move, summed over the sharded tables.
+async fn rows_of_move(config: &Config, plan: &Plan, m: &Move) -> Result<i64, RebalanceError> {
+    let client = connect(config, m.source).await?;
+    let mut rows = 0i64;
+    for table in &config.sharded_tables {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&crate::router::names::quote_config_name(&table.name)],
+            )
+            .await
+            .map_err(RebalanceError::shard(m.source))?
+            .get(0);
+        if !exists {
+            continue;
         }
-        out.push(rows);
+        // The key type as start-up resolved it, else as the shard's catalog says (the CLI's
+        // config may not name it): a uuid or text key hashes with its own function.
+        let key_type = match table.key_type {
+            Some(t) => t,
+            None => crate::backend::key_types::key_type_on(&client, table, &plan.from.strategy)
+                .await
+                .map_err(RebalanceError::Config)?,
+        };
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE {}",
+            crate::router::names::quote_config_name(&table.name),
+            plan.predicate_typed(&table.key, key_type, m)
+        );
+        let n: i64 = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(RebalanceError::shard(m.source))?
+            .get(0);
+        rows += n;
     }
-    Ok(out)
+    Ok(rows)
 }

@@ -129,6 +129,42 @@ pub async fn load_fence(config: &Config, state: &ProxyRebalance) -> Result<(), S
     Ok(())
 }
 
+/// A catalog connection LISTENing on [`CHANNEL`], the receiver its announcements arrive on (one
+/// `()` each; closed when the connection ends) and the task reading them (abort it when done).
+pub async fn listen(
+    tls: &crate::backend::ServerTls,
+    url: &str,
+) -> Result<
+    (
+        Client,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+    tokio_postgres::Error,
+> {
+    let (client, mut connection) = tls.connect_url(url).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        task.abort();
+        return Err(e);
+    }
+    Ok((client, rx, task))
+}
+
 /// Follows the catalog for one proxy (`node_id`): fence changes and cut-over holds.
 pub fn start(
     config: Arc<Config>,
@@ -171,22 +207,7 @@ struct Watcher {
 
 impl Watcher {
     async fn follow(&mut self) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = self.tls.connect_url(&self.config.catalog.url).await?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn_task = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(m) = messages.next().await {
-                match m {
-                    Ok(AsyncMessage::Notification(_)) => {
-                        if tx.send(()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
+        let (client, mut rx, conn_task) = listen(&self.tls, &self.config.catalog.url).await?;
         let result = self.run(&client, &mut rx).await;
         conn_task.abort();
         result
@@ -197,7 +218,6 @@ impl Watcher {
         client: &Client,
         rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
     ) -> Result<(), tokio_postgres::Error> {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         // Holds requested before we started are not ours to acknowledge: a proxy that was not
         // live when the runner counted is not waited for.
         if self.last_hold == 0 {

@@ -36,7 +36,9 @@ async fn count(client: &Client, shard: u32, sql: &str) -> Result<i64, RebalanceE
         .get(0))
 }
 
-/// Runs every check; the first failure is the job's error.
+/// Runs every check; the first failure is the job's error. The shards are checked at once
+/// (sources, then destinations): one after another, their logins and round trips were a fixed
+/// cost of every job before its first row moved.
 pub async fn check(config: &Config, job: &Job) -> Result<(), RebalanceError> {
     let mut dests_of: BTreeMap<u32, i64> = BTreeMap::new();
     let mut sources_of: BTreeMap<u32, i64> = BTreeMap::new();
@@ -44,64 +46,88 @@ pub async fn check(config: &Config, job: &Job) -> Result<(), RebalanceError> {
         *dests_of.entry(s.source).or_default() += 1;
         *sources_of.entry(s.dest).or_default() += 1;
     }
-    for (&source, &dests) in &dests_of {
-        let c = connect(config, source).await?;
-        let wal: String = c
-            .query_one("SHOW wal_level", &[])
-            .await
-            .map_err(RebalanceError::shard(source))?
-            .get(0);
-        if wal != "logical" {
-            return Err(RebalanceError::Refused(format!(
-                "shard {source} runs with wal_level = {wal}; rebalancing copies rows with logical replication: set wal_level = logical and restart it"
-            )));
-        }
-        for t in &config.sharded_tables {
-            replica_identity(&c, source, &t.name, &t.key).await?;
-        }
-        // Each step needs its slot and, during the initial copy, a table-sync slot and sender.
-        let need = 2 * dests;
-        let slots = setting(&c, source, "max_replication_slots").await?
-            - count(&c, source, "SELECT count(*) FROM pg_replication_slots").await?;
-        let senders = setting(&c, source, "max_wal_senders").await?
-            - count(&c, source, "SELECT count(*) FROM pg_stat_replication").await?;
-        if slots < need {
-            return Err(RebalanceError::Refused(format!(
-                "shard {source} has {slots} free replication slot(s) and this job needs {need} there: raise max_replication_slots (restart needed)"
-            )));
-        }
-        if senders < need {
-            return Err(RebalanceError::Refused(format!(
-                "shard {source} has {senders} free WAL sender(s) and this job needs {need} there: raise max_wal_senders (restart needed)"
-            )));
-        }
+    let sources = dests_of
+        .iter()
+        .map(|(&source, &dests)| check_source(config, source, dests));
+    for r in futures_util::future::join_all(sources).await {
+        r?;
     }
     let template = *dests_of.keys().next().unwrap_or(&0);
-    for (&dest, &sources) in &sources_of {
-        let c = connect(config, dest).await?;
-        let need = sources + 1;
-        let workers = setting(&c, dest, "max_logical_replication_workers").await?
-            - count(
-                &c,
-                dest,
-                "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL",
-            )
-            .await?;
-        if workers < need {
-            return Err(RebalanceError::Refused(format!(
-                "shard {dest} has {workers} free logical replication worker(s) and this job needs {need} there: raise max_logical_replication_workers and max_worker_processes (restart needed)"
-            )));
-        }
-        let processes = setting(&c, dest, "max_worker_processes").await?;
-        if processes < need + 2 {
-            return Err(RebalanceError::Refused(format!(
-                "shard {dest} allows {processes} background worker(s) and this job needs at least {} there: raise max_worker_processes (restart needed)",
-                need + 2
-            )));
-        }
-        prepare_destination(config, &c, dest, template).await?;
+    let dests = sources_of
+        .iter()
+        .map(|(&dest, &sources)| check_destination(config, dest, sources, template));
+    for r in futures_util::future::join_all(dests).await {
+        r?;
     }
     Ok(())
+}
+
+/// A source of `dests` steps: logical WAL, the key in each table's replica identity, free slots
+/// and WAL senders.
+async fn check_source(config: &Config, source: u32, dests: i64) -> Result<(), RebalanceError> {
+    let c = connect(config, source).await?;
+    let wal: String = c
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(RebalanceError::shard(source))?
+        .get(0);
+    if wal != "logical" {
+        return Err(RebalanceError::Refused(format!(
+            "shard {source} runs with wal_level = {wal}; rebalancing copies rows with logical replication: set wal_level = logical and restart it"
+        )));
+    }
+    for t in &config.sharded_tables {
+        replica_identity(&c, source, &t.name, &t.key).await?;
+    }
+    // Each step needs its slot and, during the initial copy, a table-sync slot and sender.
+    let need = 2 * dests;
+    let slots = setting(&c, source, "max_replication_slots").await?
+        - count(&c, source, "SELECT count(*) FROM pg_replication_slots").await?;
+    let senders = setting(&c, source, "max_wal_senders").await?
+        - count(&c, source, "SELECT count(*) FROM pg_stat_replication").await?;
+    if slots < need {
+        return Err(RebalanceError::Refused(format!(
+            "shard {source} has {slots} free replication slot(s) and this job needs {need} there: raise max_replication_slots (restart needed)"
+        )));
+    }
+    if senders < need {
+        return Err(RebalanceError::Refused(format!(
+            "shard {source} has {senders} free WAL sender(s) and this job needs {need} there: raise max_wal_senders (restart needed)"
+        )));
+    }
+    Ok(())
+}
+
+/// A destination of `sources` steps: free logical replication workers, then its schema and
+/// reference rows from `template`.
+async fn check_destination(
+    config: &Config,
+    dest: u32,
+    sources: i64,
+    template: u32,
+) -> Result<(), RebalanceError> {
+    let c = connect(config, dest).await?;
+    let need = sources + 1;
+    let workers = setting(&c, dest, "max_logical_replication_workers").await?
+        - count(
+            &c,
+            dest,
+            "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL",
+        )
+        .await?;
+    if workers < need {
+        return Err(RebalanceError::Refused(format!(
+            "shard {dest} has {workers} free logical replication worker(s) and this job needs {need} there: raise max_logical_replication_workers and max_worker_processes (restart needed)"
+        )));
+    }
+    let processes = setting(&c, dest, "max_worker_processes").await?;
+    if processes < need + 2 {
+        return Err(RebalanceError::Refused(format!(
+            "shard {dest} allows {processes} background worker(s) and this job needs at least {} there: raise max_worker_processes (restart needed)",
+            need + 2
+        )));
+    }
+    prepare_destination(config, &c, dest, template).await
 }
 
 /// The shard key must be in the replica identity (or the identity is FULL).

@@ -27,16 +27,41 @@ pub fn start(config: Arc<Config>, node_id: u16) -> tokio::task::JoinHandle<()> {
     );
     tokio::spawn(async move {
         let poll = Duration::from_millis(config.catalog.poll_interval_ms.min(1000));
-        // One catalog connection for the polls while it lives: a login (SCRAM's key derivation)
-        // every poll was most of an idle proxy's CPU.
-        let mut kept: Option<Client> = None;
+        // One catalog connection for the polls while it lives (a login — SCRAM's key derivation
+        // — every poll was most of an idle proxy's CPU), LISTENing for announcements: a new job
+        // starts at once instead of at the next poll.
+        let mut kept: Option<Kept> = None;
         loop {
             if let Err(e) = run_once(&config, &owner, &mut kept).await {
                 tracing::warn!(error = %e, "rebalancing runner");
             }
-            tokio::time::sleep(poll).await;
+            match kept.as_mut() {
+                Some(k) => {
+                    tokio::select! {
+                        n = k.announced.recv() => if n.is_none() { kept = None; },
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    if let Some(k) = kept.as_mut() {
+                        while k.announced.try_recv().is_ok() {}
+                    }
+                }
+                None => tokio::time::sleep(poll).await,
+            }
         }
     })
+}
+
+/// The runner's catalog connection and the announcements it receives.
+struct Kept {
+    client: Client,
+    announced: tokio::sync::mpsc::UnboundedReceiver<()>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// Claims one job (if any is free) and drives it until it ends or cannot go on. `kept` is the
@@ -44,17 +69,28 @@ pub fn start(config: Arc<Config>, node_id: u16) -> tokio::task::JoinHandle<()> {
 async fn run_once(
     config: &Arc<Config>,
     owner: &str,
-    kept: &mut Option<Client>,
+    kept: &mut Option<Kept>,
 ) -> Result<(), RebalanceError> {
-    let mut client = match kept.take().filter(|c| !c.is_closed()) {
-        Some(c) => c,
-        None => catalog(config).await?,
+    let mut k = match kept.take().filter(|k| !k.client.is_closed()) {
+        Some(k) => k,
+        None => {
+            let tls = crate::backend::ServerTls::load(config.server_tls.as_ref())?;
+            let (client, announced, reader) = super::hold::listen(&tls, &config.catalog.url)
+                .await
+                .map_err(RebalanceError::Catalog)?;
+            Kept {
+                client,
+                announced,
+                reader,
+            }
+        }
     };
     let lease = Duration::from_millis(config.rebalance.lease_ms);
-    let Some(id) = jobs::claim(&client, owner, lease).await? else {
-        *kept = Some(client);
+    let Some(id) = jobs::claim(&k.client, owner, lease).await? else {
+        *kept = Some(k);
         return Ok(());
     };
+    let client = &mut k.client;
     tracing::info!(job = id, owner, "running rebalancing job");
     // Shards registered since this proxy started take part too.
     let config = &Arc::new(super::shards::with_registered_shards(config).await?);
@@ -94,7 +130,7 @@ async fn run_once(
         retry: Duration::from_millis(200),
         conns: HashMap::new(),
     };
-    let result = runner.drive(&mut client, id).await;
+    let result = runner.drive(client, id).await;
     renewal.abort();
     if let Err(e) = &result {
         let _ = client
@@ -104,6 +140,7 @@ async fn run_once(
             )
             .await;
     }
+    *kept = Some(k);
     result
 }
 
@@ -341,13 +378,7 @@ impl Runner<'_> {
             }
             let source = self.conn(step.source).await?;
             let dest = self.conn(step.dest).await?;
-            let config = self.config;
-            measured.push(async move {
-                (
-                    step,
-                    copy::progress(config, &source, &dest, job, step).await,
-                )
-            });
+            measured.push(async move { (step, copy::progress(&source, &dest, job, step).await) });
         }
         for (step, p) in futures_util::future::join_all(measured).await {
             let p = p?;
