@@ -7,6 +7,9 @@ use crate::backend::pool::CheckoutError;
 use crate::backend::BackendError;
 use crate::wire::backend::ErrorFields;
 
+/// Between a refusal's message and its hint in a route's text (as psql prints a hint).
+pub const HINT_SEPARATOR: &str = "\nHINT:  ";
+
 /// Why pgshard answers with an error of its own; each variant has one SQLSTATE.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -45,12 +48,18 @@ impl Refusal {
 
     /// The refusal of a statement the router refused: a bad routing hint, or what pgshard cannot
     /// do exactly.
+    /// A route's text may carry a hint after [`HINT_SEPARATOR`].
     pub fn of_route(message: impl Into<String>) -> Refusal {
         let message = message.into();
         if message.starts_with(crate::router::hint::INVALID_HINT) {
-            Refusal::InvalidHint(message)
-        } else {
-            Refusal::unsupported(message)
+            return Refusal::InvalidHint(message);
+        }
+        match message.split_once(HINT_SEPARATOR) {
+            Some((m, h)) => Refusal::Unsupported {
+                message: m.to_string(),
+                hint: Some(h.to_string()),
+            },
+            None => Refusal::unsupported(message),
         }
     }
 

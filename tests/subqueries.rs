@@ -161,6 +161,13 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
         "{sql}: {}",
         db.message()
     );
+    // The way around it comes as the ErrorResponse's hint, not inside the message.
+    assert!(!db.message().contains("HINT"), "{}", db.message());
+    assert!(
+        db.hint().is_some_and(|h| h.contains("= ANY($1)")),
+        "{sql}: {:?}",
+        db.hint()
+    );
     proxy.stop().await;
 }
 

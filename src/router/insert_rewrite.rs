@@ -30,3 +30,41 @@ pub fn rewrite_insert(
         .ok()?
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Key columns named by reserved words come back quoted, so the rewritten text names the
+    /// same columns.
+    #[test]
+    fn reserved_word_columns_stay_quoted() {
+        let sql = r#"INSERT INTO t ("order", "user", "Mixed", v) VALUES (1, 2, 3, 4)"#;
+        let out = rewrite_insert(sql, "insert", |insert| {
+            insert.cols.reverse();
+            Some(())
+        })
+        .expect("rewritten");
+        assert!(
+            out.contains(r#""order""#) && out.contains(r#""user""#),
+            "{out}"
+        );
+        let back = pg_query::parse(&out, 0).expect("the rewrite parses");
+        let Some(NodeEnum::InsertStmt(i)) = back.protobuf.stmts[0]
+            .stmt
+            .as_ref()
+            .and_then(|s| s.node.as_ref())
+        else {
+            panic!("not an INSERT: {out}");
+        };
+        let names: Vec<&str> = i
+            .cols
+            .iter()
+            .filter_map(|c| match c.node.as_ref() {
+                Some(NodeEnum::ResTarget(rt)) => Some(rt.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["v", "Mixed", "user", "order"]);
+    }
+}

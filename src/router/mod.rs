@@ -335,7 +335,7 @@ impl Router {
             return Route::Any;
         }
         if let Some(why) = &facts.refuse {
-            return Route::Refuse(why.to_string());
+            return Route::Refuse(why.route_text());
         }
         if let Some(shard) = facts.schema_shard {
             return Route::Single(shard);

@@ -11,7 +11,7 @@ pub enum Refused {
     #[error("join of sharded table {sharded} with unsharded table {unsharded} (unsharded tables live only on the first shard); list {unsharded} in reference_tables to copy it to every shard")]
     JoinWithUnsharded { sharded: String, unsharded: String },
     /// A sharded table in a subquery, CTE or FROM item that does not run whole on each shard.
-    #[error("subquery over sharded table {table} is not supported unless it is in WHERE and correlated with an outer sharded table by shard key (inner.key = outer.key); run it first and pass its values as an array parameter (= ANY($1))")]
+    #[error("subquery over sharded table {table} is not supported unless it is in WHERE and correlated with an outer sharded table by shard key (inner.key = outer.key)")]
     SubqueryOverSharded { table: String },
     /// Sharded tables joined on something other than their shard keys.
     #[error("join of sharded tables {a} and {b} that is not on their shard keys (not co-located)")]
@@ -20,31 +20,29 @@ pub enum Refused {
     #[error("{op} over sharded tables is not supported yet")]
     SetOperation { op: &'static str },
     /// `INSERT … ON CONFLICT DO UPDATE SET key = …`: the row would have to move shards.
-    #[error("ON CONFLICT DO UPDATE of shard key {table}.{key} is not supported; delete and insert the row instead")]
+    #[error("ON CONFLICT DO UPDATE of shard key {table}.{key} is not supported")]
     OnConflictUpdatesKey { table: String, key: String },
     /// An INSERT into a sharded table without a column list: pgshard cannot find the key.
     #[error("INSERT into sharded table {table} needs an explicit column list naming {key}")]
     InsertWithoutColumns { table: String, key: String },
     /// `UPDATE … SET key = …`: the row would have to move shards.
-    #[error(
-        "UPDATE of shard key {table}.{key} is not supported; delete and insert the row instead"
-    )]
+    #[error("UPDATE of shard key {table}.{key} is not supported")]
     UpdateOfKey { table: String, key: String },
     /// MERGE into or from a sharded table.
     #[error("MERGE on a sharded table is not supported")]
     MergeOnSharded,
     /// COPY FROM a server-side file or program into a sharded table: the rows never pass
     /// through pgshard.
-    #[error("COPY FROM a file or program on the server cannot load a sharded table: pgshard splits rows by key as they pass through it; use COPY … FROM STDIN (psql's \\copy)")]
+    #[error("COPY FROM a file or program on the server cannot load a sharded table: pgshard splits rows by key as they pass through it")]
     CopyFromServer,
     /// COPY FROM into a reference table.
-    #[error("COPY FROM into reference table {table} is not supported yet; use INSERT, which writes every shard")]
+    #[error("COPY FROM into reference table {table} is not supported yet")]
     CopyIntoReference { table: String },
     /// `pgshard.next_id()` anywhere but alone in `SELECT pgshard.next_id()`.
     #[error("pgshard.next_id() is only supported as SELECT pgshard.next_id()")]
     NextIdElsewhere,
     /// DDL or maintenance naming tables on every shard and tables only on the first.
-    #[error("a statement naming {everywhere}, which lives on every shard, and {local}, which lives only on the first shard, cannot run on one set of shards; send one statement for each")]
+    #[error("a statement naming {everywhere}, which lives on every shard, and {local}, which lives only on the first shard, cannot run on one set of shards")]
     MixedPlacement { everywhere: String, local: String },
     /// A write to a reference table that would not write the same rows on every shard.
     #[error("write to reference table {table} must write the same rows on every shard, and {why}")]
@@ -65,6 +63,38 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// What pgshard cannot do (the ErrorResponse's message).
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// How to get there instead, when there is a known way (the ErrorResponse's hint).
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            Refused::JoinWithUnsharded { .. } => "make the unsharded table a reference table (copied to every shard), or read it in a statement of its own",
+            Refused::SubqueryOverSharded { .. } => "run the subquery first and pass its values as an array parameter (= ANY($1)), or correlate it with the outer sharded table by shard key",
+            Refused::NotCoLocated { .. } => "join the tables on their shard keys (inner.key = outer.key), or read each table in a statement of its own",
+            Refused::SetOperation { .. } => "give every branch an equality on its shard key, or run each branch as a statement of its own",
+            Refused::OnConflictUpdatesKey { .. } | Refused::UpdateOfKey { .. } => "delete the row and insert it with its new key",
+            Refused::InsertWithoutColumns { .. } => "name the columns: INSERT INTO t (key, …) VALUES …",
+            Refused::MergeOnSharded => "use INSERT … ON CONFLICT, or UPDATE and INSERT by key",
+            Refused::CopyFromServer => "use COPY … FROM STDIN (psql's \\copy)",
+            Refused::CopyIntoReference { .. } => "use INSERT, which writes every shard",
+            Refused::NextIdElsewhere => "take the id with SELECT pgshard.next_id() first, then pass it as a parameter",
+            Refused::MixedPlacement { .. } => "send one statement for each",
+            _ => return None,
+        })
+    }
+
+    /// The refusal as one text for a route (`message`, then `\nHINT:  hint` when there is one);
+    /// `Refusal::of_route` splits it back into an ErrorResponse's message and hint.
+    pub fn route_text(&self) -> String {
+        match self.hint() {
+            Some(h) => format!("{}{}{h}", self.message(), crate::refusal::HINT_SEPARATOR),
+            None => self.message(),
+        }
+    }
+
     /// True when running the statement's uncorrelated subqueries and CTEs first (and writing
     /// their results into it) can lift the refusal.
     pub fn liftable_by_running_subqueries_first(&self) -> bool {
@@ -77,7 +107,10 @@ impl Refused {
 
 impl From<Refused> for Refusal {
     fn from(r: Refused) -> Refusal {
-        Refusal::unsupported(r.to_string())
+        Refusal::Unsupported {
+            message: r.message(),
+            hint: r.hint().map(str::to_string),
+        }
     }
 }
 
@@ -128,6 +161,9 @@ mod tests {
             let r: Refusal = refused.clone().into();
             assert_eq!(r.sqlstate(), "0A000");
             assert_eq!(r.to_string(), refused.to_string());
+            assert_eq!(r.hint(), refused.hint());
+            let routed = Refusal::of_route(refused.route_text());
+            assert_eq!(routed, r);
         }
     }
 }
