@@ -142,6 +142,15 @@ fn parse_one(text: &str) -> Result<Command, ErrorFields> {
                 })
                 .collect();
             let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+            if lower
+                .first()
+                .is_some_and(|v| crate::rebalance::plan::is_move_schema(v))
+            {
+                return Err(ErrorFields::error(
+                    "0A000",
+                    format!("REBALANCE: {}", crate::rebalance::plan::MOVE_SCHEMA_MISSING),
+                ));
+            }
             return crate::rebalance::plan::parse_target(&lower)
                 .map(Command::Rebalance)
                 .map_err(|e| ErrorFields::error("42601", format!("REBALANCE: {e}")));
@@ -266,5 +275,13 @@ mod tests {
             assert!(e.hint.as_deref().unwrap().contains("SHOW SHARD_MAP"));
         }
         assert!(parse("SHOW VERSION; bogus").is_err());
+    }
+
+    #[test]
+    fn moving_a_tenant_schema_is_refused_as_not_supported() {
+        let e = parse("REBALANCE move-schema tenant_a 2").unwrap_err();
+        assert_eq!(e.code, "0A000");
+        assert!(e.message.contains("tenant schema"), "{}", e.message);
+        assert_eq!(parse("rebalance move-key x").unwrap_err().code, "42601");
     }
 }

@@ -501,6 +501,15 @@ pub fn parse_key(word: &str) -> Result<ShardKey, String> {
     key.ok_or_else(|| format!("`{value}` is not a valid key of its type"))
 }
 
+/// Why `move-schema` is refused: a tenant schema's shard is the config's `shard = N`, and no job
+/// copies a schema yet; the admin console sends this with 0A000 rather than as a syntax error.
+pub const MOVE_SCHEMA_MISSING: &str = "moving a tenant schema ([[sharded_schemas]]) to another shard is not supported yet: no rebalancing job copies a schema; copy it by hand and change its `shard` in the config";
+
+/// Whether a target's verb asks to move a tenant schema (refused with [`MOVE_SCHEMA_MISSING`]).
+pub fn is_move_schema(verb: &str) -> bool {
+    matches!(verb, "move-schema" | "move_schema")
+}
+
 /// Parses a target as the CLI and the admin console spell it: `add-shard N`, `drain N`,
 /// `move LOWER UPPER N` (`-` for unbounded), `modulo-to-hash`.
 pub fn parse_target(words: &[&str]) -> Result<Target, String> {
@@ -529,6 +538,7 @@ pub fn parse_target(words: &[&str]) -> Result<Target, String> {
             to: num(n)?,
         }),
         ["modulo-to-hash" | "modulo_to_hash"] => Ok(Target::ModuloToHash),
+        [verb, ..] if is_move_schema(verb) => Err(MOVE_SCHEMA_MISSING.into()),
         ["even" | "even-out" | "even_out"] => Ok(Target::EvenOut { slices: Vec::new() }),
         _ => Err(
             "a target is one of: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | move-key KEY N | even-out | modulo-to-hash"
@@ -966,6 +976,10 @@ mod tests {
             Ok(Target::EvenOut { slices: Vec::new() })
         );
         assert!(parse_target(&["add-shard", "x"]).is_err());
+        assert_eq!(
+            parse_target(&["move-schema", "tenant_a", "2"]),
+            Err(MOVE_SCHEMA_MISSING.to_string())
+        );
         assert!(parse_target(&["spin"]).is_err());
     }
 }
