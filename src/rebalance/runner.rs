@@ -405,20 +405,23 @@ impl Runner<'_> {
     }
 
     /// Drops replication, deletes the moved rows from each source in batches, and proves none
-    /// is left there.
+    /// is left there; every step at once (their sources' deletes are independent).
     async fn clean_up(&mut self, client: &Client, job: &Job) -> Result<(), RebalanceError> {
         let started = Instant::now();
-        for step in &job.steps {
-            if step.state == "verified" {
-                continue;
-            }
-            let source = self.conn(step.source).await?;
-            let dest = self.conn(step.dest).await?;
+        let mut steps = Vec::new();
+        for step in job.steps.iter().filter(|s| s.state != "verified") {
+            steps.push((
+                step,
+                self.conn(step.source).await?,
+                self.conn(step.dest).await?,
+            ));
+        }
+        let config = self.config;
+        let cleaning = steps.into_iter().map(|(step, source, dest)| async move {
             copy::drop_replication(&source, &dest, job, step).await?;
-            let batch = self.config.rebalance.delete_batch;
-            let deleted =
-                copy::delete_rows(self.config, &source, step.source, job, step, batch).await?;
-            let left = copy::checksums(self.config, &source, step.source, job, &[step])
+            let batch = config.rebalance.delete_batch;
+            let deleted = copy::delete_rows(config, &source, step.source, job, step, batch).await?;
+            let left = copy::checksums(config, &source, step.source, job, &[step])
                 .await?
                 .remove(&step.no)
                 .unwrap_or_default();
@@ -429,7 +432,10 @@ impl Runner<'_> {
                 )));
             }
             jobs::set_cleaned(client, job.id, step.no, step.rows_deleted + deleted, None).await?;
-            jobs::set_step_state(client, job.id, step.no, "verified").await?;
+            jobs::set_step_state(client, job.id, step.no, "verified").await
+        });
+        for r in futures_util::future::join_all(cleaning).await {
+            r?;
         }
         tracing::info!(
             job = job.id,
