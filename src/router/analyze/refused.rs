@@ -71,7 +71,7 @@ impl Refused {
     /// How to get there instead, when there is a known way (the ErrorResponse's hint).
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
-            Refused::JoinWithUnsharded { .. } => "make the unsharded table a reference table (copied to every shard), or read it in a statement of its own",
+            Refused::JoinWithUnsharded { .. } => "a reference table is copied to every shard; otherwise read the unsharded table in a statement of its own",
             Refused::SubqueryOverSharded { .. } => "run the subquery first and pass its values as an array parameter (= ANY($1)), or correlate it with the outer sharded table by shard key",
             Refused::NotCoLocated { .. } => "join the tables on their shard keys (inner.key = outer.key), or read each table in a statement of its own",
             Refused::SetOperation { .. } => "give every branch an equality on its shard key, or run each branch as a statement of its own",
