@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::jobs::{Job, Step};
-use super::shards::{conninfo, shard_config};
+use super::shards::{conninfo, shard_config, table_exists};
 use super::{Move, RebalanceError};
 use crate::config::Config;
 use crate::sql_text::{quote_ident as ident, quote_literal as literal};
@@ -63,19 +63,6 @@ async fn exists(
         .await
         .map_err(RebalanceError::shard(shard))?
         .is_some())
-}
-
-/// Whether `table` exists on the shard `client` is connected to.
-pub async fn table_exists(
-    client: &Client,
-    shard: u32,
-    table: &str,
-) -> Result<bool, RebalanceError> {
-    Ok(client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await
-        .map_err(RebalanceError::shard(shard))?
-        .get(0))
 }
 
 /// Creates the step's publication on the source unless it exists.

@@ -20,14 +20,12 @@ async fn rows_of_move(config: &Config, plan: &Plan, m: &Move) -> Result<i64, Reb
     let client = connect(config, m.source).await?;
     let mut rows = 0i64;
     for table in &config.sharded_tables {
-        let exists: bool = client
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&crate::router::names::quote_config_name(&table.name)],
-            )
-            .await
-            .map_err(RebalanceError::shard(m.source))?
-            .get(0);
+        let exists = super::shards::table_exists(
+            &client,
+            m.source,
+            &crate::router::names::quote_config_name(&table.name),
+        )
+        .await?;
         if !exists {
             continue;
         }

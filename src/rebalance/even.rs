@@ -151,14 +151,12 @@ async fn points_sql(
     let client = connect(config, shard).await?;
     let mut parts = Vec::new();
     for table in &config.sharded_tables {
-        let exists: bool = client
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&crate::router::names::quote_config_name(&table.name)],
-            )
-            .await
-            .map_err(RebalanceError::shard(shard))?
-            .get(0);
+        let exists = super::shards::table_exists(
+            &client,
+            shard,
+            &crate::router::names::quote_config_name(&table.name),
+        )
+        .await?;
         if exists {
             let key_type = crate::backend::key_types::key_type_on(&client, table, &map.strategy)
                 .await

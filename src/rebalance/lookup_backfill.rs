@@ -32,10 +32,6 @@ pub struct Backfill {
     pub duplicates: Vec<String>,
 }
 
-fn shard_err(shard: u32) -> impl Fn(tokio_postgres::Error) -> RebalanceError {
-    move |source| RebalanceError::Shard { shard, source }
-}
-
 fn key_type_of(config: &Config, name: &str) -> KeyType {
     config
         .sharded_tables
@@ -92,15 +88,7 @@ async fn backfill_shard(
     clients: &BTreeMap<u32, Client>,
     done: &mut Backfill,
 ) -> Result<(), RebalanceError> {
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&quote_config_name(&l.table)],
-        )
-        .await
-        .map_err(shard_err(shard))?
-        .get(0);
-    if !exists {
+    if !super::shards::table_exists(client, shard, &quote_config_name(&l.table)).await? {
         return Ok(());
     }
     let base = quote_config_name(&l.table);
@@ -117,7 +105,10 @@ async fn backfill_shard(
         let sql = format!(
             "SELECT {c}::text AS lookup_value, {k}::text AS lookup_key FROM {base} WHERE {c} IS NOT NULL {from} ORDER BY {k} LIMIT {BATCH}"
         );
-        let rows = client.query(&sql, &[]).await.map_err(shard_err(shard))?;
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(RebalanceError::shard(shard))?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -152,7 +143,7 @@ async fn backfill_shard(
                         &[],
                     )
                     .await
-                    .map_err(shard_err(home))?;
+                    .map_err(RebalanceError::shard(home))?;
                 if inserted == 1 {
                     done.written += 1;
                     continue;
@@ -165,7 +156,7 @@ async fn backfill_shard(
                         &[],
                     )
                     .await
-                    .map_err(shard_err(home))?
+                    .map_err(RebalanceError::shard(home))?
                     .get(0);
                 let Some(old) = key_type.parse_text(&old) else {
                     continue;
@@ -187,7 +178,7 @@ async fn backfill_shard(
                             &[],
                         )
                         .await
-                        .map_err(shard_err(owner))?
+                        .map_err(RebalanceError::shard(owner))?
                         .is_empty(),
                     None => false,
                 };
@@ -203,7 +194,7 @@ async fn backfill_shard(
                 home_client
                     .execute(&crate::exec::lookup::move_sql(&lookup, &value, &keyv), &[])
                     .await
-                    .map_err(shard_err(home))?;
+                    .map_err(RebalanceError::shard(home))?;
                 done.written += 1;
             }
         }

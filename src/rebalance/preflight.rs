@@ -181,12 +181,7 @@ async fn prepare_destination(
         .chain(config.reference_tables.iter().map(String::as_str))
     {
         let name = crate::router::names::quote_config_name(name);
-        let there: bool = dest
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-            .await
-            .map_err(RebalanceError::shard(dest_id))?
-            .get(0);
-        if !there {
+        if !super::shards::table_exists(dest, dest_id, &name).await? {
             missing.push(name);
         }
     }

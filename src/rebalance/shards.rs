@@ -42,6 +42,19 @@ pub fn conninfo(config: &Config, shard: &ShardConfig) -> String {
     s
 }
 
+/// Whether `table` (a quoted, maybe schema-qualified name) exists on the shard `client` is connected to.
+pub async fn table_exists(
+    client: &Client,
+    shard: u32,
+    table: &str,
+) -> Result<bool, RebalanceError> {
+    Ok(client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(RebalanceError::shard(shard))?
+        .get(0))
+}
+
 /// Connects to shard `id` as the control-plane login.
 pub async fn connect(config: &Config, id: u32) -> Result<Client, RebalanceError> {
     let shard = shard_config(config, id)?;

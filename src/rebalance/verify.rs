@@ -39,17 +39,12 @@ pub async fn verify(config: &Config, map: &ShardMap) -> Result<Report, Rebalance
     for shard in &config.shards {
         let client = connect(config, shard.id).await?;
         for table in &config.sharded_tables {
-            let exists: bool = client
-                .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL",
-                    &[&crate::router::names::quote_config_name(&table.name)],
-                )
-                .await
-                .map_err(|e| RebalanceError::Shard {
-                    shard: shard.id,
-                    source: e,
-                })?
-                .get(0);
+            let exists = super::shards::table_exists(
+                &client,
+                shard.id,
+                &crate::router::names::quote_config_name(&table.name),
+            )
+            .await?;
             if !exists {
                 continue;
             }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::copy::{ensure_slot, predicates, step_move, table_exists};
+use super::copy::{ensure_slot, predicates, step_move};
 use super::jobs::Job;
 use super::pgoutput::{decode, ChangedKeys};
+use super::shards::table_exists;
 use super::RebalanceError;
 use crate::config::Config;
 use crate::router::names::quote_config_name;
