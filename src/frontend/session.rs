@@ -15,6 +15,7 @@ use crate::backend::{PooledConn, ShardPools};
 use crate::config::PoolMode;
 use crate::exec::cancel::{set_active, ActiveTargets};
 use crate::exec::exchange::{self, Expect, Outcome, SinkError, Step};
+use crate::planner::batch::open_shard_after;
 use crate::planner::rules::apply_cursor_effects;
 use crate::planner::{Ending, GivenKeys, Plan, Planned, Request, Statement};
 use crate::proxy::Proxy;
@@ -920,25 +921,15 @@ impl Session {
             return Ok(None);
         };
         let steps = steps(conn);
-        let ends_with_status = steps.iter().any(|s| {
-            matches!(
-                s,
-                Step::Send {
-                    expect: Expect::Sync | Expect::Query,
-                    ..
-                }
-            )
-        });
+        let ending = steps_ending(&steps);
         set_active(&self.cancel, vec![conn.cancel_target()]);
         let result = exchange::run(conn, steps, &mut self.io).await;
         set_active(&self.cancel, Vec::new());
         match result {
             Ok(outcome) => {
-                if ends_with_status {
-                    self.state.open_batch_shard = None;
+                self.state.open_batch_shard = open_shard_after(ending, shard);
+                if self.state.open_batch_shard.is_none() {
                     self.track_transaction(shard, &outcome);
-                } else {
-                    self.state.open_batch_shard = Some(shard);
                 }
                 self.release_idle();
                 Ok(Some(outcome))
@@ -1238,3 +1229,20 @@ fn savepoint_tag(sql: &str) -> &'static str {
 }
 
 pub use crate::planner::rules::is_sharded_copy_in;
+
+/// How a run's steps end: with a simple Query's or a Sync's ReadyForQuery, or (no status asked
+/// for) under a Flush.
+fn steps_ending(steps: &[Step]) -> Ending {
+    let status = steps.iter().find_map(|s| match s {
+        Step::Send {
+            expect: expect @ (Expect::Sync | Expect::Query),
+            ..
+        } => Some(expect),
+        _ => None,
+    });
+    match status {
+        Some(Expect::Query) => Ending::Query,
+        Some(_) => Ending::Sync,
+        None => Ending::Flush,
+    }
+}

@@ -173,6 +173,17 @@ pub fn deferred_transaction_control(control: Option<ControlStatement>, block: Bl
     )
 }
 
+/// The shard whose implicit transaction stays open after a request ran on `shard` and ended with
+/// `ending`: a Flush leaves it open there (asyncpg's Parse/Bind/Execute then Flush), so the next
+/// batch must run on that shard; a Sync or a simple Query ends it, the server's status then
+/// settling the transaction.
+pub fn open_shard_after(ending: Ending, shard: u32) -> Option<u32> {
+    match ending {
+        Ending::Flush => Some(shard),
+        Ending::Sync | Ending::Query => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +414,23 @@ mod tests {
                 || FALLBACK,
             );
             assert_eq!(got, BatchPlan::Units, "{needed:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_flush_leaves_the_shard_it_ran_on_open() {
+        let cases = [
+            (Ending::Flush, 3, Some(3)),
+            (Ending::Flush, 0, Some(0)),
+            (Ending::Sync, 3, None),
+            (Ending::Query, 3, None),
+        ];
+        for (ending, shard, want) in cases {
+            assert_eq!(
+                open_shard_after(ending, shard),
+                want,
+                "{ending:?} on {shard}"
+            );
         }
     }
 }
