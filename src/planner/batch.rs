@@ -184,15 +184,16 @@ pub fn open_shard_after(ending: Ending, shard: u32) -> Option<u32> {
     }
 }
 
+/// Shares its fixtures with the extended planner's tests.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::planner::tests::{flush_open_on, in_block};
 
-    const FALLBACK: u32 = 9;
+    pub(in crate::planner) const FALLBACK: u32 = 9;
 
     /// The facts of `sql` (`users` sharded by `user_id`).
-    fn facts(sql: &str) -> StatementFacts {
+    pub(in crate::planner) fn facts(sql: &str) -> StatementFacts {
         let tables = [crate::config::ShardedTableConfig {
             name: "users".into(),
             key: "user_id".into(),
@@ -202,7 +203,10 @@ mod tests {
     }
 
     /// A batch of one Execute per route, ended by Sync.
-    fn batch<'a>(needed: &'a [Route], facts: &'a [StatementFacts]) -> Batch<'a> {
+    pub(in crate::planner) fn batch<'a>(
+        needed: &'a [Route],
+        facts: &'a [StatementFacts],
+    ) -> Batch<'a> {
         Batch {
             needed,
             facts,

@@ -1,35 +1,9 @@
 use super::*;
+use crate::planner::batch::tests::{batch, facts, FALLBACK};
 use crate::planner::tests::{flush_open_on, in_block};
 use crate::planner::{Ending, Target};
 use crate::refusal::Refusal;
 use crate::router::Route;
-
-const FALLBACK: u32 = 9;
-
-/// The facts of `sql` (`users` sharded by `user_id`).
-fn facts(sql: &str) -> StatementFacts {
-    let tables = [crate::config::ShardedTableConfig {
-        name: "users".into(),
-        key: "user_id".into(),
-        key_type: None,
-    }];
-    crate::router::Router::new(&tables, 10).analyze_prepared(sql)[0].clone()
-}
-
-/// A batch of one Execute per route, ended by Sync.
-fn batch<'a>(needed: &'a [Route], facts: &'a [StatementFacts]) -> Batch<'a> {
-    Batch {
-        needed,
-        facts,
-        control: None,
-        local: false,
-        executes: needed.len(),
-        row_limit: false,
-        failed_before: false,
-        ending: Ending::Sync,
-        allow_scatter: true,
-    }
-}
 
 fn plan(g: Gathered, b: &Batch, state: &SessionState) -> Outcome {
     let block = BlockView {
