@@ -188,7 +188,7 @@ pub fn open_shard_after(ending: Ending, shard: u32) -> Option<u32> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::planner::tests::{flush_open_on, in_block};
+    use crate::planner::tests::{block_of, flush_open_on, in_block};
 
     pub(in crate::planner) const FALLBACK: u32 = 9;
 
@@ -240,18 +240,8 @@ pub(super) mod tests {
         let broadcast = [Route::Broadcast(vec![1, 2, 3])];
         let none: [Route; 0] = [];
         let idle = SessionState::default();
-        let plan = |b: &Batch, state: &SessionState| {
-            let block = BlockView {
-                open: state.txn.is_some(),
-                bound: state
-                    .txn
-                    .as_ref()
-                    .is_some_and(|t| !t.participants.is_empty()),
-                distributed: state.txn.as_ref().is_some_and(|t| t.distributed()),
-                ..BlockView::default()
-            };
-            plan_batch(b, state, block, || FALLBACK)
-        };
+        let plan =
+            |b: &Batch, state: &SessionState| plan_batch(b, state, block_of(state), || FALLBACK);
         // Keyed statements: their shard; two statements on one shard run together.
         assert_eq!(
             plan(&batch(&one, &select), &idle),

@@ -1,21 +1,12 @@
 use super::*;
 use crate::planner::batch::tests::{batch, facts, FALLBACK};
-use crate::planner::tests::{flush_open_on, in_block};
+use crate::planner::tests::{block_of, flush_open_on, in_block};
 use crate::planner::{Ending, Target};
 use crate::refusal::Refusal;
 use crate::router::Route;
 
 fn plan(g: Gathered, b: &Batch, state: &SessionState) -> Outcome {
-    let block = BlockView {
-        open: state.txn.is_some(),
-        bound: state
-            .txn
-            .as_ref()
-            .is_some_and(|t| !t.participants.is_empty()),
-        distributed: state.txn.as_ref().is_some_and(|t| t.distributed()),
-        ..BlockView::default()
-    };
-    plan_extended(&g, b, state, block, || FALLBACK)
+    plan_extended(&g, b, state, block_of(state), || FALLBACK)
 }
 
 fn refused(outcome: &Outcome) -> Option<(Refusal, Option<u32>)> {

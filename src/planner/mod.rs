@@ -261,6 +261,19 @@ mod tests {
         state
     }
 
+    /// The block of a test session as transaction control sees it (none refused or failed).
+    pub(super) fn block_of(state: &SessionState) -> crate::txn::control::BlockView {
+        crate::txn::control::BlockView {
+            open: state.txn.is_some(),
+            bound: state
+                .txn
+                .as_ref()
+                .is_some_and(|t| !t.participants.is_empty()),
+            distributed: state.txn.as_ref().is_some_and(|t| t.distributed()),
+            ..Default::default()
+        }
+    }
+
     /// A session whose implicit transaction a Flush left open on `shard`.
     pub(super) fn flush_open_on(shard: u32) -> SessionState {
         SessionState {
