@@ -3,7 +3,8 @@
 //! shard, keyed or scattered and merged, in the simple and extended protocols, in and out of a
 //! block; uncorrelated ones, and read-only CTEs, run first (both protocols, parameters in text
 //! and binary) and their result is written into the statement; other subqueries over sharded
-//! tables, recursive and data-modifying CTEs over them stay refused with 0A000. Four shards;
+//! tables, recursive and data-modifying CTEs over them stay refused with 0A000 unless keyed to
+//! one shard, as set operations are unless every branch is keyed to one shard. Four shards;
 //! users 1..=40, and two orders (totals i and 2i) for each user i not divisible by 3.
 
 mod common;
@@ -150,6 +151,7 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
     uncorrelated_subqueries_with_parameters(&c).await;
     ctes_over_sharded_tables(&c).await;
     ctes_keyed_to_one_shard(&c, &cluster.info).await;
+    set_operations_keyed_to_one_shard(&c, &cluster.info).await;
     // Correlated, but not by key: refused, naming the table.
     let sql =
         "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)";
@@ -347,8 +349,10 @@ async fn uncorrelated_subqueries_with_parameters(c: &Client) {
 /// run first is a statement of its own, with a later timestamp for the body), both protocols;
 /// keyed to two shards, the CTE runs first and the timestamps differ. A data-modifying CTE
 /// keyed to one shard runs there (refused when not keyed).
-async fn ctes_keyed_to_one_shard(c: &Client, info: &pgshard::cluster::ClusterInfo) {
-    // Where each user lives, read from the shards directly.
+/// Where each user lives, read from the shards directly.
+async fn shard_of_users(
+    info: &pgshard::cluster::ClusterInfo,
+) -> std::collections::BTreeMap<i64, u32> {
     let mut shard_of = std::collections::BTreeMap::new();
     for id in info.shard_ids() {
         let direct = proxy::shard(info, id).await;
@@ -360,6 +364,11 @@ async fn ctes_keyed_to_one_shard(c: &Client, info: &pgshard::cluster::ClusterInf
             shard_of.insert(r.get::<_, i64>(0), id);
         }
     }
+    shard_of
+}
+
+async fn ctes_keyed_to_one_shard(c: &Client, info: &pgshard::cluster::ClusterInfo) {
+    let shard_of = shard_of_users(info).await;
     let one_statement = "WITH o AS (SELECT statement_timestamp() AS t FROM orders WHERE user_id = 5) SELECT bool_and(o.t = statement_timestamp()), count(*) FROM o, users u WHERE u.user_id = {k}";
     let mut apart = 0;
     for k in [5i64, 1, 2, 4, 7, 8, 10, 11, 13, 14, 16] {
@@ -473,4 +482,60 @@ async fn ctes_over_sharded_tables(c: &Client) {
         rows(c, "SELECT count(*) FROM orders").await,
         [n.to_string()]
     );
+}
+
+/// UNION, INTERSECT and EXCEPT whose every branch is keyed to one shard (or reads no table),
+/// a recursive CTE among them, run whole on that shard, in both protocols; branches keyed to
+/// different shards stay refused with 0A000.
+async fn set_operations_keyed_to_one_shard(c: &Client, info: &pgshard::cluster::ClusterInfo) {
+    let shard_of = shard_of_users(info).await;
+    let near = *shard_of
+        .iter()
+        .find(|&(&k, &s)| k != 5 && has_orders(k) && s == shard_of[&5])
+        .expect("another user with orders beside user 5")
+        .0;
+    let far = *shard_of
+        .iter()
+        .find(|&(_, &s)| s != shard_of[&5])
+        .expect("a user on another shard than user 5")
+        .0;
+    let mut names = vec!["u05".to_string(), format!("u{near:02}")];
+    names.sort();
+    let union = "SELECT name FROM users WHERE user_id = {a} UNION ALL SELECT name FROM users WHERE user_id = {b} ORDER BY 1";
+    let sql = union.replace("{a}", "5").replace("{b}", &near.to_string());
+    assert_eq!(rows(c, &sql).await, names, "{sql}");
+    let ext = union.replace("{a}", "$1").replace("{b}", "$2");
+    assert_eq!(ext_rows(c, &ext, &[&5i64, &near]).await, names, "{ext}");
+    // INTERSECT and EXCEPT, a branch reading no table, and LIMIT on the whole.
+    let sql = "SELECT user_id FROM orders WHERE user_id = 5 INTERSECT SELECT user_id FROM users WHERE user_id = 5";
+    assert_eq!(rows(c, sql).await, ["5"], "{sql}");
+    let sql =
+        "SELECT total::bigint FROM orders WHERE user_id = $1 EXCEPT SELECT 10 ORDER BY 1 LIMIT 5";
+    assert_eq!(ext_rows(c, sql, &[&5i64]).await, ["5"], "{sql}");
+    // A recursive CTE whose every branch is keyed to user 5: the recursion runs on its shard,
+    // following user 5's orders from total 5 to total 10 (and no further).
+    let recursive = "WITH RECURSIVE t (user_id, total, depth) AS (SELECT user_id, total, 1 FROM orders WHERE user_id = {k} AND total = 5 UNION ALL SELECT o.user_id, o.total, t.depth + 1 FROM orders o JOIN t ON o.user_id = t.user_id AND o.total = t.total * 2 WHERE o.user_id = {k}) SELECT format('%s|%s', total, depth) FROM t ORDER BY depth";
+    let sql = recursive.replace("{k}", "5");
+    assert_eq!(rows(c, &sql).await, ["5|1", "10|2"], "{sql}");
+    let ext = recursive.replace("{k}", "$1");
+    assert_eq!(ext_rows(c, &ext, &[&5i64]).await, ["5|1", "10|2"], "{ext}");
+    // Branches keyed to different shards, or one keyless: refused, named.
+    for sql in [
+        format!("SELECT name FROM users WHERE user_id = 5 UNION SELECT name FROM users WHERE user_id = {far}"),
+        "SELECT name FROM users WHERE user_id = 5 UNION SELECT name FROM users".to_string(),
+    ] {
+        let e = c.simple_query(&sql).await.expect_err(&sql);
+        let db = e.as_db_error().expect("an ErrorResponse");
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(
+            db.message().contains("UNION over sharded tables"),
+            "{sql}: {}",
+            db.message()
+        );
+    }
+    let sql =
+        "SELECT name FROM users WHERE user_id = $1 UNION SELECT name FROM users WHERE user_id = $2";
+    let e = c.query(sql, &[&5i64, &far]).await.expect_err(sql);
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000", "{sql}");
 }

@@ -3,12 +3,15 @@
 //! does, so pgshard runs its query on its own (keyed, or scattered and merged exactly) and writes
 //! its rows into the statement: the CTE's body becomes `SELECT * FROM unnest(typed arrays) AS
 //! cte(columns)`. The statement then routes as usual. A recursive WITH or a data-modifying CTE
-//! over sharded tables is refused, named. Pure: parse tree and byte offsets in, text out.
+//! over sharded tables is refused, named, unless every part of the statement (each CTE body,
+//! each branch of a set operation) is keyed to one shard: then it runs there whole. Pure: parse
+//! tree and byte offsets in, text out.
 
 use pg_query::protobuf::{self as pb, Token};
 use pg_query::NodeEnum;
 
 use crate::router::pg_array::encode_text;
+use crate::router::set_op_branches::{branches, Branches};
 use crate::router::subquery_first::{type_name, SpliceError};
 use crate::router::{Route, StatementFacts};
 use crate::sql_text::{quote_escaped_literal, quote_ident};
@@ -162,13 +165,31 @@ pub fn parts(sql: &str) -> Option<Vec<String>> {
     .filter(|p| !p.is_empty())
 }
 
-/// The one shard `sql` may run on whole, in one snapshot, instead of running its CTEs first:
-/// every part of it (see [`parts`]) routes (`route` says how) to that same single shard, or
-/// to any shard (no table, reference tables). `None` when one part scatters, is refused or
-/// goes to another shard, or none goes to a single shard.
+/// The one shard `sql` may run on whole, in one snapshot, instead of running its CTEs first or
+/// refusing its UNION, INTERSECT or EXCEPT: every part of it (see [`parts`]; a set operation's
+/// branches each a part, see [`branches`]) routes (`route` says how) to that same single
+/// shard, or to any shard (no table, reference tables). `None` when one part scatters, is
+/// refused or goes to another shard, none goes to a single shard, or `sql` has neither a WITH
+/// nor a set operation.
 pub fn one_shard(sql: &str, mut route: impl FnMut(&str) -> Route) -> Option<u32> {
+    let with_parts = parts(sql);
+    let mut split = with_parts.is_some();
+    let mut texts = Vec::new();
+    for part in with_parts.unwrap_or_else(|| vec![sql.to_string()]) {
+        match branches(&part) {
+            Branches::NotSetOp => texts.push(part),
+            Branches::Split(b) => {
+                split = true;
+                texts.extend(b);
+            }
+            Branches::Unsplittable => return None,
+        }
+    }
+    if !split {
+        return None;
+    }
     let mut shard = None;
-    for part in parts(sql)? {
+    for part in texts {
         match route(&part) {
             Route::Any => {}
             Route::Single(s) if shard.is_none_or(|t| t == s) => shard = Some(s),
@@ -534,12 +555,26 @@ mod tests {
                 format!("WITH d AS (DELETE FROM orders WHERE user_id = {a} RETURNING total) SELECT sum(total) FROM d"),
                 Some(shard_of(a)),
             ),
-            // A recursive CTE's UNION over a sharded table is refused by the router even when
-            // keyed, so the recursion is not pushed down (yet).
+            // A recursive CTE whose every branch is keyed to one shard (or reads no table)
+            // runs there whole; a top-level set operation likewise.
             (
                 format!("WITH RECURSIVE r (n) AS (SELECT total FROM orders WHERE user_id = {a} UNION SELECT n + 1 FROM r WHERE n < 9) SELECT count(*) FROM r"),
+                Some(shard_of(a)),
+            ),
+            (
+                format!("SELECT name FROM users WHERE user_id = {a} UNION ALL SELECT total::text FROM orders WHERE user_id = {a} EXCEPT SELECT 'x' ORDER BY 1 LIMIT 3"),
+                Some(shard_of(a)),
+            ),
+            (
+                format!("SELECT name FROM users WHERE user_id = {a} INTERSECT SELECT name FROM users WHERE user_id = {b}"),
                 None,
             ),
+            (
+                format!("SELECT name FROM users WHERE user_id = {a} UNION SELECT name FROM users"),
+                None,
+            ),
+            ("SELECT 1 UNION SELECT 2".into(), None),
+            ("SELECT name FROM users WHERE user_id = 1".into(), None),
             // Keyed to two shards, keyless, or an unsharded table besides.
             (
                 format!("WITH x AS (SELECT name FROM users WHERE user_id = {a}) SELECT * FROM orders o, x WHERE o.user_id = {b}"),

@@ -27,6 +27,7 @@ pub mod rewrite;
 pub mod scatter_guard;
 pub mod schemas;
 pub mod set_config;
+pub mod set_op_branches;
 pub mod shard_map;
 pub mod split_insert;
 pub mod split_params;

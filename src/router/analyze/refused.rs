@@ -74,7 +74,7 @@ impl Refused {
             Refused::JoinWithUnsharded { .. } => "a reference table is copied to every shard; otherwise read the unsharded table in a statement of its own",
             Refused::SubqueryOverSharded { .. } => "run the subquery first and pass its values as an array parameter (= ANY($1)), or correlate it with the outer sharded table by shard key",
             Refused::NotCoLocated { .. } => "join the tables on their shard keys (inner.key = outer.key), or read each table in a statement of its own",
-            Refused::SetOperation { .. } => "give every branch an equality on its shard key, or run each branch as a statement of its own",
+            Refused::SetOperation { .. } => "give every branch an equality on its shard key that lands on one shard (the whole then runs there), or run each branch as a statement of its own",
             Refused::OnConflictUpdatesKey { .. } | Refused::UpdateOfKey { .. } => "delete the row and insert it with its new key",
             Refused::InsertWithoutColumns { .. } => "name the columns: INSERT INTO t (key, …) VALUES …",
             Refused::MergeOnSharded => "use INSERT … ON CONFLICT, or UPDATE and INSERT by key",
