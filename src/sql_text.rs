@@ -1,8 +1,18 @@
 //! Writing names and values into SQL text the proxy builds itself: one way to quote an
 //! identifier (as Postgres's own `quote_ident` does, so a key column named `order` or `User` is
-//! spliced correctly) and one way to quote a string literal, for the whole crate.
+//! spliced correctly), one way to quote a string literal, and one way to turn an edited parse
+//! tree back into text, for the whole crate.
 
 use pg_query::protobuf::KeywordKind;
+
+/// `tree` as SQL text, or None. Deparsing a tree the parser produced does not fail in practice;
+/// should libpg_query ever panic on one, the caller treats it as not rewritable rather than let
+/// the panic take the session down.
+pub fn deparse(tree: pg_query::protobuf::ParseResult) -> Option<String> {
+    std::panic::catch_unwind(move || pg_query::deparse(&tree, Default::default()))
+        .ok()?
+        .ok()
+}
 
 /// `name` as an SQL identifier that means exactly `name`: bare when Postgres would read it back
 /// unchanged (lowercase letters, digits and underscores, not starting with a digit, and not a

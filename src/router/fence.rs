@@ -71,12 +71,8 @@ impl Fence<'_> {
                 total - done
             ));
         }
-        // Deparsing a tree the parser produced does not fail in practice; if it ever panics,
-        // refuse rather than take the session down.
-        let proto = parsed.protobuf;
-        std::panic::catch_unwind(move || pg_query::deparse(&proto, Default::default()))
-            .map_err(|_| "the statement could not be rewritten".to_string())?
-            .map_err(|e| e.to_string())
+        crate::sql_text::deparse(parsed.protobuf)
+            .ok_or_else(|| "the statement could not be rewritten".to_string())
     }
 
     /// How many RangeVars in the tree name a sharded table.

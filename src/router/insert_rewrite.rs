@@ -23,12 +23,7 @@ pub fn rewrite_insert(
         return None;
     };
     edit(insert)?;
-    let proto = parsed.protobuf;
-    // Deparsing a tree the parser produced does not fail in practice; if it panics, the
-    // statement is left as it was.
-    std::panic::catch_unwind(move || pg_query::deparse(&proto, Default::default()))
-        .ok()?
-        .ok()
+    crate::sql_text::deparse(parsed.protobuf)
 }
 
 #[cfg(test)]

@@ -84,10 +84,9 @@ fn collect_leaves<'a>(s: &'a pb::SelectStmt, out: &mut Vec<&'a pb::SelectStmt>) 
     }
 }
 
-/// `select` as SQL text. Deparsing a tree the parser produced does not fail in practice; if
-/// it ever panics the branch is simply not split.
+/// `select` as SQL text (None when it does not deparse).
 fn deparse(version: i32, select: pb::SelectStmt) -> Option<String> {
-    let proto = pb::ParseResult {
+    crate::sql_text::deparse(pb::ParseResult {
         version,
         stmts: vec![pb::RawStmt {
             stmt: Some(Box::new(pb::Node {
@@ -96,10 +95,7 @@ fn deparse(version: i32, select: pb::SelectStmt) -> Option<String> {
             stmt_location: 0,
             stmt_len: 0,
         }],
-    };
-    std::panic::catch_unwind(move || pg_query::deparse(&proto, Default::default()))
-        .ok()?
-        .ok()
+    })
 }
 
 #[cfg(test)]

@@ -90,10 +90,7 @@ fn set_transaction(options: Vec<pg_query::protobuf::Node>) -> Option<String> {
         return None;
     };
     set.args = options;
-    // Deparsing a tree the parser produced does not fail in practice; never let it panic here.
-    std::panic::catch_unwind(move || pg_query::deparse(&template, Default::default()))
-        .ok()?
-        .ok()
+    crate::sql_text::deparse(template)
 }
 
 /// The savepoint operation of `sql`, when it is exactly one savepoint statement.
