@@ -60,6 +60,9 @@ const QUERIES: &[&str] = &[
     // Constants and parameters beside aggregates: the same in every shard's row.
     "SELECT count(*), 0 AS zero, 'x'::text, $1::int AS p, NULL, sum(i) FROM agg WHERE i > $1",
     "SELECT 7, count(*), $1::int FROM agg_empty WHERE i > $1",
+    // Other column-free expressions beside aggregates: computed once, as Postgres does.
+    "SELECT count(*), 'label' || 1, current_date - current_date AS d, now() IS NOT NULL, $1::int + 1, pg_typeof(now()), sum(i) FROM agg WHERE i > $1",
+    "SELECT upper('a') || length('abc'), count(*), current_timestamp = now() FROM agg_empty WHERE i > $1",
 ];
 
 async fn extended(c: &Client, sql: &str, p: i32) -> Result<Answer, tokio_postgres::Error> {
@@ -191,6 +194,12 @@ async fn finished_aggregates_equal_one_postgres() {
     // What stays impossible is refused, naming the construct.
     for (sql, want) in [
         ("SELECT count(*) + (SELECT 1) FROM agg", "subquery"),
+        ("SELECT count(*), random() FROM agg", "random()"),
+        (
+            "SELECT sum(i), clock_timestamp() FROM agg",
+            "clock_timestamp()",
+        ),
+        ("SELECT count(*), upper(t) FROM agg", "not an aggregate"),
         (
             "SELECT g FROM agg GROUP BY g HAVING count(DISTINCT t) > 1",
             "count(DISTINCT",

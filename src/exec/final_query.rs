@@ -122,9 +122,11 @@ pub fn steps(
             }
             sql.push_str(&format!("{})", r + 1));
         }
-        let cols: Vec<String> = (0..types.len()).map(|j| format!("c{j}")).collect();
+        // No merged column at all when the final query computes only column-free expressions.
+        let mut cols: Vec<String> = (0..types.len()).map(|j| format!("c{j}")).collect();
+        cols.push("pgshard_ord".into());
         sql.push_str(&format!(
-            ") AS {INPUTS_ALIAS}({}, pgshard_ord) ORDER BY {INPUTS_ALIAS}.pgshard_ord",
+            ") AS {INPUTS_ALIAS}({}) ORDER BY {INPUTS_ALIAS}.pgshard_ord",
             cols.join(", ")
         ));
         if limit_zero {

@@ -84,7 +84,7 @@ pub fn rewrite(n: &pb::Node, leaf: &mut Leaf) -> Result<pb::Node, String> {
         return Ok(out);
     };
     match inner {
-        NodeEnum::AConst(_) | NodeEnum::ParamRef(_) => {}
+        NodeEnum::AConst(_) | NodeEnum::ParamRef(_) | NodeEnum::SqlvalueFunction(_) => {}
         NodeEnum::FuncCall(f) => {
             if f.over.is_some()
                 || f.agg_star
@@ -163,8 +163,28 @@ fn figure(n: &pb::Node) -> Option<(String, u8)> {
         NodeEnum::MinMaxExpr(m) if m.op == pb::MinMaxOp::IsGreatest as i32 => named("greatest"),
         NodeEnum::MinMaxExpr(_) => named("least"),
         NodeEnum::GroupingFunc(_) => named("grouping"),
+        NodeEnum::SqlvalueFunction(f) => named(sql_value_name(f.op)?),
         _ => None,
     }
+}
+
+/// The column name of `CURRENT_DATE`, `CURRENT_USER`, … (by `SQLValueFunctionOp`).
+fn sql_value_name(op: i32) -> Option<&'static str> {
+    use pb::SqlValueFunctionOp as Op;
+    Some(match Op::try_from(op).ok()? {
+        Op::SvfopCurrentDate => "current_date",
+        Op::SvfopCurrentTime | Op::SvfopCurrentTimeN => "current_time",
+        Op::SvfopCurrentTimestamp | Op::SvfopCurrentTimestampN => "current_timestamp",
+        Op::SvfopLocaltime | Op::SvfopLocaltimeN => "localtime",
+        Op::SvfopLocaltimestamp | Op::SvfopLocaltimestampN => "localtimestamp",
+        Op::SvfopCurrentRole => "current_role",
+        Op::SvfopCurrentUser => "current_user",
+        Op::SvfopUser => "user",
+        Op::SvfopSessionUser => "session_user",
+        Op::SvfopCurrentCatalog => "current_catalog",
+        Op::SvfopCurrentSchema => "current_schema",
+        Op::SqlvalueFunctionOpUndefined => return None,
+    })
 }
 
 /// The name Postgres gives an output column written as `n` without an alias.
@@ -204,6 +224,10 @@ mod tests {
             ("greatest(max(a), 0)", "greatest"),
             ("least(max(a), 0)", "least"),
             ("(sum(x) + 1)::numeric(10, 2)", "numeric"),
+            ("current_date", "current_date"),
+            ("CURRENT_TIMESTAMP(3)", "current_timestamp"),
+            ("current_user", "current_user"),
+            ("'label' || 1", "?column?"),
         ] {
             assert_eq!(column_name(&expr(sql)), want, "{sql}");
         }

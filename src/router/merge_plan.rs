@@ -372,6 +372,67 @@ fn is_constant(n: &pb::Node) -> bool {
     }
 }
 
+/// Built-in functions that give one value per statement (immutable or stable in Postgres).
+const ONCE_PER_STATEMENT: &[&str] = &[
+    "now",
+    "transaction_timestamp",
+    "statement_timestamp",
+    "current_database",
+    "current_schema",
+    "current_setting",
+    "version",
+    "pg_typeof",
+    "lower",
+    "upper",
+    "length",
+    "char_length",
+    "concat",
+    "concat_ws",
+    "substr",
+    "substring",
+    "replace",
+    "trim",
+    "btrim",
+    "lpad",
+    "rpad",
+    "format",
+    "to_char",
+    "date_trunc",
+    "date_part",
+    "extract",
+    "make_date",
+    "abs",
+    "round",
+    "trunc",
+    "floor",
+    "ceil",
+    "greatest",
+    "least",
+];
+
+/// Why a column-free expression beside aggregates cannot be computed once by the final query:
+/// it reads a column (each shard's own rows) or calls a function not known to give one value
+/// per statement (`random()`, `nextval()`, `clock_timestamp()`, a user's function).
+fn not_once_per_statement(n: &pb::Node) -> Option<String> {
+    for x in Walk::of(n) {
+        match x {
+            NodeRef::ColumnRef(_) => return Some("a column that is not an aggregate".into()),
+            NodeRef::FuncCall(f) => match builtin_name(f) {
+                Some(name) if ONCE_PER_STATEMENT.contains(&name.as_str()) => {}
+                _ => {
+                    let name: Vec<&str> = f.funcname.iter().filter_map(str_of).collect();
+                    return Some(format!(
+                        "{}() beside aggregates over several shards",
+                        name.join(".")
+                    ));
+                }
+            },
+            _ => {}
+        }
+    }
+    None
+}
+
 fn contains_param(n: &pb::Node) -> bool {
     Walk::of(n).any(|x| matches!(x, NodeRef::ParamRef(_)))
 }
@@ -564,6 +625,21 @@ impl Builder<'_> {
             return Ok(Some(input_ref(self.final_input(col))));
         }
         Ok(None)
+    }
+
+    /// Output `i`, written `v` and named `name` (or as Postgres would), computed by the final
+    /// query; returns the shards' target in its place: a NULL of the expression's type, not
+    /// evaluated, its `$n` still referenced and typed as the client's.
+    fn final_target(&mut self, i: usize, name: &str, v: &pb::Node) -> Result<pb::Node, String> {
+        let computed = final_projection::rewrite(v, &mut |n| self.final_leaf(n))?;
+        let name = if name.is_empty() {
+            final_projection::column_name(v)
+        } else {
+            name.to_string()
+        };
+        self.final_targets.push(res_target(&name, computed));
+        self.final_outputs.push(i);
+        unevaluated(v).map(|u| res_target(&name, u))
     }
 
     fn add_hidden(&mut self, expr: pb::Node) -> ColRef {
@@ -1171,23 +1247,16 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
                 }
                 b.agg_shapes.push(shape(v));
             } else if let Some(v) = val.filter(|v| contains_agg(v).is_some()) {
-                let computed = final_projection::rewrite(v, &mut |n| b.final_leaf(n))?;
-                let name = if rt.name.is_empty() {
-                    final_projection::column_name(v)
-                } else {
-                    rt.name.clone()
-                };
-                b.final_targets.push(res_target(&name, computed));
-                b.final_outputs.push(i);
-                // The shards return a NULL of the expression's type in its place, without
-                // evaluating it; `$n` in it stay referenced and typed as the client's.
-                out = res_target(&name, unevaluated(v)?);
+                out = b.final_target(i, &rt.name, v)?;
             } else if s.group_clause.is_empty() && !val.is_some_and(is_constant) {
                 // A constant or parameter is the same in every shard's one row: passed through.
-                return Err(
-                    "a column that is not an aggregate in an aggregate query without GROUP BY"
-                        .into(),
-                );
+                // Another column-free expression (`now()`, `'a' || 1`) is computed once by the
+                // final query, as Postgres computes it once for its one row.
+                let v = val.ok_or("target without a value")?;
+                if let Some(why) = not_once_per_statement(v) {
+                    return Err(format!("{why} in an aggregate query without GROUP BY"));
+                }
+                out = b.final_target(i, &rt.name, v)?;
             }
         }
         b.targets.push(out);
@@ -1502,9 +1571,26 @@ mod tests {
                 "a column that is not an aggregate",
             ),
             (
-                "SELECT count(*), now() FROM users",
+                "SELECT count(*), random() FROM users",
+                "random() beside aggregates",
+            ),
+            (
+                "SELECT count(*), nextval('s') FROM users",
+                "nextval() beside aggregates",
+            ),
+            (
+                "SELECT sum(x), clock_timestamp() - now() FROM users",
+                "clock_timestamp() beside aggregates",
+            ),
+            (
+                "SELECT count(*), upper(name) || 'x' FROM users",
                 "a column that is not an aggregate",
             ),
+            (
+                "SELECT count(*), my_schema.f(1) FROM users",
+                "my_schema.f() beside aggregates",
+            ),
+            ("SELECT count(*), (SELECT 1) FROM users", "subquery"),
         ] {
             let e = plan_sql(sql).unwrap_err();
             assert!(e.contains(want), "{sql}: {e}");
@@ -1515,6 +1601,24 @@ mod tests {
             "SELECT $1::int, sum(x), NULL FROM users",
         ] {
             assert!(plan_sql(sql).is_ok(), "{sql}");
+        }
+        // Other column-free expressions of one value per statement: computed once by the
+        // final query, the shards returning an unevaluated NULL in their place.
+        for (sql, outputs) in [
+            ("SELECT count(*), now() FROM users", vec![1]),
+            (
+                "SELECT sum(x), current_date, 'label' || 1 AS l FROM users",
+                vec![1, 2],
+            ),
+            (
+                "SELECT current_user, lower('A') || $1, count(*) FROM users",
+                vec![0, 1],
+            ),
+        ] {
+            let p = plan_sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let f = p.finish.as_ref().expect(sql);
+            assert_eq!(f.outputs, outputs, "{sql}");
+            assert!(f.inputs.is_empty(), "{sql}");
         }
         assert!(plan_sql("SELECT count(DISTINCT user_id) FROM users").is_ok());
         assert!(
