@@ -25,7 +25,7 @@ pub use topology::{
     refuse_conflicts as topology_refusals, seed_topology, with_topology, CatalogTopology, Seeded,
     TopologyChange, TopologyHandle, TOPOLOGY_CHANNEL,
 };
-pub use watcher::{start, CatalogHandle};
+pub use watcher::{listen, start, CatalogHandle};
 
 /// Why the catalog could not be used.
 #[derive(Debug, thiserror::Error)]

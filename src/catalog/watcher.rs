@@ -37,9 +37,30 @@ impl CatalogHandle {
 type Watched = (Client, mpsc::UnboundedReceiver<()>);
 
 async fn connect(url: &str, tls: &ServerTls) -> Result<Watched, CatalogError> {
-    let (client, mut connection) = tls.connect_url(url).await.map_err(CatalogError::Connect)?;
+    let (client, rx, _reader) = listen(tls, url, &[MAP_CHANNEL, TOPOLOGY_CHANNEL])
+        .await
+        .map_err(CatalogError::Connect)?;
+    Ok((client, rx))
+}
+
+/// A catalog connection LISTENing on `channels`, the receiver their notifications arrive on (one
+/// `()` each; closed when the connection ends) and the task reading them (abort it when done).
+/// One way for the map watcher and the rebalancer to hear the catalog's announcements.
+pub async fn listen(
+    tls: &ServerTls,
+    url: &str,
+    channels: &[&str],
+) -> Result<
+    (
+        Client,
+        mpsc::UnboundedReceiver<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+    tokio_postgres::Error,
+> {
+    let (client, mut connection) = tls.connect_url(url).await?;
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -56,10 +77,12 @@ async fn connect(url: &str, tls: &ServerTls) -> Result<Watched, CatalogError> {
             }
         }
     });
-    client
-        .batch_execute(&format!("LISTEN {MAP_CHANNEL}; LISTEN {TOPOLOGY_CHANNEL}"))
-        .await?;
-    Ok((client, rx))
+    let sql: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
+    if let Err(e) = client.batch_execute(&sql).await {
+        reader.abort();
+        return Err(e);
+    }
+    Ok((client, rx, reader))
 }
 
 /// Connects, registers this proxy, loads the map and the topology (seeding it from `shards`, the

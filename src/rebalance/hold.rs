@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::Client;
 
 use crate::admin::gate::PauseGate;
 use crate::catalog::{load_map, MapHandle};
@@ -142,27 +141,7 @@ pub async fn listen(
     ),
     tokio_postgres::Error,
 > {
-    let (client, mut connection) = tls.connect_url(url).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-        task.abort();
-        return Err(e);
-    }
-    Ok((client, rx, task))
+    crate::catalog::listen(tls, url, &[CHANNEL]).await
 }
 
 /// Follows the catalog for one proxy (`node_id`): fence changes and cut-over holds.
