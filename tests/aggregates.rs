@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use common::answers::Raw;
 use common::proxy::{self, connect, start_proxy_with};
@@ -191,8 +191,28 @@ async fn finished_aggregates_equal_one_postgres() {
         .expect("session still usable")
         .get(0);
     assert_eq!(n, 301);
+    // A value each shard gives for itself (its backend, its transaction's start) is one value
+    // for every group, as in one Postgres: the groups of the shard key live on all four shards.
+    let sql = "SELECT id, count(*), pg_backend_pid(), now() FROM agg WHERE id < 40 GROUP BY id";
+    for rows in [
+        through.query(sql, &[]).await.expect(sql),
+        through
+            .query(&format!("{sql} HAVING count(*) > $1"), &[&0i64])
+            .await
+            .expect(sql),
+    ] {
+        assert!(rows.len() > 20, "{sql}: {} groups", rows.len());
+        let pids: HashSet<i32> = rows.iter().map(|r| r.get(2)).collect();
+        let nows: HashSet<std::time::SystemTime> = rows.iter().map(|r| r.get(3)).collect();
+        assert_eq!((pids.len(), nows.len()), (1, 1), "{sql}: {pids:?} {nows:?}");
+    }
     // What stays impossible is refused, naming the construct.
     for (sql, want) in [
+        (
+            "SELECT id, t || now()::text, count(*) FROM agg GROUP BY id",
+            "now() over several shards with a column outside an aggregate",
+        ),
+        ("SELECT DISTINCT g, now() FROM agg", "DISTINCT of now()"),
         ("SELECT count(*) + (SELECT 1) FROM agg", "subquery"),
         ("SELECT count(*), random() FROM agg", "random()"),
         (

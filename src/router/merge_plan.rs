@@ -433,6 +433,46 @@ fn not_once_per_statement(n: &pb::Node) -> Option<String> {
     None
 }
 
+/// Functions whose value is fixed per transaction or per server: each shard gives its own,
+/// where one Postgres gives the same value to every row of a statement.
+const PER_SHARD_VALUES: &[&str] = &[
+    "now",
+    "transaction_timestamp",
+    "statement_timestamp",
+    "txid_current",
+    "txid_current_if_assigned",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "pg_backend_pid",
+    "inet_server_addr",
+    "inet_server_port",
+    "pg_postmaster_start_time",
+    "pg_conf_load_time",
+    "pg_current_wal_lsn",
+];
+
+/// The first call in `n` whose value each shard computes for itself (`now()`,
+/// `CURRENT_TIMESTAMP`, `pg_backend_pid()`), as the client wrote it.
+fn per_shard_value(n: &pb::Node) -> Option<String> {
+    use pb::SqlValueFunctionOp as Op;
+    Walk::of(n).find_map(|x| match x {
+        NodeRef::FuncCall(f) => builtin_name(f)
+            .filter(|name| PER_SHARD_VALUES.contains(&name.as_str()))
+            .map(|name| format!("{name}()")),
+        NodeRef::SqlvalueFunction(f) => match Op::try_from(f.op).ok()? {
+            Op::SvfopCurrentDate => Some("CURRENT_DATE".into()),
+            Op::SvfopCurrentTime | Op::SvfopCurrentTimeN => Some("CURRENT_TIME".into()),
+            Op::SvfopCurrentTimestamp | Op::SvfopCurrentTimestampN => {
+                Some("CURRENT_TIMESTAMP".into())
+            }
+            Op::SvfopLocaltime | Op::SvfopLocaltimeN => Some("LOCALTIME".into()),
+            Op::SvfopLocaltimestamp | Op::SvfopLocaltimestampN => Some("LOCALTIMESTAMP".into()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 fn contains_param(n: &pb::Node) -> bool {
     Walk::of(n).any(|x| matches!(x, NodeRef::ParamRef(_)))
 }
@@ -1257,6 +1297,18 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
                     return Err(format!("{why} in an aggregate query without GROUP BY"));
                 }
                 out = b.final_target(i, &rt.name, v)?;
+            } else if let Some(what) = val.and_then(per_shard_value) {
+                // With GROUP BY, each shard would give its own value to its own groups: the
+                // final query computes it once for all, reading the group keys it needs from
+                // the merged rows.
+                let v = val.ok_or("target without a value")?;
+                out = b
+                    .final_target(i, &rt.name, v)
+                    .map_err(|e| format!("{what} over several shards with {e}"))?;
+            }
+        } else if distinct {
+            if let Some(what) = val.and_then(per_shard_value) {
+                return Err(format!("SELECT DISTINCT of {what} over several shards"));
             }
         }
         b.targets.push(out);
@@ -1267,6 +1319,15 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         let col = match g.node.as_ref() {
             Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
                 Some(Val::Ival(i)) if i.ival >= 1 && (i.ival as usize) <= b.visible => {
+                    let target = s.target_list.get(i.ival as usize - 1).and_then(|t| {
+                        match t.node.as_ref() {
+                            Some(NodeEnum::ResTarget(rt)) => rt.val.as_deref(),
+                            _ => None,
+                        }
+                    });
+                    if let Some(what) = target.and_then(per_shard_value) {
+                        return Err(format!("GROUP BY {what} over several shards"));
+                    }
                     ColRef::Output(i.ival as usize - 1)
                 }
                 _ => return Err("GROUP BY a constant that is not an output column position".into()),
@@ -1274,6 +1335,9 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
             _ => {
                 if contains_param(g) {
                     return Err("GROUP BY a parameter".into());
+                }
+                if let Some(what) = per_shard_value(g) {
+                    return Err(format!("GROUP BY {what} over several shards"));
                 }
                 b.expr_column(g)
             }
@@ -1620,6 +1684,51 @@ mod tests {
             assert_eq!(f.outputs, outputs, "{sql}");
             assert!(f.inputs.is_empty(), "{sql}");
         }
+        // With GROUP BY, a value each shard computes for itself is computed once by the final
+        // query (reading the group keys it needs from the merged rows), or refused.
+        for (sql, outputs, inputs) in [
+            (
+                "SELECT g, count(*), now() FROM users GROUP BY g",
+                vec![2],
+                0,
+            ),
+            (
+                "SELECT g, g || CURRENT_TIMESTAMP::text AS t, sum(x) FROM users GROUP BY g",
+                vec![1],
+                1,
+            ),
+        ] {
+            let p = plan_sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let f = p.finish.as_ref().expect(sql);
+            assert_eq!(f.outputs, outputs, "{sql}");
+            assert_eq!(f.inputs.len(), inputs, "{sql}");
+        }
+        for (sql, want) in [
+            (
+                "SELECT g, name || now()::text, count(*) FROM users GROUP BY g, user_id",
+                "now() over several shards with a column outside an aggregate",
+            ),
+            (
+                "SELECT date_trunc('day', now()), count(*) FROM users GROUP BY 1",
+                "GROUP BY now()",
+            ),
+            (
+                "SELECT count(*) FROM users GROUP BY g, pg_backend_pid()",
+                "GROUP BY pg_backend_pid()",
+            ),
+            (
+                "SELECT DISTINCT g, LOCALTIMESTAMP FROM users",
+                "DISTINCT of LOCALTIMESTAMP",
+            ),
+        ] {
+            let e = plan_sql(sql).unwrap_err();
+            assert!(e.contains(want), "{sql}: {e}");
+        }
+        // Values that are the same on every shard still run there.
+        assert!(
+            plan_sql("SELECT g, lower(g), count(*) FROM users GROUP BY g")
+                .is_ok_and(|p| p.finish.is_none())
+        );
         assert!(plan_sql("SELECT count(DISTINCT user_id) FROM users").is_ok());
         assert!(
             plan_sql("SELECT user_id, count(DISTINCT name) FROM users GROUP BY user_id").is_ok()
