@@ -13,6 +13,7 @@ use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::Strategy;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Column names and types (0 in the simple protocol), rows.
@@ -191,6 +192,55 @@ async fn finished_aggregates_equal_one_postgres() {
         .expect("session still usable")
         .get(0);
     assert_eq!(n, 301);
+    // HAVING constants bound in binary with the type the client declared (psycopg sends a
+    // Python int as int2/int4/int8, a float as float8): compared as Postgres compares them.
+    for (sql, ty) in [
+        (
+            "SELECT g, count(*) FROM agg GROUP BY g HAVING count(*) > $1 ORDER BY g",
+            Type::INT2,
+        ),
+        (
+            "SELECT g, count(*) FROM agg GROUP BY g HAVING count(*) > $1 ORDER BY g",
+            Type::FLOAT8,
+        ),
+        (
+            "SELECT g, sum(n) FROM agg GROUP BY g HAVING sum(n) > $1 ORDER BY g",
+            Type::FLOAT8,
+        ),
+        (
+            "SELECT g, sum(n) FROM agg GROUP BY g HAVING $1 < sum(n) ORDER BY g",
+            Type::INT4,
+        ),
+        (
+            "SELECT g, max(i) FROM agg GROUP BY g HAVING max(i) >= $1 ORDER BY g",
+            Type::INT8,
+        ),
+    ] {
+        let on_plain = plain
+            .prepare_typed(sql, std::slice::from_ref(&ty))
+            .await
+            .expect(sql);
+        let on_proxy = through
+            .prepare_typed(sql, std::slice::from_ref(&ty))
+            .await
+            .expect(sql);
+        let values: Vec<Box<dyn ToSql + Sync>> = match ty {
+            Type::INT2 => vec![Box::new(0i16), Box::new(60i16)],
+            Type::INT4 => vec![Box::new(-100i32), Box::new(250i32)],
+            Type::INT8 => vec![Box::new(49i64)],
+            _ => vec![Box::new(1.5f64), Box::new(60.25f64), Box::new(-2.5e3f64)],
+        };
+        for v in &values {
+            let want = plain.query(&on_plain, &[v.as_ref()]).await.expect(sql);
+            let got = through.query(&on_proxy, &[v.as_ref()]).await.expect(sql);
+            let rows = |r: &[tokio_postgres::Row]| -> Vec<(i32, String)> {
+                r.iter()
+                    .map(|r| (r.get(0), format!("{:?}", r.get::<_, Raw>(1))))
+                    .collect()
+            };
+            assert_eq!(rows(&got), rows(&want), "{sql} with {v:?} as {ty}");
+        }
+    }
     // A value each shard gives for itself (its backend, its transaction's start) is one value
     // for every group, as in one Postgres: the groups of the shard key live on all four shards.
     let sql = "SELECT id, count(*), pg_backend_pid(), now() FROM agg WHERE id < 40 GROUP BY id";

@@ -38,7 +38,8 @@ pub struct BoundMerge {
     pub plan: Arc<MergePlan>,
     limit: Option<u64>,
     offset: u64,
-    params: HashMap<usize, RawParam>,
+    /// HAVING's `$n` that are simple-protocol literals, as text.
+    literals: HashMap<usize, RawParam>,
     /// The client's `$n` the final projection uses.
     finals: Vec<(usize, ClientValue)>,
     /// True when the client asked for the result's RowDescription (simple protocol, or a
@@ -68,9 +69,9 @@ fn having_params(h: &Having, out: &mut Vec<usize>) {
         Having::And(v) | Having::Or(v) => v.iter().for_each(|x| having_params(x, out)),
         Having::Not(x) => having_params(x, out),
         Having::Cmp {
-            value: Operand::Param(n),
+            value: Operand::Param { number, .. },
             ..
-        } => out.push(*n),
+        } => out.push(*number),
         _ => {}
     }
 }
@@ -97,12 +98,15 @@ impl BoundMerge {
         {
             having_params(h, &mut wanted);
         }
-        let mut resolved = HashMap::new();
+        let mut literals = HashMap::new();
         for n in wanted {
+            if params.sql_literal(n).is_none() {
+                continue;
+            }
             let raw = params.raw(n).ok_or_else(|| {
                 ErrorFields::error("08P01", format!("no value for parameter ${n}"))
             })?;
-            resolved.insert(n, raw);
+            literals.insert(n, raw);
         }
         let mut finals = Vec::new();
         for n in plan.finish.iter().flat_map(|f| f.select.params()) {
@@ -125,7 +129,7 @@ impl BoundMerge {
             plan,
             limit: limit.map(|l| l as u64),
             offset: offset.unwrap_or(0) as u64,
-            params: resolved,
+            literals,
             finals,
             client_describes,
         })
@@ -734,7 +738,7 @@ async fn merge_all(
                         types: &merged_types,
                         orders: &orders,
                     };
-                    if eval(h, &cols, &types, total, hidden, &merge.params)? == Some(true) {
+                    if eval(h, &cols, &types, total, hidden, &merge.literals)? == Some(true) {
                         kept.push(r);
                     }
                 }
@@ -1019,6 +1023,34 @@ fn bad_constant(oid: u32) -> Stop {
     ))
 }
 
+/// The two sides of a HAVING comparison as one kind of value, converted as Postgres's
+/// cross-type operators convert them: integer with numeric compares as numeric, a float with
+/// an integer or numeric as float8. Other mixes (a date with a timestamp) are refused.
+fn comparable(v: Value, k: Value, oid: u32) -> Result<(Value, Value), Stop> {
+    use Value::{Float, Int, Numeric as Num};
+    Ok(match (v, k) {
+        (Int(i), k @ Num(_)) => (Num(Numeric::from_i64(i)), k),
+        (v @ Num(_), Int(i)) => (v, Num(Numeric::from_i64(i))),
+        (Int(i), k @ Float(_)) => (Float(i as f64), k),
+        (v @ Float(_), Int(i)) => (v, Float(i as f64)),
+        (Num(n), k @ Float(_)) => (Float(numeric_as_float(&n, oid)?), k),
+        (v @ Float(_), Num(n)) => (v, Float(numeric_as_float(&n, oid)?)),
+        (v, k) if std::mem::discriminant(&v) == std::mem::discriminant(&k) => (v, k),
+        _ => {
+            return Err(Stop::Failed(ErrorFields::error(
+                "0A000",
+                format!(
+                    "HAVING compares a value of type OID {oid} with a value of another kind over several shards"
+                ),
+            )))
+        }
+    })
+}
+
+fn numeric_as_float(n: &Numeric, oid: u32) -> Result<f64, Stop> {
+    n.to_text().parse().map_err(|_| bad_constant(oid))
+}
+
 /// Result column types with how their text compares.
 struct Typed<'a> {
     types: &'a [ColumnType],
@@ -1031,7 +1063,7 @@ fn eval(
     typed: &Typed,
     total: usize,
     hidden: usize,
-    params: &HashMap<usize, RawParam>,
+    literals: &HashMap<usize, RawParam>,
 ) -> Result<Option<bool>, Stop> {
     let column = |c: ColRef| -> Result<(ColumnType, Value, usize), Stop> {
         let i = c.index(total, hidden).ok_or_else(|| {
@@ -1051,7 +1083,7 @@ fn eval(
         Having::And(v) => {
             let mut acc = Some(true);
             for x in v {
-                match eval(x, cols, typed, total, hidden, params)? {
+                match eval(x, cols, typed, total, hidden, literals)? {
                     Some(false) => return Ok(Some(false)),
                     None => acc = None,
                     Some(true) => {}
@@ -1062,7 +1094,7 @@ fn eval(
         Having::Or(v) => {
             let mut acc = Some(false);
             for x in v {
-                match eval(x, cols, typed, total, hidden, params)? {
+                match eval(x, cols, typed, total, hidden, literals)? {
                     Some(true) => return Ok(Some(true)),
                     None => acc = None,
                     Some(false) => {}
@@ -1070,7 +1102,7 @@ fn eval(
             }
             acc
         }
-        Having::Not(x) => eval(x, cols, typed, total, hidden, params)?.map(|b| !b),
+        Having::Not(x) => eval(x, cols, typed, total, hidden, literals)?.map(|b| !b),
         Having::IsNull { column: c, negated } => {
             let (_, v, _) = column(*c)?;
             Some((v == Value::Null) != *negated)
@@ -1087,19 +1119,19 @@ fn eval(
             let k = match value {
                 Operand::Null => return Ok(None),
                 Operand::Text(s) => constant(t, s.as_bytes(), false)?,
-                Operand::Param(n) => match params.get(n) {
+                Operand::Param { number, typed } => match literals.get(number) {
                     Some(RawParam {
                         value: Some(raw),
                         binary,
                     }) => constant(t, raw, *binary)?,
-                    _ => return Ok(None),
+                    Some(_) => return Ok(None),
+                    None => match column(*typed)? {
+                        (_, Value::Null, _) => return Ok(None),
+                        (_, k, _) => k,
+                    },
                 },
             };
-            let (v, k) = match (v, k) {
-                (Value::Int(i), k @ Value::Numeric(_)) => (Value::Numeric(Numeric::from_i64(i)), k),
-                (v @ Value::Numeric(_), Value::Int(i)) => (v, Value::Numeric(Numeric::from_i64(i))),
-                pair => pair,
-            };
+            let (v, k) = comparable(v, k, t.oid)?;
             let ord = compare_in(&v, &k, typed.orders.get(i).unwrap_or(&TextOrder::Bytewise));
             Some(match op {
                 CmpOp::Eq => ord.is_eq(),
@@ -1151,6 +1183,34 @@ mod tests {
     fn row_description_with_a_negative_count_is_malformed() {
         assert_eq!(decode_row_description(b"\xff\xff"), None);
         assert_eq!(decode_row_description(b"\x00\x00"), Some(Vec::new()));
+    }
+
+    #[test]
+    fn having_sides_convert_as_postgres_cross_type_operators() {
+        let num = |t: &str| Value::Numeric(Numeric::parse_text(t.as_bytes()).unwrap());
+        for (v, k, want) in [
+            (
+                Value::Int(10),
+                Value::Float(1.5),
+                Some((Value::Float(10.0), Value::Float(1.5))),
+            ),
+            (num("2.5"), Value::Int(3), Some((num("2.5"), num("3")))),
+            (
+                num("2.5"),
+                Value::Float(2.5),
+                Some((Value::Float(2.5), Value::Float(2.5))),
+            ),
+            (
+                Value::Int(1),
+                Value::Int(2),
+                Some((Value::Int(1), Value::Int(2))),
+            ),
+            (Value::Date(1), Value::Timestamp(1), None),
+            (Value::Int(1), Value::Text(Bytes::from_static(b"1")), None),
+        ] {
+            let got = comparable(v.clone(), k.clone(), INT8_OID).ok();
+            assert_eq!(got, want, "{v:?} {k:?}");
+        }
     }
 
     #[test]

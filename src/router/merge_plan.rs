@@ -96,7 +96,14 @@ pub enum Operand {
     /// A literal, as text (decoded as the compared column's type).
     Text(String),
     Null,
-    Param(usize),
+    /// The client's `$number`. A simple-protocol literal is decoded as the compared column's
+    /// type (as Postgres types an unknown literal); a bound value is read from the hidden
+    /// column `typed`, where the shards return it as Postgres types it in the condition, so its
+    /// format and declared type (an int2 beside a bigint count, a float8) are Postgres's own.
+    Param {
+        number: usize,
+        typed: ColRef,
+    },
 }
 
 /// A HAVING condition the proxy evaluates over merged groups (SQL three-valued logic).
@@ -881,10 +888,12 @@ impl Builder<'_> {
                 );
                 if let (Some(value), false) = (operand(r), operand(l).is_some()) {
                     let column = self.having_side(l)?.ok_or_else(unsupported)?;
+                    let value = self.typed_operand(value, r);
                     return Ok(Having::Cmp { column, op, value });
                 }
                 if let (Some(value), false) = (operand(l), operand(r).is_some()) {
                     let column = self.having_side(r)?.ok_or_else(unsupported)?;
+                    let value = self.typed_operand(value, l);
                     let op = match op {
                         CmpOp::Lt => CmpOp::Gt,
                         CmpOp::Le => CmpOp::Ge,
@@ -897,6 +906,19 @@ impl Builder<'_> {
                 Err(unsupported())
             }
             _ => Err(unsupported()),
+        }
+    }
+
+    /// The operand as the merge reads it; a `$n` gets the hidden column that returns its value
+    /// as the shards type it.
+    fn typed_operand(&mut self, value: Constant, written: &pb::Node) -> Operand {
+        match value {
+            Constant::Text(t) => Operand::Text(t),
+            Constant::Null => Operand::Null,
+            Constant::Param(number) => Operand::Param {
+                number,
+                typed: self.add_hidden(written.clone()),
+            },
         }
     }
 
@@ -925,18 +947,25 @@ fn unevaluated(expr: &pb::Node) -> Result<pb::Node, String> {
     Err("internal: cannot build CASE".into())
 }
 
+/// A HAVING constant as written: a literal, NULL or `$n`.
+enum Constant {
+    Text(String),
+    Null,
+    Param(usize),
+}
+
 /// A HAVING constant: a literal, NULL or `$n`.
-fn operand(n: &pb::Node) -> Option<Operand> {
+fn operand(n: &pb::Node) -> Option<Constant> {
     match n.node.as_ref()? {
-        NodeEnum::AConst(c) if c.isnull => Some(Operand::Null),
-        NodeEnum::AConst(c) => Some(Operand::Text(match c.val.as_ref()? {
+        NodeEnum::AConst(c) if c.isnull => Some(Constant::Null),
+        NodeEnum::AConst(c) => Some(Constant::Text(match c.val.as_ref()? {
             Val::Ival(i) => i.ival.to_string(),
             Val::Fval(f) => f.fval.clone(),
             Val::Sval(s) => s.sval.clone(),
             Val::Boolval(b) => if b.boolval { "t" } else { "f" }.to_string(),
             Val::Bsval(_) => return None,
         })),
-        NodeEnum::ParamRef(p) if p.number > 0 => Some(Operand::Param(p.number as usize)),
+        NodeEnum::ParamRef(p) if p.number > 0 => Some(Constant::Param(p.number as usize)),
         _ => None,
     }
 }
@@ -1347,10 +1376,10 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
     // HAVING, then ORDER BY.
     let having = match s.having_clause.as_deref() {
         Some(h) => {
-            let plan = b.having(h)?;
-            // Keeps the condition's `$n` typed as in the client's statement.
+            // Keeps the condition's `$n` typed as in the client's statement: first in the
+            // target list, so the hidden `$n` columns of `having` take the types it gives them.
             b.add_hidden(h.clone());
-            Some(plan)
+            Some(b.having(h)?)
         }
         None => None,
     };
@@ -1580,12 +1609,15 @@ mod tests {
             Having::Cmp {
                 column: ColRef::Output(2),
                 op: CmpOp::Ne,
-                value: Operand::Param(1)
+                value: Operand::Param {
+                    number: 1,
+                    typed: ColRef::Hidden(3)
+                }
             }
         );
         assert_eq!(p.sort[0].column, ColRef::Output(1));
         let sql = p.shard_sql.with_placeholders();
-        assert!(sql.starts_with("SELECT g, sum(x) AS avg, count(*) AS n, count(x) AS pgshard_hidden_0, sum(x) AS pgshard_hidden_1"), "{sql}");
+        assert!(sql.starts_with("SELECT g, sum(x) AS avg, count(*) AS n, count(x) AS pgshard_hidden_0, sum(x) > 10 AND count(*) <> $1 AS pgshard_hidden_1, sum(x) AS pgshard_hidden_2, $1 AS pgshard_hidden_3"), "{sql}");
         assert!(!sql.contains("HAVING") && !sql.contains("ORDER"), "{sql}");
     }
 
@@ -1761,7 +1793,7 @@ mod tests {
             vec![
                 (ColRef::Output(0), names(&["name"])),
                 (ColRef::Output(1), names(&["nick"])),
-                (ColRef::Hidden(1), names(&["code"])),
+                (ColRef::Hidden(2), names(&["code"])),
             ]
         );
         assert_eq!(c.grouped, names(&["name", "g"]));
