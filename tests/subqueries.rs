@@ -152,6 +152,7 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
     ctes_over_sharded_tables(&c).await;
     ctes_keyed_to_one_shard(&c, &cluster.info).await;
     set_operations_keyed_to_one_shard(&c, &cluster.info).await;
+    insert_select_runs_its_select_first(&c).await;
     // Correlated, but not by key: refused, naming the table.
     let sql =
         "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)";
@@ -538,4 +539,54 @@ async fn set_operations_keyed_to_one_shard(c: &Client, info: &pgshard::cluster::
     let e = c.query(sql, &[&5i64, &far]).await.expect_err(sql);
     let db = e.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "0A000", "{sql}");
+}
+
+/// How many orders of `total` each user in `keys` has, read by key (on the key's shard): 1 each
+/// when every row went to its shard.
+async fn keyed_counts(c: &Client, keys: impl Iterator<Item = i64>, total: i32) -> Vec<i64> {
+    let mut out = Vec::new();
+    for k in keys {
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM orders WHERE user_id = $1 AND total = $2",
+                &[&k, &total],
+            )
+            .await
+            .expect("keyed count");
+        out.push(row.get(0));
+    }
+    out
+}
+
+/// `INSERT … SELECT` into a sharded table: the SELECT (over sharded tables, or computing the
+/// keys) runs first, its rows go each to its key's shard; RETURNING, parameters (binary) and a
+/// rolled-back block behave as in one Postgres.
+async fn insert_select_runs_its_select_first(c: &Client) {
+    // Simple protocol, rows read from every shard.
+    let mut got = rows(
+        c,
+        "INSERT INTO orders (order_id, user_id, total) SELECT user_id + 1000, user_id, 501 FROM users WHERE user_id <= 12 RETURNING user_id",
+    )
+    .await;
+    got.sort_by_key(|k| k.parse::<i64>().unwrap_or(0));
+    let want: Vec<String> = (1..=12).map(|i: i64| i.to_string()).collect();
+    assert_eq!(got, want);
+    assert_eq!(keyed_counts(c, 1..=12, 501).await, vec![1; 12]);
+    // Extended protocol, keys computed by the SELECT from bound parameters (a parameter that is
+    // a whole output column is typed by its cast: the SELECT runs on its own, where Postgres
+    // would type a bare `$1` as text).
+    let sql = "INSERT INTO orders (order_id, user_id, total) SELECT g + 2000, g, $1::int FROM generate_series(1, $2) g RETURNING order_id";
+    let n = c.execute(sql, &[&502i32, &10i32]).await.expect(sql);
+    assert_eq!(n, 10);
+    assert_eq!(keyed_counts(c, 1..=10, 502).await, vec![1; 10]);
+    // From a sharded table into itself, in a block that rolls back: nothing stays.
+    c.batch_execute("BEGIN").await.expect("begin");
+    let sql = "INSERT INTO orders (order_id, user_id, total) SELECT order_id + 1000, user_id, total + 2 FROM orders WHERE total = $1";
+    assert_eq!(c.execute(sql, &[&501i32]).await.expect(sql), 12);
+    assert_eq!(keyed_counts(c, 1..=12, 503).await, vec![1; 12]);
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(keyed_counts(c, 1..=12, 503).await, vec![0; 12]);
+    c.batch_execute("DELETE FROM orders WHERE total IN (501, 502)")
+        .await
+        .expect("clean up");
 }

@@ -42,7 +42,7 @@ pub fn shard_texts(
                     .checked_sub(1)
                     .and_then(|i| lits.get_mut(i))
                     .ok_or_else(|| ErrorFields::error("XX000", "an UNNEST literal went missing"))?;
-                *slot = Literal::Str(text);
+                *slot = Literal::Escaped(text);
             }
             template
                 .with_literals(&lits)
@@ -87,8 +87,8 @@ mod tests {
         assert_eq!(
             texts,
             vec![
-                "INSERT INTO users (user_id, name) SELECT * FROM UNNEST('{2}'::bigint[], '{b}'::text[]) RETURNING user_id, 'x'",
-                "INSERT INTO users (user_id, name) SELECT * FROM UNNEST('{1}'::bigint[], '{it''s}'::text[]) RETURNING user_id, 'x'",
+                "INSERT INTO users (user_id, name) SELECT * FROM UNNEST(E'{2}'::bigint[], E'{b}'::text[]) RETURNING user_id, 'x'",
+                "INSERT INTO users (user_id, name) SELECT * FROM UNNEST(E'{1}'::bigint[], E'{it''s}'::text[]) RETURNING user_id, 'x'",
             ]
         );
     }

@@ -29,6 +29,19 @@ pub struct CteFirst {
     end: usize,
 }
 
+impl CteFirst {
+    /// Rows named `name` that replace the bytes `start..end` of the statement (a query that is
+    /// not a CTE, such as the SELECT of an `INSERT … SELECT`), from running `inner` first.
+    pub fn replacing(name: &str, inner: String, start: usize, end: usize) -> CteFirst {
+        CteFirst {
+            name: name.to_string(),
+            inner,
+            start,
+            end,
+        }
+    }
+}
+
 /// What a statement's WITH asks of pgshard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
@@ -242,7 +255,7 @@ fn locate<'a>(tokens: &[pb::ScanToken], cte: &'a pb::CommonTableExpr) -> Option<
 }
 
 /// The index of the parenthesis closing the one at `open`.
-fn closing(tokens: &[pb::ScanToken], open: usize) -> Option<usize> {
+pub(crate) fn closing(tokens: &[pb::ScanToken], open: usize) -> Option<usize> {
     if tokens.get(open)?.token != Token::Ascii40 as i32 {
         return None;
     }
@@ -451,8 +464,8 @@ mod tests {
         let c = run("WITH x AS (SELECT a FROM users) SELECT * FROM x");
         let rows = [row(&[Some("1")])];
         assert_eq!(
-            c.splice("", &desc(&[("a", 114)]), &rows),
-            Err(SpliceError::Type(114))
+            c.splice("", &desc(&[("a", 600)]), &rows),
+            Err(SpliceError::Type(600))
         );
         assert_eq!(
             c.splice("", &desc(&[]), &rows[..0]),

@@ -12,6 +12,11 @@ pub enum Literal {
     Number(String),
     /// A standard single-quoted string, unescaped (`'it''s'` gives `it's`).
     Str(String),
+    /// An escape string (`E'a\\b'`) whose escapes each stand for the character escaped (`\\`,
+    /// `\'`, `\"`, `''`; not `\n`, `\x41`, …), unescaped;
+    /// written back as an escape string, so it reads the same whatever the session's
+    /// `standard_conforming_strings` (the arrays pgshard writes into statements are such).
+    Escaped(String),
 }
 
 /// A statement with its literals replaced by `$n` placeholders.
@@ -82,6 +87,28 @@ fn skip_quoted(s: &[u8], start: usize, quote: u8, backslash: bool) -> Result<usi
         i += 1;
     }
     Err(GiveUp)
+}
+
+/// The body of an escape string whose escapes each stand for the character escaped, unescaped;
+/// `None` for the escapes that stand for something else (`\n`, `\x41`, `\101`, `\u0041`),
+/// which pgshard leaves to Postgres.
+fn unescape_plain(body: &str) -> Option<String> {
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                'b' | 'f' | 'n' | 'r' | 't' | 'x' | 'u' | 'U' | '0'..='7' => return None,
+                e => out.push(e),
+            },
+            '\'' => {
+                chars.next().filter(|q| *q == '\'')?;
+                out.push('\'');
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 fn lex(sql: &str) -> Result<Normalized, GiveUp> {
@@ -182,8 +209,17 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
                 let word = &s[start..i];
                 let next = s.get(i).copied();
                 if next == Some(b'\'') && word.len() == 1 {
-                    // E'…', B'…', X'…', N'…': left unchanged.
+                    // E'…' with only quote and backslash escapes is a literal; other E'…',
+                    // B'…', X'…', N'…': left unchanged.
                     let backslash = matches!(word[0], b'e' | b'E');
+                    if backslash {
+                        let end = skip_quoted(s, i, b'\'', true)?;
+                        if let Some(value) = unescape_plain(&sql[i + 1..end - 1]) {
+                            replace(&mut out, &mut copied, start, end, Literal::Escaped(value));
+                        }
+                        i = end;
+                        continue;
+                    }
                     if !matches!(
                         word[0],
                         b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N'
@@ -244,17 +280,18 @@ impl ParamSource for LiteralParams<'_> {
     fn int(&self, n: usize) -> Option<i64> {
         let lit = self.0.get(n.checked_sub(1)?)?;
         match lit {
-            Literal::Number(t) | Literal::Str(t) => t.trim().parse().ok(),
+            Literal::Number(t) | Literal::Str(t) | Literal::Escaped(t) => t.trim().parse().ok(),
         }
     }
     fn int_array(&self, n: usize) -> Option<Vec<i64>> {
         match self.0.get(n.checked_sub(1)?)? {
-            Literal::Str(t) => parse_int_array_text(t),
+            Literal::Str(t) | Literal::Escaped(t) => parse_int_array_text(t),
             Literal::Number(_) => None,
         }
     }
     fn raw(&self, n: usize) -> Option<RawParam> {
-        let (Literal::Number(t) | Literal::Str(t)) = self.0.get(n.checked_sub(1)?)?;
+        let (Literal::Number(t) | Literal::Str(t) | Literal::Escaped(t)) =
+            self.0.get(n.checked_sub(1)?)?;
         Some(RawParam {
             value: Some(bytes::Bytes::from(t.clone())),
             binary: false,
@@ -273,6 +310,7 @@ impl Literal {
             Literal::Number(t) if t.starts_with('-') => format!("({t})"),
             Literal::Number(t) => t.clone(),
             Literal::Str(s) => crate::sql_text::quote_literal(s),
+            Literal::Escaped(s) => crate::sql_text::quote_escaped_literal(s),
         }
     }
 }
@@ -321,12 +359,27 @@ mod tests {
 
     #[test]
     fn comments_and_special_strings_are_left() {
-        let r = normalize("select 1 -- 2\n /* 3 /* 4 */ 5 */ , E'\\'6', B'101', X'1F', U&'d\\0061', $$7$$, $q$ 8 $q$, 9");
+        let r = normalize("select 1 -- 2\n /* 3 /* 4 */ 5 */ , E'\\n6', B'101', X'1F', U&'d\\0061', $$7$$, $q$ 8 $q$, 9");
         assert_eq!(
             r.text,
-            "select $1 -- 2\n /* 3 /* 4 */ 5 */ , E'\\'6', B'101', X'1F', U&'d\\0061', $$7$$, $q$ 8 $q$, $2"
+            "select $1 -- 2\n /* 3 /* 4 */ 5 */ , E'\\n6', B'101', X'1F', U&'d\\0061', $$7$$, $q$ 8 $q$, $2"
         );
         assert_eq!(r.literals, vec![n("1"), n("9")]);
+    }
+
+    #[test]
+    fn escape_strings_with_only_quote_and_backslash_escapes_are_literals() {
+        let r = normalize(r#"select E'{"a\\\"b"}', e'it\'s''', E'tab\t'"#);
+        assert_eq!(r.text, r#"select $1, $2, E'tab\t'"#);
+        assert_eq!(
+            r.literals,
+            vec![
+                Literal::Escaped(r#"{"a\"b"}"#.into()),
+                Literal::Escaped("it's'".into())
+            ]
+        );
+        assert_eq!(r.literals[1].to_sql(), "E'it''s'''");
+        assert_eq!(r.literals[0].to_sql(), r#"E'{"a\\"b"}'"#);
     }
 
     #[test]

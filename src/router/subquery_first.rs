@@ -54,6 +54,9 @@ pub fn next(
     params: bool,
     reads_sharded: impl Fn(&str) -> bool,
 ) -> Result<Option<RunFirst>, String> {
+    if let Some(rows) = crate::router::insert_select::find(sql) {
+        return Ok(Some(RunFirst::Cte(rows)));
+    }
     match cte::find(sql, reads_sharded) {
         cte::Found::Run(c) => Ok(Some(RunFirst::Cte(c))),
         cte::Found::Refuse(message) => Err(message),
@@ -393,6 +396,15 @@ pub(crate) fn type_name(oid: u32) -> Option<&'static str> {
         1184 => "timestamptz",
         1700 => "numeric",
         2950 => "uuid",
+        17 => "bytea",
+        26 => "oid",
+        114 => "json",
+        700 => "float4",
+        701 => "float8",
+        1042 => "bpchar",
+        1083 => "time",
+        1186 => "interval",
+        3802 => "jsonb",
         _ => return None,
     })
 }
@@ -598,8 +610,8 @@ mod tests {
             Err(SpliceError::MoreThanOneRow)
         );
         assert_eq!(
-            f.splice("", &desc(114), &two[..1]),
-            Err(SpliceError::Type(114))
+            f.splice("", &desc(600), &two[..1]),
+            Err(SpliceError::Type(600))
         );
         let mut d = 2i16.to_be_bytes().to_vec();
         d.extend_from_slice(&desc(20)[2..]);

@@ -8,11 +8,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::merged::BoundMerge;
 use crate::frontend::extended::{bind_statement_name, server_statement_name};
 use crate::frontend::run::subquery_first::{liftable, splice_held, FIRST};
 use crate::frontend::session::{End, Session};
+use crate::router::insert_select::literal_arrays_as_params;
 use crate::router::params::BindParams;
 use crate::router::split_params::{pick, renumber, PartParams};
 use crate::router::subquery_first::RunFirst;
@@ -86,6 +89,29 @@ fn rewritten_types(sql: &str, types: &[u32], bind: &Bind) -> Result<Vec<u32>, Er
         }
     }
     Ok(out)
+}
+
+/// `INSERT … SELECT` with its SELECT's rows written in as array literals: the arrays become
+/// parameters of the Bind (text format), so the statement splits per shard as an UNNEST of
+/// array parameters does. Other texts come back as they are.
+fn with_array_params(
+    outer: String,
+    mut bind: Bind,
+    mut types: Vec<u32>,
+) -> (String, Bind, Vec<u32>) {
+    let Some((text, arrays)) = literal_arrays_as_params(&outer, bind.params.len() + 1) else {
+        return (outer, bind, types);
+    };
+    let formats: Vec<i16> = (0..bind.params.len())
+        .map(|i| format_of(&bind.param_formats, i))
+        .chain(arrays.iter().map(|_| 0))
+        .collect();
+    types.resize(bind.params.len(), 0);
+    types.extend(arrays.iter().map(|_| 0));
+    bind.params
+        .extend(arrays.into_iter().map(|a| Some(Bytes::from(a))));
+    bind.param_formats = formats;
+    (text, bind, types)
 }
 
 /// Parse, Bind (text results), Describe and Execute of `text` with `params`, then Sync: every
@@ -180,6 +206,7 @@ impl Session {
         if outer == sql {
             return Ok(false);
         }
+        let (outer, bind, types) = with_array_params(outer, bind, types);
         let param_types = match rewritten_types(&outer, &types, &bind) {
             Ok(t) => t,
             Err(fields) => {

@@ -22,6 +22,10 @@ pub enum Refused {
     /// `INSERT … ON CONFLICT DO UPDATE SET key = …`: the row would have to move shards.
     #[error("ON CONFLICT DO UPDATE of shard key {table}.{key} is not supported")]
     OnConflictUpdatesKey { table: String, key: String },
+    /// `INSERT … SELECT` (or a SELECT over sharded tables feeding any INSERT): its rows are
+    /// known only once the SELECT has run; pgshard runs it first and inserts its rows.
+    #[error("INSERT into {table} from a SELECT whose rows pgshard could not read first")]
+    InsertSelect { table: String },
     /// An INSERT into a sharded table without a column list: pgshard cannot find the key.
     #[error("INSERT into sharded table {table} needs an explicit column list naming {key}")]
     InsertWithoutColumns { table: String, key: String },
@@ -100,7 +104,9 @@ impl Refused {
     pub fn liftable_by_running_subqueries_first(&self) -> bool {
         matches!(
             self,
-            Refused::SubqueryOverSharded { .. } | Refused::JoinWithUnsharded { .. }
+            Refused::SubqueryOverSharded { .. }
+                | Refused::JoinWithUnsharded { .. }
+                | Refused::InsertSelect { .. }
         )
     }
 }

@@ -55,6 +55,19 @@ pub(super) fn analyze_insert(
         _ => None,
     };
     let Some(rows) = rows else {
+        if crate::router::unnest_insert::unnest_args(i).is_none() {
+            // The rows of `INSERT … SELECT` are known once the SELECT has run: pgshard runs
+            // it first and writes its rows in as arrays (`router::insert_select`).
+            if i.with_clause.is_none()
+                && facts
+                    .refuse
+                    .as_ref()
+                    .is_none_or(Refused::liftable_by_running_subqueries_first)
+            {
+                facts.refuse = Some(Refused::InsertSelect { table: t });
+            }
+            return;
+        }
         if pos.is_none() {
             facts.unnest_keyless = crate::router::unnest_insert::unnest_args(i);
         }
@@ -208,13 +221,22 @@ mod tests {
             "insert into users values (1, 'a')",
             "explicit column list naming user_id",
         );
-        let f = one("insert into users (user_id, name) select 1, 'x'");
-        assert_eq!(f.key, KeyFacts::Unknown);
-        assert_eq!(f.refuse, None);
-        refused(
+        // INSERT … SELECT: the SELECT runs first (`router::insert_select`).
+        for sql in [
+            "insert into users (user_id, name) select 1, 'x'",
             "insert into users (user_id, name) select id, name from staging",
-            "unsharded table staging",
-        );
+            "insert into users (user_id, name) select user_id + 1, name from users",
+        ] {
+            let f = one(sql);
+            assert_eq!(f.key, KeyFacts::Unknown, "{sql}");
+            assert_eq!(
+                f.refuse,
+                Some(Refused::InsertSelect {
+                    table: "users".into()
+                }),
+                "{sql}"
+            );
+        }
         refused("insert into users (user_id, name) values (1, 'a') on conflict (user_id) do update set user_id = excluded.user_id", "shard key users.user_id");
         let f = one("insert into users (user_id, name) values (1, 'a') on conflict (user_id) do update set name = excluded.name");
         assert_eq!(f.refuse, None);
