@@ -208,7 +208,9 @@ pub fn plan(from: &ShardMap, target: &Target) -> Result<Plan, PlanError> {
             other => return Err(PlanError::NotModulo(other.name())),
         },
     };
-    let to = ShardMap::new(version, to.strategy, coalesce(to.ranges))?;
+    // Tenant schemas stay where they are (a job moves one only when asked to).
+    let to = ShardMap::new(version, to.strategy, coalesce(to.ranges))?
+        .with_tenants(from.tenants.clone());
     let moves = moves_between(from, &to);
     if moves.is_empty() {
         return Err(PlanError::NothingMoves);
@@ -347,6 +349,7 @@ fn add_shard(from: &ShardMap, shard: u32) -> Result<ShardMap, PlanError> {
                 version: from.version + 1,
                 strategy: from.strategy,
                 ranges,
+                tenants: from.tenants.clone(),
             })
         }
     }
@@ -393,6 +396,7 @@ fn drain(from: &ShardMap, shard: u32) -> Result<ShardMap, PlanError> {
         version: from.version + 1,
         strategy: from.strategy,
         ranges,
+        tenants: from.tenants.clone(),
     })
 }
 
@@ -449,6 +453,7 @@ fn move_range(
         version: from.version + 1,
         strategy: from.strategy,
         ranges,
+        tenants: from.tenants.clone(),
     })
 }
 
