@@ -20,6 +20,16 @@ CREATE TABLE IF NOT EXISTS shard_map (
 );
 CREATE INDEX IF NOT EXISTS shard_map_version_idx ON shard_map (version);
 
+-- Schema-based sharding: each tenant schema of a map version and the shard holding it whole.
+-- Seeded from the config's `[[sharded_schemas]]` for a schema no version lists yet; afterwards the
+-- catalog is the truth (a `move-schema` job or a new tenant's CREATE SCHEMA publishes a version).
+CREATE TABLE IF NOT EXISTS shard_map_tenants (
+    version     bigint NOT NULL REFERENCES shard_map_versions (version) ON DELETE CASCADE,
+    schema_name text NOT NULL,
+    shard_id    integer NOT NULL,
+    PRIMARY KEY (version, schema_name)
+);
+
 -- One row per proxy process; node_id feeds the id generator, so two live proxies never share one.
 CREATE SEQUENCE IF NOT EXISTS proxy_node_id_seq MINVALUE 0 MAXVALUE 1023 START 0 CYCLE;
 CREATE TABLE IF NOT EXISTS proxies (

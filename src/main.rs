@@ -142,6 +142,7 @@ enum ReplicaCommand {
 enum RebalanceCommand {
     /// Print the moves a target needs (source → destination, row estimates) without starting.
     /// TARGET: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | move-key KEY N |
+    /// move-schema SCHEMA N |
     /// even-out | modulo-to-hash.
     Plan {
         #[arg(long, short)]

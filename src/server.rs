@@ -168,6 +168,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningProxy> {
         &config.proxy.node_name,
         &server_tls,
         &config.shards,
+        &config.sharded_schemas,
     )
     .await
     .context("cannot start the catalog client")?;
@@ -289,6 +290,15 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningProxy> {
         notify: Default::default(),
         compat: crate::compat::Compat::new(&config),
     });
+    // Tenant placements come from the shard map: the router follows every version installed.
+    if config.compat.is_none() {
+        let weak = Arc::downgrade(&proxy);
+        proxy.map.on_install(move |map| {
+            if let Some(p) = weak.upgrade() {
+                p.router.follow_tenants(map);
+            }
+        });
+    }
     let topology_sync = crate::membership::sync::start(
         proxy.clone(),
         monitors.clone(),

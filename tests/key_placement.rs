@@ -547,35 +547,8 @@ async fn pinned_tenant(
         .simple_query(&format!("REBALANCE move-key '{tenant}'::text {to}"))
         .await
         .unwrap_or_else(|e| panic!("move-key: {e:?}"));
-    let catalog = proxy::catalog(&cluster.info).await;
-    let job_id: i64 = catalog
-        .query_one("SELECT max(job_id) FROM rebalance_jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let job = loop {
-        let job = pgshard::rebalance::jobs::load(&catalog, job_id)
-            .await
-            .unwrap()
-            .expect("the job exists");
-        if job.state.ended() {
-            break job;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job {job_id}: {:?}",
-            job.state
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    assert_eq!(
-        job.state,
-        pgshard::rebalance::jobs::JobState::Done,
-        "{:?} {:?}",
-        job.error,
-        job.steps
-    );
+    let job_id = common::jobs::newest_job(&cluster.info).await;
+    let job = common::jobs::wait_job_done(&cluster.info, job_id).await;
     let pinned = job.plan.to.clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while proxy.proxy.map.current().version < pinned.version {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::jobs::{job_state, newest_job, wait_job_done, wait_job_end};
 use common::process::eventually_within;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
@@ -456,60 +457,6 @@ async fn map_loaded(proxy: &pgshard::server::RunningProxy, version: i64) {
         || async { proxy.proxy.map.current().version == version },
     )
     .await;
-}
-
-/// The id of the job created last.
-async fn newest_job(info: &ClusterInfo) -> i64 {
-    proxy::catalog(info)
-        .await
-        .query_one("SELECT max(job_id) FROM rebalance_jobs", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn job_state(info: &ClusterInfo, id: i64) -> pgshard::rebalance::jobs::Job {
-    let c = proxy::catalog(info).await;
-    pgshard::rebalance::jobs::load(&c, id)
-        .await
-        .unwrap()
-        .expect("the job exists")
-}
-
-/// Waits until job `id` has ended, checks that it is done, and returns it.
-async fn wait_job_done(info: &ClusterInfo, id: i64) -> pgshard::rebalance::jobs::Job {
-    let job = wait_job_end(info, id, Duration::from_secs(120)).await;
-    assert_eq!(
-        job.state,
-        pgshard::rebalance::jobs::JobState::Done,
-        "{:?} {:?}",
-        job.error,
-        job.steps
-    );
-    job
-}
-
-/// Waits until job `id` has ended and returns it.
-async fn wait_job_end(
-    info: &ClusterInfo,
-    id: i64,
-    limit: Duration,
-) -> pgshard::rebalance::jobs::Job {
-    let started = Instant::now();
-    loop {
-        let job = job_state(info, id).await;
-        if job.state.ended() {
-            return job;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "job {id} did not finish: {:?} {:?} {:?}",
-            job.state,
-            job.error,
-            job.steps
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Runs `target` on a cluster of `cluster_shards` shards whose first map is `strategy` over

@@ -88,6 +88,8 @@ pub enum View {
     Clients,
     Stats,
     ShardMap,
+    /// Tenant schemas and their shards in the current map.
+    Schemas,
     Config,
     Version,
     /// The compatibility report (`[compat]`).
@@ -95,15 +97,16 @@ pub enum View {
 }
 
 /// Every command, for the hint of an error.
-pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW CONFIG, SHOW VERSION, SHOW COMPAT, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | move-key KEY N | modulo-to-hash, CANCEL JOB n, ADD SHARD n host port [database], DROP SHARD n, ADD REPLICA n host port, DROP REPLICA n host port";
+pub const COMMANDS: &str = "SHOW SHARDS, SHOW SERVERS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, SHOW SHARD_MAP, SHOW SCHEMAS, SHOW CONFIG, SHOW VERSION, SHOW COMPAT, SHOW JOBS, RELOAD, PAUSE, RESUME, REBALANCE add-shard N | drain N | move LOWER UPPER N | move-key KEY N | move-schema SCHEMA N | modulo-to-hash, CANCEL JOB n, ADD SHARD n host port [database], DROP SHARD n, ADD REPLICA n host port, DROP REPLICA n host port";
 
-const VIEWS: [(&str, View); 9] = [
+const VIEWS: [(&str, View); 10] = [
     ("SHARDS", View::Shards),
     ("SERVERS", View::Servers),
     ("POOLS", View::Pools),
     ("CLIENTS", View::Clients),
     ("STATS", View::Stats),
     ("SHARD_MAP", View::ShardMap),
+    ("SCHEMAS", View::Schemas),
     ("CONFIG", View::Config),
     ("VERSION", View::Version),
     ("COMPAT", View::Compat),
@@ -142,15 +145,6 @@ fn parse_one(text: &str) -> Result<Command, ErrorFields> {
                 })
                 .collect();
             let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-            if lower
-                .first()
-                .is_some_and(|v| crate::rebalance::plan::is_move_schema(v))
-            {
-                return Err(ErrorFields::error(
-                    "0A000",
-                    format!("REBALANCE: {}", crate::rebalance::plan::MOVE_SCHEMA_MISSING),
-                ));
-            }
             return crate::rebalance::plan::parse_target(&lower)
                 .map(Command::Rebalance)
                 .map_err(|e| ErrorFields::error("42601", format!("REBALANCE: {e}")));
@@ -278,10 +272,16 @@ mod tests {
     }
 
     #[test]
-    fn moving_a_tenant_schema_is_refused_as_not_supported() {
-        let e = parse("REBALANCE move-schema tenant_a 2").unwrap_err();
-        assert_eq!(e.code, "0A000");
-        assert!(e.message.contains("tenant schema"), "{}", e.message);
+    fn moving_a_tenant_schema_is_a_rebalancing_target() {
+        assert!(matches!(
+            parse("REBALANCE Move-Schema Tenant_A 2").unwrap().as_slice(),
+            [Command::Rebalance(crate::rebalance::Target::MoveSchema { schema, to: 2 })]
+                if schema == "tenant_a"
+        ));
+        assert_eq!(
+            parse("REBALANCE move-schema tenant_a").unwrap_err().code,
+            "42601"
+        );
         assert_eq!(parse("rebalance move-key x").unwrap_err().code, "42601");
     }
 }

@@ -18,6 +18,7 @@ pub fn show(proxy: &Proxy, view: View) -> ResultSet {
         View::Clients => clients(proxy),
         View::Stats => stats(proxy),
         View::ShardMap => shard_map(proxy),
+        View::Schemas => schemas(proxy),
         View::Config => config(&proxy.config),
         View::Compat => compat(proxy),
         View::Version => {
@@ -305,6 +306,25 @@ fn shard_map(proxy: &Proxy) -> ResultSet {
             r.shard.into(),
             // A single point (`REBALANCE move-key`): one key placed by hand.
             Cell::Bool(modulus.is_none() && crate::rebalance::plan::is_pin(r)),
+        ]);
+    }
+    rs
+}
+
+/// Tenant schemas (schema-based sharding) and the shard holding each, as the current map places
+/// them.
+fn schemas(proxy: &Proxy) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("version", T::Int8),
+        ("schema", T::Text),
+        ("shard_id", T::Int8),
+    ]);
+    let map = proxy.map.current();
+    for (schema, shard) in &map.tenants {
+        rs.row(vec![
+            map.version.into(),
+            schema.clone().into(),
+            (*shard).into(),
         ]);
     }
     rs

@@ -4,33 +4,65 @@ use std::sync::{Arc, RwLock};
 
 use crate::router::ShardMap;
 
+/// Called with every map installed (see [`MapHandle::on_install`]).
+type Observer = Arc<dyn Fn(&ShardMap) + Send + Sync>;
+
 /// A cheap, cloneable handle on the current shard map.
 #[derive(Clone)]
-pub struct MapHandle(Arc<RwLock<Arc<ShardMap>>>);
+pub struct MapHandle {
+    map: Arc<RwLock<Arc<ShardMap>>>,
+    observers: Arc<RwLock<Vec<Observer>>>,
+}
 
 impl MapHandle {
     pub fn new(map: ShardMap) -> MapHandle {
-        MapHandle(Arc::new(RwLock::new(Arc::new(map))))
+        MapHandle {
+            map: Arc::new(RwLock::new(Arc::new(map))),
+            observers: Default::default(),
+        }
     }
 
     /// The map to route with now.
     pub fn current(&self) -> Arc<ShardMap> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Calls `observe` with the current map now and with every newer one when it is installed,
+    /// before [`MapHandle::install`] returns: a hold released on a new map lets its statements
+    /// go only after the router knows that map's tenant placements.
+    pub fn on_install(&self, observe: impl Fn(&ShardMap) + Send + Sync + 'static) {
+        let observe: Observer = Arc::new(observe);
+        observe(&self.current());
+        self.observers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observe);
     }
 
     /// Installs `map` if it is newer than the current one (versions only grow); true if it was.
     pub fn install(&self, map: ShardMap) -> bool {
-        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
-        if map.version <= current.version {
-            return false;
+        let map = {
+            let mut current = self.map.write().unwrap_or_else(|p| p.into_inner());
+            if map.version <= current.version {
+                return false;
+            }
+            tracing::info!(
+                from = current.version,
+                to = map.version,
+                strategy = ?map.strategy,
+                "shard map version changed"
+            );
+            *current = Arc::new(map);
+            current.clone()
+        };
+        let observers = self
+            .observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for observe in observers {
+            observe(&map);
         }
-        tracing::info!(
-            from = current.version,
-            to = map.version,
-            strategy = ?map.strategy,
-            "shard map version changed"
-        );
-        *current = Arc::new(map);
         true
     }
 }
@@ -48,5 +80,16 @@ mod tests {
         assert_eq!(handle.current().strategy, Strategy::Hash);
         assert!(handle.install(ShardMap::uniform(3, Strategy::Range, &[0])));
         assert_eq!(handle.current().version, 3);
+    }
+
+    #[test]
+    fn observers_see_the_current_map_and_every_newer_one() {
+        let handle = MapHandle::new(ShardMap::uniform(1, Strategy::Hash, &[0]));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        handle.on_install(move |m| s.lock().unwrap().push(m.version));
+        handle.install(ShardMap::uniform(1, Strategy::Hash, &[0]));
+        handle.install(ShardMap::uniform(4, Strategy::Hash, &[0]));
+        assert_eq!(*seen.lock().unwrap(), vec![1, 4]);
     }
 }

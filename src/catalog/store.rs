@@ -7,16 +7,29 @@ use crate::router::{KeyRange, ShardMap, Strategy};
 pub async fn load_map(client: &tokio_postgres::Client) -> Result<Option<ShardMap>, CatalogError> {
     let Some(head) = client
         .query_opt(
-            "SELECT version, strategy, modulus FROM shard_map_versions ORDER BY version DESC LIMIT 1",
+            "SELECT max(version) FROM shard_map_versions HAVING count(*) > 0",
             &[],
         )
         .await?
     else {
         return Ok(None);
     };
-    let version: i64 = head.get(0);
-    let strategy_name: String = head.get(1);
-    let modulus: Option<i64> = head.get(2);
+    load_map_at(client, head.get(0)).await.map(Some)
+}
+
+/// Shard map `version` (its ranges and tenant placements).
+async fn load_map_at<C: tokio_postgres::GenericClient>(
+    client: &C,
+    version: i64,
+) -> Result<ShardMap, CatalogError> {
+    let head = client
+        .query_one(
+            "SELECT strategy, modulus FROM shard_map_versions WHERE version = $1",
+            &[&version],
+        )
+        .await?;
+    let strategy_name: String = head.get(0);
+    let modulus: Option<i64> = head.get(1);
     let strategy = match (strategy_name.as_str(), modulus) {
         ("range", _) => Strategy::Range,
         ("hash", _) => Strategy::Hash,
@@ -42,8 +55,17 @@ pub async fn load_map(client: &tokio_postgres::Client) -> Result<Option<ShardMap
             shard: r.get::<_, i32>(2) as u32,
         })
         .collect();
+    let tenants = client
+        .query(
+            "SELECT schema_name, shard_id FROM shard_map_tenants WHERE version = $1",
+            &[&version],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1) as u32))
+        .collect();
     ShardMap::new(version, strategy, ranges)
-        .map(Some)
+        .map(|m| m.with_tenants(tenants))
         .map_err(|e| CatalogError::InvalidMap {
             version,
             reason: e.to_string(),
@@ -138,7 +160,43 @@ async fn insert_version(
         tx.execute(&insert, &[&version, &r.lower, &r.upper, &(r.shard as i32)])
             .await?;
     }
+    for (schema, shard) in &map.tenants {
+        tx.execute(
+            "INSERT INTO shard_map_tenants (version, schema_name, shard_id) VALUES ($1, $2, $3)",
+            &[&version, schema, &(*shard as i32)],
+        )
+        .await?;
+    }
     Ok(())
+}
+
+/// Publishes a map version that adds the tenant schemas of `[[sharded_schemas]]` the newest map
+/// does not list yet, each on its configured shard; schemas the catalog places already keep
+/// their shard (the config's is only the initial placement). Returns the newest version.
+pub async fn seed_tenants(
+    client: &mut tokio_postgres::Client,
+    schemas: &[crate::config::schemas::ShardedSchemaConfig],
+) -> Result<Option<i64>, CatalogError> {
+    if schemas.is_empty() {
+        return Ok(None);
+    }
+    let tx = client.transaction().await?;
+    let Some(newest) = newest_version_locked(&tx).await? else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let map = load_map_at(&tx, newest).await?;
+    let mut tenants = map.tenants.clone();
+    for s in schemas {
+        tenants.entry(s.name.to_lowercase()).or_insert(s.shard);
+    }
+    if tenants == map.tenants {
+        tx.commit().await?;
+        return Ok(Some(newest));
+    }
+    insert_version(&tx, newest + 1, &map.with_tenants(tenants)).await?;
+    tx.commit().await?;
+    Ok(Some(newest + 1))
 }
 
 /// Registers this proxy and returns its node id for the id generator (unique among the last

@@ -85,16 +85,19 @@ pub async fn listen(
     Ok((client, rx, reader))
 }
 
-/// Connects, registers this proxy, loads the map and the topology (seeding it from `shards`, the
-/// config's, when the catalog has none), and starts watching for new versions of both.
+/// Connects, registers this proxy, loads the map (after adding the config's tenant `schemas` it
+/// does not place yet) and the topology (seeding it from `shards`, the config's, when the catalog
+/// has none), and starts watching for new versions of both.
 /// Catalog connections are protected like server connections (`tls`, from `[server_tls]`).
 pub async fn start(
     config: &CatalogConfig,
     node_name: &str,
     tls: &ServerTls,
     shards: &[ShardConfig],
+    schemas: &[crate::config::schemas::ShardedSchemaConfig],
 ) -> Result<CatalogHandle, CatalogError> {
     let (mut client, rx) = connect(&config.url, tls).await?;
+    super::seed_tenants(&mut client, schemas).await?;
     // The map first: a proxy that cannot start must not leave a row in `proxies`.
     let map = load_map(&client).await?.ok_or(CatalogError::NoMap)?;
     seed_topology(&mut client, shards).await?;

@@ -1,7 +1,8 @@
 //! `[[sharded_schemas]]`: schema-based sharding. Each listed schema (a tenant) lives whole on
-//! one shard, named in the config: placement is kept by hand (like a pinned key), never computed
-//! from the shard map, so a rebalancing of the sharded tables never moves a tenant's tables
-//! without copying them.
+//! one shard. The config's `shard` is only the initial placement: a proxy adds a tenant the
+//! catalog's shard map does not list yet with it, and from then on the map (versioned like the
+//! key ranges) is authoritative, so a `move-schema` job moves a tenant without a restart. Key
+//! rebalancing never moves a tenant's tables.
 
 use std::collections::HashSet;
 
@@ -15,7 +16,7 @@ use super::{Config, ConfigError};
 pub struct ShardedSchemaConfig {
     /// The schema's name as the catalog spells it (unquoted names are lowercase).
     pub name: String,
-    /// The `[[shards]]` id holding the schema.
+    /// The `[[shards]]` id holding the schema at first (the catalog's map places it afterwards).
     pub shard: u32,
 }
 

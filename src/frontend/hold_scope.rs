@@ -21,7 +21,17 @@ fn may_touch_moving_keys(
     from: &ShardMap,
     to: &ShardMap,
 ) -> bool {
-    if !facts.sharded || facts.local.is_some() {
+    if facts.local.is_some() {
+        return false;
+    }
+    if !facts.tenants.is_empty() {
+        // A tenant schema's statement waits only while that tenant moves.
+        return facts
+            .tenants
+            .iter()
+            .any(|t| from.tenant_shard(t) != to.tenant_shard(t));
+    }
+    if !facts.sharded {
         return false;
     }
     if facts.missing_key_rows.is_some() || matches!(facts.kind, StatementKind::Copy { .. }) {
@@ -44,7 +54,7 @@ impl Session {
         };
         let from = self.proxy.map.current();
         let to = fence.target.as_ref();
-        if from.ranges == to.ranges && from.strategy == to.strategy {
+        if from.same_placement(to) {
             // The job switched the map already: nothing it moves needs holding any more.
             return false;
         }

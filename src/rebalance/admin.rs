@@ -67,11 +67,18 @@ pub async fn show_jobs(proxy: &Proxy) -> Result<ResultSet, ErrorFields> {
     Ok(rs)
 }
 
-/// REBALANCE: plans from the current map and records the job.
+/// REBALANCE: plans from the current map and records the job. An unknown schema is 3F000 (as
+/// Postgres says it); every other refusal 55000.
 pub async fn rebalance(proxy: &Proxy, target: &Target) -> Result<i64, ErrorFields> {
     super::cli::create_job(&proxy.config, target)
         .await
-        .map_err(|e| fields(format!("{e:#}"), "55000"))
+        .map_err(|e| {
+            let code = match e.downcast_ref::<RebalanceError>() {
+                Some(RebalanceError::UnknownSchema(_)) => "3F000",
+                _ => "55000",
+            };
+            fields(format!("{e:#}"), code)
+        })
 }
 
 /// CANCEL JOB: asks the job's runner to roll it back.

@@ -87,12 +87,14 @@ pub async fn plan_command(
         .first()
         .map_or("key", |t| t.key.as_str());
     for (m, n) in plan.moves.iter().zip(&rows) {
+        let what = match &m.schema {
+            Some(schema) => format!("in tenant schema {schema}"),
+            None => format!("where {}", plan.predicate(key, m)),
+        };
         writeln!(
             out,
-            "  shard {:>3} → shard {:>3}: ~{n} row(s) where {}",
-            m.source,
-            m.dest,
-            plan.predicate(key, m)
+            "  shard {:>3} → shard {:>3}: ~{n} row(s) {what}",
+            m.source, m.dest
         )?;
     }
     writeln!(out, "  total: {} row(s) move", rows.iter().sum::<i64>())?;
@@ -103,7 +105,9 @@ pub async fn plan_command(
 fn map_shards_missing(config: &Config, target: &super::Target) -> Vec<u32> {
     let named = match target {
         super::Target::AddShard(s) | super::Target::Drain(s) => Some(*s),
-        super::Target::MoveRange { to, .. } | super::Target::MoveKey { to, .. } => Some(*to),
+        super::Target::MoveRange { to, .. }
+        | super::Target::MoveKey { to, .. }
+        | super::Target::MoveSchema { to, .. } => Some(*to),
         super::Target::ModuloToHash | super::Target::EvenOut { .. } => None,
     };
     named
@@ -142,9 +146,33 @@ pub async fn create_job(config: &Config, target: &super::Target) -> anyhow::Resu
         .await?
         .ok_or(crate::catalog::CatalogError::NoMap)?;
     let target = super::even::measure(config, &map, target).await?;
+    if let super::Target::MoveSchema { schema, .. } = &target {
+        schema_known(config, &map, schema).await?;
+    }
     let plan = super::plan(&map, &target)?;
     let rows = estimate::rows_per_move(config, &plan).await?;
     Ok(super::jobs::create(&mut client, &target.to_string(), &plan, &rows).await?)
+}
+
+/// `move-schema` of a schema no shard holds is refused as Postgres refuses an unknown schema
+/// (3F000); a tenant the map places must exist on its shard, anything else is left to the plan
+/// (not a tenant, already there).
+async fn schema_known(
+    config: &Config,
+    map: &crate::router::ShardMap,
+    schema: &str,
+) -> Result<(), RebalanceError> {
+    let shards: Vec<u32> = match map.tenant_shard(schema) {
+        Some(shard) => vec![shard],
+        None => config.shards.iter().map(|s| s.id).collect(),
+    };
+    for shard in shards {
+        let client = super::shards::connect(config, shard).await?;
+        if super::tenant::exists(&client, shard, schema).await? {
+            return Ok(());
+        }
+    }
+    Err(RebalanceError::UnknownSchema(schema.to_string()))
 }
 
 /// A text progress bar `[#####.....]` of `width` cells.

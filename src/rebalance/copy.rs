@@ -84,6 +84,17 @@ pub async fn ensure_publication(
         return Ok(());
     }
     let m = step_move(job, step)?;
+    if let Some(schema) = &m.schema {
+        // A tenant's tables, all their rows (and tables the schema gains meanwhile).
+        return source
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLES IN SCHEMA {} WITH (publish = 'insert, update, delete')",
+                ident(&pubname),
+                ident(schema)
+            ))
+            .await
+            .map_err(RebalanceError::shard(step.source));
+    }
     let mut tables = Vec::new();
     for (table, _, pred) in predicates(config, job, m) {
         if table_exists(source, step.source, &table).await? {
@@ -358,7 +369,8 @@ pub async fn drop_replication(
     super::watch::stop(dest, job.id, step.dest).await
 }
 
-/// Deletes the step's rows on `shard` in batches of `batch` keys; returns how many went.
+/// Deletes the step's rows on `shard` in batches of `batch` keys (a tenant's move drops the
+/// schema's copy there); returns how many went.
 pub async fn delete_rows(
     config: &Config,
     client: &Client,
@@ -368,6 +380,9 @@ pub async fn delete_rows(
     batch: i64,
 ) -> Result<i64, RebalanceError> {
     let m = step_move(job, step)?;
+    if let Some(schema) = &m.schema {
+        return super::tenant::drop_copy(client, shard, schema).await;
+    }
     let mut deleted = 0;
     for (table, key, pred) in predicates(config, job, m) {
         if !table_exists(client, shard, &table).await? {

@@ -7,6 +7,10 @@
 //! does not grow with the rows moved), then — in one catalog transaction — publish the new map,
 //! release the hold with its version and move the job to clean-up. Any failure releases the hold
 //! on the old map; the runner tries again later.
+//!
+//! A tenant schema's move (`move-schema`) has no keys to watch: under the hold (which stops only
+//! that tenant's statements) it compares count and checksum of each of the schema's tables on
+//! both sides and sets the destination's sequences to the source's before publishing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -18,7 +22,7 @@ use super::copy::name;
 use super::jobs::Job;
 use super::pgoutput::ChangedKeys;
 use super::shards::connect;
-use super::{watch, RebalanceError};
+use super::{tenant, watch, RebalanceError};
 use crate::config::Config;
 
 /// How recently a proxy must have been seen to count as live (and be waited for).
@@ -81,8 +85,23 @@ async fn watched(
     owner: &str,
     clients: &BTreeMap<u32, Client>,
 ) -> Result<Attempt, RebalanceError> {
-    let cat = RebalanceError::Catalog;
     let slot_timeout = Duration::from_millis(config.rebalance.slot_timeout_ms);
+    if moves_tenants(job) {
+        // Nothing to compare row by row before the hold: the hold compares whole tables.
+        let since = Instant::now();
+        if let Some(attempt) = all_caught_up(clients, job, since, slot_timeout).await? {
+            return Ok(attempt);
+        }
+        return hold(
+            config,
+            catalog,
+            job,
+            owner,
+            clients,
+            (&mut [], &mut BTreeMap::new()),
+        )
+        .await;
+    }
     let starts = clients
         .iter()
         .map(|(shard, client)| watch::start(config, client, job, *shard, slot_timeout));
@@ -114,6 +133,32 @@ async fn watched(
         compared_ms = scan_started.elapsed().as_millis() as u64,
         "cut-over: compared before the hold"
     );
+    hold(
+        config,
+        catalog,
+        job,
+        owner,
+        clients,
+        (&mut steps, &mut changed),
+    )
+    .await
+}
+
+/// True when the job moves tenant schemas (and then nothing else).
+fn moves_tenants(job: &Job) -> bool {
+    job.plan.moves.iter().any(|m| m.schema.is_some())
+}
+
+/// Asks every proxy to hold and runs [`held`]; releases on the old map unless it switched.
+async fn hold(
+    config: &Config,
+    catalog: &mut Client,
+    job: &Job,
+    owner: &str,
+    clients: &BTreeMap<u32, Client>,
+    (steps, changed): (&mut [StepRows], &mut BTreeMap<u32, ChangedKeys>),
+) -> Result<Attempt, RebalanceError> {
+    let cat = RebalanceError::Catalog;
     let hold_id: i64 = catalog
         .query_one(
             "INSERT INTO rebalance_holds (job_id) VALUES ($1) RETURNING hold_id",
@@ -130,7 +175,7 @@ async fn watched(
         owner,
         (hold_id, started),
         clients,
-        (&mut steps, &mut changed),
+        (steps, changed),
     )
     .await;
     match outcome {
@@ -210,6 +255,10 @@ async fn held(
     if let Some(why) = compare::recheck(clients, steps, changed).await? {
         return Ok(Attempt::Fail(why));
     }
+    let tenants = match tenants_match(clients, job).await? {
+        Ok(rows) => rows,
+        Err(why) => return Ok(Attempt::Fail(why)),
+    };
     tracing::info!(
         job = job.id,
         acked_ms,
@@ -230,6 +279,14 @@ async fn held(
         .map_err(cat)?;
     if let Some(p) = row.get::<_, Option<i32>>(0) {
         return Ok(Attempt::Retry(format!("proxy {p} gave up holding")));
+    }
+    for (no, summary, rows) in &tenants {
+        tx.execute(
+            "UPDATE rebalance_steps SET checksum = $3, rows_copied = $4 WHERE job_id = $1 AND step_no = $2",
+            &[&job.id, no, summary, rows],
+        )
+        .await
+        .map_err(cat)?;
     }
     for step in steps.iter() {
         let (summary, rows) = step.summary();
@@ -281,6 +338,46 @@ async fn held(
     .map_err(cat)?;
     tx.commit().await.map_err(cat)?;
     Ok(Attempt::Switched { version, hold_ms })
+}
+
+/// Under the hold, with every destination caught up: each tenant schema a step moves holds the
+/// same tables with the same rows on both sides (count and checksum per table), and the
+/// destination's sequences are set to the source's. Per step: (step, checksum summary, rows), or
+/// why the copies differ.
+async fn tenants_match(
+    clients: &BTreeMap<u32, Client>,
+    job: &Job,
+) -> Result<Result<Vec<(i32, String, i64)>, String>, RebalanceError> {
+    let mut out = Vec::new();
+    for step in &job.steps {
+        let m = super::copy::step_move(job, step)?;
+        let Some(schema) = &m.schema else {
+            continue;
+        };
+        let (Some(src), Some(dst)) = (clients.get(&step.source), clients.get(&step.dest)) else {
+            continue;
+        };
+        let (a, b) = futures_util::future::join(
+            tenant::checksums(src, step.source, schema),
+            tenant::checksums(dst, step.dest, schema),
+        )
+        .await;
+        let (a, b) = (a?, b?);
+        if a != b {
+            return Ok(Err(format!(
+                "tenant schema {schema}: shard {} holds {a:?} but shard {} holds {b:?} after catching up",
+                step.source, step.dest
+            )));
+        }
+        tenant::copy_sequences((src, step.source), (dst, step.dest), schema).await?;
+        let summary: Vec<String> = a.iter().map(|(t, n, h)| format!("{t}:{n}:{h}")).collect();
+        out.push((
+            step.no,
+            summary.join(","),
+            a.iter().map(|(_, n, _)| n).sum(),
+        ));
+    }
+    Ok(Ok(out))
 }
 
 /// [`caught_up`] for every step at once; the first step that ends the attempt ends it.

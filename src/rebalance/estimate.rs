@@ -18,6 +18,9 @@ pub async fn rows_per_move(config: &Config, plan: &Plan) -> Result<Vec<i64>, Reb
 /// The moving rows of one move, summed over the sharded tables.
 async fn rows_of_move(config: &Config, plan: &Plan, m: &Move) -> Result<i64, RebalanceError> {
     let client = connect(config, m.source).await?;
+    if let Some(schema) = &m.schema {
+        return super::tenant::rows(&client, m.source, schema).await;
+    }
     let mut rows = 0i64;
     for table in &config.sharded_tables {
         let exists = super::shards::table_exists(

@@ -124,6 +124,7 @@ fn map_from_json(text: &str) -> Result<ShardMap, RebalanceError> {
     let m: ShardMap = serde_json::from_str(text)
         .map_err(|e| RebalanceError::Config(format!("catalog holds an unreadable map: {e}")))?;
     ShardMap::new(m.version, m.strategy, m.ranges)
+        .map(|map| map.with_tenants(m.tenants))
         .map_err(|e| RebalanceError::Config(format!("catalog holds an invalid map: {e}")))
 }
 

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod preflight;
 pub mod runner;
 pub mod shards;
+pub mod tenant;
 pub mod verify;
 pub mod watch;
 
@@ -41,6 +42,9 @@ pub enum RebalanceError {
     Plan(#[from] PlanError),
     #[error("{0}")]
     Refused(String),
+    /// `move-schema` of a schema no shard holds (SQLSTATE 3F000, as Postgres says it).
+    #[error("schema \"{0}\" does not exist")]
+    UnknownSchema(String),
     #[error(transparent)]
     ServerTls(#[from] crate::backend::ServerTlsError),
 }

@@ -28,6 +28,10 @@ pub enum Target {
     /// key maps to becomes a map entry of its own, a pin. Hash and range maps only (a modulo
     /// point is a whole remainder class).
     MoveKey { key: ShardKey, to: u32 },
+    /// A tenant schema (schema-based sharding), whole, to shard `to`: its tables are copied
+    /// and caught up, and the map's tenant placement switches under a hold of that tenant's
+    /// statements only.
+    MoveSchema { schema: String, to: u32 },
     /// The same shards, each owning an even slice of the hash ring instead of remainders.
     ModuloToHash,
     /// Every shard ends with about the mean number of rows: slices of the fullest shards' key
@@ -62,6 +66,7 @@ impl std::fmt::Display for Target {
             Target::MoveKey { key, to } => {
                 write!(f, "move key {} to shard {to}", key.sql_literal())
             }
+            Target::MoveSchema { schema, to } => write!(f, "move schema {schema} to shard {to}"),
             Target::ModuloToHash => write!(f, "migrate modulo to hash"),
             Target::EvenOut { .. } => write!(f, "even out by row counts"),
         }
@@ -89,6 +94,10 @@ pub enum PlanError {
     PinNeedsHashOrRange(&'static str),
     #[error("key {0} already lives on shard {1}")]
     KeyAlreadyThere(String, u32),
+    #[error("schema {0} is not a tenant schema: only schemas the shard map places whole on one shard ([[sharded_schemas]]) can be moved")]
+    NotATenant(String),
+    #[error("tenant schema {0} already lives on shard {1}")]
+    SchemaAlreadyThere(String, u32),
     #[error("evening out needs the hash or range strategy (with modulo every shard owns whole remainders); migrate modulo-to-hash first")]
     EvenOutNeedsHashOrRange,
 }
@@ -102,6 +111,8 @@ pub struct Move {
     pub dest: u32,
     /// Slices of the (shared) key space; empty across strategies.
     pub slices: Vec<(Option<i64>, Option<i64>)>,
+    /// The tenant schema this move carries whole (then it carries no sharded-table rows).
+    pub schema: Option<String>,
 }
 
 /// A planned job: the target map (version `from.version + 1`) and the moves, one per (source,
@@ -121,6 +132,10 @@ impl Plan {
 
     /// [`Plan::predicate`] for a key column of any type.
     pub fn predicate_typed(&self, column: &str, key_type: KeyType, m: &Move) -> String {
+        if m.schema.is_some() {
+            // A tenant's move carries no row of a sharded table.
+            return "false".into();
+        }
         if same_space(&self.from, &self.to) {
             let parts: Vec<String> = m
                 .slices
@@ -177,6 +192,7 @@ fn same_space(a: &ShardMap, b: &ShardMap) -> bool {
 pub fn plan(from: &ShardMap, target: &Target) -> Result<Plan, PlanError> {
     let version = from.version + 1;
     let to = match target {
+        Target::MoveSchema { schema, to } => return move_schema(from, schema, *to),
         Target::AddShard(shard) => add_shard(from, *shard)?,
         Target::Drain(shard) => drain(from, *shard)?,
         Target::MoveRange { lower, upper, to } => move_range(from, None, *lower, *upper, *to)?,
@@ -208,7 +224,9 @@ pub fn plan(from: &ShardMap, target: &Target) -> Result<Plan, PlanError> {
             other => return Err(PlanError::NotModulo(other.name())),
         },
     };
-    let to = ShardMap::new(version, to.strategy, coalesce(to.ranges))?;
+    // Tenant schemas stay where they are (a job moves one only when asked to).
+    let to = ShardMap::new(version, to.strategy, coalesce(to.ranges))?
+        .with_tenants(from.tenants.clone());
     let moves = moves_between(from, &to);
     if moves.is_empty() {
         return Err(PlanError::NothingMoves);
@@ -216,6 +234,25 @@ pub fn plan(from: &ShardMap, target: &Target) -> Result<Plan, PlanError> {
     Ok(Plan {
         from: from.clone(),
         to,
+        moves,
+    })
+}
+
+/// The plan moving tenant `schema` whole to `to`: the same key ranges, one tenant placed anew.
+fn move_schema(from: &ShardMap, schema: &str, to: u32) -> Result<Plan, PlanError> {
+    let schema = schema.to_lowercase();
+    match from.tenant_shard(&schema) {
+        None => return Err(PlanError::NotATenant(schema)),
+        Some(s) if s == to => return Err(PlanError::SchemaAlreadyThere(schema, to)),
+        Some(_) => {}
+    }
+    let mut target = from.clone();
+    target.version = from.version + 1;
+    target.tenants.insert(schema, to);
+    let moves = moves_between(from, &target);
+    Ok(Plan {
+        from: from.clone(),
+        to: target,
         moves,
     })
 }
@@ -252,13 +289,24 @@ pub fn moves_between(from: &ShardMap, to: &ShardMap) -> Vec<Move> {
             }
         }
     }
+    let tenants = from.tenants.iter().filter_map(|(schema, &source)| {
+        let dest = to.tenant_shard(schema)?;
+        (dest != source).then(|| Move {
+            source,
+            dest,
+            slices: Vec::new(),
+            schema: Some(schema.clone()),
+        })
+    });
     by_pair
         .into_iter()
         .map(|((source, dest), slices)| Move {
             source,
             dest,
             slices,
+            schema: None,
         })
+        .chain(tenants)
         .collect()
 }
 
@@ -347,6 +395,7 @@ fn add_shard(from: &ShardMap, shard: u32) -> Result<ShardMap, PlanError> {
                 version: from.version + 1,
                 strategy: from.strategy,
                 ranges,
+                tenants: from.tenants.clone(),
             })
         }
     }
@@ -393,6 +442,7 @@ fn drain(from: &ShardMap, shard: u32) -> Result<ShardMap, PlanError> {
         version: from.version + 1,
         strategy: from.strategy,
         ranges,
+        tenants: from.tenants.clone(),
     })
 }
 
@@ -449,6 +499,7 @@ fn move_range(
         version: from.version + 1,
         strategy: from.strategy,
         ranges,
+        tenants: from.tenants.clone(),
     })
 }
 
@@ -501,13 +552,17 @@ pub fn parse_key(word: &str) -> Result<ShardKey, String> {
     key.ok_or_else(|| format!("`{value}` is not a valid key of its type"))
 }
 
-/// Why `move-schema` is refused: a tenant schema's shard is the config's `shard = N`, and no job
-/// copies a schema yet; the admin console sends this with 0A000 rather than as a syntax error.
-pub const MOVE_SCHEMA_MISSING: &str = "moving a tenant schema ([[sharded_schemas]]) to another shard is not supported yet: no rebalancing job copies a schema; copy it by hand and change its `shard` in the config";
-
-/// Whether a target's verb asks to move a tenant schema (refused with [`MOVE_SCHEMA_MISSING`]).
-pub fn is_move_schema(verb: &str) -> bool {
-    matches!(verb, "move-schema" | "move_schema")
+/// A schema name as `move-schema` takes it: `"Name"` keeps its case, a bare name is lowercased
+/// (as Postgres folds it).
+fn schema_name(word: &str) -> Result<String, String> {
+    let name = match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => word.to_lowercase(),
+    };
+    if name.is_empty() {
+        return Err("move-schema needs a schema name".into());
+    }
+    Ok(name)
 }
 
 /// Parses a target as the CLI and the admin console spell it: `add-shard N`, `drain N`,
@@ -538,10 +593,13 @@ pub fn parse_target(words: &[&str]) -> Result<Target, String> {
             to: num(n)?,
         }),
         ["modulo-to-hash" | "modulo_to_hash"] => Ok(Target::ModuloToHash),
-        [verb, ..] if is_move_schema(verb) => Err(MOVE_SCHEMA_MISSING.into()),
+        ["move-schema" | "move_schema", schema, n] => Ok(Target::MoveSchema {
+            schema: schema_name(schema)?,
+            to: num(n)?,
+        }),
         ["even" | "even-out" | "even_out"] => Ok(Target::EvenOut { slices: Vec::new() }),
         _ => Err(
-            "a target is one of: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | move-key KEY N | even-out | modulo-to-hash"
+            "a target is one of: add-shard N | drain N | move LOWER UPPER N (- for unbounded) | move-key KEY N | move-schema SCHEMA N | even-out | modulo-to-hash"
                 .into(),
         ),
     }
@@ -977,9 +1035,56 @@ mod tests {
         );
         assert!(parse_target(&["add-shard", "x"]).is_err());
         assert_eq!(
-            parse_target(&["move-schema", "tenant_a", "2"]),
-            Err(MOVE_SCHEMA_MISSING.to_string())
+            parse_target(&["move-schema", "Tenant_A", "2"]),
+            Ok(Target::MoveSchema {
+                schema: "tenant_a".into(),
+                to: 2
+            })
         );
+        assert!(parse_target(&["move-schema", "tenant_a"]).is_err());
         assert!(parse_target(&["spin"]).is_err());
+    }
+
+    /// A tenant's move changes its placement only: one move of that schema, no key changes
+    /// owner, and the other tenants stay.
+    #[test]
+    fn move_schema_places_one_tenant_anew() {
+        let from = hash10().with_tenants(
+            [("tenant_a".to_string(), 1), ("tenant_b".to_string(), 2)]
+                .into_iter()
+                .collect(),
+        );
+        let target = |s: &str, to| Target::MoveSchema {
+            schema: s.into(),
+            to,
+        };
+        let p = plan(&from, &target("tenant_a", 3)).unwrap();
+        check(&p);
+        assert_eq!(p.to.version, from.version + 1);
+        assert_eq!(p.to.ranges, from.ranges);
+        assert_eq!(p.to.tenant_shard("tenant_a"), Some(3));
+        assert_eq!(p.to.tenant_shard("tenant_b"), Some(2));
+        assert_eq!(
+            p.moves,
+            vec![Move {
+                source: 1,
+                dest: 3,
+                slices: Vec::new(),
+                schema: Some("tenant_a".into()),
+            }]
+        );
+        assert_eq!(p.predicate("id", &p.moves[0]), "false");
+        assert_eq!(moves_between(&p.from, &p.to), p.moves);
+        assert_eq!(
+            plan(&from, &target("tenant_b", 2)),
+            Err(PlanError::SchemaAlreadyThere("tenant_b".into(), 2))
+        );
+        assert_eq!(
+            plan(&from, &target("public", 2)),
+            Err(PlanError::NotATenant("public".into()))
+        );
+        // Other jobs keep the tenants where they are.
+        let p = plan(&from, &Target::Drain(0)).unwrap();
+        assert_eq!(p.to.tenants, from.tenants);
     }
 }

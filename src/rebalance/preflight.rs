@@ -2,7 +2,10 @@
 //! logical WAL on the sources, the shard key in every moving table's replica identity (Postgres
 //! refuses UPDATE/DELETE on a published table whose row filter names other columns), enough
 //! replication slots, WAL senders and logical replication workers for what the job will use —
-//! and the destination's schema and reference rows, copied from a shard that has them.
+//! and the destination's schema and reference rows, copied from a shard that has them. A
+//! tenant's move also needs its schema on the source, a replica identity on each of its tables,
+//! and the schema's definition (tables, indexes, constraints, sequences) created on the
+//! destination from the source's.
 
 use std::collections::BTreeMap;
 
@@ -59,6 +62,54 @@ pub async fn check(config: &Config, job: &Job) -> Result<(), RebalanceError> {
     for r in futures_util::future::join_all(dests).await {
         r?;
     }
+    for m in &job.plan.moves {
+        if let Some(schema) = &m.schema {
+            prepare_tenant(config, schema, m.source, m.dest).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A tenant's move: the schema exists on `source` with a replica identity on every table, and
+/// `dest` gets its definition (an empty copy left by an interrupted earlier try is replaced; one
+/// holding rows is refused, never overwritten).
+async fn prepare_tenant(
+    config: &Config,
+    schema: &str,
+    source: u32,
+    dest: u32,
+) -> Result<(), RebalanceError> {
+    let src = connect(config, source).await?;
+    if !super::tenant::exists(&src, source, schema).await? {
+        return Err(RebalanceError::UnknownSchema(schema.to_string()));
+    }
+    let bare = super::tenant::without_identity(&src, source, schema).await?;
+    if !bare.is_empty() {
+        return Err(RebalanceError::Refused(format!(
+            "tables {} of tenant schema {schema} have no primary key or replica identity, so Postgres would refuse their UPDATE and DELETE while they are copied; add a primary key or run ALTER TABLE … REPLICA IDENTITY FULL",
+            bare.join(", ")
+        )));
+    }
+    let d = connect(config, dest).await?;
+    if super::tenant::exists(&d, dest, schema).await? {
+        let rows = super::tenant::rows(&d, dest, schema).await?;
+        if rows > 0 {
+            return Err(RebalanceError::Refused(format!(
+                "schema {schema} already exists on shard {dest} and holds {rows} row(s); drop it there before moving the tenant"
+            )));
+        }
+        super::tenant::drop_copy(&d, dest, schema).await?;
+    }
+    let definition = dump_schema(config, source, "-n", &[schema.to_string()]).await?;
+    d.batch_execute(&format!("{definition}\nRESET ALL;"))
+        .await
+        .map_err(RebalanceError::shard(dest))?;
+    tracing::info!(
+        shard = dest,
+        from = source,
+        schema,
+        "copied the tenant schema's definition to the destination"
+    );
     Ok(())
 }
 
@@ -186,7 +237,7 @@ async fn prepare_destination(
         }
     }
     if !missing.is_empty() {
-        let schema = dump_schema(config, template, &missing).await?;
+        let schema = dump_schema(config, template, "-t", &missing).await?;
         // `pg_dump -t` leaves out the schemas the tables are in.
         let schemas: std::collections::BTreeSet<String> = config
             .sharded_tables
@@ -243,14 +294,15 @@ async fn prepare_destination(
     Ok(())
 }
 
-/// `pg_dump --schema-only` of some tables of a shard (with their indexes, constraints and owned
-/// sequences), without psql meta-commands. Owners and grants come along: on the destination the
-/// tables belong to the same roles (the application's, not the control plane's) and grant the
-/// same rights.
+/// `pg_dump --schema-only` of some tables (`select` = `-t`) or schemas (`-n`) of a shard (with
+/// their indexes, constraints and owned sequences), without psql meta-commands. Owners and grants
+/// come along: on the destination the tables belong to the same roles (the application's, not the
+/// control plane's) and grant the same rights.
 async fn dump_schema(
     config: &Config,
     shard: u32,
-    tables: &[String],
+    select: &str,
+    names: &[String],
 ) -> Result<String, RebalanceError> {
     let s = super::shards::shard_config(config, shard)?;
     let (user, password) = config.control_login(s);
@@ -266,8 +318,8 @@ async fn dump_schema(
         .arg(user)
         .arg("-d")
         .arg(&s.database);
-    for t in tables {
-        cmd.arg("-t").arg(t);
+    for n in names {
+        cmd.arg(select).arg(n);
     }
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);

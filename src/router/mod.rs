@@ -91,6 +91,8 @@ pub struct Router {
     tables: ShardedTables,
     /// What the shards' catalogs hold under the configured tables' names in other schemas.
     shadows: std::sync::RwLock<Arc<names::Shadows>>,
+    /// Tenant schemas and their shards, as the current shard map places them.
+    tenants: std::sync::RwLock<Arc<names::Tenants>>,
     cache: RouteCache,
     /// Every configured shard: statements that change every shard reach these even when the map
     /// gives them no keys yet.
@@ -103,6 +105,7 @@ impl Router {
         Router {
             tables: ShardedTables::new(tables),
             shadows: Default::default(),
+            tenants: Default::default(),
             cache: RouteCache::new(cache_size),
             all_shards: Default::default(),
         }
@@ -129,6 +132,7 @@ impl Router {
         schemas: &[crate::config::schemas::ShardedSchemaConfig],
     ) -> Router {
         self.tables = self.tables.clone().with_schemas(schemas);
+        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = self.tables.tenants().clone();
         self
     }
 
@@ -340,7 +344,10 @@ impl Router {
             return Route::Refuse(why.route_text());
         }
         if let Some(shard) = facts.schema_shard {
-            return Route::Single(shard);
+            return match schemas::route(facts, shard, map) {
+                Ok(shard) => Route::Single(shard),
+                Err(why) => Route::Refuse(why),
+            };
         }
         if let Some(hint) = &facts.hint {
             return self.hinted_route(facts, hint, params, map);

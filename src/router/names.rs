@@ -296,9 +296,10 @@ struct Config {
     reference: HashSet<QualifiedName>,
     /// Every name (without schema) of a sharded or reference table.
     names: HashSet<String>,
-    /// Tenant schemas (`[[sharded_schemas]]`) and their shards.
-    tenants: HashMap<String, u32>,
 }
+
+/// Tenant schemas (lowercase) and the shard holding each whole.
+pub type Tenants = HashMap<String, u32>;
 
 /// The sharded tables of the configuration (`(schema, name)` → key column and type), its
 /// reference tables, and how this session's unqualified names resolve (its search_path and what
@@ -308,6 +309,9 @@ pub struct ShardedTables {
     config: Arc<Config>,
     path: SearchPath,
     shadows: Arc<Shadows>,
+    /// Tenant schemas and their shards: the config's at first, the shard map's once the router
+    /// follows one (see `Router::follow_tenants`).
+    tenants: Arc<Tenants>,
 }
 
 impl ShardedTables {
@@ -339,7 +343,6 @@ impl ShardedTables {
             sharded: self.config.sharded.clone(),
             reference: HashSet::new(),
             names: self.config.names.clone(),
-            tenants: self.config.tenants.clone(),
         };
         for n in names {
             let name = split_config_name(n);
@@ -357,35 +360,36 @@ impl ShardedTables {
         self,
         schemas: &[crate::config::schemas::ShardedSchemaConfig],
     ) -> ShardedTables {
-        let mut config = Config {
-            keys: self.config.keys.clone(),
-            sharded: self.config.sharded.clone(),
-            reference: self.config.reference.clone(),
-            names: self.config.names.clone(),
-            tenants: HashMap::new(),
-        };
-        for s in schemas {
-            config.tenants.insert(s.name.to_lowercase(), s.shard);
-        }
-        ShardedTables {
-            config: Arc::new(config),
-            ..self
-        }
+        let tenants = schemas
+            .iter()
+            .map(|s| (s.name.to_lowercase(), s.shard))
+            .collect();
+        self.with_tenants(Arc::new(tenants))
+    }
+
+    /// The same tables with these tenant placements instead of the current ones.
+    pub fn with_tenants(self, tenants: Arc<Tenants>) -> ShardedTables {
+        ShardedTables { tenants, ..self }
+    }
+
+    /// The tenant placements in use.
+    pub fn tenants(&self) -> &Arc<Tenants> {
+        &self.tenants
     }
 
     /// True when some schema is placed whole on one shard.
     pub fn has_tenants(&self) -> bool {
-        !self.config.tenants.is_empty()
+        !self.tenants.is_empty()
     }
 
     /// The shard of tenant schema `schema`.
     pub fn tenant_shard(&self, schema: &str) -> Option<u32> {
-        self.config.tenants.get(&schema.to_lowercase()).copied()
+        self.tenants.get(&schema.to_lowercase()).copied()
     }
 
     /// The tenant schemas, whose relations are read from the catalogs as [`Shadows`].
     pub fn tenant_schemas(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.config.tenants.keys().cloned().collect();
+        let mut s: Vec<String> = self.tenants.keys().cloned().collect();
         s.sort();
         s
     }
@@ -425,6 +429,7 @@ impl ShardedTables {
             config: self.config.clone(),
             path: path.clone(),
             shadows: shadows.clone(),
+            tenants: self.tenants.clone(),
         }
     }
 
@@ -558,7 +563,27 @@ impl super::Router {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        self.tables.resolving(path, &shadows)
+        let tenants = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.tables.resolving(path, &shadows).with_tenants(tenants)
+    }
+
+    /// Takes the tenant placements of `map` (the catalog is authoritative for them once it lists
+    /// any; a map without tenants leaves the configured ones); cached facts placed with other
+    /// placements are dropped. Called with every map the proxy installs.
+    pub fn follow_tenants(&self, map: &super::ShardMap) {
+        if map.tenants.is_empty() {
+            return;
+        }
+        let tenants: Tenants = map.tenants.iter().map(|(s, &n)| (s.clone(), n)).collect();
+        let mut current = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        if **current != tenants {
+            *current = Arc::new(tenants);
+            self.cache.clear();
+        }
     }
 
     /// Replaces what the shards' catalogs hold under the configured names (read at start-up and

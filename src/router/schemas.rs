@@ -47,7 +47,10 @@ pub fn place(sql: &str, tables: &ShardedTables, facts: &mut [StatementFacts]) {
             continue;
         }
         match (placement(stmt, tables), &f.refuse) {
-            (Ok(Some(shard)), None) => f.schema_shard = Some(shard),
+            (Ok(Some((shard, tenants))), None) => {
+                f.schema_shard = Some(shard);
+                f.tenants = tenants;
+            }
             (Err(why), None) => f.refuse = Some(Refused::TenantSchema(why)),
             // Refused already (a tenant's table joined with a sharded one reads as a join with
             // an unsharded table): the tenant's reason names what is missing, and a Parse can
@@ -81,9 +84,12 @@ pub fn refusal(f: &StatementFacts) -> Option<&str> {
     }
 }
 
-/// The shard of the one tenant a statement names, `None` when it names none, or why it cannot
-/// run on one shard.
-fn placement(stmt: &NodeEnum, tables: &ShardedTables) -> Result<Option<u32>, String> {
+/// The shard of the tenants a statement names (and those tenants), `None` when it names none, or
+/// why it cannot run on one shard.
+fn placement(
+    stmt: &NodeEnum,
+    tables: &ShardedTables,
+) -> Result<Option<(u32, Vec<String>)>, String> {
     let mut ctes = HashSet::new();
     let mut named: Vec<Named> = Vec::new();
     let created = match stmt {
@@ -156,7 +162,26 @@ fn placement(stmt: &NodeEnum, tables: &ShardedTables) -> Result<Option<u32>, Str
             "statement names tenant schema {first_tenant} (shard {shard}) together with tables outside it, which do not live on that shard alone"
         ));
     }
-    Ok(Some(shard))
+    Ok(Some((shard, tenants.into_keys().collect())))
+}
+
+/// Where a statement naming tenant schemas runs under `map`: their shard there (a statement
+/// analysed before a tenant moved follows it), or why not when they now live apart. Tenants the
+/// map does not list keep `analysed`, the shard found at analysis.
+pub fn route(facts: &StatementFacts, analysed: u32, map: &super::ShardMap) -> Result<u32, String> {
+    let mut placed = facts
+        .tenants
+        .iter()
+        .map(|t| (t, map.tenant_shard(t).unwrap_or(analysed)));
+    let Some((first, shard)) = placed.next() else {
+        return Ok(analysed);
+    };
+    match placed.find(|(_, s)| *s != shard) {
+        None => Ok(shard),
+        Some((other, other_shard)) => Err(format!(
+            "statement names tenant schemas {first} (shard {shard}) and {other} (shard {other_shard}), which live on different shards"
+        )),
+    }
 }
 
 impl ShardedTables {
@@ -274,13 +299,53 @@ mod tests {
                 .as_ref()
                 .and_then(|n| n.node.as_ref())
                 .expect("a statement");
-            let got = placement(stmt, &tables);
+            let got = placement(stmt, &tables).map(|p| p.map(|(shard, _)| shard));
             match (want, &got) {
                 (Ok(w), Ok(g)) => assert_eq!(w, g, "{p:?} {sql}"),
                 (Err(w), Err(g)) => assert!(g.starts_with(w), "{p:?} {sql}: {g}"),
                 _ => panic!("{p:?} {sql}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    /// Tenant placements come from the map in use: facts analysed before a tenant moved follow
+    /// it, and a router that follows the new map analyses with the new placement.
+    #[test]
+    fn a_moved_tenant_routes_to_its_shard_in_the_map_in_use() {
+        use crate::router::{literals::LiteralParams, Route, ShardMap, Strategy};
+        let tenants = [("tenant_a", 1), ("tenant_c", 1)].map(|(n, s)| ShardedSchemaConfig {
+            name: n.into(),
+            shard: s,
+        });
+        let router = crate::router::Router::new(&[], 16).with_schemas(&tenants);
+        let map = |placed: &[(&str, u32)]| {
+            ShardMap::uniform(1, Strategy::Hash, &[1, 2])
+                .with_tenants(placed.iter().map(|(s, n)| (s.to_string(), *n)).collect())
+        };
+        let (old, moved) = (
+            map(&[("tenant_a", 1), ("tenant_c", 1)]),
+            map(&[("TENANT_A", 2), ("tenant_c", 1)]),
+        );
+        let route = |sql: &str, m: &ShardMap| {
+            let (facts, lits) = router.analyze_simple(sql);
+            router.route(&facts[0], &LiteralParams(&lits), m, 1)
+        };
+        let one = "SELECT * FROM tenant_a.orders WHERE id = 1";
+        let both = "SELECT * FROM tenant_a.orders JOIN tenant_c.orders USING (id)";
+        assert_eq!(route(one, &old), Route::Single(1));
+        assert_eq!(route(both, &old), Route::Single(1));
+        assert_eq!(route(one, &moved), Route::Single(2));
+        assert!(
+            matches!(route(both, &moved), Route::Refuse(ref w) if w.contains("different shards")),
+            "{:?}",
+            route(both, &moved)
+        );
+        router.follow_tenants(&moved);
+        assert_eq!(router.analyze_simple(one).0[0].schema_shard, Some(2));
+        assert_eq!(
+            router.analyze_simple("SELECT * FROM tenant_c.orders").0[0].tenants,
+            vec!["tenant_c".to_string()]
+        );
     }
 
     /// A statement the analysis refused already gets the tenant's reason when it mixes a tenant

@@ -2,6 +2,8 @@
 //! strategies differ only in how a key becomes a point in that space, so routing, rebalancing and
 //! verification share one code path, and each strategy has an SQL twin that shards evaluate.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::key_type::{KeyType, ShardKey};
@@ -49,12 +51,16 @@ pub enum ShardMapError {
     BadModulus(i64),
 }
 
-/// A versioned map from keys to shards.
+/// A versioned map from keys to shards, and from tenant schemas to the shard holding each whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
     pub version: i64,
     pub strategy: Strategy,
     pub ranges: Vec<KeyRange>,
+    /// Tenant schemas (schema-based sharding), lowercase, and the shard of each: part of the
+    /// version, so a job or a new tenant that publishes a map moves routing on every proxy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, u32>,
 }
 
 /// Postgres's `hash_bytes_uint32_extended(k, 0)`: Bob Jenkins' lookup3 final mix of one 32-bit word.
@@ -165,6 +171,7 @@ impl ShardMap {
             version,
             strategy,
             ranges,
+            tenants: BTreeMap::new(),
         })
     }
 
@@ -200,6 +207,7 @@ impl ShardMap {
                     version,
                     strategy: Strategy::Modulo { modulus: n as i64 },
                     ranges,
+                    tenants: BTreeMap::new(),
                 };
             }
         };
@@ -216,7 +224,29 @@ impl ShardMap {
             version,
             strategy,
             ranges,
+            tenants: BTreeMap::new(),
         }
+    }
+
+    /// The same map with these tenant placements (schema → shard; names are lowercased).
+    pub fn with_tenants(mut self, tenants: BTreeMap<String, u32>) -> ShardMap {
+        self.tenants = tenants
+            .into_iter()
+            .map(|(s, shard)| (s.to_lowercase(), shard))
+            .collect();
+        self
+    }
+
+    /// The shard holding tenant schema `schema` whole, if it is a tenant.
+    pub fn tenant_shard(&self, schema: &str) -> Option<u32> {
+        self.tenants.get(&schema.to_lowercase()).copied()
+    }
+
+    /// True when `other` places every key and every tenant as this map does (versions aside).
+    pub fn same_placement(&self, other: &ShardMap) -> bool {
+        self.strategy == other.strategy
+            && self.ranges == other.ranges
+            && self.tenants == other.tenants
     }
 
     /// The point of the key space that `key` maps to.

@@ -123,6 +123,7 @@ impl Drop for TestCluster {
     }
 }
 pub mod answers;
+pub mod jobs;
 pub mod params;
 pub mod placement;
 pub mod process;

@@ -36,6 +36,14 @@ pub async fn start_proxy_with(
         .expect("pgshard starts")
 }
 
+/// The admin console's user `admin` with this password (SCRAM).
+pub fn admin_user(password: &str) -> UserConfig {
+    UserConfig {
+        admin: true,
+        ..UserConfig::new("admin", Some(password), AuthMethod::ScramSha256)
+    }
+}
+
 /// `user` running as the shards' application role `app` (the demo's), not as a role of its own.
 pub fn as_app(mut user: UserConfig) -> UserConfig {
     user.server_user = Some("app".into());

@@ -164,6 +164,9 @@ pub struct StatementFacts {
     /// The shard of the tenant schema (`[[sharded_schemas]]`) whose tables the statement names:
     /// it runs there, whole (see `router::schemas`).
     pub schema_shard: Option<u32>,
+    /// The tenant schemas the statement names (lowercase): routing reads their shard from the
+    /// map in use, so a statement prepared before a tenant moved follows it.
+    pub tenants: Vec<String>,
 }
 
 /// Session state that binds a client to its server connection past the end of a transaction.
@@ -222,6 +225,7 @@ impl StatementFacts {
             set_config: None,
             set_config_bound: None,
             schema_shard: None,
+            tenants: Vec::new(),
             cursor: None,
         }
     }
