@@ -217,8 +217,38 @@ fn is_plain_select(stmt: &NodeEnum) -> bool {
                 && s.where_clause.is_none()
                 && s.larg.is_none()
                 && s.with_clause.is_none()
-                && s.target_list.len() == 1
+                && s.target_list.iter().filter(|t| !is_setting_read(t)).count() == 1
         }
+        _ => false,
+    }
+}
+
+/// A select-list item that only reads: a constant, or `current_setting('name')` (asyncpg reads
+/// `jit` beside the `set_config('jit', 'off', false)` it sends before introspecting types).
+fn is_setting_read(target: &pb::Node) -> bool {
+    fn reads(n: &pb::Node) -> bool {
+        match n.node.as_ref() {
+            Some(NodeEnum::AConst(_)) => true,
+            Some(NodeEnum::TypeCast(c)) => c.arg.as_deref().is_some_and(reads),
+            Some(NodeEnum::FuncCall(f)) => {
+                let name: Vec<&str> = f
+                    .funcname
+                    .iter()
+                    .filter_map(|p| match p.node.as_ref() {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                matches!(
+                    name.as_slice(),
+                    ["current_setting"] | ["pg_catalog", "current_setting"]
+                ) && f.args.iter().all(|a| matches!(a.node, Some(NodeEnum::AConst(_))))
+            }
+            _ => false,
+        }
+    }
+    match target.node.as_ref() {
+        Some(NodeEnum::ResTarget(rt)) => rt.val.as_deref().is_some_and(reads),
         _ => false,
     }
 }
@@ -329,7 +359,7 @@ mod tests {
         for sql in [
             "SELECT set_config('a', 'b', false)",
             "SELECT set_config('a', $1, false) FROM t",
-            "SELECT set_config('a', $1, false), 1",
+            "SELECT set_config('a', $1, false), now()",
             "SELECT set_config('a', upper($1), false)",
             "SELECT set_config('a', $1)",
         ] {
@@ -360,6 +390,11 @@ mod tests {
                 ok("app.user", "'o''brien'"),
             ),
             ("SELECT set_config('app.user', 'x', true)", None),
+            // asyncpg, before introspecting types.
+            (
+                "SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new",
+                ok("jit", "'off'"),
+            ),
             ("SELECT 1", None),
             ("SELECT upper('set_config')", None),
         ] {
@@ -371,6 +406,8 @@ mod tests {
             "SELECT set_config('a', b, false) FROM t",
             "SELECT set_config('a', 'b', false) FROM t",
             "SELECT set_config('a', 'b', false), set_config('c', 'd', false)",
+            "SELECT now(), set_config('a', 'b', false)",
+            "SELECT current_setting(x), set_config('a', 'b', false)",
             "SELECT set_config('a', NULL, false)",
             "SELECT set_config('a', 'b')",
         ] {

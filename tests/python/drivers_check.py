@@ -372,6 +372,10 @@ async def asyncpg_keyless_read(s: Setup) -> None:
     try:
         n = await conn.fetchval("SELECT count(*) FROM users WHERE user_id BETWEEN $1 AND $2", lo, hi)
         assert n == 8, n
+        # An array parameter: asyncpg introspects its type first, reading `jit` and turning it
+        # off with set_config(…, false) beside current_setting(), then setting it back.
+        n = await conn.fetchval("SELECT count(*) FROM users WHERE user_id = ANY($1::bigint[])", keys)
+        assert n == 8, n
         got = await conn.fetch(
             "SELECT user_id FROM users WHERE user_id BETWEEN $1 AND $2 ORDER BY user_id LIMIT $3", lo, hi, 3
         )
