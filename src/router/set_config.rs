@@ -231,18 +231,13 @@ fn is_setting_read(target: &pb::Node) -> bool {
             Some(NodeEnum::AConst(_)) => true,
             Some(NodeEnum::TypeCast(c)) => c.arg.as_deref().is_some_and(reads),
             Some(NodeEnum::FuncCall(f)) => {
-                let name: Vec<&str> = f
-                    .funcname
-                    .iter()
-                    .filter_map(|p| match p.node.as_ref() {
-                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                        _ => None,
-                    })
-                    .collect();
                 matches!(
-                    name.as_slice(),
+                    name_parts(f).as_slice(),
                     ["current_setting"] | ["pg_catalog", "current_setting"]
-                ) && f.args.iter().all(|a| matches!(a.node, Some(NodeEnum::AConst(_))))
+                ) && f
+                    .args
+                    .iter()
+                    .all(|a| matches!(a.node, Some(NodeEnum::AConst(_))))
             }
             _ => false,
         }
@@ -253,21 +248,24 @@ fn is_setting_read(target: &pb::Node) -> bool {
     }
 }
 
+/// A function's name as written, one string per part (`pg_catalog`, `set_config`).
+fn name_parts(f: &pb::FuncCall) -> Vec<&str> {
+    f.funcname
+        .iter()
+        .filter_map(|p| match p.node.as_ref() {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The argument lists of every call of `set_config` / `pg_catalog.set_config` in the statement.
 fn calls_in(stmt: &NodeEnum) -> Vec<Vec<pb::Node>> {
     let mut out = Vec::new();
     for (node, _depth, _context, _) in stmt.nodes() {
         if let pg_query::NodeRef::FuncCall(f) = node {
-            let name: Vec<&str> = f
-                .funcname
-                .iter()
-                .filter_map(|p| match p.node.as_ref() {
-                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                    _ => None,
-                })
-                .collect();
             if matches!(
-                name.as_slice(),
+                name_parts(f).as_slice(),
                 ["set_config"] | ["pg_catalog", "set_config"]
             ) {
                 out.push(f.args.clone());
