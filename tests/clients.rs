@@ -52,7 +52,7 @@ SELECT pgshard.next_id();
         "-v",
         "ON_ERROR_STOP=1",
         "-c",
-        "SELECT string_agg(name, ',') FROM users",
+        "UPDATE users SET user_id = user_id + 1",
     ]))
     .await;
     assert!(!ok);

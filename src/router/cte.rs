@@ -307,6 +307,41 @@ pub(crate) fn values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     (pos == body.len()).then_some(out)
 }
 
+/// Rows (a RowDescription body and DataRow bodies in text format) as a FROM item named `name`:
+/// `unnest(E'{…}'::type[], …) AS name(columns)`, each column a typed array, so the rows read
+/// back exactly, with their names and types.
+pub(crate) fn rows_as_unnest<B: AsRef<[u8]>>(
+    name: &str,
+    description: &[u8],
+    rows: &[B],
+) -> Result<String, SpliceError> {
+    let cols = columns(description).ok_or(SpliceError::Malformed)?;
+    if cols.is_empty() {
+        return Err(SpliceError::NoColumns);
+    }
+    let rows: Vec<Vec<Option<&[u8]>>> = rows
+        .iter()
+        .map(|r| values(r.as_ref()).filter(|v| v.len() == cols.len()))
+        .collect::<Option<_>>()
+        .ok_or(SpliceError::Malformed)?;
+    let mut arrays = Vec::with_capacity(cols.len());
+    for (j, (_, oid)) in cols.iter().enumerate() {
+        let ty = type_name(*oid).ok_or(SpliceError::Type(*oid))?;
+        let column: Vec<Option<&[u8]>> = rows.iter().map(|r| r[j]).collect();
+        arrays.push(format!(
+            "{}::{ty}[]",
+            quote_escaped_literal(&encode_text(&column))
+        ));
+    }
+    let names: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
+    Ok(format!(
+        "unnest({}) AS {}({})",
+        arrays.join(", "),
+        quote_ident(name),
+        names.join(", ")
+    ))
+}
+
 impl CteFirst {
     /// `outer` with this CTE's body replaced by its rows: `description` is the RowDescription
     /// body of the CTE's merged answer, `rows` its DataRow bodies (text format).
@@ -316,30 +351,9 @@ impl CteFirst {
         description: &[u8],
         rows: &[B],
     ) -> Result<String, SpliceError> {
-        let cols = columns(description).ok_or(SpliceError::Malformed)?;
-        if cols.is_empty() {
-            return Err(SpliceError::NoColumns);
-        }
-        let rows: Vec<Vec<Option<&[u8]>>> = rows
-            .iter()
-            .map(|r| values(r.as_ref()).filter(|v| v.len() == cols.len()))
-            .collect::<Option<_>>()
-            .ok_or(SpliceError::Malformed)?;
-        let mut arrays = Vec::with_capacity(cols.len());
-        for (j, (_, oid)) in cols.iter().enumerate() {
-            let ty = type_name(*oid).ok_or(SpliceError::Type(*oid))?;
-            let column: Vec<Option<&[u8]>> = rows.iter().map(|r| r[j]).collect();
-            arrays.push(format!(
-                "{}::{ty}[]",
-                quote_escaped_literal(&encode_text(&column))
-            ));
-        }
-        let names: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
         let body = format!(
-            "SELECT * FROM unnest({}) AS {}({})",
-            arrays.join(", "),
-            quote_ident(&self.name),
-            names.join(", ")
+            "SELECT * FROM {}",
+            rows_as_unnest(&self.name, description, rows)?
         );
         let before = outer.get(..self.start).ok_or(SpliceError::Malformed)?;
         let after = outer.get(self.end..).ok_or(SpliceError::Malformed)?;

@@ -24,6 +24,7 @@ pub mod ordered_values_insert;
 pub mod params;
 pub mod pg_array;
 pub mod pg_hash;
+pub mod pull_up;
 pub mod rewrite;
 pub mod scatter_guard;
 pub mod schemas;

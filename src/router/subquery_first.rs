@@ -20,6 +20,8 @@ use crate::sql_text::{quote_escaped_literal, quote_ident};
 pub enum RunFirst {
     Subquery(First),
     Cte(cte::CteFirst),
+    /// The rows of the statement's one table, for a read the merge cannot reproduce.
+    PullUp(crate::router::pull_up::PullUp),
 }
 
 impl RunFirst {
@@ -28,6 +30,7 @@ impl RunFirst {
         match self {
             RunFirst::Subquery(f) => &f.inner,
             RunFirst::Cte(c) => &c.inner,
+            RunFirst::PullUp(p) => &p.inner,
         }
     }
 
@@ -41,6 +44,7 @@ impl RunFirst {
         match self {
             RunFirst::Subquery(f) => f.splice(outer, description, rows),
             RunFirst::Cte(c) => c.splice(outer, description, rows),
+            RunFirst::PullUp(p) => p.splice(description, rows),
         }
     }
 }
@@ -106,7 +110,7 @@ pub enum SpliceError {
     Columns,
     #[error("more than one row returned by a subquery used as an expression")]
     MoreThanOneRow,
-    #[error("a subquery over sharded tables is run first by pgshard, which does not support results of type OID {0}; cast its column to int8, numeric, text, uuid, date, timestamp or timestamptz")]
+    #[error("pgshard runs part of this statement first (a subquery, CTE or SELECT over sharded tables, or the rows of a read it cannot merge) and writes its rows back in, which it cannot do for values of type OID {0}; cast the column to a built-in type (integers, numeric, float, bool, text, bytea, json, jsonb, uuid, date, time, timestamp, timestamptz, interval)")]
     Type(u32),
     #[error("a CTE over sharded tables is run first by pgshard, which does not support CTEs without columns")]
     NoColumns,

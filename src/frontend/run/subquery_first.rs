@@ -15,6 +15,7 @@ use crate::router::facts::StatementFacts;
 use crate::router::literals::{Literal, LiteralParams};
 use crate::router::ordered_values_insert::as_values;
 use crate::router::params::ParamSource;
+use crate::router::pull_up;
 pub(crate) use crate::router::subquery_first::liftable;
 use crate::router::subquery_first::{next, RunFirst};
 use crate::router::Route;
@@ -49,11 +50,16 @@ impl Session {
             if let Some(whole) = self.whole_on_one_shard(sql, &facts, None) {
                 return Ok(Some((whole, literals)));
             }
+            let pulled = self.pull_up_of(sql, &facts, &LiteralParams(&literals));
             // A failed block answers its aborted error on the normal path.
-            if !liftable(&facts) {
+            if !liftable(&facts) && pulled.is_none() {
                 return Ok(Some((facts, literals)));
             }
-            let first = match self.next_run_first(sql, false) {
+            let next = match pulled {
+                Some(pull) => Ok(Some(pull)),
+                None => self.next_run_first(sql, false),
+            };
+            let first = match next {
                 Ok(Some(first)) => first,
                 Ok(None) => return Ok(Some((facts, literals))),
                 Err(fields) => {
@@ -153,6 +159,37 @@ impl Session {
         next(sql, params, reads_sharded).map_err(refusal)
     }
 
+    /// For a read of one sharded table that the merge cannot reproduce over the shards it
+    /// reaches (a window function, DISTINCT ON, `string_agg`, …): its rows to read first, the
+    /// statement then running over them on one shard (see `router::pull_up`).
+    pub(crate) fn pull_up_of(
+        &self,
+        sql: &str,
+        facts: &[StatementFacts],
+        params: &dyn ParamSource,
+    ) -> Option<RunFirst> {
+        let [f] = facts else { return None };
+        let unmergeable =
+            matches!(f.merge, Some(Err(_))) || (f.needs_merge.is_some() && f.merge.is_none());
+        if !unmergeable
+            || f.refuse.is_some()
+            || f.is_write
+            || f.hint.is_some()
+            || self.block_failed()
+        {
+            return None;
+        }
+        let proxy = &self.proxy;
+        let map = proxy.map.current();
+        if !matches!(
+            proxy.router.route(f, params, &map, proxy.first_shard),
+            Route::Refuse(_)
+        ) {
+            return None;
+        }
+        pull_up::find(sql).map(RunFirst::PullUp)
+    }
+
     /// Where a subquery run first goes (keyed, scattered, or the first shard for unsharded
     /// tables), and whether it is scattered (merged).
     pub(crate) fn first_target(
@@ -179,7 +216,7 @@ impl Session {
 }
 
 /// How errors name a subquery run first.
-pub(crate) const FIRST: &str = "a subquery pgshard runs first";
+pub(crate) const FIRST: &str = "a part of the statement pgshard runs first (a subquery, a CTE, or the rows of a read it cannot merge)";
 
 /// `outer` with `first`'s kept answer in place, or the error the client gets.
 pub(crate) fn splice_held(

@@ -29,10 +29,13 @@ use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTar
 /// control character no driver puts in a name; each batch that needs it replaces it.
 const REWRITTEN: &str = "\u{1}pgshard subquery run first";
 
-/// Whether a statement is refused as it stands: one running a subquery first may lift (see
-/// [`liftable`]), or one that may run whole on one shard.
+/// Whether a statement may be refused as it stands: one running a subquery first may lift (see
+/// [`liftable`]), one that may run whole on one shard, or a read the merge cannot reproduce
+/// (its rows may be read first, see `router::pull_up`).
 fn refused(facts: &[StatementFacts]) -> bool {
-    matches!(facts, [f] if f.refuse.is_some())
+    matches!(facts, [f] if f.refuse.is_some()
+        || matches!(f.merge, Some(Err(_)))
+        || (f.needs_merge.is_some() && f.merge.is_none()))
 }
 
 /// Most subqueries one Bind gets run first (nested ones count one each).
@@ -184,12 +187,24 @@ impl Session {
             );
             return Ok(false);
         }
-        if !liftable(&facts) {
+        let mut pulled = {
+            let bound = BindParams {
+                values: &bind.params,
+                formats: &bind.param_formats,
+                types: &types,
+            };
+            self.pull_up_of(&sql, &facts, &bound)
+        };
+        if !liftable(&facts) && pulled.is_none() {
             return Ok(false);
         }
         let mut outer = sql.clone();
         for _ in 0..MAX_RUN_FIRST {
-            let run = match self.next_run_first(&outer, true) {
+            let next = match pulled.take() {
+                Some(pull) => Ok(Some(pull)),
+                None => self.next_run_first(&outer, true),
+            };
+            let run = match next {
                 Ok(Some(first)) => self.run_first_bound(&first, &outer, &bind, &types).await?,
                 Ok(None) => break,
                 Err(fields) => Err(fields),

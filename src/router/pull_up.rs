@@ -1,0 +1,206 @@
+//! Keyless reads of one sharded table that the merge cannot reproduce: window functions,
+//! DISTINCT ON, `string_agg`/`array_agg`/`json_agg`, `bool_and`, `stddev`, ordered-set
+//! aggregates, … pgshard reads the table's rows that match the WHERE clause first (from every
+//! shard, concatenated), then runs the statement itself on one shard over those rows, written
+//! in place of the table as `unnest('{…}'::type[], …) AS t(columns)`: every function, frame,
+//! ordering and rounding is Postgres's own. The rows pass through the proxy, so this is for
+//! reads whose matching rows fit its run-first limit. Pure: text in, texts out.
+
+use pg_query::protobuf as pb;
+use pg_query::{NodeEnum, NodeRef};
+
+use super::cte::rows_as_unnest;
+use super::subquery_first::SpliceError;
+use crate::sql_text::deparse;
+
+/// The name the statement's table takes in the rewritten text, until the rows replace it.
+const PLACEHOLDER: &str = "pgshard_pulled_rows";
+
+/// A statement to run over rows read first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullUp {
+    /// What runs first: `SELECT * FROM table [alias] WHERE …` (the statement's `$n` kept).
+    pub inner: String,
+    /// The statement with its table replaced by [`PLACEHOLDER`] and its WHERE gone (the rows
+    /// read first already match it).
+    outer: String,
+    /// The name the rows take: the table's alias, or its name.
+    name: String,
+}
+
+/// The pull-up of `sql`, when it is one SELECT (no set operation, WITH, locking clause or
+/// INTO) whose only relation, anywhere in it, is one table in FROM without column aliases.
+pub fn find(sql: &str) -> Option<PullUp> {
+    let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
+    let [raw] = parsed.stmts.as_mut_slice() else {
+        return None;
+    };
+    let stmt = raw.stmt.as_deref_mut()?;
+    let relations = stmt
+        .node
+        .as_ref()?
+        .nodes()
+        .iter()
+        .filter(|(x, ..)| matches!(x, NodeRef::RangeVar(_)))
+        .count();
+    let Some(NodeEnum::SelectStmt(select)) = stmt.node.as_mut() else {
+        return None;
+    };
+    let plain = select.op == pb::SetOperation::SetopNone as i32
+        && select.with_clause.is_none()
+        && select.locking_clause.is_empty()
+        && select.into_clause.is_none()
+        && relations == 1;
+    if !plain {
+        return None;
+    }
+    let [from] = select.from_clause.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::RangeVar(table)) = from.node.as_ref() else {
+        return None;
+    };
+    if !table.inh || table.alias.as_ref().is_some_and(|a| !a.colnames.is_empty()) {
+        return None;
+    }
+    let table = table.clone();
+    let name = table
+        .alias
+        .as_ref()
+        .map_or_else(|| table.relname.clone(), |a| a.aliasname.clone());
+    let where_clause = select.where_clause.take();
+    let inner = pb::SelectStmt {
+        target_list: vec![star()],
+        from_clause: vec![pb::Node {
+            node: Some(NodeEnum::RangeVar(table.clone())),
+        }],
+        where_clause,
+        limit_option: pb::LimitOption::Default as i32,
+        op: pb::SetOperation::SetopNone as i32,
+        ..Default::default()
+    };
+    select.from_clause = vec![pb::Node {
+        node: Some(NodeEnum::RangeVar(pb::RangeVar {
+            relname: PLACEHOLDER.into(),
+            inh: true,
+            relpersistence: "p".into(),
+            location: -1,
+            ..Default::default()
+        })),
+    }];
+    let outer = deparse(parsed.clone())?;
+    let inner = deparse(pb::ParseResult {
+        version: parsed.version,
+        stmts: vec![pb::RawStmt {
+            stmt: Some(Box::new(pb::Node {
+                node: Some(NodeEnum::SelectStmt(Box::new(inner))),
+            })),
+            stmt_location: 0,
+            stmt_len: 0,
+        }],
+    })?;
+    // The placeholder must be found exactly once in the text it is replaced in.
+    (outer.matches(PLACEHOLDER).count() == 1).then_some(PullUp { inner, outer, name })
+}
+
+fn star() -> pb::Node {
+    pb::Node {
+        node: Some(NodeEnum::ResTarget(Box::new(pb::ResTarget {
+            val: Some(Box::new(pb::Node {
+                node: Some(NodeEnum::ColumnRef(pb::ColumnRef {
+                    fields: vec![pb::Node {
+                        node: Some(NodeEnum::AStar(pb::AStar {})),
+                    }],
+                    location: -1,
+                })),
+            })),
+            location: -1,
+            ..Default::default()
+        }))),
+    }
+}
+
+impl PullUp {
+    /// The statement over the rows read first (`description`: their RowDescription body;
+    /// `rows`: their DataRow bodies, text format), to run on any one shard.
+    pub fn splice<B: AsRef<[u8]>>(
+        &self,
+        description: &[u8],
+        rows: &[B],
+    ) -> Result<String, SpliceError> {
+        let from = rows_as_unnest(&self.name, description, rows)?;
+        Ok(self.outer.replacen(PLACEHOLDER, &from, 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(cols: &[(&str, u32)]) -> Vec<u8> {
+        let mut b = (cols.len() as i16).to_be_bytes().to_vec();
+        for (name, oid) in cols {
+            b.extend_from_slice(name.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&[0; 6]);
+            b.extend_from_slice(&oid.to_be_bytes());
+            b.extend_from_slice(&[0, 8, 255, 255, 255, 255, 0, 0]);
+        }
+        b
+    }
+
+    fn row(vals: &[Option<&str>]) -> Vec<u8> {
+        let mut b = (vals.len() as i16).to_be_bytes().to_vec();
+        for v in vals {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn one_table_reads_are_pulled_up_with_their_where() {
+        let p = find("SELECT user_id, rank() OVER (ORDER BY name) FROM users u WHERE u.user_id > $1 ORDER BY 2").unwrap();
+        assert_eq!(p.inner, "SELECT * FROM users u WHERE u.user_id > $1");
+        let got = p
+            .splice(
+                &desc(&[("user_id", 20), ("name", 25)]),
+                &[row(&[Some("1"), Some("a")]), row(&[Some("2"), None])],
+            )
+            .unwrap();
+        assert_eq!(
+            got,
+            "SELECT user_id, rank() OVER (ORDER BY name) FROM unnest(E'{1,2}'::int8[], E'{a,NULL}'::text[]) AS u(user_id, name) ORDER BY 2"
+        );
+        let p = find(
+            "select distinct on (note) note, string_agg(x, ',') from public.orders group by note",
+        )
+        .unwrap();
+        assert_eq!(p.inner, "SELECT * FROM public.orders");
+        assert_eq!(p.name, "orders");
+    }
+
+    #[test]
+    fn other_shapes_are_not_pulled_up() {
+        for sql in [
+            "SELECT * FROM users u JOIN orders o ON o.user_id = u.user_id",
+            "SELECT * FROM users WHERE user_id IN (SELECT user_id FROM orders)",
+            "SELECT (SELECT count(*) FROM orders), name FROM users",
+            "SELECT * FROM users u(a, b)",
+            "SELECT * FROM ONLY users",
+            "SELECT * FROM users FOR UPDATE",
+            "WITH x AS (SELECT 1) SELECT * FROM users",
+            "SELECT 1 UNION SELECT user_id FROM users",
+            "SELECT * FROM generate_series(1, 3)",
+            "SELECT 1",
+            "UPDATE users SET name = 'x'",
+        ] {
+            assert_eq!(find(sql), None, "{sql}");
+        }
+    }
+}
