@@ -3,6 +3,8 @@
 //! the extended protocol; afterwards every row is on the new shard exactly once, none is left on
 //! the old one, the same connections reach the new shard, and SHOW SCHEMAS shows the placement.
 //! Refusals: an unknown schema (3F000), a schema that is not a tenant, the shard it is on.
+//! New tenants (`[tenants] schema_prefix`): `CREATE SCHEMA` places them on the shard with the
+//! fewest tenants, and is refused while a job runs.
 
 mod common;
 
@@ -110,6 +112,9 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
             name: "tenant_a".into(),
             shard: from,
         }];
+        config.tenants = Some(pgshard::config::schemas::TenantsConfig {
+            schema_prefix: "tenant_".into(),
+        });
         config.users.push(proxy::admin_user("secret"));
     })
     .await;
@@ -218,6 +223,16 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
         .await
         .unwrap_or_else(|e| panic!("move-schema: {e:?}"));
     let job_id = newest_job(info).await;
+    // A new tenant cannot be placed while a job runs (the job publishes the map it planned).
+    let e = c
+        .batch_execute("CREATE SCHEMA tenant_z")
+        .await
+        .expect_err("no new tenant during a job");
+    let db = e.as_db_error().expect("a server error");
+    assert!(
+        db.code().code() == "0A000" && db.message().contains("new tenant"),
+        "{db:?}"
+    );
     // A second job while this one runs is refused as for every job.
     let (code, message) = refusal("REBALANCE move-schema tenant_a 1").await;
     assert!(
@@ -321,4 +336,47 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
         .await
         .expect_err("already moved");
     assert!(format!("{e:?}").contains("already lives on shard"), "{e:?}");
+
+    // New tenants: each goes to the shard with the fewest tenants (ties: the lowest id), placed
+    // before its CREATE SCHEMA runs; a schema without the prefix stays an ordinary one.
+    let (low, high) = (from.min(to), from.max(to));
+    let fewest = if to == low { high } else { low };
+    c.batch_execute("CREATE SCHEMA tenant_b").await.unwrap();
+    c.batch_execute("CREATE TABLE tenant_b.notes (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO tenant_b.notes VALUES ($1, $2)",
+        &[&1i32, &"hello"],
+    )
+    .await
+    .unwrap();
+    let body: String = c
+        .query_one("SELECT body FROM tenant_b.notes WHERE id = $1", &[&1i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(body, "hello");
+    c.batch_execute("CREATE SCHEMA tenant_c").await.unwrap();
+    for (schema, shard) in [("tenant_b", fewest), ("tenant_c", low)] {
+        for id in &shards {
+            let n: i64 = proxy::shard(info, *id)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+                    &[&schema],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, i64::from(*id == shard), "{schema} on shard {id}");
+        }
+    }
+    let version = running.proxy.map.current().version.to_string();
+    assert_eq!(
+        rows(&admin, "SHOW SCHEMAS").await,
+        [("tenant_a", to), ("tenant_b", fewest), ("tenant_c", low)]
+            .map(|(s, n)| vec![version.clone(), s.to_string(), n.to_string()])
+            .to_vec()
+    );
 }
