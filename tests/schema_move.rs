@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::answers::simple_rows;
-use common::jobs::{newest_job, wait_job_done};
+use common::jobs::{job_state, newest_job, wait_job_done, wait_job_end};
+use common::process::eventually_within;
 use common::proxy::{self, connect_url};
 use common::TestCluster;
 use pgshard::config::schemas::ShardedSchemaConfig;
@@ -80,6 +81,14 @@ async fn write_until(c: &Client, writer: i32, stop: &AtomicBool, acked: &mut Ack
     }
 }
 
+/// The body of note 1 of tenant_b, read through pgshard.
+async fn note(c: &Client) -> String {
+    c.query_one("SELECT body FROM tenant_b.notes WHERE id = $1", &[&1i32])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Whether the shard holds schema tenant_a (1) or not (0).
 async fn on_dest(c: &Client) -> i64 {
     c.query_one(
@@ -112,6 +121,8 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
             name: "tenant_a".into(),
             shard: from,
         }];
+        // A cancelled job's slot gives up waiting for a transaction soon.
+        config.rebalance.slot_timeout_ms = 500;
         config.tenants = Some(pgshard::config::schemas::TenantsConfig {
             schema_prefix: "tenant_".into(),
         });
@@ -351,14 +362,11 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
     )
     .await
     .unwrap();
-    let body: String = c
-        .query_one("SELECT body FROM tenant_b.notes WHERE id = $1", &[&1i32])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(body, "hello");
+    assert_eq!(note(&c).await, "hello");
     c.batch_execute("CREATE SCHEMA tenant_c").await.unwrap();
-    for (schema, shard) in [("tenant_b", fewest), ("tenant_c", low)] {
+    // Through the extended protocol too: the third new tenant evens the shards out.
+    c.execute("CREATE SCHEMA tenant_d", &[]).await.unwrap();
+    for (schema, shard) in [("tenant_b", fewest), ("tenant_c", low), ("tenant_d", high)] {
         for id in &shards {
             let n: i64 = proxy::shard(info, *id)
                 .await
@@ -375,8 +383,65 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
     let version = running.proxy.map.current().version.to_string();
     assert_eq!(
         rows(&admin, "SHOW SCHEMAS").await,
-        [("tenant_a", to), ("tenant_b", fewest), ("tenant_c", low)]
-            .map(|(s, n)| vec![version.clone(), s.to_string(), n.to_string()])
-            .to_vec()
+        [
+            ("tenant_a", to),
+            ("tenant_b", fewest),
+            ("tenant_c", low),
+            ("tenant_d", high)
+        ]
+        .map(|(s, n)| vec![version.clone(), s.to_string(), n.to_string()])
+        .to_vec()
     );
+
+    // A move cancelled while it copies (a transaction left open on the source keeps its slot
+    // from being created) leaves the tenant where it was, whole, and drops the destination's copy.
+    let other = if fewest == low { high } else { low };
+    let blocker = proxy::shard(info, fewest).await;
+    blocker
+        .batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .unwrap();
+    admin
+        .simple_query(&format!("REBALANCE move-schema tenant_b {other}"))
+        .await
+        .unwrap();
+    let cancelled = newest_job(info).await;
+    eventually_within(Duration::from_secs(60), "the job copies", || async {
+        job_state(info, cancelled).await.state == pgshard::rebalance::jobs::JobState::Copying
+    })
+    .await;
+    let on = |id: u32| async move {
+        proxy::shard(info, id)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_b'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(
+        on(other).await,
+        1,
+        "the destination holds the definition while copying"
+    );
+    admin
+        .simple_query(&format!("CANCEL JOB {cancelled}"))
+        .await
+        .unwrap();
+    let job = wait_job_end(info, cancelled, Duration::from_secs(60)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Cancelled,
+        "{:?}",
+        job.error
+    );
+    assert_eq!((on(fewest).await, on(other).await), (1, 0));
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        running.proxy.map.current().tenant_shard("tenant_b"),
+        Some(fewest)
+    );
+    assert_eq!(note(&c).await, "hello");
 }
