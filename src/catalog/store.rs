@@ -174,7 +174,9 @@ async fn insert_version(
 
 /// Publishes a map version that adds the tenant schemas of `[[sharded_schemas]]` the newest map
 /// does not list yet, each on its configured shard; schemas the catalog places already keep
-/// their shard (the config's is only the initial placement). Returns the newest version.
+/// their shard (the config's is only the initial placement). While a rebalancing job runs nothing
+/// is published (its cut-over publishes the map it planned from; the router routes an unlisted
+/// tenant by the config meanwhile). Returns the newest version.
 pub async fn seed_tenants(
     client: &mut tokio_postgres::Client,
     schemas: &[crate::config::schemas::ShardedSchemaConfig],
@@ -192,13 +194,24 @@ pub async fn seed_tenants(
     for s in schemas {
         tenants.entry(s.name.to_lowercase()).or_insert(s.shard);
     }
-    if tenants == map.tenants {
+    if tenants == map.tenants || active_job(&tx).await?.is_some() {
         tx.commit().await?;
         return Ok(Some(newest));
     }
     insert_version(&tx, newest + 1, &map.with_tenants(tenants)).await?;
     tx.commit().await?;
     Ok(Some(newest + 1))
+}
+
+/// A rebalancing job that has not ended, if any.
+async fn active_job(tx: &tokio_postgres::Transaction<'_>) -> Result<Option<i64>, CatalogError> {
+    Ok(tx
+        .query_opt(
+            "SELECT job_id FROM rebalance_jobs WHERE state NOT IN ('done', 'cancelled', 'failed') LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// The shard a new tenant goes to: among `shards`, the one holding the fewest tenants in
@@ -229,16 +242,9 @@ pub async fn place_tenant(
         tx.commit().await?;
         return Ok(map);
     }
-    if let Some(job) = tx
-        .query_opt(
-            "SELECT job_id FROM rebalance_jobs WHERE state NOT IN ('done', 'cancelled', 'failed') LIMIT 1",
-            &[],
-        )
-        .await?
-    {
+    if let Some(job) = active_job(&tx).await? {
         return Err(CatalogError::Refused(format!(
-            "rebalancing job {} is running; new tenant {schema} can be placed once it ends",
-            job.get::<_, i64>(0)
+            "rebalancing job {job} is running; new tenant {schema} can be placed once it ends"
         )));
     }
     let shard = fewest_tenants(&map.tenants, shards).ok_or(CatalogError::NoShards)?;

@@ -590,14 +590,12 @@ impl super::Router {
         self.tables.resolving(path, &shadows).with_tenants(tenants)
     }
 
-    /// Takes the tenant placements of `map` (the catalog is authoritative for them once it lists
-    /// any; a map without tenants leaves the configured ones); cached facts placed with other
-    /// placements are dropped. Called with every map the proxy installs.
+    /// Takes the tenant placements of `map`: the catalog's shard for every tenant it lists, the
+    /// configured one for a `[[sharded_schemas]]` entry it does not list yet; cached facts placed
+    /// with other placements are dropped. Called with every map the proxy installs.
     pub fn follow_tenants(&self, map: &super::ShardMap) {
-        if map.tenants.is_empty() {
-            return;
-        }
-        let tenants: Tenants = map.tenants.iter().map(|(s, &n)| (s.clone(), n)).collect();
+        let mut tenants: Tenants = (**self.tables.tenants()).clone();
+        tenants.extend(map.tenants.iter().map(|(s, &n)| (s.clone(), n)));
         let mut current = self.tenants.write().unwrap_or_else(|p| p.into_inner());
         if **current != tenants {
             *current = Arc::new(tenants);

@@ -376,6 +376,13 @@ mod tests {
             router.analyze_simple("SELECT * FROM tenant_c.orders").0[0].tenants,
             vec!["tenant_c".to_string()]
         );
+        // A configured tenant the map does not list keeps its configured shard.
+        router.follow_tenants(&map(&[("tenant_a", 2)]));
+        let c = router
+            .analyze_simple("SELECT * FROM tenant_c.orders WHERE id = 2")
+            .0[0]
+            .clone();
+        assert_eq!(c.schema_shard, Some(1));
     }
 
     /// `[tenants] schema_prefix`: creating a schema so named is refused until pgshard has placed
