@@ -57,6 +57,9 @@ pub struct Config {
     /// Schemas placed whole on one shard each (schema-based sharding, see `config/schemas.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sharded_schemas: Vec<schemas::ShardedSchemaConfig>,
+    /// Which new schemas are tenants, placed by pgshard when created (see `config/schemas.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<schemas::TenantsConfig>,
     /// Unique secondary columns read through a lookup table (see `config/lookups.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lookups: Vec<lookups::LookupConfig>,

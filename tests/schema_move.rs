@@ -3,6 +3,8 @@
 //! the extended protocol; afterwards every row is on the new shard exactly once, none is left on
 //! the old one, the same connections reach the new shard, and SHOW SCHEMAS shows the placement.
 //! Refusals: an unknown schema (3F000), a schema that is not a tenant, the shard it is on.
+//! New tenants (`[tenants] schema_prefix`): `CREATE SCHEMA` places them on the shard with the
+//! fewest tenants, and is refused while a job runs.
 
 mod common;
 
@@ -12,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::answers::simple_rows;
-use common::jobs::{newest_job, wait_job_done};
+use common::jobs::{job_state, newest_job, wait_job_done, wait_job_end};
+use common::process::eventually_within;
 use common::proxy::{self, connect_url};
 use common::TestCluster;
 use pgshard::config::schemas::ShardedSchemaConfig;
@@ -78,6 +81,14 @@ async fn write_until(c: &Client, writer: i32, stop: &AtomicBool, acked: &mut Ack
     }
 }
 
+/// The body of note 1 of tenant_b, read through pgshard.
+async fn note(c: &Client) -> String {
+    c.query_one("SELECT body FROM tenant_b.notes WHERE id = $1", &[&1i32])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Whether the shard holds schema tenant_a (1) or not (0).
 async fn on_dest(c: &Client) -> i64 {
     c.query_one(
@@ -110,6 +121,11 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
             name: "tenant_a".into(),
             shard: from,
         }];
+        // A cancelled job's slot gives up waiting for a transaction soon.
+        config.rebalance.slot_timeout_ms = 500;
+        config.tenants = Some(pgshard::config::schemas::TenantsConfig {
+            schema_prefix: "tenant_".into(),
+        });
         config.users.push(proxy::admin_user("secret"));
     })
     .await;
@@ -218,6 +234,16 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
         .await
         .unwrap_or_else(|e| panic!("move-schema: {e:?}"));
     let job_id = newest_job(info).await;
+    // A new tenant cannot be placed while a job runs (the job publishes the map it planned).
+    let e = c
+        .batch_execute("CREATE SCHEMA tenant_z")
+        .await
+        .expect_err("no new tenant during a job");
+    let db = e.as_db_error().expect("a server error");
+    assert!(
+        db.code().code() == "0A000" && db.message().contains("new tenant"),
+        "{db:?}"
+    );
     // A second job while this one runs is refused as for every job.
     let (code, message) = refusal("REBALANCE move-schema tenant_a 1").await;
     assert!(
@@ -321,4 +347,101 @@ async fn a_tenant_schema_moves_online_and_clients_follow_it() {
         .await
         .expect_err("already moved");
     assert!(format!("{e:?}").contains("already lives on shard"), "{e:?}");
+
+    // New tenants: each goes to the shard with the fewest tenants (ties: the lowest id), placed
+    // before its CREATE SCHEMA runs; a schema without the prefix stays an ordinary one.
+    let (low, high) = (from.min(to), from.max(to));
+    let fewest = if to == low { high } else { low };
+    c.batch_execute("CREATE SCHEMA tenant_b").await.unwrap();
+    c.batch_execute("CREATE TABLE tenant_b.notes (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO tenant_b.notes VALUES ($1, $2)",
+        &[&1i32, &"hello"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(note(&c).await, "hello");
+    c.batch_execute("CREATE SCHEMA tenant_c").await.unwrap();
+    // Through the extended protocol too: the third new tenant evens the shards out.
+    c.execute("CREATE SCHEMA tenant_d", &[]).await.unwrap();
+    for (schema, shard) in [("tenant_b", fewest), ("tenant_c", low), ("tenant_d", high)] {
+        for id in &shards {
+            let n: i64 = proxy::shard(info, *id)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+                    &[&schema],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, i64::from(*id == shard), "{schema} on shard {id}");
+        }
+    }
+    let version = running.proxy.map.current().version.to_string();
+    assert_eq!(
+        rows(&admin, "SHOW SCHEMAS").await,
+        [
+            ("tenant_a", to),
+            ("tenant_b", fewest),
+            ("tenant_c", low),
+            ("tenant_d", high)
+        ]
+        .map(|(s, n)| vec![version.clone(), s.to_string(), n.to_string()])
+        .to_vec()
+    );
+
+    // A move cancelled while it copies (a transaction left open on the source keeps its slot
+    // from being created) leaves the tenant where it was, whole, and drops the destination's copy.
+    let other = if fewest == low { high } else { low };
+    let blocker = proxy::shard(info, fewest).await;
+    blocker
+        .batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .unwrap();
+    admin
+        .simple_query(&format!("REBALANCE move-schema tenant_b {other}"))
+        .await
+        .unwrap();
+    let cancelled = newest_job(info).await;
+    eventually_within(Duration::from_secs(60), "the job copies", || async {
+        job_state(info, cancelled).await.state == pgshard::rebalance::jobs::JobState::Copying
+    })
+    .await;
+    let on = |id: u32| async move {
+        proxy::shard(info, id)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_b'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(
+        on(other).await,
+        1,
+        "the destination holds the definition while copying"
+    );
+    admin
+        .simple_query(&format!("CANCEL JOB {cancelled}"))
+        .await
+        .unwrap();
+    let job = wait_job_end(info, cancelled, Duration::from_secs(60)).await;
+    assert_eq!(
+        job.state,
+        pgshard::rebalance::jobs::JobState::Cancelled,
+        "{:?}",
+        job.error
+    );
+    assert_eq!((on(fewest).await, on(other).await), (1, 0));
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        running.proxy.map.current().tenant_shard("tenant_b"),
+        Some(fewest)
+    );
+    assert_eq!(note(&c).await, "hello");
 }

@@ -41,7 +41,7 @@ impl MapHandle {
 
     /// Installs `map` if it is newer than the current one (versions only grow); true if it was.
     pub fn install(&self, map: ShardMap) -> bool {
-        let map = {
+        {
             let mut current = self.map.write().unwrap_or_else(|p| p.into_inner());
             if map.version <= current.version {
                 return false;
@@ -53,13 +53,15 @@ impl MapHandle {
                 "shard map version changed"
             );
             *current = Arc::new(map);
-            current.clone()
-        };
+        }
         let observers = self
             .observers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        // The map current now, not the one installed: of two installs racing, the older one's
+        // observers must not have the last word.
+        let map = self.current();
         for observe in observers {
             observe(&map);
         }

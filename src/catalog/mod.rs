@@ -16,8 +16,8 @@ pub use key_blocks::KeyBlocks;
 pub use map_handle::MapHandle;
 pub use primaries::{PrimaryRecord, PrimaryRecords};
 pub use store::{
-    load_map, publish_first_map, publish_map, publish_map_after, register_proxy, seed_tenants,
-    FirstMap,
+    fewest_tenants, load_map, place_tenant, publish_first_map, publish_map, publish_map_after,
+    register_proxy, seed_tenants, FirstMap,
 };
 #[cfg(test)]
 pub use topology::test_shard;

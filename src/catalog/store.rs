@@ -1,5 +1,7 @@
 //! Reading and writing the catalog tables (see sql/catalog.sql).
 
+use std::collections::BTreeMap;
+
 use super::CatalogError;
 use crate::router::{KeyRange, ShardMap, Strategy};
 
@@ -172,7 +174,9 @@ async fn insert_version(
 
 /// Publishes a map version that adds the tenant schemas of `[[sharded_schemas]]` the newest map
 /// does not list yet, each on its configured shard; schemas the catalog places already keep
-/// their shard (the config's is only the initial placement). Returns the newest version.
+/// their shard (the config's is only the initial placement). While a rebalancing job runs nothing
+/// is published (its cut-over publishes the map it planned from; the router routes an unlisted
+/// tenant by the config meanwhile). Returns the newest version.
 pub async fn seed_tenants(
     client: &mut tokio_postgres::Client,
     schemas: &[crate::config::schemas::ShardedSchemaConfig],
@@ -190,13 +194,69 @@ pub async fn seed_tenants(
     for s in schemas {
         tenants.entry(s.name.to_lowercase()).or_insert(s.shard);
     }
-    if tenants == map.tenants {
+    if tenants == map.tenants || active_job(&tx).await?.is_some() {
         tx.commit().await?;
         return Ok(Some(newest));
     }
     insert_version(&tx, newest + 1, &map.with_tenants(tenants)).await?;
     tx.commit().await?;
     Ok(Some(newest + 1))
+}
+
+/// A rebalancing job that has not ended, if any.
+async fn active_job(tx: &tokio_postgres::Transaction<'_>) -> Result<Option<i64>, CatalogError> {
+    Ok(tx
+        .query_opt(
+            "SELECT job_id FROM rebalance_jobs WHERE state NOT IN ('done', 'cancelled', 'failed') LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// The shard a new tenant goes to: among `shards`, the one holding the fewest tenants in
+/// `tenants`, the lowest id on a tie. `None` without shards.
+pub fn fewest_tenants(tenants: &BTreeMap<String, u32>, shards: &[u32]) -> Option<u32> {
+    shards
+        .iter()
+        .map(|&s| (tenants.values().filter(|&&t| t == s).count(), s))
+        .min()
+        .map(|(_, s)| s)
+}
+
+/// Places tenant `schema` if the newest map does not: publishes a version adding it on the shard
+/// of `shards` with the fewest tenants ([`fewest_tenants`]). Returns the newest map, which places
+/// it. Refused while a rebalancing job runs (its cut-over publishes the map it planned from).
+pub async fn place_tenant(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    shards: &[u32],
+) -> Result<ShardMap, CatalogError> {
+    let schema = schema.to_lowercase();
+    let tx = client.transaction().await?;
+    let newest = newest_version_locked(&tx)
+        .await?
+        .ok_or(CatalogError::NoMap)?;
+    let map = load_map_at(&tx, newest).await?;
+    if map.tenant_shard(&schema).is_some() {
+        tx.commit().await?;
+        return Ok(map);
+    }
+    if let Some(job) = active_job(&tx).await? {
+        return Err(CatalogError::Refused(format!(
+            "rebalancing job {job} is running; new tenant {schema} can be placed once it ends"
+        )));
+    }
+    let shard = fewest_tenants(&map.tenants, shards).ok_or(CatalogError::NoShards)?;
+    let mut tenants = map.tenants.clone();
+    tenants.insert(schema, shard);
+    let map = ShardMap {
+        version: newest + 1,
+        ..map.with_tenants(tenants)
+    };
+    insert_version(&tx, map.version, &map).await?;
+    tx.commit().await?;
+    Ok(map)
 }
 
 /// Registers this proxy and returns its node id for the id generator (unique among the last
@@ -214,4 +274,35 @@ pub async fn register_proxy(
         )
         .await?;
     Ok(row.get::<_, i32>(0) as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_tenant_goes_to_the_shard_with_the_fewest() {
+        let placed = |p: &[(&str, u32)]| -> BTreeMap<String, u32> {
+            p.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+        };
+        // (placed tenants, shards, chosen)
+        type Case<'a> = (&'a [(&'a str, u32)], &'a [u32], Option<u32>);
+        let cases: &[Case] = &[
+            (&[], &[3, 1, 2], Some(1)),
+            (&[("a", 1)], &[1, 2, 3], Some(2)),
+            (&[("a", 1), ("b", 2)], &[1, 2, 3], Some(3)),
+            (&[("a", 1), ("b", 2), ("c", 3)], &[3, 2, 1], Some(1)),
+            (&[("a", 1), ("b", 1), ("c", 2)], &[1, 2], Some(2)),
+            // A tenant on a shard that is gone counts for none.
+            (&[("a", 7), ("b", 1)], &[1, 2], Some(2)),
+            (&[("a", 1)], &[], None),
+        ];
+        for (tenants, shards, want) in cases {
+            assert_eq!(
+                fewest_tenants(&placed(tenants), shards),
+                *want,
+                "{tenants:?} {shards:?}"
+            );
+        }
+    }
 }

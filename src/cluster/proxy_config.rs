@@ -65,6 +65,7 @@ pub fn proxy_config(instances: &[InstanceInfo], listen: &str) -> Config {
         },
         shards,
         sharded_schemas: Vec::new(),
+        tenants: None,
         lookups: Vec::new(),
         sharded_tables: vec![ShardedTableConfig {
             name: "users".into(),

@@ -20,6 +20,23 @@ pub struct ShardedSchemaConfig {
     pub shard: u32,
 }
 
+/// `[tenants]`: a schema created through pgshard whose name starts with `schema_prefix` is a new
+/// tenant. Before its `CREATE SCHEMA` runs, pgshard publishes a map version placing it on the
+/// shard with the fewest tenants (ties: the lowest id), and the statement runs there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// Lowercase, as the catalog spells unquoted names; not `pg_`.
+    pub schema_prefix: String,
+}
+
+impl TenantsConfig {
+    /// Whether `schema` is a tenant's name by this rule.
+    pub fn matches(&self, schema: &str) -> bool {
+        schema.to_lowercase().starts_with(&self.schema_prefix)
+    }
+}
+
 /// Checks `[[sharded_schemas]]`: names given once, not `public` nor a system schema, not the
 /// schema of a sharded or reference table (those live on every shard), shards that exist.
 pub fn validate(config: &Config, path: &std::path::Path) -> Result<(), ConfigError> {
@@ -35,6 +52,23 @@ pub fn validate(config: &Config, path: &std::path::Path) -> Result<(), ConfigErr
         .chain(config.reference_tables.iter().map(String::as_str))
         .map(|n| crate::router::names::split_config_name(n).0)
         .collect();
+    if let Some(t) = &config.tenants {
+        let prefix = &t.schema_prefix;
+        if prefix.is_empty() || prefix.starts_with("pg_") || *prefix != prefix.to_lowercase() {
+            return Err(invalid(
+                "tenants.schema_prefix",
+                format!(
+                    "`{prefix}` must be a non-empty lowercase prefix that does not start with pg_"
+                ),
+            ));
+        }
+        if let Some(s) = table_schemas.iter().find(|s| t.matches(s)) {
+            return Err(invalid(
+                "tenants.schema_prefix",
+                format!("schema `{s}` of a sharded or reference table would be a tenant"),
+            ));
+        }
+    }
     let mut seen = HashSet::new();
     for (i, s) in config.sharded_schemas.iter().enumerate() {
         let key = format!("sharded_schemas[{i}]");

@@ -177,4 +177,50 @@ mod tests {
         assert!(!held("SELECT 1"));
         assert!(!held("SELECT * FROM countries"));
     }
+
+    /// A tenant's move holds that tenant's statements only: other tenants, keys and the rest go
+    /// on.
+    #[test]
+    fn a_moving_tenant_holds_only_its_own_statements() {
+        let tenants = [("tenant_a", 1), ("tenant_b", 1)].map(|(n, s)| {
+            crate::config::schemas::ShardedSchemaConfig {
+                name: n.into(),
+                shard: s,
+            }
+        });
+        let router = Router::new(
+            &[crate::config::ShardedTableConfig {
+                name: "users".into(),
+                key: "user_id".into(),
+                key_type: None,
+            }],
+            16,
+        )
+        .with_schemas(&tenants);
+        let from = ShardMap::uniform(1, Strategy::Hash, &[1, 2]).with_tenants(
+            [("tenant_a".into(), 1), ("tenant_b".into(), 1)]
+                .into_iter()
+                .collect(),
+        );
+        let target = crate::rebalance::Target::MoveSchema {
+            schema: "tenant_a".into(),
+            to: 2,
+        };
+        let to = crate::rebalance::plan(&from, &target).expect("a plan").to;
+        let held = |sql: &str| {
+            let (facts, literals) = router.analyze_simple(sql);
+            let params = LiteralParams(&literals);
+            facts
+                .iter()
+                .any(|f| may_touch_moving_keys(f, &params, &from, &to))
+        };
+        assert!(held("INSERT INTO tenant_a.orders VALUES (1)"));
+        assert!(held(
+            "SELECT * FROM tenant_a.orders o JOIN tenant_a.items i USING (id)"
+        ));
+        assert!(!held("SELECT * FROM tenant_b.orders"));
+        assert!(!held("UPDATE users SET name = 'x' WHERE user_id = 7"));
+        assert!(!held("SELECT 1"));
+        assert!(!from.same_placement(&to));
+    }
 }

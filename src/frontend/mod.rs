@@ -11,6 +11,7 @@ pub mod held_portals;
 pub mod hold_scope;
 pub mod listener;
 pub mod login_guard;
+pub mod new_tenants;
 pub mod notifications;
 pub mod pipeline;
 pub mod planning;

@@ -126,6 +126,7 @@ impl Session {
         self.state.reads.servers.clear();
         if matches!(frame.tag, fe::QUERY | fe::FLUSH | fe::SYNC) {
             self.follow_search_path();
+            self.place_new_tenants(&frame).await;
         }
         // A PAUSE from the admin console holds new requests here; open transactions go on.
         let _pass = match frame.tag {

@@ -117,6 +117,7 @@ impl Router {
         Router::new(&config.sharded_tables, config.router.cache_size)
             .with_reference_tables(&config.reference_tables)
             .with_schemas(&config.sharded_schemas)
+            .with_tenant_prefix(config.tenants.as_ref().map(|t| t.schema_prefix.as_str()))
             .with_shards(config.shards.iter().map(|s| s.id).collect())
     }
 
@@ -134,6 +135,13 @@ impl Router {
     ) -> Router {
         self.tables = self.tables.clone().with_schemas(schemas);
         *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = self.tables.tenants().clone();
+        self
+    }
+
+    /// Names new tenants by `[tenants] schema_prefix`: their `CREATE SCHEMA` is refused until
+    /// pgshard has placed them. Call before the first statement.
+    pub fn with_tenant_prefix(mut self, prefix: Option<&str>) -> Router {
+        self.tables = self.tables.clone().with_tenant_prefix(prefix);
         self
     }
 

@@ -312,6 +312,8 @@ pub struct ShardedTables {
     /// Tenant schemas and their shards: the config's at first, the shard map's once the router
     /// follows one (see `Router::follow_tenants`).
     tenants: Arc<Tenants>,
+    /// `[tenants] schema_prefix`: a schema so named is a tenant once pgshard has placed it.
+    tenant_prefix: Option<Arc<str>>,
 }
 
 impl ShardedTables {
@@ -367,6 +369,22 @@ impl ShardedTables {
         self.with_tenants(Arc::new(tenants))
     }
 
+    /// The same tables, where a schema named with `prefix` is a new tenant ([tenants]).
+    pub fn with_tenant_prefix(self, prefix: Option<&str>) -> ShardedTables {
+        ShardedTables {
+            tenant_prefix: prefix.map(Arc::from),
+            ..self
+        }
+    }
+
+    /// Whether `schema` is named as a tenant by `[tenants] schema_prefix` but not placed yet.
+    pub fn unplaced_tenant(&self, schema: &str) -> bool {
+        self.tenant_prefix
+            .as_deref()
+            .is_some_and(|p| schema.to_lowercase().starts_with(p))
+            && self.tenant_shard(schema).is_none()
+    }
+
     /// The same tables with these tenant placements instead of the current ones.
     pub fn with_tenants(self, tenants: Arc<Tenants>) -> ShardedTables {
         ShardedTables { tenants, ..self }
@@ -377,9 +395,9 @@ impl ShardedTables {
         &self.tenants
     }
 
-    /// True when some schema is placed whole on one shard.
+    /// True when some schema is placed whole on one shard (or may be, by `[tenants]`).
     pub fn has_tenants(&self) -> bool {
-        !self.tenants.is_empty()
+        !self.tenants.is_empty() || self.tenant_prefix.is_some()
     }
 
     /// The shard of tenant schema `schema`.
@@ -430,6 +448,7 @@ impl ShardedTables {
             path: path.clone(),
             shadows: shadows.clone(),
             tenants: self.tenants.clone(),
+            tenant_prefix: self.tenant_prefix.clone(),
         }
     }
 
@@ -571,14 +590,12 @@ impl super::Router {
         self.tables.resolving(path, &shadows).with_tenants(tenants)
     }
 
-    /// Takes the tenant placements of `map` (the catalog is authoritative for them once it lists
-    /// any; a map without tenants leaves the configured ones); cached facts placed with other
-    /// placements are dropped. Called with every map the proxy installs.
+    /// Takes the tenant placements of `map`: the catalog's shard for every tenant it lists, the
+    /// configured one for a `[[sharded_schemas]]` entry it does not list yet; cached facts placed
+    /// with other placements are dropped. Called with every map the proxy installs.
     pub fn follow_tenants(&self, map: &super::ShardMap) {
-        if map.tenants.is_empty() {
-            return;
-        }
-        let tenants: Tenants = map.tenants.iter().map(|(s, &n)| (s.clone(), n)).collect();
+        let mut tenants: Tenants = (**self.tables.tenants()).clone();
+        tenants.extend(map.tenants.iter().map(|(s, &n)| (s.clone(), n)));
         let mut current = self.tenants.write().unwrap_or_else(|p| p.into_inner());
         if **current != tenants {
             *current = Arc::new(tenants);

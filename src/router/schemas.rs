@@ -65,6 +65,28 @@ pub fn place(sql: &str, tables: &ShardedTables, facts: &mut [StatementFacts]) {
     }
 }
 
+/// The schemas `CREATE SCHEMA` statements of `sql` create (lowercase): a new tenant among them is
+/// placed before the statement runs.
+pub fn created_schemas(sql: &str) -> Vec<String> {
+    if !sql.to_ascii_lowercase().contains("schema") {
+        return Vec::new();
+    }
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return Vec::new();
+    };
+    parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|raw| match raw.stmt.as_ref()?.node.as_ref()? {
+            NodeEnum::CreateSchemaStmt(c) if !c.schemaname.is_empty() => {
+                Some(c.schemaname.to_lowercase())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether the statement holds a subquery or CTE (which pgshard may run first).
 fn has_subquery(stmt: &NodeEnum) -> bool {
     stmt.nodes().into_iter().any(|(node, ..)| {
@@ -101,7 +123,15 @@ fn placement(
             NodeRef::CommonTableExpr(c) => {
                 ctes.insert(c.ctename.to_lowercase());
             }
-            NodeRef::CreateSchemaStmt(c) => named.push(Named::Schema(c.schemaname.to_lowercase())),
+            NodeRef::CreateSchemaStmt(c) => {
+                if tables.unplaced_tenant(&c.schemaname) {
+                    return Err(format!(
+                        "schema {} is a new tenant ([tenants] schema_prefix) that pgshard could not place on a shard (the catalog was unreachable or a rebalancing job is running); try again",
+                        c.schemaname.to_lowercase()
+                    ));
+                }
+                named.push(Named::Schema(c.schemaname.to_lowercase()))
+            }
             _ => {}
         }
     }
@@ -346,6 +376,39 @@ mod tests {
             router.analyze_simple("SELECT * FROM tenant_c.orders").0[0].tenants,
             vec!["tenant_c".to_string()]
         );
+        // A configured tenant the map does not list keeps its configured shard.
+        router.follow_tenants(&map(&[("tenant_a", 2)]));
+        let c = router
+            .analyze_simple("SELECT * FROM tenant_c.orders WHERE id = 2")
+            .0[0]
+            .clone();
+        assert_eq!(c.schema_shard, Some(1));
+    }
+
+    /// `[tenants] schema_prefix`: creating a schema so named is refused until pgshard has placed
+    /// it; once placed it runs on its shard. `created_schemas` finds what a request creates.
+    #[test]
+    fn new_tenants_run_only_once_placed() {
+        let router = crate::router::Router::new(&[], 16).with_tenant_prefix(Some("tenant_"));
+        let create = |sql: &str| router.analyze_simple(sql).0[0].clone();
+        let f = create("CREATE SCHEMA tenant_x");
+        assert!(
+            matches!(&f.refuse, Some(Refused::TenantSchema(w)) if w.contains("new tenant")),
+            "{:?}",
+            f.refuse
+        );
+        assert_eq!(create("CREATE SCHEMA other").refuse, None);
+        router.follow_tenants(
+            &crate::router::ShardMap::uniform(2, crate::router::Strategy::Hash, &[1, 2])
+                .with_tenants([("tenant_x".to_string(), 2)].into_iter().collect()),
+        );
+        let f = create("CREATE SCHEMA tenant_x");
+        assert_eq!((f.refuse.is_none(), f.schema_shard), (true, Some(2)));
+        assert_eq!(
+            created_schemas("SELECT 1; CREATE SCHEMA Tenant_Y; create schema if not exists b AUTHORIZATION app; DROP SCHEMA c"),
+            vec!["tenant_y".to_string(), "b".to_string()]
+        );
+        assert!(created_schemas("SELECT 'schema'").is_empty());
     }
 
     /// A statement the analysis refused already gets the tenant's reason when it mixes a tenant
