@@ -44,7 +44,7 @@ impl LazyClient {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => {
                 *guard = None;
-                Err(CatalogError::Query(e))
+                Err(CatalogError::from(e))
             }
             Err(_) => {
                 *guard = None;

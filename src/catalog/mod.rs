@@ -34,7 +34,10 @@ pub enum CatalogError {
     #[error("cannot connect to the catalog: {0}")]
     Connect(#[source] tokio_postgres::Error),
     #[error("catalog query failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    Query(#[source] tokio_postgres::Error),
+    /// A table this pgshard reads is missing: the catalog was made by an older one.
+    #[error("the catalog's schema is older than this pgshard ({0}); run `pgshard catalog init` against it, which adds what is missing and keeps the shard map")]
+    Outdated(String),
     #[error("timed out talking to the catalog")]
     Timeout,
     #[error("catalog has no shard map; run `pgshard catalog init` or `pgshard cluster up`")]
@@ -46,4 +49,15 @@ pub enum CatalogError {
     Refused(String),
     #[error("catalog holds an invalid shard map version {version}: {reason}")]
     InvalidMap { version: i64, reason: String },
+}
+
+impl From<tokio_postgres::Error> for CatalogError {
+    fn from(e: tokio_postgres::Error) -> CatalogError {
+        match e.as_db_error() {
+            Some(db) if *db.code() == tokio_postgres::error::SqlState::UNDEFINED_TABLE => {
+                CatalogError::Outdated(db.message().to_string())
+            }
+            _ => CatalogError::Query(e),
+        }
+    }
 }
