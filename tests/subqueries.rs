@@ -520,25 +520,26 @@ async fn set_operations_keyed_to_one_shard(c: &Client, info: &pgshard::cluster::
     assert_eq!(rows(c, &sql).await, ["5|1", "10|2"], "{sql}");
     let ext = recursive.replace("{k}", "$1");
     assert_eq!(ext_rows(c, &ext, &[&5i64]).await, ["5|1", "10|2"], "{ext}");
-    // Branches keyed to different shards, or one keyless: refused, named.
-    for sql in [
-        format!("SELECT name FROM users WHERE user_id = 5 UNION SELECT name FROM users WHERE user_id = {far}"),
-        "SELECT name FROM users WHERE user_id = 5 UNION SELECT name FROM users".to_string(),
-    ] {
-        let e = c.simple_query(&sql).await.expect_err(&sql);
-        let db = e.as_db_error().expect("an ErrorResponse");
-        assert_eq!(db.code().code(), "0A000", "{sql}");
-        assert!(
-            db.message().contains("UNION over sharded tables"),
-            "{sql}: {}",
-            db.message()
-        );
-    }
-    let sql =
-        "SELECT name FROM users WHERE user_id = $1 UNION SELECT name FROM users WHERE user_id = $2";
-    let e = c.query(sql, &[&5i64, &far]).await.expect_err(sql);
-    let db = e.as_db_error().expect("an ErrorResponse");
-    assert_eq!(db.code().code(), "0A000", "{sql}");
+    // Branches keyed to different shards, or keyless: each branch over sharded tables runs
+    // first (keyed, or merged), its rows take its place, and the whole runs as Postgres runs it.
+    let names = |ids: &[i64]| -> Vec<String> { ids.iter().map(|i| format!("u{i:02}")).collect() };
+    let mut pair = [5, far];
+    pair.sort();
+    let sql = format!("SELECT name FROM users WHERE user_id = 5 UNION SELECT name FROM users WHERE user_id = {far} ORDER BY 1");
+    assert_eq!(rows(c, &sql).await, names(&pair), "{sql}");
+    let sql = "SELECT name FROM users WHERE user_id = $1 UNION SELECT name FROM users WHERE user_id = $2 ORDER BY 1";
+    assert_eq!(
+        ext_rows(c, sql, &[&5i64, &far]).await,
+        names(&pair),
+        "{sql}"
+    );
+    let big: Vec<i64> = (36..=40).filter(|i| has_orders(*i)).collect();
+    let want: Vec<String> = (1..=5).chain(big).map(|i: i64| i.to_string()).collect();
+    let sql = "SELECT user_id FROM users WHERE user_id <= 5 UNION SELECT user_id FROM orders WHERE total > 70 ORDER BY 1";
+    assert_eq!(rows(c, sql).await, want, "{sql}");
+    let sql = "SELECT user_id FROM users WHERE user_id <= $1 INTERSECT SELECT user_id FROM orders EXCEPT SELECT 2 ORDER BY 1 LIMIT $2";
+    let want: Vec<String> = [1i64, 4, 5].iter().map(i64::to_string).collect();
+    assert_eq!(ext_rows(c, sql, &[&6i64, &10i64]).await, want, "{sql}");
 }
 
 /// How many orders of `total` each user in `keys` has, read by key (on the key's shard): 1 each

@@ -10,6 +10,7 @@ use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
 
 use super::cte::rows_as_unnest;
+use super::set_op_branches::{deparse as branch_deparse, whole_reads_nothing};
 use super::subquery_first::SpliceError;
 use crate::sql_text::deparse;
 
@@ -79,7 +80,76 @@ pub fn find(sql: &str) -> Option<PullUp> {
         op: pb::SetOperation::SetopNone as i32,
         ..Default::default()
     };
-    select.from_clause = vec![pb::Node {
+    select.from_clause = vec![placeholder()];
+    let version = parsed.version;
+    let outer = deparse(parsed)?;
+    let inner = branch_deparse(version, inner)?;
+    // The placeholder must be found exactly once in the text it is replaced in.
+    (outer.matches(PLACEHOLDER).count() == 1).then_some(PullUp { inner, outer, name })
+}
+
+/// The first branch of `sql`'s UNION, INTERSECT or EXCEPT that reads sharded tables
+/// (`reads_sharded` says which texts do): that branch runs first (keyed, or merged over every
+/// shard) and its rows take its place, `SELECT * FROM unnest(…) AS pgshard_branch(columns)`;
+/// once no branch reads a sharded table, the whole set operation runs on one shard, as Postgres
+/// runs it. `None` when `sql` is no such set operation, or its ORDER BY or LIMIT reads more
+/// than output columns and constants.
+pub fn set_operation_branch(sql: &str, reads_sharded: impl Fn(&str) -> bool) -> Option<PullUp> {
+    let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
+    let version = parsed.version;
+    let [raw] = parsed.stmts.as_mut_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::SelectStmt(top)) = raw.stmt.as_deref_mut()?.node.as_mut() else {
+        return None;
+    };
+    if top.op == pb::SetOperation::SetopNone as i32 || !whole_reads_nothing(top) {
+        return None;
+    }
+    let with = top.with_clause.clone();
+    let reads = |leaf: &pb::SelectStmt| {
+        let mut alone = leaf.clone();
+        if alone.with_clause.is_none() {
+            alone.with_clause = with.clone();
+        }
+        branch_deparse(version, alone).filter(|text| reads_sharded(text))
+    };
+    let inner = take_branch(top, &reads)?;
+    let outer = deparse(parsed)?;
+    (outer.matches(PLACEHOLDER).count() == 1).then(|| PullUp {
+        inner,
+        outer,
+        name: "pgshard_branch".into(),
+    })
+}
+
+/// Replaces the first leaf of the set operation `s` for which `reads` gives its text by
+/// `SELECT * FROM` [`PLACEHOLDER`], returning that text.
+fn take_branch(
+    s: &mut pb::SelectStmt,
+    reads: &dyn Fn(&pb::SelectStmt) -> Option<String>,
+) -> Option<String> {
+    if s.op == pb::SetOperation::SetopNone as i32 {
+        let text = reads(s)?;
+        *s = pb::SelectStmt {
+            target_list: vec![star()],
+            from_clause: vec![placeholder()],
+            limit_option: pb::LimitOption::Default as i32,
+            op: pb::SetOperation::SetopNone as i32,
+            ..Default::default()
+        };
+        return Some(text);
+    }
+    for arm in [&mut s.larg, &mut s.rarg].into_iter().flatten() {
+        if let Some(text) = take_branch(arm, reads) {
+            return Some(text);
+        }
+    }
+    None
+}
+
+fn placeholder() -> pb::Node {
+    pb::Node {
         node: Some(NodeEnum::RangeVar(pb::RangeVar {
             relname: PLACEHOLDER.into(),
             inh: true,
@@ -87,20 +157,7 @@ pub fn find(sql: &str) -> Option<PullUp> {
             location: -1,
             ..Default::default()
         })),
-    }];
-    let outer = deparse(parsed.clone())?;
-    let inner = deparse(pb::ParseResult {
-        version: parsed.version,
-        stmts: vec![pb::RawStmt {
-            stmt: Some(Box::new(pb::Node {
-                node: Some(NodeEnum::SelectStmt(Box::new(inner))),
-            })),
-            stmt_location: 0,
-            stmt_len: 0,
-        }],
-    })?;
-    // The placeholder must be found exactly once in the text it is replaced in.
-    (outer.matches(PLACEHOLDER).count() == 1).then_some(PullUp { inner, outer, name })
+    }
 }
 
 fn star() -> pb::Node {
@@ -183,6 +240,34 @@ mod tests {
         .unwrap();
         assert_eq!(p.inner, "SELECT * FROM public.orders");
         assert_eq!(p.name, "orders");
+    }
+
+    #[test]
+    fn set_operation_branches_over_sharded_tables_run_first_one_at_a_time() {
+        let sharded = |t: &str| t.contains("users") || t.contains("orders");
+        let sql = "SELECT user_id FROM users WHERE name = $1 UNION ALL SELECT 7 UNION SELECT user_id FROM orders ORDER BY 1 LIMIT 3";
+        let p = set_operation_branch(sql, sharded).unwrap();
+        assert_eq!(p.inner, "SELECT user_id FROM users WHERE name = $1");
+        let once = p
+            .splice(&desc(&[("user_id", 20)]), &[row(&[Some("4")])])
+            .unwrap();
+        assert_eq!(
+            once,
+            "(SELECT * FROM unnest(E'{4}'::int8[]) AS pgshard_branch(user_id) UNION ALL SELECT 7) UNION SELECT user_id FROM orders ORDER BY 1 LIMIT 3"
+        );
+        let p = set_operation_branch(&once, sharded).unwrap();
+        assert_eq!(p.inner, "SELECT user_id FROM orders");
+        let twice = p
+            .splice(&desc(&[("user_id", 20)]), &[] as &[Vec<u8>])
+            .unwrap();
+        assert_eq!(set_operation_branch(&twice, sharded), None);
+        for sql in [
+            "SELECT user_id FROM users",
+            "SELECT a FROM users UNION SELECT b FROM orders ORDER BY lower(a)",
+            "SELECT 1 UNION SELECT 2",
+        ] {
+            assert_eq!(set_operation_branch(sql, sharded), None, "{sql}");
+        }
     }
 
     #[test]

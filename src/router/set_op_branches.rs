@@ -56,7 +56,7 @@ pub fn branches(sql: &str) -> Branches {
 
 /// True when the ORDER BY, LIMIT and OFFSET of the whole set operation are output-column
 /// names, positions, constants or parameters (so they read no table), and it locks nothing.
-fn whole_reads_nothing(top: &pb::SelectStmt) -> bool {
+pub(crate) fn whole_reads_nothing(top: &pb::SelectStmt) -> bool {
     let plain = |n: &pb::Node| {
         matches!(
             n.node.as_ref(),
@@ -85,7 +85,7 @@ fn collect_leaves<'a>(s: &'a pb::SelectStmt, out: &mut Vec<&'a pb::SelectStmt>) 
 }
 
 /// `select` as SQL text (None when it does not deparse).
-fn deparse(version: i32, select: pb::SelectStmt) -> Option<String> {
+pub(crate) fn deparse(version: i32, select: pb::SelectStmt) -> Option<String> {
     crate::sql_text::deparse(pb::ParseResult {
         version,
         stmts: vec![pb::RawStmt {

@@ -61,10 +61,16 @@ pub fn next(
     if let Some(rows) = crate::router::insert_select::find(sql) {
         return Ok(Some(RunFirst::Cte(rows)));
     }
-    match cte::find(sql, reads_sharded) {
+    match cte::find(sql, &reads_sharded) {
         cte::Found::Run(c) => Ok(Some(RunFirst::Cte(c))),
         cte::Found::Refuse(message) => Err(message),
-        cte::Found::Nothing => Ok(find_in(sql, params).map(RunFirst::Subquery)),
+        cte::Found::Nothing => {
+            if let Some(branch) = crate::router::pull_up::set_operation_branch(sql, &reads_sharded)
+            {
+                return Ok(Some(RunFirst::PullUp(branch)));
+            }
+            Ok(find_in(sql, params).map(RunFirst::Subquery))
+        }
     }
 }
 

@@ -107,6 +107,7 @@ impl Refused {
             Refused::SubqueryOverSharded { .. }
                 | Refused::JoinWithUnsharded { .. }
                 | Refused::InsertSelect { .. }
+                | Refused::SetOperation { .. }
         )
     }
 }
@@ -153,7 +154,7 @@ mod tests {
             (
                 Refused::SetOperation { op: "UNION" },
                 "UNION over sharded tables is not supported yet",
-                false,
+                true,
             ),
             (
                 Refused::NamesAfterPathChange,
