@@ -83,30 +83,10 @@ PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PROXY_PORT" -U app -d app \
 # PgBouncer in transaction mode in front of the one Postgres.
 BOUNCER=0
 if command -v pgbouncer >/dev/null 2>&1; then
-    cat > "$WORK/userlist.txt" <<TXT
-"pgshard" "pgshard"
-TXT
-    cat > "$WORK/pgbouncer.ini" <<INI
-[databases]
+    pgbouncer_config "$BOUNCER_PORT" 20 <<INI
 direct = host=127.0.0.1 port=$SHARD0_PORT dbname=direct user=pgshard password=pgshard
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-auth_type = scram-sha-256
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 200
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
-unix_socket_dir =
 INI
-    chown -R postgres "$WORK" 2>/dev/null || true
-    if [ "$(id -u)" = 0 ]; then
-        su postgres -s /bin/sh -c "pgbouncer -q $WORK/pgbouncer.ini" >/dev/null 2>&1 &
-    else
-        pgbouncer -q "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
-    fi
+    start_pgbouncer
     wait_port "$BOUNCER_PORT" pgshard pgshard direct
     BOUNCER=1
 fi

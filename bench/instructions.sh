@@ -3,12 +3,15 @@
 # takes, not how much there is. Runs a baseline pgshard and this tree's under valgrind's callgrind,
 # one after the other in front of the same two-shard cluster, drives each with pgbench -S in the
 # simple, extended and prepared protocols, and prints the proxy's instructions per transaction of
-# each with their ratio.
+# each with their ratio. PgBouncer (transaction pooling, in front of shard 0) runs the same load
+# under callgrind the same way, and each pgshard's count is also printed as a ratio of PgBouncer's
+# (PGBOUNCER=0 leaves it out). PgBouncer 1.18 cannot serve pgbench's prepared statements in
+# transaction pooling, so its prepared row runs through a session-pooled database entry.
 #
 #   bench/instructions.sh [transactions-per-client=500] [baseline=main]
 #
-# baseline: a pgshard executable, or a git revision, built in release mode from a worktree kept
-# under target/instructions-baseline (it shares this tree's target dir, so only pgshard's own crate
+# baseline: `none` (this tree alone), a pgshard executable, or a git revision, built in release
+# mode from a worktree kept under target/instructions-baseline (it shares this tree's target dir, so only pgshard's own crate
 # is compiled for it). This tree's binary is built in release mode too (PGSHARD_BIN=path skips
 # that). CLIENTS=4 pgbench clients; METRICS=1 (default) runs both proxies with the Prometheus
 # recorder installed, as a production proxy runs; KEEP=dir keeps the callgrind dumps of the
@@ -47,11 +50,14 @@ if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_control >/dev
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq valgrind >/dev/null
 fi
-./scripts/install-deps.sh >/dev/null
+PGBOUNCER=${PGBOUNCER:-1}
+if [ "$PGBOUNCER" = 1 ]; then PGSHARD_BENCH=1 ./scripts/install-deps.sh >/dev/null; else ./scripts/install-deps.sh >/dev/null; fi
 
 # The baseline binary: as given, or built from a revision.
 BASE_DIR=$ROOT/target/instructions-baseline
-if [ -x "$BASELINE" ] && [ -f "$BASELINE" ]; then
+if [ "$BASELINE" = none ]; then
+    BASE_BIN="" BASE_NAME=none
+elif [ -x "$BASELINE" ] && [ -f "$BASELINE" ]; then
     BASE_BIN=$(realpath "$BASELINE")
     BASE_NAME=$BASE_BIN
 else
@@ -74,7 +80,7 @@ echo "building this tree"
 PROFILE=release
 . bench/lib.sh
 CURRENT_BIN=$BIN
-if cmp -s "$BASE_BIN" "$CURRENT_BIN"; then
+if [ -n "$BASE_BIN" ] && cmp -s "$BASE_BIN" "$CURRENT_BIN"; then
     echo "(the baseline and this tree build the same binary)"
 fi
 
@@ -82,7 +88,7 @@ bench_workdir instructions
 PROXY_PORT=$(free_port)
 # The baseline writes the config both proxies read: a newer pgshard reads an older config (new keys
 # have defaults), an older one may not know a key a newer one writes.
-"$BASE_BIN" cluster up --dir "$WORK/cluster" --shards 2 --listen "127.0.0.1:$PROXY_PORT" >/dev/null
+"${BASE_BIN:-$BIN}" cluster up --dir "$WORK/cluster" --shards 2 --listen "127.0.0.1:$PROXY_PORT" >/dev/null
 for shard in 0 1; do
     port=$("$BIN" cluster status --dir "$WORK/cluster" --json |
         python3 -c "import json,sys; print([i['port'] for i in json.load(sys.stdin) if i['shard']==$shard][0])")
@@ -101,19 +107,57 @@ TOML
 if [ "$METRICS" = 1 ]; then
     printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$(free_port)" >> "$CONFIG"
 fi
+SHARD0_PORT=$("$BIN" cluster status --dir "$WORK/cluster" --json |
+    python3 -c 'import json,sys; print([i["port"] for i in json.load(sys.stdin) if i["shard"]==0][0])')
+BOUNCER_PORT=$(free_port)
+# As many server connections as clients: a warm-up opens all of them, so no count pays a server
+# login (a SCRAM exchange costs PgBouncer millions of instructions).
+pgbouncer_config "$BOUNCER_PORT" "$CLIENTS" <<INI
+app = host=127.0.0.1 port=$SHARD0_PORT dbname=app user=pgshard password=pgshard
+app_session = host=127.0.0.1 port=$SHARD0_PORT dbname=app user=pgshard password=pgshard pool_mode=session
+INI
 
 wait_port() {
     for _ in $(seq 600); do
-        if PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PROXY_PORT" -U app -d app -c 'select 1' >/dev/null 2>&1; then return 0; fi
+        if PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PORT" -U app -d app -c 'select 1' >/dev/null 2>&1; then return 0; fi
         sleep 0.2
     done
-    echo "pgshard under callgrind does not answer on port $PROXY_PORT" >&2
+    echo "the proxy under callgrind does not answer on port $PORT" >&2
     exit 1
 }
 
+# Counters are zeroed and dumped through callgrind_control (vgdb). PgBouncer sleeps in epoll
+# between events and vgdb cannot wake it here (no ptrace), so it is counted by restarting it
+# instead (RESTARTS=1): "zeroing" starts a fresh one and warms it up (login, pool), a dump is the
+# one it writes at exit; both runs of a pair pay the same start, so it cancels like a login.
+stop_proxy() {
+    # A restarted PgBouncer may have been started in a subshell: its pid file knows it.
+    if [ "${RESTARTS:-0}" = 1 ]; then PROXY_PID=$(cat "$WORK/pgbouncer.pid"); fi
+    kill "$PROXY_PID" 2>/dev/null || true
+    while kill -0 "$PROXY_PID" 2>/dev/null; do sleep 0.1; done
+    wait 2>/dev/null || true
+}
+zero_counters() {
+    if [ "${RESTARTS:-0}" = 1 ]; then
+        stop_proxy
+        rm -f "$WORK"/cg.out.*
+        "$START"
+        pgb "${MODE:-simple}" 20
+    else
+        callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+    fi
+}
 # Dumps the proxy's counters and prints the new dump's path.
 dump_counters() {
-    local before
+    local before dump
+    if [ "${RESTARTS:-0}" = 1 ]; then
+        stop_proxy
+        dump=$WORK/dump.$PROXY_PID
+        mv "$(ls -t "$WORK"/cg.out.* | head -1)" "$dump"
+        "$START" >/dev/null
+        echo "$dump"
+        return
+    fi
     before=$(ls "$WORK"/cg.out.* 2>/dev/null | wc -l)
     callgrind_control -d "$PROXY_PID" >/dev/null 2>&1
     for _ in $(seq 100); do
@@ -131,7 +175,7 @@ dump_total() {
 # Zeroes the counters, runs "$@", dumps them; prints "instructions seconds".
 counted() {
     local dump start end
-    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+    zero_counters >/dev/null
     start=$(date +%s.%N)
     "$@"
     end=$(date +%s.%N)
@@ -143,33 +187,49 @@ counted() {
     fi
 }
 # The whole proxy's instructions per second while no client sends anything (background tasks
-# only: monitors, the catalog watcher, 2PC recovery, the rebalancing runner), over IDLE_SECS seconds.
+# only: monitors, the catalog watcher, 2PC recovery, the rebalancing runner), over IDLE_SECS
+# seconds: a pause of IDLE_SECS counted less one of none.
 idle_rate() {
-    local dump total
-    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
-    sleep "$IDLE_SECS"
-    dump=$(dump_counters)
-    total=$(dump_total "$dump")
-    echo "scale=0; ${total:-0} / $IDLE_SECS" | bc
+    local none long
+    read -r none _ < <(counted sleep 0)
+    read -r long _ < <(counted sleep "$IDLE_SECS")
+    # Never below zero: a restarted PgBouncer's two counts differ by a little noise either way.
+    echo "scale=0; r = (${long:-0} - ${none:-0}) / $IDLE_SECS; if (r < 0) r = 0; r" | bc
 }
 pgb() { # mode transactions-per-client
-    PGPASSWORD=app pgbench -n -S -M "$1" -c "$CLIENTS" -j 1 -t "$2" -h 127.0.0.1 -p "$PROXY_PORT" -U app app >"$WORK/pgbench.out" 2>&1 ||
+    local db=app
+    if [ "$1" = prepared ] && [ -n "${PREPARED_DB:-}" ]; then db=$PREPARED_DB; fi
+    PGPASSWORD=app pgbench -n -S -M "$1" -c "$CLIENTS" -j 1 -t "$2" -h 127.0.0.1 -p "$PORT" -U app "$db" >"$WORK/pgbench.out" 2>&1 ||
         { cat "$WORK/pgbench.out" >&2; exit 1; }
 }
 
 declare -A RESULT
-measure() { # name binary
-    local name=$1 bin=$2
-    rm -f "$WORK"/cg.out.*
-    RUST_LOG=warn valgrind --tool=callgrind -q --callgrind-out-file="$WORK/cg.out.%p" "$bin" serve --config "$CONFIG" &
+CALLGRIND="valgrind --tool=callgrind -q --callgrind-out-file=$WORK/cg.out.%p"
+start_pgshard() { # uses $PROXY_BIN
+    PORT=$PROXY_PORT PREPARED_DB= RESTARTS=0
+    RUST_LOG=warn $CALLGRIND "$PROXY_BIN" serve --config "$CONFIG" &
     PROXY_PID=$!
     wait_port
+}
+start_bouncer() {
+    PORT=$BOUNCER_PORT PREPARED_DB=app_session RESTARTS=1
+    rm -f "$WORK/pgbouncer.pid"
+    start_pgbouncer $CALLGRIND
+    wait_port
+    PROXY_PID=$(cat "$WORK/pgbouncer.pid")
+}
+measure() { # name start-function
+    local name=$1
+    START=$2 MODE=
+    rm -f "$WORK"/cg.out.*
+    "$START"
     # Warm up: pools, monitors and the catalog watcher connected, statements cached.
     for mode in simple extended prepared; do pgb "$mode" 20; done
     local idle
     idle=$(idle_rate)
     RESULT[$name,idle]=$idle
     for mode in simple extended prepared; do
+        MODE=$mode
         # This mode's own warm-up: the first run after a pause can pay for work that is not
         # the mode's (a server connection opened or probed anew).
         pgb "$mode" 20
@@ -185,22 +245,39 @@ measure() { # name binary
         done
         RESULT[$name,$mode]=$(echo "$rounds" | tr ' ' '\n' | sed '/^$/d' | sort -n | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}')
     done
-    kill "$PROXY_PID"
-    wait "$PROXY_PID" 2>/dev/null || true
+    stop_proxy
     PROXY_PID=
 }
 
-echo "measuring the baseline"
-measure base "$BASE_BIN"
+if [ -n "$BASE_BIN" ]; then
+    echo "measuring the baseline"
+    PROXY_BIN=$BASE_BIN measure base start_pgshard
+fi
 echo "measuring this tree"
-measure current "$CURRENT_BIN"
+PROXY_BIN=$CURRENT_BIN measure current start_pgshard
+if [ "$PGBOUNCER" = 1 ]; then
+    echo "measuring PgBouncer"
+    measure pgbouncer start_bouncer
+fi
 
 echo
 echo "pgshard instructions per transaction (callgrind), pgbench -S -c $CLIENTS, $PER_CLIENT transactions per client, metrics $( [ "$METRICS" = 1 ] && echo on || echo off)"
 echo "baseline: $BASE_NAME"
 echo "current:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
-printf '%-10s %14s %14s %8s\n' mode baseline current cur/base
+if [ "$PGBOUNCER" = 1 ]; then
+    echo "pgbouncer: $(pgbouncer --version | head -1), transaction pooling (prepared: session pooling)"
+    printf '%-10s %14s %14s %8s %14s %9s %9s\n' mode baseline current cur/base pgbouncer base/pgb cur/pgb
+else
+    printf '%-10s %14s %14s %8s\n' mode baseline current cur/base
+fi
+ratio() { if [ -z "$1" ] || [ "${2:-0}" = 0 ]; then echo -; else echo "scale=3; $1 / $2" | bc; fi; }
 for mode in simple extended prepared idle; do
-    b=${RESULT[base,$mode]} c=${RESULT[current,$mode]}
-    printf '%-10s %14s %14s %8s\n' "$mode" "$b" "$c" "$(echo "scale=3; $c / $b" | bc)"
+    b=${RESULT[base,$mode]:-} c=${RESULT[current,$mode]}
+    if [ "$PGBOUNCER" = 1 ]; then
+        p=${RESULT[pgbouncer,$mode]}
+        printf '%-10s %14s %14s %8s %14s %9s %9s\n' "$mode" "$b" "$c" "$(ratio "$c" "$b")" \
+            "$p" "$(ratio "$b" "$p")" "$(ratio "$c" "$p")"
+    else
+        printf '%-10s %14s %14s %8s\n' "$mode" "$b" "$c" "$(ratio "$c" "$b")"
+    fi
 done

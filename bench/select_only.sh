@@ -43,31 +43,10 @@ RUST_LOG=warn "$BIN" serve --config "$CONFIG" &
 PROXY_PID=$!
 
 # PgBouncer in transaction mode in front of shard 0.
-cat > "$WORK/userlist.txt" <<TXT
-"app" "app"
-"pgshard" "pgshard"
-TXT
-cat > "$WORK/pgbouncer.ini" <<INI
-[databases]
+pgbouncer_config "$BOUNCER_PORT" 40 <<INI
 app = host=127.0.0.1 port=$SHARD0_PORT dbname=app user=pgshard password=pgshard
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-auth_type = scram-sha-256
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = 40
-max_client_conn = 200
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
-unix_socket_dir =
 INI
-chown -R postgres "$WORK" 2>/dev/null || true
-if [ "$(id -u)" = 0 ]; then
-    su postgres -s /bin/sh -c "pgbouncer -q $WORK/pgbouncer.ini" >/dev/null 2>&1 &
-else
-    pgbouncer -q "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
-fi
+start_pgbouncer
 
 wait_port() {
     for _ in $(seq 100); do

@@ -61,25 +61,9 @@ if ! command -v pgbouncer >/dev/null 2>&1; then
     echo "no baseline: pgbouncer is not installed (PGSHARD_BENCH=1 scripts/install-deps.sh)"
     exit 0
 fi
-cat > "$WORK/userlist.txt" <<TXT
-"app" "app"
-TXT
-cat > "$WORK/pgbouncer.ini" <<INI
-[databases]
+pgbouncer_config "$BOUNCER_PORT" 20 $((CLIENTS + 100)) <<INI
 app = host=127.0.0.1 port=$SHARD0_PORT dbname=app user=pgshard password=pgshard
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-auth_type = scram-sha-256
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = $((CLIENTS + 100))
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
-unix_socket_dir =
 INI
-chown -R postgres "$WORK" 2>/dev/null || true
 if [ "$(id -u)" = 0 ]; then
     su postgres -s /bin/sh -c "ulimit -n $(ulimit -Hn); pgbouncer -d -q $WORK/pgbouncer.ini"
 else

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod compat;
 pub mod config;
 pub mod exec;
+pub mod fast_hash;
 pub mod frontend;
 /// Fuzz-target entry points into private decoders (`fuzz/`); not part of the proxy.
 #[cfg(feature = "fuzzing")]

@@ -156,7 +156,7 @@ pub struct PoolStatus {
 
 /// The pools of every server of every shard, per server role.
 pub struct ShardPools {
-    pools: RwLock<HashMap<PoolKey, Pool<ServerManager>>>,
+    pools: RwLock<crate::fast_hash::FastMap<PoolKey, Pool<ServerManager>>>,
     /// Every server: its shard's config and its address (the catalog's topology may change it).
     servers: RwLock<HashMap<ServerId, (ShardConfig, String)>>,
     auth: ServerAuthConfig,
@@ -188,7 +188,7 @@ impl ShardPools {
             servers.extend(shard_servers(shard));
         }
         let pools = ShardPools {
-            pools: RwLock::new(HashMap::new()),
+            pools: RwLock::new(Default::default()),
             servers: RwLock::new(servers),
             auth: config.server_auth.clone(),
             control_plane: config.control_plane.clone(),
@@ -404,13 +404,22 @@ impl ShardPools {
         id: ServerId,
     ) -> Result<PooledConn, CheckoutError> {
         let shard = id.shard;
-        let timeouts = managed::Timeouts {
-            wait: Some(self.checkout_timeout),
+        let timeouts = |wait| managed::Timeouts {
+            wait: Some(wait),
             create: None,
             recycle: None,
         };
         let started = std::time::Instant::now();
-        let got = pool.timeout_get(&timeouts).await;
+        // A free slot is taken without arming a timer (a wait of zero only tries); the timed
+        // wait is for a pool that is full.
+        let got = match pool.timeout_get(&timeouts(Duration::ZERO)).await {
+            Err(PoolError::Timeout(managed::TimeoutType::Wait))
+                if !self.checkout_timeout.is_zero() =>
+            {
+                pool.timeout_get(&timeouts(self.checkout_timeout)).await
+            }
+            got => got,
+        };
         crate::telemetry::record::pool_waited(started.elapsed());
         got.map_err(|e| match e {
             PoolError::Timeout(_) => CheckoutError::Timeout(shard),

@@ -10,7 +10,7 @@ use lru::LruCache;
 
 /// Names prepared on one connection, in order of last use, and how many it may keep.
 pub struct PreparedNames {
-    names: LruCache<String, ()>,
+    names: LruCache<String, (), crate::fast_hash::FastState>,
     /// 0: unlimited.
     cap: usize,
     /// The count summed over every connection of the pool, for `SHOW POOLS`.
@@ -27,7 +27,7 @@ impl PreparedNames {
     /// An empty set keeping at most `cap` names (0: no limit), counted into `gauge`.
     pub fn new(cap: usize, gauge: Arc<AtomicUsize>) -> PreparedNames {
         PreparedNames {
-            names: LruCache::unbounded(),
+            names: LruCache::unbounded_with_hasher(Default::default()),
             cap,
             gauge,
         }

@@ -2,7 +2,7 @@
 //! routed by its Bind parameters, and client statement names are mapped to server-side names so
 //! prepared statements keep working whichever pooled connection runs them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
@@ -16,6 +16,7 @@ use crate::backend::ServerConn;
 use crate::exec::copy_in::CopyProtocol;
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::unnest_insert::UnnestBatch;
+use crate::fast_hash::{FastMap, FastSet};
 use crate::planner::batch::{footing, Batch, BatchPlan, Footing};
 use crate::planner::extended::{plan_extended, rejected_by_failed_block, Gathered, Outcome};
 use crate::planner::Ending;
@@ -149,7 +150,7 @@ impl Session {
         // Each message's own route, for a batch run unit by unit (`None`: routed by its Bind).
         let mut msg_routes: Vec<Option<Route>> = Vec::with_capacity(frames.len());
         let mut executed: Vec<Arc<Prepared>> = Vec::new();
-        let mut portal_statements: HashMap<String, Arc<Prepared>> = HashMap::new();
+        let mut portal_statements: FastMap<String, Arc<Prepared>> = FastMap::default();
         let mut local = false;
         let mut error: Option<ErrorFields> = None;
         let mut executes = 0usize;
@@ -438,7 +439,7 @@ impl Session {
     async fn copy_batch(
         &mut self,
         msgs: &[Msg],
-        portal_statements: &HashMap<String, Arc<Prepared>>,
+        portal_statements: &FastMap<String, Arc<Prepared>>,
         error: Option<ErrorFields>,
         sync: bool,
         scatter: Option<Vec<u32>>,
@@ -521,7 +522,7 @@ impl Session {
     fn resolve(
         &mut self,
         frame: &Frame,
-        portal_statements: &mut HashMap<String, Arc<Prepared>>,
+        portal_statements: &mut FastMap<String, Arc<Prepared>>,
     ) -> Result<Option<(Msg, Option<Route>, bool)>, ErrorFields> {
         let malformed =
             |e: crate::wire::read::DecodeError| ErrorFields::error("08P01", e.to_string());
@@ -534,10 +535,7 @@ impl Session {
                         format!("prepared statement \"{}\" already exists", parse.name),
                     ));
                 }
-                let facts = self
-                    .proxy
-                    .router
-                    .analyze_prepared_in(&parse.query, &self.search_path());
+                let facts = self.analyze_parsed(&parse.query);
                 if facts.len() > 1 {
                     return Err(ErrorFields::error(
                         "42601",
@@ -694,7 +692,7 @@ impl Session {
     fn portal_route(
         &self,
         portal: &str,
-        portal_statements: &HashMap<String, Arc<Prepared>>,
+        portal_statements: &FastMap<String, Arc<Prepared>>,
     ) -> Option<Route> {
         crate::planner::batch::portal_route(
             &self.state,
@@ -707,7 +705,7 @@ impl Session {
     pub(super) async fn answer_locally(
         &mut self,
         msgs: &[Msg],
-        portal_statements: &HashMap<String, Arc<Prepared>>,
+        portal_statements: &FastMap<String, Arc<Prepared>>,
         mut error: Option<ErrorFields>,
         sync: bool,
     ) {
@@ -895,7 +893,7 @@ pub(super) fn build_steps(
         expect,
         forward,
     };
-    let mut parsed: HashSet<String> = HashSet::new();
+    let mut parsed: FastSet<String> = FastSet::default();
     for msg in msgs {
         match msg {
             Msg::Parse(p, st) => {
@@ -1160,7 +1158,7 @@ fn ensure_prepared(
     conn: &ServerConn,
     st: &Prepared,
     steps: &mut Vec<Step>,
-    parsed: &mut HashSet<String>,
+    parsed: &mut FastSet<String>,
     unnamed_ready: &mut bool,
 ) {
     let inject = |name: &str, register: Option<String>| Step::Send {

@@ -130,10 +130,7 @@ impl Session {
             match frame.tag {
                 fe::PARSE => {
                     if let Ok(parse) = Parse::decode(&frame.body) {
-                        let facts = self
-                            .proxy
-                            .router
-                            .analyze_prepared_in(&parse.query, &self.search_path());
+                        let facts = self.analyze_parsed(&parse.query);
                         parsed.insert(parse.name.clone(), facts);
                     }
                 }

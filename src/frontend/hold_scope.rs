@@ -93,10 +93,7 @@ impl Session {
                     let Ok(parse) = Parse::decode(&frame.body) else {
                         continue;
                     };
-                    let facts = self
-                        .proxy
-                        .router
-                        .analyze_prepared_in(&parse.query, &self.search_path());
+                    let facts = self.analyze_parsed(&parse.query);
                     parsed.insert(parse.name, (facts, parse.param_types));
                 }
                 fe::BIND => {

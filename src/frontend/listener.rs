@@ -157,6 +157,7 @@ async fn open_session(proxy: &Arc<Proxy>, stream: TcpStream, peer: SocketAddr) -
         reserved_keys: Default::default(),
         pins: super::session_pins::Pins::for_client(pid),
         notify: Default::default(),
+        batch_analysis: Default::default(),
     };
     // The client's startup settings are tried on a real shard, the first one that answers: one
     // shard being down must not keep clients of the others out.

@@ -1,6 +1,7 @@
 //! Client side of the proxy: listener, startup, authentication and the client session.
 
 pub mod auth;
+pub mod batch_analysis;
 pub mod bound_set_config;
 pub mod client_io;
 pub mod cursor_requests;

@@ -5,8 +5,6 @@
 //! else an implicit block that commits at the Sync (two-phase when several shards joined) or rolls
 //! back everywhere. After an error nothing more runs, and the client gets ReadyForQuery at Sync.
 
-use std::collections::HashMap;
-
 use super::extended::{build_steps, fenceable_texts, merge_for_batch, Msg};
 use super::session::{End, Session, Target};
 use crate::backend::ServerConn;
@@ -43,7 +41,7 @@ impl Session {
         if plan.begins && !units.is_empty() {
             let first = units.remove(0);
             let unit = &msgs[first];
-            let mut bound = HashMap::new();
+            let mut bound = crate::fast_hash::FastMap::default();
             for msg in unit {
                 if let Msg::Bind {
                     bind, statement, ..

@@ -76,6 +76,8 @@ pub struct Session {
     pub pins: super::session_pins::Pins,
     /// LISTEN channels and the NOTIFYs an open block sends at COMMIT (see `notifications`).
     pub notify: super::notifications::SessionNotify,
+    /// The batch's Parse texts, analyzed once (see `batch_analysis`).
+    pub batch_analysis: super::batch_analysis::BatchAnalysis,
 }
 
 impl Session {
@@ -144,6 +146,8 @@ impl Session {
         {
             self.hold_pass = Some(self.proxy.rebalance.gate.enter(false).await);
         }
+        // What was analyzed before the gates may predate a cut-over (a schema's shard moves).
+        self.batch_analysis.clear();
         let timer = self.start_query_timer(frame.tag);
         let abandon = timer.as_ref().map(|t| t.abandon.clone());
         let tag = frame.tag;
@@ -167,6 +171,7 @@ impl Session {
             }
         };
         drop(timer);
+        self.batch_analysis.clear();
         if let Err(End::ClientGone) = result {
             return false;
         }

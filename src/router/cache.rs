@@ -11,7 +11,7 @@ use crate::router::facts::StatementFacts;
 
 /// Shared, bounded cache of route facts.
 pub struct RouteCache {
-    entries: Mutex<LruCache<String, Arc<[StatementFacts]>>>,
+    entries: Mutex<LruCache<String, Arc<[StatementFacts]>, crate::fast_hash::FastState>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -21,7 +21,7 @@ impl RouteCache {
     pub fn new(capacity: usize) -> RouteCache {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         RouteCache {
-            entries: Mutex::new(LruCache::new(cap)),
+            entries: Mutex::new(LruCache::with_hasher(cap, Default::default())),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }

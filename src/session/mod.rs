@@ -10,7 +10,7 @@ pub mod route_hints;
 pub mod search_path;
 pub mod sql_prepare;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::router::{StatementFacts, StatementKind};
@@ -43,11 +43,11 @@ pub struct SessionState {
     pub route_hints: route_hints::RouteHints,
     /// The open transaction block, explicit or implicit.
     pub txn: Option<Txn>,
-    pub statements: HashMap<String, Arc<Prepared>>,
+    pub statements: crate::fast_hash::FastMap<String, Arc<Prepared>>,
     /// Statements prepared with SQL PREPARE (transaction pooling: kept by the proxy).
     pub sql_statements: SqlStatements,
     /// Portals bound in the current transaction and the shard they live on.
-    pub portals: HashMap<String, u32>,
+    pub portals: crate::fast_hash::FastMap<String, u32>,
     /// After an error in an extended-protocol batch, messages are dropped until Sync.
     pub skip_until_sync: bool,
     /// A Flush-ended batch ran on this shard: the implicit transaction lasts until Sync.

@@ -300,10 +300,7 @@ impl Session {
             &bind.statement,
             self.state.statements.get(&bind.statement),
         )?;
-        let facts = self
-            .proxy
-            .router
-            .analyze_prepared_in(&sql, &self.search_path());
+        let facts = self.analyze_parsed(&sql);
         refused(&facts).then_some((at, bind, sql, types, facts))
     }
 
