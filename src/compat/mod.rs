@@ -130,6 +130,14 @@ pub fn judge(
             return Verdict::RunFirst;
         }
     }
+    if crate::router::pull_up::unmergeable(facts) && crate::router::pull_up::find(sql).is_some() {
+        // A read the merge cannot reproduce over several shards: its table's rows are read
+        // first and the statement runs over them.
+        let first = map.shards().first().copied().unwrap_or(0);
+        if matches!(router.route(facts, params, map, first), Route::Refuse(_)) {
+            return Verdict::RunFirst;
+        }
+    }
     evaluate(router, map, facts, params)
 }
 
@@ -403,6 +411,33 @@ mod tests {
                 "WITH o AS (SELECT v FROM orders) SELECT sum(v) FROM o",
                 "run_first",
                 None,
+            ),
+            // Reads the merge cannot reproduce: one table's rows read first; set operations
+            // branch by branch; INSERT … SELECT with its SELECT first.
+            (
+                "SELECT name, rank() OVER (ORDER BY name) FROM users",
+                "run_first",
+                None,
+            ),
+            (
+                "SELECT rank() OVER (ORDER BY name) FROM users WHERE user_id = 3",
+                "single",
+                None,
+            ),
+            (
+                "SELECT name FROM users UNION SELECT 'x' FROM orders",
+                "run_first",
+                None,
+            ),
+            (
+                "INSERT INTO orders (order_id, v) SELECT user_id, 1 FROM users",
+                "run_first",
+                None,
+            ),
+            (
+                "SELECT string_agg(u.name, ',') FROM users u JOIN orders o ON o.order_id = u.user_id",
+                "refused",
+                Some("string_agg"),
             ),
         ];
         for (sql, label, phrase) in cases {

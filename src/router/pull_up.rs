@@ -14,6 +14,14 @@ use super::set_op_branches::{deparse as branch_deparse, whole_reads_nothing};
 use super::subquery_first::SpliceError;
 use crate::sql_text::deparse;
 
+/// A read whose merge over several shards is impossible (a construct the merge cannot
+/// reproduce): the statements a pull-up is for, when they reach several shards.
+pub fn unmergeable(f: &super::StatementFacts) -> bool {
+    let merge_refused =
+        matches!(f.merge, Some(Err(_))) || (f.needs_merge.is_some() && f.merge.is_none());
+    merge_refused && f.refuse.is_none() && !f.is_write && f.hint.is_none()
+}
+
 /// The name the statement's table takes in the rewritten text, until the rows replace it.
 const PLACEHOLDER: &str = "pgshard_pulled_rows";
 

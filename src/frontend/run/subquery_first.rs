@@ -169,14 +169,7 @@ impl Session {
         params: &dyn ParamSource,
     ) -> Option<RunFirst> {
         let [f] = facts else { return None };
-        let unmergeable =
-            matches!(f.merge, Some(Err(_))) || (f.needs_merge.is_some() && f.merge.is_none());
-        if !unmergeable
-            || f.refuse.is_some()
-            || f.is_write
-            || f.hint.is_some()
-            || self.block_failed()
-        {
+        if !pull_up::unmergeable(f) || self.block_failed() {
             return None;
         }
         let proxy = &self.proxy;

@@ -33,9 +33,7 @@ const REWRITTEN: &str = "\u{1}pgshard subquery run first";
 /// [`liftable`]), one that may run whole on one shard, or a read the merge cannot reproduce
 /// (its rows may be read first, see `router::pull_up`).
 fn refused(facts: &[StatementFacts]) -> bool {
-    matches!(facts, [f] if f.refuse.is_some()
-        || matches!(f.merge, Some(Err(_)))
-        || (f.needs_merge.is_some() && f.merge.is_none()))
+    matches!(facts, [f] if f.refuse.is_some() || crate::router::pull_up::unmergeable(f))
 }
 
 /// Most subqueries one Bind gets run first (nested ones count one each).
