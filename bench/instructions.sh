@@ -137,11 +137,25 @@ stop_proxy() {
     while kill -0 "$PROXY_PID" 2>/dev/null; do sleep 0.1; done
     wait 2>/dev/null || true
 }
+# CLIENTS transactions open at once through the proxy: a fresh PgBouncer opens all its server
+# connections now, not in whichever count first needs one more.
+hold_servers() {
+    local db=app pids=() pid
+    if [ "${MODE:-}" = prepared ] && [ -n "${PREPARED_DB:-}" ]; then db=$PREPARED_DB; fi
+    for _ in $(seq "$CLIENTS"); do
+        PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PORT" -U app -d "$db" \
+            -c 'BEGIN' -c 'SELECT pg_sleep(1)' -c 'COMMIT' >/dev/null 2>&1 &
+        pids+=("$!")
+    done
+    # Not a bare `wait`: the proxy itself may be a background job of this shell.
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
 zero_counters() {
     if [ "${RESTARTS:-0}" = 1 ]; then
         stop_proxy
         rm -f "$WORK"/cg.out.*
         "$START"
+        hold_servers
         pgb "${MODE:-simple}" 20
     else
         callgrind_control -z "$PROXY_PID" >/dev/null 2>&1

@@ -76,10 +76,12 @@ pub struct ServerManager {
 }
 
 impl managed::Manager for ServerManager {
-    type Type = ServerConn;
+    /// Boxed: a pooled connection is moved many times between the pool's slots, a checkout and
+    /// the session's map of held connections, and the connection itself is hundreds of bytes.
+    type Type = Box<ServerConn>;
     type Error = BackendError;
 
-    async fn create(&self) -> Result<ServerConn, BackendError> {
+    async fn create(&self) -> Result<Box<ServerConn>, BackendError> {
         let explicit = self
             .password
             .lock()
@@ -101,10 +103,14 @@ impl managed::Manager for ServerManager {
         )
         .await?;
         conn.prepared = PreparedNames::new(self.max_prepared, self.prepared.clone());
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, m: &Metrics) -> RecycleResult<BackendError> {
+    async fn recycle(
+        &self,
+        conn: &mut Box<ServerConn>,
+        m: &Metrics,
+    ) -> RecycleResult<BackendError> {
         // Set-up owed for a block that ended before anything went out.
         conn.drop_deferred();
         let drained_at = *self.drained_at.lock().unwrap_or_else(|p| p.into_inner());
