@@ -159,7 +159,7 @@ impl Session {
     /// `Ok(true)` when the batch is answered already (a subquery failed: its error, then
     /// ReadyForQuery).
     pub async fn bind_subqueries_first(&mut self, sync: bool) -> Result<bool, End> {
-        let Some((at, bind, sql, types, facts)) = self.liftable_bind(sync) else {
+        let Some((at, bind, sql, types, facts)) = self.liftable_bind() else {
             return Ok(false);
         };
         let whole = {
@@ -262,14 +262,12 @@ impl Session {
     /// statement is refused (for a subquery pgshard may run first, or as a whole: it may run
     /// whole on one shard), and the statement's facts.
     #[allow(clippy::type_complexity)]
-    fn liftable_bind(
-        &self,
-        sync: bool,
-    ) -> Option<(usize, Bind, String, Vec<u32>, Arc<[StatementFacts]>)> {
-        // A failed block answers its aborted error on the normal path; a Flush keeps the
-        // implicit transaction open, where a subquery run on its own does not belong.
-        if !sync
-            || self.state.open_batch_shard.is_some()
+    fn liftable_bind(&self) -> Option<(usize, Bind, String, Vec<u32>, Arc<[StatementFacts]>)> {
+        // A failed block answers its aborted error on the normal path; an implicit transaction
+        // a Flush left open has begun, where a subquery run on its own does not belong. A batch
+        // ended by Flush with nothing open yet (node-postgres sends Parse, Bind, Describe,
+        // Execute, Flush, then Sync) is like one ended by Sync.
+        if self.state.open_batch_shard.is_some()
             || self.block_failed()
             || self.state.txn.as_ref().is_some_and(|t| t.refused)
         {

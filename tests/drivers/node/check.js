@@ -106,6 +106,30 @@ class Suite {
     return { inserted, lo: Math.min(...all), hi: Math.max(...all) };
   }
 
+  // Reads that need rows from every shard first, with values: node-pg ends each query with
+  // Flush then Sync. A window function and string_agg (the table's rows read first), a UNION
+  // of keyless branches, and an uncorrelated subquery.
+  async readsFirst() {
+    const { inserted, lo, hi } = this.keyedRows();
+    const ranked = await this.client.query(
+      "SELECT user_id, row_number() OVER (ORDER BY user_id) AS n FROM users WHERE user_id BETWEEN $1 AND $2 AND name LIKE 'node-%' ORDER BY user_id",
+      [lo, hi]);
+    checkEqual(ranked.rows.map((r) => Number(r.user_id)), inserted, 'window function: rows');
+    checkEqual(ranked.rows.map((r) => Number(r.n)), inserted.map((_, i) => i + 1), 'window function: numbers');
+    const names = await this.client.query(
+      "SELECT string_agg(name, ',' ORDER BY user_id) AS s FROM users WHERE user_id BETWEEN $1 AND $2 AND name LIKE 'node-%'",
+      [lo, hi]);
+    checkEqual(names.rows[0].s, inserted.map((k) => `node-${k}`).join(','), 'string_agg');
+    const union = await this.client.query(
+      "SELECT user_id FROM users WHERE user_id = $1 UNION SELECT user_id FROM users WHERE user_id BETWEEN $2 AND $3 AND name LIKE 'node-%' ORDER BY 1",
+      [inserted[0], lo, hi]);
+    checkEqual(union.rows.map((r) => Number(r.user_id)), inserted, 'UNION');
+    const sub = await this.client.query(
+      "SELECT count(*) AS n FROM users WHERE user_id IN (SELECT user_id FROM users WHERE name LIKE $1 AND user_id BETWEEN $2 AND $3)",
+      ['node-%', lo, hi]);
+    checkEqual(Number(sub.rows[0].n), inserted.length, 'uncorrelated subquery');
+  }
+
   // Keyless statements without values: node-pg sends them as one simple Query.
   async keylessSimple() {
     const { inserted, lo, hi } = this.keyedRows();
@@ -270,7 +294,7 @@ async function main() {
     suite.direct[s] = new pg.Client({ connectionString: setup.urls[s] });
     await suite.direct[s].connect();
   }
-  const steps = ['keyed', 'keylessSimple', 'keylessWithValues', 'transactions', 'namedStatements', 'multiRowInsert',
+  const steps = ['keyed', 'keylessSimple', 'keylessWithValues', 'readsFirst', 'transactions', 'namedStatements', 'multiRowInsert',
     'queuedQueries', 'errorAndRecovery'];
   const openGaps = [];
   try {
