@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets in fuzz/ and runs each one for a bounded time, one after the other,
-# printing how many inputs each survived. Exits non-zero on the first crash, leaving its input
-# under fuzz/artifacts/<target>/ (the path is printed).
+# printing how many inputs each survived. Exits 1 on the first crash, leaving its input under
+# fuzz/artifacts/<target>/ (the path is printed), and 2 when the targets cannot be built (a
+# fuzz/Cargo.lock that no longer matches pgshard's dependencies, a compile error).
 #
 # Usage: scripts/fuzz.sh [seconds-per-target] [target...]     (default: 10 s, every target)
 #   CI runs it briefly from scripts/test.sh; long runs: scripts/fuzz.sh 600
@@ -49,9 +50,10 @@ start=$(date +%s)
 if ! cargo metadata --locked --format-version 1 >/dev/null 2>&1; then
     echo "fuzz: fuzz/Cargo.lock does not match the crates pgshard now depends on." >&2
     echo "fuzz: run '(cd fuzz && cargo metadata --format-version 1 >/dev/null)' and commit fuzz/Cargo.lock." >&2
-    exit 1
+    exit 2
 fi
-cargo build --locked --bins --target "$host" "${profile_flag[@]}"
+# Exit 2: the fuzz targets could not be built (not a crash).
+cargo build --locked --bins --target "$host" "${profile_flag[@]}" || exit 2
 echo "fuzz: build took $(($(date +%s) - start)) s"
 bin_dir="target/$host/$profile_dir"
 

@@ -8,7 +8,12 @@ status=0
 cargo nextest run --no-fail-fast "$@" || status=$?
 fuzz_seconds=${PGSHARD_FUZZ_SECONDS:-8}
 if [ "$fuzz_seconds" != 0 ]; then
-    if ! PGSHARD_FUZZ_BUILD=${PGSHARD_FUZZ_BUILD:-dev} ./scripts/fuzz.sh "$fuzz_seconds"; then
+    fuzz_status=0
+    PGSHARD_FUZZ_BUILD=${PGSHARD_FUZZ_BUILD:-dev} ./scripts/fuzz.sh "$fuzz_seconds" || fuzz_status=$?
+    if [ "$fuzz_status" = 2 ]; then
+        echo "pgshard: the fuzz targets could not be built (see above); nothing was fuzzed." >&2
+        status=1
+    elif [ "$fuzz_status" != 0 ]; then
         echo "pgshard: FUZZING FOUND A CRASH: the input is under fuzz/artifacts/ (path above)." >&2
         echo "pgshard: fix it and add the input as a #[test] beside the code it broke." >&2
         status=1
