@@ -274,6 +274,26 @@ async fn finished_aggregates_equal_one_postgres() {
         let got = through.query(sql, &[]).await.expect(sql);
         assert_eq!(got.len(), want, "{sql}");
     }
+    // In a block, the rows read first are the block's own: a row it inserted is counted, and
+    // gone after ROLLBACK (extended protocol, a bound parameter).
+    let mut block = connect(&proxy).await;
+    let sql = "SELECT count(*) FILTER (WHERE t = $1), string_agg(t, ',' ORDER BY id) IS NOT NULL FROM agg";
+    let tx = block.transaction().await.expect("begin");
+    tx.execute(
+        "INSERT INTO agg (id, g, t) VALUES (2000001, 5, 'in-block')",
+        &[],
+    )
+    .await
+    .expect("insert in the block");
+    let seen: i64 = tx.query_one(sql, &[&"in-block"]).await.expect(sql).get(0);
+    assert_eq!(seen, 1, "{sql} in the block");
+    tx.rollback().await.expect("rollback");
+    let seen: i64 = block
+        .query_one(sql, &[&"in-block"])
+        .await
+        .expect(sql)
+        .get(0);
+    assert_eq!(seen, 0, "{sql} after ROLLBACK");
     let sql = "SELECT count(*), upper(t) FROM agg";
     let want = plain.simple_query(sql).await.expect_err(sql);
     let got = through.simple_query(sql).await.expect_err(sql);
