@@ -1,7 +1,7 @@
 //! Subqueries over sharded tables through pgshard: a subquery in WHERE correlated with the outer
 //! table by shard key (`EXISTS`, `NOT EXISTS`, `IN`, a scalar comparison) runs whole on each
 //! shard, keyed or scattered and merged, in the simple and extended protocols, in and out of a
-//! block; uncorrelated ones, and read-only CTEs, run first (both protocols, parameters in text
+//! block, as does a LATERAL subquery in FROM correlated the same way; uncorrelated ones, and read-only CTEs, run first (both protocols, parameters in text
 //! and binary) and their result is written into the statement; other subqueries over sharded
 //! tables, recursive and data-modifying CTEs over them stay refused with 0A000 unless keyed to
 //! one shard, as set operations are unless every branch is keyed to one shard. Four shards;
@@ -126,6 +126,30 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
             .await
             .expect("keyed IN subquery");
         assert_eq!(got.len(), usize::from(has_orders(i)), "user {i}");
+    }
+    // A LATERAL subquery correlated by shard key: each user's largest order, scattered and
+    // merged (ORDER BY, LIMIT) in the simple protocol, keyed in the extended one; LEFT JOIN
+    // LATERAL keeps the users without orders.
+    let want: Vec<String> = (1..=40i64)
+        .filter(|i| has_orders(*i))
+        .map(|i| format!("{i}|{}", 2 * i))
+        .take(5)
+        .collect();
+    let sql = "SELECT u.user_id, x.total FROM users u, LATERAL (SELECT total FROM orders o WHERE o.user_id = u.user_id ORDER BY total DESC LIMIT 1) x ORDER BY 1 LIMIT 5";
+    assert_eq!(rows(&c, sql).await, want, "{sql}");
+    for i in [2i64, 3] {
+        let got: Vec<(i64, Option<i32>)> = c
+            .query(
+                "SELECT u.user_id, x.total FROM users u LEFT JOIN LATERAL (SELECT total FROM orders o WHERE o.user_id = u.user_id ORDER BY total LIMIT 1) x ON true WHERE u.user_id = $1",
+                &[&i],
+            )
+            .await
+            .expect("keyed LEFT JOIN LATERAL")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let total = has_orders(i).then_some(i as i32);
+        assert_eq!(got, [(i, total)], "user {i}");
     }
     // In a block: an UPDATE with a correlated NOT EXISTS over every shard, read back in the
     // block, then rolled back.

@@ -51,6 +51,21 @@ pub fn shard_texts(
         .collect()
 }
 
+/// The client's Bind with `part`'s arrays in place of the UNNEST parameters, for the unnamed
+/// statement and portal of one shard.
+pub fn shard_bind(bind: &Bind, part: &ShardArrays) -> Bind {
+    let mut bind = bind.clone();
+    bind.portal = String::new();
+    bind.statement = String::new();
+    for (n, value) in &part.values {
+        if let Some(slot) = n.checked_sub(1).and_then(|i| bind.params.get_mut(i)) {
+            *slot = value.clone().map(bytes::Bytes::from);
+        }
+    }
+    bind
+}
+
+/// Each shard's part as a split INSERT (its shard, text and rows), for assembling the answer.
 pub fn parts_of(arrays: &[ShardArrays], texts: Vec<String>) -> Vec<ShardInsert> {
     arrays
         .iter()

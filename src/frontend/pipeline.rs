@@ -242,7 +242,13 @@ impl Session {
                     }
                 }
                 let answers = self.run_collected(&shards, build).await;
-                match crate::exec::broadcast::judge(&answers, false) {
+                let mut verdict = crate::exec::broadcast::judge(&answers, false);
+                if matches!(verdict, crate::exec::broadcast::Verdict::Agreed(_)) {
+                    if let Some(fields) = self.number_sequences(&shards, &facts).await {
+                        verdict = crate::exec::broadcast::Verdict::Failed(fields);
+                    }
+                }
+                match verdict {
                     crate::exec::broadcast::Verdict::Agreed(frames) => {
                         for frame in &frames {
                             self.io.push(frame);

@@ -2,15 +2,20 @@
 //! run as one unit of an extended-protocol batch: each shard gets an INSERT of its own rows with
 //! its `$n` renumbered and only its parameter values (format codes kept), and the client gets one
 //! answer as a single Postgres gives it — RETURNING rows in VALUES order, `INSERT 0 <total>`.
-//! The unit runs inside the batch's block (see `pipeline`), so the parts commit together.
+//! An `INSERT … SELECT * FROM UNNEST($1, …)` whose rows split runs the same way, each shard's
+//! statement bound to its own arrays. The unit runs inside the batch's block (see `pipeline`),
+//! so the parts commit together.
 
 use super::extended::{quiet_sync, Msg};
 use super::pipeline::UnitEnd;
 use super::session::{refusal, End, Session};
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::split_insert::{assemble, Assembled};
-use crate::router::split_insert::{split, ShardRows};
+use crate::exec::unnest_insert::{parts_of, shard_bind};
+use crate::router::params::BindParams;
+use crate::router::split_insert::{split, ShardInsert, ShardRows};
 use crate::router::split_params::{pick, renumber};
+use crate::router::unnest_insert::{split as split_arrays, UnnestInsert};
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target as NamedTarget};
@@ -46,6 +51,69 @@ fn part_steps(sql: &str, bind: &Bind, types: &[u32]) -> Result<Vec<Frame>, Error
         }
         .encode(),
     ])
+}
+
+/// Each shard's INSERT of a multi-row VALUES list, and its messages.
+#[allow(clippy::type_complexity)]
+fn values_parts(
+    sql: &str,
+    bind: &Bind,
+    types: &[u32],
+    plan: &[ShardRows],
+) -> Result<(Vec<ShardInsert>, Vec<(u32, Vec<Frame>)>), ErrorFields> {
+    let parts = split(sql, plan).map_err(|e| refusal(e.to_string()))?;
+    let mut frames = Vec::with_capacity(parts.len());
+    for part in &parts {
+        frames.push((part.shard, part_steps(&part.sql, bind, types)?));
+    }
+    Ok((parts, frames))
+}
+
+/// Each shard's part of an `INSERT … SELECT * FROM UNNEST($1, …)`: the same statement bound to
+/// the shard's own arrays, and its messages.
+#[allow(clippy::type_complexity)]
+fn unnest_parts(
+    sql: &str,
+    unnest: &UnnestInsert,
+    bind: &Bind,
+    types: &[u32],
+    plan: &[ShardRows],
+) -> Result<(Vec<ShardInsert>, Vec<(u32, Vec<Frame>)>), ErrorFields> {
+    let params = BindParams {
+        values: &bind.params,
+        formats: &bind.param_formats,
+        types,
+    };
+    let arrays = split_arrays(unnest, &params, plan).map_err(|e| refusal(e.to_string()))?;
+    let unnamed = NamedTarget {
+        kind: b'P',
+        name: String::new(),
+    };
+    let frames = arrays
+        .iter()
+        .map(|part| {
+            let steps = vec![
+                Parse {
+                    name: String::new(),
+                    query: sql.to_string(),
+                    param_types: types.to_vec(),
+                }
+                .encode(),
+                shard_bind(bind, part).encode(),
+                unnamed.encode(fe::DESCRIBE),
+                Execute {
+                    portal: String::new(),
+                    max_rows: 0,
+                }
+                .encode(),
+            ];
+            (part.shard, steps)
+        })
+        .collect();
+    Ok((
+        parts_of(&arrays, vec![sql.to_string(); arrays.len()]),
+        frames,
+    ))
 }
 
 /// The client's answer to the unit's messages, in their order, from the assembled result.
@@ -124,17 +192,17 @@ impl Session {
             return fail(self, refusal("a split INSERT without its Bind"));
         };
         let sql = rewritten.as_deref().unwrap_or(&statement.sql);
-        let parts = match split(sql, plan) {
-            Ok(p) => p,
-            Err(e) => return fail(self, refusal(e.to_string())),
-        };
-        let mut frames = Vec::with_capacity(parts.len());
-        for part in &parts {
-            match part_steps(&part.sql, bind, &statement.param_types) {
-                Ok(f) => frames.push((part.shard, f)),
+        let unnest = statement.facts.first().and_then(|f| f.unnest.as_ref());
+        let (parts, frames) = match unnest {
+            Some(unnest) => match unnest_parts(sql, unnest, bind, &statement.param_types, plan) {
+                Ok(p) => p,
                 Err(fields) => return fail(self, fields),
-            }
-        }
+            },
+            None => match values_parts(sql, bind, &statement.param_types, plan) {
+                Ok(p) => p,
+                Err(fields) => return fail(self, fields),
+            },
+        };
         let shards: Vec<u32> = parts.iter().map(|p| p.shard).collect();
         for &shard in &shards {
             if let Err(fields) = self.ensure_conn(shard, true).await {

@@ -11,6 +11,7 @@
 
 pub mod blocks;
 pub mod key_column;
+pub mod sequence_ranges;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -255,6 +255,19 @@ async fn prepare_destination(
         dest.batch_execute(&format!("{create}{schema}\nRESET ALL;"))
             .await
             .map_err(RebalanceError::shard(dest_id))?;
+        // The dump gives the sequences the template shard's range: the destination numbers in
+        // its own.
+        let sharded: Vec<String> = config
+            .sharded_tables
+            .iter()
+            .map(|t| crate::router::names::quote_config_name(&t.name))
+            .filter(|t| missing.contains(t))
+            .collect();
+        for table in &sharded {
+            dest.batch_execute(&crate::ids::sequence_ranges::align_sql(table, dest_id))
+                .await
+                .map_err(RebalanceError::shard(dest_id))?;
+        }
         tracing::info!(shard = dest_id, from = template, tables = ?missing, "copied table definitions to the destination");
     }
     if config.reference_tables.is_empty() {

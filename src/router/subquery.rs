@@ -2,8 +2,8 @@
 //! (`EXISTS`, `IN`, `= ANY`, a scalar comparison) whose every sharded table is correlated with
 //! the outer query by shard key (`o.user_id = u.user_id`). For each outer row the rows it looks
 //! at share that row's key, so they live on that row's shard, and the statement runs whole on
-//! each shard (keyed or scattered) exactly as one Postgres would run it. Pure: reading the
-//! parse tree.
+//! each shard (keyed or scattered) exactly as one Postgres would run it. The same holds for a
+//! `LATERAL` subquery in FROM correlated the same way. Pure: reading the parse tree.
 
 use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
@@ -47,6 +47,16 @@ pub fn pushed_down_tables(
         }
     }
     out
+}
+
+/// The sharded tables of a `LATERAL` subquery in FROM when each shard can answer it on its own
+/// (every one of them correlated by key with a sharded outer table); `None` otherwise.
+pub fn lateral_tables(
+    s: &pb::SelectStmt,
+    outer: &[OuterRef],
+    tables: &ShardedTables,
+) -> Option<Vec<String>> {
+    colocated(s, outer, tables)
 }
 
 /// The sharded tables of `s` when every one of them is correlated by key with a sharded outer

@@ -3,10 +3,13 @@
 
 use crate::backend::ServerConn;
 use crate::exec::broadcast::{judge, Verdict};
-use crate::exec::exchange::Step;
+use crate::exec::exchange::{Expect, Step};
 use crate::frontend::session::{End, Session};
+use crate::ids::sequence_ranges;
 use crate::router::{StatementFacts, StatementKind};
+use crate::wire::backend::ErrorFields;
 use crate::wire::backend::{self as be};
+use crate::wire::frontend as fe;
 
 impl Session {
     /// Runs `steps` on every shard of `shards` (sorted, first = the one whose answer the client
@@ -35,7 +38,14 @@ impl Session {
             }
         };
         let answers = self.run_collected(&shards, steps).await;
-        match judge(&answers, false) {
+        let verdict = match judge(&answers, false) {
+            Verdict::Agreed(frames) => match self.number_sequences(&shards, facts).await {
+                Some(fields) => Verdict::Failed(fields),
+                None => Verdict::Agreed(frames),
+            },
+            failed => failed,
+        };
+        match verdict {
             Verdict::Agreed(frames) => match self.close_write_block(block, true).await? {
                 Some(fields) => self.reply_error(fields),
                 None => {
@@ -56,6 +66,37 @@ impl Session {
         }
         self.release_idle();
         Ok(())
+    }
+
+    /// Puts the sequences of the sharded tables `facts` create or change into each shard's own
+    /// range ([`crate::ids::sequence_ranges`]), on the connections that just ran the DDL and in
+    /// its block, so they commit or roll back with it. The first shard's error, if any.
+    pub async fn number_sequences(
+        &mut self,
+        shards: &[u32],
+        facts: &[StatementFacts],
+    ) -> Option<ErrorFields> {
+        let tables: Vec<&str> = facts
+            .iter()
+            .filter_map(|f| f.numbered_table.as_deref())
+            .collect();
+        if tables.is_empty() {
+            return None;
+        }
+        let answers = self
+            .run_collected(shards, |conn| {
+                let sql: Vec<String> = tables
+                    .iter()
+                    .map(|t| sequence_ranges::align_sql(t, conn.shard))
+                    .collect();
+                vec![Step::Send {
+                    frame: fe::query(&sql.join(";\n")),
+                    expect: Expect::Query,
+                    forward: false,
+                }]
+            })
+            .await;
+        answers.iter().find_map(|a| a.error())
     }
 
     async fn run_broadcast_outside_block(

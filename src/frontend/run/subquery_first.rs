@@ -211,14 +211,43 @@ impl Session {
 /// How errors name a subquery run first.
 pub(crate) const FIRST: &str = "a part of the statement pgshard runs first (a subquery, a CTE, or the rows of a read it cannot merge)";
 
+/// A subquery run first on its own cannot see the outer query's columns: an unknown column
+/// there is most likely one of them (a correlated subquery). Postgres's error stays; its hint
+/// says so.
+fn name_outer_columns(mut fields: ErrorFields) -> ErrorFields {
+    if fields.code == "42703" && fields.hint.is_none() {
+        fields.hint = Some(format!(
+            "{FIRST} ran on its own; if the column belongs to the outer query (a correlated subquery), correlate the subquery with a sharded table by its shard key, or pass the outer values as an array parameter (= ANY($1))"
+        ));
+    }
+    fields
+}
+
 /// `outer` with `first`'s kept answer in place, or the error the client gets.
 pub(crate) fn splice_held(
     first: &RunFirst,
     outer: &str,
     held: Result<(Frame, Vec<Bytes>), ErrorFields>,
 ) -> Result<String, ErrorFields> {
-    let (description, rows) = held?;
+    let (description, rows) = held.map_err(name_outer_columns)?;
     first
         .splice(outer, &description.body, &rows)
         .map_err(|e| ErrorFields::error(e.code(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_column_in_a_subquery_run_first_gets_a_hint() {
+        let hinted = name_outer_columns(ErrorFields::error("42703", "column \"g\" does not exist"));
+        assert_eq!(hinted.code, "42703");
+        assert!(hinted.hint.is_some_and(|h| h.contains("correlated")));
+        let other = name_outer_columns(ErrorFields::error("22012", "division by zero"));
+        assert_eq!(other.hint, None);
+        let mut own = ErrorFields::error("42703", "column \"x\" does not exist");
+        own.hint = Some("Perhaps you meant to reference the column \"t.y\".".into());
+        assert_eq!(name_outer_columns(own.clone()).hint, own.hint);
+    }
 }

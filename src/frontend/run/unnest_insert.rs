@@ -3,7 +3,7 @@
 
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::split_insert::SplitReply;
-use crate::exec::unnest_insert::{parts_of, shard_texts, UnnestBatch};
+use crate::exec::unnest_insert::{parts_of, shard_bind, shard_texts, UnnestBatch};
 use crate::frontend::session::{refusal, End, Session};
 use crate::router::literals::{normalize, LiteralParams};
 use crate::router::params::BindParams;
@@ -72,14 +72,7 @@ impl Session {
         };
         let mut steps = HashMap::new();
         for part in &arrays {
-            let mut bind = batch.bind.clone();
-            bind.portal = String::new();
-            bind.statement = String::new();
-            for (n, value) in &part.values {
-                if let Some(slot) = n.checked_sub(1).and_then(|i| bind.params.get_mut(i)) {
-                    *slot = value.clone().map(bytes::Bytes::from);
-                }
-            }
+            let bind = shard_bind(batch.bind, part);
             let mut s = vec![
                 send(parse.clone(), Expect::Parse { register: None }),
                 send(bind.encode(), Expect::Bind),

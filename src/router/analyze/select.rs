@@ -74,6 +74,7 @@ pub(super) fn analyze_select(
             refs: Vec::new(),
             quals: Vec::new(),
             using: Vec::new(),
+            laterals: Vec::new(),
             refuse: None,
         };
         tables_and_key(&mut ctx, scan, None, facts);
@@ -286,6 +287,9 @@ mod tests {
             "select * from users u where u.email in (select o.note from orders o where o.user_id = u.user_id)",
             "update users u set name = 'x' where exists (select 1 from orders o where o.user_id = u.user_id)",
             "delete from users u where not exists (select 1 from orders o where o.user_id = u.user_id)",
+            "select u.user_id, x.total from users u, lateral (select total from orders o where o.user_id = u.user_id order by total desc limit 1) x",
+            "select u.user_id, x.n from users u cross join lateral (select count(*) n from orders o where o.user_id = u.user_id) x where u.user_id = 3",
+            "select u.user_id, x.total from users u left join lateral (select total from orders o where o.user_id = u.user_id limit 2) x on true",
         ] {
             let f = one(sql);
             assert_eq!(f.refuse, None, "{sql}");
@@ -304,6 +308,10 @@ mod tests {
             "select * from users u where exists (select 1 from orders o where o.user_id = u.user_id and o.total in (select total from orders))",
             "select (select count(*) from orders o where o.user_id = u.user_id) from users u",
             "select * from users u where exists (select 1 from orders o left join orders p on p.user_id = o.user_id where o.user_id = u.user_id)",
+            // LATERAL not correlated by key, or not LATERAL at all.
+            "select * from users u, lateral (select total from orders o where o.total = u.user_id) x",
+            "select * from users u, lateral (select total from orders o order by total limit 1) x",
+            "select * from users u, (select total from orders o) x",
         ] {
             let f = one(sql);
             assert!(

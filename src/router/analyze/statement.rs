@@ -130,6 +130,10 @@ pub struct StatementFacts {
     pub copy: Option<Box<crate::router::copy_facts::CopyFacts>>,
     /// True when a reference table (copied whole to every shard) is named.
     pub reference: bool,
+    /// The sharded table (quoted for SQL) a CREATE TABLE or ALTER TABLE makes or changes: the
+    /// sequences of its columns are numbered in each shard's own range after it runs
+    /// ([`crate::ids::sequence_ranges`]).
+    pub numbered_table: Option<String>,
     /// True when the statement must change every shard the same way and any one shard's answer is
     /// the answer: DDL or maintenance of sharded or reference tables, writes to reference tables,
     /// VACUUM/ANALYZE/CLUSTER/REINDEX of the whole database.
@@ -216,6 +220,7 @@ impl StatementFacts {
             hint: None,
             copy: None,
             reference: false,
+            numbered_table: None,
             every_shard: false,
             no_transaction_block: false,
             indexes: Vec::new(),

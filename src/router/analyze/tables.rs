@@ -25,6 +25,8 @@ pub(super) struct Ctx<'a> {
     /// Equality conditions from JOIN … ON / WHERE / USING, as pairs of (qualifier, column).
     pub(super) quals: Vec<&'a pb::Node>,
     pub(super) using: Vec<(usize, Vec<usize>, Vec<String>)>,
+    /// The `LATERAL` subqueries of FROM, which may be correlated with the refs by shard key.
+    pub(super) laterals: Vec<&'a pb::SelectStmt>,
     pub(super) refuse: Option<Refused>,
 }
 
@@ -35,6 +37,7 @@ impl<'a> Ctx<'a> {
             refs: Vec::new(),
             quals: Vec::new(),
             using: Vec::new(),
+            laterals: Vec::new(),
             refuse: None,
         }
     }
@@ -90,6 +93,14 @@ impl<'a> Ctx<'a> {
                     }
                 }
                 left.into_iter().chain(right).collect()
+            }
+            Some(NodeEnum::RangeSubselect(r)) if r.lateral => {
+                if let Some(NodeEnum::SelectStmt(s)) =
+                    r.subquery.as_deref().and_then(|n| n.node.as_ref())
+                {
+                    self.laterals.push(s);
+                }
+                Vec::new()
             }
             // Subqueries and functions: their tables are found by the whole-tree scan.
             _ => Vec::new(),
@@ -328,20 +339,30 @@ pub(super) fn tables_and_key(
         });
         return;
     }
-    // Subqueries in WHERE correlated with the outer tables by shard key run whole on each shard.
+    // Subqueries in WHERE, and LATERAL subqueries in FROM, correlated with the outer tables by
+    // shard key run whole on each shard.
+    let outer: Vec<crate::router::subquery::OuterRef> = ctx
+        .refs
+        .iter()
+        .map(|r| crate::router::subquery::OuterRef {
+            refname: &r.refname,
+            key: r.key.as_deref(),
+        })
+        .collect();
+    let mut pushed_down = Vec::new();
     if let Some(w) = where_clause {
-        let outer: Vec<crate::router::subquery::OuterRef> = ctx
-            .refs
-            .iter()
-            .map(|r| crate::router::subquery::OuterRef {
-                refname: &r.refname,
-                key: r.key.as_deref(),
-            })
-            .collect();
-        for t in crate::router::subquery::pushed_down_tables(w, &outer, ctx.tables) {
-            if let Some(p) = all_sharded.iter().position(|x| *x == t) {
-                all_sharded.swap_remove(p);
-            }
+        pushed_down.extend(crate::router::subquery::pushed_down_tables(
+            w, &outer, ctx.tables,
+        ));
+    }
+    for s in &ctx.laterals {
+        pushed_down.extend(
+            crate::router::subquery::lateral_tables(s, &outer, ctx.tables).unwrap_or_default(),
+        );
+    }
+    for t in pushed_down {
+        if let Some(p) = all_sharded.iter().position(|x| *x == t) {
+            all_sharded.swap_remove(p);
         }
     }
     // Sharded tables outside the top level (subqueries, CTEs, set-operation arms handled by caller).

@@ -234,6 +234,28 @@ class Suite {
     for (const s of this.setup.shards) await this.expectOnItsShard(this.key(s, 6), s, `multi-${this.key(s, 6)}`);
   }
 
+  // Django-style bulk insert: INSERT … SELECT * FROM unnest($1::bigint[], $2::text[]) with rows for
+  // every shard (node-pg sends it with Flush before Sync); RETURNING in array order; inside a block
+  // rolled back, nothing stays.
+  async unnestInsert() {
+    const keys = this.setup.shards.map((s) => this.key(s, 9)).reverse();
+    const names = keys.map((k) => `unnest-${k}`);
+    const r = await this.client.query(
+      'INSERT INTO users (user_id, name) SELECT * FROM unnest($1::bigint[], $2::text[]) RETURNING user_id, name',
+      [keys, names]);
+    checkEqual(r.rows.map((row) => [Number(row.user_id), row.name]), keys.map((k, i) => [k, names[i]]),
+      'RETURNING order of the UNNEST insert');
+    for (const s of this.setup.shards) await this.expectOnItsShard(this.key(s, 9), s, `unnest-${this.key(s, 9)}`);
+    const doomed = this.setup.shards.map((s) => this.key(s, 10));
+    await this.client.query('BEGIN');
+    const inBlock = await this.client.query(
+      'INSERT INTO users (user_id, name) SELECT * FROM unnest($1::bigint[], $2::text[])',
+      [doomed, doomed.map((k) => `doomed-${k}`)]);
+    checkEqual(inBlock.rowCount, doomed.length, 'rows the UNNEST insert in a block reports');
+    await this.client.query('ROLLBACK');
+    for (const k of doomed) await this.expectAbsent(k);
+  }
+
   // Several queries queued at once on one client (node-pg sends each with its own Sync, in order),
   // and at once over a pool of connections; one of them fails, the others are unaffected.
   async queuedQueries() {
@@ -295,7 +317,7 @@ async function main() {
     await suite.direct[s].connect();
   }
   const steps = ['keyed', 'keylessSimple', 'keylessWithValues', 'readsFirst', 'transactions', 'namedStatements', 'multiRowInsert',
-    'queuedQueries', 'errorAndRecovery'];
+    'unnestInsert', 'queuedQueries', 'errorAndRecovery'];
   const openGaps = [];
   try {
     for (const step of steps) {
