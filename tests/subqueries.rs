@@ -1,7 +1,8 @@
 //! Subqueries over sharded tables through pgshard: a subquery in WHERE correlated with the outer
 //! table by shard key (`EXISTS`, `NOT EXISTS`, `IN`, a scalar comparison) runs whole on each
 //! shard, keyed or scattered and merged, in the simple and extended protocols, in and out of a
-//! block, as does a LATERAL subquery in FROM correlated the same way; uncorrelated ones, and read-only CTEs, run first (both protocols, parameters in text
+//! block, as do a LATERAL subquery in FROM and a scalar subquery in the output columns
+//! correlated the same way; uncorrelated ones, and read-only CTEs, run first (both protocols, parameters in text
 //! and binary) and their result is written into the statement; other subqueries over sharded
 //! tables, recursive and data-modifying CTEs over them stay refused with 0A000 unless keyed to
 //! one shard, as set operations are unless every branch is keyed to one shard. Four shards;
@@ -150,6 +151,41 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
             .collect();
         let total = has_orders(i).then_some(i as i32);
         assert_eq!(got, [(i, total)], "user {i}");
+    }
+    // A scalar subquery in the output columns correlated by shard key (SQLAlchemy's
+    // `column_property(select(func.count()).where(...).scalar_subquery())`, Django's
+    // `annotate(n=Subquery(...))`): scattered and ordered by it, summed over every shard, keyed.
+    let mut spent: Vec<(i64, i64)> = (1..=40i64)
+        .map(|i| (i, if has_orders(i) { 3 * i } else { 0 }))
+        .collect();
+    spent.sort_by_key(|&(i, total)| (std::cmp::Reverse(total), i));
+    let want: Vec<String> = spent
+        .iter()
+        .take(3)
+        .map(|(i, total)| format!("{i}|{total}"))
+        .collect();
+    let sql = "SELECT u.user_id, coalesce((SELECT sum(o.total) FROM orders o WHERE o.user_id = u.user_id), 0) AS spent FROM users u ORDER BY spent DESC, u.user_id LIMIT 3";
+    assert_eq!(rows(&c, sql).await, want, "{sql}");
+    let orders_total = (1..=40i64).filter(|i| has_orders(*i)).count() * 2;
+    let got: i64 = c
+        .query_one(
+            "SELECT sum((SELECT count(*) FROM orders o WHERE o.user_id = u.user_id))::bigint FROM users u WHERE u.user_id > $1",
+            &[&0i64],
+        )
+        .await
+        .expect("sum of a correlated count")
+        .get(0);
+    assert_eq!(got, orders_total as i64);
+    for i in [3i64, 4] {
+        let got: i64 = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM orders o WHERE o.user_id = u.user_id) FROM users u WHERE u.user_id = $1",
+                &[&i],
+            )
+            .await
+            .expect("keyed correlated count")
+            .get(0);
+        assert_eq!(got, if has_orders(i) { 2 } else { 0 }, "user {i}");
     }
     // In a block: an UPDATE with a correlated NOT EXISTS over every shard, read back in the
     // block, then rolled back.

@@ -344,9 +344,10 @@ fn shape(n: &pb::Node) -> String {
     .unwrap_or_else(|_| format!("{n:?}"))
 }
 
-/// The first aggregate or window function anywhere in `n`, by name.
+/// The first aggregate or window function of `n`'s own query level (not of its subqueries), by
+/// name.
 fn contains_agg(n: &pb::Node) -> Option<String> {
-    Walk::of(n).find_map(|x| {
+    Walk::of(n).this_level().find_map(|x| {
         let NodeRef::FuncCall(f) = x else {
             return None;
         };

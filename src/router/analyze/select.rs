@@ -19,9 +19,10 @@ fn merge_construct(s: &pb::SelectStmt) -> Option<String> {
     if s.limit_offset.is_some() {
         return Some("OFFSET".into());
     }
-    let mut scan = scan_walk(Walk::of_list(&s.target_list));
+    // Aggregates of subqueries are their own, not this statement's.
+    let mut scan = scan_walk(Walk::of_list(&s.target_list).this_level());
     if let Some(h) = &s.having_clause {
-        let hs = scan_walk(Walk::of(h));
+        let hs = scan_walk(Walk::of(h).this_level());
         scan.funcs.extend(hs.funcs);
     }
     if let Some(f) = scan.funcs.iter().find(|f| f.aggregate && !f.window) {
@@ -75,6 +76,7 @@ pub(super) fn analyze_select(
             quals: Vec::new(),
             using: Vec::new(),
             laterals: Vec::new(),
+            correlated_scopes: Vec::new(),
             refuse: None,
         };
         tables_and_key(&mut ctx, scan, None, facts);
@@ -90,6 +92,7 @@ pub(super) fn analyze_select(
     for item in &s.from_clause {
         ctx.add_from_item(item);
     }
+    ctx.correlated_scopes.extend(s.target_list.iter());
     tables_and_key(&mut ctx, scan, s.where_clause.as_deref(), facts);
     facts.refuse = facts.refuse.take().or(ctx.refuse.take());
     if facts.sharded {
@@ -287,6 +290,8 @@ mod tests {
             "select * from users u where u.email in (select o.note from orders o where o.user_id = u.user_id)",
             "update users u set name = 'x' where exists (select 1 from orders o where o.user_id = u.user_id)",
             "delete from users u where not exists (select 1 from orders o where o.user_id = u.user_id)",
+            "select (select count(*) from orders o where o.user_id = u.user_id) from users u",
+            "select u.name, (select sum(total) from orders o where o.user_id = u.user_id) as spent from users u where u.user_id = 4 order by 2",
             "select u.user_id, x.total from users u, lateral (select total from orders o where o.user_id = u.user_id order by total desc limit 1) x",
             "select u.user_id, x.n from users u cross join lateral (select count(*) n from orders o where o.user_id = u.user_id) x where u.user_id = 3",
             "select u.user_id, x.total from users u left join lateral (select total from orders o where o.user_id = u.user_id limit 2) x on true",
@@ -306,7 +311,7 @@ mod tests {
             // A second inner table not correlated, a nested subquery, a subquery in the select list.
             "select * from users u where exists (select 1 from orders o, orders p where o.user_id = u.user_id)",
             "select * from users u where exists (select 1 from orders o where o.user_id = u.user_id and o.total in (select total from orders))",
-            "select (select count(*) from orders o where o.user_id = u.user_id) from users u",
+            "select (select count(*) from orders o where o.total = u.user_id) from users u",
             "select * from users u where exists (select 1 from orders o left join orders p on p.user_id = o.user_id where o.user_id = u.user_id)",
             // LATERAL not correlated by key, or not LATERAL at all.
             "select * from users u, lateral (select total from orders o where o.total = u.user_id) x",

@@ -27,6 +27,9 @@ pub(super) struct Ctx<'a> {
     pub(super) using: Vec<(usize, Vec<usize>, Vec<String>)>,
     /// The `LATERAL` subqueries of FROM, which may be correlated with the refs by shard key.
     pub(super) laterals: Vec<&'a pb::SelectStmt>,
+    /// Expressions besides WHERE whose subqueries may be correlated with the refs by shard key
+    /// (a SELECT's output columns).
+    pub(super) correlated_scopes: Vec<&'a pb::Node>,
     pub(super) refuse: Option<Refused>,
 }
 
@@ -38,6 +41,7 @@ impl<'a> Ctx<'a> {
             quals: Vec::new(),
             using: Vec::new(),
             laterals: Vec::new(),
+            correlated_scopes: Vec::new(),
             refuse: None,
         }
     }
@@ -339,8 +343,8 @@ pub(super) fn tables_and_key(
         });
         return;
     }
-    // Subqueries in WHERE, and LATERAL subqueries in FROM, correlated with the outer tables by
-    // shard key run whole on each shard.
+    // Subqueries in WHERE or the output columns, and LATERAL subqueries in FROM, correlated with
+    // the outer tables by shard key run whole on each shard.
     let outer: Vec<crate::router::subquery::OuterRef> = ctx
         .refs
         .iter()
@@ -350,9 +354,9 @@ pub(super) fn tables_and_key(
         })
         .collect();
     let mut pushed_down = Vec::new();
-    if let Some(w) = where_clause {
+    for scope in where_clause.iter().chain(&ctx.correlated_scopes) {
         pushed_down.extend(crate::router::subquery::pushed_down_tables(
-            w, &outer, ctx.tables,
+            scope, &outer, ctx.tables,
         ));
     }
     for s in &ctx.laterals {

@@ -27,6 +27,8 @@ pub(super) fn push_opt<'a>(n: Option<&'a pb::Node>, out: &mut Vec<NodeRef<'a>>) 
 pub struct Walk<'a> {
     stack: Vec<NodeRef<'a>>,
     scratch: Vec<NodeRef<'a>>,
+    /// Stay at the roots' query level: a subquery's own statement is not entered.
+    this_level: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -37,7 +39,15 @@ impl<'a> Walk<'a> {
         Walk {
             stack,
             scratch: Vec::new(),
+            this_level: false,
         }
+    }
+
+    /// The same walk, not entering subqueries (`(SELECT …)`, `EXISTS (…)`, `IN (SELECT …)`):
+    /// what belongs to the roots' query level only, such as its aggregates.
+    pub fn this_level(mut self) -> Self {
+        self.this_level = true;
+        self
     }
 
     /// A walk from one node.
@@ -59,7 +69,12 @@ impl<'a> Iterator for Walk<'a> {
     fn next(&mut self) -> Option<NodeRef<'a>> {
         let n = self.stack.pop()?;
         self.scratch.clear();
-        children(n, &mut self.scratch);
+        match n {
+            NodeRef::SubLink(link) if self.this_level => {
+                push_opt(link.testexpr.as_deref(), &mut self.scratch)
+            }
+            _ => children(n, &mut self.scratch),
+        }
         self.stack.extend(self.scratch.drain(..).rev());
         Some(n)
     }
@@ -95,6 +110,40 @@ mod tests {
             assert!(k.iter().any(|x| x == want), "{want} missing from {k:?}");
         }
         assert_eq!(k.iter().filter(|x| *x == "RangeVar").count(), 4, "{k:?}");
+    }
+
+    #[test]
+    fn this_level_leaves_subqueries_out() {
+        let parsed = pg_query::parse(
+            "SELECT count(x), y IN (SELECT max(z) FROM t), (SELECT sum(w) FROM u) FROM v",
+            0,
+        )
+        .expect("parse");
+        let stmt = parsed.protobuf.stmts[0].stmt.as_deref().expect("stmt");
+        let Some(pg_query::NodeEnum::SelectStmt(s)) = stmt.node.as_ref() else {
+            panic!("not a SELECT");
+        };
+        let funcs = |walk: Walk| -> Vec<String> {
+            walk.filter_map(|n| match n {
+                NodeRef::FuncCall(f) => f.funcname.last().and_then(|p| match p.node.as_ref() {
+                    Some(pg_query::NodeEnum::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .collect()
+        };
+        assert_eq!(
+            funcs(Walk::of_list(&s.target_list)),
+            ["count", "max", "sum"]
+        );
+        assert_eq!(funcs(Walk::of_list(&s.target_list).this_level()), ["count"]);
+        // The left side of IN is still this level's.
+        let cols = Walk::of_list(&s.target_list)
+            .this_level()
+            .filter(|n| matches!(n, NodeRef::ColumnRef(_)))
+            .count();
+        assert_eq!(cols, 2, "x and y");
     }
 
     #[test]
