@@ -23,6 +23,11 @@ async fn sqlalchemy_and_alembic_run_unchanged() {
                 key_type: None,
             });
         }
+        c.sharded_tables.push(ShardedTableConfig {
+            name: "sa_line".into(),
+            key: "customer_id".into(),
+            key_type: None,
+        });
     })
     .await;
     let url = proxy::app_url(&proxy);
@@ -39,6 +44,7 @@ async fn sqlalchemy_and_alembic_run_unchanged() {
             "migrate",
             "orm_flush",
             "get_by_pk",
+            "serial_ids_beside_the_key",
             "keyless",
             "aggregates",
             "subqueries",
