@@ -682,7 +682,7 @@ async fn adding_a_shard_moves_a_uuid_keyed_table_under_writes() {
         proxy::shard(info, shard)
             .await
             .batch_execute(
-                "CREATE TABLE items (id uuid PRIMARY KEY, n bigint NOT NULL, note text NOT NULL)",
+                "CREATE TABLE items (id uuid PRIMARY KEY, n bigint NOT NULL, note text NOT NULL, seq bigserial)",
             )
             .await
             .unwrap();
@@ -732,6 +732,18 @@ async fn adding_a_shard_moves_a_uuid_keyed_table_under_writes() {
     let new_map = running.proxy.map.current();
     assert_eq!(Some(new_map.version), job.new_version);
     assert_eq!(new_map.shards(), [0, 1, 2]);
+    // The new shard numbers the table's sequence in its own range (the table was made there by
+    // hand, numbering as one Postgres would).
+    let range: (i64, i64) = proxy::shard(info, 2)
+        .await
+        .query_one(
+            "SELECT seqmin, seqmax FROM pg_sequence WHERE seqrelid = 'items_seq_seq'::regclass",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("read the new shard's sequence");
+    assert_eq!(range, ((2 << 48) + 1, 3 << 48), "shard 2's sequence range");
     let mut found: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
     for shard in info.shard_ids() {
         let owned = new_map.sql_owned_by_typed("id", KeyType::Uuid, shard);

@@ -217,7 +217,8 @@ async fn replica_identity(
 }
 
 /// Gives a destination missing sharded or reference tables the schema of `template` (pg_dump
-/// --schema-only), and fills its empty reference tables from there.
+/// --schema-only), puts its sharded tables' sequences into its own range, and fills its empty
+/// reference tables from there.
 async fn prepare_destination(
     config: &Config,
     dest: &Client,
@@ -255,20 +256,15 @@ async fn prepare_destination(
         dest.batch_execute(&format!("{create}{schema}\nRESET ALL;"))
             .await
             .map_err(RebalanceError::shard(dest_id))?;
-        // The dump gives the sequences the template shard's range: the destination numbers in
-        // its own.
-        let sharded: Vec<String> = config
-            .sharded_tables
-            .iter()
-            .map(|t| crate::router::names::quote_config_name(&t.name))
-            .filter(|t| missing.contains(t))
-            .collect();
-        for table in &sharded {
-            dest.batch_execute(&crate::ids::sequence_ranges::align_sql(table, dest_id))
-                .await
-                .map_err(RebalanceError::shard(dest_id))?;
-        }
         tracing::info!(shard = dest_id, from = template, tables = ?missing, "copied table definitions to the destination");
+    }
+    // The destination numbers its sharded tables' sequences in its own range: a dump carries
+    // the template shard's, and tables made there by hand carry one Postgres's.
+    for table in &config.sharded_tables {
+        let name = crate::router::names::quote_config_name(&table.name);
+        dest.batch_execute(&crate::ids::sequence_ranges::align_sql(&name, dest_id))
+            .await
+            .map_err(RebalanceError::shard(dest_id))?;
     }
     if config.reference_tables.is_empty() {
         return Ok(());
