@@ -72,7 +72,7 @@ pub async fn plan_command(
     }
     let target = super::even::measure(config, &map, &target).await?;
     let plan = super::plan(&map, &target)?;
-    let rows = estimate::rows_per_move(config, &plan).await?;
+    let rows = estimate::rows_per_move(config, &plan, estimate::Counting::Exact).await?;
     writeln!(
         out,
         "plan: {target} — map version {} ({}) → {} ({}), {} move(s)",
@@ -150,7 +150,7 @@ pub async fn create_job(config: &Config, target: &super::Target) -> anyhow::Resu
         schema_known(config, &map, schema).await?;
     }
     let plan = super::plan(&map, &target)?;
-    let rows = estimate::rows_per_move(config, &plan).await?;
+    let rows = estimate::rows_per_move(config, &plan, estimate::Counting::Sampled).await?;
     Ok(super::jobs::create(&mut client, &target.to_string(), &plan, &rows).await?)
 }
 

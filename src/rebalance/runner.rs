@@ -165,6 +165,26 @@ impl Runner<'_> {
         Ok(c)
     }
 
+    /// Opens the missing connections to `shards` all at once (a login each: one after another
+    /// they delayed a job's first copy by a login per source).
+    async fn connect_all(
+        &mut self,
+        shards: impl IntoIterator<Item = u32>,
+    ) -> Result<(), RebalanceError> {
+        let missing: std::collections::BTreeSet<u32> = shards
+            .into_iter()
+            .filter(|s| self.conns.get(s).is_none_or(|c| c.is_closed()))
+            .collect();
+        let config = self.config;
+        let logins = missing
+            .into_iter()
+            .map(|shard| async move { (shard, connect(config, shard).await) });
+        for (shard, c) in futures_util::future::join_all(logins).await {
+            self.conns.insert(shard, Arc::new(c?));
+        }
+        Ok(())
+    }
+
     fn check_lease(&self, id: i64) -> Result<(), RebalanceError> {
         if self.lost.load(Ordering::SeqCst) {
             return Err(RebalanceError::Refused(format!(
@@ -345,16 +365,21 @@ impl Runner<'_> {
             .collect();
         // Every step that may start now starts at once: publication, slot and subscription
         // of one step do not wait for another's.
+        self.connect_all(job.steps.iter().flat_map(|s| [s.source, s.dest]))
+            .await?;
         let mut starting = Vec::new();
         let config = self.config;
         for step in job.steps.iter().filter(|s| s.state == "pending") {
             if syncing_sources.insert(step.source) {
                 let source = self.conn(step.source).await?;
-                let dest = self.conn(step.dest).await?;
                 starting.push(async move {
                     copy::ensure_publication(config, &source, job, step).await?;
                     let slot = copy::name(job.id, step.no);
                     copy::ensure_slot(&source, step.source, &slot, slot_timeout).await?;
+                    // A connection of the step's own: CREATE SUBSCRIPTION logs in to the source
+                    // and reads its publication, and steps sharing a destination (add-shard: all
+                    // of them) would otherwise create theirs one after another on one connection.
+                    let dest = connect(config, step.dest).await?;
                     copy::ensure_subscription(config, &dest, job, step).await?;
                     // Recorded at once: a step whose slot waits does not hide the others.
                     jobs::set_step_state(client, job.id, step.no, "copying").await?;
@@ -399,7 +424,7 @@ impl Runner<'_> {
             self.retry = Duration::from_millis(200);
             self.advance(client, job, JobState::Cutover, None).await?;
         } else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
     }
