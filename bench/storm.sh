@@ -3,9 +3,15 @@
 # same invocation, to PgBouncer in transaction mode in front of one shard (the baseline). Prints,
 # per proxy: its RSS at start, with every client idle and while every client runs SELECT 1 in a
 # loop (peak), its VmHWM, the login latency p50/p99 and queries/s, and pgshard's ratios to
-# PgBouncer. Target: pgshard idle RSS at 1000 clients <= 64 MiB.
+# PgBouncer, and the idle RSS per client. Targets: pgshard idle RSS at 1000 clients <= 64 MiB,
+# at 10,000 <= 100 MiB.
 #
 #   bench/storm.sh [clients=1000] [active-seconds=10]
+#
+# LOGINS_AT_ONCE=N keeps at most N logins in flight (default: 500 above 1000 clients, else all at
+# once): 1,000 SCRAM logins at once take 9-16 s on a 2-core machine, so 10,000 would outlast both
+# proxies' 60 s login timeouts.
+# Login latency is then per login, not for the whole storm.
 #
 # PROFILE=debug uses a debug build (default release). Starts its own cluster in a temp dir on free
 # loopback ports and removes it when done. Needs psycopg and pgbouncer
@@ -14,6 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-1000}
 ACTIVE_SECONDS=${2:-10}
+if [ "$CLIENTS" -gt 1000 ]; then LOGINS_AT_ONCE=${LOGINS_AT_ONCE:-500}; fi
+LOGINS_AT_ONCE=${LOGINS_AT_ONCE:-0}
 . bench/lib.sh
 ulimit -n "$(ulimit -Hn)"
 
@@ -51,7 +59,7 @@ if r["first_error"]:
     print(f"  first failed login: {r['first_error']}")
 PY
 }
-PGS=$(python3 bench/storm_load.py "$PGSHARD_URL" "$PROXY_PID" "$CLIENTS" "$ACTIVE_SECONDS")
+PGS=$(python3 bench/storm_load.py "$PGSHARD_URL" "$PROXY_PID" "$CLIENTS" "$ACTIVE_SECONDS" "$LOGINS_AT_ONCE")
 kill "$PROXY_PID"
 wait "$PROXY_PID" 2>/dev/null || true
 PROXY_PID=
@@ -71,7 +79,7 @@ else
 fi
 BOUNCER_URL="postgresql://app:app@127.0.0.1:$BOUNCER_PORT/app?sslmode=disable"
 wait_url "$BOUNCER_URL"
-PGB=$(python3 bench/storm_load.py "$BOUNCER_URL" "$(cat "$WORK/pgbouncer.pid")" "$CLIENTS" "$ACTIVE_SECONDS")
+PGB=$(python3 bench/storm_load.py "$BOUNCER_URL" "$(cat "$WORK/pgbouncer.pid")" "$CLIENTS" "$ACTIVE_SECONDS" "$LOGINS_AT_ONCE")
 report pgbouncer "$PGB"
 python3 - "$PGS" "$PGB" "$CLIENTS" <<'PY'
 import json, sys
@@ -79,6 +87,12 @@ s, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 ratio = lambda k: s[k] / b[k] if b[k] else float("nan")
 print(f"pgshard/pgbouncer: idle RSS {ratio('idle_rss_mib'):.2f}x, active RSS {ratio('active_rss_mib'):.2f}x, "
       f"login p50 {ratio('login_p50_ms'):.2f}x, p99 {ratio('login_p99_ms'):.2f}x, queries/s {ratio('queries_per_s'):.2f}x")
-print(f"pgshard idle RSS with {sys.argv[3]} clients (target <= 64 MiB): "
-      f"{'met' if s['idle_rss_mib'] <= 64 else 'MISSED'} ({s['idle_rss_mib']:.1f} MiB)")
+clients = int(sys.argv[3])
+per = lambda r: 1024 * (r["idle_rss_mib"] - r["start_rss_mib"]) / clients
+print(f"idle RSS per client (idle - start): pgshard {per(s):.1f} KiB, pgbouncer {per(b):.1f} KiB, "
+      f"ratio {per(s) / per(b) if per(b) else float('nan'):.2f}x")
+# Issue 14: 10,000 idle clients in 100 MiB; 1,000 in 64 MiB.
+target = 100 if clients >= 10000 else 64
+print(f"pgshard idle RSS with {clients} clients (target <= {target} MiB): "
+      f"{'met' if s['idle_rss_mib'] <= target else 'MISSED'} ({s['idle_rss_mib']:.1f} MiB)")
 PY

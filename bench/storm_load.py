@@ -1,6 +1,6 @@
 """Connection storm against one proxy process for bench/storm.sh.
 
-Opens CLIENTS connections at once and records each login's latency, samples the proxy's memory
+Opens CLIENTS connections at once (at most LOGINS_AT_ONCE in flight when given) and records each login's latency, samples the proxy's memory
 (VmRSS from /proc/PID/status) with every client idle, then lets every client run `SELECT 1` in a
 loop for ACTIVE_SECONDS while sampling again. Prints one line of JSON: RSS at start, idle and
 active (peak of the samples) and VmHWM in MiB, login p50/p99 in ms, failed logins and queries/s.
@@ -14,6 +14,9 @@ import time
 import psycopg
 
 URL, PID, CLIENTS, ACTIVE_SECONDS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+# At most this many logins in flight (0: all at once). Thousands of SCRAM logins at once on a
+# 2-core machine take longer than the proxies' 60 s login timeouts.
+LOGINS_AT_ONCE = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 
 
 def mem(field):
@@ -24,13 +27,14 @@ def mem(field):
     return float("nan")
 
 
-async def login():
-    started = time.monotonic()
-    try:
-        conn = await psycopg.AsyncConnection.connect(URL, autocommit=True, prepare_threshold=None)
-    except psycopg.Error as e:
-        return None, time.monotonic() - started, str(e)
-    return conn, time.monotonic() - started, None
+async def login(gate):
+    async with gate:
+        started = time.monotonic()
+        try:
+            conn = await psycopg.AsyncConnection.connect(URL, autocommit=True, prepare_threshold=None)
+        except psycopg.Error as e:
+            return None, time.monotonic() - started, str(e)
+        return conn, time.monotonic() - started, None
 
 
 async def busy(conn, until, counts):
@@ -43,7 +47,8 @@ async def busy(conn, until, counts):
 
 async def main():
     start_rss = mem("VmRSS")
-    results = await asyncio.gather(*(login() for _ in range(CLIENTS)))
+    gate = asyncio.Semaphore(LOGINS_AT_ONCE or CLIENTS)
+    results = await asyncio.gather(*(login(gate) for _ in range(CLIENTS)))
     conns = [c for c, _, _ in results if c is not None]
     errors = [e for _, _, e in results if e is not None]
     took = sorted(t for _, t, _ in results)

@@ -81,8 +81,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Serves the client until it leaves.
-    pub async fn run(mut self) {
+    /// Serves the client until it leaves. Boxed: the future holds a pointer, not a second copy of
+    /// the session next to the one its caller moved it out of.
+    pub async fn run(mut self: Box<Self>) {
         let mut phase = self.proxy.phase.subscribe();
         loop {
             if !self.io.out.is_empty()
