@@ -60,7 +60,9 @@ percentiles() {
 }
 load() { # name seconds; run in a subshell: pgbench replaces it, so $! is pgbench's pid
     rm -f "$WORK/log_$1".*
-    exec env PGPASSWORD=app pgbench -n -M extended -h 127.0.0.1 -p "$PROXY_PORT" -U app -c "$CLIENTS" -j 2 \
+    # --default-signal: a script run in the background starts its jobs with SIGINT ignored, and
+    # pgbench is stopped with SIGINT.
+    exec env --default-signal=INT PGPASSWORD=app pgbench -n -M extended -h 127.0.0.1 -p "$PROXY_PORT" -U app -c "$CLIENTS" -j 2 \
         -T "$2" -f "$WORK/update.sql" --log --log-prefix="$WORK/log_$1" app >/dev/null 2>&1
 }
 
