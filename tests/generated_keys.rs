@@ -500,15 +500,85 @@ async fn sequences_number_per_shard(cluster: &TestCluster, c: &tokio_postgres::C
         .expect("read by id");
     assert_eq!(found.len(), 1, "id {id}");
     assert_eq!(found[0].get::<_, i64>(0), 29);
-    // Each shard's values lie in that shard's range; the rows sit on several shards.
+    // A multi-row INSERT whose rows go to several shards numbers them in row order, as one
+    // Postgres does (ORMs match returned ids to their objects by that order), in both protocols.
+    let customers: Vec<i64> = (30..=41).collect();
+    let extended = c
+        .query(
+            "INSERT INTO seq_orders (customer_id) VALUES ($1), ($2), ($3), ($4), ($5), ($6) \
+             RETURNING id, n::bigint, g::bigint, customer_id",
+            &[
+                &customers[0],
+                &customers[1],
+                &customers[2],
+                &customers[3],
+                &customers[4],
+                &customers[5],
+            ],
+        )
+        .await
+        .expect("multi-row insert returning, extended protocol");
+    let mut numbered: Vec<[i64; 4]> = extended
+        .iter()
+        .map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)])
+        .collect();
+    let simple = c
+        .simple_query(
+            "INSERT INTO seq_orders (customer_id) VALUES (36), (37), (38), (39), (40), (41) \
+             RETURNING id, n, g, customer_id",
+        )
+        .await
+        .expect("multi-row insert returning, simple protocol");
+    numbered.extend(simple.iter().filter_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => {
+            Some([0, 1, 2, 3].map(|i| r.get(i).and_then(|v| v.parse().ok()).expect("a number")))
+        }
+        _ => None,
+    }));
+    assert_eq!(
+        numbered.iter().map(|r| r[3]).collect::<Vec<_>>(),
+        customers,
+        "RETURNING in row order"
+    );
+    for statement in numbered.chunks(6) {
+        for column in 0..3 {
+            assert!(
+                statement.windows(2).all(|w| w[0][column] < w[1][column]),
+                "column {column} not numbered in row order: {statement:?}"
+            );
+        }
+    }
+    let distinct = four_numbers(
+        c,
+        "SELECT count(DISTINCT id), count(DISTINCT n), count(DISTINCT g), count(*) FROM seq_orders",
+    )
+    .await;
+    assert_eq!(
+        distinct,
+        (41, 41, 41, 41),
+        "values repeat after the multi-row inserts"
+    );
+    // Each shard's values lie in that shard's range (rows inserted one by one: a split
+    // multi-row INSERT's values come from one shard); the rows sit on several shards.
     let mut holding = 0;
+    let mut holding_split = 0;
     for shard in cluster.info.shard_ids() {
         let direct = proxy::shard(&cluster.info, shard).await;
+        let split: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM seq_orders WHERE customer_id BETWEEN 30 AND 41",
+                &[],
+            )
+            .await
+            .expect("read a shard directly")
+            .get(0);
+        holding_split += i64::from(split > 0);
         let row = direct
             .query_one(
                 "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0), \
                  coalesce(min(n), 0)::bigint, coalesce(max(n), 0)::bigint, \
-                 coalesce(min(g), 0)::bigint, coalesce(max(g), 0)::bigint FROM seq_orders",
+                 coalesce(min(g), 0)::bigint, coalesce(max(g), 0)::bigint FROM seq_orders \
+                 WHERE customer_id <= 20 OR customer_id = 29",
                 &[],
             )
             .await
@@ -527,4 +597,5 @@ async fn sequences_number_per_shard(cluster: &TestCluster, c: &tokio_postgres::C
         }
     }
     assert!(holding > 1, "the rows all sit on one shard");
+    assert!(holding_split > 1, "the multi-row inserts were not split");
 }

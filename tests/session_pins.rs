@@ -13,7 +13,6 @@ use pgshard::config::{AuthMethod, MetricsConfig, UserConfig};
 use pgshard::router::Strategy;
 use pgshard::server::RunningProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::OnceCell;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const ADMIN_PASSWORD: &str = "admin-secret";
@@ -23,40 +22,46 @@ struct Setup {
     proxy: RunningProxy,
 }
 
-static SETUP: OnceCell<Setup> = OnceCell::const_new();
-
-/// The shared cluster and proxy: 2 server connections per shard, a short checkout timeout.
-async fn setup() -> &'static Setup {
-    SETUP
-        .get_or_init(|| async {
-            let cluster = TestCluster::start(4, Strategy::Hash).await;
-            let proxy = start_proxy_with(&cluster.info, |config| {
-                config.pool.size = 2;
-                config.pool.checkout_timeout_ms = 1_500;
-                config.metrics = Some(MetricsConfig {
-                    listen: "127.0.0.1:0".into(),
-                    allow_remote: false,
-                });
-                config.users.push(UserConfig {
-                    admin: true,
-                    ..UserConfig::new("admin", Some(ADMIN_PASSWORD), AuthMethod::ScramSha256)
-                });
-            })
-            .await;
-            let client = proxy::connect(&proxy).await;
-            let values: Vec<String> = (1..=40)
-                .map(|i| format!("({i}, 'u{i:02}', 'u{i}@example.com')"))
-                .collect();
-            client
-                .batch_execute(&format!(
-                    "INSERT INTO users (user_id, name, email) VALUES {}",
-                    values.join(", ")
-                ))
-                .await
-                .expect("seed users");
-            Setup { cluster, proxy }
-        })
+/// The cluster and proxy all cases share, one after the other (one test, so the cluster is
+/// stopped when it ends): 2 server connections per shard, a short checkout timeout.
+async fn setup() -> Setup {
+    let cluster = TestCluster::start(4, Strategy::Hash).await;
+    let proxy = start_proxy_with(&cluster.info, |config| {
+        config.pool.size = 2;
+        config.pool.checkout_timeout_ms = 1_500;
+        config.metrics = Some(MetricsConfig {
+            listen: "127.0.0.1:0".into(),
+            allow_remote: false,
+        });
+        config.users.push(UserConfig {
+            admin: true,
+            ..UserConfig::new("admin", Some(ADMIN_PASSWORD), AuthMethod::ScramSha256)
+        });
+    })
+    .await;
+    let client = proxy::connect(&proxy).await;
+    let values: Vec<String> = (1..=40)
+        .map(|i| format!("({i}, 'u{i:02}', 'u{i}@example.com')"))
+        .collect();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO users (user_id, name, email) VALUES {}",
+            values.join(", ")
+        ))
         .await
+        .expect("seed users");
+    Setup { cluster, proxy }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_pins_and_releases_connections() {
+    let s = setup().await;
+    advisory_locks_pin_until_every_lock_is_released(&s).await;
+    temporary_tables_pin_until_dropped(&s).await;
+    with_hold_cursors_pin_until_closed(&s).await;
+    psql_session_and_show_clients(&s).await;
+    set_config_is_tracked_like_set(&s).await;
+    pins_are_counted_by_reason(&s).await;
 }
 
 /// The first column of every row of a simple query, as text.
@@ -107,9 +112,7 @@ async fn advisory_locks_on_first_shard(s: &Setup) -> i64 {
         .get(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn advisory_locks_pin_until_every_lock_is_released() {
-    let s = setup().await;
+async fn advisory_locks_pin_until_every_lock_is_released(s: &Setup) {
     let a = proxy::connect(&s.proxy).await;
     let b = proxy::connect(&s.proxy).await;
     let c = proxy::connect(&s.proxy).await;
@@ -214,9 +217,7 @@ async fn advisory_locks_pin_until_every_lock_is_released() {
     assert_eq!(advisory_locks_on_first_shard(s).await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn temporary_tables_pin_until_dropped() {
-    let s = setup().await;
+async fn temporary_tables_pin_until_dropped(s: &Setup) {
     let a = proxy::connect(&s.proxy).await;
     let b = proxy::connect(&s.proxy).await;
 
@@ -285,9 +286,7 @@ async fn temporary_tables_pin_until_dropped() {
     assert_eq!(one(&b, "SELECT pg_advisory_unlock(5)").await, "t");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_hold_cursors_pin_until_closed() {
-    let s = setup().await;
+async fn with_hold_cursors_pin_until_closed(s: &Setup) {
     let a = proxy::connect(&s.proxy).await;
 
     // On one shard (keyed), declared outside a block: the server holds it, the connection stays.
@@ -363,9 +362,7 @@ async fn with_hold_cursors_pin_until_closed() {
     assert!(pinned(&s.proxy).is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psql_session_and_show_clients() {
-    let s = setup().await;
+async fn psql_session_and_show_clients(s: &Setup) {
     let script = "\
 SELECT pg_advisory_lock(1234);
 CREATE TEMP TABLE notes (id int, body text);
@@ -403,9 +400,7 @@ DROP TABLE notes;
     assert!(pinned(&s.proxy).is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_config_is_tracked_like_set() {
-    let s = setup().await;
+async fn set_config_is_tracked_like_set(s: &Setup) {
     let a = proxy::connect(&s.proxy).await;
     let b = proxy::connect(&s.proxy).await;
     assert_eq!(
@@ -518,9 +513,7 @@ async fn pins_counted(proxy: &RunningProxy, reason: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pins_are_counted_by_reason() {
-    let s = setup().await;
+async fn pins_are_counted_by_reason(s: &Setup) {
     let a = proxy::connect(&s.proxy).await;
     let (temp, locks) = (
         pins_counted(&s.proxy, "temp_table").await,

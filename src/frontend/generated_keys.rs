@@ -11,14 +11,18 @@ use super::session::{backend_error_fields, Session};
 use crate::catalog::KeyBlocks;
 use crate::ids::blocks::BlockStock;
 use crate::ids::key_column::{self, KeyColumn, KeyWidth};
+use crate::ids::sequence_values::SequenceColumn;
 use crate::router::{StatementFacts, StatementKind};
 use crate::wire::backend::ErrorFields;
 use crate::wire::frame::Frame;
 use crate::wire::frontend::{self as fe, Bind, Parse};
 
-/// What the proxy knows of key columns, and its stock of narrow ids; shared by all sessions.
+/// What the proxy knows of key columns and sequence columns, and its stock of narrow ids; shared
+/// by all sessions.
 pub struct KeySources {
     columns: RwLock<HashMap<String, KeyColumn>>,
+    /// Each table's sequence columns (see `sequence_values`), by the INSERT's name for it.
+    sequences: RwLock<HashMap<String, std::sync::Arc<[SequenceColumn]>>>,
     stock: BlockStock,
     blocks: KeyBlocks,
 }
@@ -28,6 +32,7 @@ impl KeySources {
     pub fn new(blocks: KeyBlocks) -> KeySources {
         KeySources {
             columns: RwLock::new(HashMap::new()),
+            sequences: RwLock::new(HashMap::new()),
             stock: BlockStock::default(),
             blocks,
         }
@@ -48,9 +53,33 @@ impl KeySources {
             .insert(table.to_string(), column);
     }
 
-    /// Forgets what DDL may have changed: key column types (a table dropped and made again).
+    pub(super) fn sequence_columns(&self, table: &str) -> Option<std::sync::Arc<[SequenceColumn]>> {
+        self.sequences
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table)
+            .cloned()
+    }
+
+    pub(super) fn remember_sequence_columns(
+        &self,
+        table: &str,
+        columns: std::sync::Arc<[SequenceColumn]>,
+    ) {
+        self.sequences
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(table.to_string(), columns);
+    }
+
+    /// Forgets what DDL may have changed: key column types and sequence columns (a table
+    /// dropped and made again, a column added).
     fn forget_columns(&self) {
         self.columns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.sequences
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();

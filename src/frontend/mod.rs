@@ -21,6 +21,7 @@ pub mod route_hints;
 pub mod run;
 pub mod scatter_policy;
 pub mod search_path;
+pub mod sequence_values;
 pub mod session;
 pub mod session_limits;
 pub mod session_pins;

@@ -198,10 +198,17 @@ impl Session {
                 Ok(p) => p,
                 Err(fields) => return fail(self, fields),
             },
-            None => match values_parts(sql, bind, &statement.param_types, plan) {
-                Ok(p) => p,
-                Err(fields) => return fail(self, fields),
-            },
+            None => {
+                let numbered = match self.number_split_rows(sql, plan).await {
+                    Ok(n) => n,
+                    Err(fields) => return fail(self, fields),
+                };
+                let sql = numbered.as_deref().unwrap_or(sql);
+                match values_parts(sql, bind, &statement.param_types, plan) {
+                    Ok(p) => p,
+                    Err(fields) => return fail(self, fields),
+                }
+            }
         };
         let shards: Vec<u32> = parts.iter().map(|p| p.shard).collect();
         for &shard in &shards {

@@ -12,6 +12,7 @@
 pub mod blocks;
 pub mod key_column;
 pub mod sequence_ranges;
+pub mod sequence_values;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -13,6 +13,7 @@ pub mod fence;
 pub mod final_projection;
 pub mod hint;
 pub mod index_owner;
+pub mod insert_columns;
 pub mod insert_rewrite;
 pub mod insert_select;
 pub mod key_type;

@@ -103,13 +103,17 @@ fn rewrite(
     let mut inserts: Vec<(usize, String)> =
         vec![(tokens[open].1, format!("{}, ", quote_ident(&key)))];
     let close = matching(&tokens, open).ok_or(RewriteError::Shape)?;
-    if tokens.get(close + 1).map(|t| t.2.as_str()) != Some("values") {
+    // An OVERRIDING clause already there (an earlier rewrite's, or the client's) stays as it is.
+    let word = |i: usize| tokens.get(i).map(|t| t.2.as_str());
+    let has_overriding = word(close + 1) == Some("overriding");
+    let values = if has_overriding { close + 4 } else { close + 1 };
+    if word(values) != Some("values") {
         return Err(RewriteError::Shape);
     }
-    if overriding {
-        inserts.push((tokens[close + 1].0, "OVERRIDING SYSTEM VALUE ".to_string()));
+    if overriding && !has_overriding {
+        inserts.push((tokens[values].0, "OVERRIDING SYSTEM VALUE ".to_string()));
     }
-    let mut j = close + 2;
+    let mut j = values + 1;
     let mut rows = 0usize;
     loop {
         if tokens.get(j).map(|t| t.2.as_str()) != Some("(") {
@@ -203,6 +207,22 @@ mod tests {
         assert_eq!(
             out,
             "INSERT INTO users (user_id, name, email) VALUES (7, 'Ada (1)', 'a@x'), (8, $1, now()) RETURNING user_id"
+        );
+    }
+
+    #[test]
+    fn an_overriding_clause_is_kept_once() {
+        let sql = "INSERT INTO t (a) OVERRIDING SYSTEM VALUE VALUES (1), (2)";
+        for overriding in [false, true] {
+            assert_eq!(
+                insert_with_key_literals(sql, "id", &["7".into(), "8".into()], overriding),
+                Ok("INSERT INTO t (id, a) OVERRIDING SYSTEM VALUE VALUES (7, 1), (8, 2)".into())
+            );
+        }
+        let plain = "INSERT INTO t (a) VALUES (1)";
+        assert_eq!(
+            insert_with_key_literals(plain, "id", &["7".into()], true),
+            Ok("INSERT INTO t (id, a) OVERRIDING SYSTEM VALUE VALUES (7, 1)".into())
         );
     }
 

@@ -176,8 +176,9 @@ def get_by_pk():
 def serial_ids_beside_the_key():
     """A table whose BIGSERIAL id is not its shard key: ids stay unique over the shards, a get by
     id finds its one row, and a count correlated by the key works as an output column. The rows
-    go in as one Core insert with RETURNING (the ORM's own flush would match the returned ids to
-    its objects by sorting them, which per-shard numbering does not support yet)."""
+    go in as one Core insert with RETURNING, then as new ORM objects in one flush (which matches
+    the ids its INSERT returns to the objects by sorting them: the rows of one INSERT must be
+    numbered in their order even when they go to several shards)."""
     Line.__table__.create(engine)
     with Session(engine) as s:
         rows = [{"customer_id": IDS[("c", i % 12)], "qty": i} for i in range(30)]
@@ -199,6 +200,19 @@ def serial_ids_beside_the_key():
         check("correlated count per customer", [tuple(r) for r in got], want)
         ids = [r.id for r in returned[:5]]
         check("count by id list", s.scalar(select(func.count()).where(Line.id.in_(ids))), 5)
+    with Session(engine) as s:
+        lines = [Line(customer_id=IDS[("c", (i * 5) % 12)], qty=100 + i) for i in range(24)]
+        s.add_all(lines)
+        s.flush()
+        got = {line.id: (line.customer_id, line.qty) for line in lines}
+        s.commit()
+        s.expunge_all()
+        check("flushed ids distinct", len(got), 24)
+        stored = {
+            r.id: (r.customer_id, r.qty)
+            for r in s.execute(select(Line).where(Line.qty >= 100)).scalars()
+        }
+        check("each flushed object has its own row's id", got, stored)
 
 
 def keyless():

@@ -13,7 +13,14 @@ impl Session {
     /// Runs the simple-protocol INSERT `sql` split by `plan`, atomically, and answers the client
     /// (ReadyForQuery included).
     pub async fn run_split_insert(&mut self, sql: &str, plan: &[ShardRows]) -> Result<(), End> {
-        let parts = match split(sql, plan) {
+        let numbered = match self.number_split_rows(sql, plan).await {
+            Ok(n) => n,
+            Err(fields) => {
+                self.reply_error(fields);
+                return Ok(());
+            }
+        };
+        let parts = match split(numbered.as_deref().unwrap_or(sql), plan) {
             Ok(p) => p,
             Err(e) => {
                 self.reply_error(refusal(e.to_string()));
