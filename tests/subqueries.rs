@@ -395,6 +395,31 @@ async fn uncorrelated_subqueries_with_parameters(c: &Client) {
         .expect_err(sql);
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22P02"));
     assert_eq!(rows(c, "SELECT count(*) FROM users").await, ["40"]);
+    // Uncorrelated EXISTS (SQLAlchemy's `select(exists().where(…))`): run first, keyed or
+    // scattered, and answered as Postgres names it; a keyed parameter and a keyless filter.
+    let sql = "SELECT EXISTS (SELECT 1 FROM orders WHERE user_id = $1)";
+    for (user, want) in [(4i64, true), (3, false), (6, false), (40, true)] {
+        let row = c.query_one(sql, &[&user]).await.expect(sql);
+        assert_eq!(row.columns()[0].name(), "exists");
+        assert_eq!(
+            row.get::<_, bool>(0),
+            want && has_orders(user),
+            "{sql} {user}"
+        );
+    }
+    let sql = "SELECT NOT EXISTS (SELECT * FROM orders WHERE total > $1) AS none";
+    for (total, want) in [(79i32, false), (80, true)] {
+        let row = c.query_one(sql, &[&total]).await.expect(sql);
+        assert_eq!(row.get::<_, bool>(0), want, "{sql} {total}");
+    }
+    assert_eq!(
+        rows(
+            c,
+            "SELECT count(*) FROM users WHERE user_id < 5 AND EXISTS (SELECT 1 FROM orders WHERE total > 79)"
+        )
+        .await,
+        ["4"]
+    );
     // In a block: the subquery sees the block's own write.
     c.batch_execute("BEGIN; INSERT INTO orders (order_id, user_id, total) VALUES (9001, 3, 500)")
         .await

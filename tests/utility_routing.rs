@@ -1,5 +1,5 @@
 //! Statements pgshard routes by looking further than their text: utility statements naming an
-//! index (run where the index's table lives), and `INSERT … SELECT * FROM UNNEST(arrays)` into a
+//! index (run where the index's table lives), types and functions (every shard), and `INSERT … SELECT * FROM UNNEST(arrays)` into a
 //! sharded table (the arrays split per shard). Through psql and the simple protocol, through
 //! tokio-postgres (extended protocol, binary parameters) and psycopg 3 (extended protocol, text
 //! parameters). One cluster for the whole binary: the scenarios run in order in one test.
@@ -317,6 +317,90 @@ async fn unnest_inserts_split_per_shard(
     keys_on_their_shards(info, map, &keys).await;
 }
 
+/// How many shards hold an object, by a count query run on each.
+async fn shards_holding(info: &ClusterInfo, count_sql: &str) -> usize {
+    on_each_shard(info, count_sql)
+        .await
+        .iter()
+        .filter(|n| n.as_deref() == Some("1"))
+        .count()
+}
+
+/// Types, domains and functions exist on every shard, whatever protocol creates them: sharded
+/// tables use them as column types, and scattered statements call them on every shard.
+async fn types_and_functions_reach_every_shard(info: &ClusterInfo, url: &str, c: &Client) {
+    let shards = info.shard_ids().len();
+    let objects = [
+        "SELECT count(*)::text FROM pg_type WHERE typname = 'mood'",
+        "SELECT count(*)::text FROM pg_type WHERE typname = 'posint'",
+        "SELECT count(*)::text FROM pg_proc WHERE proname = 'shout'",
+    ];
+    c.batch_execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+        .await
+        .expect("create an enum type (simple protocol)");
+    c.execute("CREATE DOMAIN posint AS integer CHECK (VALUE > 0)", &[])
+        .await
+        .expect("create a domain (extended protocol)");
+    let (ok, out, err) = psql(
+        url,
+        "CREATE FUNCTION shout(text) RETURNS text LANGUAGE sql IMMUTABLE AS $$SELECT upper($1)$$",
+    )
+    .await;
+    assert!(ok, "create function: {err}\n{out}");
+    for sql in objects {
+        assert_eq!(shards_holding(info, sql).await, shards, "{sql}");
+    }
+    // A sharded table takes them as column types on every shard, and a scattered read calls
+    // the function on every shard.
+    c.batch_execute("ALTER TABLE users ADD COLUMN mood mood, ADD COLUMN score posint")
+        .await
+        .expect("sharded table columns of the new types");
+    c.execute("ALTER TYPE mood ADD VALUE 'great'", &[])
+        .await
+        .expect("alter the enum type");
+    for key in 501..=512i64 {
+        c.execute(
+            "INSERT INTO users (user_id, name, email, mood, score) \
+             VALUES ($1, 'typed', 't@x', 'great', $2::integer)",
+            &[&key, &(key as i32)],
+        )
+        .await
+        .expect("insert typed rows");
+    }
+    let rows = c
+        .query(
+            "SELECT shout(mood::text), count(*) FROM users WHERE user_id BETWEEN 501 AND 512 \
+             GROUP BY 1",
+            &[],
+        )
+        .await
+        .expect("scattered read calling the function");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].get::<_, String>(0), rows[0].get::<_, i64>(1)),
+        ("GREAT".to_string(), 12)
+    );
+    let bad = c
+        .execute(
+            "INSERT INTO users (user_id, name, email, score) VALUES (513, 'x', 'x', -1)",
+            &[],
+        )
+        .await
+        .expect_err("the domain's check holds on the row's shard");
+    assert_eq!(code(&bad), "23514");
+    // Dropping them reaches every shard too.
+    c.batch_execute(
+        "DELETE FROM users WHERE user_id BETWEEN 501 AND 512; \
+         ALTER TABLE users DROP COLUMN mood, DROP COLUMN score; \
+         DROP TYPE mood; DROP DOMAIN posint; DROP FUNCTION shout(text)",
+    )
+    .await
+    .expect("drop the columns, types and function");
+    for sql in objects {
+        assert_eq!(shards_holding(info, sql).await, 0, "{sql}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn utility_statements_and_unnest_inserts_route_by_what_the_shards_hold() {
     let cluster = TestCluster::start(4, Strategy::Hash).await;
@@ -326,6 +410,7 @@ async fn utility_statements_and_unnest_inserts_route_by_what_the_shards_hold() {
     let c = connect(&proxy).await;
 
     index_statements_run_where_the_table_lives(info, &url, &c).await;
+    types_and_functions_reach_every_shard(info, &url, &c).await;
     let map = proxy.proxy.map.current();
     unnest_inserts_split_per_shard(info, &url, &c, &map).await;
 

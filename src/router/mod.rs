@@ -962,14 +962,16 @@ mod tests {
             route_sql(&r, "insert into users (name) values ('a')", map),
             Route::Any
         );
+        // Functions and types are used on every shard, so every shard gets them.
         assert_eq!(
             route_sql(
                 &r,
                 "create function f() returns int as 'select 1' language sql",
                 map
             ),
-            Route::Single(1)
+            Route::Broadcast(vec![1, 2, 3])
         );
+        assert_eq!(route_sql(&r, "create sequence s", map), Route::Single(1));
     }
 
     #[test]

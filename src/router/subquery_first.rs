@@ -1,9 +1,10 @@
 //! Uncorrelated subqueries that run first: `expr IN (SELECT col FROM …)`, `expr NOT IN (…)`,
-//! `expr op ANY|ALL (…)` as a condition of WHERE, and scalar subqueries `(SELECT col …)`
-//! anywhere in a SELECT, UPDATE or DELETE, when the subquery names no relation of the queries
+//! `expr op ANY|ALL (…)` as a condition of WHERE, and scalar subqueries `(SELECT col …)` and
+//! `EXISTS (SELECT …)` anywhere in a SELECT, UPDATE or DELETE, when the subquery names no relation of the queries
 //! around it. Such a subquery means the same whatever row of the outer query asks, so pgshard
 //! runs it on its own (keyed or scattered, merged) and writes its result into the outer text:
-//! a typed array for `IN`/`ANY`/`ALL`, a typed constant for a scalar subquery. The outer
+//! a typed array for `IN`/`ANY`/`ALL`, a typed constant for a scalar subquery, `true` or `false`
+//! for EXISTS (whose subquery runs with `LIMIT 1` when it has no limit of its own). The outer
 //! statement then routes by key as usual. Pure: parse tree and byte offsets in, text out.
 
 use pg_query::protobuf::{self as pb, Token};
@@ -106,6 +107,9 @@ enum Use {
     /// list without a name, which Postgres names after the subquery's column, so the constant
     /// gets that name.
     Scalar { alias: bool },
+    /// `true` or `false` replaces `EXISTS (…)`; `alias`: a whole unnamed select-list item,
+    /// which Postgres names `exists`.
+    Exists { alias: bool },
 }
 
 /// Why the result of a subquery run first cannot be written into the outer statement; each is
@@ -187,9 +191,13 @@ fn find_in(sql: &str, params: bool) -> Option<First> {
             NodeRef::UpdateStmt(s) => s.where_clause.as_deref(),
             NodeRef::DeleteStmt(s) => s.where_clause.as_deref(),
             NodeRef::SubLink(link) => {
+                let alias = named_after.contains(&link.location);
                 if link.sub_link_type == pb::SubLinkType::ExprSublink as i32 {
-                    let alias = named_after.contains(&link.location);
                     if let Some(f) = scalar(sql, &scan.tokens, link, params, alias) {
+                        found.push(f);
+                    }
+                } else if link.sub_link_type == pb::SubLinkType::ExistsSublink as i32 {
+                    if let Some(f) = exists(sql, &scan.tokens, link, params, alias) {
                         found.push(f);
                     }
                 }
@@ -298,6 +306,32 @@ fn scalar(
         start: at,
         end,
         use_: Use::Scalar { alias },
+    })
+}
+
+fn exists(
+    sql: &str,
+    tokens: &[pb::ScanToken],
+    link: &pb::SubLink,
+    params: bool,
+    alias: bool,
+) -> Option<First> {
+    let at = usize::try_from(link.location).ok()?;
+    if !sql.get(at..at + 6)?.eq_ignore_ascii_case("exists") {
+        return None;
+    }
+    let (mut inner, end) = subselect(sql, tokens, link, at, params)?;
+    // One row answers EXISTS: the rest need not be read, unless the subquery limits itself.
+    if let Some(NodeEnum::SelectStmt(s)) = link.subselect.as_deref()?.node.as_ref() {
+        if s.limit_count.is_none() && s.limit_offset.is_none() && s.locking_clause.is_empty() {
+            inner.push_str(" LIMIT 1");
+        }
+    }
+    Some(First {
+        inner,
+        start: at,
+        end,
+        use_: Use::Exists { alias },
     })
 }
 
@@ -428,6 +462,16 @@ impl First {
         description_body: &[u8],
         rows: &[B],
     ) -> Result<String, SpliceError> {
+        if let Use::Exists { alias } = self.use_ {
+            let value = if rows.is_empty() { "false" } else { "true" };
+            let replacement = match alias {
+                true => format!("{value} AS {}", quote_ident("exists")),
+                false => value.to_string(),
+            };
+            let before = outer.get(..self.start).ok_or(SpliceError::Malformed)?;
+            let after = outer.get(self.end..).ok_or(SpliceError::Malformed)?;
+            return Ok(format!("{before}{replacement}{after}"));
+        }
         let columns = cte::columns(description_body).ok_or(SpliceError::Malformed)?;
         let [(name, oid)] = columns.as_slice() else {
             return Err(SpliceError::Columns);
@@ -459,6 +503,8 @@ impl First {
                     value
                 }
             }
+            // Answered above, whatever its columns.
+            Use::Exists { .. } => return Err(SpliceError::Malformed),
             Use::Array { op, all } => {
                 let array = crate::router::pg_array::encode_text(&values);
                 let quantifier = if *all { "ALL" } else { "ANY" };
@@ -568,6 +614,42 @@ mod tests {
             let f = find(outer).unwrap_or_else(|| panic!("none found in {outer}"));
             assert_eq!(f.inner, *inner, "{outer}");
             let rows: Vec<Vec<u8>> = rows.iter().map(|v| row(*v)).collect();
+            assert_eq!(f.splice(outer, &desc(20), &rows).as_deref(), Ok(*want));
+        }
+    }
+
+    #[test]
+    fn exists_becomes_a_constant() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "SELECT EXISTS (SELECT * FROM u WHERE k = 5)",
+                "SELECT * FROM u WHERE k = 5 LIMIT 1",
+                1,
+                "SELECT true AS \"exists\"",
+            ),
+            (
+                "SELECT NOT exists(SELECT 1 FROM u) AS gone",
+                "SELECT 1 FROM u LIMIT 1",
+                0,
+                "SELECT NOT false AS gone",
+            ),
+            (
+                "SELECT 1 WHERE EXISTS (SELECT 1 FROM u ORDER BY v LIMIT 3) AND x",
+                "SELECT 1 FROM u ORDER BY v LIMIT 3",
+                0,
+                "SELECT 1 WHERE false AND x",
+            ),
+            (
+                "UPDATE o SET v = 1 WHERE EXISTS (SELECT 1 FROM u UNION SELECT 2 FROM w)",
+                "SELECT 1 FROM u UNION SELECT 2 FROM w LIMIT 1",
+                1,
+                "UPDATE o SET v = 1 WHERE true",
+            ),
+        ];
+        for (outer, inner, rows, want) in cases {
+            let f = find(outer).unwrap_or_else(|| panic!("none found in {outer}"));
+            assert_eq!(f.inner, *inner, "{outer}");
+            let rows: Vec<Vec<u8>> = (0..*rows).map(|_| row(Some("1"))).collect();
             assert_eq!(f.splice(outer, &desc(20), &rows).as_deref(), Ok(*want));
         }
     }

@@ -49,6 +49,13 @@ pub(super) fn every_shard_rules(
     );
     let everywhere = first_everywhere_table(scan, tables);
     let local = first_local_table(scan, tables);
+    if facts.kind == StatementKind::Ddl && database_wide_object(stmt) {
+        // Types, functions, extensions and schemas: sharded tables and the statements run on
+        // every shard use them, so every shard gets them (a composite type's name reads as a
+        // table's here, and is not one).
+        facts.every_shard = true;
+        return;
+    }
     if facts.kind == StatementKind::Ddl || maintenance {
         match (everywhere, local) {
             (Some(e), Some(l)) => {
@@ -100,6 +107,72 @@ pub(super) fn every_shard_rules(
             });
         }
         None => facts.every_shard = true,
+    }
+}
+
+/// Object kinds that are not tables but that tables and queries use: they must exist on every
+/// shard alike.
+const DATABASE_WIDE: &[pb::ObjectType] = &[
+    pb::ObjectType::ObjectType,
+    pb::ObjectType::ObjectDomain,
+    pb::ObjectType::ObjectFunction,
+    pb::ObjectType::ObjectProcedure,
+    pb::ObjectType::ObjectRoutine,
+    pb::ObjectType::ObjectAggregate,
+    pb::ObjectType::ObjectExtension,
+    pb::ObjectType::ObjectSchema,
+    pb::ObjectType::ObjectCollation,
+    pb::ObjectType::ObjectOperator,
+    pb::ObjectType::ObjectOpclass,
+    pb::ObjectType::ObjectOpfamily,
+    pb::ObjectType::ObjectCast,
+    pb::ObjectType::ObjectConversion,
+    pb::ObjectType::ObjectTransform,
+    pb::ObjectType::ObjectTsconfiguration,
+    pb::ObjectType::ObjectTsdictionary,
+    pb::ObjectType::ObjectTsparser,
+    pb::ObjectType::ObjectTstemplate,
+];
+
+/// True for DDL that makes, changes or drops a database-wide object of [`DATABASE_WIDE`]'s
+/// kinds (a `CREATE SCHEMA` that also creates tables in it is not: those tables live on the
+/// first shard).
+fn database_wide_object(stmt: &NodeEnum) -> bool {
+    let of_kind = |t: i32| DATABASE_WIDE.iter().any(|k| *k as i32 == t);
+    match stmt {
+        NodeEnum::CreateEnumStmt(_)
+        | NodeEnum::AlterEnumStmt(_)
+        | NodeEnum::CompositeTypeStmt(_)
+        | NodeEnum::CreateRangeStmt(_)
+        | NodeEnum::CreateDomainStmt(_)
+        | NodeEnum::AlterDomainStmt(_)
+        | NodeEnum::DefineStmt(_)
+        | NodeEnum::AlterTypeStmt(_)
+        | NodeEnum::CreateFunctionStmt(_)
+        | NodeEnum::AlterFunctionStmt(_)
+        | NodeEnum::CreateExtensionStmt(_)
+        | NodeEnum::AlterExtensionStmt(_)
+        | NodeEnum::AlterExtensionContentsStmt(_)
+        | NodeEnum::CreateCastStmt(_)
+        | NodeEnum::CreateConversionStmt(_)
+        | NodeEnum::CreateOpClassStmt(_)
+        | NodeEnum::CreateOpFamilyStmt(_)
+        | NodeEnum::AlterOpFamilyStmt(_)
+        | NodeEnum::AlterOperatorStmt(_)
+        | NodeEnum::CreateTransformStmt(_)
+        | NodeEnum::AlterTsdictionaryStmt(_)
+        | NodeEnum::AlterTsconfigurationStmt(_)
+        | NodeEnum::AlterCollationStmt(_) => true,
+        NodeEnum::CreateSchemaStmt(c) => c.schema_elts.is_empty(),
+        NodeEnum::DropStmt(d) => of_kind(d.remove_type),
+        NodeEnum::RenameStmt(r) => of_kind(r.rename_type),
+        NodeEnum::AlterOwnerStmt(a) => of_kind(a.object_type),
+        NodeEnum::AlterObjectSchemaStmt(a) => of_kind(a.object_type),
+        NodeEnum::CommentStmt(c) => of_kind(c.objtype),
+        NodeEnum::GrantStmt(g) => {
+            g.targtype == pb::GrantTargetType::AclTargetObject as i32 && of_kind(g.objtype)
+        }
+        _ => false,
     }
 }
 
@@ -385,7 +458,40 @@ mod tests {
         assert!(f("vacuum").every_shard);
         assert!(!f("vacuum logs").every_shard);
         assert!(!f("drop table logs").every_shard);
-        assert!(!f("create function f() returns int as 'select 1' language sql").every_shard);
+        for sql in [
+            "create function f() returns int as 'select 1' language sql",
+            "create or replace procedure p() language sql as 'select 1'",
+            "alter function f() owner to bob",
+            "drop function if exists f(int)",
+            "create type mood as enum ('sad', 'ok')",
+            "alter type mood add value 'happy'",
+            "alter type mood rename to feeling",
+            "create type pair as (a int, b text)",
+            "create type span as range (subtype = int4)",
+            "drop type mood",
+            "create domain posint as int check (value > 0)",
+            "drop domain posint cascade",
+            "create extension if not exists citext",
+            "drop extension citext",
+            "create schema billing",
+            "drop schema billing cascade",
+            "comment on type mood is 'x'",
+            "grant usage on type mood to bob",
+            "grant execute on function f() to bob",
+            "create aggregate agg (int) (sfunc = int4pl, stype = int)",
+            "create collation ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+        ] {
+            let facts = f(sql);
+            assert!(facts.every_shard && facts.refuse.is_none(), "{sql}");
+        }
+        for sql in [
+            "create schema billing create table invoices (id int)",
+            "grant select on all tables in schema public to bob",
+            "create sequence s",
+            "create view v as select 1",
+        ] {
+            assert!(!f(sql).every_shard, "{sql}");
+        }
         assert_eq!(
             f("drop table users, logs").refuse,
             Some(Refused::MixedPlacement {
