@@ -542,6 +542,46 @@ async fn never_scatter(proxy: &pgshard::server::RunningProxy, map: &ShardMap, ca
     assert_eq!(n, KEYS as i64, "nothing refused was written");
 }
 
+/// A sharded table the proxy did not find at start-up, created through it with a text key: once
+/// the CREATE TABLE ran, its key type is read from the shards, so its rows go where Postgres
+/// hashes their keys and keyed reads find them (before, the text key was taken as an integer
+/// and every INSERT refused).
+async fn table_created_after_start_up(cluster: &TestCluster, c: &Client, map: &ShardMap) {
+    c.batch_execute("CREATE TABLE kt_late (code text PRIMARY KEY, n int NOT NULL)")
+        .await
+        .expect("create a sharded table through the proxy");
+    let insert = c
+        .prepare("INSERT INTO kt_late (code, n) VALUES ($1, $2)")
+        .await
+        .expect("prepare insert");
+    for n in 0..60i32 {
+        c.execute(&insert, &[&format!("late-{n}"), &n])
+            .await
+            .expect("insert with a text key");
+    }
+    for n in [0i32, 17, 59] {
+        let row = c
+            .query_one(
+                "SELECT n FROM kt_late WHERE code = $1",
+                &[&format!("late-{n}")],
+            )
+            .await
+            .expect("keyed read");
+        assert_eq!(row.get::<_, i32>(0), n);
+    }
+    let mut placed = 0;
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        for row in direct.query("SELECT code FROM kt_late", &[]).await.unwrap() {
+            let code: String = row.get(0);
+            let key = KeyType::Text.parse_text(&code).expect("a text key");
+            assert_eq!(map.shard_of(&key), id, "kt_late: {code}");
+            placed += 1;
+        }
+    }
+    assert_eq!(placed, 60);
+}
+
 fn config_with(cluster: &TestCluster, tables: &[(&str, &str, Option<KeyType>)]) -> Config {
     let mut config = Config::load(&cluster.info.config_path).expect("the cluster's config");
     config.proxy.listen = "127.0.0.1:0".into();
@@ -577,6 +617,12 @@ async fn uuid_and_text_keys_are_placed_as_postgres_hashes_them() {
                 key_type: None,
             });
         }
+        // Created through the proxy after it starts, with no key_type in the config.
+        config.sharded_tables.push(ShardedTableConfig {
+            name: "kt_late".into(),
+            key: "code".into(),
+            key_type: None,
+        });
     })
     .await;
     let c = connect(&proxy).await;
@@ -624,6 +670,7 @@ async fn uuid_and_text_keys_are_placed_as_postgres_hashes_them() {
     }
     routing_hints(&cluster, &c, &map, &cases[0]).await;
     never_scatter(&proxy, &map, &cases[1]).await;
+    table_created_after_start_up(&cluster, &c, &map).await;
     // `pgshard verify` reads the key types from the shards and finds every row in place.
     let tables: Vec<(&str, &str, Option<KeyType>)> =
         cases.iter().map(|c| (c.table, c.key, None)).collect();

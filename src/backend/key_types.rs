@@ -119,6 +119,44 @@ pub fn judge(
     Ok(ty)
 }
 
+/// The key types the shards' catalog gives the configured tables now, read on the first shard
+/// that answers: after DDL through the proxy, so a table created after start-up (whose type
+/// was then unknown and taken as integer) is keyed by its real type. The catalog's type wins
+/// over the config's; a table that does not exist is left out, and so is one whose type cannot
+/// be placed (with a warning, as start-up would have refused it).
+pub async fn learn(
+    config: &Config,
+    strategy: &Strategy,
+    tls: &ServerTls,
+) -> Vec<(String, KeyType)> {
+    let mut learnt = Vec::new();
+    for shard in &config.shards {
+        let Some(client) = crate::backend::shadows::control_client(config, shard, tls).await else {
+            continue;
+        };
+        for table in &config.sharded_tables {
+            let key = match lookup(&client, table).await {
+                Ok(Some(key)) => key,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(shard = shard.id, "{e}");
+                    continue;
+                }
+            };
+            let unconfigured = ShardedTableConfig {
+                key_type: None,
+                ..table.clone()
+            };
+            match judge(&unconfigured, Some(&key), strategy) {
+                Ok(ty) => learnt.push((table.name.clone(), ty)),
+                Err(e) => tracing::warn!("{e}; its statements keep routing as before"),
+            }
+        }
+        break;
+    }
+    learnt
+}
+
 /// The sharded tables with their key types resolved on the shards that answer (a shard that
 /// does not answer is skipped, as the other start-up checks do).
 pub async fn resolve(

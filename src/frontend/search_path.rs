@@ -44,6 +44,12 @@ impl Session {
         )
         .await;
         proxy.router.set_shadows(shadows);
+        let strategy = proxy.map.current().strategy;
+        let learnt =
+            crate::backend::key_types::learn(&proxy.config, &strategy, &proxy.server_tls).await;
+        if proxy.router.set_key_types(&learnt) {
+            tracing::info!("key types read again from the shards after DDL: {learnt:?}");
+        }
     }
 
     /// Before a request: when the search_path changed since the client's prepared statements

@@ -128,10 +128,11 @@ impl Router {
     /// an error, or a NOTICE for `IF EXISTS`).
     pub fn index_route(&self, owners: &[OwnerTable], map: &ShardMap, first_shard: u32) -> Route {
         let owners: BTreeSet<&OwnerTable> = owners.iter().collect();
+        let tables = self.tables();
         let (everywhere, local): (Vec<&OwnerTable>, Vec<&OwnerTable>) =
             owners.into_iter().partition(|o| {
-                self.tables.key_of(&o.schema, &o.table).is_some()
-                    || self.tables.is_reference(&o.schema, &o.table)
+                tables.key_of(&o.schema, &o.table).is_some()
+                    || tables.is_reference(&o.schema, &o.table)
             });
         match (everywhere.first(), local.first()) {
             (Some(e), Some(l)) => Route::Refuse(format!(

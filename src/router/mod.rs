@@ -90,7 +90,9 @@ fn cache_key(prefix: &str, scope: &str, sql: &str) -> String {
 
 /// Statement analysis (cached) and the routing decision.
 pub struct Router {
-    tables: ShardedTables,
+    /// Replaced when pgshard learns a key type it could not read at start-up (the table was
+    /// created later).
+    tables: std::sync::RwLock<ShardedTables>,
     /// What the shards' catalogs hold under the configured tables' names in other schemas.
     shadows: std::sync::RwLock<Arc<names::Shadows>>,
     /// Tenant schemas and their shards, as the current shard map places them.
@@ -105,7 +107,7 @@ impl Router {
     /// A router for these sharded tables (no reference tables, shards taken from the map).
     pub fn new(tables: &[ShardedTableConfig], cache_size: usize) -> Router {
         Router {
-            tables: ShardedTables::new(tables),
+            tables: std::sync::RwLock::new(ShardedTables::new(tables)),
             shadows: Default::default(),
             tenants: Default::default(),
             cache: RouteCache::new(cache_size),
@@ -125,7 +127,8 @@ impl Router {
     /// Adds reference tables (copied to every shard). Call before the first statement: cached
     /// facts depend on the table lists.
     pub fn with_reference_tables(mut self, names: &[String]) -> Router {
-        self.tables = self.tables.clone().with_reference(names);
+        let tables = self.tables();
+        *self.tables_mut() = tables.with_reference(names);
         self
     }
 
@@ -134,15 +137,17 @@ impl Router {
         mut self,
         schemas: &[crate::config::schemas::ShardedSchemaConfig],
     ) -> Router {
-        self.tables = self.tables.clone().with_schemas(schemas);
-        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = self.tables.tenants().clone();
+        let tables = self.tables().with_schemas(schemas);
+        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = tables.tenants().clone();
+        *self.tables_mut() = tables;
         self
     }
 
     /// Names new tenants by `[tenants] schema_prefix`: their `CREATE SCHEMA` is refused until
     /// pgshard has placed them. Call before the first statement.
     pub fn with_tenant_prefix(mut self, prefix: Option<&str>) -> Router {
-        self.tables = self.tables.clone().with_tenant_prefix(prefix);
+        let tables = self.tables();
+        *self.tables_mut() = tables.with_tenant_prefix(prefix);
         self
     }
 
@@ -173,8 +178,27 @@ impl Router {
     }
 
     /// The sharded tables this router knows.
-    pub fn tables(&self) -> &ShardedTables {
-        &self.tables
+    pub fn tables(&self) -> ShardedTables {
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn tables_mut(&mut self) -> &mut ShardedTables {
+        self.tables.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes key types read from the shards' catalogs (configured names): statements analysed
+    /// with the old types are dropped from the cache. True when a type changed.
+    pub fn set_key_types(&self, types: &[(String, KeyType)]) -> bool {
+        let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        let Some(updated) = tables.with_key_types(types) else {
+            return false;
+        };
+        *tables = updated;
+        self.cache.clear();
+        true
     }
 
     /// (hits, misses) of the facts cache.
@@ -289,7 +313,7 @@ impl Router {
                 let key_type = match cast {
                     Some(t) => Some(*t),
                     None if facts.sharded => Some(facts.key_type),
-                    None => self.tables.common_key_type(),
+                    None => self.tables().common_key_type(),
                 };
                 let Some(key_type) = key_type else {
                     return Route::Refuse(hint::invalid(

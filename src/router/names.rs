@@ -288,7 +288,7 @@ struct Sharded {
     key_type: KeyType,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Config {
     /// Key columns, lowercased; `Sharded::key_index` points here.
     keys: Vec<String>,
@@ -336,6 +336,22 @@ impl ShardedTables {
             config: Arc::new(config),
             ..ShardedTables::default()
         }
+    }
+
+    /// The same tables with these key types (configured names): `None` when none changes.
+    pub fn with_key_types(&self, types: &[(String, KeyType)]) -> Option<ShardedTables> {
+        let mut config = (*self.config).clone();
+        let mut changed = false;
+        for (name, ty) in types {
+            if let Some(s) = config.sharded.get_mut(&split_config_name(name)) {
+                changed |= s.key_type != *ty;
+                s.key_type = *ty;
+            }
+        }
+        changed.then(|| ShardedTables {
+            config: Arc::new(config),
+            ..self.clone()
+        })
     }
 
     /// The same tables plus these reference tables (names as in the config, `public.` optional).
@@ -587,14 +603,16 @@ impl super::Router {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        self.tables.resolving(path, &shadows).with_tenants(tenants)
+        self.tables()
+            .resolving(path, &shadows)
+            .with_tenants(tenants)
     }
 
     /// Takes the tenant placements of `map`: the catalog's shard for every tenant it lists, the
     /// configured one for a `[[sharded_schemas]]` entry it does not list yet; cached facts placed
     /// with other placements are dropped. Called with every map the proxy installs.
     pub fn follow_tenants(&self, map: &super::ShardMap) {
-        let mut tenants: Tenants = (**self.tables.tenants()).clone();
+        let mut tenants: Tenants = (**self.tables().tenants()).clone();
         tenants.extend(map.tenants.iter().map(|(s, &n)| (s.clone(), n)));
         let mut current = self.tenants.write().unwrap_or_else(|p| p.into_inner());
         if **current != tenants {
