@@ -204,8 +204,12 @@ impl Session {
                     }
                     if let Msg::Execute(e) = &msg {
                         executes += 1;
-                        partial_fetch |= e.max_rows > 0;
-                        if let Some(st) = portal_statements.get(&e.portal) {
+                        let statement = portal_statements.get(&e.portal);
+                        let no_rows = statement
+                            .and_then(|st| st.facts.first())
+                            .is_some_and(|f| f.returns_no_rows);
+                        partial_fetch |= e.max_rows > 0 && !no_rows;
+                        if let Some(st) = statement {
                             executed.push(st.clone());
                         }
                     }

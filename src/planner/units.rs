@@ -181,9 +181,12 @@ pub fn plan_unit(
     for p in &binds {
         portals.0.insert(p.to_string(), where_bound);
     }
-    let partial = unit
-        .iter()
-        .any(|m| matches!(m, Msg::Execute(e) if e.max_rows > 0));
+    // A write without RETURNING runs whole whatever its Execute's row limit.
+    let no_rows = !facts.is_empty() && facts.iter().all(|f| f.returns_no_rows);
+    let partial = !no_rows
+        && unit
+            .iter()
+            .any(|m| matches!(m, Msg::Execute(e) if e.max_rows > 0));
     if partial && where_bound.is_none() {
         // Reads over several shards with a row limit are held (see `held`).
         return UnitPlan::Refuse(Refusal::unsupported(
@@ -384,6 +387,7 @@ mod tests {
     const KEYED: &str = "SELECT * FROM users WHERE user_id = $1";
     const KEYLESS: &str = "SELECT * FROM users WHERE name = $1";
     const WRITE: &str = "UPDATE users SET name = $2 WHERE user_id = $1";
+    const WRITE_RETURNING: &str = "UPDATE users SET name = $2 WHERE user_id = $1 RETURNING name";
     const FALLBACK: u32 = 9;
 
     fn single(s: u32) -> Option<Route> {
@@ -448,12 +452,19 @@ mod tests {
                 SessionState::default(),
                 Err("held"),
             ),
-            // A keyless write under a row limit: refused.
+            // A keyless write returning rows under a row limit: refused.
             (
-                vec![bind("", WRITE), execute("", 10)],
+                vec![bind("", WRITE_RETURNING), execute("", 10)],
                 vec![scatter.clone(), None],
                 SessionState::default(),
                 Err("a statement that changes several shards must be executed without a row limit"),
+            ),
+            // Without RETURNING the limit changes nothing (pgjdbc's executeUpdate sends 1).
+            (
+                vec![bind("", WRITE), execute("", 1)],
+                vec![scatter.clone(), None],
+                SessionState::default(),
+                Ok(Target::Scatter(vec![1, 2, 3])),
             ),
             // Any shard answers: the block's shard inside a block, else the fallback.
             (

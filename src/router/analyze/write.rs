@@ -18,6 +18,10 @@ pub(super) fn analyze_insert(
 ) {
     facts.kind = StatementKind::Insert;
     facts.is_write = true;
+    facts.returns_no_rows = i
+        .returning_clause
+        .as_ref()
+        .is_none_or(|r| r.exprs.is_empty());
     let Some(rel) = &i.relation else { return };
     let mut ctx = Ctx::new(tables);
     let target = ctx.add_range_var(rel);
@@ -105,6 +109,10 @@ pub(super) fn analyze_update(
 ) {
     facts.kind = StatementKind::Update;
     facts.is_write = true;
+    facts.returns_no_rows = u
+        .returning_clause
+        .as_ref()
+        .is_none_or(|r| r.exprs.is_empty());
     let Some(rel) = &u.relation else { return };
     let mut ctx = Ctx::new(tables);
     let target = ctx.add_range_var(rel);
@@ -137,6 +145,10 @@ pub(super) fn analyze_delete(
 ) {
     facts.kind = StatementKind::Delete;
     facts.is_write = true;
+    facts.returns_no_rows = d
+        .returning_clause
+        .as_ref()
+        .is_none_or(|r| r.exprs.is_empty());
     let Some(rel) = &d.relation else { return };
     let mut ctx = Ctx::new(tables);
     ctx.add_range_var(rel);

@@ -318,6 +318,50 @@ public final class DriverCheck {
         }
     }
 
+    /** Rows named `name` on the shards, read directly. */
+    private long rowsNamedOnShards(String name) throws SQLException {
+        long n = 0;
+        for (int shard : shards) {
+            try (PreparedStatement ps = direct.get(shard).prepareStatement("SELECT count(*) FROM users WHERE name = ?")) {
+                ps.setString(1, name);
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    n += rs.getLong(1);
+                }
+            }
+        }
+        return n;
+    }
+
+    /**
+     * executeUpdate of keyless UPDATE and DELETE over every shard: pgjdbc executes them with a row
+     * limit of 1 (it expects no rows), which must not matter; with autocommit and in a transaction.
+     */
+    private void keylessExecuteUpdate() throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            for (int shard : shards) {
+                ps.setLong(1, key(shard, 12));
+                ps.setString(2, "java-upd");
+                ps.addBatch();
+            }
+            ps.executeBatch();
+        }
+        try (Statement st = conn.createStatement()) {
+            checkEqual(st.executeUpdate("UPDATE users SET name = 'java-upd2' WHERE name = 'java-upd'"),
+                    shards.size(), "keyless UPDATE count (autocommit)");
+        }
+        checkEqual(rowsNamedOnShards("java-upd2"), (long) shards.size(), "updated rows on the shards");
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement("DELETE FROM users WHERE name = ?")) {
+            ps.setString(1, "java-upd2");
+            checkEqual(ps.executeUpdate(), shards.size(), "keyless DELETE count (in a transaction)");
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+        checkEqual(rowsNamedOnShards("java-upd2"), 0L, "deleted rows left on the shards");
+    }
+
     /** getGeneratedKeys: a batch over every shard, and one INSERT whose key pgshard generates. */
     private void generatedKeys() throws SQLException {
         try (PreparedStatement ps = conn.prepareStatement(INSERT_USER, Statement.RETURN_GENERATED_KEYS)) {
@@ -450,6 +494,7 @@ public final class DriverCheck {
         steps.put("batchesInTransaction", suite::batchesInTransaction);
         steps.put("batchFirstInTransaction", suite::batchFirstInTransaction);
         steps.put("keylessFirstInTransaction", suite::keylessFirstInTransaction);
+        steps.put("keylessExecuteUpdate", suite::keylessExecuteUpdate);
         steps.put("generatedKeys", suite::generatedKeys);
         steps.put("keylessAggregate", suite::keylessAggregate);
         steps.put("keylessFetchSize", suite::keylessFetchSize);
