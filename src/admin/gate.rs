@@ -58,9 +58,24 @@ impl PauseGate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Counts a request in flight; its pass ends it.
+    fn admit(self: &Arc<Self>, s: &mut GateState) -> RequestPass {
+        s.in_flight += 1;
+        s.requests_total += 1;
+        RequestPass { gate: self.clone() }
+    }
+
     /// Waits while the proxy is paused, then counts a request in flight until the pass drops.
     /// `in_transaction` requests pass at once: their transaction is already running.
     pub async fn enter(self: &Arc<Self>, in_transaction: bool) -> RequestPass {
+        // Not paused (nearly always): pass without registering for a RESUME; only a request
+        // that may wait needs the registration made before it looks at the state.
+        {
+            let mut s = self.lock();
+            if in_transaction || !s.paused {
+                return self.admit(&mut s);
+            }
+        }
         let mut counted_waiting = false;
         loop {
             let resumed = self.resumed.notified();
@@ -72,9 +87,7 @@ impl PauseGate {
                     if counted_waiting {
                         s.waiting -= 1;
                     }
-                    s.in_flight += 1;
-                    s.requests_total += 1;
-                    return RequestPass { gate: self.clone() };
+                    return self.admit(&mut s);
                 }
                 if !counted_waiting {
                     s.waiting += 1;

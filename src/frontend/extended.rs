@@ -58,6 +58,13 @@ pub(crate) fn bind_statement_name(body: &[u8]) -> Option<&str> {
     std::str::from_utf8(&rest[..end]).ok()
 }
 
+/// Statements whose batch must reserve generated keys first, or that change a table's columns.
+fn needs_keys(facts: &[StatementFacts]) -> bool {
+    facts.iter().any(|f| {
+        f.missing_key_rows.is_some() || f.unnest_keyless.is_some() || f.kind == StatementKind::Ddl
+    })
+}
+
 fn is_local(facts: &[StatementFacts]) -> bool {
     facts.first().is_some_and(|f| f.local.is_some())
 }
@@ -108,20 +115,17 @@ impl Session {
     }
 
     /// False when no message of the batch can need generated keys (or change a table's columns):
-    /// Binds of known statements that name their keys, as a prepared statement's re-execution
-    /// sends them. Spares decoding every Bind twice per batch.
+    /// Binds of known statements, and Parses of texts, that name their keys, as a prepared
+    /// statement's re-execution or an unnamed statement's Parse/Bind sends them. Spares decoding
+    /// every Parse and Bind once more per batch.
     fn batch_may_need_keys(&self) -> bool {
         self.batch.iter().any(|frame| match frame.tag {
-            fe::PARSE => true,
+            // Analyzed once per batch (`analyze_parsed` remembers it for the routing after).
+            fe::PARSE => fe::parse_texts(&frame.body)
+                .map_or(true, |(_, query)| needs_keys(&self.analyze_parsed(query))),
             fe::BIND => bind_statement_name(&frame.body)
                 .and_then(|name| self.state.statements.get(name))
-                .is_none_or(|st| {
-                    st.facts.iter().any(|f| {
-                        f.missing_key_rows.is_some()
-                            || f.unnest_keyless.is_some()
-                            || f.kind == StatementKind::Ddl
-                    })
-                }),
+                .is_none_or(|st| needs_keys(&st.facts)),
             _ => false,
         })
     }

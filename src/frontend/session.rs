@@ -1018,18 +1018,16 @@ impl Session {
             self.held = BTreeMap::new();
             return;
         }
-        let keep = self.block_shards();
-        if self.state.txn.is_some() && keep.is_empty() {
+        let block = self.state.txn.as_ref().map(|t| &t.participants);
+        if block.is_some_and(|shards| shards.is_empty()) {
             // A BEGIN is pending: keep what we have for the first statement.
             return;
         }
-        let shards: Vec<u32> = self
-            .held
-            .keys()
-            .copied()
-            .filter(|s| !keep.contains(s) && !self.pins.keeps(*s))
-            .collect();
-        for shard in shards {
+        // No list of shards built (this runs twice per request): the map holds a connection or
+        // two, searched again after each removal.
+        let pins = &self.pins;
+        let goes = |s: &u32| !block.is_some_and(|b| b.contains(s)) && !pins.keeps(*s);
+        while let Some(shard) = self.held.keys().find(|s| goes(s)).copied() {
             if let Some(conn) = self.held.remove(&shard) {
                 if !conn.reusable() {
                     ShardPools::discard(conn);

@@ -52,6 +52,11 @@ impl Session {
                 Phase::Draining if between_requests => return Next::End(admin_shutdown()),
                 _ => {}
             }
+            // The rest of a pipeline (Bind, Execute, Sync behind a Parse) is read already: it
+            // needs no wait, so no timers or wake-ups are armed for it.
+            if self.io.has_buffered_frame() {
+                return next_of(self.io.read_frame().await);
+            }
             let idle_limit = in_txn
                 .then(|| self.proxy.live.get().idle_in_transaction_timeout)
                 .flatten();
@@ -62,11 +67,7 @@ impl Session {
                 }
             };
             let note = tokio::select! {
-                read = self.io.read_frame() => return match read {
-                    Ok(Some(frame)) => Next::Frame(frame),
-                    Ok(None) => Next::Closed,
-                    Err(e) => Next::End(read_error(&e)),
-                },
+                read = self.io.read_frame() => return next_of(read),
                 Ok(()) = phase.changed() => continue,
                 // A listening client idle outside any block gets its notifications at once.
                 Some(note) = self.notify.next(), if between_requests => note,
@@ -119,6 +120,15 @@ impl Session {
 
 fn has_targets(active: &ActiveTargets) -> bool {
     !active.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+}
+
+/// What one read from the client gives the session loop.
+fn next_of(read: Result<Option<Frame>, ClientReadError>) -> Next {
+    match read {
+        Ok(Some(frame)) => Next::Frame(frame),
+        Ok(None) => Next::Closed,
+        Err(e) => Next::End(read_error(&e)),
+    }
 }
 
 /// The FATAL error for a message the client should not have sent (or not finished).

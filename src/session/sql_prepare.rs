@@ -39,11 +39,13 @@ pub enum SqlPrepareAction {
 
 /// True when `sql` starts with PREPARE, EXECUTE or DEALLOCATE: a cheap look before parsing.
 pub fn may_be_sql_prepare(sql: &str) -> bool {
-    let word: String = sql
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect();
+    // A slice of the text, not a copy: every simple Query asks.
+    let sql = sql.trim_start();
+    let len = sql
+        .bytes()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(sql.len());
+    let word = &sql[..len];
     ["prepare", "execute", "deallocate"]
         .iter()
         .any(|w| word.eq_ignore_ascii_case(w))

@@ -1,7 +1,7 @@
 //! Framing: a regular message is a type byte and a big-endian length that counts itself; the startup
 //! family has no type byte. Bodies are kept as `Bytes` so forwarding never copies or re-encodes them.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Protocol version 3.0 in a StartupMessage.
 pub const PROTOCOL_V3: u32 = 196_608;
@@ -72,7 +72,8 @@ pub fn split_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, Fr
     }
     let mut frame = buf.split_to(1 + len);
     let tag = frame[0];
-    let _ = frame.split_to(5);
+    // The header skipped in place (a split would make and drop a second handle per message).
+    frame.advance(5);
     Ok(Some(Frame {
         tag,
         body: frame.freeze(),

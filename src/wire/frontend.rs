@@ -31,6 +31,20 @@ pub fn decode_query(body: &[u8]) -> Result<&str, DecodeError> {
     })
 }
 
+/// A Parse's statement name and query text, read in place: the questions a batch asks of every
+/// Parse before it is run (does it need keys, a rewrite, a subquery run first?) cost no copies.
+/// Only the two texts are checked; `Parse::decode` still judges the whole message.
+pub fn parse_texts(body: &[u8]) -> Result<(&str, &str), DecodeError> {
+    let mut r = BodyReader::new(body, "Parse");
+    let invalid = |_| DecodeError {
+        message: "Parse",
+        detail: "invalid UTF-8",
+    };
+    let name = std::str::from_utf8(r.cstr_bytes()?).map_err(invalid)?;
+    let query = std::str::from_utf8(r.cstr_bytes()?).map_err(invalid)?;
+    Ok((name, query))
+}
+
 /// A Parse message: prepare `query` as statement `name` ("" is the unnamed statement).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parse {
@@ -274,6 +288,18 @@ mod tests {
         let enc = b.encode();
         assert_eq!(Bind::decode(&enc.body).unwrap(), b);
         assert_eq!(b.param_format(1), 1);
+    }
+
+    #[test]
+    fn a_parses_texts_are_read_in_place() {
+        let p = Parse {
+            name: "s1".into(),
+            query: "select $1".into(),
+            param_types: vec![20],
+        };
+        assert_eq!(parse_texts(&p.encode().body), Ok(("s1", "select $1")));
+        assert!(parse_texts(b"s1\0select").is_err());
+        assert!(parse_texts(b"s1\0\xff\0\0\0").is_err());
     }
 
     #[test]

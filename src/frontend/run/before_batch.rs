@@ -11,12 +11,17 @@ impl Session {
     /// the batch is answered already (something run first failed).
     pub async fn before_batch(&mut self, sync: bool) -> Result<bool, End> {
         for frame in self.batch.iter_mut().filter(|f| f.tag == fe::PARSE) {
+            // Read in place: most texts are not rewritten, and need no decoded copy.
+            let Some(query) = fe::parse_texts(&frame.body)
+                .ok()
+                .and_then(|(_, query)| as_values(query))
+            else {
+                continue;
+            };
             let Ok(parse) = Parse::decode(&frame.body) else {
                 continue;
             };
-            if let Some(query) = as_values(&parse.query) {
-                *frame = Parse { query, ..parse }.encode();
-            }
+            *frame = Parse { query, ..parse }.encode();
         }
         self.bind_subqueries_first(sync).await
     }

@@ -289,6 +289,19 @@ impl Session {
         if !parsed_here && !refused(&self.state.statements.get(name)?.facts) {
             return None;
         }
+        // A statement parsed in this batch (an unnamed one, each time): its text read in place
+        // and analyzed once for the batch (routing asks again), no decoding when nothing runs
+        // first.
+        let parsed_text = self.batch[..at]
+            .iter()
+            .filter(|f| f.tag == fe::PARSE)
+            .filter_map(|f| fe::parse_texts(&f.body).ok())
+            .rfind(|(parsed, _)| *parsed == name);
+        if let Some((_, query)) = parsed_text {
+            if !refused(&self.analyze_parsed(query)) {
+                return None;
+            }
+        }
         let bind = Bind::decode(&frame.body).ok()?;
         let (sql, types) = bound_statement(
             &self.batch,
