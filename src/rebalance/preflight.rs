@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
 use super::jobs::Job;
@@ -280,25 +279,13 @@ async fn prepare_destination(
         if !empty {
             continue;
         }
-        let out = src
-            .copy_out(&format!("COPY {t} TO STDOUT"))
-            .await
-            .map_err(RebalanceError::shard(template))?;
-        let sink = dest
-            .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN"))
-            .await
-            .map_err(RebalanceError::shard(dest_id))?;
-        futures_util::pin_mut!(out);
-        futures_util::pin_mut!(sink);
-        while let Some(chunk) = out.next().await {
-            let chunk = chunk.map_err(RebalanceError::shard(template))?;
-            sink.send(chunk)
-                .await
-                .map_err(RebalanceError::shard(dest_id))?;
-        }
-        sink.finish()
-            .await
-            .map_err(RebalanceError::shard(dest_id))?;
+        super::initial_copy::pipe(
+            (&src, template),
+            (dest, dest_id),
+            &format!("COPY {t} TO STDOUT"),
+            &format!("COPY {t} FROM STDIN"),
+        )
+        .await?;
     }
     Ok(())
 }
