@@ -466,13 +466,33 @@ impl Runner<'_> {
         }
         let config = self.config;
         let cleaning = steps.into_iter().map(|(step, source, dest)| async move {
-            copy::drop_replication(&source, &dest, job, step).await?;
+            let t0 = Instant::now();
+            // A destination connection of the step's own: DROP SUBSCRIPTION waits for the
+            // subscription's worker to stop and logs in to the source to drop the slot, and
+            // steps sharing a destination (add-shard: all of them) would wait for each other.
+            let own = connect(config, step.dest).await;
+            let dest = match &own {
+                Ok(c) => c,
+                Err(_) => &*dest,
+            };
+            copy::drop_replication(&source, dest, job, step).await?;
+            let dropped = t0.elapsed();
             let batch = config.rebalance.delete_batch;
             let deleted = copy::delete_rows(config, &source, step.source, job, step, batch).await?;
+            let emptied = t0.elapsed();
             let left = copy::checksums(config, &source, step.source, job, &[step])
                 .await?
                 .remove(&step.no)
                 .unwrap_or_default();
+            tracing::info!(
+                job = job.id,
+                step = step.no,
+                deleted,
+                dropped_ms = dropped.as_millis() as u64,
+                deleted_ms = (emptied - dropped).as_millis() as u64,
+                checked_ms = (t0.elapsed() - emptied).as_millis() as u64,
+                "step cleaned up"
+            );
             if left.iter().any(|(_, n, _)| *n > 0) {
                 return Err(RebalanceError::Refused(format!(
                     "step {}: rows still on shard {} after clean-up: {left:?}",
