@@ -1246,3 +1246,70 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
     assert!(ok, "{out}");
     clients_proxy.stop().await;
 }
+
+/// A runner that died between creating a step's slot and committing its copy leaves the slot,
+/// idle, with no subscription and no rows on the destination; the slot's snapshot died with it.
+/// The next runner starts that step's copy again from a new slot, under writes: the job
+/// finishes, every acknowledged write is in exactly one place, and nothing of it stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_interrupted_after_its_slot_starts_again_from_a_new_slot() {
+    let cluster = TestCluster::start(11, Strategy::Hash).await;
+    let info = &cluster.info;
+    let map = publish(info, Strategy::Hash, &TEN).await;
+    let clients_proxy = start_proxy_with(info, |c| c.rebalance.run_jobs = false).await;
+    eventually_within(
+        Duration::from_secs(10),
+        "the proxy loads the map",
+        || async { clients_proxy.proxy.map.current().version == map.version },
+    )
+    .await;
+    let mut audit = seed_users(&clients_proxy, 600).await;
+    let config = pgshard::config::Config::load(&info.config_path).unwrap();
+    let job = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(10))
+        .await
+        .unwrap();
+    let step = job_state(info, job).await.steps[0].clone();
+    let source = proxy::shard(info, step.source).await;
+    source
+        .query_one(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&format!("pgshard_j{job}_s{}", step.no)],
+        )
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=3i64)
+        .map(|id| tokio::spawn(writer(proxy::app_url(&clients_proxy), id, stop.clone())))
+        .collect();
+    let runner = start_proxy_with(info, |_| {}).await;
+    let done = wait_job_done(info, job).await;
+    eventually_within(
+        Duration::from_secs(10),
+        "the proxy loads the final map",
+        || async { Some(clients_proxy.proxy.map.current().version) == done.new_version },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut errors = Vec::new();
+    for w in writers {
+        let (a, e) = w.await.unwrap();
+        audit.extend(a);
+        errors.extend(e);
+    }
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    let final_map = clients_proxy.proxy.map.current();
+    assert_eq!(final_map.shards(), ELEVEN);
+    check_audit(info, &audit, &final_map).await;
+    for shard in ELEVEN {
+        assert_eq!(
+            replication_objects(info, shard).await,
+            (0, 0, 0),
+            "shard {shard} keeps replication objects"
+        );
+    }
+    let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    runner.stop().await;
+    clients_proxy.stop().await;
+}
