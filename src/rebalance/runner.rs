@@ -225,7 +225,10 @@ impl Runner<'_> {
             match job.state {
                 JobState::Done | JobState::Cancelled | JobState::Failed => return Ok(()),
                 JobState::Pending => {
-                    if let Err(e) = preflight::check(self.config, &job).await {
+                    // The job's connections first: the checks use them, then the copy. A shard
+                    // that cannot be reached fails the checks below, with their message.
+                    let _ = self.connect_all(job.shards()).await;
+                    if let Err(e) = preflight::check(self.config, &job, &self.conns).await {
                         tracing::warn!(job = id, error = %e, "rebalancing job failed its checks");
                         self.advance(client, &job, JobState::Failed, Some(&e.to_string()))
                             .await?;
