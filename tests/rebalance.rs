@@ -1215,10 +1215,31 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
     idle.batch_execute("COMMIT").await.unwrap();
     let _runner = ProxyProcess::start(info, dir.path()).await;
     let job = wait_job_done(info, job_b).await;
+    let mut errors =
+        stop_writers_after_switch(&clients_proxy, &job, &stop, writers, &mut audit).await;
+    errors.extend(reader_task.await.unwrap().1);
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+
+    let final_map = clients_proxy.proxy.map.current();
+    assert_eq!(final_map.shards(), TEN);
+    check_audit(info, &audit, &final_map).await;
+    nothing_left_and_verified(info).await;
+    clients_proxy.stop().await;
+}
+
+/// Waits until `proxy` runs on the map `job` switched to, lets the writers go on a moment, stops
+/// them and adds what they wrote to `audit`; returns the errors they saw.
+async fn stop_writers_after_switch(
+    proxy: &pgshard::server::RunningProxy,
+    job: &pgshard::rebalance::jobs::Job,
+    stop: &std::sync::atomic::AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<(Audit, Vec<String>)>>,
+    audit: &mut Audit,
+) -> Vec<String> {
     eventually_within(
         Duration::from_secs(10),
         "the proxy loads the final map",
-        || async { Some(clients_proxy.proxy.map.current().version) == job.new_version },
+        || async { Some(proxy.proxy.map.current().version) == job.new_version },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1229,12 +1250,12 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
         audit.extend(a);
         errors.extend(e);
     }
-    errors.extend(reader_task.await.unwrap().1);
-    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    errors
+}
 
-    let final_map = clients_proxy.proxy.map.current();
-    assert_eq!(final_map.shards(), TEN);
-    check_audit(info, &audit, &final_map).await;
+/// No shard keeps a replication object of a job, and `pgshard verify` finds every row on its
+/// shard.
+async fn nothing_left_and_verified(info: &ClusterInfo) {
     for shard in ELEVEN {
         assert_eq!(
             replication_objects(info, shard).await,
@@ -1244,7 +1265,6 @@ async fn a_runner_killed_during_copy_or_cut_over_is_taken_over_and_the_audit_hol
     }
     let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
     assert!(ok, "{out}");
-    clients_proxy.stop().await;
 }
 
 /// A runner that died between creating a step's slot and committing its copy leaves the slot,
@@ -1283,33 +1303,12 @@ async fn a_copy_interrupted_after_its_slot_starts_again_from_a_new_slot() {
         .collect();
     let runner = start_proxy_with(info, |_| {}).await;
     let done = wait_job_done(info, job).await;
-    eventually_within(
-        Duration::from_secs(10),
-        "the proxy loads the final map",
-        || async { Some(clients_proxy.proxy.map.current().version) == done.new_version },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut errors = Vec::new();
-    for w in writers {
-        let (a, e) = w.await.unwrap();
-        audit.extend(a);
-        errors.extend(e);
-    }
+    let errors = stop_writers_after_switch(&clients_proxy, &done, &stop, writers, &mut audit).await;
     assert!(errors.is_empty(), "clients saw errors: {errors:?}");
     let final_map = clients_proxy.proxy.map.current();
     assert_eq!(final_map.shards(), ELEVEN);
     check_audit(info, &audit, &final_map).await;
-    for shard in ELEVEN {
-        assert_eq!(
-            replication_objects(info, shard).await,
-            (0, 0, 0),
-            "shard {shard} keeps replication objects"
-        );
-    }
-    let (ok, out) = pgshard(&["verify", "--config", info.config_path.to_str().unwrap()]);
-    assert!(ok, "{out}");
+    nothing_left_and_verified(info).await;
     runner.stop().await;
     clients_proxy.stop().await;
 }
