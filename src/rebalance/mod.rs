@@ -48,8 +48,9 @@ pub enum RebalanceError {
     UnknownSchema(String),
     #[error(transparent)]
     ServerTls(#[from] crate::backend::ServerTlsError),
-    /// A shard's replication connection (the proxy's own protocol code, not tokio-postgres).
-    #[error("shard {0}: {1}")]
+    /// A shard's replication connection (the proxy's own protocol code, not tokio-postgres);
+    /// the error names the shard.
+    #[error("replication connection: {1}")]
     Backend(u32, #[source] Box<crate::backend::conn::BackendError>),
 }
 
