@@ -133,7 +133,8 @@ pub struct RebalanceConfig {
     /// after this, and the next proxy resumes the job.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
-    /// Rows deleted from the source per batch at clean-up.
+    /// Rows a clean-up statement reads (and at most deletes): the page range it covers holds
+    /// about this many, by the table's statistics.
     #[serde(default = "default_delete_batch")]
     pub delete_batch: i64,
     /// Whether this proxy runs rebalancing jobs it finds in the catalog.

@@ -43,7 +43,10 @@ pub fn row_description(body: &[u8]) -> Option<usize> {
 
 /// The first column of a server's DataRow as text, as the proxy reads one-value answers.
 pub fn first_text_column(body: &[u8]) -> Option<String> {
-    crate::backend::conn::first_text_column(body)
+    crate::backend::conn::text_columns(body)?
+        .into_iter()
+        .next()
+        .flatten()
 }
 
 /// The (type OID, format) of each field of a server's RowDescription, as the merge reads them.

@@ -108,13 +108,31 @@ impl ServerConn {
     /// Connects to server `server` of `shard` at `addr` (over TLS when `tls` says so), logs in as
     /// `login` (role and password) and reads the server's start-up messages up to the first
     /// ReadyForQuery.
+    /// Connects to the shard's primary as a logical replication connection (start-up parameter
+    /// `replication=database`): it accepts replication commands such as `CREATE_REPLICATION_SLOT`
+    /// besides SQL. tokio-postgres has no such connection; rebalancing needs one to create a
+    /// slot together with the snapshot its initial copy reads.
+    pub async fn connect_replication(
+        shard: &ShardConfig,
+        login: (&str, Option<&str>),
+        tls: &ServerTls,
+        timeout: Duration,
+    ) -> Result<ServerConn, BackendError> {
+        let extra = [("replication", "database")];
+        Self::connect(shard, 0, shard.address(), login, (tls, timeout), &extra).await
+    }
+
+    /// Connects to server `server` of `shard` at `addr` (over TLS when `tls` says so, giving up
+    /// after `timeout`), logs in as `login` (role and password) with the start-up parameters
+    /// `extra` besides user, database and encoding, and reads the server's start-up messages up
+    /// to the first ReadyForQuery.
     pub async fn connect(
         shard: &ShardConfig,
         server: u16,
         addr: String,
         login: (&str, Option<&str>),
-        tls: &ServerTls,
-        timeout: Duration,
+        (tls, timeout): (&ServerTls, Duration),
+        extra: &[(&str, &str)],
     ) -> Result<ServerConn, BackendError> {
         let connect = TcpStream::connect(addr.as_str());
         let stream = match tokio::time::timeout(timeout, connect).await {
@@ -170,7 +188,7 @@ impl ServerConn {
             wrote: false,
         };
         let (user, password) = login;
-        let login = conn.login(user, &shard.database, password);
+        let login = conn.login(user, &shard.database, password, extra);
         match tokio::time::timeout(timeout, login).await {
             Err(_) => Err(BackendError::ConnectTimeout {
                 shard: shard.id,
@@ -185,14 +203,16 @@ impl ServerConn {
         user: &str,
         database: &str,
         password: Option<&str>,
+        extra: &[(&str, &str)],
     ) -> Result<(), BackendError> {
         let mut body = BytesMut::new();
         body.put_u32(PROTOCOL_V3);
-        for (k, v) in [
+        let fixed = [
             ("user", user),
             ("database", database),
             ("client_encoding", "UTF8"),
-        ] {
+        ];
+        for &(k, v) in fixed.iter().chain(extra) {
             body.put_slice(k.as_bytes());
             body.put_u8(0);
             body.put_slice(v.as_bytes());
@@ -404,6 +424,19 @@ impl ServerConn {
     /// Runs `sql` (simple protocol) and returns the first column of its first row as text, for
     /// the proxy's own one-value questions (`pg_current_wal_lsn()`).
     pub async fn query_text(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        Ok(self
+            .query_row(sql)
+            .await?
+            .and_then(|row| row.into_iter().next().flatten()))
+    }
+
+    /// Runs `sql` (simple protocol) and returns every column of its first row as text (`None`
+    /// for null), or `None` without rows: for answers of several columns (a replication slot's
+    /// name, position and snapshot).
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<Vec<Option<String>>>, BackendError> {
         self.queue(&frontend::query(sql));
         self.flush().await?;
         let mut error = None;
@@ -412,7 +445,13 @@ impl ServerConn {
             let frame = self.read_frame().await?;
             match frame.tag {
                 be::DATA_ROW if value.is_none() => {
-                    value = Some(first_text_column(&frame.body));
+                    value =
+                        Some(
+                            text_columns(&frame.body).ok_or_else(|| BackendError::Protocol {
+                                shard: self.shard,
+                                detail: "malformed DataRow".into(),
+                            })?,
+                        );
                 }
                 be::ERROR_RESPONSE if error.is_none() => {
                     error = ErrorFields::decode(&frame.body).ok();
@@ -432,7 +471,7 @@ impl ServerConn {
                 shard: self.shard,
                 fields,
             }),
-            None => Ok(value.flatten()),
+            None => Ok(value),
         }
     }
 
@@ -538,23 +577,44 @@ impl CancelTarget {
     }
 }
 
-/// The first column of a DataRow body as text; `None` for NULL or a malformed row.
-pub(crate) fn first_text_column(body: &[u8]) -> Option<String> {
+/// Every column of a DataRow body as text (`None` for null or a value that is not UTF-8), or
+/// `None` when the body is malformed.
+pub(crate) fn text_columns(body: &[u8]) -> Option<Vec<Option<String>>> {
     let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    if count < 1 {
-        return None;
+    let mut at = 2usize;
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let bytes = body.get(at..at + len as usize)?;
+        at += len as usize;
+        out.push(std::str::from_utf8(bytes).ok().map(str::to_string));
     }
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    if len < 0 {
-        return None;
-    }
-    let bytes = body.get(6..6 + len as usize)?;
-    std::str::from_utf8(bytes).ok().map(str::to_string)
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_row_columns_as_text() {
+        let row = be::data_row(&[Some("slot"), None, Some("00000003-00000002-1")]);
+        assert_eq!(
+            text_columns(&row.body),
+            Some(vec![
+                Some("slot".to_string()),
+                None,
+                Some("00000003-00000002-1".to_string())
+            ])
+        );
+        assert_eq!(text_columns(&row.body[..row.body.len() - 1]), None);
+        assert_eq!(text_columns(&[]), None);
+    }
 
     #[test]
     fn command_tags_of_statements_that_only_read() {

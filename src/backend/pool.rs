@@ -98,8 +98,8 @@ impl managed::Manager for ServerManager {
             self.server,
             self.address.clone(),
             (&self.role, password),
-            &self.tls,
-            self.connect_timeout,
+            (&self.tls, self.connect_timeout),
+            &[],
         )
         .await?;
         conn.prepared = PreparedNames::new(self.max_prepared, self.prepared.clone());

@@ -16,6 +16,9 @@ use crate::config::Config;
 use crate::router::names::quote_config_name;
 use crate::sql_text::quote_ident as ident;
 
+/// (step, table) positions of a table read in [`scan`].
+type Member = (usize, usize);
+
 /// Row hash by key (as text) of one side of one table of one step.
 type Rows = HashMap<String, i32>;
 
@@ -109,6 +112,42 @@ async fn rows(
         .collect())
 }
 
+/// One scan of `table` for several steps' rows: (arm, key as text, row hash) of every row
+/// matching one of the predicates `preds`, the arm being the position of the first one it
+/// matches. The row hash is the one [`TableRows::select`] reads.
+fn grouped_select(table: &str, key: &str, preds: &[&str]) -> String {
+    let arms: Vec<String> = preds
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("WHEN ({p}) THEN {i}"))
+        .collect();
+    let any: Vec<String> = preds.iter().map(|p| format!("({p})")).collect();
+    format!(
+        "SELECT CASE {} END, {}::text, hashtext(pgshard_r::text) FROM {} pgshard_r WHERE {}",
+        arms.join(" "),
+        ident(key),
+        quote_config_name(table),
+        any.join(" OR ")
+    )
+}
+
+/// Runs a [`grouped_select`] and sorts its rows by arm.
+async fn grouped_rows(
+    client: &Client,
+    shard: u32,
+    sql: &str,
+) -> Result<HashMap<i32, Rows>, RebalanceError> {
+    let mut out: HashMap<i32, Rows> = HashMap::new();
+    for r in client
+        .query_typed(sql, &[])
+        .await
+        .map_err(RebalanceError::shard(shard))?
+    {
+        out.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+    }
+    Ok(out)
+}
+
 fn client(clients: &BTreeMap<u32, Client>, shard: u32) -> Result<&Client, RebalanceError> {
     clients
         .get(&shard)
@@ -153,23 +192,45 @@ pub async fn scan(
             tables,
         });
     }
-    let mut reads = Vec::new();
+    // One scan per shard, side and table, whatever the number of steps reading it there (a new
+    // shard is the destination of every step of add-shard: a scan per step read it ten times).
+    // A shard's steps on one side have disjoint predicates, so each row belongs to one step.
+    let mut groups: BTreeMap<(u32, u8, &str), Vec<Member>> = BTreeMap::new();
     for (si, step) in steps.iter().enumerate() {
         for (ti, t) in step.tables.iter().enumerate() {
-            let sql = t.select("");
             for (side, shard) in [(0, step.source), (1, step.dest)] {
-                let (sql, c) = (sql.clone(), client(clients, shard)?);
-                reads.push(async move { (si, ti, side, rows(c, shard, &sql, &[]).await) });
+                groups
+                    .entry((shard, side, t.table.as_str()))
+                    .or_default()
+                    .push((si, ti));
             }
         }
     }
-    for (si, ti, side, r) in join_all(reads).await {
-        let t = &mut steps[si].tables[ti];
-        *if side == 0 {
-            &mut t.source
-        } else {
-            &mut t.dest
-        } = r?;
+    let mut reads = Vec::new();
+    for ((shard, side, _), members) in groups {
+        let first = &steps[members[0].0].tables[members[0].1];
+        let preds: Vec<&str> = members
+            .iter()
+            .map(|&(si, ti)| steps[si].tables[ti].pred.as_str())
+            .collect();
+        let sql = grouped_select(&first.table, &first.key, &preds);
+        let c = client(clients, shard)?;
+        reads.push(async move { (members, side, grouped_rows(c, shard, &sql).await) });
+    }
+    let mut read = Vec::new();
+    for (members, side, r) in join_all(reads).await {
+        read.push((members, side, r?));
+    }
+    for (members, side, mut by_arm) in read {
+        for (arm, (si, ti)) in members.into_iter().enumerate() {
+            let rows = by_arm.remove(&(arm as i32)).unwrap_or_default();
+            let t = &mut steps[si].tables[ti];
+            *if side == 0 {
+                &mut t.source
+            } else {
+                &mut t.dest
+            } = rows;
+        }
     }
     for t in steps.iter_mut().flat_map(|s| s.tables.iter_mut()) {
         t.suspect = t.differing();
@@ -307,6 +368,15 @@ mod tests {
             tables: vec![table(&[("1", 10), ("2", -3)], &[])],
         };
         assert_eq!(step.summary(), ("users:2:7".to_string(), 2));
+    }
+
+    #[test]
+    fn one_scan_reads_every_steps_rows_of_a_table() {
+        assert_eq!(
+            grouped_select("users", "user_id", &["a < 1", "a >= 5"]),
+            "SELECT CASE WHEN (a < 1) THEN 0 WHEN (a >= 5) THEN 1 END, user_id::text, \
+             hashtext(pgshard_r::text) FROM public.users pgshard_r WHERE (a < 1) OR (a >= 5)"
+        );
     }
 
     #[test]

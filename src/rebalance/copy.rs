@@ -155,69 +155,112 @@ pub async fn ensure_slot(
     match created {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
-            let open: Vec<String> = source
-                .query(
-                    "SELECT format('pid %s (%s since %s)', pid, state, xact_start) FROM pg_stat_activity \
-                     WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start LIMIT 5",
-                    &[],
-                )
-                .await
-                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-                .unwrap_or_default();
-            let prepared: Vec<String> = source
-                .query(
-                    "SELECT gid FROM pg_prepared_xacts ORDER BY prepared LIMIT 5",
-                    &[],
-                )
-                .await
-                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-                .unwrap_or_default();
-            Err(RebalanceError::Refused(format!(
-                "creating replication slot {slot} on shard {} waited {} ms for the transactions open on it to end \
-                 (open: [{}]; prepared, in doubt: [{}]); will retry",
-                shard,
-                timeout.as_millis(),
-                open.join(", "),
-                prepared.join(", ")
-            )))
+            Err(slot_wait_error(source, shard, slot, timeout).await)
         }
         Err(e) => Err(RebalanceError::Shard { shard, source: e }),
     }
 }
 
-/// Creates the step's subscription on the destination unless it exists (the slot exists). Its
-/// commits flush locally, so the source learns at once how far the destination is (a cut-over
-/// waits for that) instead of after the next background WAL flush.
+/// Drops `slot` on `shard` unless it is missing or in use.
+pub async fn drop_idle_slot(client: &Client, shard: u32, slot: &str) -> Result<(), RebalanceError> {
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND NOT active",
+            &[&slot],
+        )
+        .await
+        .map_err(RebalanceError::shard(shard))?;
+    Ok(())
+}
+
+/// Why creating `slot` on `shard` did not finish within `timeout`: the transactions open there
+/// (Postgres waits for them), including prepared ones in doubt.
+pub async fn slot_wait_error(
+    source: &Client,
+    shard: u32,
+    slot: &str,
+    timeout: Duration,
+) -> RebalanceError {
+    let open: Vec<String> = source
+        .query(
+            "SELECT format('pid %s (%s since %s)', pid, state, xact_start) FROM pg_stat_activity \
+             WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start LIMIT 5",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let prepared: Vec<String> = source
+        .query(
+            "SELECT gid FROM pg_prepared_xacts ORDER BY prepared LIMIT 5",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    RebalanceError::Refused(format!(
+        "creating replication slot {slot} on shard {} waited {} ms for the transactions open on it to end \
+         (open: [{}]; prepared, in doubt: [{}]); will retry",
+        shard,
+        timeout.as_millis(),
+        open.join(", "),
+        prepared.join(", ")
+    ))
+}
+
+/// Creates the step's subscription on the destination unless it exists (the slot exists), with
+/// Postgres's own initial copy (a tenant's tables).
 pub async fn ensure_subscription(
     config: &Config,
     dest: &Client,
     job: &Job,
     step: &Step,
 ) -> Result<(), RebalanceError> {
-    let n = name(job.id, step.no);
-    if exists(
+    if subscription_exists(dest, job, step).await? {
+        return Ok(());
+    }
+    dest.batch_execute(&subscription_sql(config, job, step, true)?)
+        .await
+        .map_err(RebalanceError::shard(step.dest))
+}
+
+/// Whether the step's subscription exists on its destination (`dest`).
+pub async fn subscription_exists(
+    dest: &Client,
+    job: &Job,
+    step: &Step,
+) -> Result<bool, RebalanceError> {
+    exists(
         dest,
         step.dest,
         "SELECT 1 FROM pg_subscription WHERE subname = $1",
-        &n,
+        &name(job.id, step.no),
     )
-    .await?
-    {
-        return Ok(());
-    }
+    .await
+}
+
+/// The step's `CREATE SUBSCRIPTION` on the existing slot; `copy_data` when Postgres copies the
+/// rows first, false when they were copied already. Its commits flush locally, so the source
+/// learns at once how far the destination is (a cut-over waits for that) instead of after the
+/// next background WAL flush.
+pub fn subscription_sql(
+    config: &Config,
+    job: &Job,
+    step: &Step,
+    copy_data: bool,
+) -> Result<String, RebalanceError> {
+    let n = name(job.id, step.no);
     let source = shard_config(config, step.source)?;
-    let sql = format!(
+    Ok(format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} \
-         WITH (create_slot = false, slot_name = {}, copy_data = true, enabled = true, \
+         WITH (create_slot = false, slot_name = {}, copy_data = {copy_data}, enabled = true, \
          synchronous_commit = 'local')",
         ident(&n),
         literal(&conninfo(config, source)),
         ident(&n),
         literal(&n)
-    );
-    dest.batch_execute(&sql)
-        .await
-        .map_err(RebalanceError::shard(step.dest))
+    ))
 }
 
 /// A step's progress.
@@ -369,8 +412,11 @@ pub async fn drop_replication(
     super::watch::stop(dest, job.id, step.dest).await
 }
 
-/// Deletes the step's rows on `shard` in batches of `batch` keys (a tenant's move drops the
-/// schema's copy there); returns how many went.
+/// Deletes the step's rows on `shard` (a tenant's move drops the schema's copy there); returns
+/// how many went. Each table is deleted from in one pass over its pages, a range of pages per
+/// statement (about `batch` rows' worth, by the table's statistics), so each statement is short
+/// and none rescans what an earlier one already cleared: batches by `LIMIT` read the table from
+/// its first page each time, over the dead rows of every batch before.
 pub async fn delete_rows(
     config: &Config,
     client: &Client,
@@ -384,26 +430,76 @@ pub async fn delete_rows(
         return super::tenant::drop_copy(client, shard, schema).await;
     }
     let mut deleted = 0;
-    for (table, key, pred) in predicates(config, job, m) {
+    for (table, _, pred) in predicates(config, job, m) {
         if !table_exists(client, shard, &table).await? {
             continue;
         }
-        let (t, k) = (&table, ident(&key));
-        let sql = format!(
-            "DELETE FROM {t} WHERE {k} IN (SELECT {k} FROM {t} WHERE {pred} LIMIT {batch})"
-        );
-        loop {
-            let n = client
-                .execute(&sql, &[])
-                .await
-                .map_err(RebalanceError::shard(shard))?;
-            deleted += n as i64;
-            if n == 0 {
-                break;
-            }
-        }
+        deleted += delete_by_pages(client, shard, &table, &pred, batch).await?;
     }
     Ok(deleted)
+}
+
+/// The table's size in pages and its rows per page (0 when never analyzed).
+async fn pages(client: &Client, shard: u32, table: &str) -> Result<(i64, f64), RebalanceError> {
+    let row = client
+        .query_one(
+            "SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint, \
+                    CASE WHEN c.relpages > 0 AND c.reltuples > 0 \
+                         THEN c.reltuples::float8 / c.relpages ELSE 0 END \
+             FROM pg_class c WHERE c.oid = $1::text::regclass",
+            &[&table],
+        )
+        .await
+        .map_err(RebalanceError::shard(shard))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Pages one statement deletes from: about `batch` rows at `per_page` rows a page (rows of an
+/// unanalyzed table are taken to be small, 100 a page).
+pub fn pages_per_batch(batch: i64, per_page: f64) -> i64 {
+    let per_page = if per_page >= 1.0 { per_page } else { 100.0 };
+    ((batch as f64 / per_page) as i64).max(1)
+}
+
+/// Deletes the rows of `table` matching `pred`, page range by page range (a TID range scan
+/// each), up to the table's last page — read again at the end, so pages added meanwhile are
+/// covered too.
+async fn delete_by_pages(
+    client: &Client,
+    shard: u32,
+    table: &str,
+    pred: &str,
+    batch: i64,
+) -> Result<i64, RebalanceError> {
+    let (mut end, per_page) = pages(client, shard, table).await?;
+    let span = pages_per_batch(batch, per_page);
+    let delete = client
+        .prepare(&format!(
+            "DELETE FROM {table} WHERE ctid >= $1::text::tid AND ctid < $2::text::tid AND ({pred})"
+        ))
+        .await
+        .map_err(RebalanceError::shard(shard))?;
+    // Block numbers are 32-bit; the last one is never used.
+    const LAST: i64 = u32::MAX as i64;
+    let (mut from, mut deleted) = (0i64, 0i64);
+    loop {
+        if from >= end {
+            end = pages(client, shard, table).await?.0;
+            if from >= end {
+                return Ok(deleted);
+            }
+        }
+        let to = (from + span).min(LAST);
+        let n = client
+            .execute(&delete, &[&format!("({from},0)"), &format!("({to},0)")])
+            .await
+            .map_err(RebalanceError::shard(shard))?;
+        deleted += n as i64;
+        if to >= LAST {
+            return Ok(deleted);
+        }
+        from = to;
+    }
 }
 
 /// Count and checksum of each table's rows, per table, for one step: what a cut-over compares
@@ -458,4 +554,18 @@ pub async fn checksums(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pages_per_batch;
+
+    #[test]
+    fn a_batch_spans_about_its_rows_in_pages() {
+        assert_eq!(pages_per_batch(5000, 100.0), 50);
+        assert_eq!(pages_per_batch(5000, 61.5), 81);
+        // Unanalyzed (0) or huge rows: never less than a page.
+        assert_eq!(pages_per_batch(5000, 0.0), 50);
+        assert_eq!(pages_per_batch(10, 500.0), 1);
+    }
 }

@@ -10,6 +10,7 @@ pub mod cutover;
 pub mod estimate;
 pub mod even;
 pub mod hold;
+pub mod initial_copy;
 pub mod jobs;
 pub mod lookup_backfill;
 pub mod pgoutput;
@@ -47,6 +48,10 @@ pub enum RebalanceError {
     UnknownSchema(String),
     #[error(transparent)]
     ServerTls(#[from] crate::backend::ServerTlsError),
+    /// A shard's replication connection (the proxy's own protocol code, not tokio-postgres);
+    /// the error names the shard.
+    #[error("replication connection: {1}")]
+    Backend(u32, #[source] Box<crate::backend::conn::BackendError>),
 }
 
 /// A Postgres error with the server's message (tokio-postgres displays only "db error").

@@ -7,9 +7,9 @@
 //! and the schema's definition (tables, indexes, constraints, sequences) created on the
 //! destination from the source's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
 use super::jobs::Job;
@@ -42,7 +42,14 @@ async fn count(client: &Client, shard: u32, sql: &str) -> Result<i64, RebalanceE
 /// Runs every check; the first failure is the job's error. The shards are checked at once
 /// (sources, then destinations): one after another, their logins and round trips were a fixed
 /// cost of every job before its first row moved.
-pub async fn check(config: &Config, job: &Job) -> Result<(), RebalanceError> {
+///
+/// `conns` are open connections to some of the shards (the runner's), used instead of new
+/// logins.
+pub async fn check(
+    config: &Config,
+    job: &Job,
+    conns: &HashMap<u32, Arc<Client>>,
+) -> Result<(), RebalanceError> {
     let mut dests_of: BTreeMap<u32, i64> = BTreeMap::new();
     let mut sources_of: BTreeMap<u32, i64> = BTreeMap::new();
     for s in &job.steps {
@@ -51,14 +58,14 @@ pub async fn check(config: &Config, job: &Job) -> Result<(), RebalanceError> {
     }
     let sources = dests_of
         .iter()
-        .map(|(&source, &dests)| check_source(config, source, dests));
+        .map(|(&source, &dests)| check_source(config, conns, source, dests));
     for r in futures_util::future::join_all(sources).await {
         r?;
     }
     let template = *dests_of.keys().next().unwrap_or(&0);
     let dests = sources_of
         .iter()
-        .map(|(&dest, &sources)| check_destination(config, dest, sources, template));
+        .map(|(&dest, &sources)| check_destination(config, conns, dest, sources, template));
     for r in futures_util::future::join_all(dests).await {
         r?;
     }
@@ -115,8 +122,13 @@ async fn prepare_tenant(
 
 /// A source of `dests` steps: logical WAL, the key in each table's replica identity, free slots
 /// and WAL senders.
-async fn check_source(config: &Config, source: u32, dests: i64) -> Result<(), RebalanceError> {
-    let c = connect(config, source).await?;
+async fn check_source(
+    config: &Config,
+    conns: &HashMap<u32, Arc<Client>>,
+    source: u32,
+    dests: i64,
+) -> Result<(), RebalanceError> {
+    let c = open(config, conns, source).await?;
     let wal: String = c
         .query_one("SHOW wal_level", &[])
         .await
@@ -153,11 +165,12 @@ async fn check_source(config: &Config, source: u32, dests: i64) -> Result<(), Re
 /// reference rows from `template`.
 async fn check_destination(
     config: &Config,
+    conns: &HashMap<u32, Arc<Client>>,
     dest: u32,
     sources: i64,
     template: u32,
 ) -> Result<(), RebalanceError> {
-    let c = connect(config, dest).await?;
+    let c = open(config, conns, dest).await?;
     let need = sources + 1;
     let workers = setting(&c, dest, "max_logical_replication_workers").await?
         - count(
@@ -179,6 +192,18 @@ async fn check_destination(
         )));
     }
     prepare_destination(config, &c, dest, template).await
+}
+
+/// `shard`'s connection in `conns` while it is open, else a new one.
+async fn open(
+    config: &Config,
+    conns: &HashMap<u32, Arc<Client>>,
+    shard: u32,
+) -> Result<Arc<Client>, RebalanceError> {
+    match conns.get(&shard).filter(|c| !c.is_closed()) {
+        Some(c) => Ok(c.clone()),
+        None => Ok(Arc::new(connect(config, shard).await?)),
+    }
 }
 
 /// The shard key must be in the replica identity (or the identity is FULL).
@@ -280,25 +305,13 @@ async fn prepare_destination(
         if !empty {
             continue;
         }
-        let out = src
-            .copy_out(&format!("COPY {t} TO STDOUT"))
-            .await
-            .map_err(RebalanceError::shard(template))?;
-        let sink = dest
-            .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN"))
-            .await
-            .map_err(RebalanceError::shard(dest_id))?;
-        futures_util::pin_mut!(out);
-        futures_util::pin_mut!(sink);
-        while let Some(chunk) = out.next().await {
-            let chunk = chunk.map_err(RebalanceError::shard(template))?;
-            sink.send(chunk)
-                .await
-                .map_err(RebalanceError::shard(dest_id))?;
-        }
-        sink.finish()
-            .await
-            .map_err(RebalanceError::shard(dest_id))?;
+        super::initial_copy::pipe(
+            (&src, template),
+            (dest, dest_id),
+            &format!("COPY {t} TO STDOUT"),
+            &format!("COPY {t} FROM STDIN"),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use super::copy;
 use super::cutover::{self, Attempt, LIVE_WINDOW_MS};
 use super::jobs::{self, Job, JobState};
 use super::shards::{catalog, connect};
-use super::{preflight, RebalanceError};
+use super::{initial_copy, preflight, RebalanceError};
 use crate::config::Config;
 
 /// Starts the runner loop of one proxy.
@@ -225,7 +225,10 @@ impl Runner<'_> {
             match job.state {
                 JobState::Done | JobState::Cancelled | JobState::Failed => return Ok(()),
                 JobState::Pending => {
-                    if let Err(e) = preflight::check(self.config, &job).await {
+                    // The job's connections first: the checks use them, then the copy. A shard
+                    // that cannot be reached fails the checks below, with their message.
+                    let _ = self.connect_all(job.shards()).await;
+                    if let Err(e) = preflight::check(self.config, &job, &self.conns).await {
                         tracing::warn!(job = id, error = %e, "rebalancing job failed its checks");
                         self.advance(client, &job, JobState::Failed, Some(&e.to_string()))
                             .await?;
@@ -353,14 +356,17 @@ impl Runner<'_> {
         }
         let slot_timeout = Duration::from_millis(self.config.rebalance.slot_timeout_ms);
         let mut all_synced = true;
-        // One initial copy per source at a time: Postgres names a table-sync slot on the source
-        // after the subscription's oid and the destination's system identifier, and shards
-        // cloned from one data directory share both, so two destinations syncing from one
-        // source at once can take each other's slot and stall.
+        // A tenant's tables are copied by Postgres (`copy_data`), one initial copy per source at
+        // a time: Postgres names a table-sync slot on the source after the subscription's oid
+        // and the destination's system identifier, and shards cloned from one data directory
+        // share both, so two destinations syncing from one source at once can take each other's
+        // slot and stall. Key ranges are copied by the runner itself (`initial_copy`, no
+        // table-sync slots): every step at once.
+        let tenants = job.plan.moves.iter().any(|m| m.schema.is_some());
         let mut syncing_sources: std::collections::BTreeSet<u32> = job
             .steps
             .iter()
-            .filter(|s| s.state == "copying")
+            .filter(|s| tenants && s.state == "copying")
             .map(|s| s.source)
             .collect();
         // Every step that may start now starts at once: publication, slot and subscription
@@ -370,35 +376,52 @@ impl Runner<'_> {
         let mut starting = Vec::new();
         let config = self.config;
         for step in job.steps.iter().filter(|s| s.state == "pending") {
-            if syncing_sources.insert(step.source) {
+            if !tenants || syncing_sources.insert(step.source) {
                 let source = self.conn(step.source).await?;
+                let dest_ctl = self.conn(step.dest).await?;
                 starting.push(async move {
+                    let started = Instant::now();
+                    let mut copied = 0;
                     copy::ensure_publication(config, &source, job, step).await?;
-                    let slot = copy::name(job.id, step.no);
-                    copy::ensure_slot(&source, step.source, &slot, slot_timeout).await?;
-                    // A connection of the step's own: CREATE SUBSCRIPTION logs in to the source
-                    // and reads its publication, and steps sharing a destination (add-shard: all
-                    // of them) would otherwise create theirs one after another on one connection.
-                    let dest = connect(config, step.dest).await?;
-                    copy::ensure_subscription(config, &dest, job, step).await?;
+                    if tenants {
+                        let slot = copy::name(job.id, step.no);
+                        copy::ensure_slot(&source, step.source, &slot, slot_timeout).await?;
+                        // A connection of the step's own: CREATE SUBSCRIPTION logs in to the
+                        // source and reads its publication, and steps sharing a destination
+                        // would otherwise create theirs one after another on one connection.
+                        let dest = connect(config, step.dest).await?;
+                        copy::ensure_subscription(config, &dest, job, step).await?;
+                    } else if !copy::subscription_exists(&dest_ctl, job, step).await? {
+                        copied =
+                            initial_copy::run(config, &source, job, step, slot_timeout).await?;
+                        jobs::set_progress(client, job.id, step.no, copied, None).await?;
+                        tracing::info!(
+                            job = job.id,
+                            step = step.no,
+                            rows = copied,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "initial copy done; streaming"
+                        );
+                    }
                     // Recorded at once: a step whose slot waits does not hide the others.
                     jobs::set_step_state(client, job.id, step.no, "copying").await?;
                     tracing::info!(job = job.id, step = step.no, "copy started");
-                    Ok::<_, RebalanceError>(step.no)
+                    Ok::<_, RebalanceError>((step.no, copied))
                 });
             } else {
                 all_synced = false;
             }
         }
-        let mut started = std::collections::BTreeSet::new();
+        let mut started = std::collections::BTreeMap::new();
         for r in futures_util::future::join_all(starting).await {
-            started.insert(r?);
+            let (no, copied) = r?;
+            started.insert(no, copied);
         }
         // Progress of every step at once (a job may have a hundred steps; measuring them one
         // after another would delay noticing a finished copy, and with it the next one).
         let mut measured = Vec::new();
         for step in &job.steps {
-            if step.state == "pending" && !started.contains(&step.no) {
+            if step.state == "pending" && !started.contains_key(&step.no) {
                 continue;
             }
             let source = self.conn(step.source).await?;
@@ -406,7 +429,10 @@ impl Runner<'_> {
             measured.push(async move { (step, copy::progress(&source, &dest, job, step).await) });
         }
         for (step, p) in futures_util::future::join_all(measured).await {
-            let p = p?;
+            let mut p = p?;
+            // Rows the runner copied itself this round (the step read from the catalog
+            // before that does not know them yet).
+            p.rows = p.rows.max(started.get(&step.no).copied().unwrap_or(0));
             if (p.rows, p.lag_bytes) != (step.rows_copied, step.lag_bytes) {
                 jobs::set_progress(client, job.id, step.no, p.rows, p.lag_bytes).await?;
             }
@@ -443,13 +469,33 @@ impl Runner<'_> {
         }
         let config = self.config;
         let cleaning = steps.into_iter().map(|(step, source, dest)| async move {
-            copy::drop_replication(&source, &dest, job, step).await?;
+            let t0 = Instant::now();
+            // A destination connection of the step's own: DROP SUBSCRIPTION waits for the
+            // subscription's worker to stop and logs in to the source to drop the slot, and
+            // steps sharing a destination (add-shard: all of them) would wait for each other.
+            let own = connect(config, step.dest).await;
+            let dest = match &own {
+                Ok(c) => c,
+                Err(_) => &*dest,
+            };
+            copy::drop_replication(&source, dest, job, step).await?;
+            let dropped = t0.elapsed();
             let batch = config.rebalance.delete_batch;
             let deleted = copy::delete_rows(config, &source, step.source, job, step, batch).await?;
+            let emptied = t0.elapsed();
             let left = copy::checksums(config, &source, step.source, job, &[step])
                 .await?
                 .remove(&step.no)
                 .unwrap_or_default();
+            tracing::info!(
+                job = job.id,
+                step = step.no,
+                deleted,
+                dropped_ms = dropped.as_millis() as u64,
+                deleted_ms = (emptied - dropped).as_millis() as u64,
+                checked_ms = (t0.elapsed() - emptied).as_millis() as u64,
+                "step cleaned up"
+            );
             if left.iter().any(|(_, n, _)| *n > 0) {
                 return Err(RebalanceError::Refused(format!(
                     "step {}: rows still on shard {} after clean-up: {left:?}",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::copy::{ensure_slot, predicates, step_move};
+use super::copy::{drop_idle_slot, ensure_slot, predicates, step_move};
 use super::jobs::Job;
 use super::pgoutput::{decode, ChangedKeys};
 use super::shards::table_exists;
@@ -123,14 +123,7 @@ pub async fn drain(
 /// Drops the watch on `shard` (slot and publication). Safe to repeat.
 pub async fn stop(client: &Client, job: i64, shard: u32) -> Result<(), RebalanceError> {
     let n = name(job, shard);
-    client
-        .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = $1 AND NOT active",
-            &[&n],
-        )
-        .await
-        .map_err(RebalanceError::shard(shard))?;
+    drop_idle_slot(client, shard, &n).await?;
     client
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&n)))
         .await
