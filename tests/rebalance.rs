@@ -1312,3 +1312,81 @@ async fn a_copy_interrupted_after_its_slot_starts_again_from_a_new_slot() {
     runner.stop().await;
     clients_proxy.stop().await;
 }
+
+/// A new shard that lacks a sharded table gets its definition and what the table uses (an enum
+/// type, a domain, a function in a default: `pg_dump -t` leaves those out), then its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_shard_gets_the_types_and_functions_its_tables_use() {
+    use pgshard::config::ShardedTableConfig;
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    let info = &cluster.info;
+    let map = publish(info, Strategy::Hash, &[0, 1]).await;
+    for shard in [0, 1] {
+        proxy::shard(info, shard)
+            .await
+            .batch_execute(
+                "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); \
+                 CREATE DOMAIN posint AS integer CHECK (VALUE > 0); \
+                 CREATE FUNCTION default_note() RETURNS text LANGUAGE sql IMMUTABLE \
+                   AS $$SELECT 'noted'$$; \
+                 CREATE TABLE moods (id bigint PRIMARY KEY, mood mood NOT NULL, \
+                   score posint, note text DEFAULT default_note()); \
+                 ALTER TABLE moods OWNER TO app",
+            )
+            .await
+            .unwrap();
+    }
+    let running = start_proxy_with(info, |c| {
+        c.sharded_tables.push(ShardedTableConfig {
+            name: "moods".into(),
+            key: "id".into(),
+            key_type: None,
+        })
+    })
+    .await;
+    map_loaded(&running, map.version).await;
+    let c = proxy::connect(&running).await;
+    let rows: Vec<String> = (1..=200).map(|i| format!("({i}, 'happy', {i})")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO moods (id, mood, score) VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .expect("insert rows");
+    let config = pgshard::config::Config::load(&info.config_path).unwrap();
+    let job_id = pgshard::rebalance::cli::create_job(&config, &Target::AddShard(2))
+        .await
+        .expect("the job is created");
+    wait_job_done(info, job_id).await;
+    let on_new: i64 = proxy::shard(info, 2)
+        .await
+        .query_one(
+            "SELECT count(*) FROM moods WHERE mood = 'happy' AND note = 'noted'",
+            &[],
+        )
+        .await
+        .expect("the new shard has the table and its types")
+        .get(0);
+    assert!(on_new > 0, "no rows moved to the new shard");
+    let total: i64 = c
+        .query_one("SELECT count(*) FROM moods WHERE note = 'noted'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 200);
+    // The new shard's rows take the types' rules and the default, as the others do.
+    let key = (1..10_000i64)
+        .find(|k| running.proxy.map.current().shard_for(*k) == 2 && *k > 200)
+        .expect("a key of shard 2");
+    c.execute("INSERT INTO moods (id, mood) VALUES ($1, 'ok')", &[&key])
+        .await
+        .expect("insert on the new shard");
+    let bad = c
+        .execute(
+            "INSERT INTO moods (id, mood, score) VALUES ($1, 'ok', -1)",
+            &[&(key + 1)],
+        )
+        .await;
+    assert!(bad.is_err(), "the domain's check holds everywhere");
+    running.stop().await;
+}

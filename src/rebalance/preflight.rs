@@ -263,6 +263,10 @@ async fn prepare_destination(
         }
     }
     if !missing.is_empty() {
+        // Types, domains, functions and extensions the tables use come first: `pg_dump -t`
+        // leaves them out (`-T *.*` dumps everything but relations).
+        let objects = dump_schema(config, template, "-T", &["*.*".to_string()]).await?;
+        restore_objects(dest, dest_id, &objects).await?;
         let schema = dump_schema(config, template, "-t", &missing).await?;
         // `pg_dump -t` leaves out the schemas the tables are in.
         let schemas: std::collections::BTreeSet<String> = config
@@ -314,6 +318,30 @@ async fn prepare_destination(
         .await?;
     }
     Ok(())
+}
+
+/// SQLSTATEs of a statement that makes an object the destination already has: a shard set up
+/// from the same scripts holds the control plane's schema, and a table dump made it before.
+const ALREADY_THERE: &[&str] = &["42P06", "42710", "42723", "42P07"];
+
+/// Runs a dump of non-table objects on the destination one statement at a time, skipping those
+/// it already has (and the ownership and comments that follow them apply as well).
+async fn restore_objects(dest: &Client, dest_id: u32, dump: &str) -> Result<(), RebalanceError> {
+    let statements = pg_query::split_with_parser(dump).map_err(|e| {
+        RebalanceError::Config(format!(
+            "cannot split the schema dump for shard {dest_id}: {e}"
+        ))
+    })?;
+    for statement in statements {
+        match dest.batch_execute(statement).await {
+            Ok(()) => {}
+            Err(e) if e.code().is_some_and(|c| ALREADY_THERE.contains(&c.code())) => {}
+            Err(e) => return Err(RebalanceError::shard(dest_id)(e)),
+        }
+    }
+    dest.batch_execute("RESET ALL")
+        .await
+        .map_err(RebalanceError::shard(dest_id))
 }
 
 /// `pg_dump --schema-only` of some tables (`select` = `-t`) or schemas (`-n`) of a shard (with
