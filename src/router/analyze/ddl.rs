@@ -313,6 +313,7 @@ pub(super) fn names_indexes(stmt: &NodeEnum, scan: &Scan, facts: &mut StatementF
     }
     facts.kind = StatementKind::Ddl;
     facts.is_write = true;
+    facts.returns_no_rows = true;
     facts.every_shard = true;
     facts.no_transaction_block = super::utility::refuses_transaction_block(stmt, scan);
     facts.indexes = indexes;
@@ -499,6 +500,25 @@ mod tests {
                 local: "logs".into()
             })
         );
+    }
+
+    #[test]
+    fn writes_without_returning_and_ddl_answer_no_rows() {
+        for (sql, want) in [
+            ("alter table users add column x int", true),
+            ("create index on users (name)", true),
+            ("drop index users_name", true),
+            ("create type mood as enum ('a')", true),
+            ("truncate users", true),
+            ("update users set name = 'x' where name = 'y'", true),
+            ("delete from users where name = 'y'", true),
+            ("insert into users (user_id) values (1)", true),
+            ("update users set name = 'x' returning user_id", false),
+            ("insert into users (user_id) values (1) returning *", false),
+            ("select * from users", false),
+        ] {
+            assert_eq!(one(sql).returns_no_rows, want, "{sql}");
+        }
     }
 
     #[test]

@@ -82,6 +82,10 @@ fn analyze_stmt(stmt: &NodeEnum, tables: &ShardedTables) -> StatementFacts {
     }
     facts.no_transaction_block = utility::refuses_transaction_block(stmt, &scan);
     ddl::every_shard_rules(stmt, &scan, tables, &mut facts);
+    if facts.kind == StatementKind::Ddl {
+        // DDL answers no rows: an Execute's row limit (pgjdbc's `executeUpdate`) changes nothing.
+        facts.returns_no_rows = true;
+    }
     facts
 }
 

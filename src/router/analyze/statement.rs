@@ -114,8 +114,8 @@ pub struct StatementFacts {
     /// For a SELECT with `needs_merge`: how to run it on several shards and merge the answers
     /// exactly, or the construct that cannot be merged exactly.
     pub merge: Option<Result<std::sync::Arc<crate::router::merge_plan::MergePlan>, String>>,
-    /// An INSERT, UPDATE or DELETE without RETURNING: it answers with no rows, so an Execute's
-    /// row limit (pgjdbc's `executeUpdate` sends 1) changes nothing and it runs whole.
+    /// An INSERT, UPDATE or DELETE without RETURNING, or DDL: it answers with no rows, so an
+    /// Execute's row limit (pgjdbc's `executeUpdate` sends 1) changes nothing and it runs whole.
     pub returns_no_rows: bool,
     /// For an INSERT into a sharded table whose column list omits the key: the number of VALUES rows
     /// that need generated ids.

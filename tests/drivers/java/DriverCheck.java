@@ -362,6 +362,51 @@ public final class DriverCheck {
         checkEqual(rowsNamedOnShards("java-upd2"), 0L, "deleted rows left on the shards");
     }
 
+    /** Whether every shard's `users` has column `column`, read directly. */
+    private boolean usersColumnOnEveryShard(String column) throws SQLException {
+        for (int shard : shards) {
+            try (PreparedStatement ps = direct.get(shard).prepareStatement(
+                    "SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = ? AND NOT attisdropped")) {
+                ps.setString(1, column);
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    if (rs.getLong(1) != 1) {
+                        return false;
+                    }
+                }
+            }
+        }
+        return true;
+    }
+
+    /**
+     * executeUpdate of DDL on a sharded table (JdbcTemplate.update, plain JDBC migrations): pgjdbc
+     * executes it with a row limit of 1, which must not matter; with autocommit and in a
+     * transaction, every shard changes.
+     */
+    private void ddlExecuteUpdate() throws SQLException {
+        try (Statement st = conn.createStatement()) {
+            checkEqual(st.executeUpdate("ALTER TABLE users ADD COLUMN jdbc_tmp integer"), 0, "ALTER TABLE count");
+            check(usersColumnOnEveryShard("jdbc_tmp"), "the column was added on every shard");
+            checkEqual(st.executeUpdate("CREATE INDEX users_jdbc_tmp ON users (jdbc_tmp)"), 0, "CREATE INDEX count");
+            checkEqual(st.executeUpdate("DROP INDEX users_jdbc_tmp"), 0, "DROP INDEX count");
+            conn.setAutoCommit(false);
+            try {
+                st.executeUpdate("ALTER TABLE users DROP COLUMN jdbc_tmp");
+                conn.commit();
+            } finally {
+                conn.setAutoCommit(true);
+            }
+                        for (int shard : shards) {
+                try (Statement d = direct.get(shard).createStatement();
+                        ResultSet rs = d.executeQuery("SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'jdbc_tmp' AND NOT attisdropped")) {
+                    rs.next();
+                    checkEqual(rs.getLong(1), 0L, "the column is gone on shard " + shard);
+                }
+            }
+        }
+    }
+
     /** getGeneratedKeys: a batch over every shard, and one INSERT whose key pgshard generates. */
     private void generatedKeys() throws SQLException {
         try (PreparedStatement ps = conn.prepareStatement(INSERT_USER, Statement.RETURN_GENERATED_KEYS)) {
@@ -495,6 +540,7 @@ public final class DriverCheck {
         steps.put("batchFirstInTransaction", suite::batchFirstInTransaction);
         steps.put("keylessFirstInTransaction", suite::keylessFirstInTransaction);
         steps.put("keylessExecuteUpdate", suite::keylessExecuteUpdate);
+        steps.put("ddlExecuteUpdate", suite::ddlExecuteUpdate);
         steps.put("generatedKeys", suite::generatedKeys);
         steps.put("keylessAggregate", suite::keylessAggregate);
         steps.put("keylessFetchSize", suite::keylessFetchSize);
