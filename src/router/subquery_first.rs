@@ -192,14 +192,15 @@ fn find_in(sql: &str, params: bool) -> Option<First> {
             NodeRef::DeleteStmt(s) => s.where_clause.as_deref(),
             NodeRef::SubLink(link) => {
                 let alias = named_after.contains(&link.location);
-                if link.sub_link_type == pb::SubLinkType::ExprSublink as i32 {
-                    if let Some(f) = scalar(sql, &scan.tokens, link, params, alias) {
-                        found.push(f);
-                    }
+                let use_ = if link.sub_link_type == pb::SubLinkType::ExprSublink as i32 {
+                    Some(Use::Scalar { alias })
                 } else if link.sub_link_type == pb::SubLinkType::ExistsSublink as i32 {
-                    if let Some(f) = exists(sql, &scan.tokens, link, params, alias) {
-                        found.push(f);
-                    }
+                    Some(Use::Exists { alias })
+                } else {
+                    None
+                };
+                if let Some(f) = use_.and_then(|u| scalar(sql, &scan.tokens, link, params, u)) {
+                    found.push(f);
                 }
                 None
             }
@@ -292,37 +293,25 @@ fn quantified(
     })
 }
 
+/// A scalar subquery (`(SELECT …)`, replaced by its value) or an `EXISTS (SELECT …)` (replaced
+/// by true or false), when it is uncorrelated.
 fn scalar(
     sql: &str,
     tokens: &[pb::ScanToken],
     link: &pb::SubLink,
     params: bool,
-    alias: bool,
+    use_: Use,
 ) -> Option<First> {
     let at = usize::try_from(link.location).ok()?;
-    let (inner, end) = subselect(sql, tokens, link, at, params)?;
-    Some(First {
-        inner,
-        start: at,
-        end,
-        use_: Use::Scalar { alias },
-    })
-}
-
-fn exists(
-    sql: &str,
-    tokens: &[pb::ScanToken],
-    link: &pb::SubLink,
-    params: bool,
-    alias: bool,
-) -> Option<First> {
-    let at = usize::try_from(link.location).ok()?;
-    if !sql.get(at..at + 6)?.eq_ignore_ascii_case("exists") {
+    let exists = matches!(use_, Use::Exists { .. });
+    if exists && !sql.get(at..at + 6)?.eq_ignore_ascii_case("exists") {
         return None;
     }
     let (mut inner, end) = subselect(sql, tokens, link, at, params)?;
     // One row answers EXISTS: the rest need not be read, unless the subquery limits itself.
-    if let Some(NodeEnum::SelectStmt(s)) = link.subselect.as_deref()?.node.as_ref() {
+    if let (true, Some(NodeEnum::SelectStmt(s))) =
+        (exists, link.subselect.as_deref()?.node.as_ref())
+    {
         if s.limit_count.is_none() && s.limit_offset.is_none() && s.locking_clause.is_empty() {
             inner.push_str(" LIMIT 1");
         }
@@ -331,7 +320,7 @@ fn exists(
         inner,
         start: at,
         end,
-        use_: Use::Exists { alias },
+        use_,
     })
 }
 
