@@ -10,8 +10,7 @@ use super::extended::{parameter_description, Msg};
 use super::session::{aborted, refusal, End, Prepared, Session};
 use crate::refusal::Refusal;
 use crate::router::cursor::{declared_query, CursorOp};
-use crate::router::params::BindParams;
-use crate::router::{Route, StatementFacts};
+use crate::router::StatementFacts;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
 /// A statement on a proxy-served cursor must come alone.
@@ -95,63 +94,8 @@ impl Session {
         Ok(Ok(()))
     }
 
-    /// Extended protocol: a batch works on proxy-served cursors when it has a DECLARE whose Bind
-    /// reaches several shards, a FETCH/MOVE/CLOSE of such a cursor, or a Describe or Close of its
-    /// portal. The portals of a batch bound to statements the proxy serves, and whether it also executes
-    /// other portals; `None` when the batch touches no cursor or portal the proxy serves.
-    pub(super) fn served_cursor_portals<'m>(
-        &self,
-        msgs: &'m [Msg],
-    ) -> Option<(HashMap<&'m str, Arc<Prepared>>, bool)> {
-        let proxy = &self.proxy;
-        let map = proxy.map.current();
-        // Portals of this batch bound to statements the proxy serves.
-        let mut ours: HashMap<&str, Arc<Prepared>> = HashMap::new();
-        let mut others = false;
-        let mut involved = false;
-        for msg in msgs {
-            match msg {
-                Msg::Bind {
-                    bind, statement, ..
-                } => {
-                    let serves = statement.facts.first().is_some_and(|f| {
-                        let params = BindParams {
-                            values: &bind.params,
-                            formats: &bind.param_formats,
-                            types: &statement.param_types,
-                        };
-                        let route = match f.cursor {
-                            Some(CursorOp::Declare(_)) => {
-                                let hint = self.state.route_hints.current();
-                                let first = proxy.first_shard;
-                                proxy.router.route_hinted(f, hint, &params, &map, first)
-                            }
-                            _ => Route::Any,
-                        };
-                        self.state.cursors.serves(f, &route)
-                    });
-                    if serves {
-                        ours.insert(bind.portal.as_str(), statement.clone());
-                        involved = true;
-                    }
-                }
-                Msg::DescribePortal(t) | Msg::ClosePortal(t) => {
-                    involved |= self.state.cursors.is_served(&t.name);
-                }
-                Msg::Execute(e) => {
-                    // An Execute of a portal the proxy holds (see `held_portals`).
-                    let held = self.state.cursors.is_served(&e.portal);
-                    involved |= held;
-                    others |= !held && !ours.contains_key(e.portal.as_str());
-                }
-                _ => {}
-            }
-        }
-        involved.then_some((ours, others))
-    }
-
     /// Answers a batch on cursors the proxy serves (`ours`, `others`: see
-    /// [`Self::served_cursor_portals`]).
+    /// [`crate::planner::served::ServedPortals`]).
     pub(super) async fn cursor_batch(
         &mut self,
         msgs: &[Msg],

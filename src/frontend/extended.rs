@@ -8,22 +8,21 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
-use super::session::{
-    aborted, control_statement, is_sharded_copy_in, needs_atomic_scatter, End, Prepared, Session,
-    Target,
-};
+use super::planning::BindFacts;
+use super::session::{aborted, needs_atomic_scatter, End, Prepared, Session, Target};
 use crate::backend::ServerConn;
 use crate::exec::copy_in::CopyProtocol;
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::unnest_insert::UnnestBatch;
 use crate::fast_hash::{FastMap, FastSet};
-use crate::planner::batch::{footing, Batch, BatchPlan, Footing};
-use crate::planner::extended::{plan_extended, rejected_by_failed_block, Gathered, Outcome};
-use crate::planner::Ending;
+use crate::planner::batch::{footing, Footing};
+use crate::planner::extended::rejected_by_failed_block;
+use crate::planner::messages::lone_unnest_insert;
+use crate::planner::rules::apply_cursor_effects;
+use crate::planner::served::served_portals;
+use crate::planner::{Ending, Plan, Planned};
 use crate::refusal::Refusal;
 use crate::router::params::BindParams;
-use crate::router::split_insert::ShardRows;
-use crate::router::unnest_insert::UnnestInsert;
 use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
 use crate::telemetry::QueryTimer;
 use crate::wire::backend::{self as be, ErrorFields};
@@ -150,51 +149,31 @@ impl Session {
         let proxy = self.proxy.clone();
         let map = proxy.map.current();
         let mut msgs = Vec::with_capacity(frames.len());
-        let mut routes = Vec::new();
-        // Each message's own route, for a batch run unit by unit (`None`: routed by its Bind).
-        let mut msg_routes: Vec<Option<Route>> = Vec::with_capacity(frames.len());
-        let mut executed: Vec<Arc<Prepared>> = Vec::new();
+        // Each message's own route (`None`: routed by the planner, or with its Bind).
+        let mut decoded_routes: Vec<Option<Route>> = Vec::with_capacity(frames.len());
+        // The Binds the planner routes: their message index, lookup route and reserved keys.
+        let mut binds: Vec<BindFacts> = Vec::new();
         let mut portal_statements: FastMap<String, Arc<Prepared>> = FastMap::default();
-        let mut local = false;
         let mut error: Option<ErrorFields> = None;
-        let mut executes = 0usize;
-        let mut partial_fetch = false;
         let mut claims = Vec::new();
         for frame in frames {
             match self.resolve(&frame, &mut portal_statements) {
-                Ok(Some((mut msg, mut route, is_local_stmt))) => {
-                    local |= is_local_stmt;
-                    // A Bind not routed by `resolve` (an UNNEST insert given keys is).
+                Ok(Some((msg, route, is_local_stmt))) => {
                     if let (
                         Msg::Bind {
-                            bind,
-                            statement,
-                            rewritten,
+                            bind, statement, ..
                         },
                         false,
                         None,
-                    ) = (&mut msg, is_local_stmt, &route)
+                    ) = (&msg, is_local_stmt, &route)
                     {
-                        // Statements naming an index run where its table lives; a keyless
-                        // read of a looked-up column where the lookup says.
-                        let looked_up = match self.looked_up_route_of_bind(statement, bind).await {
-                            Ok(r) => r,
-                            Err(fields) => {
-                                error = Some(fields);
-                                break;
-                            }
-                        };
-                        match self.lookup_claims_of_bind(statement, bind) {
-                            Ok(c) => claims.extend(c),
-                            Err(fields) => {
-                                error = Some(fields);
-                                break;
-                            }
-                        }
-                        match self.bind_route(statement, bind, looked_up, &map) {
-                            Ok((r, text)) => {
-                                route = Some(r);
-                                *rewritten = text;
+                        match self
+                            .bind_facts(statement, bind, msgs.len(), claims.len())
+                            .await
+                        {
+                            Ok((facts, c)) => {
+                                binds.push(facts);
+                                claims.extend(c);
                             }
                             Err(fields) => {
                                 error = Some(fields);
@@ -202,21 +181,7 @@ impl Session {
                             }
                         }
                     }
-                    msg_routes.push(route.clone());
-                    if let Some(r) = route {
-                        routes.push(r);
-                    }
-                    if let Msg::Execute(e) = &msg {
-                        executes += 1;
-                        let statement = portal_statements.get(&e.portal);
-                        let no_rows = statement
-                            .and_then(|st| st.facts.first())
-                            .is_some_and(|f| f.returns_no_rows);
-                        partial_fetch |= e.max_rows > 0 && !no_rows;
-                        if let Some(st) = statement {
-                            executed.push(st.clone());
-                        }
-                    }
+                    decoded_routes.push(route);
                     msgs.push(msg);
                 }
                 Ok(None) => {}
@@ -226,15 +191,130 @@ impl Session {
                 }
             }
         }
-        if rejected_by_failed_block(
+        let rejected = rejected_by_failed_block(
             self.block_failed(),
-            executed
+            crate::planner::messages::executed(&msgs)
+                .statements
                 .iter()
                 .map(|st| (st.sql.as_str(), st.facts.first())),
-        ) {
+        );
+        if rejected {
             msgs.clear();
+            decoded_routes.clear();
+            binds.clear();
+            claims.clear();
             error = Some(aborted());
         }
+        let ending = if sync { Ending::Sync } else { Ending::Flush };
+        let planned = loop {
+            let planned = self.plan_batch_request(
+                &msgs,
+                &decoded_routes,
+                &binds,
+                &claims,
+                ending,
+                error.is_some(),
+                &map,
+            );
+            match planned {
+                Ok(Planned {
+                    plan: Plan::FailedAt { message, refusal },
+                    ..
+                }) => {
+                    // The messages before the Bind that could not be routed run; then its error.
+                    msgs.truncate(message);
+                    decoded_routes.truncate(message);
+                    let kept = binds.iter().take_while(|b| b.message < message).count();
+                    if let Some(first_dropped) = binds.get(kept) {
+                        claims.truncate(first_dropped.claims_before);
+                    }
+                    binds.truncate(kept);
+                    error = Some(refusal.into());
+                }
+                other => break other,
+            }
+        };
+        let mut planned = match planned {
+            Ok(p) => p,
+            Err(refusal) => return self.refuse_batch(refusal, sync).await,
+        };
+        apply_cursor_effects(&mut self.state, &planned.cursor_effects);
+        for (b, text) in binds.iter().zip(planned.rewritten.iter_mut()) {
+            if let Some(Msg::Bind { rewritten, .. }) = msgs.get_mut(b.message) {
+                *rewritten = text.take();
+            }
+        }
+        let msg_routes = std::mem::take(&mut planned.message_routes);
+        let target = match planned.plan {
+            Plan::Claims => {
+                return self
+                    .run_batch_with_claims(msgs, msg_routes, claims, sync)
+                    .await
+            }
+            Plan::HeldPortal => return self.run_pipeline(msgs, msg_routes, error, sync).await,
+            Plan::ServedCursor => {
+                let (ours, others) = {
+                    let fallback = || self.fallback_shard();
+                    let cx = self.context(&map, &fallback);
+                    let served = served_portals(&msgs, &self.state, &cx);
+                    served.map_or_else(Default::default, |s| (s.ours, s.others))
+                };
+                return self.cursor_batch(&msgs, &ours, others, sync).await;
+            }
+            Plan::CopyIn => {
+                return self
+                    .copy_batch(&msgs, &portal_statements, error, sync, None)
+                    .await
+            }
+            Plan::NeedsKeys => {
+                let lost = ErrorFields::error("XX000", "generated keys were not reserved");
+                return self.refuse_batch(lost, sync).await;
+            }
+            Plan::Empty | Plan::Local(_) | Plan::FailedAt { .. } => {
+                if let Some(fields) = error {
+                    self.push_error_in_batch(fields);
+                    self.state.skip_until_sync = !sync;
+                }
+                if sync {
+                    return self.finish_open_batch().await;
+                }
+                return Ok(());
+            }
+            Plan::SplitInsert { rows, unnest } => {
+                let (Some(shape), Some(unnest)) = (lone_unnest_insert(&msgs), unnest) else {
+                    let lost = ErrorFields::error("XX000", "an UNNEST insert lost its plan");
+                    return self.refuse_batch(lost, sync).await;
+                };
+                let batch = UnnestBatch {
+                    sql: &shape.statement.sql,
+                    param_types: &shape.statement.param_types,
+                    bind: shape.bind,
+                    parsed: shape.parsed,
+                    describe: shape.describe,
+                };
+                return self.run_unnest_insert_extended(batch, &unnest, &rows).await;
+            }
+            Plan::LocalBatch => {
+                self.answer_locally(&msgs, &portal_statements, error, sync)
+                    .await;
+                return Ok(());
+            }
+            Plan::InTurn => return self.run_pipeline(msgs, msg_routes, error, sync).await,
+            Plan::Run(target) => target,
+            Plan::CopyOut(shards) => Target::Scatter(shards),
+            Plan::RaiseOn { shard, refusal } => {
+                // Statements of this implicit transaction already ran on `shard`: the shard
+                // itself raises the refusal, so it rolls them back as Postgres would.
+                let mut steps = raise_steps(&refusal.into());
+                steps.push(batch_end(sync));
+                self.run_single(shard, true, |_| steps).await?;
+                self.state.skip_until_sync = !sync;
+                return Ok(());
+            }
+        };
+        let ran = crate::planner::messages::executed(&msgs);
+        let executes = ran.executes;
+        let executed: Vec<Arc<Prepared>> = ran.statements.into_iter().cloned().collect();
         // The facts of the executed statements; borrowed for the usual one (no clone per Bind).
         let several: Vec<StatementFacts>;
         let all_facts: &[StatementFacts] = match executed.as_slice() {
@@ -247,106 +327,9 @@ impl Session {
                 &several
             }
         };
-        // Parse and Describe of a statement any shard can answer add nothing to where it runs.
-        let needed: Vec<Route> = routes
-            .iter()
-            .filter(|r| **r != Route::Any)
+        let needed: Vec<Route> = crate::planner::messages::needed_routes(&msg_routes)
             .cloned()
             .collect();
-        let ending = if sync { Ending::Sync } else { Ending::Flush };
-        let control = match executed.as_slice() {
-            [one] => one.facts.first().map(|f| control_statement(&one.sql, f)),
-            _ => None,
-        };
-        let batch = Batch {
-            needed: &needed,
-            facts: all_facts,
-            control,
-            local,
-            executes,
-            row_limit: partial_fetch,
-            failed_before: error.is_some(),
-            ending,
-            allow_scatter: self.allow_scatter(),
-        };
-        let ok = error.is_none();
-        let served = if ok && claims.is_empty() {
-            self.served_cursor_portals(&msgs)
-        } else {
-            None
-        };
-        let unnest = unnest_batch(&msgs, &routes);
-        let gathered = Gathered {
-            claims: !claims.is_empty(),
-            held_portal: ok && crate::planner::held::binds_held_portal(&msgs, &msg_routes),
-            served_cursor: served.is_some(),
-            copy_in: executed
-                .iter()
-                .any(|st| st.facts.first().is_some_and(is_sharded_copy_in)),
-            empty: msgs.is_empty(),
-            unnest: unnest.is_some(),
-        };
-        let fallback = || self.fallback_shard();
-        let outcome = plan_extended(&gathered, &batch, &self.state, self.block_view(), fallback);
-        let target = match outcome {
-            Outcome::Claims => {
-                return self
-                    .run_batch_with_claims(msgs, msg_routes, claims, sync)
-                    .await
-            }
-            Outcome::HeldPortal => return self.run_pipeline(msgs, msg_routes, error, sync).await,
-            Outcome::ServedCursor => {
-                let (ours, others) = served.unwrap_or_default();
-                return self.cursor_batch(&msgs, &ours, others, sync).await;
-            }
-            Outcome::CopyIn => {
-                return self
-                    .copy_batch(&msgs, &portal_statements, error, sync, None)
-                    .await
-            }
-            Outcome::Nothing => {
-                if let Some(fields) = error {
-                    self.push_error_in_batch(fields);
-                    self.state.skip_until_sync = !sync;
-                }
-                if sync {
-                    return self.finish_open_batch().await;
-                }
-                return Ok(());
-            }
-            Outcome::UnnestInsert => {
-                let Some((batch, unnest, plan)) = unnest else {
-                    let lost = ErrorFields::error("XX000", "an UNNEST insert lost its plan");
-                    return self.refuse_batch(lost, sync).await;
-                };
-                let (unnest, plan) = (unnest.clone(), plan.to_vec());
-                return self.run_unnest_insert_extended(batch, &unnest, &plan).await;
-            }
-            Outcome::Batch(BatchPlan::Local) => {
-                self.answer_locally(&msgs, &portal_statements, error, sync)
-                    .await;
-                return Ok(());
-            }
-            Outcome::Batch(BatchPlan::Units) => {
-                return self.run_pipeline(msgs, msg_routes, error, sync).await
-            }
-            Outcome::Batch(BatchPlan::Run(target)) => target,
-            Outcome::Batch(BatchPlan::Refuse {
-                refusal,
-                raise_on: Some(shard),
-            }) => {
-                // Statements of this implicit transaction already ran on `shard`: the shard
-                // itself raises the refusal, so it rolls them back as Postgres would.
-                let mut steps = raise_steps(&refusal.into());
-                steps.push(batch_end(sync));
-                self.run_single(shard, true, |_| steps).await?;
-                self.state.skip_until_sync = !sync;
-                return Ok(());
-            }
-            Outcome::Batch(BatchPlan::Refuse { refusal, .. }) => {
-                return self.refuse_batch(refusal, sync).await
-            }
-        };
         let tail_error = error.clone();
         let merge = match &target {
             Target::Scatter(_) => match merge_for_batch(&msgs) {
@@ -812,42 +795,6 @@ pub(super) struct MergeSteps {
 
 /// The merge of a batch that runs on several shards, from its one Bind; `None` when rows are
 /// only concatenated.
-/// The batch, when it runs exactly one UNNEST insert whose rows split between shards (Parse?,
-/// Bind, Describe portal?, Execute without a row limit).
-fn unnest_batch<'a>(
-    msgs: &'a [Msg],
-    routes: &'a [Route],
-) -> Option<(UnnestBatch<'a>, &'a UnnestInsert, &'a [ShardRows])> {
-    let plan = routes.iter().find_map(|r| match r {
-        Route::SplitInsert(p) => Some(p),
-        _ => None,
-    })?;
-    let (mut parsed, mut describe, mut bound, mut executes) = (false, false, None, 0);
-    for m in msgs {
-        match m {
-            Msg::Parse(..) => parsed = true,
-            Msg::Bind {
-                bind,
-                statement,
-                rewritten: None,
-            } if bound.is_none() => bound = Some((bind, statement)),
-            Msg::DescribePortal(_) => describe = true,
-            Msg::Execute(e) if e.max_rows == 0 => executes += 1,
-            _ => return None,
-        }
-    }
-    let (bind, statement) = bound?;
-    let unnest = statement.facts.first()?.unnest.as_ref()?;
-    let batch = UnnestBatch {
-        sql: &statement.sql,
-        param_types: &statement.param_types,
-        bind,
-        parsed,
-        describe,
-    };
-    (executes == 1).then_some((batch, unnest, plan.as_slice()))
-}
-
 pub(super) fn merge_for_batch(
     msgs: &[Msg],
 ) -> Result<Option<(MergeSteps, crate::exec::merged::BoundMerge)>, ErrorFields> {

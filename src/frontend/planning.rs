@@ -1,9 +1,13 @@
 //! The session's side of the planner: builds the [`Context`] it plans in (configuration, the
 //! user's scatter right, the shard for requests any shard answers) and calls
-//! [`crate::planner::plan`]. No routing rule lives here.
+//! [`crate::planner::plan`] for a simple Query or an extended batch. No routing rule lives here.
 
+use std::sync::Arc;
+
+use super::extended::Msg;
+use super::run::lookup::ResolvedClaim;
 use super::session::{Prepared, Session};
-use crate::planner::{self, rules, Context, GivenKeys, Planned, Request, Statement};
+use crate::planner::{self, rules, Context, GivenKeys, Messages, Planned, Request, Statement};
 use crate::refusal::Refusal;
 use crate::router::params::BindParams;
 use crate::router::{Route, ShardMap};
@@ -22,7 +26,11 @@ impl Session {
     }
 
     /// The context this session plans in.
-    fn context<'a>(&'a self, map: &'a ShardMap, fallback: &'a dyn Fn() -> u32) -> Context<'a> {
+    pub(super) fn context<'a>(
+        &'a self,
+        map: &'a ShardMap,
+        fallback: &'a dyn Fn() -> u32,
+    ) -> Context<'a> {
         let proxy = &self.proxy;
         Context {
             router: &proxy.router,
@@ -36,38 +44,99 @@ impl Session {
     }
 
     /// Plans `request` on this session's state (see [`crate::planner::plan`]).
-    pub fn plan_request(
-        &self,
-        request: &Request,
-        map: &ShardMap,
-        keys: Option<GivenKeys>,
-    ) -> Result<Planned, Refusal> {
+    pub fn plan_request(&self, request: &Request, map: &ShardMap) -> Result<Planned, Refusal> {
         let fallback = || self.fallback_shard();
-        if keys.is_none() && request.ending == planner::Ending::Query {
+        let first_try = request
+            .statements
+            .first()
+            .is_some_and(|st| st.keys.is_none());
+        if first_try && request.ending == planner::Ending::Query {
             if let Some(first) = request.statements.first() {
                 self.proxy.compat.record_simple(first.sql);
             }
         }
         let cx = self.context(map, &fallback);
-        planner::plan(request, &self.state, &cx, keys)
+        planner::plan(request, &self.state, &cx)
     }
 
-    /// The route of one Bind ([`crate::planner::rules::statement_route`]), and the text its
-    /// statement becomes (an INSERT given generated keys); the cursor it declares or closes is
-    /// recorded. `looked_up`: the index owner's route, when the statement names an index.
-    pub fn bind_route(
+    /// Plans an extended batch: `msgs` as decoded (`routes`: each one's own route), `binds` the
+    /// Binds the planner routes, with what I/O found for them.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn plan_batch_request(
+        &self,
+        msgs: &[Msg],
+        routes: &[Option<Route>],
+        binds: &[BindFacts],
+        claims: &[ResolvedClaim],
+        ending: planner::Ending,
+        failed_before: bool,
+        map: &ShardMap,
+    ) -> Result<Planned, Refusal> {
+        let bound: Vec<(&Bind, &Arc<Prepared>)> = binds
+            .iter()
+            .filter_map(|b| match msgs.get(b.message) {
+                Some(Msg::Bind {
+                    bind, statement, ..
+                }) => Some((bind, statement)),
+                _ => None,
+            })
+            .collect();
+        let params: Vec<BindParams> = bound
+            .iter()
+            .map(|(bind, statement)| BindParams {
+                values: &bind.params,
+                formats: &bind.param_formats,
+                types: &statement.param_types,
+            })
+            .collect();
+        let statements = bound
+            .iter()
+            .zip(&params)
+            .zip(binds)
+            .filter_map(|(((_, statement), params), b)| {
+                Some(Statement {
+                    sql: &statement.sql,
+                    facts: statement.facts.first()?,
+                    params,
+                    looked_up: b.looked_up.clone(),
+                    keys: b.keys.clone(),
+                })
+            })
+            .collect();
+        let indices: Vec<usize> = binds.iter().map(|b| b.message).collect();
+        let request = Request {
+            statements,
+            ending,
+            messages: Some(Messages {
+                msgs,
+                routes,
+                binds: &indices,
+                failed_before,
+                claims: !claims.is_empty(),
+                block: self.block_view(),
+            }),
+        };
+        self.plan_request(&request, map)
+    }
+
+    /// What a Bind the planner routes needs found with I/O first: where a lookup places it (the
+    /// table of an index it names, a looked-up column), the values it claims, and generated
+    /// keys for an INSERT that omits its shard key. `message`: its index in the batch;
+    /// `claims_before`: the batch's claims before it.
+    pub(super) async fn bind_facts(
         &mut self,
         statement: &Prepared,
         bind: &Bind,
-        looked_up: Option<Route>,
-        map: &ShardMap,
-    ) -> Result<(Route, Option<String>), ErrorFields> {
-        let Some(facts) = statement.facts.first() else {
-            return Ok((Route::Any, None));
-        };
-        let keys = match rules::bind_needs_keys(&self.state, facts, looked_up.is_some()) {
-            true => Some(self.given_keys(facts)?),
-            false => None,
+        message: usize,
+        claims_before: usize,
+    ) -> Result<(BindFacts, Vec<ResolvedClaim>), ErrorFields> {
+        let looked_up = self.looked_up_route_of_bind(statement, bind).await?;
+        let claims = self.lookup_claims_of_bind(statement, bind)?;
+        let keys = match statement.facts.first() {
+            Some(f) if rules::bind_needs_keys(&self.state, f, looked_up.is_some()) => {
+                Some(self.given_keys(f)?)
+            }
+            _ => None,
         };
         let params = BindParams {
             values: &bind.params,
@@ -75,18 +144,24 @@ impl Session {
             types: &statement.param_types,
         };
         self.proxy.compat.record_bound(&statement.sql, &params);
-        let st = Statement {
-            sql: &statement.sql,
-            facts,
-            params: &params,
+        let facts = BindFacts {
+            message,
             looked_up,
+            keys,
+            claims_before,
         };
-        let fallback = || self.any_shard;
-        let cx = self.context(map, &fallback);
-        let routed = rules::statement_route(&st, &self.state, &cx, keys.as_ref(), &[])?;
-        if let Some(effect) = &routed.cursor {
-            self.state.cursors.apply(effect);
-        }
-        Ok((routed.route, routed.rewritten))
+        Ok((facts, claims))
     }
+}
+
+/// A Bind of a batch that the planner routes, with what the frontend found for it with I/O.
+pub(super) struct BindFacts {
+    /// Its index in the batch's messages.
+    pub message: usize,
+    /// Where a lookup places it.
+    pub looked_up: Option<Route>,
+    /// Generated keys reserved for it.
+    pub keys: Option<GivenKeys>,
+    /// How many claims the batch's Binds before it made.
+    pub claims_before: usize,
 }

@@ -368,7 +368,7 @@ impl Session {
                 return self.run_unnest_keyless_simple(&sql, only, &literals).await;
             }
         }
-        let request = Request {
+        let mut request = Request {
             statements: facts
                 .iter()
                 .zip(looked_up)
@@ -377,11 +377,13 @@ impl Session {
                     facts: f,
                     params: &params,
                     looked_up,
+                    keys: None,
                 })
                 .collect(),
             ending: Ending::Query,
+            messages: None,
         };
-        let mut planned = self.plan_request(&request, &map, None);
+        let mut planned = self.plan_request(&request, &map);
         if let (
             Ok(Planned {
                 plan: Plan::NeedsKeys,
@@ -398,10 +400,13 @@ impl Session {
                     return Ok(());
                 }
             };
-            planned = self.plan_request(&request, &map, Some(keys));
+            if let Some(st) = request.statements.first_mut() {
+                st.keys = Some(keys);
+            }
+            planned = self.plan_request(&request, &map);
         }
         drop(request);
-        let planned = match planned {
+        let mut planned = match planned {
             Ok(p) => p,
             Err(refusal) => {
                 self.reply_error(refusal);
@@ -423,13 +428,21 @@ impl Session {
             self.pins.note(&facts);
         }
         apply_cursor_effects(&mut self.state, &planned.cursor_effects);
-        let (sql, rewritten) = match planned.rewritten {
+        let (sql, rewritten) = match planned.rewritten_text() {
             Some(text) => (text, true),
             None => (sql, false),
         };
         let target = match planned.plan {
-            Plan::Empty | Plan::Local(_) | Plan::NeedsKeys | Plan::InTurn => {
-                // Planned above: nothing to run.
+            Plan::Empty
+            | Plan::Local(_)
+            | Plan::NeedsKeys
+            | Plan::InTurn
+            | Plan::LocalBatch
+            | Plan::Claims
+            | Plan::HeldPortal
+            | Plan::RaiseOn { .. }
+            | Plan::FailedAt { .. } => {
+                // Planned above, or a batch's: nothing to run.
                 let status = self.status();
                 self.io.push(&be::ready_for_query(status));
                 return Ok(());

@@ -1,16 +1,137 @@
-//! Which path an extended-protocol batch takes, decided from what the frontend gathered about it
-//! (its messages resolved, each Bind routed after its lookups): the whole chain of decisions in
-//! one pure function, so the frontend only matches on the answer. The routing itself is
-//! [`plan_batch`]'s, which shares `combine` with the simple protocol's planner.
+//! How [`super::plan`] plans an extended-protocol batch: each Bind routed by the same rule as a
+//! simple Query's statements ([`statement_route`]), then the path the batch takes, decided from
+//! its messages — the whole chain of decisions here, so the frontend only matches on the
+//! [`Plan`]. Where it runs is [`plan_batch`]'s, which shares `combine` with the simple protocol.
 
-use crate::router::StatementFacts;
+use std::borrow::Cow;
+
+use crate::refusal::Refusal;
+use crate::router::{Route, StatementFacts};
 use crate::session::SessionState;
 use crate::txn::control::{BlockView, ControlStatement};
 
 use super::batch::{plan_batch, Batch, BatchPlan};
 use super::control_statement;
+use super::messages::{carries_local, executed, lone_unnest_insert};
+use super::plan::{Plan, Planned};
+use super::request::{Messages, Request};
+use super::rules::{bind_needs_keys, is_sharded_copy_in, statement_route, Context};
+use super::served::served_portals;
 
-/// What the frontend learnt of a batch besides what [`Batch`] carries.
+/// Plans an extended batch: routes its Binds (`request.statements`), then decides its path.
+pub(super) fn plan_messages(
+    request: &Request,
+    messages: &Messages,
+    state: &SessionState,
+    cx: &Context,
+) -> Result<Planned, Refusal> {
+    let mut planned = Planned {
+        message_routes: messages.routes.to_vec(),
+        ..Planned::default()
+    };
+    for (st, &at) in request.statements.iter().zip(messages.binds) {
+        if st.keys.is_none() && bind_needs_keys(state, st.facts, st.looked_up.is_some()) {
+            planned.plan = Plan::NeedsKeys;
+            return Ok(planned);
+        }
+        match statement_route(st, state, cx, st.keys.as_ref(), &planned.cursor_effects) {
+            Ok(routed) => {
+                if let Some(slot) = planned.message_routes.get_mut(at) {
+                    *slot = Some(routed.route.clone());
+                }
+                planned.routes.push(routed.route);
+                planned.rewritten.push(routed.rewritten);
+                planned.cursor_effects.extend(routed.cursor);
+            }
+            Err(refusal) => {
+                planned.plan = Plan::FailedAt {
+                    message: at,
+                    refusal,
+                };
+                return Ok(planned);
+            }
+        }
+    }
+    let msgs = messages.msgs;
+    let ran = executed(msgs);
+    let facts: Cow<[StatementFacts]> = match ran.statements.as_slice() {
+        [one] => Cow::Borrowed(one.facts.get(..1).unwrap_or_default()),
+        many => Cow::Owned(
+            many.iter()
+                .filter_map(|st| st.facts.first().cloned())
+                .collect(),
+        ),
+    };
+    // Parse and Describe of a statement any shard can answer add nothing to where it runs.
+    let needed: Vec<Route> = planned
+        .message_routes
+        .iter()
+        .flatten()
+        .filter(|r| **r != Route::Any)
+        .cloned()
+        .collect();
+    let control = match ran.statements.as_slice() {
+        [one] => one.facts.first().map(|f| control_statement(&one.sql, f)),
+        _ => None,
+    };
+    let batch = Batch {
+        needed: &needed,
+        facts: &facts,
+        control,
+        local: carries_local(msgs),
+        executes: ran.executes,
+        row_limit: ran.row_limit,
+        failed_before: messages.failed_before,
+        ending: request.ending,
+        allow_scatter: cx.allow_scatter,
+    };
+    let ok = !messages.failed_before;
+    let unnest = lone_unnest_insert(msgs).and_then(|shape| {
+        let rows = planned
+            .message_routes
+            .iter()
+            .flatten()
+            .find_map(|r| match r {
+                Route::SplitInsert(rows) => Some(rows),
+                _ => None,
+            })?;
+        Some((shape.statement.facts.first()?.unnest.clone()?, rows.clone()))
+    });
+    let gathered = Gathered {
+        claims: messages.claims,
+        held_portal: ok && super::held::binds_held_portal(msgs, &planned.message_routes),
+        served_cursor: ok && !messages.claims && served_portals(msgs, state, cx).is_some(),
+        copy_in: facts.iter().any(is_sharded_copy_in),
+        empty: msgs.is_empty(),
+        unnest: unnest.is_some(),
+    };
+    let fallback = || (cx.fallback)();
+    planned.plan = match plan_extended(&gathered, &batch, state, messages.block, fallback) {
+        Outcome::Claims => Plan::Claims,
+        Outcome::HeldPortal => Plan::HeldPortal,
+        Outcome::ServedCursor => Plan::ServedCursor,
+        Outcome::CopyIn => Plan::CopyIn,
+        Outcome::Nothing => Plan::Empty,
+        Outcome::UnnestInsert => match unnest {
+            Some((unnest, rows)) => Plan::SplitInsert {
+                rows,
+                unnest: Some(unnest),
+            },
+            None => Plan::Empty,
+        },
+        Outcome::Batch(BatchPlan::Local) => Plan::LocalBatch,
+        Outcome::Batch(BatchPlan::Units) => Plan::InTurn,
+        Outcome::Batch(BatchPlan::Run(target)) => Plan::Run(target),
+        Outcome::Batch(BatchPlan::Refuse {
+            refusal,
+            raise_on: Some(shard),
+        }) => Plan::RaiseOn { shard, refusal },
+        Outcome::Batch(BatchPlan::Refuse { refusal, .. }) => return Err(refusal),
+    };
+    Ok(planned)
+}
+
+/// What the planner learnt of a batch's messages besides what [`Batch`] carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gathered {
     /// Writes of a looked-up column claim their values first.
@@ -65,9 +186,9 @@ pub fn rejected_by_failed_block<'a>(
         })
 }
 
-/// Plans an extended batch (see the module doc). `batch.failed_before`: a message was refused
-/// while resolving (the paths that would run statements are then not taken).
-pub fn plan_extended(
+/// The path of an extended batch (see the module doc). `batch.failed_before`: a message was
+/// refused while resolving (the paths that would run statements are then not taken).
+pub(super) fn plan_extended(
     gathered: &Gathered,
     batch: &Batch,
     state: &SessionState,

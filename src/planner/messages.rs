@@ -1,8 +1,9 @@
 //! An extended-protocol batch (up to Sync or Flush) as the planner sees it: its decoded
 //! messages, each Bind with the statement it binds and its parameter values and formats, and the
-//! route each message resolved to. The frontend decodes the frames and routes each Bind (through
-//! [`super::rules::statement_route`]); everything decided from there on — one target or unit by
-//! unit, where each unit runs, which portals the proxy holds — is decided over these, purely.
+//! route each message resolved to. The frontend decodes the frames; the planner routes each Bind
+//! (through [`super::rules::statement_route`], the rule a simple Query's statements follow) and
+//! decides everything from there on — one target or unit by unit, where each unit runs, which
+//! portals the proxy holds — over these, purely.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +70,95 @@ pub fn executed_facts(msgs: &[Msg]) -> Vec<StatementFacts> {
         }
     }
     out
+}
+
+/// What a batch executes.
+pub struct Executed<'m> {
+    /// The statements its Executes run (portals bound in this batch), in Execute order.
+    pub statements: Vec<&'m Arc<Prepared>>,
+    /// How many Executes it has.
+    pub executes: usize,
+    /// An Execute has a row limit that matters (a statement that answers no rows ignores it;
+    /// a portal bound earlier is taken to answer rows).
+    pub row_limit: bool,
+}
+
+/// What `msgs` execute (see [`Executed`]).
+pub fn executed(msgs: &[Msg]) -> Executed<'_> {
+    let mut bound: HashMap<&str, &Arc<Prepared>> = HashMap::new();
+    let mut out = Executed {
+        statements: Vec::new(),
+        executes: 0,
+        row_limit: false,
+    };
+    for msg in msgs {
+        match msg {
+            Msg::Bind {
+                bind, statement, ..
+            } => {
+                bound.insert(bind.portal.as_str(), statement);
+            }
+            Msg::Execute(e) => {
+                out.executes += 1;
+                let statement = bound.get(e.portal.as_str()).copied();
+                let no_rows = statement
+                    .and_then(|st| st.facts.first())
+                    .is_some_and(|f| f.returns_no_rows);
+                out.row_limit |= e.max_rows > 0 && !no_rows;
+                out.statements.extend(statement);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// True when a message of `msgs` carries one of pgshard's own commands (its Parse, Bind or
+/// statement Describe).
+pub fn carries_local(msgs: &[Msg]) -> bool {
+    let local = |st: &Prepared| st.facts.first().is_some_and(|f| f.local.is_some());
+    msgs.iter().any(|msg| match msg {
+        Msg::Parse(_, st) | Msg::DescribeStatement(st) => local(st),
+        Msg::Bind { statement, .. } => local(statement),
+        _ => false,
+    })
+}
+
+/// A batch that runs exactly one UNNEST insert (Parse?, Bind, Describe portal?, one Execute
+/// without a row limit): what the client sent, for splitting its arrays.
+pub struct UnnestShape<'m> {
+    pub bind: &'m Bind,
+    pub statement: &'m Arc<Prepared>,
+    /// The client sent the Parse in this batch.
+    pub parsed: bool,
+    /// The client described the portal.
+    pub describe: bool,
+}
+
+/// The batch's UNNEST insert when `msgs` have the shape of [`UnnestShape`].
+pub fn lone_unnest_insert(msgs: &[Msg]) -> Option<UnnestShape<'_>> {
+    let (mut parsed, mut describe, mut bound, mut executes) = (false, false, None, 0);
+    for m in msgs {
+        match m {
+            Msg::Parse(..) => parsed = true,
+            Msg::Bind {
+                bind,
+                statement,
+                rewritten: None,
+            } if bound.is_none() => bound = Some((bind, statement)),
+            Msg::DescribePortal(_) => describe = true,
+            Msg::Execute(e) if e.max_rows == 0 => executes += 1,
+            _ => return None,
+        }
+    }
+    let (bind, statement) = bound?;
+    statement.facts.first()?.unnest.as_ref()?;
+    (executes == 1).then_some(UnnestShape {
+        bind,
+        statement,
+        parsed,
+        describe,
+    })
 }
 
 /// The facts of the statements `msgs` bind, in order.

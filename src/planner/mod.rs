@@ -9,10 +9,11 @@ pub mod messages;
 pub mod plan;
 pub mod request;
 pub mod rules;
+pub mod served;
 pub mod units;
 
 pub use plan::{Plan, Planned};
-pub use request::{Ending, GivenKeys, Request, Statement};
+pub use request::{Ending, GivenKeys, Messages, Request, Statement};
 pub use rules::{plan, Context};
 
 use std::borrow::Borrow;

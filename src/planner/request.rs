@@ -5,6 +5,9 @@
 
 use crate::router::params::ParamSource;
 use crate::router::{Route, ShardKey, StatementFacts};
+use crate::txn::control::BlockView;
+
+use super::messages::Msg;
 
 /// How the client ended the request: what it expects back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +30,38 @@ pub struct Statement<'a> {
     /// Where a lookup the frontend made with I/O says it runs (the table of an index it names),
     /// overriding the router.
     pub looked_up: Option<Route>,
+    /// Generated keys the frontend reserved for it (an INSERT that omits its shard key); `None`
+    /// until reserved (a lone simple statement then plans as [`super::Plan::NeedsKeys`]).
+    pub keys: Option<GivenKeys>,
 }
 
 /// What the planner plans: the statements of one request, in order.
 pub struct Request<'a> {
+    /// A simple Query's statements, or the statements an extended batch binds (one per Bind the
+    /// planner routes, in message order).
     pub statements: Vec<Statement<'a>>,
     pub ending: Ending,
+    /// An extended batch's messages; `None` for a simple Query.
+    pub messages: Option<Messages<'a>>,
+}
+
+/// The messages of an extended batch as the frontend decoded them: what a batch adds to its
+/// statements (Parse, Describe, Execute with row limits, Close), and what the frontend learnt
+/// with I/O while decoding.
+pub struct Messages<'a> {
+    pub msgs: &'a [Msg],
+    /// Each message's route as its decoding found it: a Parse or Describe any shard answers, a
+    /// portal bound earlier; `None` for a Bind the planner routes and for a message that goes
+    /// with a Bind of this batch.
+    pub routes: &'a [Option<Route>],
+    /// The index in `msgs` of the Bind of each of the request's statements.
+    pub binds: &'a [usize],
+    /// A message was refused while decoding: the messages after it are not in `msgs`.
+    pub failed_before: bool,
+    /// Writes of a looked-up column claim their values first.
+    pub claims: bool,
+    /// The client's block as transaction control sees it.
+    pub block: BlockView,
 }
 
 /// Generated keys the frontend reserved for an INSERT that omits its shard key (the

@@ -28,21 +28,15 @@ pub struct Context<'a> {
     pub fallback: &'a dyn Fn() -> u32,
 }
 
-/// Plans a request. `keys`: generated keys reserved for a lone INSERT that omits its shard key
-/// (`None` until the frontend reserved them: the plan is then [`Plan::NeedsKeys`]).
-pub fn plan(
-    request: &Request,
-    state: &SessionState,
-    cx: &Context,
-    keys: Option<GivenKeys>,
-) -> Result<Planned, Refusal> {
+/// Plans a request, a simple Query or an extended batch: the one entry point both protocols
+/// use. A lone INSERT that omits its shard key plans as [`Plan::NeedsKeys`] until the frontend
+/// reserved its keys ([`Statement::keys`]).
+pub fn plan(request: &Request, state: &SessionState, cx: &Context) -> Result<Planned, Refusal> {
+    if let Some(messages) = &request.messages {
+        return super::extended::plan_messages(request, messages, state, cx);
+    }
     let facts: Vec<&StatementFacts> = request.statements.iter().map(|s| s.facts).collect();
-    let mut planned = Planned {
-        plan: Plan::Empty,
-        rewritten: None,
-        routes: Vec::new(),
-        cursor_effects: Vec::new(),
-    };
+    let mut planned = Planned::default();
     if facts.is_empty() {
         return Ok(planned);
     }
@@ -71,14 +65,12 @@ pub fn plan(
     }
     let mut routes = Vec::with_capacity(facts.len());
     let mut served = false;
-    let mut rewritten = None;
-    let lone = request.statements.len() == 1;
+    let mut rewritten = Vec::with_capacity(facts.len());
     for st in &request.statements {
-        let keys = keys.as_ref().filter(|_| lone);
-        let routed = statement_route(st, state, cx, keys, &planned.cursor_effects)?;
+        let routed = statement_route(st, state, cx, st.keys.as_ref(), &planned.cursor_effects)?;
         served |= st.facts.cursor.is_some() && state.cursors.serves(st.facts, &routed.route);
         planned.cursor_effects.extend(routed.cursor);
-        rewritten = rewritten.or(routed.rewritten);
+        rewritten.push(routed.rewritten);
         routes.push(routed.route);
     }
     if served {
@@ -104,8 +96,11 @@ pub fn plan(
     if let Some(refusal) = needs_splitting(&facts) {
         return in_turn(request, refusal);
     }
-    if let [only] = facts.as_slice() {
-        if only.missing_key_rows.is_some() && keys.is_none() && !hint_applies(state, only) {
+    if let [only] = request.statements.as_slice() {
+        if only.facts.missing_key_rows.is_some()
+            && only.keys.is_none()
+            && !hint_applies(state, only.facts)
+        {
             planned.plan = Plan::NeedsKeys;
             return Ok(planned);
         }
@@ -161,9 +156,7 @@ fn in_turn(request: &Request, refusal: Refusal) -> Result<Planned, Refusal> {
     }
     Ok(Planned {
         plan: Plan::InTurn,
-        rewritten: None,
-        routes: Vec::new(),
-        cursor_effects: Vec::new(),
+        ..Planned::default()
     })
 }
 
@@ -293,8 +286,9 @@ pub fn apply_cursor_effects(state: &mut SessionState, effects: &[Effect]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::messages::Msg;
     use crate::planner::tests::{flush_open_on, in_block};
-    use crate::planner::{Ending, Statement, Target};
+    use crate::planner::{Ending, Messages, Statement, Target};
     use crate::router::literals::LiteralParams;
     use crate::router::params::BindParams;
     use crate::router::Strategy;
@@ -302,6 +296,41 @@ mod tests {
 
     const FALLBACK: u32 = 99;
     const INT8: u32 = 20;
+
+    /// Parse, Bind (of `values`, all text or all binary) and Execute of `statement`: how a
+    /// driver sends one statement.
+    fn batch_of(
+        statement: &std::sync::Arc<crate::session::Prepared>,
+        values: Vec<Option<Bytes>>,
+        binary: bool,
+    ) -> Vec<Msg> {
+        use crate::wire::frontend::{Bind, Execute, Parse};
+        vec![
+            Msg::Parse(
+                Parse {
+                    name: String::new(),
+                    query: statement.sql.clone(),
+                    param_types: statement.param_types.clone(),
+                },
+                statement.clone(),
+            ),
+            Msg::Bind {
+                bind: Bind {
+                    portal: String::new(),
+                    statement: String::new(),
+                    param_formats: vec![i16::from(binary)],
+                    params: values,
+                    result_formats: Vec::new(),
+                },
+                statement: statement.clone(),
+                rewritten: None,
+            },
+            Msg::Execute(Execute {
+                portal: String::new(),
+                max_rows: 0,
+            }),
+        ]
+    }
 
     struct World {
         router: Router,
@@ -396,14 +425,15 @@ mod tests {
                                 facts: f,
                                 params: &params,
                                 looked_up: None,
+                                keys: None,
                             })
                             .collect(),
                         ending,
+                        messages: None,
                     };
-                    plan(&request, state, &cx, None)
+                    plan(&request, state, &cx)
                 }
                 Via::Text | Via::Binary => {
-                    let facts = self.router.analyze_prepared(template);
                     let binary = matches!(via, Via::Binary);
                     let encoded: Vec<Option<Bytes>> = values
                         .iter()
@@ -415,26 +445,49 @@ mod tests {
                             })
                         })
                         .collect();
-                    let types = vec![INT8; values.len()];
-                    let formats = [i16::from(binary)];
-                    let params = BindParams {
-                        values: &encoded,
-                        formats: &formats,
-                        types: &types,
+                    let statement = std::sync::Arc::new(crate::session::Prepared {
+                        sql: template.into(),
+                        param_types: vec![INT8; values.len()],
+                        facts: self.router.analyze_prepared(template),
+                        server_name: String::new(),
+                    });
+                    let msgs = batch_of(&statement, encoded, binary);
+                    let Msg::Bind { bind, .. } = &msgs[1] else {
+                        unreachable!("the batch's second message is its Bind")
                     };
+                    let params = BindParams {
+                        values: &bind.params,
+                        formats: &bind.param_formats,
+                        types: &statement.param_types,
+                    };
+                    // A Bind of a statement without facts (empty) or of pgshard's own command
+                    // is answered without routing, as the frontend decodes it.
+                    let routed = statement.facts.first().filter(|f| f.local.is_none());
+                    let bind_route = statement.facts.is_empty().then_some(Route::Any);
+                    let routes = [Some(Route::Any), bind_route, None];
+                    let binds: Vec<usize> = routed.iter().map(|_| 1).collect();
                     let request = Request {
-                        statements: facts
+                        statements: routed
                             .iter()
                             .map(|f| Statement {
                                 sql: template,
                                 facts: f,
                                 params: &params,
                                 looked_up: None,
+                                keys: None,
                             })
                             .collect(),
                         ending,
+                        messages: Some(Messages {
+                            msgs: &msgs,
+                            routes: &routes,
+                            binds: &binds,
+                            failed_before: false,
+                            claims: false,
+                            block: crate::planner::tests::block_of(state),
+                        }),
                     };
-                    plan(&request, state, &cx, None)
+                    plan(&request, state, &cx)
                 }
             }
         }
@@ -467,6 +520,21 @@ mod tests {
     fn outcome(p: Result<Planned, Refusal>) -> Result<Plan, (String, String)> {
         p.map(|p| p.plan)
             .map_err(|r| (r.sqlstate().to_string(), r.to_string()))
+    }
+
+    /// True when a statement sent alone in a batch (`extended`) takes the path it takes in a
+    /// simple Query (`simple`): the same plan, or the batch's form of it — its rows split unit
+    /// by unit, pgshard's own commands answered for the batch, a COPY TO run on every shard.
+    fn same_path(
+        simple: &Result<Plan, (String, String)>,
+        extended: &Result<Plan, (String, String)>,
+    ) -> bool {
+        match (simple, extended) {
+            (Ok(Plan::SplitInsert { unnest: None, .. }), Ok(Plan::InTurn))
+            | (Ok(Plan::Local(_)), Ok(Plan::LocalBatch)) => true,
+            (Ok(Plan::CopyOut(a)), Ok(Plan::Run(Target::Scatter(b)))) => a == b,
+            _ => simple == extended,
+        }
     }
 
     /// (statement, its values, how the request ends, session, the plan, or the start of the
@@ -654,7 +722,13 @@ mod tests {
             let simple = outcome(w.plan_via(sql, &values, Via::Simple, Ending::Query, &state));
             for via in [Via::Text, Via::Binary] {
                 let extended = outcome(w.plan_via(sql, &values, via, ending, &state));
-                assert_eq!(extended, simple, "{sql} {values:?} via {via:?}");
+                // A batch leaving the shard a Flush left a transaction open on goes on unit by
+                // unit: the pipeline keeps one implicit transaction across shards until Sync.
+                let pipelined = ending == Ending::Flush && extended == Ok(Plan::InTurn);
+                assert!(
+                    pipelined || same_path(&simple, &extended),
+                    "{sql} {values:?} via {via:?}: {extended:?}, simple {simple:?}"
+                );
             }
             match (&simple, &expected) {
                 (Ok(p), Ok(e)) => assert_eq!(p, e, "{sql} {values:?}"),
@@ -758,10 +832,12 @@ mod tests {
                         facts: &facts[0],
                         params: &params,
                         looked_up,
+                        keys,
                     }],
                     ending: Ending::Query,
+                    messages: None,
                 };
-                plan(&request, &state, cx, keys)
+                plan(&request, &state, cx)
             };
         let cx = w.cx(true, &fallback);
         // The catalog named the index's table: its shard decides.
@@ -781,7 +857,7 @@ mod tests {
         )
         .expect("planned");
         assert_eq!(got.plan, Plan::Run(Target::Single(shard)));
-        assert!(got.rewritten.is_some_and(|t| t.contains('7')));
+        assert!(got.rewritten[0].as_ref().is_some_and(|t| t.contains('7')));
         // A user who may not scatter.
         let strict = w.cx(false, &fallback);
         let got = plan_one("SELECT * FROM users", &strict, None, None);
@@ -806,5 +882,280 @@ mod tests {
         let mut state = in_block(&[]);
         apply_cursor_effects(&mut state, &got.cursor_effects);
         assert_eq!(state.cursors.shard_of("c"), Some(sa));
+    }
+
+    /// A statement prepared from `sql`, its parameters `int8`.
+    fn prepared(w: &World, sql: &str, params: usize) -> std::sync::Arc<crate::session::Prepared> {
+        std::sync::Arc::new(crate::session::Prepared {
+            sql: sql.into(),
+            param_types: vec![INT8; params],
+            facts: w.router.analyze_prepared(sql),
+            server_name: String::new(),
+        })
+    }
+
+    /// A Bind of `statement` to `portal` with `values` in text format.
+    fn bind(
+        portal: &str,
+        statement: &std::sync::Arc<crate::session::Prepared>,
+        values: &[i64],
+    ) -> Msg {
+        Msg::Bind {
+            bind: crate::wire::frontend::Bind {
+                portal: portal.into(),
+                statement: String::new(),
+                param_formats: Vec::new(),
+                params: values
+                    .iter()
+                    .map(|v| Some(Bytes::from(v.to_string())))
+                    .collect(),
+                result_formats: Vec::new(),
+            },
+            statement: statement.clone(),
+            rewritten: None,
+        }
+    }
+
+    fn execute(portal: &str, max_rows: i32) -> Msg {
+        Msg::Execute(crate::wire::frontend::Execute {
+            portal: portal.into(),
+            max_rows,
+        })
+    }
+
+    impl World {
+        /// Plans the batch `msgs` as the frontend hands it over: every Bind routed by the
+        /// planner, with `keys` reserved for the Bind at that message index.
+        fn plan_batch(
+            &self,
+            msgs: &[Msg],
+            keys: &[(usize, GivenKeys)],
+            claims: bool,
+            ending: Ending,
+            state: &SessionState,
+        ) -> Result<Planned, Refusal> {
+            let fallback = || FALLBACK;
+            let cx = self.cx(true, &fallback);
+            let bound: Vec<(
+                usize,
+                &crate::wire::frontend::Bind,
+                &crate::session::Prepared,
+            )> = msgs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| match m {
+                    Msg::Bind {
+                        bind, statement, ..
+                    } => Some((i, bind, statement.as_ref())),
+                    _ => None,
+                })
+                .collect();
+            let params: Vec<BindParams> = bound
+                .iter()
+                .map(|(_, bind, st)| BindParams {
+                    values: &bind.params,
+                    formats: &bind.param_formats,
+                    types: &st.param_types,
+                })
+                .collect();
+            let statements = bound
+                .iter()
+                .zip(&params)
+                .map(|((i, _, st), params)| Statement {
+                    sql: &st.sql,
+                    facts: &st.facts[0],
+                    params,
+                    looked_up: None,
+                    keys: keys.iter().find(|(at, _)| at == i).map(|(_, k)| k.clone()),
+                })
+                .collect();
+            let routes: Vec<Option<Route>> = msgs
+                .iter()
+                .map(|m| match m {
+                    Msg::Parse(..) | Msg::DescribeStatement(_) | Msg::CloseStatement => {
+                        Some(Route::Any)
+                    }
+                    Msg::Bind { .. } => None,
+                    _ => m
+                        .portal()
+                        .filter(|p| !bound.iter().any(|(_, b, _)| b.portal == *p))
+                        .map(|p| super::super::batch::portal_route(state, p, false))
+                        .unwrap_or(None),
+                })
+                .collect();
+            let binds: Vec<usize> = bound.iter().map(|(i, _, _)| *i).collect();
+            let request = Request {
+                statements,
+                ending,
+                messages: Some(Messages {
+                    msgs,
+                    routes: &routes,
+                    binds: &binds,
+                    failed_before: false,
+                    claims,
+                    block: crate::planner::tests::block_of(state),
+                }),
+            };
+            plan(&request, state, &cx)
+        }
+    }
+
+    #[test]
+    fn a_batch_plans_as_a_whole() {
+        let w = World::new();
+        let [(a, sa), (b, sb)] = w.keys_on_two_shards();
+        let keyed = prepared(&w, "SELECT * FROM users WHERE user_id = $1", 1);
+        let keyless = prepared(&w, "SELECT * FROM users WHERE user_id > $1", 1);
+        let update = prepared(&w, "UPDATE users SET name = 'x' WHERE user_id = $1", 1);
+        let keyless_insert = prepared(&w, "INSERT INTO users (name) VALUES ($1)", 1);
+        let declare = prepared(
+            &w,
+            "DECLARE c CURSOR FOR SELECT * FROM users WHERE user_id > $1",
+            1,
+        );
+        let idle = SessionState::default();
+        let one_key = GivenKeys {
+            keys: vec![crate::router::ShardKey::Int(7)],
+            overriding: false,
+        };
+        // More keys than rows: the INSERT cannot be given them.
+        let two_keys = GivenKeys {
+            keys: vec![
+                crate::router::ShardKey::Int(7),
+                crate::router::ShardKey::Int(8),
+            ],
+            overriding: false,
+        };
+        // (messages, generated keys by message, claims, session, the plan or a refusal's start)
+        type BatchCase = (
+            Vec<Msg>,
+            Vec<(usize, GivenKeys)>,
+            bool,
+            SessionState,
+            Result<Plan, &'static str>,
+        );
+        let cases: Vec<BatchCase> = vec![
+            // Two keyed statements for one shard: one request there.
+            (
+                vec![
+                    bind("", &keyed, &[a]),
+                    execute("", 0),
+                    bind("", &update, &[a]),
+                    execute("", 0),
+                ],
+                vec![],
+                false,
+                SessionState::default(),
+                Ok(Plan::Run(Target::Single(sa))),
+            ),
+            // A pipeline over two shards: unit by unit, in one implicit transaction.
+            (
+                vec![
+                    bind("", &keyed, &[a]),
+                    execute("", 0),
+                    bind("", &update, &[b]),
+                    execute("", 0),
+                ],
+                vec![],
+                false,
+                SessionState::default(),
+                Ok(Plan::InTurn),
+            ),
+            // A keyless read read a piece at a time: the proxy holds its portal.
+            (
+                vec![bind("p", &keyless, &[a]), execute("p", 10)],
+                vec![],
+                false,
+                SessionState::default(),
+                Ok(Plan::HeldPortal),
+            ),
+            // Writes of a looked-up column claim first.
+            (
+                vec![bind("", &update, &[a]), execute("", 0)],
+                vec![],
+                true,
+                SessionState::default(),
+                Ok(Plan::Claims),
+            ),
+            // A DECLARE over several shards: the proxy serves the cursor.
+            (
+                vec![bind("", &declare, &[a]), execute("", 0)],
+                vec![],
+                false,
+                in_block(&[]),
+                Ok(Plan::ServedCursor),
+            ),
+            // The second Bind cannot be routed: the first runs, then its error.
+            (
+                vec![
+                    bind("", &keyed, &[a]),
+                    execute("", 0),
+                    bind("", &keyless_insert, &[b]),
+                    execute("", 0),
+                ],
+                vec![(2, two_keys)],
+                false,
+                SessionState::default(),
+                Err("INSERT has 1 VALUES rows but 2 generated keys"),
+            ),
+            // An INSERT without its key and no keys reserved: the frontend reserves them first.
+            (
+                vec![
+                    bind(
+                        "",
+                        &prepared(&w, "INSERT INTO users (name) VALUES ($1)", 1),
+                        &[a],
+                    ),
+                    execute("", 0),
+                ],
+                vec![],
+                false,
+                SessionState::default(),
+                Ok(Plan::NeedsKeys),
+            ),
+        ];
+        for (msgs, keys, claims, state, expected) in cases {
+            let got = w.plan_batch(&msgs, &keys, claims, Ending::Sync, &state);
+            let got = match got {
+                Ok(Planned {
+                    plan: Plan::FailedAt { message, refusal },
+                    ..
+                }) => {
+                    assert_eq!(message, 2, "the failing Bind's index");
+                    Err(refusal)
+                }
+                other => other,
+            };
+            match (outcome(got), &expected) {
+                (Ok(p), Ok(e)) => assert_eq!(&p, e, "{expected:?}"),
+                (Err((_, message)), Err(prefix)) => {
+                    assert!(message.starts_with(prefix), "{message}")
+                }
+                (got, _) => panic!("got {got:?}, expected {expected:?}"),
+            }
+        }
+        // Each Bind's route reaches its messages; the Execute goes with its Bind.
+        let msgs = [
+            bind("", &keyed, &[a]),
+            execute("", 0),
+            bind("", &update, &[b]),
+            execute("", 0),
+        ];
+        let got = w
+            .plan_batch(&msgs, &[], false, Ending::Sync, &idle)
+            .expect("planned");
+        assert_eq!(got.routes, [Route::Single(sa), Route::Single(sb)]);
+        assert_eq!(
+            got.message_routes,
+            [Some(Route::Single(sa)), None, Some(Route::Single(sb)), None]
+        );
+        // Generated keys rewrite the Bind's statement and place it.
+        let insert = prepared(&w, "INSERT INTO users (name) VALUES ($1)", 1);
+        let msgs = [bind("", &insert, &[0]), execute("", 0)];
+        let got = w
+            .plan_batch(&msgs, &[(0, one_key)], false, Ending::Sync, &idle)
+            .expect("planned");
+        assert_eq!(got.plan, Plan::Run(Target::Single(w.map.shard_for(7))));
+        assert!(got.rewritten[0].as_ref().is_some_and(|t| t.contains('7')));
     }
 }
