@@ -525,12 +525,29 @@ fn parse_expr(sql_expr: &str) -> Result<pb::Node, String> {
     Err("internal: cannot build expression".into())
 }
 
-fn bound_sql(b: Bound) -> String {
-    match b {
-        Bound::Const(v) => v.to_string(),
-        Bound::Null => "NULL".into(),
-        Bound::Param(n) => format!("${n}"),
+/// `(expr)::int8`, `expr` as the client wrote it: a `$n` keeps the client's own cast, so the
+/// server types the parameter as the client's Describe saw it (`LIMIT $1::integer`, sent by
+/// asyncpg as a 4-byte binary value, must not become an int8 parameter).
+fn as_int8(expr: &pb::Node) -> Result<pb::Node, String> {
+    let mut cast = parse_expr("NULL::int8")?;
+    match cast.node.as_mut() {
+        Some(NodeEnum::TypeCast(tc)) => tc.arg = Some(Box::new(expr.clone())),
+        _ => return Err("internal: cannot build expression".into()),
     }
+    Ok(cast)
+}
+
+/// `(limit)::int8 + (offset)::int8`: the rows each shard must return for a merged LIMIT/OFFSET.
+fn int8_sum(limit: &pb::Node, offset: &pb::Node) -> Result<pb::Node, String> {
+    let mut sum = parse_expr("1 + 1")?;
+    match sum.node.as_mut() {
+        Some(NodeEnum::AExpr(e)) => {
+            e.lexpr = Some(Box::new(as_int8(limit)?));
+            e.rexpr = Some(Box::new(as_int8(offset)?));
+        }
+        _ => return Err("internal: cannot build expression".into()),
+    }
+    Ok(sum)
 }
 
 /// LIMIT / OFFSET operand: a constant, NULL/ALL, or `$n` (possibly cast).
@@ -1426,12 +1443,8 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         stmt.limit_option = pb::LimitOption::Default as i32;
         stmt.sort_clause.clear();
         stmt.having_clause = None;
-    } else if let (Some(l), Some(o)) = (limit, offset) {
-        stmt.limit_count = Some(Box::new(parse_expr(&format!(
-            "({})::int8 + ({})::int8",
-            bound_sql(l),
-            bound_sql(o)
-        ))?));
+    } else if let (Some(l), Some(o)) = (s.limit_count.as_deref(), s.limit_offset.as_deref()) {
+        stmt.limit_count = Some(Box::new(int8_sum(l, o)?));
     }
     // `$n` no longer in the shard statement's LIMIT/OFFSET stay referenced, typed as Postgres
     // types them there (bigint).
@@ -1447,10 +1460,14 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
             })
             .collect()
     };
-    for bnd in [limit, offset].into_iter().flatten() {
-        if let Bound::Param(n) = bnd {
+    let bounds = [
+        (limit, s.limit_count.as_deref()),
+        (offset, s.limit_offset.as_deref()),
+    ];
+    for (bnd, written) in bounds {
+        if let (Some(Bound::Param(n)), Some(written)) = (bnd, written) {
             if !pushed_params.contains(&n) {
-                b.add_hidden(parse_expr(&format!("${n}::int8"))?);
+                b.add_hidden(as_int8(written)?);
             }
         }
     }
@@ -1577,6 +1594,23 @@ mod tests {
             .with_placeholders()
             .contains("$1::int8 AS pgshard_hidden_0"));
         assert!(!p.shard_sql.with_placeholders().contains("LIMIT"));
+    }
+
+    #[test]
+    fn params_in_limit_keep_the_clients_cast() {
+        // The server must type `$n` as the client's Describe did (asyncpg sends `$1::INTEGER`
+        // as 4 binary bytes): the cast stays inside the int8 one.
+        let cases = [
+            "SELECT count(*) FROM users LIMIT $1::INTEGER",
+            "SELECT DISTINCT user_id FROM users ORDER BY user_id LIMIT $1::INTEGER OFFSET $2::INTEGER",
+            "SELECT name FROM users ORDER BY name LIMIT $1::int4 OFFSET $2::int4",
+        ];
+        for sql in cases {
+            let shard = plan_sql(sql).unwrap().shard_sql.with_placeholders();
+            assert!(shard.contains("$1::int"), "{sql}: {shard}");
+            assert!(!shard.contains("$1::int8"), "{sql}: {shard}");
+            assert!(!shard.contains("$2::int8"), "{sql}: {shard}");
+        }
     }
 
     #[test]

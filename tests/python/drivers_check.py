@@ -380,6 +380,18 @@ async def asyncpg_keyless_read(s: Setup) -> None:
             "SELECT user_id FROM users WHERE user_id BETWEEN $1 AND $2 ORDER BY user_id LIMIT $3", lo, hi, 3
         )
         assert [r[0] for r in got] == sorted(keys)[:3], got
+        # SQLAlchemy's asyncpg dialect casts LIMIT/OFFSET parameters (`$1::INTEGER`): asyncpg
+        # then sends them as 4 binary bytes, which the shards must be asked to read as such.
+        got = await conn.fetch(
+            "SELECT DISTINCT user_id FROM users WHERE user_id BETWEEN $1 AND $2 ORDER BY user_id"
+            " LIMIT $3::INTEGER OFFSET $4::INTEGER",
+            lo, hi, 3, 2,
+        )
+        assert [r[0] for r in got] == sorted(keys)[2:5], got
+        n = await conn.fetchval(
+            "SELECT count(*) FROM users WHERE user_id BETWEEN $1 AND $2 LIMIT $3::INTEGER", lo, hi, 1
+        )
+        assert n == 8, n
         # fetchrow/fetchval execute with a row limit: the merged rows stop there.
         first = await conn.fetchrow(
             "SELECT user_id, name FROM users WHERE user_id BETWEEN $1 AND $2 ORDER BY user_id DESC", lo, hi
