@@ -64,6 +64,9 @@ const QUERIES: &[&str] = &[
     // Other column-free expressions beside aggregates: computed once, as Postgres does.
     "SELECT count(*), 'label' || 1, current_date - current_date AS d, now() IS NOT NULL, $1::int + 1, pg_typeof(now()), sum(i) FROM agg WHERE i > $1",
     "SELECT upper('a') || length('abc'), count(*), current_timestamp = now() FROM agg_empty WHERE i > $1",
+    // Grouped by the shard key: each group is final on its shard, whatever the aggregate.
+    "SELECT id, array_agg(t ORDER BY t), percentile_cont(0.5) WITHIN GROUP (ORDER BY n), bool_and(i > 0), sum(n) FROM agg WHERE i > $1 GROUP BY id HAVING count(*) >= 1 ORDER BY sum(n) DESC NULLS LAST, id LIMIT 7 OFFSET 2",
+    "SELECT g, id, string_agg(t, '|' ORDER BY t), stddev(i) FROM agg WHERE i > $1 GROUP BY id, g ORDER BY g, id DESC LIMIT 9",
     // What the merge cannot reproduce: the rows are read first and the statement runs over them.
     "SELECT g, string_agg(t, ',' ORDER BY id), array_agg(i ORDER BY id) FROM agg WHERE i > $1 GROUP BY g ORDER BY g",
     "SELECT id, rank() OVER (PARTITION BY g ORDER BY i DESC NULLS LAST, id), sum(i) OVER (ORDER BY id ROWS 2 PRECEDING) FROM agg WHERE i > $1 ORDER BY id LIMIT 25",

@@ -481,6 +481,26 @@ fn per_shard_value(n: &pb::Node) -> Option<String> {
     })
 }
 
+/// True when a target, HAVING or ORDER BY of `s` holds a value each shard computes for itself
+/// (see [`per_shard_value`]).
+fn has_per_shard_value(s: &pb::SelectStmt) -> bool {
+    let sorts = s
+        .sort_clause
+        .iter()
+        .filter_map(|item| match item.node.as_ref() {
+            Some(NodeEnum::SortBy(sb)) => sb.node.as_deref(),
+            _ => None,
+        });
+    let targets = s.target_list.iter().filter_map(|t| match t.node.as_ref() {
+        Some(NodeEnum::ResTarget(rt)) => rt.val.as_deref(),
+        _ => None,
+    });
+    targets
+        .chain(s.having_clause.as_deref())
+        .chain(sorts)
+        .any(|n| per_shard_value(n).is_some())
+}
+
 fn contains_param(n: &pb::Node) -> bool {
     Walk::of(n).any(|x| matches!(x, NodeRef::ParamRef(_)))
 }
@@ -1284,6 +1304,12 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
             }
         }
     }
+    // Grouped by a shard key: every group lives on one shard, whose own aggregates (of any
+    // kind), HAVING and all, are final. The shards run the whole statement; the proxy merges
+    // their groups in ORDER BY order and applies LIMIT/OFFSET, as for plain rows. A value each
+    // shard would compute for itself (`now()`) keeps the merge, which computes it once.
+    let pushed_down = has_agg && !distinct && grouped_by_key && !has_per_shard_value(s);
+    let has_agg = has_agg && !pushed_down;
     if distinct && has_agg {
         return Err("SELECT DISTINCT with GROUP BY or aggregates".into());
     }
@@ -1360,9 +1386,9 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         }
         b.targets.push(out);
     }
-    // GROUP BY keys.
+    // GROUP BY keys (the merge's own grouping; none when the shards' groups are final).
     let mut keys = Vec::new();
-    for g in &s.group_clause {
+    for g in s.group_clause.iter().filter(|_| grouped) {
         let col = match g.node.as_ref() {
             Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
                 Some(Val::Ival(i)) if i.ival >= 1 && (i.ival as usize) <= b.visible => {
@@ -1392,7 +1418,7 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         keys.push(col);
     }
     // HAVING, then ORDER BY.
-    let having = match s.having_clause.as_deref() {
+    let having = match s.having_clause.as_deref().filter(|_| grouped) {
         Some(h) => {
             // Keeps the condition's `$n` typed as in the client's statement: first in the
             // target list, so the hidden `$n` columns of `having` take the types it gives them.
@@ -1594,6 +1620,44 @@ mod tests {
             .with_placeholders()
             .contains("$1::int8 AS pgshard_hidden_0"));
         assert!(!p.shard_sql.with_placeholders().contains("LIMIT"));
+    }
+
+    #[test]
+    fn groups_of_a_shard_key_are_final_on_their_shard() {
+        // (statement, the merge only merges rows: the shards' groups are final)
+        let cases = [
+            ("SELECT user_id, array_agg(x ORDER BY x) FROM users GROUP BY user_id", true),
+            (
+                "SELECT user_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY x), bool_and(x > 0) FROM users GROUP BY user_id HAVING stddev(x) > 1 ORDER BY sum(x) DESC LIMIT 3",
+                true,
+            ),
+            ("SELECT u.user_id, string_agg(name, ',' ORDER BY name) FROM users u GROUP BY u.user_id, g ORDER BY 1", true),
+            // Not by the key: the merge combines each group's parts.
+            ("SELECT g, count(*) FROM users GROUP BY g", false),
+            // now() is computed once, by the merge.
+            ("SELECT user_id, count(*), now() FROM users GROUP BY user_id", false),
+            // DISTINCT over the groups needs the merge.
+            ("SELECT DISTINCT count(*) FROM users GROUP BY user_id", false),
+        ];
+        for (sql, pushed) in cases {
+            let got = plan_sql(sql);
+            match (&got, pushed) {
+                (Ok(p), true) => {
+                    assert_eq!(p.kind, PlanKind::Rows, "{sql}");
+                    let shard = p.shard_sql.with_placeholders();
+                    assert!(shard.contains("GROUP BY"), "{sql}: {shard}");
+                    if sql.contains("HAVING") {
+                        assert!(shard.contains("HAVING"), "{sql}: {shard}");
+                        assert!(shard.contains("LIMIT 3"), "{sql}: {shard}");
+                        assert_eq!(p.sort.len(), 1, "{sql}");
+                        assert_eq!(p.limit, Some(Bound::Const(3)), "{sql}");
+                    }
+                }
+                (Ok(p), false) => assert_ne!(p.kind, PlanKind::Rows, "{sql}"),
+                (Err(_), false) => {}
+                (Err(e), true) => panic!("{sql}: {e}"),
+            }
+        }
     }
 
     #[test]
