@@ -191,13 +191,14 @@ impl Session {
                 }
             }
         }
-        let rejected = rejected_by_failed_block(
-            self.block_failed(),
-            crate::planner::messages::executed(&msgs)
-                .statements
-                .iter()
-                .map(|st| (st.sql.as_str(), st.facts.first())),
-        );
+        let rejected = self.block_failed()
+            && rejected_by_failed_block(
+                true,
+                crate::planner::messages::executed(&msgs)
+                    .statements
+                    .iter()
+                    .map(|st| (st.sql.as_str(), st.facts.first())),
+            );
         if rejected {
             msgs.clear();
             decoded_routes.clear();
@@ -314,7 +315,7 @@ impl Session {
         };
         let ran = crate::planner::messages::executed(&msgs);
         let executes = ran.executes;
-        let executed: Vec<Arc<Prepared>> = ran.statements.into_iter().cloned().collect();
+        let executed = ran.statements;
         // The facts of the executed statements; borrowed for the usual one (no clone per Bind).
         let several: Vec<StatementFacts>;
         let all_facts: &[StatementFacts] = match executed.as_slice() {

@@ -2,8 +2,6 @@
 //! user's scatter right, the shard for requests any shard answers) and calls
 //! [`crate::planner::plan`] for a simple Query or an extended batch. No routing rule lives here.
 
-use std::sync::Arc;
-
 use super::extended::Msg;
 use super::run::lookup::ResolvedClaim;
 use super::session::{Prepared, Session};
@@ -72,28 +70,27 @@ impl Session {
         failed_before: bool,
         map: &ShardMap,
     ) -> Result<Planned, Refusal> {
-        let bound: Vec<(&Bind, &Arc<Prepared>)> = binds
+        // Each routed Bind's statement and parameters (a Bind the frontend decoded, so present).
+        let bound = |b: &BindFacts| match msgs.get(b.message) {
+            Some(Msg::Bind {
+                bind, statement, ..
+            }) => Some((bind, statement)),
+            _ => None,
+        };
+        let params: Vec<BindParams> = binds
             .iter()
-            .filter_map(|b| match msgs.get(b.message) {
-                Some(Msg::Bind {
-                    bind, statement, ..
-                }) => Some((bind, statement)),
-                _ => None,
-            })
-            .collect();
-        let params: Vec<BindParams> = bound
-            .iter()
+            .filter_map(bound)
             .map(|(bind, statement)| BindParams {
                 values: &bind.params,
                 formats: &bind.param_formats,
                 types: &statement.param_types,
             })
             .collect();
-        let statements = bound
+        let statements = binds
             .iter()
+            .filter_map(|b| Some((b, bound(b)?.1)))
             .zip(&params)
-            .zip(binds)
-            .filter_map(|(((_, statement), params), b)| {
+            .filter_map(|((b, statement), params)| {
                 Some(Statement {
                     sql: &statement.sql,
                     facts: statement.facts.first()?,

@@ -85,29 +85,26 @@ pub struct Executed<'m> {
 
 /// What `msgs` execute (see [`Executed`]).
 pub fn executed(msgs: &[Msg]) -> Executed<'_> {
-    let mut bound: HashMap<&str, &Arc<Prepared>> = HashMap::new();
     let mut out = Executed {
         statements: Vec::new(),
         executes: 0,
         row_limit: false,
     };
-    for msg in msgs {
-        match msg {
-            Msg::Bind {
-                bind, statement, ..
-            } => {
-                bound.insert(bind.portal.as_str(), statement);
-            }
-            Msg::Execute(e) => {
-                out.executes += 1;
-                let statement = bound.get(e.portal.as_str()).copied();
-                let no_rows = statement
-                    .and_then(|st| st.facts.first())
-                    .is_some_and(|f| f.returns_no_rows);
-                out.row_limit |= e.max_rows > 0 && !no_rows;
-                out.statements.extend(statement);
-            }
-            _ => {}
+    for (i, msg) in msgs.iter().enumerate() {
+        if let Msg::Execute(e) = msg {
+            out.executes += 1;
+            // The portal's latest Bind before this Execute (batches are short: no map).
+            let statement = msgs[..i].iter().rev().find_map(|m| match m {
+                Msg::Bind {
+                    bind, statement, ..
+                } if bind.portal == e.portal => Some(statement),
+                _ => None,
+            });
+            let no_rows = statement
+                .and_then(|st| st.facts.first())
+                .is_some_and(|f| f.returns_no_rows);
+            out.row_limit |= e.max_rows > 0 && !no_rows;
+            out.statements.extend(statement);
         }
     }
     out
