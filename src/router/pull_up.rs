@@ -6,10 +6,12 @@
 //! ordering and rounding is Postgres's own. The rows pass through the proxy, so this is for
 //! reads whose matching rows fit its run-first limit. Pure: text in, texts out.
 
+use std::collections::BTreeSet;
+
 use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
 
-use super::cte::rows_as_unnest;
+use super::cte::rows_as_unnest_of;
 use super::set_op_branches::{deparse as branch_deparse, whole_reads_nothing};
 use super::subquery_first::SpliceError;
 use crate::sql_text::deparse;
@@ -35,6 +37,10 @@ pub struct PullUp {
     outer: String,
     /// The name the rows take: the table's alias, or its name.
     name: String,
+    /// The columns the statement reads (by name), when it does not read whole rows: the
+    /// others are left out of the rows written back (they may be of a type pgshard cannot
+    /// write back, and need not be).
+    columns: Option<BTreeSet<String>>,
 }
 
 /// The pull-up of `sql`, when it is one SELECT (no set operation, WITH, locking clause or
@@ -89,11 +95,38 @@ pub fn find(sql: &str) -> Option<PullUp> {
         ..Default::default()
     };
     select.from_clause = vec![placeholder()];
+    let columns = read_columns(select, &[&name, &table.relname]);
     let version = parsed.version;
     let outer = deparse(parsed)?;
     let inner = branch_deparse(version, inner)?;
     // The placeholder must be found exactly once in the text it is replaced in.
-    (outer.matches(PLACEHOLDER).count() == 1).then_some(PullUp { inner, outer, name })
+    (outer.matches(PLACEHOLDER).count() == 1).then_some(PullUp {
+        inner,
+        outer,
+        name,
+        columns,
+    })
+}
+
+/// The names of the columns `select` (its WHERE gone) may read: the last name of each column
+/// reference. `None` when it may read whole rows: a `*`, or a reference ending in one of
+/// `row_names` (the table's name or alias: `row_to_json(u)`).
+fn read_columns(select: &pb::SelectStmt, row_names: &[&str]) -> Option<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for n in super::analyze::Walk::new([NodeRef::SelectStmt(select)]) {
+        let NodeRef::ColumnRef(c) = n else {
+            continue;
+        };
+        let last = match c.fields.last()?.node.as_ref()? {
+            NodeEnum::String(s) => s.sval.as_str(),
+            _ => return None,
+        };
+        if row_names.contains(&last) {
+            return None;
+        }
+        out.insert(last.to_string());
+    }
+    Some(out)
 }
 
 /// The first branch of `sql`'s UNION, INTERSECT or EXCEPT that reads sharded tables
@@ -128,6 +161,8 @@ pub fn set_operation_branch(sql: &str, reads_sharded: impl Fn(&str) -> bool) -> 
         inner,
         outer,
         name: "pgshard_branch".into(),
+        // A set operation matches its branches' columns by position: all of them.
+        columns: None,
     })
 }
 
@@ -193,7 +228,8 @@ impl PullUp {
         description: &[u8],
         rows: &[B],
     ) -> Result<String, SpliceError> {
-        let from = rows_as_unnest(&self.name, description, rows)?;
+        let keep = |column: &str| self.columns.as_ref().is_none_or(|c| c.contains(column));
+        let from = rows_as_unnest_of(&self.name, description, rows, &keep)?;
         Ok(self.outer.replacen(PLACEHOLDER, &from, 1))
     }
 }
@@ -248,6 +284,55 @@ mod tests {
         .unwrap();
         assert_eq!(p.inner, "SELECT * FROM public.orders");
         assert_eq!(p.name, "orders");
+    }
+
+    /// Only the columns the statement reads are written back (the WHERE already ran), so a
+    /// column of a type pgshard cannot write back (here `inet`, OID 869) is no obstacle unless
+    /// read; arrays come back as the text of each array, cast.
+    #[test]
+    fn only_the_columns_read_are_written_back() {
+        let description = desc(&[("id", 20), ("g", 23), ("ip", 869), ("arr", 1007), ("t", 25)]);
+        let rows = [row(&[
+            Some("1"),
+            Some("2"),
+            Some("10.0.0.1"),
+            Some("{1,2}"),
+            Some("a"),
+        ])];
+        let p = find(
+            "SELECT g, string_agg(t, ',' ORDER BY id) FILTER (WHERE g > 0) FROM agg WHERE ip << '10.0.0.0/8' GROUP BY g",
+        )
+        .unwrap();
+        assert_eq!(
+            p.splice(&description, &rows).unwrap(),
+            "SELECT g, string_agg(t, ',' ORDER BY id) FILTER (WHERE g > 0) FROM unnest(E'{1}'::int8[], E'{2}'::int4[], E'{a}'::text[]) AS agg(id, g, t) GROUP BY g"
+        );
+        let p = find("SELECT DISTINCT ON (g) g, a.arr FROM agg a ORDER BY g, id").unwrap();
+        assert_eq!(
+            p.splice(&description, &rows).unwrap(),
+            "SELECT DISTINCT ON (g) g, a.arr FROM (SELECT id, g, arr::int4[] AS arr FROM unnest(E'{1}'::int8[], E'{2}'::int4[], E'{\"{1,2}\"}'::text[]) AS a(id, g, arr)) AS a ORDER BY g, id"
+        );
+        // No column read: one is kept, so the rows are still counted.
+        let p = find("SELECT string_agg('x', ',') FROM agg").unwrap();
+        assert!(p
+            .splice(&description, &rows)
+            .unwrap()
+            .contains("unnest(E'{1}'::int8[]) AS agg(id)"));
+        // Whole rows: every column, and the one pgshard cannot write back is refused.
+        for sql in [
+            "SELECT *, rank() OVER (ORDER BY id) FROM agg",
+            "SELECT DISTINCT ON (g) row_to_json(a) FROM agg a ORDER BY g",
+            "SELECT string_agg(agg::text, ',') FROM agg",
+            "SELECT a.*, rank() OVER (ORDER BY id) FROM agg a",
+            "SELECT DISTINCT ON (g) g, ip FROM agg ORDER BY g",
+        ] {
+            let p = find(sql).unwrap();
+            assert_eq!(
+                p.splice(&description, &rows),
+                Err(SpliceError::Type(869)),
+                "{sql}"
+            );
+        }
     }
 
     #[test]
