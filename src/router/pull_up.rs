@@ -25,7 +25,7 @@ pub fn unmergeable(f: &super::StatementFacts) -> bool {
 }
 
 /// The name the statement's table takes in the rewritten text, until the rows replace it.
-const PLACEHOLDER: &str = "pgshard_pulled_rows";
+pub(super) const PLACEHOLDER: &str = "pgshard_pulled_rows";
 
 /// A statement to run over rows read first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,10 @@ pub fn find(sql: &str) -> Option<PullUp> {
         ..Default::default()
     };
     select.from_clause = vec![placeholder()];
-    let columns = read_columns(select, &[&name, &table.relname]);
+    let columns = read_columns(
+        super::analyze::Walk::new([NodeRef::SelectStmt(select)]),
+        &[&name, &table.relname],
+    );
     let version = parsed.version;
     let outer = deparse(parsed)?;
     let inner = branch_deparse(version, inner)?;
@@ -108,12 +111,16 @@ pub fn find(sql: &str) -> Option<PullUp> {
     })
 }
 
-/// The names of the columns `select` (its WHERE gone) may read: the last name of each column
-/// reference. `None` when it may read whole rows: a `*`, or a reference ending in one of
-/// `row_names` (the table's name or alias: `row_to_json(u)`).
-fn read_columns(select: &pb::SelectStmt, row_names: &[&str]) -> Option<BTreeSet<String>> {
+/// The names of the columns a statement (`nodes`: every node of it, without the part whose
+/// rows are written back) may read of those rows: the last name of each column reference.
+/// `None` when it may read whole rows: a `*`, or a reference ending in one of `row_names` (the
+/// rows' name: `row_to_json(u)`).
+pub(super) fn read_columns<'a>(
+    nodes: impl Iterator<Item = NodeRef<'a>>,
+    row_names: &[&str],
+) -> Option<BTreeSet<String>> {
     let mut out = BTreeSet::new();
-    for n in super::analyze::Walk::new([NodeRef::SelectStmt(select)]) {
+    for n in nodes {
         let NodeRef::ColumnRef(c) = n else {
             continue;
         };
@@ -221,6 +228,22 @@ fn star() -> pb::Node {
 }
 
 impl PullUp {
+    /// Rows to read first by running `inner`, written into `outer` in place of its one
+    /// [`PLACEHOLDER`] as a FROM item named `name`, with only `columns` (all: `None`).
+    pub(super) fn replacing(
+        inner: String,
+        outer: String,
+        name: &str,
+        columns: Option<BTreeSet<String>>,
+    ) -> PullUp {
+        PullUp {
+            inner,
+            outer,
+            name: name.to_string(),
+            columns,
+        }
+    }
+
     /// The statement over the rows read first (`description`: their RowDescription body;
     /// `rows`: their DataRow bodies, text format), to run on any one shard.
     pub fn splice<B: AsRef<[u8]>>(

@@ -70,6 +70,9 @@ pub fn next(
             {
                 return Ok(Some(RunFirst::PullUp(branch)));
             }
+            if let Some(derived) = crate::router::derived::find(sql, &reads_sharded) {
+                return Ok(Some(RunFirst::PullUp(derived)));
+            }
             Ok(find_in(sql, params).map(RunFirst::Subquery))
         }
     }
