@@ -67,6 +67,31 @@ pub fn find(sql: &str, reads_sharded: &dyn Fn(&str) -> bool) -> Option<PullUp> {
         .then(|| PullUp::replacing(taken.inner, outer, ROWS, columns))
 }
 
+/// `COPY (query) TO …` whose query reaches several shards and cannot be gathered by
+/// concatenating their COPY streams (an ORDER BY, aggregates, a LIMIT): the query runs first
+/// (keyed, or merged as any read), and the COPY runs on one shard over its rows, in their order,
+/// with its own options (format, header, delimiters) applied by Postgres.
+pub fn copy_query(sql: &str) -> Option<PullUp> {
+    let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
+    let version = parsed.version;
+    let [raw] = parsed.stmts.as_mut_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::CopyStmt(copy)) = raw.stmt.as_deref_mut()?.node.as_mut() else {
+        return None;
+    };
+    if copy.is_from {
+        return None;
+    }
+    let Some(NodeEnum::SelectStmt(query)) = copy.query.as_deref()?.node.as_ref() else {
+        return None;
+    };
+    let inner = select_deparse(version, (**query).clone())?;
+    copy.query = Some(Box::new(select_of(PLACEHOLDER, true)));
+    let outer = deparse(parsed)?;
+    (outer.matches(PLACEHOLDER).count() == 1).then(|| PullUp::replacing(inner, outer, ROWS, None))
+}
+
 /// A derived table taken out of its statement.
 struct Taken {
     /// Its query's text.
@@ -255,6 +280,24 @@ mod tests {
         assert!(find(sql, &sharded).is_some());
         let sql = "DELETE FROM users USING (SELECT DISTINCT customer_id FROM orders) s WHERE s.customer_id = users.user_id";
         assert!(find(sql, &sharded).is_some());
+    }
+
+    #[test]
+    fn copy_of_a_query_runs_its_query_first() {
+        let sql = "COPY (SELECT user_id, name FROM users ORDER BY name LIMIT 3) TO STDOUT WITH (FORMAT csv, HEADER)";
+        let p = copy_query(sql).expect("found");
+        assert_eq!(
+            p.inner,
+            "SELECT user_id, name FROM users ORDER BY name LIMIT 3"
+        );
+        let d = desc(&[("user_id", 20), ("name", 25)]);
+        assert_eq!(
+            p.splice(&d, &[row(&["2", "a"]), row(&["1", "b"])]).unwrap(),
+            "COPY (SELECT * FROM unnest(E'{2,1}'::int8[], E'{a,b}'::text[]) AS pgshard_derived(user_id, name)) TO STDOUT WITH (FORMAT CSV, HEADER)"
+        );
+        for sql in ["COPY users TO STDOUT", "COPY users FROM STDIN", "SELECT 1"] {
+            assert_eq!(copy_query(sql), None, "{sql}");
+        }
     }
 
     #[test]

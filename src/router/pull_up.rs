@@ -44,8 +44,12 @@ pub struct PullUp {
 }
 
 /// The pull-up of `sql`, when it is one SELECT (no set operation, WITH, locking clause or
-/// INTO) whose only relation, anywhere in it, is one table in FROM without column aliases.
+/// INTO) whose only relation, anywhere in it, is one table in FROM without column aliases; or
+/// a `COPY (query) TO …` (see [`super::derived::copy_query`]).
 pub fn find(sql: &str) -> Option<PullUp> {
+    if let Some(copy) = super::derived::copy_query(sql) {
+        return Some(copy);
+    }
     let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
     let [raw] = parsed.stmts.as_mut_slice() else {
         return None;
