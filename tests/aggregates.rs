@@ -96,6 +96,8 @@ const QUERIES: &[&str] = &[
     "SELECT DISTINCT ON (g) g, tags, arr, id FROM agg WHERE i > $1 ORDER BY g, id DESC",
     "WITH x AS (SELECT id, arr, tags FROM agg WHERE i > $1) SELECT count(*), max(id), count(tags) FROM x WHERE arr IS NOT NULL",
     "SELECT (SELECT tags FROM agg WHERE i > $1 ORDER BY id LIMIT 1) AS first_tags, 1",
+    // DISTINCT of a row: read first, counted by Postgres.
+    "SELECT count(DISTINCT (t, g)), count(*) FROM agg WHERE i > $1",
     "SELECT g FROM agg WHERE i > $1 GROUP BY g HAVING count(DISTINCT t) > 1 ORDER BY g",
 ];
 
