@@ -26,7 +26,14 @@ async fn rails_activerecord_runs_unchanged() {
     let stderr = &out.stderr;
     assert_eq!(
         out.lines(),
-        ["migrated", "crud", "transactions", "keyless", "insert_all", "ok"],
+        [
+            "migrated",
+            "crud",
+            "transactions",
+            "keyless",
+            "insert_all",
+            "ok"
+        ],
         "{stderr}"
     );
 

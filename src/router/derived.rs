@@ -6,14 +6,13 @@
 //! place, `(SELECT * FROM unnest(…) AS pgshard_derived(columns)) AS anon_1`, as for a CTE.
 //! Only the columns the statement reads of it are written back. Pure: text in, texts out.
 
-use std::collections::BTreeSet;
-
 use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
 
 use super::analyze::Walk;
 use super::pull_up::{read_columns, PullUp, PLACEHOLDER};
 use super::set_op_branches::deparse as select_deparse;
+use super::subquery_first::cte_names;
 use crate::sql_text::deparse;
 
 /// The name the derived table's rows take inside its parentheses.
@@ -37,14 +36,7 @@ pub fn find(sql: &str, reads_sharded: &dyn Fn(&str) -> bool) -> Option<PullUp> {
         NodeEnum::DeleteStmt(d) => (&mut d.using_clause, d.with_clause.as_ref()),
         _ => return None,
     };
-    let ctes: BTreeSet<String> = with
-        .iter()
-        .flat_map(|w| &w.ctes)
-        .filter_map(|c| match c.node.as_ref() {
-            Some(NodeEnum::CommonTableExpr(c)) => Some(c.ctename.clone()),
-            _ => None,
-        })
-        .collect();
+    let ctes = cte_names(with);
     let usable = |q: &pb::SelectStmt| {
         let names_cte = Walk::new([NodeRef::SelectStmt(q)]).any(
             |n| matches!(n, NodeRef::RangeVar(rv) if rv.schemaname.is_empty() && ctes.contains(&rv.relname)),
@@ -209,30 +201,15 @@ fn mark(item: &mut pb::Node) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::pull_up::tests::desc;
 
     fn sharded(text: &str) -> bool {
         text.contains("users") || text.contains("orders")
     }
 
-    fn desc(cols: &[(&str, u32)]) -> Vec<u8> {
-        let mut b = (cols.len() as i16).to_be_bytes().to_vec();
-        for (name, oid) in cols {
-            b.extend_from_slice(name.as_bytes());
-            b.push(0);
-            b.extend_from_slice(&[0; 6]);
-            b.extend_from_slice(&oid.to_be_bytes());
-            b.extend_from_slice(&[0, 8, 255, 255, 255, 255, 0, 0]);
-        }
-        b
-    }
-
     fn row(vals: &[&str]) -> Vec<u8> {
-        let mut b = (vals.len() as i16).to_be_bytes().to_vec();
-        for v in vals {
-            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-            b.extend_from_slice(v.as_bytes());
-        }
-        b
+        let vals: Vec<Option<&str>> = vals.iter().map(|v| Some(*v)).collect();
+        crate::router::pull_up::tests::row(&vals)
     }
 
     #[test]

@@ -262,10 +262,11 @@ impl PullUp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn desc(cols: &[(&str, u32)]) -> Vec<u8> {
+    /// A RowDescription body of text columns (name, type OID).
+    pub(crate) fn desc(cols: &[(&str, u32)]) -> Vec<u8> {
         let mut b = (cols.len() as i16).to_be_bytes().to_vec();
         for (name, oid) in cols {
             b.extend_from_slice(name.as_bytes());
@@ -277,7 +278,8 @@ mod tests {
         b
     }
 
-    fn row(vals: &[Option<&str>]) -> Vec<u8> {
+    /// A DataRow body of text values (`None`: NULL).
+    pub(crate) fn row(vals: &[Option<&str>]) -> Vec<u8> {
         let mut b = (vals.len() as i16).to_be_bytes().to_vec();
         for v in vals {
             match v {

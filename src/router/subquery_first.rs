@@ -169,14 +169,7 @@ fn find_in(sql: &str, params: bool) -> Option<First> {
         _ => return None,
     };
     // The statement's CTEs: a subquery naming one cannot run on its own.
-    let ctes: BTreeSet<String> = with
-        .iter()
-        .flat_map(|w| &w.ctes)
-        .filter_map(|c| match c.node.as_ref() {
-            Some(NodeEnum::CommonTableExpr(c)) => Some(c.ctename.clone()),
-            _ => None,
-        })
-        .collect();
+    let ctes = cte_names(with);
     let scan = pg_query::scan(sql).ok()?;
     let nodes = stmt.nodes();
     // Subqueries that are a whole unnamed item of a select list, by location.
@@ -225,6 +218,17 @@ fn find_in(sql: &str, params: bool) -> Option<First> {
         .iter()
         .find(|f| !found.iter().any(|g| contains(f, g)))
         .cloned()
+}
+
+/// The names of the CTEs a WITH clause defines.
+pub(crate) fn cte_names(with: Option<&pb::WithClause>) -> BTreeSet<String> {
+    with.iter()
+        .flat_map(|w| &w.ctes)
+        .filter_map(|c| match c.node.as_ref() {
+            Some(NodeEnum::CommonTableExpr(c)) => Some(c.ctename.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether `sql` (or what does not parse) reads a relation named as one of `names`, unqualified.
