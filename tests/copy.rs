@@ -1,6 +1,6 @@
 //! COPY through pgshard against ten shards: COPY FROM STDIN split by key in text, CSV and binary
 //! (both protocols, psql and psycopg too), all-or-nothing on errors and CopyFail, and COPY TO
-//! STDOUT merged from every shard.
+//! STDOUT merged from every shard (a query with an aggregate or ORDER BY run first, merged).
 
 mod common;
 
@@ -453,12 +453,37 @@ async fn copy_to_stdout_returns_every_row_once() {
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "COPY 20000");
-    for sql in [
-        "COPY (SELECT count(*) FROM users) TO STDOUT",
-        "COPY (SELECT user_id FROM users ORDER BY user_id) TO STDOUT",
+    // A query the shards' COPY streams cannot just be concatenated for (an aggregate, ORDER BY,
+    // LIMIT) runs first, merged, and the COPY runs over its rows in their order, with its own
+    // options: both protocols (psql's simple query, tokio-postgres's extended one).
+    for (sql, want) in [
+        ("COPY (SELECT count(*) FROM users) TO STDOUT", "20000\n".to_string()),
+        (
+            "COPY (SELECT user_id, name FROM users ORDER BY user_id DESC LIMIT 3) TO STDOUT WITH (FORMAT csv, HEADER, FORCE_QUOTE (name))",
+            "user_id,name\n20000,\"user 20000\"\n19999,\"user 19999\"\n19998,\"user 19998\"\n".to_string(),
+        ),
+        (
+            "COPY (SELECT user_id FROM users WHERE user_id % 1000 = 7 ORDER BY user_id) TO STDOUT",
+            (0..20).map(|k| format!("{}\n", k * 1000 + 7)).collect(),
+        ),
     ] {
-        let err = c.copy_out(sql).await.err().expect("refused");
-        assert_eq!(code(&err), "0A000", "{sql}: {err}");
+        let out = tokio::process::Command::new("psql")
+            .arg(proxy::app_url(&proxy))
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(sql)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "psql {sql}");
+        let stream = c.copy_out(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pin_mut!(stream);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(String::from_utf8_lossy(&bytes), want, "extended {sql}");
     }
     let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);

@@ -1,7 +1,7 @@
 //! Rails ActiveRecord (Debian's ruby-activerecord and ruby-pg) with its defaults through pgshard
 //! in front of 10 shards: `tests/ruby/orm_rails.rb` runs a migration under ActiveRecord's
-//! advisory lock, CRUD by key, transactions over two shards and keyless queries; the table it
-//! creates is configured sharded by its `id`.
+//! advisory lock, CRUD by key, transactions over two shards, keyless queries and `insert_all`
+//! over several shards; the table it creates is configured sharded by its `id`.
 
 mod common;
 
@@ -26,7 +26,14 @@ async fn rails_activerecord_runs_unchanged() {
     let stderr = &out.stderr;
     assert_eq!(
         out.lines(),
-        ["migrated", "crud", "transactions", "keyless", "ok"],
+        [
+            "migrated",
+            "crud",
+            "transactions",
+            "keyless",
+            "insert_all",
+            "ok"
+        ],
         "{stderr}"
     );
 

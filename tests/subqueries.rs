@@ -4,6 +4,8 @@
 //! block, as do a LATERAL subquery in FROM and a scalar subquery in the output columns
 //! correlated the same way; uncorrelated ones, and read-only CTEs, run first (both protocols, parameters in text
 //! and binary) and their result is written into the statement; other subqueries over sharded
+//! tables, derived tables in FROM (`SELECT count(*) FROM (SELECT … FROM users …) AS anon_1`) run
+//! first the same way; other subqueries over sharded
 //! tables, recursive and data-modifying CTEs over them stay refused with 0A000 unless keyed to
 //! one shard, as set operations are unless every branch is keyed to one shard. Four shards;
 //! users 1..=40, and two orders (totals i and 2i) for each user i not divisible by 3.
@@ -210,6 +212,7 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
     uncorrelated_subqueries_run_first(&c).await;
     uncorrelated_subqueries_with_parameters(&c).await;
     ctes_over_sharded_tables(&c).await;
+    derived_tables_run_first(&c).await;
     ctes_keyed_to_one_shard(&c, &cluster.info).await;
     set_operations_keyed_to_one_shard(&c, &cluster.info).await;
     insert_select_runs_its_select_first(&c).await;
@@ -567,6 +570,57 @@ async fn ctes_over_sharded_tables(c: &Client) {
     assert_eq!(
         rows(c, "SELECT count(*) FROM orders").await,
         [n.to_string()]
+    );
+}
+
+/// Derived tables (subqueries in FROM) over sharded tables, as ORMs write them: run first,
+/// keyed or over every shard and merged, their rows written in their place; both protocols, in
+/// a block the block's own rows.
+async fn derived_tables_run_first(c: &Client) {
+    // SQLAlchemy's Query.count(): u10..u19.
+    let sql = "SELECT count(*) AS count_1 FROM (SELECT users.user_id AS users_user_id, users.name AS users_name FROM users WHERE users.name LIKE 'u1%') AS anon_1";
+    assert_eq!(rows(c, sql).await, ["10"], "{sql}");
+    // Rails' count of a limited relation, in both protocols.
+    let sql = "SELECT COUNT(*) FROM (SELECT 1 AS one FROM users LIMIT 7) subquery_for_count";
+    assert_eq!(rows(c, sql).await, ["7"], "{sql}");
+    let sql = "SELECT COUNT(*) FROM (SELECT 1 AS one FROM users LIMIT $1) subquery_for_count";
+    assert_eq!(ext_rows(c, sql, &[&7i64]).await, ["7"], "{sql}");
+    // Django's count() of a distinct queryset.
+    let sql = "SELECT COUNT(*) FROM (SELECT DISTINCT total % 7 AS col1 FROM orders) subquery";
+    assert_eq!(rows(c, sql).await, ["7"], "{sql}");
+    // Joined with a sharded table, the derived table's aggregates merged over every shard.
+    let sql = "SELECT u.name || ':' || x.n FROM users u JOIN (SELECT user_id, sum(total) AS n FROM orders GROUP BY user_id) x ON x.user_id = u.user_id WHERE u.user_id < 6 ORDER BY 1";
+    assert_eq!(
+        rows(c, sql).await,
+        ["u01:3", "u02:6", "u04:12", "u05:15"],
+        "{sql}"
+    );
+    // Parameters inside the derived table and outside it, binary and text.
+    let n70 = (1..=40i64).filter(|i| has_orders(*i) && 2 * i > 70).count();
+    let sql = "SELECT count(*) FROM (SELECT user_id FROM orders WHERE total > $1) s WHERE s.user_id <> $2";
+    assert_eq!(
+        ext_rows(c, sql, &[&70i32, &0i64]).await,
+        [n70.to_string()],
+        "{sql}"
+    );
+    let got: i64 = c
+        .query_one(sql, &[&TextParam("70".into()), &TextParam("0".into())])
+        .await
+        .expect("text parameters")
+        .get(0);
+    assert_eq!(got, n70 as i64, "{sql} with text parameters");
+    // UPDATE … FROM a derived table in a block: it sees the block's rows; rolled back.
+    c.batch_execute("BEGIN").await.expect("begin");
+    c.batch_execute("INSERT INTO orders (order_id, user_id, total) VALUES (9001, 3, 1000)")
+        .await
+        .expect("insert in the block");
+    let sql = "UPDATE users SET email = 'big' FROM (SELECT user_id FROM orders WHERE total > 70) s WHERE s.user_id = users.user_id";
+    let updated = c.execute(sql, &[]).await.expect(sql);
+    assert_eq!(updated, n70 as u64 + 1, "{sql}");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        rows(c, "SELECT count(*) FROM users WHERE email = 'big'").await,
+        ["0"]
     );
 }
 

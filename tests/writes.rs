@@ -207,6 +207,44 @@ async fn writes_reach_every_shard_they_need() {
         .await
         .expect("prepared delete over two shards");
     assert_eq!(n, 2);
+    // ON CONFLICT DO NOTHING with RETURNING (Rails' insert_all) over several shards: the rows
+    // inserted come back in VALUES order, the conflicting ones (with a row already there or an
+    // earlier row of the same statement) skipped, as in one Postgres; both protocols.
+    let sql = "INSERT INTO users (user_id, name) VALUES (201, 'n1'), (3, 'dup'), (202, 'n2'), (201, 'again'), (17, 'dup'), (203, 'n3') ON CONFLICT DO NOTHING RETURNING user_id, name";
+    let (rows, n) = simple(&c, sql).await.expect(sql);
+    assert_eq!(
+        (rows, n),
+        (vec!["201".into(), "202".into(), "203".into()], 3),
+        "{sql}"
+    );
+    let sql = "INSERT INTO users (user_id, name) VALUES ($1, 'e1'), ($2, $4), ($3, 'e2'), ($1, $4) ON CONFLICT (user_id) DO NOTHING RETURNING user_id, name";
+    let rows = c
+        .query(sql, &[&301i64, &5i64, &302i64, &"dup"])
+        .await
+        .expect(sql);
+    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        vec![(301, "e1".to_string()), (302, "e2".to_string())],
+        "{sql}"
+    );
+    let names: Vec<String> = c
+        .query(
+            "SELECT name FROM users WHERE user_id IN (3, 5, 17, 201, 202, 203, 301, 302) ORDER BY user_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        names,
+        ["user 3", "user 5", "user 17", "n1", "n2", "n3", "e1", "e2"]
+    );
+    simple(&c, "DELETE FROM users WHERE user_id > 200")
+        .await
+        .expect("delete the inserted rows");
 
     // Reads joining the sharded table with the reference table.
     let row = c

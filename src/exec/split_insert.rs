@@ -37,25 +37,28 @@ pub fn assemble(parts: &[ShardInsert], answers: &[Collected]) -> Result<Assemble
         };
         let mut rows = Vec::new();
         let mut completed = false;
+        // One INSERT per row (`per_row`): the statement each row came from.
+        let mut statement = 0usize;
+        let mut from_statement = Vec::new();
         for frame in &answer.frames {
             match frame.tag {
                 be::NOTICE_RESPONSE => notices.push(frame.clone()),
                 be::ROW_DESCRIPTION => {
                     description.get_or_insert_with(|| frame.clone());
                 }
-                be::DATA_ROW => rows.push(frame.clone()),
+                be::DATA_ROW => {
+                    rows.push(frame.clone());
+                    from_statement.push(statement);
+                }
+                be::COMMAND_COMPLETE if part.per_row() => {
+                    let tag = be::decode_command_complete(&frame.body).unwrap_or("");
+                    inserted += insert_count(tag, part.shard)?;
+                    statement += 1;
+                    completed = statement == part.rows.len();
+                }
                 be::COMMAND_COMPLETE => {
                     let tag = be::decode_command_complete(&frame.body).unwrap_or("");
-                    let count = tag
-                        .strip_prefix("INSERT 0 ")
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .ok_or_else(|| {
-                            ErrorFields::error(
-                                "XX000",
-                                format!("shard {} answered the INSERT with `{tag}`", part.shard),
-                            )
-                        })?;
-                    inserted += count;
+                    inserted += insert_count(tag, part.shard)?;
                     completed = true;
                 }
                 _ => {}
@@ -70,7 +73,23 @@ pub fn assemble(parts: &[ShardInsert], answers: &[Collected]) -> Result<Assemble
                 ),
             ));
         }
-        if description.is_some() || !rows.is_empty() {
+        if part.per_row() {
+            // Each statement inserted its one row or skipped it.
+            let mut seen = std::collections::BTreeSet::new();
+            for (row, k) in rows.into_iter().zip(from_statement) {
+                let pos = part.rows.get(k).copied().filter(|_| seen.insert(k));
+                let Some(slot) = pos.and_then(|p| ordered.get_mut(p)) else {
+                    return Err(ErrorFields::error(
+                        "XX000",
+                        format!(
+                            "shard {} returned more than one row for one row's INSERT",
+                            part.shard
+                        ),
+                    ));
+                };
+                *slot = Some(row);
+            }
+        } else if description.is_some() || !rows.is_empty() {
             if rows.len() != part.rows.len() {
                 return Err(refusal(format!(
                     "RETURNING gave {} rows for the {} rows inserted on shard {}, so they cannot be put back in VALUES order; insert the rows of each shard separately",
@@ -93,6 +112,18 @@ pub fn assemble(parts: &[ShardInsert], answers: &[Collected]) -> Result<Assemble
     Ok(Assembled { frames, inserted })
 }
 
+/// The row count of an INSERT's CommandComplete tag (`INSERT 0 <n>`).
+fn insert_count(tag: &str, shard: u32) -> Result<u64, ErrorFields> {
+    tag.strip_prefix("INSERT 0 ")
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| {
+            ErrorFields::error(
+                "XX000",
+                format!("shard {shard} answered the INSERT with `{tag}`"),
+            )
+        })
+}
+
 /// What the client sent for a split INSERT, so its answer has the same shape.
 pub struct SplitReply {
     /// Answers the proxy gives before the rows (ParseComplete, BindComplete).
@@ -111,6 +142,7 @@ mod tests {
             shard,
             sql: String::new(),
             rows: rows.to_vec(),
+            row_statements: Vec::new(),
         }
     }
 
@@ -144,6 +176,50 @@ mod tests {
         let mut want = vec![be::row_description(&[("user_id", be::INT8_OID)])];
         want.extend(["a", "b", "c", "d", "e"].map(|v| be::data_row(&[Some(v)])));
         assert_eq!(got.frames, want);
+    }
+
+    /// One INSERT per row: a shard's skipped rows leave their places empty, the others keep
+    /// VALUES order.
+    #[test]
+    fn one_insert_per_row_puts_the_rows_inserted_in_values_order() {
+        let per_row = |shard, rows: &[usize]| ShardInsert {
+            row_statements: rows.iter().map(|r| format!("INSERT row {r}")).collect(),
+            ..part(shard, rows)
+        };
+        let parts = [per_row(1, &[0, 2, 3]), per_row(2, &[1, 4])];
+        let statement = |rows: &[&str]| {
+            let mut frames = vec![be::row_description(&[("slug", be::TEXT_OID)])];
+            frames.extend(rows.iter().map(|r| be::data_row(&[Some(r)])));
+            frames.push(be::command_complete(&format!("INSERT 0 {}", rows.len())));
+            frames
+        };
+        let collected = |shard, statements: Vec<Vec<Frame>>| {
+            let mut frames: Vec<Frame> = statements.into_iter().flatten().collect();
+            frames.push(be::ready_for_query(be::TxStatus::InTransaction));
+            Collected {
+                shard,
+                frames,
+                outcome: Ok(Outcome::default()),
+            }
+        };
+        let answers = [
+            collected(
+                1,
+                vec![statement(&["a"]), statement(&[]), statement(&["d"])],
+            ),
+            collected(2, vec![statement(&[]), statement(&["e"])]),
+        ];
+        let got = assemble(&parts, &answers).unwrap();
+        assert_eq!(got.inserted, 3);
+        let mut want = vec![be::row_description(&[("slug", be::TEXT_OID)])];
+        want.extend(["a", "d", "e"].map(|v| be::data_row(&[Some(v)])));
+        assert_eq!(got.frames, want);
+        // A statement missing: not completed.
+        let short = [
+            collected(1, vec![statement(&["a"]), statement(&[])]),
+            collected(2, vec![statement(&[]), statement(&["e"])]),
+        ];
+        assert_eq!(assemble(&parts, &short).unwrap_err().code, "XX000");
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub fn parts_of(arrays: &[ShardArrays], texts: Vec<String>) -> Vec<ShardInsert> 
             shard: a.shard,
             sql,
             rows: a.rows.clone(),
+            row_statements: Vec::new(),
         })
         .collect()
 }

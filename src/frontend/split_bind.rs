@@ -64,7 +64,17 @@ fn values_parts(
     let parts = split(sql, plan).map_err(|e| refusal(e.to_string()))?;
     let mut frames = Vec::with_capacity(parts.len());
     for part in &parts {
-        frames.push((part.shard, part_steps(&part.sql, bind, types)?));
+        let steps = if part.per_row() {
+            // One INSERT per row: each bound to its own row's values.
+            let mut steps = Vec::new();
+            for statement in &part.row_statements {
+                steps.extend(part_steps(statement, bind, types)?);
+            }
+            steps
+        } else {
+            part_steps(&part.sql, bind, types)?
+        };
+        frames.push((part.shard, steps));
     }
     Ok((parts, frames))
 }
@@ -227,12 +237,13 @@ impl Session {
                     Expect::DescribePortal,
                     Expect::Execute,
                 ];
+                // Parse, Bind, Describe, Execute: once, or once per row's INSERT.
                 let mut steps: Vec<Step> = part
                     .iter()
-                    .zip(expects)
+                    .zip(expects.iter().cycle())
                     .map(|(frame, expect)| Step::Send {
                         frame: frame.clone(),
-                        expect,
+                        expect: expect.clone(),
                         forward: true,
                     })
                     .collect();

@@ -12,7 +12,7 @@ use pg_query::NodeEnum;
 
 use crate::router::pg_array::encode_text;
 use crate::router::set_op_branches::{branches, Branches};
-use crate::router::subquery_first::{type_name, SpliceError};
+use crate::router::subquery_first::{cast_name, type_name, SpliceError};
 use crate::router::{Route, StatementFacts};
 use crate::sql_text::{quote_escaped_literal, quote_ident};
 
@@ -315,6 +315,19 @@ pub(crate) fn rows_as_unnest<B: AsRef<[u8]>>(
     description: &[u8],
     rows: &[B],
 ) -> Result<String, SpliceError> {
+    rows_as_unnest_of(name, description, rows, &|_| true)
+}
+
+/// [`rows_as_unnest`] with only the columns `keep` names (at least one, so the rows are still
+/// counted). Columns of array types are carried as the text of each array and cast back:
+/// `(SELECT a, b::int8[] AS b FROM unnest(…) AS name(a, b)) AS name` (an array of arrays would
+/// be one array of more dimensions).
+pub(crate) fn rows_as_unnest_of<B: AsRef<[u8]>>(
+    name: &str,
+    description: &[u8],
+    rows: &[B],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<String, SpliceError> {
     let cols = columns(description).ok_or(SpliceError::Malformed)?;
     if cols.is_empty() {
         return Err(SpliceError::NoColumns);
@@ -324,21 +337,48 @@ pub(crate) fn rows_as_unnest<B: AsRef<[u8]>>(
         .map(|r| values(r.as_ref()).filter(|v| v.len() == cols.len()))
         .collect::<Option<_>>()
         .ok_or(SpliceError::Malformed)?;
-    let mut arrays = Vec::with_capacity(cols.len());
-    for (j, (_, oid)) in cols.iter().enumerate() {
-        let ty = type_name(*oid).ok_or(SpliceError::Type(*oid))?;
-        let column: Vec<Option<&[u8]>> = rows.iter().map(|r| r[j]).collect();
-        arrays.push(format!(
-            "{}::{ty}[]",
-            quote_escaped_literal(&encode_text(&column))
-        ));
+    let mut kept: Vec<usize> = (0..cols.len()).filter(|&j| keep(&cols[j].0)).collect();
+    if kept.is_empty() {
+        // No column is read: one of a type pgshard writes back keeps the row count.
+        let any = (0..cols.len()).find(|&j| cast_name(cols[j].1).is_some());
+        kept.push(any.unwrap_or(0));
     }
-    let names: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
-    Ok(format!(
+    let mut arrays = Vec::with_capacity(kept.len());
+    let mut names = Vec::with_capacity(kept.len());
+    let mut casts = Vec::with_capacity(kept.len());
+    let mut any_cast = false;
+    for &j in &kept {
+        let (column_name, oid) = &cols[j];
+        let column_name = quote_ident(column_name);
+        let column: Vec<Option<&[u8]>> = rows.iter().map(|r| r[j]).collect();
+        let literal = quote_escaped_literal(&encode_text(&column));
+        match type_name(*oid) {
+            Some(ty) => {
+                arrays.push(format!("{literal}::{ty}[]"));
+                casts.push(column_name.clone());
+            }
+            None => {
+                let ty = cast_name(*oid).ok_or(SpliceError::Type(*oid))?;
+                arrays.push(format!("{literal}::text[]"));
+                casts.push(format!("{column_name}::{ty} AS {column_name}"));
+                any_cast = true;
+            }
+        }
+        names.push(column_name);
+    }
+    let from = format!(
         "unnest({}) AS {}({})",
         arrays.join(", "),
         quote_ident(name),
         names.join(", ")
+    );
+    if !any_cast {
+        return Ok(from);
+    }
+    Ok(format!(
+        "(SELECT {} FROM {from}) AS {}",
+        casts.join(", "),
+        quote_ident(name)
     ))
 }
 

@@ -778,6 +778,12 @@ impl Builder<'_> {
         if f.agg_distinct && f.agg_star {
             return Err(format!("{what} with DISTINCT *"));
         }
+        // The distinct values of a row would be gathered as an array of records, which reads
+        // back only with a column definition list.
+        let row = |n: &pb::Node| matches!(n.node, Some(NodeEnum::RowExpr(_)));
+        if f.agg_distinct && f.args.iter().any(row) {
+            return Err(format!("{what} with DISTINCT of a row"));
+        }
         Ok(())
     }
 
@@ -1730,6 +1736,10 @@ mod tests {
             (
                 "SELECT count(*) + (SELECT 1) FROM users",
                 "a subquery in an expression over aggregates",
+            ),
+            (
+                "SELECT count(DISTINCT (name, g)) FROM users",
+                "aggregate count() with DISTINCT of a row",
             ),
             (
                 "SELECT g, count(*) + x FROM users GROUP BY g",

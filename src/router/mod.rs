@@ -7,6 +7,7 @@ pub mod cache;
 pub mod copy_facts;
 pub mod cte;
 pub mod cursor;
+pub mod derived;
 /// The statement facts under the name the rest of the crate reads them by.
 pub use analyze as facts;
 pub mod fence;

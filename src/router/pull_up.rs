@@ -6,10 +6,12 @@
 //! ordering and rounding is Postgres's own. The rows pass through the proxy, so this is for
 //! reads whose matching rows fit its run-first limit. Pure: text in, texts out.
 
+use std::collections::BTreeSet;
+
 use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
 
-use super::cte::rows_as_unnest;
+use super::cte::rows_as_unnest_of;
 use super::set_op_branches::{deparse as branch_deparse, whole_reads_nothing};
 use super::subquery_first::SpliceError;
 use crate::sql_text::deparse;
@@ -23,7 +25,7 @@ pub fn unmergeable(f: &super::StatementFacts) -> bool {
 }
 
 /// The name the statement's table takes in the rewritten text, until the rows replace it.
-const PLACEHOLDER: &str = "pgshard_pulled_rows";
+pub(super) const PLACEHOLDER: &str = "pgshard_pulled_rows";
 
 /// A statement to run over rows read first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +37,19 @@ pub struct PullUp {
     outer: String,
     /// The name the rows take: the table's alias, or its name.
     name: String,
+    /// The columns the statement reads (by name), when it does not read whole rows: the
+    /// others are left out of the rows written back (they may be of a type pgshard cannot
+    /// write back, and need not be).
+    columns: Option<BTreeSet<String>>,
 }
 
 /// The pull-up of `sql`, when it is one SELECT (no set operation, WITH, locking clause or
-/// INTO) whose only relation, anywhere in it, is one table in FROM without column aliases.
+/// INTO) whose only relation, anywhere in it, is one table in FROM without column aliases; or
+/// a `COPY (query) TO …` (see [`super::derived::copy_query`]).
 pub fn find(sql: &str) -> Option<PullUp> {
+    if let Some(copy) = super::derived::copy_query(sql) {
+        return Some(copy);
+    }
     let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
     let [raw] = parsed.stmts.as_mut_slice() else {
         return None;
@@ -89,11 +99,45 @@ pub fn find(sql: &str) -> Option<PullUp> {
         ..Default::default()
     };
     select.from_clause = vec![placeholder()];
+    let columns = read_columns(
+        super::analyze::Walk::new([NodeRef::SelectStmt(select)]),
+        &[&name, &table.relname],
+    );
     let version = parsed.version;
     let outer = deparse(parsed)?;
     let inner = branch_deparse(version, inner)?;
     // The placeholder must be found exactly once in the text it is replaced in.
-    (outer.matches(PLACEHOLDER).count() == 1).then_some(PullUp { inner, outer, name })
+    (outer.matches(PLACEHOLDER).count() == 1).then_some(PullUp {
+        inner,
+        outer,
+        name,
+        columns,
+    })
+}
+
+/// The names of the columns a statement (`nodes`: every node of it, without the part whose
+/// rows are written back) may read of those rows: the last name of each column reference.
+/// `None` when it may read whole rows: a `*`, or a reference ending in one of `row_names` (the
+/// rows' name: `row_to_json(u)`).
+pub(super) fn read_columns<'a>(
+    nodes: impl Iterator<Item = NodeRef<'a>>,
+    row_names: &[&str],
+) -> Option<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for n in nodes {
+        let NodeRef::ColumnRef(c) = n else {
+            continue;
+        };
+        let last = match c.fields.last()?.node.as_ref()? {
+            NodeEnum::String(s) => s.sval.as_str(),
+            _ => return None,
+        };
+        if row_names.contains(&last) {
+            return None;
+        }
+        out.insert(last.to_string());
+    }
+    Some(out)
 }
 
 /// The first branch of `sql`'s UNION, INTERSECT or EXCEPT that reads sharded tables
@@ -128,6 +172,8 @@ pub fn set_operation_branch(sql: &str, reads_sharded: impl Fn(&str) -> bool) -> 
         inner,
         outer,
         name: "pgshard_branch".into(),
+        // A set operation matches its branches' columns by position: all of them.
+        columns: None,
     })
 }
 
@@ -186,6 +232,22 @@ fn star() -> pb::Node {
 }
 
 impl PullUp {
+    /// Rows to read first by running `inner`, written into `outer` in place of its one
+    /// [`PLACEHOLDER`] as a FROM item named `name`, with only `columns` (all: `None`).
+    pub(super) fn replacing(
+        inner: String,
+        outer: String,
+        name: &str,
+        columns: Option<BTreeSet<String>>,
+    ) -> PullUp {
+        PullUp {
+            inner,
+            outer,
+            name: name.to_string(),
+            columns,
+        }
+    }
+
     /// The statement over the rows read first (`description`: their RowDescription body;
     /// `rows`: their DataRow bodies, text format), to run on any one shard.
     pub fn splice<B: AsRef<[u8]>>(
@@ -193,16 +255,18 @@ impl PullUp {
         description: &[u8],
         rows: &[B],
     ) -> Result<String, SpliceError> {
-        let from = rows_as_unnest(&self.name, description, rows)?;
+        let keep = |column: &str| self.columns.as_ref().is_none_or(|c| c.contains(column));
+        let from = rows_as_unnest_of(&self.name, description, rows, &keep)?;
         Ok(self.outer.replacen(PLACEHOLDER, &from, 1))
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn desc(cols: &[(&str, u32)]) -> Vec<u8> {
+    /// A RowDescription body of text columns (name, type OID).
+    pub(crate) fn desc(cols: &[(&str, u32)]) -> Vec<u8> {
         let mut b = (cols.len() as i16).to_be_bytes().to_vec();
         for (name, oid) in cols {
             b.extend_from_slice(name.as_bytes());
@@ -214,7 +278,8 @@ mod tests {
         b
     }
 
-    fn row(vals: &[Option<&str>]) -> Vec<u8> {
+    /// A DataRow body of text values (`None`: NULL).
+    pub(crate) fn row(vals: &[Option<&str>]) -> Vec<u8> {
         let mut b = (vals.len() as i16).to_be_bytes().to_vec();
         for v in vals {
             match v {
@@ -248,6 +313,55 @@ mod tests {
         .unwrap();
         assert_eq!(p.inner, "SELECT * FROM public.orders");
         assert_eq!(p.name, "orders");
+    }
+
+    /// Only the columns the statement reads are written back (the WHERE already ran), so a
+    /// column of a type pgshard cannot write back (here `inet`, OID 869) is no obstacle unless
+    /// read; arrays come back as the text of each array, cast.
+    #[test]
+    fn only_the_columns_read_are_written_back() {
+        let description = desc(&[("id", 20), ("g", 23), ("ip", 869), ("arr", 1007), ("t", 25)]);
+        let rows = [row(&[
+            Some("1"),
+            Some("2"),
+            Some("10.0.0.1"),
+            Some("{1,2}"),
+            Some("a"),
+        ])];
+        let p = find(
+            "SELECT g, string_agg(t, ',' ORDER BY id) FILTER (WHERE g > 0) FROM agg WHERE ip << '10.0.0.0/8' GROUP BY g",
+        )
+        .unwrap();
+        assert_eq!(
+            p.splice(&description, &rows).unwrap(),
+            "SELECT g, string_agg(t, ',' ORDER BY id) FILTER (WHERE g > 0) FROM unnest(E'{1}'::int8[], E'{2}'::int4[], E'{a}'::text[]) AS agg(id, g, t) GROUP BY g"
+        );
+        let p = find("SELECT DISTINCT ON (g) g, a.arr FROM agg a ORDER BY g, id").unwrap();
+        assert_eq!(
+            p.splice(&description, &rows).unwrap(),
+            "SELECT DISTINCT ON (g) g, a.arr FROM (SELECT id, g, arr::int4[] AS arr FROM unnest(E'{1}'::int8[], E'{2}'::int4[], E'{\"{1,2}\"}'::text[]) AS a(id, g, arr)) AS a ORDER BY g, id"
+        );
+        // No column read: one is kept, so the rows are still counted.
+        let p = find("SELECT string_agg('x', ',') FROM agg").unwrap();
+        assert!(p
+            .splice(&description, &rows)
+            .unwrap()
+            .contains("unnest(E'{1}'::int8[]) AS agg(id)"));
+        // Whole rows: every column, and the one pgshard cannot write back is refused.
+        for sql in [
+            "SELECT *, rank() OVER (ORDER BY id) FROM agg",
+            "SELECT DISTINCT ON (g) row_to_json(a) FROM agg a ORDER BY g",
+            "SELECT string_agg(agg::text, ',') FROM agg",
+            "SELECT a.*, rank() OVER (ORDER BY id) FROM agg a",
+            "SELECT DISTINCT ON (g) g, ip FROM agg ORDER BY g",
+        ] {
+            let p = find(sql).unwrap();
+            assert_eq!(
+                p.splice(&description, &rows),
+                Err(SpliceError::Type(869)),
+                "{sql}"
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,17 @@ pub struct ShardInsert {
     pub sql: String,
     /// Positions of those rows in the original VALUES list, in the order the text lists them.
     pub rows: Vec<usize>,
+    /// RETURNING with ON CONFLICT DO NOTHING: one INSERT per row, in that order (`sql` holds
+    /// them all, `;`-separated, for a simple query), so each statement's answer says whether
+    /// its row was inserted. Empty otherwise.
+    pub row_statements: Vec<String>,
+}
+
+impl ShardInsert {
+    /// Whether the shard runs one INSERT per row.
+    pub fn per_row(&self) -> bool {
+        !self.row_statements.is_empty()
+    }
 }
 
 /// Why an INSERT could not be split.
@@ -67,6 +78,8 @@ struct ValuesList {
     rows: Vec<(usize, usize)>,
     returning: bool,
     skips: Option<&'static str>,
+    /// The INSERT starts with a WITH clause (which one INSERT per row would run once per row).
+    with: bool,
 }
 
 fn values_list(sql: &str) -> Result<ValuesList, SplitError> {
@@ -150,11 +163,17 @@ fn values_list(sql: &str) -> Result<ValuesList, SplitError> {
         rows,
         returning,
         skips,
+        with: at(0) == Some("with"),
     })
 }
 
 /// One INSERT per shard of `plan`, each holding the rows the plan gives that shard, in the
-/// original order. The plan must cover every row exactly once.
+/// original order. The plan must cover every row exactly once. An INSERT with RETURNING and ON
+/// CONFLICT DO NOTHING (Rails' `insert_all`) becomes one INSERT per row on each shard, in the
+/// rows' order, so the rows each shard skips are known and the rows it returns go back in
+/// VALUES order. One Postgres skips a row that conflicts with an earlier row of the same
+/// statement as it skips one conflicting with an earlier statement's, so the answer is the
+/// same (only a statement-level trigger fires once per row's INSERT).
 pub fn split(sql: &str, plan: &[ShardRows]) -> Result<Vec<ShardInsert>, SplitError> {
     let list = values_list(sql)?;
     let expected: usize = plan.iter().map(|p| p.rows.len()).sum();
@@ -169,30 +188,49 @@ pub fn split(sql: &str, plan: &[ShardRows]) -> Result<Vec<ShardInsert>, SplitErr
             expected,
         });
     }
-    if let (true, Some(why)) = (list.returning, list.skips) {
-        return Err(SplitError::SkippedRows(why));
-    }
+    let per_row = match (list.returning, list.skips) {
+        (true, Some("DO NOTHING")) if !list.with => true,
+        (true, Some(why)) => return Err(SplitError::SkippedRows(why)),
+        _ => false,
+    };
     let (Some(first), Some(last)) = (list.rows.first(), list.rows.last()) else {
         return Err(SplitError::Shape);
     };
     let (prefix, suffix) = (&sql[..first.0], &sql[last.1..]);
+    let row_text = |r: usize| &sql[list.rows[r].0..list.rows[r].1];
     Ok(plan
         .iter()
         .map(|p| {
+            if per_row {
+                // Each statement ends where the next one's `;` starts, on a new line (the
+                // suffix may end in a `--` comment).
+                let row_suffix = suffix.trim_end().trim_end_matches(';').trim_end();
+                let row_statements: Vec<String> = p
+                    .rows
+                    .iter()
+                    .map(|&r| format!("{prefix}{}{row_suffix}", row_text(r)))
+                    .collect();
+                return ShardInsert {
+                    shard: p.shard,
+                    sql: row_statements.join("\n;\n"),
+                    rows: p.rows.clone(),
+                    row_statements,
+                };
+            }
             let mut text = String::with_capacity(sql.len());
             text.push_str(prefix);
             for (n, &r) in p.rows.iter().enumerate() {
                 if n > 0 {
                     text.push_str(", ");
                 }
-                let (a, b) = list.rows[r];
-                text.push_str(&sql[a..b]);
+                text.push_str(row_text(r));
             }
             text.push_str(suffix);
             ShardInsert {
                 shard: p.shard,
                 sql: text,
                 rows: p.rows.clone(),
+                row_statements: Vec::new(),
             }
         })
         .collect())
@@ -253,6 +291,31 @@ mod tests {
         );
     }
 
+    /// RETURNING with ON CONFLICT DO NOTHING: one INSERT per row.
+    #[test]
+    fn do_nothing_with_returning_is_one_insert_per_row() {
+        let sql = "INSERT INTO docs (slug, title) VALUES ('a', 'x'), ('b', 'y'), ('c', 'z') ON CONFLICT DO NOTHING RETURNING slug -- rails\n;";
+        let got = split(sql, &plan(&[(4, &[0, 2]), (7, &[1])])).unwrap();
+        assert!(got.iter().all(ShardInsert::per_row));
+        assert_eq!(got[0].row_statements.len(), 2);
+        assert_eq!(
+            got[0].sql,
+            "INSERT INTO docs (slug, title) VALUES ('a', 'x') ON CONFLICT DO NOTHING RETURNING slug -- rails\n;\nINSERT INTO docs (slug, title) VALUES ('c', 'z') ON CONFLICT DO NOTHING RETURNING slug -- rails"
+        );
+        assert_eq!(
+            got[1].sql,
+            "INSERT INTO docs (slug, title) VALUES ('b', 'y') ON CONFLICT DO NOTHING RETURNING slug -- rails"
+        );
+        // Without RETURNING, or with DO UPDATE, one INSERT per shard as ever.
+        for sql in [
+            "INSERT INTO docs (slug) VALUES ('a'), ('b') ON CONFLICT DO NOTHING",
+            "INSERT INTO docs (slug) VALUES ('a'), ('b') ON CONFLICT (slug) DO UPDATE SET title = 'u' RETURNING slug",
+        ] {
+            let got = split(sql, &plan(&[(4, &[0]), (7, &[1])])).unwrap();
+            assert!(!got.iter().any(ShardInsert::per_row), "{sql}");
+        }
+    }
+
     #[test]
     fn keeps_with_clause_schema_and_nested_parentheses() {
         let sql = "with c as (select 1) insert into public.users as u (user_id, tags) values (10, array[(1), (2)]),(11, '{}')";
@@ -292,9 +355,10 @@ mod tests {
                 expected: 2
             })
         );
+        // One INSERT per row, unless a WITH would run once per row.
         assert_eq!(
             split(
-                "insert into users (user_id) values (1), (2) on conflict do nothing returning *",
+                "with w as (delete from t returning 1) insert into users (user_id) values (1), (2) on conflict do nothing returning *",
                 &p
             ),
             Err(SplitError::SkippedRows("DO NOTHING"))

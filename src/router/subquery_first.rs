@@ -70,6 +70,9 @@ pub fn next(
             {
                 return Ok(Some(RunFirst::PullUp(branch)));
             }
+            if let Some(derived) = crate::router::derived::find(sql, &reads_sharded) {
+                return Ok(Some(RunFirst::PullUp(derived)));
+            }
             Ok(find_in(sql, params).map(RunFirst::Subquery))
         }
     }
@@ -120,8 +123,10 @@ pub enum SpliceError {
     Columns,
     #[error("more than one row returned by a subquery used as an expression")]
     MoreThanOneRow,
-    #[error("pgshard runs part of this statement first (a subquery, CTE or SELECT over sharded tables, or the rows of a read it cannot merge) and writes its rows back in, which it cannot do for values of type OID {0}; cast the column to a built-in type (integers, numeric, float, bool, text, bytea, json, jsonb, uuid, date, time, timestamp, timestamptz, interval)")]
+    #[error("pgshard runs part of this statement first (a subquery, CTE or SELECT over sharded tables, or the rows of a read it cannot merge) and writes its rows back in, which it cannot do for values of type OID {0}; cast the column to a built-in type (integers, numeric, float, bool, text, bytea, json, jsonb, uuid, date, time, timestamp, timestamptz, interval, or an array of one)")]
     Type(u32),
+    #[error("pgshard runs this IN/ANY/ALL subquery over sharded tables first and writes its values back as one array, which it cannot do for values that are arrays themselves (type OID {0}); compare with a scalar subquery or an EXISTS instead")]
+    ArrayOfArrays(u32),
     #[error("a CTE over sharded tables is run first by pgshard, which does not support CTEs without columns")]
     NoColumns,
     #[error("malformed answer from a shard")]
@@ -134,7 +139,9 @@ impl SpliceError {
         match self {
             SpliceError::Columns => "42601",
             SpliceError::MoreThanOneRow => "21000",
-            SpliceError::Type(_) | SpliceError::NoColumns => "0A000",
+            SpliceError::Type(_) | SpliceError::ArrayOfArrays(_) | SpliceError::NoColumns => {
+                "0A000"
+            }
             SpliceError::Malformed => "XX000",
         }
     }
@@ -162,14 +169,7 @@ fn find_in(sql: &str, params: bool) -> Option<First> {
         _ => return None,
     };
     // The statement's CTEs: a subquery naming one cannot run on its own.
-    let ctes: BTreeSet<String> = with
-        .iter()
-        .flat_map(|w| &w.ctes)
-        .filter_map(|c| match c.node.as_ref() {
-            Some(NodeEnum::CommonTableExpr(c)) => Some(c.ctename.clone()),
-            _ => None,
-        })
-        .collect();
+    let ctes = cte_names(with);
     let scan = pg_query::scan(sql).ok()?;
     let nodes = stmt.nodes();
     // Subqueries that are a whole unnamed item of a select list, by location.
@@ -218,6 +218,17 @@ fn find_in(sql: &str, params: bool) -> Option<First> {
         .iter()
         .find(|f| !found.iter().any(|g| contains(f, g)))
         .cloned()
+}
+
+/// The names of the CTEs a WITH clause defines.
+pub(crate) fn cte_names(with: Option<&pb::WithClause>) -> BTreeSet<String> {
+    with.iter()
+        .flat_map(|w| &w.ctes)
+        .filter_map(|c| match c.node.as_ref() {
+            Some(NodeEnum::CommonTableExpr(c)) => Some(c.ctename.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether `sql` (or what does not parse) reads a relation named as one of `names`, unqualified.
@@ -442,6 +453,44 @@ pub(crate) fn type_name(oid: u32) -> Option<&'static str> {
     })
 }
 
+/// The element type of an array type pgshard writes back, by OID: a built-in array of a type
+/// of [`type_name`].
+pub(crate) fn array_element(oid: u32) -> Option<u32> {
+    Some(match oid {
+        1000 => 16,
+        1001 => 17,
+        1005 => 21,
+        1007 => 23,
+        1016 => 20,
+        1009 => 25,
+        1015 => 1043,
+        1014 => 1042,
+        1028 => 26,
+        199 => 114,
+        3807 => 3802,
+        1021 => 700,
+        1022 => 701,
+        1182 => 1082,
+        1183 => 1083,
+        1115 => 1114,
+        1185 => 1184,
+        1187 => 1186,
+        1231 => 1700,
+        2951 => 2950,
+        _ => return None,
+    })
+}
+
+/// The cast a value of `oid` is read back with from its text output: a type of [`type_name`]
+/// (`int8`), or an array of one (`int8[]`; its text, `{1,2}` or `[0:1]={1,2}`, reads back with
+/// its dimensions and bounds).
+pub(crate) fn cast_name(oid: u32) -> Option<String> {
+    match type_name(oid) {
+        Some(name) => Some(name.to_string()),
+        None => type_name(array_element(oid)?).map(|e| format!("{e}[]")),
+    }
+}
+
 impl First {
     /// `outer` with this subquery replaced by its result: `description` is the RowDescription
     /// body of the subquery's merged answer, `rows` its DataRow bodies (text format).
@@ -465,7 +514,7 @@ impl First {
         let [(name, oid)] = columns.as_slice() else {
             return Err(SpliceError::Columns);
         };
-        let ty = type_name(*oid).ok_or(SpliceError::Type(*oid))?;
+        let ty = cast_name(*oid).ok_or(SpliceError::Type(*oid))?;
         let values: Vec<Option<&[u8]>> = rows
             .iter()
             .map(|r| match cte::values(r.as_ref()).as_deref() {
@@ -495,6 +544,11 @@ impl First {
             // Answered above, whatever its columns.
             Use::Exists { .. } => return Err(SpliceError::Malformed),
             Use::Array { op, all } => {
+                // An array of arrays would be one array of more dimensions: compared element
+                // by element, not as the subquery's arrays.
+                if array_element(*oid).is_some() {
+                    return Err(SpliceError::ArrayOfArrays(*oid));
+                }
                 let array = crate::router::pg_array::encode_text(&values);
                 let quantifier = if *all { "ALL" } else { "ANY" };
                 format!(
@@ -680,6 +734,29 @@ mod tests {
         );
         let correlated = "SELECT * FROM o WHERE k IN (SELECT id FROM u WHERE u.x = o.x AND y = $1)";
         assert_eq!(find_in(correlated, true), None);
+    }
+
+    /// A scalar subquery's array comes back with its type; an `IN` list of arrays is refused
+    /// (one array of arrays would compare their elements).
+    #[test]
+    fn arrays() {
+        assert_eq!(cast_name(1009).as_deref(), Some("text[]"));
+        assert_eq!(cast_name(1016).as_deref(), Some("int8[]"));
+        assert_eq!(cast_name(20).as_deref(), Some("int8"));
+        assert_eq!(cast_name(869), None);
+        let sql = "SELECT 1, (SELECT tags FROM u ORDER BY k LIMIT 1)";
+        let f = find(sql).expect("found");
+        assert_eq!(
+            f.splice(sql, &desc(1009), &[row(Some("{a,\"b c\"}"))])
+                .as_deref(),
+            Ok("SELECT 1, (E'{a,\"b c\"}'::text[]) AS id")
+        );
+        let sql = "SELECT * FROM o WHERE arr IN (SELECT arr FROM u)";
+        let f = find(sql).expect("found");
+        assert_eq!(
+            f.splice(sql, &desc(1007), &[row(Some("{1}"))]),
+            Err(SpliceError::ArrayOfArrays(1007))
+        );
     }
 
     #[test]

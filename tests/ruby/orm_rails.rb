@@ -1,5 +1,6 @@
 # Rails ActiveRecord, as an application uses it by default, through pgshard: a migration (under
-# ActiveRecord's advisory lock), CRUD by key, a transaction over two shards, keyless queries.
+# ActiveRecord's advisory lock), CRUD by key, a transaction over two shards, keyless queries,
+# insert_all over several shards.
 # Usage: ruby orm_rails.rb DATABASE_URL. Prints one line per step; any mismatch aborts with a
 # message and a non-zero exit.
 require "active_record"
@@ -72,4 +73,17 @@ check("count", RailsOrder.count, 19)
 check("sum", RailsOrder.where(customer: "c3").sum(:amount), 3 + 7 + 11 + 15 + 19)
 check("pluck ordered", RailsOrder.order(:amount).limit(4).pluck(:amount), [3, 6, 7, 8])
 puts "keyless"
+
+# insert_all: INSERT … ON CONFLICT DO NOTHING RETURNING "id" over several shards; the row whose
+# id exists already is skipped, the others come back in the order given.
+now = Time.now
+new_ids = [1_000_003, 2_000_029, 3_000_017, 4_000_037].map { |n| orders[0].id + n }
+rows = (new_ids + [orders[0].id]).map do |id|
+  { id: id, customer: "bulk", amount: 1, created_at: now, updated_at: now }
+end
+result = RailsOrder.insert_all(rows)
+check("insert_all returning", result.rows.flatten, new_ids)
+check("insert_all rows", RailsOrder.where(customer: "bulk").count, 4)
+RailsOrder.where(customer: "bulk").delete_all
+puts "insert_all"
 puts "ok"

@@ -196,10 +196,14 @@ pub(super) fn analyze_utility(
                 }
                 _ => StatementKind::Other,
             };
+            // Transaction control answers no rows: an Execute's row limit (pgjdbc sends its
+            // SAVEPOINT, RELEASE and ROLLBACK TO with a limit of 1) changes nothing.
+            facts.returns_no_rows = true;
             return Some(Flow::Finished);
         }
         NodeEnum::VariableSetStmt(v) => {
             analyze_variable_set(v, facts);
+            facts.returns_no_rows = true;
             return Some(Flow::Finished);
         }
         NodeEnum::VariableShowStmt(v) => {
@@ -400,6 +404,27 @@ mod tests {
         assert_eq!(one("rollback").kind, StatementKind::Rollback);
         assert_eq!(one("start transaction").kind, StatementKind::Begin);
         assert_eq!(one("commit and chain").kind, StatementKind::Commit);
+    }
+
+    /// pgjdbc sends the statements it expects no rows from with a row limit of 1; these answer
+    /// none, so the limit changes nothing wherever they run.
+    #[test]
+    fn transaction_control_and_set_answer_no_rows() {
+        for sql in [
+            "savepoint a",
+            "release savepoint a",
+            "rollback to savepoint a",
+            "begin",
+            "commit",
+            "rollback",
+            "set work_mem = '8MB'",
+            "set local lock_timeout = 10",
+            "set session characteristics as transaction isolation level serializable",
+            "reset all",
+        ] {
+            assert!(one(sql).returns_no_rows, "{sql}");
+        }
+        assert!(!one("show work_mem").returns_no_rows);
     }
 
     #[test]

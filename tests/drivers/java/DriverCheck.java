@@ -15,6 +15,7 @@ import java.sql.DriverManager;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.SQLException;
+import java.sql.Savepoint;
 import java.sql.Statement;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -240,6 +241,54 @@ public final class DriverCheck {
         checkEqual(nameThroughProxy(conn, key(a, 6)), "tx-a", "read after the rollback");
         conn.commit();
         conn.setAutoCommit(true);
+    }
+
+    /**
+     * Autocommit off, savepoints in a transaction over two shards: pgjdbc sends SAVEPOINT,
+     * ROLLBACK TO SAVEPOINT and RELEASE SAVEPOINT with a row limit of 1 (as it sends every
+     * statement it expects no rows from); they go to every shard of the block. A rollback to a
+     * savepoint after a duplicate key lets the transaction go on.
+     */
+    private void savepoints() throws SQLException {
+        int c = shards.get(2);
+        int d = shards.get(3);
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            ps.setLong(1, key(c, 6));
+            ps.setString(2, "sp-kept");
+            ps.executeUpdate();
+            Savepoint first = conn.setSavepoint();
+            ps.setLong(1, key(d, 6));
+            ps.setString(2, "sp-undone");
+            ps.executeUpdate();
+            conn.rollback(first);
+            checkEqual(nameThroughProxy(conn, key(d, 6)), null, "read after ROLLBACK TO SAVEPOINT");
+            Savepoint second = conn.setSavepoint();
+            ps.setLong(1, key(d, 7));
+            ps.setString(2, "sp-released");
+            ps.executeUpdate();
+            conn.releaseSavepoint(second);
+            Savepoint third = conn.setSavepoint();
+            try {
+                ps.setLong(1, key(c, 6));
+                ps.setString(2, "duplicate");
+                ps.executeUpdate();
+                throw new CheckFailed("a duplicate key was inserted");
+            } catch (SQLException e) {
+                expectState(e, "23505", "duplicate key after a savepoint");
+            }
+            conn.rollback(third);
+            ps.setLong(1, key(c, 7));
+            ps.setString(2, "sp-after-error");
+            ps.executeUpdate();
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+        expectOnItsShard(key(c, 6), c, "sp-kept");
+        expectAbsent(key(d, 6));
+        expectOnItsShard(key(d, 7), d, "sp-released");
+        expectOnItsShard(key(c, 7), c, "sp-after-error");
     }
 
     /**
@@ -536,6 +585,7 @@ public final class DriverCheck {
         steps.put("preparedStatementsReused", suite::preparedStatementsReused);
         steps.put("batches", suite::batches);
         steps.put("transactions", suite::transactions);
+        steps.put("savepoints", suite::savepoints);
         steps.put("batchesInTransaction", suite::batchesInTransaction);
         steps.put("batchFirstInTransaction", suite::batchFirstInTransaction);
         steps.put("keylessFirstInTransaction", suite::keylessFirstInTransaction);
