@@ -207,6 +207,21 @@ def psycopg_pipeline(s: Setup) -> None:
         with conn.pipeline():
             reads = [conn.execute("SELECT name FROM users WHERE user_id = %s", [k]) for k in (a, b, c)]
         assert [r.fetchone() for r in reads] == [("q",)] * 3
+        # Reads whose subqueries over sharded tables pgshard runs first (SQLAlchemy's count()
+        # wraps the query in one), pipelined.
+        with conn.pipeline():
+            derived = conn.execute(
+                "SELECT count(*) FROM (SELECT user_id FROM users WHERE user_id BETWEEN %s AND %s LIMIT %s) s",
+                [lo, hi, 2],
+            )
+            inner = conn.execute(
+                "SELECT count(*) FROM users WHERE user_id IN (SELECT user_id FROM users WHERE name = %s)",
+                ["q"],
+            )
+            keyed = conn.execute("SELECT name FROM users WHERE user_id = %s", [a])
+        assert derived.fetchone() == (2,)
+        assert inner.fetchone() == (3,)
+        assert keyed.fetchone() == ("q",)
     for k in (a, b, c):
         s.assert_on_its_shard(k, "q")
 

@@ -19,7 +19,7 @@ use crate::router::insert_select::literal_arrays_as_params;
 use crate::router::params::BindParams;
 use crate::router::split_params::{pick, renumber, PartParams};
 use crate::router::subquery_first::RunFirst;
-use crate::router::StatementFacts;
+use crate::router::{StatementFacts, StatementKind};
 use crate::session::Prepared;
 use crate::wire::backend::ErrorFields;
 use crate::wire::frame::Frame;
@@ -35,6 +35,10 @@ const REWRITTEN: &str = "\u{1}pgshard subquery run first";
 fn refused(facts: &[StatementFacts]) -> bool {
     matches!(facts, [f] if f.refuse.is_some() || crate::router::pull_up::unmergeable(f))
 }
+
+/// A Bind whose statement may have something run first: its index in the batch, the Bind, its
+/// statement's text, parameter types and facts.
+type Liftable = (usize, Bind, String, Vec<u32>, Arc<[StatementFacts]>);
 
 /// Most subqueries one Bind gets run first (nested ones count one each).
 const MAX_RUN_FIRST: usize = 16;
@@ -153,15 +157,26 @@ fn extended_steps(text: &str, params: &PartParams) -> Vec<Step> {
 }
 
 impl Session {
-    /// Before an extended batch ended by Sync runs: when its one Bind names a statement refused
-    /// only for an uncorrelated subquery over sharded tables, runs that subquery first with the
-    /// Bind's parameters and points the Bind at the statement with its result written in.
+    /// Before an extended batch runs: each Bind (of a lone statement, or of a pipeline's
+    /// statements up to the first that writes) naming a statement refused only for an
+    /// uncorrelated subquery over sharded tables gets that subquery run first with its
+    /// parameters, and is pointed at the statement with its result written in. A statement
+    /// after a write of the same batch is left alone: its subquery must see that write.
     /// `Ok(true)` when the batch is answered already (a subquery failed: its error, then
     /// ReadyForQuery).
     pub async fn bind_subqueries_first(&mut self, sync: bool) -> Result<bool, End> {
-        let Some((at, bind, sql, types, facts)) = self.liftable_bind() else {
-            return Ok(false);
-        };
+        for (n, lift) in self.liftable_binds().into_iter().enumerate() {
+            if self.lift_bind(n, lift, sync).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Runs first what the Bind `lift` describes needs (see [`Self::bind_subqueries_first`]);
+    /// `n`: its place among the batch's lifted Binds (each gets a statement name of its own).
+    async fn lift_bind(&mut self, n: usize, lift: Liftable, sync: bool) -> Result<bool, End> {
+        let (at, bind, sql, types, facts) = lift;
         let whole = {
             let bound = BindParams {
                 values: &bind.params,
@@ -174,6 +189,7 @@ impl Session {
             // Runs whole on one shard: the same text, its facts pinned there.
             let server_name = server_statement_name(&sql, &types);
             self.rebind(
+                n,
                 at,
                 bind,
                 Prepared {
@@ -234,6 +250,7 @@ impl Session {
             .analyze_prepared_in(&outer, &self.search_path());
         let server_name = server_statement_name(&outer, &param_types);
         self.rebind(
+            n,
             at,
             bind,
             Prepared {
@@ -246,23 +263,23 @@ impl Session {
         Ok(false)
     }
 
-    /// Registers `statement` under [`REWRITTEN`] and points the batch's Bind at `at` to it.
-    fn rebind(&mut self, at: usize, bind: Bind, statement: Prepared) {
+    /// Registers `statement` under the `n`th [`REWRITTEN`] name and points the batch's Bind at
+    /// `at` to it.
+    fn rebind(&mut self, n: usize, at: usize, bind: Bind, statement: Prepared) {
+        let name = format!("{REWRITTEN} {n}");
         self.state
             .statements
-            .insert(REWRITTEN.to_string(), Arc::new(statement));
+            .insert(name.clone(), Arc::new(statement));
         let rebound = Bind {
-            statement: REWRITTEN.to_string(),
+            statement: name,
             ..bind
         };
         self.batch[at] = rebound.encode();
     }
 
-    /// The batch's one Bind (its index), with the text and types of its statement, when that
-    /// statement is refused (for a subquery pgshard may run first, or as a whole: it may run
-    /// whole on one shard), and the statement's facts.
-    #[allow(clippy::type_complexity)]
-    fn liftable_bind(&self) -> Option<(usize, Bind, String, Vec<u32>, Arc<[StatementFacts]>)> {
+    /// The batch's Binds whose statements may have something run first (see
+    /// [`Self::bind_subqueries_first`]), in order.
+    fn liftable_binds(&self) -> Vec<Liftable> {
         // A failed block answers its aborted error on the normal path; an implicit transaction
         // a Flush left open has begun, where a subquery run on its own does not belong. A batch
         // ended by Flush with nothing open yet (node-postgres sends Parse, Bind, Describe,
@@ -271,46 +288,63 @@ impl Session {
             || self.block_failed()
             || self.state.txn.as_ref().is_some_and(|t| t.refused)
         {
-            return None;
+            return Vec::new();
         }
-        let mut binds = self
+        let mut out = Vec::new();
+        let binds = self
             .batch
             .iter()
             .enumerate()
             .filter(|(_, f)| f.tag == fe::BIND);
-        let (at, frame) = binds.next()?;
-        if binds.next().is_some() {
-            return None;
+        for (at, frame) in binds {
+            let Some(name) = bind_statement_name(&frame.body) else {
+                break;
+            };
+            let (lift, writes) = self.liftable_at(at, name);
+            out.extend(lift);
+            if writes {
+                break;
+            }
         }
-        // The hot path: a Bind of a statement prepared before, whose facts say nothing runs
-        // first, costs no decoding.
-        let name = bind_statement_name(&frame.body)?;
-        let parsed_here = self.batch[..at].iter().any(|f| f.tag == fe::PARSE);
-        if !parsed_here && !refused(&self.state.statements.get(name)?.facts) {
-            return None;
-        }
+        out
+    }
+
+    /// The Bind at `at` (of statement `name`) when its statement is refused (for a subquery
+    /// pgshard may run first, or as a whole: it may run whole on one shard), with the text,
+    /// types and facts of its statement; and whether that statement may change data (what a
+    /// later statement of the batch reads).
+    fn liftable_at(&self, at: usize, name: &str) -> (Option<Liftable>, bool) {
         // A statement parsed in this batch (an unnamed one, each time): its text read in place
-        // and analyzed once for the batch (routing asks again), no decoding when nothing runs
-        // first.
+        // and analyzed once for the batch (routing asks again).
         let parsed_text = self.batch[..at]
             .iter()
             .filter(|f| f.tag == fe::PARSE)
             .filter_map(|f| fe::parse_texts(&f.body).ok())
             .rfind(|(parsed, _)| *parsed == name);
-        if let Some((_, query)) = parsed_text {
-            if !refused(&self.analyze_parsed(query)) {
-                return None;
-            }
+        // The hot path: a Bind of a statement prepared before, whose facts say nothing runs
+        // first, costs no decoding.
+        let facts = match parsed_text {
+            Some((_, query)) => self.analyze_parsed(query),
+            None => match self.state.statements.get(name) {
+                Some(st) => st.facts.clone(),
+                None => return (None, true),
+            },
+        };
+        let writes =
+            !matches!(facts.as_ref(), [f] if f.kind == StatementKind::Select && !f.is_write);
+        if !refused(&facts) {
+            return (None, writes);
         }
-        let bind = Bind::decode(&frame.body).ok()?;
-        let (sql, types) = bound_statement(
-            &self.batch,
-            at,
-            &bind.statement,
-            self.state.statements.get(&bind.statement),
-        )?;
-        let facts = self.analyze_parsed(&sql);
-        refused(&facts).then_some((at, bind, sql, types, facts))
+        let lift = Bind::decode(&self.batch[at].body).ok().and_then(|bind| {
+            let (sql, types) = bound_statement(
+                &self.batch,
+                at,
+                &bind.statement,
+                self.state.statements.get(&bind.statement),
+            )?;
+            Some((at, bind, sql, types, facts))
+        });
+        (lift, writes)
     }
 
     /// Runs `first`'s subquery with the parameters of `bind` it uses and returns `outer` with
