@@ -111,6 +111,25 @@ fn unescape_plain(body: &str) -> Option<String> {
     Some(out)
 }
 
+/// Appends `n` in decimal: a placeholder's number, written on every literal of every simple query,
+/// where `to_string` cost an allocation and a pass through the formatter.
+fn push_decimal(out: &mut String, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
 fn lex(sql: &str) -> Result<Normalized, GiveUp> {
     let s = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
@@ -123,7 +142,7 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
             out.push_str(&sql[*copied..from]);
             literals.push(lit);
             out.push('$');
-            out.push_str(&literals.len().to_string());
+            push_decimal(out, literals.len());
             *copied = to;
         };
     while i < s.len() {
@@ -324,6 +343,15 @@ mod tests {
     }
     fn st(s: &str) -> Literal {
         Literal::Str(s.into())
+    }
+
+    #[test]
+    fn placeholder_numbers_in_decimal() {
+        for n in [0usize, 1, 9, 10, 99, 100, 12345, usize::MAX] {
+            let mut out = String::from("$");
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("${n}"));
+        }
     }
 
     #[test]
