@@ -409,9 +409,12 @@ impl ServerConn {
             return Ok(());
         }
         let shard = self.shard;
-        let out = self.wbuf.split();
+        // Written from the buffer in place and then cleared, so the buffer's memory is reused as
+        // it is (a split made it shared and the next message's reserve had to win it back). The
+        // guard clears it however the write ends, a cancelled one too: nothing is sent twice.
+        let out = ClearOnDrop(&mut self.wbuf);
         self.stream
-            .write_all(&out)
+            .write_all(out.0)
             .await
             .map_err(|source| BackendError::Io { shard, source })
     }
@@ -522,6 +525,15 @@ fn tag_only_reads(body: &[u8]) -> bool {
     ];
     let tag = body.strip_suffix(&[0]).unwrap_or(body);
     COUNTED.iter().any(|t| tag.starts_with(t)) || EXACT.contains(&tag)
+}
+
+/// Empties the write buffer it guards when dropped.
+struct ClearOnDrop<'a>(&'a mut BytesMut);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// A set-up statement the proxy owes a server, sent in front of the next request.

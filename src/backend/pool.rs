@@ -4,7 +4,7 @@
 //! comes back is dropped, never handed to another client.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,8 @@ pub struct ServerManager {
     /// Connections created before this instant are closed when they come back (the server
     /// stopped being where the shard's traffic goes).
     drained_at: Mutex<Option<Instant>>,
+    /// Set with `drained_at`: a pool never drained (nearly all) checks no lock on each recycle.
+    drained: AtomicBool,
     /// Server-side prepared statements one connection keeps (0: no limit).
     max_prepared: usize,
     /// Server-side prepared statements held by this pool's connections, together.
@@ -113,7 +115,11 @@ impl managed::Manager for ServerManager {
     ) -> RecycleResult<BackendError> {
         // Set-up owed for a block that ended before anything went out.
         conn.drop_deferred();
-        let drained_at = *self.drained_at.lock().unwrap_or_else(|p| p.into_inner());
+        let drained_at = if self.drained.load(Ordering::Acquire) {
+            *self.drained_at.lock().unwrap_or_else(|p| p.into_inner())
+        } else {
+            None
+        };
         if drained_at.is_some_and(|d| m.created <= d) {
             Err(RecycleError::message(
                 "connection to a server that is no longer used",
@@ -223,7 +229,7 @@ impl ShardPools {
             .collect();
         for id in ids {
             for login in &logins {
-                pools.pool(id, &login.role, login.password.clone(), false)?;
+                pools.pool(id, &login.role, login.password.as_ref(), false)?;
             }
         }
         Ok(Arc::new(pools))
@@ -235,7 +241,7 @@ impl ShardPools {
         &self,
         server: ServerId,
         role: &Arc<str>,
-        password: Option<Arc<str>>,
+        password: Option<&Arc<str>>,
         control: bool,
     ) -> Result<Pool<ServerManager>, String> {
         let key = PoolKey {
@@ -256,8 +262,8 @@ impl ShardPools {
                     .password
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                if *known != password {
-                    *known = password;
+                if known.as_ref() != password {
+                    *known = password.cloned();
                 }
             }
             return Ok(pool);
@@ -274,11 +280,12 @@ impl ShardPools {
             server: server.index,
             address,
             role: role.clone(),
-            password: Mutex::new(password),
+            password: Mutex::new(password.cloned()),
             auth: self.auth.clone(),
             tls: self.tls.clone(),
             connect_timeout: self.connect_timeout,
             drained_at: Mutex::new(None),
+            drained: AtomicBool::new(false),
             max_prepared: self.max_prepared,
             prepared: Arc::new(AtomicUsize::new(0)),
         };
@@ -319,7 +326,7 @@ impl ShardPools {
         id: ServerId,
     ) -> Result<PooledConn, CheckoutError> {
         let pool = self
-            .pool(id, &login.role, login.password.clone(), false)
+            .pool(id, &login.role, login.password.as_ref(), false)
             .map_err(|_| CheckoutError::UnknownShard(id.shard))?;
         match self.checkout(&pool, id).await {
             Err(first) if super::failover_buffer::holds(&first) => {
@@ -337,7 +344,7 @@ impl ShardPools {
     ) -> Result<PooledConn, CheckoutError> {
         let primary = self.primary(shard)?;
         let pool = self
-            .pool(primary, &login.role, login.password.clone(), false)
+            .pool(primary, &login.role, login.password.as_ref(), false)
             .map_err(|_| CheckoutError::UnknownShard(shard))?;
         self.checkout(&pool, primary).await
     }
@@ -379,7 +386,7 @@ impl ShardPools {
             .pool(
                 primary,
                 &Arc::from(role.as_str()),
-                password.as_deref().map(Into::into),
+                password.map(Arc::from).as_ref(),
                 true,
             )
             .map_err(|_| CheckoutError::UnknownShard(shard))?;
@@ -415,7 +422,8 @@ impl ShardPools {
             create: None,
             recycle: None,
         };
-        let started = std::time::Instant::now();
+        // The clock is read only when the wait is recorded (metrics on).
+        let started = crate::telemetry::record::pool_waits_recorded().then(Instant::now);
         // A free slot is taken without arming a timer (a wait of zero only tries); the timed
         // wait is for a pool that is full.
         let got = match pool.timeout_get(&timeouts(Duration::ZERO)).await {
@@ -426,7 +434,9 @@ impl ShardPools {
             }
             got => got,
         };
-        crate::telemetry::record::pool_waited(started.elapsed());
+        if let Some(started) = started {
+            crate::telemetry::record::pool_waited(started.elapsed());
+        }
         got.map_err(|e| match e {
             PoolError::Timeout(_) => CheckoutError::Timeout(shard),
             PoolError::Backend(
@@ -497,6 +507,7 @@ impl ShardPools {
                 .drained_at
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            pool.manager().drained.store(true, Ordering::Release);
             closed += pool.retain(|_, _| false).removed.len();
         }
         tracing::info!(%server, closed, "drained the pools of a server writes no longer go to");
@@ -542,7 +553,7 @@ impl ShardPools {
         };
         for id in new.keys() {
             for (role, password) in &logins {
-                if let Err(e) = self.pool(*id, role, password.clone(), false) {
+                if let Err(e) = self.pool(*id, role, password.as_ref(), false) {
                     tracing::warn!(server = %id, error = %e, "cannot build a pool");
                 }
             }

@@ -10,7 +10,9 @@ use lru::LruCache;
 
 /// Names prepared on one connection, in order of last use, and how many it may keep.
 pub struct PreparedNames {
-    names: LruCache<String, (), crate::fast_hash::FastState>,
+    /// As bytes: a statement's use is marked with its name as it stands in the Bind, not
+    /// checked for UTF-8 again on every exchange (every name here came in as a `String`).
+    names: LruCache<Vec<u8>, (), crate::fast_hash::FastState>,
     /// 0: unlimited.
     cap: usize,
     /// The count summed over every connection of the pool, for `SHOW POOLS`.
@@ -35,7 +37,7 @@ impl PreparedNames {
 
     /// True when `name` exists on the connection (its order of use unchanged).
     pub fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
+        self.names.contains(name.as_bytes())
     }
 
     /// How many statements the connection holds.
@@ -50,14 +52,14 @@ impl PreparedNames {
 
     /// Records a statement the server just prepared, as the most recently used.
     pub fn insert(&mut self, name: String) {
-        if self.names.put(name, ()).is_none() {
+        if self.names.put(name.into_bytes(), ()).is_none() {
             self.gauge.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Forgets a statement the server just closed.
     pub fn remove(&mut self, name: &str) {
-        if self.names.pop(name).is_some() {
+        if self.names.pop(name.as_bytes()).is_some() {
             self.gauge.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -68,8 +70,8 @@ impl PreparedNames {
         self.names.clear();
     }
 
-    /// Marks `name` as just used.
-    pub fn touch(&mut self, name: &str) {
+    /// Marks `name` (its bytes, as a Bind or Describe names it) as just used.
+    pub fn touch(&mut self, name: &[u8]) {
         self.names.promote(name);
     }
 
@@ -84,10 +86,10 @@ impl PreparedNames {
         self.names
             .iter()
             .rev()
-            .map(|(name, ())| name)
-            .filter(|name| !keep.contains(*name))
+            .map(|(name, ())| String::from_utf8_lossy(name))
+            .filter(|name| !keep.contains(name.as_ref()))
             .take(excess)
-            .cloned()
+            .map(|name| name.into_owned())
             .collect()
     }
 }
@@ -134,7 +136,7 @@ mod tests {
         for (cap, prepared, touched, adding, keep, want) in cases {
             let mut p = set(*cap, prepared);
             for t in *touched {
-                p.touch(t);
+                p.touch(t.as_bytes());
             }
             let keep: HashSet<String> = keep.iter().map(|s| s.to_string()).collect();
             let got = p.victims(*adding, &keep);

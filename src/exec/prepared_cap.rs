@@ -53,8 +53,9 @@ fn prepares(step: &Step) -> bool {
     )
 }
 
-/// The named statement a Bind or a statement Describe uses, borrowed from its body.
-fn used_name(step: &Step) -> Option<&str> {
+/// The named statement a Bind or a statement Describe uses, borrowed from its body (bytes: the
+/// prepared set is keyed by them, so no UTF-8 check on every exchange).
+fn used_name(step: &Step) -> Option<&[u8]> {
     let Step::Send { frame, .. } = step else {
         return None;
     };
@@ -69,11 +70,11 @@ fn used_name(step: &Step) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
-/// The NUL-terminated UTF-8 string starting at `at` in `body`.
-fn cstr_at(body: &[u8], at: usize) -> Option<&str> {
+/// The NUL-terminated string starting at `at` in `body`, without its NUL.
+fn cstr_at(body: &[u8], at: usize) -> Option<&[u8]> {
     let rest = body.get(at..)?;
     let end = rest.iter().position(|b| *b == 0)?;
-    std::str::from_utf8(&rest[..end]).ok()
+    rest.get(..end)
 }
 
 /// The statement a Bind names (its second string).
@@ -99,7 +100,7 @@ pub fn add_evictions(conn: &mut ServerConn, steps: &mut Vec<Step>) {
     }
     let (new, used) = statements_named(steps);
     for name in &used {
-        conn.prepared.touch(name);
+        conn.prepared.touch(name.as_bytes());
     }
     if new.is_empty() {
         return;

@@ -111,9 +111,30 @@ fn unescape_plain(body: &str) -> Option<String> {
     Some(out)
 }
 
-fn lex(sql: &str) -> Result<Normalized, GiveUp> {
+/// Appends `n` in decimal: a placeholder's number, written on every literal of every simple query,
+/// where `to_string` cost an allocation and a pass through the formatter.
+fn push_decimal(out: &mut String, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+fn lex(head: &[&str], sql: &str) -> Result<Normalized, GiveUp> {
     let s = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
+    let head_len: usize = head.iter().map(|h| h.len()).sum();
+    let mut out = String::with_capacity(head_len + sql.len());
+    head.iter().for_each(|h| out.push_str(h));
     let mut literals = Vec::new();
     // Start of the not-yet-copied part of the input.
     let mut copied = 0;
@@ -123,7 +144,7 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
             out.push_str(&sql[*copied..from]);
             literals.push(lit);
             out.push('$');
-            out.push_str(&literals.len().to_string());
+            push_decimal(out, literals.len());
             *copied = to;
         };
     while i < s.len() {
@@ -267,9 +288,19 @@ fn lex(sql: &str) -> Result<Normalized, GiveUp> {
 /// Replace the literals of `sql` by `$1`, `$2`, …; the text unchanged (and no literals) when it
 /// already has placeholders or cannot be lexed.
 pub fn normalize(sql: &str) -> Normalized {
-    lex(sql).unwrap_or_else(|GiveUp| Normalized {
-        text: sql.to_string(),
-        literals: Vec::new(),
+    normalize_after(&[], sql)
+}
+
+/// [`normalize`], its text written after the strings of `head` in the same buffer: a route-cache
+/// key (kind and search_path, then the normalized text) made without a second allocation and copy.
+pub fn normalize_after(head: &[&str], sql: &str) -> Normalized {
+    lex(head, sql).unwrap_or_else(|GiveUp| {
+        let mut text = head.concat();
+        text.push_str(sql);
+        Normalized {
+            text,
+            literals: Vec::new(),
+        }
     })
 }
 
@@ -324,6 +355,28 @@ mod tests {
     }
     fn st(s: &str) -> Literal {
         Literal::Str(s.into())
+    }
+
+    #[test]
+    fn placeholder_numbers_in_decimal() {
+        for n in [0usize, 1, 9, 10, 99, 100, 12345, usize::MAX] {
+            let mut out = String::from("$");
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("${n}"));
+        }
+    }
+
+    #[test]
+    fn normalized_after_a_head() {
+        let sql = "SELECT * FROM t WHERE id = 7 AND s = 'x'";
+        let plain = normalize(sql);
+        let keyed = normalize_after(&["s:", "public|"], sql);
+        assert_eq!(keyed.text, format!("s:public|{}", plain.text));
+        assert_eq!(keyed.literals, plain.literals);
+        // Text that cannot be lexed comes back unchanged, after the head all the same.
+        let odd = normalize_after(&["s:"], "SELECT 'unterminated");
+        assert_eq!(odd.text, "s:SELECT 'unterminated");
+        assert!(odd.literals.is_empty());
     }
 
     #[test]

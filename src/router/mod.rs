@@ -221,18 +221,23 @@ impl Router {
         sql: &str,
         path: &names::SearchPath,
     ) -> (Arc<[StatementFacts]>, Vec<Literal>) {
-        let norm = literals::normalize(sql);
         let scope = path.cache_key();
-        let key = cache_key(SIMPLE_PREFIX, scope, &norm.text);
+        // The key is the normalized text behind its kind and scope, written in one buffer.
+        let literals::Normalized {
+            text: key,
+            literals,
+        } = literals::normalize_after(&[SIMPLE_PREFIX, scope], sql);
+        let text_at = SIMPLE_PREFIX.len() + scope.len();
         if let Some(f) = self.cache.get(&key) {
-            if !needs_original(&f) || norm.literals.is_empty() {
-                return (f, norm.literals);
+            if !needs_original(&f) || literals.is_empty() {
+                return (f, literals);
             }
         } else {
-            let f: Arc<[StatementFacts]> = self.analyze_in(&norm.text, path).into();
+            let text = key.get(text_at..).unwrap_or_default();
+            let f: Arc<[StatementFacts]> = self.analyze_in(text, path).into();
             self.cache.put(key, f.clone());
-            if !needs_original(&f) || norm.literals.is_empty() {
-                return (f, norm.literals);
+            if !needs_original(&f) || literals.is_empty() {
+                return (f, literals);
             }
         }
         // The normalized text does not parse (`interval '1 day'` became `interval $1`), or it is a

@@ -6,15 +6,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::snapshot_text::{self, PoolGauges};
 use super::{
-    CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, FAILOVER_BUFFERED_TOTAL, POOL_WAIT,
-    POOL_WAIT_BUCKETS, QUERIES_TOTAL, QUERY_BUCKETS, QUERY_DURATION, SESSION_PINS_TOTAL,
+    CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, FAILOVER_BUFFERED_TOTAL,
+    SESSION_PINS_TOTAL,
 };
 use crate::config::MetricsConfig;
 use crate::proxy::Proxy;
@@ -50,10 +50,8 @@ fn recorder_handle() -> Result<PrometheusHandle, EndpointError> {
     if let Some(handle) = slot.as_ref() {
         return Ok(handle.clone());
     }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(QUERY_DURATION.into()), &QUERY_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(POOL_WAIT.into()), &POOL_WAIT_BUCKETS)?
-        .build_recorder();
+    // Query durations and pool waits are not the exporter's: see `record::hot_text`.
+    let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| EndpointError::RecorderTaken)?;
     super::record::recorder_installed();
@@ -67,15 +65,6 @@ fn describe() {
     metrics::describe_gauge!(CLIENT_CONNECTIONS, "Client connections open now.");
     metrics::describe_counter!(CLIENT_CONNECTIONS_TOTAL, "Client connections accepted.");
     metrics::describe_counter!(
-        QUERIES_TOTAL,
-        "Statements (or extended-protocol batches) run, by route kind."
-    );
-    metrics::describe_histogram!(
-        QUERY_DURATION,
-        metrics::Unit::Seconds,
-        "Time from routing a statement to its last answer queued for the client, by route kind."
-    );
-    metrics::describe_counter!(
         ERRORS_TOTAL,
         "ErrorResponses sent to clients, by SQLSTATE class."
     );
@@ -86,11 +75,6 @@ fn describe() {
     metrics::describe_counter!(
         FAILOVER_BUFFERED_TOTAL,
         "Statements held while their shard had no primary, by outcome (resumed, expired)."
-    );
-    metrics::describe_histogram!(
-        POOL_WAIT,
-        metrics::Unit::Seconds,
-        "Time spent waiting for a server connection from a pool."
     );
     metrics::describe_histogram!(
         super::REBALANCE_HOLD,
@@ -186,6 +170,7 @@ async fn answer(mut stream: TcpStream, proxy: &Proxy, handle: &PrometheusHandle)
     let response = match request_target(&head) {
         Some(("GET", "/metrics")) => {
             let mut body = handle.render();
+            body.push_str(&super::record::hot_text());
             body.push_str(&scrape_time_text(proxy));
             response("200 OK", "text/plain; version=0.0.4; charset=utf-8", &body)
         }

@@ -3,6 +3,7 @@
 //! (`snapshot_text`), and the HTTP endpoint Prometheus scrapes (`endpoint`).
 
 pub mod endpoint;
+pub mod hot_histogram;
 pub mod record;
 pub mod snapshot_text;
 

@@ -1,15 +1,15 @@
-//! The hooks the data path calls. Each is a few atomic operations on the process-wide recorder
-//! (a no-op when metrics are off: no recorder is installed then).
+//! The hooks the data path calls. Each is a few atomic operations on the process-wide recorder, or
+//! for the families recorded on every statement on pgshard's own fixed-bucket histograms (a no-op
+//! when metrics are off: no recorder is installed then).
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Histogram};
-
+use super::hot_histogram::DurationHistogram;
 use super::{
     CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL, ERRORS_TOTAL, FAILOVER_BUFFERED_TOTAL, POOL_WAIT,
-    QUERIES_TOTAL, QUERY_DURATION, REBALANCE_HOLD, REBALANCE_LAG_BYTES, REBALANCE_ROWS_COPIED,
-    SESSION_PINS_TOTAL,
+    POOL_WAIT_BUCKETS, QUERIES_TOTAL, QUERY_BUCKETS, QUERY_DURATION, REBALANCE_HOLD,
+    REBALANCE_LAG_BYTES, REBALANCE_ROWS_COPIED, SESSION_PINS_TOTAL,
 };
 
 /// How a statement reached the shards: the `route` label of the query metrics.
@@ -53,25 +53,72 @@ impl RouteKind {
     }
 }
 
-/// Handles of the metrics recorded on every query, each registered with the recorder on its first
-/// use (so a family appears once something was recorded in it, as before): looking a metric up by
-/// name and labels on each query (hashing its key in the registry) cost more than recording.
-struct HotHandles {
-    /// Per route kind (indexed by `RouteKind as usize`): its query counter and duration histogram.
-    queries: [OnceLock<(Counter, Histogram)>; RouteKind::ALL.len()],
-    pool_wait: OnceLock<Histogram>,
-}
-
 /// Set once the global recorder is installed; until then (and in a process without one) the
 /// hooks record nothing, as the facade's no-op recorder would.
-static HOT: OnceLock<HotHandles> = OnceLock::new();
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Per route kind (indexed by `RouteKind as usize`): the duration histogram of its queries, whose
+/// count is also the kind's query counter (both moved together on every query).
+static QUERIES: [DurationHistogram<{ QUERY_BUCKETS.len() }>; RouteKind::ALL.len()] =
+    [const { DurationHistogram::new(&QUERY_BUCKETS) }; RouteKind::ALL.len()];
+
+/// Checkouts from server pools, by how long they took.
+static POOL_WAITS: DurationHistogram<{ POOL_WAIT_BUCKETS.len() }> =
+    DurationHistogram::new(&POOL_WAIT_BUCKETS);
 
 /// Called right after the global recorder is installed.
 pub(super) fn recorder_installed() {
-    let _ = HOT.set(HotHandles {
-        queries: Default::default(),
-        pool_wait: OnceLock::new(),
-    });
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// True once metrics are recorded (the recorder is installed).
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// The per-statement families (query counter and duration by route kind, pool waits) in
+/// Prometheus's text format, for the scrape; a family or route kind appears once something was
+/// recorded in it.
+pub fn hot_text() -> String {
+    let mut out = String::new();
+    let kinds = || {
+        RouteKind::ALL
+            .iter()
+            .zip(&QUERIES)
+            .filter(|(_, h)| h.count() > 0)
+    };
+    if kinds().next().is_some() {
+        out.push_str(&format!(
+            "# HELP {QUERIES_TOTAL} Statements (or extended-protocol batches) run, by route kind.\n\
+             # TYPE {QUERIES_TOTAL} counter\n"
+        ));
+        for (kind, h) in kinds() {
+            out.push_str(&format!(
+                "{QUERIES_TOTAL}{{route=\"{}\"}} {}\n",
+                kind.label(),
+                h.count()
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP {QUERY_DURATION} Time from routing a statement to its last answer queued for \
+             the client, by route kind.\n# TYPE {QUERY_DURATION} histogram\n"
+        ));
+        for (kind, h) in kinds() {
+            h.render(
+                QUERY_DURATION,
+                &format!("route=\"{}\"", kind.label()),
+                &mut out,
+            );
+        }
+    }
+    if POOL_WAITS.count() > 0 {
+        out.push_str(&format!(
+            "# HELP {POOL_WAIT} Time spent waiting for a server connection from a pool.\n\
+             # TYPE {POOL_WAIT} histogram\n"
+        ));
+        POOL_WAITS.render(POOL_WAIT, "", &mut out);
+    }
+    out
 }
 
 /// Counts one query of a route kind and its duration when dropped, however the work ends.
@@ -92,21 +139,12 @@ impl QueryTimer {
 
 impl Drop for QueryTimer {
     fn drop(&mut self) {
-        let Some(hot) = HOT.get() else {
+        if !enabled() {
             return;
-        };
-        let Some(slot) = hot.queries.get(self.route as usize) else {
-            return;
-        };
-        let (count, duration) = slot.get_or_init(|| {
-            let route = self.route.label();
-            (
-                metrics::counter!(QUERIES_TOTAL, "route" => route),
-                metrics::histogram!(QUERY_DURATION, "route" => route),
-            )
-        });
-        count.increment(1);
-        duration.record(self.started.elapsed().as_secs_f64());
+        }
+        if let Some(h) = QUERIES.get(self.route as usize) {
+            h.record(self.started.elapsed());
+        }
     }
 }
 
@@ -145,11 +183,14 @@ pub fn error_frame_sent(body: &[u8]) {
 
 /// A checkout from a server pool took `waited` (whether or not it got a connection).
 pub fn pool_waited(waited: Duration) {
-    if let Some(hot) = HOT.get() {
-        hot.pool_wait
-            .get_or_init(|| metrics::histogram!(POOL_WAIT))
-            .record(waited.as_secs_f64());
+    if enabled() {
+        POOL_WAITS.record(waited);
     }
+}
+
+/// True when checkouts are timed (metrics are on): a caller skips reading the clock otherwise.
+pub fn pool_waits_recorded() -> bool {
+    enabled()
 }
 
 /// A statement held for its shard's new primary ran there (`resumed`) or failed (`expired`).
