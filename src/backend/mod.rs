@@ -5,6 +5,7 @@ pub mod auth;
 pub mod conn;
 pub mod failover;
 pub mod failover_buffer;
+pub mod held_conns;
 pub mod key_types;
 pub mod lookup_tables;
 pub mod metrics;
@@ -19,5 +20,6 @@ pub mod tls;
 pub mod topology;
 
 pub use conn::{BackendError, CancelTarget, ServerConn};
+pub use held_conns::HeldConns;
 pub use pool::{PooledConn, ServerLogin, ShardPools};
 pub use tls::{ServerTls, ServerTlsError};

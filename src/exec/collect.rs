@@ -4,8 +4,7 @@
 //! statements themselves, so holding them is cheap.
 
 use super::readers::AbortOnDrop;
-use crate::backend::{PooledConn, ServerConn, ShardPools};
-use std::collections::BTreeMap;
+use crate::backend::{HeldConns, PooledConn, ServerConn, ShardPools};
 
 use crate::exec::cancel::{set_active, ActiveTargets};
 use crate::exec::exchange::{self, FrameSink, Outcome, SinkError, Step};
@@ -54,7 +53,7 @@ impl Collected {
 /// them out) in parallel and returns each shard's answer in `shards` order. Connections whose
 /// exchange failed are discarded; the others stay in `held`. `cancel` names them meanwhile.
 pub async fn run_collected(
-    held: &mut BTreeMap<u32, PooledConn>,
+    held: &mut HeldConns,
     cancel: &ActiveTargets,
     shards: &[u32],
     steps: impl Fn(&ServerConn) -> Vec<Step>,

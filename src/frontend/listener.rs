@@ -1,7 +1,6 @@
 //! Accepting clients: the handshake, authentication, and the session's first server contact
 //! (startup settings are checked on a real shard, whose ParameterStatus values the client gets).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -150,7 +149,7 @@ async fn open_session(proxy: &Arc<Proxy>, stream: TcpStream, peer: SocketAddr) -
         user: user.clone(),
         server_login,
         state: SessionState::new(settings),
-        held: BTreeMap::new(),
+        held: Default::default(),
         batch_parses: Vec::new(),
         batch: Vec::new(),
         cancel: active,

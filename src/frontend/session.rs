@@ -2,7 +2,6 @@
 //! connections it needs, and keeps the session's settings, transaction and prepared statements
 //! consistent under transaction pooling.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +10,8 @@ use super::client_io::ClientIo;
 use super::session_limits::Next;
 use crate::backend::pool::ServerLogin;
 use crate::backend::session_state::sync_sql;
-use crate::backend::{PooledConn, ShardPools};
+use crate::backend::HeldConns;
+use crate::backend::ShardPools;
 use crate::config::PoolMode;
 use crate::exec::cancel::{set_active, ActiveTargets};
 use crate::exec::exchange::{self, Expect, Outcome, SinkError, Step};
@@ -57,7 +57,7 @@ pub struct Session {
     pub server_login: ServerLogin,
     /// Settings, block, statements, portals, cursors, read-your-writes: the plain data.
     pub state: SessionState,
-    pub held: BTreeMap<u32, PooledConn>,
+    pub held: HeldConns,
     /// Extended-protocol messages buffered until Sync or Flush.
     pub batch: Vec<Frame>,
     /// The client statements the batch being run parsed, in order: those whose Parse was not
@@ -1028,7 +1028,7 @@ impl Session {
         if self.held.is_empty() {
             // Nothing to return (most requests end here twice): no lists built, and a map
             // emptied elsewhere lets its node go.
-            self.held = BTreeMap::new();
+            self.held = HeldConns::default();
             return;
         }
         let block = self.state.txn.as_ref().map(|t| &t.participants);
@@ -1040,7 +1040,11 @@ impl Session {
         // two, searched again after each removal.
         let pins = &self.pins;
         let goes = |s: &u32| !block.is_some_and(|b| b.contains(s)) && !pins.keeps(*s);
-        while let Some(shard) = self.held.keys().find(|s| goes(s)).copied() {
+        loop {
+            let next = self.held.keys().copied().find(|s| goes(s));
+            let Some(shard) = next else {
+                break;
+            };
             if let Some(conn) = self.held.remove(&shard) {
                 if !conn.reusable() {
                     ShardPools::discard(conn);
@@ -1050,7 +1054,7 @@ impl Session {
         if self.held.is_empty() {
             // A map emptied by removals keeps its node (room for eleven connections, kilobytes):
             // an idle client holds none.
-            self.held = BTreeMap::new();
+            self.held = HeldConns::default();
         }
     }
 
