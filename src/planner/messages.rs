@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::router::{Route, StatementFacts};
 use crate::session::Prepared;
 use crate::wire::frontend::{Bind, Execute, Parse, Target as NamedTarget};
@@ -74,8 +76,9 @@ pub fn executed_facts(msgs: &[Msg]) -> Vec<StatementFacts> {
 
 /// What a batch executes.
 pub struct Executed<'m> {
-    /// The statements its Executes run (portals bound in this batch), in Execute order.
-    pub statements: Vec<&'m Arc<Prepared>>,
+    /// The statements its Executes run (portals bound in this batch), in Execute order (most
+    /// batches run one or two: kept inline, no allocation per batch).
+    pub statements: SmallVec<[&'m Arc<Prepared>; 2]>,
     /// How many Executes it has.
     pub executes: usize,
     /// An Execute has a row limit that matters (a statement that answers no rows ignores it;
@@ -86,7 +89,7 @@ pub struct Executed<'m> {
 /// What `msgs` execute (see [`Executed`]).
 pub fn executed(msgs: &[Msg]) -> Executed<'_> {
     let mut out = Executed {
-        statements: Vec::new(),
+        statements: SmallVec::new(),
         executes: 0,
         row_limit: false,
     };

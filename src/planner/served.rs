@@ -29,6 +29,14 @@ pub fn served_portals<'m>(
     state: &SessionState,
     cx: &Context,
 ) -> Option<ServedPortals<'m>> {
+    // The usual batch: no cursor statement, and no cursor or held portal open.
+    let touches_cursor = |m: &Msg| match m {
+        Msg::Bind { statement, .. } => statement.facts.first().is_some_and(|f| f.cursor.is_some()),
+        _ => false,
+    };
+    if state.cursors.is_empty() && !msgs.iter().any(touches_cursor) {
+        return None;
+    }
     let mut served = ServedPortals {
         ours: HashMap::new(),
         others: false,

@@ -126,6 +126,11 @@ impl Cursors {
         self.open.iter().find(|o| o.name == name)
     }
 
+    /// True when no cursor (nor portal the proxy holds) is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
     /// True when a cursor of this name is open.
     pub fn exists(&self, name: &str) -> bool {
         self.find(name).is_some()
