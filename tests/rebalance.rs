@@ -231,7 +231,11 @@ fn one_row(done: Result<u64, tokio_postgres::Error>, what: &str, errors: &mut Ve
             false
         }
         Err(e) => {
-            errors.push(format!("{what}: {e}"));
+            // The server's own words (SQLSTATE and message), not only "db error".
+            let detail = e
+                .as_db_error()
+                .map(|d| format!("{} {}", d.code().code(), d.message()));
+            errors.push(format!("{what}: {e} {}", detail.unwrap_or_default()));
             false
         }
     }
