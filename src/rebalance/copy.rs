@@ -161,6 +161,52 @@ pub async fn ensure_slot(
     }
 }
 
+/// How many times a publication's drop is tried when it meets a lock timeout or deadlock with
+/// the shard's writers.
+const DROP_PUBLICATION_TRIES: usize = 5;
+
+/// The statement that drops publication `name`, its tables locked against writes meanwhile:
+/// Postgres 15 fails a write that runs while a publication of its table is being dropped with
+/// `XX000 cache lookup failed for publication` (seen under load through the proxy). Writers wait
+/// the few milliseconds the drop takes instead; tables are locked in name order.
+fn drop_publication_sql(name: &str) -> String {
+    let lit = literal(name);
+    format!(
+        "DO $pgshard$ DECLARE t record; BEGIN \
+         SET LOCAL lock_timeout = '2s'; \
+         FOR t IN SELECT format('%I.%I', schemaname, tablename) AS q FROM pg_catalog.pg_publication_tables \
+         WHERE pubname = {lit} ORDER BY 1 LOOP \
+         EXECUTE 'LOCK TABLE ' || t.q || ' IN SHARE ROW EXCLUSIVE MODE'; END LOOP; \
+         EXECUTE 'DROP PUBLICATION IF EXISTS ' || quote_ident({lit}); END $pgshard$"
+    )
+}
+
+/// Drops publication `name` on `shard` (see [`drop_publication_sql`]). Safe to repeat.
+pub async fn drop_publication(
+    client: &Client,
+    shard: u32,
+    name: &str,
+) -> Result<(), RebalanceError> {
+    let sql = drop_publication_sql(name);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match client.batch_execute(&sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < DROP_PUBLICATION_TRIES && lock_conflict(&e) => continue,
+            Err(e) => return Err(RebalanceError::shard(shard)(e)),
+        }
+    }
+}
+
+/// True for a lock timeout or a deadlock: worth trying again.
+fn lock_conflict(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+            || *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
 /// Drops `slot` on `shard` unless it is missing or in use.
 pub async fn drop_idle_slot(client: &Client, shard: u32, slot: &str) -> Result<(), RebalanceError> {
     client
@@ -403,10 +449,7 @@ pub async fn drop_replication(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    source
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&n)))
-        .await
-        .map_err(RebalanceError::shard(step.source))?;
+    drop_publication(source, step.source, &n).await?;
     // A cut-over's watches, left behind when its runner died mid-attempt.
     super::watch::stop(source, job.id, step.source).await?;
     super::watch::stop(dest, job.id, step.dest).await
@@ -567,5 +610,20 @@ mod tests {
         // Unanalyzed (0) or huge rows: never less than a page.
         assert_eq!(pages_per_batch(5000, 0.0), 50);
         assert_eq!(pages_per_batch(10, 500.0), 1);
+    }
+}
+
+#[cfg(test)]
+mod drop_publication_tests {
+    use super::drop_publication_sql;
+
+    #[test]
+    fn the_drop_locks_the_publications_tables_first() {
+        let sql = drop_publication_sql("pgshard_o'1");
+        assert!(sql.contains("pubname = 'pgshard_o''1'"), "{sql}");
+        let lock = sql.find("LOCK TABLE").expect("locks");
+        let drop = sql.find("DROP PUBLICATION").expect("drops");
+        assert!(lock < drop, "{sql}");
+        assert!(sql.contains("quote_ident('pgshard_o''1')"), "{sql}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::copy::{drop_idle_slot, ensure_slot, predicates, step_move};
+use super::copy::{drop_idle_slot, drop_publication, ensure_slot, predicates, step_move};
 use super::jobs::Job;
 use super::pgoutput::{decode, ChangedKeys};
 use super::shards::table_exists;
@@ -124,8 +124,5 @@ pub async fn drain(
 pub async fn stop(client: &Client, job: i64, shard: u32) -> Result<(), RebalanceError> {
     let n = name(job, shard);
     drop_idle_slot(client, shard, &n).await?;
-    client
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&n)))
-        .await
-        .map_err(RebalanceError::shard(shard))
+    drop_publication(client, shard, &n).await
 }
