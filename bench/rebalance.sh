@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Online rebalancing under load: ten hash shards holding USERS users grow to eleven while pgbench
 # updates random users through pgshard. Prints rows/s copied, the longest cut-over hold, and the
-# clients' p50/p99 latency during the move against a run without a move (the baseline).
+# clients' p50/p99 latency during the move against a run without a move (the baseline), then the
+# same by the job's phase the updates ended in (the job's state is read every 50 ms over one
+# catalog session, so the watching costs the clients next to nothing).
 #
 #   bench/rebalance.sh [users=1000000] [clients=8]
 #
@@ -75,10 +77,25 @@ sleep 2
 START=$(date +%s.%N)
 "$BIN" rebalance start --config "$CONFIG" add-shard 10 >/dev/null
 JOB=$(last_job)
-while [ "$(job_state "$JOB")" = pending ] || [ "$(job_state "$JOB")" = copying ]; do sleep 0.1; done
-COPIED=$(date +%s.%N)
-wait_job "$JOB"
-DONE=$(date +%s.%N)
+# The job's state every 50 ms from one catalog session (a psql per poll cost the clients more CPU
+# than some of the job's phases): epoch seconds and state, a line per look.
+echo "SELECT extract(epoch FROM clock_timestamp()), state FROM rebalance_jobs WHERE job_id = $JOB \\watch 0.05" |
+    psql -X -q -At -F ' ' "$CATALOG_URL" > "$WORK/watch" 2>/dev/null &
+WATCH_PID=$!
+job_ended() { tail -n 1 "$WORK/watch" | grep -qE ' (done|cancelled|failed)$'; }
+until job_ended; do sleep 0.1; done
+kill "$WATCH_PID" 2>/dev/null || true
+wait "$WATCH_PID" 2>/dev/null || true
+# Each change of state, and when the copy ended and the job did.
+awk '$2 != last { print; last = $2 }' "$WORK/watch" > "$WORK/phases"
+COPIED=$(awk '$2 != "pending" && $2 != "copying" { print $1; exit }' "$WORK/phases")
+DONE=$(awk 'END { print $1 }' "$WORK/phases")
+STATE=$(awk 'END { print $2 }' "$WORK/phases")
+if [ "$STATE" != done ]; then
+    echo "job $JOB $STATE" >&2
+    "$BIN" rebalance status --config "$CONFIG" "$JOB" >&2
+    exit 1
+fi
 kill -INT "$LOAD_PID" 2>/dev/null || true
 wait "$LOAD_PID" 2>/dev/null || true
 read -r MOVE_N MOVE_P50 MOVE_P99 < <(percentiles "$WORK/log_move")
@@ -97,4 +114,32 @@ print(f"moved {rows} rows: copy + catch-up {copied - start:.1f} s ({rows / max(c
 print(f"longest cut-over hold: {hold} ms")
 print(f"client latency  baseline: p50 {b50} ms p99 {b99} ms ({bn} updates)")
 print(f"                during move: p50 {m50} ms p99 {m99} ms ({mn} updates), p99 ratio {float(m99) / float(b99):.2f}")
+PY
+# Updates of the move run by the job's phase they ended in (before the job, each state, after it):
+# how many, and their p50/p99 against the baseline's p99.
+python3 - "$WORK/phases" "$START" "$BASE_P99" "$WORK"/log_move.* <<'PY'
+import fileinput, sys
+phases = [(float(t), s) for t, s in (l.split() for l in open(sys.argv[1]))]
+phases.insert(0, (float(sys.argv[2]), "starting"))
+base_p99 = float(sys.argv[3])
+by_phase = {}
+for line in fileinput.input(sys.argv[4:]):
+    f = line.split()
+    if len(f) < 6:  # a line cut short when pgbench was stopped
+        continue
+    latency_ms, end = int(f[2]) / 1000, int(f[4]) + int(f[5]) / 1e6
+    name = "before the job"
+    for t, s in phases:
+        if end >= t:
+            name = s
+    by_phase.setdefault(name, []).append(latency_ms)
+order = ["before the job", "starting"] + [s for _, s in phases[1:]]
+began = {s: t - phases[0][0] for t, s in reversed(phases)}
+print("by phase (from s after the start):   updates    p50 ms    p99 ms   p99 / baseline p99")
+for name in dict.fromkeys(order):
+    v = sorted(by_phase.get(name, []))
+    if v:
+        p50, p99 = v[int(len(v) * 0.5)], v[min(int(len(v) * 0.99), len(v) - 1)]
+        since = f"{began[name]:+.2f}" if name in began else ""
+        print(f"  {name:<14} {since:>7} {len(v):>17} {p50:>9.3f} {p99:>9.3f}   {p99 / base_p99:.2f}")
 PY

@@ -317,7 +317,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningProxy> {
         rebalance.keep(crate::rebalance::runner::start(
             config.clone(),
             catalog.node_id,
-        ));
+        )?);
     }
     let (shutdown, rx) = watch::channel(false);
     let metrics = match &config.metrics {

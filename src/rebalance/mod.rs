@@ -3,6 +3,7 @@
 //! recorded in the catalog so a restarted proxy resumes or rolls back.
 
 pub mod admin;
+pub mod background;
 pub mod cli;
 pub mod compare;
 pub mod copy;

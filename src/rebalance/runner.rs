@@ -18,14 +18,15 @@ use super::shards::{catalog, connect};
 use super::{initial_copy, preflight, RebalanceError};
 use crate::config::Config;
 
-/// Starts the runner loop of one proxy.
-pub fn start(config: Arc<Config>, node_id: u16) -> tokio::task::JoinHandle<()> {
+/// Starts the runner loop of one proxy, on a thread of its own
+/// ([`super::background`]); the returned task stands for it.
+pub fn start(config: Arc<Config>, node_id: u16) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let owner = format!(
         "{}#{node_id}@{}",
         config.proxy.node_name,
         std::process::id()
     );
-    tokio::spawn(async move {
+    super::background::spawn("pgshard-rebalance", move || async move {
         let poll = Duration::from_millis(config.catalog.poll_interval_ms.min(1000));
         // One catalog connection for the polls while it lives (a login — SCRAM's key derivation
         // — every poll was most of an idle proxy's CPU), LISTENing for announcements: a new job
