@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_postgres::types::Type;
 
 use super::TxnError;
 use crate::backend::ServerTls;
@@ -214,6 +215,9 @@ async fn write_batch_on(
         })
         .collect();
     let coordinators: Vec<i32> = batch.iter().map(|r| r.coordinator as i32).collect();
+    // Prepared first, in a round trip of its own, not sent with typed parameters in one: the
+    // prepare already waits for the table's lock, so a coordinator that dies while the log is
+    // locked leaves no decision behind to land later (tests/transactions.rs relies on this).
     let inserted = client
         .query(
             "INSERT INTO txn_decisions (gid, decision, participants, coordinator)
@@ -235,9 +239,9 @@ async fn write_batch_on(
             .filter(|g| !standing.iter().any(|(s, _)| s == g))
             .collect();
         let rows = client
-            .query(
+            .query_typed(
                 "SELECT gid, decision FROM txn_decisions WHERE gid = ANY($1)",
-                &[&missing],
+                &[(&missing, Type::TEXT_ARRAY)],
             )
             .await?;
         for row in &rows {
@@ -247,14 +251,23 @@ async fn write_batch_on(
     Ok(standing)
 }
 
-/// Deletes finished transactions' decisions, everything queued at once.
+/// The pause after each DELETE of finished decisions: what finishes meanwhile is deleted in the
+/// next batch, so a busy proxy deletes many decisions per catalog statement, not one (forgetting
+/// is off every client's path; recovery forgets what a stopped proxy left).
+const FORGET_PAUSE: Duration = Duration::from_millis(20);
+
+/// Deletes finished transactions' decisions, everything queued at once, at most once per
+/// [`FORGET_PAUSE`].
 async fn forget_decisions(pool: Pool<CatalogManager>, mut queue: mpsc::UnboundedReceiver<String>) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let deleted = match catalog_client(&pool).await {
             Ok(client) => {
                 let deleted = client
-                    .execute("DELETE FROM txn_decisions WHERE gid = ANY($1)", &[&batch])
+                    .execute_typed(
+                        "DELETE FROM txn_decisions WHERE gid = ANY($1)",
+                        &[(&batch, Type::TEXT_ARRAY)],
+                    )
                     .await
                     .map_err(TxnError::from);
                 if deleted.is_err() {
@@ -268,6 +281,7 @@ async fn forget_decisions(pool: Pool<CatalogManager>, mut queue: mpsc::Unbounded
             tracing::debug!(error = %e, "decisions kept; recovery will forget them");
         }
         batch.clear();
+        tokio::time::sleep(FORGET_PAUSE).await;
     }
 }
 
@@ -354,7 +368,10 @@ impl DecisionLog {
     pub async fn lookup(&self, gid: &str) -> Result<Option<Decision>, TxnError> {
         let client = self.client().await?;
         let row = match client
-            .query_opt("SELECT decision FROM txn_decisions WHERE gid = $1", &[&gid])
+            .query_typed_opt(
+                "SELECT decision FROM txn_decisions WHERE gid = $1",
+                &[(&gid, Type::TEXT)],
+            )
             .await
         {
             Ok(row) => row,
