@@ -397,6 +397,12 @@ async fn grow_by_one_shard(run: &Running<'_>, id: u32) -> ClusterInfo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_shards_grow_to_eleven_and_twelve_without_a_client_noticing() {
+    let mut lap = Instant::now();
+    let mut timings = Vec::new();
+    let mut mark = |what: String| {
+        timings.push(format!("{what} {:.1}s", lap.elapsed().as_secs_f64()));
+        lap = Instant::now();
+    };
     let cluster = TestCluster::start_with(|spec| {
         spec.shards = 10;
         spec.strategy = Strategy::Hash;
@@ -404,6 +410,7 @@ async fn ten_shards_grow_to_eleven_and_twelve_without_a_client_noticing() {
     })
     .await;
     let info = &cluster.info;
+    mark("cluster up".into());
     let runner = start(info, true).await;
     let second = start(info, false).await;
     let console = admin(&runner).await;
@@ -427,6 +434,7 @@ async fn ten_shards_grow_to_eleven_and_twelve_without_a_client_noticing() {
         done.load(Ordering::SeqCst) >= 100
     })
     .await;
+    mark("proxies and writers".into());
 
     // Ten shards become eleven, then twelve, while the clients write.
     let running = Running {
@@ -437,16 +445,10 @@ async fn ten_shards_grow_to_eleven_and_twelve_without_a_client_noticing() {
         other_console: &other_console,
         done: &done,
     };
-    let mut steps = Vec::new();
     for id in [10, 11] {
-        let started = Instant::now();
         grow_by_one_shard(&running, id).await;
-        steps.push(format!(
-            "shard {id}: {:.1}s",
-            started.elapsed().as_secs_f64()
-        ));
+        mark(format!("shard {id} added"));
     }
-    println!("growth steps: {}", steps.join(", "));
     stop.store(true, Ordering::SeqCst);
     let mut audit = Audit::new();
     let mut clients = Vec::new();
@@ -527,8 +529,36 @@ async fn ten_shards_grow_to_eleven_and_twelve_without_a_client_noticing() {
         .await
         .expect_err("too big a pool.size");
     assert!(e.contains("max_connections"), "{e}");
+    mark("audit and refusals".into());
 
     drop(clients);
     second.stop().await;
     runner.stop().await;
+    mark("proxies stopped".into());
+
+    // The harness stops the instances added since the start too, not only those it started.
+    let added: Vec<String> = grown
+        .instances
+        .iter()
+        .filter(|i| i.shard.is_some_and(|s| s >= 10))
+        .map(|i| {
+            let pid = std::fs::read_to_string(i.data_dir.join("postmaster.pid"))
+                .unwrap_or_else(|e| panic!("{} has no postmaster.pid: {e}", i.name));
+            format!("/proc/{}", pid.lines().next().unwrap_or_default().trim())
+        })
+        .collect();
+    assert_eq!(added.len(), 4, "{added:?}");
+    drop(cluster);
+    eventually_within(
+        Duration::from_secs(10),
+        "the added shards' instances stop with the cluster",
+        || async {
+            added
+                .iter()
+                .all(|proc| !std::path::Path::new(proc).exists())
+        },
+    )
+    .await;
+    mark("cluster stopped".into());
+    println!("growth test: {}", timings.join(", "));
 }
