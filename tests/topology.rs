@@ -256,7 +256,7 @@ async fn grow_by_one_shard(run: &Running<'_>, id: u32) -> ClusterInfo {
     } = *run;
     let version_before = runner.proxy.map.current().version;
     let dir = info.dir.to_str().unwrap();
-    let (ok, out) = pgshard(&["cluster", "add-shard", "--dir", dir]).await;
+    let (ok, out) = pgshard(&["cluster", "add-shard", "--dir", dir, "--replicas", "1"]).await;
     assert!(ok, "{out}");
     let added_at = Instant::now();
     assert!(out.contains(&format!("shard {id} added")), "{out}");
@@ -404,9 +404,9 @@ async fn ten_shards_grow_to_eleven_and_twelve_without_a_client_noticing() {
         lap = Instant::now();
     };
     let cluster = TestCluster::start_with(|spec| {
+        // Replicas only where the test needs them: on the shards it adds.
         spec.shards = 10;
         spec.strategy = Strategy::Hash;
-        spec.replicas = 1;
     })
     .await;
     let info = &cluster.info;
