@@ -244,6 +244,9 @@ enum ClusterCommand {
     AddShard {
         #[arg(long, default_value = cluster::DEFAULT_DIR)]
         dir: PathBuf,
+        /// Streaming replicas of the new shard (default: as many as the other shards have).
+        #[arg(long)]
+        replicas: Option<u32>,
     },
     /// Show every instance: port, pid, health.
     Status {
@@ -685,8 +688,8 @@ async fn topology_command(action: ShardOrReplica) -> anyhow::Result<()> {
 
 async fn cluster_command(action: ClusterCommand) -> anyhow::Result<()> {
     match action {
-        ClusterCommand::AddShard { dir } => {
-            let added = pgshard::membership::local::add_local_shard(&dir).await?;
+        ClusterCommand::AddShard { dir, replicas } => {
+            let added = pgshard::membership::local::add_local_shard(&dir, replicas).await?;
             out!(
                 "shard {} added to {} (topology version {})",
                 added.shard,

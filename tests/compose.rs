@@ -5,10 +5,11 @@
 //! Prometheus come up; psql and a short pgbench go through the proxy (as the role `app`, which
 //! Postgres itself keeps off the shards' hosts: 42501); one shard's container stops
 //! (only its keys fail), comes back (its keys work again, its rows intact). Then the cluster grows
-//! online, under a pgbench through one proxy and a second client on the other: `shard10` (profile
-//! `scale-out`) starts, is registered with `pgshard shard add`, `REBALANCE add-shard 10` moves keys
-//! onto it, and afterwards no row is lost or doubled, `pgshard verify` passes, no client failed or
-//! reconnected and both proxies route with the new map. Everything is torn down.
+//! online from ten shards to eleven and then twelve, under one pgbench through one proxy and a
+//! second client on the other, both running through both steps: `shard10`, then `shard11` (profile
+//! `scale-out`) starts, is registered with `pgshard shard add`, `REBALANCE add-shard N` moves keys
+//! onto it, and after each step no row is lost or doubled, `pgshard verify` passes, no client
+//! failed or reconnected and both proxies route with the new map. Everything is torn down.
 //! One compose project per test binary (bringing it up is most of the time), so both stories are
 //! phases of one test.
 //!
@@ -21,7 +22,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,8 @@ const PROJECT_PREFIX: &str = "pgshard-test-";
 /// pgbench clients, and transactions each.
 const BENCH_CLIENTS: u32 = 4;
 const BENCH_TRANSACTIONS: u32 = 250;
-/// The shard the scale-out phase adds (a service of the profile `scale-out`).
-const NEW_SHARD: u32 = 10;
+/// The shards the scale-out phase adds, one after the other (services of the profile `scale-out`).
+const NEW_SHARDS: [u32; 2] = [10, 11];
 const SCALE_PROFILE: &str = "scale-out";
 /// Rows the scale-out phase loads before growing: keys SEED_BASE + 1 ..= SEED_BASE + SEED_ROWS.
 const SEED_BASE: i64 = 200_000_000;
@@ -430,10 +431,10 @@ fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) 
 #[test]
 fn compose_file_runs_ten_shards_with_replicas_survives_a_stopped_shard_and_grows_online() {
     let started = Instant::now();
-    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let mut timings: Vec<(String, Duration)> = Vec::new();
     let mut lap = Instant::now();
-    let mut mark = |what: &'static str, timings: &mut Vec<(&str, Duration)>| {
-        timings.push((what, lap.elapsed()));
+    let mut mark = |what: &str, timings: &mut Vec<(String, Duration)>| {
+        timings.push((what.to_string(), lap.elapsed()));
         lap = Instant::now();
     };
 
@@ -729,7 +730,7 @@ fn compose_file_runs_ten_shards_with_replicas_survives_a_stopped_shard_and_grows
     }
     mark("restarted shard checks", &mut timings);
 
-    grow_to_eleven_shards(&project, [proxy_port, proxy2_port], &mut mark, &mut timings);
+    grow_online(&project, [proxy_port, proxy2_port], &mut mark, &mut timings);
 
     // Tear down explicitly (the guard would too) and check nothing of the project is left.
     let down = project.down();
@@ -837,7 +838,8 @@ fn users_through(port: u16) -> i64 {
         .unwrap_or_else(|_| panic!("count through {port}: {n}"))
 }
 
-/// What the second client saw while the cluster grew.
+/// What the second client saw while the cluster grew (so far, while it runs).
+#[derive(Default)]
 struct LoadReport {
     statements: u64,
     errors: Vec<String>,
@@ -847,18 +849,13 @@ struct LoadReport {
 
 /// A client of the other proxy for the whole scale-out, on one connection (tokio-postgres with its
 /// defaults: extended protocol, prepared statements): keyed updates of the seeded rows and, every
-/// tenth statement, a keyless count of `users`, until `stop`. `progress` counts its statements.
-fn second_client(port: u16, stop: Arc<AtomicBool>, progress: Arc<AtomicU64>) -> LoadReport {
+/// tenth statement, a keyless count of `users`, until `stop`. `report` says what it saw so far.
+fn second_client(port: u16, stop: Arc<AtomicBool>, report: Arc<std::sync::Mutex<LoadReport>>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
-        let mut report = LoadReport {
-            statements: 0,
-            errors: Vec::new(),
-            counts: BTreeSet::new(),
-        };
         let url = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
@@ -877,7 +874,8 @@ fn second_client(port: u16, stop: Arc<AtomicBool>, progress: Arc<AtomicU64>) -> 
                     .query_one("SELECT count(*) FROM users", &[])
                     .await
                     .map(|row| {
-                        report.counts.insert(row.get::<_, i64>(0));
+                        let count = row.get::<_, i64>(0);
+                        report.lock().expect("load report").counts.insert(count);
                     })
                     .map_err(|e| format!("count: {e}"))
             } else {
@@ -890,10 +888,12 @@ fn second_client(port: u16, stop: Arc<AtomicBool>, progress: Arc<AtomicU64>) -> 
                     Err(e) => Err(format!("update of key {key}: {e}")),
                 }
             };
-            report.statements += 1;
-            progress.fetch_add(1, Ordering::SeqCst);
-            if let Err(e) = result {
-                report.errors.push(e);
+            {
+                let mut report = report.lock().expect("load report");
+                report.statements += 1;
+                if let Err(e) = result {
+                    report.errors.push(e);
+                }
             }
             // A steady client, not a flood: the machine is shared.
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -901,7 +901,6 @@ fn second_client(port: u16, stop: Arc<AtomicBool>, progress: Arc<AtomicU64>) -> 
         drop(update);
         drop(client);
         let _ = connection.await;
-        report
     })
 }
 
@@ -1006,13 +1005,130 @@ fn job_id(notice: &str) -> Option<i64> {
     digits.parse().ok()
 }
 
-/// The second phase: shard10 joins while clients run on both proxies.
-fn grow_to_eleven_shards(
+/// The load of the scale-out phase, running through every growth step: pgbench through pgshard
+/// and a second client through pgshard2, both connected before anything changes.
+struct Load {
+    bench: Bench,
+    stop: Arc<AtomicBool>,
+    second: std::thread::JoinHandle<()>,
+    report: Arc<std::sync::Mutex<LoadReport>>,
+    /// The clients each proxy had once the load ran: the same ones must be there at every check.
+    bench_clients: BTreeSet<(String, String)>,
+    second_clients: BTreeSet<(String, String)>,
+    /// Rows of `users` before the load (it only updates and reads: the count never changes).
+    rows: i64,
+}
+
+impl Load {
+    fn start([proxy, proxy2]: [u16; 2], script_dir: &Path, rows: i64) -> Load {
+        let bench = Bench::start(proxy, script_dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(std::sync::Mutex::new(LoadReport::default()));
+        let second = {
+            let (stop, report) = (stop.clone(), report.clone());
+            std::thread::spawn(move || second_client(proxy2, stop, report))
+        };
+        let bench_clients = poll(Duration::from_secs(30), "pgbench connected", || {
+            let clients = app_clients(proxy);
+            (clients.len() == BENCH_CLIENTS as usize).then_some(clients)
+        });
+        let second_clients = poll(Duration::from_secs(30), "the second client runs", || {
+            (report.lock().expect("load report").statements > 0).then(|| app_clients(proxy2))
+        });
+        assert_eq!(second_clients.len(), 1, "clients of pgshard2");
+        Load {
+            bench,
+            stop,
+            second,
+            report,
+            bench_clients,
+            second_clients,
+            rows,
+        }
+    }
+
+    /// Statements of the second client so far.
+    fn statements(&self) -> u64 {
+        self.report.lock().expect("load report").statements
+    }
+
+    /// The load is still running and all is well so far: pgbench runs and reported nothing but
+    /// progress with 0 failed transactions, and (when `during` is given: those of its reports) some
+    /// transactions; the second client had no error and always counted `rows`; and each proxy has
+    /// the same client connections as when the load started (nobody reconnected).
+    fn check(&self, [proxy, proxy2]: [u16; 2], during: Option<std::ops::Range<usize>>) {
+        let reports = self.bench.lines();
+        let all = reports.join("\n");
+        assert!(
+            reports
+                .iter()
+                .all(|l| l.starts_with("progress: ") || l.trim().is_empty()),
+            "pgbench reported more than progress:\n{all}"
+        );
+        assert!(
+            reports
+                .iter()
+                .filter_map(|l| bench_progress(l))
+                .all(|(_, failed)| failed == 0),
+            "pgbench failed transactions:\n{all}"
+        );
+        if let Some(during) = during {
+            assert!(
+                reports[during]
+                    .iter()
+                    .filter_map(|l| bench_progress(l))
+                    .any(|(tps, _)| tps > 0.0),
+                "no pgbench transaction while the job ran:\n{all}"
+            );
+        }
+        {
+            let load = self.report.lock().expect("load report");
+            assert!(
+                load.errors.is_empty(),
+                "the second client had {} error(s) in {} statements: {:?}",
+                load.errors.len(),
+                load.statements,
+                &load.errors[..load.errors.len().min(5)]
+            );
+            assert!(
+                load.counts.iter().all(|&n| n == self.rows),
+                "keyless counts through pgshard2: {:?}, not {}",
+                load.counts,
+                self.rows
+            );
+        }
+        assert_eq!(
+            app_clients(proxy),
+            self.bench_clients,
+            "pgbench's connections"
+        );
+        assert_eq!(
+            app_clients(proxy2),
+            self.second_clients,
+            "the second connection"
+        );
+    }
+
+    /// Stops both clients (pgbench must still be running) and returns pgbench's reports and what
+    /// the second client saw.
+    fn stop(self) -> (Vec<String>, LoadReport) {
+        let reports = self.bench.stop();
+        self.stop.store(true, Ordering::SeqCst);
+        self.second.join().expect("the second client panicked");
+        let report = std::mem::take(&mut *self.report.lock().expect("load report"));
+        (reports, report)
+    }
+}
+
+/// The scale-out phase: rows to move, then the load on both proxies, then shard10 and shard11
+/// join one after the other under that same load; afterwards the whole run is checked.
+fn grow_online(
     project: &Project,
-    [proxy, proxy2]: [u16; 2],
-    mark: &mut impl FnMut(&'static str, &mut Vec<(&'static str, Duration)>),
-    timings: &mut Vec<(&'static str, Duration)>,
+    proxies: [u16; 2],
+    mark: &mut impl FnMut(&str, &mut Vec<(String, Duration)>),
+    timings: &mut Vec<(String, Duration)>,
 ) {
+    let [proxy, proxy2] = proxies;
     // Rows to move, loaded with COPY through the proxy.
     let dir = tempfile::tempdir().expect("temp dir");
     let rows = dir.path().join("seed.csv");
@@ -1029,52 +1145,88 @@ fn grow_to_eleven_shards(
     );
     let before = users_through(proxy);
     assert_eq!(users_through(proxy2), before, "the proxies disagree");
-    let version_before: i64 = stat(proxy, "map_version").parse().expect("map version");
-    assert_eq!(stat(proxy2, "map_version"), version_before.to_string());
+    assert_eq!(stat(proxy2, "map_version"), stat(proxy, "map_version"));
     mark("scale-out: seed rows", timings);
 
-    // The load: pgbench through pgshard, a second client through pgshard2; both connected
-    // before anything changes.
-    let bench = Bench::start(proxy, dir.path());
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicU64::new(0));
-    let second = {
-        let (stop, progress) = (stop.clone(), progress.clone());
-        std::thread::spawn(move || second_client(proxy2, stop, progress))
-    };
-    let bench_clients = poll(Duration::from_secs(30), "pgbench connected", || {
-        let clients = app_clients(proxy);
-        (clients.len() == BENCH_CLIENTS as usize).then_some(clients)
-    });
-    let second_clients = poll(Duration::from_secs(30), "the second client runs", || {
-        (progress.load(Ordering::SeqCst) > 0).then(|| app_clients(proxy2))
-    });
-    assert_eq!(second_clients.len(), 1, "clients of pgshard2");
-
-    // The new shard's containers, from the profile.
-    project.ok(&[
-        "--profile",
-        SCALE_PROFILE,
-        "up",
-        "-d",
-        "--no-build",
-        "shard10",
-        "shard10-replica",
-    ]);
-    let new_services: BTreeSet<String> = ["shard10", "shard10-replica"]
+    let load = Load::start(proxies, dir.path(), before);
+    // Every new shard's containers, from the profile (images built already), started at once:
+    // they come up side by side, and each waits unregistered, outside the cluster, for its step.
+    let mut up = vec!["--profile", SCALE_PROFILE, "up", "-d", "--no-build"];
+    let services: Vec<String> = NEW_SHARDS
         .iter()
-        .map(|s| s.to_string())
+        .flat_map(|s| [format!("shard{s}"), format!("shard{s}-replica")])
         .collect();
+    up.extend(services.iter().map(String::as_str));
+    project.ok(&up);
+    mark("scale-out: new containers started", timings);
+    let mut summaries = Vec::new();
+    for shard in NEW_SHARDS {
+        summaries.push(grow_by_one_shard(
+            project, proxies, &load, shard, mark, timings,
+        ));
+    }
+    load.check(proxies, None);
+    let (reports, second) = load.stop();
+
+    // Over the whole phase: pgbench transactions went through, and so did the second client's.
+    let processed = reports
+        .iter()
+        .filter_map(|l| bench_progress(l))
+        .map(|(tps, _)| tps)
+        .sum::<f64>()
+        .round() as u64;
+    assert!(processed > 0, "{}", reports.join("\n"));
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    assert_eq!(
+        second.counts,
+        BTreeSet::from([before]),
+        "keyless counts through pgshard2 during the moves"
+    );
+    println!(
+        "scale-out: {before} rows, pgbench ~{processed} transactions, second client {} \
+         statements; {}",
+        second.statements,
+        summaries.join("; ")
+    );
+    mark("scale-out: load ends", timings);
+}
+
+/// One growth step under the running `load`: once `shard` and its replica (profile `scale-out`,
+/// started by the caller) are up, they are registered with the CLI inside the proxy's container,
+/// `REBALANCE add-shard` moves keys onto it, and then: no client failed or reconnected, the same rows through both
+/// proxies and summed over the shards, rows on the new shard, `pgshard verify` passes, and both
+/// proxies route with the new map. Returns a line about the step.
+fn grow_by_one_shard(
+    project: &Project,
+    proxies: [u16; 2],
+    load: &Load,
+    shard: u32,
+    mark: &mut impl FnMut(&str, &mut Vec<(String, Duration)>),
+    timings: &mut Vec<(String, Duration)>,
+) -> String {
+    let [proxy, proxy2] = proxies;
+    let version_before: i64 = stat(proxy, "map_version").parse().expect("map version");
+    let service = format!("shard{shard}");
+    let replica_service = format!("shard{shard}-replica");
+
+    let new_services = BTreeSet::from([service.clone(), replica_service.clone()]);
     project.wait_ready(&new_services, Duration::from_secs(180));
-    mark("scale-out: shard10 up", timings);
+    mark(&format!("scale-out: {service} up"), timings);
 
     // Registered with the CLI inside the proxy's container (its config, the compose network's
     // names), then its replica; both proxies open pools to it without a restart.
     let config = "/etc/pgshard/compose.toml";
-    let id = NEW_SHARD.to_string();
+    let id = shard.to_string();
+    for port in proxies {
+        let listed = admin_rows(port, "SHOW SHARDS");
+        assert!(
+            listed.iter().all(|r| r[0] != id),
+            "the proxy at {port} has shard {shard} before it is registered: {listed:?}"
+        );
+    }
     for args in [
         vec![
-            "pgshard", "shard", "add", "--config", config, "--id", &id, "--host", "shard10",
+            "pgshard", "shard", "add", "--config", config, "--id", &id, "--host", &service,
             "--port", "5432",
         ],
         vec![
@@ -1086,7 +1238,7 @@ fn grow_to_eleven_shards(
             "--shard",
             &id,
             "--host",
-            "shard10-replica",
+            &replica_service,
             "--port",
             "5432",
         ],
@@ -1099,10 +1251,10 @@ fn grow_to_eleven_shards(
             text(&out.stderr)
         );
     }
-    for port in [proxy, proxy2] {
+    for port in proxies {
         poll(
             Duration::from_secs(10),
-            &format!("the proxy at {port} knows shard {NEW_SHARD}"),
+            &format!("the proxy at {port} knows shard {shard}"),
             || {
                 admin_rows(port, "SHOW SHARDS")
                     .iter()
@@ -1111,12 +1263,13 @@ fn grow_to_eleven_shards(
             },
         );
     }
-    mark("scale-out: shard10 registered", timings);
+    mark(&format!("scale-out: {service} registered"), timings);
 
     // Keys move onto it.
-    let reports_before_job = bench.lines().len();
-    let (ok, _, notice) = admin(proxy, &format!("REBALANCE add-shard {NEW_SHARD}"));
-    assert!(ok, "REBALANCE add-shard {NEW_SHARD}: {notice}");
+    let reports_before_job = load.bench.lines().len();
+    let statements_before_job = load.statements();
+    let (ok, _, notice) = admin(proxy, &format!("REBALANCE add-shard {shard}"));
+    assert!(ok, "REBALANCE add-shard {shard}: {notice}");
     let job = job_id(&notice).unwrap_or_else(|| panic!("no job id in {notice:?}"));
     let steps = poll(
         Duration::from_secs(300),
@@ -1135,62 +1288,18 @@ fn grow_to_eleven_shards(
             (state == "done").then_some(steps)
         },
     );
-    mark("scale-out: rebalance", timings);
-    let reports_during_job = bench.lines().len() - reports_before_job;
-    // The story ran under the load: pgbench is still running, and the clients that were
-    // connected before are the same ones now (nobody reconnected).
-    assert_eq!(app_clients(proxy), bench_clients, "pgbench's connections");
-    assert_eq!(app_clients(proxy2), second_clients, "the second connection");
-    let reports = bench.stop();
-    stop.store(true, Ordering::SeqCst);
-    let load = second.join().expect("the second client panicked");
-    mark("scale-out: load ends", timings);
-
-    // pgbench: no client aborted (an error does that), every second's report says 0 failed,
-    // and transactions went through while the job ran.
-    let all = reports.join("\n");
-    let progress_lines: Vec<(f64, u64)> =
-        reports.iter().filter_map(|l| bench_progress(l)).collect();
+    mark(&format!("scale-out: rebalance {service}"), timings);
+    // The step ran under the load, and the load noticed nothing.
+    load.check(proxies, Some(reports_before_job..load.bench.lines().len()));
     assert!(
-        !reports
-            .iter()
-            .any(|l| !l.starts_with("progress: ") && !l.trim().is_empty()),
-        "pgbench reported more than progress:\n{all}"
-    );
-    assert!(
-        progress_lines.iter().all(|&(_, failed)| failed == 0),
-        "pgbench failed transactions:\n{all}"
-    );
-    assert!(
-        reports[reports_before_job..reports_before_job + reports_during_job]
-            .iter()
-            .filter_map(|l| bench_progress(l))
-            .any(|(tps, _)| tps > 0.0),
-        "no pgbench transaction while the job ran:\n{all}"
-    );
-    let processed = progress_lines
-        .iter()
-        .map(|(tps, _)| tps)
-        .sum::<f64>()
-        .round() as u64;
-    assert!(processed > 0, "{all}");
-    assert!(
-        load.errors.is_empty(),
-        "the second client had {} error(s) in {} statements: {:?}",
-        load.errors.len(),
-        load.statements,
-        &load.errors[..load.errors.len().min(5)]
-    );
-    assert_eq!(
-        load.counts,
-        BTreeSet::from([before]),
-        "keyless counts through pgshard2 during the move"
+        load.statements() > statements_before_job,
+        "the second client made no progress while job {job} ran"
     );
 
     // Every row once: through both proxies, and on the shards themselves.
-    assert_eq!(users_through(proxy), before, "rows through pgshard");
-    assert_eq!(users_through(proxy2), before, "rows through pgshard2");
-    let on_shards: Vec<i64> = (0..=NEW_SHARD)
+    assert_eq!(users_through(proxy), load.rows, "rows through pgshard");
+    assert_eq!(users_through(proxy2), load.rows, "rows through pgshard2");
+    let on_shards: Vec<i64> = (0..=shard)
         .map(|i| {
             project
                 .exec_sql_ok(&format!("shard{i}"), "app", "SELECT count(*) FROM users")
@@ -1200,12 +1309,12 @@ fn grow_to_eleven_shards(
         .collect();
     assert_eq!(
         on_shards.iter().sum::<i64>(),
-        before,
+        load.rows,
         "rows on the shards: {on_shards:?}"
     );
     assert!(
-        on_shards[NEW_SHARD as usize] > 0,
-        "nothing moved to shard {NEW_SHARD}"
+        on_shards[shard as usize] > 0,
+        "nothing moved to shard {shard}"
     );
     let verify = project.exec("pgshard", &["pgshard", "verify", "--config", config]);
     let verified = format!("{}{}", text(&verify.stdout), text(&verify.stderr));
@@ -1215,7 +1324,7 @@ fn grow_to_eleven_shards(
     );
 
     // Both proxies are live in the catalog (a cut-over needs every live proxy's acknowledgement,
-    // so both held and let go), and both route with the new map, which gives shard 10 ranges.
+    // so both held and let go), and both route with the new map, which gives the shard ranges.
     let live = project.exec_sql_ok(
         "catalog",
         "catalog",
@@ -1231,7 +1340,7 @@ fn grow_to_eleven_shards(
         .parse()
         .expect("a version");
     assert!(version > version_before, "no new map version");
-    for port in [proxy, proxy2] {
+    for port in proxies {
         assert_eq!(
             stat(port, "map_version"),
             version.to_string(),
@@ -1240,10 +1349,10 @@ fn grow_to_eleven_shards(
         let map = admin_rows(port, "SHOW SHARD_MAP");
         assert!(
             map.iter().any(|r| r[5] == id),
-            "the map of the proxy at {port} gives shard {NEW_SHARD} nothing: {map:?}"
+            "the map of the proxy at {port} gives shard {shard} nothing: {map:?}"
         );
     }
-    let proxy_holds: Vec<String> = [proxy, proxy2]
+    let proxy_holds: Vec<String> = proxies
         .iter()
         .map(|&port| {
             admin_rows(port, "SHOW JOBS")
@@ -1252,16 +1361,14 @@ fn grow_to_eleven_shards(
                 .map_or_else(String::new, |r| r[13].clone())
         })
         .collect();
-    println!(
-        "scale-out: {before} rows, job {job} ({} steps), pgbench ~{processed} transactions, \
-         second client {} statements, {} on shard {NEW_SHARD}, cut-over hold {} ms \
-         (longest hold per proxy: {} ms, {} ms)",
+    mark(&format!("scale-out: checks {service}"), timings);
+    format!(
+        "shard {shard}: job {job} ({} steps), {} rows on it, cut-over hold {} ms (longest hold \
+         per proxy so far: {} ms, {} ms)",
         steps.len(),
-        load.statements,
-        on_shards[NEW_SHARD as usize],
+        on_shards[shard as usize],
         steps[0][12],
         proxy_holds[0],
         proxy_holds[1]
-    );
-    mark("scale-out: checks", timings);
+    )
 }

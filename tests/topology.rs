@@ -1,7 +1,8 @@
-//! Growing a running system: a local cluster gets one more shard (`pgshard cluster add-shard`)
-//! while two proxies sharing the catalog serve clients that keep writing; both proxies open pools
-//! to it within a second, without a restart, `REBALANCE add-shard` moves keys onto it, and not one
-//! client statement fails. The topology commands refuse what would break the shards.
+//! Growing a running system: a local cluster of ten shards gets an eleventh and then a twelfth
+//! (`pgshard cluster add-shard`, each with its replica) while two proxies sharing the catalog serve
+//! clients that keep writing; both proxies open pools to each new shard within a second, without a
+//! restart, `REBALANCE add-shard` moves keys onto it, and not one client statement fails or
+//! reconnects. The topology commands refuse what would break the shards.
 
 mod common;
 
@@ -229,94 +230,83 @@ impl Drop for StopOnDrop {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing() {
-    let cluster = TestCluster::start_with(|spec| {
-        spec.shards = 2;
-        spec.strategy = Strategy::Hash;
-        spec.replicas = 1;
-    })
-    .await;
-    let info = &cluster.info;
-    let runner = start(info, true).await;
-    let second = start(info, false).await;
-    let console = admin(&runner).await;
-    let other_console = admin(&second).await;
+/// The cluster, both proxies and their admin consoles: what each growth step works with.
+struct Running<'a> {
+    info: &'a ClusterInfo,
+    runner: &'a RunningProxy,
+    second: &'a RunningProxy,
+    console: &'a tokio_postgres::Client,
+    other_console: &'a tokio_postgres::Client,
+    /// Statements the writers have completed so far.
+    done: &'a AtomicU64,
+}
 
-    // Clients on both proxies, connected once for the whole test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_writers = StopOnDrop(stop.clone());
-    let done = Arc::new(AtomicU64::new(0));
-    let mut writers = Vec::new();
-    for (i, p) in [&runner, &second, &runner, &second].into_iter().enumerate() {
-        let client = proxy::connect(p).await;
-        writers.push(tokio::spawn(writer(
-            client,
-            i as i64 + 1,
-            stop.clone(),
-            done.clone(),
-        )));
-    }
-    eventually_within(Duration::from_secs(30), "the writers get going", || async {
-        done.load(Ordering::SeqCst) >= 100
-    })
-    .await;
-
-    // One more shard, created and registered while the clients write.
+/// One growth step under the writers: `pgshard cluster add-shard` creates shard `id` with its
+/// replica, both proxies open pools to both within a second, in-doubt recovery and DROP/ADD
+/// REPLICA reach it, `REBALANCE add-shard id` gives it keys, and the writers carry on on the new
+/// map. Returns the grown cluster.
+async fn grow_by_one_shard(run: &Running<'_>, id: u32) -> ClusterInfo {
+    let Running {
+        info,
+        runner,
+        second,
+        console,
+        other_console,
+        done,
+    } = *run;
+    let version_before = runner.proxy.map.current().version;
     let dir = info.dir.to_str().unwrap();
-    let (ok, out) = pgshard(&["cluster", "add-shard", "--dir", dir]).await;
+    let (ok, out) = pgshard(&["cluster", "add-shard", "--dir", dir, "--replicas", "1"]).await;
     assert!(ok, "{out}");
     let added_at = Instant::now();
-    assert!(out.contains("shard 2 added"), "{out}");
+    assert!(out.contains(&format!("shard {id} added")), "{out}");
     let grown = ClusterInfo::load(&info.dir).unwrap();
-    assert_eq!(grown.shard_ids(), [0, 1, 2]);
-    // Both proxies open pools to it within a second, without a restart.
+    assert_eq!(grown.shard_ids(), (0..=id).collect::<Vec<_>>());
+    // Both proxies open pools to it and its replica within a second, without a restart.
     eventually_within(
         Duration::from_secs(1).saturating_sub(added_at.elapsed()),
-        "both proxies have pools to shard 2",
-        || async { has_pools(&runner, 2, 2) && has_pools(&second, 2, 2) },
+        &format!("both proxies have pools to shard {id}"),
+        || async { has_pools(runner, id, 2) && has_pools(second, id, 2) },
     )
     .await;
     // The new shard's replica is monitored like the others.
     eventually_within(
         Duration::from_secs(10),
-        "shard 2's replica is seen streaming",
+        &format!("shard {id}'s replica is seen streaming"),
         || async {
             second
                 .proxy
                 .topology
-                .servers_of(2)
+                .servers_of(id)
                 .iter()
                 .any(|s| s.id.index == 1 && s.healthy && s.role == Role::Replica)
         },
     )
     .await;
-    let shards = rows(&other_console, "SHOW SHARDS").await;
-    let listed: Vec<&str> = shards.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(listed, ["0", "1", "2"], "{shards:?}");
-    let version: i64 = shards[2][7].parse().unwrap();
-    assert!(version >= 2, "{shards:?}");
-    assert_eq!(shards[2][6], "0", "no ranges yet: {shards:?}");
-    assert_eq!(shards[2][4], "2", "primary and replica: {shards:?}");
+    let shards = rows(other_console, "SHOW SHARDS").await;
+    let listed: Vec<String> = shards.iter().map(|r| r[0].clone()).collect();
+    let expected: Vec<String> = (0..=id).map(|i| i.to_string()).collect();
+    assert_eq!(listed, expected, "{shards:?}");
+    let new = &shards[id as usize];
+    assert_eq!(new[6], "0", "no ranges yet: {shards:?}");
+    assert_eq!(new[4], "2", "primary and replica: {shards:?}");
 
     // In-doubt recovery covers the new shard: a prepared transaction nobody decided is rolled back.
-    let shard2 = proxy::shard(&grown, 2).await;
-    shard2
-        .batch_execute(
+    let direct = proxy::shard(&grown, id).await;
+    let gid = format!("pgshard_test_orphan_{id}");
+    direct
+        .batch_execute(&format!(
             "BEGIN; INSERT INTO users (user_id, name) VALUES (-1, 'orphan'); \
-             PREPARE TRANSACTION 'pgshard_test_orphan'",
-        )
+             PREPARE TRANSACTION '{gid}'"
+        ))
         .await
         .unwrap();
     eventually_within(
         Duration::from_secs(30),
         "the orphan is rolled back",
         || async {
-            shard2
-                .query_opt(
-                    "SELECT 1 FROM pg_prepared_xacts WHERE gid = 'pgshard_test_orphan'",
-                    &[],
-                )
+            direct
+                .query_opt("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", &[&gid])
                 .await
                 .unwrap()
                 .is_none()
@@ -325,53 +315,37 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
     .await;
 
     // A replica leaves and comes back: every proxy closes and reopens its pools.
-    let replica = grown.replicas(2)[0].port;
-    rows(&console, &format!("DROP REPLICA 2 127.0.0.1 {replica}")).await;
+    let replica = grown.replicas(id)[0].port;
+    rows(console, &format!("DROP REPLICA {id} 127.0.0.1 {replica}")).await;
     eventually_within(
         Duration::from_secs(1),
         "the replica's pools close",
-        || async { has_pools(&runner, 2, 1) && has_pools(&second, 2, 1) },
+        || async { has_pools(runner, id, 1) && has_pools(second, id, 1) },
     )
     .await;
     rows(
-        &other_console,
-        &format!("ADD REPLICA 2 127.0.0.1 {replica}"),
+        other_console,
+        &format!("ADD REPLICA {id} 127.0.0.1 {replica}"),
     )
     .await;
     eventually_within(
         Duration::from_secs(1),
         "the replica's pools reopen",
-        || async { has_pools(&runner, 2, 2) && has_pools(&second, 2, 2) },
+        || async { has_pools(runner, id, 2) && has_pools(second, id, 2) },
     )
     .await;
 
-    // What would break the shards is refused, with the reason.
-    let (code, message) = refused(&console, "DROP SHARD 0").await;
-    assert_eq!(code, "55000", "{message}");
-    assert!(message.contains("shard 0 owns"), "{message}");
-    let port = grown.shards()[2].port;
-    let (code, message) = refused(&console, &format!("ADD SHARD 3 127.0.0.1 {port}")).await;
-    assert_eq!(code, "55000", "{message}");
-    assert!(message.contains("registered already"), "{message}");
-    let shard0_port = grown.shards()[0].port;
-    let (code, message) =
-        refused(&console, &format!("ADD REPLICA 2 127.0.0.1 {shard0_port}")).await;
-    assert_eq!(code, "55000", "{message}");
-    let (code, message) = refused(&console, "ADD SHARD 7 127.0.0.1 1").await;
-    assert_eq!(code, "08001", "{message}");
-
     // Keys move onto it while the clients keep writing.
     console
-        .simple_query("REBALANCE add-shard 2")
+        .simple_query(&format!("REBALANCE add-shard {id}"))
         .await
-        .expect("REBALANCE add-shard 2");
-    let job: i64 = proxy::catalog(info)
-        .await
+        .unwrap_or_else(|e| panic!("REBALANCE add-shard {id}: {e}"));
+    let catalog = proxy::catalog(info).await;
+    let job: i64 = catalog
         .query_one("SELECT max(job_id) FROM rebalance_jobs", &[])
         .await
         .unwrap()
         .get(0);
-    let catalog = proxy::catalog(info).await;
     eventually_within(Duration::from_secs(120), "the job ends", || async {
         let state: String = catalog
             .query_one(
@@ -395,7 +369,22 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
         (r.get(0), r.get(1))
     };
     assert_eq!(state, "done", "{error:?}");
-    // A little more writing on the new map, then stop.
+    // Both proxies route with the new map, which gives the new shard keys, and it holds rows.
+    let map = runner.proxy.map.current();
+    assert!(map.version > version_before, "no new map version");
+    eventually_within(
+        Duration::from_secs(5),
+        "the second proxy has the new map",
+        || async { second.proxy.map.current().version == map.version },
+    )
+    .await;
+    let held: i64 = direct
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held > 0, "no key moved to shard {id}");
+    // A little more writing on the new map.
     let after = done.load(Ordering::SeqCst);
     eventually_within(
         Duration::from_secs(30),
@@ -403,6 +392,63 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
         || async { done.load(Ordering::SeqCst) >= after + 100 },
     )
     .await;
+    grown
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_shards_grow_to_eleven_and_twelve_without_a_client_noticing() {
+    let mut lap = Instant::now();
+    let mut timings = Vec::new();
+    let mut mark = |what: String| {
+        timings.push(format!("{what} {:.1}s", lap.elapsed().as_secs_f64()));
+        lap = Instant::now();
+    };
+    let cluster = TestCluster::start_with(|spec| {
+        // Replicas only where the test needs them: on the shards it adds.
+        spec.shards = 10;
+        spec.strategy = Strategy::Hash;
+    })
+    .await;
+    let info = &cluster.info;
+    mark("cluster up".into());
+    let runner = start(info, true).await;
+    let second = start(info, false).await;
+    let console = admin(&runner).await;
+    let other_console = admin(&second).await;
+
+    // Clients on both proxies, connected once for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_writers = StopOnDrop(stop.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for (i, p) in [&runner, &second, &runner, &second].into_iter().enumerate() {
+        let client = proxy::connect(p).await;
+        writers.push(tokio::spawn(writer(
+            client,
+            i as i64 + 1,
+            stop.clone(),
+            done.clone(),
+        )));
+    }
+    eventually_within(Duration::from_secs(30), "the writers get going", || async {
+        done.load(Ordering::SeqCst) >= 100
+    })
+    .await;
+    mark("proxies and writers".into());
+
+    // Ten shards become eleven, then twelve, while the clients write.
+    let running = Running {
+        info,
+        runner: &runner,
+        second: &second,
+        console: &console,
+        other_console: &other_console,
+        done: &done,
+    };
+    for id in [10, 11] {
+        grow_by_one_shard(&running, id).await;
+        mark(format!("shard {id} added"));
+    }
     stop.store(true, Ordering::SeqCst);
     let mut audit = Audit::new();
     let mut clients = Vec::new();
@@ -417,44 +463,64 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
         "no client was disconnected"
     );
 
-    // Nothing lost, nothing twice, every row where the map says, and on the new shard too.
+    // Nothing lost, nothing twice, every row where the map says, and on both new shards too.
+    let grown = ClusterInfo::load(&info.dir).unwrap();
     let map = runner.proxy.map.current();
     assert_eq!(second.proxy.map.current().version, map.version);
     let found = rows_by_key(&grown).await;
-    let mut on_new = 0;
+    let mut on_new = BTreeMap::<u32, usize>::new();
     for (key, name) in &audit {
         let copies = found.get(key).cloned().unwrap_or_default();
         assert_eq!(copies.len(), 1, "key {key}: {copies:?}");
         assert_eq!(&copies[0].1, name, "key {key}");
         assert_eq!(copies[0].0, map.shard_for(*key), "key {key} misplaced");
-        on_new += usize::from(copies[0].0 == 2);
+        *on_new.entry(copies[0].0).or_default() += 1;
     }
     assert_eq!(found.len(), audit.len(), "rows nobody wrote");
-    assert!(on_new > 0, "no key moved to shard 2");
+    for id in [10, 11] {
+        assert!(
+            on_new.contains_key(&id),
+            "no written key on shard {id}: {on_new:?}"
+        );
+    }
     let config = grown.config_path.to_str().unwrap();
     let (ok, out) = pgshard(&["verify", "--config", config]).await;
     assert!(ok, "{out}");
-    assert!(out.contains("shard   2 users"), "{out}");
+    assert!(out.contains("shard  11 users"), "{out}");
 
-    // Now it owns ranges, the new shard cannot be dropped either (the CLI says so too).
-    let (ok, out) = pgshard(&["shard", "drop", "--config", config, "--id", "2"]).await;
-    assert!(!ok && out.contains("shard 2 owns"), "{out}");
+    // What would break the shards is refused, with the reason.
+    let (code, message) = refused(&console, "DROP SHARD 0").await;
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("shard 0 owns"), "{message}");
+    let port = grown.shards()[11].port;
+    let (code, message) = refused(&console, &format!("ADD SHARD 12 127.0.0.1 {port}")).await;
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("registered already"), "{message}");
+    let shard0_port = grown.shards()[0].port;
+    let (code, message) =
+        refused(&console, &format!("ADD REPLICA 11 127.0.0.1 {shard0_port}")).await;
+    assert_eq!(code, "55000", "{message}");
+    let (code, message) = refused(&console, "ADD SHARD 20 127.0.0.1 1").await;
+    assert_eq!(code, "08001", "{message}");
+    // Now it owns ranges, a new shard cannot be dropped either (the CLI says so too).
+    let (ok, out) = pgshard(&["shard", "drop", "--config", config, "--id", "11"]).await;
+    assert!(!ok && out.contains("shard 11 owns"), "{out}");
 
-    // pool.size changes on reload, for the new shard's pools too; one that does not fit is refused.
+    // pool.size changes on reload, for the new shards' pools too; one that does not fit is refused.
     let mut config = Config::load(&grown.config_path).unwrap();
     config.pool.size = 3;
     let fixed = runner.reload(&config).await.expect("a smaller pool.size");
     assert!(!fixed.contains(&"pool.size".to_string()), "{fixed:?}");
-    let client_pools: Vec<usize> = runner
+    let client_pools: Vec<(u32, usize)> = runner
         .proxy
         .pools
         .pool_status()
         .iter()
         .filter(|p| !p.control)
-        .map(|p| p.status.max_size)
+        .map(|p| (p.server.shard, p.status.max_size))
         .collect();
     assert!(
-        client_pools.len() >= 6 && client_pools.iter().all(|m| *m == 3),
+        client_pools.iter().any(|(s, _)| *s == 11) && client_pools.iter().all(|(_, m)| *m == 3),
         "{client_pools:?}"
     );
     config.pool.size = 10_000;
@@ -463,8 +529,36 @@ async fn a_shard_added_to_a_running_cluster_takes_keys_without_a_client_noticing
         .await
         .expect_err("too big a pool.size");
     assert!(e.contains("max_connections"), "{e}");
+    mark("audit and refusals".into());
 
     drop(clients);
     second.stop().await;
     runner.stop().await;
+    mark("proxies stopped".into());
+
+    // The harness stops the instances added since the start too, not only those it started.
+    let added: Vec<String> = grown
+        .instances
+        .iter()
+        .filter(|i| i.shard.is_some_and(|s| s >= 10))
+        .map(|i| {
+            let pid = std::fs::read_to_string(i.data_dir.join("postmaster.pid"))
+                .unwrap_or_else(|e| panic!("{} has no postmaster.pid: {e}", i.name));
+            format!("/proc/{}", pid.lines().next().unwrap_or_default().trim())
+        })
+        .collect();
+    assert_eq!(added.len(), 4, "{added:?}");
+    drop(cluster);
+    eventually_within(
+        Duration::from_secs(10),
+        "the added shards' instances stop with the cluster",
+        || async {
+            added
+                .iter()
+                .all(|proc| !std::path::Path::new(proc).exists())
+        },
+    )
+    .await;
+    mark("cluster stopped".into());
+    println!("growth test: {}", timings.join(", "));
 }

@@ -433,11 +433,15 @@ impl UpContext<'_> {
     }
 }
 
-/// Creates and starts one more shard in the cluster in `dir` — id one above the highest, with as
-/// many replicas as the other shards have — bootstrapped like the others (schema, identity row).
-/// Registering it with the proxies is the caller's business ([`crate::membership::local`]).
-/// Returns the cluster with the new instances and the new shard's id.
-pub async fn add_shard(dir: &Path) -> Result<(ClusterInfo, u32), ClusterError> {
+/// Creates and starts one more shard in the cluster in `dir` — id one above the highest, with
+/// `replicas` streaming replicas (`None`: as many as the other shards have) — bootstrapped like
+/// the others (schema, identity row). Registering it with the proxies is the caller's business
+/// ([`crate::membership::local`]). Returns the cluster with the new instances and the new
+/// shard's id.
+pub async fn add_shard(
+    dir: &Path,
+    replicas: Option<u32>,
+) -> Result<(ClusterInfo, u32), ClusterError> {
     let dir = absolute(dir)?;
     let mut state = ClusterState::load_existing(&dir)?;
     let bins = PgBinaries::find()?;
@@ -448,7 +452,7 @@ pub async fn add_shard(dir: &Path) -> Result<(ClusterInfo, u32), ClusterError> {
         .filter_map(|i| i.shard)
         .max()
         .map_or(0, |m| m + 1);
-    let replicas = replicas_per_shard(&state.instances);
+    let replicas = new_shard_replicas(&state, replicas)?;
     let new = layout::plan_shard(&dir, id, replicas)?;
     let primary = new[0].clone();
     state.instances.extend(new);
@@ -475,6 +479,19 @@ pub async fn add_shard(dir: &Path) -> Result<(ClusterInfo, u32), ClusterError> {
         "shard added to the cluster"
     );
     Ok((ClusterInfo::from_state(dir, state), id))
+}
+
+/// How many replicas a new shard gets: those asked for, else as many as the most any shard has;
+/// with quorum commit on (`--sync-any-one`) at least two, or its commits could hang on one.
+fn new_shard_replicas(state: &ClusterState, asked: Option<u32>) -> Result<u32, ClusterError> {
+    let replicas = asked.unwrap_or_else(|| replicas_per_shard(&state.instances));
+    if state.sync_any_one && replicas < 2 {
+        return Err(ClusterError::Spec(format!(
+            "the cluster's primaries wait for ANY 1 of their replicas (--sync-any-one): a new \
+             shard needs at least 2, not {replicas}"
+        )));
+    }
+    Ok(replicas)
 }
 
 /// Rewrites the shards of the cluster's `pgshard.toml` from its instances, keeping every other
@@ -647,5 +664,36 @@ mod tests {
         assert_eq!(replicas_per_shard(&plan), 2);
         let plan = layout::plan_instances(Path::new("/tmp/x"), 3, 0, 7000).unwrap();
         assert_eq!(replicas_per_shard(&plan), 0);
+    }
+
+    #[test]
+    fn a_new_shard_gets_the_replicas_asked_for_or_as_many_as_the_others() {
+        let state = |replicas, sync_any_one| ClusterState {
+            cluster_id: "c".into(),
+            strategy: Strategy::Hash,
+            instances: layout::plan_instances(Path::new("/tmp/x"), 3, replicas, 7000).unwrap(),
+            apply_delay_ms: None,
+            sync_any_one,
+        };
+        // (replicas of the others, quorum commit, asked for) → replicas, or the refusal's words
+        type Case = (u32, bool, Option<u32>, Result<u32, &'static str>);
+        let cases: [Case; 6] = [
+            (0, false, None, Ok(0)),
+            (1, false, None, Ok(1)),
+            (0, false, Some(1), Ok(1)),
+            (2, false, Some(0), Ok(0)),
+            (2, true, None, Ok(2)),
+            (2, true, Some(1), Err("at least 2, not 1")),
+        ];
+        for (others, sync, asked, expected) in cases {
+            let got = new_shard_replicas(&state(others, sync), asked).map_err(|e| e.to_string());
+            match expected {
+                Ok(n) => assert_eq!(got, Ok(n), "{others} {sync} {asked:?}"),
+                Err(words) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(words)),
+                    "{others} {sync} {asked:?}: {got:?}"
+                ),
+            }
+        }
     }
 }

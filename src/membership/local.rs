@@ -17,15 +17,18 @@ pub struct LocalShard {
     pub version: i64,
 }
 
-/// Grows the cluster in `dir` by one shard (with as many replicas as its other shards have) and
-/// registers it; running proxies open pools to it without a restart.
-pub async fn add_local_shard(dir: &Path) -> Result<LocalShard, MembershipError> {
+/// Grows the cluster in `dir` by one shard with `replicas` replicas (`None`: as many as its
+/// other shards have) and registers it; running proxies open pools to it without a restart.
+pub async fn add_local_shard(
+    dir: &Path,
+    replicas: Option<u32>,
+) -> Result<LocalShard, MembershipError> {
     // The file as it was: it seeds the catalog's topology if no proxy has yet.
     let config_path = ClusterInfo::load(dir)
         .map_err(|e| MembershipError::Check(e.to_string()))?
         .config_path;
     let config = Config::load(&config_path).map_err(|e| MembershipError::Check(e.to_string()))?;
-    let (info, shard) = cluster::add_shard(dir)
+    let (info, shard) = cluster::add_shard(dir, replicas)
         .await
         .map_err(|e| MembershipError::Check(format!("cannot create the shard: {e}")))?;
     let primary = info

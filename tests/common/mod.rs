@@ -119,7 +119,10 @@ pub async fn wait_until_active(direct: &tokio_postgres::Client, sql: &str) {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        cluster::stop_now(&self.info);
+        // Every instance the cluster has by now: `cluster add-shard` may have added some since
+        // the start, and only the directory's description (cluster.json) knows them.
+        let now = ClusterInfo::load(&self.info.dir);
+        cluster::stop_now(now.as_ref().unwrap_or(&self.info));
     }
 }
 pub mod answers;
