@@ -614,6 +614,79 @@ async fn a_client_leaving_mid_transaction_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_kept_between_transactions_goes_to_whoever_waits_for_it() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    // One server connection per shard, and a checkout that fails soon rather than wait long.
+    let proxy = start_proxy_with(&cluster.info, |c| {
+        c.pool.size = 1;
+        c.pool.checkout_timeout_ms = 1_000;
+    })
+    .await;
+    let key = 31i64;
+    let shard = proxy.proxy.map.current().shard_for(key);
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    a.execute(
+        "INSERT INTO users (user_id, name) VALUES ($1, 'kept')",
+        &[&key],
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT pg_backend_pid() FROM users WHERE user_id = $1";
+    let first: i32 = a.query_one(sql, &[&key]).await.unwrap().get(0);
+    // The client that ran last keeps the connection, yet the pool counts it idle.
+    let pool = |shard: u32| {
+        proxy
+            .proxy
+            .pools
+            .pool_status()
+            .into_iter()
+            .find(|p| p.server.shard == shard && p.server.index == 0 && !p.control)
+            .expect("the shard's pool")
+    };
+    let status = pool(shard).status;
+    assert_eq!((status.size, status.available), (1, 1), "{status:?}");
+    // Clients taking turns each get the one connection at once: none waits out the checkout
+    // timeout for a connection another client kept.
+    for round in 0..10 {
+        for c in [&b, &a] {
+            let started = Instant::now();
+            let got: i32 = c
+                .query_one(sql, &[&key])
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"))
+                .get(0);
+            assert_eq!(got, first, "one server connection");
+            assert!(
+                started.elapsed() < Duration::from_millis(900),
+                "round {round} waited"
+            );
+        }
+    }
+    // A transaction block in one client while the other keeps the connection: the block gets it.
+    b.query_one(sql, &[&key]).await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.query_one(sql, &[&key]).await.unwrap();
+    let status = pool(shard).status;
+    assert_eq!(
+        (status.size, status.available),
+        (1, 0),
+        "in use: {status:?}"
+    );
+    let waiting = tokio::spawn({
+        let b = b;
+        async move { b.query_one(sql, &[&key]).await.map(|_| ()) }
+    });
+    let refused = waiting
+        .await
+        .unwrap()
+        .expect_err("the only connection is in a block");
+    assert_eq!(code(&refused), "53300");
+    a.batch_execute("COMMIT").await.unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_and_prepared_statements_survive_transaction_pooling() {
     let cluster = TestCluster::start(2, Strategy::Hash).await;
     // One server connection per shard: every client shares it.

@@ -10,6 +10,7 @@ pub mod key_types;
 pub mod lookup_tables;
 pub mod metrics;
 pub mod monitor;
+pub mod parking;
 pub mod pool;
 pub mod prepared_lru;
 pub mod privileges;

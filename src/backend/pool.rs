@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
 
 use super::conn::{BackendError, ServerConn};
+use super::parking::PoolParking;
 use super::prepared_lru::PreparedNames;
 use super::tls::ServerTls;
 use super::topology::{ServerId, Topology};
@@ -75,6 +76,30 @@ pub struct ServerManager {
     max_prepared: usize,
     /// Server-side prepared statements held by this pool's connections, together.
     prepared: Arc<AtomicUsize>,
+    /// Connections parked with clients between their transactions, and checkouts waiting.
+    pub(super) parking: PoolParking,
+}
+
+impl ServerManager {
+    /// The server this pool's connections go to.
+    pub(super) fn server_id(&self) -> ServerId {
+        ServerId {
+            shard: self.shard.id,
+            index: self.server,
+        }
+    }
+
+    /// Whether a connection created at `created` goes to a server drained since (it is closed
+    /// when it comes back, never handed out again).
+    pub(super) fn drained_since(&self, created: Instant) -> bool {
+        // A pool never drained (nearly all) takes no lock.
+        self.drained.load(Ordering::Acquire)
+            && self
+                .drained_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|d| created <= d)
+    }
 }
 
 impl managed::Manager for ServerManager {
@@ -115,12 +140,7 @@ impl managed::Manager for ServerManager {
     ) -> RecycleResult<BackendError> {
         // Set-up owed for a block that ended before anything went out.
         conn.drop_deferred();
-        let drained_at = if self.drained.load(Ordering::Acquire) {
-            *self.drained_at.lock().unwrap_or_else(|p| p.into_inner())
-        } else {
-            None
-        };
-        if drained_at.is_some_and(|d| m.created <= d) {
+        if self.drained_since(m.created) {
             Err(RecycleError::message(
                 "connection to a server that is no longer used",
             ))
@@ -288,6 +308,7 @@ impl ShardPools {
             drained: AtomicBool::new(false),
             max_prepared: self.max_prepared,
             prepared: Arc::new(AtomicUsize::new(0)),
+            parking: PoolParking::default(),
         };
         let size = if control {
             CONTROL_POOL_SIZE
@@ -427,9 +448,10 @@ impl ShardPools {
         // A free slot is taken without arming a timer (a wait of zero only tries); the timed
         // wait is for a pool that is full.
         let got = match pool.timeout_get(&timeouts(Duration::ZERO)).await {
-            Err(PoolError::Timeout(managed::TimeoutType::Wait))
-                if !self.checkout_timeout.is_zero() =>
-            {
+            Err(PoolError::Timeout(managed::TimeoutType::Wait)) => {
+                // Full: a connection parked with a client between its transactions comes back
+                // for this checkout, and none parks while it waits.
+                let _waiting = pool.manager().parking.wait();
                 pool.timeout_get(&timeouts(self.checkout_timeout)).await
             }
             got => got,
@@ -477,12 +499,18 @@ impl ShardPools {
         let pools = self.pools.read().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = pools
             .iter()
-            .map(|(key, pool)| PoolStatus {
-                server: key.server,
-                role: key.role.to_string(),
-                control: key.control,
-                status: pool.status(),
-                prepared: pool.manager().prepared.load(Ordering::Relaxed),
+            .map(|(key, pool)| {
+                let mut status = pool.status();
+                // A connection parked with a client is idle: any checkout can have it.
+                status.available =
+                    (status.available + pool.manager().parking.parked()).min(status.size);
+                PoolStatus {
+                    server: key.server,
+                    role: key.role.to_string(),
+                    control: key.control,
+                    status,
+                    prepared: pool.manager().prepared.load(Ordering::Relaxed),
+                }
             })
             .collect();
         v.sort_by(|a, b| (a.server, a.control, &a.role).cmp(&(b.server, b.control, &b.role)));
@@ -508,6 +536,7 @@ impl ShardPools {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             pool.manager().drained.store(true, Ordering::Release);
+            pool.manager().parking.release_all();
             closed += pool.retain(|_, _| false).removed.len();
         }
         tracing::info!(%server, closed, "drained the pools of a server writes no longer go to");
@@ -571,6 +600,7 @@ impl ShardPools {
         self.size.store(size, Ordering::Relaxed);
         for (key, pool) in self.pools.read().unwrap_or_else(|p| p.into_inner()).iter() {
             if !key.control {
+                pool.manager().parking.release_all();
                 pool.resize(size);
             }
         }
@@ -600,6 +630,7 @@ impl ShardPools {
                 keep
             });
         for (server, pool) in closed {
+            pool.manager().parking.release_all();
             pool.close();
             tracing::info!(%server, "closed the pool of a server that left the topology");
         }

@@ -100,7 +100,7 @@ mod tests {
             shard,
             frames,
             outcome: Ok(Outcome {
-                tags: vec![tag.to_string()],
+                tags: smallvec::smallvec![tag.to_string()],
                 ..Outcome::default()
             }),
         }

@@ -84,8 +84,9 @@ impl From<BackendError> for SinkError {
 /// What the exchange saw.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// CommandComplete tags, in order.
-    pub tags: Vec<String>,
+    /// CommandComplete tags, in order (one, inline, for the usual single statement: no list
+    /// allocated per request).
+    pub tags: smallvec::SmallVec<[String; 1]>,
     /// The first error the server reported.
     pub error: Option<ErrorFields>,
     /// Status of the last ReadyForQuery, if one was read.

@@ -24,10 +24,15 @@ const QUERY_CANCELED: &str = "57014";
 /// Write buffer size at which output is flushed even mid-result.
 const FLUSH_AT: usize = 32 * 1024;
 
-/// Output buffer a client starts with, and the most a written-out buffer may keep for the next
-/// answer: an idle client (most of them, with thousands connected) holds no more than this, and a
-/// large result's buffer goes back to the allocator once written.
+/// The most a written-out buffer may keep for the next answer: an idle client (most of them,
+/// with thousands connected) holds no more than this, and a large result's buffer goes back to
+/// the allocator once written.
 const OUT_KEEP: usize = 2 * 1024;
+
+/// Output buffer an answer starts in: most answers fit, and glibc hands out (and takes back) a
+/// block this small from its per-thread cache, where a larger one costs a trip through its
+/// arena each way.
+const OUT_START: usize = 1024;
 
 /// The most read-buffer capacity a client waiting for its next message keeps, and what it gets
 /// instead when it had more.
@@ -208,7 +213,7 @@ impl ClientIo {
             self.parse_completes += 1;
         }
         if self.out.capacity() == 0 {
-            self.out.reserve(OUT_KEEP);
+            self.out.reserve(OUT_START);
         }
         if frame.tag == be::ERROR_RESPONSE && self.timed_out.load(Ordering::Acquire) {
             if let Ok(mut fields) = ErrorFields::decode(&frame.body) {
@@ -233,12 +238,14 @@ impl ClientIo {
         if self.out.is_empty() {
             return Ok(());
         }
-        let out = self.out.split();
+        // Taken whole, not split: a split makes the buffer shared, which allocates.
+        let mut out = std::mem::take(&mut self.out);
         self.flushes += 1;
         let written = self.stream.write_all(&out).await;
-        if out.capacity() + self.out.capacity() > OUT_KEEP {
-            // Both halves share one allocation: dropping both frees it.
-            self.out = BytesMut::new();
+        if out.capacity() <= OUT_KEEP {
+            // Written out (or failed): the same buffer takes the next answer.
+            out.clear();
+            self.out = out;
         }
         written
     }

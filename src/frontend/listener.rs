@@ -150,6 +150,7 @@ async fn open_session(proxy: &Arc<Proxy>, stream: TcpStream, peer: SocketAddr) -
         server_login,
         state: SessionState::new(settings),
         held: Default::default(),
+        parked: Default::default(),
         batch_parses: Vec::new(),
         batch: Vec::new(),
         cancel: active,

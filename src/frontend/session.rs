@@ -58,6 +58,9 @@ pub struct Session {
     /// Settings, block, statements, portals, cursors, read-your-writes: the plain data.
     pub state: SessionState,
     pub held: HeldConns,
+    /// Connections of finished transactions kept for the next one while nobody else waits for
+    /// them (see `backend::parking`).
+    pub parked: crate::backend::parking::Parked,
     /// Extended-protocol messages buffered until Sync or Flush.
     pub batch: Vec<Frame>,
     /// The client statements the batch being run parsed, in order: those whose Parse was not
@@ -894,11 +897,16 @@ impl Session {
             }
         }
         if !self.held.contains_key(&shard) {
-            let conn = match want {
-                Some(id) => self.proxy.pools.get_server_as(&self.server_login, id).await,
-                None => self.proxy.pools.get_as(&self.server_login, shard).await,
-            }
-            .map_err(checkout_error)?;
+            // The connection this client parked after its last transaction, if it still has
+            // it; else one from the pool.
+            let conn = match want.and_then(|id| self.parked.unpark(id)) {
+                Some(conn) => conn,
+                None => match want {
+                    Some(id) => self.proxy.pools.get_server_as(&self.server_login, id).await,
+                    None => self.proxy.pools.get_as(&self.server_login, shard).await,
+                }
+                .map_err(checkout_error)?,
+            };
             self.held.insert(shard, conn);
         }
         let Some(conn) = self.held.get_mut(&shard) else {
@@ -1048,6 +1056,8 @@ impl Session {
             if let Some(conn) = self.held.remove(&shard) {
                 if !conn.reusable() {
                     ShardPools::discard(conn);
+                } else if let Err(conn) = self.parked.park(conn) {
+                    drop(conn);
                 }
             }
         }

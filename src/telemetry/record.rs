@@ -181,7 +181,8 @@ pub fn error_frame_sent(body: &[u8]) {
     error_sent(error_code(body).unwrap_or(""));
 }
 
-/// A checkout from a server pool took `waited` (whether or not it got a connection).
+/// A checkout from a server pool took `waited` (whether or not it got a connection); a
+/// connection a client kept between its transactions counts as a checkout that took none.
 pub fn pool_waited(waited: Duration) {
     if enabled() {
         POOL_WAITS.record(waited);
