@@ -47,8 +47,15 @@ impl PoolParking {
     /// connection back (it returns to the pool, where the waiter finds it).
     pub fn wait(&self) -> WaitGuard<'_> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        drop(self.take(1));
+        self.reclaim_one();
         WaitGuard(self)
+    }
+
+    /// Takes one parked connection back (it returns to the pool as an idle one) for a checkout
+    /// that finds none idle: a server connection parked with an idle client is shared before
+    /// a new one is opened, as it would have been had it gone back to the pool.
+    pub fn reclaim_one(&self) {
+        drop(self.take(1));
     }
 
     /// Takes every parked connection back (they return to the pool): a drain, resize or close

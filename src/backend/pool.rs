@@ -445,13 +445,19 @@ impl ShardPools {
         };
         // The clock is read only when the wait is recorded (metrics on).
         let started = crate::telemetry::record::pool_waits_recorded().then(Instant::now);
+        // No idle connection in the pool but one parked with a client: that one, not a new
+        // server connection (parked connections are only checked for when some are parked).
+        let parking = &pool.manager().parking;
+        if parking.parked() > 0 && pool.status().available == 0 {
+            parking.reclaim_one();
+        }
         // A free slot is taken without arming a timer (a wait of zero only tries); the timed
         // wait is for a pool that is full.
         let got = match pool.timeout_get(&timeouts(Duration::ZERO)).await {
             Err(PoolError::Timeout(managed::TimeoutType::Wait)) => {
                 // Full: a connection parked with a client between its transactions comes back
                 // for this checkout, and none parks while it waits.
-                let _waiting = pool.manager().parking.wait();
+                let _waiting = parking.wait();
                 pool.timeout_get(&timeouts(self.checkout_timeout)).await
             }
             got => got,
