@@ -57,6 +57,8 @@ print(f"{sys.argv[1]:<10} {r['start_rss_mib']:>9.1f} {r['idle_rss_mib']:>9.1f} {
       f"{r['queries_per_s']:>10.0f}")
 if r["first_error"]:
     print(f"  first failed login: {r['first_error']}")
+if r.get("failed_queries"):
+    print(f"  {r['failed_queries']} failed SELECT 1 while active; first: {r['first_query_error']}")
 PY
 }
 PGS=$(python3 bench/storm_load.py "$PGSHARD_URL" "$PROXY_PID" "$CLIENTS" "$ACTIVE_SECONDS" "$LOGINS_AT_ONCE")
