@@ -24,8 +24,11 @@ pub const TOKEN_PARAMETER: &str = "pgshard.causal_token";
 
 /// How far a replica has replayed, asked on the connection a waiting read will use.
 const REPLAY_LSN_QUERY: &str = "SELECT pg_last_wal_replay_lsn()";
-/// The first pause between two such questions, doubled each time up to the last.
-const REPLAY_FIRST_PAUSE: Duration = Duration::from_micros(200);
+/// For this long the question is asked again as soon as answered: replay on a healthy replica
+/// usually catches up within a round trip or two, well under the timer's millisecond.
+const REPLAY_ASK_AGAIN_FOR: Duration = Duration::from_millis(2);
+/// Then the pause between two questions, doubled each time up to the last.
+const REPLAY_FIRST_PAUSE: Duration = Duration::from_millis(1);
 const REPLAY_MAX_PAUSE: Duration = Duration::from_millis(5);
 
 impl Session {
@@ -147,8 +150,8 @@ impl Session {
     }
 
     /// Asks `replica` how far it has replayed, on the connection the read will use, until it
-    /// reaches `min` or `deadline` passes (false: the read goes to the primary). The asks back
-    /// off from a fraction of a millisecond: replay on a healthy replica is usually that quick.
+    /// reaches `min` or `deadline` passes (false: the read goes to the primary). Asked again at
+    /// once for the first couple of milliseconds, then with growing pauses.
     async fn await_replay(
         &mut self,
         shard: u32,
@@ -159,6 +162,7 @@ impl Session {
         if self.ensure_conn(shard, false).await.is_err() {
             return false;
         }
+        let started = Instant::now();
         let mut pause = REPLAY_FIRST_PAUSE;
         loop {
             let Some(conn) = self
@@ -187,12 +191,15 @@ impl Session {
                     return false;
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return false;
             }
-            tokio::time::sleep(pause.min(left)).await;
-            pause = (pause * 2).min(REPLAY_MAX_PAUSE);
+            if now.duration_since(started) >= REPLAY_ASK_AGAIN_FOR {
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(REPLAY_MAX_PAUSE);
+            }
         }
     }
 
