@@ -1,6 +1,8 @@
 //! Reads over real streaming replicas with a real replay delay: read-your-writes in each mode
 //! (`off` must show stale reads, so the test can fail; `pin` and `lsn` must show none), the causal
-//! token carried to a second connection, and reads that keep working while a replica stops.
+//! token carried to a second connection and to a read pipelined behind the write, the position
+//! learned on the committing connection in the same write (every way of committing), and reads
+//! that keep working while a replica stops.
 
 mod common;
 
