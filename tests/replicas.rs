@@ -1,16 +1,19 @@
 //! Reads over real streaming replicas with a real replay delay: read-your-writes in each mode
 //! (`off` must show stale reads, so the test can fail; `pin` and `lsn` must show none), the causal
-//! token carried to a second connection, and reads that keep working while a replica stops.
+//! token carried to a second connection and to a read pipelined behind the write, the position
+//! learned on the committing connection in the same write (every way of committing), and reads
+//! that keep working while a replica stops.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::proxy::{connect, start_proxy_with};
+use common::proxy::{app_url, connect, connect_url, start_proxy_with};
 use common::TestCluster;
-use pgshard::cluster::{self, StopMode};
+use pgshard::cluster::{self, ClusterInfo, StopMode};
 use pgshard::config::{Config, ReadFrom, ReadYourWrites};
 use pgshard::server::RunningProxy;
+use pgshard::session::causal_token::CausalToken;
 
 const CLIENTS: i64 = 20;
 const PAIRS_PER_CLIENT: i64 = 100;
@@ -62,9 +65,21 @@ impl Tally {
     }
 }
 
-/// Each client updates its own row and reads it back at once — through the same connection, or
-/// (with `second`) through another one that adopted the writer's causal token.
-async fn write_then_read(proxy: &RunningProxy, second: bool, pairs: i64) -> Tally {
+/// How a client reads back what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadBack {
+    /// On the same connection, once the write was answered.
+    After,
+    /// On the same connection, pipelined behind the write (tokio-postgres sends both before
+    /// reading either answer: two Syncs in one go).
+    Pipelined,
+    /// Through a second connection that adopted the writer's causal token.
+    Second,
+}
+
+/// Each client updates its own row and reads it back at once (see `ReadBack`).
+async fn write_then_read(proxy: &RunningProxy, how: ReadBack, pairs: i64) -> Tally {
+    let second = how == ReadBack::Second;
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let writer = connect(proxy).await;
@@ -84,7 +99,29 @@ async fn write_then_read(proxy: &RunningProxy, second: bool, pairs: i64) -> Tall
                 .expect("seed row");
             let mut tally = Tally::default();
             for i in 0..pairs {
-                let value = format!("{c}-{i}-{second}");
+                let value = format!("{c}-{i}-{how:?}");
+                if how == ReadBack::Pipelined {
+                    let (wrote, row) = futures_util::future::join(
+                        writer.execute(
+                            "UPDATE users SET name = $2 WHERE user_id = $1",
+                            &[&key, &value],
+                        ),
+                        writer.query_opt(
+                            "SELECT name, pg_is_in_recovery() FROM users WHERE user_id = $1",
+                            &[&key],
+                        ),
+                    )
+                    .await;
+                    wrote.expect("pipelined write");
+                    let (name, replica): (String, bool) = match row.expect("pipelined read") {
+                        Some(row) => (row.get(0), row.get(1)),
+                        None => (String::new(), true),
+                    };
+                    tally.pairs += 1;
+                    tally.stale += u64::from(name != value);
+                    tally.on_replica += u64::from(replica);
+                    continue;
+                }
                 writer
                     .execute(
                         "UPDATE users SET name = $2 WHERE user_id = $1",
@@ -157,7 +194,7 @@ async fn read_your_writes_holds_in_pin_and_lsn_modes_and_not_in_off() {
         let proxy = start_proxy_with(&cluster.info, replicas_mode(mode)).await;
         replicas_known(&proxy).await;
         let started = Instant::now();
-        let same = write_then_read(&proxy, false, PAIRS_PER_CLIENT).await;
+        let same = write_then_read(&proxy, ReadBack::After, PAIRS_PER_CLIENT).await;
         let elapsed = started.elapsed();
         eprintln!(
             "{mode:?}: {} pairs on one connection in {elapsed:?}: {} stale, {:.0}% of reads on replicas",
@@ -183,7 +220,7 @@ async fn read_your_writes_holds_in_pin_and_lsn_modes_and_not_in_off() {
             }
         }
         if mode != ReadYourWrites::Pin {
-            let other = write_then_read(&proxy, true, PAIRS_PER_CLIENT / 4).await;
+            let other = write_then_read(&proxy, ReadBack::Second, PAIRS_PER_CLIENT / 4).await;
             eprintln!(
                 "{mode:?}: {} pairs through a second connection with the token: {} stale, {:.0}% on replicas",
                 other.pairs,
@@ -199,8 +236,168 @@ async fn read_your_writes_holds_in_pin_and_lsn_modes_and_not_in_off() {
                 );
             }
         }
+        if mode == ReadYourWrites::Lsn {
+            let piped = write_then_read(&proxy, ReadBack::Pipelined, PAIRS_PER_CLIENT / 4).await;
+            eprintln!(
+                "{mode:?}: {} pairs with the read pipelined behind the write: {} stale, {:.0}% on replicas",
+                piped.pairs,
+                piped.stale,
+                100.0 * piped.replica_share()
+            );
+            assert_eq!(
+                piped.stale, 0,
+                "a read pipelined behind a write read stale data"
+            );
+            positions_ride_on_the_commit(&proxy, &cluster.info).await;
+        }
         proxy.stop().await;
     }
+}
+
+/// The session's causal token, as `SHOW pgshard.causal_token` reports it.
+async fn token_of(client: &tokio_postgres::Client) -> CausalToken {
+    let text = client
+        .simple_query("SHOW pgshard.causal_token")
+        .await
+        .expect("show token")
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("SHOW pgshard.causal_token returned no row"));
+    CausalToken::parse(&text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// In lsn mode, each way of committing learns the primary's position on the very connection that
+/// committed, in the same write: afterwards the token covers every written shard, and on each
+/// written shard's primary every server connection the session used (found by its
+/// application_name) ran the position question last. Asking on another connection, or after the
+/// commit's answer on the same one, leaves a write or a COMMIT as some connection's last statement.
+async fn positions_ride_on_the_commit(proxy: &RunningProxy, info: &ClusterInfo) {
+    let app = "ryw_ride";
+    let client = connect_url(&format!("{}&application_name={app}", app_url(proxy)))
+        .await
+        .expect("connect with an application_name");
+    let map = proxy.proxy.map.current();
+    let mut keys: Vec<(u32, i64)> = Vec::new();
+    for key in 30_000i64.. {
+        let shard = map.shard_for(key);
+        if !keys.iter().any(|(s, _)| *s == shard) {
+            keys.push((shard, key));
+        }
+        if keys.len() == 2 {
+            break;
+        }
+    }
+    let [(s0, k0), (s1, k1)] = keys[..] else {
+        panic!("two shards expected")
+    };
+    for (_, key) in &keys {
+        client
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, 'start') ON CONFLICT (user_id) DO NOTHING",
+                &[key],
+            )
+            .await
+            .expect("seed row");
+    }
+    let update = "UPDATE users SET name = name || '.' WHERE user_id = $1";
+    type Commit<'a> = (&'a str, Vec<u32>);
+    let ways: Vec<Commit> = vec![
+        ("simple autocommit", vec![s0]),
+        ("extended autocommit", vec![s1]),
+        ("extended pipeline of two writes", vec![s0, s1]),
+        ("block on one shard", vec![s0]),
+        ("block on two shards (two-phase)", vec![s0, s1]),
+        ("one statement on two shards", vec![s0, s1]),
+    ];
+    for (way, shards) in ways {
+        let before = token_of(&client).await;
+        match way {
+            "simple autocommit" => {
+                client
+                    .simple_query(&format!(
+                        "UPDATE users SET name = name || '.' WHERE user_id = {k0}"
+                    ))
+                    .await
+                    .expect("simple write");
+            }
+            "extended autocommit" => {
+                client.execute(update, &[&k1]).await.expect("write");
+            }
+            "extended pipeline of two writes" => {
+                let (a, b) = futures_util::future::join(
+                    client.execute(update, &[&k0]),
+                    client.execute(update, &[&k1]),
+                )
+                .await;
+                a.expect("pipelined write");
+                b.expect("pipelined write");
+            }
+            "block on one shard" => {
+                client.batch_execute("BEGIN").await.expect("begin");
+                client.execute(update, &[&k0]).await.expect("write");
+                client.batch_execute("COMMIT").await.expect("commit");
+            }
+            "block on two shards (two-phase)" => {
+                client.batch_execute("BEGIN").await.expect("begin");
+                client.execute(update, &[&k0]).await.expect("write");
+                client.execute(update, &[&k1]).await.expect("write");
+                client.batch_execute("COMMIT").await.expect("commit");
+            }
+            _ => {
+                client
+                    .execute(
+                        "UPDATE users SET name = name || '.' WHERE user_id IN ($1, $2)",
+                        &[&k0, &k1],
+                    )
+                    .await
+                    .expect("write on two shards");
+            }
+        }
+        let after = token_of(&client).await;
+        for &shard in &shards {
+            let was = before.shards.get(&shard).map(|p| p.lsn);
+            let now = after.shards.get(&shard).map(|p| p.lsn);
+            assert!(
+                now.is_some() && now > was,
+                "{way}: the token did not advance on shard {shard}: {before} -> {after}"
+            );
+            let direct = common::proxy::shard(info, shard).await;
+            let last: Vec<String> = direct
+                .query(
+                    "SELECT query FROM pg_stat_activity WHERE application_name = $1 AND backend_type = 'client backend'",
+                    &[&app],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert!(
+                !last.is_empty()
+                    && last
+                        .iter()
+                        .all(|q| q == pgshard::backend::conn::COMMIT_LSN_QUERY),
+                "{way}: on shard {shard}, the session's server connections last ran {last:?}"
+            );
+        }
+    }
+    // A write that fails leaves the token where it was.
+    let before = token_of(&client).await;
+    let failed = client
+        .execute(
+            "UPDATE users SET name = (1 / 0)::text WHERE user_id = $1",
+            &[&k0],
+        )
+        .await;
+    assert!(failed.is_err(), "division by zero must fail");
+    assert_eq!(
+        token_of(&client).await,
+        before,
+        "a failed write moved the token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

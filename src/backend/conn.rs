@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use super::prepared_lru::PreparedNames;
 use super::tls::{ServerTls, StartTlsError};
+use super::topology::Lsn;
 use crate::config::ShardConfig;
 use crate::socket::Socket;
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
@@ -102,7 +103,20 @@ pub struct ServerConn {
     /// statement that only reads. A hint (a SELECT may call a function that writes): a one-phase
     /// commit asks Postgres before trusting it.
     pub wrote: bool,
+    /// Set by a session in `lsn` read-your-writes mode before a commit the proxy runs itself
+    /// (`commit_silently`): the WAL position is asked for in the same write as the commit.
+    pub want_commit_lsn: bool,
+    /// The primary's WAL position read right after this connection's last `commit_silently`
+    /// that asked for it: at or past that commit.
+    pub commit_lsn: Option<Lsn>,
+    /// A position question was queued and its answer not read yet: the connection is not in
+    /// sync, whatever ReadyForQuery came before it (one left unread would answer the next user).
+    probe_pending: bool,
 }
+
+/// The question asked on a primary's connection right behind a commit, in the same write: its
+/// answer is at or past the commit (the commit was acknowledged before it ran).
+pub const COMMIT_LSN_QUERY: &str = "SELECT pg_current_wal_lsn()";
 
 impl ServerConn {
     /// Connects to server `server` of `shard` at `addr` (over TLS when `tls` says so), logs in as
@@ -186,6 +200,9 @@ impl ServerConn {
             proxy_lock_timeout: false,
             setup: DeferredSetup::default(),
             wrote: false,
+            want_commit_lsn: false,
+            commit_lsn: None,
+            probe_pending: false,
         };
         let (user, password) = login;
         let login = conn.login(user, &shard.database, password, extra);
@@ -338,7 +355,7 @@ impl ServerConn {
         match frame.tag {
             be::READY_FOR_QUERY => {
                 self.status = be::decode_ready_for_query(&frame.body).map_err(protocol)?;
-                self.synced = true;
+                self.synced = !self.probe_pending;
                 if self.status == TxStatus::Idle {
                     self.proxy_lock_timeout = false;
                     self.wrote = false;
@@ -442,6 +459,61 @@ impl ServerConn {
     ) -> Result<Option<Vec<Option<String>>>, BackendError> {
         self.queue(&frontend::query(sql));
         self.flush().await?;
+        self.read_row_answer().await
+    }
+
+    /// Runs a commit (`COMMIT`, `COMMIT PREPARED …`) like `run_silently`; when `want_commit_lsn`
+    /// is set, also asks for the WAL position in the same write and keeps it in `commit_lsn`
+    /// (left `None` if the commit failed or the answer was not an LSN).
+    pub async fn commit_silently(&mut self, sql: &str) -> Result<(), BackendError> {
+        if !std::mem::take(&mut self.want_commit_lsn) {
+            return self.run_silently(sql).await;
+        }
+        self.commit_lsn = None;
+        self.queue(&frontend::query(sql));
+        self.queue_lsn_probe();
+        self.flush().await?;
+        let committed = self.read_row_answer().await;
+        if let Err(e) = &committed {
+            if !matches!(e, BackendError::Server { .. }) {
+                return committed.map(|_| ());
+            }
+        }
+        let lsn = self.read_lsn_probe().await?;
+        if committed.is_ok() {
+            self.commit_lsn = lsn;
+        }
+        committed.map(|_| ())
+    }
+
+    /// Queues `COMMIT_LSN_QUERY` behind what is queued; its answer is read with
+    /// `read_lsn_probe` once every earlier answer was read.
+    pub fn queue_lsn_probe(&mut self) {
+        self.queue(&frontend::query(COMMIT_LSN_QUERY));
+        self.probe_pending = true;
+    }
+
+    /// Reads the answer to `queue_lsn_probe`: the position, or `None` when the server refused
+    /// (a replica, a failed block); `Err` only when the connection failed.
+    pub async fn read_lsn_probe(&mut self) -> Result<Option<Lsn>, BackendError> {
+        let answer = self.read_row_answer().await;
+        if !matches!(answer, Ok(_) | Err(BackendError::Server { .. })) {
+            return answer.map(|_| None);
+        }
+        // Its ReadyForQuery was the last one owed.
+        self.probe_pending = false;
+        self.synced = true;
+        match answer {
+            Ok(row) => Ok(row
+                .and_then(|r| r.into_iter().next().flatten())
+                .and_then(|text| Lsn::parse(&text))),
+            Err(BackendError::Server { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads one simple Query's answer up to its ReadyForQuery: the first row's columns as text.
+    async fn read_row_answer(&mut self) -> Result<Option<Vec<Option<String>>>, BackendError> {
         let mut error = None;
         let mut value = None;
         loop {

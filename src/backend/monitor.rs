@@ -6,8 +6,9 @@
 //!
 //! A server that is slow or unreachable never holds up the others: a round waits for its answers
 //! only until the round's deadline, and a server keeps its previous state until it answers.
-//! While sessions wait for a replica to replay their writes (`Topology::want_fresh_samples`) the
-//! shard is sampled every `FAST_INTERVAL` instead.
+//! While someone waits on the shard's state (`Topology::want_fresh_samples`: statements held for
+//! a new primary) the shard is sampled every `FAST_INTERVAL` instead. Reads waiting for a replica
+//! to replay their writes ask the replica itself (`frontend::read_routing`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

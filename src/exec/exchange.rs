@@ -106,14 +106,29 @@ fn unexpected(conn: &ServerConn, tag: u8, expect: &Expect) -> SinkError {
 /// Sends every step's message, then reads the answers in order and passes them to `sink`.
 pub async fn run<S: FrameSink>(
     conn: &mut ServerConn,
+    steps: Vec<Step>,
+    sink: &mut S,
+) -> Result<Outcome, SinkError> {
+    run_then(conn, steps, sink, false).await
+}
+
+/// Like `run`; with `lsn_probe`, the WAL position question rides in the same write behind the
+/// steps (which must end with a Sync or a simple Query), and the caller reads its answer with
+/// `ServerConn::read_lsn_probe` after this returns `Ok`.
+pub async fn run_then<S: FrameSink>(
+    conn: &mut ServerConn,
     mut steps: Vec<Step>,
     sink: &mut S,
+    lsn_probe: bool,
 ) -> Result<Outcome, SinkError> {
     super::prepared_cap::add_evictions(conn, &mut steps);
     for step in &steps {
         if let Step::Send { frame, .. } = step {
             conn.queue(frame);
         }
+    }
+    if lsn_probe {
+        conn.queue_lsn_probe();
     }
     conn.flush().await?;
     let mut outcome = Outcome::default();

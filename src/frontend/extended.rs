@@ -378,6 +378,9 @@ impl Session {
                     self.route_reads(&[shard], all_facts).await;
                 }
                 let autocommit = self.state.txn.is_none() && self.state.open_batch_shard.is_none();
+                if sync {
+                    self.ask_commit_position(shard, autocommit, all_facts);
+                }
                 let outcome = self.run_single_read(shard, join_txn, build).await?;
                 if let Some(outcome) = outcome {
                     if sync {

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 
 use super::session::{End, Session};
+use crate::backend::conn::COMMIT_LSN_QUERY;
 use crate::backend::topology::{Lsn, ServerId, ServerState};
-use crate::backend::ServerConn;
+use crate::backend::{ServerConn, ShardPools};
 use crate::config::{Balance, ReadFrom, ReadYourWrites};
 use crate::exec::exchange::{Outcome, Step};
 use crate::router::{StatementFacts, StatementKind};
@@ -20,6 +21,15 @@ use crate::wire::backend::{self as be, ErrorFields};
 
 /// The ParameterStatus name of the token.
 pub const TOKEN_PARAMETER: &str = "pgshard.causal_token";
+
+/// How far a replica has replayed, asked on the connection a waiting read will use.
+const REPLAY_LSN_QUERY: &str = "SELECT pg_last_wal_replay_lsn()";
+/// For this long the question is asked again as soon as answered: replay on a healthy replica
+/// usually catches up within a round trip or two, well under the timer's millisecond.
+const REPLAY_ASK_AGAIN_FOR: Duration = Duration::from_millis(2);
+/// Then the pause between two questions, doubled each time up to the last.
+const REPLAY_FIRST_PAUSE: Duration = Duration::from_millis(1);
+const REPLAY_MAX_PAUSE: Duration = Duration::from_millis(5);
 
 impl Session {
     /// Picks the server of each shard a read request runs on; writes and transactions keep the
@@ -82,6 +92,10 @@ impl Session {
                 None
             }
             ReadYourWrites::Lsn => {
+                if self.state.reads.unknown.contains(&shard) {
+                    // A write whose position was lost: only the primary surely has it.
+                    return None;
+                }
                 let version = proxy.map.current().version;
                 match self
                     .state
@@ -95,51 +109,96 @@ impl Session {
                 }
             }
         };
-        let deadline = Instant::now() + Duration::from_millis(cfg.lsn_wait_timeout_ms);
-        let mut changes = topology.watch(shard)?;
+        let mut candidates =
+            topology.readable_replicas(shard, cfg.max_lag_bytes, cfg.max_lag_ms, min_lsn);
+        if cfg.read_from == ReadFrom::Any {
+            if let Some(p) = topology.server(primary).filter(|p| p.healthy) {
+                candidates.push(p);
+            }
+        }
+        if !candidates.is_empty() {
+            return Some(self.balance(candidates));
+        }
+        // The monitor's last samples show no replica past the token. Only worth waiting when a
+        // fit replica is merely behind it: then ask that replica itself (the one furthest
+        // along), on the connection the read will use.
+        let behind = min_lsn.and_then(|min| {
+            topology
+                .readable_replicas(shard, cfg.max_lag_bytes, cfg.max_lag_ms, None)
+                .into_iter()
+                .max_by_key(|s| s.lsn.unwrap_or(Lsn(0)))
+                .map(|s| (s.id, min))
+        });
+        // Inside a READ ONLY block the question would run in the client's transaction: the
+        // primary serves the read instead.
+        let Some((replica, min)) = behind.filter(|_| self.state.txn.is_none()) else {
+            proxy.replica_metrics.primary_fallback();
+            return None;
+        };
         let started = Instant::now();
-        // Taken at the first wait: the shard's monitor samples every few ms while it is held.
-        let mut fresh = None;
+        let deadline = started + Duration::from_millis(cfg.lsn_wait_timeout_ms);
+        self.state.reads.servers.insert(shard, replica);
+        let caught_up = self.await_replay(shard, replica, min, deadline).await;
+        proxy.replica_metrics.lsn_waited(started.elapsed());
+        self.state.reads.servers.remove(&shard);
+        if caught_up {
+            return Some(replica);
+        }
+        tracing::debug!(shard, waited = ?started.elapsed(), "no replica caught up; reading from the primary");
+        proxy.replica_metrics.primary_fallback();
+        None
+    }
+
+    /// Asks `replica` how far it has replayed, on the connection the read will use, until it
+    /// reaches `min` or `deadline` passes (false: the read goes to the primary). Asked again at
+    /// once for the first couple of milliseconds, then with growing pauses.
+    async fn await_replay(
+        &mut self,
+        shard: u32,
+        replica: ServerId,
+        min: Lsn,
+        deadline: Instant,
+    ) -> bool {
+        if self.ensure_conn(shard, false).await.is_err() {
+            return false;
+        }
+        let started = Instant::now();
+        let mut pause = REPLAY_FIRST_PAUSE;
         loop {
-            let mut candidates =
-                topology.readable_replicas(shard, cfg.max_lag_bytes, cfg.max_lag_ms, min_lsn);
-            if cfg.read_from == ReadFrom::Any {
-                if let Some(p) = topology.server(primary).filter(|p| p.healthy) {
-                    candidates.push(p);
+            let Some(conn) = self
+                .held
+                .get_mut(&shard)
+                .filter(|c| c.server == replica.index)
+            else {
+                // A connection the session must keep (a pin) is to another server.
+                return false;
+            };
+            match conn.query_text(REPLAY_LSN_QUERY).await {
+                Ok(text) => {
+                    if text
+                        .as_deref()
+                        .and_then(Lsn::parse)
+                        .is_some_and(|l| l >= min)
+                    {
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(shard, error = %e, "asking a replica for its replay position failed");
+                    if let Some(conn) = self.held.remove(&shard) {
+                        ShardPools::discard(conn);
+                    }
+                    return false;
                 }
             }
-            if !candidates.is_empty() {
-                if fresh.is_some() {
-                    proxy.replica_metrics.lsn_waited(started.elapsed());
-                }
-                return Some(self.balance(candidates));
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return false;
             }
-            // Only worth waiting when a fit replica is merely behind the token.
-            let behind = min_lsn.is_some()
-                && !topology
-                    .readable_replicas(shard, cfg.max_lag_bytes, cfg.max_lag_ms, None)
-                    .is_empty();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !behind || left.is_zero() {
-                if fresh.is_some() {
-                    proxy.replica_metrics.lsn_waited(started.elapsed());
-                }
-                if behind {
-                    tracing::debug!(shard, waited = ?started.elapsed(), "no replica caught up; reading from the primary");
-                }
-                proxy.replica_metrics.primary_fallback();
-                return None;
-            }
-            if fresh.is_none() {
-                fresh = topology.want_fresh_samples(shard);
-            }
-            match tokio::time::timeout(left, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    proxy.replica_metrics.lsn_waited(started.elapsed());
-                    proxy.replica_metrics.primary_fallback();
-                    return None;
-                }
+            if now.duration_since(started) >= REPLAY_ASK_AGAIN_FOR {
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(REPLAY_MAX_PAUSE);
             }
         }
     }
@@ -161,16 +220,74 @@ impl Session {
         }
     }
 
+    /// True when the session learns positions after its writes on `shard` (`lsn` mode, the
+    /// shard has replicas to read from).
+    fn wants_commit_position(&self, shard: u32) -> bool {
+        let cfg = &self.proxy.config.replicas;
+        cfg.read_your_writes == ReadYourWrites::Lsn
+            && cfg.read_from != ReadFrom::Primary
+            && self.proxy.topology.servers_of(shard).len() >= 2
+    }
+
+    /// Before a request on one shard that ends with a ReadyForQuery: when it may commit a write
+    /// (outside any block, or the COMMIT of a block that shard holds alone), the position
+    /// question rides behind it (see `ReadState::commit_probe`). Not behind a COPY: the question
+    /// would land in the copy stream.
+    pub fn ask_commit_position(&mut self, shard: u32, autocommit: bool, facts: &[StatementFacts]) {
+        let writes = autocommit
+            && facts
+                .iter()
+                .any(|f| f.is_write || f.kind == StatementKind::Ddl);
+        let commits = self.state.txn.as_ref().is_some_and(|t| t.has(shard))
+            && facts.iter().any(|f| f.kind == StatementKind::Commit);
+        self.state.reads.commit_probe = (writes || commits)
+            && !facts
+                .iter()
+                .any(|f| matches!(f.kind, StatementKind::Copy { .. }))
+            && self.wants_commit_position(shard);
+    }
+
+    /// Before the proxy commits a block on `participants`: each commit asks for the position in
+    /// the same write (`ServerConn::commit_silently`).
+    pub fn ask_commit_positions(&mut self, participants: &[u32]) {
+        for &shard in participants {
+            let primary = self.proxy.topology.primary(shard);
+            let want = self.wants_commit_position(shard);
+            if let Some(conn) = self.held.get_mut(&shard) {
+                // Only a primary knows the position (a READ ONLY block may be on a replica).
+                let want = want && primary.is_some_and(|p| p.index == conn.server);
+                conn.want_commit_lsn = want;
+                conn.commit_lsn = None;
+            }
+        }
+    }
+
+    /// After the proxy committed a block: the positions read behind each participant's commit.
+    pub fn take_commit_positions(&mut self, participants: &[u32]) {
+        for &shard in participants {
+            if let Some(conn) = self.held.get_mut(&shard) {
+                conn.want_commit_lsn = false;
+                let lsn = conn.commit_lsn.take();
+                self.state.reads.probed(shard, lsn);
+            }
+        }
+    }
+
     /// Brings the causal token (and the pin times) up to date with the writes the last request
-    /// committed, and tells the client the new token.
+    /// committed, and tells the client the new token. A position read behind the commit costs
+    /// nothing more; a write without one (a path that does not ask, a lost answer) costs a
+    /// question to the shard's primary on another connection, and if that fails too the shard's
+    /// reads stay on the primary.
     pub async fn publish_writes(&mut self) {
         if self.state.reads.pending.is_empty() {
+            self.state.reads.clear_positions();
             return;
         }
         let shards = std::mem::take(&mut self.state.reads.pending);
         let proxy = self.proxy.clone();
         let cfg = &proxy.config.replicas;
         if cfg.read_from == ReadFrom::Primary {
+            self.state.reads.clear_positions();
             return;
         }
         let now = Instant::now();
@@ -178,6 +295,7 @@ impl Session {
             self.state.reads.last_write.insert(shard, now);
         }
         if cfg.read_your_writes != ReadYourWrites::Lsn {
+            self.state.reads.clear_positions();
             return;
         }
         let mut changed = false;
@@ -185,8 +303,6 @@ impl Session {
             if proxy.topology.servers_of(shard).len() < 2 {
                 continue;
             }
-            // Any connection to the primary will do: the commit was acknowledged, so the
-            // primary's current position is at or past it.
             let Some(primary) = proxy.topology.primary(shard) else {
                 continue;
             };
@@ -195,28 +311,49 @@ impl Session {
                 .server(primary)
                 .map(|s| s.timeline)
                 .unwrap_or(0);
-            let Ok(mut conn) = proxy.pools.get_server_as(&self.server_login, primary).await else {
-                // Unknown position: reads of this shard stay on the primary for a while.
-                self.state.reads.token.shards.remove(&shard);
-                continue;
+            let lsn = match self.state.reads.known_position(shard) {
+                Some(lsn) => Some(lsn),
+                None => self.ask_primary_position(primary).await,
             };
-            match conn.query_text("SELECT pg_current_wal_lsn()").await {
-                Ok(Some(text)) => {
-                    if let Some(lsn) = Lsn::parse(&text) {
-                        self.state
-                            .reads
-                            .token
-                            .advance(shard, Position { timeline, lsn });
-                        changed = true;
-                    }
+            match lsn {
+                Some(lsn) => {
+                    self.state.reads.unknown.remove(&shard);
+                    self.state
+                        .reads
+                        .token
+                        .advance(shard, Position { timeline, lsn });
+                    changed = true;
                 }
-                _ => crate::backend::ShardPools::discard(conn),
+                // Unknown position: reads of this shard stay on the primary.
+                None => {
+                    self.state.reads.unknown.insert(shard);
+                }
             }
         }
+        self.state.reads.clear_positions();
         if changed {
             self.state.reads.token.map_version = proxy.map.current().version;
             let text = self.state.reads.token.to_string();
             self.io.push(&be::parameter_status(TOKEN_PARAMETER, &text));
+        }
+    }
+
+    /// The primary's position now, on a connection of its own: any connection will do, the
+    /// commit was acknowledged, so the primary's current position is at or past it.
+    async fn ask_primary_position(&self, primary: ServerId) -> Option<Lsn> {
+        let mut conn = self
+            .proxy
+            .pools
+            .get_server_as(&self.server_login, primary)
+            .await
+            .ok()?;
+        match conn.query_text(COMMIT_LSN_QUERY).await {
+            Ok(Some(text)) => Lsn::parse(&text),
+            Ok(None) => None,
+            Err(_) => {
+                crate::backend::ShardPools::discard(conn);
+                None
+            }
         }
     }
 
@@ -233,7 +370,10 @@ impl Session {
             .iter()
             .any(|f| f.is_write || f.kind == StatementKind::Ddl);
         if autocommit && self.state.txn.is_none() && wrote && outcome.error.is_none() {
-            self.state.reads.pending.insert(shard);
+            self.state.reads.wrote(shard);
+        } else {
+            // An answer behind a request that committed nothing covers nothing later.
+            self.state.reads.probed(shard, None);
         }
     }
 

@@ -508,6 +508,7 @@ impl Session {
             Target::Single(shard) => {
                 self.route_reads(&[shard], &facts).await;
                 let autocommit = self.state.txn.is_none();
+                self.ask_commit_position(shard, autocommit, &facts);
                 let outcome = self.run_single_read(shard, true, steps).await?;
                 if let Some(outcome) = outcome {
                     self.note_autocommit_write(shard, autocommit, &facts, &outcome);
@@ -941,6 +942,7 @@ impl Session {
         join_txn: bool,
         steps: impl FnOnce(&crate::backend::ServerConn) -> Vec<Step>,
     ) -> Result<Option<Outcome>, End> {
+        let want_probe = std::mem::take(&mut self.state.reads.commit_probe);
         if let Err(fields) = self.ensure_conn(shard, join_txn).await {
             self.reply_error(fields);
             return Ok(None);
@@ -950,8 +952,33 @@ impl Session {
         };
         let steps = steps(conn);
         let ending = steps_ending(&steps);
+        // lsn mode: the commit's position rides behind a request that commits a write.
+        let probe = want_probe && ends_with_status(&steps);
         set_active(&self.cancel, vec![conn.cancel_target()]);
-        let result = exchange::run(conn, steps, &mut self.io).await;
+        let mut result = exchange::run_then(conn, steps, &mut self.io, probe).await;
+        if probe {
+            result = match result {
+                Ok(outcome) => {
+                    let lsn = match conn.read_lsn_probe().await {
+                        Ok(lsn) => lsn,
+                        Err(e) => {
+                            tracing::debug!(shard, error = %e, "no WAL position after a commit");
+                            conn.synced = false;
+                            None
+                        }
+                    };
+                    // Only a request that left no block open committed.
+                    let committed = outcome.status == Some(TxStatus::Idle);
+                    self.state.reads.probed(shard, lsn.filter(|_| committed));
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    // Its answer was not read: the connection cannot be reused.
+                    conn.synced = false;
+                    Err(e)
+                }
+            };
+        }
         set_active(&self.cancel, Vec::new());
         match result {
             Ok(outcome) => {
@@ -1261,6 +1288,18 @@ fn savepoint_tag(sql: &str) -> &'static str {
 }
 
 pub use crate::planner::rules::is_sharded_copy_in;
+
+/// True when the last step asks for a ReadyForQuery (a Sync or a simple Query): nothing of the
+/// request is still open on the server afterwards.
+fn ends_with_status(steps: &[Step]) -> bool {
+    matches!(
+        steps.last(),
+        Some(Step::Send {
+            expect: Expect::Sync | Expect::Query,
+            ..
+        })
+    )
+}
 
 /// How a run's steps end: with a simple Query's or a Sync's ReadyForQuery, or (no status asked
 /// for) under a Flush.

@@ -62,8 +62,9 @@ impl Session {
             None
         };
         if commit && outcome.is_none() {
-            let written = self.block_shards();
-            self.state.reads.pending.extend(written);
+            for shard in self.block_shards() {
+                self.state.reads.wrote(shard);
+            }
         }
         self.state.txn = None;
         self.state.portals.clear();
@@ -149,10 +150,16 @@ impl Session {
         match participants.as_slice() {
             [] => Ok(BlockEnd::Committed),
             [only] => {
+                self.ask_commit_positions(&participants);
                 let Some(conn) = self.held.get_mut(only) else {
                     return Ok(BlockEnd::Committed);
                 };
-                match conn.run_silently("COMMIT").await {
+                let committed = conn.commit_silently("COMMIT").await;
+                self.take_commit_positions(&participants);
+                let Some(conn) = self.held.get_mut(only) else {
+                    return Ok(BlockEnd::Committed);
+                };
+                match committed {
                     Ok(()) => Ok(BlockEnd::Committed),
                     Err(e) => {
                         let fields = backend_error_fields(&e);
@@ -168,6 +175,7 @@ impl Session {
             _ => {
                 let unique = self.proxy.ids.next_id();
                 let coordinator = self.proxy.coordinator.clone();
+                self.ask_commit_positions(&participants);
                 let mut conns: Vec<&mut PooledConn> = self
                     .held
                     .iter_mut()
@@ -175,6 +183,7 @@ impl Session {
                     .map(|(_, c)| c)
                     .collect();
                 let result = coordinator.commit(&mut conns, unique).await;
+                self.take_commit_positions(&participants);
                 self.discard_broken();
                 match result {
                     Ok(()) => Ok(BlockEnd::Committed),

@@ -138,8 +138,11 @@ impl SessionState {
     /// were restored, so what the server connections hold is no longer known.
     pub fn close_block(&mut self, rolled_back: bool) -> bool {
         if !rolled_back {
-            if let Some(txn) = &self.txn {
-                self.reads.pending.extend(txn.participants.iter().copied());
+            // A READ ONLY block wrote nothing (Postgres refuses its writes): no position needed.
+            if let Some(txn) = self.txn.as_ref().filter(|t| !t.read_only) {
+                for &shard in &txn.participants {
+                    self.reads.wrote(shard);
+                }
             }
         }
         let before = self.settings_at_begin.take();

@@ -244,7 +244,8 @@ impl Coordinator {
         conns: &mut [&mut PooledConn],
     ) {
         let sql = finish_sql(gid, decision);
-        let results = join_all(conns.iter_mut().map(|c| c.run_silently(&sql))).await;
+        // `commit_silently`: a session that asked learns each shard's position behind it.
+        let results = join_all(conns.iter_mut().map(|c| c.commit_silently(&sql))).await;
         let pending: Vec<u32> = conns
             .iter()
             .zip(&results)
@@ -319,7 +320,7 @@ async fn wrote_nothing(conn: &mut PooledConn) -> Result<bool, BackendError> {
 async fn one_phase(conns: &mut [&mut PooledConn]) -> Result<(), CommitFailure> {
     let results = join_all(conns.iter_mut().map(|c| async move {
         let wrote = c.wrote;
-        (wrote, c.shard, c.run_silently("COMMIT").await)
+        (wrote, c.shard, c.commit_silently("COMMIT").await)
     }))
     .await;
     let mut outcome = Ok(());
@@ -347,7 +348,7 @@ async fn one_phase(conns: &mut [&mut PooledConn]) -> Result<(), CommitFailure> {
 
 /// Ends the transactions of participants that wrote nothing.
 async fn end_readers(readers: &mut [&mut PooledConn]) {
-    let ended = join_all(readers.iter_mut().map(|c| c.run_silently("COMMIT"))).await;
+    let ended = join_all(readers.iter_mut().map(|c| c.commit_silently("COMMIT"))).await;
     for (conn, result) in readers.iter().zip(ended) {
         if let Err(e) = result {
             tracing::debug!(shard = conn.shard, error = %e, "commit of a participant that only read failed");
