@@ -1,7 +1,6 @@
 //! The cut-over's comparison of source and destination, split so the hold does not grow with
-//! the rows moved: before the hold, aggregates of the moving rows' hashes by bucket of key on
-//! both sides (one scan each, a few thousand rows shipped), then the rows of the buckets that
-//! differ; inside the hold, only the keys that differed then or that a watch saw change since (index lookups),
+//! the rows moved: before the hold, a hash per moving row on both sides (one scan each); inside
+//! the hold, only the keys that differed then or that a watch saw change since (index lookups),
 //! or the whole table when a watch cannot name the keys (a truncate).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -74,6 +73,24 @@ impl TableRows {
     }
 }
 
+impl StepRows {
+    /// (table:count:checksum …, rows) of the source side: what the catalog records per step.
+    pub fn summary(&self) -> (String, i64) {
+        let parts: Vec<String> = self
+            .tables
+            .iter()
+            .map(|t| {
+                let sum: i64 = t.source.values().map(|h| i64::from(*h)).sum();
+                format!("{}:{}:{sum}", t.table, t.source.len())
+            })
+            .collect();
+        (
+            parts.join(" "),
+            self.tables.iter().map(|t| t.source.len() as i64).sum(),
+        )
+    }
+}
+
 /// Runs a comparison read in one round trip (no separate prepare: the hold waits for it).
 async fn rows(
     client: &Client,
@@ -95,121 +112,34 @@ async fn rows(
         .collect())
 }
 
-/// Rows a bucket of [`scan`]'s aggregates holds on average: a mismatch then costs re-reading
-/// about this many rows per side, and the aggregates are this many times fewer than the rows.
-const ROWS_PER_BUCKET: i64 = 32;
-
-/// Most buckets per step and table: past this the aggregates shipped outweigh the rows saved.
-const MAX_BUCKETS: i64 = 1 << 16;
-
-/// The mask picking a row's bucket from the hash of its key (`hashtext(key::text) & mask`), for
-/// steps of about `rows` moving rows each: a power of two buckets, [`ROWS_PER_BUCKET`] rows each.
-pub fn bucket_mask(rows: i64) -> i32 {
-    let want = (rows / ROWS_PER_BUCKET).clamp(1, MAX_BUCKETS);
-    (want as u64).next_power_of_two().min(MAX_BUCKETS as u64) as i32 - 1
-}
-
-/// One bucket's rows on one side: how many, the xor of their 64-bit row hashes and the sum of
-/// those hashes' high halves. Equal aggregates mean equal rows unless differences cancel in both
-/// the xor and the sum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Aggregate {
-    pub rows: i64,
-    pub xor: i64,
-    pub sum: i64,
-}
-
-/// Buckets whose aggregates differ between the sides (a bucket missing on one side holds no rows
-/// there), in order.
-pub fn differing_buckets(
-    source: &BTreeMap<i32, Aggregate>,
-    dest: &BTreeMap<i32, Aggregate>,
-) -> Vec<i32> {
-    let buckets: BTreeSet<i32> = source.keys().chain(dest.keys()).copied().collect();
-    buckets
-        .into_iter()
-        .filter(|b| source.get(b) != dest.get(b))
-        .collect()
-}
-
-/// `CASE WHEN (p0) THEN 0 WHEN (p1) THEN 1 … END` and `(p0) OR (p1) …`: the position of the
-/// first predicate a row matches, and whether it matches any.
-fn arms(preds: &[&str]) -> (String, String) {
+/// One scan of `table` for several steps' rows: (arm, key as text, row hash) of every row
+/// matching one of the predicates `preds`, the arm being the position of the first one it
+/// matches. The row hash is the one [`TableRows::select`] reads.
+fn grouped_select(table: &str, key: &str, preds: &[&str]) -> String {
     let arms: Vec<String> = preds
         .iter()
         .enumerate()
         .map(|(i, p)| format!("WHEN ({p}) THEN {i}"))
         .collect();
     let any: Vec<String> = preds.iter().map(|p| format!("({p})")).collect();
-    (format!("CASE {} END", arms.join(" ")), any.join(" OR "))
-}
-
-/// One scan of `table` for several steps' rows, aggregated on the server: (arm, bucket, rows,
-/// xor, sum) per bucket of every arm, the arm being the position of the first predicate of
-/// `preds` a row matches and the bucket the hash of its key under `mask`.
-fn aggregate_select(table: &str, key: &str, preds: &[&str], mask: i32) -> String {
-    let (case, any) = arms(preds);
     format!(
-        "SELECT arm, bucket, count(*), coalesce(bit_xor(h), 0), coalesce(sum((h >> 32)::int4), 0)::int8 \
-         FROM (SELECT {case} AS arm, hashtext({k}::text) & {mask} AS bucket, \
-                      hashtextextended(pgshard_r::text, 0) AS h \
-               FROM {t} pgshard_r WHERE {any}) pgshard_a GROUP BY 1, 2",
-        k = ident(key),
-        t = quote_config_name(table),
+        "SELECT CASE {} END, {}::text, hashtext(pgshard_r::text) FROM {} pgshard_r WHERE {}",
+        arms.join(" "),
+        ident(key),
+        quote_config_name(table),
+        any.join(" OR ")
     )
 }
 
-/// One scan of `table` for the rows of some buckets of several steps: (arm, key as text, row
-/// hash) of each row whose (arm, bucket) is one of the pairs `$1::int[]`, `$2::int[]`. The row
-/// hash is the one [`TableRows::select`] reads.
-fn bucket_rows_select(table: &str, key: &str, preds: &[&str], mask: i32) -> String {
-    let (case, any) = arms(preds);
-    format!(
-        "SELECT arm, key, hashtext(pgshard_r::text) \
-         FROM (SELECT {case} AS arm, hashtext({k}::text) & {mask} AS bucket, {k}::text AS key, \
-                      pgshard_r FROM {t} pgshard_r WHERE {any}) pgshard_b \
-         WHERE (arm, bucket) IN (SELECT * FROM unnest($1::int[], $2::int[]))",
-        k = ident(key),
-        t = quote_config_name(table),
-    )
-}
-
-/// Runs an [`aggregate_select`]: the aggregates by arm and bucket.
-async fn aggregates(
+/// Runs a [`grouped_select`] and sorts its rows by arm.
+async fn grouped_rows(
     client: &Client,
     shard: u32,
     sql: &str,
-) -> Result<HashMap<i32, BTreeMap<i32, Aggregate>>, RebalanceError> {
-    let mut out: HashMap<i32, BTreeMap<i32, Aggregate>> = HashMap::new();
-    for r in client
-        .query_typed(sql, &[])
-        .await
-        .map_err(RebalanceError::shard(shard))?
-    {
-        let agg = Aggregate {
-            rows: r.get(2),
-            xor: r.get(3),
-            sum: r.get(4),
-        };
-        out.entry(r.get(0)).or_default().insert(r.get(1), agg);
-    }
-    Ok(out)
-}
-
-/// Runs a [`bucket_rows_select`] for the (arm, bucket) pairs `arms`, `buckets`: the rows by arm.
-async fn bucket_rows(
-    client: &Client,
-    shard: u32,
-    sql: &str,
-    (arms, buckets): (Vec<i32>, Vec<i32>),
 ) -> Result<HashMap<i32, Rows>, RebalanceError> {
-    use tokio_postgres::types::Type;
     let mut out: HashMap<i32, Rows> = HashMap::new();
     for r in client
-        .query_typed(
-            sql,
-            &[(&arms, Type::INT4_ARRAY), (&buckets, Type::INT4_ARRAY)],
-        )
+        .query_typed(sql, &[])
         .await
         .map_err(RebalanceError::shard(shard))?
     {
@@ -224,9 +154,7 @@ fn client(clients: &BTreeMap<u32, Client>, shard: u32) -> Result<&Client, Rebala
         .ok_or_else(|| RebalanceError::Config(format!("no connection to shard {shard}")))
 }
 
-/// Compares every moving row of both sides of every step (all shards at once) without shipping
-/// them: per step and table, aggregates of the rows' hashes by bucket of key on each side; only
-/// the rows of buckets that differ are read, and their differing keys become the suspects.
+/// Reads every moving row's hash on both sides of every step (all shards at once).
 pub async fn scan(
     config: &Config,
     clients: &BTreeMap<u32, Client>,
@@ -264,81 +192,37 @@ pub async fn scan(
             tables,
         });
     }
-    // One mask for every step (both sides of a step must bucket alike), sized for the largest.
-    let rows = job
-        .steps
-        .iter()
-        .map(|s| s.rows_copied.max(s.rows_estimated.unwrap_or(0)))
-        .max()
-        .unwrap_or(0);
-    let mask = bucket_mask(rows);
     // One scan per shard, side and table, whatever the number of steps reading it there (a new
     // shard is the destination of every step of add-shard: a scan per step read it ten times).
     // A shard's steps on one side have disjoint predicates, so each row belongs to one step.
-    let mut groups: BTreeMap<(u32, u8, String), Vec<Member>> = BTreeMap::new();
+    let mut groups: BTreeMap<(u32, u8, &str), Vec<Member>> = BTreeMap::new();
     for (si, step) in steps.iter().enumerate() {
         for (ti, t) in step.tables.iter().enumerate() {
             for (side, shard) in [(0, step.source), (1, step.dest)] {
                 groups
-                    .entry((shard, side, t.table.clone()))
+                    .entry((shard, side, t.table.as_str()))
                     .or_default()
                     .push((si, ti));
             }
         }
     }
-    let group_sql = |members: &[Member], select: fn(&str, &str, &[&str], i32) -> String| {
+    let mut reads = Vec::new();
+    for ((shard, side, _), members) in groups {
         let first = &steps[members[0].0].tables[members[0].1];
         let preds: Vec<&str> = members
             .iter()
             .map(|&(si, ti)| steps[si].tables[ti].pred.as_str())
             .collect();
-        select(&first.table, &first.key, &preds, mask)
-    };
-    let mut reads = Vec::new();
-    for ((shard, side, _), members) in &groups {
-        let sql = group_sql(members, aggregate_select);
-        let c = client(clients, *shard)?;
-        reads.push(async move { (members, *side, aggregates(c, *shard, &sql).await) });
-    }
-    // (step, table) → aggregates of (source, destination)
-    type Sides = (BTreeMap<i32, Aggregate>, BTreeMap<i32, Aggregate>);
-    let mut aggs: BTreeMap<Member, Sides> = BTreeMap::new();
-    for (members, side, r) in join_all(reads).await {
-        let mut by_arm = r?;
-        for (arm, m) in members.iter().enumerate() {
-            let a = by_arm.remove(&(arm as i32)).unwrap_or_default();
-            let e = aggs.entry(*m).or_default();
-            *if side == 0 { &mut e.0 } else { &mut e.1 } = a;
-        }
-    }
-    let differing: BTreeMap<Member, Vec<i32>> = aggs
-        .iter()
-        .map(|(m, (s, d))| (*m, differing_buckets(s, d)))
-        .filter(|(_, b)| !b.is_empty())
-        .collect();
-    // The rows of the differing buckets, both sides, again one scan per shard, side and table.
-    let mut reads = Vec::new();
-    for ((shard, side, _), members) in &groups {
-        let mut pairs = (Vec::new(), Vec::new());
-        for (arm, m) in members.iter().enumerate() {
-            for b in differing.get(m).into_iter().flatten() {
-                pairs.0.push(arm as i32);
-                pairs.1.push(*b);
-            }
-        }
-        if pairs.0.is_empty() {
-            continue;
-        }
-        let sql = group_sql(members, bucket_rows_select);
-        let c = client(clients, *shard)?;
-        reads.push(async move { (members, *side, bucket_rows(c, *shard, &sql, pairs).await) });
+        let sql = grouped_select(&first.table, &first.key, &preds);
+        let c = client(clients, shard)?;
+        reads.push(async move { (members, side, grouped_rows(c, shard, &sql).await) });
     }
     let mut read = Vec::new();
     for (members, side, r) in join_all(reads).await {
         read.push((members, side, r?));
     }
     for (members, side, mut by_arm) in read {
-        for (arm, &(si, ti)) in members.iter().enumerate() {
+        for (arm, (si, ti)) in members.into_iter().enumerate() {
             let rows = by_arm.remove(&(arm as i32)).unwrap_or_default();
             let t = &mut steps[si].tables[ti];
             *if side == 0 {
@@ -476,67 +360,22 @@ mod tests {
     }
 
     #[test]
-    fn buckets_hold_a_few_dozen_rows_each_within_bounds() {
-        for (rows, mask) in [
-            (0, 0),
-            (1, 0),
-            (31, 0),
-            (64, 1),
-            (65, 1),
-            (96, 3),
-            (9_000, 511),
-            (91_000, 4095),
-            (1 << 40, 65535),
-            (-5, 0),
-        ] {
-            assert_eq!(bucket_mask(rows), mask, "{rows} rows");
-        }
+    fn summary_counts_and_sums_the_source() {
+        let step = StepRows {
+            no: 0,
+            source: 1,
+            dest: 2,
+            tables: vec![table(&[("1", 10), ("2", -3)], &[])],
+        };
+        assert_eq!(step.summary(), ("users:2:7".to_string(), 2));
     }
 
     #[test]
-    fn differing_buckets_are_those_changed_missing_or_extra() {
-        let agg = |rows, xor, sum| Aggregate { rows, xor, sum };
-        let side = |v: &[(i32, Aggregate)]| v.iter().copied().collect::<BTreeMap<_, _>>();
-        let source = side(&[
-            (0, agg(2, 5, 7)),
-            (1, agg(1, 3, 3)),
-            (2, agg(4, 9, 1)),
-            (3, agg(1, 1, 1)),
-            (5, agg(2, 2, 2)),
-        ]);
-        let dest = side(&[
-            (0, agg(2, 5, 7)),
-            (1, agg(1, 4, 3)),
-            (2, agg(4, 9, 2)),
-            (3, agg(2, 1, 1)),
-            (4, agg(1, 1, 1)),
-        ]);
-        assert_eq!(differing_buckets(&source, &dest), vec![1, 2, 3, 4, 5]);
-        assert!(differing_buckets(&source, &source).is_empty());
-        assert!(differing_buckets(&BTreeMap::new(), &BTreeMap::new()).is_empty());
-    }
-
-    #[test]
-    fn one_scan_aggregates_every_steps_rows_of_a_table_by_bucket() {
+    fn one_scan_reads_every_steps_rows_of_a_table() {
         assert_eq!(
-            aggregate_select("users", "user_id", &["a < 1", "a >= 5"], 15),
-            "SELECT arm, bucket, count(*), coalesce(bit_xor(h), 0), \
-             coalesce(sum((h >> 32)::int4), 0)::int8 \
-             FROM (SELECT CASE WHEN (a < 1) THEN 0 WHEN (a >= 5) THEN 1 END AS arm, \
-             hashtext(user_id::text) & 15 AS bucket, hashtextextended(pgshard_r::text, 0) AS h \
-             FROM public.users pgshard_r WHERE (a < 1) OR (a >= 5)) pgshard_a GROUP BY 1, 2"
-        );
-    }
-
-    #[test]
-    fn differing_buckets_rows_are_read_in_one_scan() {
-        assert_eq!(
-            bucket_rows_select("users", "user_id", &["a < 1", "a >= 5"], 15),
-            "SELECT arm, key, hashtext(pgshard_r::text) \
-             FROM (SELECT CASE WHEN (a < 1) THEN 0 WHEN (a >= 5) THEN 1 END AS arm, \
-             hashtext(user_id::text) & 15 AS bucket, user_id::text AS key, pgshard_r \
-             FROM public.users pgshard_r WHERE (a < 1) OR (a >= 5)) pgshard_b \
-             WHERE (arm, bucket) IN (SELECT * FROM unnest($1::int[], $2::int[]))"
+            grouped_select("users", "user_id", &["a < 1", "a >= 5"]),
+            "SELECT CASE WHEN (a < 1) THEN 0 WHEN (a >= 5) THEN 1 END, user_id::text, \
+             hashtext(pgshard_r::text) FROM public.users pgshard_r WHERE (a < 1) OR (a >= 5)"
         );
     }
 

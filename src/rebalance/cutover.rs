@@ -280,14 +280,19 @@ async fn held(
     if let Some(p) = row.get::<_, Option<i32>>(0) {
         return Ok(Attempt::Retry(format!("proxy {p} gave up holding")));
     }
-    // Every tenant step's checksum and count in one statement: one round trip each was a
-    // measurable part of the hold for a job with many steps. (A key range's step records its
-    // source's count and checksum at clean-up, where the source's moving rows no longer change.)
+    // Every step's checksum and count in one statement: one round trip each was a measurable
+    // part of the hold for a job with many steps.
     let (mut nos, mut sums, mut counts) = (Vec::new(), Vec::new(), Vec::new());
     for (no, summary, rows) in &tenants {
         nos.push(*no);
         sums.push(summary.clone());
         counts.push(*rows);
+    }
+    for step in steps.iter() {
+        let (summary, rows) = step.summary();
+        nos.push(step.no);
+        sums.push(summary);
+        counts.push(rows);
     }
     if !nos.is_empty() {
         tx.execute(

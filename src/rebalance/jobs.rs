@@ -337,30 +337,6 @@ pub async fn set_progress(
     Ok(())
 }
 
-/// Records the count and checksum of a step's moving rows on its source once the map has
-/// switched (`table:count:checksum …`), and the count as the rows copied.
-pub async fn set_copied(
-    client: &Client,
-    id: i64,
-    step: i32,
-    sums: &super::copy::StepChecksum,
-) -> Result<(), RebalanceError> {
-    let parts: Vec<String> = sums
-        .iter()
-        .map(|(t, n, h)| format!("{t}:{n}:{h}"))
-        .collect();
-    let rows: i64 = sums.iter().map(|(_, n, _)| n).sum();
-    client
-        .execute(
-            "UPDATE rebalance_steps SET checksum = $3, rows_copied = $4, updated_at = now() \
-             WHERE job_id = $1 AND step_no = $2",
-            &[&id, &step, &parts.join(" "), &rows],
-        )
-        .await
-        .map_err(cat)?;
-    Ok(())
-}
-
 /// Records what clean-up deleted and the verified checksum.
 pub async fn set_cleaned(
     client: &Client,

@@ -481,15 +481,6 @@ impl Runner<'_> {
             };
             copy::drop_replication(&source, dest, job, step).await?;
             let dropped = t0.elapsed();
-            if step.checksum.is_none() && step.rows_deleted == 0 {
-                // The moving rows as the map switched (nothing writes them on the source
-                // since): their count and checksum, before the first of them is deleted.
-                let sums = copy::checksums(config, &source, step.source, job, &[step])
-                    .await?
-                    .remove(&step.no)
-                    .unwrap_or_default();
-                jobs::set_copied(client, job.id, step.no, &sums).await?;
-            }
             let batch = config.rebalance.delete_batch;
             let deleted = copy::delete_rows(config, &source, step.source, job, step, batch).await?;
             let emptied = t0.elapsed();
