@@ -7,8 +7,10 @@
 #
 #   bench/rebalance.sh [users=1000000] [clients=8]
 #
-# PROFILE=debug uses a debug build (default release). Starts its own cluster (eleven shards, the
-# map over the first ten) in a temp dir on free loopback ports and removes it when done.
+# PROFILE=debug uses a debug build (default release). STEPS_AT_ONCE=N sets the proxy's
+# `rebalance.steps_at_once` (steps copying, comparing or cleaning up together). Starts its own
+# cluster (eleven shards, the map over the first ten) in a temp dir on free loopback ports and
+# removes it when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${1:-1000000}
@@ -20,6 +22,9 @@ bench_workdir rebalance
 PROXY_PORT=$(free_port)
 "$BIN" cluster up --dir "$WORK/c" --shards 11 --strategy hash --listen "127.0.0.1:$PROXY_PORT" >/dev/null
 CONFIG=$WORK/c/pgshard.toml
+if [ -n "${STEPS_AT_ONCE:-}" ]; then
+    sed -i "/^steps_at_once = /d; s/^\[rebalance\]\$/[rebalance]\nsteps_at_once = $STEPS_AT_ONCE/" "$CONFIG"
+fi
 shard_port() { "$BIN" cluster status --dir "$WORK/c" --json | python3 -c "import json,sys; print([i['port'] for i in json.load(sys.stdin) if i.get('shard')==$1 and i.get('role')=='primary'][0])"; }
 CATALOG_URL=$(python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"rb"))["catalog"]["url"])' "$CONFIG")
 export PGPASSWORD=pgshard

@@ -140,6 +140,10 @@ pub struct RebalanceConfig {
     /// Whether this proxy runs rebalancing jobs it finds in the catalog.
     #[serde(default = "default_true")]
     pub run_jobs: bool,
+    /// Steps of a job that copy, compare or clean up at once: each is a busy server process
+    /// beside the clients' (fewer spread the same work over more time, and copy slower).
+    #[serde(default = "default_steps_at_once")]
+    pub steps_at_once: usize,
 }
 
 impl Default for RebalanceConfig {
@@ -150,6 +154,7 @@ impl Default for RebalanceConfig {
             lease_ms: default_lease_ms(),
             delete_batch: default_delete_batch(),
             run_jobs: true,
+            steps_at_once: default_steps_at_once(),
         }
     }
 }
@@ -165,6 +170,9 @@ fn default_lease_ms() -> u64 {
 }
 fn default_delete_batch() -> i64 {
     5_000
+}
+fn default_steps_at_once() -> usize {
+    16
 }
 fn default_true() -> bool {
     true
@@ -1016,6 +1024,12 @@ impl Config {
                 return Err(invalid("control_plane.user", "must not be empty".into()));
             }
         }
+        if self.rebalance.steps_at_once < 1 {
+            return Err(invalid(
+                "rebalance.steps_at_once",
+                "must be at least 1".into(),
+            ));
+        }
         if self.rebalance.delete_batch < 1 {
             return Err(invalid(
                 "rebalance.delete_batch",
@@ -1176,6 +1190,20 @@ key = "user_id"
             .unwrap_err()
             .to_string();
         assert!(err.contains("users[0].password"), "{err}");
+    }
+
+    #[test]
+    fn steps_at_once_defaults_to_sixteen_and_must_be_positive() {
+        let c = Config::from_toml(GOOD, Path::new("t.toml")).unwrap();
+        assert_eq!(c.rebalance.steps_at_once, 16);
+        for (value, ok) in [("0", false), ("1", true), ("3", true)] {
+            let text = format!("{GOOD}\n[rebalance]\nsteps_at_once = {value}\n");
+            let r = Config::from_toml(&text, Path::new("t.toml"));
+            assert_eq!(r.is_ok(), ok, "{value}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("rebalance.steps_at_once"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -135,13 +135,16 @@ pub async fn start_command(
 
 /// Plans `target` from the current map and records it as a new job.
 pub async fn create_job(config: &Config, target: &super::Target) -> anyhow::Result<i64> {
-    let config = &with_registered_shards(config).await?;
+    // One catalog login for the topology, the map and the job (each login is a SCRAM exchange
+    // the catalog's server computes while clients wait for its CPU).
+    let mut client = catalog(config).await?;
+    let topology = crate::catalog::load_topology(&client).await?;
+    let config = &crate::catalog::with_topology(config, topology.as_ref());
     if let Some(shard) = map_shards_missing(config, target).first() {
         anyhow::bail!(
             "shard {shard} is not registered; add it first with `pgshard shard add` or ADD SHARD"
         );
     }
-    let mut client = catalog(config).await?;
     let map = crate::catalog::load_map(&client)
         .await?
         .ok_or(crate::catalog::CatalogError::NoMap)?;

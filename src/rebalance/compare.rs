@@ -217,8 +217,10 @@ pub async fn scan(
         let c = client(clients, shard)?;
         reads.push(async move { (members, side, grouped_rows(c, shard, &sql).await) });
     }
+    // At most `steps_at_once` scans at a time: each is a busy server process beside the
+    // clients'.
     let mut read = Vec::new();
-    for (members, side, r) in join_all(reads).await {
+    for (members, side, r) in super::at_most(config.rebalance.steps_at_once, reads).await {
         read.push((members, side, r?));
     }
     for (members, side, mut by_arm) in read {

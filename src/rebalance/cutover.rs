@@ -1,6 +1,6 @@
 //! One cut-over attempt. Before the hold: start a change watch on every shard of the job, wait
-//! until each destination has replayed its source up to then, and compare a hash of every moving
-//! row on both sides (see `compare`). Then ask every live proxy to hold (catalog
+//! until each destination has replayed its source up to then, and compare the moving rows on
+//! both sides by aggregates of their hashes per bucket of key (see `compare`). Then ask every live proxy to hold (catalog
 //! `rebalance_holds`), wait for all of them to acknowledge (a live proxy that does not is a
 //! failed attempt, never ignored), wait until each destination has confirmed the source's
 //! current WAL position, re-compare only the rows that differed or changed since (so the hold

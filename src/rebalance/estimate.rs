@@ -58,15 +58,19 @@ async fn rows_of_move(
     }
     let mut rows = 0i64;
     for table in &config.sharded_tables {
-        let exists = super::shards::table_exists(
-            &client,
-            m.source,
-            &crate::router::names::quote_config_name(&table.name),
-        )
-        .await?;
-        if !exists {
+        let name = crate::router::names::quote_config_name(&table.name);
+        // Whether the table exists and how many rows Postgres believes it holds, in one look.
+        let Some(row) = client
+            .query_opt(
+                "SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)",
+                &[&name],
+            )
+            .await
+            .map_err(RebalanceError::shard(m.source))?
+        else {
             continue;
-        }
+        };
+        let reltuples: f32 = row.get(0);
         // The key type as start-up resolved it, else as the shard's catalog says (the CLI's
         // config may not name it): a uuid or text key hashes with its own function.
         let key_type = match table.key_type {
@@ -75,20 +79,9 @@ async fn rows_of_move(
                 .await
                 .map_err(RebalanceError::Config)?,
         };
-        let name = crate::router::names::quote_config_name(&table.name);
         let percent = match counting {
             Counting::Exact => None,
-            Counting::Sampled => {
-                let reltuples: f32 = client
-                    .query_one(
-                        "SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)",
-                        &[&name],
-                    )
-                    .await
-                    .map_err(RebalanceError::shard(m.source))?
-                    .get(0);
-                sample_percent(f64::from(reltuples))
-            }
+            Counting::Sampled => sample_percent(f64::from(reltuples)),
         };
         let predicate = plan.predicate_typed(&table.key, key_type, m);
         let sql = match percent {

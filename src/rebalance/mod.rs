@@ -69,3 +69,16 @@ impl RebalanceError {
         move |source| RebalanceError::Shard { shard, source }
     }
 }
+
+/// Runs `futures` with at most `at_once` of them in flight (`rebalance.steps_at_once`: each is a
+/// busy server process beside the clients'); their outputs in the order they finish.
+pub(crate) async fn at_most<F: std::future::Future>(
+    at_once: usize,
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(futures)
+        .buffer_unordered(at_once.max(1))
+        .collect()
+        .await
+}

@@ -414,7 +414,9 @@ impl Runner<'_> {
             }
         }
         let mut started = std::collections::BTreeMap::new();
-        for r in futures_util::future::join_all(starting).await {
+        // At most `steps_at_once` copies run together: each is a busy process on its source and
+        // on its destination, beside the clients'.
+        for r in super::at_most(config.rebalance.steps_at_once, starting).await {
             let (no, copied) = r?;
             started.insert(no, copied);
         }
@@ -506,7 +508,8 @@ impl Runner<'_> {
             jobs::set_cleaned(client, job.id, step.no, step.rows_deleted + deleted, None).await?;
             jobs::set_step_state(client, job.id, step.no, "verified").await
         });
-        for r in futures_util::future::join_all(cleaning).await {
+        // At most `steps_at_once` clean-ups run together, as the copies.
+        for r in super::at_most(config.rebalance.steps_at_once, cleaning).await {
             r?;
         }
         tracing::info!(
