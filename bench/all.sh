@@ -30,6 +30,16 @@ BOUNCER_PORT=$(free_port)
 BOUNCER=0
 command -v pgbouncer >/dev/null 2>&1 && BOUNCER=1
 bouncer_pid() { pgrep -f "^pgbouncer -q $WORK/pgbouncer.ini" | head -1; }
+# PgBouncer (when installed), transaction pooling, on $BOUNCER_PORT: its database `app` is
+# database $2 of the instance on port $1.
+start_bouncer_for() {
+    [ "$BOUNCER" = 1 ] || return 0
+    pgbouncer_config "$BOUNCER_PORT" 20 <<INI
+app = host=127.0.0.1 port=$1 dbname=$2 user=pgshard password=pgshard
+INI
+    start_pgbouncer
+    wait_port "$BOUNCER_PORT" app app app
+}
 
 echo "pgshard bench/all.sh: ${SECONDS_PER_RUN} s per run, scale $SCALE, $(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
@@ -53,13 +63,7 @@ cp "$WORK/two/pgshard.toml" "$CONFIG"
 sed -i "s/^size = .*/size = 20/" "$CONFIG"
 printf '\n[[sharded_tables]]\nname = "pgbench_accounts"\nkey = "aid"\n' >> "$CONFIG"
 start_proxy
-if [ "$BOUNCER" = 1 ]; then
-    pgbouncer_config "$BOUNCER_PORT" 20 <<INI
-app = host=127.0.0.1 port=$TWO0_PORT dbname=app user=pgshard password=pgshard
-INI
-    start_pgbouncer
-    wait_port "$BOUNCER_PORT" app app app
-fi
+start_bouncer_for "$TWO0_PORT" app
 # One pgbench -S row: direct ($DIRECT_PORT, $DIRECT_DB as $DIRECT_USER), PgBouncer, pgshard
 # ($1 = what the label adds, the rest pgbench's arguments).
 select_row() {
@@ -101,13 +105,7 @@ PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PROXY_PORT" -U app -d app \
     -c 'CREATE TABLE bench_inserts (id bigint NOT NULL, payload text)' >/dev/null
 # The same select-only load over ten shards (each row on its shard) against one Postgres holding
 # them all: what spreading the rows over ten instances on the same two cores costs.
-if [ "$BOUNCER" = 1 ]; then
-    pgbouncer_config "$BOUNCER_PORT" 20 <<INI
-app = host=127.0.0.1 port=$SHARD0_PORT dbname=direct user=pgshard password=pgshard
-INI
-    start_pgbouncer
-    wait_port "$BOUNCER_PORT" app app app
-fi
+start_bouncer_for "$SHARD0_PORT" direct
 DIRECT_PORT=$SHARD0_PORT DIRECT_USER=pgshard DIRECT_DB=direct
 select_row ", ten shards" -S -M simple -c 8 -j 2
 # Inserts over ten shards: pgshard (-M prepared -c 20) against ten pgbench runs at the shards
