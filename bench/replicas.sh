@@ -26,8 +26,9 @@ if [ "$APPLY_DELAY" != 0 ]; then DELAY_ARGS=(--apply-delay-ms "$APPLY_DELAY"); f
     --listen "127.0.0.1:$PROXY_PORT" >/dev/null
 URL="postgresql://app:app@127.0.0.1:$PROXY_PORT/app"
 
-start_proxy() { # read_from read_your_writes
+start_proxy() { # read_from read_your_writes [lsn_wait_timeout_ms, default the config's]
     sed -e "s/^read_from = .*/read_from = \"$1\"/" -e "s/^read_your_writes = .*/read_your_writes = \"$2\"/" \
+        -e "${3:+s/^lsn_wait_timeout_ms = .*/lsn_wait_timeout_ms = $3/}" \
         "$WORK/c/pgshard.toml" > "$WORK/run.toml"
     RUST_LOG=warn "$BIN" serve --config "$WORK/run.toml" &
     PROXY_PID=$!
@@ -49,14 +50,15 @@ stop_proxy
 
 printf '%-22s %10s %7s %9s %6s %12s %12s\n' mode "ops/s" ratio replicas stale "p50 ms (raw)" "p99 ms (raw)"
 BASE=
-for run in "primary off" "replicas off" "replicas pin" "replicas lsn"; do
+# The last row: lsn with reads waiting up to 1 s for their replica instead of going to the primary.
+for run in "primary off" "replicas off" "replicas pin" "replicas lsn" "replicas lsn 1000"; do
     set -- $run
-    start_proxy "$1" "$2"
+    start_proxy "$1" "$2" "${3:-}"
     out=$(python3 bench/replicas_load.py "$URL" "$CLIENTS" "$SECONDS_PER_RUN" "$USERS" "$WRITE_SHARE")
     stop_proxy
     ops=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["ops_per_s"]))' "$out")
     [ -z "$BASE" ] && BASE=$ops
-    python3 - "$out" "$1/$2" "$BASE" <<'PY'
+    python3 - "$out" "$1/$2${3:+ wait $3}" "$BASE" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1]); base = float(sys.argv[3])
 print(f"{sys.argv[2]:<22} {r['ops_per_s']:>10.0f} {r['ops_per_s'] / base:>7.2f} "

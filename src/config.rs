@@ -566,7 +566,8 @@ pub struct ReplicasConfig {
     #[serde(default = "default_pin_window_ms")]
     pub pin_window_ms: u64,
     /// How long a read waits for a replica to replay the session's writes before it goes to
-    /// the primary.
+    /// the primary. 0 (the default): the replica is asked once, and a replica still behind sends
+    /// the read to the primary at once, so no read waits for replay.
     #[serde(default = "default_lsn_wait_timeout_ms")]
     pub lsn_wait_timeout_ms: u64,
     /// How often each server's role, position and health are sampled.
@@ -599,7 +600,7 @@ fn default_pin_window_ms() -> u64 {
     1_000
 }
 fn default_lsn_wait_timeout_ms() -> u64 {
-    1_000
+    0
 }
 fn default_monitor_interval_ms() -> u64 {
     200

@@ -19,11 +19,16 @@ const CLIENTS: i64 = 20;
 const PAIRS_PER_CLIENT: i64 = 100;
 
 fn replicas_mode(mode: ReadYourWrites) -> impl FnOnce(&mut Config) {
+    replicas_mode_waiting(mode, 3_000)
+}
+
+/// `replicas_mode` with reads in `lsn` mode waiting up to `wait_ms` for their replica.
+fn replicas_mode_waiting(mode: ReadYourWrites, wait_ms: u64) -> impl FnOnce(&mut Config) {
     move |config| {
         config.replicas.read_from = ReadFrom::Replicas;
         config.replicas.read_your_writes = mode;
         config.replicas.monitor_interval_ms = 20;
-        config.replicas.lsn_wait_timeout_ms = 3_000;
+        config.replicas.lsn_wait_timeout_ms = wait_ms;
         config.replicas.pin_window_ms = 2_000;
         config.pool.size = 30;
     }
@@ -186,18 +191,21 @@ async fn read_your_writes_holds_in_pin_and_lsn_modes_and_not_in_off() {
         spec.apply_delay_ms = Some(100);
     })
     .await;
-    for mode in [
-        ReadYourWrites::Off,
-        ReadYourWrites::Pin,
-        ReadYourWrites::Lsn,
+    // The last run: lsn without waiting (the default), where a read whose replica is behind goes
+    // to the primary at once.
+    for (mode, wait_ms) in [
+        (ReadYourWrites::Off, 3_000),
+        (ReadYourWrites::Pin, 3_000),
+        (ReadYourWrites::Lsn, 3_000),
+        (ReadYourWrites::Lsn, 0),
     ] {
-        let proxy = start_proxy_with(&cluster.info, replicas_mode(mode)).await;
+        let proxy = start_proxy_with(&cluster.info, replicas_mode_waiting(mode, wait_ms)).await;
         replicas_known(&proxy).await;
         let started = Instant::now();
         let same = write_then_read(&proxy, ReadBack::After, PAIRS_PER_CLIENT).await;
         let elapsed = started.elapsed();
         eprintln!(
-            "{mode:?}: {} pairs on one connection in {elapsed:?}: {} stale, {:.0}% of reads on replicas",
+            "{mode:?} (wait {wait_ms} ms): {} pairs on one connection in {elapsed:?}: {} stale, {:.0}% of reads on replicas",
             same.pairs,
             same.stale,
             100.0 * same.replica_share()
@@ -210,11 +218,19 @@ async fn read_your_writes_holds_in_pin_and_lsn_modes_and_not_in_off() {
             ReadYourWrites::Pin => {
                 assert_eq!(same.stale, 0, "pin mode read stale data");
             }
-            ReadYourWrites::Lsn => {
+            ReadYourWrites::Lsn if wait_ms > 0 => {
                 assert_eq!(same.stale, 0, "lsn mode read stale data");
                 assert!(
                     same.replica_share() > 0.5,
                     "lsn mode should still read mostly from replicas, got {:.0}%",
+                    100.0 * same.replica_share()
+                );
+            }
+            ReadYourWrites::Lsn => {
+                assert_eq!(same.stale, 0, "lsn mode without waiting read stale data");
+                assert!(
+                    same.replica_share() < 0.5,
+                    "a replica 100 ms behind must not serve reads right after writes without a wait, got {:.0}%",
                     100.0 * same.replica_share()
                 );
             }
@@ -236,7 +252,7 @@ async fn read_your_writes_holds_in_pin_and_lsn_modes_and_not_in_off() {
                 );
             }
         }
-        if mode == ReadYourWrites::Lsn {
+        if mode == ReadYourWrites::Lsn && wait_ms > 0 {
             let piped = write_then_read(&proxy, ReadBack::Pipelined, PAIRS_PER_CLIENT / 4).await;
             eprintln!(
                 "{mode:?}: {} pairs with the read pipelined behind the write: {} stale, {:.0}% on replicas",

@@ -291,14 +291,32 @@ impl Topology {
         self.bump(shard);
     }
 
-    /// Stores one sampling round of a shard at once and wakes its waiting readers once.
+    /// Stores one sampling round of a shard at once and wakes its waiting readers once. A
+    /// replica's position never moves back on the same timeline: a session may have seen it
+    /// further along (`note_replayed`) after the round's sample was taken.
     pub fn update_shard(&self, shard: u32, states: Vec<ServerState>) {
         if let Ok(mut s) = self.servers.write() {
-            for state in states {
+            for mut state in states {
+                if let Some(known) = s.get(&state.id) {
+                    state.lsn = kept_replay_position(known, &state);
+                }
                 s.insert(state.id, state);
             }
         }
         self.bump(shard);
+    }
+
+    /// A session asked replica `id` how far it has replayed and got `lsn`: later reads of every
+    /// session may count on it without asking again or waiting for the monitor's next round.
+    pub fn note_replayed(&self, id: ServerId, lsn: Lsn) {
+        let Ok(mut s) = self.servers.write() else {
+            return;
+        };
+        if let Some(state) = s.get_mut(&id) {
+            if state.role == Role::Replica && state.lsn.is_none_or(|known| known < lsn) {
+                state.lsn = Some(lsn);
+            }
+        }
     }
 
     /// Asks `shard`'s monitor for fast sampling while the returned guard lives (take it before
@@ -352,6 +370,19 @@ impl Topology {
                 None => true,
             })
             .collect()
+    }
+}
+
+/// The position to keep for a replica when a new sample arrives: the furthest seen, as long as
+/// it is the same replica on the same timeline (replay only moves forward there).
+fn kept_replay_position(known: &ServerState, sample: &ServerState) -> Option<Lsn> {
+    let same_history = known.role == Role::Replica
+        && sample.role == Role::Replica
+        && known.timeline == sample.timeline
+        && known.address == sample.address;
+    match (known.lsn, sample.lsn) {
+        (Some(seen), Some(sampled)) if same_history && seen > sampled => Some(seen),
+        _ => sample.lsn,
     }
 }
 
@@ -499,5 +530,49 @@ database = "app"
         assert_eq!(t.primary(1), None);
         t.set_primary(ServerId { shard: 1, index: 0 });
         assert_eq!(t.primary(1), Some(ServerId { shard: 1, index: 0 }));
+    }
+
+    #[test]
+    fn replay_positions_seen_by_sessions_are_kept_until_the_monitor_passes_them() {
+        let t = Topology::new(&config());
+        let id = ServerId { shard: 0, index: 1 };
+        let sample = |lsn: u64, timeline: u32| {
+            let mut s = t.server(id).unwrap();
+            s.role = Role::Replica;
+            s.healthy = true;
+            s.timeline = timeline;
+            s.lsn = Some(Lsn(lsn));
+            s
+        };
+        t.update_shard(0, vec![sample(100, 1)]);
+        t.note_replayed(id, Lsn(150));
+        assert_eq!(t.server(id).unwrap().lsn, Some(Lsn(150)));
+        t.note_replayed(id, Lsn(120));
+        assert_eq!(
+            t.server(id).unwrap().lsn,
+            Some(Lsn(150)),
+            "never moves back"
+        );
+        t.update_shard(0, vec![sample(130, 1)]);
+        assert_eq!(
+            t.server(id).unwrap().lsn,
+            Some(Lsn(150)),
+            "an older sample does not undo what a session saw"
+        );
+        t.update_shard(0, vec![sample(200, 1)]);
+        assert_eq!(t.server(id).unwrap().lsn, Some(Lsn(200)));
+        t.update_shard(0, vec![sample(50, 2)]);
+        assert_eq!(
+            t.server(id).unwrap().lsn,
+            Some(Lsn(50)),
+            "a new timeline starts over"
+        );
+        let primary = ServerId { shard: 0, index: 0 };
+        t.note_replayed(primary, Lsn(999));
+        assert_ne!(
+            t.server(primary).unwrap().lsn,
+            Some(Lsn(999)),
+            "only replicas take a replay position"
+        );
     }
 }

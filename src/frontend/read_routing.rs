@@ -1,8 +1,9 @@
 //! Which server a read runs on. Reads outside a writing transaction may go to streaming replicas
 //! (`[replicas] read_from`), within the lag bounds, and subject to the session's read-your-writes
 //! mode: `pin` keeps reads on the primary for a while after a write; `lsn` sends a read to a
-//! replica only once it has replayed past the session's causal token, waiting up to
-//! `lsn_wait_timeout_ms` before falling back to the primary. Never to a replica that is behind.
+//! replica only once it has replayed past the session's causal token (asking the replica when the
+//! monitor's sample is older than the token), waiting up to `lsn_wait_timeout_ms` (default 0: not
+//! at all) before falling back to the primary. Never to a replica that is behind.
 
 use std::time::{Duration, Instant};
 
@@ -175,12 +176,11 @@ impl Session {
             };
             match conn.query_text(REPLAY_LSN_QUERY).await {
                 Ok(text) => {
-                    if text
-                        .as_deref()
-                        .and_then(Lsn::parse)
-                        .is_some_and(|l| l >= min)
-                    {
-                        return true;
+                    if let Some(replayed) = text.as_deref().and_then(Lsn::parse) {
+                        self.proxy.topology.note_replayed(replica, replayed);
+                        if replayed >= min {
+                            return true;
+                        }
                     }
                 }
                 Err(e) => {
