@@ -632,6 +632,19 @@ async fn lock_decision_log(info: &ClusterInfo) -> tokio_postgres::Client {
     catalog
 }
 
+/// Ends every other client session on the catalog and waits until they are gone: a decision a
+/// killed proxy sent but the locked log held back dies with its session.
+async fn end_other_catalog_sessions(catalog: &tokio_postgres::Client) {
+    catalog
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend'",
+        )
+        .await
+        .expect("end the killed proxy's catalog sessions");
+}
+
 /// Starts a transfer of 100 from `a` to `b` and returns once both shards hold it prepared
 /// (the coordinator is then stuck on the locked decision log).
 async fn transfer_until_prepared(
@@ -692,10 +705,13 @@ async fn in_doubt_transactions_are_settled_after_a_crash_or_a_shard_outage() {
     }
 
     // 1. The proxy dies after PREPARE, before any decision: recovery rolls both shards back.
+    //    Its decision INSERT may already wait on the locked log; that catalog session is ended
+    //    with it, so no decision lands once the lock is gone.
     let lock = lock_decision_log(info).await;
     let pending = transfer_until_prepared(info, running.client().await, a, b).await;
     running.kill();
     assert!(pending.await.unwrap().is_err(), "the client lost its proxy");
+    end_other_catalog_sessions(&lock).await;
     lock.batch_execute("ROLLBACK").await.unwrap();
     let running = ProxyProcess::start(&config_path, port).await;
     eventually_within(

@@ -48,11 +48,51 @@ pub struct CatalogManager {
     connect_timeout: Duration,
 }
 
+/// A catalog connection of the log, with the decision INSERT once prepared on it.
+pub struct CatalogConn {
+    client: tokio_postgres::Client,
+    /// Prepared on first use: every later decision is one Bind/Execute round trip, parsed and
+    /// planned by the catalog once per connection instead of once per batch.
+    decide: Option<tokio_postgres::Statement>,
+}
+
+impl std::ops::Deref for CatalogConn {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+/// Inserts a batch's decisions where none stands yet and returns those it inserted.
+const DECIDE_SQL: &str = "INSERT INTO txn_decisions (gid, decision, participants, coordinator)
+     SELECT g, d, p::integer[], c
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[]) AS t(g, d, p, c)
+     ON CONFLICT (gid) DO NOTHING RETURNING gid, decision";
+
+impl CatalogConn {
+    /// The decision INSERT, prepared on this connection the first time.
+    async fn decide_statement(&mut self) -> Result<tokio_postgres::Statement, TxnError> {
+        if let Some(statement) = &self.decide {
+            return Ok(statement.clone());
+        }
+        let types = [
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::INT4_ARRAY,
+        ];
+        let statement = self.client.prepare_typed(DECIDE_SQL, &types).await?;
+        self.decide = Some(statement.clone());
+        Ok(statement)
+    }
+}
+
 impl managed::Manager for CatalogManager {
-    type Type = tokio_postgres::Client;
+    type Type = CatalogConn;
     type Error = TxnError;
 
-    async fn create(&self) -> Result<tokio_postgres::Client, TxnError> {
+    async fn create(&self) -> Result<CatalogConn, TxnError> {
         let connecting = self.tls.connect_url(&self.url);
         let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
@@ -62,14 +102,13 @@ impl managed::Manager for CatalogManager {
                 tracing::debug!(error = %e, "decision log connection ended");
             }
         });
-        Ok(client)
+        Ok(CatalogConn {
+            client,
+            decide: None,
+        })
     }
 
-    async fn recycle(
-        &self,
-        client: &mut tokio_postgres::Client,
-        _: &Metrics,
-    ) -> RecycleResult<TxnError> {
+    async fn recycle(&self, client: &mut CatalogConn, _: &Metrics) -> RecycleResult<TxnError> {
         if client.is_closed() {
             Err(RecycleError::message("catalog connection closed"))
         } else {
@@ -193,8 +232,8 @@ async fn write_batch(
     pool: &Pool<CatalogManager>,
     batch: &[DecideRequest],
 ) -> Result<Vec<(String, Decision)>, TxnError> {
-    let client = catalog_client(pool).await?;
-    let written = write_batch_on(&client, batch).await;
+    let mut client = catalog_client(pool).await?;
+    let written = write_batch_on(&mut client, batch).await;
     if written.is_err() {
         let _ = managed::Object::take(client);
     }
@@ -202,7 +241,7 @@ async fn write_batch(
 }
 
 async fn write_batch_on(
-    client: &tokio_postgres::Client,
+    client: &mut CatalogConn,
     batch: &[DecideRequest],
 ) -> Result<Vec<(String, Decision)>, TxnError> {
     let gids: Vec<&str> = batch.iter().map(|r| r.gid.as_str()).collect();
@@ -215,17 +254,12 @@ async fn write_batch_on(
         })
         .collect();
     let coordinators: Vec<i32> = batch.iter().map(|r| r.coordinator as i32).collect();
-    // Prepared first, in a round trip of its own, not sent with typed parameters in one: the
-    // prepare already waits for the table's lock, so a coordinator that dies while the log is
-    // locked leaves no decision behind to land later (tests/transactions.rs relies on this).
+    // One round trip: Bind and Execute of the statement prepared on this connection. A
+    // coordinator that dies with its INSERT sent but waiting (the log locked) may still have its
+    // decision land afterwards: safe, every participant was prepared before it was sent.
+    let decide = client.decide_statement().await?;
     let inserted = client
-        .query(
-            "INSERT INTO txn_decisions (gid, decision, participants, coordinator)
-             SELECT g, d, p::integer[], c
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[]) AS t(g, d, p, c)
-             ON CONFLICT (gid) DO NOTHING RETURNING gid, decision",
-            &[&gids, &decisions, &participants, &coordinators],
-        )
+        .query(&decide, &[&gids, &decisions, &participants, &coordinators])
         .await?;
     let mut standing = Vec::with_capacity(batch.len());
     for row in &inserted {

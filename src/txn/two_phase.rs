@@ -252,6 +252,11 @@ impl Coordinator {
             .filter(|(_, r)| r.as_ref().is_err_and(|e| !already_finished(e)))
             .map(|(c, _)| c.shard)
             .collect();
+        if pending.is_empty() {
+            // Every shard has it: forgotten in the next batch, no task of its own.
+            self.log.forget_later(gid.to_string());
+            return;
+        }
         let me = self.clone();
         let gid = gid.to_string();
         tokio::spawn(async move {
