@@ -73,9 +73,27 @@ load() { # name seconds; run in a subshell: pgbench replaces it, so $! is pgbenc
         -T "$2" -f "$WORK/update.sql" --log --log-prefix="$WORK/log_$1" app >/dev/null 2>&1
 }
 
+# Both measured runs start from the same tables: vacuumed, so that an autovacuum set off by the
+# earlier run's dead rows does not land in one run only. Autovacuum passes during the move are
+# counted and printed.
+settle() {
+    for shard in $(seq 0 10); do
+        psql -X -q -h 127.0.0.1 -p "$(shard_port "$shard")" -U pgshard app -c "VACUUM ANALYZE users"
+    done
+}
+autovacuums() {
+    for shard in $(seq 0 10); do
+        psql -X -At -h 127.0.0.1 -p "$(shard_port "$shard")" -U pgshard app \
+            -c "SELECT autovacuum_count + autoanalyze_count FROM pg_stat_user_tables WHERE relname = 'users'"
+    done | awk '{s += $1} END {print s + 0}'
+}
+
+settle
 (load baseline 10)
 read -r BASE_N BASE_P50 BASE_P99 < <(percentiles "$WORK/log_baseline")
 
+settle
+AUTOVACUUMS_BEFORE=$(autovacuums)
 (load move 3600) &
 LOAD_PID=$!
 sleep 2
@@ -104,6 +122,7 @@ fi
 kill -INT "$LOAD_PID" 2>/dev/null || true
 wait "$LOAD_PID" 2>/dev/null || true
 read -r MOVE_N MOVE_P50 MOVE_P99 < <(percentiles "$WORK/log_move")
+AUTOVACUUMS=$(( $(autovacuums) - AUTOVACUUMS_BEFORE ))
 
 ROWS=$(psql -X -At "$CATALOG_URL" -c "SELECT sum(rows_deleted) FROM rebalance_steps WHERE job_id = $JOB")
 HOLD=$(psql -X -At "$CATALOG_URL" -c "SELECT longest_hold_ms FROM rebalance_jobs WHERE job_id = $JOB")
@@ -120,6 +139,7 @@ print(f"longest cut-over hold: {hold} ms")
 print(f"client latency  baseline: p50 {b50} ms p99 {b99} ms ({bn} updates)")
 print(f"                during move: p50 {m50} ms p99 {m99} ms ({mn} updates), p99 ratio {float(m99) / float(b99):.2f}")
 PY
+echo "autovacuum/autoanalyze passes on users during the move run (all shards): $AUTOVACUUMS"
 # Updates of the move run by the job's phase they ended in (before the job, each state, after it):
 # how many, and their p50/p99 against the baseline's p99.
 python3 - "$WORK/phases" "$START" "$BASE_P99" "$WORK"/log_move.* <<'PY'
