@@ -175,6 +175,36 @@ async fn index_statements_run_where_the_table_lives(info: &ClusterInfo, url: &st
 }
 
 /// Asserts that every key in `keys` sits on the shard the map gives it, and on no other shard.
+/// A view (or CREATE TABLE … AS) over a sharded table would hold one shard's rows: refused with
+/// a message naming the view and the table, in both protocols, and created nowhere.
+async fn views_over_sharded_tables_are_refused_by_name(info: &ClusterInfo, c: &Client) {
+    for (sql, names) in [
+        (
+            "CREATE VIEW users_view AS SELECT user_id, name FROM users",
+            "CREATE VIEW users_view over sharded table users",
+        ),
+        (
+            "CREATE TABLE users_copy AS SELECT * FROM users",
+            "CREATE TABLE … AS users_copy over sharded table users",
+        ),
+    ] {
+        let simple = c.batch_execute(sql).await.expect_err(sql);
+        let extended = c.execute(sql, &[]).await.expect_err(sql);
+        for e in [simple, extended] {
+            assert_eq!(code(&e), "0A000", "{sql}: {e}");
+            let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+            assert!(message.contains(names), "{sql}: {message}");
+        }
+    }
+    for relation in ["users_view", "users_copy"] {
+        let found = on_each_shard(info, &format!("SELECT to_regclass('{relation}')::text")).await;
+        assert!(
+            found.iter().all(Option::is_none),
+            "{relation} created on a shard: {found:?}"
+        );
+    }
+}
+
 async fn keys_on_their_shards(info: &ClusterInfo, map: &pgshard::router::ShardMap, keys: &[i64]) {
     let list = keys
         .iter()
@@ -410,6 +440,7 @@ async fn utility_statements_and_unnest_inserts_route_by_what_the_shards_hold() {
     let c = connect(&proxy).await;
 
     index_statements_run_where_the_table_lives(info, &url, &c).await;
+    views_over_sharded_tables_are_refused_by_name(info, &c).await;
     types_and_functions_reach_every_shard(info, &url, &c).await;
     let map = proxy.proxy.map.current();
     unnest_inserts_split_per_shard(info, &url, &c, &map).await;

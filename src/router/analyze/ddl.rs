@@ -59,10 +59,12 @@ pub(super) fn every_shard_rules(
     if facts.kind == StatementKind::Ddl || maintenance {
         match (everywhere, local) {
             (Some(e), Some(l)) => {
-                facts.refuse.get_or_insert(Refused::MixedPlacement {
-                    everywhere: e,
-                    local: l,
-                });
+                let refusal =
+                    derived_from_sharded(stmt, scan, tables).unwrap_or(Refused::MixedPlacement {
+                        everywhere: e,
+                        local: l,
+                    });
+                facts.refuse.get_or_insert(refusal);
             }
             (Some(_), None) => facts.every_shard = true,
             // VACUUM, ANALYZE, CLUSTER or REINDEX of the whole database: every shard's.
@@ -320,6 +322,30 @@ pub(super) fn names_indexes(stmt: &NodeEnum, scan: &Scan, facts: &mut StatementF
     true
 }
 
+/// A view, materialized view or CREATE TABLE … AS whose query reads a sharded table: named as
+/// such, since the generic "names tables of both placements" reads oddly for a new relation.
+fn derived_from_sharded(stmt: &NodeEnum, scan: &Scan, tables: &ShardedTables) -> Option<Refused> {
+    let (what, name) = match stmt {
+        NodeEnum::ViewStmt(v) => ("CREATE VIEW", v.view.as_ref()?.relname.clone()),
+        NodeEnum::CreateTableAsStmt(c) => {
+            let what = if c.objtype == pb::ObjectType::ObjectMatview as i32 {
+                "CREATE MATERIALIZED VIEW"
+            } else {
+                "CREATE TABLE … AS"
+            };
+            (what, c.into.as_ref()?.rel.as_ref()?.relname.clone())
+        }
+        _ => return None,
+    };
+    let table = scan
+        .relations
+        .iter()
+        .filter(|(schema, name)| !(schema.is_empty() && scan.ctes.contains(name)))
+        .find(|(schema, name)| tables.key_of(schema, name).is_some())
+        .map(|(_, name)| name.clone())?;
+    Some(Refused::DerivedFromSharded { what, name, table })
+}
+
 /// CREATE TABLE … AS / SELECT INTO: DDL, refused as its query is.
 pub(super) fn analyze_create_table_as(
     c: &pb::CreateTableAsStmt,
@@ -492,6 +518,33 @@ mod tests {
             "create view v as select 1",
         ] {
             assert!(!f(sql).every_shard, "{sql}");
+        }
+        for (sql, what, name) in [
+            (
+                "create view v as select user_id, name from users",
+                "CREATE VIEW",
+                "v",
+            ),
+            (
+                "create materialized view mv as select count(*) from users",
+                "CREATE MATERIALIZED VIEW",
+                "mv",
+            ),
+            (
+                "create table copy_of as select * from users",
+                "CREATE TABLE … AS",
+                "copy_of",
+            ),
+        ] {
+            assert_eq!(
+                f(sql).refuse,
+                Some(Refused::DerivedFromSharded {
+                    what,
+                    name: name.into(),
+                    table: "users".into()
+                }),
+                "{sql}"
+            );
         }
         assert_eq!(
             f("drop table users, logs").refuse,

@@ -48,6 +48,14 @@ pub enum Refused {
     /// DDL or maintenance naming tables on every shard and tables only on the first.
     #[error("a statement naming {everywhere}, which lives on every shard, and {local}, which lives only on the first shard, cannot run on one set of shards")]
     MixedPlacement { everywhere: String, local: String },
+    /// CREATE VIEW, CREATE MATERIALIZED VIEW or CREATE TABLE … AS over a sharded table: the new
+    /// relation would live on the first shard only, holding or showing that shard's rows alone.
+    #[error("{what} {name} over sharded table {table}: it would live on the first shard only and see only that shard's rows of {table}")]
+    DerivedFromSharded {
+        what: &'static str,
+        name: String,
+        table: String,
+    },
     /// A write to a reference table that would not write the same rows on every shard.
     #[error("write to reference table {table} must write the same rows on every shard, and {why}")]
     ReferenceWrite { table: String, why: String },
@@ -86,6 +94,7 @@ impl Refused {
             Refused::CopyIntoReference { .. } => "use INSERT, which writes every shard",
             Refused::NextIdElsewhere => "take the id with SELECT pgshard.next_id() first, then pass it as a parameter",
             Refused::MixedPlacement { .. } => "send one statement for each",
+            Refused::DerivedFromSharded { .. } => "query the sharded table itself (pgshard merges its shards' rows); to keep the rows in a table of their own, create that table (sharded, reference or unsharded) and fill it with INSERT … SELECT",
             _ => return None,
         })
     }
