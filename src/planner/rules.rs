@@ -827,7 +827,7 @@ mod tests {
                 let (facts, literals) = w.router.analyze_simple(sql);
                 let params = LiteralParams(&literals);
                 let request = Request {
-                    statements: vec![Statement {
+                    statements: smallvec::smallvec![Statement {
                         sql,
                         facts: &facts[0],
                         params: &params,
