@@ -7,6 +7,10 @@
 # under callgrind the same way, and each pgshard's count is also printed as a ratio of PgBouncer's
 # (PGBOUNCER=0 leaves it out). PgBouncer 1.18 cannot serve pgbench's prepared statements in
 # transaction pooling, so its prepared row runs through a session-pooled database entry.
+# WORKLOAD=inserts measures issue 14's insert row instead: ten shards, a hash-sharded table
+# bench_inserts (id bigint) and pgbench -M prepared running `INSERT INTO bench_inserts (id,
+# payload) VALUES (:id, 'x')` with a random id, so each transaction goes to one of ten shard
+# pools (no PgBouncer row: it has no shards).
 #
 #   bench/instructions.sh [transactions-per-client=500] [baseline=main]
 #
@@ -29,7 +33,9 @@
 # two runs' durations is taken off. per transaction = (long - short - idle x (t_long - t_short)) /
 # (N x clients). Both runs follow a warm-up (pools filled, statements cached). A background burst
 # (a reconnect, a recovery pass) lands in one run of a pair and throws that pair off either way,
-# so each mode runs ROUNDS=3 pairs and the median is printed (each round goes to stderr).
+# so each mode runs ROUNDS=3 pairs and the median is printed (each round goes to stderr). A
+# server login during a count (a pool opening one more connection) is set-up, not a transaction's
+# work: its instructions are taken off the dump's total.
 set -euo pipefail
 # KEEP is a directory named from where the script was called, not from the tree it moves to.
 if [ -n "${KEEP:-}" ]; then KEEP=$(realpath -m "$KEEP"); fi
@@ -41,7 +47,15 @@ CLIENTS=${CLIENTS:-4}
 METRICS=${METRICS:-1}
 IDLE_SECS=${IDLE_SECS:-10}
 ROUNDS=${ROUNDS:-3}
+WORKLOAD=${WORKLOAD:-select}
 SHORT=50
+case "$WORKLOAD" in
+    select) SHARDS=2 MODES="simple extended prepared" WARMUP=20 ;;
+    # Ten shards' pools fill (and clients park connections of each) only after hundreds of
+    # inserts: a server login (SCRAM) in a count costs millions of instructions.
+    inserts) SHARDS=10 MODES="inserts" PGBOUNCER=0 WARMUP=400 ;;
+    *) echo "WORKLOAD is select or inserts, not $WORKLOAD" >&2; exit 2 ;;
+esac
 
 if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_control >/dev/null 2>&1; then
     echo "installing valgrind (Debian package) for callgrind"
@@ -88,22 +102,31 @@ bench_workdir instructions
 PROXY_PORT=$(free_port)
 # The baseline writes the config both proxies read: a newer pgshard reads an older config (new keys
 # have defaults), an older one may not know a key a newer one writes.
-"${BASE_BIN:-$BIN}" cluster up --dir "$WORK/cluster" --shards 2 --listen "127.0.0.1:$PROXY_PORT" >/dev/null
-for shard in 0 1; do
+"${BASE_BIN:-$BIN}" cluster up --dir "$WORK/cluster" --shards "$SHARDS" --listen "127.0.0.1:$PROXY_PORT" >/dev/null
+for shard in $(seq 0 $((SHARDS - 1))); do
     port=$("$BIN" cluster status --dir "$WORK/cluster" --json |
         python3 -c "import json,sys; print([i['port'] for i in json.load(sys.stdin) if i['shard']==$shard][0])")
-    # Every shard holds every account (scale 1), so whichever shard an aid routes to answers it.
-    PGPASSWORD=app pgbench -i -q -s 1 -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
+    if [ "$WORKLOAD" = inserts ]; then
+        # The table each shard holds its slice of (what CREATE TABLE through the proxy does).
+        PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$port" -U app -d app \
+            -c 'CREATE TABLE bench_inserts (id bigint NOT NULL, payload text)' >/dev/null
+    else
+        # Every shard holds every account (scale 1), so whichever shard an aid routes to answers it.
+        PGPASSWORD=app pgbench -i -q -s 1 -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
+    fi
 done
+cat > "$WORK/insert.sql" <<'SQL'
+\set id random(1, 1000000000000)
+INSERT INTO bench_inserts (id, payload) VALUES (:id, 'x');
+SQL
 
 CONFIG=$WORK/pgshard.toml
 cp "$WORK/cluster/pgshard.toml" "$CONFIG"
-cat >> "$CONFIG" <<TOML
-
-[[sharded_tables]]
-name = "pgbench_accounts"
-key = "aid"
-TOML
+if [ "$WORKLOAD" = inserts ]; then
+    printf '\n[[sharded_tables]]\nname = "bench_inserts"\nkey = "id"\n' >> "$CONFIG"
+else
+    printf '\n[[sharded_tables]]\nname = "pgbench_accounts"\nkey = "aid"\n' >> "$CONFIG"
+fi
 if [ "$METRICS" = 1 ]; then
     printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$(free_port)" >> "$CONFIG"
 fi
@@ -186,7 +209,17 @@ dump_total() {
     awk '/^(totals|summary):/ {print $2; exit}' "$1"
 }
 
-# Zeroes the counters, runs "$@", dumps them; prints "instructions seconds".
+# What a dump spent logging in to servers: a pool that opens one more connection during a count
+# (ten shards' pools keep growing now and then long after a warm-up) pays a SCRAM exchange, tens of
+# millions of instructions under callgrind, that no transaction costs. The largest inclusive count
+# of pgshard's `ServerConn::login` (its entries nest); 0 for PgBouncer.
+dump_logins() {
+    callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$1" 2>/dev/null |
+        awk '/ServerConn::login/ { n = $1; gsub(",", "", n); if (n + 0 > m) m = n + 0 } END { print m + 0 }'
+}
+
+# Zeroes the counters, runs "$@", dumps them; prints "instructions seconds" (server logins taken
+# off: see `dump_logins`).
 counted() {
     local dump start end
     zero_counters >/dev/null
@@ -194,7 +227,7 @@ counted() {
     "$@"
     end=$(date +%s.%N)
     dump=$(dump_counters)
-    echo "$(dump_total "$dump") $(echo "$end - $start" | bc)"
+    echo "$(($(dump_total "$dump") - $(dump_logins "$dump"))) $(echo "$end - $start" | bc)"
     if [ -n "${KEEP:-}" ] && [ -n "${KEEP_AS:-}" ]; then
         mkdir -p "$KEEP"
         cp "$dump" "$KEEP/$KEEP_AS"
@@ -211,9 +244,10 @@ idle_rate() {
     echo "scale=0; r = (${long:-0} - ${none:-0}) / $IDLE_SECS; if (r < 0) r = 0; r" | bc
 }
 pgb() { # mode transactions-per-client
-    local db=app
+    local db=app load=(-S -M "$1")
     if [ "$1" = prepared ] && [ -n "${PREPARED_DB:-}" ]; then db=$PREPARED_DB; fi
-    PGPASSWORD=app pgbench -n -S -M "$1" -c "$CLIENTS" -j 1 -t "$2" -h 127.0.0.1 -p "$PORT" -U app "$db" >"$WORK/pgbench.out" 2>&1 ||
+    if [ "$1" = inserts ]; then load=(-M prepared -f "$WORK/insert.sql"); fi
+    PGPASSWORD=app pgbench -n "${load[@]}" -c "$CLIENTS" -j 1 -t "$2" -h 127.0.0.1 -p "$PORT" -U app "$db" >"$WORK/pgbench.out" 2>&1 ||
         { cat "$WORK/pgbench.out" >&2; exit 1; }
 }
 
@@ -238,15 +272,15 @@ measure() { # name start-function
     rm -f "$WORK"/cg.out.*
     "$START"
     # Warm up: pools, monitors and the catalog watcher connected, statements cached.
-    for mode in simple extended prepared; do pgb "$mode" 20; done
+    for mode in $MODES; do pgb "$mode" 20; done
     local idle
     idle=$(idle_rate)
     RESULT[$name,idle]=$idle
-    for mode in simple extended prepared; do
+    for mode in $MODES; do
         MODE=$mode
         # This mode's own warm-up: the first run after a pause can pay for work that is not
         # the mode's (a server connection opened or probed anew).
-        pgb "$mode" 20
+        pgb "$mode" "$WARMUP"
         local rounds="" round s_ins s_secs l_ins l_secs per
         for round in $(seq "$ROUNDS"); do
             read -r s_ins s_secs < <(counted pgb "$mode" "$SHORT")
@@ -275,7 +309,9 @@ if [ "$PGBOUNCER" = 1 ]; then
 fi
 
 echo
-echo "pgshard instructions per transaction (callgrind), pgbench -S -c $CLIENTS, $PER_CLIENT transactions per client, metrics $( [ "$METRICS" = 1 ] && echo on || echo off)"
+load="pgbench -S"
+[ "$WORKLOAD" = inserts ] && load="pgbench -M prepared (INSERT, $SHARDS shards)"
+echo "pgshard instructions per transaction (callgrind), $load -c $CLIENTS, $PER_CLIENT transactions per client, metrics $( [ "$METRICS" = 1 ] && echo on || echo off)"
 echo "baseline: $BASE_NAME"
 echo "current:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
 if [ "$PGBOUNCER" = 1 ]; then
@@ -285,7 +321,7 @@ else
     printf '%-10s %14s %14s %8s\n' mode baseline current cur/base
 fi
 ratio() { if [ -z "$1" ] || [ "${2:-0}" = 0 ]; then echo -; else echo "scale=3; $1 / $2" | bc; fi; }
-for mode in simple extended prepared idle; do
+for mode in $MODES idle; do
     b=${RESULT[base,$mode]:-} c=${RESULT[current,$mode]}
     if [ "$PGBOUNCER" = 1 ]; then
         p=${RESULT[pgbouncer,$mode]}

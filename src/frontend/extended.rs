@@ -8,13 +8,14 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
+use super::batch_portals::BatchPortals;
 use super::planning::BindFacts;
 use super::session::{aborted, needs_atomic_scatter, End, Prepared, Session, Target};
 use crate::backend::ServerConn;
 use crate::exec::copy_in::CopyProtocol;
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::unnest_insert::UnnestBatch;
-use crate::fast_hash::{FastMap, FastSet};
+use crate::fast_hash::FastSet;
 use crate::planner::batch::{footing, Footing};
 use crate::planner::extended::rejected_by_failed_block;
 use crate::planner::messages::lone_unnest_insert;
@@ -145,7 +146,7 @@ impl Session {
     }
 
     async fn run_extended_batch(&mut self, sync: bool) -> Result<(), End> {
-        let frames = std::mem::take(&mut self.batch);
+        let mut frames = std::mem::take(&mut self.batch);
         let proxy = self.proxy.clone();
         let map = proxy.map.current();
         let mut msgs = Vec::with_capacity(frames.len());
@@ -153,10 +154,10 @@ impl Session {
         let mut decoded_routes: Vec<Option<Route>> = Vec::with_capacity(frames.len());
         // The Binds the planner routes: their message index, lookup route and reserved keys.
         let mut binds: Vec<BindFacts> = Vec::new();
-        let mut portal_statements: FastMap<String, Arc<Prepared>> = FastMap::default();
+        let mut portal_statements = BatchPortals::default();
         let mut error: Option<ErrorFields> = None;
         let mut claims = Vec::new();
-        for frame in frames {
+        for frame in frames.drain(..) {
             match self.resolve(&frame, &mut portal_statements) {
                 Ok(Some((msg, route, is_local_stmt))) => {
                     if let (
@@ -190,6 +191,11 @@ impl Session {
                     break;
                 }
             }
+        }
+        // The emptied list keeps its room for the next batch: no allocation per batch for the
+        // first message (a long pipeline's room goes, not kept by an idle client).
+        if self.batch.is_empty() && frames.capacity() <= 8 {
+            self.batch = frames;
         }
         let rejected = self.block_failed()
             && rejected_by_failed_block(
@@ -328,9 +334,10 @@ impl Session {
                 &several
             }
         };
-        let needed: Vec<Route> = crate::planner::messages::needed_routes(&msg_routes)
-            .cloned()
-            .collect();
+        let needed: smallvec::SmallVec<[Route; 2]> =
+            crate::planner::messages::needed_routes(&msg_routes)
+                .cloned()
+                .collect();
         let tail_error = error.clone();
         let merge = match &target {
             Target::Scatter(_) => match merge_for_batch(&msgs) {
@@ -434,7 +441,7 @@ impl Session {
     async fn copy_batch(
         &mut self,
         msgs: &[Msg],
-        portal_statements: &FastMap<String, Arc<Prepared>>,
+        portal_statements: &BatchPortals,
         error: Option<ErrorFields>,
         sync: bool,
         scatter: Option<Vec<u32>>,
@@ -517,7 +524,7 @@ impl Session {
     fn resolve(
         &mut self,
         frame: &Frame,
-        portal_statements: &mut FastMap<String, Arc<Prepared>>,
+        portal_statements: &mut BatchPortals,
     ) -> Result<Option<(Msg, Option<Route>, bool)>, ErrorFields> {
         let malformed =
             |e: crate::wire::read::DecodeError| ErrorFields::error("08P01", e.to_string());
@@ -684,11 +691,7 @@ impl Session {
 
     /// Where a Describe, Execute or Close of `portal` runs (see
     /// [`crate::planner::batch::portal_route`]).
-    fn portal_route(
-        &self,
-        portal: &str,
-        portal_statements: &FastMap<String, Arc<Prepared>>,
-    ) -> Option<Route> {
+    fn portal_route(&self, portal: &str, portal_statements: &BatchPortals) -> Option<Route> {
         crate::planner::batch::portal_route(
             &self.state,
             portal,
@@ -700,7 +703,7 @@ impl Session {
     pub(super) async fn answer_locally(
         &mut self,
         msgs: &[Msg],
-        portal_statements: &FastMap<String, Arc<Prepared>>,
+        portal_statements: &BatchPortals,
         mut error: Option<ErrorFields>,
         sync: bool,
     ) {

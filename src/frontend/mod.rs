@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod batch_analysis;
+pub mod batch_portals;
 pub mod bound_set_config;
 pub mod client_io;
 pub mod cursor_requests;

@@ -41,7 +41,7 @@ impl Session {
         if plan.begins && !units.is_empty() {
             let first = units.remove(0);
             let unit = &msgs[first];
-            let mut bound = crate::fast_hash::FastMap::default();
+            let mut bound = super::batch_portals::BatchPortals::default();
             for msg in unit {
                 if let Msg::Bind {
                     bind, statement, ..

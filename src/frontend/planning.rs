@@ -2,6 +2,8 @@
 //! user's scatter right, the shard for requests any shard answers) and calls
 //! [`crate::planner::plan`] for a simple Query or an extended batch. No routing rule lives here.
 
+use smallvec::SmallVec;
+
 use super::extended::Msg;
 use super::run::lookup::ResolvedClaim;
 use super::session::{Prepared, Session};
@@ -77,7 +79,8 @@ impl Session {
             }) => Some((bind, statement)),
             _ => None,
         };
-        let params: Vec<BindParams> = binds
+        // Kept inline for the usual batch of one or two Binds: no allocation per batch.
+        let params: SmallVec<[BindParams; 2]> = binds
             .iter()
             .filter_map(bound)
             .map(|(bind, statement)| BindParams {
@@ -100,7 +103,7 @@ impl Session {
                 })
             })
             .collect();
-        let indices: Vec<usize> = binds.iter().map(|b| b.message).collect();
+        let indices: SmallVec<[usize; 2]> = binds.iter().map(|b| b.message).collect();
         let request = Request {
             statements,
             ending,

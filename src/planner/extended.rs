@@ -5,6 +5,8 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
+
 use crate::refusal::Refusal;
 use crate::router::{Route, StatementFacts};
 use crate::session::SessionState;
@@ -63,7 +65,7 @@ pub(super) fn plan_messages(
         ),
     };
     // Parse and Describe of a statement any shard can answer add nothing to where it runs.
-    let needed: Vec<Route> = planned
+    let needed: SmallVec<[Route; 2]> = planned
         .message_routes
         .iter()
         .flatten()

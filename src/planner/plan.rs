@@ -1,5 +1,7 @@
 //! What exec must do for a request: the planner's answer.
 
+use smallvec::SmallVec;
+
 use crate::router::split_insert::ShardRows;
 use crate::router::unnest_insert::UnnestInsert;
 use crate::router::{LocalCommand, Route};
@@ -60,10 +62,12 @@ pub enum Plan {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Planned {
     pub plan: Plan,
-    /// The text to send instead of the client's (an INSERT given generated keys), per statement.
-    pub rewritten: Vec<Option<String>>,
-    /// The route of each statement, after lookups, generated keys and cursors.
-    pub routes: Vec<Route>,
+    /// The text to send instead of the client's (an INSERT given generated keys), per statement
+    /// (inline for one or two statements, as nearly every request has: no allocation).
+    pub rewritten: SmallVec<[Option<String>; 2]>,
+    /// The route of each statement, after lookups, generated keys and cursors (inline for one or
+    /// two).
+    pub routes: SmallVec<[Route; 2]>,
     /// A batch's route of each message (`None`: it goes with its Bind); empty for a Query.
     pub message_routes: Vec<Option<Route>>,
     /// Cursors the request declares or closes, for the session to record.

@@ -3,6 +3,8 @@
 //! back by the router, or a Bind's values, formats and types), and how the client ended it, which
 //! says what it expects back. The same shape for both protocols, so they share one planner.
 
+use smallvec::SmallVec;
+
 use crate::router::params::ParamSource;
 use crate::router::{Route, ShardKey, StatementFacts};
 use crate::txn::control::BlockView;
@@ -39,7 +41,8 @@ pub struct Statement<'a> {
 pub struct Request<'a> {
     /// A simple Query's statements, or the statements an extended batch binds (one per Bind the
     /// planner routes, in message order).
-    pub statements: Vec<Statement<'a>>,
+    /// Inline for one or two (nearly every request): no allocation to plan one.
+    pub statements: SmallVec<[Statement<'a>; 2]>,
     pub ending: Ending,
     /// An extended batch's messages; `None` for a simple Query.
     pub messages: Option<Messages<'a>>,

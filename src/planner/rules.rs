@@ -2,6 +2,8 @@
 //! out, or a typed refusal. The one set of routing rules both protocols use; pure (what needs
 //! I/O — the catalog's owner of an index, reserved generated keys — comes in as data).
 
+use smallvec::SmallVec;
+
 use crate::config::{PoolMode, ShardedTableConfig};
 use crate::refusal::Refusal;
 use crate::router::{Route, Router, ShardMap, StatementFacts, StatementKind};
@@ -63,9 +65,9 @@ pub fn plan(request: &Request, state: &SessionState, cx: &Context) -> Result<Pla
     if let Some(refusal) = session_bound(facts.iter().copied(), cx.pool_mode) {
         return Err(refusal);
     }
-    let mut routes = Vec::with_capacity(facts.len());
+    let mut routes: SmallVec<[Route; 2]> = SmallVec::with_capacity(facts.len());
     let mut served = false;
-    let mut rewritten = Vec::with_capacity(facts.len());
+    let mut rewritten: SmallVec<[Option<String>; 2]> = SmallVec::with_capacity(facts.len());
     for st in &request.statements {
         let routed = statement_route(st, state, cx, st.keys.as_ref(), &planned.cursor_effects)?;
         served |= st.facts.cursor.is_some() && state.cursors.serves(st.facts, &routed.route);
@@ -827,7 +829,7 @@ mod tests {
                 let (facts, literals) = w.router.analyze_simple(sql);
                 let params = LiteralParams(&literals);
                 let request = Request {
-                    statements: vec![Statement {
+                    statements: smallvec::smallvec![Statement {
                         sql,
                         facts: &facts[0],
                         params: &params,
@@ -1144,7 +1146,10 @@ mod tests {
         let got = w
             .plan_batch(&msgs, &[], false, Ending::Sync, &idle)
             .expect("planned");
-        assert_eq!(got.routes, [Route::Single(sa), Route::Single(sb)]);
+        assert_eq!(
+            got.routes.as_slice(),
+            [Route::Single(sa), Route::Single(sb)]
+        );
         assert_eq!(
             got.message_routes,
             [Some(Route::Single(sa)), None, Some(Route::Single(sb)), None]

@@ -276,17 +276,23 @@ impl Router {
             KeyFacts::Unknown => None,
             KeyFacts::Values(vals) => vals
                 .iter()
-                .map(|v| match v {
-                    KeyValue::Const(c) => match ty {
-                        KeyType::Int => Some(ShardKey::Int(*c)),
-                        // `text_key = 5` is Postgres's error to report; `uuid_key = 5` too.
-                        _ => None,
-                    },
-                    KeyValue::Text(t) => ty.parse_text(t),
-                    KeyValue::Param(n) => params.key(*n, ty),
-                })
+                .map(|v| Router::key_value(v, ty, params))
                 .collect(),
             KeyFacts::ArrayParam(n) => params.key_array(*n, ty),
+        }
+    }
+
+    /// One shard-key value of a statement as a key of type `ty`, its parameter filled in; `None`
+    /// when it is not of that type (or NULL).
+    fn key_value(v: &KeyValue, ty: KeyType, params: &dyn ParamSource) -> Option<ShardKey> {
+        match v {
+            KeyValue::Const(c) => match ty {
+                KeyType::Int => Some(ShardKey::Int(*c)),
+                // `text_key = 5` is Postgres's error to report; `uuid_key = 5` too.
+                _ => None,
+            },
+            KeyValue::Text(t) => ty.parse_text(t),
+            KeyValue::Param(n) => params.key(*n, ty),
         }
     }
 
@@ -417,6 +423,17 @@ impl Router {
         if facts.kind == (StatementKind::Copy { from_stdin: true }) {
             // The caller splits the rows by key.
             return Route::Any;
+        }
+        // One key value that the map places (a Bind's `= $1`, a one-row INSERT: the hot path):
+        // its shard, with no list of keys built. Anything else is decided below.
+        if let KeyFacts::Values(vals) = &facts.key {
+            if let [one] = vals.as_slice() {
+                if let Some(key) = Router::key_value(one, facts.key_type, params) {
+                    if map.places(&key) {
+                        return Route::Single(map.shard_of(&key));
+                    }
+                }
+            }
         }
         let keys = Router::key_values(facts, params);
         if let Some(k) = keys.iter().flatten().find(|k| !map.places(k)) {

@@ -218,6 +218,15 @@ impl Target {
     }
 
     pub fn encode(&self, tag: u8) -> Frame {
+        // The unnamed statement or portal (nearly every Describe a driver sends): a constant
+        // body, nothing allocated.
+        if self.name.is_empty() {
+            match self.kind {
+                b'P' => return Frame::new(tag, Bytes::from_static(b"P\0")),
+                b'S' => return Frame::new(tag, Bytes::from_static(b"S\0")),
+                _ => {}
+            }
+        }
         let mut b = BytesMut::with_capacity(self.name.len() + 2);
         b.put_u8(self.kind);
         put_cstr(&mut b, &self.name);
@@ -242,6 +251,11 @@ impl Execute {
     }
 
     pub fn encode(&self) -> Frame {
+        // The unnamed portal, every row (nearly every Execute a driver sends): a constant body,
+        // nothing allocated.
+        if self.portal.is_empty() && self.max_rows == 0 {
+            return Frame::new(EXECUTE, Bytes::from_static(&[0, 0, 0, 0, 0]));
+        }
         let mut b = BytesMut::with_capacity(self.portal.len() + 5);
         put_cstr(&mut b, &self.portal);
         b.put_i32(self.max_rows);
@@ -269,6 +283,39 @@ pub(crate) fn put_cstr(b: &mut BytesMut, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unnamed_portal_and_statement_messages_encode_as_any_other() {
+        let body = |name: &str, kind: u8| {
+            let mut b = BytesMut::new();
+            b.put_u8(kind);
+            put_cstr(&mut b, name);
+            b.freeze()
+        };
+        for kind in [b'S', b'P'] {
+            for name in ["", "p1"] {
+                let t = Target {
+                    kind,
+                    name: name.to_string(),
+                };
+                let frame = t.encode(DESCRIBE);
+                assert_eq!((frame.tag, frame.body), (DESCRIBE, body(name, kind)));
+                assert_eq!(Target::decode(&t.encode(CLOSE).body, "Close").unwrap(), t);
+            }
+        }
+        for (portal, max_rows) in [("", 0), ("", 10), ("c1", 0)] {
+            let e = Execute {
+                portal: portal.to_string(),
+                max_rows,
+            };
+            let mut b = BytesMut::new();
+            put_cstr(&mut b, portal);
+            b.put_i32(max_rows);
+            let frame = e.encode();
+            assert_eq!((frame.tag, frame.body), (EXECUTE, b.freeze()));
+            assert_eq!(Execute::decode(&e.encode().body).unwrap(), e);
+        }
+    }
 
     #[test]
     fn parse_and_bind_round_trip() {
