@@ -805,6 +805,16 @@ async fn cancel_reaches_the_server_running_the_query() {
     let cluster = TestCluster::start(2, Strategy::Hash).await;
     let proxy = start_proxy(&cluster.info).await;
     let c = connect(&proxy).await;
+    cancel_a_sleep(&cluster, &proxy, c).await;
+    proxy.stop().await;
+}
+
+/// Cancels `c`'s `pg_sleep(30)` once the first shard runs it: 57014, well before it would end.
+async fn cancel_a_sleep(
+    cluster: &TestCluster,
+    proxy: &pgshard::server::RunningProxy,
+    c: tokio_postgres::Client,
+) {
     let token = c.cancel_token();
     let started = Instant::now();
     let query = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
@@ -815,9 +825,73 @@ async fn cancel_reaches_the_server_running_the_query() {
         .cancel_query(tokio_postgres::NoTls)
         .await
         .expect("cancel request sent");
-    let err = query.await.unwrap().unwrap_err();
+    let err = query.await.expect("query task").expect_err("cancelled");
     assert_eq!(code(&err), "57014", "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// Shards configured by their socket directory (`host = "/path"`, as libpq reads a host) are
+/// reached over Unix-domain sockets: keyed statements in both protocols, a block over two shards
+/// (two-phase commit), and a cancel all work, and the shards see the proxy's sessions as local
+/// ones (`client_port = -1`), none over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_on_this_host_are_reached_through_their_socket_directories() {
+    let cluster = TestCluster::start(2, Strategy::Hash).await;
+    let dirs: Vec<(u32, String)> = cluster
+        .info
+        .shards()
+        .iter()
+        .filter_map(|i| Some((i.shard?, i.data_dir.display().to_string())))
+        .collect();
+    let proxy = start_proxy_with(&cluster.info, |config| {
+        for shard in &mut config.shards {
+            let (_, dir) = dirs.iter().find(|(id, _)| *id == shard.id).expect("a dir");
+            shard.host = dir.clone();
+        }
+    })
+    .await;
+    let c = connect(&proxy).await;
+    let (a, b) = keys_on_two_shards(&proxy.proxy.map.current());
+    let insert = c
+        .prepare("INSERT INTO users (user_id, name) VALUES ($1, $2)")
+        .await
+        .expect("prepare over a socket directory");
+    c.batch_execute("BEGIN").await.expect("begin");
+    for key in [a, b] {
+        c.execute(&insert, &[&key, &format!("local {key}")])
+            .await
+            .expect("insert");
+    }
+    c.batch_execute("COMMIT").await.expect("two-phase commit");
+    let names = common::answers::simple_rows(
+        &c,
+        &format!("SELECT name FROM users WHERE user_id IN ({a}, {b}) ORDER BY user_id"),
+    )
+    .await;
+    // `keys_on_two_shards` gives a < b.
+    let want = [a, b].map(|k| vec![Some(format!("local {k}"))]);
+    assert_eq!(names, want);
+
+    for (id, _) in &dirs {
+        let direct = proxy::shard(&cluster.info, *id).await;
+        let row = direct
+            .query_one(
+                "SELECT count(*) FILTER (WHERE client_port = -1), count(*) FILTER (WHERE client_port > 0) \
+                 FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid() \
+                 AND backend_type = 'client backend' AND usename <> 'pgshard'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity");
+        let (local, tcp): (i64, i64) = (row.get(0), row.get(1));
+        assert!(
+            local > 0,
+            "shard {id}: no session of the proxy over its socket"
+        );
+        assert_eq!(tcp, 0, "shard {id}: the proxy's sessions came over TCP");
+    }
+
+    cancel_a_sleep(&cluster, &proxy, c).await;
     proxy.stop().await;
 }
 

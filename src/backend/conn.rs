@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::prepared_lru::PreparedNames;
 use super::tls::{ServerTls, StartTlsError};
@@ -148,38 +148,26 @@ impl ServerConn {
         (tls, timeout): (&ServerTls, Duration),
         extra: &[(&str, &str)],
     ) -> Result<ServerConn, BackendError> {
-        let connect = TcpStream::connect(addr.as_str());
-        let stream = match tokio::time::timeout(timeout, connect).await {
-            Err(_) => {
-                return Err(BackendError::ConnectTimeout {
-                    shard: shard.id,
-                    addr,
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(BackendError::Connect {
-                    shard: shard.id,
-                    addr,
-                    source,
-                })
-            }
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
-        let stream = match tokio::time::timeout(timeout, tls.start(stream, &addr)).await {
-            Err(_) => {
-                return Err(BackendError::ConnectTimeout {
-                    shard: shard.id,
-                    addr,
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(BackendError::Tls {
-                    shard: shard.id,
-                    source,
-                })
-            }
-            Ok(Ok(s)) => s,
+        let stream = match crate::socket::unix_socket_path(&addr) {
+            // A server on this host through its socket directory: no TCP stack on either side,
+            // and no TLS (as libpq, which never negotiates it over a Unix-domain socket).
+            Some(path) => match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+                Err(_) => {
+                    return Err(BackendError::ConnectTimeout {
+                        shard: shard.id,
+                        addr,
+                    })
+                }
+                Ok(Err(source)) => {
+                    return Err(BackendError::Connect {
+                        shard: shard.id,
+                        addr,
+                        source,
+                    })
+                }
+                Ok(Ok(s)) => Socket::Unix(s),
+            },
+            None => open_tcp(shard.id, addr.clone(), tls, timeout).await?,
         };
         let mut conn = ServerConn {
             stream,
@@ -642,12 +630,16 @@ impl CancelTarget {
     }
 
     async fn send_cancel(&self) -> std::io::Result<()> {
-        let tcp = TcpStream::connect(&*self.addr).await?;
-        let mut stream = self
-            .tls
-            .start(tcp, &self.addr)
-            .await
-            .map_err(std::io::Error::other)?;
+        let mut stream = match crate::socket::unix_socket_path(&self.addr) {
+            Some(path) => Socket::Unix(UnixStream::connect(path).await?),
+            None => {
+                let tcp = TcpStream::connect(&*self.addr).await?;
+                self.tls
+                    .start(tcp, &self.addr)
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        };
         let mut packet = BytesMut::with_capacity(16);
         packet.put_i32(16);
         packet.put_u32(crate::wire::frame::CANCEL_REQUEST);
@@ -679,6 +671,34 @@ pub(crate) fn text_columns(body: &[u8]) -> Option<Vec<Option<String>>> {
         out.push(std::str::from_utf8(bytes).ok().map(str::to_string));
     }
     Some(out)
+}
+
+/// A TCP connection to `addr` (`host:port`), TLS on top as `tls` says, both within `timeout`.
+async fn open_tcp(
+    shard: u32,
+    addr: String,
+    tls: &ServerTls,
+    timeout: Duration,
+) -> Result<Socket, BackendError> {
+    let connect = TcpStream::connect(addr.as_str());
+    let stream = match tokio::time::timeout(timeout, connect).await {
+        Err(_) => return Err(BackendError::ConnectTimeout { shard, addr }),
+        Ok(Err(source)) => {
+            return Err(BackendError::Connect {
+                shard,
+                addr,
+                source,
+            })
+        }
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let stream = match tokio::time::timeout(timeout, tls.start(stream, &addr)).await {
+        Err(_) => return Err(BackendError::ConnectTimeout { shard, addr }),
+        Ok(Err(source)) => return Err(BackendError::Tls { shard, source }),
+        Ok(Ok(s)) => s,
+    };
+    Ok(stream)
 }
 
 #[cfg(test)]

@@ -165,13 +165,24 @@ impl ServerTls {
         }
     }
 
-    /// Connects tokio-postgres with this TLS setting (its `sslmode` replaced by ours).
+    /// Connects tokio-postgres with this TLS setting (its `sslmode` replaced by ours). A server
+    /// named by its socket directory is reached without TLS, as libpq does: Postgres offers none
+    /// over a Unix-domain socket.
     pub async fn connect(
         &self,
         pg: &tokio_postgres::Config,
     ) -> Result<(tokio_postgres::Client, PgConnection), tokio_postgres::Error> {
         let mut pg = pg.clone();
-        pg.ssl_mode(self.ssl_mode());
+        let local = !pg.get_hosts().is_empty()
+            && pg
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        pg.ssl_mode(if local {
+            SslMode::Disable
+        } else {
+            self.ssl_mode()
+        });
         pg.connect(self.make.clone()).await
     }
 
