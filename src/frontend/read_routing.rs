@@ -366,6 +366,10 @@ impl Session {
         facts: &[StatementFacts],
         outcome: &crate::exec::exchange::Outcome,
     ) {
+        if self.proxy.config.replicas.read_from == ReadFrom::Primary {
+            // Every read goes to the primary: `publish_writes` would drop what is noted here.
+            return;
+        }
         let wrote = facts
             .iter()
             .any(|f| f.is_write || f.kind == StatementKind::Ddl);
