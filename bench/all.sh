@@ -110,19 +110,8 @@ DIRECT_PORT=$SHARD0_PORT DIRECT_USER=pgshard DIRECT_DB=direct
 select_row ", ten shards" -S -M simple -c 8 -j 2
 # Inserts over ten shards: pgshard (-M prepared -c 20) against ten pgbench runs at the shards
 # directly (-c 2 each, all at once).
-cat > "$WORK/insert.sql" <<'SQL'
-\set id random(1, 1000000000000)
-INSERT INTO bench_inserts (id, payload) VALUES (:id, 'x');
-SQL
-pids=()
-i=0
-for port in $SHARD_PORTS; do
-    (PID_OF="" bench "$port" pgshard pgshard app -M prepared -c 2 -j 1 -f "$WORK/insert.sql" > "$WORK/direct-insert-$i") &
-    pids+=($!)
-    i=$((i + 1))
-done
-wait "${pids[@]}"
-d=$(cat "$WORK"/direct-insert-* | awk '{s += $1} END {print s}')
+write_insert_script
+d=$(direct_inserts)
 p=$(PID_OF=$PROXY_PID bench "$PROXY_PORT" app app app -M prepared -c 20 -j 2 -f "$WORK/insert.sql")
 echo "| inserts, 10 shards, \`-M prepared -c 20\` vs 10 pgbench at the shards directly | $(fmt "$d") | — | $(fmt "$p") | — | $(ratio "$p" "$d") | — / $(cpu) |"
 

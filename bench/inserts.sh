@@ -27,22 +27,7 @@ TOML
 start_proxy
 PGPASSWORD=app psql -X -q -h 127.0.0.1 -p "$PROXY_PORT" -U app -d app \
     -c 'CREATE TABLE bench_inserts (id bigint NOT NULL, payload text)' >/dev/null
-cat > "$WORK/insert.sql" <<'SQL'
-\set id random(1, 1000000000000)
-INSERT INTO bench_inserts (id, payload) VALUES (:id, 'x');
-SQL
-
-# The ten shards at once, each with its own pgbench (-c 2): prints the summed TPS.
-direct() {
-    local pids=() i=0 port
-    for port in $SHARD_PORTS; do
-        (PID_OF="" bench "$port" pgshard pgshard app -M prepared -c 2 -j 1 -f "$WORK/insert.sql" > "$WORK/direct-insert-$i") &
-        pids+=($!)
-        i=$((i + 1))
-    done
-    wait "${pids[@]}"
-    cat "$WORK"/direct-insert-* | awk '{s += $1} END {print s}'
-}
+write_insert_script
 
 # One pgbench run through the proxy binary $1 (restarted on it): sets TPS and CPU (µs per
 # transaction). In this shell, not a subshell: the proxy is its child.
@@ -64,7 +49,7 @@ else
     echo "|---|---|---|---|---|"
 fi
 for round in $(seq "$ROUNDS"); do
-    d=$(direct)
+    d=$(direct_inserts)
     if [ -n "${BASELINE_BIN:-}" ]; then
         through "$BASELINE_BIN"
         b=$TPS bcpu=$CPU

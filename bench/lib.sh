@@ -183,3 +183,24 @@ bank_invariant() {
         return 1
     fi
 }
+
+# The single-row INSERT of the inserts row, as a pgbench script: $WORK/insert.sql.
+write_insert_script() {
+    cat > "$WORK/insert.sql" <<'SQL'
+\set id random(1, 1000000000000)
+INSERT INTO bench_inserts (id, payload) VALUES (:id, 'x');
+SQL
+}
+
+# The inserts row's load sent straight to the shards: a pgbench (-M prepared -c 2) at each of
+# $SHARD_PORTS, all at once; prints the summed TPS.
+direct_inserts() {
+    local pids=() i=0 port
+    for port in $SHARD_PORTS; do
+        (PID_OF="" bench "$port" pgshard pgshard app -M prepared -c 2 -j 1 -f "$WORK/insert.sql" > "$WORK/direct-insert-$i") &
+        pids+=($!)
+        i=$((i + 1))
+    done
+    wait "${pids[@]}"
+    cat "$WORK"/direct-insert-* | awk '{s += $1} END {print s}'
+}
