@@ -35,6 +35,12 @@ pub enum Refusal {
     /// 22023: a `/* pgshard: … */` routing hint that names no shard or key pgshard can use.
     #[error("{0}")]
     InvalidHint(String),
+    /// 23502: an INSERT row whose shard key is NULL, which no shard can hold.
+    #[error("{message}")]
+    NullShardKey {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 impl Refusal {
@@ -54,12 +60,19 @@ impl Refusal {
         if message.starts_with(crate::router::hint::INVALID_HINT) {
             return Refusal::InvalidHint(message);
         }
-        match message.split_once(HINT_SEPARATOR) {
-            Some((m, h)) => Refusal::Unsupported {
-                message: m.to_string(),
-                hint: Some(h.to_string()),
-            },
-            None => Refusal::unsupported(message),
+        let (text, hint) = match message.split_once(HINT_SEPARATOR) {
+            Some((m, h)) => (m.to_string(), Some(h.to_string())),
+            None => (message, None),
+        };
+        if text.starts_with(crate::router::analyze::NULL_KEY_PREFIX) {
+            return Refusal::NullShardKey {
+                message: text,
+                hint,
+            };
+        }
+        Refusal::Unsupported {
+            message: text,
+            hint,
         }
     }
 
@@ -72,13 +85,16 @@ impl Refusal {
             Refusal::CannotConnect(_) => "08001",
             Refusal::ConnectionFailure(_) => "08006",
             Refusal::InvalidHint(_) => "22023",
+            Refusal::NullShardKey { .. } => "23502",
         }
     }
 
     /// What the client can do instead, when pgshard knows.
     pub fn hint(&self) -> Option<&str> {
         match self {
-            Refusal::Unsupported { hint, .. } => hint.as_deref(),
+            Refusal::Unsupported { hint, .. } | Refusal::NullShardKey { hint, .. } => {
+                hint.as_deref()
+            }
             _ => None,
         }
     }

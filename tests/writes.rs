@@ -164,6 +164,74 @@ async fn writes_reach_every_shard_they_need() {
     simple(&c, "DELETE FROM users WHERE name LIKE 'g%'")
         .await
         .expect("keyless delete");
+    // A NULL shard key is Postgres's not-null violation (23502), however the row carries it:
+    // a literal, a parameter bound in text or binary, an element of an UNNEST key array. No row
+    // of such a statement lands anywhere, and in a block it fails the block as Postgres does.
+    let null_keys = [
+        "INSERT INTO users (user_id, name) VALUES (NULL, 'n1')".to_string(),
+        "INSERT INTO users (user_id, name) VALUES (201, 'n1'), (NULL::bigint, 'n2')".to_string(),
+    ];
+    for sql in &null_keys {
+        let e = simple(&c, sql).await.expect_err(sql);
+        assert_eq!(code(&e), "23502", "{sql}: {e}");
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(
+            db.message(),
+            r#"null value in column "user_id" of relation "users" violates not-null constraint"#
+        );
+    }
+    let none: Option<i64> = None;
+    let e = c
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+            &[&none, &"n3"],
+        )
+        .await
+        .expect_err("binary NULL key");
+    assert_eq!(code(&e), "23502", "{e}");
+    let text_none: Option<&str> = None;
+    let e = c
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1::text::bigint, 'n4'), (202, 'n5')",
+            &[&text_none],
+        )
+        .await
+        .expect_err("text NULL key");
+    assert_eq!(code(&e), "23502", "{e}");
+    let keys: Vec<Option<i64>> = vec![Some(203), None, Some(204)];
+    let names = vec!["n6", "n7", "n8"];
+    let e = c
+        .execute(
+            "INSERT INTO users (user_id, name) SELECT * FROM unnest($1::bigint[], $2::text[])",
+            &[&keys, &names],
+        )
+        .await
+        .expect_err("NULL in the UNNEST key array");
+    assert_eq!(code(&e), "23502", "{e}");
+    c.batch_execute("BEGIN").await.unwrap();
+    simple(&c, "INSERT INTO users (user_id, name) VALUES (205, 'n9')")
+        .await
+        .expect("insert in the block");
+    let e = c
+        .execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, 'n10')",
+            &[&none],
+        )
+        .await
+        .expect_err("NULL key in a block");
+    assert_eq!(code(&e), "23502", "{e}");
+    let e = simple(&c, "SELECT 1").await.expect_err("the block failed");
+    assert_eq!(code(&e), "25P02", "{e}");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    let landed: i64 = per_shard(
+        info,
+        "SELECT count(*) FROM users WHERE name LIKE 'n%' OR user_id BETWEEN 201 AND 205",
+    )
+    .await
+    .iter()
+    .map(|(_, n)| n)
+    .sum();
+    assert_eq!(landed, 0, "rows of refused or rolled back inserts landed");
     // A duplicate key on one shard fails the whole INSERT: no shard keeps its rows.
     let e = c
         .batch_execute("INSERT INTO users (user_id, name) VALUES (101, 'a'), (102, 'b'), (103, 'c'), (104, 'd'), (5, 'dup')")

@@ -475,7 +475,7 @@ impl Router {
                         "DDL on sharded table {table} cannot be routed to {n} shards"
                     ))
                 } else if facts.is_write {
-                    write_route(facts, keys.as_deref(), many, map, table, key)
+                    write_route(facts, keys.as_deref(), many, map, table, key, params)
                 } else if let Some(construct) = &facts.needs_merge {
                     match &facts.merge {
                         Some(Ok(_)) => Route::Scatter(many.to_vec()),
@@ -504,10 +504,18 @@ fn write_route(
     map: &ShardMap,
     table: &str,
     key: &str,
+    params: &dyn ParamSource,
 ) -> Route {
     let n = many.len();
     match (&facts.kind, keys) {
         (StatementKind::Update | StatementKind::Delete, _) => Route::Scatter(many.to_vec()),
+        (StatementKind::Insert, _) if null_key_param(facts, params) => Route::Refuse(
+            analyze::Refused::NullShardKey {
+                table: table.to_string(),
+                key: key.to_string(),
+            }
+            .route_text(),
+        ),
         (StatementKind::Insert, Some(keys)) => {
             Route::SplitInsert(split_insert::rows_by_shard_key(keys, map))
         }
@@ -524,6 +532,35 @@ fn write_route(
                 "this write touches {n} shards in a way pgshard cannot split; name one {key} per statement{why}"
             ))
         }
+    }
+}
+
+/// True when an INSERT row's shard key is NULL in `params`: a key `$n` bound to NULL, or an
+/// UNNEST insert whose key array holds a NULL element or is shorter than another array (UNNEST
+/// pads it with NULLs).
+fn null_key_param(facts: &StatementFacts, params: &dyn ParamSource) -> bool {
+    let elements = |n: usize| -> Option<Vec<Option<Vec<u8>>>> {
+        let raw = params.raw(n)?;
+        Some(pg_array::decode(&raw.value?, raw.binary).ok()?.elements)
+    };
+    match &facts.key {
+        KeyFacts::Values(vals) => vals.iter().any(|v| {
+            matches!(v, KeyValue::Param(n) if params.raw(*n).is_some_and(|r| r.value.is_none()))
+        }),
+        KeyFacts::ArrayParam(n) => {
+            let Some(keys) = elements(*n) else {
+                return false;
+            };
+            let longest = facts.unnest.as_ref().map_or(0, |u| {
+                u.params
+                    .iter()
+                    .filter_map(|&p| elements(p).map(|e| e.len()))
+                    .max()
+                    .unwrap_or(0)
+            });
+            keys.iter().any(Option::is_none) || keys.len() < longest
+        }
+        KeyFacts::Unknown => false,
     }
 }
 
@@ -550,6 +587,7 @@ mod tests {
     use super::literals::LiteralParams;
     use super::params::{BindParams, NoParams};
     use super::*;
+    use crate::refusal::Refusal;
 
     fn router() -> Router {
         Router::new(
@@ -1053,6 +1091,78 @@ mod tests {
             types: &[],
         };
         assert_eq!(r.route(&facts[0], &p, &map, 1), Route::Single(1));
+    }
+
+    /// A NULL shard key in an INSERT row is Postgres's not-null violation (23502), written
+    /// literally, bound as a parameter, or inside (or padded onto) an UNNEST key array; a row
+    /// whose key is an expression stays the 0A000 refusal.
+    #[test]
+    fn null_insert_keys_are_not_null_violations() {
+        let r = router();
+        let map = ShardMap::uniform(1, Strategy::Modulo { modulus: 0 }, &[1, 2, 3]);
+        let is_null_violation = |route: Route| match route {
+            Route::Refuse(text) => Refusal::of_route(text).sqlstate() == "23502",
+            _ => false,
+        };
+        for sql in [
+            "insert into users (user_id, name) values (null, 'x')",
+            "insert into users (user_id, name) values (NULL::bigint, 'x')",
+            "insert into users (user_id, name) values (1, 'a'), (null, 'b')",
+        ] {
+            let got = route_sql(&r, sql, &map);
+            let Route::Refuse(text) = &got else {
+                panic!("{sql}: {got:?}");
+            };
+            assert_eq!(
+                text.split(crate::refusal::HINT_SEPARATOR).next(),
+                Some(
+                    r#"null value in column "user_id" of relation "users" violates not-null constraint"#
+                ),
+                "{sql}"
+            );
+            assert!(is_null_violation(got), "{sql}");
+        }
+        let bind = |sql: &str, values: &[Option<bytes::Bytes>]| {
+            let facts = r.analyze_prepared(sql);
+            let p = BindParams {
+                values,
+                formats: &[],
+                types: &[],
+            };
+            r.route(&facts[0], &p, &map, 1)
+        };
+        let text = |s: &'static str| Some(bytes::Bytes::from_static(s.as_bytes()));
+        let values = "insert into users (user_id, name) values ($1, $2)";
+        assert!(is_null_violation(bind(values, &[None, text("x")])));
+        assert_eq!(bind(values, &[text("4"), None]), Route::Single(2));
+        let two_rows = "insert into users (user_id, name) values ($1, 'a'), ($2, 'b')";
+        assert!(is_null_violation(bind(two_rows, &[text("1"), None])));
+        let unnest =
+            "insert into users (user_id, name) select * from unnest($1::bigint[], $2::text[])";
+        assert!(is_null_violation(bind(
+            unnest,
+            &[text("{1,NULL}"), text("{a,b}")]
+        )));
+        // A shorter key array is padded with NULLs: on one shard Postgres reports it itself.
+        assert!(is_null_violation(bind(
+            unnest,
+            &[text("{1,2}"), text("{a,b,c}")]
+        )));
+        assert_eq!(
+            bind(unnest, &[text("{1}"), text("{a,b}")]),
+            Route::Single(2)
+        );
+        assert!(matches!(
+            bind(unnest, &[text("{1,2}"), text("{a,NULL}")]),
+            Route::SplitInsert(_)
+        ));
+        // An expression as the key is still not routable: 0A000.
+        let got = route_sql(
+            &r,
+            "insert into users (user_id, name) values (1 + 1, 'x'), (3, 'y')",
+            &map,
+        );
+        assert!(matches!(&got, Route::Refuse(_)) && !is_null_violation(got));
     }
 
     #[test]

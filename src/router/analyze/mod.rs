@@ -21,7 +21,7 @@ use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
 
 pub use super::names::ShardedTables;
-pub use refused::Refused;
+pub use refused::{Refused, NULL_KEY_PREFIX};
 pub(crate) use scan::AGGREGATES;
 use scan::{node, scan_walk, FuncInfo};
 pub use statement::{KeyFacts, KeyValue, LocalCommand, SessionPin, StatementFacts, StatementKind};

@@ -72,6 +72,20 @@ pub enum Refused {
     /// (see `router::schemas`).
     #[error("{0}")]
     TenantSchema(String),
+    /// An INSERT row whose shard key is NULL: no shard can hold it. Told as Postgres tells a
+    /// NOT NULL key column's violation (SQLSTATE 23502), which a sharded table's key nearly
+    /// always is, so clients handle it as the integrity error it is.
+    #[error("{}", null_key_message(table, key))]
+    NullShardKey { table: String, key: String },
+}
+
+/// Starts every NULL shard key refusal's text, so a route's text maps back to SQLSTATE 23502.
+pub const NULL_KEY_PREFIX: &str = "null value in column ";
+
+/// Postgres's words for a NULL in a NOT NULL column: the relation without its schema.
+fn null_key_message(table: &str, key: &str) -> String {
+    let relation = table.rsplit('.').next().unwrap_or(table).trim_matches('"');
+    format!("{NULL_KEY_PREFIX}\"{key}\" of relation \"{relation}\" violates not-null constraint")
 }
 
 impl Refused {
@@ -94,6 +108,7 @@ impl Refused {
             Refused::CopyIntoReference { .. } => "use INSERT, which writes every shard",
             Refused::NextIdElsewhere => "take the id with SELECT pgshard.next_id() first, then pass it as a parameter",
             Refused::MixedPlacement { .. } => "send one statement for each",
+            Refused::NullShardKey { .. } => "pgshard places each row of a sharded table by its shard key, so the key of a row cannot be NULL",
             Refused::DerivedFromSharded { .. } => "query the sharded table itself (pgshard merges its shards' rows); to keep the rows in a table of their own, create that table (sharded, reference or unsharded) and fill it with INSERT … SELECT",
             _ => return None,
         })
@@ -123,6 +138,12 @@ impl Refused {
 
 impl From<Refused> for Refusal {
     fn from(r: Refused) -> Refusal {
+        if let Refused::NullShardKey { .. } = r {
+            return Refusal::NullShardKey {
+                message: r.message(),
+                hint: r.hint().map(str::to_string),
+            };
+        }
         Refusal::Unsupported {
             message: r.message(),
             hint: r.hint().map(str::to_string),

@@ -169,6 +169,11 @@ pub(crate) fn op_name(e: &pb::AExpr) -> Option<&str> {
     }
 }
 
+/// True for a NULL constant (`NULL`, `NULL::bigint`): a key value no shard can hold.
+pub(super) fn is_null_constant(n: &pb::Node) -> bool {
+    matches!(strip_casts(n).node.as_ref(), Some(NodeEnum::AConst(c)) if c.isnull)
+}
+
 /// A constant or `$n` usable as a key value.
 pub(super) fn key_value(n: &pb::Node) -> Option<KeyValue> {
     let n = strip_casts(n);

@@ -6,7 +6,7 @@ use pg_query::NodeEnum;
 
 use super::scan::{node, Scan};
 use super::tables;
-use super::tables::{key_value, tables_and_key, Ctx};
+use super::tables::{is_null_constant, key_value, tables_and_key, Ctx};
 use super::{analyze_stmt, Flow, KeyFacts, Refused, ShardedTables, StatementFacts, StatementKind};
 
 /// The facts of an INSERT.
@@ -92,6 +92,10 @@ pub(super) fn analyze_insert(
             Some(NodeEnum::List(l)) => l.items.get(pos),
             _ => None,
         };
+        if item.is_some_and(is_null_constant) {
+            facts.refuse = Some(Refused::NullShardKey { table: t, key });
+            return;
+        }
         match item.and_then(key_value) {
             Some(v) => vals.push(v),
             None => return,
