@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::backend::{BackendError, ServerConn};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 use crate::wire::frame::Frame;
+use crate::wire::frontend::{self as fe, Execute, Target};
 
 /// The answer a sent message gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,41 @@ pub enum Step {
     },
     /// Reply to the client without asking the server (skipped after an error, as the server would).
     Synthetic(Frame),
+}
+
+impl Step {
+    /// `frame` sent with its answer passed on to the sink.
+    pub fn forwarded(frame: Frame, expect: Expect) -> Step {
+        Step::Send {
+            frame,
+            expect,
+            forward: true,
+        }
+    }
+
+    /// Describe of the unnamed portal, its answer passed on: a proxy-built query's description.
+    pub fn describe_unnamed_portal() -> Step {
+        Step::forwarded(
+            Target {
+                kind: b'P',
+                name: String::new(),
+            }
+            .encode(fe::DESCRIBE),
+            Expect::DescribePortal,
+        )
+    }
+
+    /// Execute of the unnamed portal for all its rows, its answer passed on.
+    pub fn execute_unnamed_portal() -> Step {
+        Step::forwarded(
+            Execute {
+                portal: String::new(),
+                max_rows: 0,
+            }
+            .encode(),
+            Expect::Execute,
+        )
+    }
 }
 
 /// Where the answers go: the client itself, or a merge of several shards.

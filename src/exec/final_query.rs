@@ -10,7 +10,7 @@ use crate::exec::exchange::{Expect, Step};
 use crate::router::final_projection::{FinalProjection, INPUTS_ALIAS};
 use crate::wire::backend as be;
 use crate::wire::frame::Frame;
-use crate::wire::frontend::{self as fe, Bind, Execute, Parse, Target};
+use crate::wire::frontend::{self as fe, Bind, Parse};
 
 /// Most parameters one Bind carries (the protocol's count is 16 bits; kept within the signed
 /// range every decoder accepts).
@@ -44,14 +44,6 @@ pub enum FinalError {
     TooManyInputs(usize),
     #[error("the final projection's answer is malformed: {0}")]
     Malformed(&'static str),
-}
-
-fn send(frame: Frame, expect: Expect) -> Step {
-    Step::Send {
-        frame,
-        expect,
-        forward: true,
-    }
 }
 
 /// The steps computing the final expressions over `rows` (each row: the input columns'
@@ -132,7 +124,7 @@ pub fn steps(
         if limit_zero {
             sql.push_str(" LIMIT 0");
         }
-        out.push(send(
+        out.push(Step::forwarded(
             Parse {
                 name: String::new(),
                 query: sql,
@@ -141,7 +133,7 @@ pub fn steps(
             .encode(),
             Expect::Parse { register: None },
         ));
-        out.push(send(
+        out.push(Step::forwarded(
             Bind {
                 portal: String::new(),
                 statement: String::new(),
@@ -153,25 +145,11 @@ pub fn steps(
             Expect::Bind,
         ));
         if describe && ci == 0 {
-            out.push(send(
-                Target {
-                    kind: b'P',
-                    name: String::new(),
-                }
-                .encode(fe::DESCRIBE),
-                Expect::DescribePortal,
-            ));
+            out.push(Step::describe_unnamed_portal());
         }
-        out.push(send(
-            Execute {
-                portal: String::new(),
-                max_rows: 0,
-            }
-            .encode(),
-            Expect::Execute,
-        ));
+        out.push(Step::execute_unnamed_portal());
     }
-    out.push(send(fe::sync(), Expect::Sync));
+    out.push(Step::forwarded(fe::sync(), Expect::Sync));
     Ok(out)
 }
 

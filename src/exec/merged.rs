@@ -181,6 +181,20 @@ pub(crate) struct Field {
     pub(crate) format: i16,
 }
 
+/// A text-format field named `name` of type `type_oid`, for table tests elsewhere in exec.
+#[cfg(test)]
+pub(crate) fn test_field(name: &str, type_oid: u32) -> Field {
+    Field {
+        name: Bytes::copy_from_slice(name.as_bytes()),
+        table: 0,
+        attnum: 0,
+        type_oid,
+        typlen: -1,
+        typmod: -1,
+        format: 0,
+    }
+}
+
 pub(crate) fn decode_row_description(body: &[u8]) -> Option<Vec<Field>> {
     // A negative field count is malformed, not an empty description.
     let count = u16::try_from(i16::from_be_bytes(body.get(0..2)?.try_into().ok()?)).ok()?;

@@ -2,6 +2,7 @@
 //! with their answers merged into the one answer a single Postgres would give) and writing the
 //! answers to a `FrameSink`.
 
+pub mod binary_rows;
 pub mod broadcast;
 pub mod cancel;
 pub mod collation;

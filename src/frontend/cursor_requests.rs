@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::extended::{parameter_description, Msg};
 use super::session::{aborted, refusal, End, Prepared, Session};
+use crate::exec::binary_rows;
 use crate::refusal::Refusal;
 use crate::router::cursor::{declared_query, CursorOp};
 use crate::router::StatementFacts;
@@ -34,7 +35,7 @@ impl Session {
             self.reply_error(aborted());
             return Ok(());
         }
-        match self.run_cursor_op(op, sql, true).await? {
+        match self.run_cursor_op(op, sql, true, &[]).await? {
             Ok(()) => {
                 let status = self.status();
                 self.io.push(&be::ready_for_query(status));
@@ -46,11 +47,13 @@ impl Session {
 
     /// Runs one statement on a proxy-served cursor and queues its answer (`describe`: FETCH sends
     /// its RowDescription first, as in the simple protocol).
+    /// `formats`: the result formats a Bind of a FETCH asked for (none: text).
     async fn run_cursor_op(
         &mut self,
         op: &CursorOp,
         sql: &str,
         describe: bool,
+        formats: &[i16],
     ) -> Result<Result<(), ErrorFields>, End> {
         match op {
             CursorOp::Declare(d) => {
@@ -70,10 +73,18 @@ impl Session {
                 motion,
                 is_move,
             } => {
-                let fetched = match self.fetch_merged(name, motion, *is_move) {
+                let mut fetched = match self.fetch_merged(name, motion, *is_move) {
                     Ok(f) => f,
                     Err(fields) => return Ok(Err(fields)),
                 };
+                if let (true, Some(d)) = (binary_rows::wants_binary(formats), &fetched.description)
+                {
+                    let rows = std::mem::take(&mut fetched.rows);
+                    fetched.rows = match self.rows_in_formats(d, rows, formats).await? {
+                        Ok(rows) => rows,
+                        Err(fields) => return Ok(Err(fields)),
+                    };
+                }
                 if let Some(d) = fetched.description.filter(|_| describe) {
                     self.io.push(&d);
                 }
@@ -129,18 +140,8 @@ impl Session {
         for msg in msgs {
             match msg {
                 Msg::Parse(..) => self.io.push(&be::parse_complete()),
-                Msg::Bind {
-                    bind, statement, ..
-                } => {
-                    let op = op_of(statement);
+                Msg::Bind { bind, .. } => {
                     binds.insert(bind.portal.as_str(), bind);
-                    if matches!(op, Some(CursorOp::Fetch { .. }))
-                        && bind.result_formats.iter().any(|f| *f != 0)
-                    {
-                        return Ok(Err(refusal(
-                            "FETCH in binary format from a cursor that spans several shards is not supported; fetch in text format",
-                        )));
-                    }
                     self.io.push(&be::bind_complete());
                 }
                 Msg::DescribeStatement(st) => {
@@ -166,6 +167,21 @@ impl Session {
                         None => Some(t.name.clone()),
                     };
                     let described = name.and_then(|n| self.merged_description(&n));
+                    // A FETCH bound with binary result formats describes its columns so.
+                    let formats = binds
+                        .get(t.name.as_str())
+                        .map_or(&[][..], |b| b.result_formats.as_slice());
+                    let described = match described {
+                        Some(d) if binary_rows::wants_binary(formats) => {
+                            match binary_rows::described(&d, formats) {
+                                Ok(d) => Some(d),
+                                Err(e) => {
+                                    return Ok(Err(ErrorFields::error("08P01", e.to_string())))
+                                }
+                            }
+                        }
+                        other => other,
+                    };
                     self.io.push(&described.unwrap_or_else(be::no_data));
                 }
                 Msg::Execute(e) => {
@@ -201,7 +217,10 @@ impl Session {
                             continue;
                         }
                     }
-                    if let Err(fields) = self.run_cursor_op(&op, &st.sql, false).await? {
+                    let formats = binds
+                        .get(e.portal.as_str())
+                        .map_or(&[][..], |b| b.result_formats.as_slice());
+                    if let Err(fields) = self.run_cursor_op(&op, &st.sql, false, formats).await? {
                         return Ok(Err(fields));
                     }
                 }

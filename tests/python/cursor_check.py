@@ -1,7 +1,9 @@
 """Named (server-side) cursors of psycopg 3 through pgshard, with the driver's defaults: a cursor
 over every shard (merged in ORDER BY order), read with fetchmany/scroll/fetchone/fetchall and by
-iteration, a cursor on one shard with a parameter, and the refusal of a scrollable cursor over
-several shards. Rows: users 1..200 named u001..u200. Exits non-zero on the first failed check."""
+iteration, a cursor on one shard with a parameter, a binary cursor (`binary=True`: FETCH with
+binary result formats) over every shard whose values equal the text cursor's and a plain query's
+for every type it returns, and the refusal of a scrollable cursor over several shards. Rows:
+users 1..200 named u001..u200. Exits non-zero on the first failed check."""
 
 import sys
 
@@ -47,6 +49,41 @@ def main(url: str, key: int) -> None:
         with conn.cursor(name="k") as cur:
             cur.execute("SELECT user_id, name FROM users WHERE user_id = %s", (key,))
             assert cur.fetchall() == [(key, f"u{key:03}")]
+        conn.commit()
+
+        # Binary FETCH of a cursor over several shards: the values of each type equal what a
+        # plain (text) query and a text cursor read, NULLs included.
+        typed = (
+            "SELECT user_id, name, NULLIF(user_id %% 3, 0) AS maybe, user_id * 1.25 AS num,"
+            " user_id / 7.0::float8 AS ratio, ARRAY[user_id, -user_id] AS pair,"
+            " (user_id %% 2 = 0) AS even, '2026-01-01 00:00:00+00'::timestamptz"
+            " + user_id * interval '1 minute' AS at, md5(name)::uuid AS id"
+            " FROM users WHERE user_id > %s ORDER BY user_id"
+        )
+        expected = conn.execute(typed, (180,)).fetchall()
+        assert len(expected) == 20, expected[:2]
+        for binary in (False, True):
+            with conn.cursor(name=f"typed_{binary}", binary=binary) as cur:
+                cur.execute(typed, (180,))
+                got = cur.fetchmany(6) + cur.fetchall()
+                assert got == expected, (binary, got[:2], expected[:2])
+            conn.commit()
+        # With extra_float_digits below 1 the held text of a float is rounded: a binary FETCH of
+        # it is refused rather than answered inexactly; the other columns still convert.
+        conn.execute("SET extra_float_digits = 0")
+        with conn.cursor(name="no_float", binary=True) as cur:
+            cur.execute("SELECT user_id, name FROM users WHERE user_id > %s ORDER BY user_id", (195,))
+            assert cur.fetchall() == [(i, f"u{i:03}") for i in range(196, 201)]
+        conn.commit()
+        try:
+            with conn.cursor(name="rounded", binary=True) as cur:
+                cur.execute("SELECT user_id / 7.0::float8 FROM users ORDER BY user_id")
+                cur.fetchone()
+            raise AssertionError("a binary FETCH of rounded floats was answered")
+        except errors.FeatureNotSupported as e:
+            assert "extra_float_digits" in str(e), str(e)
+        conn.rollback()
+        conn.execute("RESET extra_float_digits")
         conn.commit()
 
         try:

@@ -2,6 +2,7 @@
 //! FETCH and MOVE of the rows this session holds.
 
 use crate::backend::ServerConn;
+use crate::exec::binary_rows;
 use crate::exec::cursor::{scatter_shards, Fetched, Keep};
 use crate::exec::exchange::{Expect, Step};
 use crate::exec::merged::BoundMerge;
@@ -184,6 +185,46 @@ impl Session {
             rows,
             complete: be::command_complete(&format!("{verb} {count}")),
         })
+    }
+
+    /// `rows` FETCHed from a proxy-served cursor (text, under `description`) in the result
+    /// `formats` the client bound, turned into them by a shard (see `exec::binary_rows`).
+    /// `Ok(Err)` is an error for the client.
+    pub async fn rows_in_formats(
+        &mut self,
+        description: &Frame,
+        rows: Vec<Frame>,
+        formats: &[i16],
+    ) -> Result<Result<Vec<Frame>, ErrorFields>, End> {
+        let digits = self.state.settings.get("extra_float_digits");
+        if binary_rows::would_round_floats(description, formats, digits.map(String::as_str)) {
+            return Ok(Err(refusal(
+                "FETCH in binary format of a float column from a cursor that spans several shards needs extra_float_digits of 1 or more (pgshard holds the cursor's rows as text, rounded below that)",
+            )
+            .with_hint("RESET extra_float_digits, or fetch that column in text format")));
+        }
+        let steps = match binary_rows::steps(description, &rows, formats) {
+            Ok(steps) => steps,
+            Err(e @ binary_rows::BinaryRowsError::FormatCount { .. }) => {
+                return Ok(Err(ErrorFields::error("08P01", e.to_string())))
+            }
+            Err(e) => return Ok(Err(ErrorFields::error("XX000", e.to_string()))),
+        };
+        if steps.is_empty() {
+            return Ok(Ok(rows));
+        }
+        let shard = self.fallback_shard();
+        let kept = self
+            .run_kept_with(
+                "",
+                &[],
+                Target::Single(shard),
+                None,
+                "a FETCH in binary format",
+                move |_| steps.clone(),
+            )
+            .await?;
+        Ok(kept.map(|(_, bodies)| binary_rows::data_rows(bodies)))
     }
 
     /// The RowDescription of proxy-served cursor `name`, if there is one.
