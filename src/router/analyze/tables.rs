@@ -151,7 +151,8 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn strip_casts(mut n: &pb::Node) -> &pb::Node {
+/// `n` without the casts around it.
+pub(super) fn strip_casts(mut n: &pb::Node) -> &pb::Node {
     while let Some(NodeEnum::TypeCast(tc)) = n.node.as_ref() {
         match tc.arg.as_deref() {
             Some(a) => n = a,
