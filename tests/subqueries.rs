@@ -694,6 +694,10 @@ async fn derived_tables_run_on_each_shard(c: &Client, info: &pgshard::cluster::C
         "SELECT DISTINCT s.t % 4 FROM (SELECT total AS t FROM orders) s ORDER BY 1",
         // Grouped by the shard key: each shard's groups are final, string_agg and all.
         "SELECT k, string_agg(n::text, ',' ORDER BY n) FROM (SELECT user_id AS k, total AS n FROM orders) s GROUP BY k ORDER BY k LIMIT 6",
+        // Grouped by the key of an outer join's nullable side: the users without orders are
+        // one NULL group (on every shard), as are they over a table.
+        "SELECT k, count(*) FROM (SELECT o.user_id AS k FROM users u LEFT JOIN orders o ON o.user_id = u.user_id) s GROUP BY k ORDER BY k NULLS FIRST LIMIT 3",
+        "SELECT o.user_id, count(*) FROM users u LEFT JOIN orders o ON o.user_id = u.user_id GROUP BY o.user_id ORDER BY 1 NULLS FIRST LIMIT 3",
         // An ORDER BY inside under one row of aggregates; nested derived tables.
         "SELECT count(*), max(name) FROM (SELECT name FROM users ORDER BY name) s",
         "SELECT sum(a), count(*) FROM (SELECT a * 2 AS a FROM (SELECT user_id AS a FROM users WHERE name > 'u2') x) y",

@@ -71,15 +71,7 @@ pub(super) fn analyze_select(
     if let Some(op) = set_op_name(s.op) {
         // Tables of the arms are not at the top level: any sharded one is refused below unless
         // the whole statement only reads unsharded tables.
-        let mut ctx = Ctx {
-            tables,
-            refs: Vec::new(),
-            quals: Vec::new(),
-            using: Vec::new(),
-            laterals: Vec::new(),
-            correlated_scopes: Vec::new(),
-            refuse: None,
-        };
+        let mut ctx = Ctx::new(tables);
         tables_and_key(&mut ctx, scan, None, facts);
         if facts.sharded {
             facts.refuse = Some(Refused::SetOperation { op });
@@ -102,7 +94,7 @@ pub(super) fn analyze_select(
     if facts.sharded {
         facts.needs_merge = merge_construct(s);
         if facts.needs_merge.is_some() && facts.refuse.is_none() {
-            let is_key = |n: &pb::Node| ctx.key_column(n).is_some();
+            let is_key = |n: &pb::Node| ctx.is_placed_key(n);
             facts.merge =
                 Some(crate::router::merge_plan::plan(s, &is_key).map(std::sync::Arc::new));
         }
@@ -173,8 +165,8 @@ fn row_local_core<'a>(s: &'a pb::SelectStmt, scan: &Scan) -> Option<&'a pb::Sele
     if s.with_clause.is_some() || s.into_clause.is_some() || !s.locking_clause.is_empty() {
         return None;
     }
-    let unordered = one_row_of_aggregates(s);
     let mut core = derived_of(s)?;
+    let unordered = one_row_of_aggregates(s);
     loop {
         if !row_local(core, unordered) {
             return None;
@@ -234,7 +226,7 @@ fn one_row_of_aggregates(s: &pb::SelectStmt) -> bool {
 /// Whether `n`, an expression of `s`, is a shard key of the tables of `s`'s derived table
 /// `core` (`ctx`: its analysis): a column of the derived table (by name, its alias renaming
 /// none) that is one output column of `core` naming a key column. Only for a derived table
-/// directly under `s`; `false` when it cannot be told.
+/// directly under `s`; `false` when it cannot be told (see [`Ctx::is_placed_key`]).
 fn derived_key(n: &pb::Node, s: &pb::SelectStmt, core: &pb::SelectStmt, ctx: &Ctx) -> bool {
     if !derived_of(s).is_some_and(|d| std::ptr::eq(d, core)) {
         return false;
@@ -279,7 +271,7 @@ fn derived_key(n: &pb::Node, s: &pb::SelectStmt, core: &pb::SelectStmt, ctx: &Ct
             named.push(val);
         }
     }
-    matches!(named.as_slice(), [val] if ctx.key_column(val).is_some())
+    matches!(named.as_slice(), [val] if ctx.is_placed_key(val))
 }
 
 /// True for `SELECT pgshard.next_id()` and nothing more.
@@ -565,6 +557,10 @@ mod tests {
                 "SELECT k, string_agg(n, ',') FROM (SELECT users.user_id AS k, name AS n FROM users) s GROUP BY k",
             ),
             (
+                "SELECT k, count(*) FROM (SELECT o.user_id AS k FROM users u JOIN orders o ON o.user_id = u.user_id) s GROUP BY k",
+                "SELECT k, count(*) FROM (SELECT o.user_id AS k FROM users u JOIN orders o ON o.user_id = u.user_id) s GROUP BY k",
+            ),
+            (
                 "SELECT count(DISTINCT s.user_id) FROM (SELECT user_id FROM users) AS s",
                 "SELECT count(DISTINCT s.user_id) FROM (SELECT user_id FROM users) s",
             ),
@@ -604,12 +600,52 @@ mod tests {
         let sql =
             "SELECT count(DISTINCT s.k) FROM (SELECT user_id AS k, name AS user_id FROM users) s";
         assert_eq!(shard_sql(&one(sql)), sql, "{sql}");
+        // Grouped by the key of a join: each shard's groups are final; by the key of an outer
+        // join's nullable side, NULL on every shard: the groups are merged.
+        let merged_groups = |sql: &str| match &one(sql).merge {
+            Some(Ok(p)) => matches!(p.kind, crate::router::merge_plan::PlanKind::Groups { .. }),
+            other => panic!("{sql}: {other:?}"),
+        };
+        let join = "SELECT k, count(*) FROM (SELECT o.user_id AS k FROM users u JOIN orders o ON o.user_id = u.user_id) s GROUP BY k";
+        assert!(!merged_groups(join), "{join}");
+        assert!(
+            merged_groups(&join.replace(" JOIN", " LEFT JOIN")),
+            "{join}"
+        );
         // No merge needed: concatenated.
         let f = one("SELECT s.name FROM (SELECT name FROM users WHERE user_id > 3) s");
         assert_eq!((f.refuse, f.needs_merge, f.merge), (None, None, None));
         // Only unsharded or reference tables inside: as before.
         let f = one("SELECT count(*) FROM (SELECT * FROM countries) s");
         assert!(!f.sharded && f.refuse.is_none());
+    }
+
+    #[test]
+    fn groups_of_an_outer_joins_nullable_key_are_merged() {
+        // (statement, each shard's groups are final)
+        let cases = [
+            ("SELECT u.user_id, count(o.total) FROM users u LEFT JOIN orders o ON o.user_id = u.user_id GROUP BY u.user_id", true),
+            // Users without orders: a NULL group on every shard, one in one Postgres.
+            ("SELECT o.user_id, count(*) FROM users u LEFT JOIN orders o ON o.user_id = u.user_id GROUP BY o.user_id", false),
+            ("SELECT u.user_id, count(*) FROM users u RIGHT JOIN orders o ON o.user_id = u.user_id GROUP BY u.user_id", false),
+            ("SELECT o.user_id, count(*) FROM users u RIGHT JOIN orders o ON o.user_id = u.user_id GROUP BY o.user_id", true),
+            ("SELECT u.user_id, count(*) FROM users u FULL JOIN orders o ON o.user_id = u.user_id GROUP BY u.user_id", false),
+            ("SELECT o.user_id, count(*) FROM users u JOIN (orders o LEFT JOIN orders p ON p.user_id = o.user_id) ON o.user_id = u.user_id GROUP BY o.user_id", true),
+            ("SELECT p.user_id, count(*) FROM users u JOIN (orders o LEFT JOIN orders p ON p.user_id = o.user_id) ON o.user_id = u.user_id GROUP BY p.user_id", false),
+            ("SELECT p.user_id, count(*) FROM users u LEFT JOIN (orders o JOIN orders p ON p.user_id = o.user_id) ON o.user_id = u.user_id GROUP BY p.user_id", false),
+        ];
+        for (sql, pushed_down) in cases {
+            let f = one(sql);
+            assert_eq!(f.refuse, None, "{sql}");
+            let Some(Ok(plan)) = &f.merge else {
+                panic!("{sql}: {:?}", f.merge)
+            };
+            let merged = matches!(
+                plan.kind,
+                crate::router::merge_plan::PlanKind::Groups { .. }
+            );
+            assert_eq!(!merged, pushed_down, "{sql}");
+        }
     }
 
     #[test]
