@@ -5,13 +5,15 @@
 //! correlated the same way; uncorrelated ones, and read-only CTEs, run first (both protocols, parameters in text
 //! and binary) and their result is written into the statement; other subqueries over sharded
 //! tables, derived tables in FROM (`SELECT count(*) FROM (SELECT … FROM users …) AS anon_1`) run
-//! first the same way; other subqueries over sharded
+//! whole on each shard when every row of theirs comes from one shard's rows, the outer query
+//! merged (compared with one Postgres holding every row), else first the same way; other subqueries over sharded
 //! tables, recursive and data-modifying CTEs over them stay refused with 0A000 unless keyed to
 //! one shard, as set operations are unless every branch is keyed to one shard. Four shards;
 //! users 1..=40, and two orders (totals i and 2i) for each user i not divisible by 3.
 
 mod common;
 
+use common::answers::{extended_answer, simple_rows};
 use common::params::TextParam;
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
@@ -213,6 +215,7 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
     uncorrelated_subqueries_with_parameters(&c).await;
     ctes_over_sharded_tables(&c).await;
     derived_tables_run_first(&c).await;
+    derived_tables_run_on_each_shard(&c, &cluster.info).await;
     ctes_keyed_to_one_shard(&c, &cluster.info).await;
     set_operations_keyed_to_one_shard(&c, &cluster.info).await;
     insert_select_runs_its_select_first(&c).await;
@@ -621,6 +624,165 @@ async fn derived_tables_run_first(c: &Client) {
     assert_eq!(
         rows(c, "SELECT count(*) FROM users WHERE email = 'big'").await,
         ["0"]
+    );
+}
+
+/// One Postgres holding every row pgshard spreads over the shards: a session on the first
+/// shard whose temporary `users` and `orders` (first on its search_path, before the shard's own
+/// slice) hold a copy of all the rows, read through pgshard.
+async fn one_postgres(c: &Client, info: &pgshard::cluster::ClusterInfo) -> Client {
+    let first = *info.shard_ids().first().expect("a shard");
+    let plain = proxy::shard(info, first).await;
+    for table in ["users", "orders"] {
+        plain
+            .batch_execute(&format!("CREATE TEMP TABLE {table} (LIKE public.{table})"))
+            .await
+            .expect("temporary table");
+        let literal = |v: Option<String>| {
+            v.map_or("NULL".to_string(), |v| {
+                format!("'{}'", v.replace('\'', "''"))
+            })
+        };
+        let values: Vec<String> = simple_rows(c, &format!("SELECT * FROM {table}"))
+            .await
+            .into_iter()
+            .map(|r| {
+                format!(
+                    "({})",
+                    r.into_iter().map(literal).collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect();
+        assert!(!values.is_empty(), "{table} has rows");
+        plain
+            .batch_execute(&format!(
+                "INSERT INTO pg_temp.{table} VALUES {}",
+                values.join(", ")
+            ))
+            .await
+            .expect("copy the rows");
+    }
+    plain
+}
+
+/// A derived table whose every row comes from one shard's rows (no aggregate, DISTINCT,
+/// LIMIT, … inside) runs whole on each shard (or the one its key names), the outer query
+/// merged as over a table: answers equal one Postgres's to the byte, in both protocols
+/// (parameters binary and text), in and out of a block. Its rows never pass through pgshard, so
+/// a count over more bytes than pgshard holds for a derived table run first is answered, where
+/// the same rows behind a LIMIT (run first) are refused.
+async fn derived_tables_run_on_each_shard(c: &Client, info: &pgshard::cluster::ClusterInfo) {
+    let plain = one_postgres(c, info).await;
+    let same = |sql: &'static str| {
+        let plain = &plain;
+        async move {
+            let got = simple_rows(c, sql).await;
+            assert!(!got.is_empty(), "{sql}: no rows");
+            assert_eq!(got, simple_rows(plain, sql).await, "{sql}");
+        }
+    };
+    for sql in [
+        // SQLAlchemy's Query.count() with a filter.
+        "SELECT count(*) AS count_1 FROM (SELECT orders.order_id AS orders_order_id, orders.total AS orders_total FROM orders WHERE orders.total > 30) AS anon_1",
+        // Aggregates merged from the shards' partial values, over no rows too.
+        "SELECT sum(t), avg(t), min(t), max(t), count(DISTINCT t % 7), count(*) FROM (SELECT total AS t FROM orders WHERE user_id > 5) s",
+        "SELECT count(*), sum(total), avg(total), max(total) FROM (SELECT total FROM orders WHERE total < 0) s",
+        // GROUP BY, ORDER BY and LIMIT in the outer query; a co-located join inside.
+        "SELECT s.name, count(*), sum(s.total), avg(s.total) FROM (SELECT u.name, o.total FROM users u JOIN orders o ON o.user_id = u.user_id WHERE u.user_id < 20) s GROUP BY s.name ORDER BY 3 DESC, 1 LIMIT 5",
+        "SELECT s.total % 5 AS r, count(*), min(s.total) FROM (SELECT total FROM orders) s GROUP BY 1 HAVING count(*) > 2 ORDER BY 1",
+        "SELECT * FROM (SELECT user_id, name FROM users WHERE email LIKE '%1%') s ORDER BY name DESC LIMIT 4 OFFSET 2",
+        "SELECT DISTINCT s.t % 4 FROM (SELECT total AS t FROM orders) s ORDER BY 1",
+        // Grouped by the shard key: each shard's groups are final, string_agg and all.
+        "SELECT k, string_agg(n::text, ',' ORDER BY n) FROM (SELECT user_id AS k, total AS n FROM orders) s GROUP BY k ORDER BY k LIMIT 6",
+        // Grouped by the key of an outer join's nullable side: the users without orders are
+        // one NULL group (on every shard), as are they over a table.
+        "SELECT k, count(*) FROM (SELECT o.user_id AS k FROM users u LEFT JOIN orders o ON o.user_id = u.user_id) s GROUP BY k ORDER BY k NULLS FIRST LIMIT 3",
+        "SELECT o.user_id, count(*) FROM users u LEFT JOIN orders o ON o.user_id = u.user_id GROUP BY o.user_id ORDER BY 1 NULLS FIRST LIMIT 3",
+        // An ORDER BY inside under one row of aggregates; nested derived tables.
+        "SELECT count(*), max(name) FROM (SELECT name FROM users ORDER BY name) s",
+        "SELECT sum(a), count(*) FROM (SELECT a * 2 AS a FROM (SELECT user_id AS a FROM users WHERE name > 'u2') x) y",
+        // Not row-local inside (DISTINCT, LIMIT): run first as before, as exact.
+        "SELECT count(*) FROM (SELECT DISTINCT total % 7 AS d FROM orders) s",
+        "SELECT count(*), sum(total) FROM (SELECT total FROM orders ORDER BY total DESC LIMIT 9) s",
+    ] {
+        same(sql).await;
+    }
+    // The extended protocol, parameters inside and outside the derived table, binary and text;
+    // compared with the count from the known rows as well.
+    let count = "SELECT count(*) AS count_1 FROM (SELECT orders.order_id AS orders_order_id, orders.total AS orders_total FROM orders WHERE orders.total > $1 AND orders.user_id <> $2) AS anon_1";
+    let totals: Vec<(i64, i64)> = (1..=40i64)
+        .filter(|i| has_orders(*i))
+        .flat_map(|i| [(i, i), (i, 2 * i)])
+        .collect();
+    let want = totals.iter().filter(|&&(u, t)| t > 30 && u != 20).count() as i64;
+    assert!(want > 0);
+    let binary: [&(dyn ToSql + Sync); 2] = [&30i32, &20i64];
+    let (t30, t20) = (TextParam("30".into()), TextParam("20".into()));
+    let text: [&(dyn ToSql + Sync); 2] = [&t30, &t20];
+    for params in [&binary[..], &text[..]] {
+        let got = extended_answer(c, count, params).await.expect(count);
+        assert_eq!(
+            got,
+            extended_answer(&plain, count, params).await.expect(count)
+        );
+        let n: i64 = c.query_one(count, params).await.expect(count).get(0);
+        assert_eq!(n, want, "{count}");
+    }
+    for sql in [
+        "SELECT sum(t), avg(t), min(t), max(t) FROM (SELECT total AS t FROM orders WHERE total > $1) s",
+        "SELECT s.user_id, count(*), sum(s.total) FROM (SELECT user_id, total FROM orders WHERE total > $1) s GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT 4",
+    ] {
+        let got = extended_answer(c, sql, &[&25i32]).await.expect(sql);
+        assert!(!got.1.is_empty(), "{sql}");
+        assert_eq!(got, extended_answer(&plain, sql, &[&25i32]).await.expect(sql), "{sql}");
+    }
+    // Keyed inside: one shard answers.
+    let keyed = "SELECT count(*), sum(total) FROM (SELECT total FROM orders WHERE user_id = $1 AND total > $2) s";
+    for user in [1i64, 2, 3, 40] {
+        let row = c.query_one(keyed, &[&user, &0i32]).await.expect(keyed);
+        let want = if has_orders(user) {
+            (2, Some(3 * user))
+        } else {
+            (0, None)
+        };
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, Option<i64>>(1)),
+            want,
+            "user {user}"
+        );
+    }
+    // In a block: the block's own rows (on two shards) are counted; rolled back, they are not.
+    c.batch_execute("BEGIN; INSERT INTO orders (order_id, user_id, total) VALUES (9002, 4, 31), (9003, 5, 32), (9004, 20, 33)")
+        .await
+        .expect("insert in a block");
+    let n: i64 = c.query_one(count, &binary).await.expect(count).get(0);
+    assert_eq!(n, want + 2, "{count} in a block");
+    let n = rows(
+        c,
+        "SELECT count(*) FROM (SELECT total FROM orders WHERE total > 30 AND user_id <> 20) s",
+    )
+    .await;
+    assert_eq!(n, [(want + 2).to_string()], "in a block, simple protocol");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    let n: i64 = c.query_one(count, &binary).await.expect(count).get(0);
+    assert_eq!(n, want, "{count} after the rollback");
+    // Two rows of 1 MiB per user, more than pgshard holds for what it runs first: counted on
+    // each shard; the same rows behind a LIMIT (not row-local: run first) are refused.
+    let big = "SELECT count(*), sum(length(pad)) FROM (SELECT repeat('x', 1048576) AS pad FROM users, generate_series(1, 2) g WHERE users.user_id > $1) s";
+    let row = c.query_one(big, &[&0i64]).await.expect(big);
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (80, 80 << 20),
+        "{big}"
+    );
+    let limited = "SELECT count(*), sum(length(pad)) FROM (SELECT repeat('x', 1048576) AS pad FROM users, generate_series(1, 2) g WHERE users.user_id > $1 LIMIT 1000) s";
+    let e = c.query_one(limited, &[&0i64]).await.expect_err(limited);
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "54000", "{limited}: {}", db.message());
+    assert!(
+        db.message().contains("MiB pgshard holds"),
+        "{}",
+        db.message()
     );
 }
 

@@ -5,6 +5,12 @@
 //! first on its own (keyed, or over every shard and merged exactly) and writes its rows in its
 //! place, `(SELECT * FROM unnest(…) AS pgshard_derived(columns)) AS anon_1`, as for a CTE.
 //! Only the columns the statement reads of it are written back. Pure: text in, texts out.
+//!
+//! A SELECT over a *row-local* derived table (every row of it computed from one shard's rows:
+//! no aggregate, DISTINCT, LIMIT, … inside) never gets here: it runs whole on each shard and
+//! its outer query is merged as over a table (see `analyze::select::over_row_local_derived`),
+//! so its rows never pass through the proxy. This is for the others, and for statements whose
+//! outer query the merge cannot reproduce.
 
 use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};

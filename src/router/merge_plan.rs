@@ -461,7 +461,7 @@ const PER_SHARD_VALUES: &[&str] = &[
 
 /// The first call in `n` whose value each shard computes for itself (`now()`,
 /// `CURRENT_TIMESTAMP`, `pg_backend_pid()`), as the client wrote it.
-fn per_shard_value(n: &pb::Node) -> Option<String> {
+pub(crate) fn per_shard_value(n: &pb::Node) -> Option<String> {
     use pb::SqlValueFunctionOp as Op;
     Walk::of(n).find_map(|x| match x {
         NodeRef::FuncCall(f) => builtin_name(f)

@@ -1,11 +1,12 @@
 //! SELECT (and VALUES, TABLE): its tables and key, whether answering it from several shards
-//! needs a merge and how, and `SELECT pgshard.next_id()`, which the proxy answers itself.
+//! needs a merge and how, and `SELECT pgshard.next_id()`, which the proxy answers itself. A
+//! SELECT whose only FROM item is a row-local derived table is analysed over that table's query.
 
 use pg_query::protobuf as pb;
-use pg_query::NodeEnum;
+use pg_query::{NodeEnum, NodeRef};
 
 use super::scan::{node, scan_walk, str_of, Scan};
-use super::tables::{tables_and_key, Ctx};
+use super::tables::{strip_casts, tables_and_key, Ctx};
 use super::walk::Walk;
 use super::{Flow, LocalCommand, Refused, ShardedTables, StatementFacts, StatementKind};
 
@@ -70,15 +71,7 @@ pub(super) fn analyze_select(
     if let Some(op) = set_op_name(s.op) {
         // Tables of the arms are not at the top level: any sharded one is refused below unless
         // the whole statement only reads unsharded tables.
-        let mut ctx = Ctx {
-            tables,
-            refs: Vec::new(),
-            quals: Vec::new(),
-            using: Vec::new(),
-            laterals: Vec::new(),
-            correlated_scopes: Vec::new(),
-            refuse: None,
-        };
+        let mut ctx = Ctx::new(tables);
         tables_and_key(&mut ctx, scan, None, facts);
         if facts.sharded {
             facts.refuse = Some(Refused::SetOperation { op });
@@ -86,6 +79,9 @@ pub(super) fn analyze_select(
         } else {
             facts.refuse = ctx.refuse;
         }
+        return Flow::Common;
+    }
+    if over_row_local_derived(s, tables, scan, facts) {
         return Flow::Common;
     }
     let mut ctx = Ctx::new(tables);
@@ -98,12 +94,184 @@ pub(super) fn analyze_select(
     if facts.sharded {
         facts.needs_merge = merge_construct(s);
         if facts.needs_merge.is_some() && facts.refuse.is_none() {
-            let is_key = |n: &pb::Node| ctx.key_column(n).is_some();
+            let is_key = |n: &pb::Node| ctx.is_placed_key(n);
             facts.merge =
                 Some(crate::router::merge_plan::plan(s, &is_key).map(std::sync::Arc::new));
         }
     }
     Flow::Common
+}
+
+/// A SELECT whose only FROM item is a row-local derived table (see [`row_local_core`]), as
+/// ORMs count (`SELECT count(*) FROM (SELECT … FROM users WHERE …) AS anon_1`): every row of
+/// the derived table comes from one shard's rows, so each shard runs the whole statement over
+/// its own rows and the outer query merges as over a table. Its tables, co-location and key
+/// are those of the derived table's query; its merge is the outer query's plan. `false` (the
+/// facts untouched) when anything is refused or the merge cannot be planned: the derived table
+/// is then run first and its rows written back (`router::derived`), which is exact for any
+/// query.
+fn over_row_local_derived(
+    s: &pb::SelectStmt,
+    tables: &ShardedTables,
+    scan: &Scan,
+    facts: &mut StatementFacts,
+) -> bool {
+    let Some(core) = row_local_core(s, scan) else {
+        return false;
+    };
+    let mut ctx = Ctx::new(tables);
+    for item in &core.from_clause {
+        ctx.add_from_item(item);
+    }
+    ctx.correlated_scopes.extend(core.target_list.iter());
+    let mut derived = facts.clone();
+    tables_and_key(&mut ctx, scan, core.where_clause.as_deref(), &mut derived);
+    if !derived.sharded || derived.refuse.is_some() || ctx.refuse.is_some() {
+        return false;
+    }
+    derived.needs_merge = merge_construct(s);
+    if derived.needs_merge.is_some() {
+        let is_key = |n: &pb::Node| derived_key(n, s, core, &ctx);
+        match crate::router::merge_plan::plan(s, &is_key) {
+            Ok(plan) => derived.merge = Some(Ok(std::sync::Arc::new(plan))),
+            Err(_) => return false,
+        }
+    }
+    *facts = derived;
+    true
+}
+
+/// The query of the single derived table (not LATERAL) that is the whole FROM of `s`.
+fn derived_of(s: &pb::SelectStmt) -> Option<&pb::SelectStmt> {
+    let [item] = s.from_clause.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::RangeSubselect(r)) = item.node.as_ref() else {
+        return None;
+    };
+    if r.lateral {
+        return None;
+    }
+    match r.subquery.as_deref()?.node.as_ref()? {
+        NodeEnum::SelectStmt(q) => Some(q),
+        _ => None,
+    }
+}
+
+/// The innermost query of `s`'s derived tables when `s` (one SELECT) reads only a row-local
+/// derived table, itself possibly over row-local derived tables: the query whose FROM holds
+/// the tables, and every relation of the statement (`scan`) sits in it.
+fn row_local_core<'a>(s: &'a pb::SelectStmt, scan: &Scan) -> Option<&'a pb::SelectStmt> {
+    if s.with_clause.is_some() || s.into_clause.is_some() || !s.locking_clause.is_empty() {
+        return None;
+    }
+    let mut core = derived_of(s)?;
+    let unordered = one_row_of_aggregates(s);
+    loop {
+        if !row_local(core, unordered) {
+            return None;
+        }
+        match derived_of(core) {
+            Some(inner) => core = inner,
+            None => break,
+        }
+    }
+    let inside = scan_walk(Walk::new([NodeRef::SelectStmt(core)]));
+    (inside.relations.len() == scan.relations.len()).then_some(core)
+}
+
+/// Whether every row of `q` is computed from one row (or one joined row) of its FROM: no
+/// aggregate, GROUP BY, HAVING, DISTINCT, window function, LIMIT/OFFSET, set operation, CTE or
+/// locking clause, and no output column each shard computes for itself (`now()`), which one
+/// Postgres computes once. An ORDER BY is allowed only when `unordered`: the statement around
+/// it answers one row of aggregates, which the order of its input does not change (the merge
+/// refuses the aggregates it would change: `string_agg`, `array_agg`, …).
+fn row_local(q: &pb::SelectStmt, unordered: bool) -> bool {
+    let plain = q.op == pb::SetOperation::SetopNone as i32
+        && q.with_clause.is_none()
+        && q.into_clause.is_none()
+        && q.locking_clause.is_empty()
+        && q.values_lists.is_empty();
+    if !plain {
+        return false;
+    }
+    if !q.sort_clause.is_empty() {
+        let sorted_by = scan_walk(Walk::of_list(&q.sort_clause).this_level());
+        if !unordered || sorted_by.funcs.iter().any(|f| f.aggregate || f.window) {
+            return false;
+        }
+    }
+    let unsorted = pb::SelectStmt {
+        sort_clause: Vec::new(),
+        ..q.clone()
+    };
+    merge_construct(&unsorted).is_none()
+        && !q
+            .target_list
+            .iter()
+            .any(|t| crate::router::merge_plan::per_shard_value(t).is_some())
+}
+
+/// Whether `s` answers one row of aggregates: aggregates (or HAVING) without GROUP BY,
+/// DISTINCT or window functions.
+fn one_row_of_aggregates(s: &pb::SelectStmt) -> bool {
+    let funcs = scan_walk(Walk::of_list(&s.target_list).this_level()).funcs;
+    s.group_clause.is_empty()
+        && s.distinct_clause.is_empty()
+        && s.window_clause.is_empty()
+        && !funcs.iter().any(|f| f.window)
+        && (s.having_clause.is_some() || funcs.iter().any(|f| f.aggregate))
+}
+
+/// Whether `n`, an expression of `s`, is a shard key of the tables of `s`'s derived table
+/// `core` (`ctx`: its analysis): a column of the derived table (by name, its alias renaming
+/// none) that is one output column of `core` naming a key column. Only for a derived table
+/// directly under `s`; `false` when it cannot be told (see [`Ctx::is_placed_key`]).
+fn derived_key(n: &pb::Node, s: &pb::SelectStmt, core: &pb::SelectStmt, ctx: &Ctx) -> bool {
+    if !derived_of(s).is_some_and(|d| std::ptr::eq(d, core)) {
+        return false;
+    }
+    let Some(NodeEnum::RangeSubselect(r)) = s.from_clause.first().and_then(|i| i.node.as_ref())
+    else {
+        return false;
+    };
+    let alias = r.alias.as_ref();
+    if alias.is_some_and(|a| !a.colnames.is_empty()) {
+        return false;
+    }
+    let Some(NodeEnum::ColumnRef(cr)) = strip_casts(n).node.as_ref() else {
+        return false;
+    };
+    let column = match cr.fields.as_slice() {
+        [c] => str_of(c),
+        [q, c] if alias.is_some_and(|a| Some(a.aliasname.as_str()) == str_of(q)) => str_of(c),
+        _ => None,
+    };
+    let Some(column) = column else {
+        return false;
+    };
+    let mut named = Vec::new();
+    for t in &core.target_list {
+        let Some(NodeEnum::ResTarget(rt)) = t.node.as_ref() else {
+            return false;
+        };
+        let Some(val) = rt.val.as_deref() else {
+            return false;
+        };
+        let name = match val.node.as_ref() {
+            _ if !rt.name.is_empty() => Some(rt.name.as_str()),
+            Some(NodeEnum::ColumnRef(c)) => match c.fields.last().and_then(|f| f.node.as_ref()) {
+                Some(NodeEnum::AStar(_)) => return false,
+                Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                _ => None,
+            },
+            _ => None,
+        };
+        if name == Some(column) {
+            named.push(val);
+        }
+    }
+    matches!(named.as_slice(), [val] if ctx.is_placed_key(val))
 }
 
 /// True for `SELECT pgshard.next_id()` and nothing more.
@@ -338,7 +506,7 @@ mod tests {
             "subquery over sharded table users",
         );
         refused(
-            "select * from (select * from users) s",
+            "select * from (select distinct * from users) s",
             "subquery over sharded table users",
         );
         let f = one("with x as (select 1 as a) select * from users, x where user_id = 1");
@@ -350,6 +518,183 @@ mod tests {
         refused("select * from users union select * from users", "UNION");
         let f = one("select 1 union all select 2");
         assert_eq!(f.refuse, None);
+    }
+
+    #[test]
+    fn row_local_derived_tables_run_on_each_shard() {
+        let shard_sql = |f: &StatementFacts| match &f.merge {
+            Some(Ok(plan)) => plan.shard_sql.with_placeholders(),
+            other => panic!("no merge plan: {other:?}"),
+        };
+        // SQLAlchemy's Query.count(): the shards count, the proxy sums; no key, every shard.
+        let sql = "SELECT count(*) AS count_1 FROM (SELECT users.user_id AS users_user_id, users.name AS users_name FROM users WHERE users.name = $1) AS anon_1";
+        let f = one(sql);
+        assert_eq!(f.refuse, None);
+        assert!(f.sharded && !f.is_write);
+        assert_eq!(f.key, KeyFacts::Unknown);
+        assert_eq!(f.needs_merge, Some("aggregate count()".into()));
+        assert_eq!(shard_sql(&f), sql.replace("AS anon_1", "anon_1"));
+        // Keyed inside: one shard, the statement as it is.
+        let f = one("SELECT count(*) AS count_1 FROM (SELECT users.user_id AS users_user_id FROM users WHERE users.user_id = $1 AND users.name = $2) AS anon_1");
+        assert_eq!(f.refuse, None);
+        assert_eq!(f.key, vals(&[Param(1)]));
+        // (statement, what each shard runs)
+        let cases = [
+            // avg: a sum and a hidden count; GROUP BY, ORDER BY and LIMIT merged by the proxy.
+            (
+                "SELECT s.name, avg(s.total), max(s.total) FROM (SELECT u.name, o.total FROM users u JOIN orders o ON o.user_id = u.user_id WHERE o.total > $1) s GROUP BY s.name ORDER BY 2 DESC LIMIT 3",
+                "SELECT s.name, sum(s.total) AS avg, max(s.total), count(s.total) AS pgshard_hidden_0 FROM (SELECT u.name, o.total FROM users u JOIN orders o ON o.user_id = u.user_id WHERE o.total > $1) s GROUP BY s.name",
+            ),
+            // Plain rows: a k-way merge, LIMIT + OFFSET pushed down.
+            (
+                "SELECT * FROM (SELECT user_id, name FROM users WHERE name LIKE 'a%') s ORDER BY name LIMIT 5 OFFSET 2",
+                "SELECT *, name AS pgshard_hidden_0 FROM (SELECT user_id, name FROM users WHERE name LIKE 'a%') s ORDER BY name LIMIT 5::int8 + 2::int8",
+            ),
+            // Grouped by the derived table's column that is the shard key: the shards' groups
+            // are final, whatever their aggregates.
+            (
+                "SELECT k, string_agg(n, ',') FROM (SELECT users.user_id AS k, name AS n FROM users) s GROUP BY k",
+                "SELECT k, string_agg(n, ',') FROM (SELECT users.user_id AS k, name AS n FROM users) s GROUP BY k",
+            ),
+            (
+                "SELECT k, count(*) FROM (SELECT o.user_id AS k FROM users u JOIN orders o ON o.user_id = u.user_id) s GROUP BY k",
+                "SELECT k, count(*) FROM (SELECT o.user_id AS k FROM users u JOIN orders o ON o.user_id = u.user_id) s GROUP BY k",
+            ),
+            (
+                "SELECT count(DISTINCT s.user_id) FROM (SELECT user_id FROM users) AS s",
+                "SELECT count(DISTINCT s.user_id) FROM (SELECT user_id FROM users) s",
+            ),
+            // An ORDER BY under one row of aggregates changes nothing.
+            (
+                "SELECT count(*) FROM (SELECT name FROM users ORDER BY name) s",
+                "SELECT count(*) FROM (SELECT name FROM users ORDER BY name) s",
+            ),
+            // Nested row-local derived tables.
+            (
+                "SELECT sum(a) FROM (SELECT a + 1 AS a FROM (SELECT user_id AS a FROM users WHERE name = 'x') x) y",
+                "SELECT sum(a) FROM (SELECT a + 1 AS a FROM (SELECT user_id AS a FROM users WHERE name = 'x') x) y",
+            ),
+            // A subquery correlated by shard key, and a value each shard computes in WHERE (as
+            // in a plain scatter).
+            (
+                "SELECT count(*) FROM (SELECT u.user_id FROM users u WHERE u.name < now()::text AND EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.user_id)) s",
+                "SELECT count(*) FROM (SELECT u.user_id FROM users u WHERE u.name < now()::text AND EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.user_id)) s",
+            ),
+        ];
+        for (sql, shard) in cases {
+            let f = one(sql);
+            assert_eq!(f.refuse, None, "{sql}");
+            assert_eq!(shard_sql(&f), shard, "{sql}");
+        }
+        // Not the shard key: count(DISTINCT) merges the shards' distinct values.
+        let f = one("SELECT count(DISTINCT s.name) FROM (SELECT name FROM users) s");
+        assert!(
+            shard_sql(&f).contains("array_agg(DISTINCT s.name)"),
+            "{f:?}"
+        );
+        let sql = "SELECT count(DISTINCT s.user_id) FROM (SELECT user_id AS k, name AS user_id FROM users) s";
+        assert!(
+            shard_sql(&one(sql)).contains("array_agg(DISTINCT s.user_id)"),
+            "{sql}"
+        );
+        let sql =
+            "SELECT count(DISTINCT s.k) FROM (SELECT user_id AS k, name AS user_id FROM users) s";
+        assert_eq!(shard_sql(&one(sql)), sql, "{sql}");
+        // Grouped by the key of a join: each shard's groups are final; by the key of an outer
+        // join's nullable side, NULL on every shard: the groups are merged.
+        let merged_groups = |sql: &str| match &one(sql).merge {
+            Some(Ok(p)) => matches!(p.kind, crate::router::merge_plan::PlanKind::Groups { .. }),
+            other => panic!("{sql}: {other:?}"),
+        };
+        let join = "SELECT k, count(*) FROM (SELECT o.user_id AS k FROM users u JOIN orders o ON o.user_id = u.user_id) s GROUP BY k";
+        assert!(!merged_groups(join), "{join}");
+        assert!(
+            merged_groups(&join.replace(" JOIN", " LEFT JOIN")),
+            "{join}"
+        );
+        // No merge needed: concatenated.
+        let f = one("SELECT s.name FROM (SELECT name FROM users WHERE user_id > 3) s");
+        assert_eq!((f.refuse, f.needs_merge, f.merge), (None, None, None));
+        // Only unsharded or reference tables inside: as before.
+        let f = one("SELECT count(*) FROM (SELECT * FROM countries) s");
+        assert!(!f.sharded && f.refuse.is_none());
+    }
+
+    #[test]
+    fn groups_of_an_outer_joins_nullable_key_are_merged() {
+        // (statement, each shard's groups are final)
+        let cases = [
+            ("SELECT u.user_id, count(o.total) FROM users u LEFT JOIN orders o ON o.user_id = u.user_id GROUP BY u.user_id", true),
+            // Users without orders: a NULL group on every shard, one in one Postgres.
+            ("SELECT o.user_id, count(*) FROM users u LEFT JOIN orders o ON o.user_id = u.user_id GROUP BY o.user_id", false),
+            ("SELECT u.user_id, count(*) FROM users u RIGHT JOIN orders o ON o.user_id = u.user_id GROUP BY u.user_id", false),
+            ("SELECT o.user_id, count(*) FROM users u RIGHT JOIN orders o ON o.user_id = u.user_id GROUP BY o.user_id", true),
+            ("SELECT u.user_id, count(*) FROM users u FULL JOIN orders o ON o.user_id = u.user_id GROUP BY u.user_id", false),
+            ("SELECT o.user_id, count(*) FROM users u JOIN (orders o LEFT JOIN orders p ON p.user_id = o.user_id) ON o.user_id = u.user_id GROUP BY o.user_id", true),
+            ("SELECT p.user_id, count(*) FROM users u JOIN (orders o LEFT JOIN orders p ON p.user_id = o.user_id) ON o.user_id = u.user_id GROUP BY p.user_id", false),
+            ("SELECT p.user_id, count(*) FROM users u LEFT JOIN (orders o JOIN orders p ON p.user_id = o.user_id) ON o.user_id = u.user_id GROUP BY p.user_id", false),
+        ];
+        for (sql, pushed_down) in cases {
+            let f = one(sql);
+            assert_eq!(f.refuse, None, "{sql}");
+            let Some(Ok(plan)) = &f.merge else {
+                panic!("{sql}: {:?}", f.merge)
+            };
+            let merged = matches!(
+                plan.kind,
+                crate::router::merge_plan::PlanKind::Groups { .. }
+            );
+            assert_eq!(!merged, pushed_down, "{sql}");
+        }
+    }
+
+    #[test]
+    fn other_derived_tables_are_run_first() {
+        // Refused as a subquery over a sharded table, which `router::derived` lifts by running
+        // the derived table first (exact for any query).
+        for sql in [
+            // Not row-local inside.
+            "SELECT count(*) FROM (SELECT DISTINCT name FROM users) s",
+            "SELECT count(*) FROM (SELECT name FROM users LIMIT 7) s",
+            "SELECT count(*) FROM (SELECT name FROM users OFFSET 1) s",
+            "SELECT count(*) FROM (SELECT name FROM users ORDER BY name FETCH FIRST 3 ROWS WITH TIES) s",
+            "SELECT count(*) FROM (SELECT user_id, count(*) FROM orders GROUP BY user_id) s",
+            "SELECT count(*) FROM (SELECT max(total) AS m FROM orders) s",
+            "SELECT count(*) FROM (SELECT name FROM users HAVING true) s",
+            "SELECT count(*) FROM (SELECT row_number() OVER () AS r FROM users) s",
+            "SELECT count(*) FROM (SELECT user_id FROM users UNION SELECT user_id FROM orders) s",
+            "SELECT count(*) FROM (WITH c AS (SELECT user_id FROM users) SELECT * FROM c) s",
+            "SELECT max(t) FROM (SELECT now() AS t FROM users) s",
+            "SELECT count(*) FROM (SELECT name FROM users FOR UPDATE) s",
+            "SELECT count(*) FROM (SELECT name FROM users ORDER BY count(*)) s",
+            // An ORDER BY whose order the outer rows may keep.
+            "SELECT * FROM (SELECT name FROM users ORDER BY name) s",
+            "SELECT name, count(*) FROM (SELECT name FROM users ORDER BY name) s GROUP BY name",
+            // Nested, not row-local below.
+            "SELECT count(*) FROM (SELECT a FROM (SELECT DISTINCT user_id AS a FROM users) x) y",
+            // The outer query merges what the merge cannot: string_agg over several shards.
+            "SELECT string_agg(name, ',') FROM (SELECT name FROM users) s",
+            // Joins the proxy refuses, and other relations of the outer query.
+            "SELECT count(*) FROM (SELECT u.name FROM users u JOIN orders o ON o.total = u.user_id) s",
+            "SELECT count(*) FROM (SELECT name FROM users) s WHERE s.name IN (SELECT name FROM users)",
+            "SELECT count(*) FROM (SELECT name FROM users) s JOIN orders o ON true",
+        ] {
+            let f = one(sql);
+            assert!(
+                matches!(f.refuse, Some(Refused::SubqueryOverSharded { .. })),
+                "{sql}: {:?}",
+                f.refuse
+            );
+        }
+        // A LATERAL one sees the rows beside it; one joined with a table is not the whole FROM.
+        refused(
+            "SELECT * FROM users u, LATERAL (SELECT total FROM orders o WHERE o.total = u.user_id) x",
+            "subquery over sharded table orders",
+        );
+        refused(
+            "SELECT * FROM users u JOIN (SELECT user_id FROM orders) x ON x.user_id = u.user_id",
+            "subquery over sharded table orders",
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub(super) struct Ctx<'a> {
     /// Expressions besides WHERE whose subqueries may be correlated with the refs by shard key
     /// (a SELECT's output columns).
     pub(super) correlated_scopes: Vec<&'a pb::Node>,
+    /// The refs on the nullable side of an outer join (LEFT, RIGHT, FULL): their columns,
+    /// the shard key too, may be NULL in rows of any shard.
+    pub(super) nullable: Vec<usize>,
     pub(super) refuse: Option<Refused>,
 }
 
@@ -42,6 +45,7 @@ impl<'a> Ctx<'a> {
             using: Vec::new(),
             laterals: Vec::new(),
             correlated_scopes: Vec::new(),
+            nullable: Vec::new(),
             refuse: None,
         }
     }
@@ -84,6 +88,17 @@ impl<'a> Ctx<'a> {
                     .unwrap_or_default();
                 if let Some(q) = j.quals.as_deref() {
                     self.quals.push(q);
+                }
+                let (left_null, right_null) = match pb::JoinType::try_from(j.jointype) {
+                    Ok(pb::JoinType::JoinLeft) => (false, true),
+                    Ok(pb::JoinType::JoinRight) => (true, false),
+                    Ok(pb::JoinType::JoinFull) => (true, true),
+                    _ => (false, false),
+                };
+                for (side, null) in [(&left, left_null), (&right, right_null)] {
+                    if null {
+                        self.nullable.extend(side.iter().copied());
+                    }
                 }
                 let cols: Vec<String> = j
                     .using_clause
@@ -149,9 +164,18 @@ impl<'a> Ctx<'a> {
         let (i, col) = self.column_ref(strip_casts(n))?;
         (self.refs[i].key.as_deref() == Some(col.as_str())).then_some(i)
     }
+
+    /// Whether `n` is the shard key of a ref no outer join makes NULL: equal values of it
+    /// live on one shard (a NULL key of an outer join's nullable side comes from any shard),
+    /// so a merge may take its groups and distinct values from each shard as final.
+    pub(super) fn is_placed_key(&self, n: &pb::Node) -> bool {
+        self.key_column(n)
+            .is_some_and(|i| !self.nullable.contains(&i))
+    }
 }
 
-fn strip_casts(mut n: &pb::Node) -> &pb::Node {
+/// `n` without the casts around it.
+pub(super) fn strip_casts(mut n: &pb::Node) -> &pb::Node {
     while let Some(NodeEnum::TypeCast(tc)) = n.node.as_ref() {
         match tc.arg.as_deref() {
             Some(a) => n = a,
