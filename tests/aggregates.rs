@@ -217,7 +217,7 @@ async fn finished_aggregates_equal_one_postgres() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(with_rows > QUERIES.len(), "most answers have rows");
-    group_by_names_in_text_and_blocks(&mut plain, &proxy).await;
+    group_by_names_in_text_and_blocks(&mut plain, &proxy, &cluster.info).await;
     // An error in a final expression is Postgres's error, and the session goes on.
     for extended_protocol in [false, true] {
         let sql = "SELECT sum(i) / 0 FROM agg";
@@ -375,10 +375,12 @@ async fn finished_aggregates_equal_one_postgres() {
 
 /// [`GROUP_BY_NAMES`] with `$1` bound in text (as psycopg sends it), and in transaction blocks:
 /// after a write that holds shards in the block, and after the block itself adds a column of
-/// the output column's name (`grp`), which then is what Postgres groups by, until ROLLBACK.
+/// the output column's name (`grp`), which then is what Postgres groups by, until ROLLBACK;
+/// and another session's statements while a block adds that column and after it commits.
 async fn group_by_names_in_text_and_blocks(
     plain: &mut Client,
     proxy: &pgshard::server::RunningProxy,
+    info: &pgshard::cluster::ClusterInfo,
 ) {
     let p = TextParam("-20".into());
     let mut through = connect(proxy).await;
@@ -431,4 +433,42 @@ async fn group_by_names_in_text_and_blocks(
         want,
         "{sql} after ROLLBACK"
     );
+    // Another session reads the columns while a block adds `grp` (not yet there for it) and
+    // then waits for the block's lock on the table (simple protocol: a Parse would wait
+    // before the columns are read): its statement, planned before the COMMIT,
+    // groups by the output column on the shards too (Postgres's error for that, not a mix);
+    // after the COMMIT its next statement reads the columns again and groups by `grp`.
+    let direct = proxy::shard(info, info.shard_ids()[0]).await;
+    let other = connect(proxy).await;
+    let tx = through.transaction().await.expect("begin");
+    tx.batch_execute("ALTER TABLE agg ADD COLUMN grp int")
+        .await
+        .expect("add grp");
+    let literal = sql.replace("$1", "(-20)");
+    let waiting = tokio::spawn(async move {
+        let first = other.simple_query(&literal).await;
+        (other, first.err().and_then(|e| e.code().cloned()))
+    });
+    common::wait_until_active(&direct, "SELECT max(g) AS grp").await;
+    tx.batch_execute("UPDATE agg SET grp = id % 3 WHERE i > 0")
+        .await
+        .expect("fill grp");
+    tx.commit().await.expect("commit");
+    let (other, first) = waiting.await.expect("the waiting statement");
+    assert_eq!(first, want, "{sql} planned before the COMMIT");
+    plain
+        .batch_execute(
+            "ALTER TABLE agg ADD COLUMN grp int; UPDATE agg SET grp = id % 3 WHERE i > 0",
+        )
+        .await
+        .expect("add grp on plain");
+    let want = extended_answer(&*plain, sql, &[&p]).await.expect(sql);
+    assert_eq!(want.1.len(), 4, "{want:?}");
+    let got = extended_answer(&other, sql, &[&p]).await.expect(sql);
+    assert_eq!(got, want, "{sql} after the COMMIT");
+    for c in [&*plain, &through] {
+        c.batch_execute("ALTER TABLE agg DROP COLUMN grp")
+            .await
+            .expect("drop grp");
+    }
 }

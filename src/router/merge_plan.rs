@@ -1658,6 +1658,34 @@ fn plan_with(
             select: SqlTemplate::from_sql(&sql)?,
         })
     };
+    // Grouped by an output column's name, the shards group by its position: exactly what the
+    // merge groups by, even should a table gain a column of that name before they run it. A
+    // name output columns of different values share stays, for the shards to refuse as
+    // Postgres does.
+    for g in stmt.group_clause.iter_mut() {
+        let Some(NodeEnum::ColumnRef(cr)) = g.node.as_ref() else {
+            continue;
+        };
+        let (Some(i), [f]) = (group_output(g), cr.fields.as_slice()) else {
+            continue;
+        };
+        let name = str_of(f);
+        let mut shapes = output_names
+            .iter()
+            .zip(&b.target_shapes)
+            .filter(|(o, _)| o.as_deref() == name)
+            .map(|(_, shape)| shape);
+        let first = shapes.next().cloned().flatten();
+        if first.is_some() && shapes.all(|sh| *sh == first) {
+            *g = node(NodeEnum::AConst(pb::AConst {
+                isnull: false,
+                location: -1,
+                val: Some(Val::Ival(pb::Integer {
+                    ival: i32::try_from(i + 1).map_err(|_| "GROUP BY position")?,
+                })),
+            }));
+        }
+    }
     stmt.target_list = b.targets;
     stmt.target_list.append(&mut b.hidden_targets);
     let sql = NodeEnum::SelectStmt(Box::new(stmt))
@@ -2209,7 +2237,7 @@ mod tests {
             (
                 "SELECT g AS grp, count(*) FROM t GROUP BY grp ORDER BY grp",
                 cols(&["g", "x"]),
-                "SELECT g AS grp, count(*) FROM t GROUP BY grp",
+                "SELECT g AS grp, count(*) FROM t GROUP BY 1",
                 vec![ColRef::Output(0)],
                 0,
             ),
@@ -2231,7 +2259,7 @@ mod tests {
             (
                 "SELECT date_trunc('day', ts) AS day, sum(x) FROM t GROUP BY day HAVING sum(x) > 1 ORDER BY day",
                 cols(&["ts", "x"]),
-                "SELECT date_trunc('day', ts) AS day, sum(x), sum(x) > 1 AS pgshard_hidden_0 FROM t GROUP BY day",
+                "SELECT date_trunc('day', ts) AS day, sum(x), sum(x) > 1 AS pgshard_hidden_0 FROM t GROUP BY 1",
                 vec![ColRef::Output(0)],
                 1,
             ),
@@ -2297,6 +2325,28 @@ mod tests {
                 )
             }
             PlanKind::Rows => panic!(),
+        }
+        // Output columns sharing the name: the same value is grouped by position, different
+        // ones keep the name for the shards to refuse (Postgres: GROUP BY "x" is ambiguous).
+        let none = cols(&["a", "b"]);
+        for (sql, shard) in [
+            (
+                "SELECT a + 1 AS x, a + 1 AS x, count(*) FROM t GROUP BY x",
+                "SELECT a + 1 AS x, a + 1 AS x, count(*) FROM t GROUP BY 1",
+            ),
+            (
+                "SELECT a + 1 AS x, b + 1 AS x, count(*) FROM t GROUP BY x",
+                "SELECT a + 1 AS x, b + 1 AS x, count(*) FROM t GROUP BY x",
+            ),
+        ] {
+            let p = plan_sql(sql).unwrap();
+            let chosen = p
+                .group_names
+                .as_ref()
+                .unwrap()
+                .choose(&|_| Some(none.as_slice()))
+                .unwrap();
+            assert_eq!(chosen.shard_sql.with_placeholders(), shard, "{sql}");
         }
         // Known from the statement: no question.
         let p =
