@@ -10,7 +10,8 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::answers::Raw;
+use common::answers::{extended_answer, Raw};
+use common::params::TextParam;
 use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use pgshard::config::ShardedTableConfig;
@@ -102,6 +103,22 @@ const QUERIES: &[&str] = &[
     // DISTINCT of a row: read first, counted by Postgres.
     "SELECT count(DISTINCT (t, g)), count(*) FROM agg WHERE i > $1",
     "SELECT g FROM agg WHERE i > $1 GROUP BY g HAVING count(DISTINCT t) > 1 ORDER BY g",
+    // GROUP BY a position, and by an output column's name, which is the table's column of that
+    // name when there is one and the output column otherwise.
+    "SELECT i % 3 AS r, count(*) FROM agg WHERE i > $1 GROUP BY 1 ORDER BY 1",
+];
+
+/// Statements grouping by an output column's name (each with `$1`, an int, in its WHERE
+/// clause): `grp`, `day`, `m` are no columns of `agg` (grouped by the output column), `t` and
+/// `g` are (grouped by `agg.t`: 'b' and 'B' are two groups, both shown as 'b'; by `agg.g`, not
+/// by `g % 2`).
+const GROUP_BY_NAMES: &[&str] = &[
+    "SELECT g AS grp, count(*) FROM agg WHERE i > $1 GROUP BY grp ORDER BY grp",
+    "SELECT lower(t) AS t, count(*), sum(i) FROM agg WHERE i > $1 GROUP BY t ORDER BY t, 2, 3",
+    "SELECT date_trunc('day', timestamp '2024-01-01' + id * interval '5 hours') AS day, sum(n), count(*) FROM agg WHERE i > $1 GROUP BY day HAVING count(*) > 1 ORDER BY day DESC LIMIT 20",
+    "SELECT i % 4 AS m, avg(n), max(i) FROM agg WHERE i > $1 GROUP BY m HAVING sum(i) <> 0 ORDER BY avg(n) DESC NULLS LAST, m",
+    "SELECT g AS grp, g * 10 + count(*) AS v, lower(t) AS t FROM agg WHERE i > $1 GROUP BY grp, t ORDER BY v, grp, t",
+    "SELECT a.g % 2 AS g, count(*) FROM public.agg a WHERE a.i > $1 GROUP BY g ORDER BY g DESC, 2",
 ];
 
 async fn extended(c: &Client, sql: &str, p: i32) -> Result<Answer, tokio_postgres::Error> {
@@ -143,7 +160,7 @@ async fn finished_aggregates_equal_one_postgres() {
         }
     })
     .await;
-    let plain = proxy::shard(&single.info, single.info.shard_ids()[0]).await;
+    let mut plain = proxy::shard(&single.info, single.info.shard_ids()[0]).await;
     plain.batch_execute(CREATE).await.expect("create on plain");
     let map = proxy.proxy.map.current();
     let mut per_shard: HashMap<u32, Vec<String>> = HashMap::new();
@@ -157,6 +174,10 @@ async fn finished_aggregates_equal_one_postgres() {
     for id in cluster.info.shard_ids() {
         let c = proxy::shard(&cluster.info, id).await;
         c.batch_execute(CREATE).await.expect("create on shard");
+        // The proxy's user alters it in a block below.
+        c.batch_execute("ALTER TABLE agg OWNER TO app")
+            .await
+            .expect("owner");
         if let Some(rows) = per_shard.get(&id) {
             c.batch_execute(&format!("INSERT INTO agg VALUES {}", rows.join(", ")))
                 .await
@@ -172,7 +193,7 @@ async fn finished_aggregates_equal_one_postgres() {
     let through = connect(&proxy).await;
     let mut failures = Vec::new();
     let mut with_rows = 0;
-    for sql in QUERIES {
+    for sql in QUERIES.iter().chain(GROUP_BY_NAMES) {
         for p in [-20, -1000, 1000] {
             let want = extended(&plain, sql, p)
                 .await
@@ -196,6 +217,7 @@ async fn finished_aggregates_equal_one_postgres() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(with_rows > QUERIES.len(), "most answers have rows");
+    group_by_names_in_text_and_blocks(&mut plain, &proxy, &cluster.info).await;
     // An error in a final expression is Postgres's error, and the session goes on.
     for extended_protocol in [false, true] {
         let sql = "SELECT sum(i) / 0 FROM agg";
@@ -348,5 +370,105 @@ async fn finished_aggregates_equal_one_postgres() {
         let e = through.simple_query(sql).await.expect_err(sql);
         assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{sql}: {e:?}");
         assert!(format!("{e:?}").contains(want), "{sql}: {e:?}");
+    }
+}
+
+/// [`GROUP_BY_NAMES`] with `$1` bound in text (as psycopg sends it), and in transaction blocks:
+/// after a write that holds shards in the block, and after the block itself adds a column of
+/// the output column's name (`grp`), which then is what Postgres groups by, until ROLLBACK;
+/// and another session's statements while a block adds that column and after it commits.
+async fn group_by_names_in_text_and_blocks(
+    plain: &mut Client,
+    proxy: &pgshard::server::RunningProxy,
+    info: &pgshard::cluster::ClusterInfo,
+) {
+    let p = TextParam("-20".into());
+    let mut through = connect(proxy).await;
+    for sql in GROUP_BY_NAMES {
+        let plain = &*plain;
+        let want = extended_answer(plain, sql, &[&p]).await.expect(sql);
+        assert!(!want.1.is_empty(), "{sql}");
+        let got = extended_answer(&through, sql, &[&p]).await.expect(sql);
+        assert_eq!(got, want, "{sql} with a text parameter");
+        let tx = through.transaction().await.expect("begin");
+        tx.execute("UPDATE agg SET g = g WHERE id = 1", &[])
+            .await
+            .expect("a write in the block");
+        let got = extended_answer(&tx, sql, &[&p]).await.expect(sql);
+        assert_eq!(got, want, "{sql} in a block");
+        let literal = sql.replace("$1", "(-20)");
+        let got = simple(tx.client(), &literal).await.expect(sql);
+        let want = simple(plain, &literal).await.expect(sql);
+        assert_eq!(got, want, "{literal} in a block");
+        tx.rollback().await.expect("rollback");
+    }
+    // A column the block adds is what GROUP BY names from then on, in that block only: an
+    // aggregate's alias cannot be grouped by (42803), the column `grp` can.
+    let sql = "SELECT max(g) AS grp, count(*) FROM agg WHERE i > $1 GROUP BY grp ORDER BY 2, 1";
+    let code = |r: Result<Answer, tokio_postgres::Error>| r.err().and_then(|e| e.code().cloned());
+    let want = code(extended_answer(&*plain, sql, &[&p]).await);
+    assert!(want.is_some(), "{sql} is an error in Postgres");
+    assert_eq!(
+        code(extended_answer(&through, sql, &[&p]).await),
+        want,
+        "{sql}"
+    );
+    let ddl = "ALTER TABLE agg ADD COLUMN grp int; UPDATE agg SET grp = id % 3 WHERE i > 0";
+    let (on_plain, on_proxy) = (
+        plain.transaction().await.expect("begin"),
+        through.transaction().await.expect("begin"),
+    );
+    on_plain.batch_execute(ddl).await.expect(ddl);
+    on_proxy.batch_execute(ddl).await.expect(ddl);
+    let want = extended_answer(&on_plain, sql, &[&p]).await.expect(sql);
+    assert_eq!(want.1.len(), 4, "groups 0, 1, 2 and NULL: {want:?}");
+    let got = extended_answer(&on_proxy, sql, &[&p]).await.expect(sql);
+    assert_eq!(got, want, "{sql} after {ddl} in the block");
+    on_plain.rollback().await.expect("rollback");
+    on_proxy.rollback().await.expect("rollback");
+    let want = code(extended_answer(&*plain, sql, &[&p]).await);
+    assert!(want.is_some(), "{sql} is an error in Postgres again");
+    assert_eq!(
+        code(extended_answer(&through, sql, &[&p]).await),
+        want,
+        "{sql} after ROLLBACK"
+    );
+    // Another session reads the columns while a block adds `grp` (not yet there for it) and
+    // then waits for the block's lock on the table (simple protocol: a Parse would wait
+    // before the columns are read): its statement, planned before the COMMIT,
+    // groups by the output column on the shards too (Postgres's error for that, not a mix);
+    // after the COMMIT its next statement reads the columns again and groups by `grp`.
+    let direct = proxy::shard(info, info.shard_ids()[0]).await;
+    let other = connect(proxy).await;
+    let tx = through.transaction().await.expect("begin");
+    tx.batch_execute("ALTER TABLE agg ADD COLUMN grp int")
+        .await
+        .expect("add grp");
+    let literal = sql.replace("$1", "(-20)");
+    let waiting = tokio::spawn(async move {
+        let first = other.simple_query(&literal).await;
+        (other, first.err().and_then(|e| e.code().cloned()))
+    });
+    common::wait_until_active(&direct, "SELECT max(g) AS grp").await;
+    tx.batch_execute("UPDATE agg SET grp = id % 3 WHERE i > 0")
+        .await
+        .expect("fill grp");
+    tx.commit().await.expect("commit");
+    let (other, first) = waiting.await.expect("the waiting statement");
+    assert_eq!(first, want, "{sql} planned before the COMMIT");
+    plain
+        .batch_execute(
+            "ALTER TABLE agg ADD COLUMN grp int; UPDATE agg SET grp = id % 3 WHERE i > 0",
+        )
+        .await
+        .expect("add grp on plain");
+    let want = extended_answer(&*plain, sql, &[&p]).await.expect(sql);
+    assert_eq!(want.1.len(), 4, "{want:?}");
+    let got = extended_answer(&other, sql, &[&p]).await.expect(sql);
+    assert_eq!(got, want, "{sql} after the COMMIT");
+    for c in [&*plain, &through] {
+        c.batch_execute("ALTER TABLE agg DROP COLUMN grp")
+            .await
+            .expect("drop grp");
     }
 }

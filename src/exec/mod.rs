@@ -22,5 +22,6 @@ pub mod prepared_cap;
 pub mod readers;
 pub mod scatter;
 pub mod split_insert;
+pub mod table_columns;
 pub mod text_order;
 pub mod unnest_insert;

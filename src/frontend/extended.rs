@@ -340,7 +340,7 @@ impl Session {
                 .collect();
         let tail_error = error.clone();
         let merge = match &target {
-            Target::Scatter(_) => match merge_for_batch(&msgs) {
+            Target::Scatter(_) => match merge_for_batch(&msgs, &self.group_plans) {
                 Ok(m) => m,
                 Err(fields) => {
                     return self.refuse_batch(fields, sync).await;
@@ -804,6 +804,7 @@ pub(super) struct MergeSteps {
 /// only concatenated.
 pub(super) fn merge_for_batch(
     msgs: &[Msg],
+    chosen: &crate::exec::table_columns::ChosenPlans,
 ) -> Result<Option<(MergeSteps, crate::exec::merged::BoundMerge)>, ErrorFields> {
     let Some((bind, statement)) = msgs.iter().find_map(|m| match m {
         Msg::Bind {
@@ -816,6 +817,7 @@ pub(super) fn merge_for_batch(
     let Some(Ok(plan)) = statement.facts.first().and_then(|f| f.merge.as_ref()) else {
         return Ok(None);
     };
+    let plan = &chosen.plan(plan)?;
     let describes = msgs
         .iter()
         .any(|m| matches!(m, Msg::DescribePortal(t) if t.name == bind.portal));

@@ -127,7 +127,7 @@ impl Session {
             }),
         ];
         let facts: Vec<StatementFacts> = statement.facts.iter().cloned().collect();
-        let merge = match merge_for_batch(&msgs) {
+        let merge = match merge_for_batch(&msgs, &self.group_plans) {
             Ok(m) => m,
             Err(fields) => return Ok(Err(fields)),
         };

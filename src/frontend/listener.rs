@@ -160,6 +160,7 @@ async fn open_session(proxy: &Arc<Proxy>, stream: TcpStream, peer: SocketAddr) -
         pins: super::session_pins::Pins::for_client(pid),
         notify: Default::default(),
         batch_analysis: Default::default(),
+        group_plans: Default::default(),
     };
     // The client's startup settings are tried on a real shard, the first one that answers: one
     // shard being down must not keep clients of the others out.

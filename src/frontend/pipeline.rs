@@ -163,7 +163,7 @@ impl Session {
             }
         }
         let merge = match &target {
-            Target::Scatter(_) => match merge_for_batch(unit) {
+            Target::Scatter(_) => match merge_for_batch(unit, &self.group_plans) {
                 Ok(m) => m,
                 Err(fields) => {
                     self.push_error_in_batch(fields);

@@ -28,12 +28,16 @@ impl Session {
     }
 
     /// After a request: once the session is outside any block, reads again which schemas hold
-    /// the configured tables' names when its DDL may have changed that.
+    /// the configured tables' names when its DDL may have changed that (and forgets the table
+    /// columns merges read).
     pub async fn after_names_changed(&mut self) {
         if !self.state.names_changed || self.state.txn.is_some() {
             return;
         }
         self.state.names_changed = false;
+        // A block's DDL is seen by others from its COMMIT on: table columns read (and cached)
+        // by other sessions in the meantime are read again.
+        crate::exec::table_columns::forget();
         let proxy = &self.proxy;
         let tables = proxy.router.tables();
         let shadows = crate::backend::shadows::read(

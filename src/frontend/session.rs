@@ -81,6 +81,8 @@ pub struct Session {
     pub notify: super::notifications::SessionNotify,
     /// The batch's Parse texts, analyzed once (see `batch_analysis`).
     pub batch_analysis: super::batch_analysis::BatchAnalysis,
+    /// Merge plans chosen by the tables' columns for GROUP BY names (see `run::group_names`).
+    pub group_plans: crate::exec::table_columns::ChosenPlans,
 }
 
 impl Session {
@@ -519,7 +521,7 @@ impl Session {
                 }
             }
             Target::Scatter(shards) => {
-                let merge = match merge_for_simple(&facts, &literals) {
+                let merge = match merge_for_simple(&facts, &literals, &self.group_plans) {
                     Ok(m) => m,
                     Err(fields) => {
                         self.reply_error(fields);
@@ -1262,11 +1264,13 @@ pub use crate::planner::units::needs_atomic_scatter;
 pub(crate) fn merge_for_simple(
     facts: &[StatementFacts],
     literals: &[crate::router::literals::Literal],
+    chosen: &crate::exec::table_columns::ChosenPlans,
 ) -> Result<Option<(String, crate::exec::merged::BoundMerge)>, ErrorFields> {
     let [f] = facts else { return Ok(None) };
     let Some(Ok(plan)) = &f.merge else {
         return Ok(None);
     };
+    let plan = &chosen.plan(plan)?;
     let sql = plan.shard_sql.with_literals(literals).ok_or_else(|| {
         ErrorFields::error("XX000", "a rewritten statement lost one of its literals")
     })?;

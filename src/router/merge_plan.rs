@@ -12,9 +12,12 @@ use pg_query::protobuf::a_const::Val;
 use pg_query::NodeEnum;
 use pg_query::NodeRef;
 
+use std::sync::Arc;
+
 use super::analyze::Walk;
 use super::facts::AGGREGATES;
 use super::final_projection::{self, input_ref, FinalProjection};
+use super::group_names;
 use super::literals::Literal;
 
 /// A column of the shards' rows. Hidden columns are always the last ones.
@@ -240,6 +243,62 @@ pub struct MergePlan {
     /// Output columns that are expressions over aggregates, computed by one shard over the
     /// merged values.
     pub finish: Option<FinalProjection>,
+    /// GROUP BY names that are output column names and may also be columns of the statement's
+    /// tables: when set, this plan is not run as it is, [`GroupNameChoice::choose`] gives the
+    /// one to run once the tables' columns are read.
+    pub group_names: Option<Arc<GroupNameChoice>>,
+}
+
+/// A plan to run, or `Err` naming what cannot be merged.
+pub type PlanChoice = Result<Arc<MergePlan>, String>;
+
+/// Most GROUP BY names a plan leaves to the catalog (a plan each way for each: 2^n plans).
+pub const MAX_GROUP_QUESTIONS: usize = 3;
+
+/// The plans of a statement whose bare GROUP BY names mean an input column if a table of its
+/// FROM list has one by that name, and the output column of that name otherwise (Postgres's
+/// rule for GROUP BY; see `router::group_names`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupNameChoice {
+    /// The names in question.
+    pub names: Vec<String>,
+    /// The tables whose columns decide.
+    pub tables: Vec<TableName>,
+    /// The plan for each answer: bit `i` of the index is set when `names[i]` is an output
+    /// column (no table has such a column); `Err` names what cannot be merged that way.
+    variants: Vec<PlanChoice>,
+}
+
+impl GroupNameChoice {
+    /// The plan to run, given each table's columns (`None`: not known, refused).
+    pub fn choose<'a>(&self, columns: &dyn Fn(&TableName) -> Option<&'a [String]>) -> PlanChoice {
+        let mut known = Vec::with_capacity(self.tables.len());
+        for t in &self.tables {
+            match columns(t) {
+                Some(c) => known.push(c),
+                None => {
+                    let name = match &t.schema {
+                        Some(schema) => format!("{schema}.{}", t.name),
+                        None => t.name.clone(),
+                    };
+                    return Err(format!(
+                        "GROUP BY {} without the column names of table {name}",
+                        self.names.join(", ")
+                    ));
+                }
+            }
+        }
+        let mut mask = 0usize;
+        for (i, name) in self.names.iter().enumerate() {
+            if !known.iter().any(|cols| cols.iter().any(|c| c == name)) {
+                mask |= 1 << i;
+            }
+        }
+        self.variants
+            .get(mask)
+            .cloned()
+            .unwrap_or_else(|| Err("internal: no plan for these GROUP BY names".into()))
+    }
 }
 
 /// A table (or view) named somewhere in the statement, as written (without quotes).
@@ -1237,6 +1296,47 @@ fn having_compared(h: &Having, out: &mut Vec<ColRef>) {
 /// `Err` names the construct that cannot be merged exactly. `is_key` says whether an expression
 /// is a sharded table's shard key column.
 pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<MergePlan, String> {
+    let g = group_names::resolve(s)?;
+    if g.questions.is_empty() {
+        return plan_with(s, is_key, &g.outputs);
+    }
+    if g.questions.len() > MAX_GROUP_QUESTIONS {
+        return Err(format!(
+            "GROUP BY more than {MAX_GROUP_QUESTIONS} names that are both output column names and possibly table columns"
+        ));
+    }
+    let variants: Vec<PlanChoice> = (0..1usize << g.questions.len())
+        .map(|mask| {
+            let mut outputs = g.outputs.clone();
+            outputs.extend(
+                g.questions
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, n)| n.clone()),
+            );
+            plan_with(s, is_key, &outputs).map(Arc::new)
+        })
+        .collect();
+    // Any plan of the set carries the choice; its own contents are never run.
+    let mut carrier = match variants.iter().find_map(|v| v.as_ref().ok()) {
+        Some(p) => (**p).clone(),
+        None => return variants[0].clone().map(|p| (*p).clone()),
+    };
+    carrier.group_names = Some(Arc::new(GroupNameChoice {
+        names: g.questions,
+        tables: g.tables,
+        variants,
+    }));
+    Ok(carrier)
+}
+
+/// [`plan`] with the bare GROUP BY names in `outputs` taken as output column names.
+fn plan_with(
+    s: &pb::SelectStmt,
+    is_key: &dyn Fn(&pb::Node) -> bool,
+    outputs: &[String],
+) -> Result<MergePlan, String> {
     if !s.window_clause.is_empty() {
         return Err("window function".into());
     }
@@ -1259,7 +1359,31 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         }
     }
     let mut stmt = s.clone();
-    let grouped_by_key = s.group_clause.iter().any(is_key);
+    // The output column each GROUP BY item names, by position or (`outputs`) by name.
+    let output_names = group_names::output_names(&s.target_list);
+    let group_output = |g: &pb::Node| -> Option<usize> {
+        match g.node.as_ref() {
+            Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
+                Some(Val::Ival(i)) if i.ival >= 1 && (i.ival as usize) <= s.target_list.len() => {
+                    Some(i.ival as usize - 1)
+                }
+                _ => None,
+            },
+            Some(NodeEnum::ColumnRef(cr)) => match cr.fields.as_slice() {
+                [f] => {
+                    let name = str_of(f).filter(|n| outputs.iter().any(|o| o.as_str() == *n))?;
+                    output_names.iter().position(|o| o.as_deref() == Some(name))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let grouped_by_key = s
+        .group_clause
+        .iter()
+        .filter(|&g| !matches!(g.node, Some(NodeEnum::ColumnRef(_))) || group_output(g).is_none())
+        .any(is_key);
     let mut b = Builder {
         is_key,
         grouped_by_key,
@@ -1324,13 +1448,9 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         return Err("SELECT * with GROUP BY or aggregates".into());
     }
     for g in &s.group_clause {
-        let by_position = match g.node.as_ref() {
-            Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
-                Some(Val::Ival(i)) if i.ival >= 1 => {
-                    b.target_shapes.get(i.ival as usize - 1).cloned().flatten()
-                }
-                _ => None,
-            },
+        let by_position = match (g.node.as_ref(), group_output(g)) {
+            (_, Some(i)) => b.target_shapes.get(i).cloned().flatten(),
+            (Some(NodeEnum::AConst(_)), None) => None,
             _ => Some(shape(g)),
         };
         b.group_shapes.extend(by_position);
@@ -1395,22 +1515,20 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
     // GROUP BY keys (the merge's own grouping; none when the shards' groups are final).
     let mut keys = Vec::new();
     for g in s.group_clause.iter().filter(|_| grouped) {
-        let col = match g.node.as_ref() {
-            Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
-                Some(Val::Ival(i)) if i.ival >= 1 && (i.ival as usize) <= b.visible => {
-                    let target = s.target_list.get(i.ival as usize - 1).and_then(|t| {
-                        match t.node.as_ref() {
-                            Some(NodeEnum::ResTarget(rt)) => rt.val.as_deref(),
-                            _ => None,
-                        }
-                    });
-                    if let Some(what) = target.and_then(per_shard_value) {
-                        return Err(format!("GROUP BY {what} over several shards"));
-                    }
-                    ColRef::Output(i.ival as usize - 1)
+        let col = match (g.node.as_ref(), group_output(g)) {
+            (_, Some(i)) => {
+                let target = s.target_list.get(i).and_then(|t| match t.node.as_ref() {
+                    Some(NodeEnum::ResTarget(rt)) => rt.val.as_deref(),
+                    _ => None,
+                });
+                if let Some(what) = target.and_then(per_shard_value) {
+                    return Err(format!("GROUP BY {what} over several shards"));
                 }
-                _ => return Err("GROUP BY a constant that is not an output column position".into()),
-            },
+                ColRef::Output(i)
+            }
+            (Some(NodeEnum::AConst(_)), None) => {
+                return Err("GROUP BY a constant that is not an output column position".into())
+            }
             _ => {
                 if contains_param(g) {
                     return Err("GROUP BY a parameter".into());
@@ -1540,6 +1658,34 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
             select: SqlTemplate::from_sql(&sql)?,
         })
     };
+    // Grouped by an output column's name, the shards group by its position: exactly what the
+    // merge groups by, even should a table gain a column of that name before they run it. A
+    // name output columns of different values share stays, for the shards to refuse as
+    // Postgres does.
+    for g in stmt.group_clause.iter_mut() {
+        let Some(NodeEnum::ColumnRef(cr)) = g.node.as_ref() else {
+            continue;
+        };
+        let (Some(i), [f]) = (group_output(g), cr.fields.as_slice()) else {
+            continue;
+        };
+        let name = str_of(f);
+        let mut shapes = output_names
+            .iter()
+            .zip(&b.target_shapes)
+            .filter(|(o, _)| o.as_deref() == name)
+            .map(|(_, shape)| shape);
+        let first = shapes.next().cloned().flatten();
+        if first.is_some() && shapes.all(|sh| *sh == first) {
+            *g = node(NodeEnum::AConst(pb::AConst {
+                isnull: false,
+                location: -1,
+                val: Some(Val::Ival(pb::Integer {
+                    ival: i32::try_from(i + 1).map_err(|_| "GROUP BY position")?,
+                })),
+            }));
+        }
+    }
     stmt.target_list = b.targets;
     stmt.target_list.append(&mut b.hidden_targets);
     let sql = NodeEnum::SelectStmt(Box::new(stmt))
@@ -1555,6 +1701,7 @@ pub fn plan(s: &pb::SelectStmt, is_key: &dyn Fn(&pb::Node) -> bool) -> Result<Me
         avg_outputs: b.avg_outputs,
         collation,
         finish,
+        group_names: None,
     })
 }
 
@@ -2076,5 +2223,154 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn group_by_an_output_name_is_chosen_by_the_tables_columns() {
+        let cols = |c: &'static [&'static str]| -> Vec<String> {
+            c.iter().map(|s| s.to_string()).collect()
+        };
+        // (statement, t's columns, shard statement, group keys, hidden columns)
+        type Case = (&'static str, Vec<String>, &'static str, Vec<ColRef>, usize);
+        let cases: Vec<Case> = vec![
+            // No column `grp`: the output column, no hidden column.
+            (
+                "SELECT g AS grp, count(*) FROM t GROUP BY grp ORDER BY grp",
+                cols(&["g", "x"]),
+                "SELECT g AS grp, count(*) FROM t GROUP BY 1",
+                vec![ColRef::Output(0)],
+                0,
+            ),
+            // A column `grp`: the input column wins, as a hidden column.
+            (
+                "SELECT g AS grp, count(*) FROM t GROUP BY grp ORDER BY grp",
+                cols(&["g", "grp"]),
+                "SELECT g AS grp, count(*), grp AS pgshard_hidden_0 FROM t GROUP BY grp",
+                vec![ColRef::Hidden(0)],
+                1,
+            ),
+            (
+                "SELECT lower(name) AS name, count(*) FROM t GROUP BY name",
+                cols(&["name"]),
+                "SELECT lower(name) AS name, count(*), name AS pgshard_hidden_0 FROM t GROUP BY name",
+                vec![ColRef::Hidden(0)],
+                1,
+            ),
+            (
+                "SELECT date_trunc('day', ts) AS day, sum(x) FROM t GROUP BY day HAVING sum(x) > 1 ORDER BY day",
+                cols(&["ts", "x"]),
+                "SELECT date_trunc('day', ts) AS day, sum(x), sum(x) > 1 AS pgshard_hidden_0 FROM t GROUP BY 1",
+                vec![ColRef::Output(0)],
+                1,
+            ),
+            // System columns are input columns too.
+            (
+                "SELECT g AS xmin, count(*) FROM t GROUP BY xmin",
+                cols(&["g", "xmin"]),
+                "SELECT g AS xmin, count(*), xmin AS pgshard_hidden_0 FROM t GROUP BY xmin",
+                vec![ColRef::Hidden(0)],
+                1,
+            ),
+        ];
+        for (sql, columns, shard, keys, hidden) in cases {
+            let p = plan_sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let choice = p.group_names.as_ref().expect(sql);
+            assert_eq!(
+                choice.tables,
+                vec![TableName {
+                    schema: None,
+                    name: "t".into()
+                }],
+                "{sql}"
+            );
+            let chosen = choice
+                .choose(&|_| Some(columns.as_slice()))
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(chosen.shard_sql.with_placeholders(), shard, "{sql}");
+            assert_eq!(chosen.hidden, hidden, "{sql}");
+            assert!(chosen.group_names.is_none(), "{sql}");
+            match &chosen.kind {
+                PlanKind::Groups { keys: k, .. } => assert_eq!(k.as_ref(), Some(&keys), "{sql}"),
+                PlanKind::Rows => panic!("{sql}"),
+            }
+            // Unread columns: refused, naming the table.
+            let e = choice.choose(&|_| None).unwrap_err();
+            assert!(e.contains("column names of table t"), "{sql}: {e}");
+        }
+        // The output column's expression is grouped: an expression over it and aggregates
+        // reads the group's value; grouped by an input column instead, it is refused.
+        let p = plan_sql("SELECT g AS grp, g * 10 + count(*) AS v FROM t GROUP BY grp ORDER BY v")
+            .unwrap();
+        let choice = p.group_names.as_ref().unwrap();
+        let g_only = cols(&["g"]);
+        let chosen = choice.choose(&|_| Some(g_only.as_slice())).unwrap();
+        assert_eq!(
+            chosen.finish.as_ref().map(|f| f.inputs.clone()),
+            Some(vec![ColRef::Output(0), ColRef::Hidden(0)])
+        );
+        let with_grp = cols(&["g", "grp"]);
+        assert!(choice.choose(&|_| Some(with_grp.as_slice())).is_err());
+        // Two names in question: each decided by itself.
+        let p =
+            plan_sql("SELECT a + 1 AS p, b || 'x' AS q, count(*) FROM t GROUP BY p, q").unwrap();
+        let choice = p.group_names.as_ref().unwrap();
+        assert_eq!(choice.names, ["p", "q"]);
+        let only_q = cols(&["a", "b", "q"]);
+        let chosen = choice.choose(&|_| Some(only_q.as_slice())).unwrap();
+        match &chosen.kind {
+            PlanKind::Groups { keys, .. } => {
+                assert_eq!(
+                    keys.as_deref(),
+                    Some(&[ColRef::Output(0), ColRef::Hidden(0)][..])
+                )
+            }
+            PlanKind::Rows => panic!(),
+        }
+        // Output columns sharing the name: the same value is grouped by position, different
+        // ones keep the name for the shards to refuse (Postgres: GROUP BY "x" is ambiguous).
+        let none = cols(&["a", "b"]);
+        for (sql, shard) in [
+            (
+                "SELECT a + 1 AS x, a + 1 AS x, count(*) FROM t GROUP BY x",
+                "SELECT a + 1 AS x, a + 1 AS x, count(*) FROM t GROUP BY 1",
+            ),
+            (
+                "SELECT a + 1 AS x, b + 1 AS x, count(*) FROM t GROUP BY x",
+                "SELECT a + 1 AS x, b + 1 AS x, count(*) FROM t GROUP BY x",
+            ),
+        ] {
+            let p = plan_sql(sql).unwrap();
+            let chosen = p
+                .group_names
+                .as_ref()
+                .unwrap()
+                .choose(&|_| Some(none.as_slice()))
+                .unwrap();
+            assert_eq!(chosen.shard_sql.with_placeholders(), shard, "{sql}");
+        }
+        // Known from the statement: no question.
+        let p =
+            plan_sql("SELECT s.g AS grp, count(*) FROM (SELECT g FROM t) s GROUP BY grp").unwrap();
+        assert!(p.group_names.is_none());
+        assert!(
+            matches!(&p.kind, PlanKind::Groups { keys: Some(k), .. } if k == &[ColRef::Output(0)])
+        );
+        assert_eq!(p.hidden, 0);
+        // An output alias of the shard key is no key: the merge groups (exactly) by it.
+        let p = plan_sql(
+            "SELECT s.user_id AS uid, count(*) FROM (SELECT user_id FROM users) s GROUP BY uid",
+        )
+        .unwrap();
+        assert!(
+            matches!(&p.kind, PlanKind::Groups { keys: Some(k), .. } if k == &[ColRef::Output(0)])
+        );
+        // A name that is a plain output column of that name asks nothing.
+        assert!(plan_sql("SELECT g, count(*) FROM t GROUP BY g")
+            .unwrap()
+            .group_names
+            .is_none());
+        let e = plan_sql("SELECT f AS grp, count(*) FROM t, generate_series(1, 2) f GROUP BY grp")
+            .unwrap_err();
+        assert!(e.contains("a function in FROM"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ pub mod derived;
 pub use analyze as facts;
 pub mod fence;
 pub mod final_projection;
+pub mod group_names;
 pub mod hint;
 pub mod index_owner;
 pub mod insert_columns;

@@ -20,13 +20,15 @@ impl Session {
         facts: &[StatementFacts],
         steps: impl Fn(&ServerConn) -> Vec<Step>,
     ) -> Result<(), End> {
-        // DDL may change the collation of a column merges compare: have them read it again
+        // DDL may change the collation of a column merges compare, or which columns a table has
+        // (what GROUP BY names mean): have them read again
         // (DDL in a transaction block commits later; the cache's refresh interval covers that).
         let ddl = facts.iter().any(|f| f.kind == StatementKind::Ddl);
         if facts.iter().any(|f| f.no_transaction_block) {
             let r = self.run_broadcast_outside_block(shards, steps).await;
             if ddl {
                 crate::exec::collation::forget();
+                crate::exec::table_columns::forget();
             }
             return r;
         }
@@ -63,6 +65,7 @@ impl Session {
         }
         if ddl {
             crate::exec::collation::forget();
+            crate::exec::table_columns::forget();
         }
         self.release_idle();
         Ok(())

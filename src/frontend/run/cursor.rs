@@ -101,7 +101,10 @@ impl Session {
             Ok(shards) => shards,
             Err(fields) => return Ok(Err(fields)),
         };
-        let (text, bound) = match merge_for_simple(&facts, &literals) {
+        if let Err(fields) = self.choose_group_names(facts.first()).await {
+            return Ok(Err(fields));
+        }
+        let (text, bound) = match merge_for_simple(&facts, &literals, &self.group_plans) {
             Ok(Some((text, bound))) => (text, Some(bound)),
             Ok(None) => (query.to_string(), None),
             Err(fields) => return Ok(Err(fields)),

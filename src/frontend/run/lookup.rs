@@ -232,6 +232,7 @@ impl Session {
         facts: Option<&StatementFacts>,
         params: &(dyn ParamSource + Sync),
     ) -> Result<Option<Route>, ErrorFields> {
+        self.choose_group_names(facts).await?;
         match self.index_owner_route_of(facts).await? {
             Some(route) => Ok(Some(route)),
             None => self.lookup_route(sql_text, facts, params).await,
@@ -239,7 +240,7 @@ impl Session {
     }
 
     /// Runs `sql_text` on `shard` alone (on the held connection), its answer collected.
-    async fn lookup_exchange(
+    pub(in crate::frontend) async fn lookup_exchange(
         &mut self,
         shard: u32,
         join_txn: bool,

@@ -9,6 +9,7 @@ pub mod collect;
 pub mod copy_in;
 pub mod copy_out;
 pub mod cursor;
+pub mod group_names;
 pub mod in_turn;
 pub mod index_owner;
 pub mod lookup;

@@ -128,8 +128,11 @@ impl Session {
             Ok(t) => t,
             Err(fields) => return Ok(Err(fields)),
         };
+        if let Err(fields) = self.choose_group_names(facts.first()).await {
+            return Ok(Err(fields));
+        }
         let (text, bound) = if scatter {
-            match merge_for_simple(&facts, &literals) {
+            match merge_for_simple(&facts, &literals, &self.group_plans) {
                 Ok(Some((text, bound))) => (text, Some(bound)),
                 Ok(None) => (first.inner().to_string(), None),
                 Err(fields) => return Ok(Err(fields)),

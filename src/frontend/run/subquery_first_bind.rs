@@ -376,11 +376,20 @@ impl Session {
             Ok(t) => t,
             Err(fields) => return Ok(Err(fields)),
         };
+        if let Err(fields) = self.choose_group_names(facts.first()).await {
+            return Ok(Err(fields));
+        }
         let merge = match facts.first().and_then(|f| f.merge.as_ref()) {
-            Some(Ok(plan)) if scatter => match BoundMerge::new(plan.clone(), &bound_params, true) {
-                Ok(bound) => Some((plan.shard_sql.with_placeholders(), bound)),
-                Err(fields) => return Ok(Err(fields)),
-            },
+            Some(Ok(plan)) if scatter => {
+                let chosen = self.group_plans.plan(plan).and_then(|plan| {
+                    BoundMerge::new(plan.clone(), &bound_params, true)
+                        .map(|bound| (plan.shard_sql.with_placeholders(), bound))
+                });
+                match chosen {
+                    Ok(m) => Some(m),
+                    Err(fields) => return Ok(Err(fields)),
+                }
+            }
             _ => None,
         };
         let (text, bound) = match merge {
