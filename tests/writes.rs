@@ -43,6 +43,11 @@ async fn per_shard(info: &ClusterInfo, sql: &str) -> Vec<(u32, i64)> {
     out
 }
 
+/// The sum over the shards of one integer, from the same query run directly on each.
+async fn summed(info: &ClusterInfo, sql: &str) -> i64 {
+    per_shard(info, sql).await.iter().map(|(_, n)| n).sum()
+}
+
 async fn index_count(info: &ClusterInfo, name: &str) -> Vec<i64> {
     per_shard(
         info,
@@ -223,26 +228,91 @@ async fn writes_reach_every_shard_they_need() {
     let e = simple(&c, "SELECT 1").await.expect_err("the block failed");
     assert_eq!(code(&e), "25P02", "{e}");
     c.batch_execute("ROLLBACK").await.expect("rollback");
-    let landed: i64 = per_shard(
+    let landed: i64 = summed(
         info,
         "SELECT count(*) FROM users WHERE name LIKE 'n%' OR user_id BETWEEN 201 AND 205",
     )
-    .await
-    .iter()
-    .map(|(_, n)| n)
-    .sum();
+    .await;
     assert_eq!(landed, 0, "rows of refused or rolled back inserts landed");
+    // A SELECT over its one keyless UPDATE or DELETE CTE runs whole on every shard, merged as
+    // over a table; its shards commit together.
+    simple(
+        &c,
+        "INSERT INTO users (user_id, name) SELECT g, CASE WHEN g % 3 = 0 THEN 'cte-old' ELSE 'cte-new' END FROM generate_series(301, 360) g",
+    )
+    .await
+    .expect("rows for the CTE writes");
+    let old: Vec<i64> = (301..=360).filter(|g| g % 3 == 0).collect();
+    let (rows, _) = simple(
+        &c,
+        "WITH d AS (DELETE FROM users WHERE name = 'cte-old' RETURNING *) SELECT count(*) FROM d",
+    )
+    .await
+    .expect("count of a keyless delete");
+    assert_eq!(rows, vec![old.len().to_string()]);
+    let left: i64 = summed(
+        info,
+        "SELECT count(*) FROM users WHERE user_id BETWEEN 301 AND 360",
+    )
+    .await;
+    assert_eq!(left, 60 - old.len() as i64);
+    // The extended protocol, a binary parameter, ORDER BY and LIMIT over the returned rows.
+    let touched: Vec<i64> = c
+        .query(
+            "WITH d AS (UPDATE users SET email = 'cte' WHERE name = $1 AND user_id % 7 = 0 RETURNING user_id) \
+             SELECT user_id FROM d ORDER BY user_id DESC LIMIT 3",
+            &[&"cte-new"],
+        )
+        .await
+        .expect("update through a CTE")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let sevens: Vec<i64> = (301..=360)
+        .rev()
+        .filter(|g| g % 3 != 0 && g % 7 == 0)
+        .collect();
+    assert_eq!(touched, sevens[..3]);
+    let emailed: i64 = summed(info, "SELECT count(*) FROM users WHERE email = 'cte'").await;
+    assert_eq!(
+        emailed,
+        sevens.len() as i64,
+        "the LIMIT does not stop the write"
+    );
+    // One shard failing fails every shard: nothing of the write stays.
+    let e = simple(
+        &c,
+        "WITH d AS (UPDATE users SET email = CASE WHEN user_id = 302 THEN (1 / (user_id - 302))::text ELSE 'half' END \
+         WHERE name = 'cte-new' RETURNING 1) SELECT count(*) FROM d",
+    )
+    .await
+    .expect_err("division by zero on one shard");
+    assert_eq!(code(&e), "22012", "{e}");
+    let half: i64 = summed(info, "SELECT count(*) FROM users WHERE email = 'half'").await;
+    assert_eq!(half, 0, "a shard kept its part of a failed write");
+    // In a block: the block sees it, and ROLLBACK undoes it everywhere.
+    c.batch_execute("BEGIN").await.unwrap();
+    let (rows, _) = simple(
+        &c,
+        "WITH d AS (DELETE FROM users WHERE name = 'cte-new' RETURNING user_id) SELECT count(*), max(user_id) FROM d",
+    )
+    .await
+    .expect("delete in a block");
+    let new_count = 60 - old.len();
+    assert_eq!(rows, vec![new_count.to_string()]);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let back: i64 = summed(info, "SELECT count(*) FROM users WHERE name = 'cte-new'").await;
+    assert_eq!(back, new_count as i64);
+    simple(&c, "DELETE FROM users WHERE user_id BETWEEN 301 AND 360")
+        .await
+        .expect("clean up");
     // A duplicate key on one shard fails the whole INSERT: no shard keeps its rows.
     let e = c
         .batch_execute("INSERT INTO users (user_id, name) VALUES (101, 'a'), (102, 'b'), (103, 'c'), (104, 'd'), (5, 'dup')")
         .await
         .expect_err("duplicate key");
     assert_eq!(code(&e), "23505");
-    let left: i64 = per_shard(info, "SELECT count(*) FROM users WHERE user_id > 100")
-        .await
-        .iter()
-        .map(|(_, n)| n)
-        .sum();
+    let left: i64 = summed(info, "SELECT count(*) FROM users WHERE user_id > 100").await;
     assert_eq!(left, 0, "the split INSERT rolled back everywhere");
     // Prepared (extended protocol) multi-row INSERTs spanning shards are split the same way,
     // each shard getting its own parameters, RETURNING in VALUES order.
@@ -332,11 +402,7 @@ async fn writes_reach_every_shard_they_need() {
     .await
     .expect("keyless update");
     assert_eq!(n, 20);
-    let renamed: i64 = per_shard(info, "SELECT count(*) FROM users WHERE name = 'renamed'")
-        .await
-        .iter()
-        .map(|(_, n)| n)
-        .sum();
+    let renamed: i64 = summed(info, "SELECT count(*) FROM users WHERE name = 'renamed'").await;
     assert_eq!(renamed, 20);
     let (_, n) = simple(
         &c,

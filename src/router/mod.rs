@@ -510,6 +510,7 @@ fn write_route(
     let n = many.len();
     match (&facts.kind, keys) {
         (StatementKind::Update | StatementKind::Delete, _) => Route::Scatter(many.to_vec()),
+        (StatementKind::Select, _) if facts.write_in_cte => Route::Scatter(many.to_vec()),
         (StatementKind::Insert, _) if null_key_param(facts, params) => Route::Refuse(
             analyze::Refused::NullShardKey {
                 table: table.to_string(),

@@ -16,6 +16,7 @@ mod utility;
 mod walk;
 mod walk_children;
 mod write;
+mod write_cte;
 
 use pg_query::protobuf as pb;
 use pg_query::NodeEnum;

@@ -10,7 +10,7 @@ use super::tables::{strip_casts, tables_and_key, Ctx};
 use super::walk::Walk;
 use super::{Flow, LocalCommand, Refused, ShardedTables, StatementFacts, StatementKind};
 
-fn merge_construct(s: &pb::SelectStmt) -> Option<String> {
+pub(super) fn merge_construct(s: &pb::SelectStmt) -> Option<String> {
     if !s.sort_clause.is_empty() {
         return Some("ORDER BY".into());
     }
@@ -81,7 +81,9 @@ pub(super) fn analyze_select(
         }
         return Flow::Common;
     }
-    if over_row_local_derived(s, tables, scan, facts) {
+    if over_row_local_derived(s, tables, scan, facts)
+        || super::write_cte::over_write_cte(s, tables, facts)
+    {
         return Flow::Common;
     }
     let mut ctx = Ctx::new(tables);

@@ -174,6 +174,9 @@ pub struct StatementFacts {
     /// The tenant schemas the statement names (lowercase): routing reads their shard from the
     /// map in use, so a statement prepared before a tenant moved follows it.
     pub tenants: Vec<String>,
+    /// For a SELECT over its one UPDATE or DELETE CTE of a sharded table (see
+    /// `analyze::write_cte`): a write that runs whole on each shard it reaches, its rows merged.
+    pub write_in_cte: bool,
 }
 
 /// Session state that binds a client to its server connection past the end of a transaction.
@@ -235,6 +238,7 @@ impl StatementFacts {
             set_config_bound: None,
             schema_shard: None,
             tenants: Vec::new(),
+            write_in_cte: false,
             cursor: None,
         }
     }
