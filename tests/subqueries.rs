@@ -582,6 +582,31 @@ async fn ctes_over_sharded_tables(c: &Client) {
 /// keyed or over every shard and merged, their rows written in their place; both protocols, in
 /// a block the block's own rows.
 async fn derived_tables_run_first(c: &Client) {
+    // An outer join keeping every row of a function or VALUES while matching a sharded table
+    // directly is refused (each shard would answer every kept row, NULL-extended where the match
+    // is elsewhere); the sharded side as a derived table is read first, and is exact.
+    for sql in [
+        "SELECT g, o.total FROM generate_series(1, 6) g LEFT JOIN orders o ON o.user_id = g",
+        "SELECT v.id, u.name FROM users u RIGHT JOIN (VALUES (1), (41)) v(id) ON u.user_id = v.id",
+        "SELECT count(*) FROM users u FULL JOIN generate_series(1, 3) g ON u.user_id = g",
+    ] {
+        let e = c.simple_query(sql).await.expect_err(sql);
+        let db = e.as_db_error().expect("an ErrorResponse");
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(
+            db.message().contains("JOIN) keeping every row"),
+            "{sql}: {}",
+            db.message()
+        );
+    }
+    let sql = "SELECT g || ':' || coalesce(u.name, '-') FROM generate_series(39, 42) g LEFT JOIN (SELECT user_id, name FROM users) u ON u.user_id = g ORDER BY g";
+    assert_eq!(
+        rows(c, sql).await,
+        ["39:u39", "40:u40", "41:-", "42:-"],
+        "{sql}"
+    );
+    let sql = "SELECT count(*) FROM generate_series($1::int, 42) g LEFT JOIN (SELECT user_id FROM users) u ON u.user_id = g";
+    assert_eq!(ext_rows(c, sql, &[&39i32]).await, ["4"], "{sql}");
     // SQLAlchemy's Query.count(): u10..u19.
     let sql = "SELECT count(*) AS count_1 FROM (SELECT users.user_id AS users_user_id, users.name AS users_name FROM users WHERE users.name LIKE 'u1%') AS anon_1";
     assert_eq!(rows(c, sql).await, ["10"], "{sql}");

@@ -72,6 +72,10 @@ pub enum Refused {
     /// (see `router::schemas`).
     #[error("{0}")]
     TenantSchema(String),
+    /// A LEFT, RIGHT or FULL JOIN that keeps every row of a side reading no sharded table while
+    /// matching a sharded table: each shard would add its own NULL-extended rows.
+    #[error("outer join ({join} JOIN) keeping every row of a side that reads no sharded table (a function, VALUES, a reference table) while matching sharded table {table} is not supported: each shard would answer every kept row, NULL-extended where its match lives on another shard")]
+    OuterJoinKeepsUnsharded { join: &'static str, table: String },
     /// An INSERT row whose shard key is NULL: no shard can hold it. Told as Postgres tells a
     /// NOT NULL key column's violation (SQLSTATE 23502), which a sharded table's key nearly
     /// always is, so clients handle it as the integrity error it is.
@@ -108,6 +112,7 @@ impl Refused {
             Refused::CopyIntoReference { .. } => "use INSERT, which writes every shard",
             Refused::NextIdElsewhere => "take the id with SELECT pgshard.next_id() first, then pass it as a parameter",
             Refused::MixedPlacement { .. } => "send one statement for each",
+            Refused::OuterJoinKeepsUnsharded { .. } => "read the sharded table's matching rows in a statement of their own (WHERE key = ANY($1)) and match them in the application, or join it in a derived table (LEFT JOIN (SELECT … FROM t WHERE …) AS x), which pgshard reads first",
             Refused::NullShardKey { .. } => "pgshard places each row of a sharded table by its shard key, so the key of a row cannot be NULL",
             Refused::DerivedFromSharded { .. } => "query the sharded table itself (pgshard merges its shards' rows); to keep the rows in a table of their own, create that table (sharded, reference or unsharded) and fill it with INSERT … SELECT",
             _ => return None,

@@ -523,6 +523,26 @@ mod tests {
     }
 
     #[test]
+    fn outer_joins_keeping_rows_no_shard_holds_are_refused() {
+        for sql in [
+            "select * from generate_series(1, 3) g left join users u on u.user_id = g",
+            "select * from users u right join (values (1), (2)) v(id) on u.user_id = v.id",
+            "select * from users u full join generate_series(1, 3) g on u.user_id = g",
+            "select * from generate_series(1, 3) g left join users u on u.user_id = g join orders o on o.user_id = u.user_id",
+        ] {
+            refused(sql, "JOIN) keeping every row of a side that reads no sharded table");
+        }
+        for sql in [
+            "select * from users u left join generate_series(1, 3) g on u.user_id = g",
+            "select * from users u left join orders o on o.user_id = u.user_id",
+            "select * from generate_series(1, 3) g join users u on u.user_id = g",
+            "select * from orders o right join users u on o.user_id = u.user_id",
+        ] {
+            assert_eq!(one(sql).refuse, None, "{sql}");
+        }
+    }
+
+    #[test]
     fn row_local_derived_tables_run_on_each_shard() {
         let shard_sql = |f: &StatementFacts| match &f.merge {
             Some(Ok(plan)) => plan.shard_sql.with_placeholders(),

@@ -6,7 +6,8 @@ use pg_query::protobuf as pb;
 use pg_query::protobuf::a_const::Val;
 use pg_query::NodeEnum;
 
-use super::scan::{is_catalog, node, str_of, Scan};
+use super::scan::{is_catalog, node, scan_walk, str_of, Scan};
+use super::walk::Walk;
 use super::{KeyFacts, KeyValue, Refused, ShardedTables, StatementFacts};
 
 /// A table named in the top level of a statement (FROM, JOIN, target of a write).
@@ -100,6 +101,7 @@ impl<'a> Ctx<'a> {
                         self.nullable.extend(side.iter().copied());
                     }
                 }
+                self.check_outer_join(j, (&left, left_null), (&right, right_null));
                 let cols: Vec<String> = j
                     .using_clause
                     .iter()
@@ -123,6 +125,52 @@ impl<'a> Ctx<'a> {
             }
             // Subqueries and functions: their tables are found by the whole-tree scan.
             _ => Vec::new(),
+        }
+    }
+
+    /// Refuses an outer join that keeps every row of a side reading no sharded table (a
+    /// function, VALUES, a reference table, rows pgshard wrote in) while matching them with a
+    /// sharded table joined directly: every shard would answer each kept row, NULL-extended on
+    /// the shards its match is not on. (A derived table over sharded tables on the matched side
+    /// is run first, which is exact.)
+    fn check_outer_join(
+        &mut self,
+        j: &pb::JoinExpr,
+        (left, left_null): (&[usize], bool),
+        (right, right_null): (&[usize], bool),
+    ) {
+        let join = match pb::JoinType::try_from(j.jointype) {
+            Ok(pb::JoinType::JoinLeft) => "LEFT",
+            Ok(pb::JoinType::JoinRight) => "RIGHT",
+            Ok(pb::JoinType::JoinFull) => "FULL",
+            _ => return,
+        };
+        let sharded_ref = |side: &[usize]| {
+            side.iter()
+                .find(|&&i| self.refs[i].key.is_some())
+                .map(|&i| self.refs[i].name.clone())
+        };
+        let reads_sharded = |n: Option<&pb::Node>| {
+            n.and_then(|n| n.node.as_ref()).is_some_and(|n| {
+                scan_walk(Walk::new([n.to_ref()]))
+                    .relations
+                    .iter()
+                    .any(|(schema, name)| self.tables.key_of(schema, name).is_some())
+            })
+        };
+        // (kept whole, matched) pairs of this join.
+        let mut pairs = Vec::new();
+        if right_null {
+            pairs.push((j.larg.as_deref(), right));
+        }
+        if left_null {
+            pairs.push((j.rarg.as_deref(), left));
+        }
+        for (kept, matched) in pairs {
+            if let Some(table) = sharded_ref(matched).filter(|_| !reads_sharded(kept)) {
+                self.refuse(Refused::OuterJoinKeepsUnsharded { join, table });
+                return;
+            }
         }
     }
 
