@@ -332,6 +332,14 @@ async fn uncorrelated_subqueries_run_first(c: &Client) {
 }
 
 /// The first column of each row of an extended-protocol query, as text.
+/// Asserts `sql` (simple protocol) is pgshard's 0A000 refusal whose message names `what`.
+async fn refused_with(c: &Client, sql: &str, what: &str) {
+    let e = c.simple_query(sql).await.expect_err(sql);
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000", "{sql}");
+    assert!(db.message().contains(what), "{sql}: {}", db.message());
+}
+
 async fn ext_rows(c: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<String> {
     c.query(sql, params)
         .await
@@ -567,10 +575,7 @@ async fn ctes_over_sharded_tables(c: &Client) {
             "data-modifying CTE d over sharded tables",
         ),
     ] {
-        let e = c.simple_query(sql).await.expect_err(sql);
-        let db = e.as_db_error().expect("an ErrorResponse");
-        assert_eq!(db.code().code(), "0A000", "{sql}");
-        assert!(db.message().contains(what), "{sql}: {}", db.message());
+        refused_with(c, sql, what).await;
     }
     assert_eq!(
         rows(c, "SELECT count(*) FROM orders").await,
@@ -590,14 +595,7 @@ async fn derived_tables_run_first(c: &Client) {
         "SELECT v.id, u.name FROM users u RIGHT JOIN (VALUES (1), (41)) v(id) ON u.user_id = v.id",
         "SELECT count(*) FROM users u FULL JOIN generate_series(1, 3) g ON u.user_id = g",
     ] {
-        let e = c.simple_query(sql).await.expect_err(sql);
-        let db = e.as_db_error().expect("an ErrorResponse");
-        assert_eq!(db.code().code(), "0A000", "{sql}");
-        assert!(
-            db.message().contains("JOIN) keeping every row"),
-            "{sql}: {}",
-            db.message()
-        );
+        refused_with(c, sql, "JOIN) keeping every row").await;
     }
     let sql = "SELECT g || ':' || coalesce(u.name, '-') FROM generate_series(39, 42) g LEFT JOIN (SELECT user_id, name FROM users) u ON u.user_id = g ORDER BY g";
     assert_eq!(
