@@ -53,6 +53,7 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
             key: "user_id".into(),
             key_type: None,
         });
+        config.reference_tables.push("buckets".into());
     })
     .await;
     let c = proxy::connect(&proxy).await;
@@ -597,6 +598,32 @@ async fn derived_tables_run_first(c: &Client) {
     ] {
         refused_with(c, sql, "JOIN) keeping every row").await;
     }
+    // Grouped over the kept side with NULL-skipping aggregates of the sharded side (an ORM's
+    // annotate(Count(...)) of a reference table): each shard's NULL-extended rows add nothing,
+    // so the merged groups are exact.
+    c.batch_execute(
+        "CREATE TABLE buckets (id int PRIMARY KEY, label text); \
+         INSERT INTO buckets SELECT g, 'b' || g FROM generate_series(1, 7) g",
+    )
+    .await
+    .expect("a reference table");
+    let want: Vec<String> = (1..=7i64)
+        .map(|b| match has_orders(b) {
+            true => format!("b{b}:2:{}", 3 * b),
+            false => format!("b{b}:0:-"),
+        })
+        .collect();
+    let sql = "SELECT b.label || ':' || count(o.order_id) || ':' || coalesce(sum(o.total)::text, '-') FROM buckets b LEFT JOIN orders o ON o.user_id = b.id GROUP BY b.id, b.label ORDER BY b.id";
+    assert_eq!(rows(c, sql).await, want, "{sql}");
+    assert_eq!(ext_rows(c, sql, &[]).await, want, "{sql}");
+    // count(*) counts every shard's NULL-extended row, and plain rows repeat them: refused.
+    for sql in [
+        "SELECT b.id, count(*) FROM buckets b LEFT JOIN orders o ON o.user_id = b.id GROUP BY b.id",
+        "SELECT b.id, o.total FROM buckets b LEFT JOIN orders o ON o.user_id = b.id",
+    ] {
+        refused_with(c, sql, "JOIN) keeping every row").await;
+    }
+    c.batch_execute("DROP TABLE buckets").await.expect("drop");
     let sql = "SELECT g || ':' || coalesce(u.name, '-') FROM generate_series(39, 42) g LEFT JOIN (SELECT user_id, name FROM users) u ON u.user_id = g ORDER BY g";
     assert_eq!(
         rows(c, sql).await,

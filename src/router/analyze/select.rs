@@ -87,6 +87,7 @@ pub(super) fn analyze_select(
         return Flow::Common;
     }
     let mut ctx = Ctx::new(tables);
+    ctx.select = Some(s);
     for item in &s.from_clause {
         ctx.add_from_item(item);
     }
@@ -537,9 +538,15 @@ mod tests {
             "select * from users u left join orders o on o.user_id = u.user_id",
             "select * from generate_series(1, 3) g join users u on u.user_id = g",
             "select * from orders o right join users u on o.user_id = u.user_id",
+            // Grouped over the kept side, NULL-skipping aggregates of the matched side: exact.
+            "select g.g, count(u.user_id), max(u.name) from generate_series(1, 3) g left join users u on u.user_id = g.g group by g.g",
         ] {
             assert_eq!(one(sql).refuse, None, "{sql}");
         }
+        refused(
+            "select g.g, count(*) from generate_series(1, 3) g left join users u on u.user_id = g.g group by g.g",
+            "JOIN) keeping every row",
+        );
     }
 
     #[test]

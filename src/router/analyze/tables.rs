@@ -6,6 +6,7 @@ use pg_query::protobuf as pb;
 use pg_query::protobuf::a_const::Val;
 use pg_query::NodeEnum;
 
+use super::outer_join;
 use super::scan::{is_catalog, node, scan_walk, str_of, Scan};
 use super::walk::Walk;
 use super::{KeyFacts, KeyValue, Refused, ShardedTables, StatementFacts};
@@ -35,6 +36,9 @@ pub(super) struct Ctx<'a> {
     /// the shard key too, may be NULL in rows of any shard.
     pub(super) nullable: Vec<usize>,
     pub(super) refuse: Option<Refused>,
+    /// The SELECT whose FROM this is, when it is one: an outer join keeping rows no shard owns
+    /// may still merge exactly by its grouping (see `outer_join`).
+    pub(super) select: Option<&'a pb::SelectStmt>,
 }
 
 impl<'a> Ctx<'a> {
@@ -47,6 +51,7 @@ impl<'a> Ctx<'a> {
             laterals: Vec::new(),
             correlated_scopes: Vec::new(),
             nullable: Vec::new(),
+            select: None,
             refuse: None,
         }
     }
@@ -131,8 +136,9 @@ impl<'a> Ctx<'a> {
     /// Refuses an outer join that keeps every row of a side reading no sharded table (a
     /// function, VALUES, a reference table, rows pgshard wrote in) while matching them with a
     /// sharded table joined directly: every shard would answer each kept row, NULL-extended on
-    /// the shards its match is not on. (A derived table over sharded tables on the matched side
-    /// is run first, which is exact.)
+    /// the shards its match is not on — unless the SELECT groups over the kept side with
+    /// NULL-skipping aggregates of the matched side, which merge exactly (`outer_join`). (A
+    /// derived table over sharded tables on the matched side is run first, which is exact.)
     fn check_outer_join(
         &mut self,
         j: &pb::JoinExpr,
@@ -158,16 +164,29 @@ impl<'a> Ctx<'a> {
                     .any(|(schema, name)| self.tables.key_of(schema, name).is_some())
             })
         };
-        // (kept whole, matched) pairs of this join.
+        // (kept whole, matched refs, matched) of this join.
         let mut pairs = Vec::new();
         if right_null {
-            pairs.push((j.larg.as_deref(), right));
+            pairs.push((j.larg.as_deref(), right, j.rarg.as_deref()));
         }
         if left_null {
-            pairs.push((j.rarg.as_deref(), left));
+            pairs.push((j.rarg.as_deref(), left, j.larg.as_deref()));
         }
-        for (kept, matched) in pairs {
-            if let Some(table) = sharded_ref(matched).filter(|_| !reads_sharded(kept)) {
+        let names = |n: Option<&pb::Node>| {
+            let mut out = Vec::new();
+            if let Some(n) = n {
+                outer_join::qualifiers(n, &mut out);
+            }
+            out
+        };
+        for (kept, matched_refs, matched) in pairs {
+            let Some(table) = sharded_ref(matched_refs).filter(|_| !reads_sharded(kept)) else {
+                continue;
+            };
+            let grouped = self
+                .select
+                .is_some_and(|s| outer_join::merges_exactly(s, &names(kept), &names(matched)));
+            if !grouped {
                 self.refuse(Refused::OuterJoinKeepsUnsharded { join, table });
                 return;
             }
