@@ -27,6 +27,7 @@ const SECTIONS: &[&str] = &[
     "psycopg_executemany",
     "psycopg_pipeline",
     "psycopg_pipeline_error",
+    "psycopg_pipeline_cte_and_null_keys",
     "psycopg_transaction_two_shards",
     "psycopg_multirow_returning",
     "asyncpg_fetchval_every_shard",

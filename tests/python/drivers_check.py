@@ -248,6 +248,43 @@ def psycopg_pipeline_error(s: Setup) -> None:
     s.assert_on_its_shard(dup, "exists")
 
 
+def psycopg_pipeline_cte_and_null_keys(s: Setup) -> None:
+    """A keyless DELETE in a CTE counted by its SELECT, and NULL shard keys, pipelined in the
+    block psycopg opens by default."""
+    keys = spread(s, 8)
+    lo, hi = s.bounds()
+    insert_directly(s, [(k, "cte") for k in keys])
+    with psycopg.connect(s.proxy) as conn:
+        with conn.pipeline():
+            deleted = conn.execute(
+                "WITH d AS (DELETE FROM users WHERE user_id BETWEEN %s AND %s AND name = %s"
+                " RETURNING user_id) SELECT count(*), max(user_id) FROM d",
+                [lo, hi, "cte"],
+            )
+            left = conn.execute(
+                "SELECT count(*) FROM users WHERE user_id BETWEEN %s AND %s AND name = %s",
+                [lo, hi, "cte"],
+            )
+        assert deleted.fetchone() == (len(keys), max(keys))
+        assert left.fetchone() == (0,), "the block sees its own delete"
+        conn.commit()
+        for k in keys:
+            s.assert_absent(k)
+        # A NULL key, bound in a pipeline after a good insert: Postgres's not-null violation,
+        # and the block (with the good insert) is rolled back.
+        good = keys[0]
+        try:
+            with conn.pipeline():
+                conn.execute("INSERT INTO users (user_id, name) VALUES (%s, 'n')", [good])
+                conn.execute("INSERT INTO users (user_id, name) VALUES (%s, 'n')", [None])
+            raise AssertionError("a NULL shard key was accepted")
+        except errors.NotNullViolation as e:
+            assert '"user_id"' in str(e), str(e)
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM users WHERE user_id = %s", [good]).fetchone() == (0,)
+    s.assert_absent(keys[0])
+
+
 def psycopg_transaction_two_shards(s: Setup) -> None:
     a, b = s.key(s.shards[0]), s.key(s.shards[1])
     x, y = s.key(s.shards[0], 1), s.key(s.shards[1], 1)
