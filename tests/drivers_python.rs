@@ -30,12 +30,14 @@ const SECTIONS: &[&str] = &[
     "psycopg_pipeline_cte_and_null_keys",
     "psycopg_transaction_two_shards",
     "psycopg_multirow_returning",
+    "psycopg_insert_without_columns",
     "asyncpg_fetchval_every_shard",
     "asyncpg_fetchval_in_transaction",
     "asyncpg_recovers_after_errors",
     "asyncpg_keyless_read",
     "asyncpg_executemany",
     "asyncpg_multirow_returning",
+    "asyncpg_insert_without_columns",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

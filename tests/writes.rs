@@ -470,6 +470,79 @@ async fn writes_reach_every_shard_they_need() {
     assert_eq!(index_count(info, "users_name_idx").await, vec![0; shards]);
     simple(&c, "TRUNCATE users").await.expect("truncate");
     assert_eq!(proxy::count_users_directly(info).await, 0);
+
+    // INSERTs that name no columns: the table's columns are read from the catalog and written
+    // in, so each row goes where its key (the first column) says, in both protocols.
+    let (_, n) = simple(&c, "INSERT INTO users VALUES (301, 'u301', 'e301')")
+        .await
+        .expect("one row, no column list");
+    assert_eq!(n, 1);
+    let (rows, n) = simple(
+        &c,
+        "INSERT INTO users VALUES (302, 'u302'), (303, 'u303'), (304, 'u304') RETURNING user_id",
+    )
+    .await
+    .expect("rows of several shards, no column list");
+    assert_eq!(
+        (rows, n),
+        (vec!["302".into(), "303".into(), "304".into()], 3)
+    );
+    let (_, n) = simple(
+        &c,
+        "INSERT INTO users SELECT g, 'g' || g FROM generate_series(305, 312) g",
+    )
+    .await
+    .expect("INSERT … SELECT, no column list");
+    assert_eq!(n, 8);
+    for (key, name) in [(313_i64, "bound"), (314, "bound too")] {
+        let n = c
+            .execute("INSERT INTO users VALUES ($1, $2)", &[&key, &name])
+            .await
+            .expect("bound parameters, no column list");
+        assert_eq!(n, 1);
+    }
+    for key in 301..=314_i64 {
+        let owner = map.shard_for(key);
+        for id in info.shard_ids() {
+            let n: i64 = proxy::shard(info, id)
+                .await
+                .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[&key])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, i64::from(id == owner), "user {key} on shard {id}");
+        }
+    }
+    let row = c
+        .query_one("SELECT name, email FROM users WHERE user_id = 301", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("u301".to_string(), "e301".to_string())
+    );
+    // A column added in a block is seen by the block, and gone after its ROLLBACK.
+    c.batch_execute("BEGIN; ALTER TABLE users ADD COLUMN nick text")
+        .await
+        .expect("DDL in a block");
+    c.execute(
+        "INSERT INTO users VALUES ($1, 'n', 'e', now(), 'nick')",
+        &[&315_i64],
+    )
+    .await
+    .expect("the block's new column is listed");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let e = c
+        .batch_execute("INSERT INTO users VALUES (316, 'n', 'e', now(), 'nick')")
+        .await
+        .expect_err("more values than columns");
+    assert_eq!(code(&e), "42601");
+    let e = c
+        .batch_execute("INSERT INTO users SELECT * FROM users")
+        .await
+        .expect_err("a row width pgshard cannot read from the text");
+    assert_eq!(code(&e), "0A000");
+    assert_eq!(summed(info, "SELECT count(*) FROM users").await, 14);
     simple(&c, "DROP TABLE countries")
         .await
         .expect("drop reference table");

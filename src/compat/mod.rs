@@ -18,6 +18,7 @@ use lru::LruCache;
 pub mod report;
 
 use crate::config::{CompatConfig, Config, PoolMode};
+use crate::router::analyze::Refused;
 use crate::router::literals::LiteralParams;
 use crate::router::params::ParamSource;
 use crate::router::{cte, subquery_first, Route, Router, ShardMap, StatementFacts, Strategy};
@@ -93,6 +94,17 @@ pub fn judge(
     params: &dyn ParamSource,
     bound: bool,
 ) -> Verdict {
+    if matches!(facts.refuse, Some(Refused::InsertWithoutColumns { .. })) {
+        // The session writes the table's columns in (read from the catalog), and the INSERT
+        // then goes where its keys say.
+        if let Some(insert) = crate::router::insert_columns::unlisted_insert(sql) {
+            return match insert.rows {
+                Some(1) => Verdict::Single,
+                Some(_) => Verdict::SplitInsert,
+                None => Verdict::RunFirst,
+            };
+        }
+    }
     if facts.unnest_keyless.is_some() && facts.refuse.is_none() {
         // `INSERT … SELECT * FROM UNNEST(…)` without the key: the session generates a key per
         // row and splits the rows over the shards.
@@ -438,6 +450,14 @@ mod tests {
                 "SELECT string_agg(u.name, ',') FROM users u JOIN orders o ON o.order_id = u.user_id",
                 "refused",
                 Some("string_agg"),
+            ),
+            ("INSERT INTO orders VALUES (7, 1)", "single", None),
+            ("INSERT INTO orders VALUES (7, 1), (8, 2)", "split_insert", None),
+            ("INSERT INTO orders SELECT user_id, 1 FROM users", "run_first", None),
+            (
+                "INSERT INTO orders SELECT * FROM users",
+                "refused",
+                Some("explicit column list"),
             ),
         ];
         for (sql, label, phrase) in cases {

@@ -1,6 +1,7 @@
 //! The column names of tables, read from a shard's catalog (`pg_attribute`) when a merge plan's
-//! GROUP BY names depend on them (see `router::group_names`), and remembered per table and
-//! search_path for [`collation::REFRESH_AFTER`], as the collations merges compare are.
+//! GROUP BY names depend on them (see `router::group_names`) or an INSERT lists no columns (see
+//! `router::insert_columns`), and remembered per table and search_path for
+//! [`collation::REFRESH_AFTER`], as the collations merges compare are.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,9 +29,19 @@ fn regclass(t: &TableName) -> String {
     }
 }
 
+/// Which of a table's columns are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Every column a query can name, system columns included (Postgres groups by `xmin` as by
+    /// any column), in no particular order.
+    Named,
+    /// The columns an INSERT without a column list fills, in their order (`attnum`).
+    Insertable,
+}
+
 /// The cache key of a table named `t` under a search_path whose `cache_key` is `path`.
-pub fn key(path: &str, t: &TableName) -> String {
-    format!("{path}\u{0}{}", regclass(t))
+pub fn key(read: Read, path: &str, t: &TableName) -> String {
+    format!("{read:?}\u{0}{path}\u{0}{}", regclass(t))
 }
 
 /// The columns remembered for `key`, while fresh.
@@ -54,10 +65,10 @@ pub fn forget() {
     }
 }
 
-/// One query reading the columns of `tables` (system columns included: Postgres groups by
-/// `xmin` as by any column): rows of (position in `tables`, column name). A table that does not
-/// exist has no rows; the statement then fails on the shards as it would on one Postgres.
-pub fn query(tables: &[TableName]) -> String {
+/// One query reading the `read` columns of `tables`: rows of (position in `tables`, column name),
+/// each table's in column order. A table that does not exist has no rows; the statement then
+/// fails on the shards as it would on one Postgres.
+pub fn query(read: Read, tables: &[TableName]) -> String {
     let values: Vec<String> = tables
         .iter()
         .enumerate()
@@ -66,8 +77,12 @@ pub fn query(tables: &[TableName]) -> String {
     format!(
         "SELECT t.i::text, a.attname::text FROM (VALUES {}) AS t(i, n) \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = pg_catalog.to_regclass(t.n) \
-         AND NOT a.attisdropped",
-        values.join(", ")
+         AND NOT a.attisdropped{} ORDER BY t.i, a.attnum",
+        values.join(", "),
+        match read {
+            Read::Named => "",
+            Read::Insertable => " AND a.attnum > 0",
+        }
     )
 }
 
@@ -140,8 +155,10 @@ mod tests {
                 name: "it's".into(),
             },
         ];
-        let q = query(&tables);
+        let q = query(Read::Named, &tables);
         assert!(q.contains("(0, '\"App\".t'), (1, '\"it''s\"')"), "{q}");
+        assert!(!q.contains("attnum > 0"), "{q}");
+        assert!(query(Read::Insertable, &tables).contains("attnum > 0 ORDER BY t.i, a.attnum"));
         let row = |i: &str, n: &str| vec![i.to_string(), n.to_string()];
         assert_eq!(
             parse(2, &[row("0", "a"), row("1", "b"), row("0", "xmin")]),
@@ -153,6 +170,13 @@ mod tests {
         assert_eq!(parse(1, &[row("1", "a")]), None);
         assert_eq!(parse(1, &[vec!["0".into()]]), None);
         assert_eq!(parse(2, &[]), Some(vec![vec![], vec![]]));
-        assert_ne!(key("a\u{0}", &tables[0]), key("b\u{0}", &tables[0]));
+        assert_ne!(
+            key(Read::Named, "a\u{0}", &tables[0]),
+            key(Read::Named, "b\u{0}", &tables[0])
+        );
+        assert_ne!(
+            key(Read::Named, "a", &tables[0]),
+            key(Read::Insertable, "a", &tables[0])
+        );
     }
 }

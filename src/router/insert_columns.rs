@@ -1,8 +1,14 @@
-//! The target table and listed columns of a multi-row `INSERT … VALUES`, read from its parse
-//! tree: what a split INSERT must be told about the columns it leaves to their defaults.
+//! The column lists of INSERTs, read from and written into their parse trees: the target and
+//! listed columns of a multi-row `INSERT … VALUES` (what a split INSERT must be told about the
+//! columns it leaves to their defaults), and the list an INSERT into a sharded table that names
+//! no columns is given — the first columns of its table, which Postgres fills in order — so that
+//! its shard key is found where Postgres puts it.
 
+use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
 
+use super::insert_rewrite::{read_insert, rewrite_insert};
+use super::merge_plan::TableName;
 use crate::sql_text::quote_ident;
 
 /// An `INSERT INTO t (a, b) VALUES …` as far as its columns go.
@@ -18,13 +24,10 @@ pub struct ValuesInsert {
 /// `sql`'s target and column list when it is one INSERT with a column list and a VALUES list;
 /// `None` for anything else (no column list, INSERT … SELECT, several statements).
 pub fn values_insert(sql: &str) -> Option<ValuesInsert> {
-    let parsed = pg_query::parse(sql, 0).ok()?;
-    let [raw] = parsed.protobuf.stmts.as_slice() else {
-        return None;
-    };
-    let Some(NodeEnum::InsertStmt(insert)) = raw.stmt.as_ref()?.node.as_ref() else {
-        return None;
-    };
+    read_insert(sql, values_insert_of)
+}
+
+fn values_insert_of(insert: &pb::InsertStmt) -> Option<ValuesInsert> {
     let Some(NodeEnum::SelectStmt(select)) = insert.select_stmt.as_ref()?.node.as_ref() else {
         return None;
     };
@@ -53,9 +56,182 @@ pub fn values_insert(sql: &str) -> Option<ValuesInsert> {
     Some(ValuesInsert { table, columns })
 }
 
+/// An INSERT that names no columns: its target, and how many values each of its rows gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlistedInsert {
+    pub table: TableName,
+    /// The values of a row: the length of its VALUES rows, or of its SELECT's target list.
+    pub values: usize,
+    /// How many rows its VALUES list has; `None` for an INSERT … SELECT.
+    pub rows: Option<usize>,
+}
+
+/// `sql` as an [`UnlistedInsert`] when it is one INSERT without a column list whose rows give a
+/// known number of values: VALUES rows all of one length, or a SELECT (the first of a set
+/// operation) listing its outputs without `*`. `None` otherwise (`DEFAULT VALUES`, `SELECT *`).
+pub fn unlisted_insert(sql: &str) -> Option<UnlistedInsert> {
+    read_insert(sql, unlisted_insert_of)
+}
+
+fn unlisted_insert_of(insert: &pb::InsertStmt) -> Option<UnlistedInsert> {
+    if !insert.cols.is_empty() {
+        return None;
+    }
+    let Some(NodeEnum::SelectStmt(select)) = insert.select_stmt.as_ref()?.node.as_ref() else {
+        return None;
+    };
+    let values = row_width(select)?;
+    let rows = (select.op == pb::SetOperation::SetopNone as i32 && !select.values_lists.is_empty())
+        .then_some(select.values_lists.len());
+    let relation = insert.relation.as_ref()?;
+    let table = TableName {
+        schema: (!relation.schemaname.is_empty()).then(|| relation.schemaname.clone()),
+        name: relation.relname.clone(),
+    };
+    Some(UnlistedInsert {
+        table,
+        values,
+        rows,
+    })
+}
+
+/// How many values each row of `select` gives, when its text says.
+fn row_width(select: &pb::SelectStmt) -> Option<usize> {
+    if select.op != pb::SetOperation::SetopNone as i32 {
+        return row_width(select.larg.as_deref()?);
+    }
+    if !select.values_lists.is_empty() {
+        let mut widths = select
+            .values_lists
+            .iter()
+            .map(|row| match row.node.as_ref() {
+                Some(NodeEnum::List(l)) => Some(l.items.len()),
+                _ => None,
+            });
+        let first = widths.next()??;
+        return widths.all(|w| w == Some(first)).then_some(first);
+    }
+    let starred = select.target_list.iter().any(|t| match t.node.as_ref() {
+        Some(NodeEnum::ResTarget(rt)) => match rt.val.as_deref().and_then(|v| v.node.as_ref()) {
+            Some(NodeEnum::ColumnRef(c)) => c
+                .fields
+                .iter()
+                .any(|f| matches!(f.node, Some(NodeEnum::AStar(_)))),
+            _ => false,
+        },
+        _ => true,
+    });
+    (!starred && !select.target_list.is_empty()).then_some(select.target_list.len())
+}
+
+/// `sql` (an [`UnlistedInsert`] giving `values` values a row) with its column list written in:
+/// the first `values` of `columns`, the table's columns in order, or all of them when a row gives
+/// more (Postgres then raises its own error). `None` when `sql` lists columns already or the
+/// table has none.
+pub fn with_column_list(sql: &str, values: usize, columns: &[String]) -> Option<String> {
+    let listed = columns.get(..values.min(columns.len()))?;
+    if listed.is_empty() {
+        return None;
+    }
+    rewrite_insert(sql, "insert", |insert| {
+        if !insert.cols.is_empty() {
+            return None;
+        }
+        insert.cols = listed
+            .iter()
+            .map(|name| pb::Node {
+                node: Some(NodeEnum::ResTarget(Box::new(pb::ResTarget {
+                    name: name.clone(),
+                    ..Default::default()
+                }))),
+            })
+            .collect();
+        Some(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlisted_inserts_and_their_row_widths() {
+        type Want<'a> = Option<(Option<&'a str>, &'a str, usize, Option<usize>)>;
+        let table: &[(&str, Want)] = &[
+            (
+                "INSERT INTO t VALUES (1, 'a')",
+                Some((None, "t", 2, Some(1))),
+            ),
+            (
+                "insert into app.\"T\" values ($1, $2, $3), ($4, $5, $6) returning *",
+                Some((Some("app"), "T", 3, Some(2))),
+            ),
+            (
+                "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 3) g",
+                Some((None, "t", 2, None)),
+            ),
+            (
+                "INSERT INTO t SELECT 1, 2 UNION ALL SELECT 3, 4",
+                Some((None, "t", 2, None)),
+            ),
+            (
+                "WITH s AS (SELECT 1 AS a) INSERT INTO t SELECT a FROM s",
+                Some((None, "t", 1, None)),
+            ),
+            (
+                "INSERT INTO t VALUES (1) ON CONFLICT (id) DO NOTHING",
+                Some((None, "t", 1, Some(1))),
+            ),
+            ("INSERT INTO t VALUES (1, 2), (3)", None),
+            ("INSERT INTO t SELECT * FROM u", None),
+            ("INSERT INTO t SELECT u.* FROM u", None),
+            ("INSERT INTO t DEFAULT VALUES", None),
+            ("INSERT INTO t (a) VALUES (1)", None),
+            ("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", None),
+            ("SELECT 1", None),
+        ];
+        for (sql, want) in table {
+            let want = want.map(|(schema, name, values, rows)| UnlistedInsert {
+                table: TableName {
+                    schema: schema.map(String::from),
+                    name: name.to_string(),
+                },
+                values,
+                rows,
+            });
+            assert_eq!(unlisted_insert(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn column_lists_written_in() {
+        let columns: Vec<String> = ["id", "user", "Name", "note"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let out = with_column_list(
+            "INSERT INTO t VALUES ($1, $2, $3) RETURNING id",
+            3,
+            &columns,
+        )
+        .expect("rewritten");
+        assert_eq!(
+            out,
+            r#"INSERT INTO t (id, "user", "Name") VALUES ($1, $2, $3) RETURNING id"#
+        );
+        let all =
+            with_column_list("INSERT INTO t SELECT 1, 2, 3, 4, 5", 5, &columns).expect("rewritten");
+        assert!(
+            all.starts_with(r#"INSERT INTO t (id, "user", "Name", note) SELECT"#),
+            "{all}"
+        );
+        assert_eq!(
+            with_column_list("INSERT INTO t (a) VALUES (1)", 1, &columns),
+            None
+        );
+        assert_eq!(with_column_list("INSERT INTO t VALUES (1)", 1, &[]), None);
+        assert_eq!(with_column_list("SELECT 1", 1, &columns), None);
+    }
 
     #[test]
     fn reads_target_and_columns() {

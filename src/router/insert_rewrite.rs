@@ -1,5 +1,6 @@
 //! Rewrites of one INSERT through its parse tree: a driver's shape of a batch insert is turned
-//! into the shape pgshard splits by key, and written back as text by the deparser. Pure.
+//! into the shape pgshard splits by key, and written back as text by the deparser; and reads of
+//! one INSERT's tree. Pure.
 
 use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
@@ -24,6 +25,19 @@ pub fn rewrite_insert(
     };
     edit(insert)?;
     crate::sql_text::deparse(parsed.protobuf)
+}
+
+/// What `read` finds in `sql` when it is one INSERT; `None` when it is not, or `read` finds
+/// nothing.
+pub fn read_insert<T>(sql: &str, read: impl FnOnce(&pb::InsertStmt) -> Option<T>) -> Option<T> {
+    let parsed = pg_query::parse(sql, 0).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::InsertStmt(insert)) = raw.stmt.as_ref()?.node.as_ref() else {
+        return None;
+    };
+    read(insert)
 }
 
 #[cfg(test)]

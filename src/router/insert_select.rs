@@ -17,23 +17,18 @@ const ROWS_ALIAS: &str = "pgshard_rows";
 /// The SELECT of `sql` to run first, when `sql` is one `INSERT … SELECT` (not `VALUES`, not
 /// already `SELECT * FROM unnest(…)` of arrays, without a WITH of its own).
 pub fn find(sql: &str) -> Option<CteFirst> {
-    let parsed = pg_query::parse(sql, 0).ok()?;
-    let [raw] = parsed.protobuf.stmts.as_slice() else {
-        return None;
-    };
-    let Some(NodeEnum::InsertStmt(insert)) = raw.stmt.as_ref()?.node.as_ref() else {
-        return None;
-    };
-    if insert.with_clause.is_some() || super::unnest_insert::unnest_args(insert).is_some() {
-        return None;
-    }
-    match insert.select_stmt.as_deref()?.node.as_ref()? {
-        NodeEnum::SelectStmt(s) if s.values_lists.is_empty() => {}
-        _ => return None,
-    }
-    let (start, end) = source_span(sql, insert)?;
-    let inner = sql.get(start..end)?.trim().to_string();
-    Some(CteFirst::replacing(ROWS_ALIAS, inner, start, end))
+    super::insert_rewrite::read_insert(sql, |insert| {
+        if insert.with_clause.is_some() || super::unnest_insert::unnest_args(insert).is_some() {
+            return None;
+        }
+        match insert.select_stmt.as_deref()?.node.as_ref()? {
+            NodeEnum::SelectStmt(s) if s.values_lists.is_empty() => {}
+            _ => return None,
+        }
+        let (start, end) = source_span(sql, insert)?;
+        let inner = sql.get(start..end)?.trim().to_string();
+        Some(CteFirst::replacing(ROWS_ALIAS, inner, start, end))
+    })
 }
 
 /// An INSERT whose rows pgshard wrote in as array literals (`unnest(E'{…}'::int8[], …)`), for

@@ -504,6 +504,57 @@ async def asyncpg_multirow_returning(s: Setup) -> None:
         s.assert_on_its_shard(k, f"w{k}")
 
 
+def psycopg_insert_without_columns(s: Setup) -> None:
+    """INSERTs that name no columns (pgshard writes the table's in): bound in text and binary,
+    executemany (pipelined by psycopg), a pipeline inside the block psycopg opens."""
+    keys = spread(s, 12)
+    with psycopg.connect(s.proxy) as conn:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO users VALUES (%s, %s) RETURNING user_id", (keys[0], "t"))
+            assert cur.fetchone() == (keys[0],)
+            cur.execute(
+                "INSERT INTO users VALUES (%s, %s) RETURNING name", (keys[1], "b"), binary=True
+            )
+            assert cur.fetchone() == ("b",)
+            cur.executemany("INSERT INTO users VALUES (%s, %s)", [(k, f"e{k}") for k in keys[2:8]])
+            with conn.pipeline():
+                for k in keys[8:]:
+                    cur.execute("INSERT INTO users VALUES (%s, %s, %s)", (k, f"p{k}", "mail"))
+        conn.commit()
+    s.assert_on_its_shard(keys[0], "t")
+    s.assert_on_its_shard(keys[1], "b")
+    for k in keys[2:8]:
+        s.assert_on_its_shard(k, f"e{k}")
+    for k in keys[8:]:
+        s.assert_on_its_shard(k, f"p{k}")
+
+
+async def asyncpg_insert_without_columns(s: Setup) -> None:
+    keys = spread(s, 10)
+    kept, rolled_back = keys[:8], keys[8:]
+    conn = await asyncpg.connect(s.proxy)
+    try:
+        await conn.executemany("INSERT INTO users VALUES ($1, $2)", [(k, f"a{k}") for k in kept])
+        try:
+            async with conn.transaction():
+                for k in rolled_back:
+                    name = await conn.fetchval(
+                        "INSERT INTO users VALUES ($1, $2) RETURNING name", k, "gone"
+                    )
+                    assert name == "gone", name
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+        n = await conn.fetchval("SELECT count(*) FROM users WHERE user_id = ANY($1::bigint[])", keys)
+        assert n == len(kept), n
+    finally:
+        await conn.close()
+    for k in kept:
+        s.assert_on_its_shard(k, f"a{k}")
+    for k in rolled_back:
+        s.assert_absent(k)
+
+
 def main() -> None:
     setup_path, section, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
     s = Setup(setup_path, index)

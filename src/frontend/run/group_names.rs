@@ -2,10 +2,8 @@
 //! `router::group_names`): the tables' columns, from the cache or one catalog read on a shard,
 //! choose the plan the merge runs, as Postgres's rule chooses what it groups by.
 
-use std::sync::Arc;
-
-use crate::exec::table_columns;
-use crate::frontend::session::{refusal, Session};
+use crate::exec::table_columns::Read;
+use crate::frontend::session::Session;
 use crate::router::StatementFacts;
 use crate::wire::backend::ErrorFields;
 
@@ -24,44 +22,16 @@ impl Session {
         let Some(choice) = plan.group_names.clone() else {
             return Ok(());
         };
-        let path = self.search_path();
-        let keys: Vec<String> = choice
-            .tables
-            .iter()
-            .map(|t| table_columns::key(path.cache_key(), t))
-            .collect();
-        let mut columns: Vec<Option<Arc<[String]>>> =
-            keys.iter().map(|k| table_columns::cached(k)).collect();
-        let missing: Vec<usize> = (0..columns.len())
-            .filter(|&i| columns[i].is_none())
-            .collect();
-        if !missing.is_empty() {
-            if self.state.open_batch_shard.is_some() {
-                return Err(refusal(
-                    "GROUP BY an output column's name cannot join an implicit transaction that a Flush left open: send Sync first",
-                ));
-            }
-            let tables: Vec<_> = missing.iter().map(|&i| choice.tables[i].clone()).collect();
-            let shard = self.answering_shard();
-            let rows = self
-                .lookup_exchange(shard, false, &table_columns::query(&tables))
-                .await;
-            self.release_idle();
-            let read = table_columns::parse(tables.len(), &rows?).ok_or_else(|| {
-                ErrorFields::error("XX000", "malformed answer to the table columns query")
-            })?;
-            let keep = self.state.txn.is_none();
-            for (&i, cols) in missing.iter().zip(read) {
-                let cols: Arc<[String]> = cols.into();
-                if keep {
-                    table_columns::remember(keys[i].clone(), cols.clone());
-                }
-                columns[i] = Some(cols);
-            }
-        }
+        let columns = self
+            .table_columns(
+                Read::Named,
+                &choice.tables,
+                "GROUP BY an output column's name",
+            )
+            .await?;
         let chosen = choice.choose(&|t| {
             let i = choice.tables.iter().position(|x| x == t)?;
-            columns.get(i)?.as_deref()
+            columns.get(i).map(|c| &c[..])
         });
         self.group_plans.note(plan, chosen);
         Ok(())

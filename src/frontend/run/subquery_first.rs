@@ -30,7 +30,8 @@ impl Session {
     /// The simple-protocol analysis of `sql`, after running first the uncorrelated subqueries
     /// and CTEs that make it refused, rewriting `sql` and `body` to carry their results (and
     /// an INSERT of rows ordered from a VALUES list written as those VALUES, an UNNEST INSERT's
-    /// array constructors of constants written as array literals). `Ok(None)` when
+    /// array constructors of constants written as array literals, an INSERT that names no
+    /// columns given its table's). `Ok(None)` when
     /// a subquery failed: the client has its error and ReadyForQuery.
     pub async fn analyze_running_subqueries_first(
         &mut self,
@@ -42,10 +43,26 @@ impl Session {
             *sql = text;
         }
         let proxy = self.proxy.clone();
+        let mut columns_listed = false;
         for _ in 0..MAX_RUN_FIRST {
             let (facts, literals) = proxy.router.analyze_simple_in(sql, &self.search_path());
             if self.state.txn.as_ref().is_some_and(|t| t.refused) {
                 return Ok(Some((facts, literals)));
+            }
+            if !columns_listed {
+                columns_listed = true;
+                match self.list_insert_columns(sql, &facts).await {
+                    Ok(Some(text)) => {
+                        *body = fe::query(&text).body;
+                        *sql = text;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(fields) => {
+                        self.reply_error(fields);
+                        return Ok(None);
+                    }
+                }
             }
             if let Some(whole) = self.whole_on_one_shard(sql, &facts, None) {
                 return Ok(Some((whole, literals)));

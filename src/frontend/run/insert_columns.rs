@@ -1,0 +1,40 @@
+//! The session's side of `router::insert_columns`: an INSERT into a sharded table that names no
+//! columns gets its table's columns written in (read from a shard's catalog, or the cache), so
+//! its shard key is found where Postgres puts the value, and then runs as if the client had
+//! listed them.
+
+use crate::exec::table_columns::Read;
+use crate::frontend::session::Session;
+use crate::router::analyze::Refused;
+use crate::router::insert_columns::{unlisted_insert, with_column_list};
+use crate::router::StatementFacts;
+use crate::wire::backend::ErrorFields;
+
+impl Session {
+    /// `sql` with its column list written in, when its one statement (`facts`) is an INSERT into
+    /// a sharded table refused only for naming no columns; `Ok(None)` for any other statement,
+    /// or when the rows' width is not in the text (`SELECT *`, `DEFAULT VALUES`).
+    pub async fn list_insert_columns(
+        &mut self,
+        sql: &str,
+        facts: &[StatementFacts],
+    ) -> Result<Option<String>, ErrorFields> {
+        let [f] = facts else { return Ok(None) };
+        if !matches!(f.refuse, Some(Refused::InsertWithoutColumns { .. })) {
+            return Ok(None);
+        }
+        let Some(insert) = unlisted_insert(sql) else {
+            return Ok(None);
+        };
+        let columns = self
+            .table_columns(
+                Read::Insertable,
+                std::slice::from_ref(&insert.table),
+                "an INSERT without a column list",
+            )
+            .await?;
+        Ok(columns
+            .first()
+            .and_then(|cols| with_column_list(sql, insert.values, cols)))
+    }
+}
