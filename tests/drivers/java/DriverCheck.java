@@ -570,6 +570,65 @@ public final class DriverCheck {
         }
     }
 
+    /** The first column of every row `ps` answers, as text. */
+    private static List<String> firstColumn(PreparedStatement ps) throws SQLException {
+        List<String> values = new ArrayList<>();
+        try (ResultSet rs = ps.executeQuery()) {
+            while (rs.next()) {
+                values.add(rs.getString(1));
+            }
+        }
+        return values;
+    }
+
+    /** In a block, a keyed read of key(shard, n) on every shard runs with isolation `want`. */
+    private void expectIsolationOnEveryShard(int n, String want) throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement(
+                "SELECT current_setting('transaction_isolation') FROM users WHERE user_id = ?")) {
+            for (int shard : shards) {
+                ps.setLong(1, key(shard, n));
+                try (ResultSet rs = ps.executeQuery()) {
+                    check(rs.next(), "keyed read of " + key(shard, n) + " found no row");
+                    checkEqual(rs.getString(1), want, "isolation of the block on shard " + shard);
+                }
+            }
+        }
+    }
+
+    /**
+     * setTransactionIsolation(SERIALIZABLE) with autocommit on (pgjdbc sends SET SESSION
+     * CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, as Spring and HikariCP make it
+     * do): getTransactionIsolation reads it back, and every shard a later block reaches, keyed or
+     * keyless, runs serializable; READ_COMMITTED afterwards is read committed again.
+     */
+    private void transactionIsolation() throws SQLException {
+        long[] lohi = bounds();
+        conn.setTransactionIsolation(Connection.TRANSACTION_SERIALIZABLE);
+        try {
+            checkEqual(conn.getTransactionIsolation(), Connection.TRANSACTION_SERIALIZABLE,
+                    "isolation pgjdbc reads back");
+            conn.setAutoCommit(false);
+            expectIsolationOnEveryShard(0, "serializable");
+            try (PreparedStatement ps = conn.prepareStatement(
+                    "SELECT DISTINCT current_setting('transaction_isolation') FROM users WHERE user_id BETWEEN ? AND ?")) {
+                ps.setLong(1, lohi[0]);
+                ps.setLong(2, lohi[1]);
+                checkEqual(firstColumn(ps), List.of("serializable"), "isolation of the block on every shard, keyless");
+            }
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+            conn.setTransactionIsolation(Connection.TRANSACTION_READ_COMMITTED);
+        }
+        conn.setAutoCommit(false);
+        try {
+            expectIsolationOnEveryShard(1, "read committed");
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+    }
+
     private interface Step {
         void run() throws SQLException;
     }
@@ -594,6 +653,7 @@ public final class DriverCheck {
         steps.put("generatedKeys", suite::generatedKeys);
         steps.put("keylessAggregate", suite::keylessAggregate);
         steps.put("keylessFetchSize", suite::keylessFetchSize);
+        steps.put("transactionIsolation", suite::transactionIsolation);
         boolean runGaps = "run".equals(System.getenv("PGSHARD_DRIVER_GAPS"));
         List<String> openGaps = new ArrayList<>();
         for (Map.Entry<String, Step> step : steps.entrySet()) {
