@@ -241,7 +241,8 @@ fn merge_error(e: MergeError) -> ErrorFields {
         MergeError::OutOfRange(_) => "22003",
         MergeError::UnsupportedType { .. }
         | MergeError::UnsortedInput { .. }
-        | MergeError::BadPartial { .. } => "0A000",
+        | MergeError::BadPartial { .. }
+        | MergeError::UnsupportedStyle { .. } => "0A000",
         _ => "XX000",
     };
     let message = match &e {
@@ -254,6 +255,7 @@ fn merge_error(e: MergeError) -> ErrorFields {
         MergeError::UnsupportedType { oid } => format!(
             "merging values of type OID {oid} across shards is not supported (pgshard cannot compare or combine them exactly)"
         ),
+        MergeError::UnsupportedStyle { .. } => format!("merging across shards: {e}"),
         other => format!("merging the shards' rows: {other}"),
     };
     ErrorFields::error(code, message)

@@ -320,8 +320,9 @@ pub(crate) fn rows_as_unnest<B: AsRef<[u8]>>(
 
 /// [`rows_as_unnest`] with only the columns `keep` names (at least one, so the rows are still
 /// counted). Columns of array types are carried as the text of each array and cast back:
-/// `(SELECT a, b::int8[] AS b FROM unnest(…) AS name(a, b)) AS name` (an array of arrays would
-/// be one array of more dimensions).
+/// `(SELECT c1 AS a, c2::int8[] AS b FROM unnest(…) AS name(c1, c2)) AS name` (an array of
+/// arrays would be one array of more dimensions); the inner names are positional, so columns
+/// that share a name (`?column?`, `SELECT n, n`) are still told apart.
 pub(crate) fn rows_as_unnest_of<B: AsRef<[u8]>>(
     name: &str,
     description: &[u8],
@@ -347,37 +348,48 @@ pub(crate) fn rows_as_unnest_of<B: AsRef<[u8]>>(
     let mut names = Vec::with_capacity(kept.len());
     let mut casts = Vec::with_capacity(kept.len());
     let mut any_cast = false;
-    for &j in &kept {
+    for (position, &j) in kept.iter().enumerate() {
         let (column_name, oid) = &cols[j];
         let column_name = quote_ident(column_name);
+        let inner = format!("c{}", position + 1);
         let column: Vec<Option<&[u8]>> = rows.iter().map(|r| r[j]).collect();
         let literal = quote_escaped_literal(&encode_text(&column));
         match type_name(*oid) {
             Some(ty) => {
                 arrays.push(format!("{literal}::{ty}[]"));
-                casts.push(column_name.clone());
+                casts.push(format!("{inner} AS {column_name}"));
             }
             None => {
                 let ty = cast_name(*oid).ok_or(SpliceError::Type(*oid))?;
                 arrays.push(format!("{literal}::text[]"));
-                casts.push(format!("{column_name}::{ty} AS {column_name}"));
+                casts.push(format!("{inner}::{ty} AS {column_name}"));
                 any_cast = true;
             }
         }
-        names.push(column_name);
+        names.push((column_name, inner));
     }
-    let from = format!(
-        "unnest({}) AS {}({})",
-        arrays.join(", "),
-        quote_ident(name),
-        names.join(", ")
-    );
+    let alias = |pick: fn(&(String, String)) -> &String| {
+        names
+            .iter()
+            .map(pick)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unnest = |columns: String| {
+        format!(
+            "unnest({}) AS {}({columns})",
+            arrays.join(", "),
+            quote_ident(name)
+        )
+    };
     if !any_cast {
-        return Ok(from);
+        return Ok(unnest(alias(|(outer, _)| outer)));
     }
     Ok(format!(
-        "(SELECT {} FROM {from}) AS {}",
+        "(SELECT {} FROM {}) AS {}",
         casts.join(", "),
+        unnest(alias(|(_, inner)| inner)),
         quote_ident(name)
     ))
 }
@@ -479,6 +491,15 @@ mod tests {
                 &[("user_id", 20)],
                 &[&[Some("3")]],
                 "WITH a AS (SELECT 1 AS one), \"B\" AS (SELECT * FROM unnest(E'{3}'::int8[]) AS \"B\"(user_id)) UPDATE t SET v = 1 WHERE k IN (SELECT user_id FROM \"B\")",
+            ),
+            // Two columns named alike beside an array column: the cast reads them by position
+            // (by name, `?column?` would be ambiguous).
+            (
+                "WITH x AS (SELECT user_id + 1, user_id * 2, tags FROM users) SELECT * FROM x",
+                "SELECT user_id + 1, user_id * 2, tags FROM users",
+                &[("?column?", 20), ("?column?", 20), ("tags", 1009)],
+                &[&[Some("2"), Some("2"), Some("{a,b}")]],
+                r#"WITH x AS (SELECT * FROM (SELECT c1 AS "?column?", c2 AS "?column?", c3::text[] AS tags FROM unnest(E'{2}'::int8[], E'{2}'::int8[], E'{"{a,b}"}'::text[]) AS x(c1, c2, c3)) AS x) SELECT * FROM x"#,
             ),
         ];
         for (sql, inner, cols, rows, want) in cases {

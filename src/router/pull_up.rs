@@ -339,7 +339,7 @@ pub(crate) mod tests {
         let p = find("SELECT DISTINCT ON (g) g, a.arr FROM agg a ORDER BY g, id").unwrap();
         assert_eq!(
             p.splice(&description, &rows).unwrap(),
-            "SELECT DISTINCT ON (g) g, a.arr FROM (SELECT id, g, arr::int4[] AS arr FROM unnest(E'{1}'::int8[], E'{2}'::int4[], E'{\"{1,2}\"}'::text[]) AS a(id, g, arr)) AS a ORDER BY g, id"
+            "SELECT DISTINCT ON (g) g, a.arr FROM (SELECT c1 AS id, c2 AS g, c3::int4[] AS arr FROM unnest(E'{1}'::int8[], E'{2}'::int4[], E'{\"{1,2}\"}'::text[]) AS a(c1, c2, c3)) AS a ORDER BY g, id"
         );
         // No column read: one is kept, so the rows are still counted.
         let p = find("SELECT string_agg('x', ',') FROM agg").unwrap();

@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod array_concat;
 pub mod collate;
 pub mod datetime;
+pub mod interval;
 pub mod numeric;
 pub mod row;
 pub mod sort;
@@ -41,6 +42,13 @@ pub enum MergeError {
     /// A row refers to a column it does not have.
     #[error("DataRow has {actual} columns, column {wanted} was expected")]
     MissingColumn { wanted: usize, actual: usize },
+    /// A value is in an output style the merge does not read (an interval in an
+    /// `IntervalStyle` other than `postgres`): refused rather than misread.
+    #[error("{type_name} value {detail}")]
+    UnsupportedStyle {
+        type_name: &'static str,
+        detail: String,
+    },
     /// A row or finish came for a shard the merge was not set up with.
     #[error("shard index {shard} out of range (merge has {shards} inputs)")]
     NoSuchShard { shard: usize, shards: usize },

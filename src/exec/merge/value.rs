@@ -41,6 +41,10 @@ pub const TIMESTAMPTZ_OID: u32 = 1184;
 pub const NUMERIC_OID: u32 = 1700;
 /// OID of `uuid`.
 pub const UUID_OID: u32 = 2950;
+/// OID of `bytea`.
+pub const BYTEA_OID: u32 = 17;
+/// OID of `interval`.
+pub const INTERVAL_OID: u32 = 1186;
 
 /// Format code of text values in RowDescription.
 pub const FORMAT_TEXT: i16 = 0;
@@ -78,6 +82,11 @@ pub enum Value {
     Timestamp(i64),
     /// The 16 bytes; byte order is Postgres's uuid order.
     Uuid([u8; 16]),
+    /// An interval's span in microseconds (see [`super::interval::span`]): intervals Postgres
+    /// calls equal (`'1 mon'`, `'30 days'`) have one span.
+    Interval(i128),
+    /// A bytea's bytes; Postgres orders them as memcmp, a prefix first.
+    Bytea(Bytes),
 }
 
 fn invalid(type_name: &'static str, detail: impl Into<String>) -> MergeError {
@@ -117,6 +126,8 @@ fn type_name(oid: u32) -> Option<&'static str> {
         TIMESTAMPTZ_OID => "timestamptz",
         NUMERIC_OID => "numeric",
         UUID_OID => "uuid",
+        BYTEA_OID => "bytea",
+        INTERVAL_OID => "interval",
         _ => return None,
     })
 }
@@ -175,6 +186,8 @@ impl ColumnType {
                 Value::Timestamp(i64::from_be_bytes(fixed(b, name)?))
             }
             UUID_OID => Value::Uuid(fixed(b, name)?),
+            BYTEA_OID => Value::Bytea(raw.clone()),
+            INTERVAL_OID => Value::Interval(super::interval::decode_binary(b)?),
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
     }
@@ -202,6 +215,8 @@ impl ColumnType {
             TIMESTAMP_OID => Value::Timestamp(parse_timestamp_text(b, false)?),
             TIMESTAMPTZ_OID => Value::Timestamp(parse_timestamp_text(b, true)?),
             UUID_OID => Value::Uuid(parse_uuid(b)?),
+            BYTEA_OID => Value::Bytea(parse_bytea(b)?),
+            INTERVAL_OID => Value::Interval(super::interval::parse_text(b)?),
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
     }
@@ -229,6 +244,48 @@ fn parse_float(b: &[u8], name: &'static str) -> Result<f64, MergeError> {
     }
     s.parse::<f64>()
         .map_err(|e| invalid(name, format!("{s:?}: {e}")))
+}
+
+/// A bytea's text in either `bytea_output`: `hex` (`\x0aff`) or `escape` (`\ooo` octal
+/// escapes and `\\` for a backslash; an escaped value never starts with `\x`).
+fn parse_bytea(b: &[u8]) -> Result<Bytes, MergeError> {
+    let bad = |why: &str| invalid("bytea", format!("{:?}: {why}", String::from_utf8_lossy(b)));
+    if let Some(hex) = b.strip_prefix(b"\\x") {
+        if hex.len() % 2 != 0 {
+            return Err(bad("odd number of hex digits"));
+        }
+        let digit = |c: u8| {
+            (c as char)
+                .to_digit(16)
+                .ok_or_else(|| bad("not a hex digit"))
+        };
+        return hex
+            .chunks_exact(2)
+            .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
+            .collect::<Result<Vec<u8>, MergeError>>()
+            .map(Bytes::from);
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut rest = b;
+    while let Some((&c, tail)) = rest.split_first() {
+        if c != b'\\' {
+            out.push(c);
+            rest = tail;
+            continue;
+        }
+        match tail {
+            [b'\\', more @ ..] => {
+                out.push(b'\\');
+                rest = more;
+            }
+            [d0 @ b'0'..=b'3', d1 @ b'0'..=b'7', d2 @ b'0'..=b'7', more @ ..] => {
+                out.push((d0 - b'0') * 64 + (d1 - b'0') * 8 + (d2 - b'0'));
+                rest = more;
+            }
+            _ => return Err(bad("malformed escape")),
+        }
+    }
+    Ok(Bytes::from(out))
 }
 
 fn parse_uuid(b: &[u8]) -> Result<[u8; 16], MergeError> {
@@ -292,6 +349,8 @@ pub fn compare_in(a: &Value, b: &Value, text: &TextOrder) -> Ordering {
         (Date(x), Date(y)) => x.cmp(y),
         (Timestamp(x), Timestamp(y)) => x.cmp(y),
         (Uuid(x), Uuid(y)) => x.cmp(y),
+        (Interval(x), Interval(y)) => x.cmp(y),
+        (Bytea(x), Bytea(y)) => x.cmp(y),
         _ => kind(a).cmp(&kind(b)),
     }
 }
@@ -306,6 +365,8 @@ fn kind(v: &Value) -> u8 {
         Value::Date(_) => 5,
         Value::Timestamp(_) => 6,
         Value::Uuid(_) => 7,
+        Value::Interval(_) => 9,
+        Value::Bytea(_) => 10,
         Value::Null => 8,
     }
 }
@@ -329,6 +390,8 @@ impl Value {
             Value::Date(d) => v.extend_from_slice(&d.to_be_bytes()),
             Value::Timestamp(t) => v.extend_from_slice(&t.to_be_bytes()),
             Value::Uuid(u) => v.extend_from_slice(u),
+            Value::Interval(span) => v.extend_from_slice(&span.to_be_bytes()),
+            Value::Bytea(b) => v.extend_from_slice(b),
         }
         v
     }
@@ -626,5 +689,67 @@ mod tests {
                 .is_err());
         }
         assert!(bin(UUID_OID, &raw[..15]).is_err());
+    }
+
+    /// bytea in binary and in both `bytea_output` texts decodes to the same bytes, ordered as
+    /// Postgres orders them (memcmp, a prefix first).
+    #[test]
+    fn bytea_text_binary_and_order() {
+        let raw = [0x00u8, 0x5c, 0x7f, 0xff, b'a'];
+        let b = bin(BYTEA_OID, &raw).unwrap();
+        assert_eq!(text(BYTEA_OID, "\\x005c7fff61"), b);
+        assert_eq!(text(BYTEA_OID, "\\x005C7FFF61"), b);
+        assert_eq!(text(BYTEA_OID, "\\000\\\\\\177\\377a"), b);
+        assert_eq!(text(BYTEA_OID, "\\x"), Value::Bytea(Bytes::new()));
+        assert_eq!(text(BYTEA_OID, ""), Value::Bytea(Bytes::new()));
+        for bad in ["\\x0", "\\x0g", "\\400", "\\12", "a\\"] {
+            assert!(
+                ColumnType::new(BYTEA_OID, 0)
+                    .decode(Some(&Bytes::copy_from_slice(bad.as_bytes())))
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        let order = [
+            "\\x", "\\x00", "\\x0000", "\\x01", "\\x7f", "\\x80", "\\xff",
+        ];
+        for pair in order.windows(2) {
+            assert_eq!(
+                compare(&text(BYTEA_OID, pair[0]), &text(BYTEA_OID, pair[1])),
+                Ordering::Less,
+                "{pair:?}"
+            );
+        }
+    }
+
+    /// Intervals compare by span in both formats; equal spans group together.
+    #[test]
+    fn intervals_compare_by_span() {
+        let mut one_month = 0i64.to_be_bytes().to_vec();
+        one_month.extend_from_slice(&0i32.to_be_bytes());
+        one_month.extend_from_slice(&1i32.to_be_bytes());
+        let month = bin(INTERVAL_OID, &one_month).unwrap();
+        assert_eq!(text(INTERVAL_OID, "30 days"), month);
+        assert_eq!(
+            month.canonical_key(),
+            text(INTERVAL_OID, "1 mon").canonical_key()
+        );
+        let order = [
+            "-1 days +02:00:00",
+            "00:00:00",
+            "23:59:59.999999",
+            "1 day",
+            "1 mon 00:00:01",
+        ];
+        for pair in order.windows(2) {
+            assert_eq!(
+                compare(&text(INTERVAL_OID, pair[0]), &text(INTERVAL_OID, pair[1])),
+                Ordering::Less,
+                "{pair:?}"
+            );
+        }
+        assert!(ColumnType::new(INTERVAL_OID, 0)
+            .decode(Some(&Bytes::from_static(b"P1D")))
+            .is_err());
     }
 }

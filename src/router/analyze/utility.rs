@@ -130,11 +130,51 @@ pub(super) fn analyze_variable_set(v: &pb::VariableSetStmt, facts: &mut Statemen
                 facts.session_bound = Some(format!("SET {name} with a non-constant value"));
             }
         }
+    } else if let Some((name, value)) = session_characteristic(v) {
+        // pgjdbc's setTransactionIsolation, and so Spring's and HikariCP's: one setting,
+        // replayed by value like any SET.
+        facts.kind = StatementKind::Set {
+            name: name.into(),
+            value: Some(value),
+        };
     } else {
-        // SET … FROM CURRENT, SET SESSION CHARACTERISTICS …: not replayable by value.
+        // SET … FROM CURRENT, several SESSION CHARACTERISTICS at once: not replayable by value.
         facts.kind = StatementKind::Other;
         facts.session_bound = Some(format!("SET {name}"));
     }
+}
+
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION <one mode>` as the one setting it sets, exactly
+/// as Postgres sets it (`default_transaction_isolation`, `…_read_only`, `…_deferrable`) with
+/// its value as SQL text; `None` for several modes or anything else.
+fn session_characteristic(v: &pb::VariableSetStmt) -> Option<(&'static str, String)> {
+    if v.kind != pb::VariableSetKind::VarSetMulti as i32
+        || !v.name.eq_ignore_ascii_case("session characteristics")
+    {
+        return None;
+    }
+    let [mode] = v.args.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::DefElem(d)) = mode.node.as_ref() else {
+        return None;
+    };
+    let Some(NodeEnum::AConst(c)) = node(&d.arg) else {
+        return None;
+    };
+    let flag = |on: bool| if on { "on" } else { "off" }.to_string();
+    let value = match (d.defname.as_str(), c.val.as_ref()?) {
+        ("transaction_isolation", Val::Sval(s)) => quote_literal(&s.sval),
+        ("transaction_read_only" | "transaction_deferrable", Val::Ival(i)) => flag(i.ival != 0),
+        ("transaction_read_only" | "transaction_deferrable", Val::Boolval(b)) => flag(b.boolval),
+        _ => return None,
+    };
+    let name = match d.defname.as_str() {
+        "transaction_isolation" => "default_transaction_isolation",
+        "transaction_read_only" => "default_transaction_read_only",
+        _ => "default_transaction_deferrable",
+    };
+    Some((name, value))
 }
 
 /// The facts of `EXPLAIN query`: the query's, less what EXPLAIN does not do (merge its output,
@@ -425,6 +465,57 @@ mod tests {
             assert!(one(sql).returns_no_rows, "{sql}");
         }
         assert!(!one("show work_mem").returns_no_rows);
+    }
+
+    /// pgjdbc's `setTransactionIsolation` outside a transaction sends `SET SESSION
+    /// CHARACTERISTICS …`: the one setting Postgres sets for it, replayed like any SET; several
+    /// modes at once stay bound to the session.
+    #[test]
+    fn session_characteristics_are_the_settings_they_set() {
+        let set = |name: &str, value: &str| StatementKind::Set {
+            name: name.into(),
+            value: Some(value.into()),
+        };
+        let cases = [
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                set("default_transaction_isolation", "'serializable'"),
+            ),
+            (
+                "set session characteristics as transaction isolation level read committed",
+                set("default_transaction_isolation", "'read committed'"),
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                set("default_transaction_isolation", "'repeatable read'"),
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+                set("default_transaction_read_only", "on"),
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+                set("default_transaction_read_only", "off"),
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION DEFERRABLE",
+                set("default_transaction_deferrable", "on"),
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION NOT DEFERRABLE",
+                set("default_transaction_deferrable", "off"),
+            ),
+        ];
+        for (sql, kind) in cases {
+            let facts = one(sql);
+            assert_eq!(facts.kind, kind, "{sql}");
+            assert_eq!(facts.session_bound, None, "{sql}");
+        }
+        let several = one(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+        );
+        assert_eq!(several.kind, StatementKind::Other);
+        assert!(several.session_bound.is_some());
     }
 
     #[test]

@@ -10,6 +10,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgconn"
+	"github.com/jackc/pgtype"
 	"github.com/jackc/pgx/v4"
 	"github.com/jackc/pgx/v4/pgxpool"
 )
@@ -199,6 +201,74 @@ func (s *suite) keyedAndKeyless() {
 			lo, hi, "go@example.org").Scan(&n), "direct count")
 		checkEqual(n, int64(3), fmt.Sprintf("rows the keyless UPDATE changed on shard %d", shard))
 	}
+}
+
+// intervalsAndBytea: keyless reads ordered by an interval and by a bytea, and min/max of an
+// interval, over keyedAndKeyless's rows on every shard (pgx reads them in binary): intervals
+// merge by span, a month counting 30 days, and bytea bytewise, as one Postgres orders them.
+func (s *suite) intervalsAndBytea() {
+	var keys []int64
+	for _, shard := range s.setup.shards {
+		for n := 0; n < 3; n++ {
+			keys = append(keys, s.key(shard, n))
+		}
+	}
+	lo, hi := s.bounds()
+	// make_interval(months => k % 3, days => k % 40): its span in days, ties broken by key.
+	span := func(k int64) int64 { return (k%3)*30 + k%40 }
+	byInterval := append([]int64(nil), keys...)
+	sort.Slice(byInterval, func(i, j int) bool {
+		a, b := span(byInterval[i]), span(byInterval[j])
+		if a != b {
+			return a > b
+		}
+		return byInterval[i] < byInterval[j]
+	})
+	rows, err := s.conn.Query(s.ctx, `SELECT user_id, make_interval(months => (user_id % 3)::int, days => (user_id % 40)::int) AS iv
+		FROM users WHERE user_id BETWEEN $1 AND $2 AND name LIKE $3 ORDER BY iv DESC, user_id LIMIT 5`, lo, hi, "go-%")
+	must(err, "keyless ORDER BY interval")
+	var got []int64
+	for rows.Next() {
+		var k int64
+		var iv pgtype.Interval
+		must(rows.Scan(&k, &iv), "scan")
+		check(iv.Months == int32(k%3) && iv.Days == int32(k%40) && iv.Microseconds == 0, "interval of %d: %+v", k, iv)
+		got = append(got, k)
+	}
+	must(rows.Err(), "keyless ORDER BY interval rows")
+	checkEqual(got, byInterval[:5], "keys of the keyless ORDER BY interval DESC, user_id LIMIT 5")
+
+	// make_interval(days => k % 13, hours => k % 5): hours below a day, so equal spans are equal.
+	hours := func(k int64) int64 { return (k%13)*24 + k%5 }
+	minK, maxK := keys[0], keys[0]
+	for _, k := range keys {
+		if hours(k) < hours(minK) {
+			minK = k
+		}
+		if hours(k) > hours(maxK) {
+			maxK = k
+		}
+	}
+	var least, most pgtype.Interval
+	must(s.conn.QueryRow(s.ctx, `SELECT min(iv), max(iv) FROM (SELECT make_interval(days => (user_id % 13)::int, hours => (user_id % 5)::int) AS iv
+		FROM users WHERE user_id BETWEEN $1 AND $2 AND name LIKE $3) t`, lo, hi, "go-%").Scan(&least, &most), "keyless min/max of an interval")
+	checkEqual([]int64{int64(least.Days)*24 + least.Microseconds/3_600_000_000, int64(most.Days)*24 + most.Microseconds/3_600_000_000},
+		[]int64{hours(minK), hours(maxK)}, "keyless min/max of an interval, in hours")
+
+	byBytes := append([]int64(nil), keys...)
+	sort.Slice(byBytes, func(i, j int) bool { return byBytes[i] > byBytes[j] })
+	rows, err = s.conn.Query(s.ctx, `SELECT int8send(user_id) AS b FROM users WHERE user_id BETWEEN $1 AND $2 AND name LIKE $3
+		ORDER BY b DESC LIMIT 3`, lo, hi, "go-%")
+	must(err, "keyless ORDER BY bytea")
+	got = nil
+	for rows.Next() {
+		var b []byte
+		must(rows.Scan(&b), "scan")
+		check(len(b) == 8, "int8send gave %d bytes", len(b))
+		got = append(got, int64(binary.BigEndian.Uint64(b)))
+	}
+	must(rows.Err(), "keyless ORDER BY bytea rows")
+	checkEqual(got, byBytes[:3], "keys of the keyless ORDER BY bytea DESC LIMIT 3")
 }
 
 // batchOutsideTransaction: one SendBatch with inserts on every shard and reads, one implicit
@@ -440,6 +510,7 @@ func main() {
 		run  func()
 	}{
 		{"keyedAndKeyless", s.keyedAndKeyless},
+		{"intervalsAndBytea", s.intervalsAndBytea},
 		{"batchOutsideTransaction", s.batchOutsideTransaction},
 		{"batchInTransaction", s.batchInTransaction},
 		{"copyFrom", s.copyFrom},

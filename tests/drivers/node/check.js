@@ -108,7 +108,7 @@ class Suite {
 
   // Reads that need rows from every shard first, with values: node-pg ends each query with
   // Flush then Sync. A window function and string_agg (the table's rows read first), a UNION
-  // of keyless branches, and an uncorrelated subquery.
+  // of keyless branches, an uncorrelated subquery, and a CTE whose columns share a name.
   async readsFirst() {
     const { inserted, lo, hi } = this.keyedRows();
     const ranked = await this.client.query(
@@ -128,6 +128,14 @@ class Suite {
       "SELECT count(*) AS n FROM users WHERE user_id IN (SELECT user_id FROM users WHERE name LIKE $1 AND user_id BETWEEN $2 AND $3)",
       ['node-%', lo, hi]);
     checkEqual(Number(sub.rows[0].n), inserted.length, 'uncorrelated subquery');
+    // A CTE read first whose columns share a name (two `?column?`) beside an array column.
+    const cte = await this.client.query({
+      text: "WITH x AS (SELECT user_id + 0, user_id + 1, ARRAY[name] FROM users WHERE user_id BETWEEN $1 AND $2 AND name LIKE 'node-%') SELECT * FROM x ORDER BY 1",
+      values: [lo, hi],
+      rowMode: 'array',
+    });
+    checkEqual(cte.rows.map((r) => [Number(r[0]), Number(r[1]), r[2]]), inserted.map((k) => [k, k + 1, [`node-${k}`]]),
+      'CTE with columns named alike beside an array column');
   }
 
   // Keyless statements without values: node-pg sends them as one simple Query.
