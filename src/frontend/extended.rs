@@ -718,9 +718,26 @@ impl Session {
                     );
                     self.io.push(&be::bind_complete());
                 }
-                Msg::DescribeStatement(st) => {
+                Msg::DescribeStatement(st) if is_local(&st.facts) || st.facts.is_empty() => {
                     self.io.push(&parameter_description(&st.param_types));
                     self.io.push(&local_row_description(&st.facts));
+                }
+                Msg::DescribeStatement(st) => {
+                    // A statement for the shards beside the BEGIN that opens its block
+                    // (pgjdbc describes before it binds): described by a shard, as a Parse and
+                    // Describe alone are.
+                    match self.describe_on_a_shard(st).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.state.batch_failed(!sync, false);
+                            if sync {
+                                let status = self.status();
+                                self.io.push(&be::ready_for_query(status));
+                            }
+                            return;
+                        }
+                        Err(_) => return,
+                    }
                 }
                 Msg::DescribePortal(t) => {
                     let facts = portal_statements
@@ -785,6 +802,38 @@ impl Session {
             let status = self.status();
             self.io.push(&be::ready_for_query(status));
         }
+    }
+}
+
+impl Session {
+    /// Describes `st` on the shard any statement goes to (inside the block on one it holds),
+    /// its ParameterDescription and RowDescription or NoData passed on. `Ok(false)` when the
+    /// shard answered an error (passed on as well); `Err` when the client is gone.
+    async fn describe_on_a_shard(&mut self, st: &Arc<Prepared>) -> Result<bool, End> {
+        let shard = self.fallback_shard();
+        let parse = Parse {
+            name: String::new(),
+            query: st.sql.clone(),
+            param_types: st.param_types.clone(),
+        };
+        let steps = vec![
+            Step::Send {
+                frame: parse.encode(),
+                expect: Expect::Parse { register: None },
+                forward: false,
+            },
+            Step::forwarded(
+                NamedTarget {
+                    kind: b'S',
+                    name: String::new(),
+                }
+                .encode(fe::DESCRIBE),
+                Expect::DescribeStatement,
+            ),
+            quiet_sync(),
+        ];
+        let outcome = self.run_single(shard, false, |_| steps).await?;
+        Ok(outcome.is_some_and(|o| o.error.is_none()))
     }
 }
 

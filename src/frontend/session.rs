@@ -201,6 +201,15 @@ impl Session {
     async fn dispatch(&mut self, frame: Frame) -> Result<(), End> {
         match frame.tag {
             fe::QUERY => {
+                // Extended messages before it run first, as a server runs messages in order
+                // (pgjdbc's autosave sends SAVEPOINT as a Query right after a buffered BEGIN);
+                // if they fail, the Query is skipped with the rest up to Sync, as there.
+                if !self.batch.is_empty() && !self.state.skip_until_sync {
+                    self.extended_batch(false).await?;
+                    if self.state.skip_until_sync {
+                        return Ok(());
+                    }
+                }
                 self.state.skip_until_sync = false;
                 self.simple_query(frame.body).await
             }

@@ -14,7 +14,7 @@ use crate::txn::control::{BlockView, ControlStatement};
 
 use super::batch::{plan_batch, Batch, BatchPlan};
 use super::control_statement;
-use super::messages::{carries_local, executed, lone_unnest_insert};
+use super::messages::{carries_local, executed, lone_unnest_insert, Msg};
 use super::plan::{Plan, Planned};
 use super::request::{Messages, Request};
 use super::rules::{bind_needs_keys, is_sharded_copy_in, statement_route, Context};
@@ -64,18 +64,26 @@ pub(super) fn plan_messages(
                 .collect(),
         ),
     };
-    // Parse and Describe of a statement any shard can answer add nothing to where it runs.
-    let needed: SmallVec<[Route; 2]> = planned
-        .message_routes
-        .iter()
-        .flatten()
-        .filter(|r| **r != Route::Any)
-        .cloned()
-        .collect();
     let control = match ran.statements.as_slice() {
         [one] => one.facts.first().map(|f| control_statement(&one.sql, f)),
         _ => None,
     };
+    // Parse and Describe of a statement any shard can answer add nothing to where it runs; nor
+    // does closing a portal beside the COMMIT or ROLLBACK that ends its block (pgjdbc closes a
+    // fetch-size read's portal in the COMMIT's Sync): the block's end closes every portal.
+    let ends_block = matches!(
+        control,
+        Some(ControlStatement::Commit | ControlStatement::Rollback)
+    );
+    let needed: SmallVec<[Route; 2]> = planned
+        .message_routes
+        .iter()
+        .zip(msgs)
+        .filter(|(_, msg)| !(ends_block && matches!(msg, Msg::ClosePortal(_))))
+        .filter_map(|(route, _)| route.as_ref())
+        .filter(|r| **r != Route::Any)
+        .cloned()
+        .collect();
     let batch = Batch {
         needed: &needed,
         facts: &facts,

@@ -33,16 +33,7 @@ public final class DriverCheck {
      * Steps pgshard refuses today, skipped (with the reason printed) until it serves them; they stay
      * here so that PGSHARD_DRIVER_GAPS=run shows which of them a change closed.
      */
-    private static final Map<String, String> KNOWN_GAPS = Map.of(
-            "fetchSizeThenCommit",
-            "the Close of a shard's portal in the same Sync as the COMMIT of a block over several shards is"
-                    + " refused (0A000 'transaction control must not share a Sync with statements that need a shard')",
-            "autosaveAlways",
-            "a simple Query (pgjdbc's SAVEPOINT PGJDBC_AUTOSAVE) between buffered extended messages runs"
-                    + " before them, outside the block their BEGIN opens (25P01)",
-            "describeFirstInBlock",
-            "a Describe of a statement in the Sync that opens a block is answered by the proxy with NoData"
-                    + " (pgjdbc: 'Received resultset tuples, but no field structure for them')");
+    private static final Map<String, String> KNOWN_GAPS = Map.of();
 
     private final String proxyUrl;
     private final List<Integer> shards = new ArrayList<>();
