@@ -1,7 +1,8 @@
 """Django 5.2 with psycopg 3 (or psycopg2 with PGSHARD_DJANGO_DRIVER=psycopg2) and its defaults
 through pgshard (run by tests/orm_django.rs and tests/compat_orm.rs):
 migrate with the contrib apps, CRUD by pk, keyless filters, ordering and slicing, aggregates,
-bulk_create, Exists(OuterRef), atomic across shards, select_for_update and .iterator(). Prints one line per step
+bulk_create, Exists(OuterRef), atomic across shards, select_for_update, a skip_locked job
+queue and .iterator(). Prints one line per step
 that passed; a step that fails prints `FAILED step: error` and the script exits non-zero."""
 
 import os
@@ -155,6 +156,32 @@ def select_for_update():
     check("select_for_update", Order.objects.get(pk=ORDERS[2].pk).amount, 4)
 
 
+def job_queue():
+    # A worker claims rows with select_for_update(skip_locked=True)[:3] (no order_by: LIMIT 3
+    # FOR UPDATE SKIP LOCKED over every shard): it locks exactly the 3 rows it got, so another
+    # worker, on its own connection (a thread), still finds every other row to claim.
+    import threading
+
+    total = Order.objects.count()
+    seen = {}
+
+    def other_worker():
+        try:
+            with transaction.atomic():
+                seen["rest"] = {o.pk for o in Order.objects.select_for_update(skip_locked=True)}
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        claimed = {o.pk for o in Order.objects.select_for_update(skip_locked=True).filter(amount__gt=0)[:3]}
+        check("claimed", len(claimed), 3)
+        worker = threading.Thread(target=other_worker)
+        worker.start()
+        worker.join()
+    check("rows left to another worker", len(seen["rest"]), total - 3)
+    check("claims disjoint", claimed & seen["rest"], set())
+
+
 def iterator():
     # Autocommit: a WITH HOLD cursor over every shard, read in chunks.
     want = list(Order.objects.order_by("amount").values_list("amount", flat=True))
@@ -194,7 +221,7 @@ if os.environ.get("PGSHARD_SQL_LOG"):
 check("driver", connection.Database.__name__, os.environ.get("PGSHARD_DJANGO_DRIVER", "psycopg"))
 
 STEPS = [migrate, contrib_auth, crud_by_pk, keyless, aggregates, subqueries, bulk_create_with_keys,
-         atomic_across_shards, select_for_update, iterator, bulk_create_without_keys]
+         atomic_across_shards, select_for_update, job_queue, iterator, bulk_create_without_keys]
 
 failed = False
 for step in STEPS:
