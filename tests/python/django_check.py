@@ -154,6 +154,13 @@ def select_for_update():
         o.amount += 1
         o.save()
     check("select_for_update", Order.objects.get(pk=ORDERS[2].pk).amount, 4)
+    # of=("self",) (FOR UPDATE OF "shop_order"), as Django needs beside select_related: OF
+    # names the FROM item, keyed and keyless.
+    with transaction.atomic():
+        o = Order.objects.select_for_update(of=("self",)).get(pk=ORDERS[2].pk)
+        check("select_for_update(of=self)", o.amount, 4)
+        got = sorted(o.amount for o in Order.objects.select_for_update(of=("self",)).filter(customer="c3"))
+        check("keyless select_for_update(of=self)", got, [4, 7, 11, 15, 19])
 
 
 def job_queue():
