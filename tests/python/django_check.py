@@ -23,7 +23,8 @@ django.setup()
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
-from django.db.models import Avg, Count, Exists, Max, OuterRef, Subquery, Sum  # noqa: E402
+from django.db.models import Avg, Count, Exists, F, Max, OuterRef, Subquery, Sum, Window  # noqa: E402
+from django.db.models.functions import RowNumber  # noqa: E402
 
 from django_app.shop.models import Order, Plan  # noqa: E402
 
@@ -81,6 +82,13 @@ def aggregates():
     groups = list(Order.objects.values("customer").annotate(total=Sum("amount")).order_by("customer"))
     check("group by", [(g["customer"], g["total"]) for g in groups],
           [("c0", 4 * 0 + 400 + 8 + 12 + 16 + 20), ("c1", 1 + 9 + 13 + 17), ("c2", 2 + 6 + 10 + 14 + 18), ("c3", 55)])
+    # A filter on a window function, which Django writes as derived tables around the window
+    # query: the table's matching rows are read first and the statement runs over them.
+    newest = Order.objects.annotate(
+        rn=Window(RowNumber(), partition_by="customer", order_by=F("amount").desc())
+    ).filter(rn=1, amount__lt=1000)
+    check("window filter", sorted(newest.values_list("customer", "amount")),
+          [("c0", 400), ("c1", 17), ("c2", 18), ("c3", 19)])
 
 
 def bulk_create_without_keys():
