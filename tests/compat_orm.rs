@@ -109,7 +109,9 @@ fn expected_route(statement: &str) -> Option<&'static str> {
         // table needs any one shard.
         return Some("single");
     }
-    if statement.contains("\"shop_order\".\"id\" IN (SELECT") {
+    if statement.contains("\"shop_order\".\"id\" IN (SELECT") || statement.contains(" OVER (") {
+        // A subquery run first; a window function's table read first (Django's filter on one
+        // wraps it in derived tables).
         return Some("run_first");
     }
     let condition = statement.split_once(" WHERE ").map_or("", |(_, w)| w);

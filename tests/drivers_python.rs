@@ -35,6 +35,7 @@ const SECTIONS: &[&str] = &[
     "asyncpg_fetchval_in_transaction",
     "asyncpg_recovers_after_errors",
     "asyncpg_keyless_read",
+    "asyncpg_interval_merge",
     "asyncpg_executemany",
     "asyncpg_multirow_returning",
     "asyncpg_insert_without_columns",

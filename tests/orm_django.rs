@@ -70,6 +70,7 @@ async fn django_suite(driver: &str, server_side_binding: bool) {
             "bulk_create_with_keys",
             "atomic_across_shards",
             "select_for_update",
+            "job_queue",
             "iterator",
             "bulk_create_without_keys",
         ],

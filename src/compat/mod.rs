@@ -141,6 +141,10 @@ pub fn judge(
         {
             return Verdict::RunFirst;
         }
+        let unmergeable = |text: &str| matches!(&router.analyze_prepared(text)[..], [g] if crate::router::pull_up::unmergeable(g));
+        if crate::router::pull_up::through_derived(facts, sql, &unmergeable).is_some() {
+            return Verdict::RunFirst;
+        }
     }
     if crate::router::pull_up::unmergeable(facts) && crate::router::pull_up::find(sql).is_some() {
         // A read the merge cannot reproduce over several shards: its table's rows are read

@@ -77,6 +77,11 @@ fn having_params(h: &Having, out: &mut Vec<usize>) {
 }
 
 impl BoundMerge {
+    /// The most rows the shards together need to give: LIMIT plus OFFSET (`None`: no limit).
+    pub fn rows_wanted(&self) -> Option<u64> {
+        self.limit.map(|l| l.saturating_add(self.offset))
+    }
+
     /// Resolves the plan's `$n` (LIMIT, OFFSET, HAVING constants) for one execution.
     pub fn new(
         plan: Arc<MergePlan>,

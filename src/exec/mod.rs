@@ -14,6 +14,7 @@ pub mod cursor;
 pub mod distinct_collation;
 pub mod exchange;
 pub mod final_query;
+pub mod in_turn;
 pub mod index_owner;
 pub mod lookup;
 pub mod merge;

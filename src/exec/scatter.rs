@@ -53,6 +53,17 @@ pub async fn run(
     client: &mut impl FrameSink,
     plan: Option<BoundMerge>,
 ) -> ScatterResult {
+    let in_turn = plan.as_ref().and_then(|p| {
+        let wanted = p.rows_wanted().filter(|_| p.plan.fill_in_turn)?;
+        let ask = i32::try_from(wanted).ok()?;
+        work.iter()
+            .all(|(_, steps)| super::in_turn::limited(steps, ask).is_some())
+            .then_some(wanted)
+    });
+    let plan = match (in_turn, plan) {
+        (Some(wanted), Some(plan)) => return super::in_turn::run(work, client, plan, wanted).await,
+        (_, plan) => plan,
+    };
     let shard_count = work.len();
     let mut receivers = Vec::with_capacity(shard_count);
     let mut tasks = Vec::with_capacity(shard_count);

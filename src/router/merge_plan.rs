@@ -247,6 +247,9 @@ pub struct MergePlan {
     /// tables: when set, this plan is not run as it is, [`GroupNameChoice::choose`] gives the
     /// one to run once the tables' columns are read.
     pub group_names: Option<Arc<GroupNameChoice>>,
+    /// Rows asked of the shards one after another, each for what is still wanted, not all at
+    /// once: a locking read with a LIMIT and no ORDER BY (see `analyze::lock_limit`).
+    pub fill_in_turn: bool,
 }
 
 /// A plan to run, or `Err` naming what cannot be merged.
@@ -1688,6 +1691,8 @@ fn plan_with(
     }
     stmt.target_list = b.targets;
     stmt.target_list.append(&mut b.hidden_targets);
+    let fill_in_turn =
+        matches!(kind, PlanKind::Rows) && super::analyze::lock_limit::fills_in_turn(s);
     let sql = NodeEnum::SelectStmt(Box::new(stmt))
         .deparse(pg_query::DeparseOptions::default())
         .map_err(|e| format!("a statement pgshard cannot rewrite ({e})"))?;
@@ -1702,6 +1707,7 @@ fn plan_with(
         collation,
         finish,
         group_names: None,
+        fill_in_turn,
     })
 }
 
@@ -1720,6 +1726,19 @@ mod tests {
                 if c.fields.last().and_then(str_of) == Some("user_id"))
         };
         plan(s, &is_key)
+    }
+
+    #[test]
+    fn locking_reads_with_a_limit_and_no_order_fill_from_the_shards_in_turn() {
+        let fills = |sql: &str| plan_sql(sql).unwrap().fill_in_turn;
+        assert!(fills("SELECT id FROM users LIMIT 5 FOR UPDATE SKIP LOCKED"));
+        assert!(fills(
+            "SELECT id FROM users WHERE name = $1 LIMIT $2 OFFSET 1 FOR UPDATE"
+        ));
+        assert!(!fills(
+            "SELECT id FROM users ORDER BY id LIMIT 5 FOR UPDATE SKIP LOCKED"
+        ));
+        assert!(!fills("SELECT id FROM users LIMIT 5"));
     }
 
     #[test]

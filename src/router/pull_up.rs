@@ -24,6 +24,23 @@ pub fn unmergeable(f: &super::StatementFacts) -> bool {
     merge_refused && f.refuse.is_none() && !f.is_write && f.hint.is_none()
 }
 
+/// The pull-up of a refused read of one table inside derived tables (a window function
+/// filtered outside it, refused as a subquery over a sharded table): over the table's rows
+/// read first the statement runs as it is.
+/// Only when the innermost query, the one reading the table, cannot be merged over several
+/// shards (`unmergeable` says so of its text): otherwise the derived tables run first, which
+/// reads fewer rows (`SELECT count(*) FROM (SELECT 1 FROM t LIMIT 7) c` reads 7 per shard).
+pub fn through_derived(
+    f: &super::StatementFacts,
+    sql: &str,
+    unmergeable: &dyn Fn(&str) -> bool,
+) -> Option<PullUp> {
+    if f.refuse.is_none() || !f.sharded || f.is_write {
+        return None;
+    }
+    find(sql).filter(|p| p.innermost.as_deref().is_some_and(unmergeable))
+}
+
 /// The name the statement's table takes in the rewritten text, until the rows replace it.
 pub(super) const PLACEHOLDER: &str = "pgshard_pulled_rows";
 
@@ -41,16 +58,22 @@ pub struct PullUp {
     /// others are left out of the rows written back (they may be of a type pgshard cannot
     /// write back, and need not be).
     columns: Option<BTreeSet<String>>,
+    /// The query reading the table when it is inside derived tables, not the statement's own.
+    innermost: Option<String>,
 }
 
 /// The pull-up of `sql`, when it is one SELECT (no set operation, WITH, locking clause or
-/// INTO) whose only relation, anywhere in it, is one table in FROM without column aliases; or
-/// a `COPY (query) TO …` (see [`super::derived::copy_query`]).
+/// INTO) whose only relation, anywhere in it, is one table in FROM without column aliases —
+/// its own FROM, or that of the innermost of derived tables nested one in another's FROM
+/// (Django's filter on a window function: `SELECT … FROM (SELECT * FROM (SELECT …, rank()
+/// OVER (…) AS qual0 FROM t) qualify WHERE qual0 = 1) qualify_mask`), whose WHERE is then
+/// the one read first; or a `COPY (query) TO …` (see [`super::derived::copy_query`]).
 pub fn find(sql: &str) -> Option<PullUp> {
     if let Some(copy) = super::derived::copy_query(sql) {
         return Some(copy);
     }
     let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
+    let parsed_version = parsed.version;
     let [raw] = parsed.stmts.as_mut_slice() else {
         return None;
     };
@@ -62,17 +85,19 @@ pub fn find(sql: &str) -> Option<PullUp> {
         .iter()
         .filter(|(x, ..)| matches!(x, NodeRef::RangeVar(_)))
         .count();
-    let Some(NodeEnum::SelectStmt(select)) = stmt.node.as_mut() else {
+    let Some(NodeEnum::SelectStmt(top)) = stmt.node.as_mut() else {
         return None;
     };
-    let plain = select.op == pb::SetOperation::SetopNone as i32
-        && select.with_clause.is_none()
-        && select.locking_clause.is_empty()
-        && select.into_clause.is_none()
-        && relations == 1;
-    if !plain {
+    if relations != 1 || top.into_clause.is_some() {
         return None;
     }
+    let through_derived = from_derived(top);
+    let select = innermost(top)?;
+    let innermost = if through_derived {
+        Some(branch_deparse(parsed_version, select.clone())?)
+    } else {
+        None
+    };
     let [from] = select.from_clause.as_slice() else {
         return None;
     };
@@ -112,7 +137,40 @@ pub fn find(sql: &str) -> Option<PullUp> {
         outer,
         name,
         columns,
+        innermost,
     })
+}
+
+/// The query of `s` whose FROM is the table: `s` itself, or the query of the derived table
+/// (not LATERAL) that is the whole FROM of `s`, and so on down. Each level is one plain SELECT:
+/// no set operation, WITH or locking clause.
+fn innermost(s: &mut pb::SelectStmt) -> Option<&mut pb::SelectStmt> {
+    let plain = s.op == pb::SetOperation::SetopNone as i32
+        && s.with_clause.is_none()
+        && s.locking_clause.is_empty();
+    if !plain {
+        return None;
+    }
+    if !from_derived(s) {
+        return Some(s);
+    }
+    let Some(NodeEnum::RangeSubselect(r)) = s.from_clause.first_mut()?.node.as_mut() else {
+        return None;
+    };
+    match r.subquery.as_deref_mut()?.node.as_mut()? {
+        NodeEnum::SelectStmt(q) => innermost(q),
+        _ => None,
+    }
+}
+
+/// Whether the whole FROM of `s` is one derived table, not LATERAL.
+fn from_derived(s: &pb::SelectStmt) -> bool {
+    match s.from_clause.as_slice() {
+        [pb::Node {
+            node: Some(NodeEnum::RangeSubselect(r)),
+        }] => !r.lateral,
+        _ => false,
+    }
 }
 
 /// The names of the columns a statement (`nodes`: every node of it, without the part whose
@@ -174,6 +232,7 @@ pub fn set_operation_branch(sql: &str, reads_sharded: impl Fn(&str) -> bool) -> 
         name: "pgshard_branch".into(),
         // A set operation matches its branches' columns by position: all of them.
         columns: None,
+        innermost: None,
     })
 }
 
@@ -245,6 +304,7 @@ impl PullUp {
             outer,
             name: name.to_string(),
             columns,
+            innermost: None,
         }
     }
 
@@ -313,6 +373,41 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(p.inner, "SELECT * FROM public.orders");
         assert_eq!(p.name, "orders");
+    }
+
+    #[test]
+    fn a_table_inside_derived_tables_is_pulled_up_with_the_innermost_where() {
+        let sql = "SELECT c FROM (SELECT * FROM (SELECT c, rank() OVER (ORDER BY a) AS r FROM t WHERE a > $1) q WHERE r = 1) m";
+        let p = find(sql).unwrap();
+        assert_eq!(p.inner, "SELECT * FROM t WHERE a > $1");
+        assert_eq!(
+            p.innermost.as_deref(),
+            Some("SELECT c, rank() OVER (ORDER BY a) AS r FROM t WHERE a > $1")
+        );
+        assert_eq!(
+            p.splice(&desc(&[("a", 20), ("c", 25)]), &[row(&[Some("5"), Some("x")])])
+                .unwrap(),
+            "SELECT c FROM (SELECT * FROM (SELECT c, rank() OVER (ORDER BY a) AS r FROM unnest(E'{5}'::int8[], E'{x}'::text[]) AS t(a, c)) q WHERE r = 1) m"
+        );
+        // Refused only as a subquery: pulled up when the innermost query cannot be merged,
+        // not when it can (its derived table then runs first, reading fewer rows).
+        let refused = crate::router::StatementFacts {
+            refuse: Some(crate::router::facts::Refused::SubqueryOverSharded { table: "t".into() }),
+            sharded: true,
+            ..crate::router::StatementFacts::plain(crate::router::StatementKind::Select)
+        };
+        assert!(through_derived(&refused, sql, &|text| text.contains("rank()")).is_some());
+        assert!(through_derived(&refused, sql, &|_| false).is_none());
+        let limited = "SELECT count(*) FROM (SELECT 1 FROM t LIMIT 7) c";
+        assert!(through_derived(&refused, limited, &|_| false).is_none());
+        // Not through derived tables, a LATERAL one, or with a second relation.
+        for sql in [
+            "SELECT rank() OVER (ORDER BY a) FROM t",
+            "SELECT * FROM LATERAL (SELECT a FROM t) x",
+            "SELECT * FROM (SELECT a FROM t) x WHERE a IN (SELECT b FROM u)",
+        ] {
+            assert!(find(sql).is_none_or(|p| p.innermost.is_none()), "{sql}");
+        }
     }
 
     /// Only the columns the statement reads are written back (the WHERE already ran), so a

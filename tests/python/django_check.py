@@ -1,7 +1,8 @@
 """Django 5.2 with psycopg 3 (or psycopg2 with PGSHARD_DJANGO_DRIVER=psycopg2) and its defaults
 through pgshard (run by tests/orm_django.rs and tests/compat_orm.rs):
 migrate with the contrib apps, CRUD by pk, keyless filters, ordering and slicing, aggregates,
-bulk_create, Exists(OuterRef), atomic across shards, select_for_update and .iterator(). Prints one line per step
+bulk_create, Exists(OuterRef), atomic across shards, select_for_update, a skip_locked job
+queue and .iterator(). Prints one line per step
 that passed; a step that fails prints `FAILED step: error` and the script exits non-zero."""
 
 import os
@@ -22,7 +23,8 @@ django.setup()
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
-from django.db.models import Avg, Count, Exists, Max, OuterRef, Subquery, Sum  # noqa: E402
+from django.db.models import Avg, Count, Exists, F, Max, OuterRef, Subquery, Sum, Window  # noqa: E402
+from django.db.models.functions import RowNumber  # noqa: E402
 
 from django_app.shop.models import Order, Plan  # noqa: E402
 
@@ -80,6 +82,13 @@ def aggregates():
     groups = list(Order.objects.values("customer").annotate(total=Sum("amount")).order_by("customer"))
     check("group by", [(g["customer"], g["total"]) for g in groups],
           [("c0", 4 * 0 + 400 + 8 + 12 + 16 + 20), ("c1", 1 + 9 + 13 + 17), ("c2", 2 + 6 + 10 + 14 + 18), ("c3", 55)])
+    # A filter on a window function, which Django writes as derived tables around the window
+    # query: the table's matching rows are read first and the statement runs over them.
+    newest = Order.objects.annotate(
+        rn=Window(RowNumber(), partition_by="customer", order_by=F("amount").desc())
+    ).filter(rn=1, amount__lt=1000)
+    check("window filter", sorted(newest.values_list("customer", "amount")),
+          [("c0", 400), ("c1", 17), ("c2", 18), ("c3", 19)])
 
 
 def bulk_create_without_keys():
@@ -153,6 +162,39 @@ def select_for_update():
         o.amount += 1
         o.save()
     check("select_for_update", Order.objects.get(pk=ORDERS[2].pk).amount, 4)
+    # of=("self",) (FOR UPDATE OF "shop_order"), as Django needs beside select_related: OF
+    # names the FROM item, keyed and keyless.
+    with transaction.atomic():
+        o = Order.objects.select_for_update(of=("self",)).get(pk=ORDERS[2].pk)
+        check("select_for_update(of=self)", o.amount, 4)
+        got = sorted(o.amount for o in Order.objects.select_for_update(of=("self",)).filter(customer="c3"))
+        check("keyless select_for_update(of=self)", got, [4, 7, 11, 15, 19])
+
+
+def job_queue():
+    # A worker claims rows with select_for_update(skip_locked=True)[:3] (no order_by: LIMIT 3
+    # FOR UPDATE SKIP LOCKED over every shard): it locks exactly the 3 rows it got, so another
+    # worker, on its own connection (a thread), still finds every other row to claim.
+    import threading
+
+    total = Order.objects.count()
+    seen = {}
+
+    def other_worker():
+        try:
+            with transaction.atomic():
+                seen["rest"] = {o.pk for o in Order.objects.select_for_update(skip_locked=True)}
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        claimed = {o.pk for o in Order.objects.select_for_update(skip_locked=True).filter(amount__gt=0)[:3]}
+        check("claimed", len(claimed), 3)
+        worker = threading.Thread(target=other_worker)
+        worker.start()
+        worker.join()
+    check("rows left to another worker", len(seen["rest"]), total - 3)
+    check("claims disjoint", claimed & seen["rest"], set())
 
 
 def iterator():
@@ -194,7 +236,7 @@ if os.environ.get("PGSHARD_SQL_LOG"):
 check("driver", connection.Database.__name__, os.environ.get("PGSHARD_DJANGO_DRIVER", "psycopg"))
 
 STEPS = [migrate, contrib_auth, crud_by_pk, keyless, aggregates, subqueries, bulk_create_with_keys,
-         atomic_across_shards, select_for_update, iterator, bulk_create_without_keys]
+         atomic_across_shards, select_for_update, job_queue, iterator, bulk_create_without_keys]
 
 failed = False
 for step in STEPS:

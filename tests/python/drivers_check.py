@@ -7,6 +7,7 @@ checks directly on the shards where rows landed. Both drivers are used with thei
 Prints "<section> passed" at the end; any failed check raises."""
 
 import asyncio
+import datetime
 import json
 import sys
 
@@ -461,6 +462,42 @@ async def asyncpg_keyless_read(s: Setup) -> None:
         await conn.close()
     for k in keys:
         s.assert_on_its_shard(k, "kk")
+
+
+async def asyncpg_interval_merge(s: Setup) -> None:
+    # Intervals (asyncpg reads them in binary, psycopg in text) ordered, min/max'd and
+    # DISTINCT'd over every shard, as Postgres compares them: '1 mon' equals '30 days'.
+    keys = spread(s, 9)
+    insert_directly(s, [(k, "i") for k in keys])
+    lo, hi = s.bounds()
+    took = "make_interval(days => (user_id % 3)::int, hours => (user_id % 7)::int)"
+    want = {k: datetime.timedelta(days=k % 3, hours=k % 7) for k in keys}
+    conn = await asyncpg.connect(s.proxy)
+    try:
+        got = await conn.fetch(
+            f"SELECT user_id, {took} AS took FROM users WHERE user_id BETWEEN $1 AND $2"
+            " ORDER BY took DESC, user_id LIMIT 4", lo, hi,
+        )
+        order = sorted(keys, key=lambda k: (-want[k], k))[:4]
+        assert [(r[0], r[1]) for r in got] == [(k, want[k]) for k in order], got
+        row = await conn.fetchrow(
+            f"SELECT min({took}), max({took}) FROM users WHERE user_id BETWEEN $1 AND $2", lo, hi
+        )
+        assert tuple(row) == (min(want.values()), max(want.values())), row
+        same = await conn.fetch(
+            "SELECT DISTINCT CASE WHEN user_id % 2 = 0 THEN interval '1 mon' ELSE interval '30 days' END"
+            " FROM users WHERE user_id BETWEEN $1 AND $2", lo, hi,
+        )
+        assert len(same) == 1, same
+    finally:
+        await conn.close()
+    with psycopg.connect(s.proxy, autocommit=True) as c:
+        got = c.execute(
+            "SELECT user_id FROM users WHERE user_id BETWEEN %s AND %s ORDER BY "
+            + took.replace("%", "%%") + ", user_id",
+            (lo, hi),
+        ).fetchall()
+        assert [r[0] for r in got] == sorted(keys, key=lambda k: (want[k], k)), got
 
 
 async def asyncpg_executemany(s: Setup) -> None:

@@ -189,7 +189,18 @@ impl Session {
         params: &dyn ParamSource,
     ) -> Option<RunFirst> {
         let [f] = facts else { return None };
-        if !pull_up::unmergeable(f) || self.block_failed() {
+        if self.block_failed() {
+            return None;
+        }
+        if f.refuse.is_some() {
+            let path = self.search_path();
+            let unmergeable = |text: &str| {
+                let facts = self.proxy.router.analyze_prepared_in(text, &path);
+                matches!(&facts[..], [g] if pull_up::unmergeable(g))
+            };
+            return pull_up::through_derived(f, sql, &unmergeable).map(RunFirst::PullUp);
+        }
+        if !pull_up::unmergeable(f) {
             return None;
         }
         let proxy = &self.proxy;

@@ -5,6 +5,7 @@
 //! (`tables`). The rest of the crate reads it as `router::facts`.
 
 mod ddl;
+pub(crate) mod lock_limit;
 mod outer_join;
 mod refused;
 mod scan;

@@ -169,7 +169,20 @@ fn dml(scan: &mut Scan, rel: Option<&pb::RangeVar>) {
 /// The scan of every node the walk yields.
 pub(super) fn scan_walk(walk: Walk<'_>) -> Scan {
     let mut scan = Scan::default();
-    walk.for_each(|n| scan_one(n, &mut scan));
+    // `FOR UPDATE OF t` names a FROM item of its query (by its alias), not a relation of its
+    // own: counted as one, every locking read with OF looked like a subquery over a table.
+    let mut locked: Vec<&pb::RangeVar> = Vec::new();
+    walk.for_each(|n| match n {
+        NodeRef::LockingClause(lc) => {
+            locked.extend(lc.locked_rels.iter().filter_map(|r| match r.node.as_ref() {
+                Some(NodeEnum::RangeVar(rv)) => Some(rv),
+                _ => None,
+            }));
+            scan_one(n, &mut scan);
+        }
+        NodeRef::RangeVar(rv) if locked.iter().any(|l| std::ptr::eq(*l, rv)) => {}
+        _ => scan_one(n, &mut scan),
+    });
     scan
 }
 

@@ -322,6 +322,38 @@ mod tests {
     use super::super::test_support::*;
 
     #[test]
+    fn for_update_of_names_from_items_not_relations() {
+        // (SQL, its key) — none refused: `OF t` names a FROM item, by its alias when it has one.
+        let cases = [
+            (
+                "SELECT * FROM users WHERE user_id = 5 FOR UPDATE OF users",
+                Some(vals(&[Const(5)])),
+            ),
+            (
+                "SELECT u.name FROM users u WHERE name = 'a' FOR UPDATE OF u SKIP LOCKED",
+                None,
+            ),
+            (
+                "SELECT u.name FROM users u JOIN orders o ON o.user_id = u.user_id \
+                 WHERE u.user_id = $1 FOR UPDATE OF u, o",
+                Some(vals(&[Param(1)])),
+            ),
+            (
+                "SELECT name FROM users LIMIT 3 FOR NO KEY UPDATE OF users NOWAIT",
+                None,
+            ),
+        ];
+        for (sql, key) in cases {
+            let f = one(sql);
+            assert!(f.sharded, "{sql}");
+            assert_eq!(f.refuse.map(|r| r.to_string()), None, "{sql}");
+            if let Some(key) = key {
+                assert_eq!(f.key, key, "{sql}");
+            }
+        }
+    }
+
+    #[test]
     fn pgbench_statements() {
         let f = one("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;");
         assert_eq!(f.kind, StatementKind::Select);
