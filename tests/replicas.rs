@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{app_url, connect, connect_url, start_proxy_with};
 use common::TestCluster;
+use pgshard::backend::topology::{Role, ServerId};
 use pgshard::cluster::{self, ClusterInfo, StopMode};
 use pgshard::config::{Config, ReadFrom, ReadYourWrites};
 use pgshard::server::RunningProxy;
@@ -32,6 +33,59 @@ fn replicas_mode_waiting(mode: ReadYourWrites, wait_ms: u64) -> impl FnOnce(&mut
         config.replicas.pin_window_ms = 2_000;
         config.pool.size = 30;
     }
+}
+
+/// Reads the proxy sent to replicas so far.
+fn replica_reads(proxy: &RunningProxy) -> u64 {
+    let topology = &proxy.proxy.topology;
+    let replicas: Vec<ServerId> = topology
+        .all()
+        .iter()
+        .filter(|s| s.role == Role::Replica)
+        .map(|s| s.id)
+        .collect();
+    let metrics = proxy.proxy.replica_metrics.snapshot(topology);
+    metrics
+        .reads
+        .iter()
+        .filter(|(id, _)| replicas.contains(id))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// A read that takes row locks never goes to a replica (a standby refuses it with 25006):
+/// keyed and keyless, in both protocols, the replicas serve none of them, while the same reads
+/// without the lock go to replicas (so the check can fail).
+async fn locking_reads_stay_on_primaries(proxy: &RunningProxy) {
+    let client = connect(proxy).await;
+    let locking = [
+        "SELECT name FROM users WHERE user_id = 19999 FOR UPDATE",
+        "SELECT name FROM users WHERE name = 'nobody' FOR SHARE SKIP LOCKED",
+    ];
+    let before = replica_reads(proxy);
+    for sql in locking {
+        client
+            .simple_query(sql)
+            .await
+            .expect("locking read, simple");
+        client
+            .query(sql, &[])
+            .await
+            .expect("locking read, extended");
+    }
+    assert_eq!(
+        replica_reads(proxy),
+        before,
+        "a locking read went to a replica"
+    );
+    for sql in locking {
+        let plain = sql.split(" FOR ").next().expect("the read");
+        client.query(plain, &[]).await.expect("plain read");
+    }
+    assert!(
+        replica_reads(proxy) > before,
+        "plain reads stayed on primaries"
+    );
 }
 
 /// Waits until the monitors have seen a readable replica of every shard.
@@ -425,6 +479,7 @@ async fn reads_survive_a_replica_that_stops_or_slows_down() {
     .await;
     let proxy = start_proxy_with(&cluster.info, replicas_mode(ReadYourWrites::Lsn)).await;
     replicas_known(&proxy).await;
+    locking_reads_stay_on_primaries(&proxy).await;
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let load = {
         let mut tasks = Vec::new();

@@ -64,9 +64,9 @@ impl Session {
             && block_allows
             && self.state.open_batch_shard.is_none()
             && !facts.is_empty()
-            && facts
-                .iter()
-                .all(|f| f.kind == StatementKind::Select && !f.is_write && f.local.is_none())
+            && facts.iter().all(|f| {
+                f.kind == StatementKind::Select && !f.is_write && !f.locks_rows && f.local.is_none()
+            })
     }
 
     /// The replica (or, with `read_from = "any"`, possibly the primary) for one shard's read;

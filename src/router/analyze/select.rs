@@ -68,6 +68,7 @@ pub(super) fn analyze_select(
     if s.into_clause.is_some() {
         facts.is_write = true;
     }
+    facts.locks_rows = !s.locking_clause.is_empty();
     if let Some(op) = set_op_name(s.op) {
         // Tables of the arms are not at the top level: any sharded one is refused below unless
         // the whole statement only reads unsharded tables.
@@ -346,6 +347,7 @@ mod tests {
         for (sql, key) in cases {
             let f = one(sql);
             assert!(f.sharded, "{sql}");
+            assert!(f.locks_rows && !f.is_write, "{sql}");
             assert_eq!(f.refuse.map(|r| r.to_string()), None, "{sql}");
             if let Some(key) = key {
                 assert_eq!(f.key, key, "{sql}");
@@ -357,7 +359,7 @@ mod tests {
     fn pgbench_statements() {
         let f = one("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;");
         assert_eq!(f.kind, StatementKind::Select);
-        assert!(f.sharded && !f.unsharded && !f.is_write);
+        assert!(f.sharded && !f.unsharded && !f.is_write && !f.locks_rows);
         assert_eq!(f.key, vals(&[Const(4242)]));
         assert_eq!(f.needs_merge, None);
         let f = one("SELECT abalance FROM pgbench_accounts WHERE aid = $1");

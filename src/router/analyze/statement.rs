@@ -102,6 +102,9 @@ pub struct StatementFacts {
     /// True when the statement may modify data (INSERT/UPDATE/DELETE/COPY FROM/DDL, data-modifying CTEs,
     /// SELECT … FOR UPDATE counts as a read).
     pub is_write: bool,
+    /// A read that takes row locks (`FOR UPDATE`, `FOR SHARE`, …): a standby refuses it
+    /// (25006), so it never goes to a replica.
+    pub locks_rows: bool,
     /// Set when the statement binds the client to one server connection for the rest of its session
     /// (LISTEN, session advisory locks, temporary tables, WITH HOLD cursors, PREPARE): names the feature.
     pub session_bound: Option<String>,
@@ -215,6 +218,7 @@ impl StatementFacts {
             unsharded: false,
             key: KeyFacts::Unknown,
             is_write: false,
+            locks_rows: false,
             session_bound: None,
             refuse: None,
             needs_merge: None,
