@@ -537,10 +537,47 @@ async fn writes_reach_every_shard_they_need() {
         .await
         .expect_err("more values than columns");
     assert_eq!(code(&e), "42601");
-    let e = c
-        .batch_execute("INSERT INTO users SELECT * FROM users")
+    // `SELECT *` of one table gives as many values as that table has columns.
+    let (_, n) = simple(&c, "INSERT INTO users SELECT * FROM users WHERE false")
         .await
-        .expect_err("a row width pgshard cannot read from the text");
+        .expect("SELECT * of one table, no column list");
+    assert_eq!(n, 0);
+    c.batch_execute(
+        "CREATE TABLE users_copy (user_id bigint, name text, email text, \
+         created_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO users_copy VALUES (320, 'c320', 'copied'), (321, 'c321', 'copied')",
+    )
+    .await
+    .expect("an unsharded table, filled without a column list");
+    let (_, n) = simple(&c, "INSERT INTO users SELECT * FROM users_copy")
+        .await
+        .expect("SELECT * of an unsharded table into the sharded one");
+    assert_eq!(n, 2);
+    for key in [320_i64, 321] {
+        let row = proxy::shard(info, map.shard_for(key))
+            .await
+            .query_one("SELECT name, email FROM users WHERE user_id = $1", &[&key])
+            .await
+            .expect("the copied row on its key's shard");
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, String>(1)),
+            (format!("c{key}"), "copied".to_string())
+        );
+    }
+    c.batch_execute("DROP TABLE users_copy; DELETE FROM users WHERE user_id IN (320, 321)")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("INSERT INTO users SELECT * FROM users WHERE user_id = 301")
+        .await
+        .expect_err("the same key again");
+    assert_eq!(code(&e), "23505");
+    let e = c
+        .batch_execute(
+            "INSERT INTO users SELECT * FROM users u JOIN countries c ON c.code = u.email",
+        )
+        .await
+        .expect_err("a row width pgshard cannot know without reading two tables");
     assert_eq!(code(&e), "0A000");
     assert_eq!(summed(info, "SELECT count(*) FROM users").await, 14);
     simple(&c, "DROP TABLE countries")

@@ -458,8 +458,9 @@ mod tests {
             ("INSERT INTO orders VALUES (7, 1)", "single", None),
             ("INSERT INTO orders VALUES (7, 1), (8, 2)", "split_insert", None),
             ("INSERT INTO orders SELECT user_id, 1 FROM users", "run_first", None),
+            ("INSERT INTO orders SELECT * FROM users", "run_first", None),
             (
-                "INSERT INTO orders SELECT * FROM users",
+                "INSERT INTO orders SELECT * FROM users u JOIN items i ON i.id = u.user_id",
                 "refused",
                 Some("explicit column list"),
             ),

@@ -60,15 +60,25 @@ fn values_insert_of(insert: &pb::InsertStmt) -> Option<ValuesInsert> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnlistedInsert {
     pub table: TableName,
-    /// The values of a row: the length of its VALUES rows, or of its SELECT's target list.
-    pub values: usize,
+    /// The values of a row.
+    pub values: RowWidth,
     /// How many rows its VALUES list has; `None` for an INSERT … SELECT.
     pub rows: Option<usize>,
 }
 
+/// How many values each row of an INSERT gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowWidth {
+    /// The length of its VALUES rows, or of its SELECT's target list.
+    Values(usize),
+    /// As many as the table's columns: `SELECT * FROM table` (or `table.*`), one table in FROM.
+    ColumnsOf(TableName),
+}
+
 /// `sql` as an [`UnlistedInsert`] when it is one INSERT without a column list whose rows give a
 /// known number of values: VALUES rows all of one length, or a SELECT (the first of a set
-/// operation) listing its outputs without `*`. `None` otherwise (`DEFAULT VALUES`, `SELECT *`).
+/// operation) listing its outputs without `*`, or `*` of its one table. `None` otherwise
+/// (`DEFAULT VALUES`, `*` of a join).
 pub fn unlisted_insert(sql: &str) -> Option<UnlistedInsert> {
     read_insert(sql, unlisted_insert_of)
 }
@@ -83,20 +93,22 @@ fn unlisted_insert_of(insert: &pb::InsertStmt) -> Option<UnlistedInsert> {
     let values = row_width(select)?;
     let rows = (select.op == pb::SetOperation::SetopNone as i32 && !select.values_lists.is_empty())
         .then_some(select.values_lists.len());
-    let relation = insert.relation.as_ref()?;
-    let table = TableName {
-        schema: (!relation.schemaname.is_empty()).then(|| relation.schemaname.clone()),
-        name: relation.relname.clone(),
-    };
     Some(UnlistedInsert {
-        table,
+        table: table_name(insert.relation.as_ref()?),
         values,
         rows,
     })
 }
 
+fn table_name(relation: &pb::RangeVar) -> TableName {
+    TableName {
+        schema: (!relation.schemaname.is_empty()).then(|| relation.schemaname.clone()),
+        name: relation.relname.clone(),
+    }
+}
+
 /// How many values each row of `select` gives, when its text says.
-fn row_width(select: &pb::SelectStmt) -> Option<usize> {
+fn row_width(select: &pb::SelectStmt) -> Option<RowWidth> {
     if select.op != pb::SetOperation::SetopNone as i32 {
         return row_width(select.larg.as_deref()?);
     }
@@ -109,19 +121,58 @@ fn row_width(select: &pb::SelectStmt) -> Option<usize> {
                 _ => None,
             });
         let first = widths.next()??;
-        return widths.all(|w| w == Some(first)).then_some(first);
+        return widths
+            .all(|w| w == Some(first))
+            .then_some(RowWidth::Values(first));
     }
-    let starred = select.target_list.iter().any(|t| match t.node.as_ref() {
-        Some(NodeEnum::ResTarget(rt)) => match rt.val.as_deref().and_then(|v| v.node.as_ref()) {
-            Some(NodeEnum::ColumnRef(c)) => c
-                .fields
-                .iter()
-                .any(|f| matches!(f.node, Some(NodeEnum::AStar(_)))),
-            _ => false,
+    let stars: Vec<Option<&pb::ColumnRef>> = select
+        .target_list
+        .iter()
+        .map(|t| match t.node.as_ref() {
+            Some(NodeEnum::ResTarget(rt)) => {
+                match rt.val.as_deref().and_then(|v| v.node.as_ref()) {
+                    Some(NodeEnum::ColumnRef(c))
+                        if c.fields
+                            .iter()
+                            .any(|f| matches!(f.node, Some(NodeEnum::AStar(_)))) =>
+                    {
+                        Some(c)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    match stars.as_slice() {
+        [] => None,
+        [Some(star)] => star_of_one_table(star, select).map(RowWidth::ColumnsOf),
+        many if many.iter().all(Option::is_none) => Some(RowWidth::Values(many.len())),
+        _ => None,
+    }
+}
+
+/// The one table of `select`'s FROM whose every column `star` (`*` or `t.*`) stands for.
+fn star_of_one_table(star: &pb::ColumnRef, select: &pb::SelectStmt) -> Option<TableName> {
+    let [from] = select.from_clause.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::RangeVar(rv)) = from.node.as_ref() else {
+        return None;
+    };
+    let visible = rv
+        .alias
+        .as_ref()
+        .map_or(rv.relname.as_str(), |a| a.aliasname.as_str());
+    match star.fields.as_slice() {
+        [_] => {}
+        [qualifier, _] => match qualifier.node.as_ref() {
+            Some(NodeEnum::String(q)) if q.sval == visible => {}
+            _ => return None,
         },
-        _ => true,
-    });
-    (!starred && !select.target_list.is_empty()).then_some(select.target_list.len())
+        _ => return None,
+    }
+    Some(table_name(rv))
 }
 
 /// `sql` (an [`UnlistedInsert`] giving `values` values a row) with its column list written in:
@@ -157,6 +208,7 @@ mod tests {
     #[test]
     fn unlisted_inserts_and_their_row_widths() {
         type Want<'a> = Option<(Option<&'a str>, &'a str, usize, Option<usize>)>;
+        // (usize::MAX: the width of table `u`)
         let table: &[(&str, Want)] = &[
             (
                 "INSERT INTO t VALUES (1, 'a')",
@@ -183,8 +235,18 @@ mod tests {
                 Some((None, "t", 1, Some(1))),
             ),
             ("INSERT INTO t VALUES (1, 2), (3)", None),
-            ("INSERT INTO t SELECT * FROM u", None),
-            ("INSERT INTO t SELECT u.* FROM u", None),
+            (
+                "INSERT INTO t SELECT * FROM u WHERE a > 1",
+                Some((None, "t", usize::MAX, None)),
+            ),
+            (
+                "INSERT INTO t SELECT x.* FROM u AS x",
+                Some((None, "t", usize::MAX, None)),
+            ),
+            ("INSERT INTO t SELECT u.* FROM u AS x", None),
+            ("INSERT INTO t SELECT *, 1 FROM u", None),
+            ("INSERT INTO t SELECT * FROM u, v", None),
+            ("INSERT INTO t SELECT * FROM u JOIN v USING (id)", None),
             ("INSERT INTO t DEFAULT VALUES", None),
             ("INSERT INTO t (a) VALUES (1)", None),
             ("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", None),
@@ -196,7 +258,14 @@ mod tests {
                     schema: schema.map(String::from),
                     name: name.to_string(),
                 },
-                values,
+                values: if values == usize::MAX {
+                    RowWidth::ColumnsOf(TableName {
+                        schema: None,
+                        name: "u".into(),
+                    })
+                } else {
+                    RowWidth::Values(values)
+                },
                 rows,
             });
             assert_eq!(unlisted_insert(sql), want, "{sql}");

@@ -6,14 +6,15 @@
 use crate::exec::table_columns::Read;
 use crate::frontend::session::Session;
 use crate::router::analyze::Refused;
-use crate::router::insert_columns::{unlisted_insert, with_column_list};
+use crate::router::insert_columns::{unlisted_insert, with_column_list, RowWidth};
 use crate::router::StatementFacts;
 use crate::wire::backend::ErrorFields;
 
 impl Session {
     /// `sql` with its column list written in, when its one statement (`facts`) is an INSERT into
     /// a sharded table refused only for naming no columns; `Ok(None)` for any other statement,
-    /// or when the rows' width is not in the text (`SELECT *`, `DEFAULT VALUES`).
+    /// or when the rows' width is not known (`DEFAULT VALUES`, `SELECT *` of a join, a source
+    /// table that does not exist). `SELECT * FROM u` gives as many values as `u` has columns.
     pub async fn list_insert_columns(
         &mut self,
         sql: &str,
@@ -26,15 +27,19 @@ impl Session {
         let Some(insert) = unlisted_insert(sql) else {
             return Ok(None);
         };
+        let mut tables = vec![insert.table];
+        if let RowWidth::ColumnsOf(source) = &insert.values {
+            tables.push(source.clone());
+        }
         let columns = self
-            .table_columns(
-                Read::Insertable,
-                std::slice::from_ref(&insert.table),
-                "an INSERT without a column list",
-            )
+            .table_columns(Read::Insertable, &tables, "an INSERT without a column list")
             .await?;
+        let values = match insert.values {
+            RowWidth::Values(n) => n,
+            RowWidth::ColumnsOf(_) => columns.get(1).map_or(0, |c| c.len()),
+        };
         Ok(columns
             .first()
-            .and_then(|cols| with_column_list(sql, insert.values, cols)))
+            .and_then(|cols| with_column_list(sql, values, cols)))
     }
 }
