@@ -90,7 +90,9 @@ pub fn unnest_args(i: &pb::InsertStmt) -> Option<Vec<usize>> {
 }
 
 /// The UNNEST call of `INSERT INTO t (c1, …, cN) SELECT * FROM UNNEST(a1, …, aN)`, whatever its
-/// arguments are; `None` for any other shape.
+/// arguments are; `None` for any other shape. The rows of an `INSERT … SELECT` that pgshard read
+/// first come as that too, or, with columns carried as text and cast back (arrays of arrays),
+/// as `SELECT * FROM (SELECT c1 AS a, c2::T AS b FROM UNNEST(a1, a2) AS r(c1, c2)) AS r`.
 pub fn unnest_call(i: &pb::InsertStmt) -> Option<&pb::FuncCall> {
     if i.with_clause.is_some() {
         return None;
@@ -98,7 +100,28 @@ pub fn unnest_call(i: &pb::InsertStmt) -> Option<&pb::FuncCall> {
     let Some(NodeEnum::SelectStmt(s)) = i.select_stmt.as_deref()?.node.as_ref() else {
         return None;
     };
-    let plain = s.op == pb::SetOperation::SetopNone as i32
+    if !plain_select(s) || !selects_star(s) {
+        return None;
+    }
+    let [from] = s.from_clause.as_slice() else {
+        return None;
+    };
+    let f = match from.node.as_ref()? {
+        NodeEnum::RangeFunction(rf) => unnest_of(rf, false)?,
+        NodeEnum::RangeSubselect(sub) if !sub.lateral => {
+            let Some(NodeEnum::SelectStmt(inner)) = sub.subquery.as_deref()?.node.as_ref() else {
+                return None;
+            };
+            cast_back_unnest(inner)?
+        }
+        _ => return None,
+    };
+    (f.args.len() == i.cols.len()).then_some(f)
+}
+
+/// A SELECT with nothing but a select list and a FROM.
+fn plain_select(s: &pb::SelectStmt) -> bool {
+    s.op == pb::SetOperation::SetopNone as i32
         && s.values_lists.is_empty()
         && s.where_clause.is_none()
         && s.group_clause.is_empty()
@@ -110,31 +133,29 @@ pub fn unnest_call(i: &pb::InsertStmt) -> Option<&pb::FuncCall> {
         && s.with_clause.is_none()
         && s.into_clause.is_none()
         && s.locking_clause.is_empty()
-        && s.window_clause.is_empty();
-    if !plain {
-        return None;
-    }
+        && s.window_clause.is_empty()
+}
+
+/// The select list is `*` alone.
+fn selects_star(s: &pb::SelectStmt) -> bool {
     let [target] = s.target_list.as_slice() else {
-        return None;
+        return false;
     };
     let Some(NodeEnum::ResTarget(rt)) = target.node.as_ref() else {
-        return None;
+        return false;
     };
-    let Some(NodeEnum::ColumnRef(cr)) = rt.val.as_deref()?.node.as_ref() else {
-        return None;
-    };
-    if !matches!(
-        cr.fields.as_slice(),
-        [f] if matches!(f.node, Some(NodeEnum::AStar(_)))
-    ) {
-        return None;
-    }
-    let [from] = s.from_clause.as_slice() else {
-        return None;
-    };
-    let Some(NodeEnum::RangeFunction(rf)) = from.node.as_ref() else {
-        return None;
-    };
+    matches!(
+        rt.val.as_deref().and_then(|v| v.node.as_ref()),
+        Some(NodeEnum::ColumnRef(cr)) if matches!(
+            cr.fields.as_slice(),
+            [f] if matches!(f.node, Some(NodeEnum::AStar(_)))
+        )
+    )
+}
+
+/// The UNNEST call of a FROM item `UNNEST(…)`; `named_columns`: only with a column alias list
+/// naming every column (as the cast-back form names its columns `c1, …`).
+fn unnest_of(rf: &pb::RangeFunction, named_columns: bool) -> Option<&pb::FuncCall> {
     if rf.ordinality || rf.lateral || rf.is_rowsfrom || !rf.coldeflist.is_empty() {
         return None;
     }
@@ -155,7 +176,42 @@ pub fn unnest_call(i: &pb::InsertStmt) -> Option<&pb::FuncCall> {
     {
         return None;
     }
-    (f.args.len() == i.cols.len()).then_some(f)
+    let columns = rf.alias.as_ref().map_or(0, |a| a.colnames.len());
+    (!named_columns || columns == f.args.len()).then_some(f)
+}
+
+/// The UNNEST call of `SELECT c1 AS a, c2::T AS b, … FROM UNNEST(…) AS r(c1, c2, …)`: each of its
+/// columns in order, as it is or cast.
+fn cast_back_unnest(inner: &pb::SelectStmt) -> Option<&pb::FuncCall> {
+    if !plain_select(inner) {
+        return None;
+    }
+    let [from] = inner.from_clause.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::RangeFunction(rf)) = from.node.as_ref() else {
+        return None;
+    };
+    let f = unnest_of(rf, true)?;
+    let in_order = inner.target_list.len() == f.args.len()
+        && inner.target_list.iter().enumerate().all(|(k, t)| {
+            let Some(NodeEnum::ResTarget(rt)) = t.node.as_ref() else {
+                return false;
+            };
+            let value = rt.val.as_deref().and_then(|v| v.node.as_ref());
+            let column = match value {
+                Some(NodeEnum::TypeCast(c)) => c.arg.as_deref().and_then(|a| a.node.as_ref()),
+                other => other,
+            };
+            matches!(
+                column,
+                Some(NodeEnum::ColumnRef(cr)) if matches!(
+                    cr.fields.as_slice(),
+                    [f] if matches!(&f.node, Some(NodeEnum::String(name)) if name.sval == format!("c{}", k + 1))
+                )
+            )
+        });
+    in_order.then_some(f)
 }
 
 /// One shard's arrays.
@@ -272,6 +328,28 @@ mod tests {
                 key_arg: 1
             })
         );
+        // Rows read first with an array column carried as text and cast back.
+        let cast_back = "insert into orders (user_id, tags, n) select * from (select c1 as user_id, \
+                         c2::text[] as tags, c3 as n from unnest($1::int8[], $2::text[], $3::int4[]) \
+                         as pgshard_rows(c1, c2, c3)) as pgshard_rows";
+        assert_eq!(
+            detect(&insert(cast_back), 0),
+            Some(UnnestInsert {
+                params: vec![1, 2, 3],
+                key_arg: 0
+            })
+        );
+        for sql in [
+            // Columns out of order, missing, or not the unnest's own; no column names.
+            "insert into t (a, b) select * from (select c2 as a, c1 as b from unnest($1::int8[], $2::text[]) as r(c1, c2)) as r",
+            "insert into t (a, b) select * from (select c1 as a from unnest($1::int8[], $2::text[]) as r(c1, c2)) as r",
+            "insert into t (a, b) select * from (select c1 as a, c2 || 'x' as b from unnest($1::int8[], $2::text[]) as r(c1, c2)) as r",
+            "insert into t (a, b) select * from (select c1 as a, c2 as b from unnest($1::int8[], $2::text[]) as r) as r",
+            "insert into t (a, b) select * from (select c1 as a, c2 as b from unnest($1::int8[], $2::text[]) as r(c1, c2) where c1 > 0) as r",
+            "insert into t (a, b) select * from lateral (select c1 as a, c2 as b from unnest($1::int8[], $2::text[]) as r(c1, c2)) as r",
+        ] {
+            assert_eq!(detect(&insert(sql), 0), None, "{sql}");
+        }
         for sql in [
             "insert into users (user_id, name) select * from unnest($1::int8[], $2::text[]) where true",
             "insert into users (user_id, name) select a, b from unnest($1::int8[], $2::text[]) t(a, b)",
