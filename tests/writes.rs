@@ -537,6 +537,37 @@ async fn writes_reach_every_shard_they_need() {
         .await
         .expect_err("more values than columns");
     assert_eq!(code(&e), "42601");
+    // DEFAULT VALUES (an ORM creating a row with every default): the key is given by pgshard,
+    // as for any INSERT that leaves it out; the row lands on that key's shard.
+    let (rows, _) = simple(&c, "INSERT INTO users DEFAULT VALUES RETURNING user_id")
+        .await
+        .expect("DEFAULT VALUES, simple");
+    let mut generated: Vec<i64> = rows.iter().map(|r| r.parse().unwrap()).collect();
+    let row = c
+        .query_one(
+            "INSERT INTO users DEFAULT VALUES RETURNING user_id, name",
+            &[],
+        )
+        .await
+        .expect("DEFAULT VALUES, extended");
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    generated.push(row.get(0));
+    assert_eq!(generated.len(), 2);
+    for key in &generated {
+        let n: i64 = proxy::shard(info, map.shard_for(*key))
+            .await
+            .query_one(
+                "SELECT count(*) FROM users WHERE user_id = $1 AND name IS NULL",
+                &[key],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "generated key {key} on its shard");
+    }
+    c.execute("DELETE FROM users WHERE user_id = ANY($1)", &[&generated])
+        .await
+        .unwrap();
     // `SELECT *` of one table gives as many values as that table has columns.
     let (_, n) = simple(&c, "INSERT INTO users SELECT * FROM users WHERE false")
         .await

@@ -87,6 +87,9 @@ impl Session {
     pub async fn extended_batch(&mut self, sync: bool) -> Result<(), End> {
         let answered_before = self.io.parse_completes();
         self.batch_parses.clear();
+        if self.list_batch_insert_columns(sync).await? {
+            return Ok(());
+        }
         if self.batch_may_need_keys() {
             let frames = std::mem::take(&mut self.batch);
             self.reserve_keys_for_batch(&frames).await;

@@ -7,7 +7,7 @@
 use pg_query::protobuf as pb;
 use pg_query::NodeEnum;
 
-use super::insert_rewrite::{read_insert, rewrite_insert};
+use super::insert_rewrite::{read_insert, rewrite_insert, values_source};
 use super::merge_plan::TableName;
 use crate::sql_text::quote_ident;
 
@@ -73,6 +73,8 @@ pub enum RowWidth {
     Values(usize),
     /// As many as the table's columns: `SELECT * FROM table` (or `table.*`), one table in FROM.
     ColumnsOf(TableName),
+    /// `DEFAULT VALUES`: one row of every column's default.
+    Defaults,
 }
 
 /// `sql` as an [`UnlistedInsert`] when it is one INSERT without a column list whose rows give a
@@ -87,7 +89,14 @@ fn unlisted_insert_of(insert: &pb::InsertStmt) -> Option<UnlistedInsert> {
     if !insert.cols.is_empty() {
         return None;
     }
-    let Some(NodeEnum::SelectStmt(select)) = insert.select_stmt.as_ref()?.node.as_ref() else {
+    let Some(source) = insert.select_stmt.as_ref() else {
+        return Some(UnlistedInsert {
+            table: table_name(insert.relation.as_ref()?),
+            values: RowWidth::Defaults,
+            rows: Some(1),
+        });
+    };
+    let Some(NodeEnum::SelectStmt(select)) = source.node.as_ref() else {
         return None;
     };
     let values = row_width(select)?;
@@ -201,6 +210,32 @@ pub fn with_column_list(sql: &str, values: usize, columns: &[String]) -> Option<
     })
 }
 
+/// `sql`, an `INSERT INTO t DEFAULT VALUES`, as `INSERT INTO t (column) VALUES (DEFAULT)`: the
+/// same row, written so that the shard key can be left out (and given by pgshard) when `column`
+/// is another column. `None` for any other statement.
+pub fn defaults_as_values(sql: &str, column: &str) -> Option<String> {
+    rewrite_insert(sql, "default", |insert| {
+        if !insert.cols.is_empty() || insert.select_stmt.is_some() {
+            return None;
+        }
+        insert.cols = vec![pb::Node {
+            node: Some(NodeEnum::ResTarget(Box::new(pb::ResTarget {
+                name: column.to_string(),
+                ..Default::default()
+            }))),
+        }];
+        let row = pb::Node {
+            node: Some(NodeEnum::List(pb::List {
+                items: vec![pb::Node {
+                    node: Some(NodeEnum::SetToDefault(Box::default())),
+                }],
+            })),
+        };
+        insert.select_stmt = Some(values_source(vec![row]));
+        Some(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +282,10 @@ mod tests {
             ("INSERT INTO t SELECT *, 1 FROM u", None),
             ("INSERT INTO t SELECT * FROM u, v", None),
             ("INSERT INTO t SELECT * FROM u JOIN v USING (id)", None),
-            ("INSERT INTO t DEFAULT VALUES", None),
+            (
+                "INSERT INTO t DEFAULT VALUES",
+                Some((None, "t", usize::MAX - 1, Some(1))),
+            ),
             ("INSERT INTO t (a) VALUES (1)", None),
             ("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", None),
             ("SELECT 1", None),
@@ -258,7 +296,9 @@ mod tests {
                     schema: schema.map(String::from),
                     name: name.to_string(),
                 },
-                values: if values == usize::MAX {
+                values: if values == usize::MAX - 1 {
+                    RowWidth::Defaults
+                } else if values == usize::MAX {
                     RowWidth::ColumnsOf(TableName {
                         schema: None,
                         name: "u".into(),
@@ -300,6 +340,19 @@ mod tests {
         );
         assert_eq!(with_column_list("INSERT INTO t VALUES (1)", 1, &[]), None);
         assert_eq!(with_column_list("SELECT 1", 1, &columns), None);
+    }
+
+    #[test]
+    fn default_values_written_as_one_default() {
+        assert_eq!(
+            defaults_as_values("INSERT INTO t DEFAULT VALUES RETURNING id", "Name").as_deref(),
+            Some(r#"INSERT INTO t ("Name") VALUES (DEFAULT) RETURNING id"#)
+        );
+        assert_eq!(defaults_as_values("INSERT INTO t VALUES (1)", "a"), None);
+        assert_eq!(
+            defaults_as_values("INSERT INTO t (a) VALUES (DEFAULT)", "a"),
+            None
+        );
     }
 
     #[test]

@@ -27,6 +27,19 @@ pub fn rewrite_insert(
     crate::sql_text::deparse(parsed.protobuf)
 }
 
+/// `rows` (each a list of values) as an INSERT's source: `VALUES (…), (…)`.
+pub fn values_source(rows: Vec<pb::Node>) -> Box<pb::Node> {
+    let values = pb::SelectStmt {
+        values_lists: rows,
+        op: pb::SetOperation::SetopNone as i32,
+        limit_option: pb::LimitOption::Default as i32,
+        ..Default::default()
+    };
+    Box::new(pb::Node {
+        node: Some(NodeEnum::SelectStmt(Box::new(values))),
+    })
+}
+
 /// What `read` finds in `sql` when it is one INSERT; `None` when it is not, or `read` finds
 /// nothing.
 pub fn read_insert<T>(sql: &str, read: impl FnOnce(&pb::InsertStmt) -> Option<T>) -> Option<T> {

@@ -8,7 +8,7 @@
 use pg_query::protobuf::{self as pb, a_const};
 use pg_query::NodeEnum;
 
-use super::insert_rewrite::rewrite_insert;
+use super::insert_rewrite::{rewrite_insert, values_source};
 
 /// `sql` as a multi-row `INSERT … VALUES`, when it is an INSERT of a SELECT that only picks
 /// (and casts) the columns of a VALUES list of constants and parameters, ordered by a column
@@ -22,16 +22,7 @@ pub fn as_values(sql: &str) -> Option<String> {
         else {
             return None;
         };
-        let rows = rows(select)?;
-        let values = pb::SelectStmt {
-            values_lists: rows,
-            op: pb::SetOperation::SetopNone as i32,
-            limit_option: pb::LimitOption::Default as i32,
-            ..Default::default()
-        };
-        insert.select_stmt = Some(Box::new(pb::Node {
-            node: Some(NodeEnum::SelectStmt(Box::new(values))),
-        }));
+        insert.select_stmt = Some(values_source(rows(select)?));
         Some(())
     })
 }

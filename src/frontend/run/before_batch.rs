@@ -1,7 +1,7 @@
 //! What an extended batch needs before it is routed: statement texts pgshard writes in a form it
 //! can route (SQLAlchemy's ordered INSERT … SELECT … FROM (VALUES …) as plain VALUES, an INSERT
-//! that names no columns with its table's), and subqueries or CTEs over sharded tables its Bind
-//! needs run first.
+//! that names no columns with its table's, before its keys are reserved), and subqueries or CTEs
+//! over sharded tables its Bind needs run first.
 
 use crate::frontend::session::{End, Session};
 use crate::router::analyze::Refused;
@@ -25,16 +25,14 @@ impl Session {
             };
             *frame = Parse { query, ..parse }.encode();
         }
-        if self.list_batch_insert_columns(sync).await? {
-            return Ok(true);
-        }
         self.bind_subqueries_first(sync).await
     }
 
     /// Writes the column list into each Parse of an INSERT into a sharded table that names no
-    /// columns (see `run::insert_columns`). `Ok(true)` when the batch is answered already (the
-    /// catalog read failed: its error, then ReadyForQuery).
-    async fn list_batch_insert_columns(&mut self, sync: bool) -> Result<bool, End> {
+    /// columns (see `run::insert_columns`), before keys are reserved for the batch (a row that
+    /// stops short of the key, or `DEFAULT VALUES`, then leaves it to pgshard). `Ok(true)` when
+    /// the batch is answered already (the catalog read failed: its error, then ReadyForQuery).
+    pub async fn list_batch_insert_columns(&mut self, sync: bool) -> Result<bool, End> {
         let unlisted: Vec<(usize, String)> = self
             .batch
             .iter()
