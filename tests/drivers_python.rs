@@ -31,6 +31,7 @@ const SECTIONS: &[&str] = &[
     "psycopg_transaction_two_shards",
     "psycopg_multirow_returning",
     "psycopg_insert_without_columns",
+    "psycopg_default_values",
     "asyncpg_fetchval_every_shard",
     "asyncpg_fetchval_in_transaction",
     "asyncpg_recovers_after_errors",

@@ -566,6 +566,31 @@ def psycopg_insert_without_columns(s: Setup) -> None:
         s.assert_on_its_shard(k, f"p{k}")
 
 
+def psycopg_default_values(s: Setup) -> None:
+    """INSERT … DEFAULT VALUES (an ORM creating a row of defaults): pgshard gives the key; in the
+    block psycopg opens, pipelined, text and binary; a rolled-back row is nowhere, a committed
+    one on exactly one shard."""
+    with psycopg.connect(s.proxy) as conn:
+        with conn.cursor() as cur:
+            with conn.pipeline():
+                cur.execute("INSERT INTO users DEFAULT VALUES RETURNING user_id")
+                gone = cur.fetchone()[0]
+                cur.execute("SELECT count(*) FROM users WHERE user_id = %s", (gone,))
+                assert cur.fetchone() == (1,), gone
+        conn.rollback()
+        with conn.cursor(binary=True) as cur:
+            with conn.pipeline():
+                cur.execute("INSERT INTO users DEFAULT VALUES RETURNING user_id, name")
+                kept, name = cur.fetchone()
+                assert name is None, name
+        conn.commit()
+    assert s.where(gone) == {}, gone
+    assert list(s.where(kept).values()) == [None], (kept, s.where(kept))
+    with psycopg.connect(s.proxy, autocommit=True) as conn:
+        conn.execute("DELETE FROM users WHERE user_id = %s", (kept,))
+    assert s.where(kept) == {}, kept
+
+
 async def asyncpg_insert_without_columns(s: Setup) -> None:
     keys = spread(s, 10)
     kept, rolled_back = keys[:8], keys[8:]
