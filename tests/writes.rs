@@ -8,7 +8,7 @@ mod common;
 use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use pgshard::cluster::ClusterInfo;
-use pgshard::router::Strategy;
+use pgshard::router::{ShardKey, ShardMap, Strategy};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 fn code(e: &tokio_postgres::Error) -> String {
@@ -611,6 +611,7 @@ async fn writes_reach_every_shard_they_need() {
         .expect_err("a row width pgshard cannot know without reading two tables");
     assert_eq!(code(&e), "0A000");
     assert_eq!(summed(info, "SELECT count(*) FROM users").await, 14);
+    reference_row_locks(info, &proxy, &map).await;
     simple(&c, "DROP TABLE countries")
         .await
         .expect("drop reference table");
@@ -621,5 +622,96 @@ async fn writes_reach_every_shard_they_need() {
     .await
     {
         assert_eq!(n, 0, "countries dropped on shard {id}");
+    }
+}
+
+/// Row locks on a reference table behave as on one Postgres for blocks that started on different
+/// shards: a job claim (`… LIMIT 1 FOR UPDATE SKIP LOCKED`) of a second worker skips the row the
+/// first one holds, and an UPDATE takes the row on the lead shard before it touches any other
+/// copy, so a second writer queues there instead of deadlocking across shards.
+async fn reference_row_locks(
+    info: &ClusterInfo,
+    proxy: &pgshard::server::RunningProxy,
+    map: &ShardMap,
+) {
+    let lead = info.shard_ids().into_iter().min().expect("shards");
+    let shard_of = |k: i64| map.shard_of(&ShardKey::Int(k));
+    let key_a = (1..1000)
+        .find(|k| shard_of(*k) != lead)
+        .expect("a key off the lead");
+    let key_b = (1..1000)
+        .find(|k| ![lead, shard_of(key_a)].contains(&shard_of(*k)))
+        .expect("a key on a third shard");
+    let setup = connect(proxy).await;
+    setup
+        .batch_execute(
+            "DELETE FROM countries; INSERT INTO countries (code, name) SELECT 'j' || g, 'new' FROM generate_series(1, 5) g",
+        )
+        .await
+        .expect("jobs in the reference table");
+    let claim =
+        "SELECT code FROM countries WHERE name = $1 ORDER BY code LIMIT 1 FOR UPDATE SKIP LOCKED";
+    let (a, b) = (connect(proxy).await, connect(proxy).await);
+    for (worker, key) in [(&a, key_a), (&b, key_b)] {
+        worker.batch_execute("BEGIN").await.unwrap();
+        worker
+            .query("SELECT count(*) FROM users WHERE user_id = $1", &[&key])
+            .await
+            .expect("the block starts on the key's shard");
+    }
+    let first: String = a.query_one(claim, &[&"new"]).await.expect("claim").get(0);
+    let second: String = b.query_one(claim, &[&"new"]).await.expect("claim").get(0);
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("j1", "j2"),
+        "the second worker skips the row the first holds"
+    );
+    b.batch_execute("ROLLBACK").await.unwrap();
+
+    // A writer queued behind a lock on the lead shard has not touched the other copies.
+    let holder = proxy::shard(info, lead).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM countries WHERE code = 'j5' FOR UPDATE")
+        .await
+        .unwrap();
+    let update = a.execute(
+        "UPDATE countries SET name = 'taken' WHERE code = $1",
+        &[&"j5"],
+    );
+    let observe = async {
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE countries SET name = ''taken''%'";
+        let mut waited = false;
+        for _ in 0..500 {
+            let n: i64 = holder.query_one(waiting, &[]).await.unwrap().get(0);
+            if n == 1 {
+                waited = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(waited, "the UPDATE waits for the row on the lead shard");
+        for id in info.shard_ids().into_iter().filter(|id| *id != lead) {
+            let other = proxy::shard(info, id).await;
+            other
+                .batch_execute(
+                    "BEGIN; SELECT 1 FROM countries WHERE code = 'j5' FOR UPDATE NOWAIT; ROLLBACK",
+                )
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("shard {id}: the row is free while the lead's is taken: {e}")
+                });
+        }
+        holder.batch_execute("COMMIT").await.unwrap();
+    };
+    let (updated, ()) = tokio::join!(update, observe);
+    assert_eq!(updated.expect("the UPDATE once the lead's row is free"), 1);
+    a.batch_execute("COMMIT").await.expect("commit");
+    for (id, n) in per_shard(
+        info,
+        "SELECT count(*) FROM countries WHERE name = 'taken' AND code = 'j5'",
+    )
+    .await
+    {
+        assert_eq!(n, 1, "the update on shard {id}");
     }
 }

@@ -241,7 +241,7 @@ impl Session {
                         return Ok(UnitEnd::Failed);
                     }
                 }
-                let answers = self.run_collected(&shards, build).await;
+                let answers = self.run_lead_first(&shards, build).await;
                 let mut verdict = crate::exec::broadcast::judge(&answers, false);
                 if matches!(verdict, crate::exec::broadcast::Verdict::Agreed(_)) {
                     if let Some(fields) = self.number_sequences(&shards, &facts).await {

@@ -179,6 +179,13 @@ impl Router {
         all.into_iter().collect()
     }
 
+    /// The shard a statement that changes every shard runs on first (the lowest id): writes to a
+    /// reference table take their row locks there before anywhere else, so concurrent writers of
+    /// one row wait for each other on that shard instead of deadlocking across shards.
+    pub fn lead_shard(&self, map: &ShardMap) -> Option<u32> {
+        self.every_shard(map).first().copied()
+    }
+
     /// The sharded tables this router knows.
     pub fn tables(&self) -> ShardedTables {
         self.tables
@@ -414,6 +421,12 @@ impl Router {
             // written lives on the first shard.
             if facts.unsharded || facts.is_write || facts.kind == StatementKind::Ddl {
                 return Route::Single(first_shard);
+            }
+            if facts.locks_rows {
+                // Row locks on a reference table are taken where its writes take theirs first
+                // (the lead shard, see `lead_shard`), so two blocks that started on different
+                // shards still queue for one row instead of each locking its own copy.
+                return Route::Single(self.lead_shard(map).unwrap_or(first_shard));
             }
             return Route::Any;
         }
@@ -1016,6 +1029,18 @@ mod tests {
             ),
             Route::Single(1)
         );
+        // Reads that lock rows take them on the lead shard, where writes lock first.
+        for sql in [
+            "select * from countries where code = 'fr' for update",
+            "select code from countries order by code limit 1 for update skip locked",
+            "select * from countries for share nowait",
+        ] {
+            assert_eq!(route_sql(&r, sql, map), Route::Single(1), "{sql}");
+            // The lead shard, not where unsharded tables live.
+            let (facts, lits) = r.analyze_simple(sql);
+            let lead = r.route(&facts[0], &LiteralParams(&lits), map, 3);
+            assert_eq!(lead, Route::Single(1), "{sql}");
+        }
         // EXPLAIN of a reference write only plans.
         assert_eq!(
             route_sql(&r, "explain delete from countries", map),

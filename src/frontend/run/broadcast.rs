@@ -3,6 +3,7 @@
 
 use crate::backend::ServerConn;
 use crate::exec::broadcast::{judge, Verdict};
+use crate::exec::collect::Collected;
 use crate::exec::exchange::{Expect, Step};
 use crate::frontend::session::{End, Session};
 use crate::ids::sequence_ranges;
@@ -39,7 +40,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let answers = self.run_collected(&shards, steps).await;
+        let answers = self.run_lead_first(&shards, steps).await;
         let verdict = match judge(&answers, false) {
             Verdict::Agreed(frames) => match self.number_sequences(&shards, facts).await {
                 Some(fields) => Verdict::Failed(fields),
@@ -69,6 +70,28 @@ impl Session {
         }
         self.release_idle();
         Ok(())
+    }
+
+    /// Runs a broadcast inside a block on the lead shard (the first of `shards`) and, once it
+    /// succeeded, on the others in parallel. Every writer of a reference table thus takes its row
+    /// locks on the lead shard first: two blocks updating one row queue there, as on one
+    /// Postgres, instead of each winning the row on some shards and waiting on the others until
+    /// the cross-shard lock timeout ends one of them (40P01). When the lead fails, the others do
+    /// not run (the block rolls back, or is failed, either way).
+    pub async fn run_lead_first(
+        &mut self,
+        shards: &[u32],
+        steps: impl Fn(&ServerConn) -> Vec<Step>,
+    ) -> Vec<Collected> {
+        let Some((lead, rest)) = shards.split_first() else {
+            return Vec::new();
+        };
+        let mut answers = self.run_collected(&[*lead], &steps).await;
+        if rest.is_empty() || answers.iter().any(|a| a.error().is_some()) {
+            return answers;
+        }
+        answers.extend(self.run_collected(rest, &steps).await);
+        answers
     }
 
     /// Puts the sequences of the sharded tables `facts` create or change into each shard's own
