@@ -612,6 +612,7 @@ async fn writes_reach_every_shard_they_need() {
     assert_eq!(code(&e), "0A000");
     assert_eq!(summed(info, "SELECT count(*) FROM users").await, 14);
     reference_row_locks(info, &proxy, &map).await;
+    ordered_claims_lock_what_they_return(&proxy).await;
     simple(&c, "DROP TABLE countries")
         .await
         .expect("drop reference table");
@@ -681,8 +682,11 @@ async fn reference_row_locks(
     let observe = async {
         let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE countries SET name = ''taken''%'";
         let mut waited = false;
-        for _ in 0..500 {
-            let n: i64 = holder.query_one(waiting, &[]).await.unwrap().get(0);
+        // Outside a block: inside one, pg_stat_activity keeps its first snapshot.
+        let watcher = proxy::shard(info, lead).await;
+        // Up to 30 s on a loaded machine.
+        for _ in 0..3000 {
+            let n: i64 = watcher.query_one(waiting, &[]).await.unwrap().get(0);
             if n == 1 {
                 waited = true;
                 break;
@@ -714,4 +718,73 @@ async fn reference_row_locks(
     {
         assert_eq!(n, 1, "the update on shard {id}");
     }
+}
+
+/// A job claim over every shard with an ORDER BY (`… ORDER BY k LIMIT n FOR UPDATE SKIP LOCKED`)
+/// locks, in a block, the rows it returns and no others (OFFSET's rows too, as one Postgres), so
+/// a second worker finds every other row; in both protocols, a named prepared statement included.
+async fn ordered_claims_lock_what_they_return(proxy: &pgshard::server::RunningProxy) {
+    let setup = connect(proxy).await;
+    setup
+        .batch_execute(
+            "INSERT INTO users (user_id, name) SELECT g, 'job' FROM generate_series(1001, 1030) g",
+        )
+        .await
+        .expect("jobs over every shard");
+    let (a, b) = (connect(proxy).await, connect(proxy).await);
+    let ids = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>();
+    let free = || async {
+        b.batch_execute("BEGIN").await.unwrap();
+        let rows = b
+            .query(
+                "SELECT user_id FROM users WHERE name = $1 ORDER BY user_id LIMIT 40 FOR UPDATE SKIP LOCKED",
+                &[&"job"],
+            )
+            .await
+            .expect("second worker's claim");
+        b.batch_execute("ROLLBACK").await.unwrap();
+        ids(rows)
+    };
+    a.batch_execute("BEGIN").await.unwrap();
+    let claim = a
+        .prepare("SELECT user_id FROM users WHERE name = $1 ORDER BY user_id LIMIT $2 FOR UPDATE SKIP LOCKED")
+        .await
+        .expect("prepare the claim");
+    let got = ids(a.query(&claim, &[&"job", &2i64]).await.expect("claim"));
+    assert_eq!(got, [1001, 1002]);
+    assert_eq!(
+        free().await,
+        (1003..=1030).collect::<Vec<i64>>(),
+        "only the two claimed rows are locked"
+    );
+    // The block's own locks are not skipped (as on one Postgres); one more row is locked.
+    let got = ids(a
+        .query(&claim, &[&"job", &3i64])
+        .await
+        .expect("claim again"));
+    assert_eq!(got, [1001, 1002, 1003], "the named statement runs again");
+    // OFFSET's rows are locked too; the simple protocol alike.
+    let msgs = a
+        .simple_query("SELECT user_id FROM users WHERE name = 'job' ORDER BY user_id DESC LIMIT 2 OFFSET 1 FOR UPDATE")
+        .await
+        .expect("simple claim with OFFSET");
+    let got: Vec<i64> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [1029, 1028]);
+    assert_eq!(
+        free().await,
+        (1004..=1027).collect::<Vec<i64>>(),
+        "rows 1001-1003 and 1028-1030 locked"
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(free().await.len(), 30, "the commit released them");
+    setup
+        .batch_execute("DELETE FROM users WHERE name = 'job'")
+        .await
+        .unwrap();
 }

@@ -149,6 +149,9 @@ pub struct MergedOutcome {
     pub ready: Option<Frame>,
     /// Merged groups still waiting for their final projection (see [`finish_pending`]).
     pub pending: Option<Box<Pending>>,
+    /// For an ordered merge of rows: how many rows of each shard the answer used up (see
+    /// [`KWayMerge::taken`]); empty for other merges.
+    pub taken: Vec<u64>,
 }
 
 /// Merged groups whose expressions over aggregates one shard still has to compute, with
@@ -390,8 +393,17 @@ pub async fn run(
         complete: None,
         ready: None,
         pending: None,
+        taken: Vec::new(),
     };
-    let result = merge_all(&mut inputs, merge, collations, client, shards).await;
+    let result = merge_all(
+        &mut inputs,
+        merge,
+        collations,
+        client,
+        shards,
+        &mut out.taken,
+    )
+    .await;
     match result {
         Ok(Merged::Done(Some(rows))) => {
             if !inputs.error_sent {
@@ -577,6 +589,7 @@ async fn merge_all(
     collations: &[ShardText],
     client: &mut impl FrameSink,
     shards: usize,
+    taken: &mut Vec<u64>,
 ) -> Result<Merged, Stop> {
     let plan = &merge.plan;
     let Some((lead, columns)) = descriptions(inputs, shards).await? else {
@@ -685,9 +698,11 @@ async fn merge_all(
                     rows += 1;
                 }
                 if m.is_done() {
+                    taken.extend_from_slice(m.taken());
                     return Ok(Merged::Done(Some(rows)));
                 }
                 let Some(s) = m.waiting_on() else {
+                    taken.extend_from_slice(m.taken());
                     return Ok(Merged::Done(Some(rows)));
                 };
                 match inputs.next(s).await {

@@ -16,6 +16,7 @@ pub mod exchange;
 pub mod final_query;
 pub mod in_turn;
 pub mod index_owner;
+pub mod lock_share;
 pub mod lookup;
 pub mod merge;
 pub mod merged;

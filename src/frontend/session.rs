@@ -1229,9 +1229,26 @@ impl Session {
             &self.cancel,
             work.iter().map(|(c, _)| c.cancel_target()).collect(),
         );
-        let result = match sink {
-            Some(sink) => crate::exec::scatter::run(work, sink, merge).await,
-            None => crate::exec::scatter::run(work, &mut self.io, merge).await,
+        // An ordered locking read with a LIMIT, in a block: each shard locks only its share.
+        let shares = merge.as_ref().and_then(|m| {
+            let wanted = m.rows_wanted().filter(|_| m.plan.lock_shares)?;
+            let in_block = self.state.txn.is_some() && self.state.open_batch_shard.is_none();
+            let two_steps = in_block
+                && work.len() > 1
+                && work
+                    .iter()
+                    .all(|(_, s)| crate::exec::lock_share::applies(s));
+            two_steps.then_some(wanted)
+        });
+        let result = match (shares, merge, sink) {
+            (Some(wanted), Some(merge), Some(sink)) => {
+                crate::exec::lock_share::run(work, sink, merge, wanted).await
+            }
+            (Some(wanted), Some(merge), None) => {
+                crate::exec::lock_share::run(work, &mut self.io, merge, wanted).await
+            }
+            (_, merge, Some(sink)) => crate::exec::scatter::run(work, sink, merge).await,
+            (_, merge, None) => crate::exec::scatter::run(work, &mut self.io, merge).await,
         };
         set_active(&self.cancel, Vec::new());
         for conn in result.conns {

@@ -250,6 +250,9 @@ pub struct MergePlan {
     /// Rows asked of the shards one after another, each for what is still wanted, not all at
     /// once: a locking read with a LIMIT and no ORDER BY (see `analyze::lock_limit`).
     pub fill_in_turn: bool,
+    /// A locking read with an ORDER BY and a LIMIT: inside a block, each shard first learns
+    /// its share of the ordered answer, then locks only those rows (see `exec::lock_share`).
+    pub lock_shares: bool,
 }
 
 /// A plan to run, or `Err` naming what cannot be merged.
@@ -1693,6 +1696,7 @@ fn plan_with(
     stmt.target_list.append(&mut b.hidden_targets);
     let fill_in_turn =
         matches!(kind, PlanKind::Rows) && super::analyze::lock_limit::fills_in_turn(s);
+    let lock_shares = matches!(kind, PlanKind::Rows) && super::analyze::lock_limit::locks_shares(s);
     let sql = NodeEnum::SelectStmt(Box::new(stmt))
         .deparse(pg_query::DeparseOptions::default())
         .map_err(|e| format!("a statement pgshard cannot rewrite ({e})"))?;
@@ -1708,6 +1712,7 @@ fn plan_with(
         finish,
         group_names: None,
         fill_in_turn,
+        lock_shares,
     })
 }
 
@@ -1739,6 +1744,12 @@ mod tests {
             "SELECT id FROM users ORDER BY id LIMIT 5 FOR UPDATE SKIP LOCKED"
         ));
         assert!(!fills("SELECT id FROM users LIMIT 5"));
+        let shares = |sql: &str| plan_sql(sql).unwrap().lock_shares;
+        assert!(shares(
+            "SELECT id FROM users ORDER BY id LIMIT 5 FOR UPDATE SKIP LOCKED"
+        ));
+        assert!(!shares("SELECT id FROM users LIMIT 5 FOR UPDATE"));
+        assert!(!shares("SELECT id FROM users ORDER BY id LIMIT 5"));
     }
 
     #[test]

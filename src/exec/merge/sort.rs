@@ -91,6 +91,8 @@ pub struct KWayMerge {
     finished: Vec<bool>,
     to_skip: u64,
     to_take: Option<u64>,
+    /// Rows of each shard the merged stream used up so far, those OFFSET skipped included.
+    taken: Vec<u64>,
 }
 
 impl KWayMerge {
@@ -119,6 +121,7 @@ impl KWayMerge {
             finished: vec![false; shards],
             to_skip: 0,
             to_take: None,
+            taken: vec![0; shards],
         })
     }
 
@@ -189,6 +192,13 @@ impl KWayMerge {
         (0..self.queues.len()).find(|s| !self.finished[*s] && self.queues[*s].is_empty())
     }
 
+    /// How many rows of each shard the merged stream used up, OFFSET's skipped rows included:
+    /// a prefix of each shard's sorted rows, the ones a single server would have read (and, for
+    /// a locking read, locked) to give the same answer.
+    pub fn taken(&self) -> &[u64] {
+        &self.taken
+    }
+
     /// Rows buffered for `shard` (0 for an unknown shard).
     pub fn buffered(&self, shard: usize) -> usize {
         self.queues.get(shard).map_or(0, VecDeque::len)
@@ -222,7 +232,9 @@ impl KWayMerge {
                     best = Some(s);
                 }
             }
-            let pending = self.queues[best?].pop_front()?;
+            let best = best?;
+            let pending = self.queues[best].pop_front()?;
+            self.taken[best] += 1;
             if self.to_skip > 0 {
                 self.to_skip -= 1;
                 continue;
@@ -414,6 +426,9 @@ mod tests {
             .unwrap()
             .with_limit(2, Some(3));
         assert_eq!(run(&mut m, shards()), ["3", "4", "5"]);
+        // Rows 1..5 were used up, skipped ones included: 1, 4, 5 of the first shard, 2, 3 of
+        // the second.
+        assert_eq!(m.taken(), [3, 2]);
         assert!(m.is_done());
         assert_eq!(m.waiting_on(), None);
         // Rows after the LIMIT are dropped, not buffered.
@@ -432,6 +447,12 @@ mod tests {
             .unwrap()
             .with_limit(4, Some(100));
         assert_eq!(run(&mut m, shards()), ["5", "6"]);
+        assert_eq!(m.taken(), [3, 3]);
+        let mut m = KWayMerge::new(2, &cols(), vec![SortKey::asc(0)])
+            .unwrap()
+            .with_limit(0, Some(1));
+        assert_eq!(run(&mut m, shards()), ["1"]);
+        assert_eq!(m.taken(), [1, 0]);
     }
 
     #[test]

@@ -18,9 +18,20 @@ pub fn fills_in_turn(s: &pb::SelectStmt) -> bool {
         && s.op == pb::SetOperation::SetopNone as i32
 }
 
+/// Whether `s` locks rows by shares: a locking clause, a LIMIT and an ORDER BY. Each shard
+/// applies the LIMIT to its own rows and would lock that many; inside a block the proxy learns
+/// how many of each shard's rows the ordered answer uses and locks only those
+/// (`exec::lock_share`).
+pub fn locks_shares(s: &pb::SelectStmt) -> bool {
+    !s.locking_clause.is_empty()
+        && !s.sort_clause.is_empty()
+        && s.limit_count.is_some()
+        && s.op == pb::SetOperation::SetopNone as i32
+}
+
 #[cfg(test)]
 mod tests {
-    use super::fills_in_turn;
+    use super::{fills_in_turn, locks_shares};
     use pg_query::NodeEnum;
 
     fn select(sql: &str) -> bool {
@@ -59,6 +70,39 @@ mod tests {
         ];
         for (sql, want) in cases {
             assert_eq!(select(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn ordered_locking_reads_with_a_limit_lock_by_shares() {
+        let cases = [
+            (
+                "SELECT id FROM jobs ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                true,
+            ),
+            (
+                "SELECT * FROM jobs ORDER BY id LIMIT $1 OFFSET 2 FOR SHARE",
+                true,
+            ),
+            (
+                "SELECT * FROM jobs ORDER BY id FETCH FIRST 2 ROWS ONLY FOR UPDATE",
+                true,
+            ),
+            ("SELECT * FROM jobs LIMIT 5 FOR UPDATE", false),
+            ("SELECT * FROM jobs ORDER BY id FOR UPDATE", false),
+            ("SELECT * FROM jobs ORDER BY id LIMIT 5", false),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(shares(sql), want, "{sql}");
+        }
+    }
+
+    fn shares(sql: &str) -> bool {
+        let parsed = pg_query::parse(sql, 0).unwrap();
+        let stmt = parsed.protobuf.stmts[0].stmt.as_deref().unwrap();
+        match stmt.node.as_ref() {
+            Some(NodeEnum::SelectStmt(s)) => locks_shares(s),
+            other => panic!("not a SELECT: {other:?}"),
         }
     }
 }
