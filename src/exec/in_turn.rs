@@ -114,8 +114,8 @@ pub fn limited(steps: &[Step], max_rows: i32) -> Option<Vec<Step>> {
 /// Keeps one shard's answer for the merge, counting its rows; a PortalSuspended (the row
 /// limit reached) becomes the CommandComplete the merge expects.
 #[derive(Default)]
-struct Kept {
-    frames: Vec<Frame>,
+pub(super) struct Kept {
+    pub(super) frames: Vec<Frame>,
     rows: u64,
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::collation::{self, ShardText};
 use super::exchange::{self, Expect, FrameSink, SinkError, Step};
-use super::in_turn;
+use super::in_turn::{self, Kept};
 use super::merged::{self, BoundMerge};
 use super::readers::AbortOnDrop;
 use super::scatter::ScatterResult;
@@ -69,48 +69,34 @@ fn control(sql: &str) -> Step {
 }
 
 /// One shard's answer to a step: the control query's answer dropped (its error kept), the
-/// statement's frames kept for the merge, a PortalSuspended (the row limit reached) turned into
-/// the CommandComplete the merge expects.
+/// statement's frames kept for the merge as a shard's turn keeps them.
 #[derive(Default)]
 struct Answer {
     control_done: bool,
     control_error: Option<ErrorFields>,
-    frames: Vec<Frame>,
-    rows: u64,
+    kept: Kept,
 }
 
 impl FrameSink for Answer {
     async fn send(&mut self, frame: Frame) -> Result<(), SinkError> {
-        if !self.control_done {
-            match frame.tag {
-                be::READY_FOR_QUERY => self.control_done = true,
-                be::ERROR_RESPONSE if self.control_error.is_none() => {
-                    self.control_error = Some(
-                        ErrorFields::decode(&frame.body)
-                            .unwrap_or_else(|_| ErrorFields::error("XX000", "a savepoint failed")),
-                    );
-                }
-                _ => {}
-            }
-            return Ok(());
+        if self.control_done {
+            return self.kept.send(frame).await;
         }
         match frame.tag {
-            be::DATA_ROW => self.rows += 1,
-            be::PORTAL_SUSPENDED => {
-                self.frames
-                    .push(be::command_complete(&format!("SELECT {}", self.rows)));
-                return Ok(());
+            be::READY_FOR_QUERY => self.control_done = true,
+            be::ERROR_RESPONSE if self.control_error.is_none() => {
+                self.control_error = Some(
+                    ErrorFields::decode(&frame.body)
+                        .unwrap_or_else(|_| ErrorFields::error("XX000", "a savepoint failed")),
+                );
             }
             _ => {}
         }
-        self.frames.push(frame);
         Ok(())
     }
 
-    async fn copy_in(&mut self, _conn: &mut ServerConn) -> Result<(), SinkError> {
-        Err(SinkError::Refused(
-            "COPY FROM STDIN cannot run in a read of several shards".into(),
-        ))
+    async fn copy_in(&mut self, conn: &mut ServerConn) -> Result<(), SinkError> {
+        self.kept.copy_in(conn).await
     }
 }
 
@@ -281,7 +267,7 @@ pub async fn run(
     let texts: Vec<ShardText> = answers.iter().filter_map(|(t, _)| t.clone()).collect();
     let (firsts, control_errors): (Vec<Vec<Frame>>, Vec<Option<ErrorFields>>) = answers
         .into_iter()
-        .map(|(_, a)| (a.frames, a.control_error))
+        .map(|(_, a)| (a.kept.frames, a.control_error))
         .unzip();
     if let Some(e) = control_errors.into_iter().flatten().next() {
         return failed(conns, Failed::Error(e));
@@ -330,7 +316,7 @@ pub async fn run(
             return failed(conns, Failed::Error(e));
         }
         if share > 0 {
-            finals.push(a.frames);
+            finals.push(a.kept.frames);
         } else {
             // Nothing of this shard is in the answer: its description, no rows.
             finals.push(without_rows(first));

@@ -34,11 +34,11 @@ mod tests {
     use super::{fills_in_turn, locks_shares};
     use pg_query::NodeEnum;
 
-    fn select(sql: &str) -> bool {
+    fn select(sql: &str, judge: fn(&pg_query::protobuf::SelectStmt) -> bool) -> bool {
         let parsed = pg_query::parse(sql, 0).unwrap();
         let stmt = parsed.protobuf.stmts[0].stmt.as_deref().unwrap();
         match stmt.node.as_ref() {
-            Some(NodeEnum::SelectStmt(s)) => fills_in_turn(s),
+            Some(NodeEnum::SelectStmt(s)) => judge(s),
             other => panic!("not a SELECT: {other:?}"),
         }
     }
@@ -69,7 +69,7 @@ mod tests {
             ("SELECT * FROM jobs OFFSET 5 FOR UPDATE", false),
         ];
         for (sql, want) in cases {
-            assert_eq!(select(sql), want, "{sql}");
+            assert_eq!(select(sql, fills_in_turn), want, "{sql}");
         }
     }
 
@@ -93,16 +93,7 @@ mod tests {
             ("SELECT * FROM jobs ORDER BY id LIMIT 5", false),
         ];
         for (sql, want) in cases {
-            assert_eq!(shares(sql), want, "{sql}");
-        }
-    }
-
-    fn shares(sql: &str) -> bool {
-        let parsed = pg_query::parse(sql, 0).unwrap();
-        let stmt = parsed.protobuf.stmts[0].stmt.as_deref().unwrap();
-        match stmt.node.as_ref() {
-            Some(NodeEnum::SelectStmt(s)) => locks_shares(s),
-            other => panic!("not a SELECT: {other:?}"),
+            assert_eq!(select(sql, locks_shares), want, "{sql}");
         }
     }
 }
