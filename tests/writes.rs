@@ -613,6 +613,7 @@ async fn writes_reach_every_shard_they_need() {
     assert_eq!(summed(info, "SELECT count(*) FROM users").await, 14);
     reference_row_locks(info, &proxy, &map).await;
     ordered_claims_lock_what_they_return(&proxy).await;
+    conditional_upserts_return_their_rows(info, &proxy).await;
     simple(&c, "DROP TABLE countries")
         .await
         .expect("drop reference table");
@@ -785,6 +786,67 @@ async fn ordered_claims_lock_what_they_return(proxy: &pgshard::server::RunningPr
     assert_eq!(free().await.len(), 30, "the commit released them");
     setup
         .batch_execute("DELETE FROM users WHERE name = 'job'")
+        .await
+        .unwrap();
+}
+
+/// `INSERT … ON CONFLICT (key) DO UPDATE … WHERE … RETURNING` over several shards (SQLAlchemy's
+/// `on_conflict_do_update(where=…)`) returns the rows one Postgres returns — inserted, or updated
+/// where the WHERE held — in VALUES order, in both protocols; a conflict target without the key,
+/// or a key given twice, is refused.
+async fn conditional_upserts_return_their_rows(
+    info: &ClusterInfo,
+    proxy: &pgshard::server::RunningProxy,
+) {
+    let c = connect(proxy).await;
+    c.batch_execute(
+        "INSERT INTO users (user_id, name) SELECT g, 'm' FROM generate_series(2001, 2006) g",
+    )
+    .await
+    .expect("rows to upsert over");
+    let upsert = "INSERT INTO users (user_id, name) VALUES ($1, $2), ($3, $4), ($5, $6), ($7, $8) ON CONFLICT (user_id) DO UPDATE SET name = excluded.name WHERE users.name < excluded.name RETURNING user_id, name";
+    let rows = c
+        .query(
+            upsert,
+            &[
+                &2001i64, &"t", &2002i64, &"a", &2010i64, &"x", &2003i64, &"z",
+            ],
+        )
+        .await
+        .expect("extended upsert");
+    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        [(2001, "t".into()), (2010, "x".into()), (2003, "z".into())],
+        "updated where the WHERE held, inserted, in VALUES order"
+    );
+    let msgs = c
+        .simple_query("INSERT INTO users (user_id, name) VALUES (2004, 'a'), (2005, 'q'), (2006, 'b') ON CONFLICT (user_id) DO UPDATE SET name = excluded.name WHERE users.name < excluded.name RETURNING user_id")
+        .await
+        .expect("simple upsert");
+    let got: Vec<&str> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, ["2005"], "only 'q' sorts after 'm'");
+    let count = |name: &str| {
+        format!(
+            "SELECT count(*) FROM users WHERE user_id BETWEEN 2001 AND 2010 AND name = '{name}'"
+        )
+    };
+    assert_eq!(summed(info, &count("m")).await, 3, "2002, 2004 and 2006 kept");
+    assert_eq!(summed(info, &count("x")).await, 1, "2010 inserted once");
+    for (sql, why) in [
+        ("INSERT INTO users (user_id, name) VALUES (2001, 'a'), (2002, 'b') ON CONFLICT (name) DO UPDATE SET name = 'c' WHERE users.name < 'z' RETURNING user_id", "a conflict target without the key"),
+        ("INSERT INTO users (user_id, name) VALUES (2001, 'a'), (2002, 'b'), (2001, 'c') ON CONFLICT (user_id) DO UPDATE SET name = 'c' WHERE users.name < 'z' RETURNING user_id", "a key given twice"),
+    ] {
+        let e = c.batch_execute(sql).await.expect_err(why);
+        assert_eq!(code(&e), "0A000", "{why}");
+    }
+    c.batch_execute("DELETE FROM users WHERE user_id BETWEEN 2001 AND 2010")
         .await
         .unwrap();
 }

@@ -187,6 +187,13 @@ pub fn statement_route(
         (Some(route), _) => (route.clone(), None),
         (None, Some(keys)) if st.facts.missing_key_rows.is_some() => {
             let key = st.facts.shard_key.as_ref().map(|(_, k)| k.as_str());
+            if let Some((table, key)) = &st.facts.shard_key {
+                let why =
+                    crate::router::conflict_update_where_split(st.facts, &keys.keys, table, key);
+                if let Some(why) = why {
+                    return Err(Refusal::unsupported(why));
+                }
+            }
             let (text, route) = keyed_insert(st.sql, keys, cx.map, key)?;
             (route, Some(text))
         }

@@ -532,7 +532,10 @@ fn write_route(
             .route_text(),
         ),
         (StatementKind::Insert, Some(keys)) => {
-            Route::SplitInsert(split_insert::rows_by_shard_key(keys, map))
+            match conflict_update_where_split(facts, keys, table, key) {
+                Some(why) => Route::Refuse(why),
+                None => Route::SplitInsert(split_insert::rows_by_shard_key(keys, map)),
+            }
         }
         (StatementKind::Insert, None) => Route::Refuse(format!(
             "INSERT into sharded table {table} whose rows' {key} values are not all constants or parameters (INSERT … SELECT, DEFAULT, expressions) cannot be routed to its rows' shards; insert with VALUES naming {key}"
@@ -547,6 +550,26 @@ fn write_route(
                 "this write touches {n} shards in a way pgshard cannot split; name one {key} per statement{why}"
             ))
         }
+    }
+}
+
+/// Why an `INSERT … ON CONFLICT … DO UPDATE … WHERE … RETURNING` cannot be split one row at a
+/// time (see `split_insert::split`): its conflict target must name the shard key and its rows'
+/// keys must differ. `None` for any other INSERT, or one that can.
+pub fn conflict_update_where_split(
+    facts: &StatementFacts,
+    keys: &[ShardKey],
+    table: &str,
+    key: &str,
+) -> Option<String> {
+    match facts.conflict_update_where? {
+        false => Some(format!(
+            "INSERT … ON CONFLICT … DO UPDATE … WHERE … RETURNING over several shards needs a conflict target that names {table}.{key} (ON CONFLICT ({key}, …)); insert the rows of each shard separately"
+        )),
+        true if keys.iter().collect::<std::collections::HashSet<_>>().len() < keys.len() => Some(format!(
+            "INSERT … ON CONFLICT … DO UPDATE … WHERE … RETURNING over several shards with two rows of the same {table}.{key}: one Postgres fails it (a row cannot be affected twice); give each row its own key"
+        )),
+        true => None,
     }
 }
 
@@ -905,6 +928,43 @@ mod tests {
             r.route(&facts[0], &p, modulo, 1),
             Route::SplitInsert(plan) if plan.len() == 2
         ));
+    }
+
+    #[test]
+    fn conflict_update_where_returning_splits_only_by_distinct_keys_in_the_target() {
+        let r = router();
+        let modulo = &maps()[2];
+        let split = |sql: &str| matches!(route_sql(&r, sql, modulo), Route::SplitInsert(_));
+        let refused = |sql: &str, needle: &str| match route_sql(&r, sql, modulo) {
+            Route::Refuse(m) => assert!(m.contains(needle), "{sql}: {m}"),
+            other => panic!("{sql}: {other:?}"),
+        };
+        let upsert = "insert into users (user_id, n) values (1, 1), (2, 2) on conflict";
+        assert!(split(&format!(
+            "{upsert} (user_id) do update set n = excluded.n where users.n < excluded.n returning user_id"
+        )));
+        assert!(split(&format!(
+            "{upsert} (name, user_id) do update set n = 0 where users.n > 0 returning *"
+        )));
+        // Without RETURNING or WHERE, every row is answered for.
+        assert!(split(&format!(
+            "{upsert} (name) do update set n = 0 where users.n > 0"
+        )));
+        assert!(split(&format!(
+            "{upsert} (name) do update set n = 0 returning *"
+        )));
+        refused(
+            &format!("{upsert} (name) do update set n = 0 where users.n > 0 returning *"),
+            "names users.user_id",
+        );
+        refused(
+            &format!("{upsert} on constraint users_pkey do update set n = 0 where users.n > 0 returning *"),
+            "names users.user_id",
+        );
+        refused(
+            "insert into users (user_id, n) values (1, 1), (2, 2), (1, 3) on conflict (user_id) do update set n = 0 where users.n > 0 returning *",
+            "two rows of the same users.user_id",
+        );
     }
 
     #[test]

@@ -173,7 +173,10 @@ fn values_list(sql: &str) -> Result<ValuesList, SplitError> {
 /// rows' order, so the rows each shard skips are known and the rows it returns go back in
 /// VALUES order. One Postgres skips a row that conflicts with an earlier row of the same
 /// statement as it skips one conflicting with an earlier statement's, so the answer is the
-/// same (only a statement-level trigger fires once per row's INSERT).
+/// same (only a statement-level trigger fires once per row's INSERT). `ON CONFLICT … DO UPDATE
+/// … WHERE` with RETURNING runs one INSERT per row too: the router splits it only when its
+/// conflict target holds the shard key and the rows' keys differ, so no two rows of the
+/// statement can meet in the target (where one Postgres fails with 21000).
 pub fn split(sql: &str, plan: &[ShardRows]) -> Result<Vec<ShardInsert>, SplitError> {
     let list = values_list(sql)?;
     let expected: usize = plan.iter().map(|p| p.rows.len()).sum();
@@ -189,7 +192,7 @@ pub fn split(sql: &str, plan: &[ShardRows]) -> Result<Vec<ShardInsert>, SplitErr
         });
     }
     let per_row = match (list.returning, list.skips) {
-        (true, Some("DO NOTHING")) if !list.with => true,
+        (true, Some(_)) if !list.with => true,
         (true, Some(why)) => return Err(SplitError::SkippedRows(why)),
         _ => false,
     };
@@ -363,9 +366,18 @@ mod tests {
             ),
             Err(SplitError::SkippedRows("DO NOTHING"))
         );
+        let parts = split(
+            "insert into users (user_id, n) values (1, 1), (2, 2) on conflict (user_id) where n > 0 do update set n = 0 where users.n < 5 returning *",
+            &p,
+        )
+        .expect("DO UPDATE … WHERE with RETURNING, one INSERT per row");
+        assert_eq!(
+            parts[0].row_statements,
+            ["insert into users (user_id, n) values (1, 1) on conflict (user_id) where n > 0 do update set n = 0 where users.n < 5 returning *"]
+        );
         assert_eq!(
             split(
-                "insert into users (user_id, n) values (1, 1), (2, 2) on conflict (user_id) where n > 0 do update set n = 0 where users.n < 5 returning *",
+                "with w as (delete from t returning 1) insert into users (user_id, n) values (1, 1), (2, 2) on conflict (user_id) do update set n = 0 where users.n < 5 returning *",
                 &p
             ),
             Err(SplitError::SkippedRows("DO UPDATE … WHERE"))

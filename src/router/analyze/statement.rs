@@ -105,6 +105,10 @@ pub struct StatementFacts {
     /// A read that takes row locks (`FOR UPDATE`, `FOR SHARE`, …): a standby refuses it
     /// (25006), so it never goes to a replica.
     pub locks_rows: bool,
+    /// `INSERT … ON CONFLICT … DO UPDATE … WHERE … RETURNING`: whether its conflict target names
+    /// the shard key. Split over shards one row at a time only then, and only for distinct keys
+    /// (else two rows of one statement could meet in the target).
+    pub conflict_update_where: Option<bool>,
     /// Set when the statement binds the client to one server connection for the rest of its session
     /// (LISTEN, session advisory locks, temporary tables, WITH HOLD cursors, PREPARE): names the feature.
     pub session_bound: Option<String>,
@@ -219,6 +223,7 @@ impl StatementFacts {
             key: KeyFacts::Unknown,
             is_write: false,
             locks_rows: false,
+            conflict_update_where: None,
             session_bound: None,
             refuse: None,
             needs_merge: None,

@@ -41,6 +41,17 @@ pub(super) fn analyze_insert(
             facts.refuse = Some(Refused::OnConflictUpdatesKey { table: t, key });
             return;
         }
+        let updates_where =
+            oc.action == pb::OnConflictAction::OnconflictUpdate as i32 && oc.where_clause.is_some();
+        if updates_where && !facts.returns_no_rows {
+            let target_has_key = oc.infer.as_ref().is_some_and(|infer| {
+                infer.index_elems.iter().any(|e| match e.node.as_ref() {
+                    Some(NodeEnum::IndexElem(ie)) => ie.name.eq_ignore_ascii_case(&key),
+                    _ => false,
+                })
+            });
+            facts.conflict_update_where = Some(target_has_key);
+        }
     }
     if i.cols.is_empty() {
         facts.refuse = Some(Refused::InsertWithoutColumns { table: t, key });
