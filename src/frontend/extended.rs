@@ -400,7 +400,13 @@ impl Session {
                         self.state.batch_failed(!sync, join_txn);
                     }
                     self.after_statements(all_facts, &outcome, Some(shard));
-                    if let ([st], None) = (&executed[..], &outcome.error) {
+                    let ran = completed_statements(
+                        executed.len(),
+                        executes,
+                        outcome.error.is_some(),
+                        outcome.tags.len(),
+                    );
+                    for st in &executed[..ran] {
                         if let Some(f) = st.facts.first() {
                             self.note_block_statement(&st.sql, f);
                         }
@@ -422,9 +428,11 @@ impl Session {
                 let ok = self
                     .run_scatter_request(shards, atomic, build, bound)
                     .await?;
-                if let ([st], true) = (&executed[..], ok) {
-                    if let Some(f) = st.facts.first() {
-                        self.note_block_statement(&st.sql, f);
+                if ok {
+                    for st in &executed {
+                        if let Some(f) = st.facts.first() {
+                            self.note_block_statement(&st.sql, f);
+                        }
                     }
                 }
             }
@@ -1051,6 +1059,22 @@ pub(super) fn quiet_sync() -> Step {
     }
 }
 
+/// How many of a batch's executed statements (those bound in it, in Execute order) ran to
+/// completion on the one shard that ran it, so that the savepoints and SET LOCALs among them are
+/// replayed on shards joining the block later (pgjdbc sends `BEGIN` and `SAVEPOINT` of
+/// `setSavepoint()` in one batch). Without an error, all of them. After an error, those before
+/// it: each completed Execute answered one CommandComplete (`tags`), which counts statements only
+/// when every Execute of the batch runs a statement bound in it; otherwise none is taken.
+fn completed_statements(statements: usize, executes: usize, failed: bool, tags: usize) -> usize {
+    if !failed {
+        statements
+    } else if executes == statements {
+        tags.min(statements)
+    } else {
+        0
+    }
+}
+
 /// The Sync or Flush that ends a batch.
 fn batch_end(sync: bool) -> Step {
     if sync {
@@ -1220,6 +1244,27 @@ fn local_row_description(facts: &[StatementFacts]) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_noted_for_late_joiners_are_those_that_completed() {
+        // (statements, executes, failed, tags) → statements noted
+        let cases = [
+            ((2, 2, false, 2), 2), // BEGIN; SAVEPOINT a
+            ((1, 1, false, 1), 1),
+            ((3, 3, true, 2), 2), // SAVEPOINT a; RELEASE a; INSERT (fails)
+            ((3, 3, true, 0), 0), // the first one failed
+            ((2, 3, true, 2), 0), // an Execute of a portal bound earlier: tags count it too
+            ((2, 2, true, 5), 2),
+            ((0, 1, false, 1), 0),
+        ];
+        for ((statements, executes, failed, tags), want) in cases {
+            assert_eq!(
+                completed_statements(statements, executes, failed, tags),
+                want,
+                "{statements} statements, {executes} executes, failed {failed}, {tags} tags"
+            );
+        }
+    }
 
     #[test]
     fn a_binds_statement_name_is_read_without_decoding_it() {

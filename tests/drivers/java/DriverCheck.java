@@ -717,6 +717,40 @@ public final class DriverCheck {
         }
     }
 
+    /**
+     * setSavepoint() as the first call of a transaction, for a key on every shard: pgjdbc sends its
+     * BEGIN and the SAVEPOINT in one batch, which runs before any key is known, so the shard the key
+     * then reaches must get the savepoint too for releaseSavepoint and rollback(savepoint) there.
+     */
+    private void savepointFirstInBlock() throws SQLException {
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            for (int shard : shards) {
+                Savepoint first = conn.setSavepoint();
+                ps.setLong(1, key(shard, 13));
+                ps.setString(2, "sp-first");
+                ps.executeUpdate();
+                conn.releaseSavepoint(first);
+                Savepoint again = conn.setSavepoint();
+                ps.setLong(1, key(shard, 13));
+                ps.setString(2, "duplicate");
+                try {
+                    ps.executeUpdate();
+                    throw new CheckFailed("a duplicate key was inserted");
+                } catch (SQLException e) {
+                    expectState(e, "23505", "duplicate key after setSavepoint");
+                }
+                conn.rollback(again);
+                conn.commit();
+            }
+        } finally {
+            conn.setAutoCommit(true);
+        }
+        for (int shard : shards) {
+            expectOnItsShard(key(shard, 13), shard, "sp-first");
+        }
+    }
+
     private interface Step {
         void run() throws SQLException;
     }
@@ -745,6 +779,7 @@ public final class DriverCheck {
         steps.put("fetchSizeThenCommit", suite::fetchSizeThenCommit);
         steps.put("autosaveAlways", suite::autosaveAlways);
         steps.put("describeFirstInBlock", suite::describeFirstInBlock);
+        steps.put("savepointFirstInBlock", suite::savepointFirstInBlock);
         boolean runGaps = "run".equals(System.getenv("PGSHARD_DRIVER_GAPS"));
         List<String> openGaps = new ArrayList<>();
         for (Map.Entry<String, Step> step : steps.entrySet()) {
