@@ -425,6 +425,9 @@ impl Session {
                 let bound = merge.as_ref().map(|(_, b)| b.clone());
                 let atomic = all_facts.iter().any(needs_atomic_scatter);
                 self.route_reads(&shards, all_facts).await;
+                if let Some(first) = executed.first() {
+                    self.before_rollback_to(&first.sql, first.facts.first());
+                }
                 let ok = self
                     .run_scatter_request(shards, atomic, build, bound)
                     .await?;

@@ -562,6 +562,9 @@ impl Session {
                 };
                 let atomic = facts.iter().any(needs_atomic_scatter);
                 self.route_reads(&shards, &facts).await;
+                if let [only] = &facts[..] {
+                    self.before_rollback_to(&sql, Some(only));
+                }
                 let ok = self
                     .run_scatter_request(shards, atomic, steps, bound)
                     .await?;
