@@ -733,6 +733,13 @@ impl Session {
                 self.io.push(&be::ready_for_query(status));
                 None
             }
+            Ok(SqlPrepareAction::Forget(name)) => {
+                self.state.statements.remove(&name);
+                self.io.push(&be::command_complete("DEALLOCATE"));
+                let status = self.status();
+                self.io.push(&be::ready_for_query(status));
+                None
+            }
             Err(fields) => {
                 self.reply_error(fields);
                 None
