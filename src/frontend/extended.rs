@@ -406,7 +406,10 @@ impl Session {
                         outcome.error.is_some(),
                         outcome.tags.len(),
                     );
-                    for st in &executed[..ran] {
+                    let ran = &executed[..ran];
+                    let open =
+                        since_block_end(ran.iter().map(|st| st.facts.first().map(|f| &f.kind)));
+                    for st in &ran[open..] {
                         if let Some(f) = st.facts.first() {
                             self.note_block_statement(&st.sql, f);
                         }
@@ -432,7 +435,10 @@ impl Session {
                     .run_scatter_request(shards, atomic, build, bound)
                     .await?;
                 if ok {
-                    for st in &executed {
+                    let open = since_block_end(
+                        executed.iter().map(|st| st.facts.first().map(|f| &f.kind)),
+                    );
+                    for st in &executed[open..] {
                         if let Some(f) = st.facts.first() {
                             self.note_block_statement(&st.sql, f);
                         }
@@ -1078,6 +1084,18 @@ fn completed_statements(statements: usize, executes: usize, failed: bool, tags: 
     }
 }
 
+/// Where the statements of the block open after a batch start: after its last COMMIT or ROLLBACK
+/// (a savepoint of a block that ended in the batch is not the next block's).
+fn since_block_end<'a>(kinds: impl Iterator<Item = Option<&'a StatementKind>>) -> usize {
+    let mut start = 0;
+    for (i, kind) in kinds.enumerate() {
+        if matches!(kind, Some(StatementKind::Commit | StatementKind::Rollback)) {
+            start = i + 1;
+        }
+    }
+    start
+}
+
 /// The Sync or Flush that ends a batch.
 fn batch_end(sync: bool) -> Step {
     if sync {
@@ -1247,6 +1265,32 @@ fn local_row_description(facts: &[StatementFacts]) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_noted_for_late_joiners_follow_the_last_block_end() {
+        let (begin, savepoint, commit, rollback, other) = (
+            StatementKind::Begin,
+            StatementKind::Savepoint,
+            StatementKind::Commit,
+            StatementKind::Rollback,
+            StatementKind::Other,
+        );
+        let cases: &[(&[&StatementKind], usize)] = &[
+            (&[&begin, &savepoint], 0),
+            (&[&savepoint, &other, &savepoint], 0),
+            (&[&begin, &savepoint, &commit, &begin, &savepoint], 3),
+            (&[&savepoint, &rollback], 2),
+            (&[], 0),
+        ];
+        for (kinds, want) in cases {
+            assert_eq!(
+                since_block_end(kinds.iter().map(|k| Some(*k))),
+                *want,
+                "{kinds:?}"
+            );
+        }
+        assert_eq!(since_block_end([None, Some(&commit), None].into_iter()), 2);
+    }
 
     #[test]
     fn statements_noted_for_late_joiners_are_those_that_completed() {
