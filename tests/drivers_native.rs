@@ -28,7 +28,7 @@ const SHARDS: u32 = 10;
 const FIRST_KEY: i64 = 9_000_000;
 const WINDOW: i64 = 500;
 /// Keys per shard handed to each suite.
-const PER_SHARD: usize = 13;
+const PER_SHARD: usize = 15;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// pgjdbc as Debian installs it.

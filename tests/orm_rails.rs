@@ -1,7 +1,9 @@
 //! Rails ActiveRecord (Debian's ruby-activerecord and ruby-pg) with its defaults through pgshard
 //! in front of 10 shards: `tests/ruby/orm_rails.rb` runs a migration under ActiveRecord's
-//! advisory lock, CRUD by key, transactions over two shards, keyless queries and `insert_all`
-//! over several shards; the table it creates is configured sharded by its `id`.
+//! advisory lock, CRUD by key, transactions over two shards, keyless queries, `insert_all` over
+//! several shards, savepoints (`create_or_find_by`, `requires_new`) and locking (`lock_version`,
+//! `lock!`, `with_lock`) in blocks over several shards, and `find_each` / `in_batches`; the table
+//! it creates is configured sharded by its `id`.
 
 mod common;
 
@@ -32,6 +34,9 @@ async fn rails_activerecord_runs_unchanged() {
             "transactions",
             "keyless",
             "insert_all",
+            "savepoints",
+            "locking",
+            "batches",
             "ok"
         ],
         "{stderr}"

@@ -244,6 +244,8 @@ struct Merge {
     rows: u64,
     completes: usize,
     tag_word: Option<String>,
+    /// The shards' tags carry no row count (SAVEPOINT, ROLLBACK, SET): neither does the merged one.
+    uncounted: bool,
     error_sent: bool,
     ready: Option<Frame>,
     empty: Option<Frame>,
@@ -262,7 +264,10 @@ impl Merge {
                 self.completes += 1;
                 if let Ok(tag) = be::decode_command_complete(&frame.body) {
                     let (word, count) = split_tag(tag);
-                    self.rows += count;
+                    match count {
+                        Some(n) => self.rows += n,
+                        None => self.uncounted = true,
+                    }
                     self.tag_word.get_or_insert(word);
                 }
                 Ok(())
@@ -298,31 +303,68 @@ impl Merge {
                 complete = Some(empty);
             } else if self.completes == shards {
                 let word = self.tag_word.unwrap_or_else(|| "SELECT".into());
-                complete = Some(be::command_complete(&format!("{word} {}", self.rows)));
+                complete = Some(be::command_complete(&if self.uncounted {
+                    word
+                } else {
+                    format!("{word} {}", self.rows)
+                }));
             }
         }
         (complete, self.ready)
     }
 }
 
-/// `SELECT 12` → ("SELECT", 12).
-fn split_tag(tag: &str) -> (String, u64) {
+/// `SELECT 12` → ("SELECT", Some(12)); `ROLLBACK` → ("ROLLBACK", None).
+fn split_tag(tag: &str) -> (String, Option<u64>) {
     match tag.rsplit_once(' ') {
         Some((word, n)) => match n.parse() {
-            Ok(count) => (word.to_string(), count),
-            Err(_) => (tag.to_string(), 0),
+            Ok(count) => (word.to_string(), Some(count)),
+            Err(_) => (tag.to_string(), None),
         },
-        None => (tag.to_string(), 0),
+        None => (tag.to_string(), None),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::split_tag;
+    use super::{split_tag, Merge};
+    use crate::wire::backend as be;
+
+    #[test]
+    fn merged_tags_carry_a_count_only_when_the_shards_do() {
+        // (the shards' tag word, counted, rows) → the client's tag
+        let cases = [
+            ("SELECT", false, 7, "SELECT 7"),
+            ("UPDATE", false, 0, "UPDATE 0"),
+            ("ROLLBACK", true, 0, "ROLLBACK"),
+            ("SAVEPOINT", true, 0, "SAVEPOINT"),
+            ("RELEASE", true, 0, "RELEASE"),
+        ];
+        for (word, uncounted, rows, want) in cases {
+            let merge = Merge {
+                rows,
+                completes: 3,
+                tag_word: Some(word.into()),
+                uncounted,
+                ..Merge::default()
+            };
+            let (complete, _) = merge.finish(3);
+            let complete = complete.expect("every shard completed");
+            assert_eq!(
+                be::decode_command_complete(&complete.body).ok(),
+                Some(want),
+                "{word}"
+            );
+        }
+    }
 
     #[test]
     fn command_tags_split_into_word_and_count() {
-        assert_eq!(split_tag("SELECT 12"), ("SELECT".to_string(), 12));
-        assert_eq!(split_tag("SHOW"), ("SHOW".to_string(), 0));
+        assert_eq!(split_tag("SELECT 12"), ("SELECT".to_string(), Some(12)));
+        assert_eq!(split_tag("INSERT 0 3"), ("INSERT 0".to_string(), Some(3)));
+        assert_eq!(split_tag("SHOW"), ("SHOW".to_string(), None));
+        assert_eq!(split_tag("SAVEPOINT"), ("SAVEPOINT".to_string(), None));
+        assert_eq!(split_tag("ROLLBACK"), ("ROLLBACK".to_string(), None));
+        assert_eq!(split_tag("SET"), ("SET".to_string(), None));
     }
 }

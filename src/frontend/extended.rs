@@ -400,7 +400,16 @@ impl Session {
                         self.state.batch_failed(!sync, join_txn);
                     }
                     self.after_statements(all_facts, &outcome, Some(shard));
-                    if let ([st], None) = (&executed[..], &outcome.error) {
+                    let ran = completed_statements(
+                        executed.len(),
+                        executes,
+                        outcome.error.is_some(),
+                        outcome.tags.len(),
+                    );
+                    let ran = &executed[..ran];
+                    let open =
+                        since_block_end(ran.iter().map(|st| st.facts.first().map(|f| &f.kind)));
+                    for st in &ran[open..] {
                         if let Some(f) = st.facts.first() {
                             self.note_block_statement(&st.sql, f);
                         }
@@ -419,12 +428,20 @@ impl Session {
                 let bound = merge.as_ref().map(|(_, b)| b.clone());
                 let atomic = all_facts.iter().any(needs_atomic_scatter);
                 self.route_reads(&shards, all_facts).await;
+                if let Some(first) = executed.first() {
+                    self.before_rollback_to(&first.sql, first.facts.first());
+                }
                 let ok = self
                     .run_scatter_request(shards, atomic, build, bound)
                     .await?;
-                if let ([st], true) = (&executed[..], ok) {
-                    if let Some(f) = st.facts.first() {
-                        self.note_block_statement(&st.sql, f);
+                if ok {
+                    let open = since_block_end(
+                        executed.iter().map(|st| st.facts.first().map(|f| &f.kind)),
+                    );
+                    for st in &executed[open..] {
+                        if let Some(f) = st.facts.first() {
+                            self.note_block_statement(&st.sql, f);
+                        }
                     }
                 }
             }
@@ -1051,6 +1068,34 @@ pub(super) fn quiet_sync() -> Step {
     }
 }
 
+/// How many of a batch's executed statements (those bound in it, in Execute order) ran to
+/// completion on the one shard that ran it, so that the savepoints and SET LOCALs among them are
+/// replayed on shards joining the block later (pgjdbc sends `BEGIN` and `SAVEPOINT` of
+/// `setSavepoint()` in one batch). Without an error, all of them. After an error, those before
+/// it: each completed Execute answered one CommandComplete (`tags`), which counts statements only
+/// when every Execute of the batch runs a statement bound in it; otherwise none is taken.
+fn completed_statements(statements: usize, executes: usize, failed: bool, tags: usize) -> usize {
+    if !failed {
+        statements
+    } else if executes == statements {
+        tags.min(statements)
+    } else {
+        0
+    }
+}
+
+/// Where the statements of the block open after a batch start: after its last COMMIT or ROLLBACK
+/// (a savepoint of a block that ended in the batch is not the next block's).
+fn since_block_end<'a>(kinds: impl Iterator<Item = Option<&'a StatementKind>>) -> usize {
+    let mut start = 0;
+    for (i, kind) in kinds.enumerate() {
+        if matches!(kind, Some(StatementKind::Commit | StatementKind::Rollback)) {
+            start = i + 1;
+        }
+    }
+    start
+}
+
 /// The Sync or Flush that ends a batch.
 fn batch_end(sync: bool) -> Step {
     if sync {
@@ -1220,6 +1265,53 @@ fn local_row_description(facts: &[StatementFacts]) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_noted_for_late_joiners_follow_the_last_block_end() {
+        let (begin, savepoint, commit, rollback, other) = (
+            StatementKind::Begin,
+            StatementKind::Savepoint,
+            StatementKind::Commit,
+            StatementKind::Rollback,
+            StatementKind::Other,
+        );
+        let cases: &[(&[&StatementKind], usize)] = &[
+            (&[&begin, &savepoint], 0),
+            (&[&savepoint, &other, &savepoint], 0),
+            (&[&begin, &savepoint, &commit, &begin, &savepoint], 3),
+            (&[&savepoint, &rollback], 2),
+            (&[], 0),
+        ];
+        for (kinds, want) in cases {
+            assert_eq!(
+                since_block_end(kinds.iter().map(|k| Some(*k))),
+                *want,
+                "{kinds:?}"
+            );
+        }
+        assert_eq!(since_block_end([None, Some(&commit), None].into_iter()), 2);
+    }
+
+    #[test]
+    fn statements_noted_for_late_joiners_are_those_that_completed() {
+        // (statements, executes, failed, tags) → statements noted
+        let cases = [
+            ((2, 2, false, 2), 2), // BEGIN; SAVEPOINT a
+            ((1, 1, false, 1), 1),
+            ((3, 3, true, 2), 2), // SAVEPOINT a; RELEASE a; INSERT (fails)
+            ((3, 3, true, 0), 0), // the first one failed
+            ((2, 3, true, 2), 0), // an Execute of a portal bound earlier: tags count it too
+            ((2, 2, true, 5), 2),
+            ((0, 1, false, 1), 0),
+        ];
+        for ((statements, executes, failed, tags), want) in cases {
+            assert_eq!(
+                completed_statements(statements, executes, failed, tags),
+                want,
+                "{statements} statements, {executes} executes, failed {failed}, {tags} tags"
+            );
+        }
+    }
 
     #[test]
     fn a_binds_statement_name_is_read_without_decoding_it() {

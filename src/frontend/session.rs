@@ -562,6 +562,9 @@ impl Session {
                 };
                 let atomic = facts.iter().any(needs_atomic_scatter);
                 self.route_reads(&shards, &facts).await;
+                if let [only] = &facts[..] {
+                    self.before_rollback_to(&sql, Some(only));
+                }
                 let ok = self
                     .run_scatter_request(shards, atomic, steps, bound)
                     .await?;
@@ -726,6 +729,13 @@ impl Session {
             Ok(SqlPrepareAction::Run(statement)) => Some(Some(statement)),
             Ok(SqlPrepareAction::Done(tag)) => {
                 self.io.push(&be::command_complete(tag));
+                let status = self.status();
+                self.io.push(&be::ready_for_query(status));
+                None
+            }
+            Ok(SqlPrepareAction::Forget(name)) => {
+                self.state.statements.remove(&name);
+                self.io.push(&be::command_complete("DEALLOCATE"));
                 let status = self.status();
                 self.io.push(&be::ready_for_query(status));
                 None

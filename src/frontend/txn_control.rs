@@ -345,6 +345,22 @@ impl Session {
         }
     }
 
+    /// Before a ROLLBACK TO SAVEPOINT runs on the shards of a block: a statement the proxy
+    /// refused aborted the block only in the proxy's books, and rolling back to a savepoint
+    /// undoes that as it undoes a shard's error. The mark goes first, so that the shards' answers
+    /// alone say how the block stands afterwards (one that fails it leaves the block aborted).
+    /// Without this a block over several shards stayed aborted after a successful ROLLBACK TO,
+    /// and its answer was withheld.
+    pub fn before_rollback_to(&mut self, sql: &str, facts: Option<&StatementFacts>) {
+        let rolls_back_to = facts.is_some_and(|f| {
+            crate::planner::control_statement(sql, f)
+                == crate::txn::control::ControlStatement::RollbackTo
+        });
+        if let (true, Some(txn)) = (rolls_back_to, self.state.txn.as_mut()) {
+            txn.refused = false;
+        }
+    }
+
     /// Shards whose connections must stay held: every participant of the open block.
     pub fn block_shards(&self) -> Vec<u32> {
         self.state

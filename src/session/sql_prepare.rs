@@ -35,6 +35,10 @@ pub enum SqlPrepareAction {
     Done(&'static str),
     /// Run this statement in place of the EXECUTE.
     Run(String),
+    /// DEALLOCATE of a statement prepared with the protocol's Parse (one namespace, as in
+    /// Postgres: pgx's `Deallocate` and its statement cache's evictions send this): forget that
+    /// statement and answer DEALLOCATE.
+    Forget(String),
 }
 
 /// True when `sql` starts with PREPARE, EXECUTE or DEALLOCATE: a cheap look before parsing.
@@ -102,6 +106,7 @@ impl SqlStatements {
             NodeEnum::DeallocateStmt(d) if d.isall => return None,
             NodeEnum::DeallocateStmt(d) => match self.by_name.remove(&d.name) {
                 Some(_) => Ok(SqlPrepareAction::Done("DEALLOCATE")),
+                None if taken(&d.name) => Ok(SqlPrepareAction::Forget(d.name.clone())),
                 None => Err(missing(&d.name)),
             },
             _ => return None,
@@ -290,6 +295,9 @@ mod tests {
             ("PREPARE proto AS SELECT 1", Err("42P05")),
             ("DEALLOCATE u", Ok(Done("DEALLOCATE"))),
             ("DEALLOCATE PREPARE u", Err("26000")),
+            ("DEALLOCATE proto", Ok(Forget("proto".into()))),
+            ("deallocate \"proto\"", Ok(Forget("proto".into()))),
+            ("DEALLOCATE \"Proto\"", Err("26000")),
             ("PREPARE p AS SELECT 1; SELECT 2", Err("0A000")),
         ];
         for (sql, want) in cases {
@@ -297,6 +305,7 @@ mod tests {
             let want = match want {
                 Ok(Done(t)) => Ok(Done(t)),
                 Ok(Run(t)) => Ok(Run(t.clone())),
+                Ok(Forget(t)) => Ok(Forget(t.clone())),
                 Err(c) => Err(c.to_string()),
             };
             assert_eq!(got, want, "{sql}");

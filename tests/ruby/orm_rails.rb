@@ -1,6 +1,7 @@
 # Rails ActiveRecord, as an application uses it by default, through pgshard: a migration (under
 # ActiveRecord's advisory lock), CRUD by key, a transaction over two shards, keyless queries,
-# insert_all over several shards.
+# insert_all over several shards, savepoints (create_or_find_by, requires_new), optimistic and
+# pessimistic locking, find_each / in_batches.
 # Usage: ruby orm_rails.rb DATABASE_URL. Prints one line per step; any mismatch aborts with a
 # message and a non-zero exit.
 require "active_record"
@@ -20,6 +21,7 @@ class CreateRailsOrders < ActiveRecord::Migration[6.1]
     create_table :rails_orders do |t|
       t.string :customer, null: false
       t.integer :amount, null: false
+      t.integer :lock_version, null: false, default: 0
       t.timestamps
     end
   end
@@ -86,4 +88,55 @@ check("insert_all returning", result.rows.flatten, new_ids)
 check("insert_all rows", RailsOrder.where(customer: "bulk").count, 4)
 RailsOrder.where(customer: "bulk").delete_all
 puts "insert_all"
+
+# Savepoints inside a transaction over several shards: create_or_find_by (its INSERT in a
+# savepoint, rolled back to on the duplicate key), transaction(requires_new: true) whose inner
+# block fails, and an inner block that commits; the outer transaction keeps exactly what
+# Postgres keeps.
+c, d, e = orders[6], orders[7], orders[8]
+RailsOrder.transaction do
+  c.update!(amount: 7000)
+  found = RailsOrder.create_or_find_by!(id: d.id) { |o| o.customer = "never"; o.amount = 0 }
+  check("create_or_find_by finds", [found.customer, found.amount], [d.customer, d.amount])
+  fresh = RailsOrder.create_or_find_by!(id: d.id + 1_000_001) { |o| o.customer = "cofb"; o.amount = 5 }
+  check("create_or_find_by creates", fresh.customer, "cofb")
+  begin
+    RailsOrder.transaction(requires_new: true) do
+      e.update!(amount: 9999)
+      RailsOrder.create!(id: c.id, customer: "dup", amount: 1)
+    end
+  rescue ActiveRecord::RecordNotUnique
+    nil
+  end
+  RailsOrder.transaction(requires_new: true) { d.update!(amount: 8000) }
+end
+check("after savepoints", RailsOrder.where(id: [c.id, d.id, e.id]).order(:id).pluck(:id, :amount).to_h,
+      { c.id => 7000, d.id => 8000, e.id => 9 })
+check("created in the savepoint", RailsOrder.where(customer: "cofb").count, 1)
+RailsOrder.where(customer: "cofb").delete_all
+puts "savepoints"
+
+# Optimistic locking (lock_version): a stale copy fails with StaleObjectError and changes nothing.
+first = RailsOrder.find(orders[9].id)
+stale = RailsOrder.find(orders[9].id)
+first.update!(amount: 123)
+begin
+  stale.update!(amount: 456)
+  abort "MISMATCH stale update succeeded"
+rescue ActiveRecord::StaleObjectError
+  nil
+end
+check("optimistic lock", RailsOrder.find(orders[9].id).slice(:amount, :lock_version).values, [123, 1])
+# Pessimistic locks: lock! and with_lock take FOR UPDATE on the row's shard.
+RailsOrder.transaction { RailsOrder.find(orders[10].id).lock!.update!(amount: 11) }
+orders[11].with_lock { orders[11].update!(amount: 12) }
+check("locks", RailsOrder.where(id: [orders[10].id, orders[11].id]).order(:id).pluck(:amount), [11, 12])
+puts "locking"
+
+# Batches in key order over every shard (ORDER BY id LIMIT n, then WHERE id > last).
+seen = []
+RailsOrder.find_each(batch_size: 3) { |o| seen << o.id }
+check("find_each", seen, RailsOrder.order(:id).pluck(:id))
+check("in_batches", RailsOrder.in_batches(of: 4).sum { |rel| rel.count }, RailsOrder.count)
+puts "batches"
 puts "ok"

@@ -20,6 +20,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgconn"
+	"github.com/jackc/pgconn/stmtcache"
 	"github.com/jackc/pgtype"
 	"github.com/jackc/pgx/v4"
 	"github.com/jackc/pgx/v4/pgxpool"
@@ -490,6 +491,45 @@ func (s *suite) pooled() {
 	}
 }
 
+// pgx's statement cache evicts its least recently used statement with `deallocate NAME` (a
+// simple Query) once it is full, and Conn.Deallocate sends the same: the name is one the proxy
+// keeps for the client (Parse), so the proxy must forget it and answer DEALLOCATE, as Postgres
+// does. A cache of two statements, keyed reads of ten texts over every shard (evicting on every
+// read from the third on), then Prepare / Deallocate / Prepare again under one name.
+func (s *suite) statementCacheEvictions() {
+	config, err := pgx.ParseConfig(s.setup.proxy)
+	must(err, "parse the proxy URL")
+	config.BuildStatementCache = func(conn *pgconn.PgConn) stmtcache.Cache {
+		return stmtcache.New(conn, stmtcache.ModePrepare, 2)
+	}
+	c, err := pgx.ConnectConfig(s.ctx, config)
+	must(err, "connect with a statement cache of two")
+	defer c.Close(s.ctx)
+	for round := 0; round < 2; round++ {
+		for _, shard := range s.setup.shards {
+			k := s.key(shard, 0)
+			var name string
+			must(c.QueryRow(s.ctx, fmt.Sprintf("SELECT name FROM users WHERE user_id = $1 AND %d = %d", shard, shard), k).Scan(&name),
+				fmt.Sprintf("keyed read through a full statement cache (round %d, shard %d)", round, shard))
+			checkEqual(name, fmt.Sprintf("go-%d", k), "keyed read through a full statement cache")
+		}
+	}
+	_, err = c.Prepare(s.ctx, "named_read", "SELECT name FROM users WHERE user_id = $1")
+	must(err, "Prepare")
+	for _, shard := range s.setup.shards {
+		var name string
+		must(c.QueryRow(s.ctx, "named_read", s.key(shard, 0)).Scan(&name), "read by the prepared name")
+		checkEqual(name, fmt.Sprintf("go-%d", s.key(shard, 0)), "read by the prepared name")
+	}
+	must(c.Deallocate(s.ctx, "named_read"), "Deallocate")
+	_, err = c.Prepare(s.ctx, "named_read", "SELECT name || '!' FROM users WHERE user_id = $1")
+	must(err, "Prepare again under the deallocated name")
+	var name string
+	k := s.key(s.setup.shards[1], 0)
+	must(c.QueryRow(s.ctx, "named_read", k).Scan(&name), "read by the name prepared again")
+	checkEqual(name, fmt.Sprintf("go-%d!", k), "read by the name prepared again")
+}
+
 func main() {
 	ctx := context.Background()
 	st := readSetup(os.Args[1])
@@ -517,6 +557,7 @@ func main() {
 		{"transactions", s.transactions},
 		{"errorAndRecovery", s.errorAndRecovery},
 		{"pooled", s.pooled},
+		{"statementCacheEvictions", s.statementCacheEvictions},
 	}
 	for _, st := range steps {
 		step = st.name

@@ -717,6 +717,84 @@ public final class DriverCheck {
         }
     }
 
+    /**
+     * setSavepoint() as the first call of a transaction, for a key on every shard: pgjdbc sends its
+     * BEGIN and the SAVEPOINT in one batch, which runs before any key is known, so the shard the key
+     * then reaches must get the savepoint too for releaseSavepoint and rollback(savepoint) there.
+     */
+    private void savepointFirstInBlock() throws SQLException {
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            for (int shard : shards) {
+                Savepoint first = conn.setSavepoint();
+                ps.setLong(1, key(shard, 13));
+                ps.setString(2, "sp-first");
+                ps.executeUpdate();
+                conn.releaseSavepoint(first);
+                Savepoint again = conn.setSavepoint();
+                ps.setLong(1, key(shard, 13));
+                ps.setString(2, "duplicate");
+                try {
+                    ps.executeUpdate();
+                    throw new CheckFailed("a duplicate key was inserted");
+                } catch (SQLException e) {
+                    expectState(e, "23505", "duplicate key after setSavepoint");
+                }
+                conn.rollback(again);
+                conn.commit();
+            }
+        } finally {
+            conn.setAutoCommit(true);
+        }
+        for (int shard : shards) {
+            expectOnItsShard(key(shard, 13), shard, "sp-first");
+        }
+    }
+
+    /**
+     * A block over two shards where, after a duplicate key, the next statement is answered 25P02:
+     * rollback(savepoint) then rescues the block as in Postgres, and commit keeps the rows written
+     * before the savepoint and after the rollback.
+     */
+    private void rollbackToAfterAbortedStatement() throws SQLException {
+        int a = shards.get(4);
+        int b = shards.get(5);
+        conn.setAutoCommit(false);
+        try (PreparedStatement ps = conn.prepareStatement(INSERT_USER)) {
+            ps.setLong(1, key(a, 14));
+            ps.setString(2, "rb-before");
+            ps.executeUpdate();
+            ps.setLong(1, key(b, 14));
+            ps.setString(2, "rb-before");
+            ps.executeUpdate();
+            Savepoint sp = conn.setSavepoint();
+            try {
+                ps.setLong(1, key(a, 14));
+                ps.setString(2, "duplicate");
+                ps.executeUpdate();
+                throw new CheckFailed("a duplicate key was inserted");
+            } catch (SQLException e) {
+                expectState(e, "23505", "duplicate key after setSavepoint");
+            }
+            try (Statement st = conn.createStatement()) {
+                st.executeQuery("SELECT 1").close();
+                throw new CheckFailed("a statement ran in an aborted block");
+            } catch (SQLException e) {
+                expectState(e, "25P02", "statement after the error");
+            }
+            conn.rollback(sp);
+            ps.setLong(1, key(shards.get(6), 14));
+            ps.setString(2, "rb-after");
+            ps.executeUpdate();
+            conn.commit();
+        } finally {
+            conn.setAutoCommit(true);
+        }
+        expectOnItsShard(key(a, 14), a, "rb-before");
+        expectOnItsShard(key(b, 14), b, "rb-before");
+        expectOnItsShard(key(shards.get(6), 14), shards.get(6), "rb-after");
+    }
+
     private interface Step {
         void run() throws SQLException;
     }
@@ -745,6 +823,8 @@ public final class DriverCheck {
         steps.put("fetchSizeThenCommit", suite::fetchSizeThenCommit);
         steps.put("autosaveAlways", suite::autosaveAlways);
         steps.put("describeFirstInBlock", suite::describeFirstInBlock);
+        steps.put("savepointFirstInBlock", suite::savepointFirstInBlock);
+        steps.put("rollbackToAfterAbortedStatement", suite::rollbackToAfterAbortedStatement);
         boolean runGaps = "run".equals(System.getenv("PGSHARD_DRIVER_GAPS"));
         List<String> openGaps = new ArrayList<>();
         for (Map.Entry<String, Step> step : steps.entrySet()) {

@@ -301,6 +301,42 @@ class Suite {
     }
   }
 
+  // Savepoints in a block over every shard: a keyless UPDATE after SAVEPOINT, a duplicate key,
+  // a statement answered 25P02, then ROLLBACK TO SAVEPOINT (simple Query, then with values in
+  // a second round) rescues the block as in Postgres: tags without a row count, the rows before
+  // the savepoint committed, the UPDATE undone.
+  async savepointsOverShards() {
+    const keys = this.setup.shards.map((s) => this.key(s, 13));
+    const [lo, hi] = [Math.min(...keys), Math.max(...keys)];
+    for (const round of ['simple', 'values']) {
+      const name = `sp-${round}`;
+      await this.client.query('BEGIN');
+      await Promise.all(this.setup.shards.map((s) => this.client.query(
+        'INSERT INTO users (user_id, name) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET name = excluded.name',
+        [this.key(s, 13), name])));
+      const sp = await this.client.query('SAVEPOINT a');
+      checkEqual([sp.command, sp.rowCount], ['SAVEPOINT', null], 'SAVEPOINT in a block over every shard');
+      const upd = await this.client.query('UPDATE users SET name = $1 WHERE user_id BETWEEN $2 AND $3 AND name = $4',
+        ['touched', lo, hi, name]);
+      checkEqual(upd.rowCount, keys.length, 'keyless UPDATE after the savepoint');
+      await expectError(
+        this.client.query('INSERT INTO users (user_id, name) VALUES ($1, $2)', [keys[0], 'duplicate']),
+        '23505', 'duplicate key after the savepoint');
+      await expectError(this.client.query('SELECT 1'), '25P02', 'statement after the error');
+      const back = round === 'simple'
+        ? await this.client.query('ROLLBACK TO SAVEPOINT a')
+        : await this.client.query({ text: 'ROLLBACK TO SAVEPOINT a', values: [] });
+      checkEqual([back.command, back.rowCount], ['ROLLBACK', null], 'ROLLBACK TO SAVEPOINT after a 25P02');
+      const r = await this.client.query(
+        'SELECT count(*)::int AS n FROM users WHERE user_id BETWEEN $1 AND $2 AND name = $3', [lo, hi, 'touched']);
+      checkEqual(r.rows[0].n, 0, 'the UPDATE after the savepoint is undone');
+      const rel = await this.client.query('RELEASE SAVEPOINT a');
+      checkEqual([rel.command, rel.rowCount], ['RELEASE', null], 'RELEASE SAVEPOINT');
+      await this.client.query('COMMIT');
+      for (const s of this.setup.shards) await this.expectOnItsShard(this.key(s, 13), s, name);
+    }
+  }
+
   // A duplicate key outside a block: 23505, nothing changed, the connection goes on.
   async errorAndRecovery() {
     const s = this.setup.shards[1];
@@ -325,7 +361,7 @@ async function main() {
     await suite.direct[s].connect();
   }
   const steps = ['keyed', 'keylessSimple', 'keylessWithValues', 'readsFirst', 'transactions', 'namedStatements', 'multiRowInsert',
-    'unnestInsert', 'queuedQueries', 'errorAndRecovery'];
+    'unnestInsert', 'queuedQueries', 'savepointsOverShards', 'errorAndRecovery'];
   const openGaps = [];
   try {
     for (const step of steps) {
