@@ -90,6 +90,246 @@ pub fn copy_query(sql: &str) -> Option<PullUp> {
     (outer.matches(PLACEHOLDER).count() == 1).then(|| PullUp::replacing(inner, outer, ROWS, None))
 }
 
+/// An outer join keeping every row of a side that reads no sharded table while matching a
+/// sharded table directly, ON an equality of one of the table's columns with a column of the
+/// kept side: SQLAlchemy's `joinedload` of a collection under a LIMIT, once its limited derived
+/// table has run first (`FROM (SELECT * FROM unnest(…)) AS anon_1 LEFT OUTER JOIN entry AS
+/// entry_1 ON anon_1.id = entry_1.account_id`). Each shard would answer every kept row, so the
+/// table's rows that can match — `entry_1.account_id IN (SELECT anon_1.id FROM <the kept
+/// side>)`, the ON clause's other conditions left to the statement — run first (over every
+/// shard, concatenated), and take the table's place under its name: the statement then reads
+/// no sharded table and runs whole on one shard, its outer join Postgres's own.
+pub fn outer_join_matched(sql: &str, reads_sharded: &dyn Fn(&str) -> bool) -> Option<PullUp> {
+    let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
+    let version = parsed.version;
+    let [raw] = parsed.stmts.as_mut_slice() else {
+        return None;
+    };
+    let stmt = raw.stmt.as_deref_mut()?.node.as_mut()?;
+    let NodeEnum::SelectStmt(select) = stmt else {
+        return None;
+    };
+    if select.op != pb::SetOperation::SetopNone as i32 || select.with_clause.is_some() {
+        return None;
+    }
+    let reads = |item: &pb::Node| {
+        let probe = pb::SelectStmt {
+            target_list: select_star(),
+            from_clause: vec![item.clone()],
+            limit_option: pb::LimitOption::Default as i32,
+            op: pb::SetOperation::SetopNone as i32,
+            ..Default::default()
+        };
+        select_deparse(version, probe).map(|text| reads_sharded(&text))
+    };
+    let (inner, name) = select
+        .from_clause
+        .iter_mut()
+        .find_map(|item| take_matched(item, version, &reads))?;
+    // The columns the statement reads of the table (a whole-row reference keeps them all).
+    let columns = read_columns(Walk::new([stmt.to_ref()]), &[&name]);
+    put_placeholder(stmt);
+    let outer = deparse(parsed)?;
+    (outer.matches(PLACEHOLDER).count() == 1)
+        .then(|| PullUp::replacing(inner, outer, ROWS, columns))
+}
+
+/// Under `item`, the first LEFT or RIGHT join whose matched side is a sharded table (by
+/// `reads`) and whose kept side reads none and has no LATERAL item, ON `t.col = k.col`
+/// (`k` a FROM item of the kept side): the query reading the table's rows that can match and
+/// the name they take; the table is replaced by [`TAKEN`]'s marker.
+fn take_matched(
+    item: &mut pb::Node,
+    version: i32,
+    reads: &dyn Fn(&pb::Node) -> Option<bool>,
+) -> Option<(String, String)> {
+    let NodeEnum::JoinExpr(j) = item.node.as_mut()? else {
+        return None;
+    };
+    let found = match pb::JoinType::try_from(j.jointype) {
+        Ok(pb::JoinType::JoinLeft | pb::JoinType::JoinRight)
+            if j.alias.is_none() && !j.is_natural && j.using_clause.is_empty() =>
+        {
+            let left = j.jointype == pb::JoinType::JoinLeft as i32;
+            let (kept, matched) = if left {
+                (j.larg.as_deref(), j.rarg.as_deref())
+            } else {
+                (j.rarg.as_deref(), j.larg.as_deref())
+            };
+            matched_rows(kept?, matched?, j.quals.as_deref()?, version, reads)
+        }
+        _ => None,
+    };
+    if let Some((inner, name)) = found {
+        let left = j.jointype == pb::JoinType::JoinLeft as i32;
+        let slot = if left { &mut j.rarg } else { &mut j.larg };
+        *slot = Some(Box::new(pb::Node {
+            node: Some(NodeEnum::RangeSubselect(Box::new(pb::RangeSubselect {
+                lateral: false,
+                subquery: Some(Box::new(select_of(TAKEN, false))),
+                alias: Some(pb::Alias {
+                    aliasname: name.clone(),
+                    colnames: Vec::new(),
+                }),
+            }))),
+        }));
+        return Some((inner, name));
+    }
+    let left = j
+        .larg
+        .as_deref_mut()
+        .and_then(|l| take_matched(l, version, reads));
+    left.or_else(|| {
+        j.rarg
+            .as_deref_mut()
+            .and_then(|r| take_matched(r, version, reads))
+    })
+}
+
+/// The query reading `matched`'s rows that can match a row of `kept` under `quals`, and the
+/// name they take, when `matched` is a sharded table and `kept` reads none.
+fn matched_rows(
+    kept: &pb::Node,
+    matched: &pb::Node,
+    quals: &pb::Node,
+    version: i32,
+    reads: &dyn Fn(&pb::Node) -> Option<bool>,
+) -> Option<(String, String)> {
+    let NodeEnum::RangeVar(table) = matched.node.as_ref()? else {
+        return None;
+    };
+    let name = match &table.alias {
+        Some(a) if a.colnames.is_empty() => a.aliasname.clone(),
+        Some(_) => return None,
+        // `schema.table.column` would not name the rows.
+        None if table.schemaname.is_empty() => table.relname.clone(),
+        None => return None,
+    };
+    let lateral = Walk::new([kept.node.as_ref()?.to_ref()]).any(|n| match n {
+        NodeRef::RangeSubselect(r) => r.lateral,
+        NodeRef::RangeFunction(r) => r.lateral,
+        _ => false,
+    });
+    if lateral || !reads(matched)? || reads(kept)? {
+        return None;
+    }
+    let mut kept_names = Vec::new();
+    qualifiers(kept, &mut kept_names);
+    let conjuncts: Vec<&pb::Node> = match quals.node.as_ref()? {
+        NodeEnum::BoolExpr(b) if b.boolop == pb::BoolExprType::AndExpr as i32 => {
+            b.args.iter().collect()
+        }
+        _ => vec![quals],
+    };
+    let (own, other) = conjuncts
+        .into_iter()
+        .find_map(|c| equated_columns(c, &name, &kept_names))?;
+    let restriction = pb::SubLink {
+        sub_link_type: pb::SubLinkType::AnySublink as i32,
+        testexpr: Some(Box::new(own.clone())),
+        subselect: Some(Box::new(pb::Node {
+            node: Some(NodeEnum::SelectStmt(Box::new(pb::SelectStmt {
+                target_list: vec![res_target(other.clone())],
+                from_clause: vec![kept.clone()],
+                limit_option: pb::LimitOption::Default as i32,
+                op: pb::SetOperation::SetopNone as i32,
+                ..Default::default()
+            }))),
+        })),
+        location: -1,
+        ..Default::default()
+    };
+    let inner = pb::SelectStmt {
+        target_list: select_star(),
+        from_clause: vec![matched.clone()],
+        where_clause: Some(Box::new(pb::Node {
+            node: Some(NodeEnum::SubLink(Box::new(restriction))),
+        })),
+        limit_option: pb::LimitOption::Default as i32,
+        op: pb::SetOperation::SetopNone as i32,
+        ..Default::default()
+    };
+    Some((select_deparse(version, inner)?, name))
+}
+
+/// `(own, other)` when `n` is `a = b` of two qualified columns, one of the rows named `name`
+/// and the other of one of `kept` (the qualifiers of the kept side's FROM items).
+fn equated_columns<'a>(
+    n: &'a pb::Node,
+    name: &str,
+    kept: &[String],
+) -> Option<(&'a pb::Node, &'a pb::Node)> {
+    let NodeEnum::AExpr(e) = n.node.as_ref()? else {
+        return None;
+    };
+    let is_eq = e.kind == pb::AExprKind::AexprOp as i32
+        && matches!(e.name.as_slice(), [op] if matches!(op.node.as_ref(), Some(NodeEnum::String(s)) if s.sval == "="));
+    if !is_eq {
+        return None;
+    }
+    let (l, r) = (e.lexpr.as_deref()?, e.rexpr.as_deref()?);
+    let qualifier = |c: &pb::Node| match c.node.as_ref() {
+        Some(NodeEnum::ColumnRef(cr)) => match cr.fields.as_slice() {
+            [q, col] if matches!(col.node.as_ref(), Some(NodeEnum::String(_))) => {
+                match q.node.as_ref() {
+                    Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let (ql, qr) = (qualifier(l)?, qualifier(r)?);
+    if ql == name && ql != qr && kept.contains(&qr) {
+        Some((l, r))
+    } else if qr == name && ql != qr && kept.contains(&ql) {
+        Some((r, l))
+    } else {
+        None
+    }
+}
+
+/// The names that qualify the columns of the FROM items under `n`.
+fn qualifiers(n: &pb::Node, out: &mut Vec<String>) {
+    let alias = |a: Option<&pb::Alias>| a.map(|a| a.aliasname.clone());
+    match n.node.as_ref() {
+        Some(NodeEnum::RangeVar(rv)) => {
+            out.push(alias(rv.alias.as_ref()).unwrap_or_else(|| rv.relname.clone()))
+        }
+        Some(NodeEnum::RangeFunction(f)) => out.extend(alias(f.alias.as_ref())),
+        Some(NodeEnum::RangeSubselect(r)) => out.extend(alias(r.alias.as_ref())),
+        Some(NodeEnum::JoinExpr(j)) => {
+            out.extend(alias(j.alias.as_ref()));
+            for side in [j.larg.as_deref(), j.rarg.as_deref()].into_iter().flatten() {
+                qualifiers(side, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn res_target(val: pb::Node) -> pb::Node {
+    pb::Node {
+        node: Some(NodeEnum::ResTarget(Box::new(pb::ResTarget {
+            val: Some(Box::new(val)),
+            location: -1,
+            ..Default::default()
+        }))),
+    }
+}
+
+fn select_star() -> Vec<pb::Node> {
+    vec![res_target(pb::Node {
+        node: Some(NodeEnum::ColumnRef(pb::ColumnRef {
+            fields: vec![pb::Node {
+                node: Some(NodeEnum::AStar(pb::AStar {})),
+            }],
+            location: -1,
+        })),
+    })]
+}
+
 /// A derived table taken out of its statement.
 struct Taken {
     /// Its query's text.
@@ -263,6 +503,44 @@ mod tests {
         assert!(find(sql, &sharded).is_some());
         let sql = "DELETE FROM users USING (SELECT DISTINCT customer_id FROM orders) s WHERE s.customer_id = users.user_id";
         assert!(find(sql, &sharded).is_some());
+    }
+
+    #[test]
+    fn an_outer_join_matching_a_sharded_table_reads_its_matching_rows_first() {
+        // SQLAlchemy's joinedload under a LIMIT, its derived table already run first.
+        let sql = "SELECT anon_1.user_id, orders_1.id FROM (SELECT * FROM unnest(E'{7,9}'::int8[]) AS pgshard_derived(user_id)) AS anon_1 LEFT OUTER JOIN orders AS orders_1 ON anon_1.user_id = orders_1.customer_id ORDER BY anon_1.user_id DESC, orders_1.id";
+        let p = outer_join_matched(sql, &sharded).expect("found");
+        assert_eq!(
+            p.inner,
+            "SELECT * FROM orders orders_1 WHERE orders_1.customer_id IN (SELECT anon_1.user_id FROM (SELECT * FROM unnest('{7,9}'::int8[]) pgshard_derived(user_id)) anon_1)"
+        );
+        let d = desc(&[("id", 20), ("customer_id", 20)]);
+        assert_eq!(
+            p.splice(&d, &[row(&["3", "7"])]).unwrap(),
+            "SELECT anon_1.user_id, orders_1.id FROM (SELECT * FROM unnest('{7,9}'::int8[]) pgshard_derived(user_id)) anon_1 LEFT JOIN (SELECT * FROM unnest(E'{3}'::int8[], E'{7}'::int8[]) AS pgshard_derived(id, customer_id)) orders_1 ON anon_1.user_id = orders_1.customer_id ORDER BY anon_1.user_id DESC, orders_1.id"
+        );
+        // RIGHT JOIN, other conditions in ON, a table without an alias.
+        let sql = "SELECT v.k, orders.id FROM orders RIGHT JOIN (VALUES (1), (2)) v(k) ON orders.total > 0 AND v.k = orders.customer_id";
+        let p = outer_join_matched(sql, &sharded).expect("found");
+        assert_eq!(
+            p.inner,
+            "SELECT * FROM orders WHERE orders.customer_id IN (SELECT v.k FROM (VALUES (1), (2)) v(k))"
+        );
+        for sql in [
+            // Nothing equates a column of the table with one of the kept side.
+            "SELECT * FROM generate_series(1, 3) g LEFT JOIN orders o ON o.customer_id = g",
+            "SELECT * FROM generate_series(1, 3) g LEFT JOIN orders o ON o.customer_id > g.g",
+            "SELECT * FROM generate_series(1, 3) g LEFT JOIN orders o USING (customer_id)",
+            // FULL keeps the table's rows too; the kept side reads a sharded table.
+            "SELECT * FROM generate_series(1, 3) g FULL JOIN orders o ON o.customer_id = g.g",
+            "SELECT * FROM users u LEFT JOIN orders o ON o.customer_id = u.user_id",
+            // A LATERAL item of the kept side may see what is around it.
+            "SELECT * FROM (VALUES (1)) v(k) JOIN LATERAL (SELECT v.k AS j) l ON true LEFT JOIN orders o ON o.customer_id = l.j",
+            // The matched side is no plain table.
+            "SELECT * FROM (VALUES (1)) v(k) LEFT JOIN (orders o JOIN users u ON u.user_id = o.customer_id) ON o.customer_id = v.k",
+        ] {
+            assert_eq!(outer_join_matched(sql, &sharded), None, "{sql}");
+        }
     }
 
     #[test]

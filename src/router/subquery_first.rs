@@ -73,6 +73,9 @@ pub fn next(
             if let Some(derived) = crate::router::derived::find(sql, &reads_sharded) {
                 return Ok(Some(RunFirst::PullUp(derived)));
             }
+            if let Some(matched) = crate::router::derived::outer_join_matched(sql, &reads_sharded) {
+                return Ok(Some(RunFirst::PullUp(matched)));
+            }
             Ok(find_in(sql, params).map(RunFirst::Subquery))
         }
     }

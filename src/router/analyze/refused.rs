@@ -137,6 +137,7 @@ impl Refused {
                 | Refused::JoinWithUnsharded { .. }
                 | Refused::InsertSelect { .. }
                 | Refused::SetOperation { .. }
+                | Refused::OuterJoinKeepsUnsharded { .. }
         )
     }
 }
