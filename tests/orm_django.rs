@@ -201,7 +201,7 @@ async fn django_probe(server_side_binding: bool) {
         "subquery_other_key",
         "reverse_and_m2m_style_filters",
     ];
-    assert_eq!(lines.len(), 36, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(lines.len(), 37, "{}\n{}", out.stdout, out.stderr);
     for line in &lines {
         let (verdict, step) = line.split_once(' ').expect("verdict and step");
         let want = if known.contains(&step) {

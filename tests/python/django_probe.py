@@ -27,7 +27,11 @@ from django.db.models import (  # noqa: E402
     Avg, Case, Count, Exists, F, IntegerField, JSONField, Max, Min, OuterRef, Prefetch, Q, Subquery, Sum,
     Value, When,
 )
-from django.db.models.functions import Coalesce, ExtractHour, TruncDay, TruncMonth  # noqa: E402
+from django.db.models import StdDev, Variance, Window  # noqa: E402
+from django.db.models.functions import (  # noqa: E402
+    Coalesce, Concat, ExtractHour, ExtractIsoYear, ExtractWeekDay, Greatest, Lower, NullIf, PercentRank, Rank,
+    TruncDay, TruncMonth,
+)
 
 from django_app.probe.models import Customer, Order, Review, Sku  # noqa: E402
 
@@ -374,6 +378,53 @@ def reverse_and_m2m_style_filters():
     return [list(gold_orders), list(customers_with_big), list(reviewed)]
 
 
+def txn(f):
+    with transaction.atomic():
+        return f()
+
+
+def on_commit_probe():
+    fired = []
+    with transaction.atomic():
+        Sku.objects.filter(code="sku-a").update(stock=F("stock") + 1)
+        transaction.on_commit(lambda: fired.append(1))
+        with transaction.atomic():
+            Customer.objects.filter(id=4).update(tier="oc")
+    return [fired, Sku.objects.get(code="sku-a").stock, Customer.objects.get(id=4).tier]
+
+
+def expressions_windows_and_more():
+    """Ordering by expressions and joined columns, grouping by a joined column, window
+    functions by the key and over every shard, distinct counts and StdDev, Extract, Concat,
+    Greatest, first()/last()/latest(), a related manager's create(), on_commit in nested
+    atomic blocks, in_bulk by a text key, Exists(OuterRef) on a column that is not the key,
+    select_for_update(nowait=True, of=(self, customer)) over a co-located join."""
+    steps = {
+        "order_by_lower": lambda: list(Customer.objects.order_by(Lower("name").desc(), "id").values_list("id", flat=True)[:6]),
+        "order_by_expr": lambda: list(Order.objects.order_by(F("amount") * -1, "id").values_list("id", flat=True)[:6]),
+        "order_by_joined": lambda: list(Order.objects.order_by("customer__name", "-id").values_list("id", flat=True)[:8]),
+        "order_by_annot_not_selected": lambda: list(Order.objects.annotate(x=F("amount") % 7).order_by("x", "id").values_list("id", flat=True)[:8]),
+        "group_joined": lambda: list(Order.objects.values("customer__tier").annotate(s=Sum("amount"), n=Count("id")).order_by("customer__tier")),
+        "window_by_key": lambda: list(Order.objects.annotate(rk=Window(Rank(), partition_by="customer_id", order_by=F("amount").desc())).filter(customer_id__lte=3).order_by("customer_id", "rk", "id").values_list("id", "rk")),
+        "window_keyless": lambda: list(Order.objects.annotate(rs=Window(Sum("amount"), order_by=F("id").asc())).order_by("id").values_list("id", "rs")[:6]),
+        "count_distinct": lambda: Order.objects.aggregate(a=Count("status", distinct=True), b=Count("customer", distinct=True), c=StdDev("amount"), d=Variance("amount", sample=True)),
+        "first_last": lambda: [Order.objects.order_by("amount", "id").first().id, Order.objects.order_by("amount", "id").last().id, Customer.objects.filter(tier="gold").latest("joined").id],
+        "week_day": lambda: list(Order.objects.annotate(w=ExtractWeekDay("placed"), iso=ExtractIsoYear("placed")).values("w", "iso").annotate(n=Count("id")).order_by("w")),
+        "concat": lambda: list(Customer.objects.annotate(label=Concat("name", Value("/"), "tier")).order_by("-label").values_list("label", flat=True)[:4]),
+        "coalesce_nullif": lambda: list(Order.objects.annotate(v=Coalesce(NullIf("amount", 0), Value(-1))).order_by("v", "id").values_list("id", "v")[:5]),
+        "create_related": lambda: (lambda c: [c.orders.create(amount=5, placed=T0).customer_id == c.id, c.orders.count()])(Customer.objects.create(name="rel", tier="x", joined=T0)),
+        "atomic_on_commit": lambda: on_commit_probe(),
+        "in_bulk_field": lambda: sorted(Sku.objects.in_bulk(["sku-a", "sku-c", "nope"], field_name="code").keys()),
+        "exists_outerref_nonkey": lambda: sorted(Order.objects.filter(Exists(Order.objects.filter(customer_id=OuterRef("customer_id"), amount__gt=OuterRef("amount")).exclude(pk=OuterRef("pk")))).values_list("id", flat=True))[:10],
+        "iterator_values": lambda: [r for r in Order.objects.filter(amount__gt=40).order_by("-amount", "id").values_list("id", "amount").iterator(chunk_size=3)],
+        "percent_rank": lambda: list(Order.objects.annotate(p=Window(PercentRank(), order_by=F("amount").asc())).order_by("p", "id").values_list("id", flat=True)[:5]),
+        "greatest": lambda: list(Order.objects.annotate(g=Greatest("amount", Value(30))).values("g").annotate(n=Count("id")).order_by("g")[:4]),
+        "select_related_nowait": lambda: sorted(o.id for o in txn(lambda: list(Order.objects.select_related("customer").select_for_update(nowait=True, of=("self", "customer")).filter(customer_id=2)))),
+        "dates_year_desc": lambda: [d.isoformat() for d in Order.objects.dates("placed", "week", order="DESC")],
+    }
+    return {name: plain(f()) for name, f in steps.items()}
+
+
 STEPS = [setup, select_related_same_key, select_related_keyed, select_related_other_key, prefetch_same_key,
          prefetch_other_key, prefetch_reverse_text_key, get_or_create, get_or_create_keyless, bulk_upsert,
          bulk_ignore, bulk_update, f_expressions, case_when, aggregate_filter, values_annotate,
@@ -381,6 +432,7 @@ STEPS = [setup, select_related_same_key, select_related_keyed, select_related_ot
          array_lookups, paginator, date_truncs, nested_atomic, nowait_keyed, nowait_keyed_in_span,
          nowait_keyless, skip_locked_of_join, iterator_related, in_bulk_and_exists, raw_and_cursor,
          having_and_nested_aggregates, union_only_defer, reverse_and_m2m_style_filters,
+         expressions_windows_and_more,
          delete_cascade]
 
 
