@@ -109,7 +109,11 @@ pub fn outer_join_matched(sql: &str, reads_sharded: &dyn Fn(&str) -> bool) -> Op
     let NodeEnum::SelectStmt(select) = stmt else {
         return None;
     };
-    if select.op != pb::SetOperation::SetopNone as i32 || select.with_clause.is_some() {
+    // A locking clause would lock the table's rows, which rows read first are not.
+    if select.op != pb::SetOperation::SetopNone as i32
+        || select.with_clause.is_some()
+        || !select.locking_clause.is_empty()
+    {
         return None;
     }
     let reads = |item: &pb::Node| {
@@ -288,6 +292,207 @@ fn equated_columns<'a>(
     } else {
         None
     }
+}
+
+/// A join of two sharded tables that are not co-located (Django's `select_related` of a foreign
+/// key to a table sharded by another key: `FROM review INNER JOIN customer ON
+/// (review.customer_id = customer.id)`): the joined table — the right side of an INNER or LEFT
+/// join, the left of a RIGHT join — is read first (over every shard; for an INNER join only its
+/// rows matching the statement's WHERE conditions on it alone) and takes its place under its
+/// name, so every row of the other side meets all the rows it can join with on its own shard.
+pub fn not_colocated_join(sql: &str, reads_sharded: &dyn Fn(&str) -> bool) -> Option<PullUp> {
+    let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
+    let version = parsed.version;
+    let [raw] = parsed.stmts.as_mut_slice() else {
+        return None;
+    };
+    let stmt = raw.stmt.as_deref_mut()?.node.as_mut()?;
+    let NodeEnum::SelectStmt(select) = stmt else {
+        return None;
+    };
+    // A locking clause would lock the joined table's rows, which rows read first are not.
+    if select.op != pb::SetOperation::SetopNone as i32
+        || select.with_clause.is_some()
+        || !select.locking_clause.is_empty()
+    {
+        return None;
+    }
+    let reads = |item: &pb::Node| {
+        let probe = pb::SelectStmt {
+            target_list: select_star(),
+            from_clause: vec![item.clone()],
+            limit_option: pb::LimitOption::Default as i32,
+            op: pb::SetOperation::SetopNone as i32,
+            ..Default::default()
+        };
+        select_deparse(version, probe).map(|text| reads_sharded(&text))
+    };
+    let conjuncts: Vec<pb::Node> = match select.where_clause.as_deref() {
+        None => Vec::new(),
+        Some(w) => match w.node.as_ref() {
+            Some(NodeEnum::BoolExpr(b)) if b.boolop == pb::BoolExprType::AndExpr as i32 => {
+                b.args.clone()
+            }
+            _ => vec![w.clone()],
+        },
+    };
+    let (inner, name) = select
+        .from_clause
+        .iter_mut()
+        .find_map(|item| take_joined(item, version, &reads, &conjuncts))?;
+    let columns = read_columns(Walk::new([stmt.to_ref()]), &[&name]);
+    put_placeholder(stmt);
+    let outer = deparse(parsed)?;
+    (outer.matches(PLACEHOLDER).count() == 1)
+        .then(|| PullUp::replacing(inner, outer, ROWS, columns))
+}
+
+/// Under `item`, the first INNER, LEFT or RIGHT join ON a condition, both of whose sides read
+/// sharded tables and whose joined side is a table: the query reading that table's rows and the
+/// name they take; the table is replaced by [`TAKEN`]'s marker.
+fn take_joined(
+    item: &mut pb::Node,
+    version: i32,
+    reads: &dyn Fn(&pb::Node) -> Option<bool>,
+    conjuncts: &[pb::Node],
+) -> Option<(String, String)> {
+    let NodeEnum::JoinExpr(j) = item.node.as_mut()? else {
+        return None;
+    };
+    let kind = pb::JoinType::try_from(j.jointype).ok()?;
+    let right = matches!(kind, pb::JoinType::JoinInner | pb::JoinType::JoinLeft);
+    let plain =
+        j.alias.is_none() && !j.is_natural && j.using_clause.is_empty() && j.quals.is_some();
+    let found = if plain && (right || kind == pb::JoinType::JoinRight) {
+        let (other, joined) = if right {
+            (j.larg.as_deref(), j.rarg.as_deref())
+        } else {
+            (j.rarg.as_deref(), j.larg.as_deref())
+        };
+        let where_ = if kind == pb::JoinType::JoinInner {
+            conjuncts
+        } else {
+            &[]
+        };
+        joined_rows(other?, joined?, version, reads, where_)
+    } else {
+        None
+    };
+    if let Some((inner, name)) = found {
+        let slot = if right { &mut j.rarg } else { &mut j.larg };
+        *slot = Some(Box::new(pb::Node {
+            node: Some(NodeEnum::RangeSubselect(Box::new(pb::RangeSubselect {
+                lateral: false,
+                subquery: Some(Box::new(select_of(TAKEN, false))),
+                alias: Some(pb::Alias {
+                    aliasname: name.clone(),
+                    colnames: Vec::new(),
+                }),
+            }))),
+        }));
+        return Some((inner, name));
+    }
+    let left = j
+        .larg
+        .as_deref_mut()
+        .and_then(|l| take_joined(l, version, reads, conjuncts));
+    left.or_else(|| {
+        j.rarg
+            .as_deref_mut()
+            .and_then(|r| take_joined(r, version, reads, conjuncts))
+    })
+}
+
+/// `SELECT * FROM joined [WHERE …]` and the name its rows take, when `joined` is a sharded
+/// table and `other` reads one; `conjuncts`: the statement's WHERE conditions (of an INNER
+/// join), of which those reading only `joined`'s columns, qualified, and no subquery go along.
+fn joined_rows(
+    other: &pb::Node,
+    joined: &pb::Node,
+    version: i32,
+    reads: &dyn Fn(&pb::Node) -> Option<bool>,
+    conjuncts: &[pb::Node],
+) -> Option<(String, String)> {
+    let NodeEnum::RangeVar(table) = joined.node.as_ref()? else {
+        return None;
+    };
+    let name = match &table.alias {
+        Some(a) if a.colnames.is_empty() => a.aliasname.clone(),
+        Some(_) => return None,
+        None if table.schemaname.is_empty() => table.relname.clone(),
+        None => return None,
+    };
+    if !reads(joined)? || !reads(other)? {
+        return None;
+    }
+    let own: Vec<pb::Node> = conjuncts
+        .iter()
+        .filter(|c| reads_only(c, &name))
+        .cloned()
+        .collect();
+    let where_clause = match own.len() {
+        0 => None,
+        1 => own.into_iter().next().map(Box::new),
+        _ => Some(Box::new(pb::Node {
+            node: Some(NodeEnum::BoolExpr(Box::new(pb::BoolExpr {
+                boolop: pb::BoolExprType::AndExpr as i32,
+                args: own,
+                location: -1,
+                ..Default::default()
+            }))),
+        })),
+    };
+    let inner = pb::SelectStmt {
+        target_list: select_star(),
+        from_clause: vec![joined.clone()],
+        where_clause,
+        limit_option: pb::LimitOption::Default as i32,
+        op: pb::SetOperation::SetopNone as i32,
+        ..Default::default()
+    };
+    Some((select_deparse(version, inner)?, name))
+}
+
+/// Volatile functions a WHERE condition may call, whose two runs could answer differently.
+const VOLATILE: &[&str] = &[
+    "random",
+    "random_normal",
+    "nextval",
+    "setval",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "uuid_generate_v4",
+];
+
+/// Whether `n` reads columns, every one qualified by `name`, and holds no subquery and no
+/// call of a [`VOLATILE`] function.
+fn reads_only(n: &pb::Node, name: &str) -> bool {
+    let Some(node) = n.node.as_ref() else {
+        return false;
+    };
+    let mut columns = 0;
+    let mut other = false;
+    for x in Walk::new([node.to_ref()]) {
+        match x {
+            NodeRef::SubLink(_) => other = true,
+            // Run twice (first, then in the statement), a volatile call could differ.
+            NodeRef::FuncCall(f) => {
+                other |= f.funcname.iter().any(|n| {
+                    matches!(n.node.as_ref(), Some(NodeEnum::String(s)) if VOLATILE.contains(&s.sval.as_str()))
+                })
+            }
+            NodeRef::ColumnRef(c) => {
+                columns += 1;
+                let qualified = matches!(c.fields.as_slice(), [q, col]
+                    if matches!(q.node.as_ref(), Some(NodeEnum::String(s)) if s.sval == name)
+                        && matches!(col.node.as_ref(), Some(NodeEnum::String(_))));
+                other |= !qualified;
+            }
+            _ => {}
+        }
+    }
+    columns > 0 && !other
 }
 
 /// The names that qualify the columns of the FROM items under `n`.
@@ -540,6 +745,41 @@ mod tests {
             "SELECT * FROM (VALUES (1)) v(k) LEFT JOIN (orders o JOIN users u ON u.user_id = o.customer_id) ON o.customer_id = v.k",
         ] {
             assert_eq!(outer_join_matched(sql, &sharded), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_join_of_tables_sharded_by_other_keys_reads_the_joined_table_first() {
+        // Django's select_related of a foreign key to a table sharded by another key: the
+        // joined table's rows matching the WHERE conditions on it alone are read first.
+        let sql = "SELECT orders.id, users.name FROM orders INNER JOIN users ON (orders.customer_id = users.name) WHERE (orders.total > $1 AND users.email = $2 AND users.user_id > orders.id) ORDER BY orders.id";
+        let p = not_colocated_join(sql, &sharded).expect("found");
+        assert_eq!(p.inner, "SELECT * FROM users WHERE users.email = $2");
+        let d = desc(&[("name", 25), ("email", 25), ("user_id", 20), ("id", 20)]);
+        assert_eq!(
+            p.splice(&d, &[row(&["a", "b", "7", "1"])]).unwrap(),
+            "SELECT orders.id, users.name FROM orders JOIN (SELECT * FROM unnest(E'{a}'::text[], E'{b}'::text[], E'{7}'::int8[], E'{1}'::int8[]) AS pgshard_derived(name, email, user_id, id)) users ON orders.customer_id = users.name WHERE orders.total > $1 AND users.email = $2 AND users.user_id > orders.id ORDER BY orders.id"
+        );
+        // LEFT joins take no WHERE condition along; RIGHT joins read their left side first.
+        let sql = "SELECT o.id, u.name FROM orders o LEFT JOIN users u ON o.customer_id = u.name WHERE u.email = 'x'";
+        let p = not_colocated_join(sql, &sharded).expect("found");
+        assert_eq!(p.inner, "SELECT * FROM users u");
+        let sql = "SELECT o.id FROM orders o JOIN users u ON o.customer_id = u.name WHERE u.user_id > random() * 10 AND lower(u.email) = 'x'";
+        let p = not_colocated_join(sql, &sharded).expect("found");
+        assert_eq!(p.inner, "SELECT * FROM users u WHERE lower(u.email) = 'x'");
+        let sql = "SELECT o.id FROM users u RIGHT JOIN orders o ON o.customer_id = u.name";
+        let p = not_colocated_join(sql, &sharded).expect("found");
+        assert_eq!(p.inner, "SELECT * FROM users u");
+        for sql in [
+            // Locking clauses would leave the joined rows unlocked.
+            "SELECT * FROM orders o JOIN users u ON o.customer_id = u.name FOR UPDATE",
+            // USING, a side reading no sharded table, a FULL join.
+            "SELECT * FROM orders o JOIN users u USING (id)",
+            "SELECT * FROM orders o JOIN countries c ON c.id = o.total",
+            "SELECT * FROM orders o FULL JOIN users u ON o.customer_id = u.name",
+            "SELECT * FROM orders o, users u WHERE o.customer_id = u.name",
+        ] {
+            assert_eq!(not_colocated_join(sql, &sharded), None, "{sql}");
         }
     }
 

@@ -76,6 +76,9 @@ pub fn next(
             if let Some(matched) = crate::router::derived::outer_join_matched(sql, &reads_sharded) {
                 return Ok(Some(RunFirst::PullUp(matched)));
             }
+            if let Some(joined) = crate::router::derived::not_colocated_join(sql, &reads_sharded) {
+                return Ok(Some(RunFirst::PullUp(joined)));
+            }
             Ok(find_in(sql, params).map(RunFirst::Subquery))
         }
     }

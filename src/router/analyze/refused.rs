@@ -138,6 +138,7 @@ impl Refused {
                 | Refused::InsertSelect { .. }
                 | Refused::SetOperation { .. }
                 | Refused::OuterJoinKeepsUnsharded { .. }
+                | Refused::NotCoLocated { .. }
         )
     }
 }
@@ -185,7 +186,7 @@ mod tests {
                     b: "orders".into(),
                 },
                 "join of sharded tables users and orders that is not on their shard keys",
-                false,
+                true,
             ),
             (
                 Refused::SetOperation { op: "UNION" },
