@@ -152,6 +152,8 @@ async fn sqlalchemy_application_answers_as_one_postgres() {
             // joinedload of a collection under LIMIT: the limited derived table runs first,
             // then the entries it can match, and the outer join runs on one shard.
             "same joined_with_limit",
+            // Correlated subqueries over notes, sharded by a uuid, not by the account's key.
+            "same exists_other_key",
             "same subquery_load",
             "same upsert_returning",
             "known upsert_where_returning_rows_over_shards",

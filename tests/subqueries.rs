@@ -220,9 +220,13 @@ async fn correlated_subqueries_on_the_shard_key_run_on_each_shard() {
     ctes_keyed_to_one_shard(&c, &cluster.info).await;
     set_operations_keyed_to_one_shard(&c, &cluster.info).await;
     insert_select_runs_its_select_first(&c).await;
-    // Correlated, but not by key: refused, naming the table.
-    let sql =
-        "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)";
+    // Correlated, but not by key, as a WHERE condition: the subquery's table is read first,
+    // and each shard answers for its users over all of it.
+    let sql = "SELECT count(*) FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.total = u.user_id)";
+    let same = "SELECT count(*) FROM users u WHERE u.user_id IN (SELECT o.total FROM orders o)";
+    assert_eq!(rows(&c, sql).await, rows(&c, same).await, "{sql}");
+    // Inside another expression: refused, naming the table.
+    let sql = "SELECT sum((SELECT count(*) FROM orders o WHERE o.total = u.user_id)) FROM users u";
     let e = c.simple_query(sql).await.expect_err(sql);
     let db = e.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "0A000", "{sql}");

@@ -495,6 +495,187 @@ fn reads_only(n: &pb::Node, name: &str) -> bool {
     columns > 0 && !other
 }
 
+/// A correlated subquery over a sharded table that is not correlated by its shard key, as a
+/// select-list item or a WHERE condition (Django's `annotate(x=Subquery(Review.objects.filter(
+/// customer=OuterRef('pk'))…[:1]))` over reviews sharded by another key, SQLAlchemy's
+/// `~exists().where(Note.account_id == Account.id)`): the table's rows — those matching the
+/// subquery's own WHERE conditions that read only it — are read first (over every shard) and
+/// take its place in the subquery's FROM under its name, so every shard answers the subquery for
+/// its outer rows over all the rows it can see.
+pub fn correlated_subquery_table(
+    sql: &str,
+    reads_sharded: &dyn Fn(&str) -> bool,
+) -> Option<PullUp> {
+    let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
+    let version = parsed.version;
+    let [raw] = parsed.stmts.as_mut_slice() else {
+        return None;
+    };
+    let stmt = raw.stmt.as_deref_mut()?.node.as_mut()?;
+    let columns_of =
+        |name: &str, stmt: &NodeEnum| read_columns(Walk::new([stmt.to_ref()]), &[name]);
+    let NodeEnum::SelectStmt(select) = stmt else {
+        return None;
+    };
+    if select.op != pb::SetOperation::SetopNone as i32
+        || select.with_clause.is_some()
+        || !select.locking_clause.is_empty()
+    {
+        return None;
+    }
+    let reads = |item: &pb::Node| {
+        let probe = pb::SelectStmt {
+            target_list: select_star(),
+            from_clause: vec![item.clone()],
+            limit_option: pb::LimitOption::Default as i32,
+            op: pb::SetOperation::SetopNone as i32,
+            ..Default::default()
+        };
+        select_deparse(version, probe).map(|text| reads_sharded(&text))
+    };
+    // The select list's items and WHERE's conditions (under AND and NOT) that are subqueries.
+    let mut slots: Vec<&mut pb::Node> = Vec::new();
+    for item in select.target_list.iter_mut() {
+        if let Some(NodeEnum::ResTarget(r)) = item.node.as_mut() {
+            if let Some(v) = r.val.as_deref_mut() {
+                slots.push(v);
+            }
+        }
+    }
+    if let Some(w) = select.where_clause.as_deref_mut() {
+        conditions(w, &mut slots);
+    }
+    let mut found = None;
+    for slot in slots {
+        let Some(NodeEnum::SubLink(link)) = slot.node.as_mut() else {
+            continue;
+        };
+        let Some(NodeEnum::SelectStmt(sub)) =
+            link.subselect.as_deref_mut().and_then(|s| s.node.as_mut())
+        else {
+            continue;
+        };
+        if sub.op != pb::SetOperation::SetopNone as i32 || sub.with_clause.is_some() {
+            continue;
+        }
+        let sub_conjuncts: Vec<pb::Node> = match sub.where_clause.as_deref() {
+            None => Vec::new(),
+            Some(w) => match w.node.as_ref() {
+                Some(NodeEnum::BoolExpr(b)) if b.boolop == pb::BoolExprType::AndExpr as i32 => {
+                    b.args.clone()
+                }
+                _ => vec![w.clone()],
+            },
+        };
+        for item in sub.from_clause.iter_mut() {
+            let Some(NodeEnum::RangeVar(_)) = item.node.as_ref() else {
+                continue;
+            };
+            if reads(item) != Some(true) {
+                continue;
+            }
+            let Some((inner, name)) = table_rows(item, version, &sub_conjuncts) else {
+                continue;
+            };
+            *item = pb::Node {
+                node: Some(NodeEnum::RangeSubselect(Box::new(pb::RangeSubselect {
+                    lateral: false,
+                    subquery: Some(Box::new(select_of(TAKEN, false))),
+                    alias: Some(pb::Alias {
+                        aliasname: name.clone(),
+                        colnames: Vec::new(),
+                    }),
+                }))),
+            };
+            found = Some((inner, name));
+            break;
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let (inner, name) = found?;
+    let columns = columns_of(&name, stmt);
+    let text = deparse(parsed)?;
+    let marker = select_deparse(
+        version,
+        match select_of(TAKEN, false).node {
+            Some(NodeEnum::SelectStmt(s)) => *s,
+            _ => return None,
+        },
+    )?;
+    let placeholder = select_deparse(
+        version,
+        match select_of(PLACEHOLDER, true).node {
+            Some(NodeEnum::SelectStmt(s)) => *s,
+            _ => return None,
+        },
+    )?;
+    (text.matches(&marker).count() == 1).then(|| {
+        PullUp::replacing(
+            inner,
+            text.replacen(&marker, &placeholder, 1),
+            ROWS,
+            columns,
+        )
+    })
+}
+
+/// The conditions of a WHERE under AND and NOT, into `out`.
+fn conditions<'a>(n: &'a mut pb::Node, out: &mut Vec<&'a mut pb::Node>) {
+    let nested = matches!(n.node.as_ref(), Some(NodeEnum::BoolExpr(b))
+        if b.boolop == pb::BoolExprType::AndExpr as i32 || b.boolop == pb::BoolExprType::NotExpr as i32);
+    if !nested {
+        out.push(n);
+        return;
+    }
+    if let Some(NodeEnum::BoolExpr(b)) = n.node.as_mut() {
+        for a in b.args.iter_mut() {
+            conditions(a, out);
+        }
+    }
+}
+
+/// `SELECT * FROM table [WHERE …]` and the name its rows take, with the `conjuncts` that read
+/// only the table's columns (qualified by that name), no subquery and no volatile call.
+fn table_rows(table: &pb::Node, version: i32, conjuncts: &[pb::Node]) -> Option<(String, String)> {
+    let NodeEnum::RangeVar(rv) = table.node.as_ref()? else {
+        return None;
+    };
+    let name = match &rv.alias {
+        Some(a) if a.colnames.is_empty() => a.aliasname.clone(),
+        Some(_) => return None,
+        None if rv.schemaname.is_empty() => rv.relname.clone(),
+        None => return None,
+    };
+    let own: Vec<pb::Node> = conjuncts
+        .iter()
+        .filter(|c| reads_only(c, &name))
+        .cloned()
+        .collect();
+    let where_clause = match own.len() {
+        0 => None,
+        1 => own.into_iter().next().map(Box::new),
+        _ => Some(Box::new(pb::Node {
+            node: Some(NodeEnum::BoolExpr(Box::new(pb::BoolExpr {
+                boolop: pb::BoolExprType::AndExpr as i32,
+                args: own,
+                location: -1,
+                ..Default::default()
+            }))),
+        })),
+    };
+    let inner = pb::SelectStmt {
+        target_list: select_star(),
+        from_clause: vec![table.clone()],
+        where_clause,
+        limit_option: pb::LimitOption::Default as i32,
+        op: pb::SetOperation::SetopNone as i32,
+        ..Default::default()
+    };
+    Some((select_deparse(version, inner)?, name))
+}
+
 /// The names that qualify the columns of the FROM items under `n`.
 fn qualifiers(n: &pb::Node, out: &mut Vec<String>) {
     let alias = |a: Option<&pb::Alias>| a.map(|a| a.aliasname.clone());
@@ -780,6 +961,32 @@ mod tests {
             "SELECT * FROM orders o, users u WHERE o.customer_id = u.name",
         ] {
             assert_eq!(not_colocated_join(sql, &sharded), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_subquery_correlated_not_by_key_reads_its_table_first() {
+        // Django's annotate(Subquery(OuterRef)) over a table sharded by another key.
+        let sql = "SELECT users.user_id, (SELECT u0.total FROM orders u0 WHERE u0.total > $1 AND u0.customer_id = users.name ORDER BY u0.total DESC LIMIT 1) AS best FROM users";
+        let p = correlated_subquery_table(sql, &sharded).expect("found");
+        assert_eq!(p.inner, "SELECT * FROM orders u0 WHERE u0.total > $1");
+        let d = desc(&[("total", 20), ("customer_id", 25)]);
+        assert_eq!(
+            p.splice(&d, &[row(&["5", "a"])]).unwrap(),
+            "SELECT users.user_id, (SELECT u0.total FROM (SELECT * FROM unnest(E'{5}'::int8[], E'{a}'::text[]) AS pgshard_derived(total, customer_id)) u0 WHERE u0.total > $1 AND u0.customer_id = users.name ORDER BY u0.total DESC LIMIT 1) AS best FROM users"
+        );
+        // NOT EXISTS under AND in WHERE.
+        let sql = "SELECT u.user_id FROM users u WHERE u.user_id > 3 AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = u.name)";
+        let p = correlated_subquery_table(sql, &sharded).expect("found");
+        assert_eq!(p.inner, "SELECT * FROM orders o");
+        for sql in [
+            // Inside another expression, or with a locking clause.
+            "SELECT sum((SELECT count(*) FROM orders o WHERE o.customer_id = u.name)) FROM users u",
+            "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = u.name) FOR UPDATE",
+            // Nothing sharded in the subquery.
+            "SELECT (SELECT name FROM countries c WHERE c.id = u.user_id) FROM users u",
+        ] {
+            assert_eq!(correlated_subquery_table(sql, &sharded), None, "{sql}");
         }
     }
 

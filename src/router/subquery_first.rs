@@ -79,7 +79,13 @@ pub fn next(
             if let Some(joined) = crate::router::derived::not_colocated_join(sql, &reads_sharded) {
                 return Ok(Some(RunFirst::PullUp(joined)));
             }
-            Ok(find_in(sql, params).map(RunFirst::Subquery))
+            if let Some(first) = find_in(sql, params) {
+                return Ok(Some(RunFirst::Subquery(first)));
+            }
+            Ok(
+                crate::router::derived::correlated_subquery_table(sql, &reads_sharded)
+                    .map(RunFirst::PullUp),
+            )
         }
     }
 }

@@ -123,6 +123,16 @@ def joined_with_limit():
         return [(a.id, [e.id for e in a.entries]) for a in rows]
 
 
+def exists_other_key():
+    # Correlated on a column that is not the notes' shard key (notes are sharded by their uuid).
+    with engine.connect() as c:
+        none = c.execute(select(Account.id).where(~sa.exists().where(Note.account_id == Account.id))
+                         .order_by(Account.id)).scalars().all()
+        last = c.execute(select(Account.id, select(func.max(Note.body)).where(Note.account_id == Account.id)
+                                .scalar_subquery().label("last")).order_by(Account.id)).all()
+    return [none, [list(r) for r in last]]
+
+
 def subquery_load():
     with Session(engine) as s:
         rows = s.scalars(select(Account).options(subqueryload(Account.entries)).where(Account.balance < 50)
@@ -289,7 +299,7 @@ def async_engine():
 
 
 STEPS = [setup, selectin_same_key, selectin_other_key, joined_same_key, joined_keyless, joined_with_limit,
-         subquery_load, upsert_returning, upsert_where_returning_rows_over_shards, upsert_executemany_returning, insert_many_sorted, session_merge,
+         exists_other_key, subquery_load, upsert_returning, upsert_where_returning_rows_over_shards, upsert_executemany_returning, insert_many_sorted, session_merge,
          yield_per, stream_results, core_update_returning, orm_bulk_update, aggregate_filter_and_window,
          jsonb_ops, savepoint_nested, for_update_nowait, async_engine]
 
