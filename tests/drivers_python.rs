@@ -103,3 +103,89 @@ async fn python_drivers_work_across_shards() {
     assert!(placed > 0, "the checks left no rows to check");
     proxy.stop().await;
 }
+
+/// A database of its own on the first shard's server, reached directly: the one plain Postgres
+/// the probe compares pgshard with (same server version, no proxy in between).
+async fn plain_database(cluster: &TestCluster, name: &str) -> String {
+    let first = cluster.info.shard_ids()[0];
+    let direct = proxy::shard(&cluster.info, first).await;
+    direct
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the plain database");
+    let url = cluster.info.shard_url(first).expect("shard url");
+    let (server, _db) = url.rsplit_once('/').expect("a database in the url");
+    format!("{server}/{name}?sslmode=disable")
+}
+
+/// psycopg 3 and asyncpg used directly as applications use them
+/// (`tests/python/driver_probe.py`), through pgshard and against one plain Postgres database,
+/// step by step: statement_timeout and a cancel from another thread (57014) with the session
+/// going on, COPY in (text rows with arrays, jsonb and uuid; binary, rolled back then committed;
+/// into a text-keyed table) and out (binary rows, a merged `COPY (query)`), a COPY failing on a
+/// duplicate key, LISTEN/NOTIFY read with `notifies()`, asyncpg's query timeout,
+/// `copy_records_to_table`, `copy_from_query` and `copy_from_table`. The known gap: `SELECT
+/// pg_notify(…)` in a block that also wrote on other shards (Postgres cannot PREPARE it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_drivers_answer_as_one_postgres() {
+    let cluster = TestCluster::start(4, Strategy::Hash).await;
+    let proxy = start_proxy_with(&cluster.info, |c| {
+        for (table, key) in [("dp_event", "id"), ("dp_label", "code")] {
+            c.sharded_tables.push(pgshard::config::ShardedTableConfig {
+                name: table.into(),
+                key: key.into(),
+                key_type: None,
+            });
+        }
+    })
+    .await;
+    let plain = plain_database(&cluster, "plain_probe").await;
+    let out = common::script::run_script(
+        "python/probe_diff.py",
+        &["driver_probe.py", "pg_notify_in_block_over_shards=0A000"],
+        &[
+            ("PGSHARD_URL", &proxy::app_url(&proxy)),
+            ("PLAIN_URL", &plain),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.lines(),
+        [
+            "same setup",
+            "same statement_timeout",
+            "same statement_timeout_autocommit_keyed",
+            "same cancel_from_thread",
+            "same copy_in_text_rows",
+            "same copy_in_binary_rollback",
+            "same copy_in_text_key",
+            "same copy_out_binary_rows",
+            "same copy_error_recovers",
+            "same listen_notify",
+            "known pg_notify_in_block_over_shards",
+            "same asyncpg_steps",
+        ],
+        "{}",
+        out.stderr
+    );
+    // The COPYs' rows sit on their owner shards, as many as in plain Postgres.
+    let map = proxy.proxy.map.current();
+    let plain_client = proxy::connect_url(&plain).await.expect("connect to plain");
+    for (table, key, key_type) in [
+        ("dp_event", "id", pgshard::router::KeyType::Int),
+        ("dp_label", "code", pgshard::router::KeyType::Text),
+    ] {
+        let mut total = 0;
+        for id in cluster.info.shard_ids() {
+            let direct = proxy::shard(&cluster.info, id).await;
+            total += common::placement::owned_rows(&direct, &map, table, (key, key_type), id).await;
+        }
+        let want: i64 = plain_client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count in plain")
+            .get(0);
+        assert_eq!(total, want, "{table}");
+    }
+    proxy.stop().await;
+}

@@ -388,7 +388,7 @@ mod tests {
             ("CREATE INDEX ON users (email)", "broadcast", None),
             ("CREATE TABLE notes (id int)", "single", None),
             (
-                "SELECT * FROM users u JOIN orders o ON o.order_id = u.user_id + 1",
+                "SELECT * FROM users u, orders o WHERE o.order_id = u.user_id + 1",
                 "refused",
                 Some("join"),
             ),

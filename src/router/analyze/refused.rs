@@ -137,6 +137,8 @@ impl Refused {
                 | Refused::JoinWithUnsharded { .. }
                 | Refused::InsertSelect { .. }
                 | Refused::SetOperation { .. }
+                | Refused::OuterJoinKeepsUnsharded { .. }
+                | Refused::NotCoLocated { .. }
         )
     }
 }
@@ -184,7 +186,7 @@ mod tests {
                     b: "orders".into(),
                 },
                 "join of sharded tables users and orders that is not on their shard keys",
-                false,
+                true,
             ),
             (
                 Refused::SetOperation { op: "UNION" },
