@@ -837,7 +837,11 @@ async fn conditional_upserts_return_their_rows(
             "SELECT count(*) FROM users WHERE user_id BETWEEN 2001 AND 2010 AND name = '{name}'"
         )
     };
-    assert_eq!(summed(info, &count("m")).await, 3, "2002, 2004 and 2006 kept");
+    assert_eq!(
+        summed(info, &count("m")).await,
+        3,
+        "2002, 2004 and 2006 kept"
+    );
     assert_eq!(summed(info, &count("x")).await, 1, "2010 inserted once");
     for (sql, why) in [
         ("INSERT INTO users (user_id, name) VALUES (2001, 'a'), (2002, 'b') ON CONFLICT (name) DO UPDATE SET name = 'c' WHERE users.name < 'z' RETURNING user_id", "a conflict target without the key"),

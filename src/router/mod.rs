@@ -8,6 +8,7 @@ pub mod copy_facts;
 pub mod cte;
 pub mod cursor;
 pub mod derived;
+pub mod tables_first;
 /// The statement facts under the name the rest of the crate reads them by.
 pub use analyze as facts;
 pub mod fence;

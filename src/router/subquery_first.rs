@@ -73,17 +73,21 @@ pub fn next(
             if let Some(derived) = crate::router::derived::find(sql, &reads_sharded) {
                 return Ok(Some(RunFirst::PullUp(derived)));
             }
-            if let Some(matched) = crate::router::derived::outer_join_matched(sql, &reads_sharded) {
+            if let Some(matched) =
+                crate::router::tables_first::outer_join_matched(sql, &reads_sharded)
+            {
                 return Ok(Some(RunFirst::PullUp(matched)));
             }
-            if let Some(joined) = crate::router::derived::not_colocated_join(sql, &reads_sharded) {
+            if let Some(joined) =
+                crate::router::tables_first::not_colocated_join(sql, &reads_sharded)
+            {
                 return Ok(Some(RunFirst::PullUp(joined)));
             }
             if let Some(first) = find_in(sql, params) {
                 return Ok(Some(RunFirst::Subquery(first)));
             }
             Ok(
-                crate::router::derived::correlated_subquery_table(sql, &reads_sharded)
+                crate::router::tables_first::correlated_subquery_table(sql, &reads_sharded)
                     .map(RunFirst::PullUp),
             )
         }
