@@ -195,6 +195,17 @@ def job_queue():
         worker.join()
     check("rows left to another worker", len(seen["rest"]), total - 3)
     check("claims disjoint", claimed & seen["rest"], set())
+    # Ordered (`order_by('amount')[:3]`: ORDER BY … LIMIT 3 FOR UPDATE SKIP LOCKED over every
+    # shard): the claim locks exactly the first 3 rows of the order, as one Postgres does.
+    want = [o.pk for o in Order.objects.order_by("amount", "pk")[:3]]
+    with transaction.atomic():
+        ordered = [o.pk for o in Order.objects.select_for_update(skip_locked=True).order_by("amount", "pk")[:3]]
+        check("ordered claim", ordered, want)
+        worker = threading.Thread(target=other_worker)
+        worker.start()
+        worker.join()
+    check("rows left after an ordered claim", len(seen["rest"]), total - 3)
+    check("ordered claims disjoint", set(ordered) & seen["rest"], set())
 
 
 def iterator():
