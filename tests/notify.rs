@@ -142,9 +142,52 @@ async fn notifications_cross_proxies_in_order_and_only_when_committed() {
         .await
         .expect("pg_notify in a block");
     sender.batch_execute("COMMIT").await.unwrap();
+    // A block that wrote on two shards (it commits in two phases, which a shard that ran NOTIFY
+    // refuses): pg_notify waits for COMMIT like NOTIFY, in both protocols, and answers its one
+    // row of void; rolled back, it is never delivered.
+    let map = b.proxy.map.current();
+    let key_on_first = (1..1000i64)
+        .find(|k| map.shard_for(*k) == first)
+        .expect("a key on the channel shard");
+    for (commit, payloads) in [(true, ["eight", "nine"]), (false, ["never", "never"])] {
+        sender.batch_execute("BEGIN").await.unwrap();
+        for k in [key, key_on_first] {
+            sender
+                .execute("UPDATE users SET name = 'w' WHERE user_id = $1", &[&k])
+                .await
+                .expect("a write on each shard");
+        }
+        let row = sender
+            .query_one("SELECT pg_notify($1, $2)", &[&"jobs", &payloads[0]])
+            .await
+            .expect("pg_notify (extended) in a block over two shards");
+        assert_eq!(row.columns()[0].name(), "pg_notify");
+        assert_eq!(row.columns()[0].type_().name(), "void");
+        let msgs = sender
+            .simple_query(&format!(
+                "SELECT pg_notify('jobs', '{}') AS sent",
+                payloads[1]
+            ))
+            .await
+            .expect("pg_notify (simple) in a block over two shards");
+        let row = msgs.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get("sent").map(str::to_string)),
+            _ => None,
+        });
+        assert_eq!(row, Some(Some(String::new())), "one row, its void empty");
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        sender.batch_execute(end).await.expect(end);
+    }
+    let e = sender
+        .batch_execute("SELECT pg_notify('', 'x')")
+        .await
+        .expect_err("an empty channel name");
+    assert_eq!(e.code().map(|c| c.code()), Some("22023"));
     sender.batch_execute("NOTIFY jobs, 'end'").await.unwrap();
 
-    let want = ["one", "two", "three", "four", "five", "six", "seven", "end"];
+    let want = [
+        "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "end",
+    ];
     assert_eq!(payloads_until(&mut on_a, "end").await, want, "proxy a");
     assert_eq!(payloads_until(&mut on_b, "end").await, want, "proxy b");
     assert_eq!(

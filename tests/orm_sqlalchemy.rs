@@ -130,9 +130,7 @@ async fn sqlalchemy_application_answers_as_one_postgres() {
     let plain = plain_database(&cluster, "plain_probe").await;
     let out = run_script(
         "python/probe_diff.py",
-        &[
-            "sqlalchemy_probe.py",
-        ],
+        &["sqlalchemy_probe.py"],
         &[
             ("PGSHARD_URL", &proxy::app_url(&proxy)),
             ("PLAIN_URL", &plain),

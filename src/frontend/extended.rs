@@ -24,7 +24,7 @@ use crate::planner::served::served_portals;
 use crate::planner::{Ending, Plan, Planned};
 use crate::refusal::Refusal;
 use crate::router::params::BindParams;
-use crate::router::{LocalCommand, Route, StatementFacts, StatementKind};
+use crate::router::{LocalCommand, NotifyArg, Route, StatementFacts, StatementKind};
 use crate::telemetry::QueryTimer;
 use crate::wire::backend::{self as be, ErrorFields};
 use crate::wire::frame::Frame;
@@ -728,18 +728,26 @@ impl Session {
         sync: bool,
     ) {
         let mut binary_portals: HashMap<&str, bool> = HashMap::new();
+        // Each portal's Bind and statement: `SELECT pg_notify($1, $2)` reads its values.
+        let mut bound: HashMap<&str, (&Bind, &Prepared)> = HashMap::new();
         for msg in msgs {
             match msg {
                 Msg::Parse(..) => self.io.push(&be::parse_complete()),
-                Msg::Bind { bind, .. } => {
+                Msg::Bind {
+                    bind, statement, ..
+                } => {
                     binary_portals.insert(
                         bind.portal.as_str(),
                         bind.result_formats.first() == Some(&1),
                     );
+                    bound.insert(bind.portal.as_str(), (bind, statement));
                     self.io.push(&be::bind_complete());
                 }
                 Msg::DescribeStatement(st) if is_local(&st.facts) || st.facts.is_empty() => {
-                    self.io.push(&parameter_description(&st.param_types));
+                    self.io.push(&parameter_description(&local_param_types(
+                        &st.facts,
+                        &st.param_types,
+                    )));
                     self.io.push(&local_row_description(&st.facts));
                 }
                 Msg::DescribeStatement(st) => {
@@ -783,7 +791,22 @@ impl Session {
                             .get(e.portal.as_str())
                             .copied()
                             .unwrap_or(false);
-                        if let Err(fields) = self.run_local(local, false, binary).await {
+                        let local = match bound.get(e.portal.as_str()) {
+                            Some((bind, statement)) => {
+                                let params = BindParams {
+                                    values: &bind.params,
+                                    formats: &bind.param_formats,
+                                    types: &statement.param_types,
+                                };
+                                crate::frontend::notifications::with_values(local, &params)
+                            }
+                            None => Ok(local.clone()),
+                        };
+                        let ran = match local {
+                            Ok(local) => self.run_local(&local, false, binary).await,
+                            Err(fields) => Err(fields),
+                        };
+                        if let Err(fields) = ran {
                             error = Some(fields);
                             break;
                         }
@@ -1252,9 +1275,38 @@ pub(super) fn parameter_description(types: &[u32]) -> Frame {
     Frame::new(be::PARAMETER_DESCRIPTION, b.freeze())
 }
 
+/// The parameter types a statement the proxy answers itself describes: `pg_notify`'s are text
+/// where the client left them unspecified, as Postgres infers them.
+fn local_param_types(facts: &[StatementFacts], declared: &[u32]) -> Vec<u32> {
+    let Some(LocalCommand::PgNotify {
+        channel, payload, ..
+    }) = facts.first().and_then(|f| f.local.as_ref())
+    else {
+        return declared.to_vec();
+    };
+    let count = [channel, payload]
+        .iter()
+        .filter_map(|a| match a {
+            NotifyArg::Param(n) => Some(*n),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+        .max(declared.len());
+    (0..count)
+        .map(|i| match declared.get(i).copied().unwrap_or(0) {
+            0 => be::TEXT_OID,
+            t => t,
+        })
+        .collect()
+}
+
 fn local_row_description(facts: &[StatementFacts]) -> Frame {
     match facts.first().and_then(|f| f.local.as_ref()) {
         Some(LocalCommand::NextId) => be::row_description(&[("next_id", be::INT8_OID)]),
+        Some(LocalCommand::PgNotify { column, .. }) => {
+            be::row_description(&[(column.as_str(), be::VOID_OID)])
+        }
         Some(LocalCommand::ShowProxy { name }) => {
             be::row_description(&[(name.as_str(), be::TEXT_OID)])
         }

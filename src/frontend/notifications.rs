@@ -7,11 +7,73 @@
 use super::session::Session;
 use crate::notify::pending::{Action, Pending};
 use crate::notify::{ClientHandle, Notification, Target};
-use crate::router::LocalCommand;
+use crate::router::{LocalCommand, NotifyArg, ParamSource};
 use crate::wire::backend::{self as be, ErrorFields, TxStatus};
 
 /// Postgres's limit on a NOTIFY payload (bytes, exclusive).
 const MAX_PAYLOAD: usize = 8000;
+
+/// Postgres's limit on a channel name (NAMEDATALEN, bytes, exclusive).
+const MAX_CHANNEL: usize = 64;
+
+/// `local` with the `$n` of a `SELECT pg_notify(…)` replaced by their values (a Bind's, or
+/// the simple protocol's literals); any other command as it is.
+pub fn with_values(
+    local: &LocalCommand,
+    params: &dyn ParamSource,
+) -> Result<LocalCommand, ErrorFields> {
+    let LocalCommand::PgNotify {
+        channel,
+        payload,
+        column,
+    } = local
+    else {
+        return Ok(local.clone());
+    };
+    let value = |arg: &NotifyArg| -> Result<NotifyArg, ErrorFields> {
+        let NotifyArg::Param(n) = arg else {
+            return Ok(arg.clone());
+        };
+        let n = *n;
+        if let Some(literal) = params.sql_literal(n) {
+            // A number written in the statement: Postgres has no pg_notify taking one.
+            if !literal.starts_with('\'') && !literal.starts_with("E'") {
+                return Err(ErrorFields::error(
+                    "42883",
+                    "function pg_notify takes text arguments: quote the channel and the payload",
+                ));
+            }
+        }
+        let raw = params
+            .raw(n)
+            .ok_or_else(|| ErrorFields::error("08P01", format!("no value for parameter ${n}")))?;
+        match raw.value {
+            None => Ok(NotifyArg::Null),
+            Some(bytes) => String::from_utf8(bytes.to_vec())
+                .map(NotifyArg::Text)
+                .map_err(|_| {
+                    ErrorFields::error("22021", "invalid byte sequence for encoding \"UTF8\"")
+                }),
+        }
+    };
+    Ok(LocalCommand::PgNotify {
+        channel: value(channel)?,
+        payload: value(payload)?,
+        column: column.clone(),
+    })
+}
+
+/// A `pg_notify` argument's text once its value is in (`None`: NULL, read as empty).
+fn given(arg: &NotifyArg) -> Result<Option<String>, ErrorFields> {
+    match arg {
+        NotifyArg::Text(t) => Ok(Some(t.clone())),
+        NotifyArg::Null => Ok(None),
+        NotifyArg::Param(n) => Err(ErrorFields::error(
+            "XX000",
+            format!("pg_notify's parameter ${n} was not filled in"),
+        )),
+    }
+}
 
 /// A session's side of LISTEN/NOTIFY.
 #[derive(Default)]
@@ -52,6 +114,7 @@ impl Session {
 
     /// Answers a statement the proxy handles itself: LISTEN/UNLISTEN/NOTIFY here, the others
     /// by [`Session::local_command`]. An error is the caller's to send.
+    /// A `SELECT pg_notify(…)` must have its `$n` filled in first ([`with_values`]).
     pub async fn run_local(
         &mut self,
         local: &LocalCommand,
@@ -65,15 +128,42 @@ impl Session {
                 channel: channel.clone(),
                 payload: payload.clone(),
             },
+            LocalCommand::PgNotify {
+                channel,
+                payload,
+                column,
+            } => {
+                let channel = given(channel)?.unwrap_or_default();
+                if channel.is_empty() {
+                    return Err(ErrorFields::error("22023", "channel name cannot be empty"));
+                }
+                if channel.len() >= MAX_CHANNEL {
+                    return Err(ErrorFields::error("22023", "channel name too long"));
+                }
+                let payload = given(payload)?.unwrap_or_default();
+                self.notify_action(Action::Notify { channel, payload })
+                    .await?;
+                // Its answer is one row of `void`, whose text and binary forms are both empty.
+                if describe {
+                    self.io
+                        .push(&be::row_description(&[(column.as_str(), be::VOID_OID)]));
+                }
+                self.io.push(&be::data_row(&[Some("")]));
+                self.io.push(&be::command_complete("SELECT 1"));
+                return Ok(());
+            }
             other => {
                 self.local_command(other, describe, binary);
                 return Ok(());
             }
         };
-        self.notify_action(action).await
+        let tag = self.notify_action(action).await?;
+        self.io.push(&be::command_complete(tag));
+        Ok(())
     }
 
-    async fn notify_action(&mut self, action: Action) -> Result<(), ErrorFields> {
+    /// Does or queues `action`; its command tag for the caller's answer.
+    async fn notify_action(&mut self, action: Action) -> Result<&'static str, ErrorFields> {
         if self.status() == TxStatus::Failed {
             return Err(ErrorFields::error(
                 "25P02",
@@ -96,8 +186,7 @@ impl Session {
         } else {
             self.apply(action, true).await?;
         }
-        self.io.push(&be::command_complete(tag));
-        Ok(())
+        Ok(tag)
     }
 
     /// Does one action now; `wait`: a NOTIFY answers once the channel shard ran it.
@@ -157,5 +246,68 @@ impl Session {
             };
             self.io.push(&warning.to_notice());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::literals::{Literal, LiteralParams};
+    use crate::router::params::BindParams;
+
+    fn pg_notify(channel: NotifyArg, payload: NotifyArg) -> LocalCommand {
+        LocalCommand::PgNotify {
+            channel,
+            payload,
+            column: "pg_notify".into(),
+        }
+    }
+
+    #[test]
+    fn pg_notify_takes_its_values_from_binds_and_literals() {
+        let values = [
+            Some(bytes::Bytes::from_static(b"jobs")),
+            None,
+            Some(bytes::Bytes::from_static(&[0xff])),
+        ];
+        let bound = BindParams {
+            values: &values,
+            formats: &[1],
+            types: &[],
+        };
+        let (p1, p2, p3) = (
+            NotifyArg::Param(1),
+            NotifyArg::Param(2),
+            NotifyArg::Param(3),
+        );
+        let text = |t: &str| NotifyArg::Text(t.into());
+        assert_eq!(
+            with_values(&pg_notify(p1.clone(), p2.clone()), &bound),
+            Ok(pg_notify(text("jobs"), NotifyArg::Null))
+        );
+        assert_eq!(
+            with_values(&pg_notify(p1.clone(), p3.clone()), &bound).map_err(|e| e.code),
+            Err("22021".to_string())
+        );
+        assert_eq!(
+            with_values(&pg_notify(p1.clone(), NotifyArg::Param(4)), &bound).map_err(|e| e.code),
+            Err("08P01".to_string())
+        );
+        let literals = [Literal::Str("jobs".into()), Literal::Number("5".into())];
+        let written = LiteralParams(&literals);
+        assert_eq!(
+            with_values(&pg_notify(p1.clone(), text("x")), &written),
+            Ok(pg_notify(text("jobs"), text("x")))
+        );
+        assert_eq!(
+            with_values(&pg_notify(p1, p2), &written).map_err(|e| e.code),
+            Err("42883".to_string()),
+            "a number written as the payload"
+        );
+        // Other commands pass as they are.
+        assert_eq!(
+            with_values(&LocalCommand::NextId, &written),
+            Ok(LocalCommand::NextId)
+        );
     }
 }

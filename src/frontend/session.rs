@@ -431,7 +431,12 @@ impl Session {
             return self.run_in_turn(&sql, facts.len()).await;
         }
         if let Plan::Local(local) = &planned.plan {
-            if let Err(fields) = self.run_local(local, true, false).await {
+            let local = crate::frontend::notifications::with_values(local, &params);
+            let ran = match local {
+                Ok(local) => self.run_local(&local, true, false).await,
+                Err(fields) => Err(fields),
+            };
+            if let Err(fields) = ran {
                 self.push_error_in_batch(fields);
             }
             let status = self.status();
@@ -820,7 +825,8 @@ impl Session {
             // Answered by `run_local` (see `notifications`).
             LocalCommand::Listen { .. }
             | LocalCommand::Unlisten { .. }
-            | LocalCommand::Notify { .. } => {}
+            | LocalCommand::Notify { .. }
+            | LocalCommand::PgNotify { .. } => {}
             LocalCommand::NextId => {
                 let id = self.proxy.ids.next_id();
                 if describe {

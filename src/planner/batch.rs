@@ -62,7 +62,7 @@ pub fn plan_batch(
         if !batch.needed.is_empty() {
             return BatchPlan::Refuse {
                 refusal: Refusal::unsupported(
-                    "pgshard's own commands and transaction control must not share a Sync with statements that need a shard",
+                    "pgshard's own commands (SET/SHOW pgshard.*, LISTEN, NOTIFY, SELECT pg_notify(…) of values) and transaction control must not share a Sync with statements that need a shard: send them with a Sync of their own",
                 ),
                 raise_on: None,
             };

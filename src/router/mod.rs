@@ -42,7 +42,7 @@ pub mod subquery_first;
 pub mod unnest_insert;
 pub mod unnest_keys;
 
-pub use facts::{LocalCommand, StatementFacts, StatementKind};
+pub use facts::{LocalCommand, NotifyArg, StatementFacts, StatementKind};
 pub use key_type::{KeyType, ShardKey};
 pub use params::ParamSource;
 pub use shard_map::{KeyRange, ShardMap, ShardMapError, Strategy};

@@ -272,6 +272,8 @@ pub fn negotiate_protocol_version(minor: i32, unknown: &[String]) -> Frame {
 /// Type OIDs the proxy uses for the result sets it builds itself.
 pub const TEXT_OID: u32 = 25;
 pub const INT8_OID: u32 = 20;
+/// `void`, what `pg_notify` answers.
+pub const VOID_OID: u32 = 2278;
 
 /// A RowDescription for columns the proxy computes itself (text format).
 pub fn row_description(columns: &[(&str, u32)]) -> Frame {
@@ -282,7 +284,11 @@ pub fn row_description(columns: &[(&str, u32)]) -> Frame {
         b.put_u32(0); // table oid
         b.put_i16(0); // column number
         b.put_u32(*oid);
-        b.put_i16(if *oid == INT8_OID { 8 } else { -1 });
+        b.put_i16(match *oid {
+            INT8_OID => 8,
+            VOID_OID => 4,
+            _ => -1,
+        });
         b.put_i32(-1); // type modifier
         b.put_i16(0); // text format
     }

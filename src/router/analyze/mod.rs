@@ -27,7 +27,9 @@ pub use super::names::ShardedTables;
 pub use refused::{Refused, NULL_KEY_PREFIX};
 pub(crate) use scan::AGGREGATES;
 use scan::{node, scan_walk, FuncInfo};
-pub use statement::{KeyFacts, KeyValue, LocalCommand, SessionPin, StatementFacts, StatementKind};
+pub use statement::{
+    KeyFacts, KeyValue, LocalCommand, NotifyArg, SessionPin, StatementFacts, StatementKind,
+};
 pub(crate) use tables::{conjuncts, op_name};
 pub(crate) use walk::Walk;
 

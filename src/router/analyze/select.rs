@@ -8,7 +8,7 @@ use pg_query::{NodeEnum, NodeRef};
 use super::scan::{node, scan_walk, str_of, Scan};
 use super::tables::{strip_casts, tables_and_key, Ctx};
 use super::walk::Walk;
-use super::{Flow, LocalCommand, Refused, ShardedTables, StatementFacts, StatementKind};
+use super::{Flow, LocalCommand, NotifyArg, Refused, ShardedTables, StatementFacts, StatementKind};
 
 pub(super) fn merge_construct(s: &pb::SelectStmt) -> Option<String> {
     if !s.sort_clause.is_empty() {
@@ -63,6 +63,10 @@ pub(super) fn analyze_select(
     facts.kind = StatementKind::Select;
     if is_next_id_select(s) {
         facts.local = Some(LocalCommand::NextId);
+        return Flow::Finished;
+    }
+    if let Some(notify) = pg_notify_select(s) {
+        facts.local = Some(notify);
         return Flow::Finished;
     }
     if s.into_clause.is_some() {
@@ -279,7 +283,9 @@ fn derived_key(n: &pb::Node, s: &pb::SelectStmt, core: &pb::SelectStmt, ctx: &Ct
 }
 
 /// True for `SELECT pgshard.next_id()` and nothing more.
-fn is_next_id_select(s: &pb::SelectStmt) -> bool {
+/// The one function call a bare `SELECT f(…) [AS name]` makes (no FROM, WHERE, …, a plain
+/// call), its lower-cased name parts and the column name it answers under.
+fn lone_call(s: &pb::SelectStmt) -> Option<(&pb::FuncCall, Vec<String>, String)> {
     if s.target_list.len() != 1
         || !s.from_clause.is_empty()
         || s.where_clause.is_some()
@@ -295,27 +301,85 @@ fn is_next_id_select(s: &pb::SelectStmt) -> bool {
         || !s.values_lists.is_empty()
         || s.op != pb::SetOperation::SetopNone as i32
     {
-        return false;
+        return None;
     }
     let Some(NodeEnum::ResTarget(rt)) = s.target_list[0].node.as_ref() else {
-        return false;
+        return None;
     };
     let Some(NodeEnum::FuncCall(f)) = node(&rt.val) else {
-        return false;
+        return None;
     };
+    let plain = !f.agg_star
+        && !f.agg_distinct
+        && f.over.is_none()
+        && f.agg_filter.is_none()
+        && f.agg_order.is_empty()
+        && rt.indirection.is_empty();
+    if !plain {
+        return None;
+    }
     let name: Vec<String> = f
         .funcname
         .iter()
         .filter_map(str_of)
         .map(str::to_lowercase)
         .collect();
-    name == ["pgshard", "next_id"]
-        && f.args.is_empty()
-        && !f.agg_star
-        && !f.agg_distinct
-        && f.over.is_none()
-        && f.agg_filter.is_none()
-        && rt.indirection.is_empty()
+    let column = match rt.name.as_str() {
+        "" => name.last().cloned().unwrap_or_default(),
+        alias => alias.to_string(),
+    };
+    Some((f, name, column))
+}
+
+fn is_next_id_select(s: &pb::SelectStmt) -> bool {
+    lone_call(s).is_some_and(|(f, name, _)| name == ["pgshard", "next_id"] && f.args.is_empty())
+}
+
+/// `SELECT pg_notify(channel, payload)` with each argument a string constant or a parameter
+/// (psycopg's way to NOTIFY with values): the proxy queues it as it queues NOTIFY, so a block
+/// over several shards can still commit (a shard that ran NOTIFY cannot PREPARE).
+fn pg_notify_select(s: &pb::SelectStmt) -> Option<LocalCommand> {
+    let (f, name, column) = lone_call(s)?;
+    let named =
+        matches!(name.as_slice(), [n] if n == "pg_notify") || name == ["pg_catalog", "pg_notify"];
+    let [channel, payload] = f.args.as_slice() else {
+        return None;
+    };
+    if !named {
+        return None;
+    }
+    Some(LocalCommand::PgNotify {
+        channel: notify_arg(channel)?,
+        payload: notify_arg(payload)?,
+        column,
+    })
+}
+
+/// A `pg_notify` argument the proxy can read: a string constant, NULL, or `$n`, cast to text
+/// or not.
+fn notify_arg(n: &pb::Node) -> Option<NotifyArg> {
+    match n.node.as_ref()? {
+        NodeEnum::TypeCast(c) => {
+            let ty: Vec<String> = c
+                .type_name
+                .as_ref()?
+                .names
+                .iter()
+                .filter_map(str_of)
+                .map(str::to_lowercase)
+                .collect();
+            let text = matches!(ty.last().map(String::as_str), Some("text" | "varchar"));
+            text.then(|| c.arg.as_deref().and_then(notify_arg))
+                .flatten()
+        }
+        NodeEnum::ParamRef(p) => usize::try_from(p.number).ok().map(NotifyArg::Param),
+        NodeEnum::AConst(c) if c.isnull => Some(NotifyArg::Null),
+        NodeEnum::AConst(c) => match c.val.as_ref()? {
+            pb::a_const::Val::Sval(v) => Some(NotifyArg::Text(v.sval.clone())),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,22 @@ pub enum LocalCommand {
     Unlisten { channel: Option<String> },
     /// `NOTIFY channel [, 'payload']`: run on the channel shard, at COMMIT inside a block.
     Notify { channel: String, payload: String },
+    /// `SELECT pg_notify(channel, payload)` of constants or parameters: a NOTIFY (queued to
+    /// COMMIT inside a block) answered with its one row, a `void` column named `column`.
+    PgNotify {
+        channel: NotifyArg,
+        payload: NotifyArg,
+        column: String,
+    },
+}
+
+/// An argument of `pg_notify` as the statement gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyArg {
+    Text(String),
+    Null,
+    /// `$n` (1-based): a Bind parameter, or in the simple protocol the n-th extracted literal.
+    Param(usize),
 }
 
 /// Where a shard-key value comes from.

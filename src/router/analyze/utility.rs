@@ -371,6 +371,7 @@ pub(super) fn session_effects(stmt: &NodeEnum, scan: &Scan, facts: &mut Statemen
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
+    use super::super::NotifyArg;
 
     #[test]
     fn hints_of_each_statement() {
@@ -599,8 +600,44 @@ mod tests {
         ] {
             assert_eq!(one(sql).local, Some(want), "{sql}");
         }
-        let notify = one("SELECT pg_notify('jobs', 'x')");
-        assert!(notify.unsharded && notify.is_write && notify.local.is_none());
+        // A bare pg_notify of constants or parameters is the proxy's, as NOTIFY is; any other
+        // use of it runs on the channel shard.
+        for (sql, channel, payload, column) in [
+            (
+                "SELECT pg_notify('jobs', 'x')",
+                NotifyArg::Text("jobs".into()),
+                NotifyArg::Text("x".into()),
+                "pg_notify",
+            ),
+            (
+                "select pg_catalog.pg_notify($1::text, $2) as sent",
+                NotifyArg::Param(1),
+                NotifyArg::Param(2),
+                "sent",
+            ),
+            (
+                "SELECT pg_notify($1, NULL)",
+                NotifyArg::Param(1),
+                NotifyArg::Null,
+                "pg_notify",
+            ),
+        ] {
+            let want = LocalCommand::PgNotify {
+                channel,
+                payload,
+                column: column.into(),
+            };
+            assert_eq!(one(sql).local, Some(want), "{sql}");
+        }
+        for sql in [
+            "SELECT pg_notify('jobs', name) FROM users",
+            "SELECT pg_notify('jobs', 'x'), 1",
+            "SELECT pg_notify($1, $2::int::text)",
+            "SELECT pg_notify($1 || 'x', $2)",
+        ] {
+            let f = one(sql);
+            assert!(f.unsharded && f.is_write && f.local.is_none(), "{sql}");
+        }
         refused(
             "select pgshard.next_id(), 1",
             "only supported as SELECT pgshard.next_id()",
