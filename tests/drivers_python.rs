@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
+use common::plain::{placed_as_in_plain, plain_database};
 use common::proxy::{self, start_proxy_with};
 use common::TestCluster;
 use pgshard::router::Strategy;
@@ -104,20 +105,6 @@ async fn python_drivers_work_across_shards() {
     proxy.stop().await;
 }
 
-/// A database of its own on the first shard's server, reached directly: the one plain Postgres
-/// the probe compares pgshard with (same server version, no proxy in between).
-async fn plain_database(cluster: &TestCluster, name: &str) -> String {
-    let first = cluster.info.shard_ids()[0];
-    let direct = proxy::shard(&cluster.info, first).await;
-    direct
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the plain database");
-    let url = cluster.info.shard_url(first).expect("shard url");
-    let (server, _db) = url.rsplit_once('/').expect("a database in the url");
-    format!("{server}/{name}?sslmode=disable")
-}
-
 /// psycopg 3 and asyncpg used directly as applications use them
 /// (`tests/python/driver_probe.py`), through pgshard and against one plain Postgres database,
 /// step by step: statement_timeout and a cancel from another thread (57014) with the session
@@ -171,22 +158,11 @@ async fn python_drivers_answer_as_one_postgres() {
     );
     // The COPYs' rows sit on their owner shards, as many as in plain Postgres.
     let map = proxy.proxy.map.current();
-    let plain_client = proxy::connect_url(&plain).await.expect("connect to plain");
     for (table, key, key_type) in [
         ("dp_event", "id", pgshard::router::KeyType::Int),
         ("dp_label", "code", pgshard::router::KeyType::Text),
     ] {
-        let mut total = 0;
-        for id in cluster.info.shard_ids() {
-            let direct = proxy::shard(&cluster.info, id).await;
-            total += common::placement::owned_rows(&direct, &map, table, (key, key_type), id).await;
-        }
-        let want: i64 = plain_client
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .expect("count in plain")
-            .get(0);
-        assert_eq!(total, want, "{table}");
+        placed_as_in_plain(&cluster, &map, &plain, table, (key, key_type)).await;
     }
     proxy.stop().await;
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::placement::owned_rows;
+use common::plain::{placed_as_in_plain, plain_database};
 use common::proxy::{self, start_proxy_with};
 use common::script::run_script;
 use common::TestCluster;
@@ -137,20 +137,6 @@ async fn django_suite(driver: &str, server_side_binding: bool) {
     );
 }
 
-/// A database of its own on the first shard's server, reached directly: the one plain Postgres
-/// the probe compares pgshard with (same server version, no proxy in between).
-async fn plain_database(cluster: &TestCluster, name: &str) -> String {
-    let first = cluster.info.shard_ids()[0];
-    let direct = proxy::shard(&cluster.info, first).await;
-    direct
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the plain database");
-    let url = cluster.info.shard_url(first).expect("shard url");
-    let (server, _db) = url.rsplit_once('/').expect("a database in the url");
-    format!("{server}/{name}?sslmode=disable")
-}
-
 /// Application-style Django calls (`tests/python/django_probe.py`) through pgshard and against one
 /// plain Postgres database, step by step: select_related and prefetch_related over tables sharded
 /// by the same key, by a uuid and by a text key, get_or_create/update_or_create, bulk_create with
@@ -207,27 +193,13 @@ async fn django_probe(server_side_binding: bool) {
     // Every row the probe left through pgshard sits on its owner shard, as many as in plain
     // Postgres, over several shards.
     let map = proxy.proxy.map.current();
-    let plain_client = proxy::connect_url(&plain).await.expect("connect to plain");
     for (table, key, key_type) in [
         ("probe_customer", "id", KeyType::Int),
         ("probe_order", "customer_id", KeyType::Int),
         ("probe_sku", "code", KeyType::Text),
         ("probe_review", "id", KeyType::Uuid),
     ] {
-        let mut total = 0;
-        let mut holding = 0;
-        for id in cluster.info.shard_ids() {
-            let direct = proxy::shard(&cluster.info, id).await;
-            let n = owned_rows(&direct, &map, table, (key, key_type), id).await;
-            total += n;
-            holding += i64::from(n > 0);
-        }
-        let want: i64 = plain_client
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .expect("count in plain")
-            .get(0);
-        assert_eq!(total, want, "{table}");
+        let holding = placed_as_in_plain(&cluster, &map, &plain, table, (key, key_type)).await;
         assert!(holding > 1, "{table} sits on {holding} shard(s)");
     }
     proxy.stop().await;

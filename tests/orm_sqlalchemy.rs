@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::placement::owned_rows;
+use common::plain::{placed_as_in_plain, plain_database};
 use common::proxy::{self, start_proxy_with};
 use common::script::run_script;
 use common::TestCluster;
@@ -90,20 +90,6 @@ async fn sqlalchemy_and_alembic_run_unchanged() {
     assert_eq!(unsharded_on, [proxy.proxy.first_shard]);
 }
 
-/// A database of its own on the first shard's server, reached directly: the one plain Postgres
-/// the probes compare pgshard with (same server version, no proxy in between).
-async fn plain_database(cluster: &TestCluster, name: &str) -> String {
-    let first = cluster.info.shard_ids()[0];
-    let direct = proxy::shard(&cluster.info, first).await;
-    direct
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the plain database");
-    let url = cluster.info.shard_url(first).expect("shard url");
-    let (server, _db) = url.rsplit_once('/').expect("a database in the url");
-    format!("{server}/{name}?sslmode=disable")
-}
-
 /// Application-style SQLAlchemy calls (`tests/python/sqlalchemy_probe.py`: selectinload,
 /// joinedload with and without LIMIT, subqueryload, `on_conflict_do_update` with RETURNING,
 /// insertmanyvalues sorted by parameter order, `Session.merge`, `yield_per`, `stream_results`,
@@ -175,26 +161,12 @@ async fn sqlalchemy_application_answers_as_one_postgres() {
     // What the probe left through pgshard: as many rows as in plain Postgres, each on the shard
     // that owns its key, over several shards.
     let map = proxy.proxy.map.current();
-    let plain_client = proxy::connect_url(&plain).await.expect("connect to plain");
     for (table, key, key_type) in [
         ("sp_account", "id", KeyType::Int),
         ("sp_entry", "account_id", KeyType::Int),
         ("sp_note", "id", KeyType::Uuid),
     ] {
-        let mut total = 0;
-        let mut holding = 0;
-        for id in cluster.info.shard_ids() {
-            let direct = proxy::shard(&cluster.info, id).await;
-            let n = owned_rows(&direct, &map, table, (key, key_type), id).await;
-            total += n;
-            holding += i64::from(n > 0);
-        }
-        let want: i64 = plain_client
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .expect("count in plain")
-            .get(0);
-        assert_eq!(total, want, "{table}");
+        let holding = placed_as_in_plain(&cluster, &map, &plain, table, (key, key_type)).await;
         assert!(holding > 1, "{table} sits on {holding} shard(s)");
     }
     proxy.stop().await;

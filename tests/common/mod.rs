@@ -129,6 +129,7 @@ pub mod answers;
 pub mod jobs;
 pub mod params;
 pub mod placement;
+pub mod plain;
 pub mod process;
 pub mod proxy;
 pub mod raw;
