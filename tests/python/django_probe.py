@@ -6,14 +6,14 @@ SQLSTATE or exception name}: tests/orm_django.rs runs it once through pgshard an
 plain Postgres database and compares the two outputs line by line."""
 
 import datetime
-import json
 import os
 import sys
 import threading
-import traceback
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import probe_steps  # noqa: E402
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_app.probe_settings")
 
 import django  # noqa: E402
@@ -422,7 +422,7 @@ def expressions_windows_and_more():
         "select_related_nowait": lambda: sorted(o.id for o in txn(lambda: list(Order.objects.select_related("customer").select_for_update(nowait=True, of=("self", "customer")).filter(customer_id=2)))),
         "dates_year_desc": lambda: [d.isoformat() for d in Order.objects.dates("placed", "week", order="DESC")],
     }
-    return {name: plain(f()) for name, f in steps.items()}
+    return {name: probe_steps.plain(f()) for name, f in steps.items()}
 
 
 STEPS = [setup, select_related_same_key, select_related_keyed, select_related_other_key, prefetch_same_key,
@@ -436,31 +436,4 @@ STEPS = [setup, select_related_same_key, select_related_keyed, select_related_ot
          delete_cascade]
 
 
-def plain(v):
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [plain(x) for x in v]
-    if isinstance(v, (datetime.datetime, datetime.date)):
-        return v.isoformat()
-    if isinstance(v, uuid.UUID):
-        return str(v)
-    if hasattr(v, "as_tuple"):
-        return str(v)
-    return v
-
-
-only = sys.argv[1:]
-for step in STEPS:
-    if only and step.__name__ not in only and step.__name__ != "setup":
-        continue
-    try:
-        line = {"step": step.__name__, "result": plain(step())}
-    except Exception as e:  # noqa: BLE001 - every failure is reported
-        cause = e.__cause__ if e.__cause__ is not None else e
-        line = {"step": step.__name__, "error": getattr(cause, "sqlstate", None) or type(e).__name__}
-        print(f"{step.__name__}: {type(e).__name__}: {e}", file=sys.stderr)
-        if not isinstance(e, DatabaseError):
-            traceback.print_exc()
-        connection.close()
-    print(json.dumps(line, sort_keys=True), flush=True)
+probe_steps.run(STEPS, database_error=DatabaseError, after_error=connection.close)

@@ -10,12 +10,11 @@ import asyncio
 import datetime
 import json
 import os
-import sys
 import threading
-import traceback
 import uuid
 
 import asyncpg
+import probe_steps
 import psycopg
 
 URL = os.environ["PGSHARD_URL"]
@@ -262,28 +261,4 @@ STEPS = [setup, statement_timeout, statement_timeout_autocommit_keyed, cancel_fr
          asyncpg_steps]
 
 
-def plain(v):
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [plain(x) for x in v]
-    if isinstance(v, (datetime.datetime, datetime.date)):
-        return v.isoformat()
-    if isinstance(v, uuid.UUID):
-        return str(v)
-    if hasattr(v, "as_tuple"):
-        return str(v)
-    return v
-
-
-only = sys.argv[1:]
-for step in STEPS:
-    if only and step.__name__ not in only and step.__name__ != "setup":
-        continue
-    try:
-        line = {"step": step.__name__, "result": plain(step())}
-    except Exception as e:  # noqa: BLE001 - every failure is reported
-        line = {"step": step.__name__, "error": getattr(e, "sqlstate", None) or type(e).__name__}
-        print(f"{step.__name__}: {type(e).__name__}: {e}", file=sys.stderr)
-        traceback.print_exc()
-    print(json.dumps(line, sort_keys=True), flush=True)
+probe_steps.run(STEPS)

@@ -7,13 +7,11 @@ database and compares the two outputs line by line."""
 
 import asyncio
 import datetime
-import json
 import os
-import sys
-import traceback
 import uuid
 from urllib.parse import urlparse
 
+import probe_steps
 import sqlalchemy as sa
 from sqlalchemy import BigInteger, ForeignKey, String, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
@@ -304,28 +302,4 @@ STEPS = [setup, selectin_same_key, selectin_other_key, joined_same_key, joined_k
          jsonb_ops, savepoint_nested, for_update_nowait, async_engine]
 
 
-def plain(v):
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)) or type(v).__name__ == "Row":
-        return [plain(x) for x in v]
-    if isinstance(v, (datetime.datetime, datetime.date)):
-        return v.isoformat()
-    if isinstance(v, uuid.UUID):
-        return str(v)
-    return v
-
-
-only = sys.argv[1:]
-for step in STEPS:
-    if only and step.__name__ not in only and step.__name__ != "setup":
-        continue
-    try:
-        line = {"step": step.__name__, "result": plain(step())}
-    except Exception as e:  # noqa: BLE001 - every failure is reported
-        orig = getattr(e, "orig", None) or e
-        line = {"step": step.__name__, "error": getattr(orig, "sqlstate", None) or type(e).__name__}
-        print(f"{step.__name__}: {type(e).__name__}: {e}", file=sys.stderr)
-        if not isinstance(e, sa.exc.DBAPIError):
-            traceback.print_exc()
-    print(json.dumps(line, sort_keys=True), flush=True)
+probe_steps.run(STEPS, database_error=sa.exc.DBAPIError)
