@@ -116,16 +116,9 @@ async fn python_drivers_work_across_shards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_drivers_answer_as_one_postgres() {
     let cluster = TestCluster::start(4, Strategy::Hash).await;
-    let proxy = start_proxy_with(&cluster.info, |c| {
-        for (table, key) in [("dp_event", "id"), ("dp_label", "code")] {
-            c.sharded_tables.push(pgshard::config::ShardedTableConfig {
-                name: table.into(),
-                key: key.into(),
-                key_type: None,
-            });
-        }
-    })
-    .await;
+    let proxy =
+        proxy::start_proxy_sharding(&cluster.info, &[("dp_event", "id"), ("dp_label", "code")])
+            .await;
     let plain = plain_database(&cluster, "plain_probe").await;
     let out = common::script::run_script(
         "python/probe_diff.py",

@@ -147,20 +147,15 @@ async fn django_suite(driver: &str, server_side_binding: bool) {
 /// and filters across tables sharded by different keys, a Subquery(OuterRef) across them.
 async fn django_probe(server_side_binding: bool) {
     let cluster = TestCluster::start(4, Strategy::Hash).await;
-    let proxy = start_proxy_with(&cluster.info, |c| {
-        for (table, key) in [
+    let proxy = proxy::start_proxy_sharding(
+        &cluster.info,
+        &[
             ("probe_customer", "id"),
             ("probe_order", "customer_id"),
             ("probe_sku", "code"),
             ("probe_review", "id"),
-        ] {
-            c.sharded_tables.push(ShardedTableConfig {
-                name: table.into(),
-                key: key.into(),
-                key_type: None,
-            });
-        }
-    })
+        ],
+    )
     .await;
     let plain = plain_database(&cluster, "plain_probe").await;
     let binding = if server_side_binding { "1" } else { "0" };

@@ -99,19 +99,14 @@ async fn sqlalchemy_and_alembic_run_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy_application_answers_as_one_postgres() {
     let cluster = TestCluster::start(4, Strategy::Hash).await;
-    let proxy = start_proxy_with(&cluster.info, |c| {
-        for (table, key) in [
+    let proxy = proxy::start_proxy_sharding(
+        &cluster.info,
+        &[
             ("sp_account", "id"),
             ("sp_entry", "account_id"),
             ("sp_note", "id"),
-        ] {
-            c.sharded_tables.push(ShardedTableConfig {
-                name: table.into(),
-                key: key.into(),
-                key_type: None,
-            });
-        }
-    })
+        ],
+    )
     .await;
     let plain = plain_database(&cluster, "plain_probe").await;
     let out = run_script(

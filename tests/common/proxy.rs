@@ -14,6 +14,20 @@ pub async fn start_proxy(info: &ClusterInfo) -> RunningProxy {
     start_proxy_with(info, |_| {}).await
 }
 
+/// A proxy that also shards `tables` (name, key column; the key's type read from the catalog).
+pub async fn start_proxy_sharding(info: &ClusterInfo, tables: &[(&str, &str)]) -> RunningProxy {
+    start_proxy_with(info, |c| {
+        for (table, key) in tables {
+            c.sharded_tables.push(pgshard::config::ShardedTableConfig {
+                name: (*table).into(),
+                key: (*key).into(),
+                key_type: None,
+            });
+        }
+    })
+    .await
+}
+
 /// Like `start_proxy`, with a chance to change the config first.
 pub async fn start_proxy_with(
     info: &ClusterInfo,
