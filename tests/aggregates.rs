@@ -22,8 +22,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 /// Column names and types (0 in the simple protocol), rows.
 type Answer = (Vec<(String, u32)>, Vec<Vec<Raw>>);
 
-const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet); \
-                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet)";
+const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval); \
+                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval)";
 
 /// The rows: negative numbers, NULLs, repeated values across shards, and group 99 with one
 /// row (so on one shard only).
@@ -51,10 +51,26 @@ fn rows() -> Vec<(i64, String)> {
             1 => "NULL".to_string(),
             _ => format!("'{{t{}}}'", id % 3),
         };
+        // Months, days and time of mixed signs (fractions of a second too), so sums carry
+        // nothing between fields and averages cascade months into days into time.
+        let d = if id % 17 == 0 {
+            "NULL".to_string()
+        } else {
+            format!(
+                "'{} mons {} days {}{}:{:02}:{:02}.{:03}'",
+                (id % 7) - 2,
+                (id * 5) % 40 - 9,
+                if id % 3 == 0 { "-" } else { "" },
+                (id * 11) % 60,
+                (id * 13) % 60,
+                (id * 7) % 60,
+                (id * 29) % 1000
+            )
+        };
         out.push((
             id,
             format!(
-                "({id}, {}, {i}, {b}, {n}, {t}, {arr}, {tags}, '10.0.0.{}')",
+                "({id}, {}, {i}, {b}, {n}, {t}, {arr}, {tags}, '10.0.0.{}', {d})",
                 id % 5,
                 id % 250
             ),
@@ -62,7 +78,7 @@ fn rows() -> Vec<(i64, String)> {
     }
     out.push((
         1_000_001,
-        "(1000001, 99, -7, -9000000000000, -1.5, 'solo', '[0:1]={5,6}', '{solo}', NULL)".into(),
+        "(1000001, 99, -7, -9000000000000, -1.5, 'solo', '[0:1]={5,6}', '{solo}', NULL, '-1 years 00:00:00.000001')".into(),
     ));
     out
 }
@@ -106,6 +122,12 @@ const QUERIES: &[&str] = &[
     // GROUP BY a position, and by an output column's name, which is the table's column of that
     // name when there is one and the output column otherwise.
     "SELECT i % 3 AS r, count(*) FROM agg WHERE i > $1 GROUP BY 1 ORDER BY 1",
+    // Intervals (Django's Sum and Avg of a DurationField): summed field by field, averaged as
+    // Postgres divides an interval by the count.
+    "SELECT sum(d), avg(d), count(d), min(d), max(d) FROM agg WHERE i > $1",
+    "SELECT sum(d), avg(d) FROM agg_empty WHERE i > $1",
+    "SELECT g, sum(d) AS total, avg(d) FILTER (WHERE i > 0), avg(DISTINCT d) FROM agg WHERE i > $1 GROUP BY g HAVING avg(d) > interval '-1 year' ORDER BY avg(d) DESC, g",
+    "SELECT t, sum(d) + interval '1 day', avg(d) * 2 FROM agg WHERE i > $1 GROUP BY t ORDER BY sum(d) NULLS FIRST, t",
 ];
 
 /// Statements grouping by an output column's name (each with `$1`, an int, in its WHERE

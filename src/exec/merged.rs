@@ -21,7 +21,7 @@ use super::distinct_collation;
 use super::final_query::{self, ClientValue, InputType};
 use super::merge::value::{
     BPCHAR_OID, FLOAT4_OID, FLOAT8_OID, FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID,
-    NAME_OID, NUMERIC_OID, TEXT_OID, VARCHAR_OID,
+    INTERVAL_OID, NAME_OID, NUMERIC_OID, TEXT_OID, VARCHAR_OID,
 };
 use super::merge::{
     build_row, compare_in, sort_rows, split_row, AggKind, AggSpec, ColumnType, GroupedAggregate,
@@ -246,6 +246,8 @@ pub(crate) fn encode_row_description(fields: &[Field]) -> Frame {
 fn merge_error(e: MergeError) -> ErrorFields {
     let code = match &e {
         MergeError::TooManyGroups { .. } => "54000",
+        // Postgres's "interval out of range" is a datetime field overflow.
+        MergeError::OutOfRange("interval") => "22008",
         MergeError::OutOfRange(_) => "22003",
         MergeError::UnsupportedType { .. }
         | MergeError::UnsortedInput { .. }
@@ -533,12 +535,12 @@ fn fix_avg(fields: &mut [Field], plan: &MergePlan) -> Result<(), Stop> {
                 f.typlen = -1;
                 f.typmod = -1;
             }
-            FLOAT8_OID => {}
+            FLOAT8_OID | INTERVAL_OID => {}
             other => {
                 return Err(Stop::Failed(ErrorFields::error(
                     "0A000",
                     format!(
-                        "avg() over several shards of values whose sum has type OID {other} is not supported (only integer, numeric and double precision)"
+                        "avg() over several shards of values whose sum has type OID {other} is not supported (only integer, numeric, double precision and interval)"
                     ),
                 )))
             }
@@ -564,11 +566,13 @@ fn agg_kind(func: AggFunc, partial: u32) -> Result<AggKind, Stop> {
             NUMERIC_OID => AggKind::SumNumeric,
             FLOAT4_OID => AggKind::SumFloat4,
             FLOAT8_OID => AggKind::SumFloat8,
+            INTERVAL_OID => AggKind::SumInterval,
             _ => return Err(unsupported("sum()")),
         },
         AggFunc::Avg { .. } => match partial {
             INT8_OID | NUMERIC_OID => AggKind::AvgNumeric,
             FLOAT8_OID => AggKind::AvgFloat,
+            INTERVAL_OID => AggKind::AvgInterval,
             _ => return Err(unsupported("avg()")),
         },
     })
@@ -642,6 +646,7 @@ async fn merge_all(
                 let i = at(a.column)?;
                 let oid = match first[i].type_oid {
                     FLOAT8_OID => FLOAT8_OID,
+                    INTERVAL_OID => INTERVAL_OID,
                     _ => NUMERIC_OID,
                 };
                 merged_fields[i].type_oid = oid;

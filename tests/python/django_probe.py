@@ -54,7 +54,8 @@ def setup():
     ])
     Order.objects.bulk_create([
         Order(id=100 + i, customer_id=1 + i % 12, amount=(i * 37) % 50, status=["new", "paid", "sent"][i % 3],
-              placed=T0 + datetime.timedelta(hours=5 * i))
+              placed=T0 + datetime.timedelta(hours=5 * i),
+              took=None if i % 9 == 0 else datetime.timedelta(days=i % 4 - 1, hours=i, seconds=i * 7.25))
         for i in range(40)
     ])
     Sku.objects.bulk_create([Sku(code=f"sku-{c}", title=f"title {c}", stock=i) for i, c in enumerate("abcdefgh")])
@@ -171,6 +172,15 @@ def aggregate_filter():
         n=Count("id"), paid=Count("id", filter=Q(status="paid")), big=Sum("amount", filter=Q(amount__gt=30)),
         top_new=Max("amount", filter=Q(status="new")), low=Min("amount"), avg=Avg("amount", filter=Q(amount__lt=10)),
     )
+
+
+def duration_aggregates():
+    """Sum and Avg of a DurationField (intervals) over every shard, grouped and not."""
+    return [
+        Order.objects.aggregate(total=Sum("took"), mean=Avg("took"), paid=Avg("took", filter=Q(status="paid"))),
+        list(Order.objects.values("status").annotate(total=Sum("took"), mean=Avg("took")).order_by("-mean", "status")),
+        list(Order.objects.values("customer").annotate(mean=Avg("took")).filter(mean__gt=datetime.timedelta(hours=12)).order_by("customer")),
+    ]
 
 
 def values_annotate():
@@ -427,7 +437,7 @@ def expressions_windows_and_more():
 
 STEPS = [setup, select_related_same_key, select_related_keyed, select_related_other_key, prefetch_same_key,
          prefetch_other_key, prefetch_reverse_text_key, get_or_create, get_or_create_keyless, bulk_upsert,
-         bulk_ignore, bulk_update, f_expressions, case_when, aggregate_filter, values_annotate,
+         bulk_ignore, bulk_update, f_expressions, case_when, aggregate_filter, duration_aggregates, values_annotate,
          annotate_count_join, subquery_outerref, subquery_other_key, distinct_on, json_lookups,
          array_lookups, paginator, date_truncs, nested_atomic, nowait_keyed, nowait_keyed_in_span,
          nowait_keyless, skip_locked_of_join, iterator_related, in_bulk_and_exists, raw_and_cursor,

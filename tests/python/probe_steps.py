@@ -18,6 +18,8 @@ def plain(v):
         return [plain(x) for x in v]
     if isinstance(v, (datetime.datetime, datetime.date)):
         return v.isoformat()
+    if isinstance(v, datetime.timedelta):
+        return [v.days, v.seconds, v.microseconds]
     if isinstance(v, uuid.UUID):
         return str(v)
     if hasattr(v, "as_tuple"):

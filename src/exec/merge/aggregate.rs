@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::collate::TextOrder;
+use super::interval::IntervalParts;
+use super::interval_sum::{self, IntervalSum};
 use super::numeric::Numeric;
 use super::row::{build_row, column, split_row};
 use super::value::{
     compare_in, format_float4, format_float8, ColumnType, Value, FLOAT4_OID, FLOAT8_OID,
-    FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID, NUMERIC_OID,
+    FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID, INTERVAL_OID, NUMERIC_OID,
 };
 use super::MergeError;
 
@@ -41,6 +43,10 @@ pub enum AggKind {
     AvgNumeric,
     /// `avg` of float4/float8 from partial `sum(x::float8)` and `count`: float8 result.
     AvgFloat,
+    /// `sum(interval)`: interval partials added field by field, interval result.
+    SumInterval,
+    /// `avg(interval)` from partial `sum` (interval) and `count`: Postgres's `interval_div`.
+    AvgInterval,
     /// Arrays (each shard's `array_agg(DISTINCT x)`), concatenated without decoding their
     /// elements; NULL when every shard's is.
     ArrayConcat,
@@ -50,12 +56,14 @@ impl AggKind {
     fn name(self) -> &'static str {
         match self {
             AggKind::Count => "count",
-            AggKind::SumInt | AggKind::SumNumeric | AggKind::SumFloat4 | AggKind::SumFloat8 => {
-                "sum"
-            }
+            AggKind::SumInt
+            | AggKind::SumNumeric
+            | AggKind::SumFloat4
+            | AggKind::SumFloat8
+            | AggKind::SumInterval => "sum",
             AggKind::Min => "min",
             AggKind::Max => "max",
-            AggKind::AvgNumeric | AggKind::AvgFloat => "avg",
+            AggKind::AvgNumeric | AggKind::AvgFloat | AggKind::AvgInterval => "avg",
             AggKind::ArrayConcat => "array_agg",
         }
     }
@@ -69,6 +77,7 @@ impl AggKind {
             }
             AggKind::SumFloat4 => oid == FLOAT4_OID,
             AggKind::SumFloat8 | AggKind::AvgFloat => oid == FLOAT8_OID,
+            AggKind::SumInterval | AggKind::AvgInterval => oid == INTERVAL_OID,
             AggKind::Min | AggKind::Max | AggKind::ArrayConcat => true,
         }
     }
@@ -127,6 +136,9 @@ enum State {
     MinMax(Option<(Value, Bytes)>),
     AvgNumeric(Numeric, i64),
     AvgFloat(f64, i64),
+    /// Field-wise sum so far, and whether any non-NULL partial came.
+    SumInterval(IntervalSum, bool),
+    AvgInterval(IntervalSum, i64),
     /// The non-NULL arrays so far.
     Parts(Vec<Bytes>),
 }
@@ -142,6 +154,8 @@ impl State {
             AggKind::Min | AggKind::Max => State::MinMax(None),
             AggKind::AvgNumeric => State::AvgNumeric(Numeric::zero(), 0),
             AggKind::AvgFloat => State::AvgFloat(0.0, 0),
+            AggKind::SumInterval => State::SumInterval(IntervalSum::default(), false),
+            AggKind::AvgInterval => State::AvgInterval(IntervalSum::default(), 0),
             AggKind::ArrayConcat => State::Parts(Vec::new()),
         }
     }
@@ -246,7 +260,10 @@ impl GroupedAggregate {
                     oid: t.oid,
                 });
             }
-            let is_avg = matches!(a.kind, AggKind::AvgNumeric | AggKind::AvgFloat);
+            let is_avg = matches!(
+                a.kind,
+                AggKind::AvgNumeric | AggKind::AvgFloat | AggKind::AvgInterval
+            );
             match (is_avg, a.count_column) {
                 (true, Some(c)) => {
                     let ct = col(c)?;
@@ -354,6 +371,32 @@ impl GroupedAggregate {
                 parts.extend(raw.cloned());
                 continue;
             }
+            if let State::SumInterval(..) | State::AvgInterval(..) = self.groups[gi].states[ai] {
+                let count = match spec.count_column {
+                    Some(cc) => {
+                        let ct = self.columns[cc];
+                        Some(as_count(ct.decode(column(&cols, cc)?)?, ct.oid)?)
+                    }
+                    None => None,
+                };
+                let fields = raw.map(|b| interval_fields(t, b)).transpose()?;
+                match &mut self.groups[gi].states[ai] {
+                    State::SumInterval(sum, seen) => {
+                        if let Some(f) = fields {
+                            sum.add(f);
+                            *seen = true;
+                        }
+                    }
+                    State::AvgInterval(sum, n) => {
+                        if let Some(f) = fields {
+                            sum.add(f);
+                        }
+                        *n = add_count(*n, count.unwrap_or(0))?;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             let v = t.decode(raw)?;
             let bad = MergeError::BadPartial {
                 agg: spec.kind.name(),
@@ -427,7 +470,7 @@ impl GroupedAggregate {
                     }
                     *count = add_count(*count, c)?;
                 }
-                State::Parts(_) => {}
+                State::Parts(_) | State::SumInterval(..) | State::AvgInterval(..) => {}
             }
         }
         Ok(())
@@ -503,7 +546,31 @@ fn render(state: &State, binary: bool) -> Result<Option<Bytes>, MergeError> {
         State::AvgNumeric(sum, count) => Some(numeric(&sum.div_count(*count as u64))?),
         State::AvgFloat(sum, count) => Some(float8(sum / *count as f64)),
         State::Parts(parts) => super::array_concat::concat(parts, binary)?,
+        State::SumInterval(_, false) | State::AvgInterval(_, 0) => None,
+        State::SumInterval(sum, true) => Some(interval(sum.total()?, binary)),
+        State::AvgInterval(sum, count) => Some(interval(
+            interval_sum::divide(sum.total()?, *count as f64)?,
+            binary,
+        )),
     })
+}
+
+/// An interval result in the client's format.
+fn interval(v: IntervalParts, binary: bool) -> Bytes {
+    Bytes::from(if binary {
+        interval_sum::encode_binary(v)
+    } else {
+        interval_sum::encode_text(v).into_bytes()
+    })
+}
+
+/// The fields of one interval partial, in its column's format.
+fn interval_fields(t: ColumnType, raw: &[u8]) -> Result<IntervalParts, MergeError> {
+    if t.format == FORMAT_BINARY {
+        super::interval::parts_binary(raw)
+    } else {
+        super::interval::parts_text(raw)
+    }
 }
 
 #[cfg(test)]

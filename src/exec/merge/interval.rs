@@ -26,8 +26,29 @@ fn invalid(text: &[u8], why: &str) -> MergeError {
     }
 }
 
+/// An interval's three fields as Postgres stores them: they add up field by field (`sum`), and
+/// `'1 mon'` stays a month rather than 30 days until something compares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IntervalParts {
+    pub months: i32,
+    pub days: i32,
+    pub micros: i64,
+}
+
+impl IntervalParts {
+    /// The span Postgres compares intervals by.
+    pub fn span(self) -> i128 {
+        span(self.months, self.days, self.micros)
+    }
+}
+
 /// The span of an interval in binary form.
 pub fn decode_binary(b: &[u8]) -> Result<i128, MergeError> {
+    parts_binary(b).map(IntervalParts::span)
+}
+
+/// The fields of an interval in binary form (`int8` microseconds, `int4` days, `int4` months).
+pub fn parts_binary(b: &[u8]) -> Result<IntervalParts, MergeError> {
     let (Some(micros), Some(days), Some(months), 16) =
         (b.get(0..8), b.get(8..12), b.get(12..16), b.len())
     else {
@@ -40,13 +61,22 @@ pub fn decode_binary(b: &[u8]) -> Result<i128, MergeError> {
     let micros = i64::from_be_bytes([
         micros[0], micros[1], micros[2], micros[3], micros[4], micros[5], micros[6], micros[7],
     ]);
-    Ok(span(int4(months), int4(days), micros))
+    Ok(IntervalParts {
+        months: int4(months),
+        days: int4(days),
+        micros,
+    })
 }
 
 /// The span of an interval in the text of IntervalStyle `postgres`: `N year[s]`, `N mon[s]`,
 /// `N day[s]` (each signed, in that order, each optional) and an optional signed
 /// `H:MM:SS[.ffffff]`; `00:00:00` alone for zero. Infinite intervals (Postgres 17) are refused.
 pub fn parse_text(b: &[u8]) -> Result<i128, MergeError> {
+    parts_text(b).map(IntervalParts::span)
+}
+
+/// The fields of an interval in the text of IntervalStyle `postgres` (see [`parse_text`]).
+pub fn parts_text(b: &[u8]) -> Result<IntervalParts, MergeError> {
     let text = std::str::from_utf8(b).map_err(|_| invalid(b, "not UTF-8"))?;
     let mut words = text.split(' ').peekable();
     let (mut months, mut days) = (0i128, 0i128);
@@ -85,7 +115,18 @@ pub fn parse_text(b: &[u8]) -> Result<i128, MergeError> {
     if last_unit == 0 && !seen_time {
         return Err(invalid(b, "empty"));
     }
-    Ok((months * DAYS_PER_MONTH + days) * USECS_PER_DAY + micros)
+    match (
+        i32::try_from(months),
+        i32::try_from(days),
+        i64::try_from(micros),
+    ) {
+        (Ok(months), Ok(days), Ok(micros)) => Ok(IntervalParts {
+            months,
+            days,
+            micros,
+        }),
+        _ => Err(invalid(b, "a field beyond the range of interval")),
+    }
 }
 
 /// `-12`, `+3`, `7` (digits only after the sign).

@@ -10,6 +10,7 @@ pub mod array_concat;
 pub mod collate;
 pub mod datetime;
 pub mod interval;
+pub mod interval_sum;
 pub mod numeric;
 pub mod row;
 pub mod sort;

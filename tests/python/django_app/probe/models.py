@@ -20,6 +20,7 @@ class Order(models.Model):
     amount = models.IntegerField()
     status = models.CharField(max_length=10, default="new")
     placed = models.DateTimeField()
+    took = models.DurationField(null=True)
 
 
 class Sku(models.Model):

@@ -39,6 +39,7 @@ class Migration(migrations.Migration):
                 ('amount', models.IntegerField()),
                 ('status', models.CharField(default='new', max_length=10)),
                 ('placed', models.DateTimeField()),
+                ('took', models.DurationField(null=True)),
                 ('customer', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='orders', to='probe.customer')),
             ],
         ),
