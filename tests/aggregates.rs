@@ -22,8 +22,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 /// Column names and types (0 in the simple protocol), rows.
 type Answer = (Vec<(String, u32)>, Vec<Vec<Raw>>);
 
-const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval); \
-                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval)";
+const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid); \
+                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid)";
 
 /// The rows: negative numbers, NULLs, repeated values across shards, and group 99 with one
 /// row (so on one shard only).
@@ -67,18 +67,55 @@ fn rows() -> Vec<(i64, String)> {
                 (id * 29) % 1000
             )
         };
+        // Times of day, times with zones (some the same instant in two zones), MAC addresses,
+        // one-byte "char"s (past ASCII too) and oids, for ORDER BY, GROUP BY, min and max.
+        let tm = format!(
+            "'{:02}:{:02}:{:02}.{}'",
+            id % 24,
+            (id * 7) % 60,
+            id % 60,
+            id % 10
+        );
+        let ttz = format!(
+            "'{:02}:{:02}:00{}'",
+            (id * 5) % 24,
+            (id * 3) % 60,
+            ["+02", "+00", "-05:30", "+01"][(id % 4) as usize]
+        );
+        let mac = format!(
+            "'08:00:2b:{:02x}:{:02x}:{:02x}'",
+            id % 3,
+            (id * 37) % 256,
+            id % 256
+        );
+        let c = if id % 7 == 0 {
+            "NULL".to_string()
+        } else {
+            format!(
+                "'{}'",
+                ["A", "z", "\\200", "b", "Z", "\\377"][(id % 6) as usize]
+            )
+        };
+        // IPv4 hosts, IPv4 networks and IPv6 hosts.
+        let ip = if id % 9 == 0 {
+            format!("10.{}.0.0/16", id % 4)
+        } else if id % 10 == 0 {
+            format!("2001:db8::{id:x}")
+        } else {
+            format!("10.0.{}.{}", id % 3, id % 250)
+        };
+        let o = (id * 2_654_435_761) % 4_294_967_296;
+        let g = id % 5;
         out.push((
             id,
             format!(
-                "({id}, {}, {i}, {b}, {n}, {t}, {arr}, {tags}, '10.0.0.{}', {d})",
-                id % 5,
-                id % 250
+                "({id}, {g}, {i}, {b}, {n}, {t}, {arr}, {tags}, '{ip}', {d}, {tm}, {ttz}, {mac}, {c}, {o})"
             ),
         ));
     }
     out.push((
         1_000_001,
-        "(1000001, 99, -7, -9000000000000, -1.5, 'solo', '[0:1]={5,6}', '{solo}', NULL, '-1 years 00:00:00.000001')".into(),
+        "(1000001, 99, -7, -9000000000000, -1.5, 'solo', '[0:1]={5,6}', '{solo}', NULL, '-1 years 00:00:00.000001', '24:00:00', '23:59:59.999999-12', '00:00:00:00:00:00', NULL, 0)".into(),
     ));
     out
 }
@@ -128,6 +165,15 @@ const QUERIES: &[&str] = &[
     "SELECT sum(d), avg(d) FROM agg_empty WHERE i > $1",
     "SELECT g, sum(d) AS total, avg(d) FILTER (WHERE i > 0), avg(DISTINCT d) FROM agg WHERE i > $1 GROUP BY g HAVING avg(d) > interval '-1 year' ORDER BY avg(d) DESC, g",
     "SELECT t, sum(d) + interval '1 day', avg(d) * 2 FROM agg WHERE i > $1 GROUP BY t ORDER BY sum(d) NULLS FIRST, t",
+    // time, timetz (one instant in two zones: the zone decides), inet/cidr, macaddr, "char"
+    // and oid compared as Postgres orders them.
+    "SELECT id, tm, ttz, ip, mac, c, o FROM agg WHERE i > $1 ORDER BY ttz DESC, id LIMIT 20",
+    "SELECT id, ip FROM agg WHERE i > $1 ORDER BY ip, id LIMIT 25",
+    "SELECT id FROM agg WHERE i > $1 ORDER BY mac DESC, c NULLS FIRST, o, tm DESC, id LIMIT 30",
+    "SELECT min(tm), max(tm), min(ttz), max(ttz), min(ip), max(ip), min(o), max(o) FROM agg WHERE i > $1",
+    "SELECT c, count(*), min(tm) FROM agg WHERE i > $1 GROUP BY c ORDER BY c DESC NULLS LAST",
+    "SELECT DISTINCT ttz FROM agg WHERE i > $1 ORDER BY ttz LIMIT 10",
+    "SELECT ip, count(*) FROM agg WHERE i > $1 GROUP BY ip HAVING count(*) > 1 ORDER BY ip DESC",
 ];
 
 /// Statements grouping by an output column's name (each with `$1`, an int, in its WHERE

@@ -78,6 +78,74 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// `HH:MM:SS[.ffffff]` at the cursor, as microseconds since midnight (`24:00:00` included).
+fn time_of_day(c: &mut Cursor) -> Option<i64> {
+    let h = c.digits(2, 2)?;
+    if !c.eat(b':') {
+        return None;
+    }
+    let mi = c.digits(2, 2)?;
+    if !c.eat(b':') {
+        return None;
+    }
+    let se = c.digits(2, 2)?;
+    let mut frac = 0i64;
+    if c.eat(b'.') {
+        let start = c.pos;
+        let f = c.digits(1, 6)?;
+        frac = f * 10i64.pow(6 - (c.pos - start) as u32);
+    }
+    if mi > 59 || se > 60 || h > 24 {
+        return None;
+    }
+    Some(((h * 60 + mi) * 60 + se) * 1_000_000 + frac)
+}
+
+/// `+HH[:MM[:SS]]` or `-…` at the cursor, as seconds east of UTC.
+fn utc_offset(c: &mut Cursor) -> Option<i64> {
+    let sign = match c.rest().first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => return None,
+    };
+    c.pos += 1;
+    let h = c.digits(2, 2)?;
+    let mut secs = h * 3600;
+    if c.eat(b':') {
+        secs += c.digits(2, 2)? * 60;
+        if c.eat(b':') {
+            secs += c.digits(2, 2)?;
+        }
+    }
+    Some(sign * secs)
+}
+
+/// Postgres's text for a `time` (`13:05:00`, `23:59:59.5`, `24:00:00`) as microseconds since
+/// midnight, as its binary form carries it.
+pub fn parse_time_text(s: &[u8]) -> Result<i64, MergeError> {
+    let mut c = Cursor { s, pos: 0 };
+    match time_of_day(&mut c) {
+        Some(t) if t <= USECS_PER_DAY && c.rest().is_empty() => Ok(t),
+        _ => Err(invalid("time", s, "not HH:MM:SS[.ffffff]")),
+    }
+}
+
+/// Postgres's text for a `timetz` (`13:05:00+02`, `08:00:00-03:30`) as its binary form
+/// carries it: microseconds since midnight and the zone in seconds WEST of UTC.
+pub fn parse_timetz_text(s: &[u8]) -> Result<(i64, i32), MergeError> {
+    let bad = |why: &str| invalid("timetz", s, why);
+    let mut c = Cursor { s, pos: 0 };
+    let time = time_of_day(&mut c)
+        .filter(|t| *t <= USECS_PER_DAY)
+        .ok_or_else(|| bad("not HH:MM:SS[.ffffff]"))?;
+    let east = utc_offset(&mut c).ok_or_else(|| bad("without a valid UTC offset"))?;
+    if !c.rest().is_empty() {
+        return Err(bad("unexpected text after the time"));
+    }
+    let west = i32::try_from(-east).map_err(|_| bad("offset out of range"))?;
+    Ok((time, west))
+}
+
 /// `YYYY-MM-DD` at the cursor, as days since 1970-01-01 before any BC adjustment.
 fn parse_ymd(c: &mut Cursor) -> Option<(i64, u32, u32)> {
     let y = c.digits(4, 9)?;
@@ -141,52 +209,14 @@ pub fn parse_timestamp_text(s: &[u8], with_zone: bool) -> Result<i64, MergeError
     let (y, m, d) = parse_ymd(&mut c).ok_or_else(|| bad("not ISO YYYY-MM-DD"))?;
     let mut usecs: i64 = 0;
     if c.eat(b' ') {
-        let time = (|| {
-            let h = c.digits(2, 2)?;
-            if !c.eat(b':') {
-                return None;
-            }
-            let mi = c.digits(2, 2)?;
-            if !c.eat(b':') {
-                return None;
-            }
-            let se = c.digits(2, 2)?;
-            let mut frac = 0i64;
-            if c.eat(b'.') {
-                let start = c.pos;
-                let f = c.digits(1, 6)?;
-                frac = f * 10i64.pow(6 - (c.pos - start) as u32);
-            }
-            if mi > 59 || se > 60 || h > 24 {
-                return None;
-            }
-            Some(((h * 60 + mi) * 60 + se) * 1_000_000 + frac)
-        })();
-        usecs = time.ok_or_else(|| bad("not HH:MM:SS[.ffffff]"))?;
+        usecs = time_of_day(&mut c).ok_or_else(|| bad("not HH:MM:SS[.ffffff]"))?;
         if usecs > USECS_PER_DAY {
             return Err(bad("time of day past 24:00:00"));
         }
     }
     if with_zone {
-        let sign = match c.rest().first() {
-            Some(b'+') => 1,
-            Some(b'-') => -1,
-            _ => return Err(bad("timestamptz without a UTC offset")),
-        };
-        c.pos += 1;
-        let offset = (|| {
-            let h = c.digits(2, 2)?;
-            let mut secs = h * 3600;
-            if c.eat(b':') {
-                secs += c.digits(2, 2)? * 60;
-                if c.eat(b':') {
-                    secs += c.digits(2, 2)?;
-                }
-            }
-            Some(secs)
-        })()
-        .ok_or_else(|| bad("bad UTC offset"))?;
-        usecs -= sign * offset * 1_000_000;
+        let offset = utc_offset(&mut c).ok_or_else(|| bad("bad UTC offset"))?;
+        usecs -= offset * 1_000_000;
     }
     let bc = match c.rest() {
         b"" => false,

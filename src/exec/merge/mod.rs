@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod array_concat;
 pub mod collate;
 pub mod datetime;
+pub mod inet;
 pub mod interval;
 pub mod interval_sum;
 pub mod numeric;

@@ -6,7 +6,8 @@ use std::cmp::Ordering;
 use bytes::Bytes;
 
 use super::collate::TextOrder;
-use super::datetime::{parse_date_text, parse_timestamp_text};
+use super::datetime::{parse_date_text, parse_time_text, parse_timestamp_text, parse_timetz_text};
+use super::inet::Inet;
 use super::numeric::Numeric;
 use super::MergeError;
 
@@ -45,6 +46,20 @@ pub const UUID_OID: u32 = 2950;
 pub const BYTEA_OID: u32 = 17;
 /// OID of `interval`.
 pub const INTERVAL_OID: u32 = 1186;
+/// OID of `"char"` (one byte, compared unsigned).
+pub const CHAR_OID: u32 = 18;
+/// OID of `oid`.
+pub const OID_OID: u32 = 26;
+/// OID of `time` (without time zone).
+pub const TIME_OID: u32 = 1083;
+/// OID of `timetz`.
+pub const TIMETZ_OID: u32 = 1266;
+/// OID of `inet`.
+pub const INET_OID: u32 = 869;
+/// OID of `cidr`.
+pub const CIDR_OID: u32 = 650;
+/// OID of `macaddr`.
+pub const MACADDR_OID: u32 = 829;
 
 /// Format code of text values in RowDescription.
 pub const FORMAT_TEXT: i16 = 0;
@@ -85,8 +100,17 @@ pub enum Value {
     /// An interval's span in microseconds (see [`super::interval::span`]): intervals Postgres
     /// calls equal (`'1 mon'`, `'30 days'`) have one span.
     Interval(i128),
-    /// A bytea's bytes; Postgres orders them as memcmp, a prefix first.
+    /// A bytea's bytes; Postgres orders them as memcmp, a prefix first. Also a macaddr's six
+    /// bytes, which compare the same way.
     Bytea(Bytes),
+    /// A `timetz`: the instant in UTC (microseconds since midnight plus the zone) first, then
+    /// the zone in seconds west of UTC, as `timetz_cmp` orders them.
+    TimeTz {
+        utc: i64,
+        zone: i32,
+    },
+    /// An `inet` or `cidr` (see [`super::inet`]).
+    Inet(Inet),
 }
 
 fn invalid(type_name: &'static str, detail: impl Into<String>) -> MergeError {
@@ -128,6 +152,13 @@ fn type_name(oid: u32) -> Option<&'static str> {
         UUID_OID => "uuid",
         BYTEA_OID => "bytea",
         INTERVAL_OID => "interval",
+        TIME_OID => "time",
+        TIMETZ_OID => "timetz",
+        CHAR_OID => "char",
+        OID_OID => "oid",
+        INET_OID => "inet",
+        CIDR_OID => "cidr",
+        MACADDR_OID => "macaddr",
         _ => return None,
     })
 }
@@ -188,6 +219,17 @@ impl ColumnType {
             UUID_OID => Value::Uuid(fixed(b, name)?),
             BYTEA_OID => Value::Bytea(raw.clone()),
             INTERVAL_OID => Value::Interval(super::interval::decode_binary(b)?),
+            // `time` is microseconds since midnight; `"char"` and `oid` compare unsigned.
+            TIME_OID => Value::Int(i64::from_be_bytes(fixed(b, name)?)),
+            CHAR_OID => Value::Int(i64::from(u8::from_be_bytes(fixed(b, name)?))),
+            OID_OID => Value::Int(i64::from(u32::from_be_bytes(fixed(b, name)?))),
+            TIMETZ_OID => {
+                let time = i64::from_be_bytes(fixed(b.get(..8).unwrap_or(b), name)?);
+                let zone = i32::from_be_bytes(fixed(b.get(8..).unwrap_or(b), name)?);
+                time_tz(time, zone)
+            }
+            INET_OID | CIDR_OID => Value::Inet(super::inet::decode_binary(b)?),
+            MACADDR_OID => Value::Bytea(Bytes::copy_from_slice(&fixed::<6>(b, name)?)),
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
     }
@@ -217,9 +259,70 @@ impl ColumnType {
             UUID_OID => Value::Uuid(parse_uuid(b)?),
             BYTEA_OID => Value::Bytea(parse_bytea(b)?),
             INTERVAL_OID => Value::Interval(super::interval::parse_text(b)?),
+            TIME_OID => Value::Int(parse_time_text(b)?),
+            CHAR_OID => Value::Int(i64::from(parse_char(b)?)),
+            OID_OID => Value::Int(
+                utf8(b, name)?
+                    .parse::<u32>()
+                    .map_err(|e| invalid(name, format!("{:?}: {e}", String::from_utf8_lossy(b))))?
+                    .into(),
+            ),
+            TIMETZ_OID => {
+                let (time, zone) = parse_timetz_text(b)?;
+                time_tz(time, zone)
+            }
+            INET_OID | CIDR_OID => Value::Inet(super::inet::parse_text(b)?),
+            MACADDR_OID => Value::Bytea(parse_macaddr(b)?),
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
     }
+}
+
+/// A timetz as `timetz_cmp` compares it: the UTC instant, then the zone.
+fn time_tz(time: i64, zone_west: i32) -> Value {
+    Value::TimeTz {
+        utc: time + i64::from(zone_west) * 1_000_000,
+        zone: zone_west,
+    }
+}
+
+/// A `"char"`'s text: the byte itself, or `\ooo` octal for bytes past ASCII; empty is 0.
+fn parse_char(b: &[u8]) -> Result<u8, MergeError> {
+    match b {
+        [] => Ok(0),
+        [c] => Ok(*c),
+        [b'\\', d0 @ b'0'..=b'3', d1 @ b'0'..=b'7', d2 @ b'0'..=b'7'] => {
+            Ok((d0 - b'0') * 64 + (d1 - b'0') * 8 + (d2 - b'0'))
+        }
+        _ => Err(invalid(
+            "char",
+            format!("{:?} is not one byte", String::from_utf8_lossy(b)),
+        )),
+    }
+}
+
+/// A macaddr's text (`08:00:2b:01:02:03`) as its six bytes.
+fn parse_macaddr(b: &[u8]) -> Result<Bytes, MergeError> {
+    let bad = || {
+        invalid(
+            "macaddr",
+            format!("{:?} is not a MAC address", String::from_utf8_lossy(b)),
+        )
+    };
+    let text = std::str::from_utf8(b).map_err(|_| bad())?;
+    let bytes = text
+        .split(':')
+        .map(|h| {
+            (h.len() == 2)
+                .then(|| u8::from_str_radix(h, 16).ok())
+                .flatten()
+                .ok_or_else(bad)
+        })
+        .collect::<Result<Vec<u8>, MergeError>>()?;
+    if bytes.len() != 6 {
+        return Err(bad());
+    }
+    Ok(Bytes::from(bytes))
 }
 
 /// bpchar compares as if trailing spaces were absent (`'abc ' = 'abc'`).
@@ -351,6 +454,8 @@ pub fn compare_in(a: &Value, b: &Value, text: &TextOrder) -> Ordering {
         (Uuid(x), Uuid(y)) => x.cmp(y),
         (Interval(x), Interval(y)) => x.cmp(y),
         (Bytea(x), Bytea(y)) => x.cmp(y),
+        (TimeTz { utc: u1, zone: z1 }, TimeTz { utc: u2, zone: z2 }) => (u1, z1).cmp(&(u2, z2)),
+        (Inet(x), Inet(y)) => x.compare(y),
         _ => kind(a).cmp(&kind(b)),
     }
 }
@@ -367,6 +472,8 @@ fn kind(v: &Value) -> u8 {
         Value::Uuid(_) => 7,
         Value::Interval(_) => 9,
         Value::Bytea(_) => 10,
+        Value::TimeTz { .. } => 11,
+        Value::Inet(_) => 12,
         Value::Null => 8,
     }
 }
@@ -392,6 +499,11 @@ impl Value {
             Value::Uuid(u) => v.extend_from_slice(u),
             Value::Interval(span) => v.extend_from_slice(&span.to_be_bytes()),
             Value::Bytea(b) => v.extend_from_slice(b),
+            Value::TimeTz { utc, zone } => {
+                v.extend_from_slice(&utc.to_be_bytes());
+                v.extend_from_slice(&zone.to_be_bytes());
+            }
+            Value::Inet(i) => v.extend_from_slice(&i.canonical_key()),
         }
         v
     }
@@ -492,6 +604,88 @@ mod tests {
         );
         assert!(ColumnType::new(INT4_OID, 2).check().is_err());
         assert!(ColumnType::new(INT4_OID, 1).check().is_ok());
+    }
+
+    /// time, timetz, "char", oid and macaddr: each list is in Postgres 15's ORDER BY order, and
+    /// the binary form decodes to the same values as the text.
+    #[test]
+    fn times_chars_oids_and_macs_order_like_postgres() {
+        let lists: [(u32, &[&str]); 5] = [
+            (
+                TIME_OID,
+                &[
+                    "00:00:00",
+                    "00:00:00.000001",
+                    "13:05:00",
+                    "23:59:59.5",
+                    "24:00:00",
+                ],
+            ),
+            // 10:00+02 and 08:00+00 are one instant: the zone west of UTC decides.
+            (
+                TIMETZ_OID,
+                &[
+                    "10:00:00+02",
+                    "08:00:00+00",
+                    "08:30:00+00",
+                    "07:00:00-05:30",
+                ],
+            ),
+            (CHAR_OID, &["", "A", "Z", "b", "\\200", "\\377"]),
+            (OID_OID, &["0", "7", "2147483648", "4294967295"]),
+            (
+                MACADDR_OID,
+                &[
+                    "00:00:00:00:00:00",
+                    "08:00:2b:01:02:03",
+                    "08:00:2b:01:02:ff",
+                    "ff:00:00:00:00:00",
+                ],
+            ),
+        ];
+        for (oid, sorted) in lists {
+            for pair in sorted.windows(2) {
+                let (a, b) = (text(oid, pair[0]), text(oid, pair[1]));
+                assert_eq!(compare(&a, &b), Ordering::Less, "{oid}: {pair:?}");
+            }
+        }
+        assert_eq!(
+            bin(
+                TIME_OID,
+                &(13 * 3_600_000_000i64 + 5 * 60_000_000).to_be_bytes()
+            )
+            .unwrap(),
+            text(TIME_OID, "13:05:00")
+        );
+        let mut tz = (10 * 3_600_000_000i64).to_be_bytes().to_vec();
+        tz.extend_from_slice(&(-7200i32).to_be_bytes());
+        assert_eq!(
+            bin(TIMETZ_OID, &tz).unwrap(),
+            text(TIMETZ_OID, "10:00:00+02")
+        );
+        assert!(bin(TIMETZ_OID, &tz[..11]).is_err());
+        assert_eq!(bin(CHAR_OID, &[0x80]).unwrap(), text(CHAR_OID, "\\200"));
+        assert_eq!(
+            bin(OID_OID, &u32::MAX.to_be_bytes()).unwrap(),
+            text(OID_OID, "4294967295")
+        );
+        assert_eq!(
+            bin(MACADDR_OID, &[8, 0, 0x2b, 1, 2, 3]).unwrap(),
+            text(MACADDR_OID, "08:00:2b:01:02:03")
+        );
+        for (oid, bad) in [
+            (TIME_OID, "25:00:00"),
+            (TIMETZ_OID, "10:00:00"),
+            (CHAR_OID, "ab"),
+            (MACADDR_OID, "08:00:2b"),
+        ] {
+            assert!(
+                ColumnType::new(oid, FORMAT_TEXT)
+                    .decode(Some(&Bytes::copy_from_slice(bad.as_bytes())))
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
