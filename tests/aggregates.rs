@@ -22,8 +22,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 /// Column names and types (0 in the simple protocol), rows.
 type Answer = (Vec<(String, u32)>, Vec<Vec<Raw>>);
 
-const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid); \
-                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid)";
+const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid, j jsonb); \
+                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid, j jsonb)";
 
 /// The rows: negative numbers, NULLs, repeated values across shards, and group 99 with one
 /// row (so on one shard only).
@@ -105,17 +105,36 @@ fn rows() -> Vec<(i64, String)> {
             format!("10.0.{}.{}", id % 3, id % 250)
         };
         let o = (id * 2_654_435_761) % 4_294_967_296;
+        // jsonb of every kind: scalars, arrays and objects of several sizes, strings in mixed
+        // case, numbers equal in value but not in text.
+        let j = match id % 8 {
+            0 => "NULL".to_string(),
+            1 => format!(
+                "'{{\"level\": {}, \"tag\": \"{}\"}}'",
+                (id / 8) % 4,
+                ["a", "B", "b", "é"][((id / 8) % 4) as usize]
+            ),
+            2 => format!("'[{}, \"x\"]'", id % 3),
+            3 => format!("'{}.{}0'", id % 5, id % 2),
+            4 => "'[]'".to_string(),
+            5 => format!(
+                "'\"{}\"'",
+                ["Zeta", "alpha", "Alpha", "zeta"][((id / 8) % 4) as usize]
+            ),
+            6 => format!("'{{\"level\": [{}], \"n\": null}}'", id % 3),
+            _ => ["'null'", "'true'", "'false'", "'{}'"][((id / 8) % 4) as usize].to_string(),
+        };
         let g = id % 5;
         out.push((
             id,
             format!(
-                "({id}, {g}, {i}, {b}, {n}, {t}, {arr}, {tags}, '{ip}', {d}, {tm}, {ttz}, {mac}, {c}, {o})"
+                "({id}, {g}, {i}, {b}, {n}, {t}, {arr}, {tags}, '{ip}', {d}, {tm}, {ttz}, {mac}, {c}, {o}, {j})"
             ),
         ));
     }
     out.push((
         1_000_001,
-        "(1000001, 99, -7, -9000000000000, -1.5, 'solo', '[0:1]={5,6}', '{solo}', NULL, '-1 years 00:00:00.000001', '24:00:00', '23:59:59.999999-12', '00:00:00:00:00:00', NULL, 0)".into(),
+        "(1000001, 99, -7, -9000000000000, -1.5, 'solo', '[0:1]={5,6}', '{solo}', NULL, '-1 years 00:00:00.000001', '24:00:00', '23:59:59.999999-12', '00:00:00:00:00:00', NULL, 0, '{\"level\": 99}')".into(),
     ));
     out
 }
@@ -174,6 +193,11 @@ const QUERIES: &[&str] = &[
     "SELECT c, count(*), min(tm) FROM agg WHERE i > $1 GROUP BY c ORDER BY c DESC NULLS LAST",
     "SELECT DISTINCT ttz FROM agg WHERE i > $1 ORDER BY ttz LIMIT 10",
     "SELECT ip, count(*) FROM agg WHERE i > $1 GROUP BY ip HAVING count(*) > 1 ORDER BY ip DESC",
+    // jsonb as Postgres orders it (Django's order_by of a JSONField key: `j -> 'level'`).
+    "SELECT id, j FROM agg WHERE i > $1 ORDER BY j, id LIMIT 40",
+    "SELECT id, j -> 'level' AS level FROM agg WHERE i > $1 ORDER BY j -> 'level' DESC NULLS LAST, id LIMIT 30",
+    "SELECT DISTINCT j FROM agg WHERE i > $1 ORDER BY j DESC NULLS FIRST",
+    "SELECT j -> 'tag' AS tag, count(*) FROM agg WHERE i > $1 GROUP BY j -> 'tag' ORDER BY 1",
 ];
 
 /// Statements grouping by an output column's name (each with `$1`, an int, in its WHERE

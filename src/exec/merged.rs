@@ -21,7 +21,7 @@ use super::distinct_collation;
 use super::final_query::{self, ClientValue, InputType};
 use super::merge::value::{
     BPCHAR_OID, FLOAT4_OID, FLOAT8_OID, FORMAT_BINARY, FORMAT_TEXT, INT2_OID, INT4_OID, INT8_OID,
-    INTERVAL_OID, NAME_OID, NUMERIC_OID, TEXT_OID, VARCHAR_OID,
+    INTERVAL_OID, JSONB_OID, NAME_OID, NUMERIC_OID, TEXT_OID, VARCHAR_OID,
 };
 use super::merge::{
     build_row, compare_in, sort_rows, split_row, AggKind, AggSpec, ColumnType, GroupedAggregate,
@@ -296,6 +296,12 @@ fn column_orders(
             continue;
         };
         let oid = types.get(i).map_or(0, |t| t.oid);
+        if oid == JSONB_OID {
+            // jsonb's strings always compare in the database collation (it takes no other).
+            let db = database.get_or_insert_with(|| text_order::database_order(shards));
+            orders[i] = db.clone().map_err(refuse)?;
+            continue;
+        }
         if !collatable(oid) && oid != NAME_OID {
             continue;
         }

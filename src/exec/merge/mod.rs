@@ -12,6 +12,7 @@ pub mod datetime;
 pub mod inet;
 pub mod interval;
 pub mod interval_sum;
+pub mod jsonb;
 pub mod numeric;
 pub mod row;
 pub mod sort;

@@ -60,6 +60,8 @@ pub const INET_OID: u32 = 869;
 pub const CIDR_OID: u32 = 650;
 /// OID of `macaddr`.
 pub const MACADDR_OID: u32 = 829;
+/// OID of `jsonb`.
+pub const JSONB_OID: u32 = 3802;
 
 /// Format code of text values in RowDescription.
 pub const FORMAT_TEXT: i16 = 0;
@@ -111,6 +113,9 @@ pub enum Value {
     },
     /// An `inet` or `cidr` (see [`super::inet`]).
     Inet(Inet),
+    /// A `jsonb` value as its token stream (see [`super::jsonb`]); its strings compare in the
+    /// database collation.
+    Jsonb(Vec<super::jsonb::Token>),
 }
 
 fn invalid(type_name: &'static str, detail: impl Into<String>) -> MergeError {
@@ -159,6 +164,7 @@ fn type_name(oid: u32) -> Option<&'static str> {
         INET_OID => "inet",
         CIDR_OID => "cidr",
         MACADDR_OID => "macaddr",
+        JSONB_OID => "jsonb",
         _ => return None,
     })
 }
@@ -230,6 +236,7 @@ impl ColumnType {
             }
             INET_OID | CIDR_OID => Value::Inet(super::inet::decode_binary(b)?),
             MACADDR_OID => Value::Bytea(Bytes::copy_from_slice(&fixed::<6>(b, name)?)),
+            JSONB_OID => Value::Jsonb(super::jsonb::decode_binary(b)?),
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
     }
@@ -273,6 +280,7 @@ impl ColumnType {
             }
             INET_OID | CIDR_OID => Value::Inet(super::inet::parse_text(b)?),
             MACADDR_OID => Value::Bytea(parse_macaddr(b)?),
+            JSONB_OID => Value::Jsonb(super::jsonb::parse_text(b)?),
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
     }
@@ -456,6 +464,7 @@ pub fn compare_in(a: &Value, b: &Value, text: &TextOrder) -> Ordering {
         (Bytea(x), Bytea(y)) => x.cmp(y),
         (TimeTz { utc: u1, zone: z1 }, TimeTz { utc: u2, zone: z2 }) => (u1, z1).cmp(&(u2, z2)),
         (Inet(x), Inet(y)) => x.compare(y),
+        (Jsonb(x), Jsonb(y)) => super::jsonb::compare(x, y, text),
         _ => kind(a).cmp(&kind(b)),
     }
 }
@@ -474,6 +483,7 @@ fn kind(v: &Value) -> u8 {
         Value::Bytea(_) => 10,
         Value::TimeTz { .. } => 11,
         Value::Inet(_) => 12,
+        Value::Jsonb(_) => 13,
         Value::Null => 8,
     }
 }
@@ -504,6 +514,7 @@ impl Value {
                 v.extend_from_slice(&zone.to_be_bytes());
             }
             Value::Inet(i) => v.extend_from_slice(&i.canonical_key()),
+            Value::Jsonb(tokens) => v.extend_from_slice(&super::jsonb::canonical_key(tokens)),
         }
         v
     }
