@@ -198,6 +198,12 @@ const QUERIES: &[&str] = &[
     "SELECT id, j -> 'level' AS level FROM agg WHERE i > $1 ORDER BY j -> 'level' DESC NULLS LAST, id LIMIT 30",
     "SELECT DISTINCT j FROM agg WHERE i > $1 ORDER BY j DESC NULLS FIRST",
     "SELECT j -> 'tag' AS tag, count(*) FROM agg WHERE i > $1 GROUP BY j -> 'tag' ORDER BY 1",
+    // Arrays as Postgres orders them (elements, then length, dimensions, bounds; text elements
+    // in the database collation).
+    "SELECT id, arr FROM agg WHERE i > $1 ORDER BY arr DESC NULLS LAST, id LIMIT 40",
+    "SELECT tags, count(*) FROM agg WHERE i > $1 GROUP BY tags ORDER BY tags NULLS FIRST",
+    "SELECT max(arr), min(arr), max(tags), min(tags) FROM agg WHERE i > $1",
+    "SELECT DISTINCT arr FROM agg WHERE i > $1 ORDER BY arr",
 ];
 
 /// Statements grouping by an output column's name (each with `$1`, an int, in its WHERE

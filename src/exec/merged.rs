@@ -273,7 +273,7 @@ fn merge_error(e: MergeError) -> ErrorFields {
 
 /// True for the types whose order depends on the database collation.
 fn collatable(oid: u32) -> bool {
-    matches!(oid, TEXT_OID | VARCHAR_OID | BPCHAR_OID)
+    matches!(oid, TEXT_OID | VARCHAR_OID | BPCHAR_OID) || super::merge::array::collatable(oid)
 }
 
 /// How each result column's text compares (by column index), checked against every shard's

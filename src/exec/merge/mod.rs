@@ -6,6 +6,7 @@
 //! the very bytes the shard sent.
 
 pub mod aggregate;
+pub mod array;
 pub mod array_concat;
 pub mod collate;
 pub mod datetime;

@@ -116,6 +116,8 @@ pub enum Value {
     /// A `jsonb` value as its token stream (see [`super::jsonb`]); its strings compare in the
     /// database collation.
     Jsonb(Vec<super::jsonb::Token>),
+    /// An array of a type the merge compares (see [`super::array`]).
+    Array(Box<super::array::ArrayValue>),
 }
 
 fn invalid(type_name: &'static str, detail: impl Into<String>) -> MergeError {
@@ -165,6 +167,7 @@ fn type_name(oid: u32) -> Option<&'static str> {
         CIDR_OID => "cidr",
         MACADDR_OID => "macaddr",
         JSONB_OID => "jsonb",
+        oid if super::array::element_type(oid).is_some() => "array",
         _ => return None,
     })
 }
@@ -237,6 +240,9 @@ impl ColumnType {
             INET_OID | CIDR_OID => Value::Inet(super::inet::decode_binary(b)?),
             MACADDR_OID => Value::Bytea(Bytes::copy_from_slice(&fixed::<6>(b, name)?)),
             JSONB_OID => Value::Jsonb(super::jsonb::decode_binary(b)?),
+            oid if super::array::element_type(oid).is_some() => {
+                Value::Array(Box::new(super::array::decode(oid, FORMAT_BINARY, b)?))
+            }
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
     }
@@ -281,6 +287,9 @@ impl ColumnType {
             INET_OID | CIDR_OID => Value::Inet(super::inet::parse_text(b)?),
             MACADDR_OID => Value::Bytea(parse_macaddr(b)?),
             JSONB_OID => Value::Jsonb(super::jsonb::parse_text(b)?),
+            oid if super::array::element_type(oid).is_some() => {
+                Value::Array(Box::new(super::array::decode(oid, FORMAT_TEXT, b)?))
+            }
             oid => return Err(MergeError::UnsupportedType { oid }),
         })
     }
@@ -465,6 +474,7 @@ pub fn compare_in(a: &Value, b: &Value, text: &TextOrder) -> Ordering {
         (TimeTz { utc: u1, zone: z1 }, TimeTz { utc: u2, zone: z2 }) => (u1, z1).cmp(&(u2, z2)),
         (Inet(x), Inet(y)) => x.compare(y),
         (Jsonb(x), Jsonb(y)) => super::jsonb::compare(x, y, text),
+        (Array(x), Array(y)) => x.compare(y, text),
         _ => kind(a).cmp(&kind(b)),
     }
 }
@@ -484,6 +494,7 @@ fn kind(v: &Value) -> u8 {
         Value::TimeTz { .. } => 11,
         Value::Inet(_) => 12,
         Value::Jsonb(_) => 13,
+        Value::Array(_) => 14,
         Value::Null => 8,
     }
 }
@@ -515,6 +526,7 @@ impl Value {
             }
             Value::Inet(i) => v.extend_from_slice(&i.canonical_key()),
             Value::Jsonb(tokens) => v.extend_from_slice(&super::jsonb::canonical_key(tokens)),
+            Value::Array(a) => v.extend_from_slice(&a.canonical_key()),
         }
         v
     }
