@@ -204,6 +204,11 @@ async fn text_merges_in_en_us_equal_one_postgres() {
         "SELECT DISTINCT name FROM ctest ORDER BY 1 DESC",
         "SELECT g, max(name) AS m FROM ctest GROUP BY g HAVING max(name) > 'resume' ORDER BY m, g",
         "SELECT g FROM ctest GROUP BY g HAVING min(name) < 'b' ORDER BY g",
+        // jsonb strings and keys, and text array elements, in the database collation.
+        "SELECT to_jsonb(name) AS j, id FROM ctest ORDER BY j, id",
+        "SELECT jsonb_build_object(coalesce(name, '-'), g) AS j, id FROM ctest ORDER BY j DESC, id",
+        "SELECT ARRAY[name, v] AS a, id FROM ctest ORDER BY a NULLS FIRST, id",
+        "SELECT max(ARRAY[name]), min(ARRAY[v]) FROM ctest",
         // The C-collated column is fine where nothing compares it.
         "SELECT code, id FROM ctest ORDER BY id",
     ] {
@@ -218,6 +223,7 @@ async fn text_merges_in_en_us_equal_one_postgres() {
         "SELECT g, count(*) FROM ctest GROUP BY g HAVING min(code) > 'a'",
         "SELECT upper(code) AS u FROM ctest ORDER BY u",
         "SELECT name::name AS n FROM ctest ORDER BY n",
+        "SELECT ARRAY[code] AS a FROM ctest ORDER BY a",
     ] {
         let want = if sql.contains("::name") {
             "type name"
