@@ -22,8 +22,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 /// Column names and types (0 in the simple protocol), rows.
 type Answer = (Vec<(String, u32)>, Vec<Vec<Raw>>);
 
-const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid, j jsonb); \
-                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid, j jsonb)";
+const CREATE: &str = "CREATE TABLE agg (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid, j jsonb, pt point); \
+                      CREATE TABLE agg_empty (id bigint PRIMARY KEY, g int, i int, b bigint, n numeric(12,3), t text, arr int[], tags text[], ip inet, d interval, tm time, ttz timetz, mac macaddr, c \"char\", o oid, j jsonb, pt point)";
 
 /// The rows: negative numbers, NULLs, repeated values across shards, and group 99 with one
 /// row (so on one shard only).
@@ -128,13 +128,13 @@ fn rows() -> Vec<(i64, String)> {
         out.push((
             id,
             format!(
-                "({id}, {g}, {i}, {b}, {n}, {t}, {arr}, {tags}, '{ip}', {d}, {tm}, {ttz}, {mac}, {c}, {o}, {j})"
+                "({id}, {g}, {i}, {b}, {n}, {t}, {arr}, {tags}, '{ip}', {d}, {tm}, {ttz}, {mac}, {c}, {o}, {j}, NULL)"
             ),
         ));
     }
     out.push((
         1_000_001,
-        "(1000001, 99, -7, -9000000000000, -1.5, 'solo', '[0:1]={5,6}', '{solo}', NULL, '-1 years 00:00:00.000001', '24:00:00', '23:59:59.999999-12', '00:00:00:00:00:00', NULL, 0, '{\"level\": 99}')".into(),
+        "(1000001, 99, -7, -9000000000000, -1.5, 'solo', '[0:1]={5,6}', '{solo}', NULL, '-1 years 00:00:00.000001', '24:00:00', '23:59:59.999999-12', '00:00:00:00:00:00', NULL, 0, '{\"level\": 99}', '(1,2)')".into(),
     ));
     out
 }
@@ -204,6 +204,9 @@ const QUERIES: &[&str] = &[
     "SELECT tags, count(*) FROM agg WHERE i > $1 GROUP BY tags ORDER BY tags NULLS FIRST",
     "SELECT max(arr), min(arr), max(tags), min(tags) FROM agg WHERE i > $1",
     "SELECT DISTINCT arr FROM agg WHERE i > $1 ORDER BY arr",
+    // Rows read first and written back carry time zones, addresses, MACs, "char"s and oids.
+    "SELECT DISTINCT ON (g) g, ttz, ip, mac, c, o, tm FROM agg WHERE i > $1 ORDER BY g, ttz DESC, id",
+    "SELECT id, rank() OVER (ORDER BY ip, mac), c FROM agg WHERE i > $1 ORDER BY id LIMIT 15",
 ];
 
 /// Statements grouping by an output column's name (each with `$1`, an int, in its WHERE
@@ -457,8 +460,8 @@ async fn finished_aggregates_equal_one_postgres() {
         ),
         // A column of a type pgshard cannot write back, read by the statement.
         (
-            "SELECT DISTINCT ON (g) g, ip FROM agg ORDER BY g, id",
-            "type OID 869",
+            "SELECT DISTINCT ON (g) g, pt FROM agg ORDER BY g, id",
+            "type OID 600",
         ),
         (
             "SELECT count(*) FROM agg WHERE arr IN (SELECT arr FROM agg WHERE i > 40)",

@@ -139,7 +139,7 @@ pub enum SpliceError {
     Columns,
     #[error("more than one row returned by a subquery used as an expression")]
     MoreThanOneRow,
-    #[error("pgshard runs part of this statement first (a subquery, CTE or SELECT over sharded tables, or the rows of a read it cannot merge) and writes its rows back in, which it cannot do for values of type OID {0}; cast the column to a built-in type (integers, numeric, float, bool, text, bytea, json, jsonb, uuid, date, time, timestamp, timestamptz, interval, or an array of one)")]
+    #[error("pgshard runs part of this statement first (a subquery, CTE or SELECT over sharded tables, or the rows of a read it cannot merge) and writes its rows back in, which it cannot do for values of type OID {0}; cast the column to a built-in type (integers, numeric, float, bool, text, name, \"char\", bytea, json, jsonb, uuid, date, time, timetz, timestamp, timestamptz, interval, inet, cidr, macaddr, or an array of one)")]
     Type(u32),
     #[error("pgshard runs this IN/ANY/ALL subquery over sharded tables first and writes its values back as one array, which it cannot do for values that are arrays themselves (type OID {0}); compare with a scalar subquery or an EXISTS instead")]
     ArrayOfArrays(u32),
@@ -465,6 +465,12 @@ pub(crate) fn type_name(oid: u32) -> Option<&'static str> {
         1083 => "time",
         1186 => "interval",
         3802 => "jsonb",
+        19 => "name",
+        18 => "\"char\"",
+        1266 => "timetz",
+        869 => "inet",
+        650 => "cidr",
+        829 => "macaddr",
         _ => return None,
     })
 }
@@ -493,6 +499,12 @@ pub(crate) fn array_element(oid: u32) -> Option<u32> {
         1187 => 1186,
         1231 => 1700,
         2951 => 2950,
+        1003 => 19,
+        1002 => 18,
+        1270 => 1266,
+        1041 => 869,
+        651 => 650,
+        1040 => 829,
         _ => return None,
     })
 }
@@ -759,7 +771,10 @@ mod tests {
         assert_eq!(cast_name(1009).as_deref(), Some("text[]"));
         assert_eq!(cast_name(1016).as_deref(), Some("int8[]"));
         assert_eq!(cast_name(20).as_deref(), Some("int8"));
-        assert_eq!(cast_name(869), None);
+        assert_eq!(cast_name(869).as_deref(), Some("inet"));
+        assert_eq!(cast_name(1270).as_deref(), Some("timetz[]"));
+        assert_eq!(cast_name(1002).as_deref(), Some("\"char\"[]"));
+        assert_eq!(cast_name(600), None);
         let sql = "SELECT 1, (SELECT tags FROM u ORDER BY k LIMIT 1)";
         let f = find(sql).expect("found");
         assert_eq!(
