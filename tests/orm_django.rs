@@ -174,7 +174,7 @@ async fn django_probe(server_side_binding: bool) {
     // different keys: the joined table is read first; subquery_other_key's correlated
     // subquery reads its table first.
     let known: [&str; 0] = [];
-    assert_eq!(lines.len(), 38, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(lines.len(), 39, "{}\n{}", out.stdout, out.stderr);
     for line in &lines {
         let (verdict, step) = line.split_once(' ').expect("verdict and step");
         let want = if known.contains(&step) {

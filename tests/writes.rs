@@ -8,6 +8,7 @@ mod common;
 use common::proxy::{self, connect, start_proxy_with};
 use common::TestCluster;
 use pgshard::cluster::ClusterInfo;
+use pgshard::config::ShardedTableConfig;
 use pgshard::router::{ShardKey, ShardMap, Strategy};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -63,7 +64,15 @@ async fn index_count(info: &ClusterInfo, name: &str) -> Vec<i64> {
 async fn writes_reach_every_shard_they_need() {
     let cluster = TestCluster::start(10, Strategy::Hash).await;
     let info = &cluster.info;
-    let proxy = start_proxy_with(info, |c| c.reference_tables = vec!["countries".into()]).await;
+    let proxy = start_proxy_with(info, |c| {
+        c.reference_tables = vec!["countries".into()];
+        c.sharded_tables.push(ShardedTableConfig {
+            name: "entries".into(),
+            key: "owner_id".into(),
+            key_type: None,
+        });
+    })
+    .await;
     let map = proxy.proxy.map.current();
     let c = connect(&proxy).await;
     let shards = info.shard_ids().len();
@@ -614,6 +623,7 @@ async fn writes_reach_every_shard_they_need() {
     reference_row_locks(info, &proxy, &map).await;
     ordered_claims_lock_what_they_return(&proxy).await;
     conditional_upserts_return_their_rows(info, &proxy).await;
+    updates_writing_the_key_it_has(info, &proxy).await;
     simple(&c, "DROP TABLE countries")
         .await
         .expect("drop reference table");
@@ -853,4 +863,100 @@ async fn conditional_upserts_return_their_rows(
     c.batch_execute("DELETE FROM users WHERE user_id BETWEEN 2001 AND 2010")
         .await
         .unwrap();
+}
+
+/// An UPDATE that sets the shard key to the value the row already has — Django's `save()`
+/// writes every column, a table's foreign-key shard key among them — runs as on one Postgres,
+/// in both protocols and in a block: the rows it would move are counted first over every shard
+/// (none), then it runs on the value's shard. One that would move a row is refused, naming the
+/// key, and changes nothing; one whose WHERE pins the key to that value routes by it at once.
+async fn updates_writing_the_key_it_has(info: &ClusterInfo, proxy: &pgshard::server::RunningProxy) {
+    let c = connect(proxy).await;
+    c.batch_execute(
+        "CREATE TABLE entries (id bigint PRIMARY KEY, owner_id bigint NOT NULL, amount int)",
+    )
+    .await
+    .expect("create entries");
+    let rows: Vec<String> = (1..=40).map(|g| format!("({g}, {}, {g})", g % 7)).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO entries (id, owner_id, amount) VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .expect("fill entries");
+    let (_, n) = simple(
+        &c,
+        "UPDATE entries SET owner_id = 3, amount = 100 WHERE id = 10",
+    )
+    .await
+    .expect("the key written with its own value (simple protocol)");
+    assert_eq!(n, 1);
+    let n = c
+        .execute(
+            "UPDATE entries SET owner_id = $1, amount = $2 WHERE entries.id = $3",
+            &[&5i64, &200i32, &12i64],
+        )
+        .await
+        .expect("the key written with its own value (parameters)");
+    assert_eq!(n, 1);
+    let n = c
+        .execute(
+            "UPDATE entries SET owner_id = $1, amount = $2 WHERE id = $3",
+            &[&5i64, &0i32, &999i64],
+        )
+        .await
+        .expect("no row matched");
+    assert_eq!(n, 0);
+    let e = c
+        .execute(
+            "UPDATE entries SET owner_id = $1 WHERE id = $2",
+            &[&6i64, &10i64],
+        )
+        .await
+        .expect_err("a key that would change is refused");
+    assert_eq!(code(&e), "0A000");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("entries.owner_id") && message.contains("1 matching row"),
+        "{message}"
+    );
+    let (_, n) = simple(
+        &c,
+        "UPDATE entries SET owner_id = 4, amount = 300 WHERE owner_id = 4 AND id = 11",
+    )
+    .await
+    .expect("a key pinned to its value by the WHERE clause");
+    assert_eq!(n, 1);
+    // In a block that rolls back: the update is undone like any other.
+    c.batch_execute("BEGIN").await.expect("begin");
+    let n = c
+        .execute(
+            "UPDATE entries SET owner_id = $1, amount = $2 WHERE id = $3",
+            &[&6i64, &-1i32, &13i64],
+        )
+        .await
+        .expect("in a block");
+    assert_eq!(n, 1);
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    let rows: Vec<(i64, i64, i32)> = c
+        .query(
+            "SELECT id, owner_id, amount FROM entries WHERE id IN (10, 11, 12, 13) ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read back")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [(10, 3, 100), (11, 4, 300), (12, 5, 200), (13, 6, 13)]
+    );
+    assert_eq!(summed(info, "SELECT count(*) FROM entries").await, 40);
+    c.batch_execute("DROP TABLE entries")
+        .await
+        .expect("drop entries");
 }

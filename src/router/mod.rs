@@ -20,6 +20,7 @@ pub mod insert_columns;
 pub mod insert_rewrite;
 pub mod insert_select;
 pub mod key_type;
+pub mod key_update;
 pub mod literals;
 pub mod lookup;
 pub mod merge_plan;

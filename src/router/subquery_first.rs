@@ -23,6 +23,8 @@ pub enum RunFirst {
     Cte(cte::CteFirst),
     /// The rows of the statement's one table, for a read the merge cannot reproduce.
     PullUp(crate::router::pull_up::PullUp),
+    /// The rows an UPDATE setting the shard key to one value would move (see `key_update`).
+    KeyGuard(crate::router::key_update::KeyGuard),
 }
 
 impl RunFirst {
@@ -32,6 +34,7 @@ impl RunFirst {
             RunFirst::Subquery(f) => &f.inner,
             RunFirst::Cte(c) => &c.inner,
             RunFirst::PullUp(p) => &p.inner,
+            RunFirst::KeyGuard(g) => &g.inner,
         }
     }
 
@@ -46,6 +49,18 @@ impl RunFirst {
             RunFirst::Subquery(f) => f.splice(outer, description, rows),
             RunFirst::Cte(c) => c.splice(outer, description, rows),
             RunFirst::PullUp(p) => p.splice(description, rows),
+            RunFirst::KeyGuard(g) => {
+                let count = match rows {
+                    [row] => match cte::values(row.as_ref()).as_deref() {
+                        Some([Some(v)]) => std::str::from_utf8(v)
+                            .map_err(|_| SpliceError::Malformed)?
+                            .to_string(),
+                        _ => return Err(SpliceError::Malformed),
+                    },
+                    _ => return Err(SpliceError::Malformed),
+                };
+                g.splice(&count).map_err(SpliceError::KeyMoves)
+            }
         }
     }
 }
@@ -147,6 +162,8 @@ pub enum SpliceError {
     NoColumns,
     #[error("malformed answer from a shard")]
     Malformed,
+    #[error("{0}")]
+    KeyMoves(crate::router::key_update::KeyMoves),
 }
 
 impl SpliceError {
@@ -155,9 +172,10 @@ impl SpliceError {
         match self {
             SpliceError::Columns => "42601",
             SpliceError::MoreThanOneRow => "21000",
-            SpliceError::Type(_) | SpliceError::ArrayOfArrays(_) | SpliceError::NoColumns => {
-                "0A000"
-            }
+            SpliceError::Type(_)
+            | SpliceError::ArrayOfArrays(_)
+            | SpliceError::NoColumns
+            | SpliceError::KeyMoves(_) => "0A000",
             SpliceError::Malformed => "XX000",
         }
     }

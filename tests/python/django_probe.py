@@ -183,6 +183,20 @@ def duration_aggregates():
     ]
 
 
+def save_existing_rows():
+    """Model.save() of a fetched row writes every column, the shard key (customer_id) too."""
+    o = Order.objects.get(id=105)
+    o.amount = 77
+    o.status = "saved"
+    o.save()
+    o2, created = Order.objects.update_or_create(id=106, defaults={"amount": 66, "customer_id": Order.objects.get(id=106).customer_id})
+    with transaction.atomic():
+        o3 = Order.objects.select_for_update().get(id=107)
+        o3.amount += 1
+        o3.save()
+    return [list(Order.objects.filter(id__in=[105, 106, 107]).order_by("id").values_list("id", "customer_id", "amount", "status")), created]
+
+
 def values_annotate():
     a = list(Order.objects.values("customer").annotate(n=Count("id"), total=Sum("amount")).order_by("customer"))
     b = list(Order.objects.values("status").annotate(n=Count("id"), cs=Count("customer", distinct=True)).order_by("status"))
@@ -439,7 +453,7 @@ def expressions_windows_and_more():
 
 STEPS = [setup, select_related_same_key, select_related_keyed, select_related_other_key, prefetch_same_key,
          prefetch_other_key, prefetch_reverse_text_key, get_or_create, get_or_create_keyless, bulk_upsert,
-         bulk_ignore, bulk_update, f_expressions, case_when, aggregate_filter, duration_aggregates, values_annotate,
+         bulk_ignore, bulk_update, f_expressions, case_when, aggregate_filter, duration_aggregates, save_existing_rows, values_annotate,
          annotate_count_join, subquery_outerref, subquery_other_key, distinct_on, json_lookups,
          array_lookups, paginator, date_truncs, nested_atomic, nowait_keyed, nowait_keyed_in_span,
          nowait_keyless, skip_locked_of_join, iterator_related, in_bulk_and_exists, raw_and_cursor,

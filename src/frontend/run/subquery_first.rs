@@ -9,9 +9,11 @@ use bytes::Bytes;
 
 use crate::frontend::session::{merge_for_simple, refusal, End, Session, Target};
 use crate::refusal::Refusal;
+use crate::router::analyze::Refused;
 use crate::router::array_constructors::unnest_arrays_as_literals;
 use crate::router::cte;
 use crate::router::facts::StatementFacts;
+use crate::router::key_update;
 use crate::router::literals::{Literal, LiteralParams};
 use crate::router::ordered_values_insert::as_values;
 use crate::router::params::ParamSource;
@@ -170,6 +172,24 @@ impl Session {
     ) -> Result<Option<RunFirst>, ErrorFields> {
         let router = &self.proxy.router;
         let path = self.search_path();
+        // An UPDATE setting the shard key to one value: the rows it would move, counted first.
+        // (The simple protocol's analysis reads its literals as parameters, so a key pinned
+        // by the WHERE clause to the value it is set to is only seen refused there.)
+        let key_refused = |facts: &[StatementFacts]| match facts {
+            [f] => match &f.refuse {
+                Some(Refused::UpdateOfKey { key, .. }) => Some(key.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let key = key_refused(&router.analyze_prepared_in(sql, &path)).or_else(|| {
+            (!params)
+                .then(|| key_refused(&router.analyze_simple_in(sql, &path).0))
+                .flatten()
+        });
+        if let Some(key) = key {
+            return Ok(key_update::find(sql, &key).map(RunFirst::KeyGuard));
+        }
         let reads_sharded = |text: &str| {
             router
                 .analyze_prepared_in(text, &path)

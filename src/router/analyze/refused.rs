@@ -139,6 +139,7 @@ impl Refused {
                 | Refused::SetOperation { .. }
                 | Refused::OuterJoinKeepsUnsharded { .. }
                 | Refused::NotCoLocated { .. }
+                | Refused::UpdateOfKey { .. }
         )
     }
 }

@@ -139,7 +139,8 @@ pub(super) fn analyze_update(
             Some(NodeEnum::ResTarget(rt)) => rt.name.eq_ignore_ascii_case(&key),
             _ => false,
         });
-        if sets_key {
+        // Setting the key to the value the WHERE clause pins it to moves no row.
+        if sets_key && !crate::router::key_update::keeps_key(u, &key) {
             let t = &ctx.refs[target].name;
             ctx.refuse(Refused::UpdateOfKey {
                 table: t.clone(),
