@@ -366,8 +366,11 @@ async fn lib_pq_answers_as_one_postgres() {
         ("lp_entry", "account_id", KeyType::Int),
         ("lp_sku", "code", KeyType::Text),
         ("lp_event", "id", KeyType::Uuid),
+        // Left empty by pgshard (a known gap: COPY that leaves out the key).
+        ("lp_log", "id", KeyType::Uuid),
     ];
     let probe = probe.display().to_string();
+    let probe = [probe.as_str(), "copy_without_key=0A000"];
     let run = run_probe(&cluster, &sharded, &["lp_country"], "plain_libpq", &probe).await;
     assert_eq!(
         run.out.lines(),
@@ -405,10 +408,14 @@ async fn lib_pq_answers_as_one_postgres() {
             "same result_sets",
             "same cursors_and_locks",
             "same misc_statements",
+            // COPY leaving out a uuid key that has a default: one Postgres fills the default in;
+            // pgshard refuses (it places each COPY row by the key it carries).
+            "known copy_without_key",
+            "same copy_big_and_edges",
             "same prepared_after_ddl",
         ],
         "{}",
         run.out.stderr
     );
-    run.assert_placed(&cluster, &sharded).await;
+    run.assert_placed(&cluster, &sharded[..4]).await;
 }

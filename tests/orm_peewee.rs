@@ -25,7 +25,7 @@ async fn peewee_answers_as_one_postgres() {
         &sharded,
         &["pw_genre"],
         "plain_peewee",
-        "peewee_probe.py",
+        &["peewee_probe.py"],
     )
     .await;
     assert_eq!(
@@ -46,6 +46,8 @@ async fn peewee_answers_as_one_postgres() {
             "same bulk_update",
             "same chunked_inserts",
             "same updates_and_deletes",
+            // INSERT … SELECT (read first), UPDATE … FROM, a CTE, UNION, FOR UPDATE, …
+            "same queries_read_first",
             "same errors",
         ],
         "{}",

@@ -51,7 +51,7 @@ pub async fn placed_as_in_plain(
 }
 
 /// An application probe (`tests/python/probe_diff.py` on `probe`: a script of `tests/python` or
-/// a built program's path) run through a proxy sharding `sharded` (table, key column, key type)
+/// a built program's path, then its known gaps as `STEP=SQLSTATE`) run through a proxy sharding `sharded` (table, key column, key type)
 /// and copying `reference` whole, and against a plain database `plain_name`; then
 /// [`ProbeRun::assert_placed`] checks where the rows went.
 pub struct ProbeRun {
@@ -66,14 +66,14 @@ pub async fn run_probe(
     sharded: &[(&str, &str, KeyType)],
     reference: &[&str],
     plain_name: &str,
-    probe: &str,
+    probe: &[&str],
 ) -> ProbeRun {
     let tables: Vec<(&str, &str)> = sharded.iter().map(|&(t, k, _)| (t, k)).collect();
     let proxy = proxy::start_proxy_placing(&cluster.info, &tables, reference).await;
     let plain = plain_database(cluster, plain_name).await;
     let out = super::script::run_script(
         "python/probe_diff.py",
-        &[probe],
+        probe,
         &[
             ("PGSHARD_URL", &proxy::app_url(&proxy)),
             ("PLAIN_URL", &plain),

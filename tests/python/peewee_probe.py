@@ -15,7 +15,7 @@ import uuid
 
 import probe_steps
 from peewee import (
-    JOIN, BigIntegerField, BooleanField, CharField, Case, DatabaseError, DateTimeField, DecimalField,
+    JOIN, SQL, Tuple, BigIntegerField, BooleanField, CharField, Case, DatabaseError, DateTimeField, DecimalField,
     ForeignKeyField, IntegerField, IntegrityError, Model, UUIDField, Window, chunked, fn, prefetch,
 )
 from playhouse.db_url import connect
@@ -362,6 +362,44 @@ def updates_and_deletes():
     return out
 
 
+def queries_read_first():
+    """INSERT … SELECT (`insert_from`), UPDATE … FROM, CTEs, UNION, subqueries in FROM, counts
+    of limited queries, `exists`, tuples, `paginate`, `distinct`, date_trunc groups."""
+    out = []
+    n = Book.insert_from(
+        Book.select(Book.id + 5000, Book.author, Book.title.concat(" (copy)"), Book.price, Book.pages)
+        .where(Book.author.in_([2, 9])),
+        fields=[Book.id, Book.author, Book.title, Book.price, Book.pages]).execute()
+    out.append(plain_rows(n))
+    out.append(Book.select().where(Book.id > 5000).count())
+    n = (Book.update(pages=Book.pages + Author.score).from_(Author)
+         .where(Book.author == Author.id, Author.country == "fr").execute())
+    out.append(n)
+    out.append(Book.select(fn.SUM(Book.pages)).scalar())
+    recent = Author.select(Author.id, Author.name).where(Author.score > 5).cte("recent")
+    q = (Book.select(Book.id, recent.c.name).join(recent, on=(Book.author == recent.c.id))
+         .with_cte(recent).order_by(Book.id).limit(6).tuples())
+    out.append(list(q))
+    q = (Author.select(Author.name).where(Author.id < 3) | Author.select(Author.name).where(Author.id > 18)) \
+        .order_by(SQL("1"))
+    out.append([a.name for a in q])
+    sub = Book.select(Book.author, fn.SUM(Book.price).alias("total")).group_by(Book.author).alias("t")
+    out.append(str(Book.select(fn.MAX(sub.c.total)).from_(sub).scalar()))
+    out.append(Author.select().order_by(Author.id).limit(7).count())
+    out.append(Book.select().where(Book.pages > 440).exists())
+    out.append(list(Book.select(Book.id).where(Tuple(Book.author, Book.id).in_([(1, 100), (2, 101), (3, 999)])).order_by(Book.id).tuples()))
+    out.append([a.id for a in Author.select().order_by(Author.id).paginate(2, 4)])
+    out.append([a.country for a in Author.select(Author.country).distinct().order_by(Author.country)])
+    q = (Review.select(fn.date_trunc("hour", Review.at).alias("h"), fn.COUNT(Review.id).alias("n"))
+         .where(Review.at.is_null(False)).group_by(SQL("1")).order_by(SQL("1")).limit(4))
+    out.append([(r.h, r.n) for r in q])
+    out.append(Tag.delete().where(Tag.code.in_(Tag.select(Tag.code).where(Tag.uses > 12))).execute())
+    with db.atomic():
+        out.append([a.id for a in Author.select().where(Author.id.in_([3, 4])).order_by(Author.id).for_update()])
+    out.append(list(Author.select(fn.array_agg(Author.id).order_by(Author.id)).where(Author.id < 5).tuples()))
+    return out
+
+
 def errors():
     out = []
     for call in (lambda: Author.create(id=1, name="dup"),
@@ -381,7 +419,7 @@ def errors():
 
 
 STEPS = [setup, insert_many_returning, random_uuid_keys, on_conflict, get_or_create, atomic_nested, prefetch_books, joins, aggregates,
-         window_functions, iterator_and_server_side, bulk_update, chunked_inserts, updates_and_deletes, errors]
+         window_functions, iterator_and_server_side, bulk_update, chunked_inserts, updates_and_deletes, queries_read_first, errors]
 
 
 probe_steps.run(STEPS, database_error=DatabaseError)
