@@ -362,34 +362,43 @@ func binary_parameters() (interface{}, error) {
 	return out, tx.Commit()
 }
 
-func copy_in() (interface{}, error) {
+// copyIn runs pq.CopyIn of `n` rows (`row(i)`) into table's columns in a block it commits: the
+// rows COPY reports.
+func copyIn(table string, columns []string, n int, row func(i int) []interface{}) (int64, error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	defer tx.Rollback()
-	stmt, err := tx.Prepare(pq.CopyIn("lp_entry", "account_id", "id", "amount", "note"))
+	stmt, err := tx.Prepare(pq.CopyIn(table, columns...))
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
-	for i := 0; i < 40; i++ {
-		var note interface{} = fmt.Sprintf("copied\t%d \\ \"q\"\n", i)
-		if i%5 == 0 {
-			note = nil
-		}
-		if _, err := stmt.Exec(1+i%24, 500+i, fmt.Sprintf("%d.25", i), note); err != nil {
-			return nil, err
+	for i := 0; i < n; i++ {
+		if _, err := stmt.Exec(row(i)...); err != nil {
+			return 0, err
 		}
 	}
 	res, err := stmt.Exec()
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
-	n, _ := res.RowsAffected()
+	copied, _ := res.RowsAffected()
 	if err := stmt.Close(); err != nil {
-		return nil, err
+		return 0, err
 	}
-	if err := tx.Commit(); err != nil {
+	return copied, tx.Commit()
+}
+
+func copy_in() (interface{}, error) {
+	n, err := copyIn("lp_entry", []string{"account_id", "id", "amount", "note"}, 40, func(i int) []interface{} {
+		var note interface{} = fmt.Sprintf("copied\t%d \\ \"q\"\n", i)
+		if i%5 == 0 {
+			note = nil
+		}
+		return []interface{}{1 + i%24, 500 + i, fmt.Sprintf("%d.25", i), note}
+	})
+	if err != nil {
 		return nil, err
 	}
 	r, err := q(db, "SELECT count(*), sum(amount), count(note), max(note) FROM lp_entry WHERE id >= 500")
@@ -1200,27 +1209,10 @@ func copy_without_key() (interface{}, error) {
 	if _, err := db.ExecContext(ctx, "CREATE TABLE lp_log (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), account_id bigint, line text)"); err != nil {
 		return nil, err
 	}
-	tx, err := db.BeginTx(ctx, nil)
+	_, err := copyIn("lp_log", []string{"account_id", "line"}, 30, func(i int) []interface{} {
+		return []interface{}{i % 24, fmt.Sprintf("line %d", i)}
+	})
 	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	stmt, err := tx.Prepare(pq.CopyIn("lp_log", "account_id", "line"))
-	if err != nil {
-		return nil, err
-	}
-	for i := 0; i < 30; i++ {
-		if _, err := stmt.Exec(i%24, fmt.Sprintf("line %d", i)); err != nil {
-			return nil, err
-		}
-	}
-	if _, err := stmt.Exec(); err != nil {
-		return nil, err
-	}
-	if err := stmt.Close(); err != nil {
-		return nil, err
-	}
-	if err := tx.Commit(); err != nil {
 		return nil, err
 	}
 	return q(db, "SELECT count(*), count(DISTINCT id) FROM lp_log")
@@ -1229,34 +1221,20 @@ func copy_without_key() (interface{}, error) {
 // A COPY of many rows in lib/pq's 64 kB messages, an empty key array, LISTEN in a rolled-back
 // block.
 func copy_big_and_edges() (interface{}, error) {
-	var out []interface{}
-	tx, err := db.BeginTx(ctx, nil)
+	n, err := copyIn("lp_entry", []string{"account_id", "id", "amount", "note"}, 5000, func(i int) []interface{} {
+		return []interface{}{1 + i%24, 20000 + i, fmt.Sprintf("%d.01", i%1000), strings.Repeat("x", i%300)}
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer tx.Rollback()
-	stmt, err := tx.Prepare(pq.CopyIn("lp_entry", "account_id", "id", "amount", "note"))
-	if err != nil {
-		return nil, err
-	}
-	for i := 0; i < 5000; i++ {
-		if _, err := stmt.Exec(1+i%24, 20000+i, fmt.Sprintf("%d.01", i%1000), strings.Repeat("x", i%300)); err != nil {
-			return nil, err
-		}
-	}
-	res, err := stmt.Exec()
-	if err != nil {
-		return nil, err
-	}
-	n, _ := res.RowsAffected()
-	out = append(out, n, code(stmt.Close()), code(tx.Commit()))
+	out := []interface{}{n}
 	r, err := q(db, "SELECT count(*), sum(amount), sum(length(note)) FROM lp_entry WHERE id >= 20000")
 	out = append(out, r, code(err))
 	r, err = q(db, "SELECT id FROM lp_account WHERE id = ANY($1)", pq.Array([]int64{}))
 	out = append(out, r, code(err))
 	r, err = q(db, "SELECT code FROM lp_sku WHERE code = ANY($1) OR code IS NULL", pq.Array([]string{}))
 	out = append(out, r, code(err))
-	tx, err = db.BeginTx(ctx, nil)
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
