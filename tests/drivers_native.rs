@@ -412,6 +412,8 @@ async fn lib_pq_answers_as_one_postgres() {
             // pgshard refuses (it places each COPY row by the key it carries).
             "known copy_without_key",
             "same copy_big_and_edges",
+            // Session and transaction advisory locks between two sessions, NOWAIT (55P03).
+            "same locks_between_sessions",
             "same prepared_after_ddl",
         ],
         "{}",

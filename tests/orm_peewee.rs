@@ -1,7 +1,8 @@
 //! peewee (Python ORM, over psycopg2) used as applications use it (`tests/python/peewee_probe.py`:
 //! models with a co-located ForeignKey, `insert_many(...).returning(...)`, `on_conflict(...)`,
 //! `get_or_create`, nested `atomic()` (savepoints), `prefetch`, joins, aggregates, window
-//! functions through `fn.*`, `.iterator()` and server-side cursors, `bulk_update`, `chunked`),
+//! functions through `fn.*`, `.iterator()` and server-side cursors, `bulk_update`, `chunked`,
+//! `insert_from`, CTEs, `playhouse.migrate`),
 //! through pgshard in front of four shards and against one plain Postgres database, step by step
 //! (`tests/python/probe_diff.py`); every row must then sit on the shard that owns its key.
 
@@ -48,6 +49,8 @@ async fn peewee_answers_as_one_postgres() {
             "same updates_and_deletes",
             // INSERT … SELECT (read first), UPDATE … FROM, a CTE, UNION, FOR UPDATE, …
             "same queries_read_first",
+            // playhouse.migrate (add/rename/drop columns, an index, NOT NULL) and catalog reads.
+            "same schema_migrations",
             "same errors",
         ],
         "{}",

@@ -400,6 +400,31 @@ def queries_read_first():
     return out
 
 
+def schema_migrations():
+    """playhouse.migrate on sharded and reference tables, and peewee's catalog reads."""
+    from playhouse.migrate import PostgresqlMigrator, migrate
+    m = PostgresqlMigrator(db)
+    with db.atomic():
+        migrate(
+            m.add_column("pw_author", "email", CharField(null=True)),
+            m.add_column("pw_genre", "rank", IntegerField(default=3)),
+            m.add_index("pw_book", ("title",), False),
+            m.rename_column("pw_tag", "note", "remark"),
+            m.add_not_null("pw_author", "name"),
+        )
+    out = [sorted(t for t in db.get_tables() if t.startswith("pw_")),
+           [(c.name, c.data_type, c.null) for c in db.get_columns("pw_author")],
+           sorted((i.name, i.columns, i.unique) for i in db.get_indexes("pw_book")),
+           [(fk.column, fk.dest_table) for fk in db.get_foreign_keys("pw_book")],
+           db.table_exists("pw_review")]
+    out.append(db.execute_sql("SELECT rank FROM pw_genre ORDER BY code").fetchall())
+    out.append(db.execute_sql("UPDATE pw_author SET email = name || '@x' WHERE id < %s", (4,)).rowcount)
+    out.append(db.execute_sql("SELECT count(email) FROM pw_author").fetchone())
+    migrate(m.drop_column("pw_author", "email"), m.rename_column("pw_tag", "remark", "note"))
+    out.append([c.name for c in db.get_columns("pw_author")])
+    return out
+
+
 def errors():
     out = []
     for call in (lambda: Author.create(id=1, name="dup"),
@@ -419,7 +444,7 @@ def errors():
 
 
 STEPS = [setup, insert_many_returning, random_uuid_keys, on_conflict, get_or_create, atomic_nested, prefetch_books, joins, aggregates,
-         window_functions, iterator_and_server_side, bulk_update, chunked_inserts, updates_and_deletes, queries_read_first, errors]
+         window_functions, iterator_and_server_side, bulk_update, chunked_inserts, updates_and_deletes, queries_read_first, schema_migrations, errors]
 
 
 probe_steps.run(STEPS, database_error=DatabaseError)

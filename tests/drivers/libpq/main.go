@@ -1245,6 +1245,72 @@ func copy_big_and_edges() (interface{}, error) {
 	return out, nil
 }
 
+// Two sessions: session advisory locks with parameters (golang-migrate's pg_advisory_lock($1)),
+// transaction-level ones, and FOR UPDATE NOWAIT on a row the other holds (55P03).
+func locks_between_sessions() (interface{}, error) {
+	c1, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c1.Close()
+	c2, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c2.Close()
+	var out []interface{}
+	one := func(c *sql.Conn, query string, args ...interface{}) {
+		r, err := q(c, query, args...)
+		if err != nil {
+			out = append(out, code(err))
+		} else {
+			out = append(out, r)
+		}
+	}
+	one(c1, "SELECT pg_advisory_lock($1)", 7001)
+	one(c2, "SELECT pg_try_advisory_lock($1)", 7001)
+	one(c1, "SELECT pg_advisory_unlock($1)", 7001)
+	one(c2, "SELECT pg_try_advisory_lock($1)", 7001)
+	one(c1, "SELECT pg_try_advisory_lock(7001)")
+	one(c2, "SELECT pg_advisory_unlock(7001)")
+	one(c1, "SELECT pg_try_advisory_lock(7001)")
+	one(c1, "SELECT pg_advisory_unlock_all()")
+	t1, err := c1.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	one(c2, "SELECT 1")
+	_, err = t1.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", 7002)
+	out = append(out, code(err))
+	one(c2, "SELECT pg_try_advisory_xact_lock($1)", 7002)
+	r, err := q(t1, "SELECT name FROM lp_account WHERE id = $1 FOR UPDATE", 5)
+	out = append(out, r, code(err))
+	r, err = q(t1, "SELECT code FROM lp_sku WHERE stock > 25 ORDER BY code FOR UPDATE")
+	out = append(out, r, code(err))
+	t2, err := c2.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	_, err = t2.ExecContext(ctx, "SELECT name FROM lp_account WHERE id = $1 FOR UPDATE NOWAIT", 5)
+	out = append(out, code(err), code(t2.Rollback()))
+	t2, err = c2.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	_, err = t2.ExecContext(ctx, "SELECT code FROM lp_sku ORDER BY code FOR UPDATE NOWAIT")
+	out = append(out, code(err), code(t2.Rollback()))
+	r, err = q(c2, "SELECT code FROM lp_sku ORDER BY code FOR UPDATE SKIP LOCKED")
+	out = append(out, r, code(err))
+	out = append(out, code(t1.Commit()))
+	one(c2, "SELECT pg_try_advisory_xact_lock($1)", 7002)
+	for _, query := range []string{"DEALLOCATE ALL", "DISCARD ALL", "DISCARD PLANS", "RESET ALL"} {
+		_, err := c1.ExecContext(ctx, query)
+		out = append(out, code(err))
+	}
+	one(c1, "SELECT count(*) FROM lp_account WHERE id = $1", 5)
+	return out, nil
+}
+
 func main() {
 	url = os.Getenv("PGSHARD_URL")
 	if !strings.Contains(url, "sslmode=") {
@@ -1297,6 +1363,7 @@ func main() {
 		{"misc_statements", misc_statements},
 		{"copy_without_key", copy_without_key},
 		{"copy_big_and_edges", copy_big_and_edges},
+		{"locks_between_sessions", locks_between_sessions},
 		{"prepared_after_ddl", prepared_after_ddl},
 	}
 	only := map[string]bool{}
