@@ -399,6 +399,9 @@ async fn lib_pq_answers_as_one_postgres() {
             "same errors_and_recovery",
             "same keyed_and_scatter_writes",
             "same joins_and_aggregates",
+            // ORDER BY id of `SELECT id::text`: the output column (text order), as in Postgres
+            // (was the table's column: '2' before '10', or 0A000).
+            "same order_by_output_names",
             "same big_scatter_and_pool",
             "same session_settings",
             // A multi-row INSERT failing on two shards: the first failing row's error, with its

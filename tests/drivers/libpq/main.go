@@ -932,6 +932,31 @@ func joins_and_aggregates() (interface{}, error) {
 	return out, nil
 }
 
+// ORDER BY a bare name that is an unaliased output column's name (`id::text` is named `id`):
+// Postgres sorts by that output column (here text), keyless over every shard.
+func order_by_output_names() (interface{}, error) {
+	var out []interface{}
+	for _, query := range []struct {
+		sql  string
+		args []interface{}
+	}{
+		{"SELECT id::text FROM lp_account WHERE id IN (2, 10) ORDER BY id", nil},
+		{"SELECT id::text FROM lp_account WHERE id IN (2, 10, 3, 11, 4, 12) ORDER BY id LIMIT 3", nil},
+		{"SELECT id::text, name FROM lp_account WHERE id < $1 ORDER BY id DESC", []interface{}{25}},
+		{"SELECT balance::text FROM lp_account WHERE balance IS NOT NULL ORDER BY balance LIMIT $1", []interface{}{6}},
+		{"SELECT id, opened::date FROM lp_account WHERE opened IS NOT NULL ORDER BY opened, id LIMIT 5", nil},
+		{"SELECT CAST(score AS text) FROM lp_account WHERE score IS NOT NULL ORDER BY score LIMIT 5", nil},
+	} {
+		r, err := q(db, query.sql, query.args...)
+		if err != nil {
+			out = append(out, code(err))
+		} else {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
 func big_scatter_and_pool() (interface{}, error) {
 	r, err := q(db, "SELECT a.id, g FROM lp_account a, generate_series(1, 200) g WHERE a.id <= $1 ORDER BY a.id, g", 20)
 	if err != nil {
@@ -1354,6 +1379,7 @@ func main() {
 		{"errors_and_recovery", errors_and_recovery},
 		{"keyed_and_scatter_writes", keyed_and_scatter_writes},
 		{"joins_and_aggregates", joins_and_aggregates},
+		{"order_by_output_names", order_by_output_names},
 		{"big_scatter_and_pool", big_scatter_and_pool},
 		{"session_settings", session_settings},
 		{"error_fields", error_fields},
