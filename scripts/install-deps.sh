@@ -69,10 +69,11 @@ if command -v locale >/dev/null 2>&1 && ! locale -a 2>/dev/null | grep -qiE '^en
     $sudo_cmd localedef -i en_US -f UTF-8 en_US.UTF-8
 fi
 
-# tests/drivers_native.rs: Go with pgx v4, pgjdbc with a JDK, and node-postgres, all from Debian.
+# tests/drivers_native.rs: Go with pgx v4 and lib/pq, pgjdbc with a JDK, and node-postgres, all from Debian.
 driver_pkgs=()
 command -v go >/dev/null 2>&1 || driver_pkgs+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/jackc/pgx/v4 ] || driver_pkgs+=(golang-github-jackc-pgx-v4-dev)
+[ -d /usr/share/gocode/src/github.com/lib/pq ] || driver_pkgs+=(golang-github-lib-pq-dev)
 [ -f /usr/share/java/postgresql.jar ] || driver_pkgs+=(libpostgresql-jdbc-java)
 command -v javac >/dev/null 2>&1 || driver_pkgs+=(default-jdk-headless)
 command -v node >/dev/null 2>&1 || driver_pkgs+=(nodejs)
@@ -127,6 +128,11 @@ fi
 if ! python3 -c 'import psycopg2' >/dev/null 2>&1; then
     echo "pgshard: installing the Python driver psycopg2 (tests/orm_django.rs runs Django on it too)"
     python3 -m pip install --quiet --disable-pip-version-check psycopg2-binary
+fi
+
+if ! python3 -c 'import peewee' >/dev/null 2>&1; then
+    echo "pgshard: installing peewee (tests/orm_peewee.rs, over psycopg2)"
+    python3 -m pip install --quiet --disable-pip-version-check peewee
 fi
 
 if ! python3 -c 'import sqlalchemy, alembic, greenlet, sys; sys.exit(sqlalchemy.__version__.split(".")[0] != "2")' >/dev/null 2>&1; then

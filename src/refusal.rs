@@ -189,7 +189,7 @@ mod tests {
         ];
         for (refusal, code, message, hint) in cases {
             let fields = ErrorFields::from(refusal);
-            assert_eq!(fields.severity, "ERROR");
+            assert_eq!(&*fields.severity, "ERROR");
             assert_eq!(fields.code, code);
             assert_eq!(fields.message, message);
             assert_eq!(fields.hint.as_deref(), hint);

@@ -1,8 +1,9 @@
 //! Drivers of other languages with their defaults and their usual batching, against one proxy over
 //! a ten-shard cluster: node-postgres (`tests/drivers/node/`), Go pgx v4 (`tests/drivers/go/`) and
-//! pgjdbc (`tests/drivers/java/`). Each suite is built once (outputs under cargo's target dir), then
-//! run with a setup file naming the proxy, each shard's direct URL and keys the map places on each
-//! shard. A suite checks what it wrote through the proxy and on the shards directly and exits
+//! pgjdbc (`tests/drivers/java/`); and Go `database/sql` with lib/pq (`tests/drivers/libpq/`),
+//! compared step by step with one plain Postgres (`lib_pq_answers_as_one_postgres`). Each suite
+//! is built once (outputs under cargo's target dir), then run with a setup file naming the proxy,
+//! each shard's direct URL and keys the map places on each shard. A suite checks what it wrote through the proxy and on the shards directly and exits
 //! non-zero at its first failed check; this test then checks that every row sits on its key's shard.
 //! `scripts/install-deps.sh` installs the toolchains and drivers (Debian packages).
 //!
@@ -17,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
+use common::plain::run_probe;
 use common::proxy::{self, start_proxy};
 use common::TestCluster;
-use pgshard::router::Strategy;
+use pgshard::router::{KeyType, Strategy};
 use tokio::process::Command;
 
 const SHARDS: u32 = 10;
@@ -36,6 +38,8 @@ const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 /// Where Debian installs Go library sources (GOPATH layout), and pgx v4 in it.
 const DEBIAN_GOPATH: &str = "/usr/share/gocode";
 const PGX: &str = "github.com/jackc/pgx/v4";
+/// lib/pq in the same tree (Debian: golang-github-lib-pq-dev).
+const LIB_PQ: &str = "github.com/lib/pq";
 
 /// One driver suite, built and ready to run: the program and its fixed arguments.
 struct Suite {
@@ -111,29 +115,49 @@ async fn node_suite() -> Result<Suite, String> {
     })
 }
 
-/// Go pgx v4: built in GOPATH mode against Debian's sources, offline.
-async fn go_suite(out: &Path) -> Result<Suite, String> {
+/// Builds the Go program in `tests/drivers/<dir>` to `out/<binary>`, in GOPATH mode against
+/// Debian's sources (`package`'s files are at `import_path`), offline.
+async fn go_build(
+    out: &Path,
+    dir: &str,
+    binary: &str,
+    import_path: &str,
+    package: &str,
+) -> Result<PathBuf, String> {
     let go = require_tool("go", "golang-go")?;
-    let pgx = Path::new(DEBIAN_GOPATH).join("src").join(PGX);
-    if !pgx.is_dir() {
+    let sources = Path::new(DEBIAN_GOPATH).join("src").join(import_path);
+    if !sources.is_dir() {
         return Err(format!(
-            "pgx v4 is not installed ({} is missing; Debian: golang-github-jackc-pgx-v4-dev); run scripts/install-deps.sh",
-            pgx.display()
+            "{import_path} is not installed ({} is missing; Debian: {package}); run scripts/install-deps.sh",
+            sources.display()
         ));
     }
-    let binary = out.join("pgx-check");
+    let program = out.join(binary);
     run_build(
-        "go build of tests/drivers/go",
+        &format!("go build of tests/drivers/{dir}"),
         Command::new(go)
             .current_dir(REPO)
             .args(["build", "-o"])
-            .arg(&binary)
-            .arg("./tests/drivers/go")
+            .arg(&program)
+            .arg(format!("./tests/drivers/{dir}"))
             .env("GO111MODULE", "off")
             .env("GOPATH", DEBIAN_GOPATH)
             .env("GOCACHE", out.join("go-cache"))
             .env("GOFLAGS", "")
             .env("GOPROXY", "off"),
+    )
+    .await?;
+    Ok(program)
+}
+
+/// Go pgx v4: built in GOPATH mode against Debian's sources, offline.
+async fn go_suite(out: &Path) -> Result<Suite, String> {
+    let binary = go_build(
+        out,
+        "go",
+        "pgx-check",
+        PGX,
+        "golang-github-jackc-pgx-v4-dev",
     )
     .await?;
     Ok(Suite {
@@ -309,4 +333,94 @@ async fn native_drivers_work_across_shards() {
     let rows_seen = proxy::assert_users_placed(&cluster.info, &map, FIRST_KEY).await;
     assert!(rows_seen > 0, "the suites left no rows to check");
     proxy.stop().await;
+}
+
+/// Go `database/sql` with lib/pq used as Go applications use it (`tests/drivers/libpq/main.go`:
+/// unnamed statements in two round trips, `db.Prepare`, `binary_parameters=yes`, `pq.CopyIn`,
+/// `pq.Array`, `BeginTx` with isolation levels and READ ONLY, context cancellation through a
+/// CancelRequest, `pq.Listener`, NULLs and the usual types, RETURNING, multi-statement Exec
+/// strings, errors and recovery) over a bigint-keyed table with a co-located one, a text-keyed
+/// and a uuid-keyed table and a reference table, through pgshard and against one plain Postgres
+/// database, step by step (`tests/python/probe_diff.py`); every row must then sit on the shard
+/// that owns its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lib_pq_answers_as_one_postgres() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("drivers");
+    std::fs::create_dir_all(&out).expect("create the build dir of the driver suites");
+    let (probe, cluster) = tokio::join!(
+        timed(
+            "go build",
+            go_build(
+                &out,
+                "libpq",
+                "libpq-probe",
+                LIB_PQ,
+                "golang-github-lib-pq-dev"
+            )
+        ),
+        timed("cluster start", TestCluster::start(4, Strategy::Hash))
+    );
+    let probe = probe.unwrap_or_else(|e| panic!("the lib/pq probe cannot be built: {e}"));
+    let sharded = [
+        ("lp_account", "id", KeyType::Int),
+        ("lp_entry", "account_id", KeyType::Int),
+        ("lp_sku", "code", KeyType::Text),
+        ("lp_event", "id", KeyType::Uuid),
+        // Left empty by pgshard (a known gap: COPY that leaves out the key).
+        ("lp_log", "id", KeyType::Uuid),
+    ];
+    let probe = probe.display().to_string();
+    let probe = [probe.as_str(), "copy_without_key=0A000"];
+    let run = run_probe(&cluster, &sharded, &["lp_country"], "plain_libpq", &probe).await;
+    assert_eq!(
+        run.out.lines(),
+        [
+            "same setup",
+            "same unnamed_keyed_types",
+            "same unnamed_uuid_and_text_keys",
+            "same no_rows",
+            "same named_prepared",
+            "same named_prepared_bytea",
+            "same named_prepared_write",
+            "same binary_parameters",
+            "same copy_in",
+            "same copy_in_text_and_uuid_keys",
+            "same copy_in_duplicate",
+            "same arrays",
+            "same tx_isolation_read_only",
+            "same tx_over_shards",
+            "same context_cancel",
+            "same listen_notify",
+            "same nulls",
+            "same types_scatter",
+            // gen_random_uuid() as the uuid key, unnamed, prepared, several rows, simple protocol.
+            "same returning",
+            "same multi_statement_exec",
+            "same errors_and_recovery",
+            "same keyed_and_scatter_writes",
+            "same joins_and_aggregates",
+            // ORDER BY id of `SELECT id::text`: the output column (text order), as in Postgres
+            // (was the table's column: '2' before '10', or 0A000).
+            "same order_by_output_names",
+            "same big_scatter_and_pool",
+            "same session_settings",
+            // A multi-row INSERT failing on two shards: the first failing row's error, with its
+            // table and constraint.
+            "same error_fields",
+            "same notices",
+            "same result_sets",
+            "same cursors_and_locks",
+            "same misc_statements",
+            // COPY leaving out a uuid key that has a default: one Postgres fills the default in;
+            // pgshard refuses (it places each COPY row by the key it carries).
+            "known copy_without_key",
+            "same copy_big_and_edges",
+            // Session and transaction advisory locks between two sessions, NOWAIT (55P03).
+            "same locks_between_sessions",
+            "same prepared_after_ddl",
+        ],
+        "{}",
+        run.out.stderr
+    );
+    run.assert_placed(&cluster, &sharded[..4]).await;
 }

@@ -312,7 +312,7 @@ async fn read_answer<S: FrameSink>(
 
 /// A FATAL or PANIC from a server: it closes the connection after sending it.
 fn ends_connection(fields: &ErrorFields) -> bool {
-    matches!(fields.severity.as_str(), "FATAL" | "PANIC")
+    matches!(&*fields.severity, "FATAL" | "PANIC")
 }
 
 fn check(conn: &ServerConn, frame: &Frame, tag: u8, expect: &Expect) -> Result<bool, SinkError> {

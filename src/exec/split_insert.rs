@@ -18,9 +18,10 @@ pub struct Assembled {
 }
 
 /// Merges the shards' answers: `parts[i]` ran on the shard whose answer has the same `shard`.
-/// Errors: the first shard error, or RETURNING rows that cannot be matched to their VALUES rows.
+/// Errors: a shard's error ([`first_error`]), or RETURNING rows that cannot be matched to their
+/// VALUES rows.
 pub fn assemble(parts: &[ShardInsert], answers: &[Collected]) -> Result<Assembled, ErrorFields> {
-    if let Some(e) = answers.iter().find_map(Collected::error) {
+    if let Some(e) = first_error(parts, answers) {
         return Err(e);
     }
     let total_rows = parts.iter().map(|p| p.rows.len()).sum::<usize>();
@@ -130,6 +131,31 @@ pub struct SplitReply {
     pub head: Vec<Frame>,
     /// The client described the portal: RowDescription, or NoData without RETURNING.
     pub describe: bool,
+}
+
+/// The error one Postgres would report for the whole INSERT, which stops at its first failing
+/// row in VALUES order: of the shards that failed, the one whose failing row comes first. With
+/// one INSERT per row that row is known (the statements completed before the error); else the
+/// part's first row stands for it.
+fn first_error(parts: &[ShardInsert], answers: &[Collected]) -> Option<ErrorFields> {
+    let failed_row = |answer: &Collected| {
+        let part = parts.iter().find(|p| p.shard == answer.shard)?;
+        let completed = if part.per_row() {
+            answer
+                .frames
+                .iter()
+                .filter(|f| f.tag == be::COMMAND_COMPLETE)
+                .count()
+        } else {
+            0
+        };
+        part.rows.get(completed).or(part.rows.last()).copied()
+    };
+    answers
+        .iter()
+        .filter_map(|a| Some((failed_row(a).unwrap_or(usize::MAX), a.error()?)))
+        .min_by_key(|(row, _)| *row)
+        .map(|(_, e)| e)
 }
 
 #[cfg(test)]
@@ -244,6 +270,39 @@ mod tests {
         });
         let err = assemble(&parts, &[answer(1, None, 1), bad]).unwrap_err();
         assert_eq!(err.code, "23505");
+        // Two shards fail: the error of the row that comes first in VALUES order, whatever the
+        // order of the shards' answers.
+        let failing = |shard, message: &str| {
+            let mut a = answer(shard, None, 0);
+            a.outcome = Ok(Outcome {
+                error: Some(ErrorFields::error("23505", message)),
+                ..Outcome::default()
+            });
+            a
+        };
+        let later_first = [part(1, &[1]), part(2, &[0, 2])];
+        for answers in [
+            [failing(1, "row 1"), failing(2, "row 0")],
+            [failing(2, "row 0"), failing(1, "row 1")],
+        ] {
+            assert_eq!(
+                assemble(&later_first, &answers).unwrap_err().message,
+                "row 0"
+            );
+        }
+        // One INSERT per row: the statements completed before the error say which row failed.
+        let per_row = |shard, rows: &[usize]| ShardInsert {
+            row_statements: rows.iter().map(|r| format!("INSERT row {r}")).collect(),
+            ..part(shard, rows)
+        };
+        let rows_apart = [per_row(1, &[0, 3]), per_row(2, &[1])];
+        let mut after_one = failing(1, "row 3");
+        after_one.frames = vec![be::command_complete("INSERT 0 1")];
+        let answers = [after_one, failing(2, "row 1")];
+        assert_eq!(
+            assemble(&rows_apart, &answers).unwrap_err().message,
+            "row 1"
+        );
         let err = assemble(
             &parts,
             &[answer(1, Some(&["a"]), 1), answer(2, Some(&["b"]), 1)],

@@ -853,6 +853,15 @@ impl Session {
             .as_ref()
             .map(|(t, _)| t.as_str())
             .unwrap_or("");
+        if facts.random_uuid_keys {
+            // The INSERT calls gen_random_uuid(): version-4 UUIDs, as Postgres would make.
+            return Ok(GivenKeys {
+                keys: (0..rows)
+                    .map(|_| crate::router::ShardKey::Uuid(crate::ids::random_uuid_v4()))
+                    .collect(),
+                overriding: false,
+            });
+        }
         let keys = self.take_new_key_values(table, rows)?;
         Ok(GivenKeys {
             keys: keys.keys,

@@ -113,6 +113,15 @@ impl IdGenerator {
     }
 }
 
+/// A random version-4 UUID (RFC 9562), what Postgres's `gen_random_uuid()` returns: 122 random
+/// bits, the version nibble 4 and the variant bits `10`.
+pub fn random_uuid_v4() -> [u8; 16] {
+    let mut out = rand::random::<[u8; 16]>();
+    out[6] = (out[6] & 0x0f) | 0x40;
+    out[8] = (out[8] & 0x3f) | 0x80;
+    out
+}
+
 /// The node id that generated `id`.
 pub fn node_id_of(id: i64) -> u16 {
     ((id as u64 >> SEQ_BITS) & u64::from(MAX_NODES - 1)) as u16
@@ -135,6 +144,15 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_uuid_v4_has_its_version_and_variant() {
+        let (a, b) = (random_uuid_v4(), random_uuid_v4());
+        assert_ne!(a, b);
+        for u in [a, b] {
+            assert_eq!((u[6] >> 4, u[8] >> 6), (4, 0b10));
+        }
+    }
     use std::collections::HashSet;
     use std::sync::Arc;
 

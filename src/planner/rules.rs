@@ -194,7 +194,7 @@ pub fn statement_route(
                     return Err(Refusal::unsupported(why));
                 }
             }
-            let (text, route) = keyed_insert(st.sql, keys, cx.map, key)?;
+            let (text, route) = keyed_insert(st.sql, keys, cx.map, key, st.facts.random_uuid_keys)?;
             (route, Some(text))
         }
         (None, _) => (
@@ -259,21 +259,27 @@ pub fn session_bound<'a>(
 }
 
 /// An INSERT that omits the shard key, given generated keys: its new text and route (rows whose
-/// keys land on several shards are split like any multi-row INSERT).
+/// keys land on several shards are split like any multi-row INSERT). With `in_place`, the
+/// INSERT names the key and gives it as `gen_random_uuid()` in every row: the keys replace
+/// those calls.
 pub fn keyed_insert(
     sql: &str,
     keys: &GivenKeys,
     map: &ShardMap,
     key: Option<&str>,
+    in_place: bool,
 ) -> Result<(String, Route), Refusal> {
     let key = key.ok_or_else(|| {
         Refusal::unsupported("an INSERT that omits the shard key into a table that is not sharded")
     })?;
     let rows = crate::router::split_insert::rows_by_shard_key(&keys.keys, map);
     let literals: Vec<String> = keys.keys.iter().map(|k| k.sql_literal()).collect();
-    let rewritten =
+    let rewritten = if in_place {
+        crate::router::rewrite::insert_with_key_calls_replaced(sql, key, &literals)
+    } else {
         crate::router::rewrite::insert_with_key_literals(sql, key, &literals, keys.overriding)
-            .map_err(|e| Refusal::unsupported(e.to_string()))?;
+    }
+    .map_err(|e| Refusal::unsupported(e.to_string()))?;
     match rows.as_slice() {
         [one] => Ok((rewritten, Route::Single(one.shard))),
         _ => Ok((rewritten, Route::SplitInsert(rows))),

@@ -1428,7 +1428,16 @@ fn plan_with(
         } else {
             rt.val.as_deref().map(shape)
         });
-        b.target_names.push(rt.name.clone());
+        // ORDER BY a bare name means the output column of that name first, and an unaliased
+        // output column has the name Postgres figures for it: `id::text` is named `id`, so
+        // `SELECT id::text … ORDER BY id` sorts by the text. (After a `*`, left to the shards.)
+        let name = match rt.val.as_deref() {
+            Some(v) if rt.name.is_empty() && !seen_star => {
+                crate::router::final_projection::column_name(v)
+            }
+            _ => rt.name.clone(),
+        };
+        b.target_names.push(name);
     }
     for sb in &s.sort_clause {
         if let Some(NodeEnum::SortBy(sb)) = sb.node.as_ref() {
@@ -1780,6 +1789,39 @@ mod tests {
             sql,
             "SELECT name, created_at AS pgshard_hidden_0 FROM users ORDER BY created_at DESC, 1 LIMIT 10::int8 + 5::int8"
         );
+    }
+
+    /// A bare ORDER BY name is the output column Postgres names so, aliased or not: a cast
+    /// keeps its argument's name (`id::text` is `id`), so the merge sorts by the text the
+    /// shards sorted by, not by the table's column.
+    #[test]
+    fn order_by_the_implicit_name_of_an_output_column() {
+        for (sql, hidden) in [
+            ("SELECT id::text FROM users ORDER BY id LIMIT 3", 0),
+            (
+                "SELECT name, created_at::date FROM users ORDER BY created_at",
+                0,
+            ),
+            ("SELECT CAST(u.id AS text) FROM users u ORDER BY id DESC", 0),
+            ("SELECT lower(name) FROM users ORDER BY lower", 0),
+        ] {
+            let p = plan_sql(sql).unwrap();
+            assert_eq!(p.hidden, hidden, "{sql}");
+            let want = if sql.starts_with("SELECT name") { 1 } else { 0 };
+            assert_eq!(p.sort[0].column, ColRef::Output(want), "{sql}");
+        }
+        // A qualified name, or an expression, is the table's column.
+        for sql in [
+            "SELECT u.id::text FROM users u ORDER BY u.id LIMIT 3",
+            "SELECT id::text FROM users ORDER BY id + 0 LIMIT 3",
+        ] {
+            let p = plan_sql(sql).unwrap();
+            assert_eq!(
+                (p.hidden, &p.sort[0].column),
+                (1, &ColRef::Hidden(0)),
+                "{sql}"
+            );
+        }
     }
 
     #[test]

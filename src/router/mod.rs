@@ -539,6 +539,14 @@ fn write_route(
                 None => Route::SplitInsert(split_insert::rows_by_shard_key(keys, map)),
             }
         }
+        // A uuid key given as a constant or parameter that is no uuid (pgshard reads uuids as
+        // Postgres's uuid_in does): Postgres's input error (22P02; 42804 for a number), which
+        // any one shard reports as one Postgres would, before writing anything.
+        (StatementKind::Insert, None)
+            if facts.key_type == KeyType::Uuid && matches!(facts.key, KeyFacts::Values(_)) =>
+        {
+            many.first().map_or(Route::Any, |&shard| Route::Single(shard))
+        }
         (StatementKind::Insert, None) => Route::Refuse(format!(
             "INSERT into sharded table {table} whose rows' {key} values are not all constants or parameters (INSERT … SELECT, DEFAULT, expressions) cannot be routed to its rows' shards; insert with VALUES naming {key}"
         )),
@@ -1395,6 +1403,31 @@ mod tests {
             route_sql(&r, "select * from accounts where id = 'nope'", &map),
             Route::Scatter(vec![1, 2, 3, 4])
         );
+        // An INSERT of a key that is no uuid (a literal, a number, a parameter, in any row): one
+        // shard reports Postgres's input error; an expression stays refused.
+        for sql in [
+            "insert into accounts (id) values ('nope')",
+            "insert into accounts (id) values (5)",
+            &format!("insert into accounts (id) values ('{u}'), ('nope')"),
+        ] {
+            assert_eq!(route_sql(&r, sql, &map), Route::Single(1), "{sql}");
+        }
+        let facts = r.analyze_prepared("insert into accounts (id, n) values ($1, $2)");
+        let values = [Some(bytes::Bytes::from_static(b"not-a-uuid")), None];
+        let p = BindParams {
+            values: &values,
+            formats: &[0],
+            types: &[],
+        };
+        assert_eq!(r.route(&facts[0], &p, &map, 1), Route::Single(1));
+        assert!(matches!(
+            route_sql(
+                &r,
+                "insert into accounts (id) values (md5('x')::uuid)",
+                &map
+            ),
+            Route::Refuse(_)
+        ));
     }
 
     #[test]

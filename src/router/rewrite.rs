@@ -56,6 +56,67 @@ pub fn insert_with_key_literals(
     rewrite(sql, |_| Ok(key.to_string()), ids, overriding)
 }
 
+/// Returns `sql`, an INSERT whose VALUES rows give the key column `key` as `gen_random_uuid()`
+/// ([`crate::router::analyze::is_random_uuid_call`]), with row `i`'s call replaced by
+/// `literals[i]`; the rest of the text as it was.
+pub fn insert_with_key_calls_replaced(
+    sql: &str,
+    key: &str,
+    literals: &[String],
+) -> Result<String, RewriteError> {
+    use pg_query::NodeEnum;
+    let parsed = pg_query::parse(sql, 0).map_err(|e| RewriteError::Scan(e.to_string()))?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return Err(RewriteError::Shape);
+    };
+    let Some(NodeEnum::InsertStmt(insert)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+        return Err(RewriteError::Shape);
+    };
+    let pos = insert
+        .cols
+        .iter()
+        .position(|n| matches!(n.node.as_ref(), Some(NodeEnum::ResTarget(rt)) if rt.name.eq_ignore_ascii_case(key)))
+        .ok_or(RewriteError::Shape)?;
+    let Some(NodeEnum::SelectStmt(values)) =
+        insert.select_stmt.as_ref().and_then(|s| s.node.as_ref())
+    else {
+        return Err(RewriteError::Shape);
+    };
+    if values.values_lists.is_empty() {
+        return Err(RewriteError::Shape);
+    }
+    if values.values_lists.len() != literals.len() {
+        return Err(RewriteError::RowCount {
+            rows: values.values_lists.len(),
+            ids: literals.len(),
+        });
+    }
+    let mut starts = Vec::with_capacity(literals.len());
+    for row in &values.values_lists {
+        let call = match row.node.as_ref() {
+            Some(NodeEnum::List(l)) => l.items.get(pos),
+            _ => None,
+        }
+        .filter(|c| crate::router::analyze::is_random_uuid_call(c));
+        let Some(NodeEnum::FuncCall(f)) = call.and_then(|c| c.node.as_ref()) else {
+            return Err(RewriteError::Shape);
+        };
+        starts.push(usize::try_from(f.location).map_err(|_| RewriteError::Shape)?);
+    }
+    let tokens = scan_tokens(sql).map_err(RewriteError::Scan)?;
+    let mut out = sql.to_string();
+    // From the last call back, so earlier byte offsets stay valid.
+    for (start, literal) in starts.iter().zip(literals).rev() {
+        let open = tokens
+            .iter()
+            .position(|t| t.0 >= *start && t.2 == "(")
+            .ok_or(RewriteError::Shape)?;
+        let close = matching(&tokens, open).ok_or(RewriteError::Shape)?;
+        out.replace_range(*start..tokens[close].1, literal);
+    }
+    Ok(out)
+}
+
 fn rewrite(
     sql: &str,
     key_of: impl FnOnce(&str) -> Result<String, RewriteError>,
@@ -208,6 +269,34 @@ mod tests {
             out,
             "INSERT INTO users (user_id, name, email) VALUES (7, 'Ada (1)', 'a@x'), (8, $1, now()) RETURNING user_id"
         );
+    }
+
+    #[test]
+    fn random_uuid_calls_of_the_key_are_replaced_in_place() {
+        let sql = "INSERT INTO ev (kind, Id, other) VALUES ('a (1)', gen_random_uuid( ), gen_random_uuid()), \
+                   ($1, pg_catalog.gen_random_uuid(), now()) RETURNING id";
+        let literals = ["'k1'::uuid".to_string(), "'k2'::uuid".to_string()];
+        assert_eq!(
+            insert_with_key_calls_replaced(sql, "id", &literals),
+            Ok("INSERT INTO ev (kind, Id, other) VALUES ('a (1)', 'k1'::uuid, gen_random_uuid()), \
+                   ($1, 'k2'::uuid, now()) RETURNING id"
+                .into())
+        );
+        assert_eq!(
+            insert_with_key_calls_replaced(sql, "id", &literals[..1]),
+            Err(RewriteError::RowCount { rows: 2, ids: 1 })
+        );
+        for other in [
+            "INSERT INTO ev (id) VALUES ($1)",
+            "INSERT INTO ev (kind) VALUES (gen_random_uuid())",
+            "INSERT INTO ev (id) SELECT gen_random_uuid()",
+        ] {
+            assert_eq!(
+                insert_with_key_calls_replaced(other, "id", &literals[..1]),
+                Err(RewriteError::Shape),
+                "{other}"
+            );
+        }
     }
 
     #[test]

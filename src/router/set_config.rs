@@ -249,7 +249,7 @@ fn is_setting_read(target: &pb::Node) -> bool {
 }
 
 /// A function's name as written, one string per part (`pg_catalog`, `set_config`).
-fn name_parts(f: &pb::FuncCall) -> Vec<&str> {
+pub(crate) fn name_parts(f: &pb::FuncCall) -> Vec<&str> {
     f.funcname
         .iter()
         .filter_map(|p| match p.node.as_ref() {

@@ -87,12 +87,24 @@ pub fn decode_ready_for_query(body: &[u8]) -> Result<TxStatus, DecodeError> {
 /// The fields of an ErrorResponse or NoticeResponse that the proxy builds or inspects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorFields {
-    pub severity: String,
+    /// ERROR, FATAL, PANIC, WARNING, NOTICE… (a `Box<str>`: errors travel in `Result`s, so the
+    /// struct stays small).
+    pub severity: Box<str>,
     pub code: String,
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// The other fields a server sent (position, where, schema, table, column, data type,
+    /// constraint, file, line, routine…): an error the proxy relays through these fields
+    /// reaches the client with them, as one Postgres sends it. Boxed, as errors travel in
+    /// `Result`s and most have none.
+    pub other: Option<Box<OtherFields>>,
 }
+
+/// Fields of an ErrorResponse beyond those [`ErrorFields`] names, by field type in the order
+/// the server sent them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OtherFields(pub Vec<(u8, String)>);
 
 impl ErrorFields {
     /// An ERROR with a SQLSTATE and message.
@@ -103,6 +115,7 @@ impl ErrorFields {
             message: message.into(),
             detail: None,
             hint: None,
+            other: None,
         }
     }
 
@@ -137,17 +150,21 @@ impl ErrorFields {
     fn encode(&self, tag: u8) -> Frame {
         let mut b = BytesMut::new();
         for (field, value) in [
-            (b'S', Some(&self.severity)),
-            (b'V', Some(&self.severity)),
-            (b'C', Some(&self.code)),
-            (b'M', Some(&self.message)),
-            (b'D', self.detail.as_ref()),
-            (b'H', self.hint.as_ref()),
+            (b'S', Some(&*self.severity)),
+            (b'V', Some(&*self.severity)),
+            (b'C', Some(self.code.as_str())),
+            (b'M', Some(self.message.as_str())),
+            (b'D', self.detail.as_deref()),
+            (b'H', self.hint.as_deref()),
         ] {
             if let Some(v) = value {
                 b.put_u8(field);
                 put_cstr(&mut b, v);
             }
+        }
+        for (field, v) in self.other.iter().flat_map(|o| o.0.iter()) {
+            b.put_u8(*field);
+            put_cstr(&mut b, v);
         }
         b.put_u8(0);
         Frame::new(tag, b.freeze())
@@ -164,13 +181,20 @@ impl ErrorFields {
             }
             let value = String::from_utf8_lossy(r.cstr_bytes()?).into_owned();
             match field {
-                b'V' => f.severity = value,
-                b'S' if f.severity == "ERROR" || f.severity.is_empty() => f.severity = value,
+                b'V' => f.severity = value.into(),
+                b'S' if &*f.severity == "ERROR" || f.severity.is_empty() => {
+                    f.severity = value.into()
+                }
                 b'C' => f.code = value,
                 b'M' => f.message = value,
                 b'D' => f.detail = Some(value),
                 b'H' => f.hint = Some(value),
-                _ => {}
+                b'S' => {}
+                _ => f
+                    .other
+                    .get_or_insert_with(Box::default)
+                    .0
+                    .push((field, value)),
             }
         }
         Ok(f)
@@ -328,6 +352,53 @@ mod tests {
         assert_eq!(f.tag, ERROR_RESPONSE);
         assert_eq!(ErrorFields::decode(&f.body).unwrap(), e);
         assert_eq!(error_code(&f.body).as_deref(), Some("0A000"));
+    }
+
+    /// A shard's unique violation, relayed through the fields, keeps its schema, table and
+    /// constraint (drivers map errors by them: lib/pq's `Constraint`, psycopg's `diag`).
+    #[test]
+    fn a_servers_other_fields_survive_a_round_trip() {
+        let mut b = BytesMut::new();
+        for (field, value) in [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', "23505"),
+            (
+                b'M',
+                "duplicate key value violates unique constraint \"t_pkey\"",
+            ),
+            (b'D', "Key (id)=(2) already exists."),
+            (b's', "public"),
+            (b't', "t"),
+            (b'n', "t_pkey"),
+            (b'F', "nbtinsert.c"),
+            (b'L', "664"),
+            (b'R', "_bt_check_unique"),
+        ] {
+            b.put_u8(field);
+            put_cstr(&mut b, value);
+        }
+        b.put_u8(0);
+        let e = ErrorFields::decode(&b).unwrap();
+        assert_eq!((e.code.as_str(), &*e.severity), ("23505", "ERROR"));
+        let other: Vec<(u8, &str)> = e
+            .other
+            .iter()
+            .flat_map(|o| o.0.iter())
+            .map(|(f, v)| (*f, v.as_str()))
+            .collect();
+        assert_eq!(
+            other,
+            [
+                (b's', "public"),
+                (b't', "t"),
+                (b'n', "t_pkey"),
+                (b'F', "nbtinsert.c"),
+                (b'L', "664"),
+                (b'R', "_bt_check_unique")
+            ]
+        );
+        assert_eq!(ErrorFields::decode(&e.to_frame().body).unwrap(), e);
     }
 
     #[test]

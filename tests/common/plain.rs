@@ -49,3 +49,48 @@ pub async fn placed_as_in_plain(
     assert_eq!(total, want, "{table}");
     holding
 }
+
+/// An application probe (`tests/python/probe_diff.py` on `probe`: a script of `tests/python` or
+/// a built program's path, then its known gaps as `STEP=SQLSTATE`) run through a proxy sharding `sharded` (table, key column, key type)
+/// and copying `reference` whole, and against a plain database `plain_name`; then
+/// [`ProbeRun::assert_placed`] checks where the rows went.
+pub struct ProbeRun {
+    pub proxy: pgshard::server::RunningProxy,
+    pub plain: String,
+    pub out: super::script::ScriptOutput,
+}
+
+/// Starts the proxy and the plain database, and runs `probe` through both.
+pub async fn run_probe(
+    cluster: &TestCluster,
+    sharded: &[(&str, &str, KeyType)],
+    reference: &[&str],
+    plain_name: &str,
+    probe: &[&str],
+) -> ProbeRun {
+    let tables: Vec<(&str, &str)> = sharded.iter().map(|&(t, k, _)| (t, k)).collect();
+    let proxy = proxy::start_proxy_placing(&cluster.info, &tables, reference).await;
+    let plain = plain_database(cluster, plain_name).await;
+    let out = super::script::run_script(
+        "python/probe_diff.py",
+        probe,
+        &[
+            ("PGSHARD_URL", &proxy::app_url(&proxy)),
+            ("PLAIN_URL", &plain),
+        ],
+    )
+    .await;
+    ProbeRun { proxy, plain, out }
+}
+
+impl ProbeRun {
+    /// Asserts every `sharded` table's rows sit on their owner shards, as many as in the plain
+    /// database; then stops the proxy.
+    pub async fn assert_placed(self, cluster: &TestCluster, sharded: &[(&str, &str, KeyType)]) {
+        let map = self.proxy.proxy.map.current();
+        for &(table, key, key_type) in sharded {
+            placed_as_in_plain(cluster, &map, &self.plain, table, (key, key_type)).await;
+        }
+        self.proxy.stop().await;
+    }
+}

@@ -16,6 +16,16 @@ pub async fn start_proxy(info: &ClusterInfo) -> RunningProxy {
 
 /// A proxy that also shards `tables` (name, key column; the key's type read from the catalog).
 pub async fn start_proxy_sharding(info: &ClusterInfo, tables: &[(&str, &str)]) -> RunningProxy {
+    start_proxy_placing(info, tables, &[]).await
+}
+
+/// A proxy that also shards `tables` (as `start_proxy_sharding`) and copies `reference` tables
+/// to every shard.
+pub async fn start_proxy_placing(
+    info: &ClusterInfo,
+    tables: &[(&str, &str)],
+    reference: &[&str],
+) -> RunningProxy {
     start_proxy_with(info, |c| {
         for (table, key) in tables {
             c.sharded_tables.push(pgshard::config::ShardedTableConfig {
@@ -24,6 +34,8 @@ pub async fn start_proxy_sharding(info: &ClusterInfo, tables: &[(&str, &str)]) -
                 key_type: None,
             });
         }
+        c.reference_tables
+            .extend(reference.iter().map(|name| (*name).to_string()));
     })
     .await
 }

@@ -1,4 +1,5 @@
-"""Runs one application probe (django_probe.py, sqlalchemy_probe.py or driver_probe.py) twice —
+"""Runs one application probe (django_probe.py, sqlalchemy_probe.py, driver_probe.py,
+peewee_probe.py, or a built program such as tests/drivers/libpq's, given by its path) twice —
 against one plain Postgres database (PLAIN_URL) and through pgshard (PGSHARD_URL) — and compares
 their JSON lines step by step. Usage: probe_diff.py SCRIPT [STEP=SQLSTATE …]: each STEP=SQLSTATE
 names a known gap, a step pgshard still answers with that error (its line through pgshard must
@@ -15,7 +16,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def run(script, url):
     env = dict(os.environ, PGSHARD_URL=url, PYTHONDONTWRITEBYTECODE="1")
-    out = subprocess.run([sys.executable, os.path.join(HERE, script)], env=env, capture_output=True, text=True,
+    # A Python probe of this directory, or a built program (the Go lib/pq probe) by its path.
+    command = [sys.executable, os.path.join(HERE, script)] if script.endswith(".py") else [script]
+    out = subprocess.run(command, env=env, capture_output=True, text=True,
                          timeout=600, stdin=subprocess.DEVNULL)
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     return lines, out.stderr

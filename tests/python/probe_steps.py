@@ -29,7 +29,8 @@ def plain(v):
 
 def run(steps, database_error=(), after_error=None):
     """Runs `steps` in order. A step's error is reported by its SQLSTATE (read through the
-    exception's `orig` or `__cause__` when a library wraps the driver's); exceptions that are not
+    exception's `orig`, `__cause__` or, for peewee, `__context__` when a library wraps the
+    driver's; psycopg2 names it `pgcode`); exceptions that are not
     `database_error`s print their traceback too; `after_error` runs after each failed step."""
     only = sys.argv[1:]
     for step in steps:
@@ -39,7 +40,9 @@ def run(steps, database_error=(), after_error=None):
             line = {"step": step.__name__, "result": plain(step())}
         except Exception as e:  # noqa: BLE001 - every failure is reported
             cause = getattr(e, "orig", None) or e.__cause__ or e
-            sqlstate = getattr(cause, "sqlstate", None) or getattr(e, "sqlstate", None)
+            sqlstate = (getattr(cause, "sqlstate", None) or getattr(e, "sqlstate", None)
+                        # psycopg2's errors, which peewee re-raises while handling them.
+                        or getattr(cause, "pgcode", None) or getattr(e.__context__, "pgcode", None))
             line = {"step": step.__name__, "error": sqlstate or type(e).__name__}
             print(f"{step.__name__}: {type(e).__name__}: {e}", file=sys.stderr)
             if not isinstance(e, database_error):

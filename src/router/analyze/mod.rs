@@ -32,6 +32,7 @@ pub use statement::{
 };
 pub(crate) use tables::{conjuncts, op_name};
 pub(crate) use walk::Walk;
+pub(crate) use write::is_random_uuid_call;
 
 /// Whether the common checks (session effects, every-shard rules) still apply after a family's
 /// analysis, or the facts are complete.

@@ -143,6 +143,10 @@ pub struct StatementFacts {
     /// For an INSERT into a sharded table whose column list omits the key: the number of VALUES rows
     /// that need generated ids.
     pub missing_key_rows: Option<usize>,
+    /// With `missing_key_rows`: the key column is listed, but every VALUES row gives it as
+    /// `gen_random_uuid()` (a uuid key). pgshard draws those version-4 UUIDs itself and writes
+    /// them in place of the calls, so it knows each row's shard.
+    pub random_uuid_keys: bool,
     /// Set when the proxy answers the statement itself.
     pub local: Option<LocalCommand>,
     /// The first sharded table the statement names and its shard key column, `(table, key)`, so
@@ -246,6 +250,7 @@ impl StatementFacts {
             merge: None,
             returns_no_rows: false,
             missing_key_rows: None,
+            random_uuid_keys: false,
             local: None,
             shard_key: None,
             key_type: crate::router::KeyType::Int,

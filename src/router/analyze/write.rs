@@ -97,6 +97,22 @@ pub(super) fn analyze_insert(
         facts.missing_key_rows = Some(rows.len());
         return;
     };
+    let key_items = rows.iter().map(|row| match row.node.as_ref() {
+        Some(NodeEnum::List(l)) => l.items.get(pos),
+        _ => None,
+    });
+    let uuid_key = tables.key_type_of(&rel.schemaname.to_lowercase(), &rel.relname.to_lowercase())
+        == crate::router::KeyType::Uuid;
+    if uuid_key
+        && key_items
+            .clone()
+            .all(|item| item.is_some_and(is_random_uuid_call))
+    {
+        // The keys are random: pgshard draws them, as for a key the column list leaves out.
+        facts.missing_key_rows = Some(rows.len());
+        facts.random_uuid_keys = true;
+        return;
+    }
     let mut vals = Vec::with_capacity(rows.len());
     for row in rows {
         let item = match row.node.as_ref() {
@@ -113,6 +129,23 @@ pub(super) fn analyze_insert(
         }
     }
     facts.key = KeyFacts::Values(vals);
+}
+
+/// True for a call of `gen_random_uuid()` (or `pg_catalog.gen_random_uuid()`), nothing around it.
+pub(crate) fn is_random_uuid_call(n: &pb::Node) -> bool {
+    let Some(NodeEnum::FuncCall(f)) = n.node.as_ref() else {
+        return false;
+    };
+    matches!(
+        crate::router::set_config::name_parts(f).as_slice(),
+        ["gen_random_uuid"] | ["pg_catalog", "gen_random_uuid"]
+    ) && f.args.is_empty()
+        && f.agg_order.is_empty()
+        && f.agg_filter.is_none()
+        && f.over.is_none()
+        && !f.agg_star
+        && !f.agg_distinct
+        && !f.func_variadic
 }
 
 /// The facts of an UPDATE.
@@ -226,6 +259,42 @@ pub(super) fn analyze_copy(
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
+
+    /// `gen_random_uuid()` as every row's key of a uuid-keyed table: keys pgshard draws, as for a
+    /// key left out; anywhere else, or for a key of another type, the key stays unknown.
+    #[test]
+    fn random_uuid_keys() {
+        let cfg = ShardedTableConfig {
+            name: "events".into(),
+            key: "id".into(),
+            key_type: Some(crate::router::KeyType::Uuid),
+        };
+        let uuid_tables = ShardedTables::new(&[cfg]);
+        let on = |sql: &str| analyze(sql, &uuid_tables).remove(0);
+        for (sql, rows) in [
+            ("insert into events (id, kind) values (gen_random_uuid(), $1) returning id", 1),
+            ("insert into events (kind, ID) values ('a', pg_catalog.gen_random_uuid()), ('b', gen_random_uuid())", 2),
+        ] {
+            let f = on(sql);
+            assert_eq!((f.missing_key_rows, f.random_uuid_keys), (Some(rows), true), "{sql}");
+        }
+        for sql in [
+            "insert into events (id, kind) values (gen_random_uuid(), 'a'), ($1, 'b')",
+            "insert into events (id, kind) values (gen_random_uuid()::text::uuid, 'a')",
+            "insert into events (id, kind) values (my.gen_random_uuid(), 'a')",
+            "insert into events (id, kind) values ($1, gen_random_uuid()::text)",
+        ] {
+            let f = on(sql);
+            assert_eq!(
+                (f.missing_key_rows, f.random_uuid_keys),
+                (None, false),
+                "{sql}"
+            );
+        }
+        // An integer key given as gen_random_uuid() fails on the shard, as in Postgres.
+        let f = one("insert into users (user_id) values (gen_random_uuid())");
+        assert_eq!((f.missing_key_rows, f.key), (None, KeyFacts::Unknown));
+    }
 
     #[test]
     fn inserts() {
