@@ -44,7 +44,7 @@ impl Session {
             &proxy.config,
             &proxy.server_tls,
             &tables.names(),
-            &tables.tenant_schemas(),
+            &proxy.router.tenant_schemas(),
         )
         .await;
         proxy.router.set_shadows(shadows);

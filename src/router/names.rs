@@ -421,13 +421,6 @@ impl ShardedTables {
         self.tenants.get(&schema.to_lowercase()).copied()
     }
 
-    /// The tenant schemas, whose relations are read from the catalogs as [`Shadows`].
-    pub fn tenant_schemas(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.tenants.keys().cloned().collect();
-        s.sort();
-        s
-    }
-
     /// The first schema of the session's path.
     pub fn path_first(&self) -> Option<&str> {
         self.path.first()
@@ -546,7 +539,7 @@ fn changes_path(f: &super::StatementFacts, mentions_path: bool) -> bool {
     use super::StatementKind as K;
     match &f.kind {
         K::Set { name, .. } => name == "search_path",
-        K::ResetAll | K::Discard => true,
+        K::ResetAll | K::Discard { all: true } => true,
         K::SetLocal => mentions_path,
         _ => matches!(&f.set_config, Some(Ok((name, _))) if name == "search_path"),
     }
@@ -619,6 +612,20 @@ impl super::Router {
             *current = Arc::new(tenants);
             self.cache.clear();
         }
+    }
+
+    /// The tenant schemas the router places now (configured ones and those of the shard map it
+    /// follows, new tenants included), sorted: every relation in them is read from the catalogs
+    /// as [`Shadows`].
+    pub fn tenant_schemas(&self) -> Vec<String> {
+        let tenants = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut s: Vec<String> = tenants.keys().cloned().collect();
+        s.sort();
+        s
     }
 
     /// Replaces what the shards' catalogs hold under the configured names (read at start-up and
