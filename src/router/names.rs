@@ -534,6 +534,12 @@ pub const NAMES_AFTER_PATH_CHANGE: &str = "a statement naming tables after a cha
 /// SET LOCAL only when it is sent alone.
 pub const SET_LOCAL_NOT_ALONE: &str = "SET LOCAL search_path together with other statements in one query string (send it on its own so pgshard can follow it)";
 
+/// True when the statement of text `sql` may change the session's search_path (SET, RESET ALL,
+/// DISCARD ALL, `set_config`, a SET LOCAL of it).
+pub fn changes_search_path(f: &super::StatementFacts, sql: &str) -> bool {
+    changes_path(f, sql.to_ascii_lowercase().contains("search_path"))
+}
+
 /// True when the statement may change the session's search_path.
 fn changes_path(f: &super::StatementFacts, mentions_path: bool) -> bool {
     use super::StatementKind as K;

@@ -153,6 +153,31 @@ def discards_and_prepared_statements():
     return out
 
 
+def pipeline_path_change():
+    """A tenant switched inside a psycopg pipeline (one Sync): pgshard refuses the statements
+    after the SET (0A000, a known gap) instead of preparing them under the previous path."""
+    with connect(autocommit=True) as c:
+        try:
+            with c.pipeline():
+                c.execute("SET search_path TO tenant_globex, public")
+                cur = c.execute("SELECT count(*) FROM orders WHERE plan_id = %s", (2,))
+            return cur.fetchone()
+        finally:
+            c.execute("RESET search_path")
+
+
+def pipeline_path_kept():
+    """A pipeline whose SET leaves every name it uses where it was runs as in Postgres."""
+    with connect(autocommit=True) as c:
+        with c.pipeline():
+            c.execute("SET search_path TO public")
+            first = c.execute("SELECT count(*) FROM tp_plan WHERE id > %s", (0,))
+            c.execute("SET search_path TO tenant_acme, public")
+        out = [first.fetchone(), c.execute("SELECT count(*) FROM orders").fetchone()]
+        c.execute("RESET search_path")
+        return out
+
+
 def set_config_path():
     out = []
     with connect(autocommit=True) as c:
@@ -473,7 +498,7 @@ def tenant_utility_statements():
 
 
 steps = [setup, tenant_switching, prepared_after_path_change, schema_qualified, set_local_in_block, reset_by_pools,
-         discards_and_prepared_statements,
+         discards_and_prepared_statements, pipeline_path_change, pipeline_path_kept,
          set_config_path, join_reference, information_schema_per_tenant, django_table_list, sqlalchemy_inspect,
          migration_add_column, asyncpg_startup_path, asyncpg_pool_tenants, uuid_keys_text_and_binary,
          asyncpg_uuid_text_keys, keyless_order_by_uuid_and_text, asyncpg_keyless_order, generated_uuid_keys,
