@@ -219,12 +219,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningProxy> {
         None => Router::from_config(&config),
     };
     if config.compat.is_none() {
+        // Tenants the catalog places (new tenants by `[tenants]` among them) hold relations too.
+        router.follow_tenants(&catalog.map.current());
         router.set_shadows(
             crate::backend::shadows::read(
                 &config,
                 &server_tls,
                 &router.tables().names(),
-                &router.tables().tenant_schemas(),
+                &router.tenant_schemas(),
             )
             .await,
         );

@@ -13,11 +13,12 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::placement::owned_rows;
+use common::plain::plain_database;
 use common::proxy::{self, connect_url};
 use common::script::run_script;
 use common::TestCluster;
 use futures_util::{pin_mut, SinkExt};
-use pgshard::config::schemas::ShardedSchemaConfig;
+use pgshard::config::schemas::{ShardedSchemaConfig, TenantsConfig};
 use pgshard::config::ShardedTableConfig;
 use pgshard::router::{KeyType, ShardKey, ShardMap, Strategy};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -457,11 +458,8 @@ async fn psycopg_checks(
     assert!(out.stdout.contains("schemas passed"), "{}", out.stdout);
 }
 
-/// Schema-based sharding: each tenant schema is created through pgshard on its own shard, and
-/// its statements (qualified, or under a search_path that starts with it) run there whole;
-/// statements needing two tenants on different shards are refused (a tenant with a sharded
-/// table is refused too: see `router::schemas`' table test).
-async fn tenant_schemas(cluster: &TestCluster, c: &Client, tenants: &[(&str, u32)]) {
+/// Lets the application role create schemas (tenants) on every shard.
+async fn grant_create_schema(cluster: &TestCluster) {
     for id in cluster.info.shard_ids() {
         let direct = proxy::shard(&cluster.info, id).await;
         direct
@@ -469,6 +467,14 @@ async fn tenant_schemas(cluster: &TestCluster, c: &Client, tenants: &[(&str, u32
             .await
             .unwrap();
     }
+}
+
+/// Schema-based sharding: each tenant schema is created through pgshard on its own shard, and
+/// its statements (qualified, or under a search_path that starts with it) run there whole;
+/// statements needing two tenants on different shards are refused (a tenant with a sharded
+/// table is refused too: see `router::schemas`' table test).
+async fn tenant_schemas(cluster: &TestCluster, c: &Client, tenants: &[(&str, u32)]) {
+    grant_create_schema(cluster).await;
     c.batch_execute("RESET search_path").await.unwrap();
     for &(tenant, _) in tenants {
         c.batch_execute(&format!("CREATE SCHEMA {tenant}"))
@@ -562,4 +568,87 @@ async fn tenant_schemas(cluster: &TestCluster, c: &Client, tenants: &[(&str, u32
         let msg = e.as_db_error().map(|d| d.message()).unwrap_or_default();
         assert!(msg.contains("tenant_a"), "{msg}");
     }
+}
+
+/// The steps of `tests/python/tenant_probe.py`, in order.
+const TENANT_PROBE_STEPS: usize = 28;
+
+/// A schema-per-tenant application (`tests/python/tenant_probe.py`, psycopg 3 and asyncpg with
+/// their defaults, SQLAlchemy's inspector) through pgshard and against one plain Postgres
+/// database, step by step: tenants created by `CREATE SCHEMA tenant_…` under `[tenants]` and
+/// migrated one by one under their search_path (CREATE TABLE, then CREATE INDEX and a foreign key
+/// naming the new table: refused before pgshard read a new tenant's relations), the tenant
+/// switched per request (SET, SET LOCAL in blocks, prepared statements, asyncpg's startup
+/// `search_path` and its pool), `RESET ALL` / `DISCARD ALL` / `DISCARD PLANS` from pools (a
+/// `DISCARD ALL` left the proxy believing the connection still held its prepared statements:
+/// 26000 for the next client), the catalog queries ORMs run per tenant (Django's table list under
+/// the tenant's path, SQLAlchemy's inspector and information_schema naming the tenant, whether a
+/// tenant exists, `current_schema()`: all read the first shard's catalogs before), sequences and
+/// `::regclass` of the current tenant, COPY under the tenant's path, a block over three tenants
+/// (committed, and rolled back on a duplicate key), a `SET search_path` undone by ROLLBACK and by
+/// ROLLBACK TO SAVEPOINT (pgshard kept routing to the undone tenant), GRANT / ALTER DEFAULT
+/// PRIVILEGES / COMMENT on a tenant schema, ALTER TABLE … RENAME, CREATE SEQUENCE and CREATE
+/// FUNCTION under the tenant's path (all ran on the first shard: 3F000 / 42P01), and uuid and
+/// text keys in text and binary parameters, arrays, upserts and keyless merges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_application_answers_as_one_postgres() {
+    let cluster = TestCluster::start(3, Strategy::Hash).await;
+    grant_create_schema(&cluster).await;
+    let running = proxy::start_proxy_with(&cluster.info, |config| {
+        config.sharded_tables.extend([
+            ShardedTableConfig {
+                name: "tp_account".into(),
+                key: "id".into(),
+                key_type: Some(KeyType::Uuid),
+            },
+            ShardedTableConfig {
+                name: "tp_doc".into(),
+                key: "slug".into(),
+                key_type: Some(KeyType::Text),
+            },
+        ]);
+        config.reference_tables = vec!["tp_plan".into()];
+        config.tenants = Some(TenantsConfig {
+            schema_prefix: "tenant_".into(),
+        });
+    })
+    .await;
+    let plain = plain_database(&cluster, "plain_tenants").await;
+    let out = run_script(
+        "python/probe_diff.py",
+        &["tenant_probe.py", "pipeline_path_change=0A000"],
+        &[
+            ("PGSHARD_URL", &proxy::app_url(&running)),
+            ("PLAIN_URL", &plain),
+        ],
+    )
+    .await;
+    let lines = out.lines();
+    assert_eq!(
+        lines.len(),
+        TENANT_PROBE_STEPS,
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    // A tenant switched inside a pipeline is refused (before: the statements after the SET were
+    // prepared under the previous path, on its shard: 42P01, or another table's rows).
+    for line in &lines {
+        let known = *line == "known pipeline_path_change";
+        assert!(known || line.starts_with("same "), "{line}\n{}", out.stderr);
+    }
+    // The four tenants were spread over every shard, each schema on its shard only.
+    let mut holding = BTreeMap::new();
+    for id in cluster.info.shard_ids() {
+        let direct = proxy::shard(&cluster.info, id).await;
+        let n = count(
+            &direct,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\\_%'",
+        )
+        .await;
+        holding.insert(id, n);
+    }
+    assert_eq!(holding.values().sum::<i64>(), 4, "{holding:?}");
+    assert!(holding.values().all(|&n| n > 0), "{holding:?}");
+    running.stop().await;
 }

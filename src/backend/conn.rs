@@ -548,6 +548,17 @@ impl ServerConn {
         }
     }
 
+    /// After a request ran here, before the connection goes back to the pool: a client's
+    /// `DISCARD ALL` (its command tag) deallocated every prepared statement on the server and
+    /// reset its settings, so neither is known to be there any more (otherwise the next client
+    /// would Bind statements that no longer exist: 26000).
+    pub fn after_tags(&mut self, tags: &[String]) {
+        if tags.iter().any(|t| t == "DISCARD ALL") {
+            self.prepared.clear();
+            self.settings_unknown = true;
+        }
+    }
+
     /// True when the connection may be handed to another client as it is.
     pub fn reusable(&self) -> bool {
         self.synced && self.status == TxStatus::Idle

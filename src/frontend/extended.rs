@@ -558,6 +558,12 @@ impl Session {
                     ));
                 }
                 let facts = self.analyze_parsed(&parse.query);
+                if self.names_after_path_change(&parse.query, &facts) {
+                    return Err(Refusal::unsupported(
+                        super::search_path::NAMES_AFTER_PATH_CHANGE_IN_BATCH,
+                    )
+                    .into());
+                }
                 if facts.len() > 1 {
                     return Err(ErrorFields::error(
                         "42601",

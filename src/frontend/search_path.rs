@@ -8,7 +8,52 @@ use super::session::Session;
 use crate::router::names::SearchPath;
 use crate::session::Prepared;
 
+/// Why a Parse naming tables after a Parse that changes the search_path in the same extended
+/// batch (a pipeline) is refused.
+pub const NAMES_AFTER_PATH_CHANGE_IN_BATCH: &str = "a statement naming tables after a change of search_path in the same pipeline (send Sync after the change: pgshard resolves table names before the batch runs)";
+
 impl Session {
+    /// For a Parse of `sql` (analysed as `facts`) in the batch being served: true when an earlier
+    /// Parse of the batch changes the search_path so that `sql` would name other tables than
+    /// the analysis (under the path before the change) found. Its Parse would also be prepared
+    /// on a shard whose server has not run the change yet (psycopg's pipeline: `SET search_path
+    /// TO tenant_b, public`, then `SELECT … FROM orders`: 42P01, or the rows of the table the
+    /// old path names). A change whose new path cannot be told refuses every table name.
+    pub fn names_after_path_change(
+        &self,
+        sql: &str,
+        facts: &[crate::router::StatementFacts],
+    ) -> bool {
+        let names_tables = facts
+            .iter()
+            .any(|f| f.sharded || f.reference || f.unsharded || f.schema_shard.is_some());
+        if !names_tables || self.batch_parses.is_empty() {
+            return false;
+        }
+        let role = &self.server_login.role;
+        self.batch_parses.iter().any(|(_, p)| {
+            p.facts.iter().any(|f| {
+                if !crate::router::names::changes_search_path(f, &p.sql) {
+                    return false;
+                }
+                let new_path = match &f.kind {
+                    crate::router::StatementKind::Set { value: Some(v), .. } => {
+                        SearchPath::from_setting(v, role)
+                    }
+                    crate::router::StatementKind::SetLocal => {
+                        crate::session::search_path::local_search_path(&p.sql)
+                            .and_then(|v| SearchPath::from_setting(&v, role))
+                    }
+                    _ => None,
+                };
+                match new_path {
+                    Some(path) => self.proxy.router.analyze_prepared_in(sql, &path)[..] != *facts,
+                    None => true,
+                }
+            })
+        })
+    }
+
     /// The search_path the client's next statement runs under.
     pub fn search_path(&self) -> Arc<SearchPath> {
         self.state.search_path(&self.server_login.role)
@@ -44,7 +89,7 @@ impl Session {
             &proxy.config,
             &proxy.server_tls,
             &tables.names(),
-            &tables.tenant_schemas(),
+            &proxy.router.tenant_schemas(),
         )
         .await;
         proxy.router.set_shadows(shadows);

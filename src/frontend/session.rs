@@ -1018,6 +1018,9 @@ impl Session {
         set_active(&self.cancel, Vec::new());
         match result {
             Ok(outcome) => {
+                if let Some(conn) = self.held.get_mut(&shard) {
+                    conn.after_tags(&outcome.tags);
+                }
                 self.state.open_batch_shard = open_shard_after(ending, shard);
                 if self.state.open_batch_shard.is_none() {
                     self.track_transaction(shard, &outcome);

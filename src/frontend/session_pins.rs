@@ -159,7 +159,7 @@ impl Pins {
 
 /// True for statements that may drop what pins a connection: DDL (DROP TABLE), DISCARD, CLOSE.
 fn may_end_state(f: &StatementFacts) -> bool {
-    matches!(f.kind, StatementKind::Ddl | StatementKind::Discard)
+    matches!(f.kind, StatementKind::Ddl | StatementKind::Discard { .. })
         || matches!(f.cursor, Some(CursorOp::Close { .. }))
 }
 

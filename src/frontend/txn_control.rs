@@ -336,8 +336,15 @@ impl Session {
                         txn.refused = false;
                     }
                     txn.record_savepoint(&op);
+                    let before = txn.savepoint_settings(&op, &self.state.settings);
                     self.notify.pending.savepoint(&op);
                     self.state.cursors.savepoint(&op);
+                    if let Some(before) = before {
+                        // The servers undid the SETs made since: a connection that ran one
+                        // still lists it as applied, so the next statement sets the setting
+                        // back there (to what the server holds again).
+                        self.state.settings = before;
+                    }
                 }
             }
             StatementKind::SetLocal => txn.record_setting(sql),

@@ -197,16 +197,19 @@ pub fn statement_route(
             let (text, route) = keyed_insert(st.sql, keys, cx.map, key, st.facts.random_uuid_keys)?;
             (route, Some(text))
         }
-        (None, _) => (
-            cx.router.route_hinted(
-                st.facts,
-                state.route_hints.current(),
-                st.params,
-                cx.map,
-                cx.first_shard,
+        (None, _) => match catalog_in_block(cx, state, st) {
+            Some(shard) => (Route::Single(shard), None),
+            None => (
+                cx.router.route_hinted(
+                    st.facts,
+                    state.route_hints.current(),
+                    st.params,
+                    cx.map,
+                    cx.first_shard,
+                ),
+                None,
             ),
-            None,
-        ),
+        },
     };
     let mut cursor = None;
     if st.facts.cursor.is_some() {
@@ -221,6 +224,24 @@ pub fn statement_route(
         rewritten,
         cursor,
     })
+}
+
+/// A catalog query of a tenant deployment inside a block that reached one shard, naming no
+/// tenant in its values: that shard, whose catalogs the block has been reading (SQLAlchemy's
+/// inspector looks a tenant's table up by schema name, then its constraints by the table's OID,
+/// in one transaction; the OID means nothing on another shard).
+fn catalog_in_block(cx: &Context, state: &SessionState, st: &Statement) -> Option<u32> {
+    st.facts.catalog_params.as_ref()?;
+    if state.route_hints.current().is_some() {
+        return None;
+    }
+    let [shard] = state.txn.as_ref()?.participants.as_slice() else {
+        return None;
+    };
+    match cx.router.tenant_asked_about(st.facts, st.params, cx.map) {
+        Some(_) => None,
+        None => Some(*shard),
+    }
 }
 
 /// True when a Bind of `facts` needs generated keys reserved before it can be routed: an INSERT
@@ -362,6 +383,56 @@ mod tests {
         Text,
         /// Parse/Bind/Execute, values in binary format.
         Binary,
+    }
+
+    /// A tenant deployment's catalog query: where the tenant its value names lives; else, inside a
+    /// block on one shard, there (the OIDs the block's earlier catalog reads found are that
+    /// shard's); else where catalogs are read.
+    #[test]
+    fn catalog_queries_follow_the_tenant_named_then_the_block() {
+        let tenants = [crate::config::schemas::ShardedSchemaConfig {
+            name: "tenant_a".into(),
+            shard: 3,
+        }];
+        let w = World {
+            router: Router::new(&[], 100).with_schemas(&tenants),
+            ..World::new()
+        };
+        let fallback = || FALLBACK;
+        let cx = w.cx(true, &fallback);
+        let route = |sql: &str, state: &SessionState| {
+            let (facts, literals) = w.router.analyze_simple(sql);
+            let params = LiteralParams(&literals);
+            let st = Statement {
+                sql,
+                facts: &facts[0],
+                params: &params,
+                looked_up: None,
+                keys: None,
+            };
+            statement_route(&st, state, &cx, None, &[])
+                .expect("routed")
+                .route
+        };
+        let by_oid = "SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid IN (16510)";
+        let by_name = "SELECT oid FROM pg_class WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'tenant_a')";
+        let idle = SessionState::default();
+        let cases = [
+            (by_oid, &idle, Route::Single(1)),
+            (by_oid, &in_block(&[2]), Route::Single(2)),
+            (by_oid, &in_block(&[2, 3]), Route::Single(1)),
+            (by_name, &idle, Route::Single(3)),
+            (by_name, &in_block(&[2]), Route::Single(3)),
+            // Not a catalog query: an unsharded table stays on the first shard.
+            (
+                "SELECT count(*) FROM users",
+                &in_block(&[2]),
+                Route::Single(1),
+            ),
+        ];
+        for (sql, state, want) in cases {
+            assert_eq!(route(sql, state), want, "{sql}");
+        }
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub fn session_hint_applies(facts: &super::StatementFacts) -> bool {
                 | K::SetLocal
                 | K::ResetAll
                 | K::Show { .. }
-                | K::Discard
+                | K::Discard { .. }
         )
 }
 

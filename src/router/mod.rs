@@ -399,6 +399,9 @@ impl Router {
         if let Some(why) = &facts.refuse {
             return Route::Refuse(why.route_text());
         }
+        if let Some(shard) = self.tenant_asked_about(facts, params, map) {
+            return Route::Single(shard);
+        }
         if let Some(shard) = facts.schema_shard {
             return match schemas::route(facts, shard, map) {
                 Ok(shard) => Route::Single(shard),

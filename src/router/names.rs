@@ -421,13 +421,6 @@ impl ShardedTables {
         self.tenants.get(&schema.to_lowercase()).copied()
     }
 
-    /// The tenant schemas, whose relations are read from the catalogs as [`Shadows`].
-    pub fn tenant_schemas(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.tenants.keys().cloned().collect();
-        s.sort();
-        s
-    }
-
     /// The first schema of the session's path.
     pub fn path_first(&self) -> Option<&str> {
         self.path.first()
@@ -541,12 +534,18 @@ pub const NAMES_AFTER_PATH_CHANGE: &str = "a statement naming tables after a cha
 /// SET LOCAL only when it is sent alone.
 pub const SET_LOCAL_NOT_ALONE: &str = "SET LOCAL search_path together with other statements in one query string (send it on its own so pgshard can follow it)";
 
+/// True when the statement of text `sql` may change the session's search_path (SET, RESET ALL,
+/// DISCARD ALL, `set_config`, a SET LOCAL of it).
+pub fn changes_search_path(f: &super::StatementFacts, sql: &str) -> bool {
+    changes_path(f, sql.to_ascii_lowercase().contains("search_path"))
+}
+
 /// True when the statement may change the session's search_path.
 fn changes_path(f: &super::StatementFacts, mentions_path: bool) -> bool {
     use super::StatementKind as K;
     match &f.kind {
         K::Set { name, .. } => name == "search_path",
-        K::ResetAll | K::Discard => true,
+        K::ResetAll | K::Discard { all: true } => true,
         K::SetLocal => mentions_path,
         _ => matches!(&f.set_config, Some(Ok((name, _))) if name == "search_path"),
     }
@@ -619,6 +618,20 @@ impl super::Router {
             *current = Arc::new(tenants);
             self.cache.clear();
         }
+    }
+
+    /// The tenant schemas the router places now (configured ones and those of the shard map it
+    /// follows, new tenants included), sorted: every relation in them is read from the catalogs
+    /// as [`Shadows`].
+    pub fn tenant_schemas(&self) -> Vec<String> {
+        let tenants = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut s: Vec<String> = tenants.keys().cloned().collect();
+        s.sort();
+        s
     }
 
     /// Replaces what the shards' catalogs hold under the configured names (read at start-up and

@@ -25,6 +25,21 @@ fn is_system(schema: &str) -> bool {
     schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_")
 }
 
+/// Where [`placement`] puts a statement.
+#[derive(Debug, PartialEq)]
+enum Placement {
+    /// It names no tenant: routed as if there were none.
+    Elsewhere,
+    /// It reads only the system catalogs and reference tables (or no relation at all): it
+    /// answers about the tenant it
+    /// names in a value, else about the session's current tenant (first on the path), so it runs
+    /// on that tenant's shard — where its relations are visible (`pg_table_is_visible`,
+    /// `current_schema()`, `information_schema` of the tenant).
+    Catalog,
+    /// It names these tenants, all on this shard.
+    Tenants(u32, Vec<String>),
+}
+
 /// Marks each statement of `sql` that names a tenant schema with its shard, or refuses it.
 pub fn place(sql: &str, tables: &ShardedTables, facts: &mut [StatementFacts]) {
     if !tables.has_tenants() {
@@ -47,9 +62,25 @@ pub fn place(sql: &str, tables: &ShardedTables, facts: &mut [StatementFacts]) {
             continue;
         }
         match (placement(stmt, tables), &f.refuse) {
-            (Ok(Some((shard, tenants))), None) => {
+            (Ok(Placement::Tenants(shard, tenants)), None) => {
                 f.schema_shard = Some(shard);
                 f.tenants = tenants;
+            }
+            // A routing hint of its own says where it runs.
+            (Ok(Placement::Catalog), None) if f.hint.is_none() && asks_about_schemas(stmt, f) => {
+                if let Some((tenant, shard)) = tenant_in_constants(stmt, tables) {
+                    // Written in the statement (pgjdbc's DatabaseMetaData, a prepared text).
+                    f.schema_shard = Some(shard);
+                    f.tenants = vec![tenant];
+                    continue;
+                }
+                f.catalog_params = Some(params_of(stmt));
+                if let Some(first) = tables.path_first() {
+                    if let Some(shard) = tables.tenant_shard(first) {
+                        f.schema_shard = Some(shard);
+                        f.tenants = vec![first.to_lowercase()];
+                    }
+                }
             }
             (Err(why), None) => f.refuse = Some(Refused::TenantSchema(why)),
             // Refused already (a tenant's table joined with a sharded one reads as a join with
@@ -87,6 +118,64 @@ pub fn created_schemas(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a statement [`placement`] found reading only catalogs (or nothing) is one that asks
+/// about the session's schemas: a SELECT that names a catalog relation, or names none and changes
+/// nothing the session must keep where it is (settings, advisory locks).
+fn asks_about_schemas(stmt: &NodeEnum, f: &StatementFacts) -> bool {
+    f.kind == super::StatementKind::Select
+        && f.pin.is_none()
+        && f.set_config.is_none()
+        && f.set_config_bound.is_none()
+        && !f.is_write
+        && !f.locks_rows
+        && matches!(stmt, NodeEnum::SelectStmt(_))
+}
+
+/// The first string constant of the statement that names a tenant (a LIKE pattern's escaped
+/// `\_` read as `_`), with its shard.
+fn tenant_in_constants(stmt: &NodeEnum, tables: &ShardedTables) -> Option<(String, u32)> {
+    stmt.nodes().into_iter().find_map(|(node, ..)| {
+        let NodeRef::AConst(c) = node else {
+            return None;
+        };
+        let Some(pg_query::protobuf::a_const::Val::Sval(s)) = c.val.as_ref() else {
+            return None;
+        };
+        let name = schema_in_value(&s.sval);
+        tables
+            .tenant_shard(&name)
+            .map(|shard| (name.to_lowercase(), shard))
+    })
+}
+
+/// The schema a catalog query's string value may name: the value itself, a LIKE pattern of it
+/// (`tenant\_a`), or the schema of a qualified name (`'tenant_a.orders'` for
+/// `pg_total_relation_size`, `has_table_privilege`, `::regclass`; quoted or not).
+fn schema_in_value(value: &str) -> String {
+    let text = value.replace('\\', "");
+    text.split('.')
+        .next()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string()
+}
+
+/// The parameters (`$n`) a statement reads: a catalog query's schema name usually comes as one
+/// (the simple protocol's literals become parameters too).
+fn params_of(stmt: &NodeEnum) -> Vec<usize> {
+    let mut params: Vec<usize> = stmt
+        .nodes()
+        .into_iter()
+        .filter_map(|(node, ..)| match node {
+            NodeRef::ParamRef(p) => usize::try_from(p.number).ok().filter(|&n| n > 0),
+            _ => None,
+        })
+        .collect();
+    params.sort_unstable();
+    params.dedup();
+    params
+}
+
 /// Whether the statement holds a subquery or CTE (which pgshard may run first).
 fn has_subquery(stmt: &NodeEnum) -> bool {
     stmt.nodes().into_iter().any(|(node, ..)| {
@@ -106,18 +195,21 @@ pub fn refusal(f: &StatementFacts) -> Option<&str> {
     }
 }
 
-/// The shard of the tenants a statement names (and those tenants), `None` when it names none, or
-/// why it cannot run on one shard.
-fn placement(
-    stmt: &NodeEnum,
-    tables: &ShardedTables,
-) -> Result<Option<(u32, Vec<String>)>, String> {
+/// The shard of the tenants a statement names (and those tenants), whether it reads only the
+/// catalogs, or why it cannot run on one shard.
+fn placement(stmt: &NodeEnum, tables: &ShardedTables) -> Result<Placement, String> {
     let mut ctes = HashSet::new();
     let mut named: Vec<Named> = Vec::new();
+    // Catalogs or reference tables named: relations every shard holds.
+    let mut catalogs = false;
+    // The relation a CREATE TABLE / VIEW / TABLE AS / MATERIALIZED VIEW makes.
     let created = match stmt {
-        NodeEnum::CreateStmt(c) => c.relation.as_ref().map(|r| r.relname.to_lowercase()),
+        NodeEnum::CreateStmt(c) => c.relation.as_ref(),
+        NodeEnum::ViewStmt(v) => v.view.as_ref(),
+        NodeEnum::CreateTableAsStmt(c) => c.into.as_ref().and_then(|i| i.rel.as_ref()),
         _ => None,
-    };
+    }
+    .map(|r| r.relname.to_lowercase());
     for (node, _depth, _context, _) in stmt.nodes() {
         match node {
             NodeRef::CommonTableExpr(c) => {
@@ -135,6 +227,7 @@ fn placement(
             _ => {}
         }
     }
+    named.extend(schemas_named_by_utility(stmt, tables)?);
     if let NodeEnum::DropStmt(d) = stmt {
         if d.remove_type == pg_query::protobuf::ObjectType::ObjectSchema as i32 {
             for o in &d.objects {
@@ -149,7 +242,18 @@ fn placement(
             continue;
         };
         let (schema, name) = (rv.schemaname.to_lowercase(), rv.relname.to_lowercase());
-        if (schema.is_empty() && ctes.contains(&name)) || tables.is_reference(&schema, &name) {
+        if schema.is_empty() && ctes.contains(&name) {
+            continue;
+        }
+        if tables.is_reference(&schema, &name) {
+            // On every shard: read where the statement's other relations are.
+            catalogs = true;
+            continue;
+        }
+        if schema.is_empty() && name.starts_with("pg_") && tables.resolve_known("", &name).is_none()
+        {
+            // pg_catalog comes first on every path unless the path names it later.
+            named.push(Named::Schema("pg_catalog".into()));
             continue;
         }
         if schema.is_empty() && created.as_deref() == Some(name.as_str()) {
@@ -169,7 +273,7 @@ fn placement(
                 Some(shard) => {
                     tenants.insert(s, shard);
                 }
-                None if is_system(&s) => {}
+                None if is_system(&s) => catalogs = true,
                 None => others.push(s),
             },
             Named::Unknown { name, tenant } => {
@@ -180,7 +284,12 @@ fn placement(
         }
     }
     let Some((first_tenant, &shard)) = tenants.iter().next() else {
-        return Ok(None);
+        let only_catalogs = others.is_empty() && (catalogs || !has_relations(stmt));
+        return Ok(if only_catalogs {
+            Placement::Catalog
+        } else {
+            Placement::Elsewhere
+        });
     };
     if let Some((other, other_shard)) = tenants.iter().find(|(_, &s)| s != shard) {
         return Err(format!(
@@ -192,7 +301,118 @@ fn placement(
             "statement names tenant schema {first_tenant} (shard {shard}) together with tables outside it, which do not live on that shard alone"
         ));
     }
-    Ok(Some((shard, tenants.into_keys().collect())))
+    Ok(Placement::Tenants(shard, tenants.into_keys().collect()))
+}
+
+/// The schemas a utility statement names outside the table names the node walk finds: GRANT …
+/// ON SCHEMA / ON ALL … IN SCHEMA, ALTER DEFAULT PRIVILEGES IN SCHEMA, COMMENT ON SCHEMA, the
+/// table an ALTER … RENAME names, the schema CREATE SEQUENCE and CREATE FUNCTION create in (the
+/// first of the path when unqualified). Renaming a tenant schema is refused: placements are by
+/// name.
+fn schemas_named_by_utility(stmt: &NodeEnum, tables: &ShardedTables) -> Result<Vec<Named>, String> {
+    use pg_query::protobuf::{GrantTargetType, ObjectType};
+    let string = |n: &pg_query::protobuf::Node| match n.node.as_ref() {
+        Some(NodeEnum::String(s)) => Some(s.sval.to_lowercase()),
+        _ => None,
+    };
+    let schema = ObjectType::ObjectSchema as i32;
+    let in_path_first = || tables.path_first().map(|s| Named::Schema(s.to_lowercase()));
+    let mut named = Vec::new();
+    match stmt {
+        NodeEnum::RenameStmt(r) => {
+            if r.rename_type == schema && tables.tenant_shard(&r.subname).is_some() {
+                return Err(format!(
+                    "schema {} is a tenant, placed on its shard by name: it cannot be renamed",
+                    r.subname.to_lowercase()
+                ));
+            }
+            if let Some(rv) = &r.relation {
+                named.push(tables.resolve_for_tenants(
+                    &rv.schemaname.to_lowercase(),
+                    &rv.relname.to_lowercase(),
+                ));
+            }
+        }
+        NodeEnum::CreateSeqStmt(c) => match &c.sequence {
+            Some(rv) if !rv.schemaname.is_empty() => {
+                named.push(Named::Schema(rv.schemaname.to_lowercase()))
+            }
+            Some(_) => named.extend(in_path_first()),
+            None => {}
+        },
+        NodeEnum::CreateFunctionStmt(c) => match c.funcname.as_slice() {
+            [one] if string(one).is_some() => named.extend(in_path_first()),
+            [s, _] => named.extend(string(s).map(Named::Schema)),
+            _ => {}
+        },
+        NodeEnum::GrantStmt(g)
+            if g.objtype == schema
+                || g.targtype == GrantTargetType::AclTargetAllInSchema as i32 =>
+        {
+            named.extend(g.objects.iter().filter_map(string).map(Named::Schema))
+        }
+        NodeEnum::AlterDefaultPrivilegesStmt(a) => {
+            for option in &a.options {
+                let Some(NodeEnum::DefElem(d)) = option.node.as_ref() else {
+                    continue;
+                };
+                if d.defname != "schemas" {
+                    continue;
+                }
+                if let Some(NodeEnum::List(l)) = d.arg.as_deref().and_then(|n| n.node.as_ref()) {
+                    named.extend(l.items.iter().filter_map(string).map(Named::Schema));
+                }
+            }
+        }
+        NodeEnum::CommentStmt(c) if c.objtype == schema => {
+            named.extend(c.object.as_deref().and_then(string).map(Named::Schema))
+        }
+        NodeEnum::DropStmt(d) => {
+            let relations = [
+                ObjectType::ObjectTable,
+                ObjectType::ObjectView,
+                ObjectType::ObjectMatview,
+                ObjectType::ObjectSequence,
+                ObjectType::ObjectForeignTable,
+            ]
+            .map(|t| t as i32);
+            let routines = [
+                ObjectType::ObjectFunction,
+                ObjectType::ObjectProcedure,
+                ObjectType::ObjectRoutine,
+            ]
+            .map(|t| t as i32);
+            for object in &d.objects {
+                let parts: Vec<String> = match object.node.as_ref() {
+                    Some(NodeEnum::List(l)) if relations.contains(&d.remove_type) => {
+                        l.items.iter().filter_map(string).collect()
+                    }
+                    Some(NodeEnum::ObjectWithArgs(o)) if routines.contains(&d.remove_type) => {
+                        o.objname.iter().filter_map(string).collect()
+                    }
+                    _ => continue,
+                };
+                match parts.as_slice() {
+                    // A table the node walk does not see (DROP names are not RangeVars).
+                    [name] if relations.contains(&d.remove_type) => {
+                        named.push(tables.resolve_for_tenants("", name))
+                    }
+                    [_] => named.extend(in_path_first()),
+                    [schema, _] => named.push(Named::Schema(schema.clone())),
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(named)
+}
+
+/// Whether the statement names any relation (a CTE's name included).
+fn has_relations(stmt: &NodeEnum) -> bool {
+    stmt.nodes()
+        .into_iter()
+        .any(|(node, ..)| matches!(node, NodeRef::RangeVar(_) | NodeRef::RangeFunction(_)))
 }
 
 /// Where a statement naming tenant schemas runs under `map`: their shard there (a statement
@@ -211,6 +431,34 @@ pub fn route(facts: &StatementFacts, analysed: u32, map: &super::ShardMap) -> Re
         Some((other, other_shard)) => Err(format!(
             "statement names tenant schemas {first} (shard {shard}) and {other} (shard {other_shard}), which live on different shards"
         )),
+    }
+}
+
+impl super::Router {
+    /// For a catalog query ([`StatementFacts::catalog_params`]): the shard of the first tenant
+    /// one of its parameters names (the map in use first, then the placements the router
+    /// follows), so `WHERE nspname = $1` with `tenant_a` reads the catalogs where tenant_a lives.
+    pub fn tenant_asked_about(
+        &self,
+        facts: &StatementFacts,
+        params: &dyn super::ParamSource,
+        map: &super::ShardMap,
+    ) -> Option<u32> {
+        let catalog_params = facts.catalog_params.as_ref()?;
+        if catalog_params.is_empty() {
+            return None;
+        }
+        let followed = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        catalog_params.iter().find_map(|&n| {
+            let value = params.raw(n)?.value?;
+            let name = schema_in_value(std::str::from_utf8(&value).ok()?);
+            map.tenant_shard(&name)
+                .or_else(|| followed.get(&name).copied())
+        })
     }
 }
 
@@ -320,6 +568,72 @@ mod tests {
                 Ok(Some(1)),
             ),
             (&["public"], "SELECT * FROM plans", Ok(None)),
+            // Utility statements naming a tenant outside table names, or creating in the path's
+            // first schema.
+            (
+                &["tenant_b", "public"],
+                "ALTER TABLE orders RENAME TO orders2",
+                Ok(Some(2)),
+            ),
+            (&["tenant_b", "public"], "CREATE SEQUENCE s1", Ok(Some(2))),
+            (
+                &["tenant_b", "public"],
+                "CREATE VIEW recent AS SELECT * FROM orders",
+                Ok(Some(2)),
+            ),
+            (
+                &["tenant_b", "public"],
+                "CREATE MATERIALIZED VIEW m AS SELECT * FROM orders",
+                Ok(Some(2)),
+            ),
+            (
+                &["tenant_b", "public"],
+                "CREATE TABLE copy AS SELECT * FROM orders",
+                Ok(Some(2)),
+            ),
+            (&["public"], "CREATE SEQUENCE tenant_a.s1", Ok(Some(1))),
+            (
+                &["tenant_b", "public"],
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                Ok(Some(2)),
+            ),
+            (
+                &["public"],
+                "GRANT USAGE ON SCHEMA tenant_a TO PUBLIC",
+                Ok(Some(1)),
+            ),
+            (
+                &["public"],
+                "GRANT SELECT ON ALL TABLES IN SCHEMA tenant_b TO PUBLIC",
+                Ok(Some(2)),
+            ),
+            (
+                &["public"],
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA tenant_b GRANT SELECT ON TABLES TO PUBLIC",
+                Ok(Some(2)),
+            ),
+            (
+                &["public"],
+                "COMMENT ON SCHEMA tenant_c IS 'c'",
+                Ok(Some(1)),
+            ),
+            (
+                &["tenant_b", "public"],
+                "DROP TABLE IF EXISTS orders",
+                Ok(Some(2)),
+            ),
+            (&["public"], "DROP VIEW tenant_a.v", Ok(Some(1))),
+            (&["tenant_b", "public"], "DROP FUNCTION f()", Ok(Some(2))),
+            (
+                &["tenant_b", "public"],
+                "DROP TABLE orders, billing.invoices",
+                Err("statement names tenant schema tenant_b"),
+            ),
+            (
+                &["public"],
+                "ALTER SCHEMA tenant_a RENAME TO x",
+                Err("schema tenant_a is a tenant"),
+            ),
         ];
         for (p, sql, want) in cases {
             let tables = base.resolving(&path(p), &shadows);
@@ -329,7 +643,10 @@ mod tests {
                 .as_ref()
                 .and_then(|n| n.node.as_ref())
                 .expect("a statement");
-            let got = placement(stmt, &tables).map(|p| p.map(|(shard, _)| shard));
+            let got = placement(stmt, &tables).map(|p| match p {
+                Placement::Tenants(shard, _) => Some(shard),
+                Placement::Elsewhere | Placement::Catalog => None,
+            });
             match (want, &got) {
                 (Ok(w), Ok(g)) => assert_eq!(w, g, "{p:?} {sql}"),
                 (Err(w), Err(g)) => assert!(g.starts_with(w), "{p:?} {sql}: {g}"),
@@ -383,6 +700,97 @@ mod tests {
             .0[0]
             .clone();
         assert_eq!(c.schema_shard, Some(1));
+    }
+
+    /// Catalog queries ask about a tenant: the one a value names (`nspname = 'tenant_a'`, a
+    /// literal or a Bind parameter), else the session's current one (first on its path), so they
+    /// run where that tenant's relations are visible; other catalog reads route as before.
+    #[test]
+    fn catalog_queries_run_where_the_tenant_they_ask_about_lives() {
+        use crate::router::{literals::LiteralParams, Route, ShardMap, Strategy};
+        let tenants = [("tenant_a", 1), ("tenant_b", 2)].map(|(n, s)| ShardedSchemaConfig {
+            name: n.into(),
+            shard: s,
+        });
+        let router = crate::router::Router::new(&[], 16)
+            .with_schemas(&tenants)
+            .with_reference_tables(&["plans".into()]);
+        let map = ShardMap::uniform(1, Strategy::Hash, &[0, 1, 2]);
+        let path = |p: &[&str]| SearchPath::new(p.iter().map(|s| s.to_string()).collect());
+        let route = |p: &[&str], sql: &str| {
+            let (facts, lits) = router.analyze_simple_in(sql, &path(p));
+            router.route(&facts[0], &LiteralParams(&lits), &map, 0)
+        };
+        let django = "SELECT c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v') AND n.nspname NOT IN ('pg_catalog', 'pg_toast') AND pg_catalog.pg_table_is_visible(c.oid)";
+        let cases: &[(&[&str], &str, Route)] = &[
+            (&["tenant_b", "public"], django, Route::Single(2)),
+            // Catalogs are read where unsharded tables live, as before.
+            (&["public"], django, Route::Single(0)),
+            (
+                &["tenant_b", "public"],
+                "SELECT relname FROM pg_class WHERE relnamespace = 'orders'::regclass",
+                Route::Single(2),
+            ),
+            (
+                &["tenant_b", "public"],
+                "SELECT current_schema(), current_schemas(false)",
+                Route::Single(2),
+            ),
+            (
+                &["tenant_b", "public"],
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'tenant_a'",
+                Route::Single(1),
+            ),
+            (
+                &["public"],
+                "SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_b'",
+                Route::Single(2),
+            ),
+            (
+                &["public"],
+                "SELECT 1 FROM pg_namespace WHERE nspname = 'elsewhere'",
+                Route::Single(0),
+            ),
+            (&["public"], "SELECT current_schema()", Route::Any),
+            // A tenant's function over a reference table.
+            (
+                &["tenant_b", "public"],
+                "SELECT order_count(), name FROM plans",
+                Route::Single(2),
+            ),
+            (
+                &["public"],
+                "SELECT pg_total_relation_size('tenant_b.orders'), has_table_privilege('\"tenant_b\".\"orders\"', 'SELECT')",
+                Route::Single(2),
+            ),
+            (
+                &["tenant_a", "public"],
+                "SELECT pg_advisory_lock(1)",
+                Route::Single(0),
+            ),
+        ];
+        for (p, sql, want) in cases {
+            assert_eq!(&route(p, sql), want, "{p:?} {sql}");
+        }
+        // A Bind's parameter names the tenant (SQLAlchemy's inspector, django-tenants).
+        let prepared = router.analyze_prepared_in(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+            &path(&["public"]),
+        );
+        let value = [crate::router::literals::Literal::Str("tenant_a".into())];
+        assert_eq!(
+            router.route(&prepared[0], &LiteralParams(&value), &map, 0),
+            Route::Single(1)
+        );
+        // Written into a prepared text (pgjdbc's DatabaseMetaData: a LIKE pattern).
+        let written = router.analyze_prepared_in(
+            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 'tenant\\_b' AND c.relname LIKE '%'",
+            &path(&["tenant_a", "public"]),
+        );
+        assert_eq!(
+            router.route(&written[0], &LiteralParams(&[]), &map, 0),
+            Route::Single(2)
+        );
     }
 
     /// `[tenants] schema_prefix`: creating a schema so named is refused until pgshard has placed

@@ -198,10 +198,10 @@ impl SessionState {
                     value: value.as_deref(),
                 }
             }
-            StatementKind::ResetAll | StatementKind::Discard => {
+            StatementKind::ResetAll | StatementKind::Discard { all: true } => {
                 self.settings = self.startup_settings.clone();
                 self.route_hints.reset_all();
-                let discard = *kind == StatementKind::Discard;
+                let discard = *kind == StatementKind::Discard { all: true };
                 if discard {
                     self.statements.clear();
                     self.sql_statements.clear();
@@ -345,9 +345,21 @@ mod tests {
                 SettingEffect::ResetAll { discard: false },
             ),
             (
-                vec![set("DateStyle", Some("German")), StatementKind::Discard],
+                vec![
+                    set("DateStyle", Some("German")),
+                    StatementKind::Discard { all: true },
+                ],
                 vec![("application_name", "app"), ("DateStyle", "ISO")],
                 SettingEffect::ResetAll { discard: true },
+            ),
+            (
+                // DISCARD PLANS, SEQUENCES and TEMP leave the settings (a tenant's search_path).
+                vec![
+                    set("DateStyle", Some("German")),
+                    StatementKind::Discard { all: false },
+                ],
+                vec![("application_name", "app"), ("DateStyle", "German")],
+                SettingEffect::Unchanged,
             ),
         ];
         for (statements, expected, last_effect) in &cases {
@@ -364,7 +376,11 @@ mod tests {
 
     #[test]
     fn discard_forgets_prepared_statements_and_reset_all_keeps_them() {
-        for (kind, kept) in [(StatementKind::Discard, 0), (StatementKind::ResetAll, 1)] {
+        for (kind, kept) in [
+            (StatementKind::Discard { all: true }, 0),
+            (StatementKind::Discard { all: false }, 1),
+            (StatementKind::ResetAll, 1),
+        ] {
             let mut state = SessionState::default();
             state.statements.insert(
                 "s1".into(),

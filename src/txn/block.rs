@@ -2,6 +2,8 @@
 //! that joins late must replay (the BEGIN with its options, SET LOCAL, open savepoints) so it runs
 //! in the same transaction the client sees.
 
+use std::collections::BTreeMap;
+
 use super::statement::SavepointOp;
 use crate::sql_text::quote_ident;
 
@@ -32,6 +34,10 @@ pub struct Txn {
     pub implicit: bool,
     /// Declared READ ONLY: its shards may be replicas.
     pub read_only: bool,
+    /// The session's settings when each open savepoint was made (name, settings), oldest first:
+    /// a ROLLBACK TO undoes the session-level SETs made after it (a tenant's search_path), as
+    /// Postgres does.
+    settings_at_savepoints: Vec<(String, BTreeMap<String, String>)>,
 }
 
 impl Txn {
@@ -46,6 +52,7 @@ impl Txn {
             refused: false,
             implicit: false,
             read_only: super::statement::begins_read_only(begin_sql),
+            settings_at_savepoints: Vec::new(),
         }
     }
 
@@ -141,6 +148,38 @@ impl Txn {
         }
     }
 
+    /// Follows a savepoint statement that succeeded for the session's settings (`settings`, in
+    /// force as it ran): the settings to go back to when it was a ROLLBACK TO of a savepoint made
+    /// while they were different.
+    pub fn savepoint_settings(
+        &mut self,
+        op: &SavepointOp,
+        settings: &BTreeMap<String, String>,
+    ) -> Option<BTreeMap<String, String>> {
+        let at = |name: &str, saved: &[(String, BTreeMap<String, String>)]| {
+            saved.iter().rposition(|(n, _)| n == name)
+        };
+        match op {
+            SavepointOp::Define(name) => {
+                self.settings_at_savepoints
+                    .push((name.clone(), settings.clone()));
+                None
+            }
+            SavepointOp::Release(name) => {
+                if let Some(i) = at(name, &self.settings_at_savepoints) {
+                    self.settings_at_savepoints.truncate(i);
+                }
+                None
+            }
+            SavepointOp::RollbackTo(name) => {
+                let i = at(name, &self.settings_at_savepoints)?;
+                self.settings_at_savepoints.truncate(i + 1);
+                let (_, before) = &self.settings_at_savepoints[i];
+                (before != settings).then(|| before.clone())
+            }
+        }
+    }
+
     fn position_of(&self, name: &str) -> Option<usize> {
         self.replay
             .iter()
@@ -194,6 +233,36 @@ mod tests {
         t.record_savepoint(&SavepointOp::Define("a".into()));
         t.record_savepoint(&SavepointOp::Release("a".into()));
         assert_eq!(t.join_sql(), "BEGIN;SAVEPOINT a");
+    }
+
+    #[test]
+    fn rollback_to_gives_back_the_session_settings_of_its_savepoint() {
+        let mut t = Txn::explicit("BEGIN");
+        let settings = |path: &str| -> BTreeMap<String, String> {
+            [("search_path".to_string(), path.to_string())].into()
+        };
+        let a = settings("tenant_a");
+        let b = settings("tenant_b");
+        let c = settings("tenant_c");
+        assert_eq!(
+            t.savepoint_settings(&SavepointOp::Define("s".into()), &a),
+            None
+        );
+        assert_eq!(
+            t.savepoint_settings(&SavepointOp::Define("t".into()), &b),
+            None
+        );
+        // Back to t: tenant_b; then back to s: tenant_a (t is gone with it).
+        let to = |t: &mut Txn, name: &str, now: &BTreeMap<String, String>| {
+            t.savepoint_settings(&SavepointOp::RollbackTo(name.into()), now)
+        };
+        assert_eq!(to(&mut t, "t", &c), Some(b.clone()));
+        assert_eq!(to(&mut t, "t", &b), None);
+        assert_eq!(to(&mut t, "s", &c), Some(a.clone()));
+        assert_eq!(to(&mut t, "t", &c), None);
+        // RELEASE keeps what was set since; the savepoint is gone.
+        t.savepoint_settings(&SavepointOp::Release("s".into()), &c);
+        assert_eq!(to(&mut t, "s", &c), None);
     }
 
     #[test]

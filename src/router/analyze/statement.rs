@@ -34,8 +34,11 @@ pub enum StatementKind {
     Show {
         name: String,
     },
-    /// `DISCARD …`.
-    Discard,
+    /// `DISCARD …`; `all` for `DISCARD ALL`, the only one that resets settings and deallocates
+    /// prepared statements (PLANS, SEQUENCES and TEMP keep both).
+    Discard {
+        all: bool,
+    },
     /// CREATE/ALTER/DROP and other DDL.
     Ddl,
     /// The text did not parse; the first shard reports the exact syntax error.
@@ -201,6 +204,12 @@ pub struct StatementFacts {
     /// The tenant schemas the statement names (lowercase): routing reads their shard from the
     /// map in use, so a statement prepared before a tenant moved follows it.
     pub tenants: Vec<String>,
+    /// For a SELECT of the system catalogs only (or of no relation) where tenant schemas exist:
+    /// its parameters; when one's value names a tenant (`WHERE nspname = $1`, `table_schema =
+    /// 'tenant_a'`), the statement runs on that tenant's shard, else inside a block on the one
+    /// shard the block reached (the OIDs an earlier catalog query of the block found are that
+    /// shard's), else on the current tenant's (see `router::schemas`).
+    pub catalog_params: Option<Vec<usize>>,
     /// For a SELECT over its one UPDATE or DELETE CTE of a sharded table (see
     /// `analyze::write_cte`): a write that runs whole on each shard it reaches, its rows merged.
     pub write_in_cte: bool,
@@ -268,6 +277,7 @@ impl StatementFacts {
             set_config_bound: None,
             schema_shard: None,
             tenants: Vec::new(),
+            catalog_params: None,
             write_in_cte: false,
             cursor: None,
         }

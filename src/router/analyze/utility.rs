@@ -254,8 +254,10 @@ pub(super) fn analyze_utility(
             }
             return Some(Flow::Finished);
         }
-        NodeEnum::DiscardStmt(_) => {
-            facts.kind = StatementKind::Discard;
+        NodeEnum::DiscardStmt(d) => {
+            facts.kind = StatementKind::Discard {
+                all: d.target == pg_query::protobuf::DiscardMode::DiscardAll as i32,
+            };
             return Some(Flow::Finished);
         }
         NodeEnum::ListenStmt(l) => {
@@ -436,7 +438,13 @@ mod tests {
                 name: "work_mem".into()
             }
         );
-        assert_eq!(one("discard all").kind, StatementKind::Discard);
+        assert_eq!(
+            one("discard all").kind,
+            StatementKind::Discard { all: true }
+        );
+        for other in ["discard plans", "discard sequences", "discard temp"] {
+            assert_eq!(one(other).kind, StatementKind::Discard { all: false });
+        }
         assert_eq!(one("savepoint a").kind, StatementKind::Savepoint);
         assert_eq!(
             one("rollback to savepoint a").kind,
