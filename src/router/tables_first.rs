@@ -25,6 +25,28 @@ use crate::sql_text::deparse;
 /// shard, concatenated), and take the table's place under its name: the statement then reads
 /// no sharded table and runs whole on one shard, its outer join Postgres's own.
 pub fn outer_join_matched(sql: &str, reads_sharded: &dyn Fn(&str) -> bool) -> Option<PullUp> {
+    replace_taken(sql, reads_sharded, |select, version, reads| {
+        select
+            .from_clause
+            .iter_mut()
+            .find_map(|item| take_matched(item, version, reads))
+    })
+}
+
+/// The plain SELECT `sql` with the table `take` picks in its FROM clause (given the SELECT, the
+/// parse's version and which FROM items read sharded tables; it answers the query reading the
+/// table's rows and the name they take, leaving [`TAKEN`]'s marker in its place) read first
+/// and written in under that name: the columns the statement reads of it (a whole-row
+/// reference keeps them all) are what comes back.
+fn replace_taken(
+    sql: &str,
+    reads_sharded: &dyn Fn(&str) -> bool,
+    take: impl FnOnce(
+        &mut pb::SelectStmt,
+        i32,
+        &dyn Fn(&pb::Node) -> Option<bool>,
+    ) -> Option<(String, String)>,
+) -> Option<PullUp> {
     let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
     let version = parsed.version;
     let [raw] = parsed.stmts.as_mut_slice() else {
@@ -38,11 +60,7 @@ pub fn outer_join_matched(sql: &str, reads_sharded: &dyn Fn(&str) -> bool) -> Op
         return None;
     }
     let reads = |item: &pb::Node| item_reads_sharded(item, version, reads_sharded);
-    let (inner, name) = select
-        .from_clause
-        .iter_mut()
-        .find_map(|item| take_matched(item, version, &reads))?;
-    // The columns the statement reads of the table (a whole-row reference keeps them all).
+    let (inner, name) = take(select, version, &reads)?;
     let columns = read_columns(Walk::new([stmt.to_ref()]), &[&name]);
     put_placeholder(stmt);
     let outer = deparse(parsed)?;
@@ -204,37 +222,21 @@ fn equated_columns<'a>(
 /// rows matching the statement's WHERE conditions on it alone) and takes its place under its
 /// name, so every row of the other side meets all the rows it can join with on its own shard.
 pub fn not_colocated_join(sql: &str, reads_sharded: &dyn Fn(&str) -> bool) -> Option<PullUp> {
-    let mut parsed = pg_query::parse(sql, 0).ok()?.protobuf;
-    let version = parsed.version;
-    let [raw] = parsed.stmts.as_mut_slice() else {
-        return None;
-    };
-    let stmt = raw.stmt.as_deref_mut()?.node.as_mut()?;
-    let NodeEnum::SelectStmt(select) = stmt else {
-        return None;
-    };
-    if !plain_read(select) {
-        return None;
-    }
-    let reads = |item: &pb::Node| item_reads_sharded(item, version, reads_sharded);
-    let conjuncts: Vec<pb::Node> = match select.where_clause.as_deref() {
-        None => Vec::new(),
-        Some(w) => match w.node.as_ref() {
-            Some(NodeEnum::BoolExpr(b)) if b.boolop == pb::BoolExprType::AndExpr as i32 => {
-                b.args.clone()
-            }
-            _ => vec![w.clone()],
-        },
-    };
-    let (inner, name) = select
-        .from_clause
-        .iter_mut()
-        .find_map(|item| take_joined(item, version, &reads, &conjuncts))?;
-    let columns = read_columns(Walk::new([stmt.to_ref()]), &[&name]);
-    put_placeholder(stmt);
-    let outer = deparse(parsed)?;
-    (outer.matches(PLACEHOLDER).count() == 1)
-        .then(|| PullUp::replacing(inner, outer, ROWS, columns))
+    replace_taken(sql, reads_sharded, |select, version, reads| {
+        let conjuncts: Vec<pb::Node> = match select.where_clause.as_deref() {
+            None => Vec::new(),
+            Some(w) => match w.node.as_ref() {
+                Some(NodeEnum::BoolExpr(b)) if b.boolop == pb::BoolExprType::AndExpr as i32 => {
+                    b.args.clone()
+                }
+                _ => vec![w.clone()],
+            },
+        };
+        select
+            .from_clause
+            .iter_mut()
+            .find_map(|item| take_joined(item, version, reads, &conjuncts))
+    })
 }
 
 /// Under `item`, the first INNER, LEFT or RIGHT join ON a condition, both of whose sides read
